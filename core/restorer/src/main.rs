@@ -1,1 +1,565 @@
-fn main() {}
+//! `dmtcp_restorer`: maps a checkpoint image back at its old addresses.
+//!
+//! `dmtcp_restart` validates the image, then replaces itself with this
+//! program (`exec`), handing it a pipe fd on which it streams the memory map
+//! and the memory contents (see `dmtcp_sys::restore`). This program links
+//! at a fixed address inside the window every checkpointed process kept
+//! reserved, uses no libc, and works in a few steps:
+//!
+//! 1. switch to a stack inside its own image, read the header and area table;
+//! 2. unmap everything the kernel gave this process except itself and the
+//!    vDSO/vvar pages; move the running kernel's vDSO/vvar onto the addresses
+//!    the checkpointed process had them at (glibc caches pointers into them);
+//! 3. re-create every area (anonymous, or the same file at the same offset),
+//!    fill it from the stream, give it back its protection;
+//! 4. restore the kernel's brk/arg/env pointers (`PR_SET_MM_MAP`), and jump
+//!    into the restored preload library's restart entry, which re-creates
+//!    the threads.
+//!
+//! Any failure prints a message to stderr and exits with status 1: the
+//! program is never half-started.
+#![no_std]
+#![no_main]
+
+use core::cell::UnsafeCell;
+use dmtcp_sys::nr;
+use dmtcp_sys::restore::*;
+use dmtcp_sys::{is_err, syscall3, syscall6, write_all};
+
+const MAX_AREAS: usize = 65536;
+const PATH_POOL: usize = 8 << 20;
+const STACK_SIZE: usize = 1 << 20;
+const MAPS_BUF: usize = 256 << 10;
+const DATA_EXIT: i32 = 1;
+
+/// A statically allocated value that only the restorer's single thread touches.
+#[repr(C, align(16))]
+struct Bss<T>(UnsafeCell<T>);
+// SAFETY: the restorer is single-threaded; nothing is shared across threads.
+unsafe impl<T> Sync for Bss<T> {}
+impl<T> Bss<T> {
+    const fn new(v: T) -> Self {
+        Bss(UnsafeCell::new(v))
+    }
+    fn get(&self) -> *mut T {
+        self.0.get()
+    }
+}
+
+#[no_mangle]
+static RESTORER_STACK: Bss<[u8; STACK_SIZE]> = Bss::new([0; STACK_SIZE]);
+static AREAS: Bss<[AreaDesc; MAX_AREAS]> = Bss::new(
+    [AreaDesc { start: 0, len: 0, offset: 0, prot: 0, kind: 0, flags: 0, path_len: 0 }; MAX_AREAS],
+);
+static PATH_AT: Bss<[u32; MAX_AREAS]> = Bss::new([0; MAX_AREAS]);
+static PATHS: Bss<[u8; PATH_POOL]> = Bss::new([0; PATH_POOL]);
+static MAPS: Bss<[u8; MAPS_BUF]> = Bss::new([0; MAPS_BUF]);
+static HEADER: Bss<StreamHeader> = Bss::new(StreamHeader {
+    magic: 0,
+    version: 0,
+    n_areas: 0,
+    entry: 0,
+    entry_stack_top: 0,
+    special: [SpecialArea { start: 0, len: 0 }; 3],
+    mm: MmMap {
+        start_code: 0,
+        end_code: 0,
+        start_data: 0,
+        end_data: 0,
+        start_brk: 0,
+        brk: 0,
+        start_stack: 0,
+        arg_start: 0,
+        arg_end: 0,
+        env_start: 0,
+        env_end: 0,
+        auxv: 0,
+        auxv_size: 0,
+        exe_fd: 0,
+    },
+    args: RestartArgs { coord_fd: 0, info_fd: 0, flags: 0, _pad: 0 },
+});
+
+core::arch::global_asm!(
+    ".globl _start",
+    "_start:",
+    "mov rdi, rsp",
+    "lea rsp, [rip + {stack} + {size}]",
+    "and rsp, -16",
+    "xor ebp, ebp",
+    "call {main}",
+    "ud2",
+    stack = sym RESTORER_STACK,
+    size = const STACK_SIZE,
+    main = sym restorer_main,
+);
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    fail(b"internal error (panic)", None)
+}
+
+fn fail(msg: &[u8], val: Option<u64>) -> ! {
+    let _ = write_all(2, b"dmtcp_restorer: ");
+    let _ = write_all(2, msg);
+    if let Some(v) = val {
+        let mut b = [0u8; 16];
+        let _ = write_all(2, b" 0x");
+        let _ = write_all(2, dmtcp_sys::fmt_hex(v, &mut b));
+    }
+    let _ = write_all(2, b"\n");
+    dmtcp_sys::exit_group(DATA_EXIT)
+}
+
+fn fail_err(msg: &[u8], val: u64, err: isize) -> ! {
+    let _ = write_all(2, b"dmtcp_restorer: ");
+    let _ = write_all(2, msg);
+    let mut b = [0u8; 16];
+    let _ = write_all(2, b" 0x");
+    let _ = write_all(2, dmtcp_sys::fmt_hex(val, &mut b));
+    let mut d = [0u8; 20];
+    let _ = write_all(2, b" (errno ");
+    let _ = write_all(2, dmtcp_sys::fmt_u64((-err) as u64, &mut d));
+    let _ = write_all(2, b")\n");
+    dmtcp_sys::exit_group(DATA_EXIT)
+}
+
+fn read_exact(fd: i32, buf: &mut [u8], what: &[u8]) {
+    let r = dmtcp_sys::read_full(fd, buf);
+    if r < 0 {
+        fail_err(what, 0, r);
+    }
+    if r as usize != buf.len() {
+        fail(b"restore stream ended early (the image is damaged; see the message above)", None);
+    }
+}
+
+fn parse_dec(s: *const u8) -> Option<i32> {
+    let mut v: i32 = 0;
+    let mut i = 0;
+    loop {
+        // SAFETY: argv strings are NUL-terminated, read until the NUL.
+        let c = unsafe { *s.add(i) };
+        if c == 0 {
+            return if i == 0 { None } else { Some(v) };
+        }
+        if !c.is_ascii_digit() || i > 8 {
+            return None;
+        }
+        v = v * 10 + (c - b'0') as i32;
+        i += 1;
+    }
+}
+
+fn parse_hex(s: &[u8]) -> (u64, usize) {
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < s.len() {
+        let c = s[i];
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => break,
+        };
+        v = (v << 4) | d as u64;
+        i += 1;
+    }
+    (v, i)
+}
+
+/// One line of /proc/self/maps: start, end and the name field.
+fn parse_maps_line(line: &[u8]) -> (u64, u64, &[u8]) {
+    let (start, n) = parse_hex(line);
+    let (end, m) = parse_hex(&line[n + 1..]);
+    let _ = m;
+    // The name starts after the 5th field; find it by skipping fields.
+    let mut fields = 0;
+    let mut i = 0;
+    while i < line.len() && fields < 5 {
+        while i < line.len() && line[i] != b' ' {
+            i += 1;
+        }
+        while i < line.len() && line[i] == b' ' {
+            i += 1;
+        }
+        fields += 1;
+    }
+    (start, end, &line[i..])
+}
+
+extern "C" fn restorer_main(sp: *const usize) -> ! {
+    // SAFETY: at process entry the kernel put argc, then argv pointers, at sp.
+    let (argc, argv) = unsafe { (*sp, sp.add(1) as *const *const u8) };
+    if argc < 2 {
+        fail(b"usage: dmtcp_restorer FD (run by dmtcp_restart, not by hand)", None);
+    }
+    // SAFETY: argc >= 2, so argv[1] is a valid NUL-terminated string.
+    let fd = match parse_dec(unsafe { *argv.add(1) }) {
+        Some(fd) => fd,
+        None => fail(b"usage: dmtcp_restorer FD (run by dmtcp_restart, not by hand)", None),
+    };
+
+    // SAFETY: single-threaded; these statics are only touched here.
+    let hdr = unsafe { &mut *HEADER.get() };
+    read_exact(fd, as_bytes_mut(hdr), b"reading the stream header");
+    if hdr.magic != STREAM_MAGIC || hdr.version != STREAM_VERSION {
+        fail(b"not a restore stream of this version", Some(hdr.magic));
+    }
+    let n = hdr.n_areas as usize;
+    if n > MAX_AREAS {
+        fail(b"too many memory areas", Some(n as u64));
+    }
+    // SAFETY: single-threaded access to the restorer's own tables.
+    let (areas, path_at, paths) = unsafe { (&mut *AREAS.get(), &mut *PATH_AT.get(), &mut *PATHS.get()) };
+    let mut pool = 0usize;
+    for i in 0..n {
+        read_exact(fd, as_bytes_mut(&mut areas[i]), b"reading the area table");
+        let a = areas[i];
+        let plen = pad8(a.path_len as usize);
+        if a.path_len as usize > 4096 || pool + plen + 1 > PATH_POOL {
+            fail(b"area path too long", Some(a.start));
+        }
+        read_exact(fd, &mut paths[pool..pool + plen], b"reading an area path");
+        paths[pool + a.path_len as usize] = 0;
+        path_at[i] = pool as u32;
+        pool += plen + 1;
+        if a.start % 4096 != 0 || a.len % 4096 != 0 || a.len == 0 {
+            fail(b"misaligned area", Some(a.start));
+        }
+        if ranges_overlap(a.start, a.len, dmtcp_sys::RESTORER_BASE as u64, dmtcp_sys::RESTORER_SIZE as u64) {
+            fail(b"an area of the image lies in the restorer window", Some(a.start));
+        }
+    }
+
+    let cur = clear_address_space();
+    move_special_areas(&cur, &hdr.special);
+
+    for i in 0..n {
+        map_area(&areas[i], &paths[path_at[i] as usize..]);
+    }
+    fill_from_stream(fd);
+    for a in areas.iter().take(n) {
+        // SAFETY: re-protecting an area this program mapped itself.
+        let r = unsafe { syscall3(nr::MPROTECT, a.start as usize, a.len as usize, a.prot as usize) };
+        if is_err(r) {
+            fail_err(b"mprotect failed at", a.start, r);
+        }
+    }
+    // SAFETY: closing the stream fd; nothing else uses it.
+    unsafe { syscall3(nr::CLOSE, fd as usize, 0, 0) };
+
+    let mut args = hdr.args;
+    if hdr.mm.start_brk != 0 {
+        let mut mm = hdr.mm;
+        mm.auxv = 0;
+        mm.auxv_size = 0;
+        mm.exe_fd = u32::MAX;
+        // SAFETY: PR_SET_MM_MAP reads a prctl_mm_map struct of the given size.
+        let r = unsafe {
+            syscall6(
+                nr::PRCTL,
+                nr::PR_SET_MM,
+                nr::PR_SET_MM_MAP,
+                &mm as *const MmMap as usize,
+                core::mem::size_of::<MmMap>(),
+                0,
+                0,
+            )
+        };
+        if !is_err(r) {
+            args.flags |= RESTART_BRK_SET;
+        }
+    }
+
+    let top = (hdr.entry_stack_top as usize) & !15;
+    let argp = top - 64;
+    // SAFETY: the entry stack lies in the restored image (the preload
+    // library's bss), mapped writable a moment ago.
+    unsafe { core::ptr::write(argp as *mut RestartArgs, args) };
+    let entry = hdr.entry as usize;
+    // SAFETY: jump into the restored library's restart entry on its own
+    // stack; it never returns (it becomes the program's main thread).
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {sp}",
+            "xor ebp, ebp",
+            "call {entry}",
+            "ud2",
+            sp = in(reg) argp - 16,
+            entry = in(reg) entry,
+            in("rdi") argp,
+            options(noreturn)
+        );
+    }
+}
+
+fn ranges_overlap(a: u64, alen: u64, b: u64, blen: u64) -> bool {
+    a < b + blen && b < a + alen
+}
+
+/// The kernel's special mappings found in this process.
+struct Current {
+    special: [SpecialArea; 3],
+}
+
+/// Unmap everything but this program and the special kernel mappings.
+fn clear_address_space() -> Current {
+    // SAFETY: single-threaded access to the maps buffer.
+    let buf = unsafe { &mut *MAPS.get() };
+    // SAFETY: the path is a NUL-terminated literal.
+    let mfd = unsafe { syscall3(nr::OPEN, b"/proc/self/maps\0".as_ptr() as usize, nr::O_RDONLY, 0) };
+    if is_err(mfd) {
+        fail_err(b"cannot open /proc/self/maps", 0, mfd);
+    }
+    let len = dmtcp_sys::read_full(mfd as i32, &mut buf[..]);
+    if len < 0 || len as usize == buf.len() {
+        fail(b"cannot read /proc/self/maps", None);
+    }
+    // SAFETY: closing our own fd.
+    unsafe { syscall3(nr::CLOSE, mfd as usize, 0, 0) };
+    let mut cur = Current { special: [SpecialArea::default(); 3] };
+    let text = &buf[..len as usize];
+    // Collect first, unmap afterwards: the buffer is ours and stays valid.
+    let mut to_unmap: [(u64, u64); 64] = [(0, 0); 64];
+    let mut k = 0;
+    for line in text.split(|&c| c == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let (start, end, name) = parse_maps_line(line);
+        if let Some(i) = SPECIAL_NAMES.iter().position(|s| *s == name) {
+            cur.special[i] = SpecialArea { start, len: end - start };
+            continue;
+        }
+        if name == b"[vsyscall]" || start >= 0xffff_8000_0000_0000 {
+            continue;
+        }
+        if dmtcp_sys::in_restorer_window(start as usize, end as usize) {
+            continue;
+        }
+        if k == to_unmap.len() {
+            fail(b"too many mappings in the restorer", None);
+        }
+        to_unmap[k] = (start, end - start);
+        k += 1;
+    }
+    for &(s, l) in &to_unmap[..k] {
+        // SAFETY: none of these areas belongs to this program's image or
+        // stack (we run on RESTORER_STACK inside the window).
+        let r = unsafe { syscall3(nr::MUNMAP, s as usize, l as usize, 0) };
+        if is_err(r) {
+            fail_err(b"munmap failed at", s, r);
+        }
+    }
+    cur
+}
+
+/// Move this kernel's [vvar], [vvar_vclock] and [vdso] to where the image had them.
+fn move_special_areas(cur: &Current, old: &[SpecialArea; 3]) {
+    const VDSO: usize = 2;
+    if old[VDSO].start == 0 {
+        // The image had no vDSO: drop ours so it cannot collide.
+        for s in cur.special.iter().filter(|s| s.start != 0) {
+            // SAFETY: unmapping a kernel special mapping nothing here uses.
+            unsafe { syscall3(nr::MUNMAP, s.start as usize, s.len as usize, 0) };
+        }
+        return;
+    }
+    if cur.special[VDSO].start == 0 {
+        fail(b"this kernel gives no [vdso], the image needs one", None);
+    }
+    let delta = old[VDSO].start.wrapping_sub(cur.special[VDSO].start);
+    for i in 0..3 {
+        let (c, o) = (cur.special[i], old[i]);
+        if (c.start == 0) != (o.start == 0) || c.len != o.len || o.start.wrapping_sub(c.start) != delta && c.start != 0 {
+            let _ = write_all(2, b"dmtcp_restorer: ");
+            let _ = write_all(2, SPECIAL_NAMES[i]);
+            fail(
+                b" of this kernel differs in size or layout from the checkpointed one (restart on the kernel the image was made on)",
+                None,
+            );
+        }
+        if o.start != 0 && ranges_overlap(o.start, o.len, dmtcp_sys::RESTORER_BASE as u64, dmtcp_sys::RESTORER_SIZE as u64) {
+            fail(b"the image's vDSO lies in the restorer window", Some(o.start));
+        }
+    }
+    if delta == 0 {
+        return;
+    }
+    // Move the farthest one first in the direction of travel so a move never
+    // lands on a mapping not yet moved.
+    let mut order = [0usize, 1, 2];
+    order.sort_unstable_by_key(|&i| cur.special[i].start);
+    if (delta as i64) > 0 {
+        order.reverse();
+    }
+    for &i in &order {
+        let c = cur.special[i];
+        if c.start == 0 {
+            continue;
+        }
+        // SAFETY: moving a kernel special mapping to a range that nothing
+        // else occupies (the address space was cleared above).
+        let r = unsafe {
+            syscall6(
+                nr::MREMAP,
+                c.start as usize,
+                c.len as usize,
+                c.len as usize,
+                nr::MREMAP_MAYMOVE | nr::MREMAP_FIXED,
+                old[i].start as usize,
+                0,
+            )
+        };
+        if is_err(r) {
+            fail_err(b"cannot move the vDSO/vvar to", old[i].start, r);
+        }
+    }
+}
+
+fn map_area(a: &AreaDesc, path: &[u8]) {
+    let rw = nr::PROT_READ | nr::PROT_WRITE;
+    let mut flags = nr::MAP_FIXED_NOREPLACE;
+    if a.flags & AREA_GROWSDOWN != 0 {
+        flags |= nr::MAP_GROWSDOWN;
+    }
+    let (fd, prot) = match a.kind {
+        KIND_ANON_PRIVATE => {
+            flags |= nr::MAP_PRIVATE | nr::MAP_ANONYMOUS | nr::MAP_NORESERVE;
+            (-1isize, if a.prot == 0 { 0 } else { rw })
+        }
+        KIND_ANON_SHARED => {
+            flags |= nr::MAP_SHARED | nr::MAP_ANONYMOUS;
+            (-1, rw)
+        }
+        KIND_FILE_PRIVATE | KIND_FILE_SHARED => {
+            let shared = a.kind == KIND_FILE_SHARED;
+            let writable = shared && a.prot as usize & nr::PROT_WRITE != 0;
+            let mode = if writable { nr::O_RDWR } else { nr::O_RDONLY };
+            // SAFETY: `path` is NUL-terminated (the pool adds a NUL).
+            let fd = unsafe { syscall3(nr::OPEN, path.as_ptr() as usize, mode | nr::O_CLOEXEC, 0) };
+            if is_err(fd) {
+                let _ = write_all(2, b"dmtcp_restorer: cannot open ");
+                let _ = write_all(2, &path[..a.path_len as usize]);
+                fail_err(b", mapped by the program at", a.start, fd);
+            }
+            flags |= if shared { nr::MAP_SHARED } else { nr::MAP_PRIVATE };
+            (fd, if shared { a.prot as usize } else { rw })
+        }
+        _ => fail(b"unknown area kind at", Some(a.start)),
+    };
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; the
+    // address space holds only this program and the special mappings.
+    let r = unsafe {
+        syscall6(nr::MMAP, a.start as usize, a.len as usize, prot, flags, fd as usize, a.offset as usize)
+    };
+    if fd >= 0 {
+        // SAFETY: closing the fd we opened.
+        unsafe { syscall3(nr::CLOSE, fd as usize, 0, 0) };
+    }
+    if is_err(r) {
+        if r == -nr::EEXIST {
+            fail(b"address collision re-creating the area at", Some(a.start));
+        }
+        fail_err(b"cannot map the area at", a.start, r);
+    }
+    if r as u64 != a.start {
+        fail(b"the kernel placed an area elsewhere:", Some(a.start));
+    }
+}
+
+fn fill_from_stream(fd: i32) {
+    loop {
+        let mut rec = DataRecord::default();
+        read_exact(fd, as_bytes_mut(&mut rec), b"reading a data record");
+        if rec.len == 0 {
+            return;
+        }
+        if ranges_overlap(rec.addr, rec.len, dmtcp_sys::RESTORER_BASE as u64, dmtcp_sys::RESTORER_SIZE as u64) {
+            fail(b"data record aimed at the restorer window", Some(rec.addr));
+        }
+        // SAFETY: the record's range lies in an area mapped writable above;
+        // the kernel reports EFAULT (not a crash) if it does not.
+        let r = unsafe { dmtcp_sys::read_full_raw(fd, rec.addr as usize, rec.len as usize) };
+        if r < 0 {
+            fail_err(b"cannot read memory contents into", rec.addr, r);
+        }
+        if r as u64 != rec.len {
+            fail(b"restore stream ended early (the image is damaged; see the message above)", None);
+        }
+    }
+}
+
+// The compiler lowers copies and fills to calls of these symbols, which libc
+// normally provides. They are written with string instructions so the
+// compiler cannot turn them back into calls to themselves.
+
+/// # Safety
+/// Standard C `memcpy` contract.
+#[no_mangle]
+pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: caller guarantees valid, non-overlapping ranges of n bytes.
+    unsafe {
+        core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _, options(nostack, preserves_flags));
+    }
+    dst
+}
+
+/// # Safety
+/// Standard C `memmove` contract.
+#[no_mangle]
+pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dst as usize) <= (src as usize) || (dst as usize) >= (src as usize) + n {
+        // SAFETY: forward copy is correct when dst does not start inside src.
+        return unsafe { memcpy(dst, src, n) };
+    }
+    // SAFETY: backward copy with the direction flag set, restored after.
+    unsafe {
+        core::arch::asm!(
+            "std", "rep movsb", "cld",
+            inout("rcx") n => _, inout("rdi") dst.add(n - 1) => _, inout("rsi") src.add(n - 1) => _,
+            options(nostack)
+        );
+    }
+    dst
+}
+
+/// # Safety
+/// Standard C `memset` contract.
+#[no_mangle]
+pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: caller guarantees a valid range of n bytes.
+    unsafe {
+        core::arch::asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8, options(nostack, preserves_flags));
+    }
+    dst
+}
+
+/// # Safety
+/// Standard C `memcmp` contract.
+#[no_mangle]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: caller guarantees both ranges hold n readable bytes.
+        let (x, y) = unsafe { (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i))) };
+        if x != y {
+            return x as i32 - y as i32;
+        }
+        i += 1;
+    }
+    0
+}
+
+/// # Safety
+/// Standard C `bcmp` contract.
+#[no_mangle]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract as memcmp.
+    unsafe { memcmp(a, b, n) }
+}
+
+/// Referenced by the precompiled `core` (built for unwinding); never called,
+/// since the workspace builds with panic=abort.
+#[no_mangle]
+pub extern "C" fn rust_eh_personality() {}

@@ -1,0 +1,36 @@
+//! Environment variable names and defaults, as DMTCP users know them.
+
+/// Coordinator host (default localhost).
+pub const COORD_HOST: &str = "DMTCP_COORD_HOST";
+/// Coordinator port (default 7779).
+pub const COORD_PORT: &str = "DMTCP_COORD_PORT";
+/// Checkpoint directory (default: the current directory at launch).
+pub const CKPT_DIR: &str = "DMTCP_CHECKPOINT_DIR";
+/// Checkpoint interval in seconds (0 = only on request).
+pub const CKPT_INTERVAL: &str = "DMTCP_CHECKPOINT_INTERVAL";
+/// Compress images (1/0).
+pub const GZIP: &str = "DMTCP_GZIP";
+/// Temporary directory.
+pub const TMPDIR: &str = "DMTCP_TMPDIR";
+/// Quietness level.
+pub const QUIET: &str = "DMTCP_QUIET";
+/// Extra plugins, colon separated absolute paths.
+pub const PLUGIN: &str = "DMTCP_PLUGIN";
+/// Checkpoint signal number (default SIGUSR2).
+pub const CKPT_SIGNAL: &str = "DMTCP_CKPT_SIGNAL";
+/// Internal: the library to preload, set by dmtcp_launch.
+pub const LIB: &str = "DMTCP_LIB";
+/// Internal: disabled plugin names, comma separated.
+pub const DISABLED_PLUGINS: &str = "DMTCP_DISABLED_PLUGINS";
+/// Internal: number of writer threads per process.
+pub const WRITERS: &str = "DMTCP_WRITERS";
+
+/// Default coordinator port.
+pub const DEFAULT_PORT: u16 = 7779;
+/// Default checkpoint signal (SIGUSR2).
+pub const DEFAULT_CKPT_SIGNAL: i32 = 12;
+
+/// Parse a boolean-ish environment value as DMTCP does ("0" is false).
+pub fn truthy(v: &str) -> bool {
+    !matches!(v.trim(), "" | "0" | "no" | "false")
+}

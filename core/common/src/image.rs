@@ -1,0 +1,429 @@
+//! The checkpoint image format (documented in docs/image-format.md).
+//!
+//! ```text
+//! offset 0      header block, 4096 bytes (magic, version, index location, CRCs)
+//! 4096 ...      memory contents: runs of pages, raw or zstd, each starting at
+//!               a 4096-aligned offset (so raw runs can be written with O_DIRECT
+//!               straight from the process's memory), in any order
+//! index_offset  index: IndexHead, metadata JSON, padding to 8, ChunkDesc table
+//! ```
+//! The header block is written last, after everything else is on disk, and
+//! the file is renamed into place only after an fsync: a file with a valid
+//! header is complete. Every run carries a CRC32 of its stored bytes, the
+//! index and the header carry their own.
+
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// First 8 bytes of every image.
+pub const MAGIC: [u8; 8] = *b"DMTCPRS\0";
+/// Current format version.
+pub const FORMAT_VERSION: u32 = 1;
+/// Size of the header block, and alignment of every data run.
+pub const BLOCK: u64 = 4096;
+/// Chunk flag: the stored bytes are one zstd frame.
+pub const CHUNK_ZSTD: u32 = 1;
+/// Header flag: some chunks are compressed.
+pub const HDR_COMPRESSED: u32 = 1;
+
+/// The fixed header at offset 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub flags: u32,
+    pub index_offset: u64,
+    pub index_len: u64,
+    pub file_len: u64,
+    pub index_crc: u32,
+    /// CRC32 of the header with this field set to zero.
+    pub header_crc: u32,
+}
+
+/// Where a text hint for people who `head` the file starts in the header block.
+pub const HINT_OFFSET: usize = 256;
+/// The hint itself.
+pub const HINT: &[u8] = b"\nDMTCP-rs checkpoint image. Restart it with: dmtcp_restart <this file>\n";
+
+/// Start of the index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IndexHead {
+    pub meta_len: u64,
+    pub n_chunks: u64,
+}
+
+/// One stored run of memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkDesc {
+    /// Address in the process.
+    pub addr: u64,
+    /// Bytes of memory (a multiple of 4096).
+    pub len: u64,
+    /// Offset of the stored bytes in the file (a multiple of 4096).
+    pub file_off: u64,
+    /// Stored bytes (compressed length, or `len`).
+    pub stored_len: u64,
+    /// CRC32 of the stored bytes.
+    pub crc: u32,
+    /// `CHUNK_*` flags.
+    pub flags: u32,
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<Header>() == 48);
+    assert!(std::mem::size_of::<IndexHead>() == 16);
+    assert!(std::mem::size_of::<ChunkDesc>() == 40);
+};
+
+/// One memory area of the process (a line of /proc/self/maps).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Area {
+    pub start: u64,
+    pub len: u64,
+    pub offset: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    /// `dmtcp_sys::restore::KIND_*`.
+    pub kind: u32,
+    /// `dmtcp_sys::restore::AREA_*`.
+    pub flags: u32,
+    /// Backing file, or the kernel's label ("[heap]", "[stack]"), or empty.
+    pub path: String,
+    /// Size of the backing file at checkpoint time (file kinds only).
+    #[serde(default)]
+    pub file_size: u64,
+}
+
+/// Everything but the memory contents.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Meta {
+    pub program: String,
+    pub argv: Vec<String>,
+    pub hostname: String,
+    pub pid: i32,
+    /// Stable id of this process across restarts (in the image name).
+    pub uniq_id: String,
+    /// Id of the computation (all processes of one job).
+    pub comp_id: String,
+    pub generation: u32,
+    /// Processes in the computation when it was checkpointed.
+    pub num_peers: u32,
+    /// Seconds since the epoch.
+    pub time: u64,
+    pub dmtcp_version: String,
+    /// Address of the restart entry in the preload library.
+    pub entry: u64,
+    /// Top of the stack the restart entry runs on.
+    pub entry_stack_top: u64,
+    /// [vvar], [vvar_vclock], [vdso]: (start, len).
+    pub special: [(u64, u64); 3],
+    /// /proc/self/stat's start_code..env_end, in prctl_mm_map order.
+    pub mm: [u64; 11],
+    pub areas: Vec<Area>,
+    pub coord_host: String,
+    pub coord_port: u16,
+    pub ckpt_dir: String,
+}
+
+/// What can be wrong with an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a DMTCP-rs checkpoint image (bad magic)")]
+    NotAnImage { path: PathBuf },
+    #[error("{path} has image format version {found}, this dmtcp_restart reads version {FORMAT_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path} is truncated: {actual} bytes, the image needs {expected} (an interrupted copy or a full disk?)")]
+    Truncated { path: PathBuf, expected: u64, actual: u64 },
+    #[error("{path} is corrupt: {what}")]
+    Corrupt { path: PathBuf, what: String },
+}
+
+fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: only used on the repr(C) integer structs above, which have no
+    // padding (checked by the size assertions).
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+}
+
+fn pod_read<T: Copy + Default>(b: &[u8]) -> T {
+    let mut v = T::default();
+    let n = std::mem::size_of::<T>();
+    assert!(b.len() >= n);
+    // SAFETY: copying n bytes into a plain integer struct; every bit pattern is valid.
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), &mut v as *mut T as *mut u8, n) };
+    v
+}
+
+impl Header {
+    /// The header block (4096 bytes) for these values, CRC filled in.
+    pub fn encode(mut self) -> Vec<u8> {
+        self.magic = MAGIC;
+        self.version = FORMAT_VERSION;
+        self.header_crc = 0;
+        self.header_crc = crc32fast::hash(pod_bytes(&self));
+        let mut block = vec![0u8; BLOCK as usize];
+        block[..std::mem::size_of::<Header>()].copy_from_slice(pod_bytes(&self));
+        block[HINT_OFFSET..HINT_OFFSET + HINT.len()].copy_from_slice(HINT);
+        block
+    }
+}
+
+/// Encode the index for `meta` and `chunks`.
+pub fn encode_index(meta: &Meta, chunks: &[ChunkDesc]) -> Vec<u8> {
+    let json = serde_json::to_vec(meta).expect("metadata serializes");
+    let head = IndexHead { meta_len: json.len() as u64, n_chunks: chunks.len() as u64 };
+    let mut out = Vec::with_capacity(16 + json.len() + 8 + chunks.len() * 40);
+    out.extend_from_slice(pod_bytes(&head));
+    out.extend_from_slice(&json);
+    while out.len() % 8 != 0 {
+        out.push(0);
+    }
+    for c in chunks {
+        out.extend_from_slice(pod_bytes(c));
+    }
+    out
+}
+
+/// An opened, validated image (header and index checked; contents are
+/// checked chunk by chunk as they are read).
+pub struct Image {
+    pub path: PathBuf,
+    pub header: Header,
+    pub meta: Meta,
+    pub chunks: Vec<ChunkDesc>,
+    file: File,
+}
+
+impl Image {
+    /// Open and validate `path`.
+    pub fn open(path: &Path) -> Result<Image, ImageError> {
+        let p = || path.to_path_buf();
+        let io = |source| ImageError::Io { path: p(), source };
+        let mut file = File::open(path).map_err(io)?;
+        let actual = file.metadata().map_err(io)?.len();
+        let mut hb = vec![0u8; std::mem::size_of::<Header>()];
+        let got = read_up_to(&mut file, &mut hb).map_err(io)?;
+        if got < 8 || hb[..8] != MAGIC {
+            return Err(ImageError::NotAnImage { path: p() });
+        }
+        if got < hb.len() {
+            return Err(ImageError::Truncated { path: p(), expected: BLOCK, actual });
+        }
+        let header: Header = pod_read(&hb);
+        let mut check = header;
+        check.header_crc = 0;
+        if crc32fast::hash(pod_bytes(&check)) != header.header_crc {
+            return Err(ImageError::Corrupt { path: p(), what: "header checksum mismatch".into() });
+        }
+        if header.version != FORMAT_VERSION {
+            return Err(ImageError::Version { path: p(), found: header.version });
+        }
+        if actual < header.file_len {
+            return Err(ImageError::Truncated { path: p(), expected: header.file_len, actual });
+        }
+        if header.index_offset.checked_add(header.index_len).is_none_or(|e| e > header.file_len)
+            || header.index_len < 16
+        {
+            return Err(ImageError::Corrupt { path: p(), what: "index lies outside the file".into() });
+        }
+        let mut index = vec![0u8; header.index_len as usize];
+        file.read_exact_at(&mut index, header.index_offset).map_err(io)?;
+        if crc32fast::hash(&index) != header.index_crc {
+            return Err(ImageError::Corrupt { path: p(), what: "index checksum mismatch".into() });
+        }
+        let head: IndexHead = pod_read(&index);
+        let corrupt = |what: &str| ImageError::Corrupt { path: p(), what: what.into() };
+        let meta_end = 16u64.checked_add(head.meta_len).ok_or_else(|| corrupt("bad index"))?;
+        let table = (meta_end + 7) & !7;
+        let need = head.n_chunks.checked_mul(40).and_then(|n| n.checked_add(table));
+        if need.is_none_or(|n| n > index.len() as u64) {
+            return Err(corrupt("index tables overrun the index"));
+        }
+        let meta: Meta = serde_json::from_slice(&index[16..meta_end as usize])
+            .map_err(|e| corrupt(&format!("metadata unreadable: {e}")))?;
+        let mut chunks = Vec::with_capacity(head.n_chunks as usize);
+        for i in 0..head.n_chunks as usize {
+            let off = table as usize + i * 40;
+            let c: ChunkDesc = pod_read(&index[off..off + 40]);
+            let end = c.file_off.checked_add(c.stored_len);
+            if c.file_off < BLOCK || end.is_none_or(|e| e > header.index_offset) || c.len % 4096 != 0 {
+                return Err(corrupt(&format!("chunk {i} lies outside the data section")));
+            }
+            if c.flags & CHUNK_ZSTD == 0 && c.stored_len != c.len {
+                return Err(corrupt(&format!("chunk {i} has inconsistent lengths")));
+            }
+            chunks.push(c);
+        }
+        for a in &meta.areas {
+            if a.start % 4096 != 0 || a.len % 4096 != 0 || a.len == 0 {
+                return Err(corrupt("misaligned memory area"));
+            }
+        }
+        Ok(Image { path: p(), header, meta, chunks, file })
+    }
+
+    /// Read chunk `c` into `out` (resized to `c.len`), verifying its CRC.
+    /// `scratch` is a reusable buffer for compressed bytes.
+    pub fn read_chunk(&self, c: &ChunkDesc, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Result<(), ImageError> {
+        let io = |source| ImageError::Io { path: self.path.clone(), source };
+        let corrupt = |what: String| ImageError::Corrupt { path: self.path.clone(), what };
+        let stored = if c.flags & CHUNK_ZSTD != 0 { &mut *scratch } else { &mut *out };
+        stored.resize(c.stored_len as usize, 0);
+        self.file.read_exact_at(stored, c.file_off).map_err(io)?;
+        if crc32fast::hash(stored) != c.crc {
+            return Err(corrupt(format!("checksum mismatch in the memory contents at address {:#x}", c.addr)));
+        }
+        if c.flags & CHUNK_ZSTD != 0 {
+            out.resize(c.len as usize, 0);
+            let n = zstd::bulk::decompress_to_buffer(scratch, out)
+                .map_err(|e| corrupt(format!("cannot decompress memory at {:#x}: {e}", c.addr)))?;
+            if n != c.len as usize {
+                return Err(corrupt(format!("memory at {:#x} decompressed to the wrong size", c.addr)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Read and check every chunk (used by `dmtcp_restart --check`-style paths and tests).
+    pub fn verify_all(&self) -> Result<(), ImageError> {
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        for c in &self.chunks {
+            self.read_chunk(c, &mut out, &mut scratch)?;
+        }
+        Ok(())
+    }
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// The image file name DMTCP users expect: `ckpt_<prog>_<uniq>.dmtcp`.
+pub fn image_name(program: &str, uniq_id: &str) -> String {
+    format!("ckpt_{program}_{uniq_id}.dmtcp")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn meta() -> Meta {
+        Meta {
+            program: "t".into(),
+            argv: vec!["t".into()],
+            hostname: "h".into(),
+            pid: 1,
+            uniq_id: "u".into(),
+            comp_id: "c".into(),
+            generation: 1,
+            num_peers: 1,
+            time: 0,
+            dmtcp_version: "0".into(),
+            entry: 1,
+            entry_stack_top: 2,
+            special: [(0, 0); 3],
+            mm: [0; 11],
+            areas: vec![Area { start: 4096, len: 8192, offset: 0, prot: 3, kind: 0, flags: 0, path: String::new(), file_size: 0 }],
+            coord_host: "localhost".into(),
+            coord_port: 7779,
+            ckpt_dir: ".".into(),
+        }
+    }
+
+    /// Build a small valid image: one raw chunk and one zstd chunk.
+    fn build(dir: &Path) -> PathBuf {
+        let raw = vec![7u8; 4096];
+        let big = vec![3u8; 8192];
+        let z = zstd::bulk::compress(&big, 1).unwrap();
+        let mut data = vec![0u8; 4096];
+        data.extend_from_slice(&raw);
+        let zoff = data.len() as u64;
+        data.extend_from_slice(&z);
+        while data.len() % 4096 != 0 {
+            data.push(0);
+        }
+        let chunks = [
+            ChunkDesc { addr: 4096, len: 4096, file_off: 4096, stored_len: 4096, crc: crc32fast::hash(&raw), flags: 0 },
+            ChunkDesc { addr: 8192, len: 8192, file_off: zoff, stored_len: z.len() as u64, crc: crc32fast::hash(&z), flags: CHUNK_ZSTD },
+        ];
+        let index = encode_index(&meta(), &chunks);
+        let index_offset = data.len() as u64;
+        data.extend_from_slice(&index);
+        let h = Header {
+            index_offset,
+            index_len: index.len() as u64,
+            index_crc: crc32fast::hash(&index),
+            file_len: data.len() as u64,
+            ..Default::default()
+        };
+        data[..4096].copy_from_slice(&h.encode());
+        let p = dir.join("ckpt_t_u.dmtcp");
+        std::fs::File::create(&p).unwrap().write_all(&data).unwrap();
+        p
+    }
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dmtcp-image-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn round_trip() {
+        let d = tmpdir("rt");
+        let p = build(&d);
+        let img = Image::open(&p).unwrap();
+        assert_eq!(img.chunks.len(), 2);
+        let (mut out, mut s) = (Vec::new(), Vec::new());
+        img.read_chunk(&img.chunks[1], &mut out, &mut s).unwrap();
+        assert_eq!(out, vec![3u8; 8192]);
+        img.verify_all().unwrap();
+    }
+
+    #[test]
+    fn detects_damage() {
+        let d = tmpdir("dmg");
+        let p = build(&d);
+        let good = std::fs::read(&p).unwrap();
+
+        std::fs::write(&p, &good[..good.len() - 10]).unwrap();
+        assert!(matches!(Image::open(&p), Err(ImageError::Truncated { .. })), "truncated");
+
+        let mut bad = good.clone();
+        bad[4096 + 100] ^= 0xff;
+        std::fs::write(&p, &bad).unwrap();
+        let img = Image::open(&p).unwrap();
+        let e = img.verify_all().unwrap_err();
+        assert!(e.to_string().contains("checksum mismatch"), "{e}");
+
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 3] ^= 0x55;
+        std::fs::write(&p, &bad).unwrap();
+        assert!(matches!(Image::open(&p), Err(ImageError::Corrupt { .. })));
+
+        std::fs::write(&p, b"#!/bin/sh\necho hello\n").unwrap();
+        assert!(matches!(Image::open(&p), Err(ImageError::NotAnImage { .. })));
+
+        let mut bad = good.clone();
+        bad[9] ^= 1;
+        std::fs::write(&p, &bad).unwrap();
+        assert!(matches!(Image::open(&p), Err(ImageError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,142 @@
+//! x86_64 context switching primitives (the preload library's only assembly).
+//!
+//! A thread that is about to be checkpointed calls [`save_and_call`]: it
+//! records the callee-saved registers, the stack pointer and the return
+//! address in a [`Ctx`], then calls a function (which blocks while the image
+//! is written) and returns 0. After a restart, [`jump_context`] (for the
+//! main thread) or [`clone_into`] (for every other thread) resume execution
+//! exactly as if that `save_and_call` had returned 1. Because the jump lands
+//! on an ordinary function return, the compiler's view of the caller stays
+//! valid (no `returns_twice` hazard as with setjmp).
+
+/// Saved execution context. Offsets are used by the assembly below.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ctx {
+    pub rbx: u64,
+    pub rbp: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    /// Stack pointer after `save_and_call` returns.
+    pub rsp: u64,
+    /// Return address of `save_and_call`.
+    pub rip: u64,
+    pub mxcsr: u32,
+    pub fpucw: u32,
+}
+
+const _: () = {
+    assert!(core::mem::offset_of!(Ctx, rsp) == 48);
+    assert!(core::mem::offset_of!(Ctx, rip) == 56);
+    assert!(core::mem::offset_of!(Ctx, mxcsr) == 64);
+    assert!(core::mem::offset_of!(Ctx, fpucw) == 68);
+    assert!(core::mem::size_of::<Ctx>() == 72);
+};
+
+core::arch::global_asm!(
+    // u64 dmtcp_save_and_call(Ctx *ctx, u64 (*f)(void *), void *arg)
+    ".globl dmtcp_save_and_call",
+    ".type dmtcp_save_and_call,@function",
+    "dmtcp_save_and_call:",
+    "mov [rdi], rbx",
+    "mov [rdi+8], rbp",
+    "mov [rdi+16], r12",
+    "mov [rdi+24], r13",
+    "mov [rdi+32], r14",
+    "mov [rdi+40], r15",
+    "lea rax, [rsp+8]",
+    "mov [rdi+48], rax",
+    "mov rax, [rsp]",
+    "mov [rdi+56], rax",
+    "stmxcsr [rdi+64]",
+    "fnstcw [rdi+68]",
+    "sub rsp, 8",
+    "mov rdi, rdx",
+    "call rsi",
+    "add rsp, 8",
+    "xor eax, eax",
+    "ret",
+    ".size dmtcp_save_and_call, .-dmtcp_save_and_call",
+    // void dmtcp_jump_context(const Ctx *ctx)  -- never returns
+    ".globl dmtcp_jump_context",
+    ".type dmtcp_jump_context,@function",
+    "dmtcp_jump_context:",
+    "ldmxcsr [rdi+64]",
+    "fldcw [rdi+68]",
+    "mov rbx, [rdi]",
+    "mov rbp, [rdi+8]",
+    "mov r12, [rdi+16]",
+    "mov r13, [rdi+24]",
+    "mov r14, [rdi+32]",
+    "mov r15, [rdi+40]",
+    "mov rsp, [rdi+48]",
+    "mov eax, 1",
+    "jmp qword ptr [rdi+56]",
+    ".size dmtcp_jump_context, .-dmtcp_jump_context",
+    // i64 dmtcp_clone_into(u64 flags, u64 tls, int *tidptr, const Ctx *ctx)
+    // Parent: returns the child's tid or -errno. Child: resumes ctx.
+    ".globl dmtcp_clone_into",
+    ".type dmtcp_clone_into,@function",
+    "dmtcp_clone_into:",
+    "mov r9, rcx",
+    "mov r8, rsi",
+    "mov r10, rdx",
+    "mov rsi, [r9+48]",
+    "mov eax, 56",
+    "syscall",
+    "test rax, rax",
+    "jnz 2f",
+    "ldmxcsr [r9+64]",
+    "fldcw [r9+68]",
+    "mov rbx, [r9]",
+    "mov rbp, [r9+8]",
+    "mov r12, [r9+16]",
+    "mov r13, [r9+24]",
+    "mov r14, [r9+32]",
+    "mov r15, [r9+40]",
+    "mov eax, 1",
+    "jmp qword ptr [r9+56]",
+    "2:",
+    "ret",
+    ".size dmtcp_clone_into, .-dmtcp_clone_into",
+);
+
+extern "C" {
+    fn dmtcp_save_and_call(ctx: *mut Ctx, f: extern "C" fn(*mut core::ffi::c_void) -> u64, arg: *mut core::ffi::c_void) -> u64;
+    fn dmtcp_jump_context(ctx: *const Ctx) -> !;
+    fn dmtcp_clone_into(flags: u64, tls: u64, tidptr: *mut i32, ctx: *const Ctx) -> i64;
+}
+
+/// Save the calling thread's context into `ctx`, then run `f(arg)`.
+/// Returns 0 when `f` returned, 1 when resumed from an image.
+///
+/// # Safety
+/// `ctx` must stay valid (and be part of the checkpointed memory) for as
+/// long as it may be resumed; `f` must not unwind.
+pub unsafe fn save_and_call(ctx: *mut Ctx, f: extern "C" fn(*mut core::ffi::c_void) -> u64, arg: *mut core::ffi::c_void) -> u64 {
+    // SAFETY: forwarded contract; the assembly follows the C ABI.
+    unsafe { dmtcp_save_and_call(ctx, f, arg) }
+}
+
+/// Resume `ctx` on the calling thread, as a return of 1 from its `save_and_call`.
+///
+/// # Safety
+/// `ctx` must have been filled by `save_and_call` in this (restored) address
+/// space, with its stack intact, and the thread pointer must already be set.
+pub unsafe fn jump_context(ctx: *const Ctx) -> ! {
+    // SAFETY: forwarded contract.
+    unsafe { dmtcp_jump_context(ctx) }
+}
+
+/// Create a thread (raw clone) that resumes `ctx` with thread pointer `tls`.
+/// `tidptr` (may be null) receives the new tid and is cleared at thread exit,
+/// as glibc expects of `struct pthread`'s tid field.
+///
+/// # Safety
+/// As for [`jump_context`]; `flags` must describe a thread of this process.
+pub unsafe fn clone_into(flags: u64, tls: u64, tidptr: *mut i32, ctx: *const Ctx) -> i64 {
+    // SAFETY: forwarded contract.
+    unsafe { dmtcp_clone_into(flags, tls, tidptr, ctx) }
+}

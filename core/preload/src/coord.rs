@@ -1,0 +1,75 @@
+//! The connection to the coordinator, kept at a fixed, protected fd number so
+//! that after a restart the same object works on the new socket.
+
+use crate::procstate::PROTECTED_FD_BASE;
+use dmtcp_common::proto::{FromCoord, ToCoord};
+use std::io::{BufReader, Read, Write};
+
+/// The fd the coordinator socket lives at.
+pub const COORD_FD: i32 = PROTECTED_FD_BASE + 1;
+
+/// Raw fd reader/writer (no ownership: the fd is the library's for life).
+pub struct Fd(pub i32);
+
+impl Read for Fd {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            // SAFETY: reading into a live buffer.
+            let n = unsafe { libc::read(self.0, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl Write for Fd {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match dmtcp_sys::write_all(self.0, buf) {
+            0 => Ok(buf.len()),
+            e => Err(std::io::Error::from_raw_os_error(-e as i32)),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The coordinator link.
+pub struct Coord {
+    reader: BufReader<Fd>,
+}
+
+impl Coord {
+    /// Take over `fd` (moved to COORD_FD, close-on-exec).
+    pub fn adopt(fd: i32) -> Coord {
+        if fd != COORD_FD {
+            // SAFETY: dup2/close of fds we own.
+            unsafe {
+                libc::dup2(fd, COORD_FD);
+                libc::close(fd);
+            }
+        }
+        // SAFETY: fcntl on our fd.
+        unsafe { libc::fcntl(COORD_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+        Coord { reader: BufReader::new(Fd(COORD_FD)) }
+    }
+
+    /// Forget buffered input (after a restart the socket is a new one).
+    pub fn reset(&mut self) {
+        self.reader = BufReader::new(Fd(COORD_FD));
+    }
+
+    pub fn send(&mut self, m: &ToCoord) -> std::io::Result<()> {
+        dmtcp_common::proto::send(&mut Fd(COORD_FD), m)
+    }
+
+    pub fn recv(&mut self) -> std::io::Result<Option<FromCoord>> {
+        dmtcp_common::proto::recv(&mut self.reader)
+    }
+
+}

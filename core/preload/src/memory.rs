@@ -1,0 +1,241 @@
+//! Which memory to save: /proc/self/maps classified into image areas, and
+//! the work items the writer threads share.
+
+use dmtcp_common::image::Area;
+use dmtcp_sys::restore::*;
+use std::io::Read;
+
+/// How a work item's pages are selected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Select {
+    /// Anonymous memory: pages present or swapped, and not all zero.
+    Anon,
+    /// Private file mapping: pages that became private copies (written).
+    Cow,
+    /// Every present page (deleted files and shared anonymous memory).
+    All,
+}
+
+/// A slice of an area for one writer to scan and write.
+#[derive(Clone, Copy, Debug)]
+pub struct Item {
+    pub start: u64,
+    pub len: u64,
+    pub select: Select,
+    /// Overlaps the stack of one of our running threads.
+    pub volatile: bool,
+}
+
+/// Scratch ranges left out of images (writer buffers): restored as zeroes.
+static EXCLUDED: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Leave `[start, start+len)` out of every image.
+pub fn exclude(start: u64, len: u64) {
+    EXCLUDED.lock().unwrap_or_else(|e| e.into_inner()).push((start, start + len));
+}
+
+/// Stop excluding the range that starts at `start`.
+pub fn unexclude(start: u64) {
+    EXCLUDED.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| r.0 != start);
+}
+
+/// Path of this library (its writable data changes while images are written).
+pub static SELF_PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Find this library's path (at start-up: dladdr may take the loader's lock).
+pub fn init_self_path() {
+    // SAFETY: dladdr fills `info` for an address inside this library.
+    unsafe {
+        let mut info: libc::Dl_info = core::mem::zeroed();
+        if libc::dladdr(init_self_path as *const () as *const libc::c_void, &mut info) != 0 && !info.dli_fname.is_null() {
+            let p = std::ffi::CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned();
+            let p = std::fs::canonicalize(&p).map(|c| c.display().to_string()).unwrap_or(p);
+            let _ = SELF_PATH.set(p);
+        }
+    }
+}
+
+/// `[start, end)` minus the excluded ranges.
+fn minus_excluded(start: u64, end: u64, ex: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = vec![(start, end)];
+    for &(xs, xe) in ex {
+        let mut next = Vec::new();
+        for (s, e) in out {
+            if xe <= s || xs >= e {
+                next.push((s, e));
+                continue;
+            }
+            if s < xs {
+                next.push((s, xs));
+            }
+            if xe < e {
+                next.push((xe, e));
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+/// Pages per work item.
+pub const ITEM_PAGES: u64 = 1024;
+
+/// The memory plan of one checkpoint.
+pub struct Plan {
+    pub areas: Vec<Area>,
+    pub items: Vec<Item>,
+    /// [vvar], [vvar_vclock], [vdso].
+    pub special: [(u64, u64); 3],
+    /// Areas made readable for the write and their original protection.
+    pub reprotect: Vec<(u64, u64, u32)>,
+}
+
+fn parse_hex(s: &str) -> u64 {
+    u64::from_str_radix(s, 16).unwrap_or(0)
+}
+
+/// Parse /proc/self/maps into a plan. Runs while user threads are suspended.
+pub fn plan() -> std::io::Result<Plan> {
+    let mut text = String::with_capacity(1 << 16);
+    std::fs::File::open("/proc/self/maps")?.read_to_string(&mut text)?;
+    let mut p = Plan { areas: Vec::new(), items: Vec::new(), special: [(0, 0); 3], reprotect: Vec::new() };
+    let excluded = EXCLUDED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut stacks: Vec<(u64, u64)> = crate::threads::own_stacks().collect();
+    let self_path = SELF_PATH.get().map(String::as_str).unwrap_or("\0");
+    let mut after_self = false;
+    for line in text.lines() {
+        let mut f = line.splitn(6, ' ');
+        let range = f.next().unwrap_or("");
+        let perms = f.next().unwrap_or("").as_bytes();
+        let offset = parse_hex(f.next().unwrap_or("0"));
+        let _dev = f.next();
+        let inode: u64 = f.next().unwrap_or("0").parse().unwrap_or(0);
+        let name = f.next().unwrap_or("").trim_start();
+        let (s, e) = range.split_once('-').unwrap_or(("0", "0"));
+        let (start, end) = (parse_hex(s), parse_hex(e));
+        if end <= start || perms.len() < 4 {
+            continue;
+        }
+        if let Some(i) = SPECIAL_NAMES.iter().position(|n| n == &name.as_bytes()) {
+            p.special[i] = (start, end - start);
+            continue;
+        }
+        if name == "[vsyscall]" || dmtcp_sys::in_restorer_window(start as usize, end as usize) {
+            continue;
+        }
+        let mut prot = 0u32;
+        if perms[0] == b'r' {
+            prot |= libc::PROT_READ as u32;
+        }
+        if perms[1] == b'w' {
+            prot |= libc::PROT_WRITE as u32;
+        }
+        if perms[2] == b'x' {
+            prot |= libc::PROT_EXEC as u32;
+        }
+        let shared = perms[3] == b's';
+        let deleted = name.ends_with(" (deleted)");
+        let is_file = name.starts_with('/') && inode != 0;
+        let anon_shared = shared
+            && (name.starts_with("/dev/zero") || name.starts_with("/SYSV") || name.starts_with("/memfd:") || !is_file || deleted);
+        let mut file_size = 0u64;
+        let file_ok = is_file && !deleted && file_matches(name, inode, &mut file_size);
+        let (kind, select, path) = if anon_shared {
+            (KIND_ANON_SHARED, Some(Select::All), String::new())
+        } else if shared && file_ok {
+            (KIND_FILE_SHARED, None, name.to_string())
+        } else if shared {
+            (KIND_ANON_SHARED, Some(Select::All), String::new())
+        } else if file_ok {
+            (KIND_FILE_PRIVATE, Some(Select::Cow), name.to_string())
+        } else if is_file {
+            // A private mapping of a deleted or replaced file: keep every
+            // page we can see, restore it as anonymous memory.
+            (KIND_ANON_PRIVATE, Some(Select::All), String::new())
+        } else {
+            let label = if name.starts_with('[') { name.to_string() } else { String::new() };
+            (KIND_ANON_PRIVATE, Some(Select::Anon), label)
+        };
+        let flags = if name == "[stack]" { AREA_GROWSDOWN } else { 0 };
+        // Our own writable data (and the bss after it) changes during the write.
+        let ours = name == self_path || (after_self && name.is_empty());
+        after_self = name == self_path;
+        if ours && prot & libc::PROT_WRITE as u32 != 0 {
+            stacks.push((start, end));
+        }
+        p.areas.push(Area { start, len: end - start, offset, prot, kind, flags, path, file_size });
+        if let Some(select) = select {
+            if prot & libc::PROT_READ as u32 == 0 {
+                p.reprotect.push((start, end - start, prot));
+            }
+            for (s, e) in minus_excluded(start, end, &excluded) {
+                let mut a = s;
+                while a < e {
+                    let len = (e - a).min(ITEM_PAGES * 4096);
+                    let volatile = stacks.iter().any(|&(ls, le)| a < le && ls < a + len);
+                    p.items.push(Item { start: a, len, select, volatile });
+                    a += len;
+                }
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// Does `path` still name the file mapped (same inode)? Records its size.
+fn file_matches(path: &str, inode: u64, size: &mut u64) -> bool {
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            use std::os::unix::fs::MetadataExt;
+            *size = m.size();
+            m.ino() == inode
+        }
+        Err(_) => false,
+    }
+}
+
+/// Make unreadable areas readable for the write (their original protection
+/// is in the image and restored after).
+pub fn open_up(p: &Plan) {
+    for &(s, l, prot) in &p.reprotect {
+        // SAFETY: adding PROT_READ to an existing mapping of this process.
+        unsafe { libc::mprotect(s as *mut libc::c_void, l as usize, prot as i32 | libc::PROT_READ) };
+    }
+}
+
+/// Undo [`open_up`].
+pub fn close_down(p: &Plan) {
+    for &(s, l, prot) in &p.reprotect {
+        // SAFETY: restoring the protection the mapping had.
+        unsafe { libc::mprotect(s as *mut libc::c_void, l as usize, prot as i32) };
+    }
+}
+
+/// Read /proc/self/stat's memory layout fields in prctl_mm_map order
+/// (start_code, end_code, start_data, end_data, start_brk, brk, start_stack,
+/// arg_start, arg_end, env_start, env_end).
+pub fn mm_layout() -> [u64; 11] {
+    let mut out = [0u64; 11];
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else { return out };
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else { return out };
+    // Fields after ")" start at field 3 (state).
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let field = |n: usize| f.get(n - 3).copied().unwrap_or(0);
+    // SAFETY: brk(0) only reports the current break.
+    let brk = unsafe { libc::syscall(libc::SYS_brk, 0) } as u64;
+    out = [field(26), field(27), field(45), field(46), field(47), brk, field(28), field(48), field(49), field(50), field(51)];
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::minus_excluded;
+
+    #[test]
+    fn exclusion_splits_ranges() {
+        assert_eq!(minus_excluded(0, 100, &[(10, 20), (50, 60)]), vec![(0, 10), (20, 50), (60, 100)]);
+        assert_eq!(minus_excluded(0, 100, &[(0, 100)]), vec![]);
+        assert_eq!(minus_excluded(10, 20, &[(0, 5), (25, 30)]), vec![(10, 20)]);
+        assert_eq!(minus_excluded(10, 20, &[(5, 15)]), vec![(15, 20)]);
+    }
+}

@@ -1,0 +1,468 @@
+//! Per-process kernel state that is not memory: the internal "process"
+//! plugin (cwd, umask, resource limits, signal actions) and the "file"
+//! plugin (file descriptors).
+//!
+//! Captured at pre-checkpoint time, while user threads are suspended:
+//! everything here uses raw syscalls or libc calls that do not allocate
+//! (allocation goes to the library's own allocator).
+
+use crate::plugin::{Event, Plugin};
+use std::ffi::CString;
+use std::sync::Mutex;
+
+/// Raw kernel sigaction (as rt_sigaction reads and writes it).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct KSigaction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+const NSIG: usize = 65;
+
+/// Signal actions saved at checkpoint time, restored first thing at restart
+/// (static, so the restart entry can reach them with no allocation).
+pub static mut SIGACTIONS: [KSigaction; NSIG] = [KSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 }; NSIG];
+
+/// Save every signal action (called with user threads suspended).
+pub fn save_sigactions() {
+    for sig in 1..NSIG {
+        if sig == 9 || sig == 19 {
+            continue;
+        }
+        let mut old = KSigaction::default();
+        // SAFETY: rt_sigaction with a null new action only writes `old`.
+        let r = unsafe { dmtcp_sys::syscall6(dmtcp_sys::nr::RT_SIGACTION, sig, 0, &mut old as *mut KSigaction as usize, 8, 0, 0) };
+        if r == 0 {
+            // SAFETY: only the checkpoint thread writes this table, with user
+            // threads suspended; the restart entry reads it single-threaded.
+            unsafe { (*core::ptr::addr_of_mut!(SIGACTIONS))[sig] = old };
+        }
+    }
+}
+
+/// Re-install the saved signal actions (restart entry; raw syscalls only).
+pub fn restore_sigactions() {
+    for sig in 1..NSIG {
+        if sig == 9 || sig == 19 {
+            continue;
+        }
+        // SAFETY: single-threaded restart entry reads the static table.
+        let a = unsafe { (*core::ptr::addr_of!(SIGACTIONS))[sig] };
+        // SAFETY: rt_sigaction reads our struct; handlers are at their old addresses.
+        unsafe { dmtcp_sys::syscall6(dmtcp_sys::nr::RT_SIGACTION, sig, &a as *const KSigaction as usize, 0, 8, 0, 0) };
+    }
+}
+
+#[derive(Default)]
+struct ProcSaved {
+    cwd: Option<CString>,
+    umask: u32,
+    rlimits: Vec<(i32, libc::rlimit)>,
+}
+
+/// cwd, umask, resource limits and signal actions.
+pub struct ProcessPlugin {
+    saved: Mutex<ProcSaved>,
+}
+
+impl ProcessPlugin {
+    pub fn new() -> Self {
+        ProcessPlugin { saved: Mutex::new(ProcSaved::default()) }
+    }
+}
+
+impl Plugin for ProcessPlugin {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+    fn event(&self, ev: Event) {
+        let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        match ev {
+            Event::PreCheckpoint => {
+                save_sigactions();
+                let mut buf = vec![0u8; 4096];
+                // SAFETY: getcwd writes into our buffer.
+                let p = unsafe { libc::getcwd(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+                s.cwd = if p.is_null() {
+                    None
+                } else {
+                    let n = buf.iter().position(|&c| c == 0).unwrap_or(0);
+                    CString::new(&buf[..n]).ok()
+                };
+                // SAFETY: umask read-and-restore.
+                unsafe {
+                    let m = libc::umask(0o022);
+                    libc::umask(m);
+                    s.umask = m;
+                }
+                s.rlimits.clear();
+                for r in 0..16 {
+                    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                    // SAFETY: getrlimit writes our struct.
+                    if unsafe { libc::getrlimit(r as _, &mut l) } == 0 {
+                        s.rlimits.push((r, l));
+                    }
+                }
+            }
+            Event::Restart => {
+                if let Some(c) = &s.cwd {
+                    // SAFETY: chdir to a NUL-terminated path.
+                    if unsafe { libc::chdir(c.as_ptr()) } != 0 {
+                        crate::log::warn(format_args!("cannot return to directory {c:?}: {}", std::io::Error::last_os_error()));
+                    }
+                }
+                // SAFETY: plain umask/setrlimit calls.
+                unsafe {
+                    libc::umask(s.umask);
+                    for (r, l) in &s.rlimits {
+                        if libc::setrlimit(*r as _, l) != 0 {
+                            // Raising a hard limit needs privilege: keep what we can.
+                            let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                            libc::getrlimit(*r as _, &mut cur);
+                            let soft = libc::rlimit { rlim_cur: l.rlim_cur.min(cur.rlim_max), rlim_max: cur.rlim_max };
+                            libc::setrlimit(*r as _, &soft);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FdKind {
+    /// Regular file, directory or character device: reopened by path.
+    Path,
+    /// A terminal: at restart, fds 0-2 keep the terminal dmtcp_restart got.
+    Tty,
+    /// Read end of a pipe whose write end is also in this process.
+    PipeRead { ino: u64 },
+    /// Write end of such a pipe.
+    PipeWrite { ino: u64 },
+    /// Anything else (sockets, pipes to other processes, event fds...).
+    Other,
+}
+
+#[derive(Clone, Debug)]
+struct FdInfo {
+    fd: i32,
+    target: String,
+    kind: FdKind,
+    flags: i32,
+    cloexec: bool,
+    offset: i64,
+}
+
+#[derive(Default)]
+struct FdSaved {
+    fds: Vec<FdInfo>,
+    /// Bytes drained from in-process pipes, by read-end fd.
+    drained: Vec<(i32, Vec<u8>)>,
+}
+
+/// File descriptors: regular files, directories, devices, terminals and
+/// pipes with both ends inside the process.
+pub struct FilePlugin {
+    saved: Mutex<FdSaved>,
+}
+
+impl FilePlugin {
+    pub fn new() -> Self {
+        FilePlugin { saved: Mutex::new(FdSaved::default()) }
+    }
+}
+
+/// First fd number the library keeps for itself.
+pub const PROTECTED_FD_BASE: i32 = 820;
+
+fn list_fds() -> Vec<i32> {
+    let mut out = Vec::new();
+    // SAFETY: open of a literal path.
+    let d = unsafe { libc::open(c"/proc/self/fd".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if d < 0 {
+        return out;
+    }
+    let mut buf = vec![0u8; 8192];
+    loop {
+        // SAFETY: getdents64 fills our buffer.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, d, buf.as_mut_ptr(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        let mut off = 0usize;
+        while off < n as usize {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            let name = &buf[off + 19..off + reclen];
+            let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+            if let Some(fd) = std::str::from_utf8(&name[..end]).ok().and_then(|s| s.parse::<i32>().ok()) {
+                if fd != d {
+                    out.push(fd);
+                }
+            }
+            off += reclen;
+        }
+    }
+    // SAFETY: closing our fd.
+    unsafe { libc::close(d) };
+    out
+}
+
+fn readlink_fd(fd: i32) -> String {
+    let p = CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: readlink writes at most buf.len() bytes.
+    let n = unsafe { libc::readlink(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if n <= 0 {
+        return String::new();
+    }
+    buf.truncate(n as usize);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn pipe_ino(target: &str) -> Option<u64> {
+    target.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
+}
+
+fn set_nonblock(fd: i32, on: bool) -> i32 {
+    // SAFETY: fcntl flag manipulation on an fd of ours.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK });
+        fl
+    }
+}
+
+fn refill(fd_write: i32, data: &[u8]) {
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: writing our buffer into the pipe.
+        let n = unsafe { libc::write(fd_write, data[done..].as_ptr() as *const libc::c_void, data.len() - done) };
+        if n <= 0 {
+            crate::log::warn(format_args!("could not refill a pipe ({} bytes lost)", data.len() - done));
+            return;
+        }
+        done += n as usize;
+    }
+}
+
+impl FilePlugin {
+    fn save(&self, s: &mut FdSaved) {
+        s.fds.clear();
+        s.drained.clear();
+        let fds = list_fds();
+        let mut infos = Vec::new();
+        for fd in fds {
+            if fd >= PROTECTED_FD_BASE && fd < PROTECTED_FD_BASE + 10 {
+                continue;
+            }
+            let target = readlink_fd(fd);
+            // SAFETY: fstat/fcntl/lseek on a live fd, writing our struct.
+            let (st, flags, fdflags, offset) = unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::fstat(fd, &mut st);
+                (st, libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD), libc::lseek(fd, 0, libc::SEEK_CUR))
+            };
+            let fmt = st.st_mode & libc::S_IFMT;
+            // SAFETY: isatty on a live fd.
+            let tty = unsafe { libc::isatty(fd) } == 1;
+            let kind = if tty {
+                FdKind::Tty
+            } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
+                if target.starts_with('/') {
+                    FdKind::Path
+                } else {
+                    FdKind::Other
+                }
+            } else if let Some(ino) = pipe_ino(&target) {
+                if flags & libc::O_ACCMODE == libc::O_WRONLY {
+                    FdKind::PipeWrite { ino }
+                } else {
+                    FdKind::PipeRead { ino }
+                }
+            } else {
+                FdKind::Other
+            };
+            infos.push(FdInfo { fd, target, kind, flags, cloexec: fdflags & libc::FD_CLOEXEC != 0, offset });
+        }
+        // Pipes need both ends here to be restored; otherwise they are "Other".
+        let snapshot = infos.clone();
+        for i in infos.iter_mut() {
+            let pair = match i.kind {
+                FdKind::PipeRead { ino } => snapshot.iter().any(|o| o.kind == FdKind::PipeWrite { ino }),
+                FdKind::PipeWrite { ino } => snapshot.iter().any(|o| o.kind == FdKind::PipeRead { ino }),
+                _ => true,
+            };
+            if !pair {
+                i.kind = FdKind::Other;
+            }
+        }
+        // Drain in-process pipes once per pipe (first read end found).
+        let mut seen = Vec::new();
+        for i in &infos {
+            if let FdKind::PipeRead { ino } = i.kind {
+                if seen.contains(&ino) {
+                    continue;
+                }
+                seen.push(ino);
+                let old = set_nonblock(i.fd, true);
+                let mut data = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    // SAFETY: reading into our buffer.
+                    let n = unsafe { libc::read(i.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+                    if n <= 0 {
+                        break;
+                    }
+                    data.extend_from_slice(&buf[..n as usize]);
+                }
+                // SAFETY: restoring the fd's flags.
+                unsafe { libc::fcntl(i.fd, libc::F_SETFL, old) };
+                s.drained.push((i.fd, data));
+            }
+        }
+        s.fds = infos;
+    }
+
+    fn writer_for(s: &FdSaved, read_fd: i32) -> Option<i32> {
+        let ino = s.fds.iter().find(|i| i.fd == read_fd).and_then(|i| match i.kind {
+            FdKind::PipeRead { ino } => Some(ino),
+            _ => None,
+        })?;
+        s.fds.iter().find(|i| i.kind == FdKind::PipeWrite { ino }).map(|i| i.fd)
+    }
+
+    fn resume(&self, s: &FdSaved) {
+        for (rfd, data) in &s.drained {
+            if let Some(w) = Self::writer_for(s, *rfd) {
+                refill(w, data);
+            }
+        }
+    }
+
+    fn restart(&self, s: &FdSaved) {
+        // Close whatever this process inherited beyond stdio that the program
+        // did not have (keeps fd numbers free for the program's own).
+        for fd in list_fds() {
+            if fd > 2 && !(PROTECTED_FD_BASE..PROTECTED_FD_BASE + 10).contains(&fd) {
+                // SAFETY: closing an fd inherited from dmtcp_restart.
+                unsafe { libc::close(fd) };
+            }
+        }
+        let mut pipes_done: Vec<u64> = Vec::new();
+        for i in &s.fds {
+            match &i.kind {
+                FdKind::Tty | FdKind::Other if i.fd <= 2 => {} // keep what dmtcp_restart gave us
+                FdKind::Path => {
+                    let Ok(p) = CString::new(i.target.clone()) else { continue };
+                    let fl = i.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
+                    // SAFETY: open/dup2/lseek on NUL-terminated paths and our fds.
+                    unsafe {
+                        let nfd = libc::open(p.as_ptr(), fl | libc::O_CLOEXEC);
+                        if nfd < 0 {
+                            crate::log::warn(format_args!(
+                                "cannot reopen {} as fd {}: {}",
+                                i.target,
+                                i.fd,
+                                std::io::Error::last_os_error()
+                            ));
+                            continue;
+                        }
+                        move_fd(nfd, i.fd, i.cloexec);
+                        if i.offset > 0 {
+                            libc::lseek(i.fd, i.offset, libc::SEEK_SET);
+                        }
+                    }
+                }
+                FdKind::PipeRead { ino } | FdKind::PipeWrite { ino } => {
+                    if pipes_done.contains(ino) {
+                        continue;
+                    }
+                    pipes_done.push(*ino);
+                    let ends: Vec<&FdInfo> = s.fds.iter().filter(|o| matches!(o.kind, FdKind::PipeRead { ino: x } | FdKind::PipeWrite { ino: x } if x == *ino)).collect();
+                    let mut p = [0i32; 2];
+                    // SAFETY: pipe2 writes two fds into our array.
+                    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                        continue;
+                    }
+                    // Move the fresh ends out of the way of the target numbers first.
+                    // SAFETY: fcntl dup of our own fds.
+                    let (r, w) = unsafe {
+                        let r = libc::fcntl(p[0], libc::F_DUPFD_CLOEXEC, PROTECTED_FD_BASE + 10);
+                        let w = libc::fcntl(p[1], libc::F_DUPFD_CLOEXEC, PROTECTED_FD_BASE + 10);
+                        libc::close(p[0]);
+                        libc::close(p[1]);
+                        (r, w)
+                    };
+                    for e in &ends {
+                        let src = if matches!(e.kind, FdKind::PipeRead { .. }) { r } else { w };
+                        // SAFETY: dup2 of our fds onto the program's numbers.
+                        unsafe {
+                            libc::dup2(src, e.fd);
+                            if !e.cloexec {
+                                libc::fcntl(e.fd, libc::F_SETFD, 0);
+                            }
+                            libc::fcntl(e.fd, libc::F_SETFL, e.flags & (libc::O_NONBLOCK | libc::O_APPEND));
+                        }
+                    }
+                    // SAFETY: closing the temporaries.
+                    unsafe {
+                        libc::close(r);
+                        libc::close(w);
+                    }
+                }
+                FdKind::Tty => {
+                    // A terminal beyond stdio: give it the terminal we run on, if any.
+                    // SAFETY: dup/open of our fds.
+                    unsafe {
+                        let t = libc::open(c"/dev/tty".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+                        if t >= 0 {
+                            move_fd(t, i.fd, i.cloexec);
+                        }
+                    }
+                }
+                FdKind::Other => {
+                    crate::log::warn(format_args!("fd {} ({}) cannot be restored yet; it stays closed", i.fd, i.target));
+                }
+            }
+        }
+        for (rfd, data) in &s.drained {
+            if let Some(w) = Self::writer_for(s, *rfd) {
+                refill(w, data);
+            }
+        }
+    }
+}
+
+/// Put `nfd` at number `target` (closing `nfd`), with the given close-on-exec flag.
+///
+/// # Safety
+/// Both must be fds this process may replace.
+unsafe fn move_fd(nfd: i32, target: i32, cloexec: bool) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if nfd != target {
+            libc::dup2(nfd, target);
+            libc::close(nfd);
+        }
+        libc::fcntl(target, libc::F_SETFD, if cloexec { libc::FD_CLOEXEC } else { 0 });
+    }
+}
+
+impl Plugin for FilePlugin {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+    fn event(&self, ev: Event) {
+        let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        match ev {
+            Event::PreCheckpoint => self.save(&mut s),
+            Event::Resume => self.resume(&s),
+            Event::Restart => self.restart(&s),
+            _ => {}
+        }
+    }
+}

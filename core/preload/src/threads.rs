@@ -1,0 +1,337 @@
+//! Suspending, resuming and re-creating threads.
+//!
+//! At checkpoint time the checkpoint thread lists /proc/self/task and sends
+//! the checkpoint signal to every thread that is not one of ours. Each
+//! thread's handler claims a slot, records its kernel-side state (thread
+//! pointer, clear-child-tid address, robust futex list, alternate signal
+//! stack, name), saves its context with `save_and_call` and blocks on a futex
+//! until the epoch changes. Everything here that runs in the handler is
+//! async-signal-safe: raw syscalls and atomics only, no allocation, no lock.
+
+use crate::arch::{self, Ctx};
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use dmtcp_sys::{nr, syscall3, syscall6};
+
+/// Most threads a process may have at checkpoint time.
+pub const MAX_THREADS: usize = 4096;
+
+/// Slot kinds.
+pub const KIND_FREE: u32 = 0;
+pub const KIND_USER: u32 = 1;
+pub const KIND_CKPT: u32 = 2;
+pub const KIND_WRITER: u32 = 3;
+
+/// Per-thread state recorded at checkpoint time.
+pub struct Slot {
+    pub kind: AtomicU32,
+    pub tid: AtomicI32,
+    pub ctx: UnsafeCell<Ctx>,
+    pub fs: AtomicU64,
+    pub tid_addr: AtomicU64,
+    pub robust_head: AtomicU64,
+    pub robust_len: AtomicU64,
+    pub alt_sp: AtomicU64,
+    pub alt_size: AtomicU64,
+    pub alt_flags: AtomicI32,
+    pub name: UnsafeCell<[u8; 16]>,
+    /// Stack range of our own threads (0 for user threads).
+    pub stack_lo: AtomicU64,
+    pub stack_hi: AtomicU64,
+}
+
+// SAFETY: the UnsafeCell fields are written only by the slot's own thread
+// while the checkpoint thread waits for it (synchronised by the SUSPENDED
+// counter), and read by the restart entry when a single thread runs.
+unsafe impl Sync for Slot {}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: Slot = Slot {
+    kind: AtomicU32::new(KIND_FREE),
+    tid: AtomicI32::new(0),
+    ctx: UnsafeCell::new(Ctx { rbx: 0, rbp: 0, r12: 0, r13: 0, r14: 0, r15: 0, rsp: 0, rip: 0, mxcsr: 0, fpucw: 0 }),
+    fs: AtomicU64::new(0),
+    tid_addr: AtomicU64::new(0),
+    robust_head: AtomicU64::new(0),
+    robust_len: AtomicU64::new(0),
+    alt_sp: AtomicU64::new(0),
+    alt_size: AtomicU64::new(0),
+    alt_flags: AtomicI32::new(0),
+    name: UnsafeCell::new([0; 16]),
+    stack_lo: AtomicU64::new(0),
+    stack_hi: AtomicU64::new(0),
+};
+
+/// All slots: first our own threads (fixed), then user threads (claimed per checkpoint).
+pub static SLOTS: [Slot; MAX_THREADS] = [EMPTY; MAX_THREADS];
+/// Slots used by our own threads (checkpoint thread and writers).
+pub static OWN: AtomicUsize = AtomicUsize::new(0);
+/// Slots in use during the current checkpoint.
+pub static NSLOTS: AtomicUsize = AtomicUsize::new(0);
+/// User threads that reached the suspended state.
+pub static SUSPENDED: AtomicU32 = AtomicU32::new(0);
+/// Changes each time suspended threads are released.
+pub static EPOCH: AtomicU32 = AtomicU32::new(0);
+/// True between the first checkpoint signal and the release.
+pub static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Set when more threads than MAX_THREADS tried to suspend.
+pub static OVERFLOW: AtomicBool = AtomicBool::new(false);
+/// The checkpoint signal number.
+pub static CKPT_SIGNAL: AtomicI32 = AtomicI32::new(12);
+
+/// Claim a slot for one of our own threads (at start-up).
+pub fn claim_own(kind: u32) -> &'static Slot {
+    let i = OWN.fetch_add(1, SeqCst);
+    assert!(i < 64, "too many internal threads");
+    let s = &SLOTS[i];
+    s.kind.store(kind, SeqCst);
+    s.tid.store(dmtcp_sys::gettid(), SeqCst);
+    s
+}
+
+/// Record the calling internal thread's stack range (its pages change
+/// while images are written, so writers copy them before checksumming).
+pub fn record_own_stack(slot: &Slot) {
+    // SAFETY: querying the attributes of the calling (non-main) thread.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) == 0 {
+            let mut addr: *mut c_void = core::ptr::null_mut();
+            let mut size: usize = 0;
+            if libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0 {
+                slot.stack_lo.store(addr as u64, Relaxed);
+                slot.stack_hi.store(addr as u64 + size as u64, Relaxed);
+            }
+            libc::pthread_attr_destroy(&mut attr);
+        }
+    }
+}
+
+/// Stack ranges of our own threads.
+pub fn own_stacks() -> impl Iterator<Item = (u64, u64)> {
+    SLOTS[..OWN.load(SeqCst)].iter().map(|s| (s.stack_lo.load(Relaxed), s.stack_hi.load(Relaxed))).filter(|r| r.1 > r.0)
+}
+
+/// Is `tid` one of our own threads?
+pub fn is_own(tid: i32) -> bool {
+    SLOTS[..OWN.load(SeqCst)].iter().any(|s| s.tid.load(Relaxed) == tid)
+}
+
+/// Record the calling thread's kernel-side state in `slot`.
+pub fn capture(slot: &Slot) {
+    slot.tid.store(dmtcp_sys::gettid(), Relaxed);
+    let mut v: u64 = 0;
+    // SAFETY: ARCH_GET_FS writes one u64 to the given address.
+    unsafe { syscall3(nr::ARCH_PRCTL, nr::ARCH_GET_FS, &mut v as *mut u64 as usize, 0) };
+    slot.fs.store(v, Relaxed);
+    let mut a: u64 = 0;
+    // SAFETY: PR_GET_TID_ADDRESS writes one pointer to the given address.
+    let r = unsafe { syscall6(nr::PRCTL, nr::PR_GET_TID_ADDRESS, &mut a as *mut u64 as usize, 0, 0, 0, 0) };
+    slot.tid_addr.store(if r == 0 { a } else { 0 }, Relaxed);
+    let (mut head, mut len) = (0u64, 0u64);
+    // SAFETY: get_robust_list(0, ...) writes the caller's head pointer and length.
+    let r = unsafe {
+        syscall3(nr::GET_ROBUST_LIST, 0, &mut head as *mut u64 as usize, &mut len as *mut u64 as usize)
+    };
+    if r != 0 {
+        head = 0;
+    }
+    slot.robust_head.store(head, Relaxed);
+    slot.robust_len.store(len, Relaxed);
+    let mut ss = libc::stack_t { ss_sp: core::ptr::null_mut(), ss_flags: 0, ss_size: 0 };
+    // SAFETY: sigaltstack(NULL, &old) only writes `ss`.
+    unsafe { syscall3(nr::SIGALTSTACK, 0, &mut ss as *mut libc::stack_t as usize, 0) };
+    slot.alt_sp.store(ss.ss_sp as u64, Relaxed);
+    slot.alt_size.store(ss.ss_size as u64, Relaxed);
+    slot.alt_flags.store(ss.ss_flags, Relaxed);
+    // SAFETY: PR_GET_NAME writes at most 16 bytes; the slot is ours.
+    unsafe { syscall6(nr::PRCTL, libc::PR_GET_NAME as usize, slot.name.get() as usize, 0, 0, 0, 0) };
+}
+
+/// Re-apply, after a restart, the per-thread kernel state saved by [`capture`]
+/// (the thread pointer and tid address were given to clone already).
+pub fn reapply(slot: &Slot) {
+    slot.tid.store(dmtcp_sys::gettid(), Relaxed);
+    let head = slot.robust_head.load(Relaxed);
+    if head != 0 {
+        // SAFETY: the list head lives in restored memory at the same address.
+        unsafe { syscall3(nr::SET_ROBUST_LIST, head as usize, slot.robust_len.load(Relaxed) as usize, 0) };
+    }
+    let sp = slot.alt_sp.load(Relaxed);
+    if sp != 0 && slot.alt_flags.load(Relaxed) & libc::SS_DISABLE == 0 {
+        let ss = libc::stack_t { ss_sp: sp as *mut c_void, ss_flags: 0, ss_size: slot.alt_size.load(Relaxed) as usize };
+        // SAFETY: re-installing the alternate stack the thread had; its memory is restored.
+        unsafe { syscall3(nr::SIGALTSTACK, &ss as *const libc::stack_t as usize, 0, 0) };
+    }
+    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+    unsafe { syscall6(nr::PRCTL, libc::PR_SET_NAME as usize, slot.name.get() as usize, 0, 0, 0, 0) };
+}
+
+/// Block until the epoch differs from `seen`.
+pub fn wait_epoch(seen: u32) {
+    while EPOCH.load(SeqCst) == seen {
+        dmtcp_sys::futex_wait(&EPOCH, seen, 0);
+    }
+}
+
+extern "C" fn suspended_wait(arg: *mut c_void) -> u64 {
+    SUSPENDED.fetch_add(1, SeqCst);
+    dmtcp_sys::futex_wake(&SUSPENDED, 1);
+    wait_epoch(arg as usize as u32);
+    0
+}
+
+/// The checkpoint signal handler (async-signal-safe).
+pub extern "C" fn on_ckpt_signal(_sig: i32, _info: *mut libc::siginfo_t, _uc: *mut c_void) {
+    if !ACTIVE.load(SeqCst) {
+        return;
+    }
+    // SAFETY: errno is this thread's; preserved around our syscalls.
+    let errno = unsafe { *libc::__errno_location() };
+    let seen = EPOCH.load(SeqCst);
+    let i = NSLOTS.fetch_add(1, SeqCst);
+    if i >= MAX_THREADS {
+        OVERFLOW.store(true, SeqCst);
+        suspended_wait(seen as usize as *mut c_void);
+    } else {
+        let slot = &SLOTS[i];
+        slot.kind.store(KIND_USER, SeqCst);
+        capture(slot);
+        // SAFETY: the slot's ctx stays in static memory, part of every image.
+        let r = unsafe { arch::save_and_call(slot.ctx.get(), suspended_wait, seen as usize as *mut c_void) };
+        if r != 0 {
+            // Restarted: we are a fresh kernel thread resuming the old context.
+            reapply(slot);
+            wait_epoch(seen);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Install the checkpoint signal handler.
+pub fn install_handler(sig: i32) -> std::io::Result<()> {
+    CKPT_SIGNAL.store(sig, SeqCst);
+    // SAFETY: a zeroed sigaction is valid; we fill handler, flags and mask.
+    unsafe {
+        let mut sa: libc::sigaction = core::mem::zeroed();
+        sa.sa_sigaction = on_ckpt_signal as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigfillset(&mut sa.sa_mask);
+        if libc::sigaction(sig, &sa, core::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Block every signal in the calling (internal) thread.
+pub fn block_all_signals() {
+    // SAFETY: plain sigset manipulation on the caller's own mask.
+    unsafe {
+        let mut set: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, core::ptr::null_mut());
+    }
+}
+
+/// List the thread ids of this process into `out`; returns how many.
+fn list_tasks(out: &mut [i32]) -> usize {
+    // SAFETY: NUL-terminated literal path.
+    let fd = unsafe { syscall3(nr::OPEN, c"/proc/self/task".as_ptr() as usize, libc::O_RDONLY as usize | libc::O_DIRECTORY as usize | nr::O_CLOEXEC, 0) };
+    if fd < 0 {
+        return 0;
+    }
+    let mut n = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: getdents64 fills our stack buffer.
+        let got = unsafe { syscall3(nr::GETDENTS64, fd as usize, buf.as_mut_ptr() as usize, buf.len()) };
+        if got <= 0 {
+            break;
+        }
+        let mut off = 0usize;
+        while off < got as usize {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            let name = &buf[off + 19..off + reclen];
+            let mut v: i32 = 0;
+            let mut ok = false;
+            for &c in name {
+                if c == 0 {
+                    break;
+                }
+                if !c.is_ascii_digit() {
+                    ok = false;
+                    break;
+                }
+                v = v * 10 + (c - b'0') as i32;
+                ok = true;
+            }
+            if ok && n < out.len() {
+                out[n] = v;
+                n += 1;
+            }
+            off += reclen;
+        }
+    }
+    // SAFETY: closing our fd.
+    unsafe { syscall3(nr::CLOSE, fd as usize, 0, 0) };
+    n
+}
+
+/// Suspend every user thread. Returns the number suspended. Called by the
+/// checkpoint thread; allocates only before any signal is sent.
+pub fn suspend_all() -> usize {
+    let pid = dmtcp_sys::getpid();
+    let sig = CKPT_SIGNAL.load(SeqCst);
+    let mut signalled: Vec<i32> = Vec::with_capacity(MAX_THREADS);
+    let mut tasks = vec![0i32; MAX_THREADS * 2];
+    SUSPENDED.store(0, SeqCst);
+    OVERFLOW.store(false, SeqCst);
+    NSLOTS.store(OWN.load(SeqCst), SeqCst);
+    ACTIVE.store(true, SeqCst);
+    let mut waited_ms = 0u64;
+    loop {
+        let n = list_tasks(&mut tasks);
+        let mut new = 0;
+        for &tid in &tasks[..n] {
+            if is_own(tid) || signalled.contains(&tid) {
+                continue;
+            }
+            if signalled.len() < signalled.capacity() && dmtcp_sys::tgkill(pid, tid, sig) == 0 {
+                signalled.push(tid);
+                new += 1;
+            }
+        }
+        // Wait for the signalled threads, forgetting ones that exited.
+        loop {
+            let got = SUSPENDED.load(SeqCst) as usize;
+            let n = list_tasks(&mut tasks);
+            let alive = signalled.iter().filter(|t| tasks[..n].contains(t)).count();
+            let exited = signalled.len() - alive;
+            if got + exited >= signalled.len() {
+                break;
+            }
+            dmtcp_sys::futex_wait(&SUSPENDED, got as u32, 5_000_000);
+            waited_ms += 5;
+            if waited_ms % 10_000 == 0 {
+                crate::log::warn(format_args!(
+                    "still waiting for {} thread(s) to suspend (do they block signal {sig}?)",
+                    signalled.len() - got - exited
+                ));
+            }
+        }
+        if new == 0 {
+            break;
+        }
+    }
+    SUSPENDED.load(SeqCst) as usize
+}
+
+/// Release suspended threads.
+pub fn resume_all() {
+    ACTIVE.store(false, SeqCst);
+    EPOCH.fetch_add(1, SeqCst);
+    dmtcp_sys::futex_wake(&EPOCH, i32::MAX as u32);
+}

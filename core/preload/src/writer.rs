@@ -1,0 +1,550 @@
+//! Parallel image writing.
+//!
+//! Writer threads are created at start-up, each with its buffers and a
+//! static zstd context already allocated, so nothing is allocated while
+//! user threads are suspended and memory is being written: a torn allocator
+//! state can therefore never end up in an image. Writers claim work items
+//! (ranges of pages) from a shared counter, pick the pages worth saving
+//! through /proc/self/pagemap, and `pwrite` runs of them (raw with O_DIRECT
+//! straight from memory, or zstd-compressed) at offsets taken from a shared
+//! atomic counter. The index and header are written afterwards by the
+//! checkpoint thread; the file is fsync'd and renamed into place.
+
+use crate::arch;
+use crate::memory::{Item, Plan, Select};
+use crate::threads::{self, Slot};
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use dmtcp_common::image::{self, ChunkDesc, Header, Meta, CHUNK_ZSTD};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// At most this many separate runs per work item; past it the rest of the
+/// item is written as one run (bounded index size, no allocation).
+const MAX_RUNS_PER_ITEM: usize = 16;
+const PAGE: usize = 4096;
+/// zstd level for images.
+const ZSTD_LEVEL: i32 = 1;
+
+struct Job {
+    items: AtomicPtr<Item>,
+    n: AtomicUsize,
+    next: AtomicUsize,
+    fd_direct: AtomicI32,
+    fd_buf: AtomicI32,
+    pm_fd: AtomicI32,
+    off: AtomicU64,
+    compress: AtomicBool,
+    error: AtomicI32,
+    ready: AtomicU32,
+    done: AtomicU32,
+    job_epoch: AtomicU32,
+    go_epoch: AtomicU32,
+}
+
+static JOB: Job = Job {
+    items: AtomicPtr::new(core::ptr::null_mut()),
+    n: AtomicUsize::new(0),
+    next: AtomicUsize::new(0),
+    fd_direct: AtomicI32::new(-1),
+    fd_buf: AtomicI32::new(-1),
+    pm_fd: AtomicI32::new(-1),
+    off: AtomicU64::new(0),
+    compress: AtomicBool::new(false),
+    error: AtomicI32::new(0),
+    ready: AtomicU32::new(0),
+    done: AtomicU32::new(0),
+    job_epoch: AtomicU32::new(0),
+    go_epoch: AtomicU32::new(0),
+};
+
+/// A writer's buffers. They live in scratch mappings that are left out of
+/// images (see [`crate::memory::exclude`]): writers scribble on them while
+/// memory is being written, and nothing in them matters after a restart.
+struct WState {
+    descs: *mut ChunkDesc,
+    descs_cap: usize,
+    /// Per-job counters, in scratch memory so that the saved heap (where
+    /// this struct lives) does not change while it is being written.
+    hot: *mut Hot,
+    pm: *mut u64,
+    zbuf: *mut u8,
+    vbuf: *mut u8,
+    zcap: usize,
+    cmem: *mut u8,
+    csize: usize,
+}
+
+/// What a writer changes during a job (lives in its scratch mapping).
+struct Hot {
+    descs_len: usize,
+    cctx: *mut zstd_sys::ZSTD_CCtx,
+}
+
+impl WState {
+    fn hot(&self) -> &mut Hot {
+        // SAFETY: the Hot record sits in this writer's scratch mapping and is
+        // used only by the writer during a job, by the checkpoint thread between jobs.
+        unsafe { &mut *self.hot }
+    }
+    fn push(&mut self, d: ChunkDesc) -> Result<(), i32> {
+        let h = self.hot();
+        if h.descs_len == self.descs_cap {
+            return Err(libc::ENOSPC);
+        }
+        // SAFETY: descs_len < descs_cap slots of the scratch mapping.
+        unsafe { self.descs.add(h.descs_len).write(d) };
+        h.descs_len += 1;
+        Ok(())
+    }
+    fn descs(&self) -> &[ChunkDesc] {
+        // SAFETY: the first descs_len entries were written by push.
+        unsafe { core::slice::from_raw_parts(self.descs, self.hot().descs_len) }
+    }
+}
+
+/// One writer thread.
+pub struct Writer {
+    slot: AtomicPtr<Slot>,
+    st: UnsafeCell<WState>,
+}
+
+// SAFETY: `st` is used by the writer thread during a job, and by the
+// checkpoint thread only while no job runs (ordered by the ready/done counters).
+unsafe impl Sync for Writer {}
+
+static WRITERS: OnceLock<Vec<&'static Writer>> = OnceLock::new();
+
+/// A scratch mapping left out of images (restored as zeroes).
+fn scratch(size: usize) -> *mut u8 {
+    let size = size.div_ceil(PAGE) * PAGE;
+    // SAFETY: a fresh anonymous mapping, owned by the writer for good.
+    let p = unsafe {
+        libc::mmap(core::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0)
+    };
+    assert!(p != libc::MAP_FAILED, "scratch mapping");
+    crate::memory::exclude(p as u64, size as u64);
+    p as *mut u8
+}
+
+/// Start `n` writer threads (at library start-up).
+pub fn start(n: usize) {
+    let mut ws = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..n {
+        // SAFETY: ZSTD_estimateCCtxSize is a pure function.
+        let csize = unsafe { zstd_sys::ZSTD_estimateCCtxSize(ZSTD_LEVEL) };
+        let cmem = scratch(csize);
+        // SAFETY: pure function.
+        let bound = unsafe { zstd_sys::ZSTD_compressBound(crate::memory::ITEM_PAGES as usize * PAGE) };
+        let zcap = bound.div_ceil(PAGE) * PAGE;
+        let w: &'static Writer = Box::leak(Box::new(Writer {
+            slot: AtomicPtr::new(core::ptr::null_mut()),
+            st: UnsafeCell::new(WState {
+                descs: core::ptr::null_mut(),
+                descs_cap: 0,
+                hot: scratch(core::mem::size_of::<Hot>()) as *mut Hot,
+                pm: scratch(crate::memory::ITEM_PAGES as usize * 8) as *mut u64,
+                zbuf: scratch(zcap),
+                vbuf: scratch(crate::memory::ITEM_PAGES as usize * PAGE),
+                zcap,
+                cmem,
+                csize,
+            }),
+        }));
+        ws.push(w);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::Builder::new()
+            .name(format!("dmtcp:writer{i}"))
+            .stack_size(256 << 10)
+            .spawn(move || writer_main(w, tx))
+            .expect("spawn writer thread");
+        let _ = rx.recv();
+        handles.push(h);
+    }
+    let _ = WRITERS.set(ws);
+    std::mem::forget(handles);
+}
+
+fn writer_main(w: &'static Writer, ready: std::sync::mpsc::Sender<()>) {
+    threads::block_all_signals();
+    let slot = threads::claim_own(threads::KIND_WRITER);
+    threads::record_own_stack(slot);
+    w.slot.store(slot as *const Slot as *mut Slot, SeqCst);
+    let _ = ready.send(());
+    drop(ready);
+    let mut seen = JOB.job_epoch.load(SeqCst);
+    loop {
+        while JOB.job_epoch.load(SeqCst) == seen {
+            dmtcp_sys::futex_wait(&JOB.job_epoch, seen, 0);
+        }
+        seen = JOB.job_epoch.load(SeqCst);
+        threads::capture(slot);
+        // SAFETY: the slot's ctx is static memory saved in every image.
+        let r = unsafe { arch::save_and_call(slot.ctx.get(), writer_phase, w as *const Writer as *mut c_void) };
+        if r != 0 {
+            threads::reapply(slot);
+        }
+    }
+}
+
+extern "C" fn writer_phase(arg: *mut c_void) -> u64 {
+    // SAFETY: arg is the &'static Writer passed by writer_main.
+    let w = unsafe { &*(arg as *const Writer) };
+    let go = JOB.go_epoch.load(SeqCst);
+    JOB.ready.fetch_add(1, SeqCst);
+    dmtcp_sys::futex_wake(&JOB.ready, 1);
+    while JOB.go_epoch.load(SeqCst) == go {
+        dmtcp_sys::futex_wait(&JOB.go_epoch, go, 0);
+    }
+    // SAFETY: during a job only this thread touches its state.
+    let st = unsafe { &mut *w.st.get() };
+    // SAFETY: (re)build the static context in its scratch workspace: after a
+    // restart that workspace comes back as zeroes.
+    st.hot().cctx = unsafe { zstd_sys::ZSTD_initStaticCCtx(st.cmem as *mut c_void, st.csize) };
+    let items = JOB.items.load(SeqCst);
+    let n = JOB.n.load(SeqCst);
+    loop {
+        let i = JOB.next.fetch_add(1, SeqCst);
+        if i >= n || JOB.error.load(Relaxed) != 0 {
+            break;
+        }
+        // SAFETY: items points at n Items owned by the plan, alive for the job.
+        let it = unsafe { *items.add(i) };
+        if let Err(e) = process(st, &it) {
+            JOB.error.store(e.max(1), SeqCst);
+        }
+    }
+    JOB.done.fetch_add(1, SeqCst);
+    dmtcp_sys::futex_wake(&JOB.done, 1);
+    0
+}
+
+fn is_zero(addr: u64) -> bool {
+    // SAFETY: the page is mapped and readable (checked by the caller's pagemap
+    // view and protection handling); read as 512 u64 words.
+    let words = unsafe { core::slice::from_raw_parts(addr as *const u64, PAGE / 8) };
+    words.chunks(64).all(|c| c.iter().fold(0u64, |a, &b| a | b) == 0)
+}
+
+fn want(select: Select, e: u64, addr: u64) -> bool {
+    let present = e >> 63 & 1 != 0;
+    let swapped = e >> 62 & 1 != 0;
+    let file = e >> 61 & 1 != 0;
+    match select {
+        Select::Anon => (present || swapped) && !is_zero(addr),
+        Select::Cow => (present && !file) || swapped,
+        Select::All => present || swapped,
+    }
+}
+
+fn process(st: &mut WState, it: &Item) -> Result<(), i32> {
+    let pages = (it.len as usize) / PAGE;
+    // The Vec itself is never modified during a job (an image taken now
+    // must hold it intact): work on a slice view of its buffer.
+    // SAFETY: the scratch buffer holds ITEM_PAGES entries; items are at most that long.
+    let pm = unsafe { core::slice::from_raw_parts_mut(st.pm, pages.min(crate::memory::ITEM_PAGES as usize)) };
+    process_with(st, it, pm)
+}
+
+fn process_with(st: &mut WState, it: &Item, pm: &mut [u64]) -> Result<(), i32> {
+    let pages = pm.len();
+    let pm_fd = JOB.pm_fd.load(Relaxed);
+    let mut got = 0usize;
+    while got < pages * 8 {
+        // SAFETY: reading into our own u64 buffer.
+        let r = unsafe {
+            libc::pread(
+                pm_fd,
+                (pm.as_mut_ptr() as *mut u8).add(got) as *mut c_void,
+                pages * 8 - got,
+                ((it.start / PAGE as u64) * 8 + got as u64) as i64,
+            )
+        };
+        if r <= 0 {
+            // No page map: treat every page as present (correct, just larger).
+            pm[got / 8..].iter_mut().for_each(|e| *e = 1 << 63);
+            break;
+        }
+        got += r as usize;
+    }
+    let addr = |i: usize| it.start + (i * PAGE) as u64;
+    let mut runs = 0;
+    let mut i = 0;
+    while i < pages {
+        if !want(it.select, pm[i], addr(i)) {
+            i += 1;
+            continue;
+        }
+        let s = i;
+        if runs == MAX_RUNS_PER_ITEM - 1 {
+            let mut last = i;
+            for (j, &e) in pm.iter().enumerate().skip(i) {
+                if want(it.select, e, addr(j)) {
+                    last = j;
+                }
+            }
+            i = last + 1;
+        } else {
+            while i < pages && want(it.select, pm[i], addr(i)) {
+                i += 1;
+            }
+        }
+        write_run(st, addr(s), (i - s) * PAGE, it.volatile)?;
+        runs += 1;
+    }
+    Ok(())
+}
+
+fn pwrite_all(fd: i32, mut p: *const u8, mut len: usize, mut off: u64) -> Result<(), i32> {
+    while len > 0 {
+        // SAFETY: p..p+len is readable memory (process memory or our buffer).
+        let r = unsafe { libc::pwrite(fd, p as *const c_void, len, off as i64) };
+        if r < 0 {
+            // SAFETY: reading this thread's errno.
+            let e = unsafe { *libc::__errno_location() };
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(libc::EIO);
+        }
+        // SAFETY: advancing within the range.
+        p = unsafe { p.add(r as usize) };
+        len -= r as usize;
+        off += r as u64;
+    }
+    Ok(())
+}
+
+/// Write with O_DIRECT if possible, falling back to the buffered fd.
+fn put(p: *const u8, len: usize, off: u64) -> Result<(), i32> {
+    let d = JOB.fd_direct.load(Relaxed);
+    if d >= 0 {
+        match pwrite_all(d, p, len, off) {
+            Ok(()) => return Ok(()),
+            Err(libc::EINVAL) => JOB.fd_direct.store(-1, SeqCst),
+            Err(e) => return Err(e),
+        }
+    }
+    pwrite_all(JOB.fd_buf.load(Relaxed), p, len, off)
+}
+
+fn write_run(st: &mut WState, addr: u64, len: usize, volatile: bool) -> Result<(), i32> {
+    let mut src = addr as *const u8;
+    if volatile {
+        // Memory one of our own threads is using right now: checksum and
+        // write one stable copy of it.
+        // SAFETY: len <= ITEM_PAGES pages = the bounce buffer's size.
+        unsafe { core::ptr::copy_nonoverlapping(src, st.vbuf, len) };
+        src = st.vbuf;
+    }
+    if JOB.compress.load(Relaxed) {
+        // SAFETY: the static context and our buffer are owned by this writer;
+        // src..src+len is readable process memory.
+        let n = unsafe { zstd_sys::ZSTD_compressCCtx(st.hot().cctx, st.zbuf as *mut c_void, st.zcap, src as *const c_void, len, ZSTD_LEVEL) };
+        // SAFETY: pure function on a return code.
+        let failed = unsafe { zstd_sys::ZSTD_isError(n) } != 0;
+        if !failed && n < len - len / 8 {
+            let padded = n.div_ceil(PAGE) * PAGE;
+            // SAFETY: zero the padding inside our buffer (padded <= zcap).
+            unsafe { core::ptr::write_bytes(st.zbuf.add(n), 0, padded - n) };
+            // SAFETY: n bytes of our buffer were just written by zstd.
+            let crc = crc32fast::hash(unsafe { core::slice::from_raw_parts(st.zbuf, n) });
+            let off = JOB.off.fetch_add(padded as u64, SeqCst);
+            put(st.zbuf, padded, off)?;
+            st.push(ChunkDesc { addr, len: len as u64, file_off: off, stored_len: n as u64, crc, flags: CHUNK_ZSTD })?;
+            return Ok(());
+        }
+    }
+    // SAFETY: src..src+len is readable process memory.
+    let crc = crc32fast::hash(unsafe { core::slice::from_raw_parts(src, len) });
+    let off = JOB.off.fetch_add(len as u64, SeqCst);
+    put(src, len, off)?;
+    st.push(ChunkDesc { addr, len: len as u64, file_off: off, stored_len: len as u64, crc, flags: 0 })?;
+    Ok(())
+}
+
+extern "C" fn ckpt_phase(_: *mut c_void) -> u64 {
+    JOB.go_epoch.fetch_add(1, SeqCst);
+    dmtcp_sys::futex_wake(&JOB.go_epoch, i32::MAX as u32);
+    let n = WRITERS.get().map_or(0, |w| w.len()) as u32;
+    loop {
+        let d = JOB.done.load(SeqCst);
+        if d >= n {
+            break;
+        }
+        dmtcp_sys::futex_wait(&JOB.done, d, 0);
+    }
+    0
+}
+
+/// Make every writer's descriptor buffer big enough for `n_items` work
+/// items. Returns true if a buffer had to be (re)mapped, in which case the
+/// memory plan must be taken again so the new mapping is part of it.
+pub fn prepare(n_items: usize) -> bool {
+    let need = n_items * MAX_RUNS_PER_ITEM + 16;
+    let mut remapped = false;
+    for w in WRITERS.get().expect("writers started") {
+        // SAFETY: no job runs: the writers are idle, waiting for the epoch.
+        let st = unsafe { &mut *w.st.get() };
+        if st.descs_cap < need {
+            if !st.descs.is_null() {
+                let old = (st.descs_cap * core::mem::size_of::<ChunkDesc>()).div_ceil(PAGE) * PAGE;
+                crate::memory::unexclude(st.descs as u64);
+                // SAFETY: unmapping our own previous scratch buffer.
+                unsafe { libc::munmap(st.descs as *mut c_void, old) };
+            }
+            // Leave head room so that small changes do not remap every time.
+            let cap = need + need / 2;
+            st.descs = scratch(cap * core::mem::size_of::<ChunkDesc>()) as *mut ChunkDesc;
+            st.descs_cap = cap;
+            remapped = true;
+        }
+        st.hot().descs_len = 0;
+    }
+    remapped
+}
+
+/// What became of a checkpoint.
+pub enum Outcome {
+    Written { path: PathBuf, bytes: u64 },
+    Failed(String),
+    /// We are running in a restarted process.
+    Restarted,
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+fn os_err(what: &str, p: &Path) -> String {
+    format!("{what} {}: {}", p.display(), std::io::Error::last_os_error())
+}
+
+/// Write the image of this process. `ckpt_slot` is the checkpoint thread's slot.
+pub fn write_image(dir: &Path, name: &str, plan: &Plan, meta: &mut Meta, compress: bool, ckpt_slot: &Slot) -> Outcome {
+    let final_path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp.{}", std::process::id()));
+    let ctmp = cpath(&tmp);
+    // SAFETY: plain open(2) calls on a NUL-terminated path.
+    let fd_buf = unsafe { libc::open(ctmp.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o600) };
+    if fd_buf < 0 {
+        return Outcome::Failed(os_err("cannot create", &tmp));
+    }
+    // SAFETY: as above.
+    let fd_direct = unsafe { libc::open(ctmp.as_ptr(), libc::O_WRONLY | libc::O_DIRECT | libc::O_CLOEXEC) };
+    // SAFETY: as above.
+    let pm_fd = unsafe { libc::open(c"/proc/self/pagemap".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let writers = WRITERS.get().expect("writers started");
+    for w in writers {
+        // SAFETY: no job runs; `prepare` sized the buffers for this plan.
+        let st = unsafe { &mut *w.st.get() };
+        st.hot().descs_len = 0;
+    }
+    crate::memory::open_up(plan);
+    JOB.items.store(plan.items.as_ptr() as *mut Item, SeqCst);
+    JOB.n.store(plan.items.len(), SeqCst);
+    JOB.next.store(0, SeqCst);
+    JOB.fd_direct.store(fd_direct, SeqCst);
+    JOB.fd_buf.store(fd_buf, SeqCst);
+    JOB.pm_fd.store(pm_fd, SeqCst);
+    JOB.off.store(image::BLOCK, SeqCst);
+    JOB.compress.store(compress, SeqCst);
+    JOB.error.store(0, SeqCst);
+    JOB.ready.store(0, SeqCst);
+    JOB.done.store(0, SeqCst);
+    JOB.job_epoch.fetch_add(1, SeqCst);
+    dmtcp_sys::futex_wake(&JOB.job_epoch, i32::MAX as u32);
+    let n = writers.len() as u32;
+    loop {
+        let r = JOB.ready.load(SeqCst);
+        if r >= n {
+            break;
+        }
+        dmtcp_sys::futex_wait(&JOB.ready, r, 0);
+    }
+    threads::capture(ckpt_slot);
+    // SAFETY: static ctx; from here until the writers finish nothing allocates.
+    let r = unsafe { arch::save_and_call(ckpt_slot.ctx.get(), ckpt_phase, core::ptr::null_mut()) };
+    if r != 0 {
+        threads::reapply(ckpt_slot);
+        return Outcome::Restarted;
+    }
+    crate::memory::close_down(plan);
+    // SAFETY: closing fds we opened.
+    unsafe {
+        if pm_fd >= 0 {
+            libc::close(pm_fd);
+        }
+        if fd_direct >= 0 {
+            libc::close(fd_direct);
+        }
+    }
+    let fail = |msg: String| {
+        // SAFETY: closing our fd and removing our temporary file.
+        unsafe {
+            libc::close(fd_buf);
+            libc::unlink(ctmp.as_ptr());
+        }
+        Outcome::Failed(msg)
+    };
+    let e = JOB.error.load(SeqCst);
+    if e != 0 {
+        return fail(format!("writing {}: {}", tmp.display(), std::io::Error::from_raw_os_error(e)));
+    }
+    let mut chunks: Vec<ChunkDesc> = Vec::new();
+    for w in writers {
+        // SAFETY: the job is over; writers are idle.
+        chunks.extend_from_slice(unsafe { (*w.st.get()).descs() });
+    }
+    chunks.sort_by_key(|c| c.addr);
+    meta.areas = plan.areas.clone();
+    let index = image::encode_index(meta, &chunks);
+    let index_offset = JOB.off.load(SeqCst);
+    if let Err(e) = pwrite_all(fd_buf, index.as_ptr(), index.len(), index_offset) {
+        return fail(format!("writing {}: {}", tmp.display(), std::io::Error::from_raw_os_error(e)));
+    }
+    let file_len = index_offset + index.len() as u64;
+    let header = Header {
+        flags: if compress { image::HDR_COMPRESSED } else { 0 },
+        index_offset,
+        index_len: index.len() as u64,
+        file_len,
+        index_crc: crc32fast::hash(&index),
+        ..Default::default()
+    }
+    .encode();
+    if let Err(e) = pwrite_all(fd_buf, header.as_ptr(), header.len(), 0) {
+        return fail(format!("writing {}: {}", tmp.display(), std::io::Error::from_raw_os_error(e)));
+    }
+    // SAFETY: fsync/close of our fd.
+    if unsafe { libc::fsync(fd_buf) } != 0 {
+        return fail(os_err("fsync of", &tmp));
+    }
+    // SAFETY: as above.
+    unsafe { libc::close(fd_buf) };
+    let cfinal = cpath(&final_path);
+    // SAFETY: rename of NUL-terminated paths.
+    if unsafe { libc::rename(ctmp.as_ptr(), cfinal.as_ptr()) } != 0 {
+        let msg = os_err("cannot rename into", &final_path);
+        // SAFETY: removing our temporary file.
+        unsafe { libc::unlink(ctmp.as_ptr()) };
+        return Outcome::Failed(msg);
+    }
+    let cdir = cpath(dir);
+    // SAFETY: fsync of the directory so the rename is durable.
+    unsafe {
+        let d = libc::open(cdir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        if d >= 0 {
+            libc::fsync(d);
+            libc::close(d);
+        }
+    }
+    Outcome::Written { path: final_path, bytes: file_len }
+}

@@ -1,0 +1,149 @@
+//! The stream `dmtcp_restart` feeds the restorer through a pipe.
+//!
+//! Layout: one [`StreamHeader`], then `n_areas` × ([`AreaDesc`] followed by
+//! `path_len` bytes of path padded to a multiple of 8), then any number of
+//! [`DataRecord`]s each followed by `len` bytes of memory contents, closed by
+//! a record with `len == 0`. All integers are native-endian (x86_64).
+
+/// "DMTCPRST" in little-endian: marks a restore stream.
+pub const STREAM_MAGIC: u64 = u64::from_le_bytes(*b"DMTCPRST");
+/// Version of this stream layout.
+pub const STREAM_VERSION: u32 = 1;
+
+/// Area kinds.
+pub const KIND_ANON_PRIVATE: u32 = 0;
+/// Anonymous shared memory (re-created, not yet shared across processes).
+pub const KIND_ANON_SHARED: u32 = 1;
+/// Private mapping of a file that still exists: re-mapped, written pages overlaid.
+pub const KIND_FILE_PRIVATE: u32 = 2;
+/// Shared mapping of a file: re-mapped, contents live in the file.
+pub const KIND_FILE_SHARED: u32 = 3;
+
+/// Area flag: the mapping grows down (the main stack).
+pub const AREA_GROWSDOWN: u32 = 1;
+
+/// A special kernel mapping at checkpoint time ([vvar], [vvar_vclock], [vdso]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpecialArea {
+    /// Start address (0 when absent).
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// `struct prctl_mm_map` of `<linux/prctl.h>`, for `PR_SET_MM_MAP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MmMap {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: u64,
+    pub auxv_size: u32,
+    pub exe_fd: u32,
+}
+
+/// What the restorer hands to the restart entry of the restored library.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestartArgs {
+    /// Socket already connected to the coordinator (or -1).
+    pub coord_fd: i32,
+    /// Readable fd holding the restart info (JSON), or -1.
+    pub info_fd: i32,
+    /// `RESTART_BRK_SET` when `PR_SET_MM_MAP` succeeded.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Flag of [`RestartArgs::flags`]: the kernel's brk/arg/env pointers were restored.
+pub const RESTART_BRK_SET: u32 = 1;
+
+/// First record of the stream.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamHeader {
+    pub magic: u64,
+    pub version: u32,
+    pub n_areas: u32,
+    /// Address of `dmtcp_restart_entry` in the restored library.
+    pub entry: u64,
+    /// Top of the stack the entry runs on (inside the restored image).
+    pub entry_stack_top: u64,
+    /// [vvar], [vvar_vclock], [vdso] of the checkpointed process.
+    pub special: [SpecialArea; 3],
+    pub mm: MmMap,
+    pub args: RestartArgs,
+}
+
+/// One memory area to re-create.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AreaDesc {
+    pub start: u64,
+    pub len: u64,
+    /// File offset for file mappings.
+    pub offset: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    /// One of the `KIND_*` values.
+    pub kind: u32,
+    /// `AREA_*` flags.
+    pub flags: u32,
+    /// Length of the path that follows (0 for anonymous areas).
+    pub path_len: u32,
+}
+
+/// Header of a block of memory contents in the stream.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataRecord {
+    pub addr: u64,
+    /// Number of bytes that follow; 0 ends the stream.
+    pub len: u64,
+}
+
+/// Names of the special areas, in the order of [`StreamHeader::special`].
+pub const SPECIAL_NAMES: [&[u8]; 3] = [b"[vvar]", b"[vvar_vclock]", b"[vdso]"];
+
+/// Round `n` up to a multiple of 8.
+pub const fn pad8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+// Compile-time layout checks: these structs cross a process boundary
+// (written by dmtcp_restart, read by the restorer) and one is a kernel ABI.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<MmMap>() == 104);
+    assert!(offset_of!(MmMap, auxv) == 88);
+    assert!(offset_of!(MmMap, exe_fd) == 100);
+    assert!(size_of::<SpecialArea>() == 16);
+    assert!(size_of::<RestartArgs>() == 16);
+    assert!(size_of::<StreamHeader>() == 8 + 4 + 4 + 8 + 8 + 48 + 104 + 16);
+    assert!(size_of::<AreaDesc>() == 40);
+    assert!(size_of::<DataRecord>() == 16);
+};
+
+/// View a plain-old-data value as bytes.
+pub fn as_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is Copy, repr(C) plain data in every use here (no padding
+    // with uninitialised bytes: all structs above are fully packed by their
+    // field order, checked by the size assertions).
+    unsafe { core::slice::from_raw_parts(v as *const T as *const u8, core::mem::size_of::<T>()) }
+}
+
+/// View a plain-old-data value as mutable bytes.
+pub fn as_bytes_mut<T: Copy>(v: &mut T) -> &mut [u8] {
+    // SAFETY: as above; every bit pattern is valid for these integer-only structs.
+    unsafe { core::slice::from_raw_parts_mut(v as *mut T as *mut u8, core::mem::size_of::<T>()) }
+}

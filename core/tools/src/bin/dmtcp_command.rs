@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(dmtcp::command::main(std::env::args().collect()));
+}

@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(dmtcp::coordinator_main(std::env::args().collect()));
+}

@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(dmtcp::launch::main(std::env::args().collect(), "dmtcp_launch"));
+}

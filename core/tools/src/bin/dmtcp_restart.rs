@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(dmtcp::restart::main(std::env::args().collect()));
+}

@@ -1,0 +1,381 @@
+//! `dmtcp_restart`: bring processes back from their images.
+//!
+//! Every image is validated first (header, index, the files it maps, the
+//! kernel's vDSO layout), so a bad image is reported before anything starts.
+//! Then, per image, this process connects to the coordinator, starts a
+//! detached streamer (a grandchild that reads, checks and decompresses the
+//! image and writes it into a pipe), and replaces itself with the static
+//! restorer, which maps the stream back and jumps into the program.
+
+use crate::client::{self, CoordAddr, CoordMode};
+use dmtcp_common::image::{Image, ImageError};
+use dmtcp_sys::restore::*;
+use std::io::Write;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::{Path, PathBuf};
+
+const USAGE: &str = "Usage: dmtcp_restart [OPTIONS] <ckpt1.dmtcp> [ckpt2.dmtcp...]
+Restart processes from checkpoint images.
+
+Connecting to the coordinator:
+  -h, --coord-host HOST   Hostname of the coordinator (env DMTCP_COORD_HOST, default localhost)
+  -p, --coord-port PORT   Port of the coordinator (env DMTCP_COORD_PORT, default 7779)
+  --port-file FILE        File to write the port number to
+  -j, --join-coordinator  Join an existing coordinator; fail if there is none
+  --new-coordinator       Start a new coordinator
+  --any-coordinator       Join a running coordinator, or start one (default)
+  -i, --interval SECS     Checkpoint interval after restart (0 = manual)
+
+Other:
+  -c, --ckptdir DIR       Where later checkpoints of the restarted processes go
+  --restartdir DIR        Restart from every ckpt_*.dmtcp image in DIR
+  --no-strict-checking    Accepted for compatibility (images are always checked)
+  -t, --tmpdir DIR        Directory for temporary files
+  -q, --quiet             Less output
+  --help                  Print this message and exit
+  --version               Print the version and exit";
+
+/// Entry point of `dmtcp_restart`.
+pub fn main(args: Vec<String>) -> i32 {
+    let mut a = CoordAddr::from_env();
+    let mut ckpt_dir: Option<PathBuf> = None;
+    let mut images: Vec<PathBuf> = Vec::new();
+    let mut restart_dir: Option<PathBuf> = None;
+    let mut it = args.into_iter().skip(1);
+    let bad = |m: String| {
+        eprintln!("dmtcp_restart: {m}\n\n{USAGE}");
+        1
+    };
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("option {name} needs a value"));
+        let r: Result<(), String> = match arg.as_str() {
+            "--help" => {
+                println!("{USAGE}");
+                return 0;
+            }
+            "--version" => {
+                println!("dmtcp_restart (DMTCP-rs) {}", dmtcp_common::VERSION);
+                return 0;
+            }
+            "-h" | "--coord-host" | "--host" => value(&arg).map(|v| a.host = v),
+            "-p" | "--coord-port" | "--port" => value(&arg).and_then(|v| v.parse().map(|p| a.port = p).map_err(|_| format!("bad port '{v}'"))),
+            s if s.starts_with("-p") && s.len() > 2 && s[2..].chars().all(|c| c.is_ascii_digit()) => {
+                a.port = s[2..].parse().unwrap_or(0);
+                Ok(())
+            }
+            "--port-file" => value(&arg).map(|v| a.port_file = Some(PathBuf::from(v))),
+            "-j" | "--join-coordinator" | "--join" => {
+                a.mode = CoordMode::Join;
+                Ok(())
+            }
+            "--new-coordinator" => {
+                a.mode = CoordMode::New;
+                Ok(())
+            }
+            "--any-coordinator" => {
+                a.mode = CoordMode::Any;
+                Ok(())
+            }
+            "-i" | "--interval" => value(&arg).and_then(|v| v.parse().map(|n| a.interval = Some(n)).map_err(|_| format!("bad interval '{v}'"))),
+            "-c" | "--ckptdir" => value(&arg).map(|v| ckpt_dir = Some(PathBuf::from(v))),
+            "--restartdir" | "-d" => value(&arg).map(|v| restart_dir = Some(PathBuf::from(v))),
+            "--no-strict-checking" => Ok(()),
+            "-t" | "--tmpdir" => value(&arg).map(|_| ()),
+            "-q" | "--quiet" => Ok(()),
+            s if s.starts_with('-') && s.len() > 1 => Err(format!("unknown option '{s}'")),
+            _ => {
+                images.push(PathBuf::from(arg));
+                Ok(())
+            }
+        };
+        if let Err(m) = r {
+            return bad(m);
+        }
+    }
+    if let Some(d) = &restart_dir {
+        match std::fs::read_dir(d) {
+            Ok(rd) => {
+                let mut found: Vec<PathBuf> = rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        n.starts_with("ckpt_") && n.ends_with(".dmtcp")
+                    })
+                    .collect();
+                found.sort();
+                images.extend(found);
+            }
+            Err(e) => {
+                eprintln!("dmtcp_restart: cannot read --restartdir {}: {e}", d.display());
+                return 1;
+            }
+        }
+    }
+    if images.is_empty() {
+        return bad("no checkpoint images given".into());
+    }
+    let mut opened = Vec::new();
+    for p in &images {
+        match Image::open(p).and_then(|img| preflight(&img).map(|_| img)) {
+            Ok(img) => opened.push(img),
+            Err(e) => {
+                eprintln!("dmtcp_restart: {e}");
+                return 1;
+            }
+        }
+    }
+    let restorer = client::bin_dir().join("dmtcp_restorer");
+    if !restorer.exists() {
+        eprintln!("dmtcp_restart: {} not found (build the whole workspace: cargo build --release)", restorer.display());
+        return 1;
+    }
+    let interval = a.interval;
+    let port = match client::ensure(&mut a, "dmtcp_restart") {
+        Ok(p) => p,
+        Err(m) => {
+            eprintln!("dmtcp_restart: {m}");
+            return 1;
+        }
+    };
+    if let Some(i) = interval {
+        let _ = crate::command::send_command(&a.host, port, dmtcp_common::proto::Cmd::Interval(i));
+    }
+    let ckpt_dir = ckpt_dir.map(|d| std::path::absolute(&d).unwrap_or(d));
+    if opened.len() == 1 {
+        let img = opened.pop().expect("one image");
+        let e = restore_into_self(&img, &a.host, port, ckpt_dir.as_deref(), &restorer);
+        eprintln!("dmtcp_restart: {e}");
+        return 1;
+    }
+    let mut children = Vec::new();
+    for img in &opened {
+        // SAFETY: fork in a single-threaded program; the child only restores and execs.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let e = restore_into_self(img, &a.host, port, ckpt_dir.as_deref(), &restorer);
+            eprintln!("dmtcp_restart: {e}");
+            // SAFETY: leaving the failed child without running atexit handlers.
+            unsafe { libc::_exit(1) };
+        }
+        if pid < 0 {
+            eprintln!("dmtcp_restart: fork: {}", std::io::Error::last_os_error());
+            return 1;
+        }
+        children.push(pid);
+    }
+    let mut code = 0;
+    for pid in children {
+        let mut st = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        let c = if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 128 + libc::WTERMSIG(st) };
+        if code == 0 {
+            code = c;
+        }
+    }
+    code
+}
+
+/// Checks that need no memory contents: mapped files, the vDSO layout.
+fn preflight(img: &Image) -> Result<(), ImageError> {
+    let corrupt = |what: String| ImageError::Corrupt { path: img.path.clone(), what };
+    for a in &img.meta.areas {
+        if a.kind == KIND_FILE_PRIVATE || a.kind == KIND_FILE_SHARED {
+            match std::fs::metadata(&a.path) {
+                Ok(m) if m.len() == a.file_size => {}
+                Ok(m) => {
+                    return Err(ImageError::Corrupt {
+                        path: img.path.clone(),
+                        what: format!(
+                            "the program mapped {} ({} bytes at checkpoint time), which now has {} bytes: restart needs the same file",
+                            a.path,
+                            a.file_size,
+                            m.len()
+                        ),
+                    })
+                }
+                Err(e) => {
+                    return Err(ImageError::Corrupt {
+                        path: img.path.clone(),
+                        what: format!("the program mapped {}, which cannot be opened now: {e}", a.path),
+                    })
+                }
+            }
+        }
+        if dmtcp_sys::in_restorer_window(a.start as usize, a.start as usize + 1) {
+            return Err(corrupt(format!("an area at {:#x} lies in the restorer window", a.start)));
+        }
+    }
+    // Compare the vDSO/vvar sizes with this kernel's.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut cur = [(0u64, 0u64); 3];
+    for line in maps.lines() {
+        let name = line.split_whitespace().nth(5).unwrap_or("");
+        if let Some(i) = SPECIAL_NAMES.iter().position(|n| *n == name.as_bytes()) {
+            let (s, e) = line.split_whitespace().next().and_then(|r| r.split_once('-')).unwrap_or(("0", "0"));
+            let (s, e) = (u64::from_str_radix(s, 16).unwrap_or(0), u64::from_str_radix(e, 16).unwrap_or(0));
+            cur[i] = (s, e - s);
+        }
+    }
+    let old = img.meta.special;
+    let same = (0..3).all(|i| {
+        old[i].1 == cur[i].1 && (old[i].0 == 0 || cur[i].0 == 0 || old[i].0.wrapping_sub(old[2].0) == cur[i].0.wrapping_sub(cur[2].0))
+    });
+    if !same {
+        return Err(corrupt(
+            "it was made on a kernel whose vDSO/vvar layout differs from this one; restart it on the kernel it was made on".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn cloexec(fd: i32, on: bool) {
+    // SAFETY: fcntl on an fd we own.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, if on { libc::FD_CLOEXEC } else { 0 }) };
+}
+
+fn pipe() -> std::io::Result<(i32, i32)> {
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 writes two fds.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((p[0], p[1]))
+}
+
+/// Become the process of `img`. Returns only on failure (with a message).
+fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>, restorer: &Path) -> String {
+    let coord = match std::net::TcpStream::connect((host, port)) {
+        Ok(s) => s,
+        Err(e) => return format!("Coordinator not found at {host}:{port}: {e}"),
+    };
+    let _ = coord.set_nodelay(true);
+    let coord_fd = coord.into_raw_fd();
+    cloexec(coord_fd, false);
+    let info = serde_json::json!({
+        "coord_host": host,
+        "coord_port": port,
+        "ckpt_dir": ckpt_dir.map(|d| d.display().to_string()),
+    })
+    .to_string();
+    let (info_r, info_w) = match pipe() {
+        Ok(p) => p,
+        Err(e) => return format!("pipe: {e}"),
+    };
+    // SAFETY: info_w is ours; the File closes it.
+    let mut f = unsafe { std::fs::File::from_raw_fd(info_w) };
+    if let Err(e) = f.write_all(info.as_bytes()) {
+        return format!("writing restart info: {e}");
+    }
+    drop(f);
+    cloexec(info_r, false);
+    let (sr, sw) = match pipe() {
+        Ok(p) => p,
+        Err(e) => return format!("pipe: {e}"),
+    };
+    // SAFETY: enlarging our pipe's buffer (best effort).
+    unsafe { libc::fcntl(sw, libc::F_SETPIPE_SZ, 1 << 20) };
+    let header = StreamHeader {
+        magic: STREAM_MAGIC,
+        version: STREAM_VERSION,
+        n_areas: img.meta.areas.len() as u32,
+        entry: img.meta.entry,
+        entry_stack_top: img.meta.entry_stack_top,
+        special: img.meta.special.map(|(start, len)| SpecialArea { start, len }),
+        mm: {
+            let m = img.meta.mm;
+            MmMap {
+                start_code: m[0],
+                end_code: m[1],
+                start_data: m[2],
+                end_data: m[3],
+                start_brk: m[4],
+                brk: m[5],
+                start_stack: m[6],
+                arg_start: m[7],
+                arg_end: m[8],
+                env_start: m[9],
+                env_end: m[10],
+                auxv: 0,
+                auxv_size: 0,
+                exe_fd: u32::MAX,
+            }
+        },
+        args: RestartArgs { coord_fd, info_fd: info_r, flags: 0, _pad: 0 },
+    };
+    // SAFETY: fork in a single-threaded program.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return format!("fork: {}", std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: second fork so the streamer is not a child of the restored program.
+        let p2 = unsafe { libc::fork() };
+        if p2 == 0 {
+            // SAFETY: closing the read end in the streamer.
+            unsafe { libc::close(sr) };
+            let code = match stream(img, sw, &header) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("dmtcp_restart: {e}");
+                    1
+                }
+            };
+            // SAFETY: ending the streamer.
+            unsafe { libc::_exit(code) };
+        }
+        // SAFETY: the intermediate child just exits.
+        unsafe { libc::_exit(if p2 < 0 { 1 } else { 0 }) };
+    }
+    let mut st = 0;
+    // SAFETY: reaping the intermediate child.
+    unsafe {
+        libc::waitpid(pid, &mut st, 0);
+        libc::close(sw);
+    }
+    cloexec(sr, false);
+    let prog = std::ffi::CString::new(restorer.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    let a0 = c"dmtcp_restorer";
+    let a1 = std::ffi::CString::new(sr.to_string()).unwrap_or_default();
+    let argv = [a0.as_ptr(), a1.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null()];
+    // SAFETY: execve with NUL-terminated strings and null-terminated arrays.
+    unsafe { libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    format!("cannot run {}: {}", restorer.display(), std::io::Error::last_os_error())
+}
+
+/// Write the restore stream for `img` into `fd`.
+fn stream(img: &Image, fd: i32, header: &StreamHeader) -> Result<(), ImageError> {
+    // SAFETY: the write end is ours; the File closes it at the end.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let io = |source| ImageError::Io { path: img.path.clone(), source };
+    w.write_all(as_bytes(header)).map_err(io)?;
+    for a in &img.meta.areas {
+        let file = a.kind == KIND_FILE_PRIVATE || a.kind == KIND_FILE_SHARED;
+        let path = if file { a.path.as_bytes() } else { b"" };
+        let d = AreaDesc {
+            start: a.start,
+            len: a.len,
+            offset: a.offset,
+            prot: a.prot,
+            kind: a.kind,
+            flags: a.flags,
+            path_len: path.len() as u32,
+        };
+        w.write_all(as_bytes(&d)).map_err(io)?;
+        let mut padded = path.to_vec();
+        padded.resize(pad8(path.len()), 0);
+        w.write_all(&padded).map_err(io)?;
+    }
+    let (mut out, mut scratch) = (Vec::new(), Vec::new());
+    for c in &img.chunks {
+        img.read_chunk(c, &mut out, &mut scratch)?;
+        let rec = DataRecord { addr: c.addr, len: c.len };
+        w.write_all(as_bytes(&rec)).map_err(io)?;
+        w.write_all(&out).map_err(io)?;
+    }
+    w.write_all(as_bytes(&DataRecord { addr: 0, len: 0 })).map_err(io)?;
+    w.flush().map_err(io)?;
+    Ok(())
+}
