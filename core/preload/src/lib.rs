@@ -13,6 +13,7 @@
 //! raw thread state), `writer` (raw memory reads), `procstate` and the
 //! restart entry below; each block says why it is sound.
 
+mod alloc;
 mod arch;
 mod coord;
 mod log;
@@ -36,7 +37,7 @@ use std::path::PathBuf;
 /// The library's own allocator: its state is never touched by user threads,
 /// so the checkpoint thread may allocate while they are suspended.
 #[global_allocator]
-static GLOBAL: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static GLOBAL: alloc::Heap = alloc::Heap::new();
 
 #[used]
 #[link_section = ".init_array"]

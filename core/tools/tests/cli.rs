@@ -1,0 +1,143 @@
+//! The tools' command-line behaviour, and bad input.
+
+mod common;
+use common::*;
+
+fn text(o: &std::process::Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn command_without_coordinator_exits_2() {
+    let port = unused_port().to_string();
+    let o = tool("dmtcp_command").args(["-h", "127.0.0.1", "-p", &port, "-s"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("Coordinator not found"), "{:?}", text(&o));
+    let o = tool("dmtcp_command").args(["-h", "127.0.0.1", "-p", &port, "--json", "-s"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["command_status"], "DMT_COORD_NOT_FOUND");
+    assert_eq!(v["schema_version"], 1);
+}
+
+#[test]
+fn status_text_and_json() {
+    let prog = c_program("threads");
+    let mut job = Job::new("status");
+    job.launch(&[prog.to_str().unwrap()], &[]);
+    job.wait_for("step 1\n");
+    let o = job.command(&["-s"]);
+    assert!(o.status.success());
+    let (out, _) = text(&o);
+    let peers = out.lines().find_map(|l| l.trim().strip_prefix("NUM_PEERS=")).expect("NUM_PEERS line");
+    assert_eq!(peers, "1", "{out}");
+    let running = out.lines().find_map(|l| l.trim().strip_prefix("RUNNING=")).expect("RUNNING line");
+    assert_eq!(running, "yes");
+    assert!(out.lines().any(|l| l.trim().starts_with("CKPT_INTERVAL=")), "{out}");
+    assert!(out.starts_with("Coordinator:\n  Host: "), "{out}");
+    let o = job.command(&["--json", "-s"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["command"], "DMT_STATUS");
+    assert_eq!(v["command_status"], "DMT_COORD_SUCCESS");
+    assert_eq!(v["num_peers"], 1);
+    assert_eq!(v["running"], true);
+    assert!(v["checkpoint_interval"].is_i64());
+    let o = job.command(&["-i", "7"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&job.command(&["--json", "-s"]).stdout).unwrap();
+    assert_eq!(v["checkpoint_interval"], 7);
+    let (list, _) = text(&job.command(&["-l"]));
+    assert!(list.contains("threads"), "{list}");
+}
+
+#[test]
+fn interval_checkpoints_happen_by_themselves() {
+    let prog = c_program("memcheck");
+    let mut job = Job::new("interval");
+    job.launch(&[prog.to_str().unwrap()], &[]);
+    job.wait_for("step 1 ok");
+    assert!(job.command(&["-i", "1"]).status.success());
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while job.images().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no interval checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    job.wait_success();
+}
+
+#[test]
+fn unknown_options_are_refused_with_usage() {
+    for t in ["dmtcp_launch", "dmtcp_restart", "dmtcp_command", "dmtcp_coordinator"] {
+        let o = tool(t).arg("--no-such-option").output().unwrap();
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{t}: {err}");
+        assert!(err.contains("unknown option") && err.contains("Usage"), "{t}: {err}");
+    }
+}
+
+#[test]
+fn old_name_still_works_and_warns() {
+    let o = tool("dmtcp_checkpoint").arg("--help").output().unwrap();
+    assert!(o.status.success());
+    assert!(text(&o).1.contains("deprecated"));
+}
+
+#[test]
+fn launch_join_without_coordinator_fails_clearly() {
+    let port = unused_port().to_string();
+    let o = tool("dmtcp_launch").args(["-j", "-h", "127.0.0.1", "-p", &port, "true"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("Coordinator not found"), "{:?}", text(&o));
+}
+
+/// Make one good image, then hand dmtcp_restart damaged copies of it.
+#[test]
+fn damaged_images_are_refused_cleanly() {
+    let prog = c_program("memcheck");
+    let mut job = Job::new("damaged");
+    job.launch(&[prog.to_str().unwrap()], &["--no-gzip"]);
+    job.wait_for("step 2 ok");
+    job.checkpoint_and_kill();
+    let img = job.images().pop().expect("an image");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&img).unwrap().permissions().mode() & 0o777, 0o600, "images are private");
+    let good = std::fs::read(&img).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated", good[..good.len() / 2].to_vec(), "truncated"),
+        ("foreign", b"#!/bin/sh\necho not an image\n".to_vec(), "not a DMTCP-rs checkpoint image"),
+        ("empty", Vec::new(), "not a DMTCP-rs checkpoint image"),
+        ("flipped", {
+            let mut b = good.clone();
+            // Damage memory contents in the data section (well past the header).
+            let mid = 4096 + (b.len() - 8192) / 3;
+            for x in &mut b[mid..mid + 64] {
+                *x ^= 0x5a;
+            }
+            b
+        }, "corrupt"),
+        ("index", {
+            let mut b = good.clone();
+            let n = b.len();
+            b[n - 20] ^= 0xff;
+            b
+        }, "corrupt"),
+    ];
+    for (name, bytes, expect) in cases {
+        let path = job.dir.join(format!("ckpt_{name}.dmtcp"));
+        std::fs::write(&path, &bytes).unwrap();
+        let o = tool("dmtcp_restart").args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string()]).arg(&path).output().unwrap();
+        let (_, err) = text(&o);
+        assert!(o.status.code().is_some(), "{name}: killed by a signal: {err}");
+        assert_ne!(o.status.code(), Some(0), "{name}: restart succeeded on a damaged image");
+        assert!(err.contains(expect), "{name}: message should mention {expect:?}: {err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{name}: the image file was modified");
+    }
+    let o = tool("dmtcp_restart").arg(job.dir.join("no-such.dmtcp")).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("No such file"), "{:?}", text(&o));
+    // The good image is intact and still restarts.
+    assert_eq!(std::fs::read(&img).unwrap(), good);
+    job.restart();
+    job.wait_success();
+}

@@ -1,0 +1,263 @@
+//! Checkpoint-kill-restart test harness, shared by every integration test.
+//!
+//! Each [`Job`] owns a private directory and its own coordinator on a free
+//! port, so tests run in parallel. Programs run with their stdout in a
+//! regular file opened without O_APPEND: after a restart the engine reopens
+//! it at the saved offset, so the file ends up equal to a bare run's output
+//! when the restart is right.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Directory of the built tools (the same profile as this test).
+pub fn bin_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_BIN_EXE_dmtcp_launch")).parent().unwrap().to_path_buf();
+    for f in ["libdmtcp.so", "dmtcp_restorer", "dmtcp_coordinator", "dmtcp_restart", "dmtcp_command"] {
+        assert!(d.join(f).exists(), "{} missing: build the whole workspace first (cargo build --release --workspace)", d.join(f).display());
+    }
+    d
+}
+
+pub fn tool(name: &str) -> Command {
+    Command::new(bin_dir().join(name))
+}
+
+fn tmp_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// Compile `tests/c/<name>.c` once per test run; returns the binary path.
+pub fn c_program(name: &str) -> PathBuf {
+    static BUILT: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
+    let lock = BUILT.get_or_init(Default::default);
+    let mut built = lock.lock().unwrap();
+    let out = tmp_root().join(format!("cbin-{}", std::process::id())).join(name);
+    if !built.iter().any(|b| b == name) {
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(format!("{name}.c"));
+        let st = Command::new("cc").args(["-O1", "-g", "-pthread", "-Wall", "-o"]).arg(&out).arg(&src).status().expect("cc");
+        assert!(st.success(), "compiling {}", src.display());
+        built.push(name.to_string());
+    }
+    out
+}
+
+/// A free TCP port on this machine (a port nobody listens on).
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Run `args` without the checkpointer in a fresh directory; returns stdout.
+pub fn run_bare(args: &[&str]) -> String {
+    let dir = tmp_root().join(format!("bare-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(args[0]).args(&args[1..]).current_dir(&dir).stderr(Stdio::inherit()).output().expect("bare run");
+    assert!(out.status.success(), "bare run of {args:?} failed: {:?}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One job under test: a directory, a coordinator, the launched program.
+pub struct Job {
+    pub dir: PathBuf,
+    pub ckpt: PathBuf,
+    pub port: u16,
+    coord: Child,
+    pub proc: Option<Child>,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Job {
+    pub fn new(name: &str) -> Job {
+        let dir = tmp_root().join(format!("job-{name}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ckpt = dir.join("ckpt");
+        std::fs::create_dir_all(&ckpt).unwrap();
+        let port_file = dir.join("port");
+        let coord = tool("dmtcp_coordinator")
+            .args(["-q", "-p", "0", "--port-file"])
+            .arg(&port_file)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join("coord.log")).unwrap())
+            .stderr(File::create(dir.join("coord.err")).unwrap())
+            .spawn()
+            .expect("start coordinator");
+        let deadline = Instant::now() + TIMEOUT;
+        let port = loop {
+            if let Some(p) = std::fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse().ok()) {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "coordinator did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Job { dir, ckpt, port, coord, proc: None, extra_env: Vec::new() }
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Job {
+        self.extra_env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn out_path(&self) -> PathBuf {
+        self.dir.join("out.txt")
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.out_path()).unwrap_or_default()
+    }
+
+    fn diag(&self) -> String {
+        let r = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        format!(
+            "\n--- out.txt\n{}\n--- err.txt\n{}\n--- restart.err\n{}\n--- coord.err\n{}",
+            r("out.txt"),
+            r("err.txt"),
+            r("restart.err"),
+            r("coord.err")
+        )
+    }
+
+    /// `dmtcp_launch -j` the program, stdout to out.txt.
+    pub fn launch(&mut self, args: &[&str], launch_opts: &[&str]) {
+        let mut c = tool("dmtcp_launch");
+        c.args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string(), "--ckptdir"])
+            .arg(&self.ckpt)
+            .args(launch_opts)
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(File::create(self.out_path()).unwrap())
+            .stderr(File::create(self.dir.join("err.txt")).unwrap());
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        self.proc = Some(c.spawn().expect("dmtcp_launch"));
+    }
+
+    /// Wait until out.txt contains `pat`.
+    pub fn wait_for(&self, pat: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.output().contains(pat) {
+            assert!(Instant::now() < deadline, "timed out waiting for {pat:?}{}", self.diag());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        tool("dmtcp_command").args(["-h", "127.0.0.1", "-p", &self.port.to_string()]).args(args).output().expect("dmtcp_command")
+    }
+
+    /// Blocking checkpoint; asserts success.
+    pub fn checkpoint(&self) {
+        let o = self.command(&["-bc"]);
+        assert!(o.status.success(), "dmtcp_command -bc failed: {}{}", String::from_utf8_lossy(&o.stderr), self.diag());
+    }
+
+    /// Checkpoint then kill (`-kc`); waits for the process to go.
+    pub fn checkpoint_and_kill(&mut self) {
+        let o = self.command(&["-kc"]);
+        assert!(o.status.success(), "dmtcp_command -kc failed: {}{}", String::from_utf8_lossy(&o.stderr), self.diag());
+        if let Some(mut p) = self.proc.take() {
+            wait_timeout(&mut p, TIMEOUT).expect("process did not exit after -kc");
+        }
+    }
+
+    /// SIGKILL the running process (launched or restarted).
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(p.id() as i32, libc::SIGKILL) };
+            let _ = p.wait();
+        }
+    }
+
+    pub fn images(&self) -> Vec<PathBuf> {
+        images_in(&self.ckpt)
+    }
+
+    /// Start `dmtcp_restart` of all images (or with `args` instead).
+    pub fn restart_with(&mut self, args: &[String]) {
+        let mut c = tool("dmtcp_restart");
+        c.args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(File::create(self.dir.join("restart.out")).unwrap())
+            .stderr(File::create(self.dir.join("restart.err")).unwrap());
+        self.proc = Some(c.spawn().expect("dmtcp_restart"));
+    }
+
+    pub fn restart(&mut self) {
+        let imgs: Vec<String> = self.images().iter().map(|p| p.display().to_string()).collect();
+        assert!(!imgs.is_empty(), "no images in {}{}", self.ckpt.display(), self.diag());
+        self.restart_with(&imgs);
+    }
+
+    /// Wait for the current process to exit successfully.
+    pub fn wait_success(&mut self) {
+        let mut p = self.proc.take().expect("no running process");
+        let st = wait_timeout(&mut p, TIMEOUT);
+        match st {
+            Some(s) if s.success() => {}
+            other => panic!("process ended with {other:?}{}", self.diag()),
+        }
+    }
+
+    /// The whole cycle: wait for `mark`, checkpoint, let it run on to
+    /// `after`, SIGKILL, restart from the images, wait for the end.
+    pub fn cycle(&mut self, mark: &str, after: &str) {
+        self.wait_for(mark);
+        self.checkpoint();
+        self.wait_for(after);
+        self.kill();
+        self.restart();
+    }
+}
+
+pub fn images_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.retain(|p| {
+        let n = p.file_name().unwrap().to_string_lossy();
+        n.starts_with("ckpt_") && n.ends_with(".dmtcp")
+    });
+    v.sort();
+    v
+}
+
+/// Wait for a child with a deadline (kills it on timeout).
+pub fn wait_timeout(c: &mut Child, t: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Ok(Some(s)) = c.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        let _ = self.command(&["-k"]);
+        let _ = self.coord.kill();
+        let _ = self.coord.wait();
+    }
+}
