@@ -1,1 +1,246 @@
-fn main() {}
+//! Checkpoint/restart benchmark.
+//!
+//! `cargo run --release -p bench -- run [--sizes 1,4] [--kinds random,zero,untouched]
+//!  [--modes zstd,raw] [--dir DIR]` launches a workload process holding the
+//! given amount of memory under dmtcp_launch, checkpoints it (blocking),
+//! kills it, restarts it, and prints a table: checkpoint and restart seconds,
+//! image bytes, GB/s, next to a raw O_DIRECT write of the same number of bytes
+//! to the same directory. The workload is this same binary (`workload`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const GIB: usize = 1 << 30;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("workload") => workload(&args[2..]),
+        Some("run") => run(&args[2..]),
+        _ => {
+            eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR]");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Hold `gib` GiB of memory of the given kind, say "ready", then idle.
+fn workload(a: &[String]) {
+    let gib: usize = a[0].parse().expect("GiB");
+    let kind = a[1].as_str();
+    let n = gib * GIB;
+    // SAFETY: a fresh anonymous mapping we own.
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), n, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    assert!(p != libc::MAP_FAILED);
+    // SAFETY: the mapping is n bytes long and ours.
+    let mem = unsafe { std::slice::from_raw_parts_mut(p as *mut u64, n / 8) };
+    match kind {
+        "random" => {
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            for w in mem.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *w = x;
+            }
+        }
+        "zero" => {
+            // Touch every page with a write of zero: present, all-zero pages.
+            for i in (0..mem.len()).step_by(512) {
+                // SAFETY: in-bounds volatile write so the touch is not optimised away.
+                unsafe { std::ptr::write_volatile(&mut mem[i], 0) };
+            }
+        }
+        _ => {}
+    }
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let mut beat = 0u64;
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        beat += 1;
+        std::hint::black_box(beat);
+    }
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::current_exe().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn opt<'a>(a: &'a [String], name: &str, default: &'a str) -> &'a str {
+    a.iter().position(|x| x == name).and_then(|i| a.get(i + 1)).map(String::as_str).unwrap_or(default)
+}
+
+struct Coord {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Coord {
+    fn start(dir: &Path) -> Coord {
+        let pf = dir.join("port");
+        let _ = std::fs::remove_file(&pf);
+        let child = Command::new(bin_dir().join("dmtcp_coordinator"))
+            .args(["-q", "-p", "0", "--port-file"])
+            .arg(&pf)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("coordinator");
+        loop {
+            if let Some(port) = std::fs::read_to_string(&pf).ok().and_then(|s| s.trim().parse().ok()) {
+                return Coord { child, port };
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    fn cmd(&self, args: &[&str]) -> String {
+        let o = Command::new(bin_dir().join("dmtcp_command"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("dmtcp_command");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for Coord {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Seconds to write `bytes` with O_DIRECT from a warm buffer, fsync included.
+fn raw_write(dir: &Path, bytes: usize) -> f64 {
+    let path = dir.join("raw-odirect.bin");
+    let chunk = 8 << 20;
+    let layout = std::alloc::Layout::from_size_align(chunk, 4096).unwrap();
+    // SAFETY: non-zero, aligned layout.
+    let buf = unsafe { std::alloc::alloc(layout) };
+    // SAFETY: filling our buffer with non-zero bytes.
+    unsafe { std::ptr::write_bytes(buf, 0x5a, chunk) };
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: plain open of a NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_DIRECT, 0o600) };
+    assert!(fd >= 0, "O_DIRECT open failed in {}", dir.display());
+    let t = Instant::now();
+    let mut off = 0usize;
+    while off < bytes {
+        // SAFETY: writing our aligned buffer.
+        let r = unsafe { libc::pwrite(fd, buf as *const libc::c_void, chunk, off as i64) };
+        assert!(r == chunk as isize, "raw write failed");
+        off += chunk;
+    }
+    // SAFETY: fsync/close our fd.
+    unsafe {
+        libc::fsync(fd);
+        libc::close(fd);
+    }
+    let s = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    // SAFETY: freeing what we allocated.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    s
+}
+
+struct Row {
+    gib: usize,
+    kind: String,
+    mode: String,
+    ckpt_s: f64,
+    restart_s: f64,
+    image: u64,
+    raw_s: f64,
+}
+
+fn one(dir: &Path, gib: usize, kind: &str, mode: &str) -> Row {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let coord = Coord::start(dir);
+    let mut launch = Command::new(bin_dir().join("dmtcp_launch"));
+    launch.args(["-j", "-h", "127.0.0.1", "-p", &coord.port.to_string(), "--ckptdir"]).arg(dir);
+    if mode == "raw" {
+        launch.arg("--no-gzip");
+    }
+    let mut child = launch
+        .arg(std::env::current_exe().unwrap())
+        .args(["workload", &gib.to_string(), kind])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("launch");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let t = Instant::now();
+    let out = coord.cmd(&["-bc"]);
+    let ckpt_s = t.elapsed().as_secs_f64();
+    let _ = out;
+    let _ = child.kill();
+    let _ = child.wait();
+    while !coord.cmd(&["-s"]).contains("NUM_PEERS=0") {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let img = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "dmtcp"))
+        .expect("an image");
+    let image = std::fs::metadata(&img).unwrap().len();
+    // Drop the image from the page cache? No: a restart right after a
+    // checkpoint usually finds it there; both are reported as measured.
+    let t = Instant::now();
+    let mut r = Command::new(bin_dir().join("dmtcp_restart"))
+        .args(["-j", "-h", "127.0.0.1", "-p", &coord.port.to_string()])
+        .arg(&img)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("restart");
+    loop {
+        let s = coord.cmd(&["-s"]);
+        if s.contains("NUM_PEERS=1") && s.contains("RUNNING=yes") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let restart_s = t.elapsed().as_secs_f64();
+    let _ = r.kill();
+    let _ = r.wait();
+    let _ = std::fs::remove_file(&img);
+    let raw_s = raw_write(dir, gib * GIB);
+    Row { gib, kind: kind.into(), mode: mode.into(), ckpt_s, restart_s, image, raw_s }
+}
+
+fn run(a: &[String]) {
+    let sizes: Vec<usize> = opt(a, "--sizes", "1,4").split(',').map(|s| s.parse().unwrap()).collect();
+    let kinds: Vec<String> = opt(a, "--kinds", "random,zero,untouched").split(',').map(String::from).collect();
+    let modes: Vec<String> = opt(a, "--modes", "zstd,raw").split(',').map(String::from).collect();
+    let dir = PathBuf::from(opt(a, "--dir", "target/bench-ckpt"));
+    let dir = std::path::absolute(&dir).unwrap();
+    println!("| GiB | memory | image | checkpoint s | ckpt GB/s | restart s | image bytes | raw O_DIRECT write s | ckpt / raw |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &g in &sizes {
+        for k in &kinds {
+            for m in &modes {
+                let r = one(&dir, g, k, m);
+                let gb = (r.gib * GIB) as f64 / 1e9;
+                println!(
+                    "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+                    r.gib,
+                    r.kind,
+                    r.mode,
+                    r.ckpt_s,
+                    gb / r.ckpt_s,
+                    r.restart_s,
+                    r.image,
+                    r.raw_s,
+                    r.ckpt_s / r.raw_s
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -165,3 +165,35 @@ fn generated_restart_script() {
     job.wait_success();
     assert_eq!(job.output(), bare);
 }
+
+#[test]
+fn killed_checkpoint_keeps_the_previous_image() {
+    let prog = c_program("bigmem");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "400"]);
+    let mut job = Job::new("killedckpt");
+    job.launch(&[p, "400"], &["--no-gzip"]);
+    job.wait_for("step 2\n");
+    job.checkpoint();
+    let img = job.images().pop().expect("first image");
+    let good = std::fs::read(&img).unwrap();
+    job.wait_for("step 4\n");
+    // Start a second checkpoint and kill the process while it writes.
+    assert!(job.command(&["-c"]).status.success());
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let tmp = loop {
+        let t = std::fs::read_dir(&job.ckpt).unwrap().filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.to_string_lossy().contains(".tmp."));
+        if let Some(t) = t {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "no temporary image appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    job.kill();
+    assert!(tmp.exists(), "the second checkpoint finished before the kill: the test did not test anything");
+    assert_eq!(std::fs::read(&img).unwrap(), good, "the previous image changed");
+    assert_eq!(job.images(), vec![img.clone()]);
+    job.restart_with(&[img.display().to_string()]);
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
