@@ -84,6 +84,7 @@ impl Coord {
     fn start(dir: &Path) -> Coord {
         let pf = dir.join("port");
         let _ = std::fs::remove_file(&pf);
+        #[allow(clippy::zombie_processes)] // reaped in Drop
         let child = Command::new(bin_dir().join("dmtcp_coordinator"))
             .args(["-q", "-p", "0", "--port-file"])
             .arg(&pf)

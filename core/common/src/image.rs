@@ -253,7 +253,7 @@ impl Image {
             let off = table as usize + i * 40;
             let c: ChunkDesc = pod_read(&index[off..off + 40]);
             let end = c.file_off.checked_add(c.stored_len);
-            if c.file_off < BLOCK || end.is_none_or(|e| e > header.index_offset) || c.len % 4096 != 0 {
+            if c.file_off < BLOCK || end.is_none_or(|e| e > header.index_offset) || !c.len.is_multiple_of(4096) {
                 return Err(corrupt(&format!("chunk {i} lies outside the data section")));
             }
             if c.flags & CHUNK_ZSTD == 0 && c.stored_len != c.len {
@@ -354,7 +354,7 @@ mod tests {
         data.extend_from_slice(&raw);
         let zoff = data.len() as u64;
         data.extend_from_slice(&z);
-        while data.len() % 4096 != 0 {
+        while !data.len().is_multiple_of(4096) {
             data.push(0);
         }
         let chunks = [

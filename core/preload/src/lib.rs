@@ -39,6 +39,8 @@ use std::path::PathBuf;
 #[global_allocator]
 static GLOBAL: alloc::Heap = alloc::Heap::new();
 
+// Not in the library's own unit-test binary, which has no coordinator.
+#[cfg(not(test))]
 #[used]
 #[link_section = ".init_array"]
 static INIT: extern "C" fn() = dmtcp_init;
@@ -116,6 +118,7 @@ fn exe_name() -> String {
         .unwrap_or_default()
 }
 
+#[cfg_attr(test, allow(dead_code))]
 extern "C" fn dmtcp_init() {
     // Our own tools are never checkpointed, even when a checkpointed program runs them.
     if exe_name().starts_with("dmtcp_") {
@@ -399,8 +402,12 @@ fn entry_fail(msg: &[u8]) -> ! {
 /// Where the restorer jumps once memory is back. Runs on [`ENTRY_STACK`]
 /// with no thread pointer set: raw syscalls and atomics only, no TLS, no
 /// allocation. Re-creates every thread of the image and becomes the main one.
+///
+/// # Safety
+/// Only the restorer may call this, in a freshly restored address space,
+/// with `args` pointing at a valid `RestartArgs`.
 #[no_mangle]
-pub extern "C" fn dmtcp_restart_entry(args: *const RestartArgs) -> ! {
+pub unsafe extern "C" fn dmtcp_restart_entry(args: *const RestartArgs) -> ! {
     // SAFETY: the restorer wrote a RestartArgs at this address on our stack.
     let a = unsafe { *args };
     let all: u64 = !0;

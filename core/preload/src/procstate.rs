@@ -256,7 +256,7 @@ impl FilePlugin {
         let fds = list_fds();
         let mut infos = Vec::new();
         for fd in fds {
-            if fd >= PROTECTED_FD_BASE && fd < PROTECTED_FD_BASE + 10 {
+            if (PROTECTED_FD_BASE..PROTECTED_FD_BASE + 10).contains(&fd) {
                 continue;
             }
             let target = readlink_fd(fd);

@@ -315,7 +315,7 @@ pub fn suspend_all() -> usize {
             }
             dmtcp_sys::futex_wait(&SUSPENDED, got as u32, 5_000_000);
             waited_ms += 5;
-            if waited_ms % 10_000 == 0 {
+            if waited_ms.is_multiple_of(10_000) {
                 crate::log::warn(format_args!(
                     "still waiting for {} thread(s) to suspend (do they block signal {sig}?)",
                     signalled.len() - got - exited

@@ -85,6 +85,10 @@ struct Hot {
 }
 
 impl WState {
+    // The Hot record is not part of `self`: it lives in scratch memory that
+    // only the owning writer (during a job) or the checkpoint thread
+    // (between jobs) touches, so handing out `&mut` from `&self` is sound.
+    #[allow(clippy::mut_from_ref)]
     fn hot(&self) -> &mut Hot {
         // SAFETY: the Hot record sits in this writer's scratch mapping and is
         // used only by the writer during a job, by the checkpoint thread between jobs.

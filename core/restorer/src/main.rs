@@ -307,7 +307,7 @@ fn clear_address_space() -> Current {
     // SAFETY: single-threaded access to the maps buffer.
     let buf = unsafe { &mut *MAPS.get() };
     // SAFETY: the path is a NUL-terminated literal.
-    let mfd = unsafe { syscall3(nr::OPEN, b"/proc/self/maps\0".as_ptr() as usize, nr::O_RDONLY, 0) };
+    let mfd = unsafe { syscall3(nr::OPEN, c"/proc/self/maps".as_ptr() as usize, nr::O_RDONLY, 0) };
     if is_err(mfd) {
         fail_err(b"cannot open /proc/self/maps", 0, mfd);
     }

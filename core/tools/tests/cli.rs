@@ -141,3 +141,30 @@ fn damaged_images_are_refused_cleanly() {
     job.restart();
     job.wait_success();
 }
+
+/// The restorer must be a static executable (no interpreter, no dynamic
+/// section) whose every loadable segment, bss included, lies inside the
+/// window each checkpointed process keeps reserved.
+#[test]
+fn restorer_lives_inside_the_reserved_window() {
+    let elf = std::fs::read(bin_dir().join("dmtcp_restorer")).unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF");
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
+    assert_eq!(u16_at(16), 2, "ET_EXEC expected (not PIE)");
+    let (phoff, phentsize, phnum) = (u64_at(32) as usize, u16_at(54), u16_at(56));
+    let (lo, hi) = (dmtcp_sys::RESTORER_BASE as u64, (dmtcp_sys::RESTORER_BASE + dmtcp_sys::RESTORER_SIZE) as u64);
+    let mut loads = 0;
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        let kind = u32_at(ph);
+        assert!(kind != 3 && kind != 2, "PT_INTERP/PT_DYNAMIC present: not static");
+        if kind == 1 {
+            let (vaddr, memsz) = (u64_at(ph + 16), u64_at(ph + 40));
+            assert!(vaddr >= lo && vaddr + memsz <= hi, "segment {vaddr:#x}+{memsz:#x} outside the window");
+            loads += 1;
+        }
+    }
+    assert!(loads >= 2);
+}
