@@ -197,3 +197,178 @@ fn killed_checkpoint_keeps_the_previous_image() {
     job.wait_success();
     assert_eq!(job.output(), bare);
 }
+
+#[test]
+fn signal_handlers_masks_and_alternate_stacks() {
+    cycle_program_marks("signals", &[], &[], "step 5 ", "step 8 ");
+}
+
+#[test]
+fn stdio_on_dev_null_is_reopened() {
+    let prog = c_program("threads");
+    let mut job = Job::new("devnull");
+    let mut c = tool("dmtcp_launch");
+    c.args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string(), "--ckptdir"])
+        .arg(&job.ckpt)
+        .arg(&prog)
+        .current_dir(&job.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(job.dir.join("err.txt")).unwrap());
+    job.proc = Some(c.spawn().unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    job.checkpoint_and_kill();
+    // Restart with stdout on a pipe: the program's fd 1 must be /dev/null again.
+    let mut r = tool("dmtcp_restart")
+        .args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string()])
+        .args(job.images())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(job.dir.join("restart.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let fd1 = std::path::PathBuf::from(format!("/proc/{}/fd/1", r.id()));
+    loop {
+        if let Ok(t) = std::fs::read_link(&fd1) {
+            if t == std::path::Path::new("/dev/null") {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "fd 1 never became /dev/null");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let st = wait_timeout(&mut r, TIMEOUT).expect("restarted process did not finish");
+    assert!(st.success());
+    let mut out = String::new();
+    use std::io::Read;
+    r.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.is_empty(), "output went to the restart's pipe instead of /dev/null: {out}");
+}
+
+#[test]
+fn stdio_on_a_terminal_follows_the_new_terminal() {
+    let prog = c_program("threads");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p]);
+    let result = bare.lines().last().unwrap().to_string();
+    let mut job = Job::new("tty");
+    let launch = format!("{} -j -h 127.0.0.1 -p {} --ckptdir {} {p}", bin_dir().join("dmtcp_launch").display(), job.port, job.ckpt.display());
+    let mut s = std::process::Command::new("script")
+        .args(["-qfec", &launch])
+        .arg(job.dir.join("tty1.txt"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(job.dir.join("tty1.txt")).unwrap_or_default().contains("step 4") {
+        assert!(std::time::Instant::now() < deadline, "no output on the first terminal");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = job.command(&["-kc"]);
+    assert!(o.status.success());
+    wait_timeout(&mut s, TIMEOUT).expect("script did not end");
+    let restart = format!(
+        "{} -j -h 127.0.0.1 -p {} {}",
+        bin_dir().join("dmtcp_restart").display(),
+        job.port,
+        job.images()[0].display()
+    );
+    let st = std::process::Command::new("script")
+        .args(["-qfec", &restart])
+        .arg(job.dir.join("tty2.txt"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "restart under a new terminal failed");
+    let tty2 = std::fs::read_to_string(job.dir.join("tty2.txt")).unwrap().replace('\r', "");
+    assert!(tty2.contains(&result), "the new terminal lacks {result:?}: {tty2}");
+    assert!(tty2.contains("step 24"), "{tty2}");
+}
+
+#[test]
+fn new_coordinator_on_a_free_port_with_port_file() {
+    let prog = c_program("memcheck");
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("newcoord-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pf = dir.join("port");
+    let mut l = tool("dmtcp_launch")
+        .args(["--new-coordinator", "-p", "0", "--port-file"])
+        .arg(&pf)
+        .args(["--ckptdir"])
+        .arg(&dir)
+        .arg(&prog)
+        .current_dir(&dir)
+        .stdout(std::fs::File::create(dir.join("out.txt")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let port: u16 = loop {
+        if let Some(p) = std::fs::read_to_string(&pf).ok().and_then(|s| s.trim().parse().ok()) {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no port file");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let st = tool("dmtcp_command").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-bc"]).status().unwrap();
+    assert!(st.success());
+    assert_eq!(images_in(&dir).len(), 1);
+    let st = wait_timeout(&mut l, TIMEOUT).unwrap();
+    assert!(st.success());
+    // The coordinator started by dmtcp_launch leaves with its last process.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let o = tool("dmtcp_command").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-s"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "the embedded coordinator is still running");
+}
+
+/// A full disk: the checkpoint fails with a clear error, the previous image
+/// and the running program are unharmed. Uses a 4 MiB tmpfs (needs root,
+/// as the test machines and CI have).
+#[test]
+fn full_disk_fails_the_checkpoint_and_loses_nothing() {
+    let prog = c_program("memcheck");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p]);
+    let mut job = Job::new("fulldisk");
+    let small = job.dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&small).status().unwrap();
+    assert!(st.success(), "cannot mount a small tmpfs (this test needs root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(small.clone());
+    job.launch(&[p], &["--ckptdir", small.to_str().unwrap()]);
+    job.wait_for("step 2 ok");
+    job.checkpoint();
+    let img = images_in(&small).pop().expect("first image");
+    let good = std::fs::read(&img).unwrap();
+    // Fill the disk.
+    let free = {
+        // SAFETY: statvfs into a zeroed struct.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        let c = std::ffi::CString::new(small.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+        s.f_bavail as usize * s.f_frsize as usize
+    };
+    std::fs::write(small.join("filler"), vec![1u8; free.saturating_sub(8192)]).unwrap();
+    let o = job.command(&["-bc"]);
+    assert_ne!(o.status.code(), Some(0), "a checkpoint onto a full disk reported success");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("No space left"), "unclear error: {err}");
+    assert_eq!(std::fs::read(&img).unwrap(), good, "the previous image changed");
+    assert_eq!(images_in(&small), vec![img.clone()]);
+    assert!(!std::fs::read_dir(&small).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp.")), "a temporary file was left");
+    // The program goes on unharmed; then a restart from the first image works too.
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+    std::fs::remove_file(small.join("filler")).unwrap();
+    job.restart_with(&[img.display().to_string()]);
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
