@@ -187,25 +187,13 @@ fn list_fds() -> Vec<i32> {
         return out;
     }
     let mut buf = vec![0u8; 8192];
-    loop {
-        // SAFETY: getdents64 fills our buffer.
-        let n = unsafe { libc::syscall(libc::SYS_getdents64, d, buf.as_mut_ptr(), buf.len()) };
-        if n <= 0 {
-            break;
-        }
-        let mut off = 0usize;
-        while off < n as usize {
-            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-            let name = &buf[off + 19..off + reclen];
-            let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-            if let Some(fd) = std::str::from_utf8(&name[..end]).ok().and_then(|s| s.parse::<i32>().ok()) {
-                if fd != d {
-                    out.push(fd);
-                }
+    dmtcp_sys::for_each_dirent(d, &mut buf, |name| {
+        if let Some(fd) = dmtcp_sys::parse_decimal(name) {
+            if fd != d {
+                out.push(fd);
             }
-            off += reclen;
         }
-    }
+    });
     // SAFETY: closing our fd.
     unsafe { libc::close(d) };
     out

@@ -245,36 +245,14 @@ fn list_tasks(out: &mut [i32]) -> usize {
     }
     let mut n = 0;
     let mut buf = [0u8; 4096];
-    loop {
-        // SAFETY: getdents64 fills our stack buffer.
-        let got = unsafe { syscall3(nr::GETDENTS64, fd as usize, buf.as_mut_ptr() as usize, buf.len()) };
-        if got <= 0 {
-            break;
-        }
-        let mut off = 0usize;
-        while off < got as usize {
-            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-            let name = &buf[off + 19..off + reclen];
-            let mut v: i32 = 0;
-            let mut ok = false;
-            for &c in name {
-                if c == 0 {
-                    break;
-                }
-                if !c.is_ascii_digit() {
-                    ok = false;
-                    break;
-                }
-                v = v * 10 + (c - b'0') as i32;
-                ok = true;
-            }
-            if ok && n < out.len() {
-                out[n] = v;
+    dmtcp_sys::for_each_dirent(fd as i32, &mut buf, |name| {
+        if let Some(tid) = dmtcp_sys::parse_decimal(name) {
+            if n < out.len() {
+                out[n] = tid;
                 n += 1;
             }
-            off += reclen;
         }
-    }
+    });
     // SAFETY: closing our fd.
     unsafe { syscall3(nr::CLOSE, fd as usize, 0, 0) };
     n

@@ -63,23 +63,8 @@ pub fn write_all(fd: i32, mut buf: &[u8]) -> isize {
 
 /// `read(2)` until the buffer is full; returns bytes read (short at EOF) or -errno.
 pub fn read_full(fd: i32, buf: &mut [u8]) -> isize {
-    let mut done = 0usize;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        // SAFETY: `rest` is a live, exclusively borrowed slice.
-        let r = unsafe { syscall3(crate::nr::READ, fd as usize, rest.as_mut_ptr() as usize, rest.len()) };
-        if r == -crate::nr::EINTR {
-            continue;
-        }
-        if r < 0 {
-            return r;
-        }
-        if r == 0 {
-            break;
-        }
-        done += r as usize;
-    }
-    done as isize
+    // SAFETY: `buf` is a live, exclusively borrowed slice of buf.len() bytes.
+    unsafe { read_full_raw(fd, buf.as_mut_ptr() as usize, buf.len()) }
 }
 
 /// `read(2)` into raw memory until `len` bytes arrived; returns bytes read or -errno.
@@ -200,10 +185,47 @@ mod tests {
     }
 
     #[test]
+    fn decimal_names() {
+        assert_eq!(parse_decimal(b"1234"), Some(1234));
+        assert_eq!(parse_decimal(b"."), None);
+        assert_eq!(parse_decimal(b""), None);
+        assert_eq!(parse_decimal(b"12a"), None);
+    }
+
+    #[test]
     fn raw_calls_match_libc_view() {
         assert!(getpid() > 0);
         assert!(gettid() > 0);
         assert!(is_err(-2));
         assert!(!is_err(5));
     }
+}
+
+/// Call `f` with the name of every entry of the open directory `fd`,
+/// using `buf` for getdents64 (no allocation; usable while threads are
+/// suspended).
+pub fn for_each_dirent(fd: i32, buf: &mut [u8], mut f: impl FnMut(&[u8])) {
+    loop {
+        // SAFETY: getdents64 fills the caller's buffer.
+        let got = unsafe { syscall3(crate::nr::GETDENTS64, fd as usize, buf.as_mut_ptr() as usize, buf.len()) };
+        if got <= 0 {
+            return;
+        }
+        let mut off = 0usize;
+        while off < got as usize {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            let name = &buf[off + 19..off + reclen];
+            let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+            f(&name[..end]);
+            off += reclen;
+        }
+    }
+}
+
+/// Parse a decimal directory entry name (pids, tids, fd numbers).
+pub fn parse_decimal(name: &[u8]) -> Option<i32> {
+    if name.is_empty() || name.len() > 9 || !name.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(name.iter().fold(0i32, |v, &c| v * 10 + (c - b'0') as i32))
 }

@@ -102,3 +102,34 @@ pub fn ensure(a: &mut CoordAddr, tool: &str) -> Result<u16, String> {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Parse one coordinator option shared by dmtcp_launch and dmtcp_restart
+/// (`-h`, `-p`/`-pN`, `--port-file`, `-j`, `--new-coordinator`,
+/// `--any-coordinator`, `-i`). Returns None when `arg` is not one of them.
+pub fn coord_option(arg: &str, next: &mut dyn FnMut() -> Option<String>, a: &mut CoordAddr) -> Option<Result<(), String>> {
+    let mut value = |name: &str| next().ok_or_else(|| format!("option {name} needs a value"));
+    let r = match arg {
+        "-h" | "--coord-host" | "--host" => value(arg).map(|v| a.host = v),
+        "-p" | "--coord-port" | "--port" => value(arg).and_then(|v| v.parse().map(|p| a.port = p).map_err(|_| format!("bad port '{v}'"))),
+        s if s.starts_with("-p") && s.len() > 2 && s[2..].chars().all(|c| c.is_ascii_digit()) => {
+            a.port = s[2..].parse().unwrap_or(0);
+            Ok(())
+        }
+        "--port-file" => value(arg).map(|v| a.port_file = Some(PathBuf::from(v))),
+        "-j" | "--join-coordinator" | "--join" => {
+            a.mode = CoordMode::Join;
+            Ok(())
+        }
+        "--new-coordinator" => {
+            a.mode = CoordMode::New;
+            Ok(())
+        }
+        "--any-coordinator" => {
+            a.mode = CoordMode::Any;
+            Ok(())
+        }
+        "-i" | "--interval" => value(arg).and_then(|v| v.parse().map(|n| a.interval = Some(n)).map_err(|_| format!("bad interval '{v}'"))),
+        _ => return None,
+    };
+    Some(r)
+}

@@ -51,6 +51,12 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
     };
     let mut prog: Vec<String> = Vec::new();
     while let Some(arg) = it.next() {
+        if let Some(r) = client::coord_option(&arg, &mut || it.next(), &mut a) {
+            if let Err(m) = r {
+                return bad(m);
+            }
+            continue;
+        }
         let mut value = |name: &str| it.next().ok_or_else(|| format!("option {name} needs a value"));
         let r: Result<(), String> = match arg.as_str() {
             "--help" => {
@@ -65,26 +71,6 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
                 prog.extend(it.by_ref());
                 break;
             }
-            "-h" | "--coord-host" | "--host" => value(&arg).map(|v| a.host = v),
-            "-p" | "--coord-port" | "--port" => value(&arg).and_then(|v| v.parse().map(|p| a.port = p).map_err(|_| format!("bad port '{v}'"))),
-            s if s.starts_with("-p") && s.len() > 2 && s[2..].chars().all(|c| c.is_ascii_digit()) => {
-                a.port = s[2..].parse().unwrap_or(0);
-                Ok(())
-            }
-            "--port-file" => value(&arg).map(|v| a.port_file = Some(PathBuf::from(v))),
-            "-j" | "--join-coordinator" | "--join" => {
-                a.mode = CoordMode::Join;
-                Ok(())
-            }
-            "--new-coordinator" => {
-                a.mode = CoordMode::New;
-                Ok(())
-            }
-            "--any-coordinator" => {
-                a.mode = CoordMode::Any;
-                Ok(())
-            }
-            "-i" | "--interval" => value(&arg).and_then(|v| v.parse().map(|n| a.interval = Some(n)).map_err(|_| format!("bad interval '{v}'"))),
             "-c" | "--ckptdir" => value(&arg).map(|v| ckpt_dir = Some(PathBuf::from(v))),
             "--gzip" => {
                 gzip = Some(true);

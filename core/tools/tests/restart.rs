@@ -312,6 +312,11 @@ fn new_coordinator_on_a_free_port_with_port_file() {
         assert!(std::time::Instant::now() < deadline, "no port file");
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
+    // The port file appears when the coordinator listens, maybe before the program joined.
+    while !std::fs::read_to_string(dir.join("out.txt")).unwrap_or_default().contains("step 1 ok") {
+        assert!(std::time::Instant::now() < deadline, "the program did not start");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let st = tool("dmtcp_command").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-bc"]).status().unwrap();
     assert!(st.success());
     assert_eq!(images_in(&dir).len(), 1);
