@@ -171,6 +171,35 @@ pub fn fmt_hex(mut v: u64, buf: &mut [u8; 16]) -> &[u8] {
     &buf[i..]
 }
 
+/// Call `f` with the name of every entry of the open directory `fd`,
+/// using `buf` for getdents64 (no allocation; usable while threads are
+/// suspended).
+pub fn for_each_dirent(fd: i32, buf: &mut [u8], mut f: impl FnMut(&[u8])) {
+    loop {
+        // SAFETY: getdents64 fills the caller's buffer.
+        let got = unsafe { syscall3(crate::nr::GETDENTS64, fd as usize, buf.as_mut_ptr() as usize, buf.len()) };
+        if got <= 0 {
+            return;
+        }
+        let mut off = 0usize;
+        while off < got as usize {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            let name = &buf[off + 19..off + reclen];
+            let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+            f(&name[..end]);
+            off += reclen;
+        }
+    }
+}
+
+/// Parse a decimal directory entry name (pids, tids, fd numbers).
+pub fn parse_decimal(name: &[u8]) -> Option<i32> {
+    if name.is_empty() || name.len() > 9 || !name.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(name.iter().fold(0i32, |v, &c| v * 10 + (c - b'0') as i32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,33 +228,4 @@ mod tests {
         assert!(is_err(-2));
         assert!(!is_err(5));
     }
-}
-
-/// Call `f` with the name of every entry of the open directory `fd`,
-/// using `buf` for getdents64 (no allocation; usable while threads are
-/// suspended).
-pub fn for_each_dirent(fd: i32, buf: &mut [u8], mut f: impl FnMut(&[u8])) {
-    loop {
-        // SAFETY: getdents64 fills the caller's buffer.
-        let got = unsafe { syscall3(crate::nr::GETDENTS64, fd as usize, buf.as_mut_ptr() as usize, buf.len()) };
-        if got <= 0 {
-            return;
-        }
-        let mut off = 0usize;
-        while off < got as usize {
-            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-            let name = &buf[off + 19..off + reclen];
-            let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-            f(&name[..end]);
-            off += reclen;
-        }
-    }
-}
-
-/// Parse a decimal directory entry name (pids, tids, fd numbers).
-pub fn parse_decimal(name: &[u8]) -> Option<i32> {
-    if name.is_empty() || name.len() > 9 || !name.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(name.iter().fold(0i32, |v, &c| v * 10 + (c - b'0') as i32))
 }

@@ -251,7 +251,7 @@ fn stdio_on_a_terminal_follows_the_new_terminal() {
     let p = prog.to_str().unwrap();
     let bare = run_bare(&[p]);
     let result = bare.lines().last().unwrap().to_string();
-    let mut job = Job::new("tty");
+    let job = Job::new("tty");
     let launch = format!("{} -j -h 127.0.0.1 -p {} --ckptdir {} {p}", bin_dir().join("dmtcp_launch").display(), job.port, job.ckpt.display());
     let mut s = std::process::Command::new("script")
         .args(["-qfec", &launch])
@@ -358,6 +358,7 @@ fn full_disk_fails_the_checkpoint_and_loses_nothing() {
         // SAFETY: statvfs into a zeroed struct.
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
         let c = std::ffi::CString::new(small.to_str().unwrap()).unwrap();
+        // SAFETY: statvfs writes into our struct; the path is NUL-terminated.
         assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
         s.f_bavail as usize * s.f_frsize as usize
     };
