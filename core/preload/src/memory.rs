@@ -8,12 +8,13 @@ use std::io::Read;
 /// How a work item's pages are selected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Select {
-    /// Anonymous memory: pages present or swapped, and not all zero.
+    /// Memory restored as fresh anonymous memory (anonymous mappings,
+    /// shared anonymous memory, mappings of deleted files): pages present or
+    /// swapped, and not all zero (zero pages come back as zero anyway).
     Anon,
-    /// Private file mapping: pages that became private copies (written).
+    /// Private file mapping: pages that became private copies (written),
+    /// zero or not, since the file underneath may differ.
     Cow,
-    /// Every present page (deleted files and shared anonymous memory).
-    All,
 }
 
 /// A slice of an area for one writer to scan and write.
@@ -141,17 +142,17 @@ pub fn plan() -> std::io::Result<Plan> {
         let mut file_size = 0u64;
         let file_ok = is_file && !deleted && file_matches(name, inode, &mut file_size);
         let (kind, select, path) = if anon_shared {
-            (KIND_ANON_SHARED, Some(Select::All), String::new())
+            (KIND_ANON_SHARED, Some(Select::Anon), String::new())
         } else if shared && file_ok {
             (KIND_FILE_SHARED, None, name.to_string())
         } else if shared {
-            (KIND_ANON_SHARED, Some(Select::All), String::new())
+            (KIND_ANON_SHARED, Some(Select::Anon), String::new())
         } else if file_ok {
             (KIND_FILE_PRIVATE, Some(Select::Cow), name.to_string())
         } else if is_file {
             // A private mapping of a deleted or replaced file: keep every
             // page we can see, restore it as anonymous memory.
-            (KIND_ANON_PRIVATE, Some(Select::All), String::new())
+            (KIND_ANON_PRIVATE, Some(Select::Anon), String::new())
         } else {
             let label = if name.starts_with('[') { name.to_string() } else { String::new() };
             (KIND_ANON_PRIVATE, Some(Select::Anon), label)

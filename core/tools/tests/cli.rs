@@ -168,3 +168,41 @@ fn restorer_lives_inside_the_reserved_window() {
     }
     assert!(loads >= 2);
 }
+
+/// Untouched and all-zero memory is not written: a process holding 512 MiB
+/// of it makes an image of a few MiB, and gets it back as zeroes.
+#[test]
+fn untouched_and_zero_memory_is_not_written() {
+    let mut job = Job::new("zeros");
+    let script = "import mmap, time, sys\n\
+                  a = mmap.mmap(-1, 256 << 20)\n\
+                  b = mmap.mmap(-1, 256 << 20)\n\
+                  for i in range(0, 256 << 20, 4096): b[i] = 0\n\
+                  a[12345] = 7\n\
+                  print('ready', flush=True)\n\
+                  time.sleep(2)\n\
+                  print('RESULT', a[12345], sum(a[0:1 << 20]), b.find(b'\\x01'), flush=True)\n";
+    job.launch(&["python3", "-c", script], &["--no-gzip"]);
+    job.wait_for("ready");
+    job.checkpoint_and_kill();
+    let img = job.images().pop().unwrap();
+    let size = std::fs::metadata(&img).unwrap().len();
+    assert!(size < 48 << 20, "image of {size} bytes for 512 MiB of zero/untouched memory");
+    job.restart();
+    job.wait_success();
+    assert!(job.output().contains("RESULT 7 7 -1"), "{}", job.output());
+}
+
+#[test]
+fn kill_and_quit_commands() {
+    let prog = c_program("memcheck");
+    let mut job = Job::new("killquit");
+    job.launch(&[prog.to_str().unwrap()], &[]);
+    job.wait_for("step 1 ok");
+    assert!(job.command(&["-k"]).status.success());
+    let mut p = job.proc.take().unwrap();
+    wait_timeout(&mut p, TIMEOUT).expect("the process survived dmtcp_command -k");
+    assert!(job.command(&["-q"]).status.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(job.command(&["-s"]).status.code(), Some(2), "the coordinator survived -q");
+}

@@ -378,3 +378,31 @@ fn full_disk_fails_the_checkpoint_and_loses_nothing() {
     job.wait_success();
     assert_eq!(job.output(), bare);
 }
+
+#[test]
+fn cwd_umask_rlimits_and_environment_survive() {
+    let prog = c_program("procstate");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p]);
+    let mut job = Job::new("procstate");
+    job.launch(&[p], &[]);
+    job.wait_for("step 4 ");
+    job.checkpoint_and_kill();
+    // Restart from elsewhere, with another umask and environment.
+    let elsewhere = job.dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg(format!(
+            "umask 077; DEMO_VAR=changed exec {} -j -h 127.0.0.1 -p {} {}",
+            bin_dir().join("dmtcp_restart").display(),
+            job.port,
+            job.images()[0].display()
+        ))
+        .current_dir(&elsewhere)
+        .stdout(std::fs::File::create(job.dir.join("restart.out")).unwrap())
+        .stderr(std::fs::File::create(job.dir.join("restart.err")).unwrap());
+    job.proc = Some(c.spawn().unwrap());
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
