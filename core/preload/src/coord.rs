@@ -64,6 +64,11 @@ impl Coord {
         self.reader = BufReader::new(Fd(COORD_FD));
     }
 
+    /// Is input already buffered (so poll would not report it)?
+    pub fn buffered(&self) -> bool {
+        !self.reader.buffer().is_empty()
+    }
+
     pub fn send(&mut self, m: &ToCoord) -> std::io::Result<()> {
         dmtcp_common::proto::send(&mut Fd(COORD_FD), m)
     }

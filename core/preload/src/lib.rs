@@ -14,6 +14,7 @@
 //! restart entry below; each block says why it is sound.
 
 mod alloc;
+mod api;
 mod arch;
 mod coord;
 mod log;
@@ -58,6 +59,11 @@ struct EntryStack(UnsafeCell<[u8; RESTART_STACK_SIZE]>);
 // SAFETY: used only by the single thread running the restart entry.
 unsafe impl Sync for EntryStack {}
 static ENTRY_STACK: EntryStack = EntryStack(UnsafeCell::new([0; RESTART_STACK_SIZE]));
+
+/// Is the checkpointer active in this process?
+pub(crate) fn is_enabled() -> bool {
+    ENABLED.load(SeqCst)
+}
 
 /// Settings read from the environment dmtcp_launch prepared.
 struct Config {
@@ -200,6 +206,9 @@ extern "C" fn dmtcp_init() {
         libc::atexit(at_exit);
     }
     writer::start(cfg.writers);
+    api::set_dir(&cfg.ckpt_dir.display().to_string());
+    api::set_coordinator(&cfg.host, cfg.port);
+    api::open_wake_fd();
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new().name("dmtcp:ckpt".into()).stack_size(1 << 20).spawn(move || {
         threads::block_all_signals();
@@ -229,14 +238,34 @@ extern "C" fn at_exit() {
 extern "C" fn after_fork_child() {
     // The child has no checkpoint thread; keep it off the parent's connection.
     if ENABLED.swap(false, SeqCst) {
-        // SAFETY: closing the coordinator fd copy in the child.
-        unsafe { libc::close(coord::COORD_FD) };
+        // SAFETY: closing the copies of our fds in the child.
+        unsafe {
+            libc::close(coord::COORD_FD);
+            libc::close(api::WAKE_FD_NUM);
+        }
     }
 }
 
 impl Ctl {
     fn run(&mut self) {
         loop {
+            if !self.coord.buffered() {
+                let mut fds = [
+                    libc::pollfd { fd: coord::COORD_FD, events: libc::POLLIN, revents: 0 },
+                    libc::pollfd { fd: api::WAKE_FD.load(SeqCst), events: libc::POLLIN, revents: 0 },
+                ];
+                // SAFETY: poll on our two fds.
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                if n < 0 {
+                    continue;
+                }
+                if fds[1].revents & libc::POLLIN != 0 && api::take_request() {
+                    let _ = self.coord.send(&ToCoord::RequestCkpt);
+                }
+                if fds[0].revents == 0 {
+                    continue;
+                }
+            }
             match self.coord.recv() {
                 Ok(Some(FromCoord::DoCheckpoint { generation, ckpt_dir, num_peers })) => {
                     self.generation = generation;
@@ -269,15 +298,18 @@ impl Ctl {
     }
 
     fn checkpoint(&mut self, dir_override: Option<PathBuf>) {
+        api::begin_checkpoint();
         plugin::run(plugin::Event::PreSuspend);
         threads::suspend_all();
         if threads::OVERFLOW.load(SeqCst) {
             log::error(format_args!("more than {} threads: checkpoint skipped", threads::MAX_THREADS));
             let _ = self.coord.send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some("too many threads".into()) });
+            api::end_checkpoint(false, false, self.generation);
             threads::resume_all();
             return;
         }
         if !self.barrier("suspended") {
+            api::end_checkpoint(false, false, self.generation);
             threads::resume_all();
             return;
         }
@@ -297,11 +329,12 @@ impl Ctl {
                 let _ = self.coord.send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(e.to_string()) });
                 self.barrier("checkpointed");
                 plugin::run(plugin::Event::Resume);
+                api::end_checkpoint(false, false, self.generation);
                 threads::resume_all();
                 return;
             }
         };
-        let dir = dir_override.unwrap_or_else(|| self.cfg.ckpt_dir.clone());
+        let dir = dir_override.unwrap_or_else(|| PathBuf::from(api::dir()));
         let name = dmtcp_common::image::image_name(&self.program, &self.uniq_id);
         let mut meta = Meta {
             program: self.program.clone(),
@@ -328,6 +361,7 @@ impl Ctl {
                 let _ = self.coord.send(&ToCoord::CkptDone { image: path.display().to_string(), bytes, error: None });
                 self.barrier("checkpointed");
                 plugin::run(plugin::Event::Resume);
+                api::end_checkpoint(true, false, self.generation);
                 threads::resume_all();
             }
             writer::Outcome::Failed(msg) => {
@@ -335,6 +369,7 @@ impl Ctl {
                 let _ = self.coord.send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(msg) });
                 self.barrier("checkpointed");
                 plugin::run(plugin::Event::Resume);
+                api::end_checkpoint(false, false, self.generation);
                 threads::resume_all();
             }
             writer::Outcome::Restarted => self.after_restart(),
@@ -358,6 +393,7 @@ impl Ctl {
                 }
                 if let Some(d) = v["ckpt_dir"].as_str() {
                     self.cfg.ckpt_dir = PathBuf::from(d);
+                    api::set_dir(d);
                 }
             }
         }
@@ -386,8 +422,11 @@ impl Ctl {
                 dmtcp_sys::exit_group(1);
             }
         }
+        api::open_wake_fd();
+        api::set_coordinator(&self.cfg.host, self.cfg.port);
         plugin::run(plugin::Event::Restart);
         self.barrier("restarted");
+        api::end_checkpoint(true, true, self.generation);
         threads::resume_all();
     }
 }

@@ -1,0 +1,269 @@
+//! The program interface of include/dmtcp.h: a program may ask for a
+//! checkpoint, hold checkpoints off around a critical section, and learn
+//! whether it resumed or restarted.
+//!
+//! These functions run on user threads, which may be suspended at any
+//! instant of a checkpoint. They therefore take no lock the checkpoint
+//! thread needs and allocate only inside a disabled section (during which
+//! no checkpoint can start).
+
+use core::cell::{Cell, UnsafeCell};
+use core::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
+use std::ffi::{c_char, c_int, CStr};
+
+/// Return values, as in the header.
+pub const AFTER_CHECKPOINT: c_int = 1;
+pub const AFTER_RESTART: c_int = 2;
+
+/// Threads inside a disabled section.
+static DISABLE: AtomicU32 = AtomicU32::new(0);
+/// 1 while a checkpoint is starting or running.
+static PENDING: AtomicU32 = AtomicU32::new(0);
+/// Bumped at the end of every checkpoint (and restart).
+static EVENTS: AtomicU32 = AtomicU32::new(0);
+static RESTARTS: AtomicU32 = AtomicU32::new(0);
+static LAST_OK: AtomicU32 = AtomicU32::new(1);
+static GENERATION: AtomicU32 = AtomicU32::new(0);
+/// eventfd that wakes the checkpoint thread with a program's request.
+pub static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+/// Coordinator port (the host is in COORD_HOST).
+pub static COORD_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// The fd number the wake-up eventfd lives at.
+pub const WAKE_FD_NUM: i32 = crate::procstate::PROTECTED_FD_BASE + 3;
+
+const DIR_MAX: usize = 4096;
+struct Buf(UnsafeCell<[u8; DIR_MAX]>);
+// SAFETY: written only inside a disabled section or by the checkpoint thread
+// while no user code runs; readers copy or get a pointer, as DMTCP's does.
+unsafe impl Sync for Buf {}
+static CKPT_DIR: Buf = Buf(UnsafeCell::new([0; DIR_MAX]));
+static COORD_HOST: Buf = Buf(UnsafeCell::new([0; DIR_MAX]));
+
+thread_local! {
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+fn put(buf: &Buf, s: &[u8]) {
+    let n = s.len().min(DIR_MAX - 1);
+    // SAFETY: see Buf's Sync note.
+    unsafe {
+        let b = &mut *buf.0.get();
+        b[..n].copy_from_slice(&s[..n]);
+        b[n] = 0;
+    }
+}
+
+fn get(buf: &Buf) -> String {
+    // SAFETY: the buffer always holds a NUL-terminated string.
+    unsafe { CStr::from_ptr((*buf.0.get()).as_ptr() as *const c_char) }.to_string_lossy().into_owned()
+}
+
+/// Record the checkpoint directory (start-up, restart, set_ckpt_dir).
+pub fn set_dir(d: &str) {
+    put(&CKPT_DIR, d.as_bytes());
+}
+
+/// The checkpoint directory the next image goes to.
+pub fn dir() -> String {
+    get(&CKPT_DIR)
+}
+
+/// Record where the coordinator is (start-up and restart).
+pub fn set_coordinator(host: &str, port: u16) {
+    put(&COORD_HOST, host.as_bytes());
+    COORD_PORT.store(port as u32, SeqCst);
+}
+
+/// Create the wake-up eventfd at its fixed number (start-up and restart).
+pub fn open_wake_fd() {
+    // SAFETY: eventfd and dup2 on fds we own.
+    unsafe {
+        let fd = libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK);
+        if fd >= 0 {
+            libc::dup3(fd, WAKE_FD_NUM, libc::O_CLOEXEC);
+            libc::close(fd);
+            WAKE_FD.store(WAKE_FD_NUM, SeqCst);
+        }
+    }
+}
+
+/// Drain the eventfd; true if a program asked for a checkpoint.
+pub fn take_request() -> bool {
+    let mut v: u64 = 0;
+    // SAFETY: reading 8 bytes from our eventfd into `v`.
+    let n = unsafe { libc::read(WAKE_FD.load(SeqCst), &mut v as *mut u64 as *mut libc::c_void, 8) };
+    n == 8 && v > 0
+}
+
+/// Checkpoint thread: a checkpoint starts; wait for disabled sections to end.
+pub fn begin_checkpoint() {
+    PENDING.store(1, SeqCst);
+    loop {
+        let d = DISABLE.load(SeqCst);
+        if d == 0 {
+            return;
+        }
+        dmtcp_sys::futex_wait(&DISABLE, d, 100_000_000);
+    }
+}
+
+/// Checkpoint thread: the checkpoint (or the restart) is over.
+pub fn end_checkpoint(ok: bool, restarted: bool, generation: u32) {
+    GENERATION.store(generation, SeqCst);
+    LAST_OK.store(ok as u32, SeqCst);
+    if restarted {
+        RESTARTS.fetch_add(1, SeqCst);
+    }
+    EVENTS.fetch_add(1, SeqCst);
+    PENDING.store(0, SeqCst);
+    dmtcp_sys::futex_wake(&PENDING, i32::MAX as u32);
+    dmtcp_sys::futex_wake(&EVENTS, i32::MAX as u32);
+}
+
+#[no_mangle]
+pub extern "C" fn dmtcp_is_enabled() -> c_int {
+    crate::is_enabled() as c_int
+}
+
+#[no_mangle]
+pub extern "C" fn dmtcp_checkpoint() -> c_int {
+    if !crate::is_enabled() || DEPTH.with(|d| d.get()) > 0 {
+        return -1;
+    }
+    let (e0, r0) = (EVENTS.load(SeqCst), RESTARTS.load(SeqCst));
+    let one: u64 = 1;
+    // SAFETY: writing 8 bytes to our eventfd.
+    if unsafe { libc::write(WAKE_FD.load(SeqCst), &one as *const u64 as *const libc::c_void, 8) } != 8 {
+        return -1;
+    }
+    loop {
+        let e = EVENTS.load(SeqCst);
+        if e != e0 {
+            break;
+        }
+        dmtcp_sys::futex_wait(&EVENTS, e, 0);
+    }
+    if RESTARTS.load(SeqCst) != r0 {
+        AFTER_RESTART
+    } else if LAST_OK.load(SeqCst) == 1 {
+        AFTER_CHECKPOINT
+    } else {
+        -1
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn dmtcp_disable_ckpt() -> c_int {
+    if DEPTH.with(|d| d.get()) > 0 {
+        DEPTH.with(|d| d.set(d.get() + 1));
+        return 1;
+    }
+    loop {
+        DISABLE.fetch_add(1, SeqCst);
+        if PENDING.load(SeqCst) == 0 {
+            DEPTH.with(|d| d.set(1));
+            return 1;
+        }
+        // A checkpoint is starting: step back and let it pass.
+        DISABLE.fetch_sub(1, SeqCst);
+        dmtcp_sys::futex_wake(&DISABLE, i32::MAX as u32);
+        while PENDING.load(SeqCst) != 0 {
+            dmtcp_sys::futex_wait(&PENDING, 1, 0);
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn dmtcp_enable_ckpt() -> c_int {
+    let depth = DEPTH.with(|d| d.get());
+    if depth == 0 {
+        return -1;
+    }
+    DEPTH.with(|d| d.set(depth - 1));
+    if depth == 1 {
+        DISABLE.fetch_sub(1, SeqCst);
+        dmtcp_sys::futex_wake(&DISABLE, i32::MAX as u32);
+    }
+    1
+}
+
+#[no_mangle]
+pub extern "C" fn dmtcp_get_ckpt_dir() -> *const c_char {
+    CKPT_DIR.0.get() as *const c_char
+}
+
+/// # Safety
+/// `dir` must be a NUL-terminated string (or null, which fails).
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_set_ckpt_dir(dir: *const c_char) -> c_int {
+    if dir.is_null() {
+        return -1;
+    }
+    // SAFETY: the caller passes a NUL-terminated string.
+    let s = unsafe { CStr::from_ptr(dir) }.to_bytes();
+    if s.is_empty() || s.len() >= DIR_MAX {
+        return -1;
+    }
+    dmtcp_disable_ckpt();
+    put(&CKPT_DIR, s);
+    dmtcp_enable_ckpt();
+    1
+}
+
+#[no_mangle]
+pub extern "C" fn dmtcp_get_generation() -> c_int {
+    GENERATION.load(SeqCst) as c_int
+}
+
+/// # Safety
+/// Non-null pointers must be valid for writing an int.
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_get_coordinator_status(num_peers: *mut c_int, running: *mut c_int) -> c_int {
+    if !crate::is_enabled() {
+        return -1;
+    }
+    dmtcp_disable_ckpt();
+    let host = get(&COORD_HOST);
+    let port = COORD_PORT.load(SeqCst) as u16;
+    let reply = query_status(&host, port);
+    dmtcp_enable_ckpt();
+    match reply {
+        Some(r) => {
+            // SAFETY: the caller vouches for the pointers; null ones are skipped.
+            unsafe {
+                if !num_peers.is_null() {
+                    *num_peers = r.num_peers as c_int;
+                }
+                if !running.is_null() {
+                    *running = r.running as c_int;
+                }
+            }
+            1
+        }
+        None => -1,
+    }
+}
+
+fn query_status(host: &str, port: u16) -> Option<dmtcp_common::proto::Reply> {
+    use dmtcp_common::proto::{self, Cmd, FromCoord, Role, ToCoord};
+    let s = std::net::TcpStream::connect((host, port)).ok()?;
+    let mut w = s.try_clone().ok()?;
+    let hello = ToCoord::Hello {
+        role: Role::Command,
+        pid: dmtcp_sys::getpid(),
+        hostname: String::new(),
+        program: "dmtcp_get_coordinator_status".into(),
+        uniq_id: String::new(),
+        restarting: false,
+        comp_id: None,
+        generation: 0,
+        num_peers: 0,
+    };
+    proto::send(&mut w, &hello).ok()?;
+    proto::send(&mut w, &ToCoord::Command { cmd: Cmd::Status }).ok()?;
+    match proto::recv::<_, FromCoord>(&mut std::io::BufReader::new(s)).ok()? {
+        Some(FromCoord::Reply(r)) => Some(r),
+        _ => None,
+    }
+}

@@ -1,0 +1,69 @@
+/*
+ * dmtcp.h -- the program interface of DMTCP-rs (DMTCP's names and values).
+ *
+ * Every function is a weak symbol: a program that uses them compiles and
+ * runs without the checkpointer, where each call reports "not present".
+ * Under dmtcp_launch the preloaded libdmtcp.so provides them.
+ *
+ *   #include <dmtcp.h>
+ *   if (dmtcp_is_enabled()) {
+ *     int r = dmtcp_checkpoint();   // DMTCP_AFTER_CHECKPOINT or DMTCP_AFTER_RESTART
+ *   }
+ */
+#ifndef DMTCP_RS_DMTCP_H
+#define DMTCP_RS_DMTCP_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Return values of dmtcp_checkpoint(). */
+#define DMTCP_AFTER_CHECKPOINT 1
+#define DMTCP_AFTER_RESTART 2
+/* Returned by every call when the program runs without the checkpointer. */
+#define DMTCP_NOT_PRESENT 3
+
+/* 1 under the checkpointer, 0 otherwise. */
+int dmtcp_is_enabled(void) __attribute__((weak));
+#define dmtcp_is_enabled() (dmtcp_is_enabled ? dmtcp_is_enabled() : 0)
+
+/*
+ * Checkpoint the whole computation and return once it is done:
+ * DMTCP_AFTER_CHECKPOINT in the process that goes on, DMTCP_AFTER_RESTART
+ * when the process was restarted from that checkpoint; <= 0 on error.
+ * Do not call it between dmtcp_disable_ckpt() and dmtcp_enable_ckpt().
+ */
+int dmtcp_checkpoint(void) __attribute__((weak));
+#define dmtcp_checkpoint() (dmtcp_checkpoint ? dmtcp_checkpoint() : DMTCP_NOT_PRESENT)
+
+/*
+ * Hold off checkpoints until the matching dmtcp_enable_ckpt(): a checkpoint
+ * requested meanwhile waits, then happens. Nests; any thread may use it.
+ * Returns 1 on success.
+ */
+int dmtcp_disable_ckpt(void) __attribute__((weak));
+#define dmtcp_disable_ckpt() (dmtcp_disable_ckpt ? dmtcp_disable_ckpt() : DMTCP_NOT_PRESENT)
+int dmtcp_enable_ckpt(void) __attribute__((weak));
+#define dmtcp_enable_ckpt() (dmtcp_enable_ckpt ? dmtcp_enable_ckpt() : DMTCP_NOT_PRESENT)
+
+/* The directory this process's next image goes to (NULL when not present). */
+const char *dmtcp_get_ckpt_dir(void) __attribute__((weak));
+#define dmtcp_get_ckpt_dir() (dmtcp_get_ckpt_dir ? dmtcp_get_ckpt_dir() : (const char *)0)
+/* Change it; returns 1 on success. */
+int dmtcp_set_ckpt_dir(const char *dir) __attribute__((weak));
+#define dmtcp_set_ckpt_dir(d) (dmtcp_set_ckpt_dir ? dmtcp_set_ckpt_dir(d) : DMTCP_NOT_PRESENT)
+
+/* Checkpoint generation of the computation (0 before the first), or -1. */
+int dmtcp_get_generation(void) __attribute__((weak));
+#define dmtcp_get_generation() (dmtcp_get_generation ? dmtcp_get_generation() : -1)
+
+/* Ask the coordinator: processes connected, and 1 if all are running.
+ * Returns 1 on success, <= 0 on error. */
+int dmtcp_get_coordinator_status(int *num_peers, int *running) __attribute__((weak));
+#define dmtcp_get_coordinator_status(n, r) \
+  (dmtcp_get_coordinator_status ? dmtcp_get_coordinator_status(n, r) : DMTCP_NOT_PRESENT)
+
+#ifdef __cplusplus
+}
+#endif
+#endif
