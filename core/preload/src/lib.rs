@@ -21,6 +21,7 @@ mod log;
 mod memory;
 mod plugin;
 mod procstate;
+mod sigwrap;
 mod threads;
 mod writer;
 
@@ -132,6 +133,7 @@ extern "C" fn dmtcp_init() {
     }
     let cfg = Config::from_env();
     memory::init_self_path();
+    sigwrap::init();
     log::QUIET.store(std::env::var(E::QUIET).ok().and_then(|q| q.parse().ok()).unwrap_or(0), Relaxed);
     // SAFETY: reserving an address range with NOREPLACE never disturbs an existing mapping.
     let r = unsafe {

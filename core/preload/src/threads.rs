@@ -183,8 +183,10 @@ extern "C" fn suspended_wait(arg: *mut c_void) -> u64 {
 }
 
 /// The checkpoint signal handler (async-signal-safe).
-pub extern "C" fn on_ckpt_signal(_sig: i32, _info: *mut libc::siginfo_t, _uc: *mut c_void) {
+pub extern "C" fn on_ckpt_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut c_void) {
     if !ACTIVE.load(SeqCst) {
+        // Not a checkpoint: the program's own use of this signal.
+        crate::sigwrap::forward(sig, info, uc);
         return;
     }
     // SAFETY: errno is this thread's; preserved around our syscalls.
@@ -219,21 +221,20 @@ pub fn install_handler(sig: i32) -> std::io::Result<()> {
         sa.sa_sigaction = on_ckpt_signal as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         libc::sigfillset(&mut sa.sa_mask);
-        if libc::sigaction(sig, &sa, core::ptr::null_mut()) != 0 {
+        if crate::sigwrap::real_sigaction(sig, &sa) != 0 {
             return Err(std::io::Error::last_os_error());
         }
     }
+    crate::sigwrap::activate();
     Ok(())
 }
 
-/// Block every signal in the calling (internal) thread.
+/// Block every signal in the calling (internal) thread (raw syscall: the
+/// libc entry points are wrapped to keep the checkpoint signal unblocked).
 pub fn block_all_signals() {
-    // SAFETY: plain sigset manipulation on the caller's own mask.
-    unsafe {
-        let mut set: libc::sigset_t = core::mem::zeroed();
-        libc::sigfillset(&mut set);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, core::ptr::null_mut());
-    }
+    let all: u64 = !0;
+    // SAFETY: rt_sigprocmask on the caller's own mask with an 8-byte set.
+    unsafe { syscall6(nr::RT_SIGPROCMASK, libc::SIG_SETMASK as usize, &all as *const u64 as usize, 0, 8, 0, 0) };
 }
 
 /// List the thread ids of this process into `out`; returns how many.

@@ -406,3 +406,13 @@ fn cwd_umask_rlimits_and_environment_survive() {
     job.wait_success();
     assert_eq!(job.output(), bare);
 }
+
+#[test]
+fn program_using_the_checkpoint_signal_and_blocking_all_signals() {
+    cycle_program_marks("sigusr2", &[], &[], "step 5 ", "step 8 ");
+}
+
+#[test]
+fn another_checkpoint_signal() {
+    cycle_program_marks("sigusr2", &[], &["--ckpt-signal", "40"], "step 5 ", "step 8 ");
+}

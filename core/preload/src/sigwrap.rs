@@ -1,0 +1,176 @@
+//! Keep the checkpoint signal ours: a program may install its own handler
+//! for it or block it, and must not notice the difference.
+//!
+//! `sigaction` and `signal` for the checkpoint signal record the program's
+//! action instead of installing it; our handler forwards the signal to that
+//! action when no checkpoint is under way. `sigprocmask` and
+//! `pthread_sigmask` never block the checkpoint signal. (Other signals go
+//! straight to libc.)
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+use std::ffi::c_int;
+
+type SigactionFn = unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
+type MaskFn = unsafe extern "C" fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int;
+
+static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
+static REAL_SIGPROCMASK: AtomicUsize = AtomicUsize::new(0);
+static REAL_PTHREAD_SIGMASK: AtomicUsize = AtomicUsize::new(0);
+/// Set once our handler owns the checkpoint signal.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+struct UserAction(UnsafeCell<libc::sigaction>);
+// SAFETY: replaced with a single struct copy by the program's calls (as the
+// kernel's own table would be); read by the handler.
+unsafe impl Sync for UserAction {}
+// SAFETY: a zeroed sigaction is SIG_DFL with an empty mask.
+static USER: UserAction = UserAction(UnsafeCell::new(unsafe { core::mem::zeroed() }));
+
+fn resolve(name: &core::ffi::CStr, slot: &AtomicUsize) -> usize {
+    let p = slot.load(Acquire);
+    if p != 0 {
+        return p;
+    }
+    // SAFETY: dlsym with RTLD_NEXT finds libc's definition after ours.
+    let f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+    slot.store(f, Release);
+    f
+}
+
+/// Resolve libc's functions (at start-up, before any wrapper is needed).
+pub fn init() {
+    resolve(c"sigaction", &REAL_SIGACTION);
+    resolve(c"sigprocmask", &REAL_SIGPROCMASK);
+    resolve(c"pthread_sigmask", &REAL_PTHREAD_SIGMASK);
+}
+
+/// Install `sa` for `sig` with libc's sigaction (bypassing our wrapper).
+pub fn real_sigaction(sig: c_int, sa: &libc::sigaction) -> c_int {
+    let f = resolve(c"sigaction", &REAL_SIGACTION);
+    if f == 0 {
+        return -1;
+    }
+    // SAFETY: f is libc's sigaction.
+    unsafe { core::mem::transmute::<usize, SigactionFn>(f)(sig, sa, core::ptr::null_mut()) }
+}
+
+/// Our handler now owns the checkpoint signal.
+pub fn activate() {
+    ACTIVE.store(true, SeqCst);
+}
+
+fn ckpt_sig() -> c_int {
+    crate::threads::CKPT_SIGNAL.load(Relaxed)
+}
+
+/// Called by our handler for a checkpoint signal that is not ours: do what
+/// the program asked for.
+pub fn forward(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: a plain copy of the recorded action.
+    let a = unsafe { *USER.0.get() };
+    match a.sa_sigaction {
+        libc::SIG_IGN => {}
+        libc::SIG_DFL => {
+            // The default action of SIGUSR1/2 and friends ends the process.
+            if !matches!(sig, libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH | libc::SIGCONT) {
+                // SAFETY: restore the default action and re-raise: the
+                // process terminates by this signal, as without us.
+                unsafe {
+                    let mut d: libc::sigaction = core::mem::zeroed();
+                    d.sa_sigaction = libc::SIG_DFL;
+                    real_sigaction(sig, &d);
+                    let mut set: libc::sigset_t = core::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, sig);
+                    dmtcp_sys::syscall6(dmtcp_sys::nr::RT_SIGPROCMASK, libc::SIG_UNBLOCK as usize, &set as *const _ as usize, 0, 8, 0, 0);
+                    dmtcp_sys::tgkill(dmtcp_sys::getpid(), dmtcp_sys::gettid(), sig);
+                }
+            }
+        }
+        h if a.sa_flags & libc::SA_SIGINFO != 0 => {
+            // SAFETY: the program installed this three-argument handler.
+            let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { core::mem::transmute(h) };
+            f(sig, info, uc);
+        }
+        h => {
+            // SAFETY: the program installed this one-argument handler.
+            let f: extern "C" fn(c_int) = unsafe { core::mem::transmute(h) };
+            f(sig);
+        }
+    }
+}
+
+/// # Safety
+/// The `sigaction(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+    if ACTIVE.load(Relaxed) && sig == ckpt_sig() {
+        // SAFETY: the caller's pointers follow the sigaction contract.
+        unsafe {
+            if !old.is_null() {
+                *old = *USER.0.get();
+            }
+            if !act.is_null() {
+                *USER.0.get() = *act;
+            }
+        }
+        return 0;
+    }
+    let f = resolve(c"sigaction", &REAL_SIGACTION);
+    // SAFETY: forwarding to libc's sigaction.
+    unsafe { core::mem::transmute::<usize, SigactionFn>(f)(sig, act, old) }
+}
+
+/// # Safety
+/// The `signal(3)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: a zeroed sigaction, then the fields signal() sets (BSD semantics).
+    let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+    sa.sa_sigaction = handler;
+    sa.sa_flags = libc::SA_RESTART;
+    // SAFETY: as above.
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: our own sigaction (which routes the checkpoint signal).
+    if unsafe { sigaction(sig, &sa, &mut old) } != 0 {
+        return libc::SIG_ERR;
+    }
+    old.sa_sigaction
+}
+
+fn filtered(how: c_int, set: *const libc::sigset_t, copy: &mut libc::sigset_t) -> *const libc::sigset_t {
+    if set.is_null() || !ACTIVE.load(Relaxed) || how == libc::SIG_UNBLOCK {
+        return set;
+    }
+    // SAFETY: `set` is a valid sigset from the caller; `copy` is ours.
+    unsafe {
+        *copy = *set;
+        libc::sigdelset(copy, ckpt_sig());
+    }
+    copy
+}
+
+/// # Safety
+/// The `sigprocmask(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+    // SAFETY: a zeroed sigset is a valid empty set.
+    let mut copy: libc::sigset_t = unsafe { core::mem::zeroed() };
+    let s = filtered(how, set, &mut copy);
+    let f = resolve(c"sigprocmask", &REAL_SIGPROCMASK);
+    // SAFETY: forwarding to libc's sigprocmask.
+    unsafe { core::mem::transmute::<usize, MaskFn>(f)(how, s, old) }
+}
+
+/// # Safety
+/// The `pthread_sigmask(3)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+    // SAFETY: a zeroed sigset is a valid empty set.
+    let mut copy: libc::sigset_t = unsafe { core::mem::zeroed() };
+    let s = filtered(how, set, &mut copy);
+    let f = resolve(c"pthread_sigmask", &REAL_PTHREAD_SIGMASK);
+    // SAFETY: forwarding to libc's pthread_sigmask.
+    unsafe { core::mem::transmute::<usize, MaskFn>(f)(how, s, old) }
+}
