@@ -132,7 +132,7 @@ extern "C" fn dmtcp_init() {
         return;
     }
     let cfg = Config::from_env();
-    memory::init_self_path();
+    memory::init_self_ranges();
     sigwrap::init();
     log::QUIET.store(std::env::var(E::QUIET).ok().and_then(|q| q.parse().ok()).unwrap_or(0), Relaxed);
     // SAFETY: reserving an address range with NOREPLACE never disturbs an existing mapping.

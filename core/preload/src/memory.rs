@@ -15,6 +15,16 @@ pub enum Select {
     /// Private file mapping: pages that became private copies (written),
     /// zero or not, since the file underneath may differ.
     Cow,
+    /// Memory a restart mapped lazily from an image file: every page that
+    /// is not zero, present or not (its contents live in that file).
+    Image,
+}
+
+/// Is this mapping the contents of a checkpoint image, mapped by a restart?
+fn is_image_mapping(name: &str) -> bool {
+    let n = name.strip_suffix(" (deleted)").unwrap_or(name);
+    let base = n.rsplit('/').next().unwrap_or(n);
+    base.starts_with("ckpt_") && base.ends_with(".dmtcp")
 }
 
 /// A slice of an area for one writer to scan and write.
@@ -40,20 +50,37 @@ pub fn unexclude(start: u64) {
     EXCLUDED.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| r.0 != start);
 }
 
-/// Path of this library (its writable data changes while images are written).
-pub static SELF_PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// Address ranges of this library's writable data (.data, .bss): they
+/// change while images are written. Recorded by address at start-up, since
+/// after a restart /proc/self/maps may show them backed by an image file.
+static SELF_RANGES: std::sync::OnceLock<Vec<(u64, u64)>> = std::sync::OnceLock::new();
 
-/// Find this library's path (at start-up: dladdr may take the loader's lock).
-pub fn init_self_path() {
+/// Find this library's writable ranges (at start-up: dladdr may take the loader's lock).
+pub fn init_self_ranges() {
+    let mut path = String::new();
     // SAFETY: dladdr fills `info` for an address inside this library.
     unsafe {
         let mut info: libc::Dl_info = core::mem::zeroed();
-        if libc::dladdr(init_self_path as *const () as *const libc::c_void, &mut info) != 0 && !info.dli_fname.is_null() {
+        if libc::dladdr(init_self_ranges as *const () as *const libc::c_void, &mut info) != 0 && !info.dli_fname.is_null() {
             let p = std::ffi::CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned();
-            let p = std::fs::canonicalize(&p).map(|c| c.display().to_string()).unwrap_or(p);
-            let _ = SELF_PATH.set(p);
+            path = std::fs::canonicalize(&p).map(|c| c.display().to_string()).unwrap_or(p);
         }
     }
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut ranges = Vec::new();
+    let mut after_self = false;
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let name = f.get(5).copied().unwrap_or("");
+        let (s, e) = f[0].split_once('-').unwrap_or(("0", "0"));
+        let writable = f.get(1).is_some_and(|p| p.as_bytes().get(1) == Some(&b'w'));
+        let ours = name == path || (after_self && name.is_empty());
+        if ours && writable {
+            ranges.push((parse_hex(s), parse_hex(e)));
+        }
+        after_self = name == path;
+    }
+    let _ = SELF_RANGES.set(ranges);
 }
 
 /// `[start, end)` minus the excluded ranges.
@@ -102,8 +129,7 @@ pub fn plan() -> std::io::Result<Plan> {
     let mut p = Plan { areas: Vec::new(), items: Vec::new(), special: [(0, 0); 3], reprotect: Vec::new() };
     let excluded = EXCLUDED.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut stacks: Vec<(u64, u64)> = crate::threads::own_stacks().collect();
-    let self_path = SELF_PATH.get().map(String::as_str).unwrap_or("\0");
-    let mut after_self = false;
+    stacks.extend(SELF_RANGES.get().map(Vec::as_slice).unwrap_or(&[]));
     for line in text.lines() {
         let mut f = line.splitn(6, ' ');
         let range = f.next().unwrap_or("");
@@ -141,7 +167,9 @@ pub fn plan() -> std::io::Result<Plan> {
             && (name.starts_with("/dev/zero") || name.starts_with("/SYSV") || name.starts_with("/memfd:") || !is_file || deleted);
         let mut file_size = 0u64;
         let file_ok = is_file && !deleted && file_matches(name, inode, &mut file_size);
-        let (kind, select, path) = if anon_shared {
+        let (kind, select, path) = if is_image_mapping(name) && !shared {
+            (KIND_ANON_PRIVATE, Some(Select::Image), String::new())
+        } else if anon_shared {
             (KIND_ANON_SHARED, Some(Select::Anon), String::new())
         } else if shared && file_ok {
             (KIND_FILE_SHARED, None, name.to_string())
@@ -158,12 +186,6 @@ pub fn plan() -> std::io::Result<Plan> {
             (KIND_ANON_PRIVATE, Some(Select::Anon), label)
         };
         let flags = if name == "[stack]" { AREA_GROWSDOWN } else { 0 };
-        // Our own writable data (and the bss after it) changes during the write.
-        let ours = name == self_path || (after_self && name.is_empty());
-        after_self = name == self_path;
-        if ours && prot & libc::PROT_WRITE as u32 != 0 {
-            stacks.push((start, end));
-        }
         p.areas.push(Area { start, len: end - start, offset, prot, kind, flags, path, file_size });
         if let Some(select) = select {
             if prot & libc::PROT_READ as u32 == 0 {
@@ -231,6 +253,14 @@ pub fn mm_layout() -> [u64; 11] {
 #[cfg(test)]
 mod tests {
     use super::minus_excluded;
+
+    #[test]
+    fn image_mappings_are_recognised() {
+        assert!(super::is_image_mapping("/tmp/x/ckpt_a.out_7f-12-3.dmtcp"));
+        assert!(super::is_image_mapping("/tmp/x/ckpt_a.out_7f-12-3.dmtcp (deleted)"));
+        assert!(!super::is_image_mapping("/usr/lib/libc.so.6"));
+        assert!(!super::is_image_mapping("[heap]"));
+    }
 
     #[test]
     fn exclusion_splits_ranges() {

@@ -241,6 +241,7 @@ fn want(select: Select, e: u64, addr: u64) -> bool {
     match select {
         Select::Anon => (present || swapped) && !is_zero(addr),
         Select::Cow => (present && !file) || swapped,
+        Select::Image => !is_zero(addr),
     }
 }
 

@@ -78,6 +78,8 @@ static HEADER: Bss<StreamHeader> = Bss::new(StreamHeader {
         exe_fd: 0,
     },
     args: RestartArgs { coord_fd: 0, info_fd: 0, flags: 0, _pad: 0 },
+    image_fd: -1,
+    _pad: 0,
 });
 
 core::arch::global_asm!(
@@ -237,7 +239,7 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
     for i in 0..n {
         map_area(&areas[i], &paths[path_at[i] as usize..]);
     }
-    fill_from_stream(fd);
+    fill_from_stream(fd, hdr.image_fd);
     for a in areas.iter().take(n) {
         // SAFETY: re-protecting an area this program mapped itself.
         let r = unsafe { syscall3(nr::MPROTECT, a.start as usize, a.len as usize, a.prot as usize) };
@@ -245,8 +247,13 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
             fail_err(b"mprotect failed at", a.start, r);
         }
     }
-    // SAFETY: closing the stream fd; nothing else uses it.
-    unsafe { syscall3(nr::CLOSE, fd as usize, 0, 0) };
+    // SAFETY: closing the stream and image fds; the mappings keep the image alive.
+    unsafe {
+        syscall3(nr::CLOSE, fd as usize, 0, 0);
+        if hdr.image_fd >= 0 {
+            syscall3(nr::CLOSE, hdr.image_fd as usize, 0, 0);
+        }
+    }
 
     let mut args = hdr.args;
     if hdr.mm.start_brk != 0 {
@@ -468,7 +475,7 @@ fn map_area(a: &AreaDesc, path: &[u8]) {
     }
 }
 
-fn fill_from_stream(fd: i32) {
+fn fill_from_stream(fd: i32, image_fd: i32) {
     loop {
         let mut rec = DataRecord::default();
         read_exact(fd, as_bytes_mut(&mut rec), b"reading a data record");
@@ -477,6 +484,26 @@ fn fill_from_stream(fd: i32) {
         }
         if ranges_overlap(rec.addr, rec.len, dmtcp_sys::RESTORER_BASE as u64, dmtcp_sys::RESTORER_SIZE as u64) {
             fail(b"data record aimed at the restorer window", Some(rec.addr));
+        }
+        if rec.kind == REC_MAP {
+            // Pages come lazily from the image file (checked by the streamer).
+            // SAFETY: replaces part of an area this program mapped, over the
+            // exact range of the record; the image fd is open for reading.
+            let r = unsafe {
+                syscall6(
+                    nr::MMAP,
+                    rec.addr as usize,
+                    rec.len as usize,
+                    nr::PROT_READ | nr::PROT_WRITE,
+                    nr::MAP_PRIVATE | nr::MAP_FIXED,
+                    image_fd as usize,
+                    rec.file_off as usize,
+                )
+            };
+            if is_err(r) || r as u64 != rec.addr {
+                fail_err(b"cannot map image contents at", rec.addr, r);
+            }
+            continue;
         }
         // SAFETY: the record's range lies in an area mapped writable above;
         // the kernel reports EFAULT (not a crash) if it does not.

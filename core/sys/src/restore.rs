@@ -83,6 +83,9 @@ pub struct StreamHeader {
     pub special: [SpecialArea; 3],
     pub mm: MmMap,
     pub args: RestartArgs,
+    /// The image, readable, for `REC_MAP` records (-1 if none).
+    pub image_fd: i32,
+    pub _pad: u32,
 }
 
 /// One memory area to re-create.
@@ -103,13 +106,22 @@ pub struct AreaDesc {
     pub path_len: u32,
 }
 
+/// Record kind: memory contents follow in the stream.
+pub const REC_DATA: u64 = 0;
+/// Record kind: map the range from the image file (already checked).
+pub const REC_MAP: u64 = 1;
+
 /// Header of a block of memory contents in the stream.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DataRecord {
     pub addr: u64,
-    /// Number of bytes that follow; 0 ends the stream.
+    /// Bytes of memory; 0 ends the stream.
     pub len: u64,
+    /// `REC_DATA` or `REC_MAP`.
+    pub kind: u64,
+    /// Offset in the image file (`REC_MAP`).
+    pub file_off: u64,
 }
 
 /// Names of the special areas, in the order of [`StreamHeader::special`].
@@ -129,9 +141,9 @@ const _: () = {
     assert!(offset_of!(MmMap, exe_fd) == 100);
     assert!(size_of::<SpecialArea>() == 16);
     assert!(size_of::<RestartArgs>() == 16);
-    assert!(size_of::<StreamHeader>() == 8 + 4 + 4 + 8 + 8 + 48 + 104 + 16);
+    assert!(size_of::<StreamHeader>() == 8 + 4 + 4 + 8 + 8 + 48 + 104 + 16 + 8);
     assert!(size_of::<AreaDesc>() == 40);
-    assert!(size_of::<DataRecord>() == 16);
+    assert!(size_of::<DataRecord>() == 32);
 };
 
 /// View a plain-old-data value as bytes.

@@ -261,6 +261,19 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
     };
     // SAFETY: enlarging our pipe's buffer (best effort).
     unsafe { libc::fcntl(sw, libc::F_SETPIPE_SZ, 1 << 20) };
+    // The restorer maps raw chunks straight from the image (lazy restore).
+    let image_fd = if lazy_restore() {
+        match std::fs::File::open(&img.path) {
+            Ok(f) => {
+                let fd = f.into_raw_fd();
+                cloexec(fd, false);
+                fd
+            }
+            Err(e) => return format!("cannot open {}: {e}", img.path.display()),
+        }
+    } else {
+        -1
+    };
     let header = StreamHeader {
         magic: STREAM_MAGIC,
         version: STREAM_VERSION,
@@ -288,6 +301,8 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
             }
         },
         args: RestartArgs { coord_fd, info_fd: info_r, flags: 0, _pad: 0 },
+        image_fd,
+        _pad: 0,
     };
     // SAFETY: fork in a single-threaded program.
     let pid = unsafe { libc::fork() };
@@ -300,7 +315,7 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
         if p2 == 0 {
             // SAFETY: closing the read end in the streamer.
             unsafe { libc::close(sr) };
-            let code = match stream(img, sw, &header) {
+            let code = match stream(img, sw, &header, image_fd >= 0) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("dmtcp_restart: {e}");
@@ -331,7 +346,13 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
 }
 
 /// Write the restore stream for `img` into `fd`.
-fn stream(img: &Image, fd: i32, header: &StreamHeader) -> Result<(), ImageError> {
+/// Map raw chunks from the image instead of copying them (default; set
+/// DMTCP_RESTART_EAGER=1 to copy everything into fresh memory).
+fn lazy_restore() -> bool {
+    !std::env::var("DMTCP_RESTART_EAGER").is_ok_and(|v| dmtcp_common::env::truthy(&v))
+}
+
+fn stream(img: &Image, fd: i32, header: &StreamHeader, lazy: bool) -> Result<(), ImageError> {
     // SAFETY: the write end is ours; the File closes it at the end.
     let f = unsafe { std::fs::File::from_raw_fd(fd) };
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
@@ -354,14 +375,24 @@ fn stream(img: &Image, fd: i32, header: &StreamHeader) -> Result<(), ImageError>
         padded.resize(pad8(path.len()), 0);
         w.write_all(&padded).map_err(io)?;
     }
+    // Grows-down areas (the main stack) stay one anonymous mapping that can grow.
+    let growsdown: Vec<(u64, u64)> =
+        img.meta.areas.iter().filter(|a| a.flags & AREA_GROWSDOWN != 0).map(|a| (a.start, a.start + a.len)).collect();
     let (mut out, mut scratch) = (Vec::new(), Vec::new());
     for c in &img.chunks {
+        // Every chunk is read and checked, mapped or not.
         img.read_chunk(c, &mut out, &mut scratch)?;
-        let rec = DataRecord { addr: c.addr, len: c.len };
+        let in_stack = growsdown.iter().any(|&(s, e)| c.addr < e && s < c.addr + c.len);
+        if lazy && !in_stack && c.flags & dmtcp_common::image::CHUNK_ZSTD == 0 {
+            let rec = DataRecord { addr: c.addr, len: c.len, kind: REC_MAP, file_off: c.file_off };
+            w.write_all(as_bytes(&rec)).map_err(io)?;
+            continue;
+        }
+        let rec = DataRecord { addr: c.addr, len: c.len, kind: REC_DATA, file_off: 0 };
         w.write_all(as_bytes(&rec)).map_err(io)?;
         w.write_all(&out).map_err(io)?;
     }
-    w.write_all(as_bytes(&DataRecord { addr: 0, len: 0 })).map_err(io)?;
+    w.write_all(as_bytes(&DataRecord::default())).map_err(io)?;
     w.flush().map_err(io)?;
     Ok(())
 }

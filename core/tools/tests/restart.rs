@@ -66,13 +66,12 @@ fn checkpoint_then_kill_with_kc() {
     assert_eq!(job.output(), bare);
 }
 
-#[test]
-fn three_generations_on_one_job() {
+fn three_generations(name: &str, launch_opts: &[&str]) {
     let prog = c_program("memcheck");
     let p = prog.to_str().unwrap();
     let bare = run_bare(&[p]);
-    let mut job = Job::new("generations");
-    job.launch(&[p], &[]);
+    let mut job = Job::new(name);
+    job.launch(&[p], launch_opts);
     for (i, (mark, after)) in [("step 3 ok", "step 5 ok"), ("step 9 ok", "step 11 ok"), ("step 15 ok", "step 17 ok")].iter().enumerate() {
         job.wait_for(mark);
         job.checkpoint();
@@ -82,6 +81,40 @@ fn three_generations_on_one_job() {
         assert_eq!(imgs.len(), 1, "generation {}: one image expected", i + 1);
         job.restart();
     }
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
+
+#[test]
+fn three_generations_on_one_job() {
+    three_generations("generations", &[]);
+}
+
+/// Raw images are mapped lazily at restart; the next checkpoint must save
+/// those pages in full (they live in the old image file).
+#[test]
+fn three_generations_uncompressed_lazy_restore() {
+    three_generations("generations-raw", &["--no-gzip"]);
+}
+
+/// The same with every page copied eagerly at restart.
+#[test]
+fn eager_restore() {
+    let prog = c_program("bigmem");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "32"]);
+    let mut job = Job::new("eager").env("DMTCP_RESTART_EAGER", "1");
+    job.launch(&[p, "32"], &["--no-gzip"]);
+    job.wait_for("step 5\n");
+    job.checkpoint_and_kill();
+    let mut c = tool("dmtcp_restart");
+    c.env("DMTCP_RESTART_EAGER", "1")
+        .args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string()])
+        .args(job.images())
+        .current_dir(&job.dir)
+        .stdout(std::fs::File::create(job.dir.join("restart.out")).unwrap())
+        .stderr(std::fs::File::create(job.dir.join("restart.err")).unwrap());
+    job.proc = Some(c.spawn().unwrap());
     job.wait_success();
     assert_eq!(job.output(), bare);
 }
@@ -415,4 +448,11 @@ fn program_using_the_checkpoint_signal_and_blocking_all_signals() {
 #[test]
 fn another_checkpoint_signal() {
     cycle_program_marks("sigusr2", &[], &["--ckpt-signal", "40"], "step 5 ", "step 8 ");
+}
+
+/// The main stack must still grow after a restart (it is restored as one
+/// grows-down mapping, lazy restore or not).
+#[test]
+fn main_stack_grows_after_restart() {
+    cycle_program("deepstack", &[], &["--no-gzip"]);
 }

@@ -42,7 +42,7 @@ pub fn c_program(name: &str) -> PathBuf {
     if !built.iter().any(|b| b == name) {
         std::fs::create_dir_all(out.parent().unwrap()).unwrap();
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(format!("{name}.c"));
-        let st = Command::new("cc").args(["-O1", "-g", "-pthread", "-Wall", "-o"]).arg(&out).arg(&src).status().expect("cc");
+        let st = Command::new("cc").args(["-O0", "-g", "-pthread", "-Wall", "-o"]).arg(&out).arg(&src).status().expect("cc");
         assert!(st.success(), "compiling {}", src.display());
         built.push(name.to_string());
     }
