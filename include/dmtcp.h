@@ -63,6 +63,47 @@ int dmtcp_get_coordinator_status(int *num_peers, int *running) __attribute__((we
 #define dmtcp_get_coordinator_status(n, r) \
   (dmtcp_get_coordinator_status ? dmtcp_get_coordinator_status(n, r) : DMTCP_NOT_PRESENT)
 
+/* ---- Plugins ------------------------------------------------------------
+ *
+ * A plugin is a shared library loaded with
+ *   dmtcp_launch --with-plugin /abs/path/libmyplugin.so[:...] prog
+ * (or DMTCP_PLUGIN=...). It declares itself with DMTCP_DECL_PLUGIN and gets
+ * its event hook called. Events before a checkpoint run in load order
+ * (internal plugins first), events after it in reverse order.
+ *
+ * DMTCP_EVENT_PRECHECKPOINT runs while the program's threads are
+ * suspended: do not call malloc or take locks the program may hold there;
+ * do such work in DMTCP_EVENT_PRESUSPEND.
+ */
+typedef enum {
+  DMTCP_EVENT_INIT = 1,          /* the plugin is loaded (before main) */
+  DMTCP_EVENT_EXIT = 2,          /* the process exits */
+  DMTCP_EVENT_PRESUSPEND = 3,    /* a checkpoint starts; threads still run */
+  DMTCP_EVENT_PRECHECKPOINT = 4, /* threads suspended, image about to be written */
+  DMTCP_EVENT_RESUME = 5,        /* image written, the same process goes on */
+  DMTCP_EVENT_RESTART = 6        /* the process was restarted from an image */
+} DmtcpEvent_t;
+
+#define DMTCP_PLUGIN_API_VERSION "1"
+
+typedef struct {
+  const char *plugin_api_version; /* DMTCP_PLUGIN_API_VERSION */
+  const char *dmtcp_version;      /* informational */
+  const char *plugin_name;
+  const char *author_name;
+  const char *author_email;
+  const char *description;
+  void (*event_hook)(DmtcpEvent_t event, void *data); /* data: NULL for now */
+} DmtcpPluginDescriptor_t;
+
+/* Register a plugin (DMTCP_DECL_PLUGIN calls it from a constructor). */
+void dmtcp_register_plugin(const DmtcpPluginDescriptor_t *descr) __attribute__((weak));
+
+#define DMTCP_DECL_PLUGIN(descr)                                      \
+  __attribute__((constructor)) static void dmtcp_plugin_register_(void) { \
+    if (dmtcp_register_plugin) dmtcp_register_plugin(&(descr));      \
+  }
+
 #ifdef __cplusplus
 }
 #endif

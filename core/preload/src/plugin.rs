@@ -38,18 +38,101 @@ pub trait Plugin: Send + Sync {
 
 static PLUGINS: OnceLock<Vec<Box<dyn Plugin>>> = OnceLock::new();
 
+/// `DmtcpPluginDescriptor_t` of include/dmtcp.h.
+#[repr(C)]
+pub struct Descriptor {
+    pub plugin_api_version: *const std::ffi::c_char,
+    pub dmtcp_version: *const std::ffi::c_char,
+    pub plugin_name: *const std::ffi::c_char,
+    pub author_name: *const std::ffi::c_char,
+    pub author_email: *const std::ffi::c_char,
+    pub description: *const std::ffi::c_char,
+    pub event_hook: Option<extern "C" fn(std::ffi::c_int, *mut std::ffi::c_void)>,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Descriptor>() == 56);
+    assert!(core::mem::offset_of!(Descriptor, event_hook) == 48);
+};
+
+/// A user plugin: its descriptor lives in its library, loaded for good.
+#[derive(Clone, Copy)]
+struct UserPlugin(&'static Descriptor);
+// SAFETY: descriptors are immutable statics of loaded libraries.
+unsafe impl Send for UserPlugin {}
+// SAFETY: as above.
+unsafe impl Sync for UserPlugin {}
+
+/// User plugins, in registration (load) order.
+static USER: std::sync::Mutex<Vec<UserPlugin>> = std::sync::Mutex::new(Vec::new());
+
+fn event_code(ev: Event) -> std::ffi::c_int {
+    match ev {
+        Event::Init => 1,
+        Event::Exit => 2,
+        Event::PreSuspend => 3,
+        Event::PreCheckpoint => 4,
+        Event::Resume => 5,
+        Event::Restart => 6,
+    }
+}
+
+fn user_plugins() -> Vec<UserPlugin> {
+    USER.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// `dmtcp_register_plugin` of include/dmtcp.h.
+///
+/// # Safety
+/// `d` must point to a descriptor that stays valid for the life of the process.
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_register_plugin(d: *const Descriptor) {
+    if d.is_null() {
+        return;
+    }
+    // SAFETY: the caller's descriptor is a static of its library.
+    let p = UserPlugin(unsafe { &*d });
+    let version = if p.0.plugin_api_version.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a NUL-terminated string of the plugin.
+        unsafe { std::ffi::CStr::from_ptr(p.0.plugin_api_version) }.to_string_lossy().into_owned()
+    };
+    if version != "1" {
+        crate::log::error(format_args!("a plugin declares API version {version:?}; this library speaks \"1\": not loaded"));
+        return;
+    }
+    USER.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+    // Registered after our own start-up (libraries initialise in any order): init it now.
+    if PLUGINS.get().is_some() {
+        if let Some(h) = p.0.event_hook {
+            h(event_code(Event::Init), core::ptr::null_mut());
+        }
+    }
+}
+
 /// Register the plugins (once, at start-up), minus the disabled ones.
 pub fn init(all: Vec<Box<dyn Plugin>>, disabled: &[String]) {
     let list = all.into_iter().filter(|p| !disabled.iter().any(|d| d == p.name())).collect();
     let _ = PLUGINS.set(list);
 }
 
-/// Deliver `ev` to every plugin in the documented order.
+/// Deliver `ev` to every plugin in the documented order: internal plugins,
+/// then user plugins in load order; reversed after a checkpoint.
 pub fn run(ev: Event) {
     let Some(list) = PLUGINS.get() else { return };
+    let code = event_code(ev);
+    let users = user_plugins();
+    let call_user = |u: &UserPlugin| {
+        if let Some(h) = u.0.event_hook {
+            h(code, core::ptr::null_mut());
+        }
+    };
     if ev.reversed() {
+        users.iter().rev().for_each(call_user);
         list.iter().rev().for_each(|p| p.event(ev));
     } else {
         list.iter().for_each(|p| p.event(ev));
+        users.iter().for_each(call_user);
     }
 }

@@ -24,6 +24,7 @@ Checkpoint images:
   --ckpt-signal N         Signal used to suspend threads (default 12, SIGUSR2)
 
 Plugins:
+  --with-plugin A.so[:B.so] Load plugins (absolute paths; env DMTCP_PLUGIN)
   --disable-<name>-plugin Disable an internal plugin (file, process)
 
 Other:
@@ -44,6 +45,10 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
     let mut quiet: u32 = std::env::var(E::QUIET).ok().and_then(|q| q.parse().ok()).unwrap_or(0);
     let mut disabled: Vec<String> = Vec::new();
     let mut tmpdir: Option<String> = None;
+    let mut plugins: Vec<String> = std::env::var(E::PLUGIN)
+        .ok()
+        .map(|v| v.split(':').filter(|s| !s.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default();
     let mut it = args.into_iter().skip(1).peekable();
     let bad = |m: String| {
         eprintln!("{alias}: {m}\n\n{USAGE}");
@@ -88,6 +93,7 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
                 _ => Err(format!("bad signal number '{v}'")),
             }),
             "-t" | "--tmpdir" => value(&arg).map(|v| tmpdir = Some(v)),
+            "--with-plugin" => value(&arg).map(|v| plugins.extend(v.split(':').filter(|s| !s.is_empty()).map(str::to_string))),
             "-q" | "--quiet" => {
                 quiet += 1;
                 Ok(())
@@ -135,10 +141,19 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
     if let (Some(i), CoordMode::Join | CoordMode::Any) = (interval_given, a.mode) {
         let _ = crate::command::send_command(&a.host, port, dmtcp_common::proto::Cmd::Interval(i));
     }
-    let preload = match std::env::var("LD_PRELOAD") {
-        Ok(p) if !p.is_empty() => format!("{}:{p}", lib.display()),
-        _ => lib.display().to_string(),
-    };
+    for p in &plugins {
+        let path = std::path::Path::new(p);
+        if !path.is_absolute() || !path.is_file() {
+            eprintln!("{alias}: plugin {p} must be an absolute path to an existing file");
+            return 1;
+        }
+    }
+    let mut preload = std::iter::once(lib.display().to_string()).chain(plugins.iter().cloned()).collect::<Vec<_>>().join(":");
+    if let Ok(p) = std::env::var("LD_PRELOAD") {
+        if !p.is_empty() {
+            preload = format!("{preload}:{p}");
+        }
+    }
     let tunables = match std::env::var("GLIBC_TUNABLES") {
         Ok(t) if !t.is_empty() => format!("{t}:glibc.pthread.rseq=0"),
         _ => "glibc.pthread.rseq=0".to_string(),

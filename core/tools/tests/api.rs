@@ -65,3 +65,37 @@ fn checkpoint_waits_for_a_disabled_section() {
     assert_eq!(out.matches("section end").count(), 1, "{out}");
     assert!(out.contains("RESULT 819"), "{out}");
 }
+
+/// A user plugin loaded with --with-plugin sees its events in order across a
+/// checkpoint, a kill and a restart.
+#[test]
+fn plugin_receives_events_in_order() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let so = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("libplugin_events-{}.so", std::process::id()));
+    let st = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
+        .arg(root.join("include"))
+        .arg("-o")
+        .arg(&so)
+        .arg(root.join("examples/plugin_events.c"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "examples/plugin_events.c does not build");
+    let prog = c_program("memcheck");
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("events-{}.txt", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut job = Job::new("plugin").env("EVENT_LOG", log.to_str().unwrap());
+    job.launch(&[prog.to_str().unwrap()], &["--with-plugin", so.to_str().unwrap()]);
+    job.wait_for("step 2 ok");
+    job.checkpoint();
+    job.wait_for("step 4 ok");
+    job.kill();
+    job.restart();
+    job.wait_success();
+    let events = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(events, "init\npresuspend\nprecheckpoint\nresume\nrestart\nexit\n");
+    // Plugins are given by absolute path, as in DMTCP.
+    let bad = tool("dmtcp_launch").args(["--with-plugin", "relative.so", "true"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("absolute path"));
+}
