@@ -456,3 +456,41 @@ fn another_checkpoint_signal() {
 fn main_stack_grows_after_restart() {
     cycle_program("deepstack", &[], &["--no-gzip"]);
 }
+
+/// Two processes in one computation: one checkpoint writes both images
+/// (barriers across peers), one dmtcp_restart brings both back and waits
+/// for both (the restart barrier counts the peers recorded in the images).
+#[test]
+fn two_processes_checkpointed_and_restarted_together() {
+    let a = c_program("memcheck");
+    let b = c_program("filewriter");
+    let bare_a = run_bare(&[a.to_str().unwrap()]);
+    let bare_b = run_bare(&[b.to_str().unwrap()]);
+    let mut job = Job::new("two");
+    job.launch(&[a.to_str().unwrap()], &[]);
+    let mut second = tool("dmtcp_launch")
+        .args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string(), "--ckptdir"])
+        .arg(&job.ckpt)
+        .arg(&b)
+        .current_dir(&job.dir)
+        .stdout(std::fs::File::create(job.dir.join("out2.txt")).unwrap())
+        .stderr(std::fs::File::create(job.dir.join("err2.txt")).unwrap())
+        .spawn()
+        .unwrap();
+    job.wait_for("step 3 ok");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(job.dir.join("out2.txt")).unwrap_or_default().contains("step 3\n") {
+        assert!(std::time::Instant::now() < deadline, "second program did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let s = String::from_utf8_lossy(&job.command(&["-s"]).stdout).into_owned();
+    assert!(s.contains("NUM_PEERS=2"), "{s}");
+    job.checkpoint_and_kill();
+    wait_timeout(&mut second, TIMEOUT).expect("second program survived -kc");
+    assert_eq!(job.images().len(), 2);
+    job.restart();
+    job.wait_success();
+    assert_eq!(job.output(), bare_a);
+    let out2 = std::fs::read_to_string(job.dir.join("out2.txt")).unwrap();
+    assert_eq!(out2, bare_b);
+}
