@@ -13,6 +13,8 @@
 #ifndef DMTCP_RS_DMTCP_H
 #define DMTCP_RS_DMTCP_H
 
+#include <stdint.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -95,6 +97,19 @@ typedef struct {
   const char *description;
   void (*event_hook)(DmtcpEvent_t event, void *data); /* data: NULL for now */
 } DmtcpPluginDescriptor_t;
+
+/*
+ * For event hooks only (they run on the checkpoint thread): a name service
+ * shared by every process of the computation, and global barriers. The
+ * usual exchange after a restart: publish your new id, barrier, query the
+ * others'. Return 1 on success; the query returns 0 for an unknown key and
+ * sets *val_len to the value's length (buffer size on entry).
+ */
+int dmtcp_send_key_val_pair_to_coordinator(const char *db, const void *key, uint32_t key_len,
+                                           const void *val, uint32_t val_len) __attribute__((weak));
+int dmtcp_send_query_to_coordinator(const char *db, const void *key, uint32_t key_len,
+                                    void *val, uint32_t *val_len) __attribute__((weak));
+int dmtcp_global_barrier(const char *name) __attribute__((weak));
 
 /* Register a plugin (DMTCP_DECL_PLUGIN calls it from a constructor). */
 void dmtcp_register_plugin(const DmtcpPluginDescriptor_t *descr) __attribute__((weak));

@@ -55,6 +55,10 @@ pub enum ToCoord {
     CkptDone { image: String, bytes: u64, error: Option<String> },
     /// The program asked for a checkpoint (dmtcp_checkpoint()).
     RequestCkpt,
+    /// Publish `val` under (`db`, `key`) in the computation's name service.
+    KvPut { db: String, key: Vec<u8>, val: Vec<u8> },
+    /// Look up (`db`, `key`); answered with `KvValue`.
+    KvGet { db: String, key: Vec<u8> },
 }
 
 /// One peer, as `dmtcp_command --list` shows it.
@@ -89,6 +93,8 @@ pub enum FromCoord {
     Reply(Reply),
     /// The connection is refused (for instance a worker of another computation).
     Refused { reason: String },
+    /// Answer to `KvGet` (None when the key is unknown).
+    KvValue { val: Option<Vec<u8>> },
 }
 
 /// Answer to a command.

@@ -267,3 +267,114 @@ fn query_status(host: &str, port: u16) -> Option<dmtcp_common::proto::Reply> {
         _ => None,
     }
 }
+
+/// Plugin hooks run on the checkpoint thread; the name service and
+/// barriers share its coordinator connection and are refused elsewhere.
+fn on_ckpt_thread() -> bool {
+    let me = dmtcp_sys::gettid();
+    let own = crate::threads::OWN.load(SeqCst);
+    crate::threads::SLOTS[..own]
+        .iter()
+        .any(|s| s.kind.load(SeqCst) == crate::threads::KIND_CKPT && s.tid.load(SeqCst) == me)
+}
+
+/// # Safety
+/// `p` must be null or point to `len` readable bytes.
+unsafe fn bytes(p: *const core::ffi::c_void, len: u32) -> Vec<u8> {
+    if p.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the caller vouches for `len` readable bytes.
+    unsafe { core::slice::from_raw_parts(p as *const u8, len as usize) }.to_vec()
+}
+
+/// # Safety
+/// `p` must be null or a NUL-terminated string.
+unsafe fn text(p: *const c_char) -> Option<String> {
+    // SAFETY: the caller vouches for a NUL-terminated string.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+/// Publish a value in the computation's name service (plugin hooks only).
+///
+/// # Safety
+/// Pointers must be valid for the given lengths; `db` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_send_key_val_pair_to_coordinator(
+    db: *const c_char,
+    key: *const core::ffi::c_void,
+    key_len: u32,
+    val: *const core::ffi::c_void,
+    val_len: u32,
+) -> c_int {
+    // SAFETY: forwarded pointer contracts.
+    let (Some(db), key, val) = (unsafe { text(db) }, unsafe { bytes(key, key_len) }, unsafe { bytes(val, val_len) }) else {
+        return -1;
+    };
+    if !on_ckpt_thread() {
+        return -1;
+    }
+    if crate::coord::send(&dmtcp_common::proto::ToCoord::KvPut { db, key, val }) {
+        1
+    } else {
+        -1
+    }
+}
+
+/// Look a value up (plugin hooks only). `*val_len` holds the buffer size on
+/// entry and the value's length on return. Returns 1 if found (and it fit),
+/// 0 if unknown, -1 on error or a too small buffer.
+///
+/// # Safety
+/// Pointers must be valid for the given lengths; `db` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_send_query_to_coordinator(
+    db: *const c_char,
+    key: *const core::ffi::c_void,
+    key_len: u32,
+    val: *mut core::ffi::c_void,
+    val_len: *mut u32,
+) -> c_int {
+    // SAFETY: forwarded pointer contracts.
+    let (Some(db), key) = (unsafe { text(db) }, unsafe { bytes(key, key_len) }) else {
+        return -1;
+    };
+    if !on_ckpt_thread() || val_len.is_null() {
+        return -1;
+    }
+    match crate::coord::kv_get(&db, &key) {
+        Some(Some(v)) => {
+            // SAFETY: val_len is valid (checked non-null); val holds *val_len bytes.
+            unsafe {
+                let cap = *val_len as usize;
+                *val_len = v.len() as u32;
+                if v.len() > cap || val.is_null() {
+                    return -1;
+                }
+                core::ptr::copy_nonoverlapping(v.as_ptr(), val as *mut u8, v.len());
+            }
+            1
+        }
+        Some(None) => 0,
+        None => -1,
+    }
+}
+
+/// Wait until every process of the computation reaches the barrier `name`
+/// (plugin hooks only, during the same event in every process).
+///
+/// # Safety
+/// `name` must be a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_global_barrier(name: *const c_char) -> c_int {
+    // SAFETY: forwarded pointer contract.
+    let Some(name) = (unsafe { text(name) }) else { return -1 };
+    if !on_ckpt_thread() {
+        return -1;
+    }
+    if crate::coord::barrier(&format!("user:{name}")) {
+        1
+    } else {
+        -1
+    }
+}

@@ -78,3 +78,58 @@ impl Coord {
     }
 
 }
+
+/// The connection, shared by the checkpoint thread and the plugin hooks it
+/// runs (never used by user threads).
+static LINK: std::sync::Mutex<Option<Coord>> = std::sync::Mutex::new(None);
+
+/// Install the connection (start-up).
+pub fn install(c: Coord) {
+    *LINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+}
+
+/// Use the connection; None before it is installed.
+pub fn with<R>(f: impl FnOnce(&mut Coord) -> R) -> Option<R> {
+    LINK.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map(f)
+}
+
+/// Send a message (false if there is no connection or it failed).
+pub fn send(m: &ToCoord) -> bool {
+    with(|c| c.send(m).is_ok()).unwrap_or(false)
+}
+
+/// Receive the next message.
+pub fn recv() -> std::io::Result<Option<FromCoord>> {
+    with(|c| c.recv()).unwrap_or(Ok(None))
+}
+
+/// Reach the named barrier and wait for every participant; Kill ends the
+/// process. False if the coordinator is gone.
+pub fn barrier(name: &str) -> bool {
+    if !send(&ToCoord::Barrier { name: name.into() }) {
+        return false;
+    }
+    loop {
+        match recv() {
+            Ok(Some(FromCoord::BarrierDone { name: n })) if n == name => return true,
+            Ok(Some(FromCoord::Kill)) => dmtcp_sys::exit_group(0),
+            Ok(Some(_)) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Look a key up in the computation's name service.
+pub fn kv_get(db: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
+    if !send(&ToCoord::KvGet { db: db.into(), key: key.to_vec() }) {
+        return None;
+    }
+    loop {
+        match recv() {
+            Ok(Some(FromCoord::KvValue { val })) => return Some(val),
+            Ok(Some(FromCoord::Kill)) => dmtcp_sys::exit_group(0),
+            Ok(Some(_)) => {}
+            _ => return None,
+        }
+    }
+}

@@ -101,7 +101,6 @@ impl Config {
 /// State of the checkpoint thread (lives on its stack, so it is restored
 /// along with everything else).
 struct Ctl {
-    coord: coord::Coord,
     cfg: Config,
     program: String,
     argv: Vec<String>,
@@ -207,6 +206,7 @@ extern "C" fn dmtcp_init() {
         libc::pthread_atfork(None, None, Some(after_fork_child));
         libc::atexit(at_exit);
     }
+    coord::install(coord);
     writer::start(cfg.writers);
     api::set_dir(&cfg.ckpt_dir.display().to_string());
     api::set_coordinator(&cfg.host, cfg.port);
@@ -218,7 +218,7 @@ extern "C" fn dmtcp_init() {
         threads::record_own_stack(slot);
         let _ = tx.send(());
         drop(tx);
-        let mut ctl = Ctl { coord, cfg, program, argv, uniq_id, comp_id, generation, num_peers: 1, slot };
+        let mut ctl = Ctl { cfg, program, argv, uniq_id, comp_id, generation, num_peers: 1, slot };
         ctl.run();
     });
     match spawned {
@@ -251,7 +251,7 @@ extern "C" fn after_fork_child() {
 impl Ctl {
     fn run(&mut self) {
         loop {
-            if !self.coord.buffered() {
+            if !coord::with(|c| c.buffered()).unwrap_or(false) {
                 let mut fds = [
                     libc::pollfd { fd: coord::COORD_FD, events: libc::POLLIN, revents: 0 },
                     libc::pollfd { fd: api::WAKE_FD.load(SeqCst), events: libc::POLLIN, revents: 0 },
@@ -262,13 +262,13 @@ impl Ctl {
                     continue;
                 }
                 if fds[1].revents & libc::POLLIN != 0 && api::take_request() {
-                    let _ = self.coord.send(&ToCoord::RequestCkpt);
+                    coord::send(&ToCoord::RequestCkpt);
                 }
                 if fds[0].revents == 0 {
                     continue;
                 }
             }
-            match self.coord.recv() {
+            match coord::recv() {
                 Ok(Some(FromCoord::DoCheckpoint { generation, ckpt_dir, num_peers })) => {
                     self.generation = generation;
                     self.num_peers = num_peers;
@@ -286,17 +286,7 @@ impl Ctl {
 
     /// Wait for a barrier; Kill ends the process.
     fn barrier(&mut self, name: &str) -> bool {
-        if self.coord.send(&ToCoord::Barrier { name: name.into() }).is_err() {
-            return false;
-        }
-        loop {
-            match self.coord.recv() {
-                Ok(Some(FromCoord::BarrierDone { name: n })) if n == name => return true,
-                Ok(Some(FromCoord::Kill)) => dmtcp_sys::exit_group(0),
-                Ok(Some(_)) => {}
-                _ => return false,
-            }
-        }
+        coord::barrier(name)
     }
 
     fn checkpoint(&mut self, dir_override: Option<PathBuf>) {
@@ -305,7 +295,7 @@ impl Ctl {
         threads::suspend_all();
         if threads::OVERFLOW.load(SeqCst) {
             log::error(format_args!("more than {} threads: checkpoint skipped", threads::MAX_THREADS));
-            let _ = self.coord.send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some("too many threads".into()) });
+            coord::send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some("too many threads".into()) });
             api::end_checkpoint(false, false, self.generation);
             threads::resume_all();
             return;
@@ -328,7 +318,7 @@ impl Ctl {
             Ok(p) => p,
             Err(e) => {
                 log::error(format_args!("cannot read the memory map: {e}"));
-                let _ = self.coord.send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(e.to_string()) });
+                coord::send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(e.to_string()) });
                 self.barrier("checkpointed");
                 plugin::run(plugin::Event::Resume);
                 api::end_checkpoint(false, false, self.generation);
@@ -360,7 +350,7 @@ impl Ctl {
         };
         match writer::write_image(&dir, &name, &plan, &mut meta, self.cfg.gzip, self.slot) {
             writer::Outcome::Written { path, bytes } => {
-                let _ = self.coord.send(&ToCoord::CkptDone { image: path.display().to_string(), bytes, error: None });
+                coord::send(&ToCoord::CkptDone { image: path.display().to_string(), bytes, error: None });
                 self.barrier("checkpointed");
                 plugin::run(plugin::Event::Resume);
                 api::end_checkpoint(true, false, self.generation);
@@ -368,7 +358,7 @@ impl Ctl {
             }
             writer::Outcome::Failed(msg) => {
                 log::error(format_args!("checkpoint failed: {msg}"));
-                let _ = self.coord.send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(msg) });
+                coord::send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(msg) });
                 self.barrier("checkpointed");
                 plugin::run(plugin::Event::Resume);
                 api::end_checkpoint(false, false, self.generation);
@@ -379,7 +369,7 @@ impl Ctl {
     }
 
     fn after_restart(&mut self) {
-        self.coord.reset();
+        coord::with(|c| c.reset());
         let info_fd = RESTART_INFO_FD.load(SeqCst);
         if info_fd >= 0 {
             let mut s = String::new();
@@ -413,7 +403,8 @@ impl Ctl {
             generation: self.generation,
             num_peers: self.num_peers,
         };
-        match self.coord.send(&hello).and_then(|_| self.coord.recv()) {
+        let welcome = if coord::send(&hello) { coord::recv() } else { Ok(None) };
+        match welcome {
             Ok(Some(FromCoord::Welcome { .. })) => {}
             Ok(Some(FromCoord::Refused { reason })) => {
                 log::error(format_args!("the coordinator refused the restarted process: {reason}"));

@@ -55,6 +55,8 @@ struct State {
     host: String,
     port: u16,
     quit: bool,
+    /// The computation's name service: (db, key) -> value.
+    kv: HashMap<(String, Vec<u8>), Vec<u8>>,
 }
 
 type Shared = Arc<(Mutex<State>, Condvar)>;
@@ -94,6 +96,7 @@ pub fn run(opts: CoordOpts) -> std::io::Result<()> {
         port,
         opts: opts.clone(),
         quit: false,
+        kv: HashMap::new(),
     };
     say(&st, format_args!("listening on port {port}"));
     let shared: Shared = Arc::new((Mutex::new(st), Condvar::new()));
@@ -442,6 +445,15 @@ fn handle(sh: Shared, conn: TcpStream) {
             }
             Some(ToCoord::RequestCkpt) => {
                 start_round(&mut g, false, None);
+            }
+            Some(ToCoord::KvPut { db, key, val }) => {
+                g.kv.insert((db, key), val);
+            }
+            Some(ToCoord::KvGet { db, key }) => {
+                let val = g.kv.get(&(db, key)).cloned();
+                if let Some(p) = g.peers.get_mut(&id) {
+                    send_to(&mut p.out, &FromCoord::KvValue { val });
+                }
             }
             Some(_) => {}
             None => {

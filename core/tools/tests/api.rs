@@ -99,3 +99,63 @@ fn plugin_receives_events_in_order() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("absolute path"));
 }
+
+/// Three processes exchange the pids they get after a restart through the
+/// coordinator's name service: publish, global barrier, query.
+#[test]
+fn plugins_exchange_new_ids_after_restart() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let so = tmp.join(format!("libplugin_exchange-{}.so", std::process::id()));
+    let st = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
+        .arg(root.join("include"))
+        .arg("-o")
+        .arg(&so)
+        .arg(root.join("examples/plugin_exchange.c"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "examples/plugin_exchange.c does not build");
+    let prog = c_program("memcheck");
+    let job = Job::new("exchange");
+    let log = job.dir.join("exchange");
+    let mut procs = Vec::new();
+    for rank in 0..3 {
+        let c = tool("dmtcp_launch")
+            .args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string(), "--ckptdir"])
+            .arg(&job.ckpt)
+            .args(["--with-plugin", so.to_str().unwrap()])
+            .arg(&prog)
+            .env("RANK", rank.to_string())
+            .env("NPROC", "3")
+            .env("EXCHANGE_LOG", &log)
+            .current_dir(&job.dir)
+            .stdout(std::fs::File::create(job.dir.join(format!("out{rank}.txt"))).unwrap())
+            .spawn()
+            .unwrap();
+        procs.push(c);
+    }
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while (0..3).any(|r| !std::fs::read_to_string(job.dir.join(format!("out{r}.txt"))).unwrap_or_default().contains("step 2 ok")) {
+        assert!(std::time::Instant::now() < deadline, "programs did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(job.command(&["-kc"]).status.success());
+    for mut p in procs {
+        wait_timeout(&mut p, TIMEOUT).expect("a process survived -kc");
+    }
+    assert_eq!(job.images().len(), 3);
+    let mut r = tool("dmtcp_restart")
+        .args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string()])
+        .args(job.images())
+        .current_dir(&job.dir)
+        .spawn()
+        .unwrap();
+    let st = wait_timeout(&mut r, TIMEOUT).expect("restart did not finish");
+    assert!(st.success());
+    let logs: Vec<String> = (0..3).map(|i| std::fs::read_to_string(format!("{}.{i}", log.display())).unwrap_or_default()).collect();
+    assert!(logs[0].starts_with("rank0=pid="), "{logs:?}");
+    assert!(logs.iter().all(|l| l == &logs[0]), "processes disagree: {logs:?}");
+    let pids: std::collections::BTreeSet<&str> = logs[0].split(' ').map(|kv| kv.split_once("=pid=").unwrap().1).collect();
+    assert_eq!(pids.len(), 3, "three distinct pids expected: {}", logs[0]);
+}
