@@ -159,3 +159,44 @@ fn plugins_exchange_new_ids_after_restart() {
     let pids: std::collections::BTreeSet<&str> = logs[0].split(' ').map(|kv| kv.split_once("=pid=").unwrap().1).collect();
     assert_eq!(pids.len(), 3, "three distinct pids expected: {}", logs[0]);
 }
+
+/// The Python module, pip-installed from python/ into a fresh venv: absent
+/// without the checkpointer; under it, a self-requested checkpoint returns
+/// RESUMED, and RESTARTED after a kill and restart; a checkpoint requested
+/// inside `checkpoints_disabled()` completes only after the block.
+#[test]
+fn python_module_across_restart() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap();
+    let venv = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("venv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&venv);
+    let st = std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap();
+    assert!(st.success(), "python3 -m venv failed");
+    let pip = venv.join("bin/pip");
+    let quiet = ["install", "-q", "--disable-pip-version-check"];
+    let ok = std::process::Command::new(&pip).args(quiet).arg("--no-build-isolation").arg(root.join("python")).status().unwrap().success()
+        || std::process::Command::new(&pip).args(quiet).arg(root.join("python")).status().unwrap().success();
+    assert!(ok, "pip install ./python failed");
+    let py = venv.join("bin/python");
+    let script = root.join("python/example.py");
+    let (py, script) = (py.to_str().unwrap(), script.to_str().unwrap());
+    // The venv's module, not the source tree's, must be the one imported.
+    let o = std::process::Command::new(py).args(["-c", "import dmtcp; print(dmtcp.__file__)"]).current_dir("/").output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("site-packages"), "{o:?}");
+    let bare = run_bare(&[py, script]);
+    assert!(bare.contains("enabled False") && bare.contains("checkpoint absent generation -1") && bare.contains("RESULT 66"), "{bare}");
+
+    let mut job = Job::new("python-module");
+    job.launch(&[py, script], &[]);
+    job.wait_for("checkpoint resumed generation 1");
+    job.wait_for("step 5\n");
+    job.kill();
+    job.restart();
+    job.wait_for("section begin");
+    assert!(job.command(&["-bc"]).status.success());
+    assert!(job.output().contains("section end"), "checkpoint inside the disabled section: {}", job.output());
+    job.wait_success();
+    let out = job.output();
+    assert!(out.contains("enabled True"), "{out}");
+    assert!(out.contains("checkpoint restarted generation 1"), "{out}");
+    assert!(out.contains("RESULT 66"), "{out}");
+}
