@@ -111,6 +111,18 @@ int dmtcp_send_query_to_coordinator(const char *db, const void *key, uint32_t ke
                                     void *val, uint32_t *val_len) __attribute__((weak));
 int dmtcp_global_barrier(const char *name) __attribute__((weak));
 
+/*
+ * Virtual-id tables, saved with the image: hand the program a stable
+ * virtual id for a real one that changes across a restart, and update the
+ * real one in the RESTART event. Tables are created on first use.
+ * The lookups return 0 for an unknown id.
+ */
+int dmtcp_vid_set(const char *table, uint64_t virt, uint64_t real) __attribute__((weak));
+uint64_t dmtcp_vid_new(const char *table, uint64_t real) __attribute__((weak));
+uint64_t dmtcp_vid_to_real(const char *table, uint64_t virt) __attribute__((weak));
+uint64_t dmtcp_vid_to_virtual(const char *table, uint64_t real) __attribute__((weak));
+int dmtcp_vid_erase(const char *table, uint64_t virt) __attribute__((weak));
+
 /* Register a plugin (DMTCP_DECL_PLUGIN calls it from a constructor). */
 void dmtcp_register_plugin(const DmtcpPluginDescriptor_t *descr) __attribute__((weak));
 

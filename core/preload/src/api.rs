@@ -378,3 +378,84 @@ pub unsafe extern "C" fn dmtcp_global_barrier(name: *const c_char) -> c_int {
         -1
     }
 }
+
+/// Virtual-id tables: name -> (virtual -> real). In the library's heap, so
+/// they are saved with the image.
+static VIDS: std::sync::Mutex<Option<std::collections::HashMap<String, std::collections::BTreeMap<u64, u64>>>> =
+    std::sync::Mutex::new(None);
+
+/// Run `f` on the tables. From a user thread this happens inside a disabled
+/// section, so no checkpoint can suspend a thread holding the lock; plugin
+/// hooks (on the checkpoint thread) use it directly.
+fn with_vids<R>(f: impl FnOnce(&mut std::collections::HashMap<String, std::collections::BTreeMap<u64, u64>>) -> R) -> R {
+    let user = !on_ckpt_thread();
+    if user {
+        dmtcp_disable_ckpt();
+    }
+    let r = f(VIDS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Default::default));
+    if user {
+        dmtcp_enable_ckpt();
+    }
+    r
+}
+
+/// Map virtual id `virt` to real id `real` in `table` (creates or updates).
+///
+/// # Safety
+/// `table` must be a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_vid_set(table: *const c_char, virt: u64, real: u64) -> c_int {
+    // SAFETY: forwarded pointer contract.
+    let Some(t) = (unsafe { text(table) }) else { return -1 };
+    with_vids(|v| v.entry(t).or_default().insert(virt, real));
+    1
+}
+
+/// Give `real` a fresh virtual id in `table` (one more than the largest so far, from 1).
+///
+/// # Safety
+/// `table` must be a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_vid_new(table: *const c_char, real: u64) -> u64 {
+    // SAFETY: forwarded pointer contract.
+    let Some(t) = (unsafe { text(table) }) else { return 0 };
+    with_vids(|v| {
+        let m = v.entry(t).or_default();
+        let id = m.keys().next_back().map_or(1, |k| k + 1);
+        m.insert(id, real);
+        id
+    })
+}
+
+/// The real id behind `virt` (0 if unknown).
+///
+/// # Safety
+/// `table` must be a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_vid_to_real(table: *const c_char, virt: u64) -> u64 {
+    // SAFETY: forwarded pointer contract.
+    let Some(t) = (unsafe { text(table) }) else { return 0 };
+    with_vids(|v| v.get(&t).and_then(|m| m.get(&virt).copied()).unwrap_or(0))
+}
+
+/// The virtual id of `real` (0 if unknown).
+///
+/// # Safety
+/// `table` must be a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_vid_to_virtual(table: *const c_char, real: u64) -> u64 {
+    // SAFETY: forwarded pointer contract.
+    let Some(t) = (unsafe { text(table) }) else { return 0 };
+    with_vids(|v| v.get(&t).and_then(|m| m.iter().find(|(_, &r)| r == real).map(|(&k, _)| k)).unwrap_or(0))
+}
+
+/// Forget virtual id `virt`.
+///
+/// # Safety
+/// `table` must be a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_vid_erase(table: *const c_char, virt: u64) -> c_int {
+    // SAFETY: forwarded pointer contract.
+    let Some(t) = (unsafe { text(table) }) else { return -1 };
+    with_vids(|v| v.get_mut(&t).and_then(|m| m.remove(&virt)).map_or(0, |_| 1))
+}

@@ -200,3 +200,37 @@ fn python_module_across_restart() {
     assert!(out.contains("checkpoint restarted generation 1"), "{out}");
     assert!(out.contains("RESULT 66"), "{out}");
 }
+
+/// A plugin that virtualizes getpid() through a virtual-id table: after a
+/// restart the program still sees its launch pid, although the kernel gave
+/// the restarted process another one.
+#[test]
+fn plugin_virtualizes_the_pid_across_restart() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let so = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("libplugin_vpid-{}.so", std::process::id()));
+    let st = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
+        .arg(root.join("include"))
+        .arg("-o")
+        .arg(&so)
+        .arg(root.join("examples/plugin_vpid.c"))
+        .arg("-ldl")
+        .status()
+        .unwrap();
+    assert!(st.success(), "examples/plugin_vpid.c does not build");
+    let prog = c_program("showpid");
+    let mut job = Job::new("vpid");
+    job.launch(&[prog.to_str().unwrap()], &["--with-plugin", so.to_str().unwrap()]);
+    let launch_pid = job.proc.as_ref().unwrap().id();
+    job.wait_for("step 3 ");
+    job.checkpoint_and_kill();
+    job.restart();
+    let restarted_pid = job.proc.as_ref().unwrap().id();
+    assert_ne!(restarted_pid, launch_pid, "the kernel reused the pid: the test proves nothing");
+    job.wait_success();
+    let out = job.output();
+    assert!(out.contains("step 19 pid=") && out.contains("RESULT done"), "{out}");
+    for line in out.lines().filter(|l| l.starts_with("step ")) {
+        assert!(line.ends_with(&format!("pid={launch_pid}")), "getpid() changed across the restart: {line}\n{out}");
+    }
+}
