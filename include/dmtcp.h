@@ -70,8 +70,9 @@ int dmtcp_get_coordinator_status(int *num_peers, int *running) __attribute__((we
  * A plugin is a shared library loaded with
  *   dmtcp_launch --with-plugin /abs/path/libmyplugin.so[:...] prog
  * (or DMTCP_PLUGIN=...). It declares itself with DMTCP_DECL_PLUGIN and gets
- * its event hook called. Events before a checkpoint run in load order
- * (internal plugins first), events after it in reverse order.
+ * its event hook called. Events before a checkpoint reach user plugins
+ * first (in load order), then the internal ones; events after it run in
+ * reverse, so files are back before a plugin's RESUME/RESTART hook.
  *
  * DMTCP_EVENT_PRECHECKPOINT runs while the program's threads are
  * suspended: do not call malloc or take locks the program may hold there;

@@ -117,8 +117,11 @@ pub fn init(all: Vec<Box<dyn Plugin>>, disabled: &[String]) {
     let _ = PLUGINS.set(list);
 }
 
-/// Deliver `ev` to every plugin in the documented order: internal plugins,
-/// then user plugins in load order; reversed after a checkpoint.
+/// Deliver `ev` to every plugin in the documented order. User plugins are
+/// the outer layer (as in DMTCP, they come first in the preload order):
+/// before a checkpoint they run first, in load order, then the internal
+/// ones; after it everything runs in reverse, so files and other kernel
+/// state are back before a user plugin's resume or restart hook runs.
 pub fn run(ev: Event) {
     let Some(list) = PLUGINS.get() else { return };
     let code = event_code(ev);
@@ -129,10 +132,10 @@ pub fn run(ev: Event) {
         }
     };
     if ev.reversed() {
-        users.iter().rev().for_each(call_user);
         list.iter().rev().for_each(|p| p.event(ev));
+        users.iter().rev().for_each(call_user);
     } else {
-        list.iter().for_each(|p| p.event(ev));
         users.iter().for_each(call_user);
+        list.iter().for_each(|p| p.event(ev));
     }
 }

@@ -234,3 +234,62 @@ fn plugin_virtualizes_the_pid_across_restart() {
         assert!(line.ends_with(&format!("pid={launch_pid}")), "getpid() changed across the restart: {line}\n{out}");
     }
 }
+
+/// The "disconnect from a database" example against a real redis-server:
+/// the program's plugin closes its connection before each checkpoint and
+/// reconnects on resume and restart; no socket ends up in the image, and
+/// the counter in the server stays consistent with what the program saw.
+#[test]
+fn plugin_reconnects_to_an_outside_server() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let prog = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("redis_counter-{}", std::process::id()));
+    let st = std::process::Command::new("cc")
+        .args(["-O1", "-Wall", "-Werror", "-I"])
+        .arg(root.join("include"))
+        .arg("-o")
+        .arg(&prog)
+        .arg(root.join("examples/redis_counter.c"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "examples/redis_counter.c does not build");
+    let port = unused_port().to_string();
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is needed (apt-get install redis-server)");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let get = || {
+        let o = std::process::Command::new("redis-cli").args(["-p", &port, "GET", "dmtcp-example-counter"]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::process::Command::new("redis-cli").args(["-p", &port, "ping"]).output().map(|o| !o.stdout.starts_with(b"PONG")).unwrap_or(true) {
+        assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+        assert!(redis.try_wait().unwrap().is_none(), "redis-server exited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _redis = Kill(redis);
+    let mut job = Job::new("redis").env("REDIS_PORT", &port);
+    job.launch(&[prog.to_str().unwrap()], &[]);
+    job.wait_for("step 5 ");
+    job.checkpoint();
+    job.wait_for("step 9 ");
+    assert!(job.output().contains("connections 2"), "no reconnection after the checkpoint: {}", job.output());
+    job.kill();
+    job.restart();
+    job.wait_success();
+    let out = job.output();
+    let values: Vec<i64> = out.lines().filter_map(|l| l.split("value ").nth(1)?.split(' ').next()?.parse().ok()).collect();
+    assert_eq!(values.len(), 30, "{out}");
+    assert!(values.windows(2).all(|w| w[1] > w[0]), "values must keep increasing: {out}");
+    assert_eq!(values.last().unwrap().to_string(), get(), "the server's counter and the program disagree");
+    let errs = std::fs::read_to_string(job.dir.join("err.txt")).unwrap_or_default();
+    assert!(!errs.contains("socket:"), "a socket to the outside was in the image: {errs}");
+}
