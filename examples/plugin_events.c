@@ -29,6 +29,11 @@ static void hook(DmtcpEvent_t event, void *data) {
     case DMTCP_EVENT_PRECHECKPOINT: log_event("precheckpoint"); break;
     case DMTCP_EVENT_RESUME: log_event("resume"); break;
     case DMTCP_EVENT_RESTART: log_event("restart"); break;
+    case DMTCP_EVENT_PRE_EXEC: log_event("pre-exec"); break;
+    case DMTCP_EVENT_POST_EXEC: log_event("post-exec"); break;
+    case DMTCP_EVENT_ATFORK_PARENT: log_event("atfork-parent"); break;
+    case DMTCP_EVENT_ATFORK_CHILD: log_event("atfork-child"); break;
+    case DMTCP_EVENT_THREAD_RESUME: log_event("thread-resume"); break;
   }
 }
 

@@ -1,6 +1,6 @@
 /* A plugin that virtualizes the process id: the program keeps seeing the
  * pid it had at launch, although a restarted process gets a new kernel pid.
- * It wraps getpid() (calling the next definition with dlsym(RTLD_NEXT)) and
+ * It wraps getpid() (calling the next definition with DMTCP_NEXT_FNC) and
  * keeps virtual -> real in a virtual-id table updated at restart. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -12,7 +12,7 @@ static uint64_t vpid;
 
 static pid_t real_getpid(void) {
   static pid_t (*next)(void);
-  if (!next) next = (pid_t(*)(void))dlsym(RTLD_NEXT, "getpid");
+  if (!next) next = DMTCP_NEXT_FNC(getpid);
   return next();
 }
 

@@ -84,8 +84,18 @@ typedef enum {
   DMTCP_EVENT_PRESUSPEND = 3,    /* a checkpoint starts; threads still run */
   DMTCP_EVENT_PRECHECKPOINT = 4, /* threads suspended, image about to be written */
   DMTCP_EVENT_RESUME = 5,        /* image written, the same process goes on */
-  DMTCP_EVENT_RESTART = 6        /* the process was restarted from an image */
+  DMTCP_EVENT_RESTART = 6,       /* the process was restarted from an image */
+  DMTCP_EVENT_PRE_EXEC = 7,      /* about to exec another program */
+  DMTCP_EVENT_POST_EXEC = 8,     /* start-up of a program exec'd by a checkpointed one */
+  DMTCP_EVENT_ATFORK_PARENT = 9, /* after fork, in the parent */
+  DMTCP_EVENT_ATFORK_CHILD = 10, /* after fork, in the child */
+  DMTCP_EVENT_THREAD_RESUME = 11 /* on each user thread, after a checkpoint or restart */
 } DmtcpEvent_t;
+
+/* The next definition of a function a plugin wraps (libc's, usually):
+ *   pid_t getpid(void) { return DMTCP_NEXT_FNC(getpid)(); }
+ * Needs _GNU_SOURCE and <dlfcn.h>. */
+#define DMTCP_NEXT_FNC(name) ((__typeof__(&name))dlsym(RTLD_NEXT, #name))
 
 #define DMTCP_PLUGIN_API_VERSION "1"
 

@@ -49,6 +49,9 @@ static INIT: extern "C" fn() = dmtcp_init;
 
 /// Set once the library is active in this process.
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Set once the library started up in this program (stays set in forked
+/// children, which are not checkpointed but still get plugin events).
+static LOADED: AtomicBool = AtomicBool::new(false);
 /// The pid the process had when it was checkpointed (finds the main thread).
 static OLD_PID: AtomicI32 = AtomicI32::new(0);
 static RESTART_INFO_FD: AtomicI32 = AtomicI32::new(-1);
@@ -201,9 +204,13 @@ extern "C" fn dmtcp_init() {
         &cfg.disabled,
     );
     plugin::run(plugin::Event::Init);
+    if std::env::var_os(EXEC_MARK).is_some() {
+        plugin::POST_EXEC.store(true, SeqCst);
+        plugin::run(plugin::Event::PostExec);
+    }
     // SAFETY: registering fork and exit handlers with no preconditions.
     unsafe {
-        libc::pthread_atfork(None, None, Some(after_fork_child));
+        libc::pthread_atfork(None, Some(after_fork_parent), Some(after_fork_child));
         libc::atexit(at_exit);
     }
     coord::install(coord);
@@ -226,6 +233,7 @@ extern "C" fn dmtcp_init() {
             let _ = rx.recv();
             std::mem::forget(h);
             ENABLED.store(true, SeqCst);
+            LOADED.store(true, SeqCst);
         }
         Err(e) => log::error(format_args!("cannot start the checkpoint thread: {e}")),
     }
@@ -237,7 +245,16 @@ extern "C" fn at_exit() {
     }
 }
 
+extern "C" fn after_fork_parent() {
+    if ENABLED.load(SeqCst) {
+        plugin::run_user(plugin::Event::AtforkParent);
+    }
+}
+
 extern "C" fn after_fork_child() {
+    if ENABLED.load(SeqCst) {
+        plugin::run_user(plugin::Event::AtforkChild);
+    }
     // The child has no checkpoint thread; keep it off the parent's connection.
     if ENABLED.swap(false, SeqCst) {
         // SAFETY: closing the copies of our fds in the child.
@@ -422,6 +439,94 @@ impl Ctl {
         api::end_checkpoint(true, true, self.generation);
         threads::resume_all();
     }
+}
+
+/// Environment marker telling an exec'd program's library that it comes
+/// from an exec (for the post-exec event).
+const EXEC_MARK: &str = "DMTCP_EXEC_MARK";
+
+type ExecveFn = unsafe extern "C" fn(*const libc::c_char, *const *const libc::c_char, *const *const libc::c_char) -> libc::c_int;
+
+/// Run the pre-exec event; for exec calls that pass on `environ`, mark it
+/// for the post-exec event.
+fn before_exec(mark_environ: bool) {
+    if LOADED.load(SeqCst) {
+        plugin::run_user(plugin::Event::PreExec);
+        if mark_environ {
+            // SAFETY: setenv on the program's environment, as the program could do itself.
+            unsafe { libc::setenv(c"DMTCP_EXEC_MARK".as_ptr(), c"1".as_ptr(), 1) };
+        }
+    }
+}
+
+type ExecvFn = unsafe extern "C" fn(*const libc::c_char, *const *const libc::c_char) -> libc::c_int;
+
+fn next_fn(name: &core::ffi::CStr) -> *mut libc::c_void {
+    // SAFETY: dlsym with RTLD_NEXT finds libc's definition after ours.
+    unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }
+}
+
+/// `execv` with the pre-/post-exec events.
+///
+/// # Safety
+/// The `execv(3)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn execv(path: *const libc::c_char, argv: *const *const libc::c_char) -> libc::c_int {
+    before_exec(true);
+    let f = next_fn(c"execv");
+    // SAFETY: libc's execv, forwarded contract.
+    unsafe { core::mem::transmute::<*mut libc::c_void, ExecvFn>(f)(path, argv) }
+}
+
+/// `execvp` with the pre-/post-exec events.
+///
+/// # Safety
+/// The `execvp(3)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: *const libc::c_char, argv: *const *const libc::c_char) -> libc::c_int {
+    before_exec(true);
+    let f = next_fn(c"execvp");
+    // SAFETY: libc's execvp, forwarded contract.
+    unsafe { core::mem::transmute::<*mut libc::c_void, ExecvFn>(f)(file, argv) }
+}
+
+fn next_execve() -> Option<ExecveFn> {
+    // SAFETY: dlsym with RTLD_NEXT finds libc's execve after ours.
+    let f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"execve".as_ptr()) };
+    // SAFETY: execve has this signature.
+    (!f.is_null()).then(|| unsafe { core::mem::transmute::<*mut libc::c_void, ExecveFn>(f) })
+}
+
+/// `execve` with the pre-exec event; the environment given gets the
+/// post-exec marker when the process is checkpointed.
+///
+/// # Safety
+/// The `execve(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn execve(path: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> libc::c_int {
+    before_exec(false);
+    let Some(real) = next_execve() else { return -1 };
+    if !LOADED.load(SeqCst) || envp.is_null() {
+        // SAFETY: forwarded contract.
+        return unsafe { real(path, argv, envp) };
+    }
+    // Copy the environment with the marker added (inside a disabled section:
+    // this allocates in the library's heap).
+    api::dmtcp_disable_ckpt();
+    let mut env: Vec<*const libc::c_char> = Vec::new();
+    let mut i = 0;
+    // SAFETY: envp is a null-terminated array (execve contract).
+    unsafe {
+        while !(*envp.add(i)).is_null() {
+            env.push(*envp.add(i));
+            i += 1;
+        }
+    }
+    env.push(c"DMTCP_EXEC_MARK=1".as_ptr());
+    env.push(core::ptr::null());
+    api::dmtcp_enable_ckpt();
+    // SAFETY: forwarded contract with our copy of the environment.
+    unsafe { real(path, argv, env.as_ptr()) }
 }
 
 fn entry_fail(msg: &[u8]) -> ! {

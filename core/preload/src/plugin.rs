@@ -22,11 +22,21 @@ pub enum Event {
     Restart,
     /// The process is exiting.
     Exit,
+    /// The process is about to exec another program.
+    PreExec,
+    /// Start-up of a program exec'd by a checkpointed process.
+    PostExec,
+    /// After fork, in the parent.
+    AtforkParent,
+    /// After fork, in the child.
+    AtforkChild,
+    /// A user thread goes on after a checkpoint or a restart (runs on it).
+    ThreadResume,
 }
 
 impl Event {
     fn reversed(self) -> bool {
-        matches!(self, Event::Resume | Event::Restart | Event::Exit)
+        matches!(self, Event::Resume | Event::Restart | Event::Exit | Event::PostExec | Event::AtforkParent | Event::AtforkChild | Event::ThreadResume)
     }
 }
 
@@ -63,8 +73,13 @@ unsafe impl Send for UserPlugin {}
 // SAFETY: as above.
 unsafe impl Sync for UserPlugin {}
 
-/// User plugins, in registration (load) order.
-static USER: std::sync::Mutex<Vec<UserPlugin>> = std::sync::Mutex::new(Vec::new());
+/// Most user plugins a process may load.
+const MAX_USER: usize = 32;
+/// User plugins, in registration (load) order: a fixed array read without
+/// locks or allocation (events also run on user threads in the checkpoint
+/// signal handler).
+static USER: [std::sync::atomic::AtomicPtr<Descriptor>; MAX_USER] = [const { std::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; MAX_USER];
+static N_USER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn event_code(ev: Event) -> std::ffi::c_int {
     match ev {
@@ -74,11 +89,22 @@ fn event_code(ev: Event) -> std::ffi::c_int {
         Event::PreCheckpoint => 4,
         Event::Resume => 5,
         Event::Restart => 6,
+        Event::PreExec => 7,
+        Event::PostExec => 8,
+        Event::AtforkParent => 9,
+        Event::AtforkChild => 10,
+        Event::ThreadResume => 11,
     }
 }
 
-fn user_plugins() -> Vec<UserPlugin> {
-    USER.lock().unwrap_or_else(|e| e.into_inner()).clone()
+/// The registered user plugins (no allocation, no lock).
+fn user_plugins() -> impl DoubleEndedIterator<Item = UserPlugin> {
+    let n = N_USER.load(std::sync::atomic::Ordering::Acquire).min(MAX_USER);
+    USER[..n].iter().filter_map(|p| {
+        let d = p.load(std::sync::atomic::Ordering::Acquire);
+        // SAFETY: registered descriptors are statics of loaded libraries.
+        (!d.is_null()).then(|| UserPlugin(unsafe { &*d }))
+    })
 }
 
 /// `dmtcp_register_plugin` of include/dmtcp.h.
@@ -102,11 +128,34 @@ pub unsafe extern "C" fn dmtcp_register_plugin(d: *const Descriptor) {
         crate::log::error(format_args!("a plugin declares API version {version:?}; this library speaks \"1\": not loaded"));
         return;
     }
-    USER.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+    let i = N_USER.load(std::sync::atomic::Ordering::SeqCst);
+    if i >= MAX_USER {
+        crate::log::error(format_args!("more than {MAX_USER} plugins: not loaded"));
+        return;
+    }
+    USER[i].store(p.0 as *const Descriptor as *mut Descriptor, std::sync::atomic::Ordering::SeqCst);
+    N_USER.store(i + 1, std::sync::atomic::Ordering::Release);
     // Registered after our own start-up (libraries initialise in any order): init it now.
     if PLUGINS.get().is_some() {
         if let Some(h) = p.0.event_hook {
             h(event_code(Event::Init), core::ptr::null_mut());
+            if POST_EXEC.load(std::sync::atomic::Ordering::SeqCst) {
+                h(event_code(Event::PostExec), core::ptr::null_mut());
+            }
+        }
+    }
+}
+
+/// Set at start-up when this program was exec'd by a checkpointed process.
+pub static POST_EXEC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Deliver `ev` to the user plugins only (events internal plugins ignore);
+/// allocation-free, safe in the checkpoint signal handler.
+pub fn run_user(ev: Event) {
+    let code = event_code(ev);
+    for u in user_plugins() {
+        if let Some(h) = u.0.event_hook {
+            h(code, core::ptr::null_mut());
         }
     }
 }
@@ -125,17 +174,16 @@ pub fn init(all: Vec<Box<dyn Plugin>>, disabled: &[String]) {
 pub fn run(ev: Event) {
     let Some(list) = PLUGINS.get() else { return };
     let code = event_code(ev);
-    let users = user_plugins();
-    let call_user = |u: &UserPlugin| {
+    let call_user = |u: UserPlugin| {
         if let Some(h) = u.0.event_hook {
             h(code, core::ptr::null_mut());
         }
     };
     if ev.reversed() {
         list.iter().rev().for_each(|p| p.event(ev));
-        users.iter().rev().for_each(call_user);
+        user_plugins().rev().for_each(call_user);
     } else {
-        users.iter().for_each(call_user);
+        user_plugins().for_each(call_user);
         list.iter().for_each(|p| p.event(ev));
     }
 }

@@ -207,6 +207,7 @@ pub extern "C" fn on_ckpt_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut 
             reapply(slot);
             wait_epoch(seen);
         }
+        crate::plugin::run_user(crate::plugin::Event::ThreadResume);
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };

@@ -93,7 +93,20 @@ fn plugin_receives_events_in_order() {
     job.restart();
     job.wait_success();
     let events = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(events, "init\npresuspend\nprecheckpoint\nresume\nrestart\nexit\n");
+    // memcheck has one user thread: it gets thread-resume after the
+    // checkpoint and after the restart.
+    assert_eq!(events, "init\npresuspend\nprecheckpoint\nresume\nthread-resume\nrestart\nthread-resume\nexit\n");
+
+    // fork and exec: a shell that forks and execs /bin/true.
+    let log2 = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("events-exec-{}.txt", std::process::id()));
+    let _ = std::fs::remove_file(&log2);
+    let mut job2 = Job::new("plugin-exec").env("EVENT_LOG", log2.to_str().unwrap());
+    job2.launch(&["bash", "-c", "/bin/true; echo done"], &["--with-plugin", so.to_str().unwrap()]);
+    job2.wait_success();
+    let ev: Vec<String> = std::fs::read_to_string(&log2).unwrap().lines().map(String::from).collect();
+    for want in ["atfork-parent", "atfork-child", "pre-exec", "post-exec"] {
+        assert!(ev.iter().any(|e| e == want), "no {want} event: {ev:?}");
+    }
     // Plugins are given by absolute path, as in DMTCP.
     let bad = tool("dmtcp_launch").args(["--with-plugin", "relative.so", "true"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(1));
