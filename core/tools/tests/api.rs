@@ -3,13 +3,20 @@
 mod common;
 use common::*;
 
+/// The header as installed next to the tools by the build.
+fn installed_include() -> std::path::PathBuf {
+    let inc = bin_dir().join("include");
+    assert!(inc.join("dmtcp.h").exists(), "dmtcp.h is not installed in {}", inc.display());
+    inc
+}
+
 fn build_example() -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("api-{}", std::process::id()));
     if !out.exists() {
         let st = std::process::Command::new("cc")
             .args(["-O1", "-Wall", "-Werror", "-I"])
-            .arg(root.join("include"))
+            .arg(installed_include())
             .arg("-o")
             .arg(&out)
             .arg(root.join("examples/api.c"))
@@ -74,7 +81,7 @@ fn plugin_receives_events_in_order() {
     let so = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("libplugin_events-{}.so", std::process::id()));
     let st = std::process::Command::new("cc")
         .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
-        .arg(root.join("include"))
+        .arg(installed_include())
         .arg("-o")
         .arg(&so)
         .arg(root.join("examples/plugin_events.c"))
@@ -122,7 +129,7 @@ fn plugins_exchange_new_ids_after_restart() {
     let so = tmp.join(format!("libplugin_exchange-{}.so", std::process::id()));
     let st = std::process::Command::new("cc")
         .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
-        .arg(root.join("include"))
+        .arg(installed_include())
         .arg("-o")
         .arg(&so)
         .arg(root.join("examples/plugin_exchange.c"))
@@ -186,8 +193,10 @@ fn python_module_across_restart() {
     assert!(st.success(), "python3 -m venv failed");
     let pip = venv.join("bin/pip");
     let quiet = ["install", "-q", "--disable-pip-version-check"];
-    let ok = std::process::Command::new(&pip).args(quiet).arg("--no-build-isolation").arg(root.join("python")).status().unwrap().success()
-        || std::process::Command::new(&pip).args(quiet).arg(root.join("python")).status().unwrap().success();
+    // As users do (pip fetches setuptools for the build); offline, fall back
+    // to the venv's own setuptools.
+    let ok = std::process::Command::new(&pip).args(quiet).arg(root.join("python")).status().unwrap().success()
+        || std::process::Command::new(&pip).args(quiet).arg("--no-build-isolation").arg(root.join("python")).status().unwrap().success();
     assert!(ok, "pip install ./python failed");
     let py = venv.join("bin/python");
     let script = root.join("python/example.py");
@@ -223,7 +232,7 @@ fn plugin_virtualizes_the_pid_across_restart() {
     let so = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("libplugin_vpid-{}.so", std::process::id()));
     let st = std::process::Command::new("cc")
         .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
-        .arg(root.join("include"))
+        .arg(installed_include())
         .arg("-o")
         .arg(&so)
         .arg(root.join("examples/plugin_vpid.c"))
@@ -232,8 +241,18 @@ fn plugin_virtualizes_the_pid_across_restart() {
         .unwrap();
     assert!(st.success(), "examples/plugin_vpid.c does not build");
     let prog = c_program("showpid");
-    let mut job = Job::new("vpid");
-    job.launch(&[prog.to_str().unwrap()], &["--with-plugin", so.to_str().unwrap()]);
+    // Without the plugin the restarted program sees its new kernel pid.
+    let mut plain = Job::new("vpid-plain");
+    plain.launch(&[prog.to_str().unwrap()], &[]);
+    let plain_pid = plain.proc.as_ref().unwrap().id();
+    plain.wait_for("step 3 ");
+    plain.checkpoint_and_kill();
+    plain.restart();
+    plain.wait_success();
+    assert!(plain.output().lines().any(|l| l.starts_with("step ") && !l.ends_with(&format!("pid={plain_pid}"))), "{}", plain.output());
+    // With it (loaded through DMTCP_PLUGIN this time), the launch pid stays.
+    let mut job = Job::new("vpid").env("DMTCP_PLUGIN", so.to_str().unwrap());
+    job.launch(&[prog.to_str().unwrap()], &[]);
     let launch_pid = job.proc.as_ref().unwrap().id();
     job.wait_for("step 3 ");
     job.checkpoint_and_kill();
@@ -258,7 +277,7 @@ fn plugin_reconnects_to_an_outside_server() {
     let prog = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("redis_counter-{}", std::process::id()));
     let st = std::process::Command::new("cc")
         .args(["-O1", "-Wall", "-Werror", "-I"])
-        .arg(root.join("include"))
+        .arg(installed_include())
         .arg("-o")
         .arg(&prog)
         .arg(root.join("examples/redis_counter.c"))
@@ -305,4 +324,19 @@ fn plugin_reconnects_to_an_outside_server() {
     assert_eq!(values.last().unwrap().to_string(), get(), "the server's counter and the program disagree");
     let errs = std::fs::read_to_string(job.dir.join("err.txt")).unwrap_or_default();
     assert!(!errs.contains("socket:"), "a socket to the outside was in the image: {errs}");
+}
+
+/// `--disable-file-plugin` really turns the file plugin off: the restarted
+/// program finds its files closed (and fails), where with it on it finishes.
+#[test]
+fn disabling_an_internal_plugin() {
+    let prog = c_program("filewriter");
+    let mut job = Job::new("nofile");
+    job.launch(&[prog.to_str().unwrap()], &["--disable-file-plugin"]);
+    job.wait_for("step 3\n");
+    job.checkpoint_and_kill();
+    job.restart();
+    let mut p = job.proc.take().unwrap();
+    let st = wait_timeout(&mut p, TIMEOUT).expect("restarted program hung");
+    assert!(!st.success(), "the program's files were restored although the file plugin was disabled");
 }
