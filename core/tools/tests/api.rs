@@ -10,21 +10,25 @@ fn installed_include() -> std::path::PathBuf {
     inc
 }
 
-fn build_example() -> std::path::PathBuf {
+/// Compile `examples/<file>` against the installed header into
+/// target/tmp (a shared library when `shared`).
+fn compile_example(file: &str, shared: bool) -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("api-{}", std::process::id()));
-    if !out.exists() {
-        let st = std::process::Command::new("cc")
-            .args(["-O1", "-Wall", "-Werror", "-I"])
-            .arg(installed_include())
-            .arg("-o")
-            .arg(&out)
-            .arg(root.join("examples/api.c"))
-            .status()
-            .unwrap();
-        assert!(st.success(), "examples/api.c does not compile against include/dmtcp.h");
+    let stem = file.trim_end_matches(".c");
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}{stem}-{}{}", if shared { "lib" } else { "" }, std::process::id(), if shared { ".so" } else { "" }));
+    let mut cc = std::process::Command::new("cc");
+    if shared {
+        cc.args(["-shared", "-fPIC"]);
     }
+    let st = cc.args(["-O1", "-Wall", "-Werror", "-I"]).arg(installed_include()).arg("-o").arg(&out).arg(root.join("examples").join(file)).arg("-ldl").status().unwrap();
+    assert!(st.success(), "examples/{file} does not compile against the installed dmtcp.h");
     out
+}
+
+fn build_example() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| compile_example("api.c", false)).clone()
 }
 
 #[test]
@@ -77,17 +81,7 @@ fn checkpoint_waits_for_a_disabled_section() {
 /// checkpoint, a kill and a restart.
 #[test]
 fn plugin_receives_events_in_order() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let so = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("libplugin_events-{}.so", std::process::id()));
-    let st = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
-        .arg(installed_include())
-        .arg("-o")
-        .arg(&so)
-        .arg(root.join("examples/plugin_events.c"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "examples/plugin_events.c does not build");
+    let so = compile_example("plugin_events.c", true);
     let prog = c_program("memcheck");
     let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("events-{}.txt", std::process::id()));
     let _ = std::fs::remove_file(&log);
@@ -124,18 +118,7 @@ fn plugin_receives_events_in_order() {
 /// coordinator's name service: publish, global barrier, query.
 #[test]
 fn plugins_exchange_new_ids_after_restart() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let so = tmp.join(format!("libplugin_exchange-{}.so", std::process::id()));
-    let st = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
-        .arg(installed_include())
-        .arg("-o")
-        .arg(&so)
-        .arg(root.join("examples/plugin_exchange.c"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "examples/plugin_exchange.c does not build");
+    let so = compile_example("plugin_exchange.c", true);
     let prog = c_program("memcheck");
     let job = Job::new("exchange");
     let log = job.dir.join("exchange");
@@ -228,18 +211,7 @@ fn python_module_across_restart() {
 /// the restarted process another one.
 #[test]
 fn plugin_virtualizes_the_pid_across_restart() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let so = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("libplugin_vpid-{}.so", std::process::id()));
-    let st = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
-        .arg(installed_include())
-        .arg("-o")
-        .arg(&so)
-        .arg(root.join("examples/plugin_vpid.c"))
-        .arg("-ldl")
-        .status()
-        .unwrap();
-    assert!(st.success(), "examples/plugin_vpid.c does not build");
+    let so = compile_example("plugin_vpid.c", true);
     let prog = c_program("showpid");
     // Without the plugin the restarted program sees its new kernel pid.
     let mut plain = Job::new("vpid-plain");
@@ -273,17 +245,7 @@ fn plugin_virtualizes_the_pid_across_restart() {
 /// the counter in the server stays consistent with what the program saw.
 #[test]
 fn plugin_reconnects_to_an_outside_server() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let prog = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("redis_counter-{}", std::process::id()));
-    let st = std::process::Command::new("cc")
-        .args(["-O1", "-Wall", "-Werror", "-I"])
-        .arg(installed_include())
-        .arg("-o")
-        .arg(&prog)
-        .arg(root.join("examples/redis_counter.c"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "examples/redis_counter.c does not build");
+    let prog = compile_example("redis_counter.c", false);
     let port = unused_port().to_string();
     let mut redis = std::process::Command::new("redis-server")
         .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
