@@ -129,6 +129,21 @@ pub struct Meta {
     pub coord_host: String,
     pub coord_port: u16,
     pub ckpt_dir: String,
+    /// The process's place in the job's tree when it was checkpointed.
+    #[serde(default)]
+    pub tree: Tree,
+}
+
+/// Parent, group, session and unreaped children of a process.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Tree {
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Thread ids (the main thread's is the pid).
+    pub tids: Vec<i32>,
+    /// Children that had exited but were not yet waited for: (pid, wait status).
+    pub zombies: Vec<(i32, i32)>,
 }
 
 /// What can be wrong with an image.
@@ -342,6 +357,7 @@ mod tests {
             coord_host: "localhost".into(),
             coord_port: 7779,
             ckpt_dir: ".".into(),
+            tree: Default::default(),
         }
     }
 

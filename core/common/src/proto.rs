@@ -86,7 +86,12 @@ pub enum FromCoord {
     /// Start a checkpoint of the given generation.
     DoCheckpoint { generation: u32, ckpt_dir: Option<String>, num_peers: u32 },
     /// Every participant reached the barrier.
-    BarrierDone { name: String },
+    BarrierDone {
+        name: String,
+        /// How many processes took part (the final count of a checkpoint round).
+        #[serde(default)]
+        count: u32,
+    },
     /// Exit now.
     Kill,
     /// Answer to a `Command`.
@@ -139,7 +144,7 @@ mod tests {
     fn messages_round_trip() {
         let mut buf = Vec::new();
         send(&mut buf, &ToCoord::Command { cmd: Cmd::Interval(5) }).unwrap();
-        send(&mut buf, &FromCoord::BarrierDone { name: "suspended".into() }).unwrap();
+        send(&mut buf, &FromCoord::BarrierDone { name: "suspended".into(), count: 2 }).unwrap();
         let mut r = std::io::BufReader::new(&buf[..]);
         match recv::<_, ToCoord>(&mut r).unwrap() {
             Some(ToCoord::Command { cmd: Cmd::Interval(5) }) => {}

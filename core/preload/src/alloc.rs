@@ -6,9 +6,9 @@
 //! mapping made once, so memory allocated after the memory plan is taken is
 //! still inside a planned area (and freed memory is never unmapped).
 
+use crate::flock::FLock;
 use core::sync::atomic::{AtomicUsize, Ordering::*};
 use std::alloc::{GlobalAlloc, Layout};
-use std::sync::Mutex;
 
 /// Arena sizes to try (NORESERVE: untouched pages cost nothing).
 const ARENA_SIZES: [usize; 3] = [1 << 30, 256 << 20, 64 << 20];
@@ -73,20 +73,20 @@ unsafe impl dlmalloc::Allocator for ArenaSys {
     }
 }
 
-/// The global allocator of the library.
-pub struct Heap(Mutex<dlmalloc::Dlmalloc<ArenaSys>>);
+/// The global allocator of the library: dlmalloc behind a lock that the
+/// fork handlers hold across `fork`.
+pub struct Heap(pub FLock<dlmalloc::Dlmalloc<ArenaSys>>);
 
 impl Heap {
     pub const fn new() -> Heap {
-        Heap(Mutex::new(dlmalloc::Dlmalloc::new_with_allocator(ArenaSys)))
+        Heap(FLock::new(dlmalloc::Dlmalloc::new_with_allocator(ArenaSys)))
     }
     fn with<R>(&self, f: impl FnOnce(&mut dlmalloc::Dlmalloc<ArenaSys>) -> R) -> R {
-        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut g)
+        self.0.with(f)
     }
 }
 
-// SAFETY: every call is serialised by the mutex and forwarded to dlmalloc
+// SAFETY: every call is serialised by the lock and forwarded to dlmalloc
 // with the layout the caller gave.
 unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {

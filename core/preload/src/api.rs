@@ -88,6 +88,14 @@ pub fn open_wake_fd() {
     }
 }
 
+/// In a forked child: no disabled sections, no checkpoint under way (the
+/// parent's threads, which held them, do not exist here).
+pub fn reset_after_fork() {
+    DISABLE.store(0, SeqCst);
+    PENDING.store(0, SeqCst);
+    DEPTH.with(|d| d.set(0));
+}
+
 /// Drain the eventfd; true if a program asked for a checkpoint.
 pub fn take_request() -> bool {
     let mut v: u64 = 0;

@@ -63,17 +63,20 @@ core::arch::global_asm!(
     ".globl dmtcp_jump_context",
     ".type dmtcp_jump_context,@function",
     "dmtcp_jump_context:",
-    "ldmxcsr [rdi+64]",
-    "fldcw [rdi+68]",
-    "mov rbx, [rdi]",
-    "mov rbp, [rdi+8]",
-    "mov r12, [rdi+16]",
-    "mov r13, [rdi+24]",
-    "mov r14, [rdi+32]",
-    "mov r15, [rdi+40]",
-    "mov rsp, [rdi+48]",
+    "mov r9, rdi",
+    // Shared tail: resume the context at r9 (also the new thread's path below).
+    "dmtcp_resume_r9:",
+    "ldmxcsr [r9+64]",
+    "fldcw [r9+68]",
+    "mov rbx, [r9]",
+    "mov rbp, [r9+8]",
+    "mov r12, [r9+16]",
+    "mov r13, [r9+24]",
+    "mov r14, [r9+32]",
+    "mov r15, [r9+40]",
+    "mov rsp, [r9+48]",
     "mov eax, 1",
-    "jmp qword ptr [rdi+56]",
+    "jmp qword ptr [r9+56]",
     ".size dmtcp_jump_context, .-dmtcp_jump_context",
     // i64 dmtcp_clone_into(u64 flags, u64 tls, int *tidptr, const Ctx *ctx)
     // Parent: returns the child's tid or -errno. Child: resumes ctx.
@@ -87,26 +90,28 @@ core::arch::global_asm!(
     "mov eax, 56",
     "syscall",
     "test rax, rax",
-    "jnz 2f",
-    "ldmxcsr [r9+64]",
-    "fldcw [r9+68]",
-    "mov rbx, [r9]",
-    "mov rbp, [r9+8]",
-    "mov r12, [r9+16]",
-    "mov r13, [r9+24]",
-    "mov r14, [r9+32]",
-    "mov r15, [r9+40]",
-    "mov eax, 1",
-    "jmp qword ptr [r9+56]",
-    "2:",
+    "jz dmtcp_resume_r9",
     "ret",
     ".size dmtcp_clone_into, .-dmtcp_clone_into",
+    // i64 dmtcp_clone3_into(const CloneArgs *args, u64 size, const Ctx *ctx)
+    // Parent: returns the child's tid or -errno. Child: resumes ctx.
+    ".globl dmtcp_clone3_into",
+    ".type dmtcp_clone3_into,@function",
+    "dmtcp_clone3_into:",
+    "mov r9, rdx",
+    "mov eax, 435",
+    "syscall",
+    "test rax, rax",
+    "jz dmtcp_resume_r9",
+    "ret",
+    ".size dmtcp_clone3_into, .-dmtcp_clone3_into",
 );
 
 extern "C" {
     fn dmtcp_save_and_call(ctx: *mut Ctx, f: extern "C" fn(*mut core::ffi::c_void) -> u64, arg: *mut core::ffi::c_void) -> u64;
     fn dmtcp_jump_context(ctx: *const Ctx) -> !;
     fn dmtcp_clone_into(flags: u64, tls: u64, tidptr: *mut i32, ctx: *const Ctx) -> i64;
+    fn dmtcp_clone3_into(args: *const dmtcp_sys::restore::CloneArgs, size: usize, ctx: *const Ctx) -> i64;
 }
 
 /// Save the calling thread's context into `ctx`, then run `f(arg)`.
@@ -140,3 +145,53 @@ pub unsafe fn clone_into(flags: u64, tls: u64, tidptr: *mut i32, ctx: *const Ctx
     // SAFETY: forwarded contract.
     unsafe { dmtcp_clone_into(flags, tls, tidptr, ctx) }
 }
+
+/// Create a thread with clone3 (`args` may ask for a given tid) that
+/// resumes `ctx`. The kernel starts it on the stack `args` gives, which must
+/// end at `ctx`'s stack pointer.
+///
+/// # Safety
+/// As for [`clone_into`]; `args` must describe a thread of this process.
+pub unsafe fn clone3_into(args: &dmtcp_sys::restore::CloneArgs, ctx: *const Ctx) -> i64 {
+    // SAFETY: forwarded contract; the assembly follows the C ABI.
+    unsafe { dmtcp_clone3_into(args, core::mem::size_of::<dmtcp_sys::restore::CloneArgs>(), ctx) }
+}
+
+/// The variadic exec calls (execl, execlp, execle): glibc implements them
+/// with internal calls the library cannot see, so they are defined here.
+/// Each spills its five register arguments after `path` next to each other
+/// and passes them, with the address of the arguments on the caller's
+/// stack, to [`crate::exec_list`], which collects the NULL-terminated list
+/// (x86-64 passes variadic pointers like fixed ones).
+macro_rules! exec_list_fn {
+    ($name:ident, $kind:literal) => {
+        /// A variadic exec call: see [`exec_list_fn`].
+        ///
+        /// # Safety
+        /// The contract of the C function of this name.
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub unsafe extern "C" fn $name() {
+            core::arch::naked_asm!(
+                "push rbp",
+                "mov rbp, rsp",
+                "sub rsp, 48",
+                "mov [rsp], rsi",
+                "mov [rsp+8], rdx",
+                "mov [rsp+16], rcx",
+                "mov [rsp+24], r8",
+                "mov [rsp+32], r9",
+                "mov rsi, rsp",
+                "lea rdx, [rbp+16]",
+                concat!("mov ecx, ", $kind),
+                "call {imp}",
+                "leave",
+                "ret",
+                imp = sym crate::exec_list,
+            )
+        }
+    };
+}
+exec_list_fn!(execl, 0);
+exec_list_fn!(execlp, 1);
+exec_list_fn!(execle, 2);

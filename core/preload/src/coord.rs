@@ -81,16 +81,16 @@ impl Coord {
 
 /// The connection, shared by the checkpoint thread and the plugin hooks it
 /// runs (never used by user threads).
-static LINK: std::sync::Mutex<Option<Coord>> = std::sync::Mutex::new(None);
+pub static LINK: crate::flock::FLock<Option<Coord>> = crate::flock::FLock::new(None);
 
 /// Install the connection (start-up).
 pub fn install(c: Coord) {
-    *LINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+    LINK.with(|l| *l = Some(c));
 }
 
 /// Use the connection; None before it is installed.
 pub fn with<R>(f: impl FnOnce(&mut Coord) -> R) -> Option<R> {
-    LINK.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map(f)
+    LINK.with(|l| l.as_mut().map(f))
 }
 
 /// Send a message (false if there is no connection or it failed).
@@ -105,13 +105,19 @@ pub fn recv() -> std::io::Result<Option<FromCoord>> {
 
 /// Reach the named barrier and wait for every participant; Kill ends the
 /// process. False if the coordinator is gone.
+/// How many processes took part in the last barrier (0 if not told).
+pub static LAST_COUNT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
 pub fn barrier(name: &str) -> bool {
     if !send(&ToCoord::Barrier { name: name.into() }) {
         return false;
     }
     loop {
         match recv() {
-            Ok(Some(FromCoord::BarrierDone { name: n })) if n == name => return true,
+            Ok(Some(FromCoord::BarrierDone { name: n, count })) if n == name => {
+                LAST_COUNT.store(count, core::sync::atomic::Ordering::SeqCst);
+                return true;
+            }
             Ok(Some(FromCoord::Kill)) => dmtcp_sys::exit_group(0),
             Ok(Some(_)) => {}
             _ => return false,

@@ -17,12 +17,15 @@ mod alloc;
 mod api;
 mod arch;
 mod coord;
+mod flock;
 mod log;
 mod memory;
 mod plugin;
 mod procstate;
+mod proctree;
 mod sigwrap;
 mod threads;
+mod timers;
 mod writer;
 
 use core::cell::UnsafeCell;
@@ -70,6 +73,7 @@ pub(crate) fn is_enabled() -> bool {
 }
 
 /// Settings read from the environment dmtcp_launch prepared.
+#[derive(Clone)]
 struct Config {
     host: String,
     port: u16,
@@ -131,6 +135,11 @@ fn exe_name() -> String {
 extern "C" fn dmtcp_init() {
     // Our own tools are never checkpointed, even when a checkpointed program runs them.
     if exe_name().starts_with("dmtcp_") {
+        if take_inherited_coord().is_some() {
+            // SAFETY: the connection of the program this tool replaced: closing it
+            // tells the coordinator that process is gone.
+            unsafe { libc::close(coord::COORD_FD) };
+        }
         return;
     }
     let cfg = Config::from_env();
@@ -152,56 +161,34 @@ extern "C" fn dmtcp_init() {
         log::error(format_args!("cannot reserve the restorer window; this process will not be checkpointed"));
         return;
     }
-    let stream = match std::net::TcpStream::connect((cfg.host.as_str(), cfg.port)) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error(format_args!("Coordinator not found at {}:{} ({e}); exiting", cfg.host, cfg.port));
-            // DMTCP's behaviour: a process that cannot reach its coordinator does not run unprotected.
-            std::process::exit(1);
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let mut coord = coord::Coord::adopt(stream.into_raw_fd());
+    let inherited = take_inherited_coord();
     let argv = program_argv();
     let program = argv
         .first()
         .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(exe_name);
-    let pid = std::process::id() as i32;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    // SAFETY: gethostid has no preconditions.
-    let hostid = unsafe { libc::gethostid() } as u32;
-    let uniq_id = format!("{hostid:x}-{pid}-{now:x}");
-    let hello = ToCoord::Hello {
-        role: Role::Worker,
-        pid,
-        hostname: dmtcp_common::hostname(),
-        program: program.clone(),
-        uniq_id: uniq_id.clone(),
-        restarting: false,
-        comp_id: None,
-        generation: 0,
-        num_peers: 0,
-    };
-    let (comp_id, generation) = match coord.send(&hello).and_then(|_| coord.recv()) {
-        Ok(Some(FromCoord::Welcome { comp_id, generation, .. })) => (comp_id, generation),
-        Ok(Some(FromCoord::Refused { reason })) => {
-            log::error(format_args!("the coordinator refused this process: {reason}"));
-            std::process::exit(1);
-        }
-        other => {
-            log::error(format_args!("no welcome from the coordinator ({other:?}); exiting"));
+    let ident = Ident { cfg, program, argv, comp_id: String::new() };
+    let (coord, comp_id, generation) = match join_coordinator(&ident, inherited) {
+        Ok(j) => j,
+        Err(m) => {
+            log::error(format_args!("{m}; exiting"));
+            // DMTCP's behaviour: a process that cannot reach its coordinator does not run unprotected.
             std::process::exit(1);
         }
     };
-    if let Err(e) = threads::install_handler(cfg.signal) {
+    let ident = Ident { comp_id, ..ident };
+    if let Err(e) = threads::install_handler(ident.cfg.signal) {
         log::error(format_args!("cannot install the checkpoint signal handler: {e}"));
         std::process::exit(1);
     }
     plugin::init(
-        vec![Box::new(procstate::ProcessPlugin::new()), Box::new(procstate::FilePlugin::new())],
-        &cfg.disabled,
+        vec![
+            Box::new(procstate::ProcessPlugin::new()),
+            Box::new(procstate::FilePlugin::new()),
+            Box::new(timers::TimerPlugin::new()),
+        ],
+        &ident.cfg.disabled,
     );
     plugin::run(plugin::Event::Init);
     if std::env::var_os(EXEC_MARK).is_some() {
@@ -210,14 +197,97 @@ extern "C" fn dmtcp_init() {
     }
     // SAFETY: registering fork and exit handlers with no preconditions.
     unsafe {
-        libc::pthread_atfork(None, Some(after_fork_parent), Some(after_fork_child));
+        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
         libc::atexit(at_exit);
     }
     coord::install(coord);
-    writer::start(cfg.writers);
-    api::set_dir(&cfg.ckpt_dir.display().to_string());
-    api::set_coordinator(&cfg.host, cfg.port);
+    writer::start(ident.cfg.writers);
+    api::set_dir(&ident.cfg.ckpt_dir.display().to_string());
+    api::set_coordinator(&ident.cfg.host, ident.cfg.port);
     api::open_wake_fd();
+    MY_PID.store(dmtcp_sys::getpid(), SeqCst);
+    if start_ckpt_thread(ident, generation) {
+        ENABLED.store(true, SeqCst);
+        LOADED.store(true, SeqCst);
+    }
+}
+
+/// Who this process is, for the coordinator (kept for forked children).
+#[derive(Clone)]
+struct Ident {
+    cfg: Config,
+    program: String,
+    argv: Vec<String>,
+    comp_id: String,
+}
+
+static IDENT: flock::FLock<Option<Ident>> = flock::FLock::new(None);
+
+/// Environment variable naming the pid that exec'd with its coordinator
+/// connection left open, for the new program to carry on with it.
+const INHERIT_VAR: &str = "DMTCP_COORD_INHERIT";
+
+/// The coordinator connection our own exec left open, if this is that process.
+fn take_inherited_coord() -> Option<i32> {
+    let v = std::env::var(INHERIT_VAR).ok()?;
+    std::env::remove_var(INHERIT_VAR);
+    if v.parse::<i32>().ok()? != dmtcp_sys::getpid() {
+        return None;
+    }
+    // SAFETY: fstat into a zeroed struct.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: fstat on a fixed fd number; fails cleanly if it is closed.
+    let ok = unsafe { libc::fstat(coord::COORD_FD, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+    ok.then_some(coord::COORD_FD)
+}
+
+/// Connect (or carry on with `inherited`) and say hello; (link, comp_id, generation).
+fn join_coordinator(id: &Ident, inherited: Option<i32>) -> Result<(coord::Coord, String, u32), String> {
+    let fd = match inherited {
+        Some(fd) => fd,
+        None => {
+            let stream = std::net::TcpStream::connect((id.cfg.host.as_str(), id.cfg.port))
+                .map_err(|e| format!("Coordinator not found at {}:{} ({e})", id.cfg.host, id.cfg.port))?;
+            let _ = stream.set_nodelay(true);
+            stream.into_raw_fd()
+        }
+    };
+    let mut coord = coord::Coord::adopt(fd);
+    let pid = dmtcp_sys::getpid();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    // SAFETY: gethostid has no preconditions.
+    let hostid = unsafe { libc::gethostid() } as u32;
+    let uniq_id = format!("{hostid:x}-{pid}-{:x}", (now / 1_000_000) as u64);
+    UNIQ.with(|u| *u = uniq_id.clone());
+    let hello = ToCoord::Hello {
+        role: Role::Worker,
+        pid,
+        hostname: dmtcp_common::hostname(),
+        program: id.program.clone(),
+        uniq_id,
+        restarting: false,
+        comp_id: (!id.comp_id.is_empty()).then(|| id.comp_id.clone()),
+        generation: 0,
+        num_peers: 0,
+    };
+    coord.send(&hello).map_err(|e| format!("cannot talk to the coordinator: {e}"))?;
+    loop {
+        match coord.recv() {
+            Ok(Some(FromCoord::Welcome { comp_id, generation, .. })) => return Ok((coord, comp_id, generation)),
+            Ok(Some(FromCoord::Refused { reason })) => return Err(format!("the coordinator refused this process: {reason}")),
+            // What the program we replaced left unread on an inherited connection.
+            Ok(Some(_)) if inherited.is_some() => continue,
+            other => return Err(format!("no welcome from the coordinator ({other:?})")),
+        }
+    }
+}
+
+static UNIQ: flock::FLock<String> = flock::FLock::new(String::new());
+
+/// Start the checkpoint thread; false if it could not be started.
+fn start_ckpt_thread(ident: Ident, generation: u32) -> bool {
+    IDENT.with(|i| *i = Some(ident.clone()));
+    let uniq_id = UNIQ.with(|u| u.clone());
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new().name("dmtcp:ckpt".into()).stack_size(1 << 20).spawn(move || {
         threads::block_all_signals();
@@ -225,6 +295,7 @@ extern "C" fn dmtcp_init() {
         threads::record_own_stack(slot);
         let _ = tx.send(());
         drop(tx);
+        let Ident { cfg, program, argv, comp_id } = ident;
         let mut ctl = Ctl { cfg, program, argv, uniq_id, comp_id, generation, num_peers: 1, slot };
         ctl.run();
     });
@@ -232,36 +303,128 @@ extern "C" fn dmtcp_init() {
         Ok(h) => {
             let _ = rx.recv();
             std::mem::forget(h);
-            ENABLED.store(true, SeqCst);
-            LOADED.store(true, SeqCst);
+            true
         }
-        Err(e) => log::error(format_args!("cannot start the checkpoint thread: {e}")),
+        Err(e) => {
+            log::error(format_args!("cannot start the checkpoint thread: {e}"));
+            false
+        }
+    }
+}
+
+/// Pipe on which a forked child tells its parent it has joined the
+/// coordinator (read end, write end), at fixed protected numbers.
+const FORK_PIPE: (i32, i32) = (procstate::PROTECTED_FD_BASE + 6, procstate::PROTECTED_FD_BASE + 7);
+/// The pid this library was set up for (differs from getpid() in a vfork child).
+static MY_PID: AtomicI32 = AtomicI32::new(0);
+/// Set by the prepare handler when the fork is under checkpoint control.
+static FORKING: AtomicBool = AtomicBool::new(false);
+
+/// Before `fork`: no checkpoint may start until the child has joined (so
+/// no image shows the fork without the child), and the library's locks are
+/// held so the child inherits its state whole.
+extern "C" fn fork_prepare() {
+    let on = ENABLED.load(SeqCst);
+    FORKING.store(on, SeqCst);
+    if on {
+        api::dmtcp_disable_ckpt();
+        let mut p = [0i32; 2];
+        // SAFETY: a pipe moved to our protected fd numbers.
+        unsafe {
+            if libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) == 0 {
+                libc::dup3(p[0], FORK_PIPE.0, libc::O_CLOEXEC);
+                libc::dup3(p[1], FORK_PIPE.1, libc::O_CLOEXEC);
+                libc::close(p[0]);
+                libc::close(p[1]);
+            }
+        }
+    }
+    IDENT.fork_prepare();
+    UNIQ.fork_prepare();
+    memory::EXCLUDED.fork_prepare();
+    coord::LINK.fork_prepare();
+    GLOBAL.0.fork_prepare();
+}
+
+extern "C" fn fork_parent() {
+    GLOBAL.0.fork_parent();
+    coord::LINK.fork_parent();
+    memory::EXCLUDED.fork_parent();
+    UNIQ.fork_parent();
+    IDENT.fork_parent();
+    if FORKING.swap(false, SeqCst) {
+        let mut b = 0u8;
+        // SAFETY: our pipe: wait until the child joined (a byte) or is gone (EOF).
+        unsafe {
+            libc::close(FORK_PIPE.1);
+            while libc::read(FORK_PIPE.0, &mut b as *mut u8 as *mut libc::c_void, 1) < 0
+                && *libc::__errno_location() == libc::EINTR
+            {}
+            libc::close(FORK_PIPE.0);
+        }
+        api::dmtcp_enable_ckpt();
+    }
+    if ENABLED.load(SeqCst) {
+        plugin::run_user(plugin::Event::AtforkParent);
+    }
+}
+
+/// In the child: it has no checkpoint thread, no writers and a copy of its
+/// parent's coordinator connection. It joins the computation as a process
+/// of its own, then lets the parent go on.
+extern "C" fn fork_child() {
+    GLOBAL.0.fork_child();
+    coord::LINK.fork_child();
+    memory::EXCLUDED.fork_child();
+    UNIQ.fork_child();
+    IDENT.fork_child();
+    let forking = FORKING.swap(false, SeqCst);
+    if !ENABLED.swap(false, SeqCst) {
+        return;
+    }
+    MY_PID.store(dmtcp_sys::getpid(), SeqCst);
+    threads::reset_after_fork();
+    api::reset_after_fork();
+    // SAFETY: closing the child's copies of the parent's fds.
+    unsafe {
+        libc::close(coord::COORD_FD);
+        libc::close(api::WAKE_FD_NUM);
+        libc::close(FORK_PIPE.0);
+    }
+    let notify = || {
+        if forking {
+            // SAFETY: one byte to the parent, then our end is closed.
+            unsafe {
+                libc::write(FORK_PIPE.1, b"j".as_ptr() as *const libc::c_void, 1);
+                libc::close(FORK_PIPE.1);
+            }
+        }
+    };
+    let Some(ident) = IDENT.with(|i| i.clone()) else {
+        notify();
+        return;
+    };
+    let (coord, generation) = match join_coordinator(&ident, None) {
+        Ok((c, _, g)) => (c, g),
+        Err(m) => {
+            notify();
+            log::warn(format_args!("forked child runs without checkpointing: {m}"));
+            return;
+        }
+    };
+    notify();
+    coord::install(coord);
+    api::open_wake_fd();
+    writer::respawn();
+    if start_ckpt_thread(ident, generation) {
+        ENABLED.store(true, SeqCst);
+        plugin::run_user(plugin::Event::AtforkChild);
     }
 }
 
 extern "C" fn at_exit() {
     if ENABLED.load(SeqCst) {
         plugin::run(plugin::Event::Exit);
-    }
-}
-
-extern "C" fn after_fork_parent() {
-    if ENABLED.load(SeqCst) {
-        plugin::run_user(plugin::Event::AtforkParent);
-    }
-}
-
-extern "C" fn after_fork_child() {
-    if ENABLED.load(SeqCst) {
-        plugin::run_user(plugin::Event::AtforkChild);
-    }
-    // The child has no checkpoint thread; keep it off the parent's connection.
-    if ENABLED.swap(false, SeqCst) {
-        // SAFETY: closing the copies of our fds in the child.
-        unsafe {
-            libc::close(coord::COORD_FD);
-            libc::close(api::WAKE_FD_NUM);
-        }
     }
 }
 
@@ -322,6 +485,12 @@ impl Ctl {
             threads::resume_all();
             return;
         }
+        // Who really took part: processes that joined the round late (forked
+        // children) count, processes that exited before suspending do not.
+        let n = coord::LAST_COUNT.load(SeqCst);
+        if n > 0 {
+            self.num_peers = n;
+        }
         plugin::run(plugin::Event::PreCheckpoint);
         OLD_PID.store(dmtcp_sys::getpid(), SeqCst);
         let mut planned = memory::plan();
@@ -364,6 +533,7 @@ impl Ctl {
             coord_host: self.cfg.host.clone(),
             coord_port: self.cfg.port,
             ckpt_dir: dir.display().to_string(),
+            tree: proctree::capture(threads::slot_tids()),
         };
         match writer::write_image(&dir, &name, &plan, &mut meta, self.cfg.gzip, self.slot) {
             writer::Outcome::Written { path, bytes } => {
@@ -434,6 +604,13 @@ impl Ctl {
         }
         api::open_wake_fd();
         api::set_coordinator(&self.cfg.host, self.cfg.port);
+        MY_PID.store(dmtcp_sys::getpid(), SeqCst);
+        let cfg = self.cfg.clone();
+        IDENT.with(|i| {
+            if let Some(i) = i.as_mut() {
+                i.cfg = cfg;
+            }
+        });
         plugin::run(plugin::Event::Restart);
         self.barrier("restarted");
         api::end_checkpoint(true, true, self.generation);
@@ -447,15 +624,63 @@ const EXEC_MARK: &str = "DMTCP_EXEC_MARK";
 
 type ExecveFn = unsafe extern "C" fn(*const libc::c_char, *const *const libc::c_char, *const *const libc::c_char) -> libc::c_int;
 
-/// Run the pre-exec event; for exec calls that pass on `environ`, mark it
-/// for the post-exec event.
-fn before_exec(mark_environ: bool) {
-    if LOADED.load(SeqCst) {
-        plugin::run_user(plugin::Event::PreExec);
-        if mark_environ {
-            // SAFETY: setenv on the program's environment, as the program could do itself.
-            unsafe { libc::setenv(c"DMTCP_EXEC_MARK".as_ptr(), c"1".as_ptr(), 1) };
+/// Before an exec: run the pre-exec event, hold checkpoints off, and leave
+/// the coordinator connection open for the new program (it carries on as
+/// the same process of the computation). For exec calls that pass on
+/// `environ`, mark it for the post-exec event and the connection.
+fn before_exec(mark_environ: bool) -> bool {
+    if !LOADED.load(SeqCst) {
+        return false;
+    }
+    plugin::run_user(plugin::Event::PreExec);
+    // A vfork child shares our memory but not our connection: it must not
+    // touch either.
+    let on = ENABLED.load(SeqCst) && MY_PID.load(SeqCst) == dmtcp_sys::getpid();
+    if on {
+        api::dmtcp_disable_ckpt();
+        // SAFETY: clearing close-on-exec on our own connection.
+        unsafe { libc::fcntl(coord::COORD_FD, libc::F_SETFD, 0) };
+    }
+    if mark_environ {
+        let pid = inherit_value();
+        // SAFETY: setenv on the program's environment, as the program could do itself.
+        unsafe {
+            libc::setenv(c"DMTCP_EXEC_MARK".as_ptr(), c"1".as_ptr(), 1);
+            if on {
+                libc::setenv(c"DMTCP_COORD_INHERIT".as_ptr(), pid.as_ptr() as *const libc::c_char, 1);
+            }
         }
+    }
+    on
+}
+
+/// This process's pid as a NUL-terminated decimal string.
+fn inherit_value() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    let mut n = dmtcp_sys::getpid() as u32;
+    let mut digits = [0u8; 10];
+    let mut k = 0;
+    loop {
+        digits[k] = b'0' + (n % 10) as u8;
+        k += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..k {
+        b[i] = digits[k - 1 - i];
+    }
+    b
+}
+
+/// The exec failed: the process goes on as it was.
+fn exec_failed(was_on: bool) {
+    if was_on {
+        // SAFETY: restoring close-on-exec on our connection.
+        unsafe { libc::fcntl(coord::COORD_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+        std::env::remove_var(INHERIT_VAR);
+        api::dmtcp_enable_ckpt();
     }
 }
 
@@ -472,10 +697,12 @@ fn next_fn(name: &core::ffi::CStr) -> *mut libc::c_void {
 /// The `execv(3)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn execv(path: *const libc::c_char, argv: *const *const libc::c_char) -> libc::c_int {
-    before_exec(true);
+    let on = before_exec(true);
     let f = next_fn(c"execv");
     // SAFETY: libc's execv, forwarded contract.
-    unsafe { core::mem::transmute::<*mut libc::c_void, ExecvFn>(f)(path, argv) }
+    let r = unsafe { core::mem::transmute::<*mut libc::c_void, ExecvFn>(f)(path, argv) };
+    exec_failed(on);
+    r
 }
 
 /// `execvp` with the pre-/post-exec events.
@@ -484,10 +711,12 @@ pub unsafe extern "C" fn execv(path: *const libc::c_char, argv: *const *const li
 /// The `execvp(3)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn execvp(file: *const libc::c_char, argv: *const *const libc::c_char) -> libc::c_int {
-    before_exec(true);
+    let on = before_exec(true);
     let f = next_fn(c"execvp");
     // SAFETY: libc's execvp, forwarded contract.
-    unsafe { core::mem::transmute::<*mut libc::c_void, ExecvFn>(f)(file, argv) }
+    let r = unsafe { core::mem::transmute::<*mut libc::c_void, ExecvFn>(f)(file, argv) };
+    exec_failed(on);
+    r
 }
 
 fn next_execve() -> Option<ExecveFn> {
@@ -504,29 +733,118 @@ fn next_execve() -> Option<ExecveFn> {
 /// The `execve(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn execve(path: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> libc::c_int {
-    before_exec(false);
     let Some(real) = next_execve() else { return -1 };
-    if !LOADED.load(SeqCst) || envp.is_null() {
-        // SAFETY: forwarded contract.
-        return unsafe { real(path, argv, envp) };
+    // SAFETY: forwarded contract.
+    unsafe { exec_with_env(envp, |env| real(path, argv, env)) }
+}
+
+/// `execvpe` (glibc's reaches execve internally, out of our sight).
+///
+/// # Safety
+/// The `execvpe(3)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(file: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> libc::c_int {
+    let f = next_fn(c"execvpe");
+    if f.is_null() {
+        return -1;
     }
-    // Copy the environment with the marker added (inside a disabled section:
-    // this allocates in the library's heap).
+    // SAFETY: execvpe has execve's signature.
+    let real = unsafe { core::mem::transmute::<*mut libc::c_void, ExecveFn>(f) };
+    // SAFETY: forwarded contract.
+    unsafe { exec_with_env(envp, |env| real(file, argv, env)) }
+}
+
+/// Run an exec call that takes an environment: hold checkpoints off, copy
+/// the environment with our markers, and undo all that if it fails.
+///
+/// # Safety
+/// `envp` is null or a null-terminated array of C strings; `exec` is an
+/// exec call taking such an array.
+unsafe fn exec_with_env(envp: *const *const libc::c_char, exec: impl Fn(*const *const libc::c_char) -> libc::c_int) -> libc::c_int {
+    if !LOADED.load(SeqCst) || envp.is_null() {
+        return exec(envp);
+    }
+    let mut on = before_exec(false);
+    // Copy the environment with the markers added (inside a disabled
+    // section: this allocates in the library's heap).
     api::dmtcp_disable_ckpt();
     let mut env: Vec<*const libc::c_char> = Vec::new();
+    let mut preloaded = false;
     let mut i = 0;
-    // SAFETY: envp is a null-terminated array (execve contract).
+    // SAFETY: envp is a null-terminated array (exec contract).
     unsafe {
         while !(*envp.add(i)).is_null() {
-            env.push(*envp.add(i));
+            let e = *envp.add(i);
+            let bytes = core::ffi::CStr::from_ptr(e).to_bytes();
             i += 1;
+            if bytes.starts_with(INHERIT_VAR.as_bytes()) {
+                continue;
+            }
+            preloaded |= bytes.starts_with(b"LD_PRELOAD=") && bytes.windows(9).any(|w| w == b"libdmtcp.");
+            env.push(e);
         }
     }
+    if on && !preloaded {
+        // The new program will not be checkpointed: let the connection close.
+        // SAFETY: restoring close-on-exec on our connection.
+        unsafe { libc::fcntl(coord::COORD_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+        api::dmtcp_enable_ckpt();
+        on = false;
+    }
+    let var = std::ffi::CString::new(format!("{INHERIT_VAR}={}", dmtcp_sys::getpid())).unwrap_or_default();
     env.push(c"DMTCP_EXEC_MARK=1".as_ptr());
+    if on {
+        env.push(var.as_ptr());
+    }
     env.push(core::ptr::null());
     api::dmtcp_enable_ckpt();
-    // SAFETY: forwarded contract with our copy of the environment.
-    unsafe { real(path, argv, env.as_ptr()) }
+    let r = exec(env.as_ptr());
+    exec_failed(on);
+    r
+}
+
+/// Most arguments a variadic exec call may pass.
+const EXEC_LIST_MAX: usize = 4096;
+
+/// Body of execl (kind 0), execlp (1) and execle (2): `regs` holds the
+/// first five list entries, `stack` the rest (see `arch`).
+///
+/// # Safety
+/// Called only by the assembly in `arch` with the caller's arguments.
+pub(crate) unsafe extern "C" fn exec_list(path: *const libc::c_char, regs: *const *const libc::c_char, stack: *const *const libc::c_char, kind: u32) -> libc::c_int {
+    let arg = |i: usize| -> *const libc::c_char {
+        // SAFETY: the caller passed at least i+1 list entries (the list is
+        // NULL-terminated and we stop at the NULL).
+        unsafe {
+            if i < 5 {
+                *regs.add(i)
+            } else {
+                *stack.add(i - 5)
+            }
+        }
+    };
+    let mut argv = [core::ptr::null::<libc::c_char>(); EXEC_LIST_MAX];
+    let mut n = 0;
+    loop {
+        if n == EXEC_LIST_MAX {
+            // SAFETY: setting errno.
+            unsafe { *libc::__errno_location() = libc::E2BIG };
+            return -1;
+        }
+        argv[n] = arg(n);
+        if argv[n].is_null() {
+            break;
+        }
+        n += 1;
+    }
+    // SAFETY: forwarding to our wrappers with a NULL-terminated argv.
+    unsafe {
+        match kind {
+            0 => execv(path, argv.as_ptr()),
+            1 => execvp(path, argv.as_ptr()),
+            _ => execve(path, argv.as_ptr(), arg(n + 1) as *const *const libc::c_char),
+        }
+    }
 }
 
 fn entry_fail(msg: &[u8]) -> ! {
@@ -607,9 +925,32 @@ pub unsafe extern "C" fn dmtcp_restart_entry(args: *const RestartArgs) -> ! {
         if tid_addr != 0 {
             flags |= (nr::CLONE_PARENT_SETTID | nr::CLONE_CHILD_CLEARTID) as u64;
         }
-        // SAFETY: the slot's context was saved by save_and_call in this very
-        // address space (now restored), its stack and TLS are mapped again.
-        let r = unsafe { arch::clone_into(flags, slot.fs.load(SeqCst), tid_addr as *mut i32, slot.ctx.get()) };
+        let mut r = -1;
+        if a.flags & dmtcp_sys::restore::RESTART_SET_TID != 0 {
+            // In a fresh pid namespace: ask for the thread's old tid.
+            let want: i32 = slot.tid.load(SeqCst);
+            // SAFETY: reading the saved stack pointer of the slot's context.
+            let sp = unsafe { (*slot.ctx.get()).rsp };
+            let ca = dmtcp_sys::restore::CloneArgs {
+                flags,
+                child_tid: tid_addr,
+                parent_tid: tid_addr,
+                stack: sp - 256,
+                stack_size: 256,
+                tls: slot.fs.load(SeqCst),
+                set_tid: &want as *const i32 as u64,
+                set_tid_size: 1,
+                ..Default::default()
+            };
+            // SAFETY: as below; the 256 bytes under the saved stack pointer
+            // are free stack of that thread.
+            r = unsafe { arch::clone3_into(&ca, slot.ctx.get()) };
+        }
+        if r < 0 {
+            // SAFETY: the slot's context was saved by save_and_call in this very
+            // address space (now restored), its stack and TLS are mapped again.
+            r = unsafe { arch::clone_into(flags, slot.fs.load(SeqCst), tid_addr as *mut i32, slot.ctx.get()) };
+        }
         if r < 0 {
             entry_fail(b"cannot re-create a thread (clone failed)");
         }

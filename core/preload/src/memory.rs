@@ -38,16 +38,16 @@ pub struct Item {
 }
 
 /// Scratch ranges left out of images (writer buffers): restored as zeroes.
-static EXCLUDED: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+pub static EXCLUDED: crate::flock::FLock<Vec<(u64, u64)>> = crate::flock::FLock::new(Vec::new());
 
 /// Leave `[start, start+len)` out of every image.
 pub fn exclude(start: u64, len: u64) {
-    EXCLUDED.lock().unwrap_or_else(|e| e.into_inner()).push((start, start + len));
+    EXCLUDED.with(|x| x.push((start, start + len)));
 }
 
 /// Stop excluding the range that starts at `start`.
 pub fn unexclude(start: u64) {
-    EXCLUDED.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| r.0 != start);
+    EXCLUDED.with(|x| x.retain(|r| r.0 != start));
 }
 
 /// Address ranges of this library's writable data (.data, .bss): they
@@ -127,7 +127,7 @@ pub fn plan() -> std::io::Result<Plan> {
     let mut text = String::with_capacity(1 << 16);
     std::fs::File::open("/proc/self/maps")?.read_to_string(&mut text)?;
     let mut p = Plan { areas: Vec::new(), items: Vec::new(), special: [(0, 0); 3], reprotect: Vec::new() };
-    let excluded = EXCLUDED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let excluded = EXCLUDED.with(|x| x.clone());
     let mut stacks: Vec<(u64, u64)> = crate::threads::own_stacks().collect();
     stacks.extend(SELF_RANGES.get().map(Vec::as_slice).unwrap_or(&[]));
     for line in text.lines() {

@@ -39,6 +39,8 @@ pub struct Slot {
     /// Stack range of our own threads (0 for user threads).
     pub stack_lo: AtomicU64,
     pub stack_hi: AtomicU64,
+    /// Signals pending for the thread at checkpoint time (its own and the process's).
+    pub pending: AtomicU64,
 }
 
 // SAFETY: the UnsafeCell fields are written only by the slot's own thread
@@ -61,6 +63,7 @@ const EMPTY: Slot = Slot {
     name: UnsafeCell::new([0; 16]),
     stack_lo: AtomicU64::new(0),
     stack_hi: AtomicU64::new(0),
+    pending: AtomicU64::new(0),
 };
 
 /// All slots: first our own threads (fixed), then user threads (claimed per checkpoint).
@@ -77,8 +80,32 @@ pub static EPOCH: AtomicU32 = AtomicU32::new(0);
 pub static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// Set when more threads than MAX_THREADS tried to suspend.
 pub static OVERFLOW: AtomicBool = AtomicBool::new(false);
+/// Signals pending for the whole process at checkpoint time.
+pub static SHARED_PENDING: AtomicU64 = AtomicU64::new(0);
 /// The checkpoint signal number.
 pub static CKPT_SIGNAL: AtomicI32 = AtomicI32::new(12);
+
+/// In a forked child (one thread): forget every slot of the parent's threads.
+pub fn reset_after_fork() {
+    let n = OWN.load(SeqCst).max(NSLOTS.load(SeqCst)).min(MAX_THREADS);
+    for s in &SLOTS[..n] {
+        s.kind.store(KIND_FREE, SeqCst);
+        s.tid.store(0, SeqCst);
+        s.stack_lo.store(0, SeqCst);
+        s.stack_hi.store(0, SeqCst);
+    }
+    OWN.store(0, SeqCst);
+    NSLOTS.store(0, SeqCst);
+    SUSPENDED.store(0, SeqCst);
+    ACTIVE.store(false, SeqCst);
+    OVERFLOW.store(false, SeqCst);
+}
+
+/// Thread ids of every slot in use (the threads a restart re-creates).
+pub fn slot_tids() -> Vec<i32> {
+    let n = NSLOTS.load(SeqCst).max(OWN.load(SeqCst)).min(MAX_THREADS);
+    SLOTS[..n].iter().filter(|s| s.kind.load(SeqCst) != KIND_FREE).map(|s| s.tid.load(SeqCst)).collect()
+}
 
 /// Claim a slot for one of our own threads (at start-up).
 pub fn claim_own(kind: u32) -> &'static Slot {
@@ -147,6 +174,15 @@ pub fn capture(slot: &Slot) {
     slot.alt_flags.store(ss.ss_flags, Relaxed);
     // SAFETY: PR_GET_NAME writes at most 16 bytes; the slot is ours.
     unsafe { syscall6(nr::PRCTL, libc::PR_GET_NAME as usize, slot.name.get() as usize, 0, 0, 0, 0) };
+    slot.pending.store(sigpending(), Relaxed);
+}
+
+/// The signals pending for the calling thread (its own and the process's).
+pub fn sigpending() -> u64 {
+    let mut set: u64 = 0;
+    // SAFETY: rt_sigpending writes 8 bytes into `set`.
+    unsafe { syscall3(nr::RT_SIGPENDING, &mut set as *mut u64 as usize, 8, 0) };
+    set
 }
 
 /// Re-apply, after a restart, the per-thread kernel state saved by [`capture`]
@@ -166,6 +202,17 @@ pub fn reapply(slot: &Slot) {
     }
     // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
     unsafe { syscall6(nr::PRCTL, libc::PR_SET_NAME as usize, slot.name.get() as usize, 0, 0, 0, 0) };
+    // Signals that were pending for this thread alone are raised again (the
+    // thread blocks everything until it resumes, so they wait as before).
+    let ckpt_bit = 1u64 << (CKPT_SIGNAL.load(Relaxed) - 1);
+    let own = slot.pending.load(Relaxed) & !SHARED_PENDING.load(Relaxed) & !ckpt_bit;
+    let (pid, tid) = (dmtcp_sys::getpid(), dmtcp_sys::gettid());
+    for sig in 1..=64usize {
+        if own & (1u64 << (sig - 1)) != 0 {
+            // SAFETY: tgkill to the calling thread.
+            unsafe { syscall3(nr::TGKILL, pid as usize, tid as usize, sig) };
+        }
+    }
 }
 
 /// Block until the epoch differs from `seen`.

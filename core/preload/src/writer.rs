@@ -137,7 +137,6 @@ fn scratch(size: usize) -> *mut u8 {
 /// Start `n` writer threads (at library start-up).
 pub fn start(n: usize) {
     let mut ws = Vec::new();
-    let mut handles = Vec::new();
     for i in 0..n {
         // SAFETY: ZSTD_estimateCCtxSize is a pure function.
         let csize = unsafe { zstd_sys::ZSTD_estimateCCtxSize(ZSTD_LEVEL) };
@@ -160,17 +159,29 @@ pub fn start(n: usize) {
             }),
         }));
         ws.push(w);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let h = std::thread::Builder::new()
-            .name(format!("dmtcp:writer{i}"))
-            .stack_size(256 << 10)
-            .spawn(move || writer_main(w, tx))
-            .expect("spawn writer thread");
-        let _ = rx.recv();
-        handles.push(h);
+        spawn(i, w);
     }
     let _ = WRITERS.set(ws);
-    std::mem::forget(handles);
+}
+
+fn spawn(i: usize, w: &'static Writer) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::Builder::new()
+        .name(format!("dmtcp:writer{i}"))
+        .stack_size(256 << 10)
+        .spawn(move || writer_main(w, tx))
+        .expect("spawn writer thread");
+    let _ = rx.recv();
+    std::mem::forget(h);
+}
+
+/// In a forked child: start writer threads again over the same buffers
+/// (the child has copies of them, but none of the parent's threads).
+pub fn respawn() {
+    for (i, w) in WRITERS.get().into_iter().flatten().enumerate() {
+        w.slot.store(core::ptr::null_mut(), SeqCst);
+        spawn(i, w);
+    }
 }
 
 fn writer_main(w: &'static Writer, ready: std::sync::mpsc::Sender<()>) {

@@ -67,6 +67,28 @@ pub struct RestartArgs {
 
 /// Flag of [`RestartArgs::flags`]: the kernel's brk/arg/env pointers were restored.
 pub const RESTART_BRK_SET: u32 = 1;
+/// Flag of [`RestartArgs::flags`] set by `dmtcp_restart`: the process runs in
+/// a fresh pid namespace where threads can get their old ids back.
+pub const RESTART_SET_TID: u32 = 2;
+
+/// The kernel's `struct clone_args` (clone3), up to `cgroup` (version 2, 88 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+const _: () = assert!(core::mem::size_of::<CloneArgs>() == 88);
+const _: () = assert!(core::mem::offset_of!(CloneArgs, set_tid) == 64);
 
 /// First record of the stream.
 #[repr(C)]

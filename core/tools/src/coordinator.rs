@@ -32,6 +32,9 @@ struct Peer {
 
 struct Round {
     participants: BTreeSet<u64>,
+    /// Every participant is suspended: processes that connect from now on
+    /// wait for the next round (before that, they join this one).
+    suspended_done: bool,
     /// A participant disconnected before the round completed.
     lost: bool,
     done: BTreeMap<u64, (String, u64, Option<String>)>,
@@ -256,6 +259,7 @@ fn start_round(g: &mut State, kill_after: bool, waiter: Option<TcpStream>) -> bo
     }
     g.round = Some(Round {
         participants,
+        suspended_done: false,
         lost: false,
         done: BTreeMap::new(),
         kill_after: kill_after || g.opts.kill_after_ckpt,
@@ -277,13 +281,19 @@ fn check_barriers(g: &mut State) {
     for name in names {
         let (members, need) = barrier_members(g);
         let reached = &g.barriers[&name];
-        if (reached.len() as u32) < need || !members.iter().all(|m| reached.contains(m)) {
+        let reached_n = reached.len() as u32;
+        if reached_n < need || !members.iter().all(|m| reached.contains(m)) {
             continue;
         }
         g.barriers.remove(&name);
         if name == "checkpointed" {
             finish_round(g, members);
             continue;
+        }
+        if name == "suspended" {
+            if let Some(r) = g.round.as_mut() {
+                r.suspended_done = true;
+            }
         }
         if name == "restarted" {
             g.expected_restart = 0;
@@ -294,7 +304,7 @@ fn check_barriers(g: &mut State) {
         }
         for id in members {
             if let Some(p) = g.peers.get_mut(&id) {
-                send_to(&mut p.out, &FromCoord::BarrierDone { name: name.clone() });
+                send_to(&mut p.out, &FromCoord::BarrierDone { name: name.clone(), count: need.max(reached_n) });
             }
         }
     }
@@ -327,7 +337,7 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     }
     for id in members {
         if let Some(p) = g.peers.get_mut(&id) {
-            let m = if round.kill_after { FromCoord::Kill } else { FromCoord::BarrierDone { name: "checkpointed".into() } };
+            let m = if round.kill_after { FromCoord::Kill } else { FromCoord::BarrierDone { name: "checkpointed".into(), count: 0 } };
             send_to(&mut p.out, &m);
         }
     }
@@ -376,6 +386,69 @@ fn write_restart_script(g: &State, images: &[String]) -> std::io::Result<PathBuf
     Ok(path)
 }
 
+/// What a worker said in its `Hello`.
+struct Joiner {
+    pid: i32,
+    hostname: String,
+    program: String,
+    uniq_id: String,
+    restarting: bool,
+    comp_id: Option<String>,
+    generation: u32,
+    num_peers: u32,
+}
+
+/// Welcome a worker (a new one, or with `reuse` one that exec'd a new
+/// program on its connection). A worker that arrives while a round waits for
+/// its processes to suspend joins that round. None if it was refused.
+fn join(g: &mut State, h: Joiner, mut out: TcpStream, reuse: Option<u64>) -> Option<u64> {
+    if h.restarting {
+        let cid = h.comp_id.clone().unwrap_or_default();
+        let live_other = g.comp_id.as_ref().is_some_and(|c| c != &cid) && !g.peers.is_empty();
+        if live_other {
+            send_to(&mut out, &FromCoord::Refused { reason: "this coordinator runs another computation".into() });
+            return None;
+        }
+        if g.peers.is_empty() {
+            g.comp_id = Some(cid);
+            g.generation = h.generation;
+            g.expected_restart = h.num_peers.max(1);
+        }
+    } else if g.comp_id.is_none() || g.peers.is_empty() && !g.ever_had_peers {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        g.comp_id = Some(format!("{:x}-{}-{now:x}", std::process::id(), g.port));
+    }
+    let id = reuse.unwrap_or_else(|| {
+        g.next_id += 1;
+        g.next_id - 1
+    });
+    g.ever_had_peers = true;
+    let welcome = FromCoord::Welcome {
+        comp_id: g.comp_id.clone().unwrap_or_default(),
+        generation: g.generation,
+        interval: g.interval,
+        ckpt_dir: g.opts.ckpt_dir.as_ref().map(|d| d.display().to_string()),
+    };
+    send_to(&mut out, &welcome);
+    let Joiner { pid, hostname, program, uniq_id, restarting, .. } = h;
+    let info = PeerInfo { id, program, pid, hostname, uniq_id, state: String::new() };
+    let dir = g.opts.ckpt_dir.as_ref().map(|d| d.display().to_string());
+    let gen = g.generation;
+    if let Some(r) = g.round.as_mut().filter(|r| !restarting && !r.suspended_done) {
+        r.participants.insert(id);
+        let n = r.participants.len() as u32;
+        send_to(&mut out, &FromCoord::DoCheckpoint { generation: gen, ckpt_dir: dir, num_peers: n });
+    }
+    let what = match (reuse.is_some(), restarting) {
+        (true, _) => "exec'd",
+        (false, true) => "restarted",
+        (false, false) => "new",
+    };
+    say(g, format_args!("{what} process {id} (pid {pid}) connected"));
+    g.peers.insert(id, Peer { info, out, restarting });
+    Some(id)
+}
+
 fn handle(sh: Shared, conn: TcpStream) {
     let Ok(out) = conn.try_clone() else { return };
     let mut reader = BufReader::new(conn);
@@ -387,49 +460,16 @@ fn handle(sh: Shared, conn: TcpStream) {
         return handle_command(sh, reader, out);
     }
     let (m, cv) = &*sh;
-    let id;
-    {
-        let mut g = m.lock().unwrap();
-        let mut out2 = match out.try_clone() {
-            Ok(o) => o,
-            Err(_) => return,
-        };
-        if restarting {
-            let cid = comp_id.clone().unwrap_or_default();
-            let live_other = g.comp_id.as_ref().is_some_and(|c| c != &cid) && !g.peers.is_empty();
-            if live_other {
-                send_to(&mut out2, &FromCoord::Refused { reason: "this coordinator runs another computation".into() });
-                return;
-            }
-            if g.peers.is_empty() {
-                g.comp_id = Some(cid);
-                g.generation = generation;
-                g.expected_restart = num_peers.max(1);
-            }
-        } else if g.comp_id.is_none() || g.peers.is_empty() && !g.ever_had_peers {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            g.comp_id = Some(format!("{:x}-{}-{now:x}", std::process::id(), g.port));
-        }
-        id = g.next_id;
-        g.next_id += 1;
-        g.ever_had_peers = true;
-        let welcome = FromCoord::Welcome {
-            comp_id: g.comp_id.clone().unwrap_or_default(),
-            generation: g.generation,
-            interval: g.interval,
-            ckpt_dir: g.opts.ckpt_dir.as_ref().map(|d| d.display().to_string()),
-        };
-        send_to(&mut out2, &welcome);
-        g.peers.insert(
-            id,
-            Peer {
-                info: PeerInfo { id, program, pid, hostname, uniq_id, state: String::new() },
-                out: out2,
-                restarting,
-            },
-        );
-        say(&g, format_args!("{} process {id} (pid {pid}) connected", if restarting { "restarted" } else { "new" }));
+    let Ok(out2) = out.try_clone() else { return };
+    let hello = Joiner { pid, hostname, program, uniq_id, restarting, comp_id, generation, num_peers };
+    let mut g = m.lock().unwrap();
+    // A process that connects after every participant of a running round is
+    // suspended waits for the round to end (it is not in that checkpoint).
+    while !restarting && g.round.as_ref().is_some_and(|r| r.suspended_done) {
+        g = cv.wait_timeout(g, std::time::Duration::from_millis(20)).unwrap().0;
     }
+    let Some(id) = join(&mut g, hello, out2, None) else { return };
+    drop(g);
     loop {
         let msg: Option<ToCoord> = proto::recv(&mut reader).ok().flatten();
         let mut g = m.lock().unwrap();
@@ -446,6 +486,12 @@ fn handle(sh: Shared, conn: TcpStream) {
             Some(ToCoord::RequestCkpt) => {
                 start_round(&mut g, false, None);
             }
+            Some(ToCoord::Hello { pid, hostname, program, uniq_id, restarting, comp_id, generation, num_peers, .. }) => {
+                // The process exec'd a new program over the same connection.
+                let Some(out2) = g.peers.get(&id).and_then(|p| p.out.try_clone().ok()) else { continue };
+                let hello = Joiner { pid, hostname, program, uniq_id, restarting, comp_id, generation, num_peers };
+                join(&mut g, hello, out2, Some(id));
+            }
             Some(ToCoord::KvPut { db, key, val }) => {
                 g.kv.insert((db, key), val);
             }
@@ -458,8 +504,11 @@ fn handle(sh: Shared, conn: TcpStream) {
             Some(_) => {}
             None => {
                 g.peers.remove(&id);
+                let suspended = g.barriers.get("suspended").is_some_and(|b| b.contains(&id));
                 if let Some(r) = g.round.as_mut() {
-                    if r.participants.remove(&id) {
+                    // A process that exits before it is suspended is simply
+                    // not part of this checkpoint; one lost later spoils it.
+                    if r.participants.remove(&id) && (r.suspended_done || suspended) {
                         r.lost = true;
                     }
                 }

@@ -7,6 +7,7 @@ pub mod coordinator;
 pub mod launch;
 pub mod restart;
 pub mod script;
+pub mod tree;
 
 use coordinator::CoordOpts;
 

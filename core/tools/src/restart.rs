@@ -110,6 +110,19 @@ pub fn main(args: Vec<String>) -> i32 {
             }
         }
     }
+    // Images of a computation from an older checkpoint (of processes that
+    // have exited since, or that exec'd under another name) would bring
+    // back processes from the past: only the newest generation is restarted.
+    let newest: std::collections::BTreeMap<String, u32> = opened.iter().fold(Default::default(), |mut m, i| {
+        let g = m.entry(i.meta.comp_id.clone()).or_insert(0);
+        *g = (*g).max(i.meta.generation);
+        m
+    });
+    let before = opened.len();
+    opened.retain(|i| newest.get(&i.meta.comp_id) == Some(&i.meta.generation));
+    if opened.len() < before {
+        eprintln!("dmtcp_restart: ignoring {} image(s) of an older checkpoint of the same computation", before - opened.len());
+    }
     let restorer = client::bin_dir().join("dmtcp_restorer");
     if !restorer.exists() {
         eprintln!("dmtcp_restart: {} not found (build the whole workspace: cargo build --release)", restorer.display());
@@ -127,9 +140,18 @@ pub fn main(args: Vec<String>) -> i32 {
         let _ = crate::command::send_command(&a.host, port, dmtcp_common::proto::Cmd::Interval(i));
     }
     let ckpt_dir = ckpt_dir.map(|d| std::path::absolute(&d).unwrap_or(d));
+    if crate::tree::wanted() {
+        match crate::tree::enter() {
+            Ok(()) => {
+                let restore = |img: &Image| restore_into_self(img, &a.host, port, ckpt_dir.as_deref(), &restorer, RESTART_SET_TID);
+                return crate::tree::run(&opened, &restore);
+            }
+            Err(e) => eprintln!("dmtcp_restart: warning: {e}; restarting without the original process ids"),
+        }
+    }
     if opened.len() == 1 {
         let img = opened.pop().expect("one image");
-        let e = restore_into_self(&img, &a.host, port, ckpt_dir.as_deref(), &restorer);
+        let e = restore_into_self(&img, &a.host, port, ckpt_dir.as_deref(), &restorer, 0);
         eprintln!("dmtcp_restart: {e}");
         return 1;
     }
@@ -138,7 +160,7 @@ pub fn main(args: Vec<String>) -> i32 {
         // SAFETY: fork in a single-threaded program; the child only restores and execs.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            let e = restore_into_self(img, &a.host, port, ckpt_dir.as_deref(), &restorer);
+            let e = restore_into_self(img, &a.host, port, ckpt_dir.as_deref(), &restorer, 0);
             eprintln!("dmtcp_restart: {e}");
             // SAFETY: leaving the failed child without running atexit handlers.
             unsafe { libc::_exit(1) };
@@ -220,7 +242,7 @@ fn cloexec(fd: i32, on: bool) {
     unsafe { libc::fcntl(fd, libc::F_SETFD, if on { libc::FD_CLOEXEC } else { 0 }) };
 }
 
-fn pipe() -> std::io::Result<(i32, i32)> {
+pub(crate) fn pipe() -> std::io::Result<(i32, i32)> {
     let mut p = [0i32; 2];
     // SAFETY: pipe2 writes two fds.
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -230,7 +252,7 @@ fn pipe() -> std::io::Result<(i32, i32)> {
 }
 
 /// Become the process of `img`. Returns only on failure (with a message).
-fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>, restorer: &Path) -> String {
+fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>, restorer: &Path, flags: u32) -> String {
     let coord = match std::net::TcpStream::connect((host, port)) {
         Ok(s) => s,
         Err(e) => return format!("Coordinator not found at {host}:{port}: {e}"),
@@ -300,7 +322,7 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
                 exe_fd: u32::MAX,
             }
         },
-        args: RestartArgs { coord_fd, info_fd: info_r, flags: 0, _pad: 0 },
+        args: RestartArgs { coord_fd, info_fd: info_r, flags, _pad: 0 },
         image_fd,
         _pad: 0,
     };

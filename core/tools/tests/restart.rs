@@ -260,12 +260,13 @@ fn stdio_on_dev_null_is_reopened() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + TIMEOUT;
-    let fd1 = std::path::PathBuf::from(format!("/proc/{}/fd/1", r.id()));
+    // The restored process runs below dmtcp_restart (in its pid namespace).
     loop {
-        if let Ok(t) = std::fs::read_link(&fd1) {
-            if t == std::path::Path::new("/dev/null") {
-                break;
-            }
+        let on_null = descendants(r.id() as i32).into_iter().skip(1).any(|p| {
+            std::fs::read_link(format!("/proc/{p}/fd/1")).is_ok_and(|t| t == std::path::Path::new("/dev/null"))
+        });
+        if on_null {
+            break;
         }
         assert!(std::time::Instant::now() < deadline, "fd 1 never became /dev/null");
         std::thread::sleep(std::time::Duration::from_millis(10));

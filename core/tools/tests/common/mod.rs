@@ -73,6 +73,8 @@ pub struct Job {
     coord: Child,
     pub proc: Option<Child>,
     extra_env: Vec<(String, String)>,
+    /// The running process is a `dmtcp_restart` (not a launched program).
+    restarted: bool,
 }
 
 impl Job {
@@ -98,7 +100,7 @@ impl Job {
             assert!(Instant::now() < deadline, "coordinator did not start");
             std::thread::sleep(Duration::from_millis(10));
         };
-        Job { dir, ckpt, port, coord, proc: None, extra_env: Vec::new() }
+        Job { dir, ckpt, port, coord, proc: None, extra_env: Vec::new(), restarted: false }
     }
 
     pub fn env(mut self, k: &str, v: &str) -> Job {
@@ -139,7 +141,10 @@ impl Job {
         for (k, v) in &self.extra_env {
             c.env(k, v);
         }
+        // A process group of its own, so kill() reaches its children too.
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
         self.proc = Some(c.spawn().expect("dmtcp_launch"));
+        self.restarted = false;
     }
 
     /// Wait until out.txt contains `pat`.
@@ -170,13 +175,36 @@ impl Job {
         }
     }
 
-    /// SIGKILL the running process (launched or restarted).
+    /// SIGKILL the whole job, as a crash or a preemption would, and wait
+    /// until the coordinator has seen every process go. A restarted job
+    /// dies with its `dmtcp_restart` (the pid namespace goes with it); a
+    /// launched one is killed by process group and by the pids the
+    /// coordinator lists (processes that left the group).
     pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(p.id() as i32, libc::SIGKILL) };
-            let _ = p.wait();
+        let Some(mut p) = self.proc.take() else { return };
+        if !self.restarted {
+            for pid in self.peer_pids() {
+                // SAFETY: signalling a process of our own job.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            // SAFETY: signalling the job's process group.
+            unsafe { libc::kill(-(p.id() as i32), libc::SIGKILL) };
         }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(p.id() as i32, libc::SIGKILL) };
+        let _ = p.wait();
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.peer_pids().is_empty() {
+            assert!(Instant::now() < deadline, "the job's processes did not go after SIGKILL{}", self.diag());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Pids of the processes the coordinator knows (as they see themselves).
+    pub fn peer_pids(&self) -> Vec<i32> {
+        let o = self.command(&["--json", "-l"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        v["peers"].as_array().map(|a| a.iter().filter_map(|p| p["pid"].as_i64().map(|x| x as i32)).collect()).unwrap_or_default()
     }
 
     pub fn images(&self) -> Vec<PathBuf> {
@@ -192,7 +220,11 @@ impl Job {
             .stdin(Stdio::null())
             .stdout(File::create(self.dir.join("restart.out")).unwrap())
             .stderr(File::create(self.dir.join("restart.err")).unwrap());
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
         self.proc = Some(c.spawn().expect("dmtcp_restart"));
+        self.restarted = true;
     }
 
     pub fn restart(&mut self) {
@@ -232,6 +264,27 @@ pub fn images_in(dir: &Path) -> Vec<PathBuf> {
     });
     v.sort();
     v
+}
+
+/// Every process below `pid` (from /proc, as this test sees pids).
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)).and_then(|x| x.parse::<i32>().ok());
+        if let Some(pp) = ppid {
+            parent_of.push((p, pp));
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let cur = out[i];
+        out.extend(parent_of.iter().filter(|(_, pp)| *pp == cur).map(|(p, _)| *p));
+        i += 1;
+    }
+    out
 }
 
 /// Wait for a child with a deadline (kills it on timeout).

@@ -1,0 +1,370 @@
+//! Restarting a whole process tree with its original ids.
+//!
+//! DMTCP hides changed pids behind wrappers and translation tables. We go
+//! the way CRIU does instead: `dmtcp_restart` enters a fresh pid namespace
+//! (with a user namespace when not run as root), where every pid is free,
+//! and re-creates each process with `clone3(set_tid)` at the pid it had.
+//! So getpid, getppid, kill, waitpid, /proc/<pid>, si_pid and process
+//! groups and sessions are exactly what the program saw, with no wrapper on
+//! any of those calls; threads get their tids back the same way (in the
+//! restart entry of the library).
+//!
+//! Layout after `dmtcp_restart a.dmtcp b.dmtcp ...`:
+//!
+//! ```text
+//! dmtcp_restart (outside; waits, forwards signals, exits with the job's status)
+//!  └─ init (pid 1 of the namespace: mounts its /proc, reaps orphans)
+//!      └─ root process of the job (its original pid; parent outside the job)
+//!          ├─ children, re-created by their parent's stub (same pid, same parent)
+//!          └─ zombies (exited, not yet waited for): re-created and exited again
+//! ```
+//!
+//! Each stub recreates its session (setsid) or group (setpgid) if it led
+//! one, creates its children and zombies, waits until every process of the
+//! job exists, joins its process group, then replaces itself with the
+//! restorer for its image. If init dies (SIGKILL of dmtcp_restart takes it
+//! along), the kernel kills the whole namespace, as a crash kills a job.
+
+use dmtcp_common::image::Image;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Root processes (for forwarding signals from init's handler).
+static ROOTS: [core::sync::atomic::AtomicI32; 64] = [const { core::sync::atomic::AtomicI32::new(0) }; 64];
+static INIT: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+
+/// Signals a job gets when its `dmtcp_restart` gets them.
+const FORWARDED: [i32; 6] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGCONT];
+
+/// Is restart in a pid namespace wanted (DMTCP_RESTART_PIDNS=0 turns it off)?
+pub fn wanted() -> bool {
+    !std::env::var("DMTCP_RESTART_PIDNS").is_ok_and(|v| !dmtcp_common::env::truthy(&v))
+}
+
+fn errno() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// Enter a new pid and mount namespace (and a user namespace mapping our
+/// own ids when not root). The next child of this process is its init.
+pub fn enter() -> Result<(), String> {
+    // SAFETY: geteuid/getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS;
+    if uid != 0 {
+        flags |= libc::CLONE_NEWUSER;
+    }
+    // SAFETY: unshare affects only this (single-threaded) process.
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(format!("cannot create a pid namespace: {}", errno()));
+    }
+    if uid != 0 {
+        let w = |f: &str, s: String| std::fs::write(f, s).map_err(|e| format!("writing {f}: {e}"));
+        w("/proc/self/setgroups", "deny".into())?;
+        w("/proc/self/uid_map", format!("{uid} {uid} 1"))?;
+        w("/proc/self/gid_map", format!("{gid} {gid} 1"))?;
+    }
+    Ok(())
+}
+
+/// Create a process with pid `pid` (0: any). Returns like fork.
+fn clone_with_pid(pid: i32) -> i32 {
+    let want = pid;
+    let args = dmtcp_sys::restore::CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: if pid > 0 { &want as *const i32 as u64 } else { 0 },
+        set_tid_size: (pid > 0) as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM is a fork; the args struct is valid.
+    unsafe { libc::syscall(libc::SYS_clone3, &args as *const _, core::mem::size_of_val(&args)) as i32 }
+}
+
+fn close(fd: i32) {
+    // SAFETY: closing an fd this process owns.
+    unsafe { libc::close(fd) };
+}
+
+fn exit_now(code: i32) -> ! {
+    // SAFETY: leave without running atexit handlers (we are a forked copy).
+    unsafe { libc::_exit(code) }
+}
+
+/// What every process needs to find its place.
+struct Plan<'a> {
+    images: &'a [Image],
+    by_pid: BTreeMap<i32, usize>,
+    children: BTreeMap<i32, Vec<usize>>,
+    /// created (write end), go (read end)
+    created_w: i32,
+    go_r: i32,
+}
+
+/// Run the job in the namespace [`enter`] made; returns the exit code.
+pub fn run(images: &[Image], restore: &dyn Fn(&Image) -> String) -> i32 {
+    let by_pid: BTreeMap<i32, usize> = images.iter().enumerate().map(|(i, img)| (img.meta.pid, i)).collect();
+    if by_pid.len() != images.len() {
+        eprintln!("dmtcp_restart: two images have the same pid: they are not of one computation");
+        return 1;
+    }
+    let mut children: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    let mut roots = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let pp = img.meta.tree.ppid;
+        if pp != img.meta.pid && by_pid.contains_key(&pp) {
+            children.entry(pp).or_default().push(i);
+        } else {
+            roots.push(i);
+        }
+    }
+    let mut max_id = 1;
+    for img in images {
+        max_id = max_id.max(img.meta.pid);
+        max_id = img.meta.tree.tids.iter().chain(img.meta.tree.zombies.iter().map(|z| &z.0)).fold(max_id, |m, &t| m.max(t));
+    }
+    let (created_r, created_w) = match crate::restart::pipe() {
+        Ok(p) => p,
+        Err(e) => return fail(&format!("pipe: {e}")),
+    };
+    let (go_r, go_w) = match crate::restart::pipe() {
+        Ok(p) => p,
+        Err(e) => return fail(&format!("pipe: {e}")),
+    };
+    let init = clone_with_pid(0);
+    if init < 0 {
+        return fail(&format!("cannot start the namespace's init: {}", errno()));
+    }
+    if init > 0 {
+        for fd in [created_r, created_w, go_r, go_w] {
+            close(fd);
+        }
+        return outside(init);
+    }
+    // Init, pid 1 of the new namespace.
+    // SAFETY: die with dmtcp_restart (which takes the whole namespace along).
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if let Err(e) = mount_proc() {
+        eprintln!("dmtcp_restart: warning: {e}; /proc shows the outer pid namespace");
+    }
+    // Processes created without a chosen pid (the image streamers) get ids
+    // above every id the job needs.
+    let _ = std::fs::write("/proc/sys/kernel/ns_last_pid", max_id.to_string());
+    let plan = Plan { images, by_pid, children, created_w, go_r };
+    let mut root_pids = Vec::new();
+    for &r in &roots {
+        let pid = images[r].meta.pid;
+        let c = clone_with_pid(pid);
+        if c == 0 {
+            close(created_r);
+            close(go_w);
+            stub(&plan, r, restore);
+        }
+        if c < 0 {
+            eprintln!("dmtcp_restart: cannot re-create process {pid}: {}", errno());
+            exit_now(1);
+        }
+        if let Some(slot) = ROOTS.get(root_pids.len()) {
+            slot.store(c, core::sync::atomic::Ordering::SeqCst);
+        }
+        root_pids.push(c);
+    }
+    close(created_w);
+    close(go_r);
+    // Every process (and only those) writes one byte once it exists.
+    let mut got = 0;
+    let mut buf = [0u8; 64];
+    while got < images.len() {
+        // SAFETY: reading into our buffer.
+        let n = unsafe { libc::read(created_r, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n < 0 && errno().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    close(created_r);
+    close(go_w);
+    if got < images.len() {
+        eprintln!("dmtcp_restart: only {got} of {} processes could be re-created", images.len());
+    }
+    forward_signals(init_forward);
+    reap(&root_pids)
+}
+
+fn fail(m: &str) -> i32 {
+    eprintln!("dmtcp_restart: {m}");
+    1
+}
+
+/// Make our mounts private and mount a /proc that shows this namespace.
+fn mount_proc() -> Result<(), String> {
+    // SAFETY: mount(2) with valid NUL-terminated strings or nulls.
+    unsafe {
+        if libc::mount(core::ptr::null(), c"/".as_ptr(), core::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, core::ptr::null()) != 0 {
+            return Err(format!("cannot make mounts private: {}", errno()));
+        }
+        if libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            core::ptr::null(),
+        ) != 0
+        {
+            return Err(format!("cannot mount /proc: {}", errno()));
+        }
+    }
+    Ok(())
+}
+
+/// One process of the job, before it becomes its image.
+fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
+    let img = &plan.images[idx];
+    let t = &img.meta.tree;
+    let pid = img.meta.pid;
+    for s in FORWARDED {
+        // SAFETY: the default disposition for forwarded signals (init's handler is not ours).
+        unsafe { libc::signal(s, libc::SIG_DFL) };
+    }
+    // SAFETY: session and group calls on ourselves.
+    unsafe {
+        if t.sid == pid {
+            if libc::setsid() < 0 {
+                eprintln!("dmtcp_restart: process {pid}: setsid: {}", errno());
+            }
+        } else if t.pgid == pid && libc::setpgid(0, 0) != 0 {
+            eprintln!("dmtcp_restart: process {pid}: setpgid: {}", errno());
+        }
+    }
+    for &c in plan.children.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
+        let cpid = plan.images[c].meta.pid;
+        let r = clone_with_pid(cpid);
+        if r == 0 {
+            stub(plan, c, restore);
+        }
+        if r < 0 {
+            eprintln!("dmtcp_restart: cannot re-create process {cpid}: {}", errno());
+        }
+    }
+    for &(zpid, status) in &t.zombies {
+        if plan.by_pid.contains_key(&zpid) {
+            continue;
+        }
+        let r = clone_with_pid(zpid);
+        if r == 0 {
+            die_like(status);
+        }
+        if r < 0 {
+            eprintln!("dmtcp_restart: cannot re-create exited child {zpid}: {}", errno());
+        }
+    }
+    // SAFETY: one byte on our pipe, then wait for everyone (EOF on go).
+    unsafe {
+        libc::write(plan.created_w, b"x".as_ptr() as *const libc::c_void, 1);
+        close(plan.created_w);
+        let mut b = 0u8;
+        while libc::read(plan.go_r, &mut b as *mut u8 as *mut libc::c_void, 1) != 0 && *libc::__errno_location() == libc::EINTR {}
+        close(plan.go_r);
+    }
+    // Join a group led by another process of the job (it exists by now).
+    // SAFETY: setpgid on ourselves.
+    unsafe {
+        if t.pgid != pid && plan.by_pid.contains_key(&t.pgid) && libc::getpgrp() != t.pgid && libc::setpgid(0, t.pgid) != 0 {
+            eprintln!("dmtcp_restart: process {pid}: cannot join process group {}: {}", t.pgid, errno());
+        }
+    }
+    let e = restore(img);
+    eprintln!("dmtcp_restart: {e}");
+    exit_now(1)
+}
+
+/// End this process the way a zombie child had ended (exit code or signal).
+fn die_like(status: i32) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: no core file, default action, unblocked: then the signal.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = core::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, core::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+        }
+    }
+    exit_now(libc::WEXITSTATUS(status))
+}
+
+extern "C" fn init_forward(sig: i32) {
+    for r in &ROOTS {
+        let p = r.load(core::sync::atomic::Ordering::SeqCst);
+        if p > 0 {
+            // SAFETY: kill is async-signal-safe.
+            unsafe { libc::kill(p, sig) };
+        }
+    }
+}
+
+extern "C" fn outer_forward(sig: i32) {
+    let p = INIT.load(core::sync::atomic::Ordering::SeqCst);
+    if p > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(p, sig) };
+    }
+}
+
+fn forward_signals(h: extern "C" fn(i32)) {
+    for s in FORWARDED {
+        // SAFETY: installing an async-signal-safe handler.
+        unsafe { libc::signal(s, h as libc::sighandler_t) };
+    }
+}
+
+/// Init: reap everything; the job's status is the first failure of a root.
+fn reap(roots: &[i32]) -> ! {
+    let mut code = 0;
+    let roots: BTreeSet<i32> = roots.iter().copied().collect();
+    loop {
+        let mut st = 0;
+        // SAFETY: waiting for any child.
+        let p = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if p < 0 {
+            if errno().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if roots.contains(&p) && code == 0 {
+            code = status_code(st);
+        }
+    }
+    exit_now(code)
+}
+
+fn status_code(st: i32) -> i32 {
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else {
+        128 + libc::WTERMSIG(st)
+    }
+}
+
+/// Outside the namespace: wait for init and pass its status on.
+fn outside(init: i32) -> i32 {
+    INIT.store(init, core::sync::atomic::Ordering::SeqCst);
+    forward_signals(outer_forward);
+    loop {
+        let mut st = 0;
+        // SAFETY: waiting for our child.
+        let p = unsafe { libc::waitpid(init, &mut st, 0) };
+        if p == init {
+            return status_code(st);
+        }
+        if errno().kind() != std::io::ErrorKind::Interrupted {
+            return 1;
+        }
+    }
+}

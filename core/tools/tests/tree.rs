@@ -1,0 +1,117 @@
+//! Process trees across checkpoint/restart: forked children are
+//! checkpointed with their parent and come back with the same pids, parent,
+//! process group and session; zombies stay waitable; exec keeps a process in
+//! the computation; checkpoints taken while processes fork, exec and exit
+//! complete. Each test compares the final output with a bare run.
+
+mod common;
+use common::*;
+
+/// The tree under `sh -c`, both writing to one file in append mode.
+fn tree_cmd(prog: &str, steps: u32) -> String {
+    format!("{prog} {steps} setsid >> tree.txt; echo sh-exit $? >> tree.txt")
+}
+
+#[test]
+fn forked_tree_keeps_its_ids_through_three_restarts() {
+    let prog = c_program("forktree");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "3", "setsid"]);
+    let worker_exit = bare.lines().find(|l| l.starts_with("worker exit")).expect("bare worker line").to_string();
+    let steps = 60;
+    let mut job = Job::new("forktree");
+    let cmd = tree_cmd(p, steps);
+    job.launch(&["sh", "-c", &cmd], &[]);
+    let tree = job.dir.join("tree.txt");
+    let wait_tree = |pat: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !std::fs::read_to_string(&tree).unwrap_or_default().contains(pat) {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {pat:?} in tree.txt");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    for (mark, after) in [("step 5\n", "step 8\n"), ("step 15\n", "step 18\n"), ("step 25\n", "step 28\n")] {
+        wait_tree(mark);
+        // The shell, the parent and its two running children.
+        assert_eq!(job.peer_pids().len(), 4, "processes under checkpoint control");
+        job.checkpoint();
+        assert_eq!(job.images().len(), 4, "one image per process: {:?}", job.images());
+        wait_tree(after);
+        job.kill();
+        job.restart();
+    }
+    job.wait_success();
+    let out = std::fs::read_to_string(&tree).unwrap();
+    // The worker's exit code is its checksum of 2*STEPS rounds: compare with
+    // a bare run of the same length.
+    let bare_long = run_bare(&[p, &steps.to_string(), "setsid"]);
+    let expect_worker = bare_long.lines().find(|l| l.starts_with("worker exit")).unwrap();
+    assert_ne!(expect_worker, worker_exit, "the checksum does not depend on the length");
+    for want in [expect_worker, "waiter exit 7", "zombie exit 42", "parent ids same", "done", "sh-exit 0"] {
+        assert!(out.lines().any(|l| l == want), "missing {want:?} in\n{out}");
+    }
+    let steps_seen: Vec<&str> = out.lines().filter(|l| l.starts_with("step ")).collect();
+    assert_eq!(steps_seen.last(), Some(&"step 59"), "{out}");
+}
+
+#[test]
+fn pid_is_the_launch_pid_after_restart() {
+    let prog = c_program("showpid");
+    let mut job = Job::new("samepid");
+    job.launch(&[prog.to_str().unwrap()], &[]);
+    let launch_pid = job.proc.as_ref().unwrap().id();
+    job.wait_for("step 3 ");
+    job.checkpoint_and_kill();
+    job.restart();
+    job.wait_success();
+    let out = job.output();
+    assert!(out.contains("RESULT done"), "{out}");
+    for line in out.lines().filter(|l| l.starts_with("step ")) {
+        assert!(line.ends_with(&format!("pid={launch_pid}")), "getpid() changed across the restart: {line}\n{out}");
+    }
+}
+
+#[test]
+fn checkpoints_during_a_fork_exec_exit_loop() {
+    let prog = c_program("forkloop");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "150"]);
+    let mut job = Job::new("forkloop");
+    job.launch(&[p, "150"], &[]);
+    job.wait_for("round 10 ");
+    for _ in 0..5 {
+        job.checkpoint();
+    }
+    job.wait_for("round 60 ");
+    job.checkpoint();
+    job.wait_for("round 70 ");
+    job.kill();
+    job.restart();
+    job.wait_for("round 100 ");
+    job.checkpoint();
+    job.kill();
+    job.restart();
+    job.wait_success();
+    let out = job.output();
+    let result = |s: &str| s.lines().find(|l| l.starts_with("RESULT")).map(str::to_string);
+    assert_eq!(result(&out), result(&bare), "{out}");
+    assert!(result(&bare).is_some());
+}
+
+#[test]
+fn timers_and_pending_signals_survive_restart() {
+    let prog = c_program("timers");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p]);
+    assert!(bare.contains("usr1 pending yes") && bare.contains("thread hup pending yes"), "{bare}");
+    let mut job = Job::new("timers");
+    job.launch(&[p], &[]);
+    for k in 1..=3 {
+        job.wait_for(&format!("step {k}\n"));
+        job.checkpoint();
+        job.kill();
+        job.restart();
+    }
+    job.wait_success();
+    assert_eq!(job.output(), bare, "restarted timers program differs from a bare run");
+}
