@@ -6,6 +6,13 @@
 //! kills it, restarts it, and prints a table: checkpoint and restart seconds,
 //! image bytes, GB/s, next to a raw O_DIRECT write of the same number of bytes
 //! to the same directory. The workload is this same binary (`workload`).
+//!
+//! `cargo run --release -p bench -- overhead [--runs 5] [--scale 1]
+//!  [--startup-runs 30]` measures the run-time cost of the preload library:
+//! per-call time of open/close, getpid, malloc/free, pthread_create/join
+//! and fork/exit/wait (bench/c/overhead.c, compiled with cc -O2) bare and
+//! under dmtcp_launch, and the start-up time of /bin/true, medians of
+//! several runs, next to the targets of issue 3.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -19,8 +26,10 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("workload") => workload(&args[2..]),
         Some("run") => run(&args[2..]),
+        Some("overhead") => overhead(&args[2..]),
         _ => {
             eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR]");
+            eprintln!("       bench overhead [--runs 5] [--scale 1] [--startup-runs 30]");
             std::process::exit(1);
         }
     }
@@ -244,4 +253,109 @@ fn run(a: &[String]) {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Compile bench/c/overhead.c into `dir`.
+fn overhead_program(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/overhead.c");
+    let out = dir.join("overhead");
+    let st = Command::new("cc").args(["-O2", "-pthread", "-o"]).arg(&out).arg(&src).status().expect("cc");
+    assert!(st.success(), "compiling {}", src.display());
+    out
+}
+
+/// Parse "<name> <ns>" lines.
+fn parse_metrics(out: &str) -> Vec<(String, f64)> {
+    out.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// The metrics the overhead program prints, in order.
+const METRICS: [&str; 5] = ["open_close", "getpid", "malloc_free", "pthread_create_join", "fork_exit_wait"];
+
+fn overhead(a: &[String]) {
+    let runs: usize = opt(a, "--runs", "5").parse().unwrap_or(5);
+    let scale = opt(a, "--scale", "1").to_string();
+    let startup_runs: usize = opt(a, "--startup-runs", "30").parse().unwrap_or(30);
+    let dir = std::env::temp_dir().join(format!("dmtcp-overhead-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let prog = overhead_program(&dir);
+    let coord = Coord::start(&dir);
+    let port = coord.port.to_string();
+    let launch = |args: &[&str]| {
+        let mut c = Command::new(bin_dir().join("dmtcp_launch"));
+        c.args(["-j", "-h", "127.0.0.1", "-p", &port, "--ckptdir"]).arg(&dir).args(args);
+        c
+    };
+    let mut bare: Vec<Vec<f64>> = vec![Vec::new(); METRICS.len()];
+    let mut under: Vec<Vec<f64>> = vec![Vec::new(); METRICS.len()];
+    for _ in 0..runs {
+        for (cmd, into) in [(Command::new(&prog), &mut bare), (launch(&[prog.to_str().unwrap_or_default()]), &mut under)] {
+            let mut cmd = cmd;
+            let o = cmd.arg(&scale).stderr(Stdio::inherit()).output().expect("run overhead program");
+            let m = parse_metrics(&String::from_utf8_lossy(&o.stdout));
+            for (i, name) in METRICS.iter().enumerate() {
+                if let Some((_, v)) = m.iter().find(|(k, _)| k == name) {
+                    into[i].push(*v);
+                }
+            }
+        }
+    }
+    let time = |mut c: Command| {
+        let t = Instant::now();
+        let st = c.stdout(Stdio::null()).status().expect("start-up run");
+        assert!(st.success());
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let mut s_bare = Vec::new();
+    let mut s_under = Vec::new();
+    for _ in 0..startup_runs {
+        s_bare.push(time(Command::new("/bin/true")));
+        s_under.push(time(launch(&["/bin/true"])));
+    }
+    let targets = ["<= 1.5x", "-", "<= 1.05x", "<= 1.2x", "-"];
+    println!("| call | bare ns/op | dmtcp ns/op | ratio | target |");
+    println!("| --- | ---: | ---: | ---: | --- |");
+    for (i, name) in METRICS.iter().enumerate() {
+        let (b, u) = (median(bare[i].clone()), median(under[i].clone()));
+        println!("| {name} | {b:.1} | {u:.1} | {:.2}x | {} |", u / b, targets[i]);
+    }
+    let (b, u) = (median(s_bare), median(s_under));
+    println!("| start-up of /bin/true (ms) | {b:.2} | {u:.2} | +{:.2} ms | <= +10 ms |", u - b);
+    println!("\n(medians of {runs} runs, scale {scale}; start-up: medians of {startup_runs} runs, coordinator already running)");
+    drop(coord);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The overhead program prints every metric (so the harness cannot rot silently).
+    #[test]
+    fn overhead_program_prints_every_metric() {
+        let dir = std::env::temp_dir().join(format!("dmtcp-overhead-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let prog = overhead_program(&dir);
+        let o = Command::new(&prog).arg("0.001").output().unwrap();
+        assert!(o.status.success());
+        let m = parse_metrics(&String::from_utf8_lossy(&o.stdout));
+        for name in METRICS {
+            let v = m.iter().find(|(k, _)| k == name).map(|x| x.1);
+            assert!(v.is_some_and(|v| v > 0.0), "metric {name} missing or zero: {m:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -144,6 +144,10 @@ pub struct Tree {
     pub tids: Vec<i32>,
     /// Children that had exited but were not yet waited for: (pid, wait status).
     pub zombies: Vec<(i32, i32)>,
+    /// Pipe ends: (fd, pipe inode, is the write end). Ends with the same
+    /// inode, in any process of the computation, are one pipe.
+    #[serde(default)]
+    pub pipes: Vec<(i32, u64, bool)>,
 }
 
 /// What can be wrong with an image.
@@ -217,6 +221,20 @@ pub struct Image {
 }
 
 impl Image {
+    /// Move the image's file descriptor to a number at or above `min`, out
+    /// of the way of the fd numbers a restart puts the program's pipes at.
+    pub fn move_fd_above(&mut self, min: i32) -> std::io::Result<()> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: duplicating our own open fd; the File takes ownership of the copy.
+        let fd = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        self.file = unsafe { File::from_raw_fd(fd) };
+        Ok(())
+    }
+
     /// Open and validate `path`.
     pub fn open(path: &Path) -> Result<Image, ImageError> {
         let p = || path.to_path_buf();

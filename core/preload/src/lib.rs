@@ -504,6 +504,7 @@ impl Ctl {
             Ok(p) => p,
             Err(e) => {
                 log::error(format_args!("cannot read the memory map: {e}"));
+                procstate::refill_drained();
                 coord::send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(e.to_string()) });
                 self.barrier("checkpointed");
                 plugin::run(plugin::Event::Resume);
@@ -537,6 +538,7 @@ impl Ctl {
         };
         match writer::write_image(&dir, &name, &plan, &mut meta, self.cfg.gzip, self.slot) {
             writer::Outcome::Written { path, bytes } => {
+                procstate::refill_drained();
                 coord::send(&ToCoord::CkptDone { image: path.display().to_string(), bytes, error: None });
                 self.barrier("checkpointed");
                 plugin::run(plugin::Event::Resume);
@@ -545,6 +547,7 @@ impl Ctl {
             }
             writer::Outcome::Failed(msg) => {
                 log::error(format_args!("checkpoint failed: {msg}"));
+                procstate::refill_drained();
                 coord::send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(msg) });
                 self.barrier("checkpointed");
                 plugin::run(plugin::Event::Resume);

@@ -276,19 +276,9 @@ impl FilePlugin {
             };
             infos.push(FdInfo { fd, target, kind, flags, cloexec: fdflags & libc::FD_CLOEXEC != 0, offset });
         }
-        // Pipes need both ends here to be restored; otherwise they are "Other".
-        let snapshot = infos.clone();
-        for i in infos.iter_mut() {
-            let pair = match i.kind {
-                FdKind::PipeRead { ino } => snapshot.iter().any(|o| o.kind == FdKind::PipeWrite { ino }),
-                FdKind::PipeWrite { ino } => snapshot.iter().any(|o| o.kind == FdKind::PipeRead { ino }),
-                _ => true,
-            };
-            if !pair {
-                i.kind = FdKind::Other;
-            }
-        }
-        // Drain in-process pipes once per pipe (first read end found).
+        // Drain each pipe once (first read end found here). A pipe read by
+        // several processes is drained by each of them in part: bytes are
+        // kept, their order across readers is not.
         let mut seen = Vec::new();
         for i in &infos {
             if let FdKind::PipeRead { ino } = i.kind {
@@ -312,6 +302,18 @@ impl FilePlugin {
                 s.drained.push((i.fd, data));
             }
         }
+        PIPES.with(|p| {
+            p.clear();
+            for i in &infos {
+                match i.kind {
+                    FdKind::PipeRead { ino } => p.push((i.fd, ino, false)),
+                    FdKind::PipeWrite { ino } => p.push((i.fd, ino, true)),
+                    _ => {}
+                }
+            }
+        });
+        let drained = s.drained.clone();
+        DRAINED.with(|d| *d = drained);
         s.fds = infos;
     }
 
@@ -323,19 +325,29 @@ impl FilePlugin {
         s.fds.iter().find(|i| i.kind == FdKind::PipeWrite { ino }).map(|i| i.fd)
     }
 
-    fn resume(&self, s: &FdSaved) {
-        for (rfd, data) in &s.drained {
-            if let Some(w) = Self::writer_for(s, *rfd) {
-                refill(w, data);
-            }
-        }
+    fn resume(&self, _s: &FdSaved) {
+        // Refilled before the checkpoint completes: see [`refill_drained`].
     }
 
     fn restart(&self, s: &FdSaved) {
         // Close whatever this process inherited beyond stdio that the program
         // did not have (keeps fd numbers free for the program's own).
+        // Pipes shared with other processes were re-created by dmtcp_restart
+        // and are already at their numbers: keep those.
+        let is_fifo = |fd: i32| {
+            // SAFETY: fstat into a zeroed struct.
+            let mut st: libc::stat = unsafe { core::mem::zeroed() };
+            // SAFETY: fstat on an fd number; fails cleanly if closed.
+            unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO }
+        };
+        let installed: Vec<i32> = s
+            .fds
+            .iter()
+            .filter(|i| matches!(i.kind, FdKind::PipeRead { .. } | FdKind::PipeWrite { .. }) && is_fifo(i.fd))
+            .map(|i| i.fd)
+            .collect();
         for fd in list_fds() {
-            if fd > 2 && !(PROTECTED_FD_BASE..PROTECTED_FD_BASE + 10).contains(&fd) {
+            if fd > 2 && !installed.contains(&fd) && !(PROTECTED_FD_BASE..PROTECTED_FD_BASE + 10).contains(&fd) {
                 // SAFETY: closing an fd inherited from dmtcp_restart.
                 unsafe { libc::close(fd) };
             }
@@ -365,12 +377,28 @@ impl FilePlugin {
                         }
                     }
                 }
+                FdKind::PipeRead { .. } | FdKind::PipeWrite { .. } if installed.contains(&i.fd) => {
+                    // SAFETY: flags of a pipe end dmtcp_restart gave us.
+                    unsafe {
+                        libc::fcntl(i.fd, libc::F_SETFD, if i.cloexec { libc::FD_CLOEXEC } else { 0 });
+                        libc::fcntl(i.fd, libc::F_SETFL, i.flags & (libc::O_NONBLOCK | libc::O_APPEND));
+                    }
+                }
                 FdKind::PipeRead { ino } | FdKind::PipeWrite { ino } => {
                     if pipes_done.contains(ino) {
                         continue;
                     }
                     pipes_done.push(*ino);
                     let ends: Vec<&FdInfo> = s.fds.iter().filter(|o| matches!(o.kind, FdKind::PipeRead { ino: x } | FdKind::PipeWrite { ino: x } if x == *ino)).collect();
+                    let both = ends.iter().any(|e| matches!(e.kind, FdKind::PipeRead { .. }))
+                        && ends.iter().any(|e| matches!(e.kind, FdKind::PipeWrite { .. }));
+                    if !both {
+                        crate::log::warn(format_args!(
+                            "fd {} ({}) leads to another process and was not re-created (restart without a pid namespace?); it stays closed",
+                            i.fd, i.target
+                        ));
+                        continue;
+                    }
                     let mut p = [0i32; 2];
                     // SAFETY: pipe2 writes two fds into our array.
                     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -417,12 +445,59 @@ impl FilePlugin {
                 }
             }
         }
-        for (rfd, data) in &s.drained {
-            if let Some(w) = Self::writer_for(s, *rfd) {
-                refill(w, data);
-            }
-        }
+        refill_all(s);
     }
+}
+
+/// Put drained bytes back into their pipes: through a write end this
+/// process has, or else through a new one opened on the read end.
+fn refill_all(s: &FdSaved) {
+    for (rfd, data) in &s.drained {
+        if data.is_empty() {
+            continue;
+        }
+        if let Some(w) = FilePlugin::writer_for(s, *rfd) {
+            refill(w, data);
+            continue;
+        }
+        let p = CString::new(format!("/proc/self/fd/{rfd}")).unwrap_or_default();
+        // SAFETY: opening the pipe's other end by its /proc path.
+        let w = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if w < 0 {
+            crate::log::warn(format_args!("could not refill the pipe at fd {rfd} ({} bytes lost)", data.len()));
+            continue;
+        }
+        refill(w, data);
+        // SAFETY: closing our temporary write end.
+        unsafe { libc::close(w) };
+    }
+}
+
+/// Pipe ends of the last checkpoint: (fd, inode, is the write end). The
+/// restart of a tree re-creates each pipe once and hands its ends over.
+pub static PIPES: crate::flock::FLock<Vec<(i32, u64, bool)>> = crate::flock::FLock::new(Vec::new());
+static DRAINED: crate::flock::FLock<Vec<(i32, Vec<u8>)>> = crate::flock::FLock::new(Vec::new());
+
+/// After the image is written, before any process of the computation goes
+/// on: put the bytes drained from pipes back.
+pub fn refill_drained() {
+    let drained = DRAINED.with(core::mem::take);
+    let fds = PIPES.with(|p| p.clone());
+    let s = FdSaved {
+        fds: fds
+            .iter()
+            .map(|&(fd, ino, w)| FdInfo {
+                fd,
+                target: String::new(),
+                kind: if w { FdKind::PipeWrite { ino } } else { FdKind::PipeRead { ino } },
+                flags: 0,
+                cloexec: true,
+                offset: 0,
+            })
+            .collect(),
+        drained,
+    };
+    refill_all(&s);
 }
 
 /// Put `nfd` at number `target` (closing `nfd`), with the given close-on-exec flag.

@@ -51,5 +51,6 @@ pub fn capture(tids: Vec<i32>) -> Tree {
     // SAFETY: these calls only read the calling process's ids.
     let (ppid, pgid, sid) = unsafe { (libc::getppid(), libc::getpgid(0), libc::getsid(0)) };
     let zombies = children().into_iter().filter_map(|c| zombie_status(c).map(|s| (c, s))).collect();
-    Tree { ppid, pgid, sid, tids, zombies }
+    let pipes = crate::procstate::PIPES.with(|p| p.clone());
+    Tree { ppid, pgid, sid, tids, zombies, pipes }
 }

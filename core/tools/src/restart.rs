@@ -144,7 +144,7 @@ pub fn main(args: Vec<String>) -> i32 {
         match crate::tree::enter() {
             Ok(()) => {
                 let restore = |img: &Image| restore_into_self(img, &a.host, port, ckpt_dir.as_deref(), &restorer, RESTART_SET_TID);
-                return crate::tree::run(&opened, &restore);
+                return crate::tree::run(&mut opened, &restore);
             }
             Err(e) => eprintln!("dmtcp_restart: warning: {e}; restarting without the original process ids"),
         }

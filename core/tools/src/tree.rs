@@ -97,10 +97,12 @@ struct Plan<'a> {
     /// created (write end), go (read end)
     created_w: i32,
     go_r: i32,
+    /// One pipe per pipe inode of the images: (read end, write end).
+    pipes: BTreeMap<u64, (i32, i32)>,
 }
 
 /// Run the job in the namespace [`enter`] made; returns the exit code.
-pub fn run(images: &[Image], restore: &dyn Fn(&Image) -> String) -> i32 {
+pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
     let by_pid: BTreeMap<i32, usize> = images.iter().enumerate().map(|(i, img)| (img.meta.pid, i)).collect();
     if by_pid.len() != images.len() {
         eprintln!("dmtcp_restart: two images have the same pid: they are not of one computation");
@@ -117,10 +119,22 @@ pub fn run(images: &[Image], restore: &dyn Fn(&Image) -> String) -> i32 {
         }
     }
     let mut max_id = 1;
-    for img in images {
+    for img in images.iter() {
         max_id = max_id.max(img.meta.pid);
         max_id = img.meta.tree.tids.iter().chain(img.meta.tree.zombies.iter().map(|z| &z.0)).fold(max_id, |m, &t| m.max(t));
     }
+    // Our own fds go above every number the program had for a pipe.
+    let base = pipe_fd_base(images);
+    for img in images.iter_mut() {
+        if let Err(e) = img.move_fd_above(base) {
+            return fail(&format!("{}: {e}", img.path.display()));
+        }
+    }
+    let images: &[Image] = images;
+    let pipes = match make_pipes(images, base + images.len() as i32) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
     let (created_r, created_w) = match crate::restart::pipe() {
         Ok(p) => p,
         Err(e) => return fail(&format!("pipe: {e}")),
@@ -134,7 +148,7 @@ pub fn run(images: &[Image], restore: &dyn Fn(&Image) -> String) -> i32 {
         return fail(&format!("cannot start the namespace's init: {}", errno()));
     }
     if init > 0 {
-        for fd in [created_r, created_w, go_r, go_w] {
+        for fd in [created_r, created_w, go_r, go_w].into_iter().chain(pipes.values().flat_map(|&(r, w)| [r, w])) {
             close(fd);
         }
         return outside(init);
@@ -148,7 +162,7 @@ pub fn run(images: &[Image], restore: &dyn Fn(&Image) -> String) -> i32 {
     // Processes created without a chosen pid (the image streamers) get ids
     // above every id the job needs.
     let _ = std::fs::write("/proc/sys/kernel/ns_last_pid", max_id.to_string());
-    let plan = Plan { images, by_pid, children, created_w, go_r };
+    let plan = Plan { images, by_pid, children, created_w, go_r, pipes };
     let mut root_pids = Vec::new();
     for &r in &roots {
         let pid = images[r].meta.pid;
@@ -185,6 +199,12 @@ pub fn run(images: &[Image], restore: &dyn Fn(&Image) -> String) -> i32 {
     }
     close(created_r);
     close(go_w);
+    // Only the processes hold the pipes now (a reader must see EOF when
+    // its writers are gone).
+    for &(r, w) in plan.pipes.values() {
+        close(r);
+        close(w);
+    }
     if got < images.len() {
         eprintln!("dmtcp_restart: only {got} of {} processes could be re-created", images.len());
     }
@@ -274,9 +294,48 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
             eprintln!("dmtcp_restart: process {pid}: cannot join process group {}: {}", t.pgid, errno());
         }
     }
+    // Pipe ends at the numbers the program had them (the restorer inherits
+    // them; the originals are close-on-exec).
+    for &(fd, ino, write) in &t.pipes {
+        if let Some(&(r, w)) = plan.pipes.get(&ino) {
+            // SAFETY: dup2 onto a number the program used for this pipe.
+            if unsafe { libc::dup2(if write { w } else { r }, fd) } < 0 {
+                eprintln!("dmtcp_restart: process {pid}: cannot put a pipe at fd {fd}: {}", errno());
+            }
+        }
+    }
     let e = restore(img);
     eprintln!("dmtcp_restart: {e}");
     exit_now(1)
+}
+
+/// First fd number above every number the images use for pipes.
+fn pipe_fd_base(images: &[Image]) -> i32 {
+    images.iter().flat_map(|i| i.meta.tree.pipes.iter().map(|p| p.0 + 1)).max().unwrap_or(0).max(100)
+}
+
+/// Create one pipe per pipe inode found in the images, at or above `base`
+/// (so placing ends at the program's numbers never hits another).
+fn make_pipes(images: &[Image], base: i32) -> Result<BTreeMap<u64, (i32, i32)>, String> {
+    let all: Vec<(i32, u64, bool)> = images.iter().flat_map(|i| i.meta.tree.pipes.iter().copied()).collect();
+    let mut out = BTreeMap::new();
+    for &(_, ino, _) in &all {
+        if out.contains_key(&ino) {
+            continue;
+        }
+        let (r, w) = crate::restart::pipe().map_err(|e| format!("pipe: {e}"))?;
+        // SAFETY: moving our own fds above `base`, close-on-exec.
+        let (r2, w2) = unsafe { (libc::fcntl(r, libc::F_DUPFD_CLOEXEC, base), libc::fcntl(w, libc::F_DUPFD_CLOEXEC, base)) };
+        close(r);
+        close(w);
+        if r2 < 0 || w2 < 0 {
+            return Err(format!("cannot re-create the job's pipes: {}", errno()));
+        }
+        // SAFETY: a bigger buffer, so drained bytes always fit back (best effort).
+        unsafe { libc::fcntl(w2, libc::F_SETPIPE_SZ, 1 << 20) };
+        out.insert(ino, (r2, w2));
+    }
+    Ok(out)
 }
 
 /// End this process the way a zombie child had ended (exit code or signal).

@@ -115,3 +115,49 @@ fn timers_and_pending_signals_survive_restart() {
     job.wait_success();
     assert_eq!(job.output(), bare, "restarted timers program differs from a bare run");
 }
+
+/// Runs `cmd` with bash bare and under checkpoint control (a
+/// checkpoint-kill-restart cycle at each mark of `file`), and compares
+/// `file`, which one process of the job writes (lines written after a
+/// checkpoint are written again after the restart, at the same offsets).
+/// Returns the job's directory.
+fn shell_job_cycles(name: &str, cmd: &str, file: &str, marks: &[&str]) -> std::path::PathBuf {
+    let bare_dir = std::env::temp_dir().join(format!("dmtcp-bare-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&bare_dir).unwrap();
+    let st = std::process::Command::new("bash").args(["-c", cmd]).current_dir(&bare_dir).status().unwrap();
+    assert!(st.success());
+    let bare = std::fs::read_to_string(bare_dir.join(file)).unwrap();
+    let _ = std::fs::remove_dir_all(&bare_dir);
+    let mut job = Job::new(name);
+    job.launch(&["bash", "-c", cmd], &[]);
+    let path = job.dir.join(file);
+    for mark in marks {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !std::fs::read_to_string(&path).unwrap_or_default().contains(mark) {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {mark:?} in {file}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        job.checkpoint();
+        job.kill();
+        job.restart();
+    }
+    job.wait_success();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), bare, "{name}: output differs from a bare run");
+    job.dir.clone()
+}
+
+#[test]
+fn shell_pipeline_of_three_processes() {
+    // A producer loop (forking `sleep` every line), sed (unbuffered), and a consumer loop
+    // that writes each line as it comes (bash builtins do not buffer).
+    let cmd = r#"for i in $(seq 1 150); do echo "line $i"; sleep 0.02; done | sed -u "s/line/LINE/" | while read -r l; do n=$((n+1)); s=$((s+${#l})); echo "$n $s $l"; done > pipe.txt; echo pipeline-exit $? > exit.txt"#;
+    let job_dir = shell_job_cycles("pipeline", cmd, "pipe.txt", &["\n20 ", "\n60 ", "\n100 "]);
+    assert_eq!(std::fs::read_to_string(job_dir.join("exit.txt")).unwrap(), "pipeline-exit 0\n");
+}
+
+#[test]
+fn python_thread_pool_and_subprocesses() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/pool.py");
+    let cmd = format!("python3 {} 40 > py.txt", script.display());
+    shell_job_cycles("pypool", &cmd, "py.txt", &["step 8\n", "step 18\n", "step 28\n"]);
+}
