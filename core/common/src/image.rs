@@ -148,6 +148,50 @@ pub struct Tree {
     /// inode, in any process of the computation, are one pipe.
     #[serde(default)]
     pub pipes: Vec<(i32, u64, bool)>,
+    /// Sockets, re-created by `dmtcp_restart` (all but `Dead` ones) and
+    /// handed to every process that had them.
+    #[serde(default)]
+    pub socks: Vec<SockRec>,
+}
+
+/// What `dmtcp_restart` re-creates for a socket.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SockState {
+    /// A new socket, bound to `local` if that is set, connected to `peer`
+    /// if that is set (datagram sockets).
+    #[default]
+    Plain,
+    /// Bound to `local` and listening.
+    Listen,
+    /// One end of a connection between processes of the computation: the
+    /// records with the same `pair` key are its two ends (`side` 0 and 1).
+    Pair,
+    /// A connection to something outside the computation: the process
+    /// itself restores it closed (with the bytes it had not read yet).
+    Dead,
+}
+
+/// A socket of the process at checkpoint time.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SockRec {
+    pub fd: i32,
+    /// Inode: records with the same inode (in any process) are one socket.
+    pub ino: u64,
+    pub domain: i32,
+    pub stype: i32,
+    pub protocol: i32,
+    pub state: SockState,
+    /// Raw socket addresses (empty: unnamed / not connected).
+    pub local: Vec<u8>,
+    pub peer: Vec<u8>,
+    pub pair: String,
+    pub side: u8,
+    pub v6only: bool,
+    /// Datagrams waiting in the receive queue: (sender's address, bytes),
+    /// in order; sent again at restart (from the sender's new socket when
+    /// it has one).
+    #[serde(default)]
+    pub dgrams: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// What can be wrong with an image.

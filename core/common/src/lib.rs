@@ -4,6 +4,7 @@
 pub mod env;
 pub mod image;
 pub mod proto;
+pub mod sock;
 
 /// Version of this implementation, reported by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

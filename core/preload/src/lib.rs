@@ -24,6 +24,7 @@ mod plugin;
 mod procstate;
 mod proctree;
 mod sigwrap;
+mod sockets;
 mod threads;
 mod timers;
 mod writer;
@@ -186,6 +187,7 @@ extern "C" fn dmtcp_init() {
         vec![
             Box::new(procstate::ProcessPlugin::new()),
             Box::new(procstate::FilePlugin::new()),
+            Box::new(sockets::SocketPlugin),
             Box::new(timers::TimerPlugin::new()),
         ],
         &ident.cfg.disabled,
@@ -616,6 +618,7 @@ impl Ctl {
         });
         plugin::run(plugin::Event::Restart);
         self.barrier("restarted");
+        sockets::after_restart();
         api::end_checkpoint(true, true, self.generation);
         threads::resume_all();
     }

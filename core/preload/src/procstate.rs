@@ -143,7 +143,9 @@ enum FdKind {
     PipeRead { ino: u64 },
     /// Write end of such a pipe.
     PipeWrite { ino: u64 },
-    /// Anything else (sockets, pipes to other processes, event fds...).
+    /// A socket: the socket plugin restores it.
+    Socket,
+    /// Anything else (event fds, ...).
     Other,
 }
 
@@ -197,6 +199,16 @@ fn list_fds() -> Vec<i32> {
     // SAFETY: closing our fd.
     unsafe { libc::close(d) };
     out
+}
+
+/// The process's sockets: (fd, "socket:[inode]"), library fds left out.
+pub fn socket_fds() -> Vec<(i32, String)> {
+    list_fds()
+        .into_iter()
+        .filter(|fd| !(PROTECTED_FD_BASE..PROTECTED_FD_BASE + 10).contains(fd))
+        .map(|fd| (fd, readlink_fd(fd)))
+        .filter(|(_, t)| t.starts_with("socket:["))
+        .collect()
 }
 
 fn readlink_fd(fd: i32) -> String {
@@ -265,6 +277,8 @@ impl FilePlugin {
                 } else {
                     FdKind::Other
                 }
+            } else if fmt == libc::S_IFSOCK {
+                FdKind::Socket
             } else if let Some(ino) = pipe_ino(&target) {
                 if flags & libc::O_ACCMODE == libc::O_WRONLY {
                     FdKind::PipeWrite { ino }
@@ -340,10 +354,20 @@ impl FilePlugin {
             // SAFETY: fstat on an fd number; fails cleanly if closed.
             unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO }
         };
+        let is_sock = |fd: i32| {
+            // SAFETY: fstat into a zeroed struct.
+            let mut st: libc::stat = unsafe { core::mem::zeroed() };
+            // SAFETY: fstat on an fd number; fails cleanly if closed.
+            unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK }
+        };
         let installed: Vec<i32> = s
             .fds
             .iter()
-            .filter(|i| matches!(i.kind, FdKind::PipeRead { .. } | FdKind::PipeWrite { .. }) && is_fifo(i.fd))
+            .filter(|i| match i.kind {
+                FdKind::PipeRead { .. } | FdKind::PipeWrite { .. } => is_fifo(i.fd),
+                FdKind::Socket => is_sock(i.fd),
+                _ => false,
+            })
             .map(|i| i.fd)
             .collect();
         for fd in list_fds() {
@@ -440,6 +464,7 @@ impl FilePlugin {
                         }
                     }
                 }
+                FdKind::Socket => {} // the socket plugin's
                 FdKind::Other => {
                     crate::log::warn(format_args!("fd {} ({}) cannot be restored yet; it stays closed", i.fd, i.target));
                 }

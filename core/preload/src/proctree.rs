@@ -52,5 +52,6 @@ pub fn capture(tids: Vec<i32>) -> Tree {
     let (ppid, pgid, sid) = unsafe { (libc::getppid(), libc::getpgid(0), libc::getsid(0)) };
     let zombies = children().into_iter().filter_map(|c| zombie_status(c).map(|s| (c, s))).collect();
     let pipes = crate::procstate::PIPES.with(|p| p.clone());
-    Tree { ppid, pgid, sid, tids, zombies, pipes }
+    let socks = crate::sockets::records();
+    Tree { ppid, pgid, sid, tids, zombies, pipes, socks }
 }

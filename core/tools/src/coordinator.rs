@@ -234,6 +234,14 @@ fn kill_all(g: &mut State) {
     }
 }
 
+/// The library's own name-service entries (databases named `dmtcp:...`,
+/// e.g. socket peers and restart addresses) are only good for one
+/// checkpoint or one restart: forget them when a round starts and when the
+/// computation empties (before a restart).
+fn clear_internal_kv(g: &mut State) {
+    g.kv.retain(|(db, _), _| !db.starts_with("dmtcp:"));
+}
+
 /// Start a checkpoint round; false if there is nothing to checkpoint or one runs.
 fn start_round(g: &mut State, kill_after: bool, waiter: Option<TcpStream>) -> bool {
     if g.round.is_some() {
@@ -249,6 +257,7 @@ fn start_round(g: &mut State, kill_after: bool, waiter: Option<TcpStream>) -> bo
     }
     g.generation += 1;
     g.last_ckpt = Instant::now();
+    clear_internal_kv(g);
     let participants: BTreeSet<u64> = g.peers.keys().copied().collect();
     let n = participants.len() as u32;
     let gen = g.generation;
@@ -504,6 +513,9 @@ fn handle(sh: Shared, conn: TcpStream) {
             Some(_) => {}
             None => {
                 g.peers.remove(&id);
+                if g.peers.is_empty() {
+                    clear_internal_kv(&mut g);
+                }
                 let suspended = g.barriers.get("suspended").is_some_and(|b| b.contains(&id));
                 if let Some(r) = g.round.as_mut() {
                     // A process that exits before it is suspended is simply

@@ -150,7 +150,11 @@ pub fn main(args: Vec<String>) -> i32 {
         }
     }
     if opened.len() == 1 {
-        let img = opened.pop().expect("one image");
+        let mut img = opened.pop().expect("one image");
+        if let Err(e) = crate::tree::socks_for_single(&mut img) {
+            eprintln!("dmtcp_restart: {e}");
+            return 1;
+        }
         let e = restore_into_self(&img, &a.host, port, ckpt_dir.as_deref(), &restorer, 0);
         eprintln!("dmtcp_restart: {e}");
         return 1;

@@ -99,6 +99,8 @@ struct Plan<'a> {
     go_r: i32,
     /// One pipe per pipe inode of the images: (read end, write end).
     pipes: BTreeMap<u64, (i32, i32)>,
+    /// Sockets made for the images, by [`dmtcp_common::sock::key`].
+    socks: BTreeMap<String, i32>,
 }
 
 /// Run the job in the namespace [`enter`] made; returns the exit code.
@@ -135,6 +137,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(&e),
     };
+    let socks = make_socks(images, base + images.len() as i32);
     let (created_r, created_w) = match crate::restart::pipe() {
         Ok(p) => p,
         Err(e) => return fail(&format!("pipe: {e}")),
@@ -148,7 +151,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
         return fail(&format!("cannot start the namespace's init: {}", errno()));
     }
     if init > 0 {
-        for fd in [created_r, created_w, go_r, go_w].into_iter().chain(pipes.values().flat_map(|&(r, w)| [r, w])) {
+        for fd in [created_r, created_w, go_r, go_w].into_iter().chain(pipes.values().flat_map(|&(r, w)| [r, w])).chain(socks.values().copied()) {
             close(fd);
         }
         return outside(init);
@@ -162,7 +165,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
     // Processes created without a chosen pid (the image streamers) get ids
     // above every id the job needs.
     let _ = std::fs::write("/proc/sys/kernel/ns_last_pid", max_id.to_string());
-    let plan = Plan { images, by_pid, children, created_w, go_r, pipes };
+    let plan = Plan { images, by_pid, children, created_w, go_r, pipes, socks };
     let mut root_pids = Vec::new();
     for &r in &roots {
         let pid = images[r].meta.pid;
@@ -204,6 +207,9 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
     for &(r, w) in plan.pipes.values() {
         close(r);
         close(w);
+    }
+    for &s in plan.socks.values() {
+        close(s);
     }
     if got < images.len() {
         eprintln!("dmtcp_restart: only {got} of {} processes could be re-created", images.len());
@@ -304,14 +310,99 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
             }
         }
     }
+    // Sockets likewise.
+    for r in t.socks.iter().filter(|r| dmtcp_common::sock::made_by_restart(r)) {
+        if let Some(&s) = plan.socks.get(&dmtcp_common::sock::key(r)) {
+            // SAFETY: dup2 onto a number the program used for this socket.
+            if unsafe { libc::dup2(s, r.fd) } < 0 {
+                eprintln!("dmtcp_restart: process {pid}: cannot put a socket at fd {}: {}", r.fd, errno());
+            }
+        }
+    }
     let e = restore(img);
     eprintln!("dmtcp_restart: {e}");
     exit_now(1)
 }
 
-/// First fd number above every number the images use for pipes.
+/// Without a pid namespace, one image restored into this process: make
+/// its sockets (the connections within it, its listeners) and put them at
+/// their numbers. Pipes and connections to other processes cannot be made.
+pub fn socks_for_single(img: &mut Image) -> Result<(), String> {
+    let base = pipe_fd_base(std::slice::from_ref(img));
+    img.move_fd_above(base).map_err(|e| format!("{}: {e}", img.path.display()))?;
+    let made = make_socks(std::slice::from_ref(img), base + 1);
+    for r in img.meta.tree.socks.iter().filter(|r| dmtcp_common::sock::made_by_restart(r)) {
+        if let Some(&s) = made.get(&dmtcp_common::sock::key(r)) {
+            // SAFETY: dup2 onto a number the program used for this socket.
+            unsafe { libc::dup2(s, r.fd) };
+        }
+    }
+    for &s in made.values() {
+        close(s);
+    }
+    Ok(())
+}
+
+/// First fd number above every number the images use for pipes and sockets.
 fn pipe_fd_base(images: &[Image]) -> i32 {
-    images.iter().flat_map(|i| i.meta.tree.pipes.iter().map(|p| p.0 + 1)).max().unwrap_or(0).max(100)
+    let pipes = images.iter().flat_map(|i| i.meta.tree.pipes.iter().map(|p| p.0 + 1));
+    let socks = images.iter().flat_map(|i| i.meta.tree.socks.iter().map(|s| s.fd + 1));
+    pipes.chain(socks).max().unwrap_or(0).max(100)
+}
+
+/// Make the job's sockets (see [`dmtcp_common::sock`]), at or above `base`.
+/// A socket that cannot be made is reported; its process finds the fd
+/// closed and says so.
+fn make_socks(images: &[Image], base: i32) -> BTreeMap<String, i32> {
+    use dmtcp_common::image::SockState;
+    use dmtcp_common::sock;
+    let mut warn = |m: String| eprintln!("dmtcp_restart: warning: {m}");
+    let all: Vec<&dmtcp_common::image::SockRec> =
+        images.iter().flat_map(|i| i.meta.tree.socks.iter()).filter(|r| sock::made_by_restart(r)).collect();
+    let mut out: BTreeMap<String, i32> = BTreeMap::new();
+    let up = |fd: i32| {
+        // SAFETY: moving our own fd above `base`, close-on-exec.
+        let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base) };
+        close(fd);
+        n
+    };
+    let mut singles = Vec::new();
+    for r in &all {
+        let k = sock::key(r);
+        if out.contains_key(&k) {
+            continue;
+        }
+        if r.state == SockState::Pair {
+            let other = all.iter().any(|o| o.state == SockState::Pair && o.pair == r.pair && o.side != r.side);
+            if other {
+                match sock::pair(r) {
+                    Ok((a, b)) => {
+                        let (a, b) = (up(a), up(b));
+                        let mut r0 = (*r).clone();
+                        r0.side = 0;
+                        out.insert(sock::key(&r0), a);
+                        r0.side = 1;
+                        out.insert(sock::key(&r0), b);
+                    }
+                    Err(e) => warn(format!("cannot re-create a connection of the job ({}): {e}", r.pair)),
+                }
+                continue;
+            }
+        }
+        match sock::single(r, &mut warn) {
+            Ok(fd) => {
+                let fd = up(fd);
+                out.insert(k, fd);
+                singles.push((fd, *r));
+            }
+            Err(e) => warn(format!("cannot re-create socket fd {}: {e}", r.fd)),
+        }
+    }
+    for (fd, r) in singles {
+        sock::reconnect(fd, r, &mut warn);
+    }
+    sock::refill_dgrams(&all, &out, &mut warn);
+    out
 }
 
 /// Create one pipe per pipe inode found in the images, at or above `base`

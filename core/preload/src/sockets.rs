@@ -1,0 +1,880 @@
+//! The "socket" plugin: Unix and TCP sockets across checkpoint and restart.
+//!
+//! At checkpoint (user threads of every process suspended):
+//! 1. Each process lists its sockets and publishes, in the coordinator's
+//!    name service, one entry per socket it holds (last writer wins: after
+//!    the barrier everyone reads the same owner, who is the socket's
+//!    *leader*) and one per connected stream end (its shutdown state).
+//! 2. After the barrier, a connected stream socket whose other end was
+//!    published is *in the job*; the other ones lead outside (an external
+//!    server, or a peer that already closed).
+//! 3. Leaders drain in-job connections: each end sends a cookie and reads
+//!    until the other's cookie arrives, so every byte in flight (kernel
+//!    receive queues and TCP send queues) is in the reader's memory and in
+//!    the image. Half-closed connections and outside connections are only
+//!    peeked (`SO_PEEK_OFF`): their bytes stay where they are.
+//!
+//! On resume, each in-job pair exchanges what it drained: an end sends its
+//! bytes to the other end in a framed message, and the other end writes
+//! them back raw, so they arrive again, in order, before anything new.
+//!
+//! On restart, `dmtcp_restart` re-creates sockets from the records kept in
+//! the image (pairs as fresh connections of the same kind, listeners bound
+//! to their addresses) and hands them to every process that had them; the
+//! process puts the options back, rebuilds outside connections as closed
+//! ones (the bytes it had not read, then EOF or a reset) and, once the
+//! whole job is back, runs the same exchange as on resume.
+
+use crate::plugin::{Event, Plugin};
+use dmtcp_common::image::{SockRec, SockState};
+
+const DB: &str = "dmtcp:sock";
+/// Ends the drained stream of one direction.
+const COOKIE: [u8; 16] = *b"\xd3DMTCP-rs:drain\x7f";
+/// Starts a refill message.
+const MAGIC: [u8; 8] = *b"DMTCPRX1";
+/// Most bytes peeked from one socket.
+const PEEK_MAX: usize = 256 << 20;
+
+#[derive(Clone, Debug, Default)]
+struct Sock {
+    rec: SockRec,
+    leader: bool,
+    /// A connected stream socket.
+    stream_conn: bool,
+    /// This end has shut its write side / the other end has.
+    my_shut: bool,
+    peer_shut: bool,
+    /// Drained by consuming (both ends in the job, both directions open).
+    consume: bool,
+    /// The drain of this socket did not finish.
+    failed: bool,
+    /// Bytes of the receive queue at checkpoint time.
+    data: Vec<u8>,
+    opts: Vec<(i32, i32, Vec<u8>)>,
+    flags: i32,
+    cloexec: bool,
+    endkey: String,
+    peerkey: String,
+}
+
+static SAVED: crate::flock::FLock<Vec<Sock>> = crate::flock::FLock::new(Vec::new());
+
+/// Records for the image (read when the tree is captured).
+pub fn records() -> Vec<SockRec> {
+    SAVED.with(|s| s.iter().map(|x| x.rec.clone()).collect())
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn get_int(fd: i32, level: i32, opt: i32) -> Option<i32> {
+    let mut v: i32 = 0;
+    let mut len = 4 as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`.
+    let r = unsafe { libc::getsockopt(fd, level, opt, &mut v as *mut i32 as *mut libc::c_void, &mut len) };
+    (r == 0).then_some(v)
+}
+
+fn set_int(fd: i32, level: i32, opt: i32, v: i32) -> bool {
+    // SAFETY: setsockopt reads 4 bytes from `v`.
+    unsafe { libc::setsockopt(fd, level, opt, &v as *const i32 as *const libc::c_void, 4) == 0 }
+}
+
+fn get_raw(fd: i32, level: i32, opt: i32, size: usize) -> Option<Vec<u8>> {
+    let mut v = vec![0u8; size];
+    let mut len = size as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into our buffer.
+    let r = unsafe { libc::getsockopt(fd, level, opt, v.as_mut_ptr() as *mut libc::c_void, &mut len) };
+    if r != 0 {
+        return None;
+    }
+    v.truncate(len as usize);
+    Some(v)
+}
+
+/// getsockname / getpeername as raw bytes (empty when unnamed or unconnected).
+fn name(fd: i32, peer: bool) -> Vec<u8> {
+    // SAFETY: a zeroed sockaddr_storage is a valid buffer.
+    let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let mut len = core::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let p = &mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr;
+    // SAFETY: the kernel writes at most `len` bytes into `ss`.
+    let r = unsafe { if peer { libc::getpeername(fd, p, &mut len) } else { libc::getsockname(fd, p, &mut len) } };
+    if r != 0 {
+        return Vec::new();
+    }
+    // SAFETY: reading `len` initialized bytes of `ss`.
+    let b = unsafe { core::slice::from_raw_parts(p as *const u8, (len as usize).min(core::mem::size_of::<libc::sockaddr_storage>())) };
+    match ss.ss_family as i32 {
+        libc::AF_UNIX if b.len() <= 2 => Vec::new(),
+        libc::AF_INET | libc::AF_INET6 => {
+            // Port 0 means not bound (or not connected).
+            if b.len() >= 4 && b[2] == 0 && b[3] == 0 {
+                Vec::new()
+            } else {
+                b.to_vec()
+            }
+        }
+        _ => b.to_vec(),
+    }
+}
+
+/// An inet address as text, v4-mapped v6 addresses shown as v4 (so both
+/// ends of a connection through a dual-stack socket name it the same way).
+fn inet_text(raw: &[u8]) -> String {
+    let port = |b: &[u8]| u16::from_be_bytes([b[2], b[3]]);
+    if raw.len() >= 8 && raw[0] as i32 | (raw[1] as i32) << 8 == libc::AF_INET {
+        return format!("{}.{}.{}.{}:{}", raw[4], raw[5], raw[6], raw[7], port(raw));
+    }
+    if raw.len() >= 24 {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&raw[8..24]);
+        let ip = std::net::Ipv6Addr::from(a);
+        if let Some(v4) = ip.to_ipv4_mapped() {
+            return format!("{v4}:{}", port(raw));
+        }
+        return format!("[{ip}]:{}", port(raw));
+    }
+    String::new()
+}
+
+/// This boot's id (socket inode numbers are only unique within one kernel).
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_else(|_| {
+        // SAFETY: gethostid has no preconditions.
+        format!("{:x}", unsafe { libc::gethostid() })
+    })
+}
+
+/// Peer inode and shutdown bits (1: receive side, 2: send side) of a Unix
+/// socket, from the kernel's sock_diag interface.
+fn unix_diag(nl: i32, ino: u64) -> Option<(u64, u8)> {
+    #[repr(C)]
+    struct Req {
+        nlmsg_len: u32,
+        nlmsg_type: u16,
+        nlmsg_flags: u16,
+        nlmsg_seq: u32,
+        nlmsg_pid: u32,
+        family: u8,
+        protocol: u8,
+        pad: u16,
+        states: u32,
+        ino: u32,
+        show: u32,
+        cookie: [u32; 2],
+    }
+    const _: () = assert!(core::mem::size_of::<Req>() == 16 + 24);
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_PEER: u32 = 4;
+    const UNIX_DIAG_PEER: u16 = 2;
+    const UNIX_DIAG_SHUTDOWN: u16 = 6;
+    let req = Req {
+        nlmsg_len: core::mem::size_of::<Req>() as u32,
+        nlmsg_type: SOCK_DIAG_BY_FAMILY,
+        nlmsg_flags: libc::NLM_F_REQUEST as u16,
+        nlmsg_seq: ino as u32,
+        nlmsg_pid: 0,
+        family: libc::AF_UNIX as u8,
+        protocol: 0,
+        pad: 0,
+        states: u32::MAX,
+        ino: ino as u32,
+        show: UDIAG_SHOW_PEER,
+        cookie: [u32::MAX; 2],
+    };
+    // SAFETY: sending our request struct over our netlink socket.
+    let n = unsafe { libc::send(nl, &req as *const Req as *const libc::c_void, core::mem::size_of::<Req>(), 0) };
+    if n < 0 {
+        return None;
+    }
+    let mut buf = vec![0u8; 8192];
+    // SAFETY: receiving into our buffer.
+    let n = unsafe { libc::recv(nl, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+    if n < 16 + 16 {
+        return None;
+    }
+    let b = &buf[..n as usize];
+    let u16at = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+    let u32at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let len = (u32at(0) as usize).min(b.len());
+    if u16at(4) != SOCK_DIAG_BY_FAMILY {
+        return None;
+    }
+    let (mut peer, mut shut) = (0u64, 0u8);
+    let mut o = 16 + 16;
+    while o + 4 <= len {
+        let alen = u16at(o) as usize;
+        let atype = u16at(o + 2);
+        if alen < 4 || o + alen > len {
+            break;
+        }
+        match atype {
+            UNIX_DIAG_PEER if alen >= 8 => peer = u32at(o + 4) as u64,
+            UNIX_DIAG_SHUTDOWN if alen >= 5 => shut = b[o + 4],
+            _ => {}
+        }
+        o += (alen + 3) & !3;
+    }
+    Some((peer, shut))
+}
+
+/// Options put back at restart: (level, option, size).
+const OPTS: [(i32, i32, usize); 14] = [
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR, 4),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT, 4),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 4),
+    (libc::SOL_SOCKET, libc::SO_BROADCAST, 4),
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE, 4),
+    (libc::SOL_SOCKET, libc::SO_LINGER, 8),
+    (libc::SOL_SOCKET, libc::SO_RCVTIMEO, 16),
+    (libc::SOL_SOCKET, libc::SO_SNDTIMEO, 16),
+    (libc::SOL_SOCKET, libc::SO_RCVLOWAT, 4),
+    (libc::SOL_SOCKET, libc::SO_PASSCRED, 4),
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY, 4),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 4),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 4),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4),
+];
+
+fn save_opts(fd: i32, domain: i32) -> Vec<(i32, i32, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (level, opt, size) in OPTS {
+        if level == libc::IPPROTO_TCP && domain == libc::AF_UNIX {
+            continue;
+        }
+        if let Some(v) = get_raw(fd, level, opt, size) {
+            out.push((level, opt, v));
+        }
+    }
+    // Buffer sizes the program set (the kernel reports twice the value
+    // asked for; sizes it tuned itself are left to it).
+    for (opt, max) in [(libc::SO_SNDBUF, "/proc/sys/net/core/wmem_max"), (libc::SO_RCVBUF, "/proc/sys/net/core/rmem_max")] {
+        let Some(v) = get_int(fd, libc::SOL_SOCKET, opt) else { continue };
+        let max: i32 = std::fs::read_to_string(max).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(212992);
+        if v <= 2 * max && v != default_buf(domain, opt) {
+            out.push((libc::SOL_SOCKET, opt, (v / 2).to_ne_bytes().to_vec()));
+        }
+    }
+    out
+}
+
+/// A fresh socket's buffer size (what the program did not change).
+fn default_buf(domain: i32, opt: i32) -> i32 {
+    // SAFETY: a throw-away socket.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return -1;
+    }
+    let v = get_int(fd, libc::SOL_SOCKET, opt).unwrap_or(-1);
+    // SAFETY: closing it.
+    unsafe { libc::close(fd) };
+    v
+}
+
+fn tcp_state(fd: i32) -> u8 {
+    get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 232).and_then(|v| v.first().copied()).unwrap_or(0)
+}
+
+/// List the process's sockets.
+fn scan() -> Vec<Sock> {
+    let boot = boot_id();
+    // SAFETY: a netlink socket of our own for sock_diag queries.
+    let nl = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+    let mut out = Vec::new();
+    for (fd, target) in crate::procstate::socket_fds() {
+        let Some(ino) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).and_then(|t| t.parse::<u64>().ok()) else {
+            continue;
+        };
+        if fd == nl {
+            continue;
+        }
+        let domain = get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
+        let stype = get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(-1);
+        let protocol = get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
+        let listening = get_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1);
+        let local = name(fd, false);
+        let peer = name(fd, true);
+        // SAFETY: fcntl queries of a live fd.
+        let (flags, fdflags) = unsafe { (libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD)) };
+        let mut s = Sock {
+            rec: SockRec {
+                fd,
+                ino,
+                domain,
+                stype,
+                protocol,
+                state: SockState::Plain,
+                local,
+                peer,
+                pair: String::new(),
+                side: 0,
+                v6only: domain == libc::AF_INET6 && get_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1),
+                dgrams: Vec::new(),
+            },
+            flags,
+            cloexec: fdflags & libc::FD_CLOEXEC != 0,
+            ..Default::default()
+        };
+        let inet = domain == libc::AF_INET || domain == libc::AF_INET6;
+        if inet || domain == libc::AF_UNIX {
+            s.opts = save_opts(fd, domain);
+        }
+        if inet && stype == libc::SOCK_STREAM && !s.rec.local.is_empty() {
+            // The port must be free for a restart soon after the job was
+            // killed: old connections of this port linger (TIME_WAIT and
+            // the like) and block a new bind unless they allow reuse. The
+            // program's own value is in `opts`, for the restarted socket.
+            set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+        }
+        let stream = stype == libc::SOCK_STREAM || stype == libc::SOCK_SEQPACKET;
+        if listening {
+            s.rec.state = SockState::Listen;
+        } else if stream && domain == libc::AF_UNIX && nl >= 0 {
+            if let Some((peer_ino, shut)) = unix_diag(nl, ino) {
+                if peer_ino != 0 || !s.rec.peer.is_empty() {
+                    s.stream_conn = true;
+                    s.my_shut = shut & 2 != 0;
+                    s.peer_shut = shut & 1 != 0;
+                    s.endkey = format!("u:{boot}:{ino}");
+                    s.peerkey = if peer_ino != 0 { format!("u:{boot}:{peer_ino}") } else { String::new() };
+                    let (a, b) = (ino.min(peer_ino), ino.max(peer_ino));
+                    s.rec.pair = format!("u:{boot}:{a}-{b}");
+                    s.rec.side = (ino > peer_ino) as u8;
+                }
+            }
+        } else if !stream && domain == libc::AF_UNIX && s.rec.peer.is_empty() && nl >= 0 {
+            // A datagram socketpair: both ends unnamed, connected to each other.
+            if let Some((peer_ino, _)) = unix_diag(nl, ino) {
+                if peer_ino != 0 {
+                    let (a, b) = (ino.min(peer_ino), ino.max(peer_ino));
+                    s.rec.state = SockState::Pair;
+                    s.rec.pair = format!("u:{boot}:{a}-{b}");
+                    s.rec.side = (ino > peer_ino) as u8;
+                }
+            }
+        } else if stream && inet && protocol == libc::IPPROTO_TCP && !s.rec.peer.is_empty() {
+            let st = tcp_state(fd);
+            // ESTABLISHED 1, FIN_WAIT1 4, FIN_WAIT2 5, TIME_WAIT 6, CLOSE_WAIT 8, LAST_ACK 9, CLOSING 11
+            if matches!(st, 1 | 4 | 5 | 6 | 8 | 9 | 11) {
+                s.stream_conn = true;
+                s.my_shut = matches!(st, 4 | 5 | 6 | 9 | 11);
+                s.peer_shut = matches!(st, 6 | 8 | 9 | 11);
+                let (l, p) = (inet_text(&s.rec.local), inet_text(&s.rec.peer));
+                s.endkey = format!("t:{l}>{p}");
+                s.peerkey = format!("t:{p}>{l}");
+                s.rec.pair = if l < p { format!("t:{l}|{p}") } else { format!("t:{p}|{l}") };
+                s.rec.side = (l > p) as u8;
+            }
+        }
+        out.push(s);
+    }
+    if nl >= 0 {
+        // SAFETY: closing our netlink socket.
+        unsafe { libc::close(nl) };
+    }
+    out
+}
+
+fn set_nonblock(fd: i32) -> i32 {
+    // SAFETY: fcntl flag manipulation of a socket we hold.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        fl
+    }
+}
+
+fn restore_flags(fd: i32, fl: i32) {
+    // SAFETY: as above.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, fl) };
+}
+
+fn send_some(fd: i32, b: &[u8]) -> Result<usize, i32> {
+    if b.is_empty() {
+        return Ok(0);
+    }
+    // SAFETY: sending from our buffer; MSG_NOSIGNAL keeps SIGPIPE away.
+    let n = unsafe { libc::send(fd, b.as_ptr() as *const libc::c_void, b.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    if n >= 0 {
+        Ok(n as usize)
+    } else {
+        match errno() {
+            libc::EAGAIN | libc::EINTR => Ok(0),
+            e => Err(e),
+        }
+    }
+}
+
+/// Ok(None): nothing now; Ok(Some(0)): end of stream.
+fn recv_some(fd: i32, b: &mut [u8], flags: i32) -> Result<Option<usize>, i32> {
+    // SAFETY: receiving into our buffer.
+    let n = unsafe { libc::recv(fd, b.as_mut_ptr() as *mut libc::c_void, b.len(), flags | libc::MSG_DONTWAIT) };
+    if n >= 0 {
+        Ok(Some(n as usize))
+    } else {
+        match errno() {
+            libc::EAGAIN | libc::EINTR => Ok(None),
+            e => Err(e),
+        }
+    }
+}
+
+/// Read the receive queue without taking it (peek offset walks it).
+fn peek_all(fd: i32) -> Vec<u8> {
+    let old = get_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    if set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0) {
+        while out.len() < PEEK_MAX {
+            match recv_some(fd, &mut buf, libc::MSG_PEEK) {
+                Ok(Some(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old);
+    } else {
+        // No peek offset: one peek of what is queued.
+        let mut n: i32 = 0;
+        // SAFETY: FIONREAD writes an int.
+        unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+        if n > 0 {
+            let mut b = vec![0u8; n as usize];
+            if let Ok(Some(k)) = recv_some(fd, &mut b, libc::MSG_PEEK) {
+                out.extend_from_slice(&b[..k]);
+            }
+        }
+    }
+    out
+}
+
+fn poll_wait(fds: &mut [libc::pollfd], ms: i32) {
+    // SAFETY: poll on our array.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+}
+
+/// The datagrams waiting on `fd`, with their senders, left in place.
+fn peek_dgrams(fd: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let old = get_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
+    if !set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0) {
+        return out;
+    }
+    let mut buf = vec![0u8; 1 << 18];
+    let mut total = 0usize;
+    while total < PEEK_MAX {
+        // SAFETY: zeroed address buffer for recvmsg.
+        let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        // SAFETY: a zeroed msghdr is valid; fields set below.
+        let mut m: libc::msghdr = unsafe { core::mem::zeroed() };
+        m.msg_name = &mut ss as *mut libc::sockaddr_storage as *mut libc::c_void;
+        m.msg_namelen = core::mem::size_of::<libc::sockaddr_storage>() as u32;
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        // SAFETY: recvmsg writes into our buffers.
+        let n = unsafe { libc::recvmsg(fd, &mut m, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            break;
+        }
+        // SAFETY: the kernel wrote msg_namelen bytes of address.
+        let src = unsafe { core::slice::from_raw_parts(&ss as *const libc::sockaddr_storage as *const u8, m.msg_namelen as usize) };
+        let src = if ss.ss_family as i32 == libc::AF_UNIX && src.len() <= 2 { Vec::new() } else { src.to_vec() };
+        out.push((src, buf[..n as usize].to_vec()));
+        total += n as usize;
+        if n == 0 {
+            // An empty datagram does not move the peek offset: stop here.
+            break;
+        }
+    }
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old);
+    out
+}
+
+/// Drain in-job connections (cookie protocol) and peek the others.
+fn drain(socks: &mut [Sock]) {
+    for s in socks.iter_mut() {
+        if s.leader && s.stream_conn && !s.consume {
+            s.data = peek_all(s.rec.fd);
+        }
+        let dgram = s.rec.stype == libc::SOCK_DGRAM && matches!(s.rec.domain, libc::AF_UNIX | libc::AF_INET | libc::AF_INET6);
+        s.rec.dgrams = if s.leader && dgram { peek_dgrams(s.rec.fd) } else { Vec::new() };
+    }
+    let idx: Vec<usize> = (0..socks.len()).filter(|&i| socks[i].leader && socks[i].consume).collect();
+    if idx.is_empty() {
+        return;
+    }
+    struct D {
+        i: usize,
+        old: i32,
+        sent: usize,
+        done: bool,
+    }
+    let mut st: Vec<D> = idx.iter().map(|&i| D { i, old: set_nonblock(socks[i].rec.fd), sent: 0, done: false }).collect();
+    let start = std::time::Instant::now();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        for d in st.iter_mut() {
+            let fd = socks[d.i].rec.fd;
+            if d.sent < COOKIE.len() {
+                match send_some(fd, &COOKIE[d.sent..]) {
+                    Ok(n) => d.sent += n,
+                    Err(_) => d.sent = COOKIE.len(),
+                }
+            }
+            while !d.done {
+                match recv_some(fd, &mut buf, 0) {
+                    Ok(Some(0)) | Err(_) => d.done = true,
+                    Ok(Some(n)) => {
+                        let data = &mut socks[d.i].data;
+                        data.extend_from_slice(&buf[..n]);
+                        if data.ends_with(&COOKIE) {
+                            data.truncate(data.len() - COOKIE.len());
+                            d.done = true;
+                        }
+                    }
+                    Ok(None) => break,
+                }
+            }
+            let mut ev = 0;
+            if !d.done {
+                ev |= libc::POLLIN;
+            }
+            if d.sent < COOKIE.len() {
+                ev |= libc::POLLOUT;
+            }
+            if ev != 0 {
+                pfds.push(libc::pollfd { fd, events: ev, revents: 0 });
+            }
+        }
+        if pfds.is_empty() {
+            break;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            for d in st.iter().filter(|d| !d.done || d.sent < COOKIE.len()) {
+                let s = &mut socks[d.i];
+                s.failed = true;
+                crate::log::warn(format_args!(
+                    "socket fd {}: the other end did not finish draining within 30 s; {} bytes in flight may be lost",
+                    s.rec.fd,
+                    s.data.len()
+                ));
+            }
+            break;
+        }
+        poll_wait(&mut pfds, 100);
+    }
+    for d in &st {
+        restore_flags(socks[d.i].rec.fd, d.old);
+    }
+}
+
+fn checkpoint() {
+    let mut socks = scan();
+    let boot = boot_id();
+    let pid = dmtcp_sys::getpid();
+    let put = |k: String, v: Vec<u8>| crate::coord::send(&dmtcp_common::proto::ToCoord::KvPut { db: DB.into(), key: k.into_bytes(), val: v });
+    for s in &socks {
+        put(format!("o:{boot}:{}", s.rec.ino), pid.to_ne_bytes().to_vec());
+        if s.stream_conn {
+            put(s.endkey.clone(), vec![s.my_shut as u8 | (s.peer_shut as u8) << 1]);
+        }
+    }
+    let coordinated = crate::coord::barrier("sock:elect");
+    for s in socks.iter_mut() {
+        let owner = if coordinated { crate::coord::kv_get(DB, format!("o:{boot}:{}", s.rec.ino).as_bytes()).flatten() } else { None };
+        s.leader = owner.is_none_or(|o| o == pid.to_ne_bytes());
+        if !s.stream_conn {
+            continue;
+        }
+        let other = if coordinated && !s.peerkey.is_empty() { crate::coord::kv_get(DB, s.peerkey.as_bytes()).flatten() } else { None };
+        match other {
+            Some(v) => {
+                let o = v.first().copied().unwrap_or(3);
+                s.rec.state = SockState::Pair;
+                s.consume = !s.my_shut && !s.peer_shut && o == 0;
+            }
+            None => {
+                s.rec.state = SockState::Dead;
+                s.rec.pair.clear();
+            }
+        }
+    }
+    drain(&mut socks);
+    SAVED.with(|v| *v = socks);
+}
+
+/// One end's part of a refill exchange.
+struct Ex {
+    fd: i32,
+    old: i32,
+    out: Vec<u8>,
+    sent: usize,
+    hdr: [u8; 16],
+    got: usize,
+    body: Vec<u8>,
+    need: usize,
+    in_done: bool,
+    wb: usize,
+    shut_after: bool,
+    broken: bool,
+}
+
+/// Give every in-job end back its bytes: send mine to the other end framed,
+/// read its message, write its bytes back raw (they reach it again, in
+/// order, before anything the program sends next). Messages are done
+/// before the `barrier` (so no process sharing a socket can run and read
+/// one), the raw bytes after it (they may need the other end's program to
+/// read to fit). Every process reaches the barrier, with or without sockets.
+fn exchange(list: Vec<(i32, Vec<u8>, bool)>, barrier: &str) {
+    let mut ex: Vec<Ex> = list
+        .into_iter()
+        .map(|(fd, data, shut_after)| {
+            let mut out = Vec::with_capacity(16 + data.len());
+            out.extend_from_slice(&MAGIC);
+            out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+            out.extend_from_slice(&data);
+            Ex { fd, old: set_nonblock(fd), out, sent: 0, hdr: [0; 16], got: 0, body: Vec::new(), need: 0, in_done: false, wb: 0, shut_after, broken: false }
+        })
+        .collect();
+    run_exchange(&mut ex, false);
+    crate::coord::barrier(barrier);
+    run_exchange(&mut ex, true);
+    for e in &ex {
+        if e.broken {
+            crate::log::warn(format_args!("socket fd {}: the connection broke while its bytes in flight were put back", e.fd));
+        }
+        restore_flags(e.fd, e.old);
+        if e.shut_after {
+            // SAFETY: shutting the write side, as the program had done.
+            unsafe { libc::shutdown(e.fd, libc::SHUT_WR) };
+        }
+    }
+}
+
+/// One stage of [`exchange`]: the messages, or the raw write-back.
+fn run_exchange(ex: &mut [Ex], writeback: bool) {
+    let start = std::time::Instant::now();
+    let mut warned = false;
+    loop {
+        let mut pfds = Vec::new();
+        for e in ex.iter_mut().filter(|e| !e.broken) {
+            if writeback {
+                if e.wb < e.body.len() {
+                    match send_some(e.fd, &e.body[e.wb..]) {
+                        Ok(n) => e.wb += n,
+                        Err(_) => e.broken = true,
+                    }
+                }
+                if e.wb < e.body.len() && !e.broken {
+                    pfds.push(libc::pollfd { fd: e.fd, events: libc::POLLOUT, revents: 0 });
+                }
+                continue;
+            }
+            if e.sent < e.out.len() {
+                match send_some(e.fd, &e.out[e.sent..]) {
+                    Ok(n) => e.sent += n,
+                    Err(_) => e.broken = true,
+                }
+            }
+            while !e.in_done && !e.broken {
+                if e.got < 16 {
+                    let mut h = [0u8; 16];
+                    match recv_some(e.fd, &mut h[..16 - e.got], 0) {
+                        Ok(Some(0)) => e.in_done = true,
+                        Ok(Some(n)) => {
+                            e.hdr[e.got..e.got + n].copy_from_slice(&h[..n]);
+                            e.got += n;
+                            if e.got == 16 {
+                                if e.hdr[..8] != MAGIC {
+                                    crate::log::warn(format_args!("socket fd {}: unexpected bytes instead of the refill message", e.fd));
+                                    e.broken = true;
+                                }
+                                let mut l = [0u8; 8];
+                                l.copy_from_slice(&e.hdr[8..]);
+                                e.need = u64::from_le_bytes(l) as usize;
+                                e.in_done = e.need == 0;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => e.broken = true,
+                    }
+                } else {
+                    let want = (e.need - e.body.len()).min(1 << 16);
+                    let at = e.body.len();
+                    e.body.resize(at + want, 0);
+                    match recv_some(e.fd, &mut e.body[at..], 0) {
+                        Ok(Some(0)) => {
+                            e.body.truncate(at);
+                            e.in_done = true;
+                        }
+                        Ok(Some(n)) => {
+                            e.body.truncate(at + n);
+                            e.in_done = e.body.len() == e.need;
+                        }
+                        Ok(None) => {
+                            e.body.truncate(at);
+                            break;
+                        }
+                        Err(_) => {
+                            e.body.truncate(at);
+                            e.broken = true;
+                        }
+                    }
+                }
+            }
+            let mut ev = 0;
+            if !e.in_done {
+                ev |= libc::POLLIN;
+            }
+            if e.sent < e.out.len() {
+                ev |= libc::POLLOUT;
+            }
+            if ev != 0 && !e.broken {
+                pfds.push(libc::pollfd { fd: e.fd, events: ev, revents: 0 });
+            }
+        }
+        if pfds.is_empty() {
+            break;
+        }
+        let t = start.elapsed();
+        if t > std::time::Duration::from_secs(10) && !warned {
+            warned = true;
+            crate::log::warn(format_args!("refilling {} socket(s) takes long: waiting for the other ends", pfds.len()));
+        }
+        if t > std::time::Duration::from_secs(120) {
+            for p in &pfds {
+                crate::log::warn(format_args!("socket fd {}: gave up refilling after 120 s; bytes in flight were lost", p.fd));
+            }
+            for e in ex.iter_mut() {
+                if pfds.iter().any(|p| p.fd == e.fd) {
+                    e.broken = true;
+                }
+            }
+            break;
+        }
+        poll_wait(&mut pfds, 100);
+    }
+}
+
+fn resume() {
+    let list: Vec<(i32, Vec<u8>, bool)> = SAVED.with(|v| {
+        v.iter_mut().filter(|s| s.leader && s.consume && !s.failed).map(|s| (s.rec.fd, core::mem::take(&mut s.data), false)).collect()
+    });
+    exchange(list, "sock:refilled");
+    SAVED.with(|v| {
+        v.iter_mut().for_each(|s| {
+            s.data = Vec::new();
+            s.rec.dgrams = Vec::new();
+        })
+    });
+}
+
+fn is_socket(fd: i32) -> bool {
+    // SAFETY: fstat into a zeroed struct; fails cleanly on a closed fd.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK }
+}
+
+/// A closed connection of the same kind at `s.rec.fd`: the bytes that were
+/// waiting, then end of stream (the other end had closed) or a reset.
+fn make_dead(s: &Sock) {
+    let r = &s.rec;
+    let p = match dmtcp_common::sock::pair(r) {
+        Ok((near, far)) => [near, far],
+        Err(e) => {
+            crate::log::warn(format_args!("socket fd {}: cannot re-create it closed: {e}", r.fd));
+            return;
+        }
+    };
+    // SAFETY: socket calls on fds of our own; addresses are local structs.
+    unsafe {
+        let mut done = 0;
+        if !s.data.is_empty() {
+            set_int(p[1], libc::SOL_SOCKET, libc::SO_SNDBUF, (s.data.len() as i32).saturating_mul(2));
+            set_int(p[0], libc::SOL_SOCKET, libc::SO_RCVBUF, (s.data.len() as i32).saturating_mul(2));
+            while done < s.data.len() {
+                match send_some(p[1], &s.data[done..]) {
+                    Ok(n) if n > 0 => done += n,
+                    _ => break,
+                }
+            }
+            if done < s.data.len() {
+                crate::log::warn(format_args!("socket fd {}: {} of its {} unread bytes could not be put back", r.fd, s.data.len() - done, s.data.len()));
+            }
+        }
+        if r.domain != libc::AF_UNIX && !s.peer_shut {
+            // A reset: the program sees ECONNRESET after the unread bytes.
+            let l = libc::linger { l_onoff: 1, l_linger: 0 };
+            libc::setsockopt(p[1], libc::SOL_SOCKET, libc::SO_LINGER, &l as *const libc::linger as *const libc::c_void, 8);
+        }
+        libc::close(p[1]);
+        if p[0] != r.fd {
+            libc::dup2(p[0], r.fd);
+            libc::close(p[0]);
+        }
+    }
+}
+
+fn restart() {
+    SAVED.with(|v| {
+        for s in v.iter() {
+            let r = &s.rec;
+            if r.fd <= 2 && r.state != SockState::Pair {
+                continue; // stdio outside the job: keep what dmtcp_restart gave us
+            }
+            if r.state == SockState::Dead {
+                if s.leader {
+                    make_dead(s);
+                } else {
+                    make_dead(&Sock { data: Vec::new(), ..s.clone() });
+                }
+            } else if !is_socket(r.fd) {
+                crate::log::warn(format_args!("socket fd {} was not re-created (restart without a pid namespace?); it stays closed", r.fd));
+                continue;
+            }
+            for (level, opt, val) in &s.opts {
+                // SAFETY: setsockopt reads our saved bytes.
+                unsafe { libc::setsockopt(r.fd, *level, *opt, val.as_ptr() as *const libc::c_void, val.len() as libc::socklen_t) };
+            }
+            // SAFETY: flags of an fd of the program.
+            unsafe {
+                libc::fcntl(r.fd, libc::F_SETFL, s.flags & (libc::O_NONBLOCK | libc::O_ASYNC));
+                libc::fcntl(r.fd, libc::F_SETFD, if s.cloexec { libc::FD_CLOEXEC } else { 0 });
+            }
+        }
+    });
+}
+
+/// After the whole job is back (the "restarted" barrier), before user
+/// threads run: refill in-job connections.
+pub fn after_restart() {
+    let list: Vec<(i32, Vec<u8>, bool)> = SAVED.with(|v| {
+        v.iter_mut()
+            .filter(|s| s.leader && s.stream_conn && s.rec.state == SockState::Pair && is_socket(s.rec.fd))
+            .map(|s| (s.rec.fd, core::mem::take(&mut s.data), s.my_shut))
+            .collect()
+    });
+    exchange(list, "sock:restored");
+}
+
+/// The plugin.
+pub struct SocketPlugin;
+
+impl Plugin for SocketPlugin {
+    fn name(&self) -> &'static str {
+        "socket"
+    }
+    fn event(&self, ev: Event) {
+        match ev {
+            Event::PreCheckpoint => checkpoint(),
+            Event::Resume => resume(),
+            Event::Restart => restart(),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Sockets across checkpoint/restart: connections between processes of the
+//! job keep every byte in flight (checked byte by byte against a known
+//! pattern, in both directions), over Unix socketpairs, Unix path sockets,
+//! TCP/IPv4 and TCP/IPv6; options and flags carry over; listeners are bound
+//! again; a connection to a server outside the job comes back closed in a
+//! way the program sees (its unread bytes, then a reset).
+
+mod common;
+use common::*;
+
+/// Three checkpoint/kill/restart cycles of the producer/consumer pair, then
+/// the result must equal a bare run's.
+fn stream_three_restarts(mode: &str) {
+    let prog = c_program("sockstream");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, mode, "24"]);
+    assert!(bare.contains("producer exit 0"), "{bare}");
+    let mut job = Job::new(&format!("sock-{mode}"));
+    job.launch(&[p, mode, "24"], &[]);
+    for (mark, after) in [("got 3 MB\n", "got 4 MB\n"), ("got 9 MB\n", "got 10 MB\n"), ("got 15 MB\n", "got 16 MB\n")] {
+        job.cycle(mark, after);
+    }
+    job.wait_success();
+    assert_eq!(job.output(), bare, "output after three restarts differs from a bare run");
+}
+
+#[test]
+fn unix_socketpair_stream_keeps_bytes_in_flight() {
+    stream_three_restarts("unix");
+}
+
+#[test]
+fn unix_path_socket_keeps_bytes_in_flight() {
+    stream_three_restarts("unixpath");
+}
+
+#[test]
+fn tcp4_connection_keeps_bytes_in_flight() {
+    stream_three_restarts("tcp4");
+}
+
+#[test]
+fn tcp6_connection_keeps_bytes_in_flight() {
+    stream_three_restarts("tcp6");
+}
+
+/// A checkpoint that the job survives (no restart) must not lose or
+/// duplicate a byte either: drained bytes are put back on resume.
+#[test]
+fn tcp_stream_survives_checkpoints_without_restart() {
+    let prog = c_program("sockstream");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "tcp4", "16"]);
+    let mut job = Job::new("sock-resume");
+    job.launch(&[p, "tcp4", "16"], &[]);
+    for mark in ["got 2 MB\n", "got 6 MB\n", "got 10 MB\n"] {
+        job.wait_for(mark);
+        job.checkpoint();
+    }
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
+
+/// An echo server with clients that connect one after another (some only
+/// after a restart), over TCP and a Unix path socket; two restarts.
+#[test]
+fn echo_server_with_clients_across_restarts() {
+    let prog = c_program("echosrv");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "6", "40"]);
+    assert!(bare.contains("clients-failed-mask 0"), "{bare}");
+    let mut job = Job::new("sock-echo");
+    job.launch(&[p, "6", "40"], &[]);
+    job.cycle("accepted 2 ", "accepted 3 ");
+    job.cycle("accepted 4 ", "accepted 5 ");
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
+
+/// A server outside the job: after a restart the client gets the bytes it
+/// had not read yet, then sees the connection reset (never a hang).
+#[test]
+fn connection_to_an_outside_server_comes_back_reset() {
+    use std::io::Write;
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port().to_string();
+    let serve = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in server.incoming().take(2) {
+            let mut c = c.unwrap();
+            let mut msg = b"hello\n".to_vec();
+            msg.extend((0..1000).map(|k| b'A' + (k % 23) as u8));
+            c.write_all(&msg).unwrap();
+            held.push(c); // kept open: the bare run sees no end
+        }
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    });
+    let prog = c_program("extclient");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, &port, "40"]);
+    assert!(bare.contains("pending 1000 bytes ok\nconnection: timeout\n"), "{bare}");
+    let mut job = Job::new("sock-ext");
+    job.launch(&[p, &port, "40"], &[]);
+    job.cycle("tick 5\n", "tick 8\n");
+    job.wait_success();
+    let out = job.output();
+    assert!(out.contains("pending 1000 bytes ok\nconnection: reset\nwrite after: Broken pipe\n"), "{out}");
+    assert!(out.contains("tick 39\n"), "{out}");
+    drop(serve);
+}
+
+/// A token ring of four processes over Unix datagram sockets bound to
+/// paths, and a datagram socketpair beside it: datagrams waiting at
+/// checkpoint time are delivered after the restart, from the same sender
+/// addresses, in order. Three restarts.
+#[test]
+fn unix_datagram_ring_across_restarts() {
+    let prog = c_program("dgramring");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "4", "300"]);
+    let mut job = Job::new("sock-ring");
+    job.launch(&[p, "4", "300"], &[]);
+    for (mark, after) in [("round 40 ", "round 50 "), ("round 120 ", "round 130 "), ("round 200 ", "round 210 ")] {
+        job.cycle(mark, after);
+    }
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
+
+fn python_threads_and_sockets(name: &str, pidns: bool) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/sockpy.py");
+    let s = script.to_str().unwrap();
+    let bare = run_bare(&["python3", s, "30"]);
+    assert!(bare.contains("blocks 3840 left 0 echoes ok 30 nodelay 1"), "{bare}");
+    let mut job = Job::new(name);
+    if !pidns {
+        job = job.env("DMTCP_RESTART_PIDNS", "0");
+    }
+    job.launch(&["python3", s, "30"], &[]);
+    job.cycle("got 6 MB\n", "got 8 MB\n");
+    job.cycle("got 16 MB\n", "got 18 MB\n");
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
+
+/// python3 with threads on both ends of a socketpair and of a TCP
+/// connection inside one process.
+#[test]
+fn python_threads_over_sockets_in_one_process() {
+    python_threads_and_sockets("sock-py", true);
+}
+
+/// The same without a pid namespace (one image restored in place).
+#[test]
+fn python_sockets_restart_without_pid_namespace() {
+    python_threads_and_sockets("sock-py-nons", false);
+}
+
+/// A real server: python3's http.server (a listening socket, a poll loop,
+/// a connection per request) and a client fetching a file over and over,
+/// both in the job; two restarts. The server is bound to the same port
+/// again, and every fetch gets the whole file.
+#[test]
+fn python_http_server_and_client_across_restarts() {
+    let client = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/httpclient.py");
+    let port = unused_port();
+    let cmd = format!(
+        "python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 & python3 {} {port} 120; kill $!",
+        client.display()
+    );
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 1000) as u8).collect();
+    let mut job = Job::new("sock-http");
+    std::fs::write(job.dir.join("data.bin"), &data).unwrap();
+    job.launch(&["sh", "-c", &cmd], &[]);
+    job.cycle("fetch 20 ", "fetch 25 ");
+    job.cycle("fetch 60 ", "fetch 65 ");
+    job.wait_success();
+    let out = job.output();
+    assert!(out.ends_with("fetch 119 ok\nfetches ok 120 of 120\n"), "{out}");
+    assert!(!out.contains("BAD"), "{out}");
+}
