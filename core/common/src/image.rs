@@ -152,6 +152,20 @@ pub struct Tree {
     /// handed to every process that had them.
     #[serde(default)]
     pub socks: Vec<SockRec>,
+    /// Eventfds, made by `dmtcp_restart` with their counters (the same id
+    /// in several processes: one shared eventfd).
+    #[serde(default)]
+    pub evfds: Vec<EvfdRec>,
+}
+
+/// An eventfd at checkpoint time.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EvfdRec {
+    pub fd: i32,
+    /// The kernel's eventfd id (-1 if it does not show one).
+    pub id: i64,
+    pub count: u64,
+    pub semaphore: bool,
 }
 
 /// What `dmtcp_restart` re-creates for a socket.

@@ -17,6 +17,7 @@ mod alloc;
 mod api;
 mod arch;
 mod coord;
+mod eventfds;
 mod flock;
 mod log;
 mod memory;
@@ -186,6 +187,7 @@ extern "C" fn dmtcp_init() {
     plugin::init(
         vec![
             Box::new(procstate::ProcessPlugin::new()),
+            Box::new(eventfds::EventPlugin),
             Box::new(procstate::FilePlugin::new()),
             Box::new(sockets::SocketPlugin),
             Box::new(timers::TimerPlugin::new()),

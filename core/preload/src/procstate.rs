@@ -145,6 +145,8 @@ enum FdKind {
     PipeWrite { ino: u64 },
     /// A socket: the socket plugin restores it.
     Socket,
+    /// epoll, eventfd, timerfd, signalfd: the event plugin restores it.
+    Event,
     /// Anything else (event fds, ...).
     Other,
 }
@@ -201,14 +203,19 @@ fn list_fds() -> Vec<i32> {
     out
 }
 
-/// The process's sockets: (fd, "socket:[inode]"), library fds left out.
+/// The program's fds with what they lead to (library fds left out).
+pub fn fds_with_targets() -> Vec<(i32, String)> {
+    list_fds().into_iter().filter(|fd| !(PROTECTED_FD_BASE..PROTECTED_FD_BASE + 10).contains(fd)).map(|fd| (fd, readlink_fd(fd))).collect()
+}
+
+/// The process's sockets: (fd, "socket:[inode]").
 pub fn socket_fds() -> Vec<(i32, String)> {
-    list_fds()
-        .into_iter()
-        .filter(|fd| !(PROTECTED_FD_BASE..PROTECTED_FD_BASE + 10).contains(fd))
-        .map(|fd| (fd, readlink_fd(fd)))
-        .filter(|(_, t)| t.starts_with("socket:["))
-        .collect()
+    fds_with_targets().into_iter().filter(|(_, t)| t.starts_with("socket:[")).collect()
+}
+
+/// What `fd` leads to ("" if it is closed).
+pub fn fd_target(fd: i32) -> String {
+    readlink_fd(fd)
 }
 
 fn readlink_fd(fd: i32) -> String {
@@ -271,6 +278,8 @@ impl FilePlugin {
             let tty = unsafe { libc::isatty(fd) } == 1;
             let kind = if tty {
                 FdKind::Tty
+            } else if crate::eventfds::handles(&target) {
+                FdKind::Event
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
                 if target.starts_with('/') {
                     FdKind::Path
@@ -279,6 +288,7 @@ impl FilePlugin {
                 }
             } else if fmt == libc::S_IFSOCK {
                 FdKind::Socket
+
             } else if let Some(ino) = pipe_ino(&target) {
                 if flags & libc::O_ACCMODE == libc::O_WRONLY {
                     FdKind::PipeWrite { ino }
@@ -366,6 +376,7 @@ impl FilePlugin {
             .filter(|i| match i.kind {
                 FdKind::PipeRead { .. } | FdKind::PipeWrite { .. } => is_fifo(i.fd),
                 FdKind::Socket => is_sock(i.fd),
+                FdKind::Event => fd_target(i.fd) == "anon_inode:[eventfd]",
                 _ => false,
             })
             .map(|i| i.fd)
@@ -464,7 +475,7 @@ impl FilePlugin {
                         }
                     }
                 }
-                FdKind::Socket => {} // the socket plugin's
+                FdKind::Socket | FdKind::Event => {} // the socket and event plugins'
                 FdKind::Other => {
                     crate::log::warn(format_args!("fd {} ({}) cannot be restored yet; it stays closed", i.fd, i.target));
                 }

@@ -53,5 +53,6 @@ pub fn capture(tids: Vec<i32>) -> Tree {
     let zombies = children().into_iter().filter_map(|c| zombie_status(c).map(|s| (c, s))).collect();
     let pipes = crate::procstate::PIPES.with(|p| p.clone());
     let socks = crate::sockets::records();
-    Tree { ppid, pgid, sid, tids, zombies, pipes, socks }
+    let evfds = crate::eventfds::records();
+    Tree { ppid, pgid, sid, tids, zombies, pipes, socks, evfds }
 }

@@ -101,6 +101,8 @@ struct Plan<'a> {
     pipes: BTreeMap<u64, (i32, i32)>,
     /// Sockets made for the images, by [`dmtcp_common::sock::key`].
     socks: BTreeMap<String, i32>,
+    /// Eventfds made for the images, by [`evfd_key`].
+    evfds: BTreeMap<String, i32>,
 }
 
 /// Run the job in the namespace [`enter`] made; returns the exit code.
@@ -138,6 +140,10 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
         Err(e) => return fail(&e),
     };
     let socks = make_socks(images, base + images.len() as i32);
+    let evfds = match make_evfds(images, base + images.len() as i32) {
+        Ok(e) => e,
+        Err(e) => return fail(&e),
+    };
     let (created_r, created_w) = match crate::restart::pipe() {
         Ok(p) => p,
         Err(e) => return fail(&format!("pipe: {e}")),
@@ -151,7 +157,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
         return fail(&format!("cannot start the namespace's init: {}", errno()));
     }
     if init > 0 {
-        for fd in [created_r, created_w, go_r, go_w].into_iter().chain(pipes.values().flat_map(|&(r, w)| [r, w])).chain(socks.values().copied()) {
+        for fd in [created_r, created_w, go_r, go_w].into_iter().chain(pipes.values().flat_map(|&(r, w)| [r, w])).chain(socks.values().copied()).chain(evfds.values().copied()) {
             close(fd);
         }
         return outside(init);
@@ -165,7 +171,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
     // Processes created without a chosen pid (the image streamers) get ids
     // above every id the job needs.
     let _ = std::fs::write("/proc/sys/kernel/ns_last_pid", max_id.to_string());
-    let plan = Plan { images, by_pid, children, created_w, go_r, pipes, socks };
+    let plan = Plan { images, by_pid, children, created_w, go_r, pipes, socks, evfds };
     let mut root_pids = Vec::new();
     for &r in &roots {
         let pid = images[r].meta.pid;
@@ -208,7 +214,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
         close(r);
         close(w);
     }
-    for &s in plan.socks.values() {
+    for &s in plan.socks.values().chain(plan.evfds.values()) {
         close(s);
     }
     if got < images.len() {
@@ -310,7 +316,15 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
             }
         }
     }
-    // Sockets likewise.
+    // Eventfds and sockets likewise.
+    for r in &t.evfds {
+        if let Some(&e) = plan.evfds.get(&evfd_key(pid, r)) {
+            // SAFETY: dup2 onto a number the program used for this eventfd.
+            if unsafe { libc::dup2(e, r.fd) } < 0 {
+                eprintln!("dmtcp_restart: process {pid}: cannot put an eventfd at fd {}: {}", r.fd, errno());
+            }
+        }
+    }
     for r in t.socks.iter().filter(|r| dmtcp_common::sock::made_by_restart(r)) {
         if let Some(&s) = plan.socks.get(&dmtcp_common::sock::key(r)) {
             // SAFETY: dup2 onto a number the program used for this socket.
@@ -331,6 +345,16 @@ pub fn socks_for_single(img: &mut Image) -> Result<(), String> {
     let base = pipe_fd_base(std::slice::from_ref(img));
     img.move_fd_above(base).map_err(|e| format!("{}: {e}", img.path.display()))?;
     let made = make_socks(std::slice::from_ref(img), base + 1);
+    let evfds = make_evfds(std::slice::from_ref(img), base + 1)?;
+    for r in &img.meta.tree.evfds {
+        if let Some(&e) = evfds.get(&evfd_key(img.meta.pid, r)) {
+            // SAFETY: dup2 onto a number the program used for this eventfd.
+            unsafe { libc::dup2(e, r.fd) };
+        }
+    }
+    for &e in evfds.values() {
+        close(e);
+    }
     for r in img.meta.tree.socks.iter().filter(|r| dmtcp_common::sock::made_by_restart(r)) {
         if let Some(&s) = made.get(&dmtcp_common::sock::key(r)) {
             // SAFETY: dup2 onto a number the program used for this socket.
@@ -343,11 +367,55 @@ pub fn socks_for_single(img: &mut Image) -> Result<(), String> {
     Ok(())
 }
 
-/// First fd number above every number the images use for pipes and sockets.
+/// First fd number above every number the images use for pipes, sockets
+/// and eventfds.
 fn pipe_fd_base(images: &[Image]) -> i32 {
     let pipes = images.iter().flat_map(|i| i.meta.tree.pipes.iter().map(|p| p.0 + 1));
     let socks = images.iter().flat_map(|i| i.meta.tree.socks.iter().map(|s| s.fd + 1));
-    pipes.chain(socks).max().unwrap_or(0).max(100)
+    let evfds = images.iter().flat_map(|i| i.meta.tree.evfds.iter().map(|s| s.fd + 1));
+    pipes.chain(socks).chain(evfds).max().unwrap_or(0).max(100)
+}
+
+/// One eventfd per kernel eventfd id (per process and fd if the kernel
+/// showed no id).
+fn evfd_key(pid: i32, r: &dmtcp_common::image::EvfdRec) -> String {
+    if r.id >= 0 {
+        format!("id:{}", r.id)
+    } else {
+        format!("fd:{pid}:{}", r.fd)
+    }
+}
+
+/// Make the job's eventfds with their counters, at or above `base`.
+fn make_evfds(images: &[Image], base: i32) -> Result<BTreeMap<String, i32>, String> {
+    let mut out = BTreeMap::new();
+    for img in images {
+        for r in &img.meta.tree.evfds {
+            let k = evfd_key(img.meta.pid, r);
+            if out.contains_key(&k) {
+                continue;
+            }
+            let flags = libc::EFD_CLOEXEC | if r.semaphore { libc::EFD_SEMAPHORE } else { 0 };
+            // SAFETY: a new eventfd, moved above `base`; its counter set by a write.
+            let fd = unsafe {
+                let e = libc::eventfd(0, flags);
+                if e < 0 {
+                    return Err(format!("cannot re-create an eventfd: {}", errno()));
+                }
+                let n = libc::fcntl(e, libc::F_DUPFD_CLOEXEC, base);
+                close(e);
+                if n < 0 {
+                    return Err(format!("cannot re-create an eventfd: {}", errno()));
+                }
+                if r.count > 0 {
+                    libc::write(n, &r.count as *const u64 as *const libc::c_void, 8);
+                }
+                n
+            };
+            out.insert(k, fd);
+        }
+    }
+    Ok(out)
 }
 
 /// Make the job's sockets (see [`dmtcp_common::sock`]), at or above `base`.

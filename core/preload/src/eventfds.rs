@@ -1,0 +1,230 @@
+//! The "event" plugin: epoll instances with their interest lists, eventfd,
+//! timerfd and signalfd across a restart.
+//!
+//! At checkpoint time (user threads suspended) it reads each such fd's
+//! `/proc/self/fdinfo` entry: an epoll's registered fds with their event
+//! masks and data, an eventfd's counter and id, a timerfd's clock, time
+//! left, interval and unread expirations, a signalfd's mask. A checkpoint
+//! that is only resumed changes nothing: the kernel kept it all.
+//!
+//! At restart, eventfds are made by `dmtcp_restart` (one per eventfd id, so
+//! an eventfd shared by a parent and its children stays shared) with their
+//! counters; this plugin re-creates timerfds armed with the time that was
+//! left (and the expirations not yet read), signalfds, and, after every
+//! other fd is back, each epoll instance with its interest list. It runs
+//! after the file and socket plugins at restart (it is registered before
+//! them).
+
+use crate::plugin::{Event, Plugin};
+use dmtcp_common::image::EvfdRec;
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Epoll(Vec<(i32, u32, u64)>),
+    Eventfd(EvfdRec),
+    Timerfd { clock: i32, ticks: u64, value: libc::timespec, interval: libc::timespec },
+    Signalfd(u64),
+}
+
+#[derive(Clone, Debug)]
+struct Ev {
+    fd: i32,
+    flags: i32,
+    cloexec: bool,
+    kind: Kind,
+}
+
+static SAVED: crate::flock::FLock<Vec<Ev>> = crate::flock::FLock::new(Vec::new());
+
+/// Eventfds for the image (read when the tree is captured).
+pub fn records() -> Vec<EvfdRec> {
+    SAVED.with(|v| {
+        v.iter()
+            .filter_map(|e| match &e.kind {
+                Kind::Eventfd(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    })
+}
+
+/// The value after `key` on the line that starts with it.
+fn field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim())
+}
+
+/// "(sec, nsec)" as a timespec.
+fn timespec(v: &str) -> libc::timespec {
+    let v = v.trim_matches(|c| c == '(' || c == ')');
+    let mut it = v.split(',').map(|x| x.trim().parse::<i64>().unwrap_or(0));
+    libc::timespec { tv_sec: it.next().unwrap_or(0), tv_nsec: it.next().unwrap_or(0) }
+}
+
+fn parse(fd: i32, target: &str, info: &str) -> Option<Kind> {
+    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    match target {
+        "anon_inode:[eventpoll]" => {
+            let mut entries = Vec::new();
+            for l in info.lines().filter(|l| l.starts_with("tfd:")) {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                // tfd: N events: X data: Y pos:..
+                let tfd = w.get(1)?.parse().ok()?;
+                let events = u32::from_str_radix(w.get(3)?, 16).ok()?;
+                let data = hex(w.get(5)?)?;
+                entries.push((tfd, events, data));
+            }
+            Some(Kind::Epoll(entries))
+        }
+        "anon_inode:[eventfd]" => Some(Kind::Eventfd(EvfdRec {
+            fd,
+            id: field(info, "eventfd-id:").and_then(|v| v.parse().ok()).unwrap_or(-1),
+            count: field(info, "eventfd-count:").and_then(hex).unwrap_or(0),
+            semaphore: field(info, "eventfd-semaphore:") == Some("1"),
+        })),
+        "anon_inode:[timerfd]" => Some(Kind::Timerfd {
+            clock: field(info, "clockid:").and_then(|v| v.parse().ok()).unwrap_or(libc::CLOCK_MONOTONIC),
+            ticks: field(info, "ticks:").and_then(|v| v.parse().ok()).unwrap_or(0),
+            value: timespec(field(info, "it_value:").unwrap_or("")),
+            interval: timespec(field(info, "it_interval:").unwrap_or("")),
+        }),
+        "anon_inode:[signalfd]" => Some(Kind::Signalfd(field(info, "sigmask:").and_then(hex).unwrap_or(0))),
+        _ => None,
+    }
+}
+
+/// Is this fd target one of ours?
+pub fn handles(target: &str) -> bool {
+    matches!(target, "anon_inode:[eventpoll]" | "anon_inode:[eventfd]" | "anon_inode:[timerfd]" | "anon_inode:[signalfd]")
+}
+
+fn checkpoint() {
+    let mut out = Vec::new();
+    for (fd, target) in crate::procstate::fds_with_targets() {
+        if !handles(&target) {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else { continue };
+        let Some(kind) = parse(fd, &target, &info) else { continue };
+        // SAFETY: fcntl queries of a live fd.
+        let (flags, fdflags) = unsafe { (libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD)) };
+        out.push(Ev { fd, flags, cloexec: fdflags & libc::FD_CLOEXEC != 0, kind });
+    }
+    SAVED.with(|v| *v = out);
+}
+
+/// Put `nfd` at `target` (closing `nfd`) with the saved fd flags.
+fn place(nfd: i32, e: &Ev) {
+    // SAFETY: fds of our own onto a number of the program's.
+    unsafe {
+        if nfd != e.fd {
+            libc::dup2(nfd, e.fd);
+            libc::close(nfd);
+        }
+        libc::fcntl(e.fd, libc::F_SETFD, if e.cloexec { libc::FD_CLOEXEC } else { 0 });
+        libc::fcntl(e.fd, libc::F_SETFL, e.flags & libc::O_NONBLOCK);
+    }
+}
+
+fn warn_fail(e: &Ev, what: &str) {
+    crate::log::warn(format_args!("fd {} ({what}) cannot be re-created: {}; it stays closed", e.fd, std::io::Error::last_os_error()));
+}
+
+/// `_IOW('T', 0, u64)`: set a timerfd's expiration count (needs a kernel
+/// with checkpoint/restore support).
+const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+
+fn restart() {
+    let saved = SAVED.with(|v| v.clone());
+    // Everything but epoll first: an epoll instance may watch any of them.
+    for e in &saved {
+        match &e.kind {
+            Kind::Eventfd(_) => {
+                if crate::procstate::fd_target(e.fd) != "anon_inode:[eventfd]" {
+                    crate::log::warn(format_args!("eventfd at fd {} was not re-created (restart without a pid namespace?)", e.fd));
+                    continue;
+                }
+                place(e.fd, e);
+            }
+            Kind::Timerfd { clock, ticks, value, interval } => {
+                // SAFETY: a new timerfd, armed with the saved times.
+                let t = unsafe { libc::timerfd_create(*clock, libc::TFD_CLOEXEC) };
+                if t < 0 {
+                    warn_fail(e, "timerfd");
+                    continue;
+                }
+                let mut spec = libc::itimerspec { it_interval: *interval, it_value: *value };
+                let mut n = *ticks;
+                // SAFETY: ioctl reads our u64.
+                if n > 0 && unsafe { libc::ioctl(t, TFD_IOC_SET_TICKS, &mut n) } != 0 && spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0 {
+                    // No way to set the count: let it expire at once (one expiration).
+                    spec.it_value.tv_nsec = 1;
+                }
+                // SAFETY: timerfd_settime reads our struct.
+                unsafe { libc::timerfd_settime(t, 0, &spec, core::ptr::null_mut()) };
+                place(t, e);
+            }
+            Kind::Signalfd(mask) => {
+                // SAFETY: building a sigset and a new signalfd.
+                let s = unsafe {
+                    let mut set: libc::sigset_t = core::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    for sig in 1..=64 {
+                        if mask & (1u64 << (sig - 1)) != 0 {
+                            libc::sigaddset(&mut set, sig);
+                        }
+                    }
+                    libc::signalfd(-1, &set, libc::SFD_CLOEXEC)
+                };
+                if s < 0 {
+                    warn_fail(e, "signalfd");
+                    continue;
+                }
+                place(s, e);
+            }
+            Kind::Epoll(_) => {}
+        }
+    }
+    let mut made = Vec::new();
+    for e in &saved {
+        if let Kind::Epoll(_) = e.kind {
+            // SAFETY: a new epoll instance.
+            let p = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+            if p < 0 {
+                warn_fail(e, "epoll");
+                continue;
+            }
+            place(p, e);
+            made.push(e);
+        }
+    }
+    for e in made {
+        let Kind::Epoll(entries) = &e.kind else { continue };
+        for &(tfd, events, data) in entries {
+            let mut ev = libc::epoll_event { events, u64: data };
+            // SAFETY: epoll_ctl reads our event.
+            if unsafe { libc::epoll_ctl(e.fd, libc::EPOLL_CTL_ADD, tfd, &mut ev) } != 0 {
+                crate::log::warn(format_args!(
+                    "epoll fd {}: cannot watch fd {tfd} again: {}",
+                    e.fd,
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+    }
+}
+
+/// The plugin.
+pub struct EventPlugin;
+
+impl Plugin for EventPlugin {
+    fn name(&self) -> &'static str {
+        "event"
+    }
+    fn event(&self, ev: Event) {
+        match ev {
+            Event::PreCheckpoint => checkpoint(),
+            Event::Restart => restart(),
+            _ => {}
+        }
+    }
+}
