@@ -98,6 +98,10 @@ pub struct Area {
     /// Size of the backing file at checkpoint time (file kinds only).
     #[serde(default)]
     pub file_size: u64,
+    /// Shared anonymous memory: the kernel's inode of the shared object
+    /// (equal in every process that shares it; 0 if unknown).
+    #[serde(default)]
+    pub shm: u64,
 }
 
 /// Everything but the memory contents.
@@ -429,7 +433,7 @@ mod tests {
             entry_stack_top: 2,
             special: [(0, 0); 3],
             mm: [0; 11],
-            areas: vec![Area { start: 4096, len: 8192, offset: 0, prot: 3, kind: 0, flags: 0, path: String::new(), file_size: 0 }],
+            areas: vec![Area { start: 4096, len: 8192, offset: 0, prot: 3, kind: 0, flags: 0, path: String::new(), file_size: 0, shm: 0 }],
             coord_host: "localhost".into(),
             coord_port: 7779,
             ckpt_dir: ".".into(),

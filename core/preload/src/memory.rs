@@ -18,6 +18,10 @@ pub enum Select {
     /// Memory a restart mapped lazily from an image file: every page that
     /// is not zero, present or not (its contents live in that file).
     Image,
+    /// A shared file mapping whose contents are kept (POSIX shared memory):
+    /// every page within the file, zero or not (they are written back into
+    /// the file, which may have changed since).
+    Shared,
 }
 
 /// Is this mapping the contents of a checkpoint image, mapped by a restart?
@@ -171,6 +175,10 @@ pub fn plan() -> std::io::Result<Plan> {
             (KIND_ANON_PRIVATE, Some(Select::Image), String::new())
         } else if anon_shared {
             (KIND_ANON_SHARED, Some(Select::Anon), String::new())
+        } else if shared && file_ok && name.starts_with("/dev/shm/") && prot & libc::PROT_WRITE as u32 != 0 {
+            // POSIX shared memory outlives the job: keep its contents as of
+            // the checkpoint, to write back at restart.
+            (KIND_FILE_SHARED, Some(Select::Shared), name.to_string())
         } else if shared && file_ok {
             (KIND_FILE_SHARED, None, name.to_string())
         } else if shared {
@@ -185,12 +193,23 @@ pub fn plan() -> std::io::Result<Plan> {
             let label = if name.starts_with('[') { name.to_string() } else { String::new() };
             (KIND_ANON_PRIVATE, Some(Select::Anon), label)
         };
-        let flags = if name == "[stack]" { AREA_GROWSDOWN } else { 0 };
-        p.areas.push(Area { start, len: end - start, offset, prot, kind, flags, path, file_size });
+        let mut flags = if name == "[stack]" { AREA_GROWSDOWN } else { 0 };
+        if kind == KIND_FILE_SHARED && select.is_some() {
+            flags |= AREA_SAVED;
+        }
+        let shm = if kind == KIND_ANON_SHARED { inode } else { 0 };
+        p.areas.push(Area { start, len: end - start, offset, prot, kind, flags, path, file_size, shm });
         if let Some(select) = select {
             if prot & libc::PROT_READ as u32 == 0 {
                 p.reprotect.push((start, end - start, prot));
             }
+            // Pages past the end of a file cannot be read (SIGBUS).
+            let end = if kind == KIND_FILE_SHARED {
+                let in_file = file_size.saturating_sub(offset).div_ceil(4096) * 4096;
+                end.min(start + in_file)
+            } else {
+                end
+            };
             for (s, e) in minus_excluded(start, end, &excluded) {
                 let mut a = s;
                 while a < e {

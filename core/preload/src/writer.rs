@@ -253,6 +253,7 @@ fn want(select: Select, e: u64, addr: u64) -> bool {
         Select::Anon => (present || swapped) && !is_zero(addr),
         Select::Cow => (present && !file) || swapped,
         Select::Image => !is_zero(addr),
+        Select::Shared => true,
     }
 }
 

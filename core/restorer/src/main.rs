@@ -49,7 +49,7 @@ impl<T> Bss<T> {
 #[no_mangle]
 static RESTORER_STACK: Bss<[u8; STACK_SIZE]> = Bss::new([0; STACK_SIZE]);
 static AREAS: Bss<[AreaDesc; MAX_AREAS]> = Bss::new(
-    [AreaDesc { start: 0, len: 0, offset: 0, prot: 0, kind: 0, flags: 0, path_len: 0 }; MAX_AREAS],
+    [AreaDesc { start: 0, len: 0, offset: 0, prot: 0, kind: 0, flags: 0, path_len: 0, fd: -1, _pad: 0 }; MAX_AREAS],
 );
 static PATH_AT: Bss<[u32; MAX_AREAS]> = Bss::new([0; MAX_AREAS]);
 static PATHS: Bss<[u8; PATH_POOL]> = Bss::new([0; PATH_POOL]);
@@ -435,13 +435,19 @@ fn map_area(a: &AreaDesc, path: &[u8]) {
             flags |= nr::MAP_PRIVATE | nr::MAP_ANONYMOUS | nr::MAP_NORESERVE;
             (-1isize, if a.prot == 0 { 0 } else { rw })
         }
+        KIND_ANON_SHARED if a.fd >= 0 => {
+            // The object the other processes of the job map too.
+            flags |= nr::MAP_SHARED;
+            (a.fd as isize, rw)
+        }
         KIND_ANON_SHARED => {
             flags |= nr::MAP_SHARED | nr::MAP_ANONYMOUS;
             (-1, rw)
         }
         KIND_FILE_PRIVATE | KIND_FILE_SHARED => {
             let shared = a.kind == KIND_FILE_SHARED;
-            let writable = shared && a.prot as usize & nr::PROT_WRITE != 0;
+            let saved = shared && a.flags & AREA_SAVED != 0;
+            let writable = shared && (saved || a.prot as usize & nr::PROT_WRITE != 0);
             let mode = if writable { nr::O_RDWR } else { nr::O_RDONLY };
             // SAFETY: `path` is NUL-terminated (the pool adds a NUL).
             let fd = unsafe { syscall3(nr::OPEN, path.as_ptr() as usize, mode | nr::O_CLOEXEC, 0) };
@@ -451,7 +457,8 @@ fn map_area(a: &AreaDesc, path: &[u8]) {
                 fail_err(b", mapped by the program at", a.start, fd);
             }
             flags |= if shared { nr::MAP_SHARED } else { nr::MAP_PRIVATE };
-            (fd, if shared { a.prot as usize } else { rw })
+            // Saved contents are written in before the area gets its protection.
+            (fd, if shared && !saved { a.prot as usize } else { rw })
         }
         _ => fail(b"unknown area kind at", Some(a.start)),
     };
@@ -460,7 +467,7 @@ fn map_area(a: &AreaDesc, path: &[u8]) {
     let r = unsafe {
         syscall6(nr::MMAP, a.start as usize, a.len as usize, prot, flags, fd as usize, a.offset as usize)
     };
-    if fd >= 0 {
+    if fd >= 0 && a.kind != KIND_ANON_SHARED {
         // SAFETY: closing the fd we opened.
         unsafe { syscall3(nr::CLOSE, fd as usize, 0, 0) };
     }

@@ -8,7 +8,7 @@
 /// "DMTCPRST" in little-endian: marks a restore stream.
 pub const STREAM_MAGIC: u64 = u64::from_le_bytes(*b"DMTCPRST");
 /// Version of this stream layout.
-pub const STREAM_VERSION: u32 = 1;
+pub const STREAM_VERSION: u32 = 2;
 
 /// Area kinds.
 pub const KIND_ANON_PRIVATE: u32 = 0;
@@ -21,6 +21,9 @@ pub const KIND_FILE_SHARED: u32 = 3;
 
 /// Area flag: the mapping grows down (the main stack).
 pub const AREA_GROWSDOWN: u32 = 1;
+/// A shared file mapping whose contents are in the image (POSIX shared
+/// memory under /dev/shm): written back into the file at restart.
+pub const AREA_SAVED: u32 = 2;
 
 /// A special kernel mapping at checkpoint time ([vvar], [vvar_vclock], [vdso]).
 #[repr(C)]
@@ -126,6 +129,10 @@ pub struct AreaDesc {
     pub flags: u32,
     /// Length of the path that follows (0 for anonymous areas).
     pub path_len: u32,
+    /// Shared anonymous areas: an fd of the restorer holding the shared
+    /// object to map (-1: a fresh one).
+    pub fd: i32,
+    pub _pad: u32,
 }
 
 /// Record kind: memory contents follow in the stream.
@@ -164,7 +171,7 @@ const _: () = {
     assert!(size_of::<SpecialArea>() == 16);
     assert!(size_of::<RestartArgs>() == 16);
     assert!(size_of::<StreamHeader>() == 8 + 4 + 4 + 8 + 8 + 48 + 104 + 16 + 8);
-    assert!(size_of::<AreaDesc>() == 40);
+    assert!(size_of::<AreaDesc>() == 48);
     assert!(size_of::<DataRecord>() == 32);
 };
 

@@ -395,6 +395,8 @@ fn stream(img: &Image, fd: i32, header: &StreamHeader, lazy: bool) -> Result<(),
             kind: a.kind,
             flags: a.flags,
             path_len: path.len() as u32,
+            fd: if a.kind == KIND_ANON_SHARED { crate::tree::shm_fd(a.shm) } else { -1 },
+            _pad: 0,
         };
         w.write_all(as_bytes(&d)).map_err(io)?;
         let mut padded = path.to_vec();
@@ -402,8 +404,14 @@ fn stream(img: &Image, fd: i32, header: &StreamHeader, lazy: bool) -> Result<(),
         w.write_all(&padded).map_err(io)?;
     }
     // Grows-down areas (the main stack) stay one anonymous mapping that can grow.
-    let growsdown: Vec<(u64, u64)> =
-        img.meta.areas.iter().filter(|a| a.flags & AREA_GROWSDOWN != 0).map(|a| (a.start, a.start + a.len)).collect();
+    // So do shared areas (a private mapping of the image would unshare them).
+    let growsdown: Vec<(u64, u64)> = img
+        .meta
+        .areas
+        .iter()
+        .filter(|a| a.flags & (AREA_GROWSDOWN | AREA_SAVED) != 0 || a.kind == KIND_ANON_SHARED)
+        .map(|a| (a.start, a.start + a.len))
+        .collect();
     let (mut out, mut scratch) = (Vec::new(), Vec::new());
     for c in &img.chunks {
         // Every chunk is read and checked, mapped or not.

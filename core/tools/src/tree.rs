@@ -28,6 +28,53 @@
 use dmtcp_common::image::Image;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Shared anonymous memory of the job: one memfd per shared object (by the
+/// inode the images recorded), made before the processes and mapped by
+/// each restorer, so what was shared is shared again.
+static SHM: std::sync::OnceLock<BTreeMap<u64, i32>> = std::sync::OnceLock::new();
+
+/// The fd holding shared object `shm` (-1: none; the area is mapped fresh).
+pub fn shm_fd(shm: u64) -> i32 {
+    if shm == 0 {
+        return -1;
+    }
+    SHM.get().and_then(|m| m.get(&shm).copied()).unwrap_or(-1)
+}
+
+/// Make the memfds for the shared objects of several images (an object
+/// only one image maps needs none), at or above `base`.
+fn make_shm(images: &[Image], base: i32) -> Result<BTreeMap<u64, i32>, String> {
+    let mut users: BTreeMap<u64, (BTreeSet<i32>, u64)> = BTreeMap::new();
+    for img in images {
+        for a in img.meta.areas.iter().filter(|a| a.kind == dmtcp_sys::restore::KIND_ANON_SHARED && a.shm != 0) {
+            let u = users.entry(a.shm).or_default();
+            u.0.insert(img.meta.pid);
+            u.1 = u.1.max(a.offset + a.len);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (shm, (pids, size)) in users {
+        if pids.len() < 2 {
+            continue;
+        }
+        // SAFETY: a new memfd of the object's size, moved above `base`.
+        let fd = unsafe {
+            let m = libc::memfd_create(c"dmtcp-shared".as_ptr(), libc::MFD_CLOEXEC);
+            if m < 0 || libc::ftruncate(m, size as libc::off_t) != 0 {
+                return Err(format!("cannot re-create shared memory of {size} bytes: {}", errno()));
+            }
+            let n = libc::fcntl(m, libc::F_DUPFD_CLOEXEC, base);
+            close(m);
+            n
+        };
+        if fd < 0 {
+            return Err(format!("cannot re-create shared memory: {}", errno()));
+        }
+        out.insert(shm, fd);
+    }
+    Ok(out)
+}
+
 /// Root processes (for forwarding signals from init's handler).
 static ROOTS: [core::sync::atomic::AtomicI32; 64] = [const { core::sync::atomic::AtomicI32::new(0) }; 64];
 static INIT: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
@@ -144,6 +191,12 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
         Ok(e) => e,
         Err(e) => return fail(&e),
     };
+    let shm = match make_shm(images, base + images.len() as i32) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let shm_fds: Vec<i32> = shm.values().copied().collect();
+    let _ = SHM.set(shm);
     let (created_r, created_w) = match crate::restart::pipe() {
         Ok(p) => p,
         Err(e) => return fail(&format!("pipe: {e}")),
@@ -157,7 +210,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
         return fail(&format!("cannot start the namespace's init: {}", errno()));
     }
     if init > 0 {
-        for fd in [created_r, created_w, go_r, go_w].into_iter().chain(pipes.values().flat_map(|&(r, w)| [r, w])).chain(socks.values().copied()).chain(evfds.values().copied()) {
+        for fd in [created_r, created_w, go_r, go_w].into_iter().chain(pipes.values().flat_map(|&(r, w)| [r, w])).chain(socks.values().copied()).chain(evfds.values().copied()).chain(shm_fds.iter().copied()) {
             close(fd);
         }
         return outside(init);
@@ -215,6 +268,9 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
         close(w);
     }
     for &s in plan.socks.values().chain(plan.evfds.values()) {
+        close(s);
+    }
+    for &s in SHM.get().into_iter().flat_map(|m| m.values()) {
         close(s);
     }
     if got < images.len() {
@@ -332,6 +388,11 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
                 eprintln!("dmtcp_restart: process {pid}: cannot put a socket at fd {}: {}", r.fd, errno());
             }
         }
+    }
+    // The restorer maps shared memory from these.
+    for &s in SHM.get().into_iter().flat_map(|m| m.values()) {
+        // SAFETY: clearing close-on-exec on our own fd.
+        unsafe { libc::fcntl(s, libc::F_SETFD, 0) };
     }
     let e = restore(img);
     eprintln!("dmtcp_restart: {e}");
