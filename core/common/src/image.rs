@@ -160,6 +160,22 @@ pub struct Tree {
     /// in several processes: one shared eventfd).
     #[serde(default)]
     pub evfds: Vec<EvfdRec>,
+    /// Open regular files: the same key in several processes is one open
+    /// file description (one offset), opened once by `dmtcp_restart`.
+    #[serde(default)]
+    pub files: Vec<FileRec>,
+}
+
+/// An open regular file at checkpoint time.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileRec {
+    pub fd: i32,
+    /// Owner pid, device, inode, offset, flags: equal for the processes
+    /// sharing one open file description.
+    pub key: String,
+    pub path: String,
+    pub flags: i32,
+    pub offset: i64,
 }
 
 /// An eventfd at checkpoint time.

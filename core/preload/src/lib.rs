@@ -577,6 +577,10 @@ impl Ctl {
                 if let Some(p) = v["coord_port"].as_u64() {
                     self.cfg.port = p as u16;
                 }
+                if let Some(a) = v["shared_files"].as_array() {
+                    let fds: Vec<i32> = a.iter().filter_map(|x| x.as_i64().map(|n| n as i32)).collect();
+                    procstate::SHARED_INSTALLED.with(|s| *s = fds);
+                }
                 if let Some(d) = v["ckpt_dir"].as_str() {
                     self.cfg.ckpt_dir = PathBuf::from(d);
                     api::set_dir(d);

@@ -159,11 +159,26 @@ struct FdInfo {
     flags: i32,
     cloexec: bool,
     offset: i64,
+    /// Regular files: (device, inode).
+    file_id: Option<(u64, u64)>,
 }
+
+/// `struct f_owner_ex` of `<fcntl.h>`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct OwnerEx {
+    kind: i32,
+    pid: i32,
+}
+const _: () = assert!(core::mem::size_of::<OwnerEx>() == 8);
+const F_SETOWN_EX: i32 = 15;
+const F_GETOWN_EX: i32 = 16;
 
 #[derive(Default)]
 struct FdSaved {
     fds: Vec<FdInfo>,
+    /// File owners (F_GETOWN_EX) as the program had them, put back on resume.
+    owners: Vec<(i32, OwnerEx)>,
     /// Bytes drained from in-process pipes, by read-end fd.
     drained: Vec<(i32, Vec<u8>)>,
 }
@@ -298,8 +313,11 @@ impl FilePlugin {
             } else {
                 FdKind::Other
             };
-            infos.push(FdInfo { fd, target, kind, flags, cloexec: fdflags & libc::FD_CLOEXEC != 0, offset });
+            let file_id = (kind == FdKind::Path && fmt == libc::S_IFREG).then_some((st.st_dev, st.st_ino));
+            infos.push(FdInfo { fd, target, kind, flags, cloexec: fdflags & libc::FD_CLOEXEC != 0, offset, file_id });
         }
+        let files = Self::shared_files(s, &infos);
+        FILES.with(|f| *f = files);
         // Drain each pipe once (first read end found here). A pipe read by
         // several processes is drained by each of them in part: bytes are
         // kept, their order across readers is not.
@@ -341,16 +359,63 @@ impl FilePlugin {
         s.fds = infos;
     }
 
+    /// Name each open regular file by its open file description, the same
+    /// way in every process that shares it (inherited across fork), so a
+    /// restart can share it again: every process makes itself the file's
+    /// owner (`F_SETOWN`); after the barrier, all sharers of one
+    /// description read the same owner, the last one to set it. With the
+    /// file, offset and flags (equal for sharers) that makes the key. The
+    /// owners the program had are put back on resume.
+    fn shared_files(s: &mut FdSaved, infos: &[FdInfo]) -> Vec<dmtcp_common::image::FileRec> {
+        let regs: Vec<&FdInfo> = infos.iter().filter(|i| i.file_id.is_some()).collect();
+        s.owners.clear();
+        for i in &regs {
+            let mut o = OwnerEx::default();
+            // SAFETY: fcntl writes our struct.
+            if unsafe { libc::fcntl(i.fd, F_GETOWN_EX, &mut o) } == 0 {
+                s.owners.push((i.fd, o));
+            }
+        }
+        if !crate::coord::barrier("file:owners") {
+            return Vec::new();
+        }
+        let me = dmtcp_sys::getpid();
+        for i in &regs {
+            // SAFETY: making ourselves the owner of our own fd's file.
+            unsafe { libc::fcntl(i.fd, libc::F_SETOWN, me) };
+        }
+        if !crate::coord::barrier("file:elect") {
+            return Vec::new();
+        }
+        regs.iter()
+            .map(|i| {
+                // SAFETY: fcntl query on a live fd.
+                let owner = unsafe { libc::fcntl(i.fd, libc::F_GETOWN) };
+                let (dev, ino) = i.file_id.unwrap_or_default();
+                dmtcp_common::image::FileRec {
+                    fd: i.fd,
+                    key: format!("{owner}:{dev}:{ino}:{}:{:o}", i.offset, i.flags),
+                    path: i.target.clone(),
+                    flags: i.flags,
+                    offset: i.offset,
+                }
+            })
+            .collect()
+    }
+
+    fn resume(&self, s: &FdSaved) {
+        for (fd, o) in &s.owners {
+            // SAFETY: putting back the owner the program had.
+            unsafe { libc::fcntl(*fd, F_SETOWN_EX, o) };
+        }
+    }
+
     fn writer_for(s: &FdSaved, read_fd: i32) -> Option<i32> {
         let ino = s.fds.iter().find(|i| i.fd == read_fd).and_then(|i| match i.kind {
             FdKind::PipeRead { ino } => Some(ino),
             _ => None,
         })?;
         s.fds.iter().find(|i| i.kind == FdKind::PipeWrite { ino }).map(|i| i.fd)
-    }
-
-    fn resume(&self, _s: &FdSaved) {
-        // Refilled before the checkpoint completes: see [`refill_drained`].
     }
 
     fn restart(&self, s: &FdSaved) {
@@ -377,6 +442,8 @@ impl FilePlugin {
                 FdKind::PipeRead { .. } | FdKind::PipeWrite { .. } => is_fifo(i.fd),
                 FdKind::Socket => is_sock(i.fd),
                 FdKind::Event => fd_target(i.fd) == "anon_inode:[eventfd]",
+                // Shared with other processes: dmtcp_restart opened it once.
+                FdKind::Path => SHARED_INSTALLED.with(|v| v.contains(&i.fd)) && fd_target(i.fd) == i.target,
                 _ => false,
             })
             .map(|i| i.fd)
@@ -391,6 +458,10 @@ impl FilePlugin {
         for i in &s.fds {
             match &i.kind {
                 FdKind::Tty | FdKind::Other if i.fd <= 2 => {} // keep what dmtcp_restart gave us
+                FdKind::Path if installed.contains(&i.fd) => {
+                    // SAFETY: the fd flag of a file dmtcp_restart gave us.
+                    unsafe { libc::fcntl(i.fd, libc::F_SETFD, if i.cloexec { libc::FD_CLOEXEC } else { 0 }) };
+                }
                 FdKind::Path => {
                     let Ok(p) = CString::new(i.target.clone()) else { continue };
                     let fl = i.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
@@ -509,6 +580,12 @@ fn refill_all(s: &FdSaved) {
     }
 }
 
+/// Regular files of the last checkpoint, keyed by open file description.
+pub static FILES: crate::flock::FLock<Vec<dmtcp_common::image::FileRec>> = crate::flock::FLock::new(Vec::new());
+/// Fds of files shared with other processes that dmtcp_restart opened once
+/// and put in place (from the restart info).
+pub static SHARED_INSTALLED: crate::flock::FLock<Vec<i32>> = crate::flock::FLock::new(Vec::new());
+
 /// Pipe ends of the last checkpoint: (fd, inode, is the write end). The
 /// restart of a tree re-creates each pipe once and hands its ends over.
 pub static PIPES: crate::flock::FLock<Vec<(i32, u64, bool)>> = crate::flock::FLock::new(Vec::new());
@@ -520,6 +597,7 @@ pub fn refill_drained() {
     let drained = DRAINED.with(core::mem::take);
     let fds = PIPES.with(|p| p.clone());
     let s = FdSaved {
+        owners: Vec::new(),
         fds: fds
             .iter()
             .map(|&(fd, ino, w)| FdInfo {
@@ -529,6 +607,7 @@ pub fn refill_drained() {
                 flags: 0,
                 cloexec: true,
                 offset: 0,
+                file_id: None,
             })
             .collect(),
         drained,

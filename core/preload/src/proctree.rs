@@ -54,5 +54,6 @@ pub fn capture(tids: Vec<i32>) -> Tree {
     let pipes = crate::procstate::PIPES.with(|p| p.clone());
     let socks = crate::sockets::records();
     let evfds = crate::eventfds::records();
-    Tree { ppid, pgid, sid, tids, zombies, pipes, socks, evfds }
+    let files = crate::procstate::FILES.with(|f| f.clone());
+    Tree { ppid, pgid, sid, tids, zombies, pipes, socks, evfds, files }
 }

@@ -268,6 +268,7 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
         "coord_host": host,
         "coord_port": port,
         "ckpt_dir": ckpt_dir.map(|d| d.display().to_string()),
+        "shared_files": crate::tree::shared_files(img),
     })
     .to_string();
     let (info_r, info_w) = match pipe() {

@@ -75,6 +75,52 @@ fn make_shm(images: &[Image], base: i32) -> Result<BTreeMap<u64, i32>, String> {
     Ok(out)
 }
 
+/// Open files shared by processes of the job: one open file description
+/// per key (see [`dmtcp_common::image::FileRec`]), opened by
+/// `dmtcp_restart` at the saved offset and handed to every sharer.
+static FILES: std::sync::OnceLock<BTreeMap<String, i32>> = std::sync::OnceLock::new();
+
+/// The fds of `img` that are shared files put in place by the restart.
+pub fn shared_files(img: &Image) -> Vec<i32> {
+    let Some(m) = FILES.get() else { return Vec::new() };
+    img.meta.tree.files.iter().filter(|f| m.contains_key(&f.key)).map(|f| f.fd).collect()
+}
+
+/// Open each file that several images share (same key) once, at or above
+/// `base`. A file that cannot be opened is left to each process (which
+/// reports it).
+fn make_files(images: &[Image], base: i32) -> BTreeMap<String, i32> {
+    let mut users: BTreeMap<&str, (BTreeSet<i32>, &dmtcp_common::image::FileRec)> = BTreeMap::new();
+    for img in images {
+        for f in &img.meta.tree.files {
+            users.entry(f.key.as_str()).or_insert_with(|| (BTreeSet::new(), f)).0.insert(img.meta.pid);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (key, (pids, f)) in users {
+        if pids.len() < 2 {
+            continue;
+        }
+        let Ok(p) = std::ffi::CString::new(f.path.as_bytes()) else { continue };
+        let flags = f.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) | libc::O_CLOEXEC;
+        // SAFETY: open/lseek/fcntl of our own fd; the path is NUL-terminated.
+        let fd = unsafe {
+            let o = libc::open(p.as_ptr(), flags);
+            if o < 0 {
+                continue;
+            }
+            libc::lseek(o, f.offset, libc::SEEK_SET);
+            let n = libc::fcntl(o, libc::F_DUPFD_CLOEXEC, base);
+            close(o);
+            n
+        };
+        if fd >= 0 {
+            out.insert(key.to_string(), fd);
+        }
+    }
+    out
+}
+
 /// Root processes (for forwarding signals from init's handler).
 static ROOTS: [core::sync::atomic::AtomicI32; 64] = [const { core::sync::atomic::AtomicI32::new(0) }; 64];
 static INIT: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
@@ -197,6 +243,9 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
     };
     let shm_fds: Vec<i32> = shm.values().copied().collect();
     let _ = SHM.set(shm);
+    let files = make_files(images, base + images.len() as i32);
+    let file_fds: Vec<i32> = files.values().copied().collect();
+    let _ = FILES.set(files);
     let (created_r, created_w) = match crate::restart::pipe() {
         Ok(p) => p,
         Err(e) => return fail(&format!("pipe: {e}")),
@@ -210,7 +259,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
         return fail(&format!("cannot start the namespace's init: {}", errno()));
     }
     if init > 0 {
-        for fd in [created_r, created_w, go_r, go_w].into_iter().chain(pipes.values().flat_map(|&(r, w)| [r, w])).chain(socks.values().copied()).chain(evfds.values().copied()).chain(shm_fds.iter().copied()) {
+        for fd in [created_r, created_w, go_r, go_w].into_iter().chain(pipes.values().flat_map(|&(r, w)| [r, w])).chain(socks.values().copied()).chain(evfds.values().copied()).chain(shm_fds.iter().copied()).chain(file_fds.iter().copied()) {
             close(fd);
         }
         return outside(init);
@@ -270,7 +319,8 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
     for &s in plan.socks.values().chain(plan.evfds.values()) {
         close(s);
     }
-    for &s in SHM.get().into_iter().flat_map(|m| m.values()) {
+    let shared = SHM.get().into_iter().flat_map(|m| m.values()).chain(FILES.get().into_iter().flat_map(|m| m.values()));
+    for &s in shared {
         close(s);
     }
     if got < images.len() {
@@ -372,7 +422,16 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
             }
         }
     }
-    // Eventfds and sockets likewise.
+    // Shared files, eventfds and sockets likewise.
+    let files = FILES.get();
+    for f in &t.files {
+        if let Some(&o) = files.and_then(|m| m.get(&f.key)) {
+            // SAFETY: dup2 onto a number the program used for this file.
+            if unsafe { libc::dup2(o, f.fd) } < 0 {
+                eprintln!("dmtcp_restart: process {pid}: cannot put a file at fd {}: {}", f.fd, errno());
+            }
+        }
+    }
     for r in &t.evfds {
         if let Some(&e) = plan.evfds.get(&evfd_key(pid, r)) {
             // SAFETY: dup2 onto a number the program used for this eventfd.
@@ -434,7 +493,8 @@ fn pipe_fd_base(images: &[Image]) -> i32 {
     let pipes = images.iter().flat_map(|i| i.meta.tree.pipes.iter().map(|p| p.0 + 1));
     let socks = images.iter().flat_map(|i| i.meta.tree.socks.iter().map(|s| s.fd + 1));
     let evfds = images.iter().flat_map(|i| i.meta.tree.evfds.iter().map(|s| s.fd + 1));
-    pipes.chain(socks).chain(evfds).max().unwrap_or(0).max(100)
+    let files = images.iter().flat_map(|i| i.meta.tree.files.iter().map(|s| s.fd + 1));
+    pipes.chain(socks).chain(evfds).chain(files).max().unwrap_or(0).max(100)
 }
 
 /// One eventfd per kernel eventfd id (per process and fd if the kernel
