@@ -20,7 +20,7 @@ static DISABLE: AtomicU32 = AtomicU32::new(0);
 /// 1 while a checkpoint is starting or running.
 static PENDING: AtomicU32 = AtomicU32::new(0);
 /// Bumped at the end of every checkpoint (and restart).
-static EVENTS: AtomicU32 = AtomicU32::new(0);
+pub static EVENTS: AtomicU32 = AtomicU32::new(0);
 static RESTARTS: AtomicU32 = AtomicU32::new(0);
 static LAST_OK: AtomicU32 = AtomicU32::new(1);
 static GENERATION: AtomicU32 = AtomicU32::new(0);

@@ -26,6 +26,7 @@ mod procstate;
 mod proctree;
 mod sigwrap;
 mod sockets;
+mod sysv;
 mod threads;
 mod timers;
 mod writer;
@@ -190,6 +191,7 @@ extern "C" fn dmtcp_init() {
             Box::new(eventfds::EventPlugin),
             Box::new(procstate::FilePlugin::new()),
             Box::new(sockets::SocketPlugin),
+            Box::new(sysv::SysvPlugin),
             Box::new(timers::TimerPlugin::new()),
         ],
         &ident.cfg.disabled,
@@ -698,7 +700,7 @@ fn exec_failed(was_on: bool) {
 
 type ExecvFn = unsafe extern "C" fn(*const libc::c_char, *const *const libc::c_char) -> libc::c_int;
 
-fn next_fn(name: &core::ffi::CStr) -> *mut libc::c_void {
+pub(crate) fn next_fn(name: &core::ffi::CStr) -> *mut libc::c_void {
     // SAFETY: dlsym with RTLD_NEXT finds libc's definition after ours.
     unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }
 }
