@@ -22,6 +22,8 @@ pub const CKPT_SIGNAL: &str = "DMTCP_CKPT_SIGNAL";
 pub const LIB: &str = "DMTCP_LIB";
 /// Internal: disabled plugin names, comma separated.
 pub const DISABLED_PLUGINS: &str = "DMTCP_DISABLED_PLUGINS";
+/// Save the contents of open regular files (`dmtcp_launch --ckpt-open-files`).
+pub const CKPT_OPEN_FILES: &str = "DMTCP_CKPT_OPEN_FILES";
 /// Internal: number of writer threads per process.
 pub const WRITERS: &str = "DMTCP_WRITERS";
 

@@ -164,6 +164,29 @@ pub struct Tree {
     /// file description (one offset), opened once by `dmtcp_restart`.
     #[serde(default)]
     pub files: Vec<FileRec>,
+    /// Ends of pseudo-terminals whose master is in the job.
+    #[serde(default)]
+    pub ptys: Vec<PtyRec>,
+    /// The pseudo-terminal (its `key`) that is the process's controlling
+    /// terminal, if its master is in the job.
+    #[serde(default)]
+    pub ctty: Option<String>,
+}
+
+/// One end of a pseudo-terminal whose master is held in the job.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PtyRec {
+    pub fd: i32,
+    /// Names the pseudo-terminal (equal for both ends, in any process).
+    pub key: String,
+    pub master: bool,
+    /// `struct termios` as `tcgetattr` gave it (slave ends).
+    pub termios: Vec<u8>,
+    /// rows, columns, x pixels, y pixels.
+    pub winsize: [u16; 4],
+    /// Foreground process group (master ends; 0 if none).
+    pub fg: i32,
+    pub flags: i32,
 }
 
 /// An open regular file at checkpoint time.

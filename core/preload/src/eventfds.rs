@@ -153,6 +153,13 @@ fn restart() {
                     continue;
                 }
                 let mut spec = libc::itimerspec { it_interval: *interval, it_value: *value };
+                // A periodic timer whose expiration is not read yet shows no
+                // time left (it is re-armed when read): it goes on after one
+                // more interval, its pending expirations counted in `ticks`.
+                let zero = |t: &libc::timespec| t.tv_sec == 0 && t.tv_nsec == 0;
+                if zero(&spec.it_value) && !zero(&spec.it_interval) {
+                    spec.it_value = spec.it_interval;
+                }
                 let mut n = *ticks;
                 // SAFETY: ioctl reads our u64.
                 if n > 0 && unsafe { libc::ioctl(t, TFD_IOC_SET_TICKS, &mut n) } != 0 && spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0 {

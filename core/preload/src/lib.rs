@@ -24,6 +24,8 @@ mod memory;
 mod plugin;
 mod procstate;
 mod proctree;
+mod restartable;
+mod ptys;
 mod sigwrap;
 mod sockets;
 mod sysv;
@@ -181,6 +183,9 @@ extern "C" fn dmtcp_init() {
         }
     };
     let ident = Ident { comp_id, ..ident };
+    if std::env::var(dmtcp_common::env::CKPT_OPEN_FILES).is_ok_and(|v| dmtcp_common::env::truthy(&v)) {
+        procstate::SAVE_OPEN_FILES.store(true, SeqCst);
+    }
     if let Err(e) = threads::install_handler(ident.cfg.signal) {
         log::error(format_args!("cannot install the checkpoint signal handler: {e}"));
         std::process::exit(1);

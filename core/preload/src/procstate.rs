@@ -174,8 +174,21 @@ const _: () = assert!(core::mem::size_of::<OwnerEx>() == 8);
 const F_SETOWN_EX: i32 = 15;
 const F_GETOWN_EX: i32 = 16;
 
+/// Save the contents of every open regular file (`--ckpt-open-files`);
+/// set at start-up.
+pub static SAVE_OPEN_FILES: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// Largest file whose contents are kept in an image.
+const MAX_SAVED_FILE: u64 = 1 << 30;
+
+fn deleted(target: &str) -> bool {
+    target.ends_with(" (deleted)")
+}
+
 #[derive(Default)]
 struct FdSaved {
+    /// Contents of deleted open files (and, with `--ckpt-open-files`, of
+    /// every open regular file), by (device, inode).
+    contents: Vec<((u64, u64), Vec<u8>)>,
     fds: Vec<FdInfo>,
     /// File owners (F_GETOWN_EX) as the program had them, put back on resume.
     owners: Vec<(i32, OwnerEx)>,
@@ -216,6 +229,60 @@ fn list_fds() -> Vec<i32> {
     // SAFETY: closing our fd.
     unsafe { libc::close(d) };
     out
+}
+
+/// A regular file's whole contents, read through a new open of the fd
+/// (the program's may be write-only; its offset is left alone).
+fn read_contents(fd: i32) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(format!("/proc/self/fd/{fd}"))?;
+    let len = f.metadata()?.len();
+    if len > MAX_SAVED_FILE {
+        return Err(std::io::Error::other(format!("{len} bytes, more than the {MAX_SAVED_FILE} kept")));
+    }
+    let mut v = Vec::with_capacity(len as usize);
+    f.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+/// Write saved contents back into `path` (`--ckpt-open-files`).
+fn put_back(path: &str, data: &[u8]) {
+    use std::io::Write;
+    let r = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).and_then(|mut f| f.write_all(data));
+    if let Err(e) = r {
+        crate::log::warn(format_args!("cannot put back the contents of {path}: {e}"));
+    }
+}
+
+/// A new unnamed file with `data`, like the deleted file the program had
+/// open at `target` (made in the same directory when possible).
+fn recreate_deleted(target: &str, data: &[u8], flags: i32) -> i32 {
+    let path = target.strip_suffix(" (deleted)").unwrap_or(target);
+    let dir = std::path::Path::new(path).parent().map(|d| d.to_path_buf()).unwrap_or_else(|| "/tmp".into());
+    let open_tmp = |d: &std::path::Path| {
+        let Ok(c) = CString::new(d.as_os_str().as_encoded_bytes()) else { return -1 };
+        // SAFETY: open(2) with O_TMPFILE on a NUL-terminated directory path.
+        unsafe { libc::open(c.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600) }
+    };
+    let mut fd = open_tmp(&dir);
+    if fd < 0 {
+        fd = open_tmp(std::path::Path::new("/tmp"));
+    }
+    if fd < 0 {
+        return -1;
+    }
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: writing our buffer into our new file.
+        let n = unsafe { libc::write(fd, data[done..].as_ptr() as *const libc::c_void, data.len() - done) };
+        if n <= 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    // SAFETY: flags of our new fd.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, flags & (libc::O_APPEND | libc::O_NONBLOCK)) };
+    fd
 }
 
 /// The program's fds with what they lead to (library fds left out).
@@ -316,8 +383,25 @@ impl FilePlugin {
             let file_id = (kind == FdKind::Path && fmt == libc::S_IFREG).then_some((st.st_dev, st.st_ino));
             infos.push(FdInfo { fd, target, kind, flags, cloexec: fdflags & libc::FD_CLOEXEC != 0, offset, file_id });
         }
+        s.contents.clear();
+        let all = SAVE_OPEN_FILES.load(core::sync::atomic::Ordering::SeqCst);
+        for i in infos.iter().filter(|i| i.file_id.is_some() && (all || deleted(&i.target))) {
+            let id = i.file_id.unwrap_or_default();
+            if s.contents.iter().any(|(x, _)| *x == id) {
+                continue;
+            }
+            match read_contents(i.fd) {
+                Ok(data) => s.contents.push((id, data)),
+                Err(e) => crate::log::warn(format_args!("fd {} ({}): contents not saved: {e}", i.fd, i.target)),
+            }
+        }
+        let ttys: Vec<(i32, &str)> = infos.iter().filter(|i| i.kind == FdKind::Tty).map(|i| (i.fd, i.target.as_str())).collect();
+        let found = crate::ptys::publish(&ttys);
         let files = Self::shared_files(s, &infos);
         FILES.with(|f| *f = files);
+        let flags_of = |fd: i32| infos.iter().find(|i| i.fd == fd).map_or(0, |i| i.flags);
+        let ptys = crate::ptys::collect(&found, flags_of);
+        PTYS.with(|p| *p = ptys);
         // Drain each pipe once (first read end found here). A pipe read by
         // several processes is drained by each of them in part: bytes are
         // kept, their order across readers is not.
@@ -442,6 +526,8 @@ impl FilePlugin {
                 FdKind::PipeRead { .. } | FdKind::PipeWrite { .. } => is_fifo(i.fd),
                 FdKind::Socket => is_sock(i.fd),
                 FdKind::Event => fd_target(i.fd) == "anon_inode:[eventfd]",
+                // A pty of the job, re-made by dmtcp_restart.
+                FdKind::Tty => SHARED_INSTALLED.with(|v| v.contains(&i.fd)),
                 // Shared with other processes: dmtcp_restart opened it once.
                 FdKind::Path => SHARED_INSTALLED.with(|v| v.contains(&i.fd)) && fd_target(i.fd) == i.target,
                 _ => false,
@@ -454,13 +540,46 @@ impl FilePlugin {
                 unsafe { libc::close(fd) };
             }
         }
+        // --ckpt-open-files: the files as they were at checkpoint time.
+        let mut put: Vec<(u64, u64)> = Vec::new();
+        for i in s.fds.iter().filter(|i| i.kind == FdKind::Path && !deleted(&i.target)) {
+            let Some(id) = i.file_id else { continue };
+            if put.contains(&id) {
+                continue;
+            }
+            if let Some((_, data)) = s.contents.iter().find(|(x, _)| *x == id) {
+                put.push(id);
+                put_back(&i.target, data);
+            }
+        }
         let mut pipes_done: Vec<u64> = Vec::new();
         for i in &s.fds {
             match &i.kind {
+                FdKind::Tty if installed.contains(&i.fd) => {
+                    // SAFETY: flags of a pty end dmtcp_restart gave us.
+                    unsafe {
+                        libc::fcntl(i.fd, libc::F_SETFD, if i.cloexec { libc::FD_CLOEXEC } else { 0 });
+                        libc::fcntl(i.fd, libc::F_SETFL, i.flags & (libc::O_NONBLOCK | libc::O_APPEND));
+                    }
+                }
                 FdKind::Tty | FdKind::Other if i.fd <= 2 => {} // keep what dmtcp_restart gave us
                 FdKind::Path if installed.contains(&i.fd) => {
                     // SAFETY: the fd flag of a file dmtcp_restart gave us.
                     unsafe { libc::fcntl(i.fd, libc::F_SETFD, if i.cloexec { libc::FD_CLOEXEC } else { 0 }) };
+                }
+                FdKind::Path if deleted(&i.target) && i.file_id.is_some_and(|id| s.contents.iter().any(|(x, _)| *x == id)) => {
+                    let id = i.file_id.unwrap_or_default();
+                    let data = s.contents.iter().find(|(x, _)| *x == id).map(|(_, d)| d.as_slice()).unwrap_or(&[]);
+                    let nfd = recreate_deleted(&i.target, data, i.flags);
+                    if nfd < 0 {
+                        crate::log::warn(format_args!("cannot re-create the deleted file {} as fd {}", i.target, i.fd));
+                        continue;
+                    }
+                    // SAFETY: our new fd onto the program's number, at its offset.
+                    unsafe {
+                        move_fd(nfd, i.fd, i.cloexec);
+                        libc::lseek(i.fd, i.offset, libc::SEEK_SET);
+                    }
                 }
                 FdKind::Path => {
                     let Ok(p) = CString::new(i.target.clone()) else { continue };
@@ -582,6 +701,8 @@ fn refill_all(s: &FdSaved) {
 
 /// Regular files of the last checkpoint, keyed by open file description.
 pub static FILES: crate::flock::FLock<Vec<dmtcp_common::image::FileRec>> = crate::flock::FLock::new(Vec::new());
+/// Pseudo-terminal ends of the job and the controlling terminal's key.
+pub static PTYS: crate::flock::FLock<(Vec<dmtcp_common::image::PtyRec>, Option<String>)> = crate::flock::FLock::new((Vec::new(), None));
 /// Fds of files shared with other processes that dmtcp_restart opened once
 /// and put in place (from the restart info).
 pub static SHARED_INSTALLED: crate::flock::FLock<Vec<i32>> = crate::flock::FLock::new(Vec::new());
@@ -597,6 +718,7 @@ pub fn refill_drained() {
     let drained = DRAINED.with(core::mem::take);
     let fds = PIPES.with(|p| p.clone());
     let s = FdSaved {
+        contents: Vec::new(),
         owners: Vec::new(),
         fds: fds
             .iter()

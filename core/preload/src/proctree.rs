@@ -55,5 +55,6 @@ pub fn capture(tids: Vec<i32>) -> Tree {
     let socks = crate::sockets::records();
     let evfds = crate::eventfds::records();
     let files = crate::procstate::FILES.with(|f| f.clone());
-    Tree { ppid, pgid, sid, tids, zombies, pipes, socks, evfds, files }
+    let (ptys, ctty) = crate::procstate::PTYS.with(|p| p.clone());
+    Tree { ppid, pgid, sid, tids, zombies, pipes, socks, evfds, files, ptys, ctty }
 }

@@ -22,10 +22,13 @@ Checkpoint images:
   -c, --ckptdir DIR       Where to write images (env DMTCP_CHECKPOINT_DIR, default: current directory)
   --gzip, --no-gzip       Compress images (env DMTCP_GZIP, default: compress, with zstd)
   --ckpt-signal N         Signal used to suspend threads (default 12, SIGUSR2)
+  --ckpt-open-files       Save the contents of open regular files in the images and
+                          put them back at restart (env DMTCP_CKPT_OPEN_FILES)
 
 Plugins:
   --with-plugin A.so[:B.so] Load plugins (absolute paths; env DMTCP_PLUGIN)
-  --disable-<name>-plugin Disable an internal plugin (file, process)
+  --disable-<name>-plugin Disable an internal plugin (process, event, file, socket,
+                          sysv, timers)
 
 Other:
   -t, --tmpdir DIR        Directory for temporary files (env DMTCP_TMPDIR)
@@ -93,6 +96,10 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
                 _ => Err(format!("bad signal number '{v}'")),
             }),
             "-t" | "--tmpdir" => value(&arg).map(|v| tmpdir = Some(v)),
+            "--ckpt-open-files" => {
+                std::env::set_var(E::CKPT_OPEN_FILES, "1");
+                Ok(())
+            }
             "--with-plugin" => value(&arg).map(|v| plugins.extend(v.split(':').filter(|s| !s.is_empty()).map(str::to_string))),
             "-q" | "--quiet" => {
                 quiet += 1;

@@ -80,10 +80,69 @@ fn make_shm(images: &[Image], base: i32) -> Result<BTreeMap<u64, i32>, String> {
 /// `dmtcp_restart` at the saved offset and handed to every sharer.
 static FILES: std::sync::OnceLock<BTreeMap<String, i32>> = std::sync::OnceLock::new();
 
-/// The fds of `img` that are shared files put in place by the restart.
+/// The fds of `img` that the restart put in place already (shared files
+/// and pty ends): the file plugin keeps them.
 pub fn shared_files(img: &Image) -> Vec<i32> {
-    let Some(m) = FILES.get() else { return Vec::new() };
-    img.meta.tree.files.iter().filter(|f| m.contains_key(&f.key)).map(|f| f.fd).collect()
+    let mut out = Vec::new();
+    if let Some(m) = FILES.get() {
+        out.extend(img.meta.tree.files.iter().filter(|f| m.contains_key(&f.key)).map(|f| f.fd));
+    }
+    if let Some(m) = PTYS.get() {
+        out.extend(img.meta.tree.ptys.iter().filter(|p| m.contains_key(&p.key)).map(|p| p.fd));
+    }
+    out
+}
+
+/// Pseudo-terminals of the job (master held in it): key -> (master,
+/// slave, foreground group), made by `dmtcp_restart`.
+static PTYS: std::sync::OnceLock<BTreeMap<String, (i32, i32, i32)>> = std::sync::OnceLock::new();
+
+/// Make a new pty for each one the images' masters had, with the slave's
+/// termios and the window size, at or above `base`.
+fn make_ptys(images: &[Image], base: i32) -> Result<BTreeMap<String, (i32, i32, i32)>, String> {
+    let recs: Vec<&dmtcp_common::image::PtyRec> = images.iter().flat_map(|i| i.meta.tree.ptys.iter()).collect();
+    let mut out = BTreeMap::new();
+    for m in recs.iter().filter(|r| r.master) {
+        if out.contains_key(&m.key) {
+            continue;
+        }
+        let up = |fd: i32| {
+            // SAFETY: moving our own fd above `base`, close-on-exec.
+            let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base) };
+            close(fd);
+            n
+        };
+        // SAFETY: opening a new pty pair; ptsname_r writes into our buffer.
+        let (master, slave) = unsafe {
+            let mf = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            if mf < 0 || libc::grantpt(mf) != 0 || libc::unlockpt(mf) != 0 {
+                return Err(format!("cannot make a pseudo-terminal: {}", errno()));
+            }
+            let mut name = [0 as libc::c_char; 128];
+            if libc::ptsname_r(mf, name.as_mut_ptr(), name.len()) != 0 {
+                return Err(format!("cannot make a pseudo-terminal: {}", errno()));
+            }
+            let sf = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            if sf < 0 {
+                return Err(format!("cannot open a new pseudo-terminal: {}", errno()));
+            }
+            (up(mf), up(sf))
+        };
+        if let Some(s) = recs.iter().find(|r| r.key == m.key && r.termios.len() == core::mem::size_of::<libc::termios>()) {
+            // SAFETY: the saved bytes are a termios from tcgetattr on this machine.
+            unsafe {
+                let mut t: libc::termios = core::mem::zeroed();
+                core::ptr::copy_nonoverlapping(s.termios.as_ptr(), &mut t as *mut libc::termios as *mut u8, s.termios.len());
+                libc::tcsetattr(slave, libc::TCSANOW, &t);
+            }
+        }
+        let w = m.winsize;
+        let ws = libc::winsize { ws_row: w[0], ws_col: w[1], ws_xpixel: w[2], ws_ypixel: w[3] };
+        // SAFETY: TIOCSWINSZ reads our struct.
+        unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) };
+        out.insert(m.key.clone(), (master, slave, m.fg));
+    }
+    Ok(out)
 }
 
 /// Open each file that several images share (same key) once, at or above
@@ -244,8 +303,14 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
     let shm_fds: Vec<i32> = shm.values().copied().collect();
     let _ = SHM.set(shm);
     let files = make_files(images, base + images.len() as i32);
-    let file_fds: Vec<i32> = files.values().copied().collect();
+    let mut file_fds: Vec<i32> = files.values().copied().collect();
     let _ = FILES.set(files);
+    let ptys = match make_ptys(images, base + images.len() as i32) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    file_fds.extend(ptys.values().flat_map(|&(m, s, _)| [m, s]));
+    let _ = PTYS.set(ptys);
     let (created_r, created_w) = match crate::restart::pipe() {
         Ok(p) => p,
         Err(e) => return fail(&format!("pipe: {e}")),
@@ -323,6 +388,10 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
     for &s in shared {
         close(s);
     }
+    for &(m, s, _) in PTYS.get().into_iter().flat_map(|p| p.values()) {
+        close(m);
+        close(s);
+    }
     if got < images.len() {
         eprintln!("dmtcp_restart: only {got} of {} processes could be re-created", images.len());
     }
@@ -370,6 +439,12 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         if t.sid == pid {
             if libc::setsid() < 0 {
                 eprintln!("dmtcp_restart: process {pid}: setsid: {}", errno());
+            }
+            // Its controlling terminal, if it is a pty of the job.
+            if let Some(&(_, slave, _)) = t.ctty.as_ref().and_then(|k| PTYS.get().and_then(|p| p.get(k))) {
+                if libc::ioctl(slave, libc::TIOCSCTTY, 0) != 0 {
+                    eprintln!("dmtcp_restart: process {pid}: cannot get its terminal back: {}", errno());
+                }
             }
         } else if t.pgid == pid && libc::setpgid(0, 0) != 0 {
             eprintln!("dmtcp_restart: process {pid}: setpgid: {}", errno());
@@ -419,6 +494,31 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
             // SAFETY: dup2 onto a number the program used for this pipe.
             if unsafe { libc::dup2(if write { w } else { r }, fd) } < 0 {
                 eprintln!("dmtcp_restart: process {pid}: cannot put a pipe at fd {fd}: {}", errno());
+            }
+        }
+    }
+    // The session leader gives its terminal's foreground back to the group
+    // that had it (all groups exist now); SIGTTOU would stop a background
+    // leader, so it is blocked meanwhile (the restorer sets the real mask).
+    if let Some(&(_, slave, fg)) = t.ctty.as_ref().and_then(|k| PTYS.get().and_then(|p| p.get(k))) {
+        if t.sid == pid && fg > 0 {
+            // SAFETY: blocking a signal and setting the terminal's foreground group.
+            unsafe {
+                let mut set: libc::sigset_t = core::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTTOU);
+                libc::sigprocmask(libc::SIG_BLOCK, &set, core::ptr::null_mut());
+                if libc::ioctl(slave, libc::TIOCSPGRP, &fg) != 0 {
+                    eprintln!("dmtcp_restart: process {pid}: cannot set the terminal's foreground group {fg}: {}", errno());
+                }
+            }
+        }
+    }
+    for p in &t.ptys {
+        if let Some(&(m, s, _)) = PTYS.get().and_then(|x| x.get(&p.key)) {
+            // SAFETY: dup2 onto a number the program used for this pty end.
+            if unsafe { libc::dup2(if p.master { m } else { s }, p.fd) } < 0 {
+                eprintln!("dmtcp_restart: process {pid}: cannot put a pty at fd {}: {}", p.fd, errno());
             }
         }
     }
@@ -494,7 +594,8 @@ fn pipe_fd_base(images: &[Image]) -> i32 {
     let socks = images.iter().flat_map(|i| i.meta.tree.socks.iter().map(|s| s.fd + 1));
     let evfds = images.iter().flat_map(|i| i.meta.tree.evfds.iter().map(|s| s.fd + 1));
     let files = images.iter().flat_map(|i| i.meta.tree.files.iter().map(|s| s.fd + 1));
-    pipes.chain(socks).chain(evfds).chain(files).max().unwrap_or(0).max(100)
+    let ptys = images.iter().flat_map(|i| i.meta.tree.ptys.iter().map(|s| s.fd + 1));
+    pipes.chain(socks).chain(evfds).chain(files).chain(ptys).max().unwrap_or(0).max(100)
 }
 
 /// One eventfd per kernel eventfd id (per process and fd if the kernel

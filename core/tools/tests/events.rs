@@ -62,3 +62,19 @@ fn redis_server_and_clients_across_restarts() {
     assert!(out.ends_with("incr 900\nfinal 900\n20\n"), "{out}");
     assert!(!out.contains("got"), "{out}");
 }
+
+/// A periodic timerfd with expirations pending unread at checkpoint time
+/// keeps expiring after each of three restarts.
+#[test]
+fn timerfd_with_pending_expirations_keeps_ticking() {
+    let prog = c_program("timerfd");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "80"]);
+    let mut job = Job::new("timerfd");
+    job.launch(&[p, "80"], &[]);
+    for (mark, after) in [("iter 10\n", "iter 15\n"), ("iter 30\n", "iter 35\n"), ("iter 50\n", "iter 55\n")] {
+        job.cycle(mark, after);
+    }
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}

@@ -495,3 +495,41 @@ fn two_processes_checkpointed_and_restarted_together() {
     let out2 = std::fs::read_to_string(job.dir.join("out2.txt")).unwrap();
     assert_eq!(out2, bare_b);
 }
+
+/// A program that blocks every signal and treats EINTR as an error, waiting
+/// in poll/ppoll/select/epoll_wait/nanosleep (calls the kernel does not
+/// restart after a signal handler): checkpoints and a restart must not
+/// interrupt it.
+#[test]
+fn blocking_waits_do_not_see_checkpoints() {
+    let prog = c_program("noeintr");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "60"]);
+    let mut job = Job::new("noeintr");
+    job.launch(&[p, "60"], &[]);
+    for mark in ["round 10\n", "round 20\n"] {
+        job.wait_for(mark);
+        job.checkpoint();
+    }
+    job.cycle("round 30\n", "round 40\n");
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
+
+/// `--ckpt-open-files`: a counter file the program rewrites in place is put
+/// back as it was at checkpoint time (so it matches the program's memory
+/// after the restart), and a deleted file the program keeps open comes
+/// back from the image with its contents and offset. Two restarts.
+#[test]
+fn ckpt_open_files_and_deleted_files() {
+    let prog = c_program("openfiles");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "120"]);
+    assert!(bare.ends_with("counter 120 scratch lines 120\n"), "{bare}");
+    let mut job = Job::new("openfiles");
+    job.launch(&[p, "120"], &["--ckpt-open-files"]);
+    job.cycle("step 20\n", "step 40\n");
+    job.cycle("step 60\n", "step 80\n");
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}

@@ -122,14 +122,18 @@ fn timers_and_pending_signals_survive_restart() {
 /// checkpoint are written again after the restart, at the same offsets).
 /// Returns the job's directory.
 fn shell_job_cycles(name: &str, cmd: &str, file: &str, marks: &[&str]) -> std::path::PathBuf {
+    shell_job_cycles_in("bash", name, cmd, file, marks)
+}
+
+fn shell_job_cycles_in(shell: &str, name: &str, cmd: &str, file: &str, marks: &[&str]) -> std::path::PathBuf {
     let bare_dir = std::env::temp_dir().join(format!("dmtcp-bare-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&bare_dir).unwrap();
-    let st = std::process::Command::new("bash").args(["-c", cmd]).current_dir(&bare_dir).status().unwrap();
+    let st = std::process::Command::new(shell).args(["-c", cmd]).current_dir(&bare_dir).status().unwrap();
     assert!(st.success());
     let bare = std::fs::read_to_string(bare_dir.join(file)).unwrap();
     let _ = std::fs::remove_dir_all(&bare_dir);
     let mut job = Job::new(name);
-    job.launch(&["bash", "-c", cmd], &[]);
+    job.launch(&[shell, "-c", cmd], &[]);
     let path = job.dir.join(file);
     for mark in marks {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -153,6 +157,22 @@ fn shell_pipeline_of_three_processes() {
     let cmd = r#"for i in $(seq 1 150); do echo "line $i"; sleep 0.02; done | sed -u "s/line/LINE/" | while read -r l; do n=$((n+1)); s=$((s+${#l})); echo "$n $s $l"; done > pipe.txt; echo pipeline-exit $? > exit.txt"#;
     let job_dir = shell_job_cycles("pipeline", cmd, "pipe.txt", &["\n20 ", "\n60 ", "\n100 "]);
     assert_eq!(std::fs::read_to_string(job_dir.join("exit.txt")).unwrap(), "pipeline-exit 0\n");
+}
+
+/// The same pipeline run by dash.
+#[test]
+fn dash_pipeline_of_three_processes() {
+    let cmd = r#"for i in $(seq 1 150); do echo "line $i"; sleep 0.02; done | sed -u "s/line/LINE/" | while read -r l; do n=$((n+1)); s=$((s+${#l})); echo "$n $s $l"; done > pipe.txt; echo pipeline-exit $? > exit.txt"#;
+    let job_dir = shell_job_cycles_in("dash", "dash-pipeline", cmd, "pipe.txt", &["\n20 ", "\n60 ", "\n100 "]);
+    assert_eq!(std::fs::read_to_string(job_dir.join("exit.txt")).unwrap(), "pipeline-exit 0\n");
+}
+
+/// perl: a forked child writing into a pipe its parent reads.
+#[test]
+fn perl_fork_and_pipe() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/pipe.pl");
+    let cmd = format!("perl {} 150 > perl.txt", script.display());
+    shell_job_cycles("perl", &cmd, "perl.txt", &["\n20 ", "\n60 ", "\n100 "]);
 }
 
 #[test]
