@@ -27,6 +27,18 @@ fn checkpoints() -> u32 {
     crate::api::EVENTS.load(SeqCst)
 }
 
+/// Call until the call did not fail with `EINTR` because of a checkpoint.
+fn again<T: PartialOrd + Default>(mut call: impl FnMut() -> T) -> T {
+    loop {
+        let ev = checkpoints();
+        let r = call();
+        if r < T::default() && errno() == libc::EINTR && checkpoints() != ev {
+            continue;
+        }
+        return r;
+    }
+}
+
 /// libc's function (cached).
 fn real(slot: &AtomicUsize, name: &core::ffi::CStr) -> usize {
     let mut f = slot.load(SeqCst);
@@ -92,15 +104,8 @@ type ClockNanosleepFn = unsafe extern "C" fn(libc::clockid_t, libc::c_int, *cons
 pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, ms: libc::c_int) -> libc::c_int {
     let f = libc_fn!(POLL, c"poll", PollFn);
     let start = now_ns();
-    loop {
-        let ev = checkpoints();
-        // SAFETY: forwarding the caller's arguments.
-        let r = unsafe { f(fds, n, ms_left(ms, start)) };
-        if r < 0 && errno() == libc::EINTR && checkpoints() != ev {
-            continue;
-        }
-        return r;
-    }
+    // SAFETY: forwarding the caller's arguments.
+    again(|| unsafe { f(fds, n, ms_left(ms, start)) })
 }
 
 /// `ppoll(2)`, going on across a checkpoint.
@@ -113,17 +118,12 @@ pub unsafe extern "C" fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, t: *cons
     let start = now_ns();
     // SAFETY: the caller's timeout, if any, is readable.
     let total = (!t.is_null()).then(|| unsafe { *t });
-    loop {
-        let ev = checkpoints();
+    again(|| {
         let left = ts_left(total, start);
         let lp = left.as_ref().map_or(core::ptr::null(), |l| l as *const libc::timespec);
         // SAFETY: forwarding the caller's arguments (our copy of the timeout).
-        let r = unsafe { f(fds, n, lp, mask) };
-        if r < 0 && errno() == libc::EINTR && checkpoints() != ev {
-            continue;
-        }
-        return r;
-    }
+        unsafe { f(fds, n, lp, mask) }
+    })
 }
 
 /// `select(2)`, going on across a checkpoint (the kernel leaves the sets
@@ -140,15 +140,8 @@ pub unsafe extern "C" fn select(
     t: *mut libc::timeval,
 ) -> libc::c_int {
     let f = libc_fn!(SELECT, c"select", SelectFn);
-    loop {
-        let ev = checkpoints();
-        // SAFETY: forwarding the caller's arguments.
-        let res = unsafe { f(n, r, w, e, t) };
-        if res < 0 && errno() == libc::EINTR && checkpoints() != ev {
-            continue;
-        }
-        return res;
-    }
+    // SAFETY: forwarding the caller's arguments.
+    again(|| unsafe { f(n, r, w, e, t) })
 }
 
 /// `pselect(2)`, going on across a checkpoint.
@@ -168,17 +161,12 @@ pub unsafe extern "C" fn pselect(
     let start = now_ns();
     // SAFETY: the caller's timeout, if any, is readable.
     let total = (!t.is_null()).then(|| unsafe { *t });
-    loop {
-        let ev = checkpoints();
+    again(|| {
         let left = ts_left(total, start);
         let lp = left.as_ref().map_or(core::ptr::null(), |l| l as *const libc::timespec);
         // SAFETY: forwarding the caller's arguments (our copy of the timeout).
-        let res = unsafe { f(n, r, w, e, lp, mask) };
-        if res < 0 && errno() == libc::EINTR && checkpoints() != ev {
-            continue;
-        }
-        return res;
-    }
+        unsafe { f(n, r, w, e, lp, mask) }
+    })
 }
 
 /// `epoll_wait(2)`, going on across a checkpoint.
@@ -189,15 +177,8 @@ pub unsafe extern "C" fn pselect(
 pub unsafe extern "C" fn epoll_wait(ep: libc::c_int, evs: *mut libc::epoll_event, max: libc::c_int, ms: libc::c_int) -> libc::c_int {
     let f = libc_fn!(EPOLL_WAIT, c"epoll_wait", EpollWaitFn);
     let start = now_ns();
-    loop {
-        let ev = checkpoints();
-        // SAFETY: forwarding the caller's arguments.
-        let r = unsafe { f(ep, evs, max, ms_left(ms, start)) };
-        if r < 0 && errno() == libc::EINTR && checkpoints() != ev {
-            continue;
-        }
-        return r;
-    }
+    // SAFETY: forwarding the caller's arguments.
+    again(|| unsafe { f(ep, evs, max, ms_left(ms, start)) })
 }
 
 /// `epoll_pwait(2)`, going on across a checkpoint.
@@ -214,15 +195,8 @@ pub unsafe extern "C" fn epoll_pwait(
 ) -> libc::c_int {
     let f = libc_fn!(EPOLL_PWAIT, c"epoll_pwait", EpollPwaitFn);
     let start = now_ns();
-    loop {
-        let ev = checkpoints();
-        // SAFETY: forwarding the caller's arguments.
-        let r = unsafe { f(ep, evs, max, ms_left(ms, start), mask) };
-        if r < 0 && errno() == libc::EINTR && checkpoints() != ev {
-            continue;
-        }
-        return r;
-    }
+    // SAFETY: forwarding the caller's arguments.
+    again(|| unsafe { f(ep, evs, max, ms_left(ms, start), mask) })
 }
 
 /// `nanosleep(2)`: sleeps the whole time across a checkpoint.
