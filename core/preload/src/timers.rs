@@ -12,7 +12,11 @@
 //! thread are raised by that thread itself (`threads::reapply`). A
 //! checkpoint that is only resumed changes nothing: the kernel kept it all.
 //!
-//! Limits: a real-time signal queued several times comes back once, and
+//! Real-time signals queued for the process come back as often as they
+//! were queued, in order, with their values (taken out with
+//! `rt_sigtimedwait` at checkpoint time and queued again at once).
+//!
+//! Limits: a real-time signal queued for one thread comes back once, and
 //! without its value; timers of clocks that count CPU time of another
 //! process are not re-created.
 
@@ -37,6 +41,78 @@ struct PosixTimer {
 struct Saved {
     itimers: Vec<(i32, libc::itimerval)>,
     timers: Vec<PosixTimer>,
+    /// Real-time signals queued for the process, every instance with its
+    /// siginfo (value, sender), in queue order.
+    queued: Vec<RawInfo>,
+}
+
+/// A kernel siginfo (128 bytes) kept as plain words.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct RawInfo([u64; 16]);
+const _: () = assert!(core::mem::size_of::<RawInfo>() == core::mem::size_of::<libc::siginfo_t>());
+
+impl RawInfo {
+    fn signo(&self) -> i32 {
+        self.0[0] as u32 as i32
+    }
+    fn code(&self) -> i32 {
+        (self.0[1] & 0xffff_ffff) as u32 as i32
+    }
+}
+
+const RT_SIGTIMEDWAIT: usize = 128;
+const RT_SIGQUEUEINFO: usize = 129;
+
+/// Queue `info` for our own process again: with its siginfo where the
+/// kernel lets us (sigqueue-style codes), else as a plain kill.
+fn requeue(info: &RawInfo) {
+    let pid = dmtcp_sys::getpid() as usize;
+    let sig = info.signo() as usize;
+    // SAFETY: rt_sigqueueinfo reads our 128-byte siginfo; kill takes numbers.
+    unsafe {
+        if info.code() >= 0 || dmtcp_sys::syscall3(RT_SIGQUEUEINFO, pid, sig, info as *const RawInfo as usize) < 0 {
+            syscall3(nr::KILL, pid, sig, 0);
+        }
+    }
+}
+
+/// Take every queued instance of the real-time signals pending for the
+/// process (shown by `pending`), in order, and queue them again at once:
+/// the process keeps them, and the image has their values.
+fn capture_queued(pending: u64, skip: i32) -> Vec<RawInfo> {
+    let mut out = Vec::new();
+    for sig in 34..=64i32 {
+        if sig == skip || pending & (1u64 << (sig - 1)) == 0 {
+            continue;
+        }
+        let set: u64 = 1u64 << (sig - 1);
+        let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let first = out.len();
+        loop {
+            let mut info = RawInfo([0; 16]);
+            // SAFETY: rt_sigtimedwait reads our set and timeout, writes `info`.
+            let r = unsafe {
+                dmtcp_sys::syscall6(
+                    RT_SIGTIMEDWAIT,
+                    &set as *const u64 as usize,
+                    &mut info as *mut RawInfo as usize,
+                    &zero as *const libc::timespec as usize,
+                    8,
+                    0,
+                    0,
+                )
+            };
+            if r != sig as isize {
+                break;
+            }
+            out.push(info);
+        }
+        for info in &out[first..] {
+            requeue(info);
+        }
+    }
+    out
 }
 
 pub struct TimerPlugin {
@@ -130,7 +206,9 @@ impl Plugin for TimerPlugin {
         let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         match ev {
             Event::PreCheckpoint => {
-                threads::SHARED_PENDING.store(threads::sigpending(), core::sync::atomic::Ordering::SeqCst);
+                let pending = threads::sigpending();
+                threads::SHARED_PENDING.store(pending, core::sync::atomic::Ordering::SeqCst);
+                s.queued = capture_queued(pending, threads::CKPT_SIGNAL.load(core::sync::atomic::Ordering::SeqCst));
                 s.itimers.clear();
                 for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
                     // SAFETY: a zeroed itimerval for getitimer to fill.
@@ -172,12 +250,18 @@ impl Plugin for TimerPlugin {
                     unsafe { libc::setitimer(*which, v, core::ptr::null_mut()) };
                 }
                 let ckpt_bit = 1u64 << (threads::CKPT_SIGNAL.load(core::sync::atomic::Ordering::SeqCst) - 1);
-                let shared = threads::SHARED_PENDING.load(core::sync::atomic::Ordering::SeqCst) & !ckpt_bit;
+                let mut shared = threads::SHARED_PENDING.load(core::sync::atomic::Ordering::SeqCst) & !ckpt_bit;
+                for q in &s.queued {
+                    shared &= !(1u64 << (q.signo() - 1));
+                }
                 for sig in 1..=64usize {
                     if shared & (1u64 << (sig - 1)) != 0 {
                         // SAFETY: signalling our own process.
                         unsafe { syscall3(nr::KILL, dmtcp_sys::getpid() as usize, sig, 0) };
                     }
+                }
+                for q in &s.queued {
+                    requeue(q);
                 }
             }
             _ => {}

@@ -211,3 +211,20 @@ fn files_shared_between_processes_keep_one_offset() {
     job.wait_success();
     assert_eq!(job.output(), "records 1500 lines 1500 bad 0 duplicates 0 missing 0 all-processes-read 1\n");
 }
+
+/// Real-time signals queued several times for the process come back as
+/// many times, in order, with their values, through three restarts.
+#[test]
+fn queued_realtime_signals_keep_count_and_values() {
+    let prog = c_program("rtqueue");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "40"]);
+    assert!(bare.contains("A value 104 queued\nB value 0 kill\nB value 0 kill\ndone\n"), "{bare}");
+    let mut job = Job::new("rtqueue");
+    job.launch(&[p, "40"], &[]);
+    for (mark, after) in [("step 5\n", "step 8\n"), ("step 15\n", "step 18\n"), ("step 25\n", "step 28\n")] {
+        job.cycle(mark, after);
+    }
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
