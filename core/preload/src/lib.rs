@@ -22,6 +22,7 @@ mod flock;
 mod log;
 mod memory;
 mod plugin;
+mod posixmq;
 mod procstate;
 mod proctree;
 mod restartable;

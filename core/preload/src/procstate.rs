@@ -147,6 +147,8 @@ enum FdKind {
     Socket,
     /// epoll, eventfd, timerfd, signalfd: the event plugin restores it.
     Event,
+    /// A POSIX message queue: the sysv plugin restores it.
+    Mqueue,
     /// Anything else (event fds, ...).
     Other,
 }
@@ -362,6 +364,8 @@ impl FilePlugin {
                 FdKind::Tty
             } else if crate::eventfds::handles(&target) {
                 FdKind::Event
+            } else if fmt == libc::S_IFREG && crate::posixmq::is_mqueue(fd) {
+                FdKind::Mqueue
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
                 if target.starts_with('/') {
                     FdKind::Path
@@ -526,6 +530,7 @@ impl FilePlugin {
                 FdKind::PipeRead { .. } | FdKind::PipeWrite { .. } => is_fifo(i.fd),
                 FdKind::Socket => is_sock(i.fd),
                 FdKind::Event => fd_target(i.fd) == "anon_inode:[eventfd]",
+                FdKind::Mqueue => crate::posixmq::is_mqueue(i.fd),
                 // A pty of the job, re-made by dmtcp_restart.
                 FdKind::Tty => SHARED_INSTALLED.with(|v| v.contains(&i.fd)),
                 // Shared with other processes: dmtcp_restart opened it once.
@@ -665,7 +670,7 @@ impl FilePlugin {
                         }
                     }
                 }
-                FdKind::Socket | FdKind::Event => {} // the socket and event plugins'
+                FdKind::Socket | FdKind::Event | FdKind::Mqueue => {} // the socket, event and sysv plugins'
                 FdKind::Other => {
                     crate::log::warn(format_args!("fd {} ({}) cannot be restored yet; it stays closed", i.fd, i.target));
                 }

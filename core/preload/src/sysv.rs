@@ -1,5 +1,6 @@
 //! The "sysv" plugin: System V message queues and semaphore sets across a
-//! restart, with their ids virtualized.
+//! restart, with their ids virtualized (and POSIX message queues, see
+//! [`crate::posixmq`]).
 //!
 //! The program keeps seeing the ids the kernel first gave it; wrappers of
 //! `msgget`, `msgsnd`, `msgrcv`, `msgctl`, `semget`, `semop`, `semtimedop`
@@ -336,7 +337,9 @@ fn checkpoint() {
     for i in &ids {
         crate::coord::send(&dmtcp_common::proto::ToCoord::KvPut { db: DB.into(), key: name(i).into_bytes(), val: pid.to_ne_bytes().to_vec() });
     }
+    let mqs = crate::posixmq::publish(pid);
     let coordinated = crate::coord::barrier("sysv:elect");
+    crate::posixmq::save(mqs, pid, coordinated);
     let mut out = Vec::new();
     for i in &ids {
         let owner = if coordinated { crate::coord::kv_get(DB, name(i).as_bytes()).flatten() } else { None };
@@ -353,6 +356,7 @@ fn checkpoint() {
 }
 
 fn resume() {
+    crate::posixmq::forget();
     SAVED.with(|v| v.clear());
 }
 
@@ -457,7 +461,11 @@ fn restart() {
             )),
         }
     }
+    crate::posixmq::remake();
     crate::coord::barrier("sysv:made");
+    crate::posixmq::reopen();
+    crate::coord::barrier("sysv:opened");
+    crate::posixmq::unlink_again();
     let mut known = Vec::new();
     for s in &saved {
         let new = crate::coord::kv_get(DB, key(s).as_bytes()).flatten().and_then(|v| v.try_into().ok()).map(i32::from_ne_bytes);

@@ -19,3 +19,20 @@ fn sysv_message_queue_and_semaphores_across_restarts() {
     job.wait_success();
     assert_eq!(job.output(), bare);
 }
+
+/// A POSIX message queue (unlinked while open) between two processes keeps
+/// its messages and priorities; three restarts.
+#[test]
+fn posix_message_queue_across_restarts() {
+    let prog = c_program("mqtest");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "1500"]);
+    assert!(bare.ends_with("received 1500 child exit 0\n"), "{bare}");
+    let mut job = Job::new("mq");
+    job.launch(&[p, "1500"], &[]);
+    for (mark, after) in [("got 200\n", "got 400\n"), ("got 600\n", "got 800\n"), ("got 1000\n", "got 1200\n")] {
+        job.cycle(mark, after);
+    }
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
