@@ -1,5 +1,5 @@
 //! The "event" plugin: epoll instances with their interest lists, eventfd,
-//! timerfd and signalfd across a restart.
+//! timerfd, signalfd and inotify (with its watches) across a restart.
 //!
 //! At checkpoint time (user threads suspended) it reads each such fd's
 //! `/proc/self/fdinfo` entry: an epoll's registered fds with their event
@@ -24,6 +24,8 @@ enum Kind {
     Eventfd(EvfdRec),
     Timerfd { clock: i32, ticks: u64, value: libc::timespec, interval: libc::timespec },
     Signalfd(u64),
+    /// Watches: (wd, mask, absolute path), by wd.
+    Inotify(Vec<(i32, u32, String)>),
 }
 
 #[derive(Clone, Debug)]
@@ -88,13 +90,170 @@ fn parse(fd: i32, target: &str, info: &str) -> Option<Kind> {
             interval: timespec(field(info, "it_interval:").unwrap_or("")),
         }),
         "anon_inode:[signalfd]" => Some(Kind::Signalfd(field(info, "sigmask:").and_then(hex).unwrap_or(0))),
+        "anon_inode:inotify" => {
+            let live: Vec<i32> = info
+                .lines()
+                .filter_map(|l| l.strip_prefix("inotify wd:"))
+                .filter_map(|l| l.split_whitespace().next().and_then(|w| i32::from_str_radix(w, 16).ok()))
+                .collect();
+            let mut w: Vec<(i32, u32, String)> = WATCHES.with(|v| {
+                v.iter().filter(|x| x.0 == fd && live.contains(&x.1)).map(|x| (x.1, x.2, x.3.clone())).collect()
+            });
+            for wd in live.iter().filter(|wd| !w.iter().any(|x| x.0 == **wd)) {
+                crate::log::warn(format_args!("inotify fd {fd}: watch {wd} was added before this program started; it will not come back"));
+            }
+            w.sort_by_key(|x| x.0);
+            let mut pending: i32 = 0;
+            // SAFETY: FIONREAD writes an int.
+            if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut pending) } == 0 && pending > 0 {
+                crate::log::warn(format_args!("inotify fd {fd}: {pending} bytes of events not read yet will not survive a restart"));
+            }
+            Some(Kind::Inotify(w))
+        }
         _ => None,
     }
 }
 
 /// Is this fd target one of ours?
 pub fn handles(target: &str) -> bool {
-    matches!(target, "anon_inode:[eventpoll]" | "anon_inode:[eventfd]" | "anon_inode:[timerfd]" | "anon_inode:[signalfd]")
+    matches!(
+        target,
+        "anon_inode:[eventpoll]" | "anon_inode:[eventfd]" | "anon_inode:[timerfd]" | "anon_inode:[signalfd]" | "anon_inode:inotify"
+    )
+}
+
+/// inotify watches the program added: (fd, wd, mask, absolute path).
+/// Kept by the wrappers below (the kernel shows a watch's inode, not its
+/// path); inherited across fork with the process's memory.
+static WATCHES: crate::flock::FLock<Vec<(i32, i32, u32, String)>> = crate::flock::FLock::new(Vec::new());
+
+type AddWatchFn = unsafe extern "C" fn(libc::c_int, *const libc::c_char, u32) -> libc::c_int;
+type RmWatchFn = unsafe extern "C" fn(libc::c_int, libc::c_int) -> libc::c_int;
+
+fn libc_fn(slot: &core::sync::atomic::AtomicUsize, name: &core::ffi::CStr) -> usize {
+    let mut f = slot.load(core::sync::atomic::Ordering::SeqCst);
+    if f == 0 {
+        f = crate::next_fn(name) as usize;
+        slot.store(f, core::sync::atomic::Ordering::SeqCst);
+    }
+    f
+}
+
+/// `inotify_add_watch(2)`, remembering the watch's path.
+///
+/// # Safety
+/// As `inotify_add_watch(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn inotify_add_watch(fd: libc::c_int, path: *const libc::c_char, mask: u32) -> libc::c_int {
+    static REAL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+    let f = libc_fn(&REAL, c"inotify_add_watch");
+    if f == 0 {
+        // SAFETY: errno is thread-local.
+        unsafe { *libc::__errno_location() = libc::ENOSYS };
+        return -1;
+    }
+    // SAFETY: libc's function with the caller's arguments.
+    let wd = unsafe { core::mem::transmute::<usize, AddWatchFn>(f)(fd, path, mask) };
+    if wd >= 0 && !path.is_null() {
+        // SAFETY: the caller's NUL-terminated path.
+        let p = unsafe { core::ffi::CStr::from_ptr(path) }.to_string_lossy().into_owned();
+        let abs = if p.starts_with('/') {
+            p
+        } else {
+            std::env::current_dir().map(|d| d.join(&p).display().to_string()).unwrap_or(p)
+        };
+        let keep = mask & !(libc::IN_MASK_ADD | 0x1000_0000);
+        WATCHES.with(|v| match v.iter_mut().find(|x| x.0 == fd && x.1 == wd) {
+            Some(x) => {
+                x.2 = if mask & libc::IN_MASK_ADD != 0 { x.2 | keep } else { keep };
+                x.3 = abs;
+            }
+            None => v.push((fd, wd, keep, abs)),
+        });
+    }
+    wd
+}
+
+/// `inotify_rm_watch(2)`, forgetting the watch.
+///
+/// # Safety
+/// As `inotify_rm_watch(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn inotify_rm_watch(fd: libc::c_int, wd: libc::c_int) -> libc::c_int {
+    static REAL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+    let f = libc_fn(&REAL, c"inotify_rm_watch");
+    if f == 0 {
+        // SAFETY: errno is thread-local.
+        unsafe { *libc::__errno_location() = libc::ENOSYS };
+        return -1;
+    }
+    // SAFETY: libc's function with the caller's arguments.
+    let r = unsafe { core::mem::transmute::<usize, RmWatchFn>(f)(fd, wd) };
+    if r == 0 {
+        WATCHES.with(|v| v.retain(|x| !(x.0 == fd && x.1 == wd)));
+    }
+    r
+}
+
+/// A new inotify instance with the same watches at the same wds: the
+/// kernel numbers watches one after the other from 1 and never reuses a
+/// number soon, so gaps are filled with throw-away watches (on memfds),
+/// removed at the end, and their removal events read away.
+fn remake_inotify(e: &Ev, watches: &[(i32, u32, String)]) -> i32 {
+    // SAFETY: a new inotify instance.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if fd < 0 {
+        return -1;
+    }
+    let add = |path: &str, mask: u32| -> i32 {
+        let Ok(c) = std::ffi::CString::new(path) else { return -1 };
+        // SAFETY: libc's inotify_add_watch (not our wrapper: these are ours).
+        unsafe { libc::syscall(libc::SYS_inotify_add_watch, fd, c.as_ptr(), mask) as i32 }
+    };
+    let mut dummies: Vec<(i32, i32)> = Vec::new();
+    let mut next = 1;
+    for (wd, mask, path) in watches {
+        while next < *wd {
+            // SAFETY: a throw-away memfd to watch.
+            let m = unsafe { libc::memfd_create(c"dmtcp-wd".as_ptr(), libc::MFD_CLOEXEC) };
+            let d = if m >= 0 { add(&format!("/proc/self/fd/{m}"), libc::IN_ATTRIB) } else { -1 };
+            if d < 0 {
+                break;
+            }
+            dummies.push((d, m));
+            next = d + 1;
+        }
+        let got = add(path, *mask);
+        if got != *wd {
+            crate::log::warn(format_args!("inotify fd {}: watch of {path} came back as {got}, not {wd}", e.fd));
+        }
+        if got >= 0 {
+            next = got + 1;
+        }
+    }
+    for &(d, m) in &dummies {
+        // SAFETY: removing our throw-away watches and closing their memfds.
+        unsafe {
+            libc::syscall(libc::SYS_inotify_rm_watch, fd, d);
+            libc::close(m);
+        }
+    }
+    if !dummies.is_empty() {
+        // Read away the removal events (IN_IGNORED) of the throw-away watches.
+        let mut buf = vec![0u8; 65536];
+        loop {
+            // SAFETY: reading events into our buffer.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+            if n <= 0 {
+                break;
+            }
+        }
+    }
+    WATCHES.with(|v| {
+        v.retain(|x| x.0 != e.fd);
+        v.extend(watches.iter().map(|(wd, m, p)| (e.fd, *wd, *m, p.clone())));
+    });
+    fd
 }
 
 fn checkpoint() {
@@ -187,6 +346,14 @@ fn restart() {
                     continue;
                 }
                 place(s, e);
+            }
+            Kind::Inotify(watches) => {
+                let n = remake_inotify(e, watches);
+                if n < 0 {
+                    warn_fail(e, "inotify");
+                    continue;
+                }
+                place(n, e);
             }
             Kind::Epoll(_) => {}
         }

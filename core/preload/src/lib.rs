@@ -27,6 +27,7 @@ mod procstate;
 mod proctree;
 mod restartable;
 mod ptys;
+mod sigevthread;
 mod sigwrap;
 mod sockets;
 mod sysv;
@@ -385,6 +386,7 @@ extern "C" fn fork_parent() {
 /// parent's coordinator connection. It joins the computation as a process
 /// of its own, then lets the parent go on.
 extern "C" fn fork_child() {
+    sigevthread::after_fork_child();
     GLOBAL.0.fork_child();
     coord::LINK.fork_child();
     memory::EXCLUDED.fork_child();

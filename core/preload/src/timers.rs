@@ -151,11 +151,12 @@ fn list_timers() -> Vec<PosixTimer> {
             }
             "notify" => {
                 if let (Some(t), Some((how, who))) = (cur.as_mut(), v.split_once('/')) {
+                    // "signal/tid.N": a signal to thread N (SIGEV_THREAD_ID);
+                    // "signal/pid.N": to the process.
                     t.notify = match how {
-                        "thread" => SIGEV_THREAD_ID,
                         "none" => libc::SIGEV_NONE,
                         _ => libc::SIGEV_SIGNAL,
-                    };
+                    } | if who.starts_with("tid") { SIGEV_THREAD_ID } else { 0 };
                     t.tid = who.rsplit('.').next().and_then(|n| n.parse().ok()).unwrap_or(0);
                 }
             }

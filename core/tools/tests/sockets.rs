@@ -117,14 +117,7 @@ fn connection_to_an_outside_server_comes_back_reset() {
 fn unix_datagram_ring_across_restarts() {
     let prog = c_program("dgramring");
     let p = prog.to_str().unwrap();
-    let bare = run_bare(&[p, "4", "300"]);
-    let mut job = Job::new("sock-ring");
-    job.launch(&[p, "4", "300"], &[]);
-    for (mark, after) in [("round 40 ", "round 50 "), ("round 120 ", "round 130 "), ("round 200 ", "round 210 ")] {
-        job.cycle(mark, after);
-    }
-    job.wait_success();
-    assert_eq!(job.output(), bare);
+    cycles_match_bare("sock-ring", &[p, "4", "300"], &[], &[("round 40 ", "round 50 "), ("round 120 ", "round 130 "), ("round 200 ", "round 210 ")]);
 }
 
 fn python_threads_and_sockets(name: &str, pidns: bool) {

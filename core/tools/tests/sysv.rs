@@ -9,15 +9,8 @@ use common::*;
 fn sysv_message_queue_and_semaphores_across_restarts() {
     let prog = c_program("sysvipc");
     let p = prog.to_str().unwrap();
-    let bare = run_bare(&[p, "2500"]);
+    let bare = cycles_match_bare("sysv", &[p, "2500"], &[], &[("got 500\n", "got 700\n"), ("got 900\n", "got 1100\n"), ("got 1300\n", "got 1500\n")]);
     assert!(bare.ends_with("messages 2500 bumps 200 slots 6 children 0 0\n"), "{bare}");
-    let mut job = Job::new("sysv");
-    job.launch(&[p, "2500"], &[]);
-    for (mark, after) in [("got 500\n", "got 700\n"), ("got 900\n", "got 1100\n"), ("got 1300\n", "got 1500\n")] {
-        job.cycle(mark, after);
-    }
-    job.wait_success();
-    assert_eq!(job.output(), bare);
 }
 
 /// A POSIX message queue (unlinked while open) between two processes keeps
@@ -26,13 +19,6 @@ fn sysv_message_queue_and_semaphores_across_restarts() {
 fn posix_message_queue_across_restarts() {
     let prog = c_program("mqtest");
     let p = prog.to_str().unwrap();
-    let bare = run_bare(&[p, "1500"]);
+    let bare = cycles_match_bare("mq", &[p, "1500"], &[], &[("got 200\n", "got 400\n"), ("got 600\n", "got 800\n"), ("got 1000\n", "got 1200\n")]);
     assert!(bare.ends_with("received 1500 child exit 0\n"), "{bare}");
-    let mut job = Job::new("mq");
-    job.launch(&[p, "1500"], &[]);
-    for (mark, after) in [("got 200\n", "got 400\n"), ("got 600\n", "got 800\n"), ("got 1000\n", "got 1200\n")] {
-        job.cycle(mark, after);
-    }
-    job.wait_success();
-    assert_eq!(job.output(), bare);
 }

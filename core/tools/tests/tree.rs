@@ -218,13 +218,27 @@ fn files_shared_between_processes_keep_one_offset() {
 fn queued_realtime_signals_keep_count_and_values() {
     let prog = c_program("rtqueue");
     let p = prog.to_str().unwrap();
-    let bare = run_bare(&[p, "40"]);
+    let bare = cycles_match_bare("rtqueue", &[p, "40"], &[], &[("step 5\n", "step 8\n"), ("step 15\n", "step 18\n"), ("step 25\n", "step 28\n")]);
     assert!(bare.contains("A value 104 queued\nB value 0 kill\nB value 0 kill\ndone\n"), "{bare}");
-    let mut job = Job::new("rtqueue");
-    job.launch(&[p, "40"], &[]);
-    for (mark, after) in [("step 5\n", "step 8\n"), ("step 15\n", "step 18\n"), ("step 25\n", "step 28\n")] {
-        job.cycle(mark, after);
-    }
-    job.wait_success();
-    assert_eq!(job.output(), bare);
+}
+
+/// A POSIX timer that runs its callback on a thread (SIGEV_THREAD) keeps
+/// firing through three restarts.
+#[test]
+fn sigev_thread_timer_keeps_firing() {
+    let prog = c_program("evthread");
+    let p = prog.to_str().unwrap();
+    let bare = cycles_match_bare("evthread", &[p, "60"], &[], &[("step 10\n", "step 13\n"), ("step 25\n", "step 28\n"), ("step 40\n", "step 43\n")]);
+    assert!(bare.ends_with("timer kept firing\n"), "{bare}");
+}
+
+/// vfork+exec, posix_spawn, system(), popen() and daemons (double fork,
+/// setsid) in a loop through three restarts: every status and output adds
+/// up as in a bare run, and every daemon reports.
+#[test]
+fn every_way_to_start_a_process() {
+    let prog = c_program("spawnkinds");
+    let p = prog.to_str().unwrap();
+    let bare = cycles_match_bare("spawnkinds", &[p, "60"], &[], &[("round 8 ", "round 12 "), ("round 25 ", "round 29 "), ("round 40 ", "round 44 ")]);
+    assert!(bare.ends_with("daemons 60\n"), "{bare}");
 }

@@ -254,6 +254,22 @@ impl Job {
     }
 }
 
+/// Run `args` bare, then under checkpoint control with a
+/// checkpoint-kill-restart cycle at each (mark, after) pair of out.txt
+/// marks (see [`Job::cycle`]); the output must equal the bare run's.
+/// Returns it.
+pub fn cycles_match_bare(name: &str, args: &[&str], launch_opts: &[&str], marks: &[(&str, &str)]) -> String {
+    let bare = run_bare(args);
+    let mut job = Job::new(name);
+    job.launch(args, launch_opts);
+    for (mark, after) in marks {
+        job.cycle(mark, after);
+    }
+    job.wait_success();
+    assert_eq!(job.output(), bare, "{name}: output after restarts differs from a bare run");
+    bare
+}
+
 pub fn images_in(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
