@@ -533,3 +533,14 @@ fn ckpt_open_files_and_deleted_files() {
     job.wait_success();
     assert_eq!(job.output(), bare);
 }
+
+/// /dev/null, /dev/zero, /dev/urandom, a /proc file, a file opened with
+/// O_TRUNC (not truncated again by the restart) and a file truncated under
+/// the program's offset all keep working through three restarts.
+#[test]
+fn files_in_odd_states() {
+    let prog = c_program("oddfiles");
+    let p = prog.to_str().unwrap();
+    let bare = cycles_match_bare("oddfiles", &[p, "80"], &[], &[("step 10\n", "step 15\n"), ("step 30\n", "step 35\n"), ("step 50\n", "step 55\n")]);
+    assert!(bare.ends_with("trunc lines 80 shrink offset 8000\n"), "{bare}");
+}
