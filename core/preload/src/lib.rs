@@ -31,6 +31,7 @@ mod sigevthread;
 mod sigwrap;
 mod sockets;
 mod sysv;
+mod sysvshm;
 mod threads;
 mod timers;
 mod writer;
@@ -387,6 +388,7 @@ extern "C" fn fork_parent() {
 /// of its own, then lets the parent go on.
 extern "C" fn fork_child() {
     sigevthread::after_fork_child();
+    proctree::after_fork_child();
     GLOBAL.0.fork_child();
     coord::LINK.fork_child();
     memory::EXCLUDED.fork_child();
@@ -632,6 +634,7 @@ impl Ctl {
                 i.cfg = cfg;
             }
         });
+        proctree::after_restart();
         plugin::run(plugin::Event::Restart);
         self.barrier("restarted");
         sockets::after_restart();

@@ -149,6 +149,8 @@ enum FdKind {
     Event,
     /// A POSIX message queue: the sysv plugin restores it.
     Mqueue,
+    /// A named pipe (FIFO), reopened by path.
+    Fifo { dev: u64, ino: u64 },
     /// Anything else (event fds, ...).
     Other,
 }
@@ -186,8 +188,130 @@ fn deleted(target: &str) -> bool {
     target.ends_with(" (deleted)")
 }
 
+/// A lock the process held at checkpoint time: (fd, flock?, write?, start, end (-1: to EOF)).
+type Lock = (i32, bool, bool, i64, i64);
+
+/// The record locks (`fcntl`) this process holds and the `flock` locks it
+/// took, from /proc/locks, on the regular files it has open.
+fn held_locks(infos: &[FdInfo]) -> Vec<Lock> {
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let me = dmtcp_sys::getpid();
+    let mut out = Vec::new();
+    for l in text.lines().filter(|l| !l.contains("->")) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 8 {
+            continue;
+        }
+        let flock = match f[1] {
+            "POSIX" => false,
+            "FLOCK" => true,
+            _ => continue, // OFD locks show no owner; leases are not kept
+        };
+        if f[4].parse::<i32>().ok() != Some(me) {
+            continue;
+        }
+        let mut dev = f[5].split(':');
+        let (Some(maj), Some(min), Some(ino)) = (dev.next(), dev.next(), dev.next()) else { continue };
+        let (Ok(maj), Ok(min), Ok(ino)) = (u32::from_str_radix(maj, 16), u32::from_str_radix(min, 16), ino.parse::<u64>()) else {
+            continue;
+        };
+        let start: i64 = f[6].parse().unwrap_or(0);
+        let end: i64 = if f[7] == "EOF" { -1 } else { f[7].parse().unwrap_or(-1) };
+        let holder = infos.iter().find(|i| {
+            i.file_id.is_some_and(|(d, n)| n == ino && libc::major(d) == maj && libc::minor(d) == min)
+        });
+        if let Some(i) = holder {
+            out.push((i.fd, flock, f[3] == "WRITE", start, end));
+        }
+    }
+    out
+}
+
+/// Copy the bytes in a named pipe: take them through a new read end and
+/// put them straight back (a read end stays open meanwhile, so the pipe
+/// keeps them).
+fn drain_fifo(fd: i32) -> Vec<u8> {
+    let p = CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+    let mut data = Vec::new();
+    // SAFETY: opening our FIFO again by its /proc path, reading into our buffer.
+    unsafe {
+        let r = libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC);
+        if r < 0 {
+            return data;
+        }
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = libc::read(r, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
+            if n <= 0 {
+                break;
+            }
+            data.extend_from_slice(&buf[..n as usize]);
+        }
+        if !data.is_empty() {
+            let w = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC);
+            if w >= 0 {
+                refill(w, &data);
+                libc::close(w);
+            }
+        }
+        libc::close(r);
+    }
+    data
+}
+
+/// Open a named pipe again without blocking: a read end at once, a write
+/// end with a throw-away read end open meanwhile (so there is a reader).
+fn reopen_fifo(path: &str, flags: i32) -> i32 {
+    let Ok(p) = CString::new(path) else { return -1 };
+    // SAFETY: open/close of the FIFO by path; fcntl on our new fd.
+    unsafe {
+        let acc = flags & libc::O_ACCMODE;
+        let fd = if acc == libc::O_WRONLY {
+            let tmp = libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC);
+            let w = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC);
+            if tmp >= 0 {
+                libc::close(tmp);
+            }
+            w
+        } else {
+            libc::open(p.as_ptr(), acc | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        };
+        if fd >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & (libc::O_NONBLOCK | libc::O_APPEND));
+        }
+        fd
+    }
+}
+
+/// Take the locks again (restart), without waiting.
+fn retake_locks(locks: &[Lock]) {
+    for &(fd, flock, write, start, end) in locks {
+        // SAFETY: flock/fcntl on a program fd that is open again, our struct.
+        let r = unsafe {
+            if flock {
+                libc::flock(fd, if write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB)
+            } else {
+                let mut fl: libc::flock = core::mem::zeroed();
+                fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+                fl.l_whence = libc::SEEK_SET as i16;
+                fl.l_start = start;
+                fl.l_len = if end < 0 { 0 } else { end - start + 1 };
+                libc::fcntl(fd, libc::F_SETLK, &fl)
+            }
+        };
+        if r != 0 {
+            crate::log::warn(format_args!("fd {fd}: the lock the program held cannot be taken again: {}", std::io::Error::last_os_error()));
+        }
+    }
+}
+
 #[derive(Default)]
 struct FdSaved {
+    /// Locks held at checkpoint time.
+    locks: Vec<Lock>,
+    /// Bytes that were in named pipes this process leads (it has them open
+    /// for reading), by (device, inode).
+    fifo_data: Vec<((u64, u64), Vec<u8>)>,
     /// Contents of deleted open files (and, with `--ckpt-open-files`, of
     /// every open regular file), by (device, inode).
     contents: Vec<((u64, u64), Vec<u8>)>,
@@ -374,6 +498,8 @@ impl FilePlugin {
                 }
             } else if fmt == libc::S_IFSOCK {
                 FdKind::Socket
+            } else if fmt == libc::S_IFIFO && target.starts_with('/') {
+                FdKind::Fifo { dev: st.st_dev, ino: st.st_ino }
 
             } else if let Some(ino) = pipe_ino(&target) {
                 if flags & libc::O_ACCMODE == libc::O_WRONLY {
@@ -399,6 +525,7 @@ impl FilePlugin {
                 Err(e) => crate::log::warn(format_args!("fd {} ({}): contents not saved: {e}", i.fd, i.target)),
             }
         }
+        s.locks = held_locks(&infos);
         let ttys: Vec<(i32, &str)> = infos.iter().filter(|i| i.kind == FdKind::Tty).map(|i| (i.fd, i.target.as_str())).collect();
         let found = crate::ptys::publish(&ttys);
         let files = Self::shared_files(s, &infos);
@@ -464,10 +591,23 @@ impl FilePlugin {
                 s.owners.push((i.fd, o));
             }
         }
+        let me = dmtcp_sys::getpid();
+        let fifo_key = |dev: u64, ino: u64| format!("fifo:{dev}:{ino}");
+        // One process that has a named pipe open for reading keeps its bytes.
+        for i in infos {
+            if let FdKind::Fifo { dev, ino } = i.kind {
+                if i.flags & libc::O_ACCMODE != libc::O_WRONLY {
+                    crate::coord::send(&dmtcp_common::proto::ToCoord::KvPut {
+                        db: "dmtcp:file".into(),
+                        key: fifo_key(dev, ino).into_bytes(),
+                        val: me.to_ne_bytes().to_vec(),
+                    });
+                }
+            }
+        }
         if !crate::coord::barrier("file:owners") {
             return Vec::new();
         }
-        let me = dmtcp_sys::getpid();
         for i in &regs {
             // SAFETY: making ourselves the owner of our own fd's file.
             unsafe { libc::fcntl(i.fd, libc::F_SETOWN, me) };
@@ -475,7 +615,19 @@ impl FilePlugin {
         if !crate::coord::barrier("file:elect") {
             return Vec::new();
         }
-        regs.iter()
+        s.fifo_data.clear();
+        for i in infos {
+            let FdKind::Fifo { dev, ino } = i.kind else { continue };
+            if i.flags & libc::O_ACCMODE == libc::O_WRONLY || s.fifo_data.iter().any(|(x, _)| *x == (dev, ino)) {
+                continue;
+            }
+            let lead = crate::coord::kv_get("dmtcp:file", fifo_key(dev, ino).as_bytes()).flatten().is_some_and(|v| v == me.to_ne_bytes());
+            if lead {
+                s.fifo_data.push(((dev, ino), drain_fifo(i.fd)));
+            }
+        }
+        let mut recs: Vec<dmtcp_common::image::FileRec> = regs
+            .iter()
             .map(|i| {
                 // SAFETY: fcntl query on a live fd.
                 let owner = unsafe { libc::fcntl(i.fd, libc::F_GETOWN) };
@@ -488,7 +640,42 @@ impl FilePlugin {
                     offset: i.offset,
                 }
             })
-            .collect()
+            .collect();
+        // Within this process, fds with one key may still be separate opens
+        // of the file: tell them apart (flags belong to the open file
+        // description, so a flag set through one fd shows through its dups)
+        // and number the descriptions in fd order.
+        let keys: Vec<String> = recs.iter().map(|r| r.key.clone()).collect();
+        for k in keys.iter().filter(|k| keys.iter().filter(|x| x == k).count() > 1) {
+            let fds: Vec<i32> = recs.iter().filter(|r| &r.key == k).map(|r| r.fd).collect();
+            let mut class: Vec<(i32, usize)> = Vec::new();
+            for &fd in &fds {
+                if class.iter().any(|c| c.0 == fd) {
+                    continue;
+                }
+                let n = class.iter().map(|c| c.1 + 1).max().unwrap_or(0);
+                class.push((fd, n));
+                // SAFETY: toggling O_NONBLOCK (no effect on regular files) on
+                // our fd and reading the others' flags; put back right after.
+                unsafe {
+                    let fl = libc::fcntl(fd, libc::F_GETFL);
+                    libc::fcntl(fd, libc::F_SETFL, fl ^ libc::O_NONBLOCK);
+                    let others: Vec<i32> = fds.iter().copied().filter(|&o| o != fd && !class.iter().any(|c| c.0 == o)).collect();
+                    for other in others {
+                        if libc::fcntl(other, libc::F_GETFL) & libc::O_NONBLOCK != fl & libc::O_NONBLOCK {
+                            class.push((other, n));
+                        }
+                    }
+                    libc::fcntl(fd, libc::F_SETFL, fl);
+                }
+            }
+            for r in recs.iter_mut().filter(|r| &r.key == k) {
+                if let Some(c) = class.iter().find(|c| c.0 == r.fd) {
+                    r.key = format!("{k}:{}", c.1);
+                }
+            }
+        }
+        recs
     }
 
     fn resume(&self, s: &FdSaved) {
@@ -571,6 +758,24 @@ impl FilePlugin {
                 FdKind::Path if installed.contains(&i.fd) => {
                     // SAFETY: the fd flag of a file dmtcp_restart gave us.
                     unsafe { libc::fcntl(i.fd, libc::F_SETFD, if i.cloexec { libc::FD_CLOEXEC } else { 0 }) };
+                }
+                FdKind::Fifo { dev, ino } => {
+                    let nfd = reopen_fifo(&i.target, i.flags);
+                    if nfd < 0 {
+                        crate::log::warn(format_args!("cannot reopen the named pipe {} as fd {}: {}", i.target, i.fd, std::io::Error::last_os_error()));
+                        continue;
+                    }
+                    // SAFETY: our new fd onto the program's number.
+                    unsafe { move_fd(nfd, i.fd, i.cloexec) };
+                    if let Some((_, data)) = s.fifo_data.iter().find(|(x, _)| *x == (*dev, *ino)).filter(|(_, d)| !d.is_empty()) {
+                        // We have it open for reading: the pipe keeps what we put in.
+                        let w = reopen_fifo(&i.target, libc::O_WRONLY | libc::O_NONBLOCK);
+                        if w >= 0 {
+                            refill(w, data);
+                            // SAFETY: closing our temporary write end.
+                            unsafe { libc::close(w) };
+                        }
+                    }
                 }
                 FdKind::Path if deleted(&i.target) && i.file_id.is_some_and(|id| s.contents.iter().any(|(x, _)| *x == id)) => {
                     let id = i.file_id.unwrap_or_default();
@@ -677,6 +882,7 @@ impl FilePlugin {
             }
         }
         refill_all(s);
+        retake_locks(&s.locks);
     }
 }
 
@@ -723,6 +929,8 @@ pub fn refill_drained() {
     let drained = DRAINED.with(core::mem::take);
     let fds = PIPES.with(|p| p.clone());
     let s = FdSaved {
+        fifo_data: Vec::new(),
+        locks: Vec::new(),
         contents: Vec::new(),
         owners: Vec::new(),
         fds: fds

@@ -6,6 +6,7 @@
 //! /proc and uses `waitid(WNOWAIT)`, which leaves the zombies in place for
 //! the program to reap.
 
+use core::sync::atomic::{AtomicI32, Ordering::SeqCst};
 use dmtcp_common::image::Tree;
 
 /// Children of every thread of this process (from /proc/self/task/*/children).
@@ -46,10 +47,46 @@ fn zombie_status(pid: i32) -> Option<i32> {
     })
 }
 
+/// The parent the program saw at the last checkpoint.
+static SAVED_PPID: AtomicI32 = AtomicI32::new(0);
+/// After a restart as a root of the job (its parent was outside the job,
+/// and is the namespace's init now): the parent it had before.
+static ROOT_PPID: AtomicI32 = AtomicI32::new(0);
+
+fn real_getppid() -> i32 {
+    // SAFETY: getppid has no arguments.
+    unsafe { dmtcp_sys::syscall3(dmtcp_sys::nr::GETPPID, 0, 0, 0) as i32 }
+}
+
+/// After a restart: a root process (parent outside the job, now the pid
+/// namespace's init) keeps showing the parent it had, as under DMTCP
+/// (where the restarted root's parent is dmtcp_restart).
+pub fn after_restart() {
+    let saved = SAVED_PPID.load(SeqCst);
+    ROOT_PPID.store(if real_getppid() == 1 && saved > 1 { saved } else { 0 }, SeqCst);
+}
+
+/// In a forked child: its parent is in the job.
+pub fn after_fork_child() {
+    ROOT_PPID.store(0, SeqCst);
+}
+
+/// `getppid(2)`, with the parent a restarted root had before.
+#[no_mangle]
+pub extern "C" fn getppid() -> libc::pid_t {
+    let real = real_getppid();
+    match ROOT_PPID.load(SeqCst) {
+        v if v > 0 && real == 1 => v,
+        _ => real,
+    }
+}
+
 /// Record the tree (`tids`: every thread the restart will re-create).
 pub fn capture(tids: Vec<i32>) -> Tree {
+    let ppid = getppid();
+    SAVED_PPID.store(ppid, SeqCst);
     // SAFETY: these calls only read the calling process's ids.
-    let (ppid, pgid, sid) = unsafe { (libc::getppid(), libc::getpgid(0), libc::getsid(0)) };
+    let (pgid, sid) = unsafe { (libc::getpgid(0), libc::getsid(0)) };
     let zombies = children().into_iter().filter_map(|c| zombie_status(c).map(|s| (c, s))).collect();
     let pipes = crate::procstate::PIPES.with(|p| p.clone());
     let socks = crate::sockets::records();

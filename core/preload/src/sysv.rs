@@ -29,6 +29,7 @@ use core::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 const MSG: i32 = 0;
 const SEM: i32 = 1;
+pub(crate) const SHM: i32 = 2;
 const DB: &str = "dmtcp:sysv";
 const MSG_COPY: i32 = 0o40000;
 
@@ -44,14 +45,18 @@ struct Id {
 static IDS: crate::flock::FLock<Vec<Id>> = crate::flock::FLock::new(Vec::new());
 
 #[derive(Clone, Debug, Default)]
-struct Saved {
-    kind: i32,
-    virt: i32,
-    key: i32,
-    mode: i32,
-    leader: bool,
-    /// Queues: size limit; sets: number of semaphores.
-    size: u64,
+pub(crate) struct Saved {
+    pub(crate) kind: i32,
+    pub(crate) virt: i32,
+    pub(crate) key: i32,
+    pub(crate) mode: i32,
+    pub(crate) leader: bool,
+    /// Shared memory: removed (IPC_RMID) while still attached.
+    pub(crate) dest: bool,
+    /// Shared memory attached by no process of the job: its contents.
+    pub(crate) data: Vec<u8>,
+    /// Queues: size limit; sets: number of semaphores; segments: size.
+    pub(crate) size: u64,
     msgs: Vec<(i64, Vec<u8>)>,
     sems: Vec<u16>,
 }
@@ -77,7 +82,7 @@ fn real_fn(slot: &AtomicUsize, name: &core::ffi::CStr) -> usize {
     f
 }
 
-fn to_real(kind: i32, virt: i32) -> i32 {
+pub(crate) fn to_real(kind: i32, virt: i32) -> i32 {
     IDS.with(|v| {
         if let Some(i) = v.iter().find(|i| i.kind == kind && i.virt == virt) {
             return i.real;
@@ -87,7 +92,7 @@ fn to_real(kind: i32, virt: i32) -> i32 {
     })
 }
 
-fn record(kind: i32, id: i32, key: i32) -> i32 {
+pub(crate) fn record(kind: i32, id: i32, key: i32) -> i32 {
     if id < 0 {
         return id;
     }
@@ -106,7 +111,7 @@ fn record(kind: i32, id: i32, key: i32) -> i32 {
     })
 }
 
-fn forget(kind: i32, virt: i32) {
+pub(crate) fn forget(kind: i32, virt: i32) {
     IDS.with(|v| v.retain(|i| !(i.kind == kind && i.virt == virt)));
 }
 
@@ -345,7 +350,11 @@ fn checkpoint() {
         let owner = if coordinated { crate::coord::kv_get(DB, name(i).as_bytes()).flatten() } else { None };
         let mut s = Saved { kind: i.kind, virt: i.virt, key: i.key, leader: owner.is_none_or(|o| o == pid.to_ne_bytes()), ..Default::default() };
         if s.leader {
-            let ok = if i.kind == MSG { save_queue(&mut s, i.real) } else { save_sems(&mut s, i.real) };
+            let ok = match i.kind {
+                MSG => save_queue(&mut s, i.real),
+                SEM => save_sems(&mut s, i.real),
+                _ => crate::sysvshm::save(&mut s, i.real),
+            };
             if !ok {
                 continue; // removed meanwhile
             }
@@ -353,6 +362,7 @@ fn checkpoint() {
         out.push(s);
     }
     SAVED.with(|v| *v = out);
+    crate::sysvshm::save_attaches();
 }
 
 fn resume() {
@@ -361,10 +371,12 @@ fn resume() {
 }
 
 /// Remove object `id` if it is still there and ours.
-fn remove_stale(kind: i32, id: i32) {
+pub(crate) fn remove_stale(kind: i32, id: i32) {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
-    if kind == MSG {
+    if kind == SHM {
+        crate::sysvshm::remove_stale(id, uid);
+    } else if kind == MSG {
         // SAFETY: a zeroed msqid_ds for IPC_STAT to fill.
         let mut ds: libc::msqid_ds = unsafe { core::mem::zeroed() };
         if msgctl_real(id, libc::IPC_STAT, &mut ds) == 0 && ds.msg_perm.cuid == uid {
@@ -381,6 +393,9 @@ fn remove_stale(kind: i32, id: i32) {
 
 /// Re-create one object; its new real id.
 fn remake(s: &Saved) -> Option<i32> {
+    if s.kind == SHM {
+        return crate::sysvshm::remake(s);
+    }
     let create = |key: i32, flags: i32| -> i32 {
         if s.kind == MSG {
             // SAFETY: libc's msgget.
@@ -455,7 +470,7 @@ fn restart() {
             }
             None => crate::log::warn(format_args!(
                 "System V {} {} cannot be re-created: {}",
-                if s.kind == MSG { "message queue" } else { "semaphore set" },
+                ["message queue", "semaphore set", "shared memory segment"][s.kind as usize],
                 s.virt,
                 std::io::Error::last_os_error()
             )),
@@ -463,9 +478,6 @@ fn restart() {
     }
     crate::posixmq::remake();
     crate::coord::barrier("sysv:made");
-    crate::posixmq::reopen();
-    crate::coord::barrier("sysv:opened");
-    crate::posixmq::unlink_again();
     let mut known = Vec::new();
     for s in &saved {
         let new = crate::coord::kv_get(DB, key(s).as_bytes()).flatten().and_then(|v| v.try_into().ok()).map(i32::from_ne_bytes);
@@ -475,6 +487,13 @@ fn restart() {
     }
     // Objects that were gone at checkpoint time are forgotten.
     IDS.with(|v| *v = known);
+    crate::posixmq::reopen();
+    crate::sysvshm::claim_copies();
+    crate::coord::barrier("sysv:opened");
+    crate::posixmq::unlink_again();
+    crate::sysvshm::reattach();
+    crate::coord::barrier("sysv:attached");
+    crate::sysvshm::remove_destroyed(&saved);
 }
 
 /// The plugin.

@@ -174,7 +174,117 @@ pub fn capture(slot: &Slot) {
     slot.alt_flags.store(ss.ss_flags, Relaxed);
     // SAFETY: PR_GET_NAME writes at most 16 bytes; the slot is ours.
     unsafe { syscall6(nr::PRCTL, libc::PR_GET_NAME as usize, slot.name.get() as usize, 0, 0, 0, 0) };
+    capture_queued(slot);
     slot.pending.store(sigpending(), Relaxed);
+}
+
+/// Real-time signals queued for one thread, taken out (with their siginfo)
+/// when it suspends and queued again at once, and again after a restart.
+/// A fixed pool: the suspending thread runs in a signal handler.
+const QPOOL: usize = 256;
+struct QEntry {
+    slot: AtomicUsize,
+    info: UnsafeCell<[u64; 16]>,
+}
+// SAFETY: an entry's info is written once by the thread that claimed it
+// (fetch_add on QUEUED_N), then read by that same thread after a restart.
+unsafe impl Sync for QEntry {}
+#[allow(clippy::declare_interior_mutable_const)]
+const QEMPTY: QEntry = QEntry { slot: AtomicUsize::new(usize::MAX), info: UnsafeCell::new([0; 16]) };
+static QUEUED: [QEntry; QPOOL] = [QEMPTY; QPOOL];
+static QUEUED_N: AtomicUsize = AtomicUsize::new(0);
+const RT_SIGTIMEDWAIT: usize = 128;
+const RT_TGSIGQUEUEINFO: usize = 297;
+const SI_TKILL: i32 = -6;
+
+fn slot_index(slot: &Slot) -> usize {
+    (slot as *const Slot as usize - SLOTS.as_ptr() as usize) / core::mem::size_of::<Slot>()
+}
+
+/// This thread's own pending signals and the process's, from
+/// /proc/thread-self/status (raw syscalls, a stack buffer).
+fn pending_split() -> Option<(u64, u64)> {
+    let mut buf = [0u8; 4096];
+    // SAFETY: open/read/close of a /proc file into our stack buffer.
+    let n = unsafe {
+        let fd = syscall3(nr::OPEN, c"/proc/thread-self/status".as_ptr() as usize, libc::O_RDONLY as usize | libc::O_CLOEXEC as usize, 0);
+        if fd < 0 {
+            return None;
+        }
+        let n = syscall3(nr::READ, fd as usize, buf.as_mut_ptr() as usize, buf.len());
+        syscall3(nr::CLOSE, fd as usize, 0, 0);
+        n
+    };
+    if n <= 0 {
+        return None;
+    }
+    let text = &buf[..n as usize];
+    let field = |name: &[u8]| -> Option<u64> {
+        let at = text.windows(name.len()).position(|w| w == name)? + name.len();
+        let mut v = 0u64;
+        for &c in text[at..].iter().skip_while(|c| **c == b'\t' || **c == b' ').take_while(|c| c.is_ascii_hexdigit()) {
+            v = v << 4 | (c as char).to_digit(16)? as u64;
+        }
+        Some(v)
+    };
+    Some((field(b"SigPnd:")?, field(b"ShdPnd:")?))
+}
+
+/// Queue `info` for the calling thread again: with its siginfo where the
+/// kernel lets us (sigqueue-style codes), else as a plain tgkill.
+fn requeue_own(info: &[u64; 16]) {
+    let sig = info[0] as u32 as usize;
+    let code = (info[1] & 0xffff_ffff) as u32 as i32;
+    let (pid, tid) = (dmtcp_sys::getpid() as usize, dmtcp_sys::gettid() as usize);
+    // SAFETY: rt_tgsigqueueinfo reads our 128-byte siginfo; tgkill takes numbers.
+    unsafe {
+        if code >= 0 || code == SI_TKILL || syscall6(RT_TGSIGQUEUEINFO, pid, tid, sig, info.as_ptr() as usize, 0, 0) < 0 {
+            syscall3(nr::TGKILL, pid, tid, sig);
+        }
+    }
+}
+
+/// Take the real-time signals queued for this thread alone (every
+/// instance, in order) into the pool and queue them again at once.
+fn capture_queued(slot: &Slot) {
+    let Some((own, shared)) = pending_split() else { return };
+    let ckpt = CKPT_SIGNAL.load(Relaxed);
+    let idx = slot_index(slot);
+    for sig in 34..=64i32 {
+        let bit = 1u64 << (sig - 1);
+        // A signal queued for both the thread and the process: the kernel
+        // would hand them out mixed; those keep the old treatment.
+        if sig == ckpt || own & bit == 0 || shared & bit != 0 {
+            continue;
+        }
+        let first = QUEUED_N.load(SeqCst);
+        let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        loop {
+            let mut info = [0u64; 16];
+            // SAFETY: rt_sigtimedwait reads our set and timeout, writes `info`.
+            let r = unsafe { syscall6(RT_SIGTIMEDWAIT, &bit as *const u64 as usize, info.as_mut_ptr() as usize, &zero as *const libc::timespec as usize, 8, 0, 0) };
+            if r != sig as isize {
+                break;
+            }
+            let i = QUEUED_N.fetch_add(1, SeqCst);
+            if i >= QPOOL {
+                requeue_own(&info); // no room: it stays queued, its count may not survive a restart
+                break;
+            }
+            // SAFETY: entry `i` is ours alone (claimed just now).
+            unsafe { *QUEUED[i].info.get() = info };
+            QUEUED[i].slot.store(idx, SeqCst);
+        }
+        for e in QUEUED.iter().take(QUEUED_N.load(SeqCst).min(QPOOL)).skip(first) {
+            if e.slot.load(SeqCst) == idx {
+                // SAFETY: written above by this thread.
+                let info = unsafe { *e.info.get() };
+                if info[0] as u32 as i32 == sig {
+                    requeue_own(&info);
+                }
+            }
+        }
+    }
 }
 
 /// The signals pending for the calling thread (its own and the process's).
@@ -205,7 +315,17 @@ pub fn reapply(slot: &Slot) {
     // Signals that were pending for this thread alone are raised again (the
     // thread blocks everything until it resumes, so they wait as before).
     let ckpt_bit = 1u64 << (CKPT_SIGNAL.load(Relaxed) - 1);
-    let own = slot.pending.load(Relaxed) & !SHARED_PENDING.load(Relaxed) & !ckpt_bit;
+    let mut own = slot.pending.load(Relaxed) & !SHARED_PENDING.load(Relaxed) & !ckpt_bit;
+    // Queued real-time signals: every instance, with its value.
+    let idx = slot_index(slot);
+    for e in QUEUED.iter().take(QUEUED_N.load(SeqCst).min(QPOOL)) {
+        if e.slot.load(SeqCst) == idx {
+            // SAFETY: written by this thread before the checkpoint.
+            let info = unsafe { *e.info.get() };
+            own &= !(1u64 << ((info[0] as u32).saturating_sub(1)));
+            requeue_own(&info);
+        }
+    }
     let (pid, tid) = (dmtcp_sys::getpid(), dmtcp_sys::gettid());
     for sig in 1..=64usize {
         if own & (1u64 << (sig - 1)) != 0 {
@@ -316,6 +436,10 @@ pub fn suspend_all() -> usize {
     let mut tasks = vec![0i32; MAX_THREADS * 2];
     SUSPENDED.store(0, SeqCst);
     OVERFLOW.store(false, SeqCst);
+    for e in QUEUED.iter().take(QUEUED_N.load(SeqCst).min(QPOOL)) {
+        e.slot.store(usize::MAX, SeqCst);
+    }
+    QUEUED_N.store(0, SeqCst);
     NSLOTS.store(OWN.load(SeqCst), SeqCst);
     ACTIVE.store(true, SeqCst);
     let mut waited_ms = 0u64;

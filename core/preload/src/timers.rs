@@ -16,8 +16,10 @@
 //! were queued, in order, with their values (taken out with
 //! `rt_sigtimedwait` at checkpoint time and queued again at once).
 //!
-//! Limits: a real-time signal queued for one thread comes back once, and
-//! without its value; timers of clocks that count CPU time of another
+//! Real-time signals queued for one thread are kept the same way by the
+//! thread itself when it suspends (`threads::capture`).
+//!
+//! Limits: timers of clocks that count CPU time of another
 //! process are not re-created.
 
 use crate::plugin::{Event, Plugin};

@@ -81,3 +81,4 @@ pub const EINTR: isize = 4;
 pub const EAGAIN: isize = 11;
 pub const EEXIST: isize = 17;
 pub const ENOENT: isize = 2;
+pub const GETPPID: usize = 110;

@@ -149,15 +149,17 @@ fn make_ptys(images: &[Image], base: i32) -> Result<BTreeMap<String, (i32, i32, 
 /// `base`. A file that cannot be opened is left to each process (which
 /// reports it).
 fn make_files(images: &[Image], base: i32) -> BTreeMap<String, i32> {
-    let mut users: BTreeMap<&str, (BTreeSet<i32>, &dmtcp_common::image::FileRec)> = BTreeMap::new();
+    // Users of each key: (pid, fd) pairs (several fds of one process: dups).
+    type Users<'a> = BTreeMap<&'a str, (BTreeSet<(i32, i32)>, &'a dmtcp_common::image::FileRec)>;
+    let mut users: Users = BTreeMap::new();
     for img in images {
         for f in &img.meta.tree.files {
-            users.entry(f.key.as_str()).or_insert_with(|| (BTreeSet::new(), f)).0.insert(img.meta.pid);
+            users.entry(f.key.as_str()).or_insert_with(|| (BTreeSet::new(), f)).0.insert((img.meta.pid, f.fd));
         }
     }
     let mut out = BTreeMap::new();
-    for (key, (pids, f)) in users {
-        if pids.len() < 2 {
+    for (key, (fds, f)) in users {
+        if fds.len() < 2 {
             continue;
         }
         let Ok(p) = std::ffi::CString::new(f.path.as_bytes()) else { continue };

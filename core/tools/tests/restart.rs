@@ -544,3 +544,24 @@ fn files_in_odd_states() {
     let bare = cycles_match_bare("oddfiles", &[p, "80"], &[], &[("step 10\n", "step 15\n"), ("step 30\n", "step 35\n"), ("step 50\n", "step 55\n")]);
     assert!(bare.ends_with("trunc lines 80 shrink offset 8000\n"), "{bare}");
 }
+
+/// A record lock (fcntl) and a flock held by a parent stay held through
+/// three restarts: its child never gets them until the parent lets go.
+#[test]
+fn locks_stay_held() {
+    let prog = c_program("locks");
+    let p = prog.to_str().unwrap();
+    let bare = cycles_match_bare("locks", &[p, "80"], &[], &[("step 10\n", "step 15\n"), ("step 30\n", "step 35\n"), ("step 50\n", "step 55\n")]);
+    assert!(bare.ends_with("while held the child got 0, after release 3\n"), "{bare}");
+}
+
+/// A named pipe (mkfifo) between two processes, with bytes in it at each
+/// checkpoint: reopened at restart without blocking, no byte lost or
+/// doubled, through three restarts.
+#[test]
+fn named_pipe_between_processes() {
+    let prog = c_program("fifo");
+    let p = prog.to_str().unwrap();
+    let bare = cycles_match_bare("fifo", &[p, "10000"], &[], &[("read 2000\n", "read 3000\n"), ("read 4000\n", "read 5000\n"), ("read 6000\n", "read 7000\n")]);
+    assert!(bare.ends_with("lines 10000 writer exit 0\n"), "{bare}");
+}

@@ -22,3 +22,15 @@ fn posix_message_queue_across_restarts() {
     let bare = cycles_match_bare("mq", &[p, "1500"], &[], &[("got 200\n", "got 400\n"), ("got 600\n", "got 800\n"), ("got 1000\n", "got 1200\n")]);
     assert!(bare.ends_with("received 1500 child exit 0\n"), "{bare}");
 }
+
+/// System V shared memory: a ring in a removed-while-attached segment and
+/// a keyed segment a late child attaches by id; the segments are System V
+/// segments again after each of three restarts, under the ids the program
+/// holds.
+#[test]
+fn sysv_shared_memory_across_restarts() {
+    let prog = c_program("sysvshm");
+    let p = prog.to_str().unwrap();
+    let bare = cycles_match_bare("sysvshm", &[p, "5000"], &[], &[("got 1000\n", "got 1500\n"), ("got 2000\n", "got 2500\n"), ("got 3000\n", "got 3500\n")]);
+    assert!(bare.ends_with("counter 5000 producer 0 late child 0 stat 1\n"), "{bare}");
+}

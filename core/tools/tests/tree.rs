@@ -66,8 +66,11 @@ fn pid_is_the_launch_pid_after_restart() {
     job.wait_success();
     let out = job.output();
     assert!(out.contains("RESULT done"), "{out}");
+    // The program's parent is this test (dmtcp_launch execs the program).
+    let my_pid = std::process::id();
     for line in out.lines().filter(|l| l.starts_with("step ")) {
-        assert!(line.ends_with(&format!("pid={launch_pid}")), "getpid() changed across the restart: {line}\n{out}");
+        assert!(line.ends_with(&format!(" pid={launch_pid}")), "getpid() changed across the restart: {line}\n{out}");
+        assert!(line.contains(&format!(" ppid={my_pid} ")), "getppid() changed across the restart: {line}\n{out}");
     }
 }
 
@@ -209,7 +212,7 @@ fn files_shared_between_processes_keep_one_offset() {
         job.restart();
     }
     job.wait_success();
-    assert_eq!(job.output(), "records 1500 lines 1500 bad 0 duplicates 0 missing 0 all-processes-read 1\n");
+    assert_eq!(job.output(), "records 1500 lines 1500 bad 0 duplicates 0 missing 0 all-processes-read 1 separate-opens 1\n");
 }
 
 /// Real-time signals queued several times for the process come back as
@@ -219,6 +222,7 @@ fn queued_realtime_signals_keep_count_and_values() {
     let prog = c_program("rtqueue");
     let p = prog.to_str().unwrap();
     let bare = cycles_match_bare("rtqueue", &[p, "40"], &[], &[("step 5\n", "step 8\n"), ("step 15\n", "step 18\n"), ("step 25\n", "step 28\n")]);
+    assert!(bare.contains("thread C value 202 queued\nthread D value 0 tkill\nthread D value 0 tkill\n"), "{bare}");
     assert!(bare.contains("A value 104 queued\nB value 0 kill\nB value 0 kill\ndone\n"), "{bare}");
 }
 

@@ -24,12 +24,17 @@ int main(int argc, char **argv) {
     }
     lseek(in, 0, SEEK_SET);
     int out = open("out.dat", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int out2 = dup(out); /* the parent writes through both: one offset */
+    /* Two separate opens of one file at the same offset: they must stay
+     * separate (each reads the first record at the end). */
+    int c1 = open("in.dat", O_RDONLY), c2 = open("in.dat", O_RDONLY);
     pid_t kids[2];
     int me = 0;
     for (int k = 0; k < 2; k++) {
         kids[k] = fork();
         if (kids[k] == 0) { me = k + 1; break; }
     }
+    int turn = 0;
     for (;;) {
         char r[REC];
         ssize_t got = read(in, r, REC);
@@ -39,7 +44,7 @@ int main(int argc, char **argv) {
         /* A different length per process: lines written over each other
          * (separate offsets) would not parse. */
         int len = snprintf(line, sizeof line, "p%d%.*s %.*s", me, me * 3, "------", REC, r);
-        if (write(out, line, len) != len) return 1;
+        if (write(me == 0 && turn++ % 2 ? out2 : out, line, len) != len) return 1;
         usleep(3000);
     }
     if (me) _exit(0);
@@ -59,7 +64,9 @@ int main(int argc, char **argv) {
     }
     int missing = 0;
     for (int i = 0; i < n; i++) missing += !seen[i];
-    printf("records %d lines %d bad %d duplicates %d missing %d all-processes-read %d\n", n, lines, bad, dup, missing,
-           by[0] > 0 && by[1] > 0 && by[2] > 0);
+    char r1[REC], r2[REC];
+    int sep = read(c1, r1, REC) == REC && read(c2, r2, REC) == REC && !memcmp(r1, r2, REC) && !memcmp(r1, "record 00000000\n", REC);
+    printf("records %d lines %d bad %d duplicates %d missing %d all-processes-read %d separate-opens %d\n", n, lines, bad, dup, missing,
+           by[0] > 0 && by[1] > 0 && by[2] > 0, sep);
     return 0;
 }

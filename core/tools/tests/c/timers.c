@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 static volatile sig_atomic_t alrm, rt1, rt2, usr1, usr2th;
+static volatile int printed = -1; /* the last step main printed */
 static void on_alrm(int s) { (void)s; alrm++; }
 static void on_rt(int s, siginfo_t *si, void *c) { (void)s; (void)c; if (si->si_value.sival_int == 1) rt1++; else rt2++; }
 static void on_usr1(int s) { (void)s; usr1++; }
@@ -39,7 +40,7 @@ static void *blocked_thread(void *a) {
     sigaddset(&s, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &s, NULL);
     syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), SIGHUP); /* pending for this thread only */
-    while (alrm < 60) usleep(10000);
+    while (printed < 6) usleep(10000); /* after main's "step 6": one output order */
     sigset_t p;
     sigpending(&p);
     printf("thread hup pending %s\n", sigismember(&p, SIGHUP) ? "yes" : "no");
@@ -81,6 +82,7 @@ int main(void) {
             shown = alrm / 10;
             printf("step %d\n", shown);
             fflush(stdout);
+            printed = shown;
         }
     }
     pthread_join(th, NULL);
