@@ -642,9 +642,10 @@ impl FilePlugin {
             })
             .collect();
         // Within this process, fds with one key may still be separate opens
-        // of the file: tell them apart (flags belong to the open file
-        // description, so a flag set through one fd shows through its dups)
-        // and number the descriptions in fd order.
+        // of the file: tell them apart with kcmp(KCMP_FILE), which compares
+        // open file descriptions without touching them (other processes
+        // sharing them are looking at the same moment), and number the
+        // descriptions in fd order. Without kcmp they count as one.
         let keys: Vec<String> = recs.iter().map(|r| r.key.clone()).collect();
         for k in keys.iter().filter(|k| keys.iter().filter(|x| x == k).count() > 1) {
             let fds: Vec<i32> = recs.iter().filter(|r| &r.key == k).map(|r| r.fd).collect();
@@ -655,18 +656,15 @@ impl FilePlugin {
                 }
                 let n = class.iter().map(|c| c.1 + 1).max().unwrap_or(0);
                 class.push((fd, n));
-                // SAFETY: toggling O_NONBLOCK (no effect on regular files) on
-                // our fd and reading the others' flags; put back right after.
-                unsafe {
-                    let fl = libc::fcntl(fd, libc::F_GETFL);
-                    libc::fcntl(fd, libc::F_SETFL, fl ^ libc::O_NONBLOCK);
-                    let others: Vec<i32> = fds.iter().copied().filter(|&o| o != fd && !class.iter().any(|c| c.0 == o)).collect();
-                    for other in others {
-                        if libc::fcntl(other, libc::F_GETFL) & libc::O_NONBLOCK != fl & libc::O_NONBLOCK {
-                            class.push((other, n));
-                        }
+                let others: Vec<i32> = fds.iter().copied().filter(|&o| o != fd && !class.iter().any(|c| c.0 == o)).collect();
+                for other in others {
+                    const KCMP_FILE: usize = 0;
+                    // SAFETY: kcmp compares two of our own fds; it changes nothing.
+                    let r = unsafe { dmtcp_sys::syscall6(312, me as usize, me as usize, KCMP_FILE, fd as usize, other as usize, 0) };
+                    if r <= 0 {
+                        // 0: the same open file description (or kcmp missing: assume so).
+                        class.push((other, n));
                     }
-                    libc::fcntl(fd, libc::F_SETFL, fl);
                 }
             }
             for r in recs.iter_mut().filter(|r| &r.key == k) {

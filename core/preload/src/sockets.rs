@@ -329,7 +329,10 @@ fn scan() -> Vec<Sock> {
             // program's own value is in `opts`, for the restarted socket.
             set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
         }
-        let stream = stype == libc::SOCK_STREAM || stype == libc::SOCK_SEQPACKET;
+        // Byte streams are drained with cookies; message sockets (datagram,
+        // seqpacket) are peeked message by message, boundaries kept.
+        let stream = stype == libc::SOCK_STREAM;
+        let seqpacket = stype == libc::SOCK_SEQPACKET;
         if listening {
             s.rec.state = SockState::Listen;
         } else if stream && domain == libc::AF_UNIX && nl >= 0 {
@@ -345,8 +348,9 @@ fn scan() -> Vec<Sock> {
                     s.rec.side = (ino > peer_ino) as u8;
                 }
             }
-        } else if !stream && domain == libc::AF_UNIX && s.rec.peer.is_empty() && nl >= 0 {
-            // A datagram socketpair: both ends unnamed, connected to each other.
+        } else if !stream && domain == libc::AF_UNIX && (s.rec.peer.is_empty() || seqpacket) && nl >= 0 {
+            // A datagram socketpair (both ends unnamed, connected to each
+            // other), or a connected seqpacket socket.
             if let Some((peer_ino, _)) = unix_diag(nl, ino) {
                 if peer_ino != 0 {
                     let (a, b) = (ino.min(peer_ino), ino.max(peer_ino));
@@ -499,7 +503,8 @@ fn drain(socks: &mut [Sock]) {
         if s.leader && s.stream_conn && !s.consume {
             s.data = peek_all(s.rec.fd);
         }
-        let dgram = s.rec.stype == libc::SOCK_DGRAM && matches!(s.rec.domain, libc::AF_UNIX | libc::AF_INET | libc::AF_INET6);
+        let dgram = (s.rec.stype == libc::SOCK_DGRAM && matches!(s.rec.domain, libc::AF_UNIX | libc::AF_INET | libc::AF_INET6))
+            || (s.rec.stype == libc::SOCK_SEQPACKET && s.rec.domain == libc::AF_UNIX);
         s.rec.dgrams = if s.leader && dgram { peek_dgrams(s.rec.fd) } else { Vec::new() };
     }
     let idx: Vec<usize> = (0..socks.len()).filter(|&i| socks[i].leader && socks[i].consume).collect();

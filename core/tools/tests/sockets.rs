@@ -172,3 +172,14 @@ fn python_http_server_and_client_across_restarts() {
     assert!(out.ends_with("fetch 119 ok\nfetches ok 120 of 120\n"), "{out}");
     assert!(!out.contains("BAD"), "{out}");
 }
+
+/// A SOCK_SEQPACKET socketpair with messages of many sizes in flight:
+/// every message comes back whole, boundaries kept, through three
+/// restarts.
+#[test]
+fn seqpacket_messages_keep_their_boundaries() {
+    let prog = c_program("seqpacket");
+    let p = prog.to_str().unwrap();
+    let bare = cycles_match_bare("seqpacket", &[p, "6000"], &[], &[("got 1000\n", "got 1500\n"), ("got 2500\n", "got 3000\n"), ("got 4000\n", "got 4500\n")]);
+    assert!(bare.ends_with("messages 6000 sender exit 0\n"), "{bare}");
+}
