@@ -35,6 +35,11 @@ fn unix_path_socket_keeps_bytes_in_flight() {
 }
 
 #[test]
+fn unix_abstract_socket_keeps_bytes_in_flight() {
+    stream_three_restarts("unixabs");
+}
+
+#[test]
 fn tcp4_connection_keeps_bytes_in_flight() {
     stream_three_restarts("tcp4");
 }

@@ -3,13 +3,14 @@
  * socket, TCP over IPv4 or IPv6. The consumer checks every byte and sends
  * small acks back, so both directions have bytes in flight at any moment.
  * Only the consumer prints; the producer reports through its exit code.
- * Usage: sockstream unix|unixpath|tcp4|tcp6 MB */
+ * Usage: sockstream unix|unixpath|unixabs|tcp4|tcp6 MB */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,7 +83,13 @@ int main(int argc, char **argv) {
     } else {
         int dom = !strcmp(mode, "tcp6") ? AF_INET6 : !strcmp(mode, "tcp4") ? AF_INET : AF_UNIX;
         lfd = socket(dom, SOCK_STREAM, 0);
-        if (dom == AF_UNIX) {
+        if (dom == AF_UNIX && !strcmp(mode, "unixabs")) {
+            /* An abstract name: no file, a leading NUL byte. */
+            struct sockaddr_un *u = (struct sockaddr_un *)&ss;
+            u->sun_family = AF_UNIX;
+            int n = snprintf(u->sun_path + 1, sizeof u->sun_path - 1, "dmtcp-sockstream-%d", getpid());
+            sl = offsetof(struct sockaddr_un, sun_path) + 1 + n;
+        } else if (dom == AF_UNIX) {
             struct sockaddr_un *u = (struct sockaddr_un *)&ss;
             u->sun_family = AF_UNIX;
             strcpy(u->sun_path, "stream.sock");
