@@ -142,10 +142,9 @@ fn inet_text(raw: &[u8]) -> String {
 
 /// This boot's id (socket inode numbers are only unique within one kernel).
 fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_else(|_| {
-        // SAFETY: gethostid has no preconditions.
-        format!("{:x}", unsafe { libc::gethostid() })
-    })
+    // (No libc fallback such as gethostid: it may resolve the host name,
+    // which takes locks a suspended thread could hold.)
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_else(|_| "boot".into())
 }
 
 /// Peer inode and shutdown bits (1: receive side, 2: send side) of a Unix
