@@ -246,3 +246,19 @@ fn every_way_to_start_a_process() {
     let bare = cycles_match_bare("spawnkinds", &[p, "60"], &[], &[("round 8 ", "round 12 "), ("round 25 ", "round 29 "), ("round 40 ", "round 44 ")]);
     assert!(bare.ends_with("daemons 60\n"), "{bare}");
 }
+
+/// An open file passed to another process with SCM_RIGHTS keeps one offset
+/// for both through three restarts: every record is read exactly once.
+#[test]
+fn file_passed_with_scm_rights_keeps_one_offset() {
+    let prog = c_program("scmrights");
+    let p = prog.to_str().unwrap();
+    let mut job = Job::new("scmrights");
+    job.launch(&[p, "1200"], &[]);
+    for (mark, after) in [("read 100\n", "read 150\n"), ("read 200\n", "read 250\n"), ("read 300\n", "read 350\n")] {
+        job.cycle(mark, after);
+    }
+    job.wait_success();
+    let out = job.output();
+    assert!(out.ends_with("records 1200 read once 1200 more than once 0 both read 1 child exit 0\n"), "{out}");
+}
