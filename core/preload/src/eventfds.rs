@@ -130,15 +130,6 @@ static WATCHES: crate::flock::FLock<Vec<(i32, i32, u32, String)>> = crate::flock
 type AddWatchFn = unsafe extern "C" fn(libc::c_int, *const libc::c_char, u32) -> libc::c_int;
 type RmWatchFn = unsafe extern "C" fn(libc::c_int, libc::c_int) -> libc::c_int;
 
-fn libc_fn(slot: &core::sync::atomic::AtomicUsize, name: &core::ffi::CStr) -> usize {
-    let mut f = slot.load(core::sync::atomic::Ordering::SeqCst);
-    if f == 0 {
-        f = crate::next_fn(name) as usize;
-        slot.store(f, core::sync::atomic::Ordering::SeqCst);
-    }
-    f
-}
-
 /// `inotify_add_watch(2)`, remembering the watch's path.
 ///
 /// # Safety
@@ -146,7 +137,7 @@ fn libc_fn(slot: &core::sync::atomic::AtomicUsize, name: &core::ffi::CStr) -> us
 #[no_mangle]
 pub unsafe extern "C" fn inotify_add_watch(fd: libc::c_int, path: *const libc::c_char, mask: u32) -> libc::c_int {
     static REAL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-    let f = libc_fn(&REAL, c"inotify_add_watch");
+    let f = crate::libc_fn(&REAL, c"inotify_add_watch");
     if f == 0 {
         // SAFETY: errno is thread-local.
         unsafe { *libc::__errno_location() = libc::ENOSYS };
@@ -181,7 +172,7 @@ pub unsafe extern "C" fn inotify_add_watch(fd: libc::c_int, path: *const libc::c
 #[no_mangle]
 pub unsafe extern "C" fn inotify_rm_watch(fd: libc::c_int, wd: libc::c_int) -> libc::c_int {
     static REAL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-    let f = libc_fn(&REAL, c"inotify_rm_watch");
+    let f = crate::libc_fn(&REAL, c"inotify_rm_watch");
     if f == 0 {
         // SAFETY: errno is thread-local.
         unsafe { *libc::__errno_location() = libc::ENOSYS };

@@ -716,6 +716,26 @@ pub(crate) fn next_fn(name: &core::ffi::CStr) -> *mut libc::c_void {
     unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }
 }
 
+/// libc's function `name` (the definition after ours), looked up once
+/// and kept in `slot`; 0 if there is none.
+pub(crate) fn libc_fn(slot: &core::sync::atomic::AtomicUsize, name: &core::ffi::CStr) -> usize {
+    let p = slot.load(core::sync::atomic::Ordering::Acquire);
+    if p != 0 {
+        return p;
+    }
+    let f = next_fn(name) as usize;
+    slot.store(f, core::sync::atomic::Ordering::Release);
+    f
+}
+
+/// This boot's id: socket, pty and IPC numbers are only unique within one
+/// running kernel.
+pub(crate) fn boot_id() -> String {
+    // (No libc fallback such as gethostid: it may resolve the host name,
+    // which takes locks a suspended thread could hold.)
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_else(|_| "boot".into())
+}
+
 /// `execv` with the pre-/post-exec events.
 ///
 /// # Safety

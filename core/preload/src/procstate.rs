@@ -442,7 +442,16 @@ fn pipe_ino(target: &str) -> Option<u64> {
     target.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
 }
 
-fn set_nonblock(fd: i32, on: bool) -> i32 {
+/// Is `fd` open and of file type `fmt` (`S_IFSOCK`, `S_IFIFO`, ...)?
+pub(crate) fn fd_is(fd: i32, fmt: u32) -> bool {
+    // SAFETY: fstat into a zeroed struct; fails cleanly on a closed fd.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == fmt }
+}
+
+/// Set or clear O_NONBLOCK; the flags before.
+pub(crate) fn set_nonblock(fd: i32, on: bool) -> i32 {
     // SAFETY: fcntl flag manipulation on an fd of ours.
     unsafe {
         let fl = libc::fcntl(fd, libc::F_GETFL);
@@ -696,24 +705,12 @@ impl FilePlugin {
         // did not have (keeps fd numbers free for the program's own).
         // Pipes shared with other processes were re-created by dmtcp_restart
         // and are already at their numbers: keep those.
-        let is_fifo = |fd: i32| {
-            // SAFETY: fstat into a zeroed struct.
-            let mut st: libc::stat = unsafe { core::mem::zeroed() };
-            // SAFETY: fstat on an fd number; fails cleanly if closed.
-            unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO }
-        };
-        let is_sock = |fd: i32| {
-            // SAFETY: fstat into a zeroed struct.
-            let mut st: libc::stat = unsafe { core::mem::zeroed() };
-            // SAFETY: fstat on an fd number; fails cleanly if closed.
-            unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK }
-        };
         let installed: Vec<i32> = s
             .fds
             .iter()
             .filter(|i| match i.kind {
-                FdKind::PipeRead { .. } | FdKind::PipeWrite { .. } => is_fifo(i.fd),
-                FdKind::Socket => is_sock(i.fd),
+                FdKind::PipeRead { .. } | FdKind::PipeWrite { .. } => fd_is(i.fd, libc::S_IFIFO),
+                FdKind::Socket => fd_is(i.fd, libc::S_IFSOCK),
                 FdKind::Event => fd_target(i.fd) == "anon_inode:[eventfd]",
                 FdKind::Mqueue => crate::posixmq::is_mqueue(i.fd),
                 // A pty of the job, re-made by dmtcp_restart.

@@ -14,10 +14,6 @@ use dmtcp_common::image::PtyRec;
 
 const DB: &str = "dmtcp:pty";
 
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
-}
-
 /// The pty number of a terminal fd, and whether it is the master end.
 fn pty_of(fd: i32, target: &str) -> Option<(u32, bool)> {
     if target == "/dev/ptmx" || target == "/dev/pts/ptmx" {
@@ -41,7 +37,7 @@ pub struct Found {
 /// (before the file plugin's first barrier).
 pub fn publish(ttys: &[(i32, &str)]) -> Found {
     let ends: Vec<(i32, u32, bool)> = ttys.iter().filter_map(|&(fd, t)| pty_of(fd, t).map(|(n, m)| (fd, n, m))).collect();
-    let boot = boot_id();
+    let boot = crate::boot_id();
     let pid = dmtcp_sys::getpid();
     for &(_, n, master) in &ends {
         if master {

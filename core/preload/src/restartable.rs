@@ -28,7 +28,7 @@ fn checkpoints() -> u32 {
 }
 
 /// Call until the call did not fail with `EINTR` because of a checkpoint.
-fn again<T: PartialOrd + Default>(mut call: impl FnMut() -> T) -> T {
+pub(crate) fn again<T: PartialOrd + Default>(mut call: impl FnMut() -> T) -> T {
     loop {
         let ev = checkpoints();
         let r = call();
@@ -37,16 +37,6 @@ fn again<T: PartialOrd + Default>(mut call: impl FnMut() -> T) -> T {
         }
         return r;
     }
-}
-
-/// libc's function (cached).
-fn real(slot: &AtomicUsize, name: &core::ffi::CStr) -> usize {
-    let mut f = slot.load(SeqCst);
-    if f == 0 {
-        f = crate::next_fn(name) as usize;
-        slot.store(f, SeqCst);
-    }
-    f
 }
 
 /// Milliseconds left of `ms` since `start` (negative `ms`: no limit).
@@ -69,7 +59,7 @@ fn ts_left(t: Option<libc::timespec>, start: i128) -> Option<libc::timespec> {
 macro_rules! libc_fn {
     ($slot:ident, $name:literal, $ty:ty) => {{
         static $slot: AtomicUsize = AtomicUsize::new(0);
-        let f = real(&$slot, $name);
+        let f = crate::libc_fn(&$slot, $name);
         if f == 0 {
             // SAFETY: errno is thread-local.
             unsafe { *libc::__errno_location() = libc::ENOSYS };
@@ -238,7 +228,7 @@ pub unsafe extern "C" fn nanosleep(req: *const libc::timespec, rem: *mut libc::t
 #[no_mangle]
 pub unsafe extern "C" fn clock_nanosleep(clock: libc::clockid_t, flags: libc::c_int, req: *const libc::timespec, rem: *mut libc::timespec) -> libc::c_int {
     static CLOCK_NANOSLEEP: AtomicUsize = AtomicUsize::new(0);
-    let f = real(&CLOCK_NANOSLEEP, c"clock_nanosleep");
+    let f = crate::libc_fn(&CLOCK_NANOSLEEP, c"clock_nanosleep");
     if f == 0 || req.is_null() {
         return libc::ENOSYS;
     }

@@ -21,9 +21,6 @@ use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering::SeqCst};
 
 /// The signal expirations arrive with (glibc's internal SIGCANCEL/SIGTIMER).
 const SIG: i32 = 32;
-const TIMER_CREATE: usize = 222;
-const RT_SIGTIMEDWAIT: usize = 128;
-const RT_SIGPROCMASK: usize = 14;
 
 /// The kernel's struct sigevent, with the SIGEV_THREAD fields named.
 #[repr(C)]
@@ -66,14 +63,14 @@ fn helper() {
     let ckpt = crate::threads::CKPT_SIGNAL.load(SeqCst);
     let mask: u64 = !(1u64 << (ckpt - 1));
     // SAFETY: setting this thread's own signal mask.
-    unsafe { dmtcp_sys::syscall6(RT_SIGPROCMASK, libc::SIG_SETMASK as usize, &mask as *const u64 as usize, 0, 8, 0, 0) };
+    unsafe { dmtcp_sys::syscall6(dmtcp_sys::nr::RT_SIGPROCMASK, libc::SIG_SETMASK as usize, &mask as *const u64 as usize, 0, 8, 0, 0) };
     // SAFETY: gettid has no preconditions.
     HELPER_TID.store(unsafe { libc::gettid() }, SeqCst);
     let set: u64 = 1u64 << (SIG - 1);
     loop {
         let mut info = [0u64; 16];
         // SAFETY: rt_sigtimedwait reads our set and writes the 128-byte siginfo.
-        let r = unsafe { dmtcp_sys::syscall6(RT_SIGTIMEDWAIT, &set as *const u64 as usize, info.as_mut_ptr() as usize, 0, 8, 0, 0) };
+        let r = unsafe { dmtcp_sys::syscall6(dmtcp_sys::nr::RT_SIGTIMEDWAIT, &set as *const u64 as usize, info.as_mut_ptr() as usize, 0, 8, 0, 0) };
         if r != SIG as isize {
             continue; // interrupted (a checkpoint)
         }
@@ -123,11 +120,7 @@ pub unsafe extern "C" fn timer_create(clock: libc::clockid_t, sev: *mut libc::si
     // SAFETY: the caller's sigevent, if any, is readable (64 bytes).
     let thread = !sev.is_null() && unsafe { (*(sev as *const Sigevent)).notify } == libc::SIGEV_THREAD;
     if !thread {
-        let mut f = REAL.load(SeqCst);
-        if f == 0 {
-            f = crate::next_fn(c"timer_create") as usize;
-            REAL.store(f, SeqCst);
-        }
+        let f = crate::libc_fn(&REAL, c"timer_create");
         if f == 0 {
             // SAFETY: errno is thread-local.
             unsafe { *libc::__errno_location() = libc::ENOSYS };
@@ -155,7 +148,7 @@ pub unsafe extern "C" fn timer_create(clock: libc::clockid_t, sev: *mut libc::si
     let k = Sigevent { value: call as u64, signo: SIG, notify: libc::SIGEV_THREAD_ID, function: tid as u32 as u64, attributes: 0, _pad: [0; 4] };
     let mut id: i32 = -1;
     // SAFETY: the kernel reads our sigevent and writes the new id.
-    let r = unsafe { dmtcp_sys::syscall3(TIMER_CREATE, clock as usize, &k as *const Sigevent as usize, &mut id as *mut i32 as usize) };
+    let r = unsafe { dmtcp_sys::syscall3(dmtcp_sys::nr::TIMER_CREATE, clock as usize, &k as *const Sigevent as usize, &mut id as *mut i32 as usize) };
     if r < 0 {
         // SAFETY: the Call was never handed out.
         drop(unsafe { Box::from_raw(call) });

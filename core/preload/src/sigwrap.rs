@@ -27,27 +27,16 @@ unsafe impl Sync for UserAction {}
 // SAFETY: a zeroed sigaction is SIG_DFL with an empty mask.
 static USER: UserAction = UserAction(UnsafeCell::new(unsafe { core::mem::zeroed() }));
 
-fn resolve(name: &core::ffi::CStr, slot: &AtomicUsize) -> usize {
-    let p = slot.load(Acquire);
-    if p != 0 {
-        return p;
-    }
-    // SAFETY: dlsym with RTLD_NEXT finds libc's definition after ours.
-    let f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
-    slot.store(f, Release);
-    f
-}
-
 /// Resolve libc's functions (at start-up, before any wrapper is needed).
 pub fn init() {
-    resolve(c"sigaction", &REAL_SIGACTION);
-    resolve(c"sigprocmask", &REAL_SIGPROCMASK);
-    resolve(c"pthread_sigmask", &REAL_PTHREAD_SIGMASK);
+    crate::libc_fn(&REAL_SIGACTION, c"sigaction");
+    crate::libc_fn(&REAL_SIGPROCMASK, c"sigprocmask");
+    crate::libc_fn(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask");
 }
 
 /// Install `sa` for `sig` with libc's sigaction (bypassing our wrapper).
 pub fn real_sigaction(sig: c_int, sa: &libc::sigaction) -> c_int {
-    let f = resolve(c"sigaction", &REAL_SIGACTION);
+    let f = crate::libc_fn(&REAL_SIGACTION, c"sigaction");
     if f == 0 {
         return -1;
     }
@@ -117,7 +106,7 @@ pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old:
         }
         return 0;
     }
-    let f = resolve(c"sigaction", &REAL_SIGACTION);
+    let f = crate::libc_fn(&REAL_SIGACTION, c"sigaction");
     // SAFETY: forwarding to libc's sigaction.
     unsafe { core::mem::transmute::<usize, SigactionFn>(f)(sig, act, old) }
 }
@@ -158,7 +147,7 @@ pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old
     // SAFETY: a zeroed sigset is a valid empty set.
     let mut copy: libc::sigset_t = unsafe { core::mem::zeroed() };
     let s = filtered(how, set, &mut copy);
-    let f = resolve(c"sigprocmask", &REAL_SIGPROCMASK);
+    let f = crate::libc_fn(&REAL_SIGPROCMASK, c"sigprocmask");
     // SAFETY: forwarding to libc's sigprocmask.
     unsafe { core::mem::transmute::<usize, MaskFn>(f)(how, s, old) }
 }
@@ -170,7 +159,7 @@ pub unsafe extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t,
     // SAFETY: a zeroed sigset is a valid empty set.
     let mut copy: libc::sigset_t = unsafe { core::mem::zeroed() };
     let s = filtered(how, set, &mut copy);
-    let f = resolve(c"pthread_sigmask", &REAL_PTHREAD_SIGMASK);
+    let f = crate::libc_fn(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask");
     // SAFETY: forwarding to libc's pthread_sigmask.
     unsafe { core::mem::transmute::<usize, MaskFn>(f)(how, s, old) }
 }

@@ -140,13 +140,6 @@ fn inet_text(raw: &[u8]) -> String {
     String::new()
 }
 
-/// This boot's id (socket inode numbers are only unique within one kernel).
-fn boot_id() -> String {
-    // (No libc fallback such as gethostid: it may resolve the host name,
-    // which takes locks a suspended thread could hold.)
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_else(|_| "boot".into())
-}
-
 /// Peer inode and shutdown bits (1: receive side, 2: send side) of a Unix
 /// socket, from the kernel's sock_diag interface.
 fn unix_diag(nl: i32, ino: u64) -> Option<(u64, u8)> {
@@ -238,7 +231,41 @@ const OPTS: [(i32, i32, usize); 14] = [
     (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4),
 ];
 
-fn save_opts(fd: i32, domain: i32) -> Vec<(i32, i32, Vec<u8>)> {
+/// What tells a buffer size the program set from one the kernel chose:
+/// the limits (`/proc/sys/net/core/{w,r}mem_max`) and a fresh socket's
+/// sizes per domain, found once per checkpoint.
+struct BufRule {
+    max: [i32; 2],
+    fresh: Vec<(i32, [i32; 2])>,
+}
+
+impl BufRule {
+    fn new() -> BufRule {
+        let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(212992);
+        BufRule { max: [read("/proc/sys/net/core/wmem_max"), read("/proc/sys/net/core/rmem_max")], fresh: Vec::new() }
+    }
+
+    /// A fresh stream socket's (SO_SNDBUF, SO_RCVBUF) in `domain`.
+    fn fresh(&mut self, domain: i32) -> [i32; 2] {
+        if let Some(f) = self.fresh.iter().find(|f| f.0 == domain) {
+            return f.1;
+        }
+        // SAFETY: a throw-away socket.
+        let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        let sizes = if fd < 0 {
+            [-1, -1]
+        } else {
+            let s = [libc::SO_SNDBUF, libc::SO_RCVBUF].map(|o| get_int(fd, libc::SOL_SOCKET, o).unwrap_or(-1));
+            // SAFETY: closing it.
+            unsafe { libc::close(fd) };
+            s
+        };
+        self.fresh.push((domain, sizes));
+        sizes
+    }
+}
+
+fn save_opts(fd: i32, domain: i32, bufs: &mut BufRule) -> Vec<(i32, i32, Vec<u8>)> {
     let mut out = Vec::new();
     for (level, opt, size) in OPTS {
         if level == libc::IPPROTO_TCP && domain == libc::AF_UNIX {
@@ -250,36 +277,23 @@ fn save_opts(fd: i32, domain: i32) -> Vec<(i32, i32, Vec<u8>)> {
     }
     // Buffer sizes the program set (the kernel reports twice the value
     // asked for; sizes it tuned itself are left to it).
-    for (opt, max) in [(libc::SO_SNDBUF, "/proc/sys/net/core/wmem_max"), (libc::SO_RCVBUF, "/proc/sys/net/core/rmem_max")] {
+    let fresh = bufs.fresh(domain);
+    for (k, opt) in [libc::SO_SNDBUF, libc::SO_RCVBUF].into_iter().enumerate() {
         let Some(v) = get_int(fd, libc::SOL_SOCKET, opt) else { continue };
-        let max: i32 = std::fs::read_to_string(max).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(212992);
-        if v <= 2 * max && v != default_buf(domain, opt) {
+        if v <= 2 * bufs.max[k] && v != fresh[k] {
             out.push((libc::SOL_SOCKET, opt, (v / 2).to_ne_bytes().to_vec()));
         }
     }
     out
 }
 
-/// A fresh socket's buffer size (what the program did not change).
-fn default_buf(domain: i32, opt: i32) -> i32 {
-    // SAFETY: a throw-away socket.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return -1;
-    }
-    let v = get_int(fd, libc::SOL_SOCKET, opt).unwrap_or(-1);
-    // SAFETY: closing it.
-    unsafe { libc::close(fd) };
-    v
-}
-
 fn tcp_state(fd: i32) -> u8 {
     get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 232).and_then(|v| v.first().copied()).unwrap_or(0)
 }
 
-/// List the process's sockets.
-fn scan() -> Vec<Sock> {
-    let boot = boot_id();
+/// List the process's sockets (`boot`: this boot's id).
+fn scan(boot: &str) -> Vec<Sock> {
+    let mut bufs = BufRule::new();
     // SAFETY: a netlink socket of our own for sock_diag queries.
     let nl = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
     let mut out = Vec::new();
@@ -319,7 +333,7 @@ fn scan() -> Vec<Sock> {
         };
         let inet = domain == libc::AF_INET || domain == libc::AF_INET6;
         if inet || domain == libc::AF_UNIX {
-            s.opts = save_opts(fd, domain);
+            s.opts = save_opts(fd, domain, &mut bufs);
         }
         if inet && stype == libc::SOCK_STREAM && !s.rec.local.is_empty() {
             // The port must be free for a restart soon after the job was
@@ -379,15 +393,6 @@ fn scan() -> Vec<Sock> {
         unsafe { libc::close(nl) };
     }
     out
-}
-
-fn set_nonblock(fd: i32) -> i32 {
-    // SAFETY: fcntl flag manipulation of a socket we hold.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-        fl
-    }
 }
 
 fn restore_flags(fd: i32, fl: i32) {
@@ -516,7 +521,7 @@ fn drain(socks: &mut [Sock]) {
         sent: usize,
         done: bool,
     }
-    let mut st: Vec<D> = idx.iter().map(|&i| D { i, old: set_nonblock(socks[i].rec.fd), sent: 0, done: false }).collect();
+    let mut st: Vec<D> = idx.iter().map(|&i| D { i, old: crate::procstate::set_nonblock(socks[i].rec.fd, true), sent: 0, done: false }).collect();
     let start = std::time::Instant::now();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -577,8 +582,8 @@ fn drain(socks: &mut [Sock]) {
 }
 
 fn checkpoint() {
-    let mut socks = scan();
-    let boot = boot_id();
+    let boot = crate::boot_id();
+    let mut socks = scan(&boot);
     let pid = dmtcp_sys::getpid();
     let put = |k: String, v: Vec<u8>| crate::coord::send(&dmtcp_common::proto::ToCoord::KvPut { db: DB.into(), key: k.into_bytes(), val: v });
     for s in &socks {
@@ -641,7 +646,7 @@ fn exchange(list: Vec<(i32, Vec<u8>, bool)>, barrier: &str) {
             out.extend_from_slice(&MAGIC);
             out.extend_from_slice(&(data.len() as u64).to_le_bytes());
             out.extend_from_slice(&data);
-            Ex { fd, old: set_nonblock(fd), out, sent: 0, hdr: [0; 16], got: 0, body: Vec::new(), need: 0, in_done: false, wb: 0, shut_after, broken: false }
+            Ex { fd, old: crate::procstate::set_nonblock(fd, true), out, sent: 0, hdr: [0; 16], got: 0, body: Vec::new(), need: 0, in_done: false, wb: 0, shut_after, broken: false }
         })
         .collect();
     run_exchange(&mut ex, false);
@@ -778,10 +783,7 @@ fn resume() {
 }
 
 fn is_socket(fd: i32) -> bool {
-    // SAFETY: fstat into a zeroed struct; fails cleanly on a closed fd.
-    let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK }
+    crate::procstate::fd_is(fd, libc::S_IFSOCK)
 }
 
 /// A closed connection of the same kind at `s.rec.fd`: the bytes that were

@@ -25,7 +25,7 @@
 //! checkpoint) are removed at restart: restart a job only after it is gone.
 
 use crate::plugin::{Event, Plugin};
-use core::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use core::sync::atomic::AtomicUsize;
 
 const MSG: i32 = 0;
 const SEM: i32 = 1;
@@ -72,16 +72,6 @@ fn set_errno(e: i32) {
     unsafe { *libc::__errno_location() = e };
 }
 
-/// libc's function of that name (cached).
-fn real_fn(slot: &AtomicUsize, name: &core::ffi::CStr) -> usize {
-    let mut f = slot.load(SeqCst);
-    if f == 0 {
-        f = crate::next_fn(name) as usize;
-        slot.store(f, SeqCst);
-    }
-    f
-}
-
 pub(crate) fn to_real(kind: i32, virt: i32) -> i32 {
     IDS.with(|v| {
         if let Some(i) = v.iter().find(|i| i.kind == kind && i.virt == virt) {
@@ -118,14 +108,7 @@ pub(crate) fn forget(kind: i32, virt: i32) {
 /// Run `f` with the real id; again (with the id as it is then) if a
 /// checkpoint interrupted it.
 fn retrying(kind: i32, virt: i32, f: impl Fn(i32) -> isize) -> isize {
-    loop {
-        let ev = crate::api::EVENTS.load(SeqCst);
-        let r = f(to_real(kind, virt));
-        if r < 0 && errno() == libc::EINTR && crate::api::EVENTS.load(SeqCst) != ev {
-            continue;
-        }
-        return r;
-    }
+    crate::restartable::again(|| f(to_real(kind, virt)))
 }
 
 static MSGGET: AtomicUsize = AtomicUsize::new(0);
@@ -148,7 +131,7 @@ type SemCtlFn = unsafe extern "C" fn(libc::c_int, libc::c_int, libc::c_int, usiz
 
 macro_rules! real {
     ($slot:ident, $name:literal, $ty:ty) => {{
-        let f = real_fn(&$slot, $name);
+        let f = crate::libc_fn(&$slot, $name);
         if f == 0 {
             set_errno(libc::ENOSYS);
             return -1;
@@ -269,7 +252,7 @@ pub unsafe extern "C" fn semctl(id: libc::c_int, num: libc::c_int, cmd: libc::c_
 }
 
 fn msgctl_real(id: i32, cmd: i32, buf: &mut libc::msqid_ds) -> i32 {
-    let f = real_fn(&MSGCTL, c"msgctl");
+    let f = crate::libc_fn(&MSGCTL, c"msgctl");
     if f == 0 {
         return -1;
     }
@@ -278,7 +261,7 @@ fn msgctl_real(id: i32, cmd: i32, buf: &mut libc::msqid_ds) -> i32 {
 }
 
 fn semctl_real(id: i32, num: i32, cmd: i32, arg: usize) -> i32 {
-    let f = real_fn(&SEMCTL, c"semctl");
+    let f = crate::libc_fn(&SEMCTL, c"semctl");
     if f == 0 {
         return -1;
     }
@@ -295,7 +278,7 @@ fn save_queue(s: &mut Saved, real: i32) -> bool {
     }
     s.mode = (ds.msg_perm.mode & 0o777) as i32;
     s.size = ds.msg_qbytes as u64;
-    let rcv = real_fn(&MSGRCV, c"msgrcv");
+    let rcv = crate::libc_fn(&MSGRCV, c"msgrcv");
     if rcv == 0 {
         return false;
     }
@@ -336,9 +319,9 @@ fn save_sems(s: &mut Saved, real: i32) -> bool {
 
 fn checkpoint() {
     let ids = IDS.with(|v| v.clone());
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let boot = crate::boot_id();
     let pid = dmtcp_sys::getpid();
-    let name = |i: &Id| format!("o:{}:{}:{}", boot.trim(), i.kind, i.real);
+    let name = |i: &Id| format!("o:{boot}:{}:{}", i.kind, i.real);
     for i in &ids {
         crate::coord::send(&dmtcp_common::proto::ToCoord::KvPut { db: DB.into(), key: name(i).into_bytes(), val: pid.to_ne_bytes().to_vec() });
     }
@@ -399,10 +382,10 @@ fn remake(s: &Saved) -> Option<i32> {
     let create = |key: i32, flags: i32| -> i32 {
         if s.kind == MSG {
             // SAFETY: libc's msgget.
-            unsafe { core::mem::transmute::<usize, GetFn>(real_fn(&MSGGET, c"msgget"))(key, flags) }
+            unsafe { core::mem::transmute::<usize, GetFn>(crate::libc_fn(&MSGGET, c"msgget"))(key, flags) }
         } else {
             // SAFETY: libc's semget.
-            unsafe { core::mem::transmute::<usize, SemGetFn>(real_fn(&SEMGET, c"semget"))(key, s.size as i32, flags) }
+            unsafe { core::mem::transmute::<usize, SemGetFn>(crate::libc_fn(&SEMGET, c"semget"))(key, s.size as i32, flags) }
         }
     };
     let rmid = |id: i32| {
@@ -414,7 +397,7 @@ fn remake(s: &Saved) -> Option<i32> {
             semctl_real(id, 0, libc::IPC_RMID, 0);
         }
     };
-    if real_fn(&MSGGET, c"msgget") == 0 || real_fn(&SEMGET, c"semget") == 0 {
+    if crate::libc_fn(&MSGGET, c"msgget") == 0 || crate::libc_fn(&SEMGET, c"semget") == 0 {
         return None;
     }
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | s.mode;
@@ -438,7 +421,7 @@ fn remake(s: &Saved) -> Option<i32> {
             msgctl_real(id, libc::IPC_SET, &mut ds);
         }
         // SAFETY: libc's msgsnd.
-        let snd = unsafe { core::mem::transmute::<usize, SndFn>(real_fn(&MSGSND, c"msgsnd")) };
+        let snd = unsafe { core::mem::transmute::<usize, SndFn>(crate::libc_fn(&MSGSND, c"msgsnd")) };
         for (t, body) in &s.msgs {
             let mut m = t.to_ne_bytes().to_vec();
             m.extend_from_slice(body);

@@ -31,21 +31,12 @@ type ShmGetFn = unsafe extern "C" fn(libc::key_t, libc::size_t, libc::c_int) -> 
 type ShmAtFn = unsafe extern "C" fn(libc::c_int, *const libc::c_void, libc::c_int) -> *mut libc::c_void;
 type ShmCtlFn = unsafe extern "C" fn(libc::c_int, libc::c_int, *mut libc::shmid_ds) -> libc::c_int;
 
-fn real(slot: &core::sync::atomic::AtomicUsize, name: &core::ffi::CStr) -> usize {
-    let mut f = slot.load(core::sync::atomic::Ordering::SeqCst);
-    if f == 0 {
-        f = crate::next_fn(name) as usize;
-        slot.store(f, core::sync::atomic::Ordering::SeqCst);
-    }
-    f
-}
-
 static SHMGET: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 static SHMAT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 static SHMCTL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
 fn shmget_real(key: i32, size: usize, flags: i32) -> i32 {
-    let f = real(&SHMGET, c"shmget");
+    let f = crate::libc_fn(&SHMGET, c"shmget");
     if f == 0 {
         return -1;
     }
@@ -54,7 +45,7 @@ fn shmget_real(key: i32, size: usize, flags: i32) -> i32 {
 }
 
 fn shmat_real(id: i32, addr: *const libc::c_void, flags: i32) -> *mut libc::c_void {
-    let f = real(&SHMAT, c"shmat");
+    let f = crate::libc_fn(&SHMAT, c"shmat");
     if f == 0 {
         return usize::MAX as *mut libc::c_void;
     }
@@ -63,7 +54,7 @@ fn shmat_real(id: i32, addr: *const libc::c_void, flags: i32) -> *mut libc::c_vo
 }
 
 fn shmctl_real(id: i32, cmd: i32, buf: *mut libc::shmid_ds) -> i32 {
-    let f = real(&SHMCTL, c"shmctl");
+    let f = crate::libc_fn(&SHMCTL, c"shmctl");
     if f == 0 {
         return -1;
     }

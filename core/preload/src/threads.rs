@@ -193,8 +193,6 @@ unsafe impl Sync for QEntry {}
 const QEMPTY: QEntry = QEntry { slot: AtomicUsize::new(usize::MAX), info: UnsafeCell::new([0; 16]) };
 static QUEUED: [QEntry; QPOOL] = [QEMPTY; QPOOL];
 static QUEUED_N: AtomicUsize = AtomicUsize::new(0);
-const RT_SIGTIMEDWAIT: usize = 128;
-const RT_TGSIGQUEUEINFO: usize = 297;
 const SI_TKILL: i32 = -6;
 
 fn slot_index(slot: &Slot) -> usize {
@@ -238,7 +236,7 @@ fn requeue_own(info: &[u64; 16]) {
     let (pid, tid) = (dmtcp_sys::getpid() as usize, dmtcp_sys::gettid() as usize);
     // SAFETY: rt_tgsigqueueinfo reads our 128-byte siginfo; tgkill takes numbers.
     unsafe {
-        if code >= 0 || code == SI_TKILL || syscall6(RT_TGSIGQUEUEINFO, pid, tid, sig, info.as_ptr() as usize, 0, 0) < 0 {
+        if code >= 0 || code == SI_TKILL || syscall6(nr::RT_TGSIGQUEUEINFO, pid, tid, sig, info.as_ptr() as usize, 0, 0) < 0 {
             syscall3(nr::TGKILL, pid, tid, sig);
         }
     }
@@ -262,7 +260,7 @@ fn capture_queued(slot: &Slot) {
         loop {
             let mut info = [0u64; 16];
             // SAFETY: rt_sigtimedwait reads our set and timeout, writes `info`.
-            let r = unsafe { syscall6(RT_SIGTIMEDWAIT, &bit as *const u64 as usize, info.as_mut_ptr() as usize, &zero as *const libc::timespec as usize, 8, 0, 0) };
+            let r = unsafe { syscall6(nr::RT_SIGTIMEDWAIT, &bit as *const u64 as usize, info.as_mut_ptr() as usize, &zero as *const libc::timespec as usize, 8, 0, 0) };
             if r != sig as isize {
                 break;
             }

@@ -63,8 +63,6 @@ impl RawInfo {
     }
 }
 
-const RT_SIGTIMEDWAIT: usize = 128;
-const RT_SIGQUEUEINFO: usize = 129;
 
 /// Queue `info` for our own process again: with its siginfo where the
 /// kernel lets us (sigqueue-style codes), else as a plain kill.
@@ -73,7 +71,7 @@ fn requeue(info: &RawInfo) {
     let sig = info.signo() as usize;
     // SAFETY: rt_sigqueueinfo reads our 128-byte siginfo; kill takes numbers.
     unsafe {
-        if info.code() >= 0 || dmtcp_sys::syscall3(RT_SIGQUEUEINFO, pid, sig, info as *const RawInfo as usize) < 0 {
+        if info.code() >= 0 || dmtcp_sys::syscall3(nr::RT_SIGQUEUEINFO, pid, sig, info as *const RawInfo as usize) < 0 {
             syscall3(nr::KILL, pid, sig, 0);
         }
     }
@@ -96,7 +94,7 @@ fn capture_queued(pending: u64, skip: i32) -> Vec<RawInfo> {
             // SAFETY: rt_sigtimedwait reads our set and timeout, writes `info`.
             let r = unsafe {
                 dmtcp_sys::syscall6(
-                    RT_SIGTIMEDWAIT,
+                    nr::RT_SIGTIMEDWAIT,
                     &set as *const u64 as usize,
                     &mut info as *mut RawInfo as usize,
                     &zero as *const libc::timespec as usize,
@@ -127,10 +125,6 @@ impl TimerPlugin {
     }
 }
 
-const TIMER_GETTIME: usize = 224;
-const TIMER_SETTIME: usize = 223;
-const TIMER_CREATE: usize = 222;
-const TIMER_DELETE: usize = 226;
 const SIGEV_THREAD_ID: i32 = 4;
 
 /// Parse /proc/self/timers.
@@ -192,7 +186,7 @@ fn create(t: &PosixTimer) -> i32 {
     let mut id: i32 = -1;
     // SAFETY: timer_create reads our sigevent and writes the new id.
     let r = unsafe {
-        syscall3(TIMER_CREATE, t.clock as usize, &ev as *const KSigevent as usize, &mut id as *mut i32 as usize)
+        syscall3(nr::TIMER_CREATE, t.clock as usize, &ev as *const KSigevent as usize, &mut id as *mut i32 as usize)
     };
     if r < 0 {
         -1
@@ -224,7 +218,7 @@ impl Plugin for TimerPlugin {
                 s.timers = list_timers();
                 for t in s.timers.iter_mut() {
                     // SAFETY: timer_gettime writes two timespecs.
-                    unsafe { syscall3(TIMER_GETTIME, t.id as usize, t.spec.as_mut_ptr() as usize, 0) };
+                    unsafe { syscall3(nr::TIMER_GETTIME, t.id as usize, t.spec.as_mut_ptr() as usize, 0) };
                 }
             }
             Event::Restart => {
@@ -242,11 +236,11 @@ impl Plugin for TimerPlugin {
                         continue;
                     }
                     // SAFETY: timer_settime reads our itimerspec.
-                    unsafe { syscall3(TIMER_SETTIME, id as usize, 0, t.spec.as_ptr() as usize) };
+                    unsafe { syscall3(nr::TIMER_SETTIME, id as usize, 0, t.spec.as_ptr() as usize) };
                 }
                 for d in dummies {
                     // SAFETY: deleting a placeholder timer we created.
-                    unsafe { syscall3(TIMER_DELETE, d as usize, 0, 0) };
+                    unsafe { syscall3(nr::TIMER_DELETE, d as usize, 0, 0) };
                 }
                 for (which, v) in &s.itimers {
                     // SAFETY: setitimer reads our struct.
