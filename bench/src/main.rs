@@ -13,6 +13,12 @@
 //! and fork/exit/wait (bench/c/overhead.c, compiled with cc -O2) bare and
 //! under dmtcp_launch, and the start-up time of /bin/true, medians of
 //! several runs, next to the targets of issue 3.
+//!
+//! `cargo run --release -p bench -- softib [--iters N] [--sizes ...]` runs
+//! perftest on the software InfiniBand device (ib-plugin/softib), on one
+//! node and across two nodes of the test rig.
+
+mod softib;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -27,9 +33,11 @@ fn main() {
         Some("workload") => workload(&args[2..]),
         Some("run") => run(&args[2..]),
         Some("overhead") => overhead(&args[2..]),
+        Some("softib") => softib::run(&args[2..]),
         _ => {
             eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR]");
             eprintln!("       bench overhead [--runs 5] [--scale 1] [--startup-runs 30]");
+            eprintln!("       bench softib [--iters 20000] [--sizes 8,4096,65536,1048576]");
             std::process::exit(1);
         }
     }
