@@ -49,6 +49,11 @@ struct Sock {
     consume: bool,
     /// The drain of this socket did not finish.
     failed: bool,
+    /// A TCP connection whose other end is an orphaned socket of this
+    /// machine (closed by its process, the kernel still sending what it
+    /// had): read to its end at checkpoint, and replaced by a closed
+    /// connection holding those bytes on resume as on restart.
+    orphan_peer: bool,
     /// Bytes of the receive queue at checkpoint time.
     data: Vec<u8>,
     opts: Vec<(i32, i32, Vec<u8>)>,
@@ -211,6 +216,83 @@ fn unix_diag(nl: i32, ino: u64) -> Option<(u64, u8)> {
         o += (alen + 3) & !3;
     }
     Some((peer, shut))
+}
+
+/// Whether the TCP socket at the other end of the connection `local` ->
+/// `peer` (raw socket addresses of family `domain`) is a socket of this
+/// machine that was closed and that no process holds any more (inode 0
+/// and a closing state: orphaned, or in TIME_WAIT), from the kernel's inet
+/// sock_diag interface. (A connection still waiting in a listener's accept
+/// queue has inode 0 too, but is established.)
+fn inet_peer_orphaned(nl: i32, domain: i32, local: &[u8], peer: &[u8]) -> bool {
+    #[repr(C)]
+    struct Req {
+        nlmsg_len: u32,
+        nlmsg_type: u16,
+        nlmsg_flags: u16,
+        nlmsg_seq: u32,
+        nlmsg_pid: u32,
+        family: u8,
+        protocol: u8,
+        ext: u8,
+        pad: u8,
+        states: u32,
+        // struct inet_diag_sockid: ports and addresses in network order.
+        sport: [u8; 2],
+        dport: [u8; 2],
+        src: [u8; 16],
+        dst: [u8; 16],
+        ifindex: u32,
+        cookie: [u32; 2],
+    }
+    const _: () = assert!(core::mem::size_of::<Req>() == 16 + 8 + 48);
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    // (port, address) of a sockaddr_in / sockaddr_in6.
+    let parts = |raw: &[u8]| -> Option<([u8; 2], [u8; 16])> {
+        let mut a = [0u8; 16];
+        match domain {
+            libc::AF_INET if raw.len() >= 8 => a[..4].copy_from_slice(&raw[4..8]),
+            libc::AF_INET6 if raw.len() >= 24 => a.copy_from_slice(&raw[8..24]),
+            _ => return None,
+        }
+        Some(([raw[2], raw[3]], a))
+    };
+    let (Some((lport, laddr)), Some((pport, paddr))) = (parts(local), parts(peer)) else { return false };
+    // The other end's own view: its source is our peer, its destination us.
+    let req = Req {
+        nlmsg_len: core::mem::size_of::<Req>() as u32,
+        nlmsg_type: SOCK_DIAG_BY_FAMILY,
+        nlmsg_flags: libc::NLM_F_REQUEST as u16,
+        nlmsg_seq: 1,
+        nlmsg_pid: 0,
+        family: domain as u8,
+        protocol: libc::IPPROTO_TCP as u8,
+        ext: 0,
+        pad: 0,
+        states: u32::MAX,
+        sport: pport,
+        dport: lport,
+        src: paddr,
+        dst: laddr,
+        ifindex: 0,
+        cookie: [u32::MAX; 2],
+    };
+    // SAFETY: sending our request struct over our netlink socket.
+    if unsafe { libc::send(nl, &req as *const Req as *const libc::c_void, core::mem::size_of::<Req>(), 0) } < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 1024];
+    // SAFETY: receiving into our buffer.
+    let n = unsafe { libc::recv(nl, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+    // nlmsghdr (16) + struct inet_diag_msg: family, state, timer, retrans
+    // (4), sockid (48), expires, rqueue, wqueue, uid (16), inode (4).
+    const INODE: usize = 16 + 4 + 48 + 16;
+    if n < (INODE + 4) as isize || u16::from_ne_bytes([buf[4], buf[5]]) != SOCK_DIAG_BY_FAMILY {
+        return false; // an error answer: no such socket here
+    }
+    let inode = u32::from_ne_bytes([buf[INODE], buf[INODE + 1], buf[INODE + 2], buf[INODE + 3]]);
+    // FIN_WAIT1 4, FIN_WAIT2 5, TIME_WAIT 6, CLOSE 7, LAST_ACK 9, CLOSING 11
+    inode == 0 && matches!(buf[17], 4 | 5 | 6 | 7 | 9 | 11)
 }
 
 /// Options put back at restart: (level, option, size).
@@ -384,6 +466,7 @@ fn scan(boot: &str) -> Vec<Sock> {
                 s.peerkey = format!("t:{p}>{l}");
                 s.rec.pair = if l < p { format!("t:{l}|{p}") } else { format!("t:{p}|{l}") };
                 s.rec.side = (l > p) as u8;
+                s.orphan_peer = nl >= 0 && inet_peer_orphaned(nl, domain, &s.rec.local, &s.rec.peer);
             }
         }
         out.push(s);
@@ -501,10 +584,37 @@ fn peek_dgrams(fd: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
+/// Reads a connection whose other end is orphaned up to its end: the kernel
+/// sends the orphan's queued bytes as we read, then its FIN. Gives up after
+/// 5 s without the end (the bytes read so far are kept; the connection then
+/// comes back reset after them, as an outside one).
+fn read_to_end(s: &mut Sock) {
+    let fd = s.rec.fd;
+    let old = crate::procstate::set_nonblock(fd, true);
+    let start = std::time::Instant::now();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut eof = false;
+    while !eof && s.data.len() < PEEK_MAX && start.elapsed() < std::time::Duration::from_secs(5) {
+        match recv_some(fd, &mut buf, 0) {
+            Ok(Some(0)) => eof = true,
+            Ok(Some(n)) => s.data.extend_from_slice(&buf[..n]),
+            Ok(None) => poll_wait(&mut [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }], 100),
+            Err(_) => break,
+        }
+    }
+    restore_flags(fd, old);
+    s.peer_shut = eof;
+    if !eof {
+        crate::log::warn(format_args!("socket fd {}: its closed other end did not finish sending within 5 s", fd));
+    }
+}
+
 /// Drain in-job connections (cookie protocol) and peek the others.
 fn drain(socks: &mut [Sock]) {
     for s in socks.iter_mut() {
-        if s.leader && s.stream_conn && !s.consume {
+        if s.leader && s.stream_conn && s.rec.state == SockState::Dead && s.orphan_peer {
+            read_to_end(s);
+        } else if s.leader && s.stream_conn && !s.consume {
             s.data = peek_all(s.rec.fd);
         }
         let dgram = (s.rec.stype == libc::SOCK_DGRAM && matches!(s.rec.domain, libc::AF_UNIX | libc::AF_INET | libc::AF_INET6))
@@ -770,6 +880,14 @@ fn run_exchange(ex: &mut [Ex], writeback: bool) {
 }
 
 fn resume() {
+    // Connections read to their end at checkpoint: the program gets those
+    // bytes back from a closed connection of the same kind.
+    SAVED.with(|v| {
+        for s in v.iter().filter(|s| s.leader && s.rec.state == SockState::Dead && s.orphan_peer) {
+            make_dead(s);
+            put_back_opts(s);
+        }
+    });
     let list: Vec<(i32, Vec<u8>, bool)> = SAVED.with(|v| {
         v.iter_mut().filter(|s| s.leader && s.consume && !s.failed).map(|s| (s.rec.fd, core::mem::take(&mut s.data), false)).collect()
     });
@@ -801,8 +919,15 @@ fn make_dead(s: &Sock) {
     unsafe {
         let mut done = 0;
         if !s.data.is_empty() {
-            set_int(p[1], libc::SOL_SOCKET, libc::SO_SNDBUF, (s.data.len() as i32).saturating_mul(2));
-            set_int(p[0], libc::SOL_SOCKET, libc::SO_RCVBUF, (s.data.len() as i32).saturating_mul(2));
+            // Room for all the bytes: past the sysctl limits where allowed
+            // (CAP_NET_ADMIN), else up to them.
+            let want = (s.data.len() as i32).saturating_mul(2);
+            if !set_int(p[1], libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want) {
+                set_int(p[1], libc::SOL_SOCKET, libc::SO_SNDBUF, want);
+            }
+            if !set_int(p[0], libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want) {
+                set_int(p[0], libc::SOL_SOCKET, libc::SO_RCVBUF, want);
+            }
             while done < s.data.len() {
                 match send_some(p[1], &s.data[done..]) {
                     Ok(n) if n > 0 => done += n,
@@ -843,17 +968,23 @@ fn restart() {
                 crate::log::warn(format_args!("socket fd {} was not re-created (restart without a pid namespace?); it stays closed", r.fd));
                 continue;
             }
-            for (level, opt, val) in &s.opts {
-                // SAFETY: setsockopt reads our saved bytes.
-                unsafe { libc::setsockopt(r.fd, *level, *opt, val.as_ptr() as *const libc::c_void, val.len() as libc::socklen_t) };
-            }
-            // SAFETY: flags of an fd of the program.
-            unsafe {
-                libc::fcntl(r.fd, libc::F_SETFL, s.flags & (libc::O_NONBLOCK | libc::O_ASYNC));
-                libc::fcntl(r.fd, libc::F_SETFD, if s.cloexec { libc::FD_CLOEXEC } else { 0 });
-            }
+            put_back_opts(s);
         }
     });
+}
+
+/// The socket's saved options and fd flags, set on the (new) socket at its fd.
+fn put_back_opts(s: &Sock) {
+    let r = &s.rec;
+    for (level, opt, val) in &s.opts {
+        // SAFETY: setsockopt reads our saved bytes.
+        unsafe { libc::setsockopt(r.fd, *level, *opt, val.as_ptr() as *const libc::c_void, val.len() as libc::socklen_t) };
+    }
+    // SAFETY: flags of an fd of the program.
+    unsafe {
+        libc::fcntl(r.fd, libc::F_SETFL, s.flags & (libc::O_NONBLOCK | libc::O_ASYNC));
+        libc::fcntl(r.fd, libc::F_SETFD, if s.cloexec { libc::FD_CLOEXEC } else { 0 });
+    }
 }
 
 /// After the whole job is back (the "restarted" barrier), before user
@@ -868,6 +999,29 @@ pub fn after_restart() {
     exchange(list, "sock:restored");
 }
 
+/// Before user threads are suspended: gives the program up to half a second
+/// to accept the connections waiting in its TCP listeners' queues. A
+/// connection still waiting there at checkpoint time belongs to no process
+/// yet, so its bytes (a client's request) cannot be saved and a restart
+/// gives the client a reset (docs/architecture.md, limits); this narrows
+/// that window to connections made in the last instants before suspension.
+fn let_accepts_finish() {
+    let start = std::time::Instant::now();
+    let listeners: Vec<i32> = crate::procstate::socket_fds()
+        .into_iter()
+        .map(|(fd, _)| fd)
+        .filter(|&fd| {
+            get_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1) && get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::IPPROTO_TCP)
+        })
+        .collect();
+    // struct tcp_info of a listener: tcpi_unacked (offset 24) is the
+    // number of connections waiting to be accepted.
+    let waiting = |fd: i32| get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 32).is_some_and(|v| v.len() >= 28 && u32::from_ne_bytes([v[24], v[25], v[26], v[27]]) > 0);
+    while listeners.iter().any(|&fd| waiting(fd)) && start.elapsed() < std::time::Duration::from_millis(500) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// The plugin.
 pub struct SocketPlugin;
 
@@ -877,6 +1031,7 @@ impl Plugin for SocketPlugin {
     }
     fn event(&self, ev: Event) {
         match ev {
+            Event::PreSuspend => let_accepts_finish(),
             Event::PreCheckpoint => checkpoint(),
             Event::Resume => resume(),
             Event::Restart => restart(),

@@ -188,3 +188,30 @@ fn seqpacket_messages_keep_their_boundaries() {
     let bare = cycles_match_bare("seqpacket", &[p, "6000"], &[], &[("got 1000\n", "got 1500\n"), ("got 2500\n", "got 3000\n"), ("got 4000\n", "got 4500\n")]);
     assert!(bare.ends_with("messages 6000 sender exit 0\n"), "{bare}");
 }
+
+/// A connection whose other end was closed with bytes still queued in the
+/// kernel (an orphaned socket, held by no process of the job or anyone
+/// else) at checkpoint time: the reader gets every byte and then the end
+/// of the stream, after a restart (twice).
+#[test]
+fn bytes_of_an_orphaned_peer_survive_restarts() {
+    let prog = c_program("orphanpeer");
+    let out = cycles_match_bare("orphanpeer", &[prog.to_str().unwrap()], &[], &[("tick 1\n", "tick 2\n"), ("tick 3\n", "tick 4\n")]);
+    assert!(out.ends_with("read every byte ok\n"), "{out}");
+}
+
+/// The same with a checkpoint the job resumes from (the orphan's bytes are
+/// read at checkpoint, so the connection is replaced at once), then a
+/// restart.
+#[test]
+fn bytes_of_an_orphaned_peer_survive_resume_then_restart() {
+    let prog = c_program("orphanpeer");
+    let mut job = Job::new("orphanpeer-resume");
+    job.launch(&[prog.to_str().unwrap()], &[]);
+    job.wait_for("tick 1\n");
+    job.checkpoint();
+    job.cycle("tick 3\n", "tick 4\n");
+    job.wait_success();
+    let out = job.output();
+    assert!(out.ends_with("tick 6\nread every byte ok\n"), "{out}");
+}

@@ -183,12 +183,16 @@ impl Job {
     pub fn kill(&mut self) {
         let Some(mut p) = self.proc.take() else { return };
         if !self.restarted {
+            // The group first, in one call: killed one by one, a survivor
+            // could still run and see the others die (a client writing
+            // "connection closed" to its output before its own SIGKILL),
+            // which no crash of the whole job would show.
+            // SAFETY: signalling the job's process group.
+            unsafe { libc::kill(-(p.id() as i32), libc::SIGKILL) };
             for pid in self.peer_pids() {
                 // SAFETY: signalling a process of our own job.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            // SAFETY: signalling the job's process group.
-            unsafe { libc::kill(-(p.id() as i32), libc::SIGKILL) };
         }
         // SAFETY: signalling our own child.
         unsafe { libc::kill(p.id() as i32, libc::SIGKILL) };
