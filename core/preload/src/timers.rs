@@ -211,7 +211,19 @@ impl Plugin for TimerPlugin {
                     // SAFETY: a zeroed itimerval for getitimer to fill.
                     let mut v: libc::itimerval = unsafe { core::mem::zeroed() };
                     // SAFETY: getitimer writes our struct.
-                    if unsafe { libc::getitimer(which, &mut v) } == 0 && (v.it_value.tv_sec != 0 || v.it_value.tv_usec != 0) {
+                    if unsafe { libc::getitimer(which, &mut v) } != 0 {
+                        continue;
+                    }
+                    let armed = v.it_value.tv_sec != 0 || v.it_value.tv_usec != 0;
+                    let periodic = v.it_interval.tv_sec != 0 || v.it_interval.tv_usec != 0;
+                    // A periodic timer that has just expired reads 0 until
+                    // its signal is taken (the kernel re-arms it then): it
+                    // is still armed, next due one interval after that
+                    // signal, which is pending and raised again at restart.
+                    if !armed && periodic {
+                        v.it_value = v.it_interval;
+                    }
+                    if armed || periodic {
                         s.itimers.push((which, v));
                     }
                 }

@@ -262,3 +262,12 @@ fn file_passed_with_scm_rights_keeps_one_offset() {
     let out = job.output();
     assert!(out.ends_with("records 1200 read once 1200 more than once 0 both read 1 child exit 0\n"), "{out}");
 }
+
+/// A periodic interval timer whose signal is pending at checkpoint time
+/// reads as disarmed then; it must still be periodic after restarts.
+#[test]
+fn periodic_itimer_with_its_signal_pending_survives_restart() {
+    let prog = c_program("itimerpending");
+    let out = cycles_match_bare("itimerpending", &[prog.to_str().unwrap()], &[], &[("tick 1\n", "tick 2\n"), ("tick 3\n", "tick 4\n")]);
+    assert!(out.ends_with("alarms after unblocking: 20 or more\n"), "{out}");
+}
