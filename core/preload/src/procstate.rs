@@ -552,20 +552,7 @@ impl FilePlugin {
                     continue;
                 }
                 seen.push(ino);
-                let old = set_nonblock(i.fd, true);
-                let mut data = Vec::new();
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    // SAFETY: reading into our buffer.
-                    let n = unsafe { libc::read(i.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
-                    if n <= 0 {
-                        break;
-                    }
-                    data.extend_from_slice(&buf[..n as usize]);
-                }
-                // SAFETY: restoring the fd's flags.
-                unsafe { libc::fcntl(i.fd, libc::F_SETFL, old) };
-                s.drained.push((i.fd, data));
+                s.drained.push((i.fd, drain_pipe(i.fd)));
             }
         }
         PIPES.with(|p| {
@@ -912,6 +899,46 @@ pub static PTYS: crate::flock::FLock<(Vec<dmtcp_common::image::PtyRec>, Option<S
 /// Fds of files shared with other processes that dmtcp_restart opened once
 /// and put in place (from the restart info).
 pub static SHARED_INSTALLED: crate::flock::FLock<Vec<i32>> = crate::flock::FLock::new(Vec::new());
+
+/// Everything waiting in a pipe, read without blocking. Other processes of
+/// the job may drain the same pipe at the same moment through the same open
+/// file description, so its O_NONBLOCK flag (shared by them) is not
+/// toggled: each read is non-blocking by itself (RWF_NOWAIT). On kernels
+/// without RWF_NOWAIT for pipes, the flag is set for the drain.
+fn drain_pipe(fd: i32) -> Vec<u8> {
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let mut old = None;
+    loop {
+        let iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        // SAFETY: reading into our buffer.
+        let n = unsafe {
+            if old.is_none() {
+                libc::preadv2(fd, &iov, 1, -1, libc::RWF_NOWAIT)
+            } else {
+                libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len())
+            }
+        };
+        if n > 0 {
+            data.extend_from_slice(&buf[..n as usize]);
+            continue;
+        }
+        let e = std::io::Error::last_os_error().raw_os_error();
+        if n < 0 && old.is_none() && matches!(e, Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) {
+            old = Some(set_nonblock(fd, true));
+            continue;
+        }
+        if n < 0 && e == Some(libc::EINTR) {
+            continue;
+        }
+        break;
+    }
+    if let Some(fl) = old {
+        // SAFETY: restoring the fd's flags.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, fl) };
+    }
+    data
+}
 
 /// Pipe ends of the last checkpoint: (fd, inode, is the write end). The
 /// restart of a tree re-creates each pipe once and hands its ends over.

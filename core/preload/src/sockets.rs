@@ -49,11 +49,6 @@ struct Sock {
     consume: bool,
     /// The drain of this socket did not finish.
     failed: bool,
-    /// A TCP connection whose other end is an orphaned socket of this
-    /// machine (closed by its process, the kernel still sending what it
-    /// had): read to its end at checkpoint, and replaced by a closed
-    /// connection holding those bytes on resume as on restart.
-    orphan_peer: bool,
     /// Bytes of the receive queue at checkpoint time.
     data: Vec<u8>,
     opts: Vec<(i32, i32, Vec<u8>)>,
@@ -216,83 +211,6 @@ fn unix_diag(nl: i32, ino: u64) -> Option<(u64, u8)> {
         o += (alen + 3) & !3;
     }
     Some((peer, shut))
-}
-
-/// Whether the TCP socket at the other end of the connection `local` ->
-/// `peer` (raw socket addresses of family `domain`) is a socket of this
-/// machine that was closed and that no process holds any more (inode 0
-/// and a closing state: orphaned, or in TIME_WAIT), from the kernel's inet
-/// sock_diag interface. (A connection still waiting in a listener's accept
-/// queue has inode 0 too, but is established.)
-fn inet_peer_orphaned(nl: i32, domain: i32, local: &[u8], peer: &[u8]) -> bool {
-    #[repr(C)]
-    struct Req {
-        nlmsg_len: u32,
-        nlmsg_type: u16,
-        nlmsg_flags: u16,
-        nlmsg_seq: u32,
-        nlmsg_pid: u32,
-        family: u8,
-        protocol: u8,
-        ext: u8,
-        pad: u8,
-        states: u32,
-        // struct inet_diag_sockid: ports and addresses in network order.
-        sport: [u8; 2],
-        dport: [u8; 2],
-        src: [u8; 16],
-        dst: [u8; 16],
-        ifindex: u32,
-        cookie: [u32; 2],
-    }
-    const _: () = assert!(core::mem::size_of::<Req>() == 16 + 8 + 48);
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    // (port, address) of a sockaddr_in / sockaddr_in6.
-    let parts = |raw: &[u8]| -> Option<([u8; 2], [u8; 16])> {
-        let mut a = [0u8; 16];
-        match domain {
-            libc::AF_INET if raw.len() >= 8 => a[..4].copy_from_slice(&raw[4..8]),
-            libc::AF_INET6 if raw.len() >= 24 => a.copy_from_slice(&raw[8..24]),
-            _ => return None,
-        }
-        Some(([raw[2], raw[3]], a))
-    };
-    let (Some((lport, laddr)), Some((pport, paddr))) = (parts(local), parts(peer)) else { return false };
-    // The other end's own view: its source is our peer, its destination us.
-    let req = Req {
-        nlmsg_len: core::mem::size_of::<Req>() as u32,
-        nlmsg_type: SOCK_DIAG_BY_FAMILY,
-        nlmsg_flags: libc::NLM_F_REQUEST as u16,
-        nlmsg_seq: 1,
-        nlmsg_pid: 0,
-        family: domain as u8,
-        protocol: libc::IPPROTO_TCP as u8,
-        ext: 0,
-        pad: 0,
-        states: u32::MAX,
-        sport: pport,
-        dport: lport,
-        src: paddr,
-        dst: laddr,
-        ifindex: 0,
-        cookie: [u32::MAX; 2],
-    };
-    // SAFETY: sending our request struct over our netlink socket.
-    if unsafe { libc::send(nl, &req as *const Req as *const libc::c_void, core::mem::size_of::<Req>(), 0) } < 0 {
-        return false;
-    }
-    let mut buf = [0u8; 1024];
-    // SAFETY: receiving into our buffer.
-    let n = unsafe { libc::recv(nl, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-    // nlmsghdr (16) + struct inet_diag_msg: family, state, timer, retrans
-    // (4), sockid (48), expires, rqueue, wqueue, uid (16), inode (4).
-    const INODE: usize = 16 + 4 + 48 + 16;
-    if n < (INODE + 4) as isize || u16::from_ne_bytes([buf[4], buf[5]]) != SOCK_DIAG_BY_FAMILY {
-        return false; // an error answer: no such socket here
-    }
-    let inode = u32::from_ne_bytes([buf[INODE], buf[INODE + 1], buf[INODE + 2], buf[INODE + 3]]);
-    // FIN_WAIT1 4, FIN_WAIT2 5, TIME_WAIT 6, CLOSE 7, LAST_ACK 9, CLOSING 11
-    inode == 0 && matches!(buf[17], 4 | 5 | 6 | 7 | 9 | 11)
 }
 
 /// Options put back at restart: (level, option, size).
@@ -466,7 +384,6 @@ fn scan(boot: &str) -> Vec<Sock> {
                 s.peerkey = format!("t:{p}>{l}");
                 s.rec.pair = if l < p { format!("t:{l}|{p}") } else { format!("t:{p}|{l}") };
                 s.rec.side = (l > p) as u8;
-                s.orphan_peer = nl >= 0 && inet_peer_orphaned(nl, domain, &s.rec.local, &s.rec.peer);
             }
         }
         out.push(s);
@@ -584,38 +501,63 @@ fn peek_dgrams(fd: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
-/// Reads a connection whose other end is orphaned up to its end: the kernel
-/// sends the orphan's queued bytes as we read, then its FIN. Gives up after
-/// 5 s without the end (the bytes read so far are kept; the connection then
-/// comes back reset after them, as an outside one).
-fn read_to_end(s: &mut Sock) {
+/// Peeks a TCP connection that is not drained with cookies (half-closed,
+/// or its other end outside the job or closed) with room for everything the
+/// other end still has queued for us: with a larger receive buffer the
+/// kernel moves the other end's send queue (and its FIN, if it closed) into
+/// ours at once on this machine, so the bytes it had sent but we had no
+/// room for are in the image too, while the connection itself is left as
+/// it was. Beyond the sysctl limit only with CAP_NET_ADMIN
+/// (SO_RCVBUFFORCE); without it, up to net.core.rmem_max.
+fn peek_tcp(s: &mut Sock) {
     let fd = s.rec.fd;
-    let old = crate::procstate::set_nonblock(fd, true);
+    let mut queued: i32 = 0;
+    // SAFETY: FIONREAD writes an int.
+    unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+    if queued < 32 << 10 {
+        // The window was open: nothing waits behind these bytes.
+        s.data = peek_all(fd);
+        return;
+    }
+    let old = get_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF);
+    let want = 256 << 20;
+    if !set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want) {
+        set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, want);
+    }
+    // Peeking sends the window update; let the bytes come until none
+    // arrive for a moment (or the other end's FIN), a second at most.
     let start = std::time::Instant::now();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut eof = false;
-    while !eof && s.data.len() < PEEK_MAX && start.elapsed() < std::time::Duration::from_secs(5) {
-        match recv_some(fd, &mut buf, 0) {
-            Ok(Some(0)) => eof = true,
-            Ok(Some(n)) => s.data.extend_from_slice(&buf[..n]),
-            Ok(None) => poll_wait(&mut [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }], 100),
-            Err(_) => break,
+    let mut quiet = std::time::Instant::now();
+    s.data = peek_all(fd);
+    while start.elapsed() < std::time::Duration::from_secs(1) && quiet.elapsed() < std::time::Duration::from_millis(20) {
+        if matches!(tcp_state(fd), 6 | 7 | 8 | 9 | 11) {
+            break; // the FIN is in: nothing more can come
+        }
+        poll_wait(&mut [libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 }], 5);
+        let more = peek_all(fd);
+        if more.len() > s.data.len() {
+            s.data = more;
+            quiet = std::time::Instant::now();
         }
     }
-    restore_flags(fd, old);
-    s.peer_shut = eof;
-    if !eof {
-        crate::log::warn(format_args!("socket fd {}: its closed other end did not finish sending within 5 s", fd));
+    s.data = peek_all(fd);
+    // TIME_WAIT 6, CLOSE 7, CLOSE_WAIT 8, LAST_ACK 9, CLOSING 11
+    s.peer_shut = s.peer_shut || matches!(tcp_state(fd), 6 | 7 | 8 | 9 | 11);
+    if let Some(v) = old {
+        // getsockopt reports twice what setsockopt takes.
+        set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (v / 2).max(1));
     }
 }
 
 /// Drain in-job connections (cookie protocol) and peek the others.
 fn drain(socks: &mut [Sock]) {
     for s in socks.iter_mut() {
-        if s.leader && s.stream_conn && s.rec.state == SockState::Dead && s.orphan_peer {
-            read_to_end(s);
-        } else if s.leader && s.stream_conn && !s.consume {
-            s.data = peek_all(s.rec.fd);
+        if s.leader && s.stream_conn && !s.consume {
+            if s.rec.domain == libc::AF_UNIX {
+                s.data = peek_all(s.rec.fd);
+            } else {
+                peek_tcp(s);
+            }
         }
         let dgram = (s.rec.stype == libc::SOCK_DGRAM && matches!(s.rec.domain, libc::AF_UNIX | libc::AF_INET | libc::AF_INET6))
             || (s.rec.stype == libc::SOCK_SEQPACKET && s.rec.domain == libc::AF_UNIX);
@@ -880,14 +822,6 @@ fn run_exchange(ex: &mut [Ex], writeback: bool) {
 }
 
 fn resume() {
-    // Connections read to their end at checkpoint: the program gets those
-    // bytes back from a closed connection of the same kind.
-    SAVED.with(|v| {
-        for s in v.iter().filter(|s| s.leader && s.rec.state == SockState::Dead && s.orphan_peer) {
-            make_dead(s);
-            put_back_opts(s);
-        }
-    });
     let list: Vec<(i32, Vec<u8>, bool)> = SAVED.with(|v| {
         v.iter_mut().filter(|s| s.leader && s.consume && !s.failed).map(|s| (s.rec.fd, core::mem::take(&mut s.data), false)).collect()
     });

@@ -215,3 +215,14 @@ fn bytes_of_an_orphaned_peer_survive_resume_then_restart() {
     let out = job.output();
     assert!(out.ends_with("tick 6\nread every byte ok\n"), "{out}");
 }
+
+/// A half-closed connection between two processes of the job: the server
+/// shut its sending side down with bytes still in its send queue. After
+/// restarts the client reads every byte, then the end, and its answer
+/// still reaches the server the other way.
+#[test]
+fn half_closed_connection_keeps_the_senders_queue_across_restarts() {
+    let prog = c_program("orphanpeer");
+    let out = cycles_match_bare("halfclosed", &[prog.to_str().unwrap(), "half"], &[], &[("tick 1\n", "tick 2\n"), ("tick 3\n", "tick 4\n")]);
+    assert!(out.ends_with("read every byte ok\nserver got bye\n"), "{out}");
+}
