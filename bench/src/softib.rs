@@ -35,18 +35,6 @@ impl Place {
     }
 }
 
-fn listening(pid: u32, port: u16) -> bool {
-    let want = format!(":{port:04X}");
-    ["tcp", "tcp6"].iter().any(|f| {
-        std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
-            .map(|t| t.lines().any(|l| {
-                let v: Vec<&str> = l.split_whitespace().collect();
-                v.len() > 3 && v[1].ends_with(&want) && v[3] == "0A"
-            }))
-            .unwrap_or(false)
-    })
-}
-
 /// Runs one perftest pair; returns the client's output.
 fn pair(p: &Place, softib: &Path, args: &[String]) -> Result<String, String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
@@ -56,7 +44,7 @@ fn pair(p: &Place, softib: &Path, args: &[String]) -> Result<String, String> {
     ca.push(p.server_addr());
     let mut s = p.cmd(softib, 0, &sa).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
     let t0 = Instant::now();
-    while !listening(s.id(), port) {
+    while !testrig::is_listening_on_port(s.id(), port) {
         if t0.elapsed() > Duration::from_secs(30) || s.try_wait().map_err(|e| e.to_string())?.is_some() {
             let _ = s.kill();
             return Err(format!("{} server did not start", args[0]));

@@ -445,9 +445,7 @@ fn peek_all(fd: i32) -> Vec<u8> {
         set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old);
     } else {
         // No peek offset: one peek of what is queued.
-        let mut n: i32 = 0;
-        // SAFETY: FIONREAD writes an int.
-        unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+        let n = queued(fd);
         if n > 0 {
             let mut b = vec![0u8; n as usize];
             if let Ok(Some(k)) = recv_some(fd, &mut b, libc::MSG_PEEK) {
@@ -511,10 +509,7 @@ fn peek_dgrams(fd: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// (SO_RCVBUFFORCE); without it, up to net.core.rmem_max.
 fn peek_tcp(s: &mut Sock) {
     let fd = s.rec.fd;
-    let mut queued: i32 = 0;
-    // SAFETY: FIONREAD writes an int.
-    unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
-    if queued < 32 << 10 {
+    if queued(fd) < 32 << 10 {
         // The window was open: nothing waits behind these bytes.
         s.data = peek_all(fd);
         return;
@@ -524,29 +519,45 @@ fn peek_tcp(s: &mut Sock) {
     if !set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want) {
         set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, want);
     }
-    // Peeking sends the window update; let the bytes come until none
-    // arrive for a moment (or the other end's FIN), a second at most.
+    // A peek sends the window update; let the bytes come until none arrive
+    // for a moment (or the other end's FIN is in), a second at most; then
+    // take them all in one peek.
     let start = std::time::Instant::now();
     let mut quiet = std::time::Instant::now();
-    s.data = peek_all(fd);
+    let mut have = 0;
+    let mut one = [0u8; 1];
     while start.elapsed() < std::time::Duration::from_secs(1) && quiet.elapsed() < std::time::Duration::from_millis(20) {
-        if matches!(tcp_state(fd), 6 | 7 | 8 | 9 | 11) {
-            break; // the FIN is in: nothing more can come
+        let _ = recv_some(fd, &mut one, libc::MSG_PEEK);
+        if peer_closed(fd) {
+            break; // nothing more can come
         }
         poll_wait(&mut [libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 }], 5);
-        let more = peek_all(fd);
-        if more.len() > s.data.len() {
-            s.data = more;
+        let now = queued(fd);
+        if now > have {
+            have = now;
             quiet = std::time::Instant::now();
         }
     }
     s.data = peek_all(fd);
-    // TIME_WAIT 6, CLOSE 7, CLOSE_WAIT 8, LAST_ACK 9, CLOSING 11
-    s.peer_shut = s.peer_shut || matches!(tcp_state(fd), 6 | 7 | 8 | 9 | 11);
+    s.peer_shut = s.peer_shut || peer_closed(fd);
     if let Some(v) = old {
         // getsockopt reports twice what setsockopt takes.
         set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (v / 2).max(1));
     }
+}
+
+/// Bytes waiting in a socket's receive queue.
+fn queued(fd: i32) -> i32 {
+    let mut n: i32 = 0;
+    // SAFETY: FIONREAD writes an int.
+    unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    n
+}
+
+/// Whether the other end's FIN has come in: TIME_WAIT 6, CLOSE 7,
+/// CLOSE_WAIT 8, LAST_ACK 9, CLOSING 11.
+fn peer_closed(fd: i32) -> bool {
+    matches!(tcp_state(fd), 6 | 7 | 8 | 9 | 11)
 }
 
 /// Drain in-job connections (cookie protocol) and peek the others.

@@ -88,17 +88,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Whether process `pid` has a TCP socket listening on `port` (in its own
-/// network namespace).
-fn listening(pid: u32, port: u16) -> bool {
-    let want = format!(":{port:04X} ");
-    ["tcp", "tcp6"].iter().any(|f| {
-        std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
-            .map(|t| t.lines().any(|l| l.split_whitespace().nth(1).is_some_and(|a| format!("{a} ").ends_with(&want)) && l.split_whitespace().nth(3) == Some("0A")))
-            .unwrap_or(false)
-    })
-}
-
 fn wait_output(mut child: Child, limit: Duration, what: &str) -> Output {
     let t0 = Instant::now();
     loop {
@@ -123,7 +112,7 @@ fn wait_output(mut child: Child, limit: Duration, what: &str) -> Output {
 fn pair(f: &Fabric, prog: &str, port: u16, server: &[&str], client: &[&str]) -> (String, String) {
     let mut s = f.cmd(prog, server).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let t0 = Instant::now();
-    while !listening(s.id(), port) {
+    while !testrig::is_listening_on_port(s.id(), port) {
         if let Ok(Some(st)) = s.try_wait() {
             let mut e = String::new();
             s.stderr.take().unwrap().read_to_string(&mut e).unwrap();

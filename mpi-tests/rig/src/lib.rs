@@ -42,7 +42,7 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use alloc::cleanup_stale;
-pub use sys::find_program;
+pub use sys::{find_program, is_listening_on_port};
 
 /// How long a node's anchor or sshd may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(10);

@@ -139,12 +139,29 @@ fn proc_net_tcp_addr(addr: std::net::Ipv4Addr, port: u16) -> String {
 /// on `addr:port`.
 pub fn is_listening(pid: u32, addr: std::net::Ipv4Addr, port: u16) -> bool {
     let want = proc_net_tcp_addr(addr, port);
-    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
-        return false;
-    };
-    table.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3 && f[1] == want && f[3] == "0A"
+    listening_where(pid, &["tcp"], |local| local == want)
+}
+
+/// Whether the network namespace of process `pid` has a TCP socket (IPv4 or
+/// IPv6) listening on `port`, at any address. A probe that does not connect:
+/// servers that accept one connection only (ibv_rc_pingpong, perftest) would
+/// take a probe connection for their client.
+pub fn is_listening_on_port(pid: u32, port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    listening_where(pid, &["tcp", "tcp6"], |local| local.ends_with(&want))
+}
+
+/// Whether one of `/proc/<pid>/net/<table>` lists a listening socket whose
+/// local address (as the table prints it) passes `matches`.
+fn listening_where(pid: u32, tables: &[&str], matches: impl Fn(&str) -> bool) -> bool {
+    tables.iter().any(|t| {
+        let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{t}")) else {
+            return false;
+        };
+        table.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && matches(f[1]) && f[3] == "0A"
+        })
     })
 }
 
