@@ -13,6 +13,7 @@
 #ifndef DMTCP_RS_DMTCP_H
 #define DMTCP_RS_DMTCP_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -77,6 +78,14 @@ int dmtcp_get_coordinator_status(int *num_peers, int *running) __attribute__((we
  * DMTCP_EVENT_PRECHECKPOINT runs while the program's threads are
  * suspended: do not call malloc or take locks the program may hold there;
  * do such work in DMTCP_EVENT_PRESUSPEND.
+ *
+ * DMTCP_EVENT_THREAD_RESUME runs on every user thread inside the
+ * checkpoint signal handler: only async-signal-safe calls there.
+ *
+ * A plugin's own memory (its statics, what it allocated) is part of the
+ * image like the program's: state saved in PRECHECKPOINT is there again in
+ * RESTART. Memory it must not save (device memory it re-creates) it keeps
+ * out with dmtcp_exclude_memory.
  */
 typedef enum {
   DMTCP_EVENT_INIT = 1,          /* the plugin is loaded (before main) */
@@ -97,6 +106,36 @@ typedef enum {
  * Needs _GNU_SOURCE and <dlfcn.h>. */
 #define DMTCP_NEXT_FNC(name) ((__typeof__(&name))dlsym(RTLD_NEXT, #name))
 
+/* What an event hook's `data` points to (never NULL for these events):
+ * PRESUSPEND, PRECHECKPOINT, RESUME, RESTART: the checkpoint round
+ * (ckptInfo: its generation and the checkpoint directory); RESUME, RESTART
+ * and THREAD_RESUME: whether the process came back from an image
+ * (isRestart, also under DMTCP's name resumeUserThreadInfo). For other
+ * events only isRestart is meaningful. */
+typedef union {
+  struct {
+    int isRestart;
+  } resumeUserThreadInfo;
+  struct {
+    int isRestart;
+    int generation;
+    const char *ckptDir; /* NULL outside a checkpoint round */
+  } ckptInfo;
+} DmtcpEventData_t;
+
+/* Keep memory out of images (page-aligned `addr`; `len` rounded up to
+ * pages). DMTCP_MEM_SKIP: nothing is mapped there after a restart (the
+ * plugin re-creates it: a device's queues, a GPU buffer); DMTCP_MEM_ZERO:
+ * it comes back zero-filled (a cache rebuilt on demand); DMTCP_MEM_SAVE:
+ * saved again. Returns 1, or -1 for a bad argument. Mappings of character
+ * devices (other than /dev/zero) are never saved: they belong to the
+ * device's plugin. */
+#define DMTCP_MEM_SAVE 0
+#define DMTCP_MEM_SKIP 1
+#define DMTCP_MEM_ZERO 2
+int dmtcp_exclude_memory(const void *addr, size_t len, int how) __attribute__((weak));
+#define dmtcp_exclude_memory(a, l, h) (dmtcp_exclude_memory ? dmtcp_exclude_memory(a, l, h) : DMTCP_NOT_PRESENT)
+
 #define DMTCP_PLUGIN_API_VERSION "1"
 
 typedef struct {
@@ -106,7 +145,7 @@ typedef struct {
   const char *author_name;
   const char *author_email;
   const char *description;
-  void (*event_hook)(DmtcpEvent_t event, void *data); /* data: NULL for now */
+  void (*event_hook)(DmtcpEvent_t event, void *data); /* data: DmtcpEventData_t * */
 } DmtcpPluginDescriptor_t;
 
 /*

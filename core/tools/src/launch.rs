@@ -27,8 +27,8 @@ Checkpoint images:
 
 Plugins:
   --with-plugin A.so[:B.so] Load plugins (absolute paths; env DMTCP_PLUGIN)
-  --disable-<name>-plugin Disable an internal plugin (process, event, file, socket,
-                          sysv, timers)
+  --disable-<name>-plugin Disable an internal plugin (process, event, pty, file,
+                          socket, sysv, timers)
 
 Other:
   -t, --tmpdir DIR        Directory for temporary files (env DMTCP_TMPDIR)

@@ -264,11 +264,19 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
     let _ = coord.set_nodelay(true);
     let coord_fd = coord.into_raw_fd();
     cloexec(coord_fd, false);
+    // The image file itself: memory the restorer maps lazily from it is
+    // recognised by it (not by its name) at the next checkpoint.
+    let image_id = std::fs::metadata(&img.path).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    });
     let info = serde_json::json!({
         "coord_host": host,
         "coord_port": port,
         "ckpt_dir": ckpt_dir.map(|d| d.display().to_string()),
         "shared_files": crate::tree::shared_files(img),
+        "image_dev": image_id.as_ref().map(|i| i.0).ok(),
+        "image_ino": image_id.as_ref().map(|i| i.1).ok(),
     })
     .to_string();
     let (info_r, info_w) = match pipe() {

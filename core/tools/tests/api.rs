@@ -303,3 +303,28 @@ fn disabling_an_internal_plugin() {
     let st = wait_timeout(&mut p, TIMEOUT).expect("restarted program hung");
     assert!(!st.success(), "the program's files were restored although the file plugin was disabled");
 }
+
+/// dmtcp_exclude_memory and the event data: memory kept out with
+/// DMTCP_MEM_SKIP is unmapped after a restart (the program's RESTART hook
+/// maps it again with MAP_FIXED_NOREPLACE), DMTCP_MEM_ZERO memory comes
+/// back zeroed, other memory is saved; hooks learn the generation, the
+/// checkpoint directory and whether they run after a restart.
+#[test]
+fn excluded_memory_and_event_data() {
+    let prog = compile_example("plugin_memory.c", false);
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p]);
+    assert!(bare.contains("exclude 3 3 bad 3") && bare.contains("restarted 0 remapped 0"), "{bare}");
+    assert!(bare.contains("dev ok\ncache ok\ndata ok\n"), "{bare}");
+    let mut job = Job::new("exclude-memory");
+    job.launch(&[p], &[]);
+    job.wait_for("step 5\n");
+    job.checkpoint_and_kill();
+    job.restart();
+    job.wait_success();
+    let out = job.output();
+    assert!(out.contains("exclude 1 1 bad -1"), "{out}");
+    assert!(out.contains("restarted 1 remapped 1"), "the skipped range was not free after the restart: {out}");
+    assert!(out.contains("dev ok\ncache ok\ndata ok\n"), "{out}");
+    assert!(out.contains("events pre_ok 1 post_ok 1 pre_gen 1 post_gen 1 same_dir 1 thread_resumes 1"), "{out}");
+}

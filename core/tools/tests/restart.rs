@@ -97,6 +97,42 @@ fn three_generations_uncompressed_lazy_restore() {
     three_generations("generations-raw", &["--no-gzip"]);
 }
 
+/// Memory mapped lazily from an image is recognised by the image file, not
+/// by its name: restarted from renamed images, the next checkpoint still
+/// saves those pages in full, so the job restarts from the new images
+/// after the renamed ones are gone.
+#[test]
+fn lazy_restore_from_renamed_images() {
+    let prog = c_program("memcheck");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p]);
+    let mut job = Job::new("lazy-renamed");
+    job.launch(&[p], &["--no-gzip"]);
+    job.wait_for("step 3 ok");
+    job.checkpoint();
+    job.wait_for("step 5 ok");
+    job.kill();
+    let moved = job.dir.join("moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    let mut renamed = Vec::new();
+    for (i, img) in job.images().iter().enumerate() {
+        let to = moved.join(format!("generation1-{i}.img"));
+        std::fs::rename(img, &to).unwrap();
+        renamed.push(to);
+    }
+    job.restart_with(&renamed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
+    job.wait_for("step 9 ok");
+    job.checkpoint();
+    job.wait_for("step 11 ok");
+    job.kill();
+    for r in &renamed {
+        std::fs::remove_file(r).unwrap();
+    }
+    job.restart();
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
+
 /// The same with every page copied eagerly at restart.
 #[test]
 fn eager_restore() {
@@ -564,4 +600,58 @@ fn named_pipe_between_processes() {
     let p = prog.to_str().unwrap();
     let bare = cycles_match_bare("fifo", &[p, "10000"], &[], &[("read 2000\n", "read 3000\n"), ("read 4000\n", "read 5000\n"), ("read 6000\n", "read 7000\n")]);
     assert!(bare.ends_with("lines 10000 writer exit 0\n"), "{bare}");
+}
+
+/// The library's fds survive a program that closes every fd above 2 (one
+/// by one, with closefrom and with close_range), and a program holding
+/// more than 830 files gets none of the library's numbers, so all of them
+/// come back at restart.
+#[test]
+fn program_closing_all_fds_stays_checkpointed() {
+    let prog = c_program("fdguard");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "12"]);
+    let mut job = Job::new("fdguard");
+    job.launch(&[p, "12"], &[]);
+    let peers = |job: &Job| {
+        let o = job.command(&["-s"]);
+        String::from_utf8_lossy(&o.stdout).lines().find_map(|l| l.trim().strip_prefix("NUM_PEERS=").map(str::to_string)).unwrap_or_default()
+    };
+    job.wait_for("round 0 step 4 ");
+    job.checkpoint();
+    job.wait_for("round 1 step 2 ");
+    assert_eq!(peers(&job), "1", "the close() loop cut the coordinator link{}", job.output());
+    job.checkpoint();
+    job.wait_for("round 1 step 6 ");
+    job.kill();
+    job.restart();
+    job.wait_for("round 2 step 2 ");
+    assert_eq!(peers(&job), "1", "closefrom cut the coordinator link");
+    job.checkpoint();
+    job.wait_for("round 2 step 6 ");
+    job.kill();
+    job.restart();
+    job.wait_for("round 2 closed\n");
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
+
+/// Threads of a process that runs with glibc's rseq on (started without
+/// dmtcp_launch's GLIBC_TUNABLES, as over ssh) have their rseq areas
+/// registered again at restart.
+#[test]
+fn rseq_registration_survives_restart() {
+    let prog = c_program("rseqcheck");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "30"]);
+    assert!(bare.contains("glibc registers rseq: yes"), "this glibc does not register rseq: {bare}");
+    let mut job = Job::new("rseq");
+    job.launch(&[p, "30"], &[]);
+    job.wait_for("step 5\n");
+    job.checkpoint();
+    job.wait_for("step 8\n");
+    job.kill();
+    job.restart();
+    job.wait_success();
+    assert_eq!(job.output(), bare);
 }

@@ -1,6 +1,6 @@
 //! The "sysv" plugin: System V message queues and semaphore sets across a
 //! restart, with their ids virtualized (and POSIX message queues, see
-//! [`crate::posixmq`]).
+//! [`super::posixmq`]).
 //!
 //! The program keeps seeing the ids the kernel first gave it; wrappers of
 //! `msgget`, `msgsnd`, `msgrcv`, `msgctl`, `semget`, `semop`, `semtimedop`
@@ -24,7 +24,7 @@
 //! killed job's objects (still in the kernel, in their state after the
 //! checkpoint) are removed at restart: restart a job only after it is gone.
 
-use crate::plugin::{Event, Plugin};
+use crate::engine::iface as dmtcp;
 use core::sync::atomic::AtomicUsize;
 
 const MSG: i32 = 0;
@@ -42,7 +42,7 @@ struct Id {
 }
 
 /// Known objects of this process (inherited across fork with its memory).
-static IDS: crate::flock::FLock<Vec<Id>> = crate::flock::FLock::new(Vec::new());
+static IDS: dmtcp::FLock<Vec<Id>> = dmtcp::FLock::new(Vec::new());
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Saved {
@@ -61,7 +61,7 @@ pub(crate) struct Saved {
     sems: Vec<u16>,
 }
 
-static SAVED: crate::flock::FLock<Vec<Saved>> = crate::flock::FLock::new(Vec::new());
+static SAVED: dmtcp::FLock<Vec<Saved>> = dmtcp::FLock::new(Vec::new());
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -72,7 +72,12 @@ fn set_errno(e: i32) {
     unsafe { *libc::__errno_location() = e };
 }
 
+// The id table is taken by wrappers on user threads and by the checkpoint
+// thread: a user thread holds checkpoints off while it has the table (a
+// thread suspended with it would deadlock the checkpoint).
+
 pub(crate) fn to_real(kind: i32, virt: i32) -> i32 {
+    let _hold = dmtcp::CkptHold::new();
     IDS.with(|v| {
         if let Some(i) = v.iter().find(|i| i.kind == kind && i.virt == virt) {
             return i.real;
@@ -86,6 +91,7 @@ pub(crate) fn record(kind: i32, id: i32, key: i32) -> i32 {
     if id < 0 {
         return id;
     }
+    let _hold = dmtcp::CkptHold::new();
     IDS.with(|v| {
         // After a restart the kernel may hand out an id that a virtual id
         // already uses: give the new object another virtual id.
@@ -102,13 +108,14 @@ pub(crate) fn record(kind: i32, id: i32, key: i32) -> i32 {
 }
 
 pub(crate) fn forget(kind: i32, virt: i32) {
+    let _hold = dmtcp::CkptHold::new();
     IDS.with(|v| v.retain(|i| !(i.kind == kind && i.virt == virt)));
 }
 
 /// Run `f` with the real id; again (with the id as it is then) if a
 /// checkpoint interrupted it.
 fn retrying(kind: i32, virt: i32, f: impl Fn(i32) -> isize) -> isize {
-    crate::restartable::again(|| f(to_real(kind, virt)))
+    dmtcp::again(|| f(to_real(kind, virt)))
 }
 
 static MSGGET: AtomicUsize = AtomicUsize::new(0);
@@ -131,7 +138,7 @@ type SemCtlFn = unsafe extern "C" fn(libc::c_int, libc::c_int, libc::c_int, usiz
 
 macro_rules! real {
     ($slot:ident, $name:literal, $ty:ty) => {{
-        let f = crate::libc_fn(&$slot, $name);
+        let f = dmtcp::libc_fn(&$slot, $name);
         if f == 0 {
             set_errno(libc::ENOSYS);
             return -1;
@@ -148,6 +155,8 @@ macro_rules! real {
 #[no_mangle]
 pub unsafe extern "C" fn msgget(key: libc::key_t, flags: libc::c_int) -> libc::c_int {
     let f = real!(MSGGET, c"msgget", GetFn);
+    // The new object and its virtual id appear in one image or in neither.
+    let _hold = dmtcp::CkptHold::new();
     // SAFETY: forwarding the caller's arguments.
     let id = unsafe { f(key, flags) };
     record(MSG, id, key)
@@ -202,6 +211,8 @@ pub unsafe extern "C" fn msgctl(id: libc::c_int, cmd: libc::c_int, buf: *mut lib
 #[no_mangle]
 pub unsafe extern "C" fn semget(key: libc::key_t, n: libc::c_int, flags: libc::c_int) -> libc::c_int {
     let f = real!(SEMGET, c"semget", SemGetFn);
+    // The new object and its virtual id appear in one image or in neither.
+    let _hold = dmtcp::CkptHold::new();
     // SAFETY: forwarding the caller's arguments.
     let id = unsafe { f(key, n, flags) };
     record(SEM, id, key)
@@ -252,7 +263,7 @@ pub unsafe extern "C" fn semctl(id: libc::c_int, num: libc::c_int, cmd: libc::c_
 }
 
 fn msgctl_real(id: i32, cmd: i32, buf: &mut libc::msqid_ds) -> i32 {
-    let f = crate::libc_fn(&MSGCTL, c"msgctl");
+    let f = dmtcp::libc_fn(&MSGCTL, c"msgctl");
     if f == 0 {
         return -1;
     }
@@ -261,7 +272,7 @@ fn msgctl_real(id: i32, cmd: i32, buf: &mut libc::msqid_ds) -> i32 {
 }
 
 fn semctl_real(id: i32, num: i32, cmd: i32, arg: usize) -> i32 {
-    let f = crate::libc_fn(&SEMCTL, c"semctl");
+    let f = dmtcp::libc_fn(&SEMCTL, c"semctl");
     if f == 0 {
         return -1;
     }
@@ -278,7 +289,7 @@ fn save_queue(s: &mut Saved, real: i32) -> bool {
     }
     s.mode = (ds.msg_perm.mode & 0o777) as i32;
     s.size = ds.msg_qbytes as u64;
-    let rcv = crate::libc_fn(&MSGRCV, c"msgrcv");
+    let rcv = dmtcp::libc_fn(&MSGRCV, c"msgrcv");
     if rcv == 0 {
         return false;
     }
@@ -290,7 +301,7 @@ fn save_queue(s: &mut Saved, real: i32) -> bool {
         // SAFETY: MSG_COPY copies message `i` into our buffer, leaving it queued.
         let n = unsafe { rcv(real, buf.as_mut_ptr() as *mut libc::c_void, cap - 8, i, libc::IPC_NOWAIT | MSG_COPY | libc::MSG_NOERROR) };
         if n < 0 {
-            crate::log::warn(format_args!(
+            dmtcp::warn(format_args!(
                 "message queue {}: cannot copy message {i} ({}); the queue is saved without it",
                 s.virt,
                 std::io::Error::last_os_error()
@@ -317,26 +328,26 @@ fn save_sems(s: &mut Saved, real: i32) -> bool {
     semctl_real(real, 0, libc::GETALL, s.sems.as_mut_ptr() as usize) == 0
 }
 
-fn checkpoint() {
+pub(super) fn checkpoint() {
     let ids = IDS.with(|v| v.clone());
-    let boot = crate::boot_id();
+    let boot = dmtcp::boot_id();
     let pid = dmtcp_sys::getpid();
     let name = |i: &Id| format!("o:{boot}:{}:{}", i.kind, i.real);
     for i in &ids {
-        crate::coord::send(&dmtcp_common::proto::ToCoord::KvPut { db: DB.into(), key: name(i).into_bytes(), val: pid.to_ne_bytes().to_vec() });
+        dmtcp::kv_put(DB, name(i).into_bytes(), pid.to_ne_bytes().to_vec());
     }
-    let mqs = crate::posixmq::publish(pid);
-    let coordinated = crate::coord::barrier("sysv:elect");
-    crate::posixmq::save(mqs, pid, coordinated);
+    let mqs = super::posixmq::publish(pid);
+    let coordinated = dmtcp::barrier("sysv:elect");
+    super::posixmq::save(mqs, pid, coordinated);
     let mut out = Vec::new();
     for i in &ids {
-        let owner = if coordinated { crate::coord::kv_get(DB, name(i).as_bytes()).flatten() } else { None };
+        let owner = if coordinated { dmtcp::kv_get(DB, name(i).as_bytes()).flatten() } else { None };
         let mut s = Saved { kind: i.kind, virt: i.virt, key: i.key, leader: owner.is_none_or(|o| o == pid.to_ne_bytes()), ..Default::default() };
         if s.leader {
             let ok = match i.kind {
                 MSG => save_queue(&mut s, i.real),
                 SEM => save_sems(&mut s, i.real),
-                _ => crate::sysvshm::save(&mut s, i.real),
+                _ => super::sysvshm::save(&mut s, i.real),
             };
             if !ok {
                 continue; // removed meanwhile
@@ -345,11 +356,11 @@ fn checkpoint() {
         out.push(s);
     }
     SAVED.with(|v| *v = out);
-    crate::sysvshm::save_attaches();
+    super::sysvshm::save_attaches();
 }
 
-fn resume() {
-    crate::posixmq::forget();
+pub(super) fn resume() {
+    super::posixmq::forget();
     SAVED.with(|v| v.clear());
 }
 
@@ -358,7 +369,7 @@ pub(crate) fn remove_stale(kind: i32, id: i32) {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     if kind == SHM {
-        crate::sysvshm::remove_stale(id, uid);
+        super::sysvshm::remove_stale(id, uid);
     } else if kind == MSG {
         // SAFETY: a zeroed msqid_ds for IPC_STAT to fill.
         let mut ds: libc::msqid_ds = unsafe { core::mem::zeroed() };
@@ -377,15 +388,15 @@ pub(crate) fn remove_stale(kind: i32, id: i32) {
 /// Re-create one object; its new real id.
 fn remake(s: &Saved) -> Option<i32> {
     if s.kind == SHM {
-        return crate::sysvshm::remake(s);
+        return super::sysvshm::remake(s);
     }
     let create = |key: i32, flags: i32| -> i32 {
         if s.kind == MSG {
             // SAFETY: libc's msgget.
-            unsafe { core::mem::transmute::<usize, GetFn>(crate::libc_fn(&MSGGET, c"msgget"))(key, flags) }
+            unsafe { core::mem::transmute::<usize, GetFn>(dmtcp::libc_fn(&MSGGET, c"msgget"))(key, flags) }
         } else {
             // SAFETY: libc's semget.
-            unsafe { core::mem::transmute::<usize, SemGetFn>(crate::libc_fn(&SEMGET, c"semget"))(key, s.size as i32, flags) }
+            unsafe { core::mem::transmute::<usize, SemGetFn>(dmtcp::libc_fn(&SEMGET, c"semget"))(key, s.size as i32, flags) }
         }
     };
     let rmid = |id: i32| {
@@ -397,7 +408,7 @@ fn remake(s: &Saved) -> Option<i32> {
             semctl_real(id, 0, libc::IPC_RMID, 0);
         }
     };
-    if crate::libc_fn(&MSGGET, c"msgget") == 0 || crate::libc_fn(&SEMGET, c"semget") == 0 {
+    if dmtcp::libc_fn(&MSGGET, c"msgget") == 0 || dmtcp::libc_fn(&SEMGET, c"semget") == 0 {
         return None;
     }
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | s.mode;
@@ -421,13 +432,13 @@ fn remake(s: &Saved) -> Option<i32> {
             msgctl_real(id, libc::IPC_SET, &mut ds);
         }
         // SAFETY: libc's msgsnd.
-        let snd = unsafe { core::mem::transmute::<usize, SndFn>(crate::libc_fn(&MSGSND, c"msgsnd")) };
+        let snd = unsafe { core::mem::transmute::<usize, SndFn>(dmtcp::libc_fn(&MSGSND, c"msgsnd")) };
         for (t, body) in &s.msgs {
             let mut m = t.to_ne_bytes().to_vec();
             m.extend_from_slice(body);
             // SAFETY: sending our buffer (type then text).
             if unsafe { snd(id, m.as_ptr() as *const libc::c_void, body.len(), libc::IPC_NOWAIT) } != 0 {
-                crate::log::warn(format_args!("message queue {}: a message could not be queued again", s.virt));
+                dmtcp::warn(format_args!("message queue {}: a message could not be queued again", s.virt));
             }
         }
     } else {
@@ -437,7 +448,7 @@ fn remake(s: &Saved) -> Option<i32> {
     Some(id)
 }
 
-fn restart() {
+pub(super) fn restart() {
     let saved = SAVED.with(core::mem::take);
     let key = |s: &Saved| format!("r:{}:{}", s.kind, s.virt);
     for s in saved.iter().filter(|s| s.leader) {
@@ -449,9 +460,9 @@ fn restart() {
         }
         match remake(s) {
             Some(id) => {
-                crate::coord::send(&dmtcp_common::proto::ToCoord::KvPut { db: DB.into(), key: key(s).into_bytes(), val: id.to_ne_bytes().to_vec() });
+                dmtcp::kv_put(DB, key(s).into_bytes(), id.to_ne_bytes().to_vec());
             }
-            None => crate::log::warn(format_args!(
+            None => dmtcp::warn(format_args!(
                 "System V {} {} cannot be re-created: {}",
                 ["message queue", "semaphore set", "shared memory segment"][s.kind as usize],
                 s.virt,
@@ -459,39 +470,23 @@ fn restart() {
             )),
         }
     }
-    crate::posixmq::remake();
-    crate::coord::barrier("sysv:made");
+    super::posixmq::remake();
+    dmtcp::barrier("sysv:made");
     let mut known = Vec::new();
     for s in &saved {
-        let new = crate::coord::kv_get(DB, key(s).as_bytes()).flatten().and_then(|v| v.try_into().ok()).map(i32::from_ne_bytes);
+        let new = dmtcp::kv_get(DB, key(s).as_bytes()).flatten().and_then(|v| v.try_into().ok()).map(i32::from_ne_bytes);
         if let Some(real) = new {
             known.push(Id { kind: s.kind, virt: s.virt, real, key: s.key });
         }
     }
     // Objects that were gone at checkpoint time are forgotten.
     IDS.with(|v| *v = known);
-    crate::posixmq::reopen();
-    crate::sysvshm::claim_copies();
-    crate::coord::barrier("sysv:opened");
-    crate::posixmq::unlink_again();
-    crate::sysvshm::reattach();
-    crate::coord::barrier("sysv:attached");
-    crate::sysvshm::remove_destroyed(&saved);
+    super::posixmq::reopen();
+    super::sysvshm::claim_copies();
+    dmtcp::barrier("sysv:opened");
+    super::posixmq::unlink_again();
+    super::sysvshm::reattach();
+    dmtcp::barrier("sysv:attached");
+    super::sysvshm::remove_destroyed(&saved);
 }
 
-/// The plugin.
-pub struct SysvPlugin;
-
-impl Plugin for SysvPlugin {
-    fn name(&self) -> &'static str {
-        "sysv"
-    }
-    fn event(&self, ev: Event) {
-        match ev {
-            Event::PreCheckpoint => checkpoint(),
-            Event::Resume => resume(),
-            Event::Restart => restart(),
-            _ => {}
-        }
-    }
-}

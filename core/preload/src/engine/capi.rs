@@ -30,7 +30,7 @@ pub static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 pub static COORD_PORT: AtomicU32 = AtomicU32::new(0);
 
 /// The fd number the wake-up eventfd lives at.
-pub const WAKE_FD_NUM: i32 = crate::procstate::PROTECTED_FD_BASE + 3;
+pub const WAKE_FD_NUM: i32 = super::fds::PROTECTED_FD_BASE + 3;
 
 const DIR_MAX: usize = 4096;
 struct Buf(UnsafeCell<[u8; DIR_MAX]>);
@@ -64,6 +64,11 @@ pub fn set_dir(d: &str) {
     put(&CKPT_DIR, d.as_bytes());
 }
 
+/// The checkpoint directory as a NUL-terminated string in static memory.
+pub fn dir_ptr() -> *const c_char {
+    CKPT_DIR.0.get() as *const c_char
+}
+
 /// The checkpoint directory the next image goes to.
 pub fn dir() -> String {
     get(&CKPT_DIR)
@@ -81,7 +86,7 @@ pub fn open_wake_fd() {
     unsafe {
         let fd = libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK);
         if fd >= 0 {
-            libc::dup3(fd, WAKE_FD_NUM, libc::O_CLOEXEC);
+            super::fdguard::dup_own(fd, WAKE_FD_NUM);
             libc::close(fd);
             WAKE_FD.store(WAKE_FD_NUM, SeqCst);
         }
@@ -131,12 +136,12 @@ pub fn end_checkpoint(ok: bool, restarted: bool, generation: u32) {
 
 #[no_mangle]
 pub extern "C" fn dmtcp_is_enabled() -> c_int {
-    crate::is_enabled() as c_int
+    super::start::is_enabled() as c_int
 }
 
 #[no_mangle]
 pub extern "C" fn dmtcp_checkpoint() -> c_int {
-    if !crate::is_enabled() || DEPTH.with(|d| d.get()) > 0 {
+    if !super::start::is_enabled() || DEPTH.with(|d| d.get()) > 0 {
         return -1;
     }
     let (e0, r0) = (EVENTS.load(SeqCst), RESTARTS.load(SeqCst));
@@ -228,7 +233,7 @@ pub extern "C" fn dmtcp_get_generation() -> c_int {
 /// Non-null pointers must be valid for writing an int.
 #[no_mangle]
 pub unsafe extern "C" fn dmtcp_get_coordinator_status(num_peers: *mut c_int, running: *mut c_int) -> c_int {
-    if !crate::is_enabled() {
+    if !super::start::is_enabled() {
         return -1;
     }
     dmtcp_disable_ckpt();
@@ -276,14 +281,46 @@ fn query_status(host: &str, port: u16) -> Option<dmtcp_common::proto::Reply> {
     }
 }
 
+/// Holds checkpoints off while it lives. A wrapper on a user thread that
+/// takes a library lock or allocates from the library's heap must hold
+/// one: a thread suspended inside such a section would deadlock the
+/// checkpoint thread, which takes the same lock. Nests. Does nothing on
+/// the checkpoint thread (which runs the checkpoint itself) and in a vfork
+/// child (which shares its parent's memory but is not the process the
+/// library serves: it must not take part in the parent's bookkeeping).
+pub struct CkptHold(bool);
+
+impl CkptHold {
+    pub fn new() -> CkptHold {
+        if !super::start::is_enabled() || super::fork::in_vfork_child() || on_ckpt_thread() {
+            return CkptHold(false);
+        }
+        CkptHold(dmtcp_disable_ckpt() == 1)
+    }
+}
+
+impl Default for CkptHold {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for CkptHold {
+    fn drop(&mut self) {
+        if self.0 {
+            dmtcp_enable_ckpt();
+        }
+    }
+}
+
 /// Plugin hooks run on the checkpoint thread; the name service and
 /// barriers share its coordinator connection and are refused elsewhere.
 fn on_ckpt_thread() -> bool {
     let me = dmtcp_sys::gettid();
-    let own = crate::threads::OWN.load(SeqCst);
-    crate::threads::SLOTS[..own]
+    let own = super::threads::OWN.load(SeqCst);
+    super::threads::SLOTS[..own]
         .iter()
-        .any(|s| s.kind.load(SeqCst) == crate::threads::KIND_CKPT && s.tid.load(SeqCst) == me)
+        .any(|s| s.kind.load(SeqCst) == super::threads::KIND_CKPT && s.tid.load(SeqCst) == me)
 }
 
 /// # Safety
@@ -322,7 +359,7 @@ pub unsafe extern "C" fn dmtcp_send_key_val_pair_to_coordinator(
     if !on_ckpt_thread() {
         return -1;
     }
-    if crate::coord::send(&dmtcp_common::proto::ToCoord::KvPut { db, key, val }) {
+    if super::coord::send(&dmtcp_common::proto::ToCoord::KvPut { db, key, val }) {
         1
     } else {
         -1
@@ -350,7 +387,7 @@ pub unsafe extern "C" fn dmtcp_send_query_to_coordinator(
     if !on_ckpt_thread() || val_len.is_null() {
         return -1;
     }
-    match crate::coord::kv_get(&db, &key) {
+    match super::coord::kv_get(&db, &key) {
         Some(Some(v)) => {
             // SAFETY: val_len is valid (checked non-null); val holds *val_len bytes.
             unsafe {
@@ -380,11 +417,38 @@ pub unsafe extern "C" fn dmtcp_global_barrier(name: *const c_char) -> c_int {
     if !on_ckpt_thread() {
         return -1;
     }
-    if crate::coord::barrier(&format!("user:{name}")) {
+    if super::coord::barrier(&format!("user:{name}")) {
         1
     } else {
         -1
     }
+}
+
+/// What `dmtcp_exclude_memory` does with a range.
+pub const MEM_SAVE: c_int = 0;
+pub const MEM_SKIP: c_int = 1;
+pub const MEM_ZERO: c_int = 2;
+
+/// Keep `[addr, addr+len)` out of images: `DMTCP_MEM_SKIP`, nothing is
+/// mapped there after a restart (the caller re-creates it, device memory
+/// for instance); `DMTCP_MEM_ZERO`, restored as zero-filled memory;
+/// `DMTCP_MEM_SAVE`, saved again. Returns 1, or -1 for a bad argument.
+#[no_mangle]
+pub extern "C" fn dmtcp_exclude_memory(addr: *const core::ffi::c_void, len: usize, how: c_int) -> c_int {
+    let start = addr as u64;
+    if start % 4096 != 0 || !(MEM_SAVE..=MEM_ZERO).contains(&how) {
+        return -1;
+    }
+    let len = (len as u64).div_ceil(4096) * 4096;
+    let _hold = CkptHold::new();
+    super::memory::skip(start, 0);
+    super::memory::unexclude(start);
+    match how {
+        MEM_SKIP => super::memory::skip(start, len),
+        MEM_ZERO => super::memory::exclude(start, len),
+        _ => {}
+    }
+    1
 }
 
 /// Virtual-id tables: name -> (virtual -> real). In the library's heap, so
@@ -395,16 +459,9 @@ static VIDS: std::sync::Mutex<Option<std::collections::HashMap<String, std::coll
 /// Run `f` on the tables. From a user thread this happens inside a disabled
 /// section, so no checkpoint can suspend a thread holding the lock; plugin
 /// hooks (on the checkpoint thread) use it directly.
-fn with_vids<R>(f: impl FnOnce(&mut std::collections::HashMap<String, std::collections::BTreeMap<u64, u64>>) -> R) -> R {
-    let user = !on_ckpt_thread();
-    if user {
-        dmtcp_disable_ckpt();
-    }
-    let r = f(VIDS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Default::default));
-    if user {
-        dmtcp_enable_ckpt();
-    }
-    r
+pub(crate) fn with_vids<R>(f: impl FnOnce(&mut std::collections::HashMap<String, std::collections::BTreeMap<u64, u64>>) -> R) -> R {
+    let _hold = CkptHold::new();
+    f(VIDS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Default::default))
 }
 
 /// Map virtual id `virt` to real id `real` in `table` (creates or updates).

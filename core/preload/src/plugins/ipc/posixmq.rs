@@ -12,6 +12,8 @@
 //! a queue that had been unlinked while open is unlinked again after the
 //! barrier `sysv:opened`.
 
+use crate::engine::iface as dmtcp;
+
 const DB: &str = "dmtcp:mq";
 /// `MQUEUE_MAGIC`: the file system of message queue fds.
 const MQUEUE_MAGIC: i64 = 0x1980_0202;
@@ -31,7 +33,7 @@ pub struct Mq {
     msgs: Vec<(u32, Vec<u8>)>,
 }
 
-static SAVED: crate::flock::FLock<Vec<Mq>> = crate::flock::FLock::new(Vec::new());
+static SAVED: dmtcp::FLock<Vec<Mq>> = dmtcp::FLock::new(Vec::new());
 
 /// Is `fd` a message queue?
 pub fn is_mqueue(fd: i32) -> bool {
@@ -63,7 +65,7 @@ fn ino(fd: i32) -> u64 {
 /// Before the barrier `sysv:elect`: find the process's queues and publish them.
 pub fn publish(pid: i32) -> Vec<Mq> {
     let mut out = Vec::new();
-    for (fd, target) in crate::procstate::fds_with_targets() {
+    for (fd, target) in dmtcp::fds::fds_with_targets() {
         if !target.starts_with('/') || !is_mqueue(fd) {
             continue;
         }
@@ -85,7 +87,7 @@ pub fn publish(pid: i32) -> Vec<Mq> {
             !same
         };
         let key = format!("{target}:{}", ino(fd));
-        crate::coord::send(&dmtcp_common::proto::ToCoord::KvPut { db: DB.into(), key: key.into_bytes(), val: pid.to_ne_bytes().to_vec() });
+        dmtcp::kv_put(DB, key.into_bytes(), pid.to_ne_bytes().to_vec());
         out.push(Mq {
             fd,
             name: target,
@@ -109,14 +111,14 @@ pub fn save(mut qs: Vec<Mq>, pid: i32, coordinated: bool) {
     for q in qs.iter_mut() {
         let i = ino(q.fd);
         let key = format!("{}:{i}", q.name);
-        let owner = if coordinated { crate::coord::kv_get(DB, key.as_bytes()).flatten() } else { None };
+        let owner = if coordinated { dmtcp::kv_get(DB, key.as_bytes()).flatten() } else { None };
         q.leader = owner.is_none_or(|o| o == pid.to_ne_bytes()) && !done.contains(&i);
         if !q.leader {
             continue;
         }
         done.push(i);
         if q.oflags & libc::O_ACCMODE != libc::O_RDWR {
-            crate::log::warn(format_args!("message queue {} (fd {}) is not open for reading and writing: its messages are not saved", q.name, q.fd));
+            dmtcp::warn(format_args!("message queue {} (fd {}) is not open for reading and writing: its messages are not saved", q.name, q.fd));
             continue;
         }
         let mut buf = vec![0u8; q.msgsize.max(1) as usize];
@@ -152,7 +154,7 @@ pub fn remake() {
             a.mq_msgsize = q.msgsize;
             let fd = libc::mq_open(n.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC, q.mode, &a);
             if fd < 0 {
-                crate::log::warn(format_args!("message queue {} cannot be re-created: {}", q.name, std::io::Error::last_os_error()));
+                dmtcp::warn(format_args!("message queue {} cannot be re-created: {}", q.name, std::io::Error::last_os_error()));
                 continue;
             }
             for (prio, m) in &q.msgs {
@@ -172,7 +174,7 @@ pub fn reopen() {
         unsafe {
             let fd = libc::mq_open(n.as_ptr(), (q.oflags & libc::O_ACCMODE) | libc::O_CLOEXEC);
             if fd < 0 {
-                crate::log::warn(format_args!("message queue {} (fd {}) cannot be opened again: {}", q.name, q.fd, std::io::Error::last_os_error()));
+                dmtcp::warn(format_args!("message queue {} (fd {}) cannot be opened again: {}", q.name, q.fd, std::io::Error::last_os_error()));
                 continue;
             }
             if fd != q.fd {

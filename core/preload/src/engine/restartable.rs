@@ -8,7 +8,8 @@
 //! with the time that is left, when the call failed with `EINTR` and a
 //! checkpoint (or a restart) happened meanwhile. A genuine `EINTR` from
 //! the program's own signal is passed on, unless a checkpoint happened in
-//! the same call.
+//! the same call. The masks `ppoll`, `pselect` and `epoll_pwait` install
+//! while they wait never block the checkpoint signal.
 
 use core::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
@@ -16,7 +17,7 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-fn now_ns() -> i128 {
+pub(crate) fn now_ns() -> i128 {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes our struct.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
@@ -24,7 +25,7 @@ fn now_ns() -> i128 {
 }
 
 fn checkpoints() -> u32 {
-    crate::api::EVENTS.load(SeqCst)
+    super::capi::EVENTS.load(SeqCst)
 }
 
 /// Call until the call did not fail with `EINTR` because of a checkpoint.
@@ -49,7 +50,7 @@ fn ms_left(ms: i32, start: i128) -> i32 {
 }
 
 /// A timespec's time left since `start` (None: no limit).
-fn ts_left(t: Option<libc::timespec>, start: i128) -> Option<libc::timespec> {
+pub(crate) fn ts_left(t: Option<libc::timespec>, start: i128) -> Option<libc::timespec> {
     let t = t?;
     let total = t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
     let left = (total - (now_ns() - start)).max(0);
@@ -59,7 +60,7 @@ fn ts_left(t: Option<libc::timespec>, start: i128) -> Option<libc::timespec> {
 macro_rules! libc_fn {
     ($slot:ident, $name:literal, $ty:ty) => {{
         static $slot: AtomicUsize = AtomicUsize::new(0);
-        let f = crate::libc_fn(&$slot, $name);
+        let f = super::start::libc_fn(&$slot, $name);
         if f == 0 {
             // SAFETY: errno is thread-local.
             unsafe { *libc::__errno_location() = libc::ENOSYS };
@@ -105,6 +106,8 @@ pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, ms: libc:
 #[no_mangle]
 pub unsafe extern "C" fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, t: *const libc::timespec, mask: *const libc::sigset_t) -> libc::c_int {
     let f = libc_fn!(PPOLL, c"ppoll", PpollFn);
+    let mut copy = super::sigwrap::empty_set();
+    let mask = super::sigwrap::without_ckpt(mask, &mut copy);
     let start = now_ns();
     // SAFETY: the caller's timeout, if any, is readable.
     let total = (!t.is_null()).then(|| unsafe { *t });
@@ -148,6 +151,8 @@ pub unsafe extern "C" fn pselect(
     mask: *const libc::sigset_t,
 ) -> libc::c_int {
     let f = libc_fn!(PSELECT, c"pselect", PselectFn);
+    let mut copy = super::sigwrap::empty_set();
+    let mask = super::sigwrap::without_ckpt(mask, &mut copy);
     let start = now_ns();
     // SAFETY: the caller's timeout, if any, is readable.
     let total = (!t.is_null()).then(|| unsafe { *t });
@@ -184,6 +189,8 @@ pub unsafe extern "C" fn epoll_pwait(
     mask: *const libc::sigset_t,
 ) -> libc::c_int {
     let f = libc_fn!(EPOLL_PWAIT, c"epoll_pwait", EpollPwaitFn);
+    let mut copy = super::sigwrap::empty_set();
+    let mask = super::sigwrap::without_ckpt(mask, &mut copy);
     let start = now_ns();
     // SAFETY: forwarding the caller's arguments.
     again(|| unsafe { f(ep, evs, max, ms_left(ms, start), mask) })
@@ -228,7 +235,7 @@ pub unsafe extern "C" fn nanosleep(req: *const libc::timespec, rem: *mut libc::t
 #[no_mangle]
 pub unsafe extern "C" fn clock_nanosleep(clock: libc::clockid_t, flags: libc::c_int, req: *const libc::timespec, rem: *mut libc::timespec) -> libc::c_int {
     static CLOCK_NANOSLEEP: AtomicUsize = AtomicUsize::new(0);
-    let f = crate::libc_fn(&CLOCK_NANOSLEEP, c"clock_nanosleep");
+    let f = super::start::libc_fn(&CLOCK_NANOSLEEP, c"clock_nanosleep");
     if f == 0 || req.is_null() {
         return libc::ENOSYS;
     }

@@ -8,7 +8,7 @@
 //! until the epoch changes. Everything here that runs in the handler is
 //! async-signal-safe: raw syscalls and atomics only, no allocation, no lock.
 
-use crate::arch::{self, Ctx};
+use super::arch::{self, Ctx};
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
@@ -293,10 +293,55 @@ pub fn sigpending() -> u64 {
     set
 }
 
+/// glibc's rseq registration (glibc 2.35 and later register an rseq area
+/// for every thread unless `glibc.pthread.rseq=0`): the area's offset from
+/// the thread pointer, and whether glibc registered at all. Read at
+/// start-up; a restored thread is a new kernel thread and must register
+/// its area again (processes started without dmtcp_launch's environment,
+/// by ssh or an MPI launcher, keep rseq on).
+static RSEQ_OFFSET: core::sync::atomic::AtomicIsize = core::sync::atomic::AtomicIsize::new(0);
+static RSEQ_ON: AtomicBool = AtomicBool::new(false);
+/// The signature glibc registers with (x86_64).
+const RSEQ_SIG: usize = 0x5305_3053;
+/// The length glibc registers (struct rseq, as the kernel first defined it).
+const RSEQ_LEN: usize = 32;
+
+/// Learn glibc's rseq registration (start-up).
+pub fn init_rseq() {
+    // SAFETY: dlsym lookups of glibc's exported data symbols.
+    let (size, offset) = unsafe { (libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()), libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr())) };
+    if size.is_null() || offset.is_null() {
+        return;
+    }
+    // SAFETY: glibc's `const unsigned int __rseq_size` and `const ptrdiff_t __rseq_offset`.
+    let (size, offset) = unsafe { (*(size as *const u32), *(offset as *const isize)) };
+    if size > 0 {
+        RSEQ_OFFSET.store(offset, SeqCst);
+        RSEQ_ON.store(true, SeqCst);
+    }
+}
+
+/// Register again the rseq area of the calling thread, whose thread pointer
+/// is `fs` (after a restart; async-signal-safe).
+pub fn reregister_rseq(fs: u64) {
+    if !RSEQ_ON.load(Relaxed) || fs == 0 {
+        return;
+    }
+    let area = (fs as isize + RSEQ_OFFSET.load(Relaxed)) as usize;
+    // SAFETY: the area is in this thread's restored TLS block; no critical
+    // section is under way on a thread that was suspended in our handler,
+    // so its rseq_cs (offset 8) is cleared before the kernel reads it.
+    unsafe {
+        core::ptr::write_volatile((area + 8) as *mut u64, 0);
+        syscall6(nr::RSEQ, area, RSEQ_LEN, 0, RSEQ_SIG, 0, 0);
+    }
+}
+
 /// Re-apply, after a restart, the per-thread kernel state saved by [`capture`]
 /// (the thread pointer and tid address were given to clone already).
 pub fn reapply(slot: &Slot) {
     slot.tid.store(dmtcp_sys::gettid(), Relaxed);
+    reregister_rseq(slot.fs.load(Relaxed));
     let head = slot.robust_head.load(Relaxed);
     if head != 0 {
         // SAFETY: the list head lives in restored memory at the same address.
@@ -351,7 +396,7 @@ extern "C" fn suspended_wait(arg: *mut c_void) -> u64 {
 pub extern "C" fn on_ckpt_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut c_void) {
     if !ACTIVE.load(SeqCst) {
         // Not a checkpoint: the program's own use of this signal.
-        crate::sigwrap::forward(sig, info, uc);
+        super::sigwrap::forward(sig, info, uc);
         return;
     }
     // SAFETY: errno is this thread's; preserved around our syscalls.
@@ -372,7 +417,7 @@ pub extern "C" fn on_ckpt_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut 
             reapply(slot);
             wait_epoch(seen);
         }
-        crate::plugin::run_user(crate::plugin::Event::ThreadResume);
+        super::plugin::run_user(super::plugin::Event::ThreadResume);
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
@@ -387,11 +432,11 @@ pub fn install_handler(sig: i32) -> std::io::Result<()> {
         sa.sa_sigaction = on_ckpt_signal as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         libc::sigfillset(&mut sa.sa_mask);
-        if crate::sigwrap::real_sigaction(sig, &sa) != 0 {
+        if super::sigwrap::real_sigaction(sig, &sa) != 0 {
             return Err(std::io::Error::last_os_error());
         }
     }
-    crate::sigwrap::activate();
+    super::sigwrap::activate();
     Ok(())
 }
 
@@ -465,7 +510,7 @@ pub fn suspend_all() -> usize {
             dmtcp_sys::futex_wait(&SUSPENDED, got as u32, 5_000_000);
             waited_ms += 5;
             if waited_ms.is_multiple_of(10_000) {
-                crate::log::warn(format_args!(
+                super::log::warn(format_args!(
                     "still waiting for {} thread(s) to suspend (do they block signal {sig}?)",
                     signalled.len() - got - exited
                 ));

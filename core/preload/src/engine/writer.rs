@@ -10,9 +10,9 @@
 //! atomic counter. The index and header are written afterwards by the
 //! checkpoint thread; the file is fsync'd and renamed into place.
 
-use crate::arch;
-use crate::memory::{Item, Plan, Select};
-use crate::threads::{self, Slot};
+use super::arch;
+use super::memory::{Item, Plan, Select};
+use super::threads::{self, Slot};
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
@@ -62,7 +62,7 @@ static JOB: Job = Job {
 };
 
 /// A writer's buffers. They live in scratch mappings that are left out of
-/// images (see [`crate::memory::exclude`]): writers scribble on them while
+/// images (see [`super::memory::exclude`]): writers scribble on them while
 /// memory is being written, and nothing in them matters after a restart.
 struct WState {
     descs: *mut ChunkDesc,
@@ -71,6 +71,8 @@ struct WState {
     /// this struct lives) does not change while it is being written.
     hot: *mut Hot,
     pm: *mut u64,
+    /// mincore() results for one item (shared anonymous memory).
+    mc: *mut u8,
     zbuf: *mut u8,
     vbuf: *mut u8,
     zcap: usize,
@@ -130,7 +132,7 @@ fn scratch(size: usize) -> *mut u8 {
         libc::mmap(core::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0)
     };
     assert!(p != libc::MAP_FAILED, "scratch mapping");
-    crate::memory::exclude(p as u64, size as u64);
+    super::memory::exclude(p as u64, size as u64);
     p as *mut u8
 }
 
@@ -142,7 +144,7 @@ pub fn start(n: usize) {
         let csize = unsafe { zstd_sys::ZSTD_estimateCCtxSize(ZSTD_LEVEL) };
         let cmem = scratch(csize);
         // SAFETY: pure function.
-        let bound = unsafe { zstd_sys::ZSTD_compressBound(crate::memory::ITEM_PAGES as usize * PAGE) };
+        let bound = unsafe { zstd_sys::ZSTD_compressBound(super::memory::ITEM_PAGES as usize * PAGE) };
         let zcap = bound.div_ceil(PAGE) * PAGE;
         let w: &'static Writer = Box::leak(Box::new(Writer {
             slot: AtomicPtr::new(core::ptr::null_mut()),
@@ -150,9 +152,10 @@ pub fn start(n: usize) {
                 descs: core::ptr::null_mut(),
                 descs_cap: 0,
                 hot: scratch(core::mem::size_of::<Hot>()) as *mut Hot,
-                pm: scratch(crate::memory::ITEM_PAGES as usize * 8) as *mut u64,
+                pm: scratch(super::memory::ITEM_PAGES as usize * 8) as *mut u64,
+                mc: scratch(super::memory::ITEM_PAGES as usize),
                 zbuf: scratch(zcap),
-                vbuf: scratch(crate::memory::ITEM_PAGES as usize * PAGE),
+                vbuf: scratch(super::memory::ITEM_PAGES as usize * PAGE),
                 zcap,
                 cmem,
                 csize,
@@ -250,7 +253,7 @@ fn want(select: Select, e: u64, addr: u64) -> bool {
     let swapped = e >> 62 & 1 != 0;
     let file = e >> 61 & 1 != 0;
     match select {
-        Select::Anon => (present || swapped) && !is_zero(addr),
+        Select::Anon | Select::SharedAnon => (present || swapped) && !is_zero(addr),
         Select::Cow => (present && !file) || swapped,
         Select::Image => !is_zero(addr),
         Select::Shared => true,
@@ -262,7 +265,7 @@ fn process(st: &mut WState, it: &Item) -> Result<(), i32> {
     // The Vec itself is never modified during a job (an image taken now
     // must hold it intact): work on a slice view of its buffer.
     // SAFETY: the scratch buffer holds ITEM_PAGES entries; items are at most that long.
-    let pm = unsafe { core::slice::from_raw_parts_mut(st.pm, pages.min(crate::memory::ITEM_PAGES as usize)) };
+    let pm = unsafe { core::slice::from_raw_parts_mut(st.pm, pages.min(super::memory::ITEM_PAGES as usize)) };
     process_with(st, it, pm)
 }
 
@@ -286,6 +289,21 @@ fn process_with(st: &mut WState, it: &Item, pm: &mut [u64]) -> Result<(), i32> {
             break;
         }
         got += r as usize;
+    }
+    if it.select == Select::SharedAnon {
+        // The shared object may hold pages this process never mapped:
+        // count the ones in memory (mincore looks at the object's page
+        // cache), and read them through our mapping.
+        // SAFETY: the scratch buffer holds ITEM_PAGES bytes; items are at most that long.
+        let mc = unsafe { core::slice::from_raw_parts_mut(st.mc, pages) };
+        // SAFETY: mincore on a mapped range of ours, one byte per page into our buffer.
+        if unsafe { libc::mincore(it.start as *mut c_void, pages * PAGE, mc.as_mut_ptr()) } == 0 {
+            for (e, m) in pm.iter_mut().zip(mc.iter()) {
+                if m & 1 != 0 {
+                    *e |= 1 << 63;
+                }
+            }
+        }
     }
     let addr = |i: usize| it.start + (i * PAGE) as u64;
     let mut runs = 0;
@@ -412,7 +430,7 @@ pub fn prepare(n_items: usize) -> bool {
         if st.descs_cap < need {
             if !st.descs.is_null() {
                 let old = (st.descs_cap * core::mem::size_of::<ChunkDesc>()).div_ceil(PAGE) * PAGE;
-                crate::memory::unexclude(st.descs as u64);
+                super::memory::unexclude(st.descs as u64);
                 // SAFETY: unmapping our own previous scratch buffer.
                 unsafe { libc::munmap(st.descs as *mut c_void, old) };
             }
@@ -463,7 +481,7 @@ pub fn write_image(dir: &Path, name: &str, plan: &Plan, meta: &mut Meta, compres
         let st = unsafe { &mut *w.st.get() };
         st.hot().descs_len = 0;
     }
-    crate::memory::open_up(plan);
+    super::memory::open_up(plan);
     JOB.items.store(plan.items.as_ptr() as *mut Item, SeqCst);
     JOB.n.store(plan.items.len(), SeqCst);
     JOB.next.store(0, SeqCst);
@@ -492,7 +510,7 @@ pub fn write_image(dir: &Path, name: &str, plan: &Plan, meta: &mut Meta, compres
         threads::reapply(ckpt_slot);
         return Outcome::Restarted;
     }
-    crate::memory::close_down(plan);
+    super::memory::close_down(plan);
     // SAFETY: closing fds we opened.
     unsafe {
         if pm_fd >= 0 {

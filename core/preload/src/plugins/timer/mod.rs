@@ -9,7 +9,7 @@
 //! timers) re-creates the POSIX timers at the same ids, in order, with
 //! throw-away timers filling gaps, arms everything with the remaining
 //! times, and raises the pending signals again; signals pending for one
-//! thread are raised by that thread itself (`threads::reapply`). A
+//! thread are raised by that thread itself (the engine, when it resumes). A
 //! checkpoint that is only resumed changes nothing: the kernel kept it all.
 //!
 //! Real-time signals queued for the process come back as often as they
@@ -17,13 +17,12 @@
 //! `rt_sigtimedwait` at checkpoint time and queued again at once).
 //!
 //! Real-time signals queued for one thread are kept the same way by the
-//! thread itself when it suspends (`threads::capture`).
+//! thread itself when it suspends (the engine).
 //!
 //! Limits: timers of clocks that count CPU time of another
 //! process are not re-created.
 
-use crate::plugin::{Event, Plugin};
-use crate::threads;
+use crate::engine::iface::{self as dmtcp, Event, Plugin};
 use dmtcp_sys::{nr, syscall3};
 use std::sync::Mutex;
 
@@ -203,9 +202,9 @@ impl Plugin for TimerPlugin {
         let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         match ev {
             Event::PreCheckpoint => {
-                let pending = threads::sigpending();
-                threads::SHARED_PENDING.store(pending, core::sync::atomic::Ordering::SeqCst);
-                s.queued = capture_queued(pending, threads::CKPT_SIGNAL.load(core::sync::atomic::Ordering::SeqCst));
+                let pending = dmtcp::process_pending();
+                dmtcp::set_process_pending(pending);
+                s.queued = capture_queued(pending, dmtcp::ckpt_signal());
                 s.itimers.clear();
                 for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
                     // SAFETY: a zeroed itimerval for getitimer to fill.
@@ -244,7 +243,7 @@ impl Plugin for TimerPlugin {
                         id = create(t);
                     }
                     if id != t.id {
-                        crate::log::warn(format_args!("POSIX timer {} came back as {id}", t.id));
+                        dmtcp::warn(format_args!("POSIX timer {} came back as {id}", t.id));
                         continue;
                     }
                     // SAFETY: timer_settime reads our itimerspec.
@@ -258,8 +257,8 @@ impl Plugin for TimerPlugin {
                     // SAFETY: setitimer reads our struct.
                     unsafe { libc::setitimer(*which, v, core::ptr::null_mut()) };
                 }
-                let ckpt_bit = 1u64 << (threads::CKPT_SIGNAL.load(core::sync::atomic::Ordering::SeqCst) - 1);
-                let mut shared = threads::SHARED_PENDING.load(core::sync::atomic::Ordering::SeqCst) & !ckpt_bit;
+                let ckpt_bit = 1u64 << (dmtcp::ckpt_signal() - 1);
+                let mut shared = dmtcp::saved_process_pending() & !ckpt_bit;
                 for q in &s.queued {
                     shared &= !(1u64 << (q.signo() - 1));
                 }

@@ -15,7 +15,7 @@
 //! after the file and socket plugins at restart (it is registered before
 //! them).
 
-use crate::plugin::{Event, Plugin};
+use crate::engine::iface::{self as dmtcp, Event, FdDesc, Plugin, Tree};
 use dmtcp_common::image::EvfdRec;
 
 #[derive(Clone, Debug)]
@@ -36,10 +36,10 @@ struct Ev {
     kind: Kind,
 }
 
-static SAVED: crate::flock::FLock<Vec<Ev>> = crate::flock::FLock::new(Vec::new());
+static SAVED: dmtcp::FLock<Vec<Ev>> = dmtcp::FLock::new(Vec::new());
 
 /// Eventfds for the image (read when the tree is captured).
-pub fn records() -> Vec<EvfdRec> {
+fn records() -> Vec<EvfdRec> {
     SAVED.with(|v| {
         v.iter()
             .filter_map(|e| match &e.kind {
@@ -100,13 +100,13 @@ fn parse(fd: i32, target: &str, info: &str) -> Option<Kind> {
                 v.iter().filter(|x| x.0 == fd && live.contains(&x.1)).map(|x| (x.1, x.2, x.3.clone())).collect()
             });
             for wd in live.iter().filter(|wd| !w.iter().any(|x| x.0 == **wd)) {
-                crate::log::warn(format_args!("inotify fd {fd}: watch {wd} was added before this program started; it will not come back"));
+                dmtcp::warn(format_args!("inotify fd {fd}: watch {wd} was added before this program started; it will not come back"));
             }
             w.sort_by_key(|x| x.0);
             let mut pending: i32 = 0;
             // SAFETY: FIONREAD writes an int.
             if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut pending) } == 0 && pending > 0 {
-                crate::log::warn(format_args!("inotify fd {fd}: {pending} bytes of events not read yet will not survive a restart"));
+                dmtcp::warn(format_args!("inotify fd {fd}: {pending} bytes of events not read yet will not survive a restart"));
             }
             Some(Kind::Inotify(w))
         }
@@ -115,7 +115,7 @@ fn parse(fd: i32, target: &str, info: &str) -> Option<Kind> {
 }
 
 /// Is this fd target one of ours?
-pub fn handles(target: &str) -> bool {
+fn handles(target: &str) -> bool {
     matches!(
         target,
         "anon_inode:[eventpoll]" | "anon_inode:[eventfd]" | "anon_inode:[timerfd]" | "anon_inode:[signalfd]" | "anon_inode:inotify"
@@ -125,7 +125,7 @@ pub fn handles(target: &str) -> bool {
 /// inotify watches the program added: (fd, wd, mask, absolute path).
 /// Kept by the wrappers below (the kernel shows a watch's inode, not its
 /// path); inherited across fork with the process's memory.
-static WATCHES: crate::flock::FLock<Vec<(i32, i32, u32, String)>> = crate::flock::FLock::new(Vec::new());
+static WATCHES: dmtcp::FLock<Vec<(i32, i32, u32, String)>> = dmtcp::FLock::new(Vec::new());
 
 type AddWatchFn = unsafe extern "C" fn(libc::c_int, *const libc::c_char, u32) -> libc::c_int;
 type RmWatchFn = unsafe extern "C" fn(libc::c_int, libc::c_int) -> libc::c_int;
@@ -137,12 +137,15 @@ type RmWatchFn = unsafe extern "C" fn(libc::c_int, libc::c_int) -> libc::c_int;
 #[no_mangle]
 pub unsafe extern "C" fn inotify_add_watch(fd: libc::c_int, path: *const libc::c_char, mask: u32) -> libc::c_int {
     static REAL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-    let f = crate::libc_fn(&REAL, c"inotify_add_watch");
+    let f = dmtcp::libc_fn(&REAL, c"inotify_add_watch");
     if f == 0 {
         // SAFETY: errno is thread-local.
         unsafe { *libc::__errno_location() = libc::ENOSYS };
         return -1;
     }
+    // The watch and its record appear in one image or in neither; the
+    // record allocates from the library's heap and takes its lock.
+    let _hold = dmtcp::CkptHold::new();
     // SAFETY: libc's function with the caller's arguments.
     let wd = unsafe { core::mem::transmute::<usize, AddWatchFn>(f)(fd, path, mask) };
     if wd >= 0 && !path.is_null() {
@@ -172,12 +175,13 @@ pub unsafe extern "C" fn inotify_add_watch(fd: libc::c_int, path: *const libc::c
 #[no_mangle]
 pub unsafe extern "C" fn inotify_rm_watch(fd: libc::c_int, wd: libc::c_int) -> libc::c_int {
     static REAL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-    let f = crate::libc_fn(&REAL, c"inotify_rm_watch");
+    let f = dmtcp::libc_fn(&REAL, c"inotify_rm_watch");
     if f == 0 {
         // SAFETY: errno is thread-local.
         unsafe { *libc::__errno_location() = libc::ENOSYS };
         return -1;
     }
+    let _hold = dmtcp::CkptHold::new();
     // SAFETY: libc's function with the caller's arguments.
     let r = unsafe { core::mem::transmute::<usize, RmWatchFn>(f)(fd, wd) };
     if r == 0 {
@@ -216,7 +220,7 @@ fn remake_inotify(e: &Ev, watches: &[(i32, u32, String)]) -> i32 {
         }
         let got = add(path, *mask);
         if got != *wd {
-            crate::log::warn(format_args!("inotify fd {}: watch of {path} came back as {got}, not {wd}", e.fd));
+            dmtcp::warn(format_args!("inotify fd {}: watch of {path} came back as {got}, not {wd}", e.fd));
         }
         if got >= 0 {
             next = got + 1;
@@ -249,7 +253,7 @@ fn remake_inotify(e: &Ev, watches: &[(i32, u32, String)]) -> i32 {
 
 fn checkpoint() {
     let mut out = Vec::new();
-    for (fd, target) in crate::procstate::fds_with_targets() {
+    for (fd, target) in dmtcp::fds::fds_with_targets() {
         if !handles(&target) {
             continue;
         }
@@ -276,7 +280,7 @@ fn place(nfd: i32, e: &Ev) {
 }
 
 fn warn_fail(e: &Ev, what: &str) {
-    crate::log::warn(format_args!("fd {} ({what}) cannot be re-created: {}; it stays closed", e.fd, std::io::Error::last_os_error()));
+    dmtcp::warn(format_args!("fd {} ({what}) cannot be re-created: {}; it stays closed", e.fd, std::io::Error::last_os_error()));
 }
 
 /// `_IOW('T', 0, u64)`: set a timerfd's expiration count (needs a kernel
@@ -289,8 +293,8 @@ fn restart() {
     for e in &saved {
         match &e.kind {
             Kind::Eventfd(_) => {
-                if crate::procstate::fd_target(e.fd) != "anon_inode:[eventfd]" {
-                    crate::log::warn(format_args!("eventfd at fd {} was not re-created (restart without a pid namespace?)", e.fd));
+                if dmtcp::fds::fd_target(e.fd) != "anon_inode:[eventfd]" {
+                    dmtcp::warn(format_args!("eventfd at fd {} was not re-created (restart without a pid namespace?)", e.fd));
                     continue;
                 }
                 place(e.fd, e);
@@ -368,7 +372,7 @@ fn restart() {
             let mut ev = libc::epoll_event { events, u64: data };
             // SAFETY: epoll_ctl reads our event.
             if unsafe { libc::epoll_ctl(e.fd, libc::EPOLL_CTL_ADD, tfd, &mut ev) } != 0 {
-                crate::log::warn(format_args!(
+                dmtcp::warn(format_args!(
                     "epoll fd {}: cannot watch fd {tfd} again: {}",
                     e.fd,
                     std::io::Error::last_os_error()
@@ -391,5 +395,16 @@ impl Plugin for EventPlugin {
             Event::Restart => restart(),
             _ => {}
         }
+    }
+    fn claims_fd(&self, d: &FdDesc) -> bool {
+        handles(d.target)
+    }
+    /// Eventfds shared between processes are made by dmtcp_restart; the
+    /// others this plugin re-creates after the file plugin's restart.
+    fn keeps_fd(&self, fd: i32) -> bool {
+        dmtcp::fds::fd_target(fd) == "anon_inode:[eventfd]"
+    }
+    fn records(&self, tree: &mut Tree) {
+        tree.evfds = records();
     }
 }

@@ -25,7 +25,7 @@
 //! ones (the bytes it had not read, then EOF or a reset) and, once the
 //! whole job is back, runs the same exchange as on resume.
 
-use crate::plugin::{Event, Plugin};
+use crate::engine::iface::{self as dmtcp, Event, FdDesc, Plugin, Tree};
 use dmtcp_common::image::{SockRec, SockState};
 
 const DB: &str = "dmtcp:sock";
@@ -58,10 +58,10 @@ struct Sock {
     peerkey: String,
 }
 
-static SAVED: crate::flock::FLock<Vec<Sock>> = crate::flock::FLock::new(Vec::new());
+static SAVED: dmtcp::FLock<Vec<Sock>> = dmtcp::FLock::new(Vec::new());
 
 /// Records for the image (read when the tree is captured).
-pub fn records() -> Vec<SockRec> {
+fn records() -> Vec<SockRec> {
     SAVED.with(|s| s.iter().map(|x| x.rec.clone()).collect())
 }
 
@@ -297,7 +297,7 @@ fn scan(boot: &str) -> Vec<Sock> {
     // SAFETY: a netlink socket of our own for sock_diag queries.
     let nl = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
     let mut out = Vec::new();
-    for (fd, target) in crate::procstate::socket_fds() {
+    for (fd, target) in dmtcp::fds::socket_fds() {
         let Some(ino) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).and_then(|t| t.parse::<u64>().ok()) else {
             continue;
         };
@@ -584,7 +584,7 @@ fn drain(socks: &mut [Sock]) {
         sent: usize,
         done: bool,
     }
-    let mut st: Vec<D> = idx.iter().map(|&i| D { i, old: crate::procstate::set_nonblock(socks[i].rec.fd, true), sent: 0, done: false }).collect();
+    let mut st: Vec<D> = idx.iter().map(|&i| D { i, old: dmtcp::fds::set_nonblock(socks[i].rec.fd, true), sent: 0, done: false }).collect();
     let start = std::time::Instant::now();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -629,7 +629,7 @@ fn drain(socks: &mut [Sock]) {
             for d in st.iter().filter(|d| !d.done || d.sent < COOKIE.len()) {
                 let s = &mut socks[d.i];
                 s.failed = true;
-                crate::log::warn(format_args!(
+                dmtcp::warn(format_args!(
                     "socket fd {}: the other end did not finish draining within 30 s; {} bytes in flight may be lost",
                     s.rec.fd,
                     s.data.len()
@@ -645,24 +645,24 @@ fn drain(socks: &mut [Sock]) {
 }
 
 fn checkpoint() {
-    let boot = crate::boot_id();
+    let boot = dmtcp::boot_id();
     let mut socks = scan(&boot);
     let pid = dmtcp_sys::getpid();
-    let put = |k: String, v: Vec<u8>| crate::coord::send(&dmtcp_common::proto::ToCoord::KvPut { db: DB.into(), key: k.into_bytes(), val: v });
+    let put = |k: String, v: Vec<u8>| dmtcp::kv_put(DB, k.into_bytes(), v);
     for s in &socks {
         put(format!("o:{boot}:{}", s.rec.ino), pid.to_ne_bytes().to_vec());
         if s.stream_conn {
             put(s.endkey.clone(), vec![s.my_shut as u8 | (s.peer_shut as u8) << 1]);
         }
     }
-    let coordinated = crate::coord::barrier("sock:elect");
+    let coordinated = dmtcp::barrier("sock:elect");
     for s in socks.iter_mut() {
-        let owner = if coordinated { crate::coord::kv_get(DB, format!("o:{boot}:{}", s.rec.ino).as_bytes()).flatten() } else { None };
+        let owner = if coordinated { dmtcp::kv_get(DB, format!("o:{boot}:{}", s.rec.ino).as_bytes()).flatten() } else { None };
         s.leader = owner.is_none_or(|o| o == pid.to_ne_bytes());
         if !s.stream_conn {
             continue;
         }
-        let other = if coordinated && !s.peerkey.is_empty() { crate::coord::kv_get(DB, s.peerkey.as_bytes()).flatten() } else { None };
+        let other = if coordinated && !s.peerkey.is_empty() { dmtcp::kv_get(DB, s.peerkey.as_bytes()).flatten() } else { None };
         match other {
             Some(v) => {
                 let o = v.first().copied().unwrap_or(3);
@@ -709,15 +709,15 @@ fn exchange(list: Vec<(i32, Vec<u8>, bool)>, barrier: &str) {
             out.extend_from_slice(&MAGIC);
             out.extend_from_slice(&(data.len() as u64).to_le_bytes());
             out.extend_from_slice(&data);
-            Ex { fd, old: crate::procstate::set_nonblock(fd, true), out, sent: 0, hdr: [0; 16], got: 0, body: Vec::new(), need: 0, in_done: false, wb: 0, shut_after, broken: false }
+            Ex { fd, old: dmtcp::fds::set_nonblock(fd, true), out, sent: 0, hdr: [0; 16], got: 0, body: Vec::new(), need: 0, in_done: false, wb: 0, shut_after, broken: false }
         })
         .collect();
     run_exchange(&mut ex, false);
-    crate::coord::barrier(barrier);
+    dmtcp::barrier(barrier);
     run_exchange(&mut ex, true);
     for e in &ex {
         if e.broken {
-            crate::log::warn(format_args!("socket fd {}: the connection broke while its bytes in flight were put back", e.fd));
+            dmtcp::warn(format_args!("socket fd {}: the connection broke while its bytes in flight were put back", e.fd));
         }
         restore_flags(e.fd, e.old);
         if e.shut_after {
@@ -762,7 +762,7 @@ fn run_exchange(ex: &mut [Ex], writeback: bool) {
                             e.got += n;
                             if e.got == 16 {
                                 if e.hdr[..8] != MAGIC {
-                                    crate::log::warn(format_args!("socket fd {}: unexpected bytes instead of the refill message", e.fd));
+                                    dmtcp::warn(format_args!("socket fd {}: unexpected bytes instead of the refill message", e.fd));
                                     e.broken = true;
                                 }
                                 let mut l = [0u8; 8];
@@ -815,11 +815,11 @@ fn run_exchange(ex: &mut [Ex], writeback: bool) {
         let t = start.elapsed();
         if t > std::time::Duration::from_secs(10) && !warned {
             warned = true;
-            crate::log::warn(format_args!("refilling {} socket(s) takes long: waiting for the other ends", pfds.len()));
+            dmtcp::warn(format_args!("refilling {} socket(s) takes long: waiting for the other ends", pfds.len()));
         }
         if t > std::time::Duration::from_secs(120) {
             for p in &pfds {
-                crate::log::warn(format_args!("socket fd {}: gave up refilling after 120 s; bytes in flight were lost", p.fd));
+                dmtcp::warn(format_args!("socket fd {}: gave up refilling after 120 s; bytes in flight were lost", p.fd));
             }
             for e in ex.iter_mut() {
                 if pfds.iter().any(|p| p.fd == e.fd) {
@@ -846,7 +846,7 @@ fn resume() {
 }
 
 fn is_socket(fd: i32) -> bool {
-    crate::procstate::fd_is(fd, libc::S_IFSOCK)
+    dmtcp::fds::fd_is(fd, libc::S_IFSOCK)
 }
 
 /// A closed connection of the same kind at `s.rec.fd`: the bytes that were
@@ -856,7 +856,7 @@ fn make_dead(s: &Sock) {
     let p = match dmtcp_common::sock::pair(r) {
         Ok((near, far)) => [near, far],
         Err(e) => {
-            crate::log::warn(format_args!("socket fd {}: cannot re-create it closed: {e}", r.fd));
+            dmtcp::warn(format_args!("socket fd {}: cannot re-create it closed: {e}", r.fd));
             return;
         }
     };
@@ -880,7 +880,7 @@ fn make_dead(s: &Sock) {
                 }
             }
             if done < s.data.len() {
-                crate::log::warn(format_args!("socket fd {}: {} of its {} unread bytes could not be put back", r.fd, s.data.len() - done, s.data.len()));
+                dmtcp::warn(format_args!("socket fd {}: {} of its {} unread bytes could not be put back", r.fd, s.data.len() - done, s.data.len()));
             }
         }
         if r.domain != libc::AF_UNIX && !s.peer_shut {
@@ -910,7 +910,7 @@ fn restart() {
                     make_dead(&Sock { data: Vec::new(), ..s.clone() });
                 }
             } else if !is_socket(r.fd) {
-                crate::log::warn(format_args!("socket fd {} was not re-created (restart without a pid namespace?); it stays closed", r.fd));
+                dmtcp::warn(format_args!("socket fd {} was not re-created (restart without a pid namespace?); it stays closed", r.fd));
                 continue;
             }
             put_back_opts(s);
@@ -934,7 +934,7 @@ fn put_back_opts(s: &Sock) {
 
 /// After the whole job is back (the "restarted" barrier), before user
 /// threads run: refill in-job connections.
-pub fn after_restart() {
+fn after_restart() {
     let list: Vec<(i32, Vec<u8>, bool)> = SAVED.with(|v| {
         v.iter_mut()
             .filter(|s| s.leader && s.stream_conn && s.rec.state == SockState::Pair && is_socket(s.rec.fd))
@@ -952,7 +952,7 @@ pub fn after_restart() {
 /// that window to connections made in the last instants before suspension.
 fn let_accepts_finish() {
     let start = std::time::Instant::now();
-    let listeners: Vec<i32> = crate::procstate::socket_fds()
+    let listeners: Vec<i32> = dmtcp::fds::socket_fds()
         .into_iter()
         .map(|(fd, _)| fd)
         .filter(|&fd| {
@@ -980,7 +980,18 @@ impl Plugin for SocketPlugin {
             Event::PreCheckpoint => checkpoint(),
             Event::Resume => resume(),
             Event::Restart => restart(),
+            Event::Restarted => after_restart(),
             _ => {}
         }
+    }
+    fn claims_fd(&self, d: &FdDesc) -> bool {
+        d.fmt == libc::S_IFSOCK
+    }
+    /// Sockets are made by dmtcp_restart (or by this plugin's restart).
+    fn keeps_fd(&self, fd: i32) -> bool {
+        is_socket(fd)
+    }
+    fn records(&self, tree: &mut Tree) {
+        tree.socks = records();
     }
 }

@@ -1,7 +1,7 @@
 //! The connection to the coordinator, kept at a fixed, protected fd number so
 //! that after a restart the same object works on the new socket.
 
-use crate::procstate::PROTECTED_FD_BASE;
+use super::fds::PROTECTED_FD_BASE;
 use dmtcp_common::proto::{FromCoord, ToCoord};
 use std::io::{BufReader, Read, Write};
 
@@ -50,7 +50,7 @@ impl Coord {
         if fd != COORD_FD {
             // SAFETY: dup2/close of fds we own.
             unsafe {
-                libc::dup2(fd, COORD_FD);
+                super::fdguard::dup_own(fd, COORD_FD);
                 libc::close(fd);
             }
         }
@@ -81,7 +81,7 @@ impl Coord {
 
 /// The connection, shared by the checkpoint thread and the plugin hooks it
 /// runs (never used by user threads).
-pub static LINK: crate::flock::FLock<Option<Coord>> = crate::flock::FLock::new(None);
+pub static LINK: super::flock::FLock<Option<Coord>> = super::flock::FLock::new(None);
 
 /// Install the connection (start-up).
 pub fn install(c: Coord) {

@@ -88,10 +88,8 @@ pub fn capture(tids: Vec<i32>) -> Tree {
     // SAFETY: these calls only read the calling process's ids.
     let (pgid, sid) = unsafe { (libc::getpgid(0), libc::getsid(0)) };
     let zombies = children().into_iter().filter_map(|c| zombie_status(c).map(|s| (c, s))).collect();
-    let pipes = crate::procstate::PIPES.with(|p| p.clone());
-    let socks = crate::sockets::records();
-    let evfds = crate::eventfds::records();
-    let files = crate::procstate::FILES.with(|f| f.clone());
-    let (ptys, ctty) = crate::procstate::PTYS.with(|p| p.clone());
-    Tree { ppid, pgid, sid, tids, zombies, pipes, socks, evfds, files, ptys, ctty }
+    let mut tree = Tree { ppid, pgid, sid, tids, zombies, ..Default::default() };
+    // Pipes, sockets, event fds, shared files and ptys: the plugins' records.
+    super::plugin::records(&mut tree);
+    tree
 }

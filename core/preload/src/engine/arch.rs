@@ -161,7 +161,7 @@ pub unsafe fn clone3_into(args: &dmtcp_sys::restore::CloneArgs, ctx: *const Ctx)
 /// with internal calls the library cannot see, so they are defined here.
 /// Each spills its five register arguments after `path` next to each other
 /// and passes them, with the address of the arguments on the caller's
-/// stack, to [`crate::exec_list`], which collects the NULL-terminated list
+/// stack, to [`crate::engine::exec::exec_list`], which collects the NULL-terminated list
 /// (x86-64 passes variadic pointers like fixed ones).
 macro_rules! exec_list_fn {
     ($name:ident, $kind:literal) => {
@@ -187,7 +187,7 @@ macro_rules! exec_list_fn {
                 "call {imp}",
                 "leave",
                 "ret",
-                imp = sym crate::exec_list,
+                imp = sym crate::engine::exec::exec_list,
             )
         }
     };

@@ -6,7 +6,7 @@
 //! mapping made once, so memory allocated after the memory plan is taken is
 //! still inside a planned area (and freed memory is never unmapped).
 
-use crate::flock::FLock;
+use super::flock::FLock;
 use core::sync::atomic::{AtomicUsize, Ordering::*};
 use std::alloc::{GlobalAlloc, Layout};
 

@@ -1,157 +1,36 @@
-//! Per-process kernel state that is not memory: the internal "process"
-//! plugin (cwd, umask, resource limits, signal actions) and the "file"
-//! plugin (file descriptors).
+//! The internal "file" plugin: the fds no other plugin claims. Regular
+//! files, directories and devices (reopened by path at their offset, with
+//! the locks the process held; files shared between processes keep one
+//! open file description), named pipes with their bytes, pipes with both
+//! ends inside the process, deleted-but-open files (kept in the image).
+//!
+//! Other kinds of fd belong to the plugin that claims them
+//! ([`Plugin::claims_fd`]): sockets, event fds, terminals, message queues.
+//! The file plugin records them only to know, at restart, which fds that
+//! `dmtcp_restart` or their plugin put in place it must not close.
 //!
 //! Captured at pre-checkpoint time, while user threads are suspended:
 //! everything here uses raw syscalls or libc calls that do not allocate
 //! (allocation goes to the library's own allocator).
 
-use crate::plugin::{Event, Plugin};
+use crate::engine::iface::{self as dmtcp, fds, FdDesc, Event, Plugin, Tree};
+use fds::{fd_is, fd_target, list_fds, move_fd, set_nonblock};
 use std::ffi::CString;
 use std::sync::Mutex;
-
-/// Raw kernel sigaction (as rt_sigaction reads and writes it).
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct KSigaction {
-    pub handler: u64,
-    pub flags: u64,
-    pub restorer: u64,
-    pub mask: u64,
-}
-
-const NSIG: usize = 65;
-
-/// Signal actions saved at checkpoint time, restored first thing at restart
-/// (static, so the restart entry can reach them with no allocation).
-pub static mut SIGACTIONS: [KSigaction; NSIG] = [KSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 }; NSIG];
-
-/// Save every signal action (called with user threads suspended).
-pub fn save_sigactions() {
-    for sig in 1..NSIG {
-        if sig == 9 || sig == 19 {
-            continue;
-        }
-        let mut old = KSigaction::default();
-        // SAFETY: rt_sigaction with a null new action only writes `old`.
-        let r = unsafe { dmtcp_sys::syscall6(dmtcp_sys::nr::RT_SIGACTION, sig, 0, &mut old as *mut KSigaction as usize, 8, 0, 0) };
-        if r == 0 {
-            // SAFETY: only the checkpoint thread writes this table, with user
-            // threads suspended; the restart entry reads it single-threaded.
-            unsafe { (*core::ptr::addr_of_mut!(SIGACTIONS))[sig] = old };
-        }
-    }
-}
-
-/// Re-install the saved signal actions (restart entry; raw syscalls only).
-pub fn restore_sigactions() {
-    for sig in 1..NSIG {
-        if sig == 9 || sig == 19 {
-            continue;
-        }
-        // SAFETY: single-threaded restart entry reads the static table.
-        let a = unsafe { (*core::ptr::addr_of!(SIGACTIONS))[sig] };
-        // SAFETY: rt_sigaction reads our struct; handlers are at their old addresses.
-        unsafe { dmtcp_sys::syscall6(dmtcp_sys::nr::RT_SIGACTION, sig, &a as *const KSigaction as usize, 0, 8, 0, 0) };
-    }
-}
-
-#[derive(Default)]
-struct ProcSaved {
-    cwd: Option<CString>,
-    umask: u32,
-    rlimits: Vec<(i32, libc::rlimit)>,
-}
-
-/// cwd, umask, resource limits and signal actions.
-pub struct ProcessPlugin {
-    saved: Mutex<ProcSaved>,
-}
-
-impl ProcessPlugin {
-    pub fn new() -> Self {
-        ProcessPlugin { saved: Mutex::new(ProcSaved::default()) }
-    }
-}
-
-impl Plugin for ProcessPlugin {
-    fn name(&self) -> &'static str {
-        "process"
-    }
-    fn event(&self, ev: Event) {
-        let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
-        match ev {
-            Event::PreCheckpoint => {
-                save_sigactions();
-                let mut buf = vec![0u8; 4096];
-                // SAFETY: getcwd writes into our buffer.
-                let p = unsafe { libc::getcwd(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
-                s.cwd = if p.is_null() {
-                    None
-                } else {
-                    let n = buf.iter().position(|&c| c == 0).unwrap_or(0);
-                    CString::new(&buf[..n]).ok()
-                };
-                // SAFETY: umask read-and-restore.
-                unsafe {
-                    let m = libc::umask(0o022);
-                    libc::umask(m);
-                    s.umask = m;
-                }
-                s.rlimits.clear();
-                for r in 0..16 {
-                    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-                    // SAFETY: getrlimit writes our struct.
-                    if unsafe { libc::getrlimit(r as _, &mut l) } == 0 {
-                        s.rlimits.push((r, l));
-                    }
-                }
-            }
-            Event::Restart => {
-                if let Some(c) = &s.cwd {
-                    // SAFETY: chdir to a NUL-terminated path.
-                    if unsafe { libc::chdir(c.as_ptr()) } != 0 {
-                        crate::log::warn(format_args!("cannot return to directory {c:?}: {}", std::io::Error::last_os_error()));
-                    }
-                }
-                // SAFETY: plain umask/setrlimit calls.
-                unsafe {
-                    libc::umask(s.umask);
-                    for (r, l) in &s.rlimits {
-                        if libc::setrlimit(*r as _, l) != 0 {
-                            // Raising a hard limit needs privilege: keep what we can.
-                            let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-                            libc::getrlimit(*r as _, &mut cur);
-                            let soft = libc::rlimit { rlim_cur: l.rlim_cur.min(cur.rlim_max), rlim_max: cur.rlim_max };
-                            libc::setrlimit(*r as _, &soft);
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum FdKind {
     /// Regular file, directory or character device: reopened by path.
     Path,
-    /// A terminal: at restart, fds 0-2 keep the terminal dmtcp_restart got.
-    Tty,
     /// Read end of a pipe whose write end is also in this process.
     PipeRead { ino: u64 },
     /// Write end of such a pipe.
     PipeWrite { ino: u64 },
-    /// A socket: the socket plugin restores it.
-    Socket,
-    /// epoll, eventfd, timerfd, signalfd: the event plugin restores it.
-    Event,
-    /// A POSIX message queue: the sysv plugin restores it.
-    Mqueue,
+    /// Claimed by the plugin of that name, which saves and restores it.
+    Owned(&'static str),
     /// A named pipe (FIFO), reopened by path.
     Fifo { dev: u64, ino: u64 },
-    /// Anything else (event fds, ...).
+    /// Anything else: not restored (fds 0-2 keep what dmtcp_restart got).
     Other,
 }
 
@@ -180,7 +59,7 @@ const F_GETOWN_EX: i32 = 16;
 
 /// Save the contents of every open regular file (`--ckpt-open-files`);
 /// set at start-up.
-pub static SAVE_OPEN_FILES: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+static SAVE_OPEN_FILES: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// Largest file whose contents are kept in an image.
 const MAX_SAVED_FILE: u64 = 1 << 30;
 
@@ -300,7 +179,7 @@ fn retake_locks(locks: &[Lock]) {
             }
         };
         if r != 0 {
-            crate::log::warn(format_args!("fd {fd}: the lock the program held cannot be taken again: {}", std::io::Error::last_os_error()));
+            dmtcp::warn(format_args!("fd {fd}: the lock the program held cannot be taken again: {}", std::io::Error::last_os_error()));
         }
     }
 }
@@ -334,29 +213,6 @@ impl FilePlugin {
     }
 }
 
-/// First fd number the library keeps for itself.
-pub const PROTECTED_FD_BASE: i32 = 820;
-
-fn list_fds() -> Vec<i32> {
-    let mut out = Vec::new();
-    // SAFETY: open of a literal path.
-    let d = unsafe { libc::open(c"/proc/self/fd".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-    if d < 0 {
-        return out;
-    }
-    let mut buf = vec![0u8; 8192];
-    dmtcp_sys::for_each_dirent(d, &mut buf, |name| {
-        if let Some(fd) = dmtcp_sys::parse_decimal(name) {
-            if fd != d {
-                out.push(fd);
-            }
-        }
-    });
-    // SAFETY: closing our fd.
-    unsafe { libc::close(d) };
-    out
-}
-
 /// A regular file's whole contents, read through a new open of the fd
 /// (the program's may be write-only; its offset is left alone).
 fn read_contents(fd: i32) -> std::io::Result<Vec<u8>> {
@@ -376,7 +232,7 @@ fn put_back(path: &str, data: &[u8]) {
     use std::io::Write;
     let r = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).and_then(|mut f| f.write_all(data));
     if let Err(e) = r {
-        crate::log::warn(format_args!("cannot put back the contents of {path}: {e}"));
+        dmtcp::warn(format_args!("cannot put back the contents of {path}: {e}"));
     }
 }
 
@@ -411,53 +267,8 @@ fn recreate_deleted(target: &str, data: &[u8], flags: i32) -> i32 {
     fd
 }
 
-/// The program's fds with what they lead to (library fds left out).
-pub fn fds_with_targets() -> Vec<(i32, String)> {
-    list_fds().into_iter().filter(|fd| !(PROTECTED_FD_BASE..PROTECTED_FD_BASE + 10).contains(fd)).map(|fd| (fd, readlink_fd(fd))).collect()
-}
-
-/// The process's sockets: (fd, "socket:[inode]").
-pub fn socket_fds() -> Vec<(i32, String)> {
-    fds_with_targets().into_iter().filter(|(_, t)| t.starts_with("socket:[")).collect()
-}
-
-/// What `fd` leads to ("" if it is closed).
-pub fn fd_target(fd: i32) -> String {
-    readlink_fd(fd)
-}
-
-fn readlink_fd(fd: i32) -> String {
-    let p = CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default();
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: readlink writes at most buf.len() bytes.
-    let n = unsafe { libc::readlink(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
-    if n <= 0 {
-        return String::new();
-    }
-    buf.truncate(n as usize);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 fn pipe_ino(target: &str) -> Option<u64> {
     target.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
-}
-
-/// Is `fd` open and of file type `fmt` (`S_IFSOCK`, `S_IFIFO`, ...)?
-pub(crate) fn fd_is(fd: i32, fmt: u32) -> bool {
-    // SAFETY: fstat into a zeroed struct; fails cleanly on a closed fd.
-    let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == fmt }
-}
-
-/// Set or clear O_NONBLOCK; the flags before.
-pub(crate) fn set_nonblock(fd: i32, on: bool) -> i32 {
-    // SAFETY: fcntl flag manipulation on an fd of ours.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK });
-        fl
-    }
 }
 
 fn refill(fd_write: i32, data: &[u8]) {
@@ -466,7 +277,7 @@ fn refill(fd_write: i32, data: &[u8]) {
         // SAFETY: writing our buffer into the pipe.
         let n = unsafe { libc::write(fd_write, data[done..].as_ptr() as *const libc::c_void, data.len() - done) };
         if n <= 0 {
-            crate::log::warn(format_args!("could not refill a pipe ({} bytes lost)", data.len() - done));
+            dmtcp::warn(format_args!("could not refill a pipe ({} bytes lost)", data.len() - done));
             return;
         }
         done += n as usize;
@@ -480,10 +291,10 @@ impl FilePlugin {
         let fds = list_fds();
         let mut infos = Vec::new();
         for fd in fds {
-            if (PROTECTED_FD_BASE..PROTECTED_FD_BASE + 10).contains(&fd) {
+            if fds::is_protected(fd) {
                 continue;
             }
-            let target = readlink_fd(fd);
+            let target = fd_target(fd);
             // SAFETY: fstat/fcntl/lseek on a live fd, writing our struct.
             let (st, flags, fdflags, offset) = unsafe {
                 let mut st: libc::stat = std::mem::zeroed();
@@ -491,22 +302,15 @@ impl FilePlugin {
                 (st, libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD), libc::lseek(fd, 0, libc::SEEK_CUR))
             };
             let fmt = st.st_mode & libc::S_IFMT;
-            // SAFETY: isatty on a live fd.
-            let tty = unsafe { libc::isatty(fd) } == 1;
-            let kind = if tty {
-                FdKind::Tty
-            } else if crate::eventfds::handles(&target) {
-                FdKind::Event
-            } else if fmt == libc::S_IFREG && crate::posixmq::is_mqueue(fd) {
-                FdKind::Mqueue
+            let owner = dmtcp::fd_owner(&FdDesc { fd, target: &target, fmt, flags });
+            let kind = if let Some(name) = owner {
+                FdKind::Owned(name)
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
                 if target.starts_with('/') {
                     FdKind::Path
                 } else {
                     FdKind::Other
                 }
-            } else if fmt == libc::S_IFSOCK {
-                FdKind::Socket
             } else if fmt == libc::S_IFIFO && target.starts_with('/') {
                 FdKind::Fifo { dev: st.st_dev, ino: st.st_ino }
 
@@ -531,17 +335,12 @@ impl FilePlugin {
             }
             match read_contents(i.fd) {
                 Ok(data) => s.contents.push((id, data)),
-                Err(e) => crate::log::warn(format_args!("fd {} ({}): contents not saved: {e}", i.fd, i.target)),
+                Err(e) => dmtcp::warn(format_args!("fd {} ({}): contents not saved: {e}", i.fd, i.target)),
             }
         }
         s.locks = held_locks(&infos);
-        let ttys: Vec<(i32, &str)> = infos.iter().filter(|i| i.kind == FdKind::Tty).map(|i| (i.fd, i.target.as_str())).collect();
-        let found = crate::ptys::publish(&ttys);
         let files = Self::shared_files(s, &infos);
         FILES.with(|f| *f = files);
-        let flags_of = |fd: i32| infos.iter().find(|i| i.fd == fd).map_or(0, |i| i.flags);
-        let ptys = crate::ptys::collect(&found, flags_of);
-        PTYS.with(|p| *p = ptys);
         // Drain each pipe once (first read end found here). A pipe read by
         // several processes is drained by each of them in part: bytes are
         // kept, their order across readers is not.
@@ -593,22 +392,18 @@ impl FilePlugin {
         for i in infos {
             if let FdKind::Fifo { dev, ino } = i.kind {
                 if i.flags & libc::O_ACCMODE != libc::O_WRONLY {
-                    crate::coord::send(&dmtcp_common::proto::ToCoord::KvPut {
-                        db: "dmtcp:file".into(),
-                        key: fifo_key(dev, ino).into_bytes(),
-                        val: me.to_ne_bytes().to_vec(),
-                    });
+                    dmtcp::kv_put("dmtcp:file", fifo_key(dev, ino).into_bytes(), me.to_ne_bytes().to_vec());
                 }
             }
         }
-        if !crate::coord::barrier("file:owners") {
+        if !dmtcp::barrier("file:owners") {
             return Vec::new();
         }
         for i in &regs {
             // SAFETY: making ourselves the owner of our own fd's file.
             unsafe { libc::fcntl(i.fd, libc::F_SETOWN, me) };
         }
-        if !crate::coord::barrier("file:elect") {
+        if !dmtcp::barrier("file:elect") {
             return Vec::new();
         }
         s.fifo_data.clear();
@@ -617,7 +412,7 @@ impl FilePlugin {
             if i.flags & libc::O_ACCMODE == libc::O_WRONLY || s.fifo_data.iter().any(|(x, _)| *x == (dev, ino)) {
                 continue;
             }
-            let lead = crate::coord::kv_get("dmtcp:file", fifo_key(dev, ino).as_bytes()).flatten().is_some_and(|v| v == me.to_ne_bytes());
+            let lead = dmtcp::kv_get("dmtcp:file", fifo_key(dev, ino).as_bytes()).flatten().is_some_and(|v| v == me.to_ne_bytes());
             if lead {
                 s.fifo_data.push(((dev, ino), drain_fifo(i.fd)));
             }
@@ -697,19 +492,16 @@ impl FilePlugin {
             .iter()
             .filter(|i| match i.kind {
                 FdKind::PipeRead { .. } | FdKind::PipeWrite { .. } => fd_is(i.fd, libc::S_IFIFO),
-                FdKind::Socket => fd_is(i.fd, libc::S_IFSOCK),
-                FdKind::Event => fd_target(i.fd) == "anon_inode:[eventfd]",
-                FdKind::Mqueue => crate::posixmq::is_mqueue(i.fd),
-                // A pty of the job, re-made by dmtcp_restart.
-                FdKind::Tty => SHARED_INSTALLED.with(|v| v.contains(&i.fd)),
+                // Its plugin says (made by dmtcp_restart, or by the plugin).
+                FdKind::Owned(owner) => dmtcp::owner_keeps(owner, i.fd),
                 // Shared with other processes: dmtcp_restart opened it once.
-                FdKind::Path => SHARED_INSTALLED.with(|v| v.contains(&i.fd)) && fd_target(i.fd) == i.target,
+                FdKind::Path => fds::installed_by_restart(i.fd) && fd_target(i.fd) == i.target,
                 _ => false,
             })
             .map(|i| i.fd)
             .collect();
         for fd in list_fds() {
-            if fd > 2 && !installed.contains(&fd) && !(PROTECTED_FD_BASE..PROTECTED_FD_BASE + 10).contains(&fd) {
+            if fd > 2 && !installed.contains(&fd) && !fds::is_protected(fd) {
                 // SAFETY: closing an fd inherited from dmtcp_restart.
                 unsafe { libc::close(fd) };
             }
@@ -729,14 +521,7 @@ impl FilePlugin {
         let mut pipes_done: Vec<u64> = Vec::new();
         for i in &s.fds {
             match &i.kind {
-                FdKind::Tty if installed.contains(&i.fd) => {
-                    // SAFETY: flags of a pty end dmtcp_restart gave us.
-                    unsafe {
-                        libc::fcntl(i.fd, libc::F_SETFD, if i.cloexec { libc::FD_CLOEXEC } else { 0 });
-                        libc::fcntl(i.fd, libc::F_SETFL, i.flags & (libc::O_NONBLOCK | libc::O_APPEND));
-                    }
-                }
-                FdKind::Tty | FdKind::Other if i.fd <= 2 => {} // keep what dmtcp_restart gave us
+                FdKind::Other if i.fd <= 2 => {} // keep what dmtcp_restart gave us
                 FdKind::Path if installed.contains(&i.fd) => {
                     // SAFETY: the fd flag of a file dmtcp_restart gave us.
                     unsafe { libc::fcntl(i.fd, libc::F_SETFD, if i.cloexec { libc::FD_CLOEXEC } else { 0 }) };
@@ -744,7 +529,7 @@ impl FilePlugin {
                 FdKind::Fifo { dev, ino } => {
                     let nfd = reopen_fifo(&i.target, i.flags);
                     if nfd < 0 {
-                        crate::log::warn(format_args!("cannot reopen the named pipe {} as fd {}: {}", i.target, i.fd, std::io::Error::last_os_error()));
+                        dmtcp::warn(format_args!("cannot reopen the named pipe {} as fd {}: {}", i.target, i.fd, std::io::Error::last_os_error()));
                         continue;
                     }
                     // SAFETY: our new fd onto the program's number.
@@ -764,7 +549,7 @@ impl FilePlugin {
                     let data = s.contents.iter().find(|(x, _)| *x == id).map(|(_, d)| d.as_slice()).unwrap_or(&[]);
                     let nfd = recreate_deleted(&i.target, data, i.flags);
                     if nfd < 0 {
-                        crate::log::warn(format_args!("cannot re-create the deleted file {} as fd {}", i.target, i.fd));
+                        dmtcp::warn(format_args!("cannot re-create the deleted file {} as fd {}", i.target, i.fd));
                         continue;
                     }
                     // SAFETY: our new fd onto the program's number, at its offset.
@@ -780,7 +565,7 @@ impl FilePlugin {
                     unsafe {
                         let nfd = libc::open(p.as_ptr(), fl | libc::O_CLOEXEC);
                         if nfd < 0 {
-                            crate::log::warn(format_args!(
+                            dmtcp::warn(format_args!(
                                 "cannot reopen {} as fd {}: {}",
                                 i.target,
                                 i.fd,
@@ -810,7 +595,7 @@ impl FilePlugin {
                     let both = ends.iter().any(|e| matches!(e.kind, FdKind::PipeRead { .. }))
                         && ends.iter().any(|e| matches!(e.kind, FdKind::PipeWrite { .. }));
                     if !both {
-                        crate::log::warn(format_args!(
+                        dmtcp::warn(format_args!(
                             "fd {} ({}) leads to another process and was not re-created (restart without a pid namespace?); it stays closed",
                             i.fd, i.target
                         ));
@@ -824,8 +609,8 @@ impl FilePlugin {
                     // Move the fresh ends out of the way of the target numbers first.
                     // SAFETY: fcntl dup of our own fds.
                     let (r, w) = unsafe {
-                        let r = libc::fcntl(p[0], libc::F_DUPFD_CLOEXEC, PROTECTED_FD_BASE + 10);
-                        let w = libc::fcntl(p[1], libc::F_DUPFD_CLOEXEC, PROTECTED_FD_BASE + 10);
+                        let r = libc::fcntl(p[0], libc::F_DUPFD_CLOEXEC, fds::PROTECTED_FD_BASE + fds::PROTECTED_FD_COUNT);
+                        let w = libc::fcntl(p[1], libc::F_DUPFD_CLOEXEC, fds::PROTECTED_FD_BASE + fds::PROTECTED_FD_COUNT);
                         libc::close(p[0]);
                         libc::close(p[1]);
                         (r, w)
@@ -847,19 +632,9 @@ impl FilePlugin {
                         libc::close(w);
                     }
                 }
-                FdKind::Tty => {
-                    // A terminal beyond stdio: give it the terminal we run on, if any.
-                    // SAFETY: dup/open of our fds.
-                    unsafe {
-                        let t = libc::open(c"/dev/tty".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-                        if t >= 0 {
-                            move_fd(t, i.fd, i.cloexec);
-                        }
-                    }
-                }
-                FdKind::Socket | FdKind::Event | FdKind::Mqueue => {} // the socket, event and sysv plugins'
+                FdKind::Owned(_) => {} // its plugin's
                 FdKind::Other => {
-                    crate::log::warn(format_args!("fd {} ({}) cannot be restored yet; it stays closed", i.fd, i.target));
+                    dmtcp::warn(format_args!("fd {} ({}) cannot be restored yet; it stays closed", i.fd, i.target));
                 }
             }
         }
@@ -883,7 +658,7 @@ fn refill_all(s: &FdSaved) {
         // SAFETY: opening the pipe's other end by its /proc path.
         let w = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
         if w < 0 {
-            crate::log::warn(format_args!("could not refill the pipe at fd {rfd} ({} bytes lost)", data.len()));
+            dmtcp::warn(format_args!("could not refill the pipe at fd {rfd} ({} bytes lost)", data.len()));
             continue;
         }
         refill(w, data);
@@ -893,12 +668,7 @@ fn refill_all(s: &FdSaved) {
 }
 
 /// Regular files of the last checkpoint, keyed by open file description.
-pub static FILES: crate::flock::FLock<Vec<dmtcp_common::image::FileRec>> = crate::flock::FLock::new(Vec::new());
-/// Pseudo-terminal ends of the job and the controlling terminal's key.
-pub static PTYS: crate::flock::FLock<(Vec<dmtcp_common::image::PtyRec>, Option<String>)> = crate::flock::FLock::new((Vec::new(), None));
-/// Fds of files shared with other processes that dmtcp_restart opened once
-/// and put in place (from the restart info).
-pub static SHARED_INSTALLED: crate::flock::FLock<Vec<i32>> = crate::flock::FLock::new(Vec::new());
+static FILES: dmtcp::FLock<Vec<dmtcp_common::image::FileRec>> = dmtcp::FLock::new(Vec::new());
 
 /// Everything waiting in a pipe, read without blocking. Other processes of
 /// the job may drain the same pipe at the same moment through the same open
@@ -942,12 +712,12 @@ fn drain_pipe(fd: i32) -> Vec<u8> {
 
 /// Pipe ends of the last checkpoint: (fd, inode, is the write end). The
 /// restart of a tree re-creates each pipe once and hands its ends over.
-pub static PIPES: crate::flock::FLock<Vec<(i32, u64, bool)>> = crate::flock::FLock::new(Vec::new());
-static DRAINED: crate::flock::FLock<Vec<(i32, Vec<u8>)>> = crate::flock::FLock::new(Vec::new());
+static PIPES: dmtcp::FLock<Vec<(i32, u64, bool)>> = dmtcp::FLock::new(Vec::new());
+static DRAINED: dmtcp::FLock<Vec<(i32, Vec<u8>)>> = dmtcp::FLock::new(Vec::new());
 
 /// After the image is written, before any process of the computation goes
 /// on: put the bytes drained from pipes back.
-pub fn refill_drained() {
+fn refill_drained() {
     let drained = DRAINED.with(core::mem::take);
     let fds = PIPES.with(|p| p.clone());
     let s = FdSaved {
@@ -972,21 +742,6 @@ pub fn refill_drained() {
     refill_all(&s);
 }
 
-/// Put `nfd` at number `target` (closing `nfd`), with the given close-on-exec flag.
-///
-/// # Safety
-/// Both must be fds this process may replace.
-unsafe fn move_fd(nfd: i32, target: i32, cloexec: bool) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        if nfd != target {
-            libc::dup2(nfd, target);
-            libc::close(nfd);
-        }
-        libc::fcntl(target, libc::F_SETFD, if cloexec { libc::FD_CLOEXEC } else { 0 });
-    }
-}
-
 impl Plugin for FilePlugin {
     fn name(&self) -> &'static str {
         "file"
@@ -994,10 +749,21 @@ impl Plugin for FilePlugin {
     fn event(&self, ev: Event) {
         let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         match ev {
+            Event::Init => {
+                let v = std::env::var(dmtcp_common::env::CKPT_OPEN_FILES);
+                SAVE_OPEN_FILES.store(v.is_ok_and(|v| dmtcp_common::env::truthy(&v)), core::sync::atomic::Ordering::SeqCst);
+            }
             Event::PreCheckpoint => self.save(&mut s),
+            // After the image: bytes drained from pipes go back before any
+            // process of the job goes on.
+            Event::Written => refill_drained(),
             Event::Resume => self.resume(&s),
             Event::Restart => self.restart(&s),
             _ => {}
         }
+    }
+    fn records(&self, tree: &mut Tree) {
+        tree.pipes = PIPES.with(|p| p.clone());
+        tree.files = FILES.with(|f| f.clone());
     }
 }

@@ -4,8 +4,13 @@
 //! `sigaction` and `signal` for the checkpoint signal record the program's
 //! action instead of installing it; our handler forwards the signal to that
 //! action when no checkpoint is under way. `sigprocmask` and
-//! `pthread_sigmask` never block the checkpoint signal. (Other signals go
-//! straight to libc.)
+//! `pthread_sigmask` never block the checkpoint signal, and neither do the
+//! masks given to `sigsuspend`, `ppoll`, `pselect` and `epoll_pwait`.
+//! `sigwait`, `sigwaitinfo` and `sigtimedwait` never take the checkpoint
+//! signal out of the queue (a thread waiting on every signal would eat it,
+//! and the checkpoint would wait for that thread for ever): it is left out
+//! of the set they wait on, so it reaches our handler, and the wait goes
+//! on after the checkpoint. (Other signals go straight to libc.)
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
@@ -29,14 +34,14 @@ static USER: UserAction = UserAction(UnsafeCell::new(unsafe { core::mem::zeroed(
 
 /// Resolve libc's functions (at start-up, before any wrapper is needed).
 pub fn init() {
-    crate::libc_fn(&REAL_SIGACTION, c"sigaction");
-    crate::libc_fn(&REAL_SIGPROCMASK, c"sigprocmask");
-    crate::libc_fn(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask");
+    super::start::libc_fn(&REAL_SIGACTION, c"sigaction");
+    super::start::libc_fn(&REAL_SIGPROCMASK, c"sigprocmask");
+    super::start::libc_fn(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask");
 }
 
 /// Install `sa` for `sig` with libc's sigaction (bypassing our wrapper).
 pub fn real_sigaction(sig: c_int, sa: &libc::sigaction) -> c_int {
-    let f = crate::libc_fn(&REAL_SIGACTION, c"sigaction");
+    let f = super::start::libc_fn(&REAL_SIGACTION, c"sigaction");
     if f == 0 {
         return -1;
     }
@@ -50,7 +55,7 @@ pub fn activate() {
 }
 
 fn ckpt_sig() -> c_int {
-    crate::threads::CKPT_SIGNAL.load(Relaxed)
+    super::threads::CKPT_SIGNAL.load(Relaxed)
 }
 
 /// Called by our handler for a checkpoint signal that is not ours: do what
@@ -106,7 +111,7 @@ pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old:
         }
         return 0;
     }
-    let f = crate::libc_fn(&REAL_SIGACTION, c"sigaction");
+    let f = super::start::libc_fn(&REAL_SIGACTION, c"sigaction");
     // SAFETY: forwarding to libc's sigaction.
     unsafe { core::mem::transmute::<usize, SigactionFn>(f)(sig, act, old) }
 }
@@ -140,6 +145,101 @@ fn filtered(how: c_int, set: *const libc::sigset_t, copy: &mut libc::sigset_t) -
     copy
 }
 
+/// An empty signal set, to copy a program's set into.
+pub(crate) fn empty_set() -> libc::sigset_t {
+    // SAFETY: a zeroed sigset is a valid empty set.
+    unsafe { core::mem::zeroed() }
+}
+
+/// `mask` without the checkpoint signal, in `copy` (null stays null): for
+/// the masks a call installs while it waits, and the sets `sigwait` and its
+/// kin dequeue from.
+pub(crate) fn without_ckpt(mask: *const libc::sigset_t, copy: &mut libc::sigset_t) -> *const libc::sigset_t {
+    filtered(libc::SIG_SETMASK, mask, copy)
+}
+
+type SigsuspendFn = unsafe extern "C" fn(*const libc::sigset_t) -> c_int;
+type SigwaitFn = unsafe extern "C" fn(*const libc::sigset_t, *mut c_int) -> c_int;
+type SigwaitinfoFn = unsafe extern "C" fn(*const libc::sigset_t, *mut libc::siginfo_t) -> c_int;
+type SigtimedwaitFn = unsafe extern "C" fn(*const libc::sigset_t, *mut libc::siginfo_t, *const libc::timespec) -> c_int;
+
+macro_rules! real {
+    ($name:literal, $ty:ty, $fail:expr) => {{
+        static SLOT: AtomicUsize = AtomicUsize::new(0);
+        let f = super::start::libc_fn(&SLOT, $name);
+        if f == 0 {
+            // SAFETY: errno is thread-local.
+            unsafe { *libc::__errno_location() = libc::ENOSYS };
+            return $fail;
+        }
+        // SAFETY: dlsym found libc's function of this name and type.
+        unsafe { core::mem::transmute::<usize, $ty>(f) }
+    }};
+}
+
+/// `sigsuspend(2)`, never blocking the checkpoint signal, and waiting on
+/// when a checkpoint woke it.
+///
+/// # Safety
+/// The `sigsuspend(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn sigsuspend(mask: *const libc::sigset_t) -> c_int {
+    let f = real!(c"sigsuspend", SigsuspendFn, -1);
+    let mut copy = empty_set();
+    let m = without_ckpt(mask, &mut copy);
+    // SAFETY: forwarding to libc with our copy of the mask.
+    super::restartable::again(|| unsafe { f(m) })
+}
+
+/// `sigwait(3)` on the set without the checkpoint signal.
+///
+/// # Safety
+/// The `sigwait(3)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn sigwait(set: *const libc::sigset_t, sig: *mut c_int) -> c_int {
+    let f = real!(c"sigwait", SigwaitFn, libc::ENOSYS);
+    let mut copy = empty_set();
+    let s = without_ckpt(set, &mut copy);
+    // SAFETY: forwarding to libc with our copy of the set (libc's sigwait
+    // itself waits on after a handler ran).
+    unsafe { f(s, sig) }
+}
+
+/// `sigwaitinfo(2)` on the set without the checkpoint signal, waiting on
+/// when a checkpoint interrupted it.
+///
+/// # Safety
+/// The `sigwaitinfo(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn sigwaitinfo(set: *const libc::sigset_t, info: *mut libc::siginfo_t) -> c_int {
+    let f = real!(c"sigwaitinfo", SigwaitinfoFn, -1);
+    let mut copy = empty_set();
+    let s = without_ckpt(set, &mut copy);
+    // SAFETY: forwarding to libc with our copy of the set.
+    super::restartable::again(|| unsafe { f(s, info) })
+}
+
+/// `sigtimedwait(2)` on the set without the checkpoint signal, waiting on
+/// for the time left when a checkpoint interrupted it.
+///
+/// # Safety
+/// The `sigtimedwait(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn sigtimedwait(set: *const libc::sigset_t, info: *mut libc::siginfo_t, t: *const libc::timespec) -> c_int {
+    let f = real!(c"sigtimedwait", SigtimedwaitFn, -1);
+    let mut copy = empty_set();
+    let s = without_ckpt(set, &mut copy);
+    // SAFETY: the caller's timeout, if any, is readable.
+    let total = (!t.is_null()).then(|| unsafe { *t });
+    let start = super::restartable::now_ns();
+    super::restartable::again(|| {
+        let left = super::restartable::ts_left(total, start);
+        let lp = left.as_ref().map_or(core::ptr::null(), |l| l as *const libc::timespec);
+        // SAFETY: forwarding to libc with our copies of the set and the timeout.
+        unsafe { f(s, info, lp) }
+    })
+}
+
 /// # Safety
 /// The `sigprocmask(2)` contract.
 #[no_mangle]
@@ -147,7 +247,7 @@ pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old
     // SAFETY: a zeroed sigset is a valid empty set.
     let mut copy: libc::sigset_t = unsafe { core::mem::zeroed() };
     let s = filtered(how, set, &mut copy);
-    let f = crate::libc_fn(&REAL_SIGPROCMASK, c"sigprocmask");
+    let f = super::start::libc_fn(&REAL_SIGPROCMASK, c"sigprocmask");
     // SAFETY: forwarding to libc's sigprocmask.
     unsafe { core::mem::transmute::<usize, MaskFn>(f)(how, s, old) }
 }
@@ -159,7 +259,7 @@ pub unsafe extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t,
     // SAFETY: a zeroed sigset is a valid empty set.
     let mut copy: libc::sigset_t = unsafe { core::mem::zeroed() };
     let s = filtered(how, set, &mut copy);
-    let f = crate::libc_fn(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask");
+    let f = super::start::libc_fn(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask");
     // SAFETY: forwarding to libc's pthread_sigmask.
     unsafe { core::mem::transmute::<usize, MaskFn>(f)(how, s, old) }
 }

@@ -60,7 +60,7 @@ extern "C" fn run_call(p: *mut libc::c_void) -> *mut libc::c_void {
 
 /// The helper: wait for expirations, run each callback on a new thread.
 fn helper() {
-    let ckpt = crate::threads::CKPT_SIGNAL.load(SeqCst);
+    let ckpt = super::threads::CKPT_SIGNAL.load(SeqCst);
     let mask: u64 = !(1u64 << (ckpt - 1));
     // SAFETY: setting this thread's own signal mask.
     unsafe { dmtcp_sys::syscall6(dmtcp_sys::nr::RT_SIGPROCMASK, libc::SIG_SETMASK as usize, &mask as *const u64 as usize, 0, 8, 0, 0) };
@@ -120,7 +120,7 @@ pub unsafe extern "C" fn timer_create(clock: libc::clockid_t, sev: *mut libc::si
     // SAFETY: the caller's sigevent, if any, is readable (64 bytes).
     let thread = !sev.is_null() && unsafe { (*(sev as *const Sigevent)).notify } == libc::SIGEV_THREAD;
     if !thread {
-        let f = crate::libc_fn(&REAL, c"timer_create");
+        let f = super::start::libc_fn(&REAL, c"timer_create");
         if f == 0 {
             // SAFETY: errno is thread-local.
             unsafe { *libc::__errno_location() = libc::ENOSYS };
@@ -136,6 +136,9 @@ pub unsafe extern "C" fn timer_create(clock: libc::clockid_t, sev: *mut libc::si
         unsafe { *libc::__errno_location() = libc::EINVAL };
         return -1;
     }
+    // helper_tid may start the helper thread, and the call is allocated in
+    // the library's heap: no checkpoint may suspend this thread meanwhile.
+    let _hold = super::capi::CkptHold::new();
     let tid = helper_tid();
     if tid == 0 {
         // SAFETY: errno is thread-local.

@@ -12,6 +12,11 @@ pub enum Select {
     /// shared anonymous memory, mappings of deleted files): pages present or
     /// swapped, and not all zero (zero pages come back as zero anyway).
     Anon,
+    /// Shared anonymous memory (MAP_SHARED anonymous, memfd, System V,
+    /// deleted shared files): as `Anon`, but pages count when the shared
+    /// object holds them, not only when this process has them mapped (a
+    /// memfd filled with write(2), pages only another process touched).
+    SharedAnon,
     /// Private file mapping: pages that became private copies (written),
     /// zero or not, since the file underneath may differ.
     Cow,
@@ -24,11 +29,29 @@ pub enum Select {
     Shared,
 }
 
-/// Is this mapping the contents of a checkpoint image, mapped by a restart?
-fn is_image_mapping(name: &str) -> bool {
-    let n = name.strip_suffix(" (deleted)").unwrap_or(name);
-    let base = n.rsplit('/').next().unwrap_or(n);
-    base.starts_with("ckpt_") && base.ends_with(".dmtcp")
+/// The image file this process was last restarted from (device, inode):
+/// the restorer may have mapped memory straight from it (lazy restore).
+static IMAGE_DEV: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static IMAGE_INO: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Record the image file of this restart (from the restart info).
+pub fn set_image_file(dev: u64, ino: u64) {
+    IMAGE_DEV.store(dev, core::sync::atomic::Ordering::SeqCst);
+    IMAGE_INO.store(ino, core::sync::atomic::Ordering::SeqCst);
+}
+
+/// Is this mapping (its "major:minor" device field of /proc/self/maps and
+/// inode) the contents of the image a restart mapped? Recognised by the
+/// file, not by its name: images may be renamed, and a program may map a
+/// file of its own that happens to be named like one.
+fn is_image_mapping(dev: &str, inode: u64) -> bool {
+    let ino = IMAGE_INO.load(core::sync::atomic::Ordering::SeqCst);
+    if ino == 0 || inode != ino {
+        return false;
+    }
+    let d = IMAGE_DEV.load(core::sync::atomic::Ordering::SeqCst);
+    let (maj, min) = dev.split_once(':').unwrap_or(("", ""));
+    parse_hex(maj) == libc::major(d) as u64 && parse_hex(min) == libc::minor(d) as u64
 }
 
 /// A slice of an area for one writer to scan and write.
@@ -42,11 +65,27 @@ pub struct Item {
 }
 
 /// Scratch ranges left out of images (writer buffers): restored as zeroes.
-pub static EXCLUDED: crate::flock::FLock<Vec<(u64, u64)>> = crate::flock::FLock::new(Vec::new());
+pub static EXCLUDED: super::flock::FLock<Vec<(u64, u64)>> = super::flock::FLock::new(Vec::new());
 
 /// Leave `[start, start+len)` out of every image.
 pub fn exclude(start: u64, len: u64) {
     EXCLUDED.with(|x| x.push((start, start + len)));
+}
+
+/// Ranges left out of images entirely (`dmtcp_skip_memory`): nothing is
+/// mapped there after a restart.
+pub static SKIPPED: super::flock::FLock<Vec<(u64, u64)>> = super::flock::FLock::new(Vec::new());
+
+/// Leave `[start, start+len)` out of every image, unmapped at restart (a
+/// plugin re-creates what was there); `len` 0 stops skipping the range
+/// that starts at `start`.
+pub fn skip(start: u64, len: u64) {
+    SKIPPED.with(|x| {
+        x.retain(|r| r.0 != start);
+        if len > 0 {
+            x.push((start, start + len));
+        }
+    });
 }
 
 /// Stop excluding the range that starts at `start`.
@@ -132,14 +171,15 @@ pub fn plan() -> std::io::Result<Plan> {
     std::fs::File::open("/proc/self/maps")?.read_to_string(&mut text)?;
     let mut p = Plan { areas: Vec::new(), items: Vec::new(), special: [(0, 0); 3], reprotect: Vec::new() };
     let excluded = EXCLUDED.with(|x| x.clone());
-    let mut stacks: Vec<(u64, u64)> = crate::threads::own_stacks().collect();
+    let skipped = SKIPPED.with(|x| x.clone());
+    let mut stacks: Vec<(u64, u64)> = super::threads::own_stacks().collect();
     stacks.extend(SELF_RANGES.get().map(Vec::as_slice).unwrap_or(&[]));
     for line in text.lines() {
         let mut f = line.splitn(6, ' ');
         let range = f.next().unwrap_or("");
         let perms = f.next().unwrap_or("").as_bytes();
         let offset = parse_hex(f.next().unwrap_or("0"));
-        let _dev = f.next();
+        let dev = f.next().unwrap_or("");
         let inode: u64 = f.next().unwrap_or("0").parse().unwrap_or(0);
         let name = f.next().unwrap_or("").trim_start();
         let (s, e) = range.split_once('-').unwrap_or(("0", "0"));
@@ -154,74 +194,110 @@ pub fn plan() -> std::io::Result<Plan> {
         if name == "[vsyscall]" || dmtcp_sys::in_restorer_window(start as usize, end as usize) {
             continue;
         }
-        let mut prot = 0u32;
-        if perms[0] == b'r' {
-            prot |= libc::PROT_READ as u32;
-        }
-        if perms[1] == b'w' {
-            prot |= libc::PROT_WRITE as u32;
-        }
-        if perms[2] == b'x' {
-            prot |= libc::PROT_EXEC as u32;
-        }
-        let shared = perms[3] == b's';
-        let deleted = name.ends_with(" (deleted)");
-        let is_file = name.starts_with('/') && inode != 0;
-        let anon_shared = shared
-            && (name.starts_with("/dev/zero") || name.starts_with("/SYSV") || name.starts_with("/memfd:") || !is_file || deleted);
-        let mut file_size = 0u64;
-        let file_ok = is_file && !deleted && file_matches(name, inode, &mut file_size);
-        let (kind, select, path) = if is_image_mapping(name) && !shared {
-            (KIND_ANON_PRIVATE, Some(Select::Image), String::new())
-        } else if anon_shared {
-            (KIND_ANON_SHARED, Some(Select::Anon), String::new())
-        } else if shared && file_ok && name.starts_with("/dev/shm/") && prot & libc::PROT_WRITE as u32 != 0 {
-            // POSIX shared memory outlives the job: keep its contents as of
-            // the checkpoint, to write back at restart.
-            (KIND_FILE_SHARED, Some(Select::Shared), name.to_string())
-        } else if shared && file_ok {
-            (KIND_FILE_SHARED, None, name.to_string())
-        } else if shared {
-            (KIND_ANON_SHARED, Some(Select::Anon), String::new())
-        } else if file_ok {
-            (KIND_FILE_PRIVATE, Some(Select::Cow), name.to_string())
-        } else if is_file {
-            // A private mapping of a deleted or replaced file: keep every
-            // page we can see, restore it as anonymous memory.
-            (KIND_ANON_PRIVATE, Some(Select::Anon), String::new())
-        } else {
-            let label = if name.starts_with('[') { name.to_string() } else { String::new() };
-            (KIND_ANON_PRIVATE, Some(Select::Anon), label)
-        };
-        let mut flags = if name == "[stack]" { AREA_GROWSDOWN } else { 0 };
-        if kind == KIND_FILE_SHARED && select.is_some() {
-            flags |= AREA_SAVED;
-        }
-        let shm = if kind == KIND_ANON_SHARED { inode } else { 0 };
-        p.areas.push(Area { start, len: end - start, offset, prot, kind, flags, path, file_size, shm });
-        if let Some(select) = select {
-            if prot & libc::PROT_READ as u32 == 0 {
-                p.reprotect.push((start, end - start, prot));
+        // Ranges plugins keep out of images entirely (device memory they
+        // re-create themselves) are left out of the plan: after a restart
+        // nothing is mapped there.
+        let (orig_start, orig_offset) = (start, offset);
+        for (start, end) in minus_excluded(start, end, &skipped) {
+            let offset = orig_offset + (start - orig_start);
+            let mut prot = 0u32;
+            if perms[0] == b'r' {
+                prot |= libc::PROT_READ as u32;
             }
-            // Pages past the end of a file cannot be read (SIGBUS).
-            let end = if kind == KIND_FILE_SHARED {
-                let in_file = file_size.saturating_sub(offset).div_ceil(4096) * 4096;
-                end.min(start + in_file)
+            if perms[1] == b'w' {
+                prot |= libc::PROT_WRITE as u32;
+            }
+            if perms[2] == b'x' {
+                prot |= libc::PROT_EXEC as u32;
+            }
+            let shared = perms[3] == b's';
+            let deleted = name.ends_with(" (deleted)");
+            let is_file = name.starts_with('/') && inode != 0;
+            let anon_shared = shared
+                && (name.starts_with("/dev/zero") || name.starts_with("/SYSV") || name.starts_with("/memfd:") || !is_file || deleted);
+            let mut file_size = 0u64;
+            let file_ok = is_file && !deleted && file_matches(name, inode, &mut file_size);
+            if shared && file_ok && !anon_shared && name.starts_with("/dev/") && is_char_device(name) {
+                // Device memory (a verbs device's queues, a GPU's): the
+                // device's state, outside any image. Its plugin re-creates
+                // it; mapping the device file again would give a mapping
+                // the device no longer backs.
+                warn_device_once(name);
+                continue;
+            }
+            let (kind, select, path) = if is_image_mapping(dev, inode) && !shared {
+                (KIND_ANON_PRIVATE, Some(Select::Image), String::new())
+            } else if anon_shared {
+                (KIND_ANON_SHARED, Some(Select::SharedAnon), String::new())
+            } else if shared && file_ok && name.starts_with("/dev/shm/") && prot & libc::PROT_WRITE as u32 != 0 {
+                // POSIX shared memory outlives the job: keep its contents as of
+                // the checkpoint, to write back at restart.
+                (KIND_FILE_SHARED, Some(Select::Shared), name.to_string())
+            } else if shared && file_ok {
+                (KIND_FILE_SHARED, None, name.to_string())
+            } else if shared {
+                (KIND_ANON_SHARED, Some(Select::SharedAnon), String::new())
+            } else if file_ok {
+                (KIND_FILE_PRIVATE, Some(Select::Cow), name.to_string())
+            } else if is_file {
+                // A private mapping of a deleted or replaced file: keep every
+                // page we can see, restore it as anonymous memory.
+                (KIND_ANON_PRIVATE, Some(Select::Anon), String::new())
             } else {
-                end
+                let label = if name.starts_with('[') { name.to_string() } else { String::new() };
+                (KIND_ANON_PRIVATE, Some(Select::Anon), label)
             };
-            for (s, e) in minus_excluded(start, end, &excluded) {
-                let mut a = s;
-                while a < e {
-                    let len = (e - a).min(ITEM_PAGES * 4096);
-                    let volatile = stacks.iter().any(|&(ls, le)| a < le && ls < a + len);
-                    p.items.push(Item { start: a, len, select, volatile });
-                    a += len;
+            let mut flags = if name == "[stack]" { AREA_GROWSDOWN } else { 0 };
+            if kind == KIND_FILE_SHARED && select.is_some() {
+                flags |= AREA_SAVED;
+            }
+            let shm = if kind == KIND_ANON_SHARED { inode } else { 0 };
+            p.areas.push(Area { start, len: end - start, offset, prot, kind, flags, path, file_size, shm });
+            if let Some(select) = select {
+                if prot & libc::PROT_READ as u32 == 0 {
+                    p.reprotect.push((start, end - start, prot));
+                }
+                // Pages past the end of a file cannot be read (SIGBUS).
+                let end = if kind == KIND_FILE_SHARED {
+                    let in_file = file_size.saturating_sub(offset).div_ceil(4096) * 4096;
+                    end.min(start + in_file)
+                } else {
+                    end
+                };
+                for (s, e) in minus_excluded(start, end, &excluded) {
+                    let mut a = s;
+                    while a < e {
+                        let len = (e - a).min(ITEM_PAGES * 4096);
+                        let volatile = stacks.iter().any(|&(ls, le)| a < le && ls < a + len);
+                        p.items.push(Item { start: a, len, select, volatile });
+                        a += len;
+                    }
                 }
             }
         }
     }
     Ok(p)
+}
+
+fn is_char_device(path: &str) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device())
+}
+
+/// Devices whose mappings were left out, named once per process.
+static WARNED_DEVICES: super::flock::FLock<Vec<String>> = super::flock::FLock::new(Vec::new());
+
+fn warn_device_once(path: &str) {
+    let new = WARNED_DEVICES.with(|w| {
+        let new = !w.iter().any(|p| p == path);
+        if new {
+            w.push(path.to_string());
+        }
+        new
+    });
+    if new && !SKIPPED.with(|x| !x.is_empty()) {
+        super::log::warn(format_args!("memory mapped from the device {path} is not saved: after a restart only the plugin that drives the device can make it again"));
+    }
 }
 
 /// Does `path` still name the file mapped (same inode)? Records its size.
@@ -275,10 +351,14 @@ mod tests {
 
     #[test]
     fn image_mappings_are_recognised() {
-        assert!(super::is_image_mapping("/tmp/x/ckpt_a.out_7f-12-3.dmtcp"));
-        assert!(super::is_image_mapping("/tmp/x/ckpt_a.out_7f-12-3.dmtcp (deleted)"));
-        assert!(!super::is_image_mapping("/usr/lib/libc.so.6"));
-        assert!(!super::is_image_mapping("[heap]"));
+        // Nothing is an image before a restart, whatever its name.
+        assert!(!super::is_image_mapping("08:01", 1234));
+        assert!(!super::is_image_mapping("00:00", 0));
+        super::set_image_file(libc::makedev(0x103, 0x2a), 1234);
+        assert!(super::is_image_mapping("103:2a", 1234));
+        assert!(!super::is_image_mapping("103:2a", 1235));
+        assert!(!super::is_image_mapping("08:01", 1234));
+        assert!(!super::is_image_mapping("00:00", 0));
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! (`SHM_REMAP`); after `sysv:attached` a segment that had been removed
 //! is removed again (it lives on while attached).
 
-use crate::sysv::{Saved, SHM};
+use crate::engine::iface as dmtcp;
+use super::sysv::{Saved, SHM};
 
 const DB: &str = "dmtcp:sysv";
 /// `SHM_DEST` in `shm_perm.mode`: removed, alive while attached.
@@ -25,7 +26,7 @@ const SHM_DEST: u16 = 0o1000;
 type Attach = (i32, u64, u64, bool, bool);
 
 /// Attached segments of this process.
-static ATTACHES: crate::flock::FLock<Vec<Attach>> = crate::flock::FLock::new(Vec::new());
+static ATTACHES: dmtcp::FLock<Vec<Attach>> = dmtcp::FLock::new(Vec::new());
 
 type ShmGetFn = unsafe extern "C" fn(libc::key_t, libc::size_t, libc::c_int) -> libc::c_int;
 type ShmAtFn = unsafe extern "C" fn(libc::c_int, *const libc::c_void, libc::c_int) -> *mut libc::c_void;
@@ -36,7 +37,7 @@ static SHMAT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize:
 static SHMCTL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
 fn shmget_real(key: i32, size: usize, flags: i32) -> i32 {
-    let f = crate::libc_fn(&SHMGET, c"shmget");
+    let f = dmtcp::libc_fn(&SHMGET, c"shmget");
     if f == 0 {
         return -1;
     }
@@ -45,7 +46,7 @@ fn shmget_real(key: i32, size: usize, flags: i32) -> i32 {
 }
 
 fn shmat_real(id: i32, addr: *const libc::c_void, flags: i32) -> *mut libc::c_void {
-    let f = crate::libc_fn(&SHMAT, c"shmat");
+    let f = dmtcp::libc_fn(&SHMAT, c"shmat");
     if f == 0 {
         return usize::MAX as *mut libc::c_void;
     }
@@ -54,7 +55,7 @@ fn shmat_real(id: i32, addr: *const libc::c_void, flags: i32) -> *mut libc::c_vo
 }
 
 fn shmctl_real(id: i32, cmd: i32, buf: *mut libc::shmid_ds) -> i32 {
-    let f = crate::libc_fn(&SHMCTL, c"shmctl");
+    let f = dmtcp::libc_fn(&SHMCTL, c"shmctl");
     if f == 0 {
         return -1;
     }
@@ -74,8 +75,10 @@ fn stat(id: i32) -> Option<libc::shmid_ds> {
 /// As `shmget(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn shmget(key: libc::key_t, size: libc::size_t, flags: libc::c_int) -> libc::c_int {
+    // The new segment and its virtual id appear in one image or in neither.
+    let _hold = dmtcp::CkptHold::new();
     let id = shmget_real(key, size, flags);
-    crate::sysv::record(SHM, id, key)
+    super::sysv::record(SHM, id, key)
 }
 
 /// `shmat(2)` of the real segment.
@@ -84,7 +87,9 @@ pub unsafe extern "C" fn shmget(key: libc::key_t, size: libc::size_t, flags: lib
 /// As `shmat(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn shmat(id: libc::c_int, addr: *const libc::c_void, flags: libc::c_int) -> *mut libc::c_void {
-    shmat_real(crate::sysv::to_real(SHM, id), addr, flags)
+    // Attached in one image with the id it was attached by, or not at all.
+    let _hold = dmtcp::CkptHold::new();
+    shmat_real(super::sysv::to_real(SHM, id), addr, flags)
 }
 
 /// `shmctl(2)` on the real segment.
@@ -97,11 +102,11 @@ pub unsafe extern "C" fn shmctl(id: libc::c_int, cmd: libc::c_int, buf: *mut lib
     if matches!(cmd, 3 | 14 | 13 | 15) {
         return shmctl_real(id, cmd, buf);
     }
-    let r = shmctl_real(crate::sysv::to_real(SHM, id), cmd, buf);
+    let r = shmctl_real(super::sysv::to_real(SHM, id), cmd, buf);
     if r == 0 && cmd == libc::IPC_RMID {
         // Still attached somewhere? Then it lives on, and so does its id.
-        if stat(crate::sysv::to_real(SHM, id)).is_none() {
-            crate::sysv::forget(SHM, id);
+        if stat(super::sysv::to_real(SHM, id)).is_none() {
+            super::sysv::forget(SHM, id);
         }
     }
     r
@@ -137,7 +142,7 @@ pub fn save_attaches() {
         }
         let Some((a, b)) = f[0].split_once('-') else { continue };
         let (Ok(start), Ok(end), Ok(id)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16), f[4].parse::<i32>()) else { continue };
-        let virt = crate::sysv::record(SHM, id, libc::IPC_PRIVATE);
+        let virt = super::sysv::record(SHM, id, libc::IPC_PRIVATE);
         out.push((virt, start, end - start, f[1].as_bytes().get(1) == Some(&b'w'), f[1].as_bytes().get(2) == Some(&b'x')));
     }
     ATTACHES.with(|v| *v = out);
@@ -182,7 +187,7 @@ pub fn claim_copies() {
     let pid = dmtcp_sys::getpid();
     for (virt, ..) in ATTACHES.with(|v| v.clone()) {
         let key = format!("c:{virt}");
-        crate::coord::send(&dmtcp_common::proto::ToCoord::KvPut { db: DB.into(), key: key.into_bytes(), val: pid.to_ne_bytes().to_vec() });
+        dmtcp::kv_put(DB, key.into_bytes(), pid.to_ne_bytes().to_vec());
     }
 }
 
@@ -192,8 +197,8 @@ pub fn reattach() {
     let pid = dmtcp_sys::getpid();
     let mut copied: Vec<i32> = Vec::new();
     for (virt, start, len, writable, exec) in ATTACHES.with(|v| v.clone()) {
-        let real = crate::sysv::to_real(SHM, virt);
-        let copier = crate::coord::kv_get(DB, format!("c:{virt}").as_bytes()).flatten().is_some_and(|o| o == pid.to_ne_bytes());
+        let real = super::sysv::to_real(SHM, virt);
+        let copier = dmtcp::kv_get(DB, format!("c:{virt}").as_bytes()).flatten().is_some_and(|o| o == pid.to_ne_bytes());
         if copier && !copied.contains(&virt) {
             copied.push(virt);
             let p = shmat_real(real, core::ptr::null(), 0);
@@ -210,7 +215,7 @@ pub fn reattach() {
         // (SHM_REMAP maps all of it and would cover what lies beyond).
         let whole = stat(real).is_some_and(|ds| (ds.shm_segsz as u64).div_ceil(4096) * 4096 == len);
         if !whole {
-            crate::log::warn(format_args!(
+            dmtcp::warn(format_args!(
                 "System V segment {virt} was attached in part at {start:#x}: that memory stays, not shared as a segment"
             ));
             continue;
@@ -224,7 +229,7 @@ pub fn reattach() {
         }
         let p = shmat_real(real, start as *const libc::c_void, flags);
         if p as u64 != start {
-            crate::log::warn(format_args!(
+            dmtcp::warn(format_args!(
                 "System V segment {virt} cannot be attached at {start:#x} again: {}; the memory stays, not shared as a segment",
                 std::io::Error::last_os_error()
             ));
@@ -235,6 +240,6 @@ pub fn reattach() {
 /// After `sysv:attached`: segments that had been removed are removed again.
 pub fn remove_destroyed(saved: &[Saved]) {
     for s in saved.iter().filter(|s| s.leader && s.kind == SHM && s.dest) {
-        shmctl_real(crate::sysv::to_real(SHM, s.virt), libc::IPC_RMID, core::ptr::null_mut());
+        shmctl_real(super::sysv::to_real(SHM, s.virt), libc::IPC_RMID, core::ptr::null_mut());
     }
 }

@@ -1,0 +1,234 @@
+//! The checkpoint thread's loop: it waits for the coordinator, runs one
+//! checkpoint round (suspend, plugins, memory plan, image, resume), and is
+//! where a restarted process comes back to life.
+
+use super::start::{Config, IDENT, OLD_PID, RESTART_FLAGS, RESTART_INFO_FD};
+use super::{capi, coord, fork, log, memory, plugin, proctree, threads, writer};
+use core::sync::atomic::Ordering::SeqCst;
+use dmtcp_common::image::Meta;
+use dmtcp_common::proto::{FromCoord, Role, ToCoord};
+use dmtcp_sys::restore::RESTART_BRK_SET;
+use std::io::Read;
+use std::path::PathBuf;
+
+/// State of the checkpoint thread (lives on its stack, so it is restored
+/// along with everything else).
+pub(super) struct Ctl {
+    pub(super) cfg: Config,
+    pub(super) program: String,
+    pub(super) argv: Vec<String>,
+    pub(super) uniq_id: String,
+    pub(super) comp_id: String,
+    pub(super) generation: u32,
+    pub(super) num_peers: u32,
+    pub(super) slot: &'static threads::Slot,
+}
+
+impl Ctl {
+    pub(super) fn run(&mut self) {
+        loop {
+            if !coord::with(|c| c.buffered()).unwrap_or(false) {
+                let mut fds = [
+                    libc::pollfd { fd: coord::COORD_FD, events: libc::POLLIN, revents: 0 },
+                    libc::pollfd { fd: capi::WAKE_FD.load(SeqCst), events: libc::POLLIN, revents: 0 },
+                ];
+                // SAFETY: poll on our two fds.
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                if n < 0 {
+                    continue;
+                }
+                if fds[1].revents & libc::POLLIN != 0 && capi::take_request() {
+                    coord::send(&ToCoord::RequestCkpt);
+                }
+                if fds[0].revents == 0 {
+                    continue;
+                }
+            }
+            match coord::recv() {
+                Ok(Some(FromCoord::DoCheckpoint { generation, ckpt_dir, num_peers })) => {
+                    self.generation = generation;
+                    self.num_peers = num_peers;
+                    self.checkpoint(ckpt_dir.map(PathBuf::from));
+                }
+                Ok(Some(FromCoord::Kill)) => dmtcp_sys::exit_group(0),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    log::warn(format_args!("lost the connection to the coordinator; no more checkpoints"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Wait for a barrier; Kill ends the process.
+    fn barrier(&mut self, name: &str) -> bool {
+        coord::barrier(name)
+    }
+
+    fn checkpoint(&mut self, dir_override: Option<PathBuf>) {
+        capi::begin_checkpoint();
+        plugin::set_round(self.generation, false);
+        plugin::run(plugin::Event::PreSuspend);
+        threads::suspend_all();
+        // More threads than the library can record: this process cannot be
+        // imaged, but it still goes through every barrier of the round (the
+        // other processes wait for it there) and fails the checkpoint there.
+        let overflow = threads::OVERFLOW.load(SeqCst);
+        if !self.barrier("suspended") {
+            capi::end_checkpoint(false, false, self.generation);
+            threads::resume_all();
+            return;
+        }
+        // Who really took part: processes that joined the round late (forked
+        // children) count, processes that exited before suspending do not.
+        let n = coord::LAST_COUNT.load(SeqCst);
+        if n > 0 {
+            self.num_peers = n;
+        }
+        super::signals::save_sigactions();
+        plugin::run(plugin::Event::PreCheckpoint);
+        OLD_PID.store(dmtcp_sys::getpid(), SeqCst);
+        let mut planned = if overflow {
+            Err(std::io::Error::other(format!("more than {} threads: this process cannot be checkpointed", threads::MAX_THREADS)))
+        } else if super::start::NO_WINDOW.load(SeqCst) {
+            Err(std::io::Error::other("the restorer window was not free at start-up: this process cannot be checkpointed"))
+        } else {
+            memory::plan()
+        };
+        for _ in 0..3 {
+            match &planned {
+                Ok(p) if writer::prepare(p.items.len()) => planned = memory::plan(),
+                _ => break,
+            }
+        }
+        let plan = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                log::error(format_args!("checkpoint failed: {e}"));
+                plugin::run(plugin::Event::Written);
+                coord::send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(e.to_string()) });
+                self.barrier("checkpointed");
+                plugin::run(plugin::Event::Resume);
+                capi::end_checkpoint(false, false, self.generation);
+                threads::resume_all();
+                return;
+            }
+        };
+        let dir = dir_override.unwrap_or_else(|| PathBuf::from(capi::dir()));
+        let name = dmtcp_common::image::image_name(&self.program, &self.uniq_id);
+        let mut meta = Meta {
+            program: self.program.clone(),
+            argv: self.argv.clone(),
+            hostname: dmtcp_common::hostname(),
+            pid: dmtcp_sys::getpid(),
+            uniq_id: self.uniq_id.clone(),
+            comp_id: self.comp_id.clone(),
+            generation: self.generation,
+            num_peers: self.num_peers,
+            time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            dmtcp_version: dmtcp_common::VERSION.into(),
+            entry: super::restart::dmtcp_restart_entry as *const () as usize as u64,
+            entry_stack_top: super::restart::entry_stack_top(),
+            special: plan.special,
+            mm: memory::mm_layout(),
+            areas: Vec::new(),
+            coord_host: self.cfg.host.clone(),
+            coord_port: self.cfg.port,
+            ckpt_dir: dir.display().to_string(),
+            tree: proctree::capture(threads::slot_tids()),
+        };
+        match writer::write_image(&dir, &name, &plan, &mut meta, self.cfg.gzip, self.slot) {
+            writer::Outcome::Written { path, bytes } => {
+                plugin::run(plugin::Event::Written);
+                coord::send(&ToCoord::CkptDone { image: path.display().to_string(), bytes, error: None });
+                self.barrier("checkpointed");
+                plugin::run(plugin::Event::Resume);
+                capi::end_checkpoint(true, false, self.generation);
+                threads::resume_all();
+            }
+            writer::Outcome::Failed(msg) => {
+                log::error(format_args!("checkpoint failed: {msg}"));
+                plugin::run(plugin::Event::Written);
+                coord::send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(msg) });
+                self.barrier("checkpointed");
+                plugin::run(plugin::Event::Resume);
+                capi::end_checkpoint(false, false, self.generation);
+                threads::resume_all();
+            }
+            writer::Outcome::Restarted => self.after_restart(),
+        }
+    }
+
+    fn after_restart(&mut self) {
+        threads::reregister_rseq(self.slot.fs.load(SeqCst));
+        coord::with(|c| c.reset());
+        let info_fd = RESTART_INFO_FD.load(SeqCst);
+        if info_fd >= 0 {
+            let mut s = String::new();
+            let _ = coord::Fd(info_fd).read_to_string(&mut s);
+            super::fdguard::close_own(info_fd);
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&s) {
+                if let Some(h) = v["coord_host"].as_str() {
+                    self.cfg.host = h.into();
+                }
+                if let Some(p) = v["coord_port"].as_u64() {
+                    self.cfg.port = p as u16;
+                }
+                if let Some(a) = v["shared_files"].as_array() {
+                    let fds: Vec<i32> = a.iter().filter_map(|x| x.as_i64().map(|n| n as i32)).collect();
+                    super::fds::set_installed_by_restart(fds);
+                }
+                if let (Some(dev), Some(ino)) = (v["image_dev"].as_u64(), v["image_ino"].as_u64()) {
+                    memory::set_image_file(dev, ino);
+                }
+                if let Some(d) = v["ckpt_dir"].as_str() {
+                    self.cfg.ckpt_dir = PathBuf::from(d);
+                    capi::set_dir(d);
+                }
+            }
+        }
+        if RESTART_FLAGS.load(SeqCst) & RESTART_BRK_SET == 0 {
+            log::warn(format_args!("the kernel refused PR_SET_MM_MAP: the heap cannot grow in place after restart (malloc falls back to mmap)"));
+        }
+        let hello = ToCoord::Hello {
+            role: Role::Worker,
+            pid: dmtcp_sys::getpid(),
+            hostname: dmtcp_common::hostname(),
+            program: self.program.clone(),
+            uniq_id: self.uniq_id.clone(),
+            restarting: true,
+            comp_id: Some(self.comp_id.clone()),
+            generation: self.generation,
+            num_peers: self.num_peers,
+        };
+        let welcome = if coord::send(&hello) { coord::recv() } else { Ok(None) };
+        match welcome {
+            Ok(Some(FromCoord::Welcome { .. })) => {}
+            Ok(Some(FromCoord::Refused { reason })) => {
+                log::error(format_args!("the coordinator refused the restarted process: {reason}"));
+                dmtcp_sys::exit_group(1);
+            }
+            other => {
+                log::error(format_args!("no welcome from the coordinator after restart ({other:?})"));
+                dmtcp_sys::exit_group(1);
+            }
+        }
+        capi::open_wake_fd();
+        super::fdguard::fill_placeholders();
+        capi::set_coordinator(&self.cfg.host, self.cfg.port);
+        fork::MY_PID.store(dmtcp_sys::getpid(), SeqCst);
+        let cfg = self.cfg.clone();
+        IDENT.with(|i| {
+            if let Some(i) = i.as_mut() {
+                i.cfg = cfg;
+            }
+        });
+        proctree::after_restart();
+        plugin::set_round(self.generation, true);
+        plugin::run(plugin::Event::Restart);
+        self.barrier("restarted");
+        plugin::run(plugin::Event::Restarted);
+        capi::end_checkpoint(true, true, self.generation);
+        threads::resume_all();
+    }
+}

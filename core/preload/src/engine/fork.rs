@@ -1,0 +1,141 @@
+//! fork: a child of a checkpointed process joins the computation as a
+//! process of its own before its parent goes on.
+
+use super::start::{join_coordinator, start_ckpt_thread, ENABLED, IDENT, UNIQ};
+use super::{capi, coord, log, memory, plugin, proctree, sigevthread, threads, writer};
+use core::cell::Cell;
+use core::sync::atomic::{AtomicI32, Ordering::SeqCst};
+
+/// The pid this library was set up for (differs from getpid() in a vfork child).
+pub(super) static MY_PID: AtomicI32 = AtomicI32::new(0);
+
+/// Is this a vfork child (sharing its parent's memory, not yet exec'd)?
+pub(crate) fn in_vfork_child() -> bool {
+    let me = MY_PID.load(SeqCst);
+    me != 0 && me != dmtcp_sys::getpid()
+}
+
+thread_local! {
+    /// The fork under way on this thread, if it is under checkpoint
+    /// control: the pipe on which the child tells its parent it has joined
+    /// (read end, write end). Per thread, as several threads may fork at
+    /// once; the child runs on its copy of the forking thread, so it finds
+    /// its own pipe here too.
+    static FORK_PIPE: Cell<Option<(i32, i32)>> = const { Cell::new(None) };
+}
+
+/// How long a parent waits for its child to join the coordinator before it
+/// goes on (the child then runs without checkpointing, and says so).
+const JOIN_WAIT_MS: i32 = 60_000;
+
+/// Before `fork`: no checkpoint may start until the child has joined (so
+/// no image shows the fork without the child), and the library's locks are
+/// held so the child inherits its state whole.
+pub(super) extern "C" fn prepare() {
+    FORK_PIPE.with(|f| f.set(None));
+    if ENABLED.load(SeqCst) && !in_vfork_child() {
+        let mut p = [0i32; 2];
+        // SAFETY: a fresh pipe of our own.
+        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } == 0 {
+            capi::dmtcp_disable_ckpt();
+            FORK_PIPE.with(|f| f.set(Some((p[0], p[1]))));
+        }
+    }
+    IDENT.fork_prepare();
+    UNIQ.fork_prepare();
+    memory::EXCLUDED.fork_prepare();
+    memory::SKIPPED.fork_prepare();
+    coord::LINK.fork_prepare();
+    crate::GLOBAL.0.fork_prepare();
+}
+
+pub(super) extern "C" fn parent() {
+    crate::GLOBAL.0.fork_parent();
+    coord::LINK.fork_parent();
+    memory::EXCLUDED.fork_parent();
+    memory::SKIPPED.fork_parent();
+    UNIQ.fork_parent();
+    IDENT.fork_parent();
+    if let Some((r, w)) = FORK_PIPE.with(|f| f.take()) {
+        // SAFETY: our pipe: wait until the child joined (a byte) or is gone
+        // (EOF), or the time is up.
+        unsafe {
+            libc::close(w);
+            let mut pfd = libc::pollfd { fd: r, events: libc::POLLIN, revents: 0 };
+            let start = std::time::Instant::now();
+            loop {
+                let left = JOIN_WAIT_MS - start.elapsed().as_millis().min(JOIN_WAIT_MS as u128) as i32;
+                let n = libc::poll(&mut pfd, 1, left);
+                if n >= 0 || *libc::__errno_location() != libc::EINTR {
+                    if n == 0 {
+                        log::warn(format_args!("a forked child did not join the coordinator within {} s; going on", JOIN_WAIT_MS / 1000));
+                    }
+                    break;
+                }
+            }
+            libc::close(r);
+        }
+        capi::dmtcp_enable_ckpt();
+    }
+    if ENABLED.load(SeqCst) {
+        plugin::run_user(plugin::Event::AtforkParent);
+    }
+}
+
+/// In the child: it has no checkpoint thread, no writers and a copy of its
+/// parent's coordinator connection. It joins the computation as a process
+/// of its own, then lets the parent go on.
+pub(super) extern "C" fn child() {
+    sigevthread::after_fork_child();
+    proctree::after_fork_child();
+    crate::GLOBAL.0.fork_child();
+    coord::LINK.fork_child();
+    memory::EXCLUDED.fork_child();
+    memory::SKIPPED.fork_child();
+    UNIQ.fork_child();
+    IDENT.fork_child();
+    let pipe = FORK_PIPE.with(|f| f.take());
+    if !ENABLED.swap(false, SeqCst) {
+        return;
+    }
+    MY_PID.store(dmtcp_sys::getpid(), SeqCst);
+    threads::reset_after_fork();
+    capi::reset_after_fork();
+    // The child's copies of the parent's connection and wake-up fd.
+    super::fdguard::close_own(coord::COORD_FD);
+    super::fdguard::close_own(capi::WAKE_FD_NUM);
+    if let Some((r, _)) = pipe {
+        // SAFETY: the child's copy of the parent's read end.
+        unsafe { libc::close(r) };
+    }
+    let notify = || {
+        if let Some((_, w)) = pipe {
+            // SAFETY: one byte to the parent, then our end is closed.
+            unsafe {
+                libc::write(w, b"j".as_ptr() as *const libc::c_void, 1);
+                libc::close(w);
+            }
+        }
+    };
+    let Some(ident) = IDENT.with(|i| i.clone()) else {
+        notify();
+        return;
+    };
+    let (coord, generation) = match join_coordinator(&ident, None) {
+        Ok((c, _, g)) => (c, g),
+        Err(m) => {
+            notify();
+            log::warn(format_args!("forked child runs without checkpointing: {m}"));
+            return;
+        }
+    };
+    notify();
+    coord::install(coord);
+    capi::open_wake_fd();
+    super::fdguard::fill_placeholders();
+    writer::respawn();
+    if start_ckpt_thread(ident, generation) {
+        ENABLED.store(true, SeqCst);
+        plugin::run_user(plugin::Event::AtforkChild);
+    }
+}

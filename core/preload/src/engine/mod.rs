@@ -1,0 +1,48 @@
+//! The engine: everything a checkpoint needs whatever the program holds.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | `start` | start-up: settings, the coordinator handshake, the checkpoint thread, plugin registration |
+//! | `ckpt` | the checkpoint thread's loop: one checkpoint round, and the way back after a restart |
+//! | `restart` | the restart entry the restorer jumps to (re-creates the threads) |
+//! | `fork`, `exec` | fork handlers and exec wrappers: children and exec'd programs stay in the job |
+//! | `threads`, `arch` | suspending user threads (signal handler, saved contexts, raw clone) |
+//! | `signals`, `sigwrap`, `sigevthread` | signal actions saved for the restart entry; wrappers that keep the checkpoint signal the library's; SIGEV_THREAD timers on a suspendable thread |
+//! | `restartable` | poll/select/sleep wrappers that hide the EINTR a checkpoint causes |
+//! | `memory`, `writer` | the memory plan and the parallel image writers |
+//! | `proctree` | the process's place in the job's tree, recorded in the image |
+//! | `coord` | the link to the coordinator: barriers, the name service |
+//! | `fds` | the fd table: the library's protected fds, fd helpers, what dmtcp_restart put in place |
+//! | `fdguard` | `close`, `dup2`, `dup3`, `close_range`, `closefrom` wrappers that keep the protected fds the library's |
+//! | `plugin` | the plugin manager: internal plugins and user plugins (`--with-plugin`), events in order |
+//! | `capi` | the program interface of include/dmtcp.h (`dmtcp_checkpoint`, barriers, name service, virtual ids) |
+//! | `alloc`, `flock`, `log` | the library's own heap, its fork-safe lock, its messages |
+//! | `iface` | the one door through which plugins use the engine |
+//!
+//! The engine imports no plugin: `start` takes the list from
+//! [`crate::plugins::all`] and registers it, and everything else reaches
+//! plugins through events and the hooks of [`plugin::Plugin`].
+
+pub(crate) mod alloc;
+pub(crate) mod arch;
+pub(crate) mod capi;
+pub(crate) mod ckpt;
+pub(crate) mod coord;
+pub(crate) mod exec;
+pub mod fds;
+pub(crate) mod fdguard;
+pub(crate) mod flock;
+pub(crate) mod fork;
+pub mod iface;
+pub(crate) mod log;
+pub(crate) mod memory;
+pub(crate) mod plugin;
+pub(crate) mod proctree;
+pub(crate) mod restart;
+pub(crate) mod restartable;
+pub(crate) mod sigevthread;
+pub(crate) mod signals;
+pub(crate) mod sigwrap;
+pub(crate) mod start;
+pub(crate) mod threads;
+pub(crate) mod writer;
