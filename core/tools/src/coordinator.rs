@@ -713,7 +713,10 @@ fn write_restart_script(g: &State, images: &[String]) -> std::io::Result<PathBuf
         .or_else(|| first.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
     let comp = g.comp_id.clone().unwrap_or_default();
-    let name = format!("dmtcp_restart_script_{comp}.sh");
+    // The computation id comes from the processes (from their images at a
+    // restart): only plain characters go into a file name.
+    let safe: String = comp.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    let name = format!("dmtcp_restart_script_{safe}.sh");
     let restart_bin = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("dmtcp_restart")))
@@ -733,18 +736,70 @@ fn write_restart_script(g: &State, images: &[String]) -> std::io::Result<PathBuf
         ckpt_dir: dir.display().to_string(),
         images: names,
     });
+    // Written under a fresh name (O_EXCL, O_NOFOLLOW: nothing planted at a
+    // name is ever followed) and renamed over the script; the link too.
     let path = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, script)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::rename(&tmp, &path)?;
+    let tmp = write_fresh(&dir, &name, script.as_bytes(), 0o755)?;
+    if let Err(e) = std::fs::rename(&tmp, &path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     let link = dir.join("dmtcp_restart_script.sh");
-    let ltmp = dir.join(".dmtcp_restart_script.sh.tmp");
-    let _ = std::fs::remove_file(&ltmp);
-    std::os::unix::fs::symlink(&name, &ltmp)?;
-    std::fs::rename(&ltmp, &link)?;
+    let ltmp = symlink_fresh(&dir, "dmtcp_restart_script.sh", &name)?;
+    if let Err(e) = std::fs::rename(&ltmp, &link) {
+        let _ = std::fs::remove_file(&ltmp);
+        return Err(e);
+    }
     Ok(path)
+}
+
+/// A temporary name in `dir` for `name` nobody else can guess in advance.
+fn fresh_name(dir: &Path, name: &str) -> PathBuf {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    dir.join(format!(".{name}.{}.{}.{nanos:x}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Create a new file in `dir` (never an existing one, never through a
+/// symlink) holding `data` with `mode`; returns its name.
+fn write_fresh(dir: &Path, name: &str, data: &[u8], mode: u32) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    for _ in 0..64 {
+        let tmp = fresh_name(dir, name);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp);
+        let mut f = match f {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        };
+        // fchmod on the open file: the mode is exact whatever the umask.
+        let r = f.write_all(data).and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(mode)));
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        return Ok(tmp);
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("no free temporary name for {name} in {}", dir.display())))
+}
+
+/// Create a new symlink to `target` in `dir` under a fresh name.
+fn symlink_fresh(dir: &Path, name: &str, target: &str) -> std::io::Result<PathBuf> {
+    for _ in 0..64 {
+        let tmp = fresh_name(dir, name);
+        match std::os::unix::fs::symlink(target, &tmp) {
+            Ok(()) => return Ok(tmp),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("no free temporary name for {name} in {}", dir.display())))
 }
 
 /// What a worker said in its `Hello`.

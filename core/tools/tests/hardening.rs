@@ -221,3 +221,47 @@ fn an_endless_line_is_cut_off_and_its_client_dropped() {
     let (ok, out) = status.expect("status hung");
     assert!(ok && out.contains("NUM_PEERS=1"), "{out}\n{err}");
 }
+
+/// A Status reply from the coordinator at `port`, read with a raw client.
+fn raw_status(port: u16) -> serde_json::Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(HANG)).unwrap();
+    s.write_all(hello("Command", "").as_bytes()).unwrap();
+    s.write_all((json!({"t": "Command", "cmd": "Status"}).to_string() + "\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+/// Item 5: the restart script is written without following symlinks
+/// planted at its names; the victim files stay untouched.
+#[test]
+fn restart_script_does_not_follow_planted_symlinks() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut job = Job::new("scriptlinks");
+    launch_sleeper(&mut job);
+    let comp = raw_status(job.port)["comp_id"].as_str().unwrap().to_string();
+    assert!(!comp.is_empty());
+    let victim = job.dir.join("victim");
+    let victim2 = job.dir.join("victim2");
+    for v in [&victim, &victim2] {
+        std::fs::write(v, "precious\n").unwrap();
+        std::fs::set_permissions(v, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let script = job.ckpt.join(format!("dmtcp_restart_script_{comp}.sh"));
+    std::os::unix::fs::symlink(&victim, &script).unwrap();
+    std::os::unix::fs::symlink(&victim2, job.ckpt.join(format!(".dmtcp_restart_script_{comp}.sh.tmp"))).unwrap();
+    job.checkpoint();
+    for v in [&victim, &victim2] {
+        assert_eq!(std::fs::read_to_string(v).unwrap(), "precious\n", "{} was written through a symlink", v.display());
+        assert_eq!(std::fs::metadata(v).unwrap().permissions().mode() & 0o7777, 0o600, "{} was chmod'ed", v.display());
+    }
+    let meta = std::fs::symlink_metadata(&script).unwrap();
+    assert!(meta.file_type().is_file(), "the script is not a regular file");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.starts_with("#!/bin/bash") && text.contains(&comp), "{text}");
+    let link = job.ckpt.join("dmtcp_restart_script.sh");
+    assert_eq!(std::fs::read_link(&link).unwrap(), PathBuf::from(format!("dmtcp_restart_script_{comp}.sh")));
+    assert_eq!(std::fs::read_to_string(&link).unwrap(), text);
+}
