@@ -24,6 +24,9 @@ Connecting to the coordinator:
   -j, --join-coordinator  Join an existing coordinator; fail if there is none
   --new-coordinator       Start a new coordinator
   --any-coordinator       Join a running coordinator, or start one (default)
+  --allow-other-user-coordinator
+                          Join a coordinator that another user runs on this machine
+                          (refused by default)
   -i, --interval SECS     Checkpoint interval after restart (0 = manual)
 
 Other:

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Bound on every wait in these tests (only to turn a hang into a failure).
@@ -220,6 +220,65 @@ fn an_endless_line_is_cut_off_and_its_client_dropped() {
     assert!(logged, "no logged reason for dropping the client: {err}");
     let (ok, out) = status.expect("status hung");
     assert!(ok && out.contains("NUM_PEERS=1"), "{out}\n{err}");
+}
+
+/// Start a coordinator as user nobody (65534) on a free port.
+fn nobody_coordinator(dir: &Path) -> (KillOnDrop, u16) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let port_file = dir.join("port");
+    let c = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin_dir().join("dmtcp_coordinator"))
+        .args(["-q", "--exit-on-last", "-p", "0", "--port-file"])
+        .arg(&port_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("setpriv dmtcp_coordinator");
+    let c = KillOnDrop(c);
+    let port = wait_port(&port_file);
+    (c, port)
+}
+
+fn launch_bounded(args: &[&str]) -> (Option<i32>, String) {
+    let mut c = tool("dmtcp_launch").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let st = wait_timeout(&mut c, HANG);
+    let mut out = String::new();
+    let _ = c.stdout.take().map(|mut s| s.read_to_string(&mut out));
+    let _ = c.stderr.take().map(|mut s| s.read_to_string(&mut out));
+    (st.and_then(|s| s.code()), out)
+}
+
+/// Item 4: dmtcp_launch does not join another user's coordinator unless
+/// told to.
+#[test]
+fn launch_refuses_another_users_coordinator() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("otheruser-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_coord, port) = nobody_coordinator(&dir);
+    let marker = dir.join("ran");
+    let touch = format!("touch {}", marker.display());
+    let p = port.to_string();
+    for mode in [&[][..], &["-j"][..]] {
+        let mut args: Vec<&str> = vec!["-h", "127.0.0.1", "-p", &p];
+        args.extend_from_slice(mode);
+        args.extend_from_slice(&["sh", "-c", &touch]);
+        let (code, out) = launch_bounded(&args);
+        assert_eq!(code, Some(1), "{mode:?}: {out}");
+        assert!(out.contains("uid 65534") && out.contains("--allow-other-user-coordinator"), "{mode:?}: {out}");
+        assert!(!marker.exists(), "{mode:?}: the program ran under another user's coordinator");
+    }
+    // Told to, it joins.
+    let (code, out) = launch_bounded(&["-h", "127.0.0.1", "-p", &p, "--allow-other-user-coordinator", "sh", "-c", &touch]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(marker.exists(), "{out}");
+    // Our own coordinator is joined as before.
+    let job = Job::new("ownuser");
+    let (code, out) = launch_bounded(&["-j", "-h", "127.0.0.1", "-p", &job.port.to_string(), "true"]);
+    assert_eq!(code, Some(0), "{out}");
 }
 
 /// A Status reply from the coordinator at `port`, read with a raw client.
