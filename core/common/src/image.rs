@@ -348,6 +348,20 @@ impl Image {
         Ok(())
     }
 
+    /// The uid owning the image file (the file opened, whatever `path`
+    /// names by now).
+    pub fn owner(&self) -> Result<u32, ImageError> {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().map(|m| m.uid()).map_err(|source| ImageError::Io { path: self.path.clone(), source })
+    }
+
+    /// Another descriptor of the open image file (close-on-exec), for
+    /// mapping its contents: the file that was checked, not whatever
+    /// `path` names by now.
+    pub fn try_clone_file(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// Open and validate `path`.
     pub fn open(path: &Path) -> Result<Image, ImageError> {
         let p = || path.to_path_buf();

@@ -105,7 +105,7 @@ pub fn local_peer_uid(s: &TcpStream) -> Option<u32> {
 }
 
 /// The name of user `uid` from /etc/passwd, if it has one.
-fn user_name(uid: u32) -> Option<String> {
+pub(crate) fn user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let mut f = l.split(':');

@@ -324,3 +324,28 @@ fn restart_script_does_not_follow_planted_symlinks() {
     assert_eq!(std::fs::read_link(&link).unwrap(), PathBuf::from(format!("dmtcp_restart_script_{comp}.sh")));
     assert_eq!(std::fs::read_to_string(&link).unwrap(), text);
 }
+
+/// Item 7: dmtcp_restart refuses an image another user owns unless told
+/// to take it.
+#[test]
+fn restart_refuses_an_image_of_another_user() {
+    let prog = c_program("memcheck");
+    let mut job = Job::new("foreignimage");
+    job.launch(&[prog.to_str().unwrap()], &[]);
+    job.wait_for("step 2 ok");
+    job.checkpoint_and_kill();
+    let img = job.images().pop().expect("an image");
+    std::os::unix::fs::chown(&img, Some(65534), Some(65534)).unwrap();
+    let mut c = tool("dmtcp_restart");
+    c.args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string()]).arg(&img).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let st = wait_timeout(&mut child, HANG);
+    let mut err = String::new();
+    let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "restart of another user's image: {err}");
+    assert!(err.contains("owned by uid 65534") && err.contains("--allow-other-user-image"), "{err}");
+    // Told to, it restarts it.
+    job.restart_with(&["--allow-other-user-image".into(), img.display().to_string()]);
+    job.wait_success();
+    assert!(job.output().contains("RESULT"), "{}", job.output());
+}
