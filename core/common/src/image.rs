@@ -28,6 +28,14 @@ pub const BLOCK: u64 = 4096;
 pub const CHUNK_ZSTD: u32 = 1;
 /// Header flag: some chunks are compressed.
 pub const HDR_COMPRESSED: u32 = 1;
+/// Largest chunk (memory bytes, and stored bytes) a reader accepts. The
+/// writer (core/preload/src/writer.rs) never stores a run longer than one
+/// work item, `memory::ITEM_PAGES` pages (4 MiB); this leaves room to grow
+/// while bounding what a crafted image can make a reader allocate.
+pub const MAX_CHUNK_LEN: u64 = 64 << 20;
+/// Largest index a reader accepts: metadata and 40 bytes per chunk. 1 GiB
+/// is millions of chunks, far beyond any process this version checkpoints.
+pub const MAX_INDEX_LEN: u64 = 1 << 30;
 
 /// The fixed header at offset 0.
 #[repr(C)]
@@ -272,13 +280,17 @@ fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
 }
 
-fn pod_read<T: Copy + Default>(b: &[u8]) -> T {
+/// The struct at the start of `b`; None if `b` is too short.
+fn pod_read<T: Copy + Default>(b: &[u8]) -> Option<T> {
     let mut v = T::default();
     let n = std::mem::size_of::<T>();
-    assert!(b.len() >= n);
-    // SAFETY: copying n bytes into a plain integer struct; every bit pattern is valid.
+    if b.len() < n {
+        return None;
+    }
+    // SAFETY: copying n bytes (b holds at least n) into a plain integer
+    // struct; every bit pattern is valid.
     unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), &mut v as *mut T as *mut u8, n) };
-    v
+    Some(v)
 }
 
 impl Header {
@@ -336,6 +348,20 @@ impl Image {
         Ok(())
     }
 
+    /// The uid owning the image file (the file opened, whatever `path`
+    /// names by now).
+    pub fn owner(&self) -> Result<u32, ImageError> {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().map(|m| m.uid()).map_err(|source| ImageError::Io { path: self.path.clone(), source })
+    }
+
+    /// Another descriptor of the open image file (close-on-exec), for
+    /// mapping its contents: the file that was checked, not whatever
+    /// `path` names by now.
+    pub fn try_clone_file(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// Open and validate `path`.
     pub fn open(path: &Path) -> Result<Image, ImageError> {
         let p = || path.to_path_buf();
@@ -350,11 +376,12 @@ impl Image {
         if got < hb.len() {
             return Err(ImageError::Truncated { path: p(), expected: BLOCK, actual });
         }
-        let header: Header = pod_read(&hb);
+        let corrupt = |what: String| ImageError::Corrupt { path: p(), what };
+        let header: Header = pod_read(&hb).ok_or_else(|| corrupt("short header".into()))?;
         let mut check = header;
         check.header_crc = 0;
         if crc32fast::hash(pod_bytes(&check)) != header.header_crc {
-            return Err(ImageError::Corrupt { path: p(), what: "header checksum mismatch".into() });
+            return Err(corrupt("header checksum mismatch".into()));
         }
         if header.version != FORMAT_VERSION {
             return Err(ImageError::Version { path: p(), found: header.version });
@@ -362,44 +389,21 @@ impl Image {
         if actual < header.file_len {
             return Err(ImageError::Truncated { path: p(), expected: header.file_len, actual });
         }
-        if header.index_offset.checked_add(header.index_len).is_none_or(|e| e > header.file_len)
-            || header.index_len < 16
+        if header.index_offset < BLOCK
+            || header.index_offset.checked_add(header.index_len).is_none_or(|e| e > header.file_len)
+            || header.index_len < std::mem::size_of::<IndexHead>() as u64
         {
-            return Err(ImageError::Corrupt { path: p(), what: "index lies outside the file".into() });
+            return Err(corrupt("index lies outside the file".into()));
+        }
+        if header.index_len > MAX_INDEX_LEN {
+            return Err(corrupt(format!("index of {} bytes, more than the {MAX_INDEX_LEN} this version accepts", header.index_len)));
         }
         let mut index = vec![0u8; header.index_len as usize];
         file.read_exact_at(&mut index, header.index_offset).map_err(io)?;
         if crc32fast::hash(&index) != header.index_crc {
-            return Err(ImageError::Corrupt { path: p(), what: "index checksum mismatch".into() });
+            return Err(corrupt("index checksum mismatch".into()));
         }
-        let head: IndexHead = pod_read(&index);
-        let corrupt = |what: &str| ImageError::Corrupt { path: p(), what: what.into() };
-        let meta_end = 16u64.checked_add(head.meta_len).ok_or_else(|| corrupt("bad index"))?;
-        let table = (meta_end + 7) & !7;
-        let need = head.n_chunks.checked_mul(40).and_then(|n| n.checked_add(table));
-        if need.is_none_or(|n| n > index.len() as u64) {
-            return Err(corrupt("index tables overrun the index"));
-        }
-        let meta: Meta = serde_json::from_slice(&index[16..meta_end as usize])
-            .map_err(|e| corrupt(&format!("metadata unreadable: {e}")))?;
-        let mut chunks = Vec::with_capacity(head.n_chunks as usize);
-        for i in 0..head.n_chunks as usize {
-            let off = table as usize + i * 40;
-            let c: ChunkDesc = pod_read(&index[off..off + 40]);
-            let end = c.file_off.checked_add(c.stored_len);
-            if c.file_off < BLOCK || end.is_none_or(|e| e > header.index_offset) || !c.len.is_multiple_of(4096) {
-                return Err(corrupt(&format!("chunk {i} lies outside the data section")));
-            }
-            if c.flags & CHUNK_ZSTD == 0 && c.stored_len != c.len {
-                return Err(corrupt(&format!("chunk {i} has inconsistent lengths")));
-            }
-            chunks.push(c);
-        }
-        for a in &meta.areas {
-            if a.start % 4096 != 0 || a.len % 4096 != 0 || a.len == 0 {
-                return Err(corrupt("misaligned memory area"));
-            }
-        }
+        let (meta, chunks) = parse_index(&index, &header).map_err(corrupt)?;
         Ok(Image { path: p(), header, meta, chunks, file })
     }
 
@@ -408,6 +412,9 @@ impl Image {
     pub fn read_chunk(&self, c: &ChunkDesc, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Result<(), ImageError> {
         let io = |source| ImageError::Io { path: self.path.clone(), source };
         let corrupt = |what: String| ImageError::Corrupt { path: self.path.clone(), what };
+        if c.len > MAX_CHUNK_LEN || c.stored_len > MAX_CHUNK_LEN {
+            return Err(corrupt(format!("chunk at {:#x} is larger than {MAX_CHUNK_LEN} bytes", c.addr)));
+        }
         let stored = if c.flags & CHUNK_ZSTD != 0 { &mut *scratch } else { &mut *out };
         stored.resize(c.stored_len as usize, 0);
         self.file.read_exact_at(stored, c.file_off).map_err(io)?;
@@ -433,6 +440,52 @@ impl Image {
         }
         Ok(())
     }
+}
+
+/// Check and decode an index whose checksum matched: every length and
+/// offset in it is checked against the index, the file and the limits
+/// above, with checked arithmetic, so a crafted index gives an error.
+fn parse_index(index: &[u8], header: &Header) -> Result<(Meta, Vec<ChunkDesc>), String> {
+    let head: IndexHead = pod_read(index).ok_or("index too short")?;
+    let len = index.len() as u64;
+    let meta_end = 16u64.checked_add(head.meta_len).filter(|&e| e <= len).ok_or("metadata overruns the index")?;
+    // meta_end <= len <= MAX_INDEX_LEN: no overflow below.
+    let table = (meta_end + 7) & !7;
+    let need = head.n_chunks.checked_mul(std::mem::size_of::<ChunkDesc>() as u64).and_then(|n| n.checked_add(table));
+    if need.is_none_or(|n| n > len) {
+        return Err("chunk table overruns the index".into());
+    }
+    let meta: Meta = serde_json::from_slice(&index[16..meta_end as usize]).map_err(|e| format!("metadata unreadable: {e}"))?;
+    let mut chunks = Vec::with_capacity(head.n_chunks as usize);
+    let mut prev_end = 0u64;
+    for (i, raw) in index[table as usize..].chunks_exact(std::mem::size_of::<ChunkDesc>()).take(head.n_chunks as usize).enumerate() {
+        let c: ChunkDesc = pod_read(raw).ok_or("short chunk record")?;
+        let end = c.file_off.checked_add(c.stored_len);
+        if c.file_off < BLOCK || !c.file_off.is_multiple_of(BLOCK) || end.is_none_or(|e| e > header.index_offset) {
+            return Err(format!("chunk {i} lies outside the data section"));
+        }
+        if c.len == 0 || c.len > MAX_CHUNK_LEN || c.stored_len > MAX_CHUNK_LEN {
+            return Err(format!("chunk {i} has a length of {} bytes ({} stored), outside 1..={MAX_CHUNK_LEN}", c.len, c.stored_len));
+        }
+        let mem_end = c.addr.checked_add(c.len);
+        if !c.len.is_multiple_of(4096) || !c.addr.is_multiple_of(4096) || mem_end.is_none() {
+            return Err(format!("chunk {i} is not a page-aligned memory range"));
+        }
+        if c.addr < prev_end {
+            return Err(format!("chunk {i} overlaps or precedes the one before it"));
+        }
+        prev_end = mem_end.unwrap_or(u64::MAX);
+        if c.flags & CHUNK_ZSTD == 0 && c.stored_len != c.len {
+            return Err(format!("chunk {i} has inconsistent lengths"));
+        }
+        chunks.push(c);
+    }
+    for a in &meta.areas {
+        if !a.start.is_multiple_of(4096) || !a.len.is_multiple_of(4096) || a.len == 0 || a.start.checked_add(a.len).is_none() {
+            return Err("misaligned memory area".into());
+        }
+    }
+    Ok((meta, chunks))
 }
 
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -560,5 +613,164 @@ mod tests {
         bad[9] ^= 1;
         std::fs::write(&p, &bad).unwrap();
         assert!(matches!(Image::open(&p), Err(ImageError::Corrupt { .. })));
+    }
+
+    /// Recompute the index and header checksums of an image in `b` (as a
+    /// crafted image would carry them), wherever its header says the index is.
+    fn reseal(b: &mut [u8]) {
+        if b.len() < 48 {
+            return;
+        }
+        let mut h: Header = pod_read(&b[..48]).unwrap();
+        let (o, l) = (h.index_offset as usize, h.index_len as usize);
+        if let Some(ix) = o.checked_add(l).filter(|&e| e <= b.len()).map(|e| &b[o..e]) {
+            h.index_crc = crc32fast::hash(ix);
+        }
+        h.header_crc = 0;
+        h.header_crc = crc32fast::hash(pod_bytes(&h));
+        b[..48].copy_from_slice(pod_bytes(&h));
+    }
+
+    fn header_of(b: &[u8]) -> Header {
+        pod_read(&b[..48]).unwrap()
+    }
+
+    /// Put a u64 at `off`, reseal, write to `p`, open.
+    fn open_with(p: &Path, good: &[u8], off: usize, v: u64) -> Result<Image, ImageError> {
+        let mut b = good.to_vec();
+        b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        reseal(&mut b);
+        std::fs::write(p, &b).unwrap();
+        Image::open(p)
+    }
+
+    /// Offset in the file of chunk record `i`'s field at `field` (bytes).
+    fn chunk_field(good: &[u8], i: usize, field: usize) -> usize {
+        let h = header_of(good);
+        let o = h.index_offset as usize;
+        let meta_len = u64::from_le_bytes(good[o..o + 8].try_into().unwrap()) as usize;
+        o + (16 + meta_len).div_ceil(8) * 8 + i * 40 + field
+    }
+
+    #[test]
+    fn huge_chunk_lengths_are_refused() {
+        let d = tmpdir("hugechunk");
+        let p = build(&d);
+        let good = std::fs::read(&p).unwrap();
+        // Chunk 1 is zstd: its memory length is not tied to its stored bytes.
+        for v in [1u64 << 62, !4095u64, MAX_CHUNK_LEN + 4096] {
+            let e = open_with(&p, &good, chunk_field(&good, 1, 8), v).err().expect("a chunk length accepted");
+            assert!(matches!(e, ImageError::Corrupt { .. }) && e.to_string().contains("chunk 1"), "{v:#x}: {e}");
+        }
+        // Stored length and address near the top wrap no sum.
+        let e = open_with(&p, &good, chunk_field(&good, 1, 24), u64::MAX).err().expect("stored length accepted");
+        assert!(e.to_string().contains("chunk 1"), "{e}");
+        let e = open_with(&p, &good, chunk_field(&good, 1, 0), !4095u64).err().expect("address accepted");
+        assert!(e.to_string().contains("chunk 1"), "{e}");
+        // A chunk handed to read_chunk directly is checked too.
+        let img = Image::open(&{
+            std::fs::write(&p, &good).unwrap();
+            p.clone()
+        })
+        .unwrap();
+        let mut c = img.chunks[1];
+        c.len = 1 << 62;
+        let e = img.read_chunk(&c, &mut Vec::new(), &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+    }
+
+    #[test]
+    fn metadata_lengths_near_the_top_do_not_wrap() {
+        let d = tmpdir("metalen");
+        let p = build(&d);
+        let good = std::fs::read(&p).unwrap();
+        let at = header_of(&good).index_offset as usize;
+        for v in [u64::MAX, u64::MAX - 16, u64::MAX - 18, u64::MAX - 20, u64::MAX - 23, u64::MAX - 1 - (1 << 20)] {
+            let e = open_with(&p, &good, at, v).err().expect("metadata length accepted");
+            assert!(matches!(e, ImageError::Corrupt { .. }), "{v:#x}: {e}");
+        }
+        // A chunk count whose table would wrap.
+        let e = open_with(&p, &good, at + 8, u64::MAX / 40 + 2).err().expect("chunk count accepted");
+        assert!(matches!(e, ImageError::Corrupt { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_index_larger_than_the_limit_is_refused_before_reading_it() {
+        let d = tmpdir("bigindex");
+        let p = build(&d);
+        let mut b = std::fs::read(&p).unwrap();
+        let mut h = header_of(&b);
+        // A sparse file big enough to hold the claimed index.
+        let big = MAX_INDEX_LEN + (1 << 20);
+        h.index_offset = 4096;
+        h.index_len = big;
+        h.file_len = 4096 + big;
+        b[..48].copy_from_slice(pod_bytes(&h));
+        reseal(&mut b);
+        std::fs::write(&p, &b).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(4096 + big).unwrap();
+        let e = Image::open(&p).err().expect("an oversized index accepted");
+        assert!(e.to_string().contains("index of"), "{e}");
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    /// Damage a good image at random (byte flips, lengths set to edge
+    /// values, truncation), with its checksums recomputed so the damage
+    /// reaches the parser: the reader must give an error or a valid image,
+    /// never panic or allocate without bound.
+    #[test]
+    fn random_damage_gives_errors_not_panics() {
+        let d = tmpdir("fuzz");
+        let p = build(&d);
+        let good = std::fs::read(&p).unwrap();
+        let h = header_of(&good);
+        let (io, il) = (h.index_offset as usize, h.index_len as usize);
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let edges = [0u64, 1, 7, 8, 16, 4095, 4096, 1 << 32, 1 << 62, u64::MAX, u64::MAX - 7, u64::MAX - 16, u64::MAX - 23];
+        let (mut opened, mut refused) = (0, 0);
+        for _ in 0..3000 {
+            let mut b = good.clone();
+            for _ in 0..1 + rnd() % 3 {
+                match rnd() % 4 {
+                    // A byte of the header or the index.
+                    0 => {
+                        let at = if rnd() % 2 == 0 { (rnd() % 48) as usize } else { io + (rnd() as usize) % il };
+                        b[at] ^= 1 << (rnd() % 8);
+                    }
+                    // A u64 of the header or the index set to an edge value.
+                    1 | 2 => {
+                        let at = if rnd() % 4 == 0 { 16 + 8 * (rnd() % 3) as usize } else { io + 8 * ((rnd() as usize) % (il / 8)) };
+                        let v = edges[(rnd() as usize) % edges.len()];
+                        b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+                    }
+                    // Any byte at all.
+                    _ => {
+                        let at = (rnd() as usize) % b.len();
+                        b[at] = rnd() as u8;
+                    }
+                }
+            }
+            if rnd() % 8 == 0 {
+                b.truncate((rnd() as usize) % b.len());
+            }
+            if rnd() % 8 != 0 {
+                reseal(&mut b);
+            }
+            std::fs::write(&p, &b).unwrap();
+            match Image::open(&p) {
+                Ok(img) => {
+                    opened += 1;
+                    let _ = img.verify_all();
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(refused > 1000 && opened > 0, "{refused} refused, {opened} opened");
     }
 }

@@ -2,7 +2,7 @@
 //! and command).
 
 use dmtcp_common::env as E;
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ pub struct CoordAddr {
     pub mode: CoordMode,
     pub port_file: Option<PathBuf>,
     pub interval: Option<u32>,
+    /// Join a coordinator run by another user (`--allow-other-user-coordinator`).
+    pub allow_other_user: bool,
 }
 
 impl CoordAddr {
@@ -36,6 +38,7 @@ impl CoordAddr {
             mode: CoordMode::Any,
             port_file: None,
             interval: std::env::var(E::CKPT_INTERVAL).ok().and_then(|p| p.parse().ok()),
+            allow_other_user: false,
         }
     }
 }
@@ -49,18 +52,111 @@ fn is_local(host: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "::1" | "0.0.0.0") || host == dmtcp_common::hostname()
 }
 
+/// A TCP endpoint as the kernel's tables in /proc/net/tcp{,6} print it:
+/// the address as 32-bit words in the machine's byte order, then the port.
+fn proc_net_addr(a: &SocketAddr) -> String {
+    let words: String = match a.ip() {
+        IpAddr::V4(ip) => format!("{:08X}", u32::from_ne_bytes(ip.octets())),
+        IpAddr::V6(ip) => ip.octets().chunks_exact(4).map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))).collect(),
+    };
+    format!("{words}:{:04X}", a.port())
+}
+
+/// The same endpoint with an IPv4-mapped IPv6 address as plain IPv4.
+fn unmapped(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddr::new(IpAddr::V4(ip), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// The uid that owns the other end of `s`, when that end is on this
+/// machine: the kernel's TCP tables show the owner of every local socket,
+/// and the coordinator's end of our connection is the row whose local
+/// address is our peer's and remote address ours (the kernel lists it from
+/// the moment our SYN arrived, so it is there once connect returned). As a
+/// fallback (SYN cookies), a socket listening on the loopback port.
+/// None when the other end is on another machine or unknown.
+pub fn local_peer_uid(s: &TcpStream) -> Option<u32> {
+    let (me, peer) = (unmapped(s.local_addr().ok()?), unmapped(s.peer_addr().ok()?));
+    let (want_local, want_rem) = (proc_net_addr(&peer), proc_net_addr(&me));
+    let port = format!(":{:04X}", peer.port());
+    let table = if peer.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
+    let text = std::fs::read_to_string(table).ok()?;
+    let mut listener = None;
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 {
+            continue;
+        }
+        let uid = f[7].parse::<u32>().ok();
+        if f[1] == want_local && f[2] == want_rem {
+            return uid;
+        }
+        let wildcard = f[1].trim_end_matches(&port).bytes().all(|b| b == b'0') && f[1].ends_with(&port);
+        if f[3] == "0A" && (f[1] == want_local || wildcard && peer.ip().is_loopback()) {
+            listener = listener.or(uid);
+        }
+    }
+    listener
+}
+
+/// The name of user `uid` from /etc/passwd, if it has one.
+pub(crate) fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
+}
+
+/// Refuse the coordinator at the other end of `s` if another user runs it
+/// on this machine (unless `--allow-other-user-coordinator`): it would be
+/// able to checkpoint, kill and restart our processes, and tell them where
+/// to write their images. DMTCP has no authentication; this only keeps a
+/// user from joining someone else's coordinator by accident (the default
+/// port is shared by everyone on the machine).
+fn check_owner(s: &TcpStream, a: &CoordAddr) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    match local_peer_uid(s) {
+        Some(uid) if uid != me && !a.allow_other_user => {
+            let who = user_name(uid).map(|n| format!("{n}, uid {uid}")).unwrap_or_else(|| format!("uid {uid}"));
+            let mine = user_name(me).map(|n| format!("{n}, uid {me}")).unwrap_or_else(|| format!("uid {me}"));
+            Err(format!(
+                "the coordinator at {}:{} belongs to another user ({who}); you are {mine}. \
+                 Start your own on another port (-p 0 picks a free one), \
+                 or pass --allow-other-user-coordinator to join it anyway.",
+                a.host, a.port
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Make sure a coordinator is reachable as `a` asks; may start one (which
-/// exits with the last process). Returns the port in use.
+/// exits with the last process). Returns the port in use. A coordinator of
+/// another user on this machine is not joined (see [`check_owner`]).
 pub fn ensure(a: &mut CoordAddr, tool: &str) -> Result<u16, String> {
-    let reachable = |h: &str, p: u16| TcpStream::connect((h, p)).is_ok();
+    let reachable = |h: &str, p: u16| TcpStream::connect((h, p)).ok();
     match a.mode {
         CoordMode::Join => {
-            if reachable(&a.host, a.port) {
+            if let Some(s) = reachable(&a.host, a.port) {
+                check_owner(&s, a)?;
                 return Ok(a.port);
             }
             return Err(format!("Coordinator not found at {}:{} (--join-coordinator)", a.host, a.port));
         }
-        CoordMode::Any if a.port != 0 && reachable(&a.host, a.port) => return Ok(a.port),
+        CoordMode::Any if a.port != 0 => {
+            if let Some(s) = reachable(&a.host, a.port) {
+                check_owner(&s, a)?;
+                return Ok(a.port);
+            }
+        }
         _ => {}
     }
     if !is_local(&a.host) {
@@ -79,7 +175,8 @@ pub fn ensure(a: &mut CoordAddr, tool: &str) -> Result<u16, String> {
     let st = cmd.status().map_err(|e| format!("{tool}: cannot start dmtcp_coordinator: {e}"))?;
     if !st.success() {
         // Another launcher may have just started one on the same port.
-        if a.port != 0 && reachable(&a.host, a.port) {
+        if let Some(s) = reachable(&a.host, a.port).filter(|_| a.port != 0) {
+            check_owner(&s, a)?;
             return Ok(a.port);
         }
         return Err(format!("cannot start a coordinator on port {}", a.port));
@@ -105,7 +202,7 @@ pub fn ensure(a: &mut CoordAddr, tool: &str) -> Result<u16, String> {
 
 /// Parse one coordinator option shared by dmtcp_launch and dmtcp_restart
 /// (`-h`, `-p`/`-pN`, `--port-file`, `-j`, `--new-coordinator`,
-/// `--any-coordinator`, `-i`). Returns None when `arg` is not one of them.
+/// `--any-coordinator`, `--allow-other-user-coordinator`, `-i`). Returns None when `arg` is not one of them.
 pub fn coord_option(arg: &str, next: &mut dyn FnMut() -> Option<String>, a: &mut CoordAddr) -> Option<Result<(), String>> {
     let mut value = |name: &str| next().ok_or_else(|| format!("option {name} needs a value"));
     let r = match arg {
@@ -128,8 +225,38 @@ pub fn coord_option(arg: &str, next: &mut dyn FnMut() -> Option<String>, a: &mut
             a.mode = CoordMode::Any;
             Ok(())
         }
+        "--allow-other-user-coordinator" => {
+            a.allow_other_user = true;
+            Ok(())
+        }
         "-i" | "--interval" => value(arg).and_then(|v| v.parse().map(|n| a.interval = Some(n)).map_err(|_| format!("bad interval '{v}'"))),
         _ => return None,
     };
     Some(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses() {
+        let v4: SocketAddr = "127.0.0.1:7779".parse().unwrap();
+        let want = if cfg!(target_endian = "little") { "0100007F:1E63" } else { "7F000001:1E63" };
+        assert_eq!(proc_net_addr(&v4), want);
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        let one = if cfg!(target_endian = "little") { "01000000" } else { "00000001" };
+        assert_eq!(proc_net_addr(&v6), format!("000000000000000000000000{one}:0050"));
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:1".parse().unwrap();
+        assert_eq!(unmapped(mapped), "127.0.0.1:1".parse::<SocketAddr>().unwrap());
+    }
+
+    /// Our own listener, found through the kernel's table, is ours.
+    #[test]
+    fn peer_uid_of_a_local_listener() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(local_peer_uid(&s), Some(unsafe { libc::geteuid() }));
+    }
 }

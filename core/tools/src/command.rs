@@ -59,7 +59,11 @@ fn cmd_name(c: &Cmd) -> &'static str {
     }
 }
 
-/// Send one command; `Err` when no coordinator answers.
+/// Prefix of the error [`send_command`] gives when the coordinator turned
+/// the connection away (too many connections) rather than not answering.
+pub const REFUSED: &str = "the coordinator refused the connection: ";
+
+/// Send one command; `Err` when no coordinator answers (or it refused).
 pub fn send_command(host: &str, port: u16, cmd: Cmd) -> Result<Reply, String> {
     let s = TcpStream::connect((host, port)).map_err(|e| e.to_string())?;
     let mut w = s.try_clone().map_err(|e| e.to_string())?;
@@ -74,11 +78,14 @@ pub fn send_command(host: &str, port: u16, cmd: Cmd) -> Result<Reply, String> {
         generation: 0,
         num_peers: 0,
     };
-    proto::send(&mut w, &hello).map_err(|e| e.to_string())?;
-    proto::send(&mut w, &ToCoord::Command { cmd }).map_err(|e| e.to_string())?;
+    // A coordinator that refuses the connection may close it before our
+    // command is written: read its answer even if a write failed.
+    let sent = proto::send(&mut w, &hello).and_then(|_| proto::send(&mut w, &ToCoord::Command { cmd }));
     let mut r = BufReader::new(s);
     match proto::recv::<_, FromCoord>(&mut r) {
         Ok(Some(FromCoord::Reply(rep))) => Ok(rep),
+        Ok(Some(FromCoord::Refused { reason })) => Err(format!("{REFUSED}{reason}")),
+        _ if sent.is_err() => Err(sent.err().map(|e| e.to_string()).unwrap_or_default()),
         Ok(_) => Err("the coordinator closed the connection without answering".into()),
         Err(e) => Err(e.to_string()),
     }
@@ -149,6 +156,18 @@ pub fn main(args: Vec<String>) -> i32 {
     let Some(cmd) = cmd else { return bad("no command given".into()) };
     let name = cmd_name(&cmd);
     match send_command(&a.host, a.port, cmd.clone()) {
+        Err(e) if e.starts_with(REFUSED) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"schema_version": 1, "command": name, "command_status": "DMT_COORD_ERROR",
+                        "coordinator_host": a.host, "coordinator_port": a.port, "message": e})
+                );
+            } else {
+                eprintln!("dmtcp_command: {e}");
+            }
+            1
+        }
         Err(_) => {
             if json {
                 println!(

@@ -1,14 +1,365 @@
 //! `dmtcp_coordinator`: tracks the processes of a computation, runs global
 //! barriers, starts checkpoints (on command or on an interval) and writes
 //! `dmtcp_restart_script.sh` after each complete checkpoint.
+//!
+//! One thread per connection reads that client's messages and handles
+//! them under the global state lock. Nothing ever blocks on a client while
+//! holding that lock: messages go out through the client's [`Outbox`],
+//! which sends what the socket takes at once and leaves the rest to the
+//! flusher thread, and a client that does not read what it is sent is
+//! dropped (with the reason in the log) instead of stalling everyone. The
+//! number of connections is bounded by the fd limit (see
+//! [`max_connections`]).
 
 use dmtcp_common::proto::{self, Cmd, FromCoord, PeerInfo, Reply, Role, ToCoord};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::io::{BufReader, Read};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Bytes that may wait for one client (two of the longest messages). A
+/// client that lets more pile up is not reading and is dropped.
+const MAX_QUEUED: usize = 2 * proto::MAX_LINE;
+/// A client with bytes waiting that takes none of them for this long is
+/// dropped. Processes of the job read their messages as they come (their
+/// checkpoint thread waits on the coordinator), and the few small
+/// messages a stopped process gets fit in the socket's buffer, so only a
+/// client that asks for a lot and never reads gets here.
+const STUCK_AFTER: Duration = Duration::from_secs(60);
+/// Upper bound on connections, whatever the fd limit allows.
+const MAX_CONNECTIONS: usize = 16384;
+/// Descriptors kept for everything but connections (stdio, the listener,
+/// the flusher's pipe, restart scripts being written).
+const RESERVED_FDS: u64 = 32;
+/// Stack of a connection's thread (it parses JSON and runs the handlers).
+const CONN_STACK: usize = 512 << 10;
+
+/// `-q` count, for messages from outside the state lock.
+static QUIET: AtomicU32 = AtomicU32::new(0);
+
+/// Problems worth reporting even with one `-q` (a dropped client).
+fn warn(msg: std::fmt::Arguments) {
+    if QUIET.load(Ordering::Relaxed) < 2 {
+        eprintln!("[dmtcp_coordinator] {msg}");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `send(2)` without blocking: the bytes the socket took (0 when full).
+fn send_nowait(s: &TcpStream, b: &[u8]) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: sends from a live buffer of b.len() bytes on a socket
+        // `s` keeps open; MSG_NOSIGNAL: no SIGPIPE.
+        let n = unsafe { libc::send(s.as_raw_fd(), b.as_ptr().cast(), b.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => return Ok(0),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// The sending side of one connection. Sending never blocks: what the
+/// socket cannot take at once waits here and goes out from the flusher
+/// thread as the client reads. A client that lets more than [`MAX_QUEUED`]
+/// bytes pile up, or takes none of them for [`STUCK_AFTER`], is dropped:
+/// its socket is shut down, so its reader sees the end and it leaves as
+/// if it had disconnected.
+struct Outbox {
+    sock: Arc<TcpStream>,
+    q: Mutex<OutQ>,
+}
+
+struct OutQ {
+    buf: VecDeque<u8>,
+    /// When bytes last went out while some were waiting.
+    progress: Instant,
+    /// The flusher has this outbox in its list.
+    flushing: bool,
+    /// Nothing is sent any more (dropped, or the client left).
+    dead: bool,
+    /// Who the client is, for the log.
+    who: String,
+}
+
+impl Outbox {
+    fn new(sock: Arc<TcpStream>, who: String) -> Arc<Outbox> {
+        let q = OutQ { buf: VecDeque::new(), progress: Instant::now(), flushing: false, dead: false, who };
+        Arc::new(Outbox { sock, q: Mutex::new(q) })
+    }
+
+    fn set_who(&self, who: String) {
+        lock(&self.q).who = who;
+    }
+
+    /// Send `m`, now or later; never blocks.
+    fn send(self: &Arc<Self>, m: &FromCoord) {
+        let line = match proto::encode(m) {
+            Ok(l) => l,
+            Err(e) => {
+                let who = lock(&self.q).who.clone();
+                warn(format_args!("not sending a message to {who}: {e}"));
+                return;
+            }
+        };
+        let mut q = lock(&self.q);
+        if q.dead {
+            return;
+        }
+        let mut rest = &line[..];
+        if q.buf.is_empty() {
+            match send_nowait(&self.sock, rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) => return self.drop_locked(&mut q, &format!("cannot send to it: {e}")),
+            }
+            if rest.is_empty() {
+                return;
+            }
+            q.progress = Instant::now();
+        }
+        q.buf.extend(rest);
+        if q.buf.len() > MAX_QUEUED {
+            let n = q.buf.len();
+            return self.drop_locked(&mut q, &format!("it does not read what it is sent ({n} bytes waiting)"));
+        }
+        if !q.flushing {
+            q.flushing = true;
+            flusher().add(self.clone());
+        }
+    }
+
+    /// Send what waits, as far as the socket takes it. True when nothing
+    /// is left to send (all sent, or the client is gone).
+    fn flush_locked(&self, q: &mut OutQ) -> bool {
+        while !q.dead && !q.buf.is_empty() {
+            let (a, _) = q.buf.as_slices();
+            match send_nowait(&self.sock, a) {
+                Ok(0) => break,
+                Ok(n) => {
+                    q.buf.drain(..n);
+                    q.progress = Instant::now();
+                }
+                Err(e) => self.drop_locked(q, &format!("cannot send to it: {e}")),
+            }
+        }
+        q.dead || q.buf.is_empty()
+    }
+
+    fn drop_locked(&self, q: &mut OutQ, why: &str) {
+        if !q.dead {
+            warn(format_args!("dropping {}: {why}", q.who));
+        }
+        q.dead = true;
+        q.buf = VecDeque::new();
+        let _ = self.sock.shutdown(Shutdown::Both);
+    }
+
+    /// Drop the client, saying why in the log.
+    fn drop_client(&self, why: &str) {
+        let mut q = lock(&self.q);
+        self.drop_locked(&mut q, why);
+    }
+
+    /// The client left: nothing more is sent.
+    fn close(&self) {
+        let mut q = lock(&self.q);
+        q.dead = true;
+        q.buf = VecDeque::new();
+    }
+
+    /// Wait until what waits is sent, or until `until` (before exiting).
+    fn drain(&self, until: Instant) {
+        loop {
+            if self.flush_locked(&mut lock(&self.q)) {
+                return;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let mut p = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+            // SAFETY: polls one live pollfd on a socket we keep open.
+            unsafe { libc::poll(&mut p, 1, left.as_millis().clamp(1, 1000) as i32) };
+        }
+    }
+}
+
+/// Sends what outboxes could not send at once, as their clients read,
+/// and drops the clients that stay stuck.
+struct Flusher {
+    new: Mutex<Vec<Arc<Outbox>>>,
+    /// Pipe that wakes the flusher's poll when an outbox is added (-1: none,
+    /// the flusher then looks every 50 ms).
+    wake: [i32; 2],
+}
+
+fn flusher() -> &'static Flusher {
+    static F: OnceLock<Flusher> = OnceLock::new();
+    F.get_or_init(|| {
+        let mut wake = [-1i32; 2];
+        // SAFETY: pipe2 fills the two-int array.
+        if unsafe { libc::pipe2(wake.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            wake = [-1, -1];
+        }
+        let r = std::thread::Builder::new().name("dmtcp-flusher".into()).spawn(|| flusher().run());
+        if let Err(e) = r {
+            warn(format_args!("cannot start the flusher thread: {e}; clients that read slowly will be dropped"));
+        }
+        Flusher { new: Mutex::new(Vec::new()), wake }
+    })
+}
+
+impl Flusher {
+    fn add(&self, o: Arc<Outbox>) {
+        lock(&self.new).push(o);
+        if self.wake[1] >= 0 {
+            // SAFETY: writes one byte from a live buffer to our pipe (non-blocking: a full pipe already wakes the poll).
+            unsafe { libc::write(self.wake[1], [1u8].as_ptr().cast(), 1) };
+        }
+    }
+
+    fn run(&self) {
+        let mut active: Vec<Arc<Outbox>> = Vec::new();
+        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        loop {
+            active.append(&mut lock(&self.new));
+            pfds.clear();
+            pfds.push(libc::pollfd { fd: self.wake[0], events: libc::POLLIN, revents: 0 });
+            pfds.extend(active.iter().map(|o| libc::pollfd { fd: o.sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 }));
+            let timeout = if self.wake[0] >= 0 { 1000 } else { 50 };
+            // SAFETY: polls a live array of pfds.len() pollfds (fd -1 is ignored).
+            unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+            if pfds[0].revents != 0 {
+                let mut sink = [0u8; 256];
+                // SAFETY: reads into a live buffer from our non-blocking pipe.
+                while unsafe { libc::read(self.wake[0], sink.as_mut_ptr().cast(), sink.len()) } > 0 {}
+            }
+            active.retain(|o| {
+                let mut q = lock(&o.q);
+                if !o.flush_locked(&mut q) && q.progress.elapsed() >= STUCK_AFTER {
+                    let why = format!("it has read nothing for {} s ({} bytes waiting)", STUCK_AFTER.as_secs(), q.buf.len());
+                    o.drop_locked(&mut q, &why);
+                }
+                let keep = !q.dead && !q.buf.is_empty();
+                q.flushing = keep;
+                keep
+            });
+        }
+    }
+}
+
+/// Reads a connection shared with its [`Outbox`] (one descriptor).
+struct SockRead(Arc<TcpStream>);
+
+impl Read for SockRead {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        (&*self.0).read(b)
+    }
+}
+
+/// How many connections this coordinator serves at once: what the fd
+/// limit allows (its soft value raised to the hard one), minus
+/// [`RESERVED_FDS`], at most [`MAX_CONNECTIONS`]. Each connection holds one
+/// descriptor and one thread; one more is refused with a reason.
+fn max_connections() -> usize {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills a live struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return 1024 - RESERVED_FDS as usize;
+    }
+    if rl.rlim_cur < rl.rlim_max {
+        let raised = libc::rlimit { rlim_cur: rl.rlim_max, rlim_max: rl.rlim_max };
+        // SAFETY: setrlimit reads a live struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            rl = raised;
+        }
+    }
+    let fds = if rl.rlim_cur == libc::RLIM_INFINITY { u64::MAX } else { rl.rlim_cur };
+    (fds.saturating_sub(RESERVED_FDS).min(MAX_CONNECTIONS as u64) as usize).max(1)
+}
+
+/// Counts a connection while it lives.
+struct ConnSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Turn a connection away with a reason (best effort, never blocks).
+fn refuse(conn: TcpStream, reason: &str) {
+    if let Ok(line) = proto::encode(&FromCoord::Refused { reason: reason.into() }) {
+        let _ = send_nowait(&conn, &line);
+    }
+    let _ = conn.shutdown(Shutdown::Write);
+    // Whatever the client already sent is read away, so that closing sends
+    // an orderly end (after the reason) rather than a reset.
+    let _ = conn.set_nonblocking(true);
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        if !matches!((&conn).read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
+}
+
+fn accept_loop(sh: Shared, listener: TcpListener) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let max = max_connections();
+    let mut refusing = false;
+    let mut starved = false;
+    loop {
+        let (conn, addr) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors or memory: the connection stays in the
+                // backlog; wait instead of spinning on it.
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                    if !starved {
+                        warn(format_args!("cannot accept connections: {e}"));
+                        starved = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+        };
+        starved = false;
+        if active.load(Ordering::SeqCst) >= max {
+            if !refusing {
+                warn(format_args!("too many connections ({max}, from the fd limit): refusing new ones until some close"));
+                refusing = true;
+            }
+            refuse(conn, &format!("too many connections to this coordinator ({max})"));
+            continue;
+        }
+        refusing = false;
+        let _ = conn.set_nodelay(true);
+        active.fetch_add(1, Ordering::SeqCst);
+        let slot = ConnSlot(active.clone());
+        let sh = sh.clone();
+        let spawned = std::thread::Builder::new().name("dmtcp-conn".into()).stack_size(CONN_STACK).spawn(move || {
+            let _slot = slot;
+            handle(sh, conn, addr)
+        });
+        // On failure the closure, with the connection, is dropped: closed.
+        if let Err(e) = spawned {
+            warn(format_args!("cannot serve a connection from {addr}: no thread: {e}"));
+        }
+    }
+}
 
 /// Coordinator settings.
 #[derive(Clone, Debug, Default)]
@@ -26,7 +377,7 @@ pub struct CoordOpts {
 
 struct Peer {
     info: PeerInfo,
-    out: TcpStream,
+    out: Arc<Outbox>,
     restarting: bool,
 }
 
@@ -39,7 +390,7 @@ struct Round {
     lost: bool,
     done: BTreeMap<u64, (String, u64, Option<String>)>,
     kill_after: bool,
-    waiters: Vec<TcpStream>,
+    waiters: Vec<Arc<Outbox>>,
 }
 
 struct State {
@@ -70,14 +421,15 @@ fn say(st: &State, msg: std::fmt::Arguments) {
     }
 }
 
-fn send_to(out: &mut TcpStream, m: &FromCoord) {
-    let _ = proto::send(out, m);
+fn send_to(out: &Arc<Outbox>, m: &FromCoord) {
+    out.send(m);
 }
 
 /// Run the coordinator until it is told to quit (or the last peer leaves with --exit-on-last).
 pub fn run(opts: CoordOpts) -> std::io::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", opts.port))?;
     let port = listener.local_addr()?.port();
+    QUIET.store(opts.quiet, Ordering::Relaxed);
     if let Some(f) = &opts.port_file {
         let tmp = f.with_extension("tmp");
         std::fs::write(&tmp, format!("{port}\n"))?;
@@ -113,19 +465,19 @@ pub fn run(opts: CoordOpts) -> std::io::Result<()> {
     }
     {
         let sh = shared.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let _ = conn.set_nodelay(true);
-                let sh = sh.clone();
-                std::thread::spawn(move || handle(sh, conn));
-            }
-        });
+        std::thread::Builder::new().name("dmtcp-accept".into()).spawn(move || accept_loop(sh, listener))?;
     }
     let (m, cv) = &*shared;
     let mut g = m.lock().unwrap();
     while !g.quit {
         g = cv.wait(g).unwrap();
+    }
+    // Let the last messages (Kill, replies) go out, within bounds.
+    let outs: Vec<Arc<Outbox>> = g.peers.values().map(|p| p.out.clone()).collect();
+    drop(g);
+    let until = Instant::now() + Duration::from_secs(2);
+    for o in outs {
+        o.drain(until);
     }
     Ok(())
 }
@@ -229,8 +581,8 @@ fn reply(g: &State, ok: bool) -> Reply {
 }
 
 fn kill_all(g: &mut State) {
-    for p in g.peers.values_mut() {
-        send_to(&mut p.out, &FromCoord::Kill);
+    for p in g.peers.values() {
+        send_to(&p.out, &FromCoord::Kill);
     }
 }
 
@@ -243,7 +595,7 @@ fn clear_internal_kv(g: &mut State) {
 }
 
 /// Start a checkpoint round; false if there is nothing to checkpoint or one runs.
-fn start_round(g: &mut State, kill_after: bool, waiter: Option<TcpStream>) -> bool {
+fn start_round(g: &mut State, kill_after: bool, waiter: Option<Arc<Outbox>>) -> bool {
     if g.round.is_some() {
         if let (Some(w), Some(r)) = (waiter, g.round.as_mut()) {
             r.waiters.push(w);
@@ -263,8 +615,8 @@ fn start_round(g: &mut State, kill_after: bool, waiter: Option<TcpStream>) -> bo
     let gen = g.generation;
     let dir = g.opts.ckpt_dir.as_ref().map(|d| d.display().to_string());
     say(g, format_args!("checkpoint generation {gen} of {n} process(es)"));
-    for p in g.peers.values_mut() {
-        send_to(&mut p.out, &FromCoord::DoCheckpoint { generation: gen, ckpt_dir: dir.clone(), num_peers: n });
+    for p in g.peers.values() {
+        send_to(&p.out, &FromCoord::DoCheckpoint { generation: gen, ckpt_dir: dir.clone(), num_peers: n });
     }
     g.round = Some(Round {
         participants,
@@ -312,15 +664,15 @@ fn check_barriers(g: &mut State) {
             say(g, format_args!("restart complete: {} process(es) running", g.peers.len()));
         }
         for id in members {
-            if let Some(p) = g.peers.get_mut(&id) {
-                send_to(&mut p.out, &FromCoord::BarrierDone { name: name.clone(), count: need.max(reached_n) });
+            if let Some(p) = g.peers.get(&id) {
+                send_to(&p.out, &FromCoord::BarrierDone { name: name.clone(), count: need.max(reached_n) });
             }
         }
     }
 }
 
 fn finish_round(g: &mut State, members: BTreeSet<u64>) {
-    let Some(mut round) = g.round.take() else { return };
+    let Some(round) = g.round.take() else { return };
     let errors: Vec<String> = round.done.values().filter_map(|d| d.2.clone()).collect();
     let images: Vec<String> = round.done.values().map(|d| d.0.clone()).filter(|s| !s.is_empty()).collect();
     let lost = round.lost || round.participants.len() != round.done.len();
@@ -341,13 +693,13 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
         });
         say(g, format_args!("{}", r.message.clone().unwrap_or_default()));
     }
-    for w in round.waiters.iter_mut() {
+    for w in round.waiters.iter() {
         send_to(w, &FromCoord::Reply(r.clone()));
     }
     for id in members {
-        if let Some(p) = g.peers.get_mut(&id) {
+        if let Some(p) = g.peers.get(&id) {
             let m = if round.kill_after { FromCoord::Kill } else { FromCoord::BarrierDone { name: "checkpointed".into(), count: 0 } };
-            send_to(&mut p.out, &m);
+            send_to(&p.out, &m);
         }
     }
 }
@@ -361,7 +713,10 @@ fn write_restart_script(g: &State, images: &[String]) -> std::io::Result<PathBuf
         .or_else(|| first.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
     let comp = g.comp_id.clone().unwrap_or_default();
-    let name = format!("dmtcp_restart_script_{comp}.sh");
+    // The computation id comes from the processes (from their images at a
+    // restart): only plain characters go into a file name.
+    let safe: String = comp.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    let name = format!("dmtcp_restart_script_{safe}.sh");
     let restart_bin = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("dmtcp_restart")))
@@ -381,18 +736,70 @@ fn write_restart_script(g: &State, images: &[String]) -> std::io::Result<PathBuf
         ckpt_dir: dir.display().to_string(),
         images: names,
     });
+    // Written under a fresh name (O_EXCL, O_NOFOLLOW: nothing planted at a
+    // name is ever followed) and renamed over the script; the link too.
     let path = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, script)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::rename(&tmp, &path)?;
+    let tmp = write_fresh(&dir, &name, script.as_bytes(), 0o755)?;
+    if let Err(e) = std::fs::rename(&tmp, &path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     let link = dir.join("dmtcp_restart_script.sh");
-    let ltmp = dir.join(".dmtcp_restart_script.sh.tmp");
-    let _ = std::fs::remove_file(&ltmp);
-    std::os::unix::fs::symlink(&name, &ltmp)?;
-    std::fs::rename(&ltmp, &link)?;
+    let ltmp = symlink_fresh(&dir, "dmtcp_restart_script.sh", &name)?;
+    if let Err(e) = std::fs::rename(&ltmp, &link) {
+        let _ = std::fs::remove_file(&ltmp);
+        return Err(e);
+    }
     Ok(path)
+}
+
+/// A temporary name in `dir` for `name` nobody else can guess in advance.
+fn fresh_name(dir: &Path, name: &str) -> PathBuf {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    dir.join(format!(".{name}.{}.{}.{nanos:x}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Create a new file in `dir` (never an existing one, never through a
+/// symlink) holding `data` with `mode`; returns its name.
+fn write_fresh(dir: &Path, name: &str, data: &[u8], mode: u32) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    for _ in 0..64 {
+        let tmp = fresh_name(dir, name);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp);
+        let mut f = match f {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        };
+        // fchmod on the open file: the mode is exact whatever the umask.
+        let r = f.write_all(data).and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(mode)));
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        return Ok(tmp);
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("no free temporary name for {name} in {}", dir.display())))
+}
+
+/// Create a new symlink to `target` in `dir` under a fresh name.
+fn symlink_fresh(dir: &Path, name: &str, target: &str) -> std::io::Result<PathBuf> {
+    for _ in 0..64 {
+        let tmp = fresh_name(dir, name);
+        match std::os::unix::fs::symlink(target, &tmp) {
+            Ok(()) => return Ok(tmp),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("no free temporary name for {name} in {}", dir.display())))
 }
 
 /// What a worker said in its `Hello`.
@@ -410,12 +817,12 @@ struct Joiner {
 /// Welcome a worker (a new one, or with `reuse` one that exec'd a new
 /// program on its connection). A worker that arrives while a round waits for
 /// its processes to suspend joins that round. None if it was refused.
-fn join(g: &mut State, h: Joiner, mut out: TcpStream, reuse: Option<u64>) -> Option<u64> {
+fn join(g: &mut State, h: Joiner, out: Arc<Outbox>, reuse: Option<u64>) -> Option<u64> {
     if h.restarting {
         let cid = h.comp_id.clone().unwrap_or_default();
         let live_other = g.comp_id.as_ref().is_some_and(|c| c != &cid) && !g.peers.is_empty();
         if live_other {
-            send_to(&mut out, &FromCoord::Refused { reason: "this coordinator runs another computation".into() });
+            send_to(&out, &FromCoord::Refused { reason: "this coordinator runs another computation".into() });
             return None;
         }
         if g.peers.is_empty() {
@@ -438,7 +845,7 @@ fn join(g: &mut State, h: Joiner, mut out: TcpStream, reuse: Option<u64>) -> Opt
         interval: g.interval,
         ckpt_dir: g.opts.ckpt_dir.as_ref().map(|d| d.display().to_string()),
     };
-    send_to(&mut out, &welcome);
+    send_to(&out, &welcome);
     let Joiner { pid, hostname, program, uniq_id, restarting, .. } = h;
     let info = PeerInfo { id, program, pid, hostname, uniq_id, state: String::new() };
     let dir = g.opts.ckpt_dir.as_ref().map(|d| d.display().to_string());
@@ -446,7 +853,7 @@ fn join(g: &mut State, h: Joiner, mut out: TcpStream, reuse: Option<u64>) -> Opt
     if let Some(r) = g.round.as_mut().filter(|r| !restarting && !r.suspended_done) {
         r.participants.insert(id);
         let n = r.participants.len() as u32;
-        send_to(&mut out, &FromCoord::DoCheckpoint { generation: gen, ckpt_dir: dir, num_peers: n });
+        send_to(&out, &FromCoord::DoCheckpoint { generation: gen, ckpt_dir: dir, num_peers: n });
     }
     let what = match (reuse.is_some(), restarting) {
         (true, _) => "exec'd",
@@ -454,22 +861,38 @@ fn join(g: &mut State, h: Joiner, mut out: TcpStream, reuse: Option<u64>) -> Opt
         (false, false) => "new",
     };
     say(g, format_args!("{what} process {id} (pid {pid}) connected"));
+    out.set_who(format!("process {id} (pid {pid}, {})", info.program));
     g.peers.insert(id, Peer { info, out, restarting });
     Some(id)
 }
 
-fn handle(sh: Shared, conn: TcpStream) {
-    let Ok(out) = conn.try_clone() else { return };
-    let mut reader = BufReader::new(conn);
-    let first: Option<ToCoord> = proto::recv(&mut reader).ok().flatten();
+/// Read one message; a protocol error (a line too long, not JSON) drops
+/// the client with the reason in the log and reads as the end.
+fn recv_or_drop(reader: &mut BufReader<SockRead>, out: &Outbox) -> Option<ToCoord> {
+    match proto::recv(reader) {
+        Ok(m) => m,
+        Err(e) => {
+            if proto::proto_error(&e).is_some() {
+                out.drop_client(&e.to_string());
+            }
+            None
+        }
+    }
+}
+
+fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
+    let sock = Arc::new(conn);
+    let out = Outbox::new(sock.clone(), format!("client {addr}"));
+    let mut reader = BufReader::new(SockRead(sock));
+    let first = recv_or_drop(&mut reader, &out);
     let Some(ToCoord::Hello { role, pid, hostname, program, uniq_id, restarting, comp_id, generation, num_peers }) = first else {
         return;
     };
     if role == Role::Command {
+        out.set_who(format!("{program} (pid {pid}) from {addr}"));
         return handle_command(sh, reader, out);
     }
     let (m, cv) = &*sh;
-    let Ok(out2) = out.try_clone() else { return };
     let hello = Joiner { pid, hostname, program, uniq_id, restarting, comp_id, generation, num_peers };
     let mut g = m.lock().unwrap();
     // A process that connects after every participant of a running round is
@@ -477,10 +900,10 @@ fn handle(sh: Shared, conn: TcpStream) {
     while !restarting && g.round.as_ref().is_some_and(|r| r.suspended_done) {
         g = cv.wait_timeout(g, std::time::Duration::from_millis(20)).unwrap().0;
     }
-    let Some(id) = join(&mut g, hello, out2, None) else { return };
+    let Some(id) = join(&mut g, hello, out.clone(), None) else { return };
     drop(g);
     loop {
-        let msg: Option<ToCoord> = proto::recv(&mut reader).ok().flatten();
+        let msg = recv_or_drop(&mut reader, &out);
         let mut g = m.lock().unwrap();
         match msg {
             Some(ToCoord::Barrier { name }) => {
@@ -497,21 +920,21 @@ fn handle(sh: Shared, conn: TcpStream) {
             }
             Some(ToCoord::Hello { pid, hostname, program, uniq_id, restarting, comp_id, generation, num_peers, .. }) => {
                 // The process exec'd a new program over the same connection.
-                let Some(out2) = g.peers.get(&id).and_then(|p| p.out.try_clone().ok()) else { continue };
                 let hello = Joiner { pid, hostname, program, uniq_id, restarting, comp_id, generation, num_peers };
-                join(&mut g, hello, out2, Some(id));
+                join(&mut g, hello, out.clone(), Some(id));
             }
             Some(ToCoord::KvPut { db, key, val }) => {
                 g.kv.insert((db, key), val);
             }
             Some(ToCoord::KvGet { db, key }) => {
                 let val = g.kv.get(&(db, key)).cloned();
-                if let Some(p) = g.peers.get_mut(&id) {
-                    send_to(&mut p.out, &FromCoord::KvValue { val });
+                if let Some(p) = g.peers.get(&id) {
+                    send_to(&p.out, &FromCoord::KvValue { val });
                 }
             }
             Some(_) => {}
             None => {
+                out.close();
                 g.peers.remove(&id);
                 if g.peers.is_empty() {
                     clear_internal_kv(&mut g);
@@ -544,8 +967,8 @@ fn handle(sh: Shared, conn: TcpStream) {
     }
 }
 
-fn handle_command(sh: Shared, mut reader: BufReader<TcpStream>, mut out: TcpStream) {
-    let Some(ToCoord::Command { cmd }) = proto::recv(&mut reader).ok().flatten() else { return };
+fn handle_command(sh: Shared, mut reader: BufReader<SockRead>, out: Arc<Outbox>) {
+    let Some(ToCoord::Command { cmd }) = recv_or_drop(&mut reader, &out) else { return };
     let (m, cv) = &*sh;
     let mut g = m.lock().unwrap();
     let answer = |g: &State, ok: bool, msg: Option<&str>| {
@@ -554,30 +977,29 @@ fn handle_command(sh: Shared, mut reader: BufReader<TcpStream>, mut out: TcpStre
         FromCoord::Reply(r)
     };
     match cmd {
-        Cmd::Status | Cmd::List => send_to(&mut out, &answer(&g, true, None)),
+        Cmd::Status | Cmd::List => send_to(&out, &answer(&g, true, None)),
         Cmd::Checkpoint => {
             let ok = start_round(&mut g, false, None);
             let r = answer(&g, ok, (!ok).then_some("no processes to checkpoint, or a checkpoint or restart is in progress"));
-            send_to(&mut out, &r);
+            send_to(&out, &r);
         }
         Cmd::BlockingCheckpoint | Cmd::KillAfterCheckpoint => {
             let kill = cmd == Cmd::KillAfterCheckpoint;
-            let Ok(w) = out.try_clone() else { return };
-            if !start_round(&mut g, kill, Some(w)) {
+            if !start_round(&mut g, kill, Some(out.clone())) {
                 let r = answer(&g, false, Some("no processes to checkpoint, or a restart is in progress"));
-                send_to(&mut out, &r);
+                send_to(&out, &r);
             }
         }
         Cmd::Kill => {
             kill_all(&mut g);
             let r = answer(&g, true, None);
-            send_to(&mut out, &r);
+            send_to(&out, &r);
         }
         Cmd::Quit => {
             kill_all(&mut g);
             let r = answer(&g, true, None);
-            send_to(&mut out, &r);
-            let _ = out.flush();
+            send_to(&out, &r);
+            out.drain(Instant::now() + Duration::from_secs(2));
             g.quit = true;
             cv.notify_all();
         }
@@ -585,7 +1007,7 @@ fn handle_command(sh: Shared, mut reader: BufReader<TcpStream>, mut out: TcpStre
             g.interval = n;
             g.last_ckpt = Instant::now();
             let r = answer(&g, true, None);
-            send_to(&mut out, &r);
+            send_to(&out, &r);
         }
     }
 }

@@ -16,6 +16,9 @@ Connecting to the coordinator:
   -j, --join-coordinator  Join an existing coordinator; fail if there is none
   --new-coordinator       Start a new coordinator, fail if one runs on the port
   --any-coordinator       Join a running coordinator, or start one (default)
+  --allow-other-user-coordinator
+                          Join a coordinator that another user runs on this machine
+                          (refused by default)
   -i, --interval SECS     Checkpoint every SECS seconds (env DMTCP_CHECKPOINT_INTERVAL, 0 = manual)
 
 Checkpoint images:

@@ -24,12 +24,17 @@ Connecting to the coordinator:
   -j, --join-coordinator  Join an existing coordinator; fail if there is none
   --new-coordinator       Start a new coordinator
   --any-coordinator       Join a running coordinator, or start one (default)
+  --allow-other-user-coordinator
+                          Join a coordinator that another user runs on this machine
+                          (refused by default)
   -i, --interval SECS     Checkpoint interval after restart (0 = manual)
 
 Other:
   -c, --ckptdir DIR       Where later checkpoints of the restarted processes go
   --restartdir DIR        Restart from every ckpt_*.dmtcp image in DIR
   --no-strict-checking    Accepted for compatibility (images are always checked)
+  --allow-other-user-image
+                          Restart images owned by another user (refused by default)
   -t, --tmpdir DIR        Directory for temporary files
   -q, --quiet             Less output
   --help                  Print this message and exit
@@ -41,6 +46,7 @@ pub fn main(args: Vec<String>) -> i32 {
     let mut ckpt_dir: Option<PathBuf> = None;
     let mut images: Vec<PathBuf> = Vec::new();
     let mut restart_dir: Option<PathBuf> = None;
+    let mut allow_other_image = false;
     let mut it = args.into_iter().skip(1);
     let bad = |m: String| {
         eprintln!("dmtcp_restart: {m}\n\n{USAGE}");
@@ -66,6 +72,10 @@ pub fn main(args: Vec<String>) -> i32 {
             "-c" | "--ckptdir" => value(&arg).map(|v| ckpt_dir = Some(PathBuf::from(v))),
             "--restartdir" | "-d" => value(&arg).map(|v| restart_dir = Some(PathBuf::from(v))),
             "--no-strict-checking" => Ok(()),
+            "--allow-other-user-image" => {
+                allow_other_image = true;
+                Ok(())
+            }
             "-t" | "--tmpdir" => value(&arg).map(|_| ()),
             "-q" | "--quiet" => Ok(()),
             s if s.starts_with('-') && s.len() > 1 => Err(format!("unknown option '{s}'")),
@@ -106,6 +116,14 @@ pub fn main(args: Vec<String>) -> i32 {
             Ok(img) => opened.push(img),
             Err(e) => {
                 eprintln!("dmtcp_restart: {e}");
+                return 1;
+            }
+        }
+    }
+    if !allow_other_image {
+        for img in &opened {
+            if let Err(m) = owned_by_me(img) {
+                eprintln!("dmtcp_restart: {m}");
                 return 1;
             }
         }
@@ -186,6 +204,27 @@ pub fn main(args: Vec<String>) -> i32 {
         }
     }
     code
+}
+
+/// An image is the saved memory of a program, code included: restarting
+/// one runs it with the rights of whoever restarts it. Only images owned
+/// by the user restarting them are taken (root's own included), unless
+/// `--allow-other-user-image`; the owner is that of the file opened.
+fn owned_by_me(img: &Image) -> Result<(), String> {
+    let uid = img.owner().map_err(|e| e.to_string())?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if uid == me {
+        return Ok(());
+    }
+    let name = |u: u32| client::user_name(u).map(|n| format!(" ({n})")).unwrap_or_default();
+    Err(format!(
+        "{} is owned by uid {uid}{}, not by you (uid {me}{}): restarting it would run that user's saved program \
+         with your rights. If you trust where it comes from, pass --allow-other-user-image (or copy it and own the copy).",
+        img.path.display(),
+        name(uid),
+        name(me)
+    ))
 }
 
 /// Checks that need no memory contents: mapped files, the vDSO layout.
@@ -296,9 +335,10 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
     };
     // SAFETY: enlarging our pipe's buffer (best effort).
     unsafe { libc::fcntl(sw, libc::F_SETPIPE_SZ, 1 << 20) };
-    // The restorer maps raw chunks straight from the image (lazy restore).
+    // The restorer maps raw chunks straight from the image (lazy restore),
+    // from the file that was opened and checked.
     let image_fd = if lazy_restore() {
-        match std::fs::File::open(&img.path) {
+        match img.try_clone_file() {
             Ok(f) => {
                 let fd = f.into_raw_fd();
                 cloexec(fd, false);
