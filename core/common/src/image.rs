@@ -144,6 +144,10 @@ pub struct Meta {
     /// The process's place in the job's tree when it was checkpointed.
     #[serde(default)]
     pub tree: Tree,
+    /// Instruction-set features of the processor the image was taken on
+    /// ([`crate::cpu`]); a restart on a processor without one is refused.
+    #[serde(default)]
+    pub cpu_flags: Vec<String>,
 }
 
 /// Parent, group, session and unreaped children of a process.
@@ -321,6 +325,27 @@ pub fn encode_index(meta: &Meta, chunks: &[ChunkDesc]) -> Vec<u8> {
         out.extend_from_slice(pod_bytes(c));
     }
     out
+}
+
+/// Change an image's metadata in place: the index (the end of the file)
+/// is written again with `edit` applied, and the header updated. For tools
+/// and tests that move or amend images; memory chunks are not touched.
+pub fn rewrite_meta(path: &Path, edit: impl FnOnce(&mut Meta)) -> Result<(), ImageError> {
+    use std::os::unix::fs::FileExt;
+    let img = Image::open(path)?;
+    let mut meta = img.meta.clone();
+    edit(&mut meta);
+    let index = encode_index(&meta, &img.chunks);
+    let mut header = img.header;
+    header.index_len = index.len() as u64;
+    header.file_len = header.index_offset + header.index_len;
+    header.index_crc = crc32fast::hash(&index);
+    let io = |source| ImageError::Io { path: path.to_path_buf(), source };
+    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io)?;
+    f.write_all_at(&index, header.index_offset).map_err(io)?;
+    f.set_len(header.file_len).map_err(io)?;
+    f.write_all_at(&header.encode(), 0).map_err(io)?;
+    f.sync_all().map_err(io)
 }
 
 /// An opened, validated image (header and index checked; contents are
@@ -530,6 +555,7 @@ mod tests {
             coord_port: 7779,
             ckpt_dir: ".".into(),
             tree: Default::default(),
+            cpu_flags: Vec::new(),
         }
     }
 

@@ -164,6 +164,11 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
             preload = format!("{preload}:{p}");
         }
     }
+    if quiet < 2 {
+        for m in kernel_gaps() {
+            eprintln!("{alias}: warning: {m}");
+        }
+    }
     let tunables = match std::env::var("GLIBC_TUNABLES") {
         Ok(t) if !t.is_empty() => format!("{t}:glibc.pthread.rseq=0"),
         _ => "glibc.pthread.rseq=0".to_string(),
@@ -195,4 +200,27 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
     } else {
         126
     }
+}
+
+/// What this kernel lacks of CONFIG_CHECKPOINT_RESTORE, and what that costs
+/// a restart (each probe changes nothing).
+pub fn kernel_gaps() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut addr: u64 = 0;
+    // SAFETY: PR_GET_TID_ADDRESS writes one pointer into `addr`.
+    if unsafe { libc::prctl(libc::PR_GET_TID_ADDRESS, &mut addr as *mut u64) } != 0 {
+        out.push(format!(
+            "this kernel lacks CONFIG_CHECKPOINT_RESTORE (prctl PR_GET_TID_ADDRESS: {}): after a restart, threads \
+             cannot be joined (pthread_join waits for ever) and the heap cannot grow in place",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let pid = std::process::id() as libc::c_long;
+    // SAFETY: kcmp compares our own stdin with itself; it changes nothing.
+    if unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, 0 as libc::c_long, 0 as libc::c_long, 0 as libc::c_long) } < 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS)
+    {
+        out.push("this kernel has no kcmp (CONFIG_CHECKPOINT_RESTORE): fds duplicated in one process are told apart by a weaker test".into());
+    }
+    out
 }

@@ -32,7 +32,8 @@ Connecting to the coordinator:
 Other:
   -c, --ckptdir DIR       Where later checkpoints of the restarted processes go
   --restartdir DIR        Restart from every ckpt_*.dmtcp image in DIR
-  --no-strict-checking    Accepted for compatibility (images are always checked)
+  --no-strict-checking    Restart even on a processor that lacks features the
+                          images were taken with (images are still checked for damage)
   --allow-other-user-image
                           Restart images owned by another user (refused by default)
   -t, --tmpdir DIR        Directory for temporary files
@@ -47,6 +48,7 @@ pub fn main(args: Vec<String>) -> i32 {
     let mut images: Vec<PathBuf> = Vec::new();
     let mut restart_dir: Option<PathBuf> = None;
     let mut allow_other_image = false;
+    let mut strict = true;
     let mut it = args.into_iter().skip(1);
     let bad = |m: String| {
         eprintln!("dmtcp_restart: {m}\n\n{USAGE}");
@@ -71,7 +73,10 @@ pub fn main(args: Vec<String>) -> i32 {
             }
             "-c" | "--ckptdir" => value(&arg).map(|v| ckpt_dir = Some(PathBuf::from(v))),
             "--restartdir" | "-d" => value(&arg).map(|v| restart_dir = Some(PathBuf::from(v))),
-            "--no-strict-checking" => Ok(()),
+            "--no-strict-checking" => {
+                strict = false;
+                Ok(())
+            }
             "--allow-other-user-image" => {
                 allow_other_image = true;
                 Ok(())
@@ -120,6 +125,21 @@ pub fn main(args: Vec<String>) -> i32 {
             }
         }
     }
+    if strict {
+        let here = dmtcp_common::cpu::isa_flags();
+        for img in &opened {
+            let lacking = dmtcp_common::cpu::missing(&img.meta.cpu_flags, &here);
+            if !lacking.is_empty() {
+                eprintln!(
+                    "dmtcp_restart: {} was taken on a processor with features this one lacks ({}): the program may run code \
+                     that needs them and die of SIGILL. Restart it on a like machine, or pass --no-strict-checking to try anyway.",
+                    img.path.display(),
+                    lacking.join(" ")
+                );
+                return 1;
+            }
+        }
+    }
     if !allow_other_image {
         for img in &opened {
             if let Err(m) = owned_by_me(img) {
@@ -158,15 +178,20 @@ pub fn main(args: Vec<String>) -> i32 {
         let _ = crate::command::send_command(&a.host, port, dmtcp_common::proto::Cmd::Interval(i));
     }
     let ckpt_dir = ckpt_dir.map(|d| std::path::absolute(&d).unwrap_or(d));
-    if crate::tree::wanted() {
-        match crate::tree::enter() {
+    // In a pid namespace of its own, each process gets its pid back; where
+    // that cannot be had, the job comes back whole under new pids.
+    let why = if !crate::tree::wanted() {
+        "DMTCP_RESTART_PIDNS=0".to_string()
+    } else {
+        match crate::tree::probe().and_then(|()| crate::tree::enter()) {
             Ok(()) => {
                 let restore = |img: &Image| restore_into_self(img, &a.host, port, ckpt_dir.as_deref(), &restorer, RESTART_SET_TID);
-                return crate::tree::run(&mut opened, &restore);
+                return crate::tree::run(&mut opened, &restore, crate::tree::Mode::SamePids);
             }
-            Err(e) => eprintln!("dmtcp_restart: warning: {e}; restarting without the original process ids"),
+            Err(e) => e,
         }
-    }
+    };
+    eprintln!("dmtcp_restart: restarting without a pid namespace ({why}): the processes get new pids");
     if opened.len() == 1 {
         let mut img = opened.pop().expect("one image");
         if let Err(e) = crate::tree::socks_for_single(&mut img) {
@@ -177,33 +202,8 @@ pub fn main(args: Vec<String>) -> i32 {
         eprintln!("dmtcp_restart: {e}");
         return 1;
     }
-    let mut children = Vec::new();
-    for img in &opened {
-        // SAFETY: fork in a single-threaded program; the child only restores and execs.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let e = restore_into_self(img, &a.host, port, ckpt_dir.as_deref(), &restorer, 0);
-            eprintln!("dmtcp_restart: {e}");
-            // SAFETY: leaving the failed child without running atexit handlers.
-            unsafe { libc::_exit(1) };
-        }
-        if pid < 0 {
-            eprintln!("dmtcp_restart: fork: {}", std::io::Error::last_os_error());
-            return 1;
-        }
-        children.push(pid);
-    }
-    let mut code = 0;
-    for pid in children {
-        let mut st = 0;
-        // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(pid, &mut st, 0) };
-        let c = if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 128 + libc::WTERMSIG(st) };
-        if code == 0 {
-            code = c;
-        }
-    }
-    code
+    let restore = |img: &Image| restore_into_self(img, &a.host, port, ckpt_dir.as_deref(), &restorer, 0);
+    crate::tree::run(&mut opened, &restore, crate::tree::Mode::NewPids)
 }
 
 /// An image is the saved memory of a program, code included: restarting

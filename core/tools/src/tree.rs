@@ -198,6 +198,86 @@ fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
+/// How the processes of a job are re-created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// In a pid namespace of their own, each at the pid it had.
+    SamePids,
+    /// Without a namespace (unprivileged user namespaces off, no clone3
+    /// with set_tid, a /proc that cannot be mounted): the same tree,
+    /// sessions and groups, pipes, sockets and shared memory, under new
+    /// pids.
+    NewPids,
+}
+
+/// Can this machine restart in a pid namespace? Tried in a throw-away
+/// child: make the namespaces, start an init that mounts /proc and creates
+/// a process at a chosen pid with clone3(set_tid). Err says what failed.
+pub fn probe() -> Result<(), String> {
+    let (r, w) = crate::restart::pipe().map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: fork of this single-threaded program; the child only probes and exits.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(format!("fork: {}", errno()));
+    }
+    if child == 0 {
+        close(r);
+        let report = |m: &str| {
+            // SAFETY: writing our message to the pipe.
+            unsafe { libc::write(w, m.as_ptr() as *const libc::c_void, m.len()) };
+            exit_now(1)
+        };
+        if let Err(e) = enter() {
+            report(&e);
+        }
+        let init = clone_with_pid(0);
+        if init < 0 {
+            report(&format!("cannot start a pid namespace's init: {}", errno()));
+        }
+        if init == 0 {
+            if let Err(e) = mount_proc() {
+                report(&e);
+            }
+            let c = clone_with_pid(7);
+            if c == 0 {
+                exit_now(0);
+            }
+            if c < 0 {
+                report(&format!("clone3 cannot choose pids here: {}", errno()));
+            }
+            let mut st = 0;
+            // SAFETY: reaping our probe child.
+            unsafe { libc::waitpid(c, &mut st, 0) };
+            exit_now(0);
+        }
+        let mut st = 0;
+        // SAFETY: waiting for the probe's init.
+        unsafe { libc::waitpid(init, &mut st, 0) };
+        exit_now(status_code(st));
+    }
+    close(w);
+    let mut msg = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        // SAFETY: reading the probe's message into our buffer.
+        let n = unsafe { libc::read(r, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n > 0 {
+            msg.extend_from_slice(&buf[..n as usize]);
+        } else if n == 0 || errno().kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    close(r);
+    let mut st = 0;
+    // SAFETY: reaping the probe.
+    unsafe { libc::waitpid(child, &mut st, 0) };
+    if status_code(st) == 0 {
+        return Ok(());
+    }
+    let m = String::from_utf8_lossy(&msg).into_owned();
+    Err(if m.is_empty() { format!("the pid namespace probe failed (status {})", status_code(st)) } else { m })
+}
+
 /// Enter a new pid and mount namespace (and a user namespace mapping our
 /// own ids when not root). The next child of this process is its init.
 pub fn enter() -> Result<(), String> {
@@ -230,7 +310,13 @@ fn clone_with_pid(pid: i32) -> i32 {
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM is a fork; the args struct is valid.
-    unsafe { libc::syscall(libc::SYS_clone3, &args as *const _, core::mem::size_of_val(&args)) as i32 }
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const _, core::mem::size_of_val(&args)) as i32 };
+    if r < 0 && pid == 0 {
+        // No clone3 (older kernels): any pid will do.
+        // SAFETY: fork of this single-threaded program.
+        return unsafe { libc::fork() };
+    }
+    r
 }
 
 fn close(fd: i32) {
@@ -257,10 +343,33 @@ struct Plan<'a> {
     socks: BTreeMap<String, i32>,
     /// Eventfds made for the images, by [`evfd_key`].
     evfds: BTreeMap<String, i32>,
+    mode: Mode,
+    /// [`Mode::NewPids`]: each process's new pid, by image index, in memory
+    /// shared by all of them (filled before the "created" pipe counts it).
+    new_pids: *mut i32,
 }
 
-/// Run the job in the namespace [`enter`] made; returns the exit code.
-pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
+impl Plan<'_> {
+    /// Create a process for pid `pid` of the images (any pid without a
+    /// namespace). Returns like fork.
+    fn clone_for(&self, pid: i32) -> i32 {
+        clone_with_pid(if self.mode == Mode::SamePids { pid } else { 0 })
+    }
+
+    /// The pid that process `old` of the images has now.
+    fn now(&self, old: i32) -> i32 {
+        match (self.mode, self.by_pid.get(&old)) {
+            // SAFETY: the shared table has one slot per image; filled by
+            // every process before the "go" barrier, read after it.
+            (Mode::NewPids, Some(&i)) => unsafe { core::ptr::read_volatile(self.new_pids.add(i)) },
+            _ => old,
+        }
+    }
+}
+
+/// Run the job (in the namespace [`enter`] made, for [`Mode::SamePids`]);
+/// returns the exit code.
+pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode) -> i32 {
     let by_pid: BTreeMap<i32, usize> = images.iter().enumerate().map(|(i, img)| (img.meta.pid, i)).collect();
     if by_pid.len() != images.len() {
         eprintln!("dmtcp_restart: two images have the same pid: they are not of one computation");
@@ -321,9 +430,17 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
         Ok(p) => p,
         Err(e) => return fail(&format!("pipe: {e}")),
     };
+    // The processes' new pids, shared between them (NewPids).
+    // SAFETY: a fresh shared anonymous mapping, one i32 per image.
+    let new_pids = unsafe {
+        libc::mmap(core::ptr::null_mut(), (images.len() * 4).max(4), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    if new_pids == libc::MAP_FAILED {
+        return fail(&format!("mmap: {}", errno()));
+    }
     let init = clone_with_pid(0);
     if init < 0 {
-        return fail(&format!("cannot start the namespace's init: {}", errno()));
+        return fail(&format!("cannot start the job's init: {}", errno()));
     }
     if init > 0 {
         for fd in [created_r, created_w, go_r, go_w].into_iter().chain(pipes.values().flat_map(|&(r, w)| [r, w])).chain(socks.values().copied()).chain(evfds.values().copied()).chain(shm_fds.iter().copied()).chain(file_fds.iter().copied()) {
@@ -331,20 +448,29 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String) -> i32 {
         }
         return outside(init);
     }
-    // Init, pid 1 of the new namespace.
-    // SAFETY: die with dmtcp_restart (which takes the whole namespace along).
+    // Init: pid 1 of the new namespace, or (NewPids) the job's reaper.
+    // SAFETY: die with dmtcp_restart (which takes the whole job along).
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    if let Err(e) = mount_proc() {
-        eprintln!("dmtcp_restart: warning: {e}; /proc shows the outer pid namespace");
+    if mode == Mode::SamePids {
+        if let Err(e) = mount_proc() {
+            // The probe mounted one: this should not happen. A /proc of the
+            // outer namespace would make checkpoints signal the wrong threads.
+            eprintln!("dmtcp_restart: {e}; restart with DMTCP_RESTART_PIDNS=0");
+            exit_now(1);
+        }
+        // Processes created without a chosen pid (the image streamers) get ids
+        // above every id the job needs.
+        let _ = std::fs::write("/proc/sys/kernel/ns_last_pid", max_id.to_string());
+    } else {
+        // Orphans of the job come to init, as in a namespace.
+        // SAFETY: prctl on ourselves.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     }
-    // Processes created without a chosen pid (the image streamers) get ids
-    // above every id the job needs.
-    let _ = std::fs::write("/proc/sys/kernel/ns_last_pid", max_id.to_string());
-    let plan = Plan { images, by_pid, children, created_w, go_r, pipes, socks, evfds };
+    let plan = Plan { images, by_pid, children, created_w, go_r, pipes, socks, evfds, mode, new_pids: new_pids as *mut i32 };
     let mut root_pids = Vec::new();
     for &r in &roots {
         let pid = images[r].meta.pid;
-        let c = clone_with_pid(pid);
+        let c = plan.clone_for(pid);
         if c == 0 {
             close(created_r);
             close(go_w);
@@ -432,6 +558,8 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
     let img = &plan.images[idx];
     let t = &img.meta.tree;
     let pid = img.meta.pid;
+    // SAFETY: our slot of the shared table (NewPids), written before we count as created.
+    unsafe { core::ptr::write_volatile(plan.new_pids.add(idx), libc::getpid()) };
     for s in FORWARDED {
         // SAFETY: the default disposition for forwarded signals (init's handler is not ours).
         unsafe { libc::signal(s, libc::SIG_DFL) };
@@ -454,7 +582,7 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
     }
     for &c in plan.children.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
         let cpid = plan.images[c].meta.pid;
-        let r = clone_with_pid(cpid);
+        let r = plan.clone_for(cpid);
         if r == 0 {
             stub(plan, c, restore);
         }
@@ -466,7 +594,7 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         if plan.by_pid.contains_key(&zpid) {
             continue;
         }
-        let r = clone_with_pid(zpid);
+        let r = plan.clone_for(zpid);
         if r == 0 {
             die_like(status);
         }
@@ -485,7 +613,8 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
     // Join a group led by another process of the job (it exists by now).
     // SAFETY: setpgid on ourselves.
     unsafe {
-        if t.pgid != pid && plan.by_pid.contains_key(&t.pgid) && libc::getpgrp() != t.pgid && libc::setpgid(0, t.pgid) != 0 {
+        let pgid = plan.now(t.pgid);
+        if t.pgid != pid && plan.by_pid.contains_key(&t.pgid) && libc::getpgrp() != pgid && libc::setpgid(0, pgid) != 0 {
             eprintln!("dmtcp_restart: process {pid}: cannot join process group {}: {}", t.pgid, errno());
         }
     }
@@ -503,6 +632,7 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
     // that had it (all groups exist now); SIGTTOU would stop a background
     // leader, so it is blocked meanwhile (the restorer sets the real mask).
     if let Some(&(_, slave, fg)) = t.ctty.as_ref().and_then(|k| PTYS.get().and_then(|p| p.get(k))) {
+        let fg = plan.now(fg);
         if t.sid == pid && fg > 0 {
             // SAFETY: blocking a signal and setting the terminal's foreground group.
             unsafe {

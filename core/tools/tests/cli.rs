@@ -206,3 +206,54 @@ fn kill_and_quit_commands() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(job.command(&["-s"]).status.code(), Some(2), "the coordinator survived -q");
 }
+
+/// Images record the processor's instruction-set features; a restart on a
+/// processor without one of them is refused with a clear message, and
+/// `--no-strict-checking` restarts anyway.
+#[test]
+fn restart_on_a_processor_lacking_features_is_refused() {
+    let prog = c_program("threads");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p]);
+    let mut job = Job::new("cpuflags");
+    job.launch(&[p], &[]);
+    job.wait_for("step 4\n");
+    job.checkpoint_and_kill();
+    let img = job.images().pop().expect("an image");
+    let here = dmtcp_common::cpu::isa_flags();
+    let meta = dmtcp_common::image::Image::open(&img).unwrap().meta;
+    assert_eq!(meta.cpu_flags, here, "the image records this processor's features");
+    // As if the image had been taken on a processor with one more feature.
+    dmtcp_common::image::rewrite_meta(&img, |m| m.cpu_flags.push("dmtcp_test_feature".into())).unwrap();
+    let o = tool("dmtcp_restart").args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string()]).arg(&img).output().unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("features this one lacks (dmtcp_test_feature)") && err.contains("--no-strict-checking"), "{err}");
+    job.restart_with(&["--no-strict-checking".to_string(), img.display().to_string()]);
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}
+
+/// On a kernel without CONFIG_CHECKPOINT_RESTORE (its calls made to fail
+/// with seccomp), dmtcp_launch says what a restart will lack, and the
+/// program still runs under checkpoint control.
+#[test]
+fn launch_names_missing_kernel_features() {
+    let prog = c_program("threads");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p]);
+    let port = unused_port();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kgaps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = std::process::Command::new(c_program("nsdeny"))
+        .args(["tidaddr,kcmp", "--"])
+        .arg(bin_dir().join("dmtcp_launch"))
+        .args(["--new-coordinator", "-p", &port.to_string(), p])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("lacks CONFIG_CHECKPOINT_RESTORE (prctl PR_GET_TID_ADDRESS") && err.contains("no kcmp"), "{err}");
+    assert_eq!(out, bare);
+}

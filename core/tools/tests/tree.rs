@@ -271,3 +271,68 @@ fn periodic_itimer_with_its_signal_pending_survives_restart() {
     let out = cycles_match_bare("itimerpending", &[prog.to_str().unwrap()], &[], &[("tick 1\n", "tick 2\n"), ("tick 3\n", "tick 4\n")]);
     assert!(out.ends_with("alarms after unblocking: 20 or more\n"), "{out}");
 }
+
+/// Without a pid namespace (here turned off with DMTCP_RESTART_PIDNS=0; on
+/// machines without unprivileged user namespaces, or clone3 with set_tid,
+/// or a /proc that can be mounted, dmtcp_restart chooses this itself) a
+/// job still comes back whole: the same tree, its pipe, its socketpair and
+/// its shared memory, under new pids, and dmtcp_restart says so.
+#[test]
+fn job_restarts_whole_without_a_pid_namespace() {
+    let prog = c_program("ipcpair");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "150"]);
+    let mut job = Job::new("newpids").env("DMTCP_RESTART_PIDNS", "0");
+    job.launch(&[p, "150"], &[]);
+    for (mark, after) in [("round 30 ", "round 40 "), ("round 80 ", "round 90 ")] {
+        job.wait_for(mark);
+        job.checkpoint();
+        assert_eq!(job.images().len(), 2, "parent and child");
+        job.wait_for(after);
+        job.kill();
+        job.restart();
+    }
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+    let err = std::fs::read_to_string(job.dir.join("restart.err")).unwrap_or_default();
+    assert!(err.contains("restarting without a pid namespace (DMTCP_RESTART_PIDNS=0)"), "{err}");
+}
+
+/// Start `dmtcp_restart` of the job's images under a seccomp filter that
+/// makes `deny` fail (see tests/c/nsdeny.c).
+fn restart_denied(job: &mut Job, deny: &str) {
+    let mut c = std::process::Command::new(c_program("nsdeny"));
+    c.arg(deny).arg("--").arg(bin_dir().join("dmtcp_restart")).args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string()]);
+    c.args(job.images()).current_dir(&job.dir).stdin(std::process::Stdio::null());
+    c.stdout(std::fs::File::create(job.dir.join("restart.out")).unwrap());
+    c.stderr(std::fs::File::create(job.dir.join("restart.err")).unwrap());
+    job.proc = Some(c.spawn().unwrap());
+}
+
+/// Where unprivileged user namespaces are off (unshare refused) or clone3
+/// is missing (kernels before 5.3; here both made to fail with seccomp),
+/// dmtcp_restart finds out before it commits to a namespace, says why, and
+/// brings the job back whole under new pids.
+#[test]
+fn restart_without_user_namespaces_or_clone3() {
+    let prog = c_program("ipcpair");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "120"]);
+    let mut job = Job::new("nsdeny");
+    job.launch(&[p, "120"], &[]);
+    for (deny, mark, after, why) in [
+        ("unshare", "round 30 ", "round 40 ", "cannot create a pid namespace"),
+        ("clone3", "round 70 ", "round 80 ", "clone3 cannot choose pids here"),
+    ] {
+        job.wait_for(mark);
+        job.checkpoint();
+        job.wait_for(after);
+        job.kill();
+        restart_denied(&mut job, deny);
+        job.wait_for(&format!("round {} ", mark.trim_start_matches("round ").trim().parse::<u32>().unwrap() + 20));
+        let err = std::fs::read_to_string(job.dir.join("restart.err")).unwrap_or_default();
+        assert!(err.contains("restarting without a pid namespace") && err.contains(why), "{deny}: {err}");
+    }
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}

@@ -136,6 +136,7 @@ impl Ctl {
             coord_port: self.cfg.port,
             ckpt_dir: dir.display().to_string(),
             tree: proctree::capture(threads::slot_tids()),
+            cpu_flags: super::start::cpu_flags(),
         };
         match writer::write_image(&dir, &name, &plan, &mut meta, self.cfg.gzip, self.slot) {
             writer::Outcome::Written { path, bytes } => {

@@ -29,6 +29,14 @@ pub(super) static RESTART_FLAGS: AtomicU32 = AtomicU32::new(0);
 /// process cannot be restored, so its checkpoints fail.
 pub(super) static NO_WINDOW: AtomicBool = AtomicBool::new(false);
 
+/// The processor's instruction-set features, read once at start-up.
+static CPU_FLAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// The features recorded in every image of this process.
+pub(super) fn cpu_flags() -> Vec<String> {
+    CPU_FLAGS.get_or_init(dmtcp_common::cpu::isa_flags).clone()
+}
+
 /// Is the checkpointer active in this process?
 pub(crate) fn is_enabled() -> bool {
     ENABLED.load(SeqCst)
@@ -93,6 +101,7 @@ extern "C" fn dmtcp_init() {
     memory::init_self_ranges();
     sigwrap::init();
     threads::init_rseq();
+    let _ = cpu_flags();
     log::QUIET.store(std::env::var(E::QUIET).ok().and_then(|q| q.parse().ok()).unwrap_or(0), Relaxed);
     // SAFETY: reserving an address range with NOREPLACE never disturbs an existing mapping.
     let r = unsafe {

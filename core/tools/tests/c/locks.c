@@ -34,12 +34,22 @@ int main(int argc, char **argv) {
     if (kid == 0) {
         close(p[1]);
         int got = 0;
-        for (int i = 0; i < steps; i++) {
+        char c;
+        /* Try until the parent says it let go (a slow child must not try
+         * after the release and count that as a failure to hold). */
+        fcntl(p[0], F_SETFL, O_NONBLOCK);
+        int released = 0;
+        for (int i = 0; i < steps && !released; i++) {
+            if (read(p[0], &c, 1) == 1) {
+                released = 1;
+                break;
+            }
             got |= try_both();
             usleep(20000);
         }
-        char c;
-        if (read(p[0], &c, 1) != 1) _exit(9); /* the parent has let go */
+        fcntl(p[0], F_SETFL, 0);
+        if (!released && read(p[0], &c, 1) != 1) _exit(9); /* the parent is letting go */
+        if (read(p[0], &c, 1) != 1) _exit(9);               /* the parent has let go */
         _exit(got * 10 + try_both());
     }
     close(p[0]);
@@ -48,10 +58,12 @@ int main(int argc, char **argv) {
         fflush(stdout);
         usleep(20000);
     }
+    /* Tell the child to stop trying, let go, then tell it to try once more. */
+    if (write(p[1], "x", 1) != 1) return 1;
     fl.l_type = F_UNLCK;
     fcntl(a, F_SETLK, &fl);
     flock(b, LOCK_UN);
-    if (write(p[1], "x", 1) != 1) return 1;
+    if (write(p[1], "y", 1) != 1) return 1;
     int st;
     waitpid(kid, &st, 0);
     int code = WEXITSTATUS(st);

@@ -121,16 +121,21 @@ fn ensure_service(o: &Opts) -> Result<(), String> {
     cmd.env_remove("LD_PRELOAD").env_remove("LD_LIBRARY_PATH");
     let mut child = cmd.spawn().map_err(|e| format!("cannot start the device service: {e}"))?;
     let t0 = Instant::now();
+    let mut ours_stepped_aside = false;
     while t0.elapsed() < Duration::from_secs(20) {
         if service_up(&sock) {
             return Ok(());
         }
-        if let Ok(Some(st)) = child.try_wait() {
-            // Another exec may have started one at the same moment.
-            if service_up(&sock) {
-                return Ok(());
+        if !ours_stepped_aside {
+            if let Ok(Some(st)) = child.try_wait() {
+                // A service that exits successfully at once found another
+                // one (started by another exec at the same moment) taking
+                // the socket: wait for that one to answer.
+                if !st.success() {
+                    return Err(format!("the device service exited ({st}); see {}", dir.join("softibd.log").display()));
+                }
+                ours_stepped_aside = true;
             }
-            return Err(format!("the device service exited ({st}); see {}", dir.join("softibd.log").display()));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
