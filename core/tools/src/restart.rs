@@ -309,11 +309,20 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
         use std::os::unix::fs::MetadataExt;
         (m.dev(), m.ino())
     });
+    let pid_map = if flags & RESTART_SET_TID != 0 {
+        None
+    } else {
+        // SAFETY: getpid has no preconditions.
+        Some(crate::tree::pid_map().cloned().unwrap_or_else(|| (vec![(img.meta.pid, unsafe { libc::getpid() })], true)))
+    };
     let info = serde_json::json!({
         "coord_host": host,
         "coord_port": port,
         "ckpt_dir": ckpt_dir.map(|d| d.display().to_string()),
         "shared_files": crate::tree::shared_files(img),
+        // Without a pid namespace: the job's pids then and now.
+        "pid_map": pid_map.as_ref().map(|m| &m.0),
+        "job_root": pid_map.as_ref().map(|m| m.1),
         "image_dev": image_id.as_ref().map(|i| i.0).ok(),
         "image_ino": image_id.as_ref().map(|i| i.1).ok(),
     })

@@ -344,9 +344,20 @@ struct Plan<'a> {
     /// Eventfds made for the images, by [`evfd_key`].
     evfds: BTreeMap<String, i32>,
     mode: Mode,
-    /// [`Mode::NewPids`]: each process's new pid, by image index, in memory
-    /// shared by all of them (filled before the "created" pipe counts it).
+    /// [`Mode::NewPids`]: each process's new pid, by image index, then
+    /// each re-made zombie's (by `zombie_slot`), in memory shared by all of
+    /// them (filled before the "created" pipe counts them).
     new_pids: *mut i32,
+    zombie_slot: BTreeMap<i32, usize>,
+}
+
+/// What this process tells its restored self about pids (NewPids): the
+/// job's (old, new) pids, and whether its parent is outside the job.
+static PID_MAP: std::sync::OnceLock<(Vec<(i32, i32)>, bool)> = std::sync::OnceLock::new();
+
+/// The pid table and root flag for the restart info (None in a namespace).
+pub fn pid_map() -> Option<&'static (Vec<(i32, i32)>, bool)> {
+    PID_MAP.get()
 }
 
 impl Plan<'_> {
@@ -431,13 +442,23 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
         Err(e) => return fail(&format!("pipe: {e}")),
     };
     // The processes' new pids, shared between them (NewPids).
-    // SAFETY: a fresh shared anonymous mapping, one i32 per image.
+    let mut zombie_slot = BTreeMap::new();
+    for img in images.iter() {
+        for &(z, _) in &img.meta.tree.zombies {
+            let n = images.len() + zombie_slot.len();
+            zombie_slot.entry(z).or_insert(n);
+        }
+    }
+    let slots = images.len() + zombie_slot.len();
+    // SAFETY: a fresh shared anonymous mapping, one i32 per slot.
     let new_pids = unsafe {
-        libc::mmap(core::ptr::null_mut(), (images.len() * 4).max(4), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(core::ptr::null_mut(), (slots * 4).max(4), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
     };
     if new_pids == libc::MAP_FAILED {
         return fail(&format!("mmap: {}", errno()));
     }
+    // SAFETY: getpid has no preconditions.
+    let outer = unsafe { libc::getpid() };
     let init = clone_with_pid(0);
     if init < 0 {
         return fail(&format!("cannot start the job's init: {}", errno()));
@@ -449,8 +470,25 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
         return outside(init);
     }
     // Init: pid 1 of the new namespace, or (NewPids) the job's reaper.
-    // SAFETY: die with dmtcp_restart (which takes the whole job along).
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if mode == Mode::SamePids {
+        // SAFETY: die with dmtcp_restart (which takes the whole namespace along).
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    } else {
+        // Without a namespace nothing takes the job along: when
+        // dmtcp_restart dies, init kills every process of the job itself.
+        // SAFETY: an async-signal-safe handler, then the death signal.
+        unsafe {
+            // Without SA_RESTART: init's wait must return to look at the flag.
+            let mut sa: libc::sigaction = core::mem::zeroed();
+            sa.sa_sigaction = on_parent_death as *const () as libc::sighandler_t;
+            libc::sigaction(libc::SIGPWR, &sa, core::ptr::null_mut());
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGPWR);
+            // It may have died before the death signal was set.
+            if libc::getppid() != outer {
+                PARENT_DIED.store(true, core::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
     if mode == Mode::SamePids {
         if let Err(e) = mount_proc() {
             // The probe mounted one: this should not happen. A /proc of the
@@ -466,7 +504,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
         // SAFETY: prctl on ourselves.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     }
-    let plan = Plan { images, by_pid, children, created_w, go_r, pipes, socks, evfds, mode, new_pids: new_pids as *mut i32 };
+    let plan = Plan { images, by_pid, children, created_w, go_r, pipes, socks, evfds, mode, new_pids: new_pids as *mut i32, zombie_slot };
     let mut root_pids = Vec::new();
     for &r in &roots {
         let pid = images[r].meta.pid;
@@ -598,6 +636,10 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         if r == 0 {
             die_like(status);
         }
+        if let (Some(&slot), true) = (plan.zombie_slot.get(&zpid), r > 0) {
+            // SAFETY: this zombie's slot of the shared table.
+            unsafe { core::ptr::write_volatile(plan.new_pids.add(slot), r) };
+        }
         if r < 0 {
             eprintln!("dmtcp_restart: cannot re-create exited child {zpid}: {}", errno());
         }
@@ -609,6 +651,15 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         let mut b = 0u8;
         while libc::read(plan.go_r, &mut b as *mut u8 as *mut libc::c_void, 1) != 0 && *libc::__errno_location() == libc::EINTR {}
         close(plan.go_r);
+    }
+    if plan.mode == Mode::NewPids {
+        let mut pairs: Vec<(i32, i32)> = plan.images.iter().map(|i| (i.meta.pid, plan.now(i.meta.pid))).collect();
+        for (&z, &slot) in &plan.zombie_slot {
+            // SAFETY: slots are filled before the "go" barrier we passed.
+            pairs.push((z, unsafe { core::ptr::read_volatile(plan.new_pids.add(slot)) }));
+        }
+        let root = !plan.by_pid.contains_key(&t.ppid) || t.ppid == pid;
+        let _ = PID_MAP.set((pairs, root));
     }
     // Join a group led by another process of the job (it exists by now).
     // SAFETY: setpgid on ourselves.
@@ -895,11 +946,52 @@ fn forward_signals(h: extern "C" fn(i32)) {
     }
 }
 
+/// Set when dmtcp_restart died (NewPids: init must take the job along).
+static PARENT_DIED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_parent_death(_sig: i32) {
+    PARENT_DIED.store(true, core::sync::atomic::Ordering::SeqCst);
+}
+
+/// SIGKILL every descendant of this process (init is their subreaper, so
+/// orphans of the job are among them), until none is left running.
+fn kill_descendants() {
+    loop {
+        let mut found = Vec::new();
+        let mut todo = vec![std::process::id() as i32];
+        while let Some(p) = todo.pop() {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+            for t in tasks.flatten() {
+                let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                for c in kids.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                    found.push(c);
+                    todo.push(c);
+                }
+            }
+        }
+        if found.is_empty() {
+            return;
+        }
+        for &c in &found {
+            // SAFETY: killing a process of the job (a descendant of ours).
+            unsafe { libc::kill(c, libc::SIGKILL) };
+        }
+        // Reap what died, so the next walk sees only what is left.
+        // SAFETY: non-blocking waits for our own children.
+        while unsafe { libc::waitpid(-1, core::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Init: reap everything; the job's status is the first failure of a root.
 fn reap(roots: &[i32]) -> ! {
     let mut code = 0;
     let roots: BTreeSet<i32> = roots.iter().copied().collect();
     loop {
+        if PARENT_DIED.load(core::sync::atomic::Ordering::SeqCst) {
+            kill_descendants();
+            exit_now(137);
+        }
         let mut st = 0;
         // SAFETY: waiting for any child.
         let p = unsafe { libc::waitpid(-1, &mut st, 0) };

@@ -8,19 +8,35 @@ mod common;
 use common::*;
 
 /// The tree under `sh -c`, both writing to one file in append mode.
-fn tree_cmd(prog: &str, steps: u32) -> String {
-    format!("{prog} {steps} setsid >> tree.txt; echo sh-exit $? >> tree.txt")
+fn tree_cmd(prog: &str, steps: u32, extra: &str) -> String {
+    format!("{prog} {steps} setsid {extra} >> tree.txt; echo sh-exit $? >> tree.txt")
 }
 
 #[test]
 fn forked_tree_keeps_its_ids_through_three_restarts() {
+    forked_tree("forktree", true);
+}
+
+/// The same without a pid namespace: the processes get new pids, and the
+/// program keeps seeing the old ones (getpid, getppid, getpgid, getsid,
+/// waitpid of a child and of a zombie, kill).
+#[test]
+fn forked_tree_keeps_its_ids_without_a_pid_namespace() {
+    forked_tree("forktree-newpids", false);
+}
+
+fn forked_tree(name: &str, pidns: bool) {
     let prog = c_program("forktree");
     let p = prog.to_str().unwrap();
-    let bare = run_bare(&[p, "3", "setsid"]);
+    let extra = if pidns { "" } else { "notid" };
+    let bare = run_bare(&[p, "3", "setsid", extra]);
     let worker_exit = bare.lines().find(|l| l.starts_with("worker exit")).expect("bare worker line").to_string();
     let steps = 60;
-    let mut job = Job::new("forktree");
-    let cmd = tree_cmd(p, steps);
+    let mut job = Job::new(name);
+    if !pidns {
+        job = job.env("DMTCP_RESTART_PIDNS", "0");
+    }
+    let cmd = tree_cmd(p, steps, extra);
     job.launch(&["sh", "-c", &cmd], &[]);
     let tree = job.dir.join("tree.txt");
     let wait_tree = |pat: &str| {
@@ -33,7 +49,14 @@ fn forked_tree_keeps_its_ids_through_three_restarts() {
     for (mark, after) in [("step 5\n", "step 8\n"), ("step 15\n", "step 18\n"), ("step 25\n", "step 28\n")] {
         wait_tree(mark);
         // The shell, the parent and its two running children.
-        assert_eq!(job.peer_pids().len(), 4, "processes under checkpoint control");
+        let listed = job.command(&["-l"]);
+        assert_eq!(
+            job.peer_pids().len(),
+            4,
+            "processes under checkpoint control: {}{}",
+            String::from_utf8_lossy(&listed.stdout),
+            String::from_utf8_lossy(&listed.stderr)
+        );
         job.checkpoint();
         assert_eq!(job.images().len(), 4, "one image per process: {:?}", job.images());
         wait_tree(after);
@@ -44,7 +67,7 @@ fn forked_tree_keeps_its_ids_through_three_restarts() {
     let out = std::fs::read_to_string(&tree).unwrap();
     // The worker's exit code is its checksum of 2*STEPS rounds: compare with
     // a bare run of the same length.
-    let bare_long = run_bare(&[p, &steps.to_string(), "setsid"]);
+    let bare_long = run_bare(&[p, &steps.to_string(), "setsid", extra]);
     let expect_worker = bare_long.lines().find(|l| l.starts_with("worker exit")).unwrap();
     assert_ne!(expect_worker, worker_exit, "the checksum does not depend on the length");
     for want in [expect_worker, "waiter exit 7", "zombie exit 42", "parent ids same", "done", "sh-exit 0"] {

@@ -120,7 +120,7 @@ impl Ctl {
             program: self.program.clone(),
             argv: self.argv.clone(),
             hostname: dmtcp_common::hostname(),
-            pid: dmtcp_sys::getpid(),
+            pid: super::vpid::to_virt(dmtcp_sys::getpid()),
             uniq_id: self.uniq_id.clone(),
             comp_id: self.comp_id.clone(),
             generation: self.generation,
@@ -179,6 +179,18 @@ impl Ctl {
                     let fds: Vec<i32> = a.iter().filter_map(|x| x.as_i64().map(|n| n as i32)).collect();
                     super::fds::set_installed_by_restart(fds);
                 }
+                // Without a pid namespace: the job's pids then and now.
+                match v["pid_map"].as_array() {
+                    Some(m) => {
+                        let pairs: Vec<(i32, i32)> = m
+                            .iter()
+                            .filter_map(|p| Some((p.get(0)?.as_i64()? as i32, p.get(1)?.as_i64()? as i32)))
+                            .collect();
+                        super::vpid::set(&pairs);
+                    }
+                    None => super::vpid::clear(),
+                }
+                proctree::ROOT_CANDIDATE.store(v["job_root"].as_bool().unwrap_or(false), SeqCst);
                 if let (Some(dev), Some(ino)) = (v["image_dev"].as_u64(), v["image_ino"].as_u64()) {
                     memory::set_image_file(dev, ino);
                 }

@@ -97,6 +97,12 @@ pub fn boot_id() -> String {
     super::start::boot_id()
 }
 
+/// The pid the program knows for a real pid (they differ after a restart
+/// without a pid namespace): what images record.
+pub fn pid_to_virtual(real: i32) -> i32 {
+    super::vpid::to_virt(real)
+}
+
 /// The signal the checkpoint uses.
 pub fn ckpt_signal() -> i32 {
     super::threads::CKPT_SIGNAL.load(SeqCst)

@@ -11,6 +11,7 @@
 //! | `restartable` | poll/select/sleep wrappers that hide the EINTR a checkpoint causes |
 //! | `memory`, `writer` | the memory plan and the parallel image writers |
 //! | `proctree` | the process's place in the job's tree, recorded in the image |
+//! | `vpid` | virtual pids after a restart without a pid namespace |
 //! | `coord` | the link to the coordinator: barriers, the name service |
 //! | `fds` | the fd table: the library's protected fds, fd helpers, what dmtcp_restart put in place |
 //! | `fdguard` | `close`, `dup2`, `dup3`, `close_range`, `closefrom` wrappers that keep the protected fds the library's |
@@ -45,4 +46,5 @@ pub(crate) mod signals;
 pub(crate) mod sigwrap;
 pub(crate) mod start;
 pub(crate) mod threads;
+pub(crate) mod vpid;
 pub(crate) mod writer;

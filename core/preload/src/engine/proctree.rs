@@ -33,8 +33,12 @@ fn zombie_status(pid: i32) -> Option<i32> {
     }
     // SAFETY: a zeroed siginfo_t for waitid to fill.
     let mut si: libc::siginfo_t = unsafe { core::mem::zeroed() };
-    // SAFETY: waitid with WNOWAIT only reads the child's state.
-    let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut si, libc::WEXITED | libc::WNOWAIT | libc::WNOHANG) };
+    // The raw call, not the library's own waitid wrapper (which would
+    // translate the pid for the program).
+    // SAFETY: waitid with WNOWAIT only reads the child's state; null rusage.
+    let r = unsafe {
+        libc::syscall(libc::SYS_waitid, libc::P_PID, pid as libc::id_t, &mut si as *mut libc::siginfo_t, libc::WEXITED | libc::WNOWAIT | libc::WNOHANG, 0usize)
+    } as i32;
     // SAFETY: si_pid/si_status are valid for a SIGCHLD siginfo filled by waitid.
     let (spid, status) = unsafe { (si.si_pid(), si.si_status()) };
     if r != 0 || spid != pid {
@@ -63,8 +67,16 @@ fn real_getppid() -> i32 {
 /// (where the restarted root's parent is dmtcp_restart).
 pub fn after_restart() {
     let saved = SAVED_PPID.load(SeqCst);
-    ROOT_PPID.store(if real_getppid() == 1 && saved > 1 { saved } else { 0 }, SeqCst);
+    // The parent is the namespace's init, or (without a namespace) the
+    // stand-in init of dmtcp_restart: no process of the job.
+    let real = real_getppid();
+    let outside = real == 1 || ROOT_CANDIDATE.load(SeqCst);
+    ROOT_PPID.store(if outside && saved > 1 { saved } else { 0 }, SeqCst);
 }
+
+/// Set at a restart without a pid namespace when this process's parent is
+/// not a process of the job (the restart info says so).
+pub static ROOT_CANDIDATE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// In a forked child: its parent is in the job.
 pub fn after_fork_child() {
@@ -76,8 +88,8 @@ pub fn after_fork_child() {
 pub extern "C" fn getppid() -> libc::pid_t {
     let real = real_getppid();
     match ROOT_PPID.load(SeqCst) {
-        v if v > 0 && real == 1 => v,
-        _ => real,
+        v if v > 0 && (real == 1 || ROOT_CANDIDATE.load(SeqCst)) => v,
+        _ => super::vpid::to_virt(real),
     }
 }
 
@@ -87,7 +99,8 @@ pub fn capture(tids: Vec<i32>) -> Tree {
     SAVED_PPID.store(ppid, SeqCst);
     // SAFETY: these calls only read the calling process's ids.
     let (pgid, sid) = unsafe { (libc::getpgid(0), libc::getsid(0)) };
-    let zombies = children().into_iter().filter_map(|c| zombie_status(c).map(|s| (c, s))).collect();
+    // Pids as the program sees them (getpgid and getsid are our wrappers).
+    let zombies = children().into_iter().filter_map(|c| zombie_status(c).map(|s| (super::vpid::to_virt(c), s))).collect();
     let mut tree = Tree { ppid, pgid, sid, tids, zombies, ..Default::default() };
     // Pipes, sockets, event fds, shared files and ptys: the plugins' records.
     super::plugin::records(&mut tree);

@@ -81,7 +81,7 @@ fn collect(found: &Found, flags_of: impl Fn(i32) -> i32) -> (Vec<PtyRec>, Option
             // SAFETY: TIOCGPGRP and FIONREAD write an int.
             unsafe {
                 if libc::ioctl(fd, libc::TIOCGPGRP, &mut pg) == 0 {
-                    r.fg = pg;
+                    r.fg = dmtcp::pid_to_virtual(pg);
                 }
                 if libc::ioctl(fd, libc::FIONREAD, &mut pending) == 0 && pending > 0 {
                     dmtcp::warn(format_args!(

@@ -180,9 +180,14 @@ struct KSigevent {
 }
 const _: () = assert!(core::mem::size_of::<KSigevent>() == 64);
 
+/// `prctl(PR_TIMER_CREATE_RESTORE_IDS, ...)` (Linux 6.15): while on,
+/// timer_create takes the id to give from its output argument.
+const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
+
+/// Create a timer like `t`; in restore-ids mode with the id `t` had.
 fn create(t: &PosixTimer) -> i32 {
     let ev = KSigevent { value: t.value, signo: t.signo, notify: t.notify, tid: t.tid, _pad: [0; 11] };
-    let mut id: i32 = -1;
+    let mut id: i32 = t.id;
     // SAFETY: timer_create reads our sigevent and writes the new id.
     let r = unsafe {
         syscall3(nr::TIMER_CREATE, t.clock as usize, &ev as *const KSigevent as usize, &mut id as *mut i32 as usize)
@@ -234,10 +239,14 @@ impl Plugin for TimerPlugin {
             }
             Event::Restart => {
                 let mut dummies = Vec::new();
+                // Where the kernel lets us name the id, every timer gets its
+                // own (any id, however large); else ids come in order from
+                // 0 in a fresh process, and gaps are filled.
+                // SAFETY: a prctl on our own process.
+                let explicit = unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0) } == 0;
                 for t in &s.timers {
-                    // Ids come in order from 0 in a fresh process: fill gaps.
                     let mut id = create(t);
-                    while id >= 0 && id < t.id {
+                    while !explicit && id >= 0 && id < t.id {
                         // Unarmed, deleted below.
                         dummies.push(id);
                         id = create(t);
@@ -248,6 +257,10 @@ impl Plugin for TimerPlugin {
                     }
                     // SAFETY: timer_settime reads our itimerspec.
                     unsafe { syscall3(nr::TIMER_SETTIME, id as usize, 0, t.spec.as_ptr() as usize) };
+                }
+                if explicit {
+                    // SAFETY: back to the normal way of giving ids.
+                    unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0) };
                 }
                 for d in dummies {
                     // SAFETY: deleting a placeholder timer we created.
