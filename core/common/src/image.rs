@@ -148,6 +148,12 @@ pub struct Meta {
     /// ([`crate::cpu`]); a restart on a processor without one is refused.
     #[serde(default)]
     pub cpu_flags: Vec<String>,
+    /// The functions the `[vdso]` of `special` exported: (name, offset from
+    /// its start). Lets a restart on a kernel whose vDSO differs redirect
+    /// the old entry points to the new ones; empty in older images (which
+    /// then restart only on a vDSO of the same layout).
+    #[serde(default)]
+    pub vdso_syms: Vec<(String, u64)>,
 }
 
 /// Parent, group, session and unreaped children of a process.
@@ -556,6 +562,7 @@ mod tests {
             ckpt_dir: ".".into(),
             tree: Default::default(),
             cpu_flags: Vec::new(),
+            vdso_syms: Vec::new(),
         }
     }
 

@@ -9,7 +9,10 @@
 //! 1. switch to a stack inside its own image, read the header and area table;
 //! 2. unmap everything the kernel gave this process except itself and the
 //!    vDSO/vvar pages; move the running kernel's vDSO/vvar onto the addresses
-//!    the checkpointed process had them at (glibc caches pointers into them);
+//!    the checkpointed process had them at (glibc caches pointers into them),
+//!    or, when this kernel's vDSO differs from the image's, leave it where it
+//!    is and put a proxy at the old address: a trampoline at each old entry
+//!    point to the same function of the new vDSO (see `dmtcp_sys::vdso`);
 //! 3. re-create every area (anonymous, or the same file at the same offset),
 //!    fill it from the stream, give it back its protection;
 //! 4. restore the kernel's brk/arg/env pointers (`PR_SET_MM_MAP`), and jump
@@ -24,6 +27,7 @@
 use core::cell::UnsafeCell;
 use dmtcp_sys::nr;
 use dmtcp_sys::restore::*;
+use dmtcp_sys::vdso::{self, VdsoSym};
 use dmtcp_sys::{is_err, syscall3, syscall6, write_all};
 
 const MAX_AREAS: usize = 65536;
@@ -54,6 +58,11 @@ static AREAS: Bss<[AreaDesc; MAX_AREAS]> = Bss::new(
 static PATH_AT: Bss<[u32; MAX_AREAS]> = Bss::new([0; MAX_AREAS]);
 static PATHS: Bss<[u8; PATH_POOL]> = Bss::new([0; PATH_POOL]);
 static MAPS: Bss<[u8; MAPS_BUF]> = Bss::new([0; MAPS_BUF]);
+/// Entry points of the image's vDSO (from the stream) and of this kernel's.
+static OLD_SYMS: Bss<[VdsoSym; MAX_VDSO_SYMS]> = Bss::new([VdsoSym { offset: 0, name: [0; vdso::SYM_NAME_MAX] }; MAX_VDSO_SYMS]);
+static NEW_SYMS: Bss<[VdsoSym; MAX_VDSO_SYMS]> = Bss::new([VdsoSym { offset: 0, name: [0; vdso::SYM_NAME_MAX] }; MAX_VDSO_SYMS]);
+/// Area indexes sorted by address (placing the vDSO in a free range).
+static ORDER: Bss<[u32; MAX_AREAS + 8]> = Bss::new([0; MAX_AREAS + 8]);
 static HEADER: Bss<StreamHeader> = Bss::new(StreamHeader {
     magic: 0,
     version: 0,
@@ -79,6 +88,8 @@ static HEADER: Bss<StreamHeader> = Bss::new(StreamHeader {
     },
     args: RestartArgs { coord_fd: 0, info_fd: 0, flags: 0, _pad: 0 },
     image_fd: -1,
+    n_vdso_syms: 0,
+    vdso_flags: 0,
     _pad: 0,
 });
 
@@ -104,6 +115,21 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
 fn fail(msg: &[u8], val: Option<u64>) -> ! {
     let _ = write_all(2, b"dmtcp_restorer: ");
     let _ = write_all(2, msg);
+    if let Some(v) = val {
+        let mut b = [0u8; 16];
+        let _ = write_all(2, b" 0x");
+        let _ = write_all(2, dmtcp_sys::fmt_hex(v, &mut b));
+    }
+    let _ = write_all(2, b"\n");
+    dmtcp_sys::exit_group(DATA_EXIT)
+}
+
+/// Like [`fail`], with a message in several pieces.
+fn fail_parts(parts: &[&[u8]], val: Option<u64>) -> ! {
+    let _ = write_all(2, b"dmtcp_restorer: ");
+    for p in parts {
+        let _ = write_all(2, p);
+    }
     if let Some(v) = val {
         let mut b = [0u8; 16];
         let _ = write_all(2, b" 0x");
@@ -233,8 +259,18 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
         }
     }
 
+    let nv = hdr.n_vdso_syms as usize;
+    if nv > MAX_VDSO_SYMS {
+        fail(b"too many vDSO entry points in the stream", Some(nv as u64));
+    }
+    // SAFETY: single-threaded access to the restorer's own table.
+    let old_syms = unsafe { &mut *OLD_SYMS.get() };
+    for s in old_syms.iter_mut().take(nv) {
+        read_exact(fd, as_bytes_mut(s), b"reading the vDSO entry points");
+    }
+
     let cur = clear_address_space();
-    move_special_areas(&cur, &hdr.special);
+    place_special_areas(&cur, hdr, &mut old_syms[..nv], &areas[..n]);
 
     for i in 0..n {
         map_area(&areas[i], &paths[path_at[i] as usize..]);
@@ -361,9 +397,24 @@ fn clear_address_space() -> Current {
     cur
 }
 
-/// Move this kernel's [vvar], [vvar_vclock] and [vdso] to where the image had them.
-fn move_special_areas(cur: &Current, old: &[SpecialArea; 3]) {
-    const VDSO: usize = 2;
+const VDSO: usize = 2;
+const PAGE: u64 = 4096;
+/// Highest end of a user mapping placed here (47-bit address space).
+const USER_TOP: u64 = 0x7fff_ffff_f000;
+/// Lowest address used for the vDSO when it has to move.
+const USER_BOTTOM: u64 = 0x1_0000;
+/// Room left free below a grows-down area (the stack) and above the
+/// program break when the vDSO has to move, so neither loses room to grow.
+const STACK_ROOM: u64 = 256 << 20;
+const BRK_ROOM: u64 = 1 << 30;
+
+/// Put this kernel's [vvar], [vvar_vclock] and [vdso] where the image needs
+/// them: onto the image's addresses when the layout and entry points match
+/// (glibc keeps pointers into the vDSO); otherwise (or when the stream
+/// forces it) leave them out of the image's way and build a proxy at the
+/// old vDSO's address that sends each old entry point to the new vDSO.
+fn place_special_areas(cur: &Current, hdr: &StreamHeader, old_syms: &mut [VdsoSym], areas: &[AreaDesc]) {
+    let old = &hdr.special;
     if old[VDSO].start == 0 {
         // The image had no vDSO: drop ours so it cannot collide.
         for s in cur.special.iter().filter(|s| s.start != 0) {
@@ -372,24 +423,86 @@ fn move_special_areas(cur: &Current, old: &[SpecialArea; 3]) {
         }
         return;
     }
-    if cur.special[VDSO].start == 0 {
-        fail(b"this kernel gives no [vdso], the image needs one", None);
-    }
-    let delta = old[VDSO].start.wrapping_sub(cur.special[VDSO].start);
-    for i in 0..3 {
-        let (c, o) = (cur.special[i], old[i]);
-        if (c.start == 0) != (o.start == 0) || c.len != o.len || o.start.wrapping_sub(c.start) != delta && c.start != 0 {
-            let _ = write_all(2, b"dmtcp_restorer: ");
-            let _ = write_all(2, SPECIAL_NAMES[i]);
-            fail(
-                b" of this kernel differs in size or layout from the checkpointed one (restart on the kernel the image was made on)",
-                None,
-            );
-        }
-        if o.start != 0 && ranges_overlap(o.start, o.len, dmtcp_sys::RESTORER_BASE as u64, dmtcp_sys::RESTORER_SIZE as u64) {
+    for o in old.iter().filter(|o| o.start != 0) {
+        if ranges_overlap(o.start, o.len, dmtcp_sys::RESTORER_BASE as u64, dmtcp_sys::RESTORER_SIZE as u64) {
             fail(b"the image's vDSO lies in the restorer window", Some(o.start));
         }
     }
+    let have_vdso = cur.special[VDSO].start != 0;
+    // SAFETY: single-threaded access to the restorer's own table.
+    let new_syms = unsafe { &mut *NEW_SYMS.get() };
+    let (n_new, unreadable) = if have_vdso { read_entry_points(cur.special[VDSO], new_syms) } else { (0, None) };
+    let layout = have_vdso && same_layout(cur, old);
+    // Entry points unknown on either side: the layout alone decides.
+    let entries = old_syms.is_empty() || unreadable.is_some() || vdso::same_entry_points(old_syms, &new_syms[..n_new]);
+    let forced = hdr.vdso_flags & VDSO_FORCE_PROXY != 0;
+    if layout && entries && !forced {
+        move_specials(cur, old[VDSO].start.wrapping_sub(cur.special[VDSO].start));
+        return;
+    }
+    if old_syms.is_empty() {
+        if forced && layout {
+            fail(b"DMTCP_RESTORE_VDSO_PROXY: the image records no vDSO entry points, no proxy can be built", None);
+        }
+        if !have_vdso {
+            fail(b"this kernel gives no [vdso], the image needs one", None);
+        }
+        fail(
+            b"the vDSO/vvar of this kernel differs in size or layout from the checkpointed one, and the image does not \
+              record the old vDSO's entry points (made by an older version, or a thread stayed inside the vDSO at checkpoint time): \
+              restart on the kernel the image was made on",
+            None,
+        );
+    }
+    if let Some(e) = unreadable {
+        fail_parts(&[b"this kernel's vDSO cannot be read: ", e.as_bytes()], None);
+    }
+    // The new vDSO stays where it is unless it is in the image's way.
+    let delta = if have_vdso { out_of_the_way(cur, hdr, areas) } else { 0 };
+    if delta != 0 {
+        move_specials(cur, delta);
+    }
+    let new_vdso = if have_vdso { cur.special[VDSO].start.wrapping_add(delta) } else { 0 };
+    build_vdso_proxy(old[VDSO], old_syms, &new_syms[..n_new], new_vdso, hdr.vdso_flags, forced, delta != 0);
+}
+
+/// Do this kernel's special areas have the sizes and relative places the image's had?
+fn same_layout(cur: &Current, old: &[SpecialArea; 3]) -> bool {
+    let delta = old[VDSO].start.wrapping_sub(cur.special[VDSO].start);
+    (0..3).all(|i| {
+        let (c, o) = (cur.special[i], old[i]);
+        (c.start == 0) == (o.start == 0) && c.len == o.len && (c.start == 0 || o.start.wrapping_sub(c.start) == delta)
+    })
+}
+
+/// Read this kernel's vDSO entry points into `out`: (count, error).
+fn read_entry_points(v: SpecialArea, out: &mut [VdsoSym; MAX_VDSO_SYMS]) -> (usize, Option<&'static str>) {
+    // SAFETY: the kernel's [vdso] mapping of this process, readable and
+    // never written; it is not moved or unmapped while the slice lives.
+    let image = unsafe { core::slice::from_raw_parts(v.start as *const u8, v.len as usize) };
+    let mut n = 0;
+    let mut overflow = false;
+    let r = vdso::for_each_function(image, |name, off| {
+        // Names too long for a record are left out: old entry points of that
+        // name then get a stub (the image could not record them either).
+        if let Some(s) = VdsoSym::new(name, off) {
+            if n < out.len() {
+                out[n] = s;
+                n += 1;
+            } else {
+                overflow = true;
+            }
+        }
+    });
+    match r {
+        Err(e) => (0, Some(e)),
+        Ok(_) if overflow => (0, Some("it exports too many functions")),
+        Ok(_) => (n, None),
+    }
+}
+
+/// Move every special area of this kernel by `delta`.
+fn move_specials(cur: &Current, delta: u64) {
     if delta == 0 {
         return;
     }
@@ -405,24 +518,160 @@ fn move_special_areas(cur: &Current, old: &[SpecialArea; 3]) {
         if c.start == 0 {
             continue;
         }
+        let to = c.start.wrapping_add(delta);
         // SAFETY: moving a kernel special mapping to a range that nothing
-        // else occupies (the address space was cleared above).
+        // else occupies (the address space was cleared, and the target
+        // range was chosen free of the image's areas).
         let r = unsafe {
-            syscall6(
-                nr::MREMAP,
-                c.start as usize,
-                c.len as usize,
-                c.len as usize,
-                nr::MREMAP_MAYMOVE | nr::MREMAP_FIXED,
-                old[i].start as usize,
-                0,
-            )
+            syscall6(nr::MREMAP, c.start as usize, c.len as usize, c.len as usize, nr::MREMAP_MAYMOVE | nr::MREMAP_FIXED, to as usize, 0)
         };
         if is_err(r) {
-            fail_err(b"cannot move the vDSO/vvar to", old[i].start, r);
+            fail_err(b"cannot move the vDSO/vvar to", to, r);
         }
     }
 }
+
+/// Ranges the new vDSO/vvar must keep clear of: `n_areas` areas of the
+/// image (with room for the stack to grow), then the extras.
+struct Busy<'a> {
+    areas: &'a [AreaDesc],
+    extra: [(u64, u64); 8],
+    n_extra: usize,
+}
+
+impl Busy<'_> {
+    fn len(&self) -> usize {
+        self.areas.len() + self.n_extra
+    }
+    /// Range `i` as [start, end).
+    fn get(&self, i: usize) -> (u64, u64) {
+        match self.areas.get(i) {
+            Some(a) if a.flags & AREA_GROWSDOWN != 0 => (a.start.saturating_sub(STACK_ROOM), a.start + a.len),
+            Some(a) => (a.start, a.start + a.len),
+            None => self.extra.get(i - self.areas.len()).copied().unwrap_or((0, 0)),
+        }
+    }
+    fn push(&mut self, start: u64, end: u64) {
+        if self.n_extra < self.extra.len() && end > start {
+            self.extra[self.n_extra] = (start, end);
+            self.n_extra += 1;
+        }
+    }
+}
+
+/// How far this kernel's special areas must move to be out of the way of
+/// the image's areas, its old vDSO/vvar and the restorer window (0: they
+/// are already). Picks the highest free range that fits.
+fn out_of_the_way(cur: &Current, hdr: &StreamHeader, areas: &[AreaDesc]) -> u64 {
+    let present = cur.special.iter().filter(|s| s.start != 0);
+    let lo = present.clone().map(|s| s.start).min().unwrap_or(0);
+    let hi = present.map(|s| s.start + s.len).max().unwrap_or(0);
+    let mut busy = Busy { areas, extra: [(0, 0); 8], n_extra: 0 };
+    for o in hdr.special.iter().filter(|o| o.start != 0) {
+        busy.push(o.start, o.start + o.len);
+    }
+    busy.push(dmtcp_sys::RESTORER_BASE as u64, (dmtcp_sys::RESTORER_BASE + dmtcp_sys::RESTORER_SIZE) as u64);
+    if hdr.mm.start_brk != 0 {
+        busy.push(hdr.mm.start_brk, hdr.mm.brk.max(hdr.mm.start_brk).saturating_add(BRK_ROOM));
+    }
+    let clear = (0..busy.len()).all(|i| {
+        let (s, e) = busy.get(i);
+        !ranges_overlap(lo.saturating_sub(PAGE), hi - lo + 2 * PAGE, s, e - s)
+    });
+    if clear {
+        return 0;
+    }
+    // The current place counts as taken: a move cannot overlap itself.
+    busy.push(lo, hi);
+    let n = busy.len();
+    // SAFETY: single-threaded access to the restorer's own table.
+    let order = unsafe { &mut *ORDER.get() };
+    if n > order.len() {
+        fail(b"too many areas to place the vDSO", None);
+    }
+    for (i, o) in order.iter_mut().take(n).enumerate() {
+        *o = i as u32;
+    }
+    order[..n].sort_unstable_by_key(|&i| busy.get(i as usize).0);
+    let need = (hi - lo) + 2 * PAGE;
+    let mut prev_end = USER_BOTTOM;
+    let mut best = None;
+    for &i in &order[..n] {
+        let (s, e) = busy.get(i as usize);
+        if s > prev_end && s - prev_end >= need && s <= USER_TOP {
+            best = Some(s - PAGE - (hi - lo));
+        }
+        prev_end = prev_end.max(e);
+    }
+    if USER_TOP > prev_end && USER_TOP - prev_end >= need {
+        best = Some(USER_TOP - PAGE - (hi - lo));
+    }
+    match best {
+        Some(base) => base.wrapping_sub(lo),
+        None => fail(b"no free address range for this kernel's vDSO", None),
+    }
+}
+
+/// Map the proxy over the old vDSO's range `ov`: trampolines from its entry
+/// points `old_syms` to those of the new vDSO at `new_vdso` (0: none).
+fn build_vdso_proxy(ov: SpecialArea, old_syms: &mut [VdsoSym], new_syms: &[VdsoSym], new_vdso: u64, flags: u32, forced: bool, moved: bool) {
+    // SAFETY: a fresh anonymous mapping at the old vDSO's range, which no
+    // area of the image and no moved special area occupies
+    // (MAP_FIXED_NOREPLACE refuses it otherwise).
+    let r = unsafe {
+        syscall6(
+            nr::MMAP,
+            ov.start as usize,
+            ov.len as usize,
+            nr::PROT_READ | nr::PROT_WRITE,
+            nr::MAP_PRIVATE | nr::MAP_ANONYMOUS | nr::MAP_FIXED_NOREPLACE,
+            usize::MAX,
+            0,
+        )
+    };
+    if is_err(r) || r as u64 != ov.start {
+        fail_err(b"cannot map the vDSO proxy at", ov.start, r);
+    }
+    // SAFETY: the mapping just made, ov.len bytes, read-write, ours alone.
+    let bytes = unsafe { core::slice::from_raw_parts_mut(ov.start as *mut u8, ov.len as usize) };
+    let stubs = flags & VDSO_FORCE_STUBS != 0 || new_vdso == 0;
+    let lookup = |name: &[u8]| {
+        if stubs {
+            return None;
+        }
+        new_syms.iter().find(|s| s.name() == name).map(|s| new_vdso.wrapping_add(s.offset))
+    };
+    let st = match vdso::build_proxy(old_syms, lookup, bytes, ov.start) {
+        Ok(st) => st,
+        Err(e) => fail_parts(&[b"cannot build the vDSO proxy: ", e.what.as_bytes(), b": ", e.sym.name(), b" at offset"], Some(e.sym.offset)),
+    };
+    // SAFETY: protecting the mapping made above.
+    let r = unsafe { syscall3(nr::MPROTECT, ov.start as usize, ov.len as usize, nr::PROT_READ | nr::PROT_EXEC) };
+    if is_err(r) {
+        fail_err(b"cannot protect the vDSO proxy at", ov.start, r);
+    }
+    // A name in /proc/<pid>/maps, where the kernel supports it (best effort).
+    // SAFETY: PR_SET_VMA_ANON_NAME reads the NUL-terminated name.
+    unsafe {
+        syscall6(nr::PRCTL, PR_SET_VMA, PR_SET_VMA_ANON_NAME, ov.start as usize, ov.len as usize, c"dmtcp vdso proxy".as_ptr() as usize, 0)
+    };
+    let mut b = [0u8; 16];
+    let mut d = [0u8; 20];
+    let _ = write_all(2, b"dmtcp_restorer: vDSO proxy at 0x");
+    let _ = write_all(2, dmtcp_sys::fmt_hex(ov.start, &mut b));
+    let _ = write_all(2, if forced { b" (forced): " } else { b" (this kernel's vDSO differs from the image's): " });
+    let _ = write_all(2, dmtcp_sys::fmt_u64(st.redirected as u64, &mut d));
+    let _ = write_all(2, b" entry points redirected to the vDSO at 0x");
+    let _ = write_all(2, dmtcp_sys::fmt_hex(new_vdso, &mut b));
+    let _ = write_all(2, if moved { b" (moved out of the image's way), " as &[u8] } else { b", " });
+    let _ = write_all(2, dmtcp_sys::fmt_u64(st.syscalls as u64, &mut d));
+    let _ = write_all(2, b" system-call stubs, ");
+    let _ = write_all(2, dmtcp_sys::fmt_u64(st.enosys as u64, &mut d));
+    let _ = write_all(2, b" -ENOSYS stubs\n");
+}
+
+const PR_SET_VMA: usize = 0x5356_4d41;
+const PR_SET_VMA_ANON_NAME: usize = 0;
 
 fn map_area(a: &AreaDesc, path: &[u8]) {
     let rw = nr::PROT_READ | nr::PROT_WRITE;

@@ -1,14 +1,15 @@
 //! The stream `dmtcp_restart` feeds the restorer through a pipe.
 //!
 //! Layout: one [`StreamHeader`], then `n_areas` × ([`AreaDesc`] followed by
-//! `path_len` bytes of path padded to a multiple of 8), then any number of
+//! `path_len` bytes of path padded to a multiple of 8), then `n_vdso_syms`
+//! × [`crate::vdso::VdsoSym`] (the old vDSO's entry points), then any number of
 //! [`DataRecord`]s each followed by `len` bytes of memory contents, closed by
 //! a record with `len == 0`. All integers are native-endian (x86_64).
 
 /// "DMTCPRST" in little-endian: marks a restore stream.
 pub const STREAM_MAGIC: u64 = u64::from_le_bytes(*b"DMTCPRST");
 /// Version of this stream layout.
-pub const STREAM_VERSION: u32 = 2;
+pub const STREAM_VERSION: u32 = 3;
 
 /// Area kinds.
 pub const KIND_ANON_PRIVATE: u32 = 0;
@@ -110,8 +111,22 @@ pub struct StreamHeader {
     pub args: RestartArgs,
     /// The image, readable, for `REC_MAP` records (-1 if none).
     pub image_fd: i32,
+    /// Records of the old vDSO's entry points after the area table (0: the
+    /// image recorded none, so only a vDSO of the same layout will do).
+    pub n_vdso_syms: u32,
+    /// `VDSO_*` flags.
+    pub vdso_flags: u32,
     pub _pad: u32,
 }
+
+/// Most old vDSO entry points a stream may carry.
+pub const MAX_VDSO_SYMS: usize = 256;
+/// Flag of [`StreamHeader::vdso_flags`]: build the vDSO proxy even when the
+/// running kernel's vDSO has the image's layout (for tests).
+pub const VDSO_FORCE_PROXY: u32 = 1;
+/// Flag of [`StreamHeader::vdso_flags`]: in the proxy, stub every entry
+/// point with its system call, as if the new vDSO lacked them all (tests).
+pub const VDSO_FORCE_STUBS: u32 = 2;
 
 /// One memory area to re-create.
 #[repr(C)]
@@ -170,7 +185,7 @@ const _: () = {
     assert!(offset_of!(MmMap, exe_fd) == 100);
     assert!(size_of::<SpecialArea>() == 16);
     assert!(size_of::<RestartArgs>() == 16);
-    assert!(size_of::<StreamHeader>() == 8 + 4 + 4 + 8 + 8 + 48 + 104 + 16 + 8);
+    assert!(size_of::<StreamHeader>() == 8 + 4 + 4 + 8 + 8 + 48 + 104 + 16 + 16);
     assert!(size_of::<AreaDesc>() == 48);
     assert!(size_of::<DataRecord>() == 32);
 };

@@ -272,9 +272,13 @@ fn preflight(img: &Image) -> Result<(), ImageError> {
     let same = (0..3).all(|i| {
         old[i].1 == cur[i].1 && (old[i].0 == 0 || cur[i].0 == 0 || old[i].0.wrapping_sub(old[2].0) == cur[i].0.wrapping_sub(cur[2].0))
     });
-    if !same {
+    // With the old vDSO's entry points recorded, the restorer redirects them
+    // to this kernel's vDSO (a proxy); older images need the same layout.
+    if !same && img.meta.vdso_syms.is_empty() {
         return Err(corrupt(
-            "it was made on a kernel whose vDSO/vvar layout differs from this one; restart it on the kernel it was made on".into(),
+            "it was made on a kernel whose vDSO/vvar layout differs from this one, and it does not record the old vDSO's \
+             entry points (made by an older version); restart it on the kernel it was made on"
+                .into(),
         ));
     }
     Ok(())
@@ -386,6 +390,8 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
         },
         args: RestartArgs { coord_fd, info_fd: info_r, flags, _pad: 0 },
         image_fd,
+        n_vdso_syms: vdso_syms(img).len() as u32,
+        vdso_flags: vdso_flags(),
         _pad: 0,
     };
     // SAFETY: fork in a single-threaded program.
@@ -429,6 +435,25 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
     format!("cannot run {}: {}", restorer.display(), std::io::Error::last_os_error())
 }
 
+/// The old vDSO's entry points, as stream records (names too long for a
+/// record are left out; the restorer then fails if it needs them).
+fn vdso_syms(img: &Image) -> Vec<dmtcp_sys::vdso::VdsoSym> {
+    let v = img.meta.vdso_syms.iter().filter_map(|(n, o)| dmtcp_sys::vdso::VdsoSym::new(n.as_bytes(), *o));
+    v.take(MAX_VDSO_SYMS).collect()
+}
+
+/// DMTCP_RESTORE_VDSO_PROXY=1 makes the restorer build the vDSO proxy even
+/// on the kernel the image was made on; =stubs also stubs every entry
+/// point with its system call (as if this kernel's vDSO lacked them). For
+/// tests of the proxy without a second kernel.
+fn vdso_flags() -> u32 {
+    match std::env::var("DMTCP_RESTORE_VDSO_PROXY").as_deref() {
+        Ok("stubs") => VDSO_FORCE_PROXY | VDSO_FORCE_STUBS,
+        Ok(v) if dmtcp_common::env::truthy(v) => VDSO_FORCE_PROXY,
+        _ => 0,
+    }
+}
+
 /// Write the restore stream for `img` into `fd`.
 /// Map raw chunks from the image instead of copying them (default; set
 /// DMTCP_RESTART_EAGER=1 to copy everything into fresh memory).
@@ -460,6 +485,9 @@ fn stream(img: &Image, fd: i32, header: &StreamHeader, lazy: bool) -> Result<(),
         let mut padded = path.to_vec();
         padded.resize(pad8(path.len()), 0);
         w.write_all(&padded).map_err(io)?;
+    }
+    for sym in vdso_syms(img) {
+        w.write_all(as_bytes(&sym)).map_err(io)?;
     }
     // Grows-down areas (the main stack) stay one anonymous mapping that can grow.
     // So do shared areas (a private mapping of the image would unshare them).

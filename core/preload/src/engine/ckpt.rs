@@ -137,6 +137,7 @@ impl Ctl {
             ckpt_dir: dir.display().to_string(),
             tree: proctree::capture(threads::slot_tids()),
             cpu_flags: super::start::cpu_flags(),
+            vdso_syms: super::vdso::entry_points(plan.special[2]),
         };
         match writer::write_image(&dir, &name, &plan, &mut meta, self.cfg.gzip, self.slot) {
             writer::Outcome::Written { path, bytes } => {

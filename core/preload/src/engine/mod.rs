@@ -7,6 +7,7 @@
 //! | `restart` | the restart entry the restorer jumps to (re-creates the threads) |
 //! | `fork`, `exec` | fork handlers and exec wrappers: children and exec'd programs stay in the job |
 //! | `threads`, `arch` | suspending user threads (signal handler, saved contexts, raw clone) |
+//! | `vdso` | the vDSO's entry points recorded in the image; no thread suspended inside the vDSO |
 //! | `signals`, `sigwrap`, `sigevthread` | signal actions saved for the restart entry; wrappers that keep the checkpoint signal the library's; SIGEV_THREAD timers on a suspendable thread |
 //! | `restartable` | poll/select/sleep wrappers that hide the EINTR a checkpoint causes |
 //! | `memory`, `writer` | the memory plan and the parallel image writers |
@@ -46,5 +47,6 @@ pub(crate) mod signals;
 pub(crate) mod sigwrap;
 pub(crate) mod start;
 pub(crate) mod threads;
+pub(crate) mod vdso;
 pub(crate) mod vpid;
 pub(crate) mod writer;

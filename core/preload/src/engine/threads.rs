@@ -401,6 +401,12 @@ pub extern "C" fn on_ckpt_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut 
     }
     // SAFETY: errno is this thread's; preserved around our syscalls.
     let errno = unsafe { *libc::__errno_location() };
+    if super::vdso::defer(uc) {
+        // Inside the vDSO: signalled again once out of it.
+        // SAFETY: as above.
+        unsafe { *libc::__errno_location() = errno };
+        return;
+    }
     let seen = EPOCH.load(SeqCst);
     let i = NSLOTS.fetch_add(1, SeqCst);
     if i >= MAX_THREADS {
@@ -484,6 +490,7 @@ pub fn suspend_all() -> usize {
     }
     QUEUED_N.store(0, SeqCst);
     NSLOTS.store(OWN.load(SeqCst), SeqCst);
+    super::vdso::begin_round();
     ACTIVE.store(true, SeqCst);
     let mut waited_ms = 0u64;
     loop {
@@ -499,7 +506,9 @@ pub fn suspend_all() -> usize {
             }
         }
         // Wait for the signalled threads, forgetting ones that exited.
+        let mut deferred = 0;
         loop {
+            deferred += super::vdso::take_deferred(&mut signalled);
             let got = SUSPENDED.load(SeqCst) as usize;
             let n = list_tasks(&mut tasks);
             let alive = signalled.iter().filter(|t| tasks[..n].contains(t)).count();
@@ -516,7 +525,8 @@ pub fn suspend_all() -> usize {
                 ));
             }
         }
-        if new == 0 {
+        let retry = super::vdso::pause_if(deferred);
+        if new == 0 && !retry {
             break;
         }
     }
