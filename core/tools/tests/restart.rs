@@ -655,3 +655,30 @@ fn rseq_registration_survives_restart() {
     job.wait_success();
     assert_eq!(job.output(), bare);
 }
+
+/// The temporary image is created new under a name nobody can predict,
+/// never through a symlink: a link planted at the old predictable name
+/// (`<image>.tmp.<pid>`) in a shared checkpoint directory leads nowhere.
+#[test]
+fn planted_symlink_at_the_temporary_image_name_is_not_followed() {
+    let prog = c_program("threads");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p]);
+    let mut job = Job::new("tmp-symlink");
+    job.launch(&[p], &[]);
+    job.wait_for("step 2\n");
+    job.checkpoint();
+    let img = job.images().pop().expect("an image");
+    let pid = job.peer_pids()[0];
+    let victim = job.dir.join("victim.txt");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let planted = std::path::PathBuf::from(format!("{}.tmp.{pid}", img.display()));
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    job.checkpoint();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n", "the checkpoint wrote through the planted link");
+    job.wait_for("step 4\n");
+    job.kill();
+    job.restart();
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}

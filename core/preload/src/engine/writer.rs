@@ -464,15 +464,24 @@ fn os_err(what: &str, p: &Path) -> String {
 /// Write the image of this process. `ckpt_slot` is the checkpoint thread's slot.
 pub fn write_image(dir: &Path, name: &str, plan: &Plan, meta: &mut Meta, compress: bool, ckpt_slot: &Slot) -> Outcome {
     let final_path = dir.join(name);
-    let tmp = dir.join(format!("{name}.tmp.{}", std::process::id()));
+    // A temporary name nobody can guess, created new (O_EXCL) and never
+    // through a symbolic link: the checkpoint directory may be shared
+    // (/tmp, a project directory) with other users.
+    let mut nonce = [0u8; 8];
+    // SAFETY: getrandom fills our 8 bytes (a short read leaves zeros, still unique with the pid).
+    unsafe { libc::syscall(libc::SYS_getrandom, nonce.as_mut_ptr(), 8usize, 0) };
+    let tmp = dir.join(format!("{name}.tmp.{}.{:016x}", std::process::id(), u64::from_ne_bytes(nonce)));
     let ctmp = cpath(&tmp);
     // SAFETY: plain open(2) calls on a NUL-terminated path.
-    let fd_buf = unsafe { libc::open(ctmp.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o600) };
+    let fd_buf = unsafe { libc::open(ctmp.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o600) };
     if fd_buf < 0 {
         return Outcome::Failed(os_err("cannot create", &tmp));
     }
+    // The same file again for O_DIRECT writes, through our own fd (not by
+    // name, which someone could have replaced meanwhile).
+    let cself = cpath(Path::new(&format!("/proc/self/fd/{fd_buf}")));
     // SAFETY: as above.
-    let fd_direct = unsafe { libc::open(ctmp.as_ptr(), libc::O_WRONLY | libc::O_DIRECT | libc::O_CLOEXEC) };
+    let fd_direct = unsafe { libc::open(cself.as_ptr(), libc::O_WRONLY | libc::O_DIRECT | libc::O_CLOEXEC) };
     // SAFETY: as above.
     let pm_fd = unsafe { libc::open(c"/proc/self/pagemap".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     let writers = WRITERS.get().expect("writers started");

@@ -29,8 +29,10 @@ use crate::engine::iface::{self as dmtcp, Event, FdDesc, Plugin, Tree};
 use dmtcp_common::image::{SockRec, SockState};
 
 const DB: &str = "dmtcp:sock";
-/// Ends the drained stream of one direction.
-const COOKIE: [u8; 16] = *b"\xd3DMTCP-rs:drain\x7f";
+/// Ends the drained stream of one direction: 16 random bytes drawn anew
+/// for every checkpoint round and agreed through the name service, so no
+/// program data can pass for it.
+static COOKIE: dmtcp::FLock<[u8; 16]> = dmtcp::FLock::new([0; 16]);
 /// Starts a refill message.
 const MAGIC: [u8; 8] = *b"DMTCPRX1";
 /// Most bytes peeked from one socket.
@@ -584,6 +586,7 @@ fn drain(socks: &mut [Sock]) {
         sent: usize,
         done: bool,
     }
+    let cookie = COOKIE.with(|c| *c);
     let mut st: Vec<D> = idx.iter().map(|&i| D { i, old: dmtcp::fds::set_nonblock(socks[i].rec.fd, true), sent: 0, done: false }).collect();
     let start = std::time::Instant::now();
     let mut buf = vec![0u8; 1 << 16];
@@ -591,10 +594,10 @@ fn drain(socks: &mut [Sock]) {
         let mut pfds: Vec<libc::pollfd> = Vec::new();
         for d in st.iter_mut() {
             let fd = socks[d.i].rec.fd;
-            if d.sent < COOKIE.len() {
-                match send_some(fd, &COOKIE[d.sent..]) {
+            if d.sent < cookie.len() {
+                match send_some(fd, &cookie[d.sent..]) {
                     Ok(n) => d.sent += n,
-                    Err(_) => d.sent = COOKIE.len(),
+                    Err(_) => d.sent = cookie.len(),
                 }
             }
             while !d.done {
@@ -603,8 +606,8 @@ fn drain(socks: &mut [Sock]) {
                     Ok(Some(n)) => {
                         let data = &mut socks[d.i].data;
                         data.extend_from_slice(&buf[..n]);
-                        if data.ends_with(&COOKIE) {
-                            data.truncate(data.len() - COOKIE.len());
+                        if data.ends_with(&cookie) {
+                            data.truncate(data.len() - cookie.len());
                             d.done = true;
                         }
                     }
@@ -615,7 +618,7 @@ fn drain(socks: &mut [Sock]) {
             if !d.done {
                 ev |= libc::POLLIN;
             }
-            if d.sent < COOKIE.len() {
+            if d.sent < cookie.len() {
                 ev |= libc::POLLOUT;
             }
             if ev != 0 {
@@ -626,7 +629,7 @@ fn drain(socks: &mut [Sock]) {
             break;
         }
         if start.elapsed() > std::time::Duration::from_secs(30) {
-            for d in st.iter().filter(|d| !d.done || d.sent < COOKIE.len()) {
+            for d in st.iter().filter(|d| !d.done || d.sent < cookie.len()) {
                 let s = &mut socks[d.i];
                 s.failed = true;
                 dmtcp::warn(format_args!(
@@ -655,7 +658,16 @@ fn checkpoint() {
             put(s.endkey.clone(), vec![s.my_shut as u8 | (s.peer_shut as u8) << 1]);
         }
     }
+    // Every process offers a fresh end marker; after the barrier all read
+    // the same one (the last offered).
+    let mut offer = [0u8; 16];
+    // SAFETY: getrandom fills our 16 bytes.
+    unsafe { libc::syscall(libc::SYS_getrandom, offer.as_mut_ptr(), 16usize, 0) };
+    put("cookie".to_string(), offer.to_vec());
     let coordinated = dmtcp::barrier("sock:elect");
+    let agreed = if coordinated { dmtcp::kv_get(DB, b"cookie").flatten() } else { None };
+    let cookie: [u8; 16] = agreed.and_then(|v| v.try_into().ok()).unwrap_or(offer);
+    COOKIE.with(|c| *c = cookie);
     for s in socks.iter_mut() {
         let owner = if coordinated { dmtcp::kv_get(DB, format!("o:{boot}:{}", s.rec.ino).as_bytes()).flatten() } else { None };
         s.leader = owner.is_none_or(|o| o == pid.to_ne_bytes());
