@@ -103,6 +103,12 @@ pub fn pid_to_virtual(real: i32) -> i32 {
     super::vpid::to_virt(real)
 }
 
+/// Checkpoints and restarts so far in this process (a change between two
+/// reads means one came in between).
+pub fn checkpoint_count() -> u32 {
+    super::capi::EVENTS.load(SeqCst)
+}
+
 /// The signal the checkpoint uses.
 pub fn ckpt_signal() -> i32 {
     super::threads::CKPT_SIGNAL.load(SeqCst)

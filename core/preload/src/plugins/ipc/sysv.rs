@@ -113,9 +113,18 @@ pub(crate) fn forget(kind: i32, virt: i32) {
 }
 
 /// Run `f` with the real id; again (with the id as it is then) if a
-/// checkpoint interrupted it.
+/// checkpoint interrupted it, or if a restart came between the lookup and
+/// the call (a thread suspended there comes back holding the id of an
+/// object the new kernel does not have: EINVAL or EIDRM).
 fn retrying(kind: i32, virt: i32, f: impl Fn(i32) -> isize) -> isize {
-    dmtcp::again(|| f(to_real(kind, virt)))
+    loop {
+        let before = dmtcp::checkpoint_count();
+        let r = dmtcp::again(|| f(to_real(kind, virt)));
+        if r < 0 && matches!(errno(), libc::EINVAL | libc::EIDRM) && dmtcp::checkpoint_count() != before {
+            continue;
+        }
+        return r;
+    }
 }
 
 static MSGGET: AtomicUsize = AtomicUsize::new(0);
@@ -196,6 +205,8 @@ pub unsafe extern "C" fn msgctl(id: libc::c_int, cmd: libc::c_int, buf: *mut lib
         // SAFETY: forwarding the caller's arguments.
         return unsafe { f(id, cmd, buf) };
     }
+    // Lookup and call in one image (the call does not block).
+    let _hold = dmtcp::CkptHold::new();
     // SAFETY: forwarding the caller's arguments.
     let r = unsafe { f(to_real(MSG, id), cmd, buf) };
     if r == 0 && cmd == libc::IPC_RMID {
@@ -254,6 +265,8 @@ pub unsafe extern "C" fn semctl(id: libc::c_int, num: libc::c_int, cmd: libc::c_
         // SAFETY: forwarding the caller's arguments.
         return unsafe { f(id, num, cmd, arg) };
     }
+    // Lookup and call in one image (the call does not block).
+    let _hold = dmtcp::CkptHold::new();
     // SAFETY: forwarding the caller's arguments.
     let r = unsafe { f(to_real(SEM, id), num, cmd, arg) };
     if r == 0 && cmd == libc::IPC_RMID {

@@ -102,6 +102,8 @@ pub unsafe extern "C" fn shmctl(id: libc::c_int, cmd: libc::c_int, buf: *mut lib
     if matches!(cmd, 3 | 14 | 13 | 15) {
         return shmctl_real(id, cmd, buf);
     }
+    // Lookup and call in one image (the call does not block).
+    let _hold = dmtcp::CkptHold::new();
     let r = shmctl_real(super::sysv::to_real(SHM, id), cmd, buf);
     if r == 0 && cmd == libc::IPC_RMID {
         // Still attached somewhere? Then it lives on, and so does its id.
