@@ -17,7 +17,7 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-pub(crate) fn now_ns() -> i128 {
+fn now_ns() -> i128 {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes our struct.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
@@ -40,6 +40,21 @@ pub(crate) fn again<T: PartialOrd + Default>(mut call: impl FnMut() -> T) -> T {
     }
 }
 
+/// Call `call` with what is left of the caller's timeout `t` (null: none),
+/// again after a checkpoint interrupted it.
+///
+/// # Safety
+/// `t` is null or points to a readable timespec.
+pub(crate) unsafe fn again_timed<T: PartialOrd + Default>(t: *const libc::timespec, mut call: impl FnMut(*const libc::timespec) -> T) -> T {
+    let start = now_ns();
+    // SAFETY: the caller's timeout, if any, is readable (our contract).
+    let total = (!t.is_null()).then(|| unsafe { *t });
+    again(|| {
+        let left = ts_left(total, start);
+        call(left.as_ref().map_or(core::ptr::null(), |l| l as *const libc::timespec))
+    })
+}
+
 /// Milliseconds left of `ms` since `start` (negative `ms`: no limit).
 fn ms_left(ms: i32, start: i128) -> i32 {
     if ms < 0 {
@@ -50,7 +65,7 @@ fn ms_left(ms: i32, start: i128) -> i32 {
 }
 
 /// A timespec's time left since `start` (None: no limit).
-pub(crate) fn ts_left(t: Option<libc::timespec>, start: i128) -> Option<libc::timespec> {
+fn ts_left(t: Option<libc::timespec>, start: i128) -> Option<libc::timespec> {
     let t = t?;
     let total = t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
     let left = (total - (now_ns() - start)).max(0);
@@ -108,15 +123,9 @@ pub unsafe extern "C" fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, t: *cons
     let f = libc_fn!(PPOLL, c"ppoll", PpollFn);
     let mut copy = super::sigwrap::empty_set();
     let mask = super::sigwrap::without_ckpt(mask, &mut copy);
-    let start = now_ns();
-    // SAFETY: the caller's timeout, if any, is readable.
-    let total = (!t.is_null()).then(|| unsafe { *t });
-    again(|| {
-        let left = ts_left(total, start);
-        let lp = left.as_ref().map_or(core::ptr::null(), |l| l as *const libc::timespec);
-        // SAFETY: forwarding the caller's arguments (our copy of the timeout).
-        unsafe { f(fds, n, lp, mask) }
-    })
+    // SAFETY: the caller's timeout is null or readable (ppoll contract);
+    // forwarding the caller's arguments with our copy of the timeout.
+    unsafe { again_timed(t, |lp| f(fds, n, lp, mask)) }
 }
 
 /// `select(2)`, going on across a checkpoint (the kernel leaves the sets
@@ -153,15 +162,9 @@ pub unsafe extern "C" fn pselect(
     let f = libc_fn!(PSELECT, c"pselect", PselectFn);
     let mut copy = super::sigwrap::empty_set();
     let mask = super::sigwrap::without_ckpt(mask, &mut copy);
-    let start = now_ns();
-    // SAFETY: the caller's timeout, if any, is readable.
-    let total = (!t.is_null()).then(|| unsafe { *t });
-    again(|| {
-        let left = ts_left(total, start);
-        let lp = left.as_ref().map_or(core::ptr::null(), |l| l as *const libc::timespec);
-        // SAFETY: forwarding the caller's arguments (our copy of the timeout).
-        unsafe { f(n, r, w, e, lp, mask) }
-    })
+    // SAFETY: the caller's timeout is null or readable (pselect contract);
+    // forwarding the caller's arguments with our copy of the timeout.
+    unsafe { again_timed(t, |lp| f(n, r, w, e, lp, mask)) }
 }
 
 /// `epoll_wait(2)`, going on across a checkpoint.

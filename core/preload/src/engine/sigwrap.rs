@@ -229,15 +229,9 @@ pub unsafe extern "C" fn sigtimedwait(set: *const libc::sigset_t, info: *mut lib
     let f = real!(c"sigtimedwait", SigtimedwaitFn, -1);
     let mut copy = empty_set();
     let s = without_ckpt(set, &mut copy);
-    // SAFETY: the caller's timeout, if any, is readable.
-    let total = (!t.is_null()).then(|| unsafe { *t });
-    let start = super::restartable::now_ns();
-    super::restartable::again(|| {
-        let left = super::restartable::ts_left(total, start);
-        let lp = left.as_ref().map_or(core::ptr::null(), |l| l as *const libc::timespec);
-        // SAFETY: forwarding to libc with our copies of the set and the timeout.
-        unsafe { f(s, info, lp) }
-    })
+    // SAFETY: the caller's timeout is null or readable (sigtimedwait
+    // contract); forwarding to libc with our copies of the set and timeout.
+    unsafe { super::restartable::again_timed(t, |lp| f(s, info, lp)) }
 }
 
 /// # Safety

@@ -155,15 +155,21 @@ pub unsafe extern "C" fn waitid(idtype: libc::idtype_t, id: libc::id_t, info: *m
     r as libc::c_int
 }
 
-/// `getpgid(2)` with translated pids.
-#[no_mangle]
-pub extern "C" fn getpgid(pid: libc::pid_t) -> libc::pid_t {
-    let r = real_syscall(libc::SYS_getpgid, if pid > 0 { to_real(pid) } else { pid } as libc::c_long, 0, 0, 0) as i32;
+/// A query about process `pid` (0: the caller) that answers with a pid:
+/// both translated.
+fn pid_query(nr: libc::c_long, pid: libc::pid_t) -> libc::pid_t {
+    let r = real_syscall(nr, if pid > 0 { to_real(pid) } else { pid } as libc::c_long, 0, 0, 0) as i32;
     if r > 0 {
         to_virt(r)
     } else {
         r
     }
+}
+
+/// `getpgid(2)` with translated pids.
+#[no_mangle]
+pub extern "C" fn getpgid(pid: libc::pid_t) -> libc::pid_t {
+    pid_query(libc::SYS_getpgid, pid)
 }
 
 /// `getpgrp(2)` translated.
@@ -175,12 +181,7 @@ pub extern "C" fn getpgrp() -> libc::pid_t {
 /// `getsid(2)` with translated pids.
 #[no_mangle]
 pub extern "C" fn getsid(pid: libc::pid_t) -> libc::pid_t {
-    let r = real_syscall(libc::SYS_getsid, if pid > 0 { to_real(pid) } else { pid } as libc::c_long, 0, 0, 0) as i32;
-    if r > 0 {
-        to_virt(r)
-    } else {
-        r
-    }
+    pid_query(libc::SYS_getsid, pid)
 }
 
 /// `setpgid(2)` with translated pids.
