@@ -136,6 +136,18 @@ typedef union {
 int dmtcp_exclude_memory(const void *addr, size_t len, int how) __attribute__((weak));
 #define dmtcp_exclude_memory(a, l, h) (dmtcp_exclude_memory ? dmtcp_exclude_memory(a, l, h) : DMTCP_NOT_PRESENT)
 
+/* Own an fd: a device connection, or a link to a process outside the
+ * computation. The engine then neither drains, saves nor restores it.
+ * After a restart the number is held by /dev/null until the plugin's
+ * RESTART hook puts the new object there (dup2) and claims it again. A
+ * claim ends with dmtcp_release_fd, or when the fd no longer leads to
+ * the object it was claimed for (closed, number reused). Any thread.
+ * Returns 1, or -1 if fd is not open (release: 0 if it was not claimed). */
+int dmtcp_claim_fd(int fd) __attribute__((weak));
+#define dmtcp_claim_fd(fd) (dmtcp_claim_fd ? dmtcp_claim_fd(fd) : DMTCP_NOT_PRESENT)
+int dmtcp_release_fd(int fd) __attribute__((weak));
+#define dmtcp_release_fd(fd) (dmtcp_release_fd ? dmtcp_release_fd(fd) : DMTCP_NOT_PRESENT)
+
 #define DMTCP_PLUGIN_API_VERSION "1"
 
 typedef struct {

@@ -331,3 +331,53 @@ fn excluded_memory_and_event_data() {
     assert!(out.contains("dev ok\ncache ok\ndata ok\n"), "{out}");
     assert!(out.contains("events pre_ok 1 post_ok 1 pre_gen 1 post_gen 1 same_dir 1 thread_resumes 1"), "{out}");
 }
+
+/// An echo server outside the computation (a bare python3): its port, and
+/// the child to kill.
+fn external_echo_server() -> (u16, std::process::Child) {
+    use std::io::BufRead;
+    let script = r#"
+import socketserver
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        while True:
+            d = self.rfile.read(8)
+            if not d: return
+            self.wfile.write(d); self.wfile.flush()
+socketserver.ThreadingTCPServer.daemon_threads = True
+s = socketserver.ThreadingTCPServer(('127.0.0.1', 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+    let mut c = std::process::Command::new("python3").args(["-c", script]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (line.trim().parse().expect("echo server port"), c)
+}
+
+/// dmtcp_claim_fd: a connection to a server outside the computation, owned
+/// by the program's own plugin, is neither drained nor restored by the
+/// engine; its number is held by /dev/null at restart until the plugin's
+/// restart hook connects again, and every echo checks out across two
+/// checkpoints and a restart.
+#[test]
+fn claimed_fd_is_left_to_its_plugin() {
+    let prog = compile_example("plugin_claimfd.c", false);
+    let (port, mut server) = external_echo_server();
+    let port = port.to_string();
+    let bare = run_bare(&[prog.to_str().unwrap(), &port, "20"]);
+    assert!(bare.contains("claim not-present") && bare.contains("RESULT 210"), "{bare}");
+    let mut job = Job::new("claimfd");
+    job.launch(&[prog.to_str().unwrap(), &port, "300"], &[]);
+    job.wait_for("claim ok");
+    job.wait_for("step 50\n");
+    job.checkpoint();
+    job.wait_for("step 100\n");
+    job.kill();
+    job.restart();
+    job.wait_success();
+    let out = job.output();
+    let _ = server.kill();
+    assert!(out.contains("placeholder ok") && !out.contains("WRONG") && !out.contains("reclaim failed"), "{out}");
+    assert!(out.contains("RESULT 45150"), "{out}");
+}

@@ -524,3 +524,24 @@ pub unsafe extern "C" fn dmtcp_vid_erase(table: *const c_char, virt: u64) -> c_i
     let Some(t) = (unsafe { text(table) }) else { return -1 };
     with_vids(|v| v.get_mut(&t).and_then(|m| m.remove(&virt)).map_or(0, |_| 1))
 }
+
+/// `dmtcp_claim_fd` of include/dmtcp.h: `fd` is the calling plugin's (a
+/// device connection, a link to a process outside the computation): the
+/// engine neither drains, saves nor restores it. Returns 1, or -1 if `fd`
+/// is not open.
+#[no_mangle]
+pub extern "C" fn dmtcp_claim_fd(fd: c_int) -> c_int {
+    let _hold = CkptHold::new();
+    if super::fds::is_protected(fd) || !super::fds::claim(fd) {
+        return -1;
+    }
+    1
+}
+
+/// `dmtcp_release_fd`: the engine handles `fd` again. Returns 1, or 0 if
+/// it was not claimed.
+#[no_mangle]
+pub extern "C" fn dmtcp_release_fd(fd: c_int) -> c_int {
+    let _hold = CkptHold::new();
+    super::fds::release(fd) as c_int
+}

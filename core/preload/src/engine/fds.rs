@@ -51,9 +51,10 @@ pub fn list_fds() -> Vec<i32> {
     out
 }
 
-/// The program's fds with what they lead to (library fds left out).
+/// The program's fds with what they lead to (library fds and fds user
+/// plugins claimed left out).
 pub fn fds_with_targets() -> Vec<(i32, String)> {
-    list_fds().into_iter().filter(|&fd| !is_protected(fd)).map(|fd| (fd, fd_target(fd))).collect()
+    list_fds().into_iter().filter(|&fd| !is_protected(fd) && !is_claimed(fd)).map(|fd| (fd, fd_target(fd))).collect()
 }
 
 /// The process's sockets: (fd, "socket:[inode]").
@@ -119,4 +120,66 @@ pub fn set_installed_by_restart(fds: Vec<i32>) {
 /// Did `dmtcp_restart` put `fd` in place for this restart?
 pub fn installed_by_restart(fd: i32) -> bool {
     RESTART_INSTALLED.with(|v| v.contains(&fd))
+}
+
+/// Fds user plugins own (`dmtcp_claim_fd`): (fd, st_dev, st_ino) of the
+/// object the fd led to when it was claimed. A claim whose fd now leads
+/// elsewhere (the program closed it and the number was reused) is stale
+/// and ignored. In the library's heap, so claims are in the image.
+static CLAIMED: super::flock::FLock<Vec<(i32, u64, u64)>> = super::flock::FLock::new(Vec::new());
+
+/// st_dev and st_ino of what `fd` leads to.
+fn identity(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: fstat into a zeroed struct; fails cleanly on a closed fd.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
+/// Claim `fd` for a user plugin (see `dmtcp_claim_fd`); false if closed.
+/// Callers on user threads hold checkpoints off.
+pub fn claim(fd: i32) -> bool {
+    let Some((dev, ino)) = identity(fd) else { return false };
+    CLAIMED.with(|v| {
+        v.retain(|c| c.0 != fd);
+        v.push((fd, dev, ino));
+    });
+    true
+}
+
+/// End the claim on `fd`; false if there was none.
+pub fn release(fd: i32) -> bool {
+    CLAIMED.with(|v| {
+        let n = v.len();
+        v.retain(|c| c.0 != fd);
+        v.len() != n
+    })
+}
+
+/// Does a user plugin own `fd` (a claim that is not stale)?
+pub fn is_claimed(fd: i32) -> bool {
+    let Some(id) = identity(fd) else { return false };
+    CLAIMED.with(|v| v.iter().any(|c| c.0 == fd && (c.1, c.2) == id))
+}
+
+/// Checkpoint: forget stale claims, so the image holds only live ones.
+pub fn prune_claims() {
+    CLAIMED.with(|v| v.retain(|c| identity(c.0) == Some((c.1, c.2))));
+}
+
+/// Restart: hold every claimed number with /dev/null (an fd the program
+/// does not get by accident) until the owning plugin's restart hook puts
+/// the new object there and claims it again.
+pub fn hold_claimed_numbers() {
+    let fds: Vec<i32> = CLAIMED.with(|v| v.iter().map(|c| c.0).collect());
+    for fd in fds {
+        // SAFETY: open of a literal path; the new fd goes to the claimed
+        // number, which nothing else holds after the file plugin's restart.
+        let n = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if n >= 0 {
+            // SAFETY: as above.
+            unsafe { move_fd(n, fd, true) };
+            claim(fd);
+        }
+    }
 }

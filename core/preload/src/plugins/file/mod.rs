@@ -288,10 +288,11 @@ impl FilePlugin {
     fn save(&self, s: &mut FdSaved) {
         s.fds.clear();
         s.drained.clear();
+        fds::prune_claims();
         let fds = list_fds();
         let mut infos = Vec::new();
         for fd in fds {
-            if fds::is_protected(fd) {
+            if fds::is_protected(fd) || fds::is_claimed(fd) {
                 continue;
             }
             let target = fd_target(fd);
@@ -640,6 +641,8 @@ impl FilePlugin {
         }
         refill_all(s);
         retake_locks(&s.locks);
+        // Numbers of fds user plugins own, held until their restart hooks run.
+        fds::hold_claimed_numbers();
     }
 }
 
