@@ -7,7 +7,7 @@
 //! on its fds use the raw system calls ([`close_own`], [`dup_own`]).
 
 use super::fds::{is_protected, PROTECTED_FD_BASE, PROTECTED_FD_COUNT};
-use core::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use core::sync::atomic::Ordering::SeqCst;
 use std::ffi::c_int;
 
 fn guarded(fd: c_int) -> bool {
@@ -73,19 +73,6 @@ pub fn fill_placeholders() {
     close_own(null);
 }
 
-macro_rules! real {
-    ($name:literal, $ty:ty) => {{
-        static SLOT: AtomicUsize = AtomicUsize::new(0);
-        let f = super::start::libc_fn(&SLOT, $name);
-        if f == 0 {
-            set_errno(libc::ENOSYS);
-            return -1;
-        }
-        // SAFETY: dlsym found libc's function of this name and type.
-        unsafe { core::mem::transmute::<usize, $ty>(f) }
-    }};
-}
-
 /// `close(2)`: the library's fds read as not open.
 ///
 /// # Safety
@@ -96,7 +83,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         set_errno(libc::EBADF);
         return -1;
     }
-    let f = real!(c"close", unsafe extern "C" fn(c_int) -> c_int);
+    let f = super::iface::next_libc!(c"close", unsafe extern "C" fn(c_int) -> c_int);
     // SAFETY: forwarding to libc.
     unsafe { f(fd) }
 }
@@ -111,7 +98,7 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
         set_errno(libc::EBADF);
         return -1;
     }
-    let f = real!(c"dup2", unsafe extern "C" fn(c_int, c_int) -> c_int);
+    let f = super::iface::next_libc!(c"dup2", unsafe extern "C" fn(c_int, c_int) -> c_int);
     // SAFETY: forwarding to libc.
     unsafe { f(old, new) }
 }
@@ -126,7 +113,7 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
         set_errno(libc::EBADF);
         return -1;
     }
-    let f = real!(c"dup3", unsafe extern "C" fn(c_int, c_int, c_int) -> c_int);
+    let f = super::iface::next_libc!(c"dup3", unsafe extern "C" fn(c_int, c_int, c_int) -> c_int);
     // SAFETY: forwarding to libc.
     unsafe { f(old, new, flags) }
 }

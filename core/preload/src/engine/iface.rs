@@ -85,6 +85,13 @@ pub fn again<T: PartialOrd + Default>(call: impl FnMut() -> T) -> T {
     super::restartable::again(call)
 }
 
+/// Fail this process's part of the checkpoint round under way (from a
+/// pre-checkpoint hook): no image, the round reports `why`, and the resume
+/// event follows.
+pub fn fail_round(why: String) {
+    super::ckpt::fail_round(why)
+}
+
 /// libc's function `name` (the definition after ours), looked up once and
 /// kept in `slot`; 0 if there is none.
 pub fn libc_fn(slot: &core::sync::atomic::AtomicUsize, name: &core::ffi::CStr) -> usize {
@@ -141,3 +148,29 @@ pub fn fd_owner(d: &FdDesc) -> Option<&'static str> {
 pub fn owner_keeps(owner: &str, fd: i32) -> bool {
     super::plugin::owner_keeps(owner, fd)
 }
+
+/// libc's function `name` (the next definition after the library's own) as
+/// a fn of type `ty`, looked up once and kept in `slot` (a static of the
+/// call site when none is given). When libc has none, the calling function
+/// sets ENOSYS and returns `fail` (-1 when not given), as a wrapper of a
+/// missing call should.
+macro_rules! next_libc {
+    ($name:literal, $ty:ty $(, $fail:expr)?) => {{
+        static SLOT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+        $crate::engine::iface::next_libc!(SLOT, $name, $ty $(, $fail)?)
+    }};
+    ($slot:ident, $name:literal, $ty:ty) => {
+        $crate::engine::iface::next_libc!($slot, $name, $ty, -1)
+    };
+    ($slot:ident, $name:literal, $ty:ty, $fail:expr) => {{
+        let f = $crate::engine::iface::libc_fn(&$slot, $name);
+        if f == 0 {
+            // SAFETY: errno is thread-local.
+            unsafe { *libc::__errno_location() = libc::ENOSYS };
+            return $fail;
+        }
+        // SAFETY: dlsym found libc's function of this name, whose type is `$ty`.
+        unsafe { core::mem::transmute::<usize, $ty>(f) }
+    }};
+}
+pub(crate) use next_libc;

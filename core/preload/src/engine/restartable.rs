@@ -72,20 +72,6 @@ fn ts_left(t: Option<libc::timespec>, start: i128) -> Option<libc::timespec> {
     Some(libc::timespec { tv_sec: (left / 1_000_000_000) as libc::time_t, tv_nsec: (left % 1_000_000_000) as libc::c_long })
 }
 
-macro_rules! libc_fn {
-    ($slot:ident, $name:literal, $ty:ty) => {{
-        static $slot: AtomicUsize = AtomicUsize::new(0);
-        let f = super::start::libc_fn(&$slot, $name);
-        if f == 0 {
-            // SAFETY: errno is thread-local.
-            unsafe { *libc::__errno_location() = libc::ENOSYS };
-            return -1;
-        }
-        // SAFETY: dlsym found libc's function of this name and type.
-        unsafe { core::mem::transmute::<usize, $ty>(f) }
-    }};
-}
-
 type PollFn = unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, libc::c_int) -> libc::c_int;
 type PpollFn = unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, *const libc::timespec, *const libc::sigset_t) -> libc::c_int;
 type SelectFn = unsafe extern "C" fn(libc::c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *mut libc::timeval) -> libc::c_int;
@@ -108,7 +94,7 @@ type ClockNanosleepFn = unsafe extern "C" fn(libc::clockid_t, libc::c_int, *cons
 /// As `poll(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, ms: libc::c_int) -> libc::c_int {
-    let f = libc_fn!(POLL, c"poll", PollFn);
+    let f = super::iface::next_libc!(c"poll", PollFn);
     let start = now_ns();
     // SAFETY: forwarding the caller's arguments.
     again(|| unsafe { f(fds, n, ms_left(ms, start)) })
@@ -120,7 +106,7 @@ pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, ms: libc:
 /// As `ppoll(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, t: *const libc::timespec, mask: *const libc::sigset_t) -> libc::c_int {
-    let f = libc_fn!(PPOLL, c"ppoll", PpollFn);
+    let f = super::iface::next_libc!(c"ppoll", PpollFn);
     let mut copy = super::sigwrap::empty_set();
     let mask = super::sigwrap::without_ckpt(mask, &mut copy);
     // SAFETY: the caller's timeout is null or readable (ppoll contract);
@@ -141,7 +127,7 @@ pub unsafe extern "C" fn select(
     e: *mut libc::fd_set,
     t: *mut libc::timeval,
 ) -> libc::c_int {
-    let f = libc_fn!(SELECT, c"select", SelectFn);
+    let f = super::iface::next_libc!(c"select", SelectFn);
     // SAFETY: forwarding the caller's arguments.
     again(|| unsafe { f(n, r, w, e, t) })
 }
@@ -159,7 +145,7 @@ pub unsafe extern "C" fn pselect(
     t: *const libc::timespec,
     mask: *const libc::sigset_t,
 ) -> libc::c_int {
-    let f = libc_fn!(PSELECT, c"pselect", PselectFn);
+    let f = super::iface::next_libc!(c"pselect", PselectFn);
     let mut copy = super::sigwrap::empty_set();
     let mask = super::sigwrap::without_ckpt(mask, &mut copy);
     // SAFETY: the caller's timeout is null or readable (pselect contract);
@@ -173,7 +159,7 @@ pub unsafe extern "C" fn pselect(
 /// As `epoll_wait(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn epoll_wait(ep: libc::c_int, evs: *mut libc::epoll_event, max: libc::c_int, ms: libc::c_int) -> libc::c_int {
-    let f = libc_fn!(EPOLL_WAIT, c"epoll_wait", EpollWaitFn);
+    let f = super::iface::next_libc!(c"epoll_wait", EpollWaitFn);
     let start = now_ns();
     // SAFETY: forwarding the caller's arguments.
     again(|| unsafe { f(ep, evs, max, ms_left(ms, start)) })
@@ -191,7 +177,7 @@ pub unsafe extern "C" fn epoll_pwait(
     ms: libc::c_int,
     mask: *const libc::sigset_t,
 ) -> libc::c_int {
-    let f = libc_fn!(EPOLL_PWAIT, c"epoll_pwait", EpollPwaitFn);
+    let f = super::iface::next_libc!(c"epoll_pwait", EpollPwaitFn);
     let mut copy = super::sigwrap::empty_set();
     let mask = super::sigwrap::without_ckpt(mask, &mut copy);
     let start = now_ns();
@@ -205,7 +191,7 @@ pub unsafe extern "C" fn epoll_pwait(
 /// As `nanosleep(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn nanosleep(req: *const libc::timespec, rem: *mut libc::timespec) -> libc::c_int {
-    let f = libc_fn!(NANOSLEEP, c"nanosleep", NanosleepFn);
+    let f = super::iface::next_libc!(c"nanosleep", NanosleepFn);
     if req.is_null() {
         // SAFETY: forwarding (libc reports EFAULT).
         return unsafe { f(req, rem) };

@@ -163,20 +163,6 @@ type SigwaitFn = unsafe extern "C" fn(*const libc::sigset_t, *mut c_int) -> c_in
 type SigwaitinfoFn = unsafe extern "C" fn(*const libc::sigset_t, *mut libc::siginfo_t) -> c_int;
 type SigtimedwaitFn = unsafe extern "C" fn(*const libc::sigset_t, *mut libc::siginfo_t, *const libc::timespec) -> c_int;
 
-macro_rules! real {
-    ($name:literal, $ty:ty, $fail:expr) => {{
-        static SLOT: AtomicUsize = AtomicUsize::new(0);
-        let f = super::start::libc_fn(&SLOT, $name);
-        if f == 0 {
-            // SAFETY: errno is thread-local.
-            unsafe { *libc::__errno_location() = libc::ENOSYS };
-            return $fail;
-        }
-        // SAFETY: dlsym found libc's function of this name and type.
-        unsafe { core::mem::transmute::<usize, $ty>(f) }
-    }};
-}
-
 /// `sigsuspend(2)`, never blocking the checkpoint signal, and waiting on
 /// when a checkpoint woke it.
 ///
@@ -184,7 +170,7 @@ macro_rules! real {
 /// The `sigsuspend(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn sigsuspend(mask: *const libc::sigset_t) -> c_int {
-    let f = real!(c"sigsuspend", SigsuspendFn, -1);
+    let f = super::iface::next_libc!(c"sigsuspend", SigsuspendFn, -1);
     let mut copy = empty_set();
     let m = without_ckpt(mask, &mut copy);
     // SAFETY: forwarding to libc with our copy of the mask.
@@ -197,7 +183,7 @@ pub unsafe extern "C" fn sigsuspend(mask: *const libc::sigset_t) -> c_int {
 /// The `sigwait(3)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn sigwait(set: *const libc::sigset_t, sig: *mut c_int) -> c_int {
-    let f = real!(c"sigwait", SigwaitFn, libc::ENOSYS);
+    let f = super::iface::next_libc!(c"sigwait", SigwaitFn, libc::ENOSYS);
     let mut copy = empty_set();
     let s = without_ckpt(set, &mut copy);
     // SAFETY: forwarding to libc with our copy of the set (libc's sigwait
@@ -212,7 +198,7 @@ pub unsafe extern "C" fn sigwait(set: *const libc::sigset_t, sig: *mut c_int) ->
 /// The `sigwaitinfo(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn sigwaitinfo(set: *const libc::sigset_t, info: *mut libc::siginfo_t) -> c_int {
-    let f = real!(c"sigwaitinfo", SigwaitinfoFn, -1);
+    let f = super::iface::next_libc!(c"sigwaitinfo", SigwaitinfoFn, -1);
     let mut copy = empty_set();
     let s = without_ckpt(set, &mut copy);
     // SAFETY: forwarding to libc with our copy of the set.
@@ -226,7 +212,7 @@ pub unsafe extern "C" fn sigwaitinfo(set: *const libc::sigset_t, info: *mut libc
 /// The `sigtimedwait(2)` contract.
 #[no_mangle]
 pub unsafe extern "C" fn sigtimedwait(set: *const libc::sigset_t, info: *mut libc::siginfo_t, t: *const libc::timespec) -> c_int {
-    let f = real!(c"sigtimedwait", SigtimedwaitFn, -1);
+    let f = super::iface::next_libc!(c"sigtimedwait", SigtimedwaitFn, -1);
     let mut copy = empty_set();
     let s = without_ckpt(set, &mut copy);
     // SAFETY: the caller's timeout is null or readable (sigtimedwait

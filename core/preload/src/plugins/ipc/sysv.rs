@@ -67,11 +67,6 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-fn set_errno(e: i32) {
-    // SAFETY: errno is thread-local and always valid.
-    unsafe { *libc::__errno_location() = e };
-}
-
 // The id table is taken by wrappers on user threads and by the checkpoint
 // thread: a user thread holds checkpoints off while it has the table (a
 // thread suspended with it would deadlock the checkpoint).
@@ -145,25 +140,13 @@ type SemOpFn = unsafe extern "C" fn(libc::c_int, *mut libc::sembuf, libc::size_t
 type SemTimedOpFn = unsafe extern "C" fn(libc::c_int, *mut libc::sembuf, libc::size_t, *const libc::timespec) -> libc::c_int;
 type SemCtlFn = unsafe extern "C" fn(libc::c_int, libc::c_int, libc::c_int, usize) -> libc::c_int;
 
-macro_rules! real {
-    ($slot:ident, $name:literal, $ty:ty) => {{
-        let f = dmtcp::libc_fn(&$slot, $name);
-        if f == 0 {
-            set_errno(libc::ENOSYS);
-            return -1;
-        }
-        // SAFETY: dlsym found libc's function of this name and type.
-        unsafe { core::mem::transmute::<usize, $ty>(f) }
-    }};
-}
-
 /// `msgget(2)`, giving out virtual ids.
 ///
 /// # Safety
 /// As `msgget(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn msgget(key: libc::key_t, flags: libc::c_int) -> libc::c_int {
-    let f = real!(MSGGET, c"msgget", GetFn);
+    let f = dmtcp::next_libc!(MSGGET, c"msgget", GetFn);
     // The new object and its virtual id appear in one image or in neither.
     let _hold = dmtcp::CkptHold::new();
     // SAFETY: forwarding the caller's arguments.
@@ -177,7 +160,7 @@ pub unsafe extern "C" fn msgget(key: libc::key_t, flags: libc::c_int) -> libc::c
 /// As `msgsnd(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn msgsnd(id: libc::c_int, p: *const libc::c_void, n: libc::size_t, flags: libc::c_int) -> libc::c_int {
-    let f = real!(MSGSND, c"msgsnd", SndFn);
+    let f = dmtcp::next_libc!(MSGSND, c"msgsnd", SndFn);
     // SAFETY: forwarding the caller's arguments.
     retrying(MSG, id, |r| unsafe { f(r, p, n, flags) } as isize) as libc::c_int
 }
@@ -188,7 +171,7 @@ pub unsafe extern "C" fn msgsnd(id: libc::c_int, p: *const libc::c_void, n: libc
 /// As `msgrcv(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn msgrcv(id: libc::c_int, p: *mut libc::c_void, n: libc::size_t, typ: libc::c_long, flags: libc::c_int) -> libc::ssize_t {
-    let f = real!(MSGRCV, c"msgrcv", RcvFn);
+    let f = dmtcp::next_libc!(MSGRCV, c"msgrcv", RcvFn);
     // SAFETY: forwarding the caller's arguments.
     retrying(MSG, id, |r| unsafe { f(r, p, n, typ, flags) })
 }
@@ -199,7 +182,7 @@ pub unsafe extern "C" fn msgrcv(id: libc::c_int, p: *mut libc::c_void, n: libc::
 /// As `msgctl(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn msgctl(id: libc::c_int, cmd: libc::c_int, buf: *mut libc::msqid_ds) -> libc::c_int {
-    let f = real!(MSGCTL, c"msgctl", MsgCtlFn);
+    let f = dmtcp::next_libc!(MSGCTL, c"msgctl", MsgCtlFn);
     // IPC_INFO / MSG_INFO / MSG_STAT take no queue id.
     if matches!(cmd, 3 | 12 | 11 | 13) {
         // SAFETY: forwarding the caller's arguments.
@@ -221,7 +204,7 @@ pub unsafe extern "C" fn msgctl(id: libc::c_int, cmd: libc::c_int, buf: *mut lib
 /// As `semget(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn semget(key: libc::key_t, n: libc::c_int, flags: libc::c_int) -> libc::c_int {
-    let f = real!(SEMGET, c"semget", SemGetFn);
+    let f = dmtcp::next_libc!(SEMGET, c"semget", SemGetFn);
     // The new object and its virtual id appear in one image or in neither.
     let _hold = dmtcp::CkptHold::new();
     // SAFETY: forwarding the caller's arguments.
@@ -235,7 +218,7 @@ pub unsafe extern "C" fn semget(key: libc::key_t, n: libc::c_int, flags: libc::c
 /// As `semop(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn semop(id: libc::c_int, ops: *mut libc::sembuf, n: libc::size_t) -> libc::c_int {
-    let f = real!(SEMOP, c"semop", SemOpFn);
+    let f = dmtcp::next_libc!(SEMOP, c"semop", SemOpFn);
     // SAFETY: forwarding the caller's arguments.
     retrying(SEM, id, |r| unsafe { f(r, ops, n) } as isize) as libc::c_int
 }
@@ -247,7 +230,7 @@ pub unsafe extern "C" fn semop(id: libc::c_int, ops: *mut libc::sembuf, n: libc:
 /// As `semtimedop(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn semtimedop(id: libc::c_int, ops: *mut libc::sembuf, n: libc::size_t, t: *const libc::timespec) -> libc::c_int {
-    let f = real!(SEMTIMEDOP, c"semtimedop", SemTimedOpFn);
+    let f = dmtcp::next_libc!(SEMTIMEDOP, c"semtimedop", SemTimedOpFn);
     // SAFETY: forwarding the caller's arguments.
     retrying(SEM, id, |r| unsafe { f(r, ops, n, t) } as isize) as libc::c_int
 }
@@ -259,7 +242,7 @@ pub unsafe extern "C" fn semtimedop(id: libc::c_int, ops: *mut libc::sembuf, n: 
 /// As `semctl(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn semctl(id: libc::c_int, num: libc::c_int, cmd: libc::c_int, arg: usize) -> libc::c_int {
-    let f = real!(SEMCTL, c"semctl", SemCtlFn);
+    let f = dmtcp::next_libc!(SEMCTL, c"semctl", SemCtlFn);
     // IPC_INFO / SEM_INFO / SEM_STAT take no set id.
     if matches!(cmd, 3 | 19 | 18 | 20) {
         // SAFETY: forwarding the caller's arguments.
