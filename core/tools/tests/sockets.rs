@@ -226,3 +226,29 @@ fn half_closed_connection_keeps_the_senders_queue_across_restarts() {
     let out = cycles_match_bare("halfclosed", &[prog.to_str().unwrap(), "half"], &[], &[("tick 1\n", "tick 2\n"), ("tick 3\n", "tick 4\n")]);
     assert!(out.ends_with("read every byte ok\nserver got bye\n"), "{out}");
 }
+
+/// A drain that the other end does not finish in time fails the
+/// checkpoint and keeps the connection whole: the producer starts
+/// draining 3 s late (fault injection in its environment only), the
+/// consumer waits 1 s. Every such `-bc` must fail, and the stream must
+/// still arrive byte for byte as in a bare run; a normal checkpoint and
+/// restart afterwards still work.
+#[test]
+fn late_drain_fails_the_checkpoint_and_keeps_the_connection() {
+    let prog = c_program("sockstream");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "tcp4", "16"]);
+    assert!(bare.contains("producer exit 0"), "{bare}");
+    let mut job = Job::new("sock-late").env("DMTCP_SOCKET_DRAIN_TIMEOUT", "1");
+    job.launch(&[p, "tcp4", "16", "DMTCP_FAULT_DRAIN_DELAY_MS=3000"], &[]);
+    for mark in ["got 2 MB\n", "got 5 MB\n"] {
+        job.wait_for(mark);
+        let o = job.command(&["-bc"]);
+        assert!(!o.status.success(), "a checkpoint with a late drain succeeded: {o:?}");
+        let err = std::fs::read_to_string(job.dir.join("err.txt")).unwrap_or_default();
+        assert!(err.contains("did not finish draining within 1 s"), "{err}");
+    }
+    job.wait_for("got 8 MB\n");
+    job.wait_success();
+    assert_eq!(job.output(), bare, "the stream differs from a bare run after failed checkpoints");
+}

@@ -11,6 +11,19 @@ use dmtcp_sys::restore::RESTART_BRK_SET;
 use std::io::Read;
 use std::path::PathBuf;
 
+/// Why a plugin failed this process's part of the round under way (see
+/// [`fail_round`]).
+static ROUND_FAILURE: super::flock::FLock<Option<String>> = super::flock::FLock::new(None);
+
+/// A plugin cannot save its state this round (pre-checkpoint, checkpoint
+/// thread): this process writes no image, the checkpoint reports `why`,
+/// and the resume event follows as after any failed round.
+pub fn fail_round(why: String) {
+    ROUND_FAILURE.with(|f| {
+        f.get_or_insert(why);
+    });
+}
+
 /// State of the checkpoint thread (lives on its stack, so it is restored
 /// along with everything else).
 pub(super) struct Ctl {
@@ -88,7 +101,10 @@ impl Ctl {
         super::signals::save_sigactions();
         plugin::run(plugin::Event::PreCheckpoint);
         OLD_PID.store(dmtcp_sys::getpid(), SeqCst);
-        let mut planned = if overflow {
+        let failure = ROUND_FAILURE.with(|f| f.take());
+        let mut planned = if let Some(why) = failure {
+            Err(std::io::Error::other(why))
+        } else if overflow {
             Err(std::io::Error::other(format!("more than {} threads: this process cannot be checkpointed", threads::MAX_THREADS)))
         } else if super::start::NO_WINDOW.load(SeqCst) {
             Err(std::io::Error::other("the restorer window was not free at start-up: this process cannot be checkpointed"))

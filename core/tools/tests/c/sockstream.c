@@ -3,7 +3,8 @@
  * socket, TCP over IPv4 or IPv6. The consumer checks every byte and sends
  * small acks back, so both directions have bytes in flight at any moment.
  * Only the consumer prints; the producer reports through its exit code.
- * Usage: sockstream unix|unixpath|unixabs|tcp4|tcp6 MB */
+ * Usage: sockstream unix|unixpath|unixabs|tcp4|tcp6 MB [CHILD_ENV=VALUE]
+ * (the optional setting goes into the producer's environment only). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -111,6 +112,7 @@ int main(int argc, char **argv) {
     pid_t child = fork();
     if (child == 0) {
         int fd = sv[1];
+        if (argc > 3) putenv(argv[3]);
         if (lfd >= 0) {
             close(lfd);
             fd = socket(ss.ss_family, SOCK_STREAM, 0);

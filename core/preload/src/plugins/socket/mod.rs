@@ -49,8 +49,11 @@ struct Sock {
     peer_shut: bool,
     /// Drained by consuming (both ends in the job, both directions open).
     consume: bool,
-    /// The drain of this socket did not finish.
+    /// The drain of this socket did not finish in time (the round failed).
     failed: bool,
+    /// Bytes of this end's drain marker sent; the other end's marker read.
+    cookie_sent: usize,
+    cookie_got: bool,
     /// Bytes of the receive queue at checkpoint time.
     data: Vec<u8>,
     opts: Vec<(i32, i32, Vec<u8>)>,
@@ -562,7 +565,18 @@ fn peer_closed(fd: i32) -> bool {
     matches!(tcp_state(fd), 6 | 7 | 8 | 9 | 11)
 }
 
-/// Drain in-job connections (cookie protocol) and peek the others.
+/// A number from the environment, read when it is needed (libc's getenv:
+/// no lock, no allocation).
+fn env_u64(name: &core::ffi::CStr) -> Option<u64> {
+    // SAFETY: getenv of a NUL-terminated name; the result is read at once.
+    let v = unsafe { libc::getenv(name.as_ptr()) };
+    // SAFETY: a NUL-terminated string of the environment.
+    (!v.is_null()).then(|| unsafe { core::ffi::CStr::from_ptr(v) }.to_str().ok()?.trim().parse().ok())?
+}
+
+/// Drain in-job connections (cookie protocol) and peek the others. A
+/// connection whose other end does not finish in time fails this
+/// checkpoint; its drain is finished on resume ([`finish_drains`]).
 fn drain(socks: &mut [Sock]) {
     for s in socks.iter_mut() {
         if s.leader && s.stream_conn && !s.consume {
@@ -577,48 +591,85 @@ fn drain(socks: &mut [Sock]) {
         s.rec.dgrams = if s.leader && dgram { peek_dgrams(s.rec.fd) } else { Vec::new() };
     }
     let idx: Vec<usize> = (0..socks.len()).filter(|&i| socks[i].leader && socks[i].consume).collect();
-    if idx.is_empty() {
-        return;
+    // How long the other ends may take (DMTCP_SOCKET_DRAIN_TIMEOUT, s).
+    let limit = std::time::Duration::from_secs(env_u64(c"DMTCP_SOCKET_DRAIN_TIMEOUT").unwrap_or(30));
+    // Fault injection for tests: this process starts draining late.
+    if let Some(ms) = env_u64(c"DMTCP_FAULT_DRAIN_DELAY_MS") {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
-    struct D {
-        i: usize,
-        old: i32,
-        sent: usize,
-        done: bool,
+    let late = run_drain(socks, &idx, limit);
+    for &i in &late {
+        let s = &mut socks[i];
+        s.failed = true;
+        dmtcp::warn(format_args!(
+            "socket fd {}: the other end did not finish draining within {} s; this checkpoint fails and the connection is kept whole",
+            s.rec.fd,
+            limit.as_secs()
+        ));
+    }
+    if !late.is_empty() {
+        dmtcp::fail_round(format!("{} socket(s) did not finish draining within {} s", late.len(), limit.as_secs()));
+    }
+}
+
+/// Take from `fd` what is queued up to and including the drain's end
+/// marker, never past it (after a failed round the other end's refill
+/// message may follow the marker). Ok(true) once the marker is in.
+fn take_to_cookie(fd: i32, data: &mut Vec<u8>, cookie: &[u8; 16], buf: &mut [u8]) -> Result<bool, ()> {
+    loop {
+        let n = match recv_some(fd, buf, libc::MSG_PEEK) {
+            Ok(Some(0)) | Err(_) => return Err(()),
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(false),
+        };
+        // The marker may begin in bytes already taken.
+        let t = data.len().min(cookie.len() - 1);
+        let mut window = data[data.len() - t..].to_vec();
+        window.extend_from_slice(&buf[..n]);
+        let end = window.windows(cookie.len()).position(|w| w == cookie).map(|i| i + cookie.len() - t);
+        let take = end.unwrap_or(n);
+        match recv_some(fd, &mut buf[..take], 0) {
+            Ok(Some(k)) if k == take => data.extend_from_slice(&buf[..k]),
+            _ => return Err(()),
+        }
+        if end.is_some() {
+            data.truncate(data.len() - cookie.len());
+            return Ok(true);
+        }
+    }
+}
+
+/// The cookie exchange on the sockets `idx`: send this end's marker, take
+/// the other end's bytes up to its marker. Returns the sockets not done
+/// within `limit` (their progress stays in the `Sock` for a later call).
+fn run_drain(socks: &mut [Sock], idx: &[usize], limit: std::time::Duration) -> Vec<usize> {
+    if idx.is_empty() {
+        return Vec::new();
     }
     let cookie = COOKIE.with(|c| *c);
-    let mut st: Vec<D> = idx.iter().map(|&i| D { i, old: dmtcp::fds::set_nonblock(socks[i].rec.fd, true), sent: 0, done: false }).collect();
+    let old: Vec<i32> = idx.iter().map(|&i| dmtcp::fds::set_nonblock(socks[i].rec.fd, true)).collect();
     let start = std::time::Instant::now();
     let mut buf = vec![0u8; 1 << 16];
+    let mut late = Vec::new();
     loop {
         let mut pfds: Vec<libc::pollfd> = Vec::new();
-        for d in st.iter_mut() {
-            let fd = socks[d.i].rec.fd;
-            if d.sent < cookie.len() {
-                match send_some(fd, &cookie[d.sent..]) {
-                    Ok(n) => d.sent += n,
-                    Err(_) => d.sent = cookie.len(),
+        for &i in idx {
+            let s = &mut socks[i];
+            let fd = s.rec.fd;
+            if s.cookie_sent < cookie.len() {
+                match send_some(fd, &cookie[s.cookie_sent..]) {
+                    Ok(n) => s.cookie_sent += n,
+                    Err(_) => s.cookie_sent = cookie.len(),
                 }
             }
-            while !d.done {
-                match recv_some(fd, &mut buf, 0) {
-                    Ok(Some(0)) | Err(_) => d.done = true,
-                    Ok(Some(n)) => {
-                        let data = &mut socks[d.i].data;
-                        data.extend_from_slice(&buf[..n]);
-                        if data.ends_with(&cookie) {
-                            data.truncate(data.len() - cookie.len());
-                            d.done = true;
-                        }
-                    }
-                    Ok(None) => break,
-                }
+            if !s.cookie_got {
+                s.cookie_got = take_to_cookie(fd, &mut s.data, &cookie, &mut buf).unwrap_or(true);
             }
             let mut ev = 0;
-            if !d.done {
+            if !s.cookie_got {
                 ev |= libc::POLLIN;
             }
-            if d.sent < cookie.len() {
+            if s.cookie_sent < cookie.len() {
                 ev |= libc::POLLOUT;
             }
             if ev != 0 {
@@ -628,22 +679,26 @@ fn drain(socks: &mut [Sock]) {
         if pfds.is_empty() {
             break;
         }
-        if start.elapsed() > std::time::Duration::from_secs(30) {
-            for d in st.iter().filter(|d| !d.done || d.sent < cookie.len()) {
-                let s = &mut socks[d.i];
-                s.failed = true;
-                dmtcp::warn(format_args!(
-                    "socket fd {}: the other end did not finish draining within 30 s; {} bytes in flight may be lost",
-                    s.rec.fd,
-                    s.data.len()
-                ));
-            }
+        if start.elapsed() >= limit {
+            late = idx.iter().copied().filter(|&i| !socks[i].cookie_got || socks[i].cookie_sent < cookie.len()).collect();
             break;
         }
         poll_wait(&mut pfds, 100);
     }
-    for d in &st {
-        restore_flags(socks[d.i].rec.fd, d.old);
+    for (k, &i) in idx.iter().enumerate() {
+        restore_flags(socks[i].rec.fd, old[k]);
+    }
+    late
+}
+
+/// Resume after a round that failed on late drains: finish them (the
+/// other ends run again now), so the refill exchange finds every
+/// connection drained up to its marker.
+fn finish_drains(socks: &mut [Sock]) {
+    let idx: Vec<usize> = (0..socks.len()).filter(|&i| socks[i].failed).collect();
+    for i in run_drain(socks, &idx, std::time::Duration::from_secs(120)) {
+        dmtcp::warn(format_args!("socket fd {}: its drain did not finish after 120 s more; bytes in flight may be lost", socks[i].rec.fd));
+        socks[i].consume = false;
     }
 }
 
@@ -845,8 +900,9 @@ fn run_exchange(ex: &mut [Ex], writeback: bool) {
 }
 
 fn resume() {
+    SAVED.with(|v| finish_drains(v));
     let list: Vec<(i32, Vec<u8>, bool)> = SAVED.with(|v| {
-        v.iter_mut().filter(|s| s.leader && s.consume && !s.failed).map(|s| (s.rec.fd, core::mem::take(&mut s.data), false)).collect()
+        v.iter_mut().filter(|s| s.leader && s.consume).map(|s| (s.rec.fd, core::mem::take(&mut s.data), false)).collect()
     });
     exchange(list, "sock:refilled");
     SAVED.with(|v| {
