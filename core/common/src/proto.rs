@@ -91,6 +91,10 @@ pub enum FromCoord {
         /// How many processes took part (the final count of a checkpoint round).
         #[serde(default)]
         count: u32,
+        /// At "checkpointed": every process of the round wrote its image,
+        /// which may now replace the previous generation's.
+        #[serde(default)]
+        commit: bool,
     },
     /// Exit now.
     Kill,
@@ -217,7 +221,7 @@ mod tests {
     fn messages_round_trip() {
         let mut buf = Vec::new();
         send(&mut buf, &ToCoord::Command { cmd: Cmd::Interval(5) }).unwrap();
-        send(&mut buf, &FromCoord::BarrierDone { name: "suspended".into(), count: 2 }).unwrap();
+        send(&mut buf, &FromCoord::BarrierDone { name: "suspended".into(), count: 2, commit: false }).unwrap();
         let mut r = std::io::BufReader::new(&buf[..]);
         match recv::<_, ToCoord>(&mut r).unwrap() {
             Some(ToCoord::Command { cmd: Cmd::Interval(5) }) => {}

@@ -391,6 +391,9 @@ struct Round {
     done: BTreeMap<u64, (String, u64, Option<String>)>,
     kill_after: bool,
     waiters: Vec<Arc<Outbox>>,
+    /// Set at the "checkpointed" barrier: the images replace the previous
+    /// generation (true) or are thrown away.
+    committing: Option<bool>,
 }
 
 struct State {
@@ -625,6 +628,7 @@ fn start_round(g: &mut State, kill_after: bool, waiter: Option<Arc<Outbox>>) -> 
         done: BTreeMap::new(),
         kill_after: kill_after || g.opts.kill_after_ckpt,
         waiters: waiter.into_iter().collect(),
+        committing: None,
     });
     true
 }
@@ -648,6 +652,10 @@ fn check_barriers(g: &mut State) {
         }
         g.barriers.remove(&name);
         if name == "checkpointed" {
+            decide_round(g, members);
+            continue;
+        }
+        if name == "committed" {
             finish_round(g, members);
             continue;
         }
@@ -665,8 +673,30 @@ fn check_barriers(g: &mut State) {
         }
         for id in members {
             if let Some(p) = g.peers.get(&id) {
-                send_to(&p.out, &FromCoord::BarrierDone { name: name.clone(), count: need.max(reached_n) });
+                send_to(&p.out, &FromCoord::BarrierDone { name: name.clone(), count: need.max(reached_n), commit: false });
             }
+        }
+    }
+}
+
+/// Did every participant of the round write its image?
+fn round_ok(r: &Round) -> bool {
+    let errors = r.done.values().any(|d| d.2.is_some());
+    let images = r.done.values().any(|d| !d.0.is_empty());
+    !errors && !r.lost && r.participants.len() == r.done.len() && images
+}
+
+/// Every process of the round is past writing ("checkpointed"): tell them
+/// whether their images replace the previous generation (all written) or
+/// are thrown away, so a failed round never leaves a mixed set. The round
+/// ends at the next barrier, "committed", when the renames are done.
+fn decide_round(g: &mut State, members: BTreeSet<u64>) {
+    let Some(round) = g.round.as_mut() else { return };
+    let ok = round_ok(round);
+    round.committing = Some(ok);
+    for id in members {
+        if let Some(p) = g.peers.get(&id) {
+            send_to(&p.out, &FromCoord::BarrierDone { name: "checkpointed".into(), count: 0, commit: ok });
         }
     }
 }
@@ -676,16 +706,19 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     let errors: Vec<String> = round.done.values().filter_map(|d| d.2.clone()).collect();
     let images: Vec<String> = round.done.values().map(|d| d.0.clone()).filter(|s| !s.is_empty()).collect();
     let lost = round.lost || round.participants.len() != round.done.len();
-    let ok = errors.is_empty() && !lost && !images.is_empty();
+    // The verdict given at "checkpointed" (a process lost after it spoils
+    // the reply, not the images already renamed).
+    let ok = round.committing.unwrap_or(false) && !lost;
     let mut r = reply(g, ok);
-    if ok {
+    if round.committing == Some(true) {
         g.last_images = images.clone();
         r.images = images.clone();
         match write_restart_script(g, &images) {
             Ok(p) => say(g, format_args!("checkpoint complete; restart script {}", p.display())),
             Err(e) => say(g, format_args!("checkpoint complete, but the restart script failed: {e}")),
         }
-    } else {
+    }
+    if !ok {
         r.message = Some(if lost {
             "a process exited during the checkpoint".into()
         } else {
@@ -698,7 +731,7 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     }
     for id in members {
         if let Some(p) = g.peers.get(&id) {
-            let m = if round.kill_after { FromCoord::Kill } else { FromCoord::BarrierDone { name: "checkpointed".into(), count: 0 } };
+            let m = if round.kill_after { FromCoord::Kill } else { FromCoord::BarrierDone { name: "committed".into(), count: 0, commit: ok } };
             send_to(&p.out, &m);
         }
     }

@@ -10,19 +10,21 @@ fn installed_include() -> std::path::PathBuf {
     inc
 }
 
-/// Compile `examples/<file>` against the installed header into
-/// target/tmp (a shared library when `shared`).
+/// Compile `examples/<file>` (or `<file>` of the repository when it is a
+/// path) against the installed header into target/tmp (a shared library
+/// when `shared`).
 fn compile_example(file: &str, shared: bool) -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let stem = file.trim_end_matches(".c");
+    let src = if file.contains('/') { root.join(file) } else { root.join("examples").join(file) };
+    let stem = file.rsplit('/').next().unwrap_or(file).trim_end_matches(".c");
     let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("{}{stem}-{}{}", if shared { "lib" } else { "" }, std::process::id(), if shared { ".so" } else { "" }));
     let mut cc = std::process::Command::new("cc");
     if shared {
         cc.args(["-shared", "-fPIC"]);
     }
-    let st = cc.args(["-O1", "-Wall", "-Werror", "-I"]).arg(installed_include()).arg("-o").arg(&out).arg(root.join("examples").join(file)).arg("-ldl").status().unwrap();
-    assert!(st.success(), "examples/{file} does not compile against the installed dmtcp.h");
+    let st = cc.args(["-O1", "-Wall", "-Werror", "-I"]).arg(installed_include()).arg("-o").arg(&out).arg(&src).arg("-ldl").status().unwrap();
+    assert!(st.success(), "{file} does not compile against the installed dmtcp.h");
     out
 }
 
@@ -380,4 +382,64 @@ fn claimed_fd_is_left_to_its_plugin() {
     let _ = server.kill();
     assert!(out.contains("placeholder ok") && !out.contains("WRONG") && !out.contains("reclaim failed"), "{out}");
     assert!(out.contains("RESULT 45150"), "{out}");
+}
+
+/// A round that loses a process half way (it exits after its threads are
+/// suspended) must not touch the previous generation: the survivor's new
+/// image is thrown away, every image of generation 1 keeps its inode and
+/// contents, `-bc` fails, and the job restarts from generation 1.
+#[test]
+fn failed_round_leaves_the_previous_generation_whole() {
+    use std::os::unix::fs::MetadataExt;
+    let so = compile_example("core/tools/tests/c/fault_exit_plugin.c", true);
+    let prog = c_program("memcheck");
+    let job = Job::new("generation");
+    let mut procs = Vec::new();
+    for rank in 0..2 {
+        let c = tool("dmtcp_launch")
+            .args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string(), "--ckptdir"])
+            .arg(&job.ckpt)
+            .args(["--with-plugin", so.to_str().unwrap()])
+            .arg(&prog)
+            .env("RANK", rank.to_string())
+            .env("FAULT_RANK", "1")
+            .env("FAULT_GEN", "2")
+            .current_dir(&job.dir)
+            .stdout(std::fs::File::create(job.dir.join(format!("out{rank}.txt"))).unwrap())
+            .spawn()
+            .unwrap();
+        procs.push(c);
+    }
+    let out = |r: i32| std::fs::read_to_string(job.dir.join(format!("out{r}.txt"))).unwrap_or_default();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while (0..2).any(|r| !out(r).contains("step 1 ok")) {
+        assert!(std::time::Instant::now() < deadline, "programs did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    job.checkpoint();
+    let snap = |imgs: &[std::path::PathBuf]| -> Vec<(String, u64, Vec<u8>)> {
+        imgs.iter().map(|p| (p.display().to_string(), std::fs::metadata(p).unwrap().ino(), std::fs::read(p).unwrap())).collect()
+    };
+    let gen1 = snap(&job.images());
+    assert_eq!(gen1.len(), 2);
+    let o = job.command(&["-bc"]);
+    assert!(!o.status.success(), "a round that lost a process succeeded: {o:?}");
+    let _ = wait_timeout(&mut procs[1], TIMEOUT).expect("rank 1 did not exit");
+    let tmp_left: Vec<_> = std::fs::read_dir(&job.ckpt).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+    assert!(tmp_left.is_empty(), "temporary images left: {tmp_left:?}");
+    assert!(snap(&job.images()) == gen1, "the failed round changed the images of generation 1");
+    let _ = procs[0].kill();
+    let _ = procs[0].wait();
+    let mut r = tool("dmtcp_restart")
+        .args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string()])
+        .args(job.images())
+        .current_dir(&job.dir)
+        .env("FAULT_GEN", "0")
+        .spawn()
+        .unwrap();
+    let st = wait_timeout(&mut r, TIMEOUT).expect("restart did not finish");
+    assert!(st.success(), "restart from generation 1 failed");
+    for rank in 0..2 {
+        assert!(out(rank).contains("RESULT ") && !out(rank).contains("BAD"), "rank {rank}: {}", out(rank));
+    }
 }

@@ -248,6 +248,7 @@ fn late_drain_fails_the_checkpoint_and_keeps_the_connection() {
         let err = std::fs::read_to_string(job.dir.join("err.txt")).unwrap_or_default();
         assert!(err.contains("did not finish draining within 1 s"), "{err}");
     }
+    assert!(job.images().is_empty(), "a failed round left images: {:?}", job.images());
     job.wait_for("got 8 MB\n");
     job.wait_success();
     assert_eq!(job.output(), bare, "the stream differs from a bare run after failed checkpoints");

@@ -123,7 +123,9 @@ impl Ctl {
                 log::error(format_args!("checkpoint failed: {e}"));
                 plugin::run(plugin::Event::Written);
                 coord::send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(e.to_string()) });
-                self.barrier("checkpointed");
+                if self.barrier("checkpointed") {
+                    self.barrier("committed");
+                }
                 plugin::run(plugin::Event::Resume);
                 capi::end_checkpoint(false, false, self.generation);
                 threads::resume_all();
@@ -156,19 +158,34 @@ impl Ctl {
             vdso_syms: super::vdso::entry_points(plan.special[2]),
         };
         match writer::write_image(&dir, &name, &plan, &mut meta, self.cfg.gzip, self.slot) {
-            writer::Outcome::Written { path, bytes } => {
+            writer::Outcome::Written { path, tmp, bytes } => {
                 plugin::run(plugin::Event::Written);
                 coord::send(&ToCoord::CkptDone { image: path.display().to_string(), bytes, error: None });
-                self.barrier("checkpointed");
+                // Images of a round replace the previous ones only when
+                // every process wrote its own: the coordinator says which.
+                let reached = self.barrier("checkpointed");
+                let ok = reached && coord::LAST_COMMIT.load(SeqCst);
+                if ok {
+                    if let Err(e) = writer::commit(&tmp, &path) {
+                        log::error(format_args!("checkpoint failed: {e}"));
+                    }
+                } else {
+                    writer::discard(&tmp);
+                }
+                if reached {
+                    self.barrier("committed");
+                }
                 plugin::run(plugin::Event::Resume);
-                capi::end_checkpoint(true, false, self.generation);
+                capi::end_checkpoint(ok, false, self.generation);
                 threads::resume_all();
             }
             writer::Outcome::Failed(msg) => {
                 log::error(format_args!("checkpoint failed: {msg}"));
                 plugin::run(plugin::Event::Written);
                 coord::send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(msg) });
-                self.barrier("checkpointed");
+                if self.barrier("checkpointed") {
+                    self.barrier("committed");
+                }
                 plugin::run(plugin::Event::Resume);
                 capi::end_checkpoint(false, false, self.generation);
                 threads::resume_all();

@@ -103,19 +103,23 @@ pub fn recv() -> std::io::Result<Option<FromCoord>> {
     with(|c| c.recv()).unwrap_or(Ok(None))
 }
 
-/// Reach the named barrier and wait for every participant; Kill ends the
-/// process. False if the coordinator is gone.
 /// How many processes took part in the last barrier (0 if not told).
 pub static LAST_COUNT: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+/// The last barrier's verdict on the round ("checkpointed": every process
+/// wrote its image, so the images may replace the previous generation).
+pub static LAST_COMMIT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
+/// Reach the named barrier and wait for every participant; Kill ends the
+/// process. False if the coordinator is gone.
 pub fn barrier(name: &str) -> bool {
     if !send(&ToCoord::Barrier { name: name.into() }) {
         return false;
     }
     loop {
         match recv() {
-            Ok(Some(FromCoord::BarrierDone { name: n, count })) if n == name => {
+            Ok(Some(FromCoord::BarrierDone { name: n, count, commit })) if n == name => {
                 LAST_COUNT.store(count, core::sync::atomic::Ordering::SeqCst);
+                LAST_COMMIT.store(commit, core::sync::atomic::Ordering::SeqCst);
                 return true;
             }
             Ok(Some(FromCoord::Kill)) => dmtcp_sys::exit_group(0),

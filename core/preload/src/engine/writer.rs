@@ -447,7 +447,9 @@ pub fn prepare(n_items: usize) -> bool {
 
 /// What became of a checkpoint.
 pub enum Outcome {
-    Written { path: PathBuf, bytes: u64 },
+    /// Complete and durable under the temporary name `tmp`; the round's
+    /// outcome decides whether it becomes `path` ([`commit`]) or goes.
+    Written { path: PathBuf, tmp: PathBuf, bytes: u64 },
     Failed(String),
     /// We are running in a restarted process.
     Restarted,
@@ -572,15 +574,20 @@ pub fn write_image(dir: &Path, name: &str, plan: &Plan, meta: &mut Meta, compres
     }
     // SAFETY: as above.
     unsafe { libc::close(fd_buf) };
-    let cfinal = cpath(&final_path);
+    Outcome::Written { path: final_path, tmp, bytes: file_len }
+}
+
+/// The round succeeded everywhere: put the image under its final name
+/// (one rename, made durable), replacing the previous generation's.
+pub fn commit(tmp: &Path, final_path: &Path) -> Result<(), String> {
+    let (ctmp, cfinal) = (cpath(tmp), cpath(final_path));
     // SAFETY: rename of NUL-terminated paths.
     if unsafe { libc::rename(ctmp.as_ptr(), cfinal.as_ptr()) } != 0 {
-        let msg = os_err("cannot rename into", &final_path);
-        // SAFETY: removing our temporary file.
-        unsafe { libc::unlink(ctmp.as_ptr()) };
-        return Outcome::Failed(msg);
+        let msg = os_err("cannot rename into", final_path);
+        discard(tmp);
+        return Err(msg);
     }
-    let cdir = cpath(dir);
+    let cdir = cpath(final_path.parent().unwrap_or(Path::new(".")));
     // SAFETY: fsync of the directory so the rename is durable.
     unsafe {
         let d = libc::open(cdir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
@@ -589,5 +596,11 @@ pub fn write_image(dir: &Path, name: &str, plan: &Plan, meta: &mut Meta, compres
             libc::close(d);
         }
     }
-    Outcome::Written { path: final_path, bytes: file_len }
+    Ok(())
+}
+
+/// The round failed somewhere: this image must not replace the previous one.
+pub fn discard(tmp: &Path) {
+    // SAFETY: removing our temporary file.
+    unsafe { libc::unlink(cpath(tmp).as_ptr()) };
 }
