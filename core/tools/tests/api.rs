@@ -121,30 +121,10 @@ fn plugin_receives_events_in_order() {
 #[test]
 fn plugins_exchange_new_ids_after_restart() {
     let so = compile_example("plugin_exchange.c", true);
-    let prog = c_program("memcheck");
     let job = Job::new("exchange");
     let log = job.dir.join("exchange");
-    let mut procs = Vec::new();
-    for rank in 0..3 {
-        let c = tool("dmtcp_launch")
-            .args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string(), "--ckptdir"])
-            .arg(&job.ckpt)
-            .args(["--with-plugin", so.to_str().unwrap()])
-            .arg(&prog)
-            .env("RANK", rank.to_string())
-            .env("NPROC", "3")
-            .env("EXCHANGE_LOG", &log)
-            .current_dir(&job.dir)
-            .stdout(std::fs::File::create(job.dir.join(format!("out{rank}.txt"))).unwrap())
-            .spawn()
-            .unwrap();
-        procs.push(c);
-    }
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while (0..3).any(|r| !std::fs::read_to_string(job.dir.join(format!("out{r}.txt"))).unwrap_or_default().contains("step 2 ok")) {
-        assert!(std::time::Instant::now() < deadline, "programs did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let log = log.to_str().unwrap();
+    let procs = launch_ranks(&job, 3, &so, &[("NPROC", "3"), ("EXCHANGE_LOG", log)], "step 2 ok");
     assert!(job.command(&["-kc"]).status.success());
     for mut p in procs {
         wait_timeout(&mut p, TIMEOUT).expect("a process survived -kc");
@@ -158,7 +138,7 @@ fn plugins_exchange_new_ids_after_restart() {
         .unwrap();
     let st = wait_timeout(&mut r, TIMEOUT).expect("restart did not finish");
     assert!(st.success());
-    let logs: Vec<String> = (0..3).map(|i| std::fs::read_to_string(format!("{}.{i}", log.display())).unwrap_or_default()).collect();
+    let logs: Vec<String> = (0..3).map(|i| std::fs::read_to_string(format!("{log}.{i}")).unwrap_or_default()).collect();
     assert!(logs[0].starts_with("rank0=pid="), "{logs:?}");
     assert!(logs.iter().all(|l| l == &logs[0]), "processes disagree: {logs:?}");
     let pids: std::collections::BTreeSet<&str> = logs[0].split(' ').map(|kv| kv.split_once("=pid=").unwrap().1).collect();
@@ -384,6 +364,34 @@ fn claimed_fd_is_left_to_its_plugin() {
     assert!(out.contains("RESULT 45150"), "{out}");
 }
 
+/// `n` processes of memcheck under plugin `so`, each with RANK and `env`,
+/// output in out<rank>.txt, joined to `job`'s coordinator; returns once
+/// each printed `ready`.
+fn launch_ranks(job: &Job, n: usize, so: &std::path::Path, env: &[(&str, &str)], ready: &str) -> Vec<std::process::Child> {
+    let prog = c_program("memcheck");
+    let procs: Vec<std::process::Child> = (0..n)
+        .map(|rank| {
+            tool("dmtcp_launch")
+                .args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string(), "--ckptdir"])
+                .arg(&job.ckpt)
+                .args(["--with-plugin", so.to_str().unwrap()])
+                .arg(&prog)
+                .env("RANK", rank.to_string())
+                .envs(env.iter().copied())
+                .current_dir(&job.dir)
+                .stdout(std::fs::File::create(job.dir.join(format!("out{rank}.txt"))).unwrap())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while (0..n).any(|r| !std::fs::read_to_string(job.dir.join(format!("out{r}.txt"))).unwrap_or_default().contains(ready)) {
+        assert!(std::time::Instant::now() < deadline, "programs did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    procs
+}
+
 /// A round that loses a process half way (it exits after its threads are
 /// suspended) must not touch the previous generation: the survivor's new
 /// image is thrown away, every image of generation 1 keeps its inode and
@@ -392,30 +400,9 @@ fn claimed_fd_is_left_to_its_plugin() {
 fn failed_round_leaves_the_previous_generation_whole() {
     use std::os::unix::fs::MetadataExt;
     let so = compile_example("core/tools/tests/c/fault_exit_plugin.c", true);
-    let prog = c_program("memcheck");
     let job = Job::new("generation");
-    let mut procs = Vec::new();
-    for rank in 0..2 {
-        let c = tool("dmtcp_launch")
-            .args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string(), "--ckptdir"])
-            .arg(&job.ckpt)
-            .args(["--with-plugin", so.to_str().unwrap()])
-            .arg(&prog)
-            .env("RANK", rank.to_string())
-            .env("FAULT_RANK", "1")
-            .env("FAULT_GEN", "2")
-            .current_dir(&job.dir)
-            .stdout(std::fs::File::create(job.dir.join(format!("out{rank}.txt"))).unwrap())
-            .spawn()
-            .unwrap();
-        procs.push(c);
-    }
+    let mut procs = launch_ranks(&job, 2, &so, &[("FAULT_RANK", "1"), ("FAULT_GEN", "2")], "step 1 ok");
     let out = |r: i32| std::fs::read_to_string(job.dir.join(format!("out{r}.txt"))).unwrap_or_default();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while (0..2).any(|r| !out(r).contains("step 1 ok")) {
-        assert!(std::time::Instant::now() < deadline, "programs did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     job.checkpoint();
     let snap = |imgs: &[std::path::PathBuf]| -> Vec<(String, u64, Vec<u8>)> {
         imgs.iter().map(|p| (p.display().to_string(), std::fs::metadata(p).unwrap().ino(), std::fs::read(p).unwrap())).collect()
