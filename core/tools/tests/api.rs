@@ -430,3 +430,26 @@ fn failed_round_leaves_the_previous_generation_whole() {
         assert!(out(rank).contains("RESULT ") && !out(rank).contains("BAD"), "rank {rank}: {}", out(rank));
     }
 }
+
+/// A checkpoint requested while the last round's resume hooks still wait
+/// at a barrier (here one process reaches it a second late) is not lost:
+/// the request that arrives during the barrier is kept for afterwards, and
+/// the second `-bc` completes (it hung before: the barrier's wait dropped
+/// the request).
+#[test]
+fn checkpoint_requested_during_a_resume_barrier_happens() {
+    let so = compile_example("core/tools/tests/c/slow_resume_plugin.c", true);
+    let job = Job::new("resume-barrier");
+    let mut procs = launch_ranks(&job, 2, &so, &[], "step 1 ok");
+    job.checkpoint();
+    let mut c = tool("dmtcp_command").args(["-h", "127.0.0.1", "-p", &job.port.to_string(), "-bc"]).spawn().unwrap();
+    let st = wait_timeout(&mut c, std::time::Duration::from_secs(20));
+    if st.is_none() {
+        let _ = c.kill();
+    }
+    for p in procs.iter_mut() {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    assert!(st.is_some_and(|s| s.success()), "the second checkpoint did not complete: {st:?}");
+}

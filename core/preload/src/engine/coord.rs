@@ -42,6 +42,11 @@ impl Write for Fd {
 /// The coordinator link.
 pub struct Coord {
     reader: BufReader<Fd>,
+    /// Checkpoint requests that arrived while a barrier or a name-service
+    /// query waited for its own answer (a new round may start while the
+    /// last one's resume hooks still wait at a barrier): the main loop
+    /// takes them first.
+    held: std::collections::VecDeque<FromCoord>,
 }
 
 impl Coord {
@@ -56,25 +61,52 @@ impl Coord {
         }
         // SAFETY: fcntl on our fd.
         unsafe { libc::fcntl(COORD_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
-        Coord { reader: BufReader::new(Fd(COORD_FD)) }
+        Coord { reader: BufReader::new(Fd(COORD_FD)), held: Default::default() }
     }
 
     /// Forget buffered input (after a restart the socket is a new one).
     pub fn reset(&mut self) {
         self.reader = BufReader::new(Fd(COORD_FD));
+        self.held.clear();
     }
 
-    /// Is input already buffered (so poll would not report it)?
+    /// Is input already buffered or held (so poll would not report it)?
     pub fn buffered(&self) -> bool {
-        !self.reader.buffer().is_empty()
+        !self.held.is_empty() || !self.reader.buffer().is_empty()
     }
 
     pub fn send(&mut self, m: &ToCoord) -> std::io::Result<()> {
         dmtcp_common::proto::send(&mut Fd(COORD_FD), m)
     }
 
+    /// The next message: a held one first, else from the connection.
     pub fn recv(&mut self) -> std::io::Result<Option<FromCoord>> {
+        match self.held.pop_front() {
+            Some(m) => Ok(Some(m)),
+            None => self.recv_wire(),
+        }
+    }
+
+    /// The next message from the connection.
+    fn recv_wire(&mut self) -> std::io::Result<Option<FromCoord>> {
         dmtcp_common::proto::recv(&mut self.reader)
+    }
+
+    /// Wait for the answer `want` picks out; a checkpoint request that
+    /// comes first is held for the main loop, other messages are stale
+    /// and dropped; Kill ends the process. None if the link is gone.
+    fn answer<T>(&mut self, want: impl Fn(FromCoord) -> Result<T, FromCoord>) -> Option<T> {
+        loop {
+            match self.recv_wire() {
+                Ok(Some(FromCoord::Kill)) => dmtcp_sys::exit_group(0),
+                Ok(Some(m)) => match want(m) {
+                    Ok(t) => return Some(t),
+                    Err(m @ FromCoord::DoCheckpoint { .. }) => self.held.push_back(m),
+                    Err(_) => {}
+                },
+                _ => return None,
+            }
+        }
     }
 
 }
@@ -115,18 +147,17 @@ pub fn barrier(name: &str) -> bool {
     if !send(&ToCoord::Barrier { name: name.into() }) {
         return false;
     }
-    loop {
-        match recv() {
-            Ok(Some(FromCoord::BarrierDone { name: n, count, commit })) if n == name => {
-                LAST_COUNT.store(count, core::sync::atomic::Ordering::SeqCst);
-                LAST_COMMIT.store(commit, core::sync::atomic::Ordering::SeqCst);
-                return true;
-            }
-            Ok(Some(FromCoord::Kill)) => dmtcp_sys::exit_group(0),
-            Ok(Some(_)) => {}
-            _ => return false,
-        }
-    }
+    let got = with(|c| {
+        c.answer(|m| match m {
+            FromCoord::BarrierDone { name: n, count, commit } if n == name => Ok((count, commit)),
+            other => Err(other),
+        })
+    })
+    .flatten();
+    let Some((count, commit)) = got else { return false };
+    LAST_COUNT.store(count, core::sync::atomic::Ordering::SeqCst);
+    LAST_COMMIT.store(commit, core::sync::atomic::Ordering::SeqCst);
+    true
 }
 
 /// Look a key up in the computation's name service.
@@ -134,12 +165,11 @@ pub fn kv_get(db: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
     if !send(&ToCoord::KvGet { db: db.into(), key: key.to_vec() }) {
         return None;
     }
-    loop {
-        match recv() {
-            Ok(Some(FromCoord::KvValue { val })) => return Some(val),
-            Ok(Some(FromCoord::Kill)) => dmtcp_sys::exit_group(0),
-            Ok(Some(_)) => {}
-            _ => return None,
-        }
-    }
+    with(|c| {
+        c.answer(|m| match m {
+            FromCoord::KvValue { val } => Ok(val),
+            other => Err(other),
+        })
+    })
+    .flatten()
 }
