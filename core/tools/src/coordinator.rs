@@ -414,6 +414,13 @@ struct State {
     quit: bool,
     /// The computation's name service: (db, key) -> value.
     kv: HashMap<(String, Vec<u8>), Vec<u8>>,
+    /// The last round's participants, from "committed" until each has
+    /// run its resume hooks ("resumed"): their barriers are theirs alone
+    /// (a process that joined meanwhile is not in them).
+    resuming: Option<BTreeSet<u64>>,
+    /// Checkpoint requests made while a round was resuming: (kill after,
+    /// blocking waiters); the next round starts at "resumed".
+    deferred: Option<(bool, Vec<Arc<Outbox>>)>,
 }
 
 type Shared = Arc<(Mutex<State>, Condvar)>;
@@ -455,6 +462,8 @@ pub fn run(opts: CoordOpts) -> std::io::Result<()> {
         opts: opts.clone(),
         quit: false,
         kv: HashMap::new(),
+        resuming: None,
+        deferred: None,
     };
     say(&st, format_args!("listening on port {port}"));
     let shared: Shared = Arc::new((Mutex::new(st), Condvar::new()));
@@ -599,6 +608,12 @@ fn clear_internal_kv(g: &mut State) {
 
 /// Start a checkpoint round; false if there is nothing to checkpoint or one runs.
 fn start_round(g: &mut State, kill_after: bool, waiter: Option<Arc<Outbox>>) -> bool {
+    if g.resuming.is_some() {
+        let d = g.deferred.get_or_insert((false, Vec::new()));
+        d.0 |= kill_after;
+        d.1.extend(waiter);
+        return true;
+    }
     if g.round.is_some() {
         if let (Some(w), Some(r)) = (waiter, g.round.as_mut()) {
             r.waiters.push(w);
@@ -635,9 +650,10 @@ fn start_round(g: &mut State, kill_after: bool, waiter: Option<Arc<Outbox>>) -> 
 
 /// Who must reach a barrier: the round's participants, or every peer when restarting.
 fn barrier_members(g: &State) -> (BTreeSet<u64>, u32) {
-    match &g.round {
-        Some(r) => (r.participants.clone(), r.participants.len() as u32),
-        None => (g.peers.keys().copied().collect(), g.expected_restart.max(g.peers.len() as u32)),
+    match (&g.round, &g.resuming) {
+        (Some(r), _) => (r.participants.clone(), r.participants.len() as u32),
+        (None, Some(set)) => (set.clone(), set.len() as u32),
+        (None, None) => (g.peers.keys().copied().collect(), g.expected_restart.max(g.peers.len() as u32)),
     }
 }
 
@@ -675,6 +691,27 @@ fn check_barriers(g: &mut State) {
             if let Some(p) = g.peers.get(&id) {
                 send_to(&p.out, &FromCoord::BarrierDone { name: name.clone(), count: need.max(reached_n), commit: false });
             }
+        }
+        if name == "resumed" {
+            end_resuming(g);
+        }
+    }
+}
+
+/// The last round's participants have all run their resume hooks (or
+/// are gone): start the round requested meanwhile, if any.
+fn end_resuming(g: &mut State) {
+    g.resuming = None;
+    let Some((kill, waiters)) = g.deferred.take() else { return };
+    if start_round(g, kill, None) {
+        if let Some(r) = g.round.as_mut() {
+            r.waiters.extend(waiters);
+        }
+    } else {
+        let mut r = reply(g, false);
+        r.message = Some("no processes to checkpoint".into());
+        for w in &waiters {
+            send_to(w, &FromCoord::Reply(r.clone()));
         }
     }
 }
@@ -728,6 +765,9 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     }
     for w in round.waiters.iter() {
         send_to(w, &FromCoord::Reply(r.clone()));
+    }
+    if !round.kill_after && !members.is_empty() {
+        g.resuming = Some(members.clone());
     }
     for id in members {
         if let Some(p) = g.peers.get(&id) {
@@ -973,6 +1013,12 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
                     clear_internal_kv(&mut g);
                 }
                 let suspended = g.barriers.get("suspended").is_some_and(|b| b.contains(&id));
+                if let Some(set) = g.resuming.as_mut() {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        end_resuming(&mut g);
+                    }
+                }
                 if let Some(r) = g.round.as_mut() {
                     // A process that exits before it is suspended is simply
                     // not part of this checkpoint; one lost later spoils it.

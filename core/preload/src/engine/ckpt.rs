@@ -119,18 +119,7 @@ impl Ctl {
         }
         let plan = match planned {
             Ok(p) => p,
-            Err(e) => {
-                log::error(format_args!("checkpoint failed: {e}"));
-                plugin::run(plugin::Event::Written);
-                coord::send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(e.to_string()) });
-                if self.barrier("checkpointed") {
-                    self.barrier("committed");
-                }
-                plugin::run(plugin::Event::Resume);
-                capi::end_checkpoint(false, false, self.generation);
-                threads::resume_all();
-                return;
-            }
+            Err(e) => return self.end_round(Err(e.to_string())),
         };
         let dir = dir_override.unwrap_or_else(|| PathBuf::from(capi::dir()));
         let name = dmtcp_common::image::image_name(&self.program, &self.uniq_id);
@@ -158,40 +147,46 @@ impl Ctl {
             vdso_syms: super::vdso::entry_points(plan.special[2]),
         };
         match writer::write_image(&dir, &name, &plan, &mut meta, self.cfg.gzip, self.slot) {
-            writer::Outcome::Written { path, tmp, bytes } => {
-                plugin::run(plugin::Event::Written);
-                coord::send(&ToCoord::CkptDone { image: path.display().to_string(), bytes, error: None });
-                // Images of a round replace the previous ones only when
-                // every process wrote its own: the coordinator says which.
-                let reached = self.barrier("checkpointed");
-                let ok = reached && coord::LAST_COMMIT.load(SeqCst);
-                if ok {
-                    if let Err(e) = writer::commit(&tmp, &path) {
-                        log::error(format_args!("checkpoint failed: {e}"));
-                    }
-                } else {
-                    writer::discard(&tmp);
-                }
-                if reached {
-                    self.barrier("committed");
-                }
-                plugin::run(plugin::Event::Resume);
-                capi::end_checkpoint(ok, false, self.generation);
-                threads::resume_all();
-            }
-            writer::Outcome::Failed(msg) => {
-                log::error(format_args!("checkpoint failed: {msg}"));
-                plugin::run(plugin::Event::Written);
-                coord::send(&ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(msg) });
-                if self.barrier("checkpointed") {
-                    self.barrier("committed");
-                }
-                plugin::run(plugin::Event::Resume);
-                capi::end_checkpoint(false, false, self.generation);
-                threads::resume_all();
-            }
+            writer::Outcome::Written { path, tmp, bytes } => self.end_round(Ok((path, tmp, bytes))),
+            writer::Outcome::Failed(msg) => self.end_round(Err(msg)),
             writer::Outcome::Restarted => self.after_restart(),
         }
+    }
+
+    /// The rest of a round once this process's image is written (its
+    /// final and temporary names, its size) or not (why): report it; at
+    /// the "checkpointed" barrier learn whether every process wrote its
+    /// own, and put the image in place or throw it away; "committed"; the
+    /// resume hooks; "resumed" (until every participant gets there the
+    /// coordinator keeps newcomers out of the round's barriers and holds
+    /// new checkpoint requests back); then the threads go on.
+    fn end_round(&mut self, written: Result<(PathBuf, PathBuf, u64), String>) {
+        plugin::run(plugin::Event::Written);
+        let done = match &written {
+            Ok((path, _, bytes)) => ToCoord::CkptDone { image: path.display().to_string(), bytes: *bytes, error: None },
+            Err(msg) => {
+                log::error(format_args!("checkpoint failed: {msg}"));
+                ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(msg.clone()) }
+            }
+        };
+        coord::send(&done);
+        let reached = self.barrier("checkpointed");
+        let mut ok = reached && coord::LAST_COMMIT.load(SeqCst) && written.is_ok();
+        if let Ok((path, tmp, _)) = &written {
+            if !ok {
+                writer::discard(tmp);
+            } else if let Err(e) = writer::commit(tmp, path) {
+                log::error(format_args!("checkpoint failed: {e}"));
+                ok = false;
+            }
+        }
+        let committed = reached && self.barrier("committed");
+        plugin::run(plugin::Event::Resume);
+        if committed {
+            self.barrier("resumed");
+        }
+        capi::end_checkpoint(ok, false, self.generation);
+        threads::resume_all();
     }
 
     fn after_restart(&mut self) {
