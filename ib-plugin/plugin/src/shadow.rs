@@ -851,7 +851,24 @@ pub unsafe extern "C" fn ibv_get_cq_event(ch: *mut ibv_comp_channel, cq: *mut *m
             *cq_context = (*q).cq.cq_context;
             return 0;
         }
-        // Blocks: not inside a no-checkpoint section.
+        // Wait here rather than inside the real library: a thread suspended
+        // by a checkpoint while waiting must, after a restart, see the
+        // event that was pending then (the new device will not send it).
+        // Not inside a no-checkpoint section.
+        let fd = (*s).ch.fd;
+        let nonblocking = libc::fcntl(fd, libc::F_GETFL) & libc::O_NONBLOCK != 0;
+        while !nonblocking {
+            if saved.load(Acquire) > 0 && saved.fetch_sub(1, AcqRel) > 0 && !(*s).saved_cq.is_null() {
+                let q = (*s).saved_cq;
+                (*q).armed.store(0, Relaxed);
+                *cq = q.cast();
+                *cq_context = (*q).cq.cq_context;
+                return 0;
+            }
+            if sys::wait_readable(fd, 200) {
+                break;
+            }
+        }
         let mut rcq = null_mut();
         let mut rctx = null_mut();
         let rc = (r.get_cq_event)((*s).real, &mut rcq, &mut rctx);

@@ -220,9 +220,14 @@ pub(crate) fn move_fd(newfd: c_int, old: c_int) -> c_int {
 }
 
 pub(crate) fn poll_readable(fd: c_int) -> bool {
+    wait_readable(fd, 0)
+}
+
+/// Waits up to `ms` for `fd` to be readable (false on timeout or EINTR).
+pub(crate) fn wait_readable(fd: c_int, ms: c_int) -> bool {
     let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: one pollfd of ours, no wait.
-    unsafe { libc::poll(&mut p, 1, 0) == 1 && (p.revents & libc::POLLIN) != 0 }
+    // SAFETY: one pollfd of ours.
+    unsafe { libc::poll(&mut p, 1, ms) == 1 && (p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP)) != 0 }
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -1,0 +1,316 @@
+//! Harness for verbs programs under `dmtcp_launch --ib` on the software
+//! device: a private softib service (killed and started again between a
+//! checkpoint and the restart, so every device id changes), a private
+//! coordinator, and the programs' output in files.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const TIMEOUT: Duration = Duration::from_secs(240);
+
+/// target/release (or debug): where the workspace's binaries are.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let d = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    for f in ["libdmtcp.so", "libdmtcp_ib.so", "dmtcp_launch", "dmtcp_restart", "dmtcp_coordinator", "dmtcp_command", "softib"] {
+        assert!(d.join(f).exists(), "{} missing: build the whole workspace first (cargo build --release --workspace)", d.join(f).display());
+    }
+    d
+}
+
+fn tool(name: &str) -> Command {
+    Command::new(bin_dir().join(name))
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_timeout(c: &mut Child, t: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Job {
+    pub dir: PathBuf,
+    pub ckpt: PathBuf,
+    pub port: u16,
+    coord: Child,
+    service: Option<Child>,
+    pub procs: Vec<(String, Child)>,
+    restart: Option<Child>,
+}
+
+impl Job {
+    pub fn new(name: &str) -> Job {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ib-{name}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ckpt = dir.join("ckpt");
+        std::fs::create_dir_all(&ckpt).unwrap();
+        let port_file = dir.join("port");
+        let coord = tool("dmtcp_coordinator")
+            .args(["-q", "-p", "0", "--port-file"])
+            .arg(&port_file)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join("coord.log")).unwrap())
+            .stderr(File::create(dir.join("coord.err")).unwrap())
+            .spawn()
+            .expect("start coordinator");
+        let deadline = Instant::now() + TIMEOUT;
+        let port = loop {
+            if let Some(p) = std::fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse().ok()) {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "coordinator did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut j = Job { dir, ckpt, port, coord, service: None, procs: Vec::new(), restart: None };
+        j.start_service();
+        j
+    }
+
+    fn softib_dir(&self) -> PathBuf {
+        self.dir.join("softib")
+    }
+
+    /// `softib status` of this job's service: its device line (LID, GUID).
+    pub fn device_status(&self) -> Option<String> {
+        let o = tool("softib").arg("status").env("SOFTIB_DIR", self.softib_dir()).env_remove("SOFTIB_SOCKET").output().ok()?;
+        if !o.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&o.stdout).lines().find(|l| l.contains("softib0")).map(str::to_string)
+    }
+
+    fn start_service(&mut self) {
+        let c = tool("softib")
+            .args(["daemon", "--idle-exit", "0"])
+            .env("SOFTIB_DIR", self.softib_dir())
+            .env_remove("SOFTIB_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::options().create(true).append(true).open(self.dir.join("softibd.err")).unwrap())
+            .spawn()
+            .expect("softib daemon");
+        self.service = Some(c);
+        let deadline = Instant::now() + TIMEOUT;
+        while self.device_status().is_none() {
+            assert!(Instant::now() < deadline, "softib service did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the device service and starts a new one: every LID, GUID, QP
+    /// number and key is new. Asserts the device changed.
+    pub fn restart_service(&mut self) {
+        let before = self.device_status();
+        if let Some(mut s) = self.service.take() {
+            // SAFETY: SIGTERM to the service this job started.
+            unsafe { libc::kill(s.id() as i32, libc::SIGTERM) };
+            s.wait().unwrap();
+        }
+        self.start_service();
+        assert_ne!(before, self.device_status(), "the new service has the same device ids");
+    }
+
+    /// Runs `softib exec -- dmtcp_launch --ib prog args` as process `name`.
+    pub fn launch(&mut self, name: &str, prog: &str, args: &[&str]) -> u32 {
+        let mut c = tool("softib");
+        c.arg("exec")
+            .arg("--")
+            .arg(bin_dir().join("dmtcp_launch"))
+            .args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string(), "--ckptdir"])
+            .arg(&self.ckpt)
+            .arg("--ib")
+            .arg(prog)
+            .args(args)
+            .env("SOFTIB_DIR", self.softib_dir())
+            .env_remove("SOFTIB_SOCKET")
+            .env("DMTCP_IB_DEBUG", "1")
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(File::create(self.dir.join(format!("{name}.out"))).unwrap())
+            .stderr(File::create(self.dir.join(format!("{name}.err"))).unwrap());
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
+        let ch = c.spawn().expect("launch");
+        let pid = ch.id();
+        self.procs.push((name.to_string(), ch));
+        pid
+    }
+
+    pub fn read(&self, f: &str) -> String {
+        std::fs::read_to_string(self.dir.join(f)).unwrap_or_default()
+    }
+
+    pub fn diag(&self) -> String {
+        let mut s = String::new();
+        for (n, _) in &self.procs {
+            s += &format!("\n--- {n}.out\n{}\n--- {n}.err\n{}", self.read(&format!("{n}.out")), self.read(&format!("{n}.err")));
+        }
+        s += &format!("\n--- restart.err\n{}\n--- softibd.err\n{}", self.read("restart.err"), self.read("softibd.err"));
+        s
+    }
+
+    /// Waits until `pid` listens on TCP `port` (a pingpong server ready).
+    pub fn wait_listening(&mut self, pid: u32, port: u16) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !testrig::is_listening_on_port(pid, port) {
+            assert!(self.all_running(), "a process exited before listening{}", self.diag());
+            assert!(Instant::now() < deadline, "no listener on {port}{}", self.diag());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `pid` no longer listens on `port` (the server accepted
+    /// its client and closed its listener: the QPs are connected).
+    pub fn wait_not_listening(&mut self, pid: u32, port: u16) {
+        let deadline = Instant::now() + TIMEOUT;
+        while testrig::is_listening_on_port(pid, port) {
+            assert!(Instant::now() < deadline, "server still listening on {port}{}", self.diag());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn all_running(&mut self) -> bool {
+        self.procs.iter_mut().all(|(_, c)| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        tool("dmtcp_command").args(["-h", "127.0.0.1", "-p", &self.port.to_string()]).args(args).output().expect("dmtcp_command")
+    }
+
+    /// A blocking checkpoint, taken while every process still runs.
+    pub fn checkpoint(&mut self) {
+        assert!(self.all_running(), "a process ended before the checkpoint (run too short?){}", self.diag());
+        let o = self.command(&["-bc"]);
+        assert!(o.status.success(), "dmtcp_command -bc failed: {}{}", String::from_utf8_lossy(&o.stderr), self.diag());
+        assert!(self.all_running(), "a process ended during the checkpoint{}", self.diag());
+    }
+
+    /// SIGKILLs every launched process (by process group).
+    pub fn kill(&mut self) {
+        for (_, c) in &mut self.procs {
+            // SAFETY: signalling the process group of our own child.
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+            let _ = c.wait();
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let o = self.command(&["-s"]);
+            let s = String::from_utf8_lossy(&o.stdout).to_string();
+            if s.contains("NUM_PEERS=0") || !s.contains("NUM_PEERS") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "processes did not leave the coordinator: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn images(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.ckpt)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "dmtcp"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `dmtcp_restart` of every image.
+    pub fn restart(&mut self) {
+        let imgs = self.images();
+        assert!(!imgs.is_empty(), "no images{}", self.diag());
+        let c = tool("dmtcp_restart")
+            .args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&imgs)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(File::create(self.dir.join("restart.out")).unwrap())
+            .stderr(File::create(self.dir.join("restart.err")).unwrap())
+            .spawn()
+            .expect("dmtcp_restart");
+        self.restart = Some(c);
+    }
+
+    /// Waits for the restarted computation (or, without a restart, every
+    /// launched process) to exit successfully.
+    pub fn wait_success(&mut self) {
+        let t = TIMEOUT;
+        if let Some(mut r) = self.restart.take() {
+            let st = wait_timeout(&mut r, t);
+            if !st.is_some_and(|s| s.success()) {
+                let _ = r.kill();
+                panic!("restarted computation ended with {st:?}{}", self.diag());
+            }
+            // Gone with the restart's namespace.
+            self.procs.clear();
+            return;
+        }
+        for i in 0..self.procs.len() {
+            let st = wait_timeout(&mut self.procs[i].1, t);
+            if !st.is_some_and(|s| s.success()) {
+                panic!("{} ended with {st:?}{}", self.procs[i].0, self.diag());
+            }
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.procs {
+            // SAFETY: our own child's process group.
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+            let _ = c.wait();
+        }
+        if let Some(mut r) = self.restart.take() {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
+        if let Some(mut s) = self.service.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = self.coord.kill();
+        let _ = self.coord.wait();
+    }
+}
+
+/// What a pingpong run must print: the iteration count, no validation or
+/// completion error.
+pub fn check_pingpong(out: &str, err: &str, iters: u32, what: &str) {
+    assert!(out.contains(&format!("{iters} iters in")), "{what}: no '{iters} iters in' line:\n{out}\n{err}");
+    for bad in ["invalid data", "Failed", "failed", "Couldn't"] {
+        assert!(!out.contains(bad) && !err.contains(bad), "{what}: '{bad}' in the output:\n{out}\n{err}");
+    }
+}
+
+/// The QPs were re-created with new numbers: the plugin's debug lines
+/// "publish QP <lid>/<virtual> -> <real>" show a real number that differs.
+pub fn check_ids_changed(err: &str, what: &str) {
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("publish QP")).collect();
+    assert!(!lines.is_empty(), "{what}: the plugin published no QP at restart:\n{err}");
+    for l in lines {
+        let (v, r) = l.rsplit_once(" -> ").unwrap();
+        let v = v.rsplit_once('/').unwrap().1;
+        assert_ne!(v.trim(), r.trim(), "{what}: QP number unchanged after the service restart: {l}");
+    }
+}
+
+pub fn path_of(p: &Path) -> String {
+    p.display().to_string()
+}
