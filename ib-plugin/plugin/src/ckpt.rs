@@ -71,7 +71,7 @@ pub(crate) fn precheckpoint() {
             // SAFETY: live shadow.
             let n = unsafe { (*q).qp.qp_num };
             for i in 0..8 {
-                msg[29 + i] = b"0123456789abcdef"[((n >> (28 - 4 * i)) & 15) as usize];
+                msg[27 + i] = b"0123456789abcdef"[((n >> (28 - 4 * i)) & 15) as usize];
             }
             sys::write_err(&msg);
             break;
@@ -80,12 +80,27 @@ pub(crate) fn precheckpoint() {
         unsafe { libc::sched_yield() };
     }
     for o in &reg.objs {
-        if let Obj::Chan(c) = *o {
-            // SAFETY: live shadow channel.
-            unsafe { (*c).pending_at_ckpt = sys::poll_readable((*(*c).real).fd) };
+        match *o {
+            Obj::Chan(c) => {
+                // SAFETY: live shadow channel.
+                unsafe { (*c).pending_at_ckpt = sys::poll_readable((*(*c).real).fd) };
+            }
+            Obj::Qp(q) => {
+                // SAFETY: live shadow.
+                let (n, tail, ty) = unsafe { ((*q).qp.qp_num, (*q).unsignaled_tail.load(Relaxed), (*q).qp.qp_type) };
+                if tail > 0 && ty != IBV_QPT_UD {
+                    let mut msg = *b"dmtcp_ib: checkpoint: QP 0x00000000 has unsignaled sends after its last signaled one; if they had not run yet, a restart loses them\n";
+                    for i in 0..8 {
+                        msg[27 + i] = b"0123456789abcdef"[((n >> (28 - 4 * i)) & 15) as usize];
+                    }
+                    sys::write_err(&msg);
+                }
+            }
+            _ => {}
         }
     }
 }
+
 
 unsafe fn drain_cq(s: *mut SCq, batch: &mut [ibv_wc; 16]) {
     // SAFETY: s is a live shadow; its context's real poll function.

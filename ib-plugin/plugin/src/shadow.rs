@@ -137,6 +137,9 @@ pub(crate) struct SQp {
     pub(crate) port: u8,
     /// Signaled sends posted and not completed yet.
     pub(crate) outstanding: AtomicU32,
+    /// Unsignaled sends posted after the last signaled one: no completion
+    /// will tell whether they ran.
+    pub(crate) unsignaled_tail: AtomicU32,
     pub(crate) recvs: Mutex<VecDeque<RecvRec>>,
     /// UD: (virtual LID, virtual QPN) destinations used.
     pub(crate) ud_dests: Mutex<Vec<(u16, u32)>>,
@@ -1149,6 +1152,7 @@ pub unsafe extern "C" fn ibv_create_qp(pd: *mut ibv_pd, init: *mut ibv_qp_init_a
             log: Mutex::new([(ibv_qp_attr::default(), 0); 3]),
             port: 1,
             outstanding: AtomicU32::new(0),
+            unsignaled_tail: AtomicU32::new(0),
             recvs: Mutex::new(VecDeque::new()),
             ud_dests: Mutex::new(Vec::new()),
             peer_rkeys: RwLock::new(Vec::new()),
@@ -1206,6 +1210,9 @@ pub unsafe extern "C" fn ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_attr, 
                 IBV_QPS_RESET => *log = [(ibv_qp_attr::default(), 0); 3],
                 IBV_QPS_INIT | IBV_QPS_RTR | IBV_QPS_RTS => log[st as usize - 1] = (*attr, mask),
                 _ => {}
+            }
+            if st == IBV_QPS_RTR || st == IBV_QPS_RTS {
+                crate::debug(|| format!("QP {:#x} is in {}", (*s).qp.qp_num, if st == IBV_QPS_RTR { "(RTR)" } else { "(RTS)" }));
             }
         }
         0
@@ -1276,6 +1283,7 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, wr: *mut ibv_send_wr, bad: *mut 
             let mut n = 0;
             let mut w = wr;
             while !w.is_null() {
+                note_tail(q, signaled(q, (*w).send_flags));
                 n += signaled(q, (*w).send_flags) as u32;
                 w = (*w).next;
             }
@@ -1332,6 +1340,7 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, wr: *mut ibv_send_wr, bad: *mut 
                 c.wr.ud.remote_qpn = qpn_to_real(vl, vq);
             }
             let sig = signaled(q, c.send_flags) as u32;
+            note_tail(q, sig != 0);
             q.outstanding.fetch_add(sig, AcqRel);
             let mut b = null_mut();
             let rc = f(q.real, &mut c, &mut b);
@@ -1343,6 +1352,17 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, wr: *mut ibv_send_wr, bad: *mut 
             w = (*w).next;
         }
         0
+    }
+}
+
+#[inline]
+fn note_tail(q: &SQp, signaled: bool) {
+    if signaled {
+        if q.unsignaled_tail.load(Relaxed) != 0 {
+            q.unsignaled_tail.store(0, Relaxed);
+        }
+    } else {
+        q.unsignaled_tail.fetch_add(1, Relaxed);
     }
 }
 

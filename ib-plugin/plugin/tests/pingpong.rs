@@ -23,9 +23,9 @@ fn pingpong(name: &str, prog: &str, args: &[&str], iters: u32, restart: bool) {
     let mut ca = a.clone();
     ca.push("127.0.0.1");
     j.launch("client", prog, &ca);
-    // The server closes its listener once the client has connected and
-    // the QPs are set up: the traffic runs from there.
-    j.wait_not_listening(server, port);
+    // Both QPs ready to send: the traffic runs from there.
+    j.wait_err("server", "(RTS)");
+    j.wait_err("client", "(RTS)");
     j.checkpoint();
     if restart {
         j.kill();

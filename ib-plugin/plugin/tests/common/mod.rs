@@ -185,6 +185,17 @@ impl Job {
         }
     }
 
+    /// Waits until process `name`'s stderr contains `pat` (the plugin's
+    /// debug lines are written unbuffered).
+    pub fn wait_err(&mut self, name: &str, pat: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.read(&format!("{name}.err")).contains(pat) {
+            assert!(self.all_running(), "a process exited before '{pat}'{}", self.diag());
+            assert!(Instant::now() < deadline, "{name}: no '{pat}'{}", self.diag());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn all_running(&mut self) -> bool {
         self.procs.iter_mut().all(|(_, c)| c.try_wait().unwrap().is_none())
     }
