@@ -130,6 +130,8 @@ unsafe fn drain_cq(s: *mut SCq, batch: &mut [ibv_wc; 16]) {
 }
 
 pub(crate) fn resume() {
+    sys::include_again();
+    debug_state(&objs(), "resume");
     for o in objs() {
         if let Obj::Chan(c) = o {
             // SAFETY: live shadow.
@@ -142,8 +144,31 @@ fn key(parts: &[&dyn std::fmt::Display]) -> Vec<u8> {
     parts.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(":").into_bytes()
 }
 
+fn debug_state(objs: &[Obj], when: &str) {
+    for o in objs {
+        // SAFETY: live shadows.
+        unsafe {
+            match *o {
+                Obj::Cq(q) => crate::debug(|| format!("{when}: CQ {:?} queued {} armed {}", q, (*q).qlen.load(Relaxed), (*q).armed.load(Relaxed))),
+                Obj::Qp(q) => crate::debug(|| {
+                    format!(
+                        "{when}: QP {:#x} recvs {} outstanding {}",
+                        (*q).qp.qp_num,
+                        (*q).recvs.lock().map(|l| l.len()).unwrap_or(0),
+                        (*q).outstanding.load(Relaxed)
+                    )
+                }),
+                Obj::Chan(c) => crate::debug(|| format!("{when}: channel fd {} pending {} saved {}", (*c).ch.fd, (*c).pending_at_ckpt, (*c).saved.load(Relaxed))),
+                _ => {}
+            }
+        }
+    }
+}
+
 pub(crate) fn restart() {
+    sys::include_again();
     let objs = objs();
+    debug_state(&objs, "restart");
     let have = !objs.is_empty();
     if have {
         if let Err(m) = rebuild(&objs) {

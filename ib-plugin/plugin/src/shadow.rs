@@ -846,44 +846,42 @@ pub unsafe extern "C" fn ibv_get_cq_event(ch: *mut ibv_comp_channel, cq: *mut *m
     let s = ch as *mut SChan;
     // SAFETY: shadow channel; the real CQ's cq_context is its shadow.
     unsafe {
-        let saved = &(*s).saved;
-        if saved.load(Acquire) > 0 && saved.fetch_sub(1, AcqRel) > 0 && !(*s).saved_cq.is_null() {
-            let q = (*s).saved_cq;
-            (*q).armed.store(0, Relaxed);
-            *cq = q.cast();
-            *cq_context = (*q).cq.cq_context;
-            return 0;
-        }
-        // Wait here rather than inside the real library: a thread suspended
-        // by a checkpoint while waiting must, after a restart, see the
-        // event that was pending then (the new device will not send it).
-        // Not inside a no-checkpoint section.
         let fd = (*s).ch.fd;
         let nonblocking = libc::fcntl(fd, libc::F_GETFL) & libc::O_NONBLOCK != 0;
-        while !nonblocking {
-            if saved.load(Acquire) > 0 && saved.fetch_sub(1, AcqRel) > 0 && !(*s).saved_cq.is_null() {
-                let q = (*s).saved_cq;
-                (*q).armed.store(0, Relaxed);
-                *cq = q.cast();
-                *cq_context = (*q).cq.cq_context;
-                return 0;
+        // Wait here rather than inside the real library, and read the
+        // device only inside a no-checkpoint section once it has an event:
+        // a thread suspended by a checkpoint while waiting must, after a
+        // restart, get the event that was pending then (saved: the new
+        // device will not send it) instead of blocking on the new device.
+        loop {
+            let _g = NoCkpt::new();
+            if (*s).saved.fetch_update(AcqRel, Acquire, |n| n.checked_sub(1)).is_ok() && !(*s).saved_cq.is_null() {
+                return deliver((*s).saved_cq, cq, cq_context);
             }
-            if sys::wait_readable(fd, 200) {
-                break;
+            if nonblocking || sys::poll_readable(fd) {
+                let mut rcq = null_mut();
+                let mut rctx = null_mut();
+                let rc = (r.get_cq_event)((*s).real, &mut rcq, &mut rctx);
+                if rc != 0 {
+                    return rc;
+                }
+                return deliver(rctx as *mut SCq, cq, cq_context);
             }
+            drop(_g);
+            sys::wait_readable(fd, 200);
         }
-        let mut rcq = null_mut();
-        let mut rctx = null_mut();
-        let rc = (r.get_cq_event)((*s).real, &mut rcq, &mut rctx);
-        if rc != 0 {
-            return rc;
-        }
-        let q = rctx as *mut SCq;
+    }
+}
+
+/// Hands the program a channel event of shadow CQ `q`.
+unsafe fn deliver(q: *mut SCq, cq: *mut *mut ibv_cq, cq_context: *mut *mut c_void) -> c_int {
+    // SAFETY: q is a live shadow CQ; the out-parameters are the caller's.
+    unsafe {
         (*q).armed.store(0, Relaxed);
         *cq = q.cast();
         *cq_context = (*q).cq.cq_context;
-        0
     }
+    0
 }
 
 #[no_mangle]

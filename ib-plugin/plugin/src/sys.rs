@@ -169,13 +169,18 @@ pub(crate) fn barrier(name: &CStr) -> bool {
     unsafe { (e.barrier)(name.as_ptr()) == 1 }
 }
 
+/// Ranges kept out of the current checkpoint's image.
+static EXCLUDED: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
 /// Keeps the device's memory (softib's completion rings, memfds shared
 /// with the service) out of the image: it is re-created at restart. On a
 /// real HCA these are mappings of /dev/infiniband/uverbs*, which the engine
-/// never saves anyway.
+/// never saves anyway. Called in PRESUSPEND; `include_again` undoes it
+/// after the checkpoint, so memory mapped there later is saved.
 pub(crate) fn exclude_device_memory() {
     let Some(e) = engine() else { return };
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
+    let mut ex = EXCLUDED.lock().unwrap_or_else(|p| p.into_inner());
     for l in maps.lines() {
         if !l.contains("/memfd:softib-") {
             continue;
@@ -185,6 +190,16 @@ pub(crate) fn exclude_device_memory() {
         let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else { continue };
         // SAFETY: an address range of our own mappings.
         unsafe { (e.exclude_memory)(a as *const c_void, b - a, 1) };
+        ex.push((a, b - a));
+    }
+}
+
+pub(crate) fn include_again() {
+    let Some(e) = engine() else { return };
+    let mut ex = EXCLUDED.lock().unwrap_or_else(|p| p.into_inner());
+    for (a, l) in ex.drain(..) {
+        // SAFETY: plain C call with an address range.
+        unsafe { (e.exclude_memory)(a as *const c_void, l, 0) };
     }
 }
 

@@ -9,24 +9,11 @@ use common::*;
 
 fn perftest(name: &str, prog: &str, args: &[&str], iters: u32) {
     let mut j = Job::new(name);
-    let port = free_port();
     let n = iters.to_string();
-    let p = port.to_string();
-    let mut a: Vec<&str> = vec!["-d", "softib0", "-F", "-n", &n, "-p", &p];
+    let mut a: Vec<&str> = vec!["-d", "softib0", "-F", "-n", &n];
     a.extend_from_slice(args);
-    let server = j.launch("server", prog, &a);
-    j.wait_listening(server, port);
-    let mut ca = a.clone();
-    ca.push("127.0.0.1");
-    j.launch("client", prog, &ca);
-    // Both QPs connected (the server of a one-sided test only receives:
-    // RTR): the traffic runs from there.
-    j.wait_err("server", "(RTR)");
-    j.wait_err("client", "(RTS)");
-    j.checkpoint();
-    j.kill();
-    j.restart_service();
-    j.restart();
+    j.pair(prog, &a);
+    j.cycle();
     j.wait_success();
     for side in ["server", "client"] {
         let (out, err) = (j.read(&format!("{side}.out")), j.read(&format!("{side}.err")));

@@ -13,32 +13,45 @@ use common::*;
 /// restarts the device service and restarts from the images.
 fn pingpong(name: &str, prog: &str, args: &[&str], iters: u32, restart: bool) {
     let mut j = Job::new(name);
-    let port = free_port();
     let n = iters.to_string();
-    let p = port.to_string();
-    let mut a: Vec<&str> = vec!["-d", "softib0", "-c", "-n", &n, "-p", &p];
+    let mut a: Vec<&str> = vec!["-d", "softib0", "-c", "-n", &n];
     a.extend_from_slice(args);
-    let server = j.launch("server", prog, &a);
-    j.wait_listening(server, port);
-    let mut ca = a.clone();
-    ca.push("127.0.0.1");
-    j.launch("client", prog, &ca);
-    // Both QPs ready to send: the traffic runs from there.
-    j.wait_err("server", "(RTS)");
-    j.wait_err("client", "(RTS)");
-    j.checkpoint();
+    j.pair(prog, &a);
     if restart {
-        j.kill();
-        j.restart_service();
-        j.restart();
+        j.cycle();
+    } else {
+        j.checkpoint();
     }
     j.wait_success();
+    check_both(&j, name, iters, restart);
+}
+
+fn check_both(j: &Job, name: &str, iters: u32, restart: bool) {
     for side in ["server", "client"] {
         let (out, err) = (j.read(&format!("{side}.out")), j.read(&format!("{side}.err")));
         check_pingpong(&out, &err, iters, &format!("{name} {side}"));
         if restart {
             check_ids_changed(&err, &format!("{name} {side}"));
         }
+    }
+}
+
+/// Three checkpoints in one run: the program goes on from the first, is
+/// restarted from the second and again from the third (on a third
+/// device): the ids it holds are still the first run's.
+#[test]
+fn rc_pingpong_three_checkpoints() {
+    let mut j = Job::new("rc-three");
+    j.pair("ibv_rc_pingpong", &["-d", "softib0", "-c", "-e", "-n", "150000"]);
+    j.checkpoint();
+    j.cycle();
+    j.wait_running(2);
+    j.cycle();
+    j.wait_success();
+    check_both(&j, "rc-three", 150_000, true);
+    for side in ["server.err", "client.err"] {
+        let n = j.read(side).lines().filter(|l| l.contains("publish QP")).count();
+        assert_eq!(n, 2, "{side}: expected two restarts");
     }
 }
 

@@ -196,8 +196,51 @@ impl Job {
         }
     }
 
+    /// The launched processes, or after a restart the restarted ones, all run.
     pub fn all_running(&mut self) -> bool {
+        if let Some(r) = &mut self.restart {
+            return r.try_wait().unwrap().is_none();
+        }
         self.procs.iter_mut().all(|(_, c)| c.try_wait().unwrap().is_none())
+    }
+
+    /// Waits until the coordinator sees `n` processes, all running (a
+    /// restart is complete).
+    pub fn wait_running(&mut self, n: usize) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let s = String::from_utf8_lossy(&self.command(&["-s"]).stdout).to_string();
+            if s.contains(&format!("NUM_PEERS={n}")) && s.contains("RUNNING=yes") {
+                return;
+            }
+            assert!(self.all_running(), "the computation ended before running again{}", self.diag());
+            assert!(Instant::now() < deadline, "not running: {s}{}", self.diag());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Launches server and client of a verbs test program (`args` without
+    /// the TCP port, which is added) and waits until both QPs are
+    /// connected (the server's in RTR, the client's in RTS): the traffic
+    /// runs from there.
+    pub fn pair(&mut self, prog: &str, args: &[&str]) {
+        let port = free_port().to_string();
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend_from_slice(&["-p", &port]);
+        let server = self.launch("server", prog, &a);
+        self.wait_listening(server, port.parse().unwrap());
+        a.push("127.0.0.1");
+        self.launch("client", prog, &a);
+        self.wait_err("server", "(RTR)");
+        self.wait_err("client", "(RTS)");
+    }
+
+    /// Checkpoint, kill everything, restart the device service, restart.
+    pub fn cycle(&mut self) {
+        self.checkpoint();
+        self.kill();
+        self.restart_service();
+        self.restart();
     }
 
     pub fn command(&self, args: &[&str]) -> std::process::Output {
@@ -214,6 +257,11 @@ impl Job {
 
     /// SIGKILLs every launched process (by process group).
     pub fn kill(&mut self) {
+        if let Some(mut r) = self.restart.take() {
+            // The restarted processes live in its pid namespace.
+            let _ = r.kill();
+            let _ = r.wait();
+        }
         for (_, c) in &mut self.procs {
             // SAFETY: signalling the process group of our own child.
             unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
