@@ -245,6 +245,13 @@ pub(crate) fn wait_readable(fd: c_int, ms: c_int) -> bool {
     unsafe { libc::poll(&mut p, 1, ms) == 1 && (p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP)) != 0 }
 }
 
+pub(crate) fn now_us() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: our timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
 pub(crate) fn now_ms() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: our timespec.

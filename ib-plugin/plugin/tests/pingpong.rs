@@ -89,3 +89,15 @@ fn srq_pingpong_restart_events() {
 fn srq_pingpong_restart_polling() {
     pingpong("srq-poll", "ibv_srq_pingpong", &[], 100_000, true);
 }
+
+/// Server and client on two nodes of the test rig, each node with its own
+/// device service (both restarted): LIDs differ between the nodes and
+/// change at the restart; each process is restarted on its own node.
+#[test]
+fn rc_pingpong_two_nodes_restart() {
+    let mut j = Job::nodes("rc-nodes", 2);
+    j.pair("ibv_rc_pingpong", &["-d", "softib0", "-c", "-e", "-n", "50000"]);
+    j.cycle();
+    j.wait_success();
+    check_both(&j, "rc-nodes", 50_000, true);
+}

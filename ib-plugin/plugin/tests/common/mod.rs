@@ -50,19 +50,65 @@ pub struct Job {
     pub ckpt: PathBuf,
     pub port: u16,
     coord: Child,
-    service: Option<Child>,
+    /// The coordinator's address as the processes reach it.
+    host: String,
+    /// The device service of each node.
+    services: Vec<Option<Child>>,
     pub procs: Vec<(String, Child)>,
-    restart: Option<Child>,
+    /// The node each launched process runs on.
+    node_of: Vec<usize>,
+    /// The `dmtcp_restart` of each node.
+    restarts: Vec<Child>,
+    /// Several nodes (network namespaces sharing a fabric directory).
+    rig: Option<testrig::Rig>,
 }
 
 impl Job {
     pub fn new(name: &str) -> Job {
+        Job::build(name, 1)
+    }
+
+    /// A job over `n` nodes of a test rig, each with its own device service.
+    pub fn nodes(name: &str, n: usize) -> Job {
+        Job::build(name, n)
+    }
+
+    fn cmd_on(&self, node: usize, prog: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.rig {
+            None => Command::new(prog),
+            Some(r) => r.node(node).command(prog),
+        }
+    }
+
+    /// The softib environment of node `k`.
+    fn softib_env(&self, c: &mut Command) {
+        c.env_remove("SOFTIB_SOCKET");
+        match &self.rig {
+            None => {
+                c.env("SOFTIB_DIR", self.softib_dir()).env_remove("SOFTIB_FABRIC");
+            }
+            Some(r) => {
+                c.env("SOFTIB_FABRIC", r.shared_dir().join("fabric")).env_remove("SOFTIB_DIR");
+            }
+        }
+    }
+
+    fn build(name: &str, nodes: usize) -> Job {
+        let rig = (nodes > 1).then(|| {
+            let r = testrig::Rig::up(nodes).expect("test rig (needs root, iproute2, util-linux)");
+            std::fs::create_dir_all(r.shared_dir().join("fabric")).unwrap();
+            r
+        });
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ib-{name}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&dir);
         let ckpt = dir.join("ckpt");
         std::fs::create_dir_all(&ckpt).unwrap();
         let port_file = dir.join("port");
-        let coord = tool("dmtcp_coordinator")
+        let mut coord = match &rig {
+            None => tool("dmtcp_coordinator"),
+            Some(r) => r.node(0).command(bin_dir().join("dmtcp_coordinator")),
+        };
+        let coord = coord
             .args(["-q", "-p", "0", "--port-file"])
             .arg(&port_file)
             .stdin(Stdio::null())
@@ -78,9 +124,23 @@ impl Job {
             assert!(Instant::now() < deadline, "coordinator did not start");
             std::thread::sleep(Duration::from_millis(10));
         };
-        let mut j = Job { dir, ckpt, port, coord, service: None, procs: Vec::new(), restart: None };
-        j.start_service();
+        let host = rig.as_ref().map(|r| r.node(0).addr().to_string()).unwrap_or_else(|| "127.0.0.1".into());
+        let mut j = Job { dir, ckpt, port, coord, host, services: Vec::new(), procs: Vec::new(), node_of: Vec::new(), restarts: Vec::new(), rig };
+        for k in 0..nodes {
+            std::fs::create_dir_all(j.ckpt_of(k)).unwrap();
+            j.services.push(None);
+            j.start_service(k);
+        }
         j
+    }
+
+    fn ckpt_of(&self, node: usize) -> PathBuf {
+        self.ckpt.join(format!("node{node}"))
+    }
+
+    /// Where the server listens, as the client names it.
+    pub fn server_addr(&self) -> String {
+        self.rig.as_ref().map(|r| r.node(0).addr().to_string()).unwrap_or_else(|| "127.0.0.1".into())
     }
 
     fn softib_dir(&self) -> PathBuf {
@@ -88,27 +148,30 @@ impl Job {
     }
 
     /// `softib status` of this job's service: its device line (LID, GUID).
-    pub fn device_status(&self) -> Option<String> {
-        let o = tool("softib").arg("status").env("SOFTIB_DIR", self.softib_dir()).env_remove("SOFTIB_SOCKET").output().ok()?;
+    pub fn device_status(&self, node: usize) -> Option<String> {
+        let mut c = self.cmd_on(node, bin_dir().join("softib"));
+        c.arg("status");
+        self.softib_env(&mut c);
+        let o = c.output().ok()?;
         if !o.status.success() {
             return None;
         }
         String::from_utf8_lossy(&o.stdout).lines().find(|l| l.contains("softib0")).map(str::to_string)
     }
 
-    fn start_service(&mut self) {
-        let c = tool("softib")
-            .args(["daemon", "--idle-exit", "0"])
-            .env("SOFTIB_DIR", self.softib_dir())
-            .env_remove("SOFTIB_SOCKET")
+    fn start_service(&mut self, node: usize) {
+        let mut c = self.cmd_on(node, bin_dir().join("softib"));
+        c.args(["daemon", "--idle-exit", "0"]);
+        self.softib_env(&mut c);
+        let c = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::options().create(true).append(true).open(self.dir.join("softibd.err")).unwrap())
             .spawn()
             .expect("softib daemon");
-        self.service = Some(c);
+        self.services[node] = Some(c);
         let deadline = Instant::now() + TIMEOUT;
-        while self.device_status().is_none() {
+        while self.device_status(node).is_none() {
             assert!(Instant::now() < deadline, "softib service did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -117,29 +180,34 @@ impl Job {
     /// Kills the device service and starts a new one: every LID, GUID, QP
     /// number and key is new. Asserts the device changed.
     pub fn restart_service(&mut self) {
-        let before = self.device_status();
-        if let Some(mut s) = self.service.take() {
-            // SAFETY: SIGTERM to the service this job started.
-            unsafe { libc::kill(s.id() as i32, libc::SIGTERM) };
-            s.wait().unwrap();
+        for k in 0..self.services.len() {
+            let before = self.device_status(k);
+            if let Some(mut s) = self.services[k].take() {
+                // SAFETY: SIGTERM to the service this job started.
+                unsafe { libc::kill(s.id() as i32, libc::SIGTERM) };
+                s.wait().unwrap();
+            }
+            self.start_service(k);
+            assert_ne!(before, self.device_status(k), "the new service has the same device ids");
         }
-        self.start_service();
-        assert_ne!(before, self.device_status(), "the new service has the same device ids");
     }
 
     /// Runs `softib exec -- dmtcp_launch --ib prog args` as process `name`.
     pub fn launch(&mut self, name: &str, prog: &str, args: &[&str]) -> u32 {
-        let mut c = tool("softib");
+        self.launch_on(0, name, prog, args)
+    }
+
+    pub fn launch_on(&mut self, node: usize, name: &str, prog: &str, args: &[&str]) -> u32 {
+        let mut c = self.cmd_on(node, bin_dir().join("softib"));
+        self.softib_env(&mut c);
         c.arg("exec")
             .arg("--")
             .arg(bin_dir().join("dmtcp_launch"))
-            .args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string(), "--ckptdir"])
-            .arg(&self.ckpt)
+            .args(["-j", "-h", &self.host, "-p", &self.port.to_string(), "--ckptdir"])
+            .arg(self.ckpt_of(node))
             .arg("--ib")
             .arg(prog)
             .args(args)
-            .env("SOFTIB_DIR", self.softib_dir())
-            .env_remove("SOFTIB_SOCKET")
             .env("DMTCP_IB_DEBUG", "1")
             .current_dir(&self.dir)
             .stdin(Stdio::null())
@@ -149,6 +217,7 @@ impl Job {
         let ch = c.spawn().expect("launch");
         let pid = ch.id();
         self.procs.push((name.to_string(), ch));
+        self.node_of.push(node);
         pid
     }
 
@@ -161,7 +230,7 @@ impl Job {
         for (n, _) in &self.procs {
             s += &format!("\n--- {n}.out\n{}\n--- {n}.err\n{}", self.read(&format!("{n}.out")), self.read(&format!("{n}.err")));
         }
-        s += &format!("\n--- restart.err\n{}\n--- softibd.err\n{}", self.read("restart.err"), self.read("softibd.err"));
+        s += &format!("\n--- restart0.err\n{}\n--- softibd.err\n{}", self.read("restart0.err"), self.read("softibd.err"));
         s
     }
 
@@ -198,8 +267,8 @@ impl Job {
 
     /// The launched processes, or after a restart the restarted ones, all run.
     pub fn all_running(&mut self) -> bool {
-        if let Some(r) = &mut self.restart {
-            return r.try_wait().unwrap().is_none();
+        if !self.restarts.is_empty() {
+            return self.restarts.iter_mut().all(|r| r.try_wait().unwrap().is_none());
         }
         self.procs.iter_mut().all(|(_, c)| c.try_wait().unwrap().is_none())
     }
@@ -227,10 +296,12 @@ impl Job {
         let port = free_port().to_string();
         let mut a: Vec<&str> = args.to_vec();
         a.extend_from_slice(&["-p", &port]);
-        let server = self.launch("server", prog, &a);
+        let server = self.launch_on(0, "server", prog, &a);
         self.wait_listening(server, port.parse().unwrap());
-        a.push("127.0.0.1");
-        self.launch("client", prog, &a);
+        let addr = self.server_addr();
+        a.push(&addr);
+        let client_node = if self.rig.is_some() { 1 } else { 0 };
+        self.launch_on(client_node, "client", prog, &a);
         self.wait_err("server", "(RTR)");
         self.wait_err("client", "(RTS)");
     }
@@ -244,7 +315,11 @@ impl Job {
     }
 
     pub fn command(&self, args: &[&str]) -> std::process::Output {
-        tool("dmtcp_command").args(["-h", "127.0.0.1", "-p", &self.port.to_string()]).args(args).output().expect("dmtcp_command")
+        self.cmd_on(0, bin_dir().join("dmtcp_command"))
+            .args(["-h", &self.host, "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("dmtcp_command")
     }
 
     /// A blocking checkpoint, taken while every process still runs.
@@ -257,7 +332,7 @@ impl Job {
 
     /// SIGKILLs every launched process (by process group).
     pub fn kill(&mut self) {
-        if let Some(mut r) = self.restart.take() {
+        for mut r in self.restarts.drain(..) {
             // The restarted processes live in its pid namespace.
             let _ = r.kill();
             let _ = r.wait();
@@ -279,8 +354,8 @@ impl Job {
         }
     }
 
-    pub fn images(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.ckpt)
+    pub fn images(&self, node: usize) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.ckpt_of(node))
             .unwrap()
             .flatten()
             .map(|e| e.path())
@@ -290,33 +365,38 @@ impl Job {
         v
     }
 
-    /// `dmtcp_restart` of every image.
+    /// `dmtcp_restart` of every image, on the node it was taken on.
     pub fn restart(&mut self) {
-        let imgs = self.images();
-        assert!(!imgs.is_empty(), "no images{}", self.diag());
-        let c = tool("dmtcp_restart")
-            .args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(&imgs)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(File::create(self.dir.join("restart.out")).unwrap())
-            .stderr(File::create(self.dir.join("restart.err")).unwrap())
-            .spawn()
-            .expect("dmtcp_restart");
-        self.restart = Some(c);
+        for k in 0..self.services.len() {
+            let imgs = self.images(k);
+            assert!(!imgs.is_empty(), "no images of node {k}{}", self.diag());
+            let c = self
+                .cmd_on(k, bin_dir().join("dmtcp_restart"))
+                .args(["-j", "-h", &self.host, "-p", &self.port.to_string()])
+                .args(&imgs)
+                .current_dir(&self.dir)
+                .stdin(Stdio::null())
+                .stdout(File::create(self.dir.join(format!("restart{k}.out"))).unwrap())
+                .stderr(File::create(self.dir.join(format!("restart{k}.err"))).unwrap())
+                .spawn()
+                .expect("dmtcp_restart");
+            self.restarts.push(c);
+        }
     }
 
     /// Waits for the restarted computation (or, without a restart, every
     /// launched process) to exit successfully.
     pub fn wait_success(&mut self) {
         let t = TIMEOUT;
-        if let Some(mut r) = self.restart.take() {
-            let st = wait_timeout(&mut r, t);
-            if !st.is_some_and(|s| s.success()) {
-                let _ = r.kill();
-                panic!("restarted computation ended with {st:?}{}", self.diag());
+        if !self.restarts.is_empty() {
+            for i in 0..self.restarts.len() {
+                let st = wait_timeout(&mut self.restarts[i], t);
+                if !st.is_some_and(|s| s.success()) {
+                    panic!("restarted computation ended with {st:?}{}", self.diag());
+                }
             }
-            // Gone with the restart's namespace.
+            // Gone with the restarts' namespaces.
+            self.restarts.clear();
             self.procs.clear();
             return;
         }
@@ -336,13 +416,15 @@ impl Drop for Job {
             unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
             let _ = c.wait();
         }
-        if let Some(mut r) = self.restart.take() {
+        for mut r in self.restarts.drain(..) {
             let _ = r.kill();
             let _ = r.wait();
         }
-        if let Some(mut s) = self.service.take() {
-            let _ = s.kill();
-            let _ = s.wait();
+        for s in &mut self.services {
+            if let Some(mut s) = s.take() {
+                let _ = s.kill();
+                let _ = s.wait();
+            }
         }
         let _ = self.coord.kill();
         let _ = self.coord.wait();
