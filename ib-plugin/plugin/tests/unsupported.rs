@@ -23,3 +23,20 @@ fn unsupported_features_are_refused() {
     assert_eq!(out.lines().filter(|l| l.starts_with("refused ")).count(), 7, "{out}");
     assert!(err.contains("not supported under checkpointing"), "the plugin did not say why:\n{err}");
 }
+
+/// Without `--ib`, a program using verbs is told at its first checkpoint
+/// that its device state will not survive a restart.
+#[test]
+fn verbs_without_the_plugin_are_warned_about() {
+    let mut j = Job::new("no-ib");
+    j.ib = false;
+    let port = free_port();
+    let server = j.launch("server", "ibv_rc_pingpong", &["-d", "softib0", "-p", &port.to_string()]);
+    j.wait_listening(server, port);
+    j.checkpoint();
+    let err = j.read("server.err");
+    assert_eq!(err.matches("without the InfiniBand plugin").count(), 1, "{err}");
+    j.checkpoint();
+    let err = j.read("server.err");
+    assert_eq!(err.matches("without the InfiniBand plugin").count(), 1, "warned more than once:\n{err}");
+}

@@ -290,9 +290,12 @@ static WARNED_DEVICES: super::flock::FLock<Vec<String>> = super::flock::FLock::n
 
 /// A program using InfiniBand verbs without the plugin (`dmtcp_launch
 /// --ib`) is told once that its device state will not survive a restart.
+/// (rdma-core's library, or the software device's, whose file is
+/// libsoftib_verbs.so behind its libibverbs.so.1 link.)
 fn warn_verbs_without_plugin(maps: &str) {
     static WARNED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-    if maps.contains("/libibverbs.so") && !maps.contains("/libdmtcp_ib.so") && !WARNED.swap(true, core::sync::atomic::Ordering::Relaxed) {
+    let verbs = maps.contains("/libibverbs.so") || maps.contains("/libsoftib_verbs.so");
+    if verbs && !maps.contains("/libdmtcp_ib.so") && !WARNED.swap(true, core::sync::atomic::Ordering::Relaxed) {
         super::log::warn(format_args!(
             "this program uses InfiniBand verbs (libibverbs) without the InfiniBand plugin: its queue pairs, memory regions and completion queues will not survive a restart (run it with dmtcp_launch --ib)"
         ));

@@ -61,6 +61,8 @@ pub struct Job {
     restarts: Vec<Child>,
     /// Several nodes (network namespaces sharing a fabric directory).
     rig: Option<testrig::Rig>,
+    /// Launch with `--ib` (the default).
+    pub ib: bool,
 }
 
 impl Job {
@@ -125,7 +127,7 @@ impl Job {
             std::thread::sleep(Duration::from_millis(10));
         };
         let host = rig.as_ref().map(|r| r.node(0).addr().to_string()).unwrap_or_else(|| "127.0.0.1".into());
-        let mut j = Job { dir, ckpt, port, coord, host, services: Vec::new(), procs: Vec::new(), node_of: Vec::new(), restarts: Vec::new(), rig };
+        let mut j = Job { dir, ckpt, port, coord, host, services: Vec::new(), procs: Vec::new(), node_of: Vec::new(), restarts: Vec::new(), rig, ib: true };
         for k in 0..nodes {
             std::fs::create_dir_all(j.ckpt_of(k)).unwrap();
             j.services.push(None);
@@ -205,7 +207,7 @@ impl Job {
             .arg(bin_dir().join("dmtcp_launch"))
             .args(["-j", "-h", &self.host, "-p", &self.port.to_string(), "--ckptdir"])
             .arg(self.ckpt_of(node))
-            .arg("--ib")
+            .args(self.ib.then_some("--ib"))
             .arg(prog)
             .args(args)
             .env("DMTCP_IB_DEBUG", "1")
