@@ -256,6 +256,7 @@ unsafe extern "C" fn query_port_op(c: *mut ibv_context, port: u8, attr: *mut ibv
 
 unsafe fn query_port_full(c: *mut ibv_context, port: u8, attr: *mut ibv_port_attr) -> c_int {
     let Some(r) = real() else { return no_real() };
+    let _g = NoCkpt::new();
     // SAFETY: c is a shadow context; attr the caller's buffer.
     unsafe {
         let s = sctx(c);
@@ -474,6 +475,7 @@ pub unsafe extern "C" fn ibv_query_device(c: *mut ibv_context, attr: *mut ibv_de
 #[no_mangle]
 pub unsafe extern "C" fn ibv_query_port(c: *mut ibv_context, port: u8, attr: *mut _compat_ibv_port_attr) -> c_int {
     let Some(r) = real() else { return no_real() };
+    let _g = NoCkpt::new();
     // SAFETY: shadow context; the compat struct is a prefix of ibv_port_attr.
     unsafe {
         let s = sctx(c);
@@ -491,6 +493,7 @@ pub unsafe extern "C" fn ibv_query_port(c: *mut ibv_context, port: u8, attr: *mu
 #[no_mangle]
 pub unsafe extern "C" fn ibv_query_gid(c: *mut ibv_context, port: u8, index: c_int, gid: *mut ibv_gid) -> c_int {
     let Some(r) = real() else { return no_real() };
+    let _g = NoCkpt::new();
     // SAFETY: shadow context, caller's gid buffer.
     unsafe {
         let s = sctx(c);
@@ -802,11 +805,12 @@ pub unsafe extern "C" fn ibv_create_cq(
 pub unsafe extern "C" fn ibv_destroy_cq(cq: *mut ibv_cq) -> c_int {
     let Some(r) = real() else { return no_real() };
     let s = cq as *mut SCq;
+    // The drain must not poll a CQ being destroyed.
+    let _g = NoCkpt::new();
     // SAFETY: a shadow CQ the program gives up.
     unsafe {
         let rc = (r.destroy_cq)((*s).real);
         if rc == 0 {
-            let _g = NoCkpt::new();
             if !(*s).cq.channel.is_null() {
                 (*(*s).cq.channel).refcnt -= 1;
             }
@@ -1433,6 +1437,7 @@ pub unsafe extern "C" fn ibv_destroy_ah(ah: *mut ibv_ah) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn ibv_init_ah_from_wc(c: *mut ibv_context, port: u8, wc: *mut ibv_wc, grh: *mut ibv_grh, ah: *mut ibv_ah_attr) -> c_int {
     let Some(r) = real() else { return no_real() };
+    let _g = NoCkpt::new();
     // SAFETY: shadow context; the program's wc (virtual ids) copied.
     unsafe {
         let mut w = *wc;
