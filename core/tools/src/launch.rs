@@ -30,6 +30,8 @@ Checkpoint images:
 
 Plugins:
   --with-plugin A.so[:B.so] Load plugins (absolute paths; env DMTCP_PLUGIN)
+  --ib                    Load the InfiniBand plugin (libdmtcp_ib.so): verbs programs
+                          survive a checkpoint and restart
   --disable-<name>-plugin Disable an internal plugin (process, event, pty, file,
                           socket, sysv, timers)
 
@@ -61,6 +63,7 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
         1
     };
     let mut prog: Vec<String> = Vec::new();
+    let mut ib = false;
     while let Some(arg) = it.next() {
         if let Some(r) = client::coord_option(&arg, &mut || it.next(), &mut a) {
             if let Err(m) = r {
@@ -104,6 +107,10 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
                 Ok(())
             }
             "--with-plugin" => value(&arg).map(|v| plugins.extend(v.split(':').filter(|s| !s.is_empty()).map(str::to_string))),
+            "--ib" | "--infiniband" => {
+                ib = true;
+                Ok(())
+            }
             "-q" | "--quiet" => {
                 quiet += 1;
                 Ok(())
@@ -150,6 +157,14 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
     };
     if let (Some(i), CoordMode::Join | CoordMode::Any) = (interval_given, a.mode) {
         let _ = crate::command::send_command(&a.host, port, dmtcp_common::proto::Cmd::Interval(i));
+    }
+    if ib {
+        let p = client::bin_dir().join("libdmtcp_ib.so");
+        if !p.exists() {
+            eprintln!("{alias}: --ib: {} not found (build the workspace: cargo build --release)", p.display());
+            return 1;
+        }
+        plugins.insert(0, p.display().to_string());
     }
     for p in &plugins {
         let path = std::path::Path::new(p);

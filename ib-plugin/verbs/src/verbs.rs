@@ -188,6 +188,10 @@ pub(crate) struct Ctx {
     vctx: ffi::verbs_context,
     pub(crate) conn: Conn,
     pub(crate) dev: &'static Dev,
+    /// The device as the service describes it when this context was
+    /// opened: a service started again since the device list was read
+    /// has new LIDs and GUIDs, and a context reports its own device's.
+    pub(crate) info: proto::DevInfo,
     async_fd: OwnedFd,
     posted: Posted,
 }
@@ -237,8 +241,8 @@ pub unsafe extern "C" fn open_device(d: *mut ffi::ibv_device) -> *mut ffi::ibv_c
             return ptr::null_mut();
         }
     };
-    let async_fd = match conn.call(&Req::Open { dev: dev.index }) {
-        Ok((Resp::Opened { .. }, Some(fd))) => fd,
+    let (async_fd, info) = match conn.call(&Req::Open { dev: dev.index }) {
+        Ok((Resp::Opened { info }, Some(fd))) => (fd, info),
         Ok((Resp::Err(e), _)) => {
             set_errno(e);
             return ptr::null_mut();
@@ -263,7 +267,7 @@ pub unsafe extern "C" fn open_device(d: *mut ffi::ibv_device) -> *mut ffi::ibv_c
     c.ops.post_send = Some(post_send);
     c.ops.post_recv = Some(post_recv);
     c.ops.post_srq_recv = Some(post_srq_recv);
-    let b = Box::into_raw(Box::new(Ctx { vctx, conn, dev, async_fd, posted: Posted::default() }));
+    let b = Box::into_raw(Box::new(Ctx { vctx, conn, dev, info, async_fd, posted: Posted::default() }));
     // SAFETY: b is a live, exclusively owned allocation.
     unsafe {
         libc::pthread_mutex_init(ptr::addr_of_mut!((*b).vctx.context.mutex).cast(), ptr::null());
@@ -284,11 +288,11 @@ pub unsafe extern "C" fn close_device(c: *mut ffi::ibv_context) -> c_int {
     0
 }
 
-fn device_attr(dev: &Dev) -> ffi::ibv_device_attr {
+fn device_attr(info: &proto::DevInfo) -> ffi::ibv_device_attr {
     let mut a = ffi::ibv_device_attr::default();
     copy_cstr(&mut a.fw_ver, "softib 1.0");
-    a.node_guid = dev.info.guid.to_be();
-    a.sys_image_guid = dev.info.guid.to_be();
+    a.node_guid = info.guid.to_be();
+    a.sys_image_guid = info.guid.to_be();
     a.max_mr_size = 1 << 40;
     a.page_size_cap = 0xffff_f000;
     a.vendor_id = 0x5346; // not a real vendor: programs take their generic paths
@@ -322,7 +326,7 @@ pub unsafe extern "C" fn query_device(c: *mut ffi::ibv_context, attr: *mut ffi::
         return libc::EINVAL;
     }
     // SAFETY: c is our context; attr is the caller's buffer.
-    unsafe { *attr = device_attr(ctx(c).dev) };
+    unsafe { *attr = device_attr(&ctx(c).info) };
     0
 }
 
@@ -336,7 +340,7 @@ unsafe extern "C" fn query_device_ex(
         return libc::EINVAL;
     }
     // SAFETY: c is our context.
-    let ex = ffi::ibv_device_attr_ex { orig_attr: device_attr(unsafe { ctx(c) }.dev), ..Default::default() };
+    let ex = ffi::ibv_device_attr_ex { orig_attr: device_attr(&unsafe { ctx(c) }.info), ..Default::default() };
     let n = size.min(size_of::<ffi::ibv_device_attr_ex>());
     // SAFETY: the caller's buffer holds `size` bytes; we copy at most that.
     unsafe {
@@ -346,7 +350,7 @@ unsafe extern "C" fn query_device_ex(
     0
 }
 
-fn port_attr(dev: &Dev) -> ffi::ibv_port_attr {
+fn port_attr(info: &proto::DevInfo) -> ffi::ibv_port_attr {
     ffi::ibv_port_attr {
         state: ffi::IBV_PORT_ACTIVE,
         max_mtu: ffi::IBV_MTU_4096,
@@ -355,8 +359,8 @@ fn port_attr(dev: &Dev) -> ffi::ibv_port_attr {
         port_cap_flags: 0,
         max_msg_sz: proto::MAX_MSG_SIZE as u32,
         pkey_tbl_len: 1,
-        lid: dev.info.lid,
-        sm_lid: dev.info.lid,
+        lid: info.lid,
+        sm_lid: info.lid,
         lmc: 0,
         max_vl_num: 1,
         subnet_timeout: 18,
@@ -376,7 +380,7 @@ unsafe extern "C" fn query_port_ex(c: *mut ffi::ibv_context, port: u8, attr: *mu
         return libc::EINVAL;
     }
     // SAFETY: c is our context.
-    let a = port_attr(unsafe { ctx(c) }.dev);
+    let a = port_attr(&unsafe { ctx(c) }.info);
     let n = size.min(size_of::<ffi::ibv_port_attr>());
     // SAFETY: the caller's buffer holds `size` bytes; we copy at most that.
     unsafe { ptr::copy_nonoverlapping((&a as *const ffi::ibv_port_attr).cast::<u8>(), attr.cast::<u8>(), n) };
@@ -398,7 +402,7 @@ pub unsafe extern "C" fn query_gid(c: *mut ffi::ibv_context, port: u8, index: c_
         return -1;
     }
     // SAFETY: c is our context; gid the caller's buffer.
-    unsafe { (*gid).raw = ctx(c).dev.info.gid };
+    unsafe { (*gid).raw = ctx(c).info.gid };
     0
 }
 
@@ -419,7 +423,7 @@ pub unsafe extern "C" fn query_gid_ex(
     // SAFETY: c is our context; entry the caller's buffer.
     unsafe {
         let mut e = ffi::ibv_gid_entry { gid_index: 0, port_num: 1, gid_type: ffi::IBV_GID_TYPE_IB, ..Default::default() };
-        e.gid.raw = ctx(c).dev.info.gid;
+        e.gid.raw = ctx(c).info.gid;
         *entry = e;
     }
     0

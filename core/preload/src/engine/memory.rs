@@ -174,6 +174,7 @@ pub fn plan() -> std::io::Result<Plan> {
     let skipped = SKIPPED.with(|x| x.clone());
     let mut stacks: Vec<(u64, u64)> = super::threads::own_stacks().collect();
     stacks.extend(SELF_RANGES.get().map(Vec::as_slice).unwrap_or(&[]));
+    warn_verbs_without_plugin(&text);
     for line in text.lines() {
         let mut f = line.splitn(6, ' ');
         let range = f.next().unwrap_or("");
@@ -286,6 +287,20 @@ fn is_char_device(path: &str) -> bool {
 
 /// Devices whose mappings were left out, named once per process.
 static WARNED_DEVICES: super::flock::FLock<Vec<String>> = super::flock::FLock::new(Vec::new());
+
+/// A program using InfiniBand verbs without the plugin (`dmtcp_launch
+/// --ib`) is told once that its device state will not survive a restart.
+/// (rdma-core's library, or the software device's, whose file is
+/// libsoftib_verbs.so behind its libibverbs.so.1 link.)
+fn warn_verbs_without_plugin(maps: &str) {
+    static WARNED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    let verbs = maps.contains("/libibverbs.so") || maps.contains("/libsoftib_verbs.so");
+    if verbs && !maps.contains("/libdmtcp_ib.so") && !WARNED.swap(true, core::sync::atomic::Ordering::Relaxed) {
+        super::log::warn(format_args!(
+            "this program uses InfiniBand verbs (libibverbs) without the InfiniBand plugin: its queue pairs, memory regions and completion queues will not survive a restart (run it with dmtcp_launch --ib)"
+        ));
+    }
+}
 
 fn warn_device_once(path: &str) {
     let new = WARNED_DEVICES.with(|w| {

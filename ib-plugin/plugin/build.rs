@@ -1,0 +1,26 @@
+//! The verbs ABI types from the system's <infiniband/verbs.h> (bindgen,
+//! with layout tests): the shadow objects embed these structs.
+
+use std::env;
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let header = "/usr/include/infiniband/verbs.h";
+    if !std::path::Path::new(header).exists() {
+        panic!("{header} is missing: install Debian's libibverbs-dev (the verbs ABI headers)");
+    }
+    let bindings = bindgen::Builder::default()
+        .header(header)
+        .allowlist_type("ibv_.*|verbs_.*|_ibv_.*|_compat_ibv_.*")
+        .allowlist_var("IBV_.*|__VERBS_ABI_IS_EXTENDED")
+        .default_enum_style(bindgen::EnumVariation::Consts)
+        .prepend_enum_name(false)
+        .derive_default(true)
+        .layout_tests(true)
+        .generate_comments(false)
+        .generate()
+        .expect("bindgen on verbs.h");
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("verbs.rs");
+    bindings.write_to_file(out).expect("write bindings");
+}

@@ -1,0 +1,582 @@
+//! Checkpoint (drain the device into the plugin's memory) and restart
+//! (re-create every object on the new device, exchange the new ids through
+//! the coordinator's name service, reconnect).
+
+use crate::ffi::*;
+use crate::shadow::*;
+use crate::sys::{self, real};
+use std::collections::HashMap;
+use std::ffi::c_int;
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicU64, Ordering::*};
+
+/// This process's name in the name service (its MR table's key); in the
+/// image, so the same after a restart.
+static TOKEN: AtomicU64 = AtomicU64::new(0);
+
+fn token() -> u64 {
+    let t = TOKEN.load(Relaxed);
+    if t != 0 {
+        return t;
+    }
+    let mut b = [0u8; 8];
+    // SAFETY: fills our buffer.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
+    let t = u64::from_ne_bytes(b) | 1;
+    TOKEN.store(t, Relaxed);
+    t
+}
+
+/// How long the last drain took (µs), said at RESUME/RESTART with DMTCP_IB_DEBUG.
+static DRAIN_US: AtomicU64 = AtomicU64::new(0);
+
+/// How long the drain waits for posted sends to complete.
+const DRAIN_MS: u64 = 10_000;
+
+pub(crate) fn presuspend() {
+    token();
+    sys::exclude_device_memory();
+}
+
+fn objs() -> Vec<Obj> {
+    REG.lock().unwrap_or_else(|e| e.into_inner()).objs.clone()
+}
+
+/// Threads are suspended (none inside a verb: every verb is a no-checkpoint
+/// section): no malloc here. Polls every CQ dry into its queue until every
+/// signaled send has completed, then notes waiting channel events.
+pub(crate) fn precheckpoint() {
+    let reg = REG.lock().unwrap_or_else(|e| e.into_inner());
+    if reg.objs.is_empty() {
+        // Every process takes part in the barrier of `drain`.
+        sys::barrier(c"dmtcp-ib-drained");
+        return;
+    }
+    drain(&reg);
+}
+
+/// Polls the CQs until this process's signaled sends are done; then, once
+/// every process got there (barrier: a message whose send completed at its
+/// sender may have reached this process's CQ after the first pass), once
+/// more.
+fn drain(reg: &Registry) {
+    let t0 = sys::now_ms();
+    let t0_us = sys::now_us();
+    let mut batch = [ibv_wc::default(); 16];
+    loop {
+        for o in &reg.objs {
+            if let Obj::Cq(s) = *o {
+                // SAFETY: live shadows (registry), the real CQ of now.
+                unsafe { drain_cq(s, &mut batch) };
+            }
+        }
+        let mut busy: Option<*mut SQp> = None;
+        for o in &reg.objs {
+            if let Obj::Qp(q) = *o {
+                // SAFETY: live shadow.
+                if unsafe { (*q).outstanding.load(Acquire) } > 0 {
+                    busy = Some(q);
+                }
+            }
+        }
+        let Some(q) = busy else { break };
+        if sys::now_ms() - t0 > DRAIN_MS {
+            let mut msg = *b"dmtcp_ib: checkpoint: QP 0x00000000 still has sends in flight after 10 s; they may be lost\n";
+            // SAFETY: live shadow.
+            let n = unsafe { (*q).qp.qp_num };
+            for i in 0..8 {
+                msg[27 + i] = b"0123456789abcdef"[((n >> (28 - 4 * i)) & 15) as usize];
+            }
+            sys::write_err(&msg);
+            break;
+        }
+        // SAFETY: plain syscall.
+        unsafe { libc::sched_yield() };
+    }
+    sys::barrier(c"dmtcp-ib-drained");
+    for o in &reg.objs {
+        if let Obj::Cq(s) = *o {
+            // SAFETY: live shadows (registry), the real CQ of now.
+            unsafe { drain_cq(s, &mut batch) };
+        }
+    }
+    DRAIN_US.store(sys::now_us() - t0_us, Relaxed);
+    for o in &reg.objs {
+        match *o {
+            Obj::Chan(c) => {
+                // SAFETY: live shadow channel.
+                unsafe { (*c).pending_at_ckpt = sys::poll_readable((*(*c).real).fd) };
+            }
+            Obj::Qp(q) => {
+                // SAFETY: live shadow.
+                let (n, tail, ty) = unsafe { ((*q).qp.qp_num, (*q).unsignaled_tail.load(Relaxed), (*q).qp.qp_type) };
+                if tail > 0 && ty != IBV_QPT_UD {
+                    let mut msg = *b"dmtcp_ib: checkpoint: QP 0x00000000 has unsignaled sends after its last signaled one; if they had not run yet, a restart loses them\n";
+                    for i in 0..8 {
+                        msg[27 + i] = b"0123456789abcdef"[((n >> (28 - 4 * i)) & 15) as usize];
+                    }
+                    sys::write_err(&msg);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+
+unsafe fn drain_cq(s: *mut SCq, batch: &mut [ibv_wc; 16]) {
+    // SAFETY: s is a live shadow; its context's real poll function.
+    unsafe {
+        let f = sctx((*s).cq.context).poll_cq;
+        let mut q = (*s).queue.lock().unwrap_or_else(|e| e.into_inner());
+        let cap = q.buf.len();
+        loop {
+            let room = (cap - q.len).min(batch.len());
+            if room == 0 {
+                sys::write_err(b"dmtcp_ib: checkpoint: a CQ's drain queue is full; completions left on the device are lost\n");
+                break;
+            }
+            let n = f((*s).real, room as c_int, batch.as_mut_ptr());
+            if n <= 0 {
+                break;
+            }
+            for w in batch.iter_mut().take(n as usize) {
+                process_wc(w);
+                let at = (q.head + q.len) % cap;
+                q.buf[at] = *w;
+                q.len += 1;
+            }
+        }
+        (*s).qlen.store(q.len, Release);
+    }
+}
+
+pub(crate) fn resume() {
+    sys::include_again();
+    crate::debug(|| format!("drain took {} us", DRAIN_US.load(Relaxed)));
+    debug_state(&objs(), "resume");
+    for o in objs() {
+        if let Obj::Chan(c) = o {
+            // SAFETY: live shadow.
+            unsafe { (*c).pending_at_ckpt = false };
+        }
+    }
+}
+
+fn key(parts: &[&dyn std::fmt::Display]) -> Vec<u8> {
+    parts.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(":").into_bytes()
+}
+
+fn debug_state(objs: &[Obj], when: &str) {
+    for o in objs {
+        // SAFETY: live shadows.
+        unsafe {
+            match *o {
+                Obj::Cq(q) => crate::debug(|| format!("{when}: CQ {:?} queued {} armed {}", q, (*q).qlen.load(Relaxed), (*q).armed.load(Relaxed))),
+                Obj::Qp(q) => crate::debug(|| {
+                    format!(
+                        "{when}: QP {:#x} recvs {} outstanding {}",
+                        (*q).qp.qp_num,
+                        (*q).recvs.lock().map(|l| l.len()).unwrap_or(0),
+                        (*q).outstanding.load(Relaxed)
+                    )
+                }),
+                Obj::Chan(c) => crate::debug(|| format!("{when}: channel fd {} pending {} saved {}", (*c).ch.fd, (*c).pending_at_ckpt, (*c).saved.load(Relaxed))),
+                _ => {}
+            }
+        }
+    }
+}
+
+pub(crate) fn restart() {
+    let t0 = sys::now_us();
+    sys::include_again();
+    let objs = objs();
+    debug_state(&objs, "restart");
+    let have = !objs.is_empty();
+    if have {
+        if let Err(m) = rebuild(&objs) {
+            crate::say(&format!("restart: {m}"));
+        }
+    }
+    // Every process of the computation takes part in both barriers.
+    if have {
+        publish(&objs);
+    }
+    sys::barrier(c"dmtcp-ib-published");
+    if have {
+        if let Err(m) = reconnect(&objs) {
+            crate::say(&format!("restart: {m}"));
+        }
+    }
+    sys::barrier(c"dmtcp-ib-connected");
+    crate::debug(|| format!("drain took {} us; rebuild and reconnect {} us (with two barriers)", DRAIN_US.load(Relaxed), sys::now_us() - t0));
+}
+
+/// Re-creates every object on the new device, in creation order.
+fn rebuild(objs: &[Obj]) -> Result<(), String> {
+    let r = real().ok_or("libibverbs is not loaded")?;
+    RESTARTED.store(true, SeqCst);
+    with_maps(|m| {
+        m.qp_by_real.clear();
+        m.lkey.clear();
+        m.lids.clear();
+        m.qpn.clear();
+        m.qpn_rev.clear();
+        m.gids.clear();
+    });
+    for o in objs {
+        // SAFETY: live shadows (registry); the new real objects come from the real library.
+        unsafe {
+            match *o {
+                Obj::Ctx(s) => rebuild_ctx(r, s)?,
+                Obj::Pd(s) => {
+                    let rp = (r.alloc_pd)(sctx((*s).pd.context).real);
+                    if rp.is_null() {
+                        return Err(format!("ibv_alloc_pd: errno {}", sys::errno()));
+                    }
+                    (*s).real = rp;
+                }
+                Obj::Mr(s) => {
+                    let m = &(*s).mr;
+                    let rp = (*(m.pd as *mut SPd)).real;
+                    let rm = (r.reg_mr_iova2)(rp, m.addr, m.length, (*s).iova, (*s).access);
+                    if rm.is_null() {
+                        return Err(format!("ibv_reg_mr({:?}, {}): errno {}", m.addr, m.length, sys::errno()));
+                    }
+                    (*s).real = rm;
+                    (*s).rlkey = (*rm).lkey;
+                    (*s).rrkey = (*rm).rkey;
+                    let (v, n) = (m.lkey, (*rm).lkey);
+                    with_maps(|mp| {
+                        mp.lkey.insert(v, n);
+                    });
+                }
+                Obj::Chan(s) => {
+                    let rch = (r.create_comp_channel)(sctx((*s).ch.context).real);
+                    if rch.is_null() {
+                        return Err(format!("ibv_create_comp_channel: errno {}", sys::errno()));
+                    }
+                    let newfd = (*rch).fd;
+                    let old = (*s).ch.fd;
+                    sys::move_fd(newfd, old);
+                    if newfd != old {
+                        libc::close(newfd);
+                        (*rch).fd = old;
+                    }
+                    (*s).real = rch;
+                }
+                Obj::Cq(s) => {
+                    let ch = (*s).cq.channel;
+                    let rch = if ch.is_null() { null_mut() } else { (*(ch as *mut SChan)).real };
+                    let rcq = (r.create_cq)(sctx((*s).cq.context).real, (*s).cqe_asked, s.cast(), rch, 0);
+                    if rcq.is_null() {
+                        return Err(format!("ibv_create_cq: errno {}", sys::errno()));
+                    }
+                    (*s).real = rcq;
+                    let armed = (*s).armed.load(Relaxed);
+                    if armed != 0 {
+                        (sctx((*s).cq.context).req_notify_cq)(rcq, (armed == 2) as c_int);
+                    }
+                }
+                Obj::Srq(s) => {
+                    let rp = (*((*s).srq.pd as *mut SPd)).real;
+                    let mut a = ibv_srq_init_attr { srq_context: s.cast(), attr: (*s).attr };
+                    let rs = (r.create_srq)(rp, &mut a);
+                    if rs.is_null() {
+                        return Err(format!("ibv_create_srq: errno {}", sys::errno()));
+                    }
+                    (*s).real = rs;
+                    let f = sctx((*s).srq.context).post_srq_recv;
+                    repost(&(*s).recvs, |w, b| f(rs, w, b))?;
+                }
+                Obj::Qp(s) => rebuild_qp(r, s)?,
+                Obj::Ah(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+unsafe fn rebuild_ctx(r: &sys::Real, s: *mut SCtx) -> Result<(), String> {
+    // SAFETY: s is a live shadow context; device list from the real library.
+    unsafe {
+        let mut n = 0;
+        let list = (r.get_device_list)(&mut n);
+        if list.is_null() || n <= 0 {
+            return Err("no InfiniBand device after the restart".into());
+        }
+        let want = std::ffi::CStr::from_bytes_until_nul(&(*s).dev_name).map(|c| c.to_bytes().to_vec()).unwrap_or_default();
+        let mut dev = *list;
+        for i in 0..n as usize {
+            let d = *list.add(i);
+            if std::ffi::CStr::from_ptr((r.get_device_name)(d)).to_bytes() == want.as_slice() {
+                dev = d;
+                break;
+            }
+        }
+        let rc = (r.open_device)(dev);
+        (r.free_device_list)(list);
+        if rc.is_null() {
+            return Err(format!("ibv_open_device: errno {}", sys::errno()));
+        }
+        let c = &mut (*s).vctx.context;
+        c.device = (*rc).device;
+        sys::claim((*rc).cmd_fd);
+        sys::claim((*rc).async_fd);
+        sys::move_fd((*rc).cmd_fd, c.cmd_fd);
+        sys::move_fd((*rc).async_fd, c.async_fd);
+        if !set_real_ops(s, rc) {
+            return Err("the new context has no data-path ops".into());
+        }
+        let mut ports = (*s).ports.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, p) in ports.iter_mut().enumerate() {
+            if p.seen {
+                let mut a = ibv_port_attr::default();
+                if (r.query_port)(rc, i as u8, (&mut a as *mut ibv_port_attr).cast()) == 0 {
+                    p.rlid = a.lid;
+                }
+                let (v, n) = (p.vlid, p.rlid);
+                with_maps(|m| m.lids.push((v, n)));
+            }
+            if p.gid_seen {
+                let mut g = ibv_gid::default();
+                if (r.query_gid)(rc, i as u8, 0, &mut g) == 0 {
+                    p.rgid = g.raw;
+                }
+                let (v, n) = (p.vgid, p.rgid);
+                with_maps(|m| m.gids.push((v, n)));
+            }
+        }
+        Ok(())
+    }
+}
+
+unsafe fn rebuild_qp(r: &sys::Real, s: *mut SQp) -> Result<(), String> {
+    // SAFETY: s is a live shadow QP whose PD, CQs and SRQ were rebuilt before it.
+    unsafe {
+        let mut a = (*s).init;
+        a.qp_context = s.cast();
+        a.send_cq = (*(a.send_cq as *mut SCq)).real;
+        a.recv_cq = (*(a.recv_cq as *mut SCq)).real;
+        a.srq = if a.srq.is_null() { null_mut() } else { (*(a.srq as *mut SSrq)).real };
+        let rp = (*((*s).qp.pd as *mut SPd)).real;
+        let rq = (r.create_qp)(rp, &mut a);
+        if rq.is_null() {
+            return Err(format!("ibv_create_qp: errno {}", sys::errno()));
+        }
+        (*s).real = rq;
+        (*s).outstanding.store(0, Relaxed);
+        let n = (*rq).qp_num;
+        with_maps(|m| {
+            m.qp_by_real.insert(n, s as usize);
+        });
+        let log = (*s).log.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut init, mask) = log[0];
+        if mask != 0 {
+            let rc = (r.modify_qp)(rq, &mut init, mask);
+            if rc != 0 {
+                return Err(format!("QP {:#x} to INIT: {}", (*s).qp.qp_num, rc));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn own_vlid(q: *mut SQp) -> Option<u16> {
+    // SAFETY: live shadow QP and its context.
+    unsafe {
+        let c = sctx((*q).qp.context);
+        let p = c.ports.lock().unwrap_or_else(|e| e.into_inner());
+        let i = (*q).port as usize;
+        (i < MAX_PORTS && p[i].seen).then_some(p[i].vlid)
+    }
+}
+
+/// Publishes this process's new ids under its old (virtual) ones.
+fn publish(objs: &[Obj]) {
+    let t = token();
+    let mut mrs = Vec::new();
+    for o in objs {
+        // SAFETY: live shadows.
+        unsafe {
+            match *o {
+                Obj::Ctx(s) => {
+                    let p = (*s).ports.lock().unwrap_or_else(|e| e.into_inner());
+                    for pi in p.iter().filter(|p| p.seen) {
+                        let mut v = pi.rlid.to_le_bytes().to_vec();
+                        v.extend_from_slice(&pi.rgid);
+                        sys::publish(&key(&[&"lid", &pi.vlid]), &v);
+                        crate::debug(|| format!("publish LID {:#x} -> {:#x}", pi.vlid, pi.rlid));
+                    }
+                }
+                Obj::Mr(s) => {
+                    mrs.extend_from_slice(&(*s).mr.rkey.to_le_bytes());
+                    mrs.extend_from_slice(&(*s).rrkey.to_le_bytes());
+                }
+                Obj::Qp(q) => {
+                    if let Some(vl) = own_vlid(q) {
+                        let mut v = (*(*q).real).qp_num.to_le_bytes().to_vec();
+                        v.extend_from_slice(&t.to_le_bytes());
+                        sys::publish(&key(&[&"qp", &vl, &(*q).qp.qp_num]), &v);
+                        crate::debug(|| format!("publish QP {vl:#x}/{:#x} -> {:#x}", (*q).qp.qp_num, (*(*q).real).qp_num));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    sys::publish(&key(&[&"mr", &t]), &mrs);
+}
+
+fn learn_lid(vl: u16) -> Option<u16> {
+    if let Some(r) = crate::shadow::MAPS.read().ok().and_then(|m| m.as_ref().and_then(|m| m.lids.iter().find(|x| x.0 == vl).map(|x| x.1))) {
+        return Some(r);
+    }
+    let v = sys::query(&key(&[&"lid", &vl]))?;
+    if v.len() < 18 {
+        return None;
+    }
+    let rl = u16::from_le_bytes([v[0], v[1]]);
+    let mut g = [0u8; 16];
+    g.copy_from_slice(&v[2..18]);
+    with_maps(|m| {
+        m.lids.push((vl, rl));
+        m.gids.retain(|x| x.1 != g);
+    });
+    Some(rl)
+}
+
+/// The peer QP's new number and its process's token.
+fn learn_qp(vl: u16, vq: u32) -> Option<(u32, u64)> {
+    let rl = learn_lid(vl)?;
+    let v = sys::query(&key(&[&"qp", &vl, &vq]))?;
+    if v.len() < 12 {
+        return None;
+    }
+    let rq = u32::from_le_bytes(v[0..4].try_into().ok()?);
+    let t = u64::from_le_bytes(v[4..12].try_into().ok()?);
+    with_maps(|m| {
+        m.qpn.insert((vl, vq), rq);
+        m.qpn_rev.insert((rl, rq), vq);
+    });
+    Some((rq, t))
+}
+
+/// Gets the peers' new ids, brings every QP back to its state, re-posts the
+/// receives, re-creates the AHs, and sets up the channel events to deliver.
+fn reconnect(objs: &[Obj]) -> Result<(), String> {
+    let r = real().ok_or("libibverbs is not loaded")?;
+    let mut rkeys: HashMap<u64, Vec<(u32, u32)>> = HashMap::new();
+    for o in objs {
+        // SAFETY: live shadows rebuilt by `rebuild`.
+        unsafe {
+            match *o {
+                Obj::Qp(q) => {
+                    let (rtr, rtr_mask, rts, rts_mask) = {
+                        let l = (*q).log.lock().unwrap_or_else(|e| e.into_inner());
+                        (l[1].0, l[1].1, l[2].0, l[2].1)
+                    };
+                    if rtr_mask != 0 {
+                        if rtr_mask & IBV_QP_AV as c_int != 0 && rtr_mask & IBV_QP_DEST_QPN as c_int != 0 {
+                            let (vl, vq) = (rtr.ah_attr.dlid, rtr.dest_qp_num);
+                            match learn_qp(vl, vq) {
+                                Some((_, t)) => {
+                                    let map = rkeys.entry(t).or_insert_with(|| {
+                                        let v = sys::query(&key(&[&"mr", &t])).unwrap_or_default();
+                                        let mut m: Vec<(u32, u32)> = v
+                                            .chunks_exact(8)
+                                            .map(|c| (u32::from_le_bytes(c[0..4].try_into().unwrap()), u32::from_le_bytes(c[4..8].try_into().unwrap())))
+                                            .collect();
+                                        m.sort();
+                                        m
+                                    });
+                                    *(*q).peer_rkeys.write().unwrap_or_else(|e| e.into_inner()) = map.clone();
+                                }
+                                None => crate::say(&format!("restart: QP {:#x}: its peer (LID {vl:#x}, QP {vq:#x}) published no new ids", (*q).qp.qp_num)),
+                            }
+                        } else if rtr_mask & IBV_QP_AV as c_int != 0 {
+                            learn_lid(rtr.ah_attr.dlid);
+                        }
+                        let mut a = rtr;
+                        attr_to_real(&mut a, rtr_mask);
+                        crate::debug(|| format!("QP {:#x} RTR: dlid {:#x} -> {:#x}, dest QP {:#x} -> {:#x}", (*q).qp.qp_num, rtr.ah_attr.dlid, a.ah_attr.dlid, rtr.dest_qp_num, a.dest_qp_num));
+                        let rc = (r.modify_qp)((*q).real, &mut a, rtr_mask);
+                        if rc != 0 {
+                            return Err(format!("QP {:#x} to RTR: {rc}", (*q).qp.qp_num));
+                        }
+                    }
+                    if rts_mask != 0 {
+                        let mut a = rts;
+                        attr_to_real(&mut a, rts_mask);
+                        let rc = (r.modify_qp)((*q).real, &mut a, rts_mask);
+                        if rc != 0 {
+                            return Err(format!("QP {:#x} to RTS: {rc}", (*q).qp.qp_num));
+                        }
+                    }
+                    let dests = (*q).ud_dests.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    for (vl, vq) in dests {
+                        let r = learn_qp(vl, vq);
+                        crate::debug(|| format!("QP {:#x}: UD destination {vl:#x}/{vq:#x} -> {r:x?}", (*q).qp.qp_num));
+                    }
+                    if (*q).qp.srq.is_null() {
+                        let f = sctx((*q).qp.context).post_recv;
+                        let rq = (*q).real;
+                        repost(&(*q).recvs, |w, b| f(rq, w, b))?;
+                    }
+                }
+                Obj::Ah(a) => {
+                    learn_lid((*a).attr.dlid);
+                    let mut at = (*a).attr;
+                    ah_to_real(&mut at);
+                    let rp = (*((*a).ah.pd as *mut SPd)).real;
+                    let ra = (r.create_ah)(rp, &mut at);
+                    if ra.is_null() {
+                        return Err(format!("ibv_create_ah: errno {}", sys::errno()));
+                    }
+                    (*a).real = ra;
+                }
+                Obj::Chan(c) if (*c).pending_at_ckpt => {
+                    let cqs: Vec<*mut SCq> = objs
+                        .iter()
+                        .filter_map(|o| match *o {
+                            Obj::Cq(q) if (*q).cq.channel == c.cast() => Some(q),
+                            _ => None,
+                        })
+                        .collect();
+                    if cqs.len() == 1 {
+                        (*c).saved_cq = cqs[0];
+                        (*c).saved.store(1, Release);
+                    } else {
+                        crate::say("restart: a completion event was pending on a channel shared by several CQs; it is not re-delivered");
+                    }
+                    (*c).pending_at_ckpt = false;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Posts the logged receives again (with the new lkeys), leaving the log as is.
+unsafe fn repost(
+    log: &std::sync::Mutex<std::collections::VecDeque<RecvRec>>,
+    mut post: impl FnMut(*mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> c_int,
+) -> Result<(), String> {
+    let l = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for rec in l {
+        let mut sg: Vec<ibv_sge> = rec.sges.clone();
+        for s in &mut sg {
+            let v = s.lkey;
+            s.lkey = crate::shadow::MAPS.read().ok().and_then(|m| m.as_ref().and_then(|m| m.lkey.get(&v).copied())).unwrap_or(v);
+        }
+        let mut w = ibv_recv_wr { wr_id: rec.wr_id, next: null_mut(), sg_list: sg.as_mut_ptr(), num_sge: sg.len() as c_int };
+        let mut b = null_mut();
+        let rc = post(&mut w, &mut b);
+        if rc != 0 {
+            return Err(format!("re-posting a receive: {rc}"));
+        }
+    }
+    Ok(())
+}
