@@ -76,3 +76,57 @@ fn streams_both_ways_survive_restart() {
     job.finish();
     assert_eq!(job.output(), bare, "{}", job.diag());
 }
+
+/// stdin forwarded to a remote reader (checkpointed mid-stream, killed,
+/// restarted), then exit codes: a remote `exit 7` gives 7, an unknown
+/// host gives ssh's own message and 255; all as in the bare run.
+#[test]
+fn stdin_and_exit_codes_survive_restart() {
+    let rig = common::rig(2);
+    let counter = common::compile(&rig, "counter", &[]).display().to_string();
+    let ssh = common::ssh(&rig);
+    let script = format!(
+        "{{ {counter} in 300 10 | {ssh} node1 'while read l; do echo \"got $l\"; done; echo eof'; echo rc=$?; \
+         {ssh} node1 'echo to-stderr >&2; exit 7'; echo rc=$?; \
+         {ssh} -n nosuchhost true; echo rc=$?; }} 2>&1"
+    );
+    let bare = common::bare(&rig, 0, &script);
+    assert!(bare.contains("got in 300\neof\nrc=0\nto-stderr\nrc=7\n") && bare.ends_with("rc=255\n"), "bare run: {bare}");
+    assert!(bare.contains("nosuchhost"), "bare run: {bare}");
+
+    let mut job = Job::launch(&rig, "stdin", &script, &[]);
+    job.wait_for("got in 100\n");
+    job.checkpoint();
+    job.wait_for("got in 150\n");
+    job.kill();
+    job.restart(&[]);
+    job.wait_for("rc=255\n");
+    job.finish();
+    assert_eq!(job.output(), bare, "{}", job.diag());
+}
+
+/// SIGTERM to dmtcp_ssh reaches the remote command (after a restart, over
+/// the new ssh), whose handler's output and exit code come back.
+#[test]
+fn sigterm_is_forwarded_after_restart() {
+    let rig = common::rig(2);
+    let ssh = common::ssh(&rig);
+    let gate = rig.shared_dir().join("term-gate");
+    let script = format!(
+        "{ssh} node1 'trap \"echo got TERM; exit 3\" TERM; echo ready; while :; do sleep 0.05; done' & p=$!; \
+         until [ -e {gate} ]; do sleep 0.05; done; kill -TERM $p; wait $p; echo rc=$?",
+        gate = gate.display()
+    );
+    let mut job = Job::launch(&rig, "term", &script, &[]);
+    job.wait_for("ready\n");
+    job.checkpoint();
+    job.kill();
+    job.restart(&[]);
+    // The restarted relay is connected again: the coordinator counts the
+    // same processes (bash, dmtcp_ssh; dmtcp_sshd and the remote bash).
+    job.wait_peers_at_least(4);
+    std::fs::write(&gate, "").unwrap();
+    job.wait_for("rc=");
+    job.finish();
+    assert_eq!(job.output(), "ready\ngot TERM\nrc=3\n", "{}", job.diag());
+}

@@ -147,15 +147,26 @@ impl<'a> Job<'a> {
         out
     }
 
-    /// Wait until the coordinator counts `n` processes.
+    /// Wait until the coordinator counts `n` processes, all running.
     pub fn wait_peers(&self, n: usize) {
+        self.wait_peers_where(|k| k == n, &format!("{n}"));
+    }
+
+    /// Wait until the coordinator counts at least `n` processes, all running.
+    pub fn wait_peers_at_least(&self, n: usize) {
+        self.wait_peers_where(|k| k >= n, &format!(">= {n}"));
+    }
+
+    fn wait_peers_where(&self, ok: impl Fn(usize) -> bool, what: &str) {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let o = self.command(&["-s"]);
             let s = String::from_utf8_lossy(&o.stdout).into_owned();
-            if s.contains(&format!("NUM_PEERS={n}\n")) && s.contains("RUNNING=yes") {
+            let peers = s.lines().find_map(|l| l.trim().strip_prefix("NUM_PEERS=")).and_then(|v| v.parse().ok());
+            if peers.is_some_and(&ok) && s.contains("RUNNING=yes") {
                 return;
             }
+            let n = what;
             assert!(Instant::now() < deadline, "never {n} processes running: {s}{}", self.diag());
             std::thread::sleep(Duration::from_millis(20));
         }
