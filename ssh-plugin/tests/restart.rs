@@ -130,3 +130,29 @@ fn sigterm_is_forwarded_after_restart() {
     job.finish();
     assert_eq!(job.output(), "ready\ngot TERM\nrc=3\n", "{}", job.diag());
 }
+
+/// A job on node0 with its remote side on node1 is restarted on node2 and
+/// node3 with `--hostfile` (old hosts in order onto the new ones): the
+/// relay finds its peer on the new host and the output is the bare run's.
+#[test]
+fn restart_on_other_hosts_with_hostfile() {
+    let rig = common::rig(4);
+    let counter = common::compile(&rig, "counter", &[]);
+    let script = format!("{} node1 {} line 400 10; echo rc=$?", common::ssh(&rig), counter.display());
+    let bare = common::bare(&rig, 0, &script);
+    let mut job = Job::launch(&rig, "hostfile", &script, &[]);
+    job.wait_for("line 100\n");
+    job.checkpoint();
+    job.wait_for("line 150\n");
+    job.kill();
+    let hostfile = rig.shared_dir().join("hostfile");
+    std::fs::write(&hostfile, "# new allocation\nnode2 slots=1\nnode3\n").unwrap();
+    job.restart(&["--hostfile", &hostfile.display().to_string()]);
+    job.wait_peers(4);
+    let procs = job.processes();
+    let on = |prog: &str, host: &str| procs.iter().any(|(p, h, _)| p == prog && h == host);
+    assert!(on("bash", "node2") && on("dmtcp_ssh", "node2") && on("dmtcp_sshd", "node3") && on("counter", "node3"), "{procs:?}");
+    job.wait_for("rc=");
+    job.finish();
+    assert_eq!(job.output(), bare, "{}", job.diag());
+}
