@@ -156,3 +156,31 @@ fn restart_on_other_hosts_with_hostfile() {
     job.finish();
     assert_eq!(job.output(), bare, "{}", job.diag());
 }
+
+/// node0 → ssh node1 → ssh node2 counter (a remote process that sshes on
+/// to a third node), through three checkpoint-kill-restart cycles.
+#[test]
+fn nested_ssh_survives_three_restarts() {
+    let rig = common::rig(3);
+    let counter = common::compile(&rig, "counter", &[]);
+    let ssh = common::ssh(&rig);
+    let script = format!("{ssh} node1 \"{ssh} node2 {} line 500 10\"; echo rc=$?", counter.display());
+    let bare = common::bare(&rig, 0, &script);
+    assert!(bare.ends_with("line 500\nrc=0\n"), "bare run: {bare}");
+    let mut job = Job::launch(&rig, "nested", &script, &[]);
+    for (ckpt_at, kill_at) in [(50, 80), (150, 180), (250, 280)] {
+        job.wait_for(&format!("line {ckpt_at}\n"));
+        // bash, dmtcp_ssh (node0); dmtcp_sshd, bash, dmtcp_ssh (node1); dmtcp_sshd, counter (node2)
+        job.wait_peers_at_least(6);
+        job.checkpoint();
+        job.wait_for(&format!("line {kill_at}\n"));
+        job.kill();
+        job.restart(&[]);
+    }
+    job.wait_peers_at_least(6);
+    let procs = job.processes();
+    assert!(procs.iter().any(|(p, h, _)| p == "counter" && h == "node2"), "{procs:?}");
+    job.wait_for("rc=");
+    job.finish();
+    assert_eq!(job.output(), bare, "{}", job.diag());
+}
