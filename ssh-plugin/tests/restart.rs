@@ -184,3 +184,42 @@ fn nested_ssh_survives_three_restarts() {
     job.finish();
     assert_eq!(job.output(), bare, "{}", job.diag());
 }
+
+/// OpenMPI across two hosts: `mpirun` (4 ranks on node0 and node1, its
+/// remote orted started through `ssh -F cfg`, TCP between ranks) runs
+/// under the checkpointer with the remote side in the computation, is
+/// checkpointed twice mid-run (every process on both hosts writes an
+/// image) and ends with the bare run's checksum. Restarting it is not
+/// supported yet (see docs/ssh-plugin.md: PMIx segments in /tmp and TCP
+/// connections between hosts).
+#[test]
+fn openmpi_job_across_two_hosts_is_checkpointed() {
+    let rig = common::rig(2);
+    let prog = common::compile(&rig, "mpi_ring", &["mpi"]);
+    let hostfile = rig.shared_dir().join("mpi-hosts");
+    std::fs::write(&hostfile, "node0 slots=2\nnode1 slots=2\n").unwrap();
+    let script = format!(
+        "mpirun --allow-run-as-root --hostfile {} -np 4 --mca plm_rsh_agent '{}' --mca btl tcp,self \
+         --mca btl_tcp_if_include {net} --mca oob_tcp_if_include {net} {} 400",
+        hostfile.display(),
+        common::ssh(&rig),
+        prog.display(),
+        net = rig.subnet()
+    );
+    let bare = common::bare(&rig, 0, &script);
+    assert!(bare.contains("\nsize 4 checksum "), "bare run: {bare}");
+    let mut job = Job::launch(&rig, "openmpi", &script, &[]);
+    job.wait_for("iter 100 ");
+    // mpirun, dmtcp_ssh, 2 ranks (node0); dmtcp_sshd, orted, 2 ranks (node1)
+    job.wait_peers(8);
+    let procs = job.processes();
+    let count = |prog: &str, host: &str| procs.iter().filter(|(p, h, _)| p == prog && h == host).count();
+    assert!(count("orted", "node1") == 1 && count("mpi_ring", "node1") == 2 && count("mpi_ring", "node0") == 2, "{procs:?}");
+    job.checkpoint();
+    assert_eq!(common::images(&job.ckpt).len(), 8, "{}", job.diag());
+    job.wait_for("iter 200 ");
+    job.checkpoint();
+    job.wait_for("checksum");
+    job.finish();
+    assert_eq!(job.output(), bare, "{}", job.diag());
+}

@@ -311,6 +311,11 @@ fn main() {
         }
     }
     r.flush_outputs();
+    // Our stdio is shared with the program that ran ssh: leave it blocking
+    // as we found it.
+    for fd in 0..3 {
+        sys::set_nonblock(fd, false);
+    }
     sys::close(local.fds.to_ssh);
     let ssh_status = sys::wait_child(local.pid, false).ok().flatten();
     match local.status.or(ssh_status) {

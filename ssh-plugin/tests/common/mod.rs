@@ -47,6 +47,15 @@ pub fn bare(rig: &Rig, k: usize, script: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The images in `dir`.
+pub fn images(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "dmtcp")).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// A job launched on node0 under a new coordinator.
 pub struct Job<'a> {
     pub rig: &'a Rig,
