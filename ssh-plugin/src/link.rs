@@ -62,6 +62,24 @@ impl Queue {
         self.push(&(payload.len() as u32).to_le_bytes());
         self.push(payload);
     }
+    /// Read up to MAX_FRAME bytes from `fd` as one frame of type `ty`
+    /// (nothing queued when the read gives nothing).
+    fn read_frame(&mut self, fd: RawFd, ty: u8) -> io::Result<usize> {
+        let head = self.buf.len();
+        self.push(&[ty, 0, 0, 0, 0]);
+        let head = if self.buf.len() == 5 { 0 } else { head };
+        match read_append(fd, &mut self.buf, MAX_FRAME) {
+            Ok(n) if n > 0 => {
+                self.buf[head + 1..head + 5].copy_from_slice(&(n as u32).to_le_bytes());
+                Ok(n)
+            }
+            r => {
+                self.buf.truncate(head);
+                r
+            }
+        }
+    }
+
     /// Write what the fd takes now; Err on a broken fd.
     fn flush_some(&mut self, fd: RawFd) -> io::Result<()> {
         while !self.is_empty() {
@@ -80,6 +98,18 @@ impl Queue {
     }
 }
 
+/// Read at most this much from the link at once.
+const LINK_READ: usize = 256 * 1024;
+
+/// Read up to `max` bytes from `fd` onto the end of `buf`.
+fn read_append(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let old = buf.len();
+    buf.resize(old + max, 0);
+    let r = sys::read(fd, &mut buf[old..]);
+    buf.truncate(old + *r.as_ref().unwrap_or(&0));
+    r
+}
+
 /// A local fd the relay writes to.
 pub struct Out {
     pub fd: RawFd,
@@ -92,6 +122,7 @@ pub struct Out {
 impl Out {
     pub fn new(fd: RawFd) -> Out {
         sys::set_nonblock(fd, true);
+        sys::grow_pipe(fd);
         Out { fd, q: Queue::default(), close_when_empty: false, closed: false }
     }
     pub fn send(&mut self, b: &[u8]) {
@@ -119,6 +150,7 @@ pub struct Source {
 impl Source {
     pub fn new(fd: RawFd, dest: Dest) -> Source {
         sys::set_nonblock(fd, true);
+        sys::grow_pipe(fd);
         Source { fd, dest, open: true }
     }
 }
@@ -153,7 +185,6 @@ pub struct Relay {
     pub closing: bool,
     draining: bool,
     peer_marker: bool,
-    scratch: Vec<u8>,
 }
 
 /// Wakes the relay's poll (hooks and signal handlers write to it).
@@ -181,6 +212,8 @@ impl Relay {
         WAKE_FD.store(wake, Ordering::SeqCst);
         sys::set_nonblock(link_in, true);
         sys::set_nonblock(link_out, true);
+        sys::grow_pipe(link_in);
+        sys::grow_pipe(link_out);
         Ok(Relay {
             link_in,
             link_out,
@@ -194,7 +227,6 @@ impl Relay {
             closing: false,
             draining: false,
             peer_marker: false,
-            scratch: vec![0; 256 * 1024],
         })
     }
 
@@ -212,6 +244,8 @@ impl Relay {
     pub fn relinked(&mut self) {
         sys::set_nonblock(self.link_in, true);
         sys::set_nonblock(self.link_out, true);
+        sys::grow_pipe(self.link_in);
+        sys::grow_pipe(self.link_out);
         self.in_dead = false;
         self.out_dead = false;
     }
@@ -325,64 +359,54 @@ impl Relay {
     }
 
     fn read_link(&mut self, role: &mut dyn Role) {
-        let n = match sys::read(self.link_in, &mut self.scratch) {
-            Ok(0) => {
+        let mut buf = std::mem::take(&mut self.inbuf);
+        match read_append(self.link_in, &mut buf, LINK_READ) {
+            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {
+                self.inbuf = buf;
+                return;
+            }
+            Ok(0) | Err(_) => {
+                self.inbuf = buf;
                 self.in_dead = true;
                 if !self.draining {
                     role.link_lost(self);
                 }
                 return;
             }
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => return,
-            Err(_) => {
-                self.in_dead = true;
-                if !self.draining {
-                    role.link_lost(self);
-                }
-                return;
-            }
-        };
-        self.inbuf.extend_from_slice(&self.scratch[..n]);
+            Ok(_) => {}
+        }
         let mut at = 0;
-        while self.inbuf.len() - at >= 5 {
-            let ty = self.inbuf[at];
-            let len = u32::from_le_bytes([self.inbuf[at + 1], self.inbuf[at + 2], self.inbuf[at + 3], self.inbuf[at + 4]]) as usize;
-            if self.inbuf.len() - at - 5 < len {
+        while buf.len() - at >= 5 {
+            let ty = buf[at];
+            let len = u32::from_le_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]) as usize;
+            if buf.len() - at - 5 < len {
                 break;
             }
-            let data = self.inbuf[at + 5..at + 5 + len].to_vec();
-            at += 5 + len;
+            let data = &buf[at + 5..at + 5 + len];
             if ty == DRAIN {
                 self.peer_marker = true;
             } else {
-                role.frame(self, ty, &data);
+                role.frame(self, ty, data);
             }
+            at += 5 + len;
         }
-        self.inbuf.drain(..at);
+        buf.drain(..at);
+        self.inbuf = buf;
     }
 
     fn read_source(&mut self, role: &mut dyn Role, i: usize) {
         let fd = self.srcs[i].fd;
-        let max = match self.srcs[i].dest {
-            Dest::Link(_) => MAX_FRAME,
-            Dest::Local(_) => self.scratch.len(),
+        let r = match self.srcs[i].dest {
+            Dest::Link(ty) if !self.out_dead => self.linkq.read_frame(fd, ty),
+            Dest::Link(_) => read_append(fd, &mut Vec::new(), MAX_FRAME),
+            Dest::Local(o) => read_append(fd, &mut self.outs[o].q.buf, LINK_READ),
         };
-        match sys::read(fd, &mut self.scratch[..max]) {
+        match r {
             Ok(0) => {
                 self.srcs[i].open = false;
                 role.source_eof(self, i);
             }
-            Ok(n) => match self.srcs[i].dest {
-                Dest::Link(ty) => {
-                    let data = self.scratch[..n].to_vec();
-                    self.send(ty, &data);
-                }
-                Dest::Local(o) => {
-                    let data = self.scratch[..n].to_vec();
-                    self.outs[o].send(&data);
-                }
-            },
+            Ok(_) => {}
             Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {}
             Err(_) => {
                 self.srcs[i].open = false;

@@ -57,6 +57,13 @@ pub fn set_nonblock(fd: RawFd, on: bool) {
     }
 }
 
+/// If `fd` is a pipe, make it hold 1 MiB (fewer, larger transfers);
+/// harmless otherwise.
+pub fn grow_pipe(fd: RawFd) {
+    // SAFETY: F_SETPIPE_SZ changes only the pipe's capacity; other fds refuse it.
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) };
+}
+
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is writable for its length.
     check_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
