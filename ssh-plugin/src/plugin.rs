@@ -170,6 +170,12 @@ unsafe fn exec_dmtcp_ssh(prog: *const c_char, argv: *const *const c_char, envp: 
     if prog.is_null() || argv.is_null() || me[0] == 0 || !is_ssh(unsafe { CStr::from_ptr(prog) }.to_bytes()) || !unsafe { keeps_plugin(envp) } {
         return None;
     }
+    // A path that is not an executable file fails as it would have
+    // (callers such as Python's subprocess try each PATH entry in turn).
+    // SAFETY: prog is a C string (caller's contract); access allocates nothing.
+    if unsafe { CStr::from_ptr(prog) }.to_bytes().contains(&b'/') && unsafe { libc::access(prog, libc::X_OK) } != 0 {
+        return None;
+    }
     let real = next_exec(c"execve")?;
     let mut n = 0;
     // SAFETY: null-terminated argv.

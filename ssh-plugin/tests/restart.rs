@@ -223,3 +223,40 @@ fn openmpi_job_across_two_hosts_is_checkpointed() {
     job.finish();
     assert_eq!(job.output(), bare, "{}", job.diag());
 }
+
+/// Two sessions to the same host at once, one started by Python's
+/// subprocess (a vfork child execs ssh), across a restart: every line of
+/// both comes once (the two streams interleave, so lines are compared
+/// sorted).
+#[test]
+fn two_sessions_to_one_host_one_from_python() {
+    let rig = common::rig(2);
+    let counter = common::compile(&rig, "counter", &[]).display().to_string();
+    let ssh = common::ssh(&rig);
+    let cfg = rig.ssh_config().display().to_string();
+    let script = format!(
+        "python3 -c 'import subprocess; subprocess.run([\"ssh\", \"-F\", \"{cfg}\", \"node1\", \"{counter}\", \"py\", \"300\", \"10\"], check=True)' & \
+         {ssh} node1 {counter} sh 300 10; wait $!; echo rc=$?"
+    );
+    let sorted = |s: &str| {
+        let mut v: Vec<&str> = s.lines().collect();
+        v.sort();
+        v.join("\n")
+    };
+    let bare = common::bare(&rig, 0, &script);
+    assert!(bare.contains("py 300\n") && bare.contains("sh 300\n") && bare.ends_with("rc=0\n"), "bare run: {bare}");
+    let mut job = Job::launch(&rig, "two", &script, &[]);
+    job.wait_for("py 100\n");
+    job.wait_for("sh 100\n");
+    let procs = job.processes();
+    assert_eq!(procs.iter().filter(|(p, h, _)| p == "dmtcp_sshd" && h == "node1").count(), 2, "{procs:?}");
+    job.checkpoint();
+    job.wait_for("py 150\n");
+    job.kill();
+    job.restart(&[]);
+    job.wait_for("rc=");
+    job.finish();
+    let out = job.output();
+    assert_eq!(sorted(&out), sorted(&bare), "{}", job.diag());
+    assert!(out.ends_with("rc=0\n"), "{}", job.diag());
+}
