@@ -439,11 +439,15 @@ struct CtlState {
     active: bool,
     /// A drain is asked for and not done yet.
     req: bool,
-    /// After the drain: 1 resumed, 2 restarted.
+    /// This checkpoint round asked for a drain (so its end releases the relay).
+    in_round: bool,
+    /// The end of the drained round, for the relay to take: 1 resumed,
+    /// 2 restarted. Only the relay clears it: a new round's PRESUSPEND may
+    /// come before the relay ran again after RESUME.
     phase: u32,
 }
 
-pub static CTL: Ctl = Ctl { m: Mutex::new(CtlState { active: false, req: false, phase: 0 }), cv: Condvar::new() };
+pub static CTL: Ctl = Ctl { m: Mutex::new(CtlState { active: false, req: false, in_round: false, phase: 0 }), cv: Condvar::new() };
 
 impl Ctl {
     fn lock(&self) -> std::sync::MutexGuard<'_, CtlState> {
@@ -463,12 +467,14 @@ impl Ctl {
         self.lock().req
     }
     /// The drain is done: release the hook, wait for the end of the
-    /// checkpoint. True if this process was restarted.
+    /// checkpoint. True if this process was restarted. A new drain request
+    /// instead of an end (a round that stopped without RESUME) also ends
+    /// the wait: the relay drains again.
     fn drained_wait(&self) -> bool {
         let mut g = self.lock();
         g.req = false;
         self.cv.notify_all();
-        while g.phase == 0 {
+        while g.phase == 0 && !g.req {
             g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
         }
         let r = g.phase == 2;
@@ -482,7 +488,8 @@ impl Ctl {
             return;
         }
         g.req = true;
-        g.phase = 0;
+        g.in_round = true;
+        self.cv.notify_all();
         let fd = WAKE_FD.load(Ordering::SeqCst);
         if fd >= 0 {
             sys::eventfd_poke(fd);
@@ -494,7 +501,8 @@ impl Ctl {
     /// RESUME / RESTART hook: let the relay go on.
     pub fn resume(&self, restarted: bool) {
         let mut g = self.lock();
-        if g.active {
+        if g.in_round {
+            g.in_round = false;
             g.phase = if restarted { 2 } else { 1 };
             self.cv.notify_all();
         }

@@ -260,3 +260,24 @@ fn two_sessions_to_one_host_one_from_python() {
     assert_eq!(sorted(&out), sorted(&bare), "{}", job.diag());
     assert!(out.ends_with("rc=0\n"), "{}", job.diag());
 }
+
+/// Checkpoints back to back, while data flows: a round's PRESUSPEND can
+/// reach a relay before it ran again after the previous RESUME (this hung
+/// the relay once); then a kill and a restart from the last one.
+#[test]
+fn back_to_back_checkpoints_while_streaming() {
+    let rig = common::rig(2);
+    let counter = common::compile(&rig, "counter", &[]);
+    let script = format!("{} node1 {} line 3000 1; echo rc=$?", common::ssh(&rig), counter.display());
+    let bare = common::bare(&rig, 0, &script);
+    let mut job = Job::launch(&rig, "b2b", &script, &[]);
+    job.wait_for("line 100\n");
+    for _ in 0..8 {
+        job.checkpoint();
+    }
+    job.kill();
+    job.restart(&[]);
+    job.wait_for("rc=");
+    job.finish();
+    assert_eq!(job.output(), bare, "{}", job.diag());
+}
