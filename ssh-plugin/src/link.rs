@@ -187,6 +187,40 @@ pub struct Relay {
     peer_marker: bool,
 }
 
+/// A short name in a fixed buffer: what the restart hooks use, which run
+/// while the program's threads are suspended (no allocation there).
+pub struct Name {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Name {
+    pub const fn new() -> Name {
+        Name { buf: [0; 256], len: 0 }
+    }
+    /// Append (cut at the buffer's end).
+    pub fn push(&mut self, b: &[u8]) -> &mut Name {
+        let n = b.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&b[..n]);
+        self.len += n;
+        self
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+    /// Fill with `f` (it returns the length it wrote).
+    pub fn fill(&mut self, f: impl FnOnce(&mut [u8]) -> usize) {
+        self.len = f(&mut self.buf).min(self.buf.len());
+    }
+}
+
+/// The abstract socket where a restored dmtcp_sshd waits for its session.
+pub fn socket_name(session: &[u8]) -> Name {
+    let mut n = Name::new();
+    n.push(b"dmtcp-ssh-").push(session);
+    n
+}
+
 /// Wakes the relay's poll (hooks and signal handlers write to it).
 pub static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 /// Signals received, one bit each (for `Role::wake`).

@@ -180,11 +180,11 @@ pub fn ignore_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
-fn abstract_addr(name: &str) -> (libc::sockaddr_un, libc::socklen_t) {
+fn abstract_addr(name: &[u8]) -> (libc::sockaddr_un, libc::socklen_t) {
     // SAFETY: sockaddr_un is plain data; all zeroes is valid.
     let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     a.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let b = name.as_bytes();
+    let b = name;
     let n = b.len().min(a.sun_path.len() - 1);
     for (i, &c) in b[..n].iter().enumerate() {
         a.sun_path[i + 1] = c as libc::c_char;
@@ -194,7 +194,7 @@ fn abstract_addr(name: &str) -> (libc::sockaddr_un, libc::socklen_t) {
 }
 
 /// A listening abstract unix socket `\0name` (close-on-exec).
-pub fn listen_abstract(name: &str) -> io::Result<RawFd> {
+pub fn listen_abstract(name: &[u8]) -> io::Result<RawFd> {
     // SAFETY: a new socket of our own.
     let fd = check(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     let (a, len) = abstract_addr(name);
@@ -210,7 +210,7 @@ pub fn listen_abstract(name: &str) -> io::Result<RawFd> {
 }
 
 /// Connect to the abstract unix socket `\0name`.
-pub fn connect_abstract(name: &str) -> io::Result<RawFd> {
+pub fn connect_abstract(name: &[u8]) -> io::Result<RawFd> {
     // SAFETY: a new socket of our own.
     let fd = check(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     let (a, len) = abstract_addr(name);
@@ -303,11 +303,17 @@ pub fn recv_fds(sock: RawFd) -> io::Result<[RawFd; PASSED]> {
     }
 }
 
-pub fn hostname() -> String {
-    let mut b = [0u8; 256];
+/// This host's name into `b`; its length (no allocation).
+pub fn hostname_into(b: &mut [u8]) -> usize {
+    b.fill(0);
     // SAFETY: gethostname writes at most b.len() bytes.
     unsafe { libc::gethostname(b.as_mut_ptr().cast(), b.len()) };
-    let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    b.iter().position(|&c| c == 0).unwrap_or(b.len())
+}
+
+pub fn hostname() -> String {
+    let mut b = [0u8; 256];
+    let n = hostname_into(&mut b);
     String::from_utf8_lossy(&b[..n]).into_owned()
 }
 

@@ -43,6 +43,7 @@ fn streams_both_ways_survive_restart() {
     let gen = common::compile(&rig, "gen", &[]).display().to_string();
     let ssh = common::ssh(&rig);
     let gates = rig.shared_dir().join("gates");
+    let _ = std::fs::remove_dir_all(&gates);
     std::fs::create_dir_all(&gates).unwrap();
     let script = |g: &str| {
         format!(
@@ -62,6 +63,7 @@ fn streams_both_ways_survive_restart() {
     let mut job = Job::launch(&rig, "streams", &script(&gates.display().to_string()), &[]);
     for dir in ["up", "down"] {
         job.wait_for(&format!("{dir} half\n"));
+        assert!(!gates.join(dir).exists() && !job.output().contains(&format!("{dir} sent\n")), "{dir}: the generator passed its gate{}", job.diag());
         job.checkpoint();
         // Open the gate and checkpoint again at once: the second half
         // is streaming, with bytes in the pipes and in the relays.

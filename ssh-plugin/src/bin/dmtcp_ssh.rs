@@ -26,20 +26,18 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 /// The host the restarted dmtcp_sshd published (RESTART hook → main thread).
-static NEW_HOST: Mutex<Option<String>> = Mutex::new(None);
+static NEW_HOST: Mutex<link::Name> = Mutex::new(link::Name::new());
 /// This session's id (for the hook).
-static SESSION: Mutex<String> = Mutex::new(String::new());
+static SESSION: Mutex<link::Name> = Mutex::new(link::Name::new());
 
 extern "C" fn phase(p: libc::c_int) {
     match p {
         capi::PHASE_PRESUSPEND => link::CTL.presuspend(),
         capi::PHASE_RESUME => link::CTL.resume(false),
         capi::PHASE_RESTART_LOOKUP => {
-            let session = SESSION.lock().map(|s| s.clone()).unwrap_or_default();
-            let mut buf = [0u8; 1024];
-            let host = capi::kv_get(c"ssh", session.as_bytes(), &mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
-            if let Ok(mut h) = NEW_HOST.lock() {
-                *h = host;
+            // Threads suspended: nothing here allocates.
+            if let (Ok(session), Ok(mut host)) = (SESSION.lock(), NEW_HOST.lock()) {
+                host.fill(|b| capi::kv_get(c"ssh", session.as_bytes(), b).unwrap_or(0));
             }
             link::CTL.resume(true);
         }
@@ -207,7 +205,8 @@ impl Role for Local {
         r.done = true;
     }
     fn reconnect(&mut self, r: &mut Relay) -> std::io::Result<()> {
-        let host = NEW_HOST.lock().ok().and_then(|h| h.clone()).unwrap_or_else(|| self.args.host());
+        let found = NEW_HOST.lock().map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()).unwrap_or_default();
+        let host = if found.is_empty() { self.args.host() } else { found };
         let dest = self.args.dest_on(&host);
         let cmd = format!("{} --reconnect {}", shell_quote(&bin_dir().join("dmtcp_sshd").display().to_string()), shell_quote(&self.session));
         let (pid, fds) = spawn_ssh(&self.ssh, &self.args.argv_for(&dest, &cmd))?;
@@ -268,7 +267,7 @@ fn main() {
     sys::ignore_sigpipe();
     let session = format!("{}-{}-{:x}", sys::hostname(), std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
     if let Ok(mut s) = SESSION.lock() {
-        s.clone_from(&session);
+        s.push(session.as_bytes());
     }
     // No checkpoint until the remote side is up (or the session failed):
     // before that, bytes may sit where no image holds them.

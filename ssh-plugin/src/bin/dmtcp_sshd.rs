@@ -23,28 +23,24 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 
-static SESSION: Mutex<String> = Mutex::new(String::new());
+static SESSION: Mutex<link::Name> = Mutex::new(link::Name::new());
 /// The listener made at restart for the reconnecting ssh.
 static LISTENER: AtomicI32 = AtomicI32::new(-1);
 /// How long a restored side waits for its peer's new ssh.
 const RECONNECT_WAIT_MS: i32 = 120_000;
-
-fn socket_name(session: &str) -> String {
-    format!("dmtcp-ssh-{session}")
-}
 
 extern "C" fn phase(p: libc::c_int) {
     match p {
         capi::PHASE_PRESUSPEND => link::CTL.presuspend(),
         capi::PHASE_RESUME => link::CTL.resume(false),
         capi::PHASE_RESTART_PUBLISH => {
-            let session = SESSION.lock().map(|s| s.clone()).unwrap_or_default();
-            match sys::listen_abstract(&socket_name(&session)) {
-                Ok(fd) => {
-                    LISTENER.store(fd, Ordering::SeqCst);
-                    capi::kv_put(c"ssh", session.as_bytes(), sys::hostname().as_bytes());
-                }
-                Err(e) => eprintln!("dmtcp_sshd: cannot listen for the reconnecting ssh: {e}"),
+            // Threads suspended: nothing here allocates.
+            let Ok(session) = SESSION.lock() else { return };
+            if let Ok(fd) = sys::listen_abstract(link::socket_name(session.as_bytes()).as_bytes()) {
+                LISTENER.store(fd, Ordering::SeqCst);
+                let mut host = link::Name::new();
+                host.fill(sys::hostname_into);
+                capi::kv_put(c"ssh", session.as_bytes(), host.as_bytes());
             }
         }
         capi::PHASE_RESTART_LOOKUP => link::CTL.resume(true),
@@ -112,7 +108,7 @@ impl Role for Remote {
     fn reconnect(&mut self, r: &mut Relay) -> std::io::Result<()> {
         let l = LISTENER.swap(-1, Ordering::SeqCst);
         if l < 0 {
-            return Err(std::io::Error::other("no listener"));
+            return Err(std::io::Error::other("could not listen for the reconnecting ssh"));
         }
         let mut p = [libc::pollfd { fd: l, events: libc::POLLIN, revents: 0 }];
         let ready = sys::poll(&mut p, RECONNECT_WAIT_MS);
@@ -144,10 +140,10 @@ impl Role for Remote {
 /// then stay until it closes the connection (sshd keeps the session as
 /// long as we run).
 fn reconnect_helper(session: &str) -> i32 {
-    let name = socket_name(session);
+    let name = link::socket_name(session.as_bytes());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let conn = loop {
-        match sys::connect_abstract(&name) {
+        match sys::connect_abstract(name.as_bytes()) {
             Ok(c) => break c,
             Err(e) if std::time::Instant::now() > deadline => {
                 eprintln!("dmtcp_sshd: no restored session {session} on this host: {e}");
@@ -191,7 +187,7 @@ fn main() {
         capi::claim_fd(fd);
     }
     if let Ok(mut s) = SESSION.lock() {
-        s.clone_from(&session);
+        s.push(session.as_bytes());
     }
     capi::set_role(phase);
     sys::ignore_sigpipe();
