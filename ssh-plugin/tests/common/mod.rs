@@ -109,9 +109,11 @@ impl<'a> Job<'a> {
         let out = self.output();
         let tail: String = out.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
         format!(
-            "\n--- out.txt tail (newest first): {tail}\n--- err.txt:\n{}\n--- restart.err:\n{}\n--- list:\n{}",
+            "\n--- out.txt tail (newest first): {tail}\n--- err.txt:\n{}\n--- restart.err:\n{}\n--- restart.out:\n{}\n--- status:\n{}\n--- list:\n{}",
             read("err.txt"),
             read("restart.err"),
+            read("restart.out"),
+            String::from_utf8_lossy(&self.command(&["-s"]).stdout),
             String::from_utf8_lossy(&self.command(&["-l"]).stdout)
         )
     }
