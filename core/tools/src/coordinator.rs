@@ -741,7 +741,13 @@ fn decide_round(g: &mut State, members: BTreeSet<u64>) {
 fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     let Some(round) = g.round.take() else { return };
     let errors: Vec<String> = round.done.values().filter_map(|d| d.2.clone()).collect();
-    let images: Vec<String> = round.done.values().map(|d| d.0.clone()).filter(|s| !s.is_empty()).collect();
+    let taken: Vec<(String, String)> = round
+        .done
+        .iter()
+        .filter(|(_, d)| !d.0.is_empty())
+        .map(|(id, d)| (d.0.clone(), g.peers.get(id).map(|p| p.info.hostname.clone()).unwrap_or_else(|| g.host.clone())))
+        .collect();
+    let images: Vec<String> = taken.iter().map(|t| t.0.clone()).collect();
     let lost = round.lost || round.participants.len() != round.done.len();
     // The verdict given at "checkpointed" (a process lost after it spoils
     // the reply, not the images already renamed).
@@ -750,7 +756,7 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     if round.committing == Some(true) {
         g.last_images = images.clone();
         r.images = images.clone();
-        match write_restart_script(g, &images) {
+        match write_restart_script(g, &taken) {
             Ok(p) => say(g, format_args!("checkpoint complete; restart script {}", p.display())),
             Err(e) => say(g, format_args!("checkpoint complete, but the restart script failed: {e}")),
         }
@@ -777,8 +783,9 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     }
 }
 
-fn write_restart_script(g: &State, images: &[String]) -> std::io::Result<PathBuf> {
-    let first = PathBuf::from(&images[0]);
+/// `images`: (image path, host it was taken on).
+fn write_restart_script(g: &State, images: &[(String, String)]) -> std::io::Result<PathBuf> {
+    let first = PathBuf::from(&images[0].0);
     let dir = g
         .opts
         .ckpt_dir
@@ -797,8 +804,9 @@ fn write_restart_script(g: &State, images: &[String]) -> std::io::Result<PathBuf
         .unwrap_or_else(|| "dmtcp_restart".into());
     let names: Vec<String> = images
         .iter()
-        .map(|i| Path::new(i).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|i| Path::new(&i.0).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
         .collect();
+    let hosts: Vec<String> = images.iter().map(|i| i.1.clone()).collect();
     let script = crate::script::render(&crate::script::ScriptInfo {
         comp_id: comp,
         generation: g.generation,
@@ -808,6 +816,7 @@ fn write_restart_script(g: &State, images: &[String]) -> std::io::Result<PathBuf
         restart_bin,
         ckpt_dir: dir.display().to_string(),
         images: names,
+        hosts,
     });
     // Written under a fresh name (O_EXCL, O_NOFOLLOW: nothing planted at a
     // name is ever followed) and renamed over the script; the link too.

@@ -34,6 +34,8 @@ Plugins:
                           survive a checkpoint and restart
   --disable-<name>-plugin Disable an internal plugin (process, event, pty, file,
                           socket, sysv, timers)
+  --disable-ssh-plugin    Leave ssh alone (by default, ssh sessions started by the
+                          program are part of the computation: libdmtcp_ssh.so)
 
 Other:
   -t, --tmpdir DIR        Directory for temporary files (env DMTCP_TMPDIR)
@@ -52,6 +54,7 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
     let mut signal: Option<i32> = None;
     let mut quiet: u32 = std::env::var(E::QUIET).ok().and_then(|q| q.parse().ok()).unwrap_or(0);
     let mut disabled: Vec<String> = Vec::new();
+    let mut ssh_plugin = true;
     let mut tmpdir: Option<String> = None;
     let mut plugins: Vec<String> = std::env::var(E::PLUGIN)
         .ok()
@@ -115,6 +118,10 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
                 quiet += 1;
                 Ok(())
             }
+            "--disable-ssh-plugin" => {
+                ssh_plugin = false;
+                Ok(())
+            }
             s if s.starts_with("--disable-") && s.ends_with("-plugin") && s.len() > 17 => {
                 disabled.push(s["--disable-".len()..s.len() - "-plugin".len()].to_string());
                 Ok(())
@@ -173,7 +180,11 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
             return 1;
         }
     }
-    let mut preload = std::iter::once(lib.display().to_string()).chain(plugins.iter().cloned()).collect::<Vec<_>>().join(":");
+    // The ssh plugin comes right after the engine: the engine's exec
+    // wrappers reach its execve/execvpe (dlsym RTLD_NEXT).
+    let ssh = client::bin_dir().join("libdmtcp_ssh.so");
+    let ssh = (ssh_plugin && ssh.exists()).then(|| ssh.display().to_string());
+    let mut preload = std::iter::once(lib.display().to_string()).chain(ssh).chain(plugins.iter().cloned()).collect::<Vec<_>>().join(":");
     if let Ok(p) = std::env::var("LD_PRELOAD") {
         if !p.is_empty() {
             preload = format!("{preload}:{p}");

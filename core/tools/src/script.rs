@@ -10,6 +10,8 @@ pub struct ScriptInfo {
     pub restart_bin: String,
     pub ckpt_dir: String,
     pub images: Vec<String>,
+    /// The host each image was taken on (same order as `images`).
+    pub hosts: Vec<String>,
 }
 
 fn quote(s: &str) -> String {
@@ -29,6 +31,7 @@ fn comment(s: &str) -> String {
 /// The script text.
 pub fn render(i: &ScriptInfo) -> String {
     let images: Vec<String> = i.images.iter().map(|s| quote(s)).collect();
+    let hosts: Vec<String> = (0..i.images.len()).map(|k| quote(i.hosts.get(k).map(String::as_str).unwrap_or(&i.coord_host))).collect();
     format!(
         r#"#!/bin/bash
 # Restart script written by dmtcp_coordinator (DMTCP-rs {version})
@@ -44,7 +47,13 @@ OPTIONS:
   --coord-port, -p PORT  coordinator port (default: $DMTCP_COORD_PORT or {port})
   --interval, -i SECS    checkpoint interval after restart (default: {interval})
   --restartdir, -d DIR   directory holding the images (default: {dir})
-  --help                 print this message'
+  --hostfile FILE        restart the images of the i-th original host on the
+                         i-th host of FILE (one per line, first word; also
+                         $SLURM_JOB_NODELIST or $PBS_NODEFILE when set)
+  --help                 print this message
+
+Images of other hosts than this one are restarted there over ssh
+($DMTCP_RSH, default "ssh"), all joining one coordinator.'
 
 default_host={hostq}
 coord_host="${{DMTCP_COORD_HOST:-$default_host}}"
@@ -53,6 +62,7 @@ interval={interval}
 restart_dir={dirq}
 default_restart={binq}
 dmtcp_restart="${{DMTCP_RESTART:-$default_restart}}"
+hostfile=
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -61,16 +71,94 @@ while [ $# -gt 0 ]; do
     -p|--coord-port|--port) coord_port="$2"; shift 2;;
     -i|--interval) interval="$2"; shift 2;;
     -d|--restartdir) restart_dir="$2"; shift 2;;
-    --hostfile) echo "dmtcp_restart_script.sh: --hostfile: this job ran on one host; ignoring" >&2; shift 2;;
+    --hostfile) hostfile="$2"; shift 2;;
     *) echo "dmtcp_restart_script.sh: unknown option '$1'" >&2; echo "$usage_str" >&2; exit 1;;
   esac
 done
 
 images=({images})
-paths=()
-for f in "${{images[@]}}"; do paths+=("$restart_dir/$f"); done
+hosts=({hosts})
+set +e
 
-exec "$dmtcp_restart" --coord-host "$coord_host" --coord-port "$coord_port" --interval "$interval" "${{paths[@]}}"
+# The original hosts, in order of first appearance.
+old_hosts=()
+for h in "${{hosts[@]}}"; do
+  seen=0
+  for o in "${{old_hosts[@]}}"; do [ "$o" = "$h" ] && seen=1; done
+  [ $seen = 1 ] || old_hosts+=("$h")
+done
+
+# New hosts, in order: --hostfile, else the batch system's node list.
+new_hosts=()
+if [ -n "$hostfile" ]; then
+  while read -r h _; do
+    case "$h" in ''|'#'*) continue;; esac
+    new_hosts+=("$h")
+  done < "$hostfile"
+elif [ -n "${{SLURM_JOB_NODELIST:-}}" ] && command -v scontrol >/dev/null; then
+  while read -r h; do new_hosts+=("$h"); done < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+elif [ -n "${{PBS_NODEFILE:-}}" ] && [ -r "$PBS_NODEFILE" ]; then
+  while read -r h; do new_hosts+=("$h"); done < <(awk '!seen[$1]++ {{print $1}}' "$PBS_NODEFILE")
+fi
+if [ ${{#new_hosts[@]}} -gt 0 ] && [ ${{#new_hosts[@]}} -lt ${{#old_hosts[@]}} ]; then
+  echo "dmtcp_restart_script.sh: ${{#old_hosts[@]}} hosts needed, the host list has ${{#new_hosts[@]}}" >&2
+  exit 1
+fi
+
+this_host=$(hostname)
+is_here() {{ [ "$1" = "$this_host" ] || [ "$1" = localhost ] || [ "$1" = 127.0.0.1 ]; }}
+
+local_paths=()
+remote_hosts=()
+remote_paths=()
+for k in "${{!old_hosts[@]}}"; do
+  target="${{new_hosts[$k]:-${{old_hosts[$k]}}}}"
+  group=()
+  for j in "${{!images[@]}}"; do
+    [ "${{hosts[$j]}}" = "${{old_hosts[$k]}}" ] && group+=("$restart_dir/${{images[$j]}}")
+  done
+  if is_here "$target"; then
+    local_paths+=("${{group[@]}}")
+  else
+    remote_hosts+=("$target")
+    quoted=
+    for f in "${{group[@]}}"; do quoted+=" $(printf '%q' "$f")"; done
+    remote_paths+=("$quoted")
+  fi
+done
+
+if [ ${{#remote_hosts[@]}} -eq 0 ]; then
+  exec "$dmtcp_restart" --coord-host "$coord_host" --coord-port "$coord_port" --interval "$interval" "${{local_paths[@]}}"
+fi
+
+# Several hosts: one coordinator here, every host's dmtcp_restart joins it.
+bin_dir=$(dirname "$dmtcp_restart")
+if ! "$bin_dir/dmtcp_command" --coord-host "$coord_host" --coord-port "$coord_port" -s >/dev/null 2>&1; then
+  if ! is_here "$coord_host"; then
+    echo "dmtcp_restart_script.sh: no coordinator at $coord_host:$coord_port" >&2
+    exit 1
+  fi
+  port_file=$(mktemp)
+  rm -f "$port_file"
+  "$bin_dir/dmtcp_coordinator" --daemon --exit-on-last -q -p "$coord_port" --port-file "$port_file" -i "$interval" </dev/null
+  for _ in $(seq 200); do [ -s "$port_file" ] && break; sleep 0.05; done
+  [ -s "$port_file" ] && coord_port=$(cat "$port_file")
+  rm -f "$port_file"
+fi
+case "$coord_host" in localhost|127.*|::1) coord_host="$this_host";; esac
+rsh=(${{DMTCP_RSH:-ssh}})
+pids=()
+if [ ${{#local_paths[@]}} -gt 0 ]; then
+  "$dmtcp_restart" --join-coordinator --coord-host "$coord_host" --coord-port "$coord_port" --interval "$interval" "${{local_paths[@]}}" &
+  pids+=($!)
+fi
+for k in "${{!remote_hosts[@]}}"; do
+  "${{rsh[@]}}" -n "${{remote_hosts[$k]}}" "$(printf '%q' "$dmtcp_restart") --join-coordinator --coord-host $(printf '%q' "$coord_host") --coord-port $coord_port --interval $interval${{remote_paths[$k]}}" &
+  pids+=($!)
+done
+status=0
+for p in "${{pids[@]}}"; do wait "$p" || status=$?; done
+exit $status
 "#,
         version = dmtcp_common::VERSION,
         comp = comment(&i.comp_id),
@@ -83,6 +171,7 @@ exec "$dmtcp_restart" --coord-host "$coord_host" --coord-port "$coord_port" --in
         dirq = quote(&i.ckpt_dir),
         binq = quote(&i.restart_bin),
         images = images.join(" "),
+        hosts = hosts.join(" "),
     )
 }
 
@@ -109,6 +198,7 @@ mod tests {
             restart_bin: format!("/bin/echo\"$(touch {m})"),
             ckpt_dir: ckpt_dir.clone(),
             images: vec![format!("ckpt_x'$(touch {m}).dmtcp")],
+            hosts: vec![format!("h$(touch {m})'")],
         };
         let path = dir.join("script.sh");
         std::fs::write(&path, render(&info)).unwrap();

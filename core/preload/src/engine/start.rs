@@ -88,8 +88,11 @@ fn exe_name() -> String {
 }
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn dmtcp_init() {
-    // Our own tools are never checkpointed, even when a checkpointed program runs them.
-    if exe_name().starts_with("dmtcp_") {
+    // Our own tools are never checkpointed, even when a checkpointed program
+    // runs them; the ssh plugin's relays (dmtcp_ssh, dmtcp_sshd) are
+    // processes of the computation.
+    let exe = exe_name();
+    if exe.starts_with("dmtcp_") && !matches!(exe.as_str(), "dmtcp_ssh" | "dmtcp_sshd") {
         if take_inherited_coord().is_some() {
             // The connection of the program this tool replaced: closing it
             // tells the coordinator that process is gone.

@@ -1,0 +1,325 @@
+//! `dmtcp_ssh`: the local side of an ssh session of the computation.
+//!
+//! The plugin turns `ssh [opts] host cmd...` into `dmtcp_ssh --ssh <ssh>
+//! -- [opts] host cmd...`. This process (checkpointed) starts the real ssh
+//! outside the checkpoint, with `dmtcp_launch ... dmtcp_sshd --session ID
+//! -- 'cmd...'` as the remote command, relays stdin/stdout/stderr in
+//! frames, and exits with the remote command's status. After a restart it
+//! runs a fresh ssh to the host where dmtcp_sshd now lives, whose remote
+//! side (`dmtcp_sshd --reconnect ID`) hands the new connection over.
+
+#[path = "../capi.rs"]
+mod capi;
+#[path = "../link.rs"]
+mod link;
+#[path = "../sshargs.rs"]
+mod sshargs;
+#[path = "../sys.rs"]
+mod sys;
+
+use link::{Dest, Out, Relay, Role, Source};
+use sshargs::{shell_quote, SshArgs};
+use std::ffi::OsString;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+/// The host the restarted dmtcp_sshd published (RESTART hook → main thread).
+static NEW_HOST: Mutex<link::Name> = Mutex::new(link::Name::new());
+/// This session's id (for the hook).
+static SESSION: Mutex<link::Name> = Mutex::new(link::Name::new());
+
+extern "C" fn phase(p: libc::c_int) {
+    match p {
+        capi::PHASE_PRESUSPEND => link::CTL.presuspend(),
+        capi::PHASE_RESUME => link::CTL.resume(false),
+        capi::PHASE_RESTART_LOOKUP => {
+            // Threads suspended: nothing here allocates.
+            if let (Ok(session), Ok(mut host)) = (SESSION.lock(), NEW_HOST.lock()) {
+                host.fill(|b| capi::kv_get(c"ssh", session.as_bytes(), b).unwrap_or(0));
+            }
+            link::CTL.resume(true);
+        }
+        _ => {}
+    }
+}
+
+/// The fds of a running real ssh, at fixed numbers in this process.
+struct SshFds {
+    to_ssh: RawFd,
+    from_ssh: RawFd,
+    err: RawFd,
+}
+
+/// Directory of our programs.
+fn bin_dir() -> PathBuf {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `prog` as a path: itself if it has a slash, else found in PATH.
+fn find_program(prog: &str) -> Option<PathBuf> {
+    if prog.contains('/') {
+        return Some(PathBuf::from(prog));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
+}
+
+/// The environment of a program outside the computation: LD_PRELOAD
+/// without our libraries.
+fn outside_env() -> Vec<(OsString, OsString)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| {
+            if k == "LD_PRELOAD" {
+                let kept: Vec<&str> = v.to_str().unwrap_or("").split([':', ' ']).filter(|p| !p.is_empty() && !p.contains("libdmtcp")).collect();
+                return (!kept.is_empty()).then(|| (k, OsString::from(kept.join(":"))));
+            }
+            Some((k, v))
+        })
+        .collect()
+}
+
+/// Start the real ssh with `argv`; its stdin/stdout/stderr are pipes whose
+/// other ends are returned (claimed: the engine leaves them to us).
+fn spawn_ssh(ssh: &Path, argv: &[String]) -> std::io::Result<(i32, SshFds)> {
+    let mut cmd = Command::new(ssh);
+    cmd.args(argv).env_clear().envs(outside_env()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let to_ssh = child.stdin.take().map(IntoRawFd::into_raw_fd).unwrap_or(-1);
+    let from_ssh = child.stdout.take().map(IntoRawFd::into_raw_fd).unwrap_or(-1);
+    let err = child.stderr.take().map(IntoRawFd::into_raw_fd).unwrap_or(-1);
+    for fd in [to_ssh, from_ssh, err] {
+        sys::set_cloexec(fd);
+        capi::claim_fd(fd);
+    }
+    Ok((child.id() as i32, SshFds { to_ssh, from_ssh, err }))
+}
+
+fn is_loopback(host: &str) -> bool {
+    matches!(host, "localhost" | "localhost.localdomain" | "ip6-localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback() || a.is_unspecified())
+}
+
+/// Where the remote side finds the coordinator: DMTCP_COORD_HOST unless it
+/// is a loopback name, else our address on the way to `dest`, else our name.
+fn coord_host_for(dest: &str) -> String {
+    let h = std::env::var("DMTCP_COORD_HOST").unwrap_or_default();
+    if !h.is_empty() && !is_loopback(&h) {
+        return h;
+    }
+    use std::net::ToSocketAddrs;
+    if let Ok(addrs) = (dest, 22).to_socket_addrs() {
+        for a in addrs {
+            let Ok(s) = std::net::UdpSocket::bind(if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }) else { continue };
+            if s.connect(a).is_ok() {
+                if let Ok(l) = s.local_addr() {
+                    if !l.ip().is_loopback() && !l.ip().is_unspecified() {
+                        return l.ip().to_string();
+                    }
+                }
+            }
+        }
+    }
+    sys::hostname()
+}
+
+/// The remote command: dmtcp_sshd under dmtcp_launch, joined to our coordinator.
+fn remote_command(session: &str, host: &str, command: &str) -> String {
+    let bin = bin_dir();
+    let mut w: Vec<String> = vec![bin.join("dmtcp_launch").display().to_string(), "--join-coordinator".into()];
+    w.extend(["--coord-host".into(), coord_host_for(host)]);
+    if let Ok(p) = std::env::var("DMTCP_COORD_PORT") {
+        w.extend(["--coord-port".into(), p]);
+    }
+    if let Ok(d) = std::env::var("DMTCP_CHECKPOINT_DIR") {
+        w.extend(["--ckptdir".into(), d]);
+    }
+    match std::env::var("DMTCP_GZIP").as_deref() {
+        Ok("0") => w.push("--no-gzip".into()),
+        Ok("1") => w.push("--gzip".into()),
+        _ => {}
+    }
+    let quiet: u32 = std::env::var("DMTCP_QUIET").ok().and_then(|q| q.parse().ok()).unwrap_or(0);
+    w.extend((0..quiet.min(2)).map(|_| "-q".to_string()));
+    w.extend([bin.join("dmtcp_sshd").display().to_string(), "--session".into(), session.into(), "--".into(), command.into()]);
+    w.iter().map(|s| shell_quote(s)).collect::<Vec<_>>().join(" ")
+}
+
+struct Local {
+    args: SshArgs,
+    ssh: PathBuf,
+    session: String,
+    pid: i32,
+    fds: SshFds,
+    hello: bool,
+    /// Exit status from the remote side: Ok(code) or Err(signal).
+    status: Option<Result<i32, i32>>,
+    /// Signals forwarded (to die of the same one).
+    forwarded: Vec<i32>,
+}
+
+impl Local {
+    fn hello(&mut self) {
+        if !self.hello {
+            self.hello = true;
+            capi::enable_ckpt();
+        }
+    }
+}
+
+impl Role for Local {
+    fn frame(&mut self, r: &mut Relay, ty: u8, data: &[u8]) {
+        let v = || i32::from_le_bytes(data.get(..4).and_then(|d| d.try_into().ok()).unwrap_or([0; 4]));
+        match ty {
+            link::HELLO => self.hello(),
+            link::STDOUT => r.outs[0].send(data),
+            link::STDERR => r.outs[1].send(data),
+            link::EXIT => {
+                self.status = Some(Ok(v()));
+                r.done = true;
+            }
+            link::KILLED => {
+                self.status = Some(Err(v()));
+                r.done = true;
+            }
+            _ => {}
+        }
+    }
+    fn source_eof(&mut self, r: &mut Relay, idx: usize) {
+        if idx == 0 && self.stdin_is_source() {
+            r.send(link::EOF, &[0]);
+        }
+    }
+    fn wake(&mut self, r: &mut Relay) {
+        for s in link::take_signals() {
+            if self.hello {
+                r.send_i32(link::SIGNAL, s);
+                self.forwarded.push(s);
+            } else {
+                sys::kill(self.pid, s);
+            }
+        }
+    }
+    fn link_lost(&mut self, r: &mut Relay) {
+        r.done = true;
+    }
+    fn reconnect(&mut self, r: &mut Relay) -> std::io::Result<()> {
+        let found = NEW_HOST.lock().map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()).unwrap_or_default();
+        let host = if found.is_empty() { self.args.host() } else { found };
+        let dest = self.args.dest_on(&host);
+        let cmd = format!("{} --reconnect {}", shell_quote(&bin_dir().join("dmtcp_sshd").display().to_string()), shell_quote(&self.session));
+        let (pid, fds) = spawn_ssh(&self.ssh, &self.args.argv_for(&dest, &cmd))?;
+        // The new pipes go where the old ones were (held by /dev/null since the restart).
+        for (new, old) in [(fds.to_ssh, self.fds.to_ssh), (fds.from_ssh, self.fds.from_ssh), (fds.err, self.fds.err)] {
+            sys::dup2(new, old)?;
+            sys::close(new);
+            sys::set_cloexec(old);
+            capi::claim_fd(old);
+        }
+        self.pid = pid;
+        r.relinked();
+        let err_src = r.srcs.len() - 1;
+        r.srcs[err_src] = Source::new(self.fds.err, Dest::Local(1));
+        Ok(())
+    }
+}
+
+impl Local {
+    fn stdin_is_source(&self) -> bool {
+        !self.args.no_stdin
+    }
+}
+
+fn parse_cli() -> (PathBuf, Vec<String>) {
+    let m = clap::Command::new("dmtcp_ssh")
+        .about("Local side of an ssh session under DMTCP (run by the ssh plugin in place of ssh)")
+        .arg(clap::Arg::new("ssh").long("ssh").value_name("PROGRAM").default_value("ssh").help("The ssh client to run"))
+        .arg(clap::Arg::new("args").num_args(0..).trailing_var_arg(true).allow_hyphen_values(true).value_name("SSH ARGS").help("ssh's arguments"))
+        .get_matches();
+    let ssh = m.get_one::<String>("ssh").cloned().unwrap_or_else(|| "ssh".into());
+    let args: Vec<String> = m.get_many::<String>("args").map(|v| v.cloned().collect()).unwrap_or_default();
+    let Some(path) = find_program(&ssh) else {
+        eprintln!("dmtcp_ssh: {ssh}: command not found");
+        std::process::exit(127);
+    };
+    (path, args)
+}
+
+/// Run plain ssh as asked (no relay possible): its status is ours.
+fn exec_plain(ssh: &Path, args: &[String]) -> ! {
+    use std::os::unix::process::CommandExt;
+    let e = Command::new(ssh).args(args).env_clear().envs(outside_env()).exec();
+    eprintln!("dmtcp_ssh: cannot run {}: {e}", ssh.display());
+    std::process::exit(255)
+}
+
+fn main() {
+    let (ssh, raw) = parse_cli();
+    let args = match SshArgs::parse(&raw) {
+        Ok(a) => a,
+        // Not a session we can relay (no host, -V, ...): plain ssh says why.
+        Err(_) => exec_plain(&ssh, &raw),
+    };
+    if !capi::enabled() || !capi::set_role(phase) {
+        exec_plain(&ssh, &raw);
+    }
+    sys::ignore_sigpipe();
+    let session = format!("{}-{}-{:x}", sys::hostname(), std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    if let Ok(mut s) = SESSION.lock() {
+        s.push(session.as_bytes());
+    }
+    // No checkpoint until the remote side is up (or the session failed):
+    // before that, bytes may sit where no image holds them.
+    capi::disable_ckpt();
+    let remote = remote_command(&session, &args.host(), &args.command_string());
+    let (pid, fds) = match spawn_ssh(&ssh, &args.argv_for(&args.dest, &remote)) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("dmtcp_ssh: cannot run {}: {e}", ssh.display());
+            std::process::exit(255);
+        }
+    };
+    let mut r = match Relay::new(fds.from_ssh, fds.to_ssh) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dmtcp_ssh: {e}");
+            std::process::exit(255);
+        }
+    };
+    if args.no_stdin {
+        r.send(link::EOF, &[0]);
+        r.srcs.push(Source { fd: -1, dest: Dest::Link(link::STDIN), open: false });
+    } else {
+        r.srcs.push(Source::new(0, Dest::Link(link::STDIN)));
+    }
+    r.outs.push(Out::new(1));
+    r.outs.push(Out::new(2));
+    r.srcs.push(Source::new(fds.err, Dest::Local(1)));
+    sys::catch_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP], link::on_signal);
+    let mut local = Local { args, ssh, session, pid, fds, hello: false, status: None, forwarded: Vec::new() };
+    r.run(&mut local);
+    local.hello();
+    // ssh's own messages (it cannot connect, ...) after the relayed output.
+    let err = local.fds.err;
+    sys::set_nonblock(err, false);
+    let mut buf = [0u8; 4096];
+    if local.status.is_none() {
+        while let Ok(n @ 1..) = sys::read(err, &mut buf) {
+            r.outs[1].send(&buf[..n]);
+        }
+    }
+    r.flush_outputs();
+    // Our stdio is shared with the program that ran ssh: leave it blocking
+    // as we found it.
+    for fd in 0..3 {
+        sys::set_nonblock(fd, false);
+    }
+    sys::close(local.fds.to_ssh);
+    let ssh_status = sys::wait_child(local.pid, false).ok().flatten();
+    match local.status.or(ssh_status) {
+        Some(Ok(code)) => std::process::exit(code),
+        Some(Err(sig)) if local.forwarded.contains(&sig) => sys::die_of(sig),
+        _ => std::process::exit(255),
+    }
+}
