@@ -33,52 +33,6 @@ fn remote_counter_survives_restart() {
     assert_eq!(job.output(), bare, "{}", job.diag());
 }
 
-/// 200 MB up (`gen | ssh node1 md5sum`) and 200 MB down (`ssh node1 gen |
-/// md5sum`), each checkpointed half-way (the generator waits at a gate
-/// file until the checkpoint is taken) and again while streaming, killed
-/// and restarted: the checksums equal the uninterrupted run's.
-#[test]
-fn streams_both_ways_survive_restart() {
-    let rig = common::rig(2);
-    let gen = common::compile(&rig, "gen", &[]).display().to_string();
-    let ssh = common::ssh(&rig);
-    let gates = rig.shared_dir().join("gates");
-    let _ = std::fs::remove_dir_all(&gates);
-    std::fs::create_dir_all(&gates).unwrap();
-    let script = |g: &str| {
-        format!(
-            "{{ {gen} up 200000000 {g}/up | {ssh} node1 md5sum; echo rc=$?; \
-             {ssh} node1 '{gen} down 200000000 {g}/down 3>&2' | md5sum; echo rc=$?; }} 3>&1 2>&1"
-        )
-    };
-    let open = rig.shared_dir().join("open");
-    std::fs::create_dir_all(&open).unwrap();
-    std::fs::write(open.join("up"), "").unwrap();
-    std::fs::write(open.join("down"), "").unwrap();
-    let bare = common::bare(&rig, 0, &script(&open.display().to_string()));
-    assert_eq!(bare.matches("rc=0\n").count(), 2, "bare run: {bare}");
-    assert!(bare.starts_with("up half\nup sent\n") && bare.contains("down half\ndown sent\n"), "bare run: {bare}");
-    assert_eq!(bare.lines().filter(|l| l.ends_with("  -")).count(), 2, "bare run: {bare}");
-
-    let mut job = Job::launch(&rig, "streams", &script(&gates.display().to_string()), &[]);
-    for dir in ["up", "down"] {
-        job.wait_for(&format!("{dir} half\n"));
-        assert!(!gates.join(dir).exists() && !job.output().contains(&format!("{dir} sent\n")), "{dir}: the generator passed its gate{}", job.diag());
-        job.checkpoint();
-        // Open the gate and checkpoint again at once: the second half
-        // is streaming, with bytes in the pipes and in the relays.
-        std::fs::write(gates.join(dir), "").unwrap();
-        job.checkpoint();
-        let streaming = !job.output().contains(&format!("{dir} sent\n"));
-        eprintln!("{dir}: second checkpoint {} the stream ended", if streaming { "before" } else { "after" });
-        job.kill();
-        job.restart(&[]);
-    }
-    job.wait_for("rc=0\n");
-    job.finish();
-    assert_eq!(job.output(), bare, "{}", job.diag());
-}
-
 /// stdin forwarded to a remote reader (checkpointed mid-stream, killed,
 /// restarted), then exit codes: a remote `exit 7` gives 7, an unknown
 /// host gives ssh's own message and 255; all as in the bare run.
