@@ -184,6 +184,18 @@ fn reg_remove(o: Obj) {
     REG.lock().unwrap_or_else(|e| e.into_inner()).objs.retain(|x| *x != o);
 }
 
+/// A shadow object the program destroyed (its real one is gone): out of
+/// the registry, then freed.
+///
+/// # Safety
+/// `s` came from `Box::into_raw` and `o` is its registry entry; neither is
+/// used again.
+unsafe fn release<T>(s: *mut T, o: Obj) {
+    reg_remove(o);
+    // SAFETY: per the contract, s is ours to free, once.
+    drop(unsafe { Box::from_raw(s) });
+}
+
 pub(crate) struct Maps {
     /// Real QP number of now -> shadow QP.
     pub(crate) qp_by_real: HashMap<u32, usize>,
@@ -458,8 +470,7 @@ pub unsafe extern "C" fn ibv_close_device(c: *mut ibv_context) -> c_int {
             if oa != raf {
                 libc::close(oa);
             }
-            reg_remove(Obj::Ctx(s));
-            drop(Box::from_raw(s));
+            release(s, Obj::Ctx(s));
         }
         rc
     }
@@ -596,8 +607,7 @@ pub unsafe extern "C" fn ibv_dealloc_pd(pd: *mut ibv_pd) -> c_int {
     unsafe {
         let rc = (r.dealloc_pd)((*s).real);
         if rc == 0 {
-            reg_remove(Obj::Pd(s));
-            drop(Box::from_raw(s));
+            release(s, Obj::Pd(s));
         }
         rc
     }
@@ -669,8 +679,7 @@ pub unsafe extern "C" fn ibv_dereg_mr(mr: *mut ibv_mr) -> c_int {
                     m.lkey.remove(&k);
                 });
             }
-            reg_remove(Obj::Mr(s));
-            drop(Box::from_raw(s));
+            release(s, Obj::Mr(s));
         }
         rc
     }
@@ -748,8 +757,7 @@ pub unsafe extern "C" fn ibv_destroy_comp_channel(ch: *mut ibv_comp_channel) -> 
         }
         let rc = (r.destroy_comp_channel)((*s).real);
         if rc == 0 {
-            reg_remove(Obj::Chan(s));
-            drop(Box::from_raw(s));
+            release(s, Obj::Chan(s));
         }
         rc
     }
@@ -814,8 +822,7 @@ pub unsafe extern "C" fn ibv_destroy_cq(cq: *mut ibv_cq) -> c_int {
             if !(*s).cq.channel.is_null() {
                 (*(*s).cq.channel).refcnt -= 1;
             }
-            reg_remove(Obj::Cq(s));
-            drop(Box::from_raw(s));
+            release(s, Obj::Cq(s));
         }
         rc
     }
@@ -1046,8 +1053,7 @@ pub unsafe extern "C" fn ibv_destroy_srq(srq: *mut ibv_srq) -> c_int {
     unsafe {
         let rc = (r.destroy_srq)((*s).real);
         if rc == 0 {
-            reg_remove(Obj::Srq(s));
-            drop(Box::from_raw(s));
+            release(s, Obj::Srq(s));
         }
         rc
     }
@@ -1261,8 +1267,7 @@ pub unsafe extern "C" fn ibv_destroy_qp(qp: *mut ibv_qp) -> c_int {
             with_maps(|m| {
                 m.qp_by_real.remove(&n);
             });
-            reg_remove(Obj::Qp(s));
-            drop(Box::from_raw(s));
+            release(s, Obj::Qp(s));
         }
         rc
     }
@@ -1427,8 +1432,7 @@ pub unsafe extern "C" fn ibv_destroy_ah(ah: *mut ibv_ah) -> c_int {
     unsafe {
         let rc = (r.destroy_ah)((*s).real);
         if rc == 0 {
-            reg_remove(Obj::Ah(s));
-            drop(Box::from_raw(s));
+            release(s, Obj::Ah(s));
         }
         rc
     }
