@@ -6,7 +6,11 @@
  *          its RESTART hook maps it again (MAP_FIXED_NOREPLACE proves the
  *          range was free) and refills it, as a driver would;
  *   cache: kept out with DMTCP_MEM_ZERO: back as zeroes after a restart;
- *   data:  ordinary memory, saved.
+ *   data:  ordinary memory, saved;
+ *   reused: kept out with DMTCP_MEM_ZERO, then unmapped and mapped again
+ *          at the same address: the new memory is the program's, saved;
+ *   replaced: kept out with DMTCP_MEM_ZERO, then mapped over (MAP_FIXED):
+ *          saved too.
  *
  * It prints what it checked; without the checkpointer it still runs (the
  * weak symbols are absent) and says so. */
@@ -18,7 +22,7 @@
 #include <unistd.h>
 
 #define LEN (64 * 4096)
-static unsigned char *dev, *cache, *data;
+static unsigned char *dev, *cache, *data, *reused, *replaced;
 static int restarted, remapped, pre_ok = 1, post_ok = 1, thread_resumes;
 static char pre_dir[256], post_dir[256];
 static int pre_gen = -1, post_gen = -1;
@@ -72,6 +76,16 @@ int main(void) {
   int r2 = dmtcp_exclude_memory(cache, LEN, DMTCP_MEM_ZERO);
   int bad = dmtcp_exclude_memory(dev + 1, LEN, DMTCP_MEM_SKIP);
   printf("exclude %d %d bad %d\n", r1, r2, bad);
+  reused = mmap(0, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  replaced = mmap(0, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (reused == MAP_FAILED || replaced == MAP_FAILED) return 2;
+  dmtcp_exclude_memory(reused, LEN, DMTCP_MEM_ZERO);
+  dmtcp_exclude_memory(replaced, LEN, DMTCP_MEM_ZERO);
+  munmap(reused, LEN);
+  if (mmap(reused, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) != reused) return 2;
+  memset(reused, 0xee, LEN);
+  if (mmap(replaced, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != replaced) return 2;
+  memset(replaced, 0x77, LEN);
   for (int i = 0; i < 40 && !restarted; i++) {
     printf("step %d\n", i);
     usleep(100000);
@@ -81,6 +95,8 @@ int main(void) {
   printf("dev %s\n", all(dev, 0xd5) ? "ok" : "BAD");
   printf("cache %s\n", all(cache, restarted ? 0x00 : 0xcc) ? "ok" : "BAD");
   printf("data %s\n", all(data, 0xda) ? "ok" : "BAD");
+  printf("reused %s\n", all(reused, 0xee) ? "ok" : "BAD");
+  printf("replaced %s\n", all(replaced, 0x77) ? "ok" : "BAD");
   printf("events pre_ok %d post_ok %d pre_gen %d post_gen %d same_dir %d thread_resumes %d\n", pre_ok, post_ok, pre_gen,
          post_gen, pre_dir[0] && strcmp(pre_dir, post_dir) == 0, thread_resumes);
   return 0;

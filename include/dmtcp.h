@@ -129,7 +129,9 @@ typedef union {
  * it comes back zero-filled (a cache rebuilt on demand); DMTCP_MEM_SAVE:
  * saved again. Returns 1, or -1 for a bad argument. Mappings of character
  * devices (other than /dev/zero) are never saved: they belong to the
- * device's plugin. */
+ * device's plugin. A request holds for the memory mapped when it was
+ * made: once the program unmaps, moves (mremap) or maps over (MAP_FIXED)
+ * part of it, that part is saved again like any other memory. */
 #define DMTCP_MEM_SAVE 0
 #define DMTCP_MEM_SKIP 1
 #define DMTCP_MEM_ZERO 2

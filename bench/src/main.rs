@@ -50,7 +50,14 @@ fn workload(a: &[String]) {
     let n = gib * GIB;
     // SAFETY: a fresh anonymous mapping we own.
     let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), n, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            n,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
     assert!(p != libc::MAP_FAILED);
     // SAFETY: the mapping is n bytes long and ours.
@@ -85,11 +92,19 @@ fn workload(a: &[String]) {
 }
 
 fn bin_dir() -> PathBuf {
-    std::env::current_exe().unwrap().parent().unwrap().to_path_buf()
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn opt<'a>(a: &'a [String], name: &str, default: &'a str) -> &'a str {
-    a.iter().position(|x| x == name).and_then(|i| a.get(i + 1)).map(String::as_str).unwrap_or(default)
+    a.iter()
+        .position(|x| x == name)
+        .and_then(|i| a.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or(default)
 }
 
 struct Coord {
@@ -109,7 +124,10 @@ impl Coord {
             .spawn()
             .expect("coordinator");
         loop {
-            if let Some(port) = std::fs::read_to_string(&pf).ok().and_then(|s| s.trim().parse().ok()) {
+            if let Some(port) = std::fs::read_to_string(&pf)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
                 return Coord { child, port };
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -143,7 +161,13 @@ fn raw_write(dir: &Path, bytes: usize) -> f64 {
     unsafe { std::ptr::write_bytes(buf, 0x5a, chunk) };
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: plain open of a NUL-terminated path.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_DIRECT, 0o600) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_DIRECT,
+            0o600,
+        )
+    };
     assert!(fd >= 0, "O_DIRECT open failed in {}", dir.display());
     let t = Instant::now();
     let mut off = 0usize;
@@ -180,7 +204,16 @@ fn one(dir: &Path, gib: usize, kind: &str, mode: &str) -> Row {
     std::fs::create_dir_all(dir).unwrap();
     let coord = Coord::start(dir);
     let mut launch = Command::new(bin_dir().join("dmtcp_launch"));
-    launch.args(["-j", "-h", "127.0.0.1", "-p", &coord.port.to_string(), "--ckptdir"]).arg(dir);
+    launch
+        .args([
+            "-j",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &coord.port.to_string(),
+            "--ckptdir",
+        ])
+        .arg(dir);
     if mode == "raw" {
         launch.arg("--no-gzip");
     }
@@ -191,7 +224,9 @@ fn one(dir: &Path, gib: usize, kind: &str, mode: &str) -> Row {
         .spawn()
         .expect("launch");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line.trim(), "ready");
     let t = Instant::now();
     let out = coord.cmd(&["-bc"]);
@@ -229,13 +264,30 @@ fn one(dir: &Path, gib: usize, kind: &str, mode: &str) -> Row {
     let _ = r.wait();
     let _ = std::fs::remove_file(&img);
     let raw_s = raw_write(dir, gib * GIB);
-    Row { gib, kind: kind.into(), mode: mode.into(), ckpt_s, restart_s, image, raw_s }
+    Row {
+        gib,
+        kind: kind.into(),
+        mode: mode.into(),
+        ckpt_s,
+        restart_s,
+        image,
+        raw_s,
+    }
 }
 
 fn run(a: &[String]) {
-    let sizes: Vec<usize> = opt(a, "--sizes", "1,4").split(',').map(|s| s.parse().unwrap()).collect();
-    let kinds: Vec<String> = opt(a, "--kinds", "random,zero,untouched").split(',').map(String::from).collect();
-    let modes: Vec<String> = opt(a, "--modes", "zstd,raw").split(',').map(String::from).collect();
+    let sizes: Vec<usize> = opt(a, "--sizes", "1,4")
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let kinds: Vec<String> = opt(a, "--kinds", "random,zero,untouched")
+        .split(',')
+        .map(String::from)
+        .collect();
+    let modes: Vec<String> = opt(a, "--modes", "zstd,raw")
+        .split(',')
+        .map(String::from)
+        .collect();
     let dir = PathBuf::from(opt(a, "--dir", "target/bench-ckpt"));
     let dir = std::path::absolute(&dir).unwrap();
     println!("| GiB | memory | image | checkpoint s | ckpt GB/s | restart s | image bytes | raw O_DIRECT write s | ckpt / raw |");
@@ -267,7 +319,12 @@ fn run(a: &[String]) {
 fn overhead_program(dir: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/overhead.c");
     let out = dir.join("overhead");
-    let st = Command::new("cc").args(["-O2", "-pthread", "-o"]).arg(&out).arg(&src).status().expect("cc");
+    let st = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("cc");
     assert!(st.success(), "compiling {}", src.display());
     out
 }
@@ -291,7 +348,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The metrics the overhead program prints, in order.
-const METRICS: [&str; 5] = ["open_close", "getpid", "malloc_free", "pthread_create_join", "fork_exit_wait"];
+const METRICS: [&str; 5] = [
+    "open_close",
+    "getpid",
+    "malloc_free",
+    "pthread_create_join",
+    "fork_exit_wait",
+];
 
 fn overhead(a: &[String]) {
     let runs: usize = opt(a, "--runs", "5").parse().unwrap_or(5);
@@ -304,15 +367,24 @@ fn overhead(a: &[String]) {
     let port = coord.port.to_string();
     let launch = |args: &[&str]| {
         let mut c = Command::new(bin_dir().join("dmtcp_launch"));
-        c.args(["-j", "-h", "127.0.0.1", "-p", &port, "--ckptdir"]).arg(&dir).args(args);
+        c.args(["-j", "-h", "127.0.0.1", "-p", &port, "--ckptdir"])
+            .arg(&dir)
+            .args(args);
         c
     };
     let mut bare: Vec<Vec<f64>> = vec![Vec::new(); METRICS.len()];
     let mut under: Vec<Vec<f64>> = vec![Vec::new(); METRICS.len()];
     for _ in 0..runs {
-        for (cmd, into) in [(Command::new(&prog), &mut bare), (launch(&[prog.to_str().unwrap_or_default()]), &mut under)] {
+        for (cmd, into) in [
+            (Command::new(&prog), &mut bare),
+            (launch(&[prog.to_str().unwrap_or_default()]), &mut under),
+        ] {
             let mut cmd = cmd;
-            let o = cmd.arg(&scale).stderr(Stdio::inherit()).output().expect("run overhead program");
+            let o = cmd
+                .arg(&scale)
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run overhead program");
             let m = parse_metrics(&String::from_utf8_lossy(&o.stdout));
             for (i, name) in METRICS.iter().enumerate() {
                 if let Some((_, v)) = m.iter().find(|(k, _)| k == name) {
@@ -338,10 +410,17 @@ fn overhead(a: &[String]) {
     println!("| --- | ---: | ---: | ---: | --- |");
     for (i, name) in METRICS.iter().enumerate() {
         let (b, u) = (median(bare[i].clone()), median(under[i].clone()));
-        println!("| {name} | {b:.1} | {u:.1} | {:.2}x | {} |", u / b, targets[i]);
+        println!(
+            "| {name} | {b:.1} | {u:.1} | {:.2}x | {} |",
+            u / b,
+            targets[i]
+        );
     }
     let (b, u) = (median(s_bare), median(s_under));
-    println!("| start-up of /bin/true (ms) | {b:.2} | {u:.2} | +{:.2} ms | <= +10 ms |", u - b);
+    println!(
+        "| start-up of /bin/true (ms) | {b:.2} | {u:.2} | +{:.2} ms | <= +10 ms |",
+        u - b
+    );
     println!("\n(medians of {runs} runs, scale {scale}; start-up: medians of {startup_runs} runs, coordinator already running)");
     drop(coord);
     let _ = std::fs::remove_dir_all(&dir);
@@ -362,7 +441,10 @@ mod tests {
         let m = parse_metrics(&String::from_utf8_lossy(&o.stdout));
         for name in METRICS {
             let v = m.iter().find(|(k, _)| k == name).map(|x| x.1);
-            assert!(v.is_some_and(|v| v > 0.0), "metric {name} missing or zero: {m:?}");
+            assert!(
+                v.is_some_and(|v| v > 0.0),
+                "metric {name} missing or zero: {m:?}"
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

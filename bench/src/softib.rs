@@ -26,26 +26,42 @@ impl Place {
                 c
             }
         };
-        c.arg("exec").arg("--").args(args).env("SOFTIB_IDLE_EXIT", "5").env_remove("SOFTIB_SOCKET");
+        c.arg("exec")
+            .arg("--")
+            .args(args)
+            .env("SOFTIB_IDLE_EXIT", "5")
+            .env_remove("SOFTIB_SOCKET");
         c
     }
 
     fn server_addr(&self) -> String {
-        self.rig.as_ref().map_or("127.0.0.1".into(), |r| r.node(0).addr().to_string())
+        self.rig
+            .as_ref()
+            .map_or("127.0.0.1".into(), |r| r.node(0).addr().to_string())
     }
 }
 
 /// Runs one perftest pair; returns the client's output.
 fn pair(p: &Place, softib: &Path, args: &[String]) -> Result<String, String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
     let mut sa: Vec<String> = args.to_vec();
     sa.extend(["-d".into(), "softib0".into(), "-p".into(), port.to_string()]);
     let mut ca = sa.clone();
     ca.push(p.server_addr());
-    let mut s = p.cmd(softib, 0, &sa).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
+    let mut s = p
+        .cmd(softib, 0, &sa)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     while !testrig::is_listening_on_port(s.id(), port) {
-        if t0.elapsed() > Duration::from_secs(30) || s.try_wait().map_err(|e| e.to_string())?.is_some() {
+        if t0.elapsed() > Duration::from_secs(30)
+            || s.try_wait().map_err(|e| e.to_string())?.is_some()
+        {
             let _ = s.kill();
             return Err(format!("{} server did not start", args[0]));
         }
@@ -55,7 +71,12 @@ fn pair(p: &Place, softib: &Path, args: &[String]) -> Result<String, String> {
     let so = s.wait_with_output().map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&c.stdout).into_owned();
     if !c.status.success() || !so.status.success() {
-        return Err(format!("{} failed:\n{}{}", args[0], text, String::from_utf8_lossy(&c.stderr)));
+        return Err(format!(
+            "{} failed:\n{}{}",
+            args[0],
+            text,
+            String::from_utf8_lossy(&c.stderr)
+        ));
     }
     Ok(text)
 }
@@ -63,8 +84,14 @@ fn pair(p: &Place, softib: &Path, args: &[String]) -> Result<String, String> {
 /// The numbers of the result line (the one after the `#bytes` header).
 fn result_line(out: &str) -> Option<Vec<f64>> {
     let mut lines = out.lines();
-    lines.by_ref().find(|l| l.trim_start().starts_with("#bytes"))?;
-    let v: Vec<f64> = lines.next()?.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    lines
+        .by_ref()
+        .find(|l| l.trim_start().starts_with("#bytes"))?;
+    let v: Vec<f64> = lines
+        .next()?
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     (v.len() >= 3).then_some(v)
 }
 
@@ -79,21 +106,47 @@ pub fn run(a: &[String]) {
                 i += 1;
             }
             "--sizes" => {
-                sizes = a[i + 1].split(',').map(|s| s.parse().expect("--sizes a,b,c")).collect();
+                sizes = a[i + 1]
+                    .split(',')
+                    .map(|s| s.parse().expect("--sizes a,b,c"))
+                    .collect();
                 i += 1;
             }
             x => panic!("unknown option {x}"),
         }
         i += 1;
     }
-    let softib = std::env::current_exe().unwrap().parent().unwrap().join("softib");
-    assert!(softib.exists(), "build the workspace first: {} is missing", softib.display());
+    let softib = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("softib");
+    assert!(
+        softib.exists(),
+        "build the workspace first: {} is missing",
+        softib.display()
+    );
     let local_dir = std::env::temp_dir().join(format!("softib-bench-{}", std::process::id()));
     std::fs::create_dir_all(&local_dir).unwrap();
     let rig = testrig::Rig::up(2).expect("test rig (needs root)");
     let fab = rig.shared_dir().join("fabric");
     std::fs::create_dir_all(&fab).unwrap();
-    let places = [("one node", Place { rig: None, dir: local_dir.clone() }), ("two nodes", Place { rig: Some(rig), dir: fab })];
+    let places = [
+        (
+            "one node",
+            Place {
+                rig: None,
+                dir: local_dir.clone(),
+            },
+        ),
+        (
+            "two nodes",
+            Place {
+                rig: Some(rig),
+                dir: fab,
+            },
+        ),
+    ];
     println!("perftest on the software device, {iters} iterations (bandwidth: -n; latency: -n)\n");
     println!("| where | test | bytes | result |");
     println!("|---|---|---|---|");
@@ -101,30 +154,58 @@ pub fn run(a: &[String]) {
         for &size in &sizes {
             for test in ["ib_send_lat", "ib_write_lat", "ib_read_lat"] {
                 let n = if size >= 1 << 20 { iters / 20 } else { iters };
-                let args: Vec<String> = [test, "-s", &size.to_string(), "-n", &n.max(100).to_string()].iter().map(|s| s.to_string()).collect();
+                let args: Vec<String> =
+                    [test, "-s", &size.to_string(), "-n", &n.max(100).to_string()]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
                 match pair(p, &softib, &args).map(|o| result_line(&o)) {
                     // #bytes #iters t_min t_max t_typical t_avg t_stdev p99 p99.9
-                    Ok(Some(v)) if v.len() >= 6 => println!("| {name} | {test} | {size} | typical {:.2} µs, average {:.2} µs |", v[4], v[5]),
+                    Ok(Some(v)) if v.len() >= 6 => println!(
+                        "| {name} | {test} | {size} | typical {:.2} µs, average {:.2} µs |",
+                        v[4], v[5]
+                    ),
                     Ok(_) => println!("| {name} | {test} | {size} | (no result line) |"),
-                    Err(e) => println!("| {name} | {test} | {size} | failed: {} |", e.lines().next().unwrap_or("")),
+                    Err(e) => println!(
+                        "| {name} | {test} | {size} | failed: {} |",
+                        e.lines().next().unwrap_or("")
+                    ),
                 }
             }
             for test in ["ib_write_bw", "ib_read_bw", "ib_send_bw"] {
                 let n = if size >= 1 << 20 { iters / 20 } else { iters };
-                let args: Vec<String> = [test, "-s", &size.to_string(), "-n", &n.max(100).to_string()].iter().map(|s| s.to_string()).collect();
+                let args: Vec<String> =
+                    [test, "-s", &size.to_string(), "-n", &n.max(100).to_string()]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
                 match pair(p, &softib, &args).map(|o| result_line(&o)) {
                     // #bytes #iters peak avg msgrate
-                    Ok(Some(v)) if v.len() >= 5 => println!("| {name} | {test} | {size} | {:.1} MB/s, {:.3} Mmsg/s |", v[3], v[4]),
+                    Ok(Some(v)) if v.len() >= 5 => println!(
+                        "| {name} | {test} | {size} | {:.1} MB/s, {:.3} Mmsg/s |",
+                        v[3], v[4]
+                    ),
                     Ok(_) => println!("| {name} | {test} | {size} | (no result line) |"),
-                    Err(e) => println!("| {name} | {test} | {size} | failed: {} |", e.lines().next().unwrap_or("")),
+                    Err(e) => println!(
+                        "| {name} | {test} | {size} | failed: {} |",
+                        e.lines().next().unwrap_or("")
+                    ),
                 }
             }
         }
-        let args: Vec<String> = ["ib_atomic_bw", "-n", &iters.to_string()].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> = ["ib_atomic_bw", "-n", &iters.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         match pair(p, &softib, &args).map(|o| result_line(&o)) {
-            Ok(Some(v)) if v.len() >= 5 => println!("| {name} | ib_atomic_bw | 8 | {:.3} Mops/s |", v[4]),
+            Ok(Some(v)) if v.len() >= 5 => {
+                println!("| {name} | ib_atomic_bw | 8 | {:.3} Mops/s |", v[4])
+            }
             Ok(_) => println!("| {name} | ib_atomic_bw | 8 | (no result line) |"),
-            Err(e) => println!("| {name} | ib_atomic_bw | 8 | failed: {} |", e.lines().next().unwrap_or("")),
+            Err(e) => println!(
+                "| {name} | ib_atomic_bw | 8 | failed: {} |",
+                e.lines().next().unwrap_or("")
+            ),
         }
     }
     let _ = std::fs::remove_dir_all(&local_dir);

@@ -3,7 +3,14 @@
 fn main() {
     // Keep in sync with dmtcp_sys::RESTORER_BASE (checked by a unit test of
     // the tools crate, which reads the program headers of the built binary).
-    for arg in ["-nostartfiles", "-nostdlib", "-static", "-no-pie", "-Wl,--image-base=0x5e0000000000", "-Wl,--build-id=none"] {
+    for arg in [
+        "-nostartfiles",
+        "-nostdlib",
+        "-static",
+        "-no-pie",
+        "-Wl,--image-base=0x5e0000000000",
+        "-Wl,--build-id=none",
+    ] {
         println!("cargo:rustc-link-arg-bins={arg}");
     }
     println!("cargo:rerun-if-changed=build.rs");

@@ -12,7 +12,10 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=libibverbs.map");
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libibverbs.so.1");
-    println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={}", manifest.join("libibverbs.map").display());
+    println!(
+        "cargo:rustc-cdylib-link-arg=-Wl,--version-script={}",
+        manifest.join("libibverbs.map").display()
+    );
     let header = "/usr/include/infiniband/verbs.h";
     if !std::path::Path::new(header).exists() {
         panic!("{header} is missing: install Debian's libibverbs-dev (the verbs ABI headers)");

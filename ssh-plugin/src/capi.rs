@@ -72,13 +72,25 @@ pub fn barrier(name: &CStr) -> bool {
 
 /// Publish `val` under (`db`, `key`) (event hooks only).
 pub fn kv_put(db: &CStr, key: &[u8], val: &[u8]) -> bool {
-    raw_put(db.as_ptr(), key.as_ptr().cast(), key.len() as u32, val.as_ptr().cast(), val.len() as u32) == Some(1)
+    raw_put(
+        db.as_ptr(),
+        key.as_ptr().cast(),
+        key.len() as u32,
+        val.as_ptr().cast(),
+        val.len() as u32,
+    ) == Some(1)
 }
 
 /// Look (`db`, `key`) up into `buf`; the value's length (event hooks only).
 pub fn kv_get(db: &CStr, key: &[u8], buf: &mut [u8]) -> Option<usize> {
     let mut len = buf.len() as u32;
-    let r = raw_get(db.as_ptr(), key.as_ptr().cast(), key.len() as u32, buf.as_mut_ptr().cast(), &mut len)?;
+    let r = raw_get(
+        db.as_ptr(),
+        key.as_ptr().cast(),
+        key.len() as u32,
+        buf.as_mut_ptr().cast(),
+        &mut len,
+    )?;
     (r == 1 && (len as usize) <= buf.len()).then_some(len as usize)
 }
 

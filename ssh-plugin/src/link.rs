@@ -123,7 +123,12 @@ impl Out {
     pub fn new(fd: RawFd) -> Out {
         sys::set_nonblock(fd, true);
         sys::grow_pipe(fd);
-        Out { fd, q: Queue::default(), close_when_empty: false, closed: false }
+        Out {
+            fd,
+            q: Queue::default(),
+            close_when_empty: false,
+            closed: false,
+        }
     }
     pub fn send(&mut self, b: &[u8]) {
         if !self.closed {
@@ -151,7 +156,11 @@ impl Source {
     pub fn new(fd: RawFd, dest: Dest) -> Source {
         sys::set_nonblock(fd, true);
         sys::grow_pipe(fd);
-        Source { fd, dest, open: true }
+        Source {
+            fd,
+            dest,
+            open: true,
+        }
     }
 }
 
@@ -196,7 +205,10 @@ pub struct Name {
 
 impl Name {
     pub const fn new() -> Name {
-        Name { buf: [0; 256], len: 0 }
+        Name {
+            buf: [0; 256],
+            len: 0,
+        }
     }
     /// Append (cut at the buffer's end).
     pub fn push(&mut self, b: &[u8]) -> &mut Name {
@@ -308,7 +320,10 @@ impl Relay {
                 self.draining = true;
                 self.send(DRAIN, &[]);
             }
-            if self.draining && (self.linkq.is_empty() || self.out_dead) && (self.peer_marker || self.in_dead) {
+            if self.draining
+                && (self.linkq.is_empty() || self.out_dead)
+                && (self.peer_marker || self.in_dead)
+            {
                 let restarted = CTL.drained_wait();
                 self.draining = false;
                 self.peer_marker = false;
@@ -326,8 +341,13 @@ impl Relay {
                 continue;
             }
             // Poll set: wake, link in, link out, sources, outputs.
-            let mut pfd: Vec<libc::pollfd> = Vec::with_capacity(3 + self.srcs.len() + self.outs.len());
-            let ev = |fd: RawFd, events: libc::c_short| libc::pollfd { fd, events, revents: 0 };
+            let mut pfd: Vec<libc::pollfd> =
+                Vec::with_capacity(3 + self.srcs.len() + self.outs.len());
+            let ev = |fd: RawFd, events: libc::c_short| libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            };
             pfd.push(ev(wake, libc::POLLIN));
             let want_in = !self.in_dead && (self.draining || self.pending_out() < HIGH_WATER);
             pfd.push(ev(if want_in { self.link_in } else { -1 }, libc::POLLIN));
@@ -335,10 +355,12 @@ impl Relay {
             pfd.push(ev(if want_out { self.link_out } else { -1 }, libc::POLLOUT));
             let read_src = !self.draining && self.linkq.len() < HIGH_WATER;
             for s in &self.srcs {
-                let on = read_src && s.open && match s.dest {
-                    Dest::Local(n) => self.outs[n].q.len() < HIGH_WATER,
-                    Dest::Link(_) => true,
-                };
+                let on = read_src
+                    && s.open
+                    && match s.dest {
+                        Dest::Local(n) => self.outs[n].q.len() < HIGH_WATER,
+                        Dest::Link(_) => true,
+                    };
                 pfd.push(ev(if on { s.fd } else { -1 }, libc::POLLIN));
             }
             for o in &self.outs {
@@ -354,7 +376,9 @@ impl Relay {
                     continue;
                 }
             }
-            let ready = |p: &libc::pollfd, ev: libc::c_short| p.revents & (ev | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+            let ready = |p: &libc::pollfd, ev: libc::c_short| {
+                p.revents & (ev | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+            };
             if ready(&pfd[0], libc::POLLIN) {
                 sys::eventfd_clear(wake);
                 if !self.draining {
@@ -395,7 +419,12 @@ impl Relay {
     fn read_link(&mut self, role: &mut dyn Role) {
         let mut buf = std::mem::take(&mut self.inbuf);
         match read_append(self.link_in, &mut buf, LINK_READ) {
-            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) =>
+            {
                 self.inbuf = buf;
                 return;
             }
@@ -412,7 +441,8 @@ impl Relay {
         let mut at = 0;
         while buf.len() - at >= 5 {
             let ty = buf[at];
-            let len = u32::from_le_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]) as usize;
+            let len =
+                u32::from_le_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]) as usize;
             if buf.len() - at - 5 < len {
                 break;
             }
@@ -441,7 +471,11 @@ impl Relay {
                 role.source_eof(self, i);
             }
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) => {}
             Err(_) => {
                 self.srcs[i].open = false;
                 role.source_eof(self, i);
@@ -481,7 +515,15 @@ struct CtlState {
     phase: u32,
 }
 
-pub static CTL: Ctl = Ctl { m: Mutex::new(CtlState { active: false, req: false, in_round: false, phase: 0 }), cv: Condvar::new() };
+pub static CTL: Ctl = Ctl {
+    m: Mutex::new(CtlState {
+        active: false,
+        req: false,
+        in_round: false,
+        phase: 0,
+    }),
+    cv: Condvar::new(),
+};
 
 impl Ctl {
     fn lock(&self) -> std::sync::MutexGuard<'_, CtlState> {

@@ -48,7 +48,9 @@ static DESCRIPTOR: Descriptor = Descriptor {
     name: c"ssh".as_ptr(),
     author: c"DMTCP-rs".as_ptr(),
     email: c"".as_ptr(),
-    description: c"ssh sessions of the computation: remote processes are checkpointed and reconnected".as_ptr(),
+    description:
+        c"ssh sessions of the computation: remote processes are checkpointed and reconnected"
+            .as_ptr(),
     hook: event_hook,
 };
 
@@ -87,7 +89,8 @@ pub extern "C" fn dmtcp_ssh_set_role(hook: extern "C" fn(c_int)) {
 extern "C" fn init() {
     let mut info: libc::Dl_info = Dl_info_zeroed();
     // SAFETY: dladdr on a function of this library fills `info`.
-    let ok = unsafe { libc::dladdr(init as *const c_void, &mut info) } != 0 && !info.dli_fname.is_null();
+    let ok =
+        unsafe { libc::dladdr(init as *const c_void, &mut info) } != 0 && !info.dli_fname.is_null();
     if ok {
         // SAFETY: dli_fname is a C string owned by the dynamic loader.
         let lib = unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes();
@@ -114,14 +117,20 @@ extern "C" fn init() {
 
 #[allow(non_snake_case)]
 fn Dl_info_zeroed() -> libc::Dl_info {
-    libc::Dl_info { dli_fname: core::ptr::null(), dli_fbase: core::ptr::null_mut(), dli_sname: core::ptr::null(), dli_saddr: core::ptr::null_mut() }
+    libc::Dl_info {
+        dli_fname: core::ptr::null(),
+        dli_fbase: core::ptr::null_mut(),
+        dli_sname: core::ptr::null(),
+        dli_saddr: core::ptr::null_mut(),
+    }
 }
 
 #[used]
 #[link_section = ".init_array"]
 static INIT: extern "C" fn() = init;
 
-type ExecveFn = unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+type ExecveFn =
+    unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
 
 fn next_exec(name: &CStr) -> Option<ExecveFn> {
     // SAFETY: dlsym RTLD_NEXT finds libc's definition after ours.
@@ -151,7 +160,9 @@ unsafe fn keeps_plugin(envp: *const *const c_char) -> bool {
         // SAFETY: each entry is a C string.
         let e = unsafe { CStr::from_ptr(*envp.add(i)) }.to_bytes();
         if e.starts_with(b"LD_PRELOAD=") {
-            return e.windows(b"libdmtcp_ssh.".len()).any(|w| w == b"libdmtcp_ssh.");
+            return e
+                .windows(b"libdmtcp_ssh.".len())
+                .any(|w| w == b"libdmtcp_ssh.");
         }
         i += 1;
     }
@@ -163,17 +174,30 @@ unsafe fn keeps_plugin(envp: *const *const c_char) -> bool {
 ///
 /// # Safety
 /// The exec contract: C strings and null-terminated arrays.
-unsafe fn exec_dmtcp_ssh(prog: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> Option<c_int> {
+unsafe fn exec_dmtcp_ssh(
+    prog: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> Option<c_int> {
     // SAFETY: the constructor wrote it before any exec.
     let me = unsafe { &*DMTCP_SSH.0.get() };
-    // SAFETY: caller's contract.
-    if prog.is_null() || argv.is_null() || me[0] == 0 || !is_ssh(unsafe { CStr::from_ptr(prog) }.to_bytes()) || !unsafe { keeps_plugin(envp) } {
+    if prog.is_null()
+        || argv.is_null()
+        || me[0] == 0
+        // SAFETY: prog is a C string (caller's contract).
+        || !is_ssh(unsafe { CStr::from_ptr(prog) }.to_bytes())
+        // SAFETY: envp is a NULL-terminated array (caller's contract).
+        || !unsafe { keeps_plugin(envp) }
+    {
         return None;
     }
     // A path that is not an executable file fails as it would have
     // (callers such as Python's subprocess try each PATH entry in turn).
-    // SAFETY: prog is a C string (caller's contract); access allocates nothing.
-    if unsafe { CStr::from_ptr(prog) }.to_bytes().contains(&b'/') && unsafe { libc::access(prog, libc::X_OK) } != 0 {
+    // SAFETY: prog is a C string (caller's contract).
+    if unsafe { CStr::from_ptr(prog) }.to_bytes().contains(&b'/')
+        // SAFETY: access of that C string; it allocates nothing.
+        && unsafe { libc::access(prog, libc::X_OK) } != 0
+    {
         return None;
     }
     let real = next_exec(c"execve")?;
@@ -185,7 +209,16 @@ unsafe fn exec_dmtcp_ssh(prog: *const c_char, argv: *const *const c_char, envp: 
     let slots = n.max(1) + 4;
     let size = (slots * core::mem::size_of::<usize>()).next_multiple_of(4096);
     // SAFETY: fresh private pages of our own (no heap: this may be a vfork child).
-    let buf = unsafe { libc::mmap(core::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    let buf = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
     if buf == libc::MAP_FAILED {
         return None;
     }
@@ -215,12 +248,18 @@ unsafe fn exec_dmtcp_ssh(prog: *const c_char, argv: *const *const c_char, envp: 
 /// # Safety
 /// The `execve(2)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
     // SAFETY: forwarded contract.
     if let Some(r) = unsafe { exec_dmtcp_ssh(path, argv, envp) } {
         return r;
     }
-    let Some(real) = next_exec(c"execve") else { return -1 };
+    let Some(real) = next_exec(c"execve") else {
+        return -1;
+    };
     // SAFETY: forwarded contract.
     unsafe { real(path, argv, envp) }
 }
@@ -230,12 +269,18 @@ pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char,
 /// # Safety
 /// The `execvpe(3)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
     // SAFETY: forwarded contract.
     if let Some(r) = unsafe { exec_dmtcp_ssh(file, argv, envp) } {
         return r;
     }
-    let Some(real) = next_exec(c"execvpe") else { return -1 };
+    let Some(real) = next_exec(c"execvpe") else {
+        return -1;
+    };
     // SAFETY: forwarded contract.
     unsafe { real(file, argv, envp) }
 }

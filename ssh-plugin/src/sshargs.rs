@@ -26,7 +26,13 @@ pub struct SshArgs {
 impl SshArgs {
     /// Split `args` (without the program name).
     pub fn parse(args: &[String]) -> Result<SshArgs, String> {
-        let mut out = SshArgs { options: Vec::new(), dest: String::new(), command: Vec::new(), no_stdin: false, tty: false };
+        let mut out = SshArgs {
+            options: Vec::new(),
+            dest: String::new(),
+            command: Vec::new(),
+            no_stdin: false,
+            tty: false,
+        };
         let mut i = 0;
         let mut have_dest = false;
         while i < args.len() {
@@ -65,7 +71,9 @@ impl SshArgs {
                     if j + 1 < b.len() {
                         kept.push_str(&a[j + 1..]);
                     } else {
-                        let v = args.get(i + 1).ok_or_else(|| format!("option -{} needs an argument", c as char))?;
+                        let v = args
+                            .get(i + 1)
+                            .ok_or_else(|| format!("option -{} needs an argument", c as char))?;
                         took_next = Some(v.clone());
                     }
                     break;
@@ -144,7 +152,10 @@ impl SshArgs {
 
 /// `s` quoted for a POSIX shell as one word.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&c)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&c))
+    {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -160,8 +171,23 @@ mod tests {
 
     #[test]
     fn options_host_and_command() {
-        let a = p(&["-F", "/c", "-p22", "-o", "A=B", "-nTxq", "-i", "k", "bob@node1", "echo", "a b"]);
-        assert_eq!(a.options, ["-F", "/c", "-p22", "-o", "A=B", "-nTxq", "-i", "k"]);
+        let a = p(&[
+            "-F",
+            "/c",
+            "-p22",
+            "-o",
+            "A=B",
+            "-nTxq",
+            "-i",
+            "k",
+            "bob@node1",
+            "echo",
+            "a b",
+        ]);
+        assert_eq!(
+            a.options,
+            ["-F", "/c", "-p22", "-o", "A=B", "-nTxq", "-i", "k"]
+        );
         assert_eq!(a.dest, "bob@node1");
         assert_eq!(a.host(), "node1");
         assert_eq!(a.command, ["echo", "a b"]);

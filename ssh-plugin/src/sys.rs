@@ -51,7 +51,11 @@ pub fn set_nonblock(fd: RawFd, on: bool) {
     unsafe {
         let fl = libc::fcntl(fd, libc::F_GETFL);
         if fl >= 0 {
-            let nf = if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK };
+            let nf = if on {
+                fl | libc::O_NONBLOCK
+            } else {
+                fl & !libc::O_NONBLOCK
+            };
             libc::fcntl(fd, libc::F_SETFL, nf);
         }
     }
@@ -81,7 +85,11 @@ pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
             Ok(n) => buf = &buf[n..],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut p = [libc::pollfd { fd, events: libc::POLLOUT, revents: 0 }];
+                let mut p = [libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                }];
                 poll(&mut p, -1)?;
             }
             Err(e) => return Err(e),
@@ -196,7 +204,8 @@ fn abstract_addr(name: &[u8]) -> (libc::sockaddr_un, libc::socklen_t) {
 /// A listening abstract unix socket `\0name` (close-on-exec).
 pub fn listen_abstract(name: &[u8]) -> io::Result<RawFd> {
     // SAFETY: a new socket of our own.
-    let fd = check(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    let fd =
+        check(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     let (a, len) = abstract_addr(name);
     // SAFETY: `a` is a valid sockaddr_un of length `len`.
     let r = unsafe { libc::bind(fd, (&a as *const libc::sockaddr_un).cast(), len) };
@@ -212,7 +221,8 @@ pub fn listen_abstract(name: &[u8]) -> io::Result<RawFd> {
 /// Connect to the abstract unix socket `\0name`.
 pub fn connect_abstract(name: &[u8]) -> io::Result<RawFd> {
     // SAFETY: a new socket of our own.
-    let fd = check(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    let fd =
+        check(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     let (a, len) = abstract_addr(name);
     // SAFETY: `a` is a valid sockaddr_un of length `len`.
     if unsafe { libc::connect(fd, (&a as *const libc::sockaddr_un).cast(), len) } < 0 {
@@ -226,7 +236,14 @@ pub fn connect_abstract(name: &[u8]) -> io::Result<RawFd> {
 pub fn accept(fd: RawFd) -> io::Result<RawFd> {
     loop {
         // SAFETY: accept on our listening socket; no address wanted.
-        let r = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        let r = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
         match check(r) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             r => return r,
@@ -256,7 +273,10 @@ fn fd_msg(iov: &mut libc::iovec, cbuf: &mut [u8]) -> libc::msghdr {
 /// Send three fds over a unix socket (one byte of data with them).
 pub fn send_fds(sock: RawFd, fds: [RawFd; PASSED]) -> io::Result<()> {
     let mut byte = [b'F'];
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
     let mut cbuf = vec![0u8; cmsg_space()];
     let msg = fd_msg(&mut iov, &mut cbuf);
     // SAFETY: the control buffer holds one header with room for PASSED fds.
@@ -280,7 +300,10 @@ pub fn send_fds(sock: RawFd, fds: [RawFd; PASSED]) -> io::Result<()> {
 /// Receive the three fds `send_fds` sent (close-on-exec).
 pub fn recv_fds(sock: RawFd) -> io::Result<[RawFd; PASSED]> {
     let mut byte = [0u8];
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
     let mut cbuf = vec![0u8; cmsg_space()];
     let mut msg = fd_msg(&mut iov, &mut cbuf);
     let n = loop {
@@ -294,7 +317,11 @@ pub fn recv_fds(sock: RawFd) -> io::Result<[RawFd; PASSED]> {
     // SAFETY: reading the header the kernel filled, if any.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
-        if n == 0 || c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS || (*c).cmsg_len < libc::CMSG_LEN((PASSED * 4) as u32) as usize {
+        if n == 0
+            || c.is_null()
+            || (*c).cmsg_type != libc::SCM_RIGHTS
+            || (*c).cmsg_len < libc::CMSG_LEN((PASSED * 4) as u32) as usize
+        {
             return Err(io::Error::other("no fds received"));
         }
         let mut out = [0; PASSED];

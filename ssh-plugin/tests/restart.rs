@@ -13,7 +13,11 @@ use common::Job;
 fn remote_counter_survives_restart() {
     let rig = common::rig(2);
     let counter = common::compile(&rig, "counter", &[]);
-    let script = format!("{} node1 {} line 400 10; echo rc=$?", common::ssh(&rig), counter.display());
+    let script = format!(
+        "{} node1 {} line 400 10; echo rc=$?",
+        common::ssh(&rig),
+        counter.display()
+    );
     let bare = common::bare(&rig, 0, &script);
     assert!(bare.ends_with("line 400\nrc=0\n"), "bare run: {bare}");
 
@@ -22,13 +26,80 @@ fn remote_counter_survives_restart() {
     // bash, dmtcp_ssh on node0; dmtcp_sshd and the counter on node1.
     job.wait_peers(4);
     let procs = job.processes();
-    let on = |prog: &str, host: &str| procs.iter().any(|(p, h, pid)| p == prog && h == host && *pid > 0);
-    assert!(on("dmtcp_ssh", "node0") && on("dmtcp_sshd", "node1") && on("counter", "node1"), "{procs:?}");
+    let on = |prog: &str, host: &str| {
+        procs
+            .iter()
+            .any(|(p, h, pid)| p == prog && h == host && *pid > 0)
+    };
+    assert!(
+        on("dmtcp_ssh", "node0") && on("dmtcp_sshd", "node1") && on("counter", "node1"),
+        "{procs:?}"
+    );
     job.checkpoint();
     job.wait_for("line 150\n");
     job.kill();
     job.restart(&[]);
     job.wait_for("rc=");
+    job.finish();
+    assert_eq!(job.output(), bare, "{}", job.diag());
+}
+
+/// 200 MB up (`gen | ssh node1 md5sum`) and 200 MB down (`ssh node1 gen |
+/// md5sum`), each checkpointed half-way (the generator waits at a gate
+/// file until the checkpoint is taken) and again while streaming, killed
+/// and restarted: the checksums equal the uninterrupted run's.
+#[test]
+fn streams_both_ways_survive_restart() {
+    let rig = common::rig(2);
+    let gen = common::compile(&rig, "gen", &[]).display().to_string();
+    let ssh = common::ssh(&rig);
+    let gates = rig.shared_dir().join("gates");
+    let _ = std::fs::remove_dir_all(&gates);
+    std::fs::create_dir_all(&gates).unwrap();
+    let script = |g: &str| {
+        format!(
+            "{{ {gen} up 200000000 {g}/up | {ssh} node1 md5sum; echo rc=$?; \
+             {ssh} node1 '{gen} down 200000000 {g}/down 3>&2' | md5sum; echo rc=$?; }} 3>&1 2>&1"
+        )
+    };
+    let open = rig.shared_dir().join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::write(open.join("up"), "").unwrap();
+    std::fs::write(open.join("down"), "").unwrap();
+    let bare = common::bare(&rig, 0, &script(&open.display().to_string()));
+    assert_eq!(bare.matches("rc=0\n").count(), 2, "bare run: {bare}");
+    assert!(
+        bare.starts_with("up half\nup sent\n") && bare.contains("down half\ndown sent\n"),
+        "bare run: {bare}"
+    );
+    assert_eq!(
+        bare.lines().filter(|l| l.ends_with("  -")).count(),
+        2,
+        "bare run: {bare}"
+    );
+
+    let mut job = Job::launch(&rig, "streams", &script(&gates.display().to_string()), &[]);
+    for dir in ["up", "down"] {
+        job.wait_for(&format!("{dir} half\n"));
+        assert!(
+            !gates.join(dir).exists() && !job.output().contains(&format!("{dir} sent\n")),
+            "{dir}: the generator passed its gate{}",
+            job.diag()
+        );
+        job.checkpoint();
+        // Open the gate and checkpoint again at once: the second half
+        // is streaming, with bytes in the pipes and in the relays.
+        std::fs::write(gates.join(dir), "").unwrap();
+        job.checkpoint();
+        let streaming = !job.output().contains(&format!("{dir} sent\n"));
+        eprintln!(
+            "{dir}: second checkpoint {} the stream ended",
+            if streaming { "before" } else { "after" }
+        );
+        job.kill();
+        job.restart(&[]);
+    }
+    job.wait_for("rc=0\n");
     job.finish();
     assert_eq!(job.output(), bare, "{}", job.diag());
 }
@@ -47,7 +118,10 @@ fn stdin_and_exit_codes_survive_restart() {
          {ssh} -n nosuchhost true; echo rc=$?; }} 2>&1"
     );
     let bare = common::bare(&rig, 0, &script);
-    assert!(bare.contains("got in 300\neof\nrc=0\nto-stderr\nrc=7\n") && bare.ends_with("rc=255\n"), "bare run: {bare}");
+    assert!(
+        bare.contains("got in 300\neof\nrc=0\nto-stderr\nrc=7\n") && bare.ends_with("rc=255\n"),
+        "bare run: {bare}"
+    );
     assert!(bare.contains("nosuchhost"), "bare run: {bare}");
 
     let mut job = Job::launch(&rig, "stdin", &script, &[]);
@@ -94,7 +168,11 @@ fn sigterm_is_forwarded_after_restart() {
 fn restart_on_other_hosts_with_hostfile() {
     let rig = common::rig(4);
     let counter = common::compile(&rig, "counter", &[]);
-    let script = format!("{} node1 {} line 400 10; echo rc=$?", common::ssh(&rig), counter.display());
+    let script = format!(
+        "{} node1 {} line 400 10; echo rc=$?",
+        common::ssh(&rig),
+        counter.display()
+    );
     let bare = common::bare(&rig, 0, &script);
     let mut job = Job::launch(&rig, "hostfile", &script, &[]);
     job.wait_for("line 100\n");
@@ -106,8 +184,14 @@ fn restart_on_other_hosts_with_hostfile() {
     job.restart(&["--hostfile", &hostfile.display().to_string()]);
     job.wait_peers(4);
     let procs = job.processes();
-    let on = |prog: &str, host: &str| procs.iter().any(|(p, h, _)| p == prog && h == host);
-    assert!(on("bash", "node2") && on("dmtcp_ssh", "node2") && on("dmtcp_sshd", "node3") && on("counter", "node3"), "{procs:?}");
+    let on = |prog: &str, host: &str| common::count(&procs, prog, host) > 0;
+    assert!(
+        on("bash", "node2")
+            && on("dmtcp_ssh", "node2")
+            && on("dmtcp_sshd", "node3")
+            && on("counter", "node3"),
+        "{procs:?}"
+    );
     job.wait_for("rc=");
     job.finish();
     assert_eq!(job.output(), bare, "{}", job.diag());
@@ -120,7 +204,10 @@ fn nested_ssh_survives_three_restarts() {
     let rig = common::rig(3);
     let counter = common::compile(&rig, "counter", &[]);
     let ssh = common::ssh(&rig);
-    let script = format!("{ssh} node1 \"{ssh} node2 {} line 500 10\"; echo rc=$?", counter.display());
+    let script = format!(
+        "{ssh} node1 \"{ssh} node2 {} line 500 10\"; echo rc=$?",
+        counter.display()
+    );
     let bare = common::bare(&rig, 0, &script);
     assert!(bare.ends_with("line 500\nrc=0\n"), "bare run: {bare}");
     let mut job = Job::launch(&rig, "nested", &script, &[]);
@@ -135,46 +222,98 @@ fn nested_ssh_survives_three_restarts() {
     }
     job.wait_peers_at_least(6);
     let procs = job.processes();
-    assert!(procs.iter().any(|(p, h, _)| p == "counter" && h == "node2"), "{procs:?}");
+    assert!(
+        procs.iter().any(|(p, h, _)| p == "counter" && h == "node2"),
+        "{procs:?}"
+    );
     job.wait_for("rc=");
     job.finish();
     assert_eq!(job.output(), bare, "{}", job.diag());
 }
 
-/// OpenMPI across two hosts: `mpirun` (4 ranks on node0 and node1, its
-/// remote orted started through `ssh -F cfg`, TCP between ranks) runs
-/// under the checkpointer with the remote side in the computation, is
-/// checkpointed twice mid-run (every process on both hosts writes an
-/// image) and ends with the bare run's checksum. Restarting it is not
-/// supported yet (see docs/ssh-plugin.md: PMIx segments in /tmp and TCP
-/// connections between hosts).
-#[test]
-fn openmpi_job_across_two_hosts_is_checkpointed() {
-    let rig = common::rig(2);
-    let prog = common::compile(&rig, "mpi_ring", &["mpi"]);
+/// `mpirun` of the ring program, 2 ranks on node0 and 2 on node1 (TCP
+/// between ranks), and its bare run's output.
+fn openmpi_ring(rig: &testrig::Rig) -> (String, String) {
+    let prog = common::compile(rig, "mpi_ring", &["mpi"]);
     let hostfile = rig.shared_dir().join("mpi-hosts");
     std::fs::write(&hostfile, "node0 slots=2\nnode1 slots=2\n").unwrap();
     let script = format!(
         "mpirun --allow-run-as-root --hostfile {} -np 4 --mca plm_rsh_agent '{}' --mca btl tcp,self \
          --mca btl_tcp_if_include {net} --mca oob_tcp_if_include {net} {} 400",
         hostfile.display(),
-        common::ssh(&rig),
+        common::ssh(rig),
         prog.display(),
         net = rig.subnet()
     );
-    let bare = common::bare(&rig, 0, &script);
+    let bare = common::bare(rig, 0, &script);
     assert!(bare.contains("\nsize 4 checksum "), "bare run: {bare}");
+    (script, bare)
+}
+
+/// OpenMPI across two hosts: `mpirun` (4 ranks on node0 and node1, its
+/// remote orted started through `ssh -F cfg`, TCP between ranks) runs
+/// under the checkpointer with the remote side in the computation, is
+/// checkpointed twice mid-run (every process on both hosts writes an
+/// image) and ends with the bare run's checksum.
+#[test]
+fn openmpi_job_across_two_hosts_is_checkpointed() {
+    let rig = common::rig(2);
+    let (script, bare) = openmpi_ring(&rig);
     let mut job = Job::launch(&rig, "openmpi", &script, &[]);
     job.wait_for("iter 100 ");
     // mpirun, dmtcp_ssh, 2 ranks (node0); dmtcp_sshd, orted, 2 ranks (node1)
     job.wait_peers(8);
     let procs = job.processes();
-    let count = |prog: &str, host: &str| procs.iter().filter(|(p, h, _)| p == prog && h == host).count();
-    assert!(count("orted", "node1") == 1 && count("mpi_ring", "node1") == 2 && count("mpi_ring", "node0") == 2, "{procs:?}");
+    let count = |prog: &str, host: &str| common::count(&procs, prog, host);
+    assert!(
+        count("orted", "node1") == 1
+            && count("mpi_ring", "node1") == 2
+            && count("mpi_ring", "node0") == 2,
+        "{procs:?}"
+    );
     job.checkpoint();
     assert_eq!(common::images(&job.ckpt).len(), 8, "{}", job.diag());
     job.wait_for("iter 200 ");
     job.checkpoint();
+    job.wait_for("checksum");
+    job.finish();
+    assert_eq!(job.output(), bare, "{}", job.diag());
+}
+
+/// The same job checkpointed, killed on both hosts and restarted with the
+/// restart script (one `dmtcp_restart` per host), twice: on the same two
+/// hosts, then on two others (`--hostfile`) whose private /tmp and
+/// /dev/shm never saw the job. The ranks' TCP connections across hosts are
+/// re-made through the coordinator, the files OpenMPI mapped in its
+/// session directory come back, and the job ends with the bare run's
+/// checksum.
+#[test]
+fn openmpi_job_across_two_hosts_restarts() {
+    let rig = common::rig(4);
+    let (script, bare) = openmpi_ring(&rig);
+    let mut job = Job::launch(&rig, "openmpi-restart", &script, &[]);
+    job.wait_for("iter 100 ");
+    job.wait_peers(8);
+    job.checkpoint();
+    job.kill();
+    job.restart(&[]);
+    job.wait_peers(8);
+    job.wait_for("iter 200 ");
+    job.checkpoint();
+    job.kill();
+    // Then onto two other hosts, whose /tmp never saw this job.
+    let moved = rig.shared_dir().join("mpi-hosts-moved");
+    std::fs::write(&moved, "node2\nnode3\n").unwrap();
+    job.restart(&["--hostfile", &moved.display().to_string()]);
+    job.wait_peers(8);
+    let procs = job.processes();
+    let count = |prog: &str, host: &str| common::count(&procs, prog, host);
+    assert!(
+        count("mpirun", "node2") == 1
+            && count("mpi_ring", "node2") == 2
+            && count("mpi_ring", "node3") == 2,
+        "{procs:?}"
+    );
     job.wait_for("checksum");
     job.finish();
     assert_eq!(job.output(), bare, "{}", job.diag());
@@ -200,12 +339,15 @@ fn two_sessions_to_one_host_one_from_python() {
         v.join("\n")
     };
     let bare = common::bare(&rig, 0, &script);
-    assert!(bare.contains("py 300\n") && bare.contains("sh 300\n") && bare.ends_with("rc=0\n"), "bare run: {bare}");
+    assert!(
+        bare.contains("py 300\n") && bare.contains("sh 300\n") && bare.ends_with("rc=0\n"),
+        "bare run: {bare}"
+    );
     let mut job = Job::launch(&rig, "two", &script, &[]);
     job.wait_for("py 100\n");
     job.wait_for("sh 100\n");
     let procs = job.processes();
-    assert_eq!(procs.iter().filter(|(p, h, _)| p == "dmtcp_sshd" && h == "node1").count(), 2, "{procs:?}");
+    assert_eq!(common::count(&procs, "dmtcp_sshd", "node1"), 2, "{procs:?}");
     job.checkpoint();
     job.wait_for("py 150\n");
     job.kill();
@@ -224,7 +366,11 @@ fn two_sessions_to_one_host_one_from_python() {
 fn back_to_back_checkpoints_while_streaming() {
     let rig = common::rig(2);
     let counter = common::compile(&rig, "counter", &[]);
-    let script = format!("{} node1 {} line 3000 1; echo rc=$?", common::ssh(&rig), counter.display());
+    let script = format!(
+        "{} node1 {} line 3000 1; echo rc=$?",
+        common::ssh(&rig),
+        counter.display()
+    );
     let bare = common::bare(&rig, 0, &script);
     let mut job = Job::launch(&rig, "b2b", &script, &[]);
     job.wait_for("line 100\n");

@@ -24,6 +24,8 @@ pub const LIB: &str = "DMTCP_LIB";
 pub const DISABLED_PLUGINS: &str = "DMTCP_DISABLED_PLUGINS";
 /// Save the contents of open regular files (`dmtcp_launch --ckpt-open-files`).
 pub const CKPT_OPEN_FILES: &str = "DMTCP_CKPT_OPEN_FILES";
+/// Committed checkpoint generations to keep (`--keep-generations`, default 2; 0 = all).
+pub const KEEP_GENERATIONS: &str = "DMTCP_KEEP_GENERATIONS";
 /// Internal: number of writer threads per process.
 pub const WRITERS: &str = "DMTCP_WRITERS";
 

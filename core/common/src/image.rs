@@ -55,7 +55,8 @@ pub struct Header {
 /// Where a text hint for people who `head` the file starts in the header block.
 pub const HINT_OFFSET: usize = 256;
 /// The hint itself.
-pub const HINT: &[u8] = b"\nDMTCP-rs checkpoint image. Restart it with: dmtcp_restart <this file>\n";
+pub const HINT: &[u8] =
+    b"\nDMTCP-rs checkpoint image. Restart it with: dmtcp_restart <this file>\n";
 
 /// Start of the index.
 #[repr(C)]
@@ -205,6 +206,10 @@ pub struct PtyRec {
     /// Foreground process group (master ends; 0 if none).
     pub fg: i32,
     pub flags: i32,
+    /// Output the master had not read at checkpoint time (master ends):
+    /// made readable on the master again at restart.
+    #[serde(default)]
+    pub pending: Vec<u8>,
 }
 
 /// An open regular file at checkpoint time.
@@ -273,13 +278,24 @@ pub struct SockRec {
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a DMTCP-rs checkpoint image (bad magic)")]
     NotAnImage { path: PathBuf },
+    #[error("{path} is not a DMTCP-rs checkpoint image (not a regular file)")]
+    NotAFile { path: PathBuf },
     #[error("{path} has image format version {found}, this dmtcp_restart reads version {FORMAT_VERSION}")]
     Version { path: PathBuf, found: u32 },
     #[error("{path} is truncated: {actual} bytes, the image needs {expected} (an interrupted copy or a full disk?)")]
-    Truncated { path: PathBuf, expected: u64, actual: u64 },
+    Truncated {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    /// `what` starts with the place: "header: ", "index: ", "metadata: ",
+    /// "chunk N (memory at 0x...): ".
     #[error("{path} is corrupt: {what}")]
     Corrupt { path: PathBuf, what: String },
 }
@@ -317,10 +333,23 @@ impl Header {
     }
 }
 
+impl Header {
+    /// The `header_crc` field of an encoded header block (0 if too short).
+    pub fn decode_crc(block: &[u8]) -> u32 {
+        block
+            .get(44..48)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0)
+    }
+}
+
 /// Encode the index for `meta` and `chunks`.
 pub fn encode_index(meta: &Meta, chunks: &[ChunkDesc]) -> Vec<u8> {
     let json = serde_json::to_vec(meta).expect("metadata serializes");
-    let head = IndexHead { meta_len: json.len() as u64, n_chunks: chunks.len() as u64 };
+    let head = IndexHead {
+        meta_len: json.len() as u64,
+        n_chunks: chunks.len() as u64,
+    };
     let mut out = Vec::with_capacity(16 + json.len() + 8 + chunks.len() * 40);
     out.extend_from_slice(pod_bytes(&head));
     out.extend_from_slice(&json);
@@ -331,6 +360,23 @@ pub fn encode_index(meta: &Meta, chunks: &[ChunkDesc]) -> Vec<u8> {
         out.extend_from_slice(pod_bytes(c));
     }
     out
+}
+
+/// Recompute the checksums of the image in `b`: the index's (where the
+/// header says the index is, if that lies inside `b`), then the header's.
+/// For tests and tools that make or edit images in memory (a test's
+/// crafted damage then reaches the checks behind the checksums).
+pub fn reseal(b: &mut [u8]) {
+    let Some(mut h) = pod_read::<Header>(b) else {
+        return;
+    };
+    let (o, l) = (h.index_offset as usize, h.index_len as usize);
+    if let Some(ix) = o.checked_add(l).filter(|&e| e <= b.len()).map(|e| &b[o..e]) {
+        h.index_crc = crc32fast::hash(ix);
+    }
+    h.header_crc = 0;
+    h.header_crc = crc32fast::hash(pod_bytes(&h));
+    b[..std::mem::size_of::<Header>()].copy_from_slice(pod_bytes(&h));
 }
 
 /// Change an image's metadata in place: the index (the end of the file)
@@ -346,8 +392,14 @@ pub fn rewrite_meta(path: &Path, edit: impl FnOnce(&mut Meta)) -> Result<(), Ima
     header.index_len = index.len() as u64;
     header.file_len = header.index_offset + header.index_len;
     header.index_crc = crc32fast::hash(&index);
-    let io = |source| ImageError::Io { path: path.to_path_buf(), source };
-    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io)?;
+    let io = |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io)?;
     f.write_all_at(&index, header.index_offset).map_err(io)?;
     f.set_len(header.file_len).map_err(io)?;
     f.write_all_at(&header.encode(), 0).map_err(io)?;
@@ -383,7 +435,13 @@ impl Image {
     /// names by now).
     pub fn owner(&self) -> Result<u32, ImageError> {
         use std::os::unix::fs::MetadataExt;
-        self.file.metadata().map(|m| m.uid()).map_err(|source| ImageError::Io { path: self.path.clone(), source })
+        self.file
+            .metadata()
+            .map(|m| m.uid())
+            .map_err(|source| ImageError::Io {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// Another descriptor of the open image file (close-on-exec), for
@@ -395,72 +453,159 @@ impl Image {
 
     /// Open and validate `path`.
     pub fn open(path: &Path) -> Result<Image, ImageError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let p = || path.to_path_buf();
         let io = |source| ImageError::Io { path: p(), source };
-        let mut file = File::open(path).map_err(io)?;
-        let actual = file.metadata().map_err(io)?.len();
+        // Non-blocking: opening a FIFO for reading would otherwise wait for
+        // a writer (forever); it is refused below like any non-file.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io)?;
+        let md = file.metadata().map_err(io)?;
+        if !md.file_type().is_file() {
+            return Err(ImageError::NotAFile { path: p() });
+        }
+        // SAFETY: fcntl on the descriptor `file` owns.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+        let actual = md.len();
         let mut hb = vec![0u8; std::mem::size_of::<Header>()];
         let got = read_up_to(&mut file, &mut hb).map_err(io)?;
         if got < 8 || hb[..8] != MAGIC {
             return Err(ImageError::NotAnImage { path: p() });
         }
         if got < hb.len() {
-            return Err(ImageError::Truncated { path: p(), expected: BLOCK, actual });
+            return Err(ImageError::Truncated {
+                path: p(),
+                expected: BLOCK,
+                actual,
+            });
         }
         let corrupt = |what: String| ImageError::Corrupt { path: p(), what };
-        let header: Header = pod_read(&hb).ok_or_else(|| corrupt("short header".into()))?;
+        let header: Header = pod_read(&hb).ok_or_else(|| corrupt("header: too short".into()))?;
         let mut check = header;
         check.header_crc = 0;
         if crc32fast::hash(pod_bytes(&check)) != header.header_crc {
-            return Err(corrupt("header checksum mismatch".into()));
+            return Err(corrupt("header: checksum mismatch".into()));
         }
         if header.version != FORMAT_VERSION {
-            return Err(ImageError::Version { path: p(), found: header.version });
+            return Err(ImageError::Version {
+                path: p(),
+                found: header.version,
+            });
         }
         if actual < header.file_len {
-            return Err(ImageError::Truncated { path: p(), expected: header.file_len, actual });
+            return Err(ImageError::Truncated {
+                path: p(),
+                expected: header.file_len,
+                actual,
+            });
         }
         if header.index_offset < BLOCK
-            || header.index_offset.checked_add(header.index_len).is_none_or(|e| e > header.file_len)
+            || header
+                .index_offset
+                .checked_add(header.index_len)
+                .is_none_or(|e| e > header.file_len)
             || header.index_len < std::mem::size_of::<IndexHead>() as u64
         {
-            return Err(corrupt("index lies outside the file".into()));
+            return Err(corrupt(format!(
+                "header: the index it points to ({} bytes at offset {}) lies outside the file's {} bytes",
+                header.index_len, header.index_offset, header.file_len
+            )));
         }
         if header.index_len > MAX_INDEX_LEN {
-            return Err(corrupt(format!("index of {} bytes, more than the {MAX_INDEX_LEN} this version accepts", header.index_len)));
+            return Err(corrupt(format!(
+                "header: an index of {} bytes, more than the {MAX_INDEX_LEN} this version accepts",
+                header.index_len
+            )));
         }
         let mut index = vec![0u8; header.index_len as usize];
-        file.read_exact_at(&mut index, header.index_offset).map_err(io)?;
+        file.read_exact_at(&mut index, header.index_offset)
+            .map_err(io)?;
         if crc32fast::hash(&index) != header.index_crc {
-            return Err(corrupt("index checksum mismatch".into()));
+            return Err(corrupt(format!(
+                "index: checksum mismatch ({} bytes at offset {}: metadata and chunk table)",
+                header.index_len, header.index_offset
+            )));
         }
         let (meta, chunks) = parse_index(&index, &header).map_err(corrupt)?;
-        Ok(Image { path: p(), header, meta, chunks, file })
+        Ok(Image {
+            path: p(),
+            header,
+            meta,
+            chunks,
+            file,
+        })
     }
 
     /// Read chunk `c` into `out` (resized to `c.len`), verifying its CRC.
     /// `scratch` is a reusable buffer for compressed bytes.
-    pub fn read_chunk(&self, c: &ChunkDesc, out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Result<(), ImageError> {
-        let io = |source| ImageError::Io { path: self.path.clone(), source };
-        let corrupt = |what: String| ImageError::Corrupt { path: self.path.clone(), what };
+    pub fn read_chunk(
+        &self,
+        c: &ChunkDesc,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), ImageError> {
+        let io = |source| ImageError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let corrupt = |what: String| ImageError::Corrupt {
+            path: self.path.clone(),
+            what,
+        };
         if c.len > MAX_CHUNK_LEN || c.stored_len > MAX_CHUNK_LEN {
-            return Err(corrupt(format!("chunk at {:#x} is larger than {MAX_CHUNK_LEN} bytes", c.addr)));
+            return Err(corrupt(format!(
+                "{}: larger than {MAX_CHUNK_LEN} bytes",
+                self.chunk_name(c)
+            )));
         }
-        let stored = if c.flags & CHUNK_ZSTD != 0 { &mut *scratch } else { &mut *out };
+        let stored = if c.flags & CHUNK_ZSTD != 0 {
+            &mut *scratch
+        } else {
+            &mut *out
+        };
         stored.resize(c.stored_len as usize, 0);
         self.file.read_exact_at(stored, c.file_off).map_err(io)?;
         if crc32fast::hash(stored) != c.crc {
-            return Err(corrupt(format!("checksum mismatch in the memory contents at address {:#x}", c.addr)));
+            return Err(corrupt(format!(
+                "{}: checksum mismatch in the memory contents ({} bytes at offset {})",
+                self.chunk_name(c),
+                c.stored_len,
+                c.file_off
+            )));
         }
         if c.flags & CHUNK_ZSTD != 0 {
             out.resize(c.len as usize, 0);
             let n = zstd::bulk::decompress_to_buffer(scratch, out)
-                .map_err(|e| corrupt(format!("cannot decompress memory at {:#x}: {e}", c.addr)))?;
+                .map_err(|e| corrupt(format!("{}: cannot decompress: {e}", self.chunk_name(c))))?;
             if n != c.len as usize {
-                return Err(corrupt(format!("memory at {:#x} decompressed to the wrong size", c.addr)));
+                return Err(corrupt(format!(
+                    "{}: decompressed to {n} bytes instead of {}",
+                    self.chunk_name(c),
+                    c.len
+                )));
             }
         }
         Ok(())
+    }
+
+    /// "chunk N (memory at 0x...)", for messages about `c`.
+    fn chunk_name(&self, c: &ChunkDesc) -> String {
+        // The table is sorted by address (parse_index checks it).
+        match self.chunks.binary_search_by_key(&c.addr, |x| x.addr) {
+            Ok(i) => format!(
+                "chunk {i} of {} (memory at {:#x})",
+                self.chunks.len(),
+                c.addr
+            ),
+            Err(_) => format!("the chunk at memory {:#x}", c.addr),
+        }
     }
 
     /// Read and check every chunk (used by `dmtcp_restart --check`-style paths and tests).
@@ -477,43 +622,87 @@ impl Image {
 /// offset in it is checked against the index, the file and the limits
 /// above, with checked arithmetic, so a crafted index gives an error.
 fn parse_index(index: &[u8], header: &Header) -> Result<(Meta, Vec<ChunkDesc>), String> {
-    let head: IndexHead = pod_read(index).ok_or("index too short")?;
+    let head: IndexHead = pod_read(index).ok_or("index: too short")?;
     let len = index.len() as u64;
-    let meta_end = 16u64.checked_add(head.meta_len).filter(|&e| e <= len).ok_or("metadata overruns the index")?;
+    let meta_end = 16u64
+        .checked_add(head.meta_len)
+        .filter(|&e| e <= len)
+        .ok_or_else(|| {
+            format!(
+                "index: the metadata ({} bytes) overruns the index ({len} bytes)",
+                head.meta_len
+            )
+        })?;
     // meta_end <= len <= MAX_INDEX_LEN: no overflow below.
     let table = (meta_end + 7) & !7;
-    let need = head.n_chunks.checked_mul(std::mem::size_of::<ChunkDesc>() as u64).and_then(|n| n.checked_add(table));
+    let need = head
+        .n_chunks
+        .checked_mul(std::mem::size_of::<ChunkDesc>() as u64)
+        .and_then(|n| n.checked_add(table));
     if need.is_none_or(|n| n > len) {
-        return Err("chunk table overruns the index".into());
+        return Err(format!(
+            "index: the chunk table ({} chunks) overruns the index ({len} bytes)",
+            head.n_chunks
+        ));
     }
-    let meta: Meta = serde_json::from_slice(&index[16..meta_end as usize]).map_err(|e| format!("metadata unreadable: {e}"))?;
+    let meta: Meta = serde_json::from_slice(&index[16..meta_end as usize])
+        .map_err(|e| format!("metadata: unreadable: {e}"))?;
     let mut chunks = Vec::with_capacity(head.n_chunks as usize);
     let mut prev_end = 0u64;
-    for (i, raw) in index[table as usize..].chunks_exact(std::mem::size_of::<ChunkDesc>()).take(head.n_chunks as usize).enumerate() {
-        let c: ChunkDesc = pod_read(raw).ok_or("short chunk record")?;
+    for (i, raw) in index[table as usize..]
+        .chunks_exact(std::mem::size_of::<ChunkDesc>())
+        .take(head.n_chunks as usize)
+        .enumerate()
+    {
+        let c: ChunkDesc = pod_read(raw).ok_or_else(|| format!("chunk {i}: short record"))?;
         let end = c.file_off.checked_add(c.stored_len);
-        if c.file_off < BLOCK || !c.file_off.is_multiple_of(BLOCK) || end.is_none_or(|e| e > header.index_offset) {
-            return Err(format!("chunk {i} lies outside the data section"));
+        if c.file_off < BLOCK
+            || !c.file_off.is_multiple_of(BLOCK)
+            || end.is_none_or(|e| e > header.index_offset)
+        {
+            return Err(format!(
+                "chunk {i}: lies outside the data section ({} bytes at offset {})",
+                c.stored_len, c.file_off
+            ));
         }
         if c.len == 0 || c.len > MAX_CHUNK_LEN || c.stored_len > MAX_CHUNK_LEN {
-            return Err(format!("chunk {i} has a length of {} bytes ({} stored), outside 1..={MAX_CHUNK_LEN}", c.len, c.stored_len));
+            return Err(format!(
+                "chunk {i}: a length of {} bytes ({} stored), outside 1..={MAX_CHUNK_LEN}",
+                c.len, c.stored_len
+            ));
         }
         let mem_end = c.addr.checked_add(c.len);
         if !c.len.is_multiple_of(4096) || !c.addr.is_multiple_of(4096) || mem_end.is_none() {
-            return Err(format!("chunk {i} is not a page-aligned memory range"));
+            return Err(format!(
+                "chunk {i}: not a page-aligned memory range ({} bytes at {:#x})",
+                c.len, c.addr
+            ));
         }
         if c.addr < prev_end {
-            return Err(format!("chunk {i} overlaps or precedes the one before it"));
+            return Err(format!(
+                "chunk {i}: overlaps or precedes the one before it (memory at {:#x})",
+                c.addr
+            ));
         }
         prev_end = mem_end.unwrap_or(u64::MAX);
         if c.flags & CHUNK_ZSTD == 0 && c.stored_len != c.len {
-            return Err(format!("chunk {i} has inconsistent lengths"));
+            return Err(format!(
+                "chunk {i}: {} bytes stored raw for {} bytes of memory",
+                c.stored_len, c.len
+            ));
         }
         chunks.push(c);
     }
-    for a in &meta.areas {
-        if !a.start.is_multiple_of(4096) || !a.len.is_multiple_of(4096) || a.len == 0 || a.start.checked_add(a.len).is_none() {
-            return Err("misaligned memory area".into());
+    for (i, a) in meta.areas.iter().enumerate() {
+        if !a.start.is_multiple_of(4096)
+            || !a.len.is_multiple_of(4096)
+            || a.len == 0
+            || a.start.checked_add(a.len).is_none()
+        {
+            return Err(format!(
+                "metadata: area {i} is not a page-aligned memory range ({} bytes at {:#x})",
+                a.len, a.start
+            ));
         }
     }
     Ok((meta, chunks))
@@ -556,7 +745,17 @@ mod tests {
             entry_stack_top: 2,
             special: [(0, 0); 3],
             mm: [0; 11],
-            areas: vec![Area { start: 4096, len: 8192, offset: 0, prot: 3, kind: 0, flags: 0, path: String::new(), file_size: 0, shm: 0 }],
+            areas: vec![Area {
+                start: 4096,
+                len: 8192,
+                offset: 0,
+                prot: 3,
+                kind: 0,
+                flags: 0,
+                path: String::new(),
+                file_size: 0,
+                shm: 0,
+            }],
             coord_host: "localhost".into(),
             coord_port: 7779,
             ckpt_dir: ".".into(),
@@ -579,8 +778,22 @@ mod tests {
             data.push(0);
         }
         let chunks = [
-            ChunkDesc { addr: 4096, len: 4096, file_off: 4096, stored_len: 4096, crc: crc32fast::hash(&raw), flags: 0 },
-            ChunkDesc { addr: 8192, len: 8192, file_off: zoff, stored_len: z.len() as u64, crc: crc32fast::hash(&z), flags: CHUNK_ZSTD },
+            ChunkDesc {
+                addr: 4096,
+                len: 4096,
+                file_off: 4096,
+                stored_len: 4096,
+                crc: crc32fast::hash(&raw),
+                flags: 0,
+            },
+            ChunkDesc {
+                addr: 8192,
+                len: 8192,
+                file_off: zoff,
+                stored_len: z.len() as u64,
+                crc: crc32fast::hash(&z),
+                flags: CHUNK_ZSTD,
+            },
         ];
         let index = encode_index(&meta(), &chunks);
         let index_offset = data.len() as u64;
@@ -599,7 +812,8 @@ mod tests {
     }
 
     fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("dmtcp-image-test-{name}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("dmtcp-image-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -624,7 +838,10 @@ mod tests {
         let good = std::fs::read(&p).unwrap();
 
         std::fs::write(&p, &good[..good.len() - 10]).unwrap();
-        assert!(matches!(Image::open(&p), Err(ImageError::Truncated { .. })), "truncated");
+        assert!(
+            matches!(Image::open(&p), Err(ImageError::Truncated { .. })),
+            "truncated"
+        );
 
         let mut bad = good.clone();
         bad[4096 + 100] ^= 0xff;
@@ -640,28 +857,15 @@ mod tests {
         assert!(matches!(Image::open(&p), Err(ImageError::Corrupt { .. })));
 
         std::fs::write(&p, b"#!/bin/sh\necho hello\n").unwrap();
-        assert!(matches!(Image::open(&p), Err(ImageError::NotAnImage { .. })));
+        assert!(matches!(
+            Image::open(&p),
+            Err(ImageError::NotAnImage { .. })
+        ));
 
         let mut bad = good.clone();
         bad[9] ^= 1;
         std::fs::write(&p, &bad).unwrap();
         assert!(matches!(Image::open(&p), Err(ImageError::Corrupt { .. })));
-    }
-
-    /// Recompute the index and header checksums of an image in `b` (as a
-    /// crafted image would carry them), wherever its header says the index is.
-    fn reseal(b: &mut [u8]) {
-        if b.len() < 48 {
-            return;
-        }
-        let mut h: Header = pod_read(&b[..48]).unwrap();
-        let (o, l) = (h.index_offset as usize, h.index_len as usize);
-        if let Some(ix) = o.checked_add(l).filter(|&e| e <= b.len()).map(|e| &b[o..e]) {
-            h.index_crc = crc32fast::hash(ix);
-        }
-        h.header_crc = 0;
-        h.header_crc = crc32fast::hash(pod_bytes(&h));
-        b[..48].copy_from_slice(pod_bytes(&h));
     }
 
     fn header_of(b: &[u8]) -> Header {
@@ -692,13 +896,22 @@ mod tests {
         let good = std::fs::read(&p).unwrap();
         // Chunk 1 is zstd: its memory length is not tied to its stored bytes.
         for v in [1u64 << 62, !4095u64, MAX_CHUNK_LEN + 4096] {
-            let e = open_with(&p, &good, chunk_field(&good, 1, 8), v).err().expect("a chunk length accepted");
-            assert!(matches!(e, ImageError::Corrupt { .. }) && e.to_string().contains("chunk 1"), "{v:#x}: {e}");
+            let e = open_with(&p, &good, chunk_field(&good, 1, 8), v)
+                .err()
+                .expect("a chunk length accepted");
+            assert!(
+                matches!(e, ImageError::Corrupt { .. }) && e.to_string().contains("chunk 1"),
+                "{v:#x}: {e}"
+            );
         }
         // Stored length and address near the top wrap no sum.
-        let e = open_with(&p, &good, chunk_field(&good, 1, 24), u64::MAX).err().expect("stored length accepted");
+        let e = open_with(&p, &good, chunk_field(&good, 1, 24), u64::MAX)
+            .err()
+            .expect("stored length accepted");
         assert!(e.to_string().contains("chunk 1"), "{e}");
-        let e = open_with(&p, &good, chunk_field(&good, 1, 0), !4095u64).err().expect("address accepted");
+        let e = open_with(&p, &good, chunk_field(&good, 1, 0), !4095u64)
+            .err()
+            .expect("address accepted");
         assert!(e.to_string().contains("chunk 1"), "{e}");
         // A chunk handed to read_chunk directly is checked too.
         let img = Image::open(&{
@@ -708,7 +921,9 @@ mod tests {
         .unwrap();
         let mut c = img.chunks[1];
         c.len = 1 << 62;
-        let e = img.read_chunk(&c, &mut Vec::new(), &mut Vec::new()).unwrap_err();
+        let e = img
+            .read_chunk(&c, &mut Vec::new(), &mut Vec::new())
+            .unwrap_err();
         assert!(e.to_string().contains("larger than"), "{e}");
     }
 
@@ -718,12 +933,23 @@ mod tests {
         let p = build(&d);
         let good = std::fs::read(&p).unwrap();
         let at = header_of(&good).index_offset as usize;
-        for v in [u64::MAX, u64::MAX - 16, u64::MAX - 18, u64::MAX - 20, u64::MAX - 23, u64::MAX - 1 - (1 << 20)] {
-            let e = open_with(&p, &good, at, v).err().expect("metadata length accepted");
+        for v in [
+            u64::MAX,
+            u64::MAX - 16,
+            u64::MAX - 18,
+            u64::MAX - 20,
+            u64::MAX - 23,
+            u64::MAX - 1 - (1 << 20),
+        ] {
+            let e = open_with(&p, &good, at, v)
+                .err()
+                .expect("metadata length accepted");
             assert!(matches!(e, ImageError::Corrupt { .. }), "{v:#x}: {e}");
         }
         // A chunk count whose table would wrap.
-        let e = open_with(&p, &good, at + 8, u64::MAX / 40 + 2).err().expect("chunk count accepted");
+        let e = open_with(&p, &good, at + 8, u64::MAX / 40 + 2)
+            .err()
+            .expect("chunk count accepted");
         assert!(matches!(e, ImageError::Corrupt { .. }), "{e}");
     }
 
@@ -741,7 +967,12 @@ mod tests {
         b[..48].copy_from_slice(pod_bytes(&h));
         reseal(&mut b);
         std::fs::write(&p, &b).unwrap();
-        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(4096 + big).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(4096 + big)
+            .unwrap();
         let e = Image::open(&p).err().expect("an oversized index accepted");
         assert!(e.to_string().contains("index of"), "{e}");
         std::fs::remove_file(&p).unwrap();
@@ -765,7 +996,21 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let edges = [0u64, 1, 7, 8, 16, 4095, 4096, 1 << 32, 1 << 62, u64::MAX, u64::MAX - 7, u64::MAX - 16, u64::MAX - 23];
+        let edges = [
+            0u64,
+            1,
+            7,
+            8,
+            16,
+            4095,
+            4096,
+            1 << 32,
+            1 << 62,
+            u64::MAX,
+            u64::MAX - 7,
+            u64::MAX - 16,
+            u64::MAX - 23,
+        ];
         let (mut opened, mut refused) = (0, 0);
         for _ in 0..3000 {
             let mut b = good.clone();
@@ -773,12 +1018,20 @@ mod tests {
                 match rnd() % 4 {
                     // A byte of the header or the index.
                     0 => {
-                        let at = if rnd() % 2 == 0 { (rnd() % 48) as usize } else { io + (rnd() as usize) % il };
+                        let at = if rnd() % 2 == 0 {
+                            (rnd() % 48) as usize
+                        } else {
+                            io + (rnd() as usize) % il
+                        };
                         b[at] ^= 1 << (rnd() % 8);
                     }
                     // A u64 of the header or the index set to an edge value.
                     1 | 2 => {
-                        let at = if rnd() % 4 == 0 { 16 + 8 * (rnd() % 3) as usize } else { io + 8 * ((rnd() as usize) % (il / 8)) };
+                        let at = if rnd() % 4 == 0 {
+                            16 + 8 * (rnd() % 3) as usize
+                        } else {
+                            io + 8 * ((rnd() as usize) % (il / 8))
+                        };
                         let v = edges[(rnd() as usize) % edges.len()];
                         b[at..at + 8].copy_from_slice(&v.to_le_bytes());
                     }
@@ -804,6 +1057,9 @@ mod tests {
                 Err(_) => refused += 1,
             }
         }
-        assert!(refused > 1000 && opened > 0, "{refused} refused, {opened} opened");
+        assert!(
+            refused > 1000 && opened > 0,
+            "{refused} refused, {opened} opened"
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod env;
+pub mod generation;
 pub mod image;
 pub mod proto;
 pub mod sock;

@@ -15,8 +15,15 @@ fn close(fd: i32) {
 /// A connected TCP pair over loopback: (connecting end, accepted end).
 /// IPv6 uses ::1, or an IPv4-mapped address where ::1 is missing.
 pub fn loopback_pair(domain: i32) -> std::io::Result<(i32, i32)> {
-    let v6 = [std::net::Ipv6Addr::LOCALHOST, std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped()];
-    let tries = if domain == libc::AF_INET6 { &v6[..] } else { &v6[..1] };
+    let v6 = [
+        std::net::Ipv6Addr::LOCALHOST,
+        std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped(),
+    ];
+    let tries = if domain == libc::AF_INET6 {
+        &v6[..]
+    } else {
+        &v6[..1]
+    };
     let mut last = Error::from_raw_os_error(libc::EINVAL);
     for ip6 in tries {
         // SAFETY: socket calls on fds of our own and a local address struct.
@@ -39,7 +46,10 @@ pub fn loopback_pair(domain: i32) -> std::io::Result<(i32, i32)> {
                 return Err(Error::last_os_error());
             }
             let mut alen = len;
-            if libc::bind(l, sa, len) != 0 || libc::listen(l, 1) != 0 || libc::getsockname(l, sa, &mut alen) != 0 {
+            if libc::bind(l, sa, len) != 0
+                || libc::listen(l, 1) != 0
+                || libc::getsockname(l, sa, &mut alen) != 0
+            {
                 last = Error::last_os_error();
                 close(l);
                 continue;
@@ -53,7 +63,12 @@ pub fn loopback_pair(domain: i32) -> std::io::Result<(i32, i32)> {
                 }
                 continue;
             }
-            let a = libc::accept4(l, core::ptr::null_mut(), core::ptr::null_mut(), libc::SOCK_CLOEXEC);
+            let a = libc::accept4(
+                l,
+                core::ptr::null_mut(),
+                core::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            );
             last = Error::last_os_error();
             close(l);
             if a < 0 {
@@ -71,7 +86,15 @@ pub fn pair(r: &SockRec) -> std::io::Result<(i32, i32)> {
     if r.domain == libc::AF_UNIX {
         let mut p = [-1i32; 2];
         // SAFETY: socketpair writes two fds into our array.
-        if unsafe { libc::socketpair(libc::AF_UNIX, r.stype | libc::SOCK_CLOEXEC, 0, p.as_mut_ptr()) } != 0 {
+        if unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                r.stype | libc::SOCK_CLOEXEC,
+                0,
+                p.as_mut_ptr(),
+            )
+        } != 0
+        {
             return Err(Error::last_os_error());
         }
         return Ok((p[0], p[1]));
@@ -84,8 +107,14 @@ fn addr_call(fd: i32, raw: &[u8], connect: bool) -> i32 {
     // large enough for any address.
     unsafe {
         let mut ss: libc::sockaddr_storage = core::mem::zeroed();
-        let n = raw.len().min(core::mem::size_of::<libc::sockaddr_storage>());
-        core::ptr::copy_nonoverlapping(raw.as_ptr(), &mut ss as *mut libc::sockaddr_storage as *mut u8, n);
+        let n = raw
+            .len()
+            .min(core::mem::size_of::<libc::sockaddr_storage>());
+        core::ptr::copy_nonoverlapping(
+            raw.as_ptr(),
+            &mut ss as *mut libc::sockaddr_storage as *mut u8,
+            n,
+        );
         let sa = &ss as *const libc::sockaddr_storage as *const libc::sockaddr;
         if connect {
             libc::connect(fd, sa, n as libc::socklen_t)
@@ -103,7 +132,9 @@ fn unix_path(raw: &[u8]) -> Option<std::path::PathBuf> {
         return None;
     }
     let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
-    Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&p[..end])))
+    Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
+        &p[..end],
+    )))
 }
 
 /// Bind to the old address. A Unix path still there from the old run is a
@@ -113,6 +144,25 @@ fn bind_again(fd: i32, r: &SockRec) -> Result<(), Error> {
         return Ok(());
     }
     let e = Error::last_os_error();
+    if r.domain == libc::AF_UNIX && e.raw_os_error() == Some(libc::ENOENT) {
+        // Its directory is gone (a per-host temporary directory): make it
+        // again, private to this user.
+        if let Some(dir) = unix_path(&r.local)
+            .as_deref()
+            .and_then(std::path::Path::parent)
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            if std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .is_ok()
+                && addr_call(fd, &r.local, false) == 0
+            {
+                return Ok(());
+            }
+        }
+    }
     if r.domain == libc::AF_UNIX && e.raw_os_error() == Some(libc::EADDRINUSE) {
         if let Some(p) = unix_path(&r.local) {
             use std::os::unix::fs::FileTypeExt;
@@ -148,13 +198,20 @@ pub fn single(r: &SockRec, warn: &mut dyn FnMut(String)) -> std::io::Result<i32>
             set(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
         }
         if let Err(e) = bind_again(fd, r) {
-            warn(format!("socket fd {}: cannot bind to its old address: {e}", r.fd));
+            warn(format!(
+                "socket fd {}: cannot bind to its old address: {e}",
+                r.fd
+            ));
         }
     }
     if r.state == SockState::Listen {
         // SAFETY: listen on our socket.
         if unsafe { libc::listen(fd, libc::SOMAXCONN) } != 0 {
-            warn(format!("socket fd {}: cannot listen again: {}", r.fd, Error::last_os_error()));
+            warn(format!(
+                "socket fd {}: cannot listen again: {}",
+                r.fd,
+                Error::last_os_error()
+            ));
         }
     }
     Ok(fd)
@@ -163,8 +220,16 @@ pub fn single(r: &SockRec, warn: &mut dyn FnMut(String)) -> std::io::Result<i32>
 /// Connect a datagram socket to its old peer (after every socket of the
 /// job is bound again).
 pub fn reconnect(fd: i32, r: &SockRec, warn: &mut dyn FnMut(String)) {
-    if r.state == SockState::Plain && !r.peer.is_empty() && r.stype != libc::SOCK_STREAM && addr_call(fd, &r.peer, true) != 0 {
-        warn(format!("socket fd {}: cannot connect to its old peer again: {}", r.fd, Error::last_os_error()));
+    if r.state == SockState::Plain
+        && !r.peer.is_empty()
+        && r.stype != libc::SOCK_STREAM
+        && addr_call(fd, &r.peer, true) != 0
+    {
+        warn(format!(
+            "socket fd {}: cannot connect to its old peer again: {}",
+            r.fd,
+            Error::last_os_error()
+        ));
     }
 }
 
@@ -191,10 +256,27 @@ pub fn send_dgram(fd: i32, data: &[u8], dest: &[u8]) -> std::io::Result<()> {
     // large enough for any address; sending from our buffer.
     let n = unsafe {
         let mut ss: libc::sockaddr_storage = core::mem::zeroed();
-        let len = dest.len().min(core::mem::size_of::<libc::sockaddr_storage>());
-        core::ptr::copy_nonoverlapping(dest.as_ptr(), &mut ss as *mut libc::sockaddr_storage as *mut u8, len);
-        let sa = if len == 0 { core::ptr::null() } else { &ss as *const libc::sockaddr_storage as *const libc::sockaddr };
-        libc::sendto(fd, data.as_ptr() as *const libc::c_void, data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL, sa, len as libc::socklen_t)
+        let len = dest
+            .len()
+            .min(core::mem::size_of::<libc::sockaddr_storage>());
+        core::ptr::copy_nonoverlapping(
+            dest.as_ptr(),
+            &mut ss as *mut libc::sockaddr_storage as *mut u8,
+            len,
+        );
+        let sa = if len == 0 {
+            core::ptr::null()
+        } else {
+            &ss as *const libc::sockaddr_storage as *const libc::sockaddr
+        };
+        libc::sendto(
+            fd,
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            sa,
+            len as libc::socklen_t,
+        )
     };
     if n < 0 {
         Err(Error::last_os_error())
@@ -220,11 +302,20 @@ pub fn same_addr(a: &[u8], b: &[u8]) -> bool {
 /// sender's new socket when one of `made` is bound to the sender's
 /// address (so a reply goes back to it), else from the other end of a
 /// socketpair, else from a throw-away socket.
-pub fn refill_dgrams(recs: &[&SockRec], made: &std::collections::BTreeMap<String, i32>, warn: &mut dyn FnMut(String)) {
-    let named: Vec<(&[u8], i32)> =
-        recs.iter().filter(|r| !r.local.is_empty()).filter_map(|r| made.get(&key(r)).map(|&fd| (r.local.as_slice(), fd))).collect();
+pub fn refill_dgrams(
+    recs: &[&SockRec],
+    made: &std::collections::BTreeMap<String, i32>,
+    warn: &mut dyn FnMut(String),
+) {
+    let named: Vec<(&[u8], i32)> = recs
+        .iter()
+        .filter(|r| !r.local.is_empty())
+        .filter_map(|r| made.get(&key(r)).map(|&fd| (r.local.as_slice(), fd)))
+        .collect();
     for r in recs.iter().filter(|r| !r.dgrams.is_empty()) {
-        let Some(&target) = made.get(&key(r)) else { continue };
+        let Some(&target) = made.get(&key(r)) else {
+            continue;
+        };
         let other = (r.state == SockState::Pair).then(|| {
             let mut o = (*r).clone();
             o.side ^= 1;
@@ -232,13 +323,17 @@ pub fn refill_dgrams(recs: &[&SockRec], made: &std::collections::BTreeMap<String
         });
         let mut lost = 0;
         for (src, data) in &r.dgrams {
-            let from = named.iter().find(|(n, fd)| *fd != target && same_addr(src, n)).map(|x| x.1);
+            let from = named
+                .iter()
+                .find(|(n, fd)| *fd != target && same_addr(src, n))
+                .map(|x| x.1);
             let res = match (from, other.flatten()) {
                 (Some(f), _) if !r.local.is_empty() => send_dgram(f, data, &r.local),
                 (_, Some(o)) => send_dgram(o, data, &[]),
                 _ if !r.local.is_empty() => {
                     // SAFETY: a throw-away datagram socket.
-                    let t = unsafe { libc::socket(r.domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+                    let t =
+                        unsafe { libc::socket(r.domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
                     let res = send_dgram(t, data, &r.local);
                     close(t);
                     res
@@ -250,7 +345,11 @@ pub fn refill_dgrams(recs: &[&SockRec], made: &std::collections::BTreeMap<String
             }
         }
         if lost > 0 {
-            warn(format!("socket fd {}: {lost} of {} waiting datagrams could not be queued again", r.fd, r.dgrams.len()));
+            warn(format!(
+                "socket fd {}: {lost} of {} waiting datagrams could not be queued again",
+                r.fd,
+                r.dgrams.len()
+            ));
         }
     }
 }

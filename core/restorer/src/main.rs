@@ -53,14 +53,34 @@ impl<T> Bss<T> {
 #[no_mangle]
 static RESTORER_STACK: Bss<[u8; STACK_SIZE]> = Bss::new([0; STACK_SIZE]);
 static AREAS: Bss<[AreaDesc; MAX_AREAS]> = Bss::new(
-    [AreaDesc { start: 0, len: 0, offset: 0, prot: 0, kind: 0, flags: 0, path_len: 0, fd: -1, _pad: 0 }; MAX_AREAS],
+    [AreaDesc {
+        start: 0,
+        len: 0,
+        offset: 0,
+        prot: 0,
+        kind: 0,
+        flags: 0,
+        path_len: 0,
+        fd: -1,
+        _pad: 0,
+    }; MAX_AREAS],
 );
 static PATH_AT: Bss<[u32; MAX_AREAS]> = Bss::new([0; MAX_AREAS]);
 static PATHS: Bss<[u8; PATH_POOL]> = Bss::new([0; PATH_POOL]);
 static MAPS: Bss<[u8; MAPS_BUF]> = Bss::new([0; MAPS_BUF]);
 /// Entry points of the image's vDSO (from the stream) and of this kernel's.
-static OLD_SYMS: Bss<[VdsoSym; MAX_VDSO_SYMS]> = Bss::new([VdsoSym { offset: 0, name: [0; vdso::SYM_NAME_MAX] }; MAX_VDSO_SYMS]);
-static NEW_SYMS: Bss<[VdsoSym; MAX_VDSO_SYMS]> = Bss::new([VdsoSym { offset: 0, name: [0; vdso::SYM_NAME_MAX] }; MAX_VDSO_SYMS]);
+static OLD_SYMS: Bss<[VdsoSym; MAX_VDSO_SYMS]> = Bss::new(
+    [VdsoSym {
+        offset: 0,
+        name: [0; vdso::SYM_NAME_MAX],
+    }; MAX_VDSO_SYMS],
+);
+static NEW_SYMS: Bss<[VdsoSym; MAX_VDSO_SYMS]> = Bss::new(
+    [VdsoSym {
+        offset: 0,
+        name: [0; vdso::SYM_NAME_MAX],
+    }; MAX_VDSO_SYMS],
+);
 /// Area indexes sorted by address (placing the vDSO in a free range).
 static ORDER: Bss<[u32; MAX_AREAS + 8]> = Bss::new([0; MAX_AREAS + 8]);
 static HEADER: Bss<StreamHeader> = Bss::new(StreamHeader {
@@ -86,7 +106,12 @@ static HEADER: Bss<StreamHeader> = Bss::new(StreamHeader {
         auxv_size: 0,
         exe_fd: 0,
     },
-    args: RestartArgs { coord_fd: 0, info_fd: 0, flags: 0, _pad: 0 },
+    args: RestartArgs {
+        coord_fd: 0,
+        info_fd: 0,
+        flags: 0,
+        _pad: 0,
+    },
     image_fd: -1,
     n_vdso_syms: 0,
     vdso_flags: 0,
@@ -158,7 +183,10 @@ fn read_exact(fd: i32, buf: &mut [u8], what: &[u8]) {
         fail_err(what, 0, r);
     }
     if r as usize != buf.len() {
-        fail(b"restore stream ended early (the image is damaged; see the message above)", None);
+        fail(
+            b"restore stream ended early (the image is damaged; see the message above)",
+            None,
+        );
     }
 }
 
@@ -219,12 +247,18 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
     // SAFETY: at process entry the kernel put argc, then argv pointers, at sp.
     let (argc, argv) = unsafe { (*sp, sp.add(1) as *const *const u8) };
     if argc < 2 {
-        fail(b"usage: dmtcp_restorer FD (run by dmtcp_restart, not by hand)", None);
+        fail(
+            b"usage: dmtcp_restorer FD (run by dmtcp_restart, not by hand)",
+            None,
+        );
     }
     // SAFETY: argc >= 2, so argv[1] is a valid NUL-terminated string.
     let fd = match parse_dec(unsafe { *argv.add(1) }) {
         Some(fd) => fd,
-        None => fail(b"usage: dmtcp_restorer FD (run by dmtcp_restart, not by hand)", None),
+        None => fail(
+            b"usage: dmtcp_restorer FD (run by dmtcp_restart, not by hand)",
+            None,
+        ),
     };
 
     // SAFETY: single-threaded; these statics are only touched here.
@@ -238,7 +272,8 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
         fail(b"too many memory areas", Some(n as u64));
     }
     // SAFETY: single-threaded access to the restorer's own tables.
-    let (areas, path_at, paths) = unsafe { (&mut *AREAS.get(), &mut *PATH_AT.get(), &mut *PATHS.get()) };
+    let (areas, path_at, paths) =
+        unsafe { (&mut *AREAS.get(), &mut *PATH_AT.get(), &mut *PATHS.get()) };
     let mut pool = 0usize;
     for i in 0..n {
         read_exact(fd, as_bytes_mut(&mut areas[i]), b"reading the area table");
@@ -254,8 +289,16 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
         if a.start % 4096 != 0 || a.len % 4096 != 0 || a.len == 0 {
             fail(b"misaligned area", Some(a.start));
         }
-        if ranges_overlap(a.start, a.len, dmtcp_sys::RESTORER_BASE as u64, dmtcp_sys::RESTORER_SIZE as u64) {
-            fail(b"an area of the image lies in the restorer window", Some(a.start));
+        if ranges_overlap(
+            a.start,
+            a.len,
+            dmtcp_sys::RESTORER_BASE as u64,
+            dmtcp_sys::RESTORER_SIZE as u64,
+        ) {
+            fail(
+                b"an area of the image lies in the restorer window",
+                Some(a.start),
+            );
         }
     }
 
@@ -278,7 +321,14 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
     fill_from_stream(fd, hdr.image_fd);
     for a in areas.iter().take(n) {
         // SAFETY: re-protecting an area this program mapped itself.
-        let r = unsafe { syscall3(nr::MPROTECT, a.start as usize, a.len as usize, a.prot as usize) };
+        let r = unsafe {
+            syscall3(
+                nr::MPROTECT,
+                a.start as usize,
+                a.len as usize,
+                a.prot as usize,
+            )
+        };
         if is_err(r) {
             fail_err(b"mprotect failed at", a.start, r);
         }
@@ -350,7 +400,14 @@ fn clear_address_space() -> Current {
     // SAFETY: single-threaded access to the maps buffer.
     let buf = unsafe { &mut *MAPS.get() };
     // SAFETY: the path is a NUL-terminated literal.
-    let mfd = unsafe { syscall3(nr::OPEN, c"/proc/self/maps".as_ptr() as usize, nr::O_RDONLY, 0) };
+    let mfd = unsafe {
+        syscall3(
+            nr::OPEN,
+            c"/proc/self/maps".as_ptr() as usize,
+            nr::O_RDONLY,
+            0,
+        )
+    };
     if is_err(mfd) {
         fail_err(b"cannot open /proc/self/maps", 0, mfd);
     }
@@ -360,7 +417,9 @@ fn clear_address_space() -> Current {
     }
     // SAFETY: closing our own fd.
     unsafe { syscall3(nr::CLOSE, mfd as usize, 0, 0) };
-    let mut cur = Current { special: [SpecialArea::default(); 3] };
+    let mut cur = Current {
+        special: [SpecialArea::default(); 3],
+    };
     let text = &buf[..len as usize];
     // Collect first, unmap afterwards: the buffer is ours and stays valid.
     let mut to_unmap: [(u64, u64); 64] = [(0, 0); 64];
@@ -371,7 +430,10 @@ fn clear_address_space() -> Current {
         }
         let (start, end, name) = parse_maps_line(line);
         if let Some(i) = SPECIAL_NAMES.iter().position(|s| *s == name) {
-            cur.special[i] = SpecialArea { start, len: end - start };
+            cur.special[i] = SpecialArea {
+                start,
+                len: end - start,
+            };
             continue;
         }
         if name == b"[vsyscall]" || start >= 0xffff_8000_0000_0000 {
@@ -413,7 +475,12 @@ const BRK_ROOM: u64 = 1 << 30;
 /// (glibc keeps pointers into the vDSO); otherwise (or when the stream
 /// forces it) leave them out of the image's way and build a proxy at the
 /// old vDSO's address that sends each old entry point to the new vDSO.
-fn place_special_areas(cur: &Current, hdr: &StreamHeader, old_syms: &mut [VdsoSym], areas: &[AreaDesc]) {
+fn place_special_areas(
+    cur: &Current,
+    hdr: &StreamHeader,
+    old_syms: &mut [VdsoSym],
+    areas: &[AreaDesc],
+) {
     let old = &hdr.special;
     if old[VDSO].start == 0 {
         // The image had no vDSO: drop ours so it cannot collide.
@@ -424,17 +491,31 @@ fn place_special_areas(cur: &Current, hdr: &StreamHeader, old_syms: &mut [VdsoSy
         return;
     }
     for o in old.iter().filter(|o| o.start != 0) {
-        if ranges_overlap(o.start, o.len, dmtcp_sys::RESTORER_BASE as u64, dmtcp_sys::RESTORER_SIZE as u64) {
-            fail(b"the image's vDSO lies in the restorer window", Some(o.start));
+        if ranges_overlap(
+            o.start,
+            o.len,
+            dmtcp_sys::RESTORER_BASE as u64,
+            dmtcp_sys::RESTORER_SIZE as u64,
+        ) {
+            fail(
+                b"the image's vDSO lies in the restorer window",
+                Some(o.start),
+            );
         }
     }
     let have_vdso = cur.special[VDSO].start != 0;
     // SAFETY: single-threaded access to the restorer's own table.
     let new_syms = unsafe { &mut *NEW_SYMS.get() };
-    let (n_new, unreadable) = if have_vdso { read_entry_points(cur.special[VDSO], new_syms) } else { (0, None) };
+    let (n_new, unreadable) = if have_vdso {
+        read_entry_points(cur.special[VDSO], new_syms)
+    } else {
+        (0, None)
+    };
     let layout = have_vdso && same_layout(cur, old);
     // Entry points unknown on either side: the layout alone decides.
-    let entries = old_syms.is_empty() || unreadable.is_some() || vdso::same_entry_points(old_syms, &new_syms[..n_new]);
+    let entries = old_syms.is_empty()
+        || unreadable.is_some()
+        || vdso::same_entry_points(old_syms, &new_syms[..n_new]);
     let forced = hdr.vdso_flags & VDSO_FORCE_PROXY != 0;
     if layout && entries && !forced {
         move_specials(cur, old[VDSO].start.wrapping_sub(cur.special[VDSO].start));
@@ -455,15 +536,34 @@ fn place_special_areas(cur: &Current, hdr: &StreamHeader, old_syms: &mut [VdsoSy
         );
     }
     if let Some(e) = unreadable {
-        fail_parts(&[b"this kernel's vDSO cannot be read: ", e.as_bytes()], None);
+        fail_parts(
+            &[b"this kernel's vDSO cannot be read: ", e.as_bytes()],
+            None,
+        );
     }
     // The new vDSO stays where it is unless it is in the image's way.
-    let delta = if have_vdso { out_of_the_way(cur, hdr, areas) } else { 0 };
+    let delta = if have_vdso {
+        out_of_the_way(cur, hdr, areas)
+    } else {
+        0
+    };
     if delta != 0 {
         move_specials(cur, delta);
     }
-    let new_vdso = if have_vdso { cur.special[VDSO].start.wrapping_add(delta) } else { 0 };
-    build_vdso_proxy(old[VDSO], old_syms, &new_syms[..n_new], new_vdso, hdr.vdso_flags, forced, delta != 0);
+    let new_vdso = if have_vdso {
+        cur.special[VDSO].start.wrapping_add(delta)
+    } else {
+        0
+    };
+    build_vdso_proxy(
+        old[VDSO],
+        old_syms,
+        &new_syms[..n_new],
+        new_vdso,
+        hdr.vdso_flags,
+        forced,
+        delta != 0,
+    );
 }
 
 /// Do this kernel's special areas have the sizes and relative places the image's had?
@@ -471,12 +571,17 @@ fn same_layout(cur: &Current, old: &[SpecialArea; 3]) -> bool {
     let delta = old[VDSO].start.wrapping_sub(cur.special[VDSO].start);
     (0..3).all(|i| {
         let (c, o) = (cur.special[i], old[i]);
-        (c.start == 0) == (o.start == 0) && c.len == o.len && (c.start == 0 || o.start.wrapping_sub(c.start) == delta)
+        (c.start == 0) == (o.start == 0)
+            && c.len == o.len
+            && (c.start == 0 || o.start.wrapping_sub(c.start) == delta)
     })
 }
 
 /// Read this kernel's vDSO entry points into `out`: (count, error).
-fn read_entry_points(v: SpecialArea, out: &mut [VdsoSym; MAX_VDSO_SYMS]) -> (usize, Option<&'static str>) {
+fn read_entry_points(
+    v: SpecialArea,
+    out: &mut [VdsoSym; MAX_VDSO_SYMS],
+) -> (usize, Option<&'static str>) {
     // SAFETY: the kernel's [vdso] mapping of this process, readable and
     // never written; it is not moved or unmapped while the slice lives.
     let image = unsafe { core::slice::from_raw_parts(v.start as *const u8, v.len as usize) };
@@ -523,7 +628,15 @@ fn move_specials(cur: &Current, delta: u64) {
         // else occupies (the address space was cleared, and the target
         // range was chosen free of the image's areas).
         let r = unsafe {
-            syscall6(nr::MREMAP, c.start as usize, c.len as usize, c.len as usize, nr::MREMAP_MAYMOVE | nr::MREMAP_FIXED, to as usize, 0)
+            syscall6(
+                nr::MREMAP,
+                c.start as usize,
+                c.len as usize,
+                c.len as usize,
+                nr::MREMAP_MAYMOVE | nr::MREMAP_FIXED,
+                to as usize,
+                0,
+            )
         };
         if is_err(r) {
             fail_err(b"cannot move the vDSO/vvar to", to, r);
@@ -546,9 +659,15 @@ impl Busy<'_> {
     /// Range `i` as [start, end).
     fn get(&self, i: usize) -> (u64, u64) {
         match self.areas.get(i) {
-            Some(a) if a.flags & AREA_GROWSDOWN != 0 => (a.start.saturating_sub(STACK_ROOM), a.start + a.len),
+            Some(a) if a.flags & AREA_GROWSDOWN != 0 => {
+                (a.start.saturating_sub(STACK_ROOM), a.start + a.len)
+            }
             Some(a) => (a.start, a.start + a.len),
-            None => self.extra.get(i - self.areas.len()).copied().unwrap_or((0, 0)),
+            None => self
+                .extra
+                .get(i - self.areas.len())
+                .copied()
+                .unwrap_or((0, 0)),
         }
     }
     fn push(&mut self, start: u64, end: u64) {
@@ -566,13 +685,23 @@ fn out_of_the_way(cur: &Current, hdr: &StreamHeader, areas: &[AreaDesc]) -> u64 
     let present = cur.special.iter().filter(|s| s.start != 0);
     let lo = present.clone().map(|s| s.start).min().unwrap_or(0);
     let hi = present.map(|s| s.start + s.len).max().unwrap_or(0);
-    let mut busy = Busy { areas, extra: [(0, 0); 8], n_extra: 0 };
+    let mut busy = Busy {
+        areas,
+        extra: [(0, 0); 8],
+        n_extra: 0,
+    };
     for o in hdr.special.iter().filter(|o| o.start != 0) {
         busy.push(o.start, o.start + o.len);
     }
-    busy.push(dmtcp_sys::RESTORER_BASE as u64, (dmtcp_sys::RESTORER_BASE + dmtcp_sys::RESTORER_SIZE) as u64);
+    busy.push(
+        dmtcp_sys::RESTORER_BASE as u64,
+        (dmtcp_sys::RESTORER_BASE + dmtcp_sys::RESTORER_SIZE) as u64,
+    );
     if hdr.mm.start_brk != 0 {
-        busy.push(hdr.mm.start_brk, hdr.mm.brk.max(hdr.mm.start_brk).saturating_add(BRK_ROOM));
+        busy.push(
+            hdr.mm.start_brk,
+            hdr.mm.brk.max(hdr.mm.start_brk).saturating_add(BRK_ROOM),
+        );
     }
     let clear = (0..busy.len()).all(|i| {
         let (s, e) = busy.get(i);
@@ -614,7 +743,15 @@ fn out_of_the_way(cur: &Current, hdr: &StreamHeader, areas: &[AreaDesc]) -> u64 
 
 /// Map the proxy over the old vDSO's range `ov`: trampolines from its entry
 /// points `old_syms` to those of the new vDSO at `new_vdso` (0: none).
-fn build_vdso_proxy(ov: SpecialArea, old_syms: &mut [VdsoSym], new_syms: &[VdsoSym], new_vdso: u64, flags: u32, forced: bool, moved: bool) {
+fn build_vdso_proxy(
+    ov: SpecialArea,
+    old_syms: &mut [VdsoSym],
+    new_syms: &[VdsoSym],
+    new_vdso: u64,
+    flags: u32,
+    forced: bool,
+    moved: bool,
+) {
     // SAFETY: a fresh anonymous mapping at the old vDSO's range, which no
     // area of the image and no moved special area occupies
     // (MAP_FIXED_NOREPLACE refuses it otherwise).
@@ -639,31 +776,72 @@ fn build_vdso_proxy(ov: SpecialArea, old_syms: &mut [VdsoSym], new_syms: &[VdsoS
         if stubs {
             return None;
         }
-        new_syms.iter().find(|s| s.name() == name).map(|s| new_vdso.wrapping_add(s.offset))
+        new_syms
+            .iter()
+            .find(|s| s.name() == name)
+            .map(|s| new_vdso.wrapping_add(s.offset))
     };
     let st = match vdso::build_proxy(old_syms, lookup, bytes, ov.start) {
         Ok(st) => st,
-        Err(e) => fail_parts(&[b"cannot build the vDSO proxy: ", e.what.as_bytes(), b": ", e.sym.name(), b" at offset"], Some(e.sym.offset)),
+        Err(e) => fail_parts(
+            &[
+                b"cannot build the vDSO proxy: ",
+                e.what.as_bytes(),
+                b": ",
+                e.sym.name(),
+                b" at offset",
+            ],
+            Some(e.sym.offset),
+        ),
     };
     // SAFETY: protecting the mapping made above.
-    let r = unsafe { syscall3(nr::MPROTECT, ov.start as usize, ov.len as usize, nr::PROT_READ | nr::PROT_EXEC) };
+    let r = unsafe {
+        syscall3(
+            nr::MPROTECT,
+            ov.start as usize,
+            ov.len as usize,
+            nr::PROT_READ | nr::PROT_EXEC,
+        )
+    };
     if is_err(r) {
         fail_err(b"cannot protect the vDSO proxy at", ov.start, r);
     }
     // A name in /proc/<pid>/maps, where the kernel supports it (best effort).
     // SAFETY: PR_SET_VMA_ANON_NAME reads the NUL-terminated name.
     unsafe {
-        syscall6(nr::PRCTL, PR_SET_VMA, PR_SET_VMA_ANON_NAME, ov.start as usize, ov.len as usize, c"dmtcp vdso proxy".as_ptr() as usize, 0)
+        syscall6(
+            nr::PRCTL,
+            PR_SET_VMA,
+            PR_SET_VMA_ANON_NAME,
+            ov.start as usize,
+            ov.len as usize,
+            c"dmtcp vdso proxy".as_ptr() as usize,
+            0,
+        )
     };
     let mut b = [0u8; 16];
     let mut d = [0u8; 20];
     let _ = write_all(2, b"dmtcp_restorer: vDSO proxy at 0x");
     let _ = write_all(2, dmtcp_sys::fmt_hex(ov.start, &mut b));
-    let _ = write_all(2, if forced { b" (forced): " } else { b" (this kernel's vDSO differs from the image's): " });
+    let _ = write_all(
+        2,
+        if forced {
+            b" (forced): "
+        } else {
+            b" (this kernel's vDSO differs from the image's): "
+        },
+    );
     let _ = write_all(2, dmtcp_sys::fmt_u64(st.redirected as u64, &mut d));
     let _ = write_all(2, b" entry points redirected to the vDSO at 0x");
     let _ = write_all(2, dmtcp_sys::fmt_hex(new_vdso, &mut b));
-    let _ = write_all(2, if moved { b" (moved out of the image's way), " as &[u8] } else { b", " });
+    let _ = write_all(
+        2,
+        if moved {
+            b" (moved out of the image's way), " as &[u8]
+        } else {
+            b", "
+        },
+    );
     let _ = write_all(2, dmtcp_sys::fmt_u64(st.syscalls as u64, &mut d));
     let _ = write_all(2, b" system-call stubs, ");
     let _ = write_all(2, dmtcp_sys::fmt_u64(st.enosys as u64, &mut d));
@@ -705,16 +883,35 @@ fn map_area(a: &AreaDesc, path: &[u8]) {
                 let _ = write_all(2, &path[..a.path_len as usize]);
                 fail_err(b", mapped by the program at", a.start, fd);
             }
-            flags |= if shared { nr::MAP_SHARED } else { nr::MAP_PRIVATE };
+            flags |= if shared {
+                nr::MAP_SHARED
+            } else {
+                nr::MAP_PRIVATE
+            };
             // Saved contents are written in before the area gets its protection.
-            (fd, if shared && !saved { a.prot as usize } else { rw })
+            (
+                fd,
+                if shared && !saved {
+                    a.prot as usize
+                } else {
+                    rw
+                },
+            )
         }
         _ => fail(b"unknown area kind at", Some(a.start)),
     };
     // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; the
     // address space holds only this program and the special mappings.
     let r = unsafe {
-        syscall6(nr::MMAP, a.start as usize, a.len as usize, prot, flags, fd as usize, a.offset as usize)
+        syscall6(
+            nr::MMAP,
+            a.start as usize,
+            a.len as usize,
+            prot,
+            flags,
+            fd as usize,
+            a.offset as usize,
+        )
     };
     if fd >= 0 && a.kind != KIND_ANON_SHARED {
         // SAFETY: closing the fd we opened.
@@ -735,10 +932,19 @@ fn fill_from_stream(fd: i32, image_fd: i32) {
     loop {
         let mut rec = DataRecord::default();
         read_exact(fd, as_bytes_mut(&mut rec), b"reading a data record");
+        if rec.kind == REC_ABORT {
+            // dmtcp_restart has said what is wrong with the image.
+            dmtcp_sys::exit_group(DATA_EXIT);
+        }
         if rec.len == 0 {
             return;
         }
-        if ranges_overlap(rec.addr, rec.len, dmtcp_sys::RESTORER_BASE as u64, dmtcp_sys::RESTORER_SIZE as u64) {
+        if ranges_overlap(
+            rec.addr,
+            rec.len,
+            dmtcp_sys::RESTORER_BASE as u64,
+            dmtcp_sys::RESTORER_SIZE as u64,
+        ) {
             fail(b"data record aimed at the restorer window", Some(rec.addr));
         }
         if rec.kind == REC_MAP {
@@ -768,7 +974,10 @@ fn fill_from_stream(fd: i32, image_fd: i32) {
             fail_err(b"cannot read memory contents into", rec.addr, r);
         }
         if r as u64 != rec.len {
-            fail(b"restore stream ended early (the image is damaged; see the message above)", None);
+            fail(
+                b"restore stream ended early (the image is damaged; see the message above)",
+                None,
+            );
         }
     }
 }
@@ -825,7 +1034,12 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     let mut i = 0;
     while i < n {
         // SAFETY: caller guarantees both ranges hold n readable bytes.
-        let (x, y) = unsafe { (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i))) };
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
         if x != y {
             return x as i32 - y as i32;
         }

@@ -154,6 +154,10 @@ pub struct AreaDesc {
 pub const REC_DATA: u64 = 0;
 /// Record kind: map the range from the image file (already checked).
 pub const REC_MAP: u64 = 1;
+/// Record kind: the streamer found the image damaged and said so; the
+/// restorer exits with status 1 without a message of its own. (Its `len`
+/// is not 0, so that it never reads as the end of the stream.)
+pub const REC_ABORT: u64 = 2;
 
 /// Header of a block of memory contents in the stream.
 #[repr(C)]

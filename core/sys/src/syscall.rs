@@ -17,7 +17,15 @@ pub fn is_err(ret: isize) -> bool {
 /// arguments (valid pointers, lengths, and no invalidation of memory Rust
 /// still uses, e.g. by `munmap`).
 #[inline(always)]
-pub unsafe fn syscall6(n: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize, a6: usize) -> isize {
+pub unsafe fn syscall6(
+    n: usize,
+    a1: usize,
+    a2: usize,
+    a3: usize,
+    a4: usize,
+    a5: usize,
+    a6: usize,
+) -> isize {
     let ret: isize;
     // SAFETY: the `syscall` instruction clobbers rcx and r11 only (declared);
     // arguments go in the registers the x86_64 Linux ABI prescribes; the
@@ -49,7 +57,14 @@ pub unsafe fn syscall3(n: usize, a1: usize, a2: usize, a3: usize) -> isize {
 pub fn write_all(fd: i32, mut buf: &[u8]) -> isize {
     while !buf.is_empty() {
         // SAFETY: `buf` is a live slice; write only reads it.
-        let r = unsafe { syscall3(crate::nr::WRITE, fd as usize, buf.as_ptr() as usize, buf.len()) };
+        let r = unsafe {
+            syscall3(
+                crate::nr::WRITE,
+                fd as usize,
+                buf.as_ptr() as usize,
+                buf.len(),
+            )
+        };
         if r == -crate::nr::EINTR {
             continue;
         }
@@ -110,8 +125,15 @@ pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> isize {
 
 /// Wait on a private futex while `*word == expected`, up to `timeout_ns` (0 = forever).
 pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_ns: u64) -> isize {
-    let ts = [(timeout_ns / 1_000_000_000) as i64, (timeout_ns % 1_000_000_000) as i64];
-    let tsp = if timeout_ns == 0 { 0 } else { ts.as_ptr() as usize };
+    let ts = [
+        (timeout_ns / 1_000_000_000) as i64,
+        (timeout_ns % 1_000_000_000) as i64,
+    ];
+    let tsp = if timeout_ns == 0 {
+        0
+    } else {
+        ts.as_ptr() as usize
+    };
     // SAFETY: `word` is a live atomic u32; the timespec lives on our stack.
     unsafe {
         syscall6(
@@ -129,7 +151,17 @@ pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_n
 /// Wake up to `n` waiters of a private futex.
 pub fn futex_wake(word: &core::sync::atomic::AtomicU32, n: u32) -> isize {
     // SAFETY: `word` is a live atomic u32; FUTEX_WAKE only reads its address.
-    unsafe { syscall6(crate::nr::FUTEX, word.as_ptr() as usize, crate::nr::FUTEX_WAKE_PRIVATE, n as usize, 0, 0, 0) }
+    unsafe {
+        syscall6(
+            crate::nr::FUTEX,
+            word.as_ptr() as usize,
+            crate::nr::FUTEX_WAKE_PRIVATE,
+            n as usize,
+            0,
+            0,
+            0,
+        )
+    }
 }
 
 /// Terminate the whole process with `code`, without running any user code.
@@ -177,7 +209,14 @@ pub fn fmt_hex(mut v: u64, buf: &mut [u8; 16]) -> &[u8] {
 pub fn for_each_dirent(fd: i32, buf: &mut [u8], mut f: impl FnMut(&[u8])) {
     loop {
         // SAFETY: getdents64 fills the caller's buffer.
-        let got = unsafe { syscall3(crate::nr::GETDENTS64, fd as usize, buf.as_mut_ptr() as usize, buf.len()) };
+        let got = unsafe {
+            syscall3(
+                crate::nr::GETDENTS64,
+                fd as usize,
+                buf.as_mut_ptr() as usize,
+                buf.len(),
+            )
+        };
         if got <= 0 {
             return;
         }
@@ -208,7 +247,10 @@ mod tests {
     fn formats_numbers() {
         let mut b = [0u8; 20];
         assert_eq!(fmt_u64(0, &mut b), b"0");
-        assert_eq!(fmt_u64(18446744073709551615, &mut b), b"18446744073709551615");
+        assert_eq!(
+            fmt_u64(18446744073709551615, &mut b),
+            b"18446744073709551615"
+        );
         let mut h = [0u8; 16];
         assert_eq!(fmt_hex(0x5e00_0000_0000, &mut h), b"5e0000000000");
     }

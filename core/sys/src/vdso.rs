@@ -35,7 +35,10 @@ const _: () = assert!(core::mem::size_of::<VdsoSym>() == 64);
 
 impl Default for VdsoSym {
     fn default() -> Self {
-        VdsoSym { offset: 0, name: [0; SYM_NAME_MAX] }
+        VdsoSym {
+            offset: 0,
+            name: [0; SYM_NAME_MAX],
+        }
     }
 }
 
@@ -46,14 +49,21 @@ impl VdsoSym {
         if name.is_empty() || name.len() > SYM_NAME_MAX || name.contains(&0) {
             return None;
         }
-        let mut s = VdsoSym { offset, name: [0; SYM_NAME_MAX] };
+        let mut s = VdsoSym {
+            offset,
+            name: [0; SYM_NAME_MAX],
+        };
         s.name[..name.len()].copy_from_slice(name);
         Some(s)
     }
 
     /// The name without its padding.
     pub fn name(&self) -> &[u8] {
-        let n = self.name.iter().position(|&c| c == 0).unwrap_or(SYM_NAME_MAX);
+        let n = self
+            .name
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(SYM_NAME_MAX);
         &self.name[..n]
     }
 }
@@ -122,7 +132,9 @@ pub fn for_each_function(image: &[u8], mut f: impl FnMut(&[u8], u64)) -> Result<
     // vDSO at a fixed high address; recent ones at 0).
     let (mut load, mut dynamic) = (None, None);
     for i in 0..phnum {
-        let ph = phoff.checked_add(i.checked_mul(phentsize).ok_or(bad)?).ok_or(bad)?;
+        let ph = phoff
+            .checked_add(i.checked_mul(phentsize).ok_or(bad)?)
+            .ok_or(bad)?;
         let p_type = get_u32(image, ph).ok_or(bad)?;
         let p_offset = get_u64(image, ph + 8).ok_or(bad)?;
         let p_vaddr = get_u64(image, ph + 16).ok_or(bad)?;
@@ -136,7 +148,8 @@ pub fn for_each_function(image: &[u8], mut f: impl FnMut(&[u8], u64)) -> Result<
     let bias = load.ok_or("the vDSO has no PT_LOAD segment")?;
     let (dyn_off, dyn_len) = dynamic.ok_or("the vDSO has no dynamic section")?;
     let to_off = |vaddr: u64| vaddr.wrapping_sub(bias);
-    let (mut symtab, mut strtab, mut strsz, mut syment, mut hash, mut gnu_hash) = (None, None, None, SYM_SIZE, None, None);
+    let (mut symtab, mut strtab, mut strsz, mut syment, mut hash, mut gnu_hash) =
+        (None, None, None, SYM_SIZE, None, None);
     let mut at = dyn_off;
     while at + 16 <= dyn_off.saturating_add(dyn_len) {
         let tag = get_u64(image, at).ok_or(bad)?;
@@ -176,7 +189,9 @@ pub fn for_each_function(image: &[u8], mut f: impl FnMut(&[u8], u64)) -> Result<
     for i in 0..nsyms {
         let s = symtab + i * syment;
         let st_name = get_u32(image, s).ok_or(bad)? as usize;
-        let st_info = *image.get(usize::try_from(s + 4).map_err(|_| bad)?).ok_or(bad)?;
+        let st_info = *image
+            .get(usize::try_from(s + 4).map_err(|_| bad)?)
+            .ok_or(bad)?;
         let st_shndx = get_u16(image, s + 6).ok_or(bad)?;
         let st_value = get_u64(image, s + 8).ok_or(bad)?;
         let (kind, bind) = (st_info & 0xf, st_info >> 4);
@@ -239,7 +254,10 @@ pub fn fallback_syscall(name: &[u8]) -> Option<u32> {
 
 /// Do the entry points of `old` all exist in `new` at the same offsets?
 pub fn same_entry_points(old: &[VdsoSym], new: &[VdsoSym]) -> bool {
-    old.iter().all(|o| new.iter().any(|n| n.name() == o.name() && n.offset == o.offset))
+    old.iter().all(|o| {
+        new.iter()
+            .any(|n| n.name() == o.name() && n.offset == o.offset)
+    })
 }
 
 /// Bytes of `movabs rax, imm64; jmp rax`.
@@ -289,7 +307,9 @@ pub fn build_proxy(
     area_addr: u64,
 ) -> Result<ProxyStats, ProxyError> {
     old.sort_unstable_by_key(|s| s.offset);
-    let first = old.first().map_or(area.len(), |s| (s.offset as usize).min(area.len()));
+    let first = old
+        .first()
+        .map_or(area.len(), |s| (s.offset as usize).min(area.len()));
     area[..first].fill(0);
     area[first..].fill(0xcc);
     let mut stats = ProxyStats::default();
@@ -301,14 +321,23 @@ pub fn build_proxy(
             j += 1;
         }
         let group = &old[i..j];
-        let err = |what| ProxyError { what, sym: group[0] };
-        let end = old.get(j).map_or(area.len() as u64, |s| s.offset.min(area.len() as u64));
+        let err = |what| ProxyError {
+            what,
+            sym: group[0],
+        };
+        let end = old
+            .get(j)
+            .map_or(area.len() as u64, |s| s.offset.min(area.len() as u64));
         if off >= end {
             return Err(err("the old vDSO's entry point lies outside its mapping"));
         }
         let space = (end - off) as usize;
         let at = off as usize;
-        let pick = |pref: bool| group.iter().filter(move |s| s.name().starts_with(b"__vdso_") == pref);
+        let pick = |pref: bool| {
+            group
+                .iter()
+                .filter(move |s| s.name().starts_with(b"__vdso_") == pref)
+        };
         let target = pick(true).chain(pick(false)).find_map(|s| lookup(s.name()));
         let code = &mut area[at..at + space];
         match target {
@@ -321,7 +350,9 @@ pub fn build_proxy(
             Some(t) => {
                 let rel = (t as i64).wrapping_sub((area_addr + off + TRAMP_REL as u64) as i64);
                 if space < TRAMP_REL {
-                    return Err(err("the old vDSO's entry points are too close together for a trampoline"));
+                    return Err(err(
+                        "the old vDSO's entry points are too close together for a trampoline",
+                    ));
                 }
                 if i32::try_from(rel).is_err() {
                     return Err(err(
@@ -336,7 +367,10 @@ pub fn build_proxy(
                 return Err(err("this kernel's vDSO lacks a function of the old one, and there is no room for a stub"));
             }
             None => {
-                let pref = group.iter().find(|s| s.name().starts_with(b"__vdso_")).unwrap_or(&group[0]);
+                let pref = group
+                    .iter()
+                    .find(|s| s.name().starts_with(b"__vdso_"))
+                    .unwrap_or(&group[0]);
                 match fallback_syscall(pref.name()) {
                     Some(nr) => {
                         code[0] = 0xb8;
@@ -345,7 +379,8 @@ pub fn build_proxy(
                         stats.syscalls += 1;
                     }
                     None => {
-                        code[..8].copy_from_slice(&[0x48, 0xc7, 0xc0, 0xda, 0xff, 0xff, 0xff, 0xc3]);
+                        code[..8]
+                            .copy_from_slice(&[0x48, 0xc7, 0xc0, 0xda, 0xff, 0xff, 0xff, 0xc3]);
                         stats.enosys += 1;
                     }
                 }
@@ -369,11 +404,24 @@ mod tests {
     /// The running vDSO, as (address, bytes).
     fn running_vdso() -> (u64, &'static [u8]) {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let line = maps.lines().find(|l| l.ends_with("[vdso]")).expect("a [vdso] mapping");
-        let (s, e) = line.split_whitespace().next().unwrap().split_once('-').unwrap();
-        let (s, e) = (u64::from_str_radix(s, 16).unwrap(), u64::from_str_radix(e, 16).unwrap());
+        let line = maps
+            .lines()
+            .find(|l| l.ends_with("[vdso]"))
+            .expect("a [vdso] mapping");
+        let (s, e) = line
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .split_once('-')
+            .unwrap();
+        let (s, e) = (
+            u64::from_str_radix(s, 16).unwrap(),
+            u64::from_str_radix(e, 16).unwrap(),
+        );
         // SAFETY: the [vdso] mapping is readable and never unmapped or written.
-        (s, unsafe { core::slice::from_raw_parts(s as *const u8, (e - s) as usize) })
+        (s, unsafe {
+            core::slice::from_raw_parts(s as *const u8, (e - s) as usize)
+        })
     }
 
     fn running_syms() -> Vec<VdsoSym> {
@@ -388,14 +436,20 @@ mod tests {
         assert_eq!(sym("__vdso_time", 0xae0).name(), b"__vdso_time");
         assert!(VdsoSym::new(b"", 1).is_none());
         assert!(VdsoSym::new(&[b'a'; SYM_NAME_MAX + 1], 1).is_none());
-        assert_eq!(VdsoSym::new(&[b'a'; SYM_NAME_MAX], 1).unwrap().name().len(), SYM_NAME_MAX);
+        assert_eq!(
+            VdsoSym::new(&[b'a'; SYM_NAME_MAX], 1).unwrap().name().len(),
+            SYM_NAME_MAX
+        );
     }
 
     #[test]
     fn reads_the_running_vdso() {
         let (_, img) = running_vdso();
         let syms = running_syms();
-        let cg = syms.iter().find(|s| s.name() == b"__vdso_clock_gettime").expect("__vdso_clock_gettime");
+        let cg = syms
+            .iter()
+            .find(|s| s.name() == b"__vdso_clock_gettime")
+            .expect("__vdso_clock_gettime");
         assert!(cg.offset > 64 && (cg.offset as usize) < img.len());
         assert!(syms.iter().any(|s| s.name() == b"__vdso_gettimeofday"));
         assert!(same_entry_points(&syms, &syms));
@@ -417,7 +471,13 @@ mod tests {
 
     #[test]
     fn trampolines_and_stubs() {
-        let mut old = [sym("b", 0x40), sym("__vdso_a", 0x10), sym("a", 0x10), sym("__vdso_time", 0x30), sym("weird", 0x38)];
+        let mut old = [
+            sym("b", 0x40),
+            sym("__vdso_a", 0x10),
+            sym("a", 0x10),
+            sym("__vdso_time", 0x30),
+            sym("weird", 0x38),
+        ];
         let mut area = [0u8; 0x60];
         let lookup = |n: &[u8]| match n {
             b"__vdso_a" => Some(0x1122_3344_5566_7788u64),
@@ -425,12 +485,25 @@ mod tests {
             _ => None,
         };
         let st = build_proxy(&mut old, lookup, &mut area, 0x1000).unwrap();
-        assert_eq!(st, ProxyStats { redirected: 2, syscalls: 1, enosys: 1 });
+        assert_eq!(
+            st,
+            ProxyStats {
+                redirected: 2,
+                syscalls: 1,
+                enosys: 1
+            }
+        );
         assert_eq!(&area[..0x10], &[0u8; 0x10]);
-        assert_eq!(&area[0x10..0x1c], &[0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0xff, 0xe0]);
+        assert_eq!(
+            &area[0x10..0x1c],
+            &[0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0xff, 0xe0]
+        );
         assert_eq!(area[0x1c], 0xcc);
         assert_eq!(&area[0x30..0x38], &[0xb8, 201, 0, 0, 0, 0x0f, 0x05, 0xc3]);
-        assert_eq!(&area[0x38..0x40], &[0x48, 0xc7, 0xc0, 0xda, 0xff, 0xff, 0xff, 0xc3]);
+        assert_eq!(
+            &area[0x38..0x40],
+            &[0x48, 0xc7, 0xc0, 0xda, 0xff, 0xff, 0xff, 0xc3]
+        );
         // 0x40..0x60 has room for movabs.
         assert_eq!(&area[0x40..0x42], &[0x48, 0xb8]);
     }
@@ -480,25 +553,54 @@ mod tests {
         for force_stubs in [false, true] {
             // SAFETY: the mapping above, len bytes, not aliased elsewhere.
             let bytes = unsafe { core::slice::from_raw_parts_mut(area as *mut u8, len) };
-            let st = build_proxy(&mut syms, |n| if force_stubs { None } else { find(&by_name, n).map(|o| base + o) }, bytes, area as u64)
-                .unwrap();
+            let st = build_proxy(
+                &mut syms,
+                |n| {
+                    if force_stubs {
+                        None
+                    } else {
+                        find(&by_name, n).map(|o| base + o)
+                    }
+                },
+                bytes,
+                area as u64,
+            )
+            .unwrap();
             assert_eq!(st.redirected > 0, !force_stubs);
             // SAFETY: making our own mapping executable, then calling the
             // trampolines with the C ABI of the vDSO functions they stand for.
             unsafe {
-                crate::syscall3(crate::nr::MPROTECT, area as usize, len, crate::nr::PROT_READ | crate::nr::PROT_EXEC);
-                let cg: extern "C" fn(i32, *mut [i64; 2]) -> i32 = core::mem::transmute(area as usize + cg_off as usize);
-                let tm: extern "C" fn(*mut i64) -> i64 = core::mem::transmute(area as usize + time_off as usize);
+                crate::syscall3(
+                    crate::nr::MPROTECT,
+                    area as usize,
+                    len,
+                    crate::nr::PROT_READ | crate::nr::PROT_EXEC,
+                );
+                let cg: extern "C" fn(i32, *mut [i64; 2]) -> i32 =
+                    core::mem::transmute(area as usize + cg_off as usize);
+                let tm: extern "C" fn(*mut i64) -> i64 =
+                    core::mem::transmute(area as usize + time_off as usize);
                 let mut ts = [0i64; 2];
                 assert_eq!(cg(1, &mut ts), 0);
                 let mut ts2 = [0i64; 2];
                 assert_eq!(cg(1, &mut ts2), 0);
                 assert!((ts2[0], ts2[1]) >= (ts[0], ts[1]));
                 assert_eq!(cg(12345, &mut ts), -22, "an invalid clock gives -EINVAL");
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
                 let t = tm(core::ptr::null_mut());
-                assert!((t - now).abs() <= 2, "time() through the proxy: {t} vs {now}");
-                crate::syscall3(crate::nr::MPROTECT, area as usize, len, crate::nr::PROT_READ | crate::nr::PROT_WRITE);
+                assert!(
+                    (t - now).abs() <= 2,
+                    "time() through the proxy: {t} vs {now}"
+                );
+                crate::syscall3(
+                    crate::nr::MPROTECT,
+                    area as usize,
+                    len,
+                    crate::nr::PROT_READ | crate::nr::PROT_WRITE,
+                );
             }
         }
         // SAFETY: unmapping our own mapping.

@@ -33,11 +33,19 @@ impl CoordAddr {
     /// Defaults from the environment.
     pub fn from_env() -> CoordAddr {
         CoordAddr {
-            host: std::env::var(E::COORD_HOST).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "localhost".into()),
-            port: std::env::var(E::COORD_PORT).ok().and_then(|p| p.parse().ok()).unwrap_or(E::DEFAULT_PORT),
+            host: std::env::var(E::COORD_HOST)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "localhost".into()),
+            port: std::env::var(E::COORD_PORT)
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(E::DEFAULT_PORT),
             mode: CoordMode::Any,
             port_file: None,
-            interval: std::env::var(E::CKPT_INTERVAL).ok().and_then(|p| p.parse().ok()),
+            interval: std::env::var(E::CKPT_INTERVAL)
+                .ok()
+                .and_then(|p| p.parse().ok()),
             allow_other_user: false,
         }
     }
@@ -45,11 +53,15 @@ impl CoordAddr {
 
 /// Directory holding our programs (the running executable's).
 pub fn bin_dir() -> PathBuf {
-    std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("."))
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn is_local(host: &str) -> bool {
-    matches!(host, "localhost" | "127.0.0.1" | "::1" | "0.0.0.0") || host == dmtcp_common::hostname()
+    matches!(host, "localhost" | "127.0.0.1" | "::1" | "0.0.0.0")
+        || host == dmtcp_common::hostname()
 }
 
 /// A TCP endpoint as the kernel's tables in /proc/net/tcp{,6} print it:
@@ -57,7 +69,11 @@ fn is_local(host: &str) -> bool {
 fn proc_net_addr(a: &SocketAddr) -> String {
     let words: String = match a.ip() {
         IpAddr::V4(ip) => format!("{:08X}", u32::from_ne_bytes(ip.octets())),
-        IpAddr::V6(ip) => ip.octets().chunks_exact(4).map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))).collect(),
+        IpAddr::V6(ip) => ip
+            .octets()
+            .chunks_exact(4)
+            .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+            .collect(),
     };
     format!("{words}:{:04X}", a.port())
 }
@@ -81,10 +97,17 @@ fn unmapped(a: SocketAddr) -> SocketAddr {
 /// fallback (SYN cookies), a socket listening on the loopback port.
 /// None when the other end is on another machine or unknown.
 pub fn local_peer_uid(s: &TcpStream) -> Option<u32> {
-    let (me, peer) = (unmapped(s.local_addr().ok()?), unmapped(s.peer_addr().ok()?));
+    let (me, peer) = (
+        unmapped(s.local_addr().ok()?),
+        unmapped(s.peer_addr().ok()?),
+    );
     let (want_local, want_rem) = (proc_net_addr(&peer), proc_net_addr(&me));
     let port = format!(":{:04X}", peer.port());
-    let table = if peer.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" };
+    let table = if peer.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
     let text = std::fs::read_to_string(table).ok()?;
     let mut listener = None;
     for line in text.lines().skip(1) {
@@ -96,7 +119,8 @@ pub fn local_peer_uid(s: &TcpStream) -> Option<u32> {
         if f[1] == want_local && f[2] == want_rem {
             return uid;
         }
-        let wildcard = f[1].trim_end_matches(&port).bytes().all(|b| b == b'0') && f[1].ends_with(&port);
+        let wildcard =
+            f[1].trim_end_matches(&port).bytes().all(|b| b == b'0') && f[1].ends_with(&port);
         if f[3] == "0A" && (f[1] == want_local || wildcard && peer.ip().is_loopback()) {
             listener = listener.or(uid);
         }
@@ -125,8 +149,12 @@ fn check_owner(s: &TcpStream, a: &CoordAddr) -> Result<(), String> {
     let me = unsafe { libc::geteuid() };
     match local_peer_uid(s) {
         Some(uid) if uid != me && !a.allow_other_user => {
-            let who = user_name(uid).map(|n| format!("{n}, uid {uid}")).unwrap_or_else(|| format!("uid {uid}"));
-            let mine = user_name(me).map(|n| format!("{n}, uid {me}")).unwrap_or_else(|| format!("uid {me}"));
+            let who = user_name(uid)
+                .map(|n| format!("{n}, uid {uid}"))
+                .unwrap_or_else(|| format!("uid {uid}"));
+            let mine = user_name(me)
+                .map(|n| format!("{n}, uid {me}"))
+                .unwrap_or_else(|| format!("uid {me}"));
             Err(format!(
                 "the coordinator at {}:{} belongs to another user ({who}); you are {mine}. \
                  Start your own on another port (-p 0 picks a free one), \
@@ -138,46 +166,76 @@ fn check_owner(s: &TcpStream, a: &CoordAddr) -> Result<(), String> {
     }
 }
 
+/// The coordinator [`ensure`] found or started.
+pub struct Ensured {
+    pub port: u16,
+    /// Started by this call (it waits for processes, and exits with the
+    /// last one).
+    pub started: bool,
+}
+
 /// Make sure a coordinator is reachable as `a` asks; may start one (which
 /// exits with the last process). Returns the port in use. A coordinator of
 /// another user on this machine is not joined (see [`check_owner`]).
-pub fn ensure(a: &mut CoordAddr, tool: &str) -> Result<u16, String> {
+pub fn ensure(a: &mut CoordAddr, tool: &str) -> Result<Ensured, String> {
+    let found = |port| Ensured {
+        port,
+        started: false,
+    };
     let reachable = |h: &str, p: u16| TcpStream::connect((h, p)).ok();
     match a.mode {
         CoordMode::Join => {
             if let Some(s) = reachable(&a.host, a.port) {
                 check_owner(&s, a)?;
-                return Ok(a.port);
+                return Ok(found(a.port));
             }
-            return Err(format!("Coordinator not found at {}:{} (--join-coordinator)", a.host, a.port));
+            return Err(format!(
+                "Coordinator not found at {}:{} (--join-coordinator)",
+                a.host, a.port
+            ));
         }
         CoordMode::Any if a.port != 0 => {
             if let Some(s) = reachable(&a.host, a.port) {
                 check_owner(&s, a)?;
-                return Ok(a.port);
+                return Ok(found(a.port));
             }
         }
         _ => {}
     }
     if !is_local(&a.host) {
-        return Err(format!("Coordinator not found at {}:{}, and it cannot be started on another host", a.host, a.port));
+        return Err(format!(
+            "Coordinator not found at {}:{}, and it cannot be started on another host",
+            a.host, a.port
+        ));
     }
     let port_file = a.port_file.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("dmtcp-port-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()))
+        std::env::temp_dir().join(format!(
+            "dmtcp-port-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ))
     });
     let _ = std::fs::remove_file(&port_file);
     let mut cmd = std::process::Command::new(bin_dir().join("dmtcp_coordinator"));
-    cmd.arg("--exit-on-last").arg("-q").arg("--daemon").arg("-p").arg(a.port.to_string()).arg("--port-file").arg(&port_file);
+    cmd.arg("--exit-on-last")
+        .arg("-q")
+        .arg("--daemon")
+        .arg("-p")
+        .arg(a.port.to_string())
+        .arg("--port-file")
+        .arg(&port_file);
     if let Some(i) = a.interval {
         cmd.arg("-i").arg(i.to_string());
     }
     cmd.stdin(std::process::Stdio::null());
-    let st = cmd.status().map_err(|e| format!("{tool}: cannot start dmtcp_coordinator: {e}"))?;
+    let st = cmd
+        .status()
+        .map_err(|e| format!("{tool}: cannot start dmtcp_coordinator: {e}"))?;
     if !st.success() {
         // Another launcher may have just started one on the same port.
         if let Some(s) = reachable(&a.host, a.port).filter(|_| a.port != 0) {
             check_owner(&s, a)?;
-            return Ok(a.port);
+            return Ok(found(a.port));
         }
         return Err(format!("cannot start a coordinator on port {}", a.port));
     }
@@ -189,8 +247,15 @@ pub fn ensure(a: &mut CoordAddr, tool: &str) -> Result<u16, String> {
                     let _ = std::fs::remove_file(&port_file);
                 }
                 a.port = p;
-                a.host = if is_local(&a.host) { a.host.clone() } else { "localhost".into() };
-                return Ok(p);
+                a.host = if is_local(&a.host) {
+                    a.host.clone()
+                } else {
+                    "localhost".into()
+                };
+                return Ok(Ensured {
+                    port: p,
+                    started: true,
+                });
             }
         }
         if Instant::now() > deadline {
@@ -200,41 +265,6 @@ pub fn ensure(a: &mut CoordAddr, tool: &str) -> Result<u16, String> {
     }
 }
 
-/// Parse one coordinator option shared by dmtcp_launch and dmtcp_restart
-/// (`-h`, `-p`/`-pN`, `--port-file`, `-j`, `--new-coordinator`,
-/// `--any-coordinator`, `--allow-other-user-coordinator`, `-i`). Returns None when `arg` is not one of them.
-pub fn coord_option(arg: &str, next: &mut dyn FnMut() -> Option<String>, a: &mut CoordAddr) -> Option<Result<(), String>> {
-    let mut value = |name: &str| next().ok_or_else(|| format!("option {name} needs a value"));
-    let r = match arg {
-        "-h" | "--coord-host" | "--host" => value(arg).map(|v| a.host = v),
-        "-p" | "--coord-port" | "--port" => value(arg).and_then(|v| v.parse().map(|p| a.port = p).map_err(|_| format!("bad port '{v}'"))),
-        s if s.starts_with("-p") && s.len() > 2 && s[2..].chars().all(|c| c.is_ascii_digit()) => {
-            a.port = s[2..].parse().unwrap_or(0);
-            Ok(())
-        }
-        "--port-file" => value(arg).map(|v| a.port_file = Some(PathBuf::from(v))),
-        "-j" | "--join-coordinator" | "--join" => {
-            a.mode = CoordMode::Join;
-            Ok(())
-        }
-        "--new-coordinator" => {
-            a.mode = CoordMode::New;
-            Ok(())
-        }
-        "--any-coordinator" => {
-            a.mode = CoordMode::Any;
-            Ok(())
-        }
-        "--allow-other-user-coordinator" => {
-            a.allow_other_user = true;
-            Ok(())
-        }
-        "-i" | "--interval" => value(arg).and_then(|v| v.parse().map(|n| a.interval = Some(n)).map_err(|_| format!("bad interval '{v}'"))),
-        _ => return None,
-    };
-    Some(r)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,13 +272,27 @@ mod tests {
     #[test]
     fn proc_net_addresses() {
         let v4: SocketAddr = "127.0.0.1:7779".parse().unwrap();
-        let want = if cfg!(target_endian = "little") { "0100007F:1E63" } else { "7F000001:1E63" };
+        let want = if cfg!(target_endian = "little") {
+            "0100007F:1E63"
+        } else {
+            "7F000001:1E63"
+        };
         assert_eq!(proc_net_addr(&v4), want);
         let v6: SocketAddr = "[::1]:80".parse().unwrap();
-        let one = if cfg!(target_endian = "little") { "01000000" } else { "00000001" };
-        assert_eq!(proc_net_addr(&v6), format!("000000000000000000000000{one}:0050"));
+        let one = if cfg!(target_endian = "little") {
+            "01000000"
+        } else {
+            "00000001"
+        };
+        assert_eq!(
+            proc_net_addr(&v6),
+            format!("000000000000000000000000{one}:0050")
+        );
         let mapped: SocketAddr = "[::ffff:127.0.0.1]:1".parse().unwrap();
-        assert_eq!(unmapped(mapped), "127.0.0.1:1".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            unmapped(mapped),
+            "127.0.0.1:1".parse::<SocketAddr>().unwrap()
+        );
     }
 
     /// Our own listener, found through the kernel's table, is ours.

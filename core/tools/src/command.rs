@@ -1,31 +1,158 @@
 //! `dmtcp_command`: talk to a running coordinator.
 
+use crate::cli;
 use crate::client::CoordAddr;
+use clap::{value_parser, Arg, ArgAction, ArgGroup, Command, ValueHint};
 use dmtcp_common::proto::{self, Cmd, FromCoord, Reply, Role, ToCoord};
 use std::io::BufReader;
 use std::net::TcpStream;
 
-const USAGE: &str = "Usage: dmtcp_command [OPTIONS] COMMAND
-Send a command to the dmtcp_coordinator remotely.
+/// One of dmtcp_command's commands: its options, and DMTCP's other
+/// spellings of it (the first is the documented one). DMTCP takes each
+/// also as a bare word and with any number of leading dashes (`s`, `-s`,
+/// `--s`, `bc`, `-bc`, `--bcheckpoint`).
+struct Spelling {
+    cmd: Cmd,
+    short: Option<char>,
+    long: &'static str,
+    also: &'static [&'static str],
+    help: &'static str,
+}
 
-Options:
-  -h, --coord-host HOST  Hostname of the coordinator (env DMTCP_COORD_HOST, default localhost)
-  -p, --coord-port PORT  Port of the coordinator (env DMTCP_COORD_PORT, default 7779)
-  --json                 Print the answer as JSON
-  --help                 Print this message and exit
-  --version              Print the version and exit
+const fn spelling(
+    cmd: Cmd,
+    short: Option<char>,
+    long: &'static str,
+    also: &'static [&'static str],
+    help: &'static str,
+) -> Spelling {
+    Spelling {
+        cmd,
+        short,
+        long,
+        also,
+        help,
+    }
+}
 
-Commands:
-  s, --status            Print the status of all nodes
-  l, --list              List the connected processes
-  c, --checkpoint        Checkpoint all nodes
-  bc, --bcheckpoint      Checkpoint all nodes, return when the images are written
-  kc, --kcheckpoint      Checkpoint all nodes, then kill them
-  i, --interval N        Set the checkpoint interval to N seconds (0 = never)
-  k, --kill              Kill all nodes
-  q, --quit              Kill all nodes and quit the coordinator
+const COMMANDS: [Spelling; 8] = [
+    spelling(
+        Cmd::Status,
+        Some('s'),
+        "status",
+        &["s"],
+        "Print the status of all nodes",
+    ),
+    spelling(
+        Cmd::List,
+        Some('l'),
+        "list",
+        &["l", "t"],
+        "List the connected processes",
+    ),
+    spelling(
+        Cmd::Checkpoint,
+        Some('c'),
+        "checkpoint",
+        &["c"],
+        "Checkpoint all nodes",
+    ),
+    spelling(
+        Cmd::BlockingCheckpoint,
+        None,
+        "bcheckpoint",
+        &["bc"],
+        "Checkpoint all nodes, return when the images are written",
+    ),
+    spelling(
+        Cmd::KillAfterCheckpoint,
+        None,
+        "kcheckpoint",
+        &["kc", "ck", "K", "Kc"],
+        "Checkpoint all nodes, then kill them",
+    ),
+    spelling(
+        Cmd::Interval(0),
+        Some('i'),
+        "interval",
+        &["i"],
+        "Set the checkpoint interval to N seconds (0 = never)",
+    ),
+    spelling(Cmd::Kill, Some('k'), "kill", &["k"], "Kill all nodes"),
+    spelling(
+        Cmd::Quit,
+        Some('q'),
+        "quit",
+        &["q"],
+        "Kill all nodes and quit the coordinator",
+    ),
+];
 
-Exit status: 0 success, 1 bad usage or a failed command, 2 coordinator not found.";
+/// The command line of `dmtcp_command`.
+pub fn command() -> Command {
+    let cmd = cli::tool(
+        "dmtcp_command",
+        "Send a command to the dmtcp_coordinator remotely.",
+    )
+    .override_usage("dmtcp_command [OPTIONS] COMMAND")
+    .after_help(format!(
+        "{}\n\n{}",
+        cli::wrap(
+            "A command may also be given as a bare word and with any number of leading \
+             dashes, as DMTCP takes them: s, -s, --s, bc, -bc, i 5, i5, -i5.",
+            80
+        ),
+        cli::wrap(
+            "Exit status: 0 success, 1 bad usage or a failed command, 2 coordinator not found.",
+            80
+        )
+    ))
+    .next_help_heading("Options");
+    let cmd = cli::host_port_args(
+        cmd,
+        "Port of the coordinator (env DMTCP_COORD_PORT, default 7779)",
+    )
+    .arg(cli::flag("json", "json", "Print the answer as JSON"))
+    .next_help_heading("Commands");
+    let cmd = COMMANDS
+        .iter()
+        .fold(cmd, |cmd, c| {
+            // DMTCP's documented spelling; the others are accepted too.
+            let help = match c.also[0] {
+                a if a.len() == 1 => format!("{} (also {a})", c.help),
+                a => format!("{} (also -{a}, {a})", c.help),
+            };
+            let mut arg = Arg::new(c.long).long(c.long).help(help).group("command");
+            if let Some(short) = c.short {
+                arg = arg.short(short);
+            }
+            arg = if c.long == "interval" {
+                arg.value_name("N")
+                    .value_parser(value_parser!(u32))
+                    .value_hint(ValueHint::Other)
+            } else {
+                arg.action(ArgAction::SetTrue)
+            };
+            cmd.arg(arg)
+        })
+        .group(ArgGroup::new("command").multiple(false));
+    cli::finish(cmd)
+}
+
+/// DMTCP's spelling of a command (`bc`, `-bc`, `--s`, `i5`) as an option.
+fn respell(w: &str) -> Option<String> {
+    let bare = w.trim_start_matches('-');
+    if let Some(n) = bare
+        .strip_prefix('i')
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Some(format!("--interval={n}"));
+    }
+    COMMANDS
+        .iter()
+        .find(|c| bare == c.long || c.also.contains(&bare))
+        .map(|c| format!("--{}", c.long))
+}
 
 /// `dmtcp_command -s` text, as existing scripts parse it.
 pub fn status_text(host: &str, port: u16, r: &Reply) -> String {
@@ -41,7 +168,10 @@ pub fn status_text(host: &str, port: u16, r: &Reply) -> String {
 pub fn list_text(r: &Reply) -> String {
     let mut s = String::from("Client List:\n#, PROG[PID]@HOST, DMTCP-UNIQUEPID, STATE\n");
     for p in &r.peers {
-        s.push_str(&format!("{}, {}[{}]@{}, {}, {}\n", p.id, p.program, p.pid, p.hostname, p.uniq_id, p.state));
+        s.push_str(&format!(
+            "{}, {}[{}]@{}, {}, {}\n",
+            p.id, p.program, p.pid, p.hostname, p.uniq_id, p.state
+        ));
     }
     s
 }
@@ -63,24 +193,30 @@ fn cmd_name(c: &Cmd) -> &'static str {
 /// the connection away (too many connections) rather than not answering.
 pub const REFUSED: &str = "the coordinator refused the connection: ";
 
-/// Send one command; `Err` when no coordinator answers (or it refused).
-pub fn send_command(host: &str, port: u16, cmd: Cmd) -> Result<Reply, String> {
-    let s = TcpStream::connect((host, port)).map_err(|e| e.to_string())?;
-    let mut w = s.try_clone().map_err(|e| e.to_string())?;
-    let hello = ToCoord::Hello {
+/// The first message of a tool's connection (`program` is its name).
+pub fn tool_hello(program: &str) -> ToCoord {
+    ToCoord::Hello {
         role: Role::Command,
         pid: std::process::id() as i32,
         hostname: dmtcp_common::hostname(),
-        program: "dmtcp_command".into(),
+        program: program.into(),
         uniq_id: String::new(),
         restarting: false,
         comp_id: None,
         generation: 0,
         num_peers: 0,
-    };
+    }
+}
+
+/// Send one command; `Err` when no coordinator answers (or it refused).
+pub fn send_command(host: &str, port: u16, cmd: Cmd) -> Result<Reply, String> {
+    let s = TcpStream::connect((host, port)).map_err(|e| e.to_string())?;
+    let mut w = s.try_clone().map_err(|e| e.to_string())?;
+    let hello = tool_hello("dmtcp_command");
     // A coordinator that refuses the connection may close it before our
     // command is written: read its answer even if a write failed.
-    let sent = proto::send(&mut w, &hello).and_then(|_| proto::send(&mut w, &ToCoord::Command { cmd }));
+    let sent =
+        proto::send(&mut w, &hello).and_then(|_| proto::send(&mut w, &ToCoord::Command { cmd }));
     let mut r = BufReader::new(s);
     match proto::recv::<_, FromCoord>(&mut r) {
         Ok(Some(FromCoord::Reply(rep))) => Ok(rep),
@@ -93,67 +229,30 @@ pub fn send_command(host: &str, port: u16, cmd: Cmd) -> Result<Reply, String> {
 
 /// Entry point of `dmtcp_command`.
 pub fn main(args: Vec<String>) -> i32 {
-    let mut a = CoordAddr::from_env();
-    let mut json = false;
-    let mut cmd: Option<Cmd> = None;
-    let mut it = args.into_iter().skip(1).peekable();
-    let bad = |m: String| {
-        eprintln!("dmtcp_command: {m}\n\n{USAGE}");
-        1
+    let mut clap_cmd = command();
+    let args = cli::respell(&clap_cmd, args, false, respell);
+    let m = match cli::parse(&mut clap_cmd, args) {
+        Ok(m) => m,
+        Err(code) => return code,
     };
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("option {name} needs a value"));
-        let set = |c: &mut Option<Cmd>, v: Cmd| {
-            if c.is_some() {
-                return Err("only one command at a time".to_string());
-            }
-            *c = Some(v);
-            Ok(())
-        };
-        let r: Result<(), String> = match arg.as_str() {
-            "--help" => {
-                println!("{USAGE}");
-                return 0;
-            }
-            "--version" => {
-                println!("dmtcp_command (DMTCP-rs) {}", dmtcp_common::VERSION);
-                return 0;
-            }
-            "-h" | "--coord-host" | "--host" => value(&arg).map(|v| a.host = v),
-            "-p" | "--coord-port" | "--port" => value(&arg).and_then(|v| v.parse().map(|p| a.port = p).map_err(|_| format!("bad port '{v}'"))),
-            s if s.starts_with("-p") && s[2..].parse::<u16>().is_ok() => {
-                a.port = s[2..].parse().unwrap_or(0);
-                Ok(())
-            }
-            s if s.starts_with("--coord-port=") || s.starts_with("--port=") => {
-                let v = s.split_once('=').map(|x| x.1).unwrap_or("");
-                v.parse().map(|p| a.port = p).map_err(|_| format!("bad port '{v}'"))
-            }
-            "--json" => {
-                json = true;
-                Ok(())
-            }
-            "s" | "-s" | "--status" => set(&mut cmd, Cmd::Status),
-            "l" | "-l" | "--list" => set(&mut cmd, Cmd::List),
-            "c" | "-c" | "--checkpoint" => set(&mut cmd, Cmd::Checkpoint),
-            "bc" | "-bc" | "--bcheckpoint" => set(&mut cmd, Cmd::BlockingCheckpoint),
-            "kc" | "-kc" | "--kcheckpoint" => set(&mut cmd, Cmd::KillAfterCheckpoint),
-            "k" | "-k" | "--kill" => set(&mut cmd, Cmd::Kill),
-            "q" | "-q" | "--quit" => set(&mut cmd, Cmd::Quit),
-            "i" | "-i" | "--interval" => value(&arg)
-                .and_then(|v| v.parse().map_err(|_| format!("bad interval '{v}'")))
-                .and_then(|n| set(&mut cmd, Cmd::Interval(n))),
-            s if s.starts_with("--interval=") => s[11..]
-                .parse()
-                .map_err(|_| format!("bad interval '{}'", &s[11..]))
-                .and_then(|n| set(&mut cmd, Cmd::Interval(n))),
-            other => Err(format!("unknown option or command '{other}'")),
-        };
-        if let Err(m) = r {
-            return bad(m);
-        }
+    let mut a = CoordAddr::from_env();
+    if let Some(h) = m.get_one::<String>("coord_host") {
+        a.host = h.clone();
     }
-    let Some(cmd) = cmd else { return bad("no command given".into()) };
+    if let Some(p) = m.get_one::<u16>("coord_port") {
+        a.port = *p;
+    }
+    let json = m.get_flag("json");
+    let cmd = match m.get_one::<u32>("interval") {
+        Some(n) => Cmd::Interval(*n),
+        None => match COMMANDS
+            .iter()
+            .find(|c| c.long != "interval" && m.get_flag(c.long))
+        {
+            Some(c) => c.cmd.clone(),
+            None => return cli::usage_error(&mut clap_cmd, "no command given"),
+        },
+    };
     let name = cmd_name(&cmd);
     match send_command(&a.host, a.port, cmd.clone()) {
         Err(e) if e.starts_with(REFUSED) => {
@@ -191,6 +290,7 @@ pub fn main(args: Vec<String>) -> i32 {
                     "num_peers": r.num_peers,
                     "running": r.running,
                     "checkpoint_interval": r.interval,
+                    "generation": r.generation,
                 });
                 if matches!(cmd, Cmd::List) {
                     v["peers"] = serde_json::to_value(&r.peers).unwrap_or_default();
@@ -198,7 +298,9 @@ pub fn main(args: Vec<String>) -> i32 {
                 if let Some(m) = &r.message {
                     v["message"] = m.clone().into();
                 }
-                if !r.images.is_empty() && matches!(cmd, Cmd::BlockingCheckpoint | Cmd::KillAfterCheckpoint) {
+                if !r.images.is_empty()
+                    && matches!(cmd, Cmd::BlockingCheckpoint | Cmd::KillAfterCheckpoint)
+                {
                     v["images"] = serde_json::to_value(&r.images).unwrap_or_default();
                 }
                 println!("{v}");

@@ -57,7 +57,14 @@ fn send_nowait(s: &TcpStream, b: &[u8]) -> std::io::Result<usize> {
     loop {
         // SAFETY: sends from a live buffer of b.len() bytes on a socket
         // `s` keeps open; MSG_NOSIGNAL: no SIGPIPE.
-        let n = unsafe { libc::send(s.as_raw_fd(), b.as_ptr().cast(), b.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        let n = unsafe {
+            libc::send(
+                s.as_raw_fd(),
+                b.as_ptr().cast(),
+                b.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -95,8 +102,17 @@ struct OutQ {
 
 impl Outbox {
     fn new(sock: Arc<TcpStream>, who: String) -> Arc<Outbox> {
-        let q = OutQ { buf: VecDeque::new(), progress: Instant::now(), flushing: false, dead: false, who };
-        Arc::new(Outbox { sock, q: Mutex::new(q) })
+        let q = OutQ {
+            buf: VecDeque::new(),
+            progress: Instant::now(),
+            flushing: false,
+            dead: false,
+            who,
+        };
+        Arc::new(Outbox {
+            sock,
+            q: Mutex::new(q),
+        })
     }
 
     fn set_who(&self, who: String) {
@@ -131,7 +147,10 @@ impl Outbox {
         q.buf.extend(rest);
         if q.buf.len() > MAX_QUEUED {
             let n = q.buf.len();
-            return self.drop_locked(&mut q, &format!("it does not read what it is sent ({n} bytes waiting)"));
+            return self.drop_locked(
+                &mut q,
+                &format!("it does not read what it is sent ({n} bytes waiting)"),
+            );
         }
         if !q.flushing {
             q.flushing = true;
@@ -188,7 +207,11 @@ impl Outbox {
             if left.is_zero() {
                 return;
             }
-            let mut p = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+            let mut p = libc::pollfd {
+                fd: self.sock.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
             // SAFETY: polls one live pollfd on a socket we keep open.
             unsafe { libc::poll(&mut p, 1, left.as_millis().clamp(1, 1000) as i32) };
         }
@@ -212,11 +235,18 @@ fn flusher() -> &'static Flusher {
         if unsafe { libc::pipe2(wake.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
             wake = [-1, -1];
         }
-        let r = std::thread::Builder::new().name("dmtcp-flusher".into()).spawn(|| flusher().run());
+        let r = std::thread::Builder::new()
+            .name("dmtcp-flusher".into())
+            .spawn(|| flusher().run());
         if let Err(e) = r {
-            warn(format_args!("cannot start the flusher thread: {e}; clients that read slowly will be dropped"));
+            warn(format_args!(
+                "cannot start the flusher thread: {e}; clients that read slowly will be dropped"
+            ));
         }
-        Flusher { new: Mutex::new(Vec::new()), wake }
+        Flusher {
+            new: Mutex::new(Vec::new()),
+            wake,
+        }
     })
 }
 
@@ -235,20 +265,34 @@ impl Flusher {
         loop {
             active.append(&mut lock(&self.new));
             pfds.clear();
-            pfds.push(libc::pollfd { fd: self.wake[0], events: libc::POLLIN, revents: 0 });
-            pfds.extend(active.iter().map(|o| libc::pollfd { fd: o.sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 }));
+            pfds.push(libc::pollfd {
+                fd: self.wake[0],
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            pfds.extend(active.iter().map(|o| libc::pollfd {
+                fd: o.sock.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            }));
             let timeout = if self.wake[0] >= 0 { 1000 } else { 50 };
             // SAFETY: polls a live array of pfds.len() pollfds (fd -1 is ignored).
             unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
             if pfds[0].revents != 0 {
                 let mut sink = [0u8; 256];
                 // SAFETY: reads into a live buffer from our non-blocking pipe.
-                while unsafe { libc::read(self.wake[0], sink.as_mut_ptr().cast(), sink.len()) } > 0 {}
+                while unsafe { libc::read(self.wake[0], sink.as_mut_ptr().cast(), sink.len()) } > 0
+                {
+                }
             }
             active.retain(|o| {
                 let mut q = lock(&o.q);
                 if !o.flush_locked(&mut q) && q.progress.elapsed() >= STUCK_AFTER {
-                    let why = format!("it has read nothing for {} s ({} bytes waiting)", STUCK_AFTER.as_secs(), q.buf.len());
+                    let why = format!(
+                        "it has read nothing for {} s ({} bytes waiting)",
+                        STUCK_AFTER.as_secs(),
+                        q.buf.len()
+                    );
                     o.drop_locked(&mut q, &why);
                 }
                 let keep = !q.dead && !q.buf.is_empty();
@@ -273,19 +317,29 @@ impl Read for SockRead {
 /// [`RESERVED_FDS`], at most [`MAX_CONNECTIONS`]. Each connection holds one
 /// descriptor and one thread; one more is refused with a reason.
 fn max_connections() -> usize {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit fills a live struct.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
         return 1024 - RESERVED_FDS as usize;
     }
     if rl.rlim_cur < rl.rlim_max {
-        let raised = libc::rlimit { rlim_cur: rl.rlim_max, rlim_max: rl.rlim_max };
+        let raised = libc::rlimit {
+            rlim_cur: rl.rlim_max,
+            rlim_max: rl.rlim_max,
+        };
         // SAFETY: setrlimit reads a live struct.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             rl = raised;
         }
     }
-    let fds = if rl.rlim_cur == libc::RLIM_INFINITY { u64::MAX } else { rl.rlim_cur };
+    let fds = if rl.rlim_cur == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        rl.rlim_cur
+    };
     (fds.saturating_sub(RESERVED_FDS).min(MAX_CONNECTIONS as u64) as usize).max(1)
 }
 
@@ -300,7 +354,9 @@ impl Drop for ConnSlot {
 
 /// Turn a connection away with a reason (best effort, never blocks).
 fn refuse(conn: TcpStream, reason: &str) {
-    if let Ok(line) = proto::encode(&FromCoord::Refused { reason: reason.into() }) {
+    if let Ok(line) = proto::encode(&FromCoord::Refused {
+        reason: reason.into(),
+    }) {
         let _ = send_nowait(&conn, &line);
     }
     let _ = conn.shutdown(Shutdown::Write);
@@ -326,7 +382,10 @@ fn accept_loop(sh: Shared, listener: TcpListener) {
             Err(e) => {
                 // Out of descriptors or memory: the connection stays in the
                 // backlog; wait instead of spinning on it.
-                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
                     if !starved {
                         warn(format_args!("cannot accept connections: {e}"));
                         starved = true;
@@ -342,7 +401,10 @@ fn accept_loop(sh: Shared, listener: TcpListener) {
                 warn(format_args!("too many connections ({max}, from the fd limit): refusing new ones until some close"));
                 refusing = true;
             }
-            refuse(conn, &format!("too many connections to this coordinator ({max})"));
+            refuse(
+                conn,
+                &format!("too many connections to this coordinator ({max})"),
+            );
             continue;
         }
         refusing = false;
@@ -350,13 +412,18 @@ fn accept_loop(sh: Shared, listener: TcpListener) {
         active.fetch_add(1, Ordering::SeqCst);
         let slot = ConnSlot(active.clone());
         let sh = sh.clone();
-        let spawned = std::thread::Builder::new().name("dmtcp-conn".into()).stack_size(CONN_STACK).spawn(move || {
-            let _slot = slot;
-            handle(sh, conn, addr)
-        });
+        let spawned = std::thread::Builder::new()
+            .name("dmtcp-conn".into())
+            .stack_size(CONN_STACK)
+            .spawn(move || {
+                let _slot = slot;
+                handle(sh, conn, addr)
+            });
         // On failure the closure, with the connection, is dropped: closed.
         if let Err(e) = spawned {
-            warn(format_args!("cannot serve a connection from {addr}: no thread: {e}"));
+            warn(format_args!(
+                "cannot serve a connection from {addr}: no thread: {e}"
+            ));
         }
     }
 }
@@ -373,6 +440,8 @@ pub struct CoordOpts {
     pub interval: u32,
     pub quiet: u32,
     pub interactive: bool,
+    /// Committed generations to keep (None: the default, 2; 0: all).
+    pub keep_generations: Option<u32>,
 }
 
 struct Peer {
@@ -388,12 +457,21 @@ struct Round {
     suspended_done: bool,
     /// A participant disconnected before the round completed.
     lost: bool,
-    done: BTreeMap<u64, (String, u64, Option<String>)>,
+    done: BTreeMap<u64, Done>,
     kill_after: bool,
     waiters: Vec<Arc<Outbox>>,
     /// Set at the "checkpointed" barrier: the images replace the previous
     /// generation (true) or are thrown away.
     committing: Option<bool>,
+}
+
+/// What a process reported at the end of its write.
+struct Done {
+    image: String,
+    bytes: u64,
+    error: Option<String>,
+    crc32: u32,
+    header_crc: u32,
 }
 
 struct State {
@@ -407,6 +485,12 @@ struct State {
     expected_restart: u32,
     last_ckpt: Instant,
     last_images: Vec<String>,
+    /// Checkpoint directories images of this computation went to (and
+    /// the coordinator's own): new generations are numbered above what
+    /// they hold, and a failed round's leftovers are removed from them.
+    known_dirs: BTreeSet<PathBuf>,
+    /// Why the commit of the round under way failed.
+    commit_error: Option<String>,
     ever_had_peers: bool,
     opts: CoordOpts,
     host: String,
@@ -456,6 +540,8 @@ pub fn run(opts: CoordOpts) -> std::io::Result<()> {
         expected_restart: 0,
         last_ckpt: Instant::now(),
         last_images: Vec::new(),
+        known_dirs: opts.ckpt_dir.iter().cloned().collect(),
+        commit_error: None,
         ever_had_peers: false,
         host: dmtcp_common::hostname(),
         port,
@@ -477,7 +563,9 @@ pub fn run(opts: CoordOpts) -> std::io::Result<()> {
     }
     {
         let sh = shared.clone();
-        std::thread::Builder::new().name("dmtcp-accept".into()).spawn(move || accept_loop(sh, listener))?;
+        std::thread::Builder::new()
+            .name("dmtcp-accept".into())
+            .spawn(move || accept_loop(sh, listener))?;
     }
     let (m, cv) = &*shared;
     let mut g = m.lock().unwrap();
@@ -511,7 +599,11 @@ fn ticker(sh: Shared) {
             }
         }
         let due = g.interval > 0 && g.last_ckpt.elapsed() >= Duration::from_secs(g.interval as u64);
-        if due && g.round.is_none() && !g.peers.is_empty() && g.peers.values().all(|p| !p.restarting) {
+        if due
+            && g.round.is_none()
+            && !g.peers.is_empty()
+            && g.peers.values().all(|p| !p.restarting)
+        {
             start_round(&mut g, false, None);
         }
     }
@@ -565,7 +657,12 @@ fn running(g: &State) -> bool {
 fn reply(g: &State, ok: bool) -> Reply {
     Reply {
         ok,
-        status: if ok { "DMT_COORD_SUCCESS" } else { "DMT_COORD_ERROR" }.into(),
+        status: if ok {
+            "DMT_COORD_SUCCESS"
+        } else {
+            "DMT_COORD_ERROR"
+        }
+        .into(),
         num_peers: g.peers.len() as u32,
         running: running(g),
         interval: g.interval,
@@ -577,7 +674,11 @@ fn reply(g: &State, ok: bool) -> Reply {
             .map(|(id, p)| {
                 let mut i = p.info.clone();
                 i.id = *id;
-                i.state = if g.round.as_ref().is_some_and(|r| r.participants.contains(id)) {
+                i.state = if g
+                    .round
+                    .as_ref()
+                    .is_some_and(|r| r.participants.contains(id))
+                {
                     "CHECKPOINTING".into()
                 } else if p.restarting {
                     "RESTARTING".into()
@@ -625,16 +726,36 @@ fn start_round(g: &mut State, kill_after: bool, waiter: Option<Arc<Outbox>>) -> 
     if g.peers.is_empty() || g.peers.values().any(|p| p.restarting) {
         return false;
     }
-    g.generation += 1;
+    // Above every generation of this computation already in its
+    // checkpoint directories (it may have been restarted from an older one).
+    let comp = g.comp_id.clone().unwrap_or_default();
+    let there = g
+        .known_dirs
+        .iter()
+        .map(|d| dmtcp_common::generation::highest(d, &comp))
+        .max()
+        .unwrap_or(0);
+    g.generation = g.generation.max(there) + 1;
+    g.commit_error = None;
     g.last_ckpt = Instant::now();
     clear_internal_kv(g);
     let participants: BTreeSet<u64> = g.peers.keys().copied().collect();
     let n = participants.len() as u32;
     let gen = g.generation;
     let dir = g.opts.ckpt_dir.as_ref().map(|d| d.display().to_string());
-    say(g, format_args!("checkpoint generation {gen} of {n} process(es)"));
+    say(
+        g,
+        format_args!("checkpoint generation {gen} of {n} process(es)"),
+    );
     for p in g.peers.values() {
-        send_to(&p.out, &FromCoord::DoCheckpoint { generation: gen, ckpt_dir: dir.clone(), num_peers: n });
+        send_to(
+            &p.out,
+            &FromCoord::DoCheckpoint {
+                generation: gen,
+                ckpt_dir: dir.clone(),
+                num_peers: n,
+            },
+        );
     }
     g.round = Some(Round {
         participants,
@@ -653,7 +774,10 @@ fn barrier_members(g: &State) -> (BTreeSet<u64>, u32) {
     match (&g.round, &g.resuming) {
         (Some(r), _) => (r.participants.clone(), r.participants.len() as u32),
         (None, Some(set)) => (set.clone(), set.len() as u32),
-        (None, None) => (g.peers.keys().copied().collect(), g.expected_restart.max(g.peers.len() as u32)),
+        (None, None) => (
+            g.peers.keys().copied().collect(),
+            g.expected_restart.max(g.peers.len() as u32),
+        ),
     }
 }
 
@@ -685,11 +809,21 @@ fn check_barriers(g: &mut State) {
             for p in g.peers.values_mut() {
                 p.restarting = false;
             }
-            say(g, format_args!("restart complete: {} process(es) running", g.peers.len()));
+            say(
+                g,
+                format_args!("restart complete: {} process(es) running", g.peers.len()),
+            );
         }
         for id in members {
             if let Some(p) = g.peers.get(&id) {
-                send_to(&p.out, &FromCoord::BarrierDone { name: name.clone(), count: need.max(reached_n), commit: false });
+                send_to(
+                    &p.out,
+                    &FromCoord::BarrierDone {
+                        name: name.clone(),
+                        count: need.max(reached_n),
+                        commit: false,
+                    },
+                );
             }
         }
         if name == "resumed" {
@@ -702,7 +836,9 @@ fn check_barriers(g: &mut State) {
 /// are gone): start the round requested meanwhile, if any.
 fn end_resuming(g: &mut State) {
     g.resuming = None;
-    let Some((kill, waiters)) = g.deferred.take() else { return };
+    let Some((kill, waiters)) = g.deferred.take() else {
+        return;
+    };
     if start_round(g, kill, None) {
         if let Some(r) = g.round.as_mut() {
             r.waiters.extend(waiters);
@@ -718,8 +854,8 @@ fn end_resuming(g: &mut State) {
 
 /// Did every participant of the round write its image?
 fn round_ok(r: &Round) -> bool {
-    let errors = r.done.values().any(|d| d.2.is_some());
-    let images = r.done.values().any(|d| !d.0.is_empty());
+    let errors = r.done.values().any(|d| d.error.is_some());
+    let images = r.done.values().any(|d| !d.image.is_empty());
     !errors && !r.lost && r.participants.len() == r.done.len() && images
 }
 
@@ -728,44 +864,71 @@ fn round_ok(r: &Round) -> bool {
 /// are thrown away, so a failed round never leaves a mixed set. The round
 /// ends at the next barrier, "committed", when the renames are done.
 fn decide_round(g: &mut State, members: BTreeSet<u64>) {
-    let Some(round) = g.round.as_mut() else { return };
-    let ok = round_ok(round);
+    let Some(round) = g.round.as_ref() else {
+        return;
+    };
+    let mut ok = round_ok(round);
+    if ok {
+        ok = commit_round(g);
+    }
+    if !ok {
+        if let Some(round) = g.round.take() {
+            abandon_round(g, &round);
+            g.round = Some(round);
+        }
+    }
+    let Some(round) = g.round.as_mut() else {
+        return;
+    };
     round.committing = Some(ok);
     for id in members {
         if let Some(p) = g.peers.get(&id) {
-            send_to(&p.out, &FromCoord::BarrierDone { name: "checkpointed".into(), count: 0, commit: ok });
+            send_to(
+                &p.out,
+                &FromCoord::BarrierDone {
+                    name: "checkpointed".into(),
+                    count: 0,
+                    commit: ok,
+                },
+            );
         }
     }
 }
 
 fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     let Some(round) = g.round.take() else { return };
-    let errors: Vec<String> = round.done.values().filter_map(|d| d.2.clone()).collect();
-    let taken: Vec<(String, String)> = round
+    if round.committing.is_none() {
+        // Every participant left before the round was decided.
+        abandon_round(g, &round);
+    }
+    let errors: Vec<String> = round
         .done
-        .iter()
-        .filter(|(_, d)| !d.0.is_empty())
-        .map(|(id, d)| (d.0.clone(), g.peers.get(id).map(|p| p.info.hostname.clone()).unwrap_or_else(|| g.host.clone())))
+        .values()
+        .filter_map(|d| d.error.clone())
+        .chain(g.commit_error.clone())
         .collect();
-    let images: Vec<String> = taken.iter().map(|t| t.0.clone()).collect();
     let lost = round.lost || round.participants.len() != round.done.len();
     // The verdict given at "checkpointed" (a process lost after it spoils
-    // the reply, not the images already renamed).
-    let ok = round.committing.unwrap_or(false) && !lost;
+    // the reply, not the generation already committed).
+    let committed = round.committing.unwrap_or(false);
+    let ok = committed && !lost;
     let mut r = reply(g, ok);
-    if round.committing == Some(true) {
-        g.last_images = images.clone();
-        r.images = images.clone();
-        match write_restart_script(g, &taken) {
-            Ok(p) => say(g, format_args!("checkpoint complete; restart script {}", p.display())),
-            Err(e) => say(g, format_args!("checkpoint complete, but the restart script failed: {e}")),
-        }
+    if committed {
+        r.images = g.last_images.clone();
     }
     if !ok {
-        r.message = Some(if lost {
-            "a process exited during the checkpoint".into()
+        r.message = Some(if committed {
+            format!(
+                "generation {} was committed, but a process exited before the round ended",
+                g.generation
+            )
+        } else if lost {
+            "checkpoint failed: a process exited during the checkpoint; the previous generation is kept".into()
         } else {
-            format!("checkpoint failed: {}", errors.join("; "))
+            format!(
+                "checkpoint failed: {}; the previous generation is kept",
+                errors.join("; ")
+            )
         });
         say(g, format_args!("{}", r.message.clone().unwrap_or_default()));
     }
@@ -777,111 +940,111 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     }
     for id in members {
         if let Some(p) = g.peers.get(&id) {
-            let m = if round.kill_after { FromCoord::Kill } else { FromCoord::BarrierDone { name: "committed".into(), count: 0, commit: ok } };
+            let m = if round.kill_after {
+                FromCoord::Kill
+            } else {
+                FromCoord::BarrierDone {
+                    name: "committed".into(),
+                    count: 0,
+                    commit: ok,
+                }
+            };
             send_to(&p.out, &m);
         }
     }
 }
 
-/// `images`: (image path, host it was taken on).
-fn write_restart_script(g: &State, images: &[(String, String)]) -> std::io::Result<PathBuf> {
-    let first = PathBuf::from(&images[0].0);
-    let dir = g
-        .opts
-        .ckpt_dir
-        .clone()
-        .or_else(|| first.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."));
-    let comp = g.comp_id.clone().unwrap_or_default();
-    // The computation id comes from the processes (from their images at a
-    // restart): only plain characters go into a file name.
-    let safe: String = comp.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
-    let name = format!("dmtcp_restart_script_{safe}.sh");
-    let restart_bin = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("dmtcp_restart")))
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "dmtcp_restart".into());
-    let names: Vec<String> = images
+/// Every process of the round wrote its image: commit the generation
+/// (manifest, restart script, one rename; then the top-level names and
+/// the old generations). False, with the reason kept for the reply, if
+/// that fails.
+fn commit_round(g: &mut State) -> bool {
+    let Some(round) = g.round.as_ref() else {
+        return false;
+    };
+    // In the order the processes first started (the time in their unique
+    // id, kept across restarts), not the order they joined this
+    // coordinator: after a restart the hosts' processes join in any order,
+    // and the restart script's "i-th original host" must stay the same
+    // (the launch host first).
+    let mut keyed: Vec<((u64, String), crate::commit::Image)> = round
+        .done
         .iter()
-        .map(|i| Path::new(&i.0).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .filter(|(_, d)| !d.image.is_empty())
+        .map(|(id, d)| {
+            let p = g.peers.get(id);
+            let uniq = p.map(|p| p.info.uniq_id.clone()).unwrap_or_default();
+            let born = uniq
+                .rsplit('-')
+                .next()
+                .and_then(|t| u64::from_str_radix(t, 16).ok())
+                .unwrap_or(u64::MAX);
+            let host = p
+                .map(|p| p.info.hostname.clone())
+                .unwrap_or_else(|| g.host.clone());
+            let program = p.map(|p| p.info.program.clone()).unwrap_or_default();
+            let im = crate::commit::Image {
+                path: d.image.clone(),
+                host,
+                program,
+                bytes: d.bytes,
+                crc32: d.crc32,
+                header_crc: d.header_crc,
+            };
+            ((born, uniq), im)
+        })
         .collect();
-    let hosts: Vec<String> = images.iter().map(|i| i.1.clone()).collect();
-    let script = crate::script::render(&crate::script::ScriptInfo {
-        comp_id: comp,
-        generation: g.generation,
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let images: Vec<crate::commit::Image> = keyed.into_iter().map(|(_, im)| im).collect();
+    let comp = g.comp_id.clone().unwrap_or_default();
+    let params = crate::commit::ScriptParams {
         coord_host: g.host.clone(),
         coord_port: g.port,
         interval: g.interval,
-        restart_bin,
-        ckpt_dir: dir.display().to_string(),
-        images: names,
-        hosts,
+    };
+    let keep = g
+        .opts
+        .keep_generations
+        .unwrap_or(dmtcp_common::generation::DEFAULT_KEEP);
+    let gen = g.generation;
+    match crate::commit::commit(&comp, gen, keep, &params, &images) {
+        Ok(c) => {
+            for n in &c.notes {
+                say(g, format_args!("generation {gen}: {n}"));
+            }
+            g.last_images = c.images;
+            match c.script {
+                Some(p) => say(
+                    g,
+                    format_args!(
+                        "checkpoint complete: generation {gen} committed; restart script {}",
+                        p.display()
+                    ),
+                ),
+                None => say(g, format_args!("checkpoint complete: generation {gen}")),
+            }
+            true
+        }
+        Err(e) => {
+            let msg = format!("cannot commit generation {gen}: {e}");
+            say(g, format_args!("{msg}"));
+            g.commit_error = Some(msg);
+            false
+        }
+    }
+}
+
+/// A round failed: what it wrote goes, the previous generation stays.
+fn abandon_round(g: &State, round: &Round) {
+    let comp = g.comp_id.clone().unwrap_or_default();
+    let from_images = round.done.values().filter_map(|d| {
+        Path::new(&d.image)
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
     });
-    // Written under a fresh name (O_EXCL, O_NOFOLLOW: nothing planted at a
-    // name is ever followed) and renamed over the script; the link too.
-    let path = dir.join(&name);
-    let tmp = write_fresh(&dir, &name, script.as_bytes(), 0o755)?;
-    if let Err(e) = std::fs::rename(&tmp, &path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    let link = dir.join("dmtcp_restart_script.sh");
-    let ltmp = symlink_fresh(&dir, "dmtcp_restart_script.sh", &name)?;
-    if let Err(e) = std::fs::rename(&ltmp, &link) {
-        let _ = std::fs::remove_file(&ltmp);
-        return Err(e);
-    }
-    Ok(path)
-}
-
-/// A temporary name in `dir` for `name` nobody else can guess in advance.
-fn fresh_name(dir: &Path, name: &str) -> PathBuf {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    dir.join(format!(".{name}.{}.{}.{nanos:x}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)))
-}
-
-/// Create a new file in `dir` (never an existing one, never through a
-/// symlink) holding `data` with `mode`; returns its name.
-fn write_fresh(dir: &Path, name: &str, data: &[u8], mode: u32) -> std::io::Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    for _ in 0..64 {
-        let tmp = fresh_name(dir, name);
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp);
-        let mut f = match f {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        };
-        // fchmod on the open file: the mode is exact whatever the umask.
-        let r = f.write_all(data).and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(mode)));
-        if let Err(e) = r {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        return Ok(tmp);
-    }
-    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("no free temporary name for {name} in {}", dir.display())))
-}
-
-/// Create a new symlink to `target` in `dir` under a fresh name.
-fn symlink_fresh(dir: &Path, name: &str, target: &str) -> std::io::Result<PathBuf> {
-    for _ in 0..64 {
-        let tmp = fresh_name(dir, name);
-        match std::os::unix::fs::symlink(target, &tmp) {
-            Ok(()) => return Ok(tmp),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("no free temporary name for {name} in {}", dir.display())))
+    let dirs: BTreeSet<PathBuf> = g.known_dirs.iter().cloned().chain(from_images).collect();
+    crate::commit::abandon(&comp, g.generation, dirs.iter().map(PathBuf::as_path));
 }
 
 /// What a worker said in its `Hello`.
@@ -904,7 +1067,12 @@ fn join(g: &mut State, h: Joiner, out: Arc<Outbox>, reuse: Option<u64>) -> Optio
         let cid = h.comp_id.clone().unwrap_or_default();
         let live_other = g.comp_id.as_ref().is_some_and(|c| c != &cid) && !g.peers.is_empty();
         if live_other {
-            send_to(&out, &FromCoord::Refused { reason: "this coordinator runs another computation".into() });
+            send_to(
+                &out,
+                &FromCoord::Refused {
+                    reason: "this coordinator runs another computation".into(),
+                },
+            );
             return None;
         }
         if g.peers.is_empty() {
@@ -913,7 +1081,10 @@ fn join(g: &mut State, h: Joiner, out: Arc<Outbox>, reuse: Option<u64>) -> Optio
             g.expected_restart = h.num_peers.max(1);
         }
     } else if g.comp_id.is_none() || g.peers.is_empty() && !g.ever_had_peers {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         g.comp_id = Some(format!("{:x}-{}-{now:x}", std::process::id(), g.port));
     }
     let id = reuse.unwrap_or_else(|| {
@@ -928,14 +1099,39 @@ fn join(g: &mut State, h: Joiner, out: Arc<Outbox>, reuse: Option<u64>) -> Optio
         ckpt_dir: g.opts.ckpt_dir.as_ref().map(|d| d.display().to_string()),
     };
     send_to(&out, &welcome);
-    let Joiner { pid, hostname, program, uniq_id, restarting, .. } = h;
-    let info = PeerInfo { id, program, pid, hostname, uniq_id, state: String::new() };
+    let Joiner {
+        pid,
+        hostname,
+        program,
+        uniq_id,
+        restarting,
+        ..
+    } = h;
+    let info = PeerInfo {
+        id,
+        program,
+        pid,
+        hostname,
+        uniq_id,
+        state: String::new(),
+    };
     let dir = g.opts.ckpt_dir.as_ref().map(|d| d.display().to_string());
     let gen = g.generation;
-    if let Some(r) = g.round.as_mut().filter(|r| !restarting && !r.suspended_done) {
+    if let Some(r) = g
+        .round
+        .as_mut()
+        .filter(|r| !restarting && !r.suspended_done)
+    {
         r.participants.insert(id);
         let n = r.participants.len() as u32;
-        send_to(&out, &FromCoord::DoCheckpoint { generation: gen, ckpt_dir: dir, num_peers: n });
+        send_to(
+            &out,
+            &FromCoord::DoCheckpoint {
+                generation: gen,
+                ckpt_dir: dir,
+                num_peers: n,
+            },
+        );
     }
     let what = match (reuse.is_some(), restarting) {
         (true, _) => "exec'd",
@@ -944,7 +1140,14 @@ fn join(g: &mut State, h: Joiner, out: Arc<Outbox>, reuse: Option<u64>) -> Optio
     };
     say(g, format_args!("{what} process {id} (pid {pid}) connected"));
     out.set_who(format!("process {id} (pid {pid}, {})", info.program));
-    g.peers.insert(id, Peer { info, out, restarting });
+    g.peers.insert(
+        id,
+        Peer {
+            info,
+            out,
+            restarting,
+        },
+    );
     Some(id)
 }
 
@@ -967,7 +1170,18 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
     let out = Outbox::new(sock.clone(), format!("client {addr}"));
     let mut reader = BufReader::new(SockRead(sock));
     let first = recv_or_drop(&mut reader, &out);
-    let Some(ToCoord::Hello { role, pid, hostname, program, uniq_id, restarting, comp_id, generation, num_peers }) = first else {
+    let Some(ToCoord::Hello {
+        role,
+        pid,
+        hostname,
+        program,
+        uniq_id,
+        restarting,
+        comp_id,
+        generation,
+        num_peers,
+    }) = first
+    else {
         return;
     };
     if role == Role::Command {
@@ -975,14 +1189,28 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
         return handle_command(sh, reader, out);
     }
     let (m, cv) = &*sh;
-    let hello = Joiner { pid, hostname, program, uniq_id, restarting, comp_id, generation, num_peers };
+    let hello = Joiner {
+        pid,
+        hostname,
+        program,
+        uniq_id,
+        restarting,
+        comp_id,
+        generation,
+        num_peers,
+    };
     let mut g = m.lock().unwrap();
     // A process that connects after every participant of a running round is
     // suspended waits for the round to end (it is not in that checkpoint).
     while !restarting && g.round.as_ref().is_some_and(|r| r.suspended_done) {
-        g = cv.wait_timeout(g, std::time::Duration::from_millis(20)).unwrap().0;
+        g = cv
+            .wait_timeout(g, std::time::Duration::from_millis(20))
+            .unwrap()
+            .0;
     }
-    let Some(id) = join(&mut g, hello, out.clone(), None) else { return };
+    let Some(id) = join(&mut g, hello, out.clone(), None) else {
+        return;
+    };
     drop(g);
     loop {
         let msg = recv_or_drop(&mut reader, &out);
@@ -992,17 +1220,52 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
                 g.barriers.entry(name).or_default().insert(id);
                 check_barriers(&mut g);
             }
-            Some(ToCoord::CkptDone { image, bytes, error }) => {
+            Some(ToCoord::CkptDone {
+                image,
+                bytes,
+                error,
+                crc32,
+                header_crc,
+            }) => {
+                if let Some(top) = Path::new(&image).parent().and_then(Path::parent) {
+                    g.known_dirs.insert(top.to_path_buf());
+                }
                 if let Some(r) = g.round.as_mut() {
-                    r.done.insert(id, (image, bytes, error));
+                    let d = Done {
+                        image,
+                        bytes,
+                        error,
+                        crc32,
+                        header_crc,
+                    };
+                    r.done.insert(id, d);
                 }
             }
             Some(ToCoord::RequestCkpt) => {
                 start_round(&mut g, false, None);
             }
-            Some(ToCoord::Hello { pid, hostname, program, uniq_id, restarting, comp_id, generation, num_peers, .. }) => {
+            Some(ToCoord::Hello {
+                pid,
+                hostname,
+                program,
+                uniq_id,
+                restarting,
+                comp_id,
+                generation,
+                num_peers,
+                ..
+            }) => {
                 // The process exec'd a new program over the same connection.
-                let hello = Joiner { pid, hostname, program, uniq_id, restarting, comp_id, generation, num_peers };
+                let hello = Joiner {
+                    pid,
+                    hostname,
+                    program,
+                    uniq_id,
+                    restarting,
+                    comp_id,
+                    generation,
+                    num_peers,
+                };
                 join(&mut g, hello, out.clone(), Some(id));
             }
             Some(ToCoord::KvPut { db, key, val }) => {
@@ -1045,7 +1308,10 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
                 }
                 check_barriers(&mut g);
                 if g.peers.is_empty() && g.opts.exit_on_last && g.round.is_none() {
-                    say(&g, format_args!("last process gone; exiting (--exit-on-last)"));
+                    say(
+                        &g,
+                        format_args!("last process gone; exiting (--exit-on-last)"),
+                    );
                     g.quit = true;
                     cv.notify_all();
                 }
@@ -1055,9 +1321,23 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
     }
 }
 
+/// A tool's connection: name-service lookups and updates (`dmtcp_restart`
+/// re-making connections between hosts), then at most one command.
 fn handle_command(sh: Shared, mut reader: BufReader<SockRead>, out: Arc<Outbox>) {
-    let Some(ToCoord::Command { cmd }) = recv_or_drop(&mut reader, &out) else { return };
     let (m, cv) = &*sh;
+    let cmd = loop {
+        match recv_or_drop(&mut reader, &out) {
+            Some(ToCoord::Command { cmd }) => break cmd,
+            Some(ToCoord::KvPut { db, key, val }) => {
+                m.lock().unwrap().kv.insert((db, key), val);
+            }
+            Some(ToCoord::KvGet { db, key }) => {
+                let val = m.lock().unwrap().kv.get(&(db, key)).cloned();
+                send_to(&out, &FromCoord::KvValue { val });
+            }
+            _ => return,
+        }
+    };
     let mut g = m.lock().unwrap();
     let answer = |g: &State, ok: bool, msg: Option<&str>| {
         let mut r = reply(g, ok);
@@ -1068,13 +1348,23 @@ fn handle_command(sh: Shared, mut reader: BufReader<SockRead>, out: Arc<Outbox>)
         Cmd::Status | Cmd::List => send_to(&out, &answer(&g, true, None)),
         Cmd::Checkpoint => {
             let ok = start_round(&mut g, false, None);
-            let r = answer(&g, ok, (!ok).then_some("no processes to checkpoint, or a checkpoint or restart is in progress"));
+            let r = answer(
+                &g,
+                ok,
+                (!ok).then_some(
+                    "no processes to checkpoint, or a checkpoint or restart is in progress",
+                ),
+            );
             send_to(&out, &r);
         }
         Cmd::BlockingCheckpoint | Cmd::KillAfterCheckpoint => {
             let kill = cmd == Cmd::KillAfterCheckpoint;
             if !start_round(&mut g, kill, Some(out.clone())) {
-                let r = answer(&g, false, Some("no processes to checkpoint, or a restart is in progress"));
+                let r = answer(
+                    &g,
+                    false,
+                    Some("no processes to checkpoint, or a restart is in progress"),
+                );
                 send_to(&out, &r);
             }
         }

@@ -1,174 +1,263 @@
 //! `dmtcp_launch` (and its old name `dmtcp_checkpoint`): run a program under
 //! checkpoint control.
 
-use crate::client::{self, CoordAddr, CoordMode};
+use crate::cli;
+use crate::client::{self, CoordMode};
+use clap::{Arg, ArgAction, Command, ValueHint};
 use dmtcp_common::env as E;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
-const USAGE: &str = "Usage: dmtcp_launch [OPTIONS] <command> [args...]
-Start a process under DMTCP control.
+/// The internal plugins `--disable-<name>-plugin` turns off, with DMTCP's
+/// names for them where they differ.
+const PLUGINS: [(&str, &str, &[&str]); 7] = [
+    (
+        "process",
+        "processes, pids, signals, process groups",
+        &["pid"],
+    ),
+    ("event", "epoll, eventfd, timerfd, signalfd, inotify", &[]),
+    ("pty", "pseudo-terminals", &[]),
+    ("file", "open files, pipes, fifos", &[]),
+    ("socket", "sockets", &[]),
+    ("sysv", "System V and POSIX IPC", &["svipc"]),
+    ("timers", "interval and POSIX timers", &["timer"]),
+];
 
-Connecting to the coordinator:
-  -h, --coord-host HOST   Hostname of the coordinator (env DMTCP_COORD_HOST, default localhost)
-  -p, --coord-port PORT   Port of the coordinator (env DMTCP_COORD_PORT, default 7779; 0 = any free port)
-  --port-file FILE        File to write the port number to (with --new-coordinator and -p 0)
-  -j, --join-coordinator  Join an existing coordinator; fail if there is none
-  --new-coordinator       Start a new coordinator, fail if one runs on the port
-  --any-coordinator       Join a running coordinator, or start one (default)
-  --allow-other-user-coordinator
-                          Join a coordinator that another user runs on this machine
-                          (refused by default)
-  -i, --interval SECS     Checkpoint every SECS seconds (env DMTCP_CHECKPOINT_INTERVAL, 0 = manual)
+/// The command line of `dmtcp_launch` (or of its old name `name`).
+pub fn command(name: &'static str) -> Command {
+    let cmd = cli::tool(name, "Start a process under DMTCP control.")
+        .override_usage(format!("{name} [OPTIONS] <command> [args...]"));
+    let cmd = cli::coord_args(
+        cmd,
+        "Port of the coordinator (env DMTCP_COORD_PORT, default 7779; 0 = any free port)",
+        "Checkpoint every SECS seconds (env DMTCP_CHECKPOINT_INTERVAL, 0 = manual)",
+    )
+    .next_help_heading("Checkpoint images")
+    .arg(cli::ckptdir(
+        "Where to write images (env DMTCP_CHECKPOINT_DIR, default: current directory)",
+    ))
+    .arg(
+        cli::flag(
+            "gzip",
+            "gzip",
+            "Compress images (env DMTCP_GZIP, default: compress, with zstd)",
+        )
+        .overrides_with("no_gzip"),
+    )
+    .arg(cli::flag("no_gzip", "no-gzip", "Do not compress images").overrides_with("gzip"))
+    .arg(
+        Arg::new("ckpt_signal")
+            .long("ckpt-signal")
+            .value_name("N")
+            .value_parser(ckpt_signal)
+            .value_hint(ValueHint::Other)
+            .help("Signal used to suspend threads (env DMTCP_CKPT_SIGNAL, default 12, SIGUSR2)"),
+    )
+    .arg(
+        cli::flag(
+            "ckpt_open_files",
+            "ckpt-open-files",
+            "Save the contents of open regular files in the images and put them back at \
+             restart (env DMTCP_CKPT_OPEN_FILES; also --checkpoint-open-files)",
+        )
+        .alias("checkpoint-open-files"),
+    )
+    .arg(cli::keep_generations().help(
+        "Keep the N newest committed checkpoint generations (env DMTCP_KEEP_GENERATIONS, \
+         default 2; 0 = all; for a coordinator started here)",
+    ))
+    .next_help_heading("Plugins")
+    .arg(
+        Arg::new("with_plugin")
+            .long("with-plugin")
+            .value_name("A.so[:B.so]")
+            .action(ArgAction::Append)
+            .value_hint(ValueHint::FilePath)
+            .help("Load plugins (absolute paths; env DMTCP_PLUGIN)"),
+    )
+    .arg(
+        cli::flag(
+            "ib",
+            "ib",
+            "Load the InfiniBand plugin (libdmtcp_ib.so): verbs programs survive a \
+             checkpoint and restart",
+        )
+        .alias("infiniband"),
+    )
+    .arg(cli::flag(
+        "disable_ssh_plugin",
+        "disable-ssh-plugin",
+        "Leave ssh alone (by default, ssh sessions started by the program are part of the \
+         computation: libdmtcp_ssh.so)",
+    ))
+    .arg(cli::flag(
+        "disable_batch_plugin",
+        "disable-batch-plugin",
+        "Run `srun` as any program (by default `dmtcp_launch srun ...` runs srun outside the \
+         computation and its tasks in it: dmtcp_srun, see docs/batch.md)",
+    ));
+    let cmd = PLUGINS
+        .iter()
+        .fold(cmd, |cmd, (p, what, dmtcp)| {
+            let id = format!("disable_{p}_plugin");
+            let help = format!("Disable the internal {p} plugin ({what})");
+            cmd.arg(
+                Arg::new(id)
+                    .long(format!("disable-{p}-plugin"))
+                    .aliases(dmtcp.iter().map(|d| format!("disable-{d}-plugin")))
+                    .action(ArgAction::SetTrue)
+                    .help(help),
+            )
+        })
+        // Other names of --disable-<name>-plugin (see `respell`).
+        .arg(
+            Arg::new("disable_plugin")
+                .long("disable-plugin")
+                .value_name("NAME")
+                .action(ArgAction::Append)
+                .hide(true),
+        )
+        .next_help_heading(cli::OTHER)
+        .arg(cli::tmpdir(
+            "Directory for temporary files (env DMTCP_TMPDIR)",
+        ))
+        .arg(cli::quiet(
+            "Less output (twice: only errors; env DMTCP_QUIET)",
+        ))
+        .arg(
+            Arg::new("command")
+                .value_name("command")
+                .help("The program to run, and its arguments (options after it are its own)")
+                .required(true)
+                .num_args(1..)
+                .trailing_var_arg(true)
+                .value_hint(ValueHint::CommandWithArguments)
+                .help_heading(None),
+        );
+    cli::finish(cmd)
+}
 
-Checkpoint images:
-  -c, --ckptdir DIR       Where to write images (env DMTCP_CHECKPOINT_DIR, default: current directory)
-  --gzip, --no-gzip       Compress images (env DMTCP_GZIP, default: compress, with zstd)
-  --ckpt-signal N         Signal used to suspend threads (default 12, SIGUSR2)
-  --ckpt-open-files       Save the contents of open regular files in the images and
-                          put them back at restart (env DMTCP_CKPT_OPEN_FILES)
+fn ckpt_signal(v: &str) -> Result<i32, String> {
+    match v.parse::<i32>() {
+        Ok(n) if (1..=64).contains(&n) && n != 9 && n != 19 => Ok(n),
+        _ => Err("a signal number from 1 to 64, not 9 (SIGKILL) or 19 (SIGSTOP)".into()),
+    }
+}
 
-Plugins:
-  --with-plugin A.so[:B.so] Load plugins (absolute paths; env DMTCP_PLUGIN)
-  --ib                    Load the InfiniBand plugin (libdmtcp_ib.so): verbs programs
-                          survive a checkpoint and restart
-  --disable-<name>-plugin Disable an internal plugin (process, event, pty, file,
-                          socket, sysv, timers)
-  --disable-ssh-plugin    Leave ssh alone (by default, ssh sessions started by the
-                          program are part of the computation: libdmtcp_ssh.so)
-
-Other:
-  -t, --tmpdir DIR        Directory for temporary files (env DMTCP_TMPDIR)
-  -q, --quiet             Less output (twice: only errors; env DMTCP_QUIET)
-  --help                  Print this message and exit
-  --version               Print the version and exit";
+/// `--disable-<name>-plugin` for a name without an option of its own
+/// becomes `--disable-plugin=<name>`.
+pub(crate) fn respell(cmd: &Command, w: &str) -> Option<String> {
+    let name = w.strip_prefix("--disable-")?.strip_suffix("-plugin")?;
+    let known = cli::long_option(cmd, &w[2..]).is_some();
+    (!name.is_empty() && !known).then(|| format!("--disable-plugin={name}"))
+}
 
 /// Entry point; `alias` is the name it was called by.
-pub fn main(args: Vec<String>, alias: &str) -> i32 {
+pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     if alias == "dmtcp_checkpoint" {
         eprintln!("dmtcp_checkpoint: this name is deprecated since DMTCP 2.0; use dmtcp_launch (same options).");
     }
-    let mut a = CoordAddr::from_env();
-    let mut ckpt_dir: Option<PathBuf> = std::env::var(E::CKPT_DIR).ok().filter(|s| !s.is_empty()).map(PathBuf::from);
-    let mut gzip: Option<bool> = None;
-    let mut signal: Option<i32> = None;
-    let mut quiet: u32 = std::env::var(E::QUIET).ok().and_then(|q| q.parse().ok()).unwrap_or(0);
-    let mut disabled: Vec<String> = Vec::new();
-    let mut ssh_plugin = true;
-    let mut tmpdir: Option<String> = None;
+    let mut cmd = command(alias);
+    let args = cli::respell(&cmd, args, true, |w| respell(&cmd, w));
+    let m = match cli::parse(&mut cmd, args) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let mut a = cli::coord_addr(&m);
+    let ckpt_dir: Option<PathBuf> = m.get_one::<PathBuf>("ckptdir").cloned().or_else(|| {
+        std::env::var(E::CKPT_DIR)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    });
+    let gzip = if m.get_flag("gzip") {
+        Some(true)
+    } else if m.get_flag("no_gzip") {
+        Some(false)
+    } else {
+        None
+    };
+    let signal = m.get_one::<i32>("ckpt_signal").copied();
+    let quiet: u32 = std::env::var(E::QUIET)
+        .ok()
+        .and_then(|q| q.parse().ok())
+        .unwrap_or(0)
+        + u32::from(m.get_count("quiet"));
+    let mut disabled: Vec<String> = PLUGINS
+        .iter()
+        .filter(|(p, ..)| m.get_flag(&format!("disable_{p}_plugin")))
+        .map(|(p, ..)| p.to_string())
+        .collect();
+    disabled.extend(
+        m.get_many::<String>("disable_plugin")
+            .into_iter()
+            .flatten()
+            .cloned(),
+    );
+    let ssh_plugin = !m.get_flag("disable_ssh_plugin");
+    let batch_plugin = !m.get_flag("disable_batch_plugin");
+    let tmpdir = m.get_one::<String>("tmpdir").cloned();
     let mut plugins: Vec<String> = std::env::var(E::PLUGIN)
         .ok()
-        .map(|v| v.split(':').filter(|s| !s.is_empty()).map(str::to_string).collect())
-        .unwrap_or_default();
-    let mut it = args.into_iter().skip(1).peekable();
-    let bad = |m: String| {
-        eprintln!("{alias}: {m}\n\n{USAGE}");
-        1
-    };
-    let mut prog: Vec<String> = Vec::new();
-    let mut ib = false;
-    while let Some(arg) = it.next() {
-        if let Some(r) = client::coord_option(&arg, &mut || it.next(), &mut a) {
-            if let Err(m) = r {
-                return bad(m);
-            }
-            continue;
-        }
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("option {name} needs a value"));
-        let r: Result<(), String> = match arg.as_str() {
-            "--help" => {
-                println!("{USAGE}");
-                return 0;
-            }
-            "--version" => {
-                println!("dmtcp_launch (DMTCP-rs) {}", dmtcp_common::VERSION);
-                return 0;
-            }
-            "--" => {
-                prog.extend(it.by_ref());
-                break;
-            }
-            "-c" | "--ckptdir" => value(&arg).map(|v| ckpt_dir = Some(PathBuf::from(v))),
-            "--gzip" => {
-                gzip = Some(true);
-                Ok(())
-            }
-            "--no-gzip" => {
-                gzip = Some(false);
-                Ok(())
-            }
-            "--ckpt-signal" => value(&arg).and_then(|v| match v.parse::<i32>() {
-                Ok(n) if (1..=64).contains(&n) && n != 9 && n != 19 => {
-                    signal = Some(n);
-                    Ok(())
-                }
-                _ => Err(format!("bad signal number '{v}'")),
-            }),
-            "-t" | "--tmpdir" => value(&arg).map(|v| tmpdir = Some(v)),
-            "--ckpt-open-files" => {
-                std::env::set_var(E::CKPT_OPEN_FILES, "1");
-                Ok(())
-            }
-            "--with-plugin" => value(&arg).map(|v| plugins.extend(v.split(':').filter(|s| !s.is_empty()).map(str::to_string))),
-            "--ib" | "--infiniband" => {
-                ib = true;
-                Ok(())
-            }
-            "-q" | "--quiet" => {
-                quiet += 1;
-                Ok(())
-            }
-            "--disable-ssh-plugin" => {
-                ssh_plugin = false;
-                Ok(())
-            }
-            s if s.starts_with("--disable-") && s.ends_with("-plugin") && s.len() > 17 => {
-                disabled.push(s["--disable-".len()..s.len() - "-plugin".len()].to_string());
-                Ok(())
-            }
-            s if s.starts_with('-') => Err(format!("unknown option '{s}'")),
-            _ => {
-                prog.push(arg);
-                prog.extend(it.by_ref());
-                break;
-            }
-        };
-        if let Err(m) = r {
-            return bad(m);
-        }
+        .into_iter()
+        .chain(
+            m.get_many::<String>("with_plugin")
+                .into_iter()
+                .flatten()
+                .cloned(),
+        )
+        .flat_map(|v| {
+            v.split(':')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if m.get_flag("ckpt_open_files") {
+        std::env::set_var(E::CKPT_OPEN_FILES, "1");
     }
-    if prog.is_empty() {
-        return bad("no program to launch".into());
+    // Checkpoint generations: for the coordinator started here (it
+    // inherits the environment).
+    if let Some(n) = m.get_one::<u32>("keep_generations") {
+        std::env::set_var(E::KEEP_GENERATIONS, n.to_string());
     }
+    let ib = m.get_flag("ib");
+    let prog: Vec<String> = m
+        .get_many::<String>("command")
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
     let lib = client::bin_dir().join("libdmtcp.so");
     if !lib.exists() {
-        eprintln!("{alias}: {} not found (build the whole workspace: cargo build --release)", lib.display());
+        eprintln!(
+            "{alias}: {} not found (build the whole workspace: cargo build --release)",
+            lib.display()
+        );
         return 1;
     }
     let dir = match ckpt_dir.map(|d| std::path::absolute(&d)) {
         Some(Ok(d)) => d,
-        Some(Err(e)) => return bad(format!("bad --ckptdir: {e}")),
+        Some(Err(e)) => return cli::usage_error(&mut cmd, format!("bad --ckptdir: {e}")),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
     };
     if !dir.is_dir() {
-        eprintln!("{alias}: checkpoint directory {} does not exist", dir.display());
+        eprintln!(
+            "{alias}: checkpoint directory {} does not exist",
+            dir.display()
+        );
         return 1;
     }
-    let interval_given = a.interval;
-    let port = match client::ensure(&mut a, alias) {
-        Ok(p) => p,
-        Err(m) => {
-            eprintln!("{alias}: {m}");
-            return 1;
-        }
-    };
-    if let (Some(i), CoordMode::Join | CoordMode::Any) = (interval_given, a.mode) {
-        let _ = crate::command::send_command(&a.host, port, dmtcp_common::proto::Cmd::Interval(i));
-    }
+    // Everything that can refuse the launch is looked at before a
+    // coordinator is started for it (one started for nothing would stay).
     if ib {
         let p = client::bin_dir().join("libdmtcp_ib.so");
         if !p.exists() {
-            eprintln!("{alias}: --ib: {} not found (build the workspace: cargo build --release)", p.display());
+            eprintln!(
+                "{alias}: --ib: {} not found (build the workspace: cargo build --release)",
+                p.display()
+            );
             return 1;
         }
         plugins.insert(0, p.display().to_string());
@@ -180,11 +269,34 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
             return 1;
         }
     }
+    if let Err(e) = find_program(&prog[0]) {
+        eprintln!("{alias}: cannot run {}: {e}", prog[0]);
+        return if e.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
+    }
+    let interval_given = a.interval;
+    let (port, started) = match client::ensure(&mut a, alias) {
+        Ok(c) => (c.port, c.started),
+        Err(m) => {
+            eprintln!("{alias}: {m}");
+            return 1;
+        }
+    };
+    if let (Some(i), CoordMode::Join | CoordMode::Any) = (interval_given, a.mode) {
+        let _ = crate::command::send_command(&a.host, port, dmtcp_common::proto::Cmd::Interval(i));
+    }
     // The ssh plugin comes right after the engine: the engine's exec
     // wrappers reach its execve/execvpe (dlsym RTLD_NEXT).
     let ssh = client::bin_dir().join("libdmtcp_ssh.so");
     let ssh = (ssh_plugin && ssh.exists()).then(|| ssh.display().to_string());
-    let mut preload = std::iter::once(lib.display().to_string()).chain(ssh).chain(plugins.iter().cloned()).collect::<Vec<_>>().join(":");
+    let mut preload = std::iter::once(lib.display().to_string())
+        .chain(ssh)
+        .chain(plugins.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(":");
     if let Ok(p) = std::env::var("LD_PRELOAD") {
         if !p.is_empty() {
             preload = format!("{preload}:{p}");
@@ -199,10 +311,19 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
         Ok(t) if !t.is_empty() => format!("{t}:glibc.pthread.rseq=0"),
         _ => "glibc.pthread.rseq=0".to_string(),
     };
-    let mut cmd = std::process::Command::new(&prog[0]);
-    cmd.args(&prog[1..])
-        .env("LD_PRELOAD", preload)
-        .env("GLIBC_TUNABLES", tunables)
+    // `srun ...`: srun runs outside the computation, its tasks in it.
+    let srun_helper = client::bin_dir().join("dmtcp_srun");
+    let srun = batch_plugin && prog[0].rsplit('/').next() == Some("srun") && srun_helper.exists();
+    let mut cmd = if srun {
+        let mut c = std::process::Command::new(&srun_helper);
+        c.arg("--srun").arg(&prog[0]).arg("--").args(&prog[1..]);
+        c
+    } else {
+        let mut c = std::process::Command::new(&prog[0]);
+        c.args(&prog[1..]).env("LD_PRELOAD", preload);
+        c
+    };
+    cmd.env("GLIBC_TUNABLES", tunables)
         .env(E::COORD_HOST, &a.host)
         .env(E::COORD_PORT, port.to_string())
         .env(E::CKPT_DIR, &dir)
@@ -221,11 +342,43 @@ pub fn main(args: Vec<String>, alias: &str) -> i32 {
     }
     let e = cmd.exec();
     eprintln!("{alias}: cannot run {}: {e}", prog[0]);
+    // A coordinator started for this launch would wait for ever.
+    if started {
+        let _ = crate::command::send_command(&a.host, port, dmtcp_common::proto::Cmd::Quit);
+    }
     if e.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
         126
     }
+}
+
+/// Would execvp find `prog`? An error when it is nowhere on PATH, or is
+/// not an executable file.
+fn find_program(prog: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &std::path::Path| -> std::io::Result<()> {
+        let m = std::fs::metadata(p)?;
+        if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+        }
+    };
+    if prog.contains('/') {
+        return runnable(std::path::Path::new(prog));
+    }
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut denied = None;
+    for d in path.split(':') {
+        let p = std::path::Path::new(if d.is_empty() { "." } else { d }).join(prog);
+        match runnable(&p) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => denied = Some(e),
+            Err(_) => {}
+        }
+    }
+    Err(denied.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound)))
 }
 
 /// What this kernel lacks of CONFIG_CHECKPOINT_RESTORE, and what that costs
@@ -243,7 +396,16 @@ pub fn kernel_gaps() -> Vec<String> {
     }
     let pid = std::process::id() as libc::c_long;
     // SAFETY: kcmp compares our own stdin with itself; it changes nothing.
-    if unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, 0 as libc::c_long, 0 as libc::c_long, 0 as libc::c_long) } < 0
+    if unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid,
+            pid,
+            0 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    } < 0
         && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS)
     {
         out.push("this kernel has no kcmp (CONFIG_CHECKPOINT_RESTORE): fds duplicated in one process are told apart by a weaker test".into());

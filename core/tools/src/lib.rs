@@ -1,98 +1,127 @@
 //! The DMTCP-compatible command-line tools. Each binary in `src/bin` is a
 //! thin wrapper around one module here.
 
+pub mod cli;
 pub mod client;
 pub mod command;
+pub mod commit;
 pub mod coordinator;
 pub mod launch;
+pub mod rejoin;
 pub mod restart;
 pub mod script;
 pub mod tree;
 
 use coordinator::CoordOpts;
 
-const COORD_USAGE: &str = "Usage: dmtcp_coordinator [OPTIONS] [port]
-Coordinates checkpoints between multiple processes.
-
-Options:
-  -p, --coord-port PORT  Port to listen on (env DMTCP_COORD_PORT, default 7779; 0 = any free port)
-  --port-file FILE       Write the port number to FILE once listening
-  -c, --ckptdir DIR      Directory for all checkpoint images (default: each process's own)
-  -i, --interval SECS    Checkpoint every SECS seconds (env DMTCP_CHECKPOINT_INTERVAL, 0 = manual)
-  --exit-on-last         Exit when the last process disconnects
-  --kill-after-ckpt      Kill the processes after the first checkpoint
-  --timeout SECS         Kill the processes and exit after SECS seconds
-  --daemon               Run in the background
-  -q, --quiet            Less output
-  --help, --version
-
-Commands on standard input (when not a daemon):
-  l: list processes   s: status   c: checkpoint   k: kill all   q: kill all and quit   ?: help";
+/// The command line of `dmtcp_coordinator`.
+pub fn coordinator_command() -> clap::Command {
+    use clap::{value_parser, Arg, ValueHint};
+    let cmd = cli::tool(
+        "dmtcp_coordinator",
+        "Coordinates checkpoints between multiple processes.",
+    )
+    .after_help(cli::wrap(
+        "Commands on standard input (when not a daemon): l: list processes, s: status, \
+         c: checkpoint, k: kill all, q: kill all and quit, ?: help",
+        80,
+    ))
+    .next_help_heading("Options")
+    .arg(
+        Arg::new("port")
+            .value_name("PORT")
+            .value_parser(value_parser!(u16))
+            .value_hint(ValueHint::Other)
+            .help("Port to listen on (as -p)")
+            .help_heading(None),
+    )
+    .arg(cli::coord_port(
+        "Port to listen on (env DMTCP_COORD_PORT, default 7779; 0 = any free port)",
+    ))
+    .arg(
+        Arg::new("port_file")
+            .long("port-file")
+            .value_name("FILE")
+            .value_parser(value_parser!(std::path::PathBuf))
+            .value_hint(ValueHint::FilePath)
+            .help("Write the port number to FILE once listening"),
+    )
+    .arg(cli::ckptdir(
+        "Directory for all checkpoint images (default: each process's own)",
+    ))
+    .arg(cli::interval(
+        "Checkpoint every SECS seconds (env DMTCP_CHECKPOINT_INTERVAL, 0 = manual)",
+    ))
+    .arg(cli::flag(
+        "exit_on_last",
+        "exit-on-last",
+        "Exit when the last process disconnects",
+    ))
+    .arg(cli::flag(
+        "kill_after_ckpt",
+        "kill-after-ckpt",
+        "Kill the processes after the first checkpoint",
+    ))
+    .arg(
+        Arg::new("timeout")
+            .long("timeout")
+            .value_name("SECS")
+            .value_parser(value_parser!(u64))
+            .value_hint(ValueHint::Other)
+            .help("Kill the processes and exit after SECS seconds"),
+    )
+    .arg(cli::keep_generations())
+    .arg(cli::flag("daemon", "daemon", "Run in the background"))
+    .arg(cli::quiet("Less output (twice: only errors)"));
+    // DMTCP's coordinator takes -h for help too (it has no host option).
+    cli::finish(cmd).mut_arg("help", |a| a.short('h'))
+}
 
 /// Entry point of `dmtcp_coordinator`.
 pub fn coordinator_main(args: Vec<String>) -> i32 {
     use dmtcp_common::env as E;
+    let mut cmd = coordinator_command();
+    let m = match cli::parse(&mut cmd, args) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    // The port given last, as an option or as the operand, counts.
+    let port = ["port", "coord_port"]
+        .into_iter()
+        .filter_map(|id| Some((m.index_of(id)?, *m.get_one::<u16>(id)?)))
+        .max()
+        .map(|(_, p)| p);
     let mut o = CoordOpts {
-        port: std::env::var(E::COORD_PORT).ok().and_then(|p| p.parse().ok()).unwrap_or(E::DEFAULT_PORT),
-        interval: std::env::var(E::CKPT_INTERVAL).ok().and_then(|p| p.parse().ok()).unwrap_or(0),
+        port: port.unwrap_or_else(|| {
+            std::env::var(E::COORD_PORT)
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(E::DEFAULT_PORT)
+        }),
+        interval: m.get_one::<u32>("interval").copied().unwrap_or_else(|| {
+            std::env::var(E::CKPT_INTERVAL)
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0)
+        }),
+        port_file: m.get_one::<std::path::PathBuf>("port_file").cloned(),
+        ckpt_dir: m
+            .get_one::<std::path::PathBuf>("ckptdir")
+            .map(|v| std::path::absolute(v).unwrap_or_else(|_| v.clone())),
+        exit_on_last: m.get_flag("exit_on_last"),
+        kill_after_ckpt: m.get_flag("kill_after_ckpt"),
+        timeout: m.get_one::<u64>("timeout").copied(),
+        keep_generations: cli::keep_generations_of(&m),
+        quiet: u32::from(m.get_count("quiet")),
         ..Default::default()
     };
-    let mut daemon = false;
-    let mut it = args.into_iter().skip(1);
-    let bad = |m: String| {
-        eprintln!("dmtcp_coordinator: {m}\n\n{COORD_USAGE}");
-        1
-    };
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("option {name} needs a value"));
-        let num = |v: String| v.parse::<u64>().map_err(|_| format!("bad number '{v}'"));
-        let r: Result<(), String> = match arg.as_str() {
-            "--help" => {
-                println!("{COORD_USAGE}");
-                return 0;
-            }
-            "--version" => {
-                println!("dmtcp_coordinator (DMTCP-rs) {}", dmtcp_common::VERSION);
-                return 0;
-            }
-            "-p" | "--coord-port" | "--port" => value(&arg).and_then(num).map(|p| o.port = p as u16),
-            s if s.starts_with("-p") && s.len() > 2 && s[2..].chars().all(|c| c.is_ascii_digit()) => {
-                o.port = s[2..].parse().unwrap_or(0);
-                Ok(())
-            }
-            "--port-file" => value(&arg).map(|v| o.port_file = Some(v.into())),
-            "-c" | "--ckptdir" => value(&arg).map(|v| o.ckpt_dir = Some(std::path::absolute(&v).unwrap_or_else(|_| v.into()))),
-            "-i" | "--interval" => value(&arg).and_then(num).map(|n| o.interval = n as u32),
-            "--exit-on-last" => {
-                o.exit_on_last = true;
-                Ok(())
-            }
-            "--kill-after-ckpt" => {
-                o.kill_after_ckpt = true;
-                Ok(())
-            }
-            "--timeout" => value(&arg).and_then(num).map(|n| o.timeout = Some(n)),
-            "--daemon" => {
-                daemon = true;
-                Ok(())
-            }
-            "-q" | "--quiet" => {
-                o.quiet += 1;
-                Ok(())
-            }
-            s if !s.starts_with('-') && s.parse::<u16>().is_ok() => {
-                o.port = s.parse().unwrap_or(0);
-                Ok(())
-            }
-            other => Err(format!("unknown option '{other}'")),
-        };
-        if let Err(m) = r {
-            return bad(m);
-        }
-    }
+    let daemon = m.get_flag("daemon");
     if let Some(d) = &o.ckpt_dir {
         if let Err(e) = std::fs::create_dir_all(d) {
-            eprintln!("dmtcp_coordinator: cannot create --ckptdir {}: {e}", d.display());
+            eprintln!(
+                "dmtcp_coordinator: cannot create --ckptdir {}: {e}",
+                d.display()
+            );
             return 1;
         }
     }
@@ -114,7 +143,10 @@ pub fn coordinator_main(args: Vec<String>) -> i32 {
         // SAFETY: fork in a single-threaded program; the parent exits at once.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
-            eprintln!("dmtcp_coordinator: fork: {}", std::io::Error::last_os_error());
+            eprintln!(
+                "dmtcp_coordinator: fork: {}",
+                std::io::Error::last_os_error()
+            );
             return 1;
         }
         if pid > 0 {

@@ -7,113 +7,127 @@
 //! image and writes it into a pipe), and replaces itself with the static
 //! restorer, which maps the stream back and jumps into the program.
 
-use crate::client::{self, CoordAddr};
+use crate::cli;
+use crate::client;
+use clap::{value_parser, Arg, ArgAction, Command, ValueHint};
 use dmtcp_common::image::{Image, ImageError};
 use dmtcp_sys::restore::*;
 use std::io::Write;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
 
-const USAGE: &str = "Usage: dmtcp_restart [OPTIONS] <ckpt1.dmtcp> [ckpt2.dmtcp...]
-Restart processes from checkpoint images.
-
-Connecting to the coordinator:
-  -h, --coord-host HOST   Hostname of the coordinator (env DMTCP_COORD_HOST, default localhost)
-  -p, --coord-port PORT   Port of the coordinator (env DMTCP_COORD_PORT, default 7779)
-  --port-file FILE        File to write the port number to
-  -j, --join-coordinator  Join an existing coordinator; fail if there is none
-  --new-coordinator       Start a new coordinator
-  --any-coordinator       Join a running coordinator, or start one (default)
-  --allow-other-user-coordinator
-                          Join a coordinator that another user runs on this machine
-                          (refused by default)
-  -i, --interval SECS     Checkpoint interval after restart (0 = manual)
-
-Other:
-  -c, --ckptdir DIR       Where later checkpoints of the restarted processes go
-  --restartdir DIR        Restart from every ckpt_*.dmtcp image in DIR
-  --no-strict-checking    Restart even on a processor that lacks features the
-                          images were taken with (images are still checked for damage)
-  --allow-other-user-image
-                          Restart images owned by another user (refused by default)
-  -t, --tmpdir DIR        Directory for temporary files
-  -q, --quiet             Less output
-  --help                  Print this message and exit
-  --version               Print the version and exit";
+/// The command line of `dmtcp_restart`.
+pub fn command() -> Command {
+    let cmd = cli::tool("dmtcp_restart", "Restart processes from checkpoint images.")
+        .override_usage(
+            "dmtcp_restart [OPTIONS] <ckpt1.dmtcp> [ckpt2.dmtcp...]\n       \
+             dmtcp_restart [OPTIONS] --restartdir DIR",
+        );
+    let cmd = cli::coord_args(
+        cmd,
+        "Port of the coordinator (env DMTCP_COORD_PORT, default 7779; 0 = any free port)",
+        "Checkpoint interval after restart (env DMTCP_CHECKPOINT_INTERVAL, 0 = manual)",
+    )
+    .next_help_heading(cli::OTHER)
+    .arg(cli::ckptdir(
+        "Where later checkpoints of the restarted processes go",
+    ))
+    .arg(
+        Arg::new("restartdir")
+            .short('d')
+            .short_alias('r')
+            .long("restartdir")
+            .value_name("DIR")
+            .value_parser(value_parser!(PathBuf))
+            .value_hint(ValueHint::DirPath)
+            .action(ArgAction::Append)
+            .help(
+                "Restart the newest committed checkpoint generation in DIR (or DIR itself if \
+                 it is a generation's directory; in a directory without generations: every \
+                 ckpt_*.dmtcp image in it); also -r. `dmtcp_restart DIR` does the same",
+            ),
+    )
+    .arg(cli::flag(
+        "no_strict_checking",
+        "no-strict-checking",
+        "Restart even on a processor that lacks features the images were taken with \
+         (images are still checked for damage)",
+    ))
+    .arg(cli::flag(
+        "allow_other_user_image",
+        "allow-other-user-image",
+        "Restart images owned by another user (refused by default)",
+    ))
+    .arg(cli::tmpdir("Directory for temporary files"))
+    .arg(cli::quiet("Less output"))
+    .arg(
+        Arg::new("images")
+            .value_name("ckpt.dmtcp")
+            .help("Checkpoint images, all of one computation (or a directory, as --restartdir)")
+            .num_args(1..)
+            .action(ArgAction::Append)
+            .value_parser(value_parser!(PathBuf))
+            .value_hint(ValueHint::FilePath)
+            .required_unless_present("restartdir")
+            .help_heading(None),
+    );
+    cli::finish(cmd)
+}
 
 /// Entry point of `dmtcp_restart`.
 pub fn main(args: Vec<String>) -> i32 {
-    let mut a = CoordAddr::from_env();
-    let mut ckpt_dir: Option<PathBuf> = None;
-    let mut images: Vec<PathBuf> = Vec::new();
-    let mut restart_dir: Option<PathBuf> = None;
-    let mut allow_other_image = false;
-    let mut strict = true;
-    let mut it = args.into_iter().skip(1);
-    let bad = |m: String| {
-        eprintln!("dmtcp_restart: {m}\n\n{USAGE}");
-        1
+    let mut cmd = command();
+    let m = match cli::parse(&mut cmd, args) {
+        Ok(m) => m,
+        Err(code) => return code,
     };
-    while let Some(arg) = it.next() {
-        if let Some(r) = client::coord_option(&arg, &mut || it.next(), &mut a) {
-            if let Err(m) = r {
-                return bad(m);
-            }
-            continue;
-        }
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("option {name} needs a value"));
-        let r: Result<(), String> = match arg.as_str() {
-            "--help" => {
-                println!("{USAGE}");
-                return 0;
-            }
-            "--version" => {
-                println!("dmtcp_restart (DMTCP-rs) {}", dmtcp_common::VERSION);
-                return 0;
-            }
-            "-c" | "--ckptdir" => value(&arg).map(|v| ckpt_dir = Some(PathBuf::from(v))),
-            "--restartdir" | "-d" => value(&arg).map(|v| restart_dir = Some(PathBuf::from(v))),
-            "--no-strict-checking" => {
-                strict = false;
-                Ok(())
-            }
-            "--allow-other-user-image" => {
-                allow_other_image = true;
-                Ok(())
-            }
-            "-t" | "--tmpdir" => value(&arg).map(|_| ()),
-            "-q" | "--quiet" => Ok(()),
-            s if s.starts_with('-') && s.len() > 1 => Err(format!("unknown option '{s}'")),
-            _ => {
-                images.push(PathBuf::from(arg));
-                Ok(())
-            }
-        };
-        if let Err(m) = r {
-            return bad(m);
+    let mut a = cli::coord_addr(&m);
+    let ckpt_dir = m.get_one::<PathBuf>("ckptdir").cloned();
+    let mut images: Vec<PathBuf> = Vec::new();
+    let mut restart_dirs: Vec<PathBuf> = m
+        .get_many::<PathBuf>("restartdir")
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    // A directory among the images: as --restartdir.
+    for p in m.get_many::<PathBuf>("images").into_iter().flatten() {
+        if p.is_dir() {
+            restart_dirs.push(p.clone());
+        } else {
+            images.push(p.clone());
         }
     }
-    if let Some(d) = &restart_dir {
-        match std::fs::read_dir(d) {
-            Ok(rd) => {
-                let mut found: Vec<PathBuf> = rd
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                        n.starts_with("ckpt_") && n.ends_with(".dmtcp")
-                    })
-                    .collect();
-                found.sort();
-                images.extend(found);
+    let allow_other_image = m.get_flag("allow_other_user_image");
+    let strict = !m.get_flag("no_strict_checking");
+    // Images a generation's manifest lists: what the manifest says of them.
+    let mut listed: Vec<(PathBuf, dmtcp_common::generation::Entry, PathBuf)> = Vec::new();
+    for d in &restart_dirs {
+        match generation_images(d) {
+            Ok(found) => {
+                for (p, e) in found.images {
+                    images.push(p.clone());
+                    listed.push((p, e, found.manifest.clone()));
+                }
             }
-            Err(e) => {
-                eprintln!("dmtcp_restart: cannot read --restartdir {}: {e}", d.display());
+            Err(m) => {
+                eprintln!("dmtcp_restart: {m}");
                 return 1;
             }
         }
     }
     if images.is_empty() {
-        return bad("no checkpoint images given".into());
+        return cli::usage_error(&mut cmd, "no checkpoint images given");
+    }
+    for (p, _, manifest) in &listed {
+        if std::fs::symlink_metadata(p).is_err() {
+            eprintln!(
+                "dmtcp_restart: {} lists {}, which is missing",
+                manifest.display(),
+                p.display()
+            );
+            return 1;
+        }
     }
     let mut opened = Vec::new();
     for p in &images {
@@ -121,6 +135,58 @@ pub fn main(args: Vec<String>) -> i32 {
             Ok(img) => opened.push(img),
             Err(e) => {
                 eprintln!("dmtcp_restart: {e}");
+                return 1;
+            }
+        }
+    }
+    // Top-level images of two generations of one computation (a job
+    // killed while the names were being moved to a new generation after
+    // its commit): the newer generation's whole set, from its manifest.
+    let comps: std::collections::BTreeSet<String> =
+        opened.iter().map(|i| i.meta.comp_id.clone()).collect();
+    for c in comps {
+        let mine = |i: &Image| i.meta.comp_id == c;
+        let gens: std::collections::BTreeSet<u32> = opened
+            .iter()
+            .filter(|i| mine(i))
+            .map(|i| i.meta.generation)
+            .collect();
+        let Some(&top) = gens.iter().next_back().filter(|_| gens.len() > 1) else {
+            continue;
+        };
+        let Some(dir) = opened
+            .iter()
+            .find(|i| mine(i) && i.meta.generation == top)
+            .and_then(|i| i.path.parent().map(Path::to_path_buf))
+        else {
+            continue;
+        };
+        let gdir = dir.join(dmtcp_common::generation::dir_name(&c, top));
+        let Ok(m) = dmtcp_common::generation::Manifest::load(&gdir) else {
+            continue;
+        };
+        eprintln!(
+            "dmtcp_restart: the images given are of generations {gens:?} of computation {c}: restarting generation {top} \
+             as its manifest lists it ({})",
+            gdir.display()
+        );
+        opened.retain(|i| !mine(i));
+        for e in &m.images {
+            let p = dmtcp_common::generation::Manifest::path_of(&gdir, e);
+            match Image::open(&p).and_then(|img| preflight(&img).map(|_| img)) {
+                Ok(img) => opened.push(img),
+                Err(e) => {
+                    eprintln!("dmtcp_restart: {e}");
+                    return 1;
+                }
+            }
+            listed.push((p, e.clone(), gdir.join(dmtcp_common::generation::MANIFEST)));
+        }
+    }
+    for (p, e, manifest) in &listed {
+        if let Some(img) = opened.iter().find(|i| &i.path == p) {
+            if let Err(m) = matches_manifest(img, e, manifest) {
+                eprintln!("dmtcp_restart: {m}");
                 return 1;
             }
         }
@@ -151,29 +217,66 @@ pub fn main(args: Vec<String>) -> i32 {
     // Images of a computation from an older checkpoint (of processes that
     // have exited since, or that exec'd under another name) would bring
     // back processes from the past: only the newest generation is restarted.
-    let newest: std::collections::BTreeMap<String, u32> = opened.iter().fold(Default::default(), |mut m, i| {
-        let g = m.entry(i.meta.comp_id.clone()).or_insert(0);
-        *g = (*g).max(i.meta.generation);
-        m
-    });
+    let newest: std::collections::BTreeMap<String, u32> =
+        opened.iter().fold(Default::default(), |mut m, i| {
+            let g = m.entry(i.meta.comp_id.clone()).or_insert(0);
+            *g = (*g).max(i.meta.generation);
+            m
+        });
     let before = opened.len();
     opened.retain(|i| newest.get(&i.meta.comp_id) == Some(&i.meta.generation));
     if opened.len() < before {
-        eprintln!("dmtcp_restart: ignoring {} image(s) of an older checkpoint of the same computation", before - opened.len());
+        eprintln!(
+            "dmtcp_restart: ignoring {} image(s) of an older checkpoint of the same computation",
+            before - opened.len()
+        );
+    }
+    // Later checkpoints are numbered above the generations of these
+    // computations already in the directories they will go to (restarting
+    // an older generation must not make the next one collide with, or rank
+    // below, the newer ones there).
+    {
+        let mut dirs: Vec<PathBuf> = restart_dirs.clone();
+        dirs.extend(
+            restart_dirs
+                .iter()
+                .filter_map(|d| d.parent().map(Path::to_path_buf)),
+        );
+        match &ckpt_dir {
+            Some(d) => dirs.push(d.clone()),
+            None => dirs.extend(opened.iter().map(|i| PathBuf::from(&i.meta.ckpt_dir))),
+        }
+        let floor = opened
+            .iter()
+            .flat_map(|i| {
+                dirs.iter()
+                    .map(|d| dmtcp_common::generation::highest(d, &i.meta.comp_id))
+            })
+            .max()
+            .unwrap_or(0);
+        let _ = GEN_FLOOR.set(floor);
     }
     let restorer = client::bin_dir().join("dmtcp_restorer");
     if !restorer.exists() {
-        eprintln!("dmtcp_restart: {} not found (build the whole workspace: cargo build --release)", restorer.display());
+        eprintln!(
+            "dmtcp_restart: {} not found (build the whole workspace: cargo build --release)",
+            restorer.display()
+        );
         return 1;
     }
     let interval = a.interval;
     let port = match client::ensure(&mut a, "dmtcp_restart") {
-        Ok(p) => p,
+        Ok(c) => c.port,
         Err(m) => {
             eprintln!("dmtcp_restart: {m}");
             return 1;
         }
     };
+    if let Err(e) = recreate_files(&opened) {
+        eprintln!("dmtcp_restart: {e}");
+        return 1;
+    }
+    let _ = crate::tree::COORD.set((a.host.clone(), port));
     if let Some(i) = interval {
         let _ = crate::command::send_command(&a.host, port, dmtcp_common::proto::Cmd::Interval(i));
     }
@@ -185,13 +288,24 @@ pub fn main(args: Vec<String>) -> i32 {
     } else {
         match crate::tree::probe().and_then(|()| crate::tree::enter()) {
             Ok(()) => {
-                let restore = |img: &Image| restore_into_self(img, &a.host, port, ckpt_dir.as_deref(), &restorer, RESTART_SET_TID);
+                let restore = |img: &Image| {
+                    restore_into_self(
+                        img,
+                        &a.host,
+                        port,
+                        ckpt_dir.as_deref(),
+                        &restorer,
+                        RESTART_SET_TID,
+                    )
+                };
                 return crate::tree::run(&mut opened, &restore, crate::tree::Mode::SamePids);
             }
             Err(e) => e,
         }
     };
-    eprintln!("dmtcp_restart: restarting without a pid namespace ({why}): the processes get new pids");
+    eprintln!(
+        "dmtcp_restart: restarting without a pid namespace ({why}): the processes get new pids"
+    );
     if opened.len() == 1 {
         let mut img = opened.pop().expect("one image");
         if let Err(e) = crate::tree::socks_for_single(&mut img) {
@@ -202,8 +316,139 @@ pub fn main(args: Vec<String>) -> i32 {
         eprintln!("dmtcp_restart: {e}");
         return 1;
     }
-    let restore = |img: &Image| restore_into_self(img, &a.host, port, ckpt_dir.as_deref(), &restorer, 0);
+    let restore =
+        |img: &Image| restore_into_self(img, &a.host, port, ckpt_dir.as_deref(), &restorer, 0);
     crate::tree::run(&mut opened, &restore, crate::tree::Mode::NewPids)
+}
+
+/// The highest generation of the restarted computations already in their
+/// checkpoint directories (see `main`).
+static GEN_FLOOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The images to restart from directory `d`, with what the generation's
+/// manifest says of each.
+struct GenImages {
+    images: Vec<(PathBuf, dmtcp_common::generation::Entry)>,
+    /// The manifest's path (for messages).
+    manifest: PathBuf,
+}
+
+/// What `--restartdir d` (or `dmtcp_restart d`) restarts: the newest
+/// committed generation in `d`, or `d` itself when it is a generation's
+/// directory, or (a directory without generations: images copied by hand,
+/// or from an older version) every `ckpt_*.dmtcp` in it.
+fn generation_images(d: &Path) -> Result<GenImages, String> {
+    use dmtcp_common::generation::{self as gen, Manifest};
+    let from = |dir: &Path, m: Manifest| {
+        eprintln!(
+            "dmtcp_restart: restarting generation {} of computation {} ({})",
+            m.generation,
+            m.comp_id,
+            dir.display()
+        );
+        GenImages {
+            images: m
+                .images
+                .iter()
+                .map(|e| (Manifest::path_of(dir, e), e.clone()))
+                .collect(),
+            manifest: dir.join(gen::MANIFEST),
+        }
+    };
+    if d.join(gen::MANIFEST).exists() {
+        let m = Manifest::load(d)?;
+        return Ok(from(d, m));
+    }
+    match gen::newest(d) {
+        Some(Ok(n)) => {
+            if let Some((bad, why)) = n.skipped.first() {
+                return Err(format!(
+                    "the newest checkpoint generation in {}, {}, cannot be used: {why}. The newest sound one is {}: \
+                     restart it with --restartdir {} if that is what you want.",
+                    d.display(),
+                    bad.display(),
+                    n.dir.display(),
+                    n.dir.display()
+                ));
+            }
+            Ok(from(&n.dir, n.manifest))
+        }
+        Some(Err(e)) => Err(format!(
+            "no usable checkpoint generation in {}: {e}",
+            d.display()
+        )),
+        None => {
+            let rd = std::fs::read_dir(d)
+                .map_err(|e| format!("cannot read --restartdir {}: {e}", d.display()))?;
+            let mut found: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let n = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    n.starts_with("ckpt_") && n.ends_with(".dmtcp")
+                })
+                .collect();
+            found.sort();
+            if found.is_empty() && gen::list(d).iter().any(|f| f.partial) {
+                return Err(format!(
+                    "{} holds no committed checkpoint generation (only one that was never finished)",
+                    d.display()
+                ));
+            }
+            let images = found
+                .into_iter()
+                .map(|p| {
+                    let e = gen::Entry {
+                        name: String::new(),
+                        host: String::new(),
+                        program: String::new(),
+                        size: 0,
+                        crc32: 0,
+                        header_crc: 0,
+                    };
+                    (p, e)
+                })
+                .collect();
+            Ok(GenImages {
+                images,
+                manifest: PathBuf::new(),
+            })
+        }
+    }
+}
+
+/// An image a manifest lists must be the one it describes: the size and
+/// the header's CRC (which covers the index's, which covers every
+/// chunk's) written at checkpoint time.
+fn matches_manifest(
+    img: &Image,
+    e: &dmtcp_common::generation::Entry,
+    manifest: &Path,
+) -> Result<(), String> {
+    if manifest.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let size = std::fs::metadata(&img.path).map(|m| m.len()).unwrap_or(0);
+    if size != e.size || img.header.file_len != e.size {
+        return Err(format!(
+            "{} has {size} bytes, but {} lists it with {}: the image is damaged or was replaced",
+            img.path.display(),
+            manifest.display(),
+            e.size
+        ));
+    }
+    if img.header.header_crc != e.header_crc {
+        return Err(format!(
+            "{} is not the image {} lists (header checksum {:08x}, expected {:08x}): it was replaced",
+            img.path.display(),
+            manifest.display(),
+            img.header.header_crc,
+            e.header_crc
+        ));
+    }
+    Ok(())
 }
 
 /// An image is the saved memory of a program, code included: restarting
@@ -217,7 +462,11 @@ fn owned_by_me(img: &Image) -> Result<(), String> {
     if uid == me {
         return Ok(());
     }
-    let name = |u: u32| client::user_name(u).map(|n| format!(" ({n})")).unwrap_or_default();
+    let name = |u: u32| {
+        client::user_name(u)
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    };
     Err(format!(
         "{} is owned by uid {uid}{}, not by you (uid {me}{}): restarting it would run that user's saved program \
          with your rights. If you trust where it comes from, pass --allow-other-user-image (or copy it and own the copy).",
@@ -227,13 +476,64 @@ fn owned_by_me(img: &Image) -> Result<(), String> {
     ))
 }
 
+/// A shared file mapping whose whole contents the image holds (a file in
+/// a temporary directory, POSIX shared memory): its file may be made again.
+fn recreatable(a: &dmtcp_common::image::Area) -> bool {
+    a.kind == KIND_FILE_SHARED && a.flags & AREA_SAVED != 0
+}
+
+/// Create the files the images' processes mapped that are gone (a per-host
+/// temporary directory on a new host, an MPI session directory deleted when
+/// the job was killed), with their directories, private to this user, at
+/// their old size; the restorer writes their contents in.
+fn recreate_files(images: &[Image]) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    for a in images
+        .iter()
+        .flat_map(|i| i.meta.areas.iter())
+        .filter(|a| recreatable(a))
+    {
+        let p = Path::new(&a.path);
+        if p.exists() {
+            continue;
+        }
+        if let Some(dir) = p.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    format!("cannot make {} again (for {}): {e}", dir.display(), a.path)
+                })?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(p)
+            .map_err(|e| format!("cannot make {} again: {e}", a.path))?;
+        if f.metadata().map(|m| m.len()).unwrap_or(0) < a.file_size {
+            f.set_len(a.file_size).map_err(|e| {
+                format!("cannot make {} again ({} bytes): {e}", a.path, a.file_size)
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Checks that need no memory contents: mapped files, the vDSO layout.
 fn preflight(img: &Image) -> Result<(), ImageError> {
-    let corrupt = |what: String| ImageError::Corrupt { path: img.path.clone(), what };
+    let corrupt = |what: String| ImageError::Corrupt {
+        path: img.path.clone(),
+        what,
+    };
     for a in &img.meta.areas {
         if a.kind == KIND_FILE_PRIVATE || a.kind == KIND_FILE_SHARED {
             match std::fs::metadata(&a.path) {
                 Ok(m) if m.len() == a.file_size => {}
+                // Its contents are in the image: made again before restoring.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && recreatable(a) => {}
                 Ok(m) => {
                     return Err(ImageError::Corrupt {
                         path: img.path.clone(),
@@ -254,7 +554,10 @@ fn preflight(img: &Image) -> Result<(), ImageError> {
             }
         }
         if dmtcp_sys::in_restorer_window(a.start as usize, a.start as usize + 1) {
-            return Err(corrupt(format!("an area at {:#x} lies in the restorer window", a.start)));
+            return Err(corrupt(format!(
+                "an area at {:#x} lies in the restorer window",
+                a.start
+            )));
         }
     }
     // Compare the vDSO/vvar sizes with this kernel's.
@@ -263,14 +566,24 @@ fn preflight(img: &Image) -> Result<(), ImageError> {
     for line in maps.lines() {
         let name = line.split_whitespace().nth(5).unwrap_or("");
         if let Some(i) = SPECIAL_NAMES.iter().position(|n| *n == name.as_bytes()) {
-            let (s, e) = line.split_whitespace().next().and_then(|r| r.split_once('-')).unwrap_or(("0", "0"));
-            let (s, e) = (u64::from_str_radix(s, 16).unwrap_or(0), u64::from_str_radix(e, 16).unwrap_or(0));
+            let (s, e) = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'))
+                .unwrap_or(("0", "0"));
+            let (s, e) = (
+                u64::from_str_radix(s, 16).unwrap_or(0),
+                u64::from_str_radix(e, 16).unwrap_or(0),
+            );
             cur[i] = (s, e - s);
         }
     }
     let old = img.meta.special;
     let same = (0..3).all(|i| {
-        old[i].1 == cur[i].1 && (old[i].0 == 0 || cur[i].0 == 0 || old[i].0.wrapping_sub(old[2].0) == cur[i].0.wrapping_sub(cur[2].0))
+        old[i].1 == cur[i].1
+            && (old[i].0 == 0
+                || cur[i].0 == 0
+                || old[i].0.wrapping_sub(old[2].0) == cur[i].0.wrapping_sub(cur[2].0))
     });
     // With the old vDSO's entry points recorded, the restorer redirects them
     // to this kernel's vDSO (a proxy); older images need the same layout.
@@ -299,7 +612,14 @@ pub(crate) fn pipe() -> std::io::Result<(i32, i32)> {
 }
 
 /// Become the process of `img`. Returns only on failure (with a message).
-fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>, restorer: &Path, flags: u32) -> String {
+fn restore_into_self(
+    img: &Image,
+    host: &str,
+    port: u16,
+    ckpt_dir: Option<&Path>,
+    restorer: &Path,
+    flags: u32,
+) -> String {
     let coord = match std::net::TcpStream::connect((host, port)) {
         Ok(s) => s,
         Err(e) => return format!("Coordinator not found at {host}:{port}: {e}"),
@@ -317,7 +637,11 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
         None
     } else {
         // SAFETY: getpid has no preconditions.
-        Some(crate::tree::pid_map().cloned().unwrap_or_else(|| (vec![(img.meta.pid, unsafe { libc::getpid() })], true)))
+        Some(
+            crate::tree::pid_map()
+                .cloned()
+                .unwrap_or_else(|| (vec![(img.meta.pid, unsafe { libc::getpid() })], true)),
+        )
     };
     let info = serde_json::json!({
         "coord_host": host,
@@ -329,6 +653,7 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
         "job_root": pid_map.as_ref().map(|m| m.1),
         "image_dev": image_id.as_ref().map(|i| i.0).ok(),
         "image_ino": image_id.as_ref().map(|i| i.1).ok(),
+        "generation": GEN_FLOOR.get().copied().unwrap_or(0),
     })
     .to_string();
     let (info_r, info_w) = match pipe() {
@@ -368,7 +693,10 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
         n_areas: img.meta.areas.len() as u32,
         entry: img.meta.entry,
         entry_stack_top: img.meta.entry_stack_top,
-        special: img.meta.special.map(|(start, len)| SpecialArea { start, len }),
+        special: img
+            .meta
+            .special
+            .map(|(start, len)| SpecialArea { start, len }),
         mm: {
             let m = img.meta.mm;
             MmMap {
@@ -388,7 +716,12 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
                 exe_fd: u32::MAX,
             }
         },
-        args: RestartArgs { coord_fd, info_fd: info_r, flags, _pad: 0 },
+        args: RestartArgs {
+            coord_fd,
+            info_fd: info_r,
+            flags,
+            _pad: 0,
+        },
         image_fd,
         n_vdso_syms: vdso_syms(img).len() as u32,
         vdso_flags: vdso_flags(),
@@ -405,10 +738,25 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
         if p2 == 0 {
             // SAFETY: closing the read end in the streamer.
             unsafe { libc::close(sr) };
-            let code = match stream(img, sw, &header, image_fd >= 0) {
+            // SAFETY: the write end is ours; the File closes it at the end.
+            let f = unsafe { std::fs::File::from_raw_fd(sw) };
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            let code = match stream(img, &mut w, &header, image_fd >= 0) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("dmtcp_restart: {e}");
+                    // The restorer then stops without a message of its
+                    // own: the line above is the one the user sees. (A
+                    // chunk is read before its record is written, so the
+                    // stream is between records here, unless writing to
+                    // it failed, when this fails too.)
+                    let abort = DataRecord {
+                        kind: REC_ABORT,
+                        // Not 0: no restorer takes it for the end of the stream.
+                        len: u64::MAX,
+                        ..Default::default()
+                    };
+                    let _ = w.write_all(as_bytes(&abort)).and_then(|()| w.flush());
                     1
                 }
             };
@@ -432,13 +780,21 @@ fn restore_into_self(img: &Image, host: &str, port: u16, ckpt_dir: Option<&Path>
     let envp = [std::ptr::null()];
     // SAFETY: execve with NUL-terminated strings and null-terminated arrays.
     unsafe { libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    format!("cannot run {}: {}", restorer.display(), std::io::Error::last_os_error())
+    format!(
+        "cannot run {}: {}",
+        restorer.display(),
+        std::io::Error::last_os_error()
+    )
 }
 
 /// The old vDSO's entry points, as stream records (names too long for a
 /// record are left out; the restorer then fails if it needs them).
 fn vdso_syms(img: &Image) -> Vec<dmtcp_sys::vdso::VdsoSym> {
-    let v = img.meta.vdso_syms.iter().filter_map(|(n, o)| dmtcp_sys::vdso::VdsoSym::new(n.as_bytes(), *o));
+    let v = img
+        .meta
+        .vdso_syms
+        .iter()
+        .filter_map(|(n, o)| dmtcp_sys::vdso::VdsoSym::new(n.as_bytes(), *o));
     v.take(MAX_VDSO_SYMS).collect()
 }
 
@@ -461,11 +817,16 @@ fn lazy_restore() -> bool {
     !std::env::var("DMTCP_RESTART_EAGER").is_ok_and(|v| dmtcp_common::env::truthy(&v))
 }
 
-fn stream(img: &Image, fd: i32, header: &StreamHeader, lazy: bool) -> Result<(), ImageError> {
-    // SAFETY: the write end is ours; the File closes it at the end.
-    let f = unsafe { std::fs::File::from_raw_fd(fd) };
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-    let io = |source| ImageError::Io { path: img.path.clone(), source };
+fn stream(
+    img: &Image,
+    w: &mut impl Write,
+    header: &StreamHeader,
+    lazy: bool,
+) -> Result<(), ImageError> {
+    let io = |source| ImageError::Io {
+        path: img.path.clone(),
+        source,
+    };
     w.write_all(as_bytes(header)).map_err(io)?;
     for a in &img.meta.areas {
         let file = a.kind == KIND_FILE_PRIVATE || a.kind == KIND_FILE_SHARED;
@@ -478,7 +839,11 @@ fn stream(img: &Image, fd: i32, header: &StreamHeader, lazy: bool) -> Result<(),
             kind: a.kind,
             flags: a.flags,
             path_len: path.len() as u32,
-            fd: if a.kind == KIND_ANON_SHARED { crate::tree::shm_fd(a.shm) } else { -1 },
+            fd: if a.kind == KIND_ANON_SHARED {
+                crate::tree::shm_fd(a.shm)
+            } else {
+                -1
+            },
             _pad: 0,
         };
         w.write_all(as_bytes(&d)).map_err(io)?;
@@ -502,13 +867,25 @@ fn stream(img: &Image, fd: i32, header: &StreamHeader, lazy: bool) -> Result<(),
     for c in &img.chunks {
         // Every chunk is read and checked, mapped or not.
         img.read_chunk(c, &mut out, &mut scratch)?;
-        let in_stack = growsdown.iter().any(|&(s, e)| c.addr < e && s < c.addr + c.len);
+        let in_stack = growsdown
+            .iter()
+            .any(|&(s, e)| c.addr < e && s < c.addr + c.len);
         if lazy && !in_stack && c.flags & dmtcp_common::image::CHUNK_ZSTD == 0 {
-            let rec = DataRecord { addr: c.addr, len: c.len, kind: REC_MAP, file_off: c.file_off };
+            let rec = DataRecord {
+                addr: c.addr,
+                len: c.len,
+                kind: REC_MAP,
+                file_off: c.file_off,
+            };
             w.write_all(as_bytes(&rec)).map_err(io)?;
             continue;
         }
-        let rec = DataRecord { addr: c.addr, len: c.len, kind: REC_DATA, file_off: 0 };
+        let rec = DataRecord {
+            addr: c.addr,
+            len: c.len,
+            kind: REC_DATA,
+            file_off: 0,
+        };
         w.write_all(as_bytes(&rec)).map_err(io)?;
         w.write_all(&out).map_err(io)?;
     }

@@ -25,13 +25,17 @@ fn inside_single(s: &str) -> String {
 
 /// `s` on one comment line (control characters shown as `?`).
 fn comment(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// The script text.
 pub fn render(i: &ScriptInfo) -> String {
     let images: Vec<String> = i.images.iter().map(|s| quote(s)).collect();
-    let hosts: Vec<String> = (0..i.images.len()).map(|k| quote(i.hosts.get(k).map(String::as_str).unwrap_or(&i.coord_host))).collect();
+    let hosts: Vec<String> = (0..i.images.len())
+        .map(|k| quote(i.hosts.get(k).map(String::as_str).unwrap_or(&i.coord_host)))
+        .collect();
     format!(
         r#"#!/bin/bash
 # Restart script written by dmtcp_coordinator (DMTCP-rs {version})
@@ -46,17 +50,24 @@ OPTIONS:
   --coord-host, -h HOST  coordinator host (default: $DMTCP_COORD_HOST or {host})
   --coord-port, -p PORT  coordinator port (default: $DMTCP_COORD_PORT or {port})
   --interval, -i SECS    checkpoint interval after restart (default: {interval})
-  --restartdir, -d DIR   directory holding the images (default: {dir})
+  --restartdir, -d DIR   directory holding the images (default: {dir},
+                         the checkpoint generation this script belongs to)
   --hostfile FILE        restart the images of the i-th original host on the
                          i-th host of FILE (one per line, first word; also
                          $SLURM_JOB_NODELIST or $PBS_NODEFILE when set)
   --help                 print this message
 
 Images of other hosts than this one are restarted there over ssh
-($DMTCP_RSH, default "ssh"), all joining one coordinator.'
+($DMTCP_RSH, default "ssh"), all joining one coordinator. Inside a SLURM
+allocation ($SLURM_JOB_ID and $SLURM_JOB_NODELIST set, srun found, no
+$DMTCP_RSH), the images of every host are restarted with
+"srun --nodes=1 --ntasks=1 --overlap -w HOST" instead, this host included,
+and the coordinator runs here unless --coord-host or
+$DMTCP_COORD_HOST names one.'
 
 default_host={hostq}
 coord_host="${{DMTCP_COORD_HOST:-$default_host}}"
+coord_given="${{DMTCP_COORD_HOST:+1}}"
 coord_port="${{DMTCP_COORD_PORT:-{port}}}"
 interval={interval}
 restart_dir={dirq}
@@ -67,7 +78,7 @@ hostfile=
 while [ $# -gt 0 ]; do
   case "$1" in
     --help) echo "$usage_str"; exit 0;;
-    -h|--coord-host|--host) coord_host="$2"; shift 2;;
+    -h|--coord-host|--host) coord_host="$2"; coord_given=1; shift 2;;
     -p|--coord-port|--port) coord_port="$2"; shift 2;;
     -i|--interval) interval="$2"; shift 2;;
     -d|--restartdir) restart_dir="$2"; shift 2;;
@@ -106,7 +117,14 @@ if [ ${{#new_hosts[@]}} -gt 0 ] && [ ${{#new_hosts[@]}} -lt ${{#old_hosts[@]}} ]
 fi
 
 this_host=$(hostname)
-is_here() {{ [ "$1" = "$this_host" ] || [ "$1" = localhost ] || [ "$1" = 127.0.0.1 ]; }}
+# Under SLURM, images go to the allocation's nodes with srun.
+use_srun=
+if [ -z "${{DMTCP_RSH:-}}" ] && [ -n "${{SLURM_JOB_ID:-}}" ] && [ -n "${{SLURM_JOB_NODELIST:-}}" ] && command -v srun >/dev/null; then
+  use_srun=1
+  [ -n "$coord_given" ] || coord_host="$this_host"
+fi
+is_here() {{ [ -z "$use_srun" ] && {{ [ "$1" = "$this_host" ] || [ "$1" = localhost ] || [ "$1" = 127.0.0.1 ]; }}; }}
+is_this_host() {{ [ "$1" = "$this_host" ] || [ "$1" = localhost ] || [ "$1" = 127.0.0.1 ]; }}
 
 local_paths=()
 remote_hosts=()
@@ -115,7 +133,11 @@ for k in "${{!old_hosts[@]}}"; do
   target="${{new_hosts[$k]:-${{old_hosts[$k]}}}}"
   group=()
   for j in "${{!images[@]}}"; do
-    [ "${{hosts[$j]}}" = "${{old_hosts[$k]}}" ] && group+=("$restart_dir/${{images[$j]}}")
+    [ "${{hosts[$j]}}" = "${{old_hosts[$k]}}" ] || continue
+    case "${{images[$j]}}" in
+      /*) group+=("${{images[$j]}}");;
+      *) group+=("$restart_dir/${{images[$j]}}");;
+    esac
   done
   if is_here "$target"; then
     local_paths+=("${{group[@]}}")
@@ -134,7 +156,7 @@ fi
 # Several hosts: one coordinator here, every host's dmtcp_restart joins it.
 bin_dir=$(dirname "$dmtcp_restart")
 if ! "$bin_dir/dmtcp_command" --coord-host "$coord_host" --coord-port "$coord_port" -s >/dev/null 2>&1; then
-  if ! is_here "$coord_host"; then
+  if ! is_this_host "$coord_host"; then
     echo "dmtcp_restart_script.sh: no coordinator at $coord_host:$coord_port" >&2
     exit 1
   fi
@@ -153,7 +175,12 @@ if [ ${{#local_paths[@]}} -gt 0 ]; then
   pids+=($!)
 fi
 for k in "${{!remote_hosts[@]}}"; do
-  "${{rsh[@]}}" -n "${{remote_hosts[$k]}}" "$(printf '%q' "$dmtcp_restart") --join-coordinator --coord-host $(printf '%q' "$coord_host") --coord-port $coord_port --interval $interval${{remote_paths[$k]}}" &
+  cmd="$(printf '%q' "$dmtcp_restart") --join-coordinator --coord-host $(printf '%q' "$coord_host") --coord-port $coord_port --interval $interval${{remote_paths[$k]}}"
+  if [ -n "$use_srun" ]; then
+    srun --nodes=1 --ntasks=1 --overlap --quiet -w "${{remote_hosts[$k]}}" /bin/sh -c "exec $cmd" </dev/null &
+  else
+    "${{rsh[@]}}" -n "${{remote_hosts[$k]}}" "$cmd" &
+  fi
   pids+=($!)
 done
 status=0
@@ -188,7 +215,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let marker = dir.join("pwned");
         let m = marker.display().to_string();
-        let ckpt_dir = format!("{}/a'b; touch {m}; '$(touch {m})`touch {m}`\"", dir.display());
+        let ckpt_dir = format!(
+            "{}/a'b; touch {m}; '$(touch {m})`touch {m}`\"",
+            dir.display()
+        );
         let info = ScriptInfo {
             comp_id: format!("c1\ntouch {m}\n"),
             generation: 1,
@@ -202,11 +232,23 @@ mod tests {
         };
         let path = dir.join("script.sh");
         std::fs::write(&path, render(&info)).unwrap();
-        let help = std::process::Command::new("bash").arg(&path).arg("--help").output().unwrap();
+        let help = std::process::Command::new("bash")
+            .arg(&path)
+            .arg("--help")
+            .output()
+            .unwrap();
         assert!(help.status.success());
-        assert!(String::from_utf8_lossy(&help.stdout).contains(&ckpt_dir), "{}", String::from_utf8_lossy(&help.stdout));
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains(&ckpt_dir),
+            "{}",
+            String::from_utf8_lossy(&help.stdout)
+        );
         // Run to the end, with DMTCP_RESTART unset: it execs restart_bin (no such file).
-        let _ = std::process::Command::new("bash").arg(&path).env_remove("DMTCP_RESTART").output().unwrap();
+        let _ = std::process::Command::new("bash")
+            .arg(&path)
+            .env_remove("DMTCP_RESTART")
+            .output()
+            .unwrap();
         let ran = marker.exists();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(!ran, "a name in the script ran a command");

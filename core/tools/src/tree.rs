@@ -46,7 +46,12 @@ pub fn shm_fd(shm: u64) -> i32 {
 fn make_shm(images: &[Image], base: i32) -> Result<BTreeMap<u64, i32>, String> {
     let mut users: BTreeMap<u64, (BTreeSet<i32>, u64)> = BTreeMap::new();
     for img in images {
-        for a in img.meta.areas.iter().filter(|a| a.kind == dmtcp_sys::restore::KIND_ANON_SHARED && a.shm != 0) {
+        for a in img
+            .meta
+            .areas
+            .iter()
+            .filter(|a| a.kind == dmtcp_sys::restore::KIND_ANON_SHARED && a.shm != 0)
+        {
             let u = users.entry(a.shm).or_default();
             u.0.insert(img.meta.pid);
             u.1 = u.1.max(a.offset + a.len);
@@ -61,7 +66,10 @@ fn make_shm(images: &[Image], base: i32) -> Result<BTreeMap<u64, i32>, String> {
         let fd = unsafe {
             let m = libc::memfd_create(c"dmtcp-shared".as_ptr(), libc::MFD_CLOEXEC);
             if m < 0 || libc::ftruncate(m, size as libc::off_t) != 0 {
-                return Err(format!("cannot re-create shared memory of {size} bytes: {}", errno()));
+                return Err(format!(
+                    "cannot re-create shared memory of {size} bytes: {}",
+                    errno()
+                ));
             }
             let n = libc::fcntl(m, libc::F_DUPFD_CLOEXEC, base);
             close(m);
@@ -85,10 +93,24 @@ static FILES: std::sync::OnceLock<BTreeMap<String, i32>> = std::sync::OnceLock::
 pub fn shared_files(img: &Image) -> Vec<i32> {
     let mut out = Vec::new();
     if let Some(m) = FILES.get() {
-        out.extend(img.meta.tree.files.iter().filter(|f| m.contains_key(&f.key)).map(|f| f.fd));
+        out.extend(
+            img.meta
+                .tree
+                .files
+                .iter()
+                .filter(|f| m.contains_key(&f.key))
+                .map(|f| f.fd),
+        );
     }
     if let Some(m) = PTYS.get() {
-        out.extend(img.meta.tree.ptys.iter().filter(|p| m.contains_key(&p.key)).map(|p| p.fd));
+        out.extend(
+            img.meta
+                .tree
+                .ptys
+                .iter()
+                .filter(|p| m.contains_key(&p.key))
+                .map(|p| p.fd),
+        );
     }
     out
 }
@@ -100,7 +122,10 @@ static PTYS: std::sync::OnceLock<BTreeMap<String, (i32, i32, i32)>> = std::sync:
 /// Make a new pty for each one the images' masters had, with the slave's
 /// termios and the window size, at or above `base`.
 fn make_ptys(images: &[Image], base: i32) -> Result<BTreeMap<String, (i32, i32, i32)>, String> {
-    let recs: Vec<&dmtcp_common::image::PtyRec> = images.iter().flat_map(|i| i.meta.tree.ptys.iter()).collect();
+    let recs: Vec<&dmtcp_common::image::PtyRec> = images
+        .iter()
+        .flat_map(|i| i.meta.tree.ptys.iter())
+        .collect();
     let mut out = BTreeMap::new();
     for m in recs.iter().filter(|r| r.master) {
         if out.contains_key(&m.key) {
@@ -122,22 +147,37 @@ fn make_ptys(images: &[Image], base: i32) -> Result<BTreeMap<String, (i32, i32, 
             if libc::ptsname_r(mf, name.as_mut_ptr(), name.len()) != 0 {
                 return Err(format!("cannot make a pseudo-terminal: {}", errno()));
             }
-            let sf = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            let sf = libc::open(
+                name.as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
             if sf < 0 {
                 return Err(format!("cannot open a new pseudo-terminal: {}", errno()));
             }
             (up(mf), up(sf))
         };
-        if let Some(s) = recs.iter().find(|r| r.key == m.key && r.termios.len() == core::mem::size_of::<libc::termios>()) {
+        if let Some(s) = recs
+            .iter()
+            .find(|r| r.key == m.key && r.termios.len() == core::mem::size_of::<libc::termios>())
+        {
             // SAFETY: the saved bytes are a termios from tcgetattr on this machine.
             unsafe {
                 let mut t: libc::termios = core::mem::zeroed();
-                core::ptr::copy_nonoverlapping(s.termios.as_ptr(), &mut t as *mut libc::termios as *mut u8, s.termios.len());
+                core::ptr::copy_nonoverlapping(
+                    s.termios.as_ptr(),
+                    &mut t as *mut libc::termios as *mut u8,
+                    s.termios.len(),
+                );
                 libc::tcsetattr(slave, libc::TCSANOW, &t);
             }
         }
         let w = m.winsize;
-        let ws = libc::winsize { ws_row: w[0], ws_col: w[1], ws_xpixel: w[2], ws_ypixel: w[3] };
+        let ws = libc::winsize {
+            ws_row: w[0],
+            ws_col: w[1],
+            ws_xpixel: w[2],
+            ws_ypixel: w[3],
+        };
         // SAFETY: TIOCSWINSZ reads our struct.
         unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) };
         out.insert(m.key.clone(), (master, slave, m.fg));
@@ -154,7 +194,11 @@ fn make_files(images: &[Image], base: i32) -> BTreeMap<String, i32> {
     let mut users: Users = BTreeMap::new();
     for img in images {
         for f in &img.meta.tree.files {
-            users.entry(f.key.as_str()).or_insert_with(|| (BTreeSet::new(), f)).0.insert((img.meta.pid, f.fd));
+            users
+                .entry(f.key.as_str())
+                .or_insert_with(|| (BTreeSet::new(), f))
+                .0
+                .insert((img.meta.pid, f.fd));
         }
     }
     let mut out = BTreeMap::new();
@@ -162,7 +206,9 @@ fn make_files(images: &[Image], base: i32) -> BTreeMap<String, i32> {
         if fds.len() < 2 {
             continue;
         }
-        let Ok(p) = std::ffi::CString::new(f.path.as_bytes()) else { continue };
+        let Ok(p) = std::ffi::CString::new(f.path.as_bytes()) else {
+            continue;
+        };
         let flags = f.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) | libc::O_CLOEXEC;
         // SAFETY: open/lseek/fcntl of our own fd; the path is NUL-terminated.
         let fd = unsafe {
@@ -183,11 +229,19 @@ fn make_files(images: &[Image], base: i32) -> BTreeMap<String, i32> {
 }
 
 /// Root processes (for forwarding signals from init's handler).
-static ROOTS: [core::sync::atomic::AtomicI32; 64] = [const { core::sync::atomic::AtomicI32::new(0) }; 64];
+static ROOTS: [core::sync::atomic::AtomicI32; 64] =
+    [const { core::sync::atomic::AtomicI32::new(0) }; 64];
 static INIT: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
 
 /// Signals a job gets when its `dmtcp_restart` gets them.
-const FORWARDED: [i32; 6] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGCONT];
+const FORWARDED: [i32; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGCONT,
+];
 
 /// Is restart in a pid namespace wanted (DMTCP_RESTART_PIDNS=0 turns it off)?
 pub fn wanted() -> bool {
@@ -275,7 +329,14 @@ pub fn probe() -> Result<(), String> {
         return Ok(());
     }
     let m = String::from_utf8_lossy(&msg).into_owned();
-    Err(if m.is_empty() { format!("the pid namespace probe failed (status {})", status_code(st)) } else { m })
+    Err(if m.is_empty() {
+        format!(
+            "the pid namespace probe failed (status {})",
+            status_code(st)
+        )
+    } else {
+        m
+    })
 }
 
 /// Enter a new pid and mount namespace (and a user namespace mapping our
@@ -305,12 +366,22 @@ fn clone_with_pid(pid: i32) -> i32 {
     let want = pid;
     let args = dmtcp_sys::restore::CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: if pid > 0 { &want as *const i32 as u64 } else { 0 },
+        set_tid: if pid > 0 {
+            &want as *const i32 as u64
+        } else {
+            0
+        },
         set_tid_size: (pid > 0) as u64,
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM is a fork; the args struct is valid.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const _, core::mem::size_of_val(&args)) as i32 };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const _,
+            core::mem::size_of_val(&args),
+        ) as i32
+    };
     if r < 0 && pid == 0 {
         // No clone3 (older kernels): any pid will do.
         // SAFETY: fork of this single-threaded program.
@@ -381,7 +452,11 @@ impl Plan<'_> {
 /// Run the job (in the namespace [`enter`] made, for [`Mode::SamePids`]);
 /// returns the exit code.
 pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode) -> i32 {
-    let by_pid: BTreeMap<i32, usize> = images.iter().enumerate().map(|(i, img)| (img.meta.pid, i)).collect();
+    let by_pid: BTreeMap<i32, usize> = images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| (img.meta.pid, i))
+        .collect();
     if by_pid.len() != images.len() {
         eprintln!("dmtcp_restart: two images have the same pid: they are not of one computation");
         return 1;
@@ -399,7 +474,13 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
     let mut max_id = 1;
     for img in images.iter() {
         max_id = max_id.max(img.meta.pid);
-        max_id = img.meta.tree.tids.iter().chain(img.meta.tree.zombies.iter().map(|z| &z.0)).fold(max_id, |m, &t| m.max(t));
+        max_id = img
+            .meta
+            .tree
+            .tids
+            .iter()
+            .chain(img.meta.tree.zombies.iter().map(|z| &z.0))
+            .fold(max_id, |m, &t| m.max(t));
     }
     // Our own fds go above every number the program had for a pipe.
     let base = pipe_fd_base(images);
@@ -452,7 +533,14 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
     let slots = images.len() + zombie_slot.len();
     // SAFETY: a fresh shared anonymous mapping, one i32 per slot.
     let new_pids = unsafe {
-        libc::mmap(core::ptr::null_mut(), (slots * 4).max(4), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            core::ptr::null_mut(),
+            (slots * 4).max(4),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
     if new_pids == libc::MAP_FAILED {
         return fail(&format!("mmap: {}", errno()));
@@ -464,7 +552,14 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
         return fail(&format!("cannot start the job's init: {}", errno()));
     }
     if init > 0 {
-        for fd in [created_r, created_w, go_r, go_w].into_iter().chain(pipes.values().flat_map(|&(r, w)| [r, w])).chain(socks.values().copied()).chain(evfds.values().copied()).chain(shm_fds.iter().copied()).chain(file_fds.iter().copied()) {
+        for fd in [created_r, created_w, go_r, go_w]
+            .into_iter()
+            .chain(pipes.values().flat_map(|&(r, w)| [r, w]))
+            .chain(socks.values().copied())
+            .chain(evfds.values().copied())
+            .chain(shm_fds.iter().copied())
+            .chain(file_fds.iter().copied())
+        {
             close(fd);
         }
         return outside(init);
@@ -504,7 +599,19 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
         // SAFETY: prctl on ourselves.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     }
-    let plan = Plan { images, by_pid, children, created_w, go_r, pipes, socks, evfds, mode, new_pids: new_pids as *mut i32, zombie_slot };
+    let plan = Plan {
+        images,
+        by_pid,
+        children,
+        created_w,
+        go_r,
+        pipes,
+        socks,
+        evfds,
+        mode,
+        new_pids: new_pids as *mut i32,
+        zombie_slot,
+    };
     let mut root_pids = Vec::new();
     for &r in &roots {
         let pid = images[r].meta.pid;
@@ -550,7 +657,11 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
     for &s in plan.socks.values().chain(plan.evfds.values()) {
         close(s);
     }
-    let shared = SHM.get().into_iter().flat_map(|m| m.values()).chain(FILES.get().into_iter().flat_map(|m| m.values()));
+    let shared = SHM
+        .get()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .chain(FILES.get().into_iter().flat_map(|m| m.values()));
     for &s in shared {
         close(s);
     }
@@ -559,7 +670,10 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
         close(s);
     }
     if got < images.len() {
-        eprintln!("dmtcp_restart: only {got} of {} processes could be re-created", images.len());
+        eprintln!(
+            "dmtcp_restart: only {got} of {} processes could be re-created",
+            images.len()
+        );
     }
     forward_signals(init_forward);
     reap(&root_pids)
@@ -574,7 +688,14 @@ fn fail(m: &str) -> i32 {
 fn mount_proc() -> Result<(), String> {
     // SAFETY: mount(2) with valid NUL-terminated strings or nulls.
     unsafe {
-        if libc::mount(core::ptr::null(), c"/".as_ptr(), core::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, core::ptr::null()) != 0 {
+        if libc::mount(
+            core::ptr::null(),
+            c"/".as_ptr(),
+            core::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            core::ptr::null(),
+        ) != 0
+        {
             return Err(format!("cannot make mounts private: {}", errno()));
         }
         if libc::mount(
@@ -609,9 +730,16 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
                 eprintln!("dmtcp_restart: process {pid}: setsid: {}", errno());
             }
             // Its controlling terminal, if it is a pty of the job.
-            if let Some(&(_, slave, _)) = t.ctty.as_ref().and_then(|k| PTYS.get().and_then(|p| p.get(k))) {
+            if let Some(&(_, slave, _)) = t
+                .ctty
+                .as_ref()
+                .and_then(|k| PTYS.get().and_then(|p| p.get(k)))
+            {
                 if libc::ioctl(slave, libc::TIOCSCTTY, 0) != 0 {
-                    eprintln!("dmtcp_restart: process {pid}: cannot get its terminal back: {}", errno());
+                    eprintln!(
+                        "dmtcp_restart: process {pid}: cannot get its terminal back: {}",
+                        errno()
+                    );
                 }
             }
         } else if t.pgid == pid && libc::setpgid(0, 0) != 0 {
@@ -625,7 +753,10 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
             stub(plan, c, restore);
         }
         if r < 0 {
-            eprintln!("dmtcp_restart: cannot re-create process {cpid}: {}", errno());
+            eprintln!(
+                "dmtcp_restart: cannot re-create process {cpid}: {}",
+                errno()
+            );
         }
     }
     for &(zpid, status) in &t.zombies {
@@ -641,7 +772,10 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
             unsafe { core::ptr::write_volatile(plan.new_pids.add(slot), r) };
         }
         if r < 0 {
-            eprintln!("dmtcp_restart: cannot re-create exited child {zpid}: {}", errno());
+            eprintln!(
+                "dmtcp_restart: cannot re-create exited child {zpid}: {}",
+                errno()
+            );
         }
     }
     // SAFETY: one byte on our pipe, then wait for everyone (EOF on go).
@@ -649,14 +783,22 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         libc::write(plan.created_w, b"x".as_ptr() as *const libc::c_void, 1);
         close(plan.created_w);
         let mut b = 0u8;
-        while libc::read(plan.go_r, &mut b as *mut u8 as *mut libc::c_void, 1) != 0 && *libc::__errno_location() == libc::EINTR {}
+        while libc::read(plan.go_r, &mut b as *mut u8 as *mut libc::c_void, 1) != 0
+            && *libc::__errno_location() == libc::EINTR
+        {}
         close(plan.go_r);
     }
     if plan.mode == Mode::NewPids {
-        let mut pairs: Vec<(i32, i32)> = plan.images.iter().map(|i| (i.meta.pid, plan.now(i.meta.pid))).collect();
+        let mut pairs: Vec<(i32, i32)> = plan
+            .images
+            .iter()
+            .map(|i| (i.meta.pid, plan.now(i.meta.pid)))
+            .collect();
         for (&z, &slot) in &plan.zombie_slot {
             // SAFETY: slots are filled before the "go" barrier we passed.
-            pairs.push((z, unsafe { core::ptr::read_volatile(plan.new_pids.add(slot)) }));
+            pairs.push((z, unsafe {
+                core::ptr::read_volatile(plan.new_pids.add(slot))
+            }));
         }
         let root = !plan.by_pid.contains_key(&t.ppid) || t.ppid == pid;
         let _ = PID_MAP.set((pairs, root));
@@ -665,8 +807,16 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
     // SAFETY: setpgid on ourselves.
     unsafe {
         let pgid = plan.now(t.pgid);
-        if t.pgid != pid && plan.by_pid.contains_key(&t.pgid) && libc::getpgrp() != pgid && libc::setpgid(0, pgid) != 0 {
-            eprintln!("dmtcp_restart: process {pid}: cannot join process group {}: {}", t.pgid, errno());
+        if t.pgid != pid
+            && plan.by_pid.contains_key(&t.pgid)
+            && libc::getpgrp() != pgid
+            && libc::setpgid(0, pgid) != 0
+        {
+            eprintln!(
+                "dmtcp_restart: process {pid}: cannot join process group {}: {}",
+                t.pgid,
+                errno()
+            );
         }
     }
     // Pipe ends at the numbers the program had them (the restorer inherits
@@ -675,14 +825,21 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         if let Some(&(r, w)) = plan.pipes.get(&ino) {
             // SAFETY: dup2 onto a number the program used for this pipe.
             if unsafe { libc::dup2(if write { w } else { r }, fd) } < 0 {
-                eprintln!("dmtcp_restart: process {pid}: cannot put a pipe at fd {fd}: {}", errno());
+                eprintln!(
+                    "dmtcp_restart: process {pid}: cannot put a pipe at fd {fd}: {}",
+                    errno()
+                );
             }
         }
     }
     // The session leader gives its terminal's foreground back to the group
     // that had it (all groups exist now); SIGTTOU would stop a background
     // leader, so it is blocked meanwhile (the restorer sets the real mask).
-    if let Some(&(_, slave, fg)) = t.ctty.as_ref().and_then(|k| PTYS.get().and_then(|p| p.get(k))) {
+    if let Some(&(_, slave, fg)) = t
+        .ctty
+        .as_ref()
+        .and_then(|k| PTYS.get().and_then(|p| p.get(k)))
+    {
         let fg = plan.now(fg);
         if t.sid == pid && fg > 0 {
             // SAFETY: blocking a signal and setting the terminal's foreground group.
@@ -701,7 +858,11 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         if let Some(&(m, s, _)) = PTYS.get().and_then(|x| x.get(&p.key)) {
             // SAFETY: dup2 onto a number the program used for this pty end.
             if unsafe { libc::dup2(if p.master { m } else { s }, p.fd) } < 0 {
-                eprintln!("dmtcp_restart: process {pid}: cannot put a pty at fd {}: {}", p.fd, errno());
+                eprintln!(
+                    "dmtcp_restart: process {pid}: cannot put a pty at fd {}: {}",
+                    p.fd,
+                    errno()
+                );
             }
         }
     }
@@ -711,7 +872,11 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         if let Some(&o) = files.and_then(|m| m.get(&f.key)) {
             // SAFETY: dup2 onto a number the program used for this file.
             if unsafe { libc::dup2(o, f.fd) } < 0 {
-                eprintln!("dmtcp_restart: process {pid}: cannot put a file at fd {}: {}", f.fd, errno());
+                eprintln!(
+                    "dmtcp_restart: process {pid}: cannot put a file at fd {}: {}",
+                    f.fd,
+                    errno()
+                );
             }
         }
     }
@@ -719,15 +884,27 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         if let Some(&e) = plan.evfds.get(&evfd_key(pid, r)) {
             // SAFETY: dup2 onto a number the program used for this eventfd.
             if unsafe { libc::dup2(e, r.fd) } < 0 {
-                eprintln!("dmtcp_restart: process {pid}: cannot put an eventfd at fd {}: {}", r.fd, errno());
+                eprintln!(
+                    "dmtcp_restart: process {pid}: cannot put an eventfd at fd {}: {}",
+                    r.fd,
+                    errno()
+                );
             }
         }
     }
-    for r in t.socks.iter().filter(|r| dmtcp_common::sock::made_by_restart(r)) {
+    for r in t
+        .socks
+        .iter()
+        .filter(|r| dmtcp_common::sock::made_by_restart(r))
+    {
         if let Some(&s) = plan.socks.get(&dmtcp_common::sock::key(r)) {
             // SAFETY: dup2 onto a number the program used for this socket.
             if unsafe { libc::dup2(s, r.fd) } < 0 {
-                eprintln!("dmtcp_restart: process {pid}: cannot put a socket at fd {}: {}", r.fd, errno());
+                eprintln!(
+                    "dmtcp_restart: process {pid}: cannot put a socket at fd {}: {}",
+                    r.fd,
+                    errno()
+                );
             }
         }
     }
@@ -746,7 +923,8 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
 /// their numbers. Pipes and connections to other processes cannot be made.
 pub fn socks_for_single(img: &mut Image) -> Result<(), String> {
     let base = pipe_fd_base(std::slice::from_ref(img));
-    img.move_fd_above(base).map_err(|e| format!("{}: {e}", img.path.display()))?;
+    img.move_fd_above(base)
+        .map_err(|e| format!("{}: {e}", img.path.display()))?;
     let made = make_socks(std::slice::from_ref(img), base + 1);
     let evfds = make_evfds(std::slice::from_ref(img), base + 1)?;
     for r in &img.meta.tree.evfds {
@@ -758,7 +936,13 @@ pub fn socks_for_single(img: &mut Image) -> Result<(), String> {
     for &e in evfds.values() {
         close(e);
     }
-    for r in img.meta.tree.socks.iter().filter(|r| dmtcp_common::sock::made_by_restart(r)) {
+    for r in img
+        .meta
+        .tree
+        .socks
+        .iter()
+        .filter(|r| dmtcp_common::sock::made_by_restart(r))
+    {
         if let Some(&s) = made.get(&dmtcp_common::sock::key(r)) {
             // SAFETY: dup2 onto a number the program used for this socket.
             unsafe { libc::dup2(s, r.fd) };
@@ -773,12 +957,29 @@ pub fn socks_for_single(img: &mut Image) -> Result<(), String> {
 /// First fd number above every number the images use for pipes, sockets
 /// and eventfds.
 fn pipe_fd_base(images: &[Image]) -> i32 {
-    let pipes = images.iter().flat_map(|i| i.meta.tree.pipes.iter().map(|p| p.0 + 1));
-    let socks = images.iter().flat_map(|i| i.meta.tree.socks.iter().map(|s| s.fd + 1));
-    let evfds = images.iter().flat_map(|i| i.meta.tree.evfds.iter().map(|s| s.fd + 1));
-    let files = images.iter().flat_map(|i| i.meta.tree.files.iter().map(|s| s.fd + 1));
-    let ptys = images.iter().flat_map(|i| i.meta.tree.ptys.iter().map(|s| s.fd + 1));
-    pipes.chain(socks).chain(evfds).chain(files).chain(ptys).max().unwrap_or(0).max(100)
+    let pipes = images
+        .iter()
+        .flat_map(|i| i.meta.tree.pipes.iter().map(|p| p.0 + 1));
+    let socks = images
+        .iter()
+        .flat_map(|i| i.meta.tree.socks.iter().map(|s| s.fd + 1));
+    let evfds = images
+        .iter()
+        .flat_map(|i| i.meta.tree.evfds.iter().map(|s| s.fd + 1));
+    let files = images
+        .iter()
+        .flat_map(|i| i.meta.tree.files.iter().map(|s| s.fd + 1));
+    let ptys = images
+        .iter()
+        .flat_map(|i| i.meta.tree.ptys.iter().map(|s| s.fd + 1));
+    pipes
+        .chain(socks)
+        .chain(evfds)
+        .chain(files)
+        .chain(ptys)
+        .max()
+        .unwrap_or(0)
+        .max(100)
 }
 
 /// One eventfd per kernel eventfd id (per process and fd if the kernel
@@ -823,6 +1024,10 @@ fn make_evfds(images: &[Image], base: i32) -> Result<BTreeMap<String, i32>, Stri
     Ok(out)
 }
 
+/// The coordinator `dmtcp_restart` uses (for connections re-made with
+/// processes another `dmtcp_restart` restores).
+pub static COORD: std::sync::OnceLock<(String, u16)> = std::sync::OnceLock::new();
+
 /// Make the job's sockets (see [`dmtcp_common::sock`]), at or above `base`.
 /// A socket that cannot be made is reported; its process finds the fd
 /// closed and says so.
@@ -830,8 +1035,11 @@ fn make_socks(images: &[Image], base: i32) -> BTreeMap<String, i32> {
     use dmtcp_common::image::SockState;
     use dmtcp_common::sock;
     let mut warn = |m: String| eprintln!("dmtcp_restart: warning: {m}");
-    let all: Vec<&dmtcp_common::image::SockRec> =
-        images.iter().flat_map(|i| i.meta.tree.socks.iter()).filter(|r| sock::made_by_restart(r)).collect();
+    let all: Vec<&dmtcp_common::image::SockRec> = images
+        .iter()
+        .flat_map(|i| i.meta.tree.socks.iter())
+        .filter(|r| sock::made_by_restart(r))
+        .collect();
     let mut out: BTreeMap<String, i32> = BTreeMap::new();
     let up = |fd: i32| {
         // SAFETY: moving our own fd above `base`, close-on-exec.
@@ -840,13 +1048,26 @@ fn make_socks(images: &[Image], base: i32) -> BTreeMap<String, i32> {
         n
     };
     let mut singles = Vec::new();
+    let mut across = Vec::new();
     for r in &all {
         let k = sock::key(r);
         if out.contains_key(&k) {
             continue;
         }
         if r.state == SockState::Pair {
-            let other = all.iter().any(|o| o.state == SockState::Pair && o.pair == r.pair && o.side != r.side);
+            let other = all
+                .iter()
+                .any(|o| o.state == SockState::Pair && o.pair == r.pair && o.side != r.side);
+            if !other && (r.stype == libc::SOCK_STREAM || r.stype == libc::SOCK_SEQPACKET) {
+                // Its other end is restored by another dmtcp_restart.
+                if !across
+                    .iter()
+                    .any(|a: &&dmtcp_common::image::SockRec| a.pair == r.pair)
+                {
+                    across.push(*r);
+                }
+                continue;
+            }
             if other {
                 match sock::pair(r) {
                     Ok((a, b)) => {
@@ -857,7 +1078,10 @@ fn make_socks(images: &[Image], base: i32) -> BTreeMap<String, i32> {
                         r0.side = 1;
                         out.insert(sock::key(&r0), b);
                     }
-                    Err(e) => warn(format!("cannot re-create a connection of the job ({}): {e}", r.pair)),
+                    Err(e) => warn(format!(
+                        "cannot re-create a connection of the job ({}): {e}",
+                        r.pair
+                    )),
                 }
                 continue;
             }
@@ -871,6 +1095,27 @@ fn make_socks(images: &[Image], base: i32) -> BTreeMap<String, i32> {
             Err(e) => warn(format!("cannot re-create socket fd {}: {e}", r.fd)),
         }
     }
+    if !across.is_empty() {
+        let coord = COORD
+            .get()
+            .map(|(h, p)| (h.as_str(), *p))
+            .unwrap_or(("localhost", dmtcp_common::env::DEFAULT_PORT));
+        let mut made = crate::rejoin::connect_across(&across, coord, &mut warn);
+        for r in across {
+            let fd = match made.remove(&r.pair) {
+                Some(fd) => fd,
+                // Not re-made: the program finds the connection closed.
+                None => match sock::pair(r) {
+                    Ok((a, b)) => {
+                        close(b);
+                        a
+                    }
+                    Err(_) => continue,
+                },
+            };
+            out.insert(sock::key(r), up(fd));
+        }
+    }
     for (fd, r) in singles {
         sock::reconnect(fd, r, &mut warn);
     }
@@ -879,17 +1124,29 @@ fn make_socks(images: &[Image], base: i32) -> BTreeMap<String, i32> {
 }
 
 /// Create one pipe per pipe inode found in the images, at or above `base`
-/// (so placing ends at the program's numbers never hits another).
+/// (so placing ends at the program's numbers never hits another). A pipe
+/// that led outside the job (no image has its other end) and was only at
+/// fds 0-2 is not made: those fds keep what dmtcp_restart has there, as a
+/// terminal does (a task's output pipe to SLURM's slurmstepd becomes the
+/// new step's).
 fn make_pipes(images: &[Image], base: i32) -> Result<BTreeMap<u64, (i32, i32)>, String> {
-    let all: Vec<(i32, u64, bool)> = images.iter().flat_map(|i| i.meta.tree.pipes.iter().copied()).collect();
+    let all: Vec<(i32, u64, bool)> = images
+        .iter()
+        .flat_map(|i| i.meta.tree.pipes.iter().copied())
+        .collect();
     let mut out = BTreeMap::new();
     for &(_, ino, _) in &all {
-        if out.contains_key(&ino) {
+        if out.contains_key(&ino) || outside_stdio_pipe(&all, ino) {
             continue;
         }
         let (r, w) = crate::restart::pipe().map_err(|e| format!("pipe: {e}"))?;
         // SAFETY: moving our own fds above `base`, close-on-exec.
-        let (r2, w2) = unsafe { (libc::fcntl(r, libc::F_DUPFD_CLOEXEC, base), libc::fcntl(w, libc::F_DUPFD_CLOEXEC, base)) };
+        let (r2, w2) = unsafe {
+            (
+                libc::fcntl(r, libc::F_DUPFD_CLOEXEC, base),
+                libc::fcntl(w, libc::F_DUPFD_CLOEXEC, base),
+            )
+        };
         close(r);
         close(w);
         if r2 < 0 || w2 < 0 {
@@ -902,11 +1159,23 @@ fn make_pipes(images: &[Image], base: i32) -> Result<BTreeMap<u64, (i32, i32)>, 
     Ok(out)
 }
 
+/// Whether pipe `ino` has only one end in `all` (fd, inode, write end)
+/// and is used at fds 0-2 only.
+fn outside_stdio_pipe(all: &[(i32, u64, bool)], ino: u64) -> bool {
+    let uses = || all.iter().filter(|p| p.1 == ino);
+    let reads = uses().any(|p| !p.2);
+    let writes = uses().any(|p| p.2);
+    reads != writes && uses().all(|p| (0..=2).contains(&p.0))
+}
+
 /// End this process the way a zombie child had ended (exit code or signal).
 fn die_like(status: i32) -> ! {
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
-        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: no core file, default action, unblocked: then the signal.
         unsafe {
             libc::setrlimit(libc::RLIMIT_CORE, &no_core);
@@ -960,10 +1229,15 @@ fn kill_descendants() {
         let mut found = Vec::new();
         let mut todo = vec![std::process::id() as i32];
         while let Some(p) = todo.pop() {
-            let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+                continue;
+            };
             for t in tasks.flatten() {
                 let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                for c in kids.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                for c in kids
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok())
+                {
                     found.push(c);
                     todo.push(c);
                 }
@@ -1030,5 +1304,31 @@ fn outside(init: i32) -> i32 {
         if errno().kind() != std::io::ErrorKind::Interrupted {
             return 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outside_stdio_pipe;
+
+    #[test]
+    fn stdio_pipes_to_outside_are_left_to_dmtcp_restart() {
+        // fd 1 of one process and fd 2 of another write into pipe 7, which
+        // nobody in the job reads: it led outside.
+        let all = [
+            (1, 7, true),
+            (2, 7, true),
+            (0, 8, false),
+            (5, 8, true),
+            (4, 9, true),
+            (1, 10, false),
+        ];
+        assert!(outside_stdio_pipe(&all, 7));
+        // Both ends in the job.
+        assert!(!outside_stdio_pipe(&all, 8));
+        // Outside, but at fd 4: made as before.
+        assert!(!outside_stdio_pipe(&all, 9));
+        // A read end at fd 1 (stdin-like use of another number is still stdio).
+        assert!(outside_stdio_pipe(&all, 10));
     }
 }

@@ -46,7 +46,14 @@ fn hello(role: &str, uniq: &str) -> String {
 
 /// A process that just waits (checkpointable, prints `ready`).
 fn launch_sleeper(job: &mut Job) {
-    job.launch(&["python3", "-c", "import time\nprint('ready', flush=True)\ntime.sleep(300)\n"], &[]);
+    job.launch(
+        &[
+            "python3",
+            "-c",
+            "import time\nprint('ready', flush=True)\ntime.sleep(300)\n",
+        ],
+        &[],
+    );
     job.wait_for("ready");
 }
 
@@ -76,7 +83,9 @@ fn a_client_that_stops_reading_does_not_freeze_the_coordinator() {
     // One 1 MiB value (2 MiB as a JSON line), then 64 requests for it:
     // 128 MiB of answers, far more than any socket buffer holds.
     let mut msgs = hello("Worker", "raw-stuck");
-    msgs += &(json!({"t": "KvPut", "db": "test", "key": [1], "val": vec![0u8; 1 << 20]}).to_string() + "\n");
+    msgs += &(json!({"t": "KvPut", "db": "test", "key": [1], "val": vec![0u8; 1 << 20]})
+        .to_string()
+        + "\n");
     let get = json!({"t": "KvGet", "db": "test", "key": [1]}).to_string() + "\n";
     for _ in 0..64 {
         msgs += &get;
@@ -84,8 +93,12 @@ fn a_client_that_stops_reading_does_not_freeze_the_coordinator() {
     raw.write_all(msgs.as_bytes()).unwrap();
     // From here on `raw` is never read.
     let status = command_bounded(job.port, &["-s"]);
-    let ckpt1 = status.as_ref().and_then(|_| command_bounded(job.port, &["-bc"]));
-    let ckpt2 = ckpt1.as_ref().and_then(|_| command_bounded(job.port, &["-bc"]));
+    let ckpt1 = status
+        .as_ref()
+        .and_then(|_| command_bounded(job.port, &["-bc"]));
+    let ckpt2 = ckpt1
+        .as_ref()
+        .and_then(|_| command_bounded(job.port, &["-bc"]));
     let dropped = ckpt2.is_some() && wait_log(&job, "dropping");
     let images = job.images();
     // Closing the stuck client unblocks a coordinator stuck writing to it,
@@ -99,7 +112,10 @@ fn a_client_that_stops_reading_does_not_freeze_the_coordinator() {
     let (ok, out) = ckpt2.expect("a second checkpoint hung while one client did not read");
     assert!(ok, "second checkpoint failed: {out}\n{err}");
     assert_eq!(images.len(), 1, "{images:?}");
-    assert!(dropped, "the stuck client was not dropped with a logged reason: {err}");
+    assert!(
+        dropped,
+        "the stuck client was not dropped with a logged reason: {err}"
+    );
 }
 
 /// Item 2: connections beyond what the coordinator can serve are refused
@@ -107,7 +123,8 @@ fn a_client_that_stops_reading_does_not_freeze_the_coordinator() {
 /// spins on EMFILE.
 #[test]
 fn connections_beyond_the_limit_are_refused() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("connlimit-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("connlimit-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let port_file = dir.join("port");
@@ -120,7 +137,10 @@ fn connections_beyond_the_limit_are_refused() {
     // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            let rl = libc::rlimit { rlim_cur: 96, rlim_max: 96 };
+            let rl = libc::rlimit {
+                rlim_cur: 96,
+                rlim_max: 96,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -129,7 +149,9 @@ fn connections_beyond_the_limit_are_refused() {
     }
     let mut coord = KillOnDrop(cmd.spawn().expect("coordinator"));
     let port = wait_port(&port_file);
-    let conns: Vec<TcpStream> = (0..100).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    let conns: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
     // The last one is past any limit a 96-fd coordinator can keep.
     let last = conns.last().unwrap();
     last.set_read_timeout(Some(HANG)).unwrap();
@@ -140,9 +162,18 @@ fn connections_beyond_the_limit_are_refused() {
     let err = std::fs::read_to_string(dir.join("coord.err")).unwrap_or_default();
     drop(conns);
     let (ok, out) = refused.expect("dmtcp_command hung");
-    assert!(!ok && out.contains("refused the connection: too many connections"), "{out}");
-    assert!(r.is_ok(), "connection 100 was neither served nor refused: {r:?}\n{err}");
-    assert!(line.contains("Refused") && line.contains("too many connections"), "{line:?}\n{err}");
+    assert!(
+        !ok && out.contains("refused the connection: too many connections"),
+        "{out}"
+    );
+    assert!(
+        r.is_ok(),
+        "connection 100 was neither served nor refused: {r:?}\n{err}"
+    );
+    assert!(
+        line.contains("Refused") && line.contains("too many connections"),
+        "{line:?}\n{err}"
+    );
     assert!(err.contains("too many connections"), "{err}");
     // Once they are gone, commands get in again.
     let deadline = Instant::now() + HANG;
@@ -150,10 +181,16 @@ fn connections_beyond_the_limit_are_refused() {
         if command_bounded(port, &["-s"]).is_some_and(|(ok, _)| ok) {
             break;
         }
-        assert!(Instant::now() < deadline, "the coordinator does not answer after the connections closed");
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator does not answer after the connections closed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(coord.0.try_wait().unwrap().is_none(), "the coordinator exited");
+    assert!(
+        coord.0.try_wait().unwrap().is_none(),
+        "the coordinator exited"
+    );
 }
 
 struct KillOnDrop(Child);
@@ -166,14 +203,7 @@ impl Drop for KillOnDrop {
 }
 
 fn wait_port(port_file: &Path) -> u16 {
-    let deadline = Instant::now() + HANG;
-    loop {
-        if let Some(p) = std::fs::read_to_string(port_file).ok().and_then(|s| s.trim().parse().ok()) {
-            return p;
-        }
-        assert!(Instant::now() < deadline, "coordinator did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    read_port_file_within(port_file, HANG)
 }
 
 /// Item 3: a line without end is cut off at the protocol's limit and its
@@ -183,8 +213,10 @@ fn an_endless_line_is_cut_off_and_its_client_dropped() {
     let mut job = Job::new("endless");
     launch_sleeper(&mut job);
     let mut raw = TcpStream::connect(("127.0.0.1", job.port)).unwrap();
-    raw.write_all(hello("Worker", "raw-endless").as_bytes()).unwrap();
-    raw.write_all(br#"{"t":"KvPut","db":"x","key":[],"val":["#).unwrap();
+    raw.write_all(hello("Worker", "raw-endless").as_bytes())
+        .unwrap();
+    raw.write_all(br#"{"t":"KvPut","db":"x","key":[],"val":["#)
+        .unwrap();
     let total: usize = 64 << 20;
     let mut w = raw.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
@@ -213,10 +245,28 @@ fn an_endless_line_is_cut_off_and_its_client_dropped() {
     let _ = raw.shutdown(std::net::Shutdown::Both);
     let sent = writer.join().unwrap();
     let logged = closed && wait_log(&job, "without a newline");
-    let status = command_bounded(job.port, &["-s"]);
+    // The client's thread logs and shuts the socket, then leaves the peer
+    // table: the count follows a moment later.
+    let deadline = std::time::Instant::now() + HANG;
+    let status = loop {
+        let s = command_bounded(job.port, &["-s"]);
+        let done = s
+            .as_ref()
+            .is_none_or(|(_, out)| out.contains("NUM_PEERS=1"));
+        if done || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let err = coord_err(&job);
-    assert!(closed, "the coordinator kept reading a line of {sent} bytes without end\n{err}");
-    assert!(sent < total, "all {sent} bytes of the line were taken\n{err}");
+    assert!(
+        closed,
+        "the coordinator kept reading a line of {sent} bytes without end\n{err}"
+    );
+    assert!(
+        sent < total,
+        "all {sent} bytes of the line were taken\n{err}"
+    );
     assert!(logged, "no logged reason for dropping the client: {err}");
     let (ok, out) = status.expect("status hung");
     assert!(ok && out.contains("NUM_PEERS=1"), "{out}\n{err}");
@@ -244,7 +294,12 @@ fn nobody_coordinator(dir: &Path) -> (KillOnDrop, u16) {
 }
 
 fn launch_bounded(args: &[&str]) -> (Option<i32>, String) {
-    let mut c = tool("dmtcp_launch").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut c = tool("dmtcp_launch")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let st = wait_timeout(&mut c, HANG);
     let mut out = String::new();
     let _ = c.stdout.take().map(|mut s| s.read_to_string(&mut out));
@@ -256,7 +311,8 @@ fn launch_bounded(args: &[&str]) -> (Option<i32>, String) {
 /// told to.
 #[test]
 fn launch_refuses_another_users_coordinator() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("otheruser-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("otheruser-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (_coord, port) = nobody_coordinator(&dir);
     let marker = dir.join("ran");
@@ -268,16 +324,32 @@ fn launch_refuses_another_users_coordinator() {
         args.extend_from_slice(&["sh", "-c", &touch]);
         let (code, out) = launch_bounded(&args);
         assert_eq!(code, Some(1), "{mode:?}: {out}");
-        assert!(out.contains("uid 65534") && out.contains("--allow-other-user-coordinator"), "{mode:?}: {out}");
-        assert!(!marker.exists(), "{mode:?}: the program ran under another user's coordinator");
+        assert!(
+            out.contains("uid 65534") && out.contains("--allow-other-user-coordinator"),
+            "{mode:?}: {out}"
+        );
+        assert!(
+            !marker.exists(),
+            "{mode:?}: the program ran under another user's coordinator"
+        );
     }
     // Told to, it joins.
-    let (code, out) = launch_bounded(&["-h", "127.0.0.1", "-p", &p, "--allow-other-user-coordinator", "sh", "-c", &touch]);
+    let (code, out) = launch_bounded(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "--allow-other-user-coordinator",
+        "sh",
+        "-c",
+        &touch,
+    ]);
     assert_eq!(code, Some(0), "{out}");
     assert!(marker.exists(), "{out}");
     // Our own coordinator is joined as before.
     let job = Job::new("ownuser");
-    let (code, out) = launch_bounded(&["-j", "-h", "127.0.0.1", "-p", &job.port.to_string(), "true"]);
+    let (code, out) =
+        launch_bounded(&["-j", "-h", "127.0.0.1", "-p", &job.port.to_string(), "true"]);
     assert_eq!(code, Some(0), "{out}");
 }
 
@@ -286,7 +358,8 @@ fn raw_status(port: u16) -> serde_json::Value {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(HANG)).unwrap();
     s.write_all(hello("Command", "").as_bytes()).unwrap();
-    s.write_all((json!({"t": "Command", "cmd": "Status"}).to_string() + "\n").as_bytes()).unwrap();
+    s.write_all((json!({"t": "Command", "cmd": "Status"}).to_string() + "\n").as_bytes())
+        .unwrap();
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).unwrap();
     serde_json::from_str(&line).unwrap()
@@ -299,7 +372,10 @@ fn restart_script_does_not_follow_planted_symlinks() {
     use std::os::unix::fs::PermissionsExt;
     let mut job = Job::new("scriptlinks");
     launch_sleeper(&mut job);
-    let comp = raw_status(job.port)["comp_id"].as_str().unwrap().to_string();
+    let comp = raw_status(job.port)["comp_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!comp.is_empty());
     let victim = job.dir.join("victim");
     let victim2 = job.dir.join("victim2");
@@ -309,19 +385,43 @@ fn restart_script_does_not_follow_planted_symlinks() {
     }
     let script = job.ckpt.join(format!("dmtcp_restart_script_{comp}.sh"));
     std::os::unix::fs::symlink(&victim, &script).unwrap();
-    std::os::unix::fs::symlink(&victim2, job.ckpt.join(format!(".dmtcp_restart_script_{comp}.sh.tmp"))).unwrap();
+    std::os::unix::fs::symlink(
+        &victim2,
+        job.ckpt
+            .join(format!(".dmtcp_restart_script_{comp}.sh.tmp")),
+    )
+    .unwrap();
     job.checkpoint();
     for v in [&victim, &victim2] {
-        assert_eq!(std::fs::read_to_string(v).unwrap(), "precious\n", "{} was written through a symlink", v.display());
-        assert_eq!(std::fs::metadata(v).unwrap().permissions().mode() & 0o7777, 0o600, "{} was chmod'ed", v.display());
+        assert_eq!(
+            std::fs::read_to_string(v).unwrap(),
+            "precious\n",
+            "{} was written through a symlink",
+            v.display()
+        );
+        assert_eq!(
+            std::fs::metadata(v).unwrap().permissions().mode() & 0o7777,
+            0o600,
+            "{} was chmod'ed",
+            v.display()
+        );
     }
     let meta = std::fs::symlink_metadata(&script).unwrap();
-    assert!(meta.file_type().is_file(), "the script is not a regular file");
+    assert!(
+        meta.file_type().is_file(),
+        "the script is not a regular file"
+    );
     assert_eq!(meta.permissions().mode() & 0o777, 0o755);
     let text = std::fs::read_to_string(&script).unwrap();
-    assert!(text.starts_with("#!/bin/bash") && text.contains(&comp), "{text}");
+    assert!(
+        text.starts_with("#!/bin/bash") && text.contains(&comp),
+        "{text}"
+    );
     let link = job.ckpt.join("dmtcp_restart_script.sh");
-    assert_eq!(std::fs::read_link(&link).unwrap(), PathBuf::from(format!("dmtcp_restart_script_{comp}.sh")));
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        PathBuf::from(format!("dmtcp_restart_script_{comp}.sh"))
+    );
     assert_eq!(std::fs::read_to_string(&link).unwrap(), text);
 }
 
@@ -337,13 +437,23 @@ fn restart_refuses_an_image_of_another_user() {
     let img = job.images().pop().expect("an image");
     std::os::unix::fs::chown(&img, Some(65534), Some(65534)).unwrap();
     let mut c = tool("dmtcp_restart");
-    c.args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string()]).arg(&img).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string()])
+        .arg(&img)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
     let st = wait_timeout(&mut child, HANG);
     let mut err = String::new();
     let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-    assert_eq!(st.and_then(|s| s.code()), Some(1), "restart of another user's image: {err}");
-    assert!(err.contains("owned by uid 65534") && err.contains("--allow-other-user-image"), "{err}");
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(1),
+        "restart of another user's image: {err}"
+    );
+    assert!(
+        err.contains("owned by uid 65534") && err.contains("--allow-other-user-image"),
+        "{err}"
+    );
     // Told to, it restarts it.
     job.restart_with(&["--allow-other-user-image".into(), img.display().to_string()]);
     job.wait_success();

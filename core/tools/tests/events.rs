@@ -10,7 +10,10 @@ fn epoll_loop_with_eventfd_timerfd_signalfd_across_restarts() {
     let prog = c_program("evloop");
     let p = prog.to_str().unwrap();
     let bare = run_bare(&[p]);
-    assert!(bare.ends_with("a 600 b 400 signals 100 pings 100 timer ticking child exit 0\n"), "{bare}");
+    assert!(
+        bare.ends_with("a 600 b 400 signals 100 pings 100 timer ticking child exit 0\n"),
+        "{bare}"
+    );
     let mut job = Job::new("evloop");
     job.launch(&[p], &[]);
     job.cycle("a 100\n", "a 200\n");
@@ -27,7 +30,11 @@ fn epoll_loop_with_eventfd_timerfd_signalfd_across_restarts() {
 /// connection each) INCR a second counter. Both counts must be exact.
 #[test]
 fn redis_server_and_clients_across_restarts() {
-    if std::process::Command::new("redis-server").arg("--version").output().is_err() {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         panic!("redis-server is missing (apt-get install redis-server; .ci/run installs it)");
     }
     let client = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/redisclient.py");
@@ -45,12 +52,22 @@ fn redis_server_and_clients_across_restarts() {
     let txt = job.dir.join("redis.txt");
     let wait_txt = |pat: &str| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !std::fs::read_to_string(&txt).unwrap_or_default().contains(pat) {
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for {pat:?} in redis.txt");
+        while !std::fs::read_to_string(&txt)
+            .unwrap_or_default()
+            .contains(pat)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {pat:?} in redis.txt"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     };
-    for (mark, after) in [("incr 100\n", "incr 150\n"), ("incr 350\n", "incr 400\n"), ("incr 600\n", "incr 650\n")] {
+    for (mark, after) in [
+        ("incr 100\n", "incr 150\n"),
+        ("incr 350\n", "incr 400\n"),
+        ("incr 600\n", "incr 650\n"),
+    ] {
         wait_txt(mark);
         job.checkpoint();
         wait_txt(after);
@@ -69,7 +86,16 @@ fn redis_server_and_clients_across_restarts() {
 fn timerfd_with_pending_expirations_keeps_ticking() {
     let prog = c_program("timerfd");
     let p = prog.to_str().unwrap();
-    cycles_match_bare("timerfd", &[p, "80"], &[], &[("iter 10\n", "iter 15\n"), ("iter 30\n", "iter 35\n"), ("iter 50\n", "iter 55\n")]);
+    cycles_match_bare(
+        "timerfd",
+        &[p, "80"],
+        &[],
+        &[
+            ("iter 10\n", "iter 15\n"),
+            ("iter 30\n", "iter 35\n"),
+            ("iter 50\n", "iter 55\n"),
+        ],
+    );
 }
 
 /// inotify watches (a directory and a file, at wds 1 and 3) come back with
@@ -79,6 +105,18 @@ fn timerfd_with_pending_expirations_keeps_ticking() {
 fn inotify_watches_across_restarts() {
     let prog = c_program("inotify");
     let p = prog.to_str().unwrap();
-    let bare = cycles_match_bare("inotify", &[p, "80"], &[], &[("step 10\n", "step 15\n"), ("step 30\n", "step 35\n"), ("step 50\n", "step 55\n")]);
-    assert!(bare.starts_with("wds 1 3\n") && bare.ends_with("done\n"), "{bare}");
+    let bare = cycles_match_bare(
+        "inotify",
+        &[p, "80"],
+        &[],
+        &[
+            ("step 10\n", "step 15\n"),
+            ("step 30\n", "step 35\n"),
+            ("step 50\n", "step 55\n"),
+        ],
+    );
+    assert!(
+        bare.starts_with("wds 1 3\n") && bare.ends_with("done\n"),
+        "{bare}"
+    );
 }

@@ -12,9 +12,9 @@
 //! stress tests take in a row (ROUNDS by default).
 
 mod common;
+use common::stuck::stuck_report_of;
 use common::*;
 use std::io::Read;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,11 @@ struct Hard {
 
 impl Hard {
     fn new(name: &str) -> Hard {
-        Hard { job: Job::new(name), pgid: 0, name: name.to_string() }
+        Hard {
+            job: Job::new(name),
+            pgid: 0,
+            name: name.to_string(),
+        }
     }
 
     fn launch(&mut self, args: &[&str]) {
@@ -84,7 +88,9 @@ impl Hard {
         while !self.job.output().contains(pat) {
             if Instant::now() > deadline {
                 let report = stuck_report(&self.job);
-                self.fail(format!("timed out waiting for {pat:?} in the output\n{report}"));
+                self.fail(format!(
+                    "timed out waiting for {pat:?} in the output\n{report}"
+                ));
             }
             if let Some(p) = self.job.proc.as_mut() {
                 if let Ok(Some(st)) = p.try_wait() {
@@ -109,7 +115,11 @@ impl Hard {
             if let Ok(Some(st)) = c.try_wait() {
                 let mut err = String::new();
                 let _ = c.stderr.take().map(|mut e| e.read_to_string(&mut err));
-                return if st.success() { Ok(t0.elapsed()) } else { Err(format!("dmtcp_command -bc failed ({st}): {}", err.trim())) };
+                return if st.success() {
+                    Ok(t0.elapsed())
+                } else {
+                    Err(format!("dmtcp_command -bc failed ({st}): {}", err.trim()))
+                };
             }
             if t0.elapsed() > limit {
                 let report = stuck_report(&self.job);
@@ -151,7 +161,9 @@ impl Hard {
                 let report = stuck_report_of(&[p.id() as i32]);
                 let _ = p.kill();
                 let _ = p.wait();
-                self.fail(format!("the job did not end within {END_LIMIT:?}\n{report}"));
+                self.fail(format!(
+                    "the job did not end within {END_LIMIT:?}\n{report}"
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -173,113 +185,6 @@ impl Drop for Hard {
             unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
         }
     }
-}
-
-// ---------------------------------------------------------------------
-// Diagnostics: where each thread of the job sits.
-
-fn proc_file(pid: i32, tid: i32, f: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{f}")).unwrap_or_default()
-}
-
-fn status_field(status: &str, name: &str) -> String {
-    status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default()
-}
-
-fn tasks(pid: i32) -> Vec<i32> {
-    let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-        .collect();
-    v.sort();
-    v
-}
-
-/// One line per thread (name, state, kernel wait channel, syscall number,
-/// blocked and pending signals) and its kernel stack; threads sharing one
-/// wait channel and name are summarised past the first few.
-fn thread_lines(pid: i32) -> String {
-    let mut out = String::new();
-    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
-    for tid in tasks(pid) {
-        let status = proc_file(pid, tid, "status");
-        let comm = proc_file(pid, tid, "comm").trim().to_string();
-        let state = status_field(&status, "State:");
-        let wchan = proc_file(pid, tid, "wchan");
-        let syscall = proc_file(pid, tid, "syscall").split_whitespace().next().unwrap_or("").to_string();
-        let key = format!("{comm} {state} {wchan} {syscall}");
-        let n = seen.entry(key).or_default();
-        *n += 1;
-        if *n > 3 {
-            continue;
-        }
-        out.push_str(&format!(
-            "  tid {tid} {comm:?} {state} wchan={wchan} syscall={syscall} SigBlk={} SigPnd={} ShdPnd={}\n",
-            status_field(&status, "SigBlk:"),
-            status_field(&status, "SigPnd:"),
-            status_field(&status, "ShdPnd:")
-        ));
-        for l in proc_file(pid, tid, "stack").lines().take(4) {
-            out.push_str(&format!("      {l}\n"));
-        }
-    }
-    for (k, n) in seen.iter().filter(|(_, n)| **n > 3) {
-        out.push_str(&format!("  ... {} more thread(s) like: {k}\n", n - 3));
-    }
-    out
-}
-
-/// User-space stacks of a process with gdb (if installed; small processes
-/// only), without the library's idle writer threads.
-fn gdb_stacks(pid: i32) -> String {
-    if tasks(pid).len() > 64 || !Path::new("/usr/bin/gdb").exists() {
-        return String::new();
-    }
-    let o = std::process::Command::new("timeout")
-        .args(["-k", "3", "15", "gdb", "-nx", "-batch", "-p", &pid.to_string(), "-ex", "set pagination off", "-ex", "thread apply all bt 12"])
-        .stdin(Stdio::null())
-        .output();
-    let Ok(o) = o else { return String::new() };
-    let text = String::from_utf8_lossy(&o.stdout);
-    let mut blocks: Vec<Vec<String>> = Vec::new();
-    for l in text.lines() {
-        if l.starts_with("Thread ") {
-            blocks.push(vec![l.to_string()]);
-        } else if l.starts_with('#') {
-            // Frames inside core/std (atomics, closures) say little.
-            let f = l.split_once(" in ").or_else(|| l.split_once("  ")).map_or(l, |x| x.1);
-            if f.starts_with("core::") || f.starts_with("std::") || f.starts_with("alloc::") {
-                continue;
-            }
-            if let Some(b) = blocks.last_mut() {
-                b.push(l.to_string());
-            }
-        }
-    }
-    blocks
-        .iter()
-        .filter(|b| !b.iter().any(|l| l.contains("writer::writer_main")))
-        .flatten()
-        .map(|l| format!("    {}\n", l.chars().take(180).collect::<String>()))
-        .collect()
-}
-
-fn stuck_report_of(roots: &[i32]) -> String {
-    let mut pids: Vec<i32> = roots.iter().flat_map(|&r| descendants(r)).collect();
-    pids.sort();
-    pids.dedup();
-    let mut out = String::from("--- threads of the job\n");
-    for (i, pid) in pids.iter().enumerate() {
-        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ");
-        out.push_str(&format!("process {pid}: {}\n", cmd.trim()));
-        out.push_str(&thread_lines(*pid));
-        if i < 4 {
-            out.push_str(&gdb_stacks(*pid));
-        }
-    }
-    out
 }
 
 fn stuck_report(job: &Job) -> String {
@@ -325,14 +230,20 @@ fn one_cycle(name: &str, prog: &str, args: &[&str], mark: &str, after: &str) {
 /// checkpoint it is restarted from, and let go after the restart.
 fn stress(name: &str, job_args: &[&str], bare_args: &[&str], quiesce: bool) {
     let bare = run_bare(bare_args);
-    assert!(bare.contains("RESULT") && !bare.contains("BAD"), "bare run: {bare}");
+    assert!(
+        bare.contains("RESULT") && !bare.contains("BAD"),
+        "bare run: {bare}"
+    );
     let mut h = Hard::new(name);
     h.launch(job_args);
     h.wait_for("started", Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(200));
     let mut slowest = Duration::ZERO;
     // HARD_ROUNDS=n: more (or fewer) checkpoints, to measure how often one hangs.
-    let rounds = std::env::var("HARD_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(ROUNDS);
+    let rounds = std::env::var("HARD_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROUNDS);
     for i in 0..rounds {
         let d = h.checkpoint(CKPT_LIMIT, &format!("checkpoint {} of {rounds}", i + 1));
         slowest = slowest.max(d);
@@ -380,22 +291,46 @@ fn stress_c_q(name: &str, prog: &str, rest: &[&str], quiesce: bool) {
 
 #[test]
 fn sigwait_on_every_signal() {
-    one_cycle("sigwait", "hard_sigwait", &["sigwait"], "step 5\n", "step 8\n");
+    one_cycle(
+        "sigwait",
+        "hard_sigwait",
+        &["sigwait"],
+        "step 5\n",
+        "step 8\n",
+    );
 }
 
 #[test]
 fn sigwaitinfo_on_every_signal() {
-    one_cycle("sigwaitinfo", "hard_sigwait", &["sigwaitinfo"], "step 5\n", "step 8\n");
+    one_cycle(
+        "sigwaitinfo",
+        "hard_sigwait",
+        &["sigwaitinfo"],
+        "step 5\n",
+        "step 8\n",
+    );
 }
 
 #[test]
 fn sigtimedwait_on_every_signal() {
-    one_cycle("sigtimedwait", "hard_sigwait", &["sigtimedwait"], "step 5\n", "step 8\n");
+    one_cycle(
+        "sigtimedwait",
+        "hard_sigwait",
+        &["sigtimedwait"],
+        "step 5\n",
+        "step 8\n",
+    );
 }
 
 #[test]
 fn sigsuspend_blocking_every_signal() {
-    one_cycle("sigsuspend", "hard_sigwait", &["sigsuspend"], "step 5\n", "step 8\n");
+    one_cycle(
+        "sigsuspend",
+        "hard_sigwait",
+        &["sigsuspend"],
+        "step 5\n",
+        "step 8\n",
+    );
 }
 
 // 2. Long waits with a signal mask that blocks everything.
@@ -407,12 +342,24 @@ fn ppoll_with_a_mask_blocking_everything() {
 
 #[test]
 fn pselect_with_a_mask_blocking_everything() {
-    one_cycle("pselect", "hard_pmask", &["pselect"], "step 5\n", "step 8\n");
+    one_cycle(
+        "pselect",
+        "hard_pmask",
+        &["pselect"],
+        "step 5\n",
+        "step 8\n",
+    );
 }
 
 #[test]
 fn epoll_pwait_with_a_mask_blocking_everything() {
-    one_cycle("epoll_pwait", "hard_pmask", &["epoll_pwait"], "step 5\n", "step 8\n");
+    one_cycle(
+        "epoll_pwait",
+        "hard_pmask",
+        &["epoll_pwait"],
+        "step 5\n",
+        "step 8\n",
+    );
 }
 
 // 3. Wrappers used in tight loops while checkpoints come one after another.
@@ -426,7 +373,12 @@ impl Drop for SysvKeys {
             let text = std::fs::read_to_string(file).unwrap_or_default();
             for l in text.lines().skip(1) {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                let (Some(Ok(key)), Some(Ok(id))) = (f.first().map(|k| k.parse::<i64>()), f.get(1).map(|i| i.parse::<i32>())) else { continue };
+                let (Some(Ok(key)), Some(Ok(id))) = (
+                    f.first().map(|k| k.parse::<i64>()),
+                    f.get(1).map(|i| i.parse::<i32>()),
+                ) else {
+                    continue;
+                };
                 let key = key as i32;
                 if key >= self.0 && key < self.0 + self.1 {
                     // SAFETY: removing an IPC object of our own test by id.
@@ -475,7 +427,13 @@ fn timer_create_delete_loops_under_repeated_checkpoints() {
 /// before it) must come back at restart.
 #[test]
 fn posix_timer_with_a_large_id_survives_restart() {
-    one_cycle("timerid", "hard_timerid", &["120000"], "step 5\n", "step 8\n");
+    one_cycle(
+        "timerid",
+        "hard_timerid",
+        &["120000"],
+        "step 5\n",
+        "step 8\n",
+    );
 }
 
 // 4. Threads forking at the same time.
@@ -508,9 +466,13 @@ fn vfork_execve_loop_under_repeated_checkpoints() {
 #[test]
 fn python_subprocess_run_loop_under_repeated_checkpoints() {
     // The interpreter itself, not a wrapper script that would exec it.
-    let py = std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().expect("python3");
+    let py = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3");
     let py = String::from_utf8_lossy(&py.stdout).trim().to_string();
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("hard-py-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("hard-py-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join("subprocs.py");
     std::fs::write(
@@ -533,7 +495,12 @@ fn python_subprocess_run_loop_under_repeated_checkpoints() {
     )
     .unwrap();
     let s = script.to_str().unwrap();
-    stress("python-subprocess", &[&py, s, "120"], &[&py, s, "1.5"], true);
+    stress(
+        "python-subprocess",
+        &[&py, s, "120"],
+        &[&py, s, "1.5"],
+        true,
+    );
 }
 
 // 6. More threads than the engine has slots for.
@@ -552,7 +519,13 @@ fn too_many_threads(name: &str, with_child: bool) {
     h.launch(&[p.to_str().unwrap(), n, child]);
     h.wait_for(&format!("ready {n}\n"), Duration::from_secs(60));
     let first = h.try_checkpoint(Duration::from_secs(20));
-    eprintln!("checkpoint with {n} threads: {}", first.as_ref().map_or_else(|e| e.lines().next().unwrap_or("").to_string(), |d| format!("ok in {d:?}")));
+    eprintln!(
+        "checkpoint with {n} threads: {}",
+        first.as_ref().map_or_else(
+            |e| e.lines().next().unwrap_or("").to_string(),
+            |d| format!("ok in {d:?}")
+        )
+    );
     if let Err(e) = &first {
         if e.contains("did not complete") {
             h.fail(format!("checkpoint with {n} threads: {e}"));
@@ -586,7 +559,13 @@ fn memfd_filled_by_write_and_read_only_after_restart() {
 
 #[test]
 fn memfd_kept_open_filled_by_write_and_read_only_after_restart() {
-    one_cycle("shm-memfd-fd", "hard_shm", &["memfd-fd"], "step 3\n", "step 6\n");
+    one_cycle(
+        "shm-memfd-fd",
+        "hard_shm",
+        &["memfd-fd"],
+        "step 3\n",
+        "step 6\n",
+    );
 }
 
 #[test]

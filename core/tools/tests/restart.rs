@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::path::{Path, PathBuf};
 
 fn cycle_program(name: &str, args: &[&str], launch_opts: &[&str]) {
     cycle_program_marks(name, args, launch_opts, "step 5\n", "step 8\n");
@@ -19,7 +20,11 @@ fn cycle_program_marks(name: &str, args: &[&str], launch_opts: &[&str], mark: &s
     job.launch(&full, launch_opts);
     job.cycle(mark, after);
     job.wait_success();
-    assert_eq!(job.output(), bare, "restarted {name} differs from a bare run");
+    assert_eq!(
+        job.output(),
+        bare,
+        "restarted {name} differs from a bare run"
+    );
 }
 
 #[test]
@@ -66,13 +71,30 @@ fn checkpoint_then_kill_with_kc() {
     assert_eq!(job.output(), bare);
 }
 
+/// A block restored from the image (stored raw: incompressible bytes)
+/// and then grown by realloc, which glibc does with mremap: the grown
+/// block must behave as before the checkpoint (its old bytes kept, its new
+/// end writable), not like a mapping of the image file (whose end is
+/// not the block's).
+#[test]
+fn realloc_grows_memory_restored_from_the_image() {
+    cycle_program_marks("regrow", &[], &["--no-gzip"], "step 3 ok", "step 5 ok");
+}
+
 fn three_generations(name: &str, launch_opts: &[&str]) {
     let prog = c_program("memcheck");
     let p = prog.to_str().unwrap();
     let bare = run_bare(&[p]);
     let mut job = Job::new(name);
     job.launch(&[p], launch_opts);
-    for (i, (mark, after)) in [("step 3 ok", "step 5 ok"), ("step 9 ok", "step 11 ok"), ("step 15 ok", "step 17 ok")].iter().enumerate() {
+    for (i, (mark, after)) in [
+        ("step 3 ok", "step 5 ok"),
+        ("step 9 ok", "step 11 ok"),
+        ("step 15 ok", "step 17 ok"),
+    ]
+    .iter()
+    .enumerate()
+    {
         job.wait_for(mark);
         job.checkpoint();
         job.wait_for(after);
@@ -120,7 +142,12 @@ fn lazy_restore_from_renamed_images() {
         std::fs::rename(img, &to).unwrap();
         renamed.push(to);
     }
-    job.restart_with(&renamed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
+    job.restart_with(
+        &renamed
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>(),
+    );
     job.wait_for("step 9 ok");
     job.checkpoint();
     job.wait_for("step 11 ok");
@@ -186,7 +213,10 @@ fn sqlite3_mid_query() {
     job.launch(&["sqlite3", ":memory:", q], &[]);
     std::thread::sleep(std::time::Duration::from_millis(700));
     job.checkpoint_and_kill();
-    assert!(job.output().is_empty(), "the query finished before the checkpoint; make it longer");
+    assert!(
+        job.output().is_empty(),
+        "the query finished before the checkpoint; make it longer"
+    );
     job.restart();
     job.wait_success();
     assert_eq!(job.output(), bare);
@@ -205,10 +235,19 @@ fn restart_from_a_moved_directory_and_checkpoint_again() {
     std::fs::rename(&job.ckpt, &moved).unwrap();
     let later = job.dir.join("later");
     std::fs::create_dir_all(&later).unwrap();
-    job.restart_with(&["--restartdir".into(), moved.display().to_string(), "--ckptdir".into(), later.display().to_string()]);
+    job.restart_with(&[
+        "--restartdir".into(),
+        moved.display().to_string(),
+        "--ckptdir".into(),
+        later.display().to_string(),
+    ]);
     job.wait_for("step 8 ok");
     job.checkpoint();
-    assert_eq!(images_in(&later).len(), 1, "the next checkpoint goes to --ckptdir");
+    assert_eq!(
+        images_in(&later).len(),
+        1,
+        "the next checkpoint goes to --ckptdir"
+    );
     job.wait_success();
     assert_eq!(job.output(), bare);
 }
@@ -223,10 +262,19 @@ fn generated_restart_script() {
     job.wait_for("step 4\n");
     job.checkpoint_and_kill();
     let script = job.ckpt.join("dmtcp_restart_script.sh");
-    assert!(script.exists(), "no restart script in {}", job.ckpt.display());
+    assert!(
+        script.exists(),
+        "no restart script in {}",
+        job.ckpt.display()
+    );
     let mut c = std::process::Command::new("bash");
     c.arg(&script)
-        .args(["--coord-host", "127.0.0.1", "--coord-port", &job.port.to_string()])
+        .args([
+            "--coord-host",
+            "127.0.0.1",
+            "--coord-port",
+            &job.port.to_string(),
+        ])
         .current_dir(&job.dir)
         .stdout(std::fs::File::create(job.dir.join("restart.out")).unwrap())
         .stderr(std::fs::File::create(job.dir.join("restart.err")).unwrap());
@@ -250,17 +298,37 @@ fn killed_checkpoint_keeps_the_previous_image() {
     // Start a second checkpoint and kill the process while it writes.
     assert!(job.command(&["-c"]).status.success());
     let deadline = std::time::Instant::now() + TIMEOUT;
+    // The new generation's image, in the directory it is written into.
     let tmp = loop {
-        let t = std::fs::read_dir(&job.ckpt).unwrap().filter_map(|e| e.ok().map(|e| e.path())).find(|p| p.to_string_lossy().contains(".tmp."));
+        let t = std::fs::read_dir(&job.ckpt)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with(".partial"))
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".dmtcp"));
         if let Some(t) = t {
             break t;
         }
-        assert!(std::time::Instant::now() < deadline, "no temporary image appeared");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temporary image appeared"
+        );
         std::thread::sleep(std::time::Duration::from_millis(1));
     };
+    let gens_before = std::fs::read_dir(&job.ckpt).unwrap().count();
     job.kill();
-    assert!(tmp.exists(), "the second checkpoint finished before the kill: the test did not test anything");
-    assert_eq!(std::fs::read(&img).unwrap(), good, "the previous image changed");
+    assert_eq!(
+        std::fs::read_dir(&job.ckpt).unwrap().count(),
+        gens_before - 1,
+        "the second checkpoint finished before the kill, or left its image ({}): the test did not test anything",
+        tmp.display()
+    );
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        good,
+        "the previous image changed"
+    );
     assert_eq!(job.images(), vec![img.clone()]);
     job.restart_with(&[img.display().to_string()]);
     job.wait_success();
@@ -276,11 +344,8 @@ fn signal_handlers_masks_and_alternate_stacks() {
 fn stdio_on_dev_null_is_reopened() {
     let prog = c_program("threads");
     let mut job = Job::new("devnull");
-    let mut c = tool("dmtcp_launch");
-    c.args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string(), "--ckptdir"])
-        .arg(&job.ckpt)
-        .arg(&prog)
-        .current_dir(&job.dir)
+    let mut c = job.joined("dmtcp_launch");
+    c.arg(&prog)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(job.dir.join("err.txt")).unwrap());
@@ -299,12 +364,16 @@ fn stdio_on_dev_null_is_reopened() {
     // The restored process runs below dmtcp_restart (in its pid namespace).
     loop {
         let on_null = descendants(r.id() as i32).into_iter().skip(1).any(|p| {
-            std::fs::read_link(format!("/proc/{p}/fd/1")).is_ok_and(|t| t == std::path::Path::new("/dev/null"))
+            std::fs::read_link(format!("/proc/{p}/fd/1"))
+                .is_ok_and(|t| t == std::path::Path::new("/dev/null"))
         });
         if on_null {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "fd 1 never became /dev/null");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fd 1 never became /dev/null"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let st = wait_timeout(&mut r, TIMEOUT).expect("restarted process did not finish");
@@ -312,7 +381,10 @@ fn stdio_on_dev_null_is_reopened() {
     let mut out = String::new();
     use std::io::Read;
     r.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    assert!(out.is_empty(), "output went to the restart's pipe instead of /dev/null: {out}");
+    assert!(
+        out.is_empty(),
+        "output went to the restart's pipe instead of /dev/null: {out}"
+    );
 }
 
 #[test]
@@ -322,7 +394,12 @@ fn stdio_on_a_terminal_follows_the_new_terminal() {
     let bare = run_bare(&[p]);
     let result = bare.lines().last().unwrap().to_string();
     let job = Job::new("tty");
-    let launch = format!("{} -j -h 127.0.0.1 -p {} --ckptdir {} {p}", bin_dir().join("dmtcp_launch").display(), job.port, job.ckpt.display());
+    let launch = format!(
+        "{} -j -h 127.0.0.1 -p {} --ckptdir {} {p}",
+        bin_dir().join("dmtcp_launch").display(),
+        job.port,
+        job.ckpt.display()
+    );
     let mut s = std::process::Command::new("script")
         .args(["-qfec", &launch])
         .arg(job.dir.join("tty1.txt"))
@@ -331,8 +408,14 @@ fn stdio_on_a_terminal_follows_the_new_terminal() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + TIMEOUT;
-    while !std::fs::read_to_string(job.dir.join("tty1.txt")).unwrap_or_default().contains("step 4") {
-        assert!(std::time::Instant::now() < deadline, "no output on the first terminal");
+    while !std::fs::read_to_string(job.dir.join("tty1.txt"))
+        .unwrap_or_default()
+        .contains("step 4")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no output on the first terminal"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let o = job.command(&["-kc"]);
@@ -352,15 +435,21 @@ fn stdio_on_a_terminal_follows_the_new_terminal() {
         .status()
         .unwrap();
     assert!(st.success(), "restart under a new terminal failed");
-    let tty2 = std::fs::read_to_string(job.dir.join("tty2.txt")).unwrap().replace('\r', "");
-    assert!(tty2.contains(&result), "the new terminal lacks {result:?}: {tty2}");
+    let tty2 = std::fs::read_to_string(job.dir.join("tty2.txt"))
+        .unwrap()
+        .replace('\r', "");
+    assert!(
+        tty2.contains(&result),
+        "the new terminal lacks {result:?}: {tty2}"
+    );
     assert!(tty2.contains("step 24"), "{tty2}");
 }
 
 #[test]
 fn new_coordinator_on_a_free_port_with_port_file() {
     let prog = c_program("memcheck");
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("newcoord-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("newcoord-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let pf = dir.join("port");
@@ -376,26 +465,45 @@ fn new_coordinator_on_a_free_port_with_port_file() {
         .unwrap();
     let deadline = std::time::Instant::now() + TIMEOUT;
     let port: u16 = loop {
-        if let Some(p) = std::fs::read_to_string(&pf).ok().and_then(|s| s.trim().parse().ok()) {
+        if let Some(p) = std::fs::read_to_string(&pf)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
             break p;
         }
         assert!(std::time::Instant::now() < deadline, "no port file");
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
     // The port file appears when the coordinator listens, maybe before the program joined.
-    while !std::fs::read_to_string(dir.join("out.txt")).unwrap_or_default().contains("step 1 ok") {
-        assert!(std::time::Instant::now() < deadline, "the program did not start");
+    while !std::fs::read_to_string(dir.join("out.txt"))
+        .unwrap_or_default()
+        .contains("step 1 ok")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the program did not start"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let st = tool("dmtcp_command").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-bc"]).status().unwrap();
+    let st = tool("dmtcp_command")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-bc"])
+        .status()
+        .unwrap();
     assert!(st.success());
     assert_eq!(images_in(&dir).len(), 1);
     let st = wait_timeout(&mut l, TIMEOUT).unwrap();
     assert!(st.success());
     // The coordinator started by dmtcp_launch leaves with its last process.
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let o = tool("dmtcp_command").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-s"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(2), "the embedded coordinator is still running");
+    let o = tool("dmtcp_command")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-s"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "the embedded coordinator is still running"
+    );
 }
 
 /// A full disk: the checkpoint fails with a clear error, the previous image
@@ -409,12 +517,22 @@ fn full_disk_fails_the_checkpoint_and_loses_nothing() {
     let mut job = Job::new("fulldisk");
     let small = job.dir.join("small");
     std::fs::create_dir_all(&small).unwrap();
-    let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&small).status().unwrap();
-    assert!(st.success(), "cannot mount a small tmpfs (this test needs root)");
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "cannot mount a small tmpfs (this test needs root)"
+    );
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _u = Unmount(small.clone());
@@ -434,12 +552,26 @@ fn full_disk_fails_the_checkpoint_and_loses_nothing() {
     };
     std::fs::write(small.join("filler"), vec![1u8; free.saturating_sub(8192)]).unwrap();
     let o = job.command(&["-bc"]);
-    assert_ne!(o.status.code(), Some(0), "a checkpoint onto a full disk reported success");
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "a checkpoint onto a full disk reported success"
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("No space left"), "unclear error: {err}");
-    assert_eq!(std::fs::read(&img).unwrap(), good, "the previous image changed");
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        good,
+        "the previous image changed"
+    );
     assert_eq!(images_in(&small), vec![img.clone()]);
-    assert!(!std::fs::read_dir(&small).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp.")), "a temporary file was left");
+    assert!(
+        !std::fs::read_dir(&small).unwrap().any(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.contains(".tmp") || n.ends_with(".partial")
+        }),
+        "a temporary file or an unfinished generation was left"
+    );
     // The program goes on unharmed; then a restart from the first image works too.
     job.wait_success();
     assert_eq!(job.output(), bare);
@@ -484,7 +616,13 @@ fn program_using_the_checkpoint_signal_and_blocking_all_signals() {
 
 #[test]
 fn another_checkpoint_signal() {
-    cycle_program_marks("sigusr2", &[], &["--ckpt-signal", "40"], "step 5 ", "step 8 ");
+    cycle_program_marks(
+        "sigusr2",
+        &[],
+        &["--ckpt-signal", "40"],
+        "step 5 ",
+        "step 8 ",
+    );
 }
 
 /// The main stack must still grow after a restart (it is restored as one
@@ -505,19 +643,23 @@ fn two_processes_checkpointed_and_restarted_together() {
     let bare_b = run_bare(&[b.to_str().unwrap()]);
     let mut job = Job::new("two");
     job.launch(&[a.to_str().unwrap()], &[]);
-    let mut second = tool("dmtcp_launch")
-        .args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string(), "--ckptdir"])
-        .arg(&job.ckpt)
+    let mut second = job
+        .joined("dmtcp_launch")
         .arg(&b)
-        .current_dir(&job.dir)
         .stdout(std::fs::File::create(job.dir.join("out2.txt")).unwrap())
         .stderr(std::fs::File::create(job.dir.join("err2.txt")).unwrap())
         .spawn()
         .unwrap();
     job.wait_for("step 3 ok");
     let deadline = std::time::Instant::now() + TIMEOUT;
-    while !std::fs::read_to_string(job.dir.join("out2.txt")).unwrap_or_default().contains("step 3\n") {
-        assert!(std::time::Instant::now() < deadline, "second program did not start");
+    while !std::fs::read_to_string(job.dir.join("out2.txt"))
+        .unwrap_or_default()
+        .contains("step 3\n")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second program did not start"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let s = String::from_utf8_lossy(&job.command(&["-s"]).stdout).into_owned();
@@ -577,8 +719,20 @@ fn ckpt_open_files_and_deleted_files() {
 fn files_in_odd_states() {
     let prog = c_program("oddfiles");
     let p = prog.to_str().unwrap();
-    let bare = cycles_match_bare("oddfiles", &[p, "80"], &[], &[("step 10\n", "step 15\n"), ("step 30\n", "step 35\n"), ("step 50\n", "step 55\n")]);
-    assert!(bare.ends_with("trunc lines 80 shrink offset 8000\n"), "{bare}");
+    let bare = cycles_match_bare(
+        "oddfiles",
+        &[p, "80"],
+        &[],
+        &[
+            ("step 10\n", "step 15\n"),
+            ("step 30\n", "step 35\n"),
+            ("step 50\n", "step 55\n"),
+        ],
+    );
+    assert!(
+        bare.ends_with("trunc lines 80 shrink offset 8000\n"),
+        "{bare}"
+    );
 }
 
 /// A record lock (fcntl) and a flock held by a parent stay held through
@@ -587,8 +741,20 @@ fn files_in_odd_states() {
 fn locks_stay_held() {
     let prog = c_program("locks");
     let p = prog.to_str().unwrap();
-    let bare = cycles_match_bare("locks", &[p, "80"], &[], &[("step 10\n", "step 15\n"), ("step 30\n", "step 35\n"), ("step 50\n", "step 55\n")]);
-    assert!(bare.ends_with("while held the child got 0, after release 3\n"), "{bare}");
+    let bare = cycles_match_bare(
+        "locks",
+        &[p, "80"],
+        &[],
+        &[
+            ("step 10\n", "step 15\n"),
+            ("step 30\n", "step 35\n"),
+            ("step 50\n", "step 55\n"),
+        ],
+    );
+    assert!(
+        bare.ends_with("while held the child got 0, after release 3\n"),
+        "{bare}"
+    );
 }
 
 /// A named pipe (mkfifo) between two processes, with bytes in it at each
@@ -598,7 +764,16 @@ fn locks_stay_held() {
 fn named_pipe_between_processes() {
     let prog = c_program("fifo");
     let p = prog.to_str().unwrap();
-    let bare = cycles_match_bare("fifo", &[p, "10000"], &[], &[("read 2000\n", "read 3000\n"), ("read 4000\n", "read 5000\n"), ("read 6000\n", "read 7000\n")]);
+    let bare = cycles_match_bare(
+        "fifo",
+        &[p, "10000"],
+        &[],
+        &[
+            ("read 2000\n", "read 3000\n"),
+            ("read 4000\n", "read 5000\n"),
+            ("read 6000\n", "read 7000\n"),
+        ],
+    );
     assert!(bare.ends_with("lines 10000 writer exit 0\n"), "{bare}");
 }
 
@@ -615,12 +790,20 @@ fn program_closing_all_fds_stays_checkpointed() {
     job.launch(&[p, "12"], &[]);
     let peers = |job: &Job| {
         let o = job.command(&["-s"]);
-        String::from_utf8_lossy(&o.stdout).lines().find_map(|l| l.trim().strip_prefix("NUM_PEERS=").map(str::to_string)).unwrap_or_default()
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("NUM_PEERS=").map(str::to_string))
+            .unwrap_or_default()
     };
     job.wait_for("round 0 step 4 ");
     job.checkpoint();
     job.wait_for("round 1 step 2 ");
-    assert_eq!(peers(&job), "1", "the close() loop cut the coordinator link{}", job.output());
+    assert_eq!(
+        peers(&job),
+        "1",
+        "the close() loop cut the coordinator link{}",
+        job.output()
+    );
     job.checkpoint();
     job.wait_for("round 1 step 6 ");
     job.kill();
@@ -644,7 +827,10 @@ fn rseq_registration_survives_restart() {
     let prog = c_program("rseqcheck");
     let p = prog.to_str().unwrap();
     let bare = run_bare(&[p, "30"]);
-    assert!(bare.contains("glibc registers rseq: yes"), "this glibc does not register rseq: {bare}");
+    assert!(
+        bare.contains("glibc registers rseq: yes"),
+        "this glibc does not register rseq: {bare}"
+    );
     let mut job = Job::new("rseq");
     job.launch(&[p, "30"], &[]);
     job.wait_for("step 5\n");
@@ -675,10 +861,155 @@ fn planted_symlink_at_the_temporary_image_name_is_not_followed() {
     let planted = std::path::PathBuf::from(format!("{}.tmp.{pid}", img.display()));
     std::os::unix::fs::symlink(&victim, &planted).unwrap();
     job.checkpoint();
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n", "the checkpoint wrote through the planted link");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious\n",
+        "the checkpoint wrote through the planted link"
+    );
     job.wait_for("step 4\n");
     job.kill();
     job.restart();
     job.wait_success();
     assert_eq!(job.output(), bare);
+}
+
+/// Restarted under another coordinator, the processes the program starts
+/// afterwards must join that one: a bash loop whose every step forks a
+/// subshell that execs `printenv DMTCP_COORD_PORT`. Bash hands its own
+/// copy of the variables (the old port) to each exec; the new program must
+/// see the port of the coordinator of now, and the forked subshells must
+/// reach it.
+#[test]
+fn programs_started_after_a_restart_join_the_new_coordinator() {
+    let script = "for i in $(seq 1 40); do echo \"step $i port $(printenv DMTCP_COORD_PORT)\"; sleep 0.1; done";
+    let mut job = Job::new("coordenv");
+    job.launch(&["bash", "-c", script], &[]);
+    job.wait_for("step 3 ");
+    job.checkpoint_and_kill();
+    let cut = job.output().lines().count();
+    let imgs: Vec<String> = job
+        .images()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    // Another coordinator on another port; the old one is stopped (no
+    // process could reach it by mistake and still pass).
+    let mut other = Job::new("coordenv-new");
+    job.kill_coordinator();
+    other.restart_with(&imgs);
+    other.wait_success();
+    let out = job.output();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 40, "{out}");
+    for (i, l) in lines.iter().enumerate() {
+        let want = if i < cut { job.port } else { other.port };
+        assert_eq!(
+            *l,
+            format!("step {} port {want}", i + 1),
+            "line {} (the restart came after {cut}):\n{out}",
+            i + 1
+        );
+    }
+}
+
+/// Files gone or changed at restart (DMTCP users' expectations): the
+/// program reads `in.txt` (read-only), appends to `out/out.log` and keeps a
+/// small session file in a temporary directory. `change` does to them
+/// what the test wants between the kill and the restart.
+fn missing_files_case(name: &str, change: impl FnOnce(&Path, &Path)) -> (Job, String, String) {
+    let prog = c_program("missingfiles");
+    let mut job = Job::new(name);
+    let data = job.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let records: String = (1..=200).map(|i| format!("rec{i:04}\n")).collect();
+    std::fs::write(data.join("in.txt"), &records).unwrap();
+    let tmp = PathBuf::from(format!(
+        "/tmp/dmtcp-test-missing-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let args = [
+        prog.to_str().unwrap(),
+        data.to_str().unwrap(),
+        tmp.to_str().unwrap(),
+        "30",
+    ];
+    let bare = run_bare(&args);
+    let _ = std::fs::remove_dir_all(data.join("out"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    job.launch(&args, &[]);
+    job.wait_for("step 5 ");
+    job.checkpoint_and_kill();
+    change(&data, &tmp);
+    job.restart();
+    let st = wait_timeout(job.proc.as_mut().unwrap(), TIMEOUT).expect("restart did not end");
+    job.proc = None;
+    // The restarted process writes to the program's stderr (err.txt).
+    let read = |f: &str| std::fs::read_to_string(job.dir.join(f)).unwrap_or_default();
+    let err = read("restart.err") + &read("err.txt");
+    let _ = std::fs::remove_dir_all(&tmp);
+    (
+        job,
+        bare,
+        format!("{}{err}", if st.success() { "" } else { "FAILED\n" }),
+    )
+}
+
+/// An output file and its directory gone: created again (with a warning)
+/// and written on; a small file in a temporary directory that was cleaned
+/// up comes back with its contents (in the image); the program's output
+/// equals a bare run's.
+#[test]
+fn missing_output_and_temporary_files_come_back() {
+    let (job, bare, err) = missing_files_case("missing-out", |data, tmp| {
+        std::fs::remove_dir_all(data.join("out")).unwrap();
+        std::fs::remove_dir_all(tmp).unwrap();
+    });
+    assert!(!err.starts_with("FAILED"), "{err}");
+    assert_eq!(job.output(), bare, "{err}");
+    assert!(
+        err.contains("out/out.log (fd ") && err.contains("was missing: created again, empty"),
+        "{err}"
+    );
+    // Written on after the restart: the steps after the checkpoint.
+    let log = std::fs::read_to_string(job.dir.join("data/out/out.log")).unwrap();
+    assert!(
+        log.ends_with("step 30\n") && !log.contains("step 1\n"),
+        "{log}"
+    );
+}
+
+/// A file the program reads that is gone (its contents not in the image):
+/// the restart fails, naming it, instead of running on with a closed fd.
+#[test]
+fn missing_input_file_fails_the_restart() {
+    let (job, _, err) = missing_files_case("missing-in", |data, _| {
+        std::fs::remove_file(data.join("in.txt")).unwrap();
+    });
+    assert!(err.starts_with("FAILED"), "the restart went on: {err}");
+    assert!(
+        err.contains("restart failed:")
+            && err.contains("in.txt (fd ")
+            && err.contains("--ckpt-open-files"),
+        "{err}"
+    );
+    assert!(!job.output().contains("step 30 "), "{}", job.output());
+}
+
+/// An input file whose size changed since the checkpoint: a warning naming
+/// the sizes (the program goes on).
+#[test]
+fn input_file_changed_in_size_is_warned_about() {
+    let (_job, _, err) = missing_files_case("changed-in", |data, _| {
+        let f = data.join("in.txt");
+        let mut s = std::fs::read_to_string(&f).unwrap();
+        s.push_str("rec9999\n");
+        std::fs::write(&f, s).unwrap();
+    });
+    assert!(!err.starts_with("FAILED"), "{err}");
+    assert!(
+        err.contains("in.txt (fd ")
+            && err.contains("was 1600 bytes at checkpoint time and is 1608 now"),
+        "{err}"
+    );
 }

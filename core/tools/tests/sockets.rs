@@ -17,11 +17,19 @@ fn stream_three_restarts(mode: &str) {
     assert!(bare.contains("producer exit 0"), "{bare}");
     let mut job = Job::new(&format!("sock-{mode}"));
     job.launch(&[p, mode, "24"], &[]);
-    for (mark, after) in [("got 3 MB\n", "got 4 MB\n"), ("got 9 MB\n", "got 10 MB\n"), ("got 15 MB\n", "got 16 MB\n")] {
+    for (mark, after) in [
+        ("got 3 MB\n", "got 4 MB\n"),
+        ("got 9 MB\n", "got 10 MB\n"),
+        ("got 15 MB\n", "got 16 MB\n"),
+    ] {
         job.cycle(mark, after);
     }
     job.wait_success();
-    assert_eq!(job.output(), bare, "output after three restarts differs from a bare run");
+    assert_eq!(
+        job.output(),
+        bare,
+        "output after three restarts differs from a bare run"
+    );
 }
 
 #[test]
@@ -103,13 +111,19 @@ fn connection_to_an_outside_server_comes_back_reset() {
     let prog = c_program("extclient");
     let p = prog.to_str().unwrap();
     let bare = run_bare(&[p, &port, "40"]);
-    assert!(bare.contains("pending 1000 bytes ok\nconnection: timeout\n"), "{bare}");
+    assert!(
+        bare.contains("pending 1000 bytes ok\nconnection: timeout\n"),
+        "{bare}"
+    );
     let mut job = Job::new("sock-ext");
     job.launch(&[p, &port, "40"], &[]);
     job.cycle("tick 5\n", "tick 8\n");
     job.wait_success();
     let out = job.output();
-    assert!(out.contains("pending 1000 bytes ok\nconnection: reset\nwrite after: Broken pipe\n"), "{out}");
+    assert!(
+        out.contains("pending 1000 bytes ok\nconnection: reset\nwrite after: Broken pipe\n"),
+        "{out}"
+    );
     assert!(out.contains("tick 39\n"), "{out}");
     drop(serve);
 }
@@ -122,14 +136,26 @@ fn connection_to_an_outside_server_comes_back_reset() {
 fn unix_datagram_ring_across_restarts() {
     let prog = c_program("dgramring");
     let p = prog.to_str().unwrap();
-    cycles_match_bare("sock-ring", &[p, "4", "300"], &[], &[("round 40 ", "round 50 "), ("round 120 ", "round 130 "), ("round 200 ", "round 210 ")]);
+    cycles_match_bare(
+        "sock-ring",
+        &[p, "4", "300"],
+        &[],
+        &[
+            ("round 40 ", "round 50 "),
+            ("round 120 ", "round 130 "),
+            ("round 200 ", "round 210 "),
+        ],
+    );
 }
 
 fn python_threads_and_sockets(name: &str, pidns: bool) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/sockpy.py");
     let s = script.to_str().unwrap();
     let bare = run_bare(&["python3", s, "30"]);
-    assert!(bare.contains("blocks 3840 left 0 echoes ok 30 nodelay 1"), "{bare}");
+    assert!(
+        bare.contains("blocks 3840 left 0 echoes ok 30 nodelay 1"),
+        "{bare}"
+    );
     let mut job = Job::new(name);
     if !pidns {
         job = job.env("DMTCP_RESTART_PIDNS", "0");
@@ -174,7 +200,10 @@ fn python_http_server_and_client_across_restarts() {
     job.cycle("fetch 60 ", "fetch 65 ");
     job.wait_success();
     let out = job.output();
-    assert!(out.ends_with("fetch 119 ok\nfetches ok 120 of 120\n"), "{out}");
+    assert!(
+        out.ends_with("fetch 119 ok\nfetches ok 120 of 120\n"),
+        "{out}"
+    );
     assert!(!out.contains("BAD"), "{out}");
 }
 
@@ -185,7 +214,16 @@ fn python_http_server_and_client_across_restarts() {
 fn seqpacket_messages_keep_their_boundaries() {
     let prog = c_program("seqpacket");
     let p = prog.to_str().unwrap();
-    let bare = cycles_match_bare("seqpacket", &[p, "6000"], &[], &[("got 1000\n", "got 1500\n"), ("got 2500\n", "got 3000\n"), ("got 4000\n", "got 4500\n")]);
+    let bare = cycles_match_bare(
+        "seqpacket",
+        &[p, "6000"],
+        &[],
+        &[
+            ("got 1000\n", "got 1500\n"),
+            ("got 2500\n", "got 3000\n"),
+            ("got 4000\n", "got 4500\n"),
+        ],
+    );
     assert!(bare.ends_with("messages 6000 sender exit 0\n"), "{bare}");
 }
 
@@ -196,7 +234,12 @@ fn seqpacket_messages_keep_their_boundaries() {
 #[test]
 fn bytes_of_an_orphaned_peer_survive_restarts() {
     let prog = c_program("orphanpeer");
-    let out = cycles_match_bare("orphanpeer", &[prog.to_str().unwrap()], &[], &[("tick 1\n", "tick 2\n"), ("tick 3\n", "tick 4\n")]);
+    let out = cycles_match_bare(
+        "orphanpeer",
+        &[prog.to_str().unwrap()],
+        &[],
+        &[("tick 1\n", "tick 2\n"), ("tick 3\n", "tick 4\n")],
+    );
     assert!(out.ends_with("read every byte ok\n"), "{out}");
 }
 
@@ -223,8 +266,16 @@ fn bytes_of_an_orphaned_peer_survive_resume_then_restart() {
 #[test]
 fn half_closed_connection_keeps_the_senders_queue_across_restarts() {
     let prog = c_program("orphanpeer");
-    let out = cycles_match_bare("halfclosed", &[prog.to_str().unwrap(), "half"], &[], &[("tick 1\n", "tick 2\n"), ("tick 3\n", "tick 4\n")]);
-    assert!(out.ends_with("read every byte ok\nserver got bye\n"), "{out}");
+    let out = cycles_match_bare(
+        "halfclosed",
+        &[prog.to_str().unwrap(), "half"],
+        &[],
+        &[("tick 1\n", "tick 2\n"), ("tick 3\n", "tick 4\n")],
+    );
+    assert!(
+        out.ends_with("read every byte ok\nserver got bye\n"),
+        "{out}"
+    );
 }
 
 /// A drain that the other end does not finish in time fails the
@@ -244,12 +295,139 @@ fn late_drain_fails_the_checkpoint_and_keeps_the_connection() {
     for mark in ["got 2 MB\n", "got 5 MB\n"] {
         job.wait_for(mark);
         let o = job.command(&["-bc"]);
-        assert!(!o.status.success(), "a checkpoint with a late drain succeeded: {o:?}");
+        assert!(
+            !o.status.success(),
+            "a checkpoint with a late drain succeeded: {o:?}"
+        );
         let err = std::fs::read_to_string(job.dir.join("err.txt")).unwrap_or_default();
         assert!(err.contains("did not finish draining within 1 s"), "{err}");
     }
-    assert!(job.images().is_empty(), "a failed round left images: {:?}", job.images());
+    assert!(
+        job.images().is_empty(),
+        "a failed round left images: {:?}",
+        job.images()
+    );
     job.wait_for("got 8 MB\n");
     job.wait_success();
-    assert_eq!(job.output(), bare, "the stream differs from a bare run after failed checkpoints");
+    assert_eq!(
+        job.output(),
+        bare,
+        "the stream differs from a bare run after failed checkpoints"
+    );
+}
+
+/// Both ends' final lines of a `streampeer` run without the checkpointer.
+fn streampeer_bare(kind: &str, blocks: &str) -> Vec<String> {
+    let prog = c_program("streampeer");
+    let dir = fresh_dir(&format!("streampeer-bare-{kind}"));
+    let file = dir.join("addr");
+    let f = file.to_str().unwrap();
+    let l = std::process::Command::new(&prog)
+        .args(["listen", kind, f, blocks])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while !file.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let c = std::process::Command::new(&prog)
+        .args(["connect", kind, f, blocks])
+        .output()
+        .unwrap();
+    let l = l.wait_with_output().unwrap();
+    assert!(
+        l.status.success() && c.status.success(),
+        "bare streampeer run failed"
+    );
+    let last = |o: &[u8]| {
+        String::from_utf8_lossy(o)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut v = vec![last(&l.stdout), last(&c.stdout)];
+    v.sort();
+    v
+}
+
+/// Two programs launched separately, connected to each other, are
+/// checkpointed mid-stream, killed and restarted by two `dmtcp_restart`s,
+/// one image each (as a job spread over two hosts is restarted, one
+/// `dmtcp_restart` per host): the two meet through the coordinator and
+/// re-make their connection; every byte in flight arrives and both
+/// checksums equal a bare run's.
+fn connection_remade_between_two_restarts(kind: &str) {
+    let prog = c_program("streampeer");
+    let p = prog.to_str().unwrap();
+    let blocks = "4000";
+    let bare = streampeer_bare(kind, blocks);
+    let mut job = Job::new(&format!("rejoin-{kind}"));
+    let file = job.dir.join("addr");
+    let f = file.to_str().unwrap().to_string();
+    job.launch(&[p, "listen", kind, &f, blocks], &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "listener did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut client = job
+        .joined("dmtcp_launch")
+        .args([p, "connect", kind, &f, blocks])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(job.dir.join("client.txt")).unwrap())
+        .spawn()
+        .unwrap();
+    job.wait_for("step 1000\n");
+    job.checkpoint();
+    job.wait_for("step 1500\n");
+    job.kill();
+    let _ = client.wait();
+    let imgs = job.images();
+    assert_eq!(imgs.len(), 2, "{imgs:?}");
+    // The second dmtcp_restart starts a little later, as another host's would.
+    job.restart_with(&[imgs[0].display().to_string()]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = job
+        .joined("dmtcp_restart")
+        .arg(&imgs[1])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(job.dir.join("restart2.out")).unwrap())
+        .stderr(std::fs::File::create(job.dir.join("restart2.err")).unwrap())
+        .spawn()
+        .unwrap();
+    job.wait_success();
+    let second = second.wait_with_output().unwrap();
+    let read = |f: &str| std::fs::read_to_string(job.dir.join(f)).unwrap_or_default();
+    assert!(
+        second.status.success(),
+        "second dmtcp_restart: {:?}\n{}\n{}",
+        second.status,
+        read("restart2.out"),
+        read("restart2.err")
+    );
+    let last = |s: String| s.lines().last().unwrap_or("").to_string();
+    // Each program still writes to the file it had as its output.
+    let mut got = vec![last(read("out.txt")), last(read("client.txt"))];
+    got.sort();
+    assert_eq!(
+        got,
+        bare,
+        "restart.err:\n{}\nrestart2.err:\n{}",
+        read("restart.err"),
+        read("restart2.err")
+    );
+}
+
+#[test]
+fn tcp_connection_remade_between_two_restarts() {
+    connection_remade_between_two_restarts("tcp");
+}
+
+#[test]
+fn unix_connection_remade_between_two_restarts() {
+    connection_remade_between_two_restarts("unix");
 }

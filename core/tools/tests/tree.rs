@@ -30,7 +30,11 @@ fn forked_tree(name: &str, pidns: bool) {
     let p = prog.to_str().unwrap();
     let extra = if pidns { "" } else { "notid" };
     let bare = run_bare(&[p, "3", "setsid", extra]);
-    let worker_exit = bare.lines().find(|l| l.starts_with("worker exit")).expect("bare worker line").to_string();
+    let worker_exit = bare
+        .lines()
+        .find(|l| l.starts_with("worker exit"))
+        .expect("bare worker line")
+        .to_string();
     let steps = 60;
     let mut job = Job::new(name);
     if !pidns {
@@ -41,12 +45,22 @@ fn forked_tree(name: &str, pidns: bool) {
     let tree = job.dir.join("tree.txt");
     let wait_tree = |pat: &str| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !std::fs::read_to_string(&tree).unwrap_or_default().contains(pat) {
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for {pat:?} in tree.txt");
+        while !std::fs::read_to_string(&tree)
+            .unwrap_or_default()
+            .contains(pat)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {pat:?} in tree.txt"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     };
-    for (mark, after) in [("step 5\n", "step 8\n"), ("step 15\n", "step 18\n"), ("step 25\n", "step 28\n")] {
+    for (mark, after) in [
+        ("step 5\n", "step 8\n"),
+        ("step 15\n", "step 18\n"),
+        ("step 25\n", "step 28\n"),
+    ] {
         wait_tree(mark);
         // The shell, the parent and its two running children.
         let listed = job.command(&["-l"]);
@@ -58,7 +72,12 @@ fn forked_tree(name: &str, pidns: bool) {
             String::from_utf8_lossy(&listed.stderr)
         );
         job.checkpoint();
-        assert_eq!(job.images().len(), 4, "one image per process: {:?}", job.images());
+        assert_eq!(
+            job.images().len(),
+            4,
+            "one image per process: {:?}",
+            job.images()
+        );
         wait_tree(after);
         job.kill();
         job.restart();
@@ -68,9 +87,22 @@ fn forked_tree(name: &str, pidns: bool) {
     // The worker's exit code is its checksum of 2*STEPS rounds: compare with
     // a bare run of the same length.
     let bare_long = run_bare(&[p, &steps.to_string(), "setsid", extra]);
-    let expect_worker = bare_long.lines().find(|l| l.starts_with("worker exit")).unwrap();
-    assert_ne!(expect_worker, worker_exit, "the checksum does not depend on the length");
-    for want in [expect_worker, "waiter exit 7", "zombie exit 42", "parent ids same", "done", "sh-exit 0"] {
+    let expect_worker = bare_long
+        .lines()
+        .find(|l| l.starts_with("worker exit"))
+        .unwrap();
+    assert_ne!(
+        expect_worker, worker_exit,
+        "the checksum does not depend on the length"
+    );
+    for want in [
+        expect_worker,
+        "waiter exit 7",
+        "zombie exit 42",
+        "parent ids same",
+        "done",
+        "sh-exit 0",
+    ] {
         assert!(out.lines().any(|l| l == want), "missing {want:?} in\n{out}");
     }
     let steps_seen: Vec<&str> = out.lines().filter(|l| l.starts_with("step ")).collect();
@@ -92,8 +124,14 @@ fn pid_is_the_launch_pid_after_restart() {
     // The program's parent is this test (dmtcp_launch execs the program).
     let my_pid = std::process::id();
     for line in out.lines().filter(|l| l.starts_with("step ")) {
-        assert!(line.ends_with(&format!(" pid={launch_pid}")), "getpid() changed across the restart: {line}\n{out}");
-        assert!(line.contains(&format!(" ppid={my_pid} ")), "getppid() changed across the restart: {line}\n{out}");
+        assert!(
+            line.ends_with(&format!(" pid={launch_pid}")),
+            "getpid() changed across the restart: {line}\n{out}"
+        );
+        assert!(
+            line.contains(&format!(" ppid={my_pid} ")),
+            "getppid() changed across the restart: {line}\n{out}"
+        );
     }
 }
 
@@ -119,7 +157,11 @@ fn checkpoints_during_a_fork_exec_exit_loop() {
     job.restart();
     job.wait_success();
     let out = job.output();
-    let result = |s: &str| s.lines().find(|l| l.starts_with("RESULT")).map(str::to_string);
+    let result = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("RESULT"))
+            .map(str::to_string)
+    };
     assert_eq!(result(&out), result(&bare), "{out}");
     assert!(result(&bare).is_some());
 }
@@ -129,7 +171,10 @@ fn timers_and_pending_signals_survive_restart() {
     let prog = c_program("timers");
     let p = prog.to_str().unwrap();
     let bare = run_bare(&[p]);
-    assert!(bare.contains("usr1 pending yes") && bare.contains("thread hup pending yes"), "{bare}");
+    assert!(
+        bare.contains("usr1 pending yes") && bare.contains("thread hup pending yes"),
+        "{bare}"
+    );
     let mut job = Job::new("timers");
     job.launch(&[p], &[]);
     for k in 1..=3 {
@@ -139,7 +184,11 @@ fn timers_and_pending_signals_survive_restart() {
         job.restart();
     }
     job.wait_success();
-    assert_eq!(job.output(), bare, "restarted timers program differs from a bare run");
+    assert_eq!(
+        job.output(),
+        bare,
+        "restarted timers program differs from a bare run"
+    );
 }
 
 /// Runs `cmd` with bash bare and under checkpoint control (a
@@ -151,10 +200,20 @@ fn shell_job_cycles(name: &str, cmd: &str, file: &str, marks: &[&str]) -> std::p
     shell_job_cycles_in("bash", name, cmd, file, marks)
 }
 
-fn shell_job_cycles_in(shell: &str, name: &str, cmd: &str, file: &str, marks: &[&str]) -> std::path::PathBuf {
+fn shell_job_cycles_in(
+    shell: &str,
+    name: &str,
+    cmd: &str,
+    file: &str,
+    marks: &[&str],
+) -> std::path::PathBuf {
     let bare_dir = std::env::temp_dir().join(format!("dmtcp-bare-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&bare_dir).unwrap();
-    let st = std::process::Command::new(shell).args(["-c", cmd]).current_dir(&bare_dir).status().unwrap();
+    let st = std::process::Command::new(shell)
+        .args(["-c", cmd])
+        .current_dir(&bare_dir)
+        .status()
+        .unwrap();
     assert!(st.success());
     let bare = std::fs::read_to_string(bare_dir.join(file)).unwrap();
     let _ = std::fs::remove_dir_all(&bare_dir);
@@ -163,8 +222,14 @@ fn shell_job_cycles_in(shell: &str, name: &str, cmd: &str, file: &str, marks: &[
     let path = job.dir.join(file);
     for mark in marks {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !std::fs::read_to_string(&path).unwrap_or_default().contains(mark) {
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for {mark:?} in {file}");
+        while !std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .contains(mark)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {mark:?} in {file}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         job.checkpoint();
@@ -172,7 +237,11 @@ fn shell_job_cycles_in(shell: &str, name: &str, cmd: &str, file: &str, marks: &[
         job.restart();
     }
     job.wait_success();
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), bare, "{name}: output differs from a bare run");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        bare,
+        "{name}: output differs from a bare run"
+    );
     job.dir.clone()
 }
 
@@ -182,15 +251,27 @@ fn shell_pipeline_of_three_processes() {
     // that writes each line as it comes (bash builtins do not buffer).
     let cmd = r#"for i in $(seq 1 150); do echo "line $i"; sleep 0.02; done | sed -u "s/line/LINE/" | while read -r l; do n=$((n+1)); s=$((s+${#l})); echo "$n $s $l"; done > pipe.txt; echo pipeline-exit $? > exit.txt"#;
     let job_dir = shell_job_cycles("pipeline", cmd, "pipe.txt", &["\n20 ", "\n60 ", "\n100 "]);
-    assert_eq!(std::fs::read_to_string(job_dir.join("exit.txt")).unwrap(), "pipeline-exit 0\n");
+    assert_eq!(
+        std::fs::read_to_string(job_dir.join("exit.txt")).unwrap(),
+        "pipeline-exit 0\n"
+    );
 }
 
 /// The same pipeline run by dash.
 #[test]
 fn dash_pipeline_of_three_processes() {
     let cmd = r#"for i in $(seq 1 150); do echo "line $i"; sleep 0.02; done | sed -u "s/line/LINE/" | while read -r l; do n=$((n+1)); s=$((s+${#l})); echo "$n $s $l"; done > pipe.txt; echo pipeline-exit $? > exit.txt"#;
-    let job_dir = shell_job_cycles_in("dash", "dash-pipeline", cmd, "pipe.txt", &["\n20 ", "\n60 ", "\n100 "]);
-    assert_eq!(std::fs::read_to_string(job_dir.join("exit.txt")).unwrap(), "pipeline-exit 0\n");
+    let job_dir = shell_job_cycles_in(
+        "dash",
+        "dash-pipeline",
+        cmd,
+        "pipe.txt",
+        &["\n20 ", "\n60 ", "\n100 "],
+    );
+    assert_eq!(
+        std::fs::read_to_string(job_dir.join("exit.txt")).unwrap(),
+        "pipeline-exit 0\n"
+    );
 }
 
 /// perl: a forked child writing into a pipe its parent reads.
@@ -205,7 +286,12 @@ fn perl_fork_and_pipe() {
 fn python_thread_pool_and_subprocesses() {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/pool.py");
     let cmd = format!("python3 {} 40 > py.txt", script.display());
-    shell_job_cycles("pypool", &cmd, "py.txt", &["step 8\n", "step 18\n", "step 28\n"]);
+    shell_job_cycles(
+        "pypool",
+        &cmd,
+        "py.txt",
+        &["step 8\n", "step 18\n", "step 28\n"],
+    );
 }
 
 /// Open files inherited across fork share one offset: after three
@@ -219,16 +305,29 @@ fn files_shared_between_processes_keep_one_offset() {
     let mut job = Job::new("sharedfile");
     job.launch(&[p, "1500"], &[]);
     let outdat = job.dir.join("out.dat");
-    let lines = || std::fs::read_to_string(&outdat).unwrap_or_default().lines().count();
+    let lines = || {
+        std::fs::read_to_string(&outdat)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
     for (mark, after) in [(200, 300), (600, 700), (1000, 1100)] {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while lines() < mark {
-            assert!(std::time::Instant::now() < deadline, "out.dat stuck at {} lines", lines());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "out.dat stuck at {} lines",
+                lines()
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         job.checkpoint();
         while lines() < after {
-            assert!(std::time::Instant::now() < deadline, "out.dat stuck at {} lines", lines());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "out.dat stuck at {} lines",
+                lines()
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         job.kill();
@@ -244,9 +343,26 @@ fn files_shared_between_processes_keep_one_offset() {
 fn queued_realtime_signals_keep_count_and_values() {
     let prog = c_program("rtqueue");
     let p = prog.to_str().unwrap();
-    let bare = cycles_match_bare("rtqueue", &[p, "40"], &[], &[("step 5\n", "step 8\n"), ("step 15\n", "step 18\n"), ("step 25\n", "step 28\n")]);
-    assert!(bare.contains("thread C value 202 queued\nthread D value 0 tkill\nthread D value 0 tkill\n"), "{bare}");
-    assert!(bare.contains("A value 104 queued\nB value 0 kill\nB value 0 kill\ndone\n"), "{bare}");
+    let bare = cycles_match_bare(
+        "rtqueue",
+        &[p, "40"],
+        &[],
+        &[
+            ("step 5\n", "step 8\n"),
+            ("step 15\n", "step 18\n"),
+            ("step 25\n", "step 28\n"),
+        ],
+    );
+    assert!(
+        bare.contains(
+            "thread C value 202 queued\nthread D value 0 tkill\nthread D value 0 tkill\n"
+        ),
+        "{bare}"
+    );
+    assert!(
+        bare.contains("A value 104 queued\nB value 0 kill\nB value 0 kill\ndone\n"),
+        "{bare}"
+    );
 }
 
 /// A POSIX timer that runs its callback on a thread (SIGEV_THREAD) keeps
@@ -255,7 +371,16 @@ fn queued_realtime_signals_keep_count_and_values() {
 fn sigev_thread_timer_keeps_firing() {
     let prog = c_program("evthread");
     let p = prog.to_str().unwrap();
-    let bare = cycles_match_bare("evthread", &[p, "60"], &[], &[("step 10\n", "step 13\n"), ("step 25\n", "step 28\n"), ("step 40\n", "step 43\n")]);
+    let bare = cycles_match_bare(
+        "evthread",
+        &[p, "60"],
+        &[],
+        &[
+            ("step 10\n", "step 13\n"),
+            ("step 25\n", "step 28\n"),
+            ("step 40\n", "step 43\n"),
+        ],
+    );
     assert!(bare.ends_with("timer kept firing\n"), "{bare}");
 }
 
@@ -266,7 +391,16 @@ fn sigev_thread_timer_keeps_firing() {
 fn every_way_to_start_a_process() {
     let prog = c_program("spawnkinds");
     let p = prog.to_str().unwrap();
-    let bare = cycles_match_bare("spawnkinds", &[p, "60"], &[], &[("round 8 ", "round 12 "), ("round 25 ", "round 29 "), ("round 40 ", "round 44 ")]);
+    let bare = cycles_match_bare(
+        "spawnkinds",
+        &[p, "60"],
+        &[],
+        &[
+            ("round 8 ", "round 12 "),
+            ("round 25 ", "round 29 "),
+            ("round 40 ", "round 44 "),
+        ],
+    );
     assert!(bare.ends_with("daemons 60\n"), "{bare}");
 }
 
@@ -278,12 +412,19 @@ fn file_passed_with_scm_rights_keeps_one_offset() {
     let p = prog.to_str().unwrap();
     let mut job = Job::new("scmrights");
     job.launch(&[p, "1200"], &[]);
-    for (mark, after) in [("read 100\n", "read 150\n"), ("read 200\n", "read 250\n"), ("read 300\n", "read 350\n")] {
+    for (mark, after) in [
+        ("read 100\n", "read 150\n"),
+        ("read 200\n", "read 250\n"),
+        ("read 300\n", "read 350\n"),
+    ] {
         job.cycle(mark, after);
     }
     job.wait_success();
     let out = job.output();
-    assert!(out.ends_with("records 1200 read once 1200 more than once 0 both read 1 child exit 0\n"), "{out}");
+    assert!(
+        out.ends_with("records 1200 read once 1200 more than once 0 both read 1 child exit 0\n"),
+        "{out}"
+    );
 }
 
 /// A periodic interval timer whose signal is pending at checkpoint time
@@ -291,8 +432,16 @@ fn file_passed_with_scm_rights_keeps_one_offset() {
 #[test]
 fn periodic_itimer_with_its_signal_pending_survives_restart() {
     let prog = c_program("itimerpending");
-    let out = cycles_match_bare("itimerpending", &[prog.to_str().unwrap()], &[], &[("tick 1\n", "tick 2\n"), ("tick 3\n", "tick 4\n")]);
-    assert!(out.ends_with("alarms after unblocking: 20 or more\n"), "{out}");
+    let out = cycles_match_bare(
+        "itimerpending",
+        &[prog.to_str().unwrap()],
+        &[],
+        &[("tick 1\n", "tick 2\n"), ("tick 3\n", "tick 4\n")],
+    );
+    assert!(
+        out.ends_with("alarms after unblocking: 20 or more\n"),
+        "{out}"
+    );
 }
 
 /// Without a pid namespace (here turned off with DMTCP_RESTART_PIDNS=0; on
@@ -318,15 +467,23 @@ fn job_restarts_whole_without_a_pid_namespace() {
     job.wait_success();
     assert_eq!(job.output(), bare);
     let err = std::fs::read_to_string(job.dir.join("restart.err")).unwrap_or_default();
-    assert!(err.contains("restarting without a pid namespace (DMTCP_RESTART_PIDNS=0)"), "{err}");
+    assert!(
+        err.contains("restarting without a pid namespace (DMTCP_RESTART_PIDNS=0)"),
+        "{err}"
+    );
 }
 
 /// Start `dmtcp_restart` of the job's images under a seccomp filter that
 /// makes `deny` fail (see tests/c/nsdeny.c).
 fn restart_denied(job: &mut Job, deny: &str) {
     let mut c = std::process::Command::new(c_program("nsdeny"));
-    c.arg(deny).arg("--").arg(bin_dir().join("dmtcp_restart")).args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string()]);
-    c.args(job.images()).current_dir(&job.dir).stdin(std::process::Stdio::null());
+    c.arg(deny)
+        .arg("--")
+        .arg(bin_dir().join("dmtcp_restart"))
+        .args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string()]);
+    c.args(job.images())
+        .current_dir(&job.dir)
+        .stdin(std::process::Stdio::null());
     c.stdout(std::fs::File::create(job.dir.join("restart.out")).unwrap());
     c.stderr(std::fs::File::create(job.dir.join("restart.err")).unwrap());
     job.proc = Some(c.spawn().unwrap());
@@ -344,17 +501,37 @@ fn restart_without_user_namespaces_or_clone3() {
     let mut job = Job::new("nsdeny");
     job.launch(&[p, "120"], &[]);
     for (deny, mark, after, why) in [
-        ("unshare", "round 30 ", "round 40 ", "cannot create a pid namespace"),
-        ("clone3", "round 70 ", "round 80 ", "clone3 cannot choose pids here"),
+        (
+            "unshare",
+            "round 30 ",
+            "round 40 ",
+            "cannot create a pid namespace",
+        ),
+        (
+            "clone3",
+            "round 70 ",
+            "round 80 ",
+            "clone3 cannot choose pids here",
+        ),
     ] {
         job.wait_for(mark);
         job.checkpoint();
         job.wait_for(after);
         job.kill();
         restart_denied(&mut job, deny);
-        job.wait_for(&format!("round {} ", mark.trim_start_matches("round ").trim().parse::<u32>().unwrap() + 20));
+        job.wait_for(&format!(
+            "round {} ",
+            mark.trim_start_matches("round ")
+                .trim()
+                .parse::<u32>()
+                .unwrap()
+                + 20
+        ));
         let err = std::fs::read_to_string(job.dir.join("restart.err")).unwrap_or_default();
-        assert!(err.contains("restarting without a pid namespace") && err.contains(why), "{deny}: {err}");
+        assert!(
+            err.contains("restarting without a pid namespace") && err.contains(why),
+            "{deny}: {err}"
+        );
     }
     job.wait_success();
     assert_eq!(job.output(), bare);

@@ -17,7 +17,10 @@ use common::*;
 const MARKS: [(&str, &str); 2] = [("step 10 ok", "step 14 ok"), ("step 30 ok", "step 34 ok")];
 
 fn report(job: &Job) -> String {
-    std::fs::read_to_string(job.dir.join("vdso-report.txt")).unwrap_or_default().trim().to_string()
+    std::fs::read_to_string(job.dir.join("vdso-report.txt"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn restart_err(job: &Job) -> String {
@@ -31,10 +34,16 @@ fn wait_proxy_note(job: &Job) -> String {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         let err = restart_err(job);
-        if let Some(line) = err.lines().find(|l| l.starts_with("dmtcp_restorer: vDSO proxy at 0x")) {
+        if let Some(line) = err
+            .lines()
+            .find(|l| l.starts_with("dmtcp_restorer: vDSO proxy at 0x"))
+        {
             return line.to_string();
         }
-        assert!(std::time::Instant::now() < deadline, "the restorer built no vDSO proxy:\n{err}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restorer built no vDSO proxy:\n{err}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -46,8 +55,16 @@ fn forced_proxy(name: &str, mode: &str, cycles: usize) -> String {
     let prog = c_program("vdsoclock");
     let p = prog.to_str().unwrap();
     let bare = run_bare(&[p]);
-    assert!(bare.contains("vdso found: yes"), "the program found no vDSO: {bare}");
-    assert!(bare.contains("RESULT monotonic 0 realtime 0 gettimeofday 0 time 0 getcpu 0 getres 0 spinner 0"), "bare run: {bare}");
+    assert!(
+        bare.contains("vdso found: yes"),
+        "the program found no vDSO: {bare}"
+    );
+    assert!(
+        bare.contains(
+            "RESULT monotonic 0 realtime 0 gettimeofday 0 time 0 getcpu 0 getres 0 spinner 0"
+        ),
+        "bare run: {bare}"
+    );
     let mut job = Job::new(name).env("DMTCP_RESTORE_VDSO_PROXY", mode);
     job.launch(&[p], &[]);
     for (mark, after) in &MARKS[..cycles] {
@@ -56,7 +73,11 @@ fn forced_proxy(name: &str, mode: &str, cycles: usize) -> String {
         assert!(note.contains("(forced)"), "{note}");
     }
     job.wait_success();
-    assert_eq!(job.output(), bare, "{name}: output after restarts through the vDSO proxy differs from a bare run");
+    assert_eq!(
+        job.output(),
+        bare,
+        "{name}: output after restarts through the vDSO proxy differs from a bare run"
+    );
     report(&job)
 }
 
@@ -97,13 +118,21 @@ fn vdso_same_kernel_moves_in_place() {
     job.cycle(MARKS[0].0, MARKS[0].1);
     job.wait_success();
     assert_eq!(job.output(), bare);
-    assert!(!restart_err(&job).contains("vDSO proxy"), "a proxy was built on the same kernel:\n{}", restart_err(&job));
+    assert!(
+        !restart_err(&job).contains("vDSO proxy"),
+        "a proxy was built on the same kernel:\n{}",
+        restart_err(&job)
+    );
     assert_eq!(report(&job), "in place");
 }
 
 /// Checkpoint at the first mark, kill after the second; the images are
 /// then changed by `tamper` before the restart.
-fn checkpoint_tamper_restart(job: &mut Job, p: &str, tamper: impl Fn(&mut dmtcp_common::image::Meta)) {
+fn checkpoint_tamper_restart(
+    job: &mut Job,
+    p: &str,
+    tamper: impl Fn(&mut dmtcp_common::image::Meta),
+) {
     job.launch(&[p], &[]);
     job.wait_for(MARKS[0].0);
     job.checkpoint();
@@ -120,12 +149,20 @@ fn checkpoint_tamper_restart(job: &mut Job, p: &str, tamper: impl Fn(&mut dmtcp_
 /// layout differs, so the restorer builds the proxy on its own.
 fn older_kernel_layout(m: &mut dmtcp_common::image::Meta) {
     let [vvar, vclock, vdso] = m.special;
-    assert!(vdso.0 != 0 && !m.vdso_syms.is_empty(), "the image records the vDSO and its entry points: {:?}", m.special);
+    assert!(
+        vdso.0 != 0 && !m.vdso_syms.is_empty(),
+        "the image records the vDSO and its entry points: {:?}",
+        m.special
+    );
     if vclock.0 != 0 {
         m.special = [(vvar.0.min(vclock.0), vvar.1 + vclock.1), (0, 0), vdso];
     } else {
         // A kernel that has no [vvar_vclock]: pretend the old one had it.
-        m.special = [(vvar.0, vvar.1 - 4096), (vvar.0 + vvar.1 - 4096, 4096), vdso];
+        m.special = [
+            (vvar.0, vvar.1 - 4096),
+            (vvar.0 + vvar.1 - 4096, 4096),
+            vdso,
+        ];
     }
 }
 
@@ -140,7 +177,10 @@ fn vdso_layout_change_restarts_through_the_proxy() {
     checkpoint_tamper_restart(&mut job, p, older_kernel_layout);
     job.wait_success();
     let err = restart_err(&job);
-    assert!(err.contains("vDSO proxy at 0x") && err.contains("differs from the image's"), "no vDSO proxy:\n{err}");
+    assert!(
+        err.contains("vDSO proxy at 0x") && err.contains("differs from the image's"),
+        "no vDSO proxy:\n{err}"
+    );
     assert_eq!(job.output(), bare);
     assert_eq!(report(&job), "trampoline");
 }
@@ -160,7 +200,11 @@ fn vdso_layout_change_without_entry_points_is_refused() {
     job.proc = None;
     assert_eq!(st.code(), Some(1), "{st:?}");
     let err = restart_err(&job);
-    assert!(err.contains("vDSO/vvar layout differs") && err.contains("restart it on the kernel it was made on"), "{err}");
+    assert!(
+        err.contains("vDSO/vvar layout differs")
+            && err.contains("restart it on the kernel it was made on"),
+        "{err}"
+    );
 }
 
 /// When no proxy can be built (here: two old entry points 2 bytes apart),
@@ -172,7 +216,12 @@ fn vdso_proxy_failure_is_a_clear_error() {
     let mut job = Job::new("vdso-no-room");
     checkpoint_tamper_restart(&mut job, p, |m| {
         older_kernel_layout(m);
-        let off = m.vdso_syms.iter().find(|s| s.0 == "__vdso_time").expect("__vdso_time").1;
+        let off = m
+            .vdso_syms
+            .iter()
+            .find(|s| s.0 == "__vdso_time")
+            .expect("__vdso_time")
+            .1;
         m.vdso_syms.push(("__vdso_squeezed".into(), off + 2));
     });
     let st = wait_timeout(job.proc.as_mut().unwrap(), TIMEOUT).expect("dmtcp_restart did not end");

@@ -15,12 +15,22 @@ fn vdso_proxy_moves_the_new_vdso_out_of_the_way() {
     // SAFETY: personality(0xffffffff) only queries; then sets one flag more.
     unsafe {
         let cur = libc::personality(0xffff_ffff);
-        assert!(cur >= 0 && libc::personality((cur as libc::c_ulong) | libc::ADDR_NO_RANDOMIZE as libc::c_ulong) >= 0);
+        assert!(
+            cur >= 0
+                && libc::personality(
+                    (cur as libc::c_ulong) | libc::ADDR_NO_RANDOMIZE as libc::c_ulong
+                ) >= 0
+        );
     }
     let prog = c_program("vdsoclock");
     let p = prog.to_str().unwrap();
     let bare = run_bare(&[p]);
-    assert!(bare.contains("RESULT monotonic 0 realtime 0 gettimeofday 0 time 0 getcpu 0 getres 0 spinner 0"), "bare run: {bare}");
+    assert!(
+        bare.contains(
+            "RESULT monotonic 0 realtime 0 gettimeofday 0 time 0 getcpu 0 getres 0 spinner 0"
+        ),
+        "bare run: {bare}"
+    );
     let mut job = Job::new("vdso-noaslr").env("DMTCP_RESTORE_VDSO_PROXY", "1");
     job.launch(&[p], &[]);
     for (mark, after) in [("step 10 ok", "step 14 ok"), ("step 30 ok", "step 34 ok")] {
@@ -29,13 +39,22 @@ fn vdso_proxy_moves_the_new_vdso_out_of_the_way() {
         let deadline = std::time::Instant::now() + TIMEOUT;
         let note = loop {
             let err = std::fs::read_to_string(job.dir.join("restart.err")).unwrap_or_default();
-            if let Some(l) = err.lines().find(|l| l.starts_with("dmtcp_restorer: vDSO proxy at 0x")) {
+            if let Some(l) = err
+                .lines()
+                .find(|l| l.starts_with("dmtcp_restorer: vDSO proxy at 0x"))
+            {
                 break l.to_string();
             }
-            assert!(std::time::Instant::now() < deadline, "the restorer built no vDSO proxy:\n{err}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the restorer built no vDSO proxy:\n{err}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        assert!(note.contains("(moved out of the image's way)"), "the new vDSO was not moved: {note}");
+        assert!(
+            note.contains("(moved out of the image's way)"),
+            "the new vDSO was not moved: {note}"
+        );
     }
     job.wait_success();
     assert_eq!(job.output(), bare);

@@ -36,6 +36,60 @@ const DRAIN_MS: u64 = 10_000;
 pub(crate) fn presuspend() {
     token();
     sys::exclude_device_memory();
+    post_fences();
+}
+
+/// A program that signals only every Nth send (perftest's CQ moderation)
+/// may have unsignaled sends queued after its last signaled one: no
+/// completion would say whether they ran, and the drain could not wait for
+/// them, so a restart would lose the ones that had not. Such an RC or UC
+/// QP gets a fence: a signaled zero-length RDMA WRITE (no memory is
+/// touched, no rkey is checked), whose completion, sends completing in
+/// order, says every send before it ran. Posted before the threads are
+/// suspended (the provider's post may allocate), when no verb can be
+/// under way or start: the checkpoint is pending, so every verb waits.
+fn post_fences() {
+    let reg = REG.lock().unwrap_or_else(|e| e.into_inner());
+    for o in &reg.objs {
+        let Obj::Qp(q) = *o else { continue };
+        // SAFETY: live shadow QP (registry); its real QP and context's post.
+        unsafe {
+            let ty = (*q).qp.qp_type;
+            if (*q).unsignaled_tail.load(Relaxed) == 0
+                || (ty != IBV_QPT_RC && ty != IBV_QPT_UC)
+                || (*q).qp.state != IBV_QPS_RTS
+                || (*q).fence.load(Acquire)
+            {
+                continue;
+            }
+            let mut wr = ibv_send_wr {
+                wr_id: FENCE_WR_ID,
+                opcode: IBV_WR_RDMA_WRITE,
+                send_flags: IBV_SEND_SIGNALED,
+                ..Default::default()
+            };
+            let mut bad = null_mut();
+            (*q).fence.store(true, Release);
+            (*q).outstanding.fetch_add(1, AcqRel);
+            let post = sctx((*q).qp.context).post_send;
+            let t0 = sys::now_ms();
+            let mut rc = post((*q).real, &mut wr, &mut bad);
+            // A full send queue (a real HCA refuses the post) empties as
+            // its completions are polled: into the CQs' queues, as the
+            // drain would, the program's verbs all waiting.
+            let mut batch = [ibv_wc::default(); 16];
+            while rc == libc::ENOMEM && sys::now_ms() - t0 < 2_000 {
+                drain_all(&reg, &mut batch);
+                libc::sched_yield();
+                rc = post((*q).real, &mut wr, &mut bad);
+            }
+            if rc != 0 {
+                (*q).outstanding.fetch_sub(1, AcqRel);
+                (*q).fence.store(false, Release);
+                crate::debug(|| format!("QP {:#x}: fence not posted: {rc}", (*q).qp.qp_num));
+            }
+        }
+    }
 }
 
 fn objs() -> Vec<Obj> {
@@ -64,12 +118,7 @@ fn drain(reg: &Registry) {
     let t0_us = sys::now_us();
     let mut batch = [ibv_wc::default(); 16];
     loop {
-        for o in &reg.objs {
-            if let Obj::Cq(s) = *o {
-                // SAFETY: live shadows (registry), the real CQ of now.
-                unsafe { drain_cq(s, &mut batch) };
-            }
-        }
+        drain_all(reg, &mut batch);
         let mut busy: Option<*mut SQp> = None;
         for o in &reg.objs {
             if let Obj::Qp(q) = *o {
@@ -94,12 +143,7 @@ fn drain(reg: &Registry) {
         unsafe { libc::sched_yield() };
     }
     sys::barrier(c"dmtcp-ib-drained");
-    for o in &reg.objs {
-        if let Obj::Cq(s) = *o {
-            // SAFETY: live shadows (registry), the real CQ of now.
-            unsafe { drain_cq(s, &mut batch) };
-        }
-    }
+    drain_all(reg, &mut batch);
     DRAIN_US.store(sys::now_us() - t0_us, Relaxed);
     for o in &reg.objs {
         match *o {
@@ -109,7 +153,13 @@ fn drain(reg: &Registry) {
             }
             Obj::Qp(q) => {
                 // SAFETY: live shadow.
-                let (n, tail, ty) = unsafe { ((*q).qp.qp_num, (*q).unsignaled_tail.load(Relaxed), (*q).qp.qp_type) };
+                let (n, tail, ty) = unsafe {
+                    (
+                        (*q).qp.qp_num,
+                        (*q).unsignaled_tail.load(Relaxed),
+                        (*q).qp.qp_type,
+                    )
+                };
                 if tail > 0 && ty != IBV_QPT_UD {
                     let mut msg = *b"dmtcp_ib: checkpoint: QP 0x00000000 has unsignaled sends after its last signaled one; if they had not run yet, a restart loses them\n";
                     for i in 0..8 {
@@ -123,6 +173,15 @@ fn drain(reg: &Registry) {
     }
 }
 
+/// Polls every CQ of the registry dry into its queue.
+fn drain_all(reg: &Registry, batch: &mut [ibv_wc; 16]) {
+    for o in &reg.objs {
+        if let Obj::Cq(s) = *o {
+            // SAFETY: live shadows (registry), the real CQ of now.
+            unsafe { drain_cq(s, batch) };
+        }
+    }
+}
 
 unsafe fn drain_cq(s: *mut SCq, batch: &mut [ibv_wc; 16]) {
     // SAFETY: s is a live shadow; its context's real poll function.
@@ -141,7 +200,9 @@ unsafe fn drain_cq(s: *mut SCq, batch: &mut [ibv_wc; 16]) {
                 break;
             }
             for w in batch.iter_mut().take(n as usize) {
-                process_wc(w);
+                if !process_wc(w) {
+                    continue;
+                }
                 let at = (q.head + q.len) % cap;
                 q.buf[at] = *w;
                 q.len += 1;
@@ -164,7 +225,12 @@ pub(crate) fn resume() {
 }
 
 fn key(parts: &[&dyn std::fmt::Display]) -> Vec<u8> {
-    parts.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(":").into_bytes()
+    parts
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+        .into_bytes()
 }
 
 fn debug_state(objs: &[Obj], when: &str) {
@@ -172,7 +238,14 @@ fn debug_state(objs: &[Obj], when: &str) {
         // SAFETY: live shadows.
         unsafe {
             match *o {
-                Obj::Cq(q) => crate::debug(|| format!("{when}: CQ {:?} queued {} armed {}", q, (*q).qlen.load(Relaxed), (*q).armed.load(Relaxed))),
+                Obj::Cq(q) => crate::debug(|| {
+                    format!(
+                        "{when}: CQ {:?} queued {} armed {}",
+                        q,
+                        (*q).qlen.load(Relaxed),
+                        (*q).armed.load(Relaxed)
+                    )
+                }),
                 Obj::Qp(q) => crate::debug(|| {
                     format!(
                         "{when}: QP {:#x} recvs {} outstanding {}",
@@ -181,7 +254,14 @@ fn debug_state(objs: &[Obj], when: &str) {
                         (*q).outstanding.load(Relaxed)
                     )
                 }),
-                Obj::Chan(c) => crate::debug(|| format!("{when}: channel fd {} pending {} saved {}", (*c).ch.fd, (*c).pending_at_ckpt, (*c).saved.load(Relaxed))),
+                Obj::Chan(c) => crate::debug(|| {
+                    format!(
+                        "{when}: channel fd {} pending {} saved {}",
+                        (*c).ch.fd,
+                        (*c).pending_at_ckpt,
+                        (*c).saved.load(Relaxed)
+                    )
+                }),
                 _ => {}
             }
         }
@@ -210,7 +290,13 @@ pub(crate) fn restart() {
         }
     }
     sys::barrier(c"dmtcp-ib-connected");
-    crate::debug(|| format!("drain took {} us; rebuild and reconnect {} us (with two barriers)", DRAIN_US.load(Relaxed), sys::now_us() - t0));
+    crate::debug(|| {
+        format!(
+            "drain took {} us; rebuild and reconnect {} us (with two barriers)",
+            DRAIN_US.load(Relaxed),
+            sys::now_us() - t0
+        )
+    });
 }
 
 /// Re-creates every object on the new device, in creation order.
@@ -242,7 +328,12 @@ fn rebuild(objs: &[Obj]) -> Result<(), String> {
                     let rp = (*(m.pd as *mut SPd)).real;
                     let rm = (r.reg_mr_iova2)(rp, m.addr, m.length, (*s).iova, (*s).access);
                     if rm.is_null() {
-                        return Err(format!("ibv_reg_mr({:?}, {}): errno {}", m.addr, m.length, sys::errno()));
+                        return Err(format!(
+                            "ibv_reg_mr({:?}, {}): errno {}",
+                            m.addr,
+                            m.length,
+                            sys::errno()
+                        ));
                     }
                     (*s).real = rm;
                     (*s).rlkey = (*rm).lkey;
@@ -268,8 +359,13 @@ fn rebuild(objs: &[Obj]) -> Result<(), String> {
                 }
                 Obj::Cq(s) => {
                     let ch = (*s).cq.channel;
-                    let rch = if ch.is_null() { null_mut() } else { (*(ch as *mut SChan)).real };
-                    let rcq = (r.create_cq)(sctx((*s).cq.context).real, (*s).cqe_asked, s.cast(), rch, 0);
+                    let rch = if ch.is_null() {
+                        null_mut()
+                    } else {
+                        (*(ch as *mut SChan)).real
+                    };
+                    let rcq =
+                        (r.create_cq)(sctx((*s).cq.context).real, (*s).cqe_asked, s.cast(), rch, 0);
                     if rcq.is_null() {
                         return Err(format!("ibv_create_cq: errno {}", sys::errno()));
                     }
@@ -281,17 +377,30 @@ fn rebuild(objs: &[Obj]) -> Result<(), String> {
                 }
                 Obj::Srq(s) => {
                     let rp = (*((*s).srq.pd as *mut SPd)).real;
-                    let mut a = ibv_srq_init_attr { srq_context: s.cast(), attr: (*s).attr };
+                    let mut a = ibv_srq_init_attr {
+                        srq_context: s.cast(),
+                        attr: (*s).attr,
+                    };
                     let rs = (r.create_srq)(rp, &mut a);
                     if rs.is_null() {
                         return Err(format!("ibv_create_srq: errno {}", sys::errno()));
                     }
                     (*s).real = rs;
-                    let f = sctx((*s).srq.context).post_srq_recv;
-                    repost(&(*s).recvs, |w, b| f(rs, w, b))?;
                 }
                 Obj::Qp(s) => rebuild_qp(r, s)?,
                 Obj::Ah(_) => {}
+            }
+        }
+    }
+    // Receives go back on the SRQs once every MR is re-registered: a
+    // program creates its SRQ before the buffers it posts (OpenMPI does).
+    for o in objs {
+        if let Obj::Srq(s) = *o {
+            // SAFETY: a live shadow SRQ, rebuilt above.
+            unsafe {
+                let f = sctx((*s).srq.context).post_srq_recv;
+                let rs = (*s).real;
+                repost(&(*s).recvs, |w, b| f(rs, w, b))?;
             }
         }
     }
@@ -306,7 +415,9 @@ unsafe fn rebuild_ctx(r: &sys::Real, s: *mut SCtx) -> Result<(), String> {
         if list.is_null() || n <= 0 {
             return Err("no InfiniBand device after the restart".into());
         }
-        let want = std::ffi::CStr::from_bytes_until_nul(&(*s).dev_name).map(|c| c.to_bytes().to_vec()).unwrap_or_default();
+        let want = std::ffi::CStr::from_bytes_until_nul(&(*s).dev_name)
+            .map(|c| c.to_bytes().to_vec())
+            .unwrap_or_default();
         let mut dev = *list;
         for i in 0..n as usize {
             let d = *list.add(i);
@@ -359,7 +470,11 @@ unsafe fn rebuild_qp(r: &sys::Real, s: *mut SQp) -> Result<(), String> {
         a.qp_context = s.cast();
         a.send_cq = (*(a.send_cq as *mut SCq)).real;
         a.recv_cq = (*(a.recv_cq as *mut SCq)).real;
-        a.srq = if a.srq.is_null() { null_mut() } else { (*(a.srq as *mut SSrq)).real };
+        a.srq = if a.srq.is_null() {
+            null_mut()
+        } else {
+            (*(a.srq as *mut SSrq)).real
+        };
         let rp = (*((*s).qp.pd as *mut SPd)).real;
         let rq = (r.create_qp)(rp, &mut a);
         if rq.is_null() {
@@ -367,6 +482,7 @@ unsafe fn rebuild_qp(r: &sys::Real, s: *mut SQp) -> Result<(), String> {
         }
         (*s).real = rq;
         (*s).outstanding.store(0, Relaxed);
+        (*s).fence.store(false, Relaxed);
         let n = (*rq).qp_num;
         with_maps(|m| {
             m.qp_by_real.insert(n, s as usize);
@@ -419,7 +535,13 @@ fn publish(objs: &[Obj]) {
                         let mut v = (*(*q).real).qp_num.to_le_bytes().to_vec();
                         v.extend_from_slice(&t.to_le_bytes());
                         sys::publish(&key(&[&"qp", &vl, &(*q).qp.qp_num]), &v);
-                        crate::debug(|| format!("publish QP {vl:#x}/{:#x} -> {:#x}", (*q).qp.qp_num, (*(*q).real).qp_num));
+                        crate::debug(|| {
+                            format!(
+                                "publish QP {vl:#x}/{:#x} -> {:#x}",
+                                (*q).qp.qp_num,
+                                (*(*q).real).qp_num
+                            )
+                        });
                     }
                 }
                 _ => {}
@@ -430,7 +552,10 @@ fn publish(objs: &[Obj]) {
 }
 
 fn learn_lid(vl: u16) -> Option<u16> {
-    if let Some(r) = crate::shadow::MAPS.read().ok().and_then(|m| m.as_ref().and_then(|m| m.lids.iter().find(|x| x.0 == vl).map(|x| x.1))) {
+    if let Some(r) = crate::shadow::MAPS.read().ok().and_then(|m| {
+        m.as_ref()
+            .and_then(|m| m.lids.iter().find(|x| x.0 == vl).map(|x| x.1))
+    }) {
         return Some(r);
     }
     let v = sys::query(&key(&[&"lid", &vl]))?;
@@ -478,7 +603,9 @@ fn reconnect(objs: &[Obj]) -> Result<(), String> {
                         (l[1].0, l[1].1, l[2].0, l[2].1)
                     };
                     if rtr_mask != 0 {
-                        if rtr_mask & IBV_QP_AV as c_int != 0 && rtr_mask & IBV_QP_DEST_QPN as c_int != 0 {
+                        if rtr_mask & IBV_QP_AV as c_int != 0
+                            && rtr_mask & IBV_QP_DEST_QPN as c_int != 0
+                        {
                             let (vl, vq) = (rtr.ah_attr.dlid, rtr.dest_qp_num);
                             match learn_qp(vl, vq) {
                                 Some((_, t)) => {
@@ -500,7 +627,16 @@ fn reconnect(objs: &[Obj]) -> Result<(), String> {
                         }
                         let mut a = rtr;
                         attr_to_real(&mut a, rtr_mask);
-                        crate::debug(|| format!("QP {:#x} RTR: dlid {:#x} -> {:#x}, dest QP {:#x} -> {:#x}", (*q).qp.qp_num, rtr.ah_attr.dlid, a.ah_attr.dlid, rtr.dest_qp_num, a.dest_qp_num));
+                        crate::debug(|| {
+                            format!(
+                                "QP {:#x} RTR: dlid {:#x} -> {:#x}, dest QP {:#x} -> {:#x}",
+                                (*q).qp.qp_num,
+                                rtr.ah_attr.dlid,
+                                a.ah_attr.dlid,
+                                rtr.dest_qp_num,
+                                a.dest_qp_num
+                            )
+                        });
                         let rc = (r.modify_qp)((*q).real, &mut a, rtr_mask);
                         if rc != 0 {
                             return Err(format!("QP {:#x} to RTR: {rc}", (*q).qp.qp_num));
@@ -514,10 +650,19 @@ fn reconnect(objs: &[Obj]) -> Result<(), String> {
                             return Err(format!("QP {:#x} to RTS: {rc}", (*q).qp.qp_num));
                         }
                     }
-                    let dests = (*q).ud_dests.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let dests = (*q)
+                        .ud_dests
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
                     for (vl, vq) in dests {
                         let r = learn_qp(vl, vq);
-                        crate::debug(|| format!("QP {:#x}: UD destination {vl:#x}/{vq:#x} -> {r:x?}", (*q).qp.qp_num));
+                        crate::debug(|| {
+                            format!(
+                                "QP {:#x}: UD destination {vl:#x}/{vq:#x} -> {r:x?}",
+                                (*q).qp.qp_num
+                            )
+                        });
                     }
                     if (*q).qp.srq.is_null() {
                         let f = sctx((*q).qp.context).post_recv;
@@ -569,9 +714,18 @@ unsafe fn repost(
         let mut sg: Vec<ibv_sge> = rec.sges.clone();
         for s in &mut sg {
             let v = s.lkey;
-            s.lkey = crate::shadow::MAPS.read().ok().and_then(|m| m.as_ref().and_then(|m| m.lkey.get(&v).copied())).unwrap_or(v);
+            s.lkey = crate::shadow::MAPS
+                .read()
+                .ok()
+                .and_then(|m| m.as_ref().and_then(|m| m.lkey.get(&v).copied()))
+                .unwrap_or(v);
         }
-        let mut w = ibv_recv_wr { wr_id: rec.wr_id, next: null_mut(), sg_list: sg.as_mut_ptr(), num_sge: sg.len() as c_int };
+        let mut w = ibv_recv_wr {
+            wr_id: rec.wr_id,
+            next: null_mut(),
+            sg_list: sg.as_mut_ptr(),
+            num_sge: sg.len() as c_int,
+        };
         let mut b = null_mut();
         let rc = post(&mut w, &mut b);
         if rc != 0 {

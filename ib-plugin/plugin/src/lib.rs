@@ -19,7 +19,13 @@
 #![allow(clippy::missing_safety_doc)]
 
 mod ffi {
-    #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, unsafe_op_in_unsafe_fn)]
+    #![allow(
+        non_camel_case_types,
+        non_snake_case,
+        non_upper_case_globals,
+        dead_code,
+        unsafe_op_in_unsafe_fn
+    )]
     #![allow(clippy::all, clippy::undocumented_unsafe_blocks)]
     include!(concat!(env!("OUT_DIR"), "/verbs.rs"));
 }
@@ -56,7 +62,8 @@ static DESCR: SyncDescr = SyncDescr(PluginDescriptor {
     name: c"infiniband".as_ptr(),
     author: c"DMTCP-rs".as_ptr(),
     email: c"".as_ptr(),
-    description: c"InfiniBand verbs: drain at checkpoint, rebuild and reconnect at restart".as_ptr(),
+    description: c"InfiniBand verbs: drain at checkpoint, rebuild and reconnect at restart"
+        .as_ptr(),
     event_hook,
 });
 

@@ -43,9 +43,12 @@ pub(crate) struct SCtx {
     pub(crate) dev_name: [u8; 64],
     pub(crate) ports: Mutex<[PortIds; MAX_PORTS]>,
     /// The real library's data-path functions (from the real context's ops).
-    pub(crate) post_send: unsafe extern "C" fn(*mut ibv_qp, *mut ibv_send_wr, *mut *mut ibv_send_wr) -> c_int,
-    pub(crate) post_recv: unsafe extern "C" fn(*mut ibv_qp, *mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> c_int,
-    pub(crate) post_srq_recv: unsafe extern "C" fn(*mut ibv_srq, *mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> c_int,
+    pub(crate) post_send:
+        unsafe extern "C" fn(*mut ibv_qp, *mut ibv_send_wr, *mut *mut ibv_send_wr) -> c_int,
+    pub(crate) post_recv:
+        unsafe extern "C" fn(*mut ibv_qp, *mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> c_int,
+    pub(crate) post_srq_recv:
+        unsafe extern "C" fn(*mut ibv_srq, *mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> c_int,
     pub(crate) poll_cq: unsafe extern "C" fn(*mut ibv_cq, c_int, *mut ibv_wc) -> c_int,
     pub(crate) req_notify_cq: unsafe extern "C" fn(*mut ibv_cq, c_int) -> c_int,
 }
@@ -53,7 +56,8 @@ pub(crate) struct SCtx {
 const CTX_OFF: usize = offset_of!(SCtx, vctx) + offset_of!(verbs_context, context);
 // The shadow context must start with a full verbs_context whose last field
 // is the ibv_context, as the inline verbs of verbs.h expect.
-const _: () = assert!(CTX_OFF == std::mem::size_of::<verbs_context>() - std::mem::size_of::<ibv_context>());
+const _: () =
+    assert!(CTX_OFF == std::mem::size_of::<verbs_context>() - std::mem::size_of::<ibv_context>());
 
 pub(crate) unsafe fn sctx<'a>(c: *mut ibv_context) -> &'a SCtx {
     // SAFETY: every context the program holds is the `context` of an SCtx.
@@ -140,6 +144,9 @@ pub(crate) struct SQp {
     /// Unsignaled sends posted after the last signaled one: no completion
     /// will tell whether they ran.
     pub(crate) unsignaled_tail: AtomicU32,
+    /// The checkpoint's fence (see `ckpt::post_fences`) is posted on this
+    /// QP and has not completed yet: its completion is not the program's.
+    pub(crate) fence: AtomicBool,
     pub(crate) recvs: Mutex<VecDeque<RecvRec>>,
     /// UD: (virtual LID, virtual QPN) destinations used.
     pub(crate) ud_dests: Mutex<Vec<(u16, u32)>>,
@@ -181,7 +188,10 @@ fn reg_add(o: Obj) {
 }
 
 fn reg_remove(o: Obj) {
-    REG.lock().unwrap_or_else(|e| e.into_inner()).objs.retain(|x| *x != o);
+    REG.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .objs
+        .retain(|x| *x != o);
 }
 
 /// A shadow object the program destroyed (its real one is gone): out of
@@ -231,27 +241,39 @@ fn read_maps<R>(f: impl FnOnce(&Maps) -> R) -> Option<R> {
 }
 
 pub(crate) fn lid_to_real(v: u16) -> u16 {
-    read_maps(|m| m.lids.iter().find(|x| x.0 == v).map(|x| x.1)).flatten().unwrap_or(v)
+    read_maps(|m| m.lids.iter().find(|x| x.0 == v).map(|x| x.1))
+        .flatten()
+        .unwrap_or(v)
 }
 
 pub(crate) fn lid_to_virt(r: u16) -> u16 {
-    read_maps(|m| m.lids.iter().find(|x| x.1 == r).map(|x| x.0)).flatten().unwrap_or(r)
+    read_maps(|m| m.lids.iter().find(|x| x.1 == r).map(|x| x.0))
+        .flatten()
+        .unwrap_or(r)
 }
 
 pub(crate) fn gid_to_real(v: [u8; 16]) -> [u8; 16] {
-    read_maps(|m| m.gids.iter().find(|x| x.0 == v).map(|x| x.1)).flatten().unwrap_or(v)
+    read_maps(|m| m.gids.iter().find(|x| x.0 == v).map(|x| x.1))
+        .flatten()
+        .unwrap_or(v)
 }
 
 pub(crate) fn qpn_to_real(vlid: u16, vqpn: u32) -> u32 {
-    read_maps(|m| m.qpn.get(&(vlid, vqpn)).copied()).flatten().unwrap_or(vqpn)
+    read_maps(|m| m.qpn.get(&(vlid, vqpn)).copied())
+        .flatten()
+        .unwrap_or(vqpn)
 }
 
 fn qpn_to_virt(rlid: u16, rqpn: u32) -> u32 {
-    read_maps(|m| m.qpn_rev.get(&(rlid, rqpn)).copied()).flatten().unwrap_or(rqpn)
+    read_maps(|m| m.qpn_rev.get(&(rlid, rqpn)).copied())
+        .flatten()
+        .unwrap_or(rqpn)
 }
 
 fn lkey_to_real(v: u32) -> u32 {
-    read_maps(|m| m.lkey.get(&v).copied()).flatten().unwrap_or(v)
+    read_maps(|m| m.lkey.get(&v).copied())
+        .flatten()
+        .unwrap_or(v)
 }
 
 fn no_real() -> c_int {
@@ -261,7 +283,12 @@ fn no_real() -> c_int {
 
 // ---------------------------------------------------------------- context
 
-unsafe extern "C" fn query_port_op(c: *mut ibv_context, port: u8, attr: *mut ibv_port_attr, _len: usize) -> c_int {
+unsafe extern "C" fn query_port_op(
+    c: *mut ibv_context,
+    port: u8,
+    attr: *mut ibv_port_attr,
+    _len: usize,
+) -> c_int {
     // SAFETY: the program passes its shadow context and a port_attr buffer.
     unsafe { query_port_full(c, port, attr) }
 }
@@ -273,7 +300,9 @@ unsafe fn query_port_full(c: *mut ibv_context, port: u8, attr: *mut ibv_port_att
     unsafe {
         let s = sctx(c);
         let rv = (s.real as *mut u8).sub(offset_of!(verbs_context, context)) as *mut verbs_context;
-        let rc = if (*rv).sz >= size_of::<verbs_context>() && (*s.real).abi_compat == usize::MAX as *mut c_void {
+        let rc = if (*rv).sz >= size_of::<verbs_context>()
+            && (*s.real).abi_compat == usize::MAX as *mut c_void
+        {
             match (*rv).query_port {
                 Some(f) => f(s.real, port, attr, size_of::<ibv_port_attr>()),
                 None => (r.query_port)(s.real, port, attr.cast()),
@@ -321,7 +350,9 @@ unsafe extern "C" fn query_device_ex_op(
         let s = sctx(c);
         let rv = (s.real as *mut u8).sub(offset_of!(verbs_context, context)) as *mut verbs_context;
         match (*rv).query_device_ex {
-            Some(f) if (*s.real).abi_compat == usize::MAX as *mut c_void => f(s.real, input, attr, len),
+            Some(f) if (*s.real).abi_compat == usize::MAX as *mut c_void => {
+                f(s.real, input, attr, len)
+            }
             _ => match real() {
                 Some(r) => (r.query_device)(s.real, attr.cast()),
                 None => no_real(),
@@ -332,7 +363,10 @@ unsafe extern "C" fn query_device_ex_op(
 
 /// `ibv_create_qp_ex` for what the classic `ibv_create_qp` covers; the
 /// extended QP (`ibv_wr_*` builders), XRC, RSS, TSO: EOPNOTSUPP.
-unsafe extern "C" fn create_qp_ex_op(_c: *mut ibv_context, a: *mut ibv_qp_init_attr_ex) -> *mut ibv_qp {
+unsafe extern "C" fn create_qp_ex_op(
+    _c: *mut ibv_context,
+    a: *mut ibv_qp_init_attr_ex,
+) -> *mut ibv_qp {
     // SAFETY: the caller's attribute struct.
     unsafe {
         let allowed = IBV_QP_INIT_ATTR_PD;
@@ -350,7 +384,9 @@ pub(crate) fn unsupported(what: &str) {
     let mut s = SAID.lock().unwrap_or_else(|e| e.into_inner());
     if !s.iter().any(|x| x == what) {
         s.push(what.to_string());
-        crate::say(&format!("{what}: not supported under checkpointing (EOPNOTSUPP)"));
+        crate::say(&format!(
+            "{what}: not supported under checkpointing (EOPNOTSUPP)"
+        ));
     }
 }
 
@@ -380,7 +416,13 @@ pub(crate) unsafe fn set_real_ops(s: *mut SCtx, realc: *mut ibv_context) -> bool
     // SAFETY: realc is an open real context.
     unsafe {
         let o = &(*realc).ops;
-        let (Some(a), Some(b), Some(c), Some(d), Some(e)) = (o.post_send, o.post_recv, o.post_srq_recv, o.poll_cq, o.req_notify_cq) else {
+        let (Some(a), Some(b), Some(c), Some(d), Some(e)) = (
+            o.post_send,
+            o.post_recv,
+            o.post_srq_recv,
+            o.poll_cq,
+            o.req_notify_cq,
+        ) else {
             return false;
         };
         (*s).real = realc;
@@ -393,13 +435,25 @@ pub(crate) unsafe fn set_real_ops(s: *mut SCtx, realc: *mut ibv_context) -> bool
     }
 }
 
-unsafe extern "C" fn bad_post_send(_: *mut ibv_qp, _: *mut ibv_send_wr, _: *mut *mut ibv_send_wr) -> c_int {
+unsafe extern "C" fn bad_post_send(
+    _: *mut ibv_qp,
+    _: *mut ibv_send_wr,
+    _: *mut *mut ibv_send_wr,
+) -> c_int {
     libc::ENOSYS
 }
-unsafe extern "C" fn bad_post_recv(_: *mut ibv_qp, _: *mut ibv_recv_wr, _: *mut *mut ibv_recv_wr) -> c_int {
+unsafe extern "C" fn bad_post_recv(
+    _: *mut ibv_qp,
+    _: *mut ibv_recv_wr,
+    _: *mut *mut ibv_recv_wr,
+) -> c_int {
     libc::ENOSYS
 }
-unsafe extern "C" fn bad_post_srq_recv(_: *mut ibv_srq, _: *mut ibv_recv_wr, _: *mut *mut ibv_recv_wr) -> c_int {
+unsafe extern "C" fn bad_post_srq_recv(
+    _: *mut ibv_srq,
+    _: *mut ibv_recv_wr,
+    _: *mut *mut ibv_recv_wr,
+) -> c_int {
     libc::ENOSYS
 }
 unsafe extern "C" fn bad_poll(_: *mut ibv_cq, _: c_int, _: *mut ibv_wc) -> c_int {
@@ -477,14 +531,21 @@ pub unsafe extern "C" fn ibv_close_device(c: *mut ibv_context) -> c_int {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_query_device(c: *mut ibv_context, attr: *mut ibv_device_attr) -> c_int {
+pub unsafe extern "C" fn ibv_query_device(
+    c: *mut ibv_context,
+    attr: *mut ibv_device_attr,
+) -> c_int {
     let Some(r) = real() else { return no_real() };
     // SAFETY: shadow context.
     unsafe { (r.query_device)(sctx(c).real, attr) }
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_query_port(c: *mut ibv_context, port: u8, attr: *mut _compat_ibv_port_attr) -> c_int {
+pub unsafe extern "C" fn ibv_query_port(
+    c: *mut ibv_context,
+    port: u8,
+    attr: *mut _compat_ibv_port_attr,
+) -> c_int {
     let Some(r) = real() else { return no_real() };
     let _g = NoCkpt::new();
     // SAFETY: shadow context; the compat struct is a prefix of ibv_port_attr.
@@ -502,7 +563,12 @@ pub unsafe extern "C" fn ibv_query_port(c: *mut ibv_context, port: u8, attr: *mu
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_query_gid(c: *mut ibv_context, port: u8, index: c_int, gid: *mut ibv_gid) -> c_int {
+pub unsafe extern "C" fn ibv_query_gid(
+    c: *mut ibv_context,
+    port: u8,
+    index: c_int,
+    gid: *mut ibv_gid,
+) -> c_int {
     let Some(r) = real() else { return no_real() };
     let _g = NoCkpt::new();
     // SAFETY: shadow context, caller's gid buffer.
@@ -526,7 +592,12 @@ pub unsafe extern "C" fn ibv_query_gid(c: *mut ibv_context, port: u8, index: c_i
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_query_pkey(c: *mut ibv_context, port: u8, index: c_int, pkey: *mut u16) -> c_int {
+pub unsafe extern "C" fn ibv_query_pkey(
+    c: *mut ibv_context,
+    port: u8,
+    index: c_int,
+    pkey: *mut u16,
+) -> c_int {
     let Some(r) = real() else { return no_real() };
     // SAFETY: shadow context.
     unsafe { (r.query_pkey)(sctx(c).real, port, index, pkey) }
@@ -540,7 +611,10 @@ pub unsafe extern "C" fn ibv_get_pkey_index(c: *mut ibv_context, port: u8, pkey:
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_get_async_event(c: *mut ibv_context, ev: *mut ibv_async_event) -> c_int {
+pub unsafe extern "C" fn ibv_get_async_event(
+    c: *mut ibv_context,
+    ev: *mut ibv_async_event,
+) -> c_int {
     let Some(r) = real() else { return no_real() };
     // SAFETY: shadow context; the real objects' context fields hold our shadows.
     unsafe {
@@ -552,7 +626,9 @@ pub unsafe extern "C" fn ibv_get_async_event(c: *mut ibv_context, ev: *mut ibv_a
                 IBV_EVENT_QP_FATAL..=IBV_EVENT_PATH_MIG_ERR | IBV_EVENT_QP_LAST_WQE_REACHED => {
                     e.element.qp = (*e.element.qp).qp_context.cast()
                 }
-                IBV_EVENT_SRQ_ERR | IBV_EVENT_SRQ_LIMIT_REACHED => e.element.srq = (*e.element.srq).srq_context.cast(),
+                IBV_EVENT_SRQ_ERR | IBV_EVENT_SRQ_LIMIT_REACHED => {
+                    e.element.srq = (*e.element.srq).srq_context.cast()
+                }
                 _ => {}
             }
         }
@@ -571,7 +647,9 @@ pub unsafe extern "C" fn ibv_ack_async_event(ev: *mut ibv_async_event) {
             IBV_EVENT_QP_FATAL..=IBV_EVENT_PATH_MIG_ERR | IBV_EVENT_QP_LAST_WQE_REACHED => {
                 e.element.qp = (*(e.element.qp as *mut SQp)).real
             }
-            IBV_EVENT_SRQ_ERR | IBV_EVENT_SRQ_LIMIT_REACHED => e.element.srq = (*(e.element.srq as *mut SSrq)).real,
+            IBV_EVENT_SRQ_ERR | IBV_EVENT_SRQ_LIMIT_REACHED => {
+                e.element.srq = (*(e.element.srq as *mut SSrq)).real
+            }
             _ => {}
         }
         (r.ack_async_event)(&mut e)
@@ -592,8 +670,14 @@ pub unsafe extern "C" fn ibv_alloc_pd(c: *mut ibv_context) -> *mut ibv_pd {
     if rp.is_null() {
         return null_mut();
     }
-    // SAFETY: rp is a live real PD.
-    let s = Box::into_raw(Box::new(SPd { pd: ibv_pd { context: c, handle: unsafe { (*rp).handle } }, real: rp }));
+    let s = Box::into_raw(Box::new(SPd {
+        pd: ibv_pd {
+            context: c,
+            // SAFETY: rp is a live real PD.
+            handle: unsafe { (*rp).handle },
+        },
+        real: rp,
+    }));
     reg_add(Obj::Pd(s));
     s.cast()
 }
@@ -613,13 +697,21 @@ pub unsafe extern "C" fn ibv_dealloc_pd(pd: *mut ibv_pd) -> c_int {
     }
 }
 
-unsafe fn reg_mr_common(pd: *mut ibv_pd, addr: *mut c_void, len: usize, iova: u64, access: c_uint) -> *mut ibv_mr {
+unsafe fn reg_mr_common(
+    pd: *mut ibv_pd,
+    addr: *mut c_void,
+    len: usize,
+    iova: u64,
+    access: c_uint,
+) -> *mut ibv_mr {
     let Some(r) = real() else {
         no_real();
         return null_mut();
     };
     if access & (IBV_ACCESS_ON_DEMAND | IBV_ACCESS_MW_BIND) != 0 {
-        unsupported("on-demand paging and memory windows (IBV_ACCESS_ON_DEMAND, IBV_ACCESS_MW_BIND)");
+        unsupported(
+            "on-demand paging and memory windows (IBV_ACCESS_ON_DEMAND, IBV_ACCESS_MW_BIND)",
+        );
         set_errno(libc::EOPNOTSUPP);
         return null_mut();
     }
@@ -634,7 +726,14 @@ unsafe fn reg_mr_common(pd: *mut ibv_pd, addr: *mut c_void, len: usize, iova: u6
         let mut mr = *rm;
         mr.context = (*sp).pd.context;
         mr.pd = pd;
-        let s = Box::into_raw(Box::new(SMr { mr, real: rm, access, iova, rlkey: (*rm).lkey, rrkey: (*rm).rkey }));
+        let s = Box::into_raw(Box::new(SMr {
+            mr,
+            real: rm,
+            access,
+            iova,
+            rlkey: (*rm).lkey,
+            rrkey: (*rm).rkey,
+        }));
         if RESTARTED.load(Relaxed) {
             let k = (*rm).lkey;
             with_maps(|m| {
@@ -647,19 +746,36 @@ unsafe fn reg_mr_common(pd: *mut ibv_pd, addr: *mut c_void, len: usize, iova: u6
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_reg_mr(pd: *mut ibv_pd, addr: *mut c_void, len: usize, access: c_int) -> *mut ibv_mr {
+pub unsafe extern "C" fn ibv_reg_mr(
+    pd: *mut ibv_pd,
+    addr: *mut c_void,
+    len: usize,
+    access: c_int,
+) -> *mut ibv_mr {
     // SAFETY: forwarded.
     unsafe { reg_mr_common(pd, addr, len, addr as u64, access as c_uint) }
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_reg_mr_iova(pd: *mut ibv_pd, addr: *mut c_void, len: usize, iova: u64, access: c_int) -> *mut ibv_mr {
+pub unsafe extern "C" fn ibv_reg_mr_iova(
+    pd: *mut ibv_pd,
+    addr: *mut c_void,
+    len: usize,
+    iova: u64,
+    access: c_int,
+) -> *mut ibv_mr {
     // SAFETY: forwarded.
     unsafe { reg_mr_common(pd, addr, len, iova, access as c_uint) }
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_reg_mr_iova2(pd: *mut ibv_pd, addr: *mut c_void, len: usize, iova: u64, access: c_uint) -> *mut ibv_mr {
+pub unsafe extern "C" fn ibv_reg_mr_iova2(
+    pd: *mut ibv_pd,
+    addr: *mut c_void,
+    len: usize,
+    iova: u64,
+    access: c_uint,
+) -> *mut ibv_mr {
     // SAFETY: forwarded.
     unsafe { reg_mr_common(pd, addr, len, iova, access) }
 }
@@ -687,19 +803,34 @@ pub unsafe extern "C" fn ibv_dereg_mr(mr: *mut ibv_mr) -> c_int {
 
 /// Refused: re-registration would need the old and new key both valid.
 #[no_mangle]
-pub unsafe extern "C" fn ibv_rereg_mr(_mr: *mut ibv_mr, _flags: c_int, _pd: *mut ibv_pd, _a: *mut c_void, _l: usize, _acc: c_int) -> c_int {
+pub unsafe extern "C" fn ibv_rereg_mr(
+    _mr: *mut ibv_mr,
+    _flags: c_int,
+    _pd: *mut ibv_pd,
+    _a: *mut c_void,
+    _l: usize,
+    _acc: c_int,
+) -> c_int {
     unsupported("ibv_rereg_mr");
     libc::EOPNOTSUPP
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_attach_mcast(_qp: *mut ibv_qp, _gid: *const ibv_gid, _lid: u16) -> c_int {
+pub unsafe extern "C" fn ibv_attach_mcast(
+    _qp: *mut ibv_qp,
+    _gid: *const ibv_gid,
+    _lid: u16,
+) -> c_int {
     unsupported("multicast (ibv_attach_mcast)");
     libc::EOPNOTSUPP
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_detach_mcast(_qp: *mut ibv_qp, _gid: *const ibv_gid, _lid: u16) -> c_int {
+pub unsafe extern "C" fn ibv_detach_mcast(
+    _qp: *mut ibv_qp,
+    _gid: *const ibv_gid,
+    _lid: u16,
+) -> c_int {
     libc::EOPNOTSUPP
 }
 
@@ -711,7 +842,14 @@ pub unsafe extern "C" fn ibv_qp_to_qp_ex(_qp: *mut ibv_qp) -> *mut ibv_qp_ex {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_reg_dmabuf_mr(_pd: *mut ibv_pd, _o: u64, _l: usize, _i: u64, _fd: c_int, _a: c_int) -> *mut ibv_mr {
+pub unsafe extern "C" fn ibv_reg_dmabuf_mr(
+    _pd: *mut ibv_pd,
+    _o: u64,
+    _l: usize,
+    _i: u64,
+    _fd: c_int,
+    _a: c_int,
+) -> *mut ibv_mr {
     unsupported("dma-buf memory regions");
     set_errno(libc::EOPNOTSUPP);
     null_mut()
@@ -734,7 +872,11 @@ pub unsafe extern "C" fn ibv_create_comp_channel(c: *mut ibv_context) -> *mut ib
         }
         sys::claim((*rch).fd);
         let s = Box::into_raw(Box::new(SChan {
-            ch: ibv_comp_channel { context: c, fd: (*rch).fd, refcnt: 0 },
+            ch: ibv_comp_channel {
+                context: c,
+                fd: (*rch).fd,
+                refcnt: 0,
+            },
             real: rch,
             pending_at_ckpt: false,
             saved: AtomicU32::new(0),
@@ -765,7 +907,11 @@ pub unsafe extern "C" fn ibv_destroy_comp_channel(ch: *mut ibv_comp_channel) -> 
 
 pub(crate) fn new_queue(cqe: c_int) -> WcQueue {
     let cap = (cqe.max(1) as usize) * 2 + 16;
-    WcQueue { buf: vec![ibv_wc::default(); cap].into_boxed_slice(), head: 0, len: 0 }
+    WcQueue {
+        buf: vec![ibv_wc::default(); cap].into_boxed_slice(),
+        head: 0,
+        len: 0,
+    }
 }
 
 #[no_mangle]
@@ -784,14 +930,23 @@ pub unsafe extern "C" fn ibv_create_cq(
     // SAFETY: shadow context and channel; the real CQ's cq_context leads back to the shadow.
     unsafe {
         let s = Box::into_raw(Box::new(SCq {
-            cq: ibv_cq { context: c, channel, cq_context, ..Default::default() },
+            cq: ibv_cq {
+                context: c,
+                channel,
+                cq_context,
+                ..Default::default()
+            },
             real: null_mut(),
             cqe_asked: cqe,
             armed: AtomicU32::new(0),
             qlen: AtomicUsize::new(0),
             queue: Mutex::new(new_queue(cqe)),
         }));
-        let rch = if channel.is_null() { null_mut() } else { (*(channel as *mut SChan)).real };
+        let rch = if channel.is_null() {
+            null_mut()
+        } else {
+            (*(channel as *mut SChan)).real
+        };
         let rcq = (r.create_cq)(sctx(c).real, cqe, s.cast(), rch, vector);
         if rcq.is_null() {
             drop(Box::from_raw(s));
@@ -800,7 +955,10 @@ pub unsafe extern "C" fn ibv_create_cq(
         (*s).real = rcq;
         (*s).cq.handle = (*rcq).handle;
         (*s).cq.cqe = (*rcq).cqe;
-        sys::init_mutex_cond(ptr::addr_of_mut!((*s).cq.mutex), ptr::addr_of_mut!((*s).cq.cond));
+        sys::init_mutex_cond(
+            ptr::addr_of_mut!((*s).cq.mutex),
+            ptr::addr_of_mut!((*s).cq.cond),
+        );
         if !channel.is_null() {
             (*channel).refcnt += 1;
         }
@@ -849,7 +1007,11 @@ pub unsafe extern "C" fn ibv_resize_cq(cq: *mut ibv_cq, cqe: c_int) -> c_int {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_get_cq_event(ch: *mut ibv_comp_channel, cq: *mut *mut ibv_cq, cq_context: *mut *mut c_void) -> c_int {
+pub unsafe extern "C" fn ibv_get_cq_event(
+    ch: *mut ibv_comp_channel,
+    cq: *mut *mut ibv_cq,
+    cq_context: *mut *mut c_void,
+) -> c_int {
     let Some(r) = real() else {
         no_real();
         return -1;
@@ -866,7 +1028,12 @@ pub unsafe extern "C" fn ibv_get_cq_event(ch: *mut ibv_comp_channel, cq: *mut *m
         // device will not send it) instead of blocking on the new device.
         loop {
             let _g = NoCkpt::new();
-            if (*s).saved.fetch_update(AcqRel, Acquire, |n| n.checked_sub(1)).is_ok() && !(*s).saved_cq.is_null() {
+            if (*s)
+                .saved
+                .fetch_update(AcqRel, Acquire, |n| n.checked_sub(1))
+                .is_ok()
+                && !(*s).saved_cq.is_null()
+            {
                 return deliver((*s).saved_cq, cq, cq_context);
             }
             if nonblocking || sys::poll_readable(fd) {
@@ -904,8 +1071,9 @@ pub unsafe extern "C" fn ibv_ack_cq_events(cq: *mut ibv_cq, n: c_uint) {
 }
 
 /// Turns a completion of the device into the program's view, and updates
-/// the QP's bookkeeping (outstanding sends, posted receives).
-pub(crate) unsafe fn process_wc(w: &mut ibv_wc) {
+/// the QP's bookkeeping (outstanding sends, posted receives). False for the
+/// completion of a checkpoint fence, which the program must not see.
+pub(crate) unsafe fn process_wc(w: &mut ibv_wc) -> bool {
     let qp = read_maps(|m| m.qp_by_real.get(&w.qp_num).copied()).flatten();
     if let Some(p) = qp {
         let q = p as *mut SQp;
@@ -916,13 +1084,25 @@ pub(crate) unsafe fn process_wc(w: &mut ibv_wc) {
             let is_recv = if w.status == IBV_WC_SUCCESS {
                 w.opcode & IBV_WC_RECV != 0
             } else if srq.is_null() {
-                (*q).recvs.lock().unwrap_or_else(|e| e.into_inner()).front().is_some_and(|r| r.wr_id == w.wr_id)
+                (*q).recvs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .front()
+                    .is_some_and(|r| r.wr_id == w.wr_id)
             } else {
-                (*srq).recvs.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|r| r.wr_id == w.wr_id)
+                (*srq)
+                    .recvs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .any(|r| r.wr_id == w.wr_id)
             };
             if is_recv {
                 if srq.is_null() {
-                    (*q).recvs.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    (*q).recvs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .pop_front();
                 } else {
                     let mut l = (*srq).recvs.lock().unwrap_or_else(|e| e.into_inner());
                     if let Some(i) = l.iter().position(|r| r.wr_id == w.wr_id) {
@@ -930,7 +1110,15 @@ pub(crate) unsafe fn process_wc(w: &mut ibv_wc) {
                     }
                 }
             } else {
-                let _ = (*q).outstanding.fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
+                let _ = (*q)
+                    .outstanding
+                    .fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
+                if w.wr_id == FENCE_WR_ID && (*q).fence.swap(false, AcqRel) {
+                    // Sends of an RC/UC QP complete in order: every send
+                    // posted before the fence has run.
+                    (*q).unsignaled_tail.store(0, Relaxed);
+                    return false;
+                }
             }
         }
     }
@@ -939,7 +1127,11 @@ pub(crate) unsafe fn process_wc(w: &mut ibv_wc) {
         w.src_qp = qpn_to_virt(rl, w.src_qp);
         w.slid = lid_to_virt(rl);
     }
+    true
 }
+
+/// The wr_id of the plugin's own checkpoint fence.
+pub(crate) const FENCE_WR_ID: u64 = 0xd37c_fe9c_e000_0001;
 
 unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_wc) -> c_int {
     if n <= 0 {
@@ -967,10 +1159,15 @@ unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_wc) -> c_in
             if r < 0 {
                 return if got > 0 { got as c_int } else { r };
             }
+            // The program's completions move up over hidden ones.
+            let mut kept = got;
             for i in got..got + r as usize {
-                process_wc(&mut *wc.add(i));
+                if process_wc(&mut *wc.add(i)) {
+                    *wc.add(kept) = *wc.add(i);
+                    kept += 1;
+                }
             }
-            got += r as usize;
+            got = kept;
         }
         got as c_int
     }
@@ -981,7 +1178,8 @@ unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, solicited_only: c_int) -> c_
     let s = cq as *mut SCq;
     // SAFETY: shadow CQ.
     unsafe {
-        (*s).armed.store(if solicited_only != 0 { 2 } else { 1 }, Relaxed);
+        (*s).armed
+            .store(if solicited_only != 0 { 2 } else { 1 }, Relaxed);
         (sctx((*s).cq.context).req_notify_cq)((*s).real, solicited_only)
     }
 }
@@ -989,7 +1187,10 @@ unsafe extern "C" fn req_notify_cq(cq: *mut ibv_cq, solicited_only: c_int) -> c_
 // ---------------------------------------------------------------- SRQ
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_create_srq(pd: *mut ibv_pd, init: *mut ibv_srq_init_attr) -> *mut ibv_srq {
+pub unsafe extern "C" fn ibv_create_srq(
+    pd: *mut ibv_pd,
+    init: *mut ibv_srq_init_attr,
+) -> *mut ibv_srq {
     let Some(r) = real() else {
         no_real();
         return null_mut();
@@ -1005,20 +1206,33 @@ pub unsafe extern "C" fn ibv_create_srq(pd: *mut ibv_pd, init: *mut ibv_srq_init
         }
         (*init).attr = a.attr;
         let s = Box::into_raw(Box::new(SSrq {
-            srq: ibv_srq { context: (*sp).pd.context, srq_context: (*init).srq_context, pd, handle: (*rs).handle, ..Default::default() },
+            srq: ibv_srq {
+                context: (*sp).pd.context,
+                srq_context: (*init).srq_context,
+                pd,
+                handle: (*rs).handle,
+                ..Default::default()
+            },
             real: rs,
             attr: a.attr,
             recvs: Mutex::new(VecDeque::new()),
         }));
         (*rs).srq_context = s.cast();
-        sys::init_mutex_cond(ptr::addr_of_mut!((*s).srq.mutex), ptr::addr_of_mut!((*s).srq.cond));
+        sys::init_mutex_cond(
+            ptr::addr_of_mut!((*s).srq.mutex),
+            ptr::addr_of_mut!((*s).srq.cond),
+        );
         reg_add(Obj::Srq(s));
         s.cast()
     }
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_modify_srq(srq: *mut ibv_srq, attr: *mut ibv_srq_attr, mask: c_int) -> c_int {
+pub unsafe extern "C" fn ibv_modify_srq(
+    srq: *mut ibv_srq,
+    attr: *mut ibv_srq_attr,
+    mask: c_int,
+) -> c_int {
     let Some(r) = real() else { return no_real() };
     let _g = NoCkpt::new();
     let s = srq as *mut SSrq;
@@ -1076,8 +1290,15 @@ unsafe fn post_recv_chain(
                 *bad = w;
                 return libc::EINVAL;
             }
-            let sg = if n == 0 { &[][..] } else { std::slice::from_raw_parts((*w).sg_list, n) };
-            let rec = RecvRec { wr_id: (*w).wr_id, sges: sg.to_vec() };
+            let sg = if n == 0 {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts((*w).sg_list, n)
+            };
+            let rec = RecvRec {
+                wr_id: (*w).wr_id,
+                sges: sg.to_vec(),
+            };
             let mut c = *w;
             c.next = null_mut();
             let mut sges = [ibv_sge::default(); MAX_SGE];
@@ -1102,7 +1323,11 @@ unsafe fn post_recv_chain(
     0
 }
 
-unsafe extern "C" fn post_srq_recv(srq: *mut ibv_srq, wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> c_int {
+unsafe extern "C" fn post_srq_recv(
+    srq: *mut ibv_srq,
+    wr: *mut ibv_recv_wr,
+    bad: *mut *mut ibv_recv_wr,
+) -> c_int {
     let _g = NoCkpt::new();
     let s = srq as *mut SSrq;
     // SAFETY: shadow SRQ.
@@ -1116,7 +1341,10 @@ unsafe extern "C" fn post_srq_recv(srq: *mut ibv_srq, wr: *mut ibv_recv_wr, bad:
 // ---------------------------------------------------------------- QP
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_create_qp(pd: *mut ibv_pd, init: *mut ibv_qp_init_attr) -> *mut ibv_qp {
+pub unsafe extern "C" fn ibv_create_qp(
+    pd: *mut ibv_pd,
+    init: *mut ibv_qp_init_attr,
+) -> *mut ibv_qp {
     let Some(r) = real() else {
         no_real();
         return null_mut();
@@ -1135,7 +1363,11 @@ pub unsafe extern "C" fn ibv_create_qp(pd: *mut ibv_pd, init: *mut ibv_qp_init_a
         a.qp_context = null_mut();
         a.send_cq = (*(i.send_cq as *mut SCq)).real;
         a.recv_cq = (*(i.recv_cq as *mut SCq)).real;
-        a.srq = if i.srq.is_null() { null_mut() } else { (*(i.srq as *mut SSrq)).real };
+        a.srq = if i.srq.is_null() {
+            null_mut()
+        } else {
+            (*(i.srq as *mut SSrq)).real
+        };
         let rq = (r.create_qp)((*sp).real, &mut a);
         if rq.is_null() {
             return null_mut();
@@ -1161,12 +1393,16 @@ pub unsafe extern "C" fn ibv_create_qp(pd: *mut ibv_pd, init: *mut ibv_qp_init_a
             port: 1,
             outstanding: AtomicU32::new(0),
             unsignaled_tail: AtomicU32::new(0),
+            fence: AtomicBool::new(false),
             recvs: Mutex::new(VecDeque::new()),
             ud_dests: Mutex::new(Vec::new()),
             peer_rkeys: RwLock::new(Vec::new()),
         }));
         (*rq).qp_context = s.cast();
-        sys::init_mutex_cond(ptr::addr_of_mut!((*s).qp.mutex), ptr::addr_of_mut!((*s).qp.cond));
+        sys::init_mutex_cond(
+            ptr::addr_of_mut!((*s).qp.mutex),
+            ptr::addr_of_mut!((*s).qp.cond),
+        );
         let n = (*rq).qp_num;
         with_maps(|m| {
             m.qp_by_real.insert(n, s as usize);
@@ -1195,7 +1431,11 @@ pub(crate) unsafe fn attr_to_real(a: &mut ibv_qp_attr, mask: c_int) {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_attr, mask: c_int) -> c_int {
+pub unsafe extern "C" fn ibv_modify_qp(
+    qp: *mut ibv_qp,
+    attr: *mut ibv_qp_attr,
+    mask: c_int,
+) -> c_int {
     let Some(r) = real() else { return no_real() };
     let _g = NoCkpt::new();
     let s = qp as *mut SQp;
@@ -1220,7 +1460,13 @@ pub unsafe extern "C" fn ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_attr, 
                 _ => {}
             }
             if st == IBV_QPS_RTR || st == IBV_QPS_RTS {
-                crate::debug(|| format!("QP {:#x} is in {}", (*s).qp.qp_num, if st == IBV_QPS_RTR { "(RTR)" } else { "(RTS)" }));
+                crate::debug(|| {
+                    format!(
+                        "QP {:#x} is in {}",
+                        (*s).qp.qp_num,
+                        if st == IBV_QPS_RTR { "(RTR)" } else { "(RTS)" }
+                    )
+                });
             }
         }
         0
@@ -1228,7 +1474,12 @@ pub unsafe extern "C" fn ibv_modify_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_attr, 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_query_qp(qp: *mut ibv_qp, attr: *mut ibv_qp_attr, mask: c_int, init: *mut ibv_qp_init_attr) -> c_int {
+pub unsafe extern "C" fn ibv_query_qp(
+    qp: *mut ibv_qp,
+    attr: *mut ibv_qp_attr,
+    mask: c_int,
+    init: *mut ibv_qp_init_attr,
+) -> c_int {
     let Some(r) = real() else { return no_real() };
     let _g = NoCkpt::new();
     let s = qp as *mut SQp;
@@ -1277,7 +1528,11 @@ fn signaled(s: &SQp, flags: c_uint) -> bool {
     s.init.sq_sig_all != 0 || flags & IBV_SEND_SIGNALED != 0
 }
 
-unsafe extern "C" fn post_send(qp: *mut ibv_qp, wr: *mut ibv_send_wr, bad: *mut *mut ibv_send_wr) -> c_int {
+unsafe extern "C" fn post_send(
+    qp: *mut ibv_qp,
+    wr: *mut ibv_send_wr,
+    bad: *mut *mut ibv_send_wr,
+) -> c_int {
     let _g = NoCkpt::new();
     let s = qp as *mut SQp;
     // SAFETY: shadow QP; the program's WR chain (copies on our stack).
@@ -1325,8 +1580,12 @@ unsafe extern "C" fn post_send(qp: *mut ibv_qp, wr: *mut ibv_send_wr, bad: *mut 
                 c.sg_list = sges.as_mut_ptr();
             }
             match c.opcode {
-                IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM | IBV_WR_RDMA_READ => c.wr.rdma.rkey = peer_rkey(q, c.wr.rdma.rkey),
-                IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD => c.wr.atomic.rkey = peer_rkey(q, c.wr.atomic.rkey),
+                IBV_WR_RDMA_WRITE | IBV_WR_RDMA_WRITE_WITH_IMM | IBV_WR_RDMA_READ => {
+                    c.wr.rdma.rkey = peer_rkey(q, c.wr.rdma.rkey)
+                }
+                IBV_WR_ATOMIC_CMP_AND_SWP | IBV_WR_ATOMIC_FETCH_AND_ADD => {
+                    c.wr.atomic.rkey = peer_rkey(q, c.wr.atomic.rkey)
+                }
                 _ => {}
             }
             if ud {
@@ -1381,7 +1640,11 @@ fn peer_rkey(q: &SQp, v: u32) -> u32 {
     }
 }
 
-unsafe extern "C" fn post_recv(qp: *mut ibv_qp, wr: *mut ibv_recv_wr, bad: *mut *mut ibv_recv_wr) -> c_int {
+unsafe extern "C" fn post_recv(
+    qp: *mut ibv_qp,
+    wr: *mut ibv_recv_wr,
+    bad: *mut *mut ibv_recv_wr,
+) -> c_int {
     let _g = NoCkpt::new();
     let s = qp as *mut SQp;
     // SAFETY: shadow QP.
@@ -1417,7 +1680,15 @@ pub unsafe extern "C" fn ibv_create_ah(pd: *mut ibv_pd, attr: *mut ibv_ah_attr) 
         if ra.is_null() {
             return null_mut();
         }
-        let s = Box::into_raw(Box::new(SAh { ah: ibv_ah { context: (*sp).pd.context, pd, handle: (*ra).handle }, real: ra, attr: *attr }));
+        let s = Box::into_raw(Box::new(SAh {
+            ah: ibv_ah {
+                context: (*sp).pd.context,
+                pd,
+                handle: (*ra).handle,
+            },
+            real: ra,
+            attr: *attr,
+        }));
         reg_add(Obj::Ah(s));
         s.cast()
     }
@@ -1439,7 +1710,13 @@ pub unsafe extern "C" fn ibv_destroy_ah(ah: *mut ibv_ah) -> c_int {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_init_ah_from_wc(c: *mut ibv_context, port: u8, wc: *mut ibv_wc, grh: *mut ibv_grh, ah: *mut ibv_ah_attr) -> c_int {
+pub unsafe extern "C" fn ibv_init_ah_from_wc(
+    c: *mut ibv_context,
+    port: u8,
+    wc: *mut ibv_wc,
+    grh: *mut ibv_grh,
+    ah: *mut ibv_ah_attr,
+) -> c_int {
     let Some(r) = real() else { return no_real() };
     let _g = NoCkpt::new();
     // SAFETY: shadow context; the program's wc (virtual ids) copied.
@@ -1455,7 +1732,12 @@ pub unsafe extern "C" fn ibv_init_ah_from_wc(c: *mut ibv_context, port: u8, wc: 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ibv_create_ah_from_wc(pd: *mut ibv_pd, wc: *mut ibv_wc, grh: *mut ibv_grh, port: u8) -> *mut ibv_ah {
+pub unsafe extern "C" fn ibv_create_ah_from_wc(
+    pd: *mut ibv_pd,
+    wc: *mut ibv_wc,
+    grh: *mut ibv_grh,
+    port: u8,
+) -> *mut ibv_ah {
     let mut a = ibv_ah_attr::default();
     // SAFETY: shadow PD and the program's wc.
     unsafe {

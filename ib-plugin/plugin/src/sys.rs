@@ -147,7 +147,15 @@ const DB: &CStr = c"ib";
 pub(crate) fn publish(key: &[u8], val: &[u8]) -> bool {
     let Some(e) = engine() else { return false };
     // SAFETY: pointers and lengths of our own buffers.
-    unsafe { (e.send_kv)(DB.as_ptr(), key.as_ptr().cast(), key.len() as u32, val.as_ptr().cast(), val.len() as u32) == 1 }
+    unsafe {
+        (e.send_kv)(
+            DB.as_ptr(),
+            key.as_ptr().cast(),
+            key.len() as u32,
+            val.as_ptr().cast(),
+            val.len() as u32,
+        ) == 1
+    }
 }
 
 pub(crate) fn query(key: &[u8]) -> Option<Vec<u8>> {
@@ -155,7 +163,15 @@ pub(crate) fn query(key: &[u8]) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 1 << 20];
     let mut len = buf.len() as u32;
     // SAFETY: our buffer and its length.
-    let r = unsafe { (e.query_kv)(DB.as_ptr(), key.as_ptr().cast(), key.len() as u32, buf.as_mut_ptr().cast(), &mut len) };
+    let r = unsafe {
+        (e.query_kv)(
+            DB.as_ptr(),
+            key.as_ptr().cast(),
+            key.len() as u32,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
     if r != 1 {
         return None;
     }
@@ -179,15 +195,23 @@ static EXCLUDED: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(V
 /// after the checkpoint, so memory mapped there later is saved.
 pub(crate) fn exclude_device_memory() {
     let Some(e) = engine() else { return };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
     let mut ex = EXCLUDED.lock().unwrap_or_else(|p| p.into_inner());
     for l in maps.lines() {
         if !l.contains("/memfd:softib-") {
             continue;
         }
-        let Some((range, _)) = l.split_once(' ') else { continue };
-        let Some((a, b)) = range.split_once('-') else { continue };
-        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else { continue };
+        let Some((range, _)) = l.split_once(' ') else {
+            continue;
+        };
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
+            continue;
+        };
         // SAFETY: an address range of our own mappings.
         unsafe { (e.exclude_memory)(a as *const c_void, b - a, 1) };
         ex.push((a, b - a));
@@ -240,20 +264,33 @@ pub(crate) fn poll_readable(fd: c_int) -> bool {
 
 /// Waits up to `ms` for `fd` to be readable (false on timeout or EINTR).
 pub(crate) fn wait_readable(fd: c_int, ms: c_int) -> bool {
-    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one pollfd of ours.
-    unsafe { libc::poll(&mut p, 1, ms) == 1 && (p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP)) != 0 }
+    unsafe {
+        libc::poll(&mut p, 1, ms) == 1
+            && (p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP)) != 0
+    }
 }
 
 pub(crate) fn now_us() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: our timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
 pub(crate) fn now_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: our timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000

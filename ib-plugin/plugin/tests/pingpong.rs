@@ -28,7 +28,10 @@ fn pingpong(name: &str, prog: &str, args: &[&str], iters: u32, restart: bool) {
 
 fn check_both(j: &Job, name: &str, iters: u32, restart: bool) {
     for side in ["server", "client"] {
-        let (out, err) = (j.read(&format!("{side}.out")), j.read(&format!("{side}.err")));
+        let (out, err) = (
+            j.read(&format!("{side}.out")),
+            j.read(&format!("{side}.err")),
+        );
         check_pingpong(&out, &err, iters, &format!("{name} {side}"));
         if restart {
             check_ids_changed(&err, &format!("{name} {side}"));
@@ -42,7 +45,10 @@ fn check_both(j: &Job, name: &str, iters: u32, restart: bool) {
 #[test]
 fn rc_pingpong_three_checkpoints() {
     let mut j = Job::new("rc-three");
-    j.pair("ibv_rc_pingpong", &["-d", "softib0", "-c", "-e", "-n", "150000"]);
+    j.pair(
+        "ibv_rc_pingpong",
+        &["-d", "softib0", "-c", "-e", "-n", "150000"],
+    );
     j.checkpoint();
     j.cycle();
     j.wait_running(2);
@@ -50,7 +56,11 @@ fn rc_pingpong_three_checkpoints() {
     j.wait_success();
     check_both(&j, "rc-three", 150_000, true);
     for side in ["server.err", "client.err"] {
-        let n = j.read(side).lines().filter(|l| l.contains("publish QP")).count();
+        let n = j
+            .read(side)
+            .lines()
+            .filter(|l| l.contains("publish QP"))
+            .count();
         assert_eq!(n, 2, "{side}: expected two restarts");
     }
 }
@@ -96,7 +106,10 @@ fn srq_pingpong_restart_polling() {
 #[test]
 fn rc_pingpong_two_nodes_restart() {
     let mut j = Job::nodes("rc-nodes", 2);
-    j.pair("ibv_rc_pingpong", &["-d", "softib0", "-c", "-e", "-n", "50000"]);
+    j.pair(
+        "ibv_rc_pingpong",
+        &["-d", "softib0", "-c", "-e", "-n", "50000"],
+    );
     j.cycle();
     j.wait_success();
     check_both(&j, "rc-nodes", 50_000, true);

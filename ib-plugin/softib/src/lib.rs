@@ -9,9 +9,9 @@
 //! other over TCP; each port has its own LID, found through a fabric
 //! directory shared by the nodes ([`daemon::fabric`]).
 
+pub mod daemon;
+pub mod paths;
 pub mod proto;
 pub mod ring;
-pub mod paths;
 pub mod sys;
 pub mod sysfs;
-pub mod daemon;

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 /// Root directory of the device's run-time files.
 pub fn root() -> PathBuf {
-    std::env::var_os("SOFTIB_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp/softib"))
+    std::env::var_os("SOFTIB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/softib"))
 }
 
 /// This host's name (the node's name inside the test rig).
@@ -27,5 +29,7 @@ pub fn socket() -> PathBuf {
 
 /// The fabric directory: `SOFTIB_FABRIC`, else `<root>/fabric`.
 pub fn fabric() -> PathBuf {
-    std::env::var_os("SOFTIB_FABRIC").map(PathBuf::from).unwrap_or_else(|| root().join("fabric"))
+    std::env::var_os("SOFTIB_FABRIC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("fabric"))
 }

@@ -249,43 +249,86 @@ pub struct QpAttr {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Req {
     /// First message of a connection. Answer: [`Resp::Hello`].
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     /// Answer: [`Resp::Devices`].
     QueryDevices,
     /// Makes this connection a context of device `dev` (index in the list).
     /// Answer: [`Resp::Opened`] with the async event fd.
-    Open { dev: u32 },
+    Open {
+        dev: u32,
+    },
     /// Answer: [`Resp::Handle`].
     AllocPd,
     /// Answer: [`Resp::Ok`], or EBUSY while QPs, MRs, SRQs or AHs use it.
-    DeallocPd { pd: u32 },
+    DeallocPd {
+        pd: u32,
+    },
     /// `addr..addr+len` of the program's memory, seen by the device at
     /// `iova..iova+len` (both local SGEs and remote addresses use iova).
     /// Answer: [`Resp::Mr`].
-    RegMr { pd: u32, addr: u64, len: u64, iova: u64, access: u32 },
-    DeregMr { mr: u32 },
+    RegMr {
+        pd: u32,
+        addr: u64,
+        len: u64,
+        iova: u64,
+        access: u32,
+    },
+    DeregMr {
+        mr: u32,
+    },
     /// Answer: [`Resp::Channel`] with the channel's fd: readable when a CQ
     /// event is queued; each event is 8 bytes, the CQ's cookie.
     CreateChannel,
-    DestroyChannel { channel: u32 },
+    DestroyChannel {
+        channel: u32,
+    },
     /// `cookie` is returned in channel events and async events of this CQ.
     /// Answer: [`Resp::Cq`] with the ring's memfd (see [`crate::ring`]).
-    CreateCq { cqe: u32, channel: Option<u32>, cookie: u64 },
+    CreateCq {
+        cqe: u32,
+        channel: Option<u32>,
+        cookie: u64,
+    },
     /// Answer: [`Resp::Ok`], or EBUSY while a QP or SRQ uses it.
-    DestroyCq { cq: u32 },
+    DestroyCq {
+        cq: u32,
+    },
     /// Arms the CQ: the next completion added to it queues one event on
     /// its channel (only solicited and error completions if
     /// `solicited_only`). No answer.
-    ReqNotify { cq: u32, solicited_only: bool },
+    ReqNotify {
+        cq: u32,
+        solicited_only: bool,
+    },
     /// Answer: [`Resp::Srq`].
-    CreateSrq { pd: u32, max_wr: u32, max_sge: u32, limit: u32, cookie: u64 },
+    CreateSrq {
+        pd: u32,
+        max_wr: u32,
+        max_sge: u32,
+        limit: u32,
+        cookie: u64,
+    },
     /// `mask`: 1 = max_wr (refused: EINVAL, the device cannot resize), 2 = limit.
-    ModifySrq { srq: u32, mask: u32, max_wr: u32, limit: u32 },
+    ModifySrq {
+        srq: u32,
+        mask: u32,
+        max_wr: u32,
+        limit: u32,
+    },
     /// Answer: [`Resp::SrqAttr`].
-    QuerySrq { srq: u32 },
-    DestroySrq { srq: u32 },
+    QuerySrq {
+        srq: u32,
+    },
+    DestroySrq {
+        srq: u32,
+    },
     /// No answer.
-    PostSrqRecv { srq: u32, wrs: Vec<RecvWr> },
+    PostSrqRecv {
+        srq: u32,
+        wrs: Vec<RecvWr>,
+    },
     /// Answer: [`Resp::Qp`].
     CreateQp {
         pd: u32,
@@ -298,17 +341,36 @@ pub enum Req {
         cookie: u64,
     },
     /// Answer: [`Resp::Ok`] or EINVAL (bad transition or missing attribute).
-    ModifyQp { qpn: u32, attr: QpAttr, mask: u32 },
+    ModifyQp {
+        qpn: u32,
+        attr: QpAttr,
+        mask: u32,
+    },
     /// Answer: [`Resp::QpAttr`].
-    QueryQp { qpn: u32 },
-    DestroyQp { qpn: u32 },
+    QueryQp {
+        qpn: u32,
+    },
+    DestroyQp {
+        qpn: u32,
+    },
     /// Answer: [`Resp::Handle`].
-    CreateAh { pd: u32, attr: AhAttr },
-    DestroyAh { ah: u32 },
+    CreateAh {
+        pd: u32,
+        attr: AhAttr,
+    },
+    DestroyAh {
+        ah: u32,
+    },
     /// No answer: results come as completions.
-    PostSend { qpn: u32, wrs: Vec<SendWr> },
+    PostSend {
+        qpn: u32,
+        wrs: Vec<SendWr>,
+    },
     /// No answer.
-    PostRecv { qpn: u32, wrs: Vec<RecvWr> },
+    PostRecv {
+        qpn: u32,
+        wrs: Vec<RecvWr>,
+    },
 }
 
 /// Answers of the service.
@@ -317,22 +379,50 @@ pub enum Resp {
     Ok,
     /// A failed request: the errno the verb returns.
     Err(i32),
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     Devices(Vec<DevInfo>),
     /// Carries the async event fd: each event is 16 bytes, `u32` event type
     /// (ibv_event_type), `u32` zero, `u64` cookie of the CQ/QP/SRQ (0 for
     /// port events).
-    Opened { info: DevInfo },
+    Opened {
+        info: DevInfo,
+    },
     Handle(u32),
-    Mr { handle: u32, lkey: u32, rkey: u32 },
+    Mr {
+        handle: u32,
+        lkey: u32,
+        rkey: u32,
+    },
     /// Carries the channel fd.
-    Channel { handle: u32 },
+    Channel {
+        handle: u32,
+    },
     /// Carries the ring memfd; `cqe` is the usable capacity.
-    Cq { handle: u32, cqe: u32 },
-    Srq { handle: u32, max_wr: u32, max_sge: u32 },
-    Qp { qpn: u32, cap: QpCap },
-    QpAttr { attr: QpAttr, cap: QpCap, sq_sig_all: bool },
-    SrqAttr { max_wr: u32, max_sge: u32, limit: u32 },
+    Cq {
+        handle: u32,
+        cqe: u32,
+    },
+    Srq {
+        handle: u32,
+        max_wr: u32,
+        max_sge: u32,
+    },
+    Qp {
+        qpn: u32,
+        cap: QpCap,
+    },
+    QpAttr {
+        attr: QpAttr,
+        cap: QpCap,
+        sq_sig_all: bool,
+    },
+    SrqAttr {
+        max_wr: u32,
+        max_sge: u32,
+        limit: u32,
+    },
 }
 
 /// Size of one channel event record.
@@ -370,7 +460,11 @@ mod tests {
                 opcode: wr_opcode::SEND,
                 flags: send_flags::SIGNALED,
                 imm: 0,
-                sg: vec![Sge { addr: 10, length: 20, lkey: 30 }],
+                sg: vec![Sge {
+                    addr: 10,
+                    length: 20,
+                    lkey: 30,
+                }],
                 ..SendWr::default()
             }],
         };

@@ -85,7 +85,11 @@ impl Ring {
         if p == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        let ring = Ring { base: p.cast(), len, capacity: capacity.max(1) as u64 };
+        let ring = Ring {
+            base: p.cast(),
+            len,
+            capacity: capacity.max(1) as u64,
+        };
         if init {
             // SAFETY: the mapping is at least HEADER_BYTES long and page
             // aligned; nobody else uses it yet.
@@ -131,7 +135,9 @@ impl Ring {
     /// Producer: entries queued and not yet taken.
     pub fn len(&self) -> u64 {
         let h = self.header();
-        h.tail.load(Ordering::Acquire).wrapping_sub(h.head.load(Ordering::Acquire))
+        h.tail
+            .load(Ordering::Acquire)
+            .wrapping_sub(h.head.load(Ordering::Acquire))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -178,12 +184,18 @@ mod tests {
         let mut out = [Wc::default(); 8];
         for round in 0..5u64 {
             for k in 0..3 {
-                assert!(p.push(&Wc { wr_id: round * 10 + k, ..Wc::default() }));
+                assert!(p.push(&Wc {
+                    wr_id: round * 10 + k,
+                    ..Wc::default()
+                }));
             }
             assert!(!p.push(&Wc::default()));
             assert_eq!(c.pop_into(&mut out[..2]), 2);
             assert_eq!(c.pop_into(&mut out[2..]), 1);
-            assert_eq!(out[..3].iter().map(|w| w.wr_id).collect::<Vec<_>>(), vec![round * 10, round * 10 + 1, round * 10 + 2]);
+            assert_eq!(
+                out[..3].iter().map(|w| w.wr_id).collect::<Vec<_>>(),
+                vec![round * 10, round * 10 + 1, round * 10 + 2]
+            );
         }
         assert!(c.overflowed());
         assert!(Ring::map(std::os::fd::AsRawFd::as_raw_fd(&fd), 4, false).is_err());

@@ -28,7 +28,8 @@ pub fn hostname() -> Option<String> {
 
 /// A memfd of `size` bytes (close-on-exec).
 pub fn memfd(name: &str, size: usize) -> io::Result<OwnedFd> {
-    let cname = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: cname is a valid C string; flags are constants.
     let fd = cvt(unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) })?;
     // SAFETY: fd was just created and is owned by nobody else.
@@ -43,7 +44,14 @@ pub fn memfd(name: &str, size: usize) -> io::Result<OwnedFd> {
 pub fn socketpair(kind: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds has room for the two descriptors.
-    cvt(unsafe { libc::socketpair(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })?;
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            kind | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
     // SAFETY: both were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
@@ -55,7 +63,10 @@ fn sockaddr_un(path: &std::path::Path) -> io::Result<(libc::sockaddr_un, libc::s
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     let bytes = path.as_os_str().as_bytes();
     if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
     }
     for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
         *d = *s as libc::c_char;
@@ -66,7 +77,8 @@ fn sockaddr_un(path: &std::path::Path) -> io::Result<(libc::sockaddr_un, libc::s
 
 fn seqpacket_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket creation.
-    let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) })?;
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: just created, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -76,7 +88,13 @@ pub fn connect_seqpacket(path: &std::path::Path) -> io::Result<OwnedFd> {
     let fd = seqpacket_socket()?;
     let (addr, len) = sockaddr_un(path)?;
     // SAFETY: addr is a valid sockaddr_un of length len.
-    cvt(unsafe { libc::connect(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) })?;
+    cvt(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    })?;
     Ok(fd)
 }
 
@@ -85,7 +103,13 @@ pub fn listen_seqpacket(path: &std::path::Path) -> io::Result<OwnedFd> {
     let fd = seqpacket_socket()?;
     let (addr, len) = sockaddr_un(path)?;
     // SAFETY: addr is a valid sockaddr_un of length len.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) })?;
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    })?;
     // SAFETY: listen on a bound socket we own.
     cvt(unsafe { libc::listen(fd.as_raw_fd(), 128) })?;
     Ok(fd)
@@ -95,7 +119,14 @@ pub fn listen_seqpacket(path: &std::path::Path) -> io::Result<OwnedFd> {
 pub fn accept(fd: RawFd) -> io::Result<OwnedFd> {
     loop {
         // SAFETY: accept4 with null address pointers is allowed.
-        let rc = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        let rc = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
         match cvt(rc) {
             // SAFETY: a new descriptor owned by nobody else.
             Ok(c) => return Ok(unsafe { OwnedFd::from_raw_fd(c) }),
@@ -107,7 +138,10 @@ pub fn accept(fd: RawFd) -> io::Result<OwnedFd> {
 
 /// Sends one packet, with `fd` attached if given. Restarted on EINTR.
 pub fn send_packet(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<()> {
-    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
     // Room for one int of SCM_RIGHTS, aligned for cmsghdr.
     let mut cbuf = [0u64; 4];
     // SAFETY: msghdr is plain data; all-zero is a valid value.
@@ -146,7 +180,10 @@ pub fn send_packet(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<()
 /// and an attached descriptor if one came. A packet longer than `buf` is an
 /// error (EMSGSIZE). Restarted on EINTR.
 pub fn recv_packet(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     let mut cbuf = [0u64; 8];
     loop {
         // SAFETY: msghdr is plain data; all-zero is a valid value.
@@ -171,9 +208,11 @@ pub fn recv_packet(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Own
             let mut c = libc::CMSG_FIRSTHDR(&msg);
             while !c.is_null() {
                 if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                    let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                        / std::mem::size_of::<RawFd>();
                     for k in 0..n {
-                        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>().add(k));
+                        let fd =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>().add(k));
                         let owned = OwnedFd::from_raw_fd(fd);
                         if got.is_none() {
                             got = Some(owned);
@@ -197,7 +236,15 @@ pub fn peer_pid(sock: RawFd) -> io::Result<i32> {
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: cred/len describe a buffer of the right size for SO_PEERCRED.
-    cvt(unsafe { libc::getsockopt(sock, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len) })?;
+    cvt(unsafe {
+        libc::getsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
     Ok(cred.pid)
 }
 
@@ -207,9 +254,15 @@ pub fn peer_pid(sock: RawFd) -> io::Result<i32> {
 fn vm_move(pid: i32, addr: u64, local: *mut u8, len: usize, write: bool) -> io::Result<()> {
     let mut done = 0usize;
     while done < len {
-        // SAFETY: `local..local+len` is the caller's live buffer.
-        let l = libc::iovec { iov_base: unsafe { local.add(done) }.cast(), iov_len: len - done };
-        let r = libc::iovec { iov_base: (addr as usize + done) as *mut libc::c_void, iov_len: len - done };
+        let l = libc::iovec {
+            // SAFETY: `local..local+len` is the caller's live buffer.
+            iov_base: unsafe { local.add(done) }.cast(),
+            iov_len: len - done,
+        };
+        let r = libc::iovec {
+            iov_base: (addr as usize + done) as *mut libc::c_void,
+            iov_len: len - done,
+        };
         // SAFETY: the local iovec covers our own live buffer; the remote one
         // is checked by the kernel against the other process's mappings.
         let n = unsafe {
@@ -246,7 +299,11 @@ pub fn vm_write(pid: i32, addr: u64, data: &[u8]) -> io::Result<()> {
 pub fn set_nonblock(fd: RawFd, on: bool) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller owns.
     let fl = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
-    let nfl = if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK };
+    let nfl = if on {
+        fl | libc::O_NONBLOCK
+    } else {
+        fl & !libc::O_NONBLOCK
+    };
     // SAFETY: as above.
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, nfl) })?;
     Ok(())
@@ -255,7 +312,10 @@ pub fn set_nonblock(fd: RawFd, on: bool) -> io::Result<()> {
 /// Fresh random bits (ids must differ from one start to the next).
 pub fn random_u64() -> u64 {
     getrandom::u64().unwrap_or_else(|_| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         (t as u64) ^ ((std::process::id() as u64) << 32)
     })
 }

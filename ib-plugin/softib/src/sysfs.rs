@@ -30,13 +30,19 @@ use std::path::Path;
 
 /// `fe80:0000:...`-style: the 16 bytes as eight 4-digit hex groups.
 fn gid_text(g: &[u8; 16]) -> String {
-    g.chunks(2).map(|c| format!("{:02x}{:02x}", c[0], c[1])).collect::<Vec<_>>().join(":")
+    g.chunks(2)
+        .map(|c| format!("{:02x}{:02x}", c[0], c[1]))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// `0002:c903:0010:1234`: a GUID as the kernel prints it.
 fn guid_text(guid: u64) -> String {
     let b = guid.to_be_bytes();
-    b.chunks(2).map(|c| format!("{:02x}{:02x}", c[0], c[1])).collect::<Vec<_>>().join(":")
+    b.chunks(2)
+        .map(|c| format!("{:02x}{:02x}", c[0], c[1]))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The files of one device, as (path below the tree, contents).
@@ -77,9 +83,14 @@ fn put(path: &Path, text: &str) -> io::Result<()> {
     if std::fs::read(path).ok().as_deref() == Some(format!("{text}\n").as_bytes()) {
         return Ok(());
     }
-    let dir = path.parent().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
     std::fs::create_dir_all(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     std::fs::write(&tmp, format!("{text}\n"))?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
@@ -113,15 +124,23 @@ pub fn write_tree(root: &Path, devs: &[DevInfo], host: &str) -> io::Result<()> {
     put(&root.join("class/infiniband_verbs/abi_version"), "6")?;
     for (i, d) in devs.iter().enumerate() {
         if d.name.is_empty() || d.name.contains('/') || d.name.starts_with('.') {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad device name {:?}", d.name)));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad device name {:?}", d.name),
+            ));
         }
         for (rel, text) in device_files(i, d, host) {
             put(&root.join(rel), &text)?;
         }
     }
-    prune(&root.join("class/infiniband"), |n| devs.iter().any(|d| d.name == n))?;
+    prune(&root.join("class/infiniband"), |n| {
+        devs.iter().any(|d| d.name == n)
+    })?;
     prune(&root.join("class/infiniband_verbs"), |n| {
-        n == "abi_version" || n.strip_prefix("uverbs").and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i < devs.len())
+        n == "abi_version"
+            || n.strip_prefix("uverbs")
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| i < devs.len())
     })?;
     Ok(())
 }
@@ -136,7 +155,12 @@ mod tests {
         gid[0] = 0xfe;
         gid[1] = 0x80;
         gid[8..].copy_from_slice(&guid.to_be_bytes());
-        DevInfo { name: name.into(), guid, lid, gid }
+        DevInfo {
+            name: name.into(),
+            guid,
+            lid,
+            gid,
+        }
     }
 
     fn read(root: &Path, rel: &str) -> String {
@@ -150,16 +174,37 @@ mod tests {
         write_tree(&root, &[dev("softib0", 0x1a2b), dev("softib1", 7)], "node0").unwrap();
         assert!(root.join("class/infiniband").is_dir());
         assert_eq!(read(&root, "class/infiniband/softib0/node_type"), "1: CA\n");
-        assert_eq!(read(&root, "class/infiniband/softib0/node_guid"), "0002:c903:0010:2c5f\n");
-        assert_eq!(read(&root, "class/infiniband/softib0/ports/1/lid"), "0x1a2b\n");
+        assert_eq!(
+            read(&root, "class/infiniband/softib0/node_guid"),
+            "0002:c903:0010:2c5f\n"
+        );
+        assert_eq!(
+            read(&root, "class/infiniband/softib0/ports/1/lid"),
+            "0x1a2b\n"
+        );
         assert_eq!(read(&root, "class/infiniband/softib1/ports/1/lid"), "0x7\n");
-        assert_eq!(read(&root, "class/infiniband/softib0/ports/1/state"), "4: ACTIVE\n");
-        assert_eq!(read(&root, "class/infiniband/softib0/ports/1/gids/0"), "fe80:0000:0000:0000:0002:c903:0010:2c5f\n");
-        assert_eq!(read(&root, "class/infiniband/softib1/node_desc"), "node0 softib1\n");
-        assert_eq!(read(&root, "class/infiniband_verbs/uverbs1/ibdev"), "softib1\n");
+        assert_eq!(
+            read(&root, "class/infiniband/softib0/ports/1/state"),
+            "4: ACTIVE\n"
+        );
+        assert_eq!(
+            read(&root, "class/infiniband/softib0/ports/1/gids/0"),
+            "fe80:0000:0000:0000:0002:c903:0010:2c5f\n"
+        );
+        assert_eq!(
+            read(&root, "class/infiniband/softib1/node_desc"),
+            "node0 softib1\n"
+        );
+        assert_eq!(
+            read(&root, "class/infiniband_verbs/uverbs1/ibdev"),
+            "softib1\n"
+        );
         // A later service with one device and another LID: the tree follows.
         write_tree(&root, &[dev("softib0", 0x99)], "node0").unwrap();
-        assert_eq!(read(&root, "class/infiniband/softib0/ports/1/lid"), "0x99\n");
+        assert_eq!(
+            read(&root, "class/infiniband/softib0/ports/1/lid"),
+            "0x99\n"
+        );
         assert!(!root.join("class/infiniband/softib1").exists());
         assert!(!root.join("class/infiniband_verbs/uverbs1").exists());
         assert!(root.join("class/infiniband_verbs/uverbs0/ibdev").exists());

@@ -48,7 +48,11 @@ fn program() -> &'static Path {
             .arg(&src)
             .output()
             .expect("mpicc (Debian's libopenmpi-dev) must be installed");
-        assert!(r.status.success(), "mpicc failed:\n{}", String::from_utf8_lossy(&r.stderr));
+        assert!(
+            r.status.success(),
+            "mpicc failed:\n{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
         std::fs::rename(&tmp, &out).unwrap();
         out
     })
@@ -64,16 +68,24 @@ struct Job {
 
 impl Job {
     fn text(&self) -> String {
-        format!("exit: {}\nstdout:\n{}\nstderr:\n{}", self.status, self.stdout, self.stderr)
+        format!(
+            "exit: {}\nstdout:\n{}\nstderr:\n{}",
+            self.status, self.stdout, self.stderr
+        )
     }
 }
 
 /// Runs `cmd` in its own process group with the output captured; kills the
 /// group if it runs past `limit`.
 fn run(mut cmd: Command, limit: Duration) -> Job {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
     let t0 = Instant::now();
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut v = Vec::new();
@@ -91,7 +103,11 @@ fn run(mut cmd: Command, limit: Duration) -> Job {
             // SAFETY: kill(2) of the process group this test created.
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
-            panic!("{cmd:?} did not finish in {limit:?}\nstdout:\n{}\nstderr:\n{}", out.join().unwrap(), err.join().unwrap());
+            panic!(
+                "{cmd:?} did not finish in {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                out.join().unwrap(),
+                err.join().unwrap()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -99,7 +115,13 @@ fn run(mut cmd: Command, limit: Duration) -> Job {
     // Whatever the job left in its group (it should leave nothing).
     // SAFETY: as above.
     unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-    Job { ok: status.success(), status: status.to_string(), stdout: out.join().unwrap(), stderr: err.join().unwrap(), took }
+    Job {
+        ok: status.success(),
+        status: status.to_string(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+        took,
+    }
 }
 
 fn checksum_line(stdout: &str) -> Option<&str> {
@@ -113,16 +135,29 @@ fn reference(ranks: usize) -> String {
         return s.clone();
     }
     let mut c = Command::new("mpirun");
-    c.args(["--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", &ranks.to_string()])
-        .args(["--mca", "pml", "ob1", "--mca", "btl", "self,vader"])
-        .arg(program())
-        .arg(ranks.to_string());
+    c.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+        "-np",
+        &ranks.to_string(),
+    ])
+    .args(["--mca", "pml", "ob1", "--mca", "btl", "self,vader"])
+    .arg(program())
+    .arg(ranks.to_string());
     let job = {
         let _g = JOBS.lock().unwrap_or_else(|p| p.into_inner());
         run(c, JOB_LIMIT)
     };
-    assert!(job.ok, "reference run over shared memory failed\n{}", job.text());
-    let line = checksum_line(&job.stdout).unwrap_or_else(|| panic!("no result line\n{}", job.text())).to_string();
+    assert!(
+        job.ok,
+        "reference run over shared memory failed\n{}",
+        job.text()
+    );
+    let line = checksum_line(&job.stdout)
+        .unwrap_or_else(|| panic!("no result line\n{}", job.text()))
+        .to_string();
     assert!(line.contains(&format!("size={ranks} ")), "{line}");
     REF.lock().unwrap().push((ranks, line.clone()));
     line
@@ -171,33 +206,75 @@ fn openib_args(extra: &[&str]) -> Vec<String> {
 fn posted(line: &str) -> Vec<(String, u64)> {
     let rest = line.split_once("posted:").map(|(_, r)| r).unwrap_or("");
     let w: Vec<&str> = rest.split_whitespace().collect();
-    w.chunks(2).filter_map(|c| Some((c[0].to_string(), c.get(1)?.parse().ok()?))).collect()
+    w.chunks(2)
+        .filter_map(|c| Some((c[0].to_string(), c.get(1)?.parse().ok()?)))
+        .collect()
 }
 
 /// Sum of counter `name` over the job's ranks.
 fn total(job: &Job, name: &str) -> u64 {
-    job.stderr.lines().filter(|l| l.contains(" posted: ")).flat_map(posted).filter(|(n, _)| n == name).map(|(_, v)| v).sum()
+    job.stderr
+        .lines()
+        .filter(|l| l.contains(" posted: "))
+        .flat_map(posted)
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// Checks a finished openib job of `ranks` ranks on the nodes `hosts`.
 fn check(job: &Job, ranks: usize, hosts: &[&str]) {
     let t = job.text();
     assert!(job.ok, "mpirun failed\n{t}");
-    assert_eq!(checksum_line(&job.stdout), Some(reference(ranks).as_str()), "wrong result\n{t}");
+    assert_eq!(
+        checksum_line(&job.stdout),
+        Some(reference(ranks).as_str()),
+        "wrong result\n{t}"
+    );
     for h in hosts {
-        assert!(job.stdout.contains(&format!(" on {h}\n")), "no rank ran on {h}\n{t}");
+        assert!(
+            job.stdout.contains(&format!(" on {h}\n")),
+            "no rank ran on {h}\n{t}"
+        );
     }
-    let ports = job.stderr.lines().filter(|l| l.contains("openib: using port softib0:1")).count();
+    let ports = job
+        .stderr
+        .lines()
+        .filter(|l| l.contains("openib: using port softib0:1"))
+        .count();
     assert_eq!(ports, ranks, "every rank must open the device's port\n{t}");
-    let pairs = job.stderr.lines().filter(|l| l.contains("mca: bml: Using openib btl for send to")).count();
-    assert_eq!(pairs, ranks * (ranks - 1), "openib must carry traffic between every pair of ranks\n{t}");
-    let stats = job.stderr.lines().filter(|l| l.contains(" posted: ")).count();
-    assert_eq!(stats, ranks, "each rank closes its device context once\n{t}");
+    let pairs = job
+        .stderr
+        .lines()
+        .filter(|l| l.contains("mca: bml: Using openib btl for send to"))
+        .count();
+    assert_eq!(
+        pairs,
+        ranks * (ranks - 1),
+        "openib must carry traffic between every pair of ranks\n{t}"
+    );
+    let stats = job
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" posted: "))
+        .count();
+    assert_eq!(
+        stats, ranks,
+        "each rank closes its device context once\n{t}"
+    );
     // Failed completions ("error polling ... RETRY EXCEEDED"), unsupported
     // verbs, OpenMPI's warnings.
-    for bad in ["not supported by the software device", "rror", "RETRY", "WARNING"] {
+    for bad in [
+        "not supported by the software device",
+        "rror",
+        "RETRY",
+        "WARNING",
+    ] {
         let hits: Vec<&str> = job.stderr.lines().filter(|l| l.contains(bad)).collect();
-        assert!(hits.is_empty(), "{bad:?} in the job's output: {hits:?}\n{t}");
+        assert!(
+            hits.is_empty(),
+            "{bad:?} in the job's output: {hits:?}\n{t}"
+        );
     }
     eprintln!("job of {ranks} ranks took {:?}\n{}", job.took, job.stdout);
 }
@@ -242,7 +319,9 @@ impl Drop for Node {
     fn drop(&mut self) {
         let want = format!("SOFTIB_DIR={}", self.dir.display());
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
             let is_daemon = cmd.split(|&b| b == 0).nth(1) == Some(b"daemon".as_slice());
@@ -262,12 +341,29 @@ fn one_node_two_ranks_rdma_read_and_eager_rdma() {
     let n = Node::new("read");
     let job = n.mpirun(2, &["--mca", "btl_openib_use_eager_rdma", "1"]);
     check(&job, 2, &[]);
-    assert!(total(&job, "rdma_read") > 0, "large messages should use RDMA READ\n{}", job.text());
-    assert!(total(&job, "rdma_write") > 0, "eager RDMA should use RDMA WRITE\n{}", job.text());
-    assert!(total(&job, "send_imm") + total(&job, "send") > 0, "{}", job.text());
+    assert!(
+        total(&job, "rdma_read") > 0,
+        "large messages should use RDMA READ\n{}",
+        job.text()
+    );
+    assert!(
+        total(&job, "rdma_write") > 0,
+        "eager RDMA should use RDMA WRITE\n{}",
+        job.text()
+    );
+    assert!(
+        total(&job, "send_imm") + total(&job, "send") > 0,
+        "{}",
+        job.text()
+    );
     // The tree softib exec made for the job, as openib found it.
     let host = softib::paths::hostname();
-    let lid = std::fs::read_to_string(n.dir.join(&host).join("sysfs/class/infiniband/softib0/ports/1/lid")).unwrap();
+    let lid = std::fs::read_to_string(
+        n.dir
+            .join(&host)
+            .join("sysfs/class/infiniband/softib0/ports/1/lid"),
+    )
+    .unwrap();
     assert!(lid.starts_with("0x"), "{lid}");
 }
 
@@ -276,15 +372,32 @@ fn one_node_two_ranks_rdma_read_and_eager_rdma() {
 #[test]
 fn one_node_two_ranks_pipelined_rdma_write() {
     let n = Node::new("pipeline");
-    let job = n.mpirun(2, &["--mca", "mpi_leave_pinned", "0", "--mca", "btl_openib_use_eager_rdma", "0"]);
+    let job = n.mpirun(
+        2,
+        &[
+            "--mca",
+            "mpi_leave_pinned",
+            "0",
+            "--mca",
+            "btl_openib_use_eager_rdma",
+            "0",
+        ],
+    );
     check(&job, 2, &[]);
-    assert!(total(&job, "rdma_write") > 0, "the pipeline should use RDMA WRITE\n{}", job.text());
+    assert!(
+        total(&job, "rdma_write") > 0,
+        "the pipeline should use RDMA WRITE\n{}",
+        job.text()
+    );
 }
 
 /// A job over two rig nodes: `ranks` ranks, `per_node` on each node.
 fn two_nodes(ranks: usize, per_node: usize, extra: &[&str]) -> Job {
     reference(ranks);
-    let rig = testrig::Rig::builder(2).sshd(true).up().expect("test rig with sshd (needs root, iproute2, util-linux, openssh)");
+    let rig = testrig::Rig::builder(2)
+        .sshd(true)
+        .up()
+        .expect("test rig with sshd (needs root, iproute2, util-linux, openssh)");
     let fabric = rig.shared_dir().join("fabric");
     std::fs::create_dir_all(&fabric).unwrap();
     let hostfile = rig.hostfile(per_node).unwrap();
@@ -298,9 +411,20 @@ fn two_nodes(ranks: usize, per_node: usize, extra: &[&str]) -> Job {
         .args(openib_args(extra))
         .args(["-np", &ranks.to_string(), "--map-by", "node", "--hostfile"])
         .arg(&hostfile)
-        .args(["--mca", "plm_rsh_agent", &format!("ssh -F {}", rig.ssh_config().display())])
+        .args([
+            "--mca",
+            "plm_rsh_agent",
+            &format!("ssh -F {}", rig.ssh_config().display()),
+        ])
         .args(["--mca", "oob_tcp_if_include", &rig.subnet()])
-        .args(["-x", "SOFTIB_FABRIC", "-x", "SOFTIB_IDLE_EXIT", "-x", "SOFTIB_STATS"])
+        .args([
+            "-x",
+            "SOFTIB_FABRIC",
+            "-x",
+            "SOFTIB_IDLE_EXIT",
+            "-x",
+            "SOFTIB_STATS",
+        ])
         .arg(softib())
         .args(["exec", "--"])
         .arg(program())
@@ -311,7 +435,11 @@ fn two_nodes(ranks: usize, per_node: usize, extra: &[&str]) -> Job {
     };
     // Both nodes' services registered their LIDs in the shared fabric dir.
     let lids = std::fs::read_dir(&fabric).map(|d| d.count()).unwrap_or(0);
-    assert!(lids >= 2 || !job.ok, "the fabric directory should hold both nodes' LIDs ({lids})\n{}", job.text());
+    assert!(
+        lids >= 2 || !job.ok,
+        "the fabric directory should hold both nodes' LIDs ({lids})\n{}",
+        job.text()
+    );
     rig.down().expect("rig teardown");
     job
 }

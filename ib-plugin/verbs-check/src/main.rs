@@ -17,7 +17,9 @@ fn run(messages: u64, words: usize) -> Result<u64, String> {
     let dev = devs.iter().next().ok_or("no verbs device")?;
     let ctx = dev.open().map_err(|e| format!("open: {e}"))?;
     let window: usize = 16;
-    let cq = ctx.create_cq(4 * window as i32, 0).map_err(|e| format!("create_cq: {e}"))?;
+    let cq = ctx
+        .create_cq(4 * window as i32, 0)
+        .map_err(|e| format!("create_cq: {e}"))?;
     let pd = ctx.alloc_pd().map_err(|e| format!("alloc_pd: {e}"))?;
     let build = || {
         pd.create_qp(&cq, &cq, ibverbs::ibv_qp_type::IBV_QPT_RC)
@@ -32,8 +34,12 @@ fn run(messages: u64, words: usize) -> Result<u64, String> {
     let mut a = a.handshake(eb).map_err(|e| format!("connect a: {e}"))?;
     let mut b = b.handshake(ea).map_err(|e| format!("connect b: {e}"))?;
 
-    let mut src = pd.allocate::<u64>(words).map_err(|e| format!("reg src: {e}"))?;
-    let mut dst = pd.allocate::<u64>(words * window).map_err(|e| format!("reg dst: {e}"))?;
+    let mut src = pd
+        .allocate::<u64>(words)
+        .map_err(|e| format!("reg src: {e}"))?;
+    let mut dst = pd
+        .allocate::<u64>(words * window)
+        .map_err(|e| format!("reg dst: {e}"))?;
     let mut wc = [ibverbs::ibv_wc::default(); 32];
     let mut posted_recv = 0u64;
     let mut received = 0u64;
@@ -41,7 +47,8 @@ fn run(messages: u64, words: usize) -> Result<u64, String> {
     while posted_recv < messages.min(window as u64) {
         let slot = (posted_recv as usize % window) * words;
         // SAFETY: dst stays registered and untouched until the receive completes.
-        unsafe { b.post_receive(&mut dst, slot..slot + words, 1_000_000 + posted_recv) }.map_err(|e| format!("post_receive: {e}"))?;
+        unsafe { b.post_receive(&mut dst, slot..slot + words, 1_000_000 + posted_recv) }
+            .map_err(|e| format!("post_receive: {e}"))?;
         posted_recv += 1;
     }
     for m in 0..messages {
@@ -55,7 +62,10 @@ fn run(messages: u64, words: usize) -> Result<u64, String> {
             let done = cq.poll(&mut wc).map_err(|e| format!("poll: {e}"))?;
             for c in done.iter() {
                 if let Some((status, vendor)) = c.error() {
-                    return Err(format!("completion {} failed: {status:?} (vendor {vendor})", c.wr_id()));
+                    return Err(format!(
+                        "completion {} failed: {status:?} (vendor {vendor})",
+                        c.wr_id()
+                    ));
                 }
                 if c.wr_id() >= 1_000_000 {
                     let r = c.wr_id() - 1_000_000;
@@ -65,7 +75,10 @@ fn run(messages: u64, words: usize) -> Result<u64, String> {
                     let slot = (r as usize % window) * words;
                     for (w, &x) in dst[slot..slot + words].iter().enumerate() {
                         if x != pattern(r, w as u64) {
-                            return Err(format!("message {r} word {w}: got {x:#x}, sent {:#x}", pattern(r, w as u64)));
+                            return Err(format!(
+                                "message {r} word {w}: got {x:#x}, sent {:#x}",
+                                pattern(r, w as u64)
+                            ));
                         }
                         sum = sum.wrapping_add(x.rotate_left((w % 64) as u32));
                     }
@@ -73,7 +86,10 @@ fn run(messages: u64, words: usize) -> Result<u64, String> {
                     if posted_recv < messages {
                         let s2 = (posted_recv as usize % window) * words;
                         // SAFETY: this slot's previous receive has completed and was checked.
-                        unsafe { b.post_receive(&mut dst, s2..s2 + words, 1_000_000 + posted_recv) }.map_err(|e| format!("post_receive: {e}"))?;
+                        unsafe {
+                            b.post_receive(&mut dst, s2..s2 + words, 1_000_000 + posted_recv)
+                        }
+                        .map_err(|e| format!("post_receive: {e}"))?;
                         posted_recv += 1;
                     }
                 } else if c.wr_id() == m {

@@ -13,7 +13,10 @@ pub(crate) struct Conn {
 }
 
 fn bad_answer() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, "softib: malformed answer from the service")
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "softib: malformed answer from the service",
+    )
 }
 
 impl Conn {
@@ -21,8 +24,16 @@ impl Conn {
     pub(crate) fn open() -> io::Result<Conn> {
         let path = softib::paths::socket();
         let fd = sys::connect_seqpacket(&path)?;
-        let c = Conn { fd, lock: Mutex::new(()) };
-        match c.call(&Req::Hello { version: proto::VERSION })?.0 {
+        let c = Conn {
+            fd,
+            lock: Mutex::new(()),
+        };
+        match c
+            .call(&Req::Hello {
+                version: proto::VERSION,
+            })?
+            .0
+        {
             Resp::Hello { version } if version == proto::VERSION => Ok(c),
             Resp::Hello { version } => Err(io::Error::other(format!(
                 "softib: the service at {} speaks protocol {version}, this library {}",
@@ -41,7 +52,10 @@ impl Conn {
         let (n, fd) = sys::recv_packet(self.fd.as_raw_fd(), &mut buf)?;
         drop(guard);
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::ConnectionReset, "softib: the service closed the device"));
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "softib: the service closed the device",
+            ));
         }
         let resp = proto::decode::<Resp>(&buf[..n]).ok_or_else(bad_answer)?;
         Ok((resp, fd))

@@ -94,19 +94,33 @@ export! {
 /// `ibv_get_sysfs_path`: `SYSFS_PATH` or /sys, as rdma-core.
 extern "C" fn get_sysfs_path() -> *const std::ffi::c_char {
     static PATH: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| std::ffi::CString::new(verbs::sysfs_path()).unwrap_or_default()).as_ptr()
+    PATH.get_or_init(|| std::ffi::CString::new(verbs::sysfs_path()).unwrap_or_default())
+        .as_ptr()
 }
 
 /// `ibv_read_sysfs_file(dir, file, buf, size)`: reads a file below a sysfs
 /// directory, without the trailing newline; -1 if it cannot.
-unsafe extern "C" fn read_sysfs_file(dir: *const std::ffi::c_char, file: *const std::ffi::c_char, buf: *mut std::ffi::c_char, size: usize) -> i32 {
+unsafe extern "C" fn read_sysfs_file(
+    dir: *const std::ffi::c_char,
+    file: *const std::ffi::c_char,
+    buf: *mut std::ffi::c_char,
+    size: usize,
+) -> i32 {
     if dir.is_null() || file.is_null() || buf.is_null() || size == 0 {
         return -1;
     }
     // SAFETY: C strings from the caller.
-    let (d, f) = unsafe { (std::ffi::CStr::from_ptr(dir), std::ffi::CStr::from_ptr(file)) };
-    let path = std::path::Path::new(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(d)).join(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(f));
-    let Ok(mut data) = std::fs::read(path) else { return -1 };
+    let (d, f) = unsafe {
+        (
+            std::ffi::CStr::from_ptr(dir),
+            std::ffi::CStr::from_ptr(file),
+        )
+    };
+    let path = std::path::Path::new(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(d))
+        .join(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(f));
+    let Ok(mut data) = std::fs::read(path) else {
+        return -1;
+    };
     data.truncate(size - 1);
     let n = data.len();
     // SAFETY: buf holds size bytes; we write n + 1 <= size.

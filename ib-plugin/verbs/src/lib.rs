@@ -20,7 +20,13 @@
 #![allow(clippy::missing_safety_doc)]
 
 mod ffi {
-    #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, unsafe_op_in_unsafe_fn)]
+    #![allow(
+        non_camel_case_types,
+        non_snake_case,
+        non_upper_case_globals,
+        dead_code,
+        unsafe_op_in_unsafe_fn
+    )]
     #![allow(clippy::all, clippy::undocumented_unsafe_blocks)]
     include!(concat!(env!("OUT_DIR"), "/verbs.rs"));
 }

@@ -116,11 +116,17 @@ const RATES: &[(c_int, c_int, c_int)] = &[
 ];
 
 pub extern "C" fn rate_to_mult(rate: c_int) -> c_int {
-    RATES.iter().find(|r| r.0 == rate && r.1 != 0).map_or(-1, |r| r.1)
+    RATES
+        .iter()
+        .find(|r| r.0 == rate && r.1 != 0)
+        .map_or(-1, |r| r.1)
 }
 
 pub extern "C" fn mult_to_ibv_rate(mult: c_int) -> c_int {
-    RATES.iter().find(|r| r.1 == mult && mult != 0).map_or(0, |r| r.0)
+    RATES
+        .iter()
+        .find(|r| r.1 == mult && mult != 0)
+        .map_or(0, |r| r.0)
 }
 
 pub extern "C" fn rate_to_mbps(rate: c_int) -> c_int {

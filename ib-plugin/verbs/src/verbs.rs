@@ -57,7 +57,10 @@ const _: () = {
 static LIVE: Mutex<Option<std::collections::HashSet<usize>>> = Mutex::new(None);
 
 fn live_add(p: *const c_void) {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Default::default).insert(p as usize);
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(Default::default)
+        .insert(p as usize);
 }
 
 fn live_remove(p: *const c_void) {
@@ -67,7 +70,10 @@ fn live_remove(p: *const c_void) {
 }
 
 fn is_live(p: u64) -> bool {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|s| s.contains(&(p as usize)))
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|s| s.contains(&(p as usize)))
 }
 
 // ---------------------------------------------------------------- devices
@@ -95,7 +101,10 @@ fn copy_cstr(dst: &mut [c_char], s: &str) {
 }
 
 pub(crate) fn sysfs_path() -> String {
-    std::env::var("SYSFS_PATH").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "/sys".into())
+    std::env::var("SYSFS_PATH")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/sys".into())
 }
 
 fn devices() -> Option<&'static [&'static Dev]> {
@@ -117,12 +126,26 @@ fn devices() -> Option<&'static [&'static Dev]> {
         .into_iter()
         .enumerate()
         .map(|(i, info)| {
-            let mut dev = ffi::ibv_device { node_type: ffi::IBV_NODE_CA, transport_type: ffi::IBV_TRANSPORT_IB, ..Default::default() };
+            let mut dev = ffi::ibv_device {
+                node_type: ffi::IBV_NODE_CA,
+                transport_type: ffi::IBV_TRANSPORT_IB,
+                ..Default::default()
+            };
             copy_cstr(&mut dev.name, &info.name);
             copy_cstr(&mut dev.dev_name, &format!("uverbs{i}"));
-            copy_cstr(&mut dev.dev_path, &format!("{sysfs}/class/infiniband_verbs/uverbs{i}"));
-            copy_cstr(&mut dev.ibdev_path, &format!("{sysfs}/class/infiniband/{}", info.name));
-            &*Box::leak(Box::new(Dev { dev, index: i as u32, info }))
+            copy_cstr(
+                &mut dev.dev_path,
+                &format!("{sysfs}/class/infiniband_verbs/uverbs{i}"),
+            );
+            copy_cstr(
+                &mut dev.ibdev_path,
+                &format!("{sysfs}/class/infiniband/{}", info.name),
+            );
+            &*Box::leak(Box::new(Dev {
+                dev,
+                index: i as u32,
+                info,
+            }))
         })
         .collect();
     Some(DEVICES.get_or_init(|| list))
@@ -136,7 +159,8 @@ pub(crate) unsafe fn dev_of(d: *mut ffi::ibv_device) -> Option<&'static Dev> {
 pub unsafe extern "C" fn get_device_list(num: *mut c_int) -> *mut *mut ffi::ibv_device {
     let list = devices().unwrap_or(&[]);
     // SAFETY: calloc'd array of n+1 pointers, freed by ibv_free_device_list.
-    let arr = unsafe { libc::calloc(list.len() + 1, size_of::<*mut ffi::ibv_device>()) } as *mut *mut ffi::ibv_device;
+    let arr = unsafe { libc::calloc(list.len() + 1, size_of::<*mut ffi::ibv_device>()) }
+        as *mut *mut ffi::ibv_device;
     if arr.is_null() {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
@@ -207,7 +231,15 @@ struct Posted {
     srq_recv: AtomicU64,
 }
 
-const OPCODE_NAMES: [&str; 7] = ["rdma_write", "rdma_write_imm", "send", "send_imm", "rdma_read", "cmp_swap", "fetch_add"];
+const OPCODE_NAMES: [&str; 7] = [
+    "rdma_write",
+    "rdma_write_imm",
+    "send",
+    "send_imm",
+    "rdma_read",
+    "cmp_swap",
+    "fetch_add",
+];
 
 impl Posted {
     fn report(&self, dev: &str) -> String {
@@ -215,7 +247,11 @@ impl Posted {
         for (name, n) in OPCODE_NAMES.iter().zip(&self.send) {
             s.push_str(&format!(" {name} {}", n.load(Ordering::Relaxed)));
         }
-        s.push_str(&format!(" recv {} srq_recv {}", self.recv.load(Ordering::Relaxed), self.srq_recv.load(Ordering::Relaxed)));
+        s.push_str(&format!(
+            " recv {} srq_recv {}",
+            self.recv.load(Ordering::Relaxed),
+            self.srq_recv.load(Ordering::Relaxed)
+        ));
         s
     }
 }
@@ -252,7 +288,10 @@ pub unsafe extern "C" fn open_device(d: *mut ffi::ibv_device) -> *mut ffi::ibv_c
             return ptr::null_mut();
         }
     };
-    let mut vctx = ffi::verbs_context { sz: size_of::<ffi::verbs_context>(), ..Default::default() };
+    let mut vctx = ffi::verbs_context {
+        sz: size_of::<ffi::verbs_context>(),
+        ..Default::default()
+    };
     vctx.query_port = Some(query_port_ex);
     vctx.query_device_ex = Some(query_device_ex);
     vctx.create_qp_ex = Some(create_qp_ex);
@@ -267,10 +306,20 @@ pub unsafe extern "C" fn open_device(d: *mut ffi::ibv_device) -> *mut ffi::ibv_c
     c.ops.post_send = Some(post_send);
     c.ops.post_recv = Some(post_recv);
     c.ops.post_srq_recv = Some(post_srq_recv);
-    let b = Box::into_raw(Box::new(Ctx { vctx, conn, dev, info, async_fd, posted: Posted::default() }));
+    let b = Box::into_raw(Box::new(Ctx {
+        vctx,
+        conn,
+        dev,
+        info,
+        async_fd,
+        posted: Posted::default(),
+    }));
     // SAFETY: b is a live, exclusively owned allocation.
     unsafe {
-        libc::pthread_mutex_init(ptr::addr_of_mut!((*b).vctx.context.mutex).cast(), ptr::null());
+        libc::pthread_mutex_init(
+            ptr::addr_of_mut!((*b).vctx.context.mutex).cast(),
+            ptr::null(),
+        );
         ptr::addr_of_mut!((*b).vctx.context)
     }
 }
@@ -300,7 +349,9 @@ fn device_attr(info: &proto::DevInfo) -> ffi::ibv_device_attr {
     a.hw_ver = 1;
     a.max_qp = 65536;
     a.max_qp_wr = 16384;
-    a.device_cap_flags = ffi::IBV_DEVICE_RC_RNR_NAK_GEN | ffi::IBV_DEVICE_PORT_ACTIVE_EVENT | ffi::IBV_DEVICE_SYS_IMAGE_GUID;
+    a.device_cap_flags = ffi::IBV_DEVICE_RC_RNR_NAK_GEN
+        | ffi::IBV_DEVICE_PORT_ACTIVE_EVENT
+        | ffi::IBV_DEVICE_SYS_IMAGE_GUID;
     a.max_sge = 32;
     a.max_sge_rd = 32;
     a.max_cq = 65536;
@@ -321,7 +372,10 @@ fn device_attr(info: &proto::DevInfo) -> ffi::ibv_device_attr {
     a
 }
 
-pub unsafe extern "C" fn query_device(c: *mut ffi::ibv_context, attr: *mut ffi::ibv_device_attr) -> c_int {
+pub unsafe extern "C" fn query_device(
+    c: *mut ffi::ibv_context,
+    attr: *mut ffi::ibv_device_attr,
+) -> c_int {
     if c.is_null() || attr.is_null() {
         return libc::EINVAL;
     }
@@ -339,13 +393,20 @@ unsafe extern "C" fn query_device_ex(
     if c.is_null() || attr.is_null() || size < size_of::<ffi::ibv_device_attr>() {
         return libc::EINVAL;
     }
-    // SAFETY: c is our context.
-    let ex = ffi::ibv_device_attr_ex { orig_attr: device_attr(&unsafe { ctx(c) }.info), ..Default::default() };
+    let ex = ffi::ibv_device_attr_ex {
+        // SAFETY: c is our context.
+        orig_attr: device_attr(&unsafe { ctx(c) }.info),
+        ..Default::default()
+    };
     let n = size.min(size_of::<ffi::ibv_device_attr_ex>());
     // SAFETY: the caller's buffer holds `size` bytes; we copy at most that.
     unsafe {
         ptr::write_bytes(attr.cast::<u8>(), 0, size);
-        ptr::copy_nonoverlapping((&ex as *const ffi::ibv_device_attr_ex).cast::<u8>(), attr.cast::<u8>(), n);
+        ptr::copy_nonoverlapping(
+            (&ex as *const ffi::ibv_device_attr_ex).cast::<u8>(),
+            attr.cast::<u8>(),
+            n,
+        );
     }
     0
 }
@@ -372,7 +433,12 @@ fn port_attr(info: &proto::DevInfo) -> ffi::ibv_port_attr {
     }
 }
 
-unsafe extern "C" fn query_port_ex(c: *mut ffi::ibv_context, port: u8, attr: *mut ffi::ibv_port_attr, size: usize) -> c_int {
+unsafe extern "C" fn query_port_ex(
+    c: *mut ffi::ibv_context,
+    port: u8,
+    attr: *mut ffi::ibv_port_attr,
+    size: usize,
+) -> c_int {
     if c.is_null() || attr.is_null() {
         return libc::EINVAL;
     }
@@ -383,7 +449,13 @@ unsafe extern "C" fn query_port_ex(c: *mut ffi::ibv_context, port: u8, attr: *mu
     let a = port_attr(&unsafe { ctx(c) }.info);
     let n = size.min(size_of::<ffi::ibv_port_attr>());
     // SAFETY: the caller's buffer holds `size` bytes; we copy at most that.
-    unsafe { ptr::copy_nonoverlapping((&a as *const ffi::ibv_port_attr).cast::<u8>(), attr.cast::<u8>(), n) };
+    unsafe {
+        ptr::copy_nonoverlapping(
+            (&a as *const ffi::ibv_port_attr).cast::<u8>(),
+            attr.cast::<u8>(),
+            n,
+        )
+    };
     0
 }
 
@@ -391,12 +463,28 @@ unsafe extern "C" fn query_port_ex(c: *mut ffi::ibv_context, port: u8, attr: *mu
 /// call the symbol rather than the header's inline wrapper. Its struct
 /// (private to rdma-core, only declared in the header) is `ibv_port_attr`
 /// up to `link_layer`; newer fields are not written.
-pub unsafe extern "C" fn query_port(c: *mut ffi::ibv_context, port: u8, attr: *mut ffi::_compat_ibv_port_attr) -> c_int {
+pub unsafe extern "C" fn query_port(
+    c: *mut ffi::ibv_context,
+    port: u8,
+    attr: *mut ffi::_compat_ibv_port_attr,
+) -> c_int {
     // SAFETY: forwards the caller's pointers with the compat struct's size.
-    unsafe { query_port_ex(c, port, attr.cast(), offset_of!(ffi::ibv_port_attr, link_layer) + 1) }
+    unsafe {
+        query_port_ex(
+            c,
+            port,
+            attr.cast(),
+            offset_of!(ffi::ibv_port_attr, link_layer) + 1,
+        )
+    }
 }
 
-pub unsafe extern "C" fn query_gid(c: *mut ffi::ibv_context, port: u8, index: c_int, gid: *mut ffi::ibv_gid) -> c_int {
+pub unsafe extern "C" fn query_gid(
+    c: *mut ffi::ibv_context,
+    port: u8,
+    index: c_int,
+    gid: *mut ffi::ibv_gid,
+) -> c_int {
     if c.is_null() || gid.is_null() || port != 1 || index != 0 {
         set_errno(libc::EINVAL);
         return -1;
@@ -422,7 +510,12 @@ pub unsafe extern "C" fn query_gid_ex(
     }
     // SAFETY: c is our context; entry the caller's buffer.
     unsafe {
-        let mut e = ffi::ibv_gid_entry { gid_index: 0, port_num: 1, gid_type: ffi::IBV_GID_TYPE_IB, ..Default::default() };
+        let mut e = ffi::ibv_gid_entry {
+            gid_index: 0,
+            port_num: 1,
+            gid_type: ffi::IBV_GID_TYPE_IB,
+            ..Default::default()
+        };
         e.gid.raw = ctx(c).info.gid;
         *entry = e;
     }
@@ -446,7 +539,12 @@ pub unsafe extern "C" fn query_gid_table(
     }
 }
 
-pub unsafe extern "C" fn query_gid_type(_c: *mut ffi::ibv_context, port: u8, index: c_uint, ty: *mut c_uint) -> c_int {
+pub unsafe extern "C" fn query_gid_type(
+    _c: *mut ffi::ibv_context,
+    port: u8,
+    index: c_uint,
+    ty: *mut c_uint,
+) -> c_int {
     if port != 1 || index != 0 || ty.is_null() {
         set_errno(libc::EINVAL);
         return -1;
@@ -456,7 +554,12 @@ pub unsafe extern "C" fn query_gid_type(_c: *mut ffi::ibv_context, port: u8, ind
     0
 }
 
-pub unsafe extern "C" fn query_pkey(_c: *mut ffi::ibv_context, port: u8, index: c_int, pkey: *mut u16) -> c_int {
+pub unsafe extern "C" fn query_pkey(
+    _c: *mut ffi::ibv_context,
+    port: u8,
+    index: c_int,
+    pkey: *mut u16,
+) -> c_int {
     if port != 1 || index != 0 || pkey.is_null() {
         set_errno(libc::EINVAL);
         return -1;
@@ -489,7 +592,13 @@ pub unsafe extern "C" fn alloc_pd(c: *mut ffi::ibv_context) -> *mut ffi::ibv_pd 
     // SAFETY: c is our context.
     let cx = unsafe { ctx(c) };
     match cx.conn.call(&Req::AllocPd) {
-        Ok((Resp::Handle(h), _)) => Box::into_raw(Box::new(Pd { pd: ffi::ibv_pd { context: c, handle: h } })).cast(),
+        Ok((Resp::Handle(h), _)) => Box::into_raw(Box::new(Pd {
+            pd: ffi::ibv_pd {
+                context: c,
+                handle: h,
+            },
+        }))
+        .cast(),
         r => fail_null(r),
     }
 }
@@ -508,7 +617,12 @@ pub unsafe extern "C" fn dealloc_pd(pd: *mut ffi::ibv_pd) -> c_int {
         return libc::EINVAL;
     }
     // SAFETY: pd is one of ours.
-    let rc = unsafe { ctx((*pd).context) }.conn.call_status(&Req::DeallocPd { pd: unsafe { (*pd).handle } });
+    let rc = unsafe { ctx((*pd).context) }
+        .conn
+        .call_status(&Req::DeallocPd {
+            // SAFETY: pd is one of ours.
+            pd: unsafe { (*pd).handle },
+        });
     if rc == 0 {
         // SAFETY: allocated as a Pd in alloc_pd.
         drop(unsafe { Box::from_raw(pd as *mut Pd) });
@@ -521,7 +635,13 @@ struct Mr {
     mr: ffi::ibv_mr,
 }
 
-pub unsafe extern "C" fn reg_mr_iova2(pd: *mut ffi::ibv_pd, addr: *mut c_void, len: usize, iova: u64, access: c_uint) -> *mut ffi::ibv_mr {
+pub unsafe extern "C" fn reg_mr_iova2(
+    pd: *mut ffi::ibv_pd,
+    addr: *mut c_void,
+    len: usize,
+    iova: u64,
+    access: c_uint,
+) -> *mut ffi::ibv_mr {
     if pd.is_null() {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
@@ -533,22 +653,47 @@ pub unsafe extern "C" fn reg_mr_iova2(pd: *mut ffi::ibv_pd, addr: *mut c_void, l
     // Optional-range bits (rdma-core's hints) and zero-based, relaxed
     // ordering and the like change nothing for this device.
     let access = access & 0xf;
-    let req = Req::RegMr { pd: h, addr: addr as u64, len: len as u64, iova, access };
+    let req = Req::RegMr {
+        pd: h,
+        addr: addr as u64,
+        len: len as u64,
+        iova,
+        access,
+    };
     match cx.conn.call(&req) {
         Ok((Resp::Mr { handle, lkey, rkey }, _)) => {
-            let mr = ffi::ibv_mr { context: c, pd, addr, length: len, handle, lkey, rkey };
+            let mr = ffi::ibv_mr {
+                context: c,
+                pd,
+                addr,
+                length: len,
+                handle,
+                lkey,
+                rkey,
+            };
             Box::into_raw(Box::new(Mr { mr })).cast()
         }
         r => fail_null(r),
     }
 }
 
-pub unsafe extern "C" fn reg_mr(pd: *mut ffi::ibv_pd, addr: *mut c_void, len: usize, access: c_int) -> *mut ffi::ibv_mr {
+pub unsafe extern "C" fn reg_mr(
+    pd: *mut ffi::ibv_pd,
+    addr: *mut c_void,
+    len: usize,
+    access: c_int,
+) -> *mut ffi::ibv_mr {
     // SAFETY: forwards the caller's arguments.
     unsafe { reg_mr_iova2(pd, addr, len, addr as u64, access as c_uint) }
 }
 
-pub unsafe extern "C" fn reg_mr_iova(pd: *mut ffi::ibv_pd, addr: *mut c_void, len: usize, iova: u64, access: c_int) -> *mut ffi::ibv_mr {
+pub unsafe extern "C" fn reg_mr_iova(
+    pd: *mut ffi::ibv_pd,
+    addr: *mut c_void,
+    len: usize,
+    iova: u64,
+    access: c_int,
+) -> *mut ffi::ibv_mr {
     // SAFETY: forwards the caller's arguments.
     unsafe { reg_mr_iova2(pd, addr, len, iova, access as c_uint) }
 }
@@ -558,7 +703,12 @@ pub unsafe extern "C" fn dereg_mr(mr: *mut ffi::ibv_mr) -> c_int {
         return libc::EINVAL;
     }
     // SAFETY: mr is one of ours.
-    let rc = unsafe { ctx((*mr).context) }.conn.call_status(&Req::DeregMr { mr: unsafe { (*mr).handle } });
+    let rc = unsafe { ctx((*mr).context) }
+        .conn
+        .call_status(&Req::DeregMr {
+            // SAFETY: mr is one of ours.
+            mr: unsafe { (*mr).handle },
+        });
     if rc == 0 {
         // SAFETY: allocated as an Mr in reg_mr_iova2.
         drop(unsafe { Box::from_raw(mr as *mut Mr) });
@@ -575,7 +725,9 @@ struct Channel {
     handle: u32,
 }
 
-pub unsafe extern "C" fn create_comp_channel(c: *mut ffi::ibv_context) -> *mut ffi::ibv_comp_channel {
+pub unsafe extern "C" fn create_comp_channel(
+    c: *mut ffi::ibv_context,
+) -> *mut ffi::ibv_comp_channel {
     if c.is_null() {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
@@ -583,7 +735,11 @@ pub unsafe extern "C" fn create_comp_channel(c: *mut ffi::ibv_context) -> *mut f
     // SAFETY: c is our context.
     match unsafe { ctx(c) }.conn.call(&Req::CreateChannel) {
         Ok((Resp::Channel { handle }, Some(fd))) => {
-            let ch = ffi::ibv_comp_channel { context: c, fd: fd.as_raw_fd(), refcnt: 0 };
+            let ch = ffi::ibv_comp_channel {
+                context: c,
+                fd: fd.as_raw_fd(),
+                refcnt: 0,
+            };
             Box::into_raw(Box::new(Channel { ch, fd, handle })).cast()
         }
         r => fail_null(r),
@@ -596,7 +752,11 @@ pub unsafe extern "C" fn destroy_comp_channel(ch: *mut ffi::ibv_comp_channel) ->
     }
     let chan = ch as *mut Channel;
     // SAFETY: ch is one of ours.
-    let rc = unsafe { ctx((*ch).context).conn.call_status(&Req::DestroyChannel { channel: (*chan).handle }) };
+    let rc = unsafe {
+        ctx((*ch).context).conn.call_status(&Req::DestroyChannel {
+            channel: (*chan).handle,
+        })
+    };
     if rc == 0 {
         // SAFETY: allocated as a Channel in create_comp_channel.
         drop(unsafe { Box::from_raw(chan) });
@@ -628,14 +788,27 @@ pub unsafe extern "C" fn create_cq(
     // SAFETY: c is our context.
     let cx = unsafe { ctx(c) };
     let cq = Box::into_raw(Box::new(Cq {
-        cq: ffi::ibv_cq { context: c, channel, cq_context, ..Default::default() },
+        cq: ffi::ibv_cq {
+            context: c,
+            channel,
+            cq_context,
+            ..Default::default()
+        },
         ring: None,
         poll: Mutex::new(()),
         events: AtomicU32::new(0),
     }));
-    // SAFETY: channel, if given, is one of ours.
-    let ch = if channel.is_null() { None } else { Some(unsafe { (*(channel as *mut Channel)).handle }) };
-    let r = cx.conn.call(&Req::CreateCq { cqe: cqe.max(1) as u32, channel: ch, cookie: cq as u64 });
+    let ch = if channel.is_null() {
+        None
+    } else {
+        // SAFETY: channel, if given, is one of ours.
+        Some(unsafe { (*(channel as *mut Channel)).handle })
+    };
+    let r = cx.conn.call(&Req::CreateCq {
+        cqe: cqe.max(1) as u32,
+        channel: ch,
+        cookie: cq as u64,
+    });
     match r {
         Ok((Resp::Cq { handle, cqe }, Some(fd))) => match Ring::map(fd.as_raw_fd(), cqe, false) {
             Ok(ring) => {
@@ -685,7 +858,11 @@ pub unsafe extern "C" fn destroy_cq(cq: *mut ffi::ibv_cq) -> c_int {
         libc::pthread_mutex_unlock(m);
     }
     // SAFETY: as above.
-    let rc = unsafe { ctx((*cq).context).conn.call_status(&Req::DestroyCq { cq: (*cq).handle }) };
+    let rc = unsafe {
+        ctx((*cq).context)
+            .conn
+            .call_status(&Req::DestroyCq { cq: (*cq).handle })
+    };
     if rc == 0 {
         live_remove(cq.cast());
         // SAFETY: allocated as a Cq in create_cq; the program gives it up.
@@ -735,7 +912,12 @@ unsafe extern "C" fn req_notify_cq(cq: *mut ffi::ibv_cq, solicited_only: c_int) 
         return libc::EINVAL;
     }
     // SAFETY: cq is one of ours.
-    unsafe { ctx((*cq).context).conn.post(&Req::ReqNotify { cq: (*cq).handle, solicited_only: solicited_only != 0 }) }
+    unsafe {
+        ctx((*cq).context).conn.post(&Req::ReqNotify {
+            cq: (*cq).handle,
+            solicited_only: solicited_only != 0,
+        })
+    }
 }
 
 fn read_record(fd: c_int, buf: &mut [u8]) -> bool {
@@ -755,7 +937,11 @@ fn read_record(fd: c_int, buf: &mut [u8]) -> bool {
     }
 }
 
-pub unsafe extern "C" fn get_cq_event(ch: *mut ffi::ibv_comp_channel, cq: *mut *mut ffi::ibv_cq, cq_context: *mut *mut c_void) -> c_int {
+pub unsafe extern "C" fn get_cq_event(
+    ch: *mut ffi::ibv_comp_channel,
+    cq: *mut *mut ffi::ibv_cq,
+    cq_context: *mut *mut c_void,
+) -> c_int {
     if ch.is_null() || cq.is_null() || cq_context.is_null() {
         set_errno(libc::EINVAL);
         return -1;
@@ -794,7 +980,10 @@ pub unsafe extern "C" fn ack_cq_events(cq: *mut ffi::ibv_cq, n: c_uint) {
     }
 }
 
-pub unsafe extern "C" fn get_async_event(c: *mut ffi::ibv_context, ev: *mut ffi::ibv_async_event) -> c_int {
+pub unsafe extern "C" fn get_async_event(
+    c: *mut ffi::ibv_context,
+    ev: *mut ffi::ibv_async_event,
+) -> c_int {
     if c.is_null() || ev.is_null() {
         set_errno(libc::EINVAL);
         return -1;
@@ -806,18 +995,37 @@ pub unsafe extern "C" fn get_async_event(c: *mut ffi::ibv_context, ev: *mut ffi:
             return -1;
         }
         let ty = u32::from_ne_bytes([rec[0], rec[1], rec[2], rec[3]]);
-        let cookie = u64::from_ne_bytes([rec[8], rec[9], rec[10], rec[11], rec[12], rec[13], rec[14], rec[15]]);
-        let port_event = matches!(ty, ffi::IBV_EVENT_PORT_ACTIVE..=ffi::IBV_EVENT_SM_CHANGE | ffi::IBV_EVENT_DEVICE_FATAL | ffi::IBV_EVENT_CLIENT_REREGISTER | ffi::IBV_EVENT_GID_CHANGE);
+        let cookie = u64::from_ne_bytes([
+            rec[8], rec[9], rec[10], rec[11], rec[12], rec[13], rec[14], rec[15],
+        ]);
+        let port_event = matches!(
+            ty,
+            ffi::IBV_EVENT_PORT_ACTIVE
+                ..=ffi::IBV_EVENT_SM_CHANGE
+                    | ffi::IBV_EVENT_DEVICE_FATAL
+                    | ffi::IBV_EVENT_CLIENT_REREGISTER
+                    | ffi::IBV_EVENT_GID_CHANGE
+        );
         if port_event || is_live(cookie) {
             break (ty, cookie);
         }
     };
-    let mut e = ffi::ibv_async_event { event_type: ty, ..Default::default() };
+    let mut e = ffi::ibv_async_event {
+        event_type: ty,
+        ..Default::default()
+    };
     match ty {
         ffi::IBV_EVENT_CQ_ERR => e.element.cq = cookie as *mut ffi::ibv_cq,
-        ffi::IBV_EVENT_SRQ_ERR | ffi::IBV_EVENT_SRQ_LIMIT_REACHED => e.element.srq = cookie as *mut ffi::ibv_srq,
-        ffi::IBV_EVENT_PORT_ACTIVE | ffi::IBV_EVENT_PORT_ERR | ffi::IBV_EVENT_LID_CHANGE | ffi::IBV_EVENT_PKEY_CHANGE
-        | ffi::IBV_EVENT_SM_CHANGE | ffi::IBV_EVENT_CLIENT_REREGISTER | ffi::IBV_EVENT_GID_CHANGE => e.element.port_num = cookie as c_int,
+        ffi::IBV_EVENT_SRQ_ERR | ffi::IBV_EVENT_SRQ_LIMIT_REACHED => {
+            e.element.srq = cookie as *mut ffi::ibv_srq
+        }
+        ffi::IBV_EVENT_PORT_ACTIVE
+        | ffi::IBV_EVENT_PORT_ERR
+        | ffi::IBV_EVENT_LID_CHANGE
+        | ffi::IBV_EVENT_PKEY_CHANGE
+        | ffi::IBV_EVENT_SM_CHANGE
+        | ffi::IBV_EVENT_CLIENT_REREGISTER
+        | ffi::IBV_EVENT_GID_CHANGE => e.element.port_num = cookie as c_int,
         ffi::IBV_EVENT_DEVICE_FATAL => {}
         _ => e.element.qp = cookie as *mut ffi::ibv_qp,
     }
@@ -871,18 +1079,49 @@ struct Srq {
     max_sge: u32,
 }
 
-pub unsafe extern "C" fn create_srq(pd: *mut ffi::ibv_pd, init: *mut ffi::ibv_srq_init_attr) -> *mut ffi::ibv_srq {
+pub unsafe extern "C" fn create_srq(
+    pd: *mut ffi::ibv_pd,
+    init: *mut ffi::ibv_srq_init_attr,
+) -> *mut ffi::ibv_srq {
     if pd.is_null() || init.is_null() {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
     }
     // SAFETY: pd is ours; init is the caller's.
-    let (c, pdh, a, sctx) = unsafe { ((*pd).context, (*pd).handle, (*init).attr, (*init).srq_context) };
-    let s = Box::into_raw(Box::new(Srq { srq: ffi::ibv_srq { context: c, srq_context: sctx, pd, ..Default::default() }, max_sge: 0 }));
-    let req = Req::CreateSrq { pd: pdh, max_wr: a.max_wr, max_sge: a.max_sge, limit: a.srq_limit, cookie: s as u64 };
+    let (c, pdh, a, sctx) = unsafe {
+        (
+            (*pd).context,
+            (*pd).handle,
+            (*init).attr,
+            (*init).srq_context,
+        )
+    };
+    let s = Box::into_raw(Box::new(Srq {
+        srq: ffi::ibv_srq {
+            context: c,
+            srq_context: sctx,
+            pd,
+            ..Default::default()
+        },
+        max_sge: 0,
+    }));
+    let req = Req::CreateSrq {
+        pd: pdh,
+        max_wr: a.max_wr,
+        max_sge: a.max_sge,
+        limit: a.srq_limit,
+        cookie: s as u64,
+    };
     // SAFETY: c is our context.
     match unsafe { ctx(c) }.conn.call(&req) {
-        Ok((Resp::Srq { handle, max_wr, max_sge }, _)) => {
+        Ok((
+            Resp::Srq {
+                handle,
+                max_wr,
+                max_sge,
+            },
+            _,
+        )) => {
             // SAFETY: s is our fresh allocation; init the caller's.
             unsafe {
                 (*s).srq.handle = handle;
@@ -903,13 +1142,22 @@ pub unsafe extern "C" fn create_srq(pd: *mut ffi::ibv_pd, init: *mut ffi::ibv_sr
     }
 }
 
-pub unsafe extern "C" fn modify_srq(srq: *mut ffi::ibv_srq, attr: *mut ffi::ibv_srq_attr, mask: c_int) -> c_int {
+pub unsafe extern "C" fn modify_srq(
+    srq: *mut ffi::ibv_srq,
+    attr: *mut ffi::ibv_srq_attr,
+    mask: c_int,
+) -> c_int {
     if srq.is_null() || attr.is_null() {
         return libc::EINVAL;
     }
     // SAFETY: srq is ours; attr the caller's.
     unsafe {
-        let req = Req::ModifySrq { srq: (*srq).handle, mask: mask as u32, max_wr: (*attr).max_wr, limit: (*attr).srq_limit };
+        let req = Req::ModifySrq {
+            srq: (*srq).handle,
+            mask: mask as u32,
+            max_wr: (*attr).max_wr,
+            limit: (*attr).srq_limit,
+        };
         ctx((*srq).context).conn.call_status(&req)
     }
 }
@@ -920,9 +1168,23 @@ pub unsafe extern "C" fn query_srq(srq: *mut ffi::ibv_srq, attr: *mut ffi::ibv_s
     }
     // SAFETY: srq is ours; attr the caller's.
     unsafe {
-        match ctx((*srq).context).conn.call(&Req::QuerySrq { srq: (*srq).handle }) {
-            Ok((Resp::SrqAttr { max_wr, max_sge, limit }, _)) => {
-                *attr = ffi::ibv_srq_attr { max_wr, max_sge, srq_limit: limit };
+        match ctx((*srq).context)
+            .conn
+            .call(&Req::QuerySrq { srq: (*srq).handle })
+        {
+            Ok((
+                Resp::SrqAttr {
+                    max_wr,
+                    max_sge,
+                    limit,
+                },
+                _,
+            )) => {
+                *attr = ffi::ibv_srq_attr {
+                    max_wr,
+                    max_sge,
+                    srq_limit: limit,
+                };
                 0
             }
             Ok((Resp::Err(e), _)) => e,
@@ -936,7 +1198,11 @@ pub unsafe extern "C" fn destroy_srq(srq: *mut ffi::ibv_srq) -> c_int {
         return libc::EINVAL;
     }
     // SAFETY: srq is ours.
-    let rc = unsafe { ctx((*srq).context).conn.call_status(&Req::DestroySrq { srq: (*srq).handle }) };
+    let rc = unsafe {
+        ctx((*srq).context)
+            .conn
+            .call_status(&Req::DestroySrq { srq: (*srq).handle })
+    };
     if rc == 0 {
         live_remove(srq.cast());
         // SAFETY: allocated as a Srq in create_srq.
@@ -945,7 +1211,11 @@ pub unsafe extern "C" fn destroy_srq(srq: *mut ffi::ibv_srq) -> c_int {
     rc
 }
 
-unsafe fn recv_list(mut wr: *mut ffi::ibv_recv_wr, max_sge: u32, bad: *mut *mut ffi::ibv_recv_wr) -> Result<Vec<proto::RecvWr>, c_int> {
+unsafe fn recv_list(
+    mut wr: *mut ffi::ibv_recv_wr,
+    max_sge: u32,
+    bad: *mut *mut ffi::ibv_recv_wr,
+) -> Result<Vec<proto::RecvWr>, c_int> {
     let mut out = Vec::new();
     while !wr.is_null() {
         // SAFETY: wr is an element of the caller's list.
@@ -972,11 +1242,19 @@ unsafe fn sges(list: *const ffi::ibv_sge, n: c_int) -> Vec<Sge> {
     // SAFETY: the caller promises list holds n entries.
     unsafe { std::slice::from_raw_parts(list, n as usize) }
         .iter()
-        .map(|s| Sge { addr: s.addr, length: s.length, lkey: s.lkey })
+        .map(|s| Sge {
+            addr: s.addr,
+            length: s.length,
+            lkey: s.lkey,
+        })
         .collect()
 }
 
-unsafe extern "C" fn post_srq_recv(srq: *mut ffi::ibv_srq, wr: *mut ffi::ibv_recv_wr, bad: *mut *mut ffi::ibv_recv_wr) -> c_int {
+unsafe extern "C" fn post_srq_recv(
+    srq: *mut ffi::ibv_srq,
+    wr: *mut ffi::ibv_recv_wr,
+    bad: *mut *mut ffi::ibv_recv_wr,
+) -> c_int {
     if srq.is_null() {
         return libc::EINVAL;
     }
@@ -988,8 +1266,13 @@ unsafe extern "C" fn post_srq_recv(srq: *mut ffi::ibv_srq, wr: *mut ffi::ibv_rec
         Ok(wrs) => {
             // SAFETY: srq's context is ours.
             let cx = unsafe { ctx(s.srq.context) };
-            cx.posted.srq_recv.fetch_add(wrs.len() as u64, Ordering::Relaxed);
-            post_chunked(cx, wrs, |wrs| Req::PostSrqRecv { srq: s.srq.handle, wrs })
+            cx.posted
+                .srq_recv
+                .fetch_add(wrs.len() as u64, Ordering::Relaxed);
+            post_chunked(cx, wrs, |wrs| Req::PostSrqRecv {
+                srq: s.srq.handle,
+                wrs,
+            })
         }
         Err(e) => e,
     }
@@ -1066,16 +1349,29 @@ fn cap_from_proto(c: &QpCap) -> ffi::ibv_qp_cap {
     }
 }
 
-unsafe fn create_qp_common(pd: *mut ffi::ibv_pd, a: &mut ffi::ibv_qp_init_attr_ex) -> *mut ffi::ibv_qp {
-    if pd.is_null() || a.send_cq.is_null() || (a.recv_cq.is_null() && a.qp_type != ffi::IBV_QPT_UD && a.srq.is_null()) {
+unsafe fn create_qp_common(
+    pd: *mut ffi::ibv_pd,
+    a: &mut ffi::ibv_qp_init_attr_ex,
+) -> *mut ffi::ibv_qp {
+    if pd.is_null()
+        || a.send_cq.is_null()
+        || (a.recv_cq.is_null() && a.qp_type != ffi::IBV_QPT_UD && a.srq.is_null())
+    {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
     }
-    if !matches!(a.qp_type, ffi::IBV_QPT_RC | ffi::IBV_QPT_UC | ffi::IBV_QPT_UD) {
+    if !matches!(
+        a.qp_type,
+        ffi::IBV_QPT_RC | ffi::IBV_QPT_UC | ffi::IBV_QPT_UD
+    ) {
         set_errno(libc::EOPNOTSUPP);
         return ptr::null_mut();
     }
-    let recv_cq = if a.recv_cq.is_null() { a.send_cq } else { a.recv_cq };
+    let recv_cq = if a.recv_cq.is_null() {
+        a.send_cq
+    } else {
+        a.recv_cq
+    };
     // SAFETY: pd and the CQs/SRQ are ours.
     let (c, pdh, scq, rcq, srq) = unsafe {
         (
@@ -1083,7 +1379,11 @@ unsafe fn create_qp_common(pd: *mut ffi::ibv_pd, a: &mut ffi::ibv_qp_init_attr_e
             (*pd).handle,
             (*a.send_cq).handle,
             (*recv_cq).handle,
-            if a.srq.is_null() { None } else { Some((*a.srq).handle) },
+            if a.srq.is_null() {
+                None
+            } else {
+                Some((*a.srq).handle)
+            },
         )
     };
     let q = Box::into_raw(Box::new(Qp {
@@ -1134,7 +1434,10 @@ unsafe fn create_qp_common(pd: *mut ffi::ibv_pd, a: &mut ffi::ibv_qp_init_attr_e
     }
 }
 
-pub unsafe extern "C" fn create_qp(pd: *mut ffi::ibv_pd, init: *mut ffi::ibv_qp_init_attr) -> *mut ffi::ibv_qp {
+pub unsafe extern "C" fn create_qp(
+    pd: *mut ffi::ibv_pd,
+    init: *mut ffi::ibv_qp_init_attr,
+) -> *mut ffi::ibv_qp {
     if init.is_null() {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
@@ -1161,14 +1464,19 @@ pub unsafe extern "C" fn create_qp(pd: *mut ffi::ibv_pd, init: *mut ffi::ibv_qp_
     q
 }
 
-unsafe extern "C" fn create_qp_ex(_c: *mut ffi::ibv_context, a: *mut ffi::ibv_qp_init_attr_ex) -> *mut ffi::ibv_qp {
+unsafe extern "C" fn create_qp_ex(
+    _c: *mut ffi::ibv_context,
+    a: *mut ffi::ibv_qp_init_attr_ex,
+) -> *mut ffi::ibv_qp {
     if a.is_null() {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
     }
     // SAFETY: the caller's attributes.
     let a = unsafe { &mut *a };
-    let known = ffi::IBV_QP_INIT_ATTR_PD | ffi::IBV_QP_INIT_ATTR_CREATE_FLAGS | ffi::IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
+    let known = ffi::IBV_QP_INIT_ATTR_PD
+        | ffi::IBV_QP_INIT_ATTR_CREATE_FLAGS
+        | ffi::IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
     if a.comp_mask & ffi::IBV_QP_INIT_ATTR_PD == 0
         || a.comp_mask & !known != 0
         || (a.comp_mask & ffi::IBV_QP_INIT_ATTR_CREATE_FLAGS != 0 && a.create_flags != 0)
@@ -1216,7 +1524,11 @@ fn ah_from_proto(a: &AhAttr) -> ffi::ibv_ah_attr {
     }
 }
 
-pub unsafe extern "C" fn modify_qp(qp: *mut ffi::ibv_qp, attr: *mut ffi::ibv_qp_attr, mask: c_int) -> c_int {
+pub unsafe extern "C" fn modify_qp(
+    qp: *mut ffi::ibv_qp,
+    attr: *mut ffi::ibv_qp_attr,
+    mask: c_int,
+) -> c_int {
     if qp.is_null() || attr.is_null() {
         return libc::EINVAL;
     }
@@ -1244,7 +1556,13 @@ pub unsafe extern "C" fn modify_qp(qp: *mut ffi::ibv_qp, attr: *mut ffi::ibv_qp_
         rnr_retry: a.rnr_retry,
     };
     // SAFETY: qp is ours.
-    let rc = unsafe { ctx((*qp).context).conn.call_status(&Req::ModifyQp { qpn: (*qp).qp_num, attr: pa, mask: mask as u32 }) };
+    let rc = unsafe {
+        ctx((*qp).context).conn.call_status(&Req::ModifyQp {
+            qpn: (*qp).qp_num,
+            attr: pa,
+            mask: mask as u32,
+        })
+    };
     if rc == 0 && mask as u32 & ffi::IBV_QP_STATE != 0 {
         // SAFETY: qp is ours.
         unsafe { (*qp).state = a.qp_state };
@@ -1252,14 +1570,30 @@ pub unsafe extern "C" fn modify_qp(qp: *mut ffi::ibv_qp, attr: *mut ffi::ibv_qp_
     rc
 }
 
-pub unsafe extern "C" fn query_qp(qp: *mut ffi::ibv_qp, attr: *mut ffi::ibv_qp_attr, _mask: c_int, init: *mut ffi::ibv_qp_init_attr) -> c_int {
+pub unsafe extern "C" fn query_qp(
+    qp: *mut ffi::ibv_qp,
+    attr: *mut ffi::ibv_qp_attr,
+    _mask: c_int,
+    init: *mut ffi::ibv_qp_init_attr,
+) -> c_int {
     if qp.is_null() || attr.is_null() {
         return libc::EINVAL;
     }
     // SAFETY: qp is ours.
-    let r = unsafe { ctx((*qp).context).conn.call(&Req::QueryQp { qpn: (*qp).qp_num }) };
+    let r = unsafe {
+        ctx((*qp).context)
+            .conn
+            .call(&Req::QueryQp { qpn: (*qp).qp_num })
+    };
     match r {
-        Ok((Resp::QpAttr { attr: p, cap, sq_sig_all }, _)) => {
+        Ok((
+            Resp::QpAttr {
+                attr: p,
+                cap,
+                sq_sig_all,
+            },
+            _,
+        )) => {
             let a = ffi::ibv_qp_attr {
                 qp_state: p.qp_state,
                 cur_qp_state: p.qp_state,
@@ -1310,7 +1644,11 @@ pub unsafe extern "C" fn destroy_qp(qp: *mut ffi::ibv_qp) -> c_int {
         return libc::EINVAL;
     }
     // SAFETY: qp is ours.
-    let rc = unsafe { ctx((*qp).context).conn.call_status(&Req::DestroyQp { qpn: (*qp).qp_num }) };
+    let rc = unsafe {
+        ctx((*qp).context)
+            .conn
+            .call_status(&Req::DestroyQp { qpn: (*qp).qp_num })
+    };
     if rc == 0 {
         live_remove(qp.cast());
         // SAFETY: allocated as a Qp in create_qp_common.
@@ -1319,7 +1657,11 @@ pub unsafe extern "C" fn destroy_qp(qp: *mut ffi::ibv_qp) -> c_int {
     rc
 }
 
-unsafe extern "C" fn post_send(qp: *mut ffi::ibv_qp, mut wr: *mut ffi::ibv_send_wr, bad: *mut *mut ffi::ibv_send_wr) -> c_int {
+unsafe extern "C" fn post_send(
+    qp: *mut ffi::ibv_qp,
+    mut wr: *mut ffi::ibv_send_wr,
+    bad: *mut *mut ffi::ibv_send_wr,
+) -> c_int {
     if qp.is_null() {
         return libc::EINVAL;
     }
@@ -1332,7 +1674,10 @@ unsafe extern "C" fn post_send(qp: *mut ffi::ibv_qp, mut wr: *mut ffi::ibv_send_
         }
         e
     };
-    if !matches!(q.qp.state, ffi::IBV_QPS_RTS | ffi::IBV_QPS_SQD | ffi::IBV_QPS_SQE | ffi::IBV_QPS_ERR) {
+    if !matches!(
+        q.qp.state,
+        ffi::IBV_QPS_RTS | ffi::IBV_QPS_SQD | ffi::IBV_QPS_SQE | ffi::IBV_QPS_ERR
+    ) {
         return fail(wr, libc::EINVAL);
     }
     let mut wrs = Vec::new();
@@ -1342,7 +1687,13 @@ unsafe extern "C" fn post_send(qp: *mut ffi::ibv_qp, mut wr: *mut ffi::ibv_send_
         let op = w.opcode;
         let ok_op = match q.qp.qp_type {
             ffi::IBV_QPT_UD => matches!(op, ffi::IBV_WR_SEND | ffi::IBV_WR_SEND_WITH_IMM),
-            ffi::IBV_QPT_UC => matches!(op, ffi::IBV_WR_SEND | ffi::IBV_WR_SEND_WITH_IMM | ffi::IBV_WR_RDMA_WRITE | ffi::IBV_WR_RDMA_WRITE_WITH_IMM),
+            ffi::IBV_QPT_UC => matches!(
+                op,
+                ffi::IBV_WR_SEND
+                    | ffi::IBV_WR_SEND_WITH_IMM
+                    | ffi::IBV_WR_RDMA_WRITE
+                    | ffi::IBV_WR_RDMA_WRITE_WITH_IMM
+            ),
             _ => op <= ffi::IBV_WR_ATOMIC_FETCH_AND_ADD,
         };
         if !ok_op || w.num_sge < 0 || w.num_sge as u32 > q.cap.max_send_sge.max(1) {
@@ -1362,7 +1713,15 @@ unsafe extern "C" fn post_send(qp: *mut ffi::ibv_qp, mut wr: *mut ffi::ibv_send_
             imm: unsafe { w.__bindgen_anon_1.imm_data },
             ..SendWr::default()
         };
-        if flags & ffi::IBV_SEND_INLINE != 0 && matches!(op, ffi::IBV_WR_SEND | ffi::IBV_WR_SEND_WITH_IMM | ffi::IBV_WR_RDMA_WRITE | ffi::IBV_WR_RDMA_WRITE_WITH_IMM) {
+        if flags & ffi::IBV_SEND_INLINE != 0
+            && matches!(
+                op,
+                ffi::IBV_WR_SEND
+                    | ffi::IBV_WR_SEND_WITH_IMM
+                    | ffi::IBV_WR_RDMA_WRITE
+                    | ffi::IBV_WR_RDMA_WRITE_WITH_IMM
+            )
+        {
             let total: u64 = sg.iter().map(|s| s.length as u64).sum();
             if total > q.cap.max_inline_data as u64 {
                 return fail(wr, libc::EINVAL);
@@ -1371,7 +1730,9 @@ unsafe extern "C" fn post_send(qp: *mut ffi::ibv_qp, mut wr: *mut ffi::ibv_send_
                 if s.length > 0 {
                     // SAFETY: inline data is read from the program's memory at
                     // post time, as the verbs API defines.
-                    out.inline.extend_from_slice(unsafe { std::slice::from_raw_parts(s.addr as usize as *const u8, s.length as usize) });
+                    out.inline.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(s.addr as usize as *const u8, s.length as usize)
+                    });
                 }
             }
         } else {
@@ -1381,7 +1742,9 @@ unsafe extern "C" fn post_send(qp: *mut ffi::ibv_qp, mut wr: *mut ffi::ibv_send_
         // SAFETY: the union member matching the opcode / QP type.
         unsafe {
             match op {
-                ffi::IBV_WR_RDMA_WRITE | ffi::IBV_WR_RDMA_WRITE_WITH_IMM | ffi::IBV_WR_RDMA_READ => {
+                ffi::IBV_WR_RDMA_WRITE
+                | ffi::IBV_WR_RDMA_WRITE_WITH_IMM
+                | ffi::IBV_WR_RDMA_READ => {
                     out.remote_addr = w.wr.rdma.remote_addr;
                     out.rkey = w.wr.rdma.rkey;
                 }
@@ -1416,10 +1779,17 @@ unsafe extern "C" fn post_send(qp: *mut ffi::ibv_qp, mut wr: *mut ffi::ibv_send_
             n.fetch_add(1, Ordering::Relaxed);
         }
     }
-    post_chunked(cx, wrs, |wrs| Req::PostSend { qpn: q.qp.qp_num, wrs })
+    post_chunked(cx, wrs, |wrs| Req::PostSend {
+        qpn: q.qp.qp_num,
+        wrs,
+    })
 }
 
-unsafe extern "C" fn post_recv(qp: *mut ffi::ibv_qp, wr: *mut ffi::ibv_recv_wr, bad: *mut *mut ffi::ibv_recv_wr) -> c_int {
+unsafe extern "C" fn post_recv(
+    qp: *mut ffi::ibv_qp,
+    wr: *mut ffi::ibv_recv_wr,
+    bad: *mut *mut ffi::ibv_recv_wr,
+) -> c_int {
     if qp.is_null() {
         return libc::EINVAL;
     }
@@ -1438,8 +1808,13 @@ unsafe extern "C" fn post_recv(qp: *mut ffi::ibv_qp, wr: *mut ffi::ibv_recv_wr, 
         Ok(wrs) => {
             // SAFETY: the QP's context is ours.
             let cx = unsafe { ctx(q.qp.context) };
-            cx.posted.recv.fetch_add(wrs.len() as u64, Ordering::Relaxed);
-            post_chunked(cx, wrs, |wrs| Req::PostRecv { qpn: q.qp.qp_num, wrs })
+            cx.posted
+                .recv
+                .fetch_add(wrs.len() as u64, Ordering::Relaxed);
+            post_chunked(cx, wrs, |wrs| Req::PostRecv {
+                qpn: q.qp.qp_num,
+                wrs,
+            })
         }
         Err(e) => e,
     }
@@ -1452,7 +1827,10 @@ struct Ah {
     ah: ffi::ibv_ah,
 }
 
-pub unsafe extern "C" fn create_ah(pd: *mut ffi::ibv_pd, attr: *mut ffi::ibv_ah_attr) -> *mut ffi::ibv_ah {
+pub unsafe extern "C" fn create_ah(
+    pd: *mut ffi::ibv_pd,
+    attr: *mut ffi::ibv_ah_attr,
+) -> *mut ffi::ibv_ah {
     if pd.is_null() || attr.is_null() {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
@@ -1460,8 +1838,18 @@ pub unsafe extern "C" fn create_ah(pd: *mut ffi::ibv_pd, attr: *mut ffi::ibv_ah_
     // SAFETY: pd is ours; attr the caller's.
     let (c, h, a) = unsafe { ((*pd).context, (*pd).handle, ah_to_proto(&*attr)) };
     // SAFETY: c is our context.
-    match unsafe { ctx(c) }.conn.call(&Req::CreateAh { pd: h, attr: a }) {
-        Ok((Resp::Handle(handle), _)) => Box::into_raw(Box::new(Ah { ah: ffi::ibv_ah { context: c, pd, handle } })).cast(),
+    match unsafe { ctx(c) }
+        .conn
+        .call(&Req::CreateAh { pd: h, attr: a })
+    {
+        Ok((Resp::Handle(handle), _)) => Box::into_raw(Box::new(Ah {
+            ah: ffi::ibv_ah {
+                context: c,
+                pd,
+                handle,
+            },
+        }))
+        .cast(),
         r => fail_null(r),
     }
 }
@@ -1471,7 +1859,11 @@ pub unsafe extern "C" fn destroy_ah(ah: *mut ffi::ibv_ah) -> c_int {
         return libc::EINVAL;
     }
     // SAFETY: ah is ours.
-    let rc = unsafe { ctx((*ah).context).conn.call_status(&Req::DestroyAh { ah: (*ah).handle }) };
+    let rc = unsafe {
+        ctx((*ah).context)
+            .conn
+            .call_status(&Req::DestroyAh { ah: (*ah).handle })
+    };
     if rc == 0 {
         // SAFETY: allocated as an Ah in create_ah.
         drop(unsafe { Box::from_raw(ah as *mut Ah) });
@@ -1493,7 +1885,13 @@ pub unsafe extern "C" fn init_ah_from_wc(
     // SAFETY: the caller's completion, header and out-parameter.
     unsafe {
         let w = &*wc;
-        let mut a = ffi::ibv_ah_attr { dlid: w.slid, sl: w.sl, src_path_bits: w.dlid_path_bits, port_num: port, ..Default::default() };
+        let mut a = ffi::ibv_ah_attr {
+            dlid: w.slid,
+            sl: w.sl,
+            src_path_bits: w.dlid_path_bits,
+            port_num: port,
+            ..Default::default()
+        };
         if w.wc_flags & ffi::IBV_WC_GRH != 0 && !grh.is_null() {
             let g = &*grh;
             let flow = u32::from_be(g.version_tclass_flow);
@@ -1508,7 +1906,12 @@ pub unsafe extern "C" fn init_ah_from_wc(
     0
 }
 
-pub unsafe extern "C" fn create_ah_from_wc(pd: *mut ffi::ibv_pd, wc: *mut ffi::ibv_wc, grh: *mut ffi::ibv_grh, port: u8) -> *mut ffi::ibv_ah {
+pub unsafe extern "C" fn create_ah_from_wc(
+    pd: *mut ffi::ibv_pd,
+    wc: *mut ffi::ibv_wc,
+    grh: *mut ffi::ibv_grh,
+    port: u8,
+) -> *mut ffi::ibv_ah {
     if pd.is_null() {
         set_errno(libc::EINVAL);
         return ptr::null_mut();

@@ -27,15 +27,21 @@ pub fn args(world: &mpi::topology::SimpleCommunicator) -> Args {
         std::process::exit(2);
     };
     if world.size() as u64 != ranks {
-        eprintln!("world size {} but {ranks} ranks expected (started by the other MPI's launcher?)", world.size());
+        eprintln!(
+            "world size {} but {ranks} ranks expected (started by the other MPI's launcher?)",
+            world.size()
+        );
         std::process::exit(3);
     }
-    Args { steps: steps as u32, sleep_ms }
+    Args {
+        steps: steps as u32,
+        sleep_ms,
+    }
 }
 
 /// End of step `k`: progress on rank 0, then the pause.
 pub fn step_done(world: &mpi::topology::SimpleCommunicator, k: u32, a: &Args) {
-    if world.rank() == 0 && k % 10 == 0 {
+    if world.rank() == 0 && k.is_multiple_of(10) {
         println!("step {k}");
         use std::io::Write;
         let _ = std::io::stdout().flush();

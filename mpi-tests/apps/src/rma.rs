@@ -27,11 +27,21 @@ impl<'a> Window<'a> {
         // the window's life; the communicator handle is live; `win` is an
         // out-parameter.
         let rc = unsafe {
-            ffi::MPI_Win_create(buf.as_mut_ptr() as *mut _, (buf.len() * 8) as ffi::MPI_Aint, 8, ffi::RSMPI_INFO_NULL, world.as_raw(), win.as_mut_ptr())
+            ffi::MPI_Win_create(
+                buf.as_mut_ptr() as *mut _,
+                (buf.len() * 8) as ffi::MPI_Aint,
+                8,
+                ffi::RSMPI_INFO_NULL,
+                world.as_raw(),
+                win.as_mut_ptr(),
+            )
         };
         check("MPI_Win_create", rc);
-        // SAFETY: MPI_Win_create succeeded, so it wrote the handle.
-        Window { win: unsafe { win.assume_init() }, _buf: core::marker::PhantomData }
+        Window {
+            // SAFETY: MPI_Win_create succeeded, so it wrote the handle.
+            win: unsafe { win.assume_init() },
+            _buf: core::marker::PhantomData,
+        }
     }
 
     /// `MPI_Win_fence`: ends one access epoch, starts the next.
@@ -45,7 +55,16 @@ impl<'a> Window<'a> {
         // SAFETY: `data` stays alive until the next fence (the caller
         // fences before touching it); the datatype is u64.
         let rc = unsafe {
-            ffi::MPI_Put(data.as_ptr() as *const _, data.len() as i32, ffi::RSMPI_UINT64_T, target, at as ffi::MPI_Aint, data.len() as i32, ffi::RSMPI_UINT64_T, self.win)
+            ffi::MPI_Put(
+                data.as_ptr() as *const _,
+                data.len() as i32,
+                ffi::RSMPI_UINT64_T,
+                target,
+                at as ffi::MPI_Aint,
+                data.len() as i32,
+                ffi::RSMPI_UINT64_T,
+                self.win,
+            )
         };
         check("MPI_Put", rc);
     }
@@ -54,7 +73,16 @@ impl<'a> Window<'a> {
     pub fn get(&self, out: &mut [u64], target: i32, at: usize) {
         // SAFETY: as for put; `out` is written by the next fence.
         let rc = unsafe {
-            ffi::MPI_Get(out.as_mut_ptr() as *mut _, out.len() as i32, ffi::RSMPI_UINT64_T, target, at as ffi::MPI_Aint, out.len() as i32, ffi::RSMPI_UINT64_T, self.win)
+            ffi::MPI_Get(
+                out.as_mut_ptr() as *mut _,
+                out.len() as i32,
+                ffi::RSMPI_UINT64_T,
+                target,
+                at as ffi::MPI_Aint,
+                out.len() as i32,
+                ffi::RSMPI_UINT64_T,
+                self.win,
+            )
         };
         check("MPI_Get", rc);
     }

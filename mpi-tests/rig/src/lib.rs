@@ -26,6 +26,7 @@
 
 pub mod alloc;
 pub mod names;
+pub mod slurm;
 mod sys;
 
 use anyhow::{bail, Context, Result};
@@ -56,6 +57,7 @@ pub struct RigBuilder {
     private_dirs: bool,
     shares: Vec<PathBuf>,
     sshd: bool,
+    slurm: bool,
 }
 
 impl RigBuilder {
@@ -80,6 +82,12 @@ impl RigBuilder {
     /// Also start an sshd on every node (see [`Rig::start_sshd`]).
     pub fn sshd(mut self, on: bool) -> Self {
         self.sshd = on;
+        self
+    }
+
+    /// Also start a SLURM cluster (see [`Rig::start_slurm`]).
+    pub fn slurm(mut self, on: bool) -> Self {
+        self.slurm = on;
         self
     }
 
@@ -163,6 +171,27 @@ shift; exec "$@""#;
         cmd
     }
 
+    /// Starts `program` in the node as a daemon kept in the foreground: in
+    /// `/`, stdin from /dev/null, stdout and stderr into `log`, in its own
+    /// process group (a Ctrl-C of the rig's owner does not reach it).
+    pub(crate) fn spawn_daemon(
+        &self,
+        program: &Path,
+        args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+        log: &Path,
+    ) -> Result<Child> {
+        let log = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        self.command(program)
+            .args(args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {} on {}", program.display(), self.name))
+    }
+
     /// Runs `sh -c script` in the node and returns its stdout; fails with its
     /// stderr if it exits with non-zero.
     pub fn sh(&self, script: &str) -> Result<String> {
@@ -194,6 +223,7 @@ pub struct Rig {
     private_dirs: bool,
     anchors: Mutex<Vec<Child>>,
     sshd: Mutex<Vec<Child>>,
+    slurm: Mutex<Vec<Child>>,
     lock: Option<File>,
 }
 
@@ -210,6 +240,7 @@ impl Rig {
             private_dirs: true,
             shares: Vec::new(),
             sshd: false,
+            slurm: false,
         }
     }
 
@@ -239,6 +270,7 @@ impl Rig {
             private_dirs: opts.private_dirs,
             anchors: Mutex::new(Vec::new()),
             sshd: Mutex::new(Vec::new()),
+            slurm: Mutex::new(Vec::new()),
             lock: Some(lock),
         };
         // From here on, dropping `rig` removes whatever was made.
@@ -407,6 +439,9 @@ impl Rig {
         if opts.sshd {
             rig.start_sshd()?;
         }
+        if opts.slurm {
+            rig.start_slurm()?;
+        }
         Ok(rig)
     }
 
@@ -560,19 +595,13 @@ impl Rig {
                     authorized = authorized.display(),
                 ),
             )?;
-            let log = File::create(node_dir.join("sshd.log"))?;
-            let child = node
-                .command(&sshd)
-                .args(["-D", "-e", "-f"])
-                .arg(&conf)
-                .current_dir("/")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .process_group(0)
-                .spawn()
-                .context("starting sshd")?;
-            running.push(child);
+            let args = [
+                OsStr::new("-D"),
+                OsStr::new("-e"),
+                OsStr::new("-f"),
+                conf.as_os_str(),
+            ];
+            running.push(node.spawn_daemon(&sshd, args, &node_dir.join("sshd.log"))?);
         }
         let deadline = Instant::now() + START_TIMEOUT;
         for (node, child) in self.nodes.iter().zip(running.iter_mut()) {
@@ -598,6 +627,28 @@ impl Rig {
         Ok(())
     }
 
+    /// Starts a SLURM cluster on the rig (idempotent): munged on every node
+    /// (one key), slurmctld on node0, slurmd on every node, with a generated
+    /// `slurm.conf` ([`slurm::slurm_conf`]) bind-mounted on `/etc/slurm` in
+    /// the nodes; returns once `sinfo` shows every node idle in partition
+    /// `rig`. Run SLURM's commands in a node (`node.command("srun")`): the
+    /// host has no address on the rig's subnet. Needs private dirs, and the
+    /// packages slurmctld, slurmd, slurm-client and munge. The daemons, their
+    /// job steps and tasks are killed with the rig.
+    pub fn start_slurm(&self) -> Result<()> {
+        let mut running = self.slurm.lock().expect("not poisoned");
+        if !running.is_empty() {
+            return Ok(());
+        }
+        *running = slurm::start(self.id, &self.dir, &self.nodes, self.private_dirs)?;
+        Ok(())
+    }
+
+    /// The files of the rig's SLURM cluster (`slurm.conf`, logs, state).
+    pub fn slurm_paths(&self) -> slurm::SlurmPaths {
+        slurm::SlurmPaths::new(&self.dir)
+    }
+
     /// Shell-style `KEY=value` lines describing the rig.
     pub fn env(&self) -> Vec<(String, String)> {
         let mut v = vec![
@@ -621,6 +672,12 @@ impl Rig {
                 self.ssh_config().display().to_string(),
             ));
         }
+        if !self.slurm.lock().expect("not poisoned").is_empty() {
+            v.push((
+                "TESTRIG_SLURM_CONF".to_string(),
+                self.slurm_paths().conf().display().to_string(),
+            ));
+        }
         for n in &self.nodes {
             let k = n.index;
             v.push((format!("TESTRIG_NODE{k}_ADDR"), n.addr.to_string()));
@@ -640,7 +697,8 @@ impl Rig {
         let Some(lock) = self.lock.take() else {
             return Ok(());
         };
-        let mut children: Vec<Child> = self.sshd.get_mut().map(std::mem::take).unwrap_or_default();
+        let mut children: Vec<Child> = self.slurm.get_mut().map(std::mem::take).unwrap_or_default();
+        children.extend(self.sshd.get_mut().map(std::mem::take).unwrap_or_default());
         children.extend(
             self.anchors
                 .get_mut()
@@ -669,6 +727,25 @@ impl Drop for Rig {
         if let Err(e) = self.teardown() {
             eprintln!("testrig: tearing down rig {} failed: {e:#}", self.id);
         }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns Some, for a condition a test
+/// waits for (a daemon's state, a job's output); fails after `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

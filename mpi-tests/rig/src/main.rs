@@ -7,8 +7,9 @@ use testrig::Rig;
 
 const USAGE: &str = "\
 usage:
-  testrig up N [--sshd] [--shared-dirs] [--share PATH]...
-      bring up N nodes, print KEY=value lines describing them, then '# ready';
+  testrig up N [--sshd] [--slurm] [--shared-dirs] [--share PATH]...
+      bring up N nodes (--slurm: also a SLURM cluster, slurmctld on node0),
+      print KEY=value lines describing them, then '# ready';
       keep running until SIGINT/SIGTERM/SIGHUP, then tear down
   testrig cleanup
       remove every rig whose owner process is dead
@@ -59,6 +60,7 @@ fn up(args: &[String]) -> Result<()> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--sshd" => b = b.sshd(true),
+            "--slurm" => b = b.slurm(true),
             "--shared-dirs" => b = b.private_dirs(false),
             "--share" => b = b.share(it.next().context("--share needs a path")?),
             _ => bail!("unknown option {a}\n{USAGE}"),

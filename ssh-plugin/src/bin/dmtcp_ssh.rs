@@ -54,7 +54,10 @@ struct SshFds {
 
 /// Directory of our programs.
 fn bin_dir() -> PathBuf {
-    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."))
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// `prog` as a path: itself if it has a slash, else found in PATH.
@@ -63,7 +66,9 @@ fn find_program(prog: &str) -> Option<PathBuf> {
         return Some(PathBuf::from(prog));
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
-    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
 }
 
 /// The environment of a program outside the computation: LD_PRELOAD
@@ -72,7 +77,12 @@ fn outside_env() -> Vec<(OsString, OsString)> {
     std::env::vars_os()
         .filter_map(|(k, v)| {
             if k == "LD_PRELOAD" {
-                let kept: Vec<&str> = v.to_str().unwrap_or("").split([':', ' ']).filter(|p| !p.is_empty() && !p.contains("libdmtcp")).collect();
+                let kept: Vec<&str> = v
+                    .to_str()
+                    .unwrap_or("")
+                    .split([':', ' '])
+                    .filter(|p| !p.is_empty() && !p.contains("libdmtcp"))
+                    .collect();
                 return (!kept.is_empty()).then(|| (k, OsString::from(kept.join(":"))));
             }
             Some((k, v))
@@ -84,21 +94,45 @@ fn outside_env() -> Vec<(OsString, OsString)> {
 /// other ends are returned (claimed: the engine leaves them to us).
 fn spawn_ssh(ssh: &Path, argv: &[String]) -> std::io::Result<(i32, SshFds)> {
     let mut cmd = Command::new(ssh);
-    cmd.args(argv).env_clear().envs(outside_env()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(argv)
+        .env_clear()
+        .envs(outside_env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     let to_ssh = child.stdin.take().map(IntoRawFd::into_raw_fd).unwrap_or(-1);
-    let from_ssh = child.stdout.take().map(IntoRawFd::into_raw_fd).unwrap_or(-1);
-    let err = child.stderr.take().map(IntoRawFd::into_raw_fd).unwrap_or(-1);
+    let from_ssh = child
+        .stdout
+        .take()
+        .map(IntoRawFd::into_raw_fd)
+        .unwrap_or(-1);
+    let err = child
+        .stderr
+        .take()
+        .map(IntoRawFd::into_raw_fd)
+        .unwrap_or(-1);
     for fd in [to_ssh, from_ssh, err] {
         sys::set_cloexec(fd);
         capi::claim_fd(fd);
     }
-    Ok((child.id() as i32, SshFds { to_ssh, from_ssh, err }))
+    Ok((
+        child.id() as i32,
+        SshFds {
+            to_ssh,
+            from_ssh,
+            err,
+        },
+    ))
 }
 
 fn is_loopback(host: &str) -> bool {
-    matches!(host, "localhost" | "localhost.localdomain" | "ip6-localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback() || a.is_unspecified())
+    matches!(
+        host,
+        "localhost" | "localhost.localdomain" | "ip6-localhost"
+    ) || host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|a| a.is_loopback() || a.is_unspecified())
 }
 
 /// Where the remote side finds the coordinator: DMTCP_COORD_HOST unless it
@@ -111,7 +145,10 @@ fn coord_host_for(dest: &str) -> String {
     use std::net::ToSocketAddrs;
     if let Ok(addrs) = (dest, 22).to_socket_addrs() {
         for a in addrs {
-            let Ok(s) = std::net::UdpSocket::bind(if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }) else { continue };
+            let Ok(s) = std::net::UdpSocket::bind(if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+            else {
+                continue;
+            };
             if s.connect(a).is_ok() {
                 if let Ok(l) = s.local_addr() {
                     if !l.ip().is_loopback() && !l.ip().is_unspecified() {
@@ -127,7 +164,10 @@ fn coord_host_for(dest: &str) -> String {
 /// The remote command: dmtcp_sshd under dmtcp_launch, joined to our coordinator.
 fn remote_command(session: &str, host: &str, command: &str) -> String {
     let bin = bin_dir();
-    let mut w: Vec<String> = vec![bin.join("dmtcp_launch").display().to_string(), "--join-coordinator".into()];
+    let mut w: Vec<String> = vec![
+        bin.join("dmtcp_launch").display().to_string(),
+        "--join-coordinator".into(),
+    ];
     w.extend(["--coord-host".into(), coord_host_for(host)]);
     if let Ok(p) = std::env::var("DMTCP_COORD_PORT") {
         w.extend(["--coord-port".into(), p]);
@@ -140,10 +180,22 @@ fn remote_command(session: &str, host: &str, command: &str) -> String {
         Ok("1") => w.push("--gzip".into()),
         _ => {}
     }
-    let quiet: u32 = std::env::var("DMTCP_QUIET").ok().and_then(|q| q.parse().ok()).unwrap_or(0);
+    let quiet: u32 = std::env::var("DMTCP_QUIET")
+        .ok()
+        .and_then(|q| q.parse().ok())
+        .unwrap_or(0);
     w.extend((0..quiet.min(2)).map(|_| "-q".to_string()));
-    w.extend([bin.join("dmtcp_sshd").display().to_string(), "--session".into(), session.into(), "--".into(), command.into()]);
-    w.iter().map(|s| shell_quote(s)).collect::<Vec<_>>().join(" ")
+    w.extend([
+        bin.join("dmtcp_sshd").display().to_string(),
+        "--session".into(),
+        session.into(),
+        "--".into(),
+        command.into(),
+    ]);
+    w.iter()
+        .map(|s| shell_quote(s))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 struct Local {
@@ -170,7 +222,13 @@ impl Local {
 
 impl Role for Local {
     fn frame(&mut self, r: &mut Relay, ty: u8, data: &[u8]) {
-        let v = || i32::from_le_bytes(data.get(..4).and_then(|d| d.try_into().ok()).unwrap_or([0; 4]));
+        let v = || {
+            i32::from_le_bytes(
+                data.get(..4)
+                    .and_then(|d| d.try_into().ok())
+                    .unwrap_or([0; 4]),
+            )
+        };
         match ty {
             link::HELLO => self.hello(),
             link::STDOUT => r.outs[0].send(data),
@@ -205,13 +263,28 @@ impl Role for Local {
         r.done = true;
     }
     fn reconnect(&mut self, r: &mut Relay) -> std::io::Result<()> {
-        let found = NEW_HOST.lock().map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()).unwrap_or_default();
-        let host = if found.is_empty() { self.args.host() } else { found };
+        let found = NEW_HOST
+            .lock()
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+            .unwrap_or_default();
+        let host = if found.is_empty() {
+            self.args.host()
+        } else {
+            found
+        };
         let dest = self.args.dest_on(&host);
-        let cmd = format!("{} --reconnect {}", shell_quote(&bin_dir().join("dmtcp_sshd").display().to_string()), shell_quote(&self.session));
+        let cmd = format!(
+            "{} --reconnect {}",
+            shell_quote(&bin_dir().join("dmtcp_sshd").display().to_string()),
+            shell_quote(&self.session)
+        );
         let (pid, fds) = spawn_ssh(&self.ssh, &self.args.argv_for(&dest, &cmd))?;
         // The new pipes go where the old ones were (held by /dev/null since the restart).
-        for (new, old) in [(fds.to_ssh, self.fds.to_ssh), (fds.from_ssh, self.fds.from_ssh), (fds.err, self.fds.err)] {
+        for (new, old) in [
+            (fds.to_ssh, self.fds.to_ssh),
+            (fds.from_ssh, self.fds.from_ssh),
+            (fds.err, self.fds.err),
+        ] {
             sys::dup2(new, old)?;
             sys::close(new);
             sys::set_cloexec(old);
@@ -234,11 +307,30 @@ impl Local {
 fn parse_cli() -> (PathBuf, Vec<String>) {
     let m = clap::Command::new("dmtcp_ssh")
         .about("Local side of an ssh session under DMTCP (run by the ssh plugin in place of ssh)")
-        .arg(clap::Arg::new("ssh").long("ssh").value_name("PROGRAM").default_value("ssh").help("The ssh client to run"))
-        .arg(clap::Arg::new("args").num_args(0..).trailing_var_arg(true).allow_hyphen_values(true).value_name("SSH ARGS").help("ssh's arguments"))
+        .arg(
+            clap::Arg::new("ssh")
+                .long("ssh")
+                .value_name("PROGRAM")
+                .default_value("ssh")
+                .help("The ssh client to run"),
+        )
+        .arg(
+            clap::Arg::new("args")
+                .num_args(0..)
+                .trailing_var_arg(true)
+                .allow_hyphen_values(true)
+                .value_name("SSH ARGS")
+                .help("ssh's arguments"),
+        )
         .get_matches();
-    let ssh = m.get_one::<String>("ssh").cloned().unwrap_or_else(|| "ssh".into());
-    let args: Vec<String> = m.get_many::<String>("args").map(|v| v.cloned().collect()).unwrap_or_default();
+    let ssh = m
+        .get_one::<String>("ssh")
+        .cloned()
+        .unwrap_or_else(|| "ssh".into());
+    let args: Vec<String> = m
+        .get_many::<String>("args")
+        .map(|v| v.cloned().collect())
+        .unwrap_or_default();
     let Some(path) = find_program(&ssh) else {
         eprintln!("dmtcp_ssh: {ssh}: command not found");
         std::process::exit(127);
@@ -249,7 +341,11 @@ fn parse_cli() -> (PathBuf, Vec<String>) {
 /// Run plain ssh as asked (no relay possible): its status is ours.
 fn exec_plain(ssh: &Path, args: &[String]) -> ! {
     use std::os::unix::process::CommandExt;
-    let e = Command::new(ssh).args(args).env_clear().envs(outside_env()).exec();
+    let e = Command::new(ssh)
+        .args(args)
+        .env_clear()
+        .envs(outside_env())
+        .exec();
     eprintln!("dmtcp_ssh: cannot run {}: {e}", ssh.display());
     std::process::exit(255)
 }
@@ -265,7 +361,15 @@ fn main() {
         exec_plain(&ssh, &raw);
     }
     sys::ignore_sigpipe();
-    let session = format!("{}-{}-{:x}", sys::hostname(), std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    let session = format!(
+        "{}-{}-{:x}",
+        sys::hostname(),
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
     if let Ok(mut s) = SESSION.lock() {
         s.push(session.as_bytes());
     }
@@ -289,16 +393,37 @@ fn main() {
     };
     if args.no_stdin {
         r.send(link::EOF, &[0]);
-        r.srcs.push(Source { fd: -1, dest: Dest::Link(link::STDIN), open: false });
+        r.srcs.push(Source {
+            fd: -1,
+            dest: Dest::Link(link::STDIN),
+            open: false,
+        });
     } else {
         r.srcs.push(Source::new(0, Dest::Link(link::STDIN)));
     }
     r.outs.push(Out::new(1));
     r.outs.push(Out::new(2));
     r.srcs.push(Source::new(fds.err, Dest::Local(1)));
-    sys::catch_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP], link::on_signal);
-    let mut local = Local { args, ssh, session, pid, fds, hello: false, status: None, forwarded: Vec::new() };
+    sys::catch_signals(
+        &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP],
+        link::on_signal,
+    );
+    let mut local = Local {
+        args,
+        ssh,
+        session,
+        pid,
+        fds,
+        hello: false,
+        status: None,
+        forwarded: Vec::new(),
+    };
     r.run(&mut local);
+    // Once dmtcp_sshd said HELLO, only its EXIT or KILLED gives the
+    // command's status: the real ssh's own status is dmtcp_sshd's (or,
+    // after a restart, the reconnect helper's, 0 whatever became of the
+    // command).
+    let session_up = local.hello;
     local.hello();
     // ssh's own messages (it cannot connect, ...) after the relayed output.
     let err = local.fds.err;
@@ -317,7 +442,14 @@ fn main() {
     }
     sys::close(local.fds.to_ssh);
     let ssh_status = sys::wait_child(local.pid, false).ok().flatten();
-    match local.status.or(ssh_status) {
+    // A session that was up and ended without the command's status lost
+    // its remote side: 255, as ssh exits when its connection is lost.
+    let status = if session_up {
+        local.status
+    } else {
+        local.status.or(ssh_status)
+    };
+    match status {
         Some(Ok(code)) => std::process::exit(code),
         Some(Err(sig)) if local.forwarded.contains(&sig) => sys::die_of(sig),
         _ => std::process::exit(255),

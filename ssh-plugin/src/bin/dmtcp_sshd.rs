@@ -79,7 +79,11 @@ impl Role for Remote {
             link::STDIN => r.outs[0].send(data),
             link::EOF if data.first() == Some(&0) => r.outs[0].close_when_empty = true,
             link::SIGNAL => {
-                let sig = i32::from_le_bytes(data.get(..4).and_then(|d| d.try_into().ok()).unwrap_or([0; 4]));
+                let sig = i32::from_le_bytes(
+                    data.get(..4)
+                        .and_then(|d| d.try_into().ok())
+                        .unwrap_or([0; 4]),
+                );
                 if self.child > 0 && sig > 0 {
                     sys::kill(self.child, sig);
                 }
@@ -108,9 +112,15 @@ impl Role for Remote {
     fn reconnect(&mut self, r: &mut Relay) -> std::io::Result<()> {
         let l = LISTENER.swap(-1, Ordering::SeqCst);
         if l < 0 {
-            return Err(std::io::Error::other("could not listen for the reconnecting ssh"));
+            return Err(std::io::Error::other(
+                "could not listen for the reconnecting ssh",
+            ));
         }
-        let mut p = [libc::pollfd { fd: l, events: libc::POLLIN, revents: 0 }];
+        let mut p = [libc::pollfd {
+            fd: l,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
         let ready = sys::poll(&mut p, RECONNECT_WAIT_MS);
         if !matches!(ready, Ok(1..)) {
             sys::close(l);
@@ -170,9 +180,25 @@ fn reconnect_helper(session: &str) -> i32 {
 fn main() {
     let m = clap::Command::new("dmtcp_sshd")
         .about("Remote side of an ssh session under DMTCP (started by dmtcp_ssh)")
-        .arg(clap::Arg::new("session").long("session").value_name("ID").help("Run the command for session ID"))
-        .arg(clap::Arg::new("reconnect").long("reconnect").value_name("ID").conflicts_with("session").help("Hand this ssh connection to the restored session ID"))
-        .arg(clap::Arg::new("command").num_args(0..=1).value_name("COMMAND").help("The remote command (one shell string)"))
+        .arg(
+            clap::Arg::new("session")
+                .long("session")
+                .value_name("ID")
+                .help("Run the command for session ID"),
+        )
+        .arg(
+            clap::Arg::new("reconnect")
+                .long("reconnect")
+                .value_name("ID")
+                .conflicts_with("session")
+                .help("Hand this ssh connection to the restored session ID"),
+        )
+        .arg(
+            clap::Arg::new("command")
+                .num_args(0..=1)
+                .value_name("COMMAND")
+                .help("The remote command (one shell string)"),
+        )
         .get_matches();
     if let Some(id) = m.get_one::<String>("reconnect") {
         std::process::exit(reconnect_helper(id));
@@ -191,7 +217,10 @@ fn main() {
     }
     capi::set_role(phase);
     sys::ignore_sigpipe();
-    let shell = std::env::var("SHELL").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "/bin/sh".into());
+    let shell = std::env::var("SHELL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/bin/sh".into());
     let mut cmd = Command::new(&shell);
     if command.is_empty() {
         let base = shell.rsplit('/').next().unwrap_or("sh");
@@ -199,7 +228,9 @@ fn main() {
     } else {
         cmd.arg("-c").arg(&command);
     }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // SAFETY: an empty pre-exec step: it only makes the child a fork (as
     // sshd's is), which the checkpointer follows into the computation.
     unsafe { cmd.pre_exec(|| Ok(())) };
@@ -214,15 +245,27 @@ fn main() {
             if let Some(r) = r.as_mut() {
                 r.linkq = q;
                 r.closing = true;
-                r.run(&mut Remote { child: 0, open_outputs: 0, helper: -1 });
+                r.run(&mut Remote {
+                    child: 0,
+                    open_outputs: 0,
+                    helper: -1,
+                });
             }
             capi::enable_ckpt();
             std::process::exit(0);
         }
     };
     let cin = child.stdin.take().map(IntoRawFd::into_raw_fd).unwrap_or(-1);
-    let cout = child.stdout.take().map(IntoRawFd::into_raw_fd).unwrap_or(-1);
-    let cerr = child.stderr.take().map(IntoRawFd::into_raw_fd).unwrap_or(-1);
+    let cout = child
+        .stdout
+        .take()
+        .map(IntoRawFd::into_raw_fd)
+        .unwrap_or(-1);
+    let cerr = child
+        .stderr
+        .take()
+        .map(IntoRawFd::into_raw_fd)
+        .unwrap_or(-1);
     let mut r = match Relay::new(0, 1) {
         Ok(r) => r,
         Err(e) => {
@@ -235,7 +278,11 @@ fn main() {
     r.srcs.push(Source::new(cerr, Dest::Link(link::STDERR)));
     r.send(link::HELLO, &[]);
     sys::catch_signals(&[libc::SIGCHLD], link::on_signal);
-    let mut remote = Remote { child: child.id() as i32, open_outputs: 2, helper: -1 };
+    let mut remote = Remote {
+        child: child.id() as i32,
+        open_outputs: 2,
+        helper: -1,
+    };
     link::CTL.start();
     capi::enable_ckpt();
     r.run(&mut remote);

@@ -9,20 +9,95 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use testrig::Rig;
 
+#[path = "../../../core/tools/tests/common/stuck.rs"]
+pub mod stuck;
+
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Directory of the built tools and of this crate's programs.
+/// `c`'s output, or, when it has not ended within `limit`, a killed
+/// status (SIGKILL) with a line on stderr saying so: no step of a test
+/// waits without bound (a hang fails the test, with the job's threads in
+/// its message, instead of stalling the suite).
+pub fn output_within(c: &mut Command, limit: Duration) -> Output {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let o = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let e = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut stderr = format!("{c:?}: no end within {limit:?}\n").into_bytes();
+            // Its pipes may be held by processes it started: not waited for.
+            if e.is_finished() {
+                stderr.extend(e.join().unwrap_or_default());
+            }
+            return Output {
+                // The wait status of a process killed by SIGKILL (9).
+                status: ExitStatusExt::from_raw(9),
+                stdout: Vec::new(),
+                stderr,
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: o.join().unwrap_or_default(),
+        stderr: e.join().unwrap_or_default(),
+    }
+}
+
+/// Directory of the built tools and programs (target/<profile>; the
+/// test binary runs from its deps/). The MPI suite's multi-node tests use
+/// this harness too.
 pub fn bin_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_BIN_EXE_dmtcp_ssh")).parent().unwrap().to_path_buf();
-    for f in ["libdmtcp.so", "libdmtcp_ssh.so", "dmtcp_sshd", "dmtcp_launch", "dmtcp_restorer", "dmtcp_coordinator", "dmtcp_restart", "dmtcp_command"] {
-        assert!(d.join(f).exists(), "{} missing: build the whole workspace first (cargo build --release --workspace)", d.join(f).display());
+    let exe = std::env::current_exe().unwrap();
+    let d = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    for f in [
+        "libdmtcp.so",
+        "libdmtcp_ssh.so",
+        "dmtcp_sshd",
+        "dmtcp_launch",
+        "dmtcp_restorer",
+        "dmtcp_coordinator",
+        "dmtcp_restart",
+        "dmtcp_command",
+    ] {
+        assert!(
+            d.join(f).exists(),
+            "{} missing: build the whole workspace first (cargo build --release --workspace)",
+            d.join(f).display()
+        );
     }
     d
 }
 
 /// A rig of `n` nodes with sshd.
 pub fn rig(n: usize) -> Rig {
-    Rig::builder(n).sshd(true).up().expect("rig with sshd (needs root, iproute2, openssh-server)")
+    Rig::builder(n)
+        .sshd(true)
+        .up()
+        .expect("rig with sshd (needs root, iproute2, openssh-server)")
 }
 
 /// `ssh -F <rig config>`: the ssh command line prefix for scripts.
@@ -33,27 +108,88 @@ pub fn ssh(rig: &Rig) -> String {
 /// Compile `tests/c/<name>.c` into the shared directory (seen by every node).
 pub fn compile(rig: &Rig, name: &str, extra: &[&str]) -> PathBuf {
     let out = rig.shared_dir().join(name);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(format!("{name}.c"));
-    let cc = if extra.contains(&"mpi") { "mpicc" } else { "cc" };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/c")
+        .join(format!("{name}.c"));
+    let cc = if extra.contains(&"mpi") {
+        "mpicc"
+    } else {
+        "cc"
+    };
     let flags: Vec<&str> = extra.iter().copied().filter(|f| *f != "mpi").collect();
-    let st = Command::new(cc).args(["-O2", "-Wall", "-o"]).arg(&out).arg(&src).args(flags).status().expect(cc);
+    let st = Command::new(cc)
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(flags)
+        .status()
+        .expect(cc);
     assert!(st.success(), "compiling {}", src.display());
     out
 }
 
 /// Run `script` (bash) on node `k` without the checkpointer; its stdout.
 pub fn bare(rig: &Rig, k: usize, script: &str) -> String {
-    let o = rig.node(k).command("bash").args(["-c", script]).stdin(Stdio::null()).output().expect("bash");
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    // Into a file, so a run that does not end shows how far it got.
+    let out = rig.shared_dir().join(format!(
+        "bare-{}.out",
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let o = output_within(
+        rig.node(k)
+            .command("bash")
+            .args(["-c", &format!("exec >{}; {script}", out.display())])
+            .stdin(Stdio::null()),
+        TIMEOUT,
+    );
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    if o.status.code().is_none() {
+        hold_if_asked();
+        let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        panic!(
+            "bare run: {}\n--- its output, newest first: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            tail.join(" | "),
+            stuck::stuck_report_of(&[std::process::id() as i32])
+        );
+    }
+    text
+}
+
+static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// For a look at a failed job while it is still there:
+/// RIG_HOLD_ON_FAILURE=<seconds> keeps it (and the rig) that long before
+/// the test fails.
+fn hold_if_asked() {
+    if let Some(secs) = std::env::var("RIG_HOLD_ON_FAILURE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        eprintln!("holding the failed job for {secs} s (RIG_HOLD_ON_FAILURE)");
+        std::thread::sleep(Duration::from_secs(secs));
+    }
 }
 
 /// The images in `dir`.
 pub fn images(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "dmtcp")).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "dmtcp"))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// How many of `procs` (as [`Job::processes`] lists them) run `prog` on `host`.
+pub fn count(procs: &[(String, String, i64)], prog: &str, host: &str) -> usize {
+    procs
+        .iter()
+        .filter(|(p, h, _)| p == prog && h == host)
+        .count()
 }
 
 /// A job launched on node0 under a new coordinator.
@@ -91,13 +227,27 @@ impl<'a> Job<'a> {
         let proc = c.spawn().expect("dmtcp_launch");
         let deadline = Instant::now() + TIMEOUT;
         let port = loop {
-            if let Some(p) = std::fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse().ok()) {
+            if let Some(p) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
                 break p;
             }
-            assert!(Instant::now() < deadline, "no coordinator port in {}", port_file.display());
+            assert!(
+                Instant::now() < deadline,
+                "no coordinator port in {}",
+                port_file.display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
-        Job { rig, dir, ckpt, port, proc: Some(proc), restarts: 0 }
+        Job {
+            rig,
+            dir,
+            ckpt,
+            port,
+            proc: Some(proc),
+            restarts: 0,
+        }
     }
 
     pub fn output(&self) -> String {
@@ -108,13 +258,79 @@ impl<'a> Job<'a> {
         let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
         let out = self.output();
         let tail: String = out.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+        // The job's processes: those with the checkpointer loaded (restored
+        // ones are not this test's descendants), and what they started.
+        let job: Vec<i32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/maps"))
+                    .is_ok_and(|m| m.contains("libdmtcp.so"))
+            })
+            .collect();
+        hold_if_asked();
+        // Their fds, and what each epoll instance watches.
+        let fds: String = job
+            .iter()
+            .map(|p| {
+                let mut line = format!("--- fds of {p}:");
+                let mut list: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{p}/fd"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| {
+                        let n = e.file_name().to_string_lossy().parse().ok()?;
+                        let t = std::fs::read_link(e.path()).ok()?;
+                        Some((n, t.display().to_string()))
+                    })
+                    .collect();
+                list.sort();
+                for (n, t) in list {
+                    line.push_str(&format!(" {n}={t}"));
+                    if t.contains("eventpoll") {
+                        let info = std::fs::read_to_string(format!("/proc/{p}/fdinfo/{n}"))
+                            .unwrap_or_default();
+                        let watched: Vec<&str> = info
+                            .lines()
+                            .filter_map(|l| l.strip_prefix("tfd:"))
+                            .map(|l| l.split_whitespace().next().unwrap_or(""))
+                            .collect();
+                        line.push_str(&format!("(watches {})", watched.join(",")));
+                    }
+                }
+                line.push('\n');
+                line
+            })
+            .collect();
+        // Sockets of every host, with their queues.
+        let sockets: String = (0..self.rig.nodes().len())
+            .map(|k| {
+                let o = output_within(
+                    self.rig
+                        .node(k)
+                        .command("ss")
+                        .args(["-tanxp"])
+                        .stdin(Stdio::null()),
+                    Duration::from_secs(10),
+                );
+                format!(
+                    "--- sockets of node{k}:\n{}",
+                    String::from_utf8_lossy(&o.stdout)
+                )
+            })
+            .collect();
         format!(
-            "\n--- out.txt tail (newest first): {tail}\n--- err.txt:\n{}\n--- restart.err:\n{}\n--- restart.out:\n{}\n--- status:\n{}\n--- list:\n{}",
+            "\n--- out.txt tail (newest first): {tail}\n--- err.txt:\n{}\n--- restart.err:\n{}\n--- restart.out:\n{}\n--- status:\n{}\n--- list:\n{}\n{}{}{}",
             read("err.txt"),
             read("restart.err"),
             read("restart.out"),
             String::from_utf8_lossy(&self.command(&["-s"]).stdout),
-            String::from_utf8_lossy(&self.command(&["-l"]).stdout)
+            String::from_utf8_lossy(&self.command(&["-l"]).stdout),
+            fds,
+            sockets,
+            stuck::stuck_report_with_stacks(&job, 16)
         )
     }
 
@@ -122,21 +338,26 @@ impl<'a> Job<'a> {
     pub fn wait_for(&self, pat: &str) {
         let deadline = Instant::now() + TIMEOUT;
         while !self.output().contains(pat) {
-            assert!(Instant::now() < deadline, "timed out waiting for {pat:?}{}", self.diag());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {pat:?}{}",
+                self.diag()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// `dmtcp_command` against the job's coordinator (run on node0).
     pub fn command(&self, args: &[&str]) -> Output {
-        self.rig
-            .node(0)
-            .command(bin_dir().join("dmtcp_command"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("dmtcp_command")
+        output_within(
+            self.rig
+                .node(0)
+                .command(bin_dir().join("dmtcp_command"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(args)
+                .stdin(Stdio::null()),
+            TIMEOUT,
+        )
     }
 
     /// (program, host) of every process, from `dmtcp_command --json -l`.
@@ -149,9 +370,15 @@ impl<'a> Job<'a> {
             let field = |k: &str| -> Option<String> {
                 let i = obj.find(&format!("\"{k}\""))? + k.len() + 2;
                 let rest = obj[i..].trim_start().strip_prefix(':')?.trim_start();
-                Some(if let Some(s) = rest.strip_prefix('"') { s[..s.find('"')?].to_string() } else { rest.split([',', '}']).next()?.trim().to_string() })
+                Some(if let Some(s) = rest.strip_prefix('"') {
+                    s[..s.find('"')?].to_string()
+                } else {
+                    rest.split([',', '}']).next()?.trim().to_string()
+                })
             };
-            if let (Some(p), Some(h), Some(pid)) = (field("program"), field("hostname"), field("pid")) {
+            if let (Some(p), Some(h), Some(pid)) =
+                (field("program"), field("hostname"), field("pid"))
+            {
                 out.push((p, h, pid.parse().unwrap_or(0)));
             }
         }
@@ -173,12 +400,19 @@ impl<'a> Job<'a> {
         loop {
             let o = self.command(&["-s"]);
             let s = String::from_utf8_lossy(&o.stdout).into_owned();
-            let peers = s.lines().find_map(|l| l.trim().strip_prefix("NUM_PEERS=")).and_then(|v| v.parse().ok());
+            let peers = s
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("NUM_PEERS="))
+                .and_then(|v| v.parse().ok());
             if peers.is_some_and(&ok) && s.contains("RUNNING=yes") {
                 return;
             }
             let n = what;
-            assert!(Instant::now() < deadline, "never {n} processes running: {s}{}", self.diag());
+            assert!(
+                Instant::now() < deadline,
+                "never {n} processes running: {s}{}",
+                self.diag()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -186,21 +420,36 @@ impl<'a> Job<'a> {
     /// Blocking checkpoint; asserts success.
     pub fn checkpoint(&self) {
         let o = self.command(&["-bc"]);
-        assert!(o.status.success(), "dmtcp_command -bc failed: {}{}", String::from_utf8_lossy(&o.stderr), self.diag());
+        assert!(
+            o.status.success(),
+            "dmtcp_command -bc failed: {}{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.diag()
+        );
     }
 
     /// Kill every process of the job on every host (the coordinator's
     /// kill) and wait until the coordinator is gone with the last one.
     pub fn kill(&mut self) {
         let _ = self.command(&["-k"]);
-        let deadline = Instant::now() + TIMEOUT;
-        while self.command(&["-s"]).status.code() != Some(2) {
-            assert!(Instant::now() < deadline, "the job did not go after kill{}", self.diag());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_gone("after kill");
         if let Some(mut p) = self.proc.take() {
             let _ = p.kill();
             let _ = p.wait();
+        }
+    }
+
+    /// Wait until the coordinator is gone with the job's last process
+    /// (`dmtcp_command` finds none: exit code 2); `when` is for the message.
+    pub fn wait_gone(&self, when: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.command(&["-s"]).status.code() != Some(2) {
+            assert!(
+                Instant::now() < deadline,
+                "the job did not go {when}{}",
+                self.diag()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -221,13 +470,40 @@ impl<'a> Job<'a> {
         self.restarts += 1;
     }
 
+    /// Wait at most `limit` for the launched bash (or the restart script)
+    /// to end: true once it ended (checked as [`Job::finish`] does), false
+    /// if it still runs (it is left running).
+    pub fn ended_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let done = match self.proc.as_mut() {
+                None => return true,
+                Some(p) => p.try_wait().unwrap().is_some(),
+            };
+            if done {
+                self.finish();
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Wait for the launched bash (or the restart script) to end.
     pub fn finish(&mut self) {
-        let Some(mut p) = self.proc.take() else { return };
+        let Some(mut p) = self.proc.take() else {
+            return;
+        };
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Some(st) = p.try_wait().unwrap() {
-                assert!(st.success() || self.restarts > 0, "job ended with {st}{}", self.diag());
+                assert!(
+                    st.success() || self.restarts > 0,
+                    "job ended with {st}{}",
+                    self.diag()
+                );
                 return;
             }
             if Instant::now() > deadline {

@@ -29,7 +29,14 @@ fn arena() -> Option<(usize, usize)> {
     for size in ARENA_SIZES {
         // SAFETY: a fresh private anonymous mapping.
         let p = unsafe {
-            libc::mmap(core::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0)
+            super::unmap::sys_mmap(
+                core::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
         };
         if p != libc::MAP_FAILED {
             SIZE.store(size, Release);
@@ -45,7 +52,9 @@ fn arena() -> Option<(usize, usize)> {
 // stays mapped for the life of the process; nothing is ever unmapped.
 unsafe impl dlmalloc::Allocator for ArenaSys {
     fn alloc(&self, size: usize) -> (*mut u8, usize, u32) {
-        let Some((base, total)) = arena() else { return (core::ptr::null_mut(), 0, 0) };
+        let Some((base, total)) = arena() else {
+            return (core::ptr::null_mut(), 0, 0);
+        };
         let size = size.div_ceil(PAGE) * PAGE;
         let start = NEXT.fetch_add(size, SeqCst);
         if start + size > base + total {

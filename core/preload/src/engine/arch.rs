@@ -108,10 +108,18 @@ core::arch::global_asm!(
 );
 
 extern "C" {
-    fn dmtcp_save_and_call(ctx: *mut Ctx, f: extern "C" fn(*mut core::ffi::c_void) -> u64, arg: *mut core::ffi::c_void) -> u64;
+    fn dmtcp_save_and_call(
+        ctx: *mut Ctx,
+        f: extern "C" fn(*mut core::ffi::c_void) -> u64,
+        arg: *mut core::ffi::c_void,
+    ) -> u64;
     fn dmtcp_jump_context(ctx: *const Ctx) -> !;
     fn dmtcp_clone_into(flags: u64, tls: u64, tidptr: *mut i32, ctx: *const Ctx) -> i64;
-    fn dmtcp_clone3_into(args: *const dmtcp_sys::restore::CloneArgs, size: usize, ctx: *const Ctx) -> i64;
+    fn dmtcp_clone3_into(
+        args: *const dmtcp_sys::restore::CloneArgs,
+        size: usize,
+        ctx: *const Ctx,
+    ) -> i64;
 }
 
 /// Save the calling thread's context into `ctx`, then run `f(arg)`.
@@ -120,7 +128,11 @@ extern "C" {
 /// # Safety
 /// `ctx` must stay valid (and be part of the checkpointed memory) for as
 /// long as it may be resumed; `f` must not unwind.
-pub unsafe fn save_and_call(ctx: *mut Ctx, f: extern "C" fn(*mut core::ffi::c_void) -> u64, arg: *mut core::ffi::c_void) -> u64 {
+pub unsafe fn save_and_call(
+    ctx: *mut Ctx,
+    f: extern "C" fn(*mut core::ffi::c_void) -> u64,
+    arg: *mut core::ffi::c_void,
+) -> u64 {
     // SAFETY: forwarded contract; the assembly follows the C ABI.
     unsafe { dmtcp_save_and_call(ctx, f, arg) }
 }
@@ -154,7 +166,13 @@ pub unsafe fn clone_into(flags: u64, tls: u64, tidptr: *mut i32, ctx: *const Ctx
 /// As for [`clone_into`]; `args` must describe a thread of this process.
 pub unsafe fn clone3_into(args: &dmtcp_sys::restore::CloneArgs, ctx: *const Ctx) -> i64 {
     // SAFETY: forwarded contract; the assembly follows the C ABI.
-    unsafe { dmtcp_clone3_into(args, core::mem::size_of::<dmtcp_sys::restore::CloneArgs>(), ctx) }
+    unsafe {
+        dmtcp_clone3_into(
+            args,
+            core::mem::size_of::<dmtcp_sys::restore::CloneArgs>(),
+            ctx,
+        )
+    }
 }
 
 /// The variadic exec calls (execl, execlp, execle): glibc implements them

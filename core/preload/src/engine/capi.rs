@@ -56,7 +56,9 @@ fn put(buf: &Buf, s: &[u8]) {
 
 fn get(buf: &Buf) -> String {
     // SAFETY: the buffer always holds a NUL-terminated string.
-    unsafe { CStr::from_ptr((*buf.0.get()).as_ptr() as *const c_char) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr((*buf.0.get()).as_ptr() as *const c_char) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Record the checkpoint directory (start-up, restart, set_ckpt_dir).
@@ -78,6 +80,19 @@ pub fn dir() -> String {
 pub fn set_coordinator(host: &str, port: u16) {
     put(&COORD_HOST, host.as_bytes());
     COORD_PORT.store(port as u32, SeqCst);
+}
+
+/// After a restart, the coordinator's host (NUL-terminated, in static
+/// memory) and port, which may differ from the environment the process
+/// was started with; None if the process never restarted. No allocation
+/// (exec wrappers in a vfork child read it).
+pub fn coordinator_if_restarted() -> Option<(&'static [u8], u16)> {
+    if RESTARTS.load(SeqCst) == 0 {
+        return None;
+    }
+    // SAFETY: see Buf's Sync note; a NUL-terminated string in static memory.
+    let host = unsafe { CStr::from_ptr((*COORD_HOST.0.get()).as_ptr() as *const c_char) };
+    Some((host.to_bytes(), COORD_PORT.load(SeqCst) as u16))
 }
 
 /// Create the wake-up eventfd at its fixed number (start-up and restart).
@@ -105,7 +120,13 @@ pub fn reset_after_fork() {
 pub fn take_request() -> bool {
     let mut v: u64 = 0;
     // SAFETY: reading 8 bytes from our eventfd into `v`.
-    let n = unsafe { libc::read(WAKE_FD.load(SeqCst), &mut v as *mut u64 as *mut libc::c_void, 8) };
+    let n = unsafe {
+        libc::read(
+            WAKE_FD.load(SeqCst),
+            &mut v as *mut u64 as *mut libc::c_void,
+            8,
+        )
+    };
     n == 8 && v > 0
 }
 
@@ -147,7 +168,14 @@ pub extern "C" fn dmtcp_checkpoint() -> c_int {
     let (e0, r0) = (EVENTS.load(SeqCst), RESTARTS.load(SeqCst));
     let one: u64 = 1;
     // SAFETY: writing 8 bytes to our eventfd.
-    if unsafe { libc::write(WAKE_FD.load(SeqCst), &one as *const u64 as *const libc::c_void, 8) } != 8 {
+    if unsafe {
+        libc::write(
+            WAKE_FD.load(SeqCst),
+            &one as *const u64 as *const libc::c_void,
+            8,
+        )
+    } != 8
+    {
         return -1;
     }
     loop {
@@ -232,7 +260,10 @@ pub extern "C" fn dmtcp_get_generation() -> c_int {
 /// # Safety
 /// Non-null pointers must be valid for writing an int.
 #[no_mangle]
-pub unsafe extern "C" fn dmtcp_get_coordinator_status(num_peers: *mut c_int, running: *mut c_int) -> c_int {
+pub unsafe extern "C" fn dmtcp_get_coordinator_status(
+    num_peers: *mut c_int,
+    running: *mut c_int,
+) -> c_int {
     if !super::start::is_enabled() {
         return -1;
     }
@@ -353,7 +384,11 @@ pub unsafe extern "C" fn dmtcp_send_key_val_pair_to_coordinator(
     val_len: u32,
 ) -> c_int {
     // SAFETY: forwarded pointer contracts.
-    let (Some(db), key, val) = (unsafe { text(db) }, unsafe { bytes(key, key_len) }, unsafe { bytes(val, val_len) }) else {
+    let (Some(db), key, val) = (
+        unsafe { text(db) },
+        unsafe { bytes(key, key_len) },
+        unsafe { bytes(val, val_len) },
+    ) else {
         return -1;
     };
     if !on_ckpt_thread() {
@@ -413,7 +448,9 @@ pub unsafe extern "C" fn dmtcp_send_query_to_coordinator(
 #[no_mangle]
 pub unsafe extern "C" fn dmtcp_global_barrier(name: *const c_char) -> c_int {
     // SAFETY: forwarded pointer contract.
-    let Some(name) = (unsafe { text(name) }) else { return -1 };
+    let Some(name) = (unsafe { text(name) }) else {
+        return -1;
+    };
     if !on_ckpt_thread() {
         return -1;
     }
@@ -434,9 +471,13 @@ pub const MEM_ZERO: c_int = 2;
 /// for instance); `DMTCP_MEM_ZERO`, restored as zero-filled memory;
 /// `DMTCP_MEM_SAVE`, saved again. Returns 1, or -1 for a bad argument.
 #[no_mangle]
-pub extern "C" fn dmtcp_exclude_memory(addr: *const core::ffi::c_void, len: usize, how: c_int) -> c_int {
+pub extern "C" fn dmtcp_exclude_memory(
+    addr: *const core::ffi::c_void,
+    len: usize,
+    how: c_int,
+) -> c_int {
     let start = addr as u64;
-    if start % 4096 != 0 || !(MEM_SAVE..=MEM_ZERO).contains(&how) {
+    if !start.is_multiple_of(4096) || !(MEM_SAVE..=MEM_ZERO).contains(&how) {
         return -1;
     }
     let len = (len as u64).div_ceil(4096) * 4096;
@@ -445,7 +486,10 @@ pub extern "C" fn dmtcp_exclude_memory(addr: *const core::ffi::c_void, len: usiz
     super::memory::unexclude(start);
     match how {
         MEM_SKIP => super::memory::skip(start, len),
-        MEM_ZERO => super::memory::exclude(start, len),
+        MEM_ZERO => {
+            super::memory::REQUESTED_RANGES.store(true, SeqCst);
+            super::memory::exclude(start, len)
+        }
         _ => {}
     }
     1
@@ -453,15 +497,21 @@ pub extern "C" fn dmtcp_exclude_memory(addr: *const core::ffi::c_void, len: usiz
 
 /// Virtual-id tables: name -> (virtual -> real). In the library's heap, so
 /// they are saved with the image.
-static VIDS: std::sync::Mutex<Option<std::collections::HashMap<String, std::collections::BTreeMap<u64, u64>>>> =
-    std::sync::Mutex::new(None);
+static VIDS: std::sync::Mutex<
+    Option<std::collections::HashMap<String, std::collections::BTreeMap<u64, u64>>>,
+> = std::sync::Mutex::new(None);
 
 /// Run `f` on the tables. From a user thread this happens inside a disabled
 /// section, so no checkpoint can suspend a thread holding the lock; plugin
 /// hooks (on the checkpoint thread) use it directly.
-pub(crate) fn with_vids<R>(f: impl FnOnce(&mut std::collections::HashMap<String, std::collections::BTreeMap<u64, u64>>) -> R) -> R {
+pub(crate) fn with_vids<R>(
+    f: impl FnOnce(&mut std::collections::HashMap<String, std::collections::BTreeMap<u64, u64>>) -> R,
+) -> R {
     let _hold = CkptHold::new();
-    f(VIDS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Default::default))
+    f(VIDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(Default::default))
 }
 
 /// Map virtual id `virt` to real id `real` in `table` (creates or updates).
@@ -471,7 +521,9 @@ pub(crate) fn with_vids<R>(f: impl FnOnce(&mut std::collections::HashMap<String,
 #[no_mangle]
 pub unsafe extern "C" fn dmtcp_vid_set(table: *const c_char, virt: u64, real: u64) -> c_int {
     // SAFETY: forwarded pointer contract.
-    let Some(t) = (unsafe { text(table) }) else { return -1 };
+    let Some(t) = (unsafe { text(table) }) else {
+        return -1;
+    };
     with_vids(|v| v.entry(t).or_default().insert(virt, real));
     1
 }
@@ -483,7 +535,9 @@ pub unsafe extern "C" fn dmtcp_vid_set(table: *const c_char, virt: u64, real: u6
 #[no_mangle]
 pub unsafe extern "C" fn dmtcp_vid_new(table: *const c_char, real: u64) -> u64 {
     // SAFETY: forwarded pointer contract.
-    let Some(t) = (unsafe { text(table) }) else { return 0 };
+    let Some(t) = (unsafe { text(table) }) else {
+        return 0;
+    };
     with_vids(|v| {
         let m = v.entry(t).or_default();
         let id = m.keys().next_back().map_or(1, |k| k + 1);
@@ -499,7 +553,9 @@ pub unsafe extern "C" fn dmtcp_vid_new(table: *const c_char, real: u64) -> u64 {
 #[no_mangle]
 pub unsafe extern "C" fn dmtcp_vid_to_real(table: *const c_char, virt: u64) -> u64 {
     // SAFETY: forwarded pointer contract.
-    let Some(t) = (unsafe { text(table) }) else { return 0 };
+    let Some(t) = (unsafe { text(table) }) else {
+        return 0;
+    };
     with_vids(|v| v.get(&t).and_then(|m| m.get(&virt).copied()).unwrap_or(0))
 }
 
@@ -510,8 +566,14 @@ pub unsafe extern "C" fn dmtcp_vid_to_real(table: *const c_char, virt: u64) -> u
 #[no_mangle]
 pub unsafe extern "C" fn dmtcp_vid_to_virtual(table: *const c_char, real: u64) -> u64 {
     // SAFETY: forwarded pointer contract.
-    let Some(t) = (unsafe { text(table) }) else { return 0 };
-    with_vids(|v| v.get(&t).and_then(|m| m.iter().find(|(_, &r)| r == real).map(|(&k, _)| k)).unwrap_or(0))
+    let Some(t) = (unsafe { text(table) }) else {
+        return 0;
+    };
+    with_vids(|v| {
+        v.get(&t)
+            .and_then(|m| m.iter().find(|(_, &r)| r == real).map(|(&k, _)| k))
+            .unwrap_or(0)
+    })
 }
 
 /// Forget virtual id `virt`.
@@ -521,7 +583,9 @@ pub unsafe extern "C" fn dmtcp_vid_to_virtual(table: *const c_char, real: u64) -
 #[no_mangle]
 pub unsafe extern "C" fn dmtcp_vid_erase(table: *const c_char, virt: u64) -> c_int {
     // SAFETY: forwarded pointer contract.
-    let Some(t) = (unsafe { text(table) }) else { return -1 };
+    let Some(t) = (unsafe { text(table) }) else {
+        return -1;
+    };
     with_vids(|v| v.get_mut(&t).and_then(|m| m.remove(&virt)).map_or(0, |_| 1))
 }
 

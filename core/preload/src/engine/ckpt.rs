@@ -24,6 +24,14 @@ pub fn fail_round(why: String) {
     });
 }
 
+/// This process's image of the round, written.
+struct Written {
+    path: PathBuf,
+    bytes: u64,
+    crc32: u32,
+    header_crc: u32,
+}
+
 /// State of the checkpoint thread (lives on its stack, so it is restored
 /// along with everything else).
 pub(super) struct Ctl {
@@ -42,8 +50,16 @@ impl Ctl {
         loop {
             if !coord::with(|c| c.buffered()).unwrap_or(false) {
                 let mut fds = [
-                    libc::pollfd { fd: coord::COORD_FD, events: libc::POLLIN, revents: 0 },
-                    libc::pollfd { fd: capi::WAKE_FD.load(SeqCst), events: libc::POLLIN, revents: 0 },
+                    libc::pollfd {
+                        fd: coord::COORD_FD,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: capi::WAKE_FD.load(SeqCst),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
                 ];
                 // SAFETY: poll on our two fds.
                 let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
@@ -58,7 +74,11 @@ impl Ctl {
                 }
             }
             match coord::recv() {
-                Ok(Some(FromCoord::DoCheckpoint { generation, ckpt_dir, num_peers })) => {
+                Ok(Some(FromCoord::DoCheckpoint {
+                    generation,
+                    ckpt_dir,
+                    num_peers,
+                })) => {
                     self.generation = generation;
                     self.num_peers = num_peers;
                     self.checkpoint(ckpt_dir.map(PathBuf::from));
@@ -66,7 +86,9 @@ impl Ctl {
                 Ok(Some(FromCoord::Kill)) => dmtcp_sys::exit_group(0),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
-                    log::warn(format_args!("lost the connection to the coordinator; no more checkpoints"));
+                    log::warn(format_args!(
+                        "lost the connection to the coordinator; no more checkpoints"
+                    ));
                     return;
                 }
             }
@@ -88,6 +110,9 @@ impl Ctl {
         // other processes wait for it there) and fails the checkpoint there.
         let overflow = threads::OVERFLOW.load(SeqCst);
         if !self.barrier("suspended") {
+            // The round is over before the image (the coordinator is gone):
+            // plugins that let go of something at pre-suspend take it back.
+            plugin::run(plugin::Event::Resume);
             capi::end_checkpoint(false, false, self.generation);
             threads::resume_all();
             return;
@@ -105,9 +130,14 @@ impl Ctl {
         let mut planned = if let Some(why) = failure {
             Err(std::io::Error::other(why))
         } else if overflow {
-            Err(std::io::Error::other(format!("more than {} threads: this process cannot be checkpointed", threads::MAX_THREADS)))
+            Err(std::io::Error::other(format!(
+                "more than {} threads: this process cannot be checkpointed",
+                threads::MAX_THREADS
+            )))
         } else if super::start::NO_WINDOW.load(SeqCst) {
-            Err(std::io::Error::other("the restorer window was not free at start-up: this process cannot be checkpointed"))
+            Err(std::io::Error::other(
+                "the restorer window was not free at start-up: this process cannot be checkpointed",
+            ))
         } else {
             memory::plan()
         };
@@ -132,7 +162,10 @@ impl Ctl {
             comp_id: self.comp_id.clone(),
             generation: self.generation,
             num_peers: self.num_peers,
-            time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             dmtcp_version: dmtcp_common::VERSION.into(),
             entry: super::restart::dmtcp_restart_entry as *const () as usize as u64,
             entry_stack_top: super::restart::entry_stack_top(),
@@ -146,36 +179,65 @@ impl Ctl {
             cpu_flags: super::start::cpu_flags(),
             vdso_syms: super::vdso::entry_points(plan.special[2]),
         };
-        match writer::write_image(&dir, &name, &plan, &mut meta, self.cfg.gzip, self.slot) {
-            writer::Outcome::Written { path, tmp, bytes } => self.end_round(Ok((path, tmp, bytes))),
+        // Into the directory of this generation, which the coordinator
+        // commits once every process has written its image.
+        let gen_dir = dir.join(dmtcp_common::generation::partial_name(
+            &self.comp_id,
+            self.generation,
+        ));
+        match writer::write_image(&gen_dir, &name, &plan, &mut meta, self.cfg.gzip, self.slot) {
+            writer::Outcome::Written {
+                path,
+                bytes,
+                crc32,
+                header_crc,
+            } => self.end_round(Ok(Written {
+                path,
+                bytes,
+                crc32,
+                header_crc,
+            })),
             writer::Outcome::Failed(msg) => self.end_round(Err(msg)),
             writer::Outcome::Restarted => self.after_restart(),
         }
     }
 
-    /// The rest of a round once this process's image is written (its
-    /// final and temporary names, its size) or not (why): report it; at
-    /// the "checkpointed" barrier learn whether every process wrote its
-    /// own, and put the image in place or throw it away; "committed"; the
-    /// resume hooks; "resumed" (until every participant gets there the
-    /// coordinator keeps newcomers out of the round's barriers and holds
-    /// new checkpoint requests back); then the threads go on.
-    fn end_round(&mut self, written: Result<(PathBuf, PathBuf, u64), String>) {
+    /// The rest of a round once this process's image is written (where,
+    /// its size and checksums) or not (why): report it; at the
+    /// "checkpointed" barrier learn whether the coordinator committed the
+    /// generation (every process wrote its image), or throw the image
+    /// away; "committed"; the resume hooks; "resumed" (until every
+    /// participant gets there the coordinator keeps newcomers out of the
+    /// round's barriers and holds new checkpoint requests back); then the
+    /// threads go on.
+    fn end_round(&mut self, written: Result<Written, String>) {
         plugin::run(plugin::Event::Written);
         let done = match &written {
-            Ok((path, _, bytes)) => ToCoord::CkptDone { image: path.display().to_string(), bytes: *bytes, error: None },
+            Ok(w) => ToCoord::CkptDone {
+                image: w.path.display().to_string(),
+                bytes: w.bytes,
+                error: None,
+                crc32: w.crc32,
+                header_crc: w.header_crc,
+            },
             Err(msg) => {
                 log::error(format_args!("checkpoint failed: {msg}"));
-                ToCoord::CkptDone { image: String::new(), bytes: 0, error: Some(msg.clone()) }
+                ToCoord::CkptDone {
+                    image: String::new(),
+                    bytes: 0,
+                    error: Some(msg.clone()),
+                    crc32: 0,
+                    header_crc: 0,
+                }
             }
         };
         coord::send(&done);
         let reached = self.barrier("checkpointed");
         let mut ok = reached && coord::LAST_COMMIT.load(SeqCst) && written.is_ok();
-        if let Ok((path, tmp, _)) = &written {
+        if let Ok(w) = &written {
             if !ok {
-                writer::discard(tmp);
-            } else if let Err(e) = writer::commit(tmp, path) {
+                writer::discard(&w.path);
+            } else if let Err(e) = writer::commit_unseen(&w.path) {
                 log::error(format_args!("checkpoint failed: {e}"));
                 ok = false;
             }
@@ -205,7 +267,10 @@ impl Ctl {
                     self.cfg.port = p as u16;
                 }
                 if let Some(a) = v["shared_files"].as_array() {
-                    let fds: Vec<i32> = a.iter().filter_map(|x| x.as_i64().map(|n| n as i32)).collect();
+                    let fds: Vec<i32> = a
+                        .iter()
+                        .filter_map(|x| x.as_i64().map(|n| n as i32))
+                        .collect();
                     super::fds::set_installed_by_restart(fds);
                 }
                 // Without a pid namespace: the job's pids then and now.
@@ -213,7 +278,9 @@ impl Ctl {
                     Some(m) => {
                         let pairs: Vec<(i32, i32)> = m
                             .iter()
-                            .filter_map(|p| Some((p.get(0)?.as_i64()? as i32, p.get(1)?.as_i64()? as i32)))
+                            .filter_map(|p| {
+                                Some((p.get(0)?.as_i64()? as i32, p.get(1)?.as_i64()? as i32))
+                            })
                             .collect();
                         super::vpid::set(&pairs);
                     }
@@ -223,12 +290,21 @@ impl Ctl {
                 if let (Some(dev), Some(ino)) = (v["image_dev"].as_u64(), v["image_ino"].as_u64()) {
                     memory::set_image_file(dev, ino);
                 }
+                // Generations of this computation already in the
+                // checkpoint directories (restarted from an older one):
+                // the next checkpoint is numbered above them.
+                if let Some(g) = v["generation"].as_u64() {
+                    self.generation = self.generation.max(g as u32);
+                }
                 if let Some(d) = v["ckpt_dir"].as_str() {
                     self.cfg.ckpt_dir = PathBuf::from(d);
                     capi::set_dir(d);
                 }
             }
         }
+        // Memory the restorer mapped from the image: realloc must not grow
+        // it in place (see lazymem).
+        super::lazymem::note_restart();
         if RESTART_FLAGS.load(SeqCst) & RESTART_BRK_SET == 0 {
             log::warn(format_args!("the kernel refused PR_SET_MM_MAP: the heap cannot grow in place after restart (malloc falls back to mmap)"));
         }
@@ -243,15 +319,23 @@ impl Ctl {
             generation: self.generation,
             num_peers: self.num_peers,
         };
-        let welcome = if coord::send(&hello) { coord::recv() } else { Ok(None) };
+        let welcome = if coord::send(&hello) {
+            coord::recv()
+        } else {
+            Ok(None)
+        };
         match welcome {
             Ok(Some(FromCoord::Welcome { .. })) => {}
             Ok(Some(FromCoord::Refused { reason })) => {
-                log::error(format_args!("the coordinator refused the restarted process: {reason}"));
+                log::error(format_args!(
+                    "the coordinator refused the restarted process: {reason}"
+                ));
                 dmtcp_sys::exit_group(1);
             }
             other => {
-                log::error(format_args!("no welcome from the coordinator after restart ({other:?})"));
+                log::error(format_args!(
+                    "no welcome from the coordinator after restart ({other:?})"
+                ));
                 dmtcp_sys::exit_group(1);
             }
         }
@@ -272,5 +356,10 @@ impl Ctl {
         plugin::run(plugin::Event::Restarted);
         capi::end_checkpoint(true, true, self.generation);
         threads::resume_all();
+        // Forked children connect to addresses resolved in advance (a child
+        // of a threaded program must not resolve names): those of the
+        // coordinator of now, resolved with the program running again
+        // (resolving allocates with the program's malloc).
+        super::start::resolve_coordinator(&self.cfg.host, self.cfg.port);
     }
 }

@@ -61,7 +61,10 @@ impl Coord {
         }
         // SAFETY: fcntl on our fd.
         unsafe { libc::fcntl(COORD_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
-        Coord { reader: BufReader::new(Fd(COORD_FD)), held: Default::default() }
+        Coord {
+            reader: BufReader::new(Fd(COORD_FD)),
+            held: Default::default(),
+        }
     }
 
     /// Forget buffered input (after a restart the socket is a new one).
@@ -108,7 +111,6 @@ impl Coord {
             }
         }
     }
-
 }
 
 /// The connection, shared by the checkpoint thread and the plugin hooks it
@@ -149,12 +151,18 @@ pub fn barrier(name: &str) -> bool {
     }
     let got = with(|c| {
         c.answer(|m| match m {
-            FromCoord::BarrierDone { name: n, count, commit } if n == name => Ok((count, commit)),
+            FromCoord::BarrierDone {
+                name: n,
+                count,
+                commit,
+            } if n == name => Ok((count, commit)),
             other => Err(other),
         })
     })
     .flatten();
-    let Some((count, commit)) = got else { return false };
+    let Some((count, commit)) = got else {
+        return false;
+    };
     LAST_COUNT.store(count, core::sync::atomic::Ordering::SeqCst);
     LAST_COMMIT.store(commit, core::sync::atomic::Ordering::SeqCst);
     true
@@ -162,7 +170,10 @@ pub fn barrier(name: &str) -> bool {
 
 /// Look a key up in the computation's name service.
 pub fn kv_get(db: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
-    if !send(&ToCoord::KvGet { db: db.into(), key: key.to_vec() }) {
+    if !send(&ToCoord::KvGet {
+        db: db.into(),
+        key: key.to_vec(),
+    }) {
         return None;
     }
     with(|c| {

@@ -10,7 +10,11 @@ use core::sync::atomic::Ordering::SeqCst;
 /// from an exec (for the post-exec event).
 pub(super) const EXEC_MARK: &str = "DMTCP_EXEC_MARK";
 
-type ExecveFn = unsafe extern "C" fn(*const libc::c_char, *const *const libc::c_char, *const *const libc::c_char) -> libc::c_int;
+type ExecveFn = unsafe extern "C" fn(
+    *const libc::c_char,
+    *const *const libc::c_char,
+    *const *const libc::c_char,
+) -> libc::c_int;
 
 extern "C" {
     static environ: *const *const libc::c_char;
@@ -39,23 +43,10 @@ fn inherit_entry() -> [u8; 48] {
     let name = INHERIT_VAR.as_bytes();
     b[..name.len()].copy_from_slice(name);
     b[name.len()] = b'=';
-    let mut k = name.len() + 1;
-    let mut n = dmtcp_sys::getpid() as u32;
-    let mut digits = [0u8; 10];
-    let mut d = 0;
-    loop {
-        digits[d] = b'0' + (n % 10) as u8;
-        d += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    while d > 0 {
-        d -= 1;
-        b[k] = digits[d];
-        k += 1;
-    }
+    let k = name.len() + 1;
+    let mut digits = [0u8; 20];
+    let d = dmtcp_sys::fmt_u64(dmtcp_sys::getpid() as u64, &mut digits);
+    b[k..k + d.len()].copy_from_slice(d);
     b
 }
 
@@ -73,8 +64,13 @@ fn exec_failed(was_on: bool) {
 /// # Safety
 /// The `execv(3)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn execv(path: *const libc::c_char, argv: *const *const libc::c_char) -> libc::c_int {
-    let Some(real) = next_exec(c"execve") else { return -1 };
+pub unsafe extern "C" fn execv(
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+) -> libc::c_int {
+    let Some(real) = next_exec(c"execve") else {
+        return -1;
+    };
     // SAFETY: forwarded contract; environ is the process's environment.
     unsafe { exec_with_env(environ, |env| real(path, argv, env)) }
 }
@@ -84,8 +80,13 @@ pub unsafe extern "C" fn execv(path: *const libc::c_char, argv: *const *const li
 /// # Safety
 /// The `execvp(3)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn execvp(file: *const libc::c_char, argv: *const *const libc::c_char) -> libc::c_int {
-    let Some(real) = next_exec(c"execvpe") else { return -1 };
+pub unsafe extern "C" fn execvp(
+    file: *const libc::c_char,
+    argv: *const *const libc::c_char,
+) -> libc::c_int {
+    let Some(real) = next_exec(c"execvpe") else {
+        return -1;
+    };
     // SAFETY: forwarded contract; environ is the process's environment.
     unsafe { exec_with_env(environ, |env| real(file, argv, env)) }
 }
@@ -103,8 +104,14 @@ fn next_exec(name: &core::ffi::CStr) -> Option<ExecveFn> {
 /// # Safety
 /// The `execve(2)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn execve(path: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> libc::c_int {
-    let Some(real) = next_exec(c"execve") else { return -1 };
+pub unsafe extern "C" fn execve(
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> libc::c_int {
+    let Some(real) = next_exec(c"execve") else {
+        return -1;
+    };
     // SAFETY: forwarded contract.
     unsafe { exec_with_env(envp, |env| real(path, argv, env)) }
 }
@@ -114,8 +121,14 @@ pub unsafe extern "C" fn execve(path: *const libc::c_char, argv: *const *const l
 /// # Safety
 /// The `execvpe(3)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn execvpe(file: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> libc::c_int {
-    let Some(real) = next_exec(c"execvpe") else { return -1 };
+pub unsafe extern "C" fn execvpe(
+    file: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> libc::c_int {
+    let Some(real) = next_exec(c"execvpe") else {
+        return -1;
+    };
     // SAFETY: forwarded contract.
     unsafe { exec_with_env(envp, |env| real(file, argv, env)) }
 }
@@ -129,7 +142,10 @@ pub unsafe extern "C" fn execvpe(file: *const libc::c_char, argv: *const *const 
 /// # Safety
 /// `envp` is null or a null-terminated array of C strings; `exec` is an
 /// exec call taking such an array.
-unsafe fn exec_with_env(envp: *const *const libc::c_char, exec: impl Fn(*const *const libc::c_char) -> libc::c_int) -> libc::c_int {
+unsafe fn exec_with_env(
+    envp: *const *const libc::c_char,
+    exec: impl Fn(*const *const libc::c_char) -> libc::c_int,
+) -> libc::c_int {
     if !LOADED.load(SeqCst) {
         return exec(envp);
     }
@@ -141,9 +157,26 @@ unsafe fn exec_with_env(envp: *const *const libc::c_char, exec: impl Fn(*const *
             n += 1;
         }
     }
-    let size = ((n + 3) * core::mem::size_of::<usize>()).next_multiple_of(4096);
+    // After a restart the coordinator may be another one: the new
+    // program's environment names the coordinator of now (the variables
+    // are replaced; their text goes after the pointers).
+    let coord = capi::coordinator_if_restarted();
+    const HOST_VAR: &[u8] = b"DMTCP_COORD_HOST=";
+    const PORT_VAR: &[u8] = b"DMTCP_COORD_PORT=";
+    let text = coord.map_or(0, |(h, _)| HOST_VAR.len() + h.len() + PORT_VAR.len() + 12);
+    let ptrs = (n + 5) * core::mem::size_of::<usize>();
+    let size = (ptrs + text).next_multiple_of(4096);
     // SAFETY: fresh private anonymous pages of our own.
-    let buf = unsafe { libc::mmap(core::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    let buf = unsafe {
+        super::unmap::sys_mmap(
+            core::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
     if buf == libc::MAP_FAILED {
         // No room for a copy: exec as asked (the new program is not marked).
         exec_failed(on);
@@ -160,7 +193,11 @@ unsafe fn exec_with_env(envp: *const *const libc::c_char, exec: impl Fn(*const *
         if bytes.starts_with(INHERIT_VAR.as_bytes()) || bytes.starts_with(EXEC_MARK.as_bytes()) {
             continue;
         }
-        preloaded |= bytes.starts_with(b"LD_PRELOAD=") && bytes.windows(9).any(|w| w == b"libdmtcp.");
+        if coord.is_some() && (bytes.starts_with(HOST_VAR) || bytes.starts_with(PORT_VAR)) {
+            continue;
+        }
+        preloaded |=
+            bytes.starts_with(b"LD_PRELOAD=") && bytes.windows(9).any(|w| w == b"libdmtcp.");
         // SAFETY: k <= i < n + 3 slots of our buffer.
         unsafe { *env.add(k) = e };
         k += 1;
@@ -171,8 +208,24 @@ unsafe fn exec_with_env(envp: *const *const libc::c_char, exec: impl Fn(*const *
         on = false;
     }
     let inherit = inherit_entry();
-    // SAFETY: two more entries and the terminating null fit in n + 3 slots.
+    // SAFETY: four more entries and the terminating null fit in n + 5
+    // slots; the variables' text fits in the `text` bytes after them.
     unsafe {
+        if let Some((host, port)) = coord {
+            let mut at = (buf as *mut u8).add(ptrs);
+            let mut digits = [0u8; 20];
+            let d = dmtcp_sys::fmt_u64(port as u64, &mut digits);
+            for (var, val) in [(HOST_VAR, host), (PORT_VAR, d)] {
+                *env.add(k) = at as *const libc::c_char;
+                k += 1;
+                core::ptr::copy_nonoverlapping(var.as_ptr(), at, var.len());
+                at = at.add(var.len());
+                core::ptr::copy_nonoverlapping(val.as_ptr(), at, val.len());
+                at = at.add(val.len());
+                *at = 0;
+                at = at.add(1);
+            }
+        }
         *env.add(k) = c"DMTCP_EXEC_MARK=1".as_ptr();
         k += 1;
         if on {
@@ -183,7 +236,7 @@ unsafe fn exec_with_env(envp: *const *const libc::c_char, exec: impl Fn(*const *
     }
     let r = exec(env as *const *const libc::c_char);
     // SAFETY: unmapping our own copy (the exec failed).
-    unsafe { libc::munmap(buf, size) };
+    unsafe { super::unmap::sys_munmap(buf, size) };
     exec_failed(on);
     r
 }
@@ -196,7 +249,12 @@ const EXEC_LIST_MAX: usize = 4096;
 ///
 /// # Safety
 /// Called only by the assembly in `arch` with the caller's arguments.
-pub(crate) unsafe extern "C" fn exec_list(path: *const libc::c_char, regs: *const *const libc::c_char, stack: *const *const libc::c_char, kind: u32) -> libc::c_int {
+pub(crate) unsafe extern "C" fn exec_list(
+    path: *const libc::c_char,
+    regs: *const *const libc::c_char,
+    stack: *const *const libc::c_char,
+    kind: u32,
+) -> libc::c_int {
     let arg = |i: usize| -> *const libc::c_char {
         // SAFETY: the caller passed at least i+1 list entries (the list is
         // NULL-terminated and we stop at the NULL).
@@ -227,7 +285,11 @@ pub(crate) unsafe extern "C" fn exec_list(path: *const libc::c_char, regs: *cons
         match kind {
             0 => execv(path, argv.as_ptr()),
             1 => execvp(path, argv.as_ptr()),
-            _ => execve(path, argv.as_ptr(), arg(n + 1) as *const *const libc::c_char),
+            _ => execve(
+                path,
+                argv.as_ptr(),
+                arg(n + 1) as *const *const libc::c_char,
+            ),
         }
     }
 }

@@ -36,13 +36,19 @@ pub fn dup_own(old: c_int, new: c_int) -> c_int {
 /// soft limit if it must); an error names the limit otherwise.
 pub fn ensure_room() -> Result<(), String> {
     let need = (PROTECTED_FD_BASE + PROTECTED_FD_COUNT) as libc::rlim_t;
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes our struct.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 || l.rlim_cur >= need {
         return Ok(());
     }
     if l.rlim_max >= need {
-        let raised = libc::rlimit { rlim_cur: need, rlim_max: l.rlim_max };
+        let raised = libc::rlimit {
+            rlim_cur: need,
+            rlim_max: l.rlim_max,
+        };
         // SAFETY: setrlimit reads our struct.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             return Ok(());
@@ -120,11 +126,17 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 
 /// The parts of `[first, last]` outside the protected range.
 fn outside(first: u32, last: u32) -> [Option<(u32, u32)>; 2] {
-    let (b, e) = (PROTECTED_FD_BASE as u32, (PROTECTED_FD_BASE + PROTECTED_FD_COUNT - 1) as u32);
+    let (b, e) = (
+        PROTECTED_FD_BASE as u32,
+        (PROTECTED_FD_BASE + PROTECTED_FD_COUNT - 1) as u32,
+    );
     if last < b || first > e {
         return [Some((first, last)), None];
     }
-    [(first < b).then(|| (first, b - 1)), (last > e).then(|| (e + 1, last))]
+    [
+        (first < b).then(|| (first, b - 1)),
+        (last > e).then(|| (e + 1, last)),
+    ]
 }
 
 fn close_range_raw(first: u32, last: u32, flags: c_int) -> c_int {
@@ -179,7 +191,10 @@ mod tests {
     #[test]
     fn ranges_around_the_protected_fds() {
         assert_eq!(outside(3, 100), [Some((3, 100)), None]);
-        assert_eq!(outside(3, u32::MAX), [Some((3, B - 1)), Some((E + 1, u32::MAX))]);
+        assert_eq!(
+            outside(3, u32::MAX),
+            [Some((3, B - 1)), Some((E + 1, u32::MAX))]
+        );
         assert_eq!(outside(B, E), [None, None]);
         assert_eq!(outside(B + 2, E + 5), [None, Some((E + 1, E + 5))]);
         assert_eq!(outside(E + 1, E + 1), [Some((E + 1, E + 1)), None]);

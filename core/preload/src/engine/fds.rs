@@ -34,7 +34,12 @@ pub struct FdDesc<'a> {
 pub fn list_fds() -> Vec<i32> {
     let mut out = Vec::new();
     // SAFETY: open of a literal path.
-    let d = unsafe { libc::open(c"/proc/self/fd".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let d = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
     if d < 0 {
         return out;
     }
@@ -54,12 +59,19 @@ pub fn list_fds() -> Vec<i32> {
 /// The program's fds with what they lead to (library fds and fds user
 /// plugins claimed left out).
 pub fn fds_with_targets() -> Vec<(i32, String)> {
-    list_fds().into_iter().filter(|&fd| !is_protected(fd) && !is_claimed(fd)).map(|fd| (fd, fd_target(fd))).collect()
+    list_fds()
+        .into_iter()
+        .filter(|&fd| !is_protected(fd) && !is_claimed(fd))
+        .map(|fd| (fd, fd_target(fd)))
+        .collect()
 }
 
 /// The process's sockets: (fd, "socket:[inode]").
 pub fn socket_fds() -> Vec<(i32, String)> {
-    fds_with_targets().into_iter().filter(|(_, t)| t.starts_with("socket:[")).collect()
+    fds_with_targets()
+        .into_iter()
+        .filter(|(_, t)| t.starts_with("socket:["))
+        .collect()
 }
 
 /// What `fd` leads to ("" if it is closed).
@@ -88,7 +100,15 @@ pub fn set_nonblock(fd: i32, on: bool) -> i32 {
     // SAFETY: fcntl flag manipulation on an fd of ours.
     unsafe {
         let fl = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK });
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            if on {
+                fl | libc::O_NONBLOCK
+            } else {
+                fl & !libc::O_NONBLOCK
+            },
+        );
         fl
     }
 }
@@ -104,7 +124,11 @@ pub unsafe fn move_fd(nfd: i32, target: i32, cloexec: bool) {
             libc::dup2(nfd, target);
             libc::close(nfd);
         }
-        libc::fcntl(target, libc::F_SETFD, if cloexec { libc::FD_CLOEXEC } else { 0 });
+        libc::fcntl(
+            target,
+            libc::F_SETFD,
+            if cloexec { libc::FD_CLOEXEC } else { 0 },
+        );
     }
 }
 
@@ -139,7 +163,9 @@ fn identity(fd: i32) -> Option<(u64, u64)> {
 /// Claim `fd` for a user plugin (see `dmtcp_claim_fd`); false if closed.
 /// Callers on user threads hold checkpoints off.
 pub fn claim(fd: i32) -> bool {
-    let Some((dev, ino)) = identity(fd) else { return false };
+    let Some((dev, ino)) = identity(fd) else {
+        return false;
+    };
     CLAIMED.with(|v| {
         v.retain(|c| c.0 != fd);
         v.push((fd, dev, ino));

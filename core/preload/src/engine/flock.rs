@@ -20,7 +20,10 @@ unsafe impl<T: Send> Sync for FLock<T> {}
 
 impl<T> FLock<T> {
     pub const fn new(v: T) -> FLock<T> {
-        FLock { state: AtomicU32::new(0), v: UnsafeCell::new(v) }
+        FLock {
+            state: AtomicU32::new(0),
+            v: UnsafeCell::new(v),
+        }
     }
     fn acquire(&self) {
         if self.state.compare_exchange(0, 1, Acquire, Relaxed).is_ok() {

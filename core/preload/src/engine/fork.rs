@@ -1,7 +1,7 @@
 //! fork: a child of a checkpointed process joins the computation as a
 //! process of its own before its parent goes on.
 
-use super::start::{join_coordinator, start_ckpt_thread, ENABLED, IDENT, UNIQ};
+use super::start::{join_coordinator, start_ckpt_thread, COORD_ADDRS, ENABLED, IDENT, UNIQ};
 use super::{capi, coord, log, memory, plugin, proctree, sigevthread, threads, writer};
 use core::cell::Cell;
 use core::sync::atomic::{AtomicI32, Ordering::SeqCst};
@@ -46,11 +46,13 @@ pub(super) extern "C" fn prepare() {
     memory::EXCLUDED.fork_prepare();
     memory::SKIPPED.fork_prepare();
     coord::LINK.fork_prepare();
+    COORD_ADDRS.fork_prepare();
     crate::GLOBAL.0.fork_prepare();
 }
 
 pub(super) extern "C" fn parent() {
     crate::GLOBAL.0.fork_parent();
+    COORD_ADDRS.fork_parent();
     coord::LINK.fork_parent();
     memory::EXCLUDED.fork_parent();
     memory::SKIPPED.fork_parent();
@@ -61,14 +63,22 @@ pub(super) extern "C" fn parent() {
         // (EOF), or the time is up.
         unsafe {
             libc::close(w);
-            let mut pfd = libc::pollfd { fd: r, events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: r,
+                events: libc::POLLIN,
+                revents: 0,
+            };
             let start = std::time::Instant::now();
             loop {
-                let left = JOIN_WAIT_MS - start.elapsed().as_millis().min(JOIN_WAIT_MS as u128) as i32;
+                let left =
+                    JOIN_WAIT_MS - start.elapsed().as_millis().min(JOIN_WAIT_MS as u128) as i32;
                 let n = libc::poll(&mut pfd, 1, left);
                 if n >= 0 || *libc::__errno_location() != libc::EINTR {
                     if n == 0 {
-                        log::warn(format_args!("a forked child did not join the coordinator within {} s; going on", JOIN_WAIT_MS / 1000));
+                        log::warn(format_args!(
+                            "a forked child did not join the coordinator within {} s; going on",
+                            JOIN_WAIT_MS / 1000
+                        ));
                     }
                     break;
                 }
@@ -89,6 +99,7 @@ pub(super) extern "C" fn child() {
     sigevthread::after_fork_child();
     proctree::after_fork_child();
     crate::GLOBAL.0.fork_child();
+    COORD_ADDRS.fork_child();
     coord::LINK.fork_child();
     memory::EXCLUDED.fork_child();
     memory::SKIPPED.fork_child();

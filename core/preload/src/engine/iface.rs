@@ -42,7 +42,11 @@ pub fn barrier(name: &str) -> bool {
 
 /// Publish `key` = `val` in database `db` of the job's name service.
 pub fn kv_put(db: &str, key: Vec<u8>, val: Vec<u8>) -> bool {
-    super::coord::send(&dmtcp_common::proto::ToCoord::KvPut { db: db.into(), key, val })
+    super::coord::send(&dmtcp_common::proto::ToCoord::KvPut {
+        db: db.into(),
+        key,
+        val,
+    })
 }
 
 /// Look `key` up in database `db`: None if the coordinator is gone,
@@ -63,7 +67,10 @@ pub fn vid_to_real(table: &str, virt: u64) -> Option<u64> {
 
 /// The virtual id of `real` in `table`.
 pub fn vid_to_virtual(table: &str, real: u64) -> Option<u64> {
-    super::capi::with_vids(|v| v.get(table).and_then(|m| m.iter().find(|(_, &r)| r == real).map(|(&k, _)| k)))
+    super::capi::with_vids(|v| {
+        v.get(table)
+            .and_then(|m| m.iter().find(|(_, &r)| r == real).map(|(&k, _)| k))
+    })
 }
 
 /// Forget `virt` in `table`.
@@ -77,6 +84,12 @@ pub use super::capi::CkptHold;
 /// a restart (device memory the plugin re-creates); `len` 0 undoes it.
 pub fn skip_memory(start: u64, len: u64) {
     super::memory::skip(start, len)
+}
+
+/// A file in a directory of temporary files (per host, cleaned at boot or
+/// when a job ends): a restart cannot expect to find it.
+pub fn is_temp_path(path: &str) -> bool {
+    super::memory::is_temp_path(path)
 }
 
 /// Retry a call a checkpoint interrupted (EINTR) while the program did not

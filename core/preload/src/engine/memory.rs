@@ -44,7 +44,7 @@ pub fn set_image_file(dev: u64, ino: u64) {
 /// inode) the contents of the image a restart mapped? Recognised by the
 /// file, not by its name: images may be renamed, and a program may map a
 /// file of its own that happens to be named like one.
-fn is_image_mapping(dev: &str, inode: u64) -> bool {
+pub(super) fn is_image_mapping(dev: &str, inode: u64) -> bool {
     let ino = IMAGE_INO.load(core::sync::atomic::Ordering::SeqCst);
     if ino == 0 || inode != ino {
         return false;
@@ -80,6 +80,9 @@ pub static SKIPPED: super::flock::FLock<Vec<(u64, u64)>> = super::flock::FLock::
 /// plugin re-creates what was there); `len` 0 stops skipping the range
 /// that starts at `start`.
 pub fn skip(start: u64, len: u64) {
+    if len > 0 {
+        REQUESTED_RANGES.store(true, core::sync::atomic::Ordering::Relaxed);
+    }
     SKIPPED.with(|x| {
         x.retain(|r| r.0 != start);
         if len > 0 {
@@ -93,6 +96,47 @@ pub fn unexclude(start: u64) {
     EXCLUDED.with(|x| x.retain(|r| r.0 != start));
 }
 
+/// Set once a range is excluded or skipped on request (a plugin or
+/// `dmtcp_exclude_memory`): from then on the unmap wrappers look at them.
+pub static REQUESTED_RANGES: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// `ranges` without `[a, b)`.
+fn subtract(ranges: &mut Vec<(u64, u64)>, a: u64, b: u64) {
+    let mut out = Vec::with_capacity(ranges.len() + 1);
+    for &(s, e) in ranges.iter() {
+        if e <= a || b <= s {
+            out.push((s, e));
+            continue;
+        }
+        if s < a {
+            out.push((s, a));
+        }
+        if b < e {
+            out.push((b, e));
+        }
+    }
+    *ranges = out;
+}
+
+/// The program unmapped (or replaced) `[start, start+len)`: exclusions
+/// and skips end there. They were asked for the memory mapped then; what
+/// is mapped there later is the program's again and is saved.
+pub fn forget_ranges(start: u64, len: u64) {
+    if !REQUESTED_RANGES.load(core::sync::atomic::Ordering::Relaxed) || len == 0 {
+        return;
+    }
+    // The library's own threads (Rust's std unmaps their signal stacks)
+    // never had requests, and a writer must not wait for a checkpoint.
+    if super::threads::is_own(dmtcp_sys::gettid()) {
+        return;
+    }
+    let end = start.saturating_add(len.div_ceil(4096) * 4096);
+    let _hold = super::capi::CkptHold::new();
+    EXCLUDED.with(|x| subtract(x, start, end));
+    SKIPPED.with(|x| subtract(x, start, end));
+}
+
 /// Address ranges of this library's writable data (.data, .bss): they
 /// change while images are written. Recorded by address at start-up, since
 /// after a restart /proc/self/maps may show them backed by an image file.
@@ -104,9 +148,18 @@ pub fn init_self_ranges() {
     // SAFETY: dladdr fills `info` for an address inside this library.
     unsafe {
         let mut info: libc::Dl_info = core::mem::zeroed();
-        if libc::dladdr(init_self_ranges as *const () as *const libc::c_void, &mut info) != 0 && !info.dli_fname.is_null() {
-            let p = std::ffi::CStr::from_ptr(info.dli_fname).to_string_lossy().into_owned();
-            path = std::fs::canonicalize(&p).map(|c| c.display().to_string()).unwrap_or(p);
+        if libc::dladdr(
+            init_self_ranges as *const () as *const libc::c_void,
+            &mut info,
+        ) != 0
+            && !info.dli_fname.is_null()
+        {
+            let p = std::ffi::CStr::from_ptr(info.dli_fname)
+                .to_string_lossy()
+                .into_owned();
+            path = std::fs::canonicalize(&p)
+                .map(|c| c.display().to_string())
+                .unwrap_or(p);
         }
     }
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
@@ -130,20 +183,7 @@ pub fn init_self_ranges() {
 fn minus_excluded(start: u64, end: u64, ex: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out = vec![(start, end)];
     for &(xs, xe) in ex {
-        let mut next = Vec::new();
-        for (s, e) in out {
-            if xe <= s || xs >= e {
-                next.push((s, e));
-                continue;
-            }
-            if s < xs {
-                next.push((s, xs));
-            }
-            if xe < e {
-                next.push((xe, e));
-            }
-        }
-        out = next;
+        subtract(&mut out, xs, xe);
     }
     out
 }
@@ -169,7 +209,12 @@ fn parse_hex(s: &str) -> u64 {
 pub fn plan() -> std::io::Result<Plan> {
     let mut text = String::with_capacity(1 << 16);
     std::fs::File::open("/proc/self/maps")?.read_to_string(&mut text)?;
-    let mut p = Plan { areas: Vec::new(), items: Vec::new(), special: [(0, 0); 3], reprotect: Vec::new() };
+    let mut p = Plan {
+        areas: Vec::new(),
+        items: Vec::new(),
+        special: [(0, 0); 3],
+        reprotect: Vec::new(),
+    };
     let excluded = EXCLUDED.with(|x| x.clone());
     let skipped = SKIPPED.with(|x| x.clone());
     let mut stacks: Vec<(u64, u64)> = super::threads::own_stacks().collect();
@@ -215,10 +260,19 @@ pub fn plan() -> std::io::Result<Plan> {
             let deleted = name.ends_with(" (deleted)");
             let is_file = name.starts_with('/') && inode != 0;
             let anon_shared = shared
-                && (name.starts_with("/dev/zero") || name.starts_with("/SYSV") || name.starts_with("/memfd:") || !is_file || deleted);
+                && (name.starts_with("/dev/zero")
+                    || name.starts_with("/SYSV")
+                    || name.starts_with("/memfd:")
+                    || !is_file
+                    || deleted);
             let mut file_size = 0u64;
             let file_ok = is_file && !deleted && file_matches(name, inode, &mut file_size);
-            if shared && file_ok && !anon_shared && name.starts_with("/dev/") && is_char_device(name) {
+            if shared
+                && file_ok
+                && !anon_shared
+                && name.starts_with("/dev/")
+                && is_char_device(name)
+            {
                 // Device memory (a verbs device's queues, a GPU's): the
                 // device's state, outside any image. Its plugin re-creates
                 // it; mapping the device file again would give a mapping
@@ -230,9 +284,12 @@ pub fn plan() -> std::io::Result<Plan> {
                 (KIND_ANON_PRIVATE, Some(Select::Image), String::new())
             } else if anon_shared {
                 (KIND_ANON_SHARED, Some(Select::SharedAnon), String::new())
-            } else if shared && file_ok && name.starts_with("/dev/shm/") && prot & libc::PROT_WRITE as u32 != 0 {
-                // POSIX shared memory outlives the job: keep its contents as of
-                // the checkpoint, to write back at restart.
+            } else if shared && file_ok && is_temp_path(name) {
+                // POSIX shared memory and files in temporary directories (an
+                // MPI library's session directory) are the job's own and are
+                // gone after a reboot or on another host: keep their contents
+                // as of the checkpoint, to write back at restart (where
+                // `dmtcp_restart` creates the file again if it is missing).
                 (KIND_FILE_SHARED, Some(Select::Shared), name.to_string())
             } else if shared && file_ok {
                 (KIND_FILE_SHARED, None, name.to_string())
@@ -245,7 +302,11 @@ pub fn plan() -> std::io::Result<Plan> {
                 // page we can see, restore it as anonymous memory.
                 (KIND_ANON_PRIVATE, Some(Select::Anon), String::new())
             } else {
-                let label = if name.starts_with('[') { name.to_string() } else { String::new() };
+                let label = if name.starts_with('[') {
+                    name.to_string()
+                } else {
+                    String::new()
+                };
                 (KIND_ANON_PRIVATE, Some(Select::Anon), label)
             };
             let mut flags = if name == "[stack]" { AREA_GROWSDOWN } else { 0 };
@@ -253,7 +314,17 @@ pub fn plan() -> std::io::Result<Plan> {
                 flags |= AREA_SAVED;
             }
             let shm = if kind == KIND_ANON_SHARED { inode } else { 0 };
-            p.areas.push(Area { start, len: end - start, offset, prot, kind, flags, path, file_size, shm });
+            p.areas.push(Area {
+                start,
+                len: end - start,
+                offset,
+                prot,
+                kind,
+                flags,
+                path,
+                file_size,
+                shm,
+            });
             if let Some(select) = select {
                 if prot & libc::PROT_READ as u32 == 0 {
                     p.reprotect.push((start, end - start, prot));
@@ -270,7 +341,12 @@ pub fn plan() -> std::io::Result<Plan> {
                     while a < e {
                         let len = (e - a).min(ITEM_PAGES * 4096);
                         let volatile = stacks.iter().any(|&(ls, le)| a < le && ls < a + len);
-                        p.items.push(Item { start: a, len, select, volatile });
+                        p.items.push(Item {
+                            start: a,
+                            len,
+                            select,
+                            volatile,
+                        });
                         a += len;
                     }
                 }
@@ -278,6 +354,14 @@ pub fn plan() -> std::io::Result<Plan> {
         }
     }
     Ok(p)
+}
+
+/// A file in a directory of temporary files (whose contents a restart
+/// cannot expect to find: per-host, cleaned at boot or when a job ends).
+pub(crate) fn is_temp_path(path: &str) -> bool {
+    ["/tmp/", "/var/tmp/", "/dev/shm/", "/run/user/"]
+        .iter()
+        .any(|d| path.starts_with(d))
 }
 
 fn is_char_device(path: &str) -> bool {
@@ -295,7 +379,10 @@ static WARNED_DEVICES: super::flock::FLock<Vec<String>> = super::flock::FLock::n
 fn warn_verbs_without_plugin(maps: &str) {
     static WARNED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
     let verbs = maps.contains("/libibverbs.so") || maps.contains("/libsoftib_verbs.so");
-    if verbs && !maps.contains("/libdmtcp_ib.so") && !WARNED.swap(true, core::sync::atomic::Ordering::Relaxed) {
+    if verbs
+        && !maps.contains("/libdmtcp_ib.so")
+        && !WARNED.swap(true, core::sync::atomic::Ordering::Relaxed)
+    {
         super::log::warn(format_args!(
             "this program uses InfiniBand verbs (libibverbs) without the InfiniBand plugin: its queue pairs, memory regions and completion queues will not survive a restart (run it with dmtcp_launch --ib)"
         ));
@@ -332,7 +419,13 @@ fn file_matches(path: &str, inode: u64, size: &mut u64) -> bool {
 pub fn open_up(p: &Plan) {
     for &(s, l, prot) in &p.reprotect {
         // SAFETY: adding PROT_READ to an existing mapping of this process.
-        unsafe { libc::mprotect(s as *mut libc::c_void, l as usize, prot as i32 | libc::PROT_READ) };
+        unsafe {
+            libc::mprotect(
+                s as *mut libc::c_void,
+                l as usize,
+                prot as i32 | libc::PROT_READ,
+            )
+        };
     }
 }
 
@@ -349,20 +442,58 @@ pub fn close_down(p: &Plan) {
 /// arg_start, arg_end, env_start, env_end).
 pub fn mm_layout() -> [u64; 11] {
     let mut out = [0u64; 11];
-    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else { return out };
-    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else { return out };
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return out;
+    };
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else {
+        return out;
+    };
     // Fields after ")" start at field 3 (state).
-    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
     let field = |n: usize| f.get(n - 3).copied().unwrap_or(0);
     // SAFETY: brk(0) only reports the current break.
     let brk = unsafe { libc::syscall(libc::SYS_brk, 0) } as u64;
-    out = [field(26), field(27), field(45), field(46), field(47), brk, field(28), field(48), field(49), field(50), field(51)];
+    out = [
+        field(26),
+        field(27),
+        field(45),
+        field(46),
+        field(47),
+        brk,
+        field(28),
+        field(48),
+        field(49),
+        field(50),
+        field(51),
+    ];
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::minus_excluded;
+    use super::{minus_excluded, subtract};
+
+    #[test]
+    fn unmapped_parts_leave_the_requests() {
+        let mut v = vec![(0x1000, 0x5000), (0x8000, 0x9000)];
+        subtract(&mut v, 0x2000, 0x3000);
+        assert_eq!(
+            v,
+            vec![(0x1000, 0x2000), (0x3000, 0x5000), (0x8000, 0x9000)]
+        );
+        subtract(&mut v, 0x0, 0x1800);
+        assert_eq!(
+            v,
+            vec![(0x1800, 0x2000), (0x3000, 0x5000), (0x8000, 0x9000)]
+        );
+        subtract(&mut v, 0x4000, 0x10000);
+        assert_eq!(v, vec![(0x1800, 0x2000), (0x3000, 0x4000)]);
+        subtract(&mut v, 0x5000, 0x6000);
+        assert_eq!(v, vec![(0x1800, 0x2000), (0x3000, 0x4000)]);
+    }
 
     #[test]
     fn image_mappings_are_recognised() {
@@ -378,7 +509,10 @@ mod tests {
 
     #[test]
     fn exclusion_splits_ranges() {
-        assert_eq!(minus_excluded(0, 100, &[(10, 20), (50, 60)]), vec![(0, 10), (20, 50), (60, 100)]);
+        assert_eq!(
+            minus_excluded(0, 100, &[(10, 20), (50, 60)]),
+            vec![(0, 10), (20, 50), (60, 100)]
+        );
         assert_eq!(minus_excluded(0, 100, &[(0, 100)]), vec![]);
         assert_eq!(minus_excluded(10, 20, &[(0, 5), (25, 30)]), vec![(10, 20)]);
         assert_eq!(minus_excluded(10, 20, &[(5, 15)]), vec![(15, 20)]);

@@ -11,6 +11,8 @@
 //! | `signals`, `sigwrap`, `sigevthread` | signal actions saved for the restart entry; wrappers that keep the checkpoint signal the library's; SIGEV_THREAD timers on a suspendable thread |
 //! | `restartable` | poll/select/sleep wrappers that hide the EINTR a checkpoint causes |
 //! | `memory`, `writer` | the memory plan and the parallel image writers |
+//! | `unmap` | `munmap`, `mremap`, `mmap(MAP_FIXED)` wrappers: requested exclusions end with the memory they were asked for |
+//! | `lazymem` | memory a lazy restart mapped from the image; `realloc` grows blocks there by moving them |
 //! | `proctree` | the process's place in the job's tree, recorded in the image |
 //! | `vpid` | virtual pids after a restart without a pid namespace |
 //! | `coord` | the link to the coordinator: barriers, the name service |
@@ -31,11 +33,12 @@ pub(crate) mod capi;
 pub(crate) mod ckpt;
 pub(crate) mod coord;
 pub(crate) mod exec;
-pub mod fds;
 pub(crate) mod fdguard;
+pub mod fds;
 pub(crate) mod flock;
 pub(crate) mod fork;
 pub mod iface;
+pub(crate) mod lazymem;
 pub(crate) mod log;
 pub(crate) mod memory;
 pub(crate) mod plugin;
@@ -47,6 +50,7 @@ pub(crate) mod signals;
 pub(crate) mod sigwrap;
 pub(crate) mod start;
 pub(crate) mod threads;
+pub(crate) mod unmap;
 pub(crate) mod vdso;
 pub(crate) mod vpid;
 pub(crate) mod writer;

@@ -49,7 +49,15 @@ impl Event {
     fn reversed(self) -> bool {
         matches!(
             self,
-            Event::Resume | Event::Restart | Event::Exit | Event::PostExec | Event::AtforkParent | Event::AtforkChild | Event::ThreadResume | Event::Written | Event::Restarted
+            Event::Resume
+                | Event::Restart
+                | Event::Exit
+                | Event::PostExec
+                | Event::AtforkParent
+                | Event::AtforkChild
+                | Event::ThreadResume
+                | Event::Written
+                | Event::Restarted
         )
     }
 }
@@ -81,12 +89,19 @@ pub trait Plugin: Send + Sync {
 
 /// The active plugin that claims `d`, by name.
 pub fn fd_owner(d: &FdDesc) -> Option<&'static str> {
-    PLUGINS.get()?.iter().find(|p| p.claims_fd(d)).map(|p| p.name())
+    PLUGINS
+        .get()?
+        .iter()
+        .find(|p| p.claims_fd(d))
+        .map(|p| p.name())
 }
 
 /// Does plugin `owner` keep `fd` at restart (see [`Plugin::keeps_fd`])?
 pub fn owner_keeps(owner: &str, fd: i32) -> bool {
-    PLUGINS.get().and_then(|l| l.iter().find(|p| p.name() == owner)).is_some_and(|p| p.keeps_fd(fd))
+    PLUGINS
+        .get()
+        .and_then(|l| l.iter().find(|p| p.name() == owner))
+        .is_some_and(|p| p.keeps_fd(fd))
 }
 
 /// Every active plugin's records for the image.
@@ -128,7 +143,8 @@ const MAX_USER: usize = 32;
 /// User plugins, in registration (load) order: a fixed array read without
 /// locks or allocation (events also run on user threads in the checkpoint
 /// signal handler).
-static USER: [std::sync::atomic::AtomicPtr<Descriptor>; MAX_USER] = [const { std::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; MAX_USER];
+static USER: [std::sync::atomic::AtomicPtr<Descriptor>; MAX_USER] =
+    [const { std::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; MAX_USER];
 static N_USER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// `DmtcpEventData_t` of include/dmtcp.h: what an event hook is told.
@@ -172,12 +188,19 @@ fn event_data(ev: Event) -> EventData {
         Event::Resume => false,
         _ => ROUND_RESTART.load(std::sync::atomic::Ordering::SeqCst),
     };
-    let dir = matches!(ev, Event::PreSuspend | Event::PreCheckpoint | Event::Resume | Event::Restart);
+    let dir = matches!(
+        ev,
+        Event::PreSuspend | Event::PreCheckpoint | Event::Resume | Event::Restart
+    );
     EventData {
         ckpt_info: CkptInfo {
             is_restart: restart as std::ffi::c_int,
             generation: ROUND_GENERATION.load(std::sync::atomic::Ordering::SeqCst),
-            ckpt_dir: if dir { super::capi::dir_ptr() } else { core::ptr::null() },
+            ckpt_dir: if dir {
+                super::capi::dir_ptr()
+            } else {
+                core::ptr::null()
+            },
         },
     }
 }
@@ -202,7 +225,9 @@ fn event_code(ev: Event) -> Option<std::ffi::c_int> {
 
 /// The registered user plugins (no allocation, no lock).
 fn user_plugins() -> impl DoubleEndedIterator<Item = UserPlugin> {
-    let n = N_USER.load(std::sync::atomic::Ordering::Acquire).min(MAX_USER);
+    let n = N_USER
+        .load(std::sync::atomic::Ordering::Acquire)
+        .min(MAX_USER);
     USER[..n].iter().filter_map(|p| {
         let d = p.load(std::sync::atomic::Ordering::Acquire);
         // SAFETY: registered descriptors are statics of loaded libraries.
@@ -225,10 +250,14 @@ pub unsafe extern "C" fn dmtcp_register_plugin(d: *const Descriptor) {
         String::new()
     } else {
         // SAFETY: a NUL-terminated string of the plugin.
-        unsafe { std::ffi::CStr::from_ptr(p.0.plugin_api_version) }.to_string_lossy().into_owned()
+        unsafe { std::ffi::CStr::from_ptr(p.0.plugin_api_version) }
+            .to_string_lossy()
+            .into_owned()
     };
     if version != "1" {
-        super::log::error(format_args!("a plugin declares API version {version:?}; this library speaks \"1\": not loaded"));
+        super::log::error(format_args!(
+            "a plugin declares API version {version:?}; this library speaks \"1\": not loaded"
+        ));
         return;
     }
     let i = N_USER.load(std::sync::atomic::Ordering::SeqCst);
@@ -236,7 +265,10 @@ pub unsafe extern "C" fn dmtcp_register_plugin(d: *const Descriptor) {
         super::log::error(format_args!("more than {MAX_USER} plugins: not loaded"));
         return;
     }
-    USER[i].store(p.0 as *const Descriptor as *mut Descriptor, std::sync::atomic::Ordering::SeqCst);
+    USER[i].store(
+        p.0 as *const Descriptor as *mut Descriptor,
+        std::sync::atomic::Ordering::SeqCst,
+    );
     N_USER.store(i + 1, std::sync::atomic::Ordering::Release);
     // Registered after our own start-up (libraries initialise in any order): init it now.
     if PLUGINS.get().is_some() {
@@ -267,7 +299,10 @@ pub fn run_user(ev: Event) {
 
 /// Register the plugins (once, at start-up), minus the disabled ones.
 pub fn init(all: Vec<Box<dyn Plugin>>, disabled: &[String]) {
-    let list = all.into_iter().filter(|p| !disabled.iter().any(|d| d == p.name())).collect();
+    let list = all
+        .into_iter()
+        .filter(|p| !disabled.iter().any(|d| d == p.name()))
+        .collect();
     let _ = PLUGINS.set(list);
 }
 

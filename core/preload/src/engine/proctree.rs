@@ -12,7 +12,9 @@ use dmtcp_common::image::Tree;
 /// Children of every thread of this process (from /proc/self/task/*/children).
 fn children() -> Vec<i32> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc/self/task") else { return out };
+    let Ok(rd) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
     for t in rd.flatten() {
         let p = t.path().join("children");
         if let Ok(s) = std::fs::read_to_string(p) {
@@ -37,7 +39,14 @@ fn zombie_status(pid: i32) -> Option<i32> {
     // translate the pid for the program).
     // SAFETY: waitid with WNOWAIT only reads the child's state; null rusage.
     let r = unsafe {
-        libc::syscall(libc::SYS_waitid, libc::P_PID, pid as libc::id_t, &mut si as *mut libc::siginfo_t, libc::WEXITED | libc::WNOWAIT | libc::WNOHANG, 0usize)
+        libc::syscall(
+            libc::SYS_waitid,
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut si as *mut libc::siginfo_t,
+            libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+            0usize,
+        )
     } as i32;
     // SAFETY: si_pid/si_status are valid for a SIGCHLD siginfo filled by waitid.
     let (spid, status) = unsafe { (si.si_pid(), si.si_status()) };
@@ -76,7 +85,8 @@ pub fn after_restart() {
 
 /// Set at a restart without a pid namespace when this process's parent is
 /// not a process of the job (the restart info says so).
-pub static ROOT_CANDIDATE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+pub static ROOT_CANDIDATE: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
 
 /// In a forked child: its parent is in the job.
 pub fn after_fork_child() {
@@ -100,8 +110,18 @@ pub fn capture(tids: Vec<i32>) -> Tree {
     // SAFETY: these calls only read the calling process's ids.
     let (pgid, sid) = unsafe { (libc::getpgid(0), libc::getsid(0)) };
     // Pids as the program sees them (getpgid and getsid are our wrappers).
-    let zombies = children().into_iter().filter_map(|c| zombie_status(c).map(|s| (super::vpid::to_virt(c), s))).collect();
-    let mut tree = Tree { ppid, pgid, sid, tids, zombies, ..Default::default() };
+    let zombies = children()
+        .into_iter()
+        .filter_map(|c| zombie_status(c).map(|s| (super::vpid::to_virt(c), s)))
+        .collect();
+    let mut tree = Tree {
+        ppid,
+        pgid,
+        sid,
+        tids,
+        zombies,
+        ..Default::default()
+    };
     // Pipes, sockets, event fds, shared files and ptys: the plugins' records.
     super::plugin::records(&mut tree);
     tree

@@ -41,7 +41,17 @@ pub unsafe extern "C" fn dmtcp_restart_entry(args: *const RestartArgs) -> ! {
     let a = unsafe { *args };
     let all: u64 = !0;
     // SAFETY: block every signal in this (only) thread; its clones inherit the mask.
-    unsafe { syscall6(nr::RT_SIGPROCMASK, libc::SIG_SETMASK as usize, &all as *const u64 as usize, 0, 8, 0, 0) };
+    unsafe {
+        syscall6(
+            nr::RT_SIGPROCMASK,
+            libc::SIG_SETMASK as usize,
+            &all as *const u64 as usize,
+            0,
+            8,
+            0,
+            0,
+        )
+    };
     RESTART_FLAGS.store(a.flags, SeqCst);
     // SAFETY: the restorer is done: replace it with the reservation the
     // program had, so the window stays free for the next restart.
@@ -123,7 +133,14 @@ pub unsafe extern "C" fn dmtcp_restart_entry(args: *const RestartArgs) -> ! {
         if r < 0 {
             // SAFETY: the slot's context was saved by save_and_call in this very
             // address space (now restored), its stack and TLS are mapped again.
-            r = unsafe { arch::clone_into(flags, slot.fs.load(SeqCst), tid_addr as *mut i32, slot.ctx.get()) };
+            r = unsafe {
+                arch::clone_into(
+                    flags,
+                    slot.fs.load(SeqCst),
+                    tid_addr as *mut i32,
+                    slot.ctx.get(),
+                )
+            };
         }
         if r < 0 {
             entry_fail(b"cannot re-create a thread (clone failed)");
@@ -144,8 +161,12 @@ pub unsafe extern "C" fn dmtcp_restart_entry(args: *const RestartArgs) -> ! {
             syscall3(nr::SET_TID_ADDRESS, tid_addr as usize, 0, 0);
             core::ptr::write_volatile(tid_addr as *mut i32, dmtcp_sys::gettid());
         }
-        syscall3(nr::ARCH_PRCTL, nr::ARCH_SET_FS, m.fs.load(SeqCst) as usize, 0);
+        syscall3(
+            nr::ARCH_PRCTL,
+            nr::ARCH_SET_FS,
+            m.fs.load(SeqCst) as usize,
+            0,
+        );
         arch::jump_context(m.ctx.get())
     }
 }
-

@@ -18,7 +18,10 @@ fn errno() -> i32 {
 }
 
 fn now_ns() -> i128 {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes our struct.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
     t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
@@ -45,13 +48,19 @@ pub(crate) fn again<T: PartialOrd + Default>(mut call: impl FnMut() -> T) -> T {
 ///
 /// # Safety
 /// `t` is null or points to a readable timespec.
-pub(crate) unsafe fn again_timed<T: PartialOrd + Default>(t: *const libc::timespec, mut call: impl FnMut(*const libc::timespec) -> T) -> T {
+pub(crate) unsafe fn again_timed<T: PartialOrd + Default>(
+    t: *const libc::timespec,
+    mut call: impl FnMut(*const libc::timespec) -> T,
+) -> T {
     let start = now_ns();
     // SAFETY: the caller's timeout, if any, is readable (our contract).
     let total = (!t.is_null()).then(|| unsafe { *t });
     again(|| {
         let left = ts_left(total, start);
-        call(left.as_ref().map_or(core::ptr::null(), |l| l as *const libc::timespec))
+        call(
+            left.as_ref()
+                .map_or(core::ptr::null(), |l| l as *const libc::timespec),
+        )
     })
 }
 
@@ -69,12 +78,26 @@ fn ts_left(t: Option<libc::timespec>, start: i128) -> Option<libc::timespec> {
     let t = t?;
     let total = t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
     let left = (total - (now_ns() - start)).max(0);
-    Some(libc::timespec { tv_sec: (left / 1_000_000_000) as libc::time_t, tv_nsec: (left % 1_000_000_000) as libc::c_long })
+    Some(libc::timespec {
+        tv_sec: (left / 1_000_000_000) as libc::time_t,
+        tv_nsec: (left % 1_000_000_000) as libc::c_long,
+    })
 }
 
 type PollFn = unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, libc::c_int) -> libc::c_int;
-type PpollFn = unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, *const libc::timespec, *const libc::sigset_t) -> libc::c_int;
-type SelectFn = unsafe extern "C" fn(libc::c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *mut libc::timeval) -> libc::c_int;
+type PpollFn = unsafe extern "C" fn(
+    *mut libc::pollfd,
+    libc::nfds_t,
+    *const libc::timespec,
+    *const libc::sigset_t,
+) -> libc::c_int;
+type SelectFn = unsafe extern "C" fn(
+    libc::c_int,
+    *mut libc::fd_set,
+    *mut libc::fd_set,
+    *mut libc::fd_set,
+    *mut libc::timeval,
+) -> libc::c_int;
 type PselectFn = unsafe extern "C" fn(
     libc::c_int,
     *mut libc::fd_set,
@@ -83,17 +106,37 @@ type PselectFn = unsafe extern "C" fn(
     *const libc::timespec,
     *const libc::sigset_t,
 ) -> libc::c_int;
-type EpollWaitFn = unsafe extern "C" fn(libc::c_int, *mut libc::epoll_event, libc::c_int, libc::c_int) -> libc::c_int;
-type EpollPwaitFn = unsafe extern "C" fn(libc::c_int, *mut libc::epoll_event, libc::c_int, libc::c_int, *const libc::sigset_t) -> libc::c_int;
+type EpollWaitFn = unsafe extern "C" fn(
+    libc::c_int,
+    *mut libc::epoll_event,
+    libc::c_int,
+    libc::c_int,
+) -> libc::c_int;
+type EpollPwaitFn = unsafe extern "C" fn(
+    libc::c_int,
+    *mut libc::epoll_event,
+    libc::c_int,
+    libc::c_int,
+    *const libc::sigset_t,
+) -> libc::c_int;
 type NanosleepFn = unsafe extern "C" fn(*const libc::timespec, *mut libc::timespec) -> libc::c_int;
-type ClockNanosleepFn = unsafe extern "C" fn(libc::clockid_t, libc::c_int, *const libc::timespec, *mut libc::timespec) -> libc::c_int;
+type ClockNanosleepFn = unsafe extern "C" fn(
+    libc::clockid_t,
+    libc::c_int,
+    *const libc::timespec,
+    *mut libc::timespec,
+) -> libc::c_int;
 
 /// `poll(2)`, going on across a checkpoint.
 ///
 /// # Safety
 /// As `poll(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, ms: libc::c_int) -> libc::c_int {
+pub unsafe extern "C" fn poll(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    ms: libc::c_int,
+) -> libc::c_int {
     let f = super::iface::next_libc!(c"poll", PollFn);
     let start = now_ns();
     // SAFETY: forwarding the caller's arguments.
@@ -105,7 +148,12 @@ pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, ms: libc:
 /// # Safety
 /// As `ppoll(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, t: *const libc::timespec, mask: *const libc::sigset_t) -> libc::c_int {
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    t: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> libc::c_int {
     let f = super::iface::next_libc!(c"ppoll", PpollFn);
     let mut copy = super::sigwrap::empty_set();
     let mask = super::sigwrap::without_ckpt(mask, &mut copy);
@@ -158,7 +206,12 @@ pub unsafe extern "C" fn pselect(
 /// # Safety
 /// As `epoll_wait(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn epoll_wait(ep: libc::c_int, evs: *mut libc::epoll_event, max: libc::c_int, ms: libc::c_int) -> libc::c_int {
+pub unsafe extern "C" fn epoll_wait(
+    ep: libc::c_int,
+    evs: *mut libc::epoll_event,
+    max: libc::c_int,
+    ms: libc::c_int,
+) -> libc::c_int {
     let f = super::iface::next_libc!(c"epoll_wait", EpollWaitFn);
     let start = now_ns();
     // SAFETY: forwarding the caller's arguments.
@@ -190,7 +243,10 @@ pub unsafe extern "C" fn epoll_pwait(
 /// # Safety
 /// As `nanosleep(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn nanosleep(req: *const libc::timespec, rem: *mut libc::timespec) -> libc::c_int {
+pub unsafe extern "C" fn nanosleep(
+    req: *const libc::timespec,
+    rem: *mut libc::timespec,
+) -> libc::c_int {
     let f = super::iface::next_libc!(c"nanosleep", NanosleepFn);
     if req.is_null() {
         // SAFETY: forwarding (libc reports EFAULT).
@@ -200,7 +256,10 @@ pub unsafe extern "C" fn nanosleep(req: *const libc::timespec, rem: *mut libc::t
     let mut cur = unsafe { *req };
     loop {
         let ev = checkpoints();
-        let mut left = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut left = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: our copies of the request and the time left.
         let r = unsafe { f(&cur, &mut left) };
         if r < 0 && errno() == libc::EINTR {
@@ -222,7 +281,12 @@ pub unsafe extern "C" fn nanosleep(req: *const libc::timespec, rem: *mut libc::t
 /// # Safety
 /// As `clock_nanosleep(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn clock_nanosleep(clock: libc::clockid_t, flags: libc::c_int, req: *const libc::timespec, rem: *mut libc::timespec) -> libc::c_int {
+pub unsafe extern "C" fn clock_nanosleep(
+    clock: libc::clockid_t,
+    flags: libc::c_int,
+    req: *const libc::timespec,
+    rem: *mut libc::timespec,
+) -> libc::c_int {
     static CLOCK_NANOSLEEP: AtomicUsize = AtomicUsize::new(0);
     let f = super::start::libc_fn(&CLOCK_NANOSLEEP, c"clock_nanosleep");
     if f == 0 || req.is_null() {
@@ -234,7 +298,10 @@ pub unsafe extern "C" fn clock_nanosleep(clock: libc::clockid_t, flags: libc::c_
     let mut cur = unsafe { *req };
     loop {
         let ev = checkpoints();
-        let mut left = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut left = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: our copies of the request and the time left.
         let r = unsafe { f(clock, flags, &cur, &mut left) };
         if r == libc::EINTR {
@@ -259,7 +326,10 @@ pub unsafe extern "C" fn clock_nanosleep(clock: libc::clockid_t, flags: libc::c_
 /// None beyond `usleep(3)`'s.
 #[no_mangle]
 pub unsafe extern "C" fn usleep(us: libc::useconds_t) -> libc::c_int {
-    let t = libc::timespec { tv_sec: (us / 1_000_000) as libc::time_t, tv_nsec: (us % 1_000_000) as libc::c_long * 1000 };
+    let t = libc::timespec {
+        tv_sec: (us / 1_000_000) as libc::time_t,
+        tv_nsec: (us % 1_000_000) as libc::c_long * 1000,
+    };
     // SAFETY: our request, no time-left buffer.
     unsafe { nanosleep(&t, core::ptr::null_mut()) }
 }
@@ -270,8 +340,14 @@ pub unsafe extern "C" fn usleep(us: libc::useconds_t) -> libc::c_int {
 /// None beyond `sleep(3)`'s.
 #[no_mangle]
 pub unsafe extern "C" fn sleep(s: libc::c_uint) -> libc::c_uint {
-    let t = libc::timespec { tv_sec: s as libc::time_t, tv_nsec: 0 };
-    let mut left = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let t = libc::timespec {
+        tv_sec: s as libc::time_t,
+        tv_nsec: 0,
+    };
+    let mut left = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: our request and time-left buffer.
     if unsafe { nanosleep(&t, &mut left) } == 0 {
         0

@@ -63,14 +63,34 @@ fn helper() {
     let ckpt = super::threads::CKPT_SIGNAL.load(SeqCst);
     let mask: u64 = !(1u64 << (ckpt - 1));
     // SAFETY: setting this thread's own signal mask.
-    unsafe { dmtcp_sys::syscall6(dmtcp_sys::nr::RT_SIGPROCMASK, libc::SIG_SETMASK as usize, &mask as *const u64 as usize, 0, 8, 0, 0) };
+    unsafe {
+        dmtcp_sys::syscall6(
+            dmtcp_sys::nr::RT_SIGPROCMASK,
+            libc::SIG_SETMASK as usize,
+            &mask as *const u64 as usize,
+            0,
+            8,
+            0,
+            0,
+        )
+    };
     // SAFETY: gettid has no preconditions.
     HELPER_TID.store(unsafe { libc::gettid() }, SeqCst);
     let set: u64 = 1u64 << (SIG - 1);
     loop {
         let mut info = [0u64; 16];
         // SAFETY: rt_sigtimedwait reads our set and writes the 128-byte siginfo.
-        let r = unsafe { dmtcp_sys::syscall6(dmtcp_sys::nr::RT_SIGTIMEDWAIT, &set as *const u64 as usize, info.as_mut_ptr() as usize, 0, 8, 0, 0) };
+        let r = unsafe {
+            dmtcp_sys::syscall6(
+                dmtcp_sys::nr::RT_SIGTIMEDWAIT,
+                &set as *const u64 as usize,
+                info.as_mut_ptr() as usize,
+                0,
+                8,
+                0,
+                0,
+            )
+        };
         if r != SIG as isize {
             continue; // interrupted (a checkpoint)
         }
@@ -92,7 +112,11 @@ fn helper() {
 /// Start the helper once; its tid (0 if it cannot be started).
 fn helper_tid() -> i32 {
     if STARTING.swap(1, SeqCst) == 0 {
-        let ok = std::thread::Builder::new().name("dmtcp:sigev".into()).stack_size(256 << 10).spawn(helper).is_ok();
+        let ok = std::thread::Builder::new()
+            .name("dmtcp:sigev".into())
+            .stack_size(256 << 10)
+            .spawn(helper)
+            .is_ok();
         if !ok {
             STARTING.store(0, SeqCst);
             return 0;
@@ -108,17 +132,23 @@ fn helper_tid() -> i32 {
     0
 }
 
-type TimerCreateFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::sigevent, *mut libc::timer_t) -> libc::c_int;
+type TimerCreateFn =
+    unsafe extern "C" fn(libc::clockid_t, *mut libc::sigevent, *mut libc::timer_t) -> libc::c_int;
 
 /// `timer_create(2)`: `SIGEV_THREAD` timers notify our helper thread.
 ///
 /// # Safety
 /// As `timer_create(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn timer_create(clock: libc::clockid_t, sev: *mut libc::sigevent, out: *mut libc::timer_t) -> libc::c_int {
+pub unsafe extern "C" fn timer_create(
+    clock: libc::clockid_t,
+    sev: *mut libc::sigevent,
+    out: *mut libc::timer_t,
+) -> libc::c_int {
     static REAL: AtomicUsize = AtomicUsize::new(0);
     // SAFETY: the caller's sigevent, if any, is readable (64 bytes).
-    let thread = !sev.is_null() && unsafe { (*(sev as *const Sigevent)).notify } == libc::SIGEV_THREAD;
+    let thread =
+        !sev.is_null() && unsafe { (*(sev as *const Sigevent)).notify } == libc::SIGEV_THREAD;
     if !thread {
         let f = super::start::libc_fn(&REAL, c"timer_create");
         if f == 0 {
@@ -146,12 +176,30 @@ pub unsafe extern "C" fn timer_create(clock: libc::clockid_t, sev: *mut libc::si
         return -1;
     }
     // SAFETY: a non-null function pointer the program gave for this purpose.
-    let function: extern "C" fn(u64) = unsafe { core::mem::transmute::<usize, extern "C" fn(u64)>(user.function as usize) };
-    let call = Box::into_raw(Box::new(Call { function, value: user.value }));
-    let k = Sigevent { value: call as u64, signo: SIG, notify: libc::SIGEV_THREAD_ID, function: tid as u32 as u64, attributes: 0, _pad: [0; 4] };
+    let function: extern "C" fn(u64) =
+        unsafe { core::mem::transmute::<usize, extern "C" fn(u64)>(user.function as usize) };
+    let call = Box::into_raw(Box::new(Call {
+        function,
+        value: user.value,
+    }));
+    let k = Sigevent {
+        value: call as u64,
+        signo: SIG,
+        notify: libc::SIGEV_THREAD_ID,
+        function: tid as u32 as u64,
+        attributes: 0,
+        _pad: [0; 4],
+    };
     let mut id: i32 = -1;
     // SAFETY: the kernel reads our sigevent and writes the new id.
-    let r = unsafe { dmtcp_sys::syscall3(dmtcp_sys::nr::TIMER_CREATE, clock as usize, &k as *const Sigevent as usize, &mut id as *mut i32 as usize) };
+    let r = unsafe {
+        dmtcp_sys::syscall3(
+            dmtcp_sys::nr::TIMER_CREATE,
+            clock as usize,
+            &k as *const Sigevent as usize,
+            &mut id as *mut i32 as usize,
+        )
+    };
     if r < 0 {
         // SAFETY: the Call was never handed out.
         drop(unsafe { Box::from_raw(call) });

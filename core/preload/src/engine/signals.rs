@@ -15,7 +15,12 @@ const NSIG: usize = 65;
 
 /// Signal actions saved at checkpoint time, restored first thing at restart
 /// (static, so the restart entry can reach them with no allocation).
-pub static mut SIGACTIONS: [KSigaction; NSIG] = [KSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 }; NSIG];
+pub static mut SIGACTIONS: [KSigaction; NSIG] = [KSigaction {
+    handler: 0,
+    flags: 0,
+    restorer: 0,
+    mask: 0,
+}; NSIG];
 
 /// Save every signal action (called with user threads suspended).
 pub fn save_sigactions() {
@@ -25,7 +30,17 @@ pub fn save_sigactions() {
         }
         let mut old = KSigaction::default();
         // SAFETY: rt_sigaction with a null new action only writes `old`.
-        let r = unsafe { dmtcp_sys::syscall6(dmtcp_sys::nr::RT_SIGACTION, sig, 0, &mut old as *mut KSigaction as usize, 8, 0, 0) };
+        let r = unsafe {
+            dmtcp_sys::syscall6(
+                dmtcp_sys::nr::RT_SIGACTION,
+                sig,
+                0,
+                &mut old as *mut KSigaction as usize,
+                8,
+                0,
+                0,
+            )
+        };
         if r == 0 {
             // SAFETY: only the checkpoint thread writes this table, with user
             // threads suspended; the restart entry reads it single-threaded.
@@ -43,6 +58,16 @@ pub fn restore_sigactions() {
         // SAFETY: single-threaded restart entry reads the static table.
         let a = unsafe { (*core::ptr::addr_of!(SIGACTIONS))[sig] };
         // SAFETY: rt_sigaction reads our struct; handlers are at their old addresses.
-        unsafe { dmtcp_sys::syscall6(dmtcp_sys::nr::RT_SIGACTION, sig, &a as *const KSigaction as usize, 0, 8, 0, 0) };
+        unsafe {
+            dmtcp_sys::syscall6(
+                dmtcp_sys::nr::RT_SIGACTION,
+                sig,
+                &a as *const KSigaction as usize,
+                0,
+                8,
+                0,
+                0,
+            )
+        };
     }
 }

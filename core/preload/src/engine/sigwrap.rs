@@ -16,7 +16,8 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 use std::ffi::c_int;
 
-type SigactionFn = unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
+type SigactionFn =
+    unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
 type MaskFn = unsafe extern "C" fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int;
 
 static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
@@ -67,7 +68,10 @@ pub fn forward(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
         libc::SIG_IGN => {}
         libc::SIG_DFL => {
             // The default action of SIGUSR1/2 and friends ends the process.
-            if !matches!(sig, libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH | libc::SIGCONT) {
+            if !matches!(
+                sig,
+                libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH | libc::SIGCONT
+            ) {
                 // SAFETY: restore the default action and re-raise: the
                 // process terminates by this signal, as without us.
                 unsafe {
@@ -77,14 +81,23 @@ pub fn forward(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
                     let mut set: libc::sigset_t = core::mem::zeroed();
                     libc::sigemptyset(&mut set);
                     libc::sigaddset(&mut set, sig);
-                    dmtcp_sys::syscall6(dmtcp_sys::nr::RT_SIGPROCMASK, libc::SIG_UNBLOCK as usize, &set as *const _ as usize, 0, 8, 0, 0);
+                    dmtcp_sys::syscall6(
+                        dmtcp_sys::nr::RT_SIGPROCMASK,
+                        libc::SIG_UNBLOCK as usize,
+                        &set as *const _ as usize,
+                        0,
+                        8,
+                        0,
+                        0,
+                    );
                     dmtcp_sys::tgkill(dmtcp_sys::getpid(), dmtcp_sys::gettid(), sig);
                 }
             }
         }
         h if a.sa_flags & libc::SA_SIGINFO != 0 => {
             // SAFETY: the program installed this three-argument handler.
-            let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { core::mem::transmute(h) };
+            let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                unsafe { core::mem::transmute(h) };
             f(sig, info, uc);
         }
         h => {
@@ -98,7 +111,11 @@ pub fn forward(sig: c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
 /// # Safety
 /// The `sigaction(2)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+pub unsafe extern "C" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
     if ACTIVE.load(Relaxed) && sig == ckpt_sig() {
         // SAFETY: the caller's pointers follow the sigaction contract.
         unsafe {
@@ -133,7 +150,11 @@ pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc
     old.sa_sigaction
 }
 
-fn filtered(how: c_int, set: *const libc::sigset_t, copy: &mut libc::sigset_t) -> *const libc::sigset_t {
+fn filtered(
+    how: c_int,
+    set: *const libc::sigset_t,
+    copy: &mut libc::sigset_t,
+) -> *const libc::sigset_t {
     if set.is_null() || !ACTIVE.load(Relaxed) || how == libc::SIG_UNBLOCK {
         return set;
     }
@@ -154,14 +175,21 @@ pub(crate) fn empty_set() -> libc::sigset_t {
 /// `mask` without the checkpoint signal, in `copy` (null stays null): for
 /// the masks a call installs while it waits, and the sets `sigwait` and its
 /// kin dequeue from.
-pub(crate) fn without_ckpt(mask: *const libc::sigset_t, copy: &mut libc::sigset_t) -> *const libc::sigset_t {
+pub(crate) fn without_ckpt(
+    mask: *const libc::sigset_t,
+    copy: &mut libc::sigset_t,
+) -> *const libc::sigset_t {
     filtered(libc::SIG_SETMASK, mask, copy)
 }
 
 type SigsuspendFn = unsafe extern "C" fn(*const libc::sigset_t) -> c_int;
 type SigwaitFn = unsafe extern "C" fn(*const libc::sigset_t, *mut c_int) -> c_int;
 type SigwaitinfoFn = unsafe extern "C" fn(*const libc::sigset_t, *mut libc::siginfo_t) -> c_int;
-type SigtimedwaitFn = unsafe extern "C" fn(*const libc::sigset_t, *mut libc::siginfo_t, *const libc::timespec) -> c_int;
+type SigtimedwaitFn = unsafe extern "C" fn(
+    *const libc::sigset_t,
+    *mut libc::siginfo_t,
+    *const libc::timespec,
+) -> c_int;
 
 /// `sigsuspend(2)`, never blocking the checkpoint signal, and waiting on
 /// when a checkpoint woke it.
@@ -197,7 +225,10 @@ pub unsafe extern "C" fn sigwait(set: *const libc::sigset_t, sig: *mut c_int) ->
 /// # Safety
 /// The `sigwaitinfo(2)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn sigwaitinfo(set: *const libc::sigset_t, info: *mut libc::siginfo_t) -> c_int {
+pub unsafe extern "C" fn sigwaitinfo(
+    set: *const libc::sigset_t,
+    info: *mut libc::siginfo_t,
+) -> c_int {
     let f = super::iface::next_libc!(c"sigwaitinfo", SigwaitinfoFn, -1);
     let mut copy = empty_set();
     let s = without_ckpt(set, &mut copy);
@@ -211,7 +242,11 @@ pub unsafe extern "C" fn sigwaitinfo(set: *const libc::sigset_t, info: *mut libc
 /// # Safety
 /// The `sigtimedwait(2)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn sigtimedwait(set: *const libc::sigset_t, info: *mut libc::siginfo_t, t: *const libc::timespec) -> c_int {
+pub unsafe extern "C" fn sigtimedwait(
+    set: *const libc::sigset_t,
+    info: *mut libc::siginfo_t,
+    t: *const libc::timespec,
+) -> c_int {
     let f = super::iface::next_libc!(c"sigtimedwait", SigtimedwaitFn, -1);
     let mut copy = empty_set();
     let s = without_ckpt(set, &mut copy);
@@ -223,7 +258,11 @@ pub unsafe extern "C" fn sigtimedwait(set: *const libc::sigset_t, info: *mut lib
 /// # Safety
 /// The `sigprocmask(2)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+pub unsafe extern "C" fn sigprocmask(
+    how: c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> c_int {
     // SAFETY: a zeroed sigset is a valid empty set.
     let mut copy: libc::sigset_t = unsafe { core::mem::zeroed() };
     let s = filtered(how, set, &mut copy);
@@ -235,7 +274,11 @@ pub unsafe extern "C" fn sigprocmask(how: c_int, set: *const libc::sigset_t, old
 /// # Safety
 /// The `pthread_sigmask(3)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn pthread_sigmask(how: c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> c_int {
+pub unsafe extern "C" fn pthread_sigmask(
+    how: c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> c_int {
     // SAFETY: a zeroed sigset is a valid empty set.
     let mut copy: libc::sigset_t = unsafe { core::mem::zeroed() };
     let s = filtered(how, set, &mut copy);

@@ -57,17 +57,25 @@ pub(super) struct Config {
 impl Config {
     fn from_env() -> Config {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let ncpu = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         Config {
             host: get(E::COORD_HOST).unwrap_or_else(|| "localhost".into()),
-            port: get(E::COORD_PORT).and_then(|p| p.parse().ok()).unwrap_or(E::DEFAULT_PORT),
+            port: get(E::COORD_PORT)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(E::DEFAULT_PORT),
             ckpt_dir: get(E::CKPT_DIR)
                 .map(PathBuf::from)
                 .or_else(|| std::env::current_dir().ok())
                 .unwrap_or_else(|| PathBuf::from(".")),
             gzip: get(E::GZIP).map(|v| E::truthy(&v)).unwrap_or(true),
-            signal: get(E::CKPT_SIGNAL).and_then(|s| s.parse().ok()).unwrap_or(E::DEFAULT_CKPT_SIGNAL),
-            writers: get(E::WRITERS).and_then(|s| s.parse().ok()).unwrap_or(ncpu.clamp(2, 4)),
+            signal: get(E::CKPT_SIGNAL)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(E::DEFAULT_CKPT_SIGNAL),
+            writers: get(E::WRITERS)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(ncpu.clamp(2, 4)),
             disabled: get(E::DISABLED_PLUGINS)
                 .map(|s| s.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
@@ -76,7 +84,12 @@ impl Config {
 }
 fn program_argv() -> Vec<String> {
     std::fs::read("/proc/self/cmdline")
-        .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -105,14 +118,23 @@ extern "C" fn dmtcp_init() {
     sigwrap::init();
     threads::init_rseq();
     let _ = cpu_flags();
-    log::QUIET.store(std::env::var(E::QUIET).ok().and_then(|q| q.parse().ok()).unwrap_or(0), Relaxed);
+    log::QUIET.store(
+        std::env::var(E::QUIET)
+            .ok()
+            .and_then(|q| q.parse().ok())
+            .unwrap_or(0),
+        Relaxed,
+    );
     // SAFETY: reserving an address range with NOREPLACE never disturbs an existing mapping.
     let r = unsafe {
-        libc::mmap(
+        super::unmap::sys_mmap(
             dmtcp_sys::RESTORER_BASE as *mut libc::c_void,
             dmtcp_sys::RESTORER_SIZE,
             libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_NORESERVE
+                | libc::MAP_FIXED_NOREPLACE,
             -1,
             0,
         )
@@ -127,7 +149,7 @@ extern "C" fn dmtcp_init() {
         ));
         if r != libc::MAP_FAILED {
             // SAFETY: a mapping the kernel placed elsewhere for us: ours to drop.
-            unsafe { libc::munmap(r, dmtcp_sys::RESTORER_SIZE) };
+            unsafe { super::unmap::sys_munmap(r, dmtcp_sys::RESTORER_SIZE) };
         }
         NO_WINDOW.store(true, SeqCst);
     }
@@ -142,7 +164,12 @@ extern "C" fn dmtcp_init() {
         .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(exe_name);
-    let ident = Ident { cfg, program, argv, comp_id: String::new() };
+    let ident = Ident {
+        cfg,
+        program,
+        argv,
+        comp_id: String::new(),
+    };
     resolve_coordinator(&ident.cfg.host, ident.cfg.port);
     let (coord, comp_id, generation) = match join_coordinator(&ident, inherited) {
         Ok(j) => j,
@@ -154,13 +181,12 @@ extern "C" fn dmtcp_init() {
     };
     let ident = Ident { comp_id, ..ident };
     if let Err(e) = threads::install_handler(ident.cfg.signal) {
-        log::error(format_args!("cannot install the checkpoint signal handler: {e}"));
+        log::error(format_args!(
+            "cannot install the checkpoint signal handler: {e}"
+        ));
         std::process::exit(1);
     }
-    plugin::init(
-        crate::plugins::all(),
-        &ident.cfg.disabled,
-    );
+    plugin::init(crate::plugins::all(), &ident.cfg.disabled);
     plugin::run(plugin::Event::Init);
     if std::env::var_os(super::exec::EXEC_MARK).is_some() {
         plugin::POST_EXEC.store(true, SeqCst);
@@ -168,7 +194,11 @@ extern "C" fn dmtcp_init() {
     }
     // SAFETY: registering fork and exit handlers with no preconditions.
     unsafe {
-        libc::pthread_atfork(Some(super::fork::prepare), Some(super::fork::parent), Some(super::fork::child));
+        libc::pthread_atfork(
+            Some(super::fork::prepare),
+            Some(super::fork::parent),
+            Some(super::fork::child),
+        );
         libc::atexit(at_exit);
     }
     coord::install(coord);
@@ -209,7 +239,8 @@ pub(super) fn take_inherited_coord() -> Option<i32> {
     // SAFETY: fstat into a zeroed struct.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
     // SAFETY: fstat on a fixed fd number; fails cleanly if it is closed.
-    let ok = unsafe { libc::fstat(coord::COORD_FD, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+    let ok = unsafe { libc::fstat(coord::COORD_FD, &mut st) } == 0
+        && st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
     ok.then_some(coord::COORD_FD)
 }
 
@@ -218,21 +249,29 @@ pub(super) fn take_inherited_coord() -> Option<i32> {
 /// of a multi-threaded program must not resolve names: another thread may
 /// have held the resolver's locks at the fork), with the host:port they
 /// were resolved for.
-static COORD_ADDRS: flock::FLock<Option<(String, u16, Vec<std::net::SocketAddr>)>> = flock::FLock::new(None);
+pub(super) static COORD_ADDRS: flock::FLock<Option<(String, u16, Vec<std::net::SocketAddr>)>> =
+    flock::FLock::new(None);
 /// This host's id (gethostid may resolve the host name: once, at start-up).
 static HOSTID: AtomicU32 = AtomicU32::new(0);
 
 /// Resolve the coordinator's address now (start-up, restart).
 pub(super) fn resolve_coordinator(host: &str, port: u16) {
     use std::net::ToSocketAddrs;
-    let addrs: Vec<std::net::SocketAddr> = (host, port).to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
+    let addrs: Vec<std::net::SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map(|a| a.collect())
+        .unwrap_or_default();
     COORD_ADDRS.with(|c| *c = Some((host.to_string(), port, addrs)));
 }
 
 /// Connect to the coordinator at its resolved addresses (resolving only if
 /// it was never resolved for this host and port).
 fn connect_coordinator(host: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
-    let known = COORD_ADDRS.with(|c| c.as_ref().filter(|(h, p, a)| h == host && *p == port && !a.is_empty()).map(|(_, _, a)| a.clone()));
+    let known = COORD_ADDRS.with(|c| {
+        c.as_ref()
+            .filter(|(h, p, a)| h == host && *p == port && !a.is_empty())
+            .map(|(_, _, a)| a.clone())
+    });
     let Some(addrs) = known else {
         return std::net::TcpStream::connect((host, port));
     };
@@ -246,19 +285,29 @@ fn connect_coordinator(host: &str, port: u16) -> std::io::Result<std::net::TcpSt
     Err(last)
 }
 
-pub(super) fn join_coordinator(id: &Ident, inherited: Option<i32>) -> Result<(coord::Coord, String, u32), String> {
+pub(super) fn join_coordinator(
+    id: &Ident,
+    inherited: Option<i32>,
+) -> Result<(coord::Coord, String, u32), String> {
     let fd = match inherited {
         Some(fd) => fd,
         None => {
-            let stream = connect_coordinator(&id.cfg.host, id.cfg.port)
-                .map_err(|e| format!("Coordinator not found at {}:{} ({e})", id.cfg.host, id.cfg.port))?;
+            let stream = connect_coordinator(&id.cfg.host, id.cfg.port).map_err(|e| {
+                format!(
+                    "Coordinator not found at {}:{} ({e})",
+                    id.cfg.host, id.cfg.port
+                )
+            })?;
             let _ = stream.set_nodelay(true);
             stream.into_raw_fd()
         }
     };
     let mut coord = coord::Coord::adopt(fd);
     let pid = dmtcp_sys::getpid();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     if HOSTID.load(SeqCst) == 0 {
         // SAFETY: gethostid has no preconditions.
         HOSTID.store(unsafe { libc::gethostid() } as u32, SeqCst);
@@ -277,11 +326,19 @@ pub(super) fn join_coordinator(id: &Ident, inherited: Option<i32>) -> Result<(co
         generation: 0,
         num_peers: 0,
     };
-    coord.send(&hello).map_err(|e| format!("cannot talk to the coordinator: {e}"))?;
+    coord
+        .send(&hello)
+        .map_err(|e| format!("cannot talk to the coordinator: {e}"))?;
     loop {
         match coord.recv() {
-            Ok(Some(FromCoord::Welcome { comp_id, generation, .. })) => return Ok((coord, comp_id, generation)),
-            Ok(Some(FromCoord::Refused { reason })) => return Err(format!("the coordinator refused this process: {reason}")),
+            Ok(Some(FromCoord::Welcome {
+                comp_id,
+                generation,
+                ..
+            })) => return Ok((coord, comp_id, generation)),
+            Ok(Some(FromCoord::Refused { reason })) => {
+                return Err(format!("the coordinator refused this process: {reason}"))
+            }
             // What the program we replaced left unread on an inherited connection.
             Ok(Some(_)) if inherited.is_some() => continue,
             other => return Err(format!("no welcome from the coordinator ({other:?})")),
@@ -293,19 +350,48 @@ pub(super) static UNIQ: flock::FLock<String> = flock::FLock::new(String::new());
 
 /// Start the checkpoint thread; false if it could not be started.
 pub(super) fn start_ckpt_thread(ident: Ident, generation: u32) -> bool {
+    // Once the thread runs it may be told to checkpoint at once (a forked
+    // child is a member of the round its parent is about to take), while
+    // this thread still frees what starting it took from the library's
+    // heap: held off until then, or this thread would be suspended with
+    // the heap locked and the writers would wait for it for ever.
+    capi::dmtcp_disable_ckpt();
+    let ok = spawn_ckpt_thread(ident, generation);
+    capi::dmtcp_enable_ckpt();
+    ok
+}
+
+fn spawn_ckpt_thread(ident: Ident, generation: u32) -> bool {
     IDENT.with(|i| *i = Some(ident.clone()));
     let uniq_id = UNIQ.with(|u| u.clone());
     let (tx, rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new().name("dmtcp:ckpt".into()).stack_size(1 << 20).spawn(move || {
-        threads::block_all_signals();
-        let slot = threads::claim_own(threads::KIND_CKPT);
-        threads::record_own_stack(slot);
-        let _ = tx.send(());
-        drop(tx);
-        let Ident { cfg, program, argv, comp_id } = ident;
-        let mut ctl = Ctl { cfg, program, argv, uniq_id, comp_id, generation, num_peers: 1, slot };
-        ctl.run();
-    });
+    let spawned = std::thread::Builder::new()
+        .name("dmtcp:ckpt".into())
+        .stack_size(1 << 20)
+        .spawn(move || {
+            threads::block_all_signals();
+            let slot = threads::claim_own(threads::KIND_CKPT);
+            threads::record_own_stack(slot);
+            let _ = tx.send(());
+            drop(tx);
+            let Ident {
+                cfg,
+                program,
+                argv,
+                comp_id,
+            } = ident;
+            let mut ctl = Ctl {
+                cfg,
+                program,
+                argv,
+                uniq_id,
+                comp_id,
+                generation,
+                num_peers: 1,
+                slot,
+            };
+            ctl.run();
+        });
     match spawned {
         Ok(h) => {
             let _ = rx.recv();
@@ -345,5 +431,7 @@ pub(crate) fn libc_fn(slot: &core::sync::atomic::AtomicUsize, name: &core::ffi::
 pub(crate) fn boot_id() -> String {
     // (No libc fallback such as gethostid: it may resolve the host name,
     // which takes locks a suspended thread could hold.)
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_else(|_| "boot".into())
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "boot".into())
 }

@@ -52,7 +52,18 @@ unsafe impl Sync for Slot {}
 const EMPTY: Slot = Slot {
     kind: AtomicU32::new(KIND_FREE),
     tid: AtomicI32::new(0),
-    ctx: UnsafeCell::new(Ctx { rbx: 0, rbp: 0, r12: 0, r13: 0, r14: 0, r15: 0, rsp: 0, rip: 0, mxcsr: 0, fpucw: 0 }),
+    ctx: UnsafeCell::new(Ctx {
+        rbx: 0,
+        rbp: 0,
+        r12: 0,
+        r13: 0,
+        r14: 0,
+        r15: 0,
+        rsp: 0,
+        rip: 0,
+        mxcsr: 0,
+        fpucw: 0,
+    }),
     fs: AtomicU64::new(0),
     tid_addr: AtomicU64::new(0),
     robust_head: AtomicU64::new(0),
@@ -104,7 +115,11 @@ pub fn reset_after_fork() {
 /// Thread ids of every slot in use (the threads a restart re-creates).
 pub fn slot_tids() -> Vec<i32> {
     let n = NSLOTS.load(SeqCst).max(OWN.load(SeqCst)).min(MAX_THREADS);
-    SLOTS[..n].iter().filter(|s| s.kind.load(SeqCst) != KIND_FREE).map(|s| s.tid.load(SeqCst)).collect()
+    SLOTS[..n]
+        .iter()
+        .filter(|s| s.kind.load(SeqCst) != KIND_FREE)
+        .map(|s| s.tid.load(SeqCst))
+        .collect()
 }
 
 /// Claim a slot for one of our own threads (at start-up).
@@ -137,12 +152,17 @@ pub fn record_own_stack(slot: &Slot) {
 
 /// Stack ranges of our own threads.
 pub fn own_stacks() -> impl Iterator<Item = (u64, u64)> {
-    SLOTS[..OWN.load(SeqCst)].iter().map(|s| (s.stack_lo.load(Relaxed), s.stack_hi.load(Relaxed))).filter(|r| r.1 > r.0)
+    SLOTS[..OWN.load(SeqCst)]
+        .iter()
+        .map(|s| (s.stack_lo.load(Relaxed), s.stack_hi.load(Relaxed)))
+        .filter(|r| r.1 > r.0)
 }
 
 /// Is `tid` one of our own threads?
 pub fn is_own(tid: i32) -> bool {
-    SLOTS[..OWN.load(SeqCst)].iter().any(|s| s.tid.load(Relaxed) == tid)
+    SLOTS[..OWN.load(SeqCst)]
+        .iter()
+        .any(|s| s.tid.load(Relaxed) == tid)
 }
 
 /// Record the calling thread's kernel-side state in `slot`.
@@ -150,30 +170,73 @@ pub fn capture(slot: &Slot) {
     slot.tid.store(dmtcp_sys::gettid(), Relaxed);
     let mut v: u64 = 0;
     // SAFETY: ARCH_GET_FS writes one u64 to the given address.
-    unsafe { syscall3(nr::ARCH_PRCTL, nr::ARCH_GET_FS, &mut v as *mut u64 as usize, 0) };
+    unsafe {
+        syscall3(
+            nr::ARCH_PRCTL,
+            nr::ARCH_GET_FS,
+            &mut v as *mut u64 as usize,
+            0,
+        )
+    };
     slot.fs.store(v, Relaxed);
     let mut a: u64 = 0;
     // SAFETY: PR_GET_TID_ADDRESS writes one pointer to the given address.
-    let r = unsafe { syscall6(nr::PRCTL, nr::PR_GET_TID_ADDRESS, &mut a as *mut u64 as usize, 0, 0, 0, 0) };
+    let r = unsafe {
+        syscall6(
+            nr::PRCTL,
+            nr::PR_GET_TID_ADDRESS,
+            &mut a as *mut u64 as usize,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
     slot.tid_addr.store(if r == 0 { a } else { 0 }, Relaxed);
     let (mut head, mut len) = (0u64, 0u64);
     // SAFETY: get_robust_list(0, ...) writes the caller's head pointer and length.
     let r = unsafe {
-        syscall3(nr::GET_ROBUST_LIST, 0, &mut head as *mut u64 as usize, &mut len as *mut u64 as usize)
+        syscall3(
+            nr::GET_ROBUST_LIST,
+            0,
+            &mut head as *mut u64 as usize,
+            &mut len as *mut u64 as usize,
+        )
     };
     if r != 0 {
         head = 0;
     }
     slot.robust_head.store(head, Relaxed);
     slot.robust_len.store(len, Relaxed);
-    let mut ss = libc::stack_t { ss_sp: core::ptr::null_mut(), ss_flags: 0, ss_size: 0 };
+    let mut ss = libc::stack_t {
+        ss_sp: core::ptr::null_mut(),
+        ss_flags: 0,
+        ss_size: 0,
+    };
     // SAFETY: sigaltstack(NULL, &old) only writes `ss`.
-    unsafe { syscall3(nr::SIGALTSTACK, 0, &mut ss as *mut libc::stack_t as usize, 0) };
+    unsafe {
+        syscall3(
+            nr::SIGALTSTACK,
+            0,
+            &mut ss as *mut libc::stack_t as usize,
+            0,
+        )
+    };
     slot.alt_sp.store(ss.ss_sp as u64, Relaxed);
     slot.alt_size.store(ss.ss_size as u64, Relaxed);
     slot.alt_flags.store(ss.ss_flags, Relaxed);
     // SAFETY: PR_GET_NAME writes at most 16 bytes; the slot is ours.
-    unsafe { syscall6(nr::PRCTL, libc::PR_GET_NAME as usize, slot.name.get() as usize, 0, 0, 0, 0) };
+    unsafe {
+        syscall6(
+            nr::PRCTL,
+            libc::PR_GET_NAME as usize,
+            slot.name.get() as usize,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
     capture_queued(slot);
     slot.pending.store(sigpending(), Relaxed);
 }
@@ -190,7 +253,10 @@ struct QEntry {
 // (fetch_add on QUEUED_N), then read by that same thread after a restart.
 unsafe impl Sync for QEntry {}
 #[allow(clippy::declare_interior_mutable_const)]
-const QEMPTY: QEntry = QEntry { slot: AtomicUsize::new(usize::MAX), info: UnsafeCell::new([0; 16]) };
+const QEMPTY: QEntry = QEntry {
+    slot: AtomicUsize::new(usize::MAX),
+    info: UnsafeCell::new([0; 16]),
+};
 static QUEUED: [QEntry; QPOOL] = [QEMPTY; QPOOL];
 static QUEUED_N: AtomicUsize = AtomicUsize::new(0);
 const SI_TKILL: i32 = -6;
@@ -205,7 +271,12 @@ fn pending_split() -> Option<(u64, u64)> {
     let mut buf = [0u8; 4096];
     // SAFETY: open/read/close of a /proc file into our stack buffer.
     let n = unsafe {
-        let fd = syscall3(nr::OPEN, c"/proc/thread-self/status".as_ptr() as usize, libc::O_RDONLY as usize | libc::O_CLOEXEC as usize, 0);
+        let fd = syscall3(
+            nr::OPEN,
+            c"/proc/thread-self/status".as_ptr() as usize,
+            libc::O_RDONLY as usize | libc::O_CLOEXEC as usize,
+            0,
+        );
         if fd < 0 {
             return None;
         }
@@ -220,7 +291,11 @@ fn pending_split() -> Option<(u64, u64)> {
     let field = |name: &[u8]| -> Option<u64> {
         let at = text.windows(name.len()).position(|w| w == name)? + name.len();
         let mut v = 0u64;
-        for &c in text[at..].iter().skip_while(|c| **c == b'\t' || **c == b' ').take_while(|c| c.is_ascii_hexdigit()) {
+        for &c in text[at..]
+            .iter()
+            .skip_while(|c| **c == b'\t' || **c == b' ')
+            .take_while(|c| c.is_ascii_hexdigit())
+        {
             v = v << 4 | (c as char).to_digit(16)? as u64;
         }
         Some(v)
@@ -236,7 +311,18 @@ fn requeue_own(info: &[u64; 16]) {
     let (pid, tid) = (dmtcp_sys::getpid() as usize, dmtcp_sys::gettid() as usize);
     // SAFETY: rt_tgsigqueueinfo reads our 128-byte siginfo; tgkill takes numbers.
     unsafe {
-        if code >= 0 || code == SI_TKILL || syscall6(nr::RT_TGSIGQUEUEINFO, pid, tid, sig, info.as_ptr() as usize, 0, 0) < 0 {
+        if code >= 0
+            || code == SI_TKILL
+            || syscall6(
+                nr::RT_TGSIGQUEUEINFO,
+                pid,
+                tid,
+                sig,
+                info.as_ptr() as usize,
+                0,
+                0,
+            ) < 0
+        {
             syscall3(nr::TGKILL, pid, tid, sig);
         }
     }
@@ -245,7 +331,9 @@ fn requeue_own(info: &[u64; 16]) {
 /// Take the real-time signals queued for this thread alone (every
 /// instance, in order) into the pool and queue them again at once.
 fn capture_queued(slot: &Slot) {
-    let Some((own, shared)) = pending_split() else { return };
+    let Some((own, shared)) = pending_split() else {
+        return;
+    };
     let ckpt = CKPT_SIGNAL.load(Relaxed);
     let idx = slot_index(slot);
     for sig in 34..=64i32 {
@@ -256,11 +344,24 @@ fn capture_queued(slot: &Slot) {
             continue;
         }
         let first = QUEUED_N.load(SeqCst);
-        let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         loop {
             let mut info = [0u64; 16];
             // SAFETY: rt_sigtimedwait reads our set and timeout, writes `info`.
-            let r = unsafe { syscall6(nr::RT_SIGTIMEDWAIT, &bit as *const u64 as usize, info.as_mut_ptr() as usize, &zero as *const libc::timespec as usize, 8, 0, 0) };
+            let r = unsafe {
+                syscall6(
+                    nr::RT_SIGTIMEDWAIT,
+                    &bit as *const u64 as usize,
+                    info.as_mut_ptr() as usize,
+                    &zero as *const libc::timespec as usize,
+                    8,
+                    0,
+                    0,
+                )
+            };
             if r != sig as isize {
                 break;
             }
@@ -273,7 +374,11 @@ fn capture_queued(slot: &Slot) {
             unsafe { *QUEUED[i].info.get() = info };
             QUEUED[i].slot.store(idx, SeqCst);
         }
-        for e in QUEUED.iter().take(QUEUED_N.load(SeqCst).min(QPOOL)).skip(first) {
+        for e in QUEUED
+            .iter()
+            .take(QUEUED_N.load(SeqCst).min(QPOOL))
+            .skip(first)
+        {
             if e.slot.load(SeqCst) == idx {
                 // SAFETY: written above by this thread.
                 let info = unsafe { *e.info.get() };
@@ -309,7 +414,12 @@ const RSEQ_LEN: usize = 32;
 /// Learn glibc's rseq registration (start-up).
 pub fn init_rseq() {
     // SAFETY: dlsym lookups of glibc's exported data symbols.
-    let (size, offset) = unsafe { (libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()), libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr())) };
+    let (size, offset) = unsafe {
+        (
+            libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()),
+            libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()),
+        )
+    };
     if size.is_null() || offset.is_null() {
         return;
     }
@@ -345,16 +455,37 @@ pub fn reapply(slot: &Slot) {
     let head = slot.robust_head.load(Relaxed);
     if head != 0 {
         // SAFETY: the list head lives in restored memory at the same address.
-        unsafe { syscall3(nr::SET_ROBUST_LIST, head as usize, slot.robust_len.load(Relaxed) as usize, 0) };
+        unsafe {
+            syscall3(
+                nr::SET_ROBUST_LIST,
+                head as usize,
+                slot.robust_len.load(Relaxed) as usize,
+                0,
+            )
+        };
     }
     let sp = slot.alt_sp.load(Relaxed);
     if sp != 0 && slot.alt_flags.load(Relaxed) & libc::SS_DISABLE == 0 {
-        let ss = libc::stack_t { ss_sp: sp as *mut c_void, ss_flags: 0, ss_size: slot.alt_size.load(Relaxed) as usize };
+        let ss = libc::stack_t {
+            ss_sp: sp as *mut c_void,
+            ss_flags: 0,
+            ss_size: slot.alt_size.load(Relaxed) as usize,
+        };
         // SAFETY: re-installing the alternate stack the thread had; its memory is restored.
         unsafe { syscall3(nr::SIGALTSTACK, &ss as *const libc::stack_t as usize, 0, 0) };
     }
     // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
-    unsafe { syscall6(nr::PRCTL, libc::PR_SET_NAME as usize, slot.name.get() as usize, 0, 0, 0, 0) };
+    unsafe {
+        syscall6(
+            nr::PRCTL,
+            libc::PR_SET_NAME as usize,
+            slot.name.get() as usize,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
     // Signals that were pending for this thread alone are raised again (the
     // thread blocks everything until it resumes, so they wait as before).
     let ckpt_bit = 1u64 << (CKPT_SIGNAL.load(Relaxed) - 1);
@@ -417,7 +548,9 @@ pub extern "C" fn on_ckpt_signal(sig: i32, info: *mut libc::siginfo_t, uc: *mut 
         slot.kind.store(KIND_USER, SeqCst);
         capture(slot);
         // SAFETY: the slot's ctx stays in static memory, part of every image.
-        let r = unsafe { arch::save_and_call(slot.ctx.get(), suspended_wait, seen as usize as *mut c_void) };
+        let r = unsafe {
+            arch::save_and_call(slot.ctx.get(), suspended_wait, seen as usize as *mut c_void)
+        };
         if r != 0 {
             // Restarted: we are a fresh kernel thread resuming the old context.
             reapply(slot);
@@ -451,13 +584,30 @@ pub fn install_handler(sig: i32) -> std::io::Result<()> {
 pub fn block_all_signals() {
     let all: u64 = !0;
     // SAFETY: rt_sigprocmask on the caller's own mask with an 8-byte set.
-    unsafe { syscall6(nr::RT_SIGPROCMASK, libc::SIG_SETMASK as usize, &all as *const u64 as usize, 0, 8, 0, 0) };
+    unsafe {
+        syscall6(
+            nr::RT_SIGPROCMASK,
+            libc::SIG_SETMASK as usize,
+            &all as *const u64 as usize,
+            0,
+            8,
+            0,
+            0,
+        )
+    };
 }
 
 /// List the thread ids of this process into `out`; returns how many.
 fn list_tasks(out: &mut [i32]) -> usize {
     // SAFETY: NUL-terminated literal path.
-    let fd = unsafe { syscall3(nr::OPEN, c"/proc/self/task".as_ptr() as usize, libc::O_RDONLY as usize | libc::O_DIRECTORY as usize | nr::O_CLOEXEC, 0) };
+    let fd = unsafe {
+        syscall3(
+            nr::OPEN,
+            c"/proc/self/task".as_ptr() as usize,
+            libc::O_RDONLY as usize | libc::O_DIRECTORY as usize | nr::O_CLOEXEC,
+            0,
+        )
+    };
     if fd < 0 {
         return 0;
     }

@@ -32,7 +32,9 @@ pub(crate) fn entry_points(vdso: (u64, u64)) -> Vec<(String, u64)> {
         }
     });
     if let Err(e) = r {
-        super::log::warn(format_args!("{e}: the image will restart only on a kernel with the same vDSO"));
+        super::log::warn(format_args!(
+            "{e}: the image will restart only on a kernel with the same vDSO"
+        ));
         out.clear();
     }
     if STUCK.load(SeqCst) {
@@ -64,7 +66,10 @@ pub(crate) fn begin_round() {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let range = maps.lines().find(|l| l.ends_with(" [vdso]")).and_then(|l| {
         let (s, e) = l.split_whitespace().next()?.split_once('-')?;
-        Some((u64::from_str_radix(s, 16).ok()?, u64::from_str_radix(e, 16).ok()?))
+        Some((
+            u64::from_str_radix(s, 16).ok()?,
+            u64::from_str_radix(e, 16).ok()?,
+        ))
     });
     let (lo, hi) = range.unwrap_or((0, 0));
     LO.store(lo, SeqCst);
@@ -82,13 +87,19 @@ pub(crate) fn defer(uc: *mut c_void) -> bool {
         return false;
     }
     // SAFETY: the kernel passes SA_SIGINFO handlers a valid ucontext_t.
-    let rip = unsafe { (*(uc as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] } as u64;
+    let rip =
+        unsafe { (*(uc as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] }
+            as u64;
     if rip < lo || rip >= hi {
         return false;
     }
     let tid = dmtcp_sys::gettid();
-    if BUDGET.fetch_update(SeqCst, SeqCst, |b| b.checked_sub(1)).is_err()
-        || !DEFERRED.iter().any(|d| d.compare_exchange(0, tid, SeqCst, SeqCst).is_ok())
+    if BUDGET
+        .fetch_update(SeqCst, SeqCst, |b| b.checked_sub(1))
+        .is_err()
+        || !DEFERRED
+            .iter()
+            .any(|d| d.compare_exchange(0, tid, SeqCst, SeqCst).is_ok())
     {
         STUCK.store(true, SeqCst);
         return false;

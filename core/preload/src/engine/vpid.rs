@@ -27,7 +27,11 @@ static N: AtomicUsize = AtomicUsize::new(0);
 pub fn set(pairs: &[(i32, i32)]) {
     N.store(0, SeqCst);
     let mut n = 0;
-    for &(v, r) in pairs.iter().filter(|(v, r)| *v > 0 && *r > 0 && v != r).take(MAX) {
+    for &(v, r) in pairs
+        .iter()
+        .filter(|(v, r)| *v > 0 && *r > 0 && v != r)
+        .take(MAX)
+    {
         VIRT[n].store(v, SeqCst);
         REAL[n].store(r, SeqCst);
         n += 1;
@@ -46,12 +50,16 @@ fn entries() -> usize {
 
 /// The real pid behind a pid the program uses.
 pub fn to_real(v: i32) -> i32 {
-    (0..entries()).find(|&i| VIRT[i].load(Relaxed) == v).map_or(v, |i| REAL[i].load(Relaxed))
+    (0..entries())
+        .find(|&i| VIRT[i].load(Relaxed) == v)
+        .map_or(v, |i| REAL[i].load(Relaxed))
 }
 
 /// The pid the program knows for a real one.
 pub fn to_virt(r: i32) -> i32 {
-    (0..entries()).find(|&i| REAL[i].load(Relaxed) == r).map_or(r, |i| VIRT[i].load(Relaxed))
+    (0..entries())
+        .find(|&i| REAL[i].load(Relaxed) == r)
+        .map_or(r, |i| VIRT[i].load(Relaxed))
 }
 
 /// A pid argument of kill/waitpid/setpgid: `p` > 0 a process, `p` < -1 a
@@ -66,7 +74,13 @@ fn arg_to_real(p: i32) -> i32 {
 
 /// A system call with up to four arguments (the fifth, for waitid's
 /// rusage, is null).
-fn real_syscall(nr: libc::c_long, a: libc::c_long, b: libc::c_long, c: libc::c_long, d: libc::c_long) -> libc::c_long {
+fn real_syscall(
+    nr: libc::c_long,
+    a: libc::c_long,
+    b: libc::c_long,
+    c: libc::c_long,
+    d: libc::c_long,
+) -> libc::c_long {
     // SAFETY: forwarding the caller's arguments to the kernel; the unused
     // trailing arguments are zero.
     unsafe { libc::syscall(nr, a, b, c, d, 0 as libc::c_long, 0 as libc::c_long) }
@@ -81,7 +95,13 @@ pub extern "C" fn getpid() -> libc::pid_t {
 /// `kill(2)` of the process or group the program means.
 #[no_mangle]
 pub extern "C" fn kill(pid: libc::pid_t, sig: libc::c_int) -> libc::c_int {
-    real_syscall(libc::SYS_kill, arg_to_real(pid) as libc::c_long, sig as libc::c_long, 0, 0) as libc::c_int
+    real_syscall(
+        libc::SYS_kill,
+        arg_to_real(pid) as libc::c_long,
+        sig as libc::c_long,
+        0,
+        0,
+    ) as libc::c_int
 }
 
 /// `wait4(2)` with translated pids.
@@ -89,9 +109,20 @@ pub extern "C" fn kill(pid: libc::pid_t, sig: libc::c_int) -> libc::c_int {
 /// # Safety
 /// The `wait4(2)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn wait4(pid: libc::pid_t, status: *mut libc::c_int, options: libc::c_int, ru: *mut libc::rusage) -> libc::pid_t {
+pub unsafe extern "C" fn wait4(
+    pid: libc::pid_t,
+    status: *mut libc::c_int,
+    options: libc::c_int,
+    ru: *mut libc::rusage,
+) -> libc::pid_t {
     let r = super::restartable::again(|| {
-        real_syscall(libc::SYS_wait4, arg_to_real(pid) as libc::c_long, status as libc::c_long, options as libc::c_long, ru as libc::c_long)
+        real_syscall(
+            libc::SYS_wait4,
+            arg_to_real(pid) as libc::c_long,
+            status as libc::c_long,
+            options as libc::c_long,
+            ru as libc::c_long,
+        )
     });
     if r > 0 {
         to_virt(r as i32)
@@ -105,7 +136,11 @@ pub unsafe extern "C" fn wait4(pid: libc::pid_t, status: *mut libc::c_int, optio
 /// # Safety
 /// The `waitpid(2)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn waitpid(pid: libc::pid_t, status: *mut libc::c_int, options: libc::c_int) -> libc::pid_t {
+pub unsafe extern "C" fn waitpid(
+    pid: libc::pid_t,
+    status: *mut libc::c_int,
+    options: libc::c_int,
+) -> libc::pid_t {
     // SAFETY: forwarded contract.
     unsafe { wait4(pid, status, options, core::ptr::null_mut()) }
 }
@@ -126,7 +161,11 @@ pub unsafe extern "C" fn wait(status: *mut libc::c_int) -> libc::pid_t {
 /// # Safety
 /// The `wait3(2)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn wait3(status: *mut libc::c_int, options: libc::c_int, ru: *mut libc::rusage) -> libc::pid_t {
+pub unsafe extern "C" fn wait3(
+    status: *mut libc::c_int,
+    options: libc::c_int,
+    ru: *mut libc::rusage,
+) -> libc::pid_t {
     // SAFETY: forwarded contract.
     unsafe { wait4(-1, status, options, ru) }
 }
@@ -137,12 +176,25 @@ pub unsafe extern "C" fn wait3(status: *mut libc::c_int, options: libc::c_int, r
 /// # Safety
 /// The `waitid(2)` contract.
 #[no_mangle]
-pub unsafe extern "C" fn waitid(idtype: libc::idtype_t, id: libc::id_t, info: *mut libc::siginfo_t, options: libc::c_int) -> libc::c_int {
+pub unsafe extern "C" fn waitid(
+    idtype: libc::idtype_t,
+    id: libc::id_t,
+    info: *mut libc::siginfo_t,
+    options: libc::c_int,
+) -> libc::c_int {
     let id = match idtype {
         libc::P_PID | libc::P_PGID if id > 0 => to_real(id as i32) as libc::id_t,
         _ => id,
     };
-    let r = super::restartable::again(|| real_syscall(libc::SYS_waitid, idtype as libc::c_long, id as libc::c_long, info as libc::c_long, options as libc::c_long));
+    let r = super::restartable::again(|| {
+        real_syscall(
+            libc::SYS_waitid,
+            idtype as libc::c_long,
+            id as libc::c_long,
+            info as libc::c_long,
+            options as libc::c_long,
+        )
+    });
     if r == 0 && !info.is_null() && entries() > 0 {
         // si_pid sits at offset 16 of a SIGCHLD siginfo on x86_64.
         // SAFETY: the caller's siginfo, just filled by the kernel.
@@ -158,7 +210,13 @@ pub unsafe extern "C" fn waitid(idtype: libc::idtype_t, id: libc::id_t, info: *m
 /// A query about process `pid` (0: the caller) that answers with a pid:
 /// both translated.
 fn pid_query(nr: libc::c_long, pid: libc::pid_t) -> libc::pid_t {
-    let r = real_syscall(nr, if pid > 0 { to_real(pid) } else { pid } as libc::c_long, 0, 0, 0) as i32;
+    let r = real_syscall(
+        nr,
+        if pid > 0 { to_real(pid) } else { pid } as libc::c_long,
+        0,
+        0,
+        0,
+    ) as i32;
     if r > 0 {
         to_virt(r)
     } else {
@@ -189,7 +247,13 @@ pub extern "C" fn getsid(pid: libc::pid_t) -> libc::pid_t {
 pub extern "C" fn setpgid(pid: libc::pid_t, pgid: libc::pid_t) -> libc::c_int {
     let p = if pid > 0 { to_real(pid) } else { pid };
     let g = if pgid > 0 { to_real(pgid) } else { pgid };
-    real_syscall(libc::SYS_setpgid, p as libc::c_long, g as libc::c_long, 0, 0) as libc::c_int
+    real_syscall(
+        libc::SYS_setpgid,
+        p as libc::c_long,
+        g as libc::c_long,
+        0,
+        0,
+    ) as libc::c_int
 }
 
 #[cfg(test)]

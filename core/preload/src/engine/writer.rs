@@ -15,7 +15,9 @@ use super::memory::{Item, Plan, Select};
 use super::threads::{self, Slot};
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*,
+};
 use dmtcp_common::image::{self, ChunkDesc, Header, Meta, CHUNK_ZSTD};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -129,7 +131,14 @@ fn scratch(size: usize) -> *mut u8 {
     let size = size.div_ceil(PAGE) * PAGE;
     // SAFETY: a fresh anonymous mapping, owned by the writer for good.
     let p = unsafe {
-        libc::mmap(core::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0)
+        super::unmap::sys_mmap(
+            core::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
     };
     assert!(p != libc::MAP_FAILED, "scratch mapping");
     super::memory::exclude(p as u64, size as u64);
@@ -144,7 +153,8 @@ pub fn start(n: usize) {
         let csize = unsafe { zstd_sys::ZSTD_estimateCCtxSize(ZSTD_LEVEL) };
         let cmem = scratch(csize);
         // SAFETY: pure function.
-        let bound = unsafe { zstd_sys::ZSTD_compressBound(super::memory::ITEM_PAGES as usize * PAGE) };
+        let bound =
+            unsafe { zstd_sys::ZSTD_compressBound(super::memory::ITEM_PAGES as usize * PAGE) };
         let zcap = bound.div_ceil(PAGE) * PAGE;
         let w: &'static Writer = Box::leak(Box::new(Writer {
             slot: AtomicPtr::new(core::ptr::null_mut()),
@@ -202,7 +212,13 @@ fn writer_main(w: &'static Writer, ready: std::sync::mpsc::Sender<()>) {
         seen = JOB.job_epoch.load(SeqCst);
         threads::capture(slot);
         // SAFETY: the slot's ctx is static memory saved in every image.
-        let r = unsafe { arch::save_and_call(slot.ctx.get(), writer_phase, w as *const Writer as *mut c_void) };
+        let r = unsafe {
+            arch::save_and_call(
+                slot.ctx.get(),
+                writer_phase,
+                w as *const Writer as *mut c_void,
+            )
+        };
         if r != 0 {
             threads::reapply(slot);
         }
@@ -245,7 +261,9 @@ fn is_zero(addr: u64) -> bool {
     // SAFETY: the page is mapped and readable (checked by the caller's pagemap
     // view and protection handling); read as 512 u64 words.
     let words = unsafe { core::slice::from_raw_parts(addr as *const u64, PAGE / 8) };
-    words.chunks(64).all(|c| c.iter().fold(0u64, |a, &b| a | b) == 0)
+    words
+        .chunks(64)
+        .all(|c| c.iter().fold(0u64, |a, &b| a | b) == 0)
 }
 
 fn want(select: Select, e: u64, addr: u64) -> bool {
@@ -265,7 +283,9 @@ fn process(st: &mut WState, it: &Item) -> Result<(), i32> {
     // The Vec itself is never modified during a job (an image taken now
     // must hold it intact): work on a slice view of its buffer.
     // SAFETY: the scratch buffer holds ITEM_PAGES entries; items are at most that long.
-    let pm = unsafe { core::slice::from_raw_parts_mut(st.pm, pages.min(super::memory::ITEM_PAGES as usize)) };
+    let pm = unsafe {
+        core::slice::from_raw_parts_mut(st.pm, pages.min(super::memory::ITEM_PAGES as usize))
+    };
     process_with(st, it, pm)
 }
 
@@ -381,7 +401,16 @@ fn write_run(st: &mut WState, addr: u64, len: usize, volatile: bool) -> Result<(
     if JOB.compress.load(Relaxed) {
         // SAFETY: the static context and our buffer are owned by this writer;
         // src..src+len is readable process memory.
-        let n = unsafe { zstd_sys::ZSTD_compressCCtx(st.hot().cctx, st.zbuf as *mut c_void, st.zcap, src as *const c_void, len, ZSTD_LEVEL) };
+        let n = unsafe {
+            zstd_sys::ZSTD_compressCCtx(
+                st.hot().cctx,
+                st.zbuf as *mut c_void,
+                st.zcap,
+                src as *const c_void,
+                len,
+                ZSTD_LEVEL,
+            )
+        };
         // SAFETY: pure function on a return code.
         let failed = unsafe { zstd_sys::ZSTD_isError(n) } != 0;
         if !failed && n < len - len / 8 {
@@ -392,7 +421,14 @@ fn write_run(st: &mut WState, addr: u64, len: usize, volatile: bool) -> Result<(
             let crc = crc32fast::hash(unsafe { core::slice::from_raw_parts(st.zbuf, n) });
             let off = JOB.off.fetch_add(padded as u64, SeqCst);
             put(st.zbuf, padded, off)?;
-            st.push(ChunkDesc { addr, len: len as u64, file_off: off, stored_len: n as u64, crc, flags: CHUNK_ZSTD })?;
+            st.push(ChunkDesc {
+                addr,
+                len: len as u64,
+                file_off: off,
+                stored_len: n as u64,
+                crc,
+                flags: CHUNK_ZSTD,
+            })?;
             return Ok(());
         }
     }
@@ -400,7 +436,14 @@ fn write_run(st: &mut WState, addr: u64, len: usize, volatile: bool) -> Result<(
     let crc = crc32fast::hash(unsafe { core::slice::from_raw_parts(src, len) });
     let off = JOB.off.fetch_add(len as u64, SeqCst);
     put(src, len, off)?;
-    st.push(ChunkDesc { addr, len: len as u64, file_off: off, stored_len: len as u64, crc, flags: 0 })?;
+    st.push(ChunkDesc {
+        addr,
+        len: len as u64,
+        file_off: off,
+        stored_len: len as u64,
+        crc,
+        flags: 0,
+    })?;
     Ok(())
 }
 
@@ -432,7 +475,7 @@ pub fn prepare(n_items: usize) -> bool {
                 let old = (st.descs_cap * core::mem::size_of::<ChunkDesc>()).div_ceil(PAGE) * PAGE;
                 super::memory::unexclude(st.descs as u64);
                 // SAFETY: unmapping our own previous scratch buffer.
-                unsafe { libc::munmap(st.descs as *mut c_void, old) };
+                unsafe { super::unmap::sys_munmap(st.descs as *mut c_void, old) };
             }
             // Leave head room so that small changes do not remap every time.
             let cap = need + need / 2;
@@ -447,9 +490,17 @@ pub fn prepare(n_items: usize) -> bool {
 
 /// What became of a checkpoint.
 pub enum Outcome {
-    /// Complete and durable under the temporary name `tmp`; the round's
-    /// outcome decides whether it becomes `path` ([`commit`]) or goes.
-    Written { path: PathBuf, tmp: PathBuf, bytes: u64 },
+    /// Complete and durable at `path`, in the directory of the generation
+    /// being written; the round's outcome decides whether that generation
+    /// is committed or the image goes ([`discard`]).
+    Written {
+        path: PathBuf,
+        bytes: u64,
+        /// CRC-32 of the whole file.
+        crc32: u32,
+        /// The header's own CRC.
+        header_crc: u32,
+    },
     Failed(String),
     /// We are running in a restarted process.
     Restarted,
@@ -460,22 +511,106 @@ fn cpath(p: &Path) -> CString {
 }
 
 fn os_err(what: &str, p: &Path) -> String {
-    format!("{what} {}: {}", p.display(), std::io::Error::last_os_error())
+    format!(
+        "{what} {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    )
 }
 
-/// Write the image of this process. `ckpt_slot` is the checkpoint thread's slot.
-pub fn write_image(dir: &Path, name: &str, plan: &Plan, meta: &mut Meta, compress: bool, ckpt_slot: &Slot) -> Outcome {
-    let final_path = dir.join(name);
-    // A temporary name nobody can guess, created new (O_EXCL) and never
-    // through a symbolic link: the checkpoint directory may be shared
-    // (/tmp, a project directory) with other users.
-    let mut nonce = [0u8; 8];
-    // SAFETY: getrandom fills our 8 bytes (a short read leaves zeros, still unique with the pid).
-    unsafe { libc::syscall(libc::SYS_getrandom, nonce.as_mut_ptr(), 8usize, 0) };
-    let tmp = dir.join(format!("{name}.tmp.{}.{:016x}", std::process::id(), u64::from_ne_bytes(nonce)));
+/// Make `dir` (a generation's directory being written) if it is not
+/// there, and check that it is ours: a directory (not a symbolic link)
+/// owned by this user, so nobody else can have planted names in it.
+fn own_dir(dir: &Path) -> Result<(), String> {
+    let c = cpath(dir);
+    // SAFETY: mkdir of a NUL-terminated path.
+    if unsafe { libc::mkdir(c.as_ptr(), 0o700) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EEXIST) {
+        return Err(format!("cannot create {}: {e}", dir.display()));
+    }
+    // SAFETY: lstat into a zeroed struct of ours.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: as above; the path is NUL-terminated.
+    let r = unsafe { libc::lstat(c.as_ptr(), &mut st) };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if r != 0 || st.st_mode & libc::S_IFMT != libc::S_IFDIR || st.st_uid != me {
+        return Err(format!(
+            "{} exists and is not a directory of this user",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// CRC-32 of the whole image file, from the CRCs of its parts (nothing
+/// is read back): the header block, each chunk's stored bytes in file
+/// order with the zero padding between them, then the index.
+fn file_crc(header: &[u8], chunks: &[ChunkDesc], index: &[u8], index_offset: u64) -> u32 {
+    static ZEROS: [u8; PAGE] = [0; PAGE];
+    let zeros = |h: &mut crc32fast::Hasher, mut n: u64| {
+        while n > 0 {
+            let k = n.min(PAGE as u64);
+            h.update(&ZEROS[..k as usize]);
+            n -= k;
+        }
+    };
+    let mut h = crc32fast::Hasher::new();
+    h.update(header);
+    let mut pos = header.len() as u64;
+    let mut by_off: Vec<&ChunkDesc> = chunks.iter().collect();
+    by_off.sort_by_key(|c| c.file_off);
+    for c in by_off {
+        zeros(&mut h, c.file_off.saturating_sub(pos));
+        h.combine(&crc32fast::Hasher::new_with_initial_len(
+            c.crc,
+            c.stored_len,
+        ));
+        pos = c.file_off + c.stored_len;
+    }
+    zeros(&mut h, index_offset.saturating_sub(pos));
+    h.update(index);
+    h.finalize()
+}
+
+/// Write the image of this process as `name` in `dir`, the directory of
+/// the generation being written (made here if needed). `ckpt_slot` is
+/// the checkpoint thread's slot.
+pub fn write_image(
+    dir: &Path,
+    name: &str,
+    plan: &Plan,
+    meta: &mut Meta,
+    compress: bool,
+    ckpt_slot: &Slot,
+) -> Outcome {
+    if let Err(e) = own_dir(dir) {
+        return Outcome::Failed(e);
+    }
+    // Created new (O_EXCL) and never through a symbolic link, in a
+    // directory of ours. A file already there is left from a round that
+    // died (this process's name is unique to it): it goes.
+    let tmp = dir.join(name);
     let ctmp = cpath(&tmp);
-    // SAFETY: plain open(2) calls on a NUL-terminated path.
-    let fd_buf = unsafe { libc::open(ctmp.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC, 0o600) };
+    let create = || {
+        // SAFETY: plain open(2) on a NUL-terminated path.
+        unsafe {
+            libc::open(
+                ctmp.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600,
+            )
+        }
+    };
+    let mut fd_buf = create();
+    if fd_buf < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+        // SAFETY: unlink of a NUL-terminated path in our own directory.
+        unsafe { libc::unlink(ctmp.as_ptr()) };
+        fd_buf = create();
+    }
     if fd_buf < 0 {
         return Outcome::Failed(os_err("cannot create", &tmp));
     }
@@ -483,9 +618,19 @@ pub fn write_image(dir: &Path, name: &str, plan: &Plan, meta: &mut Meta, compres
     // name, which someone could have replaced meanwhile).
     let cself = cpath(Path::new(&format!("/proc/self/fd/{fd_buf}")));
     // SAFETY: as above.
-    let fd_direct = unsafe { libc::open(cself.as_ptr(), libc::O_WRONLY | libc::O_DIRECT | libc::O_CLOEXEC) };
+    let fd_direct = unsafe {
+        libc::open(
+            cself.as_ptr(),
+            libc::O_WRONLY | libc::O_DIRECT | libc::O_CLOEXEC,
+        )
+    };
     // SAFETY: as above.
-    let pm_fd = unsafe { libc::open(c"/proc/self/pagemap".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let pm_fd = unsafe {
+        libc::open(
+            c"/proc/self/pagemap".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
     let writers = WRITERS.get().expect("writers started");
     for w in writers {
         // SAFETY: no job runs; `prepare` sized the buffers for this plan.
@@ -541,7 +686,11 @@ pub fn write_image(dir: &Path, name: &str, plan: &Plan, meta: &mut Meta, compres
     };
     let e = JOB.error.load(SeqCst);
     if e != 0 {
-        return fail(format!("writing {}: {}", tmp.display(), std::io::Error::from_raw_os_error(e)));
+        return fail(format!(
+            "writing {}: {}",
+            tmp.display(),
+            std::io::Error::from_raw_os_error(e)
+        ));
     }
     let mut chunks: Vec<ChunkDesc> = Vec::new();
     for w in writers {
@@ -553,7 +702,11 @@ pub fn write_image(dir: &Path, name: &str, plan: &Plan, meta: &mut Meta, compres
     let index = image::encode_index(meta, &chunks);
     let index_offset = JOB.off.load(SeqCst);
     if let Err(e) = pwrite_all(fd_buf, index.as_ptr(), index.len(), index_offset) {
-        return fail(format!("writing {}: {}", tmp.display(), std::io::Error::from_raw_os_error(e)));
+        return fail(format!(
+            "writing {}: {}",
+            tmp.display(),
+            std::io::Error::from_raw_os_error(e)
+        ));
     }
     let file_len = index_offset + index.len() as u64;
     let header = Header {
@@ -566,41 +719,147 @@ pub fn write_image(dir: &Path, name: &str, plan: &Plan, meta: &mut Meta, compres
     }
     .encode();
     if let Err(e) = pwrite_all(fd_buf, header.as_ptr(), header.len(), 0) {
-        return fail(format!("writing {}: {}", tmp.display(), std::io::Error::from_raw_os_error(e)));
+        return fail(format!(
+            "writing {}: {}",
+            tmp.display(),
+            std::io::Error::from_raw_os_error(e)
+        ));
     }
+    let crc32 = file_crc(&header, &chunks, &index, index_offset);
+    let header_crc = Header::decode_crc(&header);
     // SAFETY: fsync/close of our fd.
     if unsafe { libc::fsync(fd_buf) } != 0 {
         return fail(os_err("fsync of", &tmp));
     }
     // SAFETY: as above.
     unsafe { libc::close(fd_buf) };
-    Outcome::Written { path: final_path, tmp, bytes: file_len }
+    Outcome::Written {
+        path: tmp,
+        bytes: file_len,
+        crc32,
+        header_crc,
+    }
 }
 
-/// The round succeeded everywhere: put the image under its final name
-/// (one rename, made durable), replacing the previous generation's.
-pub fn commit(tmp: &Path, final_path: &Path) -> Result<(), String> {
-    let (ctmp, cfinal) = (cpath(tmp), cpath(final_path));
-    // SAFETY: rename of NUL-terminated paths.
-    if unsafe { libc::rename(ctmp.as_ptr(), cfinal.as_ptr()) } != 0 {
-        let msg = os_err("cannot rename into", final_path);
-        discard(tmp);
-        return Err(msg);
+/// The round succeeded everywhere and the coordinator committed the
+/// generation: normally it has renamed the generation's directory itself
+/// (`path`, this image in it, is then gone). When it could not see that
+/// directory (a directory local to this host, not shared with the
+/// coordinator's), the processes commit it here instead: rename it to its
+/// committed name (the first process of the host does) and make this
+/// image's name at the top of the checkpoint directory a hard link to it.
+pub fn commit_unseen(path: &Path) -> Result<(), String> {
+    let cpath_img = cpath(path);
+    // SAFETY: access(2) on a NUL-terminated path.
+    if unsafe { libc::access(cpath_img.as_ptr(), libc::F_OK) } != 0 {
+        return Ok(());
     }
-    let cdir = cpath(final_path.parent().unwrap_or(Path::new(".")));
-    // SAFETY: fsync of the directory so the rename is durable.
+    let (Some(part), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let (Some(top), Some(pname)) = (part.parent(), part.file_name()) else {
+        return Ok(());
+    };
+    let pname = pname.to_string_lossy();
+    let Some(fname) = pname.strip_suffix(dmtcp_common::generation::PARTIAL) else {
+        return Ok(());
+    };
+    let committed = top.join(fname);
+    let (cpart, ccommitted) = (cpath(part), cpath(&committed));
+    // SAFETY: rename of NUL-terminated paths; another process of this host
+    // may have done it first (then it fails and the image is found below).
+    unsafe { libc::rename(cpart.as_ptr(), ccommitted.as_ptr()) };
+    let img = committed.join(name);
+    let cimg = cpath(&img);
+    // SAFETY: as above.
+    if unsafe { libc::access(cimg.as_ptr(), libc::F_OK) } != 0 {
+        return Err(os_err("cannot commit the generation into", &committed));
+    }
+    let mut nonce = [0u8; 8];
+    // SAFETY: getrandom fills our 8 bytes (a short read leaves zeros, still unique with the pid).
+    unsafe { libc::syscall(libc::SYS_getrandom, nonce.as_mut_ptr(), 8usize, 0) };
+    let link = top.join(format!(
+        ".{}.{}.{:016x}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        u64::from_ne_bytes(nonce)
+    ));
+    let (clink, ctop_name) = (cpath(&link), cpath(&top.join(name)));
+    // SAFETY: link/rename/unlink of NUL-terminated paths.
     unsafe {
-        let d = libc::open(cdir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        if libc::link(cimg.as_ptr(), clink.as_ptr()) != 0 {
+            return Err(os_err("cannot link the image as", &link));
+        }
+        if libc::rename(clink.as_ptr(), ctop_name.as_ptr()) != 0 {
+            let msg = os_err("cannot rename into", &top.join(name));
+            libc::unlink(clink.as_ptr());
+            return Err(msg);
+        }
+    }
+    fsync_dir(top);
+    prune_unseen(top, fname);
+    Ok(())
+}
+
+/// After [`commit_unseen`]: keep the newest `DMTCP_KEEP_GENERATIONS`
+/// (default 2, 0 = all) committed generations of this computation in
+/// `top`, `committed` (the one just committed) among them. The coordinator
+/// does this where it sees the directory.
+fn prune_unseen(top: &Path, committed: &str) {
+    use dmtcp_common::generation as gen;
+    // getenv, not std::env (whose lock a suspended thread could hold).
+    // SAFETY: getenv with a NUL-terminated name; the value is read at once.
+    let v = unsafe { libc::getenv(c"DMTCP_KEEP_GENERATIONS".as_ptr()) };
+    let keep = if v.is_null() {
+        None
+    } else {
+        // SAFETY: getenv returned a NUL-terminated string.
+        let c = unsafe { core::ffi::CStr::from_ptr(v) };
+        c.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok())
+    };
+    let keep = keep.unwrap_or(gen::DEFAULT_KEEP as usize);
+    let Some((comp, n, _)) = gen::parse_name(committed) else {
+        return;
+    };
+    if keep == 0 {
+        return;
+    }
+    let mut older: Vec<gen::Found> = gen::list(top)
+        .into_iter()
+        .filter(|f| f.comp == comp && f.generation < n)
+        .collect();
+    older.sort_by_key(|f| core::cmp::Reverse((!f.partial, f.generation)));
+    let committed_older = older.iter().filter(|f| !f.partial).count();
+    for (i, f) in older.iter().enumerate() {
+        if f.partial || i >= keep - 1 && i < committed_older {
+            let _ = std::fs::remove_dir_all(&f.path);
+        }
+    }
+}
+
+fn fsync_dir(dir: &Path) {
+    let cdir = cpath(dir);
+    // SAFETY: open/fsync/close of a directory fd of ours.
+    unsafe {
+        let d = libc::open(
+            cdir.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
         if d >= 0 {
             libc::fsync(d);
             libc::close(d);
         }
     }
-    Ok(())
 }
 
-/// The round failed somewhere: this image must not replace the previous one.
-pub fn discard(tmp: &Path) {
-    // SAFETY: removing our temporary file.
-    unsafe { libc::unlink(cpath(tmp).as_ptr()) };
+/// The round failed somewhere: this image must not become part of any
+/// generation. Its directory goes too once it is empty.
+pub fn discard(path: &Path) {
+    // SAFETY: removing our image and (if empty) the round's directory.
+    unsafe {
+        libc::unlink(cpath(path).as_ptr());
+        if let Some(d) = path.parent() {
+            libc::rmdir(cpath(d).as_ptr());
+        }
+    }
 }

@@ -1,3 +1,6 @@
 fn main() {
-    std::process::exit(dmtcp::launch::main(std::env::args().collect(), "dmtcp_launch"));
+    std::process::exit(dmtcp::launch::main(
+        std::env::args().collect(),
+        "dmtcp_launch",
+    ));
 }

@@ -14,13 +14,30 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod stuck;
+#[allow(unused_imports)]
+pub use stuck::descendants;
+
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Directory of the built tools (the same profile as this test).
 pub fn bin_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_BIN_EXE_dmtcp_launch")).parent().unwrap().to_path_buf();
-    for f in ["libdmtcp.so", "dmtcp_restorer", "dmtcp_coordinator", "dmtcp_restart", "dmtcp_command"] {
-        assert!(d.join(f).exists(), "{} missing: build the whole workspace first (cargo build --release --workspace)", d.join(f).display());
+    let d = Path::new(env!("CARGO_BIN_EXE_dmtcp_launch"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    for f in [
+        "libdmtcp.so",
+        "dmtcp_restorer",
+        "dmtcp_coordinator",
+        "dmtcp_restart",
+        "dmtcp_command",
+    ] {
+        assert!(
+            d.join(f).exists(),
+            "{} missing: build the whole workspace first (cargo build --release --workspace)",
+            d.join(f).display()
+        );
     }
     d
 }
@@ -38,11 +55,20 @@ pub fn c_program(name: &str) -> PathBuf {
     static BUILT: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
     let lock = BUILT.get_or_init(Default::default);
     let mut built = lock.lock().unwrap();
-    let out = tmp_root().join(format!("cbin-{}", std::process::id())).join(name);
+    let out = tmp_root()
+        .join(format!("cbin-{}", std::process::id()))
+        .join(name);
     if !built.iter().any(|b| b == name) {
         std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(format!("{name}.c"));
-        let st = Command::new("cc").args(["-O0", "-g", "-pthread", "-Wall", "-o"]).arg(&out).arg(&src).status().expect("cc");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/c")
+            .join(format!("{name}.c"));
+        let st = Command::new("cc")
+            .args(["-O0", "-g", "-pthread", "-Wall", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("cc");
         assert!(st.success(), "compiling {}", src.display());
         built.push(name.to_string());
     }
@@ -51,17 +77,62 @@ pub fn c_program(name: &str) -> PathBuf {
 
 /// A free TCP port on this machine (a port nobody listens on).
 pub fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// A new empty directory `<prefix>-<pid>-<n>` under the tests' temporary
+/// directory.
+pub fn fresh_dir(prefix: &str) -> PathBuf {
+    let dir = tmp_root().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The port a coordinator wrote to its `--port-file`, once it has.
+pub fn read_port_file(file: &Path) -> u16 {
+    read_port_file_within(file, TIMEOUT)
+}
+
+/// [`read_port_file`], failing after `limit`.
+pub fn read_port_file_within(file: &Path, limit: Duration) -> u16 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(p) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "coordinator did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Run `args` without the checkpointer in a fresh directory; returns stdout.
 pub fn run_bare(args: &[&str]) -> String {
-    let dir = tmp_root().join(format!("bare-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(args[0]).args(&args[1..]).current_dir(&dir).stderr(Stdio::inherit()).output().expect("bare run");
-    assert!(out.status.success(), "bare run of {args:?} failed: {:?}", out.status);
+    let dir = fresh_dir("bare");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(&dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("bare run");
+    assert!(
+        out.status.success(),
+        "bare run of {args:?} failed: {:?}",
+        out.status
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -77,30 +148,57 @@ pub struct Job {
     restarted: bool,
 }
 
+/// Start `dmtcp_coordinator` for a job in `dir` on `port` (0: any) with
+/// `args`; its port.
+fn start_coordinator(dir: &Path, port: u16, args: &[&str]) -> (Child, u16) {
+    let port_file = dir.join("port");
+    let _ = std::fs::remove_file(&port_file);
+    let coord = tool("dmtcp_coordinator")
+        .args(["-q", "-p", &port.to_string(), "--port-file"])
+        .arg(&port_file)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(dir.join("coord.log")).unwrap())
+        .stderr(File::create(dir.join("coord.err")).unwrap())
+        .spawn()
+        .expect("start coordinator");
+    let port = read_port_file(&port_file);
+    (coord, port)
+}
+
 impl Job {
     pub fn new(name: &str) -> Job {
-        let dir = tmp_root().join(format!("job-{name}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
-        let _ = std::fs::remove_dir_all(&dir);
+        Job::with_coordinator_args(name, &[])
+    }
+
+    /// A job whose coordinator gets `args` too.
+    pub fn with_coordinator_args(name: &str, args: &[&str]) -> Job {
+        let dir = fresh_dir(&format!("job-{name}"));
         let ckpt = dir.join("ckpt");
         std::fs::create_dir_all(&ckpt).unwrap();
-        let port_file = dir.join("port");
-        let coord = tool("dmtcp_coordinator")
-            .args(["-q", "-p", "0", "--port-file"])
-            .arg(&port_file)
-            .stdin(Stdio::null())
-            .stdout(File::create(dir.join("coord.log")).unwrap())
-            .stderr(File::create(dir.join("coord.err")).unwrap())
-            .spawn()
-            .expect("start coordinator");
-        let deadline = Instant::now() + TIMEOUT;
-        let port = loop {
-            if let Some(p) = std::fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse().ok()) {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "coordinator did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        Job { dir, ckpt, port, coord, proc: None, extra_env: Vec::new(), restarted: false }
+        let (coord, port) = start_coordinator(&dir, 0, args);
+        Job {
+            dir,
+            ckpt,
+            port,
+            coord,
+            proc: None,
+            extra_env: Vec::new(),
+            restarted: false,
+        }
+    }
+
+    /// SIGKILL the coordinator (the job's processes go on without it).
+    pub fn kill_coordinator(&mut self) {
+        let _ = self.coord.kill();
+        let _ = self.coord.wait();
+    }
+
+    /// A new coordinator on the job's port, after [`Job::kill_coordinator`].
+    pub fn new_coordinator(&mut self, args: &[&str]) {
+        let (coord, port) = start_coordinator(&self.dir, self.port, args);
+        assert_eq!(port, self.port);
+        self.coord = coord;
     }
 
     pub fn env(mut self, k: &str, v: &str) -> Job {
@@ -127,14 +225,24 @@ impl Job {
         )
     }
 
+    /// `name` (`dmtcp_launch` or `dmtcp_restart`) joined to this job's
+    /// coordinator, run in the job's directory; `dmtcp_launch` writes its
+    /// images into the job's checkpoint directory.
+    pub fn joined(&self, name: &str) -> Command {
+        let mut c = tool(name);
+        c.args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if name == "dmtcp_launch" {
+            c.arg("--ckptdir").arg(&self.ckpt);
+        }
+        c.current_dir(&self.dir);
+        c
+    }
+
     /// `dmtcp_launch -j` the program, stdout to out.txt.
     pub fn launch(&mut self, args: &[&str], launch_opts: &[&str]) {
-        let mut c = tool("dmtcp_launch");
-        c.args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string(), "--ckptdir"])
-            .arg(&self.ckpt)
-            .args(launch_opts)
+        let mut c = self.joined("dmtcp_launch");
+        c.args(launch_opts)
             .args(args)
-            .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(File::create(self.out_path()).unwrap())
             .stderr(File::create(self.dir.join("err.txt")).unwrap());
@@ -151,25 +259,43 @@ impl Job {
     pub fn wait_for(&self, pat: &str) {
         let deadline = Instant::now() + TIMEOUT;
         while !self.output().contains(pat) {
-            assert!(Instant::now() < deadline, "timed out waiting for {pat:?}{}", self.diag());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {pat:?}{}",
+                self.diag()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn command(&self, args: &[&str]) -> std::process::Output {
-        tool("dmtcp_command").args(["-h", "127.0.0.1", "-p", &self.port.to_string()]).args(args).output().expect("dmtcp_command")
+        tool("dmtcp_command")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("dmtcp_command")
     }
 
     /// Blocking checkpoint; asserts success.
     pub fn checkpoint(&self) {
         let o = self.command(&["-bc"]);
-        assert!(o.status.success(), "dmtcp_command -bc failed: {}{}", String::from_utf8_lossy(&o.stderr), self.diag());
+        assert!(
+            o.status.success(),
+            "dmtcp_command -bc failed: {}{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.diag()
+        );
     }
 
     /// Checkpoint then kill (`-kc`); waits for the process to go.
     pub fn checkpoint_and_kill(&mut self) {
         let o = self.command(&["-kc"]);
-        assert!(o.status.success(), "dmtcp_command -kc failed: {}{}", String::from_utf8_lossy(&o.stderr), self.diag());
+        assert!(
+            o.status.success(),
+            "dmtcp_command -kc failed: {}{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.diag()
+        );
         if let Some(mut p) = self.proc.take() {
             wait_timeout(&mut p, TIMEOUT).expect("process did not exit after -kc");
         }
@@ -181,7 +307,9 @@ impl Job {
     /// launched one is killed by process group and by the pids the
     /// coordinator lists (processes that left the group).
     pub fn kill(&mut self) {
-        let Some(mut p) = self.proc.take() else { return };
+        let Some(mut p) = self.proc.take() else {
+            return;
+        };
         if !self.restarted {
             // The group first, in one call: killed one by one, a survivor
             // could still run and see the others die (a client writing
@@ -199,7 +327,11 @@ impl Job {
         let _ = p.wait();
         let deadline = Instant::now() + TIMEOUT;
         while !self.peer_pids().is_empty() {
-            assert!(Instant::now() < deadline, "the job's processes did not go after SIGKILL{}", self.diag());
+            assert!(
+                Instant::now() < deadline,
+                "the job's processes did not go after SIGKILL{}",
+                self.diag()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -208,7 +340,14 @@ impl Job {
     pub fn peer_pids(&self) -> Vec<i32> {
         let o = self.command(&["--json", "-l"]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        v["peers"].as_array().map(|a| a.iter().filter_map(|p| p["pid"].as_i64().map(|x| x as i32)).collect()).unwrap_or_default()
+        v["peers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p["pid"].as_i64().map(|x| x as i32))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn images(&self) -> Vec<PathBuf> {
@@ -217,10 +356,8 @@ impl Job {
 
     /// Start `dmtcp_restart` of all images (or with `args` instead).
     pub fn restart_with(&mut self, args: &[String]) {
-        let mut c = tool("dmtcp_restart");
-        c.args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .current_dir(&self.dir)
+        let mut c = self.joined("dmtcp_restart");
+        c.args(args)
             .stdin(Stdio::null())
             .stdout(File::create(self.dir.join("restart.out")).unwrap())
             .stderr(File::create(self.dir.join("restart.err")).unwrap());
@@ -232,15 +369,31 @@ impl Job {
     }
 
     pub fn restart(&mut self) {
-        let imgs: Vec<String> = self.images().iter().map(|p| p.display().to_string()).collect();
-        assert!(!imgs.is_empty(), "no images in {}{}", self.ckpt.display(), self.diag());
+        let imgs: Vec<String> = self
+            .images()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert!(
+            !imgs.is_empty(),
+            "no images in {}{}",
+            self.ckpt.display(),
+            self.diag()
+        );
         self.restart_with(&imgs);
     }
 
-    /// Wait for the current process to exit successfully.
+    /// Wait for the current process to exit successfully (on a timeout,
+    /// say where every thread of the job sits).
     pub fn wait_success(&mut self) {
         let mut p = self.proc.take().expect("no running process");
-        let st = wait_timeout(&mut p, TIMEOUT);
+        let mut stuck = String::new();
+        let st = wait_timeout_then(&mut p, TIMEOUT, |c| {
+            stuck = stuck::stuck_report_of(&[c.id() as i32])
+        });
+        if st.is_none() {
+            eprintln!("{stuck}");
+        }
         match st {
             Some(s) if s.success() => {}
             other => panic!("process ended with {other:?}{}", self.diag()),
@@ -262,7 +415,12 @@ impl Job {
 /// checkpoint-kill-restart cycle at each (mark, after) pair of out.txt
 /// marks (see [`Job::cycle`]); the output must equal the bare run's.
 /// Returns it.
-pub fn cycles_match_bare(name: &str, args: &[&str], launch_opts: &[&str], marks: &[(&str, &str)]) -> String {
+pub fn cycles_match_bare(
+    name: &str,
+    args: &[&str],
+    launch_opts: &[&str],
+    marks: &[(&str, &str)],
+) -> String {
     let bare = run_bare(args);
     let mut job = Job::new(name);
     job.launch(args, launch_opts);
@@ -270,7 +428,11 @@ pub fn cycles_match_bare(name: &str, args: &[&str], launch_opts: &[&str], marks:
         job.cycle(mark, after);
     }
     job.wait_success();
-    assert_eq!(job.output(), bare, "{name}: output after restarts differs from a bare run");
+    assert_eq!(
+        job.output(),
+        bare,
+        "{name}: output after restarts differs from a bare run"
+    );
     bare
 }
 
@@ -286,35 +448,24 @@ pub fn images_in(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Every process below `pid` (from /proc, as this test sees pids).
-pub fn descendants(pid: i32) -> Vec<i32> {
-    let mut parent_of = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
-        let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)).and_then(|x| x.parse::<i32>().ok());
-        if let Some(pp) = ppid {
-            parent_of.push((p, pp));
-        }
-    }
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let cur = out[i];
-        out.extend(parent_of.iter().filter(|(_, pp)| *pp == cur).map(|(p, _)| *p));
-        i += 1;
-    }
-    out
-}
-
 /// Wait for a child with a deadline (kills it on timeout).
 pub fn wait_timeout(c: &mut Child, t: Duration) -> Option<ExitStatus> {
+    wait_timeout_then(c, t, |_| {})
+}
+
+/// [`wait_timeout`], calling `late` on the child before it is killed.
+pub fn wait_timeout_then(
+    c: &mut Child,
+    t: Duration,
+    late: impl FnOnce(&Child),
+) -> Option<ExitStatus> {
     let deadline = Instant::now() + t;
     loop {
         if let Ok(Some(s)) = c.try_wait() {
             return Some(s);
         }
         if Instant::now() > deadline {
+            late(c);
             let _ = c.kill();
             let _ = c.wait();
             return None;

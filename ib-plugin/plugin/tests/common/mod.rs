@@ -16,8 +16,20 @@ pub const TIMEOUT: Duration = Duration::from_secs(240);
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let d = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    for f in ["libdmtcp.so", "libdmtcp_ib.so", "dmtcp_launch", "dmtcp_restart", "dmtcp_coordinator", "dmtcp_command", "softib"] {
-        assert!(d.join(f).exists(), "{} missing: build the whole workspace first (cargo build --release --workspace)", d.join(f).display());
+    for f in [
+        "libdmtcp.so",
+        "libdmtcp_ib.so",
+        "dmtcp_launch",
+        "dmtcp_restart",
+        "dmtcp_coordinator",
+        "dmtcp_command",
+        "softib",
+    ] {
+        assert!(
+            d.join(f).exists(),
+            "{} missing: build the whole workspace first (cargo build --release --workspace)",
+            d.join(f).display()
+        );
     }
     d
 }
@@ -29,7 +41,11 @@ fn tool(name: &str) -> Command {
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn wait_timeout(c: &mut Child, t: Duration) -> Option<ExitStatus> {
@@ -87,10 +103,12 @@ impl Job {
         c.env_remove("SOFTIB_SOCKET");
         match &self.rig {
             None => {
-                c.env("SOFTIB_DIR", self.softib_dir()).env_remove("SOFTIB_FABRIC");
+                c.env("SOFTIB_DIR", self.softib_dir())
+                    .env_remove("SOFTIB_FABRIC");
             }
             Some(r) => {
-                c.env("SOFTIB_FABRIC", r.shared_dir().join("fabric")).env_remove("SOFTIB_DIR");
+                c.env("SOFTIB_FABRIC", r.shared_dir().join("fabric"))
+                    .env_remove("SOFTIB_DIR");
             }
         }
     }
@@ -101,7 +119,11 @@ impl Job {
             std::fs::create_dir_all(r.shared_dir().join("fabric")).unwrap();
             r
         });
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ib-{name}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "ib-{name}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         let ckpt = dir.join("ckpt");
         std::fs::create_dir_all(&ckpt).unwrap();
@@ -120,14 +142,32 @@ impl Job {
             .expect("start coordinator");
         let deadline = Instant::now() + TIMEOUT;
         let port = loop {
-            if let Some(p) = std::fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse().ok()) {
+            if let Some(p) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
                 break p;
             }
             assert!(Instant::now() < deadline, "coordinator did not start");
             std::thread::sleep(Duration::from_millis(10));
         };
-        let host = rig.as_ref().map(|r| r.node(0).addr().to_string()).unwrap_or_else(|| "127.0.0.1".into());
-        let mut j = Job { dir, ckpt, port, coord, host, services: Vec::new(), procs: Vec::new(), node_of: Vec::new(), restarts: Vec::new(), rig, ib: true };
+        let host = rig
+            .as_ref()
+            .map(|r| r.node(0).addr().to_string())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let mut j = Job {
+            dir,
+            ckpt,
+            port,
+            coord,
+            host,
+            services: Vec::new(),
+            procs: Vec::new(),
+            node_of: Vec::new(),
+            restarts: Vec::new(),
+            rig,
+            ib: true,
+        };
         for k in 0..nodes {
             std::fs::create_dir_all(j.ckpt_of(k)).unwrap();
             j.services.push(None);
@@ -142,7 +182,10 @@ impl Job {
 
     /// Where the server listens, as the client names it.
     pub fn server_addr(&self) -> String {
-        self.rig.as_ref().map(|r| r.node(0).addr().to_string()).unwrap_or_else(|| "127.0.0.1".into())
+        self.rig
+            .as_ref()
+            .map(|r| r.node(0).addr().to_string())
+            .unwrap_or_else(|| "127.0.0.1".into())
     }
 
     fn softib_dir(&self) -> PathBuf {
@@ -158,7 +201,10 @@ impl Job {
         if !o.status.success() {
             return None;
         }
-        String::from_utf8_lossy(&o.stdout).lines().find(|l| l.contains("softib0")).map(str::to_string)
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.contains("softib0"))
+            .map(str::to_string)
     }
 
     fn start_service(&mut self, node: usize) {
@@ -168,7 +214,13 @@ impl Job {
         let c = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(File::options().create(true).append(true).open(self.dir.join("softibd.err")).unwrap())
+            .stderr(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join("softibd.err"))
+                    .unwrap(),
+            )
             .spawn()
             .expect("softib daemon");
         self.services[node] = Some(c);
@@ -190,7 +242,11 @@ impl Job {
                 s.wait().unwrap();
             }
             self.start_service(k);
-            assert_ne!(before, self.device_status(k), "the new service has the same device ids");
+            assert_ne!(
+                before,
+                self.device_status(k),
+                "the new service has the same device ids"
+            );
         }
     }
 
@@ -205,7 +261,14 @@ impl Job {
         c.arg("exec")
             .arg("--")
             .arg(bin_dir().join("dmtcp_launch"))
-            .args(["-j", "-h", &self.host, "-p", &self.port.to_string(), "--ckptdir"])
+            .args([
+                "-j",
+                "-h",
+                &self.host,
+                "-p",
+                &self.port.to_string(),
+                "--ckptdir",
+            ])
             .arg(self.ckpt_of(node))
             .args(self.ib.then_some("--ib"))
             .arg(prog)
@@ -230,9 +293,17 @@ impl Job {
     pub fn diag(&self) -> String {
         let mut s = String::new();
         for (n, _) in &self.procs {
-            s += &format!("\n--- {n}.out\n{}\n--- {n}.err\n{}", self.read(&format!("{n}.out")), self.read(&format!("{n}.err")));
+            s += &format!(
+                "\n--- {n}.out\n{}\n--- {n}.err\n{}",
+                self.read(&format!("{n}.out")),
+                self.read(&format!("{n}.err"))
+            );
         }
-        s += &format!("\n--- restart0.err\n{}\n--- softibd.err\n{}", self.read("restart0.err"), self.read("softibd.err"));
+        s += &format!(
+            "\n--- restart0.err\n{}\n--- softibd.err\n{}",
+            self.read("restart0.err"),
+            self.read("softibd.err")
+        );
         s
     }
 
@@ -240,8 +311,16 @@ impl Job {
     pub fn wait_listening(&mut self, pid: u32, port: u16) {
         let deadline = Instant::now() + TIMEOUT;
         while !testrig::is_listening_on_port(pid, port) {
-            assert!(self.all_running(), "a process exited before listening{}", self.diag());
-            assert!(Instant::now() < deadline, "no listener on {port}{}", self.diag());
+            assert!(
+                self.all_running(),
+                "a process exited before listening{}",
+                self.diag()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no listener on {port}{}",
+                self.diag()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -251,7 +330,11 @@ impl Job {
     pub fn wait_not_listening(&mut self, pid: u32, port: u16) {
         let deadline = Instant::now() + TIMEOUT;
         while testrig::is_listening_on_port(pid, port) {
-            assert!(Instant::now() < deadline, "server still listening on {port}{}", self.diag());
+            assert!(
+                Instant::now() < deadline,
+                "server still listening on {port}{}",
+                self.diag()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -259,10 +342,27 @@ impl Job {
     /// Waits until process `name`'s stderr contains `pat` (the plugin's
     /// debug lines are written unbuffered).
     pub fn wait_err(&mut self, name: &str, pat: &str) {
+        self.wait_in(&format!("{name}.err"), pat)
+    }
+
+    /// Waits for `pat` in the standard output of process `name`.
+    pub fn wait_out(&mut self, name: &str, pat: &str) {
+        self.wait_in(&format!("{name}.out"), pat)
+    }
+
+    fn wait_in(&mut self, file: &str, pat: &str) {
         let deadline = Instant::now() + TIMEOUT;
-        while !self.read(&format!("{name}.err")).contains(pat) {
-            assert!(self.all_running(), "a process exited before '{pat}'{}", self.diag());
-            assert!(Instant::now() < deadline, "{name}: no '{pat}'{}", self.diag());
+        while !self.read(file).contains(pat) {
+            assert!(
+                self.all_running(),
+                "a process exited before '{pat}'{}",
+                self.diag()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{file}: no '{pat}'{}",
+                self.diag()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -270,9 +370,14 @@ impl Job {
     /// The launched processes, or after a restart the restarted ones, all run.
     pub fn all_running(&mut self) -> bool {
         if !self.restarts.is_empty() {
-            return self.restarts.iter_mut().all(|r| r.try_wait().unwrap().is_none());
+            return self
+                .restarts
+                .iter_mut()
+                .all(|r| r.try_wait().unwrap().is_none());
         }
-        self.procs.iter_mut().all(|(_, c)| c.try_wait().unwrap().is_none())
+        self.procs
+            .iter_mut()
+            .all(|(_, c)| c.try_wait().unwrap().is_none())
     }
 
     /// Waits until the coordinator sees `n` processes, all running (a
@@ -284,7 +389,11 @@ impl Job {
             if s.contains(&format!("NUM_PEERS={n}")) && s.contains("RUNNING=yes") {
                 return;
             }
-            assert!(self.all_running(), "the computation ended before running again{}", self.diag());
+            assert!(
+                self.all_running(),
+                "the computation ended before running again{}",
+                self.diag()
+            );
             assert!(Instant::now() < deadline, "not running: {s}{}", self.diag());
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -326,10 +435,23 @@ impl Job {
 
     /// A blocking checkpoint, taken while every process still runs.
     pub fn checkpoint(&mut self) {
-        assert!(self.all_running(), "a process ended before the checkpoint (run too short?){}", self.diag());
+        assert!(
+            self.all_running(),
+            "a process ended before the checkpoint (run too short?){}",
+            self.diag()
+        );
         let o = self.command(&["-bc"]);
-        assert!(o.status.success(), "dmtcp_command -bc failed: {}{}", String::from_utf8_lossy(&o.stderr), self.diag());
-        assert!(self.all_running(), "a process ended during the checkpoint{}", self.diag());
+        assert!(
+            o.status.success(),
+            "dmtcp_command -bc failed: {}{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.diag()
+        );
+        assert!(
+            self.all_running(),
+            "a process ended during the checkpoint{}",
+            self.diag()
+        );
     }
 
     /// SIGKILLs every launched process (by process group).
@@ -351,7 +473,10 @@ impl Job {
             if s.contains("NUM_PEERS=0") || !s.contains("NUM_PEERS") {
                 break;
             }
-            assert!(Instant::now() < deadline, "processes did not leave the coordinator: {s}");
+            assert!(
+                Instant::now() < deadline,
+                "processes did not leave the coordinator: {s}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -436,9 +561,15 @@ impl Drop for Job {
 /// What a pingpong run must print: the iteration count, no validation or
 /// completion error.
 pub fn check_pingpong(out: &str, err: &str, iters: u32, what: &str) {
-    assert!(out.contains(&format!("{iters} iters in")), "{what}: no '{iters} iters in' line:\n{out}\n{err}");
+    assert!(
+        out.contains(&format!("{iters} iters in")),
+        "{what}: no '{iters} iters in' line:\n{out}\n{err}"
+    );
     for bad in ["invalid data", "Failed", "failed", "Couldn't"] {
-        assert!(!out.contains(bad) && !err.contains(bad), "{what}: '{bad}' in the output:\n{out}\n{err}");
+        assert!(
+            !out.contains(bad) && !err.contains(bad),
+            "{what}: '{bad}' in the output:\n{out}\n{err}"
+        );
     }
 }
 
@@ -446,11 +577,18 @@ pub fn check_pingpong(out: &str, err: &str, iters: u32, what: &str) {
 /// "publish QP <lid>/<virtual> -> <real>" show a real number that differs.
 pub fn check_ids_changed(err: &str, what: &str) {
     let lines: Vec<&str> = err.lines().filter(|l| l.contains("publish QP")).collect();
-    assert!(!lines.is_empty(), "{what}: the plugin published no QP at restart:\n{err}");
+    assert!(
+        !lines.is_empty(),
+        "{what}: the plugin published no QP at restart:\n{err}"
+    );
     for l in lines {
         let (v, r) = l.rsplit_once(" -> ").unwrap();
         let v = v.rsplit_once('/').unwrap().1;
-        assert_ne!(v.trim(), r.trim(), "{what}: QP number unchanged after the service restart: {l}");
+        assert_ne!(
+            v.trim(),
+            r.trim(),
+            "{what}: QP number unchanged after the service restart: {l}"
+        );
     }
 }
 

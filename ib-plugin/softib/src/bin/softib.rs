@@ -39,24 +39,50 @@ struct Opts {
 /// person starts with `daemon` stays up unless told otherwise; one that
 /// `exec` starts leaves after SOFTIB_IDLE_EXIT (default 30) idle seconds.
 fn parse(args: &[OsString], allow_cmd: bool) -> Result<Opts, String> {
-    let idle_default = if allow_cmd { std::env::var("SOFTIB_IDLE_EXIT").ok().and_then(|s| s.parse().ok()).unwrap_or(30) } else { 0 };
-    let mut o = Opts { devices: 1, idle_exit: idle_default, addr: None, rest: Vec::new() };
+    let idle_default = if allow_cmd {
+        std::env::var("SOFTIB_IDLE_EXIT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30)
+    } else {
+        0
+    };
+    let mut o = Opts {
+        devices: 1,
+        idle_exit: idle_default,
+        addr: None,
+        rest: Vec::new(),
+    };
     let mut i = 0;
     while i < args.len() {
         let a = args[i].to_string_lossy().into_owned();
         let mut value = |name: &str| -> Result<String, String> {
             i += 1;
-            args.get(i).map(|v| v.to_string_lossy().into_owned()).ok_or(format!("{name} needs a value"))
+            args.get(i)
+                .map(|v| v.to_string_lossy().into_owned())
+                .ok_or(format!("{name} needs a value"))
         };
         match a.as_str() {
             "--devices" => {
-                o.devices = value("--devices")?.parse().map_err(|_| "--devices takes a number from 1 to 16".to_string())?;
+                o.devices = value("--devices")?
+                    .parse()
+                    .map_err(|_| "--devices takes a number from 1 to 16".to_string())?;
                 if !(1..=16).contains(&o.devices) {
                     return Err("--devices takes a number from 1 to 16".into());
                 }
             }
-            "--idle-exit" => o.idle_exit = value("--idle-exit")?.parse().map_err(|_| "--idle-exit takes seconds".to_string())?,
-            "--addr" => o.addr = Some(value("--addr")?.parse().map_err(|_| "--addr takes an IPv4 address".to_string())?),
+            "--idle-exit" => {
+                o.idle_exit = value("--idle-exit")?
+                    .parse()
+                    .map_err(|_| "--idle-exit takes seconds".to_string())?
+            }
+            "--addr" => {
+                o.addr = Some(
+                    value("--addr")?
+                        .parse()
+                        .map_err(|_| "--addr takes an IPv4 address".to_string())?,
+                )
+            }
             "--" if allow_cmd => {
                 o.rest = args[i + 1..].to_vec();
                 return Ok(o);
@@ -79,15 +105,20 @@ fn lib_dir() -> Result<PathBuf, String> {
     let dir = exe.parent().ok_or("cannot find this program's directory")?;
     let lib = dir.join("libsoftib_verbs.so");
     if !lib.exists() {
-        return Err(format!("{} is missing: build the workspace (cargo build --release)", lib.display()));
+        return Err(format!(
+            "{} is missing: build the workspace (cargo build --release)",
+            lib.display()
+        ));
     }
     let libdir = dir.join("softib-lib");
     let link = libdir.join("libibverbs.so.1");
     if std::fs::read_link(&link).ok().as_deref() != Some(Path::new("../libsoftib_verbs.so")) {
-        std::fs::create_dir_all(&libdir).map_err(|e| format!("cannot create {}: {e}", libdir.display()))?;
+        std::fs::create_dir_all(&libdir)
+            .map_err(|e| format!("cannot create {}: {e}", libdir.display()))?;
         let tmp = libdir.join(format!(".libibverbs.so.1.{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink("../libsoftib_verbs.so", &tmp).map_err(|e| format!("cannot link {}: {e}", tmp.display()))?;
+        std::os::unix::fs::symlink("../libsoftib_verbs.so", &tmp)
+            .map_err(|e| format!("cannot link {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, &link).map_err(|e| format!("cannot link {}: {e}", link.display()))?;
     }
     Ok(libdir)
@@ -112,14 +143,23 @@ fn ensure_service(o: &Opts) -> Result<(), String> {
         .map_err(|e| format!("cannot open the service log in {}: {e}", dir.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
-    cmd.arg("daemon").arg("--devices").arg(o.devices.to_string()).arg("--idle-exit").arg(o.idle_exit.to_string());
+    cmd.arg("daemon")
+        .arg("--devices")
+        .arg(o.devices.to_string())
+        .arg("--idle-exit")
+        .arg(o.idle_exit.to_string());
     if let Some(a) = o.addr {
         cmd.arg("--addr").arg(a.to_string());
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).process_group(0);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0);
     // The service must not inherit the program's preloads or library path.
     cmd.env_remove("LD_PRELOAD").env_remove("LD_LIBRARY_PATH");
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start the device service: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the device service: {e}"))?;
     let t0 = Instant::now();
     let mut ours_stepped_aside = false;
     while t0.elapsed() < Duration::from_secs(20) {
@@ -132,14 +172,20 @@ fn ensure_service(o: &Opts) -> Result<(), String> {
                 // one (started by another exec at the same moment) taking
                 // the socket: wait for that one to answer.
                 if !st.success() {
-                    return Err(format!("the device service exited ({st}); see {}", dir.join("softibd.log").display()));
+                    return Err(format!(
+                        "the device service exited ({st}); see {}",
+                        dir.join("softibd.log").display()
+                    ));
                 }
                 ours_stepped_aside = true;
             }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Err(format!("the device service did not come up at {}", sock.display()))
+    Err(format!(
+        "the device service did not come up at {}",
+        sock.display()
+    ))
 }
 
 fn exec(args: &[OsString]) -> Result<(), String> {
@@ -168,7 +214,8 @@ fn exec(args: &[OsString]) -> Result<(), String> {
 
 /// Asks the service at `sock` for its devices.
 fn query_devices(sock: &Path) -> Result<Vec<proto::DevInfo>, String> {
-    let fd = sys::connect_seqpacket(sock).map_err(|e| format!("no device service at {}: {e}", sock.display()))?;
+    let fd = sys::connect_seqpacket(sock)
+        .map_err(|e| format!("no device service at {}: {e}", sock.display()))?;
     let ask = |req: &proto::Req| -> Result<proto::Resp, String> {
         use std::os::fd::AsRawFd;
         sys::send_packet(fd.as_raw_fd(), &proto::encode(req), None).map_err(|e| e.to_string())?;
@@ -176,7 +223,9 @@ fn query_devices(sock: &Path) -> Result<Vec<proto::DevInfo>, String> {
         let (n, _) = sys::recv_packet(fd.as_raw_fd(), &mut buf).map_err(|e| e.to_string())?;
         proto::decode(&buf[..n]).ok_or_else(|| "malformed answer".to_string())
     };
-    ask(&proto::Req::Hello { version: proto::VERSION })?;
+    ask(&proto::Req::Hello {
+        version: proto::VERSION,
+    })?;
     match ask(&proto::Req::QueryDevices)? {
         proto::Resp::Devices(devs) => Ok(devs),
         other => Err(format!("unexpected answer {other:?}")),
@@ -188,7 +237,8 @@ fn query_devices(sock: &Path) -> Result<Vec<proto::DevInfo>, String> {
 fn write_sysfs(sock: &Path) -> Result<PathBuf, String> {
     let devs = query_devices(sock)?;
     let root = sock.parent().ok_or("bad socket path")?.join("sysfs");
-    sysfs::write_tree(&root, &devs, &paths::hostname()).map_err(|e| format!("cannot write {}: {e}", root.display()))?;
+    sysfs::write_tree(&root, &devs, &paths::hostname())
+        .map_err(|e| format!("cannot write {}: {e}", root.display()))?;
     Ok(root)
 }
 
@@ -204,7 +254,10 @@ fn status() -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let sub = args.first().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let sub = args
+        .first()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let r = match sub.as_str() {
         "exec" => exec(&args[1..]),
         "daemon" => parse(&args[1..], false).and_then(|o| {

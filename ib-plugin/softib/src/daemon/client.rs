@@ -11,7 +11,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use super::datapath;
-use super::state::{mine, Ah, Channel, Client, ClientId, ConnHandle, Cq, Mr, Pd, Qp, Shared, Srq, State};
+use super::state::{
+    mine, Ah, Channel, Client, ClientId, ConnHandle, Cq, Mr, Pd, Qp, Shared, Srq, State,
+};
 use crate::proto::{self, access, qp_mask, qp_state, qp_type, AhAttr, QpAttr, QpCap, Req, Resp};
 use crate::ring::{self, Ring};
 use crate::sys;
@@ -54,9 +56,17 @@ pub(crate) fn serve(shared: Arc<Shared>, sock: OwnedFd, id: ClientId) {
     let fd = sock.as_raw_fd();
     let pid = sys::peer_pid(fd).unwrap_or(0);
     if let Ok(dup) = sock.try_clone() {
-        shared.lock().conns.insert(id, ConnHandle::Unix(std::os::unix::net::UnixStream::from(dup)));
+        shared.lock().conns.insert(
+            id,
+            ConnHandle::Unix(std::os::unix::net::UnixStream::from(dup)),
+        );
     }
-    let mut conn = Conn { id, pid, hello: false, opened: false };
+    let mut conn = Conn {
+        id,
+        pid,
+        hello: false,
+        opened: false,
+    };
     let mut buf = vec![0u8; proto::MAX_PACKET];
     loop {
         let n = match sys::recv_packet(fd, &mut buf) {
@@ -64,7 +74,9 @@ pub(crate) fn serve(shared: Arc<Shared>, sock: OwnedFd, id: ClientId) {
             // A descriptor from a client is never expected: it is dropped.
             Ok((n, _fd)) => n,
         };
-        let Some(req) = proto::decode::<Req>(&buf[..n]) else { break };
+        let Some(req) = proto::decode::<Req>(&buf[..n]) else {
+            break;
+        };
         let action = {
             let mut st = shared.lock();
             handle(&mut st, &mut conn, req)
@@ -72,7 +84,9 @@ pub(crate) fn serve(shared: Arc<Shared>, sock: OwnedFd, id: ClientId) {
         match action {
             Action::Nothing => {}
             Action::Reply(r, f) => {
-                if sys::send_packet(fd, &proto::encode(&r), f.as_ref().map(|f| f.as_raw_fd())).is_err() {
+                if sys::send_packet(fd, &proto::encode(&r), f.as_ref().map(|f| f.as_raw_fd()))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -94,14 +108,24 @@ pub(crate) fn serve(shared: Arc<Shared>, sock: OwnedFd, id: ClientId) {
 
 /// Destroys everything context `id` owned.
 pub(crate) fn destroy_client(st: &mut State, id: ClientId) {
-    let qpns: Vec<u32> = st.qps.iter().filter(|(_, q)| q.owner == id).map(|(&n, _)| n).collect();
+    let qpns: Vec<u32> = st
+        .qps
+        .iter()
+        .filter(|(_, q)| q.owner == id)
+        .map(|(&n, _)| n)
+        .collect();
     for qpn in qpns {
         datapath::destroy_qp(st, qpn);
     }
     st.srqs.retain(|_, s| s.owner != id);
     st.cqs.retain(|_, c| c.owner != id);
     st.ahs.retain(|_, a| a.owner != id);
-    let mrs: Vec<u32> = st.mrs.iter().filter(|(_, m)| m.owner == id).map(|(&h, _)| h).collect();
+    let mrs: Vec<u32> = st
+        .mrs
+        .iter()
+        .filter(|(_, m)| m.owner == id)
+        .map(|(&h, _)| h)
+        .collect();
     for h in mrs {
         dereg(st, h);
     }
@@ -122,9 +146,13 @@ fn handle(st: &mut State, c: &mut Conn, req: Req) -> Action {
         return match req {
             Req::Hello { version } if version == proto::VERSION => {
                 c.hello = true;
-                reply(Resp::Hello { version: proto::VERSION })
+                reply(Resp::Hello {
+                    version: proto::VERSION,
+                })
             }
-            Req::Hello { .. } => Action::ReplyClose(Resp::Hello { version: proto::VERSION }),
+            Req::Hello { .. } => Action::ReplyClose(Resp::Hello {
+                version: proto::VERSION,
+            }),
             _ => Action::Close,
         };
     }
@@ -152,7 +180,13 @@ fn handle(st: &mut State, c: &mut Conn, req: Req) -> Action {
             st.pds.remove(&pd);
             reply(Resp::Ok)
         }
-        Req::RegMr { pd, addr, len, iova, access } => reg_mr(st, c, pd, addr, len, iova, access),
+        Req::RegMr {
+            pd,
+            addr,
+            len,
+            iova,
+            access,
+        } => reg_mr(st, c, pd, addr, len, iova, access),
         Req::DeregMr { mr } => {
             if !mine(&st.mrs, mr, c.id) {
                 return err(libc::EINVAL);
@@ -161,12 +195,20 @@ fn handle(st: &mut State, c: &mut Conn, req: Req) -> Action {
             reply(Resp::Ok)
         }
         Req::CreateChannel => {
-            let Ok((ours, theirs)) = sys::socketpair(libc::SOCK_SEQPACKET) else { return err(libc::ENOMEM) };
+            let Ok((ours, theirs)) = sys::socketpair(libc::SOCK_SEQPACKET) else {
+                return err(libc::ENOMEM);
+            };
             if sys::set_nonblock(ours.as_raw_fd(), true).is_err() {
                 return err(libc::ENOMEM);
             }
             let h = st.new_handle();
-            st.channels.insert(h, Channel { owner: c.id, fd: ours });
+            st.channels.insert(
+                h,
+                Channel {
+                    owner: c.id,
+                    fd: ours,
+                },
+            );
             Action::Reply(Resp::Channel { handle: h }, Some(theirs))
         }
         Req::DestroyChannel { channel } => {
@@ -179,7 +221,11 @@ fn handle(st: &mut State, c: &mut Conn, req: Req) -> Action {
             st.channels.remove(&channel);
             reply(Resp::Ok)
         }
-        Req::CreateCq { cqe, channel, cookie } => create_cq(st, c, cqe, channel, cookie),
+        Req::CreateCq {
+            cqe,
+            channel,
+            cookie,
+        } => create_cq(st, c, cqe, channel, cookie),
         Req::DestroyCq { cq } => {
             if !mine(&st.cqs, cq, c.id) {
                 return err(libc::EINVAL);
@@ -194,7 +240,13 @@ fn handle(st: &mut State, c: &mut Conn, req: Req) -> Action {
             st.arm_cq(cq, c.id, solicited_only);
             Action::Nothing
         }
-        Req::CreateSrq { pd, max_wr, max_sge, limit, cookie } => {
+        Req::CreateSrq {
+            pd,
+            max_wr,
+            max_sge,
+            limit,
+            cookie,
+        } => {
             if !mine(&st.pds, pd, c.id) {
                 return err(libc::EINVAL);
             }
@@ -214,10 +266,21 @@ fn handle(st: &mut State, c: &mut Conn, req: Req) -> Action {
                 waiting: Vec::new(),
             };
             st.srqs.insert(h, srq);
-            reply(Resp::Srq { handle: h, max_wr, max_sge })
+            reply(Resp::Srq {
+                handle: h,
+                max_wr,
+                max_sge,
+            })
         }
-        Req::ModifySrq { srq, mask, max_wr: _, limit } => {
-            let Some(s) = st.srqs.get_mut(&srq).filter(|s| s.owner == c.id) else { return err(libc::EINVAL) };
+        Req::ModifySrq {
+            srq,
+            mask,
+            max_wr: _,
+            limit,
+        } => {
+            let Some(s) = st.srqs.get_mut(&srq).filter(|s| s.owner == c.id) else {
+                return err(libc::EINVAL);
+            };
             if mask & 1 != 0 || mask & !3 != 0 {
                 return err(libc::EINVAL);
             }
@@ -230,7 +293,11 @@ fn handle(st: &mut State, c: &mut Conn, req: Req) -> Action {
             reply(Resp::Ok)
         }
         Req::QuerySrq { srq } => match st.srqs.get(&srq).filter(|s| s.owner == c.id) {
-            Some(s) => reply(Resp::SrqAttr { max_wr: s.max_wr, max_sge: s.max_sge, limit: s.limit }),
+            Some(s) => reply(Resp::SrqAttr {
+                max_wr: s.max_wr,
+                max_sge: s.max_sge,
+                limit: s.limit,
+            }),
             None => err(libc::EINVAL),
         },
         Req::DestroySrq { srq } => {
@@ -247,9 +314,18 @@ fn handle(st: &mut State, c: &mut Conn, req: Req) -> Action {
             datapath::post_srq_recv(st, c.id, srq, wrs);
             Action::Nothing
         }
-        Req::CreateQp { pd, send_cq, recv_cq, srq, qp_type, cap, sq_sig_all, cookie } => {
-            create_qp(st, c, pd, send_cq, recv_cq, srq, qp_type, cap, sq_sig_all, cookie)
-        }
+        Req::CreateQp {
+            pd,
+            send_cq,
+            recv_cq,
+            srq,
+            qp_type,
+            cap,
+            sq_sig_all,
+            cookie,
+        } => create_qp(
+            st, c, pd, send_cq, recv_cq, srq, qp_type, cap, sq_sig_all, cookie,
+        ),
         Req::ModifyQp { qpn, attr, mask } => modify_qp(st, c, qpn, &attr, mask),
         Req::QueryQp { qpn } => match st.qps.get(&qpn).filter(|q| q.owner == c.id) {
             Some(q) => {
@@ -257,7 +333,11 @@ fn handle(st: &mut State, c: &mut Conn, req: Req) -> Action {
                 attr.qp_state = q.state;
                 attr.cur_qp_state = q.state;
                 attr.cap = q.cap;
-                reply(Resp::QpAttr { attr, cap: q.cap, sq_sig_all: q.sq_sig_all })
+                reply(Resp::QpAttr {
+                    attr,
+                    cap: q.cap,
+                    sq_sig_all: q.sq_sig_all,
+                })
             }
             None => err(libc::EINVAL),
         },
@@ -276,7 +356,14 @@ fn handle(st: &mut State, c: &mut Conn, req: Req) -> Action {
                 return err(libc::EINVAL);
             }
             let h = st.new_handle();
-            st.ahs.insert(h, Ah { owner: c.id, pd, attr });
+            st.ahs.insert(
+                h,
+                Ah {
+                    owner: c.id,
+                    pd,
+                    attr,
+                },
+            );
             reply(Resp::Handle(h))
         }
         Req::DestroyAh { ah } => {
@@ -301,12 +388,22 @@ fn open(st: &mut State, c: &mut Conn, dev: u32) -> Action {
     if c.opened {
         return Action::Close;
     }
-    let Some(info) = st.devices.get(dev as usize).cloned() else { return err(libc::ENODEV) };
-    let Ok((ours, theirs)) = sys::socketpair(libc::SOCK_SEQPACKET) else { return err(libc::ENOMEM) };
+    let Some(info) = st.devices.get(dev as usize).cloned() else {
+        return err(libc::ENODEV);
+    };
+    let Ok((ours, theirs)) = sys::socketpair(libc::SOCK_SEQPACKET) else {
+        return err(libc::ENOMEM);
+    };
     if sys::set_nonblock(ours.as_raw_fd(), true).is_err() {
         return err(libc::ENOMEM);
     }
-    st.clients.insert(c.id, Client { dev: dev as usize, async_fd: ours });
+    st.clients.insert(
+        c.id,
+        Client {
+            dev: dev as usize,
+            async_fd: ours,
+        },
+    );
     c.opened = true;
     Action::Reply(Resp::Opened { info }, Some(theirs))
 }
@@ -324,7 +421,9 @@ fn reg_mr(st: &mut State, c: &Conn, pd: u32, addr: u64, len: u64, iova: u64, acc
     }
     if len > 0 {
         let mut b = [0u8; 1];
-        if sys::vm_read(c.pid, addr, &mut b).is_err() || sys::vm_read(c.pid, addr + len - 1, &mut b).is_err() {
+        if sys::vm_read(c.pid, addr, &mut b).is_err()
+            || sys::vm_read(c.pid, addr + len - 1, &mut b).is_err()
+        {
             return err(libc::EFAULT);
         }
     }
@@ -333,8 +432,25 @@ fn reg_mr(st: &mut State, c: &Conn, pd: u32, addr: u64, len: u64, iova: u64, acc
     st.lkeys.insert(lkey, h);
     let rkey = st.new_key();
     st.rkeys.insert(rkey, h);
-    st.mrs.insert(h, Mr { owner: c.id, pd, pid: c.pid, addr, len, iova, access: acc, lkey, rkey });
-    reply(Resp::Mr { handle: h, lkey, rkey })
+    st.mrs.insert(
+        h,
+        Mr {
+            owner: c.id,
+            pd,
+            pid: c.pid,
+            addr,
+            len,
+            iova,
+            access: acc,
+            lkey,
+            rkey,
+        },
+    );
+    reply(Resp::Mr {
+        handle: h,
+        lkey,
+        rkey,
+    })
 }
 
 fn create_cq(st: &mut State, c: &Conn, cqe: u32, channel: Option<u32>, cookie: u64) -> Action {
@@ -349,11 +465,31 @@ fn create_cq(st: &mut State, c: &Conn, cqe: u32, channel: Option<u32>, cookie: u
     // Like real HCAs, round up (to 2^n - 1): programs sized for hardware
     // may count on the slack.
     let capacity = ((cqe as u64 + 1).next_power_of_two() - 1).max(1) as u32;
-    let Ok(fd) = sys::memfd("softib-cq", ring::bytes_for(capacity)) else { return err(libc::ENOMEM) };
-    let Ok(ring) = Ring::map(fd.as_raw_fd(), capacity, true) else { return err(libc::ENOMEM) };
+    let Ok(fd) = sys::memfd("softib-cq", ring::bytes_for(capacity)) else {
+        return err(libc::ENOMEM);
+    };
+    let Ok(ring) = Ring::map(fd.as_raw_fd(), capacity, true) else {
+        return err(libc::ENOMEM);
+    };
     let h = st.new_handle();
-    st.cqs.insert(h, Cq { owner: c.id, ring, channel, cookie, armed: None, overflow_reported: false });
-    Action::Reply(Resp::Cq { handle: h, cqe: capacity }, Some(fd))
+    st.cqs.insert(
+        h,
+        Cq {
+            owner: c.id,
+            ring,
+            channel,
+            cookie,
+            armed: None,
+            overflow_reported: false,
+        },
+    );
+    Action::Reply(
+        Resp::Cq {
+            handle: h,
+            cqe: capacity,
+        },
+        Some(fd),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -382,15 +518,29 @@ fn create_qp(
         return err(libc::EINVAL);
     }
     let recv_ok = srq.is_some() || (cap.max_recv_wr <= MAX_WR && cap.max_recv_sge <= MAX_SGE);
-    if cap.max_send_wr > MAX_WR || cap.max_send_sge > MAX_SGE || cap.max_inline_data > proto::MAX_INLINE || !recv_ok {
+    if cap.max_send_wr > MAX_WR
+        || cap.max_send_sge > MAX_SGE
+        || cap.max_inline_data > proto::MAX_INLINE
+        || !recv_ok
+    {
         return err(libc::EINVAL);
     }
-    let Some(dev) = st.clients.get(&c.id).map(|cl| cl.dev) else { return err(libc::EINVAL) };
+    let Some(dev) = st.clients.get(&c.id).map(|cl| cl.dev) else {
+        return err(libc::EINVAL);
+    };
     let cap = QpCap {
         max_send_wr: cap.max_send_wr.max(1),
         max_send_sge: cap.max_send_sge.max(1),
-        max_recv_wr: if srq.is_some() { 0 } else { cap.max_recv_wr.max(1) },
-        max_recv_sge: if srq.is_some() { 0 } else { cap.max_recv_sge.max(1) },
+        max_recv_wr: if srq.is_some() {
+            0
+        } else {
+            cap.max_recv_wr.max(1)
+        },
+        max_recv_sge: if srq.is_some() {
+            0
+        } else {
+            cap.max_recv_sge.max(1)
+        },
         max_inline_data: cap.max_inline_data,
     };
     let qpn = st.new_qpn();
@@ -500,10 +650,18 @@ fn valid_av(av: &AhAttr) -> bool {
 }
 
 fn modify_qp(st: &mut State, c: &Conn, qpn: u32, attr: &QpAttr, mask: u32) -> Action {
-    let Some(qp) = st.qps.get_mut(&qpn).filter(|q| q.owner == c.id) else { return err(libc::EINVAL) };
+    let Some(qp) = st.qps.get_mut(&qpn).filter(|q| q.owner == c.id) else {
+        return err(libc::EINVAL);
+    };
     let cur = qp.state;
-    let new = if mask & qp_mask::STATE != 0 { attr.qp_state } else { cur };
-    let Some(req) = required(qp.qp_type, cur, new) else { return err(libc::EINVAL) };
+    let new = if mask & qp_mask::STATE != 0 {
+        attr.qp_state
+    } else {
+        cur
+    };
+    let Some(req) = required(qp.qp_type, cur, new) else {
+        return err(libc::EINVAL);
+    };
     if mask & req != req {
         return err(libc::EINVAL);
     }

@@ -40,8 +40,8 @@ use serde::{Deserialize, Serialize};
 use super::peer::{self, PeerMsg};
 use super::state::{Held, Origin, SqEntry, State, Wait};
 use crate::proto::{
-    access, event, qp_state, qp_type, send_flags, wc_flags, wc_opcode, wc_status, wr_opcode, RecvWr, SendWr, Sge,
-    GRH_BYTES, MAX_INLINE, MAX_MSG_SIZE, PORT_MTU,
+    access, event, qp_state, qp_type, send_flags, wc_flags, wc_opcode, wc_status, wr_opcode,
+    RecvWr, SendWr, Sge, GRH_BYTES, MAX_INLINE, MAX_MSG_SIZE, PORT_MTU,
 };
 use crate::ring::Wc;
 use crate::sys;
@@ -90,11 +90,35 @@ pub(crate) struct Grh {
 /// One operation on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) enum Op {
-    Send { data: Vec<u8>, imm: Option<u32>, solicited: bool, ud: Option<UdInfo> },
-    Write { addr: u64, rkey: u32, data: Vec<u8>, imm: Option<u32>, solicited: bool },
-    Read { addr: u64, rkey: u32, len: u32 },
-    CmpSwap { addr: u64, rkey: u32, compare: u64, swap: u64 },
-    FetchAdd { addr: u64, rkey: u32, add: u64 },
+    Send {
+        data: Vec<u8>,
+        imm: Option<u32>,
+        solicited: bool,
+        ud: Option<UdInfo>,
+    },
+    Write {
+        addr: u64,
+        rkey: u32,
+        data: Vec<u8>,
+        imm: Option<u32>,
+        solicited: bool,
+    },
+    Read {
+        addr: u64,
+        rkey: u32,
+        len: u32,
+    },
+    CmpSwap {
+        addr: u64,
+        rkey: u32,
+        compare: u64,
+        swap: u64,
+    },
+    FetchAdd {
+        addr: u64,
+        rkey: u32,
+        add: u64,
+    },
 }
 
 /// A packet for a responder QP.
@@ -225,14 +249,21 @@ fn build(st: &State, q: &ReqQp, seq: u64, wr: SendWr) -> Result<Built, u32> {
         qp_type::UD => matches!(wr.opcode, wr_opcode::SEND | wr_opcode::SEND_WITH_IMM),
         qp_type::UC => matches!(
             wr.opcode,
-            wr_opcode::SEND | wr_opcode::SEND_WITH_IMM | wr_opcode::RDMA_WRITE | wr_opcode::RDMA_WRITE_WITH_IMM
+            wr_opcode::SEND
+                | wr_opcode::SEND_WITH_IMM
+                | wr_opcode::RDMA_WRITE
+                | wr_opcode::RDMA_WRITE_WITH_IMM
         ),
         _ => wc_opcode_of(wr.opcode).is_some(),
     };
     if !allowed {
         return Err(wc_status::LOC_QP_OP_ERR);
     }
-    let imm = matches!(wr.opcode, wr_opcode::SEND_WITH_IMM | wr_opcode::RDMA_WRITE_WITH_IMM).then_some(wr.imm);
+    let imm = matches!(
+        wr.opcode,
+        wr_opcode::SEND_WITH_IMM | wr_opcode::RDMA_WRITE_WITH_IMM
+    )
+    .then_some(wr.imm);
     let solicited = wr.flags & send_flags::SOLICITED != 0;
     let mut scatter = Vec::new();
     let gather = |sg: &[Sge], inline: Vec<u8>, flags: u32| -> Result<Vec<u8>, u32> {
@@ -256,11 +287,19 @@ fn build(st: &State, q: &ReqQp, seq: u64, wr: SendWr) -> Result<Built, u32> {
                 if data.len() > PORT_MTU as usize {
                     return Err(wc_status::LOC_LEN_ERR);
                 }
-                let ah = st.ahs.get(&wr.ah).filter(|a| a.owner == q.owner).ok_or(wc_status::LOC_QP_OP_ERR)?;
+                let ah = st
+                    .ahs
+                    .get(&wr.ah)
+                    .filter(|a| a.owner == q.owner)
+                    .ok_or(wc_status::LOC_QP_OP_ERR)?;
                 dlid = ah.attr.dlid;
                 sl = ah.attr.sl;
                 dqpn = wr.remote_qpn & 0x00FF_FFFF;
-                let qkey = if wr.remote_qkey & 0x8000_0000 != 0 { q.qkey } else { wr.remote_qkey };
+                let qkey = if wr.remote_qkey & 0x8000_0000 != 0 {
+                    q.qkey
+                } else {
+                    wr.remote_qkey
+                };
                 let grh = ah.attr.is_global.then_some(Grh {
                     traffic_class: ah.attr.traffic_class,
                     flow_label: ah.attr.flow_label,
@@ -272,12 +311,29 @@ fn build(st: &State, q: &ReqQp, seq: u64, wr: SendWr) -> Result<Built, u32> {
                 None
             };
             let n = data.len() as u32;
-            (Op::Send { data, imm, solicited, ud }, n)
+            (
+                Op::Send {
+                    data,
+                    imm,
+                    solicited,
+                    ud,
+                },
+                n,
+            )
         }
         wr_opcode::RDMA_WRITE | wr_opcode::RDMA_WRITE_WITH_IMM => {
             let data = gather(&wr.sg, wr.inline, wr.flags)?;
             let n = data.len() as u32;
-            (Op::Write { addr: wr.remote_addr, rkey: wr.rkey, data, imm, solicited }, n)
+            (
+                Op::Write {
+                    addr: wr.remote_addr,
+                    rkey: wr.rkey,
+                    data,
+                    imm,
+                    solicited,
+                },
+                n,
+            )
         }
         wr_opcode::RDMA_READ => {
             let total = sum_len(&wr.sg);
@@ -285,7 +341,14 @@ fn build(st: &State, q: &ReqQp, seq: u64, wr: SendWr) -> Result<Built, u32> {
                 return Err(wc_status::LOC_LEN_ERR);
             }
             scatter = resolve_local(st, q.pd, &wr.sg, true).ok_or(wc_status::LOC_PROT_ERR)?;
-            (Op::Read { addr: wr.remote_addr, rkey: wr.rkey, len: total as u32 }, total as u32)
+            (
+                Op::Read {
+                    addr: wr.remote_addr,
+                    rkey: wr.rkey,
+                    len: total as u32,
+                },
+                total as u32,
+            )
         }
         _ => {
             if sum_len(&wr.sg) != 8 {
@@ -293,9 +356,18 @@ fn build(st: &State, q: &ReqQp, seq: u64, wr: SendWr) -> Result<Built, u32> {
             }
             scatter = resolve_local(st, q.pd, &wr.sg, true).ok_or(wc_status::LOC_PROT_ERR)?;
             let op = if wr.opcode == wr_opcode::ATOMIC_CMP_AND_SWP {
-                Op::CmpSwap { addr: wr.remote_addr, rkey: wr.rkey, compare: wr.compare_add, swap: wr.swap }
+                Op::CmpSwap {
+                    addr: wr.remote_addr,
+                    rkey: wr.rkey,
+                    compare: wr.compare_add,
+                    swap: wr.swap,
+                }
             } else {
-                Op::FetchAdd { addr: wr.remote_addr, rkey: wr.rkey, add: wr.compare_add }
+                Op::FetchAdd {
+                    addr: wr.remote_addr,
+                    rkey: wr.rkey,
+                    add: wr.compare_add,
+                }
             };
             (op, 8)
         }
@@ -314,12 +386,28 @@ fn build(st: &State, q: &ReqQp, seq: u64, wr: SendWr) -> Result<Built, u32> {
         timeout: q.timeout,
         retry_cnt: q.retry_cnt,
     };
-    Ok(Built { pkt: Packet { dlid, dqpn, src, op }, scatter, byte_len })
+    Ok(Built {
+        pkt: Packet {
+            dlid,
+            dqpn,
+            src,
+            op,
+        },
+        scatter,
+        byte_len,
+    })
 }
 
 /// A completion of QP `qpn`.
 fn wc(wr_id: u64, status: u32, opcode: u32, byte_len: u32, qpn: u32) -> Wc {
-    Wc { wr_id, status, opcode, byte_len, qp_num: qpn, ..Wc::default() }
+    Wc {
+        wr_id,
+        status,
+        opcode,
+        byte_len,
+        qp_num: qpn,
+        ..Wc::default()
+    }
 }
 
 /// Processes a PostSend of context `cid`. WRs on a QP it does not own, or
@@ -332,11 +420,16 @@ pub(crate) fn post_send(st: &mut State, cid: u64, qpn: u32, wrs: Vec<SendWr>) {
 }
 
 fn post_one(st: &mut State, cid: u64, qpn: u32, wr: SendWr) {
-    let Some(qp) = st.qps.get_mut(&qpn).filter(|q| q.owner == cid) else { return };
+    let Some(qp) = st.qps.get_mut(&qpn).filter(|q| q.owner == cid) else {
+        return;
+    };
     let signaled = qp.sq_sig_all || wr.flags & send_flags::SIGNALED != 0;
     let opcode = wc_opcode_of(wr.opcode).unwrap_or(wc_opcode::SEND);
     if qp.state == qp_state::ERR {
-        let (cq, w) = (qp.send_cq, wc(wr.wr_id, wc_status::WR_FLUSH_ERR, opcode, 0, qpn));
+        let (cq, w) = (
+            qp.send_cq,
+            wc(wr.wr_id, wc_status::WR_FLUSH_ERR, opcode, 0, qpn),
+        );
         st.complete(cq, &w, false);
         return;
     }
@@ -419,8 +512,12 @@ fn post_one(st: &mut State, cid: u64, qpn: u32, wr: SendWr) {
 /// done, in order; the first error moves the QP to ERR.
 pub(crate) fn drain(st: &mut State, qpn: u32) {
     loop {
-        let Some(qp) = st.qps.get_mut(&qpn) else { return };
-        let Some(status) = qp.sq.front().and_then(|e| e.status) else { return };
+        let Some(qp) = st.qps.get_mut(&qpn) else {
+            return;
+        };
+        let Some(status) = qp.sq.front().and_then(|e| e.status) else {
+            return;
+        };
         let Some(e) = qp.sq.pop_front() else { return };
         let cq = qp.send_cq;
         if status != wc_status::SUCCESS {
@@ -437,7 +534,9 @@ pub(crate) fn drain(st: &mut State, qpn: u32) {
 /// Moves `qpn` to ERR: flushes its send queue, its receive queue (not an
 /// SRQ's); the packets held at it are lost.
 pub(crate) fn to_error(st: &mut State, qpn: u32) {
-    let Some(qp) = st.qps.get_mut(&qpn) else { return };
+    let Some(qp) = st.qps.get_mut(&qpn) else {
+        return;
+    };
     qp.state = qp_state::ERR;
     qp.sq_stopped = false;
     let sq: Vec<SqEntry> = qp.sq.drain(..).collect();
@@ -445,10 +544,18 @@ pub(crate) fn to_error(st: &mut State, qpn: u32) {
     let held: Vec<Held> = qp.inbound.drain(..).collect();
     let (send_cq, recv_cq, srq) = (qp.send_cq, qp.recv_cq, qp.srq);
     for e in sq {
-        st.complete(send_cq, &wc(e.wr_id, wc_status::WR_FLUSH_ERR, e.opcode, 0, qpn), false);
+        st.complete(
+            send_cq,
+            &wc(e.wr_id, wc_status::WR_FLUSH_ERR, e.opcode, 0, qpn),
+            false,
+        );
     }
     for r in rq {
-        st.complete(recv_cq, &wc(r.wr_id, wc_status::WR_FLUSH_ERR, wc_opcode::RECV, 0, qpn), false);
+        st.complete(
+            recv_cq,
+            &wc(r.wr_id, wc_status::WR_FLUSH_ERR, wc_opcode::RECV, 0, qpn),
+            false,
+        );
     }
     // No QP_LAST_WQE_REACHED for SRQ QPs: events name the QP by the
     // library's pointer, and nothing makes a destroy wait for the events
@@ -464,7 +571,9 @@ pub(crate) fn to_error(st: &mut State, qpn: u32) {
 
 /// Moves `qpn` to RESET: queues are emptied without completions.
 pub(crate) fn reset(st: &mut State, qpn: u32) {
-    let Some(qp) = st.qps.get_mut(&qpn) else { return };
+    let Some(qp) = st.qps.get_mut(&qpn) else {
+        return;
+    };
     qp.state = qp_state::RESET;
     qp.sq.clear();
     qp.rq.clear();
@@ -484,7 +593,9 @@ pub(crate) fn reset(st: &mut State, qpn: u32) {
 /// RETRY_EXC_ERR after their retry budget); acks for its own requests that
 /// arrive later are ignored.
 pub(crate) fn destroy_qp(st: &mut State, qpn: u32) {
-    let Some(mut qp) = st.qps.remove(&qpn) else { return };
+    let Some(mut qp) = st.qps.remove(&qpn) else {
+        return;
+    };
     st.qp_uids.remove(&qp.uid);
     if let Some(s) = qp.srq.and_then(|s| st.srqs.get_mut(&s)) {
         s.waiting.retain(|&q| q != qpn);
@@ -496,13 +607,23 @@ pub(crate) fn destroy_qp(st: &mut State, qpn: u32) {
 
 /// Posts receive WRs to a QP (dropped in RESET; flushed in ERR).
 pub(crate) fn post_recv(st: &mut State, cid: u64, qpn: u32, wrs: Vec<RecvWr>) {
-    let Some(qp) = st.qps.get_mut(&qpn).filter(|q| q.owner == cid && q.srq.is_none()) else { return };
+    let Some(qp) = st
+        .qps
+        .get_mut(&qpn)
+        .filter(|q| q.owner == cid && q.srq.is_none())
+    else {
+        return;
+    };
     match qp.state {
         qp_state::RESET => {}
         qp_state::ERR => {
             let cq = qp.recv_cq;
             for r in wrs {
-                st.complete(cq, &wc(r.wr_id, wc_status::WR_FLUSH_ERR, wc_opcode::RECV, 0, qpn), false);
+                st.complete(
+                    cq,
+                    &wc(r.wr_id, wc_status::WR_FLUSH_ERR, wc_opcode::RECV, 0, qpn),
+                    false,
+                );
             }
         }
         _ => {
@@ -516,7 +637,9 @@ pub(crate) fn post_recv(st: &mut State, cid: u64, qpn: u32, wrs: Vec<RecvWr>) {
 
 /// Posts receive WRs to an SRQ and lets the QPs waiting for one go on.
 pub(crate) fn post_srq_recv(st: &mut State, cid: u64, srq: u32, wrs: Vec<RecvWr>) {
-    let Some(s) = st.srqs.get_mut(&srq).filter(|s| s.owner == cid) else { return };
+    let Some(s) = st.srqs.get_mut(&srq).filter(|s| s.owner == cid) else {
+        return;
+    };
     s.queue.extend(wrs);
     let waiting = std::mem::take(&mut s.waiting);
     for qpn in waiting {
@@ -595,7 +718,11 @@ fn check_rkey(st: &State, r: &RespQp, rkey: u32, addr: u64, len: u64, need: u32)
 /// A responder-side failure of a receive: the receive completes with
 /// `status`, the QP goes to ERR.
 fn recv_error(st: &mut State, r: &RespQp, wr_id: u64, status: u32) {
-    st.complete(r.recv_cq, &wc(wr_id, status, wc_opcode::RECV, 0, r.qpn), false);
+    st.complete(
+        r.recv_cq,
+        &wc(wr_id, status, wc_opcode::RECV, 0, r.qpn),
+        false,
+    );
     to_error(st, r.qpn);
 }
 
@@ -625,7 +752,9 @@ fn grh_bytes(g: &Grh, len: usize, sgid: &[u8; 16], dgid: &[u8; 16]) -> [u8; 40] 
 /// Executes one packet at responder QP `qpn` (in RTR or RTS). `Err(())`:
 /// it needs a receive WQE and none is posted (nothing was changed).
 fn respond(st: &mut State, qpn: u32, pkt: &Packet) -> Result<AckResult, ()> {
-    let Some(r) = resp_qp(st, qpn) else { return Ok(AckResult::Lost) };
+    let Some(r) = resp_qp(st, qpn) else {
+        return Ok(AckResult::Lost);
+    };
     let src = &pkt.src;
     let recv_wc = |wr_id: u64, opcode: u32, byte_len: u32, flags: u32, imm: u32| Wc {
         wr_id,
@@ -641,13 +770,20 @@ fn respond(st: &mut State, qpn: u32, pkt: &Packet) -> Result<AckResult, ()> {
         ..Wc::default()
     };
     match &pkt.op {
-        Op::Send { data, imm, solicited, ud } => {
+        Op::Send {
+            data,
+            imm,
+            solicited,
+            ud,
+        } => {
             if let Some(u) = ud {
                 if u.qkey != r.qkey || data.len() > PORT_MTU as usize {
                     return Ok(AckResult::Ok);
                 }
             }
-            let Some((rwr, pd)) = take_recv(st, &r) else { return Err(()) };
+            let Some((rwr, pd)) = take_recv(st, &r) else {
+                return Err(());
+            };
             let Some(segs) = resolve_local(st, pd, &rwr.sg, true) else {
                 recv_error(st, &r, rwr.wr_id, wc_status::LOC_PROT_ERR);
                 return Ok(AckResult::Nak(wc_status::REM_OP_ERR));
@@ -662,22 +798,45 @@ fn respond(st: &mut State, qpn: u32, pkt: &Packet) -> Result<AckResult, ()> {
             let mut written = Ok(());
             if let Some(g) = ud.as_ref().and_then(|u| u.grh.as_ref()) {
                 flags |= wc_flags::GRH;
-                let dgid = st.qps.get(&qpn).map(|q| st.devices[q.dev].gid).unwrap_or(g.dgid);
+                let dgid = st
+                    .qps
+                    .get(&qpn)
+                    .map(|q| st.devices[q.dev].gid)
+                    .unwrap_or(g.dgid);
                 written = write_segs(&segs, 0, &grh_bytes(g, data.len(), &src.gid, &dgid));
             }
             if written.and_then(|_| write_segs(&segs, off, data)).is_err() {
                 recv_error(st, &r, rwr.wr_id, wc_status::LOC_PROT_ERR);
                 return Ok(AckResult::Nak(wc_status::REM_OP_ERR));
             }
-            let w = recv_wc(rwr.wr_id, wc_opcode::RECV, (data.len() as u64 + off) as u32, flags, imm.unwrap_or(0));
+            let w = recv_wc(
+                rwr.wr_id,
+                wc_opcode::RECV,
+                (data.len() as u64 + off) as u32,
+                flags,
+                imm.unwrap_or(0),
+            );
             st.complete(r.recv_cq, &w, *solicited);
             Ok(AckResult::Ok)
         }
-        Op::Write { addr, rkey, data, imm, solicited } => {
+        Op::Write {
+            addr,
+            rkey,
+            data,
+            imm,
+            solicited,
+        } => {
             let target = if data.is_empty() {
                 None
             } else {
-                match check_rkey(st, &r, *rkey, *addr, data.len() as u64, access::REMOTE_WRITE) {
+                match check_rkey(
+                    st,
+                    &r,
+                    *rkey,
+                    *addr,
+                    data.len() as u64,
+                    access::REMOTE_WRITE,
+                ) {
                     Some(s) => Some(s),
                     None => return Ok(access_error(st, &r, wc_status::REM_ACCESS_ERR)),
                 }
@@ -692,7 +851,13 @@ fn respond(st: &mut State, qpn: u32, pkt: &Packet) -> Result<AckResult, ()> {
             }
             if let Some(imm) = imm {
                 if let Some((rwr, _)) = take_recv(st, &r) {
-                    let w = recv_wc(rwr.wr_id, wc_opcode::RECV_RDMA_WITH_IMM, data.len() as u32, wc_flags::WITH_IMM, *imm);
+                    let w = recv_wc(
+                        rwr.wr_id,
+                        wc_opcode::RECV_RDMA_WITH_IMM,
+                        data.len() as u32,
+                        wc_flags::WITH_IMM,
+                        *imm,
+                    );
                     st.complete(r.recv_cq, &w, *solicited);
                 }
             }
@@ -742,7 +907,11 @@ pub(crate) fn reply(st: &mut State, origin: Origin, src: &Src, result: AckResult
     if src.qp_type != qp_type::RC {
         return;
     }
-    let ack = Ack { uid: src.uid, seq: src.seq, result };
+    let ack = Ack {
+        uid: src.uid,
+        seq: src.seq,
+        result,
+    };
     match origin {
         Origin::Local => apply_ack(st, ack),
         Origin::Conn(id) => {
@@ -757,7 +926,10 @@ pub(crate) fn reply(st: &mut State, origin: Origin, src: &Src, result: AckResult
 pub(crate) fn deliver(st: &mut State, origin: Origin, pkt: Packet) {
     let rc = pkt.src.qp_type == qp_type::RC;
     let target = st.dev_by_lid(pkt.dlid).and_then(|dev| {
-        st.qps.get(&pkt.dqpn).filter(|q| q.dev == dev && q.qp_type == pkt.src.qp_type).map(|q| (q.state, q.attr.dest_qp_num))
+        st.qps
+            .get(&pkt.dqpn)
+            .filter(|q| q.dev == dev && q.qp_type == pkt.src.qp_type)
+            .map(|q| (q.state, q.attr.dest_qp_num))
     });
     let Some((state, dest_qpn)) = target else {
         reply(st, origin, &pkt.src, AckResult::Lost);
@@ -771,16 +943,26 @@ pub(crate) fn deliver(st: &mut State, origin: Origin, pkt: Packet) {
         }
         return;
     }
-    if !matches!(state, qp_state::RESET | qp_state::INIT | qp_state::RTR | qp_state::RTS) {
+    if !matches!(
+        state,
+        qp_state::RESET | qp_state::INIT | qp_state::RTR | qp_state::RTS
+    ) {
         reply(st, origin, &pkt.src, AckResult::Lost);
         return;
     }
     let id = st.next_id();
-    let Some(qp) = st.qps.get_mut(&qpn) else { return };
+    let Some(qp) = st.qps.get_mut(&qpn) else {
+        return;
+    };
     if qp.drop_src == Some((origin, pkt.src.uid, pkt.src.epoch)) {
         return;
     }
-    qp.inbound.push_back(Held { id, origin, pkt, blocked: None });
+    qp.inbound.push_back(Held {
+        id,
+        origin,
+        pkt,
+        blocked: None,
+    });
     if qp.inbound.len() == 1 {
         drain_inbound(st, qpn);
     }
@@ -789,7 +971,9 @@ pub(crate) fn deliver(st: &mut State, origin: Origin, pkt: Packet) {
 /// Processes the RC packets queued at `qpn` in order, until one has to wait.
 pub(crate) fn drain_inbound(st: &mut State, qpn: u32) {
     loop {
-        let Some(qp) = st.qps.get_mut(&qpn) else { return };
+        let Some(qp) = st.qps.get_mut(&qpn) else {
+            return;
+        };
         let (state, dest) = (qp.state, qp.attr.dest_qp_num);
         if qp.inbound.is_empty() {
             return;
@@ -801,7 +985,9 @@ pub(crate) fn drain_inbound(st: &mut State, qpn: u32) {
         if !matches!(state, qp_state::RTR | qp_state::RTS) {
             return;
         }
-        let Some(held) = qp.inbound.pop_front() else { return };
+        let Some(held) = qp.inbound.pop_front() else {
+            return;
+        };
         if held.pkt.src.qpn != dest {
             // Not from the QP this one is connected to: a real responder
             // drops it, its requester times out.
@@ -824,8 +1010,9 @@ pub(crate) fn drain_inbound(st: &mut State, qpn: u32) {
 /// One step of the IB RNR timer (`min_rnr_timer` encoding).
 fn rnr_step(code: u8) -> Duration {
     const US: [u32; 32] = [
-        655_360, 10, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1_280, 1_920, 2_560, 3_840, 5_120,
-        7_680, 10_240, 15_360, 20_480, 30_720, 40_960, 61_440, 81_920, 122_880, 163_840, 245_760, 327_680, 491_520,
+        655_360, 10, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1_280, 1_920, 2_560,
+        3_840, 5_120, 7_680, 10_240, 15_360, 20_480, 30_720, 40_960, 61_440, 81_920, 122_880,
+        163_840, 245_760, 327_680, 491_520,
     ];
     Duration::from_micros(US[(code & 31) as usize] as u64)
 }
@@ -839,10 +1026,14 @@ const MIN_RETRY_STEP: Duration = Duration::from_millis(20);
 /// Marks the head of `qpn`'s inbound queue as waiting for `why`; starts its
 /// deadline if it was not already waiting for that.
 fn block(st: &mut State, qpn: u32, why: Wait) {
-    let Some(qp) = st.qps.get_mut(&qpn) else { return };
+    let Some(qp) = st.qps.get_mut(&qpn) else {
+        return;
+    };
     let min_rnr = qp.attr.min_rnr_timer;
     let srq = qp.srq;
-    let Some(head) = qp.inbound.front_mut() else { return };
+    let Some(head) = qp.inbound.front_mut() else {
+        return;
+    };
     if why == Wait::Rnr {
         if let Some(s) = srq.and_then(|s| st.srqs.get_mut(&s)) {
             if !s.waiting.contains(&qpn) {
@@ -876,9 +1067,19 @@ pub(crate) fn expire_timers(st: &mut State) -> Option<Instant> {
             break;
         }
         st.req_timers.pop();
-        let Some(&qpn) = st.qp_uids.get(&uid) else { continue };
-        let Some(qp) = st.qps.get_mut(&qpn) else { continue };
-        let Some(e) = qp.sq.iter_mut().find(|e| e.seq == seq && e.status.is_none()) else { continue };
+        let Some(&qpn) = st.qp_uids.get(&uid) else {
+            continue;
+        };
+        let Some(qp) = st.qps.get_mut(&qpn) else {
+            continue;
+        };
+        let Some(e) = qp
+            .sq
+            .iter_mut()
+            .find(|e| e.seq == seq && e.status.is_none())
+        else {
+            continue;
+        };
         e.status = Some(wc_status::RETRY_EXC_ERR);
         qp.sq_stopped = true;
         drain(st, qpn);
@@ -889,18 +1090,25 @@ pub(crate) fn expire_timers(st: &mut State) -> Option<Instant> {
             return Some(next_req.map_or(when, |r| r.min(when)));
         }
         st.timers.pop();
-        let Some(qp) = st.qps.get_mut(&qpn) else { continue };
-        let Some(head) = qp.inbound.front().filter(|h| h.id == id) else { continue };
+        let Some(qp) = st.qps.get_mut(&qpn) else {
+            continue;
+        };
+        let Some(head) = qp.inbound.front().filter(|h| h.id == id) else {
+            continue;
+        };
         let status = match head.blocked {
             Some(Wait::Rnr) => wc_status::RNR_RETRY_EXC_ERR,
             Some(Wait::NotReady) => wc_status::RETRY_EXC_ERR,
             None => continue,
         };
-        let Some(head) = qp.inbound.pop_front() else { continue };
+        let Some(head) = qp.inbound.pop_front() else {
+            continue;
+        };
         // The requester stops at this NAK; what it sent after is dropped.
         let key = (head.origin, head.pkt.src.uid, head.pkt.src.epoch);
         qp.drop_src = Some(key);
-        qp.inbound.retain(|h| (h.origin, h.pkt.src.uid, h.pkt.src.epoch) != key);
+        qp.inbound
+            .retain(|h| (h.origin, h.pkt.src.uid, h.pkt.src.epoch) != key);
         if let Some(s) = qp.srq.and_then(|s| st.srqs.get_mut(&s)) {
             s.waiting.retain(|&q| q != qpn);
         }
@@ -912,9 +1120,15 @@ pub(crate) fn expire_timers(st: &mut State) -> Option<Instant> {
 
 /// An ack reaches the requester QP it names.
 pub(crate) fn apply_ack(st: &mut State, ack: Ack) {
-    let Some(&qpn) = st.qp_uids.get(&ack.uid) else { return };
-    let Some(qp) = st.qps.get_mut(&qpn) else { return };
-    let Some(e) = qp.sq.iter_mut().find(|e| e.seq == ack.seq) else { return };
+    let Some(&qpn) = st.qp_uids.get(&ack.uid) else {
+        return;
+    };
+    let Some(qp) = st.qps.get_mut(&qpn) else {
+        return;
+    };
+    let Some(e) = qp.sq.iter_mut().find(|e| e.seq == ack.seq) else {
+        return;
+    };
     if e.status.is_some() {
         return;
     }
@@ -947,7 +1161,11 @@ pub(crate) fn fail_link_entries(st: &mut State, link: u64) {
     let lost: Vec<(u32, u64)> = st
         .qps
         .iter()
-        .flat_map(|(&n, q)| q.sq.iter().filter(|e| e.link == Some(link) && e.status.is_none()).map(move |e| (n, e.seq)))
+        .flat_map(|(&n, q)| {
+            q.sq.iter()
+                .filter(|e| e.link == Some(link) && e.status.is_none())
+                .map(move |e| (n, e.seq))
+        })
         .collect();
     for (qpn, seq) in lost {
         lose(st, qpn, seq);
@@ -959,9 +1177,17 @@ pub(crate) fn fail_link_entries(st: &mut State, link: u64) {
 /// `retry_cnt`) would be spent, as on hardware. Timeout 0 (infinite):
 /// never.
 fn lose(st: &mut State, qpn: u32, seq: u64) {
-    let Some(qp) = st.qps.get_mut(&qpn) else { return };
+    let Some(qp) = st.qps.get_mut(&qpn) else {
+        return;
+    };
     let (timeout, retry_cnt, uid) = (qp.attr.timeout, qp.attr.retry_cnt, qp.uid);
-    let Some(e) = qp.sq.iter_mut().find(|e| e.seq == seq && e.status.is_none() && !e.lost) else { return };
+    let Some(e) = qp
+        .sq
+        .iter_mut()
+        .find(|e| e.seq == seq && e.status.is_none() && !e.lost)
+    else {
+        return;
+    };
     e.lost = true;
     if let Some(d) = retry_budget(timeout, retry_cnt) {
         st.req_timers.push(Reverse((Instant::now() + d, uid, seq)));

@@ -26,7 +26,9 @@ pub fn lid_path(fabric: &Path, lid: u16) -> PathBuf {
 /// The service address registered for `lid`.
 pub fn lookup(fabric: &Path, lid: u16) -> io::Result<SocketAddr> {
     let text = std::fs::read_to_string(lid_path(fabric, lid))?;
-    text.trim().parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad fabric entry"))
+    text.trim()
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad fabric entry"))
 }
 
 /// True when nothing accepts connections at `addr` any more (the service
@@ -40,10 +42,17 @@ fn is_stale(addr: SocketAddr) -> bool {
 
 /// Registers a fresh random LID (none of `taken`) for `addr`; returns it.
 pub(crate) fn register(fabric: &Path, addr: SocketAddr, taken: &[u16]) -> Result<u16, Error> {
-    let io_err = |what: &str, e| Error::Io { what: format!("{what} in {}", fabric.display()), source: e };
+    let io_err = |what: &str, e| Error::Io {
+        what: format!("{what} in {}", fabric.display()),
+        source: e,
+    };
     std::fs::create_dir_all(fabric).map_err(|e| io_err("creating the fabric directory", e))?;
     let content = format!("{addr}\n");
-    let tmp = fabric.join(format!(".{}.{:016x}.tmp", std::process::id(), crate::sys::random_u64()));
+    let tmp = fabric.join(format!(
+        ".{}.{:016x}.tmp",
+        std::process::id(),
+        crate::sys::random_u64()
+    ));
     std::fs::write(&tmp, &content).map_err(|e| io_err("writing a LID file", e))?;
     let result = (|| {
         for _ in 0..10_000 {

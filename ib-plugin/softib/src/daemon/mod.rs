@@ -97,7 +97,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// once, silently, if another service already serves `opts.socket`.
 pub fn run(opts: Options) -> Result<(), Error> {
     let signalled = os::install_stop_signals().map_err(io_err("installing signal handlers"))?;
-    let Some(bound) = bind(&opts)? else { return Ok(()) };
+    let Some(bound) = bind(&opts)? else {
+        return Ok(());
+    };
     serve(bound, Some(signalled));
     Ok(())
 }
@@ -106,13 +108,18 @@ pub fn run(opts: Options) -> Result<(), Error> {
 /// `Ok(None)` if another service already serves `opts.socket`. The service
 /// stops on [`Daemon::stop`], on drop, or at idle exit.
 pub fn start(opts: Options) -> Result<Option<Daemon>, Error> {
-    let Some(bound) = bind(&opts)? else { return Ok(None) };
+    let Some(bound) = bind(&opts)? else {
+        return Ok(None);
+    };
     let shared = bound.shared.clone();
     let thread = std::thread::Builder::new()
         .name("softibd".into())
         .spawn(move || serve(bound, None))
         .map_err(io_err("starting the service thread"))?;
-    Ok(Some(Daemon { shared, thread: Some(thread) }))
+    Ok(Some(Daemon {
+        shared,
+        thread: Some(thread),
+    }))
 }
 
 /// A service started by [`start`].
@@ -170,7 +177,11 @@ struct Bound {
 
 /// Takes the lock, binds the sockets and registers the LIDs.
 fn bind(opts: &Options) -> Result<Option<Bound>, Error> {
-    let dir = opts.socket.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = opts
+        .socket
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let lock_path = dir.join("softibd.lock");
     let lock = std::fs::OpenOptions::new()
@@ -187,16 +198,27 @@ fn bind(opts: &Options) -> Result<Option<Bound>, Error> {
     {
         use std::io::{Seek, Write};
         let mut f = &lock;
-        let _ = f.set_len(0).and_then(|_| f.seek(std::io::SeekFrom::Start(0))).and_then(|_| writeln!(f, "{}", std::process::id()));
+        let _ = f
+            .set_len(0)
+            .and_then(|_| f.seek(std::io::SeekFrom::Start(0)))
+            .and_then(|_| writeln!(f, "{}", std::process::id()));
     }
     // We hold the lock: a socket file left there is stale.
     let _ = std::fs::remove_file(&opts.socket);
-    let unix = crate::sys::listen_seqpacket(&opts.socket).map_err(io_err(format!("listening on {}", opts.socket.display())))?;
-    crate::sys::set_nonblock(unix.as_raw_fd(), true).map_err(io_err("setting the socket non-blocking"))?;
-    let ip = opts.addr.or_else(os::first_ipv4).unwrap_or(Ipv4Addr::LOCALHOST);
+    let unix = crate::sys::listen_seqpacket(&opts.socket)
+        .map_err(io_err(format!("listening on {}", opts.socket.display())))?;
+    crate::sys::set_nonblock(unix.as_raw_fd(), true)
+        .map_err(io_err("setting the socket non-blocking"))?;
+    let ip = opts
+        .addr
+        .or_else(os::first_ipv4)
+        .unwrap_or(Ipv4Addr::LOCALHOST);
     let tcp = TcpListener::bind((ip, 0)).map_err(io_err(format!("listening on {ip}")))?;
-    tcp.set_nonblocking(true).map_err(io_err("setting the TCP listener non-blocking"))?;
-    let addr = tcp.local_addr().map_err(io_err("reading the TCP address"))?;
+    tcp.set_nonblocking(true)
+        .map_err(io_err("setting the TCP listener non-blocking"))?;
+    let addr = tcp
+        .local_addr()
+        .map_err(io_err("reading the TCP address"))?;
 
     let mut devices: Vec<DevInfo> = Vec::new();
     for n in 0..opts.devices.max(1) {
@@ -221,7 +243,12 @@ fn bind(opts: &Options) -> Result<Option<Bound>, Error> {
         gid[0] = 0xfe;
         gid[1] = 0x80;
         gid[8..].copy_from_slice(&guid.to_be_bytes());
-        devices.push(DevInfo { name: format!("softib{n}"), guid, lid, gid });
+        devices.push(DevInfo {
+            name: format!("softib{n}"),
+            guid,
+            lid,
+            gid,
+        });
     }
     let shared = Arc::new_cyclic(|weak| Shared {
         state: Mutex::new(State::new(weak.clone(), devices)),
@@ -229,7 +256,15 @@ fn bind(opts: &Options) -> Result<Option<Bound>, Error> {
         stop: AtomicBool::new(false),
         fabric: opts.fabric.clone(),
     });
-    Ok(Some(Bound { shared, _lock: lock, unix, tcp, socket: opts.socket.clone(), addr, idle_exit: opts.idle_exit }))
+    Ok(Some(Bound {
+        shared,
+        _lock: lock,
+        unix,
+        tcp,
+        socket: opts.socket.clone(),
+        addr,
+        idle_exit: opts.idle_exit,
+    }))
 }
 
 /// The accept loop; returns after stop, signal or idle exit, cleaned up.
@@ -237,11 +272,15 @@ fn serve(b: Bound, signalled: Option<&'static AtomicBool>) {
     let shared = b.shared.clone();
     let timer = {
         let sh = shared.clone();
-        std::thread::Builder::new().name("softib-timer".into()).spawn(move || timer_loop(&sh)).ok()
+        std::thread::Builder::new()
+            .name("softib-timer".into())
+            .spawn(move || timer_loop(&sh))
+            .ok()
     };
     let fds = [b.unix.as_raw_fd(), b.tcp.as_raw_fd()];
     loop {
-        if shared.stop.load(Ordering::SeqCst) || signalled.is_some_and(|s| s.load(Ordering::SeqCst)) {
+        if shared.stop.load(Ordering::SeqCst) || signalled.is_some_and(|s| s.load(Ordering::SeqCst))
+        {
             break;
         }
         let idle = b.idle_exit.is_some_and(|idle| {
@@ -316,7 +355,14 @@ fn timer_loop(shared: &Shared) {
         let next = datapath::expire_timers(&mut st);
         // New deadlines and stop notify the condvar; the cap is a safety net.
         let cap = Duration::from_secs(1);
-        let wait = next.map(|t| t.saturating_duration_since(Instant::now())).unwrap_or(cap).min(cap);
-        st = shared.timer_cv.wait_timeout(st, wait).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+        let wait = next
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(cap)
+            .min(cap);
+        st = shared
+            .timer_cv
+            .wait_timeout(st, wait)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0);
     }
 }

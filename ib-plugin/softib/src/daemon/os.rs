@@ -29,7 +29,14 @@ pub(crate) fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
 /// Waits up to `timeout` for any of `fds` to become readable; returns which
 /// are (all false on timeout or when a signal interrupted the wait).
 pub(crate) fn poll_readable(fds: &[RawFd], timeout: Duration) -> io::Result<Vec<bool>> {
-    let mut p: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
     // SAFETY: `p` is a live array of `p.len()` pollfd structures.
     let rc = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };

@@ -40,7 +40,10 @@ const BUF_BYTES: usize = 256 * 1024;
 /// Messages between services.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) enum PeerMsg {
-    Hello { magic: u64, version: u32 },
+    Hello {
+        magic: u64,
+        version: u32,
+    },
     /// A packet for a QP of the receiving service.
     Deliver(Packet),
     /// The answer to a packet this side delivered.
@@ -48,16 +51,21 @@ pub(crate) enum PeerMsg {
 }
 
 fn options() -> impl Options + Copy {
-    bincode::DefaultOptions::new().with_fixint_encoding().with_limit(MAX_FRAME)
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(MAX_FRAME)
 }
 
 /// Writes one frame.
 pub(crate) fn write_frame(w: &mut impl Write, msg: &PeerMsg) -> io::Result<()> {
     let o = options();
-    let len = o.serialized_size(msg).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    let len = o
+        .serialized_size(msg)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     let len = u32::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     w.write_all(&len.to_le_bytes())?;
-    o.serialize_into(w, msg).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+    o.serialize_into(w, msg)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
 }
 
 /// Reads one frame; `None` at a clean end of stream.
@@ -78,7 +86,10 @@ pub(crate) fn read_frame(r: &mut impl Read) -> io::Result<Option<PeerMsg>> {
     if body.len() as u64 != len {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    options().deserialize(&body).map(Some).map_err(|_| io::ErrorKind::InvalidData.into())
+    options()
+        .deserialize(&body)
+        .map(Some)
+        .map_err(|_| io::ErrorKind::InvalidData.into())
 }
 
 /// Queues `msg` on the link of `lid`, opening the link if there is none.
@@ -164,22 +175,33 @@ fn link_thread(shared: Arc<Shared>, id: u64, lid: u16, rx: Receiver<PeerMsg>) {
     };
     {
         let mut st = shared.lock();
-        if shared.stop.load(std::sync::atomic::Ordering::SeqCst) || !st.links.values().any(|l| l.id == id) {
+        if shared.stop.load(std::sync::atomic::Ordering::SeqCst)
+            || !st.links.values().any(|l| l.id == id)
+        {
             drop(st);
             return fail_link(&shared, id, None);
         }
         st.conns.insert(id, ConnHandle::Tcp(handle));
     }
     let sh = shared.clone();
-    let spawned = std::thread::Builder::new().name(format!("softib-ack-{lid:04x}")).spawn(move || {
-        let _ = ack_loop(&sh, reader);
-        fail_link(&sh, id, None);
-    });
+    let spawned = std::thread::Builder::new()
+        .name(format!("softib-ack-{lid:04x}"))
+        .spawn(move || {
+            let _ = ack_loop(&sh, reader);
+            fail_link(&sh, id, None);
+        });
     if spawned.is_err() {
         return fail_link(&shared, id, None);
     }
     let shutdown = stream.try_clone();
-    let _ = write_loop(stream, &rx, Some(PeerMsg::Hello { magic: MAGIC, version: PEER_VERSION }));
+    let _ = write_loop(
+        stream,
+        &rx,
+        Some(PeerMsg::Hello {
+            magic: MAGIC,
+            version: PEER_VERSION,
+        }),
+    );
     if let Ok(s) = shutdown {
         let _ = s.shutdown(std::net::Shutdown::Both);
     }
@@ -225,7 +247,9 @@ fn read_batch(r: &mut BufReader<TcpStream>) -> io::Result<Vec<PeerMsg>> {
 /// packets, sends acks back through a writer thread.
 pub(crate) fn serve_inbound(shared: Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let (Ok(writer), Ok(handle)) = (stream.try_clone(), stream.try_clone()) else { return };
+    let (Ok(writer), Ok(handle)) = (stream.try_clone(), stream.try_clone()) else {
+        return;
+    };
     let id = {
         let mut st = shared.lock();
         let id = st.next_id();
@@ -233,17 +257,25 @@ pub(crate) fn serve_inbound(shared: Arc<Shared>, stream: TcpStream) {
         id
     };
     let mut r = BufReader::with_capacity(BUF_BYTES, stream);
-    let hello = matches!(read_frame(&mut r), Ok(Some(PeerMsg::Hello { magic: MAGIC, version: PEER_VERSION })));
+    let hello = matches!(
+        read_frame(&mut r),
+        Ok(Some(PeerMsg::Hello {
+            magic: MAGIC,
+            version: PEER_VERSION
+        }))
+    );
     if hello {
         let (tx, rx) = crossbeam_channel::unbounded();
         shared.lock().inbound.insert(id, tx);
-        let spawned = std::thread::Builder::new().name("softib-peer-w".into()).spawn(move || {
-            let shutdown = writer.try_clone();
-            let _ = write_loop(writer, &rx, None);
-            if let Ok(s) = shutdown {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("softib-peer-w".into())
+            .spawn(move || {
+                let shutdown = writer.try_clone();
+                let _ = write_loop(writer, &rx, None);
+                if let Ok(s) = shutdown {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+            });
         if spawned.is_ok() {
             let _ = deliver_loop(&shared, id, &mut r);
         }

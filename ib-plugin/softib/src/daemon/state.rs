@@ -99,7 +99,11 @@ impl Mr {
         if iova < self.iova || end > self.iova.checked_add(self.len)? {
             return None;
         }
-        Some(Seg { pid: self.pid, addr: self.addr.checked_add(iova - self.iova)?, len })
+        Some(Seg {
+            pid: self.pid,
+            addr: self.addr.checked_add(iova - self.iova)?,
+            len,
+        })
     }
 }
 
@@ -374,7 +378,9 @@ impl State {
     /// Queues an async event for `owner` (dropped if its socket is full or
     /// gone, as nothing may block here).
     pub fn async_event(&self, owner: ClientId, kind: u32, cookie: u64) {
-        let Some(c) = self.clients.get(&owner) else { return };
+        let Some(c) = self.clients.get(&owner) else {
+            return;
+        };
         let mut rec = [0u8; proto::ASYNC_EVENT_BYTES];
         rec[0..4].copy_from_slice(&kind.to_ne_bytes());
         rec[8..16].copy_from_slice(&cookie.to_ne_bytes());
@@ -386,7 +392,9 @@ impl State {
     /// solicited-only), queues one event on its channel and disarms it. A
     /// full ring loses the completion and raises CQ_ERR.
     pub fn complete(&mut self, cq: u32, wc: &Wc, solicited: bool) {
-        let Some(c) = self.cqs.get_mut(&cq) else { return };
+        let Some(c) = self.cqs.get_mut(&cq) else {
+            return;
+        };
         if !c.ring.push(wc) {
             if !c.overflow_reported {
                 c.overflow_reported = true;
@@ -395,7 +403,9 @@ impl State {
             }
             return;
         }
-        let Some(solicited_only) = c.armed else { return };
+        let Some(solicited_only) = c.armed else {
+            return;
+        };
         if solicited_only && !solicited && wc.status == proto::wc_status::SUCCESS {
             return;
         }
@@ -414,7 +424,9 @@ impl State {
     /// taken from the ring fires at once (at worst a spurious event, which
     /// programs tolerate: they poll after every event).
     pub fn arm_cq(&mut self, cq: u32, owner: ClientId, solicited_only: bool) {
-        let Some(q) = self.cqs.get_mut(&cq).filter(|q| q.owner == owner) else { return };
+        let Some(q) = self.cqs.get_mut(&cq).filter(|q| q.owner == owner) else {
+            return;
+        };
         q.armed = Some(solicited_only && q.armed.unwrap_or(true));
         if q.ring.is_empty() {
             return;

@@ -79,22 +79,30 @@ int main(int argc, char **argv) {
     static const size_t sizes[] = {1, 7, 64, 1000, 4096, 12288, 65536, 65537, 200000, 1u << 20, 4u << 20};
     const int nsizes = sizeof sizes / sizeof sizes[0];
 
-    /* Ping-pong 0 <-> 1: 1 sends, 0 checks and returns it altered. */
+    /* Ping-pong 0 <-> 1: 1 sends, 0 checks and returns it altered.
+     * MPI_RING_ROUNDS (default 3) rounds per size, for runs long enough to
+     * be checkpointed in the middle. */
+    const char *rounds_env = getenv("MPI_RING_ROUNDS");
+    int rounds = rounds_env ? atoi(rounds_env) : 3;
     if (size >= 2 && rank < 2) {
         for (int s = 0; s < nsizes; s++) {
             size_t len = sizes[s];
-            for (int round = 0; round < 3; round++) {
+            if (rank == 0 && getenv("MPI_RING_TIMES")) {
+                printf("mpi_ring: size %zu\n", len);
+                fflush(stdout);
+            }
+            for (int round = 0; round < rounds; round++) {
                 if (rank == 1) {
                     fill(buf, len, round, 1);
-                    MPI_Send(buf, (int)len, MPI_BYTE, 0, 10 + round, MPI_COMM_WORLD);
+                    MPI_Send(buf, (int)len, MPI_BYTE, 0, 10 + round % 5, MPI_COMM_WORLD);
                     memset(buf, 0, len);
-                    MPI_Recv(buf, (int)len, MPI_BYTE, 0, 20 + round, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+                    MPI_Recv(buf, (int)len, MPI_BYTE, 0, 20 + round % 5, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
                     check(buf, len, round, 0, "pong");
                     h = fnv(h, buf, len);
                 } else {
                     MPI_Status st;
                     memset(buf, 0, len);
-                    MPI_Recv(buf, (int)len, MPI_BYTE, 1, 10 + round, MPI_COMM_WORLD, &st);
+                    MPI_Recv(buf, (int)len, MPI_BYTE, 1, 10 + round % 5, MPI_COMM_WORLD, &st);
                     int got;
                     MPI_Get_count(&st, MPI_BYTE, &got);
                     if ((size_t)got != len) {
@@ -104,7 +112,7 @@ int main(int argc, char **argv) {
                     check(buf, len, round, 1, "ping");
                     h = fnv(h, buf, len);
                     fill(buf, len, round, 0);
-                    MPI_Send(buf, (int)len, MPI_BYTE, 1, 20 + round, MPI_COMM_WORLD);
+                    MPI_Send(buf, (int)len, MPI_BYTE, 1, 20 + round % 5, MPI_COMM_WORLD);
                 }
             }
         }

@@ -14,7 +14,9 @@ fn main() {
     let mut state: u64 = rank as u64 + 1;
     let mut acc = Vec::new();
     for k in 0..a.steps {
-        let send: Vec<u64> = (0..size * BLOCK).map(|i| state.wrapping_mul(i as u64 + 1) ^ seed ^ k as u64).collect();
+        let send: Vec<u64> = (0..size * BLOCK)
+            .map(|i| state.wrapping_mul(i as u64 + 1) ^ seed ^ k as u64)
+            .collect();
         let mut recv = vec![0u64; size * BLOCK];
         world.all_to_all_into(&send[..], &mut recv[..]);
         state = mpi_apps::fnv(recv.iter().copied());

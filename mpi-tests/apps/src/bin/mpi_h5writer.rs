@@ -19,7 +19,9 @@ fn main() {
             std::process::exit(5);
         }
     };
-    let mut u: Vec<f64> = (0..N).map(|i| ((i * 37 + rank as usize * 101) % 97) as f64).collect();
+    let mut u: Vec<f64> = (0..N)
+        .map(|i| ((i * 37 + rank as usize * 101) % 97) as f64)
+        .collect();
     let mut sums = Vec::new();
     for k in 0..a.steps {
         let prev = u.clone();
@@ -46,5 +48,8 @@ fn main() {
         mpi_apps::step_done(&world, k, &a);
     }
     drop(file);
-    mpi_apps::finish(&world, mpi_apps::fnv(u.iter().map(|x| x.to_bits()).chain(sums)));
+    mpi_apps::finish(
+        &world,
+        mpi_apps::fnv(u.iter().map(|x| x.to_bits()).chain(sums)),
+    );
 }

@@ -11,14 +11,19 @@ fn main() {
     let a = mpi_apps::args(&world);
     let (rank, size) = (world.rank(), world.size());
     let mut exposed = vec![0u64; 2 * BLOCK];
-    let mut state: Vec<u64> = (0..BLOCK as u64).map(|i| i * 2654435761 + rank as u64).collect();
+    let mut state: Vec<u64> = (0..BLOCK as u64)
+        .map(|i| i * 2654435761 + rank as u64)
+        .collect();
     let mut got = vec![0u64; BLOCK];
     let mut acc = Vec::new();
     {
         let win = mpi_apps::rma::Window::new(&world, &mut exposed);
         win.fence();
         for k in 0..a.steps {
-            let outgoing: Vec<u64> = state.iter().map(|x| x.rotate_left(k % 64) ^ k as u64).collect();
+            let outgoing: Vec<u64> = state
+                .iter()
+                .map(|x| x.rotate_left(k % 64) ^ k as u64)
+                .collect();
             win.put(&outgoing, (rank + 1) % size, 0);
             win.fence();
             win.get(&mut got, (rank + size - 1) % size, 0);

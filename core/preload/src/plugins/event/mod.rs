@@ -22,7 +22,12 @@ use dmtcp_common::image::EvfdRec;
 enum Kind {
     Epoll(Vec<(i32, u32, u64)>),
     Eventfd(EvfdRec),
-    Timerfd { clock: i32, ticks: u64, value: libc::timespec, interval: libc::timespec },
+    Timerfd {
+        clock: i32,
+        ticks: u64,
+        value: libc::timespec,
+        interval: libc::timespec,
+    },
     Signalfd(u64),
     /// Watches: (wd, mask, absolute path), by wd.
     Inotify(Vec<(i32, u32, String)>),
@@ -52,14 +57,19 @@ fn records() -> Vec<EvfdRec> {
 
 /// The value after `key` on the line that starts with it.
 fn field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
-    info.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim())
+    info.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim())
 }
 
 /// "(sec, nsec)" as a timespec.
 fn timespec(v: &str) -> libc::timespec {
     let v = v.trim_matches(|c| c == '(' || c == ')');
     let mut it = v.split(',').map(|x| x.trim().parse::<i64>().unwrap_or(0));
-    libc::timespec { tv_sec: it.next().unwrap_or(0), tv_nsec: it.next().unwrap_or(0) }
+    libc::timespec {
+        tv_sec: it.next().unwrap_or(0),
+        tv_nsec: it.next().unwrap_or(0),
+    }
 }
 
 fn parse(fd: i32, target: &str, info: &str) -> Option<Kind> {
@@ -79,25 +89,40 @@ fn parse(fd: i32, target: &str, info: &str) -> Option<Kind> {
         }
         "anon_inode:[eventfd]" => Some(Kind::Eventfd(EvfdRec {
             fd,
-            id: field(info, "eventfd-id:").and_then(|v| v.parse().ok()).unwrap_or(-1),
+            id: field(info, "eventfd-id:")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(-1),
             count: field(info, "eventfd-count:").and_then(hex).unwrap_or(0),
             semaphore: field(info, "eventfd-semaphore:") == Some("1"),
         })),
         "anon_inode:[timerfd]" => Some(Kind::Timerfd {
-            clock: field(info, "clockid:").and_then(|v| v.parse().ok()).unwrap_or(libc::CLOCK_MONOTONIC),
-            ticks: field(info, "ticks:").and_then(|v| v.parse().ok()).unwrap_or(0),
+            clock: field(info, "clockid:")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(libc::CLOCK_MONOTONIC),
+            ticks: field(info, "ticks:")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             value: timespec(field(info, "it_value:").unwrap_or("")),
             interval: timespec(field(info, "it_interval:").unwrap_or("")),
         }),
-        "anon_inode:[signalfd]" => Some(Kind::Signalfd(field(info, "sigmask:").and_then(hex).unwrap_or(0))),
+        "anon_inode:[signalfd]" => Some(Kind::Signalfd(
+            field(info, "sigmask:").and_then(hex).unwrap_or(0),
+        )),
         "anon_inode:inotify" => {
             let live: Vec<i32> = info
                 .lines()
                 .filter_map(|l| l.strip_prefix("inotify wd:"))
-                .filter_map(|l| l.split_whitespace().next().and_then(|w| i32::from_str_radix(w, 16).ok()))
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .next()
+                        .and_then(|w| i32::from_str_radix(w, 16).ok())
+                })
                 .collect();
             let mut w: Vec<(i32, u32, String)> = WATCHES.with(|v| {
-                v.iter().filter(|x| x.0 == fd && live.contains(&x.1)).map(|x| (x.1, x.2, x.3.clone())).collect()
+                v.iter()
+                    .filter(|x| x.0 == fd && live.contains(&x.1))
+                    .map(|x| (x.1, x.2, x.3.clone()))
+                    .collect()
             });
             for wd in live.iter().filter(|wd| !w.iter().any(|x| x.0 == **wd)) {
                 dmtcp::warn(format_args!("inotify fd {fd}: watch {wd} was added before this program started; it will not come back"));
@@ -118,7 +143,11 @@ fn parse(fd: i32, target: &str, info: &str) -> Option<Kind> {
 fn handles(target: &str) -> bool {
     matches!(
         target,
-        "anon_inode:[eventpoll]" | "anon_inode:[eventfd]" | "anon_inode:[timerfd]" | "anon_inode:[signalfd]" | "anon_inode:inotify"
+        "anon_inode:[eventpoll]"
+            | "anon_inode:[eventfd]"
+            | "anon_inode:[timerfd]"
+            | "anon_inode:[signalfd]"
+            | "anon_inode:inotify"
     )
 }
 
@@ -135,7 +164,11 @@ type RmWatchFn = unsafe extern "C" fn(libc::c_int, libc::c_int) -> libc::c_int;
 /// # Safety
 /// As `inotify_add_watch(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn inotify_add_watch(fd: libc::c_int, path: *const libc::c_char, mask: u32) -> libc::c_int {
+pub unsafe extern "C" fn inotify_add_watch(
+    fd: libc::c_int,
+    path: *const libc::c_char,
+    mask: u32,
+) -> libc::c_int {
     static REAL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
     let f = dmtcp::libc_fn(&REAL, c"inotify_add_watch");
     if f == 0 {
@@ -150,16 +183,24 @@ pub unsafe extern "C" fn inotify_add_watch(fd: libc::c_int, path: *const libc::c
     let wd = unsafe { core::mem::transmute::<usize, AddWatchFn>(f)(fd, path, mask) };
     if wd >= 0 && !path.is_null() {
         // SAFETY: the caller's NUL-terminated path.
-        let p = unsafe { core::ffi::CStr::from_ptr(path) }.to_string_lossy().into_owned();
+        let p = unsafe { core::ffi::CStr::from_ptr(path) }
+            .to_string_lossy()
+            .into_owned();
         let abs = if p.starts_with('/') {
             p
         } else {
-            std::env::current_dir().map(|d| d.join(&p).display().to_string()).unwrap_or(p)
+            std::env::current_dir()
+                .map(|d| d.join(&p).display().to_string())
+                .unwrap_or(p)
         };
         let keep = mask & !(libc::IN_MASK_ADD | 0x1000_0000);
         WATCHES.with(|v| match v.iter_mut().find(|x| x.0 == fd && x.1 == wd) {
             Some(x) => {
-                x.2 = if mask & libc::IN_MASK_ADD != 0 { x.2 | keep } else { keep };
+                x.2 = if mask & libc::IN_MASK_ADD != 0 {
+                    x.2 | keep
+                } else {
+                    keep
+                };
                 x.3 = abs;
             }
             None => v.push((fd, wd, keep, abs)),
@@ -201,7 +242,9 @@ fn remake_inotify(e: &Ev, watches: &[(i32, u32, String)]) -> i32 {
         return -1;
     }
     let add = |path: &str, mask: u32| -> i32 {
-        let Ok(c) = std::ffi::CString::new(path) else { return -1 };
+        let Ok(c) = std::ffi::CString::new(path) else {
+            return -1;
+        };
         // SAFETY: libc's inotify_add_watch (not our wrapper: these are ours).
         unsafe { libc::syscall(libc::SYS_inotify_add_watch, fd, c.as_ptr(), mask) as i32 }
     };
@@ -211,7 +254,11 @@ fn remake_inotify(e: &Ev, watches: &[(i32, u32, String)]) -> i32 {
         while next < *wd {
             // SAFETY: a throw-away memfd to watch.
             let m = unsafe { libc::memfd_create(c"dmtcp-wd".as_ptr(), libc::MFD_CLOEXEC) };
-            let d = if m >= 0 { add(&format!("/proc/self/fd/{m}"), libc::IN_ATTRIB) } else { -1 };
+            let d = if m >= 0 {
+                add(&format!("/proc/self/fd/{m}"), libc::IN_ATTRIB)
+            } else {
+                -1
+            };
             if d < 0 {
                 break;
             }
@@ -220,7 +267,10 @@ fn remake_inotify(e: &Ev, watches: &[(i32, u32, String)]) -> i32 {
         }
         let got = add(path, *mask);
         if got != *wd {
-            dmtcp::warn(format_args!("inotify fd {}: watch of {path} came back as {got}, not {wd}", e.fd));
+            dmtcp::warn(format_args!(
+                "inotify fd {}: watch of {path} came back as {got}, not {wd}",
+                e.fd
+            ));
         }
         if got >= 0 {
             next = got + 1;
@@ -257,11 +307,25 @@ fn checkpoint() {
         if !handles(&target) {
             continue;
         }
-        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else { continue };
-        let Some(kind) = parse(fd, &target, &info) else { continue };
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
+            continue;
+        };
+        let Some(kind) = parse(fd, &target, &info) else {
+            continue;
+        };
         // SAFETY: fcntl queries of a live fd.
-        let (flags, fdflags) = unsafe { (libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD)) };
-        out.push(Ev { fd, flags, cloexec: fdflags & libc::FD_CLOEXEC != 0, kind });
+        let (flags, fdflags) = unsafe {
+            (
+                libc::fcntl(fd, libc::F_GETFL),
+                libc::fcntl(fd, libc::F_GETFD),
+            )
+        };
+        out.push(Ev {
+            fd,
+            flags,
+            cloexec: fdflags & libc::FD_CLOEXEC != 0,
+            kind,
+        });
     }
     SAVED.with(|v| *v = out);
 }
@@ -274,13 +338,21 @@ fn place(nfd: i32, e: &Ev) {
             libc::dup2(nfd, e.fd);
             libc::close(nfd);
         }
-        libc::fcntl(e.fd, libc::F_SETFD, if e.cloexec { libc::FD_CLOEXEC } else { 0 });
+        libc::fcntl(
+            e.fd,
+            libc::F_SETFD,
+            if e.cloexec { libc::FD_CLOEXEC } else { 0 },
+        );
         libc::fcntl(e.fd, libc::F_SETFL, e.flags & libc::O_NONBLOCK);
     }
 }
 
 fn warn_fail(e: &Ev, what: &str) {
-    dmtcp::warn(format_args!("fd {} ({what}) cannot be re-created: {}; it stays closed", e.fd, std::io::Error::last_os_error()));
+    dmtcp::warn(format_args!(
+        "fd {} ({what}) cannot be re-created: {}; it stays closed",
+        e.fd,
+        std::io::Error::last_os_error()
+    ));
 }
 
 /// `_IOW('T', 0, u64)`: set a timerfd's expiration count (needs a kernel
@@ -294,19 +366,30 @@ fn restart() {
         match &e.kind {
             Kind::Eventfd(_) => {
                 if dmtcp::fds::fd_target(e.fd) != "anon_inode:[eventfd]" {
-                    dmtcp::warn(format_args!("eventfd at fd {} was not re-created (restart without a pid namespace?)", e.fd));
+                    dmtcp::warn(format_args!(
+                        "eventfd at fd {} was not re-created (restart without a pid namespace?)",
+                        e.fd
+                    ));
                     continue;
                 }
                 place(e.fd, e);
             }
-            Kind::Timerfd { clock, ticks, value, interval } => {
+            Kind::Timerfd {
+                clock,
+                ticks,
+                value,
+                interval,
+            } => {
                 // SAFETY: a new timerfd, armed with the saved times.
                 let t = unsafe { libc::timerfd_create(*clock, libc::TFD_CLOEXEC) };
                 if t < 0 {
                     warn_fail(e, "timerfd");
                     continue;
                 }
-                let mut spec = libc::itimerspec { it_interval: *interval, it_value: *value };
+                let mut spec = libc::itimerspec {
+                    it_interval: *interval,
+                    it_value: *value,
+                };
                 // A periodic timer whose expiration is not read yet shows no
                 // time left (it is re-armed when read): it goes on after one
                 // more interval, its pending expirations counted in `ticks`.
@@ -315,8 +398,12 @@ fn restart() {
                     spec.it_value = spec.it_interval;
                 }
                 let mut n = *ticks;
-                // SAFETY: ioctl reads our u64.
-                if n > 0 && unsafe { libc::ioctl(t, TFD_IOC_SET_TICKS, &mut n) } != 0 && spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0 {
+                if n > 0
+                    // SAFETY: ioctl reads our u64.
+                    && unsafe { libc::ioctl(t, TFD_IOC_SET_TICKS, &mut n) } != 0
+                    && spec.it_value.tv_sec == 0
+                    && spec.it_value.tv_nsec == 0
+                {
                     // No way to set the count: let it expire at once (one expiration).
                     spec.it_value.tv_nsec = 1;
                 }
@@ -367,7 +454,9 @@ fn restart() {
         }
     }
     for e in made {
-        let Kind::Epoll(entries) = &e.kind else { continue };
+        let Kind::Epoll(entries) = &e.kind else {
+            continue;
+        };
         for &(tfd, events, data) in entries {
             let mut ev = libc::epoll_event { events, u64: data };
             // SAFETY: epoll_ctl reads our event.

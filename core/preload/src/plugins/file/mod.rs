@@ -13,7 +13,7 @@
 //! everything here uses raw syscalls or libc calls that do not allocate
 //! (allocation goes to the library's own allocator).
 
-use crate::engine::iface::{self as dmtcp, fds, FdDesc, Event, Plugin, Tree};
+use crate::engine::iface::{self as dmtcp, fds, Event, FdDesc, Plugin, Tree};
 use fds::{fd_is, fd_target, list_fds, move_fd, set_nonblock};
 use std::ffi::CString;
 use std::sync::Mutex;
@@ -44,6 +44,8 @@ struct FdInfo {
     offset: i64,
     /// Regular files: (device, inode).
     file_id: Option<(u64, u64)>,
+    /// Regular files: the size at checkpoint time.
+    size: i64,
 }
 
 /// `struct f_owner_ex` of `<fcntl.h>`.
@@ -62,6 +64,10 @@ const F_GETOWN_EX: i32 = 16;
 static SAVE_OPEN_FILES: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// Largest file whose contents are kept in an image.
 const MAX_SAVED_FILE: u64 = 1 << 30;
+/// Largest open file in a temporary directory (which a restart elsewhere or
+/// after a cleanup will not find) kept in an image without
+/// `--ckpt-open-files`: session files of MPI and the like, not scratch data.
+const MAX_SAVED_TEMP_FILE: i64 = 16 << 20;
 
 fn deleted(target: &str) -> bool {
     target.ends_with(" (deleted)")
@@ -90,14 +96,25 @@ fn held_locks(infos: &[FdInfo]) -> Vec<Lock> {
             continue;
         }
         let mut dev = f[5].split(':');
-        let (Some(maj), Some(min), Some(ino)) = (dev.next(), dev.next(), dev.next()) else { continue };
-        let (Ok(maj), Ok(min), Ok(ino)) = (u32::from_str_radix(maj, 16), u32::from_str_radix(min, 16), ino.parse::<u64>()) else {
+        let (Some(maj), Some(min), Some(ino)) = (dev.next(), dev.next(), dev.next()) else {
+            continue;
+        };
+        let (Ok(maj), Ok(min), Ok(ino)) = (
+            u32::from_str_radix(maj, 16),
+            u32::from_str_radix(min, 16),
+            ino.parse::<u64>(),
+        ) else {
             continue;
         };
         let start: i64 = f[6].parse().unwrap_or(0);
-        let end: i64 = if f[7] == "EOF" { -1 } else { f[7].parse().unwrap_or(-1) };
+        let end: i64 = if f[7] == "EOF" {
+            -1
+        } else {
+            f[7].parse().unwrap_or(-1)
+        };
         let holder = infos.iter().find(|i| {
-            i.file_id.is_some_and(|(d, n)| n == ino && libc::major(d) == maj && libc::minor(d) == min)
+            i.file_id
+                .is_some_and(|(d, n)| n == ino && libc::major(d) == maj && libc::minor(d) == min)
         });
         if let Some(i) = holder {
             out.push((i.fd, flock, f[3] == "WRITE", start, end));
@@ -114,7 +131,10 @@ fn drain_fifo(fd: i32) -> Vec<u8> {
     let mut data = Vec::new();
     // SAFETY: opening our FIFO again by its /proc path, reading into our buffer.
     unsafe {
-        let r = libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC);
+        let r = libc::open(
+            p.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        );
         if r < 0 {
             return data;
         }
@@ -127,7 +147,10 @@ fn drain_fifo(fd: i32) -> Vec<u8> {
             data.extend_from_slice(&buf[..n as usize]);
         }
         if !data.is_empty() {
-            let w = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC);
+            let w = libc::open(
+                p.as_ptr(),
+                libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            );
             if w >= 0 {
                 refill(w, &data);
                 libc::close(w);
@@ -146,8 +169,14 @@ fn reopen_fifo(path: &str, flags: i32) -> i32 {
     unsafe {
         let acc = flags & libc::O_ACCMODE;
         let fd = if acc == libc::O_WRONLY {
-            let tmp = libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC);
-            let w = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC);
+            let tmp = libc::open(
+                p.as_ptr(),
+                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            );
+            let w = libc::open(
+                p.as_ptr(),
+                libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            );
             if tmp >= 0 {
                 libc::close(tmp);
             }
@@ -156,7 +185,11 @@ fn reopen_fifo(path: &str, flags: i32) -> i32 {
             libc::open(p.as_ptr(), acc | libc::O_NONBLOCK | libc::O_CLOEXEC)
         };
         if fd >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags & (libc::O_NONBLOCK | libc::O_APPEND));
+            libc::fcntl(
+                fd,
+                libc::F_SETFL,
+                flags & (libc::O_NONBLOCK | libc::O_APPEND),
+            );
         }
         fd
     }
@@ -168,7 +201,10 @@ fn retake_locks(locks: &[Lock]) {
         // SAFETY: flock/fcntl on a program fd that is open again, our struct.
         let r = unsafe {
             if flock {
-                libc::flock(fd, if write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB)
+                libc::flock(
+                    fd,
+                    if write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB,
+                )
             } else {
                 let mut fl: libc::flock = core::mem::zeroed();
                 fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
@@ -179,7 +215,10 @@ fn retake_locks(locks: &[Lock]) {
             }
         };
         if r != 0 {
-            dmtcp::warn(format_args!("fd {fd}: the lock the program held cannot be taken again: {}", std::io::Error::last_os_error()));
+            dmtcp::warn(format_args!(
+                "fd {fd}: the lock the program held cannot be taken again: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
 }
@@ -191,9 +230,13 @@ struct FdSaved {
     /// Bytes that were in named pipes this process leads (it has them open
     /// for reading), by (device, inode).
     fifo_data: Vec<((u64, u64), Vec<u8>)>,
-    /// Contents of deleted open files (and, with `--ckpt-open-files`, of
-    /// every open regular file), by (device, inode).
+    /// Contents of deleted open files, of small open files in temporary
+    /// directories (and, with `--ckpt-open-files`, of every open regular
+    /// file), by (device, inode).
     contents: Vec<((u64, u64), Vec<u8>)>,
+    /// `--ckpt-open-files` was on: every saved file is put back as it was;
+    /// otherwise saved contents only come back for a file that is gone.
+    put_back_all: bool,
     fds: Vec<FdInfo>,
     /// File owners (F_GETOWN_EX) as the program had them, put back on resume.
     owners: Vec<(i32, OwnerEx)>,
@@ -209,7 +252,9 @@ pub struct FilePlugin {
 
 impl FilePlugin {
     pub fn new() -> Self {
-        FilePlugin { saved: Mutex::new(FdSaved::default()) }
+        FilePlugin {
+            saved: Mutex::new(FdSaved::default()),
+        }
     }
 }
 
@@ -220,17 +265,82 @@ fn read_contents(fd: i32) -> std::io::Result<Vec<u8>> {
     let mut f = std::fs::File::open(format!("/proc/self/fd/{fd}"))?;
     let len = f.metadata()?.len();
     if len > MAX_SAVED_FILE {
-        return Err(std::io::Error::other(format!("{len} bytes, more than the {MAX_SAVED_FILE} kept")));
+        return Err(std::io::Error::other(format!(
+            "{len} bytes, more than the {MAX_SAVED_FILE} kept"
+        )));
     }
     let mut v = Vec::with_capacity(len as usize);
     f.read_to_end(&mut v)?;
     Ok(v)
 }
 
-/// Write saved contents back into `path` (`--ckpt-open-files`).
+/// A regular file the program had open, whose contents were not put back:
+/// gone, it is created again (empty, with its directories) if the program
+/// had it open for writing, and the restart fails if it was read-only (the
+/// program would read nothing where it read data); changed in size (other
+/// than an output file grown), the user is warned.
+fn missing_file(i: &FdInfo) {
+    let path = std::path::Path::new(&i.target);
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            // An output file the job went on writing after the checkpoint
+            // has grown: what it is expected to do, not worth a word.
+            let grown_output =
+                i.flags & libc::O_ACCMODE == libc::O_WRONLY && m.len() as i64 > i.size;
+            if m.len() as i64 != i.size && !grown_output {
+                dmtcp::warn(format_args!(
+                    "{} (fd {}) was {} bytes at checkpoint time and is {} now",
+                    i.target,
+                    i.fd,
+                    i.size,
+                    m.len()
+                ));
+            }
+        }
+        // A kernel file of another process or device (/proc/<old pid>/...):
+        // not the program's data; the reopen below warns.
+        Err(_) if i.target.starts_with("/proc/") || i.target.starts_with("/sys/") => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if i.flags & libc::O_ACCMODE == libc::O_RDONLY {
+                dmtcp::error(format_args!(
+                    "restart failed: {} (fd {}, open for reading) is missing and its contents are not in the image (launch with --ckpt-open-files to keep open files in the images)",
+                    i.target, i.fd
+                ));
+                dmtcp_sys::exit_group(1);
+            }
+            let made = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|_| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(path)
+                });
+            match made {
+                Ok(_) => dmtcp::warn(format_args!(
+                    "{} (fd {}) was missing: created again, empty (it was {} bytes at checkpoint time)",
+                    i.target, i.fd, i.size
+                )),
+                Err(e) => dmtcp::warn(format_args!("cannot create {} again: {e}", i.target)),
+            }
+        }
+        Err(_) => {}
+    }
+}
+
+/// Write saved contents back into `path` (with its directories, if gone).
 fn put_back(path: &str, data: &[u8]) {
     use std::io::Write;
-    let r = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).and_then(|mut f| f.write_all(data));
+    if let Some(d) = std::path::Path::new(path).parent() {
+        let _ = std::fs::create_dir_all(d);
+    }
+    let r = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(data));
     if let Err(e) = r {
         dmtcp::warn(format_args!("cannot put back the contents of {path}: {e}"));
     }
@@ -240,11 +350,22 @@ fn put_back(path: &str, data: &[u8]) {
 /// open at `target` (made in the same directory when possible).
 fn recreate_deleted(target: &str, data: &[u8], flags: i32) -> i32 {
     let path = target.strip_suffix(" (deleted)").unwrap_or(target);
-    let dir = std::path::Path::new(path).parent().map(|d| d.to_path_buf()).unwrap_or_else(|| "/tmp".into());
+    let dir = std::path::Path::new(path)
+        .parent()
+        .map(|d| d.to_path_buf())
+        .unwrap_or_else(|| "/tmp".into());
     let open_tmp = |d: &std::path::Path| {
-        let Ok(c) = CString::new(d.as_os_str().as_encoded_bytes()) else { return -1 };
+        let Ok(c) = CString::new(d.as_os_str().as_encoded_bytes()) else {
+            return -1;
+        };
         // SAFETY: open(2) with O_TMPFILE on a NUL-terminated directory path.
-        unsafe { libc::open(c.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600) }
+        unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600,
+            )
+        }
     };
     let mut fd = open_tmp(&dir);
     if fd < 0 {
@@ -256,28 +377,53 @@ fn recreate_deleted(target: &str, data: &[u8], flags: i32) -> i32 {
     let mut done = 0;
     while done < data.len() {
         // SAFETY: writing our buffer into our new file.
-        let n = unsafe { libc::write(fd, data[done..].as_ptr() as *const libc::c_void, data.len() - done) };
+        let n = unsafe {
+            libc::write(
+                fd,
+                data[done..].as_ptr() as *const libc::c_void,
+                data.len() - done,
+            )
+        };
         if n <= 0 {
             break;
         }
         done += n as usize;
     }
     // SAFETY: flags of our new fd.
-    unsafe { libc::fcntl(fd, libc::F_SETFL, flags & (libc::O_APPEND | libc::O_NONBLOCK)) };
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            flags & (libc::O_APPEND | libc::O_NONBLOCK),
+        )
+    };
     fd
 }
 
 fn pipe_ino(target: &str) -> Option<u64> {
-    target.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
+    target
+        .strip_prefix("pipe:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 fn refill(fd_write: i32, data: &[u8]) {
     let mut done = 0;
     while done < data.len() {
         // SAFETY: writing our buffer into the pipe.
-        let n = unsafe { libc::write(fd_write, data[done..].as_ptr() as *const libc::c_void, data.len() - done) };
+        let n = unsafe {
+            libc::write(
+                fd_write,
+                data[done..].as_ptr() as *const libc::c_void,
+                data.len() - done,
+            )
+        };
         if n <= 0 {
-            dmtcp::warn(format_args!("could not refill a pipe ({} bytes lost)", data.len() - done));
+            dmtcp::warn(format_args!(
+                "could not refill a pipe ({} bytes lost)",
+                data.len() - done
+            ));
             return;
         }
         done += n as usize;
@@ -300,10 +446,20 @@ impl FilePlugin {
             let (st, flags, fdflags, offset) = unsafe {
                 let mut st: libc::stat = std::mem::zeroed();
                 libc::fstat(fd, &mut st);
-                (st, libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD), libc::lseek(fd, 0, libc::SEEK_CUR))
+                (
+                    st,
+                    libc::fcntl(fd, libc::F_GETFL),
+                    libc::fcntl(fd, libc::F_GETFD),
+                    libc::lseek(fd, 0, libc::SEEK_CUR),
+                )
             };
             let fmt = st.st_mode & libc::S_IFMT;
-            let owner = dmtcp::fd_owner(&FdDesc { fd, target: &target, fmt, flags });
+            let owner = dmtcp::fd_owner(&FdDesc {
+                fd,
+                target: &target,
+                fmt,
+                flags,
+            });
             let kind = if let Some(name) = owner {
                 FdKind::Owned(name)
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
@@ -313,8 +469,10 @@ impl FilePlugin {
                     FdKind::Other
                 }
             } else if fmt == libc::S_IFIFO && target.starts_with('/') {
-                FdKind::Fifo { dev: st.st_dev, ino: st.st_ino }
-
+                FdKind::Fifo {
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                }
             } else if let Some(ino) = pipe_ino(&target) {
                 if flags & libc::O_ACCMODE == libc::O_WRONLY {
                     FdKind::PipeWrite { ino }
@@ -324,19 +482,38 @@ impl FilePlugin {
             } else {
                 FdKind::Other
             };
-            let file_id = (kind == FdKind::Path && fmt == libc::S_IFREG).then_some((st.st_dev, st.st_ino));
-            infos.push(FdInfo { fd, target, kind, flags, cloexec: fdflags & libc::FD_CLOEXEC != 0, offset, file_id });
+            let file_id =
+                (kind == FdKind::Path && fmt == libc::S_IFREG).then_some((st.st_dev, st.st_ino));
+            infos.push(FdInfo {
+                fd,
+                target,
+                kind,
+                flags,
+                cloexec: fdflags & libc::FD_CLOEXEC != 0,
+                offset,
+                file_id,
+                size: st.st_size,
+            });
         }
         s.contents.clear();
         let all = SAVE_OPEN_FILES.load(core::sync::atomic::Ordering::SeqCst);
-        for i in infos.iter().filter(|i| i.file_id.is_some() && (all || deleted(&i.target))) {
+        s.put_back_all = all;
+        for i in infos.iter().filter(|i| {
+            i.file_id.is_some()
+                && (all
+                    || deleted(&i.target)
+                    || (dmtcp::is_temp_path(&i.target) && i.size <= MAX_SAVED_TEMP_FILE))
+        }) {
             let id = i.file_id.unwrap_or_default();
             if s.contents.iter().any(|(x, _)| *x == id) {
                 continue;
             }
             match read_contents(i.fd) {
                 Ok(data) => s.contents.push((id, data)),
-                Err(e) => dmtcp::warn(format_args!("fd {} ({}): contents not saved: {e}", i.fd, i.target)),
+                Err(e) => dmtcp::warn(format_args!(
+                    "fd {} ({}): contents not saved: {e}",
+                    i.fd, i.target
+                )),
             }
         }
         s.locks = held_locks(&infos);
@@ -393,7 +570,11 @@ impl FilePlugin {
         for i in infos {
             if let FdKind::Fifo { dev, ino } = i.kind {
                 if i.flags & libc::O_ACCMODE != libc::O_WRONLY {
-                    dmtcp::kv_put("dmtcp:file", fifo_key(dev, ino).into_bytes(), me.to_ne_bytes().to_vec());
+                    dmtcp::kv_put(
+                        "dmtcp:file",
+                        fifo_key(dev, ino).into_bytes(),
+                        me.to_ne_bytes().to_vec(),
+                    );
                 }
             }
         }
@@ -409,11 +590,17 @@ impl FilePlugin {
         }
         s.fifo_data.clear();
         for i in infos {
-            let FdKind::Fifo { dev, ino } = i.kind else { continue };
-            if i.flags & libc::O_ACCMODE == libc::O_WRONLY || s.fifo_data.iter().any(|(x, _)| *x == (dev, ino)) {
+            let FdKind::Fifo { dev, ino } = i.kind else {
+                continue;
+            };
+            if i.flags & libc::O_ACCMODE == libc::O_WRONLY
+                || s.fifo_data.iter().any(|(x, _)| *x == (dev, ino))
+            {
                 continue;
             }
-            let lead = dmtcp::kv_get("dmtcp:file", fifo_key(dev, ino).as_bytes()).flatten().is_some_and(|v| v == me.to_ne_bytes());
+            let lead = dmtcp::kv_get("dmtcp:file", fifo_key(dev, ino).as_bytes())
+                .flatten()
+                .is_some_and(|v| v == me.to_ne_bytes());
             if lead {
                 s.fifo_data.push(((dev, ino), drain_fifo(i.fd)));
             }
@@ -439,7 +626,10 @@ impl FilePlugin {
         // sharing them are looking at the same moment), and number the
         // descriptions in fd order. Without kcmp they count as one.
         let keys: Vec<String> = recs.iter().map(|r| r.key.clone()).collect();
-        for k in keys.iter().filter(|k| keys.iter().filter(|x| x == k).count() > 1) {
+        for k in keys
+            .iter()
+            .filter(|k| keys.iter().filter(|x| x == k).count() > 1)
+        {
             let fds: Vec<i32> = recs.iter().filter(|r| &r.key == k).map(|r| r.fd).collect();
             let mut class: Vec<(i32, usize)> = Vec::new();
             for &fd in &fds {
@@ -448,11 +638,25 @@ impl FilePlugin {
                 }
                 let n = class.iter().map(|c| c.1 + 1).max().unwrap_or(0);
                 class.push((fd, n));
-                let others: Vec<i32> = fds.iter().copied().filter(|&o| o != fd && !class.iter().any(|c| c.0 == o)).collect();
+                let others: Vec<i32> = fds
+                    .iter()
+                    .copied()
+                    .filter(|&o| o != fd && !class.iter().any(|c| c.0 == o))
+                    .collect();
                 for other in others {
                     const KCMP_FILE: usize = 0;
                     // SAFETY: kcmp compares two of our own fds; it changes nothing.
-                    let r = unsafe { dmtcp_sys::syscall6(312, me as usize, me as usize, KCMP_FILE, fd as usize, other as usize, 0) };
+                    let r = unsafe {
+                        dmtcp_sys::syscall6(
+                            312,
+                            me as usize,
+                            me as usize,
+                            KCMP_FILE,
+                            fd as usize,
+                            other as usize,
+                            0,
+                        )
+                    };
                     if r <= 0 {
                         // 0: the same open file description (or kcmp missing: assume so).
                         class.push((other, n));
@@ -468,19 +672,28 @@ impl FilePlugin {
         recs
     }
 
-    fn resume(&self, s: &FdSaved) {
-        for (fd, o) in &s.owners {
+    /// Taken: a resume after a round broken before its pre-checkpoint
+    /// must not put back the owners of an earlier round.
+    fn resume(&self, s: &mut FdSaved) {
+        for (fd, o) in std::mem::take(&mut s.owners) {
             // SAFETY: putting back the owner the program had.
-            unsafe { libc::fcntl(*fd, F_SETOWN_EX, o) };
+            unsafe { libc::fcntl(fd, F_SETOWN_EX, &o) };
         }
     }
 
     fn writer_for(s: &FdSaved, read_fd: i32) -> Option<i32> {
-        let ino = s.fds.iter().find(|i| i.fd == read_fd).and_then(|i| match i.kind {
-            FdKind::PipeRead { ino } => Some(ino),
-            _ => None,
-        })?;
-        s.fds.iter().find(|i| i.kind == FdKind::PipeWrite { ino }).map(|i| i.fd)
+        let ino = s
+            .fds
+            .iter()
+            .find(|i| i.fd == read_fd)
+            .and_then(|i| match i.kind {
+                FdKind::PipeRead { ino } => Some(ino),
+                _ => None,
+            })?;
+        s.fds
+            .iter()
+            .find(|i| i.kind == FdKind::PipeWrite { ino })
+            .map(|i| i.fd)
     }
 
     fn restart(&self, s: &FdSaved) {
@@ -507,17 +720,26 @@ impl FilePlugin {
                 unsafe { libc::close(fd) };
             }
         }
-        // --ckpt-open-files: the files as they were at checkpoint time.
+        // --ckpt-open-files: the files as they were at checkpoint time;
+        // without it, saved files (in temporary directories) that are gone.
         let mut put: Vec<(u64, u64)> = Vec::new();
-        for i in s.fds.iter().filter(|i| i.kind == FdKind::Path && !deleted(&i.target)) {
+        for i in s
+            .fds
+            .iter()
+            .filter(|i| i.kind == FdKind::Path && !deleted(&i.target))
+        {
             let Some(id) = i.file_id else { continue };
             if put.contains(&id) {
                 continue;
             }
-            if let Some((_, data)) = s.contents.iter().find(|(x, _)| *x == id) {
-                put.push(id);
-                put_back(&i.target, data);
+            let Some((_, data)) = s.contents.iter().find(|(x, _)| *x == id) else {
+                continue;
+            };
+            if !s.put_back_all && std::path::Path::new(&i.target).exists() {
+                continue;
             }
+            put.push(id);
+            put_back(&i.target, data);
         }
         let mut pipes_done: Vec<u64> = Vec::new();
         for i in &s.fds {
@@ -525,17 +747,33 @@ impl FilePlugin {
                 FdKind::Other if i.fd <= 2 => {} // keep what dmtcp_restart gave us
                 FdKind::Path if installed.contains(&i.fd) => {
                     // SAFETY: the fd flag of a file dmtcp_restart gave us.
-                    unsafe { libc::fcntl(i.fd, libc::F_SETFD, if i.cloexec { libc::FD_CLOEXEC } else { 0 }) };
+                    unsafe {
+                        libc::fcntl(
+                            i.fd,
+                            libc::F_SETFD,
+                            if i.cloexec { libc::FD_CLOEXEC } else { 0 },
+                        )
+                    };
                 }
                 FdKind::Fifo { dev, ino } => {
                     let nfd = reopen_fifo(&i.target, i.flags);
                     if nfd < 0 {
-                        dmtcp::warn(format_args!("cannot reopen the named pipe {} as fd {}: {}", i.target, i.fd, std::io::Error::last_os_error()));
+                        dmtcp::warn(format_args!(
+                            "cannot reopen the named pipe {} as fd {}: {}",
+                            i.target,
+                            i.fd,
+                            std::io::Error::last_os_error()
+                        ));
                         continue;
                     }
                     // SAFETY: our new fd onto the program's number.
                     unsafe { move_fd(nfd, i.fd, i.cloexec) };
-                    if let Some((_, data)) = s.fifo_data.iter().find(|(x, _)| *x == (*dev, *ino)).filter(|(_, d)| !d.is_empty()) {
+                    if let Some((_, data)) = s
+                        .fifo_data
+                        .iter()
+                        .find(|(x, _)| *x == (*dev, *ino))
+                        .filter(|(_, d)| !d.is_empty())
+                    {
                         // We have it open for reading: the pipe keeps what we put in.
                         let w = reopen_fifo(&i.target, libc::O_WRONLY | libc::O_NONBLOCK);
                         if w >= 0 {
@@ -545,12 +783,24 @@ impl FilePlugin {
                         }
                     }
                 }
-                FdKind::Path if deleted(&i.target) && i.file_id.is_some_and(|id| s.contents.iter().any(|(x, _)| *x == id)) => {
+                FdKind::Path
+                    if deleted(&i.target)
+                        && i.file_id
+                            .is_some_and(|id| s.contents.iter().any(|(x, _)| *x == id)) =>
+                {
                     let id = i.file_id.unwrap_or_default();
-                    let data = s.contents.iter().find(|(x, _)| *x == id).map(|(_, d)| d.as_slice()).unwrap_or(&[]);
+                    let data = s
+                        .contents
+                        .iter()
+                        .find(|(x, _)| *x == id)
+                        .map(|(_, d)| d.as_slice())
+                        .unwrap_or(&[]);
                     let nfd = recreate_deleted(&i.target, data, i.flags);
                     if nfd < 0 {
-                        dmtcp::warn(format_args!("cannot re-create the deleted file {} as fd {}", i.target, i.fd));
+                        dmtcp::warn(format_args!(
+                            "cannot re-create the deleted file {} as fd {}",
+                            i.target, i.fd
+                        ));
                         continue;
                     }
                     // SAFETY: our new fd onto the program's number, at its offset.
@@ -560,8 +810,13 @@ impl FilePlugin {
                     }
                 }
                 FdKind::Path => {
-                    let Ok(p) = CString::new(i.target.clone()) else { continue };
+                    let Ok(p) = CString::new(i.target.clone()) else {
+                        continue;
+                    };
                     let fl = i.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
+                    if i.file_id.is_some() && !put.contains(&i.file_id.unwrap_or_default()) {
+                        missing_file(i);
+                    }
                     // SAFETY: open/dup2/lseek on NUL-terminated paths and our fds.
                     unsafe {
                         let nfd = libc::open(p.as_ptr(), fl | libc::O_CLOEXEC);
@@ -583,8 +838,16 @@ impl FilePlugin {
                 FdKind::PipeRead { .. } | FdKind::PipeWrite { .. } if installed.contains(&i.fd) => {
                     // SAFETY: flags of a pipe end dmtcp_restart gave us.
                     unsafe {
-                        libc::fcntl(i.fd, libc::F_SETFD, if i.cloexec { libc::FD_CLOEXEC } else { 0 });
-                        libc::fcntl(i.fd, libc::F_SETFL, i.flags & (libc::O_NONBLOCK | libc::O_APPEND));
+                        libc::fcntl(
+                            i.fd,
+                            libc::F_SETFD,
+                            if i.cloexec { libc::FD_CLOEXEC } else { 0 },
+                        );
+                        libc::fcntl(
+                            i.fd,
+                            libc::F_SETFL,
+                            i.flags & (libc::O_NONBLOCK | libc::O_APPEND),
+                        );
                     }
                 }
                 FdKind::PipeRead { ino } | FdKind::PipeWrite { ino } => {
@@ -593,8 +856,15 @@ impl FilePlugin {
                     }
                     pipes_done.push(*ino);
                     let ends: Vec<&FdInfo> = s.fds.iter().filter(|o| matches!(o.kind, FdKind::PipeRead { ino: x } | FdKind::PipeWrite { ino: x } if x == *ino)).collect();
-                    let both = ends.iter().any(|e| matches!(e.kind, FdKind::PipeRead { .. }))
-                        && ends.iter().any(|e| matches!(e.kind, FdKind::PipeWrite { .. }));
+                    let both = ends
+                        .iter()
+                        .any(|e| matches!(e.kind, FdKind::PipeRead { .. }))
+                        && ends
+                            .iter()
+                            .any(|e| matches!(e.kind, FdKind::PipeWrite { .. }));
+                    if !both && ends.iter().all(|e| e.fd <= 2) {
+                        continue; // led outside the job: keep what dmtcp_restart gave us
+                    }
                     if !both {
                         dmtcp::warn(format_args!(
                             "fd {} ({}) leads to another process and was not re-created (restart without a pid namespace?); it stays closed",
@@ -610,21 +880,37 @@ impl FilePlugin {
                     // Move the fresh ends out of the way of the target numbers first.
                     // SAFETY: fcntl dup of our own fds.
                     let (r, w) = unsafe {
-                        let r = libc::fcntl(p[0], libc::F_DUPFD_CLOEXEC, fds::PROTECTED_FD_BASE + fds::PROTECTED_FD_COUNT);
-                        let w = libc::fcntl(p[1], libc::F_DUPFD_CLOEXEC, fds::PROTECTED_FD_BASE + fds::PROTECTED_FD_COUNT);
+                        let r = libc::fcntl(
+                            p[0],
+                            libc::F_DUPFD_CLOEXEC,
+                            fds::PROTECTED_FD_BASE + fds::PROTECTED_FD_COUNT,
+                        );
+                        let w = libc::fcntl(
+                            p[1],
+                            libc::F_DUPFD_CLOEXEC,
+                            fds::PROTECTED_FD_BASE + fds::PROTECTED_FD_COUNT,
+                        );
                         libc::close(p[0]);
                         libc::close(p[1]);
                         (r, w)
                     };
                     for e in &ends {
-                        let src = if matches!(e.kind, FdKind::PipeRead { .. }) { r } else { w };
+                        let src = if matches!(e.kind, FdKind::PipeRead { .. }) {
+                            r
+                        } else {
+                            w
+                        };
                         // SAFETY: dup2 of our fds onto the program's numbers.
                         unsafe {
                             libc::dup2(src, e.fd);
                             if !e.cloexec {
                                 libc::fcntl(e.fd, libc::F_SETFD, 0);
                             }
-                            libc::fcntl(e.fd, libc::F_SETFL, e.flags & (libc::O_NONBLOCK | libc::O_APPEND));
+                            libc::fcntl(
+                                e.fd,
+                                libc::F_SETFL,
+                                e.flags & (libc::O_NONBLOCK | libc::O_APPEND),
+                            );
                         }
                     }
                     // SAFETY: closing the temporaries.
@@ -635,7 +921,10 @@ impl FilePlugin {
                 }
                 FdKind::Owned(_) => {} // its plugin's
                 FdKind::Other => {
-                    dmtcp::warn(format_args!("fd {} ({}) cannot be restored yet; it stays closed", i.fd, i.target));
+                    dmtcp::warn(format_args!(
+                        "fd {} ({}) cannot be restored yet; it stays closed",
+                        i.fd, i.target
+                    ));
                 }
             }
         }
@@ -661,7 +950,10 @@ fn refill_all(s: &FdSaved) {
         // SAFETY: opening the pipe's other end by its /proc path.
         let w = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
         if w < 0 {
-            dmtcp::warn(format_args!("could not refill the pipe at fd {rfd} ({} bytes lost)", data.len()));
+            dmtcp::warn(format_args!(
+                "could not refill the pipe at fd {rfd} ({} bytes lost)",
+                data.len()
+            ));
             continue;
         }
         refill(w, data);
@@ -683,7 +975,10 @@ fn drain_pipe(fd: i32) -> Vec<u8> {
     let mut buf = vec![0u8; 65536];
     let mut old = None;
     loop {
-        let iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
         // SAFETY: reading into our buffer.
         let n = unsafe {
             if old.is_none() {
@@ -727,17 +1022,23 @@ fn refill_drained() {
         fifo_data: Vec::new(),
         locks: Vec::new(),
         contents: Vec::new(),
+        put_back_all: false,
         owners: Vec::new(),
         fds: fds
             .iter()
             .map(|&(fd, ino, w)| FdInfo {
                 fd,
                 target: String::new(),
-                kind: if w { FdKind::PipeWrite { ino } } else { FdKind::PipeRead { ino } },
+                kind: if w {
+                    FdKind::PipeWrite { ino }
+                } else {
+                    FdKind::PipeRead { ino }
+                },
                 flags: 0,
                 cloexec: true,
                 offset: 0,
                 file_id: None,
+                size: 0,
             })
             .collect(),
         drained,
@@ -754,13 +1055,16 @@ impl Plugin for FilePlugin {
         match ev {
             Event::Init => {
                 let v = std::env::var(dmtcp_common::env::CKPT_OPEN_FILES);
-                SAVE_OPEN_FILES.store(v.is_ok_and(|v| dmtcp_common::env::truthy(&v)), core::sync::atomic::Ordering::SeqCst);
+                SAVE_OPEN_FILES.store(
+                    v.is_ok_and(|v| dmtcp_common::env::truthy(&v)),
+                    core::sync::atomic::Ordering::SeqCst,
+                );
             }
             Event::PreCheckpoint => self.save(&mut s),
             // After the image: bytes drained from pipes go back before any
             // process of the job goes on.
             Event::Written => refill_drained(),
-            Event::Resume => self.resume(&s),
+            Event::Resume => self.resume(&mut s),
             Event::Restart => self.restart(&s),
             _ => {}
         }

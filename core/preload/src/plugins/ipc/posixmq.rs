@@ -74,7 +74,11 @@ pub fn publish(pid: i32) -> Vec<Mq> {
         let (oflags, fdflags, mode) = unsafe {
             let mut st: libc::stat = core::mem::zeroed();
             libc::fstat(fd, &mut st);
-            (libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD), st.st_mode & 0o777)
+            (
+                libc::fcntl(fd, libc::F_GETFL),
+                libc::fcntl(fd, libc::F_GETFD),
+                st.st_mode & 0o777,
+            )
         };
         // Still reachable by its name (the same queue)?
         // SAFETY: mq_open/close of the name, read-only, closed at once.
@@ -111,7 +115,11 @@ pub fn save(mut qs: Vec<Mq>, pid: i32, coordinated: bool) {
     for q in qs.iter_mut() {
         let i = ino(q.fd);
         let key = format!("{}:{i}", q.name);
-        let owner = if coordinated { dmtcp::kv_get(DB, key.as_bytes()).flatten() } else { None };
+        let owner = if coordinated {
+            dmtcp::kv_get(DB, key.as_bytes()).flatten()
+        } else {
+            None
+        };
         q.leader = owner.is_none_or(|o| o == pid.to_ne_bytes()) && !done.contains(&i);
         if !q.leader {
             continue;
@@ -122,11 +130,22 @@ pub fn save(mut qs: Vec<Mq>, pid: i32, coordinated: bool) {
             continue;
         }
         let mut buf = vec![0u8; q.msgsize.max(1) as usize];
-        let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         loop {
             let mut prio: u32 = 0;
             // SAFETY: an immediate receive into our buffer (absolute timeout in the past).
-            let n = unsafe { libc::mq_timedreceive(q.fd, buf.as_mut_ptr() as *mut libc::c_char, buf.len(), &mut prio, &zero) };
+            let n = unsafe {
+                libc::mq_timedreceive(
+                    q.fd,
+                    buf.as_mut_ptr() as *mut libc::c_char,
+                    buf.len(),
+                    &mut prio,
+                    &zero,
+                )
+            };
             if n < 0 {
                 break;
             }
@@ -134,7 +153,15 @@ pub fn save(mut qs: Vec<Mq>, pid: i32, coordinated: bool) {
         }
         for (prio, m) in &q.msgs {
             // SAFETY: sending back what we took, in the order it came.
-            unsafe { libc::mq_timedsend(q.fd, m.as_ptr() as *const libc::c_char, m.len(), *prio, &zero) };
+            unsafe {
+                libc::mq_timedsend(
+                    q.fd,
+                    m.as_ptr() as *const libc::c_char,
+                    m.len(),
+                    *prio,
+                    &zero,
+                )
+            };
         }
     }
     SAVED.with(|v| *v = qs);
@@ -145,16 +172,28 @@ pub fn remake() {
     let saved = SAVED.with(|v| v.clone());
     for q in saved.iter().filter(|q| q.leader) {
         let n = cname(&q.name);
-        let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: removing the stale queue and making it again; sending our buffers.
         unsafe {
             libc::mq_unlink(n.as_ptr());
             let mut a: libc::mq_attr = core::mem::zeroed();
             a.mq_maxmsg = q.maxmsg;
             a.mq_msgsize = q.msgsize;
-            let fd = libc::mq_open(n.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC, q.mode, &a);
+            let fd = libc::mq_open(
+                n.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
+                q.mode,
+                &a,
+            );
             if fd < 0 {
-                dmtcp::warn(format_args!("message queue {} cannot be re-created: {}", q.name, std::io::Error::last_os_error()));
+                dmtcp::warn(format_args!(
+                    "message queue {} cannot be re-created: {}",
+                    q.name,
+                    std::io::Error::last_os_error()
+                ));
                 continue;
             }
             for (prio, m) in &q.msgs {
@@ -174,14 +213,23 @@ pub fn reopen() {
         unsafe {
             let fd = libc::mq_open(n.as_ptr(), (q.oflags & libc::O_ACCMODE) | libc::O_CLOEXEC);
             if fd < 0 {
-                dmtcp::warn(format_args!("message queue {} (fd {}) cannot be opened again: {}", q.name, q.fd, std::io::Error::last_os_error()));
+                dmtcp::warn(format_args!(
+                    "message queue {} (fd {}) cannot be opened again: {}",
+                    q.name,
+                    q.fd,
+                    std::io::Error::last_os_error()
+                ));
                 continue;
             }
             if fd != q.fd {
                 libc::dup2(fd, q.fd);
                 libc::close(fd);
             }
-            libc::fcntl(q.fd, libc::F_SETFD, if q.cloexec { libc::FD_CLOEXEC } else { 0 });
+            libc::fcntl(
+                q.fd,
+                libc::F_SETFD,
+                if q.cloexec { libc::FD_CLOEXEC } else { 0 },
+            );
             if q.nonblock {
                 let mut a: libc::mq_attr = core::mem::zeroed();
                 a.mq_flags = libc::O_NONBLOCK as i64;

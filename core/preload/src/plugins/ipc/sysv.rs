@@ -77,7 +77,12 @@ pub(crate) fn to_real(kind: i32, virt: i32) -> i32 {
         if let Some(i) = v.iter().find(|i| i.kind == kind && i.virt == virt) {
             return i.real;
         }
-        v.push(Id { kind, virt, real: virt, key: libc::IPC_PRIVATE });
+        v.push(Id {
+            kind,
+            virt,
+            real: virt,
+            key: libc::IPC_PRIVATE,
+        });
         virt
     })
 }
@@ -97,7 +102,12 @@ pub(crate) fn record(kind: i32, id: i32, key: i32) -> i32 {
         while v.iter().any(|i| i.kind == kind && i.virt == virt) {
             virt = virt.wrapping_add(1 << 16) & i32::MAX;
         }
-        v.push(Id { kind, virt, real: id, key });
+        v.push(Id {
+            kind,
+            virt,
+            real: id,
+            key,
+        });
         virt
     })
 }
@@ -115,7 +125,10 @@ fn retrying(kind: i32, virt: i32, f: impl Fn(i32) -> isize) -> isize {
     loop {
         let before = dmtcp::checkpoint_count();
         let r = dmtcp::again(|| f(to_real(kind, virt)));
-        if r < 0 && matches!(errno(), libc::EINVAL | libc::EIDRM) && dmtcp::checkpoint_count() != before {
+        if r < 0
+            && matches!(errno(), libc::EINVAL | libc::EIDRM)
+            && dmtcp::checkpoint_count() != before
+        {
             continue;
         }
         return r;
@@ -133,11 +146,27 @@ static SEMCTL: AtomicUsize = AtomicUsize::new(0);
 
 type GetFn = unsafe extern "C" fn(libc::key_t, libc::c_int) -> libc::c_int;
 type SemGetFn = unsafe extern "C" fn(libc::key_t, libc::c_int, libc::c_int) -> libc::c_int;
-type SndFn = unsafe extern "C" fn(libc::c_int, *const libc::c_void, libc::size_t, libc::c_int) -> libc::c_int;
-type RcvFn = unsafe extern "C" fn(libc::c_int, *mut libc::c_void, libc::size_t, libc::c_long, libc::c_int) -> libc::ssize_t;
+type SndFn = unsafe extern "C" fn(
+    libc::c_int,
+    *const libc::c_void,
+    libc::size_t,
+    libc::c_int,
+) -> libc::c_int;
+type RcvFn = unsafe extern "C" fn(
+    libc::c_int,
+    *mut libc::c_void,
+    libc::size_t,
+    libc::c_long,
+    libc::c_int,
+) -> libc::ssize_t;
 type MsgCtlFn = unsafe extern "C" fn(libc::c_int, libc::c_int, *mut libc::msqid_ds) -> libc::c_int;
 type SemOpFn = unsafe extern "C" fn(libc::c_int, *mut libc::sembuf, libc::size_t) -> libc::c_int;
-type SemTimedOpFn = unsafe extern "C" fn(libc::c_int, *mut libc::sembuf, libc::size_t, *const libc::timespec) -> libc::c_int;
+type SemTimedOpFn = unsafe extern "C" fn(
+    libc::c_int,
+    *mut libc::sembuf,
+    libc::size_t,
+    *const libc::timespec,
+) -> libc::c_int;
 type SemCtlFn = unsafe extern "C" fn(libc::c_int, libc::c_int, libc::c_int, usize) -> libc::c_int;
 
 /// `msgget(2)`, giving out virtual ids.
@@ -159,7 +188,12 @@ pub unsafe extern "C" fn msgget(key: libc::key_t, flags: libc::c_int) -> libc::c
 /// # Safety
 /// As `msgsnd(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn msgsnd(id: libc::c_int, p: *const libc::c_void, n: libc::size_t, flags: libc::c_int) -> libc::c_int {
+pub unsafe extern "C" fn msgsnd(
+    id: libc::c_int,
+    p: *const libc::c_void,
+    n: libc::size_t,
+    flags: libc::c_int,
+) -> libc::c_int {
     let f = dmtcp::next_libc!(MSGSND, c"msgsnd", SndFn);
     // SAFETY: forwarding the caller's arguments.
     retrying(MSG, id, |r| unsafe { f(r, p, n, flags) } as isize) as libc::c_int
@@ -170,7 +204,13 @@ pub unsafe extern "C" fn msgsnd(id: libc::c_int, p: *const libc::c_void, n: libc
 /// # Safety
 /// As `msgrcv(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn msgrcv(id: libc::c_int, p: *mut libc::c_void, n: libc::size_t, typ: libc::c_long, flags: libc::c_int) -> libc::ssize_t {
+pub unsafe extern "C" fn msgrcv(
+    id: libc::c_int,
+    p: *mut libc::c_void,
+    n: libc::size_t,
+    typ: libc::c_long,
+    flags: libc::c_int,
+) -> libc::ssize_t {
     let f = dmtcp::next_libc!(MSGRCV, c"msgrcv", RcvFn);
     // SAFETY: forwarding the caller's arguments.
     retrying(MSG, id, |r| unsafe { f(r, p, n, typ, flags) })
@@ -181,7 +221,11 @@ pub unsafe extern "C" fn msgrcv(id: libc::c_int, p: *mut libc::c_void, n: libc::
 /// # Safety
 /// As `msgctl(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn msgctl(id: libc::c_int, cmd: libc::c_int, buf: *mut libc::msqid_ds) -> libc::c_int {
+pub unsafe extern "C" fn msgctl(
+    id: libc::c_int,
+    cmd: libc::c_int,
+    buf: *mut libc::msqid_ds,
+) -> libc::c_int {
     let f = dmtcp::next_libc!(MSGCTL, c"msgctl", MsgCtlFn);
     // IPC_INFO / MSG_INFO / MSG_STAT take no queue id.
     if matches!(cmd, 3 | 12 | 11 | 13) {
@@ -203,7 +247,11 @@ pub unsafe extern "C" fn msgctl(id: libc::c_int, cmd: libc::c_int, buf: *mut lib
 /// # Safety
 /// As `semget(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn semget(key: libc::key_t, n: libc::c_int, flags: libc::c_int) -> libc::c_int {
+pub unsafe extern "C" fn semget(
+    key: libc::key_t,
+    n: libc::c_int,
+    flags: libc::c_int,
+) -> libc::c_int {
     let f = dmtcp::next_libc!(SEMGET, c"semget", SemGetFn);
     // The new object and its virtual id appear in one image or in neither.
     let _hold = dmtcp::CkptHold::new();
@@ -217,7 +265,11 @@ pub unsafe extern "C" fn semget(key: libc::key_t, n: libc::c_int, flags: libc::c
 /// # Safety
 /// As `semop(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn semop(id: libc::c_int, ops: *mut libc::sembuf, n: libc::size_t) -> libc::c_int {
+pub unsafe extern "C" fn semop(
+    id: libc::c_int,
+    ops: *mut libc::sembuf,
+    n: libc::size_t,
+) -> libc::c_int {
     let f = dmtcp::next_libc!(SEMOP, c"semop", SemOpFn);
     // SAFETY: forwarding the caller's arguments.
     retrying(SEM, id, |r| unsafe { f(r, ops, n) } as isize) as libc::c_int
@@ -229,7 +281,12 @@ pub unsafe extern "C" fn semop(id: libc::c_int, ops: *mut libc::sembuf, n: libc:
 /// # Safety
 /// As `semtimedop(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn semtimedop(id: libc::c_int, ops: *mut libc::sembuf, n: libc::size_t, t: *const libc::timespec) -> libc::c_int {
+pub unsafe extern "C" fn semtimedop(
+    id: libc::c_int,
+    ops: *mut libc::sembuf,
+    n: libc::size_t,
+    t: *const libc::timespec,
+) -> libc::c_int {
     let f = dmtcp::next_libc!(SEMTIMEDOP, c"semtimedop", SemTimedOpFn);
     // SAFETY: forwarding the caller's arguments.
     retrying(SEM, id, |r| unsafe { f(r, ops, n, t) } as isize) as libc::c_int
@@ -241,7 +298,12 @@ pub unsafe extern "C" fn semtimedop(id: libc::c_int, ops: *mut libc::sembuf, n: 
 /// # Safety
 /// As `semctl(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn semctl(id: libc::c_int, num: libc::c_int, cmd: libc::c_int, arg: usize) -> libc::c_int {
+pub unsafe extern "C" fn semctl(
+    id: libc::c_int,
+    num: libc::c_int,
+    cmd: libc::c_int,
+    arg: usize,
+) -> libc::c_int {
     let f = dmtcp::next_libc!(SEMCTL, c"semctl", SemCtlFn);
     // IPC_INFO / SEM_INFO / SEM_STAT take no set id.
     if matches!(cmd, 3 | 19 | 18 | 20) {
@@ -295,7 +357,15 @@ fn save_queue(s: &mut Saved, real: i32) -> bool {
     let mut buf = vec![0u8; cap];
     for i in 0..ds.msg_qnum as i64 {
         // SAFETY: MSG_COPY copies message `i` into our buffer, leaving it queued.
-        let n = unsafe { rcv(real, buf.as_mut_ptr() as *mut libc::c_void, cap - 8, i, libc::IPC_NOWAIT | MSG_COPY | libc::MSG_NOERROR) };
+        let n = unsafe {
+            rcv(
+                real,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                cap - 8,
+                i,
+                libc::IPC_NOWAIT | MSG_COPY | libc::MSG_NOERROR,
+            )
+        };
         if n < 0 {
             dmtcp::warn(format_args!(
                 "message queue {}: cannot copy message {i} ({}); the queue is saved without it",
@@ -306,7 +376,8 @@ fn save_queue(s: &mut Saved, real: i32) -> bool {
         }
         let mut t = [0u8; 8];
         t.copy_from_slice(&buf[..8]);
-        s.msgs.push((i64::from_ne_bytes(t), buf[8..8 + n as usize].to_vec()));
+        s.msgs
+            .push((i64::from_ne_bytes(t), buf[8..8 + n as usize].to_vec()));
     }
     true
 }
@@ -315,7 +386,13 @@ fn save_queue(s: &mut Saved, real: i32) -> bool {
 fn save_sems(s: &mut Saved, real: i32) -> bool {
     // SAFETY: a zeroed semid_ds for IPC_STAT to fill.
     let mut ds: libc::semid_ds = unsafe { core::mem::zeroed() };
-    if semctl_real(real, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds as usize) != 0 {
+    if semctl_real(
+        real,
+        0,
+        libc::IPC_STAT,
+        &mut ds as *mut libc::semid_ds as usize,
+    ) != 0
+    {
         return false;
     }
     s.mode = (ds.sem_perm.mode & 0o777) as i32;
@@ -337,8 +414,18 @@ pub(super) fn checkpoint() {
     super::posixmq::save(mqs, pid, coordinated);
     let mut out = Vec::new();
     for i in &ids {
-        let owner = if coordinated { dmtcp::kv_get(DB, name(i).as_bytes()).flatten() } else { None };
-        let mut s = Saved { kind: i.kind, virt: i.virt, key: i.key, leader: owner.is_none_or(|o| o == pid.to_ne_bytes()), ..Default::default() };
+        let owner = if coordinated {
+            dmtcp::kv_get(DB, name(i).as_bytes()).flatten()
+        } else {
+            None
+        };
+        let mut s = Saved {
+            kind: i.kind,
+            virt: i.virt,
+            key: i.key,
+            leader: owner.is_none_or(|o| o == pid.to_ne_bytes()),
+            ..Default::default()
+        };
         if s.leader {
             let ok = match i.kind {
                 MSG => save_queue(&mut s, i.real),
@@ -375,7 +462,14 @@ pub(crate) fn remove_stale(kind: i32, id: i32) {
     } else {
         // SAFETY: a zeroed semid_ds for IPC_STAT to fill.
         let mut ds: libc::semid_ds = unsafe { core::mem::zeroed() };
-        if semctl_real(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds as usize) == 0 && ds.sem_perm.cuid == uid {
+        if semctl_real(
+            id,
+            0,
+            libc::IPC_STAT,
+            &mut ds as *mut libc::semid_ds as usize,
+        ) == 0
+            && ds.sem_perm.cuid == uid
+        {
             semctl_real(id, 0, libc::IPC_RMID, 0);
         }
     }
@@ -389,10 +483,18 @@ fn remake(s: &Saved) -> Option<i32> {
     let create = |key: i32, flags: i32| -> i32 {
         if s.kind == MSG {
             // SAFETY: libc's msgget.
-            unsafe { core::mem::transmute::<usize, GetFn>(dmtcp::libc_fn(&MSGGET, c"msgget"))(key, flags) }
+            unsafe {
+                core::mem::transmute::<usize, GetFn>(dmtcp::libc_fn(&MSGGET, c"msgget"))(key, flags)
+            }
         } else {
             // SAFETY: libc's semget.
-            unsafe { core::mem::transmute::<usize, SemGetFn>(dmtcp::libc_fn(&SEMGET, c"semget"))(key, s.size as i32, flags) }
+            unsafe {
+                core::mem::transmute::<usize, SemGetFn>(dmtcp::libc_fn(&SEMGET, c"semget"))(
+                    key,
+                    s.size as i32,
+                    flags,
+                )
+            }
         }
     };
     let rmid = |id: i32| {
@@ -428,13 +530,25 @@ fn remake(s: &Saved) -> Option<i32> {
             msgctl_real(id, libc::IPC_SET, &mut ds);
         }
         // SAFETY: libc's msgsnd.
-        let snd = unsafe { core::mem::transmute::<usize, SndFn>(dmtcp::libc_fn(&MSGSND, c"msgsnd")) };
+        let snd =
+            unsafe { core::mem::transmute::<usize, SndFn>(dmtcp::libc_fn(&MSGSND, c"msgsnd")) };
         for (t, body) in &s.msgs {
             let mut m = t.to_ne_bytes().to_vec();
             m.extend_from_slice(body);
             // SAFETY: sending our buffer (type then text).
-            if unsafe { snd(id, m.as_ptr() as *const libc::c_void, body.len(), libc::IPC_NOWAIT) } != 0 {
-                dmtcp::warn(format_args!("message queue {}: a message could not be queued again", s.virt));
+            if unsafe {
+                snd(
+                    id,
+                    m.as_ptr() as *const libc::c_void,
+                    body.len(),
+                    libc::IPC_NOWAIT,
+                )
+            } != 0
+            {
+                dmtcp::warn(format_args!(
+                    "message queue {}: a message could not be queued again",
+                    s.virt
+                ));
             }
         }
     } else {
@@ -450,7 +564,11 @@ pub(super) fn restart() {
     for s in saved.iter().filter(|s| s.leader) {
         // The killed job's private object, if the kernel still has it (it
         // holds the state after the checkpoint): remove it, as the job would.
-        let old = IDS.with(|v| v.iter().find(|i| i.kind == s.kind && i.virt == s.virt).map(|i| i.real));
+        let old = IDS.with(|v| {
+            v.iter()
+                .find(|i| i.kind == s.kind && i.virt == s.virt)
+                .map(|i| i.real)
+        });
         if let (Some(old), true) = (old, s.key == libc::IPC_PRIVATE) {
             remove_stale(s.kind, old);
         }
@@ -470,9 +588,17 @@ pub(super) fn restart() {
     dmtcp::barrier("sysv:made");
     let mut known = Vec::new();
     for s in &saved {
-        let new = dmtcp::kv_get(DB, key(s).as_bytes()).flatten().and_then(|v| v.try_into().ok()).map(i32::from_ne_bytes);
+        let new = dmtcp::kv_get(DB, key(s).as_bytes())
+            .flatten()
+            .and_then(|v| v.try_into().ok())
+            .map(i32::from_ne_bytes);
         if let Some(real) = new {
-            known.push(Id { kind: s.kind, virt: s.virt, real, key: s.key });
+            known.push(Id {
+                kind: s.kind,
+                virt: s.virt,
+                real,
+                key: s.key,
+            });
         }
     }
     // Objects that were gone at checkpoint time are forgotten.
@@ -485,4 +611,3 @@ pub(super) fn restart() {
     dmtcp::barrier("sysv:attached");
     super::sysvshm::remove_destroyed(&saved);
 }
-

@@ -15,8 +15,8 @@
 //! (`SHM_REMAP`); after `sysv:attached` a segment that had been removed
 //! is removed again (it lives on while attached).
 
-use crate::engine::iface as dmtcp;
 use super::sysv::{Saved, SHM};
+use crate::engine::iface as dmtcp;
 
 const DB: &str = "dmtcp:sysv";
 /// `SHM_DEST` in `shm_perm.mode`: removed, alive while attached.
@@ -29,7 +29,8 @@ type Attach = (i32, u64, u64, bool, bool);
 static ATTACHES: dmtcp::FLock<Vec<Attach>> = dmtcp::FLock::new(Vec::new());
 
 type ShmGetFn = unsafe extern "C" fn(libc::key_t, libc::size_t, libc::c_int) -> libc::c_int;
-type ShmAtFn = unsafe extern "C" fn(libc::c_int, *const libc::c_void, libc::c_int) -> *mut libc::c_void;
+type ShmAtFn =
+    unsafe extern "C" fn(libc::c_int, *const libc::c_void, libc::c_int) -> *mut libc::c_void;
 type ShmCtlFn = unsafe extern "C" fn(libc::c_int, libc::c_int, *mut libc::shmid_ds) -> libc::c_int;
 
 static SHMGET: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
@@ -74,7 +75,11 @@ fn stat(id: i32) -> Option<libc::shmid_ds> {
 /// # Safety
 /// As `shmget(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn shmget(key: libc::key_t, size: libc::size_t, flags: libc::c_int) -> libc::c_int {
+pub unsafe extern "C" fn shmget(
+    key: libc::key_t,
+    size: libc::size_t,
+    flags: libc::c_int,
+) -> libc::c_int {
     // The new segment and its virtual id appear in one image or in neither.
     let _hold = dmtcp::CkptHold::new();
     let id = shmget_real(key, size, flags);
@@ -86,7 +91,11 @@ pub unsafe extern "C" fn shmget(key: libc::key_t, size: libc::size_t, flags: lib
 /// # Safety
 /// As `shmat(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn shmat(id: libc::c_int, addr: *const libc::c_void, flags: libc::c_int) -> *mut libc::c_void {
+pub unsafe extern "C" fn shmat(
+    id: libc::c_int,
+    addr: *const libc::c_void,
+    flags: libc::c_int,
+) -> *mut libc::c_void {
     // Attached in one image with the id it was attached by, or not at all.
     let _hold = dmtcp::CkptHold::new();
     shmat_real(super::sysv::to_real(SHM, id), addr, flags)
@@ -97,7 +106,11 @@ pub unsafe extern "C" fn shmat(id: libc::c_int, addr: *const libc::c_void, flags
 /// # Safety
 /// As `shmctl(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn shmctl(id: libc::c_int, cmd: libc::c_int, buf: *mut libc::shmid_ds) -> libc::c_int {
+pub unsafe extern "C" fn shmctl(
+    id: libc::c_int,
+    cmd: libc::c_int,
+    buf: *mut libc::shmid_ds,
+) -> libc::c_int {
     // IPC_INFO / SHM_INFO / SHM_STAT / SHM_STAT_ANY take no segment id.
     if matches!(cmd, 3 | 14 | 13 | 15) {
         return shmctl_real(id, cmd, buf);
@@ -125,7 +138,8 @@ pub fn save(s: &mut Saved, real: i32) -> bool {
         let p = shmat_real(real, core::ptr::null(), libc::SHM_RDONLY);
         if p as isize != -1 {
             // SAFETY: the segment is mapped readable for its whole size.
-            s.data = unsafe { core::slice::from_raw_parts(p as *const u8, s.size as usize) }.to_vec();
+            s.data =
+                unsafe { core::slice::from_raw_parts(p as *const u8, s.size as usize) }.to_vec();
             // SAFETY: detaching our temporary mapping.
             unsafe { libc::shmdt(p) };
         }
@@ -142,10 +156,24 @@ pub fn save_attaches() {
         if f.len() < 6 || !f[5].starts_with("/SYSV") {
             continue;
         }
-        let Some((a, b)) = f[0].split_once('-') else { continue };
-        let (Ok(start), Ok(end), Ok(id)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16), f[4].parse::<i32>()) else { continue };
+        let Some((a, b)) = f[0].split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end), Ok(id)) = (
+            u64::from_str_radix(a, 16),
+            u64::from_str_radix(b, 16),
+            f[4].parse::<i32>(),
+        ) else {
+            continue;
+        };
         let virt = super::sysv::record(SHM, id, libc::IPC_PRIVATE);
-        out.push((virt, start, end - start, f[1].as_bytes().get(1) == Some(&b'w'), f[1].as_bytes().get(2) == Some(&b'x')));
+        out.push((
+            virt,
+            start,
+            end - start,
+            f[1].as_bytes().get(1) == Some(&b'w'),
+            f[1].as_bytes().get(2) == Some(&b'x'),
+        ));
     }
     ATTACHES.with(|v| *v = out);
 }
@@ -161,7 +189,10 @@ pub fn remove_stale(id: i32, uid: u32) {
 pub fn remake(s: &Saved) -> Option<i32> {
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | s.mode;
     let mut id = shmget_real(s.key, s.size as usize, flags);
-    if id < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) && s.key != libc::IPC_PRIVATE {
+    if id < 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST)
+        && s.key != libc::IPC_PRIVATE
+    {
         let stale = shmget_real(s.key, 0, 0);
         if stale >= 0 {
             shmctl_real(stale, libc::IPC_RMID, core::ptr::null_mut());
@@ -176,7 +207,11 @@ pub fn remake(s: &Saved) -> Option<i32> {
         if p as isize != -1 {
             // SAFETY: copying the saved contents into the new segment's mapping.
             unsafe {
-                core::ptr::copy_nonoverlapping(s.data.as_ptr(), p as *mut u8, s.data.len().min(s.size as usize));
+                core::ptr::copy_nonoverlapping(
+                    s.data.as_ptr(),
+                    p as *mut u8,
+                    s.data.len().min(s.size as usize),
+                );
                 libc::shmdt(p);
             }
         }
@@ -200,7 +235,9 @@ pub fn reattach() {
     let mut copied: Vec<i32> = Vec::new();
     for (virt, start, len, writable, exec) in ATTACHES.with(|v| v.clone()) {
         let real = super::sysv::to_real(SHM, virt);
-        let copier = dmtcp::kv_get(DB, format!("c:{virt}").as_bytes()).flatten().is_some_and(|o| o == pid.to_ne_bytes());
+        let copier = dmtcp::kv_get(DB, format!("c:{virt}").as_bytes())
+            .flatten()
+            .is_some_and(|o| o == pid.to_ne_bytes());
         if copier && !copied.contains(&virt) {
             copied.push(virt);
             let p = shmat_real(real, core::ptr::null(), 0);
@@ -242,6 +279,10 @@ pub fn reattach() {
 /// After `sysv:attached`: segments that had been removed are removed again.
 pub fn remove_destroyed(saved: &[Saved]) {
     for s in saved.iter().filter(|s| s.leader && s.kind == SHM && s.dest) {
-        shmctl_real(super::sysv::to_real(SHM, s.virt), libc::IPC_RMID, core::ptr::null_mut());
+        shmctl_real(
+            super::sysv::to_real(SHM, s.virt),
+            libc::IPC_RMID,
+            core::ptr::null_mut(),
+        );
     }
 }

@@ -21,7 +21,9 @@ pub struct ProcessPlugin {
 
 impl ProcessPlugin {
     pub fn new() -> Self {
-        ProcessPlugin { saved: Mutex::new(ProcSaved::default()) }
+        ProcessPlugin {
+            saved: Mutex::new(ProcSaved::default()),
+        }
     }
 }
 
@@ -33,7 +35,7 @@ impl Plugin for ProcessPlugin {
         let mut s = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         match ev {
             Event::PreCheckpoint => {
-                                let mut buf = vec![0u8; 4096];
+                let mut buf = vec![0u8; 4096];
                 // SAFETY: getcwd writes into our buffer.
                 let p = unsafe { libc::getcwd(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
                 s.cwd = if p.is_null() {
@@ -50,7 +52,10 @@ impl Plugin for ProcessPlugin {
                 }
                 s.rlimits.clear();
                 for r in 0..16 {
-                    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                    let mut l = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
                     // SAFETY: getrlimit writes our struct.
                     if unsafe { libc::getrlimit(r as _, &mut l) } == 0 {
                         s.rlimits.push((r, l));
@@ -61,7 +66,10 @@ impl Plugin for ProcessPlugin {
                 if let Some(c) = &s.cwd {
                     // SAFETY: chdir to a NUL-terminated path.
                     if unsafe { libc::chdir(c.as_ptr()) } != 0 {
-                        dmtcp::warn(format_args!("cannot return to directory {c:?}: {}", std::io::Error::last_os_error()));
+                        dmtcp::warn(format_args!(
+                            "cannot return to directory {c:?}: {}",
+                            std::io::Error::last_os_error()
+                        ));
                     }
                 }
                 // SAFETY: plain umask/setrlimit calls.
@@ -70,9 +78,15 @@ impl Plugin for ProcessPlugin {
                     for (r, l) in &s.rlimits {
                         if libc::setrlimit(*r as _, l) != 0 {
                             // Raising a hard limit needs privilege: keep what we can.
-                            let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                            let mut cur = libc::rlimit {
+                                rlim_cur: 0,
+                                rlim_max: 0,
+                            };
                             libc::getrlimit(*r as _, &mut cur);
-                            let soft = libc::rlimit { rlim_cur: l.rlim_cur.min(cur.rlim_max), rlim_max: cur.rlim_max };
+                            let soft = libc::rlimit {
+                                rlim_cur: l.rlim_cur.min(cur.rlim_max),
+                                rlim_max: cur.rlim_max,
+                            };
                             libc::setrlimit(*r as _, &soft);
                         }
                     }

@@ -78,7 +78,15 @@ fn get_int(fd: i32, level: i32, opt: i32) -> Option<i32> {
     let mut v: i32 = 0;
     let mut len = 4 as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `v`.
-    let r = unsafe { libc::getsockopt(fd, level, opt, &mut v as *mut i32 as *mut libc::c_void, &mut len) };
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            opt,
+            &mut v as *mut i32 as *mut libc::c_void,
+            &mut len,
+        )
+    };
     (r == 0).then_some(v)
 }
 
@@ -91,7 +99,15 @@ fn get_raw(fd: i32, level: i32, opt: i32, size: usize) -> Option<Vec<u8>> {
     let mut v = vec![0u8; size];
     let mut len = size as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into our buffer.
-    let r = unsafe { libc::getsockopt(fd, level, opt, v.as_mut_ptr() as *mut libc::c_void, &mut len) };
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            opt,
+            v.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
     if r != 0 {
         return None;
     }
@@ -106,12 +122,23 @@ fn name(fd: i32, peer: bool) -> Vec<u8> {
     let mut len = core::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     let p = &mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr;
     // SAFETY: the kernel writes at most `len` bytes into `ss`.
-    let r = unsafe { if peer { libc::getpeername(fd, p, &mut len) } else { libc::getsockname(fd, p, &mut len) } };
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    };
     if r != 0 {
         return Vec::new();
     }
     // SAFETY: reading `len` initialized bytes of `ss`.
-    let b = unsafe { core::slice::from_raw_parts(p as *const u8, (len as usize).min(core::mem::size_of::<libc::sockaddr_storage>())) };
+    let b = unsafe {
+        core::slice::from_raw_parts(
+            p as *const u8,
+            (len as usize).min(core::mem::size_of::<libc::sockaddr_storage>()),
+        )
+    };
     match ss.ss_family as i32 {
         libc::AF_UNIX if b.len() <= 2 => Vec::new(),
         libc::AF_INET | libc::AF_INET6 => {
@@ -183,7 +210,14 @@ fn unix_diag(nl: i32, ino: u64) -> Option<(u64, u8)> {
         cookie: [u32::MAX; 2],
     };
     // SAFETY: sending our request struct over our netlink socket.
-    let n = unsafe { libc::send(nl, &req as *const Req as *const libc::c_void, core::mem::size_of::<Req>(), 0) };
+    let n = unsafe {
+        libc::send(
+            nl,
+            &req as *const Req as *const libc::c_void,
+            core::mem::size_of::<Req>(),
+            0,
+        )
+    };
     if n < 0 {
         return None;
     }
@@ -246,8 +280,19 @@ struct BufRule {
 
 impl BufRule {
     fn new() -> BufRule {
-        let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(212992);
-        BufRule { max: [read("/proc/sys/net/core/wmem_max"), read("/proc/sys/net/core/rmem_max")], fresh: Vec::new() }
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(212992)
+        };
+        BufRule {
+            max: [
+                read("/proc/sys/net/core/wmem_max"),
+                read("/proc/sys/net/core/rmem_max"),
+            ],
+            fresh: Vec::new(),
+        }
     }
 
     /// A fresh stream socket's (SO_SNDBUF, SO_RCVBUF) in `domain`.
@@ -260,7 +305,8 @@ impl BufRule {
         let sizes = if fd < 0 {
             [-1, -1]
         } else {
-            let s = [libc::SO_SNDBUF, libc::SO_RCVBUF].map(|o| get_int(fd, libc::SOL_SOCKET, o).unwrap_or(-1));
+            let s = [libc::SO_SNDBUF, libc::SO_RCVBUF]
+                .map(|o| get_int(fd, libc::SOL_SOCKET, o).unwrap_or(-1));
             // SAFETY: closing it.
             unsafe { libc::close(fd) };
             s
@@ -284,7 +330,9 @@ fn save_opts(fd: i32, domain: i32, bufs: &mut BufRule) -> Vec<(i32, i32, Vec<u8>
     // asked for; sizes it tuned itself are left to it).
     let fresh = bufs.fresh(domain);
     for (k, opt) in [libc::SO_SNDBUF, libc::SO_RCVBUF].into_iter().enumerate() {
-        let Some(v) = get_int(fd, libc::SOL_SOCKET, opt) else { continue };
+        let Some(v) = get_int(fd, libc::SOL_SOCKET, opt) else {
+            continue;
+        };
         if v <= 2 * bufs.max[k] && v != fresh[k] {
             out.push((libc::SOL_SOCKET, opt, (v / 2).to_ne_bytes().to_vec()));
         }
@@ -293,17 +341,29 @@ fn save_opts(fd: i32, domain: i32, bufs: &mut BufRule) -> Vec<(i32, i32, Vec<u8>
 }
 
 fn tcp_state(fd: i32) -> u8 {
-    get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 232).and_then(|v| v.first().copied()).unwrap_or(0)
+    get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 232)
+        .and_then(|v| v.first().copied())
+        .unwrap_or(0)
 }
 
 /// List the process's sockets (`boot`: this boot's id).
 fn scan(boot: &str) -> Vec<Sock> {
     let mut bufs = BufRule::new();
     // SAFETY: a netlink socket of our own for sock_diag queries.
-    let nl = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+    let nl = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
     let mut out = Vec::new();
     for (fd, target) in dmtcp::fds::socket_fds() {
-        let Some(ino) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).and_then(|t| t.parse::<u64>().ok()) else {
+        let Some(ino) = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
             continue;
         };
         if fd == nl {
@@ -316,7 +376,12 @@ fn scan(boot: &str) -> Vec<Sock> {
         let local = name(fd, false);
         let peer = name(fd, true);
         // SAFETY: fcntl queries of a live fd.
-        let (flags, fdflags) = unsafe { (libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD)) };
+        let (flags, fdflags) = unsafe {
+            (
+                libc::fcntl(fd, libc::F_GETFL),
+                libc::fcntl(fd, libc::F_GETFD),
+            )
+        };
         let mut s = Sock {
             rec: SockRec {
                 fd,
@@ -329,7 +394,8 @@ fn scan(boot: &str) -> Vec<Sock> {
                 peer,
                 pair: String::new(),
                 side: 0,
-                v6only: domain == libc::AF_INET6 && get_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1),
+                v6only: domain == libc::AF_INET6
+                    && get_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1),
                 dgrams: Vec::new(),
             },
             flags,
@@ -360,13 +426,21 @@ fn scan(boot: &str) -> Vec<Sock> {
                     s.my_shut = shut & 2 != 0;
                     s.peer_shut = shut & 1 != 0;
                     s.endkey = format!("u:{boot}:{ino}");
-                    s.peerkey = if peer_ino != 0 { format!("u:{boot}:{peer_ino}") } else { String::new() };
+                    s.peerkey = if peer_ino != 0 {
+                        format!("u:{boot}:{peer_ino}")
+                    } else {
+                        String::new()
+                    };
                     let (a, b) = (ino.min(peer_ino), ino.max(peer_ino));
                     s.rec.pair = format!("u:{boot}:{a}-{b}");
                     s.rec.side = (ino > peer_ino) as u8;
                 }
             }
-        } else if !stream && domain == libc::AF_UNIX && (s.rec.peer.is_empty() || seqpacket) && nl >= 0 {
+        } else if !stream
+            && domain == libc::AF_UNIX
+            && (s.rec.peer.is_empty() || seqpacket)
+            && nl >= 0
+        {
             // A datagram socketpair (both ends unnamed, connected to each
             // other), or a connected seqpacket socket.
             if let Some((peer_ino, _)) = unix_diag(nl, ino) {
@@ -387,7 +461,11 @@ fn scan(boot: &str) -> Vec<Sock> {
                 let (l, p) = (inet_text(&s.rec.local), inet_text(&s.rec.peer));
                 s.endkey = format!("t:{l}>{p}");
                 s.peerkey = format!("t:{p}>{l}");
-                s.rec.pair = if l < p { format!("t:{l}|{p}") } else { format!("t:{p}|{l}") };
+                s.rec.pair = if l < p {
+                    format!("t:{l}|{p}")
+                } else {
+                    format!("t:{p}|{l}")
+                };
                 s.rec.side = (l > p) as u8;
             }
         }
@@ -410,7 +488,14 @@ fn send_some(fd: i32, b: &[u8]) -> Result<usize, i32> {
         return Ok(0);
     }
     // SAFETY: sending from our buffer; MSG_NOSIGNAL keeps SIGPIPE away.
-    let n = unsafe { libc::send(fd, b.as_ptr() as *const libc::c_void, b.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    let n = unsafe {
+        libc::send(
+            fd,
+            b.as_ptr() as *const libc::c_void,
+            b.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
     if n >= 0 {
         Ok(n as usize)
     } else {
@@ -424,7 +509,14 @@ fn send_some(fd: i32, b: &[u8]) -> Result<usize, i32> {
 /// Ok(None): nothing now; Ok(Some(0)): end of stream.
 fn recv_some(fd: i32, b: &mut [u8], flags: i32) -> Result<Option<usize>, i32> {
     // SAFETY: receiving into our buffer.
-    let n = unsafe { libc::recv(fd, b.as_mut_ptr() as *mut libc::c_void, b.len(), flags | libc::MSG_DONTWAIT) };
+    let n = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr() as *mut libc::c_void,
+            b.len(),
+            flags | libc::MSG_DONTWAIT,
+        )
+    };
     if n >= 0 {
         Ok(Some(n as usize))
     } else {
@@ -478,7 +570,10 @@ fn peek_dgrams(fd: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
     while total < PEEK_MAX {
         // SAFETY: zeroed address buffer for recvmsg.
         let mut ss: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
         // SAFETY: a zeroed msghdr is valid; fields set below.
         let mut m: libc::msghdr = unsafe { core::mem::zeroed() };
         m.msg_name = &mut ss as *mut libc::sockaddr_storage as *mut libc::c_void;
@@ -491,8 +586,17 @@ fn peek_dgrams(fd: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
             break;
         }
         // SAFETY: the kernel wrote msg_namelen bytes of address.
-        let src = unsafe { core::slice::from_raw_parts(&ss as *const libc::sockaddr_storage as *const u8, m.msg_namelen as usize) };
-        let src = if ss.ss_family as i32 == libc::AF_UNIX && src.len() <= 2 { Vec::new() } else { src.to_vec() };
+        let src = unsafe {
+            core::slice::from_raw_parts(
+                &ss as *const libc::sockaddr_storage as *const u8,
+                m.msg_namelen as usize,
+            )
+        };
+        let src = if ss.ss_family as i32 == libc::AF_UNIX && src.len() <= 2 {
+            Vec::new()
+        } else {
+            src.to_vec()
+        };
         out.push((src, buf[..n as usize].to_vec()));
         total += n as usize;
         if n == 0 {
@@ -531,12 +635,21 @@ fn peek_tcp(s: &mut Sock) {
     let mut quiet = std::time::Instant::now();
     let mut have = 0;
     let mut one = [0u8; 1];
-    while start.elapsed() < std::time::Duration::from_secs(1) && quiet.elapsed() < std::time::Duration::from_millis(20) {
+    while start.elapsed() < std::time::Duration::from_secs(1)
+        && quiet.elapsed() < std::time::Duration::from_millis(20)
+    {
         let _ = recv_some(fd, &mut one, libc::MSG_PEEK);
         if peer_closed(fd) {
             break; // nothing more can come
         }
-        poll_wait(&mut [libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 }], 5);
+        poll_wait(
+            &mut [libc::pollfd {
+                fd,
+                events: libc::POLLRDHUP,
+                revents: 0,
+            }],
+            5,
+        );
         let now = queued(fd);
         if now > have {
             have = now;
@@ -570,8 +683,15 @@ fn peer_closed(fd: i32) -> bool {
 fn env_u64(name: &core::ffi::CStr) -> Option<u64> {
     // SAFETY: getenv of a NUL-terminated name; the result is read at once.
     let v = unsafe { libc::getenv(name.as_ptr()) };
-    // SAFETY: a NUL-terminated string of the environment.
-    (!v.is_null()).then(|| unsafe { core::ffi::CStr::from_ptr(v) }.to_str().ok()?.trim().parse().ok())?
+    (!v.is_null()).then(|| {
+        // SAFETY: a NUL-terminated string of the environment.
+        unsafe { core::ffi::CStr::from_ptr(v) }
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })?
 }
 
 /// Drain in-job connections (cookie protocol) and peek the others. A
@@ -586,13 +706,21 @@ fn drain(socks: &mut [Sock]) {
                 peek_tcp(s);
             }
         }
-        let dgram = (s.rec.stype == libc::SOCK_DGRAM && matches!(s.rec.domain, libc::AF_UNIX | libc::AF_INET | libc::AF_INET6))
+        let dgram = (s.rec.stype == libc::SOCK_DGRAM
+            && matches!(s.rec.domain, libc::AF_UNIX | libc::AF_INET | libc::AF_INET6))
             || (s.rec.stype == libc::SOCK_SEQPACKET && s.rec.domain == libc::AF_UNIX);
-        s.rec.dgrams = if s.leader && dgram { peek_dgrams(s.rec.fd) } else { Vec::new() };
+        s.rec.dgrams = if s.leader && dgram {
+            peek_dgrams(s.rec.fd)
+        } else {
+            Vec::new()
+        };
     }
-    let idx: Vec<usize> = (0..socks.len()).filter(|&i| socks[i].leader && socks[i].consume).collect();
+    let idx: Vec<usize> = (0..socks.len())
+        .filter(|&i| socks[i].leader && socks[i].consume)
+        .collect();
     // How long the other ends may take (DMTCP_SOCKET_DRAIN_TIMEOUT, s).
-    let limit = std::time::Duration::from_secs(env_u64(c"DMTCP_SOCKET_DRAIN_TIMEOUT").unwrap_or(30));
+    let limit =
+        std::time::Duration::from_secs(env_u64(c"DMTCP_SOCKET_DRAIN_TIMEOUT").unwrap_or(30));
     // Fault injection for tests: this process starts draining late.
     if let Some(ms) = env_u64(c"DMTCP_FAULT_DRAIN_DELAY_MS") {
         std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -608,14 +736,23 @@ fn drain(socks: &mut [Sock]) {
         ));
     }
     if !late.is_empty() {
-        dmtcp::fail_round(format!("{} socket(s) did not finish draining within {} s", late.len(), limit.as_secs()));
+        dmtcp::fail_round(format!(
+            "{} socket(s) did not finish draining within {} s",
+            late.len(),
+            limit.as_secs()
+        ));
     }
 }
 
 /// Take from `fd` what is queued up to and including the drain's end
 /// marker, never past it (after a failed round the other end's refill
 /// message may follow the marker). Ok(true) once the marker is in.
-fn take_to_cookie(fd: i32, data: &mut Vec<u8>, cookie: &[u8; 16], buf: &mut [u8]) -> Result<bool, ()> {
+fn take_to_cookie(
+    fd: i32,
+    data: &mut Vec<u8>,
+    cookie: &[u8; 16],
+    buf: &mut [u8],
+) -> Result<bool, ()> {
     loop {
         let n = match recv_some(fd, buf, libc::MSG_PEEK) {
             Ok(Some(0)) | Err(_) => return Err(()),
@@ -626,7 +763,10 @@ fn take_to_cookie(fd: i32, data: &mut Vec<u8>, cookie: &[u8; 16], buf: &mut [u8]
         let t = data.len().min(cookie.len() - 1);
         let mut window = data[data.len() - t..].to_vec();
         window.extend_from_slice(&buf[..n]);
-        let end = window.windows(cookie.len()).position(|w| w == cookie).map(|i| i + cookie.len() - t);
+        let end = window
+            .windows(cookie.len())
+            .position(|w| w == cookie)
+            .map(|i| i + cookie.len() - t);
         let take = end.unwrap_or(n);
         match recv_some(fd, &mut buf[..take], 0) {
             Ok(Some(k)) if k == take => data.extend_from_slice(&buf[..k]),
@@ -647,7 +787,10 @@ fn run_drain(socks: &mut [Sock], idx: &[usize], limit: std::time::Duration) -> V
         return Vec::new();
     }
     let cookie = COOKIE.with(|c| *c);
-    let old: Vec<i32> = idx.iter().map(|&i| dmtcp::fds::set_nonblock(socks[i].rec.fd, true)).collect();
+    let old: Vec<i32> = idx
+        .iter()
+        .map(|&i| dmtcp::fds::set_nonblock(socks[i].rec.fd, true))
+        .collect();
     let start = std::time::Instant::now();
     let mut buf = vec![0u8; 1 << 16];
     let mut late = Vec::new();
@@ -673,14 +816,22 @@ fn run_drain(socks: &mut [Sock], idx: &[usize], limit: std::time::Duration) -> V
                 ev |= libc::POLLOUT;
             }
             if ev != 0 {
-                pfds.push(libc::pollfd { fd, events: ev, revents: 0 });
+                pfds.push(libc::pollfd {
+                    fd,
+                    events: ev,
+                    revents: 0,
+                });
             }
         }
         if pfds.is_empty() {
             break;
         }
         if start.elapsed() >= limit {
-            late = idx.iter().copied().filter(|&i| !socks[i].cookie_got || socks[i].cookie_sent < cookie.len()).collect();
+            late = idx
+                .iter()
+                .copied()
+                .filter(|&i| !socks[i].cookie_got || socks[i].cookie_sent < cookie.len())
+                .collect();
             break;
         }
         poll_wait(&mut pfds, 100);
@@ -697,7 +848,10 @@ fn run_drain(socks: &mut [Sock], idx: &[usize], limit: std::time::Duration) -> V
 fn finish_drains(socks: &mut [Sock]) {
     let idx: Vec<usize> = (0..socks.len()).filter(|&i| socks[i].failed).collect();
     for i in run_drain(socks, &idx, std::time::Duration::from_secs(120)) {
-        dmtcp::warn(format_args!("socket fd {}: its drain did not finish after 120 s more; bytes in flight may be lost", socks[i].rec.fd));
+        dmtcp::warn(format_args!(
+            "socket fd {}: its drain did not finish after 120 s more; bytes in flight may be lost",
+            socks[i].rec.fd
+        ));
         socks[i].consume = false;
     }
 }
@@ -708,9 +862,15 @@ fn checkpoint() {
     let pid = dmtcp_sys::getpid();
     let put = |k: String, v: Vec<u8>| dmtcp::kv_put(DB, k.into_bytes(), v);
     for s in &socks {
-        put(format!("o:{boot}:{}", s.rec.ino), pid.to_ne_bytes().to_vec());
+        put(
+            format!("o:{boot}:{}", s.rec.ino),
+            pid.to_ne_bytes().to_vec(),
+        );
         if s.stream_conn {
-            put(s.endkey.clone(), vec![s.my_shut as u8 | (s.peer_shut as u8) << 1]);
+            put(
+                s.endkey.clone(),
+                vec![s.my_shut as u8 | (s.peer_shut as u8) << 1],
+            );
         }
     }
     // Every process offers a fresh end marker; after the barrier all read
@@ -720,16 +880,28 @@ fn checkpoint() {
     unsafe { libc::syscall(libc::SYS_getrandom, offer.as_mut_ptr(), 16usize, 0) };
     put("cookie".to_string(), offer.to_vec());
     let coordinated = dmtcp::barrier("sock:elect");
-    let agreed = if coordinated { dmtcp::kv_get(DB, b"cookie").flatten() } else { None };
+    let agreed = if coordinated {
+        dmtcp::kv_get(DB, b"cookie").flatten()
+    } else {
+        None
+    };
     let cookie: [u8; 16] = agreed.and_then(|v| v.try_into().ok()).unwrap_or(offer);
     COOKIE.with(|c| *c = cookie);
     for s in socks.iter_mut() {
-        let owner = if coordinated { dmtcp::kv_get(DB, format!("o:{boot}:{}", s.rec.ino).as_bytes()).flatten() } else { None };
+        let owner = if coordinated {
+            dmtcp::kv_get(DB, format!("o:{boot}:{}", s.rec.ino).as_bytes()).flatten()
+        } else {
+            None
+        };
         s.leader = owner.is_none_or(|o| o == pid.to_ne_bytes());
         if !s.stream_conn {
             continue;
         }
-        let other = if coordinated && !s.peerkey.is_empty() { dmtcp::kv_get(DB, s.peerkey.as_bytes()).flatten() } else { None };
+        let other = if coordinated && !s.peerkey.is_empty() {
+            dmtcp::kv_get(DB, s.peerkey.as_bytes()).flatten()
+        } else {
+            None
+        };
         match other {
             Some(v) => {
                 let o = v.first().copied().unwrap_or(3);
@@ -744,6 +916,7 @@ fn checkpoint() {
     }
     drain(&mut socks);
     SAVED.with(|v| *v = socks);
+    DRAINED.store(true, core::sync::atomic::Ordering::SeqCst);
 }
 
 /// One end's part of a refill exchange.
@@ -776,7 +949,20 @@ fn exchange(list: Vec<(i32, Vec<u8>, bool)>, barrier: &str) {
             out.extend_from_slice(&MAGIC);
             out.extend_from_slice(&(data.len() as u64).to_le_bytes());
             out.extend_from_slice(&data);
-            Ex { fd, old: dmtcp::fds::set_nonblock(fd, true), out, sent: 0, hdr: [0; 16], got: 0, body: Vec::new(), need: 0, in_done: false, wb: 0, shut_after, broken: false }
+            Ex {
+                fd,
+                old: dmtcp::fds::set_nonblock(fd, true),
+                out,
+                sent: 0,
+                hdr: [0; 16],
+                got: 0,
+                body: Vec::new(),
+                need: 0,
+                in_done: false,
+                wb: 0,
+                shut_after,
+                broken: false,
+            }
         })
         .collect();
     run_exchange(&mut ex, false);
@@ -784,7 +970,10 @@ fn exchange(list: Vec<(i32, Vec<u8>, bool)>, barrier: &str) {
     run_exchange(&mut ex, true);
     for e in &ex {
         if e.broken {
-            dmtcp::warn(format_args!("socket fd {}: the connection broke while its bytes in flight were put back", e.fd));
+            dmtcp::warn(format_args!(
+                "socket fd {}: the connection broke while its bytes in flight were put back",
+                e.fd
+            ));
         }
         restore_flags(e.fd, e.old);
         if e.shut_after {
@@ -809,7 +998,11 @@ fn run_exchange(ex: &mut [Ex], writeback: bool) {
                     }
                 }
                 if e.wb < e.body.len() && !e.broken {
-                    pfds.push(libc::pollfd { fd: e.fd, events: libc::POLLOUT, revents: 0 });
+                    pfds.push(libc::pollfd {
+                        fd: e.fd,
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    });
                 }
                 continue;
             }
@@ -873,7 +1066,11 @@ fn run_exchange(ex: &mut [Ex], writeback: bool) {
                 ev |= libc::POLLOUT;
             }
             if ev != 0 && !e.broken {
-                pfds.push(libc::pollfd { fd: e.fd, events: ev, revents: 0 });
+                pfds.push(libc::pollfd {
+                    fd: e.fd,
+                    events: ev,
+                    revents: 0,
+                });
             }
         }
         if pfds.is_empty() {
@@ -882,11 +1079,17 @@ fn run_exchange(ex: &mut [Ex], writeback: bool) {
         let t = start.elapsed();
         if t > std::time::Duration::from_secs(10) && !warned {
             warned = true;
-            dmtcp::warn(format_args!("refilling {} socket(s) takes long: waiting for the other ends", pfds.len()));
+            dmtcp::warn(format_args!(
+                "refilling {} socket(s) takes long: waiting for the other ends",
+                pfds.len()
+            ));
         }
         if t > std::time::Duration::from_secs(120) {
             for p in &pfds {
-                dmtcp::warn(format_args!("socket fd {}: gave up refilling after 120 s; bytes in flight were lost", p.fd));
+                dmtcp::warn(format_args!(
+                    "socket fd {}: gave up refilling after 120 s; bytes in flight were lost",
+                    p.fd
+                ));
             }
             for e in ex.iter_mut() {
                 if pfds.iter().any(|p| p.fd == e.fd) {
@@ -900,9 +1103,15 @@ fn run_exchange(ex: &mut [Ex], writeback: bool) {
 }
 
 fn resume() {
+    if !DRAINED.swap(false, core::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     SAVED.with(|v| finish_drains(v));
     let list: Vec<(i32, Vec<u8>, bool)> = SAVED.with(|v| {
-        v.iter_mut().filter(|s| s.leader && s.consume).map(|s| (s.rec.fd, core::mem::take(&mut s.data), false)).collect()
+        v.iter_mut()
+            .filter(|s| s.leader && s.consume)
+            .map(|s| (s.rec.fd, core::mem::take(&mut s.data), false))
+            .collect()
     });
     exchange(list, "sock:refilled");
     SAVED.with(|v| {
@@ -912,6 +1121,10 @@ fn resume() {
         })
     });
 }
+
+/// This round's pre-checkpoint ran (and drained): its resume has work. A
+/// round broken before its pre-checkpoint resumes with nothing to do.
+static DRAINED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 fn is_socket(fd: i32) -> bool {
     dmtcp::fds::fd_is(fd, libc::S_IFSOCK)
@@ -924,7 +1137,10 @@ fn make_dead(s: &Sock) {
     let p = match dmtcp_common::sock::pair(r) {
         Ok((near, far)) => [near, far],
         Err(e) => {
-            dmtcp::warn(format_args!("socket fd {}: cannot re-create it closed: {e}", r.fd));
+            dmtcp::warn(format_args!(
+                "socket fd {}: cannot re-create it closed: {e}",
+                r.fd
+            ));
             return;
         }
     };
@@ -948,13 +1164,27 @@ fn make_dead(s: &Sock) {
                 }
             }
             if done < s.data.len() {
-                dmtcp::warn(format_args!("socket fd {}: {} of its {} unread bytes could not be put back", r.fd, s.data.len() - done, s.data.len()));
+                dmtcp::warn(format_args!(
+                    "socket fd {}: {} of its {} unread bytes could not be put back",
+                    r.fd,
+                    s.data.len() - done,
+                    s.data.len()
+                ));
             }
         }
         if r.domain != libc::AF_UNIX && !s.peer_shut {
             // A reset: the program sees ECONNRESET after the unread bytes.
-            let l = libc::linger { l_onoff: 1, l_linger: 0 };
-            libc::setsockopt(p[1], libc::SOL_SOCKET, libc::SO_LINGER, &l as *const libc::linger as *const libc::c_void, 8);
+            let l = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            libc::setsockopt(
+                p[1],
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &l as *const libc::linger as *const libc::c_void,
+                8,
+            );
         }
         libc::close(p[1]);
         if p[0] != r.fd {
@@ -965,6 +1195,7 @@ fn make_dead(s: &Sock) {
 }
 
 fn restart() {
+    DRAINED.store(false, core::sync::atomic::Ordering::SeqCst);
     SAVED.with(|v| {
         for s in v.iter() {
             let r = &s.rec;
@@ -991,12 +1222,28 @@ fn put_back_opts(s: &Sock) {
     let r = &s.rec;
     for (level, opt, val) in &s.opts {
         // SAFETY: setsockopt reads our saved bytes.
-        unsafe { libc::setsockopt(r.fd, *level, *opt, val.as_ptr() as *const libc::c_void, val.len() as libc::socklen_t) };
+        unsafe {
+            libc::setsockopt(
+                r.fd,
+                *level,
+                *opt,
+                val.as_ptr() as *const libc::c_void,
+                val.len() as libc::socklen_t,
+            )
+        };
     }
     // SAFETY: flags of an fd of the program.
     unsafe {
-        libc::fcntl(r.fd, libc::F_SETFL, s.flags & (libc::O_NONBLOCK | libc::O_ASYNC));
-        libc::fcntl(r.fd, libc::F_SETFD, if s.cloexec { libc::FD_CLOEXEC } else { 0 });
+        libc::fcntl(
+            r.fd,
+            libc::F_SETFL,
+            s.flags & (libc::O_NONBLOCK | libc::O_ASYNC),
+        );
+        libc::fcntl(
+            r.fd,
+            libc::F_SETFD,
+            if s.cloexec { libc::FD_CLOEXEC } else { 0 },
+        );
     }
 }
 
@@ -1005,7 +1252,9 @@ fn put_back_opts(s: &Sock) {
 fn after_restart() {
     let list: Vec<(i32, Vec<u8>, bool)> = SAVED.with(|v| {
         v.iter_mut()
-            .filter(|s| s.leader && s.stream_conn && s.rec.state == SockState::Pair && is_socket(s.rec.fd))
+            .filter(|s| {
+                s.leader && s.stream_conn && s.rec.state == SockState::Pair && is_socket(s.rec.fd)
+            })
             .map(|s| (s.rec.fd, core::mem::take(&mut s.data), s.my_shut))
             .collect()
     });
@@ -1024,13 +1273,19 @@ fn let_accepts_finish() {
         .into_iter()
         .map(|(fd, _)| fd)
         .filter(|&fd| {
-            get_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1) && get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::IPPROTO_TCP)
+            get_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1)
+                && get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::IPPROTO_TCP)
         })
         .collect();
     // struct tcp_info of a listener: tcpi_unacked (offset 24) is the
     // number of connections waiting to be accepted.
-    let waiting = |fd: i32| get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 32).is_some_and(|v| v.len() >= 28 && u32::from_ne_bytes([v[24], v[25], v[26], v[27]]) > 0);
-    while listeners.iter().any(|&fd| waiting(fd)) && start.elapsed() < std::time::Duration::from_millis(500) {
+    let waiting = |fd: i32| {
+        get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 32)
+            .is_some_and(|v| v.len() >= 28 && u32::from_ne_bytes([v[24], v[25], v[26], v[27]]) > 0)
+    };
+    while listeners.iter().any(|&fd| waiting(fd))
+        && start.elapsed() < std::time::Duration::from_millis(500)
+    {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }

@@ -62,7 +62,6 @@ impl RawInfo {
     }
 }
 
-
 /// Queue `info` for our own process again: with its siginfo where the
 /// kernel lets us (sigqueue-style codes), else as a plain kill.
 fn requeue(info: &RawInfo) {
@@ -70,7 +69,14 @@ fn requeue(info: &RawInfo) {
     let sig = info.signo() as usize;
     // SAFETY: rt_sigqueueinfo reads our 128-byte siginfo; kill takes numbers.
     unsafe {
-        if info.code() >= 0 || dmtcp_sys::syscall3(nr::RT_SIGQUEUEINFO, pid, sig, info as *const RawInfo as usize) < 0 {
+        if info.code() >= 0
+            || dmtcp_sys::syscall3(
+                nr::RT_SIGQUEUEINFO,
+                pid,
+                sig,
+                info as *const RawInfo as usize,
+            ) < 0
+        {
             syscall3(nr::KILL, pid, sig, 0);
         }
     }
@@ -86,7 +92,10 @@ fn capture_queued(pending: u64, skip: i32) -> Vec<RawInfo> {
             continue;
         }
         let set: u64 = 1u64 << (sig - 1);
-        let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         let first = out.len();
         loop {
             let mut info = RawInfo([0; 16]);
@@ -120,7 +129,9 @@ pub struct TimerPlugin {
 
 impl TimerPlugin {
     pub fn new() -> Self {
-        TimerPlugin { saved: Mutex::new(Saved::default()) }
+        TimerPlugin {
+            saved: Mutex::new(Saved::default()),
+        }
     }
 }
 
@@ -132,11 +143,17 @@ fn list_timers() -> Vec<PosixTimer> {
     let mut out = Vec::new();
     let mut cur: Option<PosixTimer> = None;
     for line in text.lines() {
-        let (k, v) = line.split_once(':').map(|(k, v)| (k.trim(), v.trim())).unwrap_or(("", ""));
+        let (k, v) = line
+            .split_once(':')
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .unwrap_or(("", ""));
         match k {
             "ID" => {
                 out.extend(cur.take());
-                cur = Some(PosixTimer { id: v.parse().unwrap_or(-1), ..Default::default() });
+                cur = Some(PosixTimer {
+                    id: v.parse().unwrap_or(-1),
+                    ..Default::default()
+                });
             }
             "signal" => {
                 if let (Some(t), Some((s, val))) = (cur.as_mut(), v.split_once('/')) {
@@ -151,8 +168,16 @@ fn list_timers() -> Vec<PosixTimer> {
                     t.notify = match how {
                         "none" => libc::SIGEV_NONE,
                         _ => libc::SIGEV_SIGNAL,
-                    } | if who.starts_with("tid") { SIGEV_THREAD_ID } else { 0 };
-                    t.tid = who.rsplit('.').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                    } | if who.starts_with("tid") {
+                        SIGEV_THREAD_ID
+                    } else {
+                        0
+                    };
+                    t.tid = who
+                        .rsplit('.')
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
                 }
             }
             "ClockID" => {
@@ -186,11 +211,22 @@ const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
 
 /// Create a timer like `t`; in restore-ids mode with the id `t` had.
 fn create(t: &PosixTimer) -> i32 {
-    let ev = KSigevent { value: t.value, signo: t.signo, notify: t.notify, tid: t.tid, _pad: [0; 11] };
+    let ev = KSigevent {
+        value: t.value,
+        signo: t.signo,
+        notify: t.notify,
+        tid: t.tid,
+        _pad: [0; 11],
+    };
     let mut id: i32 = t.id;
     // SAFETY: timer_create reads our sigevent and writes the new id.
     let r = unsafe {
-        syscall3(nr::TIMER_CREATE, t.clock as usize, &ev as *const KSigevent as usize, &mut id as *mut i32 as usize)
+        syscall3(
+            nr::TIMER_CREATE,
+            t.clock as usize,
+            &ev as *const KSigevent as usize,
+            &mut id as *mut i32 as usize,
+        )
     };
     if r < 0 {
         -1
@@ -234,7 +270,14 @@ impl Plugin for TimerPlugin {
                 s.timers = list_timers();
                 for t in s.timers.iter_mut() {
                     // SAFETY: timer_gettime writes two timespecs.
-                    unsafe { syscall3(nr::TIMER_GETTIME, t.id as usize, t.spec.as_mut_ptr() as usize, 0) };
+                    unsafe {
+                        syscall3(
+                            nr::TIMER_GETTIME,
+                            t.id as usize,
+                            t.spec.as_mut_ptr() as usize,
+                            0,
+                        )
+                    };
                 }
             }
             Event::Restart => {
@@ -256,7 +299,9 @@ impl Plugin for TimerPlugin {
                         continue;
                     }
                     // SAFETY: timer_settime reads our itimerspec.
-                    unsafe { syscall3(nr::TIMER_SETTIME, id as usize, 0, t.spec.as_ptr() as usize) };
+                    unsafe {
+                        syscall3(nr::TIMER_SETTIME, id as usize, 0, t.spec.as_ptr() as usize)
+                    };
                 }
                 if explicit {
                     // SAFETY: back to the normal way of giving ids.

@@ -1,0 +1,258 @@
+//! The MPI programs across hosts of the test rig (network namespaces with
+//! sshd; `mpirun` starts its remote orted over ssh, through the ssh
+//! plugin's relays): 4 ranks, 2 on each of two hosts, shared memory
+//! between ranks of one host and TCP between hosts. Each job is
+//! checkpointed mid-run, killed on every host and restarted with the
+//! generated restart script (one `dmtcp_restart` per host); the final
+//! checksum must equal a bare run's, and HDF5 files must read back alike.
+//! The harness is the ssh plugin's (ssh-plugin/tests/common).
+
+#[path = "../../../ssh-plugin/tests/common/mod.rs"]
+mod common;
+mod h5compare;
+
+use common::Job;
+use std::sync::Mutex;
+
+/// One rig job at a time: MPI ranks busy-poll, and a small machine runs
+/// two 4-rank jobs at once very slowly.
+static JOBS: Mutex<()> = Mutex::new(());
+
+const STEPS: &str = "200";
+const SLEEP_MS: &str = "25";
+
+fn checksum(out: &str) -> Option<&str> {
+    out.lines().rev().find_map(|l| l.strip_prefix("CHECKSUM "))
+}
+
+/// `mpirun` of `prog` with 2 ranks on each of node0 and node1.
+fn script(rig: &testrig::Rig, prog: &str) -> String {
+    script_steps(rig, prog, STEPS)
+}
+
+/// The same, running `steps` steps.
+fn script_steps(rig: &testrig::Rig, prog: &str, steps: &str) -> String {
+    let hostfile = rig.shared_dir().join("mpi-hosts");
+    std::fs::write(&hostfile, "node0 slots=2\nnode1 slots=2\n").unwrap();
+    format!(
+        "mpirun --allow-run-as-root --hostfile {} -np 4 --mca plm_rsh_agent '{}' --mca btl self,vader,tcp \
+         --mca btl_tcp_if_include {net} --mca oob_tcp_if_include {net} {} {steps} {SLEEP_MS} 4",
+        hostfile.display(),
+        common::ssh(rig),
+        common::bin_dir().join(prog).display(),
+        net = rig.subnet()
+    )
+}
+
+/// Bare run in `dir` (created) on node0; its checksum.
+fn bare(rig: &testrig::Rig, script: &str, dir: &std::path::Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = common::bare(rig, 0, &format!("cd {} && {script}", dir.display()));
+    checksum(&out)
+        .unwrap_or_else(|| panic!("no checksum in the bare run: {out}"))
+        .to_string()
+}
+
+/// Wait for the job's end; its checksum must be `want` (the bare run's).
+fn finish_with(job: &mut Job, want: &str) {
+    job.wait_for("CHECKSUM ");
+    job.finish();
+    assert_eq!(checksum(&job.output()), Some(want), "{}", job.diag());
+}
+
+/// Launch, checkpoint at step 40, kill at step 70, restart on the same
+/// hosts (then, with `moved`, checkpoint again at step 120, kill at 150
+/// and restart on those hosts); the checksum must be the bare run's.
+/// Returns the bare run's and the job's directories.
+fn run<'a>(
+    rig: &'a testrig::Rig,
+    name: &str,
+    prog: &str,
+    launch_opts: &[&str],
+    moved: Option<&str>,
+) -> (std::path::PathBuf, Job<'a>) {
+    let s = script(rig, prog);
+    let bare_dir = rig.shared_dir().join(format!("bare-{name}"));
+    let want = bare(rig, &s, &bare_dir);
+    let mut job = Job::launch(rig, name, &s, launch_opts);
+    job.wait_for("step 40\n");
+    // mpirun, dmtcp_ssh, 2 ranks on node0; dmtcp_sshd, orted, 2 ranks on node1
+    job.wait_peers(8);
+    job.checkpoint();
+    job.wait_for("step 70\n");
+    job.kill();
+    job.restart(&[]);
+    if let Some(hosts) = moved {
+        job.wait_peers(8);
+        job.wait_for("step 120\n");
+        job.checkpoint();
+        job.wait_for("step 150\n");
+        job.kill();
+        let f = rig.shared_dir().join(format!("hosts-{name}"));
+        std::fs::write(&f, hosts).unwrap();
+        job.restart(&["--hostfile", &f.display().to_string()]);
+        job.wait_peers(8);
+        let procs = job.processes();
+        let first = hosts.lines().next().unwrap();
+        assert!(common::count(&procs, prog, first) == 2, "{procs:?}");
+    }
+    finish_with(&mut job, &want);
+    (bare_dir, job)
+}
+
+#[test]
+fn jacobi_across_two_hosts_restarts_and_moves() {
+    let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+    let rig = common::rig(4);
+    run(&rig, "jacobi", "mpi_jacobi", &[], Some("node2\nnode3\n"));
+}
+
+#[test]
+fn collectives_across_two_hosts_restart() {
+    let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+    let rig = common::rig(2);
+    run(&rig, "collectives", "mpi_collectives", &[], None);
+}
+
+/// Every rank keeps its HDF5 file open in the shared directory (as on a
+/// cluster's shared file system) and adds a dataset every 10 steps; after
+/// the restart each file reads back (`h5dump`) exactly as the bare run's.
+#[test]
+fn hdf5_files_across_two_hosts_restart() {
+    let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+    let rig = common::rig(2);
+    let (bare_dir, job) = run(&rig, "h5", "mpi_h5writer", &["--ckpt-open-files"], None);
+    h5compare::same_files(&bare_dir, &job.dir, 4, "step_0199");
+}
+
+/// MPICH (4.0, its `hydra` launcher starting `hydra_pmi_proxy` over ssh)
+/// with the C ring program built by `mpicc.mpich`, 2 ranks on each of
+/// node0 and node1: checkpointed, killed and restarted on the same hosts,
+/// twice; the output (every iteration's running checksum, then the final
+/// one) equals a bare run's. (Moving it to other hosts does not work yet:
+/// docs/mpi.md.)
+#[test]
+fn mpich_ring_across_two_hosts_restarts_twice() {
+    let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+    let rig = common::rig(2);
+    let dir = rig.shared_dir();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../ssh-plugin/tests/c/mpi_ring.c");
+    let prog = dir.join("mpich_ring");
+    let st = std::process::Command::new("mpicc.mpich")
+        .args(["-O2", "-o"])
+        .arg(&prog)
+        .arg(&src)
+        .status()
+        .expect("mpicc.mpich (apt install mpich libmpich-dev)");
+    assert!(st.success(), "compiling {}", src.display());
+    // hydra runs its launcher as one program: ssh with the rig's config.
+    let rsh = dir.join("rig-ssh");
+    std::fs::write(
+        &rsh,
+        format!("#!/bin/sh\nexec {} \"$@\"\n", common::ssh(&rig)),
+    )
+    .unwrap();
+    std::fs::set_permissions(&rsh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // UCX's System V shared memory transport attaches parts of segments,
+    // which the engine does not restore as shared (docs/mpi.md): its
+    // POSIX shared memory and TCP transports are used instead.
+    let mpiexec = format!(
+        "export UCX_TLS=self,posix,tcp; mpiexec.mpich -launcher ssh -launcher-exec {} -hosts node0:2,node1:2 -n 4 {} 1500",
+        rsh.display(),
+        prog.display()
+    );
+    // MPICH 4.0's MPI_Finalize over UCX can deadlock by itself: a rank
+    // whose endpoint disconnects are done waits in a PMI barrier while
+    // another rank's disconnect still needs its progress (fixed in MPICH
+    // 4.2, pmodels/mpich#6596; docs/mpi.md). Seen here without the
+    // checkpointer too, so a run whose output is complete and that has
+    // not ended 30 s later is stopped (and says so on stderr); its output
+    // up to the checksum line (not mpiexec's words on being stopped) must
+    // still equal, line for line, a run without the checkpointer.
+    let bare_script = format!(
+        "t=$(mktemp); {mpiexec} >$t & p=$!; \
+         for i in $(seq 1000); do grep -q '^size 4 checksum' $t && break; kill -0 $p 2>/dev/null || break; sleep 0.1; done; \
+         for i in $(seq 300); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; \
+         if kill -0 $p 2>/dev/null; then echo 'bare run: stopped in MPI_Finalize' >&2; kill -INT $p; fi; \
+         wait $p; sed -n '1,/^size 4 checksum/p' $t; rm -f $t"
+    );
+    let bare = common::bare(&rig, 0, &bare_script);
+    assert!(bare.contains("\nsize 4 checksum "), "bare run: {bare}");
+    let mut job = Job::launch(&rig, "mpich", &mpiexec, &[]);
+    job.wait_for("iter 200 ");
+    job.checkpoint();
+    job.wait_for("iter 400 ");
+    job.kill();
+    job.restart(&[]);
+    job.wait_for("iter 600 ");
+    job.checkpoint();
+    job.wait_for("iter 800 ");
+    job.kill();
+    job.restart(&[]);
+    job.wait_for("\nsize 4 checksum ");
+    if !job.ended_within(std::time::Duration::from_secs(30)) {
+        eprintln!("mpich: the restarted job did not end 30 s after its last line (MPICH 4.0 finalize deadlock, docs/mpi.md): stopped");
+        job.kill();
+    }
+    assert_eq!(job.output(), bare, "{}", job.diag());
+}
+
+/// Periodic checkpoints (`dmtcp_launch -i 2`) and then a rank killed, as a
+/// node failure would: the job dies as MPI jobs do (mpirun takes the other
+/// ranks down), and the last complete checkpoint, found by the restart
+/// script, restarts it to the bare run's checksum.
+#[test]
+fn jacobi_with_periodic_checkpoints_restarts_after_a_rank_is_killed() {
+    let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+    let rig = common::rig(2);
+    let s = script_steps(&rig, "mpi_jacobi", "400");
+    let want = bare(&rig, &s, &rig.shared_dir().join("bare-periodic"));
+    let mut job = Job::launch(&rig, "periodic", &s, &["-i", "2"]);
+    job.wait_peers(8);
+    // Two periodic rounds done, and none under way (all running). Then
+    // no more: a round that fell while the failing job tears itself down
+    // (mpirun takes seconds to stop the other ranks) would image the
+    // half-dead job (docs/mpi.md).
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    let mut stopped = false;
+    loop {
+        let o = job.command(&["--json", "-s"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if v["generation"].as_u64().unwrap_or(0) >= 2 && v["running"] == true {
+            if stopped {
+                break;
+            }
+            assert!(job.command(&["-i", "0"]).status.success());
+            stopped = true;
+            continue;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second periodic checkpoint: {v}{}",
+            job.diag()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let rank = job
+        .processes()
+        .into_iter()
+        .find(|(p, h, _)| p == "mpi_jacobi" && h == "node1")
+        .unwrap_or_else(|| panic!("no rank on node1{}", job.diag()));
+    let st = rig
+        .node(1)
+        .command("kill")
+        .args(["-9", &rank.2.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The whole job goes (and its coordinator with the last process).
+    job.wait_gone("after a rank was killed");
+    assert!(
+        checksum(&job.output()).is_none(),
+        "the job finished before the rank was killed"
+    );
+    job.restart(&[]);
+    job.wait_peers(8);
+    finish_with(&mut job, &want);
+}
