@@ -17,7 +17,16 @@
 //! `cargo run --release -p bench -- softib [--iters N] [--sizes ...]` runs
 //! perftest on the software InfiniBand device (ib-plugin/softib), on one
 //! node and across two nodes of the test rig.
+//!
+//! `cargo run --release -p bench -- scale [--peers 4096] [--rounds 3]
+//!  [--real 256]` times the coordinator with many simulated peers and
+//! with many real processes (see scale.rs).
+//!
+//! `cargo run --release -p bench -- soak [--cycles 500] [--restarts 50]`
+//! checkpoints and restarts a 4-process job many times (see soak.rs).
 
+mod scale;
+mod soak;
 mod softib;
 
 use std::io::{BufRead, BufReader, Write};
@@ -34,10 +43,14 @@ fn main() {
         Some("run") => run(&args[2..]),
         Some("overhead") => overhead(&args[2..]),
         Some("softib") => softib::run(&args[2..]),
+        Some("scale") => scale::run(&args[2..]),
+        Some("soak") => soak::run(&args[2..]),
         _ => {
             eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR]");
             eprintln!("       bench overhead [--runs 5] [--scale 1] [--startup-runs 30]");
             eprintln!("       bench softib [--iters 20000] [--sizes 8,4096,65536,1048576]");
+            eprintln!("       bench scale [--peers 4096] [--rounds 3] [--real 256] [--dir DIR]");
+            eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
             std::process::exit(1);
         }
     }
@@ -133,6 +146,14 @@ impl Coord {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    /// `dmtcp_launch` joined to this coordinator, images into `ckdir`.
+    fn launcher(&self, ckdir: &Path) -> Command {
+        let mut c = Command::new(bin_dir().join("dmtcp_launch"));
+        c.args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("--ckptdir")
+            .arg(ckdir);
+        c
+    }
     fn cmd(&self, args: &[&str]) -> String {
         let o = Command::new(bin_dir().join("dmtcp_command"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
@@ -203,17 +224,7 @@ fn one(dir: &Path, gib: usize, kind: &str, mode: &str) -> Row {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let coord = Coord::start(dir);
-    let mut launch = Command::new(bin_dir().join("dmtcp_launch"));
-    launch
-        .args([
-            "-j",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &coord.port.to_string(),
-            "--ckptdir",
-        ])
-        .arg(dir);
+    let mut launch = coord.launcher(dir);
     if mode == "raw" {
         launch.arg("--no-gzip");
     }

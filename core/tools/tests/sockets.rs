@@ -431,3 +431,30 @@ fn tcp_connection_remade_between_two_restarts() {
 fn unix_connection_remade_between_two_restarts() {
     connection_remade_between_two_restarts("unix");
 }
+
+/// Four processes that all hold the same socketpair and pipes (shared open
+/// file descriptions) pass a token around a ring through them, TCP and
+/// shared memory. After a restart, the process that refills a shared
+/// socket used to set O_NONBLOCK on it for the refill, which every holder
+/// shares: one already running its program then failed a blocking read
+/// with EAGAIN (seen in 2 of 5 restarts under `bench soak`). The refill's
+/// second half is held back here (DMTCP_FAULT_REFILL_DELAY_MS) so that
+/// the others run meanwhile.
+#[test]
+fn ring_over_shared_descriptors_across_restarts() {
+    let prog = c_program("sharedring");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "5000"]);
+    assert!(bare.contains("done 5000 sum "), "{bare}");
+    let mut job = Job::new("sharedring").env("DMTCP_FAULT_REFILL_DELAY_MS", "300");
+    job.launch(&[p, "5000"], &[]);
+    for (mark, after) in [
+        ("tokens 800\n", "tokens 1200\n"),
+        ("tokens 2000\n", "tokens 2400\n"),
+        ("tokens 3200\n", "tokens 3600\n"),
+    ] {
+        job.cycle(mark, after);
+    }
+    job.wait_success();
+    assert_eq!(job.output(), bare, "output after three restarts");
+}

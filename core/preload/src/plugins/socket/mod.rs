@@ -478,11 +478,6 @@ fn scan(boot: &str) -> Vec<Sock> {
     out
 }
 
-fn restore_flags(fd: i32, fl: i32) {
-    // SAFETY: as above.
-    unsafe { libc::fcntl(fd, libc::F_SETFL, fl) };
-}
-
 fn send_some(fd: i32, b: &[u8]) -> Result<usize, i32> {
     if b.is_empty() {
         return Ok(0);
@@ -787,10 +782,10 @@ fn run_drain(socks: &mut [Sock], idx: &[usize], limit: std::time::Duration) -> V
         return Vec::new();
     }
     let cookie = COOKIE.with(|c| *c);
-    let old: Vec<i32> = idx
-        .iter()
-        .map(|&i| dmtcp::fds::set_nonblock(socks[i].rec.fd, true))
-        .collect();
+    // Every send and receive here is MSG_DONTWAIT: the file's O_NONBLOCK
+    // is left alone (it is shared by every process holding the socket,
+    // and one that already runs its program would see EAGAIN from a
+    // blocking read; seen after a restart, bench soak).
     let start = std::time::Instant::now();
     let mut buf = vec![0u8; 1 << 16];
     let mut late = Vec::new();
@@ -835,9 +830,6 @@ fn run_drain(socks: &mut [Sock], idx: &[usize], limit: std::time::Duration) -> V
             break;
         }
         poll_wait(&mut pfds, 100);
-    }
-    for (k, &i) in idx.iter().enumerate() {
-        restore_flags(socks[i].rec.fd, old[k]);
     }
     late
 }
@@ -922,7 +914,6 @@ fn checkpoint() {
 /// One end's part of a refill exchange.
 struct Ex {
     fd: i32,
-    old: i32,
     out: Vec<u8>,
     sent: usize,
     hdr: [u8; 16],
@@ -951,7 +942,6 @@ fn exchange(list: Vec<(i32, Vec<u8>, bool)>, barrier: &str) {
             out.extend_from_slice(&data);
             Ex {
                 fd,
-                old: dmtcp::fds::set_nonblock(fd, true),
                 out,
                 sent: 0,
                 hdr: [0; 16],
@@ -967,6 +957,11 @@ fn exchange(list: Vec<(i32, Vec<u8>, bool)>, barrier: &str) {
         .collect();
     run_exchange(&mut ex, false);
     dmtcp::barrier(barrier);
+    // Fault injection for tests: the refill's second half starts late,
+    // while the other processes already run their programs.
+    if let Some(ms) = env_u64(c"DMTCP_FAULT_REFILL_DELAY_MS").filter(|_| !ex.is_empty()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     run_exchange(&mut ex, true);
     for e in &ex {
         if e.broken {
@@ -975,7 +970,6 @@ fn exchange(list: Vec<(i32, Vec<u8>, bool)>, barrier: &str) {
                 e.fd
             ));
         }
-        restore_flags(e.fd, e.old);
         if e.shut_after {
             // SAFETY: shutting the write side, as the program had done.
             unsafe { libc::shutdown(e.fd, libc::SHUT_WR) };
