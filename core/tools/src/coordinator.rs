@@ -781,11 +781,32 @@ fn barrier_members(g: &State) -> (BTreeSet<u64>, u32) {
     }
 }
 
+/// How many must reach a barrier ([`barrier_members`]' count, without
+/// building the set: this is asked at every arrival).
+fn barrier_need(g: &State) -> u32 {
+    match (&g.round, &g.resuming) {
+        (Some(r), _) => r.participants.len() as u32,
+        (None, Some(set)) => set.len() as u32,
+        (None, None) => g.expected_restart.max(g.peers.len() as u32),
+    }
+}
+
 fn check_barriers(g: &mut State) {
-    let names: Vec<String> = g.barriers.keys().cloned().collect();
+    // Only barriers with enough arrivals are looked at member by member
+    // (doing that at every arrival cost O(n^2) a barrier: 0.3 s for 4,096
+    // processes, bench scale).
+    let need = barrier_need(g);
+    let names: Vec<String> = g
+        .barriers
+        .iter()
+        .filter(|(_, reached)| reached.len() as u32 >= need)
+        .map(|(name, _)| name.clone())
+        .collect();
     for name in names {
         let (members, need) = barrier_members(g);
-        let reached = &g.barriers[&name];
+        let Some(reached) = g.barriers.get(&name) else {
+            continue;
+        };
         let reached_n = reached.len() as u32;
         if reached_n < need || !members.iter().all(|m| reached.contains(m)) {
             continue;
