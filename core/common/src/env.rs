@@ -26,6 +26,10 @@ pub const DISABLED_PLUGINS: &str = "DMTCP_DISABLED_PLUGINS";
 pub const CKPT_OPEN_FILES: &str = "DMTCP_CKPT_OPEN_FILES";
 /// Committed checkpoint generations to keep (`--keep-generations`, default 2; 0 = all).
 pub const KEEP_GENERATIONS: &str = "DMTCP_KEEP_GENERATIONS";
+/// Seconds the coordinator waits for every process of a round to suspend
+/// before it gives the round up (`dmtcp_coordinator --suspend-timeout`,
+/// default 120).
+pub const SUSPEND_TIMEOUT: &str = "DMTCP_SUSPEND_TIMEOUT";
 /// Internal: number of writer threads per process.
 pub const WRITERS: &str = "DMTCP_WRITERS";
 

@@ -136,6 +136,9 @@ pub enum FromCoord {
     Refused { reason: String },
     /// Answer to `KvGet` (None when the key is unknown).
     KvValue { val: Option<Vec<u8>> },
+    /// The round this process is in (or whose barrier it reached) was given
+    /// up before every process suspended: no image is written; resume.
+    RoundFailed { reason: String },
 }
 
 /// Answer to a command.

@@ -180,6 +180,7 @@ fn from_coord() -> impl Strategy<Value = FromCoord> {
         reply.prop_map(FromCoord::Reply),
         text().prop_map(|reason| FromCoord::Refused { reason }),
         option::of(bytes()).prop_map(|val| FromCoord::KvValue { val }),
+        text().prop_map(|reason| FromCoord::RoundFailed { reason }),
     ]
 }
 
@@ -312,6 +313,7 @@ const VARIANTS: &[&str] = &[
     "Reply",
     "Refused",
     "KvValue",
+    "RoundFailed",
     "Interval",
     "Status",
     "",

@@ -442,16 +442,27 @@ pub struct CoordOpts {
     pub interactive: bool,
     /// Committed generations to keep (None: the default, 2; 0: all).
     pub keep_generations: Option<u32>,
+    /// Seconds a round waits for every process to suspend (None: the
+    /// default, [`DEFAULT_SUSPEND_TIMEOUT`]).
+    pub suspend_timeout: Option<u64>,
 }
+
+/// How long a round waits for its processes to suspend by default.
+pub const DEFAULT_SUSPEND_TIMEOUT: u64 = 120;
 
 struct Peer {
     info: PeerInfo,
     out: Arc<Outbox>,
     restarting: bool,
+    /// Rounds given up before this process suspended (it was stopped, or
+    /// slow): it still has their `DoCheckpoint` to read, and its barriers
+    /// up to the "suspended" of each are answered `RoundFailed`.
+    stale_rounds: u32,
 }
 
 struct Round {
     participants: BTreeSet<u64>,
+    started: Instant,
     /// Every participant is suspended: processes that connect from now on
     /// wait for the next round (before that, they join this one).
     suspended_done: bool,
@@ -582,7 +593,64 @@ pub fn run(opts: CoordOpts) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Interval checkpoints, --timeout, and nothing else.
+/// A round whose processes did not all suspend in time (one stopped with
+/// SIGSTOP, or stuck before its checkpoint): give it up, naming them. No
+/// process has written anything yet; those waiting at a barrier are told
+/// to resume, the late ones are answered so when they get there, and the
+/// computation goes on with its previous generation.
+fn give_up_unsuspended(g: &mut State, secs: u64) {
+    let Some(round) = g.round.take() else { return };
+    let arrived = g.barriers.get("suspended").cloned().unwrap_or_default();
+    let late: Vec<u64> = round
+        .participants
+        .iter()
+        .filter(|id| !arrived.contains(id) && g.peers.contains_key(id))
+        .copied()
+        .collect();
+    let names: Vec<String> = late
+        .iter()
+        .filter_map(|id| g.peers.get(id))
+        .map(|p| {
+            format!(
+                "{} (pid {} on {})",
+                p.info.program, p.info.pid, p.info.hostname
+            )
+        })
+        .collect();
+    let msg = format!(
+        "checkpoint failed: {} process(es) did not suspend within {secs} s (stopped, or stuck before the checkpoint): {}; the previous generation is kept and the computation goes on",
+        late.len(),
+        names.join(", ")
+    );
+    warn(format_args!("{msg}"));
+    abandon_round(g, &round);
+    // During a round every pending barrier is one of the round's.
+    let waiting: BTreeSet<u64> = g.barriers.values().flatten().copied().collect();
+    g.barriers.clear();
+    for id in &round.participants {
+        let Some(p) = g.peers.get_mut(id) else {
+            continue;
+        };
+        if waiting.contains(id) {
+            send_to(
+                &p.out,
+                &FromCoord::RoundFailed {
+                    reason: msg.clone(),
+                },
+            );
+        }
+        if !arrived.contains(id) {
+            p.stale_rounds += 1;
+        }
+    }
+    let mut r = reply(g, false);
+    r.message = Some(msg);
+    for w in &round.waiters {
+        send_to(w, &FromCoord::Reply(r.clone()));
+    }
+}
+
+/// Interval checkpoints, --timeout, suspend timeouts, and nothing else.
 fn ticker(sh: Shared) {
     let start = Instant::now();
     loop {
@@ -597,6 +665,14 @@ fn ticker(sh: Shared) {
                 cv.notify_all();
                 return;
             }
+        }
+        let limit = g.opts.suspend_timeout.unwrap_or(DEFAULT_SUSPEND_TIMEOUT);
+        if g.round
+            .as_ref()
+            .is_some_and(|r| !r.suspended_done && r.started.elapsed() >= Duration::from_secs(limit))
+        {
+            give_up_unsuspended(&mut g, limit);
+            cv.notify_all();
         }
         let due = g.interval > 0 && g.last_ckpt.elapsed() >= Duration::from_secs(g.interval as u64);
         if due
@@ -759,6 +835,7 @@ fn start_round(g: &mut State, kill_after: bool, waiter: Option<Arc<Outbox>>) -> 
     }
     g.round = Some(Round {
         participants,
+        started: Instant::now(),
         suspended_done: false,
         lost: false,
         done: BTreeMap::new(),
@@ -1167,6 +1244,7 @@ fn join(g: &mut State, h: Joiner, out: Arc<Outbox>, reuse: Option<u64>) -> Optio
             info,
             out,
             restarting,
+            stale_rounds: 0,
         },
     );
     Some(id)
@@ -1238,6 +1316,22 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
         let mut g = m.lock().unwrap();
         match msg {
             Some(ToCoord::Barrier { name }) => {
+                if let Some(p) = g.peers.get_mut(&id).filter(|p| p.stale_rounds > 0) {
+                    // A barrier of a round given up before this process
+                    // suspended (see give_up_unsuspended).
+                    if name == "suspended" {
+                        p.stale_rounds -= 1;
+                    }
+                    send_to(
+                        &p.out,
+                        &FromCoord::RoundFailed {
+                            reason:
+                                "this checkpoint round was given up before the process suspended"
+                                    .into(),
+                        },
+                    );
+                    continue;
+                }
                 g.barriers.entry(name).or_default().insert(id);
                 check_barriers(&mut g);
             }

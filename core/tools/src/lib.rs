@@ -71,6 +71,18 @@ pub fn coordinator_command() -> clap::Command {
             .help("Kill the processes and exit after SECS seconds"),
     )
     .arg(cli::keep_generations())
+    .arg(
+        Arg::new("suspend_timeout")
+            .long("suspend-timeout")
+            .value_name("SECS")
+            .value_parser(value_parser!(u64).range(1..))
+            .value_hint(ValueHint::Other)
+            .help(
+                "Give a checkpoint up when a process has not suspended after SECS seconds \
+                 (stopped, or stuck), naming it; the computation goes on \
+                 (env DMTCP_SUSPEND_TIMEOUT, default 120)",
+            ),
+    )
     .arg(cli::flag("daemon", "daemon", "Run in the background"))
     .arg(cli::quiet("Less output (twice: only errors)"));
     // DMTCP's coordinator takes -h for help too (it has no host option).
@@ -112,6 +124,12 @@ pub fn coordinator_main(args: Vec<String>) -> i32 {
         kill_after_ckpt: m.get_flag("kill_after_ckpt"),
         timeout: m.get_one::<u64>("timeout").copied(),
         keep_generations: cli::keep_generations_of(&m),
+        suspend_timeout: m.get_one::<u64>("suspend_timeout").copied().or_else(|| {
+            std::env::var(E::SUSPEND_TIMEOUT)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .filter(|&s| s > 0)
+        }),
         quiet: u32::from(m.get_count("quiet")),
         ..Default::default()
     };

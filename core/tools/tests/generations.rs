@@ -433,3 +433,70 @@ fn top_level_names_of_two_generations_restart_the_newer_whole() {
         "{err}"
     );
 }
+
+/// One process of a 4-process job is stopped (SIGSTOP) when a checkpoint
+/// is asked for: after `--suspend-timeout` the round is given up with a
+/// message naming it; the other processes go on, no partial generation is
+/// left, the previous one is untouched. Once the stopped process is
+/// continued it passes the given-up round by itself and the next
+/// checkpoint succeeds; a restart from it ends with a bare run's output.
+#[test]
+fn stopped_process_fails_the_round_by_name_and_the_job_goes_on() {
+    let prog = c_program("sharedring");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "4000"]);
+    let mut job = Job::with_coordinator_args("gen-stopped", &["--suspend-timeout", "2"]);
+    job.launch(&[p, "4000"], &[]);
+    job.wait_for("tokens 400\n");
+    job.checkpoint();
+    let first = committed(&job.ckpt);
+    assert_eq!(first.len(), 1);
+    let before = check_generation(&first[0].1);
+    let stopped = *job.peer_pids().iter().max().expect("peers");
+    // SAFETY: stopping a process of our own job.
+    unsafe { libc::kill(stopped, libc::SIGSTOP) };
+    let out = job.dir.join("bc.out");
+    let f = std::fs::File::create(&out).unwrap();
+    let mut bc = tool("dmtcp_command")
+        .args(["-h", "127.0.0.1", "-p", &job.port.to_string(), "-bc"])
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let st = wait_timeout(&mut bc, Duration::from_secs(30));
+    // SAFETY: as above.
+    unsafe { libc::kill(stopped, libc::SIGCONT) };
+    let _ = bc.kill();
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let st = st.unwrap_or_else(|| panic!("-bc did not return within 30 s: {text}"));
+    assert!(!st.success(), "the checkpoint succeeded: {text}");
+    assert!(
+        text.contains("did not suspend within 2 s") && text.contains(&format!("pid {stopped} ")),
+        "the failure does not name the stopped process: {text}"
+    );
+    assert!(
+        partials(&job.ckpt).is_empty(),
+        "a partial generation is left"
+    );
+    assert_eq!(
+        committed(&job.ckpt),
+        first,
+        "the committed generations changed"
+    );
+    assert_eq!(
+        check_generation(&first[0].1),
+        before,
+        "generation 1 changed"
+    );
+    // Continued, the ring goes on, and so do checkpoints.
+    let now = job.output().matches("tokens ").count();
+    job.wait_for(&format!("tokens {}\n", (now + 2) * 200));
+    job.checkpoint();
+    assert_eq!(committed(&job.ckpt).len(), 2);
+    let now = job.output().matches("tokens ").count();
+    job.wait_for(&format!("tokens {}\n", (now + 1) * 200));
+    job.kill();
+    job.restart();
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}

@@ -155,10 +155,13 @@ pub fn barrier(name: &str) -> bool {
                 name: n,
                 count,
                 commit,
-            } if n == name => Ok((count, commit)),
+            } if n == name => Ok(Some((count, commit))),
+            // The round was given up (a process did not suspend in time).
+            FromCoord::RoundFailed { .. } => Ok(None),
             other => Err(other),
         })
     })
+    .flatten()
     .flatten();
     let Some((count, commit)) = got else {
         return false;
