@@ -1265,6 +1265,28 @@ fn recv_or_drop(reader: &mut BufReader<SockRead>, out: &Outbox) -> Option<ToCoor
 }
 
 fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
+    // A connection from this machine is taken only from the coordinator's
+    // own user (or root): another user could otherwise checkpoint, kill
+    // or feed a forged restart to the job (docs/security.md).
+    if let Some(uid) = crate::sockdiag::local_peer_uid(&conn) {
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if uid != me && uid != 0 {
+            let who = crate::client::user_name(uid)
+                .map(|n| format!("{n}, uid {uid}"))
+                .unwrap_or_else(|| format!("uid {uid}"));
+            warn(format_args!(
+                "refusing a connection from {addr} of another user ({who})"
+            ));
+            refuse(
+                conn,
+                &format!(
+                    "this coordinator belongs to another user; connections from {who} are refused"
+                ),
+            );
+            return;
+        }
+    }
     let sock = Arc::new(conn);
     let out = Outbox::new(sock.clone(), format!("client {addr}"));
     let mut reader = BufReader::new(SockRead(sock));

@@ -10,6 +10,7 @@ pub mod launch;
 pub mod rejoin;
 pub mod restart;
 pub mod script;
+pub mod sockdiag;
 pub mod tree;
 
 use coordinator::CoordOpts;

@@ -459,3 +459,62 @@ fn restart_refuses_an_image_of_another_user() {
     job.wait_success();
     assert!(job.output().contains("RESULT"), "{}", job.output());
 }
+
+/// A coordinator takes connections from this machine only from its own
+/// user (and root): another user's `dmtcp_command` and `dmtcp_launch`
+/// (even with `--allow-other-user-coordinator`) are refused with the
+/// reason, and the program is not run; its own user is served.
+#[test]
+fn another_users_connections_are_refused() {
+    assert_eq!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() },
+        0,
+        "this test switches users with setpriv: run it as root"
+    );
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("otherclient-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_coord, port) = nobody_coordinator(&dir);
+    let p = port.to_string();
+    let as_user = |uid: &str, tool_name: &str, args: &[&str]| {
+        let mut c = Command::new("setpriv")
+            .args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+            ])
+            .arg(bin_dir().join(tool_name))
+            .args(["-h", "127.0.0.1", "-p", &p])
+            .args(args)
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let st = wait_timeout(&mut c, HANG);
+        let mut out = String::new();
+        let _ = c.stdout.take().map(|mut s| s.read_to_string(&mut out));
+        let _ = c.stderr.take().map(|mut s| s.read_to_string(&mut out));
+        (st.map(|s| s.success()), out)
+    };
+    let (ok, out) = as_user("1000", "dmtcp_command", &["-s"]);
+    assert_eq!(ok, Some(false), "{out}");
+    assert!(
+        out.contains("refused") && out.contains("uid 1000"),
+        "no reason given: {out}"
+    );
+    let marker = dir.join("ran");
+    let touch = format!("touch {}", marker.display());
+    let (ok, out) = as_user(
+        "1000",
+        "dmtcp_launch",
+        &["-j", "--allow-other-user-coordinator", "sh", "-c", &touch],
+    );
+    assert_eq!(ok, Some(false), "{out}");
+    assert!(out.contains("refused"), "{out}");
+    assert!(!marker.exists(), "the program ran: {out}");
+    let (ok, out) = as_user("65534", "dmtcp_command", &["-s"]);
+    assert_eq!(ok, Some(true), "{out}");
+    assert!(out.contains("NUM_PEERS=0"), "{out}");
+}
