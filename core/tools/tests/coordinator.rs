@@ -22,18 +22,26 @@ const HANG: Duration = Duration::from_secs(20);
 /// `dmtcp_command` against `port`: (success, stdout + stderr), or None if
 /// it had not finished after [`HANG`] (it is killed then).
 fn command_bounded(port: u16, args: &[&str]) -> Option<(bool, String)> {
-    let mut c = tool("dmtcp_command")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
+    let mut c = tool("dmtcp_command");
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args);
+    let (st, out) = output_bounded(c);
+    Some((st?.success(), out))
+}
+
+/// Run `c` with its output captured: (exit status, stdout + stderr), the
+/// status None if it had not finished after [`HANG`].
+fn output_bounded(mut c: Command) -> (Option<std::process::ExitStatus>, String) {
+    let mut c = c
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("dmtcp_command");
-    let st = wait_timeout(&mut c, HANG)?;
+        .expect("spawn");
+    let st = wait_timeout(&mut c, HANG);
     let mut out = String::new();
     let _ = c.stdout.take().map(|mut s| s.read_to_string(&mut out));
     let _ = c.stderr.take().map(|mut s| s.read_to_string(&mut out));
-    Some((st.success(), out))
+    (st, out)
 }
 
 /// A `Hello` line, as the preload library or dmtcp_command sends it.
@@ -294,16 +302,9 @@ fn nobody_coordinator(dir: &Path) -> (KillOnDrop, u16) {
 }
 
 fn launch_bounded(args: &[&str]) -> (Option<i32>, String) {
-    let mut c = tool("dmtcp_launch")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let st = wait_timeout(&mut c, HANG);
-    let mut out = String::new();
-    let _ = c.stdout.take().map(|mut s| s.read_to_string(&mut out));
-    let _ = c.stderr.take().map(|mut s| s.read_to_string(&mut out));
+    let mut c = tool("dmtcp_launch");
+    c.args(args);
+    let (st, out) = output_bounded(c);
     (st.and_then(|s| s.code()), out)
 }
 
@@ -478,24 +479,17 @@ fn another_users_connections_are_refused() {
     let (_coord, port) = nobody_coordinator(&dir);
     let p = port.to_string();
     let as_user = |uid: &str, tool_name: &str, args: &[&str]| {
-        let mut c = Command::new("setpriv")
-            .args([
-                format!("--reuid={uid}"),
-                format!("--regid={uid}"),
-                "--clear-groups".into(),
-            ])
-            .arg(bin_dir().join(tool_name))
-            .args(["-h", "127.0.0.1", "-p", &p])
-            .args(args)
-            .current_dir(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let st = wait_timeout(&mut c, HANG);
-        let mut out = String::new();
-        let _ = c.stdout.take().map(|mut s| s.read_to_string(&mut out));
-        let _ = c.stderr.take().map(|mut s| s.read_to_string(&mut out));
+        let mut c = Command::new("setpriv");
+        c.args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+        ])
+        .arg(bin_dir().join(tool_name))
+        .args(["-h", "127.0.0.1", "-p", &p])
+        .args(args)
+        .current_dir(&dir);
+        let (st, out) = output_bounded(c);
         (st.map(|s| s.success()), out)
     };
     let (ok, out) = as_user("1000", "dmtcp_command", &["-s"]);
