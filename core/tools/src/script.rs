@@ -77,6 +77,10 @@ hostfile=
 
 while [ $# -gt 0 ]; do
   case "$1" in
+    -h|--coord-host|--host|-p|--coord-port|--port|-i|--interval|-d|--restartdir|--hostfile)
+      [ $# -ge 2 ] || {{ echo "dmtcp_restart_script.sh: option '$1' needs a value" >&2; exit 1; }};;
+  esac
+  case "$1" in
     --help) echo "$usage_str"; exit 0;;
     -h|--coord-host|--host) coord_host="$2"; coord_given=1; shift 2;;
     -p|--coord-port|--port) coord_port="$2"; shift 2;;
@@ -84,6 +88,12 @@ while [ $# -gt 0 ]; do
     -d|--restartdir) restart_dir="$2"; shift 2;;
     --hostfile) hostfile="$2"; shift 2;;
     *) echo "dmtcp_restart_script.sh: unknown option '$1'" >&2; echo "$usage_str" >&2; exit 1;;
+  esac
+done
+
+for v in "$coord_port" "$interval"; do
+  case "$v" in
+    ''|*[!0-9]*) echo "dmtcp_restart_script.sh: '$v' is not a number (--coord-port, --interval)" >&2; exit 1;;
   esac
 done
 
@@ -175,7 +185,7 @@ if [ ${{#local_paths[@]}} -gt 0 ]; then
   pids+=($!)
 fi
 for k in "${{!remote_hosts[@]}}"; do
-  cmd="$(printf '%q' "$dmtcp_restart") --join-coordinator --coord-host $(printf '%q' "$coord_host") --coord-port $coord_port --interval $interval${{remote_paths[$k]}}"
+  cmd="$(printf '%q' "$dmtcp_restart") --join-coordinator --coord-host $(printf '%q' "$coord_host") --coord-port $(printf '%q' "$coord_port") --interval $(printf '%q' "$interval")${{remote_paths[$k]}}"
   if [ -n "$use_srun" ]; then
     srun --nodes=1 --ntasks=1 --overlap --quiet -w "${{remote_hosts[$k]}}" /bin/sh -c "exec $cmd" </dev/null &
   else
