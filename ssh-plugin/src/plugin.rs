@@ -98,12 +98,23 @@ extern "C" fn init() {
             Some(i) => &lib[..=i],
             None => b"./".as_slice(),
         };
-        let name = b"dmtcp_ssh\0";
         // SAFETY: only the constructor writes, before anything reads.
         let buf = unsafe { &mut *DMTCP_SSH.0.get() };
-        if dir.len() + name.len() <= buf.len() {
+        // Beside the library (a build tree), or in the bin/ of an
+        // installed prefix whose lib/dmtcp/ holds the library.
+        for name in [
+            b"dmtcp_ssh\0".as_slice(),
+            b"../../bin/dmtcp_ssh\0".as_slice(),
+        ] {
+            if dir.len() + name.len() > buf.len() {
+                break;
+            }
             buf[..dir.len()].copy_from_slice(dir);
             buf[dir.len()..dir.len() + name.len()].copy_from_slice(name);
+            // SAFETY: access() of the NUL-terminated path just written.
+            if unsafe { libc::access(buf.as_ptr() as *const c_char, libc::X_OK) } == 0 {
+                break;
+            }
         }
     }
     // SAFETY: looking up the engine's registration function.

@@ -59,6 +59,17 @@ pub fn bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Directory of the preload library, the plugins and the restorer:
+/// `<prefix>/lib/dmtcp` when the tools run from an installed `<prefix>/bin`
+/// (scripts/install.sh), else the tools' own directory (a build tree).
+pub fn lib_dir() -> PathBuf {
+    let bin = bin_dir();
+    match bin.parent().map(|p| p.join("lib/dmtcp")) {
+        Some(l) if l.join("libdmtcp.so").is_file() => l,
+        _ => bin,
+    }
+}
+
 fn is_local(host: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "::1" | "0.0.0.0")
         || host == dmtcp_common::hostname()

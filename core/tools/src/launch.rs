@@ -229,7 +229,7 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
         .flatten()
         .cloned()
         .collect();
-    let lib = client::bin_dir().join("libdmtcp.so");
+    let lib = client::lib_dir().join("libdmtcp.so");
     if !lib.exists() {
         eprintln!(
             "{alias}: {} not found (build the whole workspace: cargo build --release)",
@@ -252,7 +252,7 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     // Everything that can refuse the launch is looked at before a
     // coordinator is started for it (one started for nothing would stay).
     if ib {
-        let p = client::bin_dir().join("libdmtcp_ib.so");
+        let p = client::lib_dir().join("libdmtcp_ib.so");
         if !p.exists() {
             eprintln!(
                 "{alias}: --ib: {} not found (build the workspace: cargo build --release)",
@@ -290,7 +290,7 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     }
     // The ssh plugin comes right after the engine: the engine's exec
     // wrappers reach its execve/execvpe (dlsym RTLD_NEXT).
-    let ssh = client::bin_dir().join("libdmtcp_ssh.so");
+    let ssh = client::lib_dir().join("libdmtcp_ssh.so");
     let ssh = (ssh_plugin && ssh.exists()).then(|| ssh.display().to_string());
     let mut preload = std::iter::once(lib.display().to_string())
         .chain(ssh)

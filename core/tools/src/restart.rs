@@ -256,7 +256,7 @@ pub fn main(args: Vec<String>) -> i32 {
             .unwrap_or(0);
         let _ = GEN_FLOOR.set(floor);
     }
-    let restorer = client::bin_dir().join("dmtcp_restorer");
+    let restorer = client::lib_dir().join("dmtcp_restorer");
     if !restorer.exists() {
         eprintln!(
             "dmtcp_restart: {} not found (build the whole workspace: cargo build --release)",
