@@ -5,14 +5,17 @@
 //! given amount of memory under dmtcp_launch, checkpoints it (blocking),
 //! kills it, restarts it, and prints a table: checkpoint and restart seconds,
 //! image bytes, GB/s, next to a raw O_DIRECT write of the same number of bytes
-//! to the same directory. The workload is this same binary (`workload`).
+//! to the same directory, and plots checkpoint and restart time against the
+//! size (`--plots DIR`, default bench/plots). The workload is this same
+//! binary (`workload`).
 //!
 //! `cargo run --release -p bench -- overhead [--runs 5] [--scale 1]
 //!  [--startup-runs 30]` measures the run-time cost of the preload library:
 //! per-call time of open/close, getpid, malloc/free, pthread_create/join
 //! and fork/exit/wait (bench/c/overhead.c, compiled with cc -O2) bare and
 //! under dmtcp_launch, and the start-up time of /bin/true, medians of
-//! several runs, next to the targets of issue 3.
+//! several runs, next to the targets of issue 3, and plots the ratios
+//! (overhead.svg in `--plots DIR`, default bench/plots).
 //!
 //! `cargo run --release -p bench -- softib [--iters N] [--sizes ...]` runs
 //! perftest on the software InfiniBand device (ib-plugin/softib), on one
@@ -28,6 +31,7 @@
 mod scale;
 mod soak;
 mod softib;
+mod svg;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -46,10 +50,12 @@ fn main() {
         Some("scale") => scale::run(&args[2..]),
         Some("soak") => soak::run(&args[2..]),
         _ => {
-            eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR]");
-            eprintln!("       bench overhead [--runs 5] [--scale 1] [--startup-runs 30]");
+            eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR] [--plots DIR]");
+            eprintln!(
+                "       bench overhead [--runs 5] [--scale 1] [--startup-runs 30] [--plots DIR]"
+            );
             eprintln!("       bench softib [--iters 20000] [--sizes 8,4096,65536,1048576]");
-            eprintln!("       bench scale [--peers 4096] [--rounds 3] [--real 256] [--dir DIR]");
+            eprintln!("       bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256] [--dir DIR] [--plots DIR]");
             eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
             std::process::exit(1);
         }
@@ -303,10 +309,22 @@ fn run(a: &[String]) {
     let dir = std::path::absolute(&dir).unwrap();
     println!("| GiB | memory | image | checkpoint s | ckpt GB/s | restart s | image bytes | raw O_DIRECT write s | ckpt / raw |");
     println!("|---|---|---|---|---|---|---|---|---|");
+    // (series name, (GiB, checkpoint s), (GiB, restart s)) for the plots.
+    let mut ck: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let mut rs: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let mut raw: Vec<(f64, f64)> = Vec::new();
     for &g in &sizes {
         for k in &kinds {
             for m in &modes {
                 let r = one(&dir, g, k, m);
+                let name = format!("{k}, {m}");
+                for (into, v) in [(&mut ck, r.ckpt_s), (&mut rs, r.restart_s)] {
+                    match into.iter_mut().find(|s| s.0 == name) {
+                        Some(s) => s.1.push((g as f64, v)),
+                        None => into.push((name.clone(), vec![(g as f64, v)])),
+                    }
+                }
+                raw.push((g as f64, r.raw_s));
                 let gb = (r.gib * GIB) as f64 / 1e9;
                 println!(
                     "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
@@ -324,6 +342,37 @@ fn run(a: &[String]) {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    // The raw write of each size: its fastest of the runs.
+    let mut best: Vec<(f64, f64)> = Vec::new();
+    for (g, t) in raw {
+        match best.iter_mut().find(|b| b.0 == g) {
+            Some(b) => b.1 = b.1.min(t),
+            None => best.push((g, t)),
+        }
+    }
+    ck.push(("raw O_DIRECT write".into(), best));
+    let plots = PathBuf::from(opt(
+        a,
+        "--plots",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/plots"),
+    ));
+    std::fs::create_dir_all(&plots).expect("--plots directory");
+    for (file, title, series) in [
+        (
+            "checkpoint-vs-size.svg",
+            "Checkpoint time against memory size",
+            &ck,
+        ),
+        (
+            "restart-vs-size.svg",
+            "Restart time against memory size",
+            &rs,
+        ),
+    ] {
+        let f = plots.join(file);
+        svg::lines(&f, title, "GiB of memory", "s", series).expect("write the plot");
+        println!("plot: {}", f.display());
+    }
 }
 
 /// Compile bench/c/overhead.c into `dir`.
@@ -419,8 +468,10 @@ fn overhead(a: &[String]) {
     let targets = ["<= 1.5x", "-", "<= 1.05x", "<= 1.2x", "-"];
     println!("| call | bare ns/op | dmtcp ns/op | ratio | target |");
     println!("| --- | ---: | ---: | ---: | --- |");
+    let mut groups = Vec::new();
     for (i, name) in METRICS.iter().enumerate() {
         let (b, u) = (median(bare[i].clone()), median(under[i].clone()));
+        groups.push((name.to_string(), vec![1.0, u / b]));
         println!(
             "| {name} | {b:.1} | {u:.1} | {:.2}x | {} |",
             u / b,
@@ -432,6 +483,23 @@ fn overhead(a: &[String]) {
         "| start-up of /bin/true (ms) | {b:.2} | {u:.2} | +{:.2} ms | <= +10 ms |",
         u - b
     );
+    groups.push(("start-up".into(), vec![1.0, u / b]));
+    let plots = PathBuf::from(opt(
+        a,
+        "--plots",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/plots"),
+    ));
+    std::fs::create_dir_all(&plots).expect("--plots directory");
+    let f = plots.join("overhead.svg");
+    svg::bars(
+        &f,
+        "Cost of a call under dmtcp_launch, relative to a bare run",
+        "time / bare time",
+        &["bare".into(), "under dmtcp_launch".into()],
+        &groups,
+    )
+    .expect("write the plot");
+    println!("plot: {}", f.display());
     println!("\n(medians of {runs} runs, scale {scale}; start-up: medians of {startup_runs} runs, coordinator already running)");
     drop(coord);
     let _ = std::fs::remove_dir_all(&dir);

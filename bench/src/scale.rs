@@ -1,4 +1,5 @@
-//! `bench scale [--peers 4096] [--rounds 3] [--real 256] [--dir DIR]`
+//! `bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256]
+//!  [--dir DIR] [--plots DIR]`
 //!
 //! How the coordinator copes with many processes (issue 19, "Scale").
 //!
@@ -14,6 +15,10 @@
 //!
 //! Real processes: `--real` processes (`sleep`) under `dmtcp_launch`, one
 //! coordinator: time until all joined, and `dmtcp_command -bc` rounds.
+//!
+//! With several peer counts it also prints a summary and writes
+//! `scale-barriers.svg` (mean time of each barrier against the number of
+//! peers) into `--plots` (default bench/plots).
 
 use dmtcp_common::proto::{self, Cmd, FromCoord, Role, ToCoord};
 use std::io::BufReader;
@@ -122,7 +127,14 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 const BARRIERS: [&str; 4] = ["suspended", "checkpointed", "committed", "resumed"];
 
-fn simulated(dir: &Path, n: usize, rounds: usize) {
+/// Means over the rounds of one peer count, in ms: (join per peer, each
+/// of the four barriers).
+struct SimStats {
+    join_ms: f64,
+    barrier_ms: [f64; 4],
+}
+
+fn simulated(dir: &Path, n: usize, rounds: usize) -> SimStats {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let coord = Coord::start(dir);
@@ -159,6 +171,8 @@ fn simulated(dir: &Path, n: usize, rounds: usize) {
     println!();
     println!("| round | DoCheckpoint to all (s) | suspended (s) | write {n} images (s) | checkpointed + commit (s) | committed (s) | resumed (s) | barriers total (s) | -bc (s) |");
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut sums = [0.0f64; 4];
+    let join_median = median(&mut joins.clone()) * 1e3;
     for r in 0..rounds {
         let port = coord.port;
         let t = Instant::now();
@@ -218,6 +232,9 @@ fn simulated(dir: &Path, n: usize, rounds: usize) {
         for (k, name) in BARRIERS.iter().enumerate().skip(1) {
             times[k] = barrier(&mut peers, name);
         }
+        for (k, t) in times.iter().enumerate() {
+            sums[k] += t * 1e3 / rounds as f64;
+        }
         let (reply, bc) = cmd.join().expect("command thread");
         assert!(reply.ok, "round {r} failed: {:?}", reply.message);
         assert_eq!(reply.num_peers as usize, n, "peers in the reply");
@@ -237,6 +254,10 @@ fn simulated(dir: &Path, n: usize, rounds: usize) {
     drop(peers);
     drop(coord);
     let _ = std::fs::remove_dir_all(dir);
+    SimStats {
+        join_ms: join_median,
+        barrier_ms: sums,
+    }
 }
 
 fn real(dir: &Path, n: usize, rounds: usize) {
@@ -318,12 +339,64 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 pub fn run(a: &[String]) {
     raise_nofile();
-    let peers: usize = opt(a, "--peers", "4096").parse().expect("--peers N");
+    let peers: Vec<usize> = opt(a, "--peers", "512,1024,2048,4096")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("--peers N[,N...]"))
+        .collect();
     let rounds: usize = opt(a, "--rounds", "3").parse().expect("--rounds N");
     let real_n: usize = opt(a, "--real", "256").parse().expect("--real N");
     let dir = PathBuf::from(opt(a, "--dir", "/tmp/dmtcp-bench-scale"));
-    if peers > 0 {
-        simulated(&dir.join("sim"), peers, rounds);
+    let plots = PathBuf::from(opt(
+        a,
+        "--plots",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/plots"),
+    ));
+    let mut stats = Vec::new();
+    for &n in peers.iter().filter(|&&n| n > 0) {
+        stats.push((n, simulated(&dir.join("sim"), n, rounds)));
+        println!();
+    }
+    if stats.len() > 1 {
+        println!("| peers | join median (ms) | suspended (ms) | checkpointed + commit (ms) | committed (ms) | resumed (ms) |");
+        println!("|---|---|---|---|---|---|");
+        for (n, s) in &stats {
+            let b = s.barrier_ms;
+            println!(
+                "| {n} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                s.join_ms, b[0], b[1], b[2], b[3]
+            );
+        }
+        println!();
+        let series: Vec<(String, Vec<(f64, f64)>)> = BARRIERS
+            .iter()
+            .enumerate()
+            .map(|(k, name)| {
+                let label = if *name == "checkpointed" {
+                    "checkpointed + commit".to_string()
+                } else {
+                    name.to_string()
+                };
+                (
+                    label,
+                    stats
+                        .iter()
+                        .map(|(n, s)| (*n as f64, s.barrier_ms[k]))
+                        .collect(),
+                )
+            })
+            .collect();
+        std::fs::create_dir_all(&plots).expect("--plots directory");
+        let f = plots.join("scale-barriers.svg");
+        crate::svg::lines(
+            &f,
+            &format!("Barrier time, one coordinator (mean of {rounds} rounds)"),
+            "simulated processes",
+            "ms",
+            &series,
+        )
+        .expect("write the plot");
+        println!("plot: {}", f.display());
         println!();
     }
     if real_n > 0 {
