@@ -139,6 +139,13 @@ pub enum FromCoord {
     /// The round this process is in (or whose barrier it reached) was given
     /// up before every process suspended: no image is written; resume.
     RoundFailed { reason: String },
+    /// To a blocking checkpoint's client while the round runs: `written`
+    /// of `total` processes have written their images, `bytes` in all.
+    Progress {
+        written: u32,
+        total: u32,
+        bytes: u64,
+    },
 }
 
 /// Answer to a command.

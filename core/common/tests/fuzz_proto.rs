@@ -181,6 +181,13 @@ fn from_coord() -> impl Strategy<Value = FromCoord> {
         text().prop_map(|reason| FromCoord::Refused { reason }),
         option::of(bytes()).prop_map(|val| FromCoord::KvValue { val }),
         text().prop_map(|reason| FromCoord::RoundFailed { reason }),
+        (any::<u32>(), any::<u32>(), any::<u64>()).prop_map(|(written, total, bytes)| {
+            FromCoord::Progress {
+                written,
+                total,
+                bytes,
+            }
+        }),
     ]
 }
 
@@ -314,6 +321,7 @@ const VARIANTS: &[&str] = &[
     "Refused",
     "KvValue",
     "RoundFailed",
+    "Progress",
     "Interval",
     "Status",
     "",

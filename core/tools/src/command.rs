@@ -210,6 +210,17 @@ pub fn tool_hello(program: &str) -> ToCoord {
 
 /// Send one command; `Err` when no coordinator answers (or it refused).
 pub fn send_command(host: &str, port: u16, cmd: Cmd) -> Result<Reply, String> {
+    send_command_with(host, port, cmd, |_, _, _| {})
+}
+
+/// [`send_command`], calling `progress(written, total, bytes)` at each
+/// progress report of a blocking checkpoint.
+pub fn send_command_with(
+    host: &str,
+    port: u16,
+    cmd: Cmd,
+    mut progress: impl FnMut(u32, u32, u64),
+) -> Result<Reply, String> {
     let s = TcpStream::connect((host, port)).map_err(|e| e.to_string())?;
     let mut w = s.try_clone().map_err(|e| e.to_string())?;
     let hello = tool_hello("dmtcp_command");
@@ -218,7 +229,17 @@ pub fn send_command(host: &str, port: u16, cmd: Cmd) -> Result<Reply, String> {
     let sent =
         proto::send(&mut w, &hello).and_then(|_| proto::send(&mut w, &ToCoord::Command { cmd }));
     let mut r = BufReader::new(s);
-    match proto::recv::<_, FromCoord>(&mut r) {
+    let mut m = proto::recv::<_, FromCoord>(&mut r);
+    while let Ok(Some(FromCoord::Progress {
+        written,
+        total,
+        bytes,
+    })) = m
+    {
+        progress(written, total, bytes);
+        m = proto::recv::<_, FromCoord>(&mut r);
+    }
+    match m {
         Ok(Some(FromCoord::Reply(rep))) => Ok(rep),
         Ok(Some(FromCoord::Refused { reason })) => Err(format!("{REFUSED}{reason}")),
         _ if sent.is_err() => Err(sent.err().map(|e| e.to_string()).unwrap_or_default()),
@@ -254,7 +275,27 @@ pub fn main(args: Vec<String>) -> i32 {
         },
     };
     let name = cmd_name(&cmd);
-    match send_command(&a.host, a.port, cmd.clone()) {
+    // On a terminal, a blocking checkpoint shows how far the writing is.
+    let shown = !json
+        && matches!(cmd, Cmd::BlockingCheckpoint | Cmd::KillAfterCheckpoint)
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let start = std::time::Instant::now();
+    let mut drew = false;
+    let answer = send_command_with(&a.host, a.port, cmd.clone(), |written, total, bytes| {
+        if shown {
+            let secs = start.elapsed().as_secs_f64().max(1e-3);
+            eprint!(
+                "\r\x1b[K[dmtcp_command] checkpoint: {written} of {total} processes written, {:.1} MB, {:.1} MB/s",
+                bytes as f64 / 1e6,
+                bytes as f64 / 1e6 / secs
+            );
+            drew = true;
+        }
+    });
+    if drew {
+        eprintln!();
+    }
+    match answer {
         Err(e) if e.starts_with(REFUSED) => {
             if json {
                 println!(

@@ -469,6 +469,8 @@ struct Round {
     /// A participant disconnected before the round completed.
     lost: bool,
     done: BTreeMap<u64, Done>,
+    /// Bytes of the images written so far.
+    bytes: u64,
     kill_after: bool,
     waiters: Vec<Arc<Outbox>>,
     /// Set at the "checkpointed" barrier: the images replace the previous
@@ -839,6 +841,7 @@ fn start_round(g: &mut State, kill_after: bool, waiter: Option<Arc<Outbox>>) -> 
         suspended_done: false,
         lost: false,
         done: BTreeMap::new(),
+        bytes: 0,
         kill_after: kill_after || g.opts.kill_after_ckpt,
         waiters: waiter.into_iter().collect(),
         committing: None,
@@ -1375,7 +1378,17 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
                         crc32,
                         header_crc,
                     };
-                    r.done.insert(id, d);
+                    if r.done.insert(id, d).is_none() {
+                        r.bytes += bytes;
+                    }
+                    let p = FromCoord::Progress {
+                        written: r.done.len() as u32,
+                        total: r.participants.len() as u32,
+                        bytes: r.bytes,
+                    };
+                    for w in &r.waiters {
+                        send_to(w, &p);
+                    }
                 }
             }
             Some(ToCoord::RequestCkpt) => {

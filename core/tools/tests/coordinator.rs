@@ -512,3 +512,39 @@ fn another_users_connections_are_refused() {
     assert_eq!(ok, Some(true), "{out}");
     assert!(out.contains("NUM_PEERS=0"), "{out}");
 }
+
+/// `dmtcp_command -bc` on a terminal shows how far the writing is
+/// (processes written of all, bytes, rate); not when its output is not a
+/// terminal, nor with `--json`, whose output stays one JSON object.
+#[test]
+fn blocking_checkpoint_shows_progress_on_a_terminal() {
+    let prog = c_program("sharedring");
+    let mut job = Job::new("progress");
+    job.launch(&[prog.to_str().unwrap(), "0"], &[]);
+    job.wait_for("tokens 200\n");
+    let cmdline = format!(
+        "{} -h 127.0.0.1 -p {} -bc",
+        bin_dir().join("dmtcp_command").display(),
+        job.port
+    );
+    // script(1) runs it on a pseudo-terminal.
+    let mut c = Command::new("script");
+    c.args(["-qec", &cmdline, "/dev/null"]);
+    let (st, out) = output_bounded(c);
+    assert!(st.is_some_and(|s| s.success()), "{out}");
+    assert!(
+        out.contains("checkpoint: 4 of 4 processes written") && out.contains("MB/s"),
+        "no progress on a terminal: {out:?}"
+    );
+    let (ok, out) = command_bounded(job.port, &["-bc"]).expect("-bc hung");
+    assert!(ok, "{out}");
+    assert!(
+        !out.contains("processes written"),
+        "progress off a terminal: {out:?}"
+    );
+    let (ok, out) = command_bounded(job.port, &["--json", "-bc"]).expect("-bc hung");
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(v["command_status"], "DMT_COORD_SUCCESS", "{out}");
+    job.kill();
+}
