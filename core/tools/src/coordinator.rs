@@ -1271,22 +1271,37 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
     // A connection from this machine is taken only from the coordinator's
     // own user (or root): another user could otherwise checkpoint, kill
     // or feed a forged restart to the job (docs/security.md).
-    if let Some(uid) = crate::sockdiag::local_peer_uid(&conn) {
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
-        if uid != me && uid != 0 {
-            let who = crate::client::user_name(uid)
-                .map(|n| format!("{n}, uid {uid}"))
-                .unwrap_or_else(|| format!("uid {uid}"));
-            warn(format_args!(
-                "refusing a connection from {addr} of another user ({who})"
-            ));
-            refuse(
-                conn,
-                &format!(
-                    "this coordinator belongs to another user; connections from {who} are refused"
-                ),
-            );
+    match crate::sockdiag::peer_owner(&conn) {
+        crate::sockdiag::Owner::Elsewhere => {}
+        crate::sockdiag::Owner::User(uid) => {
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if uid != me && uid != 0 {
+                let who = crate::client::user_name(uid)
+                    .map(|n| format!("{n}, uid {uid}"))
+                    .unwrap_or_else(|| format!("uid {uid}"));
+                warn(format_args!(
+                    "refusing a connection from {addr} of another user ({who})"
+                ));
+                refuse(
+                    conn,
+                    &format!(
+                        "this coordinator belongs to another user; connections from {who} are refused"
+                    ),
+                );
+                return;
+            }
+        }
+        crate::sockdiag::Owner::Unknown => {
+            // Its messages are not read: a closed socket of another user
+            // would read as root's. A probe that sent nothing (the tools
+            // look for a coordinator that way) is not worth a log line.
+            let _ = conn.set_nonblocking(true);
+            if !matches!(conn.peek(&mut [0u8; 1]), Ok(0)) {
+                warn(format_args!(
+                    "refusing a connection from {addr}: it was closed before its user could be told"
+                ));
+            }
             return;
         }
     }
