@@ -68,6 +68,17 @@ pub fn peer_owner(conn: &TcpStream) -> Owner {
     }
 }
 
+/// The uid owning the established socket at the other end of `s` (our
+/// connection), when the kernel of this namespace has it: Ok(None) when it
+/// has not (another host, or not established), Err when sock_diag cannot
+/// be asked or `s` is not IPv4.
+pub fn established_peer_uid(s: &TcpStream) -> Result<Option<u32>, ()> {
+    match (s.local_addr(), s.peer_addr()) {
+        (Ok(SocketAddr::V4(me)), Ok(SocketAddr::V4(peer))) => lookup(&me, &peer),
+        _ => Err(()),
+    }
+}
+
 /// The IPv4 addresses of this machine's interfaces (this namespace).
 fn local_addresses() -> Vec<std::net::Ipv4Addr> {
     let mut out = Vec::new();
