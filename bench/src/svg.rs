@@ -4,12 +4,12 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-const W: f64 = 640.0;
+const W: f64 = 700.0;
 const H: f64 = 400.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 160.0;
+const RIGHT: f64 = 200.0;
 const TOP: f64 = 40.0;
-const BOTTOM: f64 = 50.0;
+const BOTTOM: f64 = 70.0;
 const COLORS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
 ];
@@ -36,12 +36,10 @@ fn nice_max(v: f64) -> f64 {
 
 fn label(v: f64) -> String {
     if v == v.trunc() && v.abs() < 1e9 {
-        format!("{}", v as i64)
-    } else if v.abs() >= 1.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}")
+        return format!("{}", v as i64);
     }
+    let t = format!("{v:.3}");
+    t.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn frame(out: &mut String, title: &str, xlabel: &str, ylabel: &str, ymax: f64) {
@@ -194,11 +192,11 @@ pub fn bars(
                 COLORS[k % COLORS.len()]
             );
         }
+        // Slanted, so that long names do not run into each other.
+        let (lx, ly) = (gx + gw * 0.4, TOP + ph + 14.0);
         let _ = writeln!(
             out,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
-            gx + gw * 0.4,
-            TOP + ph + 16.0,
+            r#"<text x="{lx:.1}" y="{ly}" text-anchor="end" transform="rotate(-25 {lx:.1} {ly})">{}</text>"#,
             esc(lab)
         );
     }
@@ -217,6 +215,9 @@ mod tests {
         assert_eq!(nice_max(94.0), 100.0);
         assert_eq!(nice_max(4096.0), 5000.0);
         assert_eq!(nice_max(0.0), 1.0);
+        assert_eq!(label(0.4), "0.4");
+        assert_eq!(label(1.25), "1.25");
+        assert_eq!(label(5000.0), "5000");
     }
 
     #[test]
