@@ -334,10 +334,16 @@ fn streampeer_bare(kind: &str, blocks: &str) -> Vec<String> {
         .args(["connect", kind, f, blocks])
         .output()
         .unwrap();
+    let mut l = l;
+    if !c.status.success() {
+        // The listener would wait for ever for its peer.
+        let _ = l.kill();
+    }
     let l = l.wait_with_output().unwrap();
     assert!(
         l.status.success() && c.status.success(),
-        "bare streampeer run failed"
+        "bare streampeer run failed: {}",
+        String::from_utf8_lossy(&c.stderr)
     );
     let last = |o: &[u8]| {
         String::from_utf8_lossy(o)

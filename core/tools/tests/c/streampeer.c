@@ -64,8 +64,18 @@ int main(int argc, char **argv) {
     socklen_t sl = tcp ? sizeof in : sizeof un;
     if (listener) {
         int l = socket(tcp ? AF_INET : AF_UNIX, SOCK_STREAM, 0);
-        if (!tcp) unlink(file);
+        /* A Unix socket's path appears at bind(), before listen(): bound
+         * under a temporary name and renamed once listening, so that a
+         * peer that sees the path can connect. */
+        char utmp[sizeof un.sun_path];
+        if (!tcp) {
+            snprintf(utmp, sizeof utmp, "%s.t", file);
+            unlink(file);
+            unlink(utmp);
+            snprintf(un.sun_path, sizeof un.sun_path, "%s", utmp);
+        }
         if (bind(l, sa, sl) || listen(l, 1)) { perror("listen"); return 1; }
+        if (!tcp && rename(utmp, file)) { perror("rename"); return 1; }
         if (tcp) {
             getsockname(l, sa, &sl);
             char tmp[4096];
