@@ -399,6 +399,18 @@ fn parse_metrics(out: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// A number field (`VmRSS:`, `Threads:`, ...) of /proc/`pid`/status; 0
+/// when the process or the field is not there.
+fn status_field(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     if v.is_empty() {

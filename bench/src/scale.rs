@@ -89,15 +89,8 @@ fn barrier(peers: &mut [Peer], name: &str) -> f64 {
 
 /// (VmRSS, VmHWM) in KiB and the thread count of `pid`.
 fn proc_mem(pid: u32) -> (u64, u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"), field("Threads:"))
+    let f = |k| crate::status_field(pid, k);
+    (f("VmRSS:"), f("VmHWM:"), f("Threads:"))
 }
 
 fn raise_nofile() {
@@ -112,11 +105,6 @@ fn raise_nofile() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
         }
     }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -161,18 +149,18 @@ fn simulated(dir: &Path, n: usize, rounds: usize) -> SimStats {
         peers.push(p);
     }
     let join_total = t_all.elapsed().as_secs_f64();
+    let join_median = crate::median(joins.clone()) * 1e3;
     let (rss1, _, thr1) = proc_mem(cpid);
     println!(
         "join: {n} peers in {:.3} s; per join median {:.3} ms, p99 {:.3} ms; coordinator RSS {rss1} KiB, {thr1} threads",
         join_total,
-        median(&mut joins) * 1e3,
+        join_median,
         pct(&mut joins, 0.99) * 1e3
     );
     println!();
     println!("| round | DoCheckpoint to all (s) | suspended (s) | write {n} images (s) | checkpointed + commit (s) | committed (s) | resumed (s) | barriers total (s) | -bc (s) |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut sums = [0.0f64; 4];
-    let join_median = median(&mut joins.clone()) * 1e3;
     for r in 0..rounds {
         let port = coord.port;
         let t = Instant::now();

@@ -55,7 +55,6 @@ pub fn peer_owner(conn: &TcpStream) -> Owner {
     else {
         return Owner::Elsewhere;
     };
-    let local = peer.ip().is_loopback() || local_addresses().contains(peer.ip());
     let found = match lookup(&me, &peer) {
         Ok(found) => found,
         // No sock_diag here (a restricted container): the kernel's table.
@@ -63,7 +62,8 @@ pub fn peer_owner(conn: &TcpStream) -> Owner {
     };
     match found {
         Some(uid) => Owner::User(uid),
-        None if local => Owner::Unknown,
+        // Only now, when it matters: the interfaces' addresses.
+        None if peer.ip().is_loopback() || local_addresses().contains(peer.ip()) => Owner::Unknown,
         None => Owner::Elsewhere,
     }
 }
