@@ -72,6 +72,7 @@ pub fn peer_owner(conn: &TcpStream) -> Owner {
 /// connection), when the kernel of this namespace has it: Ok(None) when it
 /// has not (another host, or not established), Err when sock_diag cannot
 /// be asked or `s` is not IPv4.
+#[allow(clippy::result_unit_err)] // Err: sock_diag could not be asked; nothing more to say
 pub fn established_peer_uid(s: &TcpStream) -> Result<Option<u32>, ()> {
     match (s.local_addr(), s.peer_addr()) {
         (Ok(SocketAddr::V4(me)), Ok(SocketAddr::V4(peer))) => lookup(&me, &peer),
