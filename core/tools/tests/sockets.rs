@@ -498,7 +498,10 @@ fn full_unix_socket_with_an_idle_reader_survives_resume_and_restart() {
         if s.contains("NUM_PEERS=2") && s.contains("RUNNING=yes") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "not running after restart: {s}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not running after restart: {s}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     job.checkpoint();

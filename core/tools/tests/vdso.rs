@@ -16,11 +16,19 @@ use common::*;
 /// Checkpoint at the first mark, kill after the second.
 const MARKS: [(&str, &str); 2] = [("step 10 ok", "step 14 ok"), ("step 30 ok", "step 34 ok")];
 
+/// The program's report: what sits at the old `__vdso_clock_gettime`
+/// (first line); it must also say that `getauxval(AT_SYSINFO_EHDR)` names
+/// the running vDSO (second line), after any restart.
 fn report(job: &Job) -> String {
-    std::fs::read_to_string(job.dir.join("vdso-report.txt"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    let r = std::fs::read_to_string(job.dir.join("vdso-report.txt")).unwrap_or_default();
+    let mut lines = r.lines();
+    let first = lines.next().unwrap_or_default().to_string();
+    assert_eq!(
+        lines.next(),
+        Some("auxv current"),
+        "getauxval(AT_SYSINFO_EHDR) after the restart: {r:?}"
+    );
+    first
 }
 
 fn restart_err(job: &Job) -> String {

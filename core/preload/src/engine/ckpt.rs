@@ -350,6 +350,7 @@ impl Ctl {
             }
         });
         proctree::after_restart();
+        super::vdso::auxv_after_restart();
         plugin::set_round(self.generation, true);
         plugin::run(plugin::Event::Restart);
         self.barrier("restarted");

@@ -113,6 +113,7 @@ extern "C" fn dmtcp_init() {
         }
         return;
     }
+    super::vdso::find_auxv();
     let cfg = Config::from_env();
     memory::init_self_ranges();
     sigwrap::init();

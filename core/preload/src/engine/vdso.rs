@@ -11,9 +11,13 @@
 //!   A thread still there after [`ROUND_BUDGET`] tries is suspended there
 //!   anyway, and the image then records no entry points (it restarts only
 //!   on a vDSO of the same layout, which keeps the code it was running).
+//! - After a restart through the proxy, the program's auxiliary vector
+//!   (what `getauxval(AT_SYSINFO_EHDR)` reads) names the running vDSO,
+//!   not the proxy, which has no ELF headers ([`find_auxv`],
+//!   [`auxv_after_restart`]).
 
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
 /// The functions of the `[vdso]` mapped at `vdso` = (start, len): (name,
 /// offset from the start). Empty (with a warning) if it cannot be read.
@@ -61,17 +65,102 @@ static STUCK: AtomicBool = AtomicBool::new(false);
 /// Threads that declined to suspend (0: free entry).
 static DEFERRED: [AtomicI32; 256] = [const { AtomicI32::new(0) }; 256];
 
-/// Learn where the vDSO is, before the checkpoint signals go out.
-pub(crate) fn begin_round() {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let range = maps.lines().find(|l| l.ends_with(" [vdso]")).and_then(|l| {
+/// The running `[vdso]` as /proc/self/maps shows it: start and end.
+fn running() -> Option<(u64, u64)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find(|l| l.ends_with(" [vdso]")).and_then(|l| {
         let (s, e) = l.split_whitespace().next()?.split_once('-')?;
         Some((
             u64::from_str_radix(s, 16).ok()?,
             u64::from_str_radix(e, 16).ok()?,
         ))
-    });
-    let (lo, hi) = range.unwrap_or((0, 0));
+    })
+}
+
+/// Where the program's auxiliary vector keeps the value of its
+/// `AT_SYSINFO_EHDR` entry (0: not found).
+static AUXV_EHDR: AtomicUsize = AtomicUsize::new(0);
+
+/// At start-up, before anything changes the environment: find the
+/// auxiliary vector the kernel put on the stack (it follows the
+/// environment's terminating NULL, and glibc's `getauxval` reads it
+/// there) and remember its `AT_SYSINFO_EHDR` entry. The vector found
+/// must equal the kernel's copy (/proc/self/auxv) word for word, or
+/// nothing is remembered.
+pub(crate) fn find_auxv() {
+    extern "C" {
+        static environ: *const *const libc::c_char;
+    }
+    let Ok(kernel) = std::fs::read("/proc/self/auxv") else {
+        return;
+    };
+    let words = kernel.len() / 8;
+    if words < 2 || kernel.len() % 16 != 0 {
+        return;
+    }
+    // SAFETY: `environ` is glibc's pointer to the environment array; at
+    // library start-up it is still the one the kernel built on the
+    // stack, NULL-terminated, with the auxiliary vector right after it.
+    // Every word read below lies in that array or in the vector, whose
+    // length the kernel's copy gives; a vector that differs from the
+    // kernel's copy is not used.
+    unsafe {
+        let mut p = environ;
+        if p.is_null() {
+            return;
+        }
+        let mut n = 0;
+        while !(*p).is_null() {
+            p = p.add(1);
+            n += 1;
+            if n > 1 << 20 {
+                return;
+            }
+        }
+        let auxv = p.add(1) as *const u64;
+        let mut at = 0usize;
+        for i in 0..words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&kernel[i * 8..i * 8 + 8]);
+            if core::ptr::read(auxv.add(i)) != u64::from_ne_bytes(w) {
+                return;
+            }
+            if i % 2 == 0 && u64::from_ne_bytes(w) == libc::AT_SYSINFO_EHDR {
+                at = auxv.add(i + 1) as usize;
+            }
+        }
+        AUXV_EHDR.store(at, SeqCst);
+    }
+}
+
+/// After a restart (user threads still suspended): if the running vDSO is
+/// not where the program's auxiliary vector says (a proxy is there now),
+/// point the vector's `AT_SYSINFO_EHDR` at the running one, so that code
+/// that reads the vDSO's ELF headers (`getauxval`, language runtimes,
+/// unwinders) finds them. Entry points resolved before keep going
+/// through the proxy.
+pub(crate) fn auxv_after_restart() {
+    let at = AUXV_EHDR.load(SeqCst);
+    let Some((lo, _)) = running() else {
+        return;
+    };
+    if at == 0 {
+        return;
+    }
+    // SAFETY: `at` is the value word of the AT_SYSINFO_EHDR entry of the
+    // program's auxiliary vector found at start-up: stack memory of the
+    // process, restored with it, writable, 8-byte aligned.
+    unsafe {
+        let p = at as *mut u64;
+        if core::ptr::read_volatile(p) != lo {
+            core::ptr::write_volatile(p, lo);
+        }
+    }
+}
+
+/// Learn where the vDSO is, before the checkpoint signals go out.
+pub(crate) fn begin_round() {
+    let (lo, hi) = running().unwrap_or((0, 0));
     LO.store(lo, SeqCst);
     HI.store(hi, SeqCst);
     BUDGET.store(ROUND_BUDGET, SeqCst);

@@ -14,7 +14,9 @@
  * outside stdout): what it finds at the address glibc resolved for
  * __vdso_clock_gettime at start-up, i.e. "in place" (the vDSO is where it
  * was), "trampoline" (a chain of jumps that ends in the current [vdso]),
- * "stub" (a system-call stub) or "unknown". */
+ * "stub" (a system-call stub) or "unknown"; then "auxv current" if
+ * getauxval(AT_SYSINFO_EHDR) names the running [vdso] (ELF headers
+ * there), else "auxv stale". */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
@@ -130,6 +132,11 @@ int main(int argc, char **argv) {
   FILE *f = fopen("vdso-report.txt", "w");
   if (f) {
     fprintf(f, "%s\n", report(base, cg));
+    /* What getauxval says now: the running [vdso], whose ELF headers are
+     * there, or a stale address (a proxy or nothing). */
+    uintptr_t now = getauxval(AT_SYSINFO_EHDR), lo = 0, hi = 0;
+    int cur = vdso_range(&lo, &hi) && now == lo && memcmp((const void *)now, "\177ELF", 4) == 0;
+    fprintf(f, "auxv %s\n", cur ? "current" : "stale");
     fclose(f);
   }
   printf("RESULT monotonic %ld realtime %ld gettimeofday %ld time %ld getcpu %ld getres %ld spinner %ld\n", bad_mono, bad_real,

@@ -982,7 +982,9 @@ fn exchange(list: Vec<(i32, Vec<u8>, bool)>, barrier: &str) {
             if !e.body.is_empty() && old.is_some() {
                 // Past the sysctl limit where allowed (CAP_NET_ADMIN: the
                 // program may have been there too), else up to it.
-                let want = (e.body.len() as i32).saturating_mul(4).max(old.unwrap_or(0));
+                let want = (e.body.len() as i32)
+                    .saturating_mul(4)
+                    .max(old.unwrap_or(0));
                 if !set_int(e.fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want) {
                     set_int(e.fd, libc::SOL_SOCKET, libc::SO_SNDBUF, i32::MAX);
                 }
