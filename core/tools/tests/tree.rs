@@ -536,3 +536,34 @@ fn restart_without_user_namespaces_or_clone3() {
     job.wait_success();
     assert_eq!(job.output(), bare);
 }
+
+/// Thread and process ids the program learnt are still its own after
+/// restarts without a pid namespace, where every thread gets a new tid:
+/// gettid and syscall(SYS_gettid), tgkill to a noted tid (the right
+/// thread gets the signal), /proc/<pid>/task/<tid>/comm and
+/// /proc/<pid>/status, stat, access, opendir, readlink, sched affinity.
+/// Three restarts: without a namespace, in one (the threads get the tids
+/// the program knows back for real), and without again.
+#[test]
+fn thread_ids_and_proc_paths_survive_restarts_without_a_pid_namespace() {
+    let prog = c_program("vtid");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "90"]);
+    assert!(bare.ends_with("RESULT workers ok\n"), "{bare}");
+    let mut job = Job::new("vtid");
+    job.launch(&[p, "90"], &[]);
+    for (pidns, mark, after) in [
+        ("0", "step 10 ", "step 14 "),
+        ("1", "step 35 ", "step 39 "),
+        ("0", "step 60 ", "step 64 "),
+    ] {
+        job = job.env("DMTCP_RESTART_PIDNS", pidns);
+        job.cycle(mark, after);
+    }
+    job.wait_success();
+    assert_eq!(
+        job.output(),
+        bare,
+        "ids after restarts without a pid namespace"
+    );
+}

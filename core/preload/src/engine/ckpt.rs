@@ -302,6 +302,10 @@ impl Ctl {
                 }
             }
         }
+        // This process's threads whose tids changed (no pid namespace, or
+        // clone3 could not choose them).
+        super::restart::wait_recreated();
+        super::vpid::add(&threads::changed_tids());
         // Memory the restorer mapped from the image: realloc must not grow
         // it in place (see lazymem).
         super::lazymem::note_restart();

@@ -14,7 +14,8 @@
 //! | `unmap` | `munmap`, `mremap`, `mmap(MAP_FIXED)` wrappers: requested exclusions end with the memory they were asked for |
 //! | `lazymem` | memory a lazy restart mapped from the image; `realloc` grows blocks there by moving them |
 //! | `proctree` | the process's place in the job's tree, recorded in the image |
-//! | `vpid` | virtual pids after a restart without a pid namespace |
+//! | `vpid` | virtual pids and tids after a restart without a pid namespace |
+//! | `procpath` | /proc/<pid>/... paths with the ids the program knows (file-call wrappers) |
 //! | `coord` | the link to the coordinator: barriers, the name service |
 //! | `fds` | the fd table: the library's protected fds, fd helpers, what dmtcp_restart put in place |
 //! | `fdguard` | `close`, `dup2`, `dup3`, `close_range`, `closefrom` wrappers that keep the protected fds the library's |
@@ -42,6 +43,7 @@ pub(crate) mod lazymem;
 pub(crate) mod log;
 pub(crate) mod memory;
 pub(crate) mod plugin;
+pub(crate) mod procpath;
 pub(crate) mod proctree;
 pub(crate) mod restart;
 pub(crate) mod restartable;

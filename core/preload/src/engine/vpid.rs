@@ -11,10 +11,17 @@
 //! thread at restart (user threads suspended) and read lock-free by the
 //! wrappers: async-signal-safe, no allocation.
 //!
-//! Limits: a process forked after such a restart gets whatever pid the
-//! kernel gives; if that pid is one the table names as the old pid of
-//! another process, translations of it are wrong. Thread ids are not
-//! virtualized, nor pids in /proc paths or in siginfo.
+//! Thread ids are in the same table: each process adds its own threads'
+//! (tid the program knows, tid now) pairs at restart (see
+//! `threads::changed_tids`), so `gettid`, `tgkill`, `tkill`, the same
+//! calls made through `syscall(2)`, `sched_{set,get}affinity` and /proc
+//! paths (`procpath`) keep working with the ids the program learnt.
+//!
+//! Limits: a process or thread created after such a restart gets whatever
+//! id the kernel gives; if that id is one the table names as the old id of
+//! another, translations of it are wrong. Ids inside siginfo (other than
+//! waitid's), inside /proc files' contents and in /proc directory
+//! listings are the real ones.
 
 use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering::*};
 
@@ -42,6 +49,26 @@ pub fn set(pairs: &[(i32, i32)]) {
 /// Forget the table (restart at the pids the program sees).
 pub fn clear() {
     N.store(0, SeqCst);
+}
+
+/// Add pairs (virtual, real) to the table (restart, checkpoint thread:
+/// this process's threads whose tids changed).
+pub fn add(pairs: &[(i32, i32)]) {
+    let mut n = N.load(SeqCst);
+    for &(v, r) in pairs.iter().filter(|(v, r)| *v > 0 && *r > 0 && v != r) {
+        if n >= MAX {
+            break;
+        }
+        VIRT[n].store(v, SeqCst);
+        REAL[n].store(r, SeqCst);
+        n += 1;
+    }
+    N.store(n, SeqCst);
+}
+
+/// Is the table in use (a restart without a pid namespace)?
+pub fn active() -> bool {
+    entries() > 0
 }
 
 fn entries() -> usize {
@@ -82,8 +109,148 @@ fn real_syscall(
     d: libc::c_long,
 ) -> libc::c_long {
     // SAFETY: forwarding the caller's arguments to the kernel; the unused
-    // trailing arguments are zero.
-    unsafe { libc::syscall(nr, a, b, c, d, 0 as libc::c_long, 0 as libc::c_long) }
+    // trailing arguments are zero. Straight to the kernel, not through
+    // libc's `syscall`, which is our wrapper below (it would translate
+    // once more).
+    let r = unsafe {
+        dmtcp_sys::syscall6(
+            nr as usize,
+            a as usize,
+            b as usize,
+            c as usize,
+            d as usize,
+            0,
+            0,
+        )
+    };
+    errno_result(r)
+}
+
+/// A raw system call's result as libc returns it: -1 with errno set.
+fn errno_result(r: isize) -> libc::c_long {
+    if (-4095..0).contains(&r) {
+        // SAFETY: errno is this thread's.
+        unsafe { *libc::__errno_location() = -r as i32 };
+        -1
+    } else {
+        r as libc::c_long
+    }
+}
+
+/// `gettid(2)`: the tid the program knows.
+#[no_mangle]
+pub extern "C" fn gettid() -> libc::pid_t {
+    to_virt(dmtcp_sys::gettid())
+}
+
+/// `tgkill(2)` to the thread the program means.
+#[no_mangle]
+pub extern "C" fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: libc::c_int) -> libc::c_int {
+    real_syscall(
+        libc::SYS_tgkill,
+        to_real(tgid) as libc::c_long,
+        to_real(tid) as libc::c_long,
+        sig as libc::c_long,
+        0,
+    ) as libc::c_int
+}
+
+/// `tkill(2)` to the thread the program means (glibc has no wrapper; only
+/// through `syscall`).
+fn tkill(tid: libc::pid_t, sig: libc::c_int) -> libc::c_long {
+    real_syscall(
+        libc::SYS_tkill,
+        to_real(tid) as libc::c_long,
+        sig as libc::c_long,
+        0,
+        0,
+    )
+}
+
+/// `syscall(2)`, for the calls that name processes and threads: getpid,
+/// gettid, kill, tgkill, tkill (how programs written before glibc 2.30
+/// ask for their tid); everything else goes to the kernel as given.
+/// Declared with six fixed arguments: on x86_64 a variadic caller passes
+/// them in the same registers (and the sixth on the stack), and unused
+/// ones are passed on as the kernel ignores them, as glibc's does.
+///
+/// # Safety
+/// The contract of the system call `n`.
+#[no_mangle]
+pub unsafe extern "C" fn syscall(
+    n: libc::c_long,
+    a: libc::c_long,
+    b: libc::c_long,
+    c: libc::c_long,
+    d: libc::c_long,
+    e: libc::c_long,
+    f: libc::c_long,
+) -> libc::c_long {
+    if entries() > 0 {
+        match n {
+            libc::SYS_getpid => return getpid() as libc::c_long,
+            libc::SYS_gettid => return gettid() as libc::c_long,
+            libc::SYS_kill => return kill(a as i32, b as i32) as libc::c_long,
+            libc::SYS_tgkill => return tgkill(a as i32, b as i32, c as i32) as libc::c_long,
+            libc::SYS_tkill => return tkill(a as i32, b as i32),
+            _ => {}
+        }
+    }
+    // SAFETY: the caller's system call, as glibc's syscall(2) makes it.
+    let r = unsafe {
+        dmtcp_sys::syscall6(
+            n as usize, a as usize, b as usize, c as usize, d as usize, e as usize, f as usize,
+        )
+    };
+    errno_result(r)
+}
+
+/// `sched_setaffinity(2)` of the thread the program means.
+///
+/// # Safety
+/// The `sched_setaffinity(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn sched_setaffinity(
+    pid: libc::pid_t,
+    size: libc::size_t,
+    set: *const libc::cpu_set_t,
+) -> libc::c_int {
+    let r = real_syscall(
+        libc::SYS_sched_setaffinity,
+        if pid > 0 { to_real(pid) } else { pid } as libc::c_long,
+        size as libc::c_long,
+        set as libc::c_long,
+        0,
+    );
+    r as libc::c_int
+}
+
+/// `sched_getaffinity(2)` of the thread the program means (glibc's
+/// contract: 0 on success, the unused tail of the set zeroed).
+///
+/// # Safety
+/// The `sched_getaffinity(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn sched_getaffinity(
+    pid: libc::pid_t,
+    size: libc::size_t,
+    set: *mut libc::cpu_set_t,
+) -> libc::c_int {
+    let r = real_syscall(
+        libc::SYS_sched_getaffinity,
+        if pid > 0 { to_real(pid) } else { pid } as libc::c_long,
+        size as libc::c_long,
+        set as libc::c_long,
+        0,
+    );
+    if r < 0 {
+        return -1;
+    }
+    if (r as usize) < size {
+        // SAFETY: `set` holds `size` bytes (the caller's contract).
+        unsafe { core::ptr::write_bytes((set as *mut u8).add(r as usize), 0, size - r as usize) };
+    }
+    0
 }
 
 /// `getpid(2)`: the pid the program knows.
