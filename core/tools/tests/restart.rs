@@ -1013,3 +1013,82 @@ fn input_file_changed_in_size_is_warned_about() {
         "{err}"
     );
 }
+
+/// On a terminal `dmtcp_restart` shows how far the restore is (processes,
+/// megabytes, rate); off a terminal and with `-q` it does not. A 48 MB
+/// program: restarted once without a terminal, then from its next images
+/// with `-q` on a terminal (then told to quit), then from the same images
+/// on a terminal (script(1)); its result must still equal a bare run's.
+#[test]
+fn restart_shows_progress_on_a_terminal_only() {
+    let prog = c_program("bigmem");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "48"]);
+    let mut job = Job::new("restart-progress");
+    job.launch(&[p, "48"], &[]);
+    job.cycle("step 3\n", "step 5\n");
+    let err = std::fs::read_to_string(job.dir.join("restart.err")).unwrap_or_default();
+    assert!(
+        !err.contains("processes restored"),
+        "progress off a terminal: {err:?}"
+    );
+    job.wait_for("step 10\n");
+    job.checkpoint();
+    job.wait_for("step 12\n");
+    job.kill();
+    let images: Vec<String> = job
+        .images()
+        .iter()
+        .map(|i| i.display().to_string())
+        .collect();
+    // script(1) runs dmtcp_restart on a pseudo-terminal; the restarted
+    // program keeps its own stdout (out.txt).
+    let on_terminal = |job: &Job, opt: &str, out: &str| {
+        let cmdline = format!(
+            "{} -j -h 127.0.0.1 -p {} {opt} {}",
+            bin_dir().join("dmtcp_restart").display(),
+            job.port,
+            images.join(" ")
+        );
+        std::process::Command::new("script")
+            .args(["-qec", &cmdline, "/dev/null"])
+            .current_dir(&job.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(job.dir.join(out)).unwrap())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("script")
+    };
+    let mut quiet = on_terminal(&job, "-q", "quiet.out");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let s = String::from_utf8_lossy(&job.command(&["-s"]).stdout).into_owned();
+        if s.contains("NUM_PEERS=1") && s.contains("RUNNING=yes") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not running after restart: {s}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(job.command(&["-k"]).status.success());
+    wait_timeout(&mut quiet, TIMEOUT).expect("the -q restart did not end after -k");
+    let out = std::fs::read_to_string(job.dir.join("quiet.out")).unwrap_or_default();
+    assert!(
+        !out.contains("processes restored"),
+        "progress with -q: {out:?}"
+    );
+    job.proc = Some(on_terminal(&job, "", "shown.out"));
+    job.wait_success();
+    let out = std::fs::read_to_string(job.dir.join("shown.out")).unwrap_or_default();
+    assert!(
+        out.contains("restart: 1 of 1 processes restored") && out.contains("MB/s"),
+        "no progress on a terminal: {out:?}"
+    );
+    assert_eq!(
+        job.output(),
+        bare,
+        "restarted bigmem differs from a bare run"
+    );
+}
