@@ -5,6 +5,7 @@ pub mod cpu;
 pub mod env;
 pub mod generation;
 pub mod image;
+pub mod log;
 pub mod proto;
 pub mod sock;
 

@@ -346,6 +346,18 @@ pub fn flag(id: &'static str, long: &'static str, help: &'static str) -> Arg {
         .help(help)
 }
 
+/// `-v/--verbose`, counted: notes, then debug detail, on stderr and in a
+/// log file per process (docs/user-guide.md, "Logs"; env DMTCP_LOG).
+pub fn verbose() -> Arg {
+    Arg::new("verbose")
+        .short('v')
+        .long("verbose")
+        .action(ArgAction::Count)
+        .help(
+            "More output: debug detail on stderr and a log file per process (env DMTCP_LOG=LEVEL)",
+        )
+}
+
 /// `-q/--quiet`, counted.
 pub fn quiet(help: &'static str) -> Arg {
     Arg::new("quiet")

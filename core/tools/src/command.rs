@@ -250,6 +250,7 @@ pub fn send_command_with(
 
 /// Entry point of `dmtcp_command`.
 pub fn main(args: Vec<String>) -> i32 {
+    dmtcp_common::log::init_tool("dmtcp_command", "dmtcp_command: ", 0, 0);
     let mut clap_cmd = command();
     let args = cli::respell(&clap_cmd, args, false, respell);
     let m = match cli::parse(&mut clap_cmd, args) {
@@ -304,7 +305,7 @@ pub fn main(args: Vec<String>) -> i32 {
                         "coordinator_host": a.host, "coordinator_port": a.port, "message": e})
                 );
             } else {
-                eprintln!("dmtcp_command: {e}");
+                dmtcp_common::log_error!("{e}");
             }
             1
         }
@@ -316,7 +317,11 @@ pub fn main(args: Vec<String>) -> i32 {
                         "coordinator_host": a.host, "coordinator_port": a.port})
                 );
             } else {
-                eprintln!("dmtcp_command: Coordinator not found at {}:{}. Please check the host and port.", a.host, a.port);
+                dmtcp_common::log_error!(
+                    "Coordinator not found at {}:{}. Please check the host and port.",
+                    a.host,
+                    a.port
+                );
             }
             2
         }
@@ -351,7 +356,7 @@ pub fn main(args: Vec<String>) -> i32 {
                     Cmd::List => print!("{}", list_text(&r)),
                     _ => {
                         if let Some(m) = &r.message {
-                            eprintln!("dmtcp_command: {m}");
+                            dmtcp_common::log_error!("{m}");
                         }
                     }
                 }

@@ -17,7 +17,7 @@ use std::io::{BufReader, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -38,14 +38,9 @@ const RESERVED_FDS: u64 = 32;
 /// Stack of a connection's thread (it parses JSON and runs the handlers).
 const CONN_STACK: usize = 512 << 10;
 
-/// `-q` count, for messages from outside the state lock.
-static QUIET: AtomicU32 = AtomicU32::new(0);
-
 /// Problems worth reporting even with one `-q` (a dropped client).
 fn warn(msg: std::fmt::Arguments) {
-    if QUIET.load(Ordering::Relaxed) < 2 {
-        eprintln!("[dmtcp_coordinator] {msg}");
-    }
+    dmtcp_common::log_warn!("{msg}");
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -522,10 +517,8 @@ struct State {
 
 type Shared = Arc<(Mutex<State>, Condvar)>;
 
-fn say(st: &State, msg: std::fmt::Arguments) {
-    if st.opts.quiet == 0 {
-        eprintln!("[dmtcp_coordinator] {msg}");
-    }
+fn say(_st: &State, msg: std::fmt::Arguments) {
+    dmtcp_common::log_info!("{msg}");
 }
 
 fn send_to(out: &Arc<Outbox>, m: &FromCoord) {
@@ -536,7 +529,6 @@ fn send_to(out: &Arc<Outbox>, m: &FromCoord) {
 pub fn run(opts: CoordOpts) -> std::io::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", opts.port))?;
     let port = listener.local_addr()?.port();
-    QUIET.store(opts.quiet, Ordering::Relaxed);
     if let Some(f) = &opts.port_file {
         let tmp = f.with_extension("tmp");
         std::fs::write(&tmp, format!("{port}\n"))?;

@@ -125,6 +125,7 @@ pub fn command(name: &'static str) -> Command {
         .arg(cli::quiet(
             "Less output (twice: only errors; env DMTCP_QUIET)",
         ))
+        .arg(cli::verbose())
         .arg(
             Arg::new("command")
                 .value_name("command")
@@ -164,6 +165,12 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
         Ok(m) => m,
         Err(code) => return code,
     };
+    dmtcp_common::log::init_tool(
+        alias,
+        &format!("{alias}: "),
+        m.get_count("verbose"),
+        m.get_count("quiet"),
+    );
     let mut a = cli::coord_addr(&m);
     let ckpt_dir: Option<PathBuf> = m.get_one::<PathBuf>("ckptdir").cloned().or_else(|| {
         std::env::var(E::CKPT_DIR)
@@ -231,8 +238,8 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
         .collect();
     let lib = client::lib_dir().join("libdmtcp.so");
     if !lib.exists() {
-        eprintln!(
-            "{alias}: {} not found (build the whole workspace: cargo build --release)",
+        dmtcp_common::log_error!(
+            "{} not found (build the whole workspace: cargo build --release)",
             lib.display()
         );
         return 1;
@@ -243,10 +250,7 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
     };
     if !dir.is_dir() {
-        eprintln!(
-            "{alias}: checkpoint directory {} does not exist",
-            dir.display()
-        );
+        dmtcp_common::log_error!("checkpoint directory {} does not exist", dir.display());
         return 1;
     }
     // Everything that can refuse the launch is looked at before a
@@ -254,8 +258,8 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     if ib {
         let p = client::lib_dir().join("libdmtcp_ib.so");
         if !p.exists() {
-            eprintln!(
-                "{alias}: --ib: {} not found (build the workspace: cargo build --release)",
+            dmtcp_common::log_error!(
+                "--ib: {} not found (build the workspace: cargo build --release)",
                 p.display()
             );
             return 1;
@@ -265,12 +269,12 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     for p in &plugins {
         let path = std::path::Path::new(p);
         if !path.is_absolute() || !path.is_file() {
-            eprintln!("{alias}: plugin {p} must be an absolute path to an existing file");
+            dmtcp_common::log_error!("plugin {p} must be an absolute path to an existing file");
             return 1;
         }
     }
     if let Err(e) = find_program(&prog[0]) {
-        eprintln!("{alias}: cannot run {}: {e}", prog[0]);
+        dmtcp_common::log_error!("cannot run {}: {e}", prog[0]);
         return if e.kind() == std::io::ErrorKind::NotFound {
             127
         } else {
@@ -281,10 +285,16 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     let (port, started) = match client::ensure(&mut a, alias) {
         Ok(c) => (c.port, c.started),
         Err(m) => {
-            eprintln!("{alias}: {m}");
+            dmtcp_common::log_error!("{m}");
             return 1;
         }
     };
+    dmtcp_common::log_debug!(
+        "{} the coordinator at {}:{port}; running {:?}",
+        if started { "started" } else { "joined" },
+        a.host,
+        prog
+    );
     if let (Some(i), CoordMode::Join | CoordMode::Any) = (interval_given, a.mode) {
         let _ = crate::command::send_command(&a.host, port, dmtcp_common::proto::Cmd::Interval(i));
     }
@@ -304,7 +314,7 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     }
     if quiet < 2 {
         for m in kernel_gaps() {
-            eprintln!("{alias}: warning: {m}");
+            dmtcp_common::log_warn!("warning: {m}");
         }
     }
     let tunables = match std::env::var("GLIBC_TUNABLES") {
@@ -341,7 +351,7 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
         cmd.env(E::TMPDIR, t);
     }
     let e = cmd.exec();
-    eprintln!("{alias}: cannot run {}: {e}", prog[0]);
+    dmtcp_common::log_error!("cannot run {}: {e}", prog[0]);
     // A coordinator started for this launch would wait for ever.
     if started {
         let _ = crate::command::send_command(&a.host, port, dmtcp_common::proto::Cmd::Quit);

@@ -85,7 +85,8 @@ pub fn coordinator_command() -> clap::Command {
             ),
     )
     .arg(cli::flag("daemon", "daemon", "Run in the background"))
-    .arg(cli::quiet("Less output (twice: only errors)"));
+    .arg(cli::quiet("Less output (twice: only errors)"))
+    .arg(cli::verbose());
     // DMTCP's coordinator takes -h for help too (it has no host option).
     cli::finish(cmd).mut_arg("help", |a| a.short('h'))
 }
@@ -134,13 +135,16 @@ pub fn coordinator_main(args: Vec<String>) -> i32 {
         quiet: u32::from(m.get_count("quiet")),
         ..Default::default()
     };
+    dmtcp_common::log::init_tool(
+        "dmtcp_coordinator",
+        "[dmtcp_coordinator] ",
+        m.get_count("verbose"),
+        m.get_count("quiet"),
+    );
     let daemon = m.get_flag("daemon");
     if let Some(d) = &o.ckpt_dir {
         if let Err(e) = std::fs::create_dir_all(d) {
-            eprintln!(
-                "dmtcp_coordinator: cannot create --ckptdir {}: {e}",
-                d.display()
-            );
+            dmtcp_common::log_error!("cannot create --ckptdir {}: {e}", d.display());
             return 1;
         }
     }
@@ -153,7 +157,7 @@ pub fn coordinator_main(args: Vec<String>) -> i32 {
             p
         }
         Err(e) => {
-            eprintln!("dmtcp_coordinator: cannot listen on port {}: {e}", o.port);
+            dmtcp_common::log_error!("cannot listen on port {}: {e}", o.port);
             return 1;
         }
     };
@@ -162,10 +166,7 @@ pub fn coordinator_main(args: Vec<String>) -> i32 {
         // SAFETY: fork in a single-threaded program; the parent exits at once.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
-            eprintln!(
-                "dmtcp_coordinator: fork: {}",
-                std::io::Error::last_os_error()
-            );
+            dmtcp_common::log_error!("fork: {}", std::io::Error::last_os_error());
             return 1;
         }
         if pid > 0 {
@@ -192,7 +193,7 @@ pub fn coordinator_main(args: Vec<String>) -> i32 {
     match coordinator::run(o) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("dmtcp_coordinator: {e}");
+            dmtcp_common::log_error!("{e}");
             1
         }
     }

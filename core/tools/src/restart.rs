@@ -60,6 +60,7 @@ pub fn command() -> Command {
     ))
     .arg(cli::tmpdir("Directory for temporary files"))
     .arg(cli::quiet("Less output"))
+    .arg(cli::verbose())
     .arg(
         Arg::new("images")
             .value_name("ckpt.dmtcp")
@@ -81,6 +82,12 @@ pub fn main(args: Vec<String>) -> i32 {
         Ok(m) => m,
         Err(code) => return code,
     };
+    dmtcp_common::log::init_tool(
+        "dmtcp_restart",
+        "dmtcp_restart: ",
+        m.get_count("verbose"),
+        m.get_count("quiet"),
+    );
     let mut a = cli::coord_addr(&m);
     let ckpt_dir = m.get_one::<PathBuf>("ckptdir").cloned();
     let mut images: Vec<PathBuf> = Vec::new();
@@ -111,7 +118,7 @@ pub fn main(args: Vec<String>) -> i32 {
                 }
             }
             Err(m) => {
-                eprintln!("dmtcp_restart: {m}");
+                dmtcp_common::log_error!("{m}");
                 return 1;
             }
         }
@@ -121,8 +128,8 @@ pub fn main(args: Vec<String>) -> i32 {
     }
     for (p, _, manifest) in &listed {
         if std::fs::symlink_metadata(p).is_err() {
-            eprintln!(
-                "dmtcp_restart: {} lists {}, which is missing",
+            dmtcp_common::log_error!(
+                "{} lists {}, which is missing",
                 manifest.display(),
                 p.display()
             );
@@ -134,7 +141,7 @@ pub fn main(args: Vec<String>) -> i32 {
         match Image::open(p).and_then(|img| preflight(&img).map(|_| img)) {
             Ok(img) => opened.push(img),
             Err(e) => {
-                eprintln!("dmtcp_restart: {e}");
+                dmtcp_common::log_error!("{e}");
                 return 1;
             }
         }
@@ -165,8 +172,8 @@ pub fn main(args: Vec<String>) -> i32 {
         let Ok(m) = dmtcp_common::generation::Manifest::load(&gdir) else {
             continue;
         };
-        eprintln!(
-            "dmtcp_restart: the images given are of generations {gens:?} of computation {c}: restarting generation {top} \
+        dmtcp_common::log_info!(
+            "the images given are of generations {gens:?} of computation {c}: restarting generation {top} \
              as its manifest lists it ({})",
             gdir.display()
         );
@@ -176,7 +183,7 @@ pub fn main(args: Vec<String>) -> i32 {
             match Image::open(&p).and_then(|img| preflight(&img).map(|_| img)) {
                 Ok(img) => opened.push(img),
                 Err(e) => {
-                    eprintln!("dmtcp_restart: {e}");
+                    dmtcp_common::log_error!("{e}");
                     return 1;
                 }
             }
@@ -186,7 +193,7 @@ pub fn main(args: Vec<String>) -> i32 {
     for (p, e, manifest) in &listed {
         if let Some(img) = opened.iter().find(|i| &i.path == p) {
             if let Err(m) = matches_manifest(img, e, manifest) {
-                eprintln!("dmtcp_restart: {m}");
+                dmtcp_common::log_error!("{m}");
                 return 1;
             }
         }
@@ -196,8 +203,8 @@ pub fn main(args: Vec<String>) -> i32 {
         for img in &opened {
             let lacking = dmtcp_common::cpu::missing(&img.meta.cpu_flags, &here);
             if !lacking.is_empty() {
-                eprintln!(
-                    "dmtcp_restart: {} was taken on a processor with features this one lacks ({}): the program may run code \
+                dmtcp_common::log_error!(
+                    "{} was taken on a processor with features this one lacks ({}): the program may run code \
                      that needs them and die of SIGILL. Restart it on a like machine, or pass --no-strict-checking to try anyway.",
                     img.path.display(),
                     lacking.join(" ")
@@ -209,7 +216,7 @@ pub fn main(args: Vec<String>) -> i32 {
     if !allow_other_image {
         for img in &opened {
             if let Err(m) = owned_by_me(img) {
-                eprintln!("dmtcp_restart: {m}");
+                dmtcp_common::log_error!("{m}");
                 return 1;
             }
         }
@@ -226,8 +233,8 @@ pub fn main(args: Vec<String>) -> i32 {
     let before = opened.len();
     opened.retain(|i| newest.get(&i.meta.comp_id) == Some(&i.meta.generation));
     if opened.len() < before {
-        eprintln!(
-            "dmtcp_restart: ignoring {} image(s) of an older checkpoint of the same computation",
+        dmtcp_common::log_info!(
+            "ignoring {} image(s) of an older checkpoint of the same computation",
             before - opened.len()
         );
     }
@@ -258,8 +265,8 @@ pub fn main(args: Vec<String>) -> i32 {
     }
     let restorer = client::lib_dir().join("dmtcp_restorer");
     if !restorer.exists() {
-        eprintln!(
-            "dmtcp_restart: {} not found (build the whole workspace: cargo build --release)",
+        dmtcp_common::log_error!(
+            "{} not found (build the whole workspace: cargo build --release)",
             restorer.display()
         );
         return 1;
@@ -268,12 +275,12 @@ pub fn main(args: Vec<String>) -> i32 {
     let port = match client::ensure(&mut a, "dmtcp_restart") {
         Ok(c) => c.port,
         Err(m) => {
-            eprintln!("dmtcp_restart: {m}");
+            dmtcp_common::log_error!("{m}");
             return 1;
         }
     };
     if let Err(e) = recreate_files(&opened) {
-        eprintln!("dmtcp_restart: {e}");
+        dmtcp_common::log_error!("{e}");
         return 1;
     }
     if m.get_count("quiet") == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -306,17 +313,17 @@ pub fn main(args: Vec<String>) -> i32 {
             Err(e) => e,
         }
     };
-    eprintln!(
-        "dmtcp_restart: restarting without a pid namespace ({why}): the processes get new pids"
+    dmtcp_common::log_info!(
+        "restarting without a pid namespace ({why}): the processes get new pids"
     );
     if opened.len() == 1 {
         let mut img = opened.pop().expect("one image");
         if let Err(e) = crate::tree::socks_for_single(&mut img) {
-            eprintln!("dmtcp_restart: {e}");
+            dmtcp_common::log_error!("{e}");
             return 1;
         }
         let e = restore_into_self(&img, &a.host, port, ckpt_dir.as_deref(), &restorer, 0);
-        eprintln!("dmtcp_restart: {e}");
+        dmtcp_common::log_error!("{e}");
         return 1;
     }
     let restore =
@@ -343,8 +350,8 @@ struct GenImages {
 fn generation_images(d: &Path) -> Result<GenImages, String> {
     use dmtcp_common::generation::{self as gen, Manifest};
     let from = |dir: &Path, m: Manifest| {
-        eprintln!(
-            "dmtcp_restart: restarting generation {} of computation {} ({})",
+        dmtcp_common::log_info!(
+            "restarting generation {} of computation {} ({})",
             m.generation,
             m.comp_id,
             dir.display()
@@ -749,7 +756,7 @@ fn restore_into_self(
             let code = match r {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("dmtcp_restart: {e}");
+                    dmtcp_common::log_error!("{e}");
                     // The restorer then stops without a message of its
                     // own: the line above is the one the user sees. (A
                     // chunk is read before its record is written, so the

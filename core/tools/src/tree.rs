@@ -458,7 +458,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
         .map(|(i, img)| (img.meta.pid, i))
         .collect();
     if by_pid.len() != images.len() {
-        eprintln!("dmtcp_restart: two images have the same pid: they are not of one computation");
+        dmtcp_common::log_error!("two images have the same pid: they are not of one computation");
         return 1;
     }
     let mut children: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
@@ -588,7 +588,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
         if let Err(e) = mount_proc() {
             // The probe mounted one: this should not happen. A /proc of the
             // outer namespace would make checkpoints signal the wrong threads.
-            eprintln!("dmtcp_restart: {e}; restart with DMTCP_RESTART_PIDNS=0");
+            dmtcp_common::log_error!("{e}; restart with DMTCP_RESTART_PIDNS=0");
             exit_now(1);
         }
         // Processes created without a chosen pid (the image streamers) get ids
@@ -622,7 +622,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
             stub(&plan, r, restore);
         }
         if c < 0 {
-            eprintln!("dmtcp_restart: cannot re-create process {pid}: {}", errno());
+            dmtcp_common::log_error!("cannot re-create process {pid}: {}", errno());
             exit_now(1);
         }
         if let Some(slot) = ROOTS.get(root_pids.len()) {
@@ -670,8 +670,8 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
         close(s);
     }
     if got < images.len() {
-        eprintln!(
-            "dmtcp_restart: only {got} of {} processes could be re-created",
+        dmtcp_common::log_error!(
+            "only {got} of {} processes could be re-created",
             images.len()
         );
     }
@@ -680,7 +680,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
 }
 
 fn fail(m: &str) -> i32 {
-    eprintln!("dmtcp_restart: {m}");
+    dmtcp_common::log_error!("{m}");
     1
 }
 
@@ -727,7 +727,7 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
     unsafe {
         if t.sid == pid {
             if libc::setsid() < 0 {
-                eprintln!("dmtcp_restart: process {pid}: setsid: {}", errno());
+                dmtcp_common::log_error!("process {pid}: setsid: {}", errno());
             }
             // Its controlling terminal, if it is a pty of the job.
             if let Some(&(_, slave, _)) = t
@@ -736,14 +736,14 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
                 .and_then(|k| PTYS.get().and_then(|p| p.get(k)))
             {
                 if libc::ioctl(slave, libc::TIOCSCTTY, 0) != 0 {
-                    eprintln!(
-                        "dmtcp_restart: process {pid}: cannot get its terminal back: {}",
+                    dmtcp_common::log_error!(
+                        "process {pid}: cannot get its terminal back: {}",
                         errno()
                     );
                 }
             }
         } else if t.pgid == pid && libc::setpgid(0, 0) != 0 {
-            eprintln!("dmtcp_restart: process {pid}: setpgid: {}", errno());
+            dmtcp_common::log_error!("process {pid}: setpgid: {}", errno());
         }
     }
     for &c in plan.children.get(&pid).map(|v| v.as_slice()).unwrap_or(&[]) {
@@ -753,10 +753,7 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
             stub(plan, c, restore);
         }
         if r < 0 {
-            eprintln!(
-                "dmtcp_restart: cannot re-create process {cpid}: {}",
-                errno()
-            );
+            dmtcp_common::log_error!("cannot re-create process {cpid}: {}", errno());
         }
     }
     for &(zpid, status) in &t.zombies {
@@ -772,10 +769,7 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
             unsafe { core::ptr::write_volatile(plan.new_pids.add(slot), r) };
         }
         if r < 0 {
-            eprintln!(
-                "dmtcp_restart: cannot re-create exited child {zpid}: {}",
-                errno()
-            );
+            dmtcp_common::log_error!("cannot re-create exited child {zpid}: {}", errno());
         }
     }
     // SAFETY: one byte on our pipe, then wait for everyone (EOF on go).
@@ -812,8 +806,8 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
             && libc::getpgrp() != pgid
             && libc::setpgid(0, pgid) != 0
         {
-            eprintln!(
-                "dmtcp_restart: process {pid}: cannot join process group {}: {}",
+            dmtcp_common::log_error!(
+                "process {pid}: cannot join process group {}: {}",
                 t.pgid,
                 errno()
             );
@@ -825,8 +819,8 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         if let Some(&(r, w)) = plan.pipes.get(&ino) {
             // SAFETY: dup2 onto a number the program used for this pipe.
             if unsafe { libc::dup2(if write { w } else { r }, fd) } < 0 {
-                eprintln!(
-                    "dmtcp_restart: process {pid}: cannot put a pipe at fd {fd}: {}",
+                dmtcp_common::log_error!(
+                    "process {pid}: cannot put a pipe at fd {fd}: {}",
                     errno()
                 );
             }
@@ -849,7 +843,10 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
                 libc::sigaddset(&mut set, libc::SIGTTOU);
                 libc::sigprocmask(libc::SIG_BLOCK, &set, core::ptr::null_mut());
                 if libc::ioctl(slave, libc::TIOCSPGRP, &fg) != 0 {
-                    eprintln!("dmtcp_restart: process {pid}: cannot set the terminal's foreground group {fg}: {}", errno());
+                    dmtcp_common::log_error!(
+                        "process {pid}: cannot set the terminal's foreground group {fg}: {}",
+                        errno()
+                    );
                 }
             }
         }
@@ -858,8 +855,8 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         if let Some(&(m, s, _)) = PTYS.get().and_then(|x| x.get(&p.key)) {
             // SAFETY: dup2 onto a number the program used for this pty end.
             if unsafe { libc::dup2(if p.master { m } else { s }, p.fd) } < 0 {
-                eprintln!(
-                    "dmtcp_restart: process {pid}: cannot put a pty at fd {}: {}",
+                dmtcp_common::log_error!(
+                    "process {pid}: cannot put a pty at fd {}: {}",
                     p.fd,
                     errno()
                 );
@@ -872,8 +869,8 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         if let Some(&o) = files.and_then(|m| m.get(&f.key)) {
             // SAFETY: dup2 onto a number the program used for this file.
             if unsafe { libc::dup2(o, f.fd) } < 0 {
-                eprintln!(
-                    "dmtcp_restart: process {pid}: cannot put a file at fd {}: {}",
+                dmtcp_common::log_error!(
+                    "process {pid}: cannot put a file at fd {}: {}",
                     f.fd,
                     errno()
                 );
@@ -884,8 +881,8 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         if let Some(&e) = plan.evfds.get(&evfd_key(pid, r)) {
             // SAFETY: dup2 onto a number the program used for this eventfd.
             if unsafe { libc::dup2(e, r.fd) } < 0 {
-                eprintln!(
-                    "dmtcp_restart: process {pid}: cannot put an eventfd at fd {}: {}",
+                dmtcp_common::log_error!(
+                    "process {pid}: cannot put an eventfd at fd {}: {}",
                     r.fd,
                     errno()
                 );
@@ -900,8 +897,8 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         if let Some(&s) = plan.socks.get(&dmtcp_common::sock::key(r)) {
             // SAFETY: dup2 onto a number the program used for this socket.
             if unsafe { libc::dup2(s, r.fd) } < 0 {
-                eprintln!(
-                    "dmtcp_restart: process {pid}: cannot put a socket at fd {}: {}",
+                dmtcp_common::log_error!(
+                    "process {pid}: cannot put a socket at fd {}: {}",
                     r.fd,
                     errno()
                 );
@@ -914,7 +911,7 @@ fn stub(plan: &Plan, idx: usize, restore: &dyn Fn(&Image) -> String) -> ! {
         unsafe { libc::fcntl(s, libc::F_SETFD, 0) };
     }
     let e = restore(img);
-    eprintln!("dmtcp_restart: {e}");
+    dmtcp_common::log_error!("{e}");
     exit_now(1)
 }
 
@@ -1034,7 +1031,7 @@ pub static COORD: std::sync::OnceLock<(String, u16)> = std::sync::OnceLock::new(
 fn make_socks(images: &[Image], base: i32) -> BTreeMap<String, i32> {
     use dmtcp_common::image::SockState;
     use dmtcp_common::sock;
-    let mut warn = |m: String| eprintln!("dmtcp_restart: warning: {m}");
+    let mut warn = |m: String| dmtcp_common::log_warn!("warning: {m}");
     let all: Vec<&dmtcp_common::image::SockRec> = images
         .iter()
         .flat_map(|i| i.meta.tree.socks.iter())

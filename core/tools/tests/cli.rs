@@ -487,3 +487,75 @@ fn launch_names_missing_kernel_features() {
     );
     assert_eq!(out, bare);
 }
+
+/// One logging scheme: with `dmtcp_launch -v` every process of the job
+/// and the tools write a log file of their own in the temporary directory
+/// (`<tmp>/dmtcp-<user>@<host>/<name>.<pid>.log`) with their notes and
+/// debug detail (the checkpoint and its barriers, the restart); the
+/// program's stderr gets none of it. Without `-v` or `DMTCP_LOG`, no log
+/// file is written.
+#[test]
+fn verbose_runs_write_a_log_file_per_process() {
+    let prog = c_program("threads");
+    let p = prog.to_str().unwrap();
+    let tmp = fresh_dir("logs-quiet");
+    let mut job = Job::new("logs-quiet").env("DMTCP_TMPDIR", tmp.to_str().unwrap());
+    job.launch(&[p], &[]);
+    job.cycle("step 5\n", "step 8\n");
+    job.wait_success();
+    let none: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(none.is_empty(), "log files without -v: {none:?}");
+
+    let tmp = fresh_dir("logs");
+    let mut job = Job::new("logs").env("DMTCP_TMPDIR", tmp.to_str().unwrap());
+    job.launch(&[p], &["-v"]);
+    job.cycle("step 5\n", "step 8\n");
+    job.wait_success();
+    let dirs: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let logdir = dirs[0].path();
+    let name = logdir.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("dmtcp-") && name.contains('@'), "{name}");
+    let files: Vec<(String, String)> = std::fs::read_dir(&logdir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let of = |prefix: &str| -> Vec<&String> {
+        files
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix) && n.ends_with(".log"))
+            .map(|(_, t)| t)
+            .collect()
+    };
+    assert_eq!(of("dmtcp_launch.").len(), 1, "{files:?}");
+    let progs = of("threads.");
+    assert!(!progs.is_empty(), "no log of the program: {files:?}");
+    let all = progs
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join("");
+    for want in [
+        "info checkpoint of generation 1: suspending",
+        "debug barrier suspended: passed",
+        "written (",
+        "committed",
+        "info restarted from generation 1",
+    ] {
+        assert!(
+            all.contains(want),
+            "{want:?} missing in the program's log:\n{all}"
+        );
+    }
+    let err = std::fs::read_to_string(job.dir.join("err.txt")).unwrap_or_default();
+    assert!(
+        !err.contains("barrier"),
+        "debug lines on the program's stderr: {err}"
+    );
+}

@@ -97,10 +97,20 @@ impl Ctl {
 
     /// Wait for a barrier; Kill ends the process.
     fn barrier(&mut self, name: &str) -> bool {
-        coord::barrier(name)
+        log::debug(format_args!("barrier {name}"));
+        let ok = coord::barrier(name);
+        log::debug(format_args!(
+            "barrier {name}: {}",
+            if ok { "passed" } else { "round given up" }
+        ));
+        ok
     }
 
     fn checkpoint(&mut self, dir_override: Option<PathBuf>) {
+        log::info(format_args!(
+            "checkpoint of generation {}: suspending",
+            self.generation
+        ));
         capi::begin_checkpoint();
         plugin::set_round(self.generation, false);
         plugin::run(plugin::Event::PreSuspend);
@@ -242,6 +252,18 @@ impl Ctl {
                 ok = false;
             }
         }
+        match (&written, ok) {
+            (Ok(w), true) => log::info(format_args!(
+                "checkpoint of generation {}: {} written ({} bytes), committed",
+                self.generation,
+                w.path.display(),
+                w.bytes
+            )),
+            _ => log::info(format_args!(
+                "checkpoint of generation {}: not committed",
+                self.generation
+            )),
+        }
         let committed = reached && self.barrier("committed");
         plugin::run(plugin::Event::Resume);
         if committed {
@@ -359,6 +381,10 @@ impl Ctl {
         plugin::run(plugin::Event::Restart);
         self.barrier("restarted");
         plugin::run(plugin::Event::Restarted);
+        log::info(format_args!(
+            "restarted from generation {} (coordinator {}:{})",
+            self.generation, self.cfg.host, self.cfg.port
+        ));
         capi::end_checkpoint(true, true, self.generation);
         threads::resume_all();
         // Forked children connect to addresses resolved in advance (a child

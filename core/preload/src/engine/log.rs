@@ -1,23 +1,32 @@
-//! Messages to stderr, written with one write(2) (no stdio, no locks).
+//! The library's messages, in the scheme of `dmtcp_common::log`: warnings
+//! and errors on the program's stderr (`[dmtcp PID] warning: ...`), and
+//! everything the level lets through in the process's log file when
+//! `DMTCP_LOG` is set. Not for signal handlers (it formats into a String).
 
-use core::sync::atomic::{AtomicI32, Ordering};
+use dmtcp_common::log::{log, Level};
 
-/// Quietness: 0 normal, 1 no notes, 2 no warnings.
-pub static QUIET: AtomicI32 = AtomicI32::new(0);
-
-fn emit(level: &str, args: core::fmt::Arguments) {
-    let msg = format!("[dmtcp {}] {level}{args}\n", std::process::id());
-    let _ = dmtcp_sys::write_all(2, msg.as_bytes());
+/// Start-up: the level from `DMTCP_LOG` and `DMTCP_QUIET` (1: no notes,
+/// 2: no warnings either).
+pub fn init(program: &str, quiet: u8) {
+    dmtcp_common::log::init_library(program, quiet);
 }
 
 /// A warning (hidden by -q -q).
 pub fn warn(args: core::fmt::Arguments) {
-    if QUIET.load(Ordering::Relaxed) < 2 {
-        emit("warning: ", args);
-    }
+    log(Level::Warn, args);
 }
 
-/// An error (always shown).
+/// An error.
 pub fn error(args: core::fmt::Arguments) {
-    emit("error: ", args);
+    log(Level::Error, args);
+}
+
+/// A note: the log file only.
+pub fn info(args: core::fmt::Arguments) {
+    log(Level::Info, args);
+}
+
+/// Detail for `DMTCP_LOG=debug`: the log file only.
+pub fn debug(args: core::fmt::Arguments) {
+    log(Level::Debug, args);
 }

@@ -119,12 +119,12 @@ extern "C" fn dmtcp_init() {
     sigwrap::init();
     threads::init_rseq();
     let _ = cpu_flags();
-    log::QUIET.store(
+    log::init(
+        &exe,
         std::env::var(E::QUIET)
             .ok()
             .and_then(|q| q.parse().ok())
             .unwrap_or(0),
-        Relaxed,
     );
     // SAFETY: reserving an address range with NOREPLACE never disturbs an existing mapping.
     let r = unsafe {
