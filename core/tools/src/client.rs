@@ -185,6 +185,30 @@ fn check_owner(s: &TcpStream, a: &CoordAddr) -> Result<(), String> {
     }
 }
 
+/// Answer the challenge the coordinator at `host:port` starts the
+/// connection `s` with (docs/security.md): the `auth` of our `Hello`. The
+/// secret is the file `--secret-file`/`DMTCP_SECRET_FILE` names, else the
+/// one the coordinator wrote for this user on this machine.
+pub fn authenticate(s: &TcpStream, host: &str, port: u16) -> Result<String, String> {
+    use std::os::fd::AsRawFd;
+    let who = format!("{host}:{port}");
+    dmtcp_common::auth::answer_challenge(s.as_raw_fd(), &who, || {
+        dmtcp_common::auth::find(None, host, port)
+            .map_err(|e| format!("the coordinator at {who} asked for its secret: {e}"))
+    })
+}
+
+/// A tool's `--secret-file`: made the process's `DMTCP_SECRET_FILE`
+/// (absolute), which every connection of the tool and the programs it
+/// starts (a coordinator, dmtcp_restart) then use. Call before threads
+/// are started.
+pub fn use_secret_file(m: &clap::ArgMatches) {
+    if let Some(p) = m.get_one::<PathBuf>("secret_file") {
+        let p = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        std::env::set_var(E::SECRET_FILE, p);
+    }
+}
+
 /// The coordinator [`ensure`] found or started.
 pub struct Ensured {
     pub port: u16,

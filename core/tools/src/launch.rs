@@ -126,6 +126,15 @@ pub fn command(name: &'static str) -> Command {
             "Less output (twice: only errors; env DMTCP_QUIET)",
         ))
         .arg(
+            cli::flag(
+                "secret_from_stdin",
+                "secret-from-stdin",
+                "Read the coordinator's secret (64 hex digits) from the first line of standard input \
+                 (the ssh plugin's remote side)",
+            )
+            .hide(true),
+        )
+        .arg(
             Arg::new("command")
                 .value_name("command")
                 .help("The program to run, and its arguments (options after it are its own)")
@@ -164,6 +173,13 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
         Ok(m) => m,
         Err(code) => return code,
     };
+    crate::client::use_secret_file(&m);
+    if m.get_flag("secret_from_stdin") {
+        if let Err(e) = secret_from_stdin() {
+            eprintln!("{alias}: --secret-from-stdin: {e}");
+            return 1;
+        }
+    }
     let mut a = cli::coord_addr(&m);
     let ckpt_dir: Option<PathBuf> = m.get_one::<PathBuf>("ckptdir").cloned().or_else(|| {
         std::env::var(E::CKPT_DIR)
@@ -340,6 +356,33 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     if let Some(t) = tmpdir {
         cmd.env(E::TMPDIR, t);
     }
+    // The coordinator's secret goes to the library through an inherited
+    // pipe (not the environment, not the command line: docs/security.md).
+    cmd.env_remove(E::SECRET_FD);
+    let secret = match STDIN_SECRET.with(|s| s.borrow_mut().take()) {
+        Some(s) => Ok(Some(s)),
+        None => dmtcp_common::auth::find(None, &a.host, port),
+    };
+    match secret {
+        Ok(Some(s)) => match secret_pipe(&s) {
+            Ok(fd) => {
+                cmd.env(E::SECRET_FD, fd.to_string());
+            }
+            Err(e) => {
+                eprintln!("{alias}: cannot pass the coordinator's secret on: {e}");
+                return 1;
+            }
+        },
+        // The program's library reports the coordinator's challenge.
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!(
+                "{alias}: the secret of the coordinator at {}:{port}: {e}",
+                a.host
+            );
+            return 1;
+        }
+    }
     let e = cmd.exec();
     eprintln!("{alias}: cannot run {}: {e}", prog[0]);
     // A coordinator started for this launch would wait for ever.
@@ -351,6 +394,60 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     } else {
         126
     }
+}
+
+thread_local! {
+    /// The secret `--secret-from-stdin` read.
+    static STDIN_SECRET: std::cell::RefCell<Option<dmtcp_common::auth::Secret>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `--secret-from-stdin`: the first line of standard input is the
+/// coordinator's secret (64 hex digits), as the ssh plugin's `dmtcp_ssh`
+/// sends it first in its stream. Read byte by byte: the rest of standard
+/// input is the program's.
+fn secret_from_stdin() -> Result<(), String> {
+    let mut line = Vec::with_capacity(65);
+    loop {
+        let mut b = 0u8;
+        // SAFETY: reading one byte into our variable.
+        let n = unsafe { libc::read(0, &mut b as *mut u8 as *mut libc::c_void, 1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.to_string());
+        }
+        if n == 0 || b == b'\n' || line.len() > 128 {
+            break;
+        }
+        line.push(b);
+    }
+    let s = std::str::from_utf8(&line)
+        .ok()
+        .and_then(dmtcp_common::auth::Secret::from_hex);
+    line.fill(0);
+    let s = s.ok_or("no secret (64 hex digits) on the first line of standard input")?;
+    STDIN_SECRET.with(|x| *x.borrow_mut() = Some(s));
+    Ok(())
+}
+
+/// A pipe holding the secret, whose read end (returned) the program
+/// inherits; the write end is closed.
+fn secret_pipe(s: &dmtcp_common::auth::Secret) -> std::io::Result<i32> {
+    let (r, w) = crate::restart::pipe()?;
+    let n = dmtcp_sys::write_all(w, &s.0);
+    // SAFETY: closing our write end.
+    unsafe { libc::close(w) };
+    if n != 0 {
+        // SAFETY: closing our read end.
+        unsafe { libc::close(r) };
+        return Err(std::io::Error::from_raw_os_error(-n as i32));
+    }
+    // SAFETY: clearing close-on-exec on our read end.
+    unsafe { libc::fcntl(r, libc::F_SETFD, 0) };
+    Ok(r)
 }
 
 /// Would execvp find `prog`? An error when it is nowhere on PATH, or is

@@ -81,6 +81,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Ok(m) => m,
         Err(code) => return code,
     };
+    crate::client::use_secret_file(&m);
     let mut a = cli::coord_addr(&m);
     let ckpt_dir = m.get_one::<PathBuf>("ckptdir").cloned();
     let mut images: Vec<PathBuf> = Vec::new();
@@ -643,9 +644,16 @@ fn restore_into_self(
                 .unwrap_or_else(|| (vec![(img.meta.pid, unsafe { libc::getpid() })], true)),
         )
     };
+    // The coordinator's secret, for the restored process to answer its
+    // challenge (kept out of its images; docs/security.md).
+    let secret = match dmtcp_common::auth::find(None, host, port) {
+        Ok(s) => s.map(|s| s.to_hex()),
+        Err(e) => return format!("the secret of the coordinator at {host}:{port}: {e}"),
+    };
     let info = serde_json::json!({
         "coord_host": host,
         "coord_port": port,
+        "secret": secret,
         "ckpt_dir": ckpt_dir.map(|d| d.display().to_string()),
         "shared_files": crate::tree::shared_files(img),
         // Without a pid namespace: the job's pids then and now.

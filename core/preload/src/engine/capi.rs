@@ -293,6 +293,10 @@ fn query_status(host: &str, port: u16) -> Option<dmtcp_common::proto::Reply> {
     use dmtcp_common::proto::{self, Cmd, FromCoord, Role, ToCoord};
     let s = std::net::TcpStream::connect((host, port)).ok()?;
     let mut w = s.try_clone().ok()?;
+    let auth = {
+        use std::os::fd::AsRawFd;
+        super::secret::answer(s.as_raw_fd(), host, port).ok()?
+    };
     let hello = ToCoord::Hello {
         role: Role::Command,
         pid: dmtcp_sys::getpid(),
@@ -303,6 +307,7 @@ fn query_status(host: &str, port: u16) -> Option<dmtcp_common::proto::Reply> {
         comp_id: None,
         generation: 0,
         num_peers: 0,
+        auth: Some(auth),
     };
     proto::send(&mut w, &hello).ok()?;
     proto::send(&mut w, &ToCoord::Command { cmd: Cmd::Status }).ok()?;

@@ -16,6 +16,7 @@
 //! | `proctree` | the process's place in the job's tree, recorded in the image |
 //! | `vpid` | virtual pids after a restart without a pid namespace |
 //! | `coord` | the link to the coordinator: barriers, the name service |
+//! | `secret` | the coordinator's secret, in a page left out of images; the answer to its challenge |
 //! | `fds` | the fd table: the library's protected fds, fd helpers, what dmtcp_restart put in place |
 //! | `fdguard` | `close`, `dup2`, `dup3`, `close_range`, `closefrom` wrappers that keep the protected fds the library's |
 //! | `plugin` | the plugin manager: internal plugins and user plugins (`--with-plugin`), events in order |
@@ -45,6 +46,7 @@ pub(crate) mod plugin;
 pub(crate) mod proctree;
 pub(crate) mod restart;
 pub(crate) mod restartable;
+pub(crate) mod secret;
 pub(crate) mod sigevthread;
 pub(crate) mod signals;
 pub(crate) mod sigwrap;
