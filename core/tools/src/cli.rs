@@ -379,6 +379,18 @@ pub fn secret_file_of(m: &clap::ArgMatches) -> Option<std::path::PathBuf> {
         .map(|p| std::path::absolute(&p).unwrap_or(p))
 }
 
+/// `--secret-from-stdin` (hidden): the coordinator's secret is the first
+/// line of standard input (the remote side of an ssh session, the restart
+/// script's remote hosts).
+pub fn secret_from_stdin() -> Arg {
+    flag(
+        "secret_from_stdin",
+        "secret-from-stdin",
+        "Read the coordinator's secret (64 hex digits) from the first line of standard input",
+    )
+    .hide(true)
+}
+
 /// The help of the tools' `--secret-file`.
 pub const SECRET_FILE_HELP: &str = "Answer the coordinator's challenge with the secret in FILE \
      (env DMTCP_SECRET_FILE; default: the file the coordinator wrote on this machine, \

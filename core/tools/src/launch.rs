@@ -125,15 +125,7 @@ pub fn command(name: &'static str) -> Command {
         .arg(cli::quiet(
             "Less output (twice: only errors; env DMTCP_QUIET)",
         ))
-        .arg(
-            cli::flag(
-                "secret_from_stdin",
-                "secret-from-stdin",
-                "Read the coordinator's secret (64 hex digits) from the first line of standard input \
-                 (the ssh plugin's remote side)",
-            )
-            .hide(true),
-        )
+        .arg(cli::secret_from_stdin())
         .arg(
             Arg::new("command")
                 .value_name("command")
@@ -175,7 +167,7 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     };
     crate::client::use_secret_file(&m);
     if m.get_flag("secret_from_stdin") {
-        if let Err(e) = secret_from_stdin() {
+        if let Err(e) = crate::client::secret_from_stdin() {
             eprintln!("{alias}: --secret-from-stdin: {e}");
             return 1;
         }
@@ -359,10 +351,7 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     // The coordinator's secret goes to the library through an inherited
     // pipe (not the environment, not the command line: docs/security.md).
     cmd.env_remove(E::SECRET_FD);
-    let secret = match STDIN_SECRET.with(|s| s.borrow_mut().take()) {
-        Some(s) => Ok(Some(s)),
-        None => dmtcp_common::auth::find(None, &a.host, port),
-    };
+    let secret = crate::client::secret_for(&a.host, port);
     match secret {
         Ok(Some(s)) => match secret_pipe(&s) {
             Ok(fd) => {
@@ -394,43 +383,6 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     } else {
         126
     }
-}
-
-thread_local! {
-    /// The secret `--secret-from-stdin` read.
-    static STDIN_SECRET: std::cell::RefCell<Option<dmtcp_common::auth::Secret>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// `--secret-from-stdin`: the first line of standard input is the
-/// coordinator's secret (64 hex digits), as the ssh plugin's `dmtcp_ssh`
-/// sends it first in its stream. Read byte by byte: the rest of standard
-/// input is the program's.
-fn secret_from_stdin() -> Result<(), String> {
-    let mut line = Vec::with_capacity(65);
-    loop {
-        let mut b = 0u8;
-        // SAFETY: reading one byte into our variable.
-        let n = unsafe { libc::read(0, &mut b as *mut u8 as *mut libc::c_void, 1) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e.to_string());
-        }
-        if n == 0 || b == b'\n' || line.len() > 128 {
-            break;
-        }
-        line.push(b);
-    }
-    let s = std::str::from_utf8(&line)
-        .ok()
-        .and_then(dmtcp_common::auth::Secret::from_hex);
-    line.fill(0);
-    let s = s.ok_or("no secret (64 hex digits) on the first line of standard input")?;
-    STDIN_SECRET.with(|x| *x.borrow_mut() = Some(s));
-    Ok(())
 }
 
 /// A pipe holding the secret, whose read end (returned) the program

@@ -60,6 +60,7 @@ pub fn command() -> Command {
     ))
     .arg(cli::tmpdir("Directory for temporary files"))
     .arg(cli::quiet("Less output"))
+    .arg(cli::secret_from_stdin())
     .arg(
         Arg::new("images")
             .value_name("ckpt.dmtcp")
@@ -82,6 +83,12 @@ pub fn main(args: Vec<String>) -> i32 {
         Err(code) => return code,
     };
     crate::client::use_secret_file(&m);
+    if m.get_flag("secret_from_stdin") {
+        if let Err(e) = crate::client::secret_from_stdin() {
+            eprintln!("dmtcp_restart: --secret-from-stdin: {e}");
+            return 1;
+        }
+    }
     let mut a = cli::coord_addr(&m);
     let ckpt_dir = m.get_one::<PathBuf>("ckptdir").cloned();
     let mut images: Vec<PathBuf> = Vec::new();
@@ -646,7 +653,7 @@ fn restore_into_self(
     };
     // The coordinator's secret, for the restored process to answer its
     // challenge (kept out of its images; docs/security.md).
-    let secret = match dmtcp_common::auth::find(None, host, port) {
+    let secret = match crate::client::secret_for(host, port) {
         Ok(s) => s.map(|s| s.to_hex()),
         Err(e) => return format!("the secret of the coordinator at {host}:{port}: {e}"),
     };
