@@ -353,9 +353,14 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     cmd.env_remove(E::SECRET_FD);
     let secret = crate::client::secret_for(&a.host, port);
     match secret {
+        // srun's tasks elsewhere read DMTCP_SECRET_FILE (docs/batch.md);
+        // those on this host the coordinator's file.
+        Ok(Some(_)) if srun => {}
         Ok(Some(s)) => match secret_pipe(&s) {
             Ok(fd) => {
-                cmd.env(E::SECRET_FD, fd.to_string());
+                // The program is this process after the exec: the library
+                // takes the pipe only in the process whose pid is named.
+                cmd.env(E::SECRET_FD, format!("{fd},{}", std::process::id()));
             }
             Err(e) => {
                 eprintln!("{alias}: cannot pass the coordinator's secret on: {e}");

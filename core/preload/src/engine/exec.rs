@@ -166,7 +166,7 @@ unsafe fn exec_with_env(
     const SECRET_VAR: &[u8] = b"DMTCP_SECRET_FD=";
     let text = coord.map_or(0, |(h, _)| HOST_VAR.len() + h.len() + PORT_VAR.len() + 12)
         + SECRET_VAR.len()
-        + 24;
+        + 48;
     let ptrs = (n + 6) * core::mem::size_of::<usize>();
     let size = (ptrs + text).next_multiple_of(4096);
     // SAFETY: fresh private anonymous pages of our own.
@@ -233,6 +233,13 @@ unsafe fn exec_with_env(
             at = at.add(SECRET_VAR.len());
             core::ptr::copy_nonoverlapping(d.as_ptr(), at, d.len());
             at = at.add(d.len());
+            // ",<pid>": the exec keeps the pid.
+            *at = b',';
+            at = at.add(1);
+            let mut pd = [0u8; 20];
+            let p = dmtcp_sys::fmt_u64(dmtcp_sys::getpid() as u64, &mut pd);
+            core::ptr::copy_nonoverlapping(p.as_ptr(), at, p.len());
+            at = at.add(p.len());
             *at = 0;
             at = at.add(1);
         }

@@ -71,16 +71,24 @@ pub fn get() -> Option<Secret> {
     }
 }
 
-/// At start-up: read the secret from the pipe `DMTCP_SECRET_FD` names
-/// (then closed, the variable removed).
+/// At start-up: read the secret from the pipe `DMTCP_SECRET_FD` names,
+/// `<fd>,<pid>` (then closed, the variable removed).
 pub fn take_from_env() {
     let Ok(v) = std::env::var(dmtcp_common::env::SECRET_FD) else {
         return;
     };
     std::env::remove_var(dmtcp_common::env::SECRET_FD);
-    let Ok(fd) = v.parse::<i32>() else {
+    // "<fd>,<pid>": only the process named takes the pipe (a child that
+    // inherited the variable, not the descriptor, leaves its fds alone).
+    let Some((fd, pid)) = v.split_once(',') else {
         return;
     };
+    let (Ok(fd), Ok(pid)) = (fd.parse::<i32>(), pid.parse::<i32>()) else {
+        return;
+    };
+    if pid != dmtcp_sys::getpid() {
+        return;
+    }
     // SAFETY: a zeroed stat struct is a valid value.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
     // SAFETY: fstat into our struct; fails cleanly if fd is closed.
