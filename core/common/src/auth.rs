@@ -26,10 +26,9 @@ pub struct Secret(pub [u8; LEN]);
 
 impl Drop for Secret {
     fn drop(&mut self) {
-        for b in self.0.iter_mut() {
-            // SAFETY: a volatile write into our own array (not optimised away).
-            unsafe { core::ptr::write_volatile(b, 0) };
-        }
+        self.0.fill(0);
+        // The zeroes count as read: the stores are not optimised away.
+        core::hint::black_box(&mut self.0);
     }
 }
 
@@ -39,23 +38,13 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// `n` random bytes from the kernel (getrandom(2)).
+/// `N` random bytes from the kernel (getrandom(2)).
 pub fn random<const N: usize>() -> std::io::Result<[u8; N]> {
     let mut b = [0u8; N];
-    let mut got = 0;
-    while got < N {
-        // SAFETY: getrandom writes at most N - got bytes into our array.
-        let r = unsafe { libc::getrandom(b[got..].as_mut_ptr() as *mut libc::c_void, N - got, 0) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        got += r as usize;
+    match dmtcp_sys::getrandom_full(&mut b) {
+        0 => Ok(b),
+        e => Err(std::io::Error::from_raw_os_error(-e as i32)),
     }
-    Ok(b)
 }
 
 impl Secret {
@@ -121,8 +110,7 @@ pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
 /// This user's directory for coordinator secrets: `$TMPDIR/dmtcp-<uid>`
 /// (`/tmp` without TMPDIR).
 pub fn user_dir() -> PathBuf {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
+    let uid = dmtcp_sys::geteuid();
     std::env::temp_dir().join(format!("dmtcp-{uid}"))
 }
 
@@ -139,8 +127,7 @@ pub fn make_user_dir() -> Result<PathBuf, String> {
     let dir = user_dir();
     let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
     let m = std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = dmtcp_sys::geteuid();
     if !m.is_dir() || m.uid() != me || m.mode() & 0o077 != 0 {
         return Err(format!(
             "{} is not a private directory of this user (mode 0700, owner uid {me}): not used",
@@ -161,10 +148,11 @@ pub fn read_file(path: &Path) -> Result<Secret, String> {
             path.display()
         ));
     }
-    let mut text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let s = Secret::from_hex(&text);
-    // SAFETY: zeroes are valid UTF-8.
-    unsafe { text.as_bytes_mut().fill(0) };
+    let mut bytes = text.into_bytes();
+    bytes.fill(0);
+    core::hint::black_box(&mut bytes);
     s.ok_or_else(|| {
         format!(
             "{}: not a DMTCP secret file (64 hex digits expected)",
@@ -185,11 +173,11 @@ pub fn write_file(path: &Path, s: &Secret) -> std::io::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
-    let mut line = s.to_hex();
-    line.push('\n');
-    let r = f.write_all(line.as_bytes()).and_then(|_| f.sync_all());
-    // SAFETY: zeroes are valid UTF-8.
-    unsafe { line.as_bytes_mut().fill(0) };
+    let mut line = s.to_hex().into_bytes();
+    line.push(b'\n');
+    let r = f.write_all(&line).and_then(|_| f.sync_all());
+    line.fill(0);
+    core::hint::black_box(&mut line);
     if let Err(e) = r {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -253,18 +241,12 @@ pub fn read_challenge(fd: i32, who: &str) -> Result<Challenge, String> {
         std::time::Instant::now() + std::time::Duration::from_millis(CHALLENGE_TIMEOUT_MS as u64);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll on one pollfd of ours.
-        let n = unsafe { libc::poll(&mut p, 1, left.as_millis() as i32) };
+        let n = dmtcp_sys::poll_in(fd, left.as_millis() as i32);
+        if n == -(libc::EINTR as isize) {
+            continue;
+        }
         if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
+            let e = std::io::Error::from_raw_os_error(-n as i32);
             return Err(format!("the coordinator at {who}: {e}"));
         }
         if n == 0 {
@@ -274,17 +256,10 @@ pub fn read_challenge(fd: i32, who: &str) -> Result<Challenge, String> {
                 CHALLENGE_TIMEOUT_MS / 1000
             ));
         }
-        let mut b = 0u8;
-        // SAFETY: reading one byte into our variable.
-        let r = unsafe { libc::read(fd, &mut b as *mut u8 as *mut libc::c_void, 1) };
+        let mut b = [0u8; 1];
+        let r = dmtcp_sys::read_full(fd, &mut b);
         if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
-            ) {
-                continue;
-            }
+            let e = std::io::Error::from_raw_os_error(-r as i32);
             return Err(format!("the coordinator at {who}: {e}"));
         }
         if r == 0 {
@@ -292,10 +267,10 @@ pub fn read_challenge(fd: i32, who: &str) -> Result<Challenge, String> {
                 "the coordinator at {who} closed the connection before its challenge"
             ));
         }
-        if b == b'\n' {
+        if b[0] == b'\n' {
             break;
         }
-        line.push(b);
+        line.push(b[0]);
         if line.len() > 4096 {
             return Err(format!(
                 "the coordinator at {who} sent no challenge (not a coordinator of this version?)"
