@@ -496,5 +496,10 @@ impl Drop for Job {
         let _ = self.command(&["-k"]);
         let _ = self.coord.kill();
         let _ = self.coord.wait();
+        // The killed coordinator could not remove its secret file.
+        let _ = std::fs::remove_file(dmtcp_common::auth::default_path(
+            &dmtcp_common::hostname(),
+            self.port,
+        ));
     }
 }
