@@ -55,7 +55,14 @@ fn expect<T>(p: &mut Peer, what: &str, want: impl Fn(&FromCoord) -> Option<T>) -
     }
 }
 
-fn hello(role: Role, i: usize, host: &str) -> ToCoord {
+/// The `Hello` of a simulated peer, answering the coordinator's challenge
+/// on `s` with the secret of the coordinator at `port` (this user's file).
+fn hello(s: &TcpStream, port: u16, role: Role, i: usize, host: &str) -> ToCoord {
+    use std::os::fd::AsRawFd;
+    let auth = dmtcp_common::auth::answer_challenge(s.as_raw_fd(), "bench", || {
+        dmtcp_common::auth::find(None, "localhost", port)
+    })
+    .expect("challenge");
     ToCoord::Hello {
         role,
         pid: 1_000_000 + i as i32,
@@ -68,6 +75,7 @@ fn hello(role: Role, i: usize, host: &str) -> ToCoord {
         comp_id: None,
         generation: 0,
         num_peers: 0,
+        auth: Some(auth),
     }
 }
 
@@ -139,8 +147,9 @@ fn simulated(dir: &Path, n: usize, rounds: usize) -> SimStats {
         let t = Instant::now();
         let s = TcpStream::connect(("127.0.0.1", coord.port)).expect("connect");
         let _ = s.set_nodelay(true);
+        let h = hello(&s, coord.port, Role::Worker, i, &host);
         let mut p = BufReader::new(s);
-        send(&p, &hello(Role::Worker, i, &host));
+        send(&p, &h);
         comp = expect(&mut p, "Welcome", |m| match m {
             FromCoord::Welcome { comp_id, .. } => Some(comp_id.clone()),
             _ => None,
@@ -166,8 +175,9 @@ fn simulated(dir: &Path, n: usize, rounds: usize) -> SimStats {
         let t = Instant::now();
         let cmd = std::thread::spawn(move || {
             let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            let h = hello(&s, port, Role::Command, usize::MAX >> 40, "bench");
             let mut p = BufReader::new(s);
-            send(&p, &hello(Role::Command, usize::MAX >> 40, "bench"));
+            send(&p, &h);
             send(
                 &p,
                 &ToCoord::Command {

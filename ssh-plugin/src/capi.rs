@@ -45,6 +45,14 @@ dmtcp_fn!(fn raw_barrier(name: *const c_char) -> c_int as c"dmtcp_global_barrier
 dmtcp_fn!(fn raw_put(db: *const c_char, k: *const c_void, kl: u32, v: *const c_void, vl: u32) -> c_int as c"dmtcp_send_key_val_pair_to_coordinator");
 dmtcp_fn!(fn raw_get(db: *const c_char, k: *const c_void, kl: u32, v: *mut c_void, vl: *mut u32) -> c_int as c"dmtcp_send_query_to_coordinator");
 dmtcp_fn!(fn raw_enabled() -> c_int as c"dmtcp_is_enabled");
+dmtcp_fn!(fn raw_secret(buf: *mut u8, len: usize) -> c_int as c"dmtcp_internal_coordinator_secret");
+
+/// The coordinator's secret (32 bytes) the library holds, for the remote
+/// side of a session (docs/security.md); None without one.
+pub fn coordinator_secret() -> Option<[u8; 32]> {
+    let mut b = [0u8; 32];
+    (raw_secret(b.as_mut_ptr(), b.len()) == Some(1)).then_some(b)
+}
 
 /// Under the checkpointer?
 pub fn enabled() -> bool {

@@ -42,3 +42,12 @@ pub const DEFAULT_CKPT_SIGNAL: i32 = 12;
 pub fn truthy(v: &str) -> bool {
     !matches!(v.trim(), "" | "0" | "no" | "false")
 }
+/// File holding the coordinator's secret (`--secret-file`): a coordinator
+/// started with it uses the secret in it (writing a new one if the file
+/// does not exist); the tools and the library answer its challenge with it.
+pub const SECRET_FILE: &str = "DMTCP_SECRET_FILE";
+/// Internal: `<fd>,<pid>`, the inherited descriptor (a pipe) the library
+/// of process `<pid>` reads the coordinator's secret from at start-up; set
+/// by dmtcp_launch and by the library's own exec wrappers, never holding
+/// the secret itself.
+pub const SECRET_FD: &str = "DMTCP_SECRET_FD";

@@ -1,6 +1,7 @@
 //! Pieces shared by the tools, the coordinator and the preload library:
 //! the image format, the coordinator protocol, and DMTCP's environment names.
 
+pub mod auth;
 pub mod cpu;
 pub mod env;
 pub mod generation;

@@ -55,6 +55,10 @@ pub enum ToCoord {
         generation: u32,
         /// Processes in the checkpointed computation (restart only).
         num_peers: u32,
+        /// The answer to the coordinator's `Challenge`:
+        /// HMAC-SHA256(secret, nonce) in hex (see [`crate::auth`]).
+        #[serde(default)]
+        auth: Option<String>,
     },
     Command {
         cmd: Cmd,
@@ -128,6 +132,9 @@ pub enum FromCoord {
         #[serde(default)]
         commit: bool,
     },
+    /// The first message of every connection: the client answers with
+    /// HMAC-SHA256(secret, nonce) in its `Hello` (see [`crate::auth`]).
+    Challenge { nonce: String },
     /// Exit now.
     Kill,
     /// Answer to a `Command`.

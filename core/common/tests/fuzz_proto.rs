@@ -54,7 +54,8 @@ fn to_coord() -> impl Strategy<Value = ToCoord> {
             any::<bool>(),
             option::of(text()),
             any::<u32>(),
-            any::<u32>()
+            any::<u32>(),
+            option::of(text())
         )
             .prop_map(
                 |(
@@ -67,6 +68,7 @@ fn to_coord() -> impl Strategy<Value = ToCoord> {
                     comp_id,
                     generation,
                     num_peers,
+                    auth,
                 )| {
                     ToCoord::Hello {
                         role: if w { Role::Worker } else { Role::Command },
@@ -78,6 +80,7 @@ fn to_coord() -> impl Strategy<Value = ToCoord> {
                         comp_id,
                         generation,
                         num_peers,
+                        auth,
                     }
                 }
             ),
@@ -176,6 +179,7 @@ fn from_coord() -> impl Strategy<Value = FromCoord> {
                 commit,
             }
         }),
+        text().prop_map(|nonce| FromCoord::Challenge { nonce }),
         Just(FromCoord::Kill),
         reply.prop_map(FromCoord::Reply),
         text().prop_map(|reason| FromCoord::Refused { reason }),
@@ -280,6 +284,8 @@ const KEYS: &[&str] = &[
     "comp_id",
     "generation",
     "num_peers",
+    "auth",
+    "nonce",
     "cmd",
     "name",
     "image",

@@ -2,6 +2,9 @@
 #![allow(missing_docs)]
 
 pub const READ: usize = 0;
+pub const POLL: usize = 7;
+pub const GETRANDOM: usize = 318;
+pub const GETEUID: usize = 107;
 pub const WRITE: usize = 1;
 pub const OPEN: usize = 2;
 pub const CLOSE: usize = 3;

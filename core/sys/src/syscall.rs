@@ -105,6 +105,62 @@ pub unsafe fn read_full_raw(fd: i32, addr: usize, len: usize) -> isize {
     done as isize
 }
 
+/// Fill `buf` with random bytes from the kernel (`getrandom(2)`, blocking
+/// until the pool is ready); 0 or -errno.
+pub fn getrandom_full(buf: &mut [u8]) -> isize {
+    let mut done = 0usize;
+    while done < buf.len() {
+        // SAFETY: writing within our exclusively borrowed slice.
+        let r = unsafe {
+            syscall3(
+                crate::nr::GETRANDOM,
+                buf.as_mut_ptr() as usize + done,
+                buf.len() - done,
+                0,
+            )
+        };
+        if r == -crate::nr::EINTR {
+            continue;
+        }
+        if r < 0 {
+            return r;
+        }
+        done += r as usize;
+    }
+    0
+}
+
+/// Wait until `fd` is readable (or its peer hung up), at most `timeout_ms`
+/// (`poll(2)`): 1 ready, 0 timed out, or -errno.
+pub fn poll_in(fd: i32, timeout_ms: i32) -> isize {
+    #[repr(C)]
+    struct PollFd {
+        fd: i32,
+        events: i16,
+        revents: i16,
+    }
+    let mut p = PollFd {
+        fd,
+        events: 1, // POLLIN
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes our one struct.
+    unsafe {
+        syscall3(
+            crate::nr::POLL,
+            &mut p as *mut PollFd as usize,
+            1,
+            timeout_ms as isize as usize,
+        )
+    }
+}
+
+/// The effective user id.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { syscall3(crate::nr::GETEUID, 0, 0, 0) as u32 }
+}
+
 /// The calling thread's kernel thread id.
 pub fn gettid() -> i32 {
     // SAFETY: gettid has no arguments and no memory effects.

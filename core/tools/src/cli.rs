@@ -236,6 +236,7 @@ pub fn host_port_args(cmd: Command, port_help: &'static str) -> Command {
             .help("Hostname of the coordinator (env DMTCP_COORD_HOST, default localhost)"),
     )
     .arg(coord_port(port_help))
+    .arg(secret_file(SECRET_FILE_HELP))
 }
 
 /// The coordinator options of dmtcp_launch and dmtcp_restart, under
@@ -366,6 +367,46 @@ pub fn quiet(help: &'static str) -> Arg {
         .action(ArgAction::Count)
         .help(help)
 }
+
+/// `--secret-file FILE`: the coordinator's secret (docs/security.md).
+pub fn secret_file(help: &'static str) -> Arg {
+    Arg::new("secret_file")
+        .long("secret-file")
+        .value_name("FILE")
+        .value_parser(value_parser!(std::path::PathBuf))
+        .value_hint(ValueHint::FilePath)
+        .help(help)
+}
+
+/// The `--secret-file` given, else `DMTCP_SECRET_FILE` (absolute: a
+/// coordinator may change its directory when it becomes a daemon).
+pub fn secret_file_of(m: &clap::ArgMatches) -> Option<std::path::PathBuf> {
+    m.get_one::<std::path::PathBuf>("secret_file")
+        .cloned()
+        .or_else(|| {
+            std::env::var_os(dmtcp_common::env::SECRET_FILE)
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from)
+        })
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+}
+
+/// `--secret-from-stdin` (hidden): the coordinator's secret is the first
+/// line of standard input (the remote side of an ssh session, the restart
+/// script's remote hosts).
+pub fn secret_from_stdin() -> Arg {
+    flag(
+        "secret_from_stdin",
+        "secret-from-stdin",
+        "Read the coordinator's secret (64 hex digits) from the first line of standard input",
+    )
+    .hide(true)
+}
+
+/// The help of the tools' `--secret-file`.
+pub const SECRET_FILE_HELP: &str = "Answer the coordinator's challenge with the secret in FILE \
+     (env DMTCP_SECRET_FILE; default: the file the coordinator wrote on this machine, \
+     $TMPDIR/dmtcp-<uid>/coord-<host>-<port>.secret)";
 
 /// `--keep-generations N`: committed checkpoint generations to keep.
 pub fn keep_generations() -> Arg {

@@ -185,6 +185,76 @@ fn check_owner(s: &TcpStream, a: &CoordAddr) -> Result<(), String> {
     }
 }
 
+/// Answer the challenge the coordinator at `host:port` starts the
+/// connection `s` with (docs/security.md): the `auth` of our `Hello`. The
+/// secret is the file `--secret-file`/`DMTCP_SECRET_FILE` names, else the
+/// one the coordinator wrote for this user on this machine.
+pub fn authenticate(s: &TcpStream, host: &str, port: u16) -> Result<String, String> {
+    use std::os::fd::AsRawFd;
+    let who = format!("{host}:{port}");
+    dmtcp_common::auth::answer_challenge(s.as_raw_fd(), &who, || {
+        secret_for(host, port)
+            .map_err(|e| format!("the coordinator at {who} asked for its secret: {e}"))
+    })
+}
+
+/// The secret `--secret-from-stdin` read.
+static STDIN_SECRET: std::sync::Mutex<Option<dmtcp_common::auth::Secret>> =
+    std::sync::Mutex::new(None);
+
+/// The secret of the coordinator at `host:port`: the one read from
+/// standard input (`--secret-from-stdin`), else [`dmtcp_common::auth::find`].
+pub fn secret_for(host: &str, port: u16) -> Result<Option<dmtcp_common::auth::Secret>, String> {
+    if let Some(s) = STDIN_SECRET.lock().ok().and_then(|s| s.clone()) {
+        return Ok(Some(s));
+    }
+    dmtcp_common::auth::find(None, host, port)
+}
+
+/// `--secret-from-stdin` (dmtcp_launch, dmtcp_restart): the first line of
+/// standard input is the coordinator's secret (64 hex digits), as the ssh
+/// plugin's `dmtcp_ssh` and the restart script send it over ssh. Read
+/// byte by byte: the rest of standard input is the program's.
+pub fn secret_from_stdin() -> Result<(), String> {
+    let mut line = Vec::with_capacity(130);
+    loop {
+        let mut b = 0u8;
+        // SAFETY: reading one byte into our variable.
+        let n = unsafe { libc::read(0, &mut b as *mut u8 as *mut libc::c_void, 1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.to_string());
+        }
+        if n == 0 || b == b'\n' || line.len() > 128 {
+            break;
+        }
+        line.push(b);
+    }
+    let s = std::str::from_utf8(&line)
+        .ok()
+        .and_then(dmtcp_common::auth::Secret::from_hex);
+    line.fill(0);
+    let s = s.ok_or("no secret (64 hex digits) on the first line of standard input")?;
+    if let Ok(mut g) = STDIN_SECRET.lock() {
+        *g = Some(s);
+    }
+    Ok(())
+}
+
+/// A tool's `--secret-file`: made the process's `DMTCP_SECRET_FILE`
+/// (absolute), which every connection of the tool and the programs it
+/// starts (a coordinator, dmtcp_restart) then use. Call before threads
+/// are started.
+pub fn use_secret_file(m: &clap::ArgMatches) {
+    if let Some(p) = m.get_one::<PathBuf>("secret_file") {
+        let p = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        std::env::set_var(E::SECRET_FILE, p);
+    }
+}
+
 /// The coordinator [`ensure`] found or started.
 pub struct Ensured {
     pub port: u16,

@@ -191,7 +191,7 @@ fn cmd_name(c: &Cmd) -> &'static str {
 
 /// Prefix of the error [`send_command`] gives when the coordinator turned
 /// the connection away (too many connections) rather than not answering.
-pub const REFUSED: &str = "the coordinator refused the connection: ";
+pub const REFUSED: &str = dmtcp_common::auth::REFUSED;
 
 /// The first message of a tool's connection (`program` is its name).
 pub fn tool_hello(program: &str) -> ToCoord {
@@ -205,6 +205,7 @@ pub fn tool_hello(program: &str) -> ToCoord {
         comp_id: None,
         generation: 0,
         num_peers: 0,
+        auth: None,
     }
 }
 
@@ -223,7 +224,10 @@ pub fn send_command_with(
 ) -> Result<Reply, String> {
     let s = TcpStream::connect((host, port)).map_err(|e| e.to_string())?;
     let mut w = s.try_clone().map_err(|e| e.to_string())?;
-    let hello = tool_hello("dmtcp_command");
+    let mut hello = tool_hello("dmtcp_command");
+    if let ToCoord::Hello { auth, .. } = &mut hello {
+        *auth = Some(crate::client::authenticate(&s, host, port)?);
+    }
     // A coordinator that refuses the connection may close it before our
     // command is written: read its answer even if a write failed.
     let sent =
@@ -243,7 +247,11 @@ pub fn send_command_with(
         Ok(Some(FromCoord::Reply(rep))) => Ok(rep),
         Ok(Some(FromCoord::Refused { reason })) => Err(format!("{REFUSED}{reason}")),
         _ if sent.is_err() => Err(sent.err().map(|e| e.to_string()).unwrap_or_default()),
-        Ok(_) => Err("the coordinator closed the connection without answering".into()),
+        Ok(_) => Err(format!(
+            "the coordinator at {host}:{port} closed the connection without answering \
+             (as it does when the answer to its challenge is wrong: is --secret-file/DMTCP_SECRET_FILE \
+             the secret of this coordinator?)"
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -257,6 +265,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Ok(m) => m,
         Err(code) => return code,
     };
+    crate::client::use_secret_file(&m);
     let mut a = CoordAddr::from_env();
     if let Some(h) = m.get_one::<String>("coord_host") {
         a.host = h.clone();
@@ -297,7 +306,7 @@ pub fn main(args: Vec<String>) -> i32 {
         eprintln!();
     }
     match answer {
-        Err(e) if e.starts_with(REFUSED) => {
+        Err(e) if e.starts_with(REFUSED) || e.starts_with("the coordinator at ") => {
             if json {
                 println!(
                     "{}",

@@ -11,9 +11,10 @@
 //! number of connections is bounded by the fd limit (see
 //! [`max_connections`]).
 
+use dmtcp_common::auth;
 use dmtcp_common::proto::{self, Cmd, FromCoord, PeerInfo, Reply, Role, ToCoord};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -366,7 +367,7 @@ fn refuse(conn: TcpStream, reason: &str) {
     }
 }
 
-fn accept_loop(sh: Shared, listener: TcpListener) {
+fn accept_loop(sh: Shared, listener: TcpListener, secret: Arc<auth::Secret>) {
     let active = Arc::new(AtomicUsize::new(0));
     let max = max_connections();
     let mut refusing = false;
@@ -407,12 +408,13 @@ fn accept_loop(sh: Shared, listener: TcpListener) {
         active.fetch_add(1, Ordering::SeqCst);
         let slot = ConnSlot(active.clone());
         let sh = sh.clone();
+        let secret = secret.clone();
         let spawned = std::thread::Builder::new()
             .name("dmtcp-conn".into())
             .stack_size(CONN_STACK)
             .spawn(move || {
                 let _slot = slot;
-                handle(sh, conn, addr)
+                handle(sh, conn, addr, &secret)
             });
         // On failure the closure, with the connection, is dropped: closed.
         if let Err(e) = spawned {
@@ -440,6 +442,9 @@ pub struct CoordOpts {
     /// Seconds a round waits for every process to suspend (None: the
     /// default, [`DEFAULT_SUSPEND_TIMEOUT`]).
     pub suspend_timeout: Option<u64>,
+    /// The secret file to use (`--secret-file`, `DMTCP_SECRET_FILE`):
+    /// its secret when it exists, else a new one written to it.
+    pub secret_file: Option<PathBuf>,
 }
 
 /// How long a round waits for its processes to suspend by default.
@@ -529,6 +534,9 @@ fn send_to(out: &Arc<Outbox>, m: &FromCoord) {
 pub fn run(opts: CoordOpts) -> std::io::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", opts.port))?;
     let port = listener.local_addr()?.port();
+    // The secret is in its files before the port file says we listen.
+    let (secret, own_file) = make_secret(&opts, port)?;
+    let secret = Arc::new(secret);
     if let Some(f) = &opts.port_file {
         let tmp = f.with_extension("tmp");
         std::fs::write(&tmp, format!("{port}\n"))?;
@@ -570,7 +578,7 @@ pub fn run(opts: CoordOpts) -> std::io::Result<()> {
         let sh = shared.clone();
         std::thread::Builder::new()
             .name("dmtcp-accept".into())
-            .spawn(move || accept_loop(sh, listener))?;
+            .spawn(move || accept_loop(sh, listener, secret))?;
     }
     let (m, cv) = &*shared;
     let mut g = m.lock().unwrap();
@@ -584,7 +592,49 @@ pub fn run(opts: CoordOpts) -> std::io::Result<()> {
     for o in outs {
         o.drain(until);
     }
+    if let Some(f) = own_file {
+        let _ = std::fs::remove_file(f);
+    }
     Ok(())
+}
+
+/// The computation's secret (docs/security.md): the one in
+/// `--secret-file` when that file exists, else a new one (written to it).
+/// It is also written to this user's file for the port,
+/// [`auth::default_path`], which the tools of the same user on this
+/// machine read; that file's path is returned (removed at exit).
+fn make_secret(opts: &CoordOpts, port: u16) -> std::io::Result<(auth::Secret, Option<PathBuf>)> {
+    let err = |m: String| std::io::Error::other(m);
+    let secret = match &opts.secret_file {
+        Some(f) if f.exists() => auth::read_file(f).map_err(err)?,
+        Some(f) => {
+            let s = auth::Secret::generate()?;
+            auth::write_file(f, &s)
+                .map_err(|e| err(format!("cannot write the secret file {}: {e}", f.display())))?;
+            s
+        }
+        None => auth::Secret::generate()?,
+    };
+    let own = match auth::make_user_dir() {
+        Ok(_) => {
+            let p = auth::default_path(&dmtcp_common::hostname(), port);
+            match auth::write_file(&p, &secret) {
+                Ok(()) => Some(p),
+                Err(e) => {
+                    warn(format_args!(
+                        "cannot write the secret file {}: {e}; clients need --secret-file",
+                        p.display()
+                    ));
+                    None
+                }
+            }
+        }
+        Err(m) => {
+            warn(format_args!("{m}; clients need --secret-file"));
+            None
+        }
+    };
+    Ok((secret, own))
 }
 
 /// A round whose processes did not all suspend in time (one stopped with
@@ -1259,7 +1309,7 @@ fn recv_or_drop(reader: &mut BufReader<SockRead>, out: &Outbox) -> Option<ToCoor
     }
 }
 
-fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
+fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr, secret: &auth::Secret) {
     // A connection from this machine is taken only from the coordinator's
     // own user (or root): another user could otherwise checkpoint, kill
     // or feed a forged restart to the job (docs/security.md).
@@ -1297,9 +1347,27 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
             return;
         }
     }
+    // The challenge (docs/security.md): a fresh nonce, answered in the
+    // Hello with HMAC-SHA256(secret, nonce).
+    let nonce = match auth::random::<{ auth::LEN }>() {
+        Ok(n) => n,
+        Err(e) => {
+            warn(format_args!(
+                "refusing a connection from {addr}: no random bytes for its challenge: {e}"
+            ));
+            return;
+        }
+    };
+    let challenge = FromCoord::Challenge {
+        nonce: auth::hex(&nonce),
+    };
+    match proto::encode(&challenge) {
+        Ok(line) if (&conn).write_all(&line).is_ok() => {}
+        _ => return,
+    }
     let sock = Arc::new(conn);
     let out = Outbox::new(sock.clone(), format!("client {addr}"));
-    let mut reader = BufReader::new(SockRead(sock));
+    let mut reader = BufReader::new(SockRead(sock.clone()));
     let first = recv_or_drop(&mut reader, &out);
     let Some(ToCoord::Hello {
         role,
@@ -1311,10 +1379,20 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr) {
         comp_id,
         generation,
         num_peers,
+        auth: answer,
     }) = first
     else {
         return;
     };
+    if !answer.as_deref().is_some_and(|a| secret.check(&nonce, a)) {
+        // Nothing is said to the client: the connection is closed.
+        warn(format_args!(
+            "refusing a connection from {addr} ({program}, pid {pid}, host {hostname}): {} to the challenge",
+            if answer.is_none() { "no answer" } else { "a wrong answer" }
+        ));
+        let _ = sock.shutdown(Shutdown::Both);
+        return;
+    }
     if role == Role::Command {
         out.set_who(format!("{program} (pid {pid}) from {addr}"));
         return handle_command(sh, reader, out);

@@ -126,6 +126,7 @@ pub fn command(name: &'static str) -> Command {
             "Less output (twice: only errors; env DMTCP_QUIET)",
         ))
         .arg(cli::verbose())
+        .arg(cli::secret_from_stdin())
         .arg(
             Arg::new("command")
                 .value_name("command")
@@ -171,6 +172,13 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
         m.get_count("verbose"),
         m.get_count("quiet"),
     );
+    crate::client::use_secret_file(&m);
+    if m.get_flag("secret_from_stdin") {
+        if let Err(e) = crate::client::secret_from_stdin() {
+            dmtcp_common::log_error!("--secret-from-stdin: {e}");
+            return 1;
+        }
+    }
     let mut a = cli::coord_addr(&m);
     let ckpt_dir: Option<PathBuf> = m.get_one::<PathBuf>("ckptdir").cloned().or_else(|| {
         std::env::var(E::CKPT_DIR)
@@ -350,6 +358,35 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     if let Some(t) = tmpdir {
         cmd.env(E::TMPDIR, t);
     }
+    // The coordinator's secret goes to the library through an inherited
+    // pipe (not the environment, not the command line: docs/security.md).
+    cmd.env_remove(E::SECRET_FD);
+    let secret = crate::client::secret_for(&a.host, port);
+    match secret {
+        // srun's tasks elsewhere read DMTCP_SECRET_FILE (docs/batch.md);
+        // those on this host the coordinator's file.
+        Ok(Some(_)) if srun => {}
+        Ok(Some(s)) => match secret_pipe(&s) {
+            Ok(fd) => {
+                // The program is this process after the exec: the library
+                // takes the pipe only in the process whose pid is named.
+                cmd.env(E::SECRET_FD, format!("{fd},{}", std::process::id()));
+            }
+            Err(e) => {
+                dmtcp_common::log_error!("cannot pass the coordinator's secret on: {e}");
+                return 1;
+            }
+        },
+        // The program's library reports the coordinator's challenge.
+        Ok(None) => {}
+        Err(e) => {
+            dmtcp_common::log_error!(
+                "the secret of the coordinator at {}:{port}: {e}",
+                a.host
+            );
+            return 1;
+        }
+    }
     let e = cmd.exec();
     dmtcp_common::log_error!("cannot run {}: {e}", prog[0]);
     // A coordinator started for this launch would wait for ever.
@@ -361,6 +398,23 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     } else {
         126
     }
+}
+
+/// A pipe holding the secret, whose read end (returned) the program
+/// inherits; the write end is closed.
+fn secret_pipe(s: &dmtcp_common::auth::Secret) -> std::io::Result<i32> {
+    let (r, w) = crate::restart::pipe()?;
+    let n = dmtcp_sys::write_all(w, &s.0);
+    // SAFETY: closing our write end.
+    unsafe { libc::close(w) };
+    if n != 0 {
+        // SAFETY: closing our read end.
+        unsafe { libc::close(r) };
+        return Err(std::io::Error::from_raw_os_error(-n as i32));
+    }
+    // SAFETY: clearing close-on-exec on our read end.
+    unsafe { libc::fcntl(r, libc::F_SETFD, 0) };
+    Ok(r)
 }
 
 /// Would execvp find `prog`? An error when it is nowhere on PATH, or is

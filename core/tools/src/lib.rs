@@ -84,6 +84,11 @@ pub fn coordinator_command() -> clap::Command {
                  (env DMTCP_SUSPEND_TIMEOUT, default 120)",
             ),
     )
+    .arg(cli::secret_file(
+        "Use the secret in FILE (made, 0600, when it does not exist) instead of a new one, \
+         e.g. on a file system all hosts of a job share (env DMTCP_SECRET_FILE). \
+         The secret is always also written to $TMPDIR/dmtcp-<uid>/coord-<host>-<port>.secret",
+    ))
     .arg(cli::flag("daemon", "daemon", "Run in the background"))
     .arg(cli::quiet("Less output (twice: only errors)"))
     .arg(cli::verbose());
@@ -133,6 +138,7 @@ pub fn coordinator_main(args: Vec<String>) -> i32 {
                 .filter(|&s| s > 0)
         }),
         quiet: u32::from(m.get_count("quiet")),
+        secret_file: cli::secret_file_of(&m),
         ..Default::default()
     };
     dmtcp_common::log::init_tool(
@@ -141,6 +147,13 @@ pub fn coordinator_main(args: Vec<String>) -> i32 {
         m.get_count("verbose"),
         m.get_count("quiet"),
     );
+    // A secret file given but unusable is reported before daemonizing.
+    if let Some(f) = o.secret_file.as_ref().filter(|f| f.exists()) {
+        if let Err(e) = dmtcp_common::auth::read_file(f) {
+            dmtcp_common::log_error!("{e}");
+            return 1;
+        }
+    }
     let daemon = m.get_flag("daemon");
     if let Some(d) = &o.ckpt_dir {
         if let Err(e) = std::fs::create_dir_all(d) {

@@ -50,7 +50,12 @@ impl NameService {
         let s = std::net::TcpStream::connect((host, port))?;
         let _ = s.set_nodelay(true);
         let mut w = s.try_clone()?;
-        proto::send(&mut w, &crate::command::tool_hello("dmtcp_restart"))?;
+        let mut hello = crate::command::tool_hello("dmtcp_restart");
+        if let proto::ToCoord::Hello { auth, .. } = &mut hello {
+            *auth =
+                Some(crate::client::authenticate(&s, host, port).map_err(std::io::Error::other)?);
+        }
+        proto::send(&mut w, &hello)?;
         Ok(NameService {
             w,
             r: std::io::BufReader::new(s),

@@ -61,6 +61,7 @@ pub fn command() -> Command {
     .arg(cli::tmpdir("Directory for temporary files"))
     .arg(cli::quiet("Less output"))
     .arg(cli::verbose())
+    .arg(cli::secret_from_stdin())
     .arg(
         Arg::new("images")
             .value_name("ckpt.dmtcp")
@@ -88,6 +89,13 @@ pub fn main(args: Vec<String>) -> i32 {
         m.get_count("verbose"),
         m.get_count("quiet"),
     );
+    crate::client::use_secret_file(&m);
+    if m.get_flag("secret_from_stdin") {
+        if let Err(e) = crate::client::secret_from_stdin() {
+            dmtcp_common::log_error!("--secret-from-stdin: {e}");
+            return 1;
+        }
+    }
     let mut a = cli::coord_addr(&m);
     let ckpt_dir = m.get_one::<PathBuf>("ckptdir").cloned();
     let mut images: Vec<PathBuf> = Vec::new();
@@ -653,9 +661,16 @@ fn restore_into_self(
                 .unwrap_or_else(|| (vec![(img.meta.pid, unsafe { libc::getpid() })], true)),
         )
     };
+    // The coordinator's secret, for the restored process to answer its
+    // challenge (kept out of its images; docs/security.md).
+    let secret = match crate::client::secret_for(host, port) {
+        Ok(s) => s.map(|s| s.to_hex()),
+        Err(e) => return format!("the secret of the coordinator at {host}:{port}: {e}"),
+    };
     let info = serde_json::json!({
         "coord_host": host,
         "coord_port": port,
+        "secret": secret,
         "ckpt_dir": ckpt_dir.map(|d| d.display().to_string()),
         "shared_files": crate::tree::shared_files(img),
         // Without a pid namespace: the job's pids then and now.

@@ -184,12 +184,18 @@ if [ ${{#local_paths[@]}} -gt 0 ]; then
   "$dmtcp_restart" --join-coordinator --coord-host "$coord_host" --coord-port "$coord_port" --interval "$interval" "${{local_paths[@]}}" &
   pids+=($!)
 fi
+# The coordinator's secret goes to the other hosts' dmtcp_restart on the
+# standard input of ssh (never on a command line); with srun, through
+# DMTCP_SECRET_FILE on a file system the hosts share.
+secret_file=${{DMTCP_SECRET_FILE:-${{TMPDIR:-/tmp}}/dmtcp-$(id -u)/coord-$this_host-$coord_port.secret}}
 for k in "${{!remote_hosts[@]}}"; do
-  cmd="$(printf '%q' "$dmtcp_restart") --join-coordinator --coord-host $(printf '%q' "$coord_host") --coord-port $(printf '%q' "$coord_port") --interval $(printf '%q' "$interval")${{remote_paths[$k]}}"
+  cmd="$(printf '%q' "$dmtcp_restart") --join-coordinator --coord-host $(printf '%q' "$coord_host") --coord-port $(printf '%q' "$coord_port") --interval $(printf '%q' "$interval")"
   if [ -n "$use_srun" ]; then
-    srun --nodes=1 --ntasks=1 --overlap --quiet -w "${{remote_hosts[$k]}}" /bin/sh -c "exec $cmd" </dev/null &
+    srun --nodes=1 --ntasks=1 --overlap --quiet -w "${{remote_hosts[$k]}}" /bin/sh -c "exec $cmd${{remote_paths[$k]}}" </dev/null &
+  elif [ -r "$secret_file" ]; then
+    "${{rsh[@]}}" "${{remote_hosts[$k]}}" "$cmd --secret-from-stdin${{remote_paths[$k]}}" <"$secret_file" &
   else
-    "${{rsh[@]}}" -n "${{remote_hosts[$k]}}" "$cmd" &
+    "${{rsh[@]}}" -n "${{remote_hosts[$k]}}" "$cmd${{remote_paths[$k]}}" &
   fi
   pids+=($!)
 done

@@ -44,10 +44,11 @@ fn output_bounded(mut c: Command) -> (Option<std::process::ExitStatus>, String) 
     (st, out)
 }
 
-/// A `Hello` line, as the preload library or dmtcp_command sends it.
-fn hello(role: &str, uniq: &str) -> String {
+/// A `Hello` line, as the preload library or dmtcp_command sends it
+/// (`auth`: the answer to the coordinator's challenge).
+fn hello(role: &str, uniq: &str, auth: &str) -> String {
     json!({"t": "Hello", "role": role, "pid": 999_999, "hostname": "raw", "program": "rawclient", "uniq_id": uniq,
-           "restarting": false, "comp_id": null, "generation": 0, "num_peers": 0})
+           "restarting": false, "comp_id": null, "generation": 0, "num_peers": 0, "auth": auth})
     .to_string()
         + "\n"
 }
@@ -87,10 +88,10 @@ fn wait_log(job: &Job, pat: &str) -> bool {
 fn a_client_that_stops_reading_does_not_freeze_the_coordinator() {
     let mut job = Job::new("stuckreader");
     launch_sleeper(&mut job);
-    let mut raw = TcpStream::connect(("127.0.0.1", job.port)).unwrap();
+    let (mut raw, auth) = raw_connect(job.port);
     // One 1 MiB value (2 MiB as a JSON line), then 64 requests for it:
     // 128 MiB of answers, far more than any socket buffer holds.
-    let mut msgs = hello("Worker", "raw-stuck");
+    let mut msgs = hello("Worker", "raw-stuck", &auth);
     msgs += &(json!({"t": "KvPut", "db": "test", "key": [1], "val": vec![0u8; 1 << 20]})
         .to_string()
         + "\n");
@@ -220,8 +221,8 @@ fn wait_port(port_file: &Path) -> u16 {
 fn an_endless_line_is_cut_off_and_its_client_dropped() {
     let mut job = Job::new("endless");
     launch_sleeper(&mut job);
-    let mut raw = TcpStream::connect(("127.0.0.1", job.port)).unwrap();
-    raw.write_all(hello("Worker", "raw-endless").as_bytes())
+    let (mut raw, auth) = raw_connect(job.port);
+    raw.write_all(hello("Worker", "raw-endless", &auth).as_bytes())
         .unwrap();
     raw.write_all(br#"{"t":"KvPut","db":"x","key":[],"val":["#)
         .unwrap();
@@ -356,9 +357,9 @@ fn launch_refuses_another_users_coordinator() {
 
 /// A Status reply from the coordinator at `port`, read with a raw client.
 fn raw_status(port: u16) -> serde_json::Value {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut s, auth) = raw_connect(port);
     s.set_read_timeout(Some(HANG)).unwrap();
-    s.write_all(hello("Command", "").as_bytes()).unwrap();
+    s.write_all(hello("Command", "", &auth).as_bytes()).unwrap();
     s.write_all((json!({"t": "Command", "cmd": "Status"}).to_string() + "\n").as_bytes())
         .unwrap();
     let mut line = String::new();

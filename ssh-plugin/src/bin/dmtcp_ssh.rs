@@ -162,12 +162,18 @@ fn coord_host_for(dest: &str) -> String {
 }
 
 /// The remote command: dmtcp_sshd under dmtcp_launch, joined to our coordinator.
-fn remote_command(session: &str, host: &str, command: &str) -> String {
+/// With `secret`, dmtcp_launch reads the coordinator's secret from the
+/// first line of the session's stream (`--secret-from-stdin`), never from
+/// the command line.
+fn remote_command(session: &str, host: &str, command: &str, secret: bool) -> String {
     let bin = bin_dir();
     let mut w: Vec<String> = vec![
         bin.join("dmtcp_launch").display().to_string(),
         "--join-coordinator".into(),
     ];
+    if secret {
+        w.push("--secret-from-stdin".into());
+    }
     w.extend(["--coord-host".into(), coord_host_for(host)]);
     if let Ok(p) = std::env::var("DMTCP_COORD_PORT") {
         w.extend(["--coord-port".into(), p]);
@@ -376,7 +382,13 @@ fn main() {
     // No checkpoint until the remote side is up (or the session failed):
     // before that, bytes may sit where no image holds them.
     capi::disable_ckpt();
-    let remote = remote_command(&session, &args.host(), &args.command_string());
+    let mut secret = capi::coordinator_secret();
+    let remote = remote_command(
+        &session,
+        &args.host(),
+        &args.command_string(),
+        secret.is_some(),
+    );
     let (pid, fds) = match spawn_ssh(&ssh, &args.argv_for(&args.dest, &remote)) {
         Ok(x) => x,
         Err(e) => {
@@ -384,6 +396,22 @@ fn main() {
             std::process::exit(255);
         }
     };
+    // The secret goes first in the session's stream, before any frame.
+    if let Some(s) = secret.as_mut() {
+        let mut line = [b'\n'; 65];
+        const D: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in s.iter().enumerate() {
+            line[2 * i] = D[(b >> 4) as usize];
+            line[2 * i + 1] = D[(b & 15) as usize];
+        }
+        let sent = sys::write_all(fds.to_ssh, &line);
+        line.fill(0);
+        s.fill(0);
+        if let Err(e) = sent {
+            eprintln!("dmtcp_ssh: cannot start the session: {e}");
+            std::process::exit(255);
+        }
+    }
     let mut r = match Relay::new(fds.from_ssh, fds.to_ssh) {
         Ok(r) => r,
         Err(e) => {

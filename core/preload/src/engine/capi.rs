@@ -289,10 +289,34 @@ pub unsafe extern "C" fn dmtcp_get_coordinator_status(
     }
 }
 
+/// Internal, for the ssh plugin's `dmtcp_ssh` (which sends it to the
+/// remote side of its session, inside the session's stream): copy the
+/// coordinator's secret (32 bytes) into `buf`. 1 if copied, 0 if the
+/// process holds none or `len` is short.
+///
+/// # Safety
+/// `buf` is null or points to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_internal_coordinator_secret(buf: *mut u8, len: usize) -> c_int {
+    let Some(s) = super::secret::get() else {
+        return 0;
+    };
+    if buf.is_null() || len < s.0.len() {
+        return 0;
+    }
+    // SAFETY: the caller gives `len` >= 32 writable bytes at `buf`.
+    unsafe { core::ptr::copy_nonoverlapping(s.0.as_ptr(), buf, s.0.len()) };
+    1
+}
+
 fn query_status(host: &str, port: u16) -> Option<dmtcp_common::proto::Reply> {
     use dmtcp_common::proto::{self, Cmd, FromCoord, Role, ToCoord};
     let s = std::net::TcpStream::connect((host, port)).ok()?;
     let mut w = s.try_clone().ok()?;
+    let auth = {
+        use std::os::fd::AsRawFd;
+        super::secret::answer(s.as_raw_fd(), host, port).ok()?
+    };
     let hello = ToCoord::Hello {
         role: Role::Command,
         pid: dmtcp_sys::getpid(),
@@ -303,6 +327,7 @@ fn query_status(host: &str, port: u16) -> Option<dmtcp_common::proto::Reply> {
         comp_id: None,
         generation: 0,
         num_peers: 0,
+        auth: Some(auth),
     };
     proto::send(&mut w, &hello).ok()?;
     proto::send(&mut w, &ToCoord::Command { cmd: Cmd::Status }).ok()?;

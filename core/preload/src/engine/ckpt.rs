@@ -278,10 +278,29 @@ impl Ctl {
         coord::with(|c| c.reset());
         let info_fd = RESTART_INFO_FD.load(SeqCst);
         if info_fd >= 0 {
-            let mut s = String::new();
+            // Room for all of it at once: a grown buffer would leave
+            // copies of the secret in freed heap blocks (in the next image).
+            let mut avail: libc::c_int = 0;
+            // SAFETY: FIONREAD writes an int.
+            unsafe { libc::ioctl(info_fd, libc::FIONREAD, &mut avail) };
+            let mut s = String::with_capacity(avail.max(0) as usize + 4096);
             let _ = coord::Fd(info_fd).read_to_string(&mut s);
             super::fdguard::close_own(info_fd);
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&s) {
+            let parsed = serde_json::from_str::<serde_json::Value>(&s);
+            // SAFETY: zeroes are valid UTF-8 (the text held the secret).
+            unsafe { s.as_bytes_mut().fill(0) };
+            if let Ok(mut v) = parsed {
+                // The coordinator's secret: into its page, out of the
+                // heap (whose freed blocks are in the next image).
+                if let Some(serde_json::Value::String(mut hex)) =
+                    v.get_mut("secret").map(|x| x.take())
+                {
+                    if let Some(sec) = dmtcp_common::auth::Secret::from_hex(&hex) {
+                        super::secret::set(&sec);
+                    }
+                    // SAFETY: zeroes are valid UTF-8.
+                    unsafe { hex.as_bytes_mut().fill(0) };
+                }
                 if let Some(h) = v["coord_host"].as_str() {
                     self.cfg.host = h.into();
                 }
@@ -334,6 +353,16 @@ impl Ctl {
         if RESTART_FLAGS.load(SeqCst) & RESTART_BRK_SET == 0 {
             log::warn(format_args!("the kernel refused PR_SET_MM_MAP: the heap cannot grow in place after restart (malloc falls back to mmap)"));
         }
+        // The connection dmtcp_restart made starts with the challenge.
+        let auth = match super::secret::answer(coord::COORD_FD, &self.cfg.host, self.cfg.port) {
+            Ok(a) => a,
+            Err(e) => {
+                log::error(format_args!(
+                    "cannot rejoin the coordinator after restart: {e}"
+                ));
+                dmtcp_sys::exit_group(1);
+            }
+        };
         let hello = ToCoord::Hello {
             role: Role::Worker,
             pid: dmtcp_sys::getpid(),
@@ -344,6 +373,7 @@ impl Ctl {
             comp_id: Some(self.comp_id.clone()),
             generation: self.generation,
             num_peers: self.num_peers,
+            auth: Some(auth),
         };
         let welcome = if coord::send(&hello) {
             coord::recv()

@@ -163,8 +163,11 @@ unsafe fn exec_with_env(
     let coord = capi::coordinator_if_restarted();
     const HOST_VAR: &[u8] = b"DMTCP_COORD_HOST=";
     const PORT_VAR: &[u8] = b"DMTCP_COORD_PORT=";
-    let text = coord.map_or(0, |(h, _)| HOST_VAR.len() + h.len() + PORT_VAR.len() + 12);
-    let ptrs = (n + 5) * core::mem::size_of::<usize>();
+    const SECRET_VAR: &[u8] = b"DMTCP_SECRET_FD=";
+    let text = coord.map_or(0, |(h, _)| HOST_VAR.len() + h.len() + PORT_VAR.len() + 12)
+        + SECRET_VAR.len()
+        + 48;
+    let ptrs = (n + 6) * core::mem::size_of::<usize>();
     let size = (ptrs + text).next_multiple_of(4096);
     // SAFETY: fresh private anonymous pages of our own.
     let buf = unsafe {
@@ -196,6 +199,9 @@ unsafe fn exec_with_env(
         if coord.is_some() && (bytes.starts_with(HOST_VAR) || bytes.starts_with(PORT_VAR)) {
             continue;
         }
+        if bytes.starts_with(SECRET_VAR) {
+            continue;
+        }
         preloaded |=
             bytes.starts_with(b"LD_PRELOAD=") && bytes.windows(9).any(|w| w == b"libdmtcp.");
         // SAFETY: k <= i < n + 3 slots of our buffer.
@@ -208,11 +214,36 @@ unsafe fn exec_with_env(
         on = false;
     }
     let inherit = inherit_entry();
-    // SAFETY: four more entries and the terminating null fit in n + 5
+    // The coordinator's secret for the new program: an inherited pipe.
+    let secret_fd = if on {
+        super::secret::pipe_for_exec()
+    } else {
+        -1
+    };
+    // SAFETY: five more entries and the terminating null fit in n + 6
     // slots; the variables' text fits in the `text` bytes after them.
     unsafe {
+        let mut at = (buf as *mut u8).add(ptrs);
+        if secret_fd >= 0 {
+            let mut digits = [0u8; 20];
+            let d = dmtcp_sys::fmt_u64(secret_fd as u64, &mut digits);
+            *env.add(k) = at as *const libc::c_char;
+            k += 1;
+            core::ptr::copy_nonoverlapping(SECRET_VAR.as_ptr(), at, SECRET_VAR.len());
+            at = at.add(SECRET_VAR.len());
+            core::ptr::copy_nonoverlapping(d.as_ptr(), at, d.len());
+            at = at.add(d.len());
+            // ",<pid>": the exec keeps the pid.
+            *at = b',';
+            at = at.add(1);
+            let mut pd = [0u8; 20];
+            let p = dmtcp_sys::fmt_u64(dmtcp_sys::getpid() as u64, &mut pd);
+            core::ptr::copy_nonoverlapping(p.as_ptr(), at, p.len());
+            at = at.add(p.len());
+            *at = 0;
+            at = at.add(1);
+        }
         if let Some((host, port)) = coord {
-            let mut at = (buf as *mut u8).add(ptrs);
             let mut digits = [0u8; 20];
             let d = dmtcp_sys::fmt_u64(port as u64, &mut digits);
             for (var, val) in [(HOST_VAR, host), (PORT_VAR, d)] {
@@ -237,6 +268,10 @@ unsafe fn exec_with_env(
     let r = exec(env as *const *const libc::c_char);
     // SAFETY: unmapping our own copy (the exec failed).
     unsafe { super::unmap::sys_munmap(buf, size) };
+    if secret_fd >= 0 {
+        // SAFETY: closing the pipe the new program did not take.
+        unsafe { libc::close(secret_fd) };
+    }
     exec_failed(on);
     r
 }

@@ -17,6 +17,7 @@
 //! | `vpid` | virtual pids and tids after a restart without a pid namespace |
 //! | `procpath` | /proc/<pid>/... paths with the ids the program knows (file-call wrappers) |
 //! | `coord` | the link to the coordinator: barriers, the name service |
+//! | `secret` | the coordinator's secret, in a page left out of images; the answer to its challenge |
 //! | `fds` | the fd table: the library's protected fds, fd helpers, what dmtcp_restart put in place |
 //! | `fdguard` | `close`, `dup2`, `dup3`, `close_range`, `closefrom` wrappers that keep the protected fds the library's |
 //! | `plugin` | the plugin manager: internal plugins and user plugins (`--with-plugin`), events in order |
@@ -47,6 +48,7 @@ pub(crate) mod procpath;
 pub(crate) mod proctree;
 pub(crate) mod restart;
 pub(crate) mod restartable;
+pub(crate) mod secret;
 pub(crate) mod sigevthread;
 pub(crate) mod signals;
 pub(crate) mod sigwrap;

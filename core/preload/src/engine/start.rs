@@ -105,6 +105,7 @@ extern "C" fn dmtcp_init() {
     // runs them; the ssh plugin's relays (dmtcp_ssh, dmtcp_sshd) are
     // processes of the computation.
     let exe = exe_name();
+    super::secret::take_from_env();
     if exe.starts_with("dmtcp_") && !matches!(exe.as_str(), "dmtcp_ssh" | "dmtcp_sshd") {
         if take_inherited_coord().is_some() {
             // The connection of the program this tool replaced: closing it
@@ -303,6 +304,19 @@ pub(super) fn join_coordinator(
             stream.into_raw_fd()
         }
     };
+    // A new connection starts with the coordinator's challenge (an
+    // inherited one was answered by the program before the exec).
+    let auth = match inherited {
+        Some(_) => None,
+        None => match super::secret::answer(fd, &id.cfg.host, id.cfg.port) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                // SAFETY: closing the socket we connected.
+                unsafe { libc::close(fd) };
+                return Err(e);
+            }
+        },
+    };
     let mut coord = coord::Coord::adopt(fd);
     let pid = dmtcp_sys::getpid();
     let now = std::time::SystemTime::now()
@@ -326,6 +340,7 @@ pub(super) fn join_coordinator(
         comp_id: (!id.comp_id.is_empty()).then(|| id.comp_id.clone()),
         generation: 0,
         num_peers: 0,
+        auth,
     };
     coord
         .send(&hello)

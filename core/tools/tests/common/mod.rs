@@ -148,6 +148,19 @@ pub struct Job {
     restarted: bool,
 }
 
+/// A raw connection to the coordinator at `port` on this machine whose
+/// challenge is read: (the stream, the `auth` answer for its Hello, made
+/// with the secret the coordinator wrote for this user).
+pub fn raw_connect(port: u16) -> (std::net::TcpStream, String) {
+    use std::os::fd::AsRawFd;
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = dmtcp_common::auth::answer_challenge(s.as_raw_fd(), "test", || {
+        dmtcp_common::auth::find(None, "localhost", port)
+    })
+    .expect("answer the coordinator's challenge");
+    (s, auth)
+}
+
 /// Start `dmtcp_coordinator` for a job in `dir` on `port` (0: any) with
 /// `args`; its port.
 fn start_coordinator(dir: &Path, port: u16, args: &[&str]) -> (Child, u16) {
@@ -483,5 +496,10 @@ impl Drop for Job {
         let _ = self.command(&["-k"]);
         let _ = self.coord.kill();
         let _ = self.coord.wait();
+        // The killed coordinator could not remove its secret file.
+        let _ = std::fs::remove_file(dmtcp_common::auth::default_path(
+            &dmtcp_common::hostname(),
+            self.port,
+        ));
     }
 }
