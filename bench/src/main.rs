@@ -27,7 +27,12 @@
 //!
 //! `cargo run --release -p bench -- soak [--cycles 500] [--restarts 50]`
 //! checkpoints and restarts a 4-process job many times (see soak.rs).
+//!
+//! `cargo run --release -p bench -- peers [--sizes 1,4] [--dmtcp DIR]
+//!  [--criu]` runs the same workload under this project, DMTCP (an install
+//! at DIR) and CRIU, side by side in one run (see peers.rs).
 
+mod peers;
 mod scale;
 mod soak;
 mod softib;
@@ -49,6 +54,7 @@ fn main() {
         Some("softib") => softib::run(&args[2..]),
         Some("scale") => scale::run(&args[2..]),
         Some("soak") => soak::run(&args[2..]),
+        Some("peers") => peers::run(&args[2..]),
         _ => {
             eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR] [--plots DIR]");
             eprintln!(
@@ -57,6 +63,7 @@ fn main() {
             eprintln!("       bench softib [--iters 20000] [--sizes 8,4096,65536,1048576]");
             eprintln!("       bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256] [--dir DIR] [--plots DIR]");
             eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
+            eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
             std::process::exit(1);
         }
     }
