@@ -575,19 +575,108 @@ pub unsafe extern "C" fn ibv_query_gid(
     unsafe {
         let s = sctx(c);
         let rc = (r.query_gid)(s.real, port, index, gid);
-        if rc == 0 && index == 0 && (port as usize) < MAX_PORTS {
-            let mut p = s.ports.lock().unwrap_or_else(|e| e.into_inner());
-            let pi = &mut p[port as usize];
-            let g = (*gid).raw;
-            if !pi.gid_seen {
-                pi.gid_seen = true;
-                pi.vgid = g;
-                pi.rgid = g;
-                with_maps(|m| m.gids.push((g, g)));
-            }
-            (*gid).raw = pi.vgid;
+        if rc == 0 && index == 0 {
+            (*gid).raw = virt_gid(s, port as u32, (*gid).raw);
         }
         rc
+    }
+}
+
+/// The program's GID 0 of `port` for the device's `g` (the first run's:
+/// noted the first time the program asks).
+fn virt_gid(s: &SCtx, port: u32, g: [u8; 16]) -> [u8; 16] {
+    if port as usize >= MAX_PORTS {
+        return g;
+    }
+    let mut p = s.ports.lock().unwrap_or_else(|e| e.into_inner());
+    let pi = &mut p[port as usize];
+    if !pi.gid_seen {
+        pi.gid_seen = true;
+        pi.vgid = g;
+        pi.rgid = g;
+        with_maps(|m| m.gids.push((g, g)));
+    }
+    pi.vgid
+}
+
+type QueryGidEx =
+    unsafe extern "C" fn(*mut ibv_context, u32, u32, *mut ibv_gid_entry, u32, usize) -> c_int;
+type QueryGidTable =
+    unsafe extern "C" fn(*mut ibv_context, *mut ibv_gid_entry, usize, u32, usize) -> isize;
+
+/// The real `_ibv_query_gid_ex`/`_ibv_query_gid_table` (rdma-core v32+,
+/// IBVERBS_1.11), looked up on first use: older libraries lack them.
+fn real_gid_ex() -> Option<(QueryGidEx, QueryGidTable)> {
+    static F: std::sync::OnceLock<Option<(QueryGidEx, QueryGidTable)>> = std::sync::OnceLock::new();
+    *F.get_or_init(|| {
+        // SAFETY: NUL-terminated literals; the symbols have these C signatures (verbs.h).
+        unsafe {
+            let v = c"IBVERBS_1.11".as_ptr();
+            let a = libc::dlvsym(libc::RTLD_NEXT, c"_ibv_query_gid_ex".as_ptr(), v);
+            let b = libc::dlvsym(libc::RTLD_NEXT, c"_ibv_query_gid_table".as_ptr(), v);
+            (!a.is_null() && !b.is_null()).then(|| {
+                (
+                    std::mem::transmute::<*mut c_void, QueryGidEx>(a),
+                    std::mem::transmute::<*mut c_void, QueryGidTable>(b),
+                )
+            })
+        }
+    })
+}
+
+/// `ibv_query_gid_ex` of verbs.h: the real one on the real context, GID 0
+/// the program's (as `ibv_query_gid`).
+#[no_mangle]
+pub unsafe extern "C" fn _ibv_query_gid_ex(
+    c: *mut ibv_context,
+    port: u32,
+    index: u32,
+    entry: *mut ibv_gid_entry,
+    flags: u32,
+    size: usize,
+) -> c_int {
+    let Some((f, _)) = real_gid_ex() else {
+        return libc::EOPNOTSUPP;
+    };
+    let _g = NoCkpt::new();
+    // SAFETY: shadow context; the caller's entry of `size` bytes.
+    unsafe {
+        let s = sctx(c);
+        let rc = f(s.real, port, index, entry, flags, size);
+        if rc == 0 && index == 0 && !entry.is_null() {
+            (*entry).gid.raw = virt_gid(s, port, (*entry).gid.raw);
+        }
+        rc
+    }
+}
+
+/// `ibv_query_gid_table` of verbs.h (the `ibverbs` crate's way to a GID):
+/// the real one on the real context, each port's GID 0 the program's.
+#[no_mangle]
+pub unsafe extern "C" fn _ibv_query_gid_table(
+    c: *mut ibv_context,
+    entries: *mut ibv_gid_entry,
+    max: usize,
+    flags: u32,
+    size: usize,
+) -> isize {
+    let Some((_, f)) = real_gid_ex() else {
+        return -(libc::EOPNOTSUPP as isize);
+    };
+    let _g = NoCkpt::new();
+    // SAFETY: shadow context; the caller's `max` entries of `size` bytes each.
+    unsafe {
+        let s = sctx(c);
+        let n = f(s.real, entries, max, flags, size);
+        if n > 0 && size >= std::mem::size_of::<ibv_gid_entry>() {
+            for i in 0..n as usize {
+                let e = entries.cast::<u8>().add(i * size).cast::<ibv_gid_entry>();
+                if (*e).gid_index == 0 {
+                    (*e).gid.raw = virt_gid(s, (*e).port_num, (*e).gid.raw);
+                }
+            }
+        }
+        n
     }
 }
 
