@@ -200,7 +200,7 @@ unsafe fn drain_cq(s: *mut SCq, batch: &mut [ibv_wc; 16]) {
                 break;
             }
             for w in batch.iter_mut().take(n as usize) {
-                if !process_wc(w) {
+                if !process_wc((*s).cq.context, w) {
                     continue;
                 }
                 let at = (q.head + q.len) % cap;
@@ -274,27 +274,39 @@ pub(crate) fn restart() {
     let objs = objs();
     debug_state(&objs, "restart");
     let have = !objs.is_empty();
+    // Phase ends (µs since t0): rebuilt, published, first barrier, reconnected.
+    let mut at = [0u64; 4];
     if have {
         if let Err(m) = rebuild(&objs) {
             crate::say(&format!("restart: {m}"));
         }
     }
+    at[0] = sys::now_us() - t0;
     // Every process of the computation takes part in both barriers.
     if have {
         publish(&objs);
     }
+    at[1] = sys::now_us() - t0;
     sys::barrier(c"dmtcp-ib-published");
+    at[2] = sys::now_us() - t0;
     if have {
         if let Err(m) = reconnect(&objs) {
             crate::say(&format!("restart: {m}"));
         }
     }
+    at[3] = sys::now_us() - t0;
     sys::barrier(c"dmtcp-ib-connected");
     crate::debug(|| {
+        let all = sys::now_us() - t0;
         format!(
-            "drain took {} us; rebuild and reconnect {} us (with two barriers)",
+            "drain took {} us; rebuild and reconnect {all} us (with two barriers): \
+             re-create {} us, publish {} us, barrier {} us, reconnect {} us, barrier {} us",
             DRAIN_US.load(Relaxed),
-            sys::now_us() - t0
+            at[0],
+            at[1] - at[0],
+            at[2] - at[1],
+            at[3] - at[2],
+            all - at[3]
         )
     });
 }
@@ -338,7 +350,7 @@ fn rebuild(objs: &[Obj]) -> Result<(), String> {
                     (*s).real = rm;
                     (*s).rlkey = (*rm).lkey;
                     (*s).rrkey = (*rm).rkey;
-                    let (v, n) = (m.lkey, (*rm).lkey);
+                    let (v, n) = ((m.context as CtxKey, m.lkey), (*rm).lkey);
                     with_maps(|mp| {
                         mp.lkey.insert(v, n);
                     });
@@ -400,7 +412,7 @@ fn rebuild(objs: &[Obj]) -> Result<(), String> {
             unsafe {
                 let f = sctx((*s).srq.context).post_srq_recv;
                 let rs = (*s).real;
-                repost(&(*s).recvs, |w, b| f(rs, w, b))?;
+                repost((*s).srq.context, &(*s).recvs, |w, b| f(rs, w, b))?;
             }
         }
     }
@@ -483,7 +495,7 @@ unsafe fn rebuild_qp(r: &sys::Real, s: *mut SQp) -> Result<(), String> {
         (*s).real = rq;
         (*s).outstanding.store(0, Relaxed);
         (*s).fence.store(false, Relaxed);
-        let n = (*rq).qp_num;
+        let n = ((*s).qp.context as CtxKey, (*rq).qp_num);
         with_maps(|m| {
             m.qp_by_real.insert(n, s as usize);
         });
@@ -513,6 +525,9 @@ fn own_vlid(q: *mut SQp) -> Option<u16> {
 fn publish(objs: &[Obj]) {
     let t = token();
     let mut mrs = Vec::new();
+    // All of this process's QPs in one value too: a peer connected to
+    // many of them learns them all with one query (`learn_qp`).
+    let mut table = Vec::new();
     for o in objs {
         // SAFETY: live shadows.
         unsafe {
@@ -535,6 +550,9 @@ fn publish(objs: &[Obj]) {
                         let mut v = (*(*q).real).qp_num.to_le_bytes().to_vec();
                         v.extend_from_slice(&t.to_le_bytes());
                         sys::publish(&key(&[&"qp", &vl, &(*q).qp.qp_num]), &v);
+                        table.extend_from_slice(&vl.to_le_bytes());
+                        table.extend_from_slice(&(*q).qp.qp_num.to_le_bytes());
+                        table.extend_from_slice(&(*(*q).real).qp_num.to_le_bytes());
                         crate::debug(|| {
                             format!(
                                 "publish QP {vl:#x}/{:#x} -> {:#x}",
@@ -549,6 +567,7 @@ fn publish(objs: &[Obj]) {
         }
     }
     sys::publish(&key(&[&"mr", &t]), &mrs);
+    sys::publish(&key(&[&"qps", &t]), &table);
 }
 
 fn learn_lid(vl: u16) -> Option<u16> {
@@ -572,15 +591,43 @@ fn learn_lid(vl: u16) -> Option<u16> {
     Some(rl)
 }
 
-/// The peer QP's new number and its process's token.
-fn learn_qp(vl: u16, vq: u32) -> Option<(u32, u64)> {
+/// The new QP numbers of peers' QPs learnt at this restart: (virtual LID,
+/// virtual QPN) -> (new QPN, the peer process's token), and the tokens
+/// whose whole table was fetched.
+#[derive(Default)]
+struct Learnt {
+    qps: HashMap<(u16, u32), (u32, u64)>,
+    tables: std::collections::HashSet<u64>,
+}
+
+/// The peer QP's new number and its process's token: from the peer
+/// process's table once it was fetched (one query per peer process, not
+/// one per QP: with 1,000 QPs the queries were half the reconnect time).
+fn learn_qp(l: &mut Learnt, vl: u16, vq: u32) -> Option<(u32, u64)> {
     let rl = learn_lid(vl)?;
-    let v = sys::query(&key(&[&"qp", &vl, &vq]))?;
-    if v.len() < 12 {
-        return None;
-    }
-    let rq = u32::from_le_bytes(v[0..4].try_into().ok()?);
-    let t = u64::from_le_bytes(v[4..12].try_into().ok()?);
+    let (rq, t) = match l.qps.get(&(vl, vq)) {
+        Some(&x) => x,
+        None => {
+            let v = sys::query(&key(&[&"qp", &vl, &vq]))?;
+            if v.len() < 12 {
+                return None;
+            }
+            let rq = u32::from_le_bytes(v[0..4].try_into().ok()?);
+            let t = u64::from_le_bytes(v[4..12].try_into().ok()?);
+            if l.tables.insert(t) {
+                for e in sys::query(&key(&[&"qps", &t]))
+                    .unwrap_or_default()
+                    .chunks_exact(10)
+                {
+                    let el = u16::from_le_bytes([e[0], e[1]]);
+                    let eq = u32::from_le_bytes([e[2], e[3], e[4], e[5]]);
+                    let er = u32::from_le_bytes([e[6], e[7], e[8], e[9]]);
+                    l.qps.insert((el, eq), (er, t));
+                }
+            }
+            (rq, t)
+        }
+    };
     with_maps(|m| {
         m.qpn.insert((vl, vq), rq);
         m.qpn_rev.insert((rl, rq), vq);
@@ -593,6 +640,7 @@ fn learn_qp(vl: u16, vq: u32) -> Option<(u32, u64)> {
 fn reconnect(objs: &[Obj]) -> Result<(), String> {
     let r = real().ok_or("libibverbs is not loaded")?;
     let mut rkeys: HashMap<u64, Vec<(u32, u32)>> = HashMap::new();
+    let mut learnt = Learnt::default();
     for o in objs {
         // SAFETY: live shadows rebuilt by `rebuild`.
         unsafe {
@@ -607,7 +655,7 @@ fn reconnect(objs: &[Obj]) -> Result<(), String> {
                             && rtr_mask & IBV_QP_DEST_QPN as c_int != 0
                         {
                             let (vl, vq) = (rtr.ah_attr.dlid, rtr.dest_qp_num);
-                            match learn_qp(vl, vq) {
+                            match learn_qp(&mut learnt, vl, vq) {
                                 Some((_, t)) => {
                                     let map = rkeys.entry(t).or_insert_with(|| {
                                         let v = sys::query(&key(&[&"mr", &t])).unwrap_or_default();
@@ -656,7 +704,7 @@ fn reconnect(objs: &[Obj]) -> Result<(), String> {
                         .unwrap_or_else(|e| e.into_inner())
                         .clone();
                     for (vl, vq) in dests {
-                        let r = learn_qp(vl, vq);
+                        let r = learn_qp(&mut learnt, vl, vq);
                         crate::debug(|| {
                             format!(
                                 "QP {:#x}: UD destination {vl:#x}/{vq:#x} -> {r:x?}",
@@ -667,7 +715,7 @@ fn reconnect(objs: &[Obj]) -> Result<(), String> {
                     if (*q).qp.srq.is_null() {
                         let f = sctx((*q).qp.context).post_recv;
                         let rq = (*q).real;
-                        repost(&(*q).recvs, |w, b| f(rq, w, b))?;
+                        repost((*q).qp.context, &(*q).recvs, |w, b| f(rq, w, b))?;
                     }
                 }
                 Obj::Ah(a) => {
@@ -706,6 +754,7 @@ fn reconnect(objs: &[Obj]) -> Result<(), String> {
 
 /// Posts the logged receives again (with the new lkeys), leaving the log as is.
 unsafe fn repost(
+    ctx: *mut ibv_context,
     log: &std::sync::Mutex<std::collections::VecDeque<RecvRec>>,
     mut post: impl FnMut(*mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> c_int,
 ) -> Result<(), String> {
@@ -713,12 +762,7 @@ unsafe fn repost(
     for rec in l {
         let mut sg: Vec<ibv_sge> = rec.sges.clone();
         for s in &mut sg {
-            let v = s.lkey;
-            s.lkey = crate::shadow::MAPS
-                .read()
-                .ok()
-                .and_then(|m| m.as_ref().and_then(|m| m.lkey.get(&v).copied()))
-                .unwrap_or(v);
+            s.lkey = lkey_to_real(ctx, s.lkey);
         }
         let mut w = ibv_recv_wr {
             wr_id: rec.wr_id,

@@ -206,11 +206,16 @@ unsafe fn release<T>(s: *mut T, o: Obj) {
     drop(unsafe { Box::from_raw(s) });
 }
 
+/// A device context (the shadow's address): QP numbers and memory keys
+/// are the device's, and two HCAs may number theirs alike (mlx5 does), so
+/// the maps of real QP numbers and of lkeys are per context.
+pub(crate) type CtxKey = usize;
+
 pub(crate) struct Maps {
-    /// Real QP number of now -> shadow QP.
-    pub(crate) qp_by_real: HashMap<u32, usize>,
-    /// Virtual -> real lkey (only after a restart).
-    pub(crate) lkey: HashMap<u32, u32>,
+    /// (context, real QP number of now) -> shadow QP.
+    pub(crate) qp_by_real: HashMap<(CtxKey, u32), usize>,
+    /// (context, virtual lkey) -> real lkey (only after a restart).
+    pub(crate) lkey: HashMap<(CtxKey, u32), u32>,
     /// (virtual, real) LIDs: own ports and peers'.
     pub(crate) lids: Vec<(u16, u16)>,
     /// (virtual LID, virtual QPN) -> real QPN, and (real LID, real QPN) -> virtual QPN.
@@ -270,8 +275,8 @@ fn qpn_to_virt(rlid: u16, rqpn: u32) -> u32 {
         .unwrap_or(rqpn)
 }
 
-fn lkey_to_real(v: u32) -> u32 {
-    read_maps(|m| m.lkey.get(&v).copied())
+pub(crate) fn lkey_to_real(ctx: *mut ibv_context, v: u32) -> u32 {
+    read_maps(|m| m.lkey.get(&(ctx as CtxKey, v)).copied())
         .flatten()
         .unwrap_or(v)
 }
@@ -825,8 +830,9 @@ unsafe fn reg_mr_common(
         }));
         if RESTARTED.load(Relaxed) {
             let k = (*rm).lkey;
+            let c = (*sp).pd.context as CtxKey;
             with_maps(|m| {
-                m.lkey.insert(k, k);
+                m.lkey.insert((c, k), k);
             });
         }
         reg_add(Obj::Mr(s));
@@ -878,7 +884,7 @@ pub unsafe extern "C" fn ibv_dereg_mr(mr: *mut ibv_mr) -> c_int {
     unsafe {
         let rc = (r.dereg_mr)((*s).real);
         if rc == 0 {
-            let k = (*s).mr.lkey;
+            let k = ((*s).mr.context as CtxKey, (*s).mr.lkey);
             if RESTARTED.load(Relaxed) {
                 with_maps(|m| {
                     m.lkey.remove(&k);
@@ -1162,8 +1168,8 @@ pub unsafe extern "C" fn ibv_ack_cq_events(cq: *mut ibv_cq, n: c_uint) {
 /// Turns a completion of the device into the program's view, and updates
 /// the QP's bookkeeping (outstanding sends, posted receives). False for the
 /// completion of a checkpoint fence, which the program must not see.
-pub(crate) unsafe fn process_wc(w: &mut ibv_wc) -> bool {
-    let qp = read_maps(|m| m.qp_by_real.get(&w.qp_num).copied()).flatten();
+pub(crate) unsafe fn process_wc(ctx: *mut ibv_context, w: &mut ibv_wc) -> bool {
+    let qp = read_maps(|m| m.qp_by_real.get(&(ctx as CtxKey, w.qp_num)).copied()).flatten();
     if let Some(p) = qp {
         let q = p as *mut SQp;
         // SAFETY: QPs in the map are live shadows.
@@ -1251,7 +1257,7 @@ unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_wc) -> c_in
             // The program's completions move up over hidden ones.
             let mut kept = got;
             for i in got..got + r as usize {
-                if process_wc(&mut *wc.add(i)) {
+                if process_wc((*s).cq.context, &mut *wc.add(i)) {
                     *wc.add(kept) = *wc.add(i);
                     kept += 1;
                 }
@@ -1364,6 +1370,7 @@ pub unsafe extern "C" fn ibv_destroy_srq(srq: *mut ibv_srq) -> c_int {
 
 /// Posts a chain of receive WRs one by one with real lkeys, logging each.
 unsafe fn post_recv_chain(
+    ctx: *mut ibv_context,
     log: &Mutex<VecDeque<RecvRec>>,
     wr: *mut ibv_recv_wr,
     bad: *mut *mut ibv_recv_wr,
@@ -1394,7 +1401,7 @@ unsafe fn post_recv_chain(
             if translate {
                 for (d, s) in sges.iter_mut().zip(sg) {
                     *d = *s;
-                    d.lkey = lkey_to_real(s.lkey);
+                    d.lkey = lkey_to_real(ctx, s.lkey);
                 }
                 c.sg_list = sges.as_mut_ptr();
             }
@@ -1423,7 +1430,7 @@ unsafe extern "C" fn post_srq_recv(
     unsafe {
         let f = sctx((*s).srq.context).post_srq_recv;
         let real = (*s).real;
-        post_recv_chain(&(*s).recvs, wr, bad, |w, b| f(real, w, b))
+        post_recv_chain((*s).srq.context, &(*s).recvs, wr, bad, |w, b| f(real, w, b))
     }
 }
 
@@ -1492,7 +1499,7 @@ pub unsafe extern "C" fn ibv_create_qp(
             ptr::addr_of_mut!((*s).qp.mutex),
             ptr::addr_of_mut!((*s).qp.cond),
         );
-        let n = (*rq).qp_num;
+        let n = ((*s).qp.context as CtxKey, (*rq).qp_num);
         with_maps(|m| {
             m.qp_by_real.insert(n, s as usize);
         });
@@ -1601,7 +1608,7 @@ pub unsafe extern "C" fn ibv_destroy_qp(qp: *mut ibv_qp) -> c_int {
     let s = qp as *mut SQp;
     // SAFETY: a shadow QP the program gives up.
     unsafe {
-        let n = (*(*s).real).qp_num;
+        let n = ((*s).qp.context as CtxKey, (*(*s).real).qp_num);
         let rc = (r.destroy_qp)((*s).real);
         if rc == 0 {
             with_maps(|m| {
@@ -1664,7 +1671,7 @@ unsafe extern "C" fn post_send(
             if n > 0 && c.send_flags & IBV_SEND_INLINE == 0 {
                 for (i, d) in sges.iter_mut().take(n).enumerate() {
                     *d = *c.sg_list.add(i);
-                    d.lkey = lkey_to_real(d.lkey);
+                    d.lkey = lkey_to_real(q.qp.context, d.lkey);
                 }
                 c.sg_list = sges.as_mut_ptr();
             }
@@ -1740,7 +1747,7 @@ unsafe extern "C" fn post_recv(
     unsafe {
         let f = sctx((*s).qp.context).post_recv;
         let real = (*s).real;
-        post_recv_chain(&(*s).recvs, wr, bad, |w, b| f(real, w, b))
+        post_recv_chain((*s).qp.context, &(*s).recvs, wr, bad, |w, b| f(real, w, b))
     }
 }
 

@@ -93,7 +93,7 @@ fn run(messages: u64, words: usize, every: u64) -> Result<u64, String> {
                         sum = sum.wrapping_add(x.rotate_left((w % 64) as u32));
                     }
                     received += 1;
-                    if every > 0 && received % every == 0 {
+                    if every > 0 && received.is_multiple_of(every) {
                         println!("progress {received}");
                         std::io::Write::flush(&mut std::io::stdout())
                             .map_err(|e| format!("stdout: {e}"))?;
