@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_int, c_uint, c_void};
 use std::mem::offset_of;
 use std::ptr::{self, null_mut};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Mutex, RwLock};
 
 /// Set at the first restart: ids differ from now on, so work requests are
@@ -122,6 +122,31 @@ pub(crate) struct RecvRec {
     pub(crate) sges: Vec<ibv_sge>,
 }
 
+/// A posted send of an RC QP, as the program gave it (virtual ids), kept
+/// until a completion shows it ran (a QP's sends complete in order): a
+/// send still waiting for a receive at a checkpoint (RNR: the receiver's
+/// threads are suspended, it cannot post one) is posted again after a
+/// restart (`ckpt::replay`).
+#[derive(Clone)]
+pub(crate) struct SendRec {
+    /// `next` and `sg_list` null.
+    pub(crate) wr: ibv_send_wr,
+    pub(crate) sges: Vec<ibv_sge>,
+    /// The data of an inline send (the program may reuse its buffer).
+    pub(crate) inline: Vec<u8>,
+    /// Among the QP's sends that consume a receive (SEND, SEND_WITH_IMM,
+    /// RDMA_WRITE_WITH_IMM), this one's index; u64::MAX for the others.
+    pub(crate) seq: u64,
+}
+
+/// Does this opcode consume a receive at the peer?
+pub(crate) fn consumes_recv(op: c_uint) -> bool {
+    matches!(
+        op,
+        IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM
+    )
+}
+
 #[repr(C)]
 pub(crate) struct SSrq {
     pub(crate) srq: ibv_srq,
@@ -148,6 +173,12 @@ pub(crate) struct SQp {
     /// QP and has not completed yet: its completion is not the program's.
     pub(crate) fence: AtomicBool,
     pub(crate) recvs: Mutex<VecDeque<RecvRec>>,
+    /// RC: sends posted and not known to have run (see `SendRec`).
+    pub(crate) sends: Mutex<VecDeque<SendRec>>,
+    /// RC: sends that consume a receive posted so far, and receives
+    /// completed (successfully) so far, since the QP was created.
+    pub(crate) consuming_posted: AtomicU64,
+    pub(crate) recvs_done: AtomicU64,
     /// UD: (virtual LID, virtual QPN) destinations used.
     pub(crate) ud_dests: Mutex<Vec<(u16, u32)>>,
     /// The peer's rkeys: (virtual, real) sorted, after a restart.
@@ -1193,6 +1224,9 @@ pub(crate) unsafe fn process_wc(ctx: *mut ibv_context, w: &mut ibv_wc) -> bool {
                     .any(|r| r.wr_id == w.wr_id)
             };
             if is_recv {
+                if w.status == IBV_WC_SUCCESS {
+                    (*q).recvs_done.fetch_add(1, Relaxed);
+                }
                 if srq.is_null() {
                     (*q).recvs
                         .lock()
@@ -1212,7 +1246,23 @@ pub(crate) unsafe fn process_wc(ctx: *mut ibv_context, w: &mut ibv_wc) -> bool {
                     // Sends of an RC/UC QP complete in order: every send
                     // posted before the fence has run.
                     (*q).unsignaled_tail.store(0, Relaxed);
+                    (*q).sends.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     return false;
+                }
+                if (*q).qp.qp_type == IBV_QPT_RC {
+                    // In order: this completion is the oldest signaled
+                    // send's, and every send before it ran (an error or
+                    // flush completion is one send's).
+                    let mut l = (*q).sends.lock().unwrap_or_else(|e| e.into_inner());
+                    if w.status == IBV_WC_SUCCESS {
+                        while let Some(r) = l.pop_front() {
+                            if signaled(&*q, r.wr.send_flags) {
+                                break;
+                            }
+                        }
+                    } else {
+                        l.pop_front();
+                    }
                 }
             }
         }
@@ -1491,6 +1541,9 @@ pub unsafe extern "C" fn ibv_create_qp(
             unsignaled_tail: AtomicU32::new(0),
             fence: AtomicBool::new(false),
             recvs: Mutex::new(VecDeque::new()),
+            sends: Mutex::new(VecDeque::new()),
+            consuming_posted: AtomicU64::new(0),
+            recvs_done: AtomicU64::new(0),
             ud_dests: Mutex::new(Vec::new()),
             peer_rkeys: RwLock::new(Vec::new()),
         }));
@@ -1630,6 +1683,82 @@ unsafe extern "C" fn post_send(
     bad: *mut *mut ibv_send_wr,
 ) -> c_int {
     let _g = NoCkpt::new();
+    // SAFETY: forwarded contract.
+    unsafe { post_send_inner(qp, wr, bad) }
+}
+
+/// Logs a send of an RC QP (see `SendRec`).
+///
+/// # Safety
+/// `w` is the program's WR, its SGEs readable.
+unsafe fn log_send(q: &SQp, w: &ibv_send_wr) {
+    if q.qp.qp_type != IBV_QPT_RC {
+        return;
+    }
+    let n = w.num_sge.max(0) as usize;
+    let sg = if n == 0 || w.sg_list.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: the program's SGE array (caller's contract).
+        unsafe { std::slice::from_raw_parts(w.sg_list, n) }
+    };
+    let mut wr = *w;
+    wr.next = null_mut();
+    wr.sg_list = null_mut();
+    let seq = if consumes_recv(w.opcode) {
+        q.consuming_posted.fetch_add(1, Relaxed)
+    } else {
+        u64::MAX
+    };
+    let r = if w.send_flags & IBV_SEND_INLINE != 0 {
+        let mut d = Vec::new();
+        for e in sg {
+            // SAFETY: the program's inline data, readable during the post.
+            d.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(e.addr as usize as *const u8, e.length as usize)
+            });
+        }
+        SendRec {
+            wr,
+            sges: Vec::new(),
+            inline: d,
+            seq,
+        }
+    } else {
+        SendRec {
+            wr,
+            sges: sg.to_vec(),
+            inline: Vec::new(),
+            seq,
+        }
+    };
+    q.sends
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push_back(r);
+}
+
+/// Takes back the last logged send (its post failed).
+fn unlog_send(q: &SQp) {
+    if q.qp.qp_type != IBV_QPT_RC {
+        return;
+    }
+    let r = q.sends.lock().unwrap_or_else(|e| e.into_inner()).pop_back();
+    if r.is_some_and(|r| r.seq != u64::MAX) {
+        q.consuming_posted.fetch_sub(1, Relaxed);
+    }
+}
+
+/// `post_send` without the no-checkpoint section: also what the restart
+/// uses to post the logged sends again (on the checkpoint thread).
+///
+/// # Safety
+/// `qp` is a shadow QP; `wr` the program's WR chain.
+pub(crate) unsafe fn post_send_inner(
+    qp: *mut ibv_qp,
+    wr: *mut ibv_send_wr,
+    bad: *mut *mut ibv_send_wr,
+) -> c_int {
     let s = qp as *mut SQp;
     // SAFETY: shadow QP; the program's WR chain (copies on our stack).
     unsafe {
@@ -1646,12 +1775,20 @@ unsafe extern "C" fn post_send(
                 w = (*w).next;
             }
             q.outstanding.fetch_add(n, AcqRel);
+            // Logged before the post: its completion may be polled by
+            // another thread before the post returns.
+            let mut w = wr;
+            while !w.is_null() {
+                log_send(q, &*w);
+                w = (*w).next;
+            }
             let rc = f(q.real, wr, bad);
             if rc != 0 {
                 let mut m = 0;
                 let mut w = *bad;
                 while !w.is_null() {
                     m += signaled(q, (*w).send_flags) as u32;
+                    unlog_send(q);
                     w = (*w).next;
                 }
                 q.outstanding.fetch_sub(m, AcqRel);
@@ -1705,9 +1842,11 @@ unsafe extern "C" fn post_send(
             note_tail(q, sig != 0);
             q.outstanding.fetch_add(sig, AcqRel);
             let mut b = null_mut();
+            log_send(q, &*w);
             let rc = f(q.real, &mut c, &mut b);
             if rc != 0 {
                 q.outstanding.fetch_sub(sig, AcqRel);
+                unlog_send(q);
                 *bad = w;
                 return rc;
             }
