@@ -21,6 +21,10 @@
 //! perftest on the software InfiniBand device (ib-plugin/softib), on one
 //! node and across two nodes of the test rig.
 //!
+//! `cargo run --release -p bench -- ibqps [--qps 10,100,1000] [--runs 3] [--pause-us 0]`
+//! times what the InfiniBand plugin adds to a checkpoint (the drain) and
+//! a restart (re-creating and reconnecting) with N QPs (see ibqps.rs).
+//!
 //! `cargo run --release -p bench -- scale [--peers 4096] [--rounds 3]
 //!  [--real 256]` times the coordinator with many simulated peers and
 //! with many real processes (see scale.rs).
@@ -32,6 +36,7 @@
 //!  [--criu]` runs the same workload under this project, DMTCP (an install
 //! at DIR) and CRIU, side by side in one run (see peers.rs).
 
+mod ibqps;
 mod peers;
 mod scale;
 mod soak;
@@ -52,6 +57,7 @@ fn main() {
         Some("run") => run(&args[2..]),
         Some("overhead") => overhead(&args[2..]),
         Some("softib") => softib::run(&args[2..]),
+        Some("ibqps") => ibqps::run(&args[2..]),
         Some("scale") => scale::run(&args[2..]),
         Some("soak") => soak::run(&args[2..]),
         Some("peers") => peers::run(&args[2..]),
@@ -61,6 +67,7 @@ fn main() {
                 "       bench overhead [--runs 5] [--scale 1] [--startup-runs 30] [--plots DIR]"
             );
             eprintln!("       bench softib [--iters 20000] [--sizes 8,4096,65536,1048576]");
+            eprintln!("       bench ibqps [--qps 10,100,1000] [--runs 3] [--pause-us 0]");
             eprintln!("       bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256] [--dir DIR] [--plots DIR]");
             eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
             eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");

@@ -130,11 +130,14 @@ fn drain(reg: &Registry) {
         }
         let Some(q) = busy else { break };
         if sys::now_ms() - t0 > DRAIN_MS {
-            let mut msg = *b"dmtcp_ib: checkpoint: QP 0x00000000 still has sends in flight after 10 s; they may be lost\n";
+            // Sends an RC peer has no receive for (RNR) cannot complete
+            // while its threads are suspended: a restart posts them again
+            // (`replay`); a resume finds them still on the device.
+            let mut msg = *b"dmtcp_ib: drain: QP 0x00000000 still has sends in flight after 10 s (waiting for a receive?); a restart posts them again\n";
             // SAFETY: live shadow.
             let n = unsafe { (*q).qp.qp_num };
             for i in 0..8 {
-                msg[27 + i] = b"0123456789abcdef"[((n >> (28 - 4 * i)) & 15) as usize];
+                msg[22 + i] = b"0123456789abcdef"[((n >> (28 - 4 * i)) & 15) as usize];
             }
             sys::write_err(&msg);
             break;
@@ -160,7 +163,16 @@ fn drain(reg: &Registry) {
                         (*q).qp.qp_type,
                     )
                 };
-                if tail > 0 && ty != IBV_QPT_UD {
+                // An RC QP's logged sends that consume a receive are sorted
+                // out at the restart (`keep_unsent`): no loss to warn of.
+                // SAFETY: live shadow.
+                let sorted_later = ty == IBV_QPT_RC
+                    && unsafe { &(*q).sends }
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .any(|r| r.seq != u64::MAX);
+                if tail > 0 && ty != IBV_QPT_UD && !sorted_later {
                     let mut msg = *b"dmtcp_ib: checkpoint: QP 0x00000000 has unsignaled sends after its last signaled one; if they had not run yet, a restart loses them\n";
                     for i in 0..8 {
                         msg[27 + i] = b"0123456789abcdef"[((n >> (28 - 4 * i)) & 15) as usize];
@@ -200,7 +212,7 @@ unsafe fn drain_cq(s: *mut SCq, batch: &mut [ibv_wc; 16]) {
                 break;
             }
             for w in batch.iter_mut().take(n as usize) {
-                if !process_wc(w) {
+                if !process_wc((*s).cq.context, w) {
                     continue;
                 }
                 let at = (q.head + q.len) % cap;
@@ -274,27 +286,42 @@ pub(crate) fn restart() {
     let objs = objs();
     debug_state(&objs, "restart");
     let have = !objs.is_empty();
+    // Phase ends (µs since t0): rebuilt, published, first barrier, reconnected.
+    let mut at = [0u64; 4];
     if have {
         if let Err(m) = rebuild(&objs) {
             crate::say(&format!("restart: {m}"));
         }
     }
+    at[0] = sys::now_us() - t0;
     // Every process of the computation takes part in both barriers.
     if have {
         publish(&objs);
     }
+    at[1] = sys::now_us() - t0;
     sys::barrier(c"dmtcp-ib-published");
+    at[2] = sys::now_us() - t0;
     if have {
         if let Err(m) = reconnect(&objs) {
             crate::say(&format!("restart: {m}"));
         }
     }
+    at[3] = sys::now_us() - t0;
     sys::barrier(c"dmtcp-ib-connected");
+    if have {
+        replay(&objs);
+    }
     crate::debug(|| {
+        let all = sys::now_us() - t0;
         format!(
-            "drain took {} us; rebuild and reconnect {} us (with two barriers)",
+            "drain took {} us; rebuild and reconnect {all} us (with two barriers): \
+             re-create {} us, publish {} us, barrier {} us, reconnect {} us, barrier {} us",
             DRAIN_US.load(Relaxed),
-            sys::now_us() - t0
+            at[0],
+            at[1] - at[0],
+            at[2] - at[1],
+            at[3] - at[2],
+            all - at[3]
         )
     });
 }
@@ -338,7 +365,7 @@ fn rebuild(objs: &[Obj]) -> Result<(), String> {
                     (*s).real = rm;
                     (*s).rlkey = (*rm).lkey;
                     (*s).rrkey = (*rm).rkey;
-                    let (v, n) = (m.lkey, (*rm).lkey);
+                    let (v, n) = ((m.context as CtxKey, m.lkey), (*rm).lkey);
                     with_maps(|mp| {
                         mp.lkey.insert(v, n);
                     });
@@ -400,7 +427,7 @@ fn rebuild(objs: &[Obj]) -> Result<(), String> {
             unsafe {
                 let f = sctx((*s).srq.context).post_srq_recv;
                 let rs = (*s).real;
-                repost(&(*s).recvs, |w, b| f(rs, w, b))?;
+                repost((*s).srq.context, &(*s).recvs, |w, b| f(rs, w, b))?;
             }
         }
     }
@@ -483,7 +510,7 @@ unsafe fn rebuild_qp(r: &sys::Real, s: *mut SQp) -> Result<(), String> {
         (*s).real = rq;
         (*s).outstanding.store(0, Relaxed);
         (*s).fence.store(false, Relaxed);
-        let n = (*rq).qp_num;
+        let n = ((*s).qp.context as CtxKey, (*rq).qp_num);
         with_maps(|m| {
             m.qp_by_real.insert(n, s as usize);
         });
@@ -513,6 +540,9 @@ fn own_vlid(q: *mut SQp) -> Option<u16> {
 fn publish(objs: &[Obj]) {
     let t = token();
     let mut mrs = Vec::new();
+    // All of this process's QPs in one value too: a peer connected to
+    // many of them learns them all with one query (`learn_qp`).
+    let mut table = Vec::new();
     for o in objs {
         // SAFETY: live shadows.
         unsafe {
@@ -532,9 +562,15 @@ fn publish(objs: &[Obj]) {
                 }
                 Obj::Qp(q) => {
                     if let Some(vl) = own_vlid(q) {
+                        let rd = (*q).recvs_done.load(Relaxed);
                         let mut v = (*(*q).real).qp_num.to_le_bytes().to_vec();
                         v.extend_from_slice(&t.to_le_bytes());
+                        v.extend_from_slice(&rd.to_le_bytes());
                         sys::publish(&key(&[&"qp", &vl, &(*q).qp.qp_num]), &v);
+                        table.extend_from_slice(&vl.to_le_bytes());
+                        table.extend_from_slice(&(*q).qp.qp_num.to_le_bytes());
+                        table.extend_from_slice(&(*(*q).real).qp_num.to_le_bytes());
+                        table.extend_from_slice(&rd.to_le_bytes());
                         crate::debug(|| {
                             format!(
                                 "publish QP {vl:#x}/{:#x} -> {:#x}",
@@ -549,6 +585,7 @@ fn publish(objs: &[Obj]) {
         }
     }
     sys::publish(&key(&[&"mr", &t]), &mrs);
+    sys::publish(&key(&[&"qps", &t]), &table);
 }
 
 fn learn_lid(vl: u16) -> Option<u16> {
@@ -572,20 +609,51 @@ fn learn_lid(vl: u16) -> Option<u16> {
     Some(rl)
 }
 
-/// The peer QP's new number and its process's token.
-fn learn_qp(vl: u16, vq: u32) -> Option<(u32, u64)> {
+/// The new QP numbers of peers' QPs learnt at this restart: (virtual LID,
+/// virtual QPN) -> (new QPN, the peer process's token, the receives the
+/// peer QP had completed at the checkpoint), and the tokens whose whole
+/// table was fetched.
+#[derive(Default)]
+struct Learnt {
+    qps: HashMap<(u16, u32), (u32, u64, u64)>,
+    tables: std::collections::HashSet<u64>,
+}
+
+/// The peer QP's new number and its process's token: from the peer
+/// process's table once it was fetched (one query per peer process, not
+/// one per QP: with 1,000 QPs the queries were half the reconnect time).
+fn learn_qp(l: &mut Learnt, vl: u16, vq: u32) -> Option<(u32, u64, u64)> {
     let rl = learn_lid(vl)?;
-    let v = sys::query(&key(&[&"qp", &vl, &vq]))?;
-    if v.len() < 12 {
-        return None;
-    }
-    let rq = u32::from_le_bytes(v[0..4].try_into().ok()?);
-    let t = u64::from_le_bytes(v[4..12].try_into().ok()?);
+    let (rq, t, rd) = match l.qps.get(&(vl, vq)) {
+        Some(&x) => x,
+        None => {
+            let v = sys::query(&key(&[&"qp", &vl, &vq]))?;
+            if v.len() < 20 {
+                return None;
+            }
+            let rq = u32::from_le_bytes(v[0..4].try_into().ok()?);
+            let t = u64::from_le_bytes(v[4..12].try_into().ok()?);
+            let rd = u64::from_le_bytes(v[12..20].try_into().ok()?);
+            if l.tables.insert(t) {
+                for e in sys::query(&key(&[&"qps", &t]))
+                    .unwrap_or_default()
+                    .chunks_exact(18)
+                {
+                    let el = u16::from_le_bytes([e[0], e[1]]);
+                    let eq = u32::from_le_bytes([e[2], e[3], e[4], e[5]]);
+                    let er = u32::from_le_bytes([e[6], e[7], e[8], e[9]]);
+                    let ed = u64::from_le_bytes(e[10..18].try_into().unwrap_or([0; 8]));
+                    l.qps.insert((el, eq), (er, t, ed));
+                }
+            }
+            (rq, t, rd)
+        }
+    };
     with_maps(|m| {
         m.qpn.insert((vl, vq), rq);
         m.qpn_rev.insert((rl, rq), vq);
     });
-    Some((rq, t))
+    Some((rq, t, rd))
 }
 
 /// Gets the peers' new ids, brings every QP back to its state, re-posts the
@@ -593,6 +661,7 @@ fn learn_qp(vl: u16, vq: u32) -> Option<(u32, u64)> {
 fn reconnect(objs: &[Obj]) -> Result<(), String> {
     let r = real().ok_or("libibverbs is not loaded")?;
     let mut rkeys: HashMap<u64, Vec<(u32, u32)>> = HashMap::new();
+    let mut learnt = Learnt::default();
     for o in objs {
         // SAFETY: live shadows rebuilt by `rebuild`.
         unsafe {
@@ -602,13 +671,21 @@ fn reconnect(objs: &[Obj]) -> Result<(), String> {
                         let l = (*q).log.lock().unwrap_or_else(|e| e.into_inner());
                         (l[1].0, l[1].1, l[2].0, l[2].1)
                     };
+                    if rtr_mask == 0
+                        || rtr_mask & IBV_QP_AV as c_int == 0
+                        || rtr_mask & IBV_QP_DEST_QPN as c_int == 0
+                    {
+                        keep_unsent(q, None);
+                    }
                     if rtr_mask != 0 {
                         if rtr_mask & IBV_QP_AV as c_int != 0
                             && rtr_mask & IBV_QP_DEST_QPN as c_int != 0
                         {
                             let (vl, vq) = (rtr.ah_attr.dlid, rtr.dest_qp_num);
-                            match learn_qp(vl, vq) {
-                                Some((_, t)) => {
+                            let peer = learn_qp(&mut learnt, vl, vq);
+                            keep_unsent(q, peer.map(|p| p.2));
+                            match peer {
+                                Some((_, t, _)) => {
                                     let map = rkeys.entry(t).or_insert_with(|| {
                                         let v = sys::query(&key(&[&"mr", &t])).unwrap_or_default();
                                         let mut m: Vec<(u32, u32)> = v
@@ -656,7 +733,7 @@ fn reconnect(objs: &[Obj]) -> Result<(), String> {
                         .unwrap_or_else(|e| e.into_inner())
                         .clone();
                     for (vl, vq) in dests {
-                        let r = learn_qp(vl, vq);
+                        let r = learn_qp(&mut learnt, vl, vq);
                         crate::debug(|| {
                             format!(
                                 "QP {:#x}: UD destination {vl:#x}/{vq:#x} -> {r:x?}",
@@ -667,7 +744,7 @@ fn reconnect(objs: &[Obj]) -> Result<(), String> {
                     if (*q).qp.srq.is_null() {
                         let f = sctx((*q).qp.context).post_recv;
                         let rq = (*q).real;
-                        repost(&(*q).recvs, |w, b| f(rq, w, b))?;
+                        repost((*q).qp.context, &(*q).recvs, |w, b| f(rq, w, b))?;
                     }
                 }
                 Obj::Ah(a) => {
@@ -704,8 +781,76 @@ fn reconnect(objs: &[Obj]) -> Result<(), String> {
     Ok(())
 }
 
+/// Keeps in an RC QP's send log only the sends that had not run: from its
+/// first send that consumes a receive the peer had not completed
+/// (`peer_done`: the peer QP's completed receives at the checkpoint) on;
+/// the sends before it ran (in order), and the ones after it could not.
+/// Without such a send (or without the peer's count) nothing is known to
+/// have waited: the log is emptied, as a restart always did.
+///
+/// # Safety
+/// `q` is a live shadow QP.
+unsafe fn keep_unsent(q: *mut SQp, peer_done: Option<u64>) {
+    // SAFETY: live shadow (caller's contract).
+    let q = unsafe { &*q };
+    let mut l = q.sends.lock().unwrap_or_else(|e| e.into_inner());
+    let first = peer_done.and_then(|d| l.iter().position(|r| r.seq != u64::MAX && r.seq >= d));
+    match first {
+        Some(i) => {
+            l.drain(..i);
+            q.consuming_posted.store(l[0].seq, Relaxed);
+            crate::debug(|| {
+                format!(
+                    "QP {:#x}: {} sends had not run at the checkpoint; posted again",
+                    q.qp.qp_num,
+                    l.len()
+                )
+            });
+        }
+        None => l.clear(),
+    }
+}
+
+/// Posts again the sends `keep_unsent` kept, once every QP is connected
+/// and every receive re-posted (after the last barrier).
+fn replay(objs: &[Obj]) {
+    for o in objs {
+        let Obj::Qp(q) = *o else { continue };
+        // SAFETY: live shadow QP, reconnected.
+        unsafe {
+            let recs: Vec<SendRec> =
+                std::mem::take(&mut *(*q).sends.lock().unwrap_or_else(|e| e.into_inner())).into();
+            for r in recs {
+                let mut wr = r.wr;
+                let mut sges = r.sges;
+                let mut inl = r.inline;
+                let mut one = ibv_sge::default();
+                if wr.send_flags & IBV_SEND_INLINE != 0 {
+                    one.addr = inl.as_mut_ptr() as u64;
+                    one.length = inl.len() as u32;
+                    wr.sg_list = &mut one;
+                    wr.num_sge = (!inl.is_empty()) as c_int;
+                } else {
+                    wr.sg_list = sges.as_mut_ptr();
+                    wr.num_sge = sges.len() as c_int;
+                }
+                let mut bad = null_mut();
+                let rc = post_send_inner(q.cast(), &mut wr, &mut bad);
+                if rc != 0 {
+                    crate::say(&format!(
+                        "restart: QP {:#x}: posting a send again failed: {rc}",
+                        (*q).qp.qp_num
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Posts the logged receives again (with the new lkeys), leaving the log as is.
 unsafe fn repost(
+    ctx: *mut ibv_context,
     log: &std::sync::Mutex<std::collections::VecDeque<RecvRec>>,
     mut post: impl FnMut(*mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> c_int,
 ) -> Result<(), String> {
@@ -713,12 +858,7 @@ unsafe fn repost(
     for rec in l {
         let mut sg: Vec<ibv_sge> = rec.sges.clone();
         for s in &mut sg {
-            let v = s.lkey;
-            s.lkey = crate::shadow::MAPS
-                .read()
-                .ok()
-                .and_then(|m| m.as_ref().and_then(|m| m.lkey.get(&v).copied()))
-                .unwrap_or(v);
+            s.lkey = lkey_to_real(ctx, s.lkey);
         }
         let mut w = ibv_recv_wr {
             wr_id: rec.wr_id,

@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_int, c_uint, c_void};
 use std::mem::offset_of;
 use std::ptr::{self, null_mut};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Mutex, RwLock};
 
 /// Set at the first restart: ids differ from now on, so work requests are
@@ -122,6 +122,31 @@ pub(crate) struct RecvRec {
     pub(crate) sges: Vec<ibv_sge>,
 }
 
+/// A posted send of an RC QP, as the program gave it (virtual ids), kept
+/// until a completion shows it ran (a QP's sends complete in order): a
+/// send still waiting for a receive at a checkpoint (RNR: the receiver's
+/// threads are suspended, it cannot post one) is posted again after a
+/// restart (`ckpt::replay`).
+#[derive(Clone)]
+pub(crate) struct SendRec {
+    /// `next` and `sg_list` null.
+    pub(crate) wr: ibv_send_wr,
+    pub(crate) sges: Vec<ibv_sge>,
+    /// The data of an inline send (the program may reuse its buffer).
+    pub(crate) inline: Vec<u8>,
+    /// Among the QP's sends that consume a receive (SEND, SEND_WITH_IMM,
+    /// RDMA_WRITE_WITH_IMM), this one's index; u64::MAX for the others.
+    pub(crate) seq: u64,
+}
+
+/// Does this opcode consume a receive at the peer?
+pub(crate) fn consumes_recv(op: c_uint) -> bool {
+    matches!(
+        op,
+        IBV_WR_SEND | IBV_WR_SEND_WITH_IMM | IBV_WR_RDMA_WRITE_WITH_IMM
+    )
+}
+
 #[repr(C)]
 pub(crate) struct SSrq {
     pub(crate) srq: ibv_srq,
@@ -148,6 +173,12 @@ pub(crate) struct SQp {
     /// QP and has not completed yet: its completion is not the program's.
     pub(crate) fence: AtomicBool,
     pub(crate) recvs: Mutex<VecDeque<RecvRec>>,
+    /// RC: sends posted and not known to have run (see `SendRec`).
+    pub(crate) sends: Mutex<VecDeque<SendRec>>,
+    /// RC: sends that consume a receive posted so far, and receives
+    /// completed (successfully) so far, since the QP was created.
+    pub(crate) consuming_posted: AtomicU64,
+    pub(crate) recvs_done: AtomicU64,
     /// UD: (virtual LID, virtual QPN) destinations used.
     pub(crate) ud_dests: Mutex<Vec<(u16, u32)>>,
     /// The peer's rkeys: (virtual, real) sorted, after a restart.
@@ -206,11 +237,16 @@ unsafe fn release<T>(s: *mut T, o: Obj) {
     drop(unsafe { Box::from_raw(s) });
 }
 
+/// A device context (the shadow's address): QP numbers and memory keys
+/// are the device's, and two HCAs may number theirs alike (mlx5 does), so
+/// the maps of real QP numbers and of lkeys are per context.
+pub(crate) type CtxKey = usize;
+
 pub(crate) struct Maps {
-    /// Real QP number of now -> shadow QP.
-    pub(crate) qp_by_real: HashMap<u32, usize>,
-    /// Virtual -> real lkey (only after a restart).
-    pub(crate) lkey: HashMap<u32, u32>,
+    /// (context, real QP number of now) -> shadow QP.
+    pub(crate) qp_by_real: HashMap<(CtxKey, u32), usize>,
+    /// (context, virtual lkey) -> real lkey (only after a restart).
+    pub(crate) lkey: HashMap<(CtxKey, u32), u32>,
     /// (virtual, real) LIDs: own ports and peers'.
     pub(crate) lids: Vec<(u16, u16)>,
     /// (virtual LID, virtual QPN) -> real QPN, and (real LID, real QPN) -> virtual QPN.
@@ -270,8 +306,8 @@ fn qpn_to_virt(rlid: u16, rqpn: u32) -> u32 {
         .unwrap_or(rqpn)
 }
 
-fn lkey_to_real(v: u32) -> u32 {
-    read_maps(|m| m.lkey.get(&v).copied())
+pub(crate) fn lkey_to_real(ctx: *mut ibv_context, v: u32) -> u32 {
+    read_maps(|m| m.lkey.get(&(ctx as CtxKey, v)).copied())
         .flatten()
         .unwrap_or(v)
 }
@@ -575,19 +611,108 @@ pub unsafe extern "C" fn ibv_query_gid(
     unsafe {
         let s = sctx(c);
         let rc = (r.query_gid)(s.real, port, index, gid);
-        if rc == 0 && index == 0 && (port as usize) < MAX_PORTS {
-            let mut p = s.ports.lock().unwrap_or_else(|e| e.into_inner());
-            let pi = &mut p[port as usize];
-            let g = (*gid).raw;
-            if !pi.gid_seen {
-                pi.gid_seen = true;
-                pi.vgid = g;
-                pi.rgid = g;
-                with_maps(|m| m.gids.push((g, g)));
-            }
-            (*gid).raw = pi.vgid;
+        if rc == 0 && index == 0 {
+            (*gid).raw = virt_gid(s, port as u32, (*gid).raw);
         }
         rc
+    }
+}
+
+/// The program's GID 0 of `port` for the device's `g` (the first run's:
+/// noted the first time the program asks).
+fn virt_gid(s: &SCtx, port: u32, g: [u8; 16]) -> [u8; 16] {
+    if port as usize >= MAX_PORTS {
+        return g;
+    }
+    let mut p = s.ports.lock().unwrap_or_else(|e| e.into_inner());
+    let pi = &mut p[port as usize];
+    if !pi.gid_seen {
+        pi.gid_seen = true;
+        pi.vgid = g;
+        pi.rgid = g;
+        with_maps(|m| m.gids.push((g, g)));
+    }
+    pi.vgid
+}
+
+type QueryGidEx =
+    unsafe extern "C" fn(*mut ibv_context, u32, u32, *mut ibv_gid_entry, u32, usize) -> c_int;
+type QueryGidTable =
+    unsafe extern "C" fn(*mut ibv_context, *mut ibv_gid_entry, usize, u32, usize) -> isize;
+
+/// The real `_ibv_query_gid_ex`/`_ibv_query_gid_table` (rdma-core v32+,
+/// IBVERBS_1.11), looked up on first use: older libraries lack them.
+fn real_gid_ex() -> Option<(QueryGidEx, QueryGidTable)> {
+    static F: std::sync::OnceLock<Option<(QueryGidEx, QueryGidTable)>> = std::sync::OnceLock::new();
+    *F.get_or_init(|| {
+        // SAFETY: NUL-terminated literals; the symbols have these C signatures (verbs.h).
+        unsafe {
+            let v = c"IBVERBS_1.11".as_ptr();
+            let a = libc::dlvsym(libc::RTLD_NEXT, c"_ibv_query_gid_ex".as_ptr(), v);
+            let b = libc::dlvsym(libc::RTLD_NEXT, c"_ibv_query_gid_table".as_ptr(), v);
+            (!a.is_null() && !b.is_null()).then(|| {
+                (
+                    std::mem::transmute::<*mut c_void, QueryGidEx>(a),
+                    std::mem::transmute::<*mut c_void, QueryGidTable>(b),
+                )
+            })
+        }
+    })
+}
+
+/// `ibv_query_gid_ex` of verbs.h: the real one on the real context, GID 0
+/// the program's (as `ibv_query_gid`).
+#[no_mangle]
+pub unsafe extern "C" fn _ibv_query_gid_ex(
+    c: *mut ibv_context,
+    port: u32,
+    index: u32,
+    entry: *mut ibv_gid_entry,
+    flags: u32,
+    size: usize,
+) -> c_int {
+    let Some((f, _)) = real_gid_ex() else {
+        return libc::EOPNOTSUPP;
+    };
+    let _g = NoCkpt::new();
+    // SAFETY: shadow context; the caller's entry of `size` bytes.
+    unsafe {
+        let s = sctx(c);
+        let rc = f(s.real, port, index, entry, flags, size);
+        if rc == 0 && index == 0 && !entry.is_null() {
+            (*entry).gid.raw = virt_gid(s, port, (*entry).gid.raw);
+        }
+        rc
+    }
+}
+
+/// `ibv_query_gid_table` of verbs.h (the `ibverbs` crate's way to a GID):
+/// the real one on the real context, each port's GID 0 the program's.
+#[no_mangle]
+pub unsafe extern "C" fn _ibv_query_gid_table(
+    c: *mut ibv_context,
+    entries: *mut ibv_gid_entry,
+    max: usize,
+    flags: u32,
+    size: usize,
+) -> isize {
+    let Some((_, f)) = real_gid_ex() else {
+        return -(libc::EOPNOTSUPP as isize);
+    };
+    let _g = NoCkpt::new();
+    // SAFETY: shadow context; the caller's `max` entries of `size` bytes each.
+    unsafe {
+        let s = sctx(c);
+        let n = f(s.real, entries, max, flags, size);
+        if n > 0 && size >= std::mem::size_of::<ibv_gid_entry>() {
+            for i in 0..n as usize {
+                let e = entries.cast::<u8>().add(i * size).cast::<ibv_gid_entry>();
+                if (*e).gid_index == 0 {
+                    (*e).gid.raw = virt_gid(s, (*e).port_num, (*e).gid.raw);
+                }
+            }
+        }
+        n
     }
 }
 
@@ -736,8 +861,9 @@ unsafe fn reg_mr_common(
         }));
         if RESTARTED.load(Relaxed) {
             let k = (*rm).lkey;
+            let c = (*sp).pd.context as CtxKey;
             with_maps(|m| {
-                m.lkey.insert(k, k);
+                m.lkey.insert((c, k), k);
             });
         }
         reg_add(Obj::Mr(s));
@@ -789,7 +915,7 @@ pub unsafe extern "C" fn ibv_dereg_mr(mr: *mut ibv_mr) -> c_int {
     unsafe {
         let rc = (r.dereg_mr)((*s).real);
         if rc == 0 {
-            let k = (*s).mr.lkey;
+            let k = ((*s).mr.context as CtxKey, (*s).mr.lkey);
             if RESTARTED.load(Relaxed) {
                 with_maps(|m| {
                     m.lkey.remove(&k);
@@ -1073,8 +1199,8 @@ pub unsafe extern "C" fn ibv_ack_cq_events(cq: *mut ibv_cq, n: c_uint) {
 /// Turns a completion of the device into the program's view, and updates
 /// the QP's bookkeeping (outstanding sends, posted receives). False for the
 /// completion of a checkpoint fence, which the program must not see.
-pub(crate) unsafe fn process_wc(w: &mut ibv_wc) -> bool {
-    let qp = read_maps(|m| m.qp_by_real.get(&w.qp_num).copied()).flatten();
+pub(crate) unsafe fn process_wc(ctx: *mut ibv_context, w: &mut ibv_wc) -> bool {
+    let qp = read_maps(|m| m.qp_by_real.get(&(ctx as CtxKey, w.qp_num)).copied()).flatten();
     if let Some(p) = qp {
         let q = p as *mut SQp;
         // SAFETY: QPs in the map are live shadows.
@@ -1098,6 +1224,9 @@ pub(crate) unsafe fn process_wc(w: &mut ibv_wc) -> bool {
                     .any(|r| r.wr_id == w.wr_id)
             };
             if is_recv {
+                if w.status == IBV_WC_SUCCESS {
+                    (*q).recvs_done.fetch_add(1, Relaxed);
+                }
                 if srq.is_null() {
                     (*q).recvs
                         .lock()
@@ -1117,7 +1246,23 @@ pub(crate) unsafe fn process_wc(w: &mut ibv_wc) -> bool {
                     // Sends of an RC/UC QP complete in order: every send
                     // posted before the fence has run.
                     (*q).unsignaled_tail.store(0, Relaxed);
+                    (*q).sends.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     return false;
+                }
+                if (*q).qp.qp_type == IBV_QPT_RC {
+                    // In order: this completion is the oldest signaled
+                    // send's, and every send before it ran (an error or
+                    // flush completion is one send's).
+                    let mut l = (*q).sends.lock().unwrap_or_else(|e| e.into_inner());
+                    if w.status == IBV_WC_SUCCESS {
+                        while let Some(r) = l.pop_front() {
+                            if signaled(&*q, r.wr.send_flags) {
+                                break;
+                            }
+                        }
+                    } else {
+                        l.pop_front();
+                    }
                 }
             }
         }
@@ -1162,7 +1307,7 @@ unsafe extern "C" fn poll_cq(cq: *mut ibv_cq, n: c_int, wc: *mut ibv_wc) -> c_in
             // The program's completions move up over hidden ones.
             let mut kept = got;
             for i in got..got + r as usize {
-                if process_wc(&mut *wc.add(i)) {
+                if process_wc((*s).cq.context, &mut *wc.add(i)) {
                     *wc.add(kept) = *wc.add(i);
                     kept += 1;
                 }
@@ -1275,6 +1420,7 @@ pub unsafe extern "C" fn ibv_destroy_srq(srq: *mut ibv_srq) -> c_int {
 
 /// Posts a chain of receive WRs one by one with real lkeys, logging each.
 unsafe fn post_recv_chain(
+    ctx: *mut ibv_context,
     log: &Mutex<VecDeque<RecvRec>>,
     wr: *mut ibv_recv_wr,
     bad: *mut *mut ibv_recv_wr,
@@ -1305,7 +1451,7 @@ unsafe fn post_recv_chain(
             if translate {
                 for (d, s) in sges.iter_mut().zip(sg) {
                     *d = *s;
-                    d.lkey = lkey_to_real(s.lkey);
+                    d.lkey = lkey_to_real(ctx, s.lkey);
                 }
                 c.sg_list = sges.as_mut_ptr();
             }
@@ -1334,7 +1480,7 @@ unsafe extern "C" fn post_srq_recv(
     unsafe {
         let f = sctx((*s).srq.context).post_srq_recv;
         let real = (*s).real;
-        post_recv_chain(&(*s).recvs, wr, bad, |w, b| f(real, w, b))
+        post_recv_chain((*s).srq.context, &(*s).recvs, wr, bad, |w, b| f(real, w, b))
     }
 }
 
@@ -1395,6 +1541,9 @@ pub unsafe extern "C" fn ibv_create_qp(
             unsignaled_tail: AtomicU32::new(0),
             fence: AtomicBool::new(false),
             recvs: Mutex::new(VecDeque::new()),
+            sends: Mutex::new(VecDeque::new()),
+            consuming_posted: AtomicU64::new(0),
+            recvs_done: AtomicU64::new(0),
             ud_dests: Mutex::new(Vec::new()),
             peer_rkeys: RwLock::new(Vec::new()),
         }));
@@ -1403,7 +1552,7 @@ pub unsafe extern "C" fn ibv_create_qp(
             ptr::addr_of_mut!((*s).qp.mutex),
             ptr::addr_of_mut!((*s).qp.cond),
         );
-        let n = (*rq).qp_num;
+        let n = ((*s).qp.context as CtxKey, (*rq).qp_num);
         with_maps(|m| {
             m.qp_by_real.insert(n, s as usize);
         });
@@ -1512,7 +1661,7 @@ pub unsafe extern "C" fn ibv_destroy_qp(qp: *mut ibv_qp) -> c_int {
     let s = qp as *mut SQp;
     // SAFETY: a shadow QP the program gives up.
     unsafe {
-        let n = (*(*s).real).qp_num;
+        let n = ((*s).qp.context as CtxKey, (*(*s).real).qp_num);
         let rc = (r.destroy_qp)((*s).real);
         if rc == 0 {
             with_maps(|m| {
@@ -1534,6 +1683,82 @@ unsafe extern "C" fn post_send(
     bad: *mut *mut ibv_send_wr,
 ) -> c_int {
     let _g = NoCkpt::new();
+    // SAFETY: forwarded contract.
+    unsafe { post_send_inner(qp, wr, bad) }
+}
+
+/// Logs a send of an RC QP (see `SendRec`).
+///
+/// # Safety
+/// `w` is the program's WR, its SGEs readable.
+unsafe fn log_send(q: &SQp, w: &ibv_send_wr) {
+    if q.qp.qp_type != IBV_QPT_RC {
+        return;
+    }
+    let n = w.num_sge.max(0) as usize;
+    let sg = if n == 0 || w.sg_list.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: the program's SGE array (caller's contract).
+        unsafe { std::slice::from_raw_parts(w.sg_list, n) }
+    };
+    let mut wr = *w;
+    wr.next = null_mut();
+    wr.sg_list = null_mut();
+    let seq = if consumes_recv(w.opcode) {
+        q.consuming_posted.fetch_add(1, Relaxed)
+    } else {
+        u64::MAX
+    };
+    let r = if w.send_flags & IBV_SEND_INLINE != 0 {
+        let mut d = Vec::new();
+        for e in sg {
+            // SAFETY: the program's inline data, readable during the post.
+            d.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(e.addr as usize as *const u8, e.length as usize)
+            });
+        }
+        SendRec {
+            wr,
+            sges: Vec::new(),
+            inline: d,
+            seq,
+        }
+    } else {
+        SendRec {
+            wr,
+            sges: sg.to_vec(),
+            inline: Vec::new(),
+            seq,
+        }
+    };
+    q.sends
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push_back(r);
+}
+
+/// Takes back the last logged send (its post failed).
+fn unlog_send(q: &SQp) {
+    if q.qp.qp_type != IBV_QPT_RC {
+        return;
+    }
+    let r = q.sends.lock().unwrap_or_else(|e| e.into_inner()).pop_back();
+    if r.is_some_and(|r| r.seq != u64::MAX) {
+        q.consuming_posted.fetch_sub(1, Relaxed);
+    }
+}
+
+/// `post_send` without the no-checkpoint section: also what the restart
+/// uses to post the logged sends again (on the checkpoint thread).
+///
+/// # Safety
+/// `qp` is a shadow QP; `wr` the program's WR chain.
+pub(crate) unsafe fn post_send_inner(
+    qp: *mut ibv_qp,
+    wr: *mut ibv_send_wr,
+    bad: *mut *mut ibv_send_wr,
+) -> c_int {
     let s = qp as *mut SQp;
     // SAFETY: shadow QP; the program's WR chain (copies on our stack).
     unsafe {
@@ -1550,12 +1775,20 @@ unsafe extern "C" fn post_send(
                 w = (*w).next;
             }
             q.outstanding.fetch_add(n, AcqRel);
+            // Logged before the post: its completion may be polled by
+            // another thread before the post returns.
+            let mut w = wr;
+            while !w.is_null() {
+                log_send(q, &*w);
+                w = (*w).next;
+            }
             let rc = f(q.real, wr, bad);
             if rc != 0 {
                 let mut m = 0;
                 let mut w = *bad;
                 while !w.is_null() {
                     m += signaled(q, (*w).send_flags) as u32;
+                    unlog_send(q);
                     w = (*w).next;
                 }
                 q.outstanding.fetch_sub(m, AcqRel);
@@ -1575,7 +1808,7 @@ unsafe extern "C" fn post_send(
             if n > 0 && c.send_flags & IBV_SEND_INLINE == 0 {
                 for (i, d) in sges.iter_mut().take(n).enumerate() {
                     *d = *c.sg_list.add(i);
-                    d.lkey = lkey_to_real(d.lkey);
+                    d.lkey = lkey_to_real(q.qp.context, d.lkey);
                 }
                 c.sg_list = sges.as_mut_ptr();
             }
@@ -1609,9 +1842,11 @@ unsafe extern "C" fn post_send(
             note_tail(q, sig != 0);
             q.outstanding.fetch_add(sig, AcqRel);
             let mut b = null_mut();
+            log_send(q, &*w);
             let rc = f(q.real, &mut c, &mut b);
             if rc != 0 {
                 q.outstanding.fetch_sub(sig, AcqRel);
+                unlog_send(q);
                 *bad = w;
                 return rc;
             }
@@ -1651,7 +1886,7 @@ unsafe extern "C" fn post_recv(
     unsafe {
         let f = sctx((*s).qp.context).post_recv;
         let real = (*s).real;
-        post_recv_chain(&(*s).recvs, wr, bad, |w, b| f(real, w, b))
+        post_recv_chain((*s).qp.context, &(*s).recvs, wr, bad, |w, b| f(real, w, b))
     }
 }
 

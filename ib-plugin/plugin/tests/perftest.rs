@@ -2,8 +2,9 @@
 //! under `dmtcp_launch --ib`: checkpointed in the middle of an `-n` run,
 //! killed, the device service restarted (all ids new), restarted; both
 //! sides must finish (exit 0) and report the full iteration count, and the
-//! checkpoint must have drained every send (perftest signals only every
-//! 100th: the others are waited for with a fence). The RDMA and atomic
+//! checkpoint must not have warned of sends a restart may lose (perftest
+//! signals only every 100th: the others are waited for with a fence; an
+//! ib_send_bw SEND waiting for a receive is posted again at the restart). The RDMA and atomic
 //! tests need the peer's rkey translated after the restart.
 
 mod common;
@@ -34,8 +35,9 @@ fn perftest(name: &str, prog: &str, args: &[&str], iters: u32) {
             !err.contains("rror") && !out.contains("rror"),
             "{name} {side}: errors:\n{out}\n{err}"
         );
-        // The drain's warnings: sends it could not wait for, which a
-        // restart may have lost (perftest signals every 100th send only).
+        // The drain's warnings of sends a restart may have lost (perftest
+        // signals every 100th send only). Sends waiting for a receive are
+        // said with `dmtcp_ib: drain:` and posted again at the restart.
         assert!(
             !err.contains("dmtcp_ib: checkpoint:"),
             "{name} {side}: the checkpoint could not drain every send:\n{err}"

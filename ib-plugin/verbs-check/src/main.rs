@@ -1,9 +1,11 @@
-//! `ibv_rust_check [MESSAGES [WORDS]]`: a verbs program written with the
+//! `ibv_rust_check [MESSAGES [WORDS [EVERY]]]`: a verbs program written with the
 //! `ibverbs` crate, as a Rust user of the device would write one. It opens
 //! the first device, connects two RC queue pairs to each other through the
 //! device, sends MESSAGES messages of WORDS u64 each from one to the other
 //! (keeping a window of receives posted), checks every received word and
-//! every completion, and prints a checksum of what arrived. Exit 1 on any
+//! every completion, and prints its port's LID and GID, then a checksum of
+//! what arrived (with EVERY > 0, also `progress N` every EVERY messages
+//! received). Exit 1 on any
 //! mismatch or error completion.
 
 use std::process::ExitCode;
@@ -12,7 +14,7 @@ fn pattern(msg: u64, word: u64) -> u64 {
     (msg.wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ word.wrapping_mul(0x0100_0000_01b3) ^ 0x5eed
 }
 
-fn run(messages: u64, words: usize) -> Result<u64, String> {
+fn run(messages: u64, words: usize, every: u64) -> Result<u64, String> {
     let devs = ibverbs::devices().map_err(|e| format!("device list: {e}"))?;
     let dev = devs.iter().next().ok_or("no verbs device")?;
     let ctx = dev.open().map_err(|e| format!("open: {e}"))?;
@@ -31,6 +33,14 @@ fn run(messages: u64, words: usize) -> Result<u64, String> {
     };
     let (a, b) = (build()?, build()?);
     let (ea, eb) = (a.endpoint(), b.endpoint());
+    if let Some(g) = ea.gid {
+        println!(
+            "lid {:#x} gid {:016x}{:016x}",
+            ea.lid,
+            g.subnet_prefix(),
+            g.interface_id()
+        );
+    }
     let mut a = a.handshake(eb).map_err(|e| format!("connect a: {e}"))?;
     let mut b = b.handshake(ea).map_err(|e| format!("connect b: {e}"))?;
 
@@ -83,6 +93,11 @@ fn run(messages: u64, words: usize) -> Result<u64, String> {
                         sum = sum.wrapping_add(x.rotate_left((w % 64) as u32));
                     }
                     received += 1;
+                    if every > 0 && received.is_multiple_of(every) {
+                        println!("progress {received}");
+                        std::io::Write::flush(&mut std::io::stdout())
+                            .map_err(|e| format!("stdout: {e}"))?;
+                    }
                     if posted_recv < messages {
                         let s2 = (posted_recv as usize % window) * words;
                         // SAFETY: this slot's previous receive has completed and was checked.
@@ -107,7 +122,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let messages = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000u64);
     let words = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(512usize);
-    match run(messages, words) {
+    let every = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(0u64);
+    match run(messages, words, every) {
         Ok(sum) => {
             println!("ok {messages} messages of {words} words, checksum {sum:016x}");
             ExitCode::SUCCESS

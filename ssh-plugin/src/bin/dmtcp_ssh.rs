@@ -161,6 +161,15 @@ fn coord_host_for(dest: &str) -> String {
     sys::hostname()
 }
 
+/// Is the InfiniBand plugin among the preloaded libraries (the local side
+/// was launched with `--ib`)? The remote side then gets `--ib` too, or its
+/// processes' verbs state would not survive a restart.
+fn ib_preloaded(preload: &str) -> bool {
+    preload
+        .split([':', ' '])
+        .any(|p| p.rsplit('/').next() == Some("libdmtcp_ib.so"))
+}
+
 /// The remote command: dmtcp_sshd under dmtcp_launch, joined to our coordinator.
 /// With `secret`, dmtcp_launch reads the coordinator's secret from the
 /// first line of the session's stream (`--secret-from-stdin`), never from
@@ -185,6 +194,9 @@ fn remote_command(session: &str, host: &str, command: &str, secret: bool) -> Str
         Ok("0") => w.push("--no-gzip".into()),
         Ok("1") => w.push("--gzip".into()),
         _ => {}
+    }
+    if ib_preloaded(std::env::var("LD_PRELOAD").as_deref().unwrap_or("")) {
+        w.push("--ib".into());
     }
     let quiet: u32 = std::env::var("DMTCP_QUIET")
         .ok()
@@ -481,5 +493,21 @@ fn main() {
         Some(Ok(code)) => std::process::exit(code),
         Some(Err(sig)) if local.forwarded.contains(&sig) => sys::die_of(sig),
         _ => std::process::exit(255),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ib_preloaded;
+
+    #[test]
+    fn the_ib_plugin_goes_to_the_remote_side() {
+        assert!(ib_preloaded(
+            "/x/libdmtcp.so:/x/libdmtcp_ssh.so:/x/libdmtcp_ib.so"
+        ));
+        assert!(ib_preloaded("/x/libdmtcp.so /x/libdmtcp_ib.so"));
+        assert!(!ib_preloaded("/x/libdmtcp.so:/x/libdmtcp_ssh.so"));
+        assert!(!ib_preloaded("/x/libdmtcp_ib.so.bak"));
+        assert!(!ib_preloaded(""));
     }
 }

@@ -79,16 +79,24 @@ pub struct Job {
     rig: Option<testrig::Rig>,
     /// Launch with `--ib` (the default).
     pub ib: bool,
+    /// HCAs of each node's device service (`softib daemon --devices`).
+    devices: u32,
 }
 
 impl Job {
     pub fn new(name: &str) -> Job {
-        Job::build(name, 1)
+        Job::build(name, 1, 1)
+    }
+
+    /// A job on one node whose device service has `devices` HCAs
+    /// (softib0, softib1, ...; each one port with its own LID).
+    pub fn with_devices(name: &str, devices: u32) -> Job {
+        Job::build(name, 1, devices)
     }
 
     /// A job over `n` nodes of a test rig, each with its own device service.
     pub fn nodes(name: &str, n: usize) -> Job {
-        Job::build(name, n)
+        Job::build(name, n, 1)
     }
 
     fn cmd_on(&self, node: usize, prog: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -113,7 +121,7 @@ impl Job {
         }
     }
 
-    fn build(name: &str, nodes: usize) -> Job {
+    fn build(name: &str, nodes: usize, devices: u32) -> Job {
         let rig = (nodes > 1).then(|| {
             let r = testrig::Rig::up(nodes).expect("test rig (needs root, iproute2, util-linux)");
             std::fs::create_dir_all(r.shared_dir().join("fabric")).unwrap();
@@ -167,6 +175,7 @@ impl Job {
             restarts: Vec::new(),
             rig,
             ib: true,
+            devices,
         };
         for k in 0..nodes {
             std::fs::create_dir_all(j.ckpt_of(k)).unwrap();
@@ -192,7 +201,7 @@ impl Job {
         self.dir.join("softib")
     }
 
-    /// `softib status` of this job's service: its device line (LID, GUID).
+    /// `softib status` of this job's service: its device lines (LID, GUID).
     pub fn device_status(&self, node: usize) -> Option<String> {
         let mut c = self.cmd_on(node, bin_dir().join("softib"));
         c.arg("status");
@@ -201,15 +210,18 @@ impl Job {
         if !o.status.success() {
             return None;
         }
-        String::from_utf8_lossy(&o.stdout)
+        let devs: Vec<String> = String::from_utf8_lossy(&o.stdout)
             .lines()
-            .find(|l| l.contains("softib0"))
+            .filter(|l| l.starts_with("softib") && l.contains(": lid"))
             .map(str::to_string)
+            .collect();
+        (!devs.is_empty()).then(|| devs.join("\n"))
     }
 
     fn start_service(&mut self, node: usize) {
         let mut c = self.cmd_on(node, bin_dir().join("softib"));
-        c.args(["daemon", "--idle-exit", "0"]);
+        c.args(["daemon", "--idle-exit", "0", "--devices"])
+            .arg(self.devices.to_string());
         self.softib_env(&mut c);
         let c = c
             .stdin(Stdio::null())
@@ -242,11 +254,19 @@ impl Job {
                 s.wait().unwrap();
             }
             self.start_service(k);
-            assert_ne!(
-                before,
-                self.device_status(k),
-                "the new service has the same device ids"
+            let after = self.device_status(k).unwrap_or_default();
+            let before = before.unwrap_or_default();
+            assert_eq!(
+                before.lines().count(),
+                after.lines().count(),
+                "the new service has other devices:\n{before}\n{after}"
             );
+            for l in before.lines() {
+                assert!(
+                    !after.lines().any(|a| a == l),
+                    "the new service has the same device ids: {l}"
+                );
+            }
         }
     }
 
@@ -590,6 +610,22 @@ pub fn check_ids_changed(err: &str, what: &str) {
             "{what}: QP number unchanged after the service restart: {l}"
         );
     }
+}
+
+/// Compiles the test program `tests/c/<name>.c` (with libibverbs) into
+/// the job's directory; returns its path.
+pub fn compile_c(j: &Job, name: &str) -> String {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
+    let bin = j.dir.join(name);
+    let st = Command::new("cc")
+        .args(["-O2", "-g", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .arg("-libverbs")
+        .status()
+        .expect("cc");
+    assert!(st.success(), "compiling {}", src.display());
+    path_of(&bin)
 }
 
 pub fn path_of(p: &Path) -> String {
