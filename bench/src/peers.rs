@@ -181,6 +181,10 @@ fn criu(dir: &Path, gib: usize, kind: &str) -> Option<Measured> {
         .status()
         .ok()?;
     let ckpt_s = t.elapsed().as_secs_f64();
+    if !st.success() {
+        // The workload was not taken down by a dump that failed.
+        let _ = child.kill();
+    }
     let _ = child.wait();
     if !st.success() {
         eprintln!(
