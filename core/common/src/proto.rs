@@ -79,6 +79,12 @@ pub enum ToCoord {
         #[serde(default)]
         header_crc: u32,
     },
+    /// Still writing its image (`bytes` so far): sent every second while
+    /// the image is written, so that the coordinator can tell a slow
+    /// writer from a stopped process.
+    Writing {
+        bytes: u64,
+    },
     /// The program asked for a checkpoint (dmtcp_checkpoint()).
     RequestCkpt,
     /// Publish `val` under (`db`, `key`) in the computation's name service.

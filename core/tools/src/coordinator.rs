@@ -458,6 +458,9 @@ struct Peer {
     /// slow): it still has their `DoCheckpoint` to read, and its barriers
     /// up to the "suspended" of each are answered `RoundFailed`.
     stale_rounds: u32,
+    /// When this process last said anything (a message of any kind; while
+    /// it writes its image, a `Writing` line every second).
+    last_heard: Instant,
 }
 
 struct Round {
@@ -476,6 +479,10 @@ struct Round {
     /// Set at the "checkpointed" barrier: the images replace the previous
     /// generation (true) or are thrown away.
     committing: Option<bool>,
+    /// Set when a process stopped answering after the round's processes
+    /// had suspended (see `give_up_stalled`): the round can no longer
+    /// commit, and its waiters were already told why.
+    stalled: Option<String>,
 }
 
 /// What a process reported at the end of its write.
@@ -694,6 +701,64 @@ fn give_up_unsuspended(g: &mut State, secs: u64) {
     }
 }
 
+/// After every process of the round suspended: one that said nothing for
+/// `secs` seconds while others wait at a barrier (stopped with SIGSTOP
+/// while checkpointing, or stuck) makes the round fail, naming it. The
+/// round's barriers go on (the others cannot go on without it: their
+/// connections to it must be refilled, which needs its part), but the
+/// round will not commit, and whoever waits for it is told now; when the
+/// process goes on, the round ends as a failed one and the previous
+/// generation stays.
+fn give_up_stalled(g: &mut State, secs: u64) {
+    let Some(round) = g.round.as_ref() else {
+        return;
+    };
+    // The barrier some of the round's processes wait at.
+    let Some(arrived) = g.barriers.values().find(|a| !a.is_empty()) else {
+        return;
+    };
+    let limit = Duration::from_secs(secs);
+    let late: Vec<&Peer> = round
+        .participants
+        .iter()
+        .filter(|id| !arrived.contains(id))
+        .filter_map(|id| g.peers.get(id))
+        .filter(|p| p.last_heard.elapsed() >= limit)
+        .collect();
+    if late.is_empty() {
+        return;
+    }
+    let at = g
+        .barriers
+        .iter()
+        .find(|(_, a)| !a.is_empty())
+        .map(|(n, _)| n.clone())
+        .unwrap_or_default();
+    let names: Vec<String> = late
+        .iter()
+        .map(|p| {
+            format!(
+                "{} (pid {} on {})",
+                p.info.program, p.info.pid, p.info.hostname
+            )
+        })
+        .collect();
+    let msg = format!(
+        "checkpoint failed: {} process(es) stopped answering for {secs} s while the others waited at barrier {at} (stopped, or stuck while checkpointing): {}; the previous generation is kept; the computation waits for them (continue them with SIGCONT, or kill the job)",
+        late.len(),
+        names.join(", ")
+    );
+    warn(format_args!("{msg}"));
+    let mut r = reply(g, false);
+    r.message = Some(msg.clone());
+    if let Some(round) = g.round.as_mut() {
+        round.stalled = Some(msg);
+        for w in round.waiters.drain(..) {
+            send_to(&w, &FromCoord::Reply(r.clone()));
+        }
+    }
+}
+
 /// Interval checkpoints, --timeout, suspend timeouts, and nothing else.
 fn ticker(sh: Shared) {
     let start = Instant::now();
@@ -717,6 +782,12 @@ fn ticker(sh: Shared) {
         {
             give_up_unsuspended(&mut g, limit);
             cv.notify_all();
+        }
+        if g.round
+            .as_ref()
+            .is_some_and(|r| r.suspended_done && r.stalled.is_none())
+        {
+            give_up_stalled(&mut g, limit);
         }
         let due = g.interval > 0 && g.last_ckpt.elapsed() >= Duration::from_secs(g.interval as u64);
         if due
@@ -835,6 +906,15 @@ fn start_round(g: &mut State, kill_after: bool, waiter: Option<Arc<Outbox>>) -> 
         d.1.extend(waiter);
         return true;
     }
+    if let Some(why) = g.round.as_ref().and_then(|r| r.stalled.clone()) {
+        // This round cannot commit; say so now rather than at its end.
+        if let Some(w) = waiter {
+            let mut r = reply(g, false);
+            r.message = Some(why);
+            send_to(&w, &FromCoord::Reply(r));
+        }
+        return true;
+    }
     if g.round.is_some() {
         if let (Some(w), Some(r)) = (waiter, g.round.as_mut()) {
             r.waiters.push(w);
@@ -887,6 +967,7 @@ fn start_round(g: &mut State, kill_after: bool, waiter: Option<Arc<Outbox>>) -> 
         kill_after: kill_after || g.opts.kill_after_ckpt,
         waiters: waiter.into_iter().collect(),
         committing: None,
+        stalled: None,
     });
     true
 }
@@ -999,7 +1080,7 @@ fn end_resuming(g: &mut State) {
 fn round_ok(r: &Round) -> bool {
     let errors = r.done.values().any(|d| d.error.is_some());
     let images = r.done.values().any(|d| !d.image.is_empty());
-    !errors && !r.lost && r.participants.len() == r.done.len() && images
+    !errors && !r.lost && r.participants.len() == r.done.len() && images && r.stalled.is_none()
 }
 
 /// Every process of the round is past writing ("checkpointed"): tell them
@@ -1290,6 +1371,7 @@ fn join(g: &mut State, h: Joiner, out: Arc<Outbox>, reuse: Option<u64>) -> Optio
             out,
             restarting,
             stale_rounds: 0,
+            last_heard: Instant::now(),
         },
     );
     Some(id)
@@ -1424,7 +1506,12 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr, secret: &auth::Secret) 
     loop {
         let msg = recv_or_drop(&mut reader, &out);
         let mut g = m.lock().unwrap();
+        if let Some(p) = g.peers.get_mut(&id) {
+            p.last_heard = Instant::now();
+        }
         match msg {
+            // Only a sign of life (see give_up_stalled).
+            Some(ToCoord::Writing { .. }) => {}
             Some(ToCoord::Barrier { name }) => {
                 if let Some(p) = g.peers.get_mut(&id).filter(|p| p.stale_rounds > 0) {
                     // A barrier of a round given up before this process

@@ -500,3 +500,91 @@ fn stopped_process_fails_the_round_by_name_and_the_job_goes_on() {
     job.wait_success();
     assert_eq!(job.output(), bare);
 }
+
+/// A process stopped after it suspended, while the images are written (a
+/// user's SIGSTOP, a debugger): the coordinator gives the round up once
+/// it has said nothing for the suspend timeout while the others wait at a
+/// barrier, naming it (the others' `Writing` lines, every second, keep a
+/// slow writer from being taken for a stopped one). No generation is
+/// committed, the previous one is untouched; once continued, the stopped
+/// process passes the given-up round by itself, the next checkpoint
+/// commits and a restart from it gives a bare run's output.
+/// (tests/c/stop_plugin.c stops the process named in stop-pid in its
+/// pre-checkpoint hook.)
+#[test]
+fn process_stopped_while_checkpointing_fails_the_round_by_name() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let so =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("libstop-{}.so", std::process::id()));
+    let st = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-I"])
+        .arg(root.join("../../include"))
+        .arg("-o")
+        .arg(&so)
+        .arg(root.join("tests/c/stop_plugin.c"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "compiling stop_plugin.c");
+    let prog = c_program("sharedring");
+    let p = prog.to_str().unwrap();
+    let bare = run_bare(&[p, "4000"]);
+    let mut job = Job::with_coordinator_args("gen-stopped-late", &["--suspend-timeout", "2"]);
+    job.launch(&[p, "4000"], &["--with-plugin", so.to_str().unwrap()]);
+    job.wait_for("tokens 400\n");
+    job.checkpoint();
+    let first = committed(&job.ckpt);
+    assert_eq!(first.len(), 1);
+    let before = check_generation(&first[0].1);
+    let stopped = *job.peer_pids().iter().max().expect("peers");
+    std::fs::write(job.dir.join("stop-pid"), stopped.to_string()).unwrap();
+    let out = job.dir.join("bc.out");
+    let f = std::fs::File::create(&out).unwrap();
+    let mut bc = tool("dmtcp_command")
+        .args(["-h", "127.0.0.1", "-p", &job.port.to_string(), "-bc"])
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let st = wait_timeout(&mut bc, Duration::from_secs(30));
+    let _ = bc.kill();
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    // Stopped by the plugin, not by the test: it must be stopped now.
+    let state = std::fs::read_to_string(format!("/proc/{stopped}/stat")).unwrap_or_default();
+    let stopped_now = state
+        .rsplit_once(')')
+        .is_some_and(|(_, r)| r.trim_start().starts_with('T'));
+    // SAFETY: continuing a process of our own job.
+    unsafe { libc::kill(stopped, libc::SIGCONT) };
+    assert!(
+        stopped_now,
+        "the plugin did not stop process {stopped}: {state}"
+    );
+    let st = st.unwrap_or_else(|| panic!("-bc did not return within 30 s: {text}"));
+    assert!(!st.success(), "the checkpoint succeeded: {text}");
+    assert!(
+        text.contains("stopped answering for 2 s while the others waited at barrier")
+            && text.contains(&format!("pid {stopped} ")),
+        "the failure does not name the stopped process: {text}"
+    );
+    assert_eq!(
+        committed(&job.ckpt),
+        first,
+        "the committed generations changed"
+    );
+    assert_eq!(
+        check_generation(&first[0].1),
+        before,
+        "generation 1 changed"
+    );
+    // Continued, the ring goes on, and so do checkpoints.
+    let now = job.output().matches("tokens ").count();
+    job.wait_for(&format!("tokens {}\n", (now + 2) * 200));
+    job.checkpoint();
+    assert_eq!(committed(&job.ckpt).len(), 2);
+    let now = job.output().matches("tokens ").count();
+    job.wait_for(&format!("tokens {}\n", (now + 1) * 200));
+    job.kill();
+    job.restart();
+    job.wait_success();
+    assert_eq!(job.output(), bare);
+}

@@ -451,14 +451,47 @@ extern "C" fn ckpt_phase(_: *mut c_void) -> u64 {
     JOB.go_epoch.fetch_add(1, SeqCst);
     dmtcp_sys::futex_wake(&JOB.go_epoch, i32::MAX as u32);
     let n = WRITERS.get().map_or(0, |w| w.len()) as u32;
+    let mut beat = std::time::Instant::now();
     loop {
         let d = JOB.done.load(SeqCst);
         if d >= n {
             break;
         }
-        dmtcp_sys::futex_wait(&JOB.done, d, 0);
+        dmtcp_sys::futex_wait(&JOB.done, d, 250_000_000);
+        if beat.elapsed() >= std::time::Duration::from_secs(1) {
+            beat = std::time::Instant::now();
+            heartbeat(JOB.off.load(SeqCst));
+        }
     }
     0
+}
+
+/// Tell the coordinator this process is still writing (`bytes` so far):
+/// one `Writing` line written straight to the connection, formatted on
+/// the stack (nothing may allocate while the image is written; only this
+/// thread uses the connection now, and every message goes out as one
+/// whole line).
+fn heartbeat(bytes: u64) {
+    let mut line = [0u8; 64];
+    let head = br#"{"t":"Writing","bytes":"#;
+    line[..head.len()].copy_from_slice(head);
+    let mut at = head.len();
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = bytes;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    line[at..at + digits.len() - i].copy_from_slice(&digits[i..]);
+    at += digits.len() - i;
+    line[at..at + 2].copy_from_slice(b"}\n");
+    at += 2;
+    let _ = dmtcp_sys::write_all(super::coord::COORD_FD, &line[..at]);
 }
 
 /// Make every writer's descriptor buffer big enough for `n_items` work
