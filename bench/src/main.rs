@@ -143,17 +143,24 @@ fn opt<'a>(a: &'a [String], name: &str, default: &'a str) -> &'a str {
 struct Coord {
     child: std::process::Child,
     port: u16,
+    /// Where the tools are (this project's, or a DMTCP install's bin/).
+    bin: PathBuf,
 }
 
 impl Coord {
     fn start(dir: &Path) -> Coord {
+        Coord::start_in(dir, &bin_dir())
+    }
+    /// A coordinator of the tools in `bin` (DMTCP's take the same options).
+    fn start_in(dir: &Path, bin: &Path) -> Coord {
         let pf = dir.join("port");
         let _ = std::fs::remove_file(&pf);
         #[allow(clippy::zombie_processes)] // reaped in Drop
-        let child = Command::new(bin_dir().join("dmtcp_coordinator"))
+        let child = Command::new(bin.join("dmtcp_coordinator"))
             .args(["-q", "-p", "0", "--port-file"])
             .arg(&pf)
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .spawn()
             .expect("coordinator");
         loop {
@@ -161,21 +168,25 @@ impl Coord {
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
             {
-                return Coord { child, port };
+                return Coord {
+                    child,
+                    port,
+                    bin: bin.to_path_buf(),
+                };
             }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
     /// `dmtcp_launch` joined to this coordinator, images into `ckdir`.
     fn launcher(&self, ckdir: &Path) -> Command {
-        let mut c = Command::new(bin_dir().join("dmtcp_launch"));
+        let mut c = Command::new(self.bin.join("dmtcp_launch"));
         c.args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("--ckptdir")
             .arg(ckdir);
         c
     }
     fn cmd(&self, args: &[&str]) -> String {
-        let o = Command::new(bin_dir().join("dmtcp_command"))
+        let o = Command::new(self.bin.join("dmtcp_command"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)
             .output()

@@ -1,5 +1,5 @@
 //! `bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256]
-//!  [--dir DIR] [--plots DIR]`
+//!  [--dmtcp DIR] [--dir DIR] [--plots DIR]`
 //!
 //! How the coordinator copes with many processes (issue 19, "Scale").
 //!
@@ -14,7 +14,9 @@
 //! memory and threads from /proc.
 //!
 //! Real processes: `--real` processes (`sleep`) under `dmtcp_launch`, one
-//! coordinator: time until all joined, and `dmtcp_command -bc` rounds.
+//! coordinator: time until all joined, and `dmtcp_command -bc` rounds;
+//! with `--dmtcp DIR` the same under DMTCP's tools (DIR/bin) after them,
+//! in the same run.
 //!
 //! With several peer counts it also prints a summary and writes
 //! `scale-barriers.svg` (mean time of each barrier against the number of
@@ -258,10 +260,11 @@ fn simulated(dir: &Path, n: usize, rounds: usize) -> SimStats {
     }
 }
 
-fn real(dir: &Path, n: usize, rounds: usize) {
+/// `n` real processes under the tools in `bin` (`label`: whose).
+fn real(dir: &Path, n: usize, rounds: usize, bin: &Path, label: &str) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
-    let coord = Coord::start(dir);
+    let coord = Coord::start_in(dir, bin);
     let t = Instant::now();
     let mut kids = Vec::with_capacity(n);
     for _ in 0..n {
@@ -276,12 +279,12 @@ fn real(dir: &Path, n: usize, rounds: usize) {
     }
     let want = format!("NUM_PEERS={n}\n");
     let deadline = Instant::now() + Duration::from_secs(600);
-    while !coord.cmd(&["-s"]).contains(&want) {
+    while !coord.cmd(&["-s"]).contains(&want) || !coord.cmd(&["-s"]).contains("RUNNING=yes") {
         assert!(Instant::now() < deadline, "{n} processes did not join");
         std::thread::sleep(Duration::from_millis(20));
     }
     let joined = t.elapsed().as_secs_f64();
-    println!("real processes: {n} `sleep` under dmtcp_launch joined in {joined:.2} s");
+    println!("{label}: {n} `sleep` under dmtcp_launch joined in {joined:.2} s");
     println!();
     println!("| round | -bc (s) | images (MB) |");
     println!("|---|---|---|");
@@ -289,6 +292,9 @@ fn real(dir: &Path, n: usize, rounds: usize) {
         let t = Instant::now();
         let out = coord.cmd(&["-bc"]);
         let s = t.elapsed().as_secs_f64();
+        if std::env::var_os("BENCH_SHOW").is_some() {
+            eprintln!("{label} -bc: {out}");
+        }
         assert!(
             !out.contains("fail"),
             "round {} of the real processes: {out}",
@@ -305,7 +311,7 @@ fn real(dir: &Path, n: usize, rounds: usize) {
     }
     let (rss, hwm, thr) = proc_mem(coord.child.id());
     println!();
-    println!("coordinator: RSS {rss} KiB, peak {hwm} KiB, {thr} threads");
+    println!("{label} coordinator: RSS {rss} KiB, peak {hwm} KiB, {thr} threads");
     coord.cmd(&["-k"]);
     for mut k in kids {
         let _ = k.kill();
@@ -398,6 +404,27 @@ pub fn run(a: &[String]) {
         println!();
     }
     if real_n > 0 {
-        real(&dir.join("real"), real_n, rounds);
+        real(
+            &dir.join("real"),
+            real_n,
+            rounds,
+            &crate::bin_dir(),
+            "dmtcp-rs",
+        );
+        // The same processes under DMTCP, side by side in this run.
+        if let Some(root) = a
+            .iter()
+            .position(|x| x == "--dmtcp")
+            .and_then(|i| a.get(i + 1))
+        {
+            println!();
+            real(
+                &dir.join("real-dmtcp"),
+                real_n,
+                rounds,
+                &Path::new(root).join("bin"),
+                "DMTCP",
+            );
+        }
     }
 }

@@ -363,9 +363,22 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     cmd.env_remove(E::SECRET_FD);
     let secret = crate::client::secret_for(&a.host, port);
     match secret {
-        // srun's tasks elsewhere read DMTCP_SECRET_FILE (docs/batch.md);
-        // those on this host the coordinator's file.
-        Ok(Some(_)) if srun => {}
+        // srun's tasks run on other nodes: they read DMTCP_SECRET_FILE
+        // (docs/batch.md). Unless the user named one, the secret goes into
+        // the checkpoint directory, which every node must see anyway
+        // (0600, under a name of this coordinator).
+        Ok(Some(_)) if srun && std::env::var_os(E::SECRET_FILE).is_some() => {}
+        Ok(Some(s)) if srun => {
+            let f = dir.join(format!(".dmtcp-secret-{}-{port}", a.host));
+            if let Err(e) = dmtcp_common::auth::write_file(&f, &s) {
+                dmtcp_common::log_error!(
+                    "cannot write the coordinator's secret for srun's tasks to {}: {e}",
+                    f.display()
+                );
+                return 1;
+            }
+            cmd.env(E::SECRET_FILE, &f);
+        }
         Ok(Some(s)) => match secret_pipe(&s) {
             Ok(fd) => {
                 // The program is this process after the exec: the library
@@ -380,10 +393,7 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
         // The program's library reports the coordinator's challenge.
         Ok(None) => {}
         Err(e) => {
-            dmtcp_common::log_error!(
-                "the secret of the coordinator at {}:{port}: {e}",
-                a.host
-            );
+            dmtcp_common::log_error!("the secret of the coordinator at {}:{port}: {e}", a.host);
             return 1;
         }
     }

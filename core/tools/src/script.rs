@@ -185,12 +185,13 @@ if [ ${{#local_paths[@]}} -gt 0 ]; then
   pids+=($!)
 fi
 # The coordinator's secret goes to the other hosts' dmtcp_restart on the
-# standard input of ssh (never on a command line); with srun, through
-# DMTCP_SECRET_FILE on a file system the hosts share.
+# standard input of ssh or srun (never on a command line).
 secret_file=${{DMTCP_SECRET_FILE:-${{TMPDIR:-/tmp}}/dmtcp-$(id -u)/coord-$this_host-$coord_port.secret}}
 for k in "${{!remote_hosts[@]}}"; do
   cmd="$(printf '%q' "$dmtcp_restart") --join-coordinator --coord-host $(printf '%q' "$coord_host") --coord-port $(printf '%q' "$coord_port") --interval $(printf '%q' "$interval")"
-  if [ -n "$use_srun" ]; then
+  if [ -n "$use_srun" ] && [ -r "$secret_file" ]; then
+    srun --nodes=1 --ntasks=1 --overlap --quiet -w "${{remote_hosts[$k]}}" /bin/sh -c "exec $cmd --secret-from-stdin${{remote_paths[$k]}}" <"$secret_file" &
+  elif [ -n "$use_srun" ]; then
     srun --nodes=1 --ntasks=1 --overlap --quiet -w "${{remote_hosts[$k]}}" /bin/sh -c "exec $cmd${{remote_paths[$k]}}" </dev/null &
   elif [ -r "$secret_file" ]; then
     "${{rsh[@]}}" "${{remote_hosts[$k]}}" "$cmd --secret-from-stdin${{remote_paths[$k]}}" <"$secret_file" &

@@ -104,6 +104,9 @@ extern "C" fn dmtcp_init() {
     // Our own tools are never checkpointed, even when a checkpointed program
     // runs them; the ssh plugin's relays (dmtcp_ssh, dmtcp_sshd) are
     // processes of the computation.
+    // First: the auxiliary vector is found after the environment's NULL
+    // until something changes the environment (taking the secret does).
+    super::vdso::find_auxv();
     let exe = exe_name();
     super::secret::take_from_env();
     if exe.starts_with("dmtcp_") && !matches!(exe.as_str(), "dmtcp_ssh" | "dmtcp_sshd") {
@@ -114,7 +117,6 @@ extern "C" fn dmtcp_init() {
         }
         return;
     }
-    super::vdso::find_auxv();
     let cfg = Config::from_env();
     memory::init_self_ranges();
     sigwrap::init();

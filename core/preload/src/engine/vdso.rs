@@ -98,39 +98,68 @@ pub(crate) fn find_auxv() {
     if words < 2 || kernel.len() % 16 != 0 {
         return;
     }
-    // SAFETY: `environ` is glibc's pointer to the environment array; at
-    // library start-up it is still the one the kernel built on the
-    // stack, NULL-terminated, with the auxiliary vector right after it.
-    // Every word read below lies in that array or in the vector, whose
-    // length the kernel's copy gives; a vector that differs from the
-    // kernel's copy is not used.
-    unsafe {
+    // SAFETY: `environ` is glibc's pointer to the environment array,
+    // NULL-terminated (the kernel's on the stack, unless a library
+    // changed the environment before us); only its entries are read here.
+    // The word after its NULL is only a candidate, checked to lie in the
+    // stack and compared with the kernel's copy below.
+    let at_environ = unsafe {
         let mut p = environ;
-        if p.is_null() {
-            return;
-        }
         let mut n = 0;
-        while !(*p).is_null() {
+        while !p.is_null() && !(*p).is_null() && n < 1 << 20 {
             p = p.add(1);
             n += 1;
-            if n > 1 << 20 {
-                return;
-            }
         }
-        let auxv = p.add(1) as *const u64;
-        let mut at = 0usize;
-        for i in 0..words {
+        if p.is_null() || n >= 1 << 20 {
+            None
+        } else {
+            Some(p.add(1) as usize)
+        }
+    };
+    // Where the environment was changed before us (its NULL moved, or the
+    // array was copied elsewhere), the vector is searched for in the top
+    // MiB of the main stack instead.
+    let words_of = |at: usize| -> bool {
+        (0..words).all(|i| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&kernel[i * 8..i * 8 + 8]);
-            if core::ptr::read(auxv.add(i)) != u64::from_ne_bytes(w) {
-                return;
-            }
-            if i % 2 == 0 && u64::from_ne_bytes(w) == libc::AT_SYSINFO_EHDR {
-                at = auxv.add(i + 1) as usize;
-            }
-        }
-        AUXV_EHDR.store(at, SeqCst);
-    }
+            // SAFETY: `at` is 8-byte aligned and, with the kernel's copy's
+            // length, inside the main stack mapping (checked by the callers).
+            let v: u64 = unsafe { core::ptr::read((at as *const u64).add(i)) };
+            v == u64::from_ne_bytes(w)
+        })
+    };
+    let stack = std::fs::read_to_string("/proc/self/maps")
+        .ok()
+        .and_then(|m| {
+            let l = m.lines().find(|l| l.ends_with(" [stack]"))?.to_string();
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
+        });
+    let Some((lo, hi)) = stack else { return };
+    let inside = |at: usize| at % 8 == 0 && at >= lo && at + kernel.len() <= hi;
+    let found = at_environ
+        .filter(|&a| inside(a) && words_of(a))
+        .or_else(|| {
+            let from = hi.saturating_sub(1 << 20).max(lo);
+            (from..hi)
+                .step_by(8)
+                .filter(|&a| inside(a))
+                .find(|&a| words_of(a))
+        });
+    let Some(auxv) = found else { return };
+    let at = (0..words)
+        .step_by(2)
+        .find(|&i| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&kernel[i * 8..i * 8 + 8]);
+            u64::from_ne_bytes(w) == libc::AT_SYSINFO_EHDR
+        })
+        .map_or(0, |i| auxv + (i + 1) * 8);
+    AUXV_EHDR.store(at, SeqCst);
 }
 
 /// After a restart (user threads still suspended): if the running vDSO is

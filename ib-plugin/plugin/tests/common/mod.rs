@@ -102,7 +102,14 @@ impl Job {
     fn cmd_on(&self, node: usize, prog: impl AsRef<std::ffi::OsStr>) -> Command {
         match &self.rig {
             None => Command::new(prog),
-            Some(r) => r.node(node).command(prog),
+            Some(r) => {
+                // Processes on the other nodes answer the coordinator's
+                // challenge with the secret in the job's directory, which
+                // every node sees (docs/security.md).
+                let mut c = r.node(node).command(prog);
+                c.env("DMTCP_SECRET_FILE", self.dir.join("secret"));
+                c
+            }
         }
     }
 
@@ -140,6 +147,9 @@ impl Job {
             None => tool("dmtcp_coordinator"),
             Some(r) => r.node(0).command(bin_dir().join("dmtcp_coordinator")),
         };
+        if rig.is_some() {
+            coord.arg("--secret-file").arg(dir.join("secret"));
+        }
         let coord = coord
             .args(["-q", "-p", "0", "--port-file"])
             .arg(&port_file)
