@@ -164,7 +164,10 @@ fn criu(dir: &Path, gib: usize, kind: &str) -> Option<Measured> {
         .spawn()
         .ok()?;
     let start = Instant::now();
-    while !std::fs::read_to_string(&out).unwrap_or_default().contains("ready") {
+    while !std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .contains("ready")
+    {
         if start.elapsed() > Duration::from_secs(600) {
             return None;
         }
@@ -243,7 +246,9 @@ pub fn run(a: &[String]) {
         .map(PathBuf::from);
     let with_criu = a.iter().any(|x| x == "--criu");
     let dir = std::path::absolute(PathBuf::from(opt(a, "--dir", "target/bench-peers"))).unwrap();
-    println!("| GiB | memory | system | checkpoint s | restart s | image MB | raw O_DIRECT write s |");
+    println!(
+        "| GiB | memory | system | checkpoint s | restart s | image MB | raw O_DIRECT write s |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let mut ck: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     let mut rs: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
@@ -292,8 +297,16 @@ pub fn run(a: &[String]) {
     ));
     std::fs::create_dir_all(&plots).expect("--plots directory");
     for (file, title, series) in [
-        ("peers-checkpoint.svg", "Checkpoint time: dmtcp-rs, DMTCP, CRIU", &ck),
-        ("peers-restart.svg", "Restart time: dmtcp-rs, DMTCP, CRIU", &rs),
+        (
+            "peers-checkpoint.svg",
+            "Checkpoint time: dmtcp-rs, DMTCP, CRIU",
+            &ck,
+        ),
+        (
+            "peers-restart.svg",
+            "Restart time: dmtcp-rs, DMTCP, CRIU",
+            &rs,
+        ),
     ] {
         let f = plots.join(file);
         super::svg::lines(&f, title, "GiB of memory", "s", series).expect("write the plot");
