@@ -140,7 +140,7 @@ pub(crate) fn find_auxv() {
             ))
         });
     let Some((lo, hi)) = stack else { return };
-    let inside = |at: usize| at % 8 == 0 && at >= lo && at + kernel.len() <= hi;
+    let inside = |at: usize| at.is_multiple_of(8) && at >= lo && at + kernel.len() <= hi;
     let found = at_environ
         .filter(|&a| inside(a) && words_of(a))
         .or_else(|| {
