@@ -345,8 +345,23 @@ struct ConnSlot(Arc<AtomicUsize>);
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+        OPEN_CONNS.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// Connections open now (joined processes, tools, and connections still
+/// in their challenge or `Hello`, such as a restarted process's while its
+/// image is read back): with --exit-on-last, none may be open when the
+/// coordinator exits.
+static OPEN_CONNS: AtomicUsize = AtomicUsize::new(0);
+
+/// With --exit-on-last: how long the coordinator stays after its last
+/// process left. A tool that found it (`dmtcp_restart` right after the job
+/// was killed, `dmtcp_launch`) connects for real a moment later; exiting
+/// at once would refuse that connection (seen: the install test's restart
+/// got "Coordinator not found ... Connection refused" from a coordinator
+/// it had found alive).
+const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// Turn a connection away with a reason (best effort, never blocks).
 fn refuse(conn: TcpStream, reason: &str) {
@@ -406,6 +421,7 @@ fn accept_loop(sh: Shared, listener: TcpListener, secret: Arc<auth::Secret>) {
         refusing = false;
         let _ = conn.set_nodelay(true);
         active.fetch_add(1, Ordering::SeqCst);
+        OPEN_CONNS.fetch_add(1, Ordering::SeqCst);
         let slot = ConnSlot(active.clone());
         let sh = sh.clone();
         let secret = secret.clone();
@@ -504,6 +520,8 @@ struct State {
     barriers: HashMap<String, BTreeSet<u64>>,
     expected_restart: u32,
     last_ckpt: Instant,
+    /// With --exit-on-last: when the last process left (see EXIT_GRACE).
+    last_gone: Option<Instant>,
     last_images: Vec<String>,
     /// Checkpoint directories images of this computation went to (and
     /// the coordinator's own): new generations are numbered above what
@@ -559,6 +577,7 @@ pub fn run(opts: CoordOpts) -> std::io::Result<()> {
         barriers: HashMap::new(),
         expected_restart: 0,
         last_ckpt: Instant::now(),
+        last_gone: None,
         last_images: Vec::new(),
         known_dirs: opts.ckpt_dir.iter().cloned().collect(),
         commit_error: None,
@@ -770,6 +789,21 @@ fn ticker(sh: Shared) {
             if start.elapsed() >= Duration::from_secs(t) {
                 say(&g, format_args!("timeout reached; quitting"));
                 kill_all(&mut g);
+                g.quit = true;
+                cv.notify_all();
+                return;
+            }
+        }
+        if g.opts.exit_on_last {
+            if !g.peers.is_empty() || g.round.is_some() {
+                g.last_gone = None;
+            } else if g.last_gone.is_some_and(|t| t.elapsed() >= EXIT_GRACE)
+                && OPEN_CONNS.load(Ordering::SeqCst) == 0
+            {
+                say(
+                    &g,
+                    format_args!("last process gone; exiting (--exit-on-last)"),
+                );
                 g.quit = true;
                 cv.notify_all();
                 return;
@@ -1630,12 +1664,8 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr, secret: &auth::Secret) 
                 }
                 check_barriers(&mut g);
                 if g.peers.is_empty() && g.opts.exit_on_last && g.round.is_none() {
-                    say(
-                        &g,
-                        format_args!("last process gone; exiting (--exit-on-last)"),
-                    );
-                    g.quit = true;
-                    cv.notify_all();
+                    // The ticker exits once nobody came back (EXIT_GRACE).
+                    g.last_gone = Some(Instant::now());
                 }
                 return;
             }
