@@ -493,12 +493,19 @@ fn new_coordinator_on_a_free_port_with_port_file() {
     assert_eq!(images_in(&dir).len(), 1);
     let st = wait_timeout(&mut l, TIMEOUT).unwrap();
     assert!(st.success());
-    // The coordinator started by dmtcp_launch leaves with its last process.
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let o = tool("dmtcp_command")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-s"])
-        .output()
-        .unwrap();
+    // The coordinator started by dmtcp_launch leaves after its last
+    // process (5 s later: see coordinator::EXIT_GRACE).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let o = loop {
+        let o = tool("dmtcp_command")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-s"])
+            .output()
+            .unwrap();
+        if o.status.code() == Some(2) || std::time::Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert_eq!(
         o.status.code(),
         Some(2),

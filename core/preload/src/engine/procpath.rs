@@ -27,10 +27,10 @@ fn id_at(b: &[u8]) -> Option<(i32, usize)> {
 
 /// `path` with the process (and thread) id after /proc/ made real, in
 /// `buf` (NUL-terminated); `None` when nothing changes.
-fn rewrite(path: &[u8], buf: &mut [u8; MAX]) -> Option<usize> {
+fn rewrite(path: &[u8], buf: &mut [u8; MAX], to_real: impl Fn(i32) -> i32) -> Option<usize> {
     let rest = path.strip_prefix(b"/proc/")?;
     let (pid, n) = id_at(rest)?;
-    let real = super::vpid::to_real(pid);
+    let real = to_real(pid);
     let mut tid_at = None;
     let after = &rest[n..];
     if let Some(t) = after.strip_prefix(b"/task/") {
@@ -38,7 +38,7 @@ fn rewrite(path: &[u8], buf: &mut [u8; MAX]) -> Option<usize> {
             tid_at = Some((tid, m));
         }
     }
-    let rtid = tid_at.map(|(t, _)| super::vpid::to_real(t));
+    let rtid = tid_at.map(|(t, _)| to_real(t));
     if real == pid && rtid.is_none_or(|r| Some(r) == tid_at.map(|(t, _)| t)) {
         return None;
     }
@@ -97,7 +97,7 @@ fn with_real<R>(path: *const c_char, f: impl FnOnce(*const c_char) -> R) -> R {
         return f(path);
     }
     let mut buf = [0u8; MAX];
-    match rewrite(p, &mut buf) {
+    match rewrite(p, &mut buf, super::vpid::to_real) {
         Some(_) => f(buf.as_ptr() as *const c_char),
         None => f(path),
     }
@@ -218,14 +218,21 @@ xstat_like!(__lxstat64, c"__lxstat64");
 mod tests {
     use super::*;
 
+    /// With the table (100 -> 5000, 101 -> 5001), not the process's own
+    /// (other unit tests may set that one at the same time).
     fn rw(p: &str) -> Option<String> {
         let mut buf = [0u8; MAX];
-        rewrite(p.as_bytes(), &mut buf).map(|n| String::from_utf8_lossy(&buf[..n - 1]).into_owned())
+        let table = |v: i32| match v {
+            100 => 5000,
+            101 => 5001,
+            v => v,
+        };
+        rewrite(p.as_bytes(), &mut buf, table)
+            .map(|n| String::from_utf8_lossy(&buf[..n - 1]).into_owned())
     }
 
     #[test]
     fn ids_after_proc_are_made_real() {
-        super::super::vpid::set(&[(100, 5000), (101, 5001)]);
         assert_eq!(rw("/proc/100/status").as_deref(), Some("/proc/5000/status"));
         assert_eq!(rw("/proc/100").as_deref(), Some("/proc/5000"));
         assert_eq!(
@@ -238,6 +245,5 @@ mod tests {
         assert_eq!(rw("/proc/100x/status"), None);
         assert_eq!(rw("/proc/1000/status"), None);
         assert_eq!(rw("/procx/100"), None);
-        super::super::vpid::clear();
     }
 }
