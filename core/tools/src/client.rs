@@ -244,6 +244,16 @@ pub fn secret_from_stdin() -> Result<(), String> {
     Ok(())
 }
 
+/// The secret options of a tool that joins a coordinator: `--secret-file`
+/// (see [`use_secret_file`]) and, when given, `--secret-from-stdin`.
+pub fn secret_options(m: &clap::ArgMatches) -> Result<(), String> {
+    use_secret_file(m);
+    if m.get_flag("secret_from_stdin") {
+        secret_from_stdin().map_err(|e| format!("--secret-from-stdin: {e}"))?;
+    }
+    Ok(())
+}
+
 /// A tool's `--secret-file`: made the process's `DMTCP_SECRET_FILE`
 /// (absolute), which every connection of the tool and the programs it
 /// starts (a coordinator, dmtcp_restart) then use. Call before threads

@@ -663,6 +663,19 @@ fn make_secret(opts: &CoordOpts, port: u16) -> std::io::Result<(auth::Secret, Op
     Ok((secret, own))
 }
 
+/// Processes as a round's failure names them: "prog (pid P on host), ...".
+fn named<'a>(peers: impl Iterator<Item = &'a Peer>) -> String {
+    peers
+        .map(|p| {
+            format!(
+                "{} (pid {} on {})",
+                p.info.program, p.info.pid, p.info.hostname
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A round whose processes did not all suspend in time (one stopped with
 /// SIGSTOP, or stuck before its checkpoint): give it up, naming them. No
 /// process has written anything yet; those waiting at a barrier are told
@@ -677,20 +690,10 @@ fn give_up_unsuspended(g: &mut State, secs: u64) {
         .filter(|id| !arrived.contains(id) && g.peers.contains_key(id))
         .copied()
         .collect();
-    let names: Vec<String> = late
-        .iter()
-        .filter_map(|id| g.peers.get(id))
-        .map(|p| {
-            format!(
-                "{} (pid {} on {})",
-                p.info.program, p.info.pid, p.info.hostname
-            )
-        })
-        .collect();
     let msg = format!(
         "checkpoint failed: {} process(es) did not suspend within {secs} s (stopped, or stuck before the checkpoint): {}; the previous generation is kept and the computation goes on",
         late.len(),
-        names.join(", ")
+        named(late.iter().filter_map(|id| g.peers.get(id)))
     );
     warn(format_args!("{msg}"));
     abandon_round(g, &round);
@@ -733,7 +736,7 @@ fn give_up_stalled(g: &mut State, secs: u64) {
         return;
     };
     // The barrier some of the round's processes wait at.
-    let Some(arrived) = g.barriers.values().find(|a| !a.is_empty()) else {
+    let Some((at, arrived)) = g.barriers.iter().find(|(_, a)| !a.is_empty()) else {
         return;
     };
     let limit = Duration::from_secs(secs);
@@ -747,25 +750,10 @@ fn give_up_stalled(g: &mut State, secs: u64) {
     if late.is_empty() {
         return;
     }
-    let at = g
-        .barriers
-        .iter()
-        .find(|(_, a)| !a.is_empty())
-        .map(|(n, _)| n.clone())
-        .unwrap_or_default();
-    let names: Vec<String> = late
-        .iter()
-        .map(|p| {
-            format!(
-                "{} (pid {} on {})",
-                p.info.program, p.info.pid, p.info.hostname
-            )
-        })
-        .collect();
     let msg = format!(
         "checkpoint failed: {} process(es) stopped answering for {secs} s while the others waited at barrier {at} (stopped, or stuck while checkpointing): {}; the previous generation is kept; the computation waits for them (continue them with SIGCONT, or kill the job)",
         late.len(),
-        names.join(", ")
+        named(late.iter().copied())
     );
     warn(format_args!("{msg}"));
     let mut r = reply(g, false);

@@ -89,12 +89,9 @@ pub fn main(args: Vec<String>) -> i32 {
         m.get_count("verbose"),
         m.get_count("quiet"),
     );
-    crate::client::use_secret_file(&m);
-    if m.get_flag("secret_from_stdin") {
-        if let Err(e) = crate::client::secret_from_stdin() {
-            dmtcp_common::log_error!("--secret-from-stdin: {e}");
-            return 1;
-        }
+    if let Err(e) = crate::client::secret_options(&m) {
+        dmtcp_common::log_error!("{e}");
+        return 1;
     }
     let mut a = cli::coord_addr(&m);
     let ckpt_dir = m.get_one::<PathBuf>("ckptdir").cloned();
