@@ -32,11 +32,17 @@
 //! `cargo run --release -p bench -- soak [--cycles 500] [--restarts 50]`
 //! checkpoints and restarts a 4-process job many times (see soak.rs).
 //!
+//! `cargo run --release -p bench -- mpi [--ranks 2,4,8] [--runs 3]
+//!  [--dmtcp DIR]` times the Jacobi program of mpi-tests bare, under this
+//! project and under DMTCP: run-time overhead, and checkpoint and restart
+//! per rank count (see mpi.rs).
+//!
 //! `cargo run --release -p bench -- peers [--sizes 1,4] [--dmtcp DIR]
 //!  [--criu]` runs the same workload under this project, DMTCP (an install
 //! at DIR) and CRIU, side by side in one run (see peers.rs).
 
 mod ibqps;
+mod mpi;
 mod peers;
 mod scale;
 mod soak;
@@ -61,6 +67,7 @@ fn main() {
         Some("scale") => scale::run(&args[2..]),
         Some("soak") => soak::run(&args[2..]),
         Some("peers") => peers::run(&args[2..]),
+        Some("mpi") => mpi::run(&args[2..]),
         _ => {
             eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR] [--plots DIR]");
             eprintln!(
@@ -70,6 +77,7 @@ fn main() {
             eprintln!("       bench ibqps [--qps 10,100,1000] [--runs 3] [--pause-us 0]");
             eprintln!("       bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256] [--dir DIR] [--plots DIR]");
             eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
+            eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--dmtcp DIR] [--dir DIR]");
             eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
             std::process::exit(1);
         }

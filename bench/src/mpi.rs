@@ -1,0 +1,356 @@
+//! `bench mpi`: the Jacobi program of mpi-tests (OpenMPI on one node)
+//! bare, under this project and under DMTCP (`--dmtcp DIR`), in one run.
+//!
+//! 1. Run-time overhead: the whole `mpirun` of `mpi_jacobi STEPS 0 N`
+//!    timed bare and under `dmtcp_launch` (no checkpoint), the systems
+//!    interleaved run by run so that a change of the machine's load hits
+//!    all of them; medians of `--runs`. Every run's checksum must be the
+//!    bare run's.
+//! 2. Checkpoint and restart per rank count: the job (with a pause per
+//!    step so it runs long enough) checkpointed once (`dmtcp_command -bc`,
+//!    timed), killed, restarted with the generated restart script (timed
+//!    until the coordinator lists as many running processes as before),
+//!    then left to finish: its checksum must be the bare run's.
+//!
+//! Images go to `--dir` (default target/bench-mpi).
+
+use super::{bin_dir, opt, Coord};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn mpirun(ranks: usize, btl: &str, steps: u32, sleep_ms: u32) -> Vec<String> {
+    let prog = bin_dir().join("mpi_jacobi");
+    assert!(
+        prog.exists(),
+        "{} missing: cargo build --release --workspace",
+        prog.display()
+    );
+    let n = ranks.to_string();
+    let mut v: Vec<String> = [
+        "mpirun",
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-np",
+        &n,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(["--mca", "btl", btl].map(String::from));
+    v.push(prog.display().to_string());
+    v.extend([steps.to_string(), sleep_ms.to_string(), n]);
+    v
+}
+
+fn checksum(out: &str) -> Option<String> {
+    out.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("CHECKSUM "))
+        .map(String::from)
+}
+
+/// Kill a child that overstays `LIMIT`; its output file's checksum.
+fn finish(mut c: std::process::Child, out: &Path, what: &str) -> Option<String> {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = c.try_wait().ok()? {
+            if !st.success() {
+                let err =
+                    std::fs::read_to_string(out.with_file_name("err.txt")).unwrap_or_default();
+                let tail: Vec<&str> = err.lines().rev().take(3).collect();
+                eprintln!("bench mpi: {what} ended with {st}: {}", tail.join(" / "));
+            }
+            break;
+        }
+        if t.elapsed() > LIMIT {
+            eprintln!("bench mpi: {what} did not end in {LIMIT:?}; killed");
+            let _ = c.kill();
+            let _ = c.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    checksum(&std::fs::read_to_string(out).unwrap_or_default())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum System<'a> {
+    Bare,
+    Ours,
+    Dmtcp(&'a Path),
+}
+
+impl System<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            System::Bare => "bare",
+            System::Ours => "dmtcp-rs",
+            System::Dmtcp(_) => "DMTCP",
+        }
+    }
+    fn coord(&self, dir: &Path) -> Option<Coord> {
+        match self {
+            System::Bare => None,
+            System::Ours => Some(Coord::start(dir)),
+            System::Dmtcp(root) => Some(Coord::start_in(dir, &root.join("bin"))),
+        }
+    }
+}
+
+/// Start `cmd` under `sys` (stdout to `dir/out.txt`, own process group).
+fn start(
+    sys: System,
+    coord: Option<&Coord>,
+    dir: &Path,
+    cmd: &[String],
+) -> (std::process::Child, PathBuf) {
+    let ck = dir.join("ckpt");
+    std::fs::create_dir_all(&ck).unwrap();
+    let mut c = match (sys, coord) {
+        (System::Bare, _) | (_, None) => Command::new(&cmd[0]),
+        (_, Some(co)) => {
+            let mut c = co.launcher(&ck);
+            c.arg(&cmd[0]);
+            c
+        }
+    };
+    let out = dir.join("out.txt");
+    c.args(&cmd[1..])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(dir.join("err.txt")).unwrap());
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
+    (c.spawn().expect("start the job"), out)
+}
+
+fn status_peers(co: &Coord) -> (usize, bool) {
+    let s = co.cmd(&["-s"]);
+    let n = s
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("NUM_PEERS="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (n, s.contains("RUNNING=yes"))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// One timed run of the whole job; None if it failed or differed.
+fn timed_run(sys: System, dir: &Path, cmd: &[String], want: Option<&str>) -> Option<(f64, String)> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let coord = sys.coord(dir);
+    let t = Instant::now();
+    let (c, out) = start(sys, coord.as_ref(), dir, cmd);
+    let sum = finish(c, &out, sys.name())?;
+    let s = t.elapsed().as_secs_f64();
+    if let Some(w) = want {
+        if sum != w {
+            eprintln!("bench mpi: {} gave checksum {sum}, bare {w}", sys.name());
+            return None;
+        }
+    }
+    Some((s, sum))
+}
+
+struct CkptRow {
+    ckpt_s: f64,
+    restart_s: f64,
+    image: u64,
+}
+
+/// Checkpoint once mid-run, kill, restart with the script, finish.
+fn ckpt_restart(sys: System, dir: &Path, cmd: &[String], want: &str) -> Result<CkptRow, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let coord = sys.coord(dir).expect("a checkpointer");
+    let (mut job, out) = start(sys, Some(&coord), dir, cmd);
+    let read = || std::fs::read_to_string(&out).unwrap_or_default();
+    let t = Instant::now();
+    while !read().contains("step 20\n") {
+        if t.elapsed() > LIMIT || job.try_wait().ok().flatten().is_some() {
+            let _ = job.kill();
+            return Err(format!(
+                "the job did not reach step 20: {}",
+                std::fs::read_to_string(dir.join("err.txt")).unwrap_or_default()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (peers, _) = status_peers(&coord);
+    let t = Instant::now();
+    coord.cmd(&["-bc"]);
+    let ckpt_s = t.elapsed().as_secs_f64();
+    let ck = dir.join("ckpt");
+    let image: u64 = walk(&ck);
+    // SAFETY: killing the job's process group (mpirun and its ranks).
+    unsafe { libc::kill(-(job.id() as i32), libc::SIGKILL) };
+    let _ = job.wait();
+    let t = Instant::now();
+    while status_peers(&coord).0 != 0 {
+        if t.elapsed() > Duration::from_secs(2) {
+            // Ranks outside the process group: the coordinator ends them.
+            coord.cmd(&["-k"]);
+        }
+        if t.elapsed() > LIMIT {
+            return Err("the job did not go after SIGKILL".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let script = ck.join("dmtcp_restart_script.sh");
+    if !script.exists() || image == 0 {
+        return Err(format!("no images or restart script in {}", ck.display()));
+    }
+    let t = Instant::now();
+    let mut r = Command::new("bash");
+    r.arg(&script)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("restart.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("restart.err")).unwrap());
+    std::os::unix::process::CommandExt::process_group(&mut r, 0);
+    let r = r.spawn().expect("restart script");
+    loop {
+        let (n, running) = status_peers(&coord);
+        if n == peers && running {
+            break;
+        }
+        if t.elapsed() > LIMIT {
+            // SAFETY: killing the restart's process group.
+            unsafe { libc::kill(-(r.id() as i32), libc::SIGKILL) };
+            return Err(format!(
+                "the restart did not come back ({n} of {peers} processes)"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let restart_s = t.elapsed().as_secs_f64();
+    let rid = r.id() as i32;
+    let after = finish(r, &dir.join("restart.out"), "the restarted job");
+    // The restored job writes to its old stdout (out.txt, reopened by
+    // path) or to the restart's: either must end with the bare checksum.
+    let got = checksum(&read()).or(after);
+    // SAFETY: whatever is left of the restart's process group.
+    unsafe { libc::kill(-rid, libc::SIGKILL) };
+    match got {
+        Some(g) if g == want => Ok(CkptRow {
+            ckpt_s,
+            restart_s,
+            image,
+        }),
+        g => Err(format!("checksum after restart {g:?}, bare {want}")),
+    }
+}
+
+fn walk(d: &Path) -> u64 {
+    std::fs::read_dir(d)
+        .map(|r| {
+            r.flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        0 // older generations: not this checkpoint's bytes
+                    } else if p.extension().is_some_and(|x| x == "dmtcp") {
+                        e.metadata().map(|m| m.len()).unwrap_or(0)
+                    } else {
+                        0
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+pub fn run(a: &[String]) {
+    let ranks: Vec<usize> = opt(a, "--ranks", "2,4,8")
+        .split(',')
+        .map(|s| s.parse().expect("--ranks"))
+        .collect();
+    let steps: u32 = opt(a, "--steps", "100000").parse().expect("--steps");
+    let runs: usize = opt(a, "--runs", "3").parse().expect("--runs");
+    let btl = opt(a, "--btl", "self,vader").to_string();
+    let dmtcp_root = a
+        .iter()
+        .position(|x| x == "--dmtcp")
+        .and_then(|i| a.get(i + 1))
+        .map(PathBuf::from);
+    let dir = std::path::absolute(PathBuf::from(opt(a, "--dir", "target/bench-mpi"))).unwrap();
+    let mut systems = vec![System::Bare, System::Ours];
+    if let Some(r) = &dmtcp_root {
+        systems.push(System::Dmtcp(r));
+    }
+
+    println!("Run-time overhead: mpi_jacobi {steps} steps, btl {btl}, median of {runs} runs");
+    println!();
+    println!("| ranks | system | median s | runs s | overhead vs bare |");
+    println!("|---|---|---|---|---|");
+    for &n in &ranks {
+        let cmd = mpirun(n, &btl, steps, 0);
+        let Some((_, want)) = timed_run(System::Bare, &dir.join("warm"), &cmd, None) else {
+            eprintln!("bench mpi: the bare run with {n} ranks failed");
+            continue;
+        };
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); systems.len()];
+        // A system that failed once is not tried again at this rank count.
+        let mut failed = vec![false; systems.len()];
+        for _ in 0..runs {
+            for (i, &s) in systems.iter().enumerate() {
+                if failed[i] {
+                    continue;
+                }
+                match timed_run(s, &dir.join(s.name()), &cmd, Some(&want)) {
+                    Some((t, _)) => times[i].push(t),
+                    None => failed[i] = true,
+                }
+            }
+        }
+        let bare = median(&mut times[0].clone());
+        for (i, s) in systems.iter().enumerate() {
+            if times[i].is_empty() {
+                println!("| {n} | {} | failed | | |", s.name());
+                continue;
+            }
+            let all: Vec<String> = times[i].iter().map(|t| format!("{t:.2}")).collect();
+            let m = median(&mut times[i]);
+            println!(
+                "| {n} | {} | {m:.2} | {} | {:+.1}% |",
+                s.name(),
+                all.join(" "),
+                (m / bare - 1.0) * 100.0
+            );
+        }
+    }
+
+    println!();
+    println!("Checkpoint and restart: mpi_jacobi with 5 ms per step, one checkpoint at step 20, SIGKILL, restart script, run to the end");
+    println!();
+    println!("| ranks | system | checkpoint s | restart s | images MB | checksum |");
+    println!("|---|---|---|---|---|---|");
+    for &n in &ranks {
+        let cmd = mpirun(n, &btl, 400, 5);
+        let Some((_, want)) = timed_run(System::Bare, &dir.join("warm"), &cmd, None) else {
+            eprintln!("bench mpi: the bare run with {n} ranks failed");
+            continue;
+        };
+        for &s in &systems[1..] {
+            match ckpt_restart(s, &dir.join(s.name()), &cmd, &want) {
+                Ok(r) => println!(
+                    "| {n} | {} | {:.2} | {:.2} | {:.0} | = bare |",
+                    s.name(),
+                    r.ckpt_s,
+                    r.restart_s,
+                    r.image as f64 / 1e6
+                ),
+                Err(e) => println!("| {n} | {} | failed: {e} | | | |", s.name()),
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
