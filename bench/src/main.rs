@@ -78,7 +78,7 @@ fn main() {
             eprintln!("       bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256] [--dir DIR] [--plots DIR]");
             eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
             eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--dmtcp DIR] [--dir DIR]");
-            eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
+            eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
             std::process::exit(1);
         }
     }
@@ -249,6 +249,44 @@ fn raw_write(dir: &Path, bytes: usize) -> f64 {
     s
 }
 
+/// Where the image is when a restart starts.
+#[derive(Clone, Copy, PartialEq)]
+enum Cache {
+    /// As the checkpoint left it: this project writes with O_DIRECT (not in
+    /// the page cache), DMTCP buffered (in it).
+    AsLeft,
+    /// Read into the page cache first (a restart right after a buffered write).
+    Warm,
+    /// Dropped from every cache (`sync; echo 3 > /proc/sys/vm/drop_caches`,
+    /// root): a restart after a crash or on another node.
+    Cold,
+}
+
+impl Cache {
+    fn name(self) -> &'static str {
+        match self {
+            Cache::AsLeft => "as left",
+            Cache::Warm => "warm",
+            Cache::Cold => "cold",
+        }
+    }
+    fn prepare(self, img: &Path) {
+        match self {
+            Cache::AsLeft => {}
+            Cache::Warm => {
+                let mut f = std::fs::File::open(img).expect("the image");
+                std::io::copy(&mut f, &mut std::io::sink()).expect("reading the image");
+            }
+            Cache::Cold => {
+                // SAFETY: sync has no arguments.
+                unsafe { libc::sync() };
+                std::fs::write("/proc/sys/vm/drop_caches", "3\n")
+                    .expect("dropping the page cache needs root");
+            }
+        }
+    }
+}
+
 struct Row {
     gib: usize,
     kind: String,
@@ -259,7 +297,7 @@ struct Row {
     raw_s: f64,
 }
 
-fn one(dir: &Path, gib: usize, kind: &str, mode: &str) -> Row {
+fn one(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Row {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let coord = Coord::start(dir);
@@ -293,8 +331,7 @@ fn one(dir: &Path, gib: usize, kind: &str, mode: &str) -> Row {
         .find(|p| p.extension().is_some_and(|e| e == "dmtcp"))
         .expect("an image");
     let image = std::fs::metadata(&img).unwrap().len();
-    // Drop the image from the page cache? No: a restart right after a
-    // checkpoint usually finds it there; both are reported as measured.
+    cache.prepare(&img);
     let t = Instant::now();
     let mut r = Command::new(bin_dir().join("dmtcp_restart"))
         .args(["-j", "-h", "127.0.0.1", "-p", &coord.port.to_string()])
@@ -349,7 +386,7 @@ fn run(a: &[String]) {
     for &g in &sizes {
         for k in &kinds {
             for m in &modes {
-                let r = one(&dir, g, k, m);
+                let r = one(&dir, g, k, m, Cache::AsLeft);
                 let name = format!("{k}, {m}");
                 for (into, v) in [(&mut ck, r.ckpt_s), (&mut rs, r.restart_s)] {
                     match into.iter_mut().find(|s| s.0 == name) {

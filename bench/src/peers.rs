@@ -4,6 +4,12 @@
 //! the same machine in one run, with the storage's raw O_DIRECT write of
 //! the same bytes beside them.
 //!
+//! `--cache cold,warm` (default both): where the image is when each
+//! restart starts: dropped from the page cache (a restart after a crash
+//! or on another node; needs root), or read into it first (this project
+//! writes with O_DIRECT, DMTCP through the page cache, so "as left",
+//! `as-left`, favours DMTCP).
+//!
 //! Each system: start the workload (`bench workload G KIND`, which fills
 //! its memory and says `ready`), checkpoint it (the time of the blocking
 //! checkpoint command / `criu dump`), kill it, restart it and time until
@@ -11,7 +17,7 @@
 //! returned), then kill it. Images go to `--dir` (default
 //! target/bench-peers). Plots: peers-checkpoint.svg, peers-restart.svg.
 
-use super::{opt, raw_write, GIB};
+use super::{opt, raw_write, Cache, GIB};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,8 +57,8 @@ fn wait_ready(child: &mut std::process::Child) {
 }
 
 /// This project (zstd or raw images).
-fn ours(dir: &Path, gib: usize, kind: &str, mode: &str) -> Measured {
-    let r = super::one(dir, gib, kind, mode);
+fn ours(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Measured {
+    let r = super::one(dir, gib, kind, mode, cache);
     Measured {
         system: format!("dmtcp-rs ({mode})"),
         ckpt_s: r.ckpt_s,
@@ -62,7 +68,14 @@ fn ours(dir: &Path, gib: usize, kind: &str, mode: &str) -> Measured {
 }
 
 /// DMTCP from the install at `root` (gzip on or off).
-fn dmtcp(root: &Path, dir: &Path, gib: usize, kind: &str, gzip: bool) -> Option<Measured> {
+fn dmtcp(
+    root: &Path,
+    dir: &Path,
+    gib: usize,
+    kind: &str,
+    gzip: bool,
+    cache: Cache,
+) -> Option<Measured> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let bin = |t: &str| root.join("bin").join(t);
@@ -115,6 +128,7 @@ fn dmtcp(root: &Path, dir: &Path, gib: usize, kind: &str, gzip: bool) -> Option<
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "dmtcp"))?;
     let image = std::fs::metadata(&img).ok()?.len();
+    cache.prepare(&img);
     let t = Instant::now();
     let mut r = Command::new(bin("dmtcp_restart"))
         .args(["-j", "-h", "127.0.0.1", "-p", &port_s])
@@ -246,44 +260,61 @@ pub fn run(a: &[String]) {
         .map(PathBuf::from);
     let with_criu = a.iter().any(|x| x == "--criu");
     let dir = std::path::absolute(PathBuf::from(opt(a, "--dir", "target/bench-peers"))).unwrap();
+    let caches: Vec<Cache> = opt(a, "--cache", "cold,warm")
+        .split(',')
+        .map(|c| match c {
+            "cold" => Cache::Cold,
+            "warm" => Cache::Warm,
+            "as-left" => Cache::AsLeft,
+            _ => panic!("--cache takes cold, warm or as-left"),
+        })
+        .collect();
     println!(
-        "| GiB | memory | system | checkpoint s | restart s | image MB | raw O_DIRECT write s |"
+        "| GiB | memory | system | checkpoint s | image at restart | restart s | image MB | raw O_DIRECT write s |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut ck: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     let mut rs: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for &g in &sizes {
         for k in &kinds {
-            let mut rows = vec![ours(&dir, g, k, "zstd"), ours(&dir, g, k, "raw")];
-            if let Some(root) = &dmtcp_root {
-                for gzip in [true, false] {
-                    match dmtcp(root, &dir, g, k, gzip) {
-                        Some(m) => rows.push(m),
-                        None => eprintln!("bench peers: DMTCP at {} did not run", root.display()),
+            for &cache in &caches {
+                let mut rows = vec![
+                    ours(&dir, g, k, "zstd", cache),
+                    ours(&dir, g, k, "raw", cache),
+                ];
+                if let Some(root) = &dmtcp_root {
+                    for gzip in [true, false] {
+                        match dmtcp(root, &dir, g, k, gzip, cache) {
+                            Some(m) => rows.push(m),
+                            None => {
+                                eprintln!("bench peers: DMTCP at {} did not run", root.display())
+                            }
+                        }
                     }
                 }
-            }
-            if with_criu {
-                match criu(&dir, g, k) {
-                    Some(m) => rows.push(m),
-                    None => eprintln!("bench peers: CRIU did not run"),
+                if with_criu && cache == caches[0] {
+                    match criu(&dir, g, k) {
+                        Some(m) => rows.push(m),
+                        None => eprintln!("bench peers: CRIU did not run"),
+                    }
                 }
-            }
-            std::fs::create_dir_all(&dir).unwrap();
-            let raw_s = raw_write(&dir, g * GIB);
-            for m in rows {
-                println!(
-                    "| {g} | {k} | {} | {:.2} | {:.2} | {:.0} | {raw_s:.2} |",
-                    m.system,
-                    m.ckpt_s,
-                    m.restart_s,
-                    m.image as f64 / 1e6
-                );
-                let name = format!("{}, {k}", m.system);
-                for (into, v) in [(&mut ck, m.ckpt_s), (&mut rs, m.restart_s)] {
-                    match into.iter_mut().find(|s| s.0 == name) {
-                        Some(s) => s.1.push((g as f64, v)),
-                        None => into.push((name.clone(), vec![(g as f64, v)])),
+                std::fs::create_dir_all(&dir).unwrap();
+                let raw_s = raw_write(&dir, g * GIB);
+                for m in rows {
+                    println!(
+                        "| {g} | {k} | {} | {:.2} | {} | {:.2} | {:.0} | {raw_s:.2} |",
+                        m.system,
+                        m.ckpt_s,
+                        cache.name(),
+                        m.restart_s,
+                        m.image as f64 / 1e6
+                    );
+                    let name = format!("{}, {k}, {}", m.system, cache.name());
+                    for (into, v) in [(&mut ck, m.ckpt_s), (&mut rs, m.restart_s)] {
+                        match into.iter_mut().find(|s| s.0 == name) {
+                            Some(s) => s.1.push((g as f64, v)),
+                            None => into.push((name.clone(), vec![(g as f64, v)])),
+                        }
                     }
                 }
             }

@@ -451,6 +451,28 @@ impl Image {
         self.file.try_clone()
     }
 
+    /// The open image file (the one that was checked).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Check that `stored` (chunk `c`'s bytes as the file holds them) has
+    /// the chunk's CRC.
+    pub fn check_stored(&self, c: &ChunkDesc, stored: &[u8]) -> Result<(), ImageError> {
+        if crc32fast::hash(stored) != c.crc {
+            return Err(ImageError::Corrupt {
+                path: self.path.clone(),
+                what: format!(
+                    "{}: checksum mismatch in the memory contents ({} bytes at offset {})",
+                    self.chunk_name(c),
+                    c.stored_len,
+                    c.file_off
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Open and validate `path`.
     pub fn open(path: &Path) -> Result<Image, ImageError> {
         use std::os::unix::fs::OpenOptionsExt;
@@ -572,14 +594,7 @@ impl Image {
         };
         stored.resize(c.stored_len as usize, 0);
         self.file.read_exact_at(stored, c.file_off).map_err(io)?;
-        if crc32fast::hash(stored) != c.crc {
-            return Err(corrupt(format!(
-                "{}: checksum mismatch in the memory contents ({} bytes at offset {})",
-                self.chunk_name(c),
-                c.stored_len,
-                c.file_off
-            )));
-        }
+        self.check_stored(c, stored)?;
         if c.flags & CHUNK_ZSTD != 0 {
             out.resize(c.len as usize, 0);
             let n = zstd::bulk::decompress_to_buffer(scratch, out)

@@ -10,7 +10,7 @@
 use crate::cli;
 use crate::client;
 use clap::{value_parser, Arg, ArgAction, Command, ValueHint};
-use dmtcp_common::image::{Image, ImageError};
+use dmtcp_common::image::{ChunkDesc, Image, ImageError};
 use dmtcp_sys::restore::*;
 use std::io::Write;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -291,6 +291,10 @@ pub fn main(args: Vec<String>) -> i32 {
     if m.get_count("quiet") == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         progress::start(&opened);
     }
+    // Every image has its streamer, all running at once: together they
+    // use the machine's cores, no more.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let _ = STREAM_WORKERS.set((cores / opened.len().max(1)).clamp(1, MAX_STREAM_WORKERS));
     let _ = crate::tree::COORD.set((a.host.clone(), port));
     if let Some(i) = interval {
         let _ = crate::command::send_command(&a.host, port, dmtcp_common::proto::Cmd::Interval(i));
@@ -339,6 +343,20 @@ pub fn main(args: Vec<String>) -> i32 {
 /// The highest generation of the restarted computations already in their
 /// checkpoint directories (see `main`).
 static GEN_FLOOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Threads of each image's streamer that read and check chunks
+/// (`DMTCP_RESTART_READERS` overrides, 1 to 8).
+static STREAM_WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+const MAX_STREAM_WORKERS: usize = 4;
+
+fn stream_workers() -> usize {
+    std::env::var("DMTCP_RESTART_READERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map(|n| n.clamp(1, 8))
+        .or_else(|| STREAM_WORKERS.get().copied())
+        .unwrap_or(1)
+}
 
 /// The images to restart from directory `d`, with what the generation's
 /// manifest says of each.
@@ -887,37 +905,135 @@ fn stream(
         .filter(|a| a.flags & (AREA_GROWSDOWN | AREA_SAVED) != 0 || a.kind == KIND_ANON_SHARED)
         .map(|a| (a.start, a.start + a.len))
         .collect();
-    let (mut out, mut scratch) = (Vec::new(), Vec::new());
-    for c in &img.chunks {
-        // Every chunk is read and checked, mapped or not.
-        img.read_chunk(c, &mut out, &mut scratch)?;
-        let in_stack = growsdown
-            .iter()
-            .any(|&(s, e)| c.addr < e && s < c.addr + c.len);
-        if lazy && !in_stack && c.flags & dmtcp_common::image::CHUNK_ZSTD == 0 {
+    // Chunks are read and checked by `workers` threads, a batch of two
+    // per thread at a time (the disk sees several reads at once, and the
+    // checksums and decompression use every core given), and go into the
+    // stream in order.
+    let workers = stream_workers();
+    let mapped = |c: &ChunkDesc| {
+        lazy && c.flags & dmtcp_common::image::CHUNK_ZSTD == 0
+            && !growsdown
+                .iter()
+                .any(|&(s, e)| c.addr < e && s < c.addr + c.len)
+    };
+    let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = vec![(Vec::new(), Vec::new()); workers * 2];
+    for batch in img.chunks.chunks(bufs.len()) {
+        let bufs = &mut bufs[..batch.len()];
+        read_batch(img, batch, bufs, workers, &mapped)?;
+        for (c, (out, _)) in batch.iter().zip(bufs.iter()) {
+            if mapped(c) {
+                let rec = DataRecord {
+                    addr: c.addr,
+                    len: c.len,
+                    kind: REC_MAP,
+                    file_off: c.file_off,
+                };
+                w.write_all(as_bytes(&rec)).map_err(io)?;
+                progress::add(c.len);
+                continue;
+            }
             let rec = DataRecord {
                 addr: c.addr,
                 len: c.len,
-                kind: REC_MAP,
-                file_off: c.file_off,
+                kind: REC_DATA,
+                file_off: 0,
             };
             w.write_all(as_bytes(&rec)).map_err(io)?;
+            w.write_all(out).map_err(io)?;
             progress::add(c.len);
-            continue;
         }
-        let rec = DataRecord {
-            addr: c.addr,
-            len: c.len,
-            kind: REC_DATA,
-            file_off: 0,
-        };
-        w.write_all(as_bytes(&rec)).map_err(io)?;
-        w.write_all(&out).map_err(io)?;
-        progress::add(c.len);
     }
     w.write_all(as_bytes(&DataRecord::default())).map_err(io)?;
     w.flush().map_err(io)?;
     Ok(())
+}
+
+/// Read and check every chunk of `batch` (every chunk is checked, mapped
+/// from the image or not) with up to `workers` threads: one the restorer
+/// maps from the image (`mapped`) is checked where it lies, any other is
+/// read into its buffer of `bufs`. The first failure in chunk order.
+fn read_batch(
+    img: &Image,
+    batch: &[ChunkDesc],
+    bufs: &mut [(Vec<u8>, Vec<u8>)],
+    workers: usize,
+    mapped: &(dyn Fn(&ChunkDesc) -> bool + Sync),
+) -> Result<(), ImageError> {
+    let one = |c: &ChunkDesc, out: &mut Vec<u8>, scratch: &mut Vec<u8>| {
+        if mapped(c) {
+            check_in_place(img, c)
+        } else {
+            img.read_chunk(c, out, scratch)
+        }
+    };
+    if workers <= 1 {
+        for (c, (out, scratch)) in batch.iter().zip(bufs.iter_mut()) {
+            one(c, out, scratch)?;
+        }
+        return Ok(());
+    }
+    let per = batch.len().div_ceil(workers);
+    std::thread::scope(|s| {
+        let running: Vec<_> = batch
+            .chunks(per)
+            .zip(bufs.chunks_mut(per))
+            .map(|(cs, bs)| {
+                s.spawn(move || {
+                    for (c, (out, scratch)) in cs.iter().zip(bs.iter_mut()) {
+                        one(c, out, scratch)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        // Joined in order: the first group's failure is reported first.
+        // (A panic aborts the whole program: panic = "abort".)
+        running
+            .into_iter()
+            .map(|t| t.join().unwrap_or(Ok(())))
+            .collect::<Result<(), ImageError>>()
+    })
+}
+
+/// Check the CRC of raw chunk `c` where it lies in the image, through a
+/// private read-only mapping populated at once: no copy (half the memory
+/// traffic of reading it), and its pages stay in the page cache for the
+/// restorer, which maps them the same way. Where the mapping cannot be
+/// had, the chunk is read instead.
+fn check_in_place(img: &Image, c: &ChunkDesc) -> Result<(), ImageError> {
+    use std::os::fd::AsRawFd;
+    let len = c.stored_len as usize;
+    // A file cut short since it was checked would fault in the mapping.
+    let inside = img
+        .file()
+        .metadata()
+        .is_ok_and(|m| m.len() >= c.file_off.saturating_add(c.stored_len));
+    if len == 0 || !inside {
+        return img.read_chunk(c, &mut Vec::new(), &mut Vec::new());
+    }
+    // SAFETY: a new private read-only mapping of `len` bytes of the open
+    // image at offset `file_off`, which the index check found block-aligned
+    // and inside the file; only this function uses it, and unmaps it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_POPULATE,
+            img.file().as_raw_fd(),
+            c.file_off as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return img.read_chunk(c, &mut Vec::new(), &mut Vec::new());
+    }
+    // SAFETY: the mapping above is `len` readable bytes.
+    let r = img.check_stored(c, unsafe {
+        std::slice::from_raw_parts(p as *const u8, len)
+    });
+    // SAFETY: unmapping our own mapping, no longer referenced.
+    unsafe { libc::munmap(p, len) };
+    r
 }
 
 /// What `dmtcp_restart` shows on a terminal while it restores: one line,
