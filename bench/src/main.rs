@@ -32,6 +32,11 @@
 //! `cargo run --release -p bench -- soak [--cycles 500] [--restarts 50]`
 //! checkpoints and restarts a 4-process job many times (see soak.rs).
 //!
+//! `cargo run --release -p bench -- parallel [--procs 8] [--mib 512]
+//!  [--dmtcp DIR]` checkpoints N processes of one computation at once and
+//! compares the aggregate write bandwidth with N raw O_DIRECT writers of
+//! the same bytes (see parallel.rs).
+//!
 //! `cargo run --release -p bench -- mpi [--ranks 2,4,8] [--runs 3]
 //!  [--dmtcp DIR]` times the Jacobi program of mpi-tests bare, under this
 //! project and under DMTCP: run-time overhead, and checkpoint and restart
@@ -43,6 +48,7 @@
 
 mod ibqps;
 mod mpi;
+mod parallel;
 mod peers;
 mod scale;
 mod soak;
@@ -68,6 +74,7 @@ fn main() {
         Some("soak") => soak::run(&args[2..]),
         Some("peers") => peers::run(&args[2..]),
         Some("mpi") => mpi::run(&args[2..]),
+        Some("parallel") => parallel::run(&args[2..]),
         _ => {
             eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR] [--plots DIR]");
             eprintln!(
@@ -77,6 +84,7 @@ fn main() {
             eprintln!("       bench ibqps [--qps 10,100,1000] [--runs 3] [--pause-us 0]");
             eprintln!("       bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256] [--dir DIR] [--plots DIR]");
             eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
+            eprintln!("       bench parallel [--procs 8] [--mib 512] [--runs 3] [--dmtcp DIR] [--dir DIR]");
             eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--dmtcp DIR] [--dir DIR]");
             eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
             std::process::exit(1);
@@ -84,11 +92,14 @@ fn main() {
     }
 }
 
-/// Hold `gib` GiB of memory of the given kind, say "ready", then idle.
+/// Hold `gib` GiB (or `<n>M`: MiB) of memory of the given kind, say
+/// "ready", then idle.
 fn workload(a: &[String]) {
-    let gib: usize = a[0].parse().expect("GiB");
+    let n = match a[0].strip_suffix('M') {
+        Some(m) => m.parse::<usize>().expect("MiB") << 20,
+        None => a[0].parse::<usize>().expect("GiB") * GIB,
+    };
     let kind = a[1].as_str();
-    let n = gib * GIB;
     // SAFETY: a fresh anonymous mapping we own.
     let p = unsafe {
         libc::mmap(

@@ -52,6 +52,22 @@ pub struct Committed {
     pub notes: Vec<String>,
 }
 
+/// What is left to do once a generation is committed: the names users
+/// know (top-level links, the restart script's) and removing old
+/// generations ([`publish`]). A restart does not need it (it finds the
+/// newest committed generation by its directory), so the coordinator
+/// lets the processes run on before it does this.
+pub struct Names {
+    dirs: Vec<GenDir>,
+    home: usize,
+    script: String,
+    comp: String,
+    generation: u32,
+    keep: u32,
+    images: Vec<String>,
+    notes: Vec<String>,
+}
+
 /// The restart script's file name for computation `comp`.
 pub fn script_name(comp: &str) -> String {
     format!("dmtcp_restart_script_{}.sh", gen::safe_comp(comp))
@@ -77,6 +93,8 @@ struct GenDir {
     committed: PathBuf,
     top: PathBuf,
     images: Vec<usize>,
+    /// The images' file names (known once committed).
+    names: Vec<String>,
     visible: bool,
 }
 
@@ -91,6 +109,19 @@ pub fn commit(
     params: &ScriptParams,
     images: &[Image],
 ) -> Result<Committed, String> {
+    commit_generation(comp, generation, keep, params, images).map(publish)
+}
+
+/// The commit proper: images checked, manifest and restart script
+/// written, the generation's directories renamed. What is left is
+/// [`publish`]; an error leaves the previous generation as it was.
+pub fn commit_generation(
+    comp: &str,
+    generation: u32,
+    keep: u32,
+    params: &ScriptParams,
+    images: &[Image],
+) -> Result<Names, String> {
     if images.is_empty() {
         return Err("no image was written".into());
     }
@@ -115,6 +146,7 @@ pub fn commit(
                     partial,
                     top,
                     images: vec![i],
+                    names: Vec::new(),
                     visible,
                 });
             }
@@ -129,13 +161,19 @@ pub fn commit(
         })
         .collect();
     let Some(home) = dirs.iter().position(|d| d.visible) else {
-        return Ok(Committed {
-            script: None,
+        let notes = vec![format!(
+            "the coordinator cannot see the images' directories ({}): the processes commit them, without a manifest or restart script",
+            dirs.iter().map(|d| d.top.display().to_string()).collect::<Vec<_>>().join(", ")
+        )];
+        return Ok(Names {
+            dirs: Vec::new(),
+            home: 0,
+            script: String::new(),
+            comp: comp.into(),
+            generation,
+            keep,
             images: all_top,
-            notes: vec![format!(
-                "the coordinator cannot see the images' directories ({}): the processes commit them, without a manifest or restart script",
-                dirs.iter().map(|d| d.top.display().to_string()).collect::<Vec<_>>().join(", ")
-            )],
+            notes,
         });
     };
     // Every image where its process said, as long as it said; nothing else
@@ -271,16 +309,52 @@ pub fn commit(
         fsync_dir(&d.top);
         renamed.push(k);
     }
-    // Committed. The names users know, then the old generations.
-    let mut notes = Vec::new();
-    let mut script_top = None;
-    for (k, d) in dirs.iter().enumerate().filter(|(_, d)| d.visible) {
-        let names: Vec<String> = d
-            .images
+    // Committed.
+    let names = |d: &GenDir| -> Vec<String> {
+        d.images
             .iter()
             .map(|&i| file_name(Path::new(&images[i].path)))
-            .collect();
-        for n in &names {
+            .collect()
+    };
+    let dirs = dirs
+        .into_iter()
+        .map(|mut d| {
+            // From here on a directory's images are known by name.
+            d.names = names(&d);
+            d
+        })
+        .collect();
+    Ok(Names {
+        dirs,
+        home,
+        script,
+        comp: comp.into(),
+        generation,
+        keep,
+        images: all_top,
+        notes: Vec::new(),
+    })
+}
+
+/// After the commit: the names users know point at the new generation,
+/// then generations past the number to keep go. What fails here is a note
+/// (the generation stays committed and restartable).
+pub fn publish(n: Names) -> Committed {
+    let Names {
+        dirs,
+        home,
+        script,
+        comp,
+        generation,
+        keep,
+        images,
+        mut notes,
+    } = n;
+    let comp = comp.as_str();
+    let mut script_top = None;
+    for (k, d) in dirs.iter().enumerate().filter(|(_, d)| d.visible) {
+        let names = &d.names;
+        for n in names {
             if let Err(e) = link_over(&d.top, &d.committed, n) {
                 notes.push(format!("cannot link {n} in {}: {e}", d.top.display()));
             }
@@ -297,15 +371,15 @@ pub fn commit(
                 Err(e) => notes.push(format!("cannot put the restart script in place: {e}")),
             }
         }
-        drop_stale_names(&d.top, comp, generation, &names);
+        drop_stale_names(&d.top, comp, generation, names);
         fsync_dir(&d.top);
         prune(&d.top, comp, generation, keep, &mut notes);
     }
-    Ok(Committed {
+    Committed {
         script: script_top,
-        images: all_top,
+        images,
         notes,
-    })
+    }
 }
 
 /// A round failed: remove what it wrote in `dirs` (checkpoint directories;

@@ -529,6 +529,10 @@ struct State {
     known_dirs: BTreeSet<PathBuf>,
     /// Why the commit of the round under way failed.
     commit_error: Option<String>,
+    /// The round's generation is committed; its names users know and the
+    /// pruning of old generations are left for after the processes run
+    /// again (commit::publish).
+    unpublished: Option<crate::commit::Names>,
     ever_had_peers: bool,
     opts: CoordOpts,
     host: String,
@@ -579,6 +583,7 @@ pub fn run(opts: CoordOpts) -> std::io::Result<()> {
         last_ckpt: Instant::now(),
         last_gone: None,
         last_images: Vec::new(),
+        unpublished: None,
         known_dirs: opts.ckpt_dir.iter().cloned().collect(),
         commit_error: None,
         ever_had_peers: false,
@@ -1158,6 +1163,30 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     // the reply, not the generation already committed).
     let committed = round.committing.unwrap_or(false);
     let ok = committed && !lost;
+    // The processes run again first; then the names users know and the
+    // pruning (serial file operations, many at scale: docs/storage.md);
+    // then the answer to whoever asked for the checkpoint, which finds
+    // every name in place.
+    if !round.kill_after && !members.is_empty() {
+        g.resuming = Some(members.clone());
+    }
+    for id in &members {
+        if let Some(p) = g.peers.get(id) {
+            let m = if round.kill_after {
+                FromCoord::Kill
+            } else {
+                FromCoord::BarrierDone {
+                    name: "committed".into(),
+                    count: 0,
+                    commit: ok,
+                }
+            };
+            send_to(&p.out, &m);
+        }
+    }
+    if let Some(names) = g.unpublished.take() {
+        publish(g, names);
+    }
     let mut r = reply(g, ok);
     if committed {
         r.images = g.last_images.clone();
@@ -1181,29 +1210,12 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     for w in round.waiters.iter() {
         send_to(w, &FromCoord::Reply(r.clone()));
     }
-    if !round.kill_after && !members.is_empty() {
-        g.resuming = Some(members.clone());
-    }
-    for id in members {
-        if let Some(p) = g.peers.get(&id) {
-            let m = if round.kill_after {
-                FromCoord::Kill
-            } else {
-                FromCoord::BarrierDone {
-                    name: "committed".into(),
-                    count: 0,
-                    commit: ok,
-                }
-            };
-            send_to(&p.out, &m);
-        }
-    }
 }
 
 /// Every process of the round wrote its image: commit the generation
-/// (manifest, restart script, one rename; then the top-level names and
-/// the old generations). False, with the reason kept for the reply, if
-/// that fails.
+/// (manifest, restart script, one rename; the top-level names and the old
+/// generations come in finish_round, after the processes run again).
+/// False, with the reason kept for the reply, if that fails.
 fn commit_round(g: &mut State) -> bool {
     let Some(round) = g.round.as_ref() else {
         return false;
@@ -1253,22 +1265,9 @@ fn commit_round(g: &mut State) -> bool {
         .keep_generations
         .unwrap_or(dmtcp_common::generation::DEFAULT_KEEP);
     let gen = g.generation;
-    match crate::commit::commit(&comp, gen, keep, &params, &images) {
-        Ok(c) => {
-            for n in &c.notes {
-                say(g, format_args!("generation {gen}: {n}"));
-            }
-            g.last_images = c.images;
-            match c.script {
-                Some(p) => say(
-                    g,
-                    format_args!(
-                        "checkpoint complete: generation {gen} committed; restart script {}",
-                        p.display()
-                    ),
-                ),
-                None => say(g, format_args!("checkpoint complete: generation {gen}")),
-            }
+    match crate::commit::commit_generation(&comp, gen, keep, &params, &images) {
+        Ok(names) => {
+            g.unpublished = Some(names);
             true
         }
         Err(e) => {
@@ -1277,6 +1276,27 @@ fn commit_round(g: &mut State) -> bool {
             g.commit_error = Some(msg);
             false
         }
+    }
+}
+
+/// The committed generation's names users know, and old generations
+/// removed (commit::publish), with what the log says of it.
+fn publish(g: &mut State, names: crate::commit::Names) {
+    let gen = g.generation;
+    let c = crate::commit::publish(names);
+    for n in &c.notes {
+        say(g, format_args!("generation {gen}: {n}"));
+    }
+    g.last_images = c.images;
+    match c.script {
+        Some(p) => say(
+            g,
+            format_args!(
+                "checkpoint complete: generation {gen} committed; restart script {}",
+                p.display()
+            ),
+        ),
+        None => say(g, format_args!("checkpoint complete: generation {gen}")),
     }
 }
 

@@ -1,0 +1,167 @@
+//! `bench parallel`: N processes of one computation, each holding M MiB of
+//! random memory, checkpointed at once (`dmtcp_command -bc`, timed: every
+//! process writes its image in parallel and the generation commits), by
+//! this project (zstd and raw images) and by DMTCP (`--dmtcp DIR`, gzip
+//! and raw), next to N threads writing the same bytes with O_DIRECT into N
+//! files of the same directory at once (the storage's raw parallel
+//! bandwidth). Aggregate GB/s = bytes of memory / seconds. Images go to
+//! `--dir` (default target/bench-parallel).
+
+use super::{opt, Coord};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Seconds for `n` threads to each write `bytes` with O_DIRECT into its
+/// own file in `dir`, fsync included.
+fn raw_parallel(dir: &Path, n: usize, bytes: usize) -> f64 {
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for i in 0..n {
+            let d = dir.join(format!("raw-{i}"));
+            s.spawn(move || {
+                std::fs::create_dir_all(&d).unwrap();
+                super::raw_write(&d, bytes);
+            });
+        }
+    });
+    // raw_write times itself; the wall time of all of them at once is what
+    // counts here (it includes their buffer set-up, a few ms).
+    t.elapsed().as_secs_f64()
+}
+
+fn dir_bytes(d: &Path) -> u64 {
+    std::fs::read_dir(d)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "dmtcp"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Launch `n` workloads into one coordinator of the tools in `bin`,
+/// checkpoint them all at once; (seconds, image bytes).
+fn checkpoint_all(
+    bin: &Path,
+    dir: &Path,
+    n: usize,
+    mib: usize,
+    opts: &[&str],
+) -> Option<(f64, u64)> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let coord = Coord::start_in(dir, bin);
+    let mut kids = Vec::new();
+    for _ in 0..n {
+        let mut c = coord.launcher(dir);
+        c.args(opts)
+            .arg(std::env::current_exe().unwrap())
+            .args(["workload", &format!("{mib}M"), "random"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut k = c.spawn().ok()?;
+        let mut line = String::new();
+        BufReader::new(k.stdout.take().unwrap())
+            .read_line(&mut line)
+            .ok()?;
+        if line.trim() != "ready" {
+            let _ = k.kill();
+            return None;
+        }
+        kids.push(k);
+    }
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(600);
+    while !coord.cmd(&["-s"]).contains(&format!("NUM_PEERS={n}")) {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t = Instant::now();
+    coord.cmd(&["-bc"]);
+    let s = t.elapsed().as_secs_f64();
+    let bytes = dir_bytes(dir);
+    coord.cmd(&["-k"]);
+    for mut k in kids {
+        let _ = k.kill();
+        let _ = k.wait();
+    }
+    (bytes > 0).then_some((s, bytes))
+}
+
+pub fn run(a: &[String]) {
+    let n: usize = opt(a, "--procs", "8").parse().expect("--procs");
+    let mib: usize = opt(a, "--mib", "512").parse().expect("--mib");
+    let runs: usize = opt(a, "--runs", "3").parse().expect("--runs");
+    let dmtcp_root = a
+        .iter()
+        .position(|x| x == "--dmtcp")
+        .and_then(|i| a.get(i + 1))
+        .map(PathBuf::from);
+    let dir = std::path::absolute(PathBuf::from(opt(a, "--dir", "target/bench-parallel"))).unwrap();
+    let total = (n * mib) as f64 * 1048576.0;
+    let mut systems: Vec<(String, PathBuf, Vec<&str>)> = vec![
+        ("dmtcp-rs (zstd)".into(), super::bin_dir(), vec![]),
+        ("dmtcp-rs (raw)".into(), super::bin_dir(), vec!["--no-gzip"]),
+    ];
+    if let Some(r) = &dmtcp_root {
+        systems.push(("DMTCP (gzip)".into(), r.join("bin"), vec![]));
+        systems.push(("DMTCP (raw)".into(), r.join("bin"), vec!["--no-gzip"]));
+    }
+    println!("{n} processes x {mib} MiB of random memory, checkpointed at once; runs interleaved, median of {runs}");
+    println!();
+    println!(
+        "| system | seconds (runs) | median s | aggregate GB/s | vs raw parallel | images MB |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); systems.len() + 1];
+    let mut sizes = vec![0u64; systems.len()];
+    for _ in 0..runs {
+        for (i, (name, bin, opts)) in systems.iter().enumerate() {
+            match checkpoint_all(bin, &dir.join("ck"), n, mib, opts) {
+                Some((s, b)) => {
+                    times[i].push(s);
+                    sizes[i] = b;
+                }
+                None => eprintln!("bench parallel: {name} did not run"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        times[systems.len()].push(raw_parallel(&dir, n, mib << 20));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v.get(v.len() / 2).copied()
+    };
+    let raw = med(&mut times[systems.len()].clone()).unwrap_or(f64::NAN);
+    let mut rows: Vec<(String, usize)> = systems
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.0.clone(), i))
+        .collect();
+    rows.push(("raw O_DIRECT, one writer per process".into(), systems.len()));
+    for (name, i) in rows {
+        let all: Vec<String> = times[i].iter().map(|t| format!("{t:.2}")).collect();
+        match med(&mut times[i]) {
+            Some(m) => println!(
+                "| {name} | {} | {m:.2} | {:.2} | {:.0}% | {} |",
+                all.join(" "),
+                total / m / 1e9,
+                raw / m * 100.0,
+                if i < sizes.len() {
+                    format!("{:.0}", sizes[i] as f64 / 1e6)
+                } else {
+                    "-".into()
+                }
+            ),
+            None => println!("| {name} | failed | | | | |"),
+        }
+    }
+}
