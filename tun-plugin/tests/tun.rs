@@ -1,0 +1,180 @@
+//! A user-space network behind a tun device (`tests/c/tun_ping.c`)
+//! across checkpoints, a kill and a restart, in a fresh network
+//! namespace: the device comes back with the same name, index, flags,
+//! MTU, address and route; `ping` through it is answered before and after;
+//! the program's own UDP datagrams routed into the tun arrive in order,
+//! with at most the few in flight at the checkpoint lost.
+
+mod common;
+use common::*;
+
+/// What must be the same after the restart: the link (index, flags, MTU,
+/// tun details), the IPv4 addresses and the routes through the device.
+fn device_state(j: &Job, dev: &str) -> String {
+    let all = format!(
+        "{}{}{}",
+        j.sh(&format!("ip -d link show {dev}")),
+        j.sh(&format!("ip -4 addr show {dev}")),
+        j.sh(&format!("ip route show dev {dev}"))
+    );
+    // Carrier and operational state are the kernel's (a re-attached
+    // persistent device says UP where a new one says UNKNOWN).
+    let lines: Vec<String> = all
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let mut keep = Vec::new();
+            let mut i = 0;
+            while i < w.len() {
+                if w[i] == "state" {
+                    i += 2;
+                    continue;
+                }
+                keep.push(w[i].replace(",LOWER_UP", ""));
+                i += 1;
+            }
+            keep.join(" ")
+        })
+        .collect();
+    lines.join("\n")
+}
+
+/// `ping` through the tun: every echo answered by the program.
+fn ping(j: &Job, addr: &str) {
+    let out = j.sh(&format!("ping -n -c 3 -i 0.2 -W 5 {addr}"));
+    assert!(
+        out.contains("3 packets transmitted, 3 received"),
+        "ping {addr}:\n{out}{}",
+        j.diag()
+    );
+}
+
+fn wait_sent(j: &mut Job, at_least: i64) {
+    j.wait_for("p.out", &format!("{at_least} datagrams sent"), |o| {
+        last_num(o, "sent").is_some_and(|n| n >= at_least)
+    });
+}
+
+/// Launch, ping, checkpoint twice, kill, restart, ping, finish; checks
+/// the device and the counts. Returns the job's final output line.
+fn scenario(name: &str, args: &[&str], persist: bool) -> String {
+    let mut j = Job::new(name);
+    let bin = compile_c(&j, "tun_ping");
+    let mut a = vec!["dtun0"];
+    a.extend_from_slice(args);
+    j.launch("p", &bin, &a);
+    j.wait_in("p.out", "ready dtun0");
+    j.wait_running(1);
+    ping(&j, "10.77.0.2");
+    ping(&j, "10.78.0.9");
+    wait_sent(&mut j, 100);
+    j.checkpoint();
+    let s = last_num(&j.read("p.out"), "sent").unwrap();
+    wait_sent(&mut j, s + 100);
+    j.checkpoint();
+    let before = device_state(&j, "dtun0");
+    assert!(before.contains("mtu 1400"), "{before}");
+    assert!(before.contains("inet 10.77.0.1/24"), "{before}");
+    assert!(before.contains("10.78.0.0/24"), "{before}");
+    let sent_ckpt = last_num(&j.read("p.out"), "sent").unwrap();
+    j.kill();
+    let links = j.sh("ip -o link show");
+    assert_eq!(
+        links.contains("dtun0"),
+        persist,
+        "the device after the kill:\n{links}"
+    );
+    j.restart();
+    j.wait_running(1);
+    let after = device_state(&j, "dtun0");
+    assert_eq!(before, after, "the device differs after the restart");
+    ping(&j, "10.77.0.2");
+    ping(&j, "10.78.0.9");
+    wait_sent(&mut j, sent_ckpt + 300);
+    std::fs::write(j.dir.join("stop"), "").unwrap();
+    j.wait_success();
+    let out = j.read("p.out");
+    let fin = out
+        .lines()
+        .find(|l| l.starts_with("final "))
+        .unwrap_or_else(|| panic!("no final line{}", j.diag()))
+        .to_string();
+    assert!(!out.contains("ERROR"), "{}", j.diag());
+    assert_eq!(last_num(&fin, "errors"), Some(0), "{fin}");
+    // Four pings of three echoes, two before and two after the restart.
+    assert_eq!(last_num(&fin, "pings"), Some(12), "{fin}");
+    let (sent, got) = (
+        last_num(&fin, "sent").unwrap(),
+        last_num(&fin, "got").unwrap(),
+    );
+    assert!(sent >= sent_ckpt + 300, "{fin}");
+    // Lost: what was queued in the device at the checkpoint and the last
+    // one or two in flight when the program stopped.
+    assert!(sent - got <= 6, "too many datagrams lost: {fin}{}", j.diag());
+    fin
+}
+
+#[test]
+fn tun_device_comes_back_after_restart() {
+    scenario("plain", &[], false);
+}
+
+#[test]
+fn persistent_tun_device_is_reattached() {
+    scenario("persist", &["persist"], true);
+}
+
+#[test]
+fn multi_queue_tun_device_comes_back_with_its_queues() {
+    scenario("mq", &["mq"], false);
+}
+
+/// A device of the same name that is not the program's (the checkpointed
+/// one was not persistent): the restart is refused with a clear message.
+#[test]
+fn restart_refuses_a_name_taken_by_another_device() {
+    let mut j = Job::new("taken");
+    let bin = compile_c(&j, "tun_ping");
+    j.launch("p", &bin, &["dtun0"]);
+    j.wait_in("p.out", "ready dtun0");
+    j.wait_running(1);
+    j.checkpoint();
+    j.kill();
+    j.sh("ip link add dtun0 type bridge");
+    j.restart();
+    let st = j.wait_restart();
+    assert!(
+        st.is_some_and(|s| !s.success()),
+        "restart ended with {st:?}{}",
+        j.diag()
+    );
+    let err = j.read("restart.err") + &j.read("p.err");
+    assert!(
+        err.contains("restart failed: a network device named dtun0 exists"),
+        "{}",
+        j.diag()
+    );
+    // The other device is left alone.
+    assert!(j.sh("ip -d link show dtun0").contains("bridge"));
+}
+
+/// vhost-net is refused where the program asks for it, with a reason.
+#[test]
+fn vhost_net_backend_is_refused() {
+    let mut j = Job::new("vhost");
+    let bin = compile_c(&j, "tun_ping");
+    j.launch("p", &bin, &["dtun0", "vhost"]);
+    j.wait_in("p.out", "ready dtun0");
+    assert!(
+        j.read("p.out").contains("vhost backend: Operation not supported"),
+        "{}",
+        j.diag()
+    );
+    assert!(
+        j.read("p.err").contains("vhost-net is not supported under checkpointing"),
+        "{}",
+        j.diag()
+    );
+    std::fs::write(j.dir.join("stop"), "").unwrap();
+    j.wait_success();
+}
