@@ -225,7 +225,13 @@ fn exists_ok(r: io::Result<Vec<(u16, Vec<u8>)>>) -> io::Result<()> {
     }
 }
 
-fn set_link(nl: &Netlink, index: u32, flags: u32, change: u32, attr: Option<(u16, &[u8])>) -> io::Result<()> {
+fn set_link(
+    nl: &Netlink,
+    index: u32,
+    flags: u32,
+    change: u32,
+    attr: Option<(u16, &[u8])>,
+) -> io::Result<()> {
     let mut b = vec![0u8; IFINFOMSG];
     b[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
     b[8..12].copy_from_slice(&flags.to_ne_bytes());
@@ -287,7 +293,12 @@ pub(crate) fn apply(index: u32, s: &NetState, warn: &mut dyn FnMut(String)) -> i
     for a in &s.addrs {
         let mut b = rebuild(a, IFADDRMSG, IFA_CACHEINFO, None, index);
         b[4..8].copy_from_slice(&index.to_ne_bytes());
-        let r = request(&nl, RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &b);
+        let r = request(
+            &nl,
+            RTM_NEWADDR,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            &b,
+        );
         if let Err(e) = exists_ok(r) {
             warn(format!("cannot add an address again: {e}"));
         }
@@ -299,7 +310,12 @@ pub(crate) fn apply(index: u32, s: &NetState, warn: &mut dyn FnMut(String)) -> i
     }
     for r in &s.routes {
         let b = rebuild(r, RTMSG, RTA_CACHEINFO, Some(RTA_OIF), index);
-        let res = request(&nl, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &b);
+        let res = request(
+            &nl,
+            RTM_NEWROUTE,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            &b,
+        );
         if let Err(e) = exists_ok(res) {
             warn(format!("cannot add a route again: {e}"));
         }

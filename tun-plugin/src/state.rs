@@ -233,7 +233,16 @@ pub(crate) fn presuspend() {
         };
         let mut b = [0u8; sys::IFREQ_SIZE];
         let (name, flags) = match sys::ioctl_buf(fd, libc::TUNGETIFF, &mut b) {
-            Ok(_) => sys::ifreq_parts(&b),
+            // Newer kernels answer for a detached queue, with IFF_DETACH_QUEUE.
+            Ok(_) => {
+                let (n, f) = sys::ifreq_parts(&b);
+                if f as c_int & libc::IFF_DETACH_QUEUE != 0 {
+                    q.kind = QueueKind::Detached;
+                    (n, 0)
+                } else {
+                    (n, f)
+                }
+            }
             Err(_) => match recs.1.iter().find(|(f, _)| *f == fd) {
                 // A detached queue: the device is the one it left.
                 Some((_, n)) => {
@@ -353,7 +362,8 @@ fn describe(fd: c_int, name: String, flags: i16, q: Queue, recs: &[DevSettings])
             .cloned()
             .unwrap_or_default(),
         name,
-        flags: flags & !(libc::IFF_PERSIST as i16),
+        flags: flags
+            & !((libc::IFF_PERSIST | libc::IFF_ATTACH_QUEUE | libc::IFF_DETACH_QUEUE) as i16),
         persist: flags as c_int & libc::IFF_PERSIST != 0,
         ifindex,
         sndbuf: sys::ioctl_get_int(fd, libc::TUNGETSNDBUF).ok(),
@@ -380,7 +390,10 @@ pub(crate) fn restart() {
     for q in &snap.unattached {
         match sys::open_tun() {
             Ok(t) => put(t, q),
-            Err(e) => fail(&format!("cannot open /dev/net/tun again for fd {}: {e}", q.fd)),
+            Err(e) => fail(&format!(
+                "cannot open /dev/net/tun again for fd {}: {e}",
+                q.fd
+            )),
         }
     }
     for d in &snap.devices {
@@ -426,7 +439,11 @@ fn restore(d: &Device) {
                  checkpointed {} device of that name was not persistent, so it is not ours: \
                  remove it (ip link del {}) or restart in another network namespace",
                 d.name,
-                if d.flags as c_int & libc::IFF_TAP != 0 { "tap" } else { "tun" },
+                if d.flags as c_int & libc::IFF_TAP != 0 {
+                    "tap"
+                } else {
+                    "tun"
+                },
                 d.name
             ));
         }
@@ -436,7 +453,10 @@ fn restore(d: &Device) {
     for q in &d.queues {
         let t = match sys::open_tun() {
             Ok(t) => t,
-            Err(e) => fail(&format!("cannot open /dev/net/tun again for {}: {e}", d.name)),
+            Err(e) => fail(&format!(
+                "cannot open /dev/net/tun again for {}: {e}",
+                d.name
+            )),
         };
         if first && !exists && d.ifindex != 0 {
             // The old interface index, if it is free here (programs keep it).
@@ -463,7 +483,11 @@ fn restore(d: &Device) {
             fail(&format!(
                 "cannot {} the {} device {} (flags {:#x}): {e}",
                 if exists { "attach to" } else { "create again" },
-                if d.flags as c_int & libc::IFF_TAP != 0 { "tap" } else { "tun" },
+                if d.flags as c_int & libc::IFF_TAP != 0 {
+                    "tap"
+                } else {
+                    "tun"
+                },
                 d.name,
                 d.flags
             ));

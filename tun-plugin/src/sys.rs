@@ -236,7 +236,11 @@ pub(crate) fn if_name(index: u32) -> Option<String> {
         return None;
     }
     // SAFETY: if_indextoname wrote a NUL-terminated name.
-    Some(unsafe { CStr::from_ptr(b.as_ptr()) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { CStr::from_ptr(b.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// Writes `b` to stderr.

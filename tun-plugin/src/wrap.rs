@@ -56,7 +56,9 @@ unsafe fn tun_ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
     }
     let _hold = state::Hold::new();
     // Detaching a queue: its device's name must be read before.
-    let before = (req == libc::TUNSETQUEUE).then(|| state::name_of(fd)).flatten();
+    let before = (req == libc::TUNSETQUEUE)
+        .then(|| state::name_of(fd))
+        .flatten();
     // SAFETY: forwarded as the program passed it.
     let r = unsafe { sys::real_ioctl(fd, req, arg) };
     if r < 0 {
@@ -74,7 +76,9 @@ unsafe fn tun_ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
             let head = unsafe { sys::read_bytes(arg, 4) };
             let count = u16::from_ne_bytes([head[2], head[3]]) as usize;
             // SAFETY: as above, with its addresses.
-            Some(Setting::TxFilter(unsafe { sys::read_bytes(arg, 4 + 6 * count) }))
+            Some(Setting::TxFilter(unsafe {
+                sys::read_bytes(arg, 4 + 6 * count)
+            }))
         }
         // SAFETY: a struct sock_fprog the kernel just accepted.
         libc::TUNATTACHFILTER => Some(Setting::Filter(Some(unsafe { sys::read_fprog(arg) }))),

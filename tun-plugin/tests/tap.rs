@@ -63,7 +63,11 @@ fn two_tap_programs_on_a_bridge_survive_restart() {
     std::fs::write(j.dir.join("stop"), "").unwrap();
     j.wait_success();
     let (send, echo) = (j.read("send.out"), j.read("echo.out"));
-    assert!(!send.contains("ERROR") && !echo.contains("ERROR"), "{}", j.diag());
+    assert!(
+        !send.contains("ERROR") && !echo.contains("ERROR"),
+        "{}",
+        j.diag()
+    );
     let fs = send
         .lines()
         .find(|l| l.starts_with("final "))

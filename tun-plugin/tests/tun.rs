@@ -100,6 +100,11 @@ fn scenario(name: &str, args: &[&str], persist: bool) -> String {
         .unwrap_or_else(|| panic!("no final line{}", j.diag()))
         .to_string();
     assert!(!out.contains("ERROR"), "{}", j.diag());
+    assert!(
+        !j.read("p.err").contains("tun plugin is not loaded"),
+        "{}",
+        j.diag()
+    );
     assert_eq!(last_num(&fin, "errors"), Some(0), "{fin}");
     // Four pings of three echoes, two before and two after the restart.
     assert_eq!(last_num(&fin, "pings"), Some(12), "{fin}");
@@ -110,7 +115,11 @@ fn scenario(name: &str, args: &[&str], persist: bool) -> String {
     assert!(sent >= sent_ckpt + 300, "{fin}");
     // Lost: what was queued in the device at the checkpoint and the last
     // one or two in flight when the program stopped.
-    assert!(sent - got <= 6, "too many datagrams lost: {fin}{}", j.diag());
+    assert!(
+        sent - got <= 6,
+        "too many datagrams lost: {fin}{}",
+        j.diag()
+    );
     fin
 }
 
@@ -166,15 +175,92 @@ fn vhost_net_backend_is_refused() {
     j.launch("p", &bin, &["dtun0", "vhost"]);
     j.wait_in("p.out", "ready dtun0");
     assert!(
-        j.read("p.out").contains("vhost backend: Operation not supported"),
+        j.read("p.out")
+            .contains("vhost backend: Operation not supported"),
         "{}",
         j.diag()
     );
     assert!(
-        j.read("p.err").contains("vhost-net is not supported under checkpointing"),
+        j.read("p.err")
+            .contains("vhost-net is not supported under checkpointing"),
         "{}",
         j.diag()
     );
+    std::fs::write(j.dir.join("stop"), "").unwrap();
+    j.wait_success();
+}
+
+/// With `--disable-tun-plugin` the engine says, once, that the tun fd
+/// will come back attached to nothing.
+#[test]
+fn tun_without_the_plugin_is_warned_about() {
+    let mut j = Job::new("noplugin");
+    j.launch_opts.push("--disable-tun-plugin".into());
+    let bin = compile_c(&j, "tun_ping");
+    j.launch("p", &bin, &["dtun0"]);
+    j.wait_in("p.out", "ready dtun0");
+    j.wait_running(1);
+    j.checkpoint();
+    j.checkpoint();
+    let err = j.read("p.err");
+    assert_eq!(
+        err.matches("is a tun/tap device (/dev/net/tun) and the tun plugin is not loaded")
+            .count(),
+        1,
+        "{}",
+        j.diag()
+    );
+    assert!(!err.contains("dmtcp_tun:"), "{}", j.diag());
+    std::fs::write(j.dir.join("stop"), "").unwrap();
+    j.wait_success();
+}
+
+/// The program's answer to "check": its last "state" line after a new one.
+fn state_line(j: &mut Job) -> String {
+    let n = j.read("p.out").matches("state ").count();
+    std::fs::write(j.dir.join("check"), "").unwrap();
+    j.wait_for("p.out", "a state line", |o| o.matches("state ").count() > n);
+    j.read("p.out")
+        .lines()
+        .rfind(|l| l.starts_with("state "))
+        .unwrap()
+        .to_string()
+}
+
+/// A multi-queue tap with virtio-net headers and every setting the plugin
+/// restores (`tests/c/tun_settings.c`): owner, group, vnet header size,
+/// send buffer, carrier, transmit and socket filters, a detached queue,
+/// hardware address, up: the same after a restart, as the kernel tells
+/// the program and `ip -d link` tells the test.
+#[test]
+fn tap_settings_and_queues_come_back() {
+    let mut j = Job::new("settings");
+    let bin = compile_c(&j, "tun_settings");
+    j.launch("p", &bin, &["dset0"]);
+    j.wait_in("p.out", "ready dset0");
+    j.sh("ip link set dset0 up");
+    j.wait_running(1);
+    let st = state_line(&mut j);
+    assert_eq!(
+        st,
+        "state q0=dset0/0x5102 q1=dset0/0x5102 q2=dset0/detached vnethdr=12 sndbuf=196608 filter=1"
+    );
+    let before = device_state(&j, "dset0");
+    for want in [
+        "user 1234 group 4321",
+        "multi_queue numqueues 2 numdisabled 1",
+        "vnet_hdr on",
+        "NO-CARRIER",
+        ",UP",
+    ] {
+        assert!(before.contains(want), "no '{want}' in\n{before}");
+    }
+    j.checkpoint();
+    j.kill();
+    j.restart();
+    j.wait_running(1);
+    assert_eq!(device_state(&j, "dset0"), before, "{}", j.diag());
+    assert_eq!(state_line(&mut j), st, "{}", j.diag());
     std::fs::write(j.dir.join("stop"), "").unwrap();
     j.wait_success();
 }

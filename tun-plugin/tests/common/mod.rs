@@ -131,15 +131,22 @@ impl Job {
     /// Launches `prog args` under dmtcp_launch as process `name`.
     pub fn launch(&mut self, name: &str, prog: &str, args: &[&str]) {
         let mut c = self.cmd(bin_dir().join("dmtcp_launch"));
-        c.args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string(), "--ckptdir"])
-            .arg(&self.ckpt)
-            .args(&self.launch_opts)
-            .arg(prog)
-            .args(args)
-            .env("DMTCP_TUN_DEBUG", "1")
-            .stdin(Stdio::null())
-            .stdout(File::create(self.dir.join(format!("{name}.out"))).unwrap())
-            .stderr(File::create(self.dir.join(format!("{name}.err"))).unwrap());
+        c.args([
+            "-j",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "--ckptdir",
+        ])
+        .arg(&self.ckpt)
+        .args(&self.launch_opts)
+        .arg(prog)
+        .args(args)
+        .env("DMTCP_TUN_DEBUG", "1")
+        .stdin(Stdio::null())
+        .stdout(File::create(self.dir.join(format!("{name}.out"))).unwrap())
+        .stderr(File::create(self.dir.join(format!("{name}.err"))).unwrap());
         std::os::unix::process::CommandExt::process_group(&mut c, 0);
         let ch = c.spawn().expect("launch");
         self.procs.push((name.to_string(), ch));
@@ -360,7 +367,10 @@ pub fn compile_c(j: &Job, name: &str) -> String {
 
 /// The last "key N" number of the last line of `out` that has `key`.
 pub fn last_num(out: &str, key: &str) -> Option<i64> {
-    let l = out.lines().rev().find(|l| l.contains(&format!(" {key} ")) || l.starts_with(&format!("{key} ")))?;
+    let l = out
+        .lines()
+        .rev()
+        .find(|l| l.contains(&format!(" {key} ")) || l.starts_with(&format!("{key} ")))?;
     let mut it = l.split_whitespace();
     while let Some(w) = it.next() {
         if w == key {
