@@ -162,6 +162,16 @@ struct Device {
     net: NetState,
 }
 
+impl Device {
+    fn kind(&self) -> &'static str {
+        if self.flags as c_int & libc::IFF_TAP != 0 {
+            "tap"
+        } else {
+            "tun"
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Snapshot {
     devices: Vec<Device>,
@@ -439,11 +449,7 @@ fn restore(d: &Device) {
                  checkpointed {} device of that name was not persistent, so it is not ours: \
                  remove it (ip link del {}) or restart in another network namespace",
                 d.name,
-                if d.flags as c_int & libc::IFF_TAP != 0 {
-                    "tap"
-                } else {
-                    "tun"
-                },
+                d.kind(),
                 d.name
             ));
         }
@@ -480,14 +486,16 @@ fn restore(d: &Device) {
             } else {
                 e
             };
+            let why = if e.raw_os_error() == Some(libc::EBUSY) {
+                " (another process holds it: a tun fd shared by several processes, \
+                 inherited across fork, comes back in one of them only; see docs/tun.md)"
+            } else {
+                ""
+            };
             fail(&format!(
-                "cannot {} the {} device {} (flags {:#x}): {e}",
+                "cannot {} the {} device {} (flags {:#x}): {e}{why}",
                 if exists { "attach to" } else { "create again" },
-                if d.flags as c_int & libc::IFF_TAP != 0 {
-                    "tap"
-                } else {
-                    "tun"
-                },
+                d.kind(),
                 d.name,
                 d.flags
             ));

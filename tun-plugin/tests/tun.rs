@@ -14,8 +14,12 @@ fn device_state(j: &Job, dev: &str) -> String {
     let all = format!(
         "{}{}{}",
         j.sh(&format!("ip -d link show {dev}")),
-        j.sh(&format!("ip -4 addr show {dev}")),
-        j.sh(&format!("ip route show dev {dev}"))
+        j.sh(&format!(
+            "ip addr show {dev} | grep -v 'inet6 fe80' | grep -v 'valid_lft'"
+        )),
+        j.sh(&format!(
+            "ip route show dev {dev}; ip -6 route show dev {dev} | grep -v fe80; true"
+        ))
     );
     // Carrier and operational state are the kernel's (a re-attached
     // persistent device says UP where a new one says UNKNOWN).
@@ -65,6 +69,9 @@ fn scenario(name: &str, args: &[&str], persist: bool) -> String {
     j.launch("p", &bin, &a);
     j.wait_in("p.out", "ready dtun0");
     j.wait_running(1);
+    // An IPv6 address and route set by another program (ip), not by the
+    // checkpointed one: they are the device's, so they come back too.
+    j.sh("ip -6 addr add fd00:77::1/64 dev dtun0 nodad && ip -6 route add fd00:78::/64 dev dtun0 metric 7");
     ping(&j, "10.77.0.2");
     ping(&j, "10.78.0.9");
     wait_sent(&mut j, 100);
@@ -76,6 +83,8 @@ fn scenario(name: &str, args: &[&str], persist: bool) -> String {
     assert!(before.contains("mtu 1400"), "{before}");
     assert!(before.contains("inet 10.77.0.1/24"), "{before}");
     assert!(before.contains("10.78.0.0/24"), "{before}");
+    assert!(before.contains("inet6 fd00:77::1/64"), "{before}");
+    assert!(before.contains("fd00:78::/64"), "{before}");
     let sent_ckpt = last_num(&j.read("p.out"), "sent").unwrap();
     j.kill();
     let links = j.sh("ip -o link show");
@@ -243,7 +252,8 @@ fn tap_settings_and_queues_come_back() {
     let st = state_line(&mut j);
     assert_eq!(
         st,
-        "state q0=dset0/0x5102 q1=dset0/0x5102 q2=dset0/detached vnethdr=12 sndbuf=196608 filter=1"
+        "state q0=dset0/0x5102 q1=dset0/0x5102 q2=dset0/detached vnethdr=12 sndbuf=196608 filter=1 \
+         csum=1 tso=1"
     );
     let before = device_state(&j, "dset0");
     for want in [

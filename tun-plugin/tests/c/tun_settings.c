@@ -11,18 +11,22 @@
  * Then, each time the file "check" appears (the test removes it after
  * reading the answer), it asks the kernel about every fd and prints one
  * "state ..." line: the name and flags of each queue (or "detached"), the
- * vnet header size and send buffer. "stop" ends it.
+ * vnet header size, send buffer, socket filter length and the offloads
+ * (checksum, TSO) the device's features show. "stop" ends it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/ethtool.h>
 #include <linux/filter.h>
+#include <linux/sockios.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static void die(const char *what) {
@@ -97,7 +101,19 @@ int main(int argc, char **argv) {
     struct sock_filter got[4];
     struct sock_fprog gp = {4, got};
     int fl = ioctl(q[0], TUNGETFILTER, &gp) < 0 ? -1 : gp.len;
-    o += snprintf(line + o, sizeof line - o, " vnethdr=%d sndbuf=%d filter=%d\n", h, s, fl);
+    /* The offloads, as the device's features show them. */
+    int sk = socket(AF_INET, SOCK_DGRAM, 0);
+    struct ethtool_value csum = {ETHTOOL_GTXCSUM, 0}, tso = {ETHTOOL_GTSO, 0};
+    struct ifreq e;
+    memset(&e, 0, sizeof e);
+    snprintf(e.ifr_name, IFNAMSIZ, "%s", name);
+    e.ifr_data = (void *)&csum;
+    if (ioctl(sk, SIOCETHTOOL, &e) < 0) csum.data = -1;
+    e.ifr_data = (void *)&tso;
+    if (ioctl(sk, SIOCETHTOOL, &e) < 0) tso.data = -1;
+    close(sk);
+    o += snprintf(line + o, sizeof line - o, " vnethdr=%d sndbuf=%d filter=%d csum=%d tso=%d\n", h,
+                  s, fl, (int)csum.data, (int)tso.data);
     unlink("check");
     fputs(line, stdout);
     fflush(stdout);
