@@ -290,16 +290,11 @@ pub(crate) fn apply(index: u32, s: &NetState, warn: &mut dyn FnMut(String)) -> i
             }
         }
     }
+    let new = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
     for a in &s.addrs {
         let mut b = rebuild(a, IFADDRMSG, IFA_CACHEINFO, None, index);
         b[4..8].copy_from_slice(&index.to_ne_bytes());
-        let r = request(
-            &nl,
-            RTM_NEWADDR,
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            &b,
-        );
-        if let Err(e) = exists_ok(r) {
+        if let Err(e) = exists_ok(request(&nl, RTM_NEWADDR, new, &b)) {
             warn(format!("cannot add an address again: {e}"));
         }
     }
@@ -310,13 +305,7 @@ pub(crate) fn apply(index: u32, s: &NetState, warn: &mut dyn FnMut(String)) -> i
     }
     for r in &s.routes {
         let b = rebuild(r, RTMSG, RTA_CACHEINFO, Some(RTA_OIF), index);
-        let res = request(
-            &nl,
-            RTM_NEWROUTE,
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            &b,
-        );
-        if let Err(e) = exists_ok(res) {
+        if let Err(e) = exists_ok(request(&nl, RTM_NEWROUTE, new, &b)) {
             warn(format!("cannot add a route again: {e}"));
         }
     }

@@ -59,16 +59,24 @@ fn wait_sent(j: &mut Job, at_least: i64) {
     });
 }
 
+/// A job running `tests/c/<prog>.c` on device `dev` (with `args`), once
+/// the program said it is ready; `opts` go to dmtcp_launch.
+fn started(name: &str, prog: &str, dev: &str, args: &[&str], opts: &[&str]) -> Job {
+    let mut j = Job::new(name);
+    j.launch_opts = opts.iter().map(|o| o.to_string()).collect();
+    let bin = compile_c(&j, prog);
+    let mut a = vec![dev];
+    a.extend_from_slice(args);
+    j.launch("p", &bin, &a);
+    j.wait_in("p.out", &format!("ready {dev}"));
+    j.wait_running(1);
+    j
+}
+
 /// Launch, ping, checkpoint twice, kill, restart, ping, finish; checks
 /// the device and the counts. Returns the job's final output line.
 fn scenario(name: &str, args: &[&str], persist: bool) -> String {
-    let mut j = Job::new(name);
-    let bin = compile_c(&j, "tun_ping");
-    let mut a = vec!["dtun0"];
-    a.extend_from_slice(args);
-    j.launch("p", &bin, &a);
-    j.wait_in("p.out", "ready dtun0");
-    j.wait_running(1);
+    let mut j = started(name, "tun_ping", "dtun0", args, &[]);
     // An IPv6 address and route set by another program (ip), not by the
     // checkpointed one: they are the device's, so they come back too.
     j.sh("ip -6 addr add fd00:77::1/64 dev dtun0 nodad && ip -6 route add fd00:78::/64 dev dtun0 metric 7");
@@ -151,11 +159,7 @@ fn multi_queue_tun_device_comes_back_with_its_queues() {
 /// one was not persistent): the restart is refused with a clear message.
 #[test]
 fn restart_refuses_a_name_taken_by_another_device() {
-    let mut j = Job::new("taken");
-    let bin = compile_c(&j, "tun_ping");
-    j.launch("p", &bin, &["dtun0"]);
-    j.wait_in("p.out", "ready dtun0");
-    j.wait_running(1);
+    let mut j = started("taken", "tun_ping", "dtun0", &[], &[]);
     j.checkpoint();
     j.kill();
     j.sh("ip link add dtun0 type bridge");
@@ -179,10 +183,7 @@ fn restart_refuses_a_name_taken_by_another_device() {
 /// vhost-net is refused where the program asks for it, with a reason.
 #[test]
 fn vhost_net_backend_is_refused() {
-    let mut j = Job::new("vhost");
-    let bin = compile_c(&j, "tun_ping");
-    j.launch("p", &bin, &["dtun0", "vhost"]);
-    j.wait_in("p.out", "ready dtun0");
+    let mut j = started("vhost", "tun_ping", "dtun0", &["vhost"], &[]);
     assert!(
         j.read("p.out")
             .contains("vhost backend: Operation not supported"),
@@ -203,12 +204,13 @@ fn vhost_net_backend_is_refused() {
 /// will come back attached to nothing.
 #[test]
 fn tun_without_the_plugin_is_warned_about() {
-    let mut j = Job::new("noplugin");
-    j.launch_opts.push("--disable-tun-plugin".into());
-    let bin = compile_c(&j, "tun_ping");
-    j.launch("p", &bin, &["dtun0"]);
-    j.wait_in("p.out", "ready dtun0");
-    j.wait_running(1);
+    let mut j = started(
+        "noplugin",
+        "tun_ping",
+        "dtun0",
+        &[],
+        &["--disable-tun-plugin"],
+    );
     j.checkpoint();
     j.checkpoint();
     let err = j.read("p.err");
@@ -243,12 +245,8 @@ fn state_line(j: &mut Job) -> String {
 /// the program and `ip -d link` tells the test.
 #[test]
 fn tap_settings_and_queues_come_back() {
-    let mut j = Job::new("settings");
-    let bin = compile_c(&j, "tun_settings");
-    j.launch("p", &bin, &["dset0"]);
-    j.wait_in("p.out", "ready dset0");
+    let mut j = started("settings", "tun_settings", "dset0", &[], &[]);
     j.sh("ip link set dset0 up");
-    j.wait_running(1);
     let st = state_line(&mut j);
     assert_eq!(
         st,

@@ -181,20 +181,7 @@ impl Job {
 
     /// Waits for `pat` in `file` (a program's output).
     pub fn wait_in(&mut self, file: &str, pat: &str) {
-        let deadline = Instant::now() + TIMEOUT;
-        while !self.read(file).contains(pat) {
-            assert!(
-                self.all_running(),
-                "a process exited before '{pat}' in {file}{}",
-                self.diag()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{file}: no '{pat}'{}",
-                self.diag()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_for(file, &format!("'{pat}' in {file}"), |o| o.contains(pat));
     }
 
     /// Waits until `f(file's contents)` holds.
