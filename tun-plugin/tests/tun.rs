@@ -64,6 +64,11 @@ fn wait_sent(j: &mut Job, at_least: i64) {
 fn started(name: &str, prog: &str, dev: &str, args: &[&str], opts: &[&str]) -> Job {
     let mut j = Job::new(name);
     j.launch_opts = opts.iter().map(|o| o.to_string()).collect();
+    started_in(j, prog, dev, args)
+}
+
+/// [`started`] for a job made by the caller.
+fn started_in(mut j: Job, prog: &str, dev: &str, args: &[&str]) -> Job {
     let bin = compile_c(&j, prog);
     let mut a = vec![dev];
     a.extend_from_slice(args);
@@ -76,7 +81,13 @@ fn started(name: &str, prog: &str, dev: &str, args: &[&str], opts: &[&str]) -> J
 /// Launch, ping, checkpoint twice, kill, restart, ping, finish; checks
 /// the device and the counts. Returns the job's final output line.
 fn scenario(name: &str, args: &[&str], persist: bool) -> String {
-    let mut j = started(name, "tun_ping", "dtun0", args, &[]);
+    scenario_on(Job::new(name), args, persist, false)
+}
+
+/// [`scenario`] for a job `j`; with `moved`, the restart happens on node
+/// 1 (another network namespace, where the device never was).
+fn scenario_on(j: Job, args: &[&str], persist: bool, moved: bool) -> String {
+    let mut j = started_in(j, "tun_ping", "dtun0", args);
     // An IPv6 address and route set by another program (ip), not by the
     // checkpointed one: they are the device's, so they come back too.
     j.sh("ip -6 addr add fd00:77::1/64 dev dtun0 nodad && ip -6 route add fd00:78::/64 dev dtun0 metric 7");
@@ -101,6 +112,11 @@ fn scenario(name: &str, args: &[&str], persist: bool) -> String {
         persist,
         "the device after the kill:\n{links}"
     );
+    if moved {
+        j.at = 1;
+        let links = j.sh("ip -o link show");
+        assert!(!links.contains("dtun0"), "node 1 has it:\n{links}");
+    }
     j.restart();
     j.wait_running(1);
     let after = device_state(&j, "dtun0");
@@ -148,6 +164,13 @@ fn tun_device_comes_back_after_restart() {
 #[test]
 fn persistent_tun_device_is_reattached() {
     scenario("persist", &["persist"], true);
+}
+
+/// Checkpointed in one network namespace, restarted in another (another
+/// node of the rig): the device is made there with everything it had.
+#[test]
+fn tun_device_moves_to_another_network_namespace() {
+    scenario_on(Job::on_nodes("moved", 2), &[], false, true);
 }
 
 #[test]

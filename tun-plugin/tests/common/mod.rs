@@ -1,7 +1,8 @@
-//! Harness of the tun plugin's tests: a job in a fresh network namespace
-//! (one node of a test rig), with its own coordinator there, programs
-//! launched under `dmtcp_launch` (the tun plugin is on by default), their
-//! output in files, checkpoints, kills and restarts.
+//! Harness of the tun plugin's tests: a job in fresh network namespaces
+//! (the nodes of a test rig), with its own coordinator on node 0,
+//! programs launched under `dmtcp_launch` (the tun plugin is on by
+//! default), their output in files, checkpoints, kills and restarts on
+//! the node the job is "at" (node 0 unless moved).
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -56,13 +57,22 @@ pub struct Job {
     pub procs: Vec<(String, Child)>,
     restart: Option<Child>,
     rig: testrig::Rig,
+    /// The coordinator's address as the processes reach it.
+    host: String,
+    /// The node programs, restarts and `sh` run on.
+    pub at: usize,
     /// Extra `dmtcp_launch` options.
     pub launch_opts: Vec<String>,
 }
 
 impl Job {
     pub fn new(name: &str) -> Job {
-        let rig = testrig::Rig::up(1).expect("test rig (needs root, iproute2, util-linux)");
+        Job::on_nodes(name, 1)
+    }
+
+    /// A job over `n` nodes (network namespaces joined by a bridge).
+    pub fn on_nodes(name: &str, n: usize) -> Job {
+        let rig = testrig::Rig::up(n).expect("test rig (needs root, iproute2, util-linux)");
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "tun-{name}-{}-{}",
             std::process::id(),
@@ -77,6 +87,8 @@ impl Job {
             .command(bin_dir().join("dmtcp_coordinator"))
             .args(["-q", "-p", "0", "--port-file"])
             .arg(&port_file)
+            .arg("--secret-file")
+            .arg(dir.join("secret"))
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(File::create(dir.join("coord.log")).unwrap())
@@ -94,6 +106,12 @@ impl Job {
             assert!(Instant::now() < deadline, "coordinator did not start");
             std::thread::sleep(Duration::from_millis(10));
         };
+        // Node 0's address where there are others to reach it.
+        let host = if n > 1 {
+            rig.node(0).addr().to_string()
+        } else {
+            "127.0.0.1".into()
+        };
         Job {
             dir,
             ckpt,
@@ -102,13 +120,19 @@ impl Job {
             procs: Vec::new(),
             restart: None,
             rig,
+            host,
+            at: 0,
             launch_opts: Vec::new(),
         }
     }
 
+    /// `prog` on the job's current node, in its directory; the secret
+    /// for the coordinator's challenge is in that directory, which every
+    /// node sees.
     fn cmd(&self, prog: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = self.rig.node(0).command(prog);
-        c.current_dir(&self.dir);
+        let mut c = self.rig.node(self.at).command(prog);
+        c.current_dir(&self.dir)
+            .env("DMTCP_SECRET_FILE", self.dir.join("secret"));
         c
     }
 
@@ -134,7 +158,7 @@ impl Job {
         c.args([
             "-j",
             "-h",
-            "127.0.0.1",
+            &self.host,
             "-p",
             &self.port.to_string(),
             "--ckptdir",
@@ -200,7 +224,7 @@ impl Job {
 
     pub fn command(&self, args: &[&str]) -> std::process::Output {
         self.cmd(bin_dir().join("dmtcp_command"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-h", &self.host, "-p", &self.port.to_string()])
             .args(args)
             .output()
             .expect("dmtcp_command")
@@ -281,7 +305,7 @@ impl Job {
         assert!(!imgs.is_empty(), "no images{}", self.diag());
         let c = self
             .cmd(bin_dir().join("dmtcp_restart"))
-            .args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-j", "-h", &self.host, "-p", &self.port.to_string()])
             .args(&imgs)
             .stdin(Stdio::null())
             .stdout(File::create(self.dir.join("restart.out")).unwrap())
