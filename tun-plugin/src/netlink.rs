@@ -31,6 +31,10 @@ const IFLA_ADDRESS: u16 = 1;
 const IFLA_MTU: u16 = 4;
 const IFLA_MASTER: u16 = 10;
 const IFLA_TXQLEN: u16 = 13;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_DATA: u16 = 2;
+const IFLA_TUN_OWNER: u16 = 1;
+const IFLA_TUN_GROUP: u16 = 2;
 
 const IFA_CACHEINFO: u16 = 6;
 const RTA_OIF: u16 = 4;
@@ -58,6 +62,10 @@ pub(crate) struct NetState {
     pub(crate) addrs: Vec<Vec<u8>>,
     /// Bodies (rtmsg + attributes) of the routes through it.
     pub(crate) routes: Vec<Vec<u8>>,
+    /// Owner and group of the tun device when set (the kernel's link
+    /// info: known even when the program set them with a raw syscall).
+    pub(crate) owner: Option<u32>,
+    pub(crate) group: Option<u32>,
 }
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
@@ -170,6 +178,20 @@ pub(crate) fn capture(index: u32, tap: bool) -> io::Result<NetState> {
                 IFLA_TXQLEN if d.len() >= 4 => s.txqlen = Some(u32_at(d, 0)),
                 IFLA_ADDRESS if tap => s.mac = Some(d.to_vec()),
                 IFLA_MASTER if d.len() >= 4 => s.master = crate::sys::if_name(u32_at(d, 0)),
+                IFLA_LINKINFO => {
+                    for (t, data) in attrs(d, 0) {
+                        if t != IFLA_INFO_DATA {
+                            continue;
+                        }
+                        for (k, v) in attrs(data, 0) {
+                            match k {
+                                IFLA_TUN_OWNER if v.len() >= 4 => s.owner = Some(u32_at(v, 0)),
+                                IFLA_TUN_GROUP if v.len() >= 4 => s.group = Some(u32_at(v, 0)),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
                 _ => {}
             }
         }

@@ -527,9 +527,12 @@ fn attached(t: c_int, d: &Device, q: &Queue, created: bool) {
     };
     if created {
         let s = &d.settings;
+        // Owner and group as the kernel reported them, else as recorded.
+        let owner = d.net.owner.map(c_ulong::from).or(s.owner);
+        let group = d.net.group.map(c_ulong::from).or(s.group);
         let vals = [
-            (libc::TUNSETOWNER, s.owner, "its owner"),
-            (libc::TUNSETGROUP, s.group, "its group"),
+            (libc::TUNSETOWNER, owner, "its owner"),
+            (libc::TUNSETGROUP, group, "its group"),
             (libc::TUNSETLINK, s.link, "its link type"),
             (libc::TUNSETOFFLOAD, s.offload, "its offloads"),
         ];
