@@ -32,6 +32,7 @@ const IFLA_MTU: u16 = 4;
 const IFLA_MASTER: u16 = 10;
 const IFLA_TXQLEN: u16 = 13;
 const IFLA_LINKINFO: u16 = 18;
+const IFLA_CARRIER: u16 = 33;
 const IFLA_INFO_DATA: u16 = 2;
 const IFLA_TUN_OWNER: u16 = 1;
 const IFLA_TUN_GROUP: u16 = 2;
@@ -66,6 +67,8 @@ pub(crate) struct NetState {
     /// info: known even when the program set them with a raw syscall).
     pub(crate) owner: Option<u32>,
     pub(crate) group: Option<u32>,
+    /// Carrier (with a queue attached, off only if the program said so).
+    pub(crate) carrier: Option<u8>,
 }
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
@@ -178,6 +181,7 @@ pub(crate) fn capture(index: u32, tap: bool) -> io::Result<NetState> {
                 IFLA_TXQLEN if d.len() >= 4 => s.txqlen = Some(u32_at(d, 0)),
                 IFLA_ADDRESS if tap => s.mac = Some(d.to_vec()),
                 IFLA_MASTER if d.len() >= 4 => s.master = crate::sys::if_name(u32_at(d, 0)),
+                IFLA_CARRIER if !d.is_empty() => s.carrier = Some(d[0]),
                 IFLA_LINKINFO => {
                     for (t, data) in attrs(d, 0) {
                         if t != IFLA_INFO_DATA {

@@ -530,6 +530,12 @@ fn attached(t: c_int, d: &Device, q: &Queue, created: bool) {
         // Owner and group as the kernel reported them, else as recorded.
         let owner = d.net.owner.map(c_ulong::from).or(s.owner);
         let group = d.net.group.map(c_ulong::from).or(s.group);
+        // Carrier off as the kernel saw it (the fds were attached), else
+        // as recorded.
+        let carrier = match d.net.carrier {
+            Some(0) => Some(0),
+            _ => s.carrier,
+        };
         let vals = [
             (libc::TUNSETOWNER, owner, "its owner"),
             (libc::TUNSETGROUP, group, "its group"),
@@ -553,7 +559,7 @@ fn attached(t: c_int, d: &Device, q: &Queue, created: bool) {
             (libc::TUNSETVNETHDRSZ, d.vnet_hdr_sz, "its vnet header size"),
             (libc::TUNSETVNETLE, d.vnet_le, "its vnet little-endian mode"),
             (libc::TUNSETVNETBE, d.vnet_be, "its vnet big-endian mode"),
-            (libc::TUNSETCARRIER, s.carrier, "its carrier"),
+            (libc::TUNSETCARRIER, carrier, "its carrier"),
         ];
         for (req, v, what) in ints {
             if let Some(v) = v {

@@ -8,7 +8,8 @@
  * 1234, group 4321, offloads (checksum, TSO4/6), a 12-byte vnet header, a
  * send buffer, a transmit filter (one address), a carrier-off, a socket
  * filter (accept all), detaches the third queue, and prints "ready NAME".
- * The group is set with a raw system call, not through libc's ioctl.
+ * The group and the carrier are set with a raw system call, not through
+ * libc's ioctl.
  * Then, each time the file "check" appears (the test removes it after
  * reading the answer), it asks the kernel about every fd and prints one
  * "state ..." line: the name and flags of each queue (or "detached"), the
@@ -56,14 +57,15 @@ int main(int argc, char **argv) {
     if (ioctl(q[i], TUNSETIFF, &ifr) < 0) die("TUNSETIFF");
   }
   if (ioctl(q[0], TUNSETOWNER, 1234) < 0) die("TUNSETOWNER");
-  /* The group through a raw system call, as Go programs make theirs: the
-   * plugin does not see it; it must learn it from the kernel. */
+  /* The group (and the carrier below) through a raw system call, as Go
+   * programs make theirs: the plugin does not see it; it must learn it
+   * from the kernel. */
   if (syscall(SYS_ioctl, q[0], TUNSETGROUP, 4321) < 0) die("TUNSETGROUP");
   if (ioctl(q[0], TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) < 0) die("TUNSETOFFLOAD");
   int hs = 12, sb = 65536 * 3, carrier = 0;
   if (ioctl(q[0], TUNSETVNETHDRSZ, &hs) < 0) die("TUNSETVNETHDRSZ");
   if (ioctl(q[0], TUNSETSNDBUF, &sb) < 0) die("TUNSETSNDBUF");
-  if (ioctl(q[0], TUNSETCARRIER, &carrier) < 0) die("TUNSETCARRIER");
+  if (syscall(SYS_ioctl, q[0], TUNSETCARRIER, &carrier) < 0) die("TUNSETCARRIER");
   struct {
     struct tun_filter f;
     unsigned char addr[6];
