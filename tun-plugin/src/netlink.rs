@@ -5,6 +5,7 @@
 //! `sys::Netlink`.
 
 use crate::sys::Netlink;
+use std::ffi::c_int;
 use std::io;
 
 const NLMSG_HDR: usize = 16;
@@ -36,6 +37,11 @@ const IFLA_CARRIER: u16 = 33;
 const IFLA_INFO_DATA: u16 = 2;
 const IFLA_TUN_OWNER: u16 = 1;
 const IFLA_TUN_GROUP: u16 = 2;
+const IFLA_TUN_TYPE: u16 = 3;
+const IFLA_TUN_PI: u16 = 4;
+const IFLA_TUN_VNET_HDR: u16 = 5;
+const IFLA_TUN_PERSIST: u16 = 6;
+const IFLA_TUN_MULTI_QUEUE: u16 = 7;
 
 const IFA_CACHEINFO: u16 = 6;
 const RTA_OIF: u16 = 4;
@@ -69,6 +75,9 @@ pub(crate) struct NetState {
     pub(crate) group: Option<u32>,
     /// Carrier (with a queue attached, off only if the program said so).
     pub(crate) carrier: Option<u8>,
+    /// TUNSETIFF flags as the link info tells them (type, IFF_NO_PI,
+    /// IFF_VNET_HDR, IFF_MULTI_QUEUE, IFF_PERSIST); 0 if it does not.
+    pub(crate) tun_flags: i16,
 }
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
@@ -188,9 +197,16 @@ pub(crate) fn capture(index: u32, tap: bool) -> io::Result<NetState> {
                             continue;
                         }
                         for (k, v) in attrs(data, 0) {
+                            let on = v.first().is_some_and(|&b| b != 0);
+                            let f = |flag: c_int| if on { flag as i16 } else { 0 };
                             match k {
                                 IFLA_TUN_OWNER if v.len() >= 4 => s.owner = Some(u32_at(v, 0)),
                                 IFLA_TUN_GROUP if v.len() >= 4 => s.group = Some(u32_at(v, 0)),
+                                IFLA_TUN_TYPE if !v.is_empty() => s.tun_flags |= v[0] as i16 & 0xf,
+                                IFLA_TUN_PI if !on => s.tun_flags |= libc::IFF_NO_PI as i16,
+                                IFLA_TUN_VNET_HDR => s.tun_flags |= f(libc::IFF_VNET_HDR),
+                                IFLA_TUN_PERSIST => s.tun_flags |= f(libc::IFF_PERSIST),
+                                IFLA_TUN_MULTI_QUEUE => s.tun_flags |= f(libc::IFF_MULTI_QUEUE),
                                 _ => {}
                             }
                         }
@@ -199,6 +215,10 @@ pub(crate) fn capture(index: u32, tap: bool) -> io::Result<NetState> {
                 _ => {}
             }
         }
+    }
+    // Without the device type the rest says nothing.
+    if s.tun_flags & 0xf == 0 {
+        s.tun_flags = 0;
     }
     let ifa = [0u8; IFADDRMSG];
     for (ty, body) in request(&nl, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, &ifa)? {

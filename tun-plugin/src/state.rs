@@ -244,18 +244,17 @@ pub(crate) fn presuspend() {
         };
         let mut b = [0u8; sys::IFREQ_SIZE];
         let (name, flags) = match sys::ioctl_buf(fd, libc::TUNGETIFF, &mut b) {
-            // Newer kernels answer for a detached queue, with IFF_DETACH_QUEUE.
+            // Newer kernels answer for a detached queue too, with
+            // IFF_DETACH_QUEUE among the flags.
             Ok(_) => {
                 let (n, f) = sys::ifreq_parts(&b);
                 if f as c_int & libc::IFF_DETACH_QUEUE != 0 {
                     q.kind = QueueKind::Detached;
-                    (n, 0)
-                } else {
-                    (n, f)
                 }
+                (n, f)
             }
+            // Older ones do not: the device is the one it left.
             Err(_) => match recs.1.iter().find(|(f, _)| *f == fd) {
-                // A detached queue: the device is the one it left.
                 Some((_, n)) => {
                     q.kind = QueueKind::Detached;
                     (n.clone(), 0)
@@ -268,57 +267,39 @@ pub(crate) fn presuspend() {
             },
         };
         claim(fd);
-        if let Some(d) = snap.devices.iter_mut().find(|d| d.name == name) {
-            d.queues.push(q);
-            continue;
-        }
-        if q.kind == QueueKind::Detached {
-            // Its device is described by an attached queue; if none is
-            // left, a later look finds it below.
-            snap.devices.push(Device {
-                name: name.clone(),
-                flags: 0,
-                persist: false,
-                ifindex: 0,
-                sndbuf: None,
-                vnet_hdr_sz: None,
-                vnet_le: None,
-                vnet_be: None,
-                settings: DevSettings::default(),
-                queues: vec![q],
-                net: NetState::default(),
-            });
-            continue;
-        }
-        snap.devices.push(describe(fd, name, flags, q, &recs.0));
-    }
-    // Devices first met through a detached queue get described by an
-    // attached one found later (already merged above), else stay flagless.
-    for d in &mut snap.devices {
-        if d.flags == 0 {
-            let attached = d
-                .queues
-                .iter()
-                .find(|q| q.kind == QueueKind::Attached)
-                .map(|q| q.fd);
-            if let Some(fd) = attached {
-                let mut b = [0u8; sys::IFREQ_SIZE];
-                if sys::ioctl_buf(fd, libc::TUNGETIFF, &mut b).is_ok() {
-                    let (n, f) = sys::ifreq_parts(&b);
-                    let qs = std::mem::take(&mut d.queues);
-                    *d = describe(fd, n, f, qs[0].clone(), &recs.0);
-                    d.queues = qs;
-                }
-            } else {
-                crate::say(&format!(
-                    "{}: every queue the program holds is detached; it is restored as a \
-                     multi-queue device with detached queues",
-                    d.name
-                ));
-                d.flags = (libc::IFF_MULTI_QUEUE) as i16;
+        match snap.devices.iter_mut().find(|d| d.name == name) {
+            // Met before through detached queues only: described again
+            // through this attached one (the getters need it), keeping
+            // the queues met before.
+            Some(d)
+                if q.kind == QueueKind::Attached
+                    && d.queues.iter().all(|x| x.kind == QueueKind::Detached) =>
+            {
+                let qs = std::mem::take(&mut d.queues);
+                let f = if flags != 0 { flags } else { d.flags };
+                *d = describe(Some(fd), name, f, q, &recs.0);
+                d.queues.splice(0..0, qs);
             }
+            Some(d) => d.queues.push(q),
+            None => snap
+                .devices
+                .push(describe(Some(fd), name, flags, q, &recs.0)),
         }
     }
+    // A device known only through detached queues, on a kernel that tells
+    // neither TUNGETIFF nor the link info for them: its type is unknown.
+    snap.devices.retain_mut(|d| {
+        if d.flags != 0 {
+            return true;
+        }
+        crate::say(&format!(
+            "{}: cannot tell its type (every queue the program holds is detached); its fds \
+             come back attached to no device",
+            d.name
+        ));
+        snap.unattached.append(&mut d.queues);
+        false
+    });
     crate::debug(|| {
         let mut m = String::from("checkpoint:");
         for d in &snap.devices {
@@ -352,8 +333,10 @@ fn claim(fd: c_int) {
     }
 }
 
-/// Everything about the device `fd` is attached to.
-fn describe(fd: c_int, name: String, flags: i16, q: Queue, recs: &[DevSettings]) -> Device {
+/// Everything about device `name` (`flags` as TUNGETIFF or the link info
+/// gave them), asking `fd` (one of its queues) for the per-device values
+/// only it can tell.
+fn describe(fd: Option<c_int>, name: String, flags: i16, q: Queue, recs: &[DevSettings]) -> Device {
     let ifindex = sys::if_index(&name);
     let tap = flags as c_int & libc::IFF_TAP != 0;
     let net = if ifindex == 0 {
@@ -366,6 +349,10 @@ fn describe(fd: c_int, name: String, flags: i16, q: Queue, recs: &[DevSettings])
             NetState::default()
         })
     };
+    let get = |req| fd.and_then(|fd| sys::ioctl_get_int(fd, req).ok());
+    // Flags unknown here (only detached queues seen so far): the link
+    // info's, if any.
+    let flags = if flags == 0 { net.tun_flags } else { flags };
     Device {
         settings: recs
             .iter()
@@ -377,10 +364,10 @@ fn describe(fd: c_int, name: String, flags: i16, q: Queue, recs: &[DevSettings])
             & !((libc::IFF_PERSIST | libc::IFF_ATTACH_QUEUE | libc::IFF_DETACH_QUEUE) as i16),
         persist: flags as c_int & libc::IFF_PERSIST != 0,
         ifindex,
-        sndbuf: sys::ioctl_get_int(fd, libc::TUNGETSNDBUF).ok(),
-        vnet_hdr_sz: sys::ioctl_get_int(fd, libc::TUNGETVNETHDRSZ).ok(),
-        vnet_le: sys::ioctl_get_int(fd, libc::TUNGETVNETLE).ok(),
-        vnet_be: sys::ioctl_get_int(fd, libc::TUNGETVNETBE).ok(),
+        sndbuf: get(libc::TUNGETSNDBUF),
+        vnet_hdr_sz: get(libc::TUNGETVNETHDRSZ),
+        vnet_le: get(libc::TUNGETVNETLE),
+        vnet_be: get(libc::TUNGETVNETBE),
         queues: vec![q],
         net,
     }
@@ -458,53 +445,47 @@ fn restore(d: &Device) {
         }
         false
     };
-    let mut first = true;
-    for q in &d.queues {
-        let t = match sys::open_tun() {
-            Ok(t) => t,
-            Err(e) => fail(&format!(
-                "cannot open /dev/net/tun again for {}: {e}",
-                d.name
-            )),
-        };
-        if first && !exists && d.ifindex != 0 {
-            // The old interface index, if it is free here (programs keep it).
-            let _ = sys::ioctl_set_int(t, libc::TUNSETIFINDEX, d.ifindex as c_int);
+    // Every queue attached first: the device-wide settings reach each
+    // attached queue (the send buffer, the socket filter), as when the
+    // program made them.
+    let mut ts = Vec::with_capacity(d.queues.len());
+    for i in 0..d.queues.len() {
+        match attach(d, i == 0 && !exists) {
+            Ok(t) => ts.push(t),
+            Err(e) => {
+                let why = if e.raw_os_error() == Some(libc::EBUSY) {
+                    " (another process holds it: a tun fd shared by several processes, \
+                     inherited across fork, comes back in one of them only; see docs/tun.md)"
+                } else {
+                    ""
+                };
+                fail(&format!(
+                    "cannot {} the {} device {} (flags {:#x}): {e}{why}",
+                    if exists || i > 0 {
+                        "attach to"
+                    } else {
+                        "create again"
+                    },
+                    d.kind(),
+                    d.name,
+                    d.flags
+                ))
+            }
         }
-        let mut b = sys::ifreq(&d.name, d.flags);
-        if let Err(e) = sys::ioctl_buf(t, libc::TUNSETIFF, &mut b) {
-            let e = if first && !exists && e.raw_os_error() == Some(libc::EBUSY) {
-                // The index is taken: any index will do.
-                sys::close(t);
-                let t2 = sys::open_tun().unwrap_or(-1);
-                let mut b = sys::ifreq(&d.name, d.flags);
-                match sys::ioctl_buf(t2, libc::TUNSETIFF, &mut b) {
-                    Ok(_) => {
-                        attached(t2, d, q, first && !exists);
-                        first = false;
-                        continue;
-                    }
-                    Err(e) => e,
-                }
+    }
+    settings(ts[0], d, !exists);
+    for (&t, q) in ts.iter().zip(&d.queues) {
+        if q.kind == QueueKind::Detached {
+            let mut b = sys::ifreq("", libc::IFF_DETACH_QUEUE as i16);
+            if let Err(e) = sys::ioctl_buf(t, libc::TUNSETQUEUE, &mut b) {
+                crate::say(&format!("{}: cannot detach a queue again: {e}", d.name));
             } else {
-                e
-            };
-            let why = if e.raw_os_error() == Some(libc::EBUSY) {
-                " (another process holds it: a tun fd shared by several processes, \
-                 inherited across fork, comes back in one of them only; see docs/tun.md)"
-            } else {
-                ""
-            };
-            fail(&format!(
-                "cannot {} the {} device {} (flags {:#x}): {e}{why}",
-                if exists { "attach to" } else { "create again" },
-                d.kind(),
-                d.name,
-                d.flags
-            ));
+                let mut r = records();
+                r.detached.retain(|(f, _)| *f != q.fd);
+                r.detached.push((q.fd, d.name.clone()));
+            }
         }
-        attached(t, d, q, first && !exists);
-        first = false;
+        put(t, q);
     }
     let index = sys::if_index(&d.name);
     if index == 0 {
@@ -518,81 +499,103 @@ fn restore(d: &Device) {
     crate::debug(|| format!("restored {} (index {index}, was {})", d.name, d.ifindex));
 }
 
-/// Fd `t` is attached to `d`'s device: apply its settings (device-wide
-/// ones once, on the queue that created it), detach it if it was, and put
-/// it in place.
-fn attached(t: c_int, d: &Device, q: &Queue, created: bool) {
+/// A new fd attached to `d`'s device (`create`: the first, which makes
+/// it, with its old interface index when that is free here).
+fn attach(d: &Device, create: bool) -> std::io::Result<c_int> {
+    let t = sys::open_tun()?;
+    if create && d.ifindex != 0 {
+        // Programs keep the index (sll_ifindex, IPv6 scope ids).
+        let _ = sys::ioctl_set_int(t, libc::TUNSETIFINDEX, d.ifindex as c_int);
+    }
+    let mut b = sys::ifreq(&d.name, d.flags);
+    match sys::ioctl_buf(t, libc::TUNSETIFF, &mut b) {
+        Ok(_) => Ok(t),
+        Err(e) => {
+            sys::close(t);
+            if create && d.ifindex != 0 && e.raw_os_error() == Some(libc::EBUSY) {
+                // The index is taken here: any index will do.
+                let t = sys::open_tun()?;
+                let mut b = sys::ifreq(&d.name, d.flags);
+                if let Err(e) = sys::ioctl_buf(t, libc::TUNSETIFF, &mut b) {
+                    sys::close(t);
+                    return Err(e);
+                }
+                return Ok(t);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The device's settings, through `t` (attached). Device-wide ones only
+/// on a device made again (`created`; a persistent one kept them); the
+/// send buffer always (each attached queue takes it).
+fn settings(t: c_int, d: &Device, created: bool) {
     let warn = |what: &str, e: std::io::Error| {
         crate::say(&format!("{}: cannot set {what} again: {e}", d.name));
     };
-    if created {
-        let s = &d.settings;
-        // Owner and group as the kernel reported them, else as recorded.
-        let owner = d.net.owner.map(c_ulong::from).or(s.owner);
-        let group = d.net.group.map(c_ulong::from).or(s.group);
-        // Carrier off as the kernel saw it (the fds were attached), else
-        // as recorded.
-        let carrier = match d.net.carrier {
-            Some(0) => Some(0),
-            _ => s.carrier,
-        };
-        let vals = [
-            (libc::TUNSETOWNER, owner, "its owner"),
-            (libc::TUNSETGROUP, group, "its group"),
-            (libc::TUNSETLINK, s.link, "its link type"),
-            (libc::TUNSETOFFLOAD, s.offload, "its offloads"),
-        ];
-        for (req, v, what) in vals {
-            if let Some(v) = v {
-                if let Err(e) = sys::ioctl_val(t, req, v) {
+    if let Some(v) = d.sndbuf {
+        if let Err(e) = sys::ioctl_set_int(t, libc::TUNSETSNDBUF, v) {
+            warn("its send buffer", e);
+        }
+    }
+    if !created {
+        return;
+    }
+    let s = &d.settings;
+    // Owner and group as the kernel reported them, else as recorded.
+    let owner = d.net.owner.map(c_ulong::from).or(s.owner);
+    let group = d.net.group.map(c_ulong::from).or(s.group);
+    // Carrier off as the kernel saw it (the fds were attached), else as
+    // recorded.
+    let carrier = match d.net.carrier {
+        Some(0) => Some(0),
+        _ => s.carrier,
+    };
+    let vals = [
+        (libc::TUNSETOWNER, owner, "its owner"),
+        (libc::TUNSETGROUP, group, "its group"),
+        (libc::TUNSETLINK, s.link, "its link type"),
+        (libc::TUNSETOFFLOAD, s.offload, "its offloads"),
+    ];
+    for (req, v, what) in vals {
+        if let Some(v) = v {
+            if let Err(e) = sys::ioctl_val(t, req, v) {
+                warn(what, e);
+            }
+        }
+    }
+    if d.persist {
+        if let Err(e) = sys::ioctl_val(t, libc::TUNSETPERSIST, 1) {
+            warn("persist", e);
+        }
+    }
+    let ints = [
+        (libc::TUNSETVNETHDRSZ, d.vnet_hdr_sz, "its vnet header size"),
+        (libc::TUNSETVNETLE, d.vnet_le, "its vnet little-endian mode"),
+        (libc::TUNSETVNETBE, d.vnet_be, "its vnet big-endian mode"),
+        (libc::TUNSETCARRIER, carrier, "its carrier"),
+    ];
+    for (req, v, what) in ints {
+        if let Some(v) = v {
+            if let Err(e) = sys::ioctl_set_int(t, req, v) {
+                // Big-endian vnet headers exist only with
+                // CONFIG_TUN_VNET_CROSS_LE; 0 is the default anyway.
+                if v != 0 {
                     warn(what, e);
                 }
             }
         }
-        if d.persist {
-            if let Err(e) = sys::ioctl_val(t, libc::TUNSETPERSIST, 1) {
-                warn("persist", e);
-            }
-        }
-        let ints = [
-            (libc::TUNSETSNDBUF, d.sndbuf, "its send buffer"),
-            (libc::TUNSETVNETHDRSZ, d.vnet_hdr_sz, "its vnet header size"),
-            (libc::TUNSETVNETLE, d.vnet_le, "its vnet little-endian mode"),
-            (libc::TUNSETVNETBE, d.vnet_be, "its vnet big-endian mode"),
-            (libc::TUNSETCARRIER, carrier, "its carrier"),
-        ];
-        for (req, v, what) in ints {
-            if let Some(v) = v {
-                if let Err(e) = sys::ioctl_set_int(t, req, v) {
-                    // Big-endian vnet headers exist only with
-                    // CONFIG_TUN_VNET_CROSS_LE; 0 is the default anyway.
-                    if v != 0 {
-                        warn(what, e);
-                    }
-                }
-            }
-        }
-        if let Some(f) = &s.txfilter {
-            let mut f = f.clone();
-            if let Err(e) = sys::ioctl_buf(t, libc::TUNSETTXFILTER, &mut f) {
-                warn("its transmit filter", e);
-            }
-        }
-        if let Some(p) = &s.filter {
-            if let Err(e) = sys::attach_fprog(t, libc::TUNATTACHFILTER, p) {
-                warn("its socket filter", e);
-            }
+    }
+    if let Some(f) = &s.txfilter {
+        let mut f = f.clone();
+        if let Err(e) = sys::ioctl_buf(t, libc::TUNSETTXFILTER, &mut f) {
+            warn("its transmit filter", e);
         }
     }
-    if q.kind == QueueKind::Detached {
-        let mut b = sys::ifreq("", libc::IFF_DETACH_QUEUE as i16);
-        if let Err(e) = sys::ioctl_buf(t, libc::TUNSETQUEUE, &mut b) {
-            warn("a queue detached", e);
-        } else {
-            let mut r = records();
-            r.detached.retain(|(f, _)| *f != q.fd);
-            r.detached.push((q.fd, d.name.clone()));
+    if let Some(p) = &s.filter {
+        if let Err(e) = sys::attach_fprog(t, libc::TUNATTACHFILTER, p) {
+            warn("its socket filter", e);
         }
     }
-    put(t, q);
 }

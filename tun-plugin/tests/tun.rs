@@ -273,7 +273,7 @@ fn tap_settings_and_queues_come_back() {
     let st = state_line(&mut j);
     assert_eq!(
         st,
-        "state q0=dset0/0x5102 q1=dset0/0x5102 q2=dset0/detached vnethdr=12 sndbuf=196608 filter=1 \
+        "state q0=dset0/detached q1=dset0/0x5102 q2=dset0/0x5102 vnethdr=12 sndbuf=196608 filter=1 \
          csum=1 tso=1"
     );
     let before = device_state(&j, "dset0");

@@ -7,7 +7,8 @@
  * IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE) and three queues, sets owner
  * 1234, group 4321, offloads (checksum, TSO4/6), a 12-byte vnet header, a
  * send buffer, a transmit filter (one address), a carrier-off, a socket
- * filter (accept all), detaches the third queue, and prints "ready NAME".
+ * filter (accept all), detaches the first queue (the one that made the
+ * device: the plugin meets it first), and prints "ready NAME".
  * The group and the carrier are set with a raw system call, not through
  * libc's ioctl.
  * Then, each time the file "check" appears (the test removes it after
@@ -77,7 +78,7 @@ int main(int argc, char **argv) {
   struct ifreq d;
   memset(&d, 0, sizeof d);
   d.ifr_flags = IFF_DETACH_QUEUE;
-  if (ioctl(q[2], TUNSETQUEUE, &d) < 0) die("TUNSETQUEUE");
+  if (ioctl(q[0], TUNSETQUEUE, &d) < 0) die("TUNSETQUEUE");
   printf("ready %s\n", name);
   fflush(stdout);
   for (;;) {
@@ -102,11 +103,11 @@ int main(int argc, char **argv) {
                       ifr.ifr_flags & 0xffff);
     }
     int h = 0, s = 0;
-    ioctl(q[0], TUNGETVNETHDRSZ, &h);
-    ioctl(q[0], TUNGETSNDBUF, &s);
+    ioctl(q[1], TUNGETVNETHDRSZ, &h);
+    ioctl(q[1], TUNGETSNDBUF, &s);
     struct sock_filter got[4];
     struct sock_fprog gp = {4, got};
-    int fl = ioctl(q[0], TUNGETFILTER, &gp) < 0 ? -1 : gp.len;
+    int fl = ioctl(q[1], TUNGETFILTER, &gp) < 0 ? -1 : gp.len;
     /* The offloads, as the device's features show them. */
     int sk = socket(AF_INET, SOCK_DGRAM, 0);
     struct ethtool_value csum = {ETHTOOL_GTXCSUM, 0}, tso = {ETHTOOL_GTSO, 0};
