@@ -210,8 +210,13 @@ impl Job {
 
     /// Waits until `f(file's contents)` holds.
     pub fn wait_for(&mut self, file: &str, what: &str, f: impl Fn(&str) -> bool) {
+        self.until(what, |j| f(&j.read(file)));
+    }
+
+    /// Waits until `done` holds, while the computation runs.
+    fn until(&mut self, what: &str, done: impl Fn(&Job) -> bool) {
         let deadline = Instant::now() + TIMEOUT;
-        while !f(&self.read(file)) {
+        while !done(self) {
             assert!(
                 self.all_running(),
                 "a process exited before {what}{}",
@@ -232,20 +237,11 @@ impl Job {
 
     /// Waits until the coordinator sees `n` processes, all running.
     pub fn wait_running(&mut self, n: usize) {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let s = String::from_utf8_lossy(&self.command(&["-s"]).stdout).to_string();
-            if s.contains(&format!("NUM_PEERS={n}")) && s.contains("RUNNING=yes") {
-                return;
-            }
-            assert!(
-                self.all_running(),
-                "the computation ended before running{}",
-                self.diag()
-            );
-            assert!(Instant::now() < deadline, "not running: {s}{}", self.diag());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let want = format!("NUM_PEERS={n}");
+        self.until(&format!("{n} processes running"), |j| {
+            let s = String::from_utf8_lossy(&j.command(&["-s"]).stdout).to_string();
+            s.contains(&want) && s.contains("RUNNING=yes")
+        });
     }
 
     /// A blocking checkpoint.
