@@ -54,6 +54,21 @@ unsafe fn tun_ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
             return -1;
         }
     }
+    const RECORDED: [c_ulong; 9] = [
+        libc::TUNSETOWNER,
+        libc::TUNSETGROUP,
+        libc::TUNSETLINK,
+        libc::TUNSETOFFLOAD,
+        libc::TUNSETTXFILTER,
+        libc::TUNATTACHFILTER,
+        libc::TUNDETACHFILTER,
+        libc::TUNSETCARRIER,
+        libc::TUNSETQUEUE,
+    ];
+    if !RECORDED.contains(&req) {
+        // SAFETY: forwarded as the program passed it.
+        return unsafe { sys::real_ioctl(fd, req, arg) };
+    }
     let _hold = state::Hold::new();
     // Detaching a queue: its device's name must be read before.
     let before = (req == libc::TUNSETQUEUE)
