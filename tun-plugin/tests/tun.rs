@@ -104,26 +104,34 @@ fn scenario_on(j: Job, args: &[&str], persist: bool, moved: bool) -> String {
     assert!(before.contains("10.78.0.0/24"), "{before}");
     assert!(before.contains("inet6 fd00:77::1/64"), "{before}");
     assert!(before.contains("fd00:78::/64"), "{before}");
-    let sent_ckpt = last_num(&j.read("p.out"), "sent").unwrap();
-    j.kill();
-    let links = j.sh("ip -o link show");
-    assert_eq!(
-        links.contains("dtun0"),
-        persist,
-        "the device after the kill:\n{links}"
-    );
-    if moved {
-        j.at = 1;
+    // Two rounds: the restarted program is checkpointed and restarted
+    // again.
+    let mut sent_ckpt = 0;
+    for round in 0..2 {
+        if round == 1 {
+            j.checkpoint();
+        }
+        sent_ckpt = last_num(&j.read("p.out"), "sent").unwrap();
+        j.kill();
         let links = j.sh("ip -o link show");
-        assert!(!links.contains("dtun0"), "node 1 has it:\n{links}");
+        assert_eq!(
+            links.contains("dtun0"),
+            persist,
+            "the device after the kill (round {round}):\n{links}"
+        );
+        if moved && round == 0 {
+            j.at = 1;
+            let links = j.sh("ip -o link show");
+            assert!(!links.contains("dtun0"), "node 1 has it:\n{links}");
+        }
+        j.restart();
+        j.wait_running(1);
+        let after = device_state(&j, "dtun0");
+        assert_eq!(before, after, "the device differs after restart {round}");
+        ping(&j, "10.77.0.2");
+        ping(&j, "10.78.0.9");
+        wait_sent(&mut j, sent_ckpt + 300);
     }
-    j.restart();
-    j.wait_running(1);
-    let after = device_state(&j, "dtun0");
-    assert_eq!(before, after, "the device differs after the restart");
-    ping(&j, "10.77.0.2");
-    ping(&j, "10.78.0.9");
-    wait_sent(&mut j, sent_ckpt + 300);
     std::fs::write(j.dir.join("stop"), "").unwrap();
     j.wait_success();
     let out = j.read("p.out");
@@ -139,17 +147,18 @@ fn scenario_on(j: Job, args: &[&str], persist: bool, moved: bool) -> String {
         j.diag()
     );
     assert_eq!(last_num(&fin, "errors"), Some(0), "{fin}");
-    // Four pings of three echoes, two before and two after the restart.
-    assert_eq!(last_num(&fin, "pings"), Some(12), "{fin}");
+    // Six pings of three echoes, two before the restarts and two after
+    // each.
+    assert_eq!(last_num(&fin, "pings"), Some(18), "{fin}");
     let (sent, got) = (
         last_num(&fin, "sent").unwrap(),
         last_num(&fin, "got").unwrap(),
     );
     assert!(sent >= sent_ckpt + 300, "{fin}");
-    // Lost: what was queued in the device at the checkpoint and the last
-    // one or two in flight when the program stopped.
+    // Lost: what was queued in the device at the two checkpoints that
+    // were restarted and the last one in flight when the program stopped.
     assert!(
-        sent - got <= 6,
+        sent - got <= 8,
         "too many datagrams lost: {fin}{}",
         j.diag()
     );
