@@ -34,6 +34,7 @@ const IFLA_MASTER: u16 = 10;
 const IFLA_TXQLEN: u16 = 13;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_CARRIER: u16 = 33;
+const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 const IFLA_TUN_OWNER: u16 = 1;
 const IFLA_TUN_GROUP: u16 = 2;
@@ -192,8 +193,14 @@ pub(crate) fn capture(index: u32, tap: bool) -> io::Result<NetState> {
                 IFLA_MASTER if d.len() >= 4 => s.master = crate::sys::if_name(u32_at(d, 0)),
                 IFLA_CARRIER if !d.is_empty() => s.carrier = Some(d[0]),
                 IFLA_LINKINFO => {
-                    for (t, data) in attrs(d, 0) {
-                        if t != IFLA_INFO_DATA {
+                    let info = attrs(d, 0);
+                    // The data's attributes mean what they mean for a tun
+                    // device only (a bridge's are others).
+                    let tun = info.iter().any(|(t, k)| {
+                        *t == IFLA_INFO_KIND && k.strip_suffix(b"\0") == Some(&b"tun"[..])
+                    });
+                    for (t, data) in info {
+                        if t != IFLA_INFO_DATA || !tun {
                             continue;
                         }
                         for (k, v) in attrs(data, 0) {

@@ -434,6 +434,9 @@ fn restore(d: &Device) {
         sys::if_index(&d.name) != 0
     } else {
         if !name_free(&d.name) {
+            if same_kind(d) {
+                return restore_shared(d);
+            }
             fail(&format!(
                 "a network device named {} exists in this network namespace, and the \
                  checkpointed {} device of that name was not persistent, so it is not ours: \
@@ -452,6 +455,10 @@ fn restore(d: &Device) {
     for i in 0..d.queues.len() {
         match attach(d, i == 0 && !exists) {
             Ok(t) => ts.push(t),
+            // Made meanwhile by another process restoring the same fd.
+            Err(e) if i == 0 && e.raw_os_error() == Some(libc::EBUSY) && same_kind(d) => {
+                return restore_shared(d);
+            }
             Err(e) => {
                 let why = if e.raw_os_error() == Some(libc::EBUSY) {
                     " (another process holds it: a tun fd shared by several processes, \
@@ -497,6 +504,53 @@ fn restore(d: &Device) {
         crate::say(&format!("{}: cannot configure it again: {e}", d.name));
     }
     crate::debug(|| format!("restored {} (index {index}, was {})", d.name, d.ifindex));
+}
+
+/// Is there a tun/tap device named like `d`, of its type and flags?
+/// (Not persistent, so someone holds it: another process of the
+/// computation that had the same fd, shared across fork.)
+fn same_kind(d: &Device) -> bool {
+    let index = sys::if_index(&d.name);
+    if index == 0 {
+        return false;
+    }
+    let tap = d.flags as c_int & libc::IFF_TAP != 0;
+    let mask = (0xf | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE) as i16;
+    // A persistent one is somebody else's (the other process would have
+    // made it as the checkpointed one was: not persistent).
+    netlink::capture(index, tap).is_ok_and(|n| {
+        n.tun_flags & mask == d.flags & mask && n.tun_flags as c_int & libc::IFF_PERSIST == 0
+    })
+}
+
+/// `d`'s device was made again by another process of the computation
+/// that held the same fds (inherited across fork). A multi-queue device
+/// takes this process's fds as new queues; a single-queue one is that
+/// other process's: here the fds come back attached to no device.
+fn restore_shared(d: &Device) {
+    for q in &d.queues {
+        let t = match attach(d, false) {
+            Ok(t) => t,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                crate::say(&format!(
+                    "fd {}: {} is attached in another process (a tun fd shared across fork \
+                     comes back in one process only); here the fd is attached to no device",
+                    q.fd, d.name
+                ));
+                match sys::open_tun() {
+                    Ok(t) => t,
+                    Err(e) => fail(&format!("cannot open /dev/net/tun again: {e}")),
+                }
+            }
+            Err(e) => fail(&format!("cannot attach to {} again: {e}", d.name)),
+        };
+        if q.kind == QueueKind::Detached {
+            let mut b = sys::ifreq("", libc::IFF_DETACH_QUEUE as i16);
+            let _ = sys::ioctl_buf(t, libc::TUNSETQUEUE, &mut b);
+        }
+        put(t, q);
+    }
+    crate::debug(|| format!("{}: attached to the device another process made", d.name));
 }
 
 /// A new fd attached to `d`'s device (`create`: the first, which makes

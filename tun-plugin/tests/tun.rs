@@ -189,12 +189,12 @@ fn multi_queue_tun_device_comes_back_with_its_queues() {
 
 /// A device of the same name that is not the program's (the checkpointed
 /// one was not persistent): the restart is refused with a clear message.
-#[test]
-fn restart_refuses_a_name_taken_by_another_device() {
-    let mut j = started("taken", "tun_ping", "dtun0", &[], &[]);
+/// `other` makes it.
+fn refused(name: &str, other: &str, kind: &str) {
+    let mut j = started(name, "tun_ping", "dtun0", &[], &[]);
     j.checkpoint();
     j.kill();
-    j.sh("ip link add dtun0 type bridge");
+    j.sh(other);
     j.restart();
     let st = j.wait_restart();
     assert!(
@@ -209,7 +209,23 @@ fn restart_refuses_a_name_taken_by_another_device() {
         j.diag()
     );
     // The other device is left alone.
-    assert!(j.sh("ip -d link show dtun0").contains("bridge"));
+    assert!(j.sh("ip -d link show dtun0").contains(kind));
+}
+
+#[test]
+fn restart_refuses_a_name_taken_by_another_device() {
+    refused("taken", "ip link add dtun0 type bridge", "bridge");
+}
+
+/// Even a tun device of the same kind, when it is not the program's: a
+/// persistent one made by `ip tuntap`.
+#[test]
+fn restart_refuses_a_name_taken_by_another_tun_device() {
+    refused(
+        "taken-tun",
+        "ip tuntap add dev dtun0 mode tun && ip -d link show dtun0 | grep -q 'pi off'",
+        "persist on",
+    );
 }
 
 /// vhost-net is refused where the program asks for it, with a reason.
@@ -303,4 +319,71 @@ fn tap_settings_and_queues_come_back() {
     assert_eq!(state_line(&mut j), st, "{}", j.diag());
     std::fs::write(j.dir.join("stop"), "").unwrap();
     j.wait_success();
+}
+
+/// The last "attached" value `role` printed after its line number `after`.
+fn attached_after(out: &str, role: &str, after: i64) -> Option<i64> {
+    out.lines()
+        .rev()
+        .filter(|l| l.starts_with(&format!("{role} ")))
+        .filter(|l| last_num(l, role).is_some_and(|i| i > after))
+        .find_map(|l| last_num(l, "attached"))
+}
+
+/// A tun fd shared by a parent and its child (`tests/c/tun_fork.c`):
+/// both restore it; a multi-queue device takes both, a single-queue one
+/// only one of them (the other is told, and its fd comes back attached
+/// to nothing) and the restart goes on.
+fn shared_across_fork(mq: bool) {
+    let args: &[&str] = if mq { &["mq"] } else { &[] };
+    let mut j = Job::new(if mq { "fork-mq" } else { "fork" });
+    let bin = compile_c(&j, "tun_fork");
+    let mut a = vec!["dtunf"];
+    a.extend_from_slice(args);
+    j.launch("p", &bin, &a);
+    j.wait_running(2);
+    j.wait_in("p.out", "child 3 attached 1");
+    j.wait_in("p.out", "parent 3 attached 1");
+    j.checkpoint();
+    let out = j.read("p.out");
+    let last = |role: &str| {
+        out.lines()
+            .filter(|l| l.starts_with(role))
+            .filter_map(|l| last_num(l, role))
+            .max()
+            .unwrap()
+    };
+    let (lp, lc) = (last("parent"), last("child"));
+    j.kill();
+    j.restart();
+    j.wait_running(2);
+    j.wait_for("p.out", "lines after the restart", |o| {
+        attached_after(o, "parent", lp + 3).is_some()
+            && attached_after(o, "child", lc + 3).is_some()
+    });
+    let out = j.read("p.out");
+    let (p, c) = (
+        attached_after(&out, "parent", lp + 3).unwrap(),
+        attached_after(&out, "child", lc + 3).unwrap(),
+    );
+    let err = j.read("p.err");
+    let told = err.matches("is attached in another process").count();
+    if mq {
+        assert_eq!((p, c, told), (1, 1, 0), "{}", j.diag());
+    } else {
+        assert_eq!(p + c, 1, "exactly one keeps the device{}", j.diag());
+        assert_eq!(told, 1, "{}", j.diag());
+    }
+    std::fs::write(j.dir.join("stop"), "").unwrap();
+    j.wait_success();
+}
+
+#[test]
+fn tun_fd_shared_across_fork_comes_back_in_one_process() {
+    shared_across_fork(false);
+}
+
+#[test]
+fn multi_queue_tun_fd_shared_across_fork_comes_back_in_both() {
+    shared_across_fork(true);
 }

@@ -193,6 +193,18 @@ impl Job {
         s
     }
 
+    /// How the launched processes and the restart ended, if they did.
+    pub fn ended(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(r) = &mut self.restart {
+            s += &format!("\nrestart: {:?}", r.try_wait());
+        }
+        for (n, c) in &mut self.procs {
+            s += &format!("\n{n}: {:?}", c.try_wait());
+        }
+        s
+    }
+
     /// The launched processes, or after a restart the restart, all run.
     pub fn all_running(&mut self) -> bool {
         if let Some(r) = &mut self.restart {
@@ -217,11 +229,13 @@ impl Job {
     fn until(&mut self, what: &str, done: impl Fn(&Job) -> bool) {
         let deadline = Instant::now() + TIMEOUT;
         while !done(self) {
-            assert!(
-                self.all_running(),
-                "a process exited before {what}{}",
-                self.diag()
-            );
+            if !self.all_running() {
+                panic!(
+                    "a process exited before {what}{}{}",
+                    self.ended(),
+                    self.diag()
+                );
+            }
             assert!(Instant::now() < deadline, "no {what}{}", self.diag());
             std::thread::sleep(Duration::from_millis(20));
         }
