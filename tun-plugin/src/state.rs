@@ -455,8 +455,13 @@ fn restore(d: &Device) {
     for i in 0..d.queues.len() {
         match attach(d, i == 0 && !exists) {
             Ok(t) => ts.push(t),
-            // Made meanwhile by another process restoring the same fd.
-            Err(e) if i == 0 && e.raw_os_error() == Some(libc::EBUSY) && same_kind(d) => {
+            // Made (or, persistent, attached to) meanwhile by another
+            // process restoring the same fd.
+            Err(e)
+                if i == 0
+                    && e.raw_os_error() == Some(libc::EBUSY)
+                    && (d.persist || same_kind(d)) =>
+            {
                 return restore_shared(d);
             }
             Err(e) => {
