@@ -63,6 +63,7 @@ extern "C" fn event_hook(ev: c_int, _data: *mut c_void) {
 }
 
 extern "C" fn register() {
+    sys::init();
     sys::register_plugin((&DESCR.0 as *const PluginDescriptor).cast());
 }
 

@@ -41,6 +41,14 @@ fn real_ioctl_fn() -> Option<IoctlFn> {
     (p != 0).then(|| unsafe { std::mem::transmute::<usize, IoctlFn>(p) })
 }
 
+/// Resolves libc's `ioctl` now, at load time: the engine's own ioctl
+/// calls reach our wrapper too, some while the program's threads are
+/// suspended (draining sockets), where a first `dlsym` (locks, malloc)
+/// must not happen.
+pub(crate) fn init() {
+    let _ = real_ioctl_fn();
+}
+
 /// The real ioctl with a raw argument (a value or a pointer, as `req` wants).
 ///
 /// # Safety
