@@ -92,6 +92,13 @@ pub fn command(name: &'static str) -> Command {
          computation: libdmtcp_ssh.so)",
     ))
     .arg(cli::flag(
+        "disable_tun_plugin",
+        "disable-tun-plugin",
+        "Leave tun/tap devices alone (by default, the program's /dev/net/tun devices come back \
+         at restart with their name, settings, addresses and routes: libdmtcp_tun.so, see \
+         docs/tun.md)",
+    ))
+    .arg(cli::flag(
         "disable_batch_plugin",
         "disable-batch-plugin",
         "Run `srun` as any program (by default `dmtcp_launch srun ...` runs srun outside the \
@@ -209,6 +216,7 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     );
     let ssh_plugin = !m.get_flag("disable_ssh_plugin");
     let batch_plugin = !m.get_flag("disable_batch_plugin");
+    let tun_plugin = !m.get_flag("disable_tun_plugin");
     let tmpdir = m.get_one::<String>("tmpdir").cloned();
     let mut plugins: Vec<String> = std::env::var(E::PLUGIN)
         .ok()
@@ -307,8 +315,13 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     // wrappers reach its execve/execvpe (dlsym RTLD_NEXT).
     let ssh = client::lib_dir().join("libdmtcp_ssh.so");
     let ssh = (ssh_plugin && ssh.exists()).then(|| ssh.display().to_string());
+    // The tun plugin interposes only ioctl, and costs nothing until a
+    // checkpoint finds a /dev/net/tun fd (docs/tun.md).
+    let tun = client::lib_dir().join("libdmtcp_tun.so");
+    let tun = (tun_plugin && tun.exists()).then(|| tun.display().to_string());
     let mut preload = std::iter::once(lib.display().to_string())
         .chain(ssh)
+        .chain(tun)
         .chain(plugins.iter().cloned())
         .collect::<Vec<_>>()
         .join(":");

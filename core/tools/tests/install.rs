@@ -56,6 +56,7 @@ fn installed_copy_moved_elsewhere_checkpoints_and_restarts() {
         "bin/dmtcp_sshd",
         "lib/dmtcp/libdmtcp.so",
         "lib/dmtcp/libdmtcp_ssh.so",
+        "lib/dmtcp/libdmtcp_tun.so",
         "lib/dmtcp/libdmtcp_ib.so",
         "lib/dmtcp/dmtcp_restorer",
         "include/dmtcp.h",

@@ -430,6 +430,18 @@ fn refill(fd_write: i32, data: &[u8]) {
     }
 }
 
+/// A tun/tap fd nobody claimed: the tun plugin is not loaded
+/// (`--disable-tun-plugin`). Reopened by its path at a restart, it would
+/// be attached to no device; the program is told once.
+fn warn_tun_without_plugin(fd: i32) {
+    static WARNED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, core::sync::atomic::Ordering::Relaxed) {
+        dmtcp::warn(format_args!(
+            "fd {fd} is a tun/tap device (/dev/net/tun) and the tun plugin is not loaded: after a restart it will be attached to no device (launch without --disable-tun-plugin; docs/tun.md)"
+        ));
+    }
+}
+
 impl FilePlugin {
     fn save(&self, s: &mut FdSaved) {
         s.fds.clear();
@@ -454,6 +466,9 @@ impl FilePlugin {
                 )
             };
             let fmt = st.st_mode & libc::S_IFMT;
+            if fmt == libc::S_IFCHR && target == "/dev/net/tun" {
+                warn_tun_without_plugin(fd);
+            }
             let owner = dmtcp::fd_owner(&FdDesc {
                 fd,
                 target: &target,
