@@ -414,6 +414,37 @@ fn file_matches(path: &str, inode: u64, size: &mut u64) -> bool {
     }
 }
 
+/// Why a forked child could not write this process's memory, if it
+/// could not: a mapping the kernel does not copy into a child
+/// (`MADV_DONTFORK`, as verbs libraries mark registered memory) or
+/// copies as zeroes (`MADV_WIPEONFORK`). Read from /proc/self/smaps.
+pub fn fork_unsafe() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut area = "";
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let mut it = flags.split_whitespace();
+            if let Some(f) = it.find(|f| *f == "dc" || *f == "wf") {
+                let what = if f == "dc" {
+                    "MADV_DONTFORK"
+                } else {
+                    "MADV_WIPEONFORK"
+                };
+                return Some(format!(
+                    "the mapping {area} is marked {what}: a forked child cannot read it"
+                ));
+            }
+        } else if line.split_whitespace().next().is_some_and(|r| {
+            r.split_once('-').is_some_and(|(a, b)| {
+                u64::from_str_radix(a, 16).is_ok() && u64::from_str_radix(b, 16).is_ok()
+            })
+        }) {
+            area = line;
+        }
+    }
+    None
+}
+
 /// Make unreadable areas readable for the write (their original protection
 /// is in the image and restored after).
 pub fn open_up(p: &Plan) {
