@@ -1215,8 +1215,8 @@ fn decide_round(g: &mut State, members: BTreeSet<u64>) {
     note_dead_writers(&mut round);
     if writers_pending(&round) {
         for id in members {
-            let forked = round.writers.contains_key(&id)
-                && round.done.get(&id).is_none_or(|d| d.via_writer);
+            let forked =
+                round.writers.contains_key(&id) && round.done.get(&id).is_none_or(|d| d.via_writer);
             if !forked {
                 round.await_verdict.insert(id);
             } else if let Some(p) = g.peers.get(&id) {
@@ -1703,7 +1703,9 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr, secret: &auth::Secret) 
         return handle_command(sh, reader, out);
     }
     if role == Role::Writer {
-        out.set_who(format!("forked image writer of {program} (pid {pid}) from {addr}"));
+        out.set_who(format!(
+            "forked image writer of {program} (pid {pid}) from {addr}"
+        ));
         return handle_writer(sh, reader, out, &uniq_id, generation);
     }
     let (m, cv) = &*sh;
@@ -2010,7 +2012,9 @@ fn give_up_stalled_writers(g: &mut State, secs: u64) {
         let late: Vec<u64> = round
             .writers
             .iter()
-            .filter(|(id, w)| w.open && !round.done.contains_key(id) && w.last_heard.elapsed() >= limit)
+            .filter(|(id, w)| {
+                w.open && !round.done.contains_key(id) && w.last_heard.elapsed() >= limit
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in late {

@@ -597,7 +597,9 @@ fn child_report(outcome: writer::Outcome) -> ! {
             Some(path),
         ),
         writer::Outcome::Failed(msg) => {
-            log::error(format_args!("forked image writer: checkpoint failed: {msg}"));
+            log::error(format_args!(
+                "forked image writer: checkpoint failed: {msg}"
+            ));
             (
                 ToCoord::CkptDone {
                     image: String::new(),

@@ -162,7 +162,8 @@ fn scratch(size: usize) -> *mut u8 {
 }
 
 /// Testing knob (`DMTCP_TEST_WRITE_DELAY_MS`): a forked writer pauses
-/// this long after each work item (4 MiB), so that tests can watch the
+/// this long after each work item (up to 4 MiB) that had pages to write
+/// (as far as it can tell: the file offset moved meanwhile), so that tests can watch the
 /// program run on while its image is written, or kill the writer mid-way.
 static TEST_DELAY_MS: AtomicU32 = AtomicU32::new(0);
 
@@ -285,14 +286,16 @@ fn run_job(w: &Writer) {
         }
         // SAFETY: items points at n Items owned by the plan, alive for the job.
         let it = unsafe { *items.add(i) };
+        let before = JOB.off.load(Relaxed);
         if let Err(e) = process(st, &it) {
             JOB.error.store(e.max(1), SeqCst);
         }
+        let wrote = JOB.off.load(Relaxed) != before;
         if i < shared_n && JOB.shared_left.fetch_sub(1, SeqCst) == 1 {
             shared_written();
         }
         let ms = TEST_DELAY_MS.load(Relaxed);
-        if ms > 0 && in_forked_child() {
+        if ms > 0 && wrote && in_forked_child() {
             let ts = libc::timespec {
                 tv_sec: (ms / 1000) as i64,
                 tv_nsec: (ms % 1000) as i64 * 1_000_000,
@@ -592,7 +595,12 @@ fn fork_writer() -> bool {
     let mut p = [-1i32; 2];
     // SAFETY: a fresh pipe of ours.
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        FORK_ERR.store(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO), SeqCst);
+        FORK_ERR.store(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+            SeqCst,
+        );
         return false;
     }
     let pid = arch::raw_fork();
@@ -641,18 +649,20 @@ fn close_all_but(keep: &[i32]) {
         if k as u32 > from {
             // SAFETY: closing fds of this (forked) process.
             unsafe {
-                dmtcp_sys::syscall3(
-                    dmtcp_sys::nr::CLOSE_RANGE,
-                    from as usize,
-                    k as usize - 1,
-                    0,
-                )
+                dmtcp_sys::syscall3(dmtcp_sys::nr::CLOSE_RANGE, from as usize, k as usize - 1, 0)
             };
         }
         from = k as u32 + 1;
     }
     // SAFETY: as above.
-    unsafe { dmtcp_sys::syscall3(dmtcp_sys::nr::CLOSE_RANGE, from as usize, u32::MAX as usize, 0) };
+    unsafe {
+        dmtcp_sys::syscall3(
+            dmtcp_sys::nr::CLOSE_RANGE,
+            from as usize,
+            u32::MAX as usize,
+            0,
+        )
+    };
 }
 
 extern "C" fn helper_main(arg: *mut c_void) -> u64 {
@@ -814,7 +824,9 @@ pub enum Outcome {
     Restarted,
     /// (Forked writing, in the parent.) The child `pid` writes the image
     /// and reports it to the coordinator itself.
-    Forked { pid: i32 },
+    Forked {
+        pid: i32,
+    },
 }
 
 fn cpath(p: &Path) -> CString {
