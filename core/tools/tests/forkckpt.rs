@@ -209,7 +209,14 @@ fn a_checkpoint_asked_for_while_the_writer_writes_waits() {
     job.wait_for("step 40");
     let pid = app_pid(&job);
     let first = background_bc(&job);
-    wait_writer(pid);
+    let w = wait_writer(pid);
+    // The program runs again (its state is captured; a request before
+    // that would join the round, the program's state being the same).
+    job.wait_for(&format!("step {}", last_step(&job) + 5));
+    assert!(
+        writer_children(pid).contains(&w),
+        "the writer was done before the second request: nothing tested"
+    );
     let second = job.command(&["-bc"]);
     assert!(
         second.status.success(),

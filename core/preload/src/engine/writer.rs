@@ -162,8 +162,9 @@ fn scratch(size: usize) -> *mut u8 {
 }
 
 /// Testing knob (`DMTCP_TEST_WRITE_DELAY_MS`): a forked writer pauses
-/// this long after each work item (up to 4 MiB) that had pages to write
-/// (as far as it can tell: the file offset moved meanwhile), so that tests can watch the
+/// this long before each work item (up to 4 MiB) of shared memory, and
+/// after each other item that had pages to write (as far as it can tell:
+/// the file offset moved meanwhile), so that tests can watch the
 /// program run on while its image is written, or kill the writer mid-way.
 static TEST_DELAY_MS: AtomicU32 = AtomicU32::new(0);
 
@@ -286,6 +287,9 @@ fn run_job(w: &Writer) {
         }
         // SAFETY: items points at n Items owned by the plan, alive for the job.
         let it = unsafe { *items.add(i) };
+        if i < shared_n {
+            test_delay();
+        }
         let before = JOB.off.load(Relaxed);
         if let Err(e) = process(st, &it) {
             JOB.error.store(e.max(1), SeqCst);
@@ -294,25 +298,33 @@ fn run_job(w: &Writer) {
         if i < shared_n && JOB.shared_left.fetch_sub(1, SeqCst) == 1 {
             shared_written();
         }
-        let ms = TEST_DELAY_MS.load(Relaxed);
-        if ms > 0 && wrote && in_forked_child() {
-            let ts = libc::timespec {
-                tv_sec: (ms / 1000) as i64,
-                tv_nsec: (ms % 1000) as i64 * 1_000_000,
-            };
-            // SAFETY: nanosleep reading our timespec (raw: no errno).
-            unsafe {
-                dmtcp_sys::syscall3(
-                    dmtcp_sys::nr::NANOSLEEP,
-                    &ts as *const libc::timespec as usize,
-                    0,
-                    0,
-                )
-            };
+        if wrote && i >= shared_n {
+            test_delay();
         }
     }
     JOB.done.fetch_add(1, SeqCst);
     dmtcp_sys::futex_wake(&JOB.done, 1);
+}
+
+/// The testing pause of [`TEST_DELAY_MS`] (forked writers only).
+fn test_delay() {
+    let ms = TEST_DELAY_MS.load(Relaxed);
+    if ms == 0 || !in_forked_child() {
+        return;
+    }
+    let ts = libc::timespec {
+        tv_sec: (ms / 1000) as i64,
+        tv_nsec: (ms % 1000) as i64 * 1_000_000,
+    };
+    // SAFETY: nanosleep reading our timespec (raw: no errno).
+    unsafe {
+        dmtcp_sys::syscall3(
+            dmtcp_sys::nr::NANOSLEEP,
+            &ts as *const libc::timespec as usize,
+            0,
+            0,
+        )
+    };
 }
 
 /// A forked writer has written the shared memory (or given up): its
