@@ -240,3 +240,26 @@ fn a_checkpoint_asked_for_while_the_writer_writes_waits() {
         "restart from the second generation differs"
     );
 }
+
+/// `-kc` with forked checkpointing: the processes are killed once their
+/// state is captured, the answer comes when the (slowed) writer has
+/// written and the generation is committed, and it restarts.
+#[test]
+fn checkpoint_and_kill_answers_when_the_writer_is_done() {
+    let prog = c_program("forkckpt");
+    let bare = run_bare(&[prog.to_str().unwrap()]);
+    let mut job = Job::new("forkckpt-kc").env("DMTCP_TEST_WRITE_DELAY_MS", "60");
+    job.launch(&[prog.to_str().unwrap()], FORKED);
+    job.wait_for("step 100");
+    let t = Instant::now();
+    job.checkpoint_and_kill();
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "-kc answered after {:?}: was the writer forked?",
+        t.elapsed()
+    );
+    assert_eq!(committed_generations(&job.ckpt), vec![1]);
+    job.restart();
+    job.wait_success();
+    assert_eq!(job.output(), bare, "restart after -kc differs");
+}
