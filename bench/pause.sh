@@ -31,7 +31,7 @@ for mib in ${@:-1024}; do
     wait $app
     gap=$(awk '/maxgap_ms/ {print $2}' "$work/out")
     size=$(du -m "$work"/ck/ckpt_*.dmtcp | awk '{print $1}')
-    printf "| %d MiB | %s | %s ms | %.2f s | %s MiB |\n" "$mib" "$mode" "$gap" "$(echo "$t1 - $t0" | bc)" "$size"
+    printf "| %d MiB | %s | %s ms | %s s | %s MiB |\n" "$mib" "$mode" "$gap" "$(awk -v a="$t0" -v b="$t1" "BEGIN {printf \"%.2f\", b - a}")" "$size"
     sleep 0.5
   done
 done

@@ -61,6 +61,7 @@ fn main() {
         Some("scale") => scale::run(&args[2..]),
         Some("soak") => soak::run(&args[2..]),
         Some("peers") => peers::run(&args[2..]),
+        Some("pause") => pause(&args[2..]),
         _ => {
             eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR] [--plots DIR]");
             eprintln!(
@@ -71,9 +72,23 @@ fn main() {
             eprintln!("       bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256] [--dir DIR] [--plots DIR]");
             eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
             eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
+            eprintln!("       bench pause [MIB...]   (the program's pause with and without --forked-ckpt)");
             std::process::exit(1);
         }
     }
+}
+
+/// The application's pause with and without forked checkpointing, as
+/// the program itself sees it (bench/pause.sh, bench/c/pausegap.c): a
+/// Markdown table on stdout.
+fn pause(a: &[String]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pause.sh");
+    let st = Command::new("bash")
+        .arg(&script)
+        .args(a)
+        .status()
+        .expect("bash");
+    std::process::exit(st.code().unwrap_or(1));
 }
 
 /// Hold `gib` GiB of memory of the given kind, say "ready", then idle.
