@@ -263,3 +263,34 @@ fn checkpoint_and_kill_answers_when_the_writer_is_done() {
     job.wait_success();
     assert_eq!(job.output(), bare, "restart after -kc differs");
 }
+
+/// Memory marked MADV_DONTFORK (a child would not have it): the image is
+/// written with the program suspended, with a warning saying why, and
+/// restarts exactly.
+#[test]
+fn memory_a_child_would_not_have_is_written_without_forking() {
+    let prog = c_program("forkckpt");
+    let args = [prog.to_str().unwrap(), "600", "8", "dontfork"];
+    let bare = run_bare(&args);
+    let mut job = Job::new("forkckpt-dontfork").env("DMTCP_TEST_WRITE_DELAY_MS", "300");
+    job.launch(&args, FORKED);
+    job.wait_for("step 60");
+    let t = Instant::now();
+    job.checkpoint();
+    // No forked writer: the test delay (forked writers only) is not seen.
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the checkpoint took {:?}",
+        t.elapsed()
+    );
+    let err = std::fs::read_to_string(job.dir.join("err.txt")).unwrap_or_default();
+    assert!(
+        err.contains("forked checkpointing is not possible here") && err.contains("MADV_DONTFORK"),
+        "no warning: {err}"
+    );
+    job.wait_for("step 150");
+    job.kill();
+    job.restart();
+    job.wait_success();
+    assert_eq!(job.output(), bare, "restart differs");
+}

@@ -253,7 +253,7 @@ impl Ctl {
             }
         };
         if link.is_some() {
-            if let Some(why) = memory::fork_unsafe() {
+            if let Some(why) = memory::fork_unsafe(&plan) {
                 log::warn(format_args!(
                     "forked checkpointing is not possible here ({why}): this image is written with the program suspended"
                 ));

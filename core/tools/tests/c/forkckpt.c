@@ -4,7 +4,8 @@
  * loop polls waitpid(-1, WNOHANG): any pid it did not fork itself (a
  * checkpoint's image writer) is reported. Deterministic output: step
  * lines, then the checksums and counts.
- * argv[1]: steps (default 600); argv[2]: MiB per thread (default 8). */
+ * argv[1]: steps (default 600); argv[2]: MiB per thread (default 8);
+ * argv[3] "dontfork": mark 1 MiB of a thread's memory MADV_DONTFORK. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -70,6 +71,12 @@ int main(int argc, char **argv) {
     buf[t] = malloc(words * 8);
     if (!buf[t]) return 2;
     for (size_t i = 0; i < words; i++) buf[t][i] = i * (t + 1);
+  }
+  if (argc > 3 && strcmp(argv[3], "dontfork") == 0) {
+    /* Memory a forked child would not have (as verbs libraries may mark
+     * registered memory): the checkpointer must not fork its writer. */
+    uintptr_t a = ((uintptr_t)buf[0] + 4095) & ~(uintptr_t)4095;
+    if (madvise((void *)a, 1 << 20, MADV_DONTFORK) != 0) return 2;
   }
   pthread_barrier_init(&bar, NULL, 3);
   pthread_t th[2];
