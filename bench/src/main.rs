@@ -75,6 +75,7 @@ fn main() {
         Some("peers") => peers::run(&args[2..]),
         Some("mpi") => mpi::run(&args[2..]),
         Some("parallel") => parallel::run(&args[2..]),
+        Some("pause") => pause(&args[2..]),
         _ => {
             eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR] [--plots DIR]");
             eprintln!(
@@ -87,9 +88,23 @@ fn main() {
             eprintln!("       bench parallel [--procs 8] [--mib 512] [--runs 3] [--dmtcp DIR] [--dir DIR]");
             eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--dmtcp DIR] [--dir DIR]");
             eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
+            eprintln!("       bench pause [MIB...]   (the program's pause with and without --forked-ckpt)");
             std::process::exit(1);
         }
     }
+}
+
+/// The application's pause with and without forked checkpointing, as
+/// the program itself sees it (bench/pause.sh, bench/c/pausegap.c): a
+/// Markdown table on stdout.
+fn pause(a: &[String]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pause.sh");
+    let st = Command::new("bash")
+        .arg(&script)
+        .args(a)
+        .status()
+        .expect("bash");
+    std::process::exit(st.code().unwrap_or(1));
 }
 
 /// Hold `gib` GiB (or `<n>M`: MiB) of memory of the given kind, say

@@ -30,6 +30,11 @@ pub const KEEP_GENERATIONS: &str = "DMTCP_KEEP_GENERATIONS";
 /// before it gives the round up (`dmtcp_coordinator --suspend-timeout`,
 /// default 120).
 pub const SUSPEND_TIMEOUT: &str = "DMTCP_SUSPEND_TIMEOUT";
+/// Forked checkpointing (`dmtcp_launch --forked-ckpt`, 1/0): a forked
+/// child writes the image while the program goes on.
+pub const FORKED_CKPT: &str = "DMTCP_FORKED_CKPT";
+/// DMTCP's own name for [`FORKED_CKPT`] (read too).
+pub const FORKED_CKPT_DMTCP: &str = "DMTCP_FORKED_CHECKPOINT";
 /// Internal: number of writer threads per process.
 pub const WRITERS: &str = "DMTCP_WRITERS";
 

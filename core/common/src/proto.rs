@@ -22,6 +22,12 @@ pub enum Role {
     Worker,
     /// `dmtcp_command` and similar one-shot clients.
     Command,
+    /// The forked child that writes the image of a process of the job
+    /// (forked checkpointing): it names its process by `uniq_id` and the
+    /// round by `generation` in its `Hello`, reports `Writing` and
+    /// `CkptDone` for it, and gets the round's verdict
+    /// (`BarrierDone` "checkpointed"). Not a process of the job.
+    Writer,
 }
 
 /// A command from `dmtcp_command`.
@@ -126,6 +132,11 @@ pub enum FromCoord {
         generation: u32,
         ckpt_dir: Option<String>,
         num_peers: u32,
+        /// The coordinator takes images written by forked children
+        /// (`Role::Writer` connections) in this round: a process launched
+        /// with forked checkpointing may fork its writer.
+        #[serde(default)]
+        fork: bool,
     },
     /// Every participant reached the barrier.
     BarrierDone {

@@ -165,13 +165,20 @@ fn from_coord() -> impl Strategy<Value = FromCoord> {
                 ckpt_dir
             }
         ),
-        (any::<u32>(), option::of(text()), any::<u32>()).prop_map(
-            |(generation, ckpt_dir, num_peers)| FromCoord::DoCheckpoint {
-                generation,
-                ckpt_dir,
-                num_peers
-            }
-        ),
+        (
+            any::<u32>(),
+            option::of(text()),
+            any::<u32>(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(generation, ckpt_dir, num_peers, fork)| FromCoord::DoCheckpoint {
+                    generation,
+                    ckpt_dir,
+                    num_peers,
+                    fork
+                }
+            ),
         (text(), any::<u32>(), any::<bool>()).prop_map(|(name, count, commit)| {
             FromCoord::BarrierDone {
                 name,

@@ -499,6 +499,74 @@ struct Round {
     /// had suspended (see `give_up_stalled`): the round can no longer
     /// commit, and its waiters were already told why.
     stalled: Option<String>,
+    /// The generation this round writes.
+    generation: u32,
+    /// Forked writers (forked checkpointing: a child of the process writes
+    /// its image on a connection of its own), by the process they write for.
+    writers: BTreeMap<u64, WriterLink>,
+    /// Every participant reached "checkpointed": its state is captured
+    /// (its image written, or its writer forked).
+    captured: bool,
+    /// Participants that wrote their image themselves and wait at
+    /// "checkpointed" for the verdict while forked writers still write.
+    await_verdict: BTreeSet<u64>,
+}
+
+/// A forked writer's connection.
+struct WriterLink {
+    out: Arc<Outbox>,
+    /// Still connected.
+    open: bool,
+    /// The process it writes for, as it was when the round started (the
+    /// process may exit before the generation is committed).
+    info: PeerInfo,
+    last_heard: Instant,
+}
+
+/// Are forked writers of the round's processes still at work?
+fn writers_pending(r: &Round) -> bool {
+    r.participants
+        .iter()
+        .any(|id| r.writers.get(id).is_some_and(|w| w.open) && !r.done.contains_key(id))
+}
+
+/// A participant whose forked writer went away without reporting its
+/// image (killed, crashed) fails the round, named. Only once every
+/// participant captured its state: before that, a process that could not
+/// fork closes its writer's connection and reports its image itself.
+fn note_dead_writers(r: &mut Round) {
+    if !r.captured {
+        return;
+    }
+    let dead: Vec<(u64, String)> = r
+        .participants
+        .iter()
+        .filter(|id| !r.done.contains_key(id))
+        .filter_map(|id| {
+            let w = r.writers.get(id).filter(|w| !w.open)?;
+            Some((
+                *id,
+                format!(
+                    "the forked image writer of {} (pid {} on {}) exited before its image was written",
+                    w.info.program, w.info.pid, w.info.hostname
+                ),
+            ))
+        })
+        .collect();
+    for (id, msg) in dead {
+        r.done.insert(
+            id,
+            Done {
+                image: String::new(),
+                bytes: 0,
+                error: Some(msg),
+                crc32: 0,
+                header_crc: 0,
+                via_writer: true,
+                who: None,
+            },
+        );
+    }
 }
 
 /// What a process reported at the end of its write.
@@ -508,6 +576,10 @@ struct Done {
     error: Option<String>,
     crc32: u32,
     header_crc: u32,
+    /// Reported by a forked writer (not on the process's connection).
+    via_writer: bool,
+    /// The process, as its writer's connection recorded it.
+    who: Option<PeerInfo>,
 }
 
 struct State {
@@ -544,9 +616,13 @@ struct State {
     /// run its resume hooks ("resumed"): their barriers are theirs alone
     /// (a process that joined meanwhile is not in them).
     resuming: Option<BTreeSet<u64>>,
-    /// Checkpoint requests made while a round was resuming: (kill after,
-    /// blocking waiters); the next round starts at "resumed".
+    /// Checkpoint requests made while a round was resuming or its forked
+    /// writers were still writing: (kill after, blocking waiters); the
+    /// next round starts when both are over.
     deferred: Option<(bool, Vec<Arc<Outbox>>)>,
+    /// A round whose processes went on while their forked writers write:
+    /// it commits (or fails) when the last writer reports.
+    pending: Option<Round>,
 }
 
 type Shared = Arc<(Mutex<State>, Condvar)>;
@@ -594,6 +670,7 @@ pub fn run(opts: CoordOpts) -> std::io::Result<()> {
         kv: HashMap::new(),
         resuming: None,
         deferred: None,
+        pending: None,
     };
     say(&st, format_args!("listening on port {port}"));
     let shared: Shared = Arc::new((Mutex::new(st), Condvar::new()));
@@ -748,7 +825,7 @@ fn give_up_stalled(g: &mut State, secs: u64) {
     let late: Vec<&Peer> = round
         .participants
         .iter()
-        .filter(|id| !arrived.contains(id))
+        .filter(|id| !arrived.contains(id) && !round.await_verdict.contains(id))
         .filter_map(|id| g.peers.get(id))
         .filter(|p| p.last_heard.elapsed() >= limit)
         .collect();
@@ -788,7 +865,7 @@ fn ticker(sh: Shared) {
             }
         }
         if g.opts.exit_on_last {
-            if !g.peers.is_empty() || g.round.is_some() {
+            if !g.peers.is_empty() || g.round.is_some() || g.pending.is_some() {
                 g.last_gone = None;
             } else if g.last_gone.is_some_and(|t| t.elapsed() >= EXIT_GRACE)
                 && OPEN_CONNS.load(Ordering::SeqCst) == 0
@@ -816,9 +893,11 @@ fn ticker(sh: Shared) {
         {
             give_up_stalled(&mut g, limit);
         }
+        give_up_stalled_writers(&mut g, limit);
         let due = g.interval > 0 && g.last_ckpt.elapsed() >= Duration::from_secs(g.interval as u64);
         if due
             && g.round.is_none()
+            && g.pending.is_none()
             && !g.peers.is_empty()
             && g.peers.values().all(|p| !p.restarting)
         {
@@ -927,7 +1006,7 @@ fn clear_internal_kv(g: &mut State) {
 
 /// Start a checkpoint round; false if there is nothing to checkpoint or one runs.
 fn start_round(g: &mut State, kill_after: bool, waiter: Option<Arc<Outbox>>) -> bool {
-    if g.resuming.is_some() {
+    if g.resuming.is_some() || g.pending.is_some() {
         let d = g.deferred.get_or_insert((false, Vec::new()));
         d.0 |= kill_after;
         d.1.extend(waiter);
@@ -981,6 +1060,7 @@ fn start_round(g: &mut State, kill_after: bool, waiter: Option<Arc<Outbox>>) -> 
                 generation: gen,
                 ckpt_dir: dir.clone(),
                 num_peers: n,
+                fork: true,
             },
         );
     }
@@ -995,6 +1075,10 @@ fn start_round(g: &mut State, kill_after: bool, waiter: Option<Arc<Outbox>>) -> 
         waiters: waiter.into_iter().collect(),
         committing: None,
         stalled: None,
+        generation: gen,
+        writers: BTreeMap::new(),
+        captured: false,
+        await_verdict: BTreeSet::new(),
     });
     true
 }
@@ -1087,6 +1171,15 @@ fn check_barriers(g: &mut State) {
 /// are gone): start the round requested meanwhile, if any.
 fn end_resuming(g: &mut State) {
     g.resuming = None;
+    start_deferred(g);
+}
+
+/// Start the round requested while the last one resumed or wrote, once
+/// neither is the case any more.
+fn start_deferred(g: &mut State) {
+    if g.resuming.is_some() || g.pending.is_some() || g.round.is_some() {
+        return;
+    }
     let Some((kill, waiters)) = g.deferred.take() else {
         return;
     };
@@ -1114,44 +1207,143 @@ fn round_ok(r: &Round) -> bool {
 /// whether their images replace the previous generation (all written) or
 /// are thrown away, so a failed round never leaves a mixed set. The round
 /// ends at the next barrier, "committed", when the renames are done.
+///
+/// With forked writers still at work the verdict has to wait: processes
+/// whose writer was forked are answered now (their state is captured,
+/// they go on), those that wrote their image themselves wait at this
+/// barrier for it.
 fn decide_round(g: &mut State, members: BTreeSet<u64>) {
-    let Some(round) = g.round.as_ref() else {
+    let Some(mut round) = g.round.take() else {
         return;
     };
+    round.captured = true;
+    note_dead_writers(&mut round);
+    if writers_pending(&round) {
+        for id in members {
+            let forked =
+                round.writers.contains_key(&id) && round.done.get(&id).is_none_or(|d| d.via_writer);
+            if !forked {
+                round.await_verdict.insert(id);
+            } else if let Some(p) = g.peers.get(&id) {
+                send_to(
+                    &p.out,
+                    &FromCoord::BarrierDone {
+                        name: "checkpointed".into(),
+                        count: 0,
+                        commit: false,
+                    },
+                );
+            }
+        }
+        g.round = Some(round);
+        return;
+    }
+    round.await_verdict.extend(members);
+    settle(g, &mut round);
+    g.round = Some(round);
+}
+
+/// Every image of the round is in (written, or failed): commit the
+/// generation or abandon the round, and give the verdict to the forked
+/// writers and to the processes waiting for it at "checkpointed".
+fn settle(g: &mut State, round: &mut Round) -> bool {
     let mut ok = round_ok(round);
     if ok {
-        ok = commit_round(g);
+        ok = commit_round(g, round);
     }
     if !ok {
-        if let Some(round) = g.round.take() {
-            abandon_round(g, &round);
-            g.round = Some(round);
+        abandon_round(g, round);
+    }
+    round.committing = Some(ok);
+    let verdict = FromCoord::BarrierDone {
+        name: "checkpointed".into(),
+        count: 0,
+        commit: ok,
+    };
+    for w in round.writers.values().filter(|w| w.open) {
+        send_to(&w.out, &verdict);
+    }
+    for id in std::mem::take(&mut round.await_verdict) {
+        if let Some(p) = g.peers.get(&id) {
+            send_to(&p.out, &verdict);
         }
     }
-    let Some(round) = g.round.as_mut() else {
-        return;
-    };
-    round.committing = Some(ok);
-    for id in members {
-        if let Some(p) = g.peers.get(&id) {
-            send_to(
-                &p.out,
-                &FromCoord::BarrierDone {
-                    name: "checkpointed".into(),
-                    count: 0,
-                    commit: ok,
-                },
-            );
+    ok
+}
+
+/// A forked writer reported or went away: settle the round it writes
+/// for if that was the last image, and end it if its processes are
+/// already back at work.
+fn try_settle(g: &mut State) {
+    if let Some(mut round) = g.round.take() {
+        note_dead_writers(&mut round);
+        if round.captured && round.committing.is_none() && !writers_pending(&round) {
+            settle(g, &mut round);
+        }
+        g.round = Some(round);
+    }
+    if let Some(mut round) = g.pending.take() {
+        note_dead_writers(&mut round);
+        if round.committing.is_none() && !writers_pending(&round) {
+            settle(g, &mut round);
+        }
+        if round.committing.is_some() {
+            let r = round_reply(g, &round);
+            for w in round.waiters.iter() {
+                send_to(w, &FromCoord::Reply(r.clone()));
+            }
+            start_deferred(g);
+        } else {
+            g.pending = Some(round);
         }
     }
 }
 
-fn finish_round(g: &mut State, members: BTreeSet<u64>) {
-    let Some(round) = g.round.take() else { return };
-    if round.committing.is_none() {
-        // Every participant left before the round was decided.
-        abandon_round(g, &round);
+/// The round of `generation` a forked writer writes for (running, or
+/// waiting for its writers).
+fn writer_round(g: &mut State, generation: u32) -> Option<&mut Round> {
+    if g.round.as_ref().is_some_and(|r| r.generation == generation) {
+        g.round.as_mut()
+    } else {
+        g.pending.as_mut().filter(|r| r.generation == generation)
     }
+}
+
+/// The committed generation's names users know, and old generations
+/// removed (commit::publish), with what the log says of it.
+fn publish(g: &mut State) {
+    let Some(names) = g.unpublished.take() else {
+        return;
+    };
+    let gen = g.generation;
+    let c = crate::commit::publish(names);
+    for n in &c.notes {
+        say(g, format_args!("generation {gen}: {n}"));
+    }
+    g.last_images = c.images;
+    match c.script {
+        Some(p) => say(
+            g,
+            format_args!(
+                "checkpoint complete: generation {gen} committed; restart script {}",
+                p.display()
+            ),
+        ),
+        None => say(g, format_args!("checkpoint complete: generation {gen}")),
+    }
+}
+
+/// Did the round commit, with every process still there at its end?
+fn round_verdict(round: &Round) -> bool {
+    let lost = round.lost || round.participants.len() != round.done.len();
+    round.committing.unwrap_or(false) && !lost
+}
+
+/// The answer to the round's waiters (`-bc`), said in the log too when
+/// the round failed. The committed generation's names are published
+/// first (the processes run again by now), so whoever asked finds them.
+fn round_reply(g: &mut State, round: &Round) -> Reply {
+    publish(g);
     let errors: Vec<String> = round
         .done
         .values()
@@ -1163,15 +1355,75 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     // the reply, not the generation already committed).
     let committed = round.committing.unwrap_or(false);
     let ok = committed && !lost;
+    let mut r = reply(g, ok);
+    if committed {
+        r.images = g.last_images.clone();
+    }
+    if !ok {
+        r.message = Some(if committed {
+            format!(
+                "generation {} was committed, but a process exited before the round ended",
+                round.generation
+            )
+        } else if lost {
+            "checkpoint failed: a process exited during the checkpoint; the previous generation is kept".into()
+        } else {
+            format!(
+                "checkpoint failed: {}; the previous generation is kept",
+                errors.join("; ")
+            )
+        });
+        say(g, format_args!("{}", r.message.clone().unwrap_or_default()));
+    }
+    r
+}
+
+fn finish_round(g: &mut State, members: BTreeSet<u64>) {
+    let Some(round) = g.round.take() else { return };
+    if round.committing.is_none() && writers_pending(&round) && !members.is_empty() {
+        // Forked writers still write: the processes go on (or, for -kc,
+        // end), the round commits when its last writer reports.
+        if !round.kill_after {
+            g.resuming = Some(members.clone());
+        }
+        for id in members {
+            if let Some(p) = g.peers.get(&id) {
+                let m = if round.kill_after {
+                    FromCoord::Kill
+                } else {
+                    FromCoord::BarrierDone {
+                        name: "committed".into(),
+                        count: 0,
+                        commit: false,
+                    }
+                };
+                send_to(&p.out, &m);
+            }
+        }
+        g.pending = Some(round);
+        return;
+    }
+    if round.committing.is_none() {
+        // Every participant left before the round was decided.
+        abandon_round(g, &round);
+        let no = FromCoord::BarrierDone {
+            name: "checkpointed".into(),
+            count: 0,
+            commit: false,
+        };
+        for w in round.writers.values().filter(|w| w.open) {
+            send_to(&w.out, &no);
+        }
+    }
     // The processes run again first; then the names users know and the
-    // pruning (serial file operations, many at scale: docs/storage.md);
-    // then the answer to whoever asked for the checkpoint, which finds
-    // every name in place.
+    // pruning (serial file operations, many at scale: docs/storage.md)
+    // and the answer to whoever asked for the checkpoint.
+    let ok = round_verdict(&round);
     if !round.kill_after && !members.is_empty() {
         g.resuming = Some(members.clone());
     }
-    for id in &members {
-        if let Some(p) = g.peers.get(id) {
+    for id in members {
+        if let Some(p) = g.peers.get(&id) {
             let m = if round.kill_after {
                 FromCoord::Kill
             } else {
@@ -1184,29 +1436,7 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
             send_to(&p.out, &m);
         }
     }
-    if let Some(names) = g.unpublished.take() {
-        publish(g, names);
-    }
-    let mut r = reply(g, ok);
-    if committed {
-        r.images = g.last_images.clone();
-    }
-    if !ok {
-        r.message = Some(if committed {
-            format!(
-                "generation {} was committed, but a process exited before the round ended",
-                g.generation
-            )
-        } else if lost {
-            "checkpoint failed: a process exited during the checkpoint; the previous generation is kept".into()
-        } else {
-            format!(
-                "checkpoint failed: {}; the previous generation is kept",
-                errors.join("; ")
-            )
-        });
-        say(g, format_args!("{}", r.message.clone().unwrap_or_default()));
-    }
+    let r = round_reply(g, &round);
     for w in round.waiters.iter() {
         send_to(w, &FromCoord::Reply(r.clone()));
     }
@@ -1214,12 +1444,10 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
 
 /// Every process of the round wrote its image: commit the generation
 /// (manifest, restart script, one rename; the top-level names and the old
-/// generations come in finish_round, after the processes run again).
-/// False, with the reason kept for the reply, if that fails.
-fn commit_round(g: &mut State) -> bool {
-    let Some(round) = g.round.as_ref() else {
-        return false;
-    };
+/// generations come with the answer to the round's waiters, after the
+/// processes run again: round_reply). False, with the reason kept for
+/// the reply, if that fails.
+fn commit_round(g: &mut State, round: &Round) -> bool {
     // In the order the processes first started (the time in their unique
     // id, kept across restarts), not the order they joined this
     // coordinator: after a restart the hosts' processes join in any order,
@@ -1230,17 +1458,18 @@ fn commit_round(g: &mut State) -> bool {
         .iter()
         .filter(|(_, d)| !d.image.is_empty())
         .map(|(id, d)| {
-            let p = g.peers.get(id);
-            let uniq = p.map(|p| p.info.uniq_id.clone()).unwrap_or_default();
+            // The process as its writer recorded it (it may be gone by now).
+            let p = d.who.as_ref().or_else(|| g.peers.get(id).map(|p| &p.info));
+            let uniq = p.map(|p| p.uniq_id.clone()).unwrap_or_default();
             let born = uniq
                 .rsplit('-')
                 .next()
                 .and_then(|t| u64::from_str_radix(t, 16).ok())
                 .unwrap_or(u64::MAX);
             let host = p
-                .map(|p| p.info.hostname.clone())
+                .map(|p| p.hostname.clone())
                 .unwrap_or_else(|| g.host.clone());
-            let program = p.map(|p| p.info.program.clone()).unwrap_or_default();
+            let program = p.map(|p| p.program.clone()).unwrap_or_default();
             let im = crate::commit::Image {
                 path: d.image.clone(),
                 host,
@@ -1276,27 +1505,6 @@ fn commit_round(g: &mut State) -> bool {
             g.commit_error = Some(msg);
             false
         }
-    }
-}
-
-/// The committed generation's names users know, and old generations
-/// removed (commit::publish), with what the log says of it.
-fn publish(g: &mut State, names: crate::commit::Names) {
-    let gen = g.generation;
-    let c = crate::commit::publish(names);
-    for n in &c.notes {
-        say(g, format_args!("generation {gen}: {n}"));
-    }
-    g.last_images = c.images;
-    match c.script {
-        Some(p) => say(
-            g,
-            format_args!(
-                "checkpoint complete: generation {gen} committed; restart script {}",
-                p.display()
-            ),
-        ),
-        None => say(g, format_args!("checkpoint complete: generation {gen}")),
     }
 }
 
@@ -1396,6 +1604,7 @@ fn join(g: &mut State, h: Joiner, out: Arc<Outbox>, reuse: Option<u64>) -> Optio
                 generation: gen,
                 ckpt_dir: dir,
                 num_peers: n,
+                fork: true,
             },
         );
     }
@@ -1521,6 +1730,12 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr, secret: &auth::Secret) 
         out.set_who(format!("{program} (pid {pid}) from {addr}"));
         return handle_command(sh, reader, out);
     }
+    if role == Role::Writer {
+        out.set_who(format!(
+            "forked image writer of {program} (pid {pid}) from {addr}"
+        ));
+        return handle_writer(sh, reader, out, &uniq_id, generation);
+    }
     let (m, cv) = &*sh;
     let hello = Joiner {
         pid,
@@ -1591,6 +1806,8 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr, secret: &auth::Secret) 
                         error,
                         crc32,
                         header_crc,
+                        via_writer: false,
+                        who: None,
                     };
                     if r.done.insert(id, d).is_none() {
                         r.bytes += bytes;
@@ -1678,6 +1895,189 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr, secret: &auth::Secret) 
                 return;
             }
         }
+    }
+}
+
+/// A forked writer's connection: it names the process it writes for (by
+/// its unique id) and the round (by its generation), reports `Writing`
+/// and `CkptDone` as that process would, and gets the round's verdict.
+/// Its end without a report fails the round. It is not a process of the
+/// job (no entry in the process table).
+fn handle_writer(
+    sh: Shared,
+    mut reader: BufReader<SockRead>,
+    out: Arc<Outbox>,
+    uniq_id: &str,
+    generation: u32,
+) {
+    let (m, _) = &*sh;
+    let id = {
+        let mut g = m.lock().unwrap();
+        let peer = g
+            .peers
+            .iter()
+            .find(|(_, p)| p.info.uniq_id == uniq_id)
+            .map(|(id, p)| (*id, p.info.clone()));
+        let welcome = FromCoord::Welcome {
+            comp_id: g.comp_id.clone().unwrap_or_default(),
+            generation: g.generation,
+            interval: g.interval,
+            ckpt_dir: g.opts.ckpt_dir.as_ref().map(|d| d.display().to_string()),
+        };
+        let taken = match (peer, g.round.as_mut()) {
+            (Some((id, info)), Some(r))
+                if r.generation == generation && r.participants.contains(&id) && !r.captured =>
+            {
+                r.writers.insert(
+                    id,
+                    WriterLink {
+                        out: out.clone(),
+                        open: true,
+                        info,
+                        last_heard: Instant::now(),
+                    },
+                );
+                Some(id)
+            }
+            _ => None,
+        };
+        match taken {
+            Some(id) => {
+                send_to(&out, &welcome);
+                id
+            }
+            None => {
+                send_to(
+                    &out,
+                    &FromCoord::Refused {
+                        reason: format!(
+                            "no checkpoint of generation {generation} is starting for this process"
+                        ),
+                    },
+                );
+                return;
+            }
+        }
+    };
+    loop {
+        let msg = recv_or_drop(&mut reader, &out);
+        let mut g = m.lock().unwrap();
+        let g = &mut *g;
+        let Some(round) = writer_round(g, generation) else {
+            return;
+        };
+        let mine = round
+            .writers
+            .get(&id)
+            .is_some_and(|w| Arc::ptr_eq(&w.out, &out));
+        if !mine {
+            return;
+        }
+        match msg {
+            Some(ToCoord::Writing { .. }) => {
+                if let Some(w) = round.writers.get_mut(&id) {
+                    w.last_heard = Instant::now();
+                }
+            }
+            Some(ToCoord::CkptDone {
+                image,
+                bytes,
+                error,
+                crc32,
+                header_crc,
+            }) => {
+                let who = round.writers.get(&id).map(|w| w.info.clone());
+                if round.done.contains_key(&id) {
+                    continue;
+                }
+                round.done.insert(
+                    id,
+                    Done {
+                        image: image.clone(),
+                        bytes,
+                        error,
+                        crc32,
+                        header_crc,
+                        via_writer: true,
+                        who,
+                    },
+                );
+                round.bytes += bytes;
+                let p = FromCoord::Progress {
+                    written: round.done.len() as u32,
+                    total: round.participants.len() as u32,
+                    bytes: round.bytes,
+                };
+                for w in &round.waiters {
+                    send_to(w, &p);
+                }
+                if let Some(top) = Path::new(&image).parent().and_then(Path::parent) {
+                    g.known_dirs.insert(top.to_path_buf());
+                }
+                try_settle(g);
+            }
+            Some(_) => {}
+            None => {
+                if let Some(w) = round.writers.get_mut(&id) {
+                    w.open = false;
+                }
+                try_settle(g);
+                return;
+            }
+        }
+    }
+}
+
+/// Forked writers that said nothing for `secs` seconds (stopped, or
+/// stuck) fail their round, named: it then settles without them.
+fn give_up_stalled_writers(g: &mut State, secs: u64) {
+    let limit = Duration::from_secs(secs);
+    let mut any = false;
+    for round in g.round.iter_mut().chain(g.pending.iter_mut()) {
+        if !round.captured {
+            continue;
+        }
+        let late: Vec<u64> = round
+            .writers
+            .iter()
+            .filter(|(id, w)| {
+                w.open && !round.done.contains_key(id) && w.last_heard.elapsed() >= limit
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            let Some(w) = round.writers.get_mut(&id) else {
+                continue;
+            };
+            w.open = false;
+            let msg = format!(
+                "the forked image writer of {} (pid {} on {}) said nothing for {secs} s (stopped, or stuck)",
+                w.info.program, w.info.pid, w.info.hostname
+            );
+            warn(format_args!("{msg}"));
+            let no = FromCoord::BarrierDone {
+                name: "checkpointed".into(),
+                count: 0,
+                commit: false,
+            };
+            send_to(&w.out, &no);
+            round.done.insert(
+                id,
+                Done {
+                    image: String::new(),
+                    bytes: 0,
+                    error: Some(msg),
+                    crc32: 0,
+                    header_crc: 0,
+                    via_writer: true,
+                    who: None,
+                },
+            );
+            any = true;
+        }
+    }
+    if any {
+        try_settle(g);
     }
 }
 

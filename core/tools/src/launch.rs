@@ -63,6 +63,16 @@ pub fn command(name: &'static str) -> Command {
         )
         .alias("checkpoint-open-files"),
     )
+    .arg(
+        cli::flag(
+            "forked_ckpt",
+            "forked-ckpt",
+            "Forked checkpointing: the program is suspended only while its state is \
+             captured and its address space duplicated; a forked child writes the image \
+             (env DMTCP_FORKED_CKPT; also --forked-checkpointing)",
+        )
+        .alias("forked-checkpointing"),
+    )
     .arg(cli::keep_generations().help(
         "Keep the N newest committed checkpoint generations (env DMTCP_KEEP_GENERATIONS, \
          default 2; 0 = all; for a coordinator started here)",
@@ -361,6 +371,9 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     }
     if let Some(s) = signal {
         cmd.env(E::CKPT_SIGNAL, s.to_string());
+    }
+    if m.get_flag("forked_ckpt") {
+        cmd.env(E::FORKED_CKPT, "1");
     }
     if !disabled.is_empty() {
         cmd.env(E::DISABLED_PLUGINS, disabled.join(","));

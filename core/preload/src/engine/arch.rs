@@ -105,6 +105,31 @@ core::arch::global_asm!(
     "jz dmtcp_resume_r9",
     "ret",
     ".size dmtcp_clone3_into, .-dmtcp_clone3_into",
+    // i64 dmtcp_clone_call(u64 flags, void *stack_top, u64 (*f)(void *), void *arg)
+    // Parent: returns the child's tid or -errno. Child: on the new stack,
+    // calls f(arg), then exits (the thread only). f and arg travel in r8
+    // and r9, which clone(2) ignores without CLONE_SETTLS and preserves.
+    ".globl dmtcp_clone_call",
+    ".type dmtcp_clone_call,@function",
+    "dmtcp_clone_call:",
+    "mov r8, rdx",
+    "mov r9, rcx",
+    "xor edx, edx",
+    "xor r10d, r10d",
+    "mov eax, 56",
+    "syscall",
+    "test rax, rax",
+    "jnz dmtcp_clone_call_parent",
+    "xor ebp, ebp",
+    "mov rdi, r9",
+    "call r8",
+    "xor edi, edi",
+    "mov eax, 60",
+    "syscall",
+    "ud2",
+    "dmtcp_clone_call_parent:",
+    "ret",
+    ".size dmtcp_clone_call, .-dmtcp_clone_call",
 );
 
 extern "C" {
@@ -120,6 +145,42 @@ extern "C" {
         size: usize,
         ctx: *const Ctx,
     ) -> i64;
+    fn dmtcp_clone_call(
+        flags: u64,
+        stack_top: *mut u8,
+        f: extern "C" fn(*mut core::ffi::c_void) -> u64,
+        arg: *mut core::ffi::c_void,
+    ) -> i64;
+}
+
+/// Start a bare thread (flags: `CLONE_VM | CLONE_THREAD | ...`, without
+/// `CLONE_SETTLS`: it shares the caller's thread pointer) that runs
+/// `f(arg)` on the stack ending at `stack_top` (16-byte aligned) and then
+/// exits. Returns its tid or `-errno`.
+///
+/// # Safety
+/// The stack must stay mapped while the thread runs; `f` must not unwind
+/// and, sharing the caller's thread pointer, must not rely on
+/// thread-local state (errno included: raw system calls only).
+pub unsafe fn clone_call(
+    flags: u64,
+    stack_top: *mut u8,
+    f: extern "C" fn(*mut core::ffi::c_void) -> u64,
+    arg: *mut core::ffi::c_void,
+) -> i64 {
+    // SAFETY: forwarded contract.
+    unsafe { dmtcp_clone_call(flags, stack_top, f, arg) }
+}
+
+/// `fork` without the C library: a raw `clone` with no flags and no exit
+/// signal (the parent gets no SIGCHLD, and a `wait` without `__WCLONE` or
+/// `__WALL` never sees this child), and no fork handlers run. The child
+/// returns 0 on a copy of the calling thread; the parent gets its pid or
+/// `-errno`.
+pub fn raw_fork() -> i64 {
+    // SAFETY: clone with a null stack duplicates the address space
+    // (copy-on-write) and continues both processes here, like fork(2).
+    unsafe { dmtcp_sys::syscall6(dmtcp_sys::nr::CLONE, 0, 0, 0, 0, 0, 0) as i64 }
 }
 
 /// Save the calling thread's context into `ctx`, then run `f(arg)`.

@@ -43,6 +43,16 @@ pub(super) struct Ctl {
     pub(super) generation: u32,
     pub(super) num_peers: u32,
     pub(super) slot: &'static threads::Slot,
+    /// The last forked writer, until it is reaped.
+    pub(super) writer_pid: Option<i32>,
+}
+
+/// How this process's part of a round ended: its image written (where,
+/// its size and checksums), handed to a forked writer, or failed (why).
+enum Captured {
+    Written(Written),
+    Forked(i32),
+    Failed(String),
 }
 
 impl Ctl {
@@ -78,10 +88,19 @@ impl Ctl {
                     generation,
                     ckpt_dir,
                     num_peers,
+                    fork,
                 })) => {
                     self.generation = generation;
                     self.num_peers = num_peers;
-                    self.checkpoint(ckpt_dir.map(PathBuf::from));
+                    self.reap_writer();
+                    // The forked writer's own connection, made before the
+                    // program is suspended (not part of the pause).
+                    let link = if fork && self.cfg.forked {
+                        self.open_writer_link()
+                    } else {
+                        None
+                    };
+                    self.checkpoint(ckpt_dir.map(PathBuf::from), link);
                 }
                 Ok(Some(FromCoord::Kill)) => dmtcp_sys::exit_group(0),
                 Ok(Some(_)) => {}
@@ -106,7 +125,71 @@ impl Ctl {
         ok
     }
 
-    fn checkpoint(&mut self, dir_override: Option<PathBuf>) {
+    /// Reap the last forked writer if it has exited (it has no exit
+    /// signal: only a wait with `__WCLONE` sees it, never the program's).
+    fn reap_writer(&mut self) {
+        if let Some(pid) = self.writer_pid {
+            let mut st = 0;
+            // SAFETY: waitpid on our own child; WNOHANG never blocks.
+            let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WCLONE) };
+            if r != 0 {
+                self.writer_pid = None;
+            }
+        }
+    }
+
+    /// Connect the forked writer's link to the coordinator (at
+    /// [`writer::WRITER_FD`]): a `Hello` as `Role::Writer` naming this
+    /// process and the round. None (with a warning) if that fails: the
+    /// image is then written with the program suspended.
+    fn open_writer_link(&self) -> Option<i32> {
+        let fd = writer::WRITER_FD;
+        let opened = (|| -> Result<(), String> {
+            let stream = super::start::connect_coordinator(&self.cfg.host, self.cfg.port)
+                .map_err(|e| e.to_string())?;
+            let _ = stream.set_nodelay(true);
+            let raw = std::os::fd::IntoRawFd::into_raw_fd(stream);
+            let auth = super::secret::answer(raw, &self.cfg.host, self.cfg.port);
+            let moved = super::fdguard::dup_own(raw, fd);
+            super::fdguard::close_own(raw);
+            let auth = auth?;
+            if moved < 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            let hello = ToCoord::Hello {
+                role: Role::Writer,
+                pid: dmtcp_sys::getpid(),
+                hostname: dmtcp_common::hostname(),
+                program: self.program.clone(),
+                uniq_id: self.uniq_id.clone(),
+                restarting: false,
+                comp_id: Some(self.comp_id.clone()),
+                generation: self.generation,
+                num_peers: 0,
+                auth: Some(auth),
+            };
+            dmtcp_common::proto::send(&mut coord::Fd(fd), &hello).map_err(|e| e.to_string())?;
+            // One byte at a time: nothing after the welcome is taken.
+            let mut r = std::io::BufReader::with_capacity(1, coord::Fd(fd));
+            match dmtcp_common::proto::recv(&mut r) {
+                Ok(Some(FromCoord::Welcome { .. })) => Ok(()),
+                Ok(Some(FromCoord::Refused { reason })) => Err(reason),
+                other => Err(format!("no welcome ({other:?})")),
+            }
+        })();
+        match opened {
+            Ok(()) => Some(fd),
+            Err(e) => {
+                log::warn(format_args!(
+                    "cannot connect the forked image writer to the coordinator ({e}): this image is written with the program suspended"
+                ));
+                close_writer_link();
+                None
+            }
+        }
+    }
+
+    fn checkpoint(&mut self, dir_override: Option<PathBuf>, mut link: Option<i32>) {
         log::info(format_args!(
             "checkpoint of generation {}: suspending",
             self.generation
@@ -120,6 +203,9 @@ impl Ctl {
         // other processes wait for it there) and fails the checkpoint there.
         let overflow = threads::OVERFLOW.load(SeqCst);
         if !self.barrier("suspended") {
+            if link.is_some() {
+                close_writer_link();
+            }
             // The round is over before the image (the coordinator is gone):
             // plugins that let go of something at pre-suspend take it back.
             plugin::run(plugin::Event::Resume);
@@ -157,10 +243,28 @@ impl Ctl {
                 _ => break,
             }
         }
-        let plan = match planned {
+        let mut plan = match planned {
             Ok(p) => p,
-            Err(e) => return self.end_round(Err(e.to_string())),
+            Err(e) => {
+                if link.is_some() {
+                    close_writer_link();
+                }
+                return self.end_round(Captured::Failed(e.to_string()));
+            }
         };
+        if link.is_some() {
+            if let Some(why) = memory::fork_unsafe(&plan) {
+                log::warn(format_args!(
+                    "forked checkpointing is not possible here ({why}): this image is written with the program suspended"
+                ));
+                close_writer_link();
+                link = None;
+            } else {
+                // Shared memory first: the forked writer writes it before
+                // the program may change it again.
+                plan.items.sort_by_key(|it| !writer::is_shared(it));
+            }
+        }
         let dir = dir_override.unwrap_or_else(|| PathBuf::from(capi::dir()));
         let name = dmtcp_common::image::image_name(&self.program, &self.uniq_id);
         let mut meta = Meta {
@@ -195,74 +299,113 @@ impl Ctl {
             &self.comp_id,
             self.generation,
         ));
-        match writer::write_image(&gen_dir, &name, &plan, &mut meta, self.cfg.gzip, self.slot) {
+        let outcome = writer::write_image(
+            &gen_dir,
+            &name,
+            &plan,
+            &mut meta,
+            self.cfg.gzip,
+            self.slot,
+            link,
+        );
+        if writer::in_forked_child() {
+            child_report(outcome);
+        }
+        if link.is_some() {
+            // The child has its copy (or there is no child).
+            close_writer_link();
+        }
+        match outcome {
             writer::Outcome::Written {
                 path,
                 bytes,
                 crc32,
                 header_crc,
-            } => self.end_round(Ok(Written {
+            } => self.end_round(Captured::Written(Written {
                 path,
                 bytes,
                 crc32,
                 header_crc,
             })),
-            writer::Outcome::Failed(msg) => self.end_round(Err(msg)),
-            writer::Outcome::Restarted => self.after_restart(),
+            writer::Outcome::Failed(msg) => self.end_round(Captured::Failed(msg)),
+            writer::Outcome::Forked { pid } => {
+                self.writer_pid = Some(pid);
+                self.end_round(Captured::Forked(pid))
+            }
+            writer::Outcome::Restarted => {
+                self.writer_pid = None;
+                self.after_restart()
+            }
         }
     }
 
     /// The rest of a round once this process's image is written (where,
-    /// its size and checksums) or not (why): report it; at the
-    /// "checkpointed" barrier learn whether the coordinator committed the
-    /// generation (every process wrote its image), or throw the image
-    /// away; "committed"; the resume hooks; "resumed" (until every
-    /// participant gets there the coordinator keeps newcomers out of the
-    /// round's barriers and holds new checkpoint requests back); then the
-    /// threads go on.
-    fn end_round(&mut self, written: Result<Written, String>) {
+    /// its size and checksums), handed to a forked writer, or not written
+    /// (why): report it; at the "checkpointed" barrier learn whether the
+    /// coordinator committed the generation (every process wrote its
+    /// image), or throw the image away (a forked writer learns that
+    /// itself, later); "committed"; the resume hooks; "resumed" (until
+    /// every participant gets there the coordinator keeps newcomers out of
+    /// the round's barriers and holds new checkpoint requests back); then
+    /// the threads go on.
+    fn end_round(&mut self, captured: Captured) {
         plugin::run(plugin::Event::Written);
-        let done = match &written {
-            Ok(w) => ToCoord::CkptDone {
-                image: w.path.display().to_string(),
-                bytes: w.bytes,
-                error: None,
-                crc32: w.crc32,
-                header_crc: w.header_crc,
-            },
-            Err(msg) => {
+        match &captured {
+            Captured::Written(w) => {
+                coord::send(&ToCoord::CkptDone {
+                    image: w.path.display().to_string(),
+                    bytes: w.bytes,
+                    error: None,
+                    crc32: w.crc32,
+                    header_crc: w.header_crc,
+                });
+            }
+            Captured::Failed(msg) => {
                 log::error(format_args!("checkpoint failed: {msg}"));
-                ToCoord::CkptDone {
+                coord::send(&ToCoord::CkptDone {
                     image: String::new(),
                     bytes: 0,
                     error: Some(msg.clone()),
                     crc32: 0,
                     header_crc: 0,
+                });
+            }
+            Captured::Forked(_) => {}
+        }
+        let reached = self.barrier("checkpointed");
+        let mut ok = reached && coord::LAST_COMMIT.load(SeqCst);
+        match &captured {
+            Captured::Written(w) => {
+                if !ok {
+                    writer::discard(&w.path);
+                } else if let Err(e) = writer::commit_unseen(&w.path) {
+                    log::error(format_args!("checkpoint failed: {e}"));
+                    ok = false;
+                }
+                if ok {
+                    log::info(format_args!(
+                        "checkpoint of generation {}: {} written ({} bytes), committed",
+                        self.generation,
+                        w.path.display(),
+                        w.bytes
+                    ));
                 }
             }
-        };
-        coord::send(&done);
-        let reached = self.barrier("checkpointed");
-        let mut ok = reached && coord::LAST_COMMIT.load(SeqCst) && written.is_ok();
-        if let Ok(w) = &written {
-            if !ok {
-                writer::discard(&w.path);
-            } else if let Err(e) = writer::commit_unseen(&w.path) {
-                log::error(format_args!("checkpoint failed: {e}"));
-                ok = false;
+            Captured::Forked(pid) => {
+                // Captured; the generation commits when the writer is done.
+                ok = reached;
+                log::info(format_args!(
+                    "checkpoint of generation {}: state captured, image written by forked writer {pid}",
+                    self.generation
+                ));
             }
+            Captured::Failed(_) => ok = false,
         }
-        match (&written, ok) {
-            (Ok(w), true) => log::info(format_args!(
-                "checkpoint of generation {}: {} written ({} bytes), committed",
-                self.generation,
-                w.path.display(),
-                w.bytes
-            )),
-            _ => log::info(format_args!(
+        if !ok {
+            log::info(format_args!(
                 "checkpoint of generation {}: not committed",
                 self.generation
-            )),
+            ));
         }
         let committed = reached && self.barrier("committed");
         plugin::run(plugin::Event::Resume);
@@ -423,4 +566,75 @@ impl Ctl {
         // (resolving allocates with the program's malloc).
         super::start::resolve_coordinator(&self.cfg.host, self.cfg.port);
     }
+}
+
+/// Put the forked writer's link number back to a placeholder.
+fn close_writer_link() {
+    super::fdguard::close_own(writer::WRITER_FD);
+    super::fdguard::fill_placeholders();
+}
+
+/// In the forked writer, its image done (or failed): report it on its own
+/// connection, wait for the round's verdict, commit or remove the image
+/// as a process of the round would, and exit. Nothing of the program runs
+/// here, and nothing it would see (no exit handlers, no signal to it).
+fn child_report(outcome: writer::Outcome) -> ! {
+    let link = writer::WRITER_FD;
+    let (done, path) = match outcome {
+        writer::Outcome::Written {
+            path,
+            bytes,
+            crc32,
+            header_crc,
+        } => (
+            ToCoord::CkptDone {
+                image: path.display().to_string(),
+                bytes,
+                error: None,
+                crc32,
+                header_crc,
+            },
+            Some(path),
+        ),
+        writer::Outcome::Failed(msg) => {
+            log::error(format_args!(
+                "forked image writer: checkpoint failed: {msg}"
+            ));
+            (
+                ToCoord::CkptDone {
+                    image: String::new(),
+                    bytes: 0,
+                    error: Some(msg),
+                    crc32: 0,
+                    header_crc: 0,
+                },
+                None,
+            )
+        }
+        _ => dmtcp_sys::exit_group(1),
+    };
+    if dmtcp_common::proto::send(&mut coord::Fd(link), &done).is_err() {
+        if let Some(p) = &path {
+            writer::discard(p);
+        }
+        dmtcp_sys::exit_group(1);
+    }
+    let mut r = std::io::BufReader::new(coord::Fd(link));
+    let commit = loop {
+        match dmtcp_common::proto::recv(&mut r) {
+            Ok(Some(FromCoord::BarrierDone { name, commit, .. })) if name == "checkpointed" => {
+                break commit
+            }
+            Ok(Some(_)) => continue,
+            _ => break false,
+        }
+    };
+    if let Some(p) = path {
+        if !commit {
+            writer::discard(&p);
+        } else if let Err(e) = writer::commit_unseen(&p) {
+            log::error(format_args!("forked image writer: {e}"));
+        }
+    }
+    dmtcp_sys::exit_group(0)
 }

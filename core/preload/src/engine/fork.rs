@@ -115,6 +115,8 @@ pub(super) extern "C" fn child() {
     // The child's copies of the parent's connection and wake-up fd.
     super::fdguard::close_own(coord::COORD_FD);
     super::fdguard::close_own(capi::WAKE_FD_NUM);
+    // A forked image writer's link, if a round is about to fork one.
+    super::fdguard::close_own(writer::WRITER_FD);
     if let Some((r, _)) = pipe {
         // SAFETY: the child's copy of the parent's read end.
         unsafe { libc::close(r) };

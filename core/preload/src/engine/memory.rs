@@ -414,6 +414,49 @@ fn file_matches(path: &str, inode: u64, size: &mut u64) -> bool {
     }
 }
 
+/// Why a forked child could not write this process's memory, if it
+/// could not: a mapping of the plan the kernel does not copy into a
+/// child (`MADV_DONTFORK`, as verbs libraries may mark registered memory)
+/// or copies as zeroes (`MADV_WIPEONFORK`). Read from /proc/self/smaps.
+/// (Device memory left out of images, which drivers often mark so, does
+/// not matter.)
+pub fn fork_unsafe(plan: &Plan) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut area = "";
+    let mut planned = false;
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if !planned {
+                continue;
+            }
+            let mut it = flags.split_whitespace();
+            if let Some(f) = it.find(|f| *f == "dc" || *f == "wf") {
+                let what = if f == "dc" {
+                    "MADV_DONTFORK"
+                } else {
+                    "MADV_WIPEONFORK"
+                };
+                return Some(format!(
+                    "the mapping {area} is marked {what}: a forked child cannot read it"
+                ));
+            }
+        } else if let Some((a, b)) = line.split_whitespace().next().and_then(|r| {
+            let (a, b) = r.split_once('-')?;
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
+        }) {
+            area = line;
+            planned = plan
+                .items
+                .iter()
+                .any(|it| it.start < b && a < it.start + it.len);
+        }
+    }
+    None
+}
+
 /// Make unreadable areas readable for the write (their original protection
 /// is in the image and restored after).
 pub fn open_up(p: &Plan) {

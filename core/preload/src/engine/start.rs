@@ -52,6 +52,8 @@ pub(super) struct Config {
     pub(super) signal: i32,
     pub(super) writers: usize,
     pub(super) disabled: Vec<String>,
+    /// Forked checkpointing (`--forked-ckpt`).
+    pub(super) forked: bool,
 }
 
 impl Config {
@@ -79,6 +81,9 @@ impl Config {
             disabled: get(E::DISABLED_PLUGINS)
                 .map(|s| s.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
+            forked: get(E::FORKED_CKPT)
+                .or_else(|| get(E::FORKED_CKPT_DMTCP))
+                .is_some_and(|v| E::truthy(&v)),
         }
     }
 }
@@ -270,7 +275,7 @@ pub(super) fn resolve_coordinator(host: &str, port: u16) {
 
 /// Connect to the coordinator at its resolved addresses (resolving only if
 /// it was never resolved for this host and port).
-fn connect_coordinator(host: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
+pub(super) fn connect_coordinator(host: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
     let known = COORD_ADDRS.with(|c| {
         c.as_ref()
             .filter(|(h, p, a)| h == host && *p == port && !a.is_empty())
@@ -407,6 +412,7 @@ fn spawn_ckpt_thread(ident: Ident, generation: u32) -> bool {
                 generation,
                 num_peers: 1,
                 slot,
+                writer_pid: None,
             };
             ctl.run();
         });

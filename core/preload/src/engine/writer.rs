@@ -45,6 +45,18 @@ struct Job {
     done: AtomicU32,
     job_epoch: AtomicU32,
     go_epoch: AtomicU32,
+    /// Where `Writing` lines go: the coordinator connection, or in a
+    /// forked writer its own connection.
+    report_fd: AtomicI32,
+    /// The first `shared_n` items are memory the program can change after
+    /// it resumes (shared mappings, not copied on write by a fork): a
+    /// forked writer writes them first and then tells its parent, which
+    /// waits for that before it lets the program go on.
+    shared_n: AtomicUsize,
+    shared_left: AtomicUsize,
+    /// The write end of the pipe that tells the parent (forked writer
+    /// only; -1 once told).
+    shared_fd: AtomicI32,
 }
 
 static JOB: Job = Job {
@@ -61,6 +73,10 @@ static JOB: Job = Job {
     done: AtomicU32::new(0),
     job_epoch: AtomicU32::new(0),
     go_epoch: AtomicU32::new(0),
+    report_fd: AtomicI32::new(-1),
+    shared_n: AtomicUsize::new(0),
+    shared_left: AtomicUsize::new(0),
+    shared_fd: AtomicI32::new(-1),
 };
 
 /// A writer's buffers. They live in scratch mappings that are left out of
@@ -145,8 +161,21 @@ fn scratch(size: usize) -> *mut u8 {
     p as *mut u8
 }
 
+/// Testing knob (`DMTCP_TEST_WRITE_DELAY_MS`): a forked writer pauses
+/// this long before each work item (up to 4 MiB) of shared memory, and
+/// after each other item that had pages to write (as far as it can tell:
+/// the file offset moved meanwhile), so that tests can watch the
+/// program run on while its image is written, or kill the writer mid-way.
+static TEST_DELAY_MS: AtomicU32 = AtomicU32::new(0);
+
 /// Start `n` writer threads (at library start-up).
 pub fn start(n: usize) {
+    if let Some(ms) = std::env::var("DMTCP_TEST_WRITE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        TEST_DELAY_MS.store(ms, SeqCst);
+    }
     let mut ws = Vec::new();
     for i in 0..n {
         // SAFETY: ZSTD_estimateCCtxSize is a pure function.
@@ -234,6 +263,15 @@ extern "C" fn writer_phase(arg: *mut c_void) -> u64 {
     while JOB.go_epoch.load(SeqCst) == go {
         dmtcp_sys::futex_wait(&JOB.go_epoch, go, 0);
     }
+    run_job(w);
+    0
+}
+
+/// One writer's share of the job: items until none is left (or one
+/// failed), then counted done. Raw system calls only and no allocation:
+/// it also runs on the bare threads of a forked writer, which share one
+/// thread pointer (and errno).
+fn run_job(w: &Writer) {
     // SAFETY: during a job only this thread touches its state.
     let st = unsafe { &mut *w.st.get() };
     // SAFETY: (re)build the static context in its scratch workspace: after a
@@ -241,6 +279,7 @@ extern "C" fn writer_phase(arg: *mut c_void) -> u64 {
     st.hot().cctx = unsafe { zstd_sys::ZSTD_initStaticCCtx(st.cmem as *mut c_void, st.csize) };
     let items = JOB.items.load(SeqCst);
     let n = JOB.n.load(SeqCst);
+    let shared_n = JOB.shared_n.load(SeqCst);
     loop {
         let i = JOB.next.fetch_add(1, SeqCst);
         if i >= n || JOB.error.load(Relaxed) != 0 {
@@ -248,13 +287,57 @@ extern "C" fn writer_phase(arg: *mut c_void) -> u64 {
         }
         // SAFETY: items points at n Items owned by the plan, alive for the job.
         let it = unsafe { *items.add(i) };
+        if i < shared_n {
+            test_delay();
+        }
+        let before = JOB.off.load(Relaxed);
         if let Err(e) = process(st, &it) {
             JOB.error.store(e.max(1), SeqCst);
+        }
+        let wrote = JOB.off.load(Relaxed) != before;
+        if i < shared_n && JOB.shared_left.fetch_sub(1, SeqCst) == 1 {
+            shared_written();
+        }
+        if wrote && i >= shared_n {
+            test_delay();
         }
     }
     JOB.done.fetch_add(1, SeqCst);
     dmtcp_sys::futex_wake(&JOB.done, 1);
-    0
+}
+
+/// The testing pause of [`TEST_DELAY_MS`] (forked writers only).
+fn test_delay() {
+    let ms = TEST_DELAY_MS.load(Relaxed);
+    if ms == 0 || !in_forked_child() {
+        return;
+    }
+    let ts = libc::timespec {
+        tv_sec: (ms / 1000) as i64,
+        tv_nsec: (ms % 1000) as i64 * 1_000_000,
+    };
+    // SAFETY: nanosleep reading our timespec (raw: no errno).
+    unsafe {
+        dmtcp_sys::syscall3(
+            dmtcp_sys::nr::NANOSLEEP,
+            &ts as *const libc::timespec as usize,
+            0,
+            0,
+        )
+    };
+}
+
+/// A forked writer has written the shared memory (or given up): its
+/// parent may let the program change it again.
+fn shared_written() {
+    let fd = JOB.shared_fd.swap(-1, SeqCst);
+    if fd >= 0 {
+        // SAFETY: one byte to our pipe, then our end is closed.
+        unsafe {
+            dmtcp_sys::syscall3(dmtcp_sys::nr::WRITE, fd as usize, b"w".as_ptr() as usize, 1);
+            dmtcp_sys::syscall3(dmtcp_sys::nr::CLOSE, fd as usize, 0, 0);
+        }
+    }
 }
 
 fn is_zero(addr: u64) -> bool {
@@ -294,13 +377,16 @@ fn process_with(st: &mut WState, it: &Item, pm: &mut [u64]) -> Result<(), i32> {
     let pm_fd = JOB.pm_fd.load(Relaxed);
     let mut got = 0usize;
     while got < pages * 8 {
-        // SAFETY: reading into our own u64 buffer.
+        // SAFETY: reading into our own u64 buffer (raw: no errno).
         let r = unsafe {
-            libc::pread(
-                pm_fd,
-                (pm.as_mut_ptr() as *mut u8).add(got) as *mut c_void,
+            dmtcp_sys::syscall6(
+                dmtcp_sys::nr::PREAD64,
+                pm_fd as usize,
+                (pm.as_mut_ptr() as *mut u8).add(got) as usize,
                 pages * 8 - got,
-                ((it.start / PAGE as u64) * 8 + got as u64) as i64,
+                ((it.start / PAGE as u64) * 8 + got as u64) as usize,
+                0,
+                0,
             )
         };
         if r <= 0 {
@@ -317,7 +403,15 @@ fn process_with(st: &mut WState, it: &Item, pm: &mut [u64]) -> Result<(), i32> {
         // SAFETY: the scratch buffer holds ITEM_PAGES bytes; items are at most that long.
         let mc = unsafe { core::slice::from_raw_parts_mut(st.mc, pages) };
         // SAFETY: mincore on a mapped range of ours, one byte per page into our buffer.
-        if unsafe { libc::mincore(it.start as *mut c_void, pages * PAGE, mc.as_mut_ptr()) } == 0 {
+        if unsafe {
+            dmtcp_sys::syscall3(
+                dmtcp_sys::nr::MINCORE,
+                it.start as usize,
+                pages * PAGE,
+                mc.as_mut_ptr() as usize,
+            )
+        } == 0
+        {
             for (e, m) in pm.iter_mut().zip(mc.iter()) {
                 if m & 1 != 0 {
                     *e |= 1 << 63;
@@ -355,11 +449,21 @@ fn process_with(st: &mut WState, it: &Item, pm: &mut [u64]) -> Result<(), i32> {
 
 fn pwrite_all(fd: i32, mut p: *const u8, mut len: usize, mut off: u64) -> Result<(), i32> {
     while len > 0 {
-        // SAFETY: p..p+len is readable memory (process memory or our buffer).
-        let r = unsafe { libc::pwrite(fd, p as *const c_void, len, off as i64) };
+        // SAFETY: p..p+len is readable memory (process memory or our buffer);
+        // raw, so that no errno is touched.
+        let r = unsafe {
+            dmtcp_sys::syscall6(
+                dmtcp_sys::nr::PWRITE64,
+                fd as usize,
+                p as usize,
+                len,
+                off as usize,
+                0,
+                0,
+            )
+        };
         if r < 0 {
-            // SAFETY: reading this thread's errno.
-            let e = unsafe { *libc::__errno_location() };
+            let e = -r as i32;
             if e == libc::EINTR {
                 continue;
             }
@@ -448,9 +552,18 @@ fn write_run(st: &mut WState, addr: u64, len: usize, volatile: bool) -> Result<(
 }
 
 extern "C" fn ckpt_phase(_: *mut c_void) -> u64 {
+    if FORK_LINK.load(SeqCst) >= 0 && fork_writer() {
+        return 0;
+    }
     JOB.go_epoch.fetch_add(1, SeqCst);
     dmtcp_sys::futex_wake(&JOB.go_epoch, i32::MAX as u32);
-    let n = WRITERS.get().map_or(0, |w| w.len()) as u32;
+    wait_done(WRITERS.get().map_or(0, |w| w.len()) as u32);
+    0
+}
+
+/// Wait until `n` writers are done with the job, telling the coordinator
+/// every second how far the image is.
+fn wait_done(n: u32) {
     let mut beat = std::time::Instant::now();
     loop {
         let d = JOB.done.load(SeqCst);
@@ -463,7 +576,191 @@ extern "C" fn ckpt_phase(_: *mut c_void) -> u64 {
             heartbeat(JOB.off.load(SeqCst));
         }
     }
+}
+
+/// Forked writing (see [`write_image`]): the coordinator connection of
+/// the forked writer (at [`WRITER_FD`]), or -1 to write in this process.
+static FORK_LINK: AtomicI32 = AtomicI32::new(-1);
+/// In the parent, once its writer is forked: the writer's pid.
+static FORKED: AtomicI32 = AtomicI32::new(0);
+/// Why the writer could not be forked (an errno; the image is then
+/// written in this process).
+static FORK_ERR: AtomicI32 = AtomicI32::new(0);
+/// Set in a forked writer (and cleared again in a process restarted from
+/// its image, where it was set when the memory was written).
+static IN_CHILD: AtomicBool = AtomicBool::new(false);
+/// Stack of each of a forked writer's threads.
+const HELPER_STACK: usize = 256 << 10;
+
+/// Is this the forked child writing an image (not the program)?
+pub fn in_forked_child() -> bool {
+    IN_CHILD.load(SeqCst)
+}
+
+/// Fork the writer (checkpoint thread, every thread of the process
+/// suspended or waiting for the job, contexts saved): the child writes the
+/// memory as it was at the fork and returns to finish the image; the
+/// parent waits only until the child has written the shared memory (if
+/// any), lets its own writers go idle and returns. False if no child could
+/// be forked: the image is then written here.
+fn fork_writer() -> bool {
+    let mut p = [-1i32; 2];
+    // SAFETY: a fresh pipe of ours.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        FORK_ERR.store(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+            SeqCst,
+        );
+        return false;
+    }
+    let pid = arch::raw_fork();
+    if pid == 0 {
+        child_write(p[1]);
+        return true;
+    }
+    // SAFETY: our end of the pipe we made.
+    unsafe { libc::close(p[1]) };
+    if pid < 0 {
+        // SAFETY: as above.
+        unsafe { libc::close(p[0]) };
+        FORK_ERR.store(-pid as i32, SeqCst);
+        return false;
+    }
+    if JOB.shared_n.load(SeqCst) > 0 {
+        // The child's byte (shared memory written), or the end of the file
+        // (it is gone).
+        let mut b = [0u8; 1];
+        loop {
+            // SAFETY: reading one byte into our buffer.
+            let r = unsafe { libc::read(p[0], b.as_mut_ptr() as *mut c_void, 1) };
+            if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+    }
+    // SAFETY: our end of the pipe.
+    unsafe { libc::close(p[0]) };
+    FORKED.store(pid as i32, SeqCst);
+    // This process's writers write nothing: released with no items.
+    JOB.n.store(0, SeqCst);
+    JOB.go_epoch.fetch_add(1, SeqCst);
+    dmtcp_sys::futex_wake(&JOB.go_epoch, i32::MAX as u32);
+    wait_done(WRITERS.get().map_or(0, |w| w.len()) as u32);
+    true
+}
+
+/// Close every fd but those in `keep` (sorted).
+fn close_all_but(keep: &[i32]) {
+    let mut from = 0u32;
+    for &k in keep {
+        if k < 0 || (k as u32) < from {
+            continue;
+        }
+        if k as u32 > from {
+            // SAFETY: closing fds of this (forked) process.
+            unsafe {
+                dmtcp_sys::syscall3(dmtcp_sys::nr::CLOSE_RANGE, from as usize, k as usize - 1, 0)
+            };
+        }
+        from = k as u32 + 1;
+    }
+    // SAFETY: as above.
+    unsafe {
+        dmtcp_sys::syscall3(
+            dmtcp_sys::nr::CLOSE_RANGE,
+            from as usize,
+            u32::MAX as usize,
+            0,
+        )
+    };
+}
+
+extern "C" fn helper_main(arg: *mut c_void) -> u64 {
+    // SAFETY: arg is a &'static Writer (see child_write).
+    run_job(unsafe { &*(arg as *const Writer) });
     0
+}
+
+/// In the forked writer, whose only thread is a copy of the checkpoint
+/// thread: keep only the fds the image needs (the program's files,
+/// sockets and pipes must not stay open in it), read its own page map,
+/// and write the memory with one bare thread per writer. Nothing here
+/// allocates or changes memory of the image (the stacks are new mappings).
+fn child_write(shared_w: i32) {
+    IN_CHILD.store(true, SeqCst);
+    let link = FORK_LINK.load(SeqCst);
+    let mut keep = [
+        2,
+        JOB.fd_buf.load(SeqCst),
+        JOB.fd_direct.load(SeqCst),
+        link,
+        shared_w,
+    ];
+    keep.sort_unstable();
+    close_all_but(&keep);
+    // SAFETY: open of a literal path.
+    let pm = unsafe {
+        libc::open(
+            c"/proc/self/pagemap".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    JOB.pm_fd.store(pm, SeqCst);
+    JOB.report_fd.store(link, SeqCst);
+    JOB.shared_fd.store(shared_w, SeqCst);
+    JOB.shared_left.store(JOB.shared_n.load(SeqCst), SeqCst);
+    if JOB.shared_n.load(SeqCst) == 0 {
+        shared_written();
+    }
+    let writers = WRITERS.get().map(Vec::as_slice).unwrap_or(&[]);
+    let flags = (dmtcp_sys::nr::CLONE_VM
+        | dmtcp_sys::nr::CLONE_FS
+        | dmtcp_sys::nr::CLONE_FILES
+        | dmtcp_sys::nr::CLONE_SIGHAND
+        | dmtcp_sys::nr::CLONE_THREAD
+        | dmtcp_sys::nr::CLONE_SYSVSEM) as u64;
+    let mut started = 0u32;
+    for w in writers {
+        // SAFETY: a fresh private mapping for the thread's stack (not in
+        // the plan taken before the fork).
+        let stack = unsafe {
+            super::unmap::sys_mmap(
+                core::ptr::null_mut(),
+                HELPER_STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if stack == libc::MAP_FAILED {
+            break;
+        }
+        // SAFETY: the stack stays mapped for the life of this process; the
+        // thread runs run_job (raw system calls, no thread-local state).
+        let tid = unsafe {
+            arch::clone_call(
+                flags,
+                (stack as *mut u8).add(HELPER_STACK),
+                helper_main,
+                *w as *const Writer as *mut c_void,
+            )
+        };
+        if tid < 0 {
+            break;
+        }
+        started += 1;
+    }
+    if started == 0 {
+        if let Some(w) = writers.first() {
+            run_job(w);
+            started = 1;
+        }
+    }
+    wait_done(started);
+    shared_written();
 }
 
 /// Tell the coordinator this process is still writing (`bytes` so far):
@@ -491,7 +788,7 @@ fn heartbeat(bytes: u64) {
     at += digits.len() - i;
     line[at..at + 2].copy_from_slice(b"}\n");
     at += 2;
-    let _ = dmtcp_sys::write_all(super::coord::COORD_FD, &line[..at]);
+    let _ = dmtcp_sys::write_all(JOB.report_fd.load(SeqCst), &line[..at]);
 }
 
 /// Make every writer's descriptor buffer big enough for `n_items` work
@@ -537,6 +834,11 @@ pub enum Outcome {
     Failed(String),
     /// We are running in a restarted process.
     Restarted,
+    /// (Forked writing, in the parent.) The child `pid` writes the image
+    /// and reports it to the coordinator itself.
+    Forked {
+        pid: i32,
+    },
 }
 
 fn cpath(p: &Path) -> CString {
@@ -609,9 +911,26 @@ fn file_crc(header: &[u8], chunks: &[ChunkDesc], index: &[u8], index_offset: u64
     h.finalize()
 }
 
+/// The protected fd of a forked writer's coordinator connection.
+pub const WRITER_FD: i32 = super::fds::PROTECTED_FD_BASE + 4;
+
+/// Is this item's memory shared with other processes (the program can
+/// change it after it resumes, whatever a fork copied)?
+pub fn is_shared(it: &Item) -> bool {
+    matches!(it.select, Select::SharedAnon | Select::Shared)
+}
+
 /// Write the image of this process as `name` in `dir`, the directory of
 /// the generation being written (made here if needed). `ckpt_slot` is
 /// the checkpoint thread's slot.
+///
+/// `fork_link` (the connection at [`WRITER_FD`]): fork a child that
+/// writes the image from its copy-on-write copy of the memory, once every
+/// thread's context is saved, and return [`Outcome::Forked`] in this
+/// process; the child goes on here and returns the image's outcome (see
+/// [`in_forked_child`]). The plan's items of shared memory must come
+/// first: the child writes them before this process goes on. If no child
+/// can be forked the image is written here, as without `fork_link`.
 pub fn write_image(
     dir: &Path,
     name: &str,
@@ -619,6 +938,7 @@ pub fn write_image(
     meta: &mut Meta,
     compress: bool,
     ckpt_slot: &Slot,
+    fork_link: Option<i32>,
 ) -> Outcome {
     if let Err(e) = own_dir(dir) {
         return Outcome::Failed(e);
@@ -682,6 +1002,15 @@ pub fn write_image(
     JOB.error.store(0, SeqCst);
     JOB.ready.store(0, SeqCst);
     JOB.done.store(0, SeqCst);
+    JOB.report_fd.store(super::coord::COORD_FD, SeqCst);
+    JOB.shared_n.store(
+        plan.items.iter().take_while(|it| is_shared(it)).count(),
+        SeqCst,
+    );
+    JOB.shared_fd.store(-1, SeqCst);
+    FORK_LINK.store(fork_link.unwrap_or(-1), SeqCst);
+    FORKED.store(0, SeqCst);
+    FORK_ERR.store(0, SeqCst);
     JOB.job_epoch.fetch_add(1, SeqCst);
     dmtcp_sys::futex_wake(&JOB.job_epoch, i32::MAX as u32);
     let n = writers.len() as u32;
@@ -696,18 +1025,39 @@ pub fn write_image(
     // SAFETY: static ctx; from here until the writers finish nothing allocates.
     let r = unsafe { arch::save_and_call(ckpt_slot.ctx.get(), ckpt_phase, core::ptr::null_mut()) };
     if r != 0 {
+        // (Set if a forked writer wrote this image.)
+        IN_CHILD.store(false, SeqCst);
+        FORK_LINK.store(-1, SeqCst);
         threads::reapply(ckpt_slot);
         return Outcome::Restarted;
     }
+    FORK_LINK.store(-1, SeqCst);
     super::memory::close_down(plan);
-    // SAFETY: closing fds we opened.
+    // SAFETY: closing fds we opened (a forked writer closed the page map
+    // it inherited, and its own is no longer needed either).
     unsafe {
         if pm_fd >= 0 {
             libc::close(pm_fd);
         }
+        if in_forked_child() {
+            libc::close(JOB.pm_fd.load(SeqCst));
+        }
         if fd_direct >= 0 {
             libc::close(fd_direct);
         }
+    }
+    let child = FORKED.swap(0, SeqCst);
+    if child > 0 {
+        // SAFETY: the child has its own copy of the image's fd.
+        unsafe { libc::close(fd_buf) };
+        return Outcome::Forked { pid: child };
+    }
+    let fork_err = FORK_ERR.swap(0, SeqCst);
+    if fork_link.is_some() && !in_forked_child() {
+        super::log::warn(format_args!(
+            "cannot fork the image writer ({}): the image is written with the program suspended",
+            std::io::Error::from_raw_os_error(fork_err)
+        ));
     }
     let fail = |msg: String| {
         // SAFETY: closing our fd and removing our temporary file.

@@ -1,0 +1,296 @@
+//! Forked checkpointing (`dmtcp_launch --forked-ckpt`): the program is
+//! suspended only while its state is captured and its address space
+//! duplicated; a forked child writes the image while the program runs on,
+//! and the coordinator commits the generation when every writer is done.
+//!
+//! The program (tests/c/forkckpt.c) keeps two threads rewriting their
+//! memory, writes a MAP_SHARED region that children it forks update too,
+//! counts SIGCHLD and polls `waitpid(-1)`: its output says whether it ever
+//! saw a child it did not fork (the image writer must stay invisible).
+//! `DMTCP_TEST_WRITE_DELAY_MS` slows a forked writer down (a pause per
+//! 4 MiB written) so that the tests can act while it writes.
+
+mod common;
+use common::*;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const FORKED: &[&str] = &["--forked-ckpt"];
+
+/// The last "step N" line of the program's output.
+fn last_step(job: &Job) -> i64 {
+    job.output()
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("step ").and_then(|n| n.trim().parse().ok()))
+        .unwrap_or(-1)
+}
+
+/// Children of `pid` created without an exit signal (field 38 of
+/// /proc/PID/stat is 0): the checkpointer's image writers.
+fn writer_children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        // Fields after ")" start at field 3 (state): ppid is field 4,
+        // exit_signal field 38.
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| f.get(n - 3).and_then(|x| x.parse::<i64>().ok());
+        if field(4) == Some(pid as i64) && field(38) == Some(0) && !f[0].starts_with('Z') {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// `dmtcp_command -bc` in the background.
+fn background_bc(job: &Job) -> Child {
+    tool("dmtcp_command")
+        .args(["-h", "127.0.0.1", "-p", &job.port.to_string(), "-bc"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The only process of the job.
+fn app_pid(job: &Job) -> i32 {
+    let pids = job.peer_pids();
+    assert_eq!(pids.len(), 1, "one process expected: {pids:?}");
+    pids[0]
+}
+
+/// Wait until `pid` has a forked image writer; its pid.
+fn wait_writer(pid: i32) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(&w) = writer_children(pid).first() {
+            return w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no forked writer of {pid} appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn committed_generations(dir: &std::path::Path) -> Vec<u32> {
+    let mut g: Vec<u32> = dmtcp_common::generation::list(dir)
+        .into_iter()
+        .filter(|f| !f.partial)
+        .map(|f| f.generation)
+        .collect();
+    g.sort();
+    g
+}
+
+/// Several forked checkpoints, each followed by a SIGKILL of the job and a
+/// restart: the threads' memory, the shared region, the children and the
+/// SIGCHLD count come back exactly as in a run without checkpoints, and
+/// the program never sees an image writer in waitpid(-1) or SIGCHLD.
+#[test]
+fn forked_checkpoints_restart_exactly() {
+    let bare = cycles_match_bare(
+        "forkckpt",
+        &[c_program("forkckpt").to_str().unwrap()],
+        FORKED,
+        &[
+            ("step 60", "step 120"),
+            ("step 220", "step 300"),
+            ("step 400", "step 450"),
+        ],
+    );
+    assert!(bare.contains("unexpected 0") && bare.contains("sigchld exact"));
+    assert!(bare.contains("after all: ECHILD"));
+}
+
+/// While a (slowed down) forked writer writes the image the program goes
+/// on; the generation commits when the writer is done, and a restart from
+/// it gives the exact result (its shared memory as it was at the fork,
+/// though the program changed it while the image was written).
+#[test]
+fn the_program_runs_while_its_image_is_written() {
+    let prog = c_program("forkckpt");
+    let bare = run_bare(&[prog.to_str().unwrap()]);
+    let mut job = Job::new("forkckpt-runs").env("DMTCP_TEST_WRITE_DELAY_MS", "60");
+    job.launch(&[prog.to_str().unwrap()], FORKED);
+    job.wait_for("step 50");
+    let before = last_step(&job);
+    let t = Instant::now();
+    job.checkpoint();
+    let took = t.elapsed();
+    let after = last_step(&job);
+    // Tens of work items at 60 ms each (two threads): the round took a while, and the
+    // program stepped on (a step is about 10 ms) meanwhile.
+    assert!(
+        took >= Duration::from_millis(400),
+        "the checkpoint took only {took:?}: was the writer forked?"
+    );
+    assert!(
+        after - before >= 20,
+        "the program went from step {before} to {after} during a {took:?} checkpoint"
+    );
+    assert_eq!(committed_generations(&job.ckpt), vec![1]);
+    job.wait_for(&format!("step {}", after + 30));
+    job.kill();
+    job.restart();
+    job.wait_success();
+    assert_eq!(job.output(), bare, "restart from a forked image differs");
+}
+
+/// A forked writer killed while it writes fails its round, with a message
+/// naming it; the previous generation stays, and restarts.
+#[test]
+fn a_killed_writer_fails_the_round_and_the_previous_generation_restarts() {
+    let prog = c_program("forkckpt");
+    let bare = run_bare(&[prog.to_str().unwrap()]);
+    let mut job = Job::new("forkckpt-killed").env("DMTCP_TEST_WRITE_DELAY_MS", "100");
+    job.launch(&[prog.to_str().unwrap()], FORKED);
+    job.wait_for("step 30");
+    job.checkpoint();
+    job.wait_for("step 80");
+    let pid = app_pid(&job);
+    let bc = background_bc(&job);
+    let w = wait_writer(pid);
+    // SAFETY: killing the writer child of our own job.
+    unsafe { libc::kill(w, libc::SIGKILL) };
+    let o = bc.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !o.status.success(),
+        "the round of a killed writer succeeded: {text}"
+    );
+    assert!(
+        text.contains("forked image writer") && text.contains("previous generation is kept"),
+        "unexpected message: {text}"
+    );
+    assert_eq!(committed_generations(&job.ckpt), vec![1]);
+    assert!(
+        dmtcp_common::generation::list(&job.ckpt)
+            .iter()
+            .all(|f| !f.partial),
+        "the failed round left its directory"
+    );
+    // The program went on, unharmed, and nothing of the writer reached it.
+    job.wait_for("step 150");
+    assert!(!job.output().contains("UNEXPECTED"), "{}", job.output());
+    job.kill();
+    job.restart();
+    job.wait_success();
+    assert_eq!(
+        job.output(),
+        bare,
+        "restart from the previous generation differs"
+    );
+}
+
+/// A checkpoint asked for while the last round's forked writer still
+/// writes waits for it, then takes a new generation (of the program as it
+/// is then), which restarts.
+#[test]
+fn a_checkpoint_asked_for_while_the_writer_writes_waits() {
+    let prog = c_program("forkckpt");
+    let bare = run_bare(&[prog.to_str().unwrap()]);
+    let mut job = Job::new("forkckpt-busy").env("DMTCP_TEST_WRITE_DELAY_MS", "60");
+    job.launch(&[prog.to_str().unwrap()], FORKED);
+    job.wait_for("step 40");
+    let pid = app_pid(&job);
+    let first = background_bc(&job);
+    let w = wait_writer(pid);
+    // The program runs again (its state is captured; a request before
+    // that would join the round, the program's state being the same).
+    job.wait_for(&format!("step {}", last_step(&job) + 5));
+    assert!(
+        writer_children(pid).contains(&w),
+        "the writer was done before the second request: nothing tested"
+    );
+    let second = job.command(&["-bc"]);
+    assert!(
+        second.status.success(),
+        "the second checkpoint failed: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let first = first.wait_with_output().unwrap();
+    assert!(
+        first.status.success(),
+        "the first checkpoint failed: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(committed_generations(&job.ckpt), vec![1, 2]);
+    job.wait_for(&format!("step {}", last_step(&job) + 30));
+    job.kill();
+    job.restart();
+    job.wait_success();
+    assert_eq!(
+        job.output(),
+        bare,
+        "restart from the second generation differs"
+    );
+}
+
+/// `-kc` with forked checkpointing: the processes are killed once their
+/// state is captured, the answer comes when the (slowed) writer has
+/// written and the generation is committed, and it restarts.
+#[test]
+fn checkpoint_and_kill_answers_when_the_writer_is_done() {
+    let prog = c_program("forkckpt");
+    let bare = run_bare(&[prog.to_str().unwrap()]);
+    let mut job = Job::new("forkckpt-kc").env("DMTCP_TEST_WRITE_DELAY_MS", "60");
+    job.launch(&[prog.to_str().unwrap()], FORKED);
+    job.wait_for("step 100");
+    let t = Instant::now();
+    job.checkpoint_and_kill();
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "-kc answered after {:?}: was the writer forked?",
+        t.elapsed()
+    );
+    assert_eq!(committed_generations(&job.ckpt), vec![1]);
+    job.restart();
+    job.wait_success();
+    assert_eq!(job.output(), bare, "restart after -kc differs");
+}
+
+/// Memory marked MADV_DONTFORK (a child would not have it): the image is
+/// written with the program suspended, with a warning saying why, and
+/// restarts exactly.
+#[test]
+fn memory_a_child_would_not_have_is_written_without_forking() {
+    let prog = c_program("forkckpt");
+    let args = [prog.to_str().unwrap(), "600", "8", "dontfork"];
+    let bare = run_bare(&args);
+    let mut job = Job::new("forkckpt-dontfork").env("DMTCP_TEST_WRITE_DELAY_MS", "300");
+    job.launch(&args, FORKED);
+    job.wait_for("step 60");
+    let t = Instant::now();
+    job.checkpoint();
+    // No forked writer: the test delay (forked writers only) is not seen.
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the checkpoint took {:?}",
+        t.elapsed()
+    );
+    let err = std::fs::read_to_string(job.dir.join("err.txt")).unwrap_or_default();
+    assert!(
+        err.contains("forked checkpointing is not possible here") && err.contains("MADV_DONTFORK"),
+        "no warning: {err}"
+    );
+    job.wait_for("step 150");
+    job.kill();
+    job.restart();
+    job.wait_success();
+    assert_eq!(job.output(), bare, "restart differs");
+}
