@@ -3,55 +3,13 @@
 //! (`cargo build --release --workspace`): the tools are found next to the
 //! test binary's target directory.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{bin, read, sh, task_lines, wait_for};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use testrig::Rig;
-
-fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
-    testrig::wait_for(what, timeout, check).unwrap()
-}
-
-fn bin(name: &str) -> PathBuf {
-    // target/release/deps/srun-xxxx -> target/release/<name>
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        p.exists(),
-        "{} missing: cargo build --release --workspace",
-        p.display()
-    );
-    p
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-/// The lines of task `t` ("task<t> <i>"), in order.
-fn task_lines(out: &str, t: usize) -> Vec<String> {
-    let prefix = format!("task{t} ");
-    out.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(String::from)
-        .collect()
-}
-
-/// Runs `script` with sh on node0, stdout and stderr into files of `dir`;
-/// returns the child.
-fn sh(rig: &Rig, dir: &Path, name: &str, script: &str) -> std::process::Child {
-    let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
-    let err = std::fs::File::create(dir.join(format!("{name}.err"))).unwrap();
-    rig.node(0)
-        .command("sh")
-        .args(["-c", script])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap()
-}
 
 /// Builds the counter program into `dir`; the srun task line that runs it
 /// for `n` lines (20 ms apart), each task printing "task<rank> <i>".

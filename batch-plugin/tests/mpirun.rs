@@ -1,0 +1,141 @@
+//! srun started by a process of the computation, on the rig's real SLURM
+//! cluster: OpenMPI's `mpirun` under `dmtcp_launch` in an allocation
+//! starts its orted daemons with srun (plm/slurm), which the batch plugin
+//! turns into `dmtcp_srun --relay`. Needs root, slurmctld, slurmd,
+//! slurm-client, munge and OpenMPI; build the workspace first (`cargo
+//! build --release --workspace`).
+
+mod common;
+
+use common::{bin, checksum, dmtcp_command, listed, read, running_peers, sh, wait_for};
+use std::path::Path;
+use std::time::Duration;
+use testrig::Rig;
+
+/// `mpirun` of the Jacobi program, 4 ranks in the allocation (2 per node),
+/// `steps` steps 25 ms apart.
+fn mpirun(rig: &Rig, steps: u32) -> String {
+    format!(
+        "mpirun --allow-run-as-root -np 4 --mca btl self,vader,tcp --mca btl_tcp_if_include {net} \
+         --mca oob_tcp_if_include {net} {} {steps} 25 4",
+        bin("mpi_jacobi").display(),
+        net = rig.subnet()
+    )
+}
+
+/// The bare run's checksum: the same mpirun in an allocation of node0 and
+/// node1, without the checkpointer.
+fn bare_checksum(rig: &Rig, dir: &Path, mpirun: &str) -> String {
+    let mut bare = sh(
+        rig,
+        dir,
+        "bare",
+        &format!("salloc -N2 -n4 -w node0,node1 {mpirun}"),
+    );
+    assert!(
+        bare.wait().unwrap().success(),
+        "{}",
+        read(&dir.join("bare.err"))
+    );
+    let out = read(&dir.join("bare.out"));
+    checksum(&out).unwrap_or_else(|| panic!("no checksum in the bare run: {out}"))
+}
+
+/// The processes of the running job: mpirun and srun's stand-in
+/// (dmtcp_srun) and 2 ranks on `a`, the task's parent (dmtcp_srun), orted
+/// and 2 ranks on `b`; no srun, no slurmstepd.
+fn check_processes(list: &str, a: &str, b: &str) {
+    let procs = listed(list);
+    let count = |p: &str, h: &str| procs.iter().filter(|(q, k)| q == p && k == h).count();
+    assert_eq!(procs.len(), 8, "{list}");
+    assert_eq!(count("mpirun", a), 1, "{list}");
+    assert_eq!(count("dmtcp_srun", a), 1, "{list}");
+    assert_eq!(count("mpi_jacobi", a), 2, "{list}");
+    assert_eq!(count("dmtcp_srun", b), 1, "{list}");
+    assert_eq!(count("orted", b), 1, "{list}");
+    assert_eq!(count("mpi_jacobi", b), 2, "{list}");
+}
+
+/// `dmtcp_launch mpirun` in an allocation of node0 and node1: mpirun's
+/// srun (starting orted on node1) is relayed; checkpointed mid-run, the
+/// allocation cancelled (scancel: every process of the job is killed),
+/// then the restart script in an allocation of node2 and node3 restores
+/// mpirun and its stand-in on node2, orted and its ranks on node3; the
+/// job finishes with the bare run's checksum.
+#[test]
+fn mpirun_job_restarts_in_another_allocation() {
+    let rig = Rig::builder(4).slurm(true).up().unwrap();
+    let dir = rig.shared_dir();
+    let mpirun = mpirun(&rig, 240);
+    let want = bare_checksum(&rig, &dir, &mpirun);
+
+    let ck = dir.join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    let port_file = dir.join("port");
+    let mut job = sh(
+        &rig,
+        &dir,
+        "job",
+        &format!(
+            "salloc -N2 -n4 -w node0,node1 {} --new-coordinator -p 0 --port-file {} -c {} {mpirun}",
+            bin("dmtcp_launch").display(),
+            port_file.display(),
+            ck.display()
+        ),
+    );
+    let port: String = wait_for("the coordinator", Duration::from_secs(20), || {
+        Some(read(&port_file).trim().to_string()).filter(|p| !p.is_empty())
+    });
+    let out = dir.join("job.out");
+    let diag = || {
+        format!(
+            "\n--- job.out:\n{}\n--- job.err:\n{}\n--- restart.out:\n{}\n--- restart.err:\n{}\n--- list:\n{}",
+            read(&out),
+            read(&dir.join("job.err")),
+            read(&dir.join("restart.out")),
+            read(&dir.join("restart.err")),
+            dmtcp_command(&rig, &port, &["-l"]).0
+        )
+    };
+    wait_for("step 40", Duration::from_secs(60), || {
+        read(&out).contains("step 40\n").then_some(())
+    });
+    wait_for("8 processes running", Duration::from_secs(30), || {
+        (running_peers(&rig, &port) == Some(8)).then_some(())
+    });
+    check_processes(&dmtcp_command(&rig, &port, &["-l"]).0, "node0", "node1");
+    let (o, code) = dmtcp_command(&rig, &port, &["-bc"]);
+    assert_eq!(code, Some(0), "checkpoint: {o}{}", diag());
+    wait_for("step 80", Duration::from_secs(60), || {
+        read(&out).contains("step 80\n").then_some(())
+    });
+    // The allocation ends (as at a time limit): srun's steps are killed;
+    // what ran on node0 outside any step too.
+    let id = common::on_node0(&rig, "squeue -h -o %i");
+    let id = id.split_whitespace().next().unwrap_or("").to_string();
+    assert!(!id.is_empty(), "no allocation in squeue");
+    common::on_node0(&rig, &format!("scancel -s KILL {id}; scancel {id}"));
+    let _ = dmtcp_command(&rig, &port, &["-k"]);
+    job.wait().unwrap();
+    wait_for("the coordinator to go", Duration::from_secs(30), || {
+        (dmtcp_command(&rig, &port, &["-s"]).1 == Some(2)).then_some(())
+    });
+    assert!(checksum(&read(&out)).is_none(), "finished before the kill");
+
+    let mut restart = sh(
+        &rig,
+        &dir,
+        "restart",
+        &format!(
+            "salloc -N2 -n4 -w node2,node3 {}",
+            ck.join("dmtcp_restart_script.sh").display()
+        ),
+    );
+    wait_for("the restarted job", Duration::from_secs(60), || {
+        (running_peers(&rig, &port) == Some(8)).then_some(())
+    });
+    check_processes(&dmtcp_command(&rig, &port, &["-l"]).0, "node2", "node3");
+    let st = restart.wait().unwrap();
+    assert!(st.success(), "restart: {st}{}", diag());
+    assert_eq!(checksum(&read(&out)), Some(want), "{}", diag());
+}
