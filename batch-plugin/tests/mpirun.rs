@@ -13,11 +13,11 @@ use std::time::Duration;
 use testrig::Rig;
 
 /// `mpirun` of the Jacobi program, 4 ranks in the allocation (2 per node),
-/// `steps` steps 25 ms apart.
-fn mpirun(rig: &Rig, steps: u32) -> String {
+/// `steps` steps `pause` ms apart.
+fn mpirun(rig: &Rig, steps: u32, pause: u32) -> String {
     format!(
         "mpirun --allow-run-as-root -np 4 --mca btl self,vader,tcp --mca btl_tcp_if_include {net} \
-         --mca oob_tcp_if_include {net} {} {steps} 25 4",
+         --mca oob_tcp_if_include {net} {} {steps} {pause} 4",
         bin("mpi_jacobi").display(),
         net = rig.subnet()
     )
@@ -66,7 +66,7 @@ fn check_processes(list: &str, a: &str, b: &str) {
 fn mpirun_job_restarts_in_another_allocation() {
     let rig = Rig::builder(4).slurm(true).up().unwrap();
     let dir = rig.shared_dir();
-    let mpirun = mpirun(&rig, 240);
+    let mpirun = mpirun(&rig, 240, 25);
     let want = bare_checksum(&rig, &dir, &mpirun);
 
     let ck = dir.join("ck");
@@ -138,4 +138,74 @@ fn mpirun_job_restarts_in_another_allocation() {
     let st = restart.wait().unwrap();
     assert!(st.success(), "restart: {st}{}", diag());
     assert_eq!(checksum(&read(&out)), Some(want), "{}", diag());
+}
+
+/// The example batch script (examples/slurm/dmtcp_job.sbatch) runs
+/// `mpirun` (its orted started with srun, relayed) with a time limit of one
+/// minute, shorter than the job's run (600 steps 75 ms apart: 45 s of
+/// pauses alone), and
+/// SLURM's warning 50 s before the limit (`--signal=B:USR1@50`; slurmctld
+/// looks at time limits every 30 s, so the warning comes 10 to 40 s into
+/// each start). The script checkpoints, requeues, and restarts from the
+/// checkpoint until the job is done: it ends COMPLETED after at least one
+/// restart, with the checksum of a bare run of the same program and steps
+/// (bare: without the pause between steps, which changes no value).
+#[test]
+fn example_sbatch_script_runs_mpirun_past_its_time_limit() {
+    let rig = Rig::builder(2).slurm(true).up().unwrap();
+    let dir = rig.shared_dir();
+    let (steps, pause) = (600, 75);
+    let t0 = std::time::Instant::now();
+    let want = bare_checksum(&rig, &dir, &mpirun(&rig, steps, 0));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/slurm/dmtcp_job.sbatch");
+    let path = format!(
+        "{}:{}",
+        bin("dmtcp_launch").parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = dir.join("job.txt");
+    let submit = format!(
+        "PATH={path} DMTCP_CKPT_ROOT={} sbatch --parsable -N2 -n4 --time=1 --signal=B:USR1@50 -o {} {} {}",
+        dir.join("ckpt").display(),
+        out.display(),
+        script.display(),
+        mpirun(&rig, steps, pause)
+    );
+    let mut s = sh(&rig, &dir, "sbatch", &submit);
+    assert!(
+        s.wait().unwrap().success(),
+        "{}",
+        read(&dir.join("sbatch.err"))
+    );
+    let id = read(&dir.join("sbatch.out")).trim().to_string();
+    eprintln!("bare run: {:?}", t0.elapsed());
+    let state = testrig::wait_for("the job to complete", Duration::from_secs(150), || {
+        let s = common::on_node0(&rig, &format!("scontrol show job {id}"));
+        ["COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"]
+            .iter()
+            .any(|k| s.contains(&format!("JobState={k}")))
+            .then_some(s)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n--- job.txt:\n{}",
+            common::on_node0(&rig, &format!("scontrol show job {id}")),
+            read(&out)
+        )
+    });
+    eprintln!(
+        "the bare run and the job took {:?}; the job: {}",
+        t0.elapsed(),
+        state
+            .lines()
+            .find(|l| l.contains("Restarts="))
+            .unwrap_or("")
+    );
+    let text = read(&out);
+    assert!(
+        state.contains("JobState=COMPLETED") && !state.contains("Restarts=0"),
+        "{state}\n{text}"
+    );
+    assert!(text.contains("dmtcp_job: restart 1 of job"), "{text}");
+    assert_eq!(checksum(&text), Some(want), "{text}");
 }
