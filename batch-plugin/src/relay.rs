@@ -66,10 +66,34 @@ fn secret_file() -> Option<(String, String)> {
     if std::env::var_os(VAR).is_some_and(|v| !v.is_empty()) {
         return None;
     }
-    let secret = dmtcp_common::auth::Secret(crate::capi::coordinator_secret()?);
-    let dir = std::env::var("DMTCP_CHECKPOINT_DIR").ok()?;
+    let (Ok(dir), Ok(port)) = (
+        std::env::var("DMTCP_CHECKPOINT_DIR"),
+        std::env::var("DMTCP_COORD_PORT"),
+    ) else {
+        dmtcp_common::log_warn!(
+            "no DMTCP_CHECKPOINT_DIR or DMTCP_COORD_PORT: srun's tasks on other nodes get no secret"
+        );
+        return None;
+    };
     let host = std::env::var("DMTCP_COORD_HOST").unwrap_or_else(|_| "localhost".into());
-    let port = std::env::var("DMTCP_COORD_PORT").ok()?;
+    // The library's, else this user's file of the coordinator on this
+    // host (where dmtcp_launch started it).
+    let secret = match crate::capi::coordinator_secret() {
+        Some(s) => dmtcp_common::auth::Secret(s),
+        None => match port
+            .parse()
+            .ok()
+            .and_then(|p| dmtcp_common::auth::find(None, &host, p).ok().flatten())
+        {
+            Some(s) => s,
+            None => {
+                dmtcp_common::log_warn!(
+                    "no secret of the coordinator at {host}:{port}: srun's tasks on other nodes get none"
+                );
+                return None;
+            }
+        },
+    };
     let f = Path::new(&dir).join(format!(".dmtcp-secret-{host}-{port}"));
     match dmtcp_common::auth::write_file(&f, &secret) {
         Ok(()) => Some((VAR.into(), f.display().to_string())),

@@ -209,3 +209,147 @@ fn example_sbatch_script_runs_mpirun_past_its_time_limit() {
     assert!(text.contains("dmtcp_job: restart 1 of job"), "{text}");
     assert_eq!(checksum(&text), Some(want), "{text}");
 }
+
+/// MPICH (4.0) with hydra's slurm launcher (`mpiexec.mpich -launcher
+/// slurm`: hydra starts `hydra_pmi_proxy` on every node of the allocation,
+/// its own included, with one srun) under `dmtcp_launch` in an allocation
+/// of node0 and node1, with the C ring program built by `mpicc.mpich`:
+/// checkpointed, the allocation cancelled, restarted by the restart
+/// script in a new allocation of the same nodes (moving an MPICH job to
+/// other hosts does not work yet: docs/mpi.md). Its output (every
+/// iteration's running checksum, then the final one) equals a bare run's.
+///
+/// Ignored: the launch and the checkpoint work (10 processes listed, 10
+/// images), but in the runs so far the restarted job did not print its
+/// final checksum within 90 s and the restart steps' `dmtcp_restart`s were
+/// killed; and MPICH 4.0's MPI_Finalize over UCX hangs by itself now and
+/// then (docs/mpi.md; a bare run of this test hung so once). See
+/// docs/batch.md, "MPICH's hydra".
+#[test]
+#[ignore = "MPICH hydra -launcher slurm: the restart does not finish yet (docs/batch.md)"]
+fn mpich_hydra_slurm_launcher_job_restarts() {
+    let rig = Rig::builder(2).slurm(true).up().unwrap();
+    let dir = rig.shared_dir();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ssh-plugin/tests/c/mpi_ring.c");
+    let prog = dir.join("mpich_ring");
+    let st = std::process::Command::new("mpicc.mpich")
+        .args(["-O2", "-o"])
+        .arg(&prog)
+        .arg(&src)
+        .status()
+        .expect("mpicc.mpich (apt install mpich libmpich-dev)");
+    assert!(st.success(), "compiling {}", src.display());
+    // UCX's System V shared memory transport is not restored as shared
+    // (docs/mpi.md): POSIX shared memory and TCP instead.
+    let mpiexec = format!(
+        "env UCX_TLS=self,posix,tcp mpiexec.mpich -launcher slurm -n 4 {} 600",
+        prog.display()
+    );
+    // MPICH 4.0's MPI_Finalize over UCX can hang by itself (docs/mpi.md):
+    // a bare run whose output is complete and that has not ended 30 s
+    // later is stopped; its output up to the checksum line counts.
+    let mut bare = sh(
+        &rig,
+        &dir,
+        "bare",
+        &format!(
+            "salloc -N2 -n4 -w node0,node1 sh -c '{mpiexec} & p=$!; \
+             for i in $(seq 1200); do grep -q \"^size 4 checksum\" {out} && break; kill -0 $p || break; sleep 0.1; done; \
+             for i in $(seq 300); do kill -0 $p || break; sleep 0.1; done; kill -INT $p; wait $p'",
+            out = dir.join("bare.out").display()
+        ),
+    );
+    let _ = bare.wait();
+    let bare = read(&dir.join("bare.out"));
+    assert!(bare.contains("\nsize 4 checksum "), "bare run: {bare}");
+
+    let ck = dir.join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    let port_file = dir.join("port");
+    let mut job = sh(
+        &rig,
+        &dir,
+        "job",
+        &format!(
+            "salloc -N2 -n4 -w node0,node1 {} --new-coordinator -p 0 --port-file {} -c {} {mpiexec}",
+            bin("dmtcp_launch").display(),
+            port_file.display(),
+            ck.display()
+        ),
+    );
+    let port: String = wait_for("the coordinator", Duration::from_secs(20), || {
+        Some(read(&port_file).trim().to_string()).filter(|p| !p.is_empty())
+    });
+    let out = dir.join("job.out");
+    let diag = || {
+        format!(
+            "\n--- job.out tail:\n{}\n--- job.err:\n{}\n--- restart.out:\n{}\n--- restart.err:\n{}\n--- list:\n{}\n--- ck:\n{}",
+            {
+                let t = read(&out);
+                let l: Vec<&str> = t.lines().collect();
+                format!(
+                    "{} lines; last: {}",
+                    l.len(),
+                    l.iter().rev().take(12).copied().collect::<Vec<_>>().join(" | ")
+                )
+            },
+            read(&dir.join("job.err")),
+            read(&dir.join("restart.out")),
+            read(&dir.join("restart.err")),
+            dmtcp_command(&rig, &port, &["-l"]).0,
+            common::on_node0(&rig, &format!("ls -la {}", ck.display()))
+        )
+    };
+    common::wait_diag(
+        "iteration 150",
+        Duration::from_secs(60),
+        || read(&out).contains("\niter 150 ").then_some(()),
+        diag,
+    );
+    let (list, _) = dmtcp_command(&rig, &port, &["-l"]);
+    let procs = listed(&list);
+    // mpiexec, srun's stand-in; on each node a task parent, a proxy, 2 ranks.
+    assert_eq!(procs.len(), 10, "{list}");
+    let (o, code) = dmtcp_command(&rig, &port, &["-bc"]);
+    assert_eq!(code, Some(0), "checkpoint: {o}{}", diag());
+    common::wait_diag(
+        "iteration 300",
+        Duration::from_secs(60),
+        || read(&out).contains("\niter 300 ").then_some(()),
+        diag,
+    );
+    let id = common::on_node0(&rig, "squeue -h -o %i");
+    let id = id.split_whitespace().next().unwrap_or("").to_string();
+    common::on_node0(&rig, &format!("scancel -s KILL {id}; scancel {id}"));
+    let _ = dmtcp_command(&rig, &port, &["-k"]);
+    job.wait().unwrap();
+    wait_for("the coordinator to go", Duration::from_secs(30), || {
+        (dmtcp_command(&rig, &port, &["-s"]).1 == Some(2)).then_some(())
+    });
+    let mut restart = sh(
+        &rig,
+        &dir,
+        "restart",
+        &format!(
+            "salloc -N2 -n4 -w node0,node1 {}",
+            ck.join("dmtcp_restart_script.sh").display()
+        ),
+    );
+    common::wait_diag(
+        "the final checksum",
+        Duration::from_secs(90),
+        || read(&out).contains("\nsize 4 checksum ").then_some(()),
+        diag,
+    );
+    let text = read(&out);
+    let upto = |t: &str| -> String {
+        let end = t.find("\nsize 4 checksum ").unwrap();
+        let line_end = t[end + 1..].find('\n').map_or(t.len(), |i| end + 2 + i);
+        t[..line_end].to_string()
+    };
+    assert_eq!(upto(&text), upto(&bare), "{}", diag());
+    // MPICH 4.0's MPI_Finalize over UCX can hang by itself (docs/mpi.md):
+    // the step is not waited for past its output.
+    let _ = dmtcp_command(&rig, &port, &["-k"]);
+    let _ = restart.wait();
+}

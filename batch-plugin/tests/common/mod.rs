@@ -121,3 +121,13 @@ pub fn listed(list: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// [`wait_for`], with `diag()` in the failure's message.
+pub fn wait_diag<T>(
+    what: &str,
+    timeout: Duration,
+    check: impl FnMut() -> Option<T>,
+    diag: impl Fn() -> String,
+) -> T {
+    testrig::wait_for(what, timeout, check).unwrap_or_else(|e| panic!("{e}{}", diag()))
+}
