@@ -12,6 +12,11 @@ use std::path::Path;
 use std::time::Duration;
 use testrig::Rig;
 
+/// One MPI job at a time: ranks busy-poll, and two 4-rank jobs at once on
+/// a small machine run very slowly (the time-limit test counts on its
+/// pace).
+static JOBS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `mpirun` of the Jacobi program, 4 ranks in the allocation (2 per node),
 /// `steps` steps `pause` ms apart.
 fn mpirun(rig: &Rig, steps: u32, pause: u32) -> String {
@@ -64,6 +69,7 @@ fn check_processes(list: &str, a: &str, b: &str) {
 /// job finishes with the bare run's checksum.
 #[test]
 fn mpirun_job_restarts_in_another_allocation() {
+    let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
     let rig = Rig::builder(4).slurm(true).up().unwrap();
     let dir = rig.shared_dir();
     let mpirun = mpirun(&rig, 240, 25);
@@ -152,6 +158,7 @@ fn mpirun_job_restarts_in_another_allocation() {
 /// (bare: without the pause between steps, which changes no value).
 #[test]
 fn example_sbatch_script_runs_mpirun_past_its_time_limit() {
+    let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
     let rig = Rig::builder(2).slurm(true).up().unwrap();
     let dir = rig.shared_dir();
     let (steps, pause) = (600, 75);
@@ -228,6 +235,7 @@ fn example_sbatch_script_runs_mpirun_past_its_time_limit() {
 #[test]
 #[ignore = "MPICH hydra -launcher slurm: the restart does not finish yet (docs/batch.md)"]
 fn mpich_hydra_slurm_launcher_job_restarts() {
+    let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
     let rig = Rig::builder(2).slurm(true).up().unwrap();
     let dir = rig.shared_dir();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ssh-plugin/tests/c/mpi_ring.c");
