@@ -442,6 +442,7 @@ fn launch_options_reach_the_program() {
             "--disable-svipc-plugin",
             "--disable-alloc-plugin",
             "--disable-ssh-plugin",
+            "--disable-batch-plugin",
         ],
         &[],
     );
@@ -454,7 +455,10 @@ fn launch_options_reach_the_program() {
     assert_eq!(e["DMTCP_DISABLED_PLUGINS"], "pty,sysv,alloc");
     assert_eq!(e["DMTCP_COORD_HOST"], "127.0.0.1");
     assert_eq!(e["DMTCP_COORD_PORT"], job.port.to_string());
-    assert_eq!(e["LD_PRELOAD"], lib, "--disable-ssh-plugin");
+    assert_eq!(
+        e["LD_PRELOAD"], lib,
+        "--disable-ssh-plugin --disable-batch-plugin"
+    );
     // Short spellings; the last of --gzip/--no-gzip counts; -q counts up
     // from DMTCP_QUIET; plugins from DMTCP_PLUGIN then --with-plugin.
     let e = launched_env(
@@ -471,6 +475,7 @@ fn launch_options_reach_the_program() {
             "--with-plugin",
             ssh.to_str().unwrap(),
             "--disable-ssh-plugin",
+            "--disable-batch-plugin",
         ],
         &[("DMTCP_QUIET", "1"), ("DMTCP_PLUGIN", &lib)],
     );
@@ -491,6 +496,12 @@ fn launch_options_reach_the_program() {
     assert!(
         e["LD_PRELOAD"].contains("libdmtcp_ssh.so"),
         "ssh plugin on by default"
+    );
+    assert!(
+        e["LD_PRELOAD"].contains("libdmtcp_ssh.so:")
+            && e["LD_PRELOAD"].contains("libdmtcp_batch.so"),
+        "batch plugin on by default, after the ssh plugin: {}",
+        e["LD_PRELOAD"]
     );
     // A relative plugin path is refused.
     let o = clean("dmtcp_launch")
