@@ -117,17 +117,20 @@ fn exit_with(st: Result<i32, i32>) -> ! {
 /// Run the step: `argv` are srun's arguments with the tasks wrapped.
 pub fn run(srun: &Path, argv: &[String], env: Vec<(std::ffi::OsString, std::ffi::OsString)>) -> ! {
     sys::ignore_sigpipe();
-    let listener = match TcpListener::bind("0.0.0.0:0").and_then(|l| {
+    let mut listener = match TcpListener::bind("0.0.0.0:0").and_then(|l| {
         l.set_nonblocking(true)?;
         Ok(l)
     }) {
-        Ok(l) => l,
+        Ok(l) => Some(l),
         Err(e) => {
             dmtcp_common::log_error!("cannot listen for srun's tasks: {e}");
             std::process::exit(255);
         }
     };
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let port = listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map_or(0, |a| a.port());
     let token = dmtcp_common::auth::hex(&dmtcp_common::auth::random::<16>().unwrap_or_else(|e| {
         dmtcp_common::log_error!("no random token: {e}");
         std::process::exit(255)
@@ -188,6 +191,10 @@ pub fn run(srun: &Path, argv: &[String], env: Vec<(std::ffi::OsString, std::ffi:
         let hellos = tasks.iter().filter(|t| t.hello).count() as u32;
         if launching && (srun_pid.is_none() || ntasks.is_some_and(|n| hellos >= n)) {
             launching = false;
+            // No more tasks will come: the port is closed before any
+            // checkpoint, so no image holds a listener that a restart
+            // would have to bind again (its port may be taken by then).
+            listener = None;
             crate::capi::enable_ckpt();
         }
         if srun_pid.is_none() && !launching && tasks.iter().all(|t| !t.open) {
@@ -202,7 +209,10 @@ pub fn run(srun: &Path, argv: &[String], env: Vec<(std::ffi::OsString, std::ffi:
                 .unwrap_or(0);
             std::process::exit(code);
         }
-        let mut p: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
+        let mut p: Vec<libc::pollfd> = listener
+            .as_ref()
+            .map(|l| l.as_raw_fd())
+            .into_iter()
             .chain(tasks.iter().filter(|t| t.open).map(|t| t.link.as_raw_fd()))
             .map(|fd| libc::pollfd {
                 fd,
@@ -213,7 +223,7 @@ pub fn run(srun: &Path, argv: &[String], env: Vec<(std::ffi::OsString, std::ffi:
         if sys::poll(&mut p, 100).unwrap_or(0) == 0 {
             continue;
         }
-        while let Ok((s, _)) = listener.accept() {
+        while let Some(Ok((s, _))) = listener.as_ref().map(|l| l.accept()) {
             let _ = s.set_nonblocking(false);
             tasks.push(Task {
                 link: s,
@@ -232,6 +242,11 @@ pub fn run(srun: &Path, argv: &[String], env: Vec<(std::ffi::OsString, std::ffi:
             match t.link.read(&mut buf) {
                 Ok(0) | Err(_) => {
                     t.open = false;
+                    if t.status.is_none() && t.hello {
+                        dmtcp_common::log_warn!(
+                            "the link to a task of the step ended without its status"
+                        );
+                    }
                     continue;
                 }
                 Ok(n) => t.frames.push(&buf[..n]),

@@ -148,20 +148,21 @@ fn mpirun_job_restarts_in_another_allocation() {
 
 /// The example batch script (examples/slurm/dmtcp_job.sbatch) runs
 /// `mpirun` (its orted started with srun, relayed) with a time limit of one
-/// minute, shorter than the job's run (600 steps 75 ms apart: 45 s of
-/// pauses alone), and
-/// SLURM's warning 50 s before the limit (`--signal=B:USR1@50`; slurmctld
-/// looks at time limits every 30 s, so the warning comes 10 to 40 s into
-/// each start). The script checkpoints, requeues, and restarts from the
-/// checkpoint until the job is done: it ends COMPLETED after at least one
-/// restart, with the checksum of a bare run of the same program and steps
-/// (bare: without the pause between steps, which changes no value).
+/// minute, shorter than the job's run (700 steps 90 ms apart: 63 s of
+/// pauses alone), and SLURM's warning 30 s before the limit
+/// (`--signal=B:USR1@30`; slurmctld looks at time limits every 30 s, so the
+/// warning comes 30 to 60 s into each start: always before the job is
+/// done, and at most three starts). The script checkpoints, requeues, and
+/// restarts from the checkpoint until the job is done: it ends COMPLETED
+/// after at least one restart, with the checksum of a bare run of the same
+/// program and steps (bare: without the pause between steps, which
+/// changes no value).
 #[test]
 fn example_sbatch_script_runs_mpirun_past_its_time_limit() {
     let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
     let rig = Rig::builder(2).slurm(true).up().unwrap();
     let dir = rig.shared_dir();
-    let (steps, pause) = (600, 75);
+    let (steps, pause) = (700, 90);
     let t0 = std::time::Instant::now();
     let want = bare_checksum(&rig, &dir, &mpirun(&rig, steps, 0));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/slurm/dmtcp_job.sbatch");
@@ -172,7 +173,7 @@ fn example_sbatch_script_runs_mpirun_past_its_time_limit() {
     );
     let out = dir.join("job.txt");
     let submit = format!(
-        "PATH={path} DMTCP_CKPT_ROOT={} sbatch --parsable -N2 -n4 --time=1 --signal=B:USR1@50 -o {} {} {}",
+        "PATH={path} DMTCP_CKPT_ROOT={} sbatch --parsable -N2 -n4 --time=1 --signal=B:USR1@30 -o {} {} {}",
         dir.join("ckpt").display(),
         out.display(),
         script.display(),
@@ -186,7 +187,7 @@ fn example_sbatch_script_runs_mpirun_past_its_time_limit() {
     );
     let id = read(&dir.join("sbatch.out")).trim().to_string();
     eprintln!("bare run: {:?}", t0.elapsed());
-    let state = testrig::wait_for("the job to complete", Duration::from_secs(150), || {
+    let state = testrig::wait_for("the job to complete", Duration::from_secs(220), || {
         let s = common::on_node0(&rig, &format!("scontrol show job {id}"));
         ["COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"]
             .iter()
