@@ -150,9 +150,9 @@ fn mpirun_job_restarts_in_another_allocation() {
 /// `mpirun` (its orted started with srun, relayed) with a time limit of one
 /// minute, shorter than the job's run (700 steps 90 ms apart: 63 s of
 /// pauses alone), and SLURM's warning 30 s before the limit
-/// (`--signal=B:USR1@30`; slurmctld looks at time limits every 30 s, so the
-/// warning comes 30 to 60 s into each start: always before the job is
-/// done, and at most three starts). The script checkpoints, requeues, and
+/// (`--signal=B:USR1@30`; slurmctld sends it when it next looks at time
+/// limits, periodically, so each start runs for a varying time: 3 and 4
+/// restarts were seen). The script checkpoints, requeues, and
 /// restarts from the checkpoint until the job is done: it ends COMPLETED
 /// after at least one restart, with the checksum of a bare run of the same
 /// program and steps (bare: without the pause between steps, which
