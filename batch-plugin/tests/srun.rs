@@ -3,55 +3,13 @@
 //! (`cargo build --release --workspace`): the tools are found next to the
 //! test binary's target directory.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{bin, read, sh, task_lines, wait_for};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use testrig::Rig;
-
-fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
-    testrig::wait_for(what, timeout, check).unwrap()
-}
-
-fn bin(name: &str) -> PathBuf {
-    // target/release/deps/srun-xxxx -> target/release/<name>
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        p.exists(),
-        "{} missing: cargo build --release --workspace",
-        p.display()
-    );
-    p
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-/// The lines of task `t` ("task<t> <i>"), in order.
-fn task_lines(out: &str, t: usize) -> Vec<String> {
-    let prefix = format!("task{t} ");
-    out.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(String::from)
-        .collect()
-}
-
-/// Runs `script` with sh on node0, stdout and stderr into files of `dir`;
-/// returns the child.
-fn sh(rig: &Rig, dir: &Path, name: &str, script: &str) -> std::process::Child {
-    let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
-    let err = std::fs::File::create(dir.join(format!("{name}.err"))).unwrap();
-    rig.node(0)
-        .command("sh")
-        .args(["-c", script])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap()
-}
 
 /// Builds the counter program into `dir`; the srun task line that runs it
 /// for `n` lines (20 ms apart), each task printing "task<rank> <i>".
@@ -281,4 +239,107 @@ fn example_sbatch_script_checkpoints_requeues_and_restarts() {
             "task {t}: {text}"
         );
     }
+}
+
+/// A batch script under `dmtcp_launch` runs `srun -N2` itself (the batch
+/// plugin turns it into srun's stand-in); each task prints its lines and
+/// exits 3. Checkpointed, killed, and restarted by the restart script in
+/// another allocation (node1, node2): the tasks' lines before (in the
+/// job's output) and after (in the restart's: the restart steps' srun
+/// carries them) are the bare run's, and the script, restored with the
+/// stand-in, gets the step's status from it after the restart (`srun
+/// status 3`), as in the bare run.
+#[test]
+fn srun_run_by_a_batch_script_restarts_with_its_status() {
+    let rig = Rig::builder(3).slurm(true).up().unwrap();
+    let dir = rig.shared_dir();
+    let n = 300;
+    let task = counter_task(&dir, n)
+        .replace("'exec ", "'")
+        .replace(" 20'", " 20; exit 3'");
+    let script = dir.join("job.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nsrun -N2 {task}\necho \"srun status $?\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut bare = sh(
+        &rig,
+        &dir,
+        "bare",
+        &format!("salloc -N2 -w node0,node1 {}", script.display()),
+    );
+    bare.wait().unwrap();
+    let bare = read(&dir.join("bare.out"));
+    assert!(bare.contains("srun status 3"), "bare run: {bare}");
+    for t in 0..2 {
+        assert_eq!(task_lines(&bare, t).len(), n, "bare run: {bare}");
+    }
+
+    let ck = dir.join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    let port_file = dir.join("port");
+    let mut job = sh(
+        &rig,
+        &dir,
+        "job",
+        &format!(
+            "salloc -N2 -w node0,node1 {} --new-coordinator -p 0 --port-file {} -c {} {}",
+            bin("dmtcp_launch").display(),
+            port_file.display(),
+            ck.display(),
+            script.display()
+        ),
+    );
+    let port: String = wait_for("the coordinator", Duration::from_secs(20), || {
+        Some(read(&port_file).trim().to_string()).filter(|p| !p.is_empty())
+    });
+    let out1 = dir.join("job.out");
+    wait_for("50 lines of each task", Duration::from_secs(30), || {
+        (0..2)
+            .all(|t| task_lines(&read(&out1), t).len() >= 50)
+            .then_some(())
+    });
+    // job.sh, the stand-in; per node a task parent, sh and counter.
+    let (list, _) = common::dmtcp_command(&rig, &port, &["-l"]);
+    let procs = common::listed(&list);
+    assert_eq!(procs.len(), 8, "{list}");
+    let relays = procs.iter().filter(|(p, _)| p == "dmtcp_srun").count();
+    assert_eq!(relays, 3, "{list}");
+    assert!(
+        !procs.iter().any(|(p, _)| p == "srun" || p == "slurmstepd"),
+        "{list}"
+    );
+    let (o, code) = common::dmtcp_command(&rig, &port, &["--kcheckpoint"]);
+    assert_eq!(code, Some(0), "{o}");
+    job.wait().unwrap();
+    let before = read(&out1);
+    assert!(!before.contains("srun status"), "{before}");
+
+    let mut restart = sh(
+        &rig,
+        &dir,
+        "restart",
+        &format!(
+            "salloc -N2 -w node1,node2 {}",
+            ck.join("dmtcp_restart_script.sh").display()
+        ),
+    );
+    // The restart script's own status is the worst of its per-node
+    // dmtcp_restarts' (each the status of its node's restored processes,
+    // the tasks' parents exiting 3 among them): not the point here.
+    let _ = restart.wait().unwrap();
+    let after = read(&dir.join("restart.out"));
+    for t in 0..2 {
+        let mut all = task_lines(&before, t);
+        all.extend(task_lines(&after, t));
+        assert_eq!(
+            all,
+            task_lines(&bare, t),
+            "task {t}: before {before}\nafter {after}"
+        );
+    }
+    let end = read(&out1);
+    assert!(end.contains("srun status 3"), "job.sh's output: {end}");
 }

@@ -1,61 +1,131 @@
-//! `dmtcp_srun --srun SRUN -- ARGS`: run SLURM's srun outside the
-//! computation, each of its tasks under `dmtcp_launch --join-coordinator`.
+//! `dmtcp_srun`: SLURM's srun for the computation (docs/batch.md).
 //!
-//! `dmtcp_launch srun ARGS` execs this (without the checkpointer's
-//! libraries). It execs `SRUN ARGS` with the task command prefixed by
+//! - `dmtcp_srun --srun SRUN -- ARGS` (what `dmtcp_launch srun ARGS` execs,
+//!   without the checkpointer's libraries): execs `SRUN ARGS` outside the
+//!   computation with the task command prefixed by
 //!
-//!     <dir>/dmtcp_launch --join-coordinator --coord-host H --coord-port P --ckptdir D [--no-gzip|--gzip] [-q..]
+//!       <dir>/dmtcp_launch --join-coordinator --coord-host H --coord-port P --ckptdir D [--no-gzip|--gzip] [-q..]
 //!
-//! (`<dir>`: this program's directory; the values from the environment
-//! dmtcp_launch set: DMTCP_COORD_HOST, unless a loopback name, else this
-//! host's name; DMTCP_COORD_PORT, DMTCP_CHECKPOINT_DIR, DMTCP_GZIP,
-//! DMTCP_QUIET). srun passes the environment on to the tasks (so
-//! DMTCP_PLUGIN and the other settings reach their dmtcp_launch). srun
-//! itself, and slurmstepd, stay outside the computation: no image has them.
+//!   (`<dir>`: this program's directory; the values from the environment
+//!   dmtcp_launch set: DMTCP_COORD_HOST, unless a loopback name, else this
+//!   host's name; DMTCP_COORD_PORT, DMTCP_CHECKPOINT_DIR, DMTCP_GZIP,
+//!   DMTCP_QUIET). srun passes the environment on to the tasks (so
+//!   DMTCP_PLUGIN and the other settings reach their dmtcp_launch). srun
+//!   itself, and slurmstepd, stay outside the computation: no image has
+//!   them.
+//! - `dmtcp_srun --relay --srun SRUN -- ARGS` (what libdmtcp_batch.so
+//!   execs in place of an srun run by a process of the computation): the
+//!   stand-in that stays in the computation (`relay.rs`), each task
+//!   wrapped as above and then by `dmtcp_srun --task` (`task.rs`).
 
-use dmtcp_batch::srunargs::{self, Srun};
+#[path = "../../../ssh-plugin/src/capi.rs"]
+mod capi;
+#[path = "../fork.rs"]
+mod fork;
+#[path = "../relay.rs"]
+mod relay;
+#[path = "../srunargs.rs"]
+mod srunargs;
+#[path = "../step.rs"]
+mod step;
+#[path = "../../../ssh-plugin/src/sys.rs"]
+mod sys;
+#[path = "../task.rs"]
+mod task;
+
+use srunargs::Srun;
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-const USAGE: &str = "usage: dmtcp_srun --srun SRUN -- [srun options] program [args]";
+const USAGE: &str = "usage: dmtcp_srun [--relay] --srun SRUN -- [srun options] program [args]";
 
 fn main() {
+    let quiet = std::env::var("DMTCP_QUIET")
+        .ok()
+        .and_then(|q| q.parse().ok())
+        .unwrap_or(0);
+    dmtcp_common::log::init_tool("dmtcp_srun", "dmtcp_srun: ", 0, quiet);
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (srun, rest) = match args.as_slice() {
+    let (relay, args) = match args.split_first() {
+        Some((f, rest)) if f == "--relay" => (true, rest),
+        Some((f, rest)) if f == "--task" => match rest.split_first() {
+            Some((sep, prog)) if sep == "--" => task::run(prog),
+            _ => usage(),
+        },
+        _ => (false, args.as_slice()),
+    };
+    let (srun, rest) = match args {
         [flag, srun, sep, rest @ ..] if flag == "--srun" && sep == "--" => {
             (srun.clone(), rest.to_vec())
         }
-        _ => {
-            eprintln!("{USAGE}");
-            std::process::exit(2);
-        }
+        _ => usage(),
     };
+    // Outside the checkpointer (the plugin loaded without the engine) the
+    // stand-in has nothing to stand in for.
+    let relay = relay && capi::enabled();
     let new_args = match srunargs::parse(&rest) {
         Ok(Srun::Tasks(k)) => {
             let mut v = rest[..k].to_vec();
             v.extend(launch_words());
+            if relay {
+                v.extend([
+                    bin_dir().join("dmtcp_srun").display().to_string(),
+                    "--task".into(),
+                    "--".into(),
+                ]);
+            }
             v.extend_from_slice(&rest[k..]);
             v
         }
-        Ok(Srun::NoTasks) => rest,
+        Ok(Srun::NoTasks) => {
+            exec_outside(&srun, &rest);
+        }
         Err(m) => {
-            eprintln!("dmtcp_srun: {m}");
+            dmtcp_common::log_error!("{m}");
             std::process::exit(2);
         }
     };
-    let e = Command::new(&srun)
-        .args(&new_args)
+    if relay {
+        let path = find_program(&srun).unwrap_or_else(|| {
+            dmtcp_common::log_error!("{srun}: command not found");
+            std::process::exit(127)
+        });
+        relay::run(&path, &new_args, outside_env());
+    }
+    exec_outside(&srun, &new_args);
+}
+
+fn usage() -> ! {
+    dmtcp_common::log_error!("{USAGE}");
+    std::process::exit(2);
+}
+
+/// Exec `srun args` outside the computation.
+fn exec_outside(srun: &str, args: &[String]) -> ! {
+    let e = Command::new(srun)
+        .args(args)
         .env_clear()
         .envs(outside_env())
         .exec();
-    eprintln!("dmtcp_srun: cannot run {srun}: {e}");
+    dmtcp_common::log_error!("cannot run {srun}: {e}");
     std::process::exit(if e.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
         126
     });
+}
+
+/// `prog` as a path: itself if it has a slash, else found in PATH.
+fn find_program(prog: &str) -> Option<PathBuf> {
+    if prog.contains('/') {
+        return Some(PathBuf::from(prog));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
 }
 
 /// The directory of this program (dmtcp_launch is next to it).
@@ -64,12 +134,6 @@ fn bin_dir() -> PathBuf {
         .ok()
         .and_then(|p| p.parent().map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("."))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Where tasks on other nodes reach the coordinator.
@@ -82,7 +146,7 @@ fn coord_host() -> String {
         .parse::<std::net::IpAddr>()
         .is_ok_and(|a| a.is_loopback() || a.is_unspecified());
     if loopback {
-        hostname()
+        sys::hostname()
     } else {
         h
     }

@@ -111,8 +111,9 @@ pub fn command(name: &'static str) -> Command {
     .arg(cli::flag(
         "disable_batch_plugin",
         "disable-batch-plugin",
-        "Run `srun` as any program (by default `dmtcp_launch srun ...` runs srun outside the \
-         computation and its tasks in it: dmtcp_srun, see docs/batch.md)",
+        "Run `srun` as any program (by default `dmtcp_launch srun ...`, and an srun run by a \
+         process of the computation, run srun outside the computation and its tasks in it: \
+         libdmtcp_batch.so, dmtcp_srun, see docs/batch.md)",
     ));
     let cmd = PLUGINS
         .iter()
@@ -323,14 +324,19 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     }
     // The ssh plugin comes right after the engine: the engine's exec
     // wrappers reach its execve/execvpe (dlsym RTLD_NEXT).
+    // The batch plugin (srun run by a process of the computation becomes
+    // dmtcp_srun --relay: docs/batch.md) after it, for the same reason.
     let ssh = client::lib_dir().join("libdmtcp_ssh.so");
     let ssh = (ssh_plugin && ssh.exists()).then(|| ssh.display().to_string());
+    let batch = client::lib_dir().join("libdmtcp_batch.so");
+    let batch = (batch_plugin && batch.exists()).then(|| batch.display().to_string());
     // The tun plugin interposes only ioctl, and costs nothing until a
     // checkpoint finds a /dev/net/tun fd (docs/tun.md).
     let tun = client::lib_dir().join("libdmtcp_tun.so");
     let tun = (tun_plugin && tun.exists()).then(|| tun.display().to_string());
     let mut preload = std::iter::once(lib.display().to_string())
         .chain(ssh)
+        .chain(batch)
         .chain(tun)
         .chain(plugins.iter().cloned())
         .collect::<Vec<_>>()

@@ -444,6 +444,7 @@ fn launch_options_reach_the_program() {
             "--disable-alloc-plugin",
             "--disable-ssh-plugin",
             "--disable-tun-plugin",
+            "--disable-batch-plugin",
         ],
         &[],
     );
@@ -458,7 +459,7 @@ fn launch_options_reach_the_program() {
     assert_eq!(e["DMTCP_COORD_PORT"], job.port.to_string());
     assert_eq!(
         e["LD_PRELOAD"], lib,
-        "--disable-ssh-plugin --disable-tun-plugin"
+        "--disable-ssh-plugin --disable-tun-plugin --disable-batch-plugin"
     );
     // Short spellings; the last of --gzip/--no-gzip counts; -q counts up
     // from DMTCP_QUIET; plugins from DMTCP_PLUGIN then --with-plugin.
@@ -477,6 +478,7 @@ fn launch_options_reach_the_program() {
             ssh.to_str().unwrap(),
             "--disable-ssh-plugin",
             "--disable-tun-plugin",
+            "--disable-batch-plugin",
         ],
         &[("DMTCP_QUIET", "1"), ("DMTCP_PLUGIN", &lib)],
     );
@@ -501,6 +503,12 @@ fn launch_options_reach_the_program() {
     assert!(
         e["LD_PRELOAD"].contains("libdmtcp_tun.so"),
         "tun plugin on by default"
+    );
+    assert!(
+        e["LD_PRELOAD"].contains("libdmtcp_ssh.so:")
+            && e["LD_PRELOAD"].contains("libdmtcp_batch.so"),
+        "batch plugin on by default, after the ssh plugin: {}",
+        e["LD_PRELOAD"]
     );
     // A relative plugin path is refused.
     let o = clean("dmtcp_launch")

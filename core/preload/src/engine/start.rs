@@ -107,14 +107,17 @@ fn exe_name() -> String {
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn dmtcp_init() {
     // Our own tools are never checkpointed, even when a checkpointed program
-    // runs them; the ssh plugin's relays (dmtcp_ssh, dmtcp_sshd) are
-    // processes of the computation.
+    // runs them; the ssh plugin's relays (dmtcp_ssh, dmtcp_sshd) and the
+    // batch plugin's srun stand-in and task parent (dmtcp_srun --relay,
+    // --task) are processes of the computation.
     // First: the auxiliary vector is found after the environment's NULL
     // until something changes the environment (taking the secret does).
     super::vdso::find_auxv();
     let exe = exe_name();
     super::secret::take_from_env();
-    if exe.starts_with("dmtcp_") && !matches!(exe.as_str(), "dmtcp_ssh" | "dmtcp_sshd") {
+    if exe.starts_with("dmtcp_")
+        && !matches!(exe.as_str(), "dmtcp_ssh" | "dmtcp_sshd" | "dmtcp_srun")
+    {
         if take_inherited_coord().is_some() {
             // The connection of the program this tool replaced: closing it
             // tells the coordinator that process is gone.
