@@ -216,15 +216,17 @@ fn ckpt_restart(sys: System, dir: &Path, cmd: &[String], want: &str) -> Result<C
         .stdout(std::fs::File::create(dir.join("restart.out")).unwrap())
         .stderr(std::fs::File::create(dir.join("restart.err")).unwrap());
     std::os::unix::process::CommandExt::process_group(&mut r, 0);
-    let r = r.spawn().expect("restart script");
+    let mut r = r.spawn().expect("restart script");
     loop {
         let (n, running) = status_peers(&coord);
         if n == peers && running {
             break;
         }
         if t.elapsed() > LIMIT {
-            // SAFETY: killing the restart's process group.
+            // SAFETY: killing the restart's process group (its leader is
+            // not reaped yet, so the group is still this one).
             unsafe { libc::kill(-(r.id() as i32), libc::SIGKILL) };
+            let _ = r.wait();
             return Err(format!(
                 "the restart did not come back ({n} of {peers} processes)"
             ));
@@ -232,13 +234,13 @@ fn ckpt_restart(sys: System, dir: &Path, cmd: &[String], want: &str) -> Result<C
         std::thread::sleep(Duration::from_millis(2));
     }
     let restart_s = t.elapsed().as_secs_f64();
-    let rid = r.id() as i32;
     let after = finish(r, &dir.join("restart.out"), "the restarted job");
     // The restored job writes to its old stdout (out.txt, reopened by
     // path) or to the restart's: either must end with the bare checksum.
     let got = checksum(&read()).or(after);
-    // SAFETY: whatever is left of the restart's process group.
-    unsafe { libc::kill(-rid, libc::SIGKILL) };
+    // Whatever is left of the job (after a timeout) ends by the
+    // coordinator, not by a process group id that may be reused by now.
+    coord.cmd(&["-k"]);
     match got {
         Some(g) if g == want => Ok(CkptRow {
             ckpt_s,

@@ -15,6 +15,7 @@
 //! it never allocates; the new argument vector lives in pages of its own.
 
 mod capi;
+mod execrelay;
 
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -140,118 +141,15 @@ fn Dl_info_zeroed() -> libc::Dl_info {
 #[link_section = ".init_array"]
 static INIT: extern "C" fn() = init;
 
-type ExecveFn =
-    unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
-
-fn next_exec(name: &CStr) -> Option<ExecveFn> {
-    // SAFETY: dlsym RTLD_NEXT finds libc's definition after ours.
-    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
-    // SAFETY: execve and execvpe have this signature.
-    (!p.is_null()).then(|| unsafe { core::mem::transmute::<*mut c_void, ExecveFn>(p) })
-}
-
-/// Is `prog` (a path or a name) the ssh client?
-fn is_ssh(prog: &[u8]) -> bool {
-    let base = match prog.iter().rposition(|&c| c == b'/') {
-        Some(i) => &prog[i + 1..],
-        None => prog,
-    };
-    base == b"ssh"
-}
-
-/// Does the environment keep this plugin preloaded (so the new program is
-/// a process of the computation)?
-///
-/// # Safety
-/// `envp` is null or a null-terminated array of C strings.
-unsafe fn keeps_plugin(envp: *const *const c_char) -> bool {
-    let mut i = 0;
-    // SAFETY: a null-terminated array (caller's contract).
-    while !envp.is_null() && unsafe { !(*envp.add(i)).is_null() } {
-        // SAFETY: each entry is a C string.
-        let e = unsafe { CStr::from_ptr(*envp.add(i)) }.to_bytes();
-        if e.starts_with(b"LD_PRELOAD=") {
-            return e
-                .windows(b"libdmtcp_ssh.".len())
-                .any(|w| w == b"libdmtcp_ssh.");
-        }
-        i += 1;
+/// ssh, relayed through dmtcp_ssh (found by the constructor).
+fn relay() -> execrelay::Relay<'static> {
+    execrelay::Relay {
+        // SAFETY: the constructor wrote it before any exec.
+        relay: unsafe { &*DMTCP_SSH.0.get() },
+        program: b"ssh",
+        lib: b"libdmtcp_ssh.",
+        options: &[c"--ssh"],
     }
-    false
-}
-
-/// If `prog` is ssh run inside the computation: exec `dmtcp_ssh --ssh prog
-/// -- argv[1..]` instead. Returns only if that was not done or failed.
-///
-/// # Safety
-/// The exec contract: C strings and null-terminated arrays.
-unsafe fn exec_dmtcp_ssh(
-    prog: *const c_char,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-) -> Option<c_int> {
-    // SAFETY: the constructor wrote it before any exec.
-    let me = unsafe { &*DMTCP_SSH.0.get() };
-    if prog.is_null()
-        || argv.is_null()
-        || me[0] == 0
-        // SAFETY: prog is a C string (caller's contract).
-        || !is_ssh(unsafe { CStr::from_ptr(prog) }.to_bytes())
-        // SAFETY: envp is a NULL-terminated array (caller's contract).
-        || !unsafe { keeps_plugin(envp) }
-    {
-        return None;
-    }
-    // A path that is not an executable file fails as it would have
-    // (callers such as Python's subprocess try each PATH entry in turn).
-    // SAFETY: prog is a C string (caller's contract).
-    if unsafe { CStr::from_ptr(prog) }.to_bytes().contains(&b'/')
-        // SAFETY: access of that C string; it allocates nothing.
-        && unsafe { libc::access(prog, libc::X_OK) } != 0
-    {
-        return None;
-    }
-    let real = next_exec(c"execve")?;
-    let mut n = 0;
-    // SAFETY: null-terminated argv.
-    while unsafe { !(*argv.add(n)).is_null() } {
-        n += 1;
-    }
-    let slots = n.max(1) + 4;
-    let size = (slots * core::mem::size_of::<usize>()).next_multiple_of(4096);
-    // SAFETY: fresh private pages of our own (no heap: this may be a vfork child).
-    let buf = unsafe {
-        libc::mmap(
-            core::ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if buf == libc::MAP_FAILED {
-        return None;
-    }
-    let v = buf as *mut *const c_char;
-    // SAFETY: `slots` pointers fit in the mapping: 4 fixed entries, n-1
-    // arguments, the final null.
-    let r = unsafe {
-        *v = me.as_ptr().cast();
-        *v.add(1) = c"--ssh".as_ptr();
-        *v.add(2) = prog;
-        *v.add(3) = c"--".as_ptr();
-        let mut k = 4;
-        for i in 1..n {
-            *v.add(k) = *argv.add(i);
-            k += 1;
-        }
-        *v.add(k) = core::ptr::null();
-        real(me.as_ptr().cast(), v as *const *const c_char, envp)
-    };
-    // SAFETY: our own mapping (the exec failed).
-    unsafe { libc::munmap(buf, size) };
-    Some(r)
 }
 
 /// `execve`: ssh becomes dmtcp_ssh.
@@ -265,14 +163,7 @@ pub unsafe extern "C" fn execve(
     envp: *const *const c_char,
 ) -> c_int {
     // SAFETY: forwarded contract.
-    if let Some(r) = unsafe { exec_dmtcp_ssh(path, argv, envp) } {
-        return r;
-    }
-    let Some(real) = next_exec(c"execve") else {
-        return -1;
-    };
-    // SAFETY: forwarded contract.
-    unsafe { real(path, argv, envp) }
+    unsafe { execrelay::exec_or_relay(c"execve", &relay(), path, argv, envp) }
 }
 
 /// `execvpe`: ssh (found in PATH by dmtcp_ssh) becomes dmtcp_ssh.
@@ -286,12 +177,5 @@ pub unsafe extern "C" fn execvpe(
     envp: *const *const c_char,
 ) -> c_int {
     // SAFETY: forwarded contract.
-    if let Some(r) = unsafe { exec_dmtcp_ssh(file, argv, envp) } {
-        return r;
-    }
-    let Some(real) = next_exec(c"execvpe") else {
-        return -1;
-    };
-    // SAFETY: forwarded contract.
-    unsafe { real(file, argv, envp) }
+    unsafe { execrelay::exec_or_relay(c"execvpe", &relay(), file, argv, envp) }
 }

@@ -990,8 +990,7 @@ fn read_batch(
         // (A panic aborts the whole program: panic = "abort".)
         running
             .into_iter()
-            .map(|t| t.join().unwrap_or(Ok(())))
-            .collect::<Result<(), ImageError>>()
+            .try_for_each(|t| t.join().unwrap_or(Ok(())))
     })
 }
 
