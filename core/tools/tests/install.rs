@@ -57,6 +57,7 @@ fn installed_copy_moved_elsewhere_checkpoints_and_restarts() {
         "lib/dmtcp/libdmtcp.so",
         "lib/dmtcp/libdmtcp_ssh.so",
         "lib/dmtcp/libdmtcp_ib.so",
+        "lib/dmtcp/libdmtcp_kvm.so",
         "lib/dmtcp/dmtcp_restorer",
         "include/dmtcp.h",
         "share/man/man1/dmtcp_launch.1",
