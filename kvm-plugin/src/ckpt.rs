@@ -124,16 +124,7 @@ fn unsupported_device_fd(msg: &mut Msg) -> bool {
             let mut t = [0u8; 256];
             let len = sys::fd_target(fd, &mut t);
             let t = &t[..len];
-            let what = if t.starts_with(b"/dev/vhost-vdpa") {
-                Some("a vDPA device (vhost-vdpa)")
-            } else if t.starts_with(b"/dev/vhost-") {
-                Some("an in-kernel vhost back end (vhost-net, vhost-vsock, vhost-scsi; use a user-space back end, e.g. QEMU's vhost=off)")
-            } else if t.starts_with(b"/dev/vfio/") {
-                Some("device passthrough (VFIO)")
-            } else {
-                None
-            };
-            if let Some(what) = what {
+            if let Some(what) = unsupported_device(t) {
                 let _ = write!(
                     msg,
                     "KVM plugin: fd {fd} ({}) is {what}, which cannot be checkpointed",
@@ -148,12 +139,22 @@ fn unsupported_device_fd(msg: &mut Msg) -> bool {
     found
 }
 
+/// What a device fd (its /proc/self/fd link) is, if the plugin cannot
+/// checkpoint a VM that uses it.
+fn unsupported_device(target: &[u8]) -> Option<&'static str> {
+    if target.starts_with(b"/dev/vhost-vdpa") {
+        Some("a vDPA device (vhost-vdpa)")
+    } else if target.starts_with(b"/dev/vhost-") {
+        Some("an in-kernel vhost back end (vhost-net, vhost-vsock, vhost-scsi; use a user-space back end, e.g. QEMU's vhost=off)")
+    } else if target.starts_with(b"/dev/vfio/") {
+        Some("device passthrough (VFIO)")
+    } else {
+        None
+    }
+}
+
 fn failed(msg: &mut Msg, what: &str, fd: c_int, r: isize) -> Result<(), ()> {
-    let _ = write!(
-        msg,
-        "KVM plugin: {what} on fd {fd} failed (errno {})",
-        -r
-    );
+    let _ = write!(msg, "KVM plugin: {what} on fd {fd} failed (errno {})", -r);
     Err(())
 }
 
@@ -413,7 +414,11 @@ fn restore_vm(kvm: c_int, vm: &mut Vm, mode: ClockMode, msg: &mut Msg) -> Result
     let fd = sys::ioctl(kvm, kvm::CREATE_VM, vm.vm_type as usize);
     check(msg, "KVM_CREATE_VM", kvm, fd)?;
     if !sys::move_fd(fd as c_int, vm.fd, vm.cloexec) {
-        let _ = write!(msg, "KVM plugin: restart: cannot put the VM at fd {}", vm.fd);
+        let _ = write!(
+            msg,
+            "KVM plugin: restart: cannot put the VM at fd {}",
+            vm.fd
+        );
         return Err(());
     }
     sys::claim_fd(vm.fd);
@@ -515,7 +520,9 @@ fn restore_vm(kvm: c_int, vm: &mut Vm, mode: ClockMode, msg: &mut Msg) -> Result
         let len = c.run_len.load(SeqCst).min(inner.st.run_copy.len());
         if run != 0 && !inner.fd_gone && inner.st.saved {
             // SAFETY: the new run mapping holds `len` bytes.
-            unsafe { core::ptr::copy_nonoverlapping(inner.st.run_copy.as_ptr(), run as *mut u8, len) };
+            unsafe {
+                core::ptr::copy_nonoverlapping(inner.st.run_copy.as_ptr(), run as *mut u8, len)
+            };
         }
     }
     crate::debug(format_args!(
@@ -541,7 +548,11 @@ fn create_vcpu(vm: &Vm, i: usize, msg: &mut Msg) -> Result<(), ()> {
         return Ok(());
     }
     if !sys::move_fd(nfd as c_int, c.fd, inner.cloexec) {
-        let _ = write!(msg, "KVM plugin: restart: cannot put vCPU {} at fd {}", c.id, c.fd);
+        let _ = write!(
+            msg,
+            "KVM plugin: restart: cannot put vCPU {} at fd {}",
+            c.id, c.fd
+        );
         return Err(());
     }
     sys::claim_fd(c.fd);
@@ -560,8 +571,7 @@ fn create_vcpu(vm: &Vm, i: usize, msg: &mut Msg) -> Result<(), ()> {
             let _ = write!(
                 msg,
                 "KVM plugin: restart: cannot map vCPU {}'s run pages at {run:#x} (errno {})",
-                c.id,
-                -r
+                c.id, -r
             );
             return Err(());
         }
@@ -639,7 +649,11 @@ fn load_vcpu(c: &Vcpu, lapic: bool, elapsed: u64, msg: &mut Msg) -> Result<(), (
         set!(kvm::SET_LAPIC, &mut st.lapic, "KVM_SET_LAPIC");
     }
     if let Some(d) = deadline {
-        let d = if d == 0 { 0 } else { d.wrapping_add(tsc_ticks as u64) };
+        let d = if d == 0 {
+            0
+        } else {
+            d.wrapping_add(tsc_ticks as u64)
+        };
         write_msr(fd, c.id, kvm::MSR_IA32_TSC_DEADLINE, d);
     }
     if st.pending.is_some() {
@@ -735,5 +749,21 @@ fn req_name(req: u64) -> &'static str {
         kvm::SET_VAPIC_ADDR => "KVM_SET_VAPIC_ADDR",
         kvm::TPR_ACCESS_REPORTING => "KVM_TPR_ACCESS_REPORTING",
         _ => "a KVM ioctl",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn devices_that_cannot_be_checkpointed() {
+        use super::unsupported_device as u;
+        assert!(u(b"/dev/vhost-net").unwrap().contains("vhost"));
+        assert!(u(b"/dev/vhost-vsock").unwrap().contains("vhost"));
+        assert!(u(b"/dev/vhost-vdpa-0").unwrap().contains("vDPA"));
+        assert!(u(b"/dev/vfio/vfio").unwrap().contains("VFIO"));
+        assert!(u(b"/dev/vfio/devices/vfio0").unwrap().contains("VFIO"));
+        assert!(u(b"/dev/kvm").is_none());
+        assert!(u(b"/dev/net/tun").is_none());
+        assert!(u(b"anon_inode:kvm-vm").is_none());
     }
 }

@@ -53,8 +53,9 @@ static DESCR: SyncDescr = SyncDescr(PluginDescriptor {
     name: c"kvm".as_ptr(),
     author: c"DMTCP-rs".as_ptr(),
     email: c"".as_ptr(),
-    description: c"KVM virtual machines: vCPU and VM state saved at checkpoint, VMs made again at restart"
-        .as_ptr(),
+    description:
+        c"KVM virtual machines: vCPU and VM state saved at checkpoint, VMs made again at restart"
+            .as_ptr(),
     event_hook,
 });
 
@@ -117,7 +118,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: usize) -> c_int {
         sys::set_errno(libc::ENOSYS);
         return -1;
     };
-    let r = req as u64;
+    let r: u64 = req;
     if !kvm::is_kvm_ioctl(r) {
         // SAFETY: forwarded call.
         return unsafe { next(fd, req, arg) };

@@ -226,9 +226,6 @@ impl<const N: usize> StackStr<N> {
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
-    pub(crate) fn clear(&mut self) {
-        self.len = 0;
-    }
 }
 
 impl<const N: usize> core::fmt::Write for StackStr<N> {

@@ -198,7 +198,7 @@ impl Vcpu {
 
 /// Every recorded VM.
 pub(crate) struct Registry {
-    pub vms: Vec<Box<Vm>>,
+    pub vms: Vec<Vm>,
 }
 
 pub(crate) static REG: Mutex<Registry> = Mutex::new(Registry { vms: Vec::new() });
@@ -424,7 +424,7 @@ unsafe fn record(g: &mut Registry, obj: Obj, fd: c_int, req: u64, arg: usize, r:
         Obj::Other => {
             if req == kvm::CREATE_VM {
                 sys::claim_fd(r);
-                g.vms.push(Box::new(Vm {
+                g.vms.push(Vm {
                     fd: r,
                     cloexec: sys::cloexec(r),
                     vm_type: arg as u64,
@@ -442,11 +442,13 @@ unsafe fn record(g: &mut Registry, obj: Obj, fd: c_int, req: u64, arg: usize, r:
                     msr_filter: None,
                     stats_fds: Vec::new(),
                     unsupported: (arg != 0).then(|| {
-                        format!("a VM of type {arg} (confidential or protected VMs are not supported)")
+                        format!(
+                            "a VM of type {arg} (confidential or protected VMs are not supported)"
+                        )
                     }),
                     vcpus: Vec::new(),
                     st: VmState::default(),
-                }));
+                });
             }
         }
         Obj::Vm(i) => {
@@ -467,7 +469,9 @@ unsafe fn record(g: &mut Registry, obj: Obj, fd: c_int, req: u64, arg: usize, r:
                     let len = 8 + n * core::mem::size_of::<kvm_cpuid_entry2>();
                     // SAFETY: as above.
                     let b = unsafe { bytes(arg, len) };
-                    inner.setup.retain(|s| !matches!(s, Setup::Bytes(q, _) if *q == req));
+                    inner
+                        .setup
+                        .retain(|s| !matches!(s, Setup::Bytes(q, _) if *q == req));
                     inner.setup.push(Setup::Bytes(req, b));
                 }
                 kvm::SET_CPUID => {
@@ -476,23 +480,35 @@ unsafe fn record(g: &mut Registry, obj: Obj, fd: c_int, req: u64, arg: usize, r:
                     let len = 8 + n * core::mem::size_of::<kvm_cpuid_entry>();
                     // SAFETY: as above.
                     let b = unsafe { bytes(arg, len) };
-                    inner.setup.retain(|s| !matches!(s, Setup::Bytes(q, _) if *q == req));
+                    inner
+                        .setup
+                        .retain(|s| !matches!(s, Setup::Bytes(q, _) if *q == req));
                     inner.setup.push(Setup::Bytes(req, b));
                 }
                 kvm::SET_SIGNAL_MASK => {
                     // SAFETY: the copy made above (u32 len + mask).
-                    let len = if arg == 0 { 0 } else { (unsafe { read::<u32>(arg) }) as usize };
+                    let len = if arg == 0 {
+                        0
+                    } else {
+                        (unsafe { read::<u32>(arg) }) as usize
+                    };
                     // SAFETY: as above.
                     let b = unsafe { bytes(arg, if arg == 0 { 0 } else { 4 + len }) };
-                    inner.setup.retain(|s| !matches!(s, Setup::Bytes(q, _) if *q == req));
+                    inner
+                        .setup
+                        .retain(|s| !matches!(s, Setup::Bytes(q, _) if *q == req));
                     inner.setup.push(Setup::Bytes(req, b));
                 }
-                kvm::SET_GUEST_DEBUG | kvm::SET_VAPIC_ADDR | kvm::TPR_ACCESS_REPORTING
+                kvm::SET_GUEST_DEBUG
+                | kvm::SET_VAPIC_ADDR
+                | kvm::TPR_ACCESS_REPORTING
                 | kvm::X86_SETUP_MCE => {
                     let len = ((req >> 16) & 0x3fff) as usize;
                     // SAFETY: the request's struct, `len` bytes.
                     let b = unsafe { bytes(arg, len) };
-                    inner.setup.retain(|s| !matches!(s, Setup::Bytes(q, _) if *q == req));
+                    inner
+                        .setup
+                        .retain(|s| !matches!(s, Setup::Bytes(q, _) if *q == req));
                     inner.setup.push(Setup::Bytes(req, b));
                 }
                 kvm::ENABLE_CAP => {
@@ -501,7 +517,9 @@ unsafe fn record(g: &mut Registry, obj: Obj, fd: c_int, req: u64, arg: usize, r:
                     inner.setup.push(Setup::Bytes(req, b));
                 }
                 kvm::SET_TSC_KHZ => {
-                    inner.setup.retain(|s| !matches!(s, Setup::Value(q, _) if *q == req));
+                    inner
+                        .setup
+                        .retain(|s| !matches!(s, Setup::Value(q, _) if *q == req));
                     inner.setup.push(Setup::Value(req, arg as u64));
                 }
                 kvm::GET_STATS_FD => {
@@ -635,7 +653,8 @@ unsafe fn record_vm(vm: &mut Vm, req: u64, arg: usize, r: c_int) {
             let n = unsafe { read::<u32>(arg + 4) } as usize;
             // SAFETY: as above.
             let b = unsafe { bytes(arg, 32 + 8 * n) };
-            vm.setup.retain(|s| !matches!(s, Setup::Bytes(q, _) if *q == req));
+            vm.setup
+                .retain(|s| !matches!(s, Setup::Bytes(q, _) if *q == req));
             vm.setup.push(Setup::Bytes(req, b));
         }
         kvm::REGISTER_COALESCED_MMIO => {
@@ -649,7 +668,9 @@ unsafe fn record_vm(vm: &mut Vm, req: u64, arg: usize, r: c_int) {
             vm.coalesced.retain(|c| {
                 // SAFETY: reading the pad/pio union as u32.
                 let same_space = unsafe { c.__bindgen_anon_1.pio == z.__bindgen_anon_1.pio };
-                !(same_space && c.addr >= z.addr && c.addr + c.size as u64 <= z.addr + z.size as u64)
+                !(same_space
+                    && c.addr >= z.addr
+                    && c.addr + c.size as u64 <= z.addr + z.size as u64)
             });
         }
         kvm::SET_GSI_ROUTING => {
@@ -713,7 +734,8 @@ unsafe fn record_vm(vm: &mut Vm, req: u64, arg: usize, r: c_int) {
         }
         kvm::CREATE_GUEST_MEMFD => {
             vm.unsupported.get_or_insert_with(|| {
-                "guest_memfd memory (private guest memory outside the process) is not supported".into()
+                "guest_memfd memory (private guest memory outside the process) is not supported"
+                    .into()
             });
         }
         _ => {}
@@ -760,8 +782,9 @@ pub(crate) fn mapped(c: &'static Vcpu, addr: usize, len: usize, prot: c_int, off
             .iter_mut()
             .find(|v| v.vcpus.iter().any(|x| core::ptr::eq(*x, c)))
         {
-            vm.unsupported
-                .get_or_insert_with(|| "the dirty ring (mapped from a vCPU) is not supported".into());
+            vm.unsupported.get_or_insert_with(|| {
+                "the dirty ring (mapped from a vCPU) is not supported".into()
+            });
         }
         return;
     }

@@ -14,7 +14,13 @@ fn host() -> String {
 /// Bare run, then launched with `--kvm`: checkpoint at each of `marks`
 /// (killing and restarting after the ones in `restart_after`), wait for
 /// the end; returns (bare output, output, job).
-fn cycle(name: &str, args: &[&str], marks: &[&str], restart_after: &[usize], env: &[(&str, &str)]) -> (String, String, Job) {
+fn cycle(
+    name: &str,
+    args: &[&str],
+    marks: &[&str],
+    restart_after: &[usize],
+    env: &[(&str, &str)],
+) -> (String, String, Job) {
     let prog = host();
     let mut full = vec![prog.as_str()];
     full.extend_from_slice(args);
@@ -86,12 +92,26 @@ fn exits_pending_at_the_checkpoint_are_neither_lost_nor_repeated() {
     // must not print its line twice after the restart; an IN or MMIO read
     // made again at restart must not be answered twice (the checksum
     // would differ).
-    let marks = ["block 8 ", "block 16 ", "block 24 ", "block 32 ", "block 40 "];
+    let marks = [
+        "block 8 ",
+        "block 16 ",
+        "block 24 ",
+        "block 32 ",
+        "block 40 ",
+    ];
     let (bare, out, job) = cycle(
         "pending",
         &[
-            "--mode", "none", "--period-ms", "0", "--io-sleep-ms", "30", "--iters", "20",
-            "--blocks", "50",
+            "--mode",
+            "none",
+            "--period-ms",
+            "0",
+            "--io-sleep-ms",
+            "30",
+            "--iters",
+            "20",
+            "--blocks",
+            "50",
         ],
         &marks,
         &[0, 1, 2, 3, 4],
@@ -122,7 +142,16 @@ fn two_vcpus_with_their_timers() {
     // sequence is compared.
     let (bare, out, job) = cycle(
         "smp",
-        &["--mode", "lapic", "--vcpus", "2", "--blocks", "30", "--io-sleep-ms", "5"],
+        &[
+            "--mode",
+            "lapic",
+            "--vcpus",
+            "2",
+            "--blocks",
+            "30",
+            "--io-sleep-ms",
+            "5",
+        ],
         &["cpu 1 block 6 ", "cpu 0 block 14 "],
         &[1],
         &[],
@@ -171,7 +200,11 @@ fn clock_lines(log: &str) -> Vec<(u64, u64, u64, u64)> {
 /// Run with a clock log, kill after a checkpoint, wait `gap`, restart;
 /// the guest's (kvmclock, TSC) advance across the restart, and the
 /// median advance per block.
-fn clock_across_restart(name: &str, env: &[(&str, &str)], gap: std::time::Duration) -> ((u64, u64), (u64, u64), Job) {
+fn clock_across_restart(
+    name: &str,
+    env: &[(&str, &str)],
+    gap: std::time::Duration,
+) -> ((u64, u64), (u64, u64), Job) {
     let prog = host();
     let mut job = Job::new(name);
     for (k, v) in env {
@@ -179,7 +212,15 @@ fn clock_across_restart(name: &str, env: &[(&str, &str)], gap: std::time::Durati
     }
     let log = job.dir.join("clock.log").display().to_string();
     job.launch(
-        &[&prog, "--mode", "lapic", "--blocks", "24", "--clock-log", &log],
+        &[
+            &prog,
+            "--mode",
+            "lapic",
+            "--blocks",
+            "24",
+            "--clock-log",
+            &log,
+        ],
         &["--kvm"],
     );
     job.wait_for("block 8 ");
@@ -202,11 +243,7 @@ fn clock_across_restart(name: &str, env: &[(&str, &str)], gap: std::time::Durati
             )
         })
         .collect();
-    let (i, _) = steps
-        .iter()
-        .enumerate()
-        .max_by_key(|(_, s)| s.2)
-        .unwrap();
+    let (i, _) = steps.iter().enumerate().max_by_key(|(_, s)| s.2).unwrap();
     let across = (steps[i].0, steps[i].1);
     assert!(
         steps[i].2 >= gap.as_nanos() as u64,
@@ -239,7 +276,13 @@ fn tsc_settable() -> bool {
         let kvm = libc::open(c"/dev/kvm".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
         let vm = libc::ioctl(kvm, 0xae01, 0); // KVM_CREATE_VM
         let vcpu = libc::ioctl(vm, 0xae41, 0); // KVM_CREATE_VCPU
-        let mut m = OneMsr { nmsrs: 1, pad: 0, index: 0x10, reserved: 0, data: 1_000_000 };
+        let mut m = OneMsr {
+            nmsrs: 1,
+            pad: 0,
+            index: 0x10,
+            reserved: 0,
+            data: 1_000_000,
+        };
         libc::ioctl(vcpu, 0x4008ae89, &mut m); // KVM_SET_MSRS
         m.data = 0;
         libc::ioctl(vcpu, 0xc008ae88, &mut m); // KVM_GET_MSRS
@@ -288,7 +331,8 @@ fn guest_clock_can_follow_real_time() {
     // DMTCP_KVM_CLOCK=realtime: the guest's clocks move on by the real
     // time that passed.
     let gap = std::time::Duration::from_secs(3);
-    let (across, median, job) = clock_across_restart("clock-rt", &[("DMTCP_KVM_CLOCK", "realtime")], gap);
+    let (across, median, job) =
+        clock_across_restart("clock-rt", &[("DMTCP_KVM_CLOCK", "realtime")], gap);
     assert!(
         across.0 >= gap.as_nanos() as u64,
         "kvmclock moved by {} ns only across a {gap:?} gap{}",
@@ -315,7 +359,14 @@ fn vfio_device_refuses_the_checkpoint_and_the_guest_goes_on() {
     // checkpoint fails with the reason, the previous generation is kept,
     // and the program runs to its end as if nothing happened.
     let prog = host();
-    let args = [prog.as_str(), "--mode", "lapic", "--blocks", "15", "--vfio-device"];
+    let args = [
+        prog.as_str(),
+        "--mode",
+        "lapic",
+        "--blocks",
+        "15",
+        "--vfio-device",
+    ];
     let bare = run_bare(&args);
     let mut job = Job::new("vfio");
     job.launch(&args, &["--kvm"]);

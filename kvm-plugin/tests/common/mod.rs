@@ -115,7 +115,11 @@ pub fn run_bare(args: &[&str]) -> String {
         .stderr(Stdio::inherit())
         .output()
         .expect("bare run");
-    assert!(out.status.success(), "bare run of {args:?}: {:?}", out.status);
+    assert!(
+        out.status.success(),
+        "bare run of {args:?}: {:?}",
+        out.status
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
