@@ -53,6 +53,9 @@ fn fail(msg: &mut Msg) {
 }
 
 pub(crate) fn precheckpoint() {
+    if track::FORKED_LOCKED.load(SeqCst) {
+        return;
+    }
     let mut g = reg();
     if g.vms.iter().all(|v| v.inherited) {
         return;
@@ -352,6 +355,9 @@ pub(crate) fn resume() {
 
 pub(crate) fn restart() {
     GEN.fetch_add(1, SeqCst);
+    if track::FORKED_LOCKED.load(SeqCst) {
+        return;
+    }
     let mut g = reg();
     if g.vms.iter().all(|v| v.inherited) {
         return;
@@ -709,7 +715,7 @@ fn repeat_pending_exit(c: &Vcpu, msg: &mut Msg) -> Result<(), ()> {
             tries += 1;
             continue;
         }
-        if r == 0 && run::same_exit(run, &inner.st.run_copy) {
+        if r == 0 && run::same_exit(run, &inner.st.run_copy, reason) {
             crate::debug(format_args!(
                 "vCPU {}: exit {reason} made again for the program",
                 c.id
@@ -720,7 +726,7 @@ fn repeat_pending_exit(c: &Vcpu, msg: &mut Msg) -> Result<(), ()> {
             msg,
             "KVM plugin: restart: vCPU {} did not repeat the exit {} it had pending at the checkpoint (KVM_RUN {}, exit {})",
             c.id,
-            run::saved_reason(&inner.st.run_copy),
+            reason,
             r,
             run::rd32(run, RUN_EXIT_REASON)
         );

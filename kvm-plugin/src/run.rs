@@ -158,17 +158,13 @@ pub(crate) fn finish_out(fd: c_int, run: usize, saved: &[u8]) -> Result<(), isiz
 }
 
 /// Does the exit now in `run` (the new vCPU's, at restart) repeat the one
-/// saved in `saved` (the run page at the checkpoint)?
-pub(crate) fn same_exit(run: usize, saved: &[u8]) -> bool {
+/// of reason `want` whose data is in `saved` (the run page at the
+/// checkpoint, whose `exit_reason` may hold the wrapper's sentinel)?
+pub(crate) fn same_exit(run: usize, saved: &[u8], want: u32) -> bool {
     // SAFETY: the exit union of the run page.
     let page = unsafe { core::slice::from_raw_parts((run + RUN_EXIT) as *const u8, RUN_EXIT_LEN) };
     let exp = &saved[RUN_EXIT..RUN_EXIT + RUN_EXIT_LEN];
     let reason = rd32(run, RUN_EXIT_REASON);
-    let want = u32::from_ne_bytes(
-        saved[RUN_EXIT_REASON..RUN_EXIT_REASON + 4]
-            .try_into()
-            .unwrap_or([0; 4]),
-    );
     reason == want
         && match reason {
             // direction, size, port, count (the data offset may differ)
@@ -187,15 +183,6 @@ pub(crate) fn same_exit(run: usize, saved: &[u8]) -> bool {
             EXIT_HYPERCALL => page[..56] == exp[..56],
             _ => true,
         }
-}
-
-/// The saved exit's reason (at restart, from the saved run page).
-pub(crate) fn saved_reason(saved: &[u8]) -> u32 {
-    u32::from_ne_bytes(
-        saved[RUN_EXIT_REASON..RUN_EXIT_REASON + 4]
-            .try_into()
-            .unwrap_or([0; 4]),
-    )
 }
 
 #[cfg(test)]
@@ -244,15 +231,21 @@ mod tests {
         saved[IO_COUNT..IO_COUNT + 4].copy_from_slice(&1u32.to_ne_bytes());
         let mut now = saved.clone();
         now[IO_DATA_OFFSET] = 0x10;
-        assert!(same_exit(now.as_ptr() as usize, &saved));
+        assert!(same_exit(now.as_ptr() as usize, &saved, EXIT_IO));
         now[IO_PORT] = 0x12;
-        assert!(!same_exit(now.as_ptr() as usize, &saved));
+        assert!(!same_exit(now.as_ptr() as usize, &saved, EXIT_IO));
+        // The saved page may show the sentinel: the reason is given.
+        let mut marked = saved.clone();
+        marked[RUN_EXIT_REASON..RUN_EXIT_REASON + 4].copy_from_slice(&EXIT_SENTINEL.to_ne_bytes());
+        now[IO_PORT] = 0x11;
+        assert!(same_exit(now.as_ptr() as usize, &marked, EXIT_IO));
+        assert!(!same_exit(now.as_ptr() as usize, &marked, EXIT_MMIO));
         let mut w = page(EXIT_MMIO, 0);
         w[MMIO_IS_WRITE] = 1;
         w[MMIO_DATA] = 7;
         let mut w2 = w.clone();
-        assert!(same_exit(w2.as_ptr() as usize, &w));
+        assert!(same_exit(w2.as_ptr() as usize, &w, EXIT_MMIO));
         w2[MMIO_DATA] = 8;
-        assert!(!same_exit(w2.as_ptr() as usize, &w));
+        assert!(!same_exit(w2.as_ptr() as usize, &w, EXIT_MMIO));
     }
 }

@@ -486,10 +486,10 @@ unsafe fn record(g: &mut Registry, obj: Obj, fd: c_int, req: u64, arg: usize, r:
                     inner.setup.push(Setup::Bytes(req, b));
                 }
                 kvm::SET_SIGNAL_MASK => {
-                    // SAFETY: the copy made above (u32 len + mask).
                     let len = if arg == 0 {
                         0
                     } else {
+                        // SAFETY: the copy made above (u32 len + mask).
                         (unsafe { read::<u32>(arg) }) as usize
                     };
                     // SAFETY: as above.
@@ -821,11 +821,24 @@ pub(crate) fn unmapped(addr: usize, len: usize) {
     }
 }
 
+/// Set in a forked child whose registry was locked by another thread of
+/// the parent at the fork (that thread does not exist here): the child
+/// leaves the parent's VMs alone without looking at them.
+pub(crate) static FORKED_LOCKED: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
 /// After a fork, in the child: the parent's VMs are not the child's (KVM
 /// refuses them to another process). Their fds stay claimed (the file
 /// plugin leaves them alone) and nothing is saved or re-created for them.
 pub(crate) fn forked_child() {
-    let mut g = reg();
+    let mut g = match REG.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            FORKED_LOCKED.store(true, SeqCst);
+            return;
+        }
+    };
     for vm in g.vms.iter_mut() {
         vm.inherited = true;
         for c in &vm.vcpus {

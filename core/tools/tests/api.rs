@@ -586,7 +586,8 @@ fn plugin_fails_a_checkpoint_with_its_reason() {
     );
     job.wait_for("step 3 ok");
     let o = job.command(&["-bc"]);
-    let said = String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+    let said =
+        String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
     assert!(!o.status.success(), "the refused round succeeded: {said}");
     assert!(
         said.contains("the test plugin's device is busy"),
