@@ -79,6 +79,15 @@ extern "C" fn register() {
     // Looked at now: the checkpoint hooks must not allocate.
     let on = std::env::var_os("DMTCP_KVM_DEBUG").is_some_and(|v| !v.is_empty() && v != "0");
     DEBUG.store(if on { 1 } else { 2 }, Relaxed);
+    // The wrapped functions' next definitions, found now: the first
+    // lookup (dlsym) may take the loader's lock and allocate, which a
+    // wrapper called from a checkpoint hook must not do.
+    let _ = (
+        sys::next_ioctl(),
+        sys::next_mmap(),
+        sys::next_mmap64(),
+        sys::next_munmap(),
+    );
     sys::register(&DESCR.0);
 }
 
