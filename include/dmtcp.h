@@ -150,6 +150,15 @@ int dmtcp_claim_fd(int fd) __attribute__((weak));
 int dmtcp_release_fd(int fd) __attribute__((weak));
 #define dmtcp_release_fd(fd) (dmtcp_release_fd ? dmtcp_release_fd(fd) : DMTCP_NOT_PRESENT)
 
+/* Fail this process's part of the checkpoint under way, from a PRESUSPEND
+ * or PRECHECKPOINT hook, when the plugin cannot save what it owns (an
+ * unsupported device, say): no image is written, the checkpoint reports
+ * `reason` (dmtcp_command -bc prints it and exits non-zero), the previous
+ * generation is kept and the process goes on (RESUME follows). Returns 1,
+ * or -1 outside those hooks. */
+int dmtcp_fail_checkpoint(const char *reason) __attribute__((weak));
+#define dmtcp_fail_checkpoint(r) (dmtcp_fail_checkpoint ? dmtcp_fail_checkpoint(r) : DMTCP_NOT_PRESENT)
+
 #define DMTCP_PLUGIN_API_VERSION "1"
 
 typedef struct {

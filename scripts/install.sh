@@ -5,7 +5,7 @@
 #                        dmtcp_restart, dmtcp_coordinator, dmtcp_ssh,
 #                        dmtcp_sshd, dmtcp_srun, softib
 #   PREFIX/lib/dmtcp/    libdmtcp.so, the plugins (libdmtcp_ssh.so, libdmtcp_batch.so,
-#                        libdmtcp_tun.so, libdmtcp_ib.so), the restorer, the software
+#                        libdmtcp_tun.so, libdmtcp_ib.so, libdmtcp_kvm.so), the restorer, the software
 #                        InfiniBand device (softib, libsoftib_verbs.so)
 #   PREFIX/include/      dmtcp.h
 #   PREFIX/share/man/man1/, PREFIX/share/bash-completion/completions/,
@@ -41,7 +41,7 @@ if [ -n "$build" ]; then
 fi
 tools=(dmtcp_launch dmtcp_checkpoint dmtcp_command dmtcp_restart dmtcp_coordinator)
 progs=("${tools[@]}" dmtcp_ssh dmtcp_sshd dmtcp_srun)
-libs=(libdmtcp.so libdmtcp_ssh.so libdmtcp_batch.so libdmtcp_tun.so libdmtcp_ib.so dmtcp_restorer softib libsoftib_verbs.so)
+libs=(libdmtcp.so libdmtcp_ssh.so libdmtcp_batch.so libdmtcp_tun.so libdmtcp_ib.so libdmtcp_kvm.so dmtcp_restorer softib libsoftib_verbs.so)
 for f in "${progs[@]}" "${libs[@]}"; do
   [ -f "$r/$f" ] || { echo "install.sh: $r/$f is missing: build first (cargo build --release --workspace)" >&2; exit 1; }
 done

@@ -96,6 +96,12 @@ pub fn command(name: &'static str) -> Command {
         .alias("infiniband"),
     )
     .arg(cli::flag(
+        "kvm",
+        "kvm",
+        "Load the KVM plugin (libdmtcp_kvm.so): programs that run virtual machines \
+         through /dev/kvm (their own hosts, QEMU) survive a checkpoint and restart",
+    ))
+    .arg(cli::flag(
         "disable_ssh_plugin",
         "disable-ssh-plugin",
         "Leave ssh alone (by default, ssh sessions started by the program are part of the \
@@ -254,6 +260,7 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
         std::env::set_var(E::KEEP_GENERATIONS, n.to_string());
     }
     let ib = m.get_flag("ib");
+    let kvm = m.get_flag("kvm");
     let prog: Vec<String> = m
         .get_many::<String>("command")
         .into_iter()
@@ -284,6 +291,17 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
         if !p.exists() {
             dmtcp_common::log_error!(
                 "--ib: {} not found (build the workspace: cargo build --release)",
+                p.display()
+            );
+            return 1;
+        }
+        plugins.insert(0, p.display().to_string());
+    }
+    if kvm {
+        let p = client::lib_dir().join("libdmtcp_kvm.so");
+        if !p.exists() {
+            dmtcp_common::log_error!(
+                "--kvm: {} not found (build the workspace: cargo build --release)",
                 p.display()
             );
             return 1;

@@ -571,6 +571,41 @@ fn claimed_fd_is_left_to_its_plugin() {
     assert!(out.contains("RESULT 45150"), "{out}");
 }
 
+/// dmtcp_fail_checkpoint: a plugin that cannot save its state fails the
+/// round from its pre-checkpoint hook; `-bc` reports its reason, no image
+/// is committed, the program goes on, and the next round (which the
+/// plugin lets through) checkpoints it. Outside a round the call is -1.
+#[test]
+fn plugin_fails_a_checkpoint_with_its_reason() {
+    let so = compile_example("core/tools/tests/c/refuse_plugin.c", true);
+    let prog = c_program("memcheck");
+    let mut job = Job::new("refuse").env("STEPS", "40");
+    job.launch(
+        &[prog.to_str().unwrap()],
+        &["--with-plugin", so.to_str().unwrap()],
+    );
+    job.wait_for("step 3 ok");
+    let o = job.command(&["-bc"]);
+    let said =
+        String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "the refused round succeeded: {said}");
+    assert!(
+        said.contains("the test plugin's device is busy"),
+        "the reason is not reported: {said}"
+    );
+    assert!(job.images().is_empty(), "{:?}", job.images());
+    job.wait_for("step 8 ok");
+    job.checkpoint();
+    assert_eq!(job.images().len(), 1);
+    job.kill();
+    job.restart();
+    job.wait_success();
+    let out = job.output();
+    assert!(out.contains("step 39 ok") && !out.contains("BAD"), "{out}");
+    let err = std::fs::read_to_string(job.dir.join("err.txt")).unwrap_or_default();
+    assert!(err.contains("refuse-plugin: outside a round: -1"), "{err}");
+}
+
 /// `n` processes of memcheck under plugin `so`, each with RANK and `env`,
 /// output in out<rank>.txt, joined to `job`'s coordinator; returns once
 /// each printed `ready`.

@@ -60,6 +60,7 @@ fn installed_copy_moved_elsewhere_checkpoints_and_restarts() {
         "lib/dmtcp/libdmtcp_tun.so",
         "lib/dmtcp/libdmtcp_batch.so",
         "lib/dmtcp/libdmtcp_ib.so",
+        "lib/dmtcp/libdmtcp_kvm.so",
         "lib/dmtcp/dmtcp_restorer",
         "include/dmtcp.h",
         "share/man/man1/dmtcp_launch.1",

@@ -165,9 +165,14 @@ fn coord_host_for(dest: &str) -> String {
 /// was launched with `--ib`)? The remote side then gets `--ib` too, or its
 /// processes' verbs state would not survive a restart.
 fn ib_preloaded(preload: &str) -> bool {
+    preloaded(preload, "libdmtcp_ib.so")
+}
+
+/// Is the library `name` among the preloaded ones?
+fn preloaded(preload: &str, name: &str) -> bool {
     preload
         .split([':', ' '])
-        .any(|p| p.rsplit('/').next() == Some("libdmtcp_ib.so"))
+        .any(|p| p.rsplit('/').next() == Some(name))
 }
 
 /// The remote command: dmtcp_sshd under dmtcp_launch, joined to our coordinator.
@@ -195,8 +200,13 @@ fn remote_command(session: &str, host: &str, command: &str, secret: bool) -> Str
         Ok("1") => w.push("--gzip".into()),
         _ => {}
     }
-    if ib_preloaded(std::env::var("LD_PRELOAD").as_deref().unwrap_or("")) {
+    let preload = std::env::var("LD_PRELOAD").unwrap_or_default();
+    if ib_preloaded(&preload) {
         w.push("--ib".into());
+    }
+    // Likewise the KVM plugin (`--kvm`).
+    if preloaded(&preload, "libdmtcp_kvm.so") {
+        w.push("--kvm".into());
     }
     let quiet: u32 = std::env::var("DMTCP_QUIET")
         .ok()

@@ -486,6 +486,29 @@ pub unsafe extern "C" fn dmtcp_global_barrier(name: *const c_char) -> c_int {
     }
 }
 
+/// `dmtcp_fail_checkpoint` of include/dmtcp.h: a plugin that cannot save
+/// its state (from its PRESUSPEND or PRECHECKPOINT hook) fails this
+/// process's part of the round: no image, the checkpoint reports `reason`
+/// (`dmtcp_command -bc` prints it and exits non-zero), the previous
+/// generation is kept and the process goes on (RESUME follows). Returns 1,
+/// or -1 outside those hooks.
+///
+/// # Safety
+/// `reason` must be null or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_fail_checkpoint(reason: *const c_char) -> c_int {
+    if !on_ckpt_thread() {
+        return -1;
+    }
+    // SAFETY: forwarded pointer contract.
+    let why = unsafe { text(reason) }.unwrap_or_else(|| "a plugin failed the checkpoint".into());
+    if super::ckpt::fail_round_from_hook(why) {
+        1
+    } else {
+        -1
+    }
+}
+
 /// What `dmtcp_exclude_memory` does with a range.
 pub const MEM_SAVE: c_int = 0;
 pub const MEM_SKIP: c_int = 1;

@@ -15,6 +15,10 @@ use std::path::PathBuf;
 /// [`fail_round`]).
 static ROUND_FAILURE: super::flock::FLock<Option<String>> = super::flock::FLock::new(None);
 
+/// Set while a round's pre-suspend and pre-checkpoint hooks run: the
+/// window in which a plugin can still fail the round (`dmtcp_fail_checkpoint`).
+static FAILABLE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 /// A plugin cannot save its state this round (pre-checkpoint, checkpoint
 /// thread): this process writes no image, the checkpoint reports `why`,
 /// and the resume event follows as after any failed round.
@@ -22,6 +26,17 @@ pub fn fail_round(why: String) {
     ROUND_FAILURE.with(|f| {
         f.get_or_insert(why);
     });
+}
+
+/// [`fail_round`] for the public interface: only from the hooks of a round
+/// before its image is written (pre-suspend, pre-checkpoint). False
+/// elsewhere.
+pub fn fail_round_from_hook(why: String) -> bool {
+    if !FAILABLE.load(SeqCst) {
+        return false;
+    }
+    fail_round(why);
+    true
 }
 
 /// This process's image of the round, written.
@@ -196,6 +211,7 @@ impl Ctl {
         ));
         capi::begin_checkpoint();
         plugin::set_round(self.generation, false);
+        FAILABLE.store(true, SeqCst);
         plugin::run(plugin::Event::PreSuspend);
         threads::suspend_all();
         // More threads than the library can record: this process cannot be
@@ -206,6 +222,8 @@ impl Ctl {
             if link.is_some() {
                 close_writer_link();
             }
+            FAILABLE.store(false, SeqCst);
+            ROUND_FAILURE.with(|f| f.take());
             // The round is over before the image (the coordinator is gone):
             // plugins that let go of something at pre-suspend take it back.
             plugin::run(plugin::Event::Resume);
@@ -222,6 +240,7 @@ impl Ctl {
         super::signals::save_sigactions();
         plugin::run(plugin::Event::PreCheckpoint);
         OLD_PID.store(dmtcp_sys::getpid(), SeqCst);
+        FAILABLE.store(false, SeqCst);
         let failure = ROUND_FAILURE.with(|f| f.take());
         let mut planned = if let Some(why) = failure {
             Err(std::io::Error::other(why))

@@ -374,11 +374,16 @@ static WARNED_DEVICES: super::flock::FLock<Vec<String>> = super::flock::FLock::n
 
 /// A program using InfiniBand verbs without the plugin (`dmtcp_launch
 /// --ib`) is told once that its device state will not survive a restart.
-/// (rdma-core's library, or the software device's, whose file is
-/// libsoftib_verbs.so behind its libibverbs.so.1 link.)
+/// (The software device's library, whose file is libsoftib_verbs.so behind
+/// its libibverbs.so.1 link; or rdma-core's with a device open: programs
+/// such as QEMU link libibverbs without using it.)
 fn warn_verbs_without_plugin(maps: &str) {
     static WARNED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-    let verbs = maps.contains("/libibverbs.so") || maps.contains("/libsoftib_verbs.so");
+    if WARNED.load(core::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let verbs =
+        maps.contains("/libsoftib_verbs.so") || (maps.contains("/libibverbs.so") && uverbs_open());
     if verbs
         && !maps.contains("/libdmtcp_ib.so")
         && !WARNED.swap(true, core::sync::atomic::Ordering::Relaxed)
@@ -387,6 +392,16 @@ fn warn_verbs_without_plugin(maps: &str) {
             "this program uses InfiniBand verbs (libibverbs) without the InfiniBand plugin: its queue pairs, memory regions and completion queues will not survive a restart (run it with dmtcp_launch --ib)"
         ));
     }
+}
+
+/// Has this process a verbs device (/dev/infiniband/...) open?
+fn uverbs_open() -> bool {
+    std::fs::read_dir("/proc/self/fd").is_ok_and(|d| {
+        d.flatten().any(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("/dev/infiniband/"))
+        })
+    })
 }
 
 fn warn_device_once(path: &str) {

@@ -722,12 +722,83 @@ fn list_tasks(out: &mut [i32]) -> usize {
     n
 }
 
+/// `PF_USER_WORKER` of the kernel's task flags: a thread the kernel runs
+/// inside the process for its own work (KVM's NX-huge-page recovery
+/// worker `kvm-nx-lpage-recovery`, io_uring's `iou-wrk-*` and `iou-sqp-*`,
+/// vhost workers). It never returns to user space, so it never runs the
+/// checkpoint signal's handler (it blocks every signal), and it is not the
+/// program's to save: the kernel makes it again for the new objects.
+const PF_USER_WORKER: u64 = 0x4000;
+
+/// Is `tid` a kernel worker thread of this process (see [`PF_USER_WORKER`])?
+/// Reads the flags field (the 9th) of /proc/self/task/<tid>/stat with raw
+/// system calls into a stack buffer.
+fn is_kernel_worker(tid: i32) -> bool {
+    let mut path = [0u8; 48];
+    let prefix = b"/proc/self/task/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut n = prefix.len();
+    let mut digits = [0u8; 10];
+    let mut d = 0;
+    let mut t = tid as u32;
+    loop {
+        digits[d] = b'0' + (t % 10) as u8;
+        d += 1;
+        t /= 10;
+        if t == 0 {
+            break;
+        }
+    }
+    while d > 0 {
+        d -= 1;
+        path[n] = digits[d];
+        n += 1;
+    }
+    path[n..n + 6].copy_from_slice(b"/stat\0");
+    // SAFETY: a NUL-terminated path in our buffer.
+    let fd = unsafe {
+        syscall3(
+            nr::OPEN,
+            path.as_ptr() as usize,
+            libc::O_RDONLY as usize | nr::O_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 1024];
+    // SAFETY: reading into our buffer.
+    let got = unsafe { syscall3(nr::READ, fd as usize, buf.as_mut_ptr() as usize, buf.len()) };
+    // SAFETY: closing our fd.
+    unsafe { syscall3(nr::CLOSE, fd as usize, 0, 0) };
+    if got <= 0 {
+        return false;
+    }
+    let text = &buf[..got as usize];
+    // The name (field 2) may hold spaces and parentheses: count fields
+    // from the last ')'. Field 3 (the state) follows it.
+    let Some(close) = text.iter().rposition(|&c| c == b')') else {
+        return false;
+    };
+    let flags = text[close + 1..]
+        .split(|&c| c == b' ')
+        .filter(|f| !f.is_empty())
+        .nth(6)
+        .and_then(|f| core::str::from_utf8(f).ok())
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0);
+    flags & PF_USER_WORKER != 0
+}
+
 /// Suspend every user thread. Returns the number suspended. Called by the
-/// checkpoint thread; allocates only before any signal is sent.
+/// checkpoint thread; allocates only before any signal is sent. Kernel
+/// worker threads of the process ([`is_kernel_worker`]) are left alone.
 pub fn suspend_all() -> usize {
     let pid = dmtcp_sys::getpid();
     let sig = CKPT_SIGNAL.load(SeqCst);
     let mut signalled: Vec<i32> = Vec::with_capacity(MAX_THREADS);
+    let mut workers: Vec<i32> = Vec::with_capacity(64);
     let mut tasks = vec![0i32; MAX_THREADS * 2];
     SUSPENDED.store(0, SeqCst);
     OVERFLOW.store(false, SeqCst);
@@ -743,7 +814,13 @@ pub fn suspend_all() -> usize {
         let n = list_tasks(&mut tasks);
         let mut new = 0;
         for &tid in &tasks[..n] {
-            if is_own(tid) || signalled.contains(&tid) {
+            if is_own(tid) || signalled.contains(&tid) || workers.contains(&tid) {
+                continue;
+            }
+            if is_kernel_worker(tid) {
+                if workers.len() < workers.capacity() {
+                    workers.push(tid);
+                }
                 continue;
             }
             if signalled.len() < signalled.capacity() && dmtcp_sys::tgkill(pid, tid, sig) == 0 {

@@ -497,6 +497,14 @@ impl FilePlugin {
             } else {
                 FdKind::Other
             };
+            if kind == FdKind::Other && target.starts_with("anon_inode:kvm-") {
+                // A virtual machine's fd (its VM, vCPUs, devices) that no
+                // plugin took: the restart could not give it back, and the
+                // program would find its VM gone. Refused now instead.
+                dmtcp::fail_round(format!(
+                    "fd {fd} ({target}) belongs to a KVM virtual machine: without the KVM plugin it cannot be restarted (run the program with dmtcp_launch --kvm)"
+                ));
+            }
             let file_id =
                 (kind == FdKind::Path && fmt == libc::S_IFREG).then_some((st.st_dev, st.st_ino));
             infos.push(FdInfo {
