@@ -167,11 +167,30 @@ fn bin_dir() -> PathBuf {
 }
 
 fn opt<'a>(a: &'a [String], name: &str, default: &'a str) -> &'a str {
+    opt_given(a, name).unwrap_or(default)
+}
+
+/// The value after `name` on the command line, if given.
+fn opt_given<'a>(a: &'a [String], name: &str) -> Option<&'a str> {
     a.iter()
         .position(|x| x == name)
         .and_then(|i| a.get(i + 1))
         .map(String::as_str)
-        .unwrap_or(default)
+}
+
+/// Bytes of the images (`*.dmtcp`) at the top of checkpoint directory `d`
+/// (the newest generation's, by their top-level names).
+fn image_bytes(d: &Path) -> u64 {
+    std::fs::read_dir(d)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "dmtcp"))
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 struct Coord {

@@ -137,11 +137,6 @@ fn status_peers(co: &Coord) -> (usize, bool) {
     (n, s.contains("RUNNING=yes"))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 /// One timed run of the whole job; None if it failed or differed.
 fn timed_run(sys: System, dir: &Path, cmd: &[String], want: Option<&str>) -> Option<(f64, String)> {
     let _ = std::fs::remove_dir_all(dir);
@@ -189,7 +184,7 @@ fn ckpt_restart(sys: System, dir: &Path, cmd: &[String], want: &str) -> Result<C
     coord.cmd(&["-bc"]);
     let ckpt_s = t.elapsed().as_secs_f64();
     let ck = dir.join("ckpt");
-    let image: u64 = walk(&ck);
+    let image = super::image_bytes(&ck);
     // SAFETY: killing the job's process group (mpirun and its ranks).
     unsafe { libc::kill(-(job.id() as i32), libc::SIGKILL) };
     let _ = job.wait();
@@ -251,25 +246,6 @@ fn ckpt_restart(sys: System, dir: &Path, cmd: &[String], want: &str) -> Result<C
     }
 }
 
-fn walk(d: &Path) -> u64 {
-    std::fs::read_dir(d)
-        .map(|r| {
-            r.flatten()
-                .map(|e| {
-                    let p = e.path();
-                    if p.is_dir() {
-                        0 // older generations: not this checkpoint's bytes
-                    } else if p.extension().is_some_and(|x| x == "dmtcp") {
-                        e.metadata().map(|m| m.len()).unwrap_or(0)
-                    } else {
-                        0
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 pub fn run(a: &[String]) {
     let ranks: Vec<usize> = opt(a, "--ranks", "2,4,8")
         .split(',')
@@ -278,11 +254,7 @@ pub fn run(a: &[String]) {
     let steps: u32 = opt(a, "--steps", "100000").parse().expect("--steps");
     let runs: usize = opt(a, "--runs", "3").parse().expect("--runs");
     let btl = opt(a, "--btl", "self,vader").to_string();
-    let dmtcp_root = a
-        .iter()
-        .position(|x| x == "--dmtcp")
-        .and_then(|i| a.get(i + 1))
-        .map(PathBuf::from);
+    let dmtcp_root = super::opt_given(a, "--dmtcp").map(PathBuf::from);
     let dir = std::path::absolute(PathBuf::from(opt(a, "--dir", "target/bench-mpi"))).unwrap();
     let mut systems = vec![System::Bare, System::Ours];
     if let Some(r) = &dmtcp_root {
@@ -313,14 +285,14 @@ pub fn run(a: &[String]) {
                 }
             }
         }
-        let bare = median(&mut times[0].clone());
+        let bare = super::median(times[0].clone());
         for (i, s) in systems.iter().enumerate() {
             if times[i].is_empty() {
                 println!("| {n} | {} | failed | | |", s.name());
                 continue;
             }
             let all: Vec<String> = times[i].iter().map(|t| format!("{t:.2}")).collect();
-            let m = median(&mut times[i]);
+            let m = super::median(times[i].clone());
             println!(
                 "| {n} | {} | {m:.2} | {} | {:+.1}% |",
                 s.name(),

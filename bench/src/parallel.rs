@@ -31,18 +31,6 @@ fn raw_parallel(dir: &Path, n: usize, bytes: usize) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-fn dir_bytes(d: &Path) -> u64 {
-    std::fs::read_dir(d)
-        .map(|r| {
-            r.flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "dmtcp"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// Launch `n` workloads into one coordinator of the tools in `bin`,
 /// checkpoint them all at once; (seconds, image bytes).
 fn checkpoint_all(
@@ -85,7 +73,7 @@ fn checkpoint_all(
     let t = Instant::now();
     coord.cmd(&["-bc"]);
     let s = t.elapsed().as_secs_f64();
-    let bytes = dir_bytes(dir);
+    let bytes = super::image_bytes(dir);
     coord.cmd(&["-k"]);
     for mut k in kids {
         let _ = k.kill();
@@ -98,11 +86,7 @@ pub fn run(a: &[String]) {
     let n: usize = opt(a, "--procs", "8").parse().expect("--procs");
     let mib: usize = opt(a, "--mib", "512").parse().expect("--mib");
     let runs: usize = opt(a, "--runs", "3").parse().expect("--runs");
-    let dmtcp_root = a
-        .iter()
-        .position(|x| x == "--dmtcp")
-        .and_then(|i| a.get(i + 1))
-        .map(PathBuf::from);
+    let dmtcp_root = super::opt_given(a, "--dmtcp").map(PathBuf::from);
     let dir = std::path::absolute(PathBuf::from(opt(a, "--dir", "target/bench-parallel"))).unwrap();
     let total = (n * mib) as f64 * 1048576.0;
     let mut systems: Vec<(String, PathBuf, Vec<&str>)> = vec![
@@ -136,11 +120,8 @@ pub fn run(a: &[String]) {
         times[systems.len()].push(raw_parallel(&dir, n, mib << 20));
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v.get(v.len() / 2).copied()
-    };
-    let raw = med(&mut times[systems.len()].clone()).unwrap_or(f64::NAN);
+    let med = |v: &Vec<f64>| (!v.is_empty()).then(|| super::median(v.clone()));
+    let raw = super::median(times[systems.len()].clone());
     let mut rows: Vec<(String, usize)> = systems
         .iter()
         .enumerate()
@@ -149,7 +130,7 @@ pub fn run(a: &[String]) {
     rows.push(("raw O_DIRECT, one writer per process".into(), systems.len()));
     for (name, i) in rows {
         let all: Vec<String> = times[i].iter().map(|t| format!("{t:.2}")).collect();
-        match med(&mut times[i]) {
+        match med(&times[i]) {
             Some(m) => println!(
                 "| {name} | {} | {m:.2} | {:.2} | {:.0}% | {} |",
                 all.join(" "),

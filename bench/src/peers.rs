@@ -253,11 +253,7 @@ pub fn run(a: &[String]) {
         .split(',')
         .map(String::from)
         .collect();
-    let dmtcp_root = a
-        .iter()
-        .position(|x| x == "--dmtcp")
-        .and_then(|i| a.get(i + 1))
-        .map(PathBuf::from);
+    let dmtcp_root = super::opt_given(a, "--dmtcp").map(PathBuf::from);
     let with_criu = a.iter().any(|x| x == "--criu");
     let dir = std::path::absolute(PathBuf::from(opt(a, "--dir", "target/bench-peers"))).unwrap();
     let caches: Vec<Cache> = opt(a, "--cache", "cold,warm")

@@ -412,11 +412,7 @@ pub fn run(a: &[String]) {
             "dmtcp-rs",
         );
         // The same processes under DMTCP, side by side in this run.
-        if let Some(root) = a
-            .iter()
-            .position(|x| x == "--dmtcp")
-            .and_then(|i| a.get(i + 1))
-        {
+        if let Some(root) = crate::opt_given(a, "--dmtcp") {
             println!();
             real(
                 &dir.join("real-dmtcp"),

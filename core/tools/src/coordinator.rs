@@ -1335,8 +1335,12 @@ fn publish(g: &mut State) {
 
 /// Did the round commit, with every process still there at its end?
 fn round_verdict(round: &Round) -> bool {
-    let lost = round.lost || round.participants.len() != round.done.len();
-    round.committing.unwrap_or(false) && !lost
+    round.committing.unwrap_or(false) && !round_lost(round)
+}
+
+/// Did a process of the round leave before it ended?
+fn round_lost(round: &Round) -> bool {
+    round.lost || round.participants.len() != round.done.len()
 }
 
 /// The answer to the round's waiters (`-bc`), said in the log too when
@@ -1350,11 +1354,10 @@ fn round_reply(g: &mut State, round: &Round) -> Reply {
         .filter_map(|d| d.error.clone())
         .chain(g.commit_error.clone())
         .collect();
-    let lost = round.lost || round.participants.len() != round.done.len();
     // The verdict given at "checkpointed" (a process lost after it spoils
     // the reply, not the generation already committed).
     let committed = round.committing.unwrap_or(false);
-    let ok = committed && !lost;
+    let ok = round_verdict(round);
     let mut r = reply(g, ok);
     if committed {
         r.images = g.last_images.clone();
@@ -1365,7 +1368,7 @@ fn round_reply(g: &mut State, round: &Round) -> Reply {
                 "generation {} was committed, but a process exited before the round ended",
                 round.generation
             )
-        } else if lost {
+        } else if round_lost(round) {
             "checkpoint failed: a process exited during the checkpoint; the previous generation is kept".into()
         } else {
             format!(
