@@ -206,12 +206,15 @@ impl Coord {
     }
     /// A coordinator of the tools in `bin` (DMTCP's take the same options).
     fn start_in(dir: &Path, bin: &Path) -> Coord {
+        let dir = &std::path::absolute(dir).expect("bench directory");
         let pf = dir.join("port");
         let _ = std::fs::remove_file(&pf);
         #[allow(clippy::zombie_processes)] // reaped in Drop
+        // In `dir`: a coordinator writes its restart script where it runs.
         let child = Command::new(bin.join("dmtcp_coordinator"))
             .args(["-q", "-p", "0", "--port-file"])
             .arg(&pf)
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()

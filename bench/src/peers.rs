@@ -83,6 +83,7 @@ fn dmtcp(
     let mut coord = Command::new(bin("dmtcp_coordinator"))
         .args(["-q", "-q", "-p", "0", "--port-file"])
         .arg(&pf)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
