@@ -37,6 +37,11 @@ pub const FORKED_CKPT: &str = "DMTCP_FORKED_CKPT";
 pub const FORKED_CKPT_DMTCP: &str = "DMTCP_FORKED_CHECKPOINT";
 /// Internal: number of writer threads per process.
 pub const WRITERS: &str = "DMTCP_WRITERS";
+/// Image write streams (writer threads) at once per node and user, over
+/// all processes (default twice the cores, at least 4; 0: no limit).
+pub const NODE_STREAMS: &str = "DMTCP_NODE_STREAMS";
+/// Where the slot files of [`NODE_STREAMS`] are (default /dev/shm).
+pub const NODE_STREAMS_DIR: &str = "DMTCP_NODE_STREAMS_DIR";
 
 /// Default coordinator port.
 pub const DEFAULT_PORT: u16 = 7779;

@@ -11,6 +11,7 @@
 //! | `signals`, `sigwrap`, `sigevthread` | signal actions saved for the restart entry; wrappers that keep the checkpoint signal the library's; SIGEV_THREAD timers on a suspendable thread |
 //! | `restartable` | poll/select/sleep wrappers that hide the EINTR a checkpoint causes |
 //! | `memory`, `writer` | the memory plan and the parallel image writers |
+//! | `streams` | the per-node limit on write streams (`DMTCP_NODE_STREAMS`) |
 //! | `unmap` | `munmap`, `mremap`, `mmap(MAP_FIXED)` wrappers: requested exclusions end with the memory they were asked for |
 //! | `lazymem` | memory a lazy restart mapped from the image; `realloc` grows blocks there by moving them |
 //! | `proctree` | the process's place in the job's tree, recorded in the image |
@@ -53,6 +54,7 @@ pub(crate) mod sigevthread;
 pub(crate) mod signals;
 pub(crate) mod sigwrap;
 pub(crate) mod start;
+pub(crate) mod streams;
 pub(crate) mod threads;
 pub(crate) mod unmap;
 pub(crate) mod vdso;

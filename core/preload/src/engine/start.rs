@@ -51,6 +51,8 @@ pub(super) struct Config {
     pub(super) gzip: bool,
     pub(super) signal: i32,
     pub(super) writers: usize,
+    /// Write streams per node (`DMTCP_NODE_STREAMS`; 0: no limit).
+    pub(super) node_streams: usize,
     pub(super) disabled: Vec<String>,
     /// Forked checkpointing (`--forked-ckpt`).
     pub(super) forked: bool,
@@ -78,6 +80,9 @@ impl Config {
             writers: get(E::WRITERS)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(ncpu.clamp(2, 4)),
+            node_streams: get(E::NODE_STREAMS)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(super::streams::default_limit(ncpu)),
             disabled: get(E::DISABLED_PLUGINS)
                 .map(|s| s.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
@@ -214,6 +219,7 @@ extern "C" fn dmtcp_init() {
         libc::atexit(at_exit);
     }
     coord::install(coord);
+    super::streams::configure(ident.cfg.node_streams);
     writer::start(ident.cfg.writers);
     super::fdguard::fill_placeholders();
     capi::set_dir(&ident.cfg.ckpt_dir.display().to_string());

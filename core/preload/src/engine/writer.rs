@@ -280,6 +280,12 @@ fn run_job(w: &Writer) {
     let items = JOB.items.load(SeqCst);
     let n = JOB.n.load(SeqCst);
     let shared_n = JOB.shared_n.load(SeqCst);
+    // One of the node's write streams, unless the items are all taken.
+    let held = if JOB.next.load(SeqCst) < n {
+        Some(super::streams::take())
+    } else {
+        None
+    };
     loop {
         let i = JOB.next.fetch_add(1, SeqCst);
         if i >= n || JOB.error.load(Relaxed) != 0 {
@@ -301,6 +307,9 @@ fn run_job(w: &Writer) {
         if wrote && i >= shared_n {
             test_delay();
         }
+    }
+    if let Some(h) = held {
+        super::streams::give(h);
     }
     JOB.done.fetch_add(1, SeqCst);
     dmtcp_sys::futex_wake(&JOB.done, 1);

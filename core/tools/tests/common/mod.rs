@@ -227,7 +227,7 @@ impl Job {
         std::fs::read_to_string(self.out_path()).unwrap_or_default()
     }
 
-    fn diag(&self) -> String {
+    pub fn diag(&self) -> String {
         let r = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
         format!(
             "\n--- out.txt\n{}\n--- err.txt\n{}\n--- restart.err\n{}\n--- coord.err\n{}",
