@@ -85,7 +85,7 @@ fn main() {
             eprintln!("       bench ibqps [--qps 10,100,1000] [--runs 3] [--pause-us 0]");
             eprintln!("       bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256] [--dir DIR] [--plots DIR]");
             eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
-            eprintln!("       bench parallel [--procs 8] [--mib 512] [--runs 3] [--dmtcp DIR] [--dir DIR]");
+            eprintln!("       bench parallel [--procs 8] [--mib 512] [--runs 3] [--nodes K] [--dmtcp DIR] [--dir DIR]");
             eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--dmtcp DIR] [--dir DIR]");
             eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
             eprintln!("       bench pause [MIB...]   (the program's pause with and without --forked-ckpt)");

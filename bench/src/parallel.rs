@@ -5,12 +5,14 @@
 //! and raw), next to N threads writing the same bytes with O_DIRECT into N
 //! files of the same directory at once (the storage's raw parallel
 //! bandwidth). Aggregate GB/s = bytes of memory / seconds. Images go to
-//! `--dir` (default target/bench-parallel).
+//! `--dir` (default target/bench-parallel). With `--nodes K` the processes
+//! run on K nodes of the test rig (network namespaces, root needed), the
+//! coordinator on node0, all writing into the one directory.
 
 use super::{opt, Coord};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Seconds for `n` threads to each write `bytes` with O_DIRECT into its
@@ -31,6 +33,61 @@ fn raw_parallel(dir: &Path, n: usize, bytes: usize) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// Start the workload (`dmtcp_launch ... bench workload <mib>M random`,
+/// made by `launcher`) and wait until it says it is ready.
+fn start_workload(mut c: Command, opts: &[&str], mib: usize, err: &Path) -> Option<Child> {
+    c.args(opts)
+        .arg(std::env::current_exe().unwrap())
+        .args(["workload", &format!("{mib}M"), "random"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(err).map_or(Stdio::null(), Stdio::from));
+    let mut k = c.spawn().ok()?;
+    let mut line = String::new();
+    BufReader::new(k.stdout.take().unwrap())
+        .read_line(&mut line)
+        .ok()?;
+    if line.trim() != "ready" {
+        let _ = k.kill();
+        let _ = k.wait();
+        let why = std::fs::read_to_string(err).unwrap_or_default();
+        eprintln!("bench parallel: a workload did not start: {}", why.trim());
+        return None;
+    }
+    Some(k)
+}
+
+/// Once `n` processes are connected (`cmd` runs `dmtcp_command` with the
+/// arguments given), one timed `-bc`, then `-k` and the workloads reaped;
+/// (seconds, image bytes in `dir`).
+fn checkpoint_joined(
+    cmd: &dyn Fn(&[&str]) -> String,
+    kids: Vec<Child>,
+    dir: &Path,
+    n: usize,
+) -> Option<(f64, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut ok = true;
+    while !cmd(&["-s"]).contains(&format!("NUM_PEERS={n}")) {
+        if Instant::now() > deadline {
+            ok = false;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = ok.then(|| {
+        let t = Instant::now();
+        cmd(&["-bc"]);
+        t.elapsed().as_secs_f64()
+    });
+    let bytes = super::image_bytes(dir);
+    cmd(&["-k"]);
+    for mut k in kids {
+        let _ = k.kill();
+        let _ = k.wait();
+    }
+    s.filter(|_| bytes > 0).map(|s| (s, bytes))
+}
+
 /// Launch `n` workloads into one coordinator of the tools in `bin`,
 /// checkpoint them all at once; (seconds, image bytes).
 fn checkpoint_all(
@@ -45,41 +102,90 @@ fn checkpoint_all(
     let coord = Coord::start_in(dir, bin);
     let mut kids = Vec::new();
     for _ in 0..n {
-        let mut c = coord.launcher(dir);
-        c.args(opts)
-            .arg(std::env::current_exe().unwrap())
-            .args(["workload", &format!("{mib}M"), "random"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut k = c.spawn().ok()?;
-        let mut line = String::new();
-        BufReader::new(k.stdout.take().unwrap())
-            .read_line(&mut line)
-            .ok()?;
-        if line.trim() != "ready" {
-            let _ = k.kill();
-            return None;
-        }
-        kids.push(k);
+        kids.push(start_workload(coord.launcher(dir), opts, mib, &dir.join("launch.err"))?);
     }
-    let t = Instant::now();
-    let deadline = t + Duration::from_secs(600);
-    while !coord.cmd(&["-s"]).contains(&format!("NUM_PEERS={n}")) {
+    checkpoint_joined(&|a| coord.cmd(a), kids, dir, n)
+}
+
+/// As [`checkpoint_all`], with the `n` workloads spread over the nodes of
+/// `rig` (round robin) and the coordinator on node0; every node writes
+/// into the one directory `dir` (shared storage: a path outside /tmp is
+/// the same in every node).
+fn checkpoint_all_nodes(
+    rig: &testrig::Rig,
+    bin: &Path,
+    dir: &Path,
+    n: usize,
+    mib: usize,
+    opts: &[&str],
+) -> Option<(f64, u64)> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let node0 = rig.node(0);
+    let pf = dir.join("port");
+    // The nodes' /tmp are their own: the coordinator's secret goes where
+    // every node finds it (DMTCP's tools ignore the variable).
+    let secret = dir.join("coord.secret");
+    let node = |k: usize, tool: &str| {
+        let mut c = rig.node(k).command(bin.join(tool));
+        c.env("DMTCP_SECRET_FILE", &secret);
+        c
+    };
+    let mut coord = node(0, "dmtcp_coordinator")
+        .args(["-q", "-p", "0", "--port-file"])
+        .arg(&pf)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        if let Some(p) = std::fs::read_to_string(&pf)
+            .ok()
+            .and_then(|s| s.trim().parse::<u16>().ok())
+        {
+            break p.to_string();
+        }
         if Instant::now() > deadline {
+            let _ = coord.kill();
+            let _ = coord.wait();
             return None;
         }
         std::thread::sleep(Duration::from_millis(5));
+    };
+    let host = node0.addr().to_string();
+    let mut kids = Vec::new();
+    for i in 0..n {
+        let mut c = node(i % rig.nodes().len(), "dmtcp_launch");
+        c.args(["-j", "-h", &host, "-p", &port, "--ckptdir"]).arg(dir);
+        match start_workload(c, opts, mib, &dir.join("launch.err")) {
+            Some(k) => kids.push(k),
+            None => break,
+        }
     }
-    let t = Instant::now();
-    coord.cmd(&["-bc"]);
-    let s = t.elapsed().as_secs_f64();
-    let bytes = super::image_bytes(dir);
-    coord.cmd(&["-k"]);
-    for mut k in kids {
-        let _ = k.kill();
-        let _ = k.wait();
+    if kids.len() < n {
+        for mut k in kids {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+        let _ = coord.kill();
+        let _ = coord.wait();
+        return None;
     }
-    (bytes > 0).then_some((s, bytes))
+    let cmd = |a: &[&str]| {
+        node(0, "dmtcp_command")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(a)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let r = checkpoint_joined(&cmd, kids, dir, n);
+    let _ = coord.kill();
+    let _ = coord.wait();
+    r
 }
 
 pub fn run(a: &[String]) {
@@ -88,6 +194,8 @@ pub fn run(a: &[String]) {
     let runs: usize = opt(a, "--runs", "3").parse().expect("--runs");
     let dmtcp_root = super::opt_given(a, "--dmtcp").map(PathBuf::from);
     let dir = std::path::absolute(PathBuf::from(opt(a, "--dir", "target/bench-parallel"))).unwrap();
+    let nodes: usize = opt(a, "--nodes", "0").parse().expect("--nodes");
+    let rig = (nodes > 0).then(|| testrig::Rig::up(nodes).expect("the test rig (needs root)"));
     let total = (n * mib) as f64 * 1048576.0;
     let mut systems: Vec<(String, PathBuf, Vec<&str>)> = vec![
         ("dmtcp-rs (zstd)".into(), super::bin_dir(), vec![]),
@@ -97,7 +205,11 @@ pub fn run(a: &[String]) {
         systems.push(("DMTCP (gzip)".into(), r.join("bin"), vec![]));
         systems.push(("DMTCP (raw)".into(), r.join("bin"), vec!["--no-gzip"]));
     }
-    println!("{n} processes x {mib} MiB of random memory, checkpointed at once; runs interleaved, median of {runs}");
+    let place = match nodes {
+        0 => String::new(),
+        k => format!(" on {k} rig nodes (round robin, coordinator on node0)"),
+    };
+    println!("{n} processes x {mib} MiB of random memory{place}, checkpointed at once into one directory; runs interleaved, median of {runs}");
     println!();
     println!(
         "| system | seconds (runs) | median s | aggregate GB/s | vs raw parallel | images MB |"
@@ -107,7 +219,11 @@ pub fn run(a: &[String]) {
     let mut sizes = vec![0u64; systems.len()];
     for _ in 0..runs {
         for (i, (name, bin, opts)) in systems.iter().enumerate() {
-            match checkpoint_all(bin, &dir.join("ck"), n, mib, opts) {
+            let r = match &rig {
+                Some(rig) => checkpoint_all_nodes(rig, bin, &dir.join("ck"), n, mib, opts),
+                None => checkpoint_all(bin, &dir.join("ck"), n, mib, opts),
+            };
+            match r {
                 Some((s, b)) => {
                     times[i].push(s);
                     sizes[i] = b;
