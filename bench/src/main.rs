@@ -38,9 +38,10 @@
 //! the same bytes (see parallel.rs).
 //!
 //! `cargo run --release -p bench -- mpi [--ranks 2,4,8] [--runs 3]
-//!  [--dmtcp DIR]` times the Jacobi program of mpi-tests bare, under this
-//! project and under DMTCP: run-time overhead, and checkpoint and restart
-//! per rank count (see mpi.rs).
+//!  [--per-node K] [--dmtcp DIR]` times the Jacobi program of mpi-tests
+//! bare, under this project and under DMTCP: run-time overhead, and
+//! checkpoint and restart per rank count (see mpi.rs); with `--per-node`
+//! on test-rig nodes, K ranks on each.
 //!
 //! `cargo run --release -p bench -- peers [--sizes 1,4] [--dmtcp DIR]
 //!  [--criu]` runs the same workload under this project, DMTCP (an install
@@ -86,7 +87,7 @@ fn main() {
             eprintln!("       bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256] [--dir DIR] [--plots DIR]");
             eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
             eprintln!("       bench parallel [--procs 8] [--mib 512] [--runs 3] [--nodes K] [--dmtcp DIR] [--dir DIR]");
-            eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--dmtcp DIR] [--dir DIR]");
+            eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--per-node K] [--dmtcp DIR] [--dir DIR]");
             eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
             eprintln!("       bench pause [MIB...]   (the program's pause with and without --forked-ckpt)");
             std::process::exit(1);
@@ -198,6 +199,13 @@ struct Coord {
     port: u16,
     /// Where the tools are (this project's, or a DMTCP install's bin/).
     bin: PathBuf,
+    /// The rig whose node0 runs the coordinator and its tools (`bench
+    /// mpi --per-node`), or none: this machine's loopback.
+    rig: Option<std::sync::Arc<testrig::Rig>>,
+    /// On a rig, the coordinator's secret is in this file (its default
+    /// place is node0's private /tmp, under a name the tools find only
+    /// by node0's name): every tool and job is given it.
+    secret: Option<PathBuf>,
 }
 
 impl Coord {
@@ -206,12 +214,23 @@ impl Coord {
     }
     /// A coordinator of the tools in `bin` (DMTCP's take the same options).
     fn start_in(dir: &Path, bin: &Path) -> Coord {
+        Coord::start_on(dir, bin, None)
+    }
+    /// The same on node0 of `rig` (when given): every node reaches it at
+    /// node0's address.
+    fn start_on(dir: &Path, bin: &Path, rig: Option<std::sync::Arc<testrig::Rig>>) -> Coord {
         let dir = &std::path::absolute(dir).expect("bench directory");
         let pf = dir.join("port");
         let _ = std::fs::remove_file(&pf);
+        let secret = rig.as_ref().map(|_| dir.join("coord.secret"));
+        let mut c = on_node0(rig.as_deref(), &bin.join("dmtcp_coordinator"));
+        if let Some(f) = &secret {
+            let _ = std::fs::remove_file(f);
+            c.env("DMTCP_SECRET_FILE", f);
+        }
         #[allow(clippy::zombie_processes)] // reaped in Drop
         // In `dir`: a coordinator writes its restart script where it runs.
-        let child = Command::new(bin.join("dmtcp_coordinator"))
+        let child = c
             .args(["-q", "-p", "0", "--port-file"])
             .arg(&pf)
             .current_dir(dir)
@@ -228,26 +247,62 @@ impl Coord {
                     child,
                     port,
                     bin: bin.to_path_buf(),
+                    rig,
+                    secret,
                 };
             }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    /// The coordinator's address as its tools and jobs give it.
+    fn host(&self) -> String {
+        self.rig
+            .as_ref()
+            .map_or("127.0.0.1".into(), |r| r.node(0).addr().to_string())
+    }
+    /// `program` where the coordinator runs, with its secret.
+    fn tool(&self, program: &Path) -> Command {
+        let mut c = on_node0(self.rig.as_deref(), program);
+        if let Some(f) = &self.secret {
+            c.env("DMTCP_SECRET_FILE", f);
+        }
+        c
+    }
     /// `dmtcp_launch` joined to this coordinator, images into `ckdir`.
     fn launcher(&self, ckdir: &Path) -> Command {
-        let mut c = Command::new(self.bin.join("dmtcp_launch"));
-        c.args(["-j", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+        self.launcher_on(0, ckdir)
+    }
+    /// [`Coord::launcher`] run on node `k` of the rig (here without one).
+    fn launcher_on(&self, k: usize, ckdir: &Path) -> Command {
+        let launch = self.bin.join("dmtcp_launch");
+        let mut c = match &self.rig {
+            Some(r) if k > 0 => r.node(k).command(launch),
+            _ => on_node0(self.rig.as_deref(), &launch),
+        };
+        if let Some(f) = &self.secret {
+            c.env("DMTCP_SECRET_FILE", f);
+        }
+        c.args(["-j", "-h", &self.host(), "-p", &self.port.to_string()])
             .arg("--ckptdir")
             .arg(ckdir);
         c
     }
     fn cmd(&self, args: &[&str]) -> String {
-        let o = Command::new(self.bin.join("dmtcp_command"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+        let o = self
+            .tool(&self.bin.join("dmtcp_command"))
+            .args(["-h", &self.host(), "-p", &self.port.to_string()])
             .args(args)
             .output()
             .expect("dmtcp_command");
         String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+/// `program` to run here, or in node0 of `rig`.
+fn on_node0(rig: Option<&testrig::Rig>, program: &Path) -> Command {
+    match rig {
+        Some(r) => r.node(0).command(program),
+        None => Command::new(program),
     }
 }
 

@@ -13,15 +13,82 @@
 //!    then left to finish: its checksum must be the bare run's.
 //!
 //! Images go to `--dir` (default target/bench-mpi).
+//!
+//! `--per-node K` runs every job on a test rig (network namespaces with
+//! sshd, mpi-tests/rig) instead of this machine alone: N ranks on
+//! ceil(N/K) nodes, K on each, `mpirun` (and the coordinator) on node0
+//! starting its remote daemons over ssh, TCP between nodes (default
+//! `--btl self,vader,tcp`), the restart script restarting each node's
+//! images there. `--ranks 2,4,8 --per-node 2` runs 2/4/8 ranks on 1/2/4
+//! nodes.
 
-use super::{bin_dir, opt, Coord};
+use super::{bin_dir, on_node0, opt, Coord};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Where the jobs run: this machine, or a rig with `per_node` ranks on
+/// each node.
+struct Place {
+    rig: Option<Arc<testrig::Rig>>,
+    per_node: usize,
+}
+
+impl Place {
+    fn rig(&self) -> Option<&testrig::Rig> {
+        self.rig.as_deref()
+    }
+    /// `mpirun`'s options placing `ranks` ranks (a hostfile written in
+    /// `dir`); none on this machine.
+    fn mpirun_opts(&self, ranks: usize, dir: &Path) -> Vec<String> {
+        let Some(rig) = self.rig() else {
+            return Vec::new();
+        };
+        let nodes = ranks.div_ceil(self.per_node);
+        let hosts: String = (0..nodes)
+            .map(|k| format!("{} slots={}\n", rig.node(k).name(), self.per_node))
+            .collect();
+        let f = dir.join(format!("hosts-{ranks}"));
+        std::fs::write(&f, hosts).expect("writing the hostfile");
+        let net = rig.subnet().to_string();
+        vec![
+            "--hostfile".into(),
+            f.display().to_string(),
+            "--mca".into(),
+            "plm_rsh_agent".into(),
+            rig_ssh(rig),
+            "--mca".into(),
+            "btl_tcp_if_include".into(),
+            net.clone(),
+            "--mca".into(),
+            "oob_tcp_if_include".into(),
+            net,
+        ]
+    }
+    fn describe(&self, ranks: usize) -> String {
+        match self.rig {
+            None => format!("{ranks}"),
+            Some(_) => format!("{ranks} on {}", ranks.div_ceil(self.per_node)),
+        }
+    }
+}
+
+/// The rig's ssh command (its config file).
+fn rig_ssh(rig: &testrig::Rig) -> String {
+    format!("ssh -F {}", rig.ssh_config().display())
+}
 
 const LIMIT: Duration = Duration::from_secs(300);
 
-fn mpirun(ranks: usize, btl: &str, steps: u32, sleep_ms: u32) -> Vec<String> {
+fn mpirun(
+    place: &Place,
+    dir: &Path,
+    ranks: usize,
+    btl: &str,
+    steps: u32,
+    sleep_ms: u32,
+) -> Vec<String> {
     let prog = bin_dir().join("mpi_jacobi");
     assert!(
         prog.exists(),
@@ -39,6 +106,7 @@ fn mpirun(ranks: usize, btl: &str, steps: u32, sleep_ms: u32) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    v.extend(place.mpirun_opts(ranks, dir));
     v.extend(["--mca", "btl", btl].map(String::from));
     v.push(prog.display().to_string());
     v.extend([steps.to_string(), sleep_ms.to_string(), n]);
@@ -91,17 +159,18 @@ impl System<'_> {
             System::Dmtcp(_) => "DMTCP",
         }
     }
-    fn coord(&self, dir: &Path) -> Option<Coord> {
+    fn coord(&self, place: &Place, dir: &Path) -> Option<Coord> {
         match self {
             System::Bare => None,
-            System::Ours => Some(Coord::start(dir)),
-            System::Dmtcp(root) => Some(Coord::start_in(dir, &root.join("bin"))),
+            System::Ours => Some(Coord::start_on(dir, &bin_dir(), place.rig.clone())),
+            System::Dmtcp(root) => Some(Coord::start_on(dir, &root.join("bin"), place.rig.clone())),
         }
     }
 }
 
 /// Start `cmd` under `sys` (stdout to `dir/out.txt`, own process group).
 fn start(
+    place: &Place,
     sys: System,
     coord: Option<&Coord>,
     dir: &Path,
@@ -110,7 +179,7 @@ fn start(
     let ck = dir.join("ckpt");
     std::fs::create_dir_all(&ck).unwrap();
     let mut c = match (sys, coord) {
-        (System::Bare, _) | (_, None) => Command::new(&cmd[0]),
+        (System::Bare, _) | (_, None) => on_node0(place.rig(), Path::new(&cmd[0])),
         (_, Some(co)) => {
             let mut c = co.launcher(&ck);
             c.arg(&cmd[0]);
@@ -138,12 +207,18 @@ fn status_peers(co: &Coord) -> (usize, bool) {
 }
 
 /// One timed run of the whole job; None if it failed or differed.
-fn timed_run(sys: System, dir: &Path, cmd: &[String], want: Option<&str>) -> Option<(f64, String)> {
+fn timed_run(
+    place: &Place,
+    sys: System,
+    dir: &Path,
+    cmd: &[String],
+    want: Option<&str>,
+) -> Option<(f64, String)> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
-    let coord = sys.coord(dir);
+    let coord = sys.coord(place, dir);
     let t = Instant::now();
-    let (c, out) = start(sys, coord.as_ref(), dir, cmd);
+    let (c, out) = start(place, sys, coord.as_ref(), dir, cmd);
     let sum = finish(c, &out, sys.name())?;
     let s = t.elapsed().as_secs_f64();
     if let Some(w) = want {
@@ -162,11 +237,17 @@ struct CkptRow {
 }
 
 /// Checkpoint once mid-run, kill, restart with the script, finish.
-fn ckpt_restart(sys: System, dir: &Path, cmd: &[String], want: &str) -> Result<CkptRow, String> {
+fn ckpt_restart(
+    place: &Place,
+    sys: System,
+    dir: &Path,
+    cmd: &[String],
+    want: &str,
+) -> Result<CkptRow, String> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
-    let coord = sys.coord(dir).expect("a checkpointer");
-    let (mut job, out) = start(sys, Some(&coord), dir, cmd);
+    let coord = sys.coord(place, dir).expect("a checkpointer");
+    let (mut job, out) = start(place, sys, Some(&coord), dir, cmd);
     let read = || std::fs::read_to_string(&out).unwrap_or_default();
     let t = Instant::now();
     while !read().contains("step 20\n") {
@@ -204,7 +285,11 @@ fn ckpt_restart(sys: System, dir: &Path, cmd: &[String], want: &str) -> Result<C
         return Err(format!("no images or restart script in {}", ck.display()));
     }
     let t = Instant::now();
-    let mut r = Command::new("bash");
+    let mut r = coord.tool(Path::new("bash"));
+    if let Some(rig) = place.rig() {
+        // Images of the other nodes are restarted there over ssh.
+        r.env("DMTCP_RSH", rig_ssh(rig));
+    }
     r.arg(&script)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -253,21 +338,54 @@ pub fn run(a: &[String]) {
         .collect();
     let steps: u32 = opt(a, "--steps", "100000").parse().expect("--steps");
     let runs: usize = opt(a, "--runs", "3").parse().expect("--runs");
-    let btl = opt(a, "--btl", "self,vader").to_string();
+    let per_node: Option<usize> =
+        super::opt_given(a, "--per-node").map(|s| s.parse().expect("--per-node"));
+    let btl = opt(
+        a,
+        "--btl",
+        if per_node.is_some() {
+            "self,vader,tcp"
+        } else {
+            "self,vader"
+        },
+    )
+    .to_string();
     let dmtcp_root = super::opt_given(a, "--dmtcp").map(PathBuf::from);
     let dir = std::path::absolute(PathBuf::from(opt(a, "--dir", "target/bench-mpi"))).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let place = Place {
+        rig: per_node.map(|k| {
+            assert!(k > 0, "--per-node must be at least 1");
+            let nodes = ranks.iter().map(|n| n.div_ceil(k)).max().unwrap_or(1);
+            Arc::new(
+                testrig::Rig::builder(nodes)
+                    .sshd(true)
+                    // Images and outputs (under /tmp too) seen by every node.
+                    .share(&dir)
+                    .up()
+                    .expect("test rig with sshd (needs root, iproute2, openssh-server)"),
+            )
+        }),
+        per_node: per_node.unwrap_or(1),
+    };
     let mut systems = vec![System::Bare, System::Ours];
     if let Some(r) = &dmtcp_root {
         systems.push(System::Dmtcp(r));
     }
 
+    let ranks_head = if place.rig.is_some() {
+        "ranks on nodes"
+    } else {
+        "ranks"
+    };
     println!("Run-time overhead: mpi_jacobi {steps} steps, btl {btl}, median of {runs} runs");
     println!();
-    println!("| ranks | system | median s | runs s | overhead vs bare |");
+    println!("| {ranks_head} | system | median s | runs s | overhead vs bare |");
     println!("|---|---|---|---|---|");
     for &n in &ranks {
-        let cmd = mpirun(n, &btl, steps, 0);
-        let Some((_, want)) = timed_run(System::Bare, &dir.join("warm"), &cmd, None) else {
+        let cmd = mpirun(&place, &dir, n, &btl, steps, 0);
+        let nn = place.describe(n);
+        let Some((_, want)) = timed_run(&place, System::Bare, &dir.join("warm"), &cmd, None) else {
             eprintln!("bench mpi: the bare run with {n} ranks failed");
             continue;
         };
@@ -279,7 +397,7 @@ pub fn run(a: &[String]) {
                 if failed[i] {
                     continue;
                 }
-                match timed_run(s, &dir.join(s.name()), &cmd, Some(&want)) {
+                match timed_run(&place, s, &dir.join(s.name()), &cmd, Some(&want)) {
                     Some((t, _)) => times[i].push(t),
                     None => failed[i] = true,
                 }
@@ -288,13 +406,13 @@ pub fn run(a: &[String]) {
         let bare = super::median(times[0].clone());
         for (i, s) in systems.iter().enumerate() {
             if times[i].is_empty() {
-                println!("| {n} | {} | failed | | |", s.name());
+                println!("| {nn} | {} | failed | | |", s.name());
                 continue;
             }
             let all: Vec<String> = times[i].iter().map(|t| format!("{t:.2}")).collect();
             let m = super::median(times[i].clone());
             println!(
-                "| {n} | {} | {m:.2} | {} | {:+.1}% |",
+                "| {nn} | {} | {m:.2} | {} | {:+.1}% |",
                 s.name(),
                 all.join(" "),
                 (m / bare - 1.0) * 100.0
@@ -305,24 +423,25 @@ pub fn run(a: &[String]) {
     println!();
     println!("Checkpoint and restart: mpi_jacobi with 5 ms per step, one checkpoint at step 20, SIGKILL, restart script, run to the end");
     println!();
-    println!("| ranks | system | checkpoint s | restart s | images MB | checksum |");
+    println!("| {ranks_head} | system | checkpoint s | restart s | images MB | checksum |");
     println!("|---|---|---|---|---|---|");
     for &n in &ranks {
-        let cmd = mpirun(n, &btl, 400, 5);
-        let Some((_, want)) = timed_run(System::Bare, &dir.join("warm"), &cmd, None) else {
+        let cmd = mpirun(&place, &dir, n, &btl, 400, 5);
+        let nn = place.describe(n);
+        let Some((_, want)) = timed_run(&place, System::Bare, &dir.join("warm"), &cmd, None) else {
             eprintln!("bench mpi: the bare run with {n} ranks failed");
             continue;
         };
         for &s in &systems[1..] {
-            match ckpt_restart(s, &dir.join(s.name()), &cmd, &want) {
+            match ckpt_restart(&place, s, &dir.join(s.name()), &cmd, &want) {
                 Ok(r) => println!(
-                    "| {n} | {} | {:.2} | {:.2} | {:.0} | = bare |",
+                    "| {nn} | {} | {:.2} | {:.2} | {:.0} | = bare |",
                     s.name(),
                     r.ckpt_s,
                     r.restart_s,
                     r.image as f64 / 1e6
                 ),
-                Err(e) => println!("| {n} | {} | failed: {e} | | | |", s.name()),
+                Err(e) => println!("| {nn} | {} | failed: {e} | | | |", s.name()),
             }
         }
     }

@@ -13,6 +13,7 @@ use super::{opt, Coord};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Seconds for `n` threads to each write `bytes` with O_DIRECT into its
@@ -89,8 +90,12 @@ fn checkpoint_joined(
 }
 
 /// Launch `n` workloads into one coordinator of the tools in `bin`,
-/// checkpoint them all at once; (seconds, image bytes).
+/// checkpoint them all at once; (seconds, image bytes). With a rig the
+/// workloads are spread over its nodes (round robin), the coordinator on
+/// node0, every node writing into the one directory `dir` (shared storage:
+/// a path outside /tmp is the same in every node).
 fn checkpoint_all(
+    rig: Option<&Arc<testrig::Rig>>,
     bin: &Path,
     dir: &Path,
     n: usize,
@@ -99,67 +104,11 @@ fn checkpoint_all(
 ) -> Option<(f64, u64)> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
-    let coord = Coord::start_in(dir, bin);
-    let mut kids = Vec::new();
-    for _ in 0..n {
-        kids.push(start_workload(coord.launcher(dir), opts, mib, &dir.join("launch.err"))?);
-    }
-    checkpoint_joined(&|a| coord.cmd(a), kids, dir, n)
-}
-
-/// As [`checkpoint_all`], with the `n` workloads spread over the nodes of
-/// `rig` (round robin) and the coordinator on node0; every node writes
-/// into the one directory `dir` (shared storage: a path outside /tmp is
-/// the same in every node).
-fn checkpoint_all_nodes(
-    rig: &testrig::Rig,
-    bin: &Path,
-    dir: &Path,
-    n: usize,
-    mib: usize,
-    opts: &[&str],
-) -> Option<(f64, u64)> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).unwrap();
-    let node0 = rig.node(0);
-    let pf = dir.join("port");
-    // The nodes' /tmp are their own: the coordinator's secret goes where
-    // every node finds it (DMTCP's tools ignore the variable).
-    let secret = dir.join("coord.secret");
-    let node = |k: usize, tool: &str| {
-        let mut c = rig.node(k).command(bin.join(tool));
-        c.env("DMTCP_SECRET_FILE", &secret);
-        c
-    };
-    let mut coord = node(0, "dmtcp_coordinator")
-        .args(["-q", "-p", "0", "--port-file"])
-        .arg(&pf)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let port = loop {
-        if let Some(p) = std::fs::read_to_string(&pf)
-            .ok()
-            .and_then(|s| s.trim().parse::<u16>().ok())
-        {
-            break p.to_string();
-        }
-        if Instant::now() > deadline {
-            let _ = coord.kill();
-            let _ = coord.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let host = node0.addr().to_string();
+    let coord = Coord::start_on(dir, bin, rig.cloned());
+    let nodes = rig.map_or(1, |r| r.nodes().len());
     let mut kids = Vec::new();
     for i in 0..n {
-        let mut c = node(i % rig.nodes().len(), "dmtcp_launch");
-        c.args(["-j", "-h", &host, "-p", &port, "--ckptdir"]).arg(dir);
+        let c = coord.launcher_on(i % nodes, dir);
         match start_workload(c, opts, mib, &dir.join("launch.err")) {
             Some(k) => kids.push(k),
             None => break,
@@ -170,22 +119,9 @@ fn checkpoint_all_nodes(
             let _ = k.kill();
             let _ = k.wait();
         }
-        let _ = coord.kill();
-        let _ = coord.wait();
         return None;
     }
-    let cmd = |a: &[&str]| {
-        node(0, "dmtcp_command")
-            .args(["-h", "127.0.0.1", "-p", &port])
-            .args(a)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    let r = checkpoint_joined(&cmd, kids, dir, n);
-    let _ = coord.kill();
-    let _ = coord.wait();
-    r
+    checkpoint_joined(&|a| coord.cmd(a), kids, dir, n)
 }
 
 pub fn run(a: &[String]) {
@@ -195,7 +131,7 @@ pub fn run(a: &[String]) {
     let dmtcp_root = super::opt_given(a, "--dmtcp").map(PathBuf::from);
     let dir = std::path::absolute(PathBuf::from(opt(a, "--dir", "target/bench-parallel"))).unwrap();
     let nodes: usize = opt(a, "--nodes", "0").parse().expect("--nodes");
-    let rig = (nodes > 0).then(|| testrig::Rig::up(nodes).expect("the test rig (needs root)"));
+    let rig = (nodes > 0).then(|| Arc::new(testrig::Rig::up(nodes).expect("the test rig (needs root)")));
     let total = (n * mib) as f64 * 1048576.0;
     let mut systems: Vec<(String, PathBuf, Vec<&str>)> = vec![
         ("dmtcp-rs (zstd)".into(), super::bin_dir(), vec![]),
@@ -219,11 +155,7 @@ pub fn run(a: &[String]) {
     let mut sizes = vec![0u64; systems.len()];
     for _ in 0..runs {
         for (i, (name, bin, opts)) in systems.iter().enumerate() {
-            let r = match &rig {
-                Some(rig) => checkpoint_all_nodes(rig, bin, &dir.join("ck"), n, mib, opts),
-                None => checkpoint_all(bin, &dir.join("ck"), n, mib, opts),
-            };
-            match r {
+            match checkpoint_all(rig.as_ref(), bin, &dir.join("ck"), n, mib, opts) {
                 Some((s, b)) => {
                     times[i].push(s);
                     sizes[i] = b;

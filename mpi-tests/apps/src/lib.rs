@@ -7,8 +7,11 @@
 //! the other MPI's launcher runs as N copies of rank 0), prints
 //! `step <k>` on rank 0 every 10 steps and `CHECKSUM <hex>` at the end.
 
+use mpi::collective::SystemOperation;
 use mpi::traits::*;
 
+#[cfg(feature = "mpio")]
+pub mod h5mpio;
 pub mod rma;
 
 /// The command line of every program.
@@ -71,5 +74,71 @@ pub fn finish(world: &mpi::topology::SimpleCommunicator, mine: u64) {
         println!("CHECKSUM {:016x}", fnv(all));
     } else {
         root.gather_into(&mine);
+    }
+}
+
+/// The HDF5 writers' field: `FIELD_N` values per rank, each step a
+/// smoothing sweep and the Allreduce of the sum over all ranks (kept, and
+/// folded into the first value).
+pub struct Field {
+    pub u: Vec<f64>,
+    sums: Vec<u64>,
+}
+
+/// Values of the field per rank.
+pub const FIELD_N: usize = 4096;
+
+impl Field {
+    pub fn new(rank: i32) -> Self {
+        Field {
+            u: (0..FIELD_N)
+                .map(|i| ((i * 37 + rank as usize * 101) % 97) as f64)
+                .collect(),
+            sums: Vec::new(),
+        }
+    }
+
+    /// One step (collective: every rank calls it).
+    pub fn step(&mut self, world: &mpi::topology::SimpleCommunicator) {
+        let u = &mut self.u;
+        let prev = u.clone();
+        for i in 1..FIELD_N - 1 {
+            u[i] = 0.5 * prev[i] + 0.25 * (prev[i - 1] + prev[i + 1]);
+        }
+        let local: f64 = u.iter().sum();
+        let mut total = 0f64;
+        world.all_reduce_into(&local, &mut total, SystemOperation::sum());
+        u[0] = total % 1000.0;
+        self.sums.push(total.to_bits());
+    }
+
+    /// Run `a.steps` steps, handing the field to `store` after every 10th
+    /// (step numbers 9, 19, ...) as dataset `step_<k>`; a failed store
+    /// ends the program (exit 6).
+    pub fn run(
+        &mut self,
+        world: &mpi::topology::SimpleCommunicator,
+        a: &Args,
+        mut store: impl FnMut(&str, &Self) -> Result<(), String>,
+    ) {
+        for k in 0..a.steps {
+            self.step(world);
+            if k % 10 == 9 {
+                if let Err(e) = store(&format!("step_{k:04}"), self) {
+                    eprintln!("rank {}: storing step {k}: {e}", world.rank());
+                    std::process::exit(6);
+                }
+            }
+            step_done(world, k, a);
+        }
+    }
+
+    /// This rank's checksum of the field and every step's sum.
+    pub fn checksum(&self) -> u64 {
+        fnv(self
+            .u
+            .iter()
+            .map(|x| x.to_bits())
+            .chain(self.sums.iter().copied()))
     }
 }

@@ -1,6 +1,6 @@
 //! One-sided communication through MPI's C interface (rsmpi 0.8 has no
 //! window type): a window over a buffer of u64, fences, puts and gets.
-//! The only unsafe code of the MPI programs.
+//! With h5mpio.rs, the only unsafe code of the MPI programs.
 
 use mpi::ffi;
 use mpi::traits::AsRaw;

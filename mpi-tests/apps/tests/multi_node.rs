@@ -32,14 +32,33 @@ fn script(rig: &testrig::Rig, prog: &str) -> String {
 
 /// The same, running `steps` steps.
 fn script_steps(rig: &testrig::Rig, prog: &str, steps: &str) -> String {
+    script_exe(rig, &common::bin_dir().join(prog), steps)
+}
+
+/// `mpirun` of the program `exe` with 2 ranks on each of node0 and node1.
+fn script_exe(rig: &testrig::Rig, exe: &std::path::Path, steps: &str) -> String {
+    script_on(rig, 2, "self,vader,tcp", exe, steps)
+}
+
+/// `mpirun` of `exe` with 2 ranks on each of node0..node<nodes-1>, over
+/// the BTLs `btl`.
+fn script_on(
+    rig: &testrig::Rig,
+    nodes: usize,
+    btl: &str,
+    exe: &std::path::Path,
+    steps: &str,
+) -> String {
     let hostfile = rig.shared_dir().join("mpi-hosts");
-    std::fs::write(&hostfile, "node0 slots=2\nnode1 slots=2\n").unwrap();
+    let hosts: String = (0..nodes).map(|k| format!("node{k} slots=2\n")).collect();
+    std::fs::write(&hostfile, hosts).unwrap();
+    let np = 2 * nodes;
     format!(
-        "mpirun --allow-run-as-root --hostfile {} -np 4 --mca plm_rsh_agent '{}' --mca btl self,vader,tcp \
-         --mca btl_tcp_if_include {net} --mca oob_tcp_if_include {net} {} {steps} {SLEEP_MS} 4",
+        "mpirun --allow-run-as-root --hostfile {} -np {np} --mca plm_rsh_agent '{}' --mca btl {btl} \
+         --mca btl_tcp_if_include {net} --mca oob_tcp_if_include {net} {} {steps} {SLEEP_MS} {np}",
         hostfile.display(),
         common::ssh(rig),
-        common::bin_dir().join(prog).display(),
+        exe.display(),
         net = rig.subnet()
     )
 }
@@ -125,6 +144,81 @@ fn hdf5_files_across_two_hosts_restart() {
     h5compare::same_files(&bare_dir, &job.dir, 4, "step_0199");
 }
 
+/// 8 ranks, 2 on each of four hosts, Jacobi over TCP only (`btl
+/// self,tcp`: also between the ranks of one host): checkpointed, killed on
+/// every host and restarted with the script (four `dmtcp_restart`s whose
+/// connections meet through the coordinator); checksum = the bare run's.
+#[test]
+fn jacobi_with_8_ranks_on_4_hosts_over_tcp_restarts() {
+    let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+    let rig = common::rig(4);
+    let s = script_on(
+        &rig,
+        4,
+        "self,tcp",
+        &common::bin_dir().join("mpi_jacobi"),
+        STEPS,
+    );
+    let want = bare(&rig, &s, &rig.shared_dir().join("bare-jacobi8"));
+    let mut job = Job::launch(&rig, "jacobi8", &s, &[]);
+    job.wait_for("step 40\n");
+    // mpirun, 3 dmtcp_ssh and 2 ranks on node0; dmtcp_sshd, orted and 2
+    // ranks on each of node1..node3.
+    job.wait_peers(18);
+    job.checkpoint();
+    job.wait_for("step 70\n");
+    job.kill();
+    job.restart(&[]);
+    job.wait_peers(18);
+    let procs = job.processes();
+    for k in 0..4 {
+        assert_eq!(
+            common::count(&procs, "mpi_jacobi", &format!("node{k}")),
+            2,
+            "{procs:?}"
+        );
+    }
+    finish_with(&mut job, &want);
+}
+
+/// Parallel HDF5: the ranks write one shared file (`field.h5` in the
+/// shared directory) through the MPI-IO driver, each stored step a dataset
+/// made together and written with one collective write (`mpi_h5shared`,
+/// built with the `mpio` feature against Debian's OpenMPI HDF5 into
+/// target/h5mpi, as scripts/test.sh does). Checkpointed twice while the
+/// file is open, killed and restarted on the same hosts: the checksum and
+/// the file (`h5dump`) equal the bare run's.
+#[test]
+fn parallel_hdf5_shared_file_across_two_hosts_restarts() {
+    let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+    let exe = common::bin_dir()
+        .parent()
+        .unwrap()
+        .join("h5mpi/release/mpi_h5shared");
+    assert!(
+        exe.exists(),
+        "{} missing: build it against the OpenMPI HDF5 first (apt install libhdf5-openmpi-dev; \
+         scripts/test.sh does: HDF5_DIR=/usr/lib/x86_64-linux-gnu/hdf5/openmpi cargo build --release \
+         -p mpi-apps --features mpio --bin mpi_h5shared --target-dir target/h5mpi)",
+        exe.display()
+    );
+    let rig = common::rig(2);
+    let s = script_exe(&rig, &exe, STEPS);
+    let bare_dir = rig.shared_dir().join("bare-h5shared");
+    let want = bare(&rig, &s, &bare_dir);
+    let mut job = Job::launch(&rig, "h5shared", &s, &["--ckpt-open-files"]);
+    job.wait_for("step 40\n");
+    job.wait_peers(8);
+    job.checkpoint();
+    job.wait_for("step 80\n");
+    job.checkpoint();
+    job.wait_for("step 110\n");
+    job.kill();
+    job.restart(&[]);
+    finish_with(&mut job, &want);
+    h5compare::same_file(&bare_dir, &job.dir, "field.h5", "step_0199");
+}
+
 /// `mpiexec.mpich` (hydra, starting `hydra_pmi_proxy` over ssh with the
 /// rig's config) of `prog ARGS`, 2 ranks on each of node0 and node1, UCX
 /// restricted to `ucx_tls`.
@@ -178,8 +272,8 @@ fn mpich_finish(job: &mut Job, last: &str, bare: &str) {
 /// MPICH (4.0) with the C ring program built by `mpicc.mpich`, 2 ranks
 /// on each of node0 and node1: checkpointed, killed and restarted on the
 /// same hosts, twice; the output (every iteration's running checksum,
-/// then the final one) equals a bare run's. (Moving it to other hosts
-/// does not work yet: docs/mpi.md.)
+/// then the final one) equals a bare run's. (A job moved to other hosts:
+/// `mpich_jacobi_over_tcp_moves_to_two_other_hosts`.)
 #[test]
 fn mpich_ring_across_two_hosts_restarts_twice() {
     let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
@@ -217,9 +311,11 @@ fn mpich_ring_across_two_hosts_restarts_twice() {
 /// The rsmpi programs built against MPICH (scripts/test.sh builds them
 /// into target/mpich with `MPICC=mpicc.mpich`): `prog`, 2 ranks on each
 /// of node0 and node1, UCX restricted to `ucx_tls`, checkpointed at step
-/// 40, killed at step 70, restarted with the script; the whole output
-/// (progress lines and the checksum) equals a bare run's.
-fn mpich_rsmpi(name: &str, prog: &str, ucx_tls: &str) {
+/// 40, killed at step 70, restarted with the script (on the hosts of
+/// `moved`, one a line, when given: the i-th old host's images go to the
+/// i-th new one); the whole output (progress lines and the checksum)
+/// equals a bare run's.
+fn mpich_rsmpi(name: &str, prog: &str, ucx_tls: &str, moved: Option<&str>) {
     let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
     let exe = common::bin_dir()
         .parent()
@@ -232,7 +328,7 @@ fn mpich_rsmpi(name: &str, prog: &str, ucx_tls: &str) {
          MPICC=mpicc.mpich cargo build --release -p mpi-apps --bins --target-dir target/mpich)",
         exe.display()
     );
-    let rig = common::rig(2);
+    let rig = common::rig(if moved.is_some() { 4 } else { 2 });
     let mpiexec = mpich_script(
         &rig,
         ucx_tls,
@@ -242,9 +338,22 @@ fn mpich_rsmpi(name: &str, prog: &str, ucx_tls: &str) {
     let mut job = Job::launch(&rig, name, &mpiexec, &[]);
     job.wait_for("step 40\n");
     job.checkpoint();
+    let before = job.processes().len();
     job.wait_for("step 70\n");
     job.kill();
-    job.restart(&[]);
+    match moved {
+        None => job.restart(&[]),
+        Some(hosts) => {
+            let f = rig.shared_dir().join(format!("hosts-{name}"));
+            std::fs::write(&f, hosts).unwrap();
+            job.restart(&["--hostfile", &f.display().to_string()]);
+            job.wait_peers(before);
+            let procs = job.processes();
+            for h in hosts.lines() {
+                assert_eq!(common::count(&procs, prog, h), 2, "{procs:?}");
+            }
+        }
+    }
     mpich_finish(&mut job, "CHECKSUM", &bare);
 }
 
@@ -252,14 +361,26 @@ fn mpich_rsmpi(name: &str, prog: &str, ucx_tls: &str) {
 /// every pair of ranks, also on one host).
 #[test]
 fn mpich_jacobi_over_tcp_across_two_hosts_restarts() {
-    mpich_rsmpi("mpich-jacobi", "mpi_jacobi", "self,tcp");
+    mpich_rsmpi("mpich-jacobi", "mpi_jacobi", "self,tcp", None);
+}
+
+/// The same job restarted on two other hosts (node2, node3: their /tmp
+/// and /dev/shm never saw it).
+#[test]
+fn mpich_jacobi_over_tcp_moves_to_two_other_hosts() {
+    mpich_rsmpi(
+        "mpich-jacobi-moved",
+        "mpi_jacobi",
+        "self,tcp",
+        Some("node2\nnode3\n"),
+    );
 }
 
 /// rsmpi one-sided Put/Get with fences under MPICH (shared memory inside
 /// a host, TCP between hosts).
 #[test]
 fn mpich_rma_across_two_hosts_restarts() {
-    mpich_rsmpi("mpich-rma", "mpi_rma", "self,posix,tcp");
+    mpich_rsmpi("mpich-rma", "mpi_rma", "self,posix,tcp", None);
 }
 
 /// Periodic checkpoints (`dmtcp_launch -i 2`) and then a rank killed, as a

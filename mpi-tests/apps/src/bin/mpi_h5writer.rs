@@ -2,10 +2,8 @@
 //! of its sum) and is stored every 10 steps as a new dataset of the
 //! rank's HDF5 file (`field_<rank>.h5` in the working directory, per-rank
 //! files through the serial HDF5 library), which stays open the whole run.
-use mpi::collective::SystemOperation;
 use mpi::traits::*;
-
-const N: usize = 4096;
+use mpi_apps::{Field, FIELD_N};
 
 fn main() {
     let universe = mpi::initialize().expect("MPI init");
@@ -19,37 +17,15 @@ fn main() {
             std::process::exit(5);
         }
     };
-    let mut u: Vec<f64> = (0..N)
-        .map(|i| ((i * 37 + rank as usize * 101) % 97) as f64)
-        .collect();
-    let mut sums = Vec::new();
-    for k in 0..a.steps {
-        let prev = u.clone();
-        for i in 1..N - 1 {
-            u[i] = 0.5 * prev[i] + 0.25 * (prev[i - 1] + prev[i + 1]);
-        }
-        let local: f64 = u.iter().sum();
-        let mut total = 0f64;
-        world.all_reduce_into(&local, &mut total, SystemOperation::sum());
-        u[0] = total % 1000.0;
-        sums.push(total.to_bits());
-        if k % 10 == 9 {
-            let stored = file
-                .new_dataset::<f64>()
-                .shape(N)
-                .create(format!("step_{k:04}").as_str())
-                .and_then(|d| d.write_raw(&u))
-                .and_then(|_| file.flush());
-            if let Err(e) = stored {
-                eprintln!("rank {rank}: storing step {k}: {e}");
-                std::process::exit(6);
-            }
-        }
-        mpi_apps::step_done(&world, k, &a);
-    }
+    let mut field = Field::new(rank);
+    field.run(&world, &a, |name, f| {
+        file.new_dataset::<f64>()
+            .shape(FIELD_N)
+            .create(name)
+            .and_then(|d| d.write_raw(&f.u))
+            .and_then(|_| file.flush())
+            .map_err(|e| e.to_string())
+    });
     drop(file);
-    mpi_apps::finish(
-        &world,
-        mpi_apps::fnv(u.iter().map(|x| x.to_bits()).chain(sums)),
-    );
+    mpi_apps::finish(&world, field.checksum());
 }
