@@ -31,6 +31,8 @@ const ROUNDS: usize = 100;
 struct Hard {
     job: Job,
     pgid: i32,
+    /// The launched leader's start time ([`proc_start`]).
+    pgid_start: Option<u64>,
     name: String,
 }
 
@@ -39,6 +41,7 @@ impl Hard {
         Hard {
             job: Job::new(name),
             pgid: 0,
+            pgid_start: None,
             name: name.to_string(),
         }
     }
@@ -46,6 +49,7 @@ impl Hard {
     fn launch(&mut self, args: &[&str]) {
         self.job.launch(args, &[]);
         self.pgid = self.job.proc.as_ref().map(|p| p.id() as i32).unwrap_or(0);
+        self.pgid_start = proc_start(self.pgid as u32);
     }
 
     fn touch(&self, f: &str) {
@@ -60,11 +64,16 @@ impl Hard {
     }
 
     fn reap(&mut self) {
-        if self.pgid > 0 {
-            // SAFETY: signalling the process group of the job we launched.
-            unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
-        }
+        self.kill_group();
         self.job.kill();
+    }
+
+    /// SIGKILL the launched job's process group while its leader is the
+    /// process launched (see [`kill_group_of`]).
+    fn kill_group(&mut self) {
+        if self.pgid > 0 {
+            kill_group_of(self.pgid as u32, self.pgid_start);
+        }
     }
 
     fn files(&self) -> String {
@@ -180,10 +189,7 @@ impl Hard {
 
 impl Drop for Hard {
     fn drop(&mut self) {
-        if self.pgid > 0 {
-            // SAFETY: signalling the process group of the job we launched.
-            unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
-        }
+        self.kill_group();
     }
 }
 

@@ -55,6 +55,9 @@ pub struct Job {
     port: u16,
     coord: Child,
     pub procs: Vec<(String, Child)>,
+    /// Start time of each launched process (by pid), taken at launch: its
+    /// process group is killed only while it is that process.
+    starts: std::collections::HashMap<u32, Option<u64>>,
     restart: Option<Child>,
     rig: testrig::Rig,
     /// The coordinator's address as the processes reach it.
@@ -118,6 +121,7 @@ impl Job {
             port,
             coord,
             procs: Vec::new(),
+            starts: std::collections::HashMap::new(),
             restart: None,
             rig,
             host,
@@ -173,6 +177,7 @@ impl Job {
         .stderr(File::create(self.dir.join(format!("{name}.err"))).unwrap());
         std::os::unix::process::CommandExt::process_group(&mut c, 0);
         let ch = c.spawn().expect("launch");
+        self.starts.insert(ch.id(), proc_start(ch.id()));
         self.procs.push((name.to_string(), ch));
     }
 
@@ -283,8 +288,7 @@ impl Job {
             let _ = r.wait();
         }
         for (_, c) in &mut self.procs {
-            // SAFETY: signalling the process group of our own child.
-            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+            kill_group_of(c.id(), self.starts.get(&c.id()).copied().flatten());
             let _ = c.wait();
         }
         let deadline = Instant::now() + TIMEOUT;
@@ -359,8 +363,7 @@ impl Job {
 impl Drop for Job {
     fn drop(&mut self) {
         for (_, c) in &mut self.procs {
-            // SAFETY: our own child's process group.
-            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+            kill_group_of(c.id(), self.starts.get(&c.id()).copied().flatten());
             let _ = c.wait();
         }
         if let Some(mut r) = self.restart.take() {
@@ -399,4 +402,31 @@ pub fn last_num(out: &str, key: &str) -> Option<i64> {
         }
     }
     None
+}
+
+/// When process `pid` started (clock ticks since boot, field 22 of
+/// /proc/<pid>/stat), while it exists (running, or a zombie not yet
+/// reaped). With its pid this names one process: a pid is reused once its
+/// process is reaped, the start time is not.
+pub fn proc_start(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (in parentheses, may hold anything): state is
+    // field 3, start time field 22.
+    s.get(s.rfind(')')? + 2..)?
+        .split(' ')
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// SIGKILL the process group led by `pid` if `pid` is still the process
+/// that started at `start` (see [`proc_start`]): once a leader is reaped,
+/// its pid and so its group's id may be another process's, another
+/// test's job running at the same time, which a SIGKILL to the old id
+/// would kill.
+pub fn kill_group_of(pid: u32, start: Option<u64>) {
+    if start.is_some() && proc_start(pid) == start {
+        // SAFETY: signalling the group our own, unreaped child leads.
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
 }
