@@ -4,6 +4,9 @@
 # that it continues exactly where it was and ends like an uninterrupted run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The serial HDF5 for the MPI test programs, as scripts/test.sh builds them
+# (Debian's hdf5.pc may name the parallel one).
+[ -d /usr/lib/x86_64-linux-gnu/hdf5/serial ] && export HDF5_DIR=/usr/lib/x86_64-linux-gnu/hdf5/serial
 cargo build --release --workspace --quiet
 B=$PWD/target/release
 work=$(mktemp -d /tmp/dmtcp-demo.XXXXXX)
