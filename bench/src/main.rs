@@ -42,11 +42,16 @@
 //! project and under DMTCP: run-time overhead, and checkpoint and restart
 //! per rank count (see mpi.rs).
 //!
+//! `cargo run --release -p bench -- incremental [--mib 1024] [--percent 10]`
+//! times a full checkpoint and an incremental one after 10 % of the
+//! memory changed, and restart of both (see incremental.rs).
+//!
 //! `cargo run --release -p bench -- peers [--sizes 1,4] [--dmtcp DIR]
 //!  [--criu]` runs the same workload under this project, DMTCP (an install
 //! at DIR) and CRIU, side by side in one run (see peers.rs).
 
 mod ibqps;
+mod incremental;
 mod mpi;
 mod parallel;
 mod peers;
@@ -76,6 +81,7 @@ fn main() {
         Some("mpi") => mpi::run(&args[2..]),
         Some("parallel") => parallel::run(&args[2..]),
         Some("pause") => pause(&args[2..]),
+        Some("incremental") => incremental::run(&args[2..]),
         _ => {
             eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR] [--plots DIR]");
             eprintln!(
@@ -89,6 +95,7 @@ fn main() {
             eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--dmtcp DIR] [--dir DIR]");
             eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
             eprintln!("       bench pause [MIB...]   (the program's pause with and without --forked-ckpt)");
+            eprintln!("       bench incremental [--mib 1024] [--percent 10] [--modes zstd,raw] [--runs 1] [--dir DIR]");
             std::process::exit(1);
         }
     }
@@ -150,6 +157,40 @@ fn workload(a: &[String]) {
     }
     println!("ready");
     std::io::stdout().flush().unwrap();
+    if a.get(2).map(String::as_str) == Some("changing") {
+        // `change P` on stdin: P % of the memory, in 256 KiB regions
+        // chosen at random, gets new contents; then "changed".
+        let region = (256 << 10) / 8;
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for l in std::io::stdin().lock().lines() {
+            let Some(p) = l
+                .ok()
+                .and_then(|l| l.strip_prefix("change ")?.trim().parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let mut changed = 0;
+            for r in mem.chunks_mut(region) {
+                if next() % 100 < p {
+                    changed += 1;
+                    for w in r.iter_mut() {
+                        *w = next();
+                    }
+                }
+            }
+            println!(
+                "changed {changed} of {} regions",
+                mem.len().div_ceil(region)
+            );
+            std::io::stdout().flush().unwrap();
+        }
+    }
     let mut beat = 0u64;
     loop {
         std::thread::sleep(Duration::from_millis(20));

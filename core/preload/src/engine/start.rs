@@ -54,6 +54,8 @@ pub(super) struct Config {
     pub(super) disabled: Vec<String>,
     /// Forked checkpointing (`--forked-ckpt`).
     pub(super) forked: bool,
+    /// Every Nth image full (`--full-every`, [`E::FULL_EVERY`]).
+    pub(super) full_every: u32,
 }
 
 impl Config {
@@ -84,6 +86,9 @@ impl Config {
             forked: get(E::FORKED_CKPT)
                 .or_else(|| get(E::FORKED_CKPT_DMTCP))
                 .is_some_and(|v| E::truthy(&v)),
+            full_every: get(E::FULL_EVERY)
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(E::DEFAULT_FULL_EVERY),
         }
     }
 }
@@ -416,6 +421,7 @@ fn spawn_ckpt_thread(ident: Ident, generation: u32) -> bool {
                 num_peers: 1,
                 slot,
                 writer_pid: None,
+                last_image: None,
             };
             ctl.run();
         });
