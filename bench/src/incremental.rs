@@ -5,13 +5,13 @@
 //! incremental image on the first). Prints, per mode, the bytes and
 //! seconds of both checkpoints with their ratio (targets of issue 18:
 //! at most 15 % of the bytes and 25 % of the time), and the restart time
-//! of the incremental generation next to the full one's (page cache as
-//! the checkpoints left it). Medians over `--runs`.
+//! of the incremental generation next to the full one's (their files read
+//! into the page cache first). Medians over `--runs`.
 
-use super::{bin_dir, median, opt, Coord};
+use super::{launch_workload, median, opt, restart_timed, Cache, Coord};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 struct Run {
@@ -37,28 +37,15 @@ fn gen_image(dir: &Path, n: u32) -> PathBuf {
         .expect("its image")
 }
 
-/// Seconds from `dmtcp_restart IMG` until the process runs.
+/// Seconds from `dmtcp_restart IMG` until the process runs, with IMG
+/// and every earlier image it refers to read into the page cache first
+/// (each restart finds the cache the same way, whatever ran before).
 fn restart_time(coord: &Coord, img: &Path) -> f64 {
-    let t = Instant::now();
-    let mut r = Command::new(bin_dir().join("dmtcp_restart"))
-        .args(["-j", "-h", "127.0.0.1", "-p", &coord.port.to_string()])
-        .arg(img)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("restart");
-    loop {
-        let s = coord.cmd(&["-s"]);
-        if s.contains("NUM_PEERS=1") && s.contains("RUNNING=yes") {
-            break;
-        }
-        assert!(
-            r.try_wait().ok().flatten().is_none(),
-            "dmtcp_restart {} ended",
-            img.display()
-        );
-        std::thread::sleep(Duration::from_millis(2));
+    let opened = dmtcp_common::image::Image::open(img).expect("the image");
+    for f in std::iter::once(&opened).chain(opened.sources.iter()) {
+        Cache::Warm.prepare(&f.path);
     }
-    let s = t.elapsed().as_secs_f64();
+    let (mut r, s) = restart_timed(coord, img);
     coord.cmd(&["-k"]);
     let _ = r.wait();
     while !coord.cmd(&["-s"]).contains("NUM_PEERS=0") {
@@ -68,20 +55,13 @@ fn restart_time(coord: &Coord, img: &Path) -> f64 {
 }
 
 fn one(dir: &Path, mib: usize, percent: u32, mode: &str) -> Run {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).unwrap();
-    let coord = Coord::start(dir);
-    let mut launch = coord.launcher(dir);
-    if mode == "raw" {
-        launch.arg("--no-gzip");
-    }
-    let mut child = launch
-        .arg(std::env::current_exe().unwrap())
-        .args(["workload", &format!("{mib}M"), "random", "changing"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("launch");
+    let (coord, mut child) = launch_workload(
+        dir,
+        mode,
+        &["--incremental"],
+        &[&format!("{mib}M"), "random", "changing"],
+        Stdio::piped(),
+    );
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();

@@ -383,7 +383,39 @@ struct Row {
     raw_s: f64,
 }
 
-fn one(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Row {
+/// `dmtcp_restart IMG` joined to `coord`: it and the seconds until the
+/// restarted process runs.
+fn restart_timed(coord: &Coord, img: &Path) -> (std::process::Child, f64) {
+    let t = Instant::now();
+    let mut r = Command::new(bin_dir().join("dmtcp_restart"))
+        .args(["-j", "-h", "127.0.0.1", "-p", &coord.port.to_string()])
+        .arg(img)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("restart");
+    loop {
+        let s = coord.cmd(&["-s"]);
+        if s.contains("NUM_PEERS=1") && s.contains("RUNNING=yes") {
+            break;
+        }
+        if let Ok(Some(st)) = r.try_wait() {
+            panic!("dmtcp_restart {} ended: {st}", img.display());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    (r, t.elapsed().as_secs_f64())
+}
+
+/// A fresh `dir` with a coordinator, and `workload ARGS` launched under
+/// it (images into `dir`, raw if `mode` is "raw", with the launch
+/// options `opts`), its stdout piped.
+fn launch_workload(
+    dir: &Path,
+    mode: &str,
+    opts: &[&str],
+    args: &[&str],
+    stdin: Stdio,
+) -> (Coord, std::process::Child) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let coord = Coord::start(dir);
@@ -391,12 +423,21 @@ fn one(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Row {
     if mode == "raw" {
         launch.arg("--no-gzip");
     }
-    let mut child = launch
+    let child = launch
+        .args(opts)
         .arg(std::env::current_exe().unwrap())
-        .args(["workload", &gib.to_string(), kind])
+        .arg("workload")
+        .args(args)
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .spawn()
         .expect("launch");
+    (coord, child)
+}
+
+fn one(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Row {
+    let (coord, mut child) =
+        launch_workload(dir, mode, &[], &[&gib.to_string(), kind], Stdio::inherit());
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -418,21 +459,7 @@ fn one(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Row {
         .expect("an image");
     let image = std::fs::metadata(&img).unwrap().len();
     cache.prepare(&img);
-    let t = Instant::now();
-    let mut r = Command::new(bin_dir().join("dmtcp_restart"))
-        .args(["-j", "-h", "127.0.0.1", "-p", &coord.port.to_string()])
-        .arg(&img)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("restart");
-    loop {
-        let s = coord.cmd(&["-s"]);
-        if s.contains("NUM_PEERS=1") && s.contains("RUNNING=yes") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let restart_s = t.elapsed().as_secs_f64();
+    let (mut r, restart_s) = restart_timed(&coord, &img);
     let _ = r.kill();
     let _ = r.wait();
     let _ = std::fs::remove_file(&img);

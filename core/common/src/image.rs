@@ -1021,19 +1021,25 @@ mod tests {
             },
         ];
         let index = encode_index(&meta(), &chunks);
+        seal_into(data, &index, 0, &dir.join("ckpt_t_u.dmtcp"))
+    }
+
+    /// `data` (header block and chunks) with `index` appended and the
+    /// header filled in, written to `p`.
+    fn seal_into(mut data: Vec<u8>, index: &[u8], flags: u32, p: &Path) -> PathBuf {
         let index_offset = data.len() as u64;
-        data.extend_from_slice(&index);
+        data.extend_from_slice(index);
         let h = Header {
+            flags,
             index_offset,
             index_len: index.len() as u64,
-            index_crc: crc32fast::hash(&index),
+            index_crc: crc32fast::hash(index),
             file_len: data.len() as u64,
             ..Default::default()
         };
         data[..4096].copy_from_slice(&h.encode());
-        let p = dir.join("ckpt_t_u.dmtcp");
-        std::fs::File::create(&p).unwrap().write_all(&data).unwrap();
-        p
+        std::fs::File::create(p).unwrap().write_all(&data).unwrap();
+        p.to_path_buf()
     }
 
     fn tmpdir(name: &str) -> PathBuf {
@@ -1128,19 +1134,7 @@ mod tests {
             },
         ];
         let index = encode_index_hashed(&m, &chunks, &[1, 2]);
-        let index_offset = data.len() as u64;
-        data.extend_from_slice(&index);
-        let h = Header {
-            flags: HDR_HASHES,
-            index_offset,
-            index_len: index.len() as u64,
-            index_crc: crc32fast::hash(&index),
-            file_len: data.len() as u64,
-            ..Default::default()
-        };
-        data[..4096].copy_from_slice(&h.encode());
-        let p = g2.join("ckpt_t_u.dmtcp");
-        std::fs::File::create(&p).unwrap().write_all(&data).unwrap();
+        let p = seal_into(data, &index, HDR_HASHES, &g2.join("ckpt_t_u.dmtcp"));
         (first, p)
     }
 

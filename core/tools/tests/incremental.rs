@@ -9,18 +9,8 @@
 
 mod common;
 use common::*;
-use dmtcp_common::generation as gen;
 use dmtcp_common::image::Image;
 use std::path::{Path, PathBuf};
-
-/// Committed generation directories of `dir`: (number, path), by number.
-fn committed(dir: &Path) -> Vec<(u32, PathBuf)> {
-    gen::list(dir)
-        .into_iter()
-        .filter(|f| !f.partial)
-        .map(|f| (f.generation, f.path))
-        .collect()
-}
 
 /// The one image of generation directory `g`.
 fn image_of(g: &Path) -> PathBuf {
@@ -95,7 +85,7 @@ impl Mem {
 }
 
 /// Generations 1 (full), 2 (on 1), 3 (on 2 and 1) with --full-every 5
-/// and --keep-generations 2: generation 1 stays because 3 refers to it;
+/// (which turns incremental images on) and --keep-generations 2: generation 1 stays because 3 refers to it;
 /// 2 and 3 store a small part of 1's bytes. Killed, restarted with the
 /// restart script from generation 3; every byte is checked by the
 /// program. After the restart the first image is full, the next one
@@ -188,7 +178,7 @@ fn chain_of_three_restarts_and_prunes_by_reference() {
 /// finds all of its memory (here copied, not mapped: DMTCP_RESTART_EAGER).
 #[test]
 fn a_missing_replaced_or_damaged_earlier_image_is_refused() {
-    let mut m = Mem::launch("incr-refuse", &["--no-gzip"]);
+    let mut m = Mem::launch("incr-refuse", &["--incremental", "--no-gzip"]);
     let ckpt = m.job.ckpt.clone();
     m.job.checkpoint();
     m.change();
@@ -244,7 +234,7 @@ fn a_missing_replaced_or_damaged_earlier_image_is_refused() {
 /// from all three files.
 #[test]
 fn forked_compressed_chain_survives_a_moved_directory() {
-    let mut m = Mem::launch("incr-moved", &["--forked-ckpt", "--gzip"]);
+    let mut m = Mem::launch("incr-moved", &["--incremental", "--forked-ckpt", "--gzip"]);
     for _ in 0..2 {
         m.job.checkpoint();
         m.change();
@@ -260,5 +250,26 @@ fn forked_compressed_chain_survives_a_moved_directory() {
     m.job
         .restart_with(&["--restartdir".into(), moved.display().to_string()]);
     m.change();
+    m.finish();
+}
+
+/// Without `--incremental` (the default) every image is full: no
+/// sources, no hashes, generations pruned to `--keep-generations` as
+/// before.
+#[test]
+fn images_are_full_by_default() {
+    let mut m = Mem::launch("incr-off", &[]);
+    m.job.checkpoint();
+    m.change();
+    m.job.checkpoint();
+    m.change();
+    m.job.checkpoint();
+    let gens = committed(&m.job.ckpt);
+    assert_eq!(gens.iter().map(|g| g.0).collect::<Vec<_>>(), [2, 3]);
+    for g in &gens {
+        let img = Image::open(&image_of(&g.1)).unwrap();
+        assert!(img.meta.sources.is_empty() && img.hashes.is_empty());
+        assert!(own_bytes(&img) > 32 << 20, "{}", own_bytes(&img));
+    }
     m.finish();
 }

@@ -582,14 +582,9 @@ fn write_blocks(st: &mut WState, addr: u64, src: *const u8, len: usize) -> Resul
             )?;
             pend = b;
         } else if compress {
-            // SAFETY: [a, b) lies in the run.
-            write_chunk(
-                st,
-                a,
-                unsafe { src.add((a - addr) as usize) },
-                (b - a) as usize,
-                h,
-            )?;
+            // SAFETY: [a, b) lies in the run, whose bytes are at src.
+            let p = unsafe { src.add((a - addr) as usize) };
+            write_chunk(st, a, p, (b - a) as usize, h)?;
             pend = b;
         } else {
             st.pend_hash(np, h);
