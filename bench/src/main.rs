@@ -43,11 +43,16 @@
 //! checkpoint and restart per rank count (see mpi.rs); with `--per-node`
 //! on test-rig nodes, K ranks on each.
 //!
+//! `cargo run --release -p bench -- incremental [--mib 1024] [--percent 10]`
+//! times a full checkpoint and an incremental one after 10 % of the
+//! memory changed, and restart of both (see incremental.rs).
+//!
 //! `cargo run --release -p bench -- peers [--sizes 1,4] [--dmtcp DIR]
 //!  [--criu]` runs the same workload under this project, DMTCP (an install
 //! at DIR) and CRIU, side by side in one run (see peers.rs).
 
 mod ibqps;
+mod incremental;
 mod mpi;
 mod parallel;
 mod peers;
@@ -77,6 +82,7 @@ fn main() {
         Some("mpi") => mpi::run(&args[2..]),
         Some("parallel") => parallel::run(&args[2..]),
         Some("pause") => pause(&args[2..]),
+        Some("incremental") => incremental::run(&args[2..]),
         _ => {
             eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR] [--plots DIR]");
             eprintln!(
@@ -90,6 +96,7 @@ fn main() {
             eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--per-node K] [--dmtcp DIR] [--dir DIR]");
             eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
             eprintln!("       bench pause [MIB...]   (the program's pause with and without --forked-ckpt)");
+            eprintln!("       bench incremental [--mib 1024] [--percent 10] [--modes zstd,raw] [--runs 1] [--dir DIR]");
             std::process::exit(1);
         }
     }
@@ -151,6 +158,40 @@ fn workload(a: &[String]) {
     }
     println!("ready");
     std::io::stdout().flush().unwrap();
+    if a.get(2).map(String::as_str) == Some("changing") {
+        // `change P` on stdin: P % of the memory, in 256 KiB regions
+        // chosen at random, gets new contents; then "changed".
+        let region = (256 << 10) / 8;
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for l in std::io::stdin().lock().lines() {
+            let Some(p) = l
+                .ok()
+                .and_then(|l| l.strip_prefix("change ")?.trim().parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let mut changed = 0;
+            for r in mem.chunks_mut(region) {
+                if next() % 100 < p {
+                    changed += 1;
+                    for w in r.iter_mut() {
+                        *w = next();
+                    }
+                }
+            }
+            println!(
+                "changed {changed} of {} regions",
+                mem.len().div_ceil(region)
+            );
+            std::io::stdout().flush().unwrap();
+        }
+    }
     let mut beat = 0u64;
     loop {
         std::thread::sleep(Duration::from_millis(20));
@@ -400,7 +441,39 @@ struct Row {
     raw_s: f64,
 }
 
-fn one(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Row {
+/// `dmtcp_restart IMG` joined to `coord`: it and the seconds until the
+/// restarted process runs.
+fn restart_timed(coord: &Coord, img: &Path) -> (std::process::Child, f64) {
+    let t = Instant::now();
+    let mut r = Command::new(bin_dir().join("dmtcp_restart"))
+        .args(["-j", "-h", "127.0.0.1", "-p", &coord.port.to_string()])
+        .arg(img)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("restart");
+    loop {
+        let s = coord.cmd(&["-s"]);
+        if s.contains("NUM_PEERS=1") && s.contains("RUNNING=yes") {
+            break;
+        }
+        if let Ok(Some(st)) = r.try_wait() {
+            panic!("dmtcp_restart {} ended: {st}", img.display());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    (r, t.elapsed().as_secs_f64())
+}
+
+/// A fresh `dir` with a coordinator, and `workload ARGS` launched under
+/// it (images into `dir`, raw if `mode` is "raw", with the launch
+/// options `opts`), its stdout piped.
+fn launch_workload(
+    dir: &Path,
+    mode: &str,
+    opts: &[&str],
+    args: &[&str],
+    stdin: Stdio,
+) -> (Coord, std::process::Child) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let coord = Coord::start(dir);
@@ -408,12 +481,21 @@ fn one(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Row {
     if mode == "raw" {
         launch.arg("--no-gzip");
     }
-    let mut child = launch
+    let child = launch
+        .args(opts)
         .arg(std::env::current_exe().unwrap())
-        .args(["workload", &gib.to_string(), kind])
+        .arg("workload")
+        .args(args)
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .spawn()
         .expect("launch");
+    (coord, child)
+}
+
+fn one(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Row {
+    let (coord, mut child) =
+        launch_workload(dir, mode, &[], &[&gib.to_string(), kind], Stdio::inherit());
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -435,21 +517,7 @@ fn one(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Row {
         .expect("an image");
     let image = std::fs::metadata(&img).unwrap().len();
     cache.prepare(&img);
-    let t = Instant::now();
-    let mut r = Command::new(bin_dir().join("dmtcp_restart"))
-        .args(["-j", "-h", "127.0.0.1", "-p", &coord.port.to_string()])
-        .arg(&img)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("restart");
-    loop {
-        let s = coord.cmd(&["-s"]);
-        if s.contains("NUM_PEERS=1") && s.contains("RUNNING=yes") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let restart_s = t.elapsed().as_secs_f64();
+    let (mut r, restart_s) = restart_timed(&coord, &img);
     let _ = r.kill();
     let _ = r.wait();
     let _ = std::fs::remove_file(&img);

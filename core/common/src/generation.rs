@@ -99,6 +99,33 @@ pub fn list(dir: &Path) -> Vec<Found> {
     v
 }
 
+/// The generation directories (their names) whose images the images in
+/// `kept` (generation directories) refer to: incremental images keep part
+/// of their memory in earlier generations, which must stay as long as a
+/// kept generation needs them. An image that cannot be read refers to
+/// nothing here (a restart of it fails anyway); reading one costs its
+/// index.
+pub fn referenced<'a>(kept: impl Iterator<Item = &'a Path>) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for d in kept {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if !(name.starts_with("ckpt_") && name.ends_with(".dmtcp")) {
+                continue;
+            }
+            if let Ok(img) = crate::image::Image::open_alone(&e.path()) {
+                for s in &img.meta.sources {
+                    if let Some((dir, _)) = s.name.split_once('/') {
+                        out.insert(dir.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The highest generation number of computation `comp` that `dir` holds
 /// (committed or partial), 0 if none.
 pub fn highest(dir: &Path, comp: &str) -> u32 {

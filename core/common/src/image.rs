@@ -20,14 +20,25 @@ use std::path::{Path, PathBuf};
 
 /// First 8 bytes of every image.
 pub const MAGIC: [u8; 8] = *b"DMTCPRS\0";
-/// Current format version.
-pub const FORMAT_VERSION: u32 = 1;
+/// Current format version (2: chunks may lie in earlier images, the
+/// index may end with content hashes). Version 1 images are read too.
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest format version this reader accepts.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Size of the header block, and alignment of every data run.
 pub const BLOCK: u64 = 4096;
 /// Chunk flag: the stored bytes are one zstd frame.
 pub const CHUNK_ZSTD: u32 = 1;
 /// Header flag: some chunks are compressed.
 pub const HDR_COMPRESSED: u32 = 1;
+/// Header flag: the index ends with one 16-byte content hash (xxh3-128 of
+/// the chunk's memory bytes, little-endian) per chunk, in table order.
+pub const HDR_HASHES: u32 = 2;
+/// Chunk flags bits 16..31: where the stored bytes are. 0: in this file;
+/// k: in `Meta::sources[k - 1]` (an earlier image of the same process).
+pub const CHUNK_SRC_SHIFT: u32 = 16;
+/// Most source images one image may refer to.
+pub const MAX_SOURCES: usize = 64;
 /// Largest chunk (memory bytes, and stored bytes) a reader accepts. The
 /// writer (core/preload/src/writer.rs) never stores a run longer than one
 /// work item, `memory::ITEM_PAGES` pages (4 MiB); this leaves room to grow
@@ -80,8 +91,30 @@ pub struct ChunkDesc {
     pub stored_len: u64,
     /// CRC32 of the stored bytes.
     pub crc: u32,
-    /// `CHUNK_*` flags.
+    /// `CHUNK_*` flags; bits 16..31 the source ([`CHUNK_SRC_SHIFT`]).
     pub flags: u32,
+}
+
+impl ChunkDesc {
+    /// 0: the stored bytes are in this file; k: in source image k - 1.
+    pub fn source(&self) -> usize {
+        (self.flags >> CHUNK_SRC_SHIFT) as usize
+    }
+}
+
+/// An earlier image of the same process whose chunks an incremental image
+/// refers to (the file where those bytes physically are: never a chain).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Source {
+    /// `dmtcp_gen_<comp>_<N>/<image name>`: the generation directory and
+    /// file, looked up next to the referring image's generation directory
+    /// (or below the directory holding it, for a top-level name).
+    pub name: String,
+    pub generation: u32,
+    /// Its `file_len`.
+    pub file_len: u64,
+    /// Its `header_crc` (which covers its index: this is the file).
+    pub header_crc: u32,
 }
 
 const _: () = {
@@ -155,6 +188,13 @@ pub struct Meta {
     /// then restart only on a vDSO of the same layout).
     #[serde(default)]
     pub vdso_syms: Vec<(String, u64)>,
+    /// Earlier images holding chunks of this one (incremental images;
+    /// empty in a full one).
+    #[serde(default)]
+    pub sources: Vec<Source>,
+    /// Incremental images taken since the last full one (0: this one is full).
+    #[serde(default)]
+    pub since_full: u32,
 }
 
 /// Parent, group, session and unreaped children of a process.
@@ -286,7 +326,7 @@ pub enum ImageError {
     NotAnImage { path: PathBuf },
     #[error("{path} is not a DMTCP-rs checkpoint image (not a regular file)")]
     NotAFile { path: PathBuf },
-    #[error("{path} has image format version {found}, this dmtcp_restart reads version {FORMAT_VERSION}")]
+    #[error("{path} has image format version {found}, this dmtcp_restart reads versions {MIN_FORMAT_VERSION} to {FORMAT_VERSION}")]
     Version { path: PathBuf, found: u32 },
     #[error("{path} is truncated: {actual} bytes, the image needs {expected} (an interrupted copy or a full disk?)")]
     Truncated {
@@ -298,6 +338,10 @@ pub enum ImageError {
     /// "chunk N (memory at 0x...): ".
     #[error("{path} is corrupt: {what}")]
     Corrupt { path: PathBuf, what: String },
+    /// An incremental image whose earlier image (holding part of its
+    /// memory) is missing, replaced or damaged.
+    #[error("{path} cannot be restarted: {what}")]
+    Source { path: PathBuf, what: String },
 }
 
 fn pod_bytes<T: Copy>(v: &T) -> &[u8] {
@@ -343,8 +387,14 @@ impl Header {
     }
 }
 
-/// Encode the index for `meta` and `chunks`.
+/// Encode the index for `meta` and `chunks` (no content hashes).
 pub fn encode_index(meta: &Meta, chunks: &[ChunkDesc]) -> Vec<u8> {
+    encode_index_hashed(meta, chunks, &[])
+}
+
+/// Encode the index for `meta` and `chunks`, followed by `hashes` (one per
+/// chunk, or none; the header then has [`HDR_HASHES`]).
+pub fn encode_index_hashed(meta: &Meta, chunks: &[ChunkDesc], hashes: &[u128]) -> Vec<u8> {
     let json = serde_json::to_vec(meta).expect("metadata serializes");
     let head = IndexHead {
         meta_len: json.len() as u64,
@@ -358,6 +408,9 @@ pub fn encode_index(meta: &Meta, chunks: &[ChunkDesc]) -> Vec<u8> {
     }
     for c in chunks {
         out.extend_from_slice(pod_bytes(c));
+    }
+    for h in hashes {
+        out.extend_from_slice(&h.to_le_bytes());
     }
     out
 }
@@ -387,7 +440,7 @@ pub fn rewrite_meta(path: &Path, edit: impl FnOnce(&mut Meta)) -> Result<(), Ima
     let img = Image::open(path)?;
     let mut meta = img.meta.clone();
     edit(&mut meta);
-    let index = encode_index(&meta, &img.chunks);
+    let index = encode_index_hashed(&meta, &img.chunks, &img.hashes);
     let mut header = img.header;
     header.index_len = index.len() as u64;
     header.file_len = header.index_offset + header.index_len;
@@ -413,14 +466,22 @@ pub struct Image {
     pub header: Header,
     pub meta: Meta,
     pub chunks: Vec<ChunkDesc>,
+    /// Content hash of each chunk's memory (empty if the image has none).
+    pub hashes: Vec<u128>,
+    /// The images of `meta.sources`, opened and checked, in that order.
+    pub sources: Vec<Image>,
     file: File,
 }
 
 impl Image {
     /// Move the image's file descriptor to a number at or above `min`, out
     /// of the way of the fd numbers a restart puts the program's pipes at.
+    /// (The sources' descriptors too.)
     pub fn move_fd_above(&mut self, min: i32) -> std::io::Result<()> {
         use std::os::fd::{AsRawFd, FromRawFd};
+        for s in &mut self.sources {
+            s.move_fd_above(min)?;
+        }
         // SAFETY: duplicating our own open fd; the File takes ownership of the copy.
         let fd = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
         if fd < 0 {
@@ -460,10 +521,14 @@ impl Image {
     /// the chunk's CRC.
     pub fn check_stored(&self, c: &ChunkDesc, stored: &[u8]) -> Result<(), ImageError> {
         if crc32fast::hash(stored) != c.crc {
+            let whr = match c.source() {
+                0 => String::new(),
+                _ => format!(" of {}", self.file_of(c).path.display()),
+            };
             return Err(ImageError::Corrupt {
                 path: self.path.clone(),
                 what: format!(
-                    "{}: checksum mismatch in the memory contents ({} bytes at offset {})",
+                    "{}: checksum mismatch in the memory contents ({} bytes at offset {}{whr})",
                     self.chunk_name(c),
                     c.stored_len,
                     c.file_off
@@ -473,8 +538,121 @@ impl Image {
         Ok(())
     }
 
-    /// Open and validate `path`.
+    /// Open and validate `path`, and the earlier images an incremental
+    /// image refers to (each opened once, checked to be the very file it
+    /// names: generation, length, header checksum; every chunk kept there
+    /// must lie in its data section).
     pub fn open(path: &Path) -> Result<Image, ImageError> {
+        let mut img = Image::open_alone(path)?;
+        img.open_sources()?;
+        Ok(img)
+    }
+
+    /// The image or source that holds chunk `c`'s stored bytes.
+    pub fn file_of(&self, c: &ChunkDesc) -> &Image {
+        match c.source() {
+            0 => self,
+            k => self.sources.get(k - 1).unwrap_or(self),
+        }
+    }
+
+    /// Where the sources of an image in `dir` may be: next to its
+    /// generation directory, or below `dir` itself (a top-level name).
+    fn source_candidates(dir: &Path, name: &str) -> Vec<PathBuf> {
+        vec![dir.join("..").join(name), dir.join(name)]
+    }
+
+    fn open_sources(&mut self) -> Result<(), ImageError> {
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let err = |what: String| ImageError::Source {
+            path: self.path.clone(),
+            what,
+        };
+        let mut opened = Vec::with_capacity(self.meta.sources.len());
+        for (k, s) in self.meta.sources.iter().enumerate() {
+            let n = self.chunks.iter().filter(|c| c.source() == k + 1).count();
+            let need = format!(
+                "{n} chunks of its memory are in {} (generation {})",
+                s.name, s.generation
+            );
+            let comps: Vec<_> = Path::new(&s.name).components().collect();
+            if comps.len() != 2
+                || !comps
+                    .iter()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(ImageError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("metadata: source {k} has the name {:?}, not <generation directory>/<image>", s.name),
+                });
+            }
+            let mut why = Vec::new();
+            let mut found = None;
+            for cand in Image::source_candidates(&dir, &s.name) {
+                match Image::open_alone(&cand) {
+                    Ok(img) => {
+                        if img.header.file_len != s.file_len
+                            || img.header.header_crc != s.header_crc
+                            || img.meta.generation != s.generation
+                            || img.meta.uniq_id != self.meta.uniq_id
+                        {
+                            why.push(format!(
+                                "{} is another image (generation {}, {} bytes, header checksum {:08x}; expected generation {}, {} bytes, {:08x}): replaced?",
+                                cand.display(),
+                                img.meta.generation,
+                                img.header.file_len,
+                                img.header.header_crc,
+                                s.generation,
+                                s.file_len,
+                                s.header_crc
+                            ));
+                            continue;
+                        }
+                        found = Some(img);
+                        break;
+                    }
+                    Err(ImageError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        why.push(format!("{} is missing", cand.display()));
+                    }
+                    Err(e) => why.push(e.to_string()),
+                }
+            }
+            let Some(src) = found else {
+                return Err(err(format!(
+                    "{need}, which cannot be used: {} (an incremental image needs the earlier images it refers to; keep or copy the whole checkpoint directory)",
+                    why.join("; ")
+                )));
+            };
+            for (i, c) in self.chunks.iter().enumerate() {
+                if c.source() == k + 1
+                    && c.file_off
+                        .checked_add(c.stored_len)
+                        .is_none_or(|e| e > src.header.index_offset)
+                {
+                    return Err(ImageError::Corrupt {
+                        path: self.path.clone(),
+                        what: format!(
+                            "chunk {i}: lies outside the data section of {} ({} bytes at offset {})",
+                            src.path.display(),
+                            c.stored_len,
+                            c.file_off
+                        ),
+                    });
+                }
+            }
+            opened.push(src);
+        }
+        self.sources = opened;
+        Ok(())
+    }
+
+    /// Open and validate `path` alone (its sources are not opened).
+    pub fn open_alone(path: &Path) -> Result<Image, ImageError> {
         use std::os::unix::fs::OpenOptionsExt;
         let p = || path.to_path_buf();
         let io = |source| ImageError::Io { path: p(), source };
@@ -515,7 +693,7 @@ impl Image {
         if crc32fast::hash(pod_bytes(&check)) != header.header_crc {
             return Err(corrupt("header: checksum mismatch".into()));
         }
-        if header.version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&header.version) {
             return Err(ImageError::Version {
                 path: p(),
                 found: header.version,
@@ -555,12 +733,14 @@ impl Image {
                 header.index_len, header.index_offset
             )));
         }
-        let (meta, chunks) = parse_index(&index, &header).map_err(corrupt)?;
+        let (meta, chunks, hashes) = parse_index(&index, &header).map_err(corrupt)?;
         Ok(Image {
             path: p(),
             header,
             meta,
             chunks,
+            hashes,
+            sources: Vec::new(),
             file,
         })
     }
@@ -573,10 +753,6 @@ impl Image {
         out: &mut Vec<u8>,
         scratch: &mut Vec<u8>,
     ) -> Result<(), ImageError> {
-        let io = |source| ImageError::Io {
-            path: self.path.clone(),
-            source,
-        };
         let corrupt = |what: String| ImageError::Corrupt {
             path: self.path.clone(),
             what,
@@ -593,7 +769,13 @@ impl Image {
             &mut *out
         };
         stored.resize(c.stored_len as usize, 0);
-        self.file.read_exact_at(stored, c.file_off).map_err(io)?;
+        let src = self.file_of(c);
+        src.file
+            .read_exact_at(stored, c.file_off)
+            .map_err(|source| ImageError::Io {
+                path: src.path.clone(),
+                source,
+            })?;
         self.check_stored(c, stored)?;
         if c.flags & CHUNK_ZSTD != 0 {
             out.resize(c.len as usize, 0);
@@ -636,7 +818,9 @@ impl Image {
 /// Check and decode an index whose checksum matched: every length and
 /// offset in it is checked against the index, the file and the limits
 /// above, with checked arithmetic, so a crafted index gives an error.
-fn parse_index(index: &[u8], header: &Header) -> Result<(Meta, Vec<ChunkDesc>), String> {
+type Parsed = (Meta, Vec<ChunkDesc>, Vec<u128>);
+
+fn parse_index(index: &[u8], header: &Header) -> Result<Parsed, String> {
     let head: IndexHead = pod_read(index).ok_or("index: too short")?;
     let len = index.len() as u64;
     let meta_end = 16u64
@@ -650,9 +834,11 @@ fn parse_index(index: &[u8], header: &Header) -> Result<(Meta, Vec<ChunkDesc>), 
         })?;
     // meta_end <= len <= MAX_INDEX_LEN: no overflow below.
     let table = (meta_end + 7) & !7;
+    let hashed = header.flags & HDR_HASHES != 0;
+    let per = std::mem::size_of::<ChunkDesc>() as u64 + if hashed { 16 } else { 0 };
     let need = head
         .n_chunks
-        .checked_mul(std::mem::size_of::<ChunkDesc>() as u64)
+        .checked_mul(per)
         .and_then(|n| n.checked_add(table));
     if need.is_none_or(|n| n > len) {
         return Err(format!(
@@ -671,10 +857,17 @@ fn parse_index(index: &[u8], header: &Header) -> Result<(Meta, Vec<ChunkDesc>), 
     {
         let c: ChunkDesc = pod_read(raw).ok_or_else(|| format!("chunk {i}: short record"))?;
         let end = c.file_off.checked_add(c.stored_len);
-        if c.file_off < BLOCK
-            || !c.file_off.is_multiple_of(BLOCK)
-            || end.is_none_or(|e| e > header.index_offset)
-        {
+        if c.source() > meta.sources.len() {
+            return Err(format!(
+                "chunk {i}: kept in source image {} of {}",
+                c.source(),
+                meta.sources.len()
+            ));
+        }
+        // (A chunk kept in a source image is checked against that file
+        // when it is opened.)
+        let outside = c.source() == 0 && end.is_none_or(|e| e > header.index_offset);
+        if c.file_off < BLOCK || !c.file_off.is_multiple_of(BLOCK) || outside || end.is_none() {
             return Err(format!(
                 "chunk {i}: lies outside the data section ({} bytes at offset {})",
                 c.stored_len, c.file_off
@@ -708,6 +901,21 @@ fn parse_index(index: &[u8], header: &Header) -> Result<(Meta, Vec<ChunkDesc>), 
         }
         chunks.push(c);
     }
+    let mut hashes = Vec::new();
+    if hashed {
+        // table + n_chunks * 56 <= len was checked above.
+        let at = table as usize + head.n_chunks as usize * std::mem::size_of::<ChunkDesc>();
+        hashes = index[at..at + head.n_chunks as usize * 16]
+            .chunks_exact(16)
+            .map(|b| u128::from_le_bytes(b.try_into().unwrap_or([0; 16])))
+            .collect();
+    }
+    if meta.sources.len() > MAX_SOURCES {
+        return Err(format!(
+            "metadata: {} source images, more than {MAX_SOURCES}",
+            meta.sources.len()
+        ));
+    }
     for (i, a) in meta.areas.iter().enumerate() {
         if !a.start.is_multiple_of(4096)
             || !a.len.is_multiple_of(4096)
@@ -720,7 +928,7 @@ fn parse_index(index: &[u8], header: &Header) -> Result<(Meta, Vec<ChunkDesc>), 
             ));
         }
     }
-    Ok((meta, chunks))
+    Ok((meta, chunks, hashes))
 }
 
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -777,6 +985,8 @@ mod tests {
             tree: Default::default(),
             cpu_flags: Vec::new(),
             vdso_syms: Vec::new(),
+            sources: Vec::new(),
+            since_full: 0,
         }
     }
 
@@ -811,19 +1021,25 @@ mod tests {
             },
         ];
         let index = encode_index(&meta(), &chunks);
+        seal_into(data, &index, 0, &dir.join("ckpt_t_u.dmtcp"))
+    }
+
+    /// `data` (header block and chunks) with `index` appended and the
+    /// header filled in, written to `p`.
+    fn seal_into(mut data: Vec<u8>, index: &[u8], flags: u32, p: &Path) -> PathBuf {
         let index_offset = data.len() as u64;
-        data.extend_from_slice(&index);
+        data.extend_from_slice(index);
         let h = Header {
+            flags,
             index_offset,
             index_len: index.len() as u64,
-            index_crc: crc32fast::hash(&index),
+            index_crc: crc32fast::hash(index),
             file_len: data.len() as u64,
             ..Default::default()
         };
         data[..4096].copy_from_slice(&h.encode());
-        let p = dir.join("ckpt_t_u.dmtcp");
-        std::fs::File::create(&p).unwrap().write_all(&data).unwrap();
-        p
+        std::fs::File::create(p).unwrap().write_all(&data).unwrap();
+        p.to_path_buf()
     }
 
     fn tmpdir(name: &str) -> PathBuf {
@@ -881,6 +1097,108 @@ mod tests {
         bad[9] ^= 1;
         std::fs::write(&p, &bad).unwrap();
         assert!(matches!(Image::open(&p), Err(ImageError::Corrupt { .. })));
+    }
+
+    /// An incremental image in `top/dmtcp_gen_c_2/` whose chunk at 4096
+    /// is kept in `top/dmtcp_gen_c_1/` (a full image made by `build`), and
+    /// one page of its own at 16384.
+    fn build_incremental(top: &Path) -> (PathBuf, PathBuf) {
+        let (g1, g2) = (top.join("dmtcp_gen_c_1"), top.join("dmtcp_gen_c_2"));
+        std::fs::create_dir_all(&g1).unwrap();
+        std::fs::create_dir_all(&g2).unwrap();
+        let first = build(&g1);
+        let a = Image::open(&first).unwrap();
+        let own = vec![9u8; 4096];
+        let mut data = vec![0u8; 4096];
+        data.extend_from_slice(&own);
+        let mut m = meta();
+        m.generation = 2;
+        m.since_full = 1;
+        m.sources = vec![Source {
+            name: "dmtcp_gen_c_1/ckpt_t_u.dmtcp".into(),
+            generation: 1,
+            file_len: a.header.file_len,
+            header_crc: a.header.header_crc,
+        }];
+        let mut kept = a.chunks[0];
+        kept.flags |= 1 << CHUNK_SRC_SHIFT;
+        let chunks = [
+            kept,
+            ChunkDesc {
+                addr: 16384,
+                len: 4096,
+                file_off: 4096,
+                stored_len: 4096,
+                crc: crc32fast::hash(&own),
+                flags: 0,
+            },
+        ];
+        let index = encode_index_hashed(&m, &chunks, &[1, 2]);
+        let p = seal_into(data, &index, HDR_HASHES, &g2.join("ckpt_t_u.dmtcp"));
+        (first, p)
+    }
+
+    #[test]
+    fn incremental_images_read_their_sources_and_refuse_bad_ones() {
+        let d = tmpdir("incr");
+        let (first, second) = build_incremental(&d);
+        let img = Image::open(&second).unwrap();
+        assert_eq!(img.hashes, vec![1, 2]);
+        assert_eq!(img.sources.len(), 1);
+        let (mut out, mut s) = (Vec::new(), Vec::new());
+        img.read_chunk(&img.chunks[0], &mut out, &mut s).unwrap();
+        assert_eq!(out, vec![7u8; 4096], "the bytes of the earlier image");
+        img.read_chunk(&img.chunks[1], &mut out, &mut s).unwrap();
+        assert_eq!(out, vec![9u8; 4096]);
+        // A top-level name (a link at the checkpoint directory's top)
+        // finds the source below its own directory; a moved directory too.
+        std::fs::hard_link(&second, d.join("ckpt_t_u.dmtcp")).unwrap();
+        Image::open(&d.join("ckpt_t_u.dmtcp"))
+            .unwrap()
+            .verify_all()
+            .unwrap();
+        let moved = tmpdir("incr-moved");
+        std::fs::remove_dir_all(&moved).unwrap();
+        std::fs::rename(&d, &moved).unwrap();
+        let second = moved.join("dmtcp_gen_c_2/ckpt_t_u.dmtcp");
+        let first = moved.join(first.strip_prefix(&d).unwrap());
+        Image::open(&second).unwrap().verify_all().unwrap();
+        let good = std::fs::read(&first).unwrap();
+        let msg = |p: &Path| Image::open(p).err().expect("opened").to_string();
+        std::fs::remove_file(&first).unwrap();
+        let e = msg(&second);
+        assert!(
+            e.contains("is missing") && e.contains("1 chunks of its memory"),
+            "{e}"
+        );
+        // Another image in its place (same size, other header).
+        let mut other = good.clone();
+        other[HINT_OFFSET] ^= 1;
+        other[12] ^= 1;
+        reseal(&mut other);
+        std::fs::write(&first, &other).unwrap();
+        assert!(
+            msg(&second).contains("is another image"),
+            "{}",
+            msg(&second)
+        );
+        std::fs::write(&first, &good[..good.len() - 1]).unwrap();
+        assert!(msg(&second).contains("truncated"), "{}", msg(&second));
+        // The referenced chunk damaged: found by its CRC when read.
+        let mut bad = good.clone();
+        bad[4096 + 10] ^= 0xff;
+        std::fs::write(&first, &bad).unwrap();
+        let e = Image::open(&second)
+            .unwrap()
+            .verify_all()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("checksum mismatch") && e.contains("dmtcp_gen_c_1"),
+            "{e}"
+        );
+        std::fs::write(&first, &good).unwrap();
+        Image::open(&second).unwrap().verify_all().unwrap();
     }
 
     fn header_of(b: &[u8]) -> Header {

@@ -103,6 +103,8 @@ fn meta() -> Meta {
         },
         cpu_flags: vec!["sse2".into()],
         vdso_syms: vec![("__vdso_clock_gettime".into(), 0x800)],
+        sources: Vec::new(),
+        since_full: 0,
     }
 }
 
@@ -335,7 +337,9 @@ fn names_its_place(e: &ImageError) -> bool {
         ImageError::NotAnImage { .. }
         | ImageError::NotAFile { .. }
         | ImageError::Version { .. }
-        | ImageError::Truncated { .. } => true,
+        | ImageError::Truncated { .. }
+        // (names the earlier image and what is wrong with it)
+        | ImageError::Source { .. } => true,
         ImageError::Corrupt { what, .. } => ["header: ", "index: ", "metadata: ", "chunk "]
             .iter()
             .any(|p| what.starts_with(p)),

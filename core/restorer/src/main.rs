@@ -318,7 +318,7 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
     for i in 0..n {
         map_area(&areas[i], &paths[path_at[i] as usize..]);
     }
-    fill_from_stream(fd, hdr.image_fd);
+    let (files, n_files) = fill_from_stream(fd, hdr.image_fd);
     for a in areas.iter().take(n) {
         // SAFETY: re-protecting an area this program mapped itself.
         let r = unsafe {
@@ -338,6 +338,9 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
         syscall3(nr::CLOSE, fd as usize, 0, 0);
         if hdr.image_fd >= 0 {
             syscall3(nr::CLOSE, hdr.image_fd as usize, 0, 0);
+        }
+        for &f in &files[..n_files] {
+            syscall3(nr::CLOSE, f as usize, 0, 0);
         }
     }
 
@@ -928,7 +931,12 @@ fn map_area(a: &AreaDesc, path: &[u8]) {
     }
 }
 
-fn fill_from_stream(fd: i32, image_fd: i32) {
+/// Fill the areas from the stream. Returns the files `REC_FILE` records
+/// named (to be closed once everything is mapped) and how many.
+fn fill_from_stream(fd: i32, image_fd: i32) -> ([i32; MAX_STREAM_FILES], usize) {
+    let mut files = [-1i32; MAX_STREAM_FILES];
+    let mut n_files = 0;
+    let mut map_fd = image_fd;
     loop {
         let mut rec = DataRecord::default();
         read_exact(fd, as_bytes_mut(&mut rec), b"reading a data record");
@@ -937,7 +945,18 @@ fn fill_from_stream(fd: i32, image_fd: i32) {
             dmtcp_sys::exit_group(DATA_EXIT);
         }
         if rec.len == 0 {
-            return;
+            return (files, n_files);
+        }
+        if rec.kind == REC_FILE {
+            map_fd = rec.file_off as i32;
+            if map_fd != image_fd && !files[..n_files].contains(&map_fd) {
+                if n_files == MAX_STREAM_FILES {
+                    fail(b"too many image files in the restore stream", None);
+                }
+                files[n_files] = map_fd;
+                n_files += 1;
+            }
+            continue;
         }
         if ranges_overlap(
             rec.addr,
@@ -958,7 +977,7 @@ fn fill_from_stream(fd: i32, image_fd: i32) {
                     rec.len as usize,
                     nr::PROT_READ | nr::PROT_WRITE,
                     nr::MAP_PRIVATE | nr::MAP_FIXED,
-                    image_fd as usize,
+                    map_fd as usize,
                     rec.file_off as usize,
                 )
             };

@@ -158,6 +158,12 @@ pub const REC_MAP: u64 = 1;
 /// restorer exits with status 1 without a message of its own. (Its `len`
 /// is not 0, so that it never reads as the end of the stream.)
 pub const REC_ABORT: u64 = 2;
+/// Record kind: the `REC_MAP` records that follow map from the file open
+/// at fd `file_off` (an earlier image an incremental one refers to, or the
+/// image itself again); the restorer closes it at the end. `len` is not 0.
+pub const REC_FILE: u64 = 3;
+/// Most files a stream's `REC_FILE` records may name.
+pub const MAX_STREAM_FILES: usize = 65;
 
 /// Header of a block of memory contents in the stream.
 #[repr(C)]

@@ -499,7 +499,17 @@ fn prune(top: &Path, comp: &str, generation: u32, keep: u32, notes: &mut Vec<Str
     let stale_partial = mine
         .iter()
         .filter(|f| f.partial && f.generation < generation);
-    for f in older.into_iter().skip(keep_others).chain(stale_partial) {
+    // Generations a kept one's incremental images refer to stay.
+    let kept = std::iter::once(top.join(gen::dir_name(comp, generation)))
+        .chain(older.iter().take(keep_others).map(|f| f.path.clone()))
+        .collect::<Vec<_>>();
+    let needed = gen::referenced(kept.iter().map(|p| p.as_path()));
+    let unneeded = older.into_iter().skip(keep_others).filter(|f| {
+        !f.path
+            .file_name()
+            .is_some_and(|n| needed.contains(&*n.to_string_lossy()))
+    });
+    for f in unneeded.chain(stale_partial) {
         if let Err(e) = std::fs::remove_dir_all(&f.path) {
             notes.push(format!("cannot remove {}: {e}", f.path.display()));
         }

@@ -73,6 +73,24 @@ pub fn command(name: &'static str) -> Command {
         )
         .alias("forked-checkpointing"),
     )
+    .arg(cli::flag(
+        "incremental",
+        "incremental",
+        "Incremental images: an image holds only the chunks that changed since the \
+         process's previous generation and refers to the earlier images for the rest; \
+         every 8th (--full-every) is full (env DMTCP_INCREMENTAL; off by default)",
+    ))
+    .arg(
+        Arg::new("full_every")
+            .long("full-every")
+            .value_name("N")
+            .value_parser(clap::value_parser!(u32))
+            .help(
+                "With incremental images: every Nth image of a process is full (env \
+                 DMTCP_FULL_EVERY, default 8; 0 = full only after a start or restart; \
+                 1 = every image full). Any N but 1 turns incremental images on",
+            ),
+    )
     .arg(cli::keep_generations().help(
         "Keep the N newest committed checkpoint generations (env DMTCP_KEEP_GENERATIONS, \
          default 2; 0 = all; for a coordinator started here)",
@@ -398,6 +416,12 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     }
     if m.get_flag("forked_ckpt") {
         cmd.env(E::FORKED_CKPT, "1");
+    }
+    if m.get_flag("incremental") {
+        cmd.env(E::INCREMENTAL, "1");
+    }
+    if let Some(n) = m.get_one::<u32>("full_every") {
+        cmd.env(E::FULL_EVERY, n.to_string());
     }
     if !disabled.is_empty() {
         cmd.env(E::DISABLED_PLUGINS, disabled.join(","));

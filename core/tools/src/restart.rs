@@ -660,12 +660,16 @@ fn restore_into_self(
     let _ = coord.set_nodelay(true);
     let coord_fd = coord.into_raw_fd();
     cloexec(coord_fd, false);
-    // The image file itself: memory the restorer maps lazily from it is
-    // recognised by it (not by its name) at the next checkpoint.
-    let image_id = std::fs::metadata(&img.path).map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino())
-    });
+    // The image files (the image, and the earlier images an incremental
+    // one refers to): memory the restorer maps lazily from them is
+    // recognised by them (not by their names) at the next checkpoint.
+    let image_files: Vec<(u64, u64)> = std::iter::once(img)
+        .chain(img.sources.iter())
+        .filter_map(|i| {
+            use std::os::unix::fs::MetadataExt;
+            i.file().metadata().ok().map(|m| (m.dev(), m.ino()))
+        })
+        .collect();
     let pid_map = if flags & RESTART_SET_TID != 0 {
         None
     } else {
@@ -691,8 +695,7 @@ fn restore_into_self(
         // Without a pid namespace: the job's pids then and now.
         "pid_map": pid_map.as_ref().map(|m| &m.0),
         "job_root": pid_map.as_ref().map(|m| m.1),
-        "image_dev": image_id.as_ref().map(|i| i.0).ok(),
-        "image_ino": image_id.as_ref().map(|i| i.1).ok(),
+        "image_files": image_files,
         "generation": GEN_FLOOR.get().copied().unwrap_or(0),
     })
     .to_string();
@@ -715,18 +718,21 @@ fn restore_into_self(
     unsafe { libc::fcntl(sw, libc::F_SETPIPE_SZ, 1 << 20) };
     // The restorer maps raw chunks straight from the image (lazy restore),
     // from the file that was opened and checked.
-    let image_fd = if lazy_restore() {
-        match img.try_clone_file() {
-            Ok(f) => {
-                let fd = f.into_raw_fd();
-                cloexec(fd, false);
-                fd
+    // (The sources' files follow: fds[k] for source k.)
+    let mut fds = Vec::new();
+    if lazy_restore() {
+        for i in std::iter::once(img).chain(img.sources.iter()) {
+            match i.try_clone_file() {
+                Ok(f) => {
+                    let fd = f.into_raw_fd();
+                    cloexec(fd, false);
+                    fds.push(fd);
+                }
+                Err(e) => return format!("cannot open {}: {e}", i.path.display()),
             }
-            Err(e) => return format!("cannot open {}: {e}", img.path.display()),
         }
-    } else {
-        -1
-    };
+    }
+    let image_fd = fds.first().copied().unwrap_or(-1);
     let header = StreamHeader {
         magic: STREAM_MAGIC,
         version: STREAM_VERSION,
@@ -781,7 +787,7 @@ fn restore_into_self(
             // SAFETY: the write end is ours; the File closes it at the end.
             let f = unsafe { std::fs::File::from_raw_fd(sw) };
             let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-            let r = stream(img, &mut w, &header, image_fd >= 0);
+            let r = stream(img, &mut w, &header, &fds);
             progress::image_done(r.is_ok());
             let code = match r {
                 Ok(()) => 0,
@@ -859,12 +865,16 @@ fn lazy_restore() -> bool {
     !std::env::var("DMTCP_RESTART_EAGER").is_ok_and(|v| dmtcp_common::env::truthy(&v))
 }
 
+/// `fds`: the image's file and its sources' (in order), for raw chunks the
+/// restorer maps lazily; empty: every chunk is copied.
 fn stream(
     img: &Image,
     w: &mut impl Write,
     header: &StreamHeader,
-    lazy: bool,
+    fds: &[i32],
 ) -> Result<(), ImageError> {
+    let lazy = !fds.is_empty();
+    let mut map_fd = fds.first().copied().unwrap_or(-1);
     let io = |source| ImageError::Io {
         path: img.path.clone(),
         source,
@@ -922,6 +932,17 @@ fn stream(
         read_batch(img, batch, bufs, workers, &mapped)?;
         for (c, (out, _)) in batch.iter().zip(bufs.iter()) {
             if mapped(c) {
+                let fd = fds.get(c.source()).copied().unwrap_or(-1);
+                if fd != map_fd {
+                    map_fd = fd;
+                    let rec = DataRecord {
+                        kind: REC_FILE,
+                        len: u64::MAX,
+                        file_off: fd as u64,
+                        ..Default::default()
+                    };
+                    w.write_all(as_bytes(&rec)).map_err(io)?;
+                }
                 let rec = DataRecord {
                     addr: c.addr,
                     len: c.len,
@@ -1003,7 +1024,8 @@ fn check_in_place(img: &Image, c: &ChunkDesc) -> Result<(), ImageError> {
     use std::os::fd::AsRawFd;
     let len = c.stored_len as usize;
     // A file cut short since it was checked would fault in the mapping.
-    let inside = img
+    let src = img.file_of(c);
+    let inside = src
         .file()
         .metadata()
         .is_ok_and(|m| m.len() >= c.file_off.saturating_add(c.stored_len));
@@ -1019,7 +1041,7 @@ fn check_in_place(img: &Image, c: &ChunkDesc) -> Result<(), ImageError> {
             len,
             libc::PROT_READ,
             libc::MAP_PRIVATE | libc::MAP_POPULATE,
-            img.file().as_raw_fd(),
+            src.file().as_raw_fd(),
             c.file_off as libc::off_t,
         )
     };

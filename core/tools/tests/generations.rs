@@ -9,15 +9,6 @@ use dmtcp_common::generation::{self as gen, Manifest};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Committed generation directories in `dir`: (number, path), by number.
-fn committed(dir: &Path) -> Vec<(u32, PathBuf)> {
-    gen::list(dir)
-        .into_iter()
-        .filter(|f| !f.partial)
-        .map(|f| (f.generation, f.path))
-        .collect()
-}
-
 fn partials(dir: &Path) -> Vec<PathBuf> {
     gen::list(dir)
         .into_iter()

@@ -3,7 +3,7 @@
 //! where a restarted process comes back to life.
 
 use super::start::{Config, IDENT, OLD_PID, RESTART_FLAGS, RESTART_INFO_FD};
-use super::{capi, coord, fork, log, memory, plugin, proctree, threads, writer};
+use super::{capi, coord, fork, incr, log, memory, plugin, proctree, threads, writer};
 use core::sync::atomic::Ordering::SeqCst;
 use dmtcp_common::image::Meta;
 use dmtcp_common::proto::{FromCoord, Role, ToCoord};
@@ -60,6 +60,10 @@ pub(super) struct Ctl {
     pub(super) slot: &'static threads::Slot,
     /// The last forked writer, until it is reaped.
     pub(super) writer_pid: Option<i32>,
+    /// Where this process's last image is once its generation is
+    /// committed (the base of the next incremental image; None after a
+    /// restart, whose first image is full).
+    pub(super) last_image: Option<PathBuf>,
 }
 
 /// How this process's part of a round ended: its image written (where,
@@ -205,9 +209,27 @@ impl Ctl {
     }
 
     fn checkpoint(&mut self, dir_override: Option<PathBuf>, mut link: Option<i32>) {
+        // The previous generation's image, read before anything is
+        // suspended (this allocates and reads a file).
+        let incremental = self.cfg.full_every != 1;
+        let prev = if incremental {
+            let top = dir_override
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(capi::dir()));
+            self.last_image
+                .as_deref()
+                .and_then(|p| incr::load(p, &top, &self.uniq_id, self.cfg.full_every))
+        } else {
+            None
+        };
         log::info(format_args!(
-            "checkpoint of generation {}: suspending",
-            self.generation
+            "checkpoint of generation {}: suspending{}",
+            self.generation,
+            if prev.is_some() {
+                " (incremental image)"
+            } else {
+                ""
+            }
         ));
         capi::begin_checkpoint();
         plugin::set_round(self.generation, false);
@@ -311,6 +333,8 @@ impl Ctl {
             tree: proctree::capture(threads::slot_tids()),
             cpu_flags: super::start::cpu_flags(),
             vdso_syms: super::vdso::entry_points(plan.special[2]),
+            sources: Vec::new(),
+            since_full: 0,
         };
         // Into the directory of this generation, which the coordinator
         // commits once every process has written its image.
@@ -323,10 +347,26 @@ impl Ctl {
             &name,
             &plan,
             &mut meta,
-            self.cfg.gzip,
+            writer::WriteOpts {
+                compress: self.cfg.gzip,
+                incremental,
+                prev: prev.as_ref(),
+            },
             self.slot,
             link,
         );
+        if matches!(
+            outcome,
+            writer::Outcome::Written { .. } | writer::Outcome::Forked { .. }
+        ) {
+            self.last_image = Some(
+                dir.join(dmtcp_common::generation::dir_name(
+                    &self.comp_id,
+                    self.generation,
+                ))
+                .join(&name),
+            );
+        }
         if writer::in_forked_child() {
             child_report(outcome);
         }
@@ -353,6 +393,7 @@ impl Ctl {
             }
             writer::Outcome::Restarted => {
                 self.writer_pid = None;
+                self.last_image = None;
                 self.after_restart()
             }
         }
@@ -490,9 +531,13 @@ impl Ctl {
                     None => super::vpid::clear(),
                 }
                 proctree::ROOT_CANDIDATE.store(v["job_root"].as_bool().unwrap_or(false), SeqCst);
-                if let (Some(dev), Some(ino)) = (v["image_dev"].as_u64(), v["image_ino"].as_u64()) {
-                    memory::set_image_file(dev, ino);
-                }
+                let files: Vec<(u64, u64)> = v["image_files"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| Some((f[0].as_u64()?, f[1].as_u64()?)))
+                    .collect();
+                memory::set_image_files(&files);
                 // Generations of this computation already in the
                 // checkpoint directories (restarted from an older one):
                 // the next checkpoint is numbered above them.

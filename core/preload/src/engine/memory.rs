@@ -29,29 +29,42 @@ pub enum Select {
     Shared,
 }
 
-/// The image file this process was last restarted from (device, inode):
-/// the restorer may have mapped memory straight from it (lazy restore).
-static IMAGE_DEV: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-static IMAGE_INO: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// The image files this process was last restarted from (device, inode):
+/// the image and the earlier images an incremental one refers to. The
+/// restorer may have mapped memory straight from any of them (lazy
+/// restore). Fixed slots: set once after a restart, read while suspended.
+const IMAGE_SLOTS: usize = dmtcp_common::image::MAX_SOURCES + 1;
+static IMAGE_DEV: [core::sync::atomic::AtomicU64; IMAGE_SLOTS] =
+    [const { core::sync::atomic::AtomicU64::new(0) }; IMAGE_SLOTS];
+static IMAGE_INO: [core::sync::atomic::AtomicU64; IMAGE_SLOTS] =
+    [const { core::sync::atomic::AtomicU64::new(0) }; IMAGE_SLOTS];
 
-/// Record the image file of this restart (from the restart info).
-pub fn set_image_file(dev: u64, ino: u64) {
-    IMAGE_DEV.store(dev, core::sync::atomic::Ordering::SeqCst);
-    IMAGE_INO.store(ino, core::sync::atomic::Ordering::SeqCst);
+/// Record the image files of this restart (from the restart info).
+pub fn set_image_files(files: &[(u64, u64)]) {
+    use core::sync::atomic::Ordering::SeqCst;
+    for i in 0..IMAGE_SLOTS {
+        let (d, n) = files.get(i).copied().unwrap_or((0, 0));
+        IMAGE_DEV[i].store(d, SeqCst);
+        IMAGE_INO[i].store(n, SeqCst);
+    }
 }
 
 /// Is this mapping (its "major:minor" device field of /proc/self/maps and
-/// inode) the contents of the image a restart mapped? Recognised by the
+/// inode) the contents of an image a restart mapped? Recognised by the
 /// file, not by its name: images may be renamed, and a program may map a
 /// file of its own that happens to be named like one.
 pub(super) fn is_image_mapping(dev: &str, inode: u64) -> bool {
-    let ino = IMAGE_INO.load(core::sync::atomic::Ordering::SeqCst);
-    if ino == 0 || inode != ino {
+    use core::sync::atomic::Ordering::SeqCst;
+    if inode == 0 {
         return false;
     }
-    let d = IMAGE_DEV.load(core::sync::atomic::Ordering::SeqCst);
     let (maj, min) = dev.split_once(':').unwrap_or(("", ""));
-    parse_hex(maj) == libc::major(d) as u64 && parse_hex(min) == libc::minor(d) as u64
+    (0..IMAGE_SLOTS).any(|i| {
+        let d = IMAGE_DEV[i].load(SeqCst);
+        IMAGE_INO[i].load(SeqCst) == inode
+            && parse_hex(maj) == libc::major(d) as u64
+            && parse_hex(min) == libc::minor(d) as u64
+    })
 }
 
 /// A slice of an area for one writer to scan and write.
@@ -558,7 +571,7 @@ mod tests {
         // Nothing is an image before a restart, whatever its name.
         assert!(!super::is_image_mapping("08:01", 1234));
         assert!(!super::is_image_mapping("00:00", 0));
-        super::set_image_file(libc::makedev(0x103, 0x2a), 1234);
+        super::set_image_files(&[(libc::makedev(0x103, 0x2a), 1234)]);
         assert!(super::is_image_mapping("103:2a", 1234));
         assert!(!super::is_image_mapping("103:2a", 1235));
         assert!(!super::is_image_mapping("08:01", 1234));

@@ -11,6 +11,7 @@
 //! | `signals`, `sigwrap`, `sigevthread` | signal actions saved for the restart entry; wrappers that keep the checkpoint signal the library's; SIGEV_THREAD timers on a suspendable thread |
 //! | `restartable` | poll/select/sleep wrappers that hide the EINTR a checkpoint causes |
 //! | `memory`, `writer` | the memory plan and the parallel image writers |
+//! | `incr` | incremental images: the previous generation's chunks and content hashes |
 //! | `streams` | the per-node limit on write streams (`DMTCP_NODE_STREAMS`) |
 //! | `unmap` | `munmap`, `mremap`, `mmap(MAP_FIXED)` wrappers: requested exclusions end with the memory they were asked for |
 //! | `lazymem` | memory a lazy restart mapped from the image; `realloc` grows blocks there by moving them |
@@ -41,6 +42,7 @@ pub mod fds;
 pub(crate) mod flock;
 pub(crate) mod fork;
 pub mod iface;
+pub(crate) mod incr;
 pub(crate) mod lazymem;
 pub(crate) mod log;
 pub(crate) mod memory;

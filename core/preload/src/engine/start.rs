@@ -56,6 +56,9 @@ pub(super) struct Config {
     pub(super) disabled: Vec<String>,
     /// Forked checkpointing (`--forked-ckpt`).
     pub(super) forked: bool,
+    /// Every Nth image full (`--full-every`, [`E::FULL_EVERY`]); 1 (the
+    /// default, without `--incremental`): incremental images off.
+    pub(super) full_every: u32,
 }
 
 impl Config {
@@ -89,6 +92,12 @@ impl Config {
             forked: get(E::FORKED_CKPT)
                 .or_else(|| get(E::FORKED_CKPT_DMTCP))
                 .is_some_and(|v| E::truthy(&v)),
+            full_every: match get(E::FULL_EVERY).and_then(|s| s.trim().parse().ok()) {
+                Some(n) => n,
+                None if get(E::INCREMENTAL).is_some_and(|v| E::truthy(&v)) => E::DEFAULT_FULL_EVERY,
+                // Off: every image full.
+                None => 1,
+            },
         }
     }
 }
@@ -422,6 +431,7 @@ fn spawn_ckpt_thread(ident: Ident, generation: u32) -> bool {
                 num_peers: 1,
                 slot,
                 writer_pid: None,
+                last_image: None,
             };
             ctl.run();
         });

@@ -11,6 +11,7 @@
 //! checkpoint thread; the file is fsync'd and renamed into place.
 
 use super::arch;
+use super::incr;
 use super::memory::{Item, Plan, Select};
 use super::threads::{self, Slot};
 use core::cell::UnsafeCell;
@@ -57,6 +58,13 @@ struct Job {
     /// The write end of the pipe that tells the parent (forked writer
     /// only; -1 once told).
     shared_fd: AtomicI32,
+    /// Incremental images on: chunks on the [`incr::BLOCK`] grid, each
+    /// with its content hash.
+    incremental: AtomicBool,
+    /// The previous image's chunks (sorted by address; owned by the
+    /// checkpoint thread's `Prev` for the job), or null: a full image.
+    prev: AtomicPtr<incr::PrevChunk>,
+    prev_n: AtomicUsize,
 }
 
 static JOB: Job = Job {
@@ -77,6 +85,9 @@ static JOB: Job = Job {
     shared_n: AtomicUsize::new(0),
     shared_left: AtomicUsize::new(0),
     shared_fd: AtomicI32::new(-1),
+    incremental: AtomicBool::new(false),
+    prev: AtomicPtr::new(core::ptr::null_mut()),
+    prev_n: AtomicUsize::new(0),
 };
 
 /// A writer's buffers. They live in scratch mappings that are left out of
@@ -84,6 +95,8 @@ static JOB: Job = Job {
 /// memory is being written, and nothing in them matters after a restart.
 struct WState {
     descs: *mut ChunkDesc,
+    /// Content hash of each descriptor's memory (incremental images).
+    hashes: *mut u128,
     descs_cap: usize,
     /// Per-job counters, in scratch memory so that the saved heap (where
     /// this struct lives) does not change while it is being written.
@@ -102,7 +115,13 @@ struct WState {
 struct Hot {
     descs_len: usize,
     cctx: *mut zstd_sys::ZSTD_CCtx,
+    /// Hashes of the changed blocks of a run not yet written
+    /// (incremental images; a run is at most one item).
+    pending: [u128; PENDING],
 }
+
+/// Blocks of one run at most: an item, cut on the grid.
+const PENDING: usize = (super::memory::ITEM_PAGES as usize * PAGE) / incr::BLOCK as usize + 1;
 
 impl WState {
     // The Hot record is not part of `self`: it lives in scratch memory that
@@ -114,19 +133,29 @@ impl WState {
         // used only by the writer during a job, by the checkpoint thread between jobs.
         unsafe { &mut *self.hot }
     }
-    fn push(&mut self, d: ChunkDesc) -> Result<(), i32> {
+    fn push_hashed(&mut self, d: ChunkDesc, hash: u128) -> Result<(), i32> {
         let h = self.hot();
         if h.descs_len == self.descs_cap {
             return Err(libc::ENOSPC);
         }
-        // SAFETY: descs_len < descs_cap slots of the scratch mapping.
-        unsafe { self.descs.add(h.descs_len).write(d) };
+        // SAFETY: descs_len < descs_cap slots of both scratch mappings.
+        unsafe {
+            self.descs.add(h.descs_len).write(d);
+            self.hashes.add(h.descs_len).write(hash);
+        }
         h.descs_len += 1;
         Ok(())
+    }
+    fn pend_hash(&self, i: usize, h: u128) {
+        self.hot().pending[i] = h;
     }
     fn descs(&self) -> &[ChunkDesc] {
         // SAFETY: the first descs_len entries were written by push.
         unsafe { core::slice::from_raw_parts(self.descs, self.hot().descs_len) }
+    }
+    fn hashes(&self) -> &[u128] {
+        // SAFETY: the first descs_len entries were written by push.
+        unsafe { core::slice::from_raw_parts(self.hashes, self.hot().descs_len) }
     }
 }
 
@@ -189,6 +218,7 @@ pub fn start(n: usize) {
             slot: AtomicPtr::new(core::ptr::null_mut()),
             st: UnsafeCell::new(WState {
                 descs: core::ptr::null_mut(),
+                hashes: core::ptr::null_mut(),
                 descs_cap: 0,
                 hot: scratch(core::mem::size_of::<Hot>()) as *mut Hot,
                 pm: scratch(super::memory::ITEM_PAGES as usize * 8) as *mut u64,
@@ -511,6 +541,113 @@ fn write_run(st: &mut WState, addr: u64, len: usize, volatile: bool) -> Result<(
         unsafe { core::ptr::copy_nonoverlapping(src, st.vbuf, len) };
         src = st.vbuf;
     }
+    if JOB.incremental.load(Relaxed) {
+        return write_blocks(st, addr, src, len);
+    }
+    write_chunk(st, addr, src, len, 0)
+}
+
+/// Incremental images: the run `[addr, addr+len)` (its bytes at `src`)
+/// cut on the [`incr::BLOCK`] grid; each block is hashed, and one the
+/// previous image holds with the same hash becomes a reference to it.
+/// Consecutive changed blocks are written with one `pwrite` when stored
+/// raw (one descriptor each).
+fn write_blocks(st: &mut WState, addr: u64, src: *const u8, len: usize) -> Result<(), i32> {
+    let prev_p = JOB.prev.load(Relaxed);
+    let prev: &[incr::PrevChunk] = if prev_p.is_null() {
+        &[]
+    } else {
+        // SAFETY: the checkpoint thread keeps the table alive and unchanged
+        // for the job (see write_image).
+        unsafe { core::slice::from_raw_parts(prev_p, JOB.prev_n.load(Relaxed)) }
+    };
+    let compress = JOB.compress.load(Relaxed);
+    let end = addr + len as u64;
+    let bytes = |a: u64, n: u64| {
+        // SAFETY: [a, a+n) lies in the run, whose bytes are readable at src.
+        unsafe { core::slice::from_raw_parts(src.add((a - addr) as usize), n as usize) }
+    };
+    // Changed blocks not yet written: [pend, a), np of them.
+    let mut pend = addr;
+    let mut np = 0;
+    let mut a = addr;
+    while a < end {
+        let b = ((a / incr::BLOCK) + 1) * incr::BLOCK;
+        let b = b.min(end);
+        let h = xxhash_rust::xxh3::xxh3_128(bytes(a, b - a));
+        if let Some(p) = incr::Prev::find(prev, a, b - a, h) {
+            flush_raw(st, addr, src, pend, a)?;
+            np = 0;
+            st.push_hashed(
+                ChunkDesc {
+                    addr: a,
+                    len: p.len,
+                    file_off: p.file_off,
+                    stored_len: p.stored_len,
+                    crc: p.crc,
+                    flags: p.flags,
+                },
+                h,
+            )?;
+            pend = b;
+        } else if compress {
+            // SAFETY: [a, b) lies in the run, whose bytes are at src.
+            let p = unsafe { src.add((a - addr) as usize) };
+            write_chunk(st, a, p, (b - a) as usize, h)?;
+            pend = b;
+        } else {
+            st.pend_hash(np, h);
+            np += 1;
+        }
+        a = b;
+    }
+    flush_raw(st, addr, src, pend, end)
+}
+
+/// Write the changed blocks `[from, to)` of the run at `addr` (bytes at
+/// `src`) raw with one `pwrite`, one descriptor per block (their hashes
+/// were kept by `pend_hash`).
+fn flush_raw(st: &mut WState, addr: u64, src: *const u8, from: u64, to: u64) -> Result<(), i32> {
+    if from >= to {
+        return Ok(());
+    }
+    // SAFETY: [from, to) lies in the run.
+    let p = unsafe { src.add((from - addr) as usize) };
+    let off = JOB.off.fetch_add(to - from, SeqCst);
+    put(p, (to - from) as usize, off)?;
+    let mut a = from;
+    let mut i = 0;
+    while a < to {
+        let b = (((a / incr::BLOCK) + 1) * incr::BLOCK).min(to);
+        // SAFETY: [a, b) lies in the run.
+        let blk =
+            unsafe { core::slice::from_raw_parts(src.add((a - addr) as usize), (b - a) as usize) };
+        st.push_hashed(
+            ChunkDesc {
+                addr: a,
+                len: b - a,
+                file_off: off + (a - from),
+                stored_len: b - a,
+                crc: crc32fast::hash(blk),
+                flags: 0,
+            },
+            st.hot().pending[i],
+        )?;
+        a = b;
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Store `len` bytes of memory at `addr` (read at `src`) as one chunk,
+/// compressed if that is on and pays; `hash` is its content hash.
+fn write_chunk(
+    st: &mut WState,
+    addr: u64,
+    src: *const u8,
+    len: usize,
+    hash: u128,
+) -> Result<(), i32> {
     if JOB.compress.load(Relaxed) {
         // SAFETY: the static context and our buffer are owned by this writer;
         // src..src+len is readable process memory.
@@ -534,14 +671,17 @@ fn write_run(st: &mut WState, addr: u64, len: usize, volatile: bool) -> Result<(
             let crc = crc32fast::hash(unsafe { core::slice::from_raw_parts(st.zbuf, n) });
             let off = JOB.off.fetch_add(padded as u64, SeqCst);
             put(st.zbuf, padded, off)?;
-            st.push(ChunkDesc {
-                addr,
-                len: len as u64,
-                file_off: off,
-                stored_len: n as u64,
-                crc,
-                flags: CHUNK_ZSTD,
-            })?;
+            st.push_hashed(
+                ChunkDesc {
+                    addr,
+                    len: len as u64,
+                    file_off: off,
+                    stored_len: n as u64,
+                    crc,
+                    flags: CHUNK_ZSTD,
+                },
+                hash,
+            )?;
             return Ok(());
         }
     }
@@ -549,14 +689,17 @@ fn write_run(st: &mut WState, addr: u64, len: usize, volatile: bool) -> Result<(
     let crc = crc32fast::hash(unsafe { core::slice::from_raw_parts(src, len) });
     let off = JOB.off.fetch_add(len as u64, SeqCst);
     put(src, len, off)?;
-    st.push(ChunkDesc {
-        addr,
-        len: len as u64,
-        file_off: off,
-        stored_len: len as u64,
-        crc,
-        flags: 0,
-    })?;
+    st.push_hashed(
+        ChunkDesc {
+            addr,
+            len: len as u64,
+            file_off: off,
+            stored_len: len as u64,
+            crc,
+            flags: 0,
+        },
+        hash,
+    )?;
     Ok(())
 }
 
@@ -804,7 +947,9 @@ fn heartbeat(bytes: u64) {
 /// items. Returns true if a buffer had to be (re)mapped, in which case the
 /// memory plan must be taken again so the new mapping is part of it.
 pub fn prepare(n_items: usize) -> bool {
-    let need = n_items * MAX_RUNS_PER_ITEM + 16;
+    // Incremental images cut each run on the grid: at most PENDING blocks
+    // per item plus one more per run.
+    let need = n_items * (2 * MAX_RUNS_PER_ITEM + PENDING) + 16;
     let mut remapped = false;
     for w in WRITERS.get().expect("writers started") {
         // SAFETY: no job runs: the writers are idle, waiting for the epoch.
@@ -813,12 +958,18 @@ pub fn prepare(n_items: usize) -> bool {
             if !st.descs.is_null() {
                 let old = (st.descs_cap * core::mem::size_of::<ChunkDesc>()).div_ceil(PAGE) * PAGE;
                 super::memory::unexclude(st.descs as u64);
-                // SAFETY: unmapping our own previous scratch buffer.
-                unsafe { super::unmap::sys_munmap(st.descs as *mut c_void, old) };
+                super::memory::unexclude(st.hashes as u64);
+                let old_h = (st.descs_cap * 16).div_ceil(PAGE) * PAGE;
+                // SAFETY: unmapping our own previous scratch buffers.
+                unsafe {
+                    super::unmap::sys_munmap(st.descs as *mut c_void, old);
+                    super::unmap::sys_munmap(st.hashes as *mut c_void, old_h);
+                }
             }
             // Leave head room so that small changes do not remap every time.
             let cap = need + need / 2;
             st.descs = scratch(cap * core::mem::size_of::<ChunkDesc>()) as *mut ChunkDesc;
+            st.hashes = scratch(cap * 16) as *mut u128;
             st.descs_cap = cap;
             remapped = true;
         }
@@ -905,7 +1056,8 @@ fn file_crc(header: &[u8], chunks: &[ChunkDesc], index: &[u8], index_offset: u64
     let mut h = crc32fast::Hasher::new();
     h.update(header);
     let mut pos = header.len() as u64;
-    let mut by_off: Vec<&ChunkDesc> = chunks.iter().collect();
+    // (Chunks kept in earlier images are not in this file.)
+    let mut by_off: Vec<&ChunkDesc> = chunks.iter().filter(|c| c.source() == 0).collect();
     by_off.sort_by_key(|c| c.file_off);
     for c in by_off {
         zeros(&mut h, c.file_off.saturating_sub(pos));
@@ -918,6 +1070,17 @@ fn file_crc(header: &[u8], chunks: &[ChunkDesc], index: &[u8], index_offset: u64
     zeros(&mut h, index_offset.saturating_sub(pos));
     h.update(index);
     h.finalize()
+}
+
+/// How an image is written.
+#[derive(Clone, Copy)]
+pub struct WriteOpts<'a> {
+    /// zstd chunks where that pays.
+    pub compress: bool,
+    /// Chunks on the incremental grid with their content hashes.
+    pub incremental: bool,
+    /// The previous image's chunks (an incremental image), or None (full).
+    pub prev: Option<&'a incr::Prev>,
 }
 
 /// The protected fd of a forked writer's coordinator connection.
@@ -945,10 +1108,11 @@ pub fn write_image(
     name: &str,
     plan: &Plan,
     meta: &mut Meta,
-    compress: bool,
+    opts: WriteOpts<'_>,
     ckpt_slot: &Slot,
     fork_link: Option<i32>,
 ) -> Outcome {
+    let compress = opts.compress;
     if let Err(e) = own_dir(dir) {
         return Outcome::Failed(e);
     }
@@ -1008,6 +1172,15 @@ pub fn write_image(
     JOB.pm_fd.store(pm_fd, SeqCst);
     JOB.off.store(image::BLOCK, SeqCst);
     JOB.compress.store(compress, SeqCst);
+    JOB.incremental.store(opts.incremental, SeqCst);
+    let prev = opts.prev.filter(|_| opts.incremental);
+    // The table stays alive and unchanged until the writers are done
+    // (it is the caller's, borrowed for this call).
+    JOB.prev.store(
+        prev.map_or(core::ptr::null_mut(), |p| p.chunks.as_ptr() as *mut _),
+        SeqCst,
+    );
+    JOB.prev_n.store(prev.map_or(0, |p| p.chunks.len()), SeqCst);
     JOB.error.store(0, SeqCst);
     JOB.ready.store(0, SeqCst);
     JOB.done.store(0, SeqCst);
@@ -1084,14 +1257,22 @@ pub fn write_image(
             std::io::Error::from_raw_os_error(e)
         ));
     }
-    let mut chunks: Vec<ChunkDesc> = Vec::new();
+    JOB.prev.store(core::ptr::null_mut(), SeqCst);
+    JOB.prev_n.store(0, SeqCst);
+    let mut pairs: Vec<(ChunkDesc, u128)> = Vec::new();
     for w in writers {
         // SAFETY: the job is over; writers are idle.
-        chunks.extend_from_slice(unsafe { (*w.st.get()).descs() });
+        let st = unsafe { &*w.st.get() };
+        pairs.extend(st.descs().iter().copied().zip(st.hashes().iter().copied()));
     }
-    chunks.sort_by_key(|c| c.addr);
+    pairs.sort_by_key(|p| p.0.addr);
+    let (mut chunks, hashes): (Vec<ChunkDesc>, Vec<u128>) = pairs.into_iter().unzip();
     meta.areas = plan.areas.clone();
-    let index = image::encode_index(meta, &chunks);
+    let (sources, since_full) = incr::finish(&mut chunks, prev);
+    meta.sources = sources;
+    meta.since_full = since_full;
+    let hashes: &[u128] = if opts.incremental { &hashes } else { &[] };
+    let index = image::encode_index_hashed(meta, &chunks, hashes);
     let index_offset = JOB.off.load(SeqCst);
     if let Err(e) = pwrite_all(fd_buf, index.as_ptr(), index.len(), index_offset) {
         return fail(format!(
@@ -1102,7 +1283,12 @@ pub fn write_image(
     }
     let file_len = index_offset + index.len() as u64;
     let header = Header {
-        flags: if compress { image::HDR_COMPRESSED } else { 0 },
+        flags: if compress { image::HDR_COMPRESSED } else { 0 }
+            | if opts.incremental {
+                image::HDR_HASHES
+            } else {
+                0
+            },
         index_offset,
         index_len: index.len() as u64,
         file_len,
@@ -1222,8 +1408,23 @@ fn prune_unseen(top: &Path, committed: &str) {
         .collect();
     older.sort_by_key(|f| core::cmp::Reverse((!f.partial, f.generation)));
     let committed_older = older.iter().filter(|f| !f.partial).count();
+    // Generations a kept one's incremental images refer to stay.
+    let kept: Vec<PathBuf> = std::iter::once(top.join(committed))
+        .chain(
+            older
+                .iter()
+                .take(keep - 1)
+                .filter(|f| !f.partial)
+                .map(|f| f.path.clone()),
+        )
+        .collect();
+    let needed = gen::referenced(kept.iter().map(PathBuf::as_path));
     for (i, f) in older.iter().enumerate() {
-        if f.partial || i >= keep - 1 && i < committed_older {
+        let referenced = f
+            .path
+            .file_name()
+            .is_some_and(|n| needed.contains(&*n.to_string_lossy()));
+        if f.partial || i >= keep - 1 && i < committed_older && !referenced {
             let _ = std::fs::remove_dir_all(&f.path);
         }
     }

@@ -449,6 +449,15 @@ pub fn cycles_match_bare(
     bare
 }
 
+/// Committed generation directories in `dir`: (number, path), by number.
+pub fn committed(dir: &Path) -> Vec<(u32, PathBuf)> {
+    dmtcp_common::generation::list(dir)
+        .into_iter()
+        .filter(|f| !f.partial)
+        .map(|f| (f.generation, f.path))
+        .collect()
+}
+
 pub fn images_in(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
