@@ -94,6 +94,7 @@ table! { Engine, global;
     exclude_memory: "dmtcp_exclude_memory" @ "" : fn(*const c_void, usize, c_int) -> c_int,
     send_kv: "dmtcp_send_key_val_pair_to_coordinator" @ "" : fn(*const c_char, *const c_void, u32, *const c_void, u32) -> c_int,
     query_kv: "dmtcp_send_query_to_coordinator" @ "" : fn(*const c_char, *const c_void, u32, *mut c_void, *mut u32) -> c_int,
+    list_kv: "dmtcp_send_list_query_to_coordinator" @ "" : fn(*const c_char, *const c_void, u32, *const c_void, u32, *mut c_void, *mut u32) -> c_int,
     barrier: "dmtcp_global_barrier" @ "" : fn(*const c_char) -> c_int,
 }
 
@@ -177,6 +178,52 @@ pub(crate) fn query(key: &[u8]) -> Option<Vec<u8>> {
     }
     buf.truncate(len as usize);
     Some(buf)
+}
+
+/// Every entry of the plugin's db whose key begins with `prefix`, in key
+/// order: one round trip to the coordinator per 3 MiB of entries.
+pub(crate) fn list(prefix: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let e = engine()?;
+    let mut buf = vec![0u8; 3 << 20];
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let mut len = buf.len() as u32;
+        let (ap, al) = after
+            .as_ref()
+            .map_or((std::ptr::null(), 0), |a| (a.as_ptr(), a.len() as u32));
+        // SAFETY: our buffers and their lengths.
+        let n = unsafe {
+            (e.list_kv)(
+                DB.as_ptr(),
+                prefix.as_ptr().cast(),
+                prefix.len() as u32,
+                ap.cast(),
+                al,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if n < 0 && len as usize > buf.len() {
+            // One entry larger than the buffer: make room for it.
+            buf.resize(len as usize, 0);
+            continue;
+        }
+        if n <= 0 {
+            return (n == 0).then_some(out);
+        }
+        let mut at = 0;
+        for _ in 0..n {
+            let kl = u32::from_le_bytes(buf.get(at..at + 4)?.try_into().ok()?) as usize;
+            let k = buf.get(at + 4..at + 4 + kl)?.to_vec();
+            let vs = at + 4 + kl;
+            let vl = u32::from_le_bytes(buf.get(vs..vs + 4)?.try_into().ok()?) as usize;
+            let v = buf.get(vs + 4..vs + 4 + vl)?.to_vec();
+            at = vs + 4 + vl;
+            after = Some(k.clone());
+            out.push((k, v));
+        }
+    }
 }
 
 pub(crate) fn barrier(name: &CStr) -> bool {
