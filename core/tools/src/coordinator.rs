@@ -1005,6 +1005,27 @@ fn clear_internal_kv(g: &mut State) {
     g.kv.retain(|(db, _), _| !db.starts_with("dmtcp:"));
 }
 
+/// A name-service request (`KvPut`, `KvGet`, `KvList`) of a process or a
+/// tool: its answer, None for a put (and for any other message).
+fn name_service(kv: &mut BTreeMap<(String, Vec<u8>), Vec<u8>>, req: ToCoord) -> Option<FromCoord> {
+    match req {
+        ToCoord::KvPut { db, key, val } => {
+            kv.insert((db, key), val);
+            None
+        }
+        ToCoord::KvGet { db, key } => Some(FromCoord::KvValue {
+            val: kv.get(&(db, key)).cloned(),
+        }),
+        ToCoord::KvList {
+            db,
+            prefix,
+            after,
+            max,
+        } => Some(kv_list(kv, db, prefix, after, max)),
+        _ => None,
+    }
+}
+
 /// The answer to `KvList`: `db`'s entries whose key begins with `prefix`,
 /// in key order, from the first after `after`, as many as make up `max`
 /// bytes of records (8 bytes each besides key and value) and at most
@@ -1886,24 +1907,11 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr, secret: &auth::Secret) 
                 };
                 join(&mut g, hello, out.clone(), Some(id));
             }
-            Some(ToCoord::KvPut { db, key, val }) => {
-                g.kv.insert((db, key), val);
-            }
-            Some(ToCoord::KvGet { db, key }) => {
-                let val = g.kv.get(&(db, key)).cloned();
-                if let Some(p) = g.peers.get(&id) {
-                    send_to(&p.out, &FromCoord::KvValue { val });
-                }
-            }
-            Some(ToCoord::KvList {
-                db,
-                prefix,
-                after,
-                max,
-            }) => {
-                let answer = kv_list(&g.kv, db, prefix, after, max);
-                if let Some(p) = g.peers.get(&id) {
-                    send_to(&p.out, &answer);
+            Some(req @ (ToCoord::KvPut { .. } | ToCoord::KvGet { .. } | ToCoord::KvList { .. })) => {
+                if let Some(answer) = name_service(&mut g.kv, req) {
+                    if let Some(p) = g.peers.get(&id) {
+                        send_to(&p.out, &answer);
+                    }
                 }
             }
             Some(_) => {}
@@ -2136,21 +2144,10 @@ fn handle_command(sh: Shared, mut reader: BufReader<SockRead>, out: Arc<Outbox>)
     let cmd = loop {
         match recv_or_drop(&mut reader, &out) {
             Some(ToCoord::Command { cmd }) => break cmd,
-            Some(ToCoord::KvPut { db, key, val }) => {
-                m.lock().unwrap().kv.insert((db, key), val);
-            }
-            Some(ToCoord::KvGet { db, key }) => {
-                let val = m.lock().unwrap().kv.get(&(db, key)).cloned();
-                send_to(&out, &FromCoord::KvValue { val });
-            }
-            Some(ToCoord::KvList {
-                db,
-                prefix,
-                after,
-                max,
-            }) => {
-                let answer = kv_list(&m.lock().unwrap().kv, db, prefix, after, max);
-                send_to(&out, &answer);
+            Some(req @ (ToCoord::KvPut { .. } | ToCoord::KvGet { .. } | ToCoord::KvList { .. })) => {
+                if let Some(answer) = name_service(&mut m.lock().unwrap().kv, req) {
+                    send_to(&out, &answer);
+                }
             }
             _ => return,
         }

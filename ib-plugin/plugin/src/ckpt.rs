@@ -33,10 +33,175 @@ static DRAIN_US: AtomicU64 = AtomicU64::new(0);
 /// How long the drain waits for posted sends to complete.
 const DRAIN_MS: u64 = 10_000;
 
-pub(crate) fn presuspend() {
+pub(crate) fn presuspend(generation: i32) {
     token();
     sys::exclude_device_memory();
     post_fences();
+    // The drain's buffers: nothing may be allocated once threads are
+    // suspended.
+    let n = objs().iter().filter(|o| matches!(o, Obj::Qp(_))).count();
+    ROUND.store(generation, Relaxed);
+    *RNR.lock().unwrap_or_else(|e| e.into_inner()) = Some(RnrBufs {
+        mine: Vec::with_capacity(n * RNR_REC),
+        page: vec![0; 64 << 10],
+    });
+}
+
+/// The generation of the checkpoint round under way.
+static ROUND: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Buffers of the drain's exchange of RC QPs without a posted receive
+/// (`rnr_blocked`), allocated at PRESUSPEND.
+struct RnrBufs {
+    /// This process's records: virtual LID (2 bytes), virtual QPN (4),
+    /// receives completed (8).
+    mine: Vec<u8>,
+    /// A page of the listing of every process's records.
+    page: Vec<u8>,
+}
+const RNR_REC: usize = 14;
+static RNR: std::sync::Mutex<Option<RnrBufs>> = std::sync::Mutex::new(None);
+
+/// A name-service key formatted without allocating.
+struct FixedKey {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl std::fmt::Write for FixedKey {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let b = s.as_bytes();
+        let end = self.len + b.len();
+        if end > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(b);
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl FixedKey {
+    fn new(args: std::fmt::Arguments) -> FixedKey {
+        let mut k = FixedKey { buf: [0; 96], len: 0 };
+        let _ = std::fmt::Write::write_fmt(&mut k, args);
+        k
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Publishes, under `norecv:<generation>:<token>`, this process's RC QPs
+/// (no SRQ, connected) that have no receive posted, with the receives each
+/// has completed. Threads are suspended, so none is posted before the
+/// checkpoint ends: a send of the peer that consumes a receive and was not
+/// received (its index among such sends >= that count) cannot complete,
+/// nor can any send after it (in order).
+fn publish_no_recv(reg: &Registry, b: &mut RnrBufs) {
+    b.mine.clear();
+    for o in &reg.objs {
+        let Obj::Qp(q) = *o else { continue };
+        // SAFETY: live shadow QP.
+        unsafe {
+            if (*q).qp.qp_type != IBV_QPT_RC
+                || !(*q).qp.srq.is_null()
+                || !((*q).qp.state == IBV_QPS_RTR || (*q).qp.state == IBV_QPS_RTS)
+                || b.mine.len() + RNR_REC > b.mine.capacity()
+                || !(*q).recvs.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+            {
+                continue;
+            }
+            let Some(vl) = own_vlid(q) else { continue };
+            b.mine.extend_from_slice(&vl.to_le_bytes());
+            b.mine.extend_from_slice(&(*q).qp.qp_num.to_le_bytes());
+            b.mine.extend_from_slice(&(*q).recvs_done.load(Relaxed).to_le_bytes());
+        }
+    }
+    if !b.mine.is_empty() {
+        let k = FixedKey::new(format_args!("norecv:{}:{}", ROUND.load(Relaxed), token()));
+        sys::publish(k.bytes(), &b.mine);
+    }
+}
+
+/// Marks the busy RC QPs whose oldest outstanding send waits for a receive
+/// the peer has not posted (its peer QP is in some process's `norecv`
+/// records, and the first logged send the peer had not received comes
+/// before any signaled send still outstanding): such a QP's sends cannot
+/// complete during this checkpoint, and the drain stops waiting for them.
+fn rnr_blocked(reg: &Registry, b: &mut RnrBufs) {
+    let prefix = FixedKey::new(format_args!("norecv:{}:", ROUND.load(Relaxed)));
+    let mut after: Option<FixedKey> = None;
+    loop {
+        let page = match sys::list_page(
+            prefix.bytes(),
+            after.as_ref().map(FixedKey::bytes),
+            &mut b.page,
+        ) {
+            Ok((n, len)) if n > 0 => &b.page[..len],
+            _ => return,
+        };
+        for (k, v) in sys::records(page) {
+            for e in v.chunks_exact(RNR_REC) {
+                let vl = u16::from_le_bytes([e[0], e[1]]);
+                let vq = u32::from_le_bytes([e[2], e[3], e[4], e[5]]);
+                let done = u64::from_le_bytes(e[6..14].try_into().unwrap_or([0; 8]));
+                mark_blocked(reg, vl, vq, done);
+            }
+            let mut last = FixedKey { buf: [0; 96], len: 0 };
+            if std::fmt::Write::write_str(&mut last, std::str::from_utf8(k).unwrap_or("")).is_err() {
+                return;
+            }
+            after = Some(last);
+        }
+    }
+}
+
+/// `rnr_blocked` for the peer QP (`vl`, `vq`) that had completed `done`
+/// receives and has none posted.
+fn mark_blocked(reg: &Registry, vl: u16, vq: u32, done: u64) {
+    for o in &reg.objs {
+        let Obj::Qp(q) = *o else { continue };
+        // SAFETY: live shadow QP; its logs are the plugin's (no verb runs).
+        unsafe {
+            let q = &*q;
+            if q.qp.qp_type != IBV_QPT_RC
+                || q.rnr_blocked.load(Relaxed)
+                || q.outstanding.load(Acquire) == 0
+            {
+                continue;
+            }
+            let (rtr, m) = q.log.lock().unwrap_or_else(|e| e.into_inner())[1];
+            if m & IBV_QP_AV as c_int == 0
+                || m & IBV_QP_DEST_QPN as c_int == 0
+                || rtr.ah_attr.dlid != vl
+                || rtr.dest_qp_num != vq
+            {
+                continue;
+            }
+            let blocked = {
+                let l = q.sends.lock().unwrap_or_else(|e| e.into_inner());
+                let mut it = l.iter();
+                loop {
+                    match it.next() {
+                        None => break false,
+                        Some(r) if r.seq != u64::MAX && r.seq >= done => break true,
+                        Some(r) if signaled(q, r.wr.send_flags) => break false,
+                        _ => {}
+                    }
+                }
+            };
+            if blocked {
+                q.rnr_blocked.store(true, Relaxed);
+                let mut msg = *b"dmtcp_ib: drain: QP 0x00000000 waits for a receive its peer has not posted; a restart posts its sends again\n";
+                let n = q.qp.qp_num;
+                for i in 0..8 {
+                    msg[22 + i] = b"0123456789abcdef"[((n >> (28 - 4 * i)) & 15) as usize];
+                }
+                sys::write_err(&msg);
+            }
+        }
+    }
 }
 
 /// A program that signals only every Nth send (perftest's CQ moderation)
@@ -117,18 +282,43 @@ fn drain(reg: &Registry) {
     let t0 = sys::now_ms();
     let t0_us = sys::now_us();
     let mut batch = [ibv_wc::default(); 16];
+    let mut rnr = RNR.lock().unwrap_or_else(|e| e.into_inner());
+    for o in &reg.objs {
+        if let Obj::Qp(q) = *o {
+            // SAFETY: live shadow.
+            unsafe { (*q).rnr_blocked.store(false, Relaxed) };
+        }
+    }
+    let mut first = true;
+    let mut checked = t0;
     loop {
         drain_all(reg, &mut batch);
+        if first {
+            // After a first pass: the receive logs know every receive
+            // completed so far.
+            if let Some(b) = rnr.as_mut() {
+                publish_no_recv(reg, b);
+            }
+            first = false;
+        }
         let mut busy: Option<*mut SQp> = None;
         for o in &reg.objs {
             if let Obj::Qp(q) = *o {
                 // SAFETY: live shadow.
-                if unsafe { (*q).outstanding.load(Acquire) } > 0 {
+                if unsafe { (*q).outstanding.load(Acquire) > 0 && !(*q).rnr_blocked.load(Relaxed) } {
                     busy = Some(q);
                 }
             }
         }
         let Some(q) = busy else { break };
+        if sys::now_ms() - checked >= 20 {
+            // Peers publish their QPs without a receive as their drain
+            // starts: look again every 20 ms.
+            checked = sys::now_ms();
+            if let Some(b) = rnr.as_mut() {
+                rnr_blocked(reg, b);
+            }
+        }
         if sys::now_ms() - t0 > DRAIN_MS {
             // Sends an RC peer has no receive for (RNR) cannot complete
             // while its threads are suspended: a restart posts them again

@@ -172,6 +172,9 @@ pub(crate) struct SQp {
     /// The checkpoint's fence (see `ckpt::post_fences`) is posted on this
     /// QP and has not completed yet: its completion is not the program's.
     pub(crate) fence: AtomicBool,
+    /// Set by the drain when this RC QP's oldest outstanding send waits
+    /// for a receive its peer has not posted (see `ckpt::rnr_blocked`).
+    pub(crate) rnr_blocked: AtomicBool,
     pub(crate) recvs: Mutex<VecDeque<RecvRec>>,
     /// RC: sends posted and not known to have run (see `SendRec`).
     pub(crate) sends: Mutex<VecDeque<SendRec>>,
@@ -1545,6 +1548,7 @@ pub unsafe extern "C" fn ibv_create_qp(
             outstanding: AtomicU32::new(0),
             unsignaled_tail: AtomicU32::new(0),
             fence: AtomicBool::new(false),
+            rnr_blocked: AtomicBool::new(false),
             recvs: Mutex::new(VecDeque::new()),
             sends: Mutex::new(VecDeque::new()),
             consuming_posted: AtomicU64::new(0),
@@ -1692,7 +1696,7 @@ pub unsafe extern "C" fn ibv_destroy_qp(qp: *mut ibv_qp) -> c_int {
     }
 }
 
-fn signaled(s: &SQp, flags: c_uint) -> bool {
+pub(crate) fn signaled(s: &SQp, flags: c_uint) -> bool {
     s.init.sq_sig_all != 0 || flags & IBV_SEND_SIGNALED != 0
 }
 

@@ -190,6 +190,7 @@ pub fn kv_get(db: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
 
 /// One page of a listing of the computation's name service (see
 /// `ToCoord::KvList`).
+#[allow(clippy::result_large_err)] // `answer`'s closure, as in kv_get
 pub fn kv_list(
     db: &str,
     prefix: &[u8],

@@ -36,21 +36,7 @@ static void die(const char *w) {
   exit(1);
 }
 
-static void io(int fd, void *b, size_t n, int wr) {
-  char *p = b;
-  while (n) {
-    ssize_t k = wr ? write(fd, p, n) : read(fd, p, n);
-    if (k <= 0) die("socketpair i/o");
-    p += k;
-    n -= (size_t)k;
-  }
-}
-
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
+#include "util.h"
 
 /* The next completion, which must be `wr_id`'s and successful. */
 static struct ibv_wc next_wc(struct ibv_cq *cq, uint64_t wr_id, const char *what) {
