@@ -199,8 +199,7 @@ fn from_coord() -> impl Strategy<Value = FromCoord> {
         reply.prop_map(FromCoord::Reply),
         text().prop_map(|reason| FromCoord::Refused { reason }),
         option::of(bytes()).prop_map(|val| FromCoord::KvValue { val }),
-        vec((bytes(), bytes()), 0..4)
-            .prop_map(|entries| FromCoord::KvEntries { entries }),
+        vec((bytes(), bytes()), 0..4).prop_map(|entries| FromCoord::KvEntries { entries }),
         text().prop_map(|reason| FromCoord::RoundFailed { reason }),
         (any::<u32>(), any::<u32>(), any::<u64>()).prop_map(|(written, total, bytes)| {
             FromCoord::Progress {

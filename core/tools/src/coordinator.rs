@@ -1907,7 +1907,9 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr, secret: &auth::Secret) 
                 };
                 join(&mut g, hello, out.clone(), Some(id));
             }
-            Some(req @ (ToCoord::KvPut { .. } | ToCoord::KvGet { .. } | ToCoord::KvList { .. })) => {
+            Some(
+                req @ (ToCoord::KvPut { .. } | ToCoord::KvGet { .. } | ToCoord::KvList { .. }),
+            ) => {
                 if let Some(answer) = name_service(&mut g.kv, req) {
                     if let Some(p) = g.peers.get(&id) {
                         send_to(&p.out, &answer);
@@ -2144,7 +2146,9 @@ fn handle_command(sh: Shared, mut reader: BufReader<SockRead>, out: Arc<Outbox>)
     let cmd = loop {
         match recv_or_drop(&mut reader, &out) {
             Some(ToCoord::Command { cmd }) => break cmd,
-            Some(req @ (ToCoord::KvPut { .. } | ToCoord::KvGet { .. } | ToCoord::KvList { .. })) => {
+            Some(
+                req @ (ToCoord::KvPut { .. } | ToCoord::KvGet { .. } | ToCoord::KvList { .. }),
+            ) => {
                 if let Some(answer) = name_service(&mut m.lock().unwrap().kv, req) {
                     send_to(&out, &answer);
                 }

@@ -83,7 +83,10 @@ impl std::fmt::Write for FixedKey {
 
 impl FixedKey {
     fn new(args: std::fmt::Arguments) -> FixedKey {
-        let mut k = FixedKey { buf: [0; 96], len: 0 };
+        let mut k = FixedKey {
+            buf: [0; 96],
+            len: 0,
+        };
         let _ = std::fmt::Write::write_fmt(&mut k, args);
         k
     }
@@ -108,14 +111,19 @@ fn publish_no_recv(reg: &Registry, b: &mut RnrBufs) {
                 || !(*q).qp.srq.is_null()
                 || !((*q).qp.state == IBV_QPS_RTR || (*q).qp.state == IBV_QPS_RTS)
                 || b.mine.len() + RNR_REC > b.mine.capacity()
-                || !(*q).recvs.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+                || !(*q)
+                    .recvs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
             {
                 continue;
             }
             let Some(vl) = own_vlid(q) else { continue };
             b.mine.extend_from_slice(&vl.to_le_bytes());
             b.mine.extend_from_slice(&(*q).qp.qp_num.to_le_bytes());
-            b.mine.extend_from_slice(&(*q).recvs_done.load(Relaxed).to_le_bytes());
+            b.mine
+                .extend_from_slice(&(*q).recvs_done.load(Relaxed).to_le_bytes());
         }
     }
     if !b.mine.is_empty() {
@@ -148,8 +156,12 @@ fn rnr_blocked(reg: &Registry, b: &mut RnrBufs) {
                 let done = u64::from_le_bytes(e[6..14].try_into().unwrap_or([0; 8]));
                 mark_blocked(reg, vl, vq, done);
             }
-            let mut last = FixedKey { buf: [0; 96], len: 0 };
-            if std::fmt::Write::write_str(&mut last, std::str::from_utf8(k).unwrap_or("")).is_err() {
+            let mut last = FixedKey {
+                buf: [0; 96],
+                len: 0,
+            };
+            if std::fmt::Write::write_str(&mut last, std::str::from_utf8(k).unwrap_or("")).is_err()
+            {
                 return;
             }
             after = Some(last);
@@ -305,7 +317,8 @@ fn drain(reg: &Registry) {
         for o in &reg.objs {
             if let Obj::Qp(q) = *o {
                 // SAFETY: live shadow.
-                if unsafe { (*q).outstanding.load(Acquire) > 0 && !(*q).rnr_blocked.load(Relaxed) } {
+                if unsafe { (*q).outstanding.load(Acquire) > 0 && !(*q).rnr_blocked.load(Relaxed) }
+                {
                     busy = Some(q);
                 }
             }
@@ -782,7 +795,11 @@ fn publish(objs: &[Obj], generation: i32) {
                         all.push(REC_PORT);
                         all.extend_from_slice(&pi.vlid.to_le_bytes());
                         all.extend_from_slice(&pi.rlid.to_le_bytes());
-                        let (vg, rg) = if pi.gid_seen { (pi.vgid, pi.rgid) } else { ([0; 16], [0; 16]) };
+                        let (vg, rg) = if pi.gid_seen {
+                            (pi.vgid, pi.rgid)
+                        } else {
+                            ([0; 16], [0; 16])
+                        };
                         all.extend_from_slice(&vg);
                         all.extend_from_slice(&rg);
                         crate::debug(|| format!("publish LID {:#x} -> {:#x}", pi.vlid, pi.rlid));
@@ -856,9 +873,7 @@ unsafe fn connected(q: *mut SQp) -> bool {
     // SAFETY: live shadow (caller's contract).
     let q = unsafe { &*q };
     let m = q.log.lock().unwrap_or_else(|e| e.into_inner())[1].1;
-    q.qp.qp_type != IBV_QPT_UD
-        && m & IBV_QP_AV as c_int != 0
-        && m & IBV_QP_DEST_QPN as c_int != 0
+    q.qp.qp_type != IBV_QPT_UD && m & IBV_QP_AV as c_int != 0 && m & IBV_QP_DEST_QPN as c_int != 0
 }
 
 /// After every process published (barrier), reads the tables of all of
@@ -896,7 +911,10 @@ fn learn_tables(prefix: &[u8]) {
                     }
                 }
                 REC_QP => qps.push((u16_at(1), u32_at(3), u32_at(7))),
-                REC_MR => rkeys.entry(u16_at(1)).or_default().push((u32_at(3), u32_at(7))),
+                REC_MR => rkeys
+                    .entry(u16_at(1))
+                    .or_default()
+                    .push((u32_at(3), u32_at(7))),
                 _ => break,
             }
             at += r.len();

@@ -206,7 +206,11 @@ pub(crate) fn list_page(
         )
     };
     if n < 0 {
-        return Err(if len as usize > buf.len() { len as usize } else { 0 });
+        return Err(if len as usize > buf.len() {
+            len as usize
+        } else {
+            0
+        });
     }
     Ok((n as usize, len as usize))
 }
