@@ -182,6 +182,17 @@ int dmtcp_send_key_val_pair_to_coordinator(const char *db, const void *key, uint
                                            const void *val, uint32_t val_len) __attribute__((weak));
 int dmtcp_send_query_to_coordinator(const char *db, const void *key, uint32_t key_len,
                                     void *val, uint32_t *val_len) __attribute__((weak));
+/* Lists the entries of `db` whose key begins with `prefix` (prefix_len 0:
+ * all), in key order, from the first key after `after` (NULL: from the
+ * first), into buf as records [u32 key_len][key][u32 val_len][val]
+ * (little-endian lengths): as many whole records as fit in *buf_len bytes
+ * and in one answer (at most 3 MiB). Sets *buf_len to the bytes written and
+ * returns the number of records (0: none left); -1 on error or when the
+ * next record alone does not fit (*buf_len is then its size). Read the
+ * rest by calling again with `after` = the last key returned. */
+int dmtcp_send_list_query_to_coordinator(const char *db, const void *prefix, uint32_t prefix_len,
+                                         const void *after, uint32_t after_len, void *buf,
+                                         uint32_t *buf_len) __attribute__((weak));
 int dmtcp_global_barrier(const char *name) __attribute__((weak));
 
 /*

@@ -26,7 +26,8 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// The plugin's timings of one restart, µs: drain (at the checkpoint),
-/// total, re-create, publish, barrier, reconnect, barrier.
+/// total, re-create, publish, barrier and reading the tables, reconnect,
+/// barrier.
 fn timings(err: &str) -> Option<[u64; 7]> {
     let mut best: Option<[u64; 7]> = None;
     for l in err.lines().filter(|l| l.contains("rebuild and reconnect")) {
@@ -258,7 +259,7 @@ pub fn run(a: &[String]) {
          medians of {runs} runs; plugin times are the slower process's (ms)\n"
     );
     println!(
-        "| QPs | drain | restart hook | re-create | publish | barrier | reconnect | barrier | whole checkpoint | whole restart |"
+        "| QPs | drain | restart hook | re-create | publish | barrier, tables | reconnect | barrier | whole checkpoint | whole restart |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &n in &qps {

@@ -104,7 +104,23 @@ pub enum ToCoord {
         db: String,
         key: Vec<u8>,
     },
+    /// List the entries of `db` whose key begins with `prefix`, in key
+    /// order, from the first key after `after` (from the first with
+    /// `prefix` when None); answered with `KvEntries`, whose records
+    /// (8 bytes each besides key and value) add up to at most `max` bytes
+    /// and [`KV_LIST_MAX`] (but hold at least one entry when any is left).
+    KvList {
+        db: String,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        max: u32,
+    },
 }
+
+/// The most bytes of records one `KvEntries` answer holds (each byte is up
+/// to 4 bytes of JSON: 12 MiB of a [`MAX_LINE`] of 16 MiB); a single entry
+/// larger than that is still sent alone.
+pub const KV_LIST_MAX: usize = 3 << 20;
 
 /// One peer, as `dmtcp_command --list` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -160,6 +176,9 @@ pub enum FromCoord {
     Refused { reason: String },
     /// Answer to `KvGet` (None when the key is unknown).
     KvValue { val: Option<Vec<u8>> },
+    /// Answer to `KvList`: (key, value) in key order; empty when no entry
+    /// is left.
+    KvEntries { entries: Vec<(Vec<u8>, Vec<u8>)> },
     /// The round this process is in (or whose barrier it reached) was given
     /// up before every process suspended: no image is written; resume.
     RoundFailed { reason: String },

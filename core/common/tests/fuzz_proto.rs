@@ -105,6 +105,14 @@ fn to_coord() -> impl Strategy<Value = ToCoord> {
         Just(ToCoord::RequestCkpt),
         (text(), bytes(), bytes()).prop_map(|(db, key, val)| ToCoord::KvPut { db, key, val }),
         (text(), bytes()).prop_map(|(db, key)| ToCoord::KvGet { db, key }),
+        (text(), bytes(), option::of(bytes()), any::<u32>()).prop_map(
+            |(db, prefix, after, max)| ToCoord::KvList {
+                db,
+                prefix,
+                after,
+                max
+            }
+        ),
     ]
 }
 
@@ -191,6 +199,7 @@ fn from_coord() -> impl Strategy<Value = FromCoord> {
         reply.prop_map(FromCoord::Reply),
         text().prop_map(|reason| FromCoord::Refused { reason }),
         option::of(bytes()).prop_map(|val| FromCoord::KvValue { val }),
+        vec((bytes(), bytes()), 0..4).prop_map(|entries| FromCoord::KvEntries { entries }),
         text().prop_map(|reason| FromCoord::RoundFailed { reason }),
         (any::<u32>(), any::<u32>(), any::<u64>()).prop_map(|(written, total, bytes)| {
             FromCoord::Progress {
@@ -326,6 +335,7 @@ const VARIANTS: &[&str] = &[
     "RequestCkpt",
     "KvPut",
     "KvGet",
+    "KvList",
     "Welcome",
     "DoCheckpoint",
     "BarrierDone",
@@ -333,6 +343,7 @@ const VARIANTS: &[&str] = &[
     "Reply",
     "Refused",
     "KvValue",
+    "KvEntries",
     "RoundFailed",
     "Progress",
     "Interval",

@@ -610,8 +610,9 @@ struct State {
     host: String,
     port: u16,
     quit: bool,
-    /// The computation's name service: (db, key) -> value.
-    kv: HashMap<(String, Vec<u8>), Vec<u8>>,
+    /// The computation's name service: (db, key) -> value, in key order
+    /// (`KvList` reads a range of it).
+    kv: BTreeMap<(String, Vec<u8>), Vec<u8>>,
     /// The last round's participants, from "committed" until each has
     /// run its resume hooks ("resumed"): their barriers are theirs alone
     /// (a process that joined meanwhile is not in them).
@@ -667,7 +668,7 @@ pub fn run(opts: CoordOpts) -> std::io::Result<()> {
         port,
         opts: opts.clone(),
         quit: false,
-        kv: HashMap::new(),
+        kv: BTreeMap::new(),
         resuming: None,
         deferred: None,
         pending: None,
@@ -1002,6 +1003,60 @@ fn kill_all(g: &mut State) {
 /// computation empties (before a restart).
 fn clear_internal_kv(g: &mut State) {
     g.kv.retain(|(db, _), _| !db.starts_with("dmtcp:"));
+}
+
+/// A name-service request (`KvPut`, `KvGet`, `KvList`) of a process or a
+/// tool: its answer, None for a put (and for any other message).
+fn name_service(kv: &mut BTreeMap<(String, Vec<u8>), Vec<u8>>, req: ToCoord) -> Option<FromCoord> {
+    match req {
+        ToCoord::KvPut { db, key, val } => {
+            kv.insert((db, key), val);
+            None
+        }
+        ToCoord::KvGet { db, key } => Some(FromCoord::KvValue {
+            val: kv.get(&(db, key)).cloned(),
+        }),
+        ToCoord::KvList {
+            db,
+            prefix,
+            after,
+            max,
+        } => Some(kv_list(kv, db, prefix, after, max)),
+        _ => None,
+    }
+}
+
+/// The answer to `KvList`: `db`'s entries whose key begins with `prefix`,
+/// in key order, from the first after `after`, as many as make up `max`
+/// bytes of records (8 bytes each besides key and value) and at most
+/// `KV_LIST_MAX`, but at least one when any is left.
+fn kv_list(
+    kv: &BTreeMap<(String, Vec<u8>), Vec<u8>>,
+    db: String,
+    prefix: Vec<u8>,
+    after: Option<Vec<u8>>,
+    max: u32,
+) -> FromCoord {
+    use std::ops::Bound;
+    let start = match after {
+        Some(a) if a >= prefix => Bound::Excluded((db.clone(), a)),
+        _ => Bound::Included((db.clone(), prefix.clone())),
+    };
+    let cap = (max as usize).min(proto::KV_LIST_MAX);
+    let mut size = 0;
+    let mut entries = Vec::new();
+    for ((d, k), v) in kv.range((start, Bound::Unbounded)) {
+        if *d != db || !k.starts_with(&prefix) {
+            break;
+        }
+        let rec = 8 + k.len() + v.len();
+        if !entries.is_empty() && size + rec > cap {
+            break;
+        }
+        size += rec;
+        entries.push((k.clone(), v.clone()));
+    }
+    FromCoord::KvEntries { entries }
 }
 
 /// Start a checkpoint round; false if there is nothing to checkpoint or one runs.
@@ -1852,13 +1907,13 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr, secret: &auth::Secret) 
                 };
                 join(&mut g, hello, out.clone(), Some(id));
             }
-            Some(ToCoord::KvPut { db, key, val }) => {
-                g.kv.insert((db, key), val);
-            }
-            Some(ToCoord::KvGet { db, key }) => {
-                let val = g.kv.get(&(db, key)).cloned();
-                if let Some(p) = g.peers.get(&id) {
-                    send_to(&p.out, &FromCoord::KvValue { val });
+            Some(
+                req @ (ToCoord::KvPut { .. } | ToCoord::KvGet { .. } | ToCoord::KvList { .. }),
+            ) => {
+                if let Some(answer) = name_service(&mut g.kv, req) {
+                    if let Some(p) = g.peers.get(&id) {
+                        send_to(&p.out, &answer);
+                    }
                 }
             }
             Some(_) => {}
@@ -2091,12 +2146,12 @@ fn handle_command(sh: Shared, mut reader: BufReader<SockRead>, out: Arc<Outbox>)
     let cmd = loop {
         match recv_or_drop(&mut reader, &out) {
             Some(ToCoord::Command { cmd }) => break cmd,
-            Some(ToCoord::KvPut { db, key, val }) => {
-                m.lock().unwrap().kv.insert((db, key), val);
-            }
-            Some(ToCoord::KvGet { db, key }) => {
-                let val = m.lock().unwrap().kv.get(&(db, key)).cloned();
-                send_to(&out, &FromCoord::KvValue { val });
+            Some(
+                req @ (ToCoord::KvPut { .. } | ToCoord::KvGet { .. } | ToCoord::KvList { .. }),
+            ) => {
+                if let Some(answer) = name_service(&mut m.lock().unwrap().kv, req) {
+                    send_to(&out, &answer);
+                }
             }
             _ => return,
         }

@@ -219,7 +219,13 @@ fn plugins_exchange_new_ids_after_restart() {
         logs.iter().all(|l| l == &logs[0]),
         "processes disagree: {logs:?}"
     );
-    let pids: std::collections::BTreeSet<&str> = logs[0]
+    // The listing (dmtcp_send_list_query_to_coordinator, one entry a call)
+    // found the same entries as the queries by key, in key order.
+    let lines: Vec<&str> = logs[0].lines().collect();
+    assert_eq!(lines.len(), 3, "{logs:?}");
+    assert_eq!(lines[1], lines[0], "listing differs from the queries");
+    assert_eq!(lines[2], "small buffer: ok");
+    let pids: std::collections::BTreeSet<&str> = lines[0]
         .split(' ')
         .map(|kv| kv.split_once("=pid=").unwrap().1)
         .collect();

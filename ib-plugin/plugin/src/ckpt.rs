@@ -33,10 +33,187 @@ static DRAIN_US: AtomicU64 = AtomicU64::new(0);
 /// How long the drain waits for posted sends to complete.
 const DRAIN_MS: u64 = 10_000;
 
-pub(crate) fn presuspend() {
+pub(crate) fn presuspend(generation: i32) {
     token();
     sys::exclude_device_memory();
     post_fences();
+    // The drain's buffers: nothing may be allocated once threads are
+    // suspended.
+    let n = objs().iter().filter(|o| matches!(o, Obj::Qp(_))).count();
+    ROUND.store(generation, Relaxed);
+    *RNR.lock().unwrap_or_else(|e| e.into_inner()) = Some(RnrBufs {
+        mine: Vec::with_capacity(n * RNR_REC),
+        page: vec![0; 64 << 10],
+    });
+}
+
+/// The generation of the checkpoint round under way.
+static ROUND: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Buffers of the drain's exchange of RC QPs without a posted receive
+/// (`rnr_blocked`), allocated at PRESUSPEND.
+struct RnrBufs {
+    /// This process's records: virtual LID (2 bytes), virtual QPN (4),
+    /// receives completed (8).
+    mine: Vec<u8>,
+    /// A page of the listing of every process's records.
+    page: Vec<u8>,
+}
+const RNR_REC: usize = 14;
+static RNR: std::sync::Mutex<Option<RnrBufs>> = std::sync::Mutex::new(None);
+
+/// A name-service key formatted without allocating.
+struct FixedKey {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl std::fmt::Write for FixedKey {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let b = s.as_bytes();
+        let end = self.len + b.len();
+        if end > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(b);
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl FixedKey {
+    fn new(args: std::fmt::Arguments) -> FixedKey {
+        let mut k = FixedKey {
+            buf: [0; 96],
+            len: 0,
+        };
+        let _ = std::fmt::Write::write_fmt(&mut k, args);
+        k
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Publishes, under `norecv:<generation>:<token>`, this process's RC QPs
+/// (no SRQ, connected) that have no receive posted, with the receives each
+/// has completed. Threads are suspended, so none is posted before the
+/// checkpoint ends: a send of the peer that consumes a receive and was not
+/// received (its index among such sends >= that count) cannot complete,
+/// nor can any send after it (in order).
+fn publish_no_recv(reg: &Registry, b: &mut RnrBufs) {
+    b.mine.clear();
+    for o in &reg.objs {
+        let Obj::Qp(q) = *o else { continue };
+        // SAFETY: live shadow QP.
+        unsafe {
+            if (*q).qp.qp_type != IBV_QPT_RC
+                || !(*q).qp.srq.is_null()
+                || !((*q).qp.state == IBV_QPS_RTR || (*q).qp.state == IBV_QPS_RTS)
+                || b.mine.len() + RNR_REC > b.mine.capacity()
+                || !(*q)
+                    .recvs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+            {
+                continue;
+            }
+            let Some(vl) = own_vlid(q) else { continue };
+            b.mine.extend_from_slice(&vl.to_le_bytes());
+            b.mine.extend_from_slice(&(*q).qp.qp_num.to_le_bytes());
+            b.mine
+                .extend_from_slice(&(*q).recvs_done.load(Relaxed).to_le_bytes());
+        }
+    }
+    if !b.mine.is_empty() {
+        let k = FixedKey::new(format_args!("norecv:{}:{}", ROUND.load(Relaxed), token()));
+        sys::publish(k.bytes(), &b.mine);
+    }
+}
+
+/// Marks the busy RC QPs whose oldest outstanding send waits for a receive
+/// the peer has not posted (its peer QP is in some process's `norecv`
+/// records, and the first logged send the peer had not received comes
+/// before any signaled send still outstanding): such a QP's sends cannot
+/// complete during this checkpoint, and the drain stops waiting for them.
+fn rnr_blocked(reg: &Registry, b: &mut RnrBufs) {
+    let prefix = FixedKey::new(format_args!("norecv:{}:", ROUND.load(Relaxed)));
+    let mut after: Option<FixedKey> = None;
+    loop {
+        let page = match sys::list_page(
+            prefix.bytes(),
+            after.as_ref().map(FixedKey::bytes),
+            &mut b.page,
+        ) {
+            Ok((n, len)) if n > 0 => &b.page[..len],
+            _ => return,
+        };
+        for (k, v) in sys::records(page) {
+            for e in v.chunks_exact(RNR_REC) {
+                let vl = u16::from_le_bytes([e[0], e[1]]);
+                let vq = u32::from_le_bytes([e[2], e[3], e[4], e[5]]);
+                let done = u64::from_le_bytes(e[6..14].try_into().unwrap_or([0; 8]));
+                mark_blocked(reg, vl, vq, done);
+            }
+            let mut last = FixedKey {
+                buf: [0; 96],
+                len: 0,
+            };
+            if std::fmt::Write::write_str(&mut last, std::str::from_utf8(k).unwrap_or("")).is_err()
+            {
+                return;
+            }
+            after = Some(last);
+        }
+    }
+}
+
+/// `rnr_blocked` for the peer QP (`vl`, `vq`) that had completed `done`
+/// receives and has none posted.
+fn mark_blocked(reg: &Registry, vl: u16, vq: u32, done: u64) {
+    for o in &reg.objs {
+        let Obj::Qp(q) = *o else { continue };
+        // SAFETY: live shadow QP; its logs are the plugin's (no verb runs).
+        unsafe {
+            let q = &*q;
+            if q.qp.qp_type != IBV_QPT_RC
+                || q.rnr_blocked.load(Relaxed)
+                || q.outstanding.load(Acquire) == 0
+            {
+                continue;
+            }
+            let (rtr, m) = q.log.lock().unwrap_or_else(|e| e.into_inner())[1];
+            if m & IBV_QP_AV as c_int == 0
+                || m & IBV_QP_DEST_QPN as c_int == 0
+                || rtr.ah_attr.dlid != vl
+                || rtr.dest_qp_num != vq
+            {
+                continue;
+            }
+            let blocked = {
+                let l = q.sends.lock().unwrap_or_else(|e| e.into_inner());
+                let mut it = l.iter();
+                loop {
+                    match it.next() {
+                        None => break false,
+                        Some(r) if r.seq != u64::MAX && r.seq >= done => break true,
+                        Some(r) if signaled(q, r.wr.send_flags) => break false,
+                        _ => {}
+                    }
+                }
+            };
+            if blocked {
+                q.rnr_blocked.store(true, Relaxed);
+                let mut msg = *b"dmtcp_ib: drain: QP 0x00000000 waits for a receive its peer has not posted; a restart posts its sends again\n";
+                let n = q.qp.qp_num;
+                for i in 0..8 {
+                    msg[22 + i] = b"0123456789abcdef"[((n >> (28 - 4 * i)) & 15) as usize];
+                }
+                sys::write_err(&msg);
+            }
+        }
+    }
 }
 
 /// A program that signals only every Nth send (perftest's CQ moderation)
@@ -117,18 +294,44 @@ fn drain(reg: &Registry) {
     let t0 = sys::now_ms();
     let t0_us = sys::now_us();
     let mut batch = [ibv_wc::default(); 16];
+    let mut rnr = RNR.lock().unwrap_or_else(|e| e.into_inner());
+    for o in &reg.objs {
+        if let Obj::Qp(q) = *o {
+            // SAFETY: live shadow.
+            unsafe { (*q).rnr_blocked.store(false, Relaxed) };
+        }
+    }
+    let mut first = true;
+    let mut checked = t0;
     loop {
         drain_all(reg, &mut batch);
+        if first {
+            // After a first pass: the receive logs know every receive
+            // completed so far.
+            if let Some(b) = rnr.as_mut() {
+                publish_no_recv(reg, b);
+            }
+            first = false;
+        }
         let mut busy: Option<*mut SQp> = None;
         for o in &reg.objs {
             if let Obj::Qp(q) = *o {
                 // SAFETY: live shadow.
-                if unsafe { (*q).outstanding.load(Acquire) } > 0 {
+                if unsafe { (*q).outstanding.load(Acquire) > 0 && !(*q).rnr_blocked.load(Relaxed) }
+                {
                     busy = Some(q);
                 }
             }
         }
         let Some(q) = busy else { break };
+        if sys::now_ms() - checked >= 20 {
+            // Peers publish their QPs without a receive as their drain
+            // starts: look again every 20 ms.
+            checked = sys::now_ms();
+            if let Some(b) = rnr.as_mut() {
+                rnr_blocked(reg, b);
+            }
+        }
         if sys::now_ms() - t0 > DRAIN_MS {
             // Sends an RC peer has no receive for (RNR) cannot complete
             // while its threads are suspended: a restart posts them again
@@ -280,7 +483,7 @@ fn debug_state(objs: &[Obj], when: &str) {
     }
 }
 
-pub(crate) fn restart() {
+pub(crate) fn restart(generation: i32) {
     let t0 = sys::now_us();
     sys::include_again();
     let objs = objs();
@@ -296,26 +499,38 @@ pub(crate) fn restart() {
     at[0] = sys::now_us() - t0;
     // Every process of the computation takes part in both barriers.
     if have {
-        publish(&objs);
+        publish(&objs, generation);
     }
     at[1] = sys::now_us() - t0;
     sys::barrier(c"dmtcp-ib-published");
+    if have {
+        learn_tables(&table_prefix("all", generation));
+    }
     at[2] = sys::now_us() - t0;
     if have {
-        if let Err(m) = reconnect(&objs) {
+        // QPs whose peer was not connected back at the checkpoint: the
+        // peer's program connects it after the restart, in a verb.
+        let mut half_open = Vec::new();
+        if let Err(m) = reconnect(&objs, &mut half_open) {
             crate::say(&format!("restart: {m}"));
+        }
+        if !half_open.is_empty() {
+            let mut k = table_prefix("half", generation);
+            k.extend_from_slice(&key(&[&token()]));
+            sys::publish(&k, &half_open);
         }
     }
     at[3] = sys::now_us() - t0;
     sys::barrier(c"dmtcp-ib-connected");
     if have {
+        learn_tables(&table_prefix("half", generation));
         replay(&objs);
     }
     crate::debug(|| {
         let all = sys::now_us() - t0;
         format!(
             "drain took {} us; rebuild and reconnect {all} us (with two barriers): \
-             re-create {} us, publish {} us, barrier {} us, reconnect {} us, barrier {} us",
+             re-create {} us, publish {} us, barrier and tables {} us, reconnect {} us, barrier {} us",
             DRAIN_US.load(Relaxed),
             at[0],
             at[1] - at[0],
@@ -337,6 +552,7 @@ fn rebuild(objs: &[Obj]) -> Result<(), String> {
         m.qpn.clear();
         m.qpn_rev.clear();
         m.gids.clear();
+        m.rkeys.clear();
     });
     for o in objs {
         // SAFETY: live shadows (registry); the new real objects come from the real library.
@@ -536,10 +752,36 @@ fn own_vlid(q: *mut SQp) -> Option<u16> {
     }
 }
 
-/// Publishes this process's new ids under its old (virtual) ones.
-fn publish(objs: &[Obj]) {
+/// Records of a process's table in the name service (`all:` keys, see
+/// `publish`): a port, a QP anyone may address after the restart, an MR.
+const REC_PORT: u8 = 1;
+const REC_QP: u8 = 2;
+const REC_MR: u8 = 3;
+/// Bytes of a record with its tag.
+const fn rec_len(tag: u8) -> usize {
+    match tag {
+        REC_PORT => 1 + 2 + 2 + 16 + 16,
+        _ => 1 + 2 + 4 + 4,
+    }
+}
+/// A table is published in values of at most this size.
+const PART: usize = 1 << 20;
+
+/// `<what>:<generation>:`, the prefix of a listing of every process's table.
+fn table_prefix(what: &str, generation: i32) -> Vec<u8> {
+    key(&[&what, &generation, &""])
+}
+
+/// Publishes this process's new ids under its old (virtual) ones: for its
+/// connected QPs' peers, `qp:<vlid>:<vqpn>` (new QPN, token, receives
+/// done) and `qps:<token>` (all its QPs); for everyone, its table under
+/// `all:<generation>:<token>:<part>` (`learn_tables`): each port's old and
+/// new LID and GID, each QP that a peer may address without being
+/// connected to it (UD, or not connected at the checkpoint), and each MR's
+/// old and new rkey under each port of its device.
+fn publish(objs: &[Obj], generation: i32) {
     let t = token();
-    let mut mrs = Vec::new();
+    let mut all = Vec::new();
     // All of this process's QPs in one value too: a peer connected to
     // many of them learns them all with one query (`learn_qp`).
     let mut table = Vec::new();
@@ -550,33 +792,47 @@ fn publish(objs: &[Obj]) {
                 Obj::Ctx(s) => {
                     let p = (*s).ports.lock().unwrap_or_else(|e| e.into_inner());
                     for pi in p.iter().filter(|p| p.seen) {
-                        let mut v = pi.rlid.to_le_bytes().to_vec();
-                        v.extend_from_slice(&pi.rgid);
-                        sys::publish(&key(&[&"lid", &pi.vlid]), &v);
+                        all.push(REC_PORT);
+                        all.extend_from_slice(&pi.vlid.to_le_bytes());
+                        all.extend_from_slice(&pi.rlid.to_le_bytes());
+                        let (vg, rg) = if pi.gid_seen {
+                            (pi.vgid, pi.rgid)
+                        } else {
+                            ([0; 16], [0; 16])
+                        };
+                        all.extend_from_slice(&vg);
+                        all.extend_from_slice(&rg);
                         crate::debug(|| format!("publish LID {:#x} -> {:#x}", pi.vlid, pi.rlid));
                     }
                 }
                 Obj::Mr(s) => {
-                    mrs.extend_from_slice(&(*s).mr.rkey.to_le_bytes());
-                    mrs.extend_from_slice(&(*s).rrkey.to_le_bytes());
+                    let c = sctx((*s).mr.context);
+                    let p = c.ports.lock().unwrap_or_else(|e| e.into_inner());
+                    for pi in p.iter().filter(|p| p.seen) {
+                        all.push(REC_MR);
+                        all.extend_from_slice(&pi.vlid.to_le_bytes());
+                        all.extend_from_slice(&(*s).mr.rkey.to_le_bytes());
+                        all.extend_from_slice(&(*s).rrkey.to_le_bytes());
+                    }
                 }
                 Obj::Qp(q) => {
                     if let Some(vl) = own_vlid(q) {
                         let rd = (*q).recvs_done.load(Relaxed);
-                        let mut v = (*(*q).real).qp_num.to_le_bytes().to_vec();
+                        let rq = (*(*q).real).qp_num;
+                        let conn = connected(q);
+                        let mut v = rq.to_le_bytes().to_vec();
                         v.extend_from_slice(&t.to_le_bytes());
                         v.extend_from_slice(&rd.to_le_bytes());
+                        v.push(conn as u8);
                         sys::publish(&key(&[&"qp", &vl, &(*q).qp.qp_num]), &v);
                         table.extend_from_slice(&vl.to_le_bytes());
                         table.extend_from_slice(&(*q).qp.qp_num.to_le_bytes());
-                        table.extend_from_slice(&(*(*q).real).qp_num.to_le_bytes());
-                        table.extend_from_slice(&rd.to_le_bytes());
+                        table.extend_from_slice(&v);
+                        if !conn {
+                            qp_record(&mut all, vl, (*q).qp.qp_num, rq);
+                        }
                         crate::debug(|| {
-                            format!(
-                                "publish QP {vl:#x}/{:#x} -> {:#x}",
-                                (*q).qp.qp_num,
-                                (*(*q).real).qp_num
-                            )
+                            format!("publish QP {vl:#x}/{:#x} -> {rq:#x}", (*q).qp.qp_num)
                         });
                     }
                 }
@@ -584,83 +840,197 @@ fn publish(objs: &[Obj]) {
             }
         }
     }
-    sys::publish(&key(&[&"mr", &t]), &mrs);
     sys::publish(&key(&[&"qps", &t]), &table);
+    // Records are whole in each part (`learn_tables` reads each alone).
+    let mut at = 0;
+    let mut part = 0;
+    while at < all.len() || part == 0 {
+        let mut end = at;
+        while end < all.len() && end + rec_len(all[end]) - at <= PART {
+            end += rec_len(all[end]);
+        }
+        let mut k = table_prefix("all", generation);
+        k.extend_from_slice(key(&[&t, &part]).as_slice());
+        sys::publish(&k, &all[at..end]);
+        at = end;
+        part += 1;
+    }
+}
+
+fn qp_record(out: &mut Vec<u8>, vl: u16, vq: u32, rq: u32) {
+    out.push(REC_QP);
+    out.extend_from_slice(&vl.to_le_bytes());
+    out.extend_from_slice(&vq.to_le_bytes());
+    out.extend_from_slice(&rq.to_le_bytes());
+}
+
+/// An RC or UC QP connected at the checkpoint (RTR with a destination): only
+/// its peer addresses it, and finds it through `qp:`/`qps:`.
+///
+/// # Safety
+/// `q` is a live shadow QP.
+unsafe fn connected(q: *mut SQp) -> bool {
+    // SAFETY: live shadow (caller's contract).
+    let q = unsafe { &*q };
+    let m = q.log.lock().unwrap_or_else(|e| e.into_inner())[1].1;
+    q.qp.qp_type != IBV_QPT_UD && m & IBV_QP_AV as c_int != 0 && m & IBV_QP_DEST_QPN as c_int != 0
+}
+
+/// After every process published (barrier), reads the tables of all of
+/// them (`all:<generation>:`) into the maps the verbs translate with: every
+/// port's LID and GID, every QP that may be addressed without a connection
+/// (a UD QP that a UD send or an AH made after the restart names, a QP
+/// connected only after the restart), every device's rkeys. So no verb
+/// needs the name service (which only the checkpoint thread may use).
+fn learn_tables(prefix: &[u8]) {
+    let Some(entries) = sys::list(prefix) else {
+        crate::say("restart: could not read the computation's id tables");
+        return;
+    };
+    let mut lids: Vec<(u16, u16)> = Vec::new();
+    let mut gids: Vec<([u8; 16], [u8; 16])> = Vec::new();
+    let mut qps: Vec<(u16, u32, u32)> = Vec::new();
+    let mut rkeys: HashMap<u16, Vec<(u32, u32)>> = HashMap::new();
+    let mut bytes = 0;
+    for (_, v) in &entries {
+        bytes += v.len();
+        let mut at = 0;
+        while at < v.len() && at + rec_len(v[at]) <= v.len() {
+            let r = &v[at..at + rec_len(v[at])];
+            let u16_at = |i: usize| u16::from_le_bytes([r[i], r[i + 1]]);
+            let u32_at = |i: usize| u32::from_le_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
+            match r[0] {
+                REC_PORT => {
+                    lids.push((u16_at(1), u16_at(3)));
+                    let mut vg = [0u8; 16];
+                    let mut rg = [0u8; 16];
+                    vg.copy_from_slice(&r[5..21]);
+                    rg.copy_from_slice(&r[21..37]);
+                    if vg != [0; 16] {
+                        gids.push((vg, rg));
+                    }
+                }
+                REC_QP => qps.push((u16_at(1), u32_at(3), u32_at(7))),
+                REC_MR => rkeys
+                    .entry(u16_at(1))
+                    .or_default()
+                    .push((u32_at(3), u32_at(7))),
+                _ => break,
+            }
+            at += r.len();
+        }
+    }
+    for t in rkeys.values_mut() {
+        t.sort_unstable();
+        t.dedup_by_key(|x| x.0);
+    }
+    crate::debug(|| {
+        format!(
+            "tables {}: {} values, {bytes} bytes: {} ports, {} QPs, {} rkeys",
+            String::from_utf8_lossy(prefix),
+            entries.len(),
+            lids.len(),
+            qps.len(),
+            rkeys.values().map(Vec::len).sum::<usize>()
+        )
+    });
+    with_maps(|m| {
+        for &(v, r) in &lids {
+            if !m.lids.iter().any(|x| x.0 == v) {
+                m.lids.push((v, r));
+            }
+        }
+        for &(v, r) in &gids {
+            if !m.gids.iter().any(|x| x.0 == v) {
+                m.gids.push((v, r));
+            }
+        }
+        for &(vl, vq, rq) in &qps {
+            m.qpn.insert((vl, vq), rq);
+            if let Some(rl) = m.lids.iter().find(|x| x.0 == vl).map(|x| x.1) {
+                m.qpn_rev.insert((rl, rq), vq);
+            }
+        }
+        m.rkeys.extend(rkeys);
+    });
 }
 
 fn learn_lid(vl: u16) -> Option<u16> {
-    if let Some(r) = crate::shadow::MAPS.read().ok().and_then(|m| {
+    crate::shadow::MAPS.read().ok().and_then(|m| {
         m.as_ref()
             .and_then(|m| m.lids.iter().find(|x| x.0 == vl).map(|x| x.1))
-    }) {
-        return Some(r);
-    }
-    let v = sys::query(&key(&[&"lid", &vl]))?;
-    if v.len() < 18 {
-        return None;
-    }
-    let rl = u16::from_le_bytes([v[0], v[1]]);
-    let mut g = [0u8; 16];
-    g.copy_from_slice(&v[2..18]);
-    with_maps(|m| {
-        m.lids.push((vl, rl));
-        m.gids.retain(|x| x.1 != g);
-    });
-    Some(rl)
+    })
 }
 
-/// The new QP numbers of peers' QPs learnt at this restart: (virtual LID,
-/// virtual QPN) -> (new QPN, the peer process's token, the receives the
-/// peer QP had completed at the checkpoint), and the tokens whose whole
-/// table was fetched.
+/// A peer QP as its process published it at the restart.
+#[derive(Clone, Copy)]
+struct PeerQp {
+    /// Its new number.
+    rq: u32,
+    /// Its process's token.
+    token: u64,
+    /// The receives it had completed at the checkpoint.
+    recvs_done: u64,
+    /// Whether it was connected itself (RTR with a destination).
+    connected: bool,
+}
+
+/// A QP's value under `qp:` and its record in `qps:` (after its virtual
+/// LID and QPN there): new QPN, token, receives done, connected.
+const QP_VAL: usize = 4 + 8 + 8 + 1;
+
+fn parse_peer_qp(v: &[u8]) -> Option<PeerQp> {
+    Some(PeerQp {
+        rq: u32::from_le_bytes(v.get(0..4)?.try_into().ok()?),
+        token: u64::from_le_bytes(v.get(4..12)?.try_into().ok()?),
+        recvs_done: u64::from_le_bytes(v.get(12..20)?.try_into().ok()?),
+        connected: *v.get(20)? != 0,
+    })
+}
+
+/// The peers' QPs learnt at this restart, by (virtual LID, virtual QPN),
+/// and the tokens whose whole table was fetched.
 #[derive(Default)]
 struct Learnt {
-    qps: HashMap<(u16, u32), (u32, u64, u64)>,
+    qps: HashMap<(u16, u32), PeerQp>,
     tables: std::collections::HashSet<u64>,
 }
 
-/// The peer QP's new number and its process's token: from the peer
-/// process's table once it was fetched (one query per peer process, not
-/// one per QP: with 1,000 QPs the queries were half the reconnect time).
-fn learn_qp(l: &mut Learnt, vl: u16, vq: u32) -> Option<(u32, u64, u64)> {
+/// The peer QP's new ids: from the peer process's table once it was
+/// fetched (one query per peer process, not one per QP: with 1,000 QPs
+/// the queries were half the reconnect time).
+fn learn_qp(l: &mut Learnt, vl: u16, vq: u32) -> Option<PeerQp> {
     let rl = learn_lid(vl)?;
-    let (rq, t, rd) = match l.qps.get(&(vl, vq)) {
+    let p = match l.qps.get(&(vl, vq)) {
         Some(&x) => x,
         None => {
-            let v = sys::query(&key(&[&"qp", &vl, &vq]))?;
-            if v.len() < 20 {
-                return None;
-            }
-            let rq = u32::from_le_bytes(v[0..4].try_into().ok()?);
-            let t = u64::from_le_bytes(v[4..12].try_into().ok()?);
-            let rd = u64::from_le_bytes(v[12..20].try_into().ok()?);
-            if l.tables.insert(t) {
-                for e in sys::query(&key(&[&"qps", &t]))
+            let p = parse_peer_qp(&sys::query(&key(&[&"qp", &vl, &vq]))?)?;
+            if l.tables.insert(p.token) {
+                for e in sys::query(&key(&[&"qps", &p.token]))
                     .unwrap_or_default()
-                    .chunks_exact(18)
+                    .chunks_exact(6 + QP_VAL)
                 {
                     let el = u16::from_le_bytes([e[0], e[1]]);
                     let eq = u32::from_le_bytes([e[2], e[3], e[4], e[5]]);
-                    let er = u32::from_le_bytes([e[6], e[7], e[8], e[9]]);
-                    let ed = u64::from_le_bytes(e[10..18].try_into().unwrap_or([0; 8]));
-                    l.qps.insert((el, eq), (er, t, ed));
+                    if let Some(x) = parse_peer_qp(&e[6..]) {
+                        l.qps.insert((el, eq), x);
+                    }
                 }
             }
-            (rq, t, rd)
+            p
         }
     };
     with_maps(|m| {
-        m.qpn.insert((vl, vq), rq);
-        m.qpn_rev.insert((rl, rq), vq);
+        m.qpn.insert((vl, vq), p.rq);
+        m.qpn_rev.insert((rl, p.rq), vq);
     });
-    Some((rq, t, rd))
+    Some(p)
 }
 
 /// Gets the peers' new ids, brings every QP back to its state, re-posts the
 /// receives, re-creates the AHs, and sets up the channel events to deliver.
-fn reconnect(objs: &[Obj]) -> Result<(), String> {
+fn reconnect(objs: &[Obj], half_open: &mut Vec<u8>) -> Result<(), String> {
     let r = real().ok_or("libibverbs is not loaded")?;
-    let mut rkeys: HashMap<u64, Vec<(u32, u32)>> = HashMap::new();
     let mut learnt = Learnt::default();
     for o in objs {
         // SAFETY: live shadows rebuilt by `rebuild`.
@@ -683,20 +1053,19 @@ fn reconnect(objs: &[Obj]) -> Result<(), String> {
                         {
                             let (vl, vq) = (rtr.ah_attr.dlid, rtr.dest_qp_num);
                             let peer = learn_qp(&mut learnt, vl, vq);
-                            keep_unsent(q, peer.map(|p| p.2));
+                            keep_unsent(q, peer.map(|p| p.recvs_done));
+                            // The peer device's rkeys (`learn_tables`).
+                            set_peer_rkeys(&*q, vl);
                             match peer {
-                                Some((_, t, _)) => {
-                                    let map = rkeys.entry(t).or_insert_with(|| {
-                                        let v = sys::query(&key(&[&"mr", &t])).unwrap_or_default();
-                                        let mut m: Vec<(u32, u32)> = v
-                                            .chunks_exact(8)
-                                            .map(|c| (u32::from_le_bytes(c[0..4].try_into().unwrap()), u32::from_le_bytes(c[4..8].try_into().unwrap())))
-                                            .collect();
-                                        m.sort();
-                                        m
-                                    });
-                                    *(*q).peer_rkeys.write().unwrap_or_else(|e| e.into_inner()) = map.clone();
+                                Some(p) if !p.connected => {
+                                    // The peer was not connected back yet:
+                                    // it will be, after the restart, in a
+                                    // verb, with this QP's old number.
+                                    if let Some(own) = own_vlid(q) {
+                                        qp_record(half_open, own, (*q).qp.qp_num, (*(*q).real).qp_num);
+                                    }
                                 }
+                                Some(_) => {}
                                 None => crate::say(&format!("restart: QP {:#x}: its peer (LID {vl:#x}, QP {vq:#x}) published no new ids", (*q).qp.qp_num)),
                             }
                         } else if rtr_mask & IBV_QP_AV as c_int != 0 {
@@ -733,7 +1102,8 @@ fn reconnect(objs: &[Obj]) -> Result<(), String> {
                         .unwrap_or_else(|e| e.into_inner())
                         .clone();
                     for (vl, vq) in dests {
-                        let r = learn_qp(&mut learnt, vl, vq);
+                        // A UD QP is in every process's table (`learn_tables`).
+                        let r = qpn_to_real(vl, vq);
                         crate::debug(|| {
                             format!(
                                 "QP {:#x}: UD destination {vl:#x}/{vq:#x} -> {r:x?}",

@@ -73,12 +73,23 @@ const EV_PRECHECKPOINT: c_int = 4;
 const EV_RESUME: c_int = 5;
 const EV_RESTART: c_int = 6;
 
-extern "C" fn event_hook(ev: c_int, _data: *mut c_void) {
+extern "C" fn event_hook(ev: c_int, data: *mut c_void) {
+    // DmtcpEventData_t: ckptInfo = { int isRestart; int generation; ... },
+    // the round's generation for PRESUSPEND, PRECHECKPOINT, RESUME, RESTART.
+    let generation = || {
+        if data.is_null() {
+            0
+        } else {
+            // SAFETY: the engine passes its event data (never NULL for
+            // these events); generation is its second int.
+            unsafe { *(data as *const c_int).add(1) }
+        }
+    };
     match ev {
-        EV_PRESUSPEND => ckpt::presuspend(),
+        EV_PRESUSPEND => ckpt::presuspend(generation()),
         EV_PRECHECKPOINT => ckpt::precheckpoint(),
         EV_RESUME => ckpt::resume(),
-        EV_RESTART => ckpt::restart(),
+        EV_RESTART => ckpt::restart(generation()),
         _ => {}
     }
 }

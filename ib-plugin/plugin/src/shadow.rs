@@ -172,6 +172,9 @@ pub(crate) struct SQp {
     /// The checkpoint's fence (see `ckpt::post_fences`) is posted on this
     /// QP and has not completed yet: its completion is not the program's.
     pub(crate) fence: AtomicBool,
+    /// Set by the drain when this RC QP's oldest outstanding send waits
+    /// for a receive its peer has not posted (see `ckpt::rnr_blocked`).
+    pub(crate) rnr_blocked: AtomicBool,
     pub(crate) recvs: Mutex<VecDeque<RecvRec>>,
     /// RC: sends posted and not known to have run (see `SendRec`).
     pub(crate) sends: Mutex<VecDeque<SendRec>>,
@@ -254,6 +257,10 @@ pub(crate) struct Maps {
     pub(crate) qpn_rev: HashMap<(u16, u32), u32>,
     /// (virtual, real) GIDs.
     pub(crate) gids: Vec<([u8; 16], [u8; 16])>,
+    /// Virtual LID of a device's port -> the (virtual, real) rkeys, sorted,
+    /// of every MR of every process on that device (after a restart):
+    /// rkeys are the device's, so two devices may number theirs alike.
+    pub(crate) rkeys: HashMap<u16, Vec<(u32, u32)>>,
 }
 
 pub(crate) static MAPS: RwLock<Option<Maps>> = RwLock::new(None);
@@ -267,6 +274,7 @@ pub(crate) fn with_maps<R>(f: impl FnOnce(&mut Maps) -> R) -> R {
         qpn: HashMap::new(),
         qpn_rev: HashMap::new(),
         gids: Vec::new(),
+        rkeys: HashMap::new(),
     });
     f(m)
 }
@@ -1540,6 +1548,7 @@ pub unsafe extern "C" fn ibv_create_qp(
             outstanding: AtomicU32::new(0),
             unsignaled_tail: AtomicU32::new(0),
             fence: AtomicBool::new(false),
+            rnr_blocked: AtomicBool::new(false),
             recvs: Mutex::new(VecDeque::new()),
             sends: Mutex::new(VecDeque::new()),
             consuming_posted: AtomicU64::new(0),
@@ -1602,6 +1611,20 @@ pub unsafe extern "C" fn ibv_modify_qp(
         if mask & IBV_QP_STATE as c_int != 0 {
             let st = (*attr).qp_state;
             (*s).qp.state = st;
+            if st == IBV_QPS_RTR && mask & IBV_QP_AV as c_int != 0 && RESTARTED.load(Relaxed) {
+                // Connected after a restart: the peer's MRs may be older.
+                set_peer_rkeys(&*s, (*attr).ah_attr.dlid);
+                crate::debug(|| {
+                    format!(
+                        "QP {:#x} RTR after the restart: dlid {:#x} -> {:#x}, dest QP {:#x} -> {:#x}",
+                        (*s).qp.qp_num,
+                        (*attr).ah_attr.dlid,
+                        a.ah_attr.dlid,
+                        (*attr).dest_qp_num,
+                        a.dest_qp_num
+                    )
+                });
+            }
             let mut log = (*s).log.lock().unwrap_or_else(|e| e.into_inner());
             match st {
                 IBV_QPS_RESET => *log = [(ibv_qp_attr::default(), 0); 3],
@@ -1673,7 +1696,7 @@ pub unsafe extern "C" fn ibv_destroy_qp(qp: *mut ibv_qp) -> c_int {
     }
 }
 
-fn signaled(s: &SQp, flags: c_uint) -> bool {
+pub(crate) fn signaled(s: &SQp, flags: c_uint) -> bool {
     s.init.sq_sig_all != 0 || flags & IBV_SEND_SIGNALED != 0
 }
 
@@ -1865,6 +1888,13 @@ fn note_tail(q: &SQp, signaled: bool) {
     } else {
         q.unsignaled_tail.fetch_add(1, Relaxed);
     }
+}
+
+/// After a restart, the QP whose peer is on the device of virtual LID
+/// `vlid` translates its RDMA/atomic rkeys with that device's table.
+pub(crate) fn set_peer_rkeys(q: &SQp, vlid: u16) {
+    let t = read_maps(|m| m.rkeys.get(&vlid).cloned()).flatten();
+    *q.peer_rkeys.write().unwrap_or_else(|e| e.into_inner()) = t.unwrap_or_default();
 }
 
 fn peer_rkey(q: &SQp, v: u32) -> u32 {

@@ -94,6 +94,7 @@ table! { Engine, global;
     exclude_memory: "dmtcp_exclude_memory" @ "" : fn(*const c_void, usize, c_int) -> c_int,
     send_kv: "dmtcp_send_key_val_pair_to_coordinator" @ "" : fn(*const c_char, *const c_void, u32, *const c_void, u32) -> c_int,
     query_kv: "dmtcp_send_query_to_coordinator" @ "" : fn(*const c_char, *const c_void, u32, *mut c_void, *mut u32) -> c_int,
+    list_kv: "dmtcp_send_list_query_to_coordinator" @ "" : fn(*const c_char, *const c_void, u32, *const c_void, u32, *mut c_void, *mut u32) -> c_int,
     barrier: "dmtcp_global_barrier" @ "" : fn(*const c_char) -> c_int,
 }
 
@@ -160,7 +161,7 @@ pub(crate) fn publish(key: &[u8], val: &[u8]) -> bool {
 
 pub(crate) fn query(key: &[u8]) -> Option<Vec<u8>> {
     let e = engine()?;
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 4 << 20];
     let mut len = buf.len() as u32;
     // SAFETY: our buffer and its length.
     let r = unsafe {
@@ -177,6 +178,72 @@ pub(crate) fn query(key: &[u8]) -> Option<Vec<u8>> {
     }
     buf.truncate(len as usize);
     Some(buf)
+}
+
+/// One page of the plugin's db entries whose key begins with `prefix`,
+/// after `after`, as records `[u32 key_len][key][u32 val_len][val]` into
+/// `buf`: the number of records and the bytes written, or None (an error,
+/// or the next record alone does not fit: then `Err` its size). Allocates
+/// nothing in the plugin (the drain uses it with threads suspended).
+pub(crate) fn list_page(
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    buf: &mut [u8],
+) -> Result<(usize, usize), usize> {
+    let Some(e) = engine() else { return Err(0) };
+    let mut len = buf.len() as u32;
+    let (ap, al) = after.map_or((std::ptr::null(), 0), |a| (a.as_ptr(), a.len() as u32));
+    // SAFETY: our buffers and their lengths.
+    let n = unsafe {
+        (e.list_kv)(
+            DB.as_ptr(),
+            prefix.as_ptr().cast(),
+            prefix.len() as u32,
+            ap.cast(),
+            al,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if n < 0 {
+        return Err(if len as usize > buf.len() {
+            len as usize
+        } else {
+            0
+        });
+    }
+    Ok((n as usize, len as usize))
+}
+
+/// The records of a page (`list_page`): (key, value) slices.
+pub(crate) fn records(page: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let kl = u32::from_le_bytes(page.get(at..at + 4)?.try_into().ok()?) as usize;
+        let k = page.get(at + 4..at + 4 + kl)?;
+        let vs = at + 4 + kl;
+        let vl = u32::from_le_bytes(page.get(vs..vs + 4)?.try_into().ok()?) as usize;
+        let v = page.get(vs + 4..vs + 4 + vl)?;
+        at = vs + 4 + vl;
+        Some((k, v))
+    })
+}
+
+/// Every entry of the plugin's db whose key begins with `prefix`, in key
+/// order: one round trip to the coordinator per 3 MiB of entries.
+pub(crate) fn list(prefix: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut buf = vec![0u8; 3 << 20];
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    loop {
+        let after = out.last().map(|(k, _)| k.as_slice());
+        match list_page(prefix, after, &mut buf) {
+            // One entry larger than the buffer: make room for it.
+            Err(need) if need > buf.len() => buf.resize(need, 0),
+            Err(_) => return None,
+            Ok((0, _)) => return Some(out),
+            Ok((_, len)) => out.extend(records(&buf[..len]).map(|(k, v)| (k.to_vec(), v.to_vec()))),
+        }
+    }
 }
 
 pub(crate) fn barrier(name: &CStr) -> bool {

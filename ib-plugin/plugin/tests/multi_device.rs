@@ -10,8 +10,8 @@
 mod common;
 use common::*;
 
-fn multi_device(name: &str, ndev: u32, iters: u32) {
-    let mut j = Job::with_devices(name, ndev);
+fn multi_device(name: &str, ndev: u32, iters: u32, service_env: &[(&str, &str)]) -> String {
+    let mut j = Job::with_devices_env(name, ndev, service_env);
     let prog = compile_c(&j, "multi_dev");
     j.launch("prog", &prog, &[&ndev.to_string(), &iters.to_string()]);
     j.wait_out("prog", "progress 2000\n");
@@ -37,9 +37,34 @@ fn multi_device(name: &str, ndev: u32, iters: u32) {
         .filter_map(|n| n.parse::<u32>().ok())
         .max();
     assert_eq!(last, Some(iters - iters % 500), "{out}");
+    out
 }
 
 #[test]
 fn two_devices_restart_mid_traffic() {
-    multi_device("multi-dev2", 2, 60_000);
+    multi_device("multi-dev2", 2, 60_000, &[]);
+}
+
+/// The service numbers each device's rkeys on its own, in order, as mlx5
+/// does (`SOFTIB_RKEYS=per-device`): the two devices hand out equal rkeys,
+/// and (one MR deregistered before the checkpoint) after the restart the
+/// MRs behind an equal rkey get different new ones. The plugin translates
+/// an RDMA WRITE's rkey with the table of the device of the QP's peer
+/// (its RTR destination LID); with one table per process (before), an
+/// equal rkey took the other device's new key and the writes failed with
+/// remote access errors.
+#[test]
+fn two_devices_with_equal_rkeys_restart_mid_traffic() {
+    let out = multi_device(
+        "multi-dev2-rkeys",
+        2,
+        60_000,
+        &[("SOFTIB_RKEYS", "per-device")],
+    );
+    let shared: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rkeys shared by two devices: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rkey count:\n{out}"));
+    assert!(shared > 0, "the devices shared no rkey:\n{out}");
 }

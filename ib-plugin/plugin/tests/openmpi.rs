@@ -34,7 +34,7 @@ fn openmpi_over_openib_restarts_with_new_ids() {
     let mut j = Job::new("openmpi-openib");
     let prog = program(&j.dir);
     let p = prog.display().to_string();
-    // 2 ranks on this node, ob1 (the point-to-point layer openib serves).
+    // 4 ranks on this node, ob1 (the point-to-point layer openib serves).
     let base = |btl: &str| -> Vec<String> {
         [
             "--allow-run-as-root",
@@ -42,7 +42,7 @@ fn openmpi_over_openib_restarts_with_new_ids() {
             "--bind-to",
             "none",
             "-np",
-            "2",
+            "4",
             "--mca",
             "pml",
             "ob1",
@@ -56,7 +56,7 @@ fn openmpi_over_openib_restarts_with_new_ids() {
     };
     let reference = Command::new("mpirun")
         .args(base("self,vader"))
-        .args([&p, "2"])
+        .args([&p, "4"])
         .env("MPI_RING_TIMES", "1")
         .env("MPI_RING_ROUNDS", ROUNDS)
         .output()
@@ -84,7 +84,7 @@ fn openmpi_over_openib_restarts_with_new_ids() {
     ] {
         args.extend(["-x".to_string(), e]);
     }
-    args.extend([p.clone(), "2".to_string()]);
+    args.extend([p.clone(), "4".to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     j.launch("mpirun", "mpirun", &args);
     // In the middle of the large messages (rendezvous over RDMA).

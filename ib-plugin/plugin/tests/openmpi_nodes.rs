@@ -146,7 +146,7 @@ fn launch_over_openib<'a>(
          --mca plm_rsh_agent '{ssh}' --mca oob_tcp_if_include {net} \
          --mca pml ob1 --mca btl openib,self --mca btl_openib_allow_ib 1 \
          --mca btl_openib_cpc_include udcm --mca btl_openib_warn_no_device_params_found 0 \
-         --mca mpi_yield_when_idle 1 --mca mpi_preconnect_mpi 1 \
+         --mca mpi_yield_when_idle 1 \
          -x SOFTIB_FABRIC -x DMTCP_IB_DEBUG {xs}\
          {softib} exec -- {prog_and_args}",
         fabric = fabric.display(),

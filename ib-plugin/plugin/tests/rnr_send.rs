@@ -1,6 +1,9 @@
 //! An RC SEND that waits for a receive (RNR) when the checkpoint comes:
 //! the receiver's threads are suspended and cannot post one, so the drain
-//! cannot see it complete (it waits 10 s, then goes on). The plugin logs
+//! cannot see it complete. The receiver's drain publishes that its QP has
+//! no receive posted (and how many it completed); the sender's drain then
+//! sees that its oldest outstanding send is one the peer had not received
+//! and stops waiting for it at once (it waited 10 s before). The plugin logs
 //! each RC send until a completion covers it and, at the restart, posts
 //! again the sends from the first one that consumes a receive the peer
 //! had not completed. `tests/c/rnr_send.c` makes the case deterministic:
@@ -29,5 +32,13 @@ fn send_waiting_for_a_receive_survives_a_restart() {
     assert!(
         err.contains("1 sends had not run at the checkpoint; posted again"),
         "{err}"
+    );
+    assert!(
+        err.contains("waits for a receive its peer has not posted"),
+        "the drain did not see the send blocked:\n{err}"
+    );
+    assert!(
+        !err.contains("still has sends in flight after 10 s"),
+        "the drain waited its 10 s:\n{err}"
     );
 }

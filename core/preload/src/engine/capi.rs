@@ -465,6 +465,71 @@ pub unsafe extern "C" fn dmtcp_send_query_to_coordinator(
     }
 }
 
+/// List the name service's entries of `db` whose key begins with `prefix`
+/// (plugin hooks only), in key order, from the first key after `after`
+/// (from the first when `after` is NULL), as records `[u32 key_len][key]
+/// [u32 val_len][val]` (little-endian lengths) into `buf`: as many whole
+/// records as fit in `*buf_len` bytes and in one answer of the
+/// coordinator. `*buf_len` is set to the bytes written. Returns the number
+/// of records (0: none left), or -1 on error, or when the next record
+/// alone does not fit: `*buf_len` is then its size.
+///
+/// # Safety
+/// Pointers must be valid for the given lengths; `db` NUL-terminated;
+/// `buf` writable for `*buf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn dmtcp_send_list_query_to_coordinator(
+    db: *const c_char,
+    prefix: *const core::ffi::c_void,
+    prefix_len: u32,
+    after: *const core::ffi::c_void,
+    after_len: u32,
+    buf: *mut core::ffi::c_void,
+    buf_len: *mut u32,
+) -> c_int {
+    // SAFETY: forwarded pointer contracts.
+    let (Some(db), prefix) = (unsafe { text(db) }, unsafe { bytes(prefix, prefix_len) }) else {
+        return -1;
+    };
+    // SAFETY: forwarded pointer contract (NULL: from the first entry).
+    let after = (!after.is_null()).then(|| unsafe { bytes(after, after_len) });
+    if !on_ckpt_thread() || buf_len.is_null() || buf.is_null() {
+        return -1;
+    }
+    // SAFETY: buf_len is valid (checked non-null).
+    let cap = unsafe { *buf_len } as usize;
+    let Some(entries) = super::coord::kv_list(&db, &prefix, after.as_deref(), cap as u32) else {
+        return -1;
+    };
+    let mut at = 0usize;
+    let mut n = 0;
+    for (k, v) in &entries {
+        let rec = 8 + k.len() + v.len();
+        if at + rec > cap {
+            if n == 0 {
+                // SAFETY: buf_len is valid.
+                unsafe { *buf_len = rec as u32 };
+                return -1;
+            }
+            break;
+        }
+        // SAFETY: buf holds cap >= at + rec bytes (the caller's contract).
+        unsafe {
+            let out = (buf as *mut u8).add(at);
+            core::ptr::copy_nonoverlapping((k.len() as u32).to_le_bytes().as_ptr(), out, 4);
+            core::ptr::copy_nonoverlapping(k.as_ptr(), out.add(4), k.len());
+            let o = out.add(4 + k.len());
+            core::ptr::copy_nonoverlapping((v.len() as u32).to_le_bytes().as_ptr(), o, 4);
+            core::ptr::copy_nonoverlapping(v.as_ptr(), o.add(4), v.len());
+        }
+        at += rec;
+        n += 1;
+    }
+    // SAFETY: buf_len is valid.
+    unsafe { *buf_len = at as u32 };
+    n
+}
+
 /// Wait until every process of the computation reaches the barrier `name`
 /// (plugin hooks only, during the same event in every process).
 ///

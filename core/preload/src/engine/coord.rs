@@ -187,3 +187,29 @@ pub fn kv_get(db: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
     })
     .flatten()
 }
+
+/// One page of a listing of the computation's name service (see
+/// `ToCoord::KvList`).
+#[allow(clippy::result_large_err)] // `answer`'s closure, as in kv_get
+pub fn kv_list(
+    db: &str,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    max: u32,
+) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    if !send(&ToCoord::KvList {
+        db: db.into(),
+        prefix: prefix.to_vec(),
+        after: after.map(<[u8]>::to_vec),
+        max,
+    }) {
+        return None;
+    }
+    with(|c| {
+        c.answer(|m| match m {
+            FromCoord::KvEntries { entries } => Ok(entries),
+            other => Err(other),
+        })
+    })
+    .flatten()
+}

@@ -24,21 +24,7 @@ static void die(const char *w) {
   exit(1);
 }
 
-static void io(int fd, void *b, size_t n, int wr) {
-  char *p = b;
-  while (n) {
-    ssize_t k = wr ? write(fd, p, n) : read(fd, p, n);
-    if (k <= 0) die("socketpair i/o");
-    p += k;
-    n -= (size_t)k;
-  }
-}
-
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
+#include "util.h"
 
 int main(void) {
   int sv[2];

@@ -84,22 +84,29 @@ pub struct Job {
     pub ib: bool,
     /// HCAs of each node's device service (`softib daemon --devices`).
     devices: u32,
+    /// Extra environment of the device services (`SOFTIB_RKEYS`, ...).
+    service_env: Vec<(String, String)>,
 }
 
 impl Job {
     pub fn new(name: &str) -> Job {
-        Job::build(name, 1, 1)
+        Job::build(name, 1, 1, &[])
     }
 
     /// A job on one node whose device service has `devices` HCAs
     /// (softib0, softib1, ...; each one port with its own LID).
     pub fn with_devices(name: &str, devices: u32) -> Job {
-        Job::build(name, 1, devices)
+        Job::build(name, 1, devices, &[])
+    }
+
+    /// The same, the device service started with `env` set.
+    pub fn with_devices_env(name: &str, devices: u32, env: &[(&str, &str)]) -> Job {
+        Job::build(name, 1, devices, env)
     }
 
     /// A job over `n` nodes of a test rig, each with its own device service.
     pub fn nodes(name: &str, n: usize) -> Job {
-        Job::build(name, n, 1)
+        Job::build(name, n, 1, &[])
     }
 
     fn cmd_on(&self, node: usize, prog: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -131,7 +138,7 @@ impl Job {
         }
     }
 
-    fn build(name: &str, nodes: usize, devices: u32) -> Job {
+    fn build(name: &str, nodes: usize, devices: u32, service_env: &[(&str, &str)]) -> Job {
         let rig = (nodes > 1).then(|| {
             let r = testrig::Rig::up(nodes).expect("test rig (needs root, iproute2, util-linux)");
             std::fs::create_dir_all(r.shared_dir().join("fabric")).unwrap();
@@ -190,6 +197,10 @@ impl Job {
             rig,
             ib: true,
             devices,
+            service_env: service_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for k in 0..nodes {
             std::fs::create_dir_all(j.ckpt_of(k)).unwrap();
@@ -235,7 +246,8 @@ impl Job {
     fn start_service(&mut self, node: usize) {
         let mut c = self.cmd_on(node, bin_dir().join("softib"));
         c.args(["daemon", "--idle-exit", "0", "--devices"])
-            .arg(self.devices.to_string());
+            .arg(self.devices.to_string())
+            .envs(self.service_env.iter().map(|(k, v)| (k, v)));
         self.softib_env(&mut c);
         let c = c
             .stdin(Stdio::null())

@@ -137,7 +137,7 @@ pub(crate) fn destroy_client(st: &mut State, id: ClientId) {
 fn dereg(st: &mut State, h: u32) {
     if let Some(mr) = st.mrs.remove(&h) {
         st.lkeys.remove(&mr.lkey);
-        st.rkeys.remove(&mr.rkey);
+        st.rkeys.remove(&(mr.dev, mr.rkey));
     }
 }
 
@@ -427,11 +427,14 @@ fn reg_mr(st: &mut State, c: &Conn, pd: u32, addr: u64, len: u64, iova: u64, acc
             return err(libc::EFAULT);
         }
     }
+    let Some(dev) = st.clients.get(&c.id).map(|cl| cl.dev) else {
+        return err(libc::EINVAL);
+    };
     let h = st.new_handle();
     let lkey = st.new_key();
     st.lkeys.insert(lkey, h);
-    let rkey = st.new_key();
-    st.rkeys.insert(rkey, h);
+    let rkey = st.new_rkey(dev);
+    st.rkeys.insert((dev, rkey), h);
     st.mrs.insert(
         h,
         Mr {
@@ -444,6 +447,7 @@ fn reg_mr(st: &mut State, c: &Conn, pd: u32, addr: u64, len: u64, iova: u64, acc
             access: acc,
             lkey,
             rkey,
+            dev,
         },
     );
     reply(Resp::Mr {

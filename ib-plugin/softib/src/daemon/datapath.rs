@@ -650,6 +650,8 @@ pub(crate) fn post_srq_recv(st: &mut State, cid: u64, srq: u32, wrs: Vec<RecvWr>
 /// What the responder QP contributes (copied out).
 struct RespQp {
     qpn: u32,
+    /// Its device (rkeys are looked up on it).
+    dev: usize,
     owner: u64,
     pd: u32,
     srq: Option<u32>,
@@ -664,6 +666,7 @@ fn resp_qp(st: &State, qpn: u32) -> Option<RespQp> {
     let qp = st.qps.get(&qpn)?;
     Some(RespQp {
         qpn,
+        dev: qp.dev,
         owner: qp.owner,
         pd: qp.pd,
         srq: qp.srq,
@@ -708,7 +711,7 @@ fn check_rkey(st: &State, r: &RespQp, rkey: u32, addr: u64, len: u64, need: u32)
     if r.access & need == 0 {
         return None;
     }
-    let mr = st.rkeys.get(&rkey).and_then(|h| st.mrs.get(h))?;
+    let mr = st.rkeys.get(&(r.dev, rkey)).and_then(|h| st.mrs.get(h))?;
     if mr.access & need == 0 || mr.pd != r.pd {
         return None;
     }

@@ -90,6 +90,8 @@ pub(crate) struct Mr {
     pub access: u32,
     pub lkey: u32,
     pub rkey: u32,
+    /// The device it was registered on (its rkey is that device's).
+    pub dev: usize,
 }
 
 impl Mr {
@@ -266,7 +268,13 @@ pub(crate) struct State {
     pub pds: HashMap<u32, Pd>,
     pub mrs: HashMap<u32, Mr>,
     pub lkeys: HashMap<u32, u32>,
-    pub rkeys: HashMap<u32, u32>,
+    /// (device, rkey) -> MR handle.
+    pub rkeys: HashMap<(usize, u32), u32>,
+    /// `SOFTIB_RKEYS=per-device`: each device numbers its rkeys on its own,
+    /// in order from one base drawn at the service's start and never
+    /// reused (a device's next one here), so two devices hand out equal
+    /// rkeys, as mlx5's do. None: random rkeys, unique across devices.
+    pub rkey_next: Option<Vec<u32>>,
     pub channels: HashMap<u32, Channel>,
     pub cqs: HashMap<u32, Cq>,
     pub srqs: HashMap<u32, Srq>,
@@ -293,6 +301,12 @@ pub(crate) struct State {
 
 impl State {
     pub fn new(shared: Weak<Shared>, devices: Vec<DevInfo>) -> State {
+        let rkey_next = std::env::var("SOFTIB_RKEYS")
+            .is_ok_and(|v| v == "per-device")
+            .then(|| {
+                let base = (crate::sys::random_u64() as u32 & 0x0fff_ffff) | 1;
+                vec![base; devices.len()]
+            });
         State {
             shared,
             devices,
@@ -301,6 +315,7 @@ impl State {
             mrs: HashMap::new(),
             lkeys: HashMap::new(),
             rkeys: HashMap::new(),
+            rkey_next,
             channels: HashMap::new(),
             cqs: HashMap::new(),
             srqs: HashMap::new(),
@@ -353,14 +368,29 @@ impl State {
         }
     }
 
-    /// A random memory key, nonzero, used neither as an lkey nor an rkey.
+    /// A random memory key, nonzero, used neither as an lkey nor as an
+    /// rkey of any device.
     pub fn new_key(&self) -> u32 {
         loop {
             let k = crate::sys::random_u64() as u32;
-            if k != 0 && !self.lkeys.contains_key(&k) && !self.rkeys.contains_key(&k) {
+            if k != 0
+                && !self.lkeys.contains_key(&k)
+                && !(0..self.devices.len()).any(|d| self.rkeys.contains_key(&(d, k)))
+            {
                 return k;
             }
         }
+    }
+
+    /// A new rkey of device `dev`: random, or that device's next one
+    /// (`rkey_next`).
+    pub fn new_rkey(&mut self, dev: usize) -> u32 {
+        let Some(next) = self.rkey_next.as_mut().and_then(|n| n.get_mut(dev)) else {
+            return self.new_key();
+        };
+        let k = *next;
+        *next = next.wrapping_add(1).max(1);
+        k
     }
 
     /// Index of the device whose port has `lid`.
