@@ -131,7 +131,8 @@ pub fn run(a: &[String]) {
     let dmtcp_root = super::opt_given(a, "--dmtcp").map(PathBuf::from);
     let dir = std::path::absolute(PathBuf::from(opt(a, "--dir", "target/bench-parallel"))).unwrap();
     let nodes: usize = opt(a, "--nodes", "0").parse().expect("--nodes");
-    let rig = (nodes > 0).then(|| Arc::new(testrig::Rig::up(nodes).expect("the test rig (needs root)")));
+    let rig =
+        (nodes > 0).then(|| Arc::new(testrig::Rig::up(nodes).expect("the test rig (needs root)")));
     let total = (n * mib) as f64 * 1048576.0;
     let mut systems: Vec<(String, PathBuf, Vec<&str>)> = vec![
         ("dmtcp-rs (zstd)".into(), super::bin_dir(), vec![]),

@@ -426,7 +426,10 @@ const LINK_THREADS: usize = 8;
 /// [`link_over`] for every name, by up to [`LINK_THREADS`] threads; the
 /// names that failed, with their errors.
 fn link_all(top: &Path, committed: &Path, names: &[String]) -> Vec<(String, std::io::Error)> {
-    let threads = names.len().div_ceil(LINKS_PER_THREAD).clamp(1, LINK_THREADS);
+    let threads = names
+        .len()
+        .div_ceil(LINKS_PER_THREAD)
+        .clamp(1, LINK_THREADS);
     let per = names.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
         let parts: Vec<_> = names
@@ -711,7 +714,16 @@ mod tests {
         let name = |i: usize| format!("ckpt_p_{i}.dmtcp");
         for g in 1..=2u32 {
             let imgs: Vec<Image> = (0..n)
-                .map(|i| put(&root, comp, g, &name(i), format!("{g}:{i}").as_bytes(), "here"))
+                .map(|i| {
+                    put(
+                        &root,
+                        comp,
+                        g,
+                        &name(i),
+                        format!("{g}:{i}").as_bytes(),
+                        "here",
+                    )
+                })
                 .collect();
             if g == 2 {
                 std::fs::remove_file(root.join(name(3))).unwrap();

@@ -17,6 +17,7 @@ use common::*;
 use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use testrig::procs::{kill_group_of, proc_start};
 
 /// How long one checkpoint of these small programs may take.
 const CKPT_LIMIT: Duration = Duration::from_secs(10);

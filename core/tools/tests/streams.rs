@@ -87,7 +87,10 @@ fn writers_wait_for_a_free_node_stream() {
     job.restart();
     job.wait_success();
     let got = job.output();
-    assert_eq!(got, bare, "output after the restart differs from a bare run");
+    assert_eq!(
+        got, bare,
+        "output after the restart differs from a bare run"
+    );
 }
 
 /// A slot directory that does not exist: the writers go on without a

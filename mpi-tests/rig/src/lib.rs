@@ -26,6 +26,7 @@
 
 pub mod alloc;
 pub mod names;
+pub mod procs;
 pub mod slurm;
 mod sys;
 

@@ -657,29 +657,4 @@ pub fn path_of(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// When process `pid` started (clock ticks since boot, field 22 of
-/// /proc/<pid>/stat), while it exists (running, or a zombie not yet
-/// reaped). With its pid this names one process: a pid is reused once its
-/// process is reaped, the start time is not.
-pub fn proc_start(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name (in parentheses, may hold anything): state is
-    // field 3, start time field 22.
-    s.get(s.rfind(')')? + 2..)?
-        .split(' ')
-        .nth(19)?
-        .parse()
-        .ok()
-}
-
-/// SIGKILL the process group led by `pid` if `pid` is still the process
-/// that started at `start` (see [`proc_start`]): once a leader is reaped,
-/// its pid and so its group's id may be another process's, another
-/// test's job running at the same time, which a SIGKILL to the old id
-/// would kill.
-pub fn kill_group_of(pid: u32, start: Option<u64>) {
-    if start.is_some() && proc_start(pid) == start {
-        // SAFETY: signalling the group our own, unreaped child leads.
-        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-    }
-}
+pub use testrig::procs::{kill_group_of, proc_start};
