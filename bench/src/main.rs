@@ -75,6 +75,7 @@ fn main() {
         Some("run") => run(&args[2..]),
         Some("overhead") => overhead(&args[2..]),
         Some("softib") => softib::run(&args[2..]),
+        Some("ibrate") => softib::rate(&args[2..]),
         Some("ibqps") => ibqps::run(&args[2..]),
         Some("scale") => scale::run(&args[2..]),
         Some("soak") => soak::run(&args[2..]),
@@ -95,6 +96,7 @@ fn main() {
             eprintln!("       bench parallel [--procs 8] [--mib 512] [--runs 3] [--nodes K] [--dmtcp DIR] [--dir DIR]");
             eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--per-node K] [--dmtcp DIR] [--dir DIR]");
             eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
+            eprintln!("       bench ibrate [--runs 7] [--iters 300000]   (8-byte ib_write_bw message rate, bare vs --ib)");
             eprintln!("       bench pause [MIB...]   (the program's pause with and without --forked-ckpt)");
             eprintln!("       bench incremental [--mib 1024] [--percent 10] [--modes zstd,raw] [--runs 1] [--dir DIR]");
             std::process::exit(1);

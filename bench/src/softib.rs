@@ -2,6 +2,11 @@
 //! the software InfiniBand device, two processes on one node and two nodes
 //! of the test rig (network namespaces), latency and bandwidth tables.
 //! Numbers to know the device by, not targets.
+//!
+//! `bench ibrate [--runs 7] [--iters 300000]`: the InfiniBand plugin's
+//! cost on the data path: 8-byte `ib_write_bw` message rate on one node,
+//! bare and with both ends under `dmtcp_launch --ib`, runs alternating
+//! (issue 15's target: within 5 %).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -209,4 +214,78 @@ pub fn run(a: &[String]) {
         }
     }
     let _ = std::fs::remove_dir_all(&local_dir);
+}
+
+/// `bench ibrate`: 8-byte `ib_write_bw` message rate, bare and under the
+/// plugin, alternating runs; medians and their difference.
+pub fn rate(a: &[String]) {
+    let runs: usize = super::opt(a, "--runs", "7").parse().expect("--runs");
+    let iters = super::opt(a, "--iters", "300000");
+    let bin = super::bin_dir();
+    let softib = bin.join("softib");
+    assert!(
+        softib.exists(),
+        "build the workspace first: {} is missing",
+        softib.display()
+    );
+    let dir = std::env::temp_dir().join(format!("softib-ibrate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = Place {
+        rig: None,
+        dir: dir.clone(),
+    };
+    let coord = super::Coord::start(&dir);
+    let port = coord.port.to_string();
+    let test: Vec<String> = ["ib_write_bw", "-s", "8", "-n", &iters]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut launched: Vec<String> = [
+        bin.join("dmtcp_launch").display().to_string(),
+        "--ib".into(),
+        "-q".into(),
+        "-j".into(),
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port,
+        "--ckptdir".into(),
+        dir.display().to_string(),
+    ]
+    .to_vec();
+    launched.extend(test.iter().cloned());
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (k, args) in [&test, &launched].into_iter().enumerate() {
+            match pair(&p, &softib, args).map(|o| result_line(&o)) {
+                Ok(Some(v)) if v.len() >= 5 => rates[k].push(v[4]),
+                Ok(_) => eprintln!("bench ibrate: no result line"),
+                Err(e) => eprintln!("bench ibrate: {}", e.lines().next().unwrap_or("")),
+            }
+        }
+    }
+    println!("8-byte ib_write_bw -n {iters} on one node (softib), {runs} runs each, alternating\n");
+    println!("| | Mmsg/s (runs) | median |");
+    println!("|---|---|---|");
+    for (k, name) in ["bare", "dmtcp_launch --ib"].iter().enumerate() {
+        let all: Vec<String> = rates[k].iter().map(|r| format!("{r:.3}")).collect();
+        let m = if rates[k].is_empty() {
+            f64::NAN
+        } else {
+            super::median(rates[k].clone())
+        };
+        println!("| {name} | {} | {m:.3} |", all.join(" "));
+    }
+    if !rates[0].is_empty() && !rates[1].is_empty() {
+        let (b, l) = (
+            super::median(rates[0].clone()),
+            super::median(rates[1].clone()),
+        );
+        println!(
+            "\nunder the plugin: {:+.1} % message rate (median vs median)",
+            (l / b - 1.0) * 100.0
+        );
+    }
+    drop(coord);
+    let _ = std::fs::remove_dir_all(&dir);
 }
