@@ -236,7 +236,7 @@ pub fn rate(a: &[String]) {
     };
     let coord = super::Coord::start(&dir);
     let port = coord.port.to_string();
-    let test: Vec<String> = ["ib_write_bw", "-s", "8", "-n", &iters]
+    let test: Vec<String> = ["ib_write_bw", "-s", "8", "-n", iters]
         .iter()
         .map(|s| s.to_string())
         .collect();
