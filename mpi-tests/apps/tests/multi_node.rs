@@ -81,8 +81,10 @@ fn finish_with(job: &mut Job, want: &str) {
 
 /// Launch, checkpoint at step 40, kill at step 70, restart on the same
 /// hosts (then, with `moved`, checkpoint again at step 120, kill at 150
-/// and restart on those hosts); the checksum must be the bare run's.
-/// Returns the bare run's and the job's directories.
+/// and restart on those hosts, and a third time: checkpoint at 200, kill
+/// at 230, restart there again; such a run has 300 steps); the checksum
+/// must be the bare run's. Returns the bare run's and the job's
+/// directories.
 fn run<'a>(
     rig: &'a testrig::Rig,
     name: &str,
@@ -90,7 +92,10 @@ fn run<'a>(
     launch_opts: &[&str],
     moved: Option<&str>,
 ) -> (std::path::PathBuf, Job<'a>) {
-    let s = script(rig, prog);
+    let s = match moved {
+        Some(_) => script_steps(rig, prog, "300"),
+        None => script(rig, prog),
+    };
     let bare_dir = rig.shared_dir().join(format!("bare-{name}"));
     let want = bare(rig, &s, &bare_dir);
     let mut job = Job::launch(rig, name, &s, launch_opts);
@@ -114,6 +119,14 @@ fn run<'a>(
         let procs = job.processes();
         let first = hosts.lines().next().unwrap();
         assert!(common::count(&procs, prog, first) == 2, "{procs:?}");
+        // The third cycle in one run, on the hosts it moved to.
+        job.wait_for("step 200\n");
+        job.checkpoint();
+        job.wait_for("step 230\n");
+        job.kill();
+        job.restart(&["--hostfile", &f.display().to_string()]);
+        job.wait_peers(8);
+        assert!(common::count(&job.processes(), prog, first) == 2);
     }
     finish_with(&mut job, &want);
     (bare_dir, job)

@@ -17,7 +17,7 @@
 //! (`sigev_notify_attributes` is not used); the few bytes naming a
 //! timer's callback stay allocated after `timer_delete`.
 
-use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering::SeqCst};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
 
 /// The signal expirations arrive with (glibc's internal SIGCANCEL/SIGTIMER).
 const SIG: i32 = 32;
@@ -42,7 +42,8 @@ struct Call {
     value: u64,
 }
 
-static HELPER_TID: AtomicI32 = AtomicI32::new(0);
+/// The helper's tid once it runs (0 before); a futex its starters wait on.
+static HELPER_TID: AtomicU32 = AtomicU32::new(0);
 static STARTING: AtomicUsize = AtomicUsize::new(0);
 
 /// In a forked child: the helper thread stayed in the parent.
@@ -74,8 +75,8 @@ fn helper() {
             0,
         )
     };
-    // SAFETY: gettid has no preconditions.
-    HELPER_TID.store(unsafe { libc::gettid() }, SeqCst);
+    HELPER_TID.store(dmtcp_sys::gettid() as u32, SeqCst);
+    dmtcp_sys::futex_wake(&HELPER_TID, i32::MAX as u32);
     let set: u64 = 1u64 << (SIG - 1);
     loop {
         let mut info = [0u64; 16];
@@ -122,14 +123,18 @@ fn helper_tid() -> i32 {
             return 0;
         }
     }
-    for _ in 0..10_000 {
+    // The thread exists (spawned here or by an earlier caller) and cannot
+    // be suspended before it says its tid (the caller holds checkpoints
+    // off): wait for it, however busy the machine is. (A bounded spin of
+    // sched_yield here once gave up under load, and timer_create failed
+    // with EAGAIN.)
+    loop {
         let t = HELPER_TID.load(SeqCst);
         if t != 0 {
-            return t;
+            return t as i32;
         }
-        std::thread::yield_now();
+        dmtcp_sys::futex_wait(&HELPER_TID, 0, 0);
     }
-    0
 }
 
 type TimerCreateFn =
