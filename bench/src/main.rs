@@ -305,7 +305,15 @@ impl Coord {
     }
     /// `program` where the coordinator runs, with its secret.
     fn tool(&self, program: &Path) -> Command {
-        let mut c = on_node0(self.rig.as_deref(), program);
+        self.tool_on(0, program)
+    }
+    /// `program` on node `k` of the rig (here without one), with the
+    /// coordinator's secret.
+    fn tool_on(&self, k: usize, program: &Path) -> Command {
+        let mut c = match &self.rig {
+            Some(r) => r.node(k).command(program),
+            None => Command::new(program),
+        };
         if let Some(f) = &self.secret {
             c.env("DMTCP_SECRET_FILE", f);
         }
@@ -317,14 +325,7 @@ impl Coord {
     }
     /// [`Coord::launcher`] run on node `k` of the rig (here without one).
     fn launcher_on(&self, k: usize, ckdir: &Path) -> Command {
-        let launch = self.bin.join("dmtcp_launch");
-        let mut c = match &self.rig {
-            Some(r) if k > 0 => r.node(k).command(launch),
-            _ => on_node0(self.rig.as_deref(), &launch),
-        };
-        if let Some(f) = &self.secret {
-            c.env("DMTCP_SECRET_FILE", f);
-        }
+        let mut c = self.tool_on(k, &self.bin.join("dmtcp_launch"));
         c.args(["-j", "-h", &self.host(), "-p", &self.port.to_string()])
             .arg("--ckptdir")
             .arg(ckdir);

@@ -57,38 +57,6 @@ fn start_workload(mut c: Command, opts: &[&str], mib: usize, err: &Path) -> Opti
     Some(k)
 }
 
-/// Once `n` processes are connected (`cmd` runs `dmtcp_command` with the
-/// arguments given), one timed `-bc`, then `-k` and the workloads reaped;
-/// (seconds, image bytes in `dir`).
-fn checkpoint_joined(
-    cmd: &dyn Fn(&[&str]) -> String,
-    kids: Vec<Child>,
-    dir: &Path,
-    n: usize,
-) -> Option<(f64, u64)> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut ok = true;
-    while !cmd(&["-s"]).contains(&format!("NUM_PEERS={n}")) {
-        if Instant::now() > deadline {
-            ok = false;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let s = ok.then(|| {
-        let t = Instant::now();
-        cmd(&["-bc"]);
-        t.elapsed().as_secs_f64()
-    });
-    let bytes = super::image_bytes(dir);
-    cmd(&["-k"]);
-    for mut k in kids {
-        let _ = k.kill();
-        let _ = k.wait();
-    }
-    s.filter(|_| bytes > 0).map(|s| (s, bytes))
-}
-
 /// Launch `n` workloads into one coordinator of the tools in `bin`,
 /// checkpoint them all at once; (seconds, image bytes). With a rig the
 /// workloads are spread over its nodes (round robin), the coordinator on
@@ -114,14 +82,31 @@ fn checkpoint_all(
             None => break,
         }
     }
-    if kids.len() < n {
-        for mut k in kids {
-            let _ = k.kill();
-            let _ = k.wait();
-        }
-        return None;
+    // Every workload started and connected (within 10 minutes): one timed
+    // `-bc`. Then `-k`, and the workloads reaped whatever happened.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let joined = kids.len() == n
+        && loop {
+            if coord.cmd(&["-s"]).contains(&format!("NUM_PEERS={n}")) {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+    let s = joined.then(|| {
+        let t = Instant::now();
+        coord.cmd(&["-bc"]);
+        t.elapsed().as_secs_f64()
+    });
+    let bytes = super::image_bytes(dir);
+    coord.cmd(&["-k"]);
+    for mut k in kids {
+        let _ = k.kill();
+        let _ = k.wait();
     }
-    checkpoint_joined(&|a| coord.cmd(a), kids, dir, n)
+    s.filter(|_| bytes > 0).map(|s| (s, bytes))
 }
 
 pub fn run(a: &[String]) {
