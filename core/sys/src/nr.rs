@@ -68,6 +68,11 @@ pub const MREMAP_FIXED: usize = 2;
 pub const O_RDONLY: usize = 0;
 pub const O_RDWR: usize = 2;
 pub const O_CLOEXEC: usize = 0o2_000_000;
+pub const O_CREAT: usize = 0o100;
+
+pub const FLOCK: usize = 73;
+pub const LOCK_EX: usize = 2;
+pub const LOCK_NB: usize = 4;
 
 pub const ARCH_SET_FS: usize = 0x1002;
 pub const ARCH_GET_FS: usize = 0x1003;

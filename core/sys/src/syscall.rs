@@ -53,6 +53,14 @@ pub unsafe fn syscall3(n: usize, a1: usize, a2: usize, a3: usize) -> isize {
     unsafe { syscall6(n, a1, a2, a3, 0, 0, 0) }
 }
 
+/// Sleep `ms` milliseconds (`nanosleep(2)`, raw: no errno; an
+/// interruption ends the sleep early).
+pub fn sleep_ms(ms: u64) {
+    let ts = [(ms / 1000) as i64, (ms % 1000) as i64 * 1_000_000];
+    // SAFETY: nanosleep reads the timespec on our stack; no remainder wanted.
+    unsafe { syscall3(crate::nr::NANOSLEEP, ts.as_ptr() as usize, 0, 0) };
+}
+
 /// `write(2)` of a whole buffer, retrying on short writes and EINTR.
 pub fn write_all(fd: i32, mut buf: &[u8]) -> isize {
     while !buf.is_empty() {

@@ -23,12 +23,6 @@
 use std::ffi::CString;
 use std::sync::OnceLock;
 
-/// `flock(2)` operations and the system call's number (x86_64).
-const SYS_FLOCK: usize = 73;
-const LOCK_EX: usize = 2;
-const LOCK_NB: usize = 4;
-const O_CREAT: usize = 0o100;
-
 /// The slots' paths; unset: no limit.
 static SLOTS: OnceLock<Vec<CString>> = OnceLock::new();
 
@@ -79,7 +73,7 @@ pub fn take() -> Held {
                 dmtcp_sys::syscall3(
                     dmtcp_sys::nr::OPEN,
                     p.as_ptr() as usize,
-                    dmtcp_sys::nr::O_RDWR | dmtcp_sys::nr::O_CLOEXEC | O_CREAT,
+                    dmtcp_sys::nr::O_RDWR | dmtcp_sys::nr::O_CLOEXEC | dmtcp_sys::nr::O_CREAT,
                     0o600,
                 )
             };
@@ -88,7 +82,14 @@ pub fn take() -> Held {
             }
             openable += 1;
             // SAFETY: flock on the fd just opened.
-            let r = unsafe { dmtcp_sys::syscall3(SYS_FLOCK, fd as usize, LOCK_EX | LOCK_NB, 0) };
+            let r = unsafe {
+                dmtcp_sys::syscall3(
+                    dmtcp_sys::nr::FLOCK,
+                    fd as usize,
+                    dmtcp_sys::nr::LOCK_EX | dmtcp_sys::nr::LOCK_NB,
+                    0,
+                )
+            };
             if r == 0 {
                 return Held(fd as i32);
             }
@@ -98,9 +99,7 @@ pub fn take() -> Held {
         if openable == 0 {
             return Held(-1);
         }
-        let ts: [i64; 2] = [0, 2_000_000];
-        // SAFETY: ts is a valid timespec on the stack; no remainder wanted.
-        unsafe { dmtcp_sys::syscall3(dmtcp_sys::nr::NANOSLEEP, ts.as_ptr() as usize, 0, 0) };
+        dmtcp_sys::sleep_ms(2);
     }
     Held(-1)
 }

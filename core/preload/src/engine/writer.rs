@@ -351,19 +351,7 @@ fn test_delay() {
     if ms == 0 || !in_forked_child() {
         return;
     }
-    let ts = libc::timespec {
-        tv_sec: (ms / 1000) as i64,
-        tv_nsec: (ms % 1000) as i64 * 1_000_000,
-    };
-    // SAFETY: nanosleep reading our timespec (raw: no errno).
-    unsafe {
-        dmtcp_sys::syscall3(
-            dmtcp_sys::nr::NANOSLEEP,
-            &ts as *const libc::timespec as usize,
-            0,
-            0,
-        )
-    };
+    dmtcp_sys::sleep_ms(ms as u64);
 }
 
 /// A forked writer has written the shared memory (or given up): its
