@@ -244,16 +244,7 @@ pub fn run(a: &[String]) {
     }
     let base = std::env::temp_dir().join(format!("ibqps-bench-{}", std::process::id()));
     std::fs::create_dir_all(&base).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/ib_qps.c");
-    let prog = base.join("ib_qps");
-    let st = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&prog)
-        .arg(&src)
-        .arg("-libverbs")
-        .status()
-        .expect("cc");
-    assert!(st.success(), "compiling {}", src.display());
+    let prog = super::compile_c("c/ib_qps.c", &base.join("ib_qps"), &["-libverbs"]);
     println!(
         "InfiniBand plugin, N RC QPs per process (2 processes), rounds {pause_us} us apart, \
          medians of {runs} runs; plugin times are the slower process's (ms)\n"

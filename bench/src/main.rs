@@ -619,18 +619,25 @@ fn run(a: &[String]) {
     }
 }
 
-/// Compile bench/c/overhead.c into `dir`.
-fn overhead_program(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/overhead.c");
-    let out = dir.join("overhead");
+/// Compile the C program `src` (relative to bench/) with `-O2` and `extra`
+/// flags into `out`; the path of the program.
+pub(crate) fn compile_c(src: &str, out: &Path, extra: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(src);
     let st = Command::new("cc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&out)
+        .arg("-O2")
+        .arg("-o")
+        .arg(out)
         .arg(&src)
+        .args(extra)
         .status()
         .expect("cc");
     assert!(st.success(), "compiling {}", src.display());
-    out
+    out.to_path_buf()
+}
+
+/// Compile bench/c/overhead.c into `dir`.
+fn overhead_program(dir: &Path) -> PathBuf {
+    compile_c("c/overhead.c", &dir.join("overhead"), &["-pthread"])
 }
 
 /// Parse "<name> <ns>" lines.

@@ -186,15 +186,7 @@ pub fn run(a: &[String]) {
     let dir = PathBuf::from(opt(a, "--dir", "/tmp/dmtcp-bench-soak"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tools/tests/c/sharedring.c");
-    let prog = dir.join("sharedring");
-    let st = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&prog)
-        .arg(&src)
-        .status()
-        .expect("cc");
-    assert!(st.success(), "compiling {}", src.display());
+    let prog = super::compile_c("../core/tools/tests/c/sharedring.c", &dir.join("sharedring"), &[]);
     let ckdir = dir.join("ckpt");
     std::fs::create_dir_all(&ckdir).unwrap();
     let log = dir.join("soak.log");

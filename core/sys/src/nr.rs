@@ -41,6 +41,7 @@ pub const PRCTL: usize = 157;
 pub const ARCH_PRCTL: usize = 158;
 pub const GETTID: usize = 186;
 pub const FUTEX: usize = 202;
+pub const MEMBARRIER: usize = 324;
 pub const GETDENTS64: usize = 217;
 pub const SET_TID_ADDRESS: usize = 218;
 pub const EXIT_GROUP: usize = 231;
@@ -84,6 +85,10 @@ pub const PR_GET_TID_ADDRESS: usize = 40;
 
 pub const FUTEX_WAIT_PRIVATE: usize = 128;
 pub const FUTEX_WAKE_PRIVATE: usize = 129;
+/// membarrier(2) commands.
+pub const MEMBARRIER_CMD_GLOBAL: usize = 1;
+pub const MEMBARRIER_CMD_PRIVATE_EXPEDITED: usize = 8;
+pub const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: usize = 16;
 
 pub const CLONE_VM: usize = 0x100;
 pub const CLONE_FS: usize = 0x200;

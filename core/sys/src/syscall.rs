@@ -175,6 +175,12 @@ pub fn gettid() -> i32 {
     unsafe { syscall3(crate::nr::GETTID, 0, 0, 0) as i32 }
 }
 
+/// `membarrier(cmd, 0, 0)`: 0 or -errno.
+pub fn membarrier(cmd: usize) -> isize {
+    // SAFETY: membarrier takes no pointers; it only orders memory.
+    unsafe { syscall3(crate::nr::MEMBARRIER, cmd, 0, 0) }
+}
+
 /// The calling process's kernel pid.
 pub fn getpid() -> i32 {
     // SAFETY: getpid has no arguments and no memory effects.

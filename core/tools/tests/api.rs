@@ -38,6 +38,9 @@ fn compile_example(file: &str, shared: bool) -> std::path::PathBuf {
     let mut cc = std::process::Command::new("cc");
     if shared {
         cc.args(["-shared", "-fPIC"]);
+    } else {
+        // A test plugin may look up the program's symbols.
+        cc.arg("-rdynamic");
     }
     let st = cc
         .args(["-O1", "-Wall", "-Werror", "-I"])
@@ -126,6 +129,44 @@ fn checkpoint_waits_for_a_disabled_section() {
     let out = job.output();
     assert_eq!(out.matches("section end").count(), 1, "{out}");
     assert!(out.contains("RESULT 819"), "{out}");
+}
+
+/// Four threads enter and leave disabled sections without pause while the
+/// job is checkpointed 15 times, killed and restarted: at every checkpoint
+/// (the plugin looks while the threads are suspended) no thread may be
+/// inside a section, and the threads' counts add up after the restart.
+#[test]
+fn no_checkpoint_lands_inside_a_busy_threads_section() {
+    let so = compile_example("core/tools/tests/c/sections_plugin.c", true);
+    let prog = compile_example("core/tools/tests/c/sections.c", false);
+    let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let log = tmp.join(format!("sections-{}.txt", std::process::id()));
+    let stop = tmp.join(format!("sections-stop-{}", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&stop);
+    let mut job = Job::new("api-sections").env("EVENT_LOG", log.to_str().unwrap());
+    job.launch(
+        &[prog.to_str().unwrap(), stop.to_str().unwrap()],
+        &["--with-plugin", so.to_str().unwrap()],
+    );
+    job.wait_for("ready");
+    for _ in 0..15 {
+        job.checkpoint();
+    }
+    job.kill();
+    job.restart();
+    job.wait_running(1);
+    job.checkpoint();
+    std::fs::write(&stop, "").unwrap();
+    job.wait_success();
+    let out = job.output();
+    assert!(out.contains(" OK"), "{out}");
+    let seen = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.len(), 16, "one look per checkpoint: {seen}");
+    assert!(lines.iter().all(|l| *l == "clear"), "{seen}");
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&stop);
 }
 
 /// A user plugin loaded with --with-plugin sees its events in order across a

@@ -61,11 +61,22 @@ fn background_bc(job: &Job) -> Child {
         .unwrap()
 }
 
-/// The only process of the job.
+/// The job's program: the one peer whose parent is not a peer (forkckpt
+/// forks a short-lived child every few steps, which joins the job too).
 fn app_pid(job: &Job) -> i32 {
     let pids = job.peer_pids();
-    assert_eq!(pids.len(), 1, "one process expected: {pids:?}");
-    pids[0]
+    let ppid = |p: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        stat.rfind(')')
+            .and_then(|i| stat[i + 2..].split_whitespace().nth(1)?.parse::<i32>().ok())
+    };
+    let top: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| ppid(p).is_some_and(|pp| !pids.contains(&pp)))
+        .collect();
+    assert_eq!(top.len(), 1, "one program process expected among {pids:?}");
+    top[0]
 }
 
 /// Wait until `pid` has a forked image writer; its pid.

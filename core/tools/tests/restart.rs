@@ -1067,18 +1067,7 @@ fn restart_shows_progress_on_a_terminal_only() {
             .expect("script")
     };
     let mut quiet = on_terminal(&job, "-q", "quiet.out");
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let s = String::from_utf8_lossy(&job.command(&["-s"]).stdout).into_owned();
-        if s.contains("NUM_PEERS=1") && s.contains("RUNNING=yes") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not running after restart: {s}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    job.wait_running(1);
     assert!(job.command(&["-k"]).status.success());
     wait_timeout(&mut quiet, TIMEOUT).expect("the -q restart did not end after -k");
     let out = std::fs::read_to_string(job.dir.join("quiet.out")).unwrap_or_default();

@@ -492,18 +492,7 @@ fn full_unix_socket_with_an_idle_reader_survives_resume_and_restart() {
     job.restart();
     // Both processes back and running (the writer's write-back may still
     // run: the next round then waits for it).
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let s = String::from_utf8_lossy(&job.command(&["-s"]).stdout).into_owned();
-        if s.contains("NUM_PEERS=2") && s.contains("RUNNING=yes") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not running after restart: {s}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    job.wait_running(2);
     job.checkpoint();
     std::fs::write(&go, b"").unwrap();
     job.wait_success();

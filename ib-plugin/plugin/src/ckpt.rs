@@ -1226,7 +1226,7 @@ unsafe fn repost(
 ) -> Result<(), String> {
     let l = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for rec in l {
-        let mut sg: Vec<ibv_sge> = rec.sges.clone();
+        let mut sg = rec.sges.clone();
         for s in &mut sg {
             s.lkey = lkey_to_real(ctx, s.lkey);
         }

@@ -12,7 +12,8 @@
 
 use crate::ffi::*;
 use crate::sys::{self, real, set_errno, NoCkpt};
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
 use std::ffi::{c_int, c_uint, c_void};
 use std::mem::offset_of;
 use std::ptr::{self, null_mut};
@@ -119,8 +120,12 @@ pub(crate) struct SCq {
 #[derive(Clone)]
 pub(crate) struct RecvRec {
     pub(crate) wr_id: u64,
-    pub(crate) sges: Vec<ibv_sge>,
+    pub(crate) sges: Sges,
 }
+
+/// A logged request's SGEs: up to 4 kept in place, so logging a post
+/// allocates nothing in the common case (this is on every verb's path).
+pub(crate) type Sges = smallvec::SmallVec<[ibv_sge; 4]>;
 
 /// A posted send of an RC QP, as the program gave it (virtual ids), kept
 /// until a completion shows it ran (a QP's sends complete in order): a
@@ -131,9 +136,10 @@ pub(crate) struct RecvRec {
 pub(crate) struct SendRec {
     /// `next` and `sg_list` null.
     pub(crate) wr: ibv_send_wr,
-    pub(crate) sges: Vec<ibv_sge>,
-    /// The data of an inline send (the program may reuse its buffer).
-    pub(crate) inline: Vec<u8>,
+    pub(crate) sges: Sges,
+    /// The data of an inline send (the program may reuse its buffer);
+    /// up to 64 bytes kept in place.
+    pub(crate) inline: smallvec::SmallVec<[u8; 64]>,
     /// Among the QP's sends that consume a receive (SEND, SEND_WITH_IMM,
     /// RDMA_WRITE_WITH_IMM), this one's index; u64::MAX for the others.
     pub(crate) seq: u64,
@@ -268,13 +274,13 @@ pub(crate) static MAPS: RwLock<Option<Maps>> = RwLock::new(None);
 pub(crate) fn with_maps<R>(f: impl FnOnce(&mut Maps) -> R) -> R {
     let mut g = MAPS.write().unwrap_or_else(|e| e.into_inner());
     let m = g.get_or_insert_with(|| Maps {
-        qp_by_real: HashMap::new(),
-        lkey: HashMap::new(),
+        qp_by_real: HashMap::default(),
+        lkey: HashMap::default(),
         lids: Vec::new(),
-        qpn: HashMap::new(),
-        qpn_rev: HashMap::new(),
+        qpn: HashMap::default(),
+        qpn_rev: HashMap::default(),
         gids: Vec::new(),
-        rkeys: HashMap::new(),
+        rkeys: HashMap::default(),
     });
     f(m)
 }
@@ -1451,7 +1457,7 @@ unsafe fn post_recv_chain(
             };
             let rec = RecvRec {
                 wr_id: (*w).wr_id,
-                sges: sg.to_vec(),
+                sges: Sges::from_slice(sg),
             };
             let mut c = *w;
             c.next = null_mut();
@@ -1734,7 +1740,7 @@ unsafe fn log_send(q: &SQp, w: &ibv_send_wr) {
         u64::MAX
     };
     let r = if w.send_flags & IBV_SEND_INLINE != 0 {
-        let mut d = Vec::new();
+        let mut d = smallvec::SmallVec::new();
         for e in sg {
             // SAFETY: the program's inline data, readable during the post.
             d.extend_from_slice(unsafe {
@@ -1743,15 +1749,15 @@ unsafe fn log_send(q: &SQp, w: &ibv_send_wr) {
         }
         SendRec {
             wr,
-            sges: Vec::new(),
+            sges: Sges::new(),
             inline: d,
             seq,
         }
     } else {
         SendRec {
             wr,
-            sges: sg.to_vec(),
-            inline: Vec::new(),
+            sges: Sges::from_slice(sg),
+            inline: smallvec::SmallVec::new(),
             seq,
         }
     };

@@ -8,14 +8,15 @@
 //! no checkpoint can start).
 
 use core::cell::{Cell, UnsafeCell};
-use core::sync::atomic::{AtomicI32, AtomicU32, Ordering::*};
+use core::sync::atomic::{compiler_fence, AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering::*};
 use std::ffi::{c_char, c_int, CStr};
 
 /// Return values, as in the header.
 pub const AFTER_CHECKPOINT: c_int = 1;
 pub const AFTER_RESTART: c_int = 2;
 
-/// Threads inside a disabled section.
+/// Threads inside a disabled section that have no flag of their own (see
+/// "Disabled sections" below).
 static DISABLE: AtomicU32 = AtomicU32::new(0);
 /// 1 while a checkpoint is starting or running.
 static PENDING: AtomicU32 = AtomicU32::new(0);
@@ -42,6 +43,117 @@ static COORD_HOST: Buf = Buf(UnsafeCell::new([0; DIR_MAX]));
 
 thread_local! {
     static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// How the thread's outermost disabled section was entered: its flag's
+    /// index + 1, or 0 through the shared counter.
+    static HELD: Cell<u32> = const { Cell::new(0) };
+    static MY_FLAG: FlagSlot = const { FlagSlot(Cell::new(0)) };
+}
+
+// ------------------------------------------------------ Disabled sections
+//
+// Plugins hold checkpoints off around every call that touches state the
+// checkpoint needs consistent (the IB plugin around each verb), so entering
+// and leaving a section is on the data path and must cost next to nothing.
+// A shared counter costs two locked instructions per section, and waking
+// the checkpoint thread on every exit cost a system call (about 0.25 us in
+// this VM, more than a whole verb). So each thread has a flag of its own
+// (`FLAGS`), written only by itself with plain stores, and the checkpoint
+// thread pays instead: it sets PENDING, then `membarrier(2)` makes every
+// running thread of the process execute a full barrier, so afterwards every
+// flag set before is visible to it and every thread entering later reads
+// PENDING set; it then waits until no flag is set. This is the asymmetric
+// fence of userspace RCU. Threads fall back on the shared counter (the old
+// way) when membarrier is unavailable or all flags are taken.
+
+/// Per-thread flags: non-zero while the thread is inside a disabled section.
+const NFLAGS: usize = 1024;
+static FLAGS: [AtomicU32; NFLAGS] = [const { AtomicU32::new(0) }; NFLAGS];
+static FLAG_USED: [AtomicBool; NFLAGS] = [const { AtomicBool::new(false) }; NFLAGS];
+/// Flags ever handed out (the checkpoint thread looks at FLAGS[..this]).
+static FLAGS_HIGH: AtomicUsize = AtomicUsize::new(0);
+/// membarrier(PRIVATE_EXPEDITED) is registered: flags may be handed out.
+static FAST: AtomicBool = AtomicBool::new(false);
+/// Bumped when a thread leaves a section while a checkpoint waits.
+static EXITS: AtomicU32 = AtomicU32::new(0);
+const NO_FLAG: u32 = u32::MAX;
+
+/// A thread's flag (index + 1; 0 not yet chosen; NO_FLAG: shared counter),
+/// given back when the thread exits.
+struct FlagSlot(Cell<u32>);
+
+impl Drop for FlagSlot {
+    fn drop(&mut self) {
+        let i = self.0.get();
+        if i != 0 && i != NO_FLAG {
+            FLAGS[i as usize - 1].store(0, Release);
+            FLAG_USED[i as usize - 1].store(false, Release);
+        }
+    }
+}
+
+/// Start-up, after fork and at restart (a new address space): register
+/// for `membarrier(PRIVATE_EXPEDITED)`; flags are used only if it works.
+pub fn init_sections() {
+    let ok = dmtcp_sys::membarrier(dmtcp_sys::nr::MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+        && dmtcp_sys::membarrier(dmtcp_sys::nr::MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0;
+    if !ok && FLAGS_HIGH.load(SeqCst) > 0 {
+        // Flags are in use (a restart into a kernel that refuses what the
+        // first run allowed): keep them, begin_checkpoint falls back on a
+        // slower barrier.
+        return;
+    }
+    FAST.store(ok, SeqCst);
+}
+
+/// The calling thread's flag, chosen on first use; None: shared counter.
+fn my_flag() -> Option<&'static AtomicU32> {
+    let i = MY_FLAG.try_with(|f| {
+        let i = f.0.get();
+        if i != 0 {
+            return i;
+        }
+        let mut got = NO_FLAG;
+        if FAST.load(Relaxed) {
+            for (k, u) in FLAG_USED.iter().enumerate() {
+                if !u.load(Relaxed) && u.compare_exchange(false, true, AcqRel, Relaxed).is_ok() {
+                    FLAGS_HIGH.fetch_max(k + 1, SeqCst);
+                    got = k as u32 + 1;
+                    break;
+                }
+            }
+        }
+        f.0.set(got);
+        got
+    });
+    match i {
+        Ok(i) if i != NO_FLAG => Some(&FLAGS[i as usize - 1]),
+        _ => None,
+    }
+}
+
+/// Tells a waiting checkpoint thread that a section ended.
+fn wake_checkpoint() {
+    EXITS.fetch_add(1, SeqCst);
+    dmtcp_sys::futex_wake(&EXITS, i32::MAX as u32);
+}
+
+/// Is any thread inside a disabled section? (Checkpoint thread, after the
+/// barrier.)
+fn sections_busy() -> bool {
+    let n = FLAGS_HIGH.load(SeqCst).min(NFLAGS);
+    DISABLE.load(SeqCst) != 0 || FLAGS[..n].iter().any(|f| f.load(Acquire) != 0)
+}
+
+/// Makes every flag stored before it visible here (see above).
+fn barrier() {
+    if dmtcp_sys::membarrier(dmtcp_sys::nr::MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0
+        || dmtcp_sys::membarrier(dmtcp_sys::nr::MEMBARRIER_CMD_GLOBAL) == 0
+    {
+        return;
+    }
+    // No membarrier at all: a store waits in a CPU's store buffer for
+    // nanoseconds; the waits between two looks below are far longer.
+    dmtcp_sys::sleep_ms(1);
 }
 
 fn put(buf: &Buf, s: &[u8]) {
@@ -114,6 +226,15 @@ pub fn reset_after_fork() {
     DISABLE.store(0, SeqCst);
     PENDING.store(0, SeqCst);
     DEPTH.with(|d| d.set(0));
+    HELD.with(|h| h.set(0));
+    let mine = MY_FLAG.try_with(|f| f.0.get()).unwrap_or(0);
+    for (k, (f, u)) in FLAGS.iter().zip(&FLAG_USED).enumerate() {
+        f.store(0, SeqCst);
+        if k as u32 + 1 != mine {
+            u.store(false, SeqCst);
+        }
+    }
+    init_sections();
 }
 
 /// Drain the eventfd; true if a program asked for a checkpoint.
@@ -133,12 +254,17 @@ pub fn take_request() -> bool {
 /// Checkpoint thread: a checkpoint starts; wait for disabled sections to end.
 pub fn begin_checkpoint() {
     PENDING.store(1, SeqCst);
+    let mut wait_ms = 1u64;
     loop {
-        let d = DISABLE.load(SeqCst);
-        if d == 0 {
+        let e = EXITS.load(SeqCst);
+        barrier();
+        if !sections_busy() {
             return;
         }
-        dmtcp_sys::futex_wait(&DISABLE, d, 100_000_000);
+        // A thread leaving its section wakes us; the timeout covers one
+        // that read PENDING just before we set it.
+        dmtcp_sys::futex_wait(&EXITS, e, wait_ms * 1_000_000);
+        wait_ms = (wait_ms * 2).min(50);
     }
 }
 
@@ -200,19 +326,48 @@ pub extern "C" fn dmtcp_disable_ckpt() -> c_int {
         DEPTH.with(|d| d.set(d.get() + 1));
         return 1;
     }
+    let flag = my_flag();
     loop {
-        DISABLE.fetch_add(1, SeqCst);
-        if PENDING.load(SeqCst) == 0 {
-            DEPTH.with(|d| d.set(1));
-            return 1;
+        match flag {
+            Some(f) => {
+                // Only this thread writes its flag, with plain stores; a
+                // count, not a bit, so that a signal handler's section
+                // inside this one leaves it as it found it.
+                let v = f.load(Relaxed);
+                f.store(v + 1, Relaxed);
+                // Only the compiler is kept from moving the load above the
+                // store: the checkpoint thread's membarrier is the fence.
+                compiler_fence(SeqCst);
+                if PENDING.load(Relaxed) == 0 {
+                    DEPTH.with(|d| d.set(1));
+                    HELD.with(|h| h.set(flag_index(f)));
+                    return 1;
+                }
+                f.store(v, Release);
+            }
+            None => {
+                DISABLE.fetch_add(1, SeqCst);
+                if PENDING.load(SeqCst) == 0 {
+                    DEPTH.with(|d| d.set(1));
+                    HELD.with(|h| h.set(0));
+                    return 1;
+                }
+                DISABLE.fetch_sub(1, SeqCst);
+            }
         }
         // A checkpoint is starting: step back and let it pass.
-        DISABLE.fetch_sub(1, SeqCst);
-        dmtcp_sys::futex_wake(&DISABLE, i32::MAX as u32);
+        wake_checkpoint();
         while PENDING.load(SeqCst) != 0 {
             dmtcp_sys::futex_wait(&PENDING, 1, 0);
         }
     }
+}
+
+fn flag_index(f: &AtomicU32) -> u32 {
+    // FLAGS is one array: the offset gives the index.
+    ((f as *const AtomicU32 as usize - FLAGS.as_ptr() as usize) / core::mem::size_of::<AtomicU32>())
+        as u32
+        + 1
 }
 
 #[no_mangle]
@@ -223,8 +378,21 @@ pub extern "C" fn dmtcp_enable_ckpt() -> c_int {
     }
     DEPTH.with(|d| d.set(depth - 1));
     if depth == 1 {
-        DISABLE.fetch_sub(1, SeqCst);
-        dmtcp_sys::futex_wake(&DISABLE, i32::MAX as u32);
+        let held = HELD.with(|h| h.get());
+        if held != 0 {
+            let f = &FLAGS[held as usize - 1];
+            f.store(f.load(Relaxed).saturating_sub(1), Release);
+            compiler_fence(SeqCst);
+        } else {
+            DISABLE.fetch_sub(1, SeqCst);
+        }
+        // Only a checkpoint thread that set PENDING waits: no system call
+        // on the path every wrapped verb takes. (A PENDING read too early
+        // here costs the checkpoint thread one short timeout, see
+        // begin_checkpoint.)
+        if PENDING.load(Relaxed) != 0 {
+            wake_checkpoint();
+        }
     }
     1
 }

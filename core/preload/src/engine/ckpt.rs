@@ -603,6 +603,7 @@ impl Ctl {
             }
         }
         capi::open_wake_fd();
+        capi::init_sections();
         super::fdguard::fill_placeholders();
         capi::set_coordinator(&self.cfg.host, self.cfg.port);
         fork::MY_PID.store(dmtcp_sys::getpid(), SeqCst);

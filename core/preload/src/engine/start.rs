@@ -234,6 +234,7 @@ extern "C" fn dmtcp_init() {
     capi::set_dir(&ident.cfg.ckpt_dir.display().to_string());
     capi::set_coordinator(&ident.cfg.host, ident.cfg.port);
     capi::open_wake_fd();
+    capi::init_sections();
     super::fork::MY_PID.store(dmtcp_sys::getpid(), SeqCst);
     if start_ckpt_thread(ident, generation) {
         ENABLED.store(true, SeqCst);

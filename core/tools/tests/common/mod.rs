@@ -289,6 +289,21 @@ impl Job {
             .expect("dmtcp_command")
     }
 
+    /// Wait until the coordinator lists `peers` processes, all running
+    /// (after a restart, before the next command).
+    pub fn wait_running(&self, peers: usize) {
+        let want = format!("NUM_PEERS={peers}");
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let s = String::from_utf8_lossy(&self.command(&["-s"]).stdout).into_owned();
+            if s.lines().any(|l| l.trim() == want) && s.contains("RUNNING=yes") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not running: {s}{}", self.diag());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Blocking checkpoint; asserts success.
     pub fn checkpoint(&self) {
         let o = self.command(&["-bc"]);
