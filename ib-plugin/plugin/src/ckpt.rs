@@ -95,27 +95,41 @@ impl FixedKey {
     }
 }
 
-/// Publishes, under `norecv:<generation>:<token>`, this process's RC QPs
-/// (no SRQ, connected) that have no receive posted, with the receives each
-/// has completed. Threads are suspended, so none is posted before the
-/// checkpoint ends: a send of the peer that consumes a receive and was not
-/// received (its index among such sends >= that count) cannot complete,
-/// nor can any send after it (in order).
+/// Publishes, under `norecv:<generation>:<token>`, this process's
+/// connected RC QPs that have no receive to take: no receive posted on the
+/// QP, or, for a QP that takes its receives from an SRQ, none posted on
+/// that SRQ (an empty SRQ serves none of the QPs sharing it), each with
+/// the receives it has completed. Threads are suspended, so no receive is
+/// posted before the checkpoint ends: a send of the peer that consumes a
+/// receive and was not received (its index among such sends >= that
+/// count) cannot complete, nor can any send after it (in order).
+///
+/// The count is the QP's own also under an SRQ: a receive completion names
+/// the QP the message came in on (`process_wc` counts it there), and an RC
+/// QP's messages come in the order its one peer QP sent them, so the count
+/// says which of that peer's sends arrived, whichever QPs share the SRQ.
+/// The logs hold every receive the device holds (a receive is logged
+/// before it is posted, dropped only when its completion is polled), so an
+/// empty log is an empty queue; a receive consumed whose completion is not
+/// polled yet keeps its log entry, and the QP is not published: its peer
+/// waits, as for a slow send.
 fn publish_no_recv(reg: &Registry, b: &mut RnrBufs) {
     b.mine.clear();
     for o in &reg.objs {
         let Obj::Qp(q) = *o else { continue };
-        // SAFETY: live shadow QP.
+        // SAFETY: live shadow QP; its SRQ (if any) is a live shadow SRQ
+        // (an SRQ cannot be destroyed while a QP uses it).
         unsafe {
+            let srq = (*q).qp.srq as *mut SSrq;
+            let recvs = if srq.is_null() {
+                &(*q).recvs
+            } else {
+                &(*srq).recvs
+            };
             if (*q).qp.qp_type != IBV_QPT_RC
-                || !(*q).qp.srq.is_null()
                 || !((*q).qp.state == IBV_QPS_RTR || (*q).qp.state == IBV_QPS_RTS)
                 || b.mine.len() + RNR_REC > b.mine.capacity()
-                || !(*q)
-                    .recvs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_empty()
+                || !recvs.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
             {
                 continue;
             }

@@ -185,7 +185,9 @@ pub(crate) struct SQp {
     /// RC: sends posted and not known to have run (see `SendRec`).
     pub(crate) sends: Mutex<VecDeque<SendRec>>,
     /// RC: sends that consume a receive posted so far, and receives
-    /// completed (successfully) so far, since the QP was created.
+    /// completed (successfully) so far, since the QP was created (counted
+    /// on the QP the message came in on, also when it takes its receives
+    /// from an SRQ).
     pub(crate) consuming_posted: AtomicU64,
     pub(crate) recvs_done: AtomicU64,
     /// UD: (virtual LID, virtual QPN) destinations used.

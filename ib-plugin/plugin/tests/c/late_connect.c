@@ -143,20 +143,13 @@ static void check_target(char who) {
 
 int main(void) {
   setvbuf(stdout, NULL, _IONBF, 0);
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) die("socketpair");
-  pid_t pid = fork();
-  if (pid < 0) die("fork");
+  pid_t pid;
+  int fd = fork_pair(&pid);
   is_a = pid != 0;
-  int fd = is_a ? sv[0] : sv[1];
-  close(is_a ? sv[1] : sv[0]);
-  int nd;
-  struct ibv_device **l = ibv_get_device_list(&nd);
-  if (!l || nd < 1) die("no device");
-  struct ibv_context *ctx = ibv_open_device(l[0]);
-  struct ibv_pd *pd = ctx ? ibv_alloc_pd(ctx) : NULL;
-  struct ibv_cq *cq = ctx ? ibv_create_cq(ctx, 16, NULL, NULL, 0) : NULL;
-  if (!pd || !cq) die("open/pd/cq");
+  struct ibv_context *ctx;
+  struct ibv_pd *pd;
+  struct ibv_cq *cq;
+  open_first(16, &ctx, &pd, &cq);
   struct ibv_mr *mr = ibv_reg_mr(pd, buf, sizeof buf,
                                  IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
   if (!mr) die("reg_mr");

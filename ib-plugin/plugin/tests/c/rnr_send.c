@@ -27,64 +27,23 @@ static void die(const char *w) {
 #include "util.h"
 
 int main(void) {
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) die("socketpair");
-  pid_t pid = fork();
-  if (pid < 0) die("fork");
+  pid_t pid;
+  int fd = fork_pair(&pid);
   int sender = pid != 0;
-  int fd = sender ? sv[0] : sv[1];
-  close(sender ? sv[1] : sv[0]);
-  int nd;
-  struct ibv_device **l = ibv_get_device_list(&nd);
-  if (!l || nd < 1) die("no device");
-  struct ibv_context *ctx = ibv_open_device(l[0]);
-  struct ibv_pd *pd = ctx ? ibv_alloc_pd(ctx) : NULL;
-  struct ibv_cq *cq = ctx ? ibv_create_cq(ctx, 4, NULL, NULL, 0) : NULL;
-  if (!pd || !cq) die("open/pd/cq");
+  struct ibv_context *ctx;
+  struct ibv_pd *pd;
+  struct ibv_cq *cq;
+  open_first(4, &ctx, &pd, &cq);
   static char buf[4096];
   struct ibv_mr *mr = ibv_reg_mr(pd, buf, sizeof buf, IBV_ACCESS_LOCAL_WRITE);
   if (!mr) die("reg_mr");
-  struct ibv_qp_init_attr a;
-  memset(&a, 0, sizeof a);
-  a.send_cq = a.recv_cq = cq;
-  a.qp_type = IBV_QPT_RC;
-  a.cap.max_send_wr = a.cap.max_recv_wr = 2;
-  a.cap.max_send_sge = a.cap.max_recv_sge = 1;
-  struct ibv_qp *qp = ibv_create_qp(pd, &a);
-  if (!qp) die("create_qp");
-  struct ibv_qp_attr m;
-  memset(&m, 0, sizeof m);
-  m.qp_state = IBV_QPS_INIT;
-  m.port_num = 1;
-  if (ibv_modify_qp(qp, &m, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS))
-    die("INIT");
+  struct ibv_qp *qp = rc_qp(pd, cq, NULL, 2);
   struct ibv_port_attr pa;
   if (ibv_query_port(ctx, 1, &pa)) die("query_port");
   uint32_t mine[2] = {qp->qp_num, pa.lid}, peer[2];
   io(fd, mine, sizeof mine, 1);
   io(fd, peer, sizeof peer, 0);
-  memset(&m, 0, sizeof m);
-  m.qp_state = IBV_QPS_RTR;
-  m.path_mtu = IBV_MTU_1024;
-  m.dest_qp_num = peer[0];
-  m.rq_psn = 7;
-  m.max_dest_rd_atomic = 1;
-  m.min_rnr_timer = 12;
-  m.ah_attr.dlid = (uint16_t)peer[1];
-  m.ah_attr.port_num = 1;
-  if (ibv_modify_qp(qp, &m, IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
-                                IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER))
-    die("RTR");
-  memset(&m, 0, sizeof m);
-  m.qp_state = IBV_QPS_RTS;
-  m.timeout = 14;
-  m.retry_cnt = 7;
-  m.rnr_retry = 7;
-  m.sq_psn = 7;
-  m.max_rd_atomic = 1;
-  if (ibv_modify_qp(qp, &m, IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
-                                IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC))
-    die("RTS");
+  rc_to_rts(qp, peer[0], peer[1]);
   struct ibv_wc wc;
   if (sender) {
     strcpy(buf, "the message sent before the checkpoint");
