@@ -927,7 +927,10 @@ fn stream(
                 .any(|&(s, e)| c.addr < e && s < c.addr + c.len)
     };
     let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = vec![(Vec::new(), Vec::new()); workers * 2];
-    for batch in img.chunks.chunks(bufs.len()) {
+    let per_batch = bufs.len();
+    let mut ahead = ReadAhead::default();
+    for (i, batch) in img.chunks.chunks(per_batch).enumerate() {
+        ahead.advance(img, i * per_batch);
         let bufs = &mut bufs[..batch.len()];
         read_batch(img, batch, bufs, workers, &mapped)?;
         for (c, (out, _)) in batch.iter().zip(bufs.iter()) {
@@ -967,6 +970,57 @@ fn stream(
     w.write_all(as_bytes(&DataRecord::default())).map_err(io)?;
     w.flush().map_err(io)?;
     Ok(())
+}
+
+/// Keeps the kernel reading ahead of the chunk being checked: the stored
+/// bytes of the chunks from there on, up to 64 MiB of them, are
+/// asked for with `posix_fadvise(WILLNEED)`, which starts their reads and
+/// returns. Without it a restart from an image that is not in the page
+/// cache reads one chunk at a time (4 MiB, then the checksum, then the
+/// next): 4 GiB took 3.9-4.6 s here against 2.6 s for DMTCP, which reads
+/// its image with large read() calls.
+#[derive(Default)]
+struct ReadAhead {
+    /// The next chunk not yet asked for.
+    next: usize,
+}
+
+/// MiB asked for ahead (`DMTCP_RESTART_READAHEAD`, MiB, 0: none).
+fn read_ahead_bytes() -> u64 {
+    static B: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *B.get_or_init(|| {
+        std::env::var("DMTCP_RESTART_READAHEAD")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(64)
+            .min(4096)
+            << 20
+    })
+}
+
+impl ReadAhead {
+    fn advance(&mut self, img: &Image, from: usize) {
+        use std::os::fd::AsRawFd;
+        let chunks = &img.chunks;
+        let limit = read_ahead_bytes();
+        self.next = self.next.max(from);
+        let mut window: u64 = chunks[from..self.next].iter().map(|c| c.stored_len).sum();
+        while self.next < chunks.len() && window < limit {
+            let c = &chunks[self.next];
+            // SAFETY: posix_fadvise only advises the kernel about the open
+            // file's pages; no memory is passed.
+            unsafe {
+                libc::posix_fadvise(
+                    img.file_of(c).file().as_raw_fd(),
+                    c.file_off as libc::off_t,
+                    c.stored_len as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
+            window += c.stored_len;
+            self.next += 1;
+        }
+    }
 }
 
 /// Read and check every chunk of `batch` (every chunk is checked, mapped
