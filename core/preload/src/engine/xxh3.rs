@@ -308,17 +308,19 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// Deterministic pseudo-random bytes.
+    /// Deterministic pseudo-random bytes (splitmix64, 8 at a time).
     fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
+        let mut x = seed;
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            v.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        v.truncate(n);
+        v
     }
 
     /// Lengths around every boundary of the long loop: stripes, blocks,
