@@ -253,6 +253,46 @@ fn forked_compressed_chain_survives_a_moved_directory() {
     m.finish();
 }
 
+/// The hash stored for each chunk (the writers compute it with AVX-512 or
+/// AVX2 where the CPU has them, engine/xxh3.rs) is xxh3-128 of the
+/// chunk's bytes as `xxhash_rust` computes it, for the chunks generation 2
+/// wrote and those it refers to in generation 1: so a chunk is judged
+/// unchanged by the same function on any CPU. Killed and restarted from
+/// generation 2, the program finds all of its memory.
+#[test]
+fn stored_hashes_are_xxh3_128_of_the_chunks() {
+    let mut m = Mem::launch("incr-hash", &["--incremental"]);
+    m.job.checkpoint();
+    m.change();
+    m.job.checkpoint();
+    let gens = committed(&m.job.ckpt);
+    assert_eq!(gens.iter().map(|g| g.0).collect::<Vec<_>>(), [1, 2]);
+    let (mut out, mut scratch) = (Vec::new(), Vec::new());
+    let mut referred = 0;
+    for g in &gens {
+        let img = Image::open(&image_of(&g.1)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(img.hashes.len(), img.chunks.len());
+        for (c, &h) in img.chunks.iter().zip(&img.hashes) {
+            img.read_chunk(c, &mut out, &mut scratch)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                h,
+                xxhash_rust::xxh3::xxh3_128(&out),
+                "chunk at {:#x} ({} bytes) of {}",
+                c.addr,
+                c.len,
+                g.1.display()
+            );
+            referred += usize::from(c.source() > 0);
+        }
+    }
+    assert!(referred > 100, "generation 2 refers to {referred} chunks of 1");
+    m.job.kill();
+    m.job.restart();
+    m.change();
+    m.finish();
+}
+
 /// Without `--incremental` (the default) every image is full: no
 /// sources, no hashes, generations pruned to `--keep-generations` as
 /// before.

@@ -478,6 +478,8 @@ impl Ctl {
 
     fn after_restart(&mut self) {
         threads::reregister_rseq(self.slot.fs.load(SeqCst));
+        // Perhaps another CPU: the incremental hash's code is chosen anew.
+        super::xxh3::init();
         coord::with(|c| c.reset());
         let info_fd = RESTART_INFO_FD.load(SeqCst);
         if info_fd >= 0 {

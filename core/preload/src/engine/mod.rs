@@ -62,3 +62,4 @@ pub(crate) mod unmap;
 pub(crate) mod vdso;
 pub(crate) mod vpid;
 pub(crate) mod writer;
+pub(crate) mod xxh3;

@@ -199,6 +199,9 @@ static TEST_DELAY_MS: AtomicU32 = AtomicU32::new(0);
 
 /// Start `n` writer threads (at library start-up).
 pub fn start(n: usize) {
+    // The hash's code for this CPU, chosen now (the writers hash while the
+    // program is suspended).
+    super::xxh3::init();
     if let Some(ms) = std::env::var("DMTCP_TEST_WRITE_DELAY_MS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -376,6 +379,26 @@ fn is_zero(addr: u64) -> bool {
         .all(|c| c.iter().fold(0u64, |a, &b| a | b) == 0)
 }
 
+/// How far ahead of the zero test [`process_with`] asks for pages: the
+/// hardware prefetchers do not cross pages, so without this each page's
+/// first read waits for memory (a third of the hash's time on 1 GiB).
+const PREFETCH_PAGES: usize = 6;
+
+/// Ask the CPU to start loading the start of the page at `addr` (a hint:
+/// it never faults, whatever is or is not mapped there).
+fn prefetch(addr: u64) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 (SSE, in baseline x86-64) reads nothing
+    // architecturally and cannot fault.
+    unsafe {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(addr as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>((addr + 64) as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 fn want(select: Select, e: u64, addr: u64) -> bool {
     let present = e >> 63 & 1 != 0;
     let swapped = e >> 62 & 1 != 0;
@@ -447,24 +470,32 @@ fn process_with(st: &mut WState, it: &Item, pm: &mut [u64]) -> Result<(), i32> {
         }
     }
     let addr = |i: usize| it.start + (i * PAGE) as u64;
+    let tests_zero = matches!(it.select, Select::Anon | Select::SharedAnon | Select::Image);
+    // Page j is wanted in the image (pages are tested in order).
+    let wanted = |j: usize| {
+        if tests_zero && j + PREFETCH_PAGES < pages {
+            prefetch(addr(j + PREFETCH_PAGES));
+        }
+        want(it.select, pm[j], addr(j))
+    };
     let mut runs = 0;
     let mut i = 0;
     while i < pages {
-        if !want(it.select, pm[i], addr(i)) {
+        if !wanted(i) {
             i += 1;
             continue;
         }
         let s = i;
         if runs == MAX_RUNS_PER_ITEM - 1 {
             let mut last = i;
-            for (j, &e) in pm.iter().enumerate().skip(i) {
-                if want(it.select, e, addr(j)) {
+            for j in i..pages {
+                if wanted(j) {
                     last = j;
                 }
             }
             i = last + 1;
         } else {
-            while i < pages && want(it.select, pm[i], addr(i)) {
+            while i < pages && wanted(i) {
                 i += 1;
             }
         }
@@ -562,7 +593,7 @@ fn write_blocks(st: &mut WState, addr: u64, src: *const u8, len: usize) -> Resul
     while a < end {
         let b = ((a / incr::BLOCK) + 1) * incr::BLOCK;
         let b = b.min(end);
-        let h = xxhash_rust::xxh3::xxh3_128(bytes(a, b - a));
+        let h = super::xxh3::hash128(bytes(a, b - a));
         if let Some(p) = incr::Prev::find(prev, a, b - a, h) {
             flush_raw(st, addr, src, pend, a)?;
             np = 0;
