@@ -26,12 +26,14 @@ pub const DISABLED_PLUGINS: &str = "DMTCP_DISABLED_PLUGINS";
 pub const CKPT_OPEN_FILES: &str = "DMTCP_CKPT_OPEN_FILES";
 /// Committed checkpoint generations to keep (`--keep-generations`, default 2; 0 = all).
 pub const KEEP_GENERATIONS: &str = "DMTCP_KEEP_GENERATIONS";
-/// Incremental images (`dmtcp_launch --incremental`): an image holds only
-/// the chunks that changed since the previous generation. Off by default.
+/// Incremental images (`dmtcp_launch --incremental`, on by default): an
+/// image holds only the chunks that changed since the previous generation.
+/// `0` (`dmtcp_launch --no-incremental`): off, every image full, whatever
+/// [`FULL_EVERY`] says.
 pub const INCREMENTAL: &str = "DMTCP_INCREMENTAL";
-/// With incremental images, every Nth image of a process is full (setting
-/// it to anything but 1 turns incremental images on); 1: every image full
-/// (off); 0: full only when it must be.
+/// With incremental images, every Nth image of a process is full (default
+/// [`DEFAULT_FULL_EVERY`]); 1: every image full (off); 0: full only when it
+/// must be.
 pub const FULL_EVERY: &str = "DMTCP_FULL_EVERY";
 /// Default of [`FULL_EVERY`] when incremental images are on.
 pub const DEFAULT_FULL_EVERY: u32 = 8;

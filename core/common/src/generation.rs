@@ -100,11 +100,15 @@ pub fn list(dir: &Path) -> Vec<Found> {
 }
 
 /// The generation directories (their names) whose images the images in
-/// `kept` (generation directories) refer to: incremental images keep part
-/// of their memory in earlier generations, which must stay as long as a
-/// kept generation needs them. An image that cannot be read refers to
-/// nothing here (a restart of it fails anyway); reading one costs its
-/// index.
+/// `kept` (generation directories) refer to and that a kept directory does
+/// not hold itself: incremental images keep part of their memory in
+/// earlier generations, which the coordinator hard-links into the
+/// referring generation's directory before its commit
+/// (`<kept>/dmtcp_gen_<comp>_<N>/<image>`); where it could not (no hard
+/// links there, or a directory the processes committed), the earlier
+/// generation must stay as long as a kept generation needs it. An image
+/// that cannot be read refers to nothing here (a restart of it fails
+/// anyway); reading one costs its index.
 pub fn referenced<'a>(kept: impl Iterator<Item = &'a Path>) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
     for d in kept {
@@ -116,7 +120,9 @@ pub fn referenced<'a>(kept: impl Iterator<Item = &'a Path>) -> std::collections:
             }
             if let Ok(img) = crate::image::Image::open_alone(&e.path()) {
                 for s in &img.meta.sources {
-                    if let Some((dir, _)) = s.name.split_once('/') {
+                    let held = std::fs::symlink_metadata(d.join(&s.name))
+                        .is_ok_and(|m| m.is_file() && m.len() == s.file_len);
+                    if let (false, Some((dir, _))) = (held, s.name.split_once('/')) {
                         out.insert(dir.to_string());
                     }
                 }
@@ -124,6 +130,20 @@ pub fn referenced<'a>(kept: impl Iterator<Item = &'a Path>) -> std::collections:
         }
     }
     out
+}
+
+/// CRC-32 (IEEE) of a whole file, as manifests give it.
+pub fn file_crc32(p: &Path) -> std::io::Result<u32> {
+    use std::io::Read;
+    let mut h = crc32fast::Hasher::new();
+    let mut f = std::fs::File::open(p)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf)? {
+            0 => return Ok(h.finalize()),
+            n => h.update(&buf[..n]),
+        }
+    }
 }
 
 /// The highest generation number of computation `comp` that `dir` holds
@@ -169,6 +189,15 @@ pub struct Manifest {
     /// The restart script in the generation directory.
     pub script: String,
     pub images: Vec<Entry>,
+    /// The earlier images the incremental images of this generation refer
+    /// to, hard-linked into this directory before its commit (`name`:
+    /// `dmtcp_gen_<comp>_<N>/<image>`, as the images' `sources` name them;
+    /// `host`, `program`: of the first image referring to it). Absent
+    /// when there are none, or where no link could be made (the
+    /// generation then needs the earlier generation's directory, and
+    /// pruning keeps it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<Entry>,
     /// `crc32:<8 hex digits>` of every byte of the file before the line
     /// holding this key.
     #[serde(default)]
@@ -316,6 +345,7 @@ mod tests {
                 crc32: 0xdeadbeef,
                 header_crc: 7,
             }],
+            sources: Vec::new(),
             checksum: String::new(),
         }
     }

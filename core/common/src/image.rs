@@ -107,8 +107,9 @@ impl ChunkDesc {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Source {
     /// `dmtcp_gen_<comp>_<N>/<image name>`: the generation directory and
-    /// file, looked up next to the referring image's generation directory
-    /// (or below the directory holding it, for a top-level name).
+    /// file, looked up in the referring image's generation directory (the
+    /// coordinator's link), then next to it (or below the directory
+    /// holding it, for a top-level name).
     pub name: String,
     pub generation: u32,
     /// Its `file_len`.
@@ -556,10 +557,24 @@ impl Image {
         }
     }
 
-    /// Where the sources of an image in `dir` may be: next to its
-    /// generation directory, or below `dir` itself (a top-level name).
-    fn source_candidates(dir: &Path, name: &str) -> Vec<PathBuf> {
-        vec![dir.join("..").join(name), dir.join(name)]
+    /// Where the sources of an image in `dir` may be, in this order: in
+    /// its generation directory (the coordinator links every source there
+    /// before the commit: `dir/<source's directory>/<image>`); next to its
+    /// generation directory; and for a top-level name (an image in the
+    /// checkpoint directory itself, a link to the one in its generation
+    /// directory) below `dir`, then in its generation's directory there.
+    fn source_candidates(dir: &Path, name: &str, generation: u32) -> Vec<PathBuf> {
+        let mut v = vec![dir.join(name), dir.join("..").join(name)];
+        let comp = name
+            .split_once('/')
+            .and_then(|(d, _)| crate::generation::parse_name(d));
+        if let Some((comp, _, _)) = comp {
+            v.push(
+                dir.join(crate::generation::dir_name(&comp, generation))
+                    .join(name),
+            );
+        }
+        v
     }
 
     fn open_sources(&mut self) -> Result<(), ImageError> {
@@ -591,7 +606,7 @@ impl Image {
             }
             let mut why = Vec::new();
             let mut found = None;
-            for cand in Image::source_candidates(&dir, &s.name) {
+            for cand in Image::source_candidates(&dir, &s.name, self.meta.generation) {
                 match Image::open_alone(&cand) {
                     Ok(img) => {
                         if img.header.file_len != s.file_len
@@ -1136,6 +1151,55 @@ mod tests {
         let index = encode_index_hashed(&m, &chunks, &[1, 2]);
         let p = seal_into(data, &index, HDR_HASHES, &g2.join("ckpt_t_u.dmtcp"));
         (first, p)
+    }
+
+    /// A source held in the referring image's generation directory (as the
+    /// coordinator links it) is the one taken, before the one in its own
+    /// generation's directory; it keeps that directory from nothing
+    /// (`generation::referenced`), and with that directory gone the image
+    /// opens, by its own name and by a top-level one.
+    #[test]
+    fn a_source_held_in_the_generation_directory_is_found_first() {
+        use crate::generation::referenced;
+        let d = tmpdir("incr-held");
+        let (first, second) = build_incremental(&d);
+        let (g1, g2) = (d.join("dmtcp_gen_c_1"), d.join("dmtcp_gen_c_2"));
+        let set = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(
+            referenced([g2.as_path()].into_iter()),
+            set(&["dmtcp_gen_c_1"])
+        );
+        let held = g2.join("dmtcp_gen_c_1/ckpt_t_u.dmtcp");
+        std::fs::create_dir(held.parent().unwrap()).unwrap();
+        std::fs::hard_link(&first, &held).unwrap();
+        assert_eq!(referenced([g2.as_path()].into_iter()), set(&[]));
+        // Generation 1's own file replaced by another: the held one is taken.
+        std::fs::remove_file(&first).unwrap();
+        std::fs::write(&first, b"not this one").unwrap();
+        let img = Image::open(&second).unwrap();
+        assert_eq!(img.sources[0].path, held);
+        img.verify_all().unwrap();
+        std::fs::hard_link(&second, d.join("ckpt_t_u.dmtcp")).unwrap();
+        std::fs::remove_dir_all(&g1).unwrap();
+        Image::open(&second).unwrap().verify_all().unwrap();
+        let top = Image::open(&d.join("ckpt_t_u.dmtcp")).unwrap();
+        assert_eq!(
+            top.sources[0].path,
+            d.join("dmtcp_gen_c_2").join("dmtcp_gen_c_1/ckpt_t_u.dmtcp")
+        );
+        top.verify_all().unwrap();
+        // A held file of another length does not count as held.
+        std::fs::remove_file(&held).unwrap();
+        std::fs::write(&held, b"short").unwrap();
+        assert_eq!(
+            referenced([g2.as_path()].into_iter()),
+            set(&["dmtcp_gen_c_1"])
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

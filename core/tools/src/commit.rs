@@ -122,6 +122,23 @@ pub fn commit_generation(
     params: &ScriptParams,
     images: &[Image],
 ) -> Result<Names, String> {
+    commit_linking(comp, generation, keep, params, images, |a, b| {
+        std::fs::hard_link(a, b)
+    })
+}
+
+/// How [`commit_generation`] makes a hard link (a test makes it fail).
+type LinkFn = fn(&Path, &Path) -> std::io::Result<()>;
+
+/// [`commit_generation`], linking the earlier images with `link`.
+fn commit_linking(
+    comp: &str,
+    generation: u32,
+    keep: u32,
+    params: &ScriptParams,
+    images: &[Image],
+    link: LinkFn,
+) -> Result<Names, String> {
     if images.is_empty() {
         return Err("no image was written".into());
     }
@@ -237,10 +254,22 @@ pub fn commit_generation(
             .unwrap_or_default();
         other.join(file_name(img)).display().to_string()
     };
+    // Every earlier image an incremental image refers to, linked into its
+    // directory before the commit: a committed generation holds all it
+    // needs, and pruning older ones cannot take it away.
+    let mut notes = Vec::new();
+    let mut linked: Vec<Vec<Entry>> = Vec::with_capacity(dirs.len());
+    for d in &dirs {
+        linked.push(if d.visible {
+            link_sources(d, images, link, &mut notes)
+        } else {
+            Vec::new()
+        });
+    }
     let script = script_name(comp);
     let home_script = dirs[home].committed.join(&script);
     let time = now();
-    for d in dirs.iter().filter(|d| d.visible) {
+    for (d, sources) in dirs.iter().zip(linked).filter(|(d, _)| d.visible) {
         let is_home = d.partial == dirs[home].partial;
         let m = Manifest {
             format: gen::FORMAT.into(),
@@ -263,6 +292,7 @@ pub fn commit_generation(
                     header_crc: images[i].header_crc,
                 })
                 .collect(),
+            sources,
             checksum: String::new(),
         };
         put_file(&d.partial, gen::MANIFEST, m.encode().as_bytes(), 0o600)
@@ -332,8 +362,135 @@ pub fn commit_generation(
         generation,
         keep,
         images: all_top,
-        notes: Vec::new(),
+        notes,
     })
+}
+
+/// Said once per coordinator: hard links could not be made.
+static NO_LINKS_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Hard-link into `d.partial` (not yet committed) every earlier image the
+/// images written there refer to, as `<its generation directory's
+/// name>/<image>` (the name in the images' `sources`, found first by a
+/// restart); the manifest's entries for them. The file is taken where it
+/// is: in its own generation directory, or linked in a later one (its own
+/// pruned). Where no link can be made (another file system, no hard links
+/// there) the generation refers to the earlier directory as before, which
+/// pruning then keeps; a note says so, once per coordinator.
+fn link_sources(d: &GenDir, images: &[Image], link: LinkFn, notes: &mut Vec<String>) -> Vec<Entry> {
+    use dmtcp_common::image::Image as File;
+    use std::collections::{HashMap, HashSet};
+    let mut out: Vec<Entry> = Vec::new();
+    let mut done: HashSet<String> = HashSet::new();
+    let mut subdirs: HashSet<PathBuf> = HashSet::new();
+    // Whole-file CRCs the manifests give, read once per manifest.
+    let mut crcs: HashMap<PathBuf, HashMap<String, u32>> = HashMap::new();
+    let committed: Vec<gen::Found> = gen::list(&d.top)
+        .into_iter()
+        .filter(|f| !f.partial)
+        .rev()
+        .collect();
+    for &i in &d.images {
+        let Ok(img) = File::open_alone(Path::new(&images[i].path)) else {
+            continue;
+        };
+        for s in &img.meta.sources {
+            let Some((sdir, sfile)) = s.name.split_once('/') else {
+                continue;
+            };
+            let plain = |x: &str| !x.is_empty() && x != ".." && x != "." && !x.contains('/');
+            if !plain(sdir) || !plain(sfile) || gen::parse_name(sdir).is_none_or(|n| n.2) {
+                continue;
+            }
+            if !done.insert(s.name.clone()) {
+                continue;
+            }
+            let at = std::iter::once(d.top.clone())
+                .chain(committed.iter().map(|f| f.path.clone()))
+                .find(|dir| is_source(&dir.join(&s.name), s));
+            // Not to be found: the restart will say so (as before).
+            let Some(at) = at else { continue };
+            let from = at.join(&s.name);
+            let sub = d.partial.join(sdir);
+            let made = match std::fs::create_dir(&sub) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+                _ => link(&from, &sub.join(sfile)),
+            };
+            if let Err(e) = made {
+                if !NO_LINKS_SAID.swap(true, Ordering::Relaxed) {
+                    notes.push(format!(
+                        "cannot hard-link {} into {} ({e}): generations of incremental images keep the \
+                         earlier generations they refer to, so more than --keep-generations may stay",
+                        from.display(),
+                        sub.display()
+                    ));
+                }
+                continue;
+            }
+            subdirs.insert(sub);
+            // The manifest that listed it: a later generation's holding
+            // it, or its own generation's.
+            let (mdir, key) = if at == d.top {
+                (at.join(sdir), sfile)
+            } else {
+                (at.clone(), s.name.as_str())
+            };
+            let listed = crcs
+                .entry(mdir.clone())
+                .or_insert_with(|| listed_crcs(&mdir))
+                .get(key)
+                .copied();
+            out.push(Entry {
+                name: s.name.clone(),
+                host: images[i].host.clone(),
+                program: images[i].program.clone(),
+                size: s.file_len,
+                crc32: listed.unwrap_or_else(|| gen::file_crc32(&from).unwrap_or(0)),
+                header_crc: s.header_crc,
+            });
+        }
+    }
+    for sub in &subdirs {
+        fsync_dir(sub);
+    }
+    out
+}
+
+/// The whole-file CRCs generation `dir`'s manifest gives, by name: its
+/// images' and its held earlier images' (empty without a sound manifest).
+fn listed_crcs(dir: &Path) -> std::collections::HashMap<String, u32> {
+    Manifest::load(dir)
+        .map(|m| {
+            m.images
+                .into_iter()
+                .chain(m.sources)
+                .map(|e| (e.name, e.crc32))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `p` is the earlier image `s` names: a file of its length whose header
+/// has its header CRC (which covers its index CRC, so every chunk's). Only
+/// the header block is read (the restart checks the rest).
+fn is_source(p: &Path, s: &dmtcp_common::image::Source) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut block = [0u8; 48];
+    // Non-blocking: a FIFO in its place must not stop the commit.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p);
+    // A symlink would be linked as such, not the file.
+    let plain = std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+    plain
+        && f.is_ok_and(|mut f| {
+            f.metadata()
+                .is_ok_and(|m| m.is_file() && m.len() == s.file_len)
+                && f.read_exact(&mut block).is_ok()
+                && dmtcp_common::image::Header::decode_crc(&block) == s.header_crc
+        })
 }
 
 /// After the commit: the names users know point at the new generation,
@@ -692,6 +849,152 @@ mod tests {
         abandon(comp, 3, [a.as_path()].into_iter());
         assert_eq!(std::fs::read(a.join("ckpt_x_1.dmtcp")).unwrap(), b"ONE");
         assert_eq!(gen::list(&a).len(), 1);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A small valid image of process `u`, generation `g`, whose
+    /// metadata names `sources` (it has no memory: only its index).
+    fn image_file(p: &Path, g: u32, sources: Vec<dmtcp_common::image::Source>) -> Image {
+        use dmtcp_common::image::{encode_index, Header, Meta};
+        let meta = Meta {
+            program: "p".into(),
+            argv: vec!["p".into()],
+            hostname: "here".into(),
+            pid: 1,
+            uniq_id: "u".into(),
+            comp_id: "c-3".into(),
+            generation: g,
+            num_peers: 1,
+            time: 0,
+            dmtcp_version: "0".into(),
+            entry: 1,
+            entry_stack_top: 2,
+            special: [(0, 0); 3],
+            mm: [0; 11],
+            areas: Vec::new(),
+            coord_host: "here".into(),
+            coord_port: 7779,
+            ckpt_dir: ".".into(),
+            tree: Default::default(),
+            cpu_flags: Vec::new(),
+            vdso_syms: Vec::new(),
+            since_full: sources.len() as u32,
+            sources,
+        };
+        let index = encode_index(&meta, &[]);
+        let mut data = vec![0u8; 4096];
+        data.extend_from_slice(&index);
+        let h = Header {
+            index_offset: 4096,
+            index_len: index.len() as u64,
+            index_crc: crc32fast::hash(&index),
+            file_len: data.len() as u64,
+            ..Default::default()
+        };
+        data[..4096].copy_from_slice(&h.encode());
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, &data).unwrap();
+        Image {
+            path: p.display().to_string(),
+            host: "here".into(),
+            program: "p".into(),
+            bytes: data.len() as u64,
+            crc32: crc32fast::hash(&data),
+            header_crc: Header::decode_crc(&data),
+        }
+    }
+
+    /// The source naming image `im` of generation `g`.
+    fn source_of(comp: &str, g: u32, im: &Image) -> dmtcp_common::image::Source {
+        dmtcp_common::image::Source {
+            name: format!(
+                "{}/{}",
+                gen::dir_name(comp, g),
+                file_name(Path::new(&im.path))
+            ),
+            generation: g,
+            file_len: im.bytes,
+            header_crc: im.header_crc,
+        }
+    }
+
+    /// Generations 2 and 3 refer to 1, 3 to 2 too, with `--keep-generations
+    /// 1`: each commit links the sources in (generation 1's image taken
+    /// from 2's directory once 1 is pruned), the manifest lists them with
+    /// the whole-file CRC the earlier manifest gave, and exactly one
+    /// generation stays. Where the links cannot be made, a note says so
+    /// once and the generations referred to stay.
+    #[test]
+    fn sources_are_linked_in_before_the_commit_or_their_generations_stay() {
+        let root = std::env::temp_dir().join(format!("dmtcp-commit-src-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let params = ScriptParams {
+            coord_host: "here".into(),
+            coord_port: 7779,
+            interval: 0,
+        };
+        let comp = "c-3";
+        let name = "ckpt_p_u.dmtcp";
+        let at = |g: u32| root.join(gen::partial_name(comp, g)).join(name);
+        let g1 = image_file(&at(1), 1, Vec::new());
+        commit(comp, 1, 1, &params, std::slice::from_ref(&g1)).unwrap();
+        let s1 = source_of(comp, 1, &g1);
+        let g2 = image_file(&at(2), 2, vec![s1.clone()]);
+        let c = commit(comp, 2, 1, &params, std::slice::from_ref(&g2)).unwrap();
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
+        let dir = |g: u32| root.join(gen::dir_name(comp, g));
+        let left = |r: &Path| {
+            gen::list(r)
+                .iter()
+                .map(|f| f.generation)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(left(&root), [2], "generation 2 holds what it needs of 1");
+        let m2 = Manifest::load(&dir(2)).unwrap();
+        assert_eq!(m2.sources.len(), 1);
+        assert_eq!(m2.sources[0].name, s1.name);
+        assert_eq!(
+            (
+                m2.sources[0].size,
+                m2.sources[0].crc32,
+                m2.sources[0].header_crc
+            ),
+            (g1.bytes, g1.crc32, g1.header_crc)
+        );
+        let held = dir(2).join(&s1.name);
+        assert_eq!(gen::file_crc32(&held).unwrap(), g1.crc32);
+        let g3 = image_file(&at(3), 3, vec![s1.clone(), source_of(comp, 2, &g2)]);
+        commit(comp, 3, 1, &params, std::slice::from_ref(&g3)).unwrap();
+        assert_eq!(left(&root), [3]);
+        let m3 = Manifest::load(&dir(3)).unwrap();
+        let crcs: Vec<(String, u32)> = m3
+            .sources
+            .iter()
+            .map(|e| (e.name.clone(), e.crc32))
+            .collect();
+        assert_eq!(
+            crcs,
+            [
+                (s1.name.clone(), g1.crc32),
+                (source_of(comp, 2, &g2).name, g2.crc32)
+            ]
+        );
+        assert_eq!(gen::file_crc32(&dir(3).join(&s1.name)).unwrap(), g1.crc32);
+        // No hard links to be had: a note, once; generation 3 stays for 4.
+        let g4 = image_file(&at(4), 4, vec![source_of(comp, 3, &g3)]);
+        let no = |_: &Path, _: &Path| Err(std::io::Error::from_raw_os_error(libc::EXDEV));
+        NO_LINKS_SAID.store(false, Ordering::Relaxed);
+        let c =
+            publish(commit_linking(comp, 4, 1, &params, std::slice::from_ref(&g4), no).unwrap());
+        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+        assert!(c.notes[0].contains("cannot hard-link"), "{:?}", c.notes);
+        assert!(Manifest::load(&dir(4)).unwrap().sources.is_empty());
+        assert_eq!(left(&root), [3, 4], "generation 4 needs 3's directory");
+        let g5 = image_file(&at(5), 5, vec![source_of(comp, 3, &g3)]);
+        let c =
+            publish(commit_linking(comp, 5, 1, &params, std::slice::from_ref(&g5), no).unwrap());
+        assert!(c.notes.is_empty(), "said once: {:?}", c.notes);
+        assert_eq!(left(&root), [3, 5]);
         let _ = std::fs::remove_dir_all(&root);
     }
 

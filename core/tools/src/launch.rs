@@ -73,13 +73,25 @@ pub fn command(name: &'static str) -> Command {
         )
         .alias("forked-checkpointing"),
     )
-    .arg(cli::flag(
-        "incremental",
-        "incremental",
-        "Incremental images: an image holds only the chunks that changed since the \
-         process's previous generation and refers to the earlier images for the rest; \
-         every 8th (--full-every) is full (env DMTCP_INCREMENTAL; off by default)",
-    ))
+    .arg(
+        cli::flag(
+            "incremental",
+            "incremental",
+            "Incremental images (the default): an image holds only the chunks that changed \
+             since the process's previous generation and refers to the earlier images for \
+             the rest; every 8th (--full-every) is full (env DMTCP_INCREMENTAL)",
+        )
+        .overrides_with("no_incremental"),
+    )
+    .arg(
+        cli::flag(
+            "no_incremental",
+            "no-incremental",
+            "Every image full (env DMTCP_INCREMENTAL=0; as --full-every 1)",
+        )
+        .overrides_with("incremental")
+        .conflicts_with("full_every"),
+    )
     .arg(
         Arg::new("full_every")
             .long("full-every")
@@ -88,7 +100,7 @@ pub fn command(name: &'static str) -> Command {
             .help(
                 "With incremental images: every Nth image of a process is full (env \
                  DMTCP_FULL_EVERY, default 8; 0 = full only after a start or restart; \
-                 1 = every image full). Any N but 1 turns incremental images on",
+                 1 = every image full, incremental images off)",
             ),
     )
     .arg(cli::keep_generations().help(
@@ -417,7 +429,10 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     if m.get_flag("forked_ckpt") {
         cmd.env(E::FORKED_CKPT, "1");
     }
-    if m.get_flag("incremental") {
+    // Said on the command line, it wins over an inherited DMTCP_INCREMENTAL.
+    if m.get_flag("no_incremental") {
+        cmd.env(E::INCREMENTAL, "0");
+    } else if m.get_flag("incremental") || m.get_one::<u32>("full_every").is_some() {
         cmd.env(E::INCREMENTAL, "1");
     }
     if let Some(n) = m.get_one::<u32>("full_every") {

@@ -24,12 +24,27 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// A committed generation is what its manifest says: every image there,
-/// with the size, whole-file CRC-32 and header CRC listed, and nothing
-/// else; its restart script too. Returns the manifest.
+/// and every earlier image they refer to (held in a subdirectory named as
+/// their sources name it), with the size, whole-file CRC-32 and header
+/// CRC listed, and nothing else; its restart script too. Returns the
+/// manifest.
 fn check_generation(gdir: &Path) -> Manifest {
     let m = Manifest::load(gdir).unwrap_or_else(|e| panic!("{e}"));
     assert!(!m.images.is_empty(), "{}: no images", gdir.display());
-    for e in &m.images {
+    let mut held: Vec<String> = Vec::new();
+    for sub in std::fs::read_dir(gdir).unwrap().map(|e| e.unwrap()) {
+        if sub.file_type().unwrap().is_dir() {
+            let d = sub.file_name().to_string_lossy().into_owned();
+            for f in std::fs::read_dir(sub.path()).unwrap() {
+                held.push(format!("{d}/{}", f.unwrap().file_name().to_string_lossy()));
+            }
+        }
+    }
+    held.sort();
+    let mut listed: Vec<String> = m.sources.iter().map(|e| e.name.clone()).collect();
+    listed.sort();
+    assert_eq!(held, listed, "{}: sources", gdir.display());
+    for e in m.images.iter().chain(&m.sources) {
         let p = Manifest::path_of(gdir, e);
         let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert_eq!(bytes.len() as u64, e.size, "{}: size", p.display());
@@ -98,8 +113,8 @@ fn wait_for_partial_image(ckpt: &Path, min: u64) -> PathBuf {
 /// `bigmem 400` (a long write) as a job: generation 1 committed at step
 /// 2, then at step 4 a second checkpoint started and its image under way.
 /// Returns the job, the bare run's output, generation 1's directory and
-/// manifest, and the image being written.
-fn second_checkpoint_under_way(name: &str) -> (Job, String, PathBuf, Manifest, PathBuf) {
+/// manifest, the image being written and the process's pid.
+fn second_checkpoint_under_way(name: &str) -> (Job, String, PathBuf, Manifest, PathBuf, i32) {
     let prog = c_program("bigmem");
     let p = prog.to_str().unwrap();
     let bare = run_bare(&[p, "400"]);
@@ -113,9 +128,11 @@ fn second_checkpoint_under_way(name: &str) -> (Job, String, PathBuf, Manifest, P
     let before = check_generation(&first);
     top_level_is(&job.ckpt, &first);
     job.wait_for("step 4\n");
+    let pids = job.peer_pids();
+    assert_eq!(pids.len(), 1, "{pids:?}");
     assert!(job.command(&["-c"]).status.success());
     let partial = wait_for_partial_image(&job.ckpt, 1 << 20);
-    (job, bare, first, before, partial)
+    (job, bare, first, before, partial, pids[0])
 }
 
 /// A process of the computation is SIGKILLed while it writes its image:
@@ -124,7 +141,7 @@ fn second_checkpoint_under_way(name: &str) -> (Job, String, PathBuf, Manifest, P
 /// directory gives the program's right result.
 #[test]
 fn process_killed_while_writing_keeps_the_previous_generation() {
-    let (mut job, bare, first, before, partial) = second_checkpoint_under_way("gen-killproc");
+    let (mut job, bare, first, before, partial, _) = second_checkpoint_under_way("gen-killproc");
     job.kill();
     assert_eq!(
         committed(&job.ckpt).len(),
@@ -146,12 +163,21 @@ fn process_killed_while_writing_keeps_the_previous_generation() {
 /// generation is committed; the process finishes its write, throws its
 /// image away and runs to its end unharmed. The previous generation is as
 /// it was and restarts (under a new coordinator) with the right result.
+/// The writing process is stopped (SIGSTOP) from the moment its image is
+/// seen under way until the coordinator is dead, so the write cannot
+/// finish first however slow the test is (incremental images, the
+/// default, write little when little changed: `bigmem` changes every
+/// 64 KiB chunk of its 300 MiB at every step).
 #[test]
 fn coordinator_killed_while_writing_keeps_the_previous_generation() {
-    let (mut job, bare, first, before, _) = second_checkpoint_under_way("gen-killcoord");
+    let (mut job, bare, first, before, _, pid) = second_checkpoint_under_way("gen-killcoord");
+    // SAFETY: kill(2) on the job's own process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
     // The program is suspended while it writes: its output stops here.
     let suspended_at = job.output().lines().count();
     job.kill_coordinator();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
     assert_eq!(
         committed(&job.ckpt).len(),
         1,
@@ -217,6 +243,16 @@ fn keep_two_generations_of_four() {
     for g in &gens {
         check_generation(&g.1);
     }
+    // Incremental images (the default): 4 refers to generation 1 (what
+    // never changed since), which it holds: 1 is gone all the same.
+    let m4 = Manifest::load(&gens[1].1).unwrap();
+    assert!(
+        m4.sources.iter().any(|e| e
+            .name
+            .starts_with(&format!("{}/", gen::dir_name(&m4.comp_id, 1)))),
+        "generation 4 refers to nothing of generation 1: {:?}",
+        m4.sources
+    );
     top_level_is(&job.ckpt, &gens[1].1);
     job.wait_for("step 14 ok");
     job.kill();

@@ -4,8 +4,10 @@
 //! checkpoints (tests/c/incrmem.c, which verifies all of its memory every
 //! 50 ms) is restarted from generation N, incremental on N-1 on N-2, with
 //! the image files, the restart script and --restartdir of a moved
-//! directory; pruning keeps what a kept generation refers to; a missing,
-//! replaced or damaged earlier image is refused before the program runs.
+//! directory; every committed generation holds (hard-linked) the earlier
+//! images it refers to, so pruning keeps exactly `--keep-generations`; a
+//! missing, replaced or damaged earlier image is refused before the
+//! program runs.
 
 mod common;
 use common::*;
@@ -53,8 +55,13 @@ struct Mem {
 
 impl Mem {
     fn launch(name: &str, opts: &[&str]) -> Mem {
+        Mem::launch_with(name, &[], opts)
+    }
+
+    /// With `coord` options for the job's coordinator.
+    fn launch_with(name: &str, coord: &[&str], opts: &[&str]) -> Mem {
         let prog = c_program("incrmem");
-        let mut job = Job::new(name);
+        let mut job = Job::with_coordinator_args(name, coord);
         let ctl = job.dir.join("ctl");
         std::fs::write(&ctl, "0").unwrap();
         job.launch(
@@ -84,37 +91,72 @@ impl Mem {
     }
 }
 
+/// The earlier image `name` (`dmtcp_gen_<comp>_<N>/<image>`, as a
+/// source names it) as generation directory `g` holds it: a hard link the
+/// coordinator made before the commit, listed in the manifest with its
+/// size and CRCs.
+fn held_source(g: &Path, name: &str) -> PathBuf {
+    let p = g.join(name);
+    let m = dmtcp_common::generation::Manifest::load(g).unwrap_or_else(|e| panic!("{e}"));
+    let e = m
+        .sources
+        .iter()
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("{}: manifest lists no source {name}: {m:?}", g.display()));
+    let len = std::fs::metadata(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .len();
+    assert_eq!(len, e.size, "{}", p.display());
+    let crc = dmtcp_common::generation::file_crc32(&p).unwrap();
+    assert_eq!(crc, e.crc32, "{}: crc32", p.display());
+    p
+}
+
 /// Generations 1 (full), 2 (on 1), 3 (on 2 and 1) with --full-every 5
-/// (which turns incremental images on) and --keep-generations 2: generation 1 stays because 3 refers to it;
-/// 2 and 3 store a small part of 1's bytes. Killed, restarted with the
-/// restart script from generation 3; every byte is checked by the
-/// program. After the restart the first image is full, the next one
-/// incremental again, and the generations nothing kept refers to go.
+/// and --keep-generations 2 (the default): exactly 2 and 3 stay, each
+/// holding (hard-linked) the earlier images it refers to; 2 and 3 store a
+/// small part of 1's bytes. Killed, restarted with the restart script
+/// from generation 3, generation 1's own directory gone; every byte is
+/// checked by the program. After the restart the first image is full, the
+/// next one incremental again, and two generations stay each time.
 #[test]
-fn chain_of_three_restarts_and_prunes_by_reference() {
+fn chain_of_three_restarts_and_prunes_to_the_kept_generations() {
     let mut m = Mem::launch("incr-chain", &["--full-every", "5"]);
     let ckpt = m.job.ckpt.clone();
     m.job.checkpoint();
+    let g1 = dir_name(&committed(&ckpt)[0].1);
     m.change();
     m.job.checkpoint();
     m.change();
     m.job.checkpoint();
     let gens = committed(&ckpt);
-    // keep-generations 2 (the default) would keep 2 and 3 only.
     assert_eq!(
         gens.iter().map(|g| g.0).collect::<Vec<_>>(),
-        [1, 2, 3],
-        "generation 1 must stay while 3 refers to it"
+        [2, 3],
+        "--keep-generations 2 keeps two generations"
     );
-    let imgs: Vec<Image> = gens
+    let (img2, img3) = (image_of(&gens[0].1), image_of(&gens[1].1));
+    let img1 = held_source(&gens[1].1, &format!("{g1}/{}", dir_name(&img2)));
+    assert_eq!(
+        held_source(&gens[0].1, &format!("{g1}/{}", dir_name(&img2)))
+            .metadata()
+            .unwrap()
+            .len(),
+        img1.metadata().unwrap().len()
+    );
+    held_source(
+        &gens[1].1,
+        &format!("{}/{}", dir_name(&gens[0].1), dir_name(&img3)),
+    );
+    let imgs: Vec<Image> = [img1, img2, img3]
         .iter()
-        .map(|g| Image::open(&image_of(&g.1)).unwrap_or_else(|e| panic!("{e}")))
+        .map(|p| Image::open(p).unwrap_or_else(|e| panic!("{e}")))
         .collect();
     assert!(imgs[0].meta.sources.is_empty(), "generation 1 is full");
-    assert_eq!(source_dirs(&imgs[1]), [dir_name(&gens[0].1)]);
+    assert_eq!(source_dirs(&imgs[1]), [g1.as_str()]);
     assert_eq!(
         source_dirs(&imgs[2]),
-        [dir_name(&gens[0].1), dir_name(&gens[1].1)],
+        [g1.clone(), dir_name(&gens[0].1)],
         "generation 3 refers to where the bytes are (1 and 2), never through a chain"
     );
     assert_eq!(imgs[2].meta.since_full, 2);
@@ -124,12 +166,12 @@ fn chain_of_three_restarts_and_prunes_by_reference() {
         own_bytes(&imgs[2]),
     );
     assert!(full > 32 << 20, "generation 1 holds {full} bytes");
-    for (n, b) in [(2, second), (3, third)] {
+    for (n, b, g) in [(2, second, &gens[0].1), (3, third, &gens[1].1)] {
         assert!(
             b * 4 < full,
             "generation {n} stores {b} bytes of memory, the full image {full}"
         );
-        let file = std::fs::metadata(image_of(&gens[n - 1].1)).unwrap().len();
+        let file = std::fs::metadata(image_of(g)).unwrap().len();
         assert!(file * 4 < full, "generation {n}'s file has {file} bytes");
     }
     for img in &imgs {
@@ -148,37 +190,57 @@ fn chain_of_three_restarts_and_prunes_by_reference() {
     m.change();
     m.job.checkpoint();
     let gens = committed(&ckpt);
-    let g4 = gens.last().unwrap();
-    assert_eq!(g4.0, 4, "{gens:?}");
-    let img4 = Image::open(&image_of(&g4.1)).unwrap();
+    assert_eq!(gens.iter().map(|g| g.0).collect::<Vec<_>>(), [3, 4]);
+    let img4 = Image::open(&image_of(&gens[1].1)).unwrap();
     assert!(
         img4.meta.sources.is_empty(),
         "the first image after a restart is full"
     );
-    // 3 is kept (keep 2) and still refers to 1 and 2.
-    assert_eq!(gens.iter().map(|g| g.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
     m.change();
     m.job.checkpoint();
     let gens = committed(&ckpt);
-    assert_eq!(
-        gens.iter().map(|g| g.0).collect::<Vec<_>>(),
-        [4, 5],
-        "nothing kept refers to 1, 2, 3 any more"
-    );
+    assert_eq!(gens.iter().map(|g| g.0).collect::<Vec<_>>(), [4, 5]);
     let img5 = Image::open(&image_of(&gens[1].1)).unwrap();
     assert_eq!(source_dirs(&img5), [dir_name(&gens[0].1)]);
     m.finish();
 }
 
+/// `--keep-generations 1`: generation 2, incremental on 1, is the only
+/// one left, and generation 1's image lives on in it only. Restarting the
+/// top-level image name (a link to generation 2's image) finds it there;
+/// the program checks every byte.
+#[test]
+fn keep_one_generation_restarts_the_top_level_image() {
+    let mut m = Mem::launch_with("incr-keep1", &["--keep-generations", "1"], &[]);
+    let ckpt = m.job.ckpt.clone();
+    m.job.checkpoint();
+    let g1 = dir_name(&committed(&ckpt)[0].1);
+    m.change();
+    m.job.checkpoint();
+    let gens = committed(&ckpt);
+    assert_eq!(gens.iter().map(|g| g.0).collect::<Vec<_>>(), [2]);
+    let img2 = Image::open(&image_of(&gens[0].1)).unwrap();
+    assert_eq!(source_dirs(&img2), [g1.as_str()]);
+    assert!(!ckpt.join(&g1).exists());
+    held_source(&gens[0].1, &img2.meta.sources[0].name);
+    m.job.kill();
+    let top = image_of(&ckpt);
+    m.job.restart_with(&[top.display().to_string()]);
+    m.change();
+    m.finish();
+}
+
 /// Generations 1 (full) and 2 (incremental), killed. Restarting
 /// generation 2's image is refused with a clear message, before the
-/// program runs, when generation 1's image is missing, replaced by
-/// another image, truncated, or when a chunk generation 2 refers to is
-/// damaged; once the file is back the same image restarts and the program
-/// finds all of its memory (here copied, not mapped: DMTCP_RESTART_EAGER).
+/// program runs, when generation 1's image is missing (the link in
+/// generation 2 and generation 1's own), replaced by another image,
+/// truncated, or when a chunk generation 2 refers to is damaged; once
+/// the file is back next to generation 2 (in generation 1's directory,
+/// not linked) the same image restarts and the program finds all of its
+/// memory (here copied, not mapped: DMTCP_RESTART_EAGER).
 #[test]
 fn a_missing_replaced_or_damaged_earlier_image_is_refused() {
-    let mut m = Mem::launch("incr-refuse", &["--incremental", "--no-gzip"]);
+    let mut m = Mem::launch("incr-refuse", &["--no-gzip"]);
     let ckpt = m.job.ckpt.clone();
     m.job.checkpoint();
     m.change();
@@ -190,6 +252,8 @@ fn a_missing_replaced_or_damaged_earlier_image_is_refused() {
     let good = std::fs::read(&first).unwrap();
     let img2 = Image::open(&second).unwrap();
     assert_eq!(img2.meta.sources.len(), 1);
+    let linked = held_source(&gens[1].1, &img2.meta.sources[0].name);
+    std::fs::remove_file(&first).unwrap();
     let c = *img2
         .chunks
         .iter()
@@ -209,17 +273,18 @@ fn a_missing_replaced_or_damaged_earlier_image_is_refused() {
             "a process of the job runs after a refused restart"
         );
     };
-    std::fs::remove_file(&first).unwrap();
+    std::fs::remove_file(&linked).unwrap();
     refused(&mut m.job, "is missing");
     // Another image of the same name: generation 2's own.
-    std::fs::copy(&second, &first).unwrap();
+    std::fs::copy(&second, &linked).unwrap();
     refused(&mut m.job, "is another image");
-    std::fs::write(&first, &good[..good.len() / 2]).unwrap();
+    std::fs::write(&linked, &good[..good.len() / 2]).unwrap();
     refused(&mut m.job, "is truncated");
     let mut bad = good.clone();
     bad[c.file_off as usize + 100] ^= 0x5a;
-    std::fs::write(&first, &bad).unwrap();
+    std::fs::write(&linked, &bad).unwrap();
     refused(&mut m.job, "checksum mismatch");
+    std::fs::remove_file(&linked).unwrap();
     std::fs::write(&first, &good).unwrap();
     m.job = m.job.env("DMTCP_RESTART_EAGER", "1");
     m.job.restart_with(&[second.display().to_string()]);
@@ -228,10 +293,12 @@ fn a_missing_replaced_or_damaged_earlier_image_is_refused() {
 }
 
 /// Forked checkpointing with zstd chunks: generation 3 is incremental on
-/// 2 on 1; the checkpoint directory is then moved elsewhere and
-/// `dmtcp_restart --restartdir` of the new place restarts generation 3
-/// (its sources found by their relative names), memory mapped lazily
-/// from all three files.
+/// 2 on 1 (generation 1's directory pruned, its image held in 3's). The
+/// checkpoint directory is moved elsewhere, then generation 3's directory
+/// alone is moved out of it and everything else deleted: `dmtcp_restart
+/// --restartdir` of that directory restarts generation 3 (its sources
+/// found inside it by their relative names), memory mapped lazily from
+/// all three files.
 #[test]
 fn forked_compressed_chain_survives_a_moved_directory() {
     let mut m = Mem::launch("incr-moved", &["--incremental", "--forked-ckpt", "--gzip"]);
@@ -241,14 +308,17 @@ fn forked_compressed_chain_survives_a_moved_directory() {
     }
     m.job.checkpoint();
     let gens = committed(&m.job.ckpt);
-    assert_eq!(gens.len(), 3, "{gens:?}");
-    let img3 = Image::open(&image_of(&gens[2].1)).unwrap();
+    assert_eq!(gens.iter().map(|g| g.0).collect::<Vec<_>>(), [2, 3]);
+    let img3 = Image::open(&image_of(&gens[1].1)).unwrap();
     assert_eq!(img3.meta.sources.len(), 2, "{:?}", img3.meta.sources);
     m.job.kill();
     let moved = m.job.dir.join("moved");
     std::fs::rename(&m.job.ckpt, &moved).unwrap();
+    let alone = m.job.dir.join("alone");
+    std::fs::rename(moved.join(dir_name(&gens[1].1)), &alone).unwrap();
+    std::fs::remove_dir_all(&moved).unwrap();
     m.job
-        .restart_with(&["--restartdir".into(), moved.display().to_string()]);
+        .restart_with(&["--restartdir".into(), alone.display().to_string()]);
     m.change();
     m.finish();
 }
@@ -293,12 +363,11 @@ fn stored_hashes_are_xxh3_128_of_the_chunks() {
     m.finish();
 }
 
-/// Without `--incremental` (the default) every image is full: no
-/// sources, no hashes, generations pruned to `--keep-generations` as
-/// before.
+/// With `--no-incremental` every image is full: no sources, no hashes,
+/// generations pruned to `--keep-generations`.
 #[test]
-fn images_are_full_by_default() {
-    let mut m = Mem::launch("incr-off", &[]);
+fn no_incremental_makes_every_image_full() {
+    let mut m = Mem::launch("incr-off", &["--no-incremental"]);
     m.job.checkpoint();
     m.change();
     m.job.checkpoint();

@@ -19,7 +19,7 @@ const TOOLS: [&str; 5] = [
 
 /// The environment variables the tools read, cleared so that the
 /// environment the tests run in does not change what they see.
-const ENV: [&str; 12] = [
+const ENV: [&str; 14] = [
     "DMTCP_COORD_HOST",
     "DMTCP_COORD_PORT",
     "DMTCP_CHECKPOINT_DIR",
@@ -32,6 +32,8 @@ const ENV: [&str; 12] = [
     "DMTCP_CKPT_OPEN_FILES",
     "DMTCP_DISABLED_PLUGINS",
     "DMTCP_RESTART_PIDNS",
+    "DMTCP_INCREMENTAL",
+    "DMTCP_FULL_EVERY",
 ];
 
 fn clean(name: &str) -> Command {
@@ -523,6 +525,56 @@ fn launch_options_reach_the_program() {
         .output()
         .unwrap();
     assert_fails(&o, "absolute path");
+}
+
+/// Incremental images are the library's default, so `dmtcp_launch` says
+/// nothing unless told: `--no-incremental` sets DMTCP_INCREMENTAL=0 (over
+/// an inherited 1), `--incremental` and `--full-every N` set it to 1
+/// (over an inherited 0), and `--no-incremental --full-every N` is refused.
+#[test]
+fn launch_incremental_options() {
+    let job = Job::new("launchincr");
+    let e = launched_env(job.port, &[], &[]);
+    assert!(
+        !e.contains_key("DMTCP_INCREMENTAL") && !e.contains_key("DMTCP_FULL_EVERY"),
+        "{e:?}"
+    );
+    let e = launched_env(
+        job.port,
+        &["--no-incremental"],
+        &[("DMTCP_INCREMENTAL", "1")],
+    );
+    assert_eq!(e["DMTCP_INCREMENTAL"], "0");
+    let e = launched_env(job.port, &["--incremental"], &[("DMTCP_INCREMENTAL", "0")]);
+    assert_eq!(e["DMTCP_INCREMENTAL"], "1");
+    let e = launched_env(
+        job.port,
+        &["--full-every", "3"],
+        &[("DMTCP_INCREMENTAL", "0")],
+    );
+    assert_eq!(
+        (
+            e["DMTCP_INCREMENTAL"].as_str(),
+            e["DMTCP_FULL_EVERY"].as_str()
+        ),
+        ("1", "3")
+    );
+    let e = launched_env(job.port, &["--incremental", "--no-incremental"], &[]);
+    assert_eq!(e["DMTCP_INCREMENTAL"], "0", "the last one counts");
+    let o = clean("dmtcp_launch")
+        .args([
+            "-j",
+            "-p",
+            &job.port.to_string(),
+            "--no-incremental",
+            "--full-every",
+            "3",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("--full-every"), "{}", err(&o));
 }
 
 /// The program and its arguments are everything from the first word that

@@ -56,8 +56,9 @@ pub(super) struct Config {
     pub(super) disabled: Vec<String>,
     /// Forked checkpointing (`--forked-ckpt`).
     pub(super) forked: bool,
-    /// Every Nth image full (`--full-every`, [`E::FULL_EVERY`]); 1 (the
-    /// default, without `--incremental`): incremental images off.
+    /// Every Nth image full (`--full-every`, [`E::FULL_EVERY`], default
+    /// [`E::DEFAULT_FULL_EVERY`]); 1 (`--full-every 1`, `--no-incremental`):
+    /// incremental images off.
     pub(super) full_every: u32,
 }
 
@@ -92,11 +93,13 @@ impl Config {
             forked: get(E::FORKED_CKPT)
                 .or_else(|| get(E::FORKED_CKPT_DMTCP))
                 .is_some_and(|v| E::truthy(&v)),
-            full_every: match get(E::FULL_EVERY).and_then(|s| s.trim().parse().ok()) {
-                Some(n) => n,
-                None if get(E::INCREMENTAL).is_some_and(|v| E::truthy(&v)) => E::DEFAULT_FULL_EVERY,
-                // Off: every image full.
-                None => 1,
+            // On by default; DMTCP_INCREMENTAL=0 (`--no-incremental`) or
+            // DMTCP_FULL_EVERY=1: off, every image full.
+            full_every: match get(E::INCREMENTAL) {
+                Some(v) if !E::truthy(&v) => 1,
+                _ => get(E::FULL_EVERY)
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(E::DEFAULT_FULL_EVERY),
             },
         }
     }
