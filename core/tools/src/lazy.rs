@@ -277,6 +277,7 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
         return 0;
     }
     close_all_but(img, &[2, sock, fd]);
+    let started = std::time::Instant::now();
     let background = !std::env::var("DMTCP_RESTART_LAZY_BACKGROUND").is_ok_and(|v| v == "0");
     let stats = std::env::var("DMTCP_RESTART_LAZY_STATS").is_ok_and(|v| dmtcp_common::env::truthy(&v));
     let mut todo = Todo(
@@ -411,9 +412,10 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
     }
     if stats {
         eprintln!(
-            "dmtcp_restart: lazy restore of {} compressed chunks ({} MB): {on_fault} filled on a fault, {in_background} in the background{}",
+            "dmtcp_restart: lazy restore of {} compressed chunks ({} MB): {on_fault} filled on a fault, {in_background} in the background, in {} ms{}",
             chunks.len(),
             chunks.iter().map(|c| c.len).sum::<u64>() >> 20,
+            started.elapsed().as_millis(),
             if done { "" } else { " (the process went away first)" }
         );
     }
