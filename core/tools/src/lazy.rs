@@ -412,7 +412,7 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
     }
     if stats {
         eprintln!(
-            "dmtcp_restart: lazy restore of {} compressed chunks ({} MB): {on_fault} filled on a fault, {in_background} in the background, in {} ms{}",
+            "dmtcp_restart: lazy restore of {} compressed chunks ({} MB): {on_fault} runs filled on a fault, {in_background} in the background, in {} ms{}",
             chunks.len(),
             chunks.iter().map(|c| c.len).sum::<u64>() >> 20,
             started.elapsed().as_millis(),
