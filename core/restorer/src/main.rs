@@ -14,7 +14,9 @@
 //!    is and put a proxy at the old address: a trampoline at each old entry
 //!    point to the same function of the new vDSO (see `dmtcp_sys::vdso`);
 //! 3. re-create every area (anonymous, or the same file at the same offset),
-//!    fill it from the stream, give it back its protection;
+//!    fill it from the stream (or map raw chunks from the image, or register
+//!    compressed ones with a userfaultfd it then hands to the page server,
+//!    `dmtcp_restart`'s `lazy` module), give it back its protection;
 //! 4. restore the kernel's brk/arg/env pointers (`PR_SET_MM_MAP`), and jump
 //!    into the restored preload library's restart entry, which re-creates
 //!    the threads.

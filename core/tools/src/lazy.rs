@@ -277,6 +277,13 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
         return 0;
     }
     close_all_but(img, &[2, sock, fd]);
+    // The signals of a terminal or of `kill` are for the program: were the
+    // server to die with pages still to fill, the program would find zero
+    // pages there. It ends when the program does (its socket closes).
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGPIPE] {
+        // SAFETY: ignoring a signal in this single-threaded process.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
     let started = std::time::Instant::now();
     let background = !std::env::var("DMTCP_RESTART_LAZY_BACKGROUND").is_ok_and(|v| v == "0");
     let stats = std::env::var("DMTCP_RESTART_LAZY_STATS").is_ok_and(|v| dmtcp_common::env::truthy(&v));

@@ -5,7 +5,9 @@
 //! Then, per image, this process connects to the coordinator, starts a
 //! detached streamer (a grandchild that reads, checks and decompresses the
 //! image and writes it into a pipe), and replaces itself with the static
-//! restorer, which maps the stream back and jumps into the program.
+//! restorer, which maps the stream back and jumps into the program. With
+//! userfaultfd, the streamer then stays as the page server of the
+//! compressed memory it left out of the stream (`crate::lazy`).
 
 use crate::cli;
 use crate::client;
