@@ -1,6 +1,7 @@
 //! Checkpoint/restart benchmark.
 //!
 //! `cargo run --release -p bench -- run [--sizes 1,4] [--kinds random,zero,untouched]
+//!  (also: compressible)
 //!  [--modes zstd,raw] [--dir DIR]` launches a workload process holding the
 //! given amount of memory under dmtcp_launch, checkpoints it (blocking),
 //! kills it, restarts it, and prints a table: checkpoint and restart seconds,
@@ -140,13 +141,16 @@ fn workload(a: &[String]) {
     // SAFETY: the mapping is n bytes long and ours.
     let mem = unsafe { std::slice::from_raw_parts_mut(p as *mut u64, n / 8) };
     match kind {
-        "random" => {
+        "random" | "compressible" => {
+            // compressible: two bytes of noise in every eight (zstd stores
+            // about a quarter).
+            let mask = if kind == "random" { u64::MAX } else { 0xffff };
             let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
             for w in mem.iter_mut() {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                *w = x;
+                *w = x & mask;
             }
         }
         "zero" => {

@@ -14,7 +14,9 @@
 //!    is and put a proxy at the old address: a trampoline at each old entry
 //!    point to the same function of the new vDSO (see `dmtcp_sys::vdso`);
 //! 3. re-create every area (anonymous, or the same file at the same offset),
-//!    fill it from the stream, give it back its protection;
+//!    fill it from the stream (or map raw chunks from the image, or register
+//!    compressed ones with a userfaultfd it then hands to the page server,
+//!    `dmtcp_restart`'s `lazy` module), give it back its protection;
 //! 4. restore the kernel's brk/arg/env pointers (`PR_SET_MM_MAP`), and jump
 //!    into the restored preload library's restart entry, which re-creates
 //!    the threads.
@@ -110,12 +112,12 @@ static HEADER: Bss<StreamHeader> = Bss::new(StreamHeader {
         coord_fd: 0,
         info_fd: 0,
         flags: 0,
-        _pad: 0,
+        lazy_fd: -1,
     },
     image_fd: -1,
     n_vdso_syms: 0,
     vdso_flags: 0,
-    _pad: 0,
+    lazy_sock: -1,
 });
 
 core::arch::global_asm!(
@@ -318,7 +320,7 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
     for i in 0..n {
         map_area(&areas[i], &paths[path_at[i] as usize..]);
     }
-    let (files, n_files) = fill_from_stream(fd, hdr.image_fd);
+    let (files, n_files, uffd) = fill_from_stream(fd, hdr.image_fd);
     for a in areas.iter().take(n) {
         // SAFETY: re-protecting an area this program mapped itself.
         let r = unsafe {
@@ -345,6 +347,19 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
     }
 
     let mut args = hdr.args;
+    args.lazy_fd = -1;
+    if hdr.lazy_sock >= 0 {
+        if uffd >= 0 {
+            send_fd(hdr.lazy_sock, uffd);
+            // SAFETY: the page server holds the userfaultfd now; the
+            // program never sees it.
+            unsafe { syscall3(nr::CLOSE, uffd as usize, 0, 0) };
+            args.lazy_fd = hdr.lazy_sock;
+        } else {
+            // SAFETY: no page to serve: the socket is not needed.
+            unsafe { syscall3(nr::CLOSE, hdr.lazy_sock as usize, 0, 0) };
+        }
+    }
     if hdr.mm.start_brk != 0 {
         let mut mm = hdr.mm;
         mm.auxv = 0;
@@ -931,12 +946,64 @@ fn map_area(a: &AreaDesc, path: &[u8]) {
     }
 }
 
+/// Send `fd` to the page server over the socket `sock` (`SCM_RIGHTS`).
+fn send_fd(sock: i32, fd: i32) {
+    #[repr(C)]
+    struct MsgHdr {
+        name: usize,
+        namelen: u32,
+        _pad: u32,
+        iov: usize,
+        iovlen: usize,
+        control: usize,
+        controllen: usize,
+        flags: i32,
+        _pad2: u32,
+    }
+    #[repr(C)]
+    struct Cmsg {
+        len: usize,
+        level: i32,
+        kind: i32,
+        fd: i32,
+        _pad: u32,
+    }
+    let byte = [b'U'];
+    let iov = [byte.as_ptr() as usize, 1usize];
+    let cm = Cmsg {
+        len: 20,
+        level: 1, // SOL_SOCKET
+        kind: 1,  // SCM_RIGHTS
+        fd,
+        _pad: 0,
+    };
+    let mh = MsgHdr {
+        name: 0,
+        namelen: 0,
+        _pad: 0,
+        iov: iov.as_ptr() as usize,
+        iovlen: 1,
+        control: &cm as *const Cmsg as usize,
+        controllen: core::mem::size_of::<Cmsg>(),
+        flags: 0,
+        _pad2: 0,
+    };
+    // SAFETY: sendmsg reads the header, the one-byte iovec and the control
+    // message above, all alive for the call.
+    let r = unsafe { syscall3(nr::SENDMSG, sock as usize, &mh as *const MsgHdr as usize, 0) };
+    if r != 1 {
+        fail_err(b"cannot hand the userfaultfd to the page server on fd", sock as u64, r);
+    }
+}
+
 /// Fill the areas from the stream. Returns the files `REC_FILE` records
-/// named (to be closed once everything is mapped) and how many.
-fn fill_from_stream(fd: i32, image_fd: i32) -> ([i32; MAX_STREAM_FILES], usize) {
+/// named (to be closed once everything is mapped), how many, and the
+/// userfaultfd the `REC_UFFD` ranges are registered with (-1: none).
+fn fill_from_stream(fd: i32, image_fd: i32) -> ([i32; MAX_STREAM_FILES], usize, i32) {
     let mut files = [-1i32; MAX_STREAM_FILES];
     let mut n_files = 0;
     let mut map_fd = image_fd;
+    let mut uffd = -1i32;
     loop {
         let mut rec = DataRecord::default();
         read_exact(fd, as_bytes_mut(&mut rec), b"reading a data record");
@@ -945,7 +1012,7 @@ fn fill_from_stream(fd: i32, image_fd: i32) -> ([i32; MAX_STREAM_FILES], usize) 
             dmtcp_sys::exit_group(DATA_EXIT);
         }
         if rec.len == 0 {
-            return (files, n_files);
+            return (files, n_files, uffd);
         }
         if rec.kind == REC_FILE {
             map_fd = rec.file_off as i32;
@@ -965,6 +1032,21 @@ fn fill_from_stream(fd: i32, image_fd: i32) -> ([i32; MAX_STREAM_FILES], usize) 
             dmtcp_sys::RESTORER_SIZE as u64,
         ) {
             fail(b"data record aimed at the restorer window", Some(rec.addr));
+        }
+        if rec.kind == REC_UFFD {
+            // Filled on demand by the page server (checked by the streamer).
+            if uffd < 0 {
+                let u = dmtcp_sys::uffd::open();
+                if is_err(u) {
+                    fail_err(b"userfaultfd is not available for a lazy restore (set DMTCP_RESTART_EAGER=1); fd", 0, u);
+                }
+                uffd = u as i32;
+            }
+            let r = dmtcp_sys::uffd::register(uffd, rec.addr, rec.len);
+            if is_err(r) {
+                fail_err(b"cannot register for a lazy restore the memory at", rec.addr, r);
+            }
+            continue;
         }
         if rec.kind == REC_MAP {
             // Pages come lazily from the image file (checked by the streamer).

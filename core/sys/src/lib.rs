@@ -10,6 +10,7 @@
 pub mod nr;
 pub mod restore;
 pub mod syscall;
+pub mod uffd;
 pub mod vdso;
 
 pub use syscall::*;

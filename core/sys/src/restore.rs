@@ -9,7 +9,7 @@
 /// "DMTCPRST" in little-endian: marks a restore stream.
 pub const STREAM_MAGIC: u64 = u64::from_le_bytes(*b"DMTCPRST");
 /// Version of this stream layout.
-pub const STREAM_VERSION: u32 = 3;
+pub const STREAM_VERSION: u32 = 4;
 
 /// Area kinds.
 pub const KIND_ANON_PRIVATE: u32 = 0;
@@ -66,7 +66,11 @@ pub struct RestartArgs {
     pub info_fd: i32,
     /// `RESTART_BRK_SET` when `PR_SET_MM_MAP` succeeded.
     pub flags: u32,
-    pub _pad: u32,
+    /// Socket to the page server of a lazy restore of compressed chunks
+    /// (see [`REC_UFFD`]), or -1: the restored library asks it for every
+    /// page still missing and waits for the answer before a fork or a
+    /// checkpoint.
+    pub lazy_fd: i32,
 }
 
 /// Flag of [`RestartArgs::flags`]: the kernel's brk/arg/env pointers were restored.
@@ -116,7 +120,10 @@ pub struct StreamHeader {
     pub n_vdso_syms: u32,
     /// `VDSO_*` flags.
     pub vdso_flags: u32,
-    pub _pad: u32,
+    /// Unix socket to the page server (-1: no [`REC_UFFD`] records): the
+    /// restorer sends its userfaultfd there (`SCM_RIGHTS`), and hands the
+    /// socket on to the restored library as [`RestartArgs::lazy_fd`].
+    pub lazy_sock: i32,
 }
 
 /// Most old vDSO entry points a stream may carry.
@@ -162,6 +169,11 @@ pub const REC_ABORT: u64 = 2;
 /// at fd `file_off` (an earlier image an incremental one refers to, or the
 /// image itself again); the restorer closes it at the end. `len` is not 0.
 pub const REC_FILE: u64 = 3;
+/// Record kind: the range `[addr, addr + len)` (inside an anonymous private
+/// area) is filled later, on demand, by the page server (its compressed
+/// chunk was checked already): the restorer registers it with a
+/// userfaultfd (missing pages) instead of writing it. `file_off` unused.
+pub const REC_UFFD: u64 = 4;
 /// Most files a stream's `REC_FILE` records may name.
 pub const MAX_STREAM_FILES: usize = 65;
 

@@ -7,6 +7,7 @@ pub mod command;
 pub mod commit;
 pub mod coordinator;
 pub mod launch;
+pub mod lazy;
 pub mod rejoin;
 pub mod restart;
 pub mod script;

@@ -5,7 +5,9 @@
 //! Then, per image, this process connects to the coordinator, starts a
 //! detached streamer (a grandchild that reads, checks and decompresses the
 //! image and writes it into a pipe), and replaces itself with the static
-//! restorer, which maps the stream back and jumps into the program.
+//! restorer, which maps the stream back and jumps into the program. With
+//! userfaultfd, the streamer then stays as the page server of the
+//! compressed memory it left out of the stream (`crate::lazy`).
 
 use crate::cli;
 use crate::client;
@@ -733,6 +735,17 @@ fn restore_into_self(
         }
     }
     let image_fd = fds.first().copied().unwrap_or(-1);
+    // Compressed chunks too are restored lazily where this process may use
+    // userfaultfd: a socket to the page server (the streamer, once the
+    // stream is written); [restorer's end, server's end].
+    let lazy_sock = if !fds.is_empty() && crate::lazy::usable() {
+        match crate::lazy::socketpair() {
+            Ok(p) => Some(p),
+            Err(e) => return format!("socketpair: {e}"),
+        }
+    } else {
+        None
+    };
     let header = StreamHeader {
         magic: STREAM_MAGIC,
         version: STREAM_VERSION,
@@ -766,13 +779,14 @@ fn restore_into_self(
             coord_fd,
             info_fd: info_r,
             flags,
-            _pad: 0,
+            lazy_fd: -1,
         },
         image_fd,
         n_vdso_syms: vdso_syms(img).len() as u32,
         vdso_flags: vdso_flags(),
-        _pad: 0,
+        lazy_sock: lazy_sock.map_or(-1, |p| p.0),
     };
+    let restored_pid = std::process::id() as i32;
     // SAFETY: fork in a single-threaded program.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -784,13 +798,24 @@ fn restore_into_self(
         if p2 == 0 {
             // SAFETY: closing the read end in the streamer.
             unsafe { libc::close(sr) };
+            if let Some((theirs, _)) = lazy_sock {
+                // SAFETY: the restorer's end of the socket is not the streamer's.
+                unsafe { libc::close(theirs) };
+            }
             // SAFETY: the write end is ours; the File closes it at the end.
             let f = unsafe { std::fs::File::from_raw_fd(sw) };
             let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-            let r = stream(img, &mut w, &header, &fds);
+            let r = stream(img, &mut w, &header, &fds, lazy_sock.is_some());
             progress::image_done(r.is_ok());
             let code = match r {
-                Ok(()) => 0,
+                Ok(lazy) => match lazy_sock {
+                    Some((_, ours)) if !lazy.is_empty() => {
+                        // The stream is complete: the restorer may go on.
+                        drop(w);
+                        crate::lazy::serve(img, ours, lazy, restored_pid)
+                    }
+                    _ => 0,
+                },
                 Err(e) => {
                     dmtcp_common::log_error!("{e}");
                     // The restorer then stops without a message of its
@@ -819,6 +844,12 @@ fn restore_into_self(
     unsafe {
         libc::waitpid(pid, &mut st, 0);
         libc::close(sw);
+    }
+    if let Some((theirs, ours)) = lazy_sock {
+        // SAFETY: the server's end is the streamer's; the restorer keeps
+        // its own end across the exec.
+        unsafe { libc::close(ours) };
+        cloexec(theirs, false);
     }
     cloexec(sr, false);
     let prog = std::ffi::CString::new(restorer.as_os_str().as_encoded_bytes()).unwrap_or_default();
@@ -866,14 +897,18 @@ fn lazy_restore() -> bool {
 }
 
 /// `fds`: the image's file and its sources' (in order), for raw chunks the
-/// restorer maps lazily; empty: every chunk is copied.
+/// restorer maps lazily; empty: every chunk is copied. `uffd`: compressed
+/// chunks of anonymous private areas are left to the page server
+/// ([`REC_UFFD`]; checked here all the same): returned, in address order.
 fn stream(
     img: &Image,
     w: &mut impl Write,
     header: &StreamHeader,
     fds: &[i32],
-) -> Result<(), ImageError> {
+    uffd: bool,
+) -> Result<Vec<ChunkDesc>, ImageError> {
     let lazy = !fds.is_empty();
+    let mut served = Vec::new();
     let mut map_fd = fds.first().copied().unwrap_or(-1);
     let io = |source| ImageError::Io {
         path: img.path.clone(),
@@ -920,12 +955,22 @@ fn stream(
     // checksums and decompression use every core given), and go into the
     // stream in order.
     let workers = stream_workers();
-    let mapped = |c: &ChunkDesc| {
-        lazy && c.flags & dmtcp_common::image::CHUNK_ZSTD == 0
-            && !growsdown
-                .iter()
-                .any(|&(s, e)| c.addr < e && s < c.addr + c.len)
+    let in_place = |c: &ChunkDesc| {
+        lazy && !growsdown
+            .iter()
+            .any(|&(s, e)| c.addr < e && s < c.addr + c.len)
     };
+    let zstd = |c: &ChunkDesc| c.flags & dmtcp_common::image::CHUNK_ZSTD != 0;
+    // Only anonymous private memory can be filled through userfaultfd.
+    let anon = |c: &ChunkDesc| {
+        img.meta.areas.iter().any(|a| {
+            a.kind == KIND_ANON_PRIVATE && a.start <= c.addr && c.addr + c.len <= a.start + a.len
+        })
+    };
+    let by_fault = |c: &ChunkDesc| uffd && zstd(c) && in_place(c) && anon(c);
+    // Checked where they lie (not read into a buffer): raw chunks the
+    // restorer maps, compressed ones the page server fills.
+    let mapped = |c: &ChunkDesc| in_place(c) && (!zstd(c) || by_fault(c));
     let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = vec![(Vec::new(), Vec::new()); workers * 2];
     let per_batch = bufs.len();
     let mut ahead = ReadAhead::default();
@@ -934,6 +979,18 @@ fn stream(
         let bufs = &mut bufs[..batch.len()];
         read_batch(img, batch, bufs, workers, &mapped)?;
         for (c, (out, _)) in batch.iter().zip(bufs.iter()) {
+            if by_fault(c) {
+                let rec = DataRecord {
+                    addr: c.addr,
+                    len: c.len,
+                    kind: REC_UFFD,
+                    file_off: 0,
+                };
+                w.write_all(as_bytes(&rec)).map_err(io)?;
+                served.push(*c);
+                progress::add(c.len);
+                continue;
+            }
             if mapped(c) {
                 let fd = fds.get(c.source()).copied().unwrap_or(-1);
                 if fd != map_fd {
@@ -969,7 +1026,7 @@ fn stream(
     }
     w.write_all(as_bytes(&DataRecord::default())).map_err(io)?;
     w.flush().map_err(io)?;
-    Ok(())
+    Ok(served)
 }
 
 /// Keeps the kernel reading ahead of the chunk being checked: the stored
@@ -1069,7 +1126,7 @@ fn read_batch(
     })
 }
 
-/// Check the CRC of raw chunk `c` where it lies in the image, through a
+/// Check the CRC of chunk `c` (over its stored bytes) where it lies in the image, through a
 /// private read-only mapping populated at once: no copy (half the memory
 /// traffic of reading it), and its pages stay in the page cache for the
 /// restorer, which maps them the same way. Where the mapping cannot be

@@ -209,6 +209,9 @@ impl Ctl {
     }
 
     fn checkpoint(&mut self, dir_override: Option<PathBuf>, mut link: Option<i32>) {
+        // Pages a lazy restore has still to fill come in first (the image
+        // is written from this memory).
+        super::lazymem::fill_all();
         // The previous generation's image, read before anything is
         // suspended (this allocates and reads a file).
         let incremental = self.cfg.full_every != 1;

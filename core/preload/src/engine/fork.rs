@@ -33,6 +33,11 @@ const JOIN_WAIT_MS: i32 = 60_000;
 /// held so the child inherits its state whole.
 pub(super) extern "C" fn prepare() {
     FORK_PIPE.with(|f| f.set(None));
+    if !in_vfork_child() {
+        // The child gets a copy of this memory: every page a lazy restore
+        // has still to fill must be in first.
+        super::lazymem::fill_all();
+    }
     if ENABLED.load(SeqCst) && !in_vfork_child() {
         let mut p = [0i32; 2];
         // SAFETY: a fresh pipe of our own.

@@ -17,7 +17,52 @@
 //! when it is suspended and read it again after the next restart.
 
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering::*};
+
+/// The number of the socket to the page server of a lazy restore of
+/// compressed chunks (`dmtcp_restart`'s `lazy` module), while it has pages
+/// to fill.
+pub const LAZY_FD_NUM: i32 = super::fds::PROTECTED_FD_BASE + 5;
+/// [`LAZY_FD_NUM`] while the page server has pages to fill, else -1.
+pub static LAZY_FD: AtomicI32 = AtomicI32::new(-1);
+static LAZY_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Have the page server fill every page still missing, and wait until it
+/// has (and let go of the process). Before a fork (the child would see
+/// zero pages where the parent had pages still to come) and a checkpoint
+/// (the image is written from this memory, maybe by a forked writer).
+/// Not for code that runs while user threads are suspended (a lock).
+pub fn fill_all() {
+    if LAZY_FD.load(SeqCst) < 0 {
+        return;
+    }
+    let _g = LAZY_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let fd = LAZY_FD.load(SeqCst);
+    if fd < 0 {
+        return;
+    }
+    let ask = [b'F'];
+    // SAFETY: one byte to our socket (no SIGPIPE if the server is done
+    // and gone: its answer is waiting all the same).
+    unsafe { libc::send(fd, ask.as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
+    let mut b = [0u8; 1];
+    let n = loop {
+        // SAFETY: reading one byte from our socket into our buffer.
+        let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+        // SAFETY: errno is thread-local.
+        if n >= 0 || unsafe { *libc::__errno_location() } != libc::EINTR {
+            break n;
+        }
+    };
+    if n != 1 || b[0] != b'D' {
+        super::log::warn(format_args!(
+            "the page server of the lazy restore ended before it had filled every page"
+        ));
+    }
+    LAZY_FD.store(-1, SeqCst);
+    super::fdguard::close_own(fd);
+    super::fdguard::fill_placeholders();
+}
 
 /// `[start, end)` of the mappings of the image file, sorted, merged.
 struct Ranges(Vec<(usize, usize)>);

@@ -101,6 +101,18 @@ pub unsafe extern "C" fn dmtcp_restart_entry(args: *const RestartArgs) -> ! {
         }
         RESTART_INFO_FD.store(target, SeqCst);
     }
+    if a.lazy_fd >= 0 {
+        let target = super::lazymem::LAZY_FD_NUM;
+        // SAFETY: as above, for the page server's socket (close-on-exec:
+        // an exec drops the memory it fills anyway).
+        unsafe {
+            syscall3(nr::DUP3, a.lazy_fd as usize, target as usize, nr::O_CLOEXEC);
+            if a.lazy_fd != target {
+                syscall3(nr::CLOSE, a.lazy_fd as usize, 0, 0);
+            }
+        }
+        super::lazymem::LAZY_FD.store(target, SeqCst);
+    }
     let old_pid = OLD_PID.load(SeqCst);
     let n = threads::NSLOTS.load(SeqCst).min(threads::MAX_THREADS);
     let mut main: Option<&threads::Slot> = None;

@@ -1,0 +1,474 @@
+//! The page server of a lazy restore of compressed chunks.
+//!
+//! Where this process may use userfaultfd fully (root, or
+//! `vm.unprivileged_userfaultfd=1`, or `CAP_SYS_PTRACE`), compressed chunks
+//! of anonymous private memory are not decompressed before the program
+//! resumes: the streamer checks their CRC over the stored bytes like every
+//! other chunk (a damaged image is still refused before anything starts),
+//! and the restorer registers their ranges with a userfaultfd it hands to
+//! the streamer, which then becomes this server. It fills each page the
+//! program (or the kernel, in a system call) touches first, from the
+//! chunk read and decompressed on the spot, and fills the rest in the
+//! background in address order; then it closes the userfaultfd (the
+//! process owns all its memory), tells the restored library so, and ends.
+//!
+//! The restored library asks for everything (and waits) before a fork and
+//! before a checkpoint, on the socket it got from the restorer; `mremap`,
+//! `munmap` and `madvise(MADV_DONTNEED)` of a range still to fill are
+//! followed through the userfaultfd's events. Without full userfaultfd
+//! (or with `DMTCP_RESTART_NO_UFFD=1`) the chunks are decompressed before
+//! the program resumes, as before.
+
+use dmtcp_common::image::{ChunkDesc, Image};
+use dmtcp_sys::uffd;
+
+/// May this process use userfaultfd with faults of the kernel handled
+/// (checked by opening one)? `DMTCP_RESTART_NO_UFFD=1`: never.
+pub fn usable() -> bool {
+    if std::env::var("DMTCP_RESTART_NO_UFFD").is_ok_and(|v| dmtcp_common::env::truthy(&v)) {
+        return false;
+    }
+    let fd = uffd::open();
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: closing the fd just opened.
+    unsafe { libc::close(fd as i32) };
+    true
+}
+
+/// A connected pair of Unix stream sockets, close-on-exec.
+pub fn socketpair() -> std::io::Result<(i32, i32)> {
+    let mut p = [0i32; 2];
+    // SAFETY: socketpair writes two fds.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            p.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((p[0], p[1]))
+}
+
+/// What the restored library sends to ask for every page now.
+pub const ASK_ALL: u8 = b'F';
+/// What the server sends once every page is in (the userfaultfd closed).
+pub const ALL_IN: u8 = b'D';
+
+/// A run of memory still to fill: `len` bytes at `addr`, which are the
+/// bytes from `off` of chunk `chunk` (decompressed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seg {
+    addr: u64,
+    len: u64,
+    chunk: usize,
+    off: u64,
+}
+
+/// The runs still to fill, sorted by address, never overlapping.
+struct Todo(Vec<Seg>);
+
+impl Todo {
+    fn find(&self, addr: u64) -> Option<usize> {
+        let i = self.0.partition_point(|s| s.addr + s.len <= addr);
+        self.0.get(i).filter(|s| s.addr <= addr).map(|_| i)
+    }
+
+    /// Take `[start, end)` out; the parts taken, in address order.
+    fn cut(&mut self, start: u64, end: u64) -> Vec<Seg> {
+        let mut taken = Vec::new();
+        let mut kept = Vec::with_capacity(self.0.len() + 2);
+        for s in self.0.drain(..) {
+            let (a, b) = (s.addr, s.addr + s.len);
+            if b <= start || a >= end {
+                kept.push(s);
+                continue;
+            }
+            if a < start {
+                kept.push(Seg { len: start - a, ..s });
+            }
+            let (ia, ib) = (a.max(start), b.min(end));
+            taken.push(Seg {
+                addr: ia,
+                len: ib - ia,
+                chunk: s.chunk,
+                off: s.off + (ia - a),
+            });
+            if b > end {
+                kept.push(Seg {
+                    addr: end,
+                    len: b - end,
+                    chunk: s.chunk,
+                    off: s.off + (end - a),
+                });
+            }
+        }
+        self.0 = kept;
+        taken
+    }
+
+    /// `[from, from + len)` moved to `to` (mremap).
+    fn moved(&mut self, from: u64, to: u64, len: u64) {
+        let taken = self.cut(from, from + len);
+        // Whatever was at the destination is gone.
+        self.cut(to, to + len);
+        for s in taken {
+            self.0.push(Seg {
+                addr: s.addr - from + to,
+                ..s
+            });
+        }
+        self.0.sort_unstable_by_key(|s| s.addr);
+    }
+}
+
+/// Why filling stopped short.
+enum Stop {
+    /// An event is pending (EAGAIN): read the events, then try again.
+    Again,
+    /// The process is gone.
+    Gone,
+    /// Anything else (errno).
+    Failed(i32),
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Copy `src` to `seg.addr`, advancing `seg` as pages go in; pages found
+/// present or unmapped are skipped.
+fn fill(fd: i32, seg: &mut Seg, src: &[u8]) -> Result<(), Stop> {
+    while seg.len > 0 {
+        let at = (seg.off) as usize;
+        let mut c = uffd::Copy {
+            dst: seg.addr,
+            src: src[at..].as_ptr() as u64,
+            len: seg.len,
+            mode: 0,
+            copy: 0,
+        };
+        // SAFETY: UFFDIO_COPY reads `len` bytes at `src` (inside `src`,
+        // whose length the caller checked) and writes our struct.
+        let r = unsafe { libc::ioctl(fd, uffd::UFFDIO_COPY as _, &mut c) };
+        let e = if r == 0 { 0 } else { errno() };
+        if c.copy > 0 {
+            let n = (c.copy as u64).min(seg.len);
+            seg.addr += n;
+            seg.off += n;
+            seg.len -= n;
+        }
+        if r == 0 || seg.len == 0 {
+            continue;
+        }
+        match e {
+            libc::EAGAIN => return Err(Stop::Again),
+            // A page there already, or no mapping any more: skip one page.
+            libc::EEXIST | libc::ENOENT => {
+                seg.addr += 4096;
+                seg.off += 4096;
+                seg.len = seg.len.saturating_sub(4096);
+            }
+            libc::ESRCH => return Err(Stop::Gone),
+            e => return Err(Stop::Failed(e)),
+        }
+    }
+    Ok(())
+}
+
+/// A fault on a page no chunk fills (dropped by `madvise`, or grown by
+/// `mremap`, or filled meanwhile): a zero page, or just wake the thread.
+fn zero_or_wake(fd: i32, page: u64) -> Result<(), Stop> {
+    let mut z = uffd::Zeropage {
+        range: uffd::Range {
+            start: page,
+            len: 4096,
+        },
+        mode: 0,
+        zeropage: 0,
+    };
+    // SAFETY: UFFDIO_ZEROPAGE reads and writes our struct.
+    if unsafe { libc::ioctl(fd, uffd::UFFDIO_ZEROPAGE as _, &mut z) } == 0 {
+        return Ok(());
+    }
+    match errno() {
+        libc::EAGAIN => Err(Stop::Again),
+        libc::ESRCH => Err(Stop::Gone),
+        libc::EEXIST | libc::ENOENT => {
+            let mut r = uffd::Range {
+                start: page,
+                len: 4096,
+            };
+            // SAFETY: UFFDIO_WAKE reads our struct.
+            unsafe { libc::ioctl(fd, uffd::UFFDIO_WAKE as _, &mut r) };
+            Ok(())
+        }
+        e => Err(Stop::Failed(e)),
+    }
+}
+
+/// Receive the userfaultfd the restorer sends on `sock` (-1: none came).
+fn receive_fd(sock: i32) -> i32 {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: an all-zero msghdr is valid; the fields are set below.
+    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+    mh.msg_iov = &mut iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control.as_mut_ptr().cast();
+    mh.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: recvmsg writes into the buffers mh points at, alive here.
+    let n = unsafe { libc::recvmsg(sock, &mut mh, libc::MSG_CMSG_CLOEXEC) };
+    if n != 1 {
+        return -1;
+    }
+    // SAFETY: walking the control messages recvmsg wrote into `control`.
+    unsafe {
+        let cm = libc::CMSG_FIRSTHDR(&mh);
+        if cm.is_null() || (*cm).cmsg_level != libc::SOL_SOCKET || (*cm).cmsg_type != libc::SCM_RIGHTS
+        {
+            return -1;
+        }
+        std::ptr::read_unaligned(libc::CMSG_DATA(cm) as *const i32)
+    }
+}
+
+/// Close every fd but `keep` and the image files: the server may live as
+/// long as the program, and must not hold its pipes or sockets open (nor
+/// the coordinator's connection, which it inherited).
+fn close_all_but(img: &Image, keep: &[i32]) {
+    use std::os::fd::AsRawFd;
+    let mut keep = keep.to_vec();
+    keep.extend(
+        std::iter::once(img)
+            .chain(img.sources.iter())
+            .map(|i| i.file().as_raw_fd()),
+    );
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in open {
+        if !keep.contains(&fd) {
+            // SAFETY: no handle of this process refers to these fds any
+            // more (the directory listing's own fd is closed already).
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Serve the faults of process `pid` on the ranges of `chunks` (of `img`,
+/// their CRCs checked) and fill them all; the exit status of the streamer.
+pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
+    let fd = receive_fd(sock);
+    if fd < 0 {
+        // The restorer failed before handing it over (it said why).
+        return 0;
+    }
+    close_all_but(img, &[2, sock, fd]);
+    // The signals of a terminal or of `kill` are for the program: were the
+    // server to die with pages still to fill, the program would find zero
+    // pages there. It ends when the program does (its socket closes).
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGPIPE] {
+        // SAFETY: ignoring a signal in this single-threaded process.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+    let started = std::time::Instant::now();
+    let background = !std::env::var("DMTCP_RESTART_LAZY_BACKGROUND").is_ok_and(|v| v == "0");
+    let stats = std::env::var("DMTCP_RESTART_LAZY_STATS").is_ok_and(|v| dmtcp_common::env::truthy(&v));
+    let mut todo = Todo(
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Seg {
+                addr: c.addr,
+                len: c.len,
+                chunk: i,
+                off: 0,
+            })
+            .collect(),
+    );
+    let (mut on_fault, mut in_background) = (0u64, 0u64);
+    let mut asked = false;
+    let mut retry: Vec<u64> = Vec::new();
+    let (mut cached, mut out, mut scratch) = (usize::MAX, Vec::new(), Vec::new());
+    let mut gone = false;
+    let mut fill_seg = |i: usize, todo: &mut Todo| -> Result<(), Stop> {
+        let mut seg = todo.0[i];
+        if cached != seg.chunk {
+            cached = usize::MAX;
+            if let Err(e) = img.read_chunk(&chunks[seg.chunk], &mut out, &mut scratch) {
+                dmtcp_common::log_error!(
+                    "lazy restore: {e}; the restarted process {pid} is stopped (its memory cannot be filled)"
+                );
+                return Err(Stop::Failed(libc::EIO));
+            }
+            cached = seg.chunk;
+        }
+        let r = fill(fd, &mut seg, &out);
+        if seg.len == 0 {
+            todo.0.remove(i);
+        } else {
+            todo.0[i] = seg;
+        }
+        r
+    };
+    while !todo.0.is_empty() && !gone {
+        let busy = background || asked || !retry.is_empty();
+        let mut pfd = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sock,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on our two fds.
+        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, if busy { 0 } else { -1 }) };
+        if n < 0 && errno() != libc::EINTR {
+            break;
+        }
+        if pfd[1].revents != 0 {
+            let mut b = [0u8; 1];
+            // SAFETY: reading one byte into our buffer.
+            match unsafe { libc::read(sock, b.as_mut_ptr().cast(), 1) } {
+                1 if b[0] == ASK_ALL => asked = true,
+                // The process is gone (or exec'd: its memory with it).
+                _ => break,
+            }
+        }
+        let mut result = Ok(());
+        if pfd[0].revents != 0 {
+            loop {
+                let mut m = uffd::Msg::default();
+                // SAFETY: reading one message into our struct.
+                let r = unsafe {
+                    libc::read(fd, (&mut m as *mut uffd::Msg).cast(), std::mem::size_of::<uffd::Msg>())
+                };
+                if r != std::mem::size_of::<uffd::Msg>() as isize {
+                    break;
+                }
+                match m.event {
+                    uffd::EVENT_PAGEFAULT => retry.push(m.arg[1] & !4095),
+                    uffd::EVENT_REMAP => todo.moved(m.arg[0], m.arg[1], m.arg[2]),
+                    uffd::EVENT_REMOVE | uffd::EVENT_UNMAP => {
+                        todo.cut(m.arg[0], m.arg[1]);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Faults first, in the order they came.
+        let faults = std::mem::take(&mut retry);
+        for (k, &page) in faults.iter().enumerate() {
+            let r = match todo.find(page) {
+                Some(i) => {
+                    on_fault += 1;
+                    fill_seg(i, &mut todo)
+                }
+                None => zero_or_wake(fd, page),
+            };
+            if let Err(e) = r {
+                retry.extend_from_slice(&faults[k..]);
+                result = Err(e);
+                break;
+            }
+        }
+        if result.is_ok() && retry.is_empty() && (background || asked) && !todo.0.is_empty() {
+            in_background += 1;
+            result = fill_seg(0, &mut todo);
+        }
+        match result {
+            Ok(()) | Err(Stop::Again) => {}
+            Err(Stop::Gone) => gone = true,
+            Err(Stop::Failed(e)) => {
+                if e != libc::EIO {
+                    dmtcp_common::log_error!(
+                        "lazy restore: cannot fill the memory of the restarted process {pid} (errno {e}); it is stopped"
+                    );
+                }
+                // SAFETY: stopping the process whose memory cannot be filled
+                // (it would wait for this page for ever).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return 1;
+            }
+        }
+    }
+    let done = todo.0.is_empty();
+    // SAFETY: closing the userfaultfd: the kernel lets go of the ranges,
+    // whose pages are all in.
+    unsafe { libc::close(fd) };
+    if done {
+        // SAFETY: one byte on our socket (the library reads it when it asks).
+        unsafe { libc::write(sock, [ALL_IN].as_ptr().cast(), 1) };
+    }
+    if stats {
+        eprintln!(
+            "dmtcp_restart: lazy restore of {} compressed chunks ({} MB): {on_fault} runs filled on a fault, {in_background} in the background, in {} ms{}",
+            chunks.len(),
+            chunks.iter().map(|c| c.len).sum::<u64>() >> 20,
+            started.elapsed().as_millis(),
+            if done { "" } else { " (the process went away first)" }
+        );
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(addr: u64, len: u64, chunk: usize, off: u64) -> Seg {
+        Seg {
+            addr,
+            len,
+            chunk,
+            off,
+        }
+    }
+
+    #[test]
+    fn cut_splits_runs_and_keeps_their_offsets() {
+        let mut t = Todo(vec![seg(0x1000, 0x4000, 0, 0), seg(0x8000, 0x2000, 1, 0)]);
+        let taken = t.cut(0x2000, 0x3000);
+        assert_eq!(taken, vec![seg(0x2000, 0x1000, 0, 0x1000)]);
+        assert_eq!(
+            t.0,
+            vec![
+                seg(0x1000, 0x1000, 0, 0),
+                seg(0x3000, 0x2000, 0, 0x2000),
+                seg(0x8000, 0x2000, 1, 0)
+            ]
+        );
+        assert_eq!(t.find(0x3fff), Some(1));
+        assert_eq!(t.find(0x2000), None);
+        assert_eq!(t.find(0x9000), Some(2));
+        assert_eq!(t.find(0xa000), None);
+    }
+
+    #[test]
+    fn moved_runs_follow_mremap() {
+        let mut t = Todo(vec![seg(0x1000, 0x2000, 0, 0), seg(0x10000, 0x1000, 1, 0)]);
+        // Half of the first run moves above the second; the second is overwritten.
+        t.moved(0x2000, 0x10000, 0x1000);
+        assert_eq!(
+            t.0,
+            vec![seg(0x1000, 0x1000, 0, 0), seg(0x10000, 0x1000, 0, 0x1000)]
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! Lazy restore of compressed (zstd) images through userfaultfd: the page
+//! server fills the pages the program touches first and the rest in the
+//! background; the program (tests/c/lazyz.c) checks its memory after the
+//! restart through system calls, madvise/munmap/mremap, threads and a
+//! fork, is checkpointed again and restarted from that image, and checks
+//! it all once more. The tests run as root (full userfaultfd).
+
+mod common;
+use common::*;
+use dmtcp_common::image::{Image, CHUNK_ZSTD};
+
+/// The stats line of the page server in restart.err: (chunks, runs of
+/// them filled on a fault, in the background), if any. (A chunk cut by
+/// munmap or madvise is filled as several runs.)
+fn stats(err: &str) -> Option<(u64, u64, u64)> {
+    let line = err.lines().find(|l| l.contains("lazy restore of "))?;
+    let num = |after: &str| -> u64 {
+        let i = line.find(after).unwrap() + after.len();
+        line[i..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let filled = |before: &str| -> u64 {
+        let i = line.find(before).unwrap();
+        line[..i].rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    Some((
+        num("lazy restore of "),
+        filled(" runs filled on a fault"),
+        filled(" in the background"),
+    ))
+}
+
+fn create(job: &Job, name: &str) {
+    create_in(&job.dir, name);
+}
+
+fn restart_err(job: &Job) -> String {
+    std::fs::read_to_string(job.dir.join("restart.err")).unwrap_or_default()
+}
+
+/// Launch, checkpoint, kill, restart (phase 1 checks), checkpoint again,
+/// kill, restart from that image (phase 2 checks). `env` goes to both
+/// restarts. The first restart's and the second's stderr.
+fn two_restarts(name: &str, env: &[(&str, &str)]) -> (String, String) {
+    let prog = c_program("lazyz");
+    let p = prog.to_str().unwrap();
+    let mut job = Job::new(name).env("DMTCP_RESTART_LAZY_STATS", "1");
+    for (k, v) in env {
+        job = job.env(k, v);
+    }
+    job.launch(&[p], &[]);
+    job.wait_for("waiting for go1");
+    job.checkpoint();
+    job.kill();
+    let imgs = job.images();
+    assert_eq!(imgs.len(), 1);
+    let img = Image::open(&imgs[0]).unwrap();
+    assert!(
+        img.chunks.iter().filter(|c| c.flags & CHUNK_ZSTD != 0).count() > 8,
+        "the image holds few compressed chunks"
+    );
+    job.restart();
+    create(&job, "go1");
+    job.wait_for("waiting for go2");
+    assert!(job.output().contains("phase 1 ok"), "{}", job.diag());
+    let first = restart_err(&job);
+    job.checkpoint();
+    job.kill();
+    job.restart();
+    create(&job, "go2");
+    job.wait_success();
+    let out = job.output();
+    assert!(out.contains("phase 2 ok"), "{}", job.diag());
+    assert!(!out.contains("BAD"), "{}", job.diag());
+    (first, restart_err(&job))
+}
+
+/// With the background fill off, every page comes on demand, so the stats
+/// prove the program ran before its memory was all in: pages it touched
+/// (through system calls, threads, after munmap/mremap) were filled on a
+/// fault; the fork had the server fill the rest first (its child saw the
+/// right bytes; counted as filled in the background).
+#[test]
+fn pages_come_on_demand_and_a_fork_gets_them_all() {
+    let (first, second) = two_restarts(
+        "lazyz-demand",
+        &[("DMTCP_RESTART_LAZY_BACKGROUND", "0")],
+    );
+    let (chunks, on_fault, in_background) =
+        stats(&first).unwrap_or_else(|| panic!("no stats line in: {first}"));
+    assert!(on_fault > 0, "no page filled on a fault: {first}");
+    assert!(chunks > on_fault, "every chunk filled on a fault: {first}");
+    assert!(in_background > 0, "nothing left for the fork: {first}");
+    assert!(!first.contains("went away"), "{first}");
+    // Phase 2 reads all its regions and ends without a fork or a
+    // checkpoint: what it never touched is never filled.
+    let (_, on_fault, in_background) =
+        stats(&second).unwrap_or_else(|| panic!("no stats line in: {second}"));
+    assert!(on_fault > 0 && in_background == 0, "{second}");
+    assert!(second.contains("went away"), "{second}");
+}
+
+/// The default: faults served, the rest filled in the background.
+#[test]
+fn compressed_image_restarts_lazily_by_default() {
+    let (first, second) = two_restarts("lazyz-default", &[]);
+    for err in [&first, &second] {
+        let (chunks, on_fault, in_background) =
+            stats(err).unwrap_or_else(|| panic!("no stats line in: {err}"));
+        assert!(chunks > 8, "{err}");
+        assert!(on_fault + in_background > 0, "{err}");
+    }
+}
+
+/// Without userfaultfd (forced here; an unprivileged process without
+/// vm.unprivileged_userfaultfd is in the same case) compressed chunks are
+/// decompressed before the program resumes, without a word.
+#[test]
+fn without_userfaultfd_chunks_are_decompressed_first() {
+    let (first, second) = two_restarts("lazyz-nouffd", &[("DMTCP_RESTART_NO_UFFD", "1")]);
+    for err in [&first, &second] {
+        assert!(stats(err).is_none(), "{err}");
+        assert!(!err.contains("userfaultfd"), "{err}");
+    }
+}
+
+/// DMTCP_RESTART_EAGER=1 keeps everything eager.
+#[test]
+fn eager_restart_stays_eager() {
+    let (first, second) = two_restarts("lazyz-eager", &[("DMTCP_RESTART_EAGER", "1")]);
+    assert!(stats(&first).is_none() && stats(&second).is_none(), "{first}{second}");
+}
+
+/// A damaged compressed chunk is still refused before the program runs,
+/// with the checksum message, though its pages would only be needed later.
+#[test]
+fn a_damaged_compressed_chunk_is_refused_before_the_program_runs() {
+    let prog = c_program("lazyz");
+    let p = prog.to_str().unwrap();
+    let mut job = Job::new("lazyz-damaged");
+    job.launch(&[p], &[]);
+    job.wait_for("waiting for go1");
+    job.checkpoint();
+    job.kill();
+    let path = job.images()[0].clone();
+    let img = Image::open(&path).unwrap();
+    // The last compressed chunk: with the default background fill, the
+    // one filled last.
+    let c = *img
+        .chunks
+        .iter()
+        .rev()
+        .find(|c| c.flags & CHUNK_ZSTD != 0 && c.stored_len > 200)
+        .expect("a compressed chunk");
+    drop(img);
+    let good = std::fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    bad[c.file_off as usize + 100] ^= 0x5a;
+    std::fs::write(&path, &bad).unwrap();
+    job.restart();
+    let mut pr = job.proc.take().unwrap();
+    let st = wait_timeout(&mut pr, TIMEOUT).expect("dmtcp_restart did not end");
+    let err = restart_err(&job);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("checksum mismatch"), "{err}");
+    assert!(
+        err.contains(&format!("memory at {:#x}", c.addr)),
+        "the message names another chunk: {err}"
+    );
+    assert!(job.peer_pids().is_empty(), "a process runs after a refused restart");
+    // The image made whole again restarts.
+    std::fs::write(&path, &good).unwrap();
+    job.restart();
+    create(&job, "go1");
+    create(&job, "go2");
+    job.wait_success();
+    assert!(job.output().contains("phase 2 ok"), "{}", job.diag());
+}
+
+/// An incremental image whose compressed chunks lie in the generation
+/// before it restarts lazily too, and so does the next one.
+#[test]
+fn incremental_compressed_image_restarts_lazily() {
+    let prog = c_program("lazyz");
+    let p = prog.to_str().unwrap();
+    let mut job = Job::new("lazyz-incr").env("DMTCP_RESTART_LAZY_STATS", "1");
+    job.launch(&[p], &["--incremental"]);
+    job.wait_for("waiting for go1");
+    job.checkpoint();
+    job.checkpoint();
+    job.kill();
+    let gens = committed(&job.ckpt);
+    assert_eq!(gens.len(), 2);
+    let newest = images_in(&gens[1].1);
+    let img = Image::open(&newest[0]).unwrap();
+    let kept = img
+        .chunks
+        .iter()
+        .filter(|c| c.source() == 1 && c.flags & CHUNK_ZSTD != 0)
+        .count();
+    assert!(kept > 8, "generation 2 keeps few compressed chunks in generation 1");
+    drop(img);
+    let restartdir = ["--restartdir".to_string(), job.ckpt.display().to_string()];
+    job.restart_with(&restartdir);
+    create(&job, "go1");
+    job.wait_for("waiting for go2");
+    let first = restart_err(&job);
+    let (chunks, on_fault, in_background) =
+        stats(&first).unwrap_or_else(|| panic!("no stats line in: {first}"));
+    // (Most of them lie in generation 1: it holds `kept` compressed chunks
+    // of generation 2, of anonymous memory and of file mappings.)
+    assert!(chunks > 8 && on_fault + in_background > 0, "{first}");
+    job.checkpoint();
+    job.kill();
+    job.restart_with(&restartdir);
+    create(&job, "go2");
+    job.wait_success();
+    let out = job.output();
+    assert!(out.contains("phase 1 ok") && out.contains("phase 2 ok"), "{}", job.diag());
+    assert!(!out.contains("BAD"), "{}", job.diag());
+    assert!(stats(&restart_err(&job)).is_some(), "{}", job.diag());
+}
+
+/// `tool` run as user nobody, in `dir`.
+fn as_nobody(tool_name: &str, dir: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin_dir().join(tool_name))
+        .current_dir(dir);
+    c
+}
+
+/// An unprivileged user (vm.unprivileged_userfaultfd=0, as here: full
+/// userfaultfd is refused with EPERM, only UFFD_USER_MODE_ONLY would be
+/// given) restarts a compressed image eagerly, silently, and correctly.
+#[test]
+fn an_unprivileged_restart_decompresses_first_without_a_word() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Stdio;
+    assert_eq!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() },
+        0,
+        "this test switches users with setpriv: run it as root"
+    );
+    let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap();
+    assert_eq!(sysctl.trim(), "0", "this test needs vm.unprivileged_userfaultfd=0");
+    let prog = c_program("lazyz");
+    let dir = fresh_dir("lazyz-nobody");
+    let ckpt = dir.join("ckpt");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    for d in [&dir, &ckpt] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let out = dir.join("out.txt");
+    std::fs::write(&out, b"").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let port_file = dir.join("port");
+    let mut coord = as_nobody("dmtcp_coordinator", &dir)
+        .args(["-q", "-p", "0", "--port-file"])
+        .arg(&port_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let port = read_port_file(&port_file).to_string();
+    let output = || std::fs::read_to_string(&out).unwrap_or_default();
+    let wait_for = |pat: &str| {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while !output().contains(pat) {
+            assert!(std::time::Instant::now() < deadline, "no {pat:?} in: {}", output());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let command = |args: &[&str]| {
+        let o = as_nobody("dmtcp_command", &dir)
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let mut launch = as_nobody("dmtcp_launch", &dir)
+        .args(["-j", "-h", "127.0.0.1", "-p", &port, "--ckptdir"])
+        .arg(&ckpt)
+        .arg(&prog)
+        .stdin(Stdio::null())
+        .stdout(std::fs::OpenOptions::new().append(true).open(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("waiting for go1");
+    command(&["-bc"]);
+    command(&["-k"]);
+    assert!(wait_timeout(&mut launch, TIMEOUT).is_some());
+    let imgs = images_in(&ckpt);
+    assert_eq!(imgs.len(), 1);
+    let err_path = dir.join("restart.err");
+    let mut restart = as_nobody("dmtcp_restart", &dir)
+        .env("DMTCP_RESTART_LAZY_STATS", "1")
+        .args(["-j", "-h", "127.0.0.1", "-p", &port])
+        .args(&imgs)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    create_in(&dir, "go1");
+    create_in(&dir, "go2");
+    let st = wait_timeout(&mut restart, TIMEOUT);
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = coord.kill();
+    let _ = coord.wait();
+    assert!(st.is_some_and(|s| s.success()), "{st:?}: {err}\n{}", output());
+    assert!(output().contains("phase 2 ok") && !output().contains("BAD"), "{}", output());
+    assert!(stats(&err).is_none(), "{err}");
+    assert!(!err.contains("userfaultfd"), "{err}");
+}
+
+fn create_in(dir: &std::path::Path, name: &str) {
+    std::fs::write(dir.join(name), b"").unwrap();
+}
