@@ -325,3 +325,76 @@ fn an_unprivileged_restart_decompresses_first_without_a_word() {
 fn create_in(dir: &std::path::Path, name: &str) {
     std::fs::write(dir.join(name), b"").unwrap();
 }
+
+/// Processes below `root` (by parent links) holding a userfaultfd: the
+/// page server(s) of a lazy restart.
+fn page_servers(root: i32) -> Vec<i32> {
+    let ppid = |p: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        let i = stat.rfind(')')?;
+        stat[i + 2..].split_whitespace().nth(1)?.parse().ok()
+    };
+    let below = |mut p: i32| {
+        for _ in 0..64 {
+            match ppid(p) {
+                Some(q) if q == root => return true,
+                Some(q) if q > 1 => p = q,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let holds_uffd = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.flatten().any(|f| {
+                    std::fs::read_link(f.path())
+                        .is_ok_and(|l| l.to_string_lossy().contains("userfaultfd"))
+                })
+            })
+            .unwrap_or(false);
+        if holds_uffd && below(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The page server killed (SIGKILL: nothing else stops it) while pages are
+/// still missing: the restarted program must not run on the zero pages the
+/// kernel would now give it. It stops at once with the reason, before it
+/// is told to read its memory.
+#[test]
+fn a_killed_page_server_stops_the_program_with_the_reason() {
+    let prog = c_program("lazyz");
+    let mut job = Job::new("lazyz-killed").env("DMTCP_RESTART_LAZY_BACKGROUND", "0");
+    job.launch(&[prog.to_str().unwrap()], &[]);
+    job.wait_for("waiting for go1");
+    job.checkpoint();
+    job.kill();
+    job.restart();
+    job.wait_running(1);
+    let root = job.proc.as_ref().unwrap().id() as i32;
+    let servers = page_servers(root);
+    assert_eq!(servers.len(), 1, "one page server expected: {servers:?}{}", job.diag());
+    // SAFETY: killing the page server of our own job.
+    unsafe { libc::kill(servers[0], libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    // The program's stderr is its own (err.txt), restored with it.
+    while !job.diag().contains("ended before it had restored all") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the program did not stop{}",
+            job.diag()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    create(&job, "go1");
+    let st = job.proc.take().unwrap().wait().unwrap();
+    assert!(!st.success(), "the job ended well with its memory gone{}", job.diag());
+    assert!(!job.output().contains("phase 1"), "{}", job.diag());
+}

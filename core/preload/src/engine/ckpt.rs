@@ -3,7 +3,7 @@
 //! where a restarted process comes back to life.
 
 use super::start::{Config, IDENT, OLD_PID, RESTART_FLAGS, RESTART_INFO_FD};
-use super::{capi, coord, fork, incr, log, memory, plugin, proctree, threads, writer};
+use super::{capi, coord, fork, incr, lazymem, log, memory, plugin, proctree, threads, writer};
 use core::sync::atomic::Ordering::SeqCst;
 use dmtcp_common::image::Meta;
 use dmtcp_common::proto::{FromCoord, Role, ToCoord};
@@ -89,11 +89,21 @@ impl Ctl {
                         events: libc::POLLIN,
                         revents: 0,
                     },
+                    // The page server of a lazy restore (-1: none, which
+                    // poll skips): its end is watched, see lazymem.
+                    libc::pollfd {
+                        fd: lazymem::LAZY_FD.load(SeqCst),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
                 ];
-                // SAFETY: poll on our two fds.
-                let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                // SAFETY: poll on our three fds.
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
                 if n < 0 {
                     continue;
+                }
+                if fds[2].revents != 0 {
+                    lazymem::server_spoke();
                 }
                 if fds[1].revents & libc::POLLIN != 0 && capi::take_request() {
                     coord::send(&ToCoord::RequestCkpt);

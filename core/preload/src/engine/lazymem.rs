@@ -64,6 +64,44 @@ pub fn fill_all() {
     super::fdguard::fill_placeholders();
 }
 
+/// The checkpoint thread saw the page server's socket readable: the
+/// server is done (its byte `D`; the socket is closed) or gone. Gone
+/// before it filled every page means the kernel now answers the program's
+/// next touch of a missing page with a zero page: rather than let it run on
+/// wrong memory, the process stops here with the reason (the server
+/// ignores the terminal's signals and is not part of the job, so only a
+/// SIGKILL of it, e.g. the OOM killer's, gets here).
+pub fn server_spoke() {
+    let _g = LAZY_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let fd = LAZY_FD.load(SeqCst);
+    if fd < 0 {
+        return;
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: reading one byte from our socket into our buffer, without
+    // blocking (poll said it is readable).
+    let n = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 1, libc::MSG_DONTWAIT) };
+    if n == 1 && b[0] == b'D' {
+        LAZY_FD.store(-1, SeqCst);
+        super::fdguard::close_own(fd);
+        super::fdguard::fill_placeholders();
+        return;
+    }
+    if n < 0 {
+        // SAFETY: errno is thread-local.
+        let e = unsafe { *libc::__errno_location() };
+        if e == libc::EAGAIN || e == libc::EINTR {
+            return;
+        }
+    }
+    super::log::error(format_args!(
+        "the page server of the lazy restore ended before it had restored all of this \
+         process's memory; stopping rather than running on zero pages \
+         (DMTCP_RESTART_NO_UFFD=1 restores everything before the program resumes)"
+    ));
+    dmtcp_sys::exit_group(1);
+}
+
 /// `[start, end)` of the mappings of the image file, sorted, merged.
 struct Ranges(Vec<(usize, usize)>);
 
