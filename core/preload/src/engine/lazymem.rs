@@ -55,9 +55,7 @@ pub fn fill_all() {
         }
     };
     if n != 1 || b[0] != b'D' {
-        super::log::warn(format_args!(
-            "the page server of the lazy restore ended before it had filled every page"
-        ));
+        server_lost();
     }
     LAZY_FD.store(-1, SeqCst);
     super::fdguard::close_own(fd);
@@ -94,12 +92,17 @@ pub fn server_spoke() {
             return;
         }
     }
+    server_lost();
+}
+
+/// The page server is gone with pages still missing: stop with the reason.
+fn server_lost() -> ! {
     super::log::error(format_args!(
         "the page server of the lazy restore ended before it had restored all of this \
          process's memory; stopping rather than running on zero pages \
          (DMTCP_RESTART_NO_UFFD=1 restores everything before the program resumes)"
     ));
-    dmtcp_sys::exit_group(1);
+    dmtcp_sys::exit_group(1)
 }
 
 /// `[start, end)` of the mappings of the image file, sorted, merged.
