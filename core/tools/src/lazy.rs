@@ -25,7 +25,12 @@ use dmtcp_sys::uffd;
 /// May this process use userfaultfd with faults of the kernel handled
 /// (checked by opening one)? `DMTCP_RESTART_NO_UFFD=1`: never.
 pub fn usable() -> bool {
-    if std::env::var("DMTCP_RESTART_NO_UFFD").is_ok_and(|v| dmtcp_common::env::truthy(&v)) {
+    // Asked for only (DMTCP_RESTART_UFFD=1): with it on by default, two of
+    // the core tests failed (a program holding 900 fds found one of them
+    // wrong after the first checkpoint that followed a lazy restart, and a
+    // Python HTTP client's connection was reset); not understood yet.
+    let on = |k: &str| std::env::var(k).is_ok_and(|v| dmtcp_common::env::truthy(&v));
+    if !on("DMTCP_RESTART_UFFD") || on("DMTCP_RESTART_NO_UFFD") {
         return false;
     }
     let fd = uffd::open();

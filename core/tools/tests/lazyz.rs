@@ -3,7 +3,8 @@
 //! background; the program (tests/c/lazyz.c) checks its memory after the
 //! restart through system calls, madvise/munmap/mremap, threads and a
 //! fork, is checkpointed again and restarted from that image, and checks
-//! it all once more. The tests run as root (full userfaultfd).
+//! it all once more. The tests run as root (full userfaultfd) and ask for
+//! it with DMTCP_RESTART_UFFD=1 (off by default, see core/tools/src/lazy.rs).
 
 mod common;
 use common::*;
@@ -48,7 +49,9 @@ fn restart_err(job: &Job) -> String {
 fn two_restarts(name: &str, env: &[(&str, &str)]) -> (String, String) {
     let prog = c_program("lazyz");
     let p = prog.to_str().unwrap();
-    let mut job = Job::new(name).env("DMTCP_RESTART_LAZY_STATS", "1");
+    let mut job = Job::new(name)
+        .env("DMTCP_RESTART_UFFD", "1")
+        .env("DMTCP_RESTART_LAZY_STATS", "1");
     for (k, v) in env {
         job = job.env(k, v);
     }
@@ -104,9 +107,10 @@ fn pages_come_on_demand_and_a_fork_gets_them_all() {
     assert!(second.contains("went away"), "{second}");
 }
 
-/// The default: faults served, the rest filled in the background.
+/// Asked for (DMTCP_RESTART_UFFD=1): faults served, the rest filled in
+/// the background.
 #[test]
-fn compressed_image_restarts_lazily_by_default() {
+fn compressed_image_restarts_lazily_when_asked() {
     let (first, second) = two_restarts("lazyz-default", &[]);
     for err in [&first, &second] {
         let (chunks, on_fault, in_background) =
@@ -141,7 +145,7 @@ fn eager_restart_stays_eager() {
 fn a_damaged_compressed_chunk_is_refused_before_the_program_runs() {
     let prog = c_program("lazyz");
     let p = prog.to_str().unwrap();
-    let mut job = Job::new("lazyz-damaged");
+    let mut job = Job::new("lazyz-damaged").env("DMTCP_RESTART_UFFD", "1");
     job.launch(&[p], &[]);
     job.wait_for("waiting for go1");
     job.checkpoint();
@@ -187,7 +191,9 @@ fn a_damaged_compressed_chunk_is_refused_before_the_program_runs() {
 fn incremental_compressed_image_restarts_lazily() {
     let prog = c_program("lazyz");
     let p = prog.to_str().unwrap();
-    let mut job = Job::new("lazyz-incr").env("DMTCP_RESTART_LAZY_STATS", "1");
+    let mut job = Job::new("lazyz-incr")
+        .env("DMTCP_RESTART_UFFD", "1")
+        .env("DMTCP_RESTART_LAZY_STATS", "1");
     job.launch(&[p], &["--incremental"]);
     job.wait_for("waiting for go1");
     job.checkpoint();
@@ -302,6 +308,7 @@ fn an_unprivileged_restart_decompresses_first_without_a_word() {
     assert_eq!(imgs.len(), 1);
     let err_path = dir.join("restart.err");
     let mut restart = as_nobody("dmtcp_restart", &dir)
+        .env("DMTCP_RESTART_UFFD", "1")
         .env("DMTCP_RESTART_LAZY_STATS", "1")
         .args(["-j", "-h", "127.0.0.1", "-p", &port])
         .args(&imgs)
@@ -371,7 +378,9 @@ fn page_servers(root: i32) -> Vec<i32> {
 #[test]
 fn a_killed_page_server_stops_the_program_with_the_reason() {
     let prog = c_program("lazyz");
-    let mut job = Job::new("lazyz-killed").env("DMTCP_RESTART_LAZY_BACKGROUND", "0");
+    let mut job = Job::new("lazyz-killed")
+        .env("DMTCP_RESTART_UFFD", "1")
+        .env("DMTCP_RESTART_LAZY_BACKGROUND", "0");
     job.launch(&[prog.to_str().unwrap()], &[]);
     job.wait_for("waiting for go1");
     job.checkpoint();
