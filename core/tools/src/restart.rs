@@ -979,19 +979,12 @@ fn stream(
         let bufs = &mut bufs[..batch.len()];
         read_batch(img, batch, bufs, workers, &mapped)?;
         for (c, (out, _)) in batch.iter().zip(bufs.iter()) {
-            if by_fault(c) {
-                let rec = DataRecord {
-                    addr: c.addr,
-                    len: c.len,
-                    kind: REC_UFFD,
-                    file_off: 0,
-                };
-                w.write_all(as_bytes(&rec)).map_err(io)?;
+            // Served by the page server, mapped from an image file, or
+            // the bytes themselves after the record.
+            let (kind, file_off) = if by_fault(c) {
                 served.push(*c);
-                progress::add(c.len);
-                continue;
-            }
-            if mapped(c) {
+                (REC_UFFD, 0)
+            } else if mapped(c) {
                 let fd = fds.get(c.source()).copied().unwrap_or(-1);
                 if fd != map_fd {
                     map_fd = fd;
@@ -1003,24 +996,20 @@ fn stream(
                     };
                     w.write_all(as_bytes(&rec)).map_err(io)?;
                 }
-                let rec = DataRecord {
-                    addr: c.addr,
-                    len: c.len,
-                    kind: REC_MAP,
-                    file_off: c.file_off,
-                };
-                w.write_all(as_bytes(&rec)).map_err(io)?;
-                progress::add(c.len);
-                continue;
-            }
+                (REC_MAP, c.file_off)
+            } else {
+                (REC_DATA, 0)
+            };
             let rec = DataRecord {
                 addr: c.addr,
                 len: c.len,
-                kind: REC_DATA,
-                file_off: 0,
+                kind,
+                file_off,
             };
             w.write_all(as_bytes(&rec)).map_err(io)?;
-            w.write_all(out).map_err(io)?;
+            if kind == REC_DATA {
+                w.write_all(out).map_err(io)?;
+            }
             progress::add(c.len);
         }
     }

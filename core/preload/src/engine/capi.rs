@@ -105,8 +105,9 @@ pub fn init_sections() {
     FAST.store(ok, SeqCst);
 }
 
-/// The calling thread's flag, chosen on first use; None: shared counter.
-fn my_flag() -> Option<&'static AtomicU32> {
+/// The calling thread's flag (index + 1), chosen on first use; 0: the
+/// shared counter.
+fn my_flag() -> u32 {
     let i = MY_FLAG.try_with(|f| {
         let i = f.0.get();
         if i != 0 {
@@ -126,8 +127,8 @@ fn my_flag() -> Option<&'static AtomicU32> {
         got
     });
     match i {
-        Ok(i) if i != NO_FLAG => Some(&FLAGS[i as usize - 1]),
-        _ => None,
+        Ok(i) if i != NO_FLAG => i,
+        _ => 0,
     }
 }
 
@@ -329,7 +330,17 @@ pub extern "C" fn dmtcp_disable_ckpt() -> c_int {
     let flag = my_flag();
     loop {
         match flag {
-            Some(f) => {
+            0 => {
+                DISABLE.fetch_add(1, SeqCst);
+                if PENDING.load(SeqCst) == 0 {
+                    DEPTH.with(|d| d.set(1));
+                    HELD.with(|h| h.set(0));
+                    return 1;
+                }
+                DISABLE.fetch_sub(1, SeqCst);
+            }
+            i => {
+                let f = &FLAGS[i as usize - 1];
                 // Only this thread writes its flag, with plain stores; a
                 // count, not a bit, so that a signal handler's section
                 // inside this one leaves it as it found it.
@@ -340,19 +351,10 @@ pub extern "C" fn dmtcp_disable_ckpt() -> c_int {
                 compiler_fence(SeqCst);
                 if PENDING.load(Relaxed) == 0 {
                     DEPTH.with(|d| d.set(1));
-                    HELD.with(|h| h.set(flag_index(f)));
+                    HELD.with(|h| h.set(i));
                     return 1;
                 }
                 f.store(v, Release);
-            }
-            None => {
-                DISABLE.fetch_add(1, SeqCst);
-                if PENDING.load(SeqCst) == 0 {
-                    DEPTH.with(|d| d.set(1));
-                    HELD.with(|h| h.set(0));
-                    return 1;
-                }
-                DISABLE.fetch_sub(1, SeqCst);
             }
         }
         // A checkpoint is starting: step back and let it pass.
@@ -363,12 +365,6 @@ pub extern "C" fn dmtcp_disable_ckpt() -> c_int {
     }
 }
 
-fn flag_index(f: &AtomicU32) -> u32 {
-    // FLAGS is one array: the offset gives the index.
-    ((f as *const AtomicU32 as usize - FLAGS.as_ptr() as usize) / core::mem::size_of::<AtomicU32>())
-        as u32
-        + 1
-}
 
 #[no_mangle]
 pub extern "C" fn dmtcp_enable_ckpt() -> c_int {

@@ -57,6 +57,11 @@ pub fn fill_all() {
     if n != 1 || b[0] != b'D' {
         server_lost();
     }
+    release(fd);
+}
+
+/// The server is done: let go of its socket.
+fn release(fd: i32) {
     LAZY_FD.store(-1, SeqCst);
     super::fdguard::close_own(fd);
     super::fdguard::fill_placeholders();
@@ -80,9 +85,7 @@ pub fn server_spoke() {
     // blocking (poll said it is readable).
     let n = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 1, libc::MSG_DONTWAIT) };
     if n == 1 && b[0] == b'D' {
-        LAZY_FD.store(-1, SeqCst);
-        super::fdguard::close_own(fd);
-        super::fdguard::fill_placeholders();
+        release(fd);
         return;
     }
     if n < 0 {
