@@ -11,15 +11,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<
 }
 
 pub fn bin(name: &str) -> PathBuf {
-    // target/release/deps/srun-xxxx -> target/release/<name>
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        p.exists(),
-        "{} missing: cargo build --release --workspace",
-        p.display()
-    );
-    p
+    dmtcp_testkit::bin_dir(&[name]).join(name)
 }
 
 pub fn read(p: &Path) -> String {

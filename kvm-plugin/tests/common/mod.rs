@@ -6,32 +6,22 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const TIMEOUT: Duration = Duration::from_secs(180);
 
 /// target/release (or debug): where the workspace's binaries are.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let d = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    for f in [
+    dmtcp_testkit::bin_dir(&[
         "libdmtcp.so",
         "libdmtcp_kvm.so",
         "dmtcp_launch",
         "dmtcp_restart",
         "dmtcp_coordinator",
         "dmtcp_command",
-    ] {
-        assert!(
-            d.join(f).exists(),
-            "{} missing: build the whole workspace first (cargo build --release --workspace)",
-            d.join(f).display()
-        );
-    }
-    d
+    ])
 }
 
 pub fn tool(name: &str) -> Command {
@@ -75,40 +65,13 @@ pub fn kvm_usable() -> bool {
 
 /// Compile `tests/c/<name>.c` once per test run; the binary's path.
 pub fn c_program(name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap();
-    let out = tmp_root()
-        .join(format!("kvm-cbin-{}", std::process::id()))
-        .join(name);
-    if !built.iter().any(|b| b == name) {
-        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/c")
-            .join(format!("{name}.c"));
-        let st = Command::new("cc")
-            .args(["-O0", "-g", "-pthread", "-Wall", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("cc");
-        assert!(st.success(), "compiling {}", src.display());
-        built.push(name.to_string());
-    }
-    out
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
+    dmtcp_testkit::c_program_once(&src, &tmp_root(), name)
 }
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A new empty directory under the tests' temporary directory.
 pub fn fresh_dir(prefix: &str) -> PathBuf {
-    let dir = tmp_root().join(format!(
-        "kvm-{prefix}-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    dmtcp_testkit::fresh_dir(&tmp_root(), &format!("kvm-{prefix}"))
 }
 
 /// Run `args` without the checkpointer; its stdout.
@@ -129,18 +92,7 @@ pub fn run_bare(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-pub fn wait_timeout(c: &mut Child, t: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use dmtcp_testkit::wait_timeout;
 
 /// One job: a directory, a coordinator, the launched or restarted program.
 pub struct Job {

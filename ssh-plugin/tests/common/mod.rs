@@ -71,9 +71,7 @@ pub fn output_within(c: &mut Command, limit: Duration) -> Output {
 /// test binary runs from its deps/). The MPI suite's multi-node tests use
 /// this harness too.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let d = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    for f in [
+    dmtcp_testkit::bin_dir(&[
         "libdmtcp.so",
         "libdmtcp_ssh.so",
         "dmtcp_sshd",
@@ -82,14 +80,7 @@ pub fn bin_dir() -> PathBuf {
         "dmtcp_coordinator",
         "dmtcp_restart",
         "dmtcp_command",
-    ] {
-        assert!(
-            d.join(f).exists(),
-            "{} missing: build the whole workspace first (cargo build --release --workspace)",
-            d.join(f).display()
-        );
-    }
-    d
+    ])
 }
 
 /// A rig of `n` nodes with sshd.

@@ -6,48 +6,25 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// target/release (or debug): where the workspace's binaries are.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let d = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    for f in [
+    dmtcp_testkit::bin_dir(&[
         "libdmtcp.so",
         "libdmtcp_tun.so",
         "dmtcp_launch",
         "dmtcp_restart",
         "dmtcp_coordinator",
         "dmtcp_command",
-    ] {
-        assert!(
-            d.join(f).exists(),
-            "{} missing: build the whole workspace first (cargo build --release --workspace)",
-            d.join(f).display()
-        );
-    }
-    d
+    ])
 }
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-pub fn wait_timeout(c: &mut Child, t: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use dmtcp_testkit::wait_timeout;
 
 pub struct Job {
     pub dir: PathBuf,
@@ -76,12 +53,10 @@ impl Job {
     /// A job over `n` nodes (network namespaces joined by a bridge).
     pub fn on_nodes(name: &str, n: usize) -> Job {
         let rig = testrig::Rig::up(n).expect("test rig (needs root, iproute2, util-linux)");
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "tun-{name}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = dmtcp_testkit::fresh_dir(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            &format!("tun-{name}"),
+        );
         let ckpt = dir.join("ckpt");
         std::fs::create_dir_all(&ckpt).unwrap();
         let port_file = dir.join("port");
@@ -379,13 +354,7 @@ impl Drop for Job {
 pub fn compile_c(j: &Job, name: &str) -> String {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
     let bin = j.dir.join(name);
-    let st = Command::new("cc")
-        .args(["-O2", "-g", "-Wall", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .expect("cc");
-    assert!(st.success(), "compiling {}", src.display());
+    dmtcp_testkit::compile_c(&src, &bin, &["-O2"]);
     bin.display().to_string()
 }
 

@@ -10,8 +10,6 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod stuck;
@@ -22,24 +20,13 @@ pub const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Directory of the built tools (the same profile as this test).
 pub fn bin_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_BIN_EXE_dmtcp_launch"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    for f in [
+    dmtcp_testkit::bin_dir(&[
         "libdmtcp.so",
         "dmtcp_restorer",
         "dmtcp_coordinator",
         "dmtcp_restart",
         "dmtcp_command",
-    ] {
-        assert!(
-            d.join(f).exists(),
-            "{} missing: build the whole workspace first (cargo build --release --workspace)",
-            d.join(f).display()
-        );
-    }
-    d
+    ])
 }
 
 pub fn tool(name: &str) -> Command {
@@ -52,51 +39,17 @@ fn tmp_root() -> PathBuf {
 
 /// Compile `tests/c/<name>.c` once per test run; returns the binary path.
 pub fn c_program(name: &str) -> PathBuf {
-    static BUILT: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
-    let lock = BUILT.get_or_init(Default::default);
-    let mut built = lock.lock().unwrap();
-    let out = tmp_root()
-        .join(format!("cbin-{}", std::process::id()))
-        .join(name);
-    if !built.iter().any(|b| b == name) {
-        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/c")
-            .join(format!("{name}.c"));
-        let st = Command::new("cc")
-            .args(["-O0", "-g", "-pthread", "-Wall", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("cc");
-        assert!(st.success(), "compiling {}", src.display());
-        built.push(name.to_string());
-    }
-    out
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
+    dmtcp_testkit::c_program_once(&src, &tmp_root(), name)
 }
 
-/// A free TCP port on this machine (a port nobody listens on).
-pub fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
+#[allow(unused_imports)]
+pub use dmtcp_testkit::unused_port;
 
 /// A new empty directory `<prefix>-<pid>-<n>` under the tests' temporary
 /// directory.
 pub fn fresh_dir(prefix: &str) -> PathBuf {
-    let dir = tmp_root().join(format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    dmtcp_testkit::fresh_dir(&tmp_root(), prefix)
 }
 
 /// The port a coordinator wrote to its `--port-file`, once it has.
@@ -491,25 +444,7 @@ pub fn wait_timeout(c: &mut Child, t: Duration) -> Option<ExitStatus> {
 }
 
 /// [`wait_timeout`], calling `late` on the child before it is killed.
-pub fn wait_timeout_then(
-    c: &mut Child,
-    t: Duration,
-    late: impl FnOnce(&Child),
-) -> Option<ExitStatus> {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Ok(Some(s)) = c.try_wait() {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            late(c);
-            let _ = c.kill();
-            let _ = c.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use dmtcp_testkit::wait_or_kill as wait_timeout_then;
 
 impl Drop for Job {
     fn drop(&mut self) {

@@ -6,17 +6,14 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const TIMEOUT: Duration = Duration::from_secs(240);
 
 /// target/release (or debug): where the workspace's binaries are.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let d = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    for f in [
+    dmtcp_testkit::bin_dir(&[
         "libdmtcp.so",
         "libdmtcp_ib.so",
         "dmtcp_launch",
@@ -24,42 +21,16 @@ pub fn bin_dir() -> PathBuf {
         "dmtcp_coordinator",
         "dmtcp_command",
         "softib",
-    ] {
-        assert!(
-            d.join(f).exists(),
-            "{} missing: build the whole workspace first (cargo build --release --workspace)",
-            d.join(f).display()
-        );
-    }
-    d
+    ])
 }
 
 fn tool(name: &str) -> Command {
     Command::new(bin_dir().join(name))
 }
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
+pub use dmtcp_testkit::unused_port as free_port;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn wait_timeout(c: &mut Child, t: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use dmtcp_testkit::wait_timeout;
 
 pub struct Job {
     pub dir: PathBuf,
@@ -144,12 +115,10 @@ impl Job {
             std::fs::create_dir_all(r.shared_dir().join("fabric")).unwrap();
             r
         });
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "ib-{name}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = dmtcp_testkit::fresh_dir(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            &format!("ib-{name}"),
+        );
         let ckpt = dir.join("ckpt");
         std::fs::create_dir_all(&ckpt).unwrap();
         let port_file = dir.join("port");
@@ -642,14 +611,7 @@ pub fn check_ids_changed(err: &str, what: &str) {
 pub fn compile_c(j: &Job, name: &str) -> String {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
     let bin = j.dir.join(name);
-    let st = Command::new("cc")
-        .args(["-O2", "-g", "-Wall", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .arg("-libverbs")
-        .status()
-        .expect("cc");
-    assert!(st.success(), "compiling {}", src.display());
+    dmtcp_testkit::compile_c(&src, &bin, &["-O2", "-libverbs"]);
     path_of(&bin)
 }
 
