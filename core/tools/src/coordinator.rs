@@ -1436,28 +1436,34 @@ fn round_reply(g: &mut State, round: &Round) -> Reply {
     r
 }
 
+/// The round's processes go on past "committed" (told whether their
+/// generation was committed: `commit`), or are killed for `-kc`.
+fn release_members(g: &mut State, round: &Round, members: BTreeSet<u64>, commit: bool) {
+    if !round.kill_after && !members.is_empty() {
+        g.resuming = Some(members.clone());
+    }
+    for id in members {
+        if let Some(p) = g.peers.get(&id) {
+            let m = if round.kill_after {
+                FromCoord::Kill
+            } else {
+                FromCoord::BarrierDone {
+                    name: "committed".into(),
+                    count: 0,
+                    commit,
+                }
+            };
+            send_to(&p.out, &m);
+        }
+    }
+}
+
 fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     let Some(round) = g.round.take() else { return };
     if round.committing.is_none() && writers_pending(&round) && !members.is_empty() {
         // Forked writers still write: the processes go on (or, for -kc,
         // end), the round commits when its last writer reports.
-        if !round.kill_after {
-            g.resuming = Some(members.clone());
-        }
-        for id in members {
-            if let Some(p) = g.peers.get(&id) {
-                let m = if round.kill_after {
-                    FromCoord::Kill
-                } else {
-                    FromCoord::BarrierDone {
-                        name: "committed".into(),
-                        count: 0,
-                        commit: false,
-                    }
-                };
-                send_to(&p.out, &m);
-            }
-        }
+        release_members(g, &round, members, false);
         g.pending = Some(round);
         return;
     }
@@ -1477,23 +1483,7 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     // pruning (serial file operations, many at scale: docs/storage.md)
     // and the answer to whoever asked for the checkpoint.
     let ok = round_verdict(&round);
-    if !round.kill_after && !members.is_empty() {
-        g.resuming = Some(members.clone());
-    }
-    for id in members {
-        if let Some(p) = g.peers.get(&id) {
-            let m = if round.kill_after {
-                FromCoord::Kill
-            } else {
-                FromCoord::BarrierDone {
-                    name: "committed".into(),
-                    count: 0,
-                    commit: ok,
-                }
-            };
-            send_to(&p.out, &m);
-        }
-    }
+    release_members(g, &round, members, ok);
     let r = round_reply(g, &round);
     for w in round.waiters.iter() {
         send_to(w, &FromCoord::Reply(r.clone()));
