@@ -100,18 +100,38 @@ const _: () = {
 /// page must wait for it, not fail with EFAULT), with [`FEATURES`]. The
 /// fd, or a negative errno (EPERM: not allowed for this process).
 pub fn open() -> isize {
+    open_with(0, FEATURES)
+}
+
+/// A new userfaultfd (close-on-exec, non-blocking, and `flags`) with
+/// `features`, or a negative errno.
+fn open_with(flags: usize, features: u64) -> isize {
     // SAFETY: userfaultfd takes flags only.
-    let fd = unsafe { syscall3(SYS_USERFAULTFD, nr::O_CLOEXEC | nr::O_NONBLOCK, 0, 0) };
+    let fd = unsafe {
+        syscall3(
+            SYS_USERFAULTFD,
+            nr::O_CLOEXEC | nr::O_NONBLOCK | flags,
+            0,
+            0,
+        )
+    };
     if is_err(fd) {
         return fd;
     }
     let mut api = Api {
         api: UFFD_API,
-        features: FEATURES,
+        features,
         ioctls: 0,
     };
     // SAFETY: UFFDIO_API reads and writes our struct.
-    let r = unsafe { syscall3(nr::IOCTL, fd as usize, UFFDIO_API, &mut api as *mut Api as usize) };
+    let r = unsafe {
+        syscall3(
+            nr::IOCTL,
+            fd as usize,
+            UFFDIO_API,
+            &mut api as *mut Api as usize,
+        )
+    };
     if is_err(r) {
         // SAFETY: closing the fd made above.
         unsafe { syscall3(nr::CLOSE, fd as usize, 0, 0) };
@@ -122,9 +142,13 @@ pub fn open() -> isize {
 
 /// Register `[start, start + len)` for missing-page faults; 0 or a negative errno.
 pub fn register(fd: i32, start: u64, len: u64) -> isize {
+    register_mode(fd, start, len, REGISTER_MODE_MISSING)
+}
+
+fn register_mode(fd: i32, start: u64, len: u64, mode: u64) -> isize {
     let mut reg = Register {
         range: Range { start, len },
-        mode: REGISTER_MODE_MISSING,
+        mode,
         ioctls: 0,
     };
     // SAFETY: UFFDIO_REGISTER reads and writes our struct.
@@ -154,19 +178,8 @@ pub const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
 /// kernel, which only clears the page's write-protect bit.
 pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
 pub const REGISTER_MODE_WP: u64 = 2;
-pub const WRITEPROTECT_MODE_WP: u64 = 1;
 /// `_IOR(0xAA, 0x01, struct uffdio_range)`.
 pub const UFFDIO_UNREGISTER: usize = 0x8010_aa01;
-/// `_IOWR(0xAA, 0x06, struct uffdio_writeprotect)`.
-pub const UFFDIO_WRITEPROTECT: usize = 0xc018_aa06;
-
-/// `struct uffdio_writeprotect`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct WriteProtect {
-    pub range: Range,
-    pub mode: u64,
-}
 
 /// `PAGEMAP_SCAN` on /proc/self/pagemap: `_IOWR('f', 16, struct pm_scan_arg)`.
 pub const PAGEMAP_SCAN: usize = 0xc060_6610;
@@ -209,11 +222,9 @@ pub struct PmScanArg {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<WriteProtect>() == 24);
     assert!(core::mem::size_of::<PageRegion>() == 24);
     assert!(core::mem::size_of::<PmScanArg>() == 96);
     // The ioctl numbers carry the sizes of their structs.
-    assert!((UFFDIO_WRITEPROTECT >> 16) & 0x3fff == core::mem::size_of::<WriteProtect>());
     assert!((UFFDIO_UNREGISTER >> 16) & 0x3fff == core::mem::size_of::<Range>());
     assert!((PAGEMAP_SCAN >> 16) & 0x3fff == core::mem::size_of::<PmScanArg>());
 };
@@ -222,50 +233,13 @@ const _: () = {
 /// faults only, close-on-exec, non-blocking), or a negative errno (EPERM,
 /// EINVAL: a kernel without these features).
 pub fn open_wp_async() -> isize {
-    // SAFETY: userfaultfd takes flags only.
-    let fd = unsafe {
-        syscall3(
-            SYS_USERFAULTFD,
-            nr::O_CLOEXEC | nr::O_NONBLOCK | USER_MODE_ONLY,
-            0,
-            0,
-        )
-    };
-    if is_err(fd) {
-        return fd;
-    }
-    let mut api = Api {
-        api: UFFD_API,
-        features: FEATURE_WP_ASYNC | FEATURE_WP_UNPOPULATED,
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_API reads and writes our struct.
-    let r = unsafe { syscall3(nr::IOCTL, fd as usize, UFFDIO_API, &mut api as *mut Api as usize) };
-    if is_err(r) {
-        // SAFETY: closing the fd made above.
-        unsafe { syscall3(nr::CLOSE, fd as usize, 0, 0) };
-        return r;
-    }
-    fd
+    open_with(USER_MODE_ONLY, FEATURE_WP_ASYNC | FEATURE_WP_UNPOPULATED)
 }
 
 /// Register `[start, start + len)` for write-protect faults; 0 or a
 /// negative errno (EBUSY: another userfaultfd has it).
 pub fn register_wp(fd: i32, start: u64, len: u64) -> isize {
-    let mut reg = Register {
-        range: Range { start, len },
-        mode: REGISTER_MODE_WP,
-        ioctls: 0,
-    };
-    // SAFETY: UFFDIO_REGISTER reads and writes our struct.
-    unsafe {
-        syscall3(
-            nr::IOCTL,
-            fd as usize,
-            UFFDIO_REGISTER,
-            &mut reg as *mut Register as usize,
-        )
-    }
+    register_mode(fd, start, len, REGISTER_MODE_WP)
 }
 
 /// Unregister `[start, start + len)`; 0 or a negative errno.
@@ -278,23 +252,6 @@ pub fn unregister(fd: i32, start: u64, len: u64) -> isize {
             fd as usize,
             UFFDIO_UNREGISTER,
             &mut r as *mut Range as usize,
-        )
-    }
-}
-
-/// Write-protect `[start, start + len)`; 0 or a negative errno.
-pub fn write_protect(fd: i32, start: u64, len: u64) -> isize {
-    let mut wp = WriteProtect {
-        range: Range { start, len },
-        mode: WRITEPROTECT_MODE_WP,
-    };
-    // SAFETY: UFFDIO_WRITEPROTECT reads our struct.
-    unsafe {
-        syscall3(
-            nr::IOCTL,
-            fd as usize,
-            UFFDIO_WRITEPROTECT,
-            &mut wp as *mut WriteProtect as usize,
         )
     }
 }

@@ -26,7 +26,8 @@ struct Dirty {
 impl Dirty {
     fn launch(mode: &str, env: &[(&str, &str)]) -> Dirty {
         let prog = c_program("dirtymem");
-        let job = Job::with_coordinator_args(&format!("dirty-{mode}"), &["--keep-generations", "0"]);
+        let job =
+            Job::with_coordinator_args(&format!("dirty-{mode}"), &["--keep-generations", "0"]);
         let stats = job.dir.join("stats");
         let mut job = job.env("DMTCP_DIRTY_STATS", stats.to_str().unwrap());
         for (k, v) in env {
@@ -111,7 +112,11 @@ impl Dirty {
 
 /// Checkpoints after phases 0, 1, 2 (generations 1, 2, 3), killed;
 /// restarted from 3, then from 2. Returns the stats of 2 and 3.
-fn three_generations(mode: &str, procs_after_1: usize, env: &[(&str, &str)]) -> [(u64, u64, u64, usize); 2] {
+fn three_generations(
+    mode: &str,
+    procs_after_1: usize,
+    env: &[(&str, &str)],
+) -> [(u64, u64, u64, usize); 2] {
     let mut d = Dirty::launch(mode, env);
     d.job.checkpoint();
     d.procs = procs_after_1;
@@ -122,7 +127,12 @@ fn three_generations(mode: &str, procs_after_1: usize, env: &[(&str, &str)]) -> 
     d.job.kill();
     let s = [d.stats_of(2), d.stats_of(3)];
     for (g, st) in [(2, s[0]), (3, s[1])] {
-        assert_eq!(st.3, d.procs, "generation {g}: one stats line a process{}", d.job.diag());
+        assert_eq!(
+            st.3,
+            d.procs,
+            "generation {g}: one stats line a process{}",
+            d.job.diag()
+        );
     }
     d.restart_and_check(3, 2);
     d.restart_and_check(2, 1);

@@ -154,7 +154,13 @@ fn open_pagemap() -> i32 {
 /// (or the kernel has no `PAGEMAP_SCAN`). (Only written pages, which are
 /// populated, are write-protected: page tables are never made for the
 /// holes of a sparse area.)
-fn written(pm: i32, start: u64, end: u64, rearm: bool, out: &mut Vec<(u64, u64)>) -> Result<(), i32> {
+fn written(
+    pm: i32,
+    start: u64,
+    end: u64,
+    rearm: bool,
+    out: &mut Vec<(u64, u64)>,
+) -> Result<(), i32> {
     let flags = uffd::PM_SCAN_CHECK_WPASYNC | if rearm { uffd::PM_SCAN_WP_MATCHING } else { 0 };
     scan(pm, start, end, flags, uffd::PAGE_IS_WRITTEN, out)
 }

@@ -349,7 +349,10 @@ pub fn plan() -> std::io::Result<Plan> {
                 && !shared
                 && inode == 0
                 && prot & libc::PROT_WRITE as u32 != 0
-                && !stacks.iter().chain(&arena).any(|&(ls, le)| start < le && ls < end)
+                && !stacks
+                    .iter()
+                    .chain(&arena)
+                    .any(|&(ls, le)| start < le && ls < end)
             {
                 p.track.push((start, end));
             }

@@ -1251,7 +1251,8 @@ pub fn write_image(
         clean.map_or(core::ptr::null_mut(), |c| c.ranges.as_ptr() as *mut _),
         SeqCst,
     );
-    JOB.clean_n.store(clean.map_or(0, |c| c.ranges.len()), SeqCst);
+    JOB.clean_n
+        .store(clean.map_or(0, |c| c.ranges.len()), SeqCst);
     JOB.skipped.store(0, SeqCst);
     JOB.hashed.store(0, SeqCst);
     JOB.error.store(0, SeqCst);
