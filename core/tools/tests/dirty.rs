@@ -185,6 +185,64 @@ fn program_with_its_own_userfaultfd() {
     engaged(three_generations("uffd", 1, &[]));
 }
 
+/// Another process writes into the program's memory with
+/// `process_vm_writev` (as the software InfiniBand device does): the
+/// kernel takes the same write faults, so the pages count as written.
+#[test]
+fn process_vm_writev_from_another_process() {
+    let mut d = Dirty::launch("pvw", &[]);
+    d.job.checkpoint();
+    for phase in 1..=2 {
+        std::fs::write(&d.ctl, phase.to_string()).unwrap();
+        let line = loop {
+            let out = d.job.output();
+            if let Some(l) = out.lines().filter(|l| l.starts_with("pvw ")).nth(phase - 1) {
+                break l.to_string();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let f: Vec<u64> = line[4..].split(' ').map(|w| w.parse().unwrap()).collect();
+        let (pid, src, dst, len) = (f[0] as i32, f[1], f[2], f[3] as usize);
+        let mut buf = vec![0u8; len];
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: len,
+        };
+        let remote = |a: u64| libc::iovec {
+            iov_base: a as *mut libc::c_void,
+            iov_len: len,
+        };
+        // SAFETY: reading the program's memory into our buffer of len bytes.
+        let r = unsafe { libc::process_vm_readv(pid, &local, 1, &remote(src), 1, 0) };
+        assert_eq!(r, len as isize, "process_vm_readv");
+        // SAFETY: writing our buffer into the program's slot (it waits for it).
+        let r = unsafe { libc::process_vm_writev(pid, &local, 1, &remote(dst), 1, 0) };
+        assert_eq!(r, len as isize, "process_vm_writev");
+        std::fs::write(&d.ctl, format!("written {phase}")).unwrap();
+        d.job.wait_for(&format!("phase {phase} done\n"));
+        d.job.checkpoint();
+    }
+    d.job.kill();
+    let s = [d.stats_of(2), d.stats_of(3)];
+    d.restart_and_check(3, 2);
+    d.restart_and_check(2, 1);
+    engaged(s);
+}
+
+/// A page of a chunk taken unread that is written while the image is
+/// written (here by the library itself, `DMTCP_TEST_DIRTY_POKE`, as
+/// another process could): the check after the writers finds it, and the
+/// chunk is hashed and stored anew, so the restarted program has the
+/// byte as it was when the image was done.
+#[test]
+fn written_while_the_image_is_written_is_rewritten() {
+    let addr = (0x3000_0000_0000u64 + 8 * (1 << 20) + 5 * 4096 + 123).to_string();
+    let s = three_generations("poke", 1, &[("DMTCP_TEST_DIRTY_POKE", &addr)]);
+    engaged(s);
+    // Generation 2 rewrote the poked chunk; in 3 it is clean again.
+    assert_eq!((s[0].2, s[1].2), (1, 0), "{s:?}");
+}
+
 /// `DMTCP_DIRTY_TRACKING=0`: every chunk is hashed, the result the same.
 #[test]
 fn turned_off_hashes_everything() {

@@ -209,6 +209,13 @@ fn scratch(size: usize) -> *mut u8 {
 /// program run on while its image is written, or kill the writer mid-way.
 static TEST_DELAY_MS: AtomicU32 = AtomicU32::new(0);
 
+/// Testing knob (`DMTCP_TEST_DIRTY_POKE`, an address): when the byte
+/// there lies in memory the dirty tracking proved unchanged, it is set to
+/// 0x5a right after the writers are done, as a write from outside the
+/// program during the image's writing would (the check after the writers
+/// must then hash and rewrite its chunk).
+static TEST_POKE: AtomicU64 = AtomicU64::new(0);
+
 /// Start `n` writer threads (at library start-up).
 pub fn start(n: usize) {
     // The hash's code for this CPU, chosen now (the writers hash while the
@@ -219,6 +226,12 @@ pub fn start(n: usize) {
         .and_then(|v| v.parse().ok())
     {
         TEST_DELAY_MS.store(ms, SeqCst);
+    }
+    if let Some(a) = std::env::var("DMTCP_TEST_DIRTY_POKE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        TEST_POKE.store(a, SeqCst);
     }
     let mut ws = Vec::new();
     for i in 0..n {
@@ -1291,6 +1304,13 @@ pub fn write_image(
     // Pages of skipped blocks written while the image was written (not by
     // the program, which is suspended): asked before anything else here
     // changes memory, checked below.
+    if let Some(c) = clean {
+        let poke = TEST_POKE.load(SeqCst);
+        if poke != 0 && super::dirty::Clean::covers(&c.ranges, poke, poke + 1) {
+            // SAFETY: the byte lies in a tracked area: private, writable, mapped.
+            unsafe { core::ptr::write_volatile(poke as *mut u8, 0x5a) };
+        }
+    }
     let written_meanwhile = clean.map(|c| super::dirty::written_since(&c.ranges));
     super::memory::close_down(plan);
     // SAFETY: closing fds we opened (a forked writer closed the page map

@@ -20,8 +20,17 @@
  *   fork      phase 1 forks a child that changes and checks its own copy
  *             (prefixed "child"); the parent waits for it at the end
  *   uffd      phase 1 registers slot 8 with a userfaultfd of its own
- *             (missing-page mode; the pages are there, so no fault comes)
- *             and makes it read-only-by-convention; phase 2 unregisters it */
+ *             (missing-page mode; the pages are there, so no fault comes);
+ *             phase 2 unregisters it
+ *   pvw       another process writes 32 pages of slot 8: the program
+ *             prints "pvw PID SRC DST LEN" (new contents at SRC) and waits
+ *             until CTL says "written N"; the test copies SRC to DST with
+ *             process_vm_readv and process_vm_writev
+ *   poke      (with DMTCP_TEST_DIRTY_POKE at byte 123 of page 5 of slot
+ *             8) the library sets that byte to 0x5a while it writes an
+ *             image in which the page is clean: either value while it
+ *             runs, 0x5a in the last check after phase 1
+ * The slots are at a fixed address, BASE (0x300000000000). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -73,12 +82,15 @@ static void fill_slot(int slot) {
   for (size_t pg = 0; pg < SLOT_PAGES; pg++) content((unsigned char *)page_at(slot, pg), block_of[slot], pg, ver[slot][pg]);
 }
 
-static int check_all(unsigned phase) {
+static int poke;
+
+static int check_all(unsigned phase, int last) {
   static unsigned char want[PAGE];
   for (int s = 0; s < NSLOT; s++) {
     if (block_of[s] == UNMAPPED) continue;
     for (size_t pg = 0; pg < SLOT_PAGES; pg++) {
       content(want, block_of[s], pg, ver[s][pg]);
+      if (poke && s == 8 && pg == 5 && ((last && phase >= 1) || page_at(s, pg)[123] == 0x5a)) want[123] = 0x5a;
       if (memcmp(page_at(s, pg), want, PAGE)) {
         printf("%sBAD slot %d page %zu phase %u\n", who, s, pg, phase); fflush(stdout);
         return 0;
@@ -104,6 +116,19 @@ static void map_slot(int slot, uint32_t blk) {
 }
 
 static int uffd = -1;
+
+/* Wait until CTL says "written PHASE". */
+static void wait_written(const char *ctl, unsigned phase) {
+  for (;;) {
+    char buf[32] = {0};
+    FILE *f = fopen(ctl, "r");
+    if (f) { if (!fgets(buf, sizeof buf, f)) buf[0] = 0; fclose(f); }
+    if (!strncmp(buf, "written ", 8) && (unsigned)atoi(buf + 8) == phase) return;
+    usleep(5000);
+  }
+}
+
+static const char *ctl_path;
 
 static void change(const char *mode, unsigned phase, const char *dir) {
   /* A few single bytes everywhere (one page in 32 of the slots 0-2, 9-15). */
@@ -171,28 +196,41 @@ static void change(const char *mode, unsigned phase, const char *dir) {
     }
     /* Its pages change too (they are all present: no fault). */
     for (size_t pg = phase; pg < SLOT_PAGES; pg += 16) touch(8, pg);
+  } else if (!strcmp(mode, "pvw")) {
+    size_t first = phase * 32, n = 32;
+    unsigned char *src = malloc(n * PAGE);
+    if (!src) { perror("malloc"); exit(2); }
+    for (size_t i = 0; i < n; i++) content(src + i * PAGE, block_of[8], first + i, ver[8][first + i] + 1);
+    printf("pvw %d %lu %lu %zu\n", getpid(), (unsigned long)src, (unsigned long)page_at(8, first), n * PAGE);
+    fflush(stdout);
+    wait_written(ctl_path, phase);
+    for (size_t i = 0; i < n; i++) ver[8][first + i]++;
+    free(src);
   }
 }
 
 int main(int argc, char **argv) {
   if (argc < 3) { fprintf(stderr, "usage: dirtymem MODE CTL\n"); return 2; }
   const char *mode = argv[1], *ctl = argv[2];
+  ctl_path = ctl;
   char dir[4096];
   snprintf(dir, sizeof dir, "%s", ctl);
   char *slash = strrchr(dir, '/');
   if (slash) *slash = 0; else strcpy(dir, ".");
-  base = mmap(0, (size_t)NSLOT * SLOT, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  poke = !strcmp(mode, "poke");
+  base = mmap((void *)0x300000000000UL, (size_t)NSLOT * SLOT, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
   if (base == MAP_FAILED) { perror("mmap"); return 2; }
   for (int s = 0; s < NSLOT; s++) { block_of[s] = s; fill_slot(s); }
   unsigned phase = 0;
   pid_t child = 0;
   printf("phase 0 done\n"); fflush(stdout);
   for (;;) {
-    if (!check_all(phase)) return 1;
+    if (!check_all(phase, 0)) return 1;
     char buf[32] = {0};
     FILE *f = fopen(ctl, "r");
     if (f) { if (!fgets(buf, sizeof buf, f)) buf[0] = 0; fclose(f); }
     if (!strncmp(buf, "end", 3)) {
+      if (!check_all(phase, 1)) return 1;
       if (child > 0) {
         int st;
         if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st)) {
