@@ -243,6 +243,17 @@ fn written_while_the_image_is_written_is_rewritten() {
     assert_eq!((s[0].2, s[1].2), (1, 0), "{s:?}");
 }
 
+/// A process with a Linux AIO context (whose requests write buffers when
+/// they complete, without a fault): nothing is taken unread.
+#[test]
+fn not_trusted_with_asynchronous_io() {
+    let s = three_generations("aio", 1, &[]);
+    for (g, (unread, hashed, _, _)) in [(2, s[0]), (3, s[1])] {
+        assert_eq!(unread, 0, "generation {g}");
+        assert!(hashed > 0, "generation {g}");
+    }
+}
+
 /// `DMTCP_DIRTY_TRACKING=0`: every chunk is hashed, the result the same.
 #[test]
 fn turned_off_hashes_everything() {

@@ -23,7 +23,8 @@
 //! - the process has no long-term pinned pages (`VmPin` in
 //!   /proc/self/status: memory a device writes through pinned pages, such
 //!   as RDMA memory regions or io_uring fixed buffers, changes without a
-//!   fault);
+//!   fault), and no io_uring or Linux AIO context (a request in flight
+//!   writes its buffer when it completes, without a fault);
 //! - the chunk is not memory one of the library's threads is using (its
 //!   stacks), and no page of it was written while the image was written:
 //!   a second scan after the writers checks that (the library's own
@@ -127,15 +128,35 @@ pub fn after_restart() {
     ARMED_GEN.store(0, SeqCst);
 }
 
-/// Has this process long-term pinned pages (written by devices without
-/// faults)?
-fn pinned() -> bool {
+/// Can memory of this process change without a write fault? Pages
+/// pinned for good (`VmPin`: RDMA memory regions, io_uring fixed buffers)
+/// are written by devices directly, and so are the buffers of
+/// asynchronous I/O in flight (io_uring, Linux AIO), pinned only while
+/// their request runs: a request submitted before the checkpoint may
+/// complete after its pages were write-protected.
+fn writes_without_faults() -> bool {
     let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
         return true;
     };
-    s.lines()
+    let pinned = s
+        .lines()
         .find_map(|l| l.strip_prefix("VmPin:"))
-        .is_some_and(|v| v.trim().trim_end_matches("kB").trim() != "0")
+        .is_none_or(|v| v.trim().trim_end_matches("kB").trim() != "0");
+    if pinned {
+        return true;
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    if maps.contains("[aio]") || maps.contains("io_uring") {
+        return true;
+    }
+    std::fs::read_dir("/proc/self/fd").is_ok_and(|d| {
+        d.flatten().any(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| {
+                let t = t.to_string_lossy();
+                t.contains("[io_uring]") || t.contains("[aio]")
+            })
+        })
+    })
 }
 
 fn open_pagemap() -> i32 {
@@ -226,7 +247,7 @@ pub fn begin(plan: &Plan, generation: u32, prev_gen: Option<u32>, forked: bool) 
         return None;
     }
     let armed = ARMED_GEN.swap(0, SeqCst);
-    let trusted = !forked && armed != 0 && prev_gen == Some(armed) && !pinned();
+    let trusted = !forked && armed != 0 && prev_gen == Some(armed) && !writes_without_faults();
     let mut clean = Vec::new();
     let mut w = Vec::new();
     let mut refused = false;

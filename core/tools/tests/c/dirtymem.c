@@ -30,6 +30,8 @@
  *             8) the library sets that byte to 0x5a while it writes an
  *             image in which the page is clean: either value while it
  *             runs, 0x5a in the last check after phase 1
+ *   aio       a Linux AIO context is set up at start (io_setup; no
+ *             request is ever submitted): the tracking must not be used
  * The slots are at a fixed address, BASE (0x300000000000). */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -218,6 +220,10 @@ int main(int argc, char **argv) {
   char *slash = strrchr(dir, '/');
   if (slash) *slash = 0; else strcpy(dir, ".");
   poke = !strcmp(mode, "poke");
+  if (!strcmp(mode, "aio")) {
+    unsigned long aio_ctx = 0;
+    if (syscall(SYS_io_setup, 1, &aio_ctx)) { perror("io_setup"); return 2; }
+  }
   base = mmap((void *)0x300000000000UL, (size_t)NSLOT * SLOT, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
   if (base == MAP_FAILED) { perror("mmap"); return 2; }
   for (int s = 0; s < NSLOT; s++) { block_of[s] = s; fill_slot(s); }
