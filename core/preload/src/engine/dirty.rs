@@ -55,8 +55,10 @@ static OWNER: AtomicI32 = AtomicI32::new(0);
 /// (0: none that can be trusted).
 static ARMED_GEN: AtomicU32 = AtomicU32::new(0);
 
-/// Regions asked of one `PAGEMAP_SCAN` call.
-const VEC_LEN: usize = 512;
+/// Regions asked of one `PAGEMAP_SCAN` call (a buffer on the stack: the
+/// `ioctl` wrapper runs on the program's threads, whose stacks may be
+/// small).
+const VEC_LEN: usize = 64;
 
 /// Pages provably unchanged since the previous image: sorted, disjoint
 /// `[start, end)` ranges.
