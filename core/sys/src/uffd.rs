@@ -100,18 +100,38 @@ const _: () = {
 /// page must wait for it, not fail with EFAULT), with [`FEATURES`]. The
 /// fd, or a negative errno (EPERM: not allowed for this process).
 pub fn open() -> isize {
+    open_with(0, FEATURES)
+}
+
+/// A new userfaultfd (close-on-exec, non-blocking, and `flags`) with
+/// `features`, or a negative errno.
+fn open_with(flags: usize, features: u64) -> isize {
     // SAFETY: userfaultfd takes flags only.
-    let fd = unsafe { syscall3(SYS_USERFAULTFD, nr::O_CLOEXEC | nr::O_NONBLOCK, 0, 0) };
+    let fd = unsafe {
+        syscall3(
+            SYS_USERFAULTFD,
+            nr::O_CLOEXEC | nr::O_NONBLOCK | flags,
+            0,
+            0,
+        )
+    };
     if is_err(fd) {
         return fd;
     }
     let mut api = Api {
         api: UFFD_API,
-        features: FEATURES,
+        features,
         ioctls: 0,
     };
     // SAFETY: UFFDIO_API reads and writes our struct.
-    let r = unsafe { syscall3(nr::IOCTL, fd as usize, UFFDIO_API, &mut api as *mut Api as usize) };
+    let r = unsafe {
+        syscall3(
+            nr::IOCTL,
+            fd as usize,
+            UFFDIO_API,
+            &mut api as *mut Api as usize,
+        )
+    };
     if is_err(r) {
         // SAFETY: closing the fd made above.
         unsafe { syscall3(nr::CLOSE, fd as usize, 0, 0) };
@@ -122,9 +142,13 @@ pub fn open() -> isize {
 
 /// Register `[start, start + len)` for missing-page faults; 0 or a negative errno.
 pub fn register(fd: i32, start: u64, len: u64) -> isize {
+    register_mode(fd, start, len, REGISTER_MODE_MISSING)
+}
+
+fn register_mode(fd: i32, start: u64, len: u64, mode: u64) -> isize {
     let mut reg = Register {
         range: Range { start, len },
-        mode: REGISTER_MODE_MISSING,
+        mode,
         ioctls: 0,
     };
     // SAFETY: UFFDIO_REGISTER reads and writes our struct.
@@ -134,6 +158,121 @@ pub fn register(fd: i32, start: u64, len: u64) -> isize {
             fd as usize,
             UFFDIO_REGISTER,
             &mut reg as *mut Register as usize,
+        )
+    }
+}
+
+// Write-protect tracking of written pages (the engine's dirty tracking,
+// docs/storage.md): asynchronous write-protect faults, which the kernel
+// resolves itself (no handler thread), read back with PAGEMAP_SCAN.
+
+/// `userfaultfd(2)` flag: faults of user mode only (allowed without
+/// privilege even with `vm.unprivileged_userfaultfd=0`; asynchronous
+/// write-protect faults never reach a handler anyway).
+pub const USER_MODE_ONLY: usize = 1;
+/// `UFFD_FEATURE_WP_UNPOPULATED`: write-protecting a range marks its
+/// unpopulated pages too (`PAGEMAP_SCAN` takes anonymous areas only
+/// with it).
+pub const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+/// `UFFD_FEATURE_WP_ASYNC`: write-protect faults are resolved by the
+/// kernel, which only clears the page's write-protect bit.
+pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
+pub const REGISTER_MODE_WP: u64 = 2;
+/// `_IOR(0xAA, 0x01, struct uffdio_range)`.
+pub const UFFDIO_UNREGISTER: usize = 0x8010_aa01;
+
+/// `PAGEMAP_SCAN` on /proc/self/pagemap: `_IOWR('f', 16, struct pm_scan_arg)`.
+pub const PAGEMAP_SCAN: usize = 0xc060_6610;
+/// Write-protect the pages that match (atomically with reporting them).
+pub const PM_SCAN_WP_MATCHING: u64 = 1;
+/// Fail (EPERM) on an area not registered for asynchronous write-protect.
+pub const PM_SCAN_CHECK_WPASYNC: u64 = 2;
+/// Page category: in an area registered for asynchronous write-protect.
+pub const PAGE_IS_WPALLOWED: u64 = 1;
+/// Page category: written since it was last write-protected (or never
+/// write-protected).
+pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+/// `struct page_region`: `[start, end)` of pages of the same categories.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
+
+/// `struct pm_scan_arg`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PmScanArg {
+    pub size: u64,
+    pub flags: u64,
+    pub start: u64,
+    pub end: u64,
+    /// Out: where the walk stopped (`end` when it went through).
+    pub walk_end: u64,
+    pub vec: u64,
+    pub vec_len: u64,
+    pub max_pages: u64,
+    pub category_inverted: u64,
+    pub category_mask: u64,
+    pub category_anyof_mask: u64,
+    pub return_mask: u64,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<PageRegion>() == 24);
+    assert!(core::mem::size_of::<PmScanArg>() == 96);
+    // The ioctl numbers carry the sizes of their structs.
+    assert!((UFFDIO_UNREGISTER >> 16) & 0x3fff == core::mem::size_of::<Range>());
+    assert!((PAGEMAP_SCAN >> 16) & 0x3fff == core::mem::size_of::<PmScanArg>());
+};
+
+/// A new userfaultfd for asynchronous write-protect tracking (user-mode
+/// faults only, close-on-exec, non-blocking), or a negative errno (EPERM,
+/// EINVAL: a kernel without these features).
+pub fn open_wp_async() -> isize {
+    open_with(USER_MODE_ONLY, FEATURE_WP_ASYNC | FEATURE_WP_UNPOPULATED)
+}
+
+/// Register `[start, start + len)` for write-protect faults; 0 or a
+/// negative errno (EBUSY: another userfaultfd has it).
+pub fn register_wp(fd: i32, start: u64, len: u64) -> isize {
+    register_mode(fd, start, len, REGISTER_MODE_WP)
+}
+
+/// Unregister `[start, start + len)`; 0 or a negative errno.
+pub fn unregister(fd: i32, start: u64, len: u64) -> isize {
+    let mut r = Range { start, len };
+    // SAFETY: UFFDIO_UNREGISTER reads our struct.
+    unsafe {
+        syscall3(
+            nr::IOCTL,
+            fd as usize,
+            UFFDIO_UNREGISTER,
+            &mut r as *mut Range as usize,
+        )
+    }
+}
+
+/// `PAGEMAP_SCAN` on `pagemap_fd` (/proc/self/pagemap) with `arg`
+/// (`size` is filled in): the number of regions written to `arg.vec`, or
+/// a negative errno.
+///
+/// # Safety
+/// `arg.vec` must be null with `arg.vec_len` 0, or point at `arg.vec_len`
+/// writable [`PageRegion`]s.
+pub unsafe fn pagemap_scan(pagemap_fd: i32, arg: &mut PmScanArg) -> isize {
+    arg.size = core::mem::size_of::<PmScanArg>() as u64;
+    // SAFETY: PAGEMAP_SCAN reads our struct, writes walk_end and at most
+    // vec_len regions to vec (the caller's buffer of that length).
+    unsafe {
+        syscall3(
+            nr::IOCTL,
+            pagemap_fd as usize,
+            PAGEMAP_SCAN,
+            arg as *mut PmScanArg as usize,
         )
     }
 }

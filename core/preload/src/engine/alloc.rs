@@ -48,6 +48,12 @@ fn arena() -> Option<(usize, usize)> {
     None
 }
 
+/// The arena, `[start, end)`, once mapped.
+pub fn arena_range() -> Option<(u64, u64)> {
+    let b = BASE.load(Acquire);
+    (b != 0).then(|| (b as u64, (b + SIZE.load(Acquire)) as u64))
+}
+
 // SAFETY: alloc hands out disjoint, page-aligned ranges of one mapping that
 // stays mapped for the life of the process; nothing is ever unmapped.
 unsafe impl dlmalloc::Allocator for ArenaSys {

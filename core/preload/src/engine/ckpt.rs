@@ -355,6 +355,18 @@ impl Ctl {
             &self.comp_id,
             self.generation,
         ));
+        // Which pages were written since the last capture (and write-
+        // protect them again): those not written need not be read.
+        let clean = if incremental {
+            super::dirty::begin(
+                &plan,
+                self.generation,
+                prev.as_ref().map(|p| p.generation),
+                link.is_some(),
+            )
+        } else {
+            None
+        };
         let outcome = writer::write_image(
             &gen_dir,
             &name,
@@ -364,6 +376,7 @@ impl Ctl {
                 compress: self.cfg.gzip,
                 incremental,
                 prev: prev.as_ref(),
+                clean: clean.as_ref(),
             },
             self.slot,
             link,
@@ -493,6 +506,8 @@ impl Ctl {
         threads::reregister_rseq(self.slot.fs.load(SeqCst));
         // Perhaps another CPU: the incremental hash's code is chosen anew.
         super::xxh3::init();
+        // A new address space: nothing of it is tracked yet.
+        super::dirty::after_restart();
         coord::with(|c| c.reset());
         let info_fd = RESTART_INFO_FD.load(SeqCst);
         if info_fd >= 0 {

@@ -122,6 +122,8 @@ pub(super) extern "C" fn child() {
     super::fdguard::close_own(capi::WAKE_FD_NUM);
     // A forked image writer's link, if a round is about to fork one.
     super::fdguard::close_own(writer::WRITER_FD);
+    // The dirty-page tracking's userfaultfd works on the parent's memory.
+    super::dirty::forked_child();
     if let Some((r, _)) = pipe {
         // SAFETY: the child's copy of the parent's read end.
         unsafe { libc::close(r) };

@@ -41,15 +41,22 @@ pub struct Prev {
     pub sources: Vec<Source>,
     /// `since_full` of an image that refers to any of these.
     pub since_full: u32,
+    /// The previous image's generation.
+    pub generation: u32,
 }
 
 impl Prev {
+    /// The previous image's chunk at `addr` of `len` bytes, whatever its hash.
+    pub fn at(chunks: &[PrevChunk], addr: u64, len: u64) -> Option<&PrevChunk> {
+        let i = chunks.binary_search_by_key(&addr, |c| c.addr).ok()?;
+        let c = &chunks[i];
+        (c.len == len).then_some(c)
+    }
+
     /// The previous image's chunk at `addr` of `len` bytes whose memory
     /// had hash `hash`.
     pub fn find(chunks: &[PrevChunk], addr: u64, len: u64, hash: u128) -> Option<&PrevChunk> {
-        let i = chunks.binary_search_by_key(&addr, |c| c.addr).ok()?;
-        let c = &chunks[i];
-        (c.len == len && c.hash == hash).then_some(c)
+        Prev::at(chunks, addr, len).filter(|c| c.hash == hash)
     }
 }
 
@@ -111,6 +118,7 @@ pub fn load(prev: &Path, top: &Path, uniq_id: &str, full_every: u32) -> Option<P
         chunks,
         sources,
         since_full,
+        generation: img.meta.generation,
     })
 }
 

@@ -212,6 +212,9 @@ pub struct Plan {
     pub special: [(u64, u64); 3],
     /// Areas made readable for the write and their original protection.
     pub reprotect: Vec<(u64, u64, u32)>,
+    /// Private anonymous writable areas, `[start, end)`: those whose
+    /// written pages [`super::dirty`] can track.
+    pub track: Vec<(u64, u64)>,
 }
 
 fn parse_hex(s: &str) -> u64 {
@@ -227,11 +230,13 @@ pub fn plan() -> std::io::Result<Plan> {
         items: Vec::new(),
         special: [(0, 0); 3],
         reprotect: Vec::new(),
+        track: Vec::new(),
     };
     let excluded = EXCLUDED.with(|x| x.clone());
     let skipped = SKIPPED.with(|x| x.clone());
     let mut stacks: Vec<(u64, u64)> = super::threads::own_stacks().collect();
     stacks.extend(SELF_RANGES.get().map(Vec::as_slice).unwrap_or(&[]));
+    let arena: Vec<(u64, u64)> = super::alloc::arena_range().into_iter().collect();
     warn_verbs_without_plugin(&text);
     for line in text.lines() {
         let mut f = line.splitn(6, ' ');
@@ -338,6 +343,19 @@ pub fn plan() -> std::io::Result<Plan> {
                 file_size,
                 shm,
             });
+            // (Not the library's own heap, stacks and data: its threads
+            // write them while the image is written.)
+            if select == Some(Select::Anon)
+                && !shared
+                && inode == 0
+                && prot & libc::PROT_WRITE as u32 != 0
+                && !stacks
+                    .iter()
+                    .chain(&arena)
+                    .any(|&(ls, le)| start < le && ls < end)
+            {
+                p.track.push((start, end));
+            }
             if let Some(select) = select {
                 if prot & libc::PROT_READ as u32 == 0 {
                     p.reprotect.push((start, end - start, prot));

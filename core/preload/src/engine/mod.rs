@@ -12,6 +12,7 @@
 //! | `restartable` | poll/select/sleep wrappers that hide the EINTR a checkpoint causes |
 //! | `memory`, `writer` | the memory plan and the parallel image writers |
 //! | `incr` | incremental images: the previous generation's chunks and content hashes |
+//! | `dirty` | dirty-page tracking (userfaultfd write-protect, `PAGEMAP_SCAN`): chunks provably unchanged are not hashed |
 //! | `streams` | the per-node limit on write streams (`DMTCP_NODE_STREAMS`) |
 //! | `unmap` | `munmap`, `mremap`, `mmap(MAP_FIXED)` wrappers: requested exclusions end with the memory they were asked for |
 //! | `lazymem` | memory a lazy restart mapped from the image; `realloc` grows blocks there by moving them |
@@ -36,6 +37,7 @@ pub(crate) mod arch;
 pub(crate) mod capi;
 pub(crate) mod ckpt;
 pub(crate) mod coord;
+pub(crate) mod dirty;
 pub(crate) mod exec;
 pub(crate) mod fdguard;
 pub mod fds;

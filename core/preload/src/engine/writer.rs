@@ -65,6 +65,14 @@ struct Job {
     /// checkpoint thread's `Prev` for the job), or null: a full image.
     prev: AtomicPtr<incr::PrevChunk>,
     prev_n: AtomicUsize,
+    /// Pages unchanged since the previous image (dirty tracking: sorted
+    /// ranges owned by the checkpoint thread for the job), or null.
+    clean: AtomicPtr<(u64, u64)>,
+    clean_n: AtomicUsize,
+    /// Blocks taken from the previous image without being read (dirty
+    /// tracking), and blocks hashed.
+    skipped: AtomicU64,
+    hashed: AtomicU64,
 }
 
 static JOB: Job = Job {
@@ -88,6 +96,10 @@ static JOB: Job = Job {
     incremental: AtomicBool::new(false),
     prev: AtomicPtr::new(core::ptr::null_mut()),
     prev_n: AtomicUsize::new(0),
+    clean: AtomicPtr::new(core::ptr::null_mut()),
+    clean_n: AtomicUsize::new(0),
+    skipped: AtomicU64::new(0),
+    hashed: AtomicU64::new(0),
 };
 
 /// A writer's buffers. They live in scratch mappings that are left out of
@@ -197,6 +209,13 @@ fn scratch(size: usize) -> *mut u8 {
 /// program run on while its image is written, or kill the writer mid-way.
 static TEST_DELAY_MS: AtomicU32 = AtomicU32::new(0);
 
+/// Testing knob (`DMTCP_TEST_DIRTY_POKE`, an address): when the byte
+/// there lies in memory the dirty tracking proved unchanged, it is set to
+/// 0x5a right after the writers are done, as a write from outside the
+/// program during the image's writing would (the check after the writers
+/// must then hash and rewrite its chunk).
+static TEST_POKE: AtomicU64 = AtomicU64::new(0);
+
 /// Start `n` writer threads (at library start-up).
 pub fn start(n: usize) {
     // The hash's code for this CPU, chosen now (the writers hash while the
@@ -207,6 +226,12 @@ pub fn start(n: usize) {
         .and_then(|v| v.parse().ok())
     {
         TEST_DELAY_MS.store(ms, SeqCst);
+    }
+    if let Some(a) = std::env::var("DMTCP_TEST_DIRTY_POKE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        TEST_POKE.store(a, SeqCst);
     }
     let mut ws = Vec::new();
     for i in 0..n {
@@ -561,7 +586,7 @@ fn write_run(st: &mut WState, addr: u64, len: usize, volatile: bool) -> Result<(
         src = st.vbuf;
     }
     if JOB.incremental.load(Relaxed) {
-        return write_blocks(st, addr, src, len);
+        return write_blocks(st, addr, src, len, volatile);
     }
     write_chunk(st, addr, src, len, 0)
 }
@@ -570,8 +595,16 @@ fn write_run(st: &mut WState, addr: u64, len: usize, volatile: bool) -> Result<(
 /// cut on the [`incr::BLOCK`] grid; each block is hashed, and one the
 /// previous image holds with the same hash becomes a reference to it.
 /// Consecutive changed blocks are written with one `pwrite` when stored
-/// raw (one descriptor each).
-fn write_blocks(st: &mut WState, addr: u64, src: *const u8, len: usize) -> Result<(), i32> {
+/// raw (one descriptor each). A block the dirty tracking proves unchanged
+/// since the previous image (which has a chunk of the same address and
+/// length) is taken from it without being read.
+fn write_blocks(
+    st: &mut WState,
+    addr: u64,
+    src: *const u8,
+    len: usize,
+    volatile: bool,
+) -> Result<(), i32> {
     let prev_p = JOB.prev.load(Relaxed);
     let prev: &[incr::PrevChunk] = if prev_p.is_null() {
         &[]
@@ -580,6 +613,14 @@ fn write_blocks(st: &mut WState, addr: u64, src: *const u8, len: usize) -> Resul
         // for the job (see write_image).
         unsafe { core::slice::from_raw_parts(prev_p, JOB.prev_n.load(Relaxed)) }
     };
+    let clean_p = JOB.clean.load(Relaxed);
+    let clean: &[(u64, u64)] = if clean_p.is_null() || volatile {
+        &[]
+    } else {
+        // SAFETY: as for the previous image's table.
+        unsafe { core::slice::from_raw_parts(clean_p, JOB.clean_n.load(Relaxed)) }
+    };
+    let (mut skipped, mut hashed) = (0u64, 0u64);
     let compress = JOB.compress.load(Relaxed);
     let end = addr + len as u64;
     let bytes = |a: u64, n: u64| {
@@ -593,8 +634,22 @@ fn write_blocks(st: &mut WState, addr: u64, src: *const u8, len: usize) -> Resul
     while a < end {
         let b = ((a / incr::BLOCK) + 1) * incr::BLOCK;
         let b = b.min(end);
-        let h = super::xxh3::hash128(bytes(a, b - a));
-        if let Some(p) = incr::Prev::find(prev, a, b - a, h) {
+        let unchanged = if super::dirty::Clean::covers(clean, a, b) {
+            incr::Prev::at(prev, a, b - a)
+        } else {
+            None
+        };
+        let h = match unchanged {
+            Some(p) => {
+                skipped += 1;
+                p.hash
+            }
+            None => {
+                hashed += 1;
+                super::xxh3::hash128(bytes(a, b - a))
+            }
+        };
+        if let Some(p) = unchanged.or_else(|| incr::Prev::find(prev, a, b - a, h)) {
             flush_raw(st, addr, src, pend, a)?;
             np = 0;
             st.push_hashed(
@@ -620,6 +675,8 @@ fn write_blocks(st: &mut WState, addr: u64, src: *const u8, len: usize) -> Resul
         }
         a = b;
     }
+    JOB.skipped.fetch_add(skipped, Relaxed);
+    JOB.hashed.fetch_add(hashed, Relaxed);
     flush_raw(st, addr, src, pend, end)
 }
 
@@ -1100,6 +1157,8 @@ pub struct WriteOpts<'a> {
     pub incremental: bool,
     /// The previous image's chunks (an incremental image), or None (full).
     pub prev: Option<&'a incr::Prev>,
+    /// Pages unchanged since the previous image (dirty tracking), or None.
+    pub clean: Option<&'a super::dirty::Clean>,
 }
 
 /// The protected fd of a forked writer's coordinator connection.
@@ -1200,6 +1259,15 @@ pub fn write_image(
         SeqCst,
     );
     JOB.prev_n.store(prev.map_or(0, |p| p.chunks.len()), SeqCst);
+    let clean = opts.clean.filter(|_| prev.is_some());
+    JOB.clean.store(
+        clean.map_or(core::ptr::null_mut(), |c| c.ranges.as_ptr() as *mut _),
+        SeqCst,
+    );
+    JOB.clean_n
+        .store(clean.map_or(0, |c| c.ranges.len()), SeqCst);
+    JOB.skipped.store(0, SeqCst);
+    JOB.hashed.store(0, SeqCst);
     JOB.error.store(0, SeqCst);
     JOB.ready.store(0, SeqCst);
     JOB.done.store(0, SeqCst);
@@ -1233,6 +1301,17 @@ pub fn write_image(
         return Outcome::Restarted;
     }
     FORK_LINK.store(-1, SeqCst);
+    // Pages of skipped blocks written while the image was written (not by
+    // the program, which is suspended): asked before anything else here
+    // changes memory, checked below.
+    if let Some(c) = clean {
+        let poke = TEST_POKE.load(SeqCst);
+        if poke != 0 && super::dirty::Clean::covers(&c.ranges, poke, poke + 1) {
+            // SAFETY: the byte lies in a tracked area: private, writable, mapped.
+            unsafe { core::ptr::write_volatile(poke as *mut u8, 0x5a) };
+        }
+    }
+    let written_meanwhile = clean.map(|c| super::dirty::written_since(&c.ranges));
     super::memory::close_down(plan);
     // SAFETY: closing fds we opened (a forked writer closed the page map
     // it inherited, and its own is no longer needed either).
@@ -1278,6 +1357,8 @@ pub fn write_image(
     }
     JOB.prev.store(core::ptr::null_mut(), SeqCst);
     JOB.prev_n.store(0, SeqCst);
+    JOB.clean.store(core::ptr::null_mut(), SeqCst);
+    JOB.clean_n.store(0, SeqCst);
     let mut pairs: Vec<(ChunkDesc, u128)> = Vec::new();
     for w in writers {
         // SAFETY: the job is over; writers are idle.
@@ -1285,6 +1366,27 @@ pub fn write_image(
         pairs.extend(st.descs().iter().copied().zip(st.hashes().iter().copied()));
     }
     pairs.sort_by_key(|p| p.0.addr);
+    let mut fixed = 0u64;
+    if let (Some(c), Some(w)) = (clean, &written_meanwhile) {
+        match recheck(&mut pairs, &c.ranges, w, fd_buf) {
+            Ok(n) => fixed = n,
+            Err(e) => {
+                return fail(format!(
+                    "writing {}: {}",
+                    tmp.display(),
+                    std::io::Error::from_raw_os_error(e)
+                ))
+            }
+        }
+    }
+    if opts.incremental && !in_forked_child() {
+        stats(
+            meta.generation,
+            JOB.skipped.load(SeqCst),
+            JOB.hashed.load(SeqCst),
+            fixed,
+        );
+    }
     let (mut chunks, hashes): (Vec<ChunkDesc>, Vec<u128>) = pairs.into_iter().unzip();
     meta.areas = plan.areas.clone();
     let (sources, since_full) = incr::finish(&mut chunks, prev);
@@ -1335,6 +1437,81 @@ pub fn write_image(
         bytes: file_len,
         crc32,
         header_crc,
+    }
+}
+
+/// Blocks taken from the previous image unread (`pairs` that refer to
+/// an earlier image and lie in `clean`) of which a page was written while
+/// the image was written (`w`): hashed now, and written into this image
+/// (raw, at its end) unless their contents still are the previous
+/// image's. The number rewritten, or an errno.
+fn recheck(
+    pairs: &mut [(ChunkDesc, u128)],
+    clean: &[(u64, u64)],
+    w: &[(u64, u64)],
+    fd: i32,
+) -> Result<u64, i32> {
+    let mut n = 0;
+    if w.is_empty() {
+        return Ok(0);
+    }
+    for (d, h) in pairs.iter_mut() {
+        let (a, b) = (d.addr, d.addr + d.len);
+        if d.source() == 0
+            || !super::dirty::Clean::covers(clean, a, b)
+            || !super::dirty::meets(w, a, b)
+        {
+            continue;
+        }
+        // SAFETY: [a, b) is in a tracked (private, writable, mapped) area
+        // of the plan; nothing has been unmapped since.
+        let bytes = unsafe { core::slice::from_raw_parts(a as *const u8, d.len as usize) };
+        let now = super::xxh3::hash128(bytes);
+        if now == *h {
+            continue;
+        }
+        let off = JOB.off.fetch_add(d.len, SeqCst);
+        pwrite_all(fd, bytes.as_ptr(), bytes.len(), off)?;
+        *d = ChunkDesc {
+            addr: a,
+            len: d.len,
+            file_off: off,
+            stored_len: d.len,
+            crc: crc32fast::hash(bytes),
+            flags: 0,
+        };
+        *h = now;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Say how the incremental image's blocks were found: in the log, and
+/// (for tests) as a line appended to the file `DMTCP_DIRTY_STATS` names.
+fn stats(generation: u32, skipped: u64, hashed: u64, fixed: u64) {
+    let line = format!(
+        "generation {generation}: {skipped} blocks unchanged by dirty tracking (not read), {hashed} hashed, {fixed} rewritten\n"
+    );
+    super::log::info(format_args!("{}", line.trim_end()));
+    // getenv, not std::env (whose lock a suspended thread could hold).
+    // SAFETY: getenv with a NUL-terminated name; the value is used at once.
+    let v = unsafe { libc::getenv(c"DMTCP_DIRTY_STATS".as_ptr()) };
+    if v.is_null() {
+        return;
+    }
+    // SAFETY: getenv returned a NUL-terminated string.
+    let path = unsafe { core::ffi::CStr::from_ptr(v) };
+    // SAFETY: open/write/close of a file of ours.
+    unsafe {
+        let fd = libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
+            0o600,
+        );
+        if fd >= 0 {
+            let _ = dmtcp_sys::write_all(fd, line.as_bytes());
+            libc::close(fd);
+        }
     }
 }
 
