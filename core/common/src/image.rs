@@ -196,7 +196,21 @@ pub struct Meta {
     /// Incremental images taken since the last full one (0: this one is full).
     #[serde(default)]
     pub since_full: u32,
+    /// The version of the lazy restore protocol the library that wrote this
+    /// image speaks ([`LAZY_PROTOCOL`]; 0 in images of a library without
+    /// one): `dmtcp_restart` leaves compressed chunks to a page server only
+    /// for a library that takes the page server's socket, asks it for
+    /// every page before a fork or a checkpoint and watches it.
+    #[serde(default)]
+    pub lazy_protocol: u32,
 }
+
+/// The lazy restore protocol of this version (see [`Meta::lazy_protocol`]):
+/// the restorer hands the page server's socket over in
+/// `RestartArgs::lazy_fd` with the `RESTART_LAZY_FD` flag, the library
+/// sends `F` to ask for every page and the server answers `D` once all are
+/// in.
+pub const LAZY_PROTOCOL: u32 = 1;
 
 /// Parent, group, session and unreaped children of a process.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -1002,6 +1016,7 @@ mod tests {
             vdso_syms: Vec::new(),
             sources: Vec::new(),
             since_full: 0,
+            lazy_protocol: LAZY_PROTOCOL,
         }
     }
 

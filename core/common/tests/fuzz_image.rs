@@ -105,6 +105,7 @@ fn meta() -> Meta {
         vdso_syms: vec![("__vdso_clock_gettime".into(), 0x800)],
         sources: Vec::new(),
         since_full: 0,
+        lazy_protocol: 1,
     }
 }
 

@@ -348,6 +348,8 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
 
     let mut args = hdr.args;
     args.lazy_fd = -1;
+    // This restorer fills `lazy_fd` (-1 or the page server's socket).
+    args.flags |= RESTART_LAZY_FD;
     if hdr.lazy_sock >= 0 {
         if uffd >= 0 {
             send_fd(hdr.lazy_sock, uffd);

@@ -78,6 +78,10 @@ pub const RESTART_BRK_SET: u32 = 1;
 /// Flag of [`RestartArgs::flags`] set by `dmtcp_restart`: the process runs in
 /// a fresh pid namespace where threads can get their old ids back.
 pub const RESTART_SET_TID: u32 = 2;
+/// Flag of [`RestartArgs::flags`] set by a restorer that knows
+/// [`RestartArgs::lazy_fd`] (a restorer of before the lazy restore wrote a
+/// shorter struct: the library must not take what follows it for a socket).
+pub const RESTART_LAZY_FD: u32 = 4;
 
 /// The kernel's `struct clone_args` (clone3), up to `cgroup` (version 2, 88 bytes).
 #[repr(C)]

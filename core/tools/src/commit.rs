@@ -879,6 +879,7 @@ mod tests {
             cpu_flags: Vec::new(),
             vdso_syms: Vec::new(),
             since_full: sources.len() as u32,
+            lazy_protocol: 0,
             sources,
         };
         let index = encode_index(&meta, &[]);

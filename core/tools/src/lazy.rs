@@ -23,14 +23,14 @@ use dmtcp_common::image::{ChunkDesc, Image};
 use dmtcp_sys::uffd;
 
 /// May this process use userfaultfd with faults of the kernel handled
-/// (checked by opening one)? `DMTCP_RESTART_NO_UFFD=1`: never.
+/// (checked by opening one)? On by default; `DMTCP_RESTART_UFFD=0` or
+/// `DMTCP_RESTART_NO_UFFD=1` turn it off (and `DMTCP_RESTART_EAGER=1`,
+/// which maps nothing from the image either).
 pub fn usable() -> bool {
-    // Asked for only (DMTCP_RESTART_UFFD=1): with it on by default, two of
-    // the core tests failed (a program holding 900 fds found one of them
-    // wrong after the first checkpoint that followed a lazy restart, and a
-    // Python HTTP client's connection was reset); not understood yet.
-    let on = |k: &str| std::env::var(k).is_ok_and(|v| dmtcp_common::env::truthy(&v));
-    if !on("DMTCP_RESTART_UFFD") || on("DMTCP_RESTART_NO_UFFD") {
+    let set = |k: &str| std::env::var(k).ok();
+    if set("DMTCP_RESTART_UFFD").is_some_and(|v| !dmtcp_common::env::truthy(&v))
+        || set("DMTCP_RESTART_NO_UFFD").is_some_and(|v| dmtcp_common::env::truthy(&v))
+    {
         return false;
     }
     let fd = uffd::open();
@@ -148,13 +148,26 @@ fn errno() -> i32 {
 
 /// Copy `src` to `seg.addr`, advancing `seg` as pages go in; pages found
 /// present or unmapped are skipped.
+///
+/// `UFFDIO_COPY` answers ENOENT both for a page no longer mapped and for a
+/// range that does not lie within one mapping: a run is one mapping when
+/// it is registered, but the program may split that mapping afterwards
+/// (`mprotect` of a part, `madvise` that changes its flags), which sends no
+/// event. So after an ENOENT the next page is tried alone: copied, it was
+/// the boundary (whole runs again from the next page); refused, it is
+/// really gone and skipped. Skipping the whole run's pages one by one
+/// would leave them missing, and the kernel would give zero pages there
+/// once the userfaultfd is closed (or a thread that faulted on one would
+/// wait for ever).
 fn fill(fd: i32, seg: &mut Seg, src: &[u8]) -> Result<(), Stop> {
+    let mut one_page = false;
     while seg.len > 0 {
         let at = (seg.off) as usize;
+        let len = if one_page { seg.len.min(4096) } else { seg.len };
         let mut c = uffd::Copy {
             dst: seg.addr,
             src: src[at..].as_ptr() as u64,
-            len: seg.len,
+            len,
             mode: 0,
             copy: 0,
         };
@@ -169,15 +182,20 @@ fn fill(fd: i32, seg: &mut Seg, src: &[u8]) -> Result<(), Stop> {
             seg.len -= n;
         }
         if r == 0 || seg.len == 0 {
+            one_page = false;
             continue;
         }
         match e {
             libc::EAGAIN => return Err(Stop::Again),
+            // The range crosses the end of a mapping (or its first page is
+            // gone): that page alone next.
+            libc::ENOENT if !one_page && c.copy <= 0 && seg.len > 4096 => one_page = true,
             // A page there already, or no mapping any more: skip one page.
             libc::EEXIST | libc::ENOENT => {
                 seg.addr += 4096;
                 seg.off += 4096;
                 seg.len = seg.len.saturating_sub(4096);
+                one_page = false;
             }
             libc::ESRCH => return Err(Stop::Gone),
             e => return Err(Stop::Failed(e)),

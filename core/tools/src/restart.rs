@@ -738,7 +738,13 @@ fn restore_into_self(
     // Compressed chunks too are restored lazily where this process may use
     // userfaultfd: a socket to the page server (the streamer, once the
     // stream is written); [restorer's end, server's end].
-    let lazy_sock = if !fds.is_empty() && crate::lazy::usable() {
+    // Only for an image whose library speaks this version's lazy protocol
+    // (an older library would neither take the socket nor ask for its
+    // pages before a fork or a checkpoint).
+    let lazy_sock = if !fds.is_empty()
+        && img.meta.lazy_protocol == dmtcp_common::image::LAZY_PROTOCOL
+        && crate::lazy::usable()
+    {
         match crate::lazy::socketpair() {
             Ok(p) => Some(p),
             Err(e) => return format!("socketpair: {e}"),

@@ -3,12 +3,12 @@
 //! background; the program (tests/c/lazyz.c) checks its memory after the
 //! restart through system calls, madvise/munmap/mremap, threads and a
 //! fork, is checkpointed again and restarted from that image, and checks
-//! it all once more. The tests run as root (full userfaultfd) and ask for
-//! it with DMTCP_RESTART_UFFD=1 (off by default, see core/tools/src/lazy.rs).
+//! it all once more. The tests run as root (full userfaultfd, used by
+//! default; DMTCP_RESTART_UFFD=0 turns it off).
 
 mod common;
 use common::*;
-use dmtcp_common::image::{Image, CHUNK_ZSTD};
+use dmtcp_common::image::{Image, CHUNK_ZSTD, LAZY_PROTOCOL};
 
 /// The stats line of the page server in restart.err: (chunks, runs of
 /// them filled on a fault, in the background), if any. (A chunk cut by
@@ -35,6 +35,17 @@ fn stats(err: &str) -> Option<(u64, u64, u64)> {
     ))
 }
 
+/// Launch tests/c/lazyz.c in `job`, checkpoint it once it waits for go1,
+/// kill it; its image.
+fn checkpointed(job: &mut Job) -> std::path::PathBuf {
+    let prog = c_program("lazyz");
+    job.launch(&[prog.to_str().unwrap()], &[]);
+    job.wait_for("waiting for go1");
+    job.checkpoint();
+    job.kill();
+    job.images()[0].clone()
+}
+
 fn create(job: &Job, name: &str) {
     create_in(&job.dir, name);
 }
@@ -49,9 +60,7 @@ fn restart_err(job: &Job) -> String {
 fn two_restarts(name: &str, env: &[(&str, &str)]) -> (String, String) {
     let prog = c_program("lazyz");
     let p = prog.to_str().unwrap();
-    let mut job = Job::new(name)
-        .env("DMTCP_RESTART_UFFD", "1")
-        .env("DMTCP_RESTART_LAZY_STATS", "1");
+    let mut job = Job::new(name).env("DMTCP_RESTART_LAZY_STATS", "1");
     for (k, v) in env {
         job = job.env(k, v);
     }
@@ -107,10 +116,9 @@ fn pages_come_on_demand_and_a_fork_gets_them_all() {
     assert!(second.contains("went away"), "{second}");
 }
 
-/// Asked for (DMTCP_RESTART_UFFD=1): faults served, the rest filled in
-/// the background.
+/// By default: faults served, the rest filled in the background.
 #[test]
-fn compressed_image_restarts_lazily_when_asked() {
+fn compressed_image_restarts_lazily_by_default() {
     let (first, second) = two_restarts("lazyz-default", &[]);
     for err in [&first, &second] {
         let (chunks, on_fault, in_background) =
@@ -132,25 +140,55 @@ fn without_userfaultfd_chunks_are_decompressed_first() {
     }
 }
 
-/// DMTCP_RESTART_EAGER=1 keeps everything eager.
+/// An image whose library does not speak the lazy protocol (metadata
+/// without `lazy_protocol`, as every image of before it) is restored
+/// eagerly: that library would neither take the page server's socket nor
+/// ask for the missing pages before a fork or a checkpoint. The library
+/// restored from it writes the protocol into its next image, which then
+/// restarts lazily.
 #[test]
-fn eager_restart_stays_eager() {
-    let (first, second) = two_restarts("lazyz-eager", &[("DMTCP_RESTART_EAGER", "1")]);
-    assert!(stats(&first).is_none() && stats(&second).is_none(), "{first}{second}");
+fn an_image_of_a_library_without_the_lazy_protocol_restarts_eagerly() {
+    let mut job = Job::new("lazyz-oldlib").env("DMTCP_RESTART_LAZY_STATS", "1");
+    let path = checkpointed(&mut job);
+    assert_eq!(Image::open(&path).unwrap().meta.lazy_protocol, LAZY_PROTOCOL);
+    dmtcp_common::image::rewrite_meta(&path, |m| m.lazy_protocol = 0).unwrap();
+    job.restart();
+    create(&job, "go1");
+    job.wait_for("waiting for go2");
+    assert!(job.output().contains("phase 1 ok"), "{}", job.diag());
+    let first = restart_err(&job);
+    assert!(stats(&first).is_none(), "{first}");
+    job.checkpoint();
+    job.kill();
+    let path = job.images()[0].clone();
+    assert_eq!(Image::open(&path).unwrap().meta.lazy_protocol, LAZY_PROTOCOL);
+    job.restart();
+    create(&job, "go2");
+    job.wait_success();
+    assert!(job.output().contains("phase 2 ok"), "{}", job.diag());
+    assert!(stats(&restart_err(&job)).is_some(), "{}", job.diag());
+}
+
+/// DMTCP_RESTART_EAGER=1 keeps everything eager; DMTCP_RESTART_UFFD=0
+/// turns the page server off (compressed chunks are decompressed before
+/// the program resumes).
+#[test]
+fn eager_restart_and_uffd_zero_stay_eager() {
+    for (name, env) in [
+        ("lazyz-eager", ("DMTCP_RESTART_EAGER", "1")),
+        ("lazyz-off", ("DMTCP_RESTART_UFFD", "0")),
+    ] {
+        let (first, second) = two_restarts(name, &[env]);
+        assert!(stats(&first).is_none() && stats(&second).is_none(), "{first}{second}");
+    }
 }
 
 /// A damaged compressed chunk is still refused before the program runs,
 /// with the checksum message, though its pages would only be needed later.
 #[test]
 fn a_damaged_compressed_chunk_is_refused_before_the_program_runs() {
-    let prog = c_program("lazyz");
-    let p = prog.to_str().unwrap();
-    let mut job = Job::new("lazyz-damaged").env("DMTCP_RESTART_UFFD", "1");
-    job.launch(&[p], &[]);
-    job.wait_for("waiting for go1");
-    job.checkpoint();
-    job.kill();
-    let path = job.images()[0].clone();
+    let mut job = Job::new("lazyz-damaged");
+    let path = checkpointed(&mut job);
     let img = Image::open(&path).unwrap();
     // The last compressed chunk: with the default background fill, the
     // one filled last.
@@ -191,9 +229,7 @@ fn a_damaged_compressed_chunk_is_refused_before_the_program_runs() {
 fn incremental_compressed_image_restarts_lazily() {
     let prog = c_program("lazyz");
     let p = prog.to_str().unwrap();
-    let mut job = Job::new("lazyz-incr")
-        .env("DMTCP_RESTART_UFFD", "1")
-        .env("DMTCP_RESTART_LAZY_STATS", "1");
+    let mut job = Job::new("lazyz-incr").env("DMTCP_RESTART_LAZY_STATS", "1");
     job.launch(&[p], &["--incremental"]);
     job.wait_for("waiting for go1");
     job.checkpoint();
@@ -308,7 +344,6 @@ fn an_unprivileged_restart_decompresses_first_without_a_word() {
     assert_eq!(imgs.len(), 1);
     let err_path = dir.join("restart.err");
     let mut restart = as_nobody("dmtcp_restart", &dir)
-        .env("DMTCP_RESTART_UFFD", "1")
         .env("DMTCP_RESTART_LAZY_STATS", "1")
         .args(["-j", "-h", "127.0.0.1", "-p", &port])
         .args(&imgs)
@@ -377,14 +412,8 @@ fn page_servers(root: i32) -> Vec<i32> {
 /// is told to read its memory.
 #[test]
 fn a_killed_page_server_stops_the_program_with_the_reason() {
-    let prog = c_program("lazyz");
-    let mut job = Job::new("lazyz-killed")
-        .env("DMTCP_RESTART_UFFD", "1")
-        .env("DMTCP_RESTART_LAZY_BACKGROUND", "0");
-    job.launch(&[prog.to_str().unwrap()], &[]);
-    job.wait_for("waiting for go1");
-    job.checkpoint();
-    job.kill();
+    let mut job = Job::new("lazyz-killed").env("DMTCP_RESTART_LAZY_BACKGROUND", "0");
+    checkpointed(&mut job);
     job.restart();
     job.wait_running(1);
     let root = job.proc.as_ref().unwrap().id() as i32;

@@ -348,6 +348,7 @@ impl Ctl {
             vdso_syms: super::vdso::entry_points(plan.special[2]),
             sources: Vec::new(),
             since_full: 0,
+            lazy_protocol: dmtcp_common::image::LAZY_PROTOCOL,
         };
         // Into the directory of this generation, which the coordinator
         // commits once every process has written its image.

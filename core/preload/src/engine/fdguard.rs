@@ -64,6 +64,14 @@ pub fn ensure_room() -> Result<(), String> {
 
 /// Fill the unused numbers of the protected range with placeholders
 /// (start-up and restart; a number already open is left alone).
+///
+/// The kernel gives `open` the lowest free number: when the program holds
+/// every number below a free protected one (a program with hundreds of fds,
+/// after the library let go of one of its own), that is the protected
+/// number itself, and the `/dev/null` opened here is already the
+/// placeholder there: it stays open (closing it, as the other copy is,
+/// would leave the number free for the program's next `open`, an fd that
+/// the library then neither saves nor leaves alone).
 pub fn fill_placeholders() {
     // SAFETY: open of a literal path.
     let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
@@ -76,7 +84,9 @@ pub fn fill_placeholders() {
             dup_own(null, fd);
         }
     }
-    close_own(null);
+    if !is_protected(null) {
+        close_own(null);
+    }
 }
 
 /// `close(2)`: the library's fds read as not open.
@@ -185,6 +195,65 @@ pub unsafe extern "C" fn closefrom(low: c_int) {
 #[cfg(test)]
 mod tests {
     use super::outside;
+    use super::{fill_placeholders, PROTECTED_FD_BASE as BASE, PROTECTED_FD_COUNT as COUNT};
+
+    fn is_open(fd: i32) -> bool {
+        // SAFETY: F_GETFD only asks whether the number is open.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    /// A process holding every number below the protected range (so the
+    /// `/dev/null` opened to fill it lands in the range itself) still has
+    /// every protected number filled afterwards. In a forked child: the
+    /// test harness's other threads open fds too.
+    #[test]
+    fn placeholders_fill_the_range_when_it_holds_the_lowest_free_number() {
+        // SAFETY: the child only makes system calls (raw ones where this
+        // library wraps the libc function) and exits with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: system calls on fds of this (child) process only.
+            let code = unsafe {
+                let l = libc::rlimit {
+                    rlim_cur: 4096,
+                    rlim_max: 4096,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                for fd in 0..BASE {
+                    if !is_open(fd) {
+                        libc::syscall(libc::SYS_dup2, null, fd);
+                    }
+                }
+                for fd in BASE..BASE + COUNT {
+                    libc::syscall(libc::SYS_close, fd);
+                }
+                // The library let go of one of its numbers (the page
+                // server's socket, the forked writer's link), the rest
+                // of the range holding placeholders.
+                fill_placeholders();
+                libc::syscall(libc::SYS_close, BASE + 5);
+                fill_placeholders();
+                let filled = (BASE..BASE + COUNT).filter(|&fd| is_open(fd)).count() as i32;
+                // Nothing of ours left open above the range either.
+                let stray = (BASE + COUNT..BASE + COUNT + 16).filter(|&fd| is_open(fd)).count() as i32;
+                if filled == COUNT && stray == 0 {
+                    0
+                } else {
+                    1 + filled
+                }
+            };
+            // SAFETY: ending the child without running the harness's exit code.
+            unsafe { libc::_exit(code) };
+        }
+        let mut st = 0;
+        // SAFETY: reaping our child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        assert!(libc::WIFEXITED(st), "child status {st}");
+        let code = libc::WEXITSTATUS(st);
+        assert_eq!(code, 0, "{} of {COUNT} protected numbers filled", code - 1);
+    }
     const B: u32 = super::PROTECTED_FD_BASE as u32;
     const E: u32 = B + super::PROTECTED_FD_COUNT as u32 - 1;
 

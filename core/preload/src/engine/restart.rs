@@ -101,7 +101,9 @@ pub unsafe extern "C" fn dmtcp_restart_entry(args: *const RestartArgs) -> ! {
         }
         RESTART_INFO_FD.store(target, SeqCst);
     }
-    if a.lazy_fd >= 0 {
+    // (A restorer of before the lazy restore has no `lazy_fd`: only the
+    // flag says the field is there.)
+    if a.flags & dmtcp_sys::restore::RESTART_LAZY_FD != 0 && a.lazy_fd >= 0 {
         let target = super::lazymem::LAZY_FD_NUM;
         // SAFETY: as above, for the page server's socket (close-on-exec:
         // an exec drops the memory it fills anyway).

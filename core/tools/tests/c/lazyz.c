@@ -1,11 +1,12 @@
 /* Compressible memory in regions of its own, checked after a restart in
  * ways that reach pages a lazy restore has not filled yet: through system
  * calls (write(2) from them, read(2) into them), after madvise(DONTNEED),
- * munmap and mremap of them, from several threads at once, and from a
- * forked child. Phase 1 waits for the file "go1" (created after the first
- * restart), phase 2 for "go2" (after the restart from the checkpoint taken
- * in between); both check everything and print "phase N ok", or BAD and
- * exit 1. Region size in MiB: $REGION_MB (default 8). */
+ * munmap and mremap of them, after mprotect of a page in their middle,
+ * from several threads at once, and from a forked child. Phase 1 waits
+ * for the file "go1" (created after the first restart), phase 2 for "go2"
+ * (after the restart from the checkpoint taken in between); both check
+ * everything and print "phase N ok", or BAD and exit 1. Region size in
+ * MiB: $REGION_MB (default 8). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -100,6 +101,12 @@ static int phase1(void) {
     pthread_join(t[i], &bad);
     if (bad) { printf("BAD thread %d saw %lu wrong bytes\n", i, (unsigned long)(uintptr_t)bad); ok = 0; }
   }
+  /* mprotect of one page inside a chunk still to fill splits its mapping
+   * (no event tells the page server): region 2 is then read at once (its
+   * pages come on faults), region 7 is filled for the fork below. */
+  for (int r = 2; r <= 7; r += 5)
+    if (mprotect(reg[r] + rlen / 2 + 5 * 4096, 4096, PROT_READ) != 0) { printf("BAD mprotect\n"); return 0; }
+  ok &= check(2, "after mprotect of one of its pages");
   /* A fork right away: the child checks memory its parent never touched. */
   pid_t c = fork();
   if (c == 0) _exit(check(7, "in a forked child") && check(2, "in a forked child") ? 0 : 1);
