@@ -504,3 +504,54 @@ fn full_unix_socket_with_an_idle_reader_survives_resume_and_restart() {
     let err = std::fs::read_to_string(job.dir.join("err.txt")).unwrap_or_default();
     assert!(!err.contains("takes long"), "{err}");
 }
+
+/// A client of the job connected to the job's listener and sent its
+/// bytes, but the server had not accepted the connection when the
+/// checkpoint came (it waits in the accept queue, held by no process).
+/// After the checkpoint (`restart`: a kill and a restart) the server waits
+/// for its listener to be readable, accepts, and must get every byte; the
+/// client must get the server's answer. Before, the waiting connection was
+/// taken for one leading outside the job: a reset at restart.
+fn waiting_connection(name: &str, shut: &str, restart: bool) {
+    let prog = c_program("acceptq");
+    let mut job = Job::new(name);
+    let go = job.dir.join("go");
+    job.launch(
+        &[prog.to_str().unwrap(), go.to_str().unwrap(), "50000", "tcp", shut],
+        &[],
+    );
+    job.wait_for("pending\n");
+    if restart {
+        job.checkpoint_and_kill();
+        job.restart();
+        job.wait_running(2);
+    } else {
+        job.checkpoint();
+    }
+    std::fs::write(&go, b"").unwrap();
+    job.wait_success();
+    let out = job.output();
+    assert!(out.contains("server got 50000 ok\n"), "{out}{}", job.diag());
+    assert!(out.contains("client got answer ok\n"), "{out}{}", job.diag());
+    assert!(out.ends_with("client exit 0\n"), "{out}{}", job.diag());
+}
+
+#[test]
+fn connection_waiting_to_be_accepted_survives_resume() {
+    waiting_connection("acceptq-resume", "open", false);
+}
+
+#[test]
+fn connection_waiting_to_be_accepted_survives_restart() {
+    waiting_connection("acceptq-restart", "open", true);
+}
+
+#[test]
+fn half_closed_connection_waiting_to_be_accepted_survives_resume() {
+    waiting_connection("acceptq-shut-resume", "shut", false);
+}
+
+#[test]
+fn half_closed_connection_waiting_to_be_accepted_survives_restart() {
+    waiting_connection("acceptq-shut-restart", "shut", true);
+}

@@ -8,6 +8,9 @@
 //! 2. After the barrier, a connected stream socket whose other end was
 //!    published is *in the job*; the other ones lead outside (an external
 //!    server, or a peer that already closed).
+//!    A connection of the job still waiting in a TCP listener's accept
+//!    queue is adopted: accepted, drained, its bytes handed to the client
+//!    end, which connects again after the round ([`adopt_waiting`]).
 //! 3. Leaders drain in-job connections: each end sends a cookie and reads
 //!    until the other's cookie arrives, so every byte in flight (kernel
 //!    receive queues and TCP send queues) is in the reader's memory and in
@@ -61,6 +64,17 @@ struct Sock {
     cloexec: bool,
     endkey: String,
     peerkey: String,
+    /// A connection this process took from its listener's accept queue at
+    /// checkpoint (the program had not accepted it yet): its bytes are
+    /// handed to the client end, and it is closed again afterwards.
+    adopted: bool,
+    /// The other end was [`adopted`](Sock::adopted): after the checkpoint
+    /// (or the restart) this end connects to the listener again and sends
+    /// its bytes again, so the program accepts it as if nothing happened.
+    reconnect: bool,
+    /// For a [`reconnect`](Sock::reconnect) end: the bytes it had sent,
+    /// handed back by the adopting process, sent again after connecting.
+    resend: Vec<u8>,
 }
 
 static SAVED: dmtcp::FLock<Vec<Sock>> = dmtcp::FLock::new(Vec::new());
@@ -369,6 +383,19 @@ fn scan(boot: &str) -> Vec<Sock> {
         if fd == nl {
             continue;
         }
+        out.push(describe(fd, ino, nl, boot, &mut bufs));
+    }
+    if nl >= 0 {
+        // SAFETY: closing our netlink socket.
+        unsafe { libc::close(nl) };
+    }
+    out
+}
+
+/// What a checkpoint keeps of the socket `fd` (inode `ino`); `nl` is a
+/// sock_diag netlink socket (or -1).
+fn describe(fd: i32, ino: u64, nl: i32, boot: &str, bufs: &mut BufRule) -> Sock {
+    {
         let domain = get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).unwrap_or(-1);
         let stype = get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).unwrap_or(-1);
         let protocol = get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(0);
@@ -404,7 +431,7 @@ fn scan(boot: &str) -> Vec<Sock> {
         };
         let inet = domain == libc::AF_INET || domain == libc::AF_INET6;
         if inet || domain == libc::AF_UNIX {
-            s.opts = save_opts(fd, domain, &mut bufs);
+            s.opts = save_opts(fd, domain, bufs);
         }
         if inet && stype == libc::SOCK_STREAM && !s.rec.local.is_empty() {
             // The port must be free for a restart soon after the job was
@@ -469,13 +496,8 @@ fn scan(boot: &str) -> Vec<Sock> {
                 s.rec.side = (l > p) as u8;
             }
         }
-        out.push(s);
+        s
     }
-    if nl >= 0 {
-        // SAFETY: closing our netlink socket.
-        unsafe { libc::close(nl) };
-    }
-    out
 }
 
 fn send_some(fd: i32, b: &[u8]) -> Result<usize, i32> {
@@ -879,6 +901,16 @@ fn checkpoint() {
     };
     let cookie: [u8; 16] = agreed.and_then(|v| v.try_into().ok()).unwrap_or(offer);
     COOKIE.with(|c| *c = cookie);
+    if coordinated {
+        for s in socks.iter_mut() {
+            let owner = dmtcp::kv_get(DB, format!("o:{boot}:{}", s.rec.ino).as_bytes()).flatten();
+            s.leader = owner.is_none_or(|o| o == pid.to_ne_bytes());
+        }
+        adopt_waiting(&mut socks, &boot, pid);
+    }
+    // Every process, with or without listeners: the adopted connections'
+    // ends are published after this.
+    dmtcp::barrier("sock:adopt");
     for s in socks.iter_mut() {
         let owner = if coordinated {
             dmtcp::kv_get(DB, format!("o:{boot}:{}", s.rec.ino).as_bytes()).flatten()
@@ -899,6 +931,9 @@ fn checkpoint() {
                 let o = v.first().copied().unwrap_or(3);
                 s.rec.state = SockState::Pair;
                 s.consume = !s.my_shut && !s.peer_shut && o == 0;
+                s.reconnect = dmtcp::kv_get(DB, format!("a:{}", s.peerkey).as_bytes())
+                    .flatten()
+                    .is_some();
             }
             None => {
                 s.rec.state = SockState::Dead;
@@ -907,12 +942,353 @@ fn checkpoint() {
         }
     }
     drain(&mut socks);
+    hand_over(&mut socks);
     SAVED.with(|v| *v = socks);
     DRAINED.store(true, core::sync::atomic::Ordering::SeqCst);
 }
 
+/// A raw socket address (as `getsockname` gives it) for an inet_diag
+/// address: `family`, port bytes (network order), 4 or 16 address bytes.
+fn raw_inet(family: u8, port: [u8; 2], addr: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(28);
+    v.extend_from_slice(&(family as u16).to_ne_bytes());
+    v.extend_from_slice(&port);
+    if family as i32 == libc::AF_INET {
+        v.extend_from_slice(&addr[..4]);
+        v.extend_from_slice(&[0; 8]);
+    } else {
+        v.extend_from_slice(&[0; 4]);
+        v.extend_from_slice(&addr[..16]);
+        v.extend_from_slice(&[0; 4]);
+    }
+    v
+}
+
+/// The connections waiting in the accept queue of the TCP listener `l`, as
+/// (server end, client end) addresses, from the kernel's sock_diag (the
+/// sockets of the queue are established and have no file yet: inode 0).
+/// None if the kernel cannot say.
+fn tcp_waiting(l: &Sock) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    #[repr(C)]
+    struct Req {
+        nlmsg_len: u32,
+        nlmsg_type: u16,
+        nlmsg_flags: u16,
+        nlmsg_seq: u32,
+        nlmsg_pid: u32,
+        family: u8,
+        protocol: u8,
+        ext: u8,
+        pad: u8,
+        states: u32,
+        id: [u8; 48],
+    }
+    const _: () = assert!(core::mem::size_of::<Req>() == 16 + 56);
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    let local = &l.rec.local;
+    if local.len() < 8 {
+        return None;
+    }
+    let port = [local[2], local[3]];
+    let wild = if l.rec.domain == libc::AF_INET {
+        local[4..8].iter().all(|&b| b == 0)
+    } else {
+        local.get(8..24)?.iter().all(|&b| b == 0)
+    };
+    // SAFETY: a netlink socket of our own, closed below.
+    let nl = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if nl < 0 {
+        return None;
+    }
+    let req = Req {
+        nlmsg_len: core::mem::size_of::<Req>() as u32,
+        nlmsg_type: SOCK_DIAG_BY_FAMILY,
+        nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+        nlmsg_seq: 1,
+        nlmsg_pid: 0,
+        family: l.rec.domain as u8,
+        protocol: libc::IPPROTO_TCP as u8,
+        ext: 0,
+        pad: 0,
+        // TCP_ESTABLISHED, and TCP_CLOSE_WAIT: the client shut its side.
+        states: 1 << 1 | 1 << 8,
+        id: [0; 48],
+    };
+    let mut found = Vec::new();
+    let mut ok = false;
+    // SAFETY: sending our request struct; replies into our buffer.
+    unsafe {
+        if libc::send(nl, (&req as *const Req).cast(), req.nlmsg_len as usize, 0) >= 0 {
+            let mut buf = vec![0u8; 1 << 16];
+            'recv: loop {
+                let n = libc::recv(nl, buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n <= 0 {
+                    break;
+                }
+                let b = &buf[..n as usize];
+                let mut at = 0;
+                while at + 16 <= b.len() {
+                    let len = u32::from_ne_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+                    let ty = u16::from_ne_bytes([b[at + 4], b[at + 5]]);
+                    if len < 16 || at + len > b.len() {
+                        break 'recv;
+                    }
+                    if ty == NLMSG_DONE || ty == NLMSG_ERROR {
+                        ok = ty == NLMSG_DONE;
+                        break 'recv;
+                    }
+                    let m = &b[at + 16..at + len];
+                    // inet_diag_msg: family, state, timer, retrans, then
+                    // sockid (sport, dport, src[16], dst[16], if, cookie),
+                    // expires, rqueue, wqueue, uid, inode.
+                    if m.len() >= 72 {
+                        let fam = m[0];
+                        let (sport, dport) = ([m[4], m[5]], [m[6], m[7]]);
+                        let (src, dst) = (&m[8..24], &m[24..40]);
+                        let inode = u32::from_ne_bytes(m[68..72].try_into().unwrap());
+                        let alen = if fam as i32 == libc::AF_INET { 4 } else { 16 };
+                        let here = local.get(if alen == 4 { 4..8 } else { 8..24 });
+                        if inode == 0
+                            && sport == port
+                            && (wild || here == Some(&src[..alen]))
+                        {
+                            found.push((raw_inet(fam, sport, src), raw_inet(fam, dport, dst)));
+                        }
+                    }
+                    at += (len + 3) & !3;
+                }
+            }
+        }
+        libc::close(nl);
+    }
+    ok.then_some(found)
+}
+
+/// Connections waiting unaccepted in this process's TCP listeners whose
+/// client end is a process of the job: the checkpoint takes them out of
+/// the queue (accepts them) so their bytes are drained and saved like any
+/// in-job connection's; after the round the client connects again and
+/// sends them again ([`Sock::reconnect`]), and the program finds a waiting
+/// connection with the same bytes. A listener whose queue also holds a
+/// connection from outside the job is left as it is (an accepted
+/// connection cannot be put back: that one keeps working on resume; a
+/// restart gives its client a reset).
+fn adopt_waiting(socks: &mut Vec<Sock>, boot: &str, pid: i32) {
+    let listeners: Vec<Sock> = socks
+        .iter()
+        .filter(|s| {
+            s.leader
+                && s.rec.state == SockState::Listen
+                && s.rec.stype == libc::SOCK_STREAM
+                && s.rec.protocol == libc::IPPROTO_TCP
+                && matches!(s.rec.domain, libc::AF_INET | libc::AF_INET6)
+        })
+        .cloned()
+        .collect();
+    let mut bufs = BufRule::new();
+    for l in listeners {
+        // tcpi_unacked of a listener: the connections waiting.
+        let waiting = get_raw(l.rec.fd, libc::IPPROTO_TCP, libc::TCP_INFO, 32)
+            .filter(|v| v.len() >= 28)
+            .map_or(0, |v| u32::from_ne_bytes([v[24], v[25], v[26], v[27]]));
+        if waiting == 0 {
+            continue;
+        }
+        let Some(conns) = tcp_waiting(&l) else {
+            continue;
+        };
+        let in_job = conns.iter().all(|(srv, cli)| {
+            let key = format!("t:{}>{}", inet_text(cli), inet_text(srv));
+            dmtcp::kv_get(DB, key.as_bytes()).flatten().is_some()
+        });
+        if conns.len() != waiting as usize || !in_job {
+            continue;
+        }
+        for _ in 0..waiting {
+            let mut p = libc::pollfd {
+                fd: l.rec.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on our pollfd, then accept4 from the program's
+            // listener with no address wanted.
+            let fd = unsafe {
+                if libc::poll(&mut p, 1, 0) != 1 {
+                    break;
+                }
+                libc::accept4(
+                    l.rec.fd,
+                    core::ptr::null_mut(),
+                    core::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                )
+            };
+            if fd < 0 {
+                break;
+            }
+            // SAFETY: fstat of the fd just accepted into our struct.
+            let ino = unsafe {
+                let mut st: libc::stat = core::mem::zeroed();
+                libc::fstat(fd, &mut st);
+                st.st_ino
+            };
+            let mut s = describe(fd, ino, -1, boot, &mut bufs);
+            s.adopted = true;
+            s.leader = true;
+            dmtcp::kv_put(
+                DB,
+                format!("o:{boot}:{ino}").into_bytes(),
+                pid.to_ne_bytes().to_vec(),
+            );
+            dmtcp::kv_put(
+                DB,
+                s.endkey.clone().into_bytes(),
+                vec![s.my_shut as u8 | (s.peer_shut as u8) << 1],
+            );
+            dmtcp::kv_put(DB, format!("a:{}", s.endkey).into_bytes(), vec![1]);
+            socks.push(s);
+        }
+    }
+}
+
+/// Connect the client end `s` again to the listener it had connected to
+/// (its peer address), at the same fd with the same options and flags,
+/// and send the bytes it had sent before; false (with a warning) if that
+/// fails: the program then finds the connection closed.
+fn reconnect(s: &Sock) -> bool {
+    let r = &s.rec;
+    // SAFETY: a new socket of our own, connected, then moved onto the
+    // program's fd number (dup3 closes what was there).
+    let ok = unsafe {
+        let n = libc::socket(r.domain, r.stype | libc::SOCK_CLOEXEC, r.protocol);
+        let mut ss: libc::sockaddr_storage = core::mem::zeroed();
+        let len = r.peer.len().min(core::mem::size_of::<libc::sockaddr_storage>());
+        core::ptr::copy_nonoverlapping(
+            r.peer.as_ptr(),
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            len,
+        );
+        let ok = n >= 0
+            && libc::connect(n, (&ss as *const libc::sockaddr_storage).cast(), len as libc::socklen_t) == 0
+            && libc::dup3(n, r.fd, libc::O_CLOEXEC) == r.fd;
+        if n >= 0 {
+            libc::close(n);
+        }
+        ok
+    };
+    if !ok {
+        dmtcp::warn(format_args!(
+            "socket fd {}: cannot connect again to the listener it was waiting at ({}); it stays closed",
+            r.fd,
+            std::io::Error::last_os_error()
+        ));
+        return false;
+    }
+    put_back_opts(s);
+    let start = std::time::Instant::now();
+    let mut done = 0;
+    while done < s.resend.len() && start.elapsed() < std::time::Duration::from_secs(120) {
+        match send_some(r.fd, &s.resend[done..]) {
+            Ok(k) => done += k,
+            Err(_) => break,
+        }
+        if done < s.resend.len() {
+            poll_wait(
+                &mut [libc::pollfd {
+                    fd: r.fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                }],
+                100,
+            );
+        }
+    }
+    if done < s.resend.len() {
+        dmtcp::warn(format_args!(
+            "socket fd {}: {} of the {} bytes it had sent could not be sent again",
+            r.fd,
+            s.resend.len() - done,
+            s.resend.len()
+        ));
+    }
+    if s.my_shut {
+        // SAFETY: shutting the write side, as the program had done.
+        unsafe { libc::shutdown(r.fd, libc::SHUT_WR) };
+    }
+    true
+}
+
+/// After the drain: each adopted connection hands what the client had
+/// sent (drained or peeked) to the client end in a framed message and is
+/// closed; the client end keeps the bytes in memory (and the image) to
+/// send again when it connects again ([`reconnect`]). No adopted
+/// connection is left in the image.
+fn hand_over(socks: &mut Vec<Sock>) {
+    let mut ex: Vec<Ex> = socks
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, s)| s.leader && (s.adopted || s.reconnect))
+        .map(|(i, s)| {
+            let mut out = Vec::new();
+            if s.adopted {
+                out.extend_from_slice(&MAGIC);
+                out.extend_from_slice(&(s.data.len() as u64).to_le_bytes());
+                out.extend_from_slice(&s.data);
+            }
+            Ex {
+                idx: i,
+                fd: s.rec.fd,
+                out,
+                sent: 0,
+                hdr: [0; 16],
+                got: 0,
+                body: Vec::new(),
+                need: 0,
+                in_done: s.adopted,
+                wb: 0,
+                shut_after: false,
+                broken: false,
+            }
+        })
+        .collect();
+    if ex.is_empty() {
+        return;
+    }
+    run_exchange(&mut ex, false);
+    for e in ex {
+        let s = &mut socks[e.idx];
+        if s.adopted {
+            // SAFETY: the connection this round accepted.
+            unsafe { libc::close(s.rec.fd) };
+        } else {
+            if e.broken || !e.in_done {
+                dmtcp::warn(format_args!(
+                    "socket fd {}: the bytes it had sent to a listener of the job did not come back; they are lost",
+                    s.rec.fd
+                ));
+            }
+            s.resend = e.body;
+            s.data.clear();
+            s.consume = false;
+            s.rec.state = SockState::Dead;
+            s.rec.pair.clear();
+        }
+    }
+    socks.retain(|s| !s.adopted);
+}
+
 /// One end's part of a refill exchange.
 struct Ex {
+    /// Its socket's place in the list it came from.
+    idx: usize,
     fd: i32,
     out: Vec<u8>,
     sent: usize,
@@ -935,12 +1311,14 @@ struct Ex {
 fn exchange(list: Vec<(i32, Vec<u8>, bool)>, barrier: &str) {
     let mut ex: Vec<Ex> = list
         .into_iter()
-        .map(|(fd, data, shut_after)| {
+        .enumerate()
+        .map(|(idx, (fd, data, shut_after))| {
             let mut out = Vec::with_capacity(16 + data.len());
             out.extend_from_slice(&MAGIC);
             out.extend_from_slice(&(data.len() as u64).to_le_bytes());
             out.extend_from_slice(&data);
             Ex {
+                idx,
                 fd,
                 out,
                 sent: 0,
@@ -1159,6 +1537,7 @@ fn resume() {
             .collect()
     });
     exchange(list, "sock:refilled");
+    reconnect_all();
     SAVED.with(|v| {
         v.iter_mut().for_each(|s| {
             s.data = Vec::new();
@@ -1304,14 +1683,31 @@ fn after_restart() {
             .collect()
     });
     exchange(list, "sock:restored");
+    reconnect_all();
+}
+
+/// Every client end whose connection was adopted at checkpoint connects
+/// again (after the whole job is back: the listener is there).
+fn reconnect_all() {
+    let ends: Vec<Sock> = SAVED.with(|v| {
+        v.iter()
+            .filter(|s| s.leader && s.reconnect)
+            .cloned()
+            .collect()
+    });
+    for s in &ends {
+        reconnect(s);
+    }
+    SAVED.with(|v| v.iter_mut().for_each(|s| s.resend = Vec::new()));
 }
 
 /// Before user threads are suspended: gives the program up to half a second
 /// to accept the connections waiting in its TCP listeners' queues. A
 /// connection still waiting there at checkpoint time belongs to no process
-/// yet, so its bytes (a client's request) cannot be saved and a restart
-/// gives the client a reset (docs/architecture.md, limits); this narrows
-/// that window to connections made in the last instants before suspension.
+/// yet: one from the job is adopted ([`adopt_waiting`]), but one from
+/// outside cannot be, and a restart gives its client a reset
+/// (docs/architecture.md, limits); this narrows that window to
+/// connections made in the last instants before suspension.
 fn let_accepts_finish() {
     let start = std::time::Instant::now();
     let listeners: Vec<i32> = dmtcp::fds::socket_fds()
