@@ -186,16 +186,36 @@ fn inet_text(raw: &[u8]) -> String {
     String::new()
 }
 
+/// A netlink message header (linux/netlink.h) for a `sock_diag` request.
+#[repr(C)]
+struct NlHdr {
+    len: u32,
+    ty: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+}
+const _: () = assert!(core::mem::size_of::<NlHdr>() == 16);
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+
+impl NlHdr {
+    fn diag<T>(flags: i32, seq: u32) -> NlHdr {
+        NlHdr {
+            len: core::mem::size_of::<T>() as u32,
+            ty: SOCK_DIAG_BY_FAMILY,
+            flags: flags as u16,
+            seq,
+            pid: 0,
+        }
+    }
+}
+
 /// Peer inode and shutdown bits (1: receive side, 2: send side) of a Unix
 /// socket, from the kernel's sock_diag interface.
 fn unix_diag(nl: i32, ino: u64) -> Option<(u64, u8)> {
     #[repr(C)]
     struct Req {
-        nlmsg_len: u32,
-        nlmsg_type: u16,
-        nlmsg_flags: u16,
-        nlmsg_seq: u32,
-        nlmsg_pid: u32,
+        hdr: NlHdr,
         family: u8,
         protocol: u8,
         pad: u16,
@@ -205,16 +225,11 @@ fn unix_diag(nl: i32, ino: u64) -> Option<(u64, u8)> {
         cookie: [u32; 2],
     }
     const _: () = assert!(core::mem::size_of::<Req>() == 16 + 24);
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const UDIAG_SHOW_PEER: u32 = 4;
     const UNIX_DIAG_PEER: u16 = 2;
     const UNIX_DIAG_SHUTDOWN: u16 = 6;
     let req = Req {
-        nlmsg_len: core::mem::size_of::<Req>() as u32,
-        nlmsg_type: SOCK_DIAG_BY_FAMILY,
-        nlmsg_flags: libc::NLM_F_REQUEST as u16,
-        nlmsg_seq: ino as u32,
-        nlmsg_pid: 0,
+        hdr: NlHdr::diag::<Req>(libc::NLM_F_REQUEST, ino as u32),
         family: libc::AF_UNIX as u8,
         protocol: 0,
         pad: 0,
@@ -971,11 +986,7 @@ fn raw_inet(family: u8, port: [u8; 2], addr: &[u8]) -> Vec<u8> {
 fn tcp_waiting(l: &Sock) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     #[repr(C)]
     struct Req {
-        nlmsg_len: u32,
-        nlmsg_type: u16,
-        nlmsg_flags: u16,
-        nlmsg_seq: u32,
-        nlmsg_pid: u32,
+        hdr: NlHdr,
         family: u8,
         protocol: u8,
         ext: u8,
@@ -984,7 +995,6 @@ fn tcp_waiting(l: &Sock) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         id: [u8; 48],
     }
     const _: () = assert!(core::mem::size_of::<Req>() == 16 + 56);
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const NLMSG_ERROR: u16 = 2;
     const NLMSG_DONE: u16 = 3;
     let local = &l.rec.local;
@@ -1009,11 +1019,7 @@ fn tcp_waiting(l: &Sock) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         return None;
     }
     let req = Req {
-        nlmsg_len: core::mem::size_of::<Req>() as u32,
-        nlmsg_type: SOCK_DIAG_BY_FAMILY,
-        nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
-        nlmsg_seq: 1,
-        nlmsg_pid: 0,
+        hdr: NlHdr::diag::<Req>(libc::NLM_F_REQUEST | libc::NLM_F_DUMP, 1),
         family: l.rec.domain as u8,
         protocol: libc::IPPROTO_TCP as u8,
         ext: 0,
@@ -1026,7 +1032,7 @@ fn tcp_waiting(l: &Sock) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut ok = false;
     // SAFETY: sending our request struct; replies into our buffer.
     unsafe {
-        if libc::send(nl, (&req as *const Req).cast(), req.nlmsg_len as usize, 0) >= 0 {
+        if libc::send(nl, (&req as *const Req).cast(), req.hdr.len as usize, 0) >= 0 {
             let mut buf = vec![0u8; 1 << 16];
             'recv: loop {
                 let n = libc::recv(nl, buf.as_mut_ptr().cast(), buf.len(), 0);
