@@ -197,6 +197,19 @@ pub fn find(explicit: Option<&Path>, host: &str, port: u16) -> Result<Option<Sec
     let me = crate::hostname();
     let local = matches!(host, "localhost" | "127.0.0.1" | "::1" | "0.0.0.0" | "") || host == me;
     let name = format!("coord-{}-{port}.secret", if local { &me } else { host });
+    // A coordinator of this machine run by another user: its own file
+    // first. This user's file of that name is then left from a coordinator
+    // of this user that was killed (it could not remove its file) and
+    // whose port the other user's coordinator took since.
+    let owner = local.then(|| listener_uid(port)).flatten();
+    if let Some(uid) = owner.filter(|&u| u != dmtcp_sys::geteuid()) {
+        let theirs = std::env::temp_dir()
+            .join(format!("dmtcp-{uid}"))
+            .join(&name);
+        if let Ok(s) = read_file(&theirs) {
+            return Ok(Some(s));
+        }
+    }
     let p = user_dir().join(&name);
     if p.exists() {
         return read_file(&p).map(Some);
@@ -220,6 +233,21 @@ pub fn find(explicit: Option<&Path>, host: &str, port: u16) -> Result<Option<Sec
         }
     }
     Ok(None)
+}
+
+/// The uid owning the TCP socket listening on `port` in this network
+/// namespace (`/proc/net/tcp` and `tcp6`: local address, state 0A, uid).
+fn listener_uid(port: u16) -> Option<u32> {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|f| {
+        let text = std::fs::read_to_string(f).ok()?;
+        text.lines().skip(1).find_map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            (c.len() > 7 && c[1].ends_with(&want) && c[3] == "0A")
+                .then(|| c[7].parse().ok())
+                .flatten()
+        })
+    })
 }
 
 /// What the coordinator's first line was.

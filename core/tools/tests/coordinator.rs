@@ -335,7 +335,13 @@ fn launch_refuses_another_users_coordinator() {
             "{mode:?}: the program ran under another user's coordinator"
         );
     }
-    // Told to, it joins.
+    // Told to, it joins: with the other user's secret, even where a file
+    // of ours for that port is left from a killed coordinator of ours
+    // (the file we would take first for a coordinator of our own).
+    let stale = dmtcp_common::auth::default_path(&dmtcp_common::hostname(), port);
+    dmtcp_common::auth::make_user_dir().unwrap();
+    let wrong = dmtcp_common::auth::Secret::from_hex(&"ab".repeat(32)).unwrap();
+    dmtcp_common::auth::write_file(&stale, &wrong).unwrap();
     let (code, out) = launch_bounded(&[
         "-h",
         "127.0.0.1",
@@ -346,6 +352,7 @@ fn launch_refuses_another_users_coordinator() {
         "-c",
         &touch,
     ]);
+    let _ = std::fs::remove_file(&stale);
     assert_eq!(code, Some(0), "{out}");
     assert!(marker.exists(), "{out}");
     // Our own coordinator is joined as before.
