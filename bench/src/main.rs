@@ -96,7 +96,7 @@ fn main() {
             eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
             eprintln!("       bench parallel [--procs 8] [--mib 512] [--runs 3] [--nodes K] [--dmtcp DIR] [--dir DIR]");
             eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--per-node K] [--dmtcp DIR] [--dir DIR]");
-            eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
+            eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--modes zstd,raw,raw+on-fill] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
             eprintln!("       bench ibrate [--runs 7] [--iters 300000]   (8-byte ib_write_bw message rate, bare vs --ib)");
             eprintln!("       bench pause [MIB...]   (the program's pause with and without --forked-ckpt)");
             eprintln!("       bench incremental [--mib 1024] [--percent 10] [--modes zstd,raw] [--runs 1] [--dir DIR]");
@@ -444,6 +444,9 @@ struct Row {
     mode: String,
     ckpt_s: f64,
     restart_s: f64,
+    /// Seconds until the page server of the lazy restore had filled all
+    /// the memory (`restart_s` when there was none).
+    all_in_s: f64,
     image: u64,
     raw_s: f64,
 }
@@ -451,11 +454,24 @@ struct Row {
 /// `dmtcp_restart IMG` joined to `coord`: it and the seconds until the
 /// restarted process runs.
 fn restart_timed(coord: &Coord, img: &Path) -> (std::process::Child, f64) {
+    let (r, s, _) = restart_timed_with(coord, img, &[]);
+    (r, s)
+}
+
+/// As [`restart_timed`], with `dmtcp_restart` options `opts`; also the
+/// seconds until the page server of the lazy restore was done (it prints
+/// its line with DMTCP_RESTART_LAZY_STATS=1), or until the process ran if
+/// no page server said so within 60 s of it.
+fn restart_timed_with(coord: &Coord, img: &Path, opts: &[&str]) -> (std::process::Child, f64, f64) {
+    let err = img.with_extension("restart-err");
     let t = Instant::now();
     let mut r = Command::new(bin_dir().join("dmtcp_restart"))
         .args(["-j", "-h", "127.0.0.1", "-p", &coord.port.to_string()])
+        .args(opts)
         .arg(img)
+        .env("DMTCP_RESTART_LAZY_STATS", "1")
         .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).expect("restart's stderr"))
         .spawn()
         .expect("restart");
     loop {
@@ -464,11 +480,27 @@ fn restart_timed(coord: &Coord, img: &Path) -> (std::process::Child, f64) {
             break;
         }
         if let Ok(Some(st)) = r.try_wait() {
-            panic!("dmtcp_restart {} ended: {st}", img.display());
+            panic!(
+                "dmtcp_restart {} ended: {st}: {}",
+                img.display(),
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    (r, t.elapsed().as_secs_f64())
+    let running = t.elapsed().as_secs_f64();
+    let mut all_in = running;
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(60) {
+        let e = std::fs::read_to_string(&err).unwrap_or_default();
+        if e.contains("lazy restore of ") {
+            all_in = t.elapsed().as_secs_f64();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = std::fs::remove_file(&err);
+    (r, running, all_in)
 }
 
 /// A fresh `dir` with a coordinator, and `workload ARGS` launched under
@@ -485,7 +517,7 @@ fn launch_workload(
     std::fs::create_dir_all(dir).unwrap();
     let coord = Coord::start(dir);
     let mut launch = coord.launcher(dir);
-    if mode == "raw" {
+    if mode.starts_with("raw") {
         launch.arg("--no-gzip");
     }
     let child = launch
@@ -524,7 +556,13 @@ fn one(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Row {
         .expect("an image");
     let image = std::fs::metadata(&img).unwrap().len();
     cache.prepare(&img);
-    let (mut r, restart_s) = restart_timed(&coord, &img);
+    // "raw+on-fill", "zstd+on-fill": restarted with `--verify on-fill`.
+    let opts: &[&str] = if mode.ends_with("+on-fill") {
+        &["--verify", "on-fill"]
+    } else {
+        &[]
+    };
+    let (mut r, restart_s, all_in_s) = restart_timed_with(&coord, &img, opts);
     let _ = r.kill();
     let _ = r.wait();
     let _ = std::fs::remove_file(&img);
@@ -535,6 +573,7 @@ fn one(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Row {
         mode: mode.into(),
         ckpt_s,
         restart_s,
+        all_in_s,
         image,
         raw_s,
     }

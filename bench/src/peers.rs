@@ -14,7 +14,11 @@
 //! its memory and says `ready`), checkpoint it (the time of the blocking
 //! checkpoint command / `criu dump`), kill it, restart it and time until
 //! it runs again (the coordinator lists it as running / `criu restore -d`
-//! returned), then kill it. Images go to `--dir` (default
+//! returned), then kill it; for this project also until its lazy
+//! restore's page server had filled all the memory ("memory all in"; the
+//! others restore everything before the program resumes). `--modes`
+//! (default `zstd,raw`) picks this project's runs; `raw+on-fill` and
+//! `zstd+on-fill` restart with `--verify on-fill`. Images go to `--dir` (default
 //! target/bench-peers). Plots: peers-checkpoint.svg, peers-restart.svg.
 
 use super::{opt, raw_write, Cache, GIB};
@@ -27,6 +31,8 @@ struct Measured {
     system: String,
     ckpt_s: f64,
     restart_s: f64,
+    /// Until all the memory was in (a lazy restore's page server done).
+    all_in_s: f64,
     image: u64,
 }
 
@@ -63,6 +69,7 @@ fn ours(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Measure
         system: format!("dmtcp-rs ({mode})"),
         ckpt_s: r.ckpt_s,
         restart_s: r.restart_s,
+        all_in_s: r.all_in_s,
         image: r.image,
     }
 }
@@ -160,6 +167,7 @@ fn dmtcp(
         system: format!("DMTCP ({})", if gzip { "gzip" } else { "raw" }),
         ckpt_s,
         restart_s,
+        all_in_s: restart_s,
         image,
     })
 }
@@ -241,6 +249,7 @@ fn criu(dir: &Path, gib: usize, kind: &str) -> Option<Measured> {
         system: "CRIU".into(),
         ckpt_s,
         restart_s,
+        all_in_s: restart_s,
         image,
     })
 }
@@ -256,6 +265,11 @@ pub fn run(a: &[String]) {
         .collect();
     let dmtcp_root = super::opt_given(a, "--dmtcp").map(PathBuf::from);
     let with_criu = a.iter().any(|x| x == "--criu");
+    // Ours: zstd, raw, and either with `--verify on-fill` (`raw+on-fill`).
+    let modes: Vec<String> = opt(a, "--modes", "zstd,raw")
+        .split(',')
+        .map(String::from)
+        .collect();
     let dir = std::path::absolute(PathBuf::from(opt(a, "--dir", "target/bench-peers"))).unwrap();
     let caches: Vec<Cache> = opt(a, "--cache", "cold,warm")
         .split(',')
@@ -267,18 +281,16 @@ pub fn run(a: &[String]) {
         })
         .collect();
     println!(
-        "| GiB | memory | system | checkpoint s | image at restart | restart s | image MB | raw O_DIRECT write s |"
+        "| GiB | memory | system | checkpoint s | image at restart | restart s | memory all in s | image MB | raw O_DIRECT write s |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut ck: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     let mut rs: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for &g in &sizes {
         for k in &kinds {
             for &cache in &caches {
-                let mut rows = vec![
-                    ours(&dir, g, k, "zstd", cache),
-                    ours(&dir, g, k, "raw", cache),
-                ];
+                let mut rows: Vec<Measured> =
+                    modes.iter().map(|m| ours(&dir, g, k, m, cache)).collect();
                 if let Some(root) = &dmtcp_root {
                     for gzip in [true, false] {
                         match dmtcp(root, &dir, g, k, gzip, cache) {
@@ -299,11 +311,12 @@ pub fn run(a: &[String]) {
                 let raw_s = raw_write(&dir, g * GIB);
                 for m in rows {
                     println!(
-                        "| {g} | {k} | {} | {:.2} | {} | {:.2} | {:.0} | {raw_s:.2} |",
+                        "| {g} | {k} | {} | {:.2} | {} | {:.2} | {:.2} | {:.0} | {raw_s:.2} |",
                         m.system,
                         m.ckpt_s,
                         cache.name(),
                         m.restart_s,
+                        m.all_in_s,
                         m.image as f64 / 1e6
                     );
                     let name = format!("{}, {k}, {}", m.system, cache.name());

@@ -9,7 +9,7 @@
 /// "DMTCPRST" in little-endian: marks a restore stream.
 pub const STREAM_MAGIC: u64 = u64::from_le_bytes(*b"DMTCPRST");
 /// Version of this stream layout.
-pub const STREAM_VERSION: u32 = 4;
+pub const STREAM_VERSION: u32 = 5;
 
 /// Area kinds.
 pub const KIND_ANON_PRIVATE: u32 = 0;
@@ -178,6 +178,14 @@ pub const REC_FILE: u64 = 3;
 /// chunk was checked already): the restorer registers it with a
 /// userfaultfd (missing pages) instead of writing it. `file_off` unused.
 pub const REC_UFFD: u64 = 4;
+/// Record kind: read the range's contents from the file `REC_MAP` records
+/// map from (the image, or the one the last `REC_FILE` named) at
+/// `file_off` into the range (inside an anonymous private area; the
+/// chunk's stored bytes were checked there already). Anonymous memory is
+/// not mapped from the image: `madvise(MADV_DONTNEED)` of a private file
+/// mapping brings back the file's bytes where the program (and glibc's
+/// `calloc`) expects zeros.
+pub const REC_READ: u64 = 5;
 /// Most files a stream's `REC_FILE` records may name.
 pub const MAX_STREAM_FILES: usize = 65;
 
@@ -188,9 +196,9 @@ pub struct DataRecord {
     pub addr: u64,
     /// Bytes of memory; 0 ends the stream.
     pub len: u64,
-    /// `REC_DATA` or `REC_MAP`.
+    /// `REC_DATA`, `REC_MAP`, ...
     pub kind: u64,
-    /// Offset in the image file (`REC_MAP`).
+    /// Offset in the image file (`REC_MAP`, `REC_READ`).
     pub file_off: u64,
 }
 

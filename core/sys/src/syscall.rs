@@ -95,10 +95,39 @@ pub fn read_full(fd: i32, buf: &mut [u8]) -> isize {
 /// # Safety
 /// `[addr, addr+len)` must be writable memory that no Rust reference aliases.
 pub unsafe fn read_full_raw(fd: i32, addr: usize, len: usize) -> isize {
+    // SAFETY: the caller guarantees the destination range is writable.
+    until_full(len, |done| unsafe {
+        syscall3(crate::nr::READ, fd as usize, addr + done, len - done)
+    })
+}
+
+/// `pread64(2)` into raw memory from offset `off` until `len` bytes
+/// arrived; returns bytes read (fewer at the end of the file) or -errno.
+///
+/// # Safety
+/// `[addr, addr+len)` must be writable memory that no Rust reference aliases.
+pub unsafe fn pread_full_raw(fd: i32, addr: usize, len: usize, off: u64) -> isize {
+    // SAFETY: the caller guarantees the destination range is writable.
+    until_full(len, |done| unsafe {
+        let at = (off + done as u64) as usize;
+        syscall6(
+            crate::nr::PREAD64,
+            fd as usize,
+            addr + done,
+            len - done,
+            at,
+            0,
+            0,
+        )
+    })
+}
+
+/// Call `read(done)` (one read of the bytes from `done` on) until `len`
+/// bytes came, end of file, or an error other than EINTR.
+fn until_full(len: usize, mut read: impl FnMut(usize) -> isize) -> isize {
     let mut done = 0usize;
     while done < len {
-        // SAFETY: the caller guarantees the destination range is writable.
-        let r = unsafe { syscall3(crate::nr::READ, fd as usize, addr + done, len - done) };
+        let r = read(done);
         if r == -crate::nr::EINTR {
             continue;
         }

@@ -15,7 +15,18 @@
 //! The restored library asks for everything (and waits) before a fork and
 //! before a checkpoint, on the socket it got from the restorer; `mremap`,
 //! `munmap` and `madvise(MADV_DONTNEED)` of a range still to fill are
-//! followed through the userfaultfd's events. Without full userfaultfd
+//! followed through the userfaultfd's events.
+//!
+//! With `dmtcp_restart --verify on-fill` (`DMTCP_RESTART_VERIFY=on-fill`)
+//! the raw chunks of anonymous private memory are served the same way
+//! instead of being mapped from the image, and the streamer does not read
+//! them before the program resumes: this server checks each chunk's CRC
+//! when it reads it, before any of its pages goes into the process. A
+//! cold restart then does not wait for the whole image to be read; a
+//! damaged chunk stops the restarted process (SIGKILL, with the reason on
+//! stderr) instead of refusing the restart before it starts.
+//!
+//! Without full userfaultfd
 //! (or with `DMTCP_RESTART_NO_UFFD=1`) the chunks are decompressed before
 //! the program resumes, as before.
 
@@ -95,7 +106,10 @@ impl Todo {
                 continue;
             }
             if a < start {
-                kept.push(Seg { len: start - a, ..s });
+                kept.push(Seg {
+                    len: start - a,
+                    ..s
+                });
             }
             let (ia, ib) = (a.max(start), b.min(end));
             taken.push(Seg {
@@ -257,7 +271,9 @@ fn receive_fd(sock: i32) -> i32 {
     // SAFETY: walking the control messages recvmsg wrote into `control`.
     unsafe {
         let cm = libc::CMSG_FIRSTHDR(&mh);
-        if cm.is_null() || (*cm).cmsg_level != libc::SOL_SOCKET || (*cm).cmsg_type != libc::SCM_RIGHTS
+        if cm.is_null()
+            || (*cm).cmsg_level != libc::SOL_SOCKET
+            || (*cm).cmsg_type != libc::SCM_RIGHTS
         {
             return -1;
         }
@@ -291,8 +307,128 @@ fn close_all_but(img: &Image, keep: &[i32]) {
     }
 }
 
-/// Serve the faults of process `pid` on the ranges of `chunks` (of `img`,
-/// their CRCs checked) and fill them all; the exit status of the streamer.
+/// Ask the kernel to read the stored bytes of the chunks after `k` (up to
+/// 64 MiB of them, `DMTCP_RESTART_READAHEAD`) while chunk `k` is read and
+/// filled: the background fill goes in address order, which is the order
+/// of `chunks` and, mostly, of the image file. `next`: the first chunk not
+/// asked for yet.
+fn read_ahead(img: &Image, chunks: &[ChunkDesc], k: usize, next: &mut usize) {
+    let limit = crate::restart::read_ahead_bytes();
+    let from = (k + 1).min(chunks.len());
+    *next = (*next).max(from);
+    let mut window: u64 = chunks[from..*next].iter().map(|c| c.stored_len).sum();
+    while *next < chunks.len() && window < limit {
+        crate::restart::advise_chunk(img, &chunks[*next]);
+        window += chunks[*next].stored_len;
+        *next += 1;
+    }
+}
+
+/// Bytes read, checked and copied at once from a run of whole raw chunks.
+const GROUP_BYTES: u64 = 4 << 20;
+
+/// How many of `segs` (from the first) are whole raw chunks adjacent in
+/// memory and in one image file, up to [`GROUP_BYTES`]: 1 if the first is
+/// not such a chunk. (Chunks are 64 KiB: one read, one copy and one
+/// round of the loop per chunk made the server the slowest part of a
+/// restart.)
+fn group_len(segs: &[Seg], chunks: &[ChunkDesc]) -> usize {
+    let whole = |s: &Seg| s.off == 0 && s.len == chunks[s.chunk].len;
+    let raw =
+        |c: &ChunkDesc| c.flags & dmtcp_common::image::CHUNK_ZSTD == 0 && c.stored_len == c.len;
+    let Some(first) = segs.first() else {
+        return 0;
+    };
+    if !whole(first) || !raw(&chunks[first.chunk]) {
+        return 1;
+    }
+    let (mut n, mut bytes) = (1, first.len);
+    while n < segs.len() && bytes < GROUP_BYTES {
+        let (p, s) = (&segs[n - 1], &segs[n]);
+        let (pc, c) = (&chunks[p.chunk], &chunks[s.chunk]);
+        if !whole(s)
+            || !raw(c)
+            || s.addr != p.addr + p.len
+            || c.source() != pc.source()
+            || c.file_off != pc.file_off + pc.stored_len
+        {
+            break;
+        }
+        bytes += s.len;
+        n += 1;
+    }
+    n
+}
+
+/// Fill the `n` runs of `todo` from `i` ([`group_len`]) with one read of
+/// their bytes into `buf`, each chunk's CRC checked, and one copy; what a
+/// copy stopped short of stays in `todo`, run by run.
+#[allow(clippy::too_many_arguments)]
+fn fill_group(
+    img: &Image,
+    chunks: &[ChunkDesc],
+    fd: i32,
+    todo: &mut Todo,
+    i: usize,
+    n: usize,
+    buf: &mut Vec<u8>,
+    pid: i32,
+) -> Result<(), Stop> {
+    use std::os::unix::fs::FileExt;
+    let segs: Vec<Seg> = todo.0[i..i + n].to_vec();
+    let first = &chunks[segs[0].chunk];
+    let total: u64 = segs.iter().map(|s| s.len).sum();
+    buf.resize(total as usize, 0);
+    let src = img.file_of(first);
+    if let Err(e) = src.file().read_exact_at(buf, first.file_off) {
+        dmtcp_common::log_error!(
+            "lazy restore: reading {} bytes at offset {} of {}: {e}; the restarted process {pid} \
+             is stopped before it could use that memory",
+            total,
+            first.file_off,
+            src.path.display()
+        );
+        return Err(Stop::Failed(libc::EIO));
+    }
+    let mut at = 0usize;
+    for s in &segs {
+        let c = &chunks[s.chunk];
+        if let Err(e) = img.check_stored(c, &buf[at..at + c.len as usize]) {
+            dmtcp_common::log_error!(
+                "lazy restore: {e}; the restarted process {pid} is stopped before it could use \
+                 that memory (restart an earlier checkpoint generation)"
+            );
+            return Err(Stop::Failed(libc::EIO));
+        }
+        at += c.len as usize;
+    }
+    let mut all = Seg {
+        addr: segs[0].addr,
+        len: total,
+        chunk: segs[0].chunk,
+        off: 0,
+    };
+    let r = fill(fd, &mut all, buf);
+    let left = all.addr..all.addr + all.len;
+    let kept: Vec<Seg> = segs
+        .iter()
+        .filter_map(|s| {
+            let a = s.addr.max(left.start);
+            let e = (s.addr + s.len).min(left.end);
+            (a < e).then(|| Seg {
+                addr: a,
+                len: e - a,
+                chunk: s.chunk,
+                off: a - s.addr,
+            })
+        })
+        .collect();
+    todo.0.splice(i..i + n, kept);
+    r
+}
+
+/// Serve the faults of process `pid` on the ranges of `chunks` (of `img`;
+/// each chunk's CRC is checked again as it is read) and fill them all; the exit status of the streamer.
 pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
     let fd = receive_fd(sock);
     if fd < 0 {
@@ -303,13 +439,20 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
     // The signals of a terminal or of `kill` are for the program: were the
     // server to die with pages still to fill, the program would find zero
     // pages there. It ends when the program does (its socket closes).
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGPIPE] {
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGPIPE,
+    ] {
         // SAFETY: ignoring a signal in this single-threaded process.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
     let started = std::time::Instant::now();
     let background = !std::env::var("DMTCP_RESTART_LAZY_BACKGROUND").is_ok_and(|v| v == "0");
-    let stats = std::env::var("DMTCP_RESTART_LAZY_STATS").is_ok_and(|v| dmtcp_common::env::truthy(&v));
+    let stats =
+        std::env::var("DMTCP_RESTART_LAZY_STATS").is_ok_and(|v| dmtcp_common::env::truthy(&v));
     let mut todo = Todo(
         chunks
             .iter()
@@ -327,13 +470,23 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
     let mut retry: Vec<u64> = Vec::new();
     let (mut cached, mut out, mut scratch) = (usize::MAX, Vec::new(), Vec::new());
     let mut gone = false;
+    let mut ahead = 0usize;
+    let mut group = Vec::new();
     let mut fill_seg = |i: usize, todo: &mut Todo| -> Result<(), Stop> {
+        let n = group_len(&todo.0[i..], &chunks);
+        if n > 1 {
+            let last = todo.0[i + n - 1].chunk;
+            read_ahead(img, &chunks, last, &mut ahead);
+            return fill_group(img, &chunks, fd, todo, i, n, &mut group, pid);
+        }
         let mut seg = todo.0[i];
         if cached != seg.chunk {
             cached = usize::MAX;
+            read_ahead(img, &chunks, seg.chunk, &mut ahead);
             if let Err(e) = img.read_chunk(&chunks[seg.chunk], &mut out, &mut scratch) {
                 dmtcp_common::log_error!(
-                    "lazy restore: {e}; the restarted process {pid} is stopped (its memory cannot be filled)"
+                    "lazy restore: {e}; the restarted process {pid} is stopped before it could use \
+                     that memory (restart an earlier checkpoint generation)"
                 );
                 return Err(Stop::Failed(libc::EIO));
             }
@@ -381,7 +534,11 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
                 let mut m = uffd::Msg::default();
                 // SAFETY: reading one message into our struct.
                 let r = unsafe {
-                    libc::read(fd, (&mut m as *mut uffd::Msg).cast(), std::mem::size_of::<uffd::Msg>())
+                    libc::read(
+                        fd,
+                        (&mut m as *mut uffd::Msg).cast(),
+                        std::mem::size_of::<uffd::Msg>(),
+                    )
                 };
                 if r != std::mem::size_of::<uffd::Msg>() as isize {
                     break;
@@ -442,8 +599,9 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
     }
     if stats {
         eprintln!(
-            "dmtcp_restart: lazy restore of {} compressed chunks ({} MB): {on_fault} runs filled on a fault, {in_background} in the background, in {} ms{}",
+            "dmtcp_restart: lazy restore of {} chunks ({} compressed, {} MB): {on_fault} runs filled on a fault, {in_background} in the background, in {} ms{}",
             chunks.len(),
+            chunks.iter().filter(|c| c.flags & dmtcp_common::image::CHUNK_ZSTD != 0).count(),
             chunks.iter().map(|c| c.len).sum::<u64>() >> 20,
             started.elapsed().as_millis(),
             if done { "" } else { " (the process went away first)" }
@@ -482,6 +640,45 @@ mod tests {
         assert_eq!(t.find(0x2000), None);
         assert_eq!(t.find(0x9000), Some(2));
         assert_eq!(t.find(0xa000), None);
+    }
+
+    #[test]
+    fn groups_are_whole_raw_chunks_adjacent_in_memory_and_file() {
+        let k = 0x10000u64;
+        let chunk = |addr: u64, file_off: u64, flags: u32| ChunkDesc {
+            addr,
+            len: k,
+            file_off,
+            stored_len: k,
+            crc: 0,
+            flags,
+        };
+        let chunks = vec![
+            chunk(0x100000, 0x1000, 0),
+            chunk(0x110000, 0x11000, 0),
+            chunk(0x120000, 0x21000, 0),
+            // Not next in the file.
+            chunk(0x130000, 0x41000, 0),
+            chunk(0x140000, 0x51000, 0),
+            // In the next source image.
+            chunk(0x150000, 0x61000, 1 << dmtcp_common::image::CHUNK_SRC_SHIFT),
+        ];
+        let segs: Vec<Seg> = (0..chunks.len())
+            .map(|i| seg(chunks[i].addr, k, i, 0))
+            .collect();
+        assert_eq!(group_len(&segs, &chunks), 3);
+        assert_eq!(group_len(&segs[3..], &chunks), 2);
+        assert_eq!(group_len(&segs[5..], &chunks), 1);
+        // A run cut by munmap is no longer a whole chunk: alone.
+        let mut cut = segs.clone();
+        cut[1] = seg(0x118000, k / 2, 1, k / 2);
+        assert_eq!(group_len(&cut, &chunks), 1);
+        assert_eq!(group_len(&cut[1..], &chunks), 1);
+        // Compressed: alone.
+        let mut z = chunks.clone();
+        z[0].flags = dmtcp_common::image::CHUNK_ZSTD;
+        assert_eq!(group_len(&segs, &z), 1);
+        assert_eq!(group_len(&segs[1..], &z), 2);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! image and writes it into a pipe), and replaces itself with the static
 //! restorer, which maps the stream back and jumps into the program. With
 //! userfaultfd, the streamer then stays as the page server of the
-//! compressed memory it left out of the stream (`crate::lazy`).
+//! compressed memory it left out of the stream (`crate::lazy`), and with
+//! `--verify on-fill` of the raw anonymous memory too, whose chunks it
+//! then checks only as it reads them.
 
 use crate::cli;
 use crate::client;
@@ -60,6 +62,20 @@ pub fn command() -> Command {
         "allow-other-user-image",
         "Restart images owned by another user (refused by default)",
     ))
+    .arg(
+        Arg::new("verify")
+            .long("verify")
+            .value_name("WHEN")
+            .value_parser(["before", "on-fill"])
+            .help(
+                "When the chunks of memory are checked against their checksums: `before` the \
+                 program resumes (default; a damaged image is refused with nothing started), \
+                 or `on-fill`: the raw chunks the page server fills are checked as they are \
+                 read, before the program can use them, so the program resumes without \
+                 reading its whole image first; a damaged chunk then stops the restarted \
+                 process with the reason (env DMTCP_RESTART_VERIFY)",
+            ),
+    )
     .arg(cli::tmpdir("Directory for temporary files"))
     .arg(cli::quiet("Less output"))
     .arg(cli::verbose())
@@ -110,6 +126,23 @@ pub fn main(args: Vec<String>) -> i32 {
             restart_dirs.push(p.clone());
         } else {
             images.push(p.clone());
+        }
+    }
+    let verify = m.get_one::<String>("verify").cloned().or_else(|| {
+        std::env::var("DMTCP_RESTART_VERIFY")
+            .ok()
+            .filter(|v| !v.is_empty())
+    });
+    match verify.as_deref() {
+        None | Some("before") => {}
+        Some("on-fill") => {
+            let _ = VERIFY_ON_FILL.set(true);
+        }
+        Some(v) => {
+            return cli::usage_error(
+                &mut cmd,
+                format!("DMTCP_RESTART_VERIFY={v}: expected `before` or `on-fill`"),
+            )
         }
     }
     let allow_other_image = m.get_flag("allow_other_user_image");
@@ -345,6 +378,14 @@ pub fn main(args: Vec<String>) -> i32 {
 /// The highest generation of the restarted computations already in their
 /// checkpoint directories (see `main`).
 static GEN_FLOOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// `--verify on-fill`: raw chunks the page server fills are checked as it
+/// reads them, not before the program resumes.
+static VERIFY_ON_FILL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn verify_on_fill() -> bool {
+    VERIFY_ON_FILL.get().copied().unwrap_or(false)
+}
 
 /// Threads of each image's streamer that read and check chunks
 /// (`DMTCP_RESTART_READERS` overrides, 1 to 8).
@@ -905,7 +946,9 @@ fn lazy_restore() -> bool {
 /// `fds`: the image's file and its sources' (in order), for raw chunks the
 /// restorer maps lazily; empty: every chunk is copied. `uffd`: compressed
 /// chunks of anonymous private areas are left to the page server
-/// ([`REC_UFFD`]; checked here all the same): returned, in address order.
+/// ([`REC_UFFD`]; checked here all the same), and with `--verify on-fill`
+/// raw ones too (not read here: the server checks them as it reads them):
+/// returned, in address order.
 fn stream(
     img: &Image,
     w: &mut impl Write,
@@ -973,17 +1016,56 @@ fn stream(
             a.kind == KIND_ANON_PRIVATE && a.start <= c.addr && c.addr + c.len <= a.start + a.len
         })
     };
-    let by_fault = |c: &ChunkDesc| uffd && zstd(c) && in_place(c) && anon(c);
-    // Checked where they lie (not read into a buffer): raw chunks the
-    // restorer maps, compressed ones the page server fills.
-    let mapped = |c: &ChunkDesc| in_place(c) && (!zstd(c) || by_fault(c));
-    let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = vec![(Vec::new(), Vec::new()); workers * 2];
-    let per_batch = bufs.len();
+    // Anonymous private memory, raw or compressed, is filled by the page
+    // server where there is one. Anonymous memory is never mapped from the
+    // image: a private file mapping is not anonymous memory (after
+    // `madvise(MADV_DONTNEED)` it shows the file's bytes, not zeros, and
+    // glibc's `calloc` relies on zeros there); without the server its raw
+    // chunks are read from the image by the restorer.
+    let by_fault = |c: &ChunkDesc| uffd && in_place(c) && anon(c);
+    // With `--verify on-fill` those are not read here at all: the server
+    // checks them as it reads them.
+    let on_fill = verify_on_fill();
+    let unchecked = |c: &ChunkDesc| on_fill && by_fault(c);
+    // Raw chunks of other memory (private file mappings) the restorer maps
+    // from the image; raw anonymous ones it reads from it.
+    let read_in = |c: &ChunkDesc| !by_fault(c) && in_place(c) && !zstd(c) && anon(c);
+    // Checked where they lie (not read into a buffer here).
+    let mapped = |c: &ChunkDesc| by_fault(c) || (in_place(c) && !zstd(c));
+    let how = |c: &ChunkDesc| {
+        if unchecked(c) {
+            Check::Later
+        } else if mapped(c) {
+            Check::InPlace
+        } else {
+            Check::Read
+        }
+    };
+    // Batches of up to 8 MiB to read per thread (and at most 1,024
+    // chunks): chunks are 64 KiB, and batches of a few chunks started two
+    // threads for every few hundred KiB (8,000 thread starts for 1 GiB).
+    let batch_bytes = workers as u64 * (8 << 20);
+    let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut ahead = ReadAhead::default();
-    for (i, batch) in img.chunks.chunks(per_batch).enumerate() {
-        ahead.advance(img, i * per_batch);
+    let mut start = 0;
+    while start < img.chunks.len() {
+        let (mut end, mut bytes) = (start, 0u64);
+        while end < img.chunks.len() && end - start < 1024 && (end == start || bytes < batch_bytes)
+        {
+            let c = &img.chunks[end];
+            if how(c) != Check::Later {
+                bytes += c.stored_len;
+            }
+            end += 1;
+        }
+        let batch = &img.chunks[start..end];
+        ahead.advance(img, start, &unchecked);
+        start = end;
+        if bufs.len() < batch.len() {
+            bufs.resize(batch.len(), (Vec::new(), Vec::new()));
+        }
         let bufs = &mut bufs[..batch.len()];
-        read_batch(img, batch, bufs, workers, &mapped)?;
+        read_batch(img, batch, bufs, workers, &how)?;
         for (c, (out, _)) in batch.iter().zip(bufs.iter()) {
             // Served by the page server, mapped from an image file, or
             // the bytes themselves after the record.
@@ -1002,7 +1084,7 @@ fn stream(
                     };
                     w.write_all(as_bytes(&rec)).map_err(io)?;
                 }
-                (REC_MAP, c.file_off)
+                (if read_in(c) { REC_READ } else { REC_MAP }, c.file_off)
             } else {
                 (REC_DATA, 0)
             };
@@ -1037,8 +1119,24 @@ struct ReadAhead {
     next: usize,
 }
 
-/// MiB asked for ahead (`DMTCP_RESTART_READAHEAD`, MiB, 0: none).
-fn read_ahead_bytes() -> u64 {
+/// Ask the kernel to start reading the stored bytes of chunk `c` (of
+/// `img`, or of the earlier image it lies in) into the page cache.
+pub(crate) fn advise_chunk(img: &Image, c: &ChunkDesc) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only advises the kernel about the open
+    // file's pages; no memory is passed.
+    unsafe {
+        libc::posix_fadvise(
+            img.file_of(c).file().as_raw_fd(),
+            c.file_off as libc::off_t,
+            c.stored_len as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        )
+    };
+}
+
+/// Bytes asked for ahead (`DMTCP_RESTART_READAHEAD`, MiB, 0: none).
+pub(crate) fn read_ahead_bytes() -> u64 {
     static B: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *B.get_or_init(|| {
         std::env::var("DMTCP_RESTART_READAHEAD")
@@ -1051,49 +1149,57 @@ fn read_ahead_bytes() -> u64 {
 }
 
 impl ReadAhead {
-    fn advance(&mut self, img: &Image, from: usize) {
-        use std::os::fd::AsRawFd;
+    /// Chunks `skip` says are not read now are passed over.
+    fn advance(&mut self, img: &Image, from: usize, skip: &dyn Fn(&ChunkDesc) -> bool) {
         let chunks = &img.chunks;
         let limit = read_ahead_bytes();
         self.next = self.next.max(from);
-        let mut window: u64 = chunks[from..self.next].iter().map(|c| c.stored_len).sum();
+        let mut window: u64 = chunks[from..self.next]
+            .iter()
+            .filter(|c| !skip(c))
+            .map(|c| c.stored_len)
+            .sum();
         while self.next < chunks.len() && window < limit {
             let c = &chunks[self.next];
-            // SAFETY: posix_fadvise only advises the kernel about the open
-            // file's pages; no memory is passed.
-            unsafe {
-                libc::posix_fadvise(
-                    img.file_of(c).file().as_raw_fd(),
-                    c.file_off as libc::off_t,
-                    c.stored_len as libc::off_t,
-                    libc::POSIX_FADV_WILLNEED,
-                )
-            };
+            if skip(c) {
+                self.next += 1;
+                continue;
+            }
+            advise_chunk(img, c);
             window += c.stored_len;
             self.next += 1;
         }
     }
 }
 
-/// Read and check every chunk of `batch` (every chunk is checked, mapped
-/// from the image or not) with up to `workers` threads: one the restorer
-/// maps from the image (`mapped`) is checked where it lies, any other is
-/// read into its buffer of `bufs`. The first failure in chunk order.
+/// How the streamer checks a chunk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Read into a buffer (its bytes go into the stream).
+    Read,
+    /// Checked where it lies in the image (mapped, or filled by the page
+    /// server).
+    InPlace,
+    /// Not now: the page server checks it as it reads it (`--verify on-fill`).
+    Later,
+}
+
+/// Read and check the chunks of `batch` (every one, mapped from the image
+/// or not, but those the page server checks itself) with up to `workers`
+/// threads, each as `how` says. The first failure in chunk order.
 fn read_batch(
     img: &Image,
     batch: &[ChunkDesc],
     bufs: &mut [(Vec<u8>, Vec<u8>)],
     workers: usize,
-    mapped: &(dyn Fn(&ChunkDesc) -> bool + Sync),
+    how: &(dyn Fn(&ChunkDesc) -> Check + Sync),
 ) -> Result<(), ImageError> {
-    let one = |c: &ChunkDesc, out: &mut Vec<u8>, scratch: &mut Vec<u8>| {
-        if mapped(c) {
-            check_in_place(img, c)
-        } else {
-            img.read_chunk(c, out, scratch)
-        }
+    let one = |c: &ChunkDesc, out: &mut Vec<u8>, scratch: &mut Vec<u8>| match how(c) {
+        Check::Later => Ok(()),
+        Check::InPlace => check_in_place(img, c),
+        Check::Read => img.read_chunk(c, out, scratch),
     };
-    if workers <= 1 {
+    if workers <= 1 || batch.iter().all(|c| how(c) == Check::Later) {
         for (c, (out, scratch)) in batch.iter().zip(bufs.iter_mut()) {
             one(c, out, scratch)?;
         }

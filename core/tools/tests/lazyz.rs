@@ -38,8 +38,13 @@ fn stats(err: &str) -> Option<(u64, u64, u64)> {
 /// Launch tests/c/lazyz.c in `job`, checkpoint it once it waits for go1,
 /// kill it; its image.
 fn checkpointed(job: &mut Job) -> std::path::PathBuf {
+    checkpointed_with(job, &[])
+}
+
+/// As [`checkpointed`], with `dmtcp_launch` options.
+fn checkpointed_with(job: &mut Job, launch_opts: &[&str]) -> std::path::PathBuf {
     let prog = c_program("lazyz");
-    job.launch(&[prog.to_str().unwrap()], &[]);
+    job.launch(&[prog.to_str().unwrap()], launch_opts);
     job.wait_for("waiting for go1");
     job.checkpoint();
     job.kill();
@@ -58,23 +63,38 @@ fn restart_err(job: &Job) -> String {
 /// kill, restart from that image (phase 2 checks). `env` goes to both
 /// restarts. The first restart's and the second's stderr.
 fn two_restarts(name: &str, env: &[(&str, &str)]) -> (String, String) {
+    two_restarts_with(name, &[], env)
+}
+
+/// As [`two_restarts`], with `dmtcp_launch` options: with `--no-gzip` the
+/// images hold raw chunks only.
+fn two_restarts_with(name: &str, launch_opts: &[&str], env: &[(&str, &str)]) -> (String, String) {
     let prog = c_program("lazyz");
     let p = prog.to_str().unwrap();
     let mut job = Job::new(name).env("DMTCP_RESTART_LAZY_STATS", "1");
     for (k, v) in env {
         job = job.env(k, v);
     }
-    job.launch(&[p], &[]);
+    job.launch(&[p], launch_opts);
     job.wait_for("waiting for go1");
     job.checkpoint();
     job.kill();
     let imgs = job.images();
     assert_eq!(imgs.len(), 1);
     let img = Image::open(&imgs[0]).unwrap();
-    assert!(
-        img.chunks.iter().filter(|c| c.flags & CHUNK_ZSTD != 0).count() > 8,
-        "the image holds few compressed chunks"
-    );
+    let zstd = img
+        .chunks
+        .iter()
+        .filter(|c| c.flags & CHUNK_ZSTD != 0)
+        .count();
+    if launch_opts.contains(&"--no-gzip") {
+        assert!(
+            zstd == 0 && img.chunks.len() > 8,
+            "not an image of raw chunks"
+        );
+    } else {
+        assert!(zstd > 8, "the image holds few compressed chunks");
+    }
     job.restart();
     create(&job, "go1");
     job.wait_for("waiting for go2");
@@ -98,10 +118,7 @@ fn two_restarts(name: &str, env: &[(&str, &str)]) -> (String, String) {
 /// right bytes; counted as filled in the background).
 #[test]
 fn pages_come_on_demand_and_a_fork_gets_them_all() {
-    let (first, second) = two_restarts(
-        "lazyz-demand",
-        &[("DMTCP_RESTART_LAZY_BACKGROUND", "0")],
-    );
+    let (first, second) = two_restarts("lazyz-demand", &[("DMTCP_RESTART_LAZY_BACKGROUND", "0")]);
     let (chunks, on_fault, in_background) =
         stats(&first).unwrap_or_else(|| panic!("no stats line in: {first}"));
     assert!(on_fault > 0, "no page filled on a fault: {first}");
@@ -150,7 +167,10 @@ fn without_userfaultfd_chunks_are_decompressed_first() {
 fn an_image_of_a_library_without_the_lazy_protocol_restarts_eagerly() {
     let mut job = Job::new("lazyz-oldlib").env("DMTCP_RESTART_LAZY_STATS", "1");
     let path = checkpointed(&mut job);
-    assert_eq!(Image::open(&path).unwrap().meta.lazy_protocol, LAZY_PROTOCOL);
+    assert_eq!(
+        Image::open(&path).unwrap().meta.lazy_protocol,
+        LAZY_PROTOCOL
+    );
     dmtcp_common::image::rewrite_meta(&path, |m| m.lazy_protocol = 0).unwrap();
     job.restart();
     create(&job, "go1");
@@ -161,7 +181,10 @@ fn an_image_of_a_library_without_the_lazy_protocol_restarts_eagerly() {
     job.checkpoint();
     job.kill();
     let path = job.images()[0].clone();
-    assert_eq!(Image::open(&path).unwrap().meta.lazy_protocol, LAZY_PROTOCOL);
+    assert_eq!(
+        Image::open(&path).unwrap().meta.lazy_protocol,
+        LAZY_PROTOCOL
+    );
     job.restart();
     create(&job, "go2");
     job.wait_success();
@@ -179,7 +202,10 @@ fn eager_restart_and_uffd_zero_stay_eager() {
         ("lazyz-off", ("DMTCP_RESTART_UFFD", "0")),
     ] {
         let (first, second) = two_restarts(name, &[env]);
-        assert!(stats(&first).is_none() && stats(&second).is_none(), "{first}{second}");
+        assert!(
+            stats(&first).is_none() && stats(&second).is_none(),
+            "{first}{second}"
+        );
     }
 }
 
@@ -213,12 +239,23 @@ fn a_damaged_compressed_chunk_is_refused_before_the_program_runs() {
         err.contains(&format!("memory at {:#x}", c.addr)),
         "the message names another chunk: {err}"
     );
-    assert!(job.peer_pids().is_empty(), "a process runs after a refused restart");
+    assert!(
+        job.peer_pids().is_empty(),
+        "a process runs after a refused restart"
+    );
     // The image made whole again restarts.
-    std::fs::write(&path, &good).unwrap();
-    job.restart();
-    create(&job, "go1");
-    create(&job, "go2");
+    restarts_when_whole(&mut job, &path, &good, &[]);
+}
+
+/// `good` written back to `path`, the job restarts from it (with
+/// `dmtcp_restart` options `opts`) and ends well.
+fn restarts_when_whole(job: &mut Job, path: &std::path::Path, good: &[u8], opts: &[String]) {
+    std::fs::write(path, good).unwrap();
+    let mut args = opts.to_vec();
+    args.push(path.display().to_string());
+    job.restart_with(&args);
+    create(job, "go1");
+    create(job, "go2");
     job.wait_success();
     assert!(job.output().contains("phase 2 ok"), "{}", job.diag());
 }
@@ -227,10 +264,31 @@ fn a_damaged_compressed_chunk_is_refused_before_the_program_runs() {
 /// before it restarts lazily too, and so does the next one.
 #[test]
 fn incremental_compressed_image_restarts_lazily() {
+    incremental_restarts_lazily("lazyz-incr", &[], &[]);
+}
+
+/// So does an incremental image of raw chunks with `--verify on-fill`: the
+/// server reads and checks the chunks kept in the generation before.
+#[test]
+fn incremental_raw_image_checked_on_fill_restarts_lazily() {
+    incremental_restarts_lazily(
+        "lazyz-incr-raw",
+        &["--no-gzip"],
+        &[("DMTCP_RESTART_VERIFY", "on-fill")],
+    );
+}
+
+fn incremental_restarts_lazily(name: &str, launch_opts: &[&str], env: &[(&str, &str)]) {
     let prog = c_program("lazyz");
     let p = prog.to_str().unwrap();
-    let mut job = Job::new("lazyz-incr").env("DMTCP_RESTART_LAZY_STATS", "1");
-    job.launch(&[p], &["--incremental"]);
+    let mut job = Job::new(name).env("DMTCP_RESTART_LAZY_STATS", "1");
+    for (k, v) in env {
+        job = job.env(k, v);
+    }
+    let zstd = !launch_opts.contains(&"--no-gzip");
+    let mut opts = vec!["--incremental"];
+    opts.extend_from_slice(launch_opts);
+    job.launch(&[p], &opts);
     job.wait_for("waiting for go1");
     job.checkpoint();
     job.checkpoint();
@@ -242,9 +300,12 @@ fn incremental_compressed_image_restarts_lazily() {
     let kept = img
         .chunks
         .iter()
-        .filter(|c| c.source() == 1 && c.flags & CHUNK_ZSTD != 0)
+        .filter(|c| c.source() == 1 && (c.flags & CHUNK_ZSTD != 0) == zstd)
         .count();
-    assert!(kept > 8, "generation 2 keeps few compressed chunks in generation 1");
+    assert!(
+        kept > 8,
+        "generation 2 keeps few chunks (compressed: {zstd}) in generation 1"
+    );
     drop(img);
     let restartdir = ["--restartdir".to_string(), job.ckpt.display().to_string()];
     job.restart_with(&restartdir);
@@ -262,9 +323,159 @@ fn incremental_compressed_image_restarts_lazily() {
     create(&job, "go2");
     job.wait_success();
     let out = job.output();
-    assert!(out.contains("phase 1 ok") && out.contains("phase 2 ok"), "{}", job.diag());
+    assert!(
+        out.contains("phase 1 ok") && out.contains("phase 2 ok"),
+        "{}",
+        job.diag()
+    );
     assert!(!out.contains("BAD"), "{}", job.diag());
     assert!(stats(&restart_err(&job)).is_some(), "{}", job.diag());
+}
+
+/// The anonymous memory of a raw image (`--no-gzip`) is anonymous memory
+/// again after a restart, not a private mapping of the image file (where
+/// `madvise(MADV_DONTNEED)` would bring back the image's bytes instead of
+/// zeros: lazyz.c checks it): filled by the page server by default, read
+/// in by the restorer without userfaultfd.
+#[test]
+fn raw_anonymous_memory_stays_anonymous_after_a_restart() {
+    let (first, second) = two_restarts_with("lazyz-raw-default", &["--no-gzip"], &[]);
+    for err in [&first, &second] {
+        let (chunks, on_fault, in_background) =
+            stats(err).unwrap_or_else(|| panic!("no stats line in: {err}"));
+        assert!(chunks > 8 && on_fault + in_background > 0, "{err}");
+    }
+    let (first, second) = two_restarts_with(
+        "lazyz-raw-nouffd",
+        &["--no-gzip"],
+        &[("DMTCP_RESTART_NO_UFFD", "1")],
+    );
+    assert!(
+        stats(&first).is_none() && stats(&second).is_none(),
+        "{first}{second}"
+    );
+}
+
+/// With `--verify on-fill` the raw chunks the page server fills are not
+/// read before the program resumes; the server checks each as it reads
+/// it. With the background fill off, the program ran before its memory
+/// was all in.
+#[test]
+fn raw_image_checked_on_fill_comes_on_demand() {
+    let (first, second) = two_restarts_with(
+        "lazyz-raw-onfill",
+        &["--no-gzip"],
+        &[
+            ("DMTCP_RESTART_VERIFY", "on-fill"),
+            ("DMTCP_RESTART_LAZY_BACKGROUND", "0"),
+        ],
+    );
+    let (chunks, on_fault, in_background) =
+        stats(&first).unwrap_or_else(|| panic!("no stats line in: {first}"));
+    assert!(chunks > 8 && on_fault > 0, "{first}");
+    assert!(chunks > on_fault, "every chunk filled on a fault: {first}");
+    assert!(in_background > 0, "nothing left for the fork: {first}");
+    let (_, on_fault, in_background) =
+        stats(&second).unwrap_or_else(|| panic!("no stats line in: {second}"));
+    assert!(on_fault > 0 && in_background == 0, "{second}");
+}
+
+/// A damaged raw chunk: refused before the program runs by default; with
+/// `dmtcp_restart --verify on-fill` the program resumes, and the page
+/// server finds the damage when it reads that chunk, before any of its
+/// pages reach the program, and stops the program with the reason.
+#[test]
+fn a_damaged_raw_chunk_checked_on_fill_stops_the_program_with_the_reason() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut job = Job::new("lazyz-raw-damaged");
+    let path = checkpointed_with(&mut job, &["--no-gzip"]);
+    let img = Image::open(&path).unwrap();
+    // The last chunk of anonymous private memory that is not a stack: with
+    // the background fill, the one filled last.
+    let anon = |c: &dmtcp_common::image::ChunkDesc| {
+        img.meta.areas.iter().any(|a| {
+            a.kind == dmtcp_sys::restore::KIND_ANON_PRIVATE
+                && a.flags & dmtcp_sys::restore::AREA_GROWSDOWN == 0
+                && a.start <= c.addr
+                && c.addr + c.len <= a.start + a.len
+        })
+    };
+    let c = *img
+        .chunks
+        .iter()
+        .rev()
+        .find(|c| c.flags & CHUNK_ZSTD == 0 && c.stored_len >= 65536 && anon(c))
+        .expect("a raw chunk of anonymous memory");
+    drop(img);
+    let good = std::fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    bad[c.file_off as usize + 100] ^= 0x5a;
+    std::fs::write(&path, &bad).unwrap();
+    let at = format!("memory at {:#x}", c.addr);
+    // By default: refused, nothing started.
+    job.restart();
+    let st =
+        wait_timeout(&mut job.proc.take().unwrap(), TIMEOUT).expect("dmtcp_restart did not end");
+    let err = restart_err(&job);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(
+        err.contains("checksum mismatch") && err.contains(&at),
+        "{err}"
+    );
+    assert!(
+        job.peer_pids().is_empty(),
+        "a process runs after a refused restart"
+    );
+    // Checked on fill: started, then stopped with the reason.
+    let args = [
+        "--verify".to_string(),
+        "on-fill".into(),
+        path.display().to_string(),
+    ];
+    job.restart_with(&args);
+    let st =
+        wait_timeout(&mut job.proc.take().unwrap(), TIMEOUT).expect("the program was not stopped");
+    let err = restart_err(&job);
+    // (dmtcp_restart waits for the process it restarted and ends as it
+    // did: 128 + the signal.)
+    assert!(
+        st.signal() == Some(libc::SIGKILL) || st.code() == Some(128 + libc::SIGKILL),
+        "{st:?}: {err}{}",
+        job.diag()
+    );
+    assert!(
+        err.contains("checksum mismatch") && err.contains(&at),
+        "{err}"
+    );
+    assert!(
+        err.contains("stopped before it could use that memory"),
+        "{err}"
+    );
+    assert!(!job.output().contains("phase 1"), "{}", job.diag());
+    // The image made whole again restarts, checked on fill.
+    restarts_when_whole(&mut job, &path, &good, &args[..2]);
+}
+
+/// A wrong `--verify` (or DMTCP_RESTART_VERIFY) is a usage error.
+#[test]
+fn a_wrong_verify_value_is_refused() {
+    let o = std::process::Command::new(bin_dir().join("dmtcp_restart"))
+        .args(["--verify", "sometimes", "x.dmtcp"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Usage:"),
+        "{o:?}"
+    );
+    let o = std::process::Command::new(bin_dir().join("dmtcp_restart"))
+        .env("DMTCP_RESTART_VERIFY", "sometimes")
+        .arg("x.dmtcp")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("DMTCP_RESTART_VERIFY=sometimes"), "{err}");
 }
 
 /// `tool` run as user nobody, in `dir`.
@@ -290,7 +501,11 @@ fn an_unprivileged_restart_decompresses_first_without_a_word() {
         "this test switches users with setpriv: run it as root"
     );
     let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap();
-    assert_eq!(sysctl.trim(), "0", "this test needs vm.unprivileged_userfaultfd=0");
+    assert_eq!(
+        sysctl.trim(),
+        "0",
+        "this test needs vm.unprivileged_userfaultfd=0"
+    );
     let prog = c_program("lazyz");
     let dir = fresh_dir("lazyz-nobody");
     let ckpt = dir.join("ckpt");
@@ -315,7 +530,11 @@ fn an_unprivileged_restart_decompresses_first_without_a_word() {
     let wait_for = |pat: &str| {
         let deadline = std::time::Instant::now() + TIMEOUT;
         while !output().contains(pat) {
-            assert!(std::time::Instant::now() < deadline, "no {pat:?} in: {}", output());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {pat:?} in: {}",
+                output()
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     };
@@ -358,8 +577,16 @@ fn an_unprivileged_restart_decompresses_first_without_a_word() {
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
     let _ = coord.kill();
     let _ = coord.wait();
-    assert!(st.is_some_and(|s| s.success()), "{st:?}: {err}\n{}", output());
-    assert!(output().contains("phase 2 ok") && !output().contains("BAD"), "{}", output());
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{st:?}: {err}\n{}",
+        output()
+    );
+    assert!(
+        output().contains("phase 2 ok") && !output().contains("BAD"),
+        "{}",
+        output()
+    );
     assert!(stats(&err).is_none(), "{err}");
     assert!(!err.contains("userfaultfd"), "{err}");
 }
@@ -418,7 +645,12 @@ fn a_killed_page_server_stops_the_program_with_the_reason() {
     job.wait_running(1);
     let root = job.proc.as_ref().unwrap().id() as i32;
     let servers = page_servers(root);
-    assert_eq!(servers.len(), 1, "one page server expected: {servers:?}{}", job.diag());
+    assert_eq!(
+        servers.len(),
+        1,
+        "one page server expected: {servers:?}{}",
+        job.diag()
+    );
     // SAFETY: killing the page server of our own job.
     unsafe { libc::kill(servers[0], libc::SIGKILL) };
     let deadline = std::time::Instant::now() + TIMEOUT;
@@ -433,6 +665,10 @@ fn a_killed_page_server_stops_the_program_with_the_reason() {
     }
     create(&job, "go1");
     let st = job.proc.take().unwrap().wait().unwrap();
-    assert!(!st.success(), "the job ended well with its memory gone{}", job.diag());
+    assert!(
+        !st.success(),
+        "the job ended well with its memory gone{}",
+        job.diag()
+    );
     assert!(!job.output().contains("phase 1"), "{}", job.diag());
 }
