@@ -360,6 +360,58 @@ fn group_len(segs: &[Seg], chunks: &[ChunkDesc]) -> usize {
     n
 }
 
+/// `len` bytes of an image file from `off` (page-aligned), mapped
+/// privately and read-only with their pages read in at once; unmapped
+/// when dropped.
+pub(crate) struct MappedRange {
+    p: *mut libc::c_void,
+    len: usize,
+}
+
+impl MappedRange {
+    /// None where the range is not inside the file (a file cut short
+    /// since it was checked would fault in the mapping) or cannot be mapped.
+    pub(crate) fn new(img: &Image, off: u64, len: u64) -> Option<MappedRange> {
+        use std::os::fd::AsRawFd;
+        let inside = img
+            .file()
+            .metadata()
+            .is_ok_and(|m| m.len() >= off.saturating_add(len));
+        if len == 0 || off % 4096 != 0 || !inside {
+            return None;
+        }
+        // SAFETY: a new private read-only mapping of the open image's
+        // bytes [off, off + len), inside the file; only this struct uses
+        // it, and unmaps it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_POPULATE,
+                img.file().as_raw_fd(),
+                off as libc::off_t,
+            )
+        };
+        (p != libc::MAP_FAILED).then_some(MappedRange {
+            p,
+            len: len as usize,
+        })
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes, alive while self is.
+        unsafe { std::slice::from_raw_parts(self.p as *const u8, self.len) }
+    }
+}
+
+impl Drop for MappedRange {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping; no slice of it outlives self.
+        unsafe { libc::munmap(self.p, self.len) };
+    }
+}
+
 /// Fill the `n` runs of `todo` from `i` ([`group_len`]) with one read of
 /// their bytes into `buf`, each chunk's CRC checked, and one copy; what a
 /// copy stopped short of stays in `todo`, run by run.
@@ -378,22 +430,31 @@ fn fill_group(
     let segs: Vec<Seg> = todo.0[i..i + n].to_vec();
     let first = &chunks[segs[0].chunk];
     let total: u64 = segs.iter().map(|s| s.len).sum();
-    buf.resize(total as usize, 0);
     let src = img.file_of(first);
-    if let Err(e) = src.file().read_exact_at(buf, first.file_off) {
-        dmtcp_common::log_error!(
-            "lazy restore: reading {} bytes at offset {} of {}: {e}; the restarted process {pid} \
-             is stopped before it could use that memory",
-            total,
-            first.file_off,
-            src.path.display()
-        );
-        return Err(Stop::Failed(libc::EIO));
-    }
+    // The stored bytes where they lie in the page cache (no copy into a
+    // buffer), else read.
+    let mapped = MappedRange::new(src, first.file_off, total);
+    let bytes: &[u8] = match &mapped {
+        Some(m) => m.bytes(),
+        None => {
+            buf.resize(total as usize, 0);
+            if let Err(e) = src.file().read_exact_at(buf, first.file_off) {
+                dmtcp_common::log_error!(
+                    "lazy restore: reading {} bytes at offset {} of {}: {e}; the restarted \
+                     process {pid} is stopped before it could use that memory",
+                    total,
+                    first.file_off,
+                    src.path.display()
+                );
+                return Err(Stop::Failed(libc::EIO));
+            }
+            buf
+        }
+    };
     let mut at = 0usize;
     for s in &segs {
         let c = &chunks[s.chunk];
-        if let Err(e) = img.check_stored(c, &buf[at..at + c.len as usize]) {
+        if let Err(e) = img.check_stored(c, &bytes[at..at + c.len as usize]) {
             dmtcp_common::log_error!(
                 "lazy restore: {e}; the restarted process {pid} is stopped before it could use \
                  that memory (restart an earlier checkpoint generation)"
@@ -408,7 +469,7 @@ fn fill_group(
         chunk: segs[0].chunk,
         off: 0,
     };
-    let r = fill(fd, &mut all, buf);
+    let r = fill(fd, &mut all, bytes);
     let left = all.addr..all.addr + all.len;
     let kept: Vec<Seg> = segs
         .iter()

@@ -1194,30 +1194,38 @@ fn read_batch(
     workers: usize,
     how: &(dyn Fn(&ChunkDesc) -> Check + Sync),
 ) -> Result<(), ImageError> {
-    let one = |c: &ChunkDesc, out: &mut Vec<u8>, scratch: &mut Vec<u8>| match how(c) {
-        Check::Later => Ok(()),
-        Check::InPlace => check_in_place(img, c),
-        Check::Read => img.read_chunk(c, out, scratch),
+    // A part of the batch, in order: chunks checked in place that follow
+    // each other in one file are checked through one mapping (one per
+    // 64 KiB chunk cost 20-30 us each).
+    let part = |cs: &[ChunkDesc], bs: &mut [(Vec<u8>, Vec<u8>)]| -> Result<(), ImageError> {
+        let mut j = 0;
+        while j < cs.len() {
+            let c = &cs[j];
+            match how(c) {
+                Check::Later => j += 1,
+                Check::Read => {
+                    let (out, scratch) = &mut bs[j];
+                    img.read_chunk(c, out, scratch)?;
+                    j += 1;
+                }
+                Check::InPlace => {
+                    let k = in_place_run(&cs[j..], how);
+                    check_run_in_place(img, &cs[j..j + k])?;
+                    j += k;
+                }
+            }
+        }
+        Ok(())
     };
     if workers <= 1 || batch.iter().all(|c| how(c) == Check::Later) {
-        for (c, (out, scratch)) in batch.iter().zip(bufs.iter_mut()) {
-            one(c, out, scratch)?;
-        }
-        return Ok(());
+        return part(batch, bufs);
     }
     let per = batch.len().div_ceil(workers);
     std::thread::scope(|s| {
         let running: Vec<_> = batch
             .chunks(per)
             .zip(bufs.chunks_mut(per))
-            .map(|(cs, bs)| {
-                s.spawn(move || {
-                    for (c, (out, scratch)) in cs.iter().zip(bs.iter_mut()) {
-                        one(c, out, scratch)?;
-                    }
-                    Ok(())
-                })
-            })
+            .map(|(cs, bs)| s.spawn(move || part(cs, bs)))
             .collect();
         // Joined in order: the first group's failure is reported first.
         // (A panic aborts the whole program: panic = "abort".)
@@ -1227,46 +1235,52 @@ fn read_batch(
     })
 }
 
+/// How many chunks from the first of `cs` (checked in place) follow each
+/// other in one image file, up to 8 MiB of them.
+fn in_place_run(cs: &[ChunkDesc], how: &(dyn Fn(&ChunkDesc) -> Check + Sync)) -> usize {
+    let mut k = 1;
+    let mut bytes = cs[0].stored_len;
+    while k < cs.len() && bytes < (8 << 20) {
+        let (p, c) = (&cs[k - 1], &cs[k]);
+        if how(c) != Check::InPlace
+            || c.source() != p.source()
+            || c.file_off != p.file_off + p.stored_len
+        {
+            break;
+        }
+        bytes += c.stored_len;
+        k += 1;
+    }
+    k
+}
+
+/// Check the chunks of `run` (one after the other in one image file)
+/// where they lie, through one mapping of them all; one by one where it
+/// cannot be had.
+fn check_run_in_place(img: &Image, run: &[ChunkDesc]) -> Result<(), ImageError> {
+    let first = &run[0];
+    let len: u64 = run.iter().map(|c| c.stored_len).sum();
+    let Some(m) = crate::lazy::MappedRange::new(img.file_of(first), first.file_off, len) else {
+        return run.iter().try_for_each(|c| check_in_place(img, c));
+    };
+    let mut at = 0usize;
+    for c in run {
+        img.check_stored(c, &m.bytes()[at..at + c.stored_len as usize])?;
+        at += c.stored_len as usize;
+    }
+    Ok(())
+}
+
 /// Check the CRC of chunk `c` (over its stored bytes) where it lies in the image, through a
 /// private read-only mapping populated at once: no copy (half the memory
 /// traffic of reading it), and its pages stay in the page cache for the
 /// restorer, which maps them the same way. Where the mapping cannot be
 /// had, the chunk is read instead.
 fn check_in_place(img: &Image, c: &ChunkDesc) -> Result<(), ImageError> {
-    use std::os::fd::AsRawFd;
-    let len = c.stored_len as usize;
-    // A file cut short since it was checked would fault in the mapping.
-    let src = img.file_of(c);
-    let inside = src
-        .file()
-        .metadata()
-        .is_ok_and(|m| m.len() >= c.file_off.saturating_add(c.stored_len));
-    if len == 0 || !inside {
-        return img.read_chunk(c, &mut Vec::new(), &mut Vec::new());
+    match crate::lazy::MappedRange::new(img.file_of(c), c.file_off, c.stored_len) {
+        Some(m) => img.check_stored(c, m.bytes()),
+        None => img.read_chunk(c, &mut Vec::new(), &mut Vec::new()),
     }
-    // SAFETY: a new private read-only mapping of `len` bytes of the open
-    // image at offset `file_off`, which the index check found block-aligned
-    // and inside the file; only this function uses it, and unmaps it.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_POPULATE,
-            src.file().as_raw_fd(),
-            c.file_off as libc::off_t,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return img.read_chunk(c, &mut Vec::new(), &mut Vec::new());
-    }
-    // SAFETY: the mapping above is `len` readable bytes.
-    let r = img.check_stored(c, unsafe {
-        std::slice::from_raw_parts(p as *const u8, len)
-    });
-    // SAFETY: unmapping our own mapping, no longer referenced.
-    unsafe { libc::munmap(p, len) };
-    r
 }
 
 /// What `dmtcp_restart` shows on a terminal while it restores: one line,
