@@ -67,11 +67,12 @@ pub fn command() -> Command {
             .long("verify")
             .value_name("WHEN")
             .value_parser(["before", "on-fill"])
+            .hide_possible_values(true)
             .help(
                 "When the chunks of memory are checked against their checksums: `before` the \
                  program resumes (default; a damaged image is refused with nothing started), \
-                 or `on-fill`: the raw chunks the page server fills are checked as they are \
-                 read, before the program can use them, so the program resumes without \
+                 or `on-fill`: the chunks the page server fills (anonymous memory) are checked \
+                 as it reads them, before the program can use them, so the program resumes without \
                  reading its whole image first; a damaged chunk then stops the restarted \
                  process with the reason (env DMTCP_RESTART_VERIFY)",
             ),

@@ -117,6 +117,7 @@ fn documented(t: &str) -> Vec<&'static str> {
             "-d, --restartdir <DIR>",
             "--no-strict-checking",
             "--allow-other-user-image",
+            "--verify <WHEN>",
             "-t, --tmpdir <DIR>",
             "-q, --quiet",
             "[ckpt.dmtcp]",

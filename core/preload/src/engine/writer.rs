@@ -664,10 +664,19 @@ fn write_blocks(
                 h,
             )?;
             pend = b;
-        } else if compress {
-            // SAFETY: [a, b) lies in the run, whose bytes are at src.
-            let p = unsafe { src.add((a - addr) as usize) };
-            write_chunk(st, a, p, (b - a) as usize, h)?;
+        } else if let Some(n) = compress
+            .then(|| {
+                // SAFETY: [a, b) lies in the run, whose bytes are at src.
+                let p = unsafe { src.add((a - addr) as usize) };
+                compressed(st, p, (b - a) as usize)
+            })
+            .flatten()
+        {
+            // (A block that does not compress joins the raw ones below:
+            // written with them in one `pwrite`, not on its own.)
+            flush_raw(st, addr, src, pend, a)?;
+            np = 0;
+            put_compressed(st, a, (b - a) as usize, n, h)?;
             pend = b;
         } else {
             st.pend_hash(np, h);
@@ -715,6 +724,53 @@ fn flush_raw(st: &mut WState, addr: u64, src: *const u8, from: u64, to: u64) -> 
     Ok(())
 }
 
+/// Compress the `len` bytes at `src` into the writer's buffer: their
+/// compressed length, if compression is on and saves an eighth or more.
+fn compressed(st: &mut WState, src: *const u8, len: usize) -> Option<usize> {
+    if !JOB.compress.load(Relaxed) {
+        return None;
+    }
+    // SAFETY: the static context and our buffer are owned by this writer;
+    // src..src+len is readable process memory.
+    let n = unsafe {
+        zstd_sys::ZSTD_compressCCtx(
+            st.hot().cctx,
+            st.zbuf as *mut c_void,
+            st.zcap,
+            src as *const c_void,
+            len,
+            ZSTD_LEVEL,
+        )
+    };
+    // SAFETY: pure function on a return code.
+    let failed = unsafe { zstd_sys::ZSTD_isError(n) } != 0;
+    (!failed && n < len - len / 8).then_some(n)
+}
+
+/// Write the `n` bytes [`compressed`] left in the writer's buffer as the
+/// chunk of the `len` bytes of memory at `addr`; `hash` is their content
+/// hash.
+fn put_compressed(st: &mut WState, addr: u64, len: usize, n: usize, hash: u128) -> Result<(), i32> {
+    let padded = n.div_ceil(PAGE) * PAGE;
+    // SAFETY: zero the padding inside our buffer (padded <= zcap).
+    unsafe { core::ptr::write_bytes(st.zbuf.add(n), 0, padded - n) };
+    // SAFETY: n bytes of our buffer were just written by zstd.
+    let crc = crc32fast::hash(unsafe { core::slice::from_raw_parts(st.zbuf, n) });
+    let off = JOB.off.fetch_add(padded as u64, SeqCst);
+    put(st.zbuf, padded, off)?;
+    st.push_hashed(
+        ChunkDesc {
+            addr,
+            len: len as u64,
+            file_off: off,
+            stored_len: n as u64,
+            crc,
+            flags: CHUNK_ZSTD,
+        },
+        hash,
+    )
+}
+
 /// Store `len` bytes of memory at `addr` (read at `src`) as one chunk,
 /// compressed if that is on and pays; `hash` is its content hash.
 fn write_chunk(
@@ -724,42 +780,8 @@ fn write_chunk(
     len: usize,
     hash: u128,
 ) -> Result<(), i32> {
-    if JOB.compress.load(Relaxed) {
-        // SAFETY: the static context and our buffer are owned by this writer;
-        // src..src+len is readable process memory.
-        let n = unsafe {
-            zstd_sys::ZSTD_compressCCtx(
-                st.hot().cctx,
-                st.zbuf as *mut c_void,
-                st.zcap,
-                src as *const c_void,
-                len,
-                ZSTD_LEVEL,
-            )
-        };
-        // SAFETY: pure function on a return code.
-        let failed = unsafe { zstd_sys::ZSTD_isError(n) } != 0;
-        if !failed && n < len - len / 8 {
-            let padded = n.div_ceil(PAGE) * PAGE;
-            // SAFETY: zero the padding inside our buffer (padded <= zcap).
-            unsafe { core::ptr::write_bytes(st.zbuf.add(n), 0, padded - n) };
-            // SAFETY: n bytes of our buffer were just written by zstd.
-            let crc = crc32fast::hash(unsafe { core::slice::from_raw_parts(st.zbuf, n) });
-            let off = JOB.off.fetch_add(padded as u64, SeqCst);
-            put(st.zbuf, padded, off)?;
-            st.push_hashed(
-                ChunkDesc {
-                    addr,
-                    len: len as u64,
-                    file_off: off,
-                    stored_len: n as u64,
-                    crc,
-                    flags: CHUNK_ZSTD,
-                },
-                hash,
-            )?;
-            return Ok(());
-        }
+    if let Some(n) = compressed(st, src, len) {
+        return put_compressed(st, addr, len, n, hash);
     }
     // SAFETY: src..src+len is readable process memory.
     let crc = crc32fast::hash(unsafe { core::slice::from_raw_parts(src, len) });
