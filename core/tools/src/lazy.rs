@@ -307,23 +307,6 @@ fn close_all_but(img: &Image, keep: &[i32]) {
     }
 }
 
-/// Ask the kernel to read the stored bytes of the chunks after `k` (up to
-/// 64 MiB of them, `DMTCP_RESTART_READAHEAD`) while chunk `k` is read and
-/// filled: the background fill goes in address order, which is the order
-/// of `chunks` and, mostly, of the image file. `next`: the first chunk not
-/// asked for yet.
-fn read_ahead(img: &Image, chunks: &[ChunkDesc], k: usize, next: &mut usize) {
-    let limit = crate::restart::read_ahead_bytes();
-    let from = (k + 1).min(chunks.len());
-    *next = (*next).max(from);
-    let mut window: u64 = chunks[from..*next].iter().map(|c| c.stored_len).sum();
-    while *next < chunks.len() && window < limit {
-        crate::restart::advise_chunk(img, &chunks[*next]);
-        window += chunks[*next].stored_len;
-        *next += 1;
-    }
-}
-
 /// Bytes read, checked and copied at once from a run of whole raw chunks.
 const GROUP_BYTES: u64 = 4 << 20;
 
@@ -349,8 +332,7 @@ fn group_len(segs: &[Seg], chunks: &[ChunkDesc]) -> usize {
         if !whole(s)
             || !raw(c)
             || s.addr != p.addr + p.len
-            || c.source() != pc.source()
-            || c.file_off != pc.file_off + pc.stored_len
+            || !crate::restart::follows_in_file(pc, c)
         {
             break;
         }
@@ -451,17 +433,13 @@ fn fill_group(
             buf
         }
     };
-    let mut at = 0usize;
-    for s in &segs {
-        let c = &chunks[s.chunk];
-        if let Err(e) = img.check_stored(c, &bytes[at..at + c.len as usize]) {
-            dmtcp_common::log_error!(
-                "lazy restore: {e}; the restarted process {pid} is stopped before it could use \
-                 that memory (restart an earlier checkpoint generation)"
-            );
-            return Err(Stop::Failed(libc::EIO));
-        }
-        at += c.len as usize;
+    let run = segs.iter().map(|s| &chunks[s.chunk]);
+    if let Err(e) = crate::restart::check_stored_run(img, run, bytes) {
+        dmtcp_common::log_error!(
+            "lazy restore: {e}; the restarted process {pid} is stopped before it could use \
+             that memory (restart an earlier checkpoint generation)"
+        );
+        return Err(Stop::Failed(libc::EIO));
     }
     let mut all = Seg {
         addr: segs[0].addr,
@@ -531,19 +509,21 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
     let mut retry: Vec<u64> = Vec::new();
     let (mut cached, mut out, mut scratch) = (usize::MAX, Vec::new(), Vec::new());
     let mut gone = false;
-    let mut ahead = 0usize;
+    // The background fill goes in address order, which is the order of
+    // `chunks` and, mostly, of the image file: the kernel reads ahead of it.
+    let mut ahead = crate::restart::ReadAhead::default();
     let mut group = Vec::new();
     let mut fill_seg = |i: usize, todo: &mut Todo| -> Result<(), Stop> {
         let n = group_len(&todo.0[i..], &chunks);
         if n > 1 {
             let last = todo.0[i + n - 1].chunk;
-            read_ahead(img, &chunks, last, &mut ahead);
+            ahead.advance(img, &chunks, last + 1, &|_| false);
             return fill_group(img, &chunks, fd, todo, i, n, &mut group, pid);
         }
         let mut seg = todo.0[i];
         if cached != seg.chunk {
             cached = usize::MAX;
-            read_ahead(img, &chunks, seg.chunk, &mut ahead);
+            ahead.advance(img, &chunks, seg.chunk + 1, &|_| false);
             if let Err(e) = img.read_chunk(&chunks[seg.chunk], &mut out, &mut scratch) {
                 dmtcp_common::log_error!(
                     "lazy restore: {e}; the restarted process {pid} is stopped before it could use \

@@ -621,7 +621,6 @@ fn write_blocks(
         unsafe { core::slice::from_raw_parts(clean_p, JOB.clean_n.load(Relaxed)) }
     };
     let (mut skipped, mut hashed) = (0u64, 0u64);
-    let compress = JOB.compress.load(Relaxed);
     let end = addr + len as u64;
     let bytes = |a: u64, n: u64| {
         // SAFETY: [a, a+n) lies in the run, whose bytes are readable at src.
@@ -664,13 +663,8 @@ fn write_blocks(
                 h,
             )?;
             pend = b;
-        } else if let Some(n) = compress
-            .then(|| {
-                // SAFETY: [a, b) lies in the run, whose bytes are at src.
-                let p = unsafe { src.add((a - addr) as usize) };
-                compressed(st, p, (b - a) as usize)
-            })
-            .flatten()
+        } else if let Some(n) =
+            compressed(st, src.wrapping_add((a - addr) as usize), (b - a) as usize)
         {
             // (A block that does not compress joins the raw ones below:
             // written with them in one `pwrite`, not on its own.)
