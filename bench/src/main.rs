@@ -49,8 +49,9 @@
 //! memory changed, and restart of both (see incremental.rs).
 //!
 //! `cargo run --release -p bench -- peers [--sizes 1,4] [--dmtcp DIR]
-//!  [--criu]` runs the same workload under this project, DMTCP (an install
-//! at DIR) and CRIU, side by side in one run (see peers.rs).
+//!  [--criu] [--host-memory touched|as-is]` runs the same workload under
+//! this project, DMTCP (an install at DIR) and CRIU, side by side in one
+//! run (see peers.rs).
 
 mod ibqps;
 mod incremental;
@@ -438,6 +439,42 @@ impl Cache {
     }
 }
 
+/// Bytes `bench peers --host-memory touched` touches and frees right
+/// before each restart (0: nothing; see [`touch_host_memory`]).
+static HOST_MEMORY_TOUCH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Touch [`HOST_MEMORY_TOUCH`] bytes of new anonymous memory and free them
+/// again, so that the restart that follows finds that much free memory
+/// the machine has just used. On a virtual machine that hands memory
+/// freed for a while back to its host (page reporting, a balloon), the
+/// first touch of such memory is several times slower than of memory
+/// freed a moment ago (4 GiB: 5.6-8 s after 5-20 s, 1.9-2.0 s at once,
+/// here): without this step a restart's speed depends on how much memory
+/// the runs before it happened to free just before, which differs
+/// between systems (DMTCP's image is in the page cache since its
+/// checkpoint, ours is read into it after the workload was killed).
+fn touch_host_memory() {
+    let n = HOST_MEMORY_TOUCH.load(std::sync::atomic::Ordering::Relaxed);
+    if n == 0 {
+        return;
+    }
+    // SAFETY: a new private anonymous mapping, populated for writing,
+    // unmapped at once; nothing else refers to it.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            n,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        );
+        if p != libc::MAP_FAILED {
+            libc::munmap(p, n);
+        }
+    }
+}
+
 struct Row {
     gib: usize,
     kind: String,
@@ -556,6 +593,7 @@ fn one(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Row {
         .expect("an image");
     let image = std::fs::metadata(&img).unwrap().len();
     cache.prepare(&img);
+    touch_host_memory();
     // "raw+on-fill", "zstd+on-fill": restarted with `--verify on-fill`.
     let opts: &[&str] = if mode.ends_with("+on-fill") {
         &["--verify", "on-fill"]

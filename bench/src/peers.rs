@@ -20,6 +20,13 @@
 //! (default `zstd,raw`) picks this project's runs; `raw+on-fill` and
 //! `zstd+on-fill` restart with `--verify on-fill`. Images go to `--dir` (default
 //! target/bench-peers). Plots: peers-checkpoint.svg, peers-restart.svg.
+//!
+//! `--host-memory touched` (the default) touches and frees twice the
+//! workload's memory and 1 GiB more right before every restart, of every
+//! system, so that each finds the same memory just used by the machine
+//! (on a virtual machine that returns idle memory to its host the first
+//! touch of that is several times slower; `super::touch_host_memory`);
+//! `--host-memory as-is` leaves the machine as the runs before left it.
 
 use super::{opt, raw_write, Cache, GIB};
 use std::io::{BufRead, BufReader};
@@ -137,6 +144,7 @@ fn dmtcp(
         .find(|p| p.extension().is_some_and(|e| e == "dmtcp"))?;
     let image = std::fs::metadata(&img).ok()?.len();
     cache.prepare(&img);
+    super::touch_host_memory();
     let t = Instant::now();
     let mut r = Command::new(bin("dmtcp_restart"))
         .args(["-j", "-h", "127.0.0.1", "-p", &port_s])
@@ -221,6 +229,7 @@ fn criu(dir: &Path, gib: usize, kind: &str) -> Option<Measured> {
     }
     let image = dir_bytes(&images);
     let pidfile = dir.join("restored.pid");
+    super::touch_host_memory();
     let t = Instant::now();
     let st = Command::new("criu")
         .args(["restore", "-d", "-D"])
@@ -271,6 +280,11 @@ pub fn run(a: &[String]) {
         .map(String::from)
         .collect();
     let dir = std::path::absolute(PathBuf::from(opt(a, "--dir", "target/bench-peers"))).unwrap();
+    let touched = match opt(a, "--host-memory", "touched") {
+        "touched" => true,
+        "as-is" => false,
+        _ => panic!("--host-memory takes touched or as-is"),
+    };
     let caches: Vec<Cache> = opt(a, "--cache", "cold,warm")
         .split(',')
         .map(|c| match c {
@@ -287,6 +301,8 @@ pub fn run(a: &[String]) {
     let mut ck: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     let mut rs: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for &g in &sizes {
+        let touch = if touched { (2 * g + 1) * GIB } else { 0 };
+        super::HOST_MEMORY_TOUCH.store(touch, std::sync::atomic::Ordering::Relaxed);
         for k in &kinds {
             for &cache in &caches {
                 let mut rows: Vec<Measured> =

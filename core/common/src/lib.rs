@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cpu;
 pub mod env;
+pub mod fdnums;
 pub mod generation;
 pub mod image;
 pub mod log;

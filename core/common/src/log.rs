@@ -14,7 +14,7 @@
 //!   <name>.<pid>.log`, opened and closed for each line (so forks and
 //!   restarts need nothing).
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 /// How much to say.
@@ -74,6 +74,36 @@ static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 static TOOL: AtomicBool = AtomicBool::new(true);
 static FILE: AtomicBool = AtomicBool::new(false);
 static SETUP: OnceLock<Setup> = OnceLock::new();
+/// Where the stderr lines go (2 unless [`keep_stderr`] moved them).
+static STDERR: AtomicI32 = AtomicI32::new(2);
+
+/// Keep this process's stderr at fd `at` (a close-on-exec copy) and write
+/// the lines there from now on: for `dmtcp_restart`, whose fd 2 becomes
+/// the restarted program's before it is done. False (and lines stay on
+/// fd 2) where the copy cannot be made.
+pub fn keep_stderr(at: i32) -> bool {
+    // SAFETY: dup3 of our own fd 2 onto `at`, which nothing else of this
+    // process uses.
+    if unsafe { libc::dup3(2, at, libc::O_CLOEXEC) } != at {
+        return false;
+    }
+    STDERR.store(at, Relaxed);
+    true
+}
+
+/// Put the stderr [`keep_stderr`] kept back at fd 2 and write the lines
+/// there again (a process forked from `dmtcp_restart` that will not be
+/// the program: the page server).
+pub fn restore_stderr() {
+    let at = STDERR.load(Relaxed);
+    // SAFETY: dup2 of the fd keep_stderr made onto fd 2 of this process,
+    // which is not the program's.
+    if at != 2 && unsafe { libc::dup2(at, 2) } == 2 {
+        // SAFETY: closing our own copy.
+        unsafe { libc::close(at) };
+        STDERR.store(2, Relaxed);
+    }
+}
 
 struct Setup {
     /// What stderr lines start with (`dmtcp_restart: `, `[dmtcp_coordinator] `),
@@ -162,7 +192,7 @@ pub fn log(l: Level, args: std::fmt::Arguments) {
             };
             format!("[dmtcp {}] {word}{args}\n", std::process::id())
         };
-        write_fd(2, line.as_bytes());
+        write_fd(STDERR.load(Relaxed), line.as_bytes());
     }
     if FILE.load(Relaxed) {
         to_file(l, args);

@@ -108,6 +108,9 @@ pub fn main(args: Vec<String>) -> i32 {
         m.get_count("verbose"),
         m.get_count("quiet"),
     );
+    // Our messages (and the page server's) keep going where ours went
+    // once fd 2 is the restarted program's.
+    dmtcp_common::log::keep_stderr(dmtcp_common::fdnums::RESTART_STDERR_FD);
     if let Err(e) = crate::client::secret_options(&m) {
         dmtcp_common::log_error!("{e}");
         return 1;
@@ -844,6 +847,9 @@ fn restore_into_self(
         // SAFETY: second fork so the streamer is not a child of the restored program.
         let p2 = unsafe { libc::fork() };
         if p2 == 0 {
+            // The streamer and page server says what it has to say on
+            // the stderr dmtcp_restart was started with.
+            dmtcp_common::log::restore_stderr();
             // SAFETY: closing the read end in the streamer.
             unsafe { libc::close(sr) };
             if let Some((theirs, _)) = lazy_sock {

@@ -8,10 +8,7 @@
 
 use std::ffi::CString;
 
-/// First fd number the library keeps for itself.
-pub const PROTECTED_FD_BASE: i32 = 820;
-/// How many fd numbers from [`PROTECTED_FD_BASE`] on are the library's.
-pub const PROTECTED_FD_COUNT: i32 = 10;
+pub use dmtcp_common::fdnums::{PROTECTED_FD_BASE, PROTECTED_FD_COUNT};
 
 /// Is `fd` one of the library's own numbers?
 pub fn is_protected(fd: i32) -> bool {
