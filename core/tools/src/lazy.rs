@@ -378,7 +378,7 @@ impl MappedRange {
             .file()
             .metadata()
             .is_ok_and(|m| m.len() >= off.saturating_add(len));
-        if len == 0 || off % 4096 != 0 || !inside {
+        if len == 0 || !off.is_multiple_of(4096) || !inside {
             return None;
         }
         // SAFETY: a new private read-only mapping of the open image's
@@ -477,7 +477,7 @@ fn fill_group(st: &Server, f: &mut Filler, segs: &[Seg]) -> (Result<(), Stop>, V
 /// What one filling thread keeps between fills.
 #[derive(Default)]
 struct Filler {
-    /// The chunk whose bytes are in `out` (usize::MAX: none).
+    /// The chunk whose bytes are in `out`, if any.
     cached: Option<usize>,
     out: Vec<u8>,
     scratch: Vec<u8>,
@@ -487,12 +487,19 @@ struct Filler {
     ahead: crate::restart::ReadAhead,
 }
 
+/// The runs still to fill, and the ranges of those claimed and being
+/// filled now.
+struct Work {
+    todo: Todo,
+    flying: Vec<(u64, u64)>,
+}
+
 /// The page server's state, shared by the thread that reads the
 /// userfaultfd (faults and events) and the threads that fill in the
 /// background.
 ///
-/// Runs are claimed (taken out of `todo`, their range listed in
-/// `flying`) and filled with the `layout` lock held for reading; the
+/// Runs are claimed (taken out of [`Work::todo`], their range listed in
+/// [`Work::flying`]) and filled with the `layout` lock held for reading; the
 /// events that change the memory's layout (`mremap`, `munmap`,
 /// `madvise`) are read from the userfaultfd and applied to `todo` with
 /// it held for writing. So a claimed run is always filled, or put back,
@@ -504,7 +511,7 @@ struct Server<'a> {
     chunks: &'a [ChunkDesc],
     fd: i32,
     pid: i32,
-    todo: std::sync::Mutex<(Todo, Vec<(u64, u64)>)>,
+    work: std::sync::Mutex<Work>,
     layout: std::sync::RwLock<()>,
     /// Set while the reader of the userfaultfd waits for `layout` (or
     /// holds it) for writing: the background threads do not take it for
@@ -550,8 +557,8 @@ fn fill_threads() -> usize {
 }
 
 impl Server<'_> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Todo, Vec<(u64, u64)>)> {
-        self.todo.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Work> {
+        self.work.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn stopped(&self) -> bool {
@@ -603,23 +610,23 @@ impl Server<'_> {
             self.put_back
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let mut t = self.lock();
-        if let Some(k) = t.1.iter().position(|&(a, _)| a == start) {
-            t.1.swap_remove(k);
+        let mut w = self.lock();
+        if let Some(k) = w.flying.iter().position(|&(a, _)| a == start) {
+            w.flying.swap_remove(k);
         }
-        t.0.put_back(left);
+        w.todo.put_back(left);
         r
     }
 
     /// Claim the runs from the one at `i` and list them as in flight.
-    fn claim(&self, t: &mut (Todo, Vec<(u64, u64)>), i: usize) -> Vec<Seg> {
-        let segs = t.0.claim(i, self.chunks);
+    fn claim(&self, w: &mut Work, i: usize) -> Vec<Seg> {
+        let segs = w.todo.claim(i, self.chunks);
         let end = segs.last().map_or(0, |s| s.addr + s.len);
-        t.1.push((segs[0].addr, end));
+        w.flying.push((segs[0].addr, end));
         segs
     }
 
-    /// Stop for `r` (an error of a fill): the process is gone, or it
+    /// Stop for `e` (an error of a fill): the process is gone, or it
     /// cannot get its memory and is killed.
     fn fail(&self, e: Stop) {
         use std::sync::atomic::Ordering::SeqCst;
@@ -659,11 +666,11 @@ impl Server<'_> {
             }
             let layout = self.layout.read().unwrap_or_else(|e| e.into_inner());
             let segs = {
-                let mut t = self.lock();
-                if t.0 .0.is_empty() {
+                let mut w = self.lock();
+                if w.todo.0.is_empty() {
                     break;
                 }
-                self.claim(&mut t, 0)
+                self.claim(&mut w, 0)
             };
             let r = self.fill_claimed(&mut f, segs);
             drop(layout);
@@ -693,10 +700,10 @@ impl Server<'_> {
                 return Vec::new();
             }
             let claimed = {
-                let mut t = self.lock();
-                match t.0.find(page) {
-                    Some(i) => Some(self.claim(&mut t, i)),
-                    None if t.1.iter().any(|&(a, e)| a <= page && page < e) => {
+                let mut w = self.lock();
+                match w.todo.find(page) {
+                    Some(i) => Some(self.claim(&mut w, i)),
+                    None if w.flying.iter().any(|&(a, e)| a <= page && page < e) => {
                         wait.push(page);
                         continue;
                     }
@@ -739,7 +746,7 @@ impl Server<'_> {
     }
 
     fn read_messages_locked(&self, faults: &mut Vec<u64>) {
-        let mut t = self.lock();
+        let todo = &mut self.lock().todo;
         loop {
             let mut m = uffd::Msg::default();
             // SAFETY: reading one message into our struct.
@@ -755,9 +762,9 @@ impl Server<'_> {
             }
             match m.event {
                 uffd::EVENT_PAGEFAULT => faults.push(m.arg[1] & !4095),
-                uffd::EVENT_REMAP => t.0.moved(m.arg[0], m.arg[1], m.arg[2]),
+                uffd::EVENT_REMAP => todo.moved(m.arg[0], m.arg[1], m.arg[2]),
                 uffd::EVENT_REMOVE | uffd::EVENT_UNMAP => {
-                    t.0.cut(m.arg[0], m.arg[1]);
+                    todo.cut(m.arg[0], m.arg[1]);
                 }
                 _ => {}
             }
@@ -809,8 +816,8 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
         chunks: &chunks,
         fd,
         pid,
-        todo: std::sync::Mutex::new((
-            Todo(
+        work: std::sync::Mutex::new(Work {
+            todo: Todo(
                 chunks
                     .iter()
                     .enumerate()
@@ -822,8 +829,8 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
                     })
                     .collect(),
             ),
-            Vec::new(),
-        )),
+            flying: Vec::new(),
+        }),
         layout: std::sync::RwLock::new(()),
         writer_waiting: std::sync::atomic::AtomicBool::new(false),
         read_ahead: threads == 1,
@@ -853,8 +860,8 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
                 break;
             }
             {
-                let t = st.lock();
-                if t.0 .0.is_empty() && t.1.is_empty() {
+                let w = st.lock();
+                if w.todo.0.is_empty() && w.flying.is_empty() {
                     break;
                 }
             }
@@ -897,7 +904,7 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
         }
         // The scope waits for the background threads (they see the todo
         // empty, or the stop).
-        if !st.stopped() && !st.lock().0 .0.is_empty() {
+        if !st.stopped() && !st.lock().todo.0.is_empty() {
             st.fail(Stop::Gone);
         }
     });
@@ -906,7 +913,7 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
     if st.stop.load(Relaxed) == FAILED {
         return 1;
     }
-    let done = st.lock().0 .0.is_empty();
+    let done = st.lock().todo.0.is_empty();
     // SAFETY: closing the userfaultfd: the kernel lets go of the ranges,
     // whose pages are all in.
     unsafe { libc::close(fd) };

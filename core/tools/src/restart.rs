@@ -847,8 +847,8 @@ fn restore_into_self(
         // SAFETY: second fork so the streamer is not a child of the restored program.
         let p2 = unsafe { libc::fork() };
         if p2 == 0 {
-            // The streamer and page server says what it has to say on
-            // the stderr dmtcp_restart was started with.
+            // The streamer (later the page server) speaks on the stderr
+            // dmtcp_restart was started with.
             dmtcp_common::log::restore_stderr();
             // SAFETY: closing the read end in the streamer.
             unsafe { libc::close(sr) };
