@@ -91,6 +91,12 @@ pub fn keep_stderr(at: i32) -> bool {
     true
 }
 
+/// The fd this process's stderr lines go to (2, or where [`keep_stderr`]
+/// kept it).
+pub fn stderr_fd() -> i32 {
+    STDERR.load(Relaxed)
+}
+
 /// Put the stderr [`keep_stderr`] kept back at fd 2 and write the lines
 /// there again (a process forked from `dmtcp_restart` that will not be
 /// the program: the page server).

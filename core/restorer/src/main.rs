@@ -139,43 +139,52 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
     fail(b"internal error (panic)", None)
 }
 
+/// Where the restorer's messages go: the stderr `dmtcp_restart` was
+/// started with (its copy, named by the second argument), not fd 2, which
+/// is the restarted program's already (a log file of the program's, say).
+static ERR_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(2);
+
+fn err_fd() -> i32 {
+    ERR_FD.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 fn fail(msg: &[u8], val: Option<u64>) -> ! {
-    let _ = write_all(2, b"dmtcp_restorer: ");
-    let _ = write_all(2, msg);
+    let _ = write_all(err_fd(), b"dmtcp_restorer: ");
+    let _ = write_all(err_fd(), msg);
     if let Some(v) = val {
         let mut b = [0u8; 16];
-        let _ = write_all(2, b" 0x");
-        let _ = write_all(2, dmtcp_sys::fmt_hex(v, &mut b));
+        let _ = write_all(err_fd(), b" 0x");
+        let _ = write_all(err_fd(), dmtcp_sys::fmt_hex(v, &mut b));
     }
-    let _ = write_all(2, b"\n");
+    let _ = write_all(err_fd(), b"\n");
     dmtcp_sys::exit_group(DATA_EXIT)
 }
 
 /// Like [`fail`], with a message in several pieces.
 fn fail_parts(parts: &[&[u8]], val: Option<u64>) -> ! {
-    let _ = write_all(2, b"dmtcp_restorer: ");
+    let _ = write_all(err_fd(), b"dmtcp_restorer: ");
     for p in parts {
-        let _ = write_all(2, p);
+        let _ = write_all(err_fd(), p);
     }
     if let Some(v) = val {
         let mut b = [0u8; 16];
-        let _ = write_all(2, b" 0x");
-        let _ = write_all(2, dmtcp_sys::fmt_hex(v, &mut b));
+        let _ = write_all(err_fd(), b" 0x");
+        let _ = write_all(err_fd(), dmtcp_sys::fmt_hex(v, &mut b));
     }
-    let _ = write_all(2, b"\n");
+    let _ = write_all(err_fd(), b"\n");
     dmtcp_sys::exit_group(DATA_EXIT)
 }
 
 fn fail_err(msg: &[u8], val: u64, err: isize) -> ! {
-    let _ = write_all(2, b"dmtcp_restorer: ");
-    let _ = write_all(2, msg);
+    let _ = write_all(err_fd(), b"dmtcp_restorer: ");
+    let _ = write_all(err_fd(), msg);
     let mut b = [0u8; 16];
-    let _ = write_all(2, b" 0x");
-    let _ = write_all(2, dmtcp_sys::fmt_hex(val, &mut b));
+    let _ = write_all(err_fd(), b" 0x");
+    let _ = write_all(err_fd(), dmtcp_sys::fmt_hex(val, &mut b));
     let mut d = [0u8; 20];
-    let _ = write_all(2, b" (errno ");
-    let _ = write_all(2, dmtcp_sys::fmt_u64((-err) as u64, &mut d));
-    let _ = write_all(2, b")\n");
+    let _ = write_all(err_fd(), b" (errno ");
+    let _ = write_all(err_fd(), dmtcp_sys::fmt_u64((-err) as u64, &mut d));
+    let _ = write_all(err_fd(), b")\n");
     dmtcp_sys::exit_group(DATA_EXIT)
 }
 
@@ -250,7 +259,7 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
     let (argc, argv) = unsafe { (*sp, sp.add(1) as *const *const u8) };
     if argc < 2 {
         fail(
-            b"usage: dmtcp_restorer FD (run by dmtcp_restart, not by hand)",
+            b"usage: dmtcp_restorer FD [ERR_FD] (run by dmtcp_restart, not by hand)",
             None,
         );
     }
@@ -258,10 +267,17 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
     let fd = match parse_dec(unsafe { *argv.add(1) }) {
         Some(fd) => fd,
         None => fail(
-            b"usage: dmtcp_restorer FD (run by dmtcp_restart, not by hand)",
+            b"usage: dmtcp_restorer FD [ERR_FD] (run by dmtcp_restart, not by hand)",
             None,
         ),
     };
+
+    if argc >= 3 {
+        // SAFETY: argc >= 3, so argv[2] is a valid NUL-terminated string.
+        if let Some(e) = parse_dec(unsafe { *argv.add(2) }) {
+            ERR_FD.store(e, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
 
     // SAFETY: single-threaded; these statics are only touched here.
     let hdr = unsafe { &mut *HEADER.get() };
@@ -382,6 +398,13 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
         if !is_err(r) {
             args.flags |= RESTART_BRK_SET;
         }
+    }
+
+    if err_fd() != 2 {
+        // SAFETY: closing dmtcp_restart's copy of its stderr: the program
+        // does not inherit it.
+        unsafe { syscall3(nr::CLOSE, err_fd() as usize, 0, 0) };
+        ERR_FD.store(2, core::sync::atomic::Ordering::Relaxed);
     }
 
     let top = (hdr.entry_stack_top as usize) & !15;
@@ -841,8 +864,8 @@ fn build_vdso_proxy(
     };
     let mut b = [0u8; 16];
     let mut d = [0u8; 20];
-    let _ = write_all(2, b"dmtcp_restorer: vDSO proxy at 0x");
-    let _ = write_all(2, dmtcp_sys::fmt_hex(ov.start, &mut b));
+    let _ = write_all(err_fd(), b"dmtcp_restorer: vDSO proxy at 0x");
+    let _ = write_all(err_fd(), dmtcp_sys::fmt_hex(ov.start, &mut b));
     let _ = write_all(
         2,
         if forced {
@@ -851,9 +874,9 @@ fn build_vdso_proxy(
             b" (this kernel's vDSO differs from the image's): "
         },
     );
-    let _ = write_all(2, dmtcp_sys::fmt_u64(st.redirected as u64, &mut d));
-    let _ = write_all(2, b" entry points redirected to the vDSO at 0x");
-    let _ = write_all(2, dmtcp_sys::fmt_hex(new_vdso, &mut b));
+    let _ = write_all(err_fd(), dmtcp_sys::fmt_u64(st.redirected as u64, &mut d));
+    let _ = write_all(err_fd(), b" entry points redirected to the vDSO at 0x");
+    let _ = write_all(err_fd(), dmtcp_sys::fmt_hex(new_vdso, &mut b));
     let _ = write_all(
         2,
         if moved {
@@ -862,10 +885,10 @@ fn build_vdso_proxy(
             b", "
         },
     );
-    let _ = write_all(2, dmtcp_sys::fmt_u64(st.syscalls as u64, &mut d));
-    let _ = write_all(2, b" system-call stubs, ");
-    let _ = write_all(2, dmtcp_sys::fmt_u64(st.enosys as u64, &mut d));
-    let _ = write_all(2, b" -ENOSYS stubs\n");
+    let _ = write_all(err_fd(), dmtcp_sys::fmt_u64(st.syscalls as u64, &mut d));
+    let _ = write_all(err_fd(), b" system-call stubs, ");
+    let _ = write_all(err_fd(), dmtcp_sys::fmt_u64(st.enosys as u64, &mut d));
+    let _ = write_all(err_fd(), b" -ENOSYS stubs\n");
 }
 
 const PR_SET_VMA: usize = 0x5356_4d41;
@@ -899,8 +922,8 @@ fn map_area(a: &AreaDesc, path: &[u8]) {
             // SAFETY: `path` is NUL-terminated (the pool adds a NUL).
             let fd = unsafe { syscall3(nr::OPEN, path.as_ptr() as usize, mode | nr::O_CLOEXEC, 0) };
             if is_err(fd) {
-                let _ = write_all(2, b"dmtcp_restorer: cannot open ");
-                let _ = write_all(2, &path[..a.path_len as usize]);
+                let _ = write_all(err_fd(), b"dmtcp_restorer: cannot open ");
+                let _ = write_all(err_fd(), &path[..a.path_len as usize]);
                 fail_err(b", mapped by the program at", a.start, fd);
             }
             flags |= if shared {

@@ -906,10 +906,15 @@ fn restore_into_self(
         cloexec(theirs, false);
     }
     cloexec(sr, false);
+    // The restorer's messages go where ours do (the stderr we were started
+    // with, kept at a number of our own), not into the program's fd 2.
+    let err = dmtcp_common::log::stderr_fd();
+    cloexec(err, false);
     let prog = std::ffi::CString::new(restorer.as_os_str().as_encoded_bytes()).unwrap_or_default();
     let a0 = c"dmtcp_restorer";
     let a1 = std::ffi::CString::new(sr.to_string()).unwrap_or_default();
-    let argv = [a0.as_ptr(), a1.as_ptr(), std::ptr::null()];
+    let a2 = std::ffi::CString::new(err.to_string()).unwrap_or_default();
+    let argv = [a0.as_ptr(), a1.as_ptr(), a2.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null()];
     // SAFETY: execve with NUL-terminated strings and null-terminated arrays.
     unsafe { libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr()) };

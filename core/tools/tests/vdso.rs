@@ -142,6 +142,12 @@ fn checkpoint_tamper_restart(
     tamper: impl Fn(&mut dmtcp_common::image::Meta),
 ) {
     job.launch(&[p], &[]);
+    checkpoint_tamper(job, tamper);
+    job.restart();
+}
+
+/// [`checkpoint_tamper_restart`] but the launch and the restart.
+fn checkpoint_tamper(job: &mut Job, tamper: impl Fn(&mut dmtcp_common::image::Meta)) {
     job.wait_for(MARKS[0].0);
     job.checkpoint();
     job.wait_for(MARKS[0].1);
@@ -149,7 +155,6 @@ fn checkpoint_tamper_restart(
     let imgs = job.images();
     assert_eq!(imgs.len(), 1);
     dmtcp_common::image::rewrite_meta(&imgs[0], &tamper).unwrap();
-    job.restart();
 }
 
 /// The image as a kernel without `[vvar_vclock]` (before 6.x) would have
@@ -222,19 +227,54 @@ fn vdso_proxy_failure_is_a_clear_error() {
     let prog = c_program("vdsoclock");
     let p = prog.to_str().unwrap();
     let mut job = Job::new("vdso-no-room");
-    checkpoint_tamper_restart(&mut job, p, |m| {
-        older_kernel_layout(m);
-        let off = m
-            .vdso_syms
-            .iter()
-            .find(|s| s.0 == "__vdso_time")
-            .expect("__vdso_time")
-            .1;
-        m.vdso_syms.push(("__vdso_squeezed".into(), off + 2));
-    });
+    checkpoint_tamper_restart(&mut job, p, no_room_for_a_proxy);
     let st = wait_timeout(job.proc.as_mut().unwrap(), TIMEOUT).expect("dmtcp_restart did not end");
     job.proc = None;
     assert_eq!(st.code(), Some(1), "{st:?}");
     let err = restart_err(&job);
     assert!(err.contains("dmtcp_restorer: cannot build the vDSO proxy: the old vDSO's entry points are too close together"), "{err}");
+}
+
+/// The restorer's own messages go to the stderr `dmtcp_restart` was
+/// started with, also when the program's stdout and stderr are one file
+/// (`>log 2>&1` in a batch script: `dmtcp_restart` puts that file back at
+/// fds 1 and 2 before it runs the restorer). Before, a restart that failed
+/// there said why only in the program's log, and `dmtcp_restart` printed
+/// nothing.
+#[test]
+fn the_restorers_messages_go_to_the_restarts_stderr() {
+    let prog = c_program("vdsoclock");
+    let mut job = Job::new("vdso-restorer-stderr");
+    job.launch_one_log(&[prog.to_str().unwrap()]);
+    checkpoint_tamper(&mut job, no_room_for_a_proxy);
+    let before = job.output();
+    job.restart();
+    let st = wait_timeout(job.proc.as_mut().unwrap(), TIMEOUT).expect("dmtcp_restart did not end");
+    job.proc = None;
+    assert_eq!(st.code(), Some(1), "{st:?}{}", job.diag());
+    let err = restart_err(&job);
+    assert!(
+        err.contains("dmtcp_restorer: cannot build the vDSO proxy"),
+        "not in restart.err{}",
+        job.diag()
+    );
+    assert_eq!(
+        job.output(),
+        before,
+        "the program's log changed at the restart{}",
+        job.diag()
+    );
+}
+
+/// The image as in [`older_kernel_layout`], with two old entry points 2
+/// bytes apart: no proxy can be built.
+fn no_room_for_a_proxy(m: &mut dmtcp_common::image::Meta) {
+    older_kernel_layout(m);
+    let off = m
+        .vdso_syms
+        .iter()
+        .find(|s| s.0 == "__vdso_time")
+        .expect("__vdso_time")
+        .1;
+    m.vdso_syms.push(("__vdso_squeezed".into(), off + 2));
 }

@@ -221,6 +221,23 @@ impl Job {
         self.restarted = false;
     }
 
+    /// As [`Job::launch`], with the program's stdout and stderr one file,
+    /// out.txt (`>out.txt 2>&1`).
+    pub fn launch_one_log(&mut self, args: &[&str]) {
+        let out = File::create(self.out_path()).unwrap();
+        let mut c = self.joined("dmtcp_launch");
+        c.args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
+        self.proc = Some(c.spawn().expect("dmtcp_launch"));
+        self.restarted = false;
+    }
+
     /// Wait until out.txt contains `pat`.
     pub fn wait_for(&self, pat: &str) {
         let deadline = Instant::now() + TIMEOUT;
