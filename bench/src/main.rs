@@ -70,8 +70,123 @@ use std::time::{Duration, Instant};
 
 const GIB: usize = 1 << 30;
 
+/// The options of the subcommands whose arguments `opt` reads (each
+/// takes a value, but the flags listed second): checked before anything
+/// runs, so that a misspelt option (or `--help`) does not start a long run
+/// with the defaults and overwrite the plots in bench/plots.
+const OPTIONS: &[(&str, &[&str], &[&str])] = &[
+    (
+        "run",
+        &["--sizes", "--kinds", "--modes", "--dir", "--plots"],
+        &[],
+    ),
+    (
+        "overhead",
+        &["--runs", "--scale", "--startup-runs", "--plots"],
+        &[],
+    ),
+    ("ibrate", &["--runs", "--iters"], &[]),
+    (
+        "scale",
+        &[
+            "--peers", "--rounds", "--real", "--dir", "--plots", "--dmtcp",
+        ],
+        &[],
+    ),
+    ("soak", &["--cycles", "--restarts", "--every", "--dir"], &[]),
+    (
+        "peers",
+        &[
+            "--sizes",
+            "--kinds",
+            "--cache",
+            "--modes",
+            "--dmtcp",
+            "--dir",
+            "--plots",
+            "--host-memory",
+        ],
+        &["--criu"],
+    ),
+    (
+        "mpi",
+        &[
+            "--ranks",
+            "--steps",
+            "--runs",
+            "--btl",
+            "--per-node",
+            "--dmtcp",
+            "--dir",
+        ],
+        &[],
+    ),
+    (
+        "parallel",
+        &["--procs", "--mib", "--runs", "--nodes", "--dmtcp", "--dir"],
+        &[],
+    ),
+    (
+        "incremental",
+        &["--mib", "--percent", "--modes", "--runs", "--dir"],
+        &[],
+    ),
+];
+
+/// What is wrong with the arguments `a` of subcommand `cmd` (None: all
+/// known, each option with its value).
+fn bad_options(cmd: &str, a: &[String]) -> Option<String> {
+    let (_, values, flags) = OPTIONS.iter().find(|(c, _, _)| *c == cmd)?;
+    let mut i = 0;
+    while i < a.len() {
+        let x = a[i].as_str();
+        if flags.contains(&x) {
+            i += 1;
+        } else if values.contains(&x) {
+            if a.get(i + 1).is_none_or(|v| v.starts_with("--")) {
+                return Some(format!("bench {cmd}: {x} needs a value"));
+            }
+            i += 2;
+        } else if x == "--help" || x == "-h" {
+            return Some(String::new());
+        } else {
+            return Some(format!("bench {cmd}: unknown argument {x:?}"));
+        }
+    }
+    None
+}
+
+fn usage() {
+    eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR] [--plots DIR]");
+    eprintln!("       bench overhead [--runs 5] [--scale 1] [--startup-runs 30] [--plots DIR]");
+    eprintln!("       bench softib [--iters 20000] [--sizes 8,4096,65536,1048576]");
+    eprintln!("       bench ibqps [--qps 10,100,1000] [--runs 3] [--pause-us 0]");
+    eprintln!("       bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256] [--dmtcp DIR] [--dir DIR] [--plots DIR]");
+    eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
+    eprintln!("       bench parallel [--procs 8] [--mib 512] [--runs 3] [--nodes K] [--dmtcp DIR] [--dir DIR]");
+    eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--per-node K] [--dmtcp DIR] [--dir DIR]");
+    eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--modes zstd,raw,raw+on-fill] [--host-memory touched|as-is] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
+    eprintln!("       bench ibrate [--runs 7] [--iters 300000]   (8-byte ib_write_bw message rate, bare vs --ib)");
+    eprintln!("       bench pause [MIB...]   (the program's pause with and without --forked-ckpt)");
+    eprintln!("       bench incremental [--mib 1024] [--percent 10] [--modes zstd,raw] [--runs 1] [--dir DIR]");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(cmd) = args.get(1) {
+        match bad_options(cmd, &args[2..]) {
+            None => {}
+            Some(e) if e.is_empty() => {
+                usage();
+                std::process::exit(0);
+            }
+            Some(e) => {
+                eprintln!("{e}");
+                usage();
+                std::process::exit(2);
+            }
+        }
+    }
     match args.get(1).map(String::as_str) {
         Some("workload") => workload(&args[2..]),
         Some("run") => run(&args[2..]),
@@ -87,20 +202,7 @@ fn main() {
         Some("pause") => pause(&args[2..]),
         Some("incremental") => incremental::run(&args[2..]),
         _ => {
-            eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR] [--plots DIR]");
-            eprintln!(
-                "       bench overhead [--runs 5] [--scale 1] [--startup-runs 30] [--plots DIR]"
-            );
-            eprintln!("       bench softib [--iters 20000] [--sizes 8,4096,65536,1048576]");
-            eprintln!("       bench ibqps [--qps 10,100,1000] [--runs 3] [--pause-us 0]");
-            eprintln!("       bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256] [--dir DIR] [--plots DIR]");
-            eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
-            eprintln!("       bench parallel [--procs 8] [--mib 512] [--runs 3] [--nodes K] [--dmtcp DIR] [--dir DIR]");
-            eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--per-node K] [--dmtcp DIR] [--dir DIR]");
-            eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--modes zstd,raw,raw+on-fill] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
-            eprintln!("       bench ibrate [--runs 7] [--iters 300000]   (8-byte ib_write_bw message rate, bare vs --ib)");
-            eprintln!("       bench pause [MIB...]   (the program's pause with and without --forked-ckpt)");
-            eprintln!("       bench incremental [--mib 1024] [--percent 10] [--modes zstd,raw] [--runs 1] [--dir DIR]");
+            usage();
             std::process::exit(1);
         }
     }
@@ -852,6 +954,37 @@ fn overhead(a: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A misspelt option, a missing value or `--help` stops a subcommand
+    /// before it runs; the options every subcommand reads pass.
+    #[test]
+    fn unknown_options_are_refused_before_anything_runs() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            bad_options(
+                "peers",
+                &v(&["--sizes", "4", "--criu", "--host-memory", "as-is"])
+            ),
+            None
+        );
+        assert_eq!(bad_options("peers", &v(&["--help"])), Some(String::new()));
+        assert!(
+            bad_options("peers", &v(&["--size", "4"])).is_some_and(|e| e.contains("\"--size\""))
+        );
+        assert!(bad_options("peers", &v(&["--sizes"])).is_some_and(|e| e.contains("needs a value")));
+        assert!(bad_options("run", &v(&["--modes", "--dir", "x"]))
+            .is_some_and(|e| e.contains("--modes")));
+        // Not checked here: subcommands that parse their own arguments.
+        assert_eq!(bad_options("workload", &v(&["4", "random"])), None);
+        for (cmd, values, _) in OPTIONS {
+            let mut a = Vec::new();
+            for o in *values {
+                a.push(o.to_string());
+                a.push("1".to_string());
+            }
+            assert_eq!(bad_options(cmd, &a), None, "{cmd}");
+        }
+    }
 
     /// The overhead program prints every metric (so the harness cannot rot silently).
     #[test]
