@@ -534,6 +534,11 @@ struct Server<'a> {
     put_back: std::sync::atomic::AtomicU64,
     /// Written by each background thread as it ends (an eventfd).
     ended: i32,
+    /// Testing knob (`DMTCP_TEST_FILL_PAUSE_MS`): each background fill
+    /// waits this long between its claim and its copy, so that a change
+    /// of the program's memory layout lands while a copy is under way and
+    /// the run is put back (otherwise a matter of timing).
+    test_pause: Option<std::time::Duration>,
 }
 
 const GONE: u8 = 1;
@@ -672,6 +677,9 @@ impl Server<'_> {
                 }
                 self.claim(&mut w, 0)
             };
+            if let Some(d) = self.test_pause {
+                std::thread::sleep(d);
+            }
             let r = self.fill_claimed(&mut f, segs);
             drop(layout);
             match r {
@@ -839,6 +847,10 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
         in_background: std::sync::atomic::AtomicU64::new(0),
         put_back: std::sync::atomic::AtomicU64::new(0),
         ended,
+        test_pause: std::env::var("DMTCP_TEST_FILL_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis),
     };
     std::thread::scope(|scope| {
         let mut filling = false;

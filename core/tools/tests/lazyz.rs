@@ -272,9 +272,9 @@ fn incremental_compressed_image_restarts_lazily() {
 /// madvise, munmap and mremap its regions: every byte is still right in
 /// both phases. (Regions of 48 MiB, 384 MiB in all: the fill took 0.15-0.45
 /// s here and the program faulted on 7-25 runs meanwhile. Whether one of
-/// its layout changes lands while a copy is under way, which the server
-/// answers by putting that run back, is up to timing: the stats line
-/// counts those, and it said 0 in the runs looked at.)
+/// its layout changes lands while a copy is under way is up to timing
+/// here; `runs_under_way_when_the_layout_changes_are_put_back` makes sure
+/// of it.)
 #[test]
 fn several_fill_threads_race_the_programs_own_changes() {
     for (name, opts) in [
@@ -293,6 +293,36 @@ fn several_fill_threads_race_the_programs_own_changes() {
         let (_, _, in_background) = stats(&first).unwrap();
         assert!(in_background > 0, "{first}");
     }
+}
+
+/// A change of the program's memory layout (`madvise`, `munmap`,
+/// `mremap`) that lands while background copies are under way makes those
+/// copies fail (EAGAIN) until the server has read the change; the runs
+/// are put back and filled in the new layout. Each background fill here
+/// waits 100 ms between its claim and its copy (a testing knob), so that
+/// copies are under way when the program's changes come: the stats count
+/// the runs put back, and every byte is still right in both phases.
+#[test]
+fn runs_under_way_when_the_layout_changes_are_put_back() {
+    let env = [
+        ("DMTCP_RESTART_FILL_THREADS", "4"),
+        ("REGION_MB", "48"),
+        ("DMTCP_RESTART_VERIFY", "on-fill"),
+        ("DMTCP_TEST_FILL_PAUSE_MS", "100"),
+    ];
+    // (The program changes its layout after the first restart only.)
+    let (first, _) = two_restarts_with("lazyz-put-back", &["--no-gzip"], &env);
+    let line = first
+        .lines()
+        .find(|l| l.contains("lazy restore of"))
+        .unwrap_or_else(|| panic!("no stats line in: {first}"));
+    let put_back: u64 = line
+        .split(" put back)")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of runs put back in: {line}"));
+    assert!(put_back > 0, "no run was put back: {line}");
 }
 
 /// The page server's messages go to the stderr `dmtcp_restart` was
