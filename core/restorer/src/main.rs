@@ -351,7 +351,7 @@ extern "C" fn restorer_main(sp: *const usize) -> ! {
             fail_err(b"mprotect failed at", a.start, r);
         }
     }
-    // SAFETY: closing the stream and image fds; the mappings keep the image alive.
+    // SAFETY: closing the stream and image fds (nothing is mapped from them).
     unsafe {
         syscall3(nr::CLOSE, fd as usize, 0, 0);
         if hdr.image_fd >= 0 {
@@ -1105,29 +1105,9 @@ fn fill_from_stream(fd: i32, image_fd: i32) -> ([i32; MAX_STREAM_FILES], usize, 
             }
             continue;
         }
-        if rec.kind == REC_MAP {
-            // Pages come lazily from the image file (checked by the streamer).
-            // SAFETY: replaces part of an area this program mapped, over the
-            // exact range of the record; the image fd is open for reading.
-            let r = unsafe {
-                syscall6(
-                    nr::MMAP,
-                    rec.addr as usize,
-                    rec.len as usize,
-                    nr::PROT_READ | nr::PROT_WRITE,
-                    nr::MAP_PRIVATE | nr::MAP_FIXED,
-                    map_fd as usize,
-                    rec.file_off as usize,
-                )
-            };
-            if is_err(r) || r as u64 != rec.addr {
-                fail_err(b"cannot map image contents at", rec.addr, r);
-            }
-            continue;
-        }
         if rec.kind == REC_READ {
-            // Read from the image file into anonymous memory (checked by the
-            // streamer where it lies).
+            // Read from the image file into place (checked by the streamer
+            // where it lies).
             // SAFETY: the record's range lies in an area mapped writable
             // above; the kernel reports EFAULT (not a crash) if it does not.
             let r = unsafe {
@@ -1143,6 +1123,9 @@ fn fill_from_stream(fd: i32, image_fd: i32) -> ([i32; MAX_STREAM_FILES], usize, 
                 );
             }
             continue;
+        }
+        if rec.kind != REC_DATA {
+            fail(b"unknown record kind in the restore stream", Some(rec.kind));
         }
         // SAFETY: the record's range lies in an area mapped writable above;
         // the kernel reports EFAULT (not a crash) if it does not.

@@ -9,7 +9,7 @@
 /// "DMTCPRST" in little-endian: marks a restore stream.
 pub const STREAM_MAGIC: u64 = u64::from_le_bytes(*b"DMTCPRST");
 /// Version of this stream layout.
-pub const STREAM_VERSION: u32 = 5;
+pub const STREAM_VERSION: u32 = 6;
 
 /// Area kinds.
 pub const KIND_ANON_PRIVATE: u32 = 0;
@@ -117,7 +117,7 @@ pub struct StreamHeader {
     pub special: [SpecialArea; 3],
     pub mm: MmMap,
     pub args: RestartArgs,
-    /// The image, readable, for `REC_MAP` records (-1 if none).
+    /// The image, readable, for `REC_READ` records (-1 if none).
     pub image_fd: i32,
     /// Records of the old vDSO's entry points after the area table (0: the
     /// image recorded none, so only a vDSO of the same layout will do).
@@ -163,13 +163,13 @@ pub struct AreaDesc {
 
 /// Record kind: memory contents follow in the stream.
 pub const REC_DATA: u64 = 0;
-/// Record kind: map the range from the image file (already checked).
-pub const REC_MAP: u64 = 1;
+// Kind 1 was a mapping of the range from the image file (until stream
+// version 5): nothing is mapped from an image any more.
 /// Record kind: the streamer found the image damaged and said so; the
 /// restorer exits with status 1 without a message of its own. (Its `len`
 /// is not 0, so that it never reads as the end of the stream.)
 pub const REC_ABORT: u64 = 2;
-/// Record kind: the `REC_MAP` records that follow map from the file open
+/// Record kind: the `REC_READ` records that follow read from the file open
 /// at fd `file_off` (an earlier image an incremental one refers to, or the
 /// image itself again); the restorer closes it at the end. `len` is not 0.
 pub const REC_FILE: u64 = 3;
@@ -178,13 +178,13 @@ pub const REC_FILE: u64 = 3;
 /// chunk was checked already): the restorer registers it with a
 /// userfaultfd (missing pages) instead of writing it. `file_off` unused.
 pub const REC_UFFD: u64 = 4;
-/// Record kind: read the range's contents from the file `REC_MAP` records
-/// map from (the image, or the one the last `REC_FILE` named) at
-/// `file_off` into the range (inside an anonymous private area; the
-/// chunk's stored bytes were checked there already). Anonymous memory is
-/// not mapped from the image: `madvise(MADV_DONTNEED)` of a private file
-/// mapping brings back the file's bytes where the program (and glibc's
-/// `calloc`) expects zeros.
+/// Record kind: read the range's contents from the image (or the file the
+/// last `REC_FILE` named) at `file_off` into the range (the chunk's
+/// stored bytes were checked there already). Memory is not mapped from the
+/// image: after `madvise(MADV_DONTNEED)` a private mapping of the image
+/// would show the image's bytes where anonymous memory reads zeros (and
+/// glibc's `calloc` expects them) and a private file mapping its file's
+/// bytes, and `mremap` would grow it with the image's next bytes.
 pub const REC_READ: u64 = 5;
 /// Most files a stream's `REC_FILE` records may name.
 pub const MAX_STREAM_FILES: usize = 65;
@@ -196,9 +196,9 @@ pub struct DataRecord {
     pub addr: u64,
     /// Bytes of memory; 0 ends the stream.
     pub len: u64,
-    /// `REC_DATA`, `REC_MAP`, ...
+    /// `REC_DATA`, `REC_READ`, ...
     pub kind: u64,
-    /// Offset in the image file (`REC_MAP`, `REC_READ`).
+    /// Offset in the image file (`REC_READ`).
     pub file_off: u64,
 }
 

@@ -17,10 +17,9 @@
 //! `munmap` and `madvise(MADV_DONTNEED)` of a range still to fill are
 //! followed through the userfaultfd's events.
 //!
-//! With `dmtcp_restart --verify on-fill` (`DMTCP_RESTART_VERIFY=on-fill`)
-//! the raw chunks of anonymous private memory are served the same way
-//! instead of being mapped from the image, and the streamer does not read
-//! them before the program resumes: this server checks each chunk's CRC
+//! Raw chunks of anonymous private memory are served the same way. With
+//! `dmtcp_restart --verify on-fill` (`DMTCP_RESTART_VERIFY=on-fill`) the
+//! streamer does not read them before the program resumes: this server checks each chunk's CRC
 //! when it reads it, before any of its pages goes into the process. A
 //! cold restart then does not wait for the whole image to be read; a
 //! damaged chunk stops the restarted process (SIGKILL, with the reason on

@@ -948,15 +948,16 @@ fn vdso_flags() -> u32 {
     }
 }
 
-/// Write the restore stream for `img` into `fd`.
-/// Map raw chunks from the image instead of copying them (default; set
-/// DMTCP_RESTART_EAGER=1 to copy everything into fresh memory).
+/// Raw chunks go from the image file into place (read by the restorer,
+/// or filled by the page server) rather than through the stream (default;
+/// DMTCP_RESTART_EAGER=1 sends every chunk through the stream).
 fn lazy_restore() -> bool {
     !std::env::var("DMTCP_RESTART_EAGER").is_ok_and(|v| dmtcp_common::env::truthy(&v))
 }
 
+/// Write the restore stream for `img` into `w`.
 /// `fds`: the image's file and its sources' (in order), for raw chunks the
-/// restorer maps lazily; empty: every chunk is copied. `uffd`: compressed
+/// restorer reads into place; empty: every chunk goes through the stream. `uffd`: compressed
 /// chunks of anonymous private areas are left to the page server
 /// ([`REC_UFFD`]; checked here all the same), and with `--verify on-fill`
 /// raw ones too (not read here: the server checks them as it reads them):
@@ -1039,10 +1040,14 @@ fn stream(
     // checks them as it reads them.
     let on_fill = verify_on_fill();
     let unchecked = |c: &ChunkDesc| on_fill && by_fault(c);
-    // Raw chunks of other memory (private file mappings) the restorer maps
-    // from the image; raw anonymous ones it reads from it.
-    let read_in = |c: &ChunkDesc| !by_fault(c) && in_place(c) && !zstd(c) && anon(c);
-    // Checked where they lie (not read into a buffer here).
+    // Checked where they lie (not read into a buffer here). Those the
+    // server does not fill (written pages of private file mappings, and
+    // anonymous memory without the server) the restorer reads from the
+    // image into place ([`REC_READ`]). Nothing is mapped from the image:
+    // the written pages of a private file mapping are the program's copies
+    // over its file (`madvise(MADV_DONTNEED)` brings the file's bytes
+    // back, `mremap` grows the mapping with the file's next pages), not
+    // pages of the image (they were until 2026-12-06).
     let mapped = |c: &ChunkDesc| by_fault(c) || (in_place(c) && !zstd(c));
     let how = |c: &ChunkDesc| {
         if unchecked(c) {
@@ -1079,7 +1084,7 @@ fn stream(
         let bufs = &mut bufs[..batch.len()];
         read_batch(img, batch, bufs, workers, &how)?;
         for (c, (out, _)) in batch.iter().zip(bufs.iter()) {
-            // Served by the page server, mapped from an image file, or
+            // Served by the page server, read from an image file, or
             // the bytes themselves after the record.
             let (kind, file_off) = if by_fault(c) {
                 served.push(*c);
@@ -1096,7 +1101,7 @@ fn stream(
                     };
                     w.write_all(as_bytes(&rec)).map_err(io)?;
                 }
-                (if read_in(c) { REC_READ } else { REC_MAP }, c.file_off)
+                (REC_READ, c.file_off)
             } else {
                 (REC_DATA, 0)
             };
@@ -1195,8 +1200,8 @@ enum Check {
     Later,
 }
 
-/// Read and check the chunks of `batch` (every one, mapped from the image
-/// or not, but those the page server checks itself) with up to `workers`
+/// Read and check the chunks of `batch` (every one, read into place or
+/// not, but those the page server checks itself) with up to `workers`
 /// threads, each as `how` says. The first failure in chunk order.
 fn read_batch(
     img: &Image,

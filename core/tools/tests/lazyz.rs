@@ -457,6 +457,38 @@ fn raw_anonymous_memory_stays_anonymous_after_a_restart() {
     );
 }
 
+/// The written pages of a private file mapping come back as the
+/// program's own copies over the file it mapped, not as a mapping of the
+/// image: `madvise(MADV_DONTNEED)` brings back the file's bytes and
+/// `mremap` growing the mapping the file's next pages (privfile.c checks
+/// both). Raw images, with and without userfaultfd, and an eager restart.
+#[test]
+fn written_pages_of_a_private_file_mapping_stay_over_their_file() {
+    let prog = c_program("privfile");
+    for (name, env) in [
+        ("privfile-default", &[][..]),
+        ("privfile-nouffd", &[("DMTCP_RESTART_NO_UFFD", "1")][..]),
+        ("privfile-eager", &[("DMTCP_RESTART_EAGER", "1")][..]),
+    ] {
+        let mut job = Job::new(name);
+        for (k, v) in env {
+            job = job.env(k, v);
+        }
+        let data = job.dir.join("data");
+        job.launch(
+            &[prog.to_str().unwrap(), data.to_str().unwrap()],
+            &["--no-gzip"],
+        );
+        job.wait_for("waiting for go1");
+        job.checkpoint();
+        job.kill();
+        job.restart();
+        create(&job, "go1");
+        job.wait_success();
+        assert!(job.output().contains("privfile ok"), "{name}{}", job.diag());
+    }
+}
+
 /// With `--verify on-fill` the raw chunks the page server fills are not
 /// read before the program resumes; the server checks each as it reads
 /// it. With the background fill off, the program ran before its memory

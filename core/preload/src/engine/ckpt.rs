@@ -585,9 +585,6 @@ impl Ctl {
         // clone3 could not choose them).
         super::restart::wait_recreated();
         super::vpid::add(&threads::changed_tids());
-        // Memory the restorer mapped from the image: realloc must not grow
-        // it in place (see lazymem).
-        super::lazymem::note_restart();
         if RESTART_FLAGS.load(SeqCst) & RESTART_BRK_SET == 0 {
             log::warn(format_args!("the kernel refused PR_SET_MM_MAP: the heap cannot grow in place after restart (malloc falls back to mmap)"));
         }

@@ -15,7 +15,7 @@
 //! | `dirty` | dirty-page tracking (userfaultfd write-protect, `PAGEMAP_SCAN`): chunks provably unchanged are not hashed |
 //! | `streams` | the per-node limit on write streams (`DMTCP_NODE_STREAMS`) |
 //! | `unmap` | `munmap`, `mremap`, `mmap(MAP_FIXED)` wrappers: requested exclusions end with the memory they were asked for |
-//! | `lazymem` | memory a lazy restart mapped from the image; `realloc` grows blocks there by moving them |
+//! | `lazymem` | the socket to the page server of a lazy restore; every page filled before a fork or a checkpoint |
 //! | `proctree` | the process's place in the job's tree, recorded in the image |
 //! | `vpid` | virtual pids and tids after a restart without a pid namespace |
 //! | `procpath` | /proc/<pid>/... paths with the ids the program knows (file-call wrappers) |
