@@ -5,6 +5,8 @@
 # `dmtcp_command -bc` measures the time until the generation is committed.
 # Images raw (--no-gzip: random data does not compress), O_DIRECT.
 # Usage: bench/pause.sh [MIB...]   (default 1024)
+# PAUSE_WRITE_PCT=P: the program writes P pages of every 100 in its loop
+# (default 100: all its memory, the worst case for a forked write; 0: none).
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$here/../target/release
@@ -21,7 +23,7 @@ for mib in ${@:-1024}; do
     dmtcp_coordinator -q -q -p 0 --port-file "$work/port" --exit-on-last > "$work/coord.log" 2>&1 &
     while [ ! -s "$work/port" ]; do sleep 0.05; done
     port=$(cat "$work/port"); rm -f "$work/port"
-    dmtcp_launch -q -j -p "$port" --ckptdir "$work/ck" "${opts[@]}" "$work/pausegap" "$mib" 25 > "$work/out" 2> "$work/err" &
+    dmtcp_launch -q -j -p "$port" --ckptdir "$work/ck" "${opts[@]}" "$work/pausegap" "$mib" 25 "${PAUSE_WRITE_PCT:-100}" > "$work/out" 2> "$work/err" &
     app=$!
     until grep -q ready "$work/out"; do sleep 0.1; done
     sleep 2

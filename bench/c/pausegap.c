@@ -3,8 +3,10 @@
  * after the other) and records the longest gap between two iterations of
  * its loop (a checkpoint that suspends it shows as such a gap). Prints
  * "ready" when its memory is filled, then at the end "maxgap_ms G" and the
- * time that gap started ("gapat_s T", seconds since ready).
- * Usage: pausegap MIB SECS */
+ * time that gap started ("gapat_s T", seconds since ready). With PCT
+ * (default 100) it writes only PCT pages of every 100 (0: it runs its loop
+ * without writing its memory).
+ * Usage: pausegap MIB SECS [PCT] */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +21,7 @@ static double now(void) {
 int main(int argc, char **argv) {
   size_t mib = argc > 1 ? (size_t)atol(argv[1]) : 1024;
   double secs = argc > 2 ? atof(argv[2]) : 20;
+  size_t pct = argc > 3 ? (size_t)atol(argv[3]) : 100;
   size_t words = mib << 17;
   uint64_t *m = malloc(words * 8);
   if (!m) return 2;
@@ -32,7 +35,7 @@ int main(int argc, char **argv) {
   fflush(stdout);
   size_t page = 0;
   while (last - t0 < secs) {
-    m[page * 512] += 1;
+    if (page % 100 < pct) m[page * 512] += 1;
     page = (page + 1) % (words / 512);
     double t = now();
     if (t - last > maxgap) { maxgap = t - last; at = last - t0; }

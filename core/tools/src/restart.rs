@@ -707,16 +707,6 @@ fn restore_into_self(
     let _ = coord.set_nodelay(true);
     let coord_fd = coord.into_raw_fd();
     cloexec(coord_fd, false);
-    // The image files (the image, and the earlier images an incremental
-    // one refers to): memory the restorer maps lazily from them is
-    // recognised by them (not by their names) at the next checkpoint.
-    let image_files: Vec<(u64, u64)> = std::iter::once(img)
-        .chain(img.sources.iter())
-        .filter_map(|i| {
-            use std::os::unix::fs::MetadataExt;
-            i.file().metadata().ok().map(|m| (m.dev(), m.ino()))
-        })
-        .collect();
     let pid_map = if flags & RESTART_SET_TID != 0 {
         None
     } else {
@@ -742,7 +732,6 @@ fn restore_into_self(
         // Without a pid namespace: the job's pids then and now.
         "pid_map": pid_map.as_ref().map(|m| &m.0),
         "job_root": pid_map.as_ref().map(|m| m.1),
-        "image_files": image_files,
         "generation": GEN_FLOOR.get().copied().unwrap_or(0),
     })
     .to_string();

@@ -124,6 +124,22 @@ fn forked_checkpoints_restart_exactly() {
     assert!(bare.contains("after all: ECHILD"));
 }
 
+/// The same with raw images (`--no-gzip`): the forked writer writes every
+/// chunk with O_DIRECT, from its bounce buffer (docs/architecture.md,
+/// Forked checkpointing), and the restarts come back exactly.
+#[test]
+fn forked_raw_images_restart_exactly() {
+    let mut opts = FORKED.to_vec();
+    opts.push("--no-gzip");
+    let bare = cycles_match_bare(
+        "forkckpt-raw",
+        &[c_program("forkckpt").to_str().unwrap()],
+        &opts,
+        &[("step 60", "step 120"), ("step 220", "step 300")],
+    );
+    assert!(bare.contains("sigchld exact"));
+}
+
 /// While a (slowed down) forked writer writes the image the program goes
 /// on; the generation commits when the writer is done, and a restart from
 /// it gives the exact result (its shared memory as it was at the fork,

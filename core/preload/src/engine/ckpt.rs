@@ -562,13 +562,6 @@ impl Ctl {
                     None => super::vpid::clear(),
                 }
                 proctree::ROOT_CANDIDATE.store(v["job_root"].as_bool().unwrap_or(false), SeqCst);
-                let files: Vec<(u64, u64)> = v["image_files"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|f| Some((f[0].as_u64()?, f[1].as_u64()?)))
-                    .collect();
-                memory::set_image_files(&files);
                 // Generations of this computation already in the
                 // checkpoint directories (restarted from an older one):
                 // the next checkpoint is numbered above them.

@@ -20,51 +20,10 @@ pub enum Select {
     /// Private file mapping: pages that became private copies (written),
     /// zero or not, since the file underneath may differ.
     Cow,
-    /// Memory a restart mapped lazily from an image file: every page that
-    /// is not zero, present or not (its contents live in that file).
-    Image,
     /// A shared file mapping whose contents are kept (POSIX shared memory):
     /// every page within the file, zero or not (they are written back into
     /// the file, which may have changed since).
     Shared,
-}
-
-/// The image files this process was last restarted from (device, inode):
-/// the image and the earlier images an incremental one refers to. The
-/// restorer may have mapped memory straight from any of them (lazy
-/// restore). Fixed slots: set once after a restart, read while suspended.
-const IMAGE_SLOTS: usize = dmtcp_common::image::MAX_SOURCES + 1;
-static IMAGE_DEV: [core::sync::atomic::AtomicU64; IMAGE_SLOTS] =
-    [const { core::sync::atomic::AtomicU64::new(0) }; IMAGE_SLOTS];
-static IMAGE_INO: [core::sync::atomic::AtomicU64; IMAGE_SLOTS] =
-    [const { core::sync::atomic::AtomicU64::new(0) }; IMAGE_SLOTS];
-
-/// Record the image files of this restart (from the restart info).
-pub fn set_image_files(files: &[(u64, u64)]) {
-    use core::sync::atomic::Ordering::SeqCst;
-    for i in 0..IMAGE_SLOTS {
-        let (d, n) = files.get(i).copied().unwrap_or((0, 0));
-        IMAGE_DEV[i].store(d, SeqCst);
-        IMAGE_INO[i].store(n, SeqCst);
-    }
-}
-
-/// Is this mapping (its "major:minor" device field of /proc/self/maps and
-/// inode) the contents of an image a restart mapped? Recognised by the
-/// file, not by its name: images may be renamed, and a program may map a
-/// file of its own that happens to be named like one.
-pub(super) fn is_image_mapping(dev: &str, inode: u64) -> bool {
-    use core::sync::atomic::Ordering::SeqCst;
-    if inode == 0 {
-        return false;
-    }
-    let (maj, min) = dev.split_once(':').unwrap_or(("", ""));
-    (0..IMAGE_SLOTS).any(|i| {
-        let d = IMAGE_DEV[i].load(SeqCst);
-        IMAGE_INO[i].load(SeqCst) == inode
-            && parse_hex(maj) == libc::major(d) as u64
-            && parse_hex(min) == libc::minor(d) as u64
-    })
 }
 
 /// A slice of an area for one writer to scan and write.
@@ -243,7 +202,7 @@ pub fn plan() -> std::io::Result<Plan> {
         let range = f.next().unwrap_or("");
         let perms = f.next().unwrap_or("").as_bytes();
         let offset = parse_hex(f.next().unwrap_or("0"));
-        let dev = f.next().unwrap_or("");
+        let _device = f.next();
         let inode: u64 = f.next().unwrap_or("0").parse().unwrap_or(0);
         let name = f.next().unwrap_or("").trim_start();
         let (s, e) = range.split_once('-').unwrap_or(("0", "0"));
@@ -298,9 +257,7 @@ pub fn plan() -> std::io::Result<Plan> {
                 warn_device_once(name);
                 continue;
             }
-            let (kind, select, path) = if is_image_mapping(dev, inode) && !shared {
-                (KIND_ANON_PRIVATE, Some(Select::Image), String::new())
-            } else if anon_shared {
+            let (kind, select, path) = if anon_shared {
                 (KIND_ANON_SHARED, Some(Select::SharedAnon), String::new())
             } else if shared && file_ok && is_temp_path(name) {
                 // POSIX shared memory and files in temporary directories (an
@@ -582,18 +539,6 @@ mod tests {
         assert_eq!(v, vec![(0x1800, 0x2000), (0x3000, 0x4000)]);
         subtract(&mut v, 0x5000, 0x6000);
         assert_eq!(v, vec![(0x1800, 0x2000), (0x3000, 0x4000)]);
-    }
-
-    #[test]
-    fn image_mappings_are_recognised() {
-        // Nothing is an image before a restart, whatever its name.
-        assert!(!super::is_image_mapping("08:01", 1234));
-        assert!(!super::is_image_mapping("00:00", 0));
-        super::set_image_files(&[(libc::makedev(0x103, 0x2a), 1234)]);
-        assert!(super::is_image_mapping("103:2a", 1234));
-        assert!(!super::is_image_mapping("103:2a", 1235));
-        assert!(!super::is_image_mapping("08:01", 1234));
-        assert!(!super::is_image_mapping("00:00", 0));
     }
 
     #[test]
