@@ -149,15 +149,7 @@ fn err_fd() -> i32 {
 }
 
 fn fail(msg: &[u8], val: Option<u64>) -> ! {
-    let _ = write_all(err_fd(), b"dmtcp_restorer: ");
-    let _ = write_all(err_fd(), msg);
-    if let Some(v) = val {
-        let mut b = [0u8; 16];
-        let _ = write_all(err_fd(), b" 0x");
-        let _ = write_all(err_fd(), dmtcp_sys::fmt_hex(v, &mut b));
-    }
-    let _ = write_all(err_fd(), b"\n");
-    dmtcp_sys::exit_group(DATA_EXIT)
+    fail_parts(&[msg], val)
 }
 
 /// Like [`fail`], with a message in several pieces.
