@@ -946,10 +946,10 @@ fn lazy_restore() -> bool {
 
 /// Write the restore stream for `img` into `w`.
 /// `fds`: the image's file and its sources' (in order), for raw chunks the
-/// restorer reads into place; empty: every chunk goes through the stream. `uffd`: compressed
-/// chunks of anonymous private areas are left to the page server
-/// ([`REC_UFFD`]; checked here all the same), and with `--verify on-fill`
-/// raw ones too (not read here: the server checks them as it reads them):
+/// restorer reads into place; empty: every chunk goes through the stream.
+/// `uffd`: chunks of anonymous private areas, raw or compressed, are left
+/// to the page server ([`REC_UFFD`]; checked here all the same, but with
+/// `--verify on-fill`, when the server checks them as it reads them):
 /// returned, in address order.
 fn stream(
     img: &Image,
@@ -1019,29 +1019,26 @@ fn stream(
         })
     };
     // Anonymous private memory, raw or compressed, is filled by the page
-    // server where there is one. Anonymous memory is never mapped from the
-    // image: a private file mapping is not anonymous memory (after
-    // `madvise(MADV_DONTNEED)` it shows the file's bytes, not zeros, and
-    // glibc's `calloc` relies on zeros there); without the server its raw
-    // chunks are read from the image by the restorer.
+    // server where there is one.
     let by_fault = |c: &ChunkDesc| uffd && in_place(c) && anon(c);
     // With `--verify on-fill` those are not read here at all: the server
     // checks them as it reads them.
     let on_fill = verify_on_fill();
     let unchecked = |c: &ChunkDesc| on_fill && by_fault(c);
-    // Checked where they lie (not read into a buffer here). Those the
+    // Go from the image file into place, not through the stream, and are
+    // checked where they lie (not read into a buffer here). Those the
     // server does not fill (written pages of private file mappings, and
     // anonymous memory without the server) the restorer reads from the
     // image into place ([`REC_READ`]). Nothing is mapped from the image:
-    // the written pages of a private file mapping are the program's copies
-    // over its file (`madvise(MADV_DONTNEED)` brings the file's bytes
-    // back, `mremap` grows the mapping with the file's next pages), not
-    // pages of the image (they were until 2026-12-06).
-    let mapped = |c: &ChunkDesc| by_fault(c) || (in_place(c) && !zstd(c));
+    // a private mapping of it would not behave as the memory it stands for
+    // after `madvise(MADV_DONTNEED)` (anonymous memory reads zeros, glibc's
+    // `calloc` relies on that; a private file mapping shows its file's
+    // bytes) or a growing `mremap` (the image's next bytes).
+    let placed = |c: &ChunkDesc| by_fault(c) || (in_place(c) && !zstd(c));
     let how = |c: &ChunkDesc| {
         if unchecked(c) {
             Check::Later
-        } else if mapped(c) {
+        } else if placed(c) {
             Check::InPlace
         } else {
             Check::Read
@@ -1078,7 +1075,7 @@ fn stream(
             let (kind, file_off) = if by_fault(c) {
                 served.push(*c);
                 (REC_UFFD, 0)
-            } else if mapped(c) {
+            } else if placed(c) {
                 let fd = fds.get(c.source()).copied().unwrap_or(-1);
                 if fd != map_fd {
                     map_fd = fd;
@@ -1182,8 +1179,8 @@ impl ReadAhead {
 enum Check {
     /// Read into a buffer (its bytes go into the stream).
     Read,
-    /// Checked where it lies in the image (mapped, or filled by the page
-    /// server).
+    /// Checked where it lies in the image (read into place, or filled by
+    /// the page server).
     InPlace,
     /// Not now: the page server checks it as it reads it (`--verify on-fill`).
     Later,
