@@ -130,6 +130,8 @@ struct Hot {
     /// Hashes of the changed blocks of a run not yet written
     /// (incremental images; a run is at most one item).
     pending: [u128; PENDING],
+    /// Their CRC-32s (taken while the block was in cache).
+    pending_crc: [u32; PENDING],
 }
 
 /// Blocks of one run at most: an item, cut on the grid.
@@ -158,8 +160,10 @@ impl WState {
         h.descs_len += 1;
         Ok(())
     }
-    fn pend_hash(&self, i: usize, h: u128) {
-        self.hot().pending[i] = h;
+    fn pend(&self, i: usize, h: u128, crc: u32) {
+        let hot = self.hot();
+        hot.pending[i] = h;
+        hot.pending_crc[i] = crc;
     }
     fn descs(&self) -> &[ChunkDesc] {
         // SAFETY: the first descs_len entries were written by push.
@@ -585,9 +589,7 @@ fn put(p: *const u8, len: usize, off: u64) -> Result<(), i32> {
 /// suspended, and the child ended up with its own copy of all of it. One
 /// copy into the writer's own bounce buffer costs a memcpy instead.
 fn direct_source(st: &mut WState, p: *const u8, len: usize) -> *const u8 {
-    let v = st.vbuf as usize;
-    let in_vbuf = (p as usize) >= v && (p as usize) < v + VBUF_BYTES;
-    if !in_forked_child() || in_vbuf || JOB.fd_direct.load(Relaxed) < 0 {
+    if !bounced(st, p) {
         return p;
     }
     // SAFETY: len <= ITEM_PAGES pages = the bounce buffer's size (a run or
@@ -621,6 +623,13 @@ fn write_run(st: &mut WState, addr: u64, len: usize, volatile: bool) -> Result<(
 /// raw (one descriptor each). A block the dirty tracking proves unchanged
 /// since the previous image (which has a chunk of the same address and
 /// length) is taken from it without being read.
+///
+/// Each block is read from memory once: its hash, its compression and its
+/// CRC-32 are taken one after the other while it is in cache. A forked
+/// writer that writes with O_DIRECT copies each block it reads into its
+/// bounce buffer first (at the block's place in the run, see
+/// [`direct_source`]) and works on that copy, from which the raw blocks
+/// are then written.
 fn write_blocks(
     st: &mut WState,
     addr: u64,
@@ -643,11 +652,33 @@ fn write_blocks(
         // SAFETY: as for the previous image's table.
         unsafe { core::slice::from_raw_parts(clean_p, JOB.clean_n.load(Relaxed)) }
     };
+    // Where the blocks are read (and the raw ones written) from: the
+    // bounce buffer when this is a forked writer's O_DIRECT write (a
+    // volatile run is there already).
+    let base = if bounced(st, src) {
+        st.vbuf as *const u8
+    } else {
+        src
+    };
     let (mut skipped, mut hashed) = (0u64, 0u64);
     let end = addr + len as u64;
     let bytes = |a: u64, n: u64| {
-        // SAFETY: [a, a+n) lies in the run, whose bytes are readable at src.
-        unsafe { core::slice::from_raw_parts(src.add((a - addr) as usize), n as usize) }
+        // SAFETY: [a, a+n) lies in the run, whose bytes are readable at
+        // base (copied there by `take` first when base is the buffer).
+        unsafe { core::slice::from_raw_parts(base.add((a - addr) as usize), n as usize) }
+    };
+    let take = |a: u64, n: u64| {
+        if base != src {
+            // SAFETY: [a, a+n) lies in the run (at most VBUF_BYTES long):
+            // from the program's memory to the same place in the buffer.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    src.add((a - addr) as usize),
+                    base.add((a - addr) as usize) as *mut u8,
+                    n as usize,
+                )
+            };
+        }
     };
     // Changed blocks not yet written: [pend, a), np of them.
     let mut pend = addr;
@@ -668,11 +699,12 @@ fn write_blocks(
             }
             None => {
                 hashed += 1;
+                take(a, b - a);
                 super::xxh3::hash128(bytes(a, b - a))
             }
         };
         if let Some(p) = unchanged.or_else(|| incr::Prev::find(prev, a, b - a, h)) {
-            flush_raw(st, addr, src, pend, a)?;
+            flush_raw(st, addr, base, pend, a)?;
             np = 0;
             st.push_hashed(
                 ChunkDesc {
@@ -686,29 +718,39 @@ fn write_blocks(
                 h,
             )?;
             pend = b;
-        } else if let Some(n) =
-            compressed(st, src.wrapping_add((a - addr) as usize), (b - a) as usize)
-        {
+        } else if let Some(n) = compressed(st, bytes(a, b - a).as_ptr(), (b - a) as usize) {
             // (A block that does not compress joins the raw ones below:
             // written with them in one `pwrite`, not on its own.)
-            flush_raw(st, addr, src, pend, a)?;
+            flush_raw(st, addr, base, pend, a)?;
             np = 0;
             put_compressed(st, a, (b - a) as usize, n, h)?;
             pend = b;
         } else {
-            st.pend_hash(np, h);
+            st.pend(np, h, crc32fast::hash(bytes(a, b - a)));
             np += 1;
         }
         a = b;
     }
     JOB.skipped.fetch_add(skipped, Relaxed);
     JOB.hashed.fetch_add(hashed, Relaxed);
-    flush_raw(st, addr, src, pend, end)
+    flush_raw(st, addr, base, pend, end)
+}
+
+/// Whether the run at `src` is written through the bounce buffer: by a
+/// forked writer, with O_DIRECT (see [`direct_source`]), unless it is
+/// there already.
+fn bounced(st: &WState, src: *const u8) -> bool {
+    in_forked_child() && !in_vbuf(st, src) && JOB.fd_direct.load(Relaxed) >= 0
+}
+
+fn in_vbuf(st: &WState, p: *const u8) -> bool {
+    let v = st.vbuf as usize;
+    (p as usize) >= v && (p as usize) < v + VBUF_BYTES
 }
 
 /// Write the changed blocks `[from, to)` of the run at `addr` (bytes at
 /// `src`) raw with one `pwrite`, one descriptor per block (their hashes
-/// were kept by `pend_hash`).
+/// and CRC-32s were kept by `pend`).
 fn flush_raw(st: &mut WState, addr: u64, src: *const u8, from: u64, to: u64) -> Result<(), i32> {
     if from >= to {
         return Ok(());
@@ -722,16 +764,13 @@ fn flush_raw(st: &mut WState, addr: u64, src: *const u8, from: u64, to: u64) -> 
     let mut i = 0;
     while a < to {
         let b = (((a / incr::BLOCK) + 1) * incr::BLOCK).min(to);
-        // SAFETY: [a, b) lies in the run.
-        let blk =
-            unsafe { core::slice::from_raw_parts(src.add((a - addr) as usize), (b - a) as usize) };
         st.push_hashed(
             ChunkDesc {
                 addr: a,
                 len: b - a,
                 file_off: off + (a - from),
                 stored_len: b - a,
-                crc: crc32fast::hash(blk),
+                crc: st.hot().pending_crc[i],
                 flags: 0,
             },
             st.hot().pending[i],
@@ -801,10 +840,12 @@ fn write_chunk(
     if let Some(n) = compressed(st, src, len) {
         return put_compressed(st, addr, len, n, hash);
     }
-    // SAFETY: src..src+len is readable process memory.
-    let crc = crc32fast::hash(unsafe { core::slice::from_raw_parts(src, len) });
-    let off = JOB.off.fetch_add(len as u64, SeqCst);
+    // The CRC-32 is taken from the bounce buffer's copy when there is one
+    // (just written, in cache).
     let from = direct_source(st, src, len);
+    // SAFETY: from..from+len is readable (process memory or our buffer).
+    let crc = crc32fast::hash(unsafe { core::slice::from_raw_parts(from, len) });
+    let off = JOB.off.fetch_add(len as u64, SeqCst);
     put(from, len, off)?;
     st.push_hashed(
         ChunkDesc {
