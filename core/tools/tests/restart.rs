@@ -784,6 +784,30 @@ fn named_pipe_between_processes() {
     assert!(bare.ends_with("lines 10000 writer exit 0\n"), "{bare}");
 }
 
+/// A named pipe the program holds open in a directory that is gone at
+/// restart (as mpirun's session directory goes with a job that died): the
+/// directory and the pipe are made again, the fd is the pipe at its path
+/// again (a line written by path is read through it), and poll never sees
+/// the fd closed or taken by something else.
+#[test]
+fn a_named_pipe_whose_directory_is_gone_is_made_again() {
+    let prog = c_program("fifogone");
+    let args = [prog.to_str().unwrap(), "150"];
+    let bare = run_bare(&args);
+    let mut job = Job::new("fifogone");
+    job.launch(&args, &[]);
+    job.wait_for("step 40\n");
+    job.checkpoint();
+    job.kill();
+    std::fs::remove_dir_all(job.dir.join("sess")).unwrap();
+    job.restart();
+    job.wait_success();
+    assert_eq!(job.output(), bare, "restart differs");
+    assert!(bare.ends_with("read back: through the pipe\n"), "{bare}");
+    let err = std::fs::read_to_string(job.dir.join("err.txt")).unwrap_or_default();
+    assert!(!err.contains("cannot reopen"), "{err}");
+}
+
 /// The library's fds survive a program that closes every fd above 2 (one
 /// by one, with closefrom and with close_range), and a program holding
 /// more than 830 files gets none of the library's numbers, so all of them

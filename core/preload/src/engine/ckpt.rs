@@ -177,14 +177,19 @@ impl Ctl {
             let stream = super::start::connect_coordinator(&self.cfg.host, self.cfg.port)
                 .map_err(|e| e.to_string())?;
             let _ = stream.set_nodelay(true);
+            // To the library's own number at once, before the coordinator
+            // says anything: the program runs, and may still use the
+            // number the socket got as one of its own (a restarted
+            // program's fd that could not be put back), reading what is
+            // meant for us.
             let raw = std::os::fd::IntoRawFd::into_raw_fd(stream);
-            let auth = super::secret::answer(raw, &self.cfg.host, self.cfg.port);
             let moved = super::fdguard::dup_own(raw, fd);
+            let dup_err = std::io::Error::last_os_error();
             super::fdguard::close_own(raw);
-            let auth = auth?;
             if moved < 0 {
-                return Err(std::io::Error::last_os_error().to_string());
+                return Err(dup_err.to_string());
             }
+            let auth = super::secret::answer(fd, &self.cfg.host, self.cfg.port)?;
             let hello = ToCoord::Hello {
                 role: Role::Writer,
                 pid: dmtcp_sys::getpid(),

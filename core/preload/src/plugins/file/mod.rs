@@ -161,9 +161,45 @@ fn drain_fifo(fd: i32) -> Vec<u8> {
     data
 }
 
-/// Open a named pipe again without blocking: a read end at once, a write
-/// end with a throw-away read end open meanwhile (so there is a reader).
+/// Open a named pipe again without blocking (see [`open_fifo`]). One that
+/// is gone (not one the program had unlinked) is made again first, with
+/// the directories missing on its path (0700) and itself (0600), as the
+/// program that holds it expects to find it there: mpirun's session
+/// directory, say, goes with a job that died, and a restarted mpirun
+/// watches the named pipe it had in it.
 fn reopen_fifo(path: &str, flags: i32) -> i32 {
+    let fd = open_fifo(path, flags);
+    if fd >= 0
+        || deleted(path)
+        || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT)
+    {
+        return fd;
+    }
+    let Ok(p) = CString::new(path) else { return -1 };
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+        {
+            // SAFETY: setting this thread's errno for the caller's message.
+            unsafe { *libc::__errno_location() = e.raw_os_error().unwrap_or(libc::EIO) };
+            return -1;
+        }
+    }
+    // SAFETY: mkfifo of a NUL-terminated path of ours.
+    if unsafe { libc::mkfifo(p.as_ptr(), 0o600) } != 0
+        && std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST)
+    {
+        return -1;
+    }
+    open_fifo(path, flags)
+}
+
+/// Open a named pipe without blocking: a read end at once, a write end
+/// with a throw-away read end open meanwhile (so there is a reader).
+fn open_fifo(path: &str, flags: i32) -> i32 {
     let Ok(p) = CString::new(path) else { return -1 };
     // SAFETY: open/close of the FIFO by path; fcntl on our new fd.
     unsafe {
