@@ -175,6 +175,38 @@ fn preloaded(preload: &str, name: &str) -> bool {
         .any(|p| p.rsplit('/').next() == Some(name))
 }
 
+/// The `dmtcp_launch` options that give the remote side's processes the
+/// checkpoint settings this side's have (from their environment, as
+/// `get` reads it; the remote command does not inherit it): compression,
+/// forked checkpointing, incremental images, open files' contents, the
+/// suspend signal.
+fn image_options(get: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let truthy = |v: &str| !matches!(v.trim(), "" | "0" | "no" | "false");
+    let mut w: Vec<String> = Vec::new();
+    if let Some(v) = get("DMTCP_GZIP") {
+        w.push(if truthy(&v) { "--gzip" } else { "--no-gzip" }.into());
+    }
+    let forked = get("DMTCP_FORKED_CKPT").or_else(|| get("DMTCP_FORKED_CHECKPOINT"));
+    if forked.is_some_and(|v| truthy(&v)) {
+        w.push("--forked-ckpt".into());
+    }
+    match get("DMTCP_INCREMENTAL") {
+        Some(v) if !truthy(&v) => w.push("--no-incremental".into()),
+        _ => {
+            if let Some(n) = get("DMTCP_FULL_EVERY").filter(|n| n.parse::<u32>().is_ok()) {
+                w.extend(["--full-every".into(), n]);
+            }
+        }
+    }
+    if get("DMTCP_CKPT_OPEN_FILES").is_some_and(|v| truthy(&v)) {
+        w.push("--ckpt-open-files".into());
+    }
+    if let Some(n) = get("DMTCP_CKPT_SIGNAL").filter(|n| n.parse::<u32>().is_ok()) {
+        w.extend(["--ckpt-signal".into(), n]);
+    }
+    w
+}
+
 /// The remote command: dmtcp_sshd under dmtcp_launch, joined to our coordinator.
 /// With `secret`, dmtcp_launch reads the coordinator's secret from the
 /// first line of the session's stream (`--secret-from-stdin`), never from
@@ -195,11 +227,9 @@ fn remote_command(session: &str, host: &str, command: &str, secret: bool) -> Str
     if let Ok(d) = std::env::var("DMTCP_CHECKPOINT_DIR") {
         w.extend(["--ckptdir".into(), d]);
     }
-    match std::env::var("DMTCP_GZIP").as_deref() {
-        Ok("0") => w.push("--no-gzip".into()),
-        Ok("1") => w.push("--gzip".into()),
-        _ => {}
-    }
+    w.extend(image_options(|k| {
+        std::env::var(k).ok().filter(|v| !v.is_empty())
+    }));
     let preload = std::env::var("LD_PRELOAD").unwrap_or_default();
     if ib_preloaded(&preload) {
         w.push("--ib".into());
@@ -508,7 +538,38 @@ fn main() {
 
 #[cfg(test)]
 mod tests {
-    use super::ib_preloaded;
+    use super::{ib_preloaded, image_options};
+
+    fn opts(env: &[(&str, &str)]) -> Vec<String> {
+        image_options(|k| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn the_checkpoint_settings_go_to_the_remote_side() {
+        assert!(opts(&[]).is_empty());
+        assert_eq!(opts(&[("DMTCP_GZIP", "0")]), ["--no-gzip"]);
+        assert_eq!(opts(&[("DMTCP_GZIP", "1")]), ["--gzip"]);
+        assert_eq!(opts(&[("DMTCP_FORKED_CKPT", "1")]), ["--forked-ckpt"]);
+        assert_eq!(
+            opts(&[("DMTCP_FORKED_CHECKPOINT", "yes")]),
+            ["--forked-ckpt"]
+        );
+        assert!(opts(&[("DMTCP_FORKED_CKPT", "0")]).is_empty());
+        assert_eq!(
+            opts(&[("DMTCP_INCREMENTAL", "0"), ("DMTCP_FULL_EVERY", "3")]),
+            ["--no-incremental"]
+        );
+        assert_eq!(opts(&[("DMTCP_FULL_EVERY", "3")]), ["--full-every", "3"]);
+        assert!(opts(&[("DMTCP_FULL_EVERY", "x")]).is_empty());
+        assert_eq!(
+            opts(&[("DMTCP_CKPT_OPEN_FILES", "1"), ("DMTCP_CKPT_SIGNAL", "10")]),
+            ["--ckpt-open-files", "--ckpt-signal", "10"]
+        );
+    }
 
     #[test]
     fn the_ib_plugin_goes_to_the_remote_side() {
