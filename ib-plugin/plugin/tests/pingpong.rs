@@ -114,3 +114,64 @@ fn rc_pingpong_two_nodes_restart() {
     j.wait_success();
     check_both(&j, "rc-nodes", 50_000, true);
 }
+
+/// Forked checkpointing (`--forked-ckpt`) under the verbs plugin: the
+/// queues are drained before the fork, the program goes on while a child
+/// writes its image, and the generation it wrote restarts (on a new device
+/// service) to the end of the run with the data check passing. The first
+/// checkpoint is gone on from, the second restarted from.
+fn forked(name: &str, prog: &str, iters: u32) {
+    let mut j = Job::new(name);
+    j.launch_opts = vec!["--forked-ckpt".into()];
+    // The library's notes go to log files there.
+    let logs = j.dir.join("logs");
+    j.launch_env = vec![
+        ("DMTCP_LOG".into(), "info".into()),
+        ("DMTCP_TMPDIR".into(), logs.display().to_string()),
+    ];
+    let n = iters.to_string();
+    j.pair(prog, &["-d", "softib0", "-c", "-e", "-n", &n]);
+    j.checkpoint();
+    j.wait_running(2);
+    j.cycle();
+    j.wait_success();
+    check_both(&j, name, iters, true);
+    for side in ["server.err", "client.err"] {
+        let err = j.read(side);
+        assert!(!err.contains("not possible here"), "{side}:\n{err}");
+    }
+    // Both processes wrote both their images by a forked writer.
+    let mut forked = 0;
+    for f in walk(&logs) {
+        let log = std::fs::read_to_string(&f).unwrap_or_default();
+        forked += log
+            .lines()
+            .filter(|l| l.contains("image written by forked writer"))
+            .count();
+    }
+    assert_eq!(forked, 4, "not every image forked{}", j.diag());
+}
+
+/// The files under `d`, at any depth.
+fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            v.extend(walk(&p));
+        } else {
+            v.push(p);
+        }
+    }
+    v
+}
+
+#[test]
+fn rc_pingpong_forked_checkpoints() {
+    forked("rc-forked", "ibv_rc_pingpong", 150_000);
+}
+
+#[test]
+fn srq_pingpong_forked_checkpoints() {
+    forked("srq-forked", "ibv_srq_pingpong", 150_000);
+}

@@ -53,6 +53,10 @@ pub struct Job {
     rig: Option<testrig::Rig>,
     /// Launch with `--ib` (the default).
     pub ib: bool,
+    /// More `dmtcp_launch` options (`--forked-ckpt`, ...).
+    pub launch_opts: Vec<String>,
+    /// More environment of the launched processes.
+    pub launch_env: Vec<(String, String)>,
     /// HCAs of each node's device service (`softib daemon --devices`).
     devices: u32,
     /// Extra environment of the device services (`SOFTIB_RKEYS`, ...).
@@ -165,6 +169,8 @@ impl Job {
             restarts: Vec::new(),
             rig,
             ib: true,
+            launch_opts: Vec::new(),
+            launch_env: Vec::new(),
             devices,
             service_env: service_env
                 .iter()
@@ -286,9 +292,11 @@ impl Job {
             ])
             .arg(self.ckpt_of(node))
             .args(self.ib.then_some("--ib"))
+            .args(&self.launch_opts)
             .arg(prog)
             .args(args)
             .env("DMTCP_IB_DEBUG", "1")
+            .envs(self.launch_env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(File::create(self.dir.join(format!("{name}.out"))).unwrap())
