@@ -195,18 +195,12 @@ fn timers_and_pending_signals_survive_restart() {
 /// checkpoint-kill-restart cycle at each mark of `file`), and compares
 /// `file`, which one process of the job writes (lines written after a
 /// checkpoint are written again after the restart, at the same offsets).
-/// Returns the job's directory.
-fn shell_job_cycles(name: &str, cmd: &str, file: &str, marks: &[&str]) -> std::path::PathBuf {
+/// Returns the job (its directory is removed when it is dropped).
+fn shell_job_cycles(name: &str, cmd: &str, file: &str, marks: &[&str]) -> Job {
     shell_job_cycles_in("bash", name, cmd, file, marks)
 }
 
-fn shell_job_cycles_in(
-    shell: &str,
-    name: &str,
-    cmd: &str,
-    file: &str,
-    marks: &[&str],
-) -> std::path::PathBuf {
+fn shell_job_cycles_in(shell: &str, name: &str, cmd: &str, file: &str, marks: &[&str]) -> Job {
     let bare_dir = std::env::temp_dir().join(format!("dmtcp-bare-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&bare_dir).unwrap();
     let st = std::process::Command::new(shell)
@@ -242,7 +236,7 @@ fn shell_job_cycles_in(
         bare,
         "{name}: output differs from a bare run"
     );
-    job.dir.clone()
+    job
 }
 
 #[test]
@@ -250,9 +244,9 @@ fn shell_pipeline_of_three_processes() {
     // A producer loop (forking `sleep` every line), sed (unbuffered), and a consumer loop
     // that writes each line as it comes (bash builtins do not buffer).
     let cmd = r#"for i in $(seq 1 150); do echo "line $i"; sleep 0.02; done | sed -u "s/line/LINE/" | while read -r l; do n=$((n+1)); s=$((s+${#l})); echo "$n $s $l"; done > pipe.txt; echo pipeline-exit $? > exit.txt"#;
-    let job_dir = shell_job_cycles("pipeline", cmd, "pipe.txt", &["\n20 ", "\n60 ", "\n100 "]);
+    let job = shell_job_cycles("pipeline", cmd, "pipe.txt", &["\n20 ", "\n60 ", "\n100 "]);
     assert_eq!(
-        std::fs::read_to_string(job_dir.join("exit.txt")).unwrap(),
+        std::fs::read_to_string(job.dir.join("exit.txt")).unwrap(),
         "pipeline-exit 0\n"
     );
 }
@@ -261,7 +255,7 @@ fn shell_pipeline_of_three_processes() {
 #[test]
 fn dash_pipeline_of_three_processes() {
     let cmd = r#"for i in $(seq 1 150); do echo "line $i"; sleep 0.02; done | sed -u "s/line/LINE/" | while read -r l; do n=$((n+1)); s=$((s+${#l})); echo "$n $s $l"; done > pipe.txt; echo pipeline-exit $? > exit.txt"#;
-    let job_dir = shell_job_cycles_in(
+    let job = shell_job_cycles_in(
         "dash",
         "dash-pipeline",
         cmd,
@@ -269,7 +263,7 @@ fn dash_pipeline_of_three_processes() {
         &["\n20 ", "\n60 ", "\n100 "],
     );
     assert_eq!(
-        std::fs::read_to_string(job_dir.join("exit.txt")).unwrap(),
+        std::fs::read_to_string(job.dir.join("exit.txt")).unwrap(),
         "pipeline-exit 0\n"
     );
 }

@@ -86,6 +86,7 @@ pub fn run_bare(args: &[&str]) -> String {
         "bare run of {args:?} failed: {:?}",
         out.status
     );
+    let _ = std::fs::remove_dir_all(&dir);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -477,5 +478,11 @@ impl Drop for Job {
             &dmtcp_common::hostname(),
             self.port,
         ));
+        // The job's directory (images of up to a few GiB) goes with a test
+        // that passed; a failed one keeps it to be looked at, and so does
+        // every test with DMTCP_TEST_KEEP set.
+        if !std::thread::panicking() && std::env::var_os("DMTCP_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
