@@ -156,19 +156,27 @@ fn bad_options(cmd: &str, a: &[String]) -> Option<String> {
     None
 }
 
+/// The usage text, a line per subcommand (the options of those in
+/// [`OPTIONS`] must match it: unit test).
+const USAGE: &[&str] = &[
+    "usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR] [--plots DIR]",
+    "       bench overhead [--runs 5] [--scale 1] [--startup-runs 30] [--plots DIR]",
+    "       bench softib [--iters 20000] [--sizes 8,4096,65536,1048576]",
+    "       bench ibqps [--qps 10,100,1000] [--runs 3] [--pause-us 0]",
+    "       bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256] [--dmtcp DIR] [--dir DIR] [--plots DIR]",
+    "       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]",
+    "       bench parallel [--procs 8] [--mib 512] [--runs 3] [--nodes K] [--dmtcp DIR] [--dir DIR]",
+    "       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--per-node K] [--dmtcp DIR] [--dir DIR]",
+    "       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--modes zstd,raw,raw+on-fill] [--host-memory touched|as-is] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]",
+    "       bench ibrate [--runs 7] [--iters 300000]   (8-byte ib_write_bw message rate, bare vs --ib)",
+    "       bench pause [MIB...]   (the program's pause with and without --forked-ckpt)",
+    "       bench incremental [--mib 1024] [--percent 10] [--modes zstd,raw] [--runs 1] [--dir DIR]",
+];
+
 fn usage() {
-    eprintln!("usage: bench run [--sizes 1,4] [--kinds random,zero,untouched] [--modes zstd,raw] [--dir DIR] [--plots DIR]");
-    eprintln!("       bench overhead [--runs 5] [--scale 1] [--startup-runs 30] [--plots DIR]");
-    eprintln!("       bench softib [--iters 20000] [--sizes 8,4096,65536,1048576]");
-    eprintln!("       bench ibqps [--qps 10,100,1000] [--runs 3] [--pause-us 0]");
-    eprintln!("       bench scale [--peers 512,1024,2048,4096] [--rounds 3] [--real 256] [--dmtcp DIR] [--dir DIR] [--plots DIR]");
-    eprintln!("       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]");
-    eprintln!("       bench parallel [--procs 8] [--mib 512] [--runs 3] [--nodes K] [--dmtcp DIR] [--dir DIR]");
-    eprintln!("       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--per-node K] [--dmtcp DIR] [--dir DIR]");
-    eprintln!("       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--modes zstd,raw,raw+on-fill] [--host-memory touched|as-is] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]");
-    eprintln!("       bench ibrate [--runs 7] [--iters 300000]   (8-byte ib_write_bw message rate, bare vs --ib)");
-    eprintln!("       bench pause [MIB...]   (the program's pause with and without --forked-ckpt)");
-    eprintln!("       bench incremental [--mib 1024] [--percent 10] [--modes zstd,raw] [--runs 1] [--dir DIR]");
+    for l in USAGE {
+        eprintln!("{l}");
+    }
 }
 
 fn main() {
@@ -976,6 +984,27 @@ mod tests {
             .is_some_and(|e| e.contains("--modes")));
         // Not checked here: subcommands that parse their own arguments.
         assert_eq!(bad_options("workload", &v(&["4", "random"])), None);
+        // The usage text names exactly the options that are checked.
+        for (cmd, values, flags) in OPTIONS {
+            let line = USAGE
+                .iter()
+                .find(|l| {
+                    let mut w = l.split_whitespace().skip_while(|w| *w != "bench");
+                    w.nth(1) == Some(*cmd)
+                })
+                .unwrap_or_else(|| panic!("no usage line for {cmd}"));
+            // Each `[--option ...]` (not the words of a comment).
+            let mut named: Vec<&str> = line
+                .split('[')
+                .skip(1)
+                .filter_map(|seg| seg.split([' ', ']']).next())
+                .filter(|w| w.starts_with("--"))
+                .collect();
+            let mut known: Vec<&str> = values.iter().chain(flags.iter()).copied().collect();
+            named.sort_unstable();
+            known.sort_unstable();
+            assert_eq!(named, known, "bench {cmd}: usage and OPTIONS differ");
+        }
         for (cmd, values, _) in OPTIONS {
             let mut a = Vec::new();
             for o in *values {
