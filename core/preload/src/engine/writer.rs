@@ -749,8 +749,9 @@ fn in_vbuf(st: &WState, p: *const u8) -> bool {
 }
 
 /// Write the changed blocks `[from, to)` of the run at `addr` (bytes at
-/// `src`) raw with one `pwrite`, one descriptor per block (their hashes
-/// and CRC-32s were kept by `pend`).
+/// `src`: the bounce buffer's copy when the write must not be made from
+/// the program's memory, see [`write_blocks`]) raw with one `pwrite`, one
+/// descriptor per block (their hashes and CRC-32s were kept by `pend`).
 fn flush_raw(st: &mut WState, addr: u64, src: *const u8, from: u64, to: u64) -> Result<(), i32> {
     if from >= to {
         return Ok(());
@@ -758,7 +759,6 @@ fn flush_raw(st: &mut WState, addr: u64, src: *const u8, from: u64, to: u64) -> 
     // SAFETY: [from, to) lies in the run.
     let p = unsafe { src.add((from - addr) as usize) };
     let off = JOB.off.fetch_add(to - from, SeqCst);
-    let p = direct_source(st, p, (to - from) as usize);
     put(p, (to - from) as usize, off)?;
     let mut a = from;
     let mut i = 0;

@@ -167,34 +167,34 @@ fn drain_fifo(fd: i32) -> Vec<u8> {
 /// program that holds it expects to find it there: mpirun's session
 /// directory, say, goes with a job that died, and a restarted mpirun
 /// watches the named pipe it had in it.
-fn reopen_fifo(path: &str, flags: i32) -> i32 {
-    let fd = open_fifo(path, flags);
-    if fd >= 0
-        || deleted(path)
-        || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT)
-    {
-        return fd;
+fn reopen_fifo(path: &str, flags: i32) -> std::io::Result<i32> {
+    let opened = |fd: i32| {
+        if fd >= 0 {
+            Ok(fd)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    match opened(open_fifo(path, flags)) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !deleted(path) => {}
+        r => return r,
     }
-    let Ok(p) = CString::new(path) else { return -1 };
     if let Some(dir) = std::path::Path::new(path).parent() {
         use std::os::unix::fs::DirBuilderExt;
-        if let Err(e) = std::fs::DirBuilder::new()
+        std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir)
-        {
-            // SAFETY: setting this thread's errno for the caller's message.
-            unsafe { *libc::__errno_location() = e.raw_os_error().unwrap_or(libc::EIO) };
-            return -1;
+            .create(dir)?;
+    }
+    let p = CString::new(path)?;
+    // SAFETY: mkfifo of a NUL-terminated path of ours.
+    if unsafe { libc::mkfifo(p.as_ptr(), 0o600) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
         }
     }
-    // SAFETY: mkfifo of a NUL-terminated path of ours.
-    if unsafe { libc::mkfifo(p.as_ptr(), 0o600) } != 0
-        && std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST)
-    {
-        return -1;
-    }
-    open_fifo(path, flags)
+    opened(open_fifo(path, flags))
 }
 
 /// Open a named pipe without blocking: a read end at once, a write end
@@ -815,16 +815,16 @@ impl FilePlugin {
                     };
                 }
                 FdKind::Fifo { dev, ino } => {
-                    let nfd = reopen_fifo(&i.target, i.flags);
-                    if nfd < 0 {
-                        dmtcp::warn(format_args!(
-                            "cannot reopen the named pipe {} as fd {}: {}",
-                            i.target,
-                            i.fd,
-                            std::io::Error::last_os_error()
-                        ));
-                        continue;
-                    }
+                    let nfd = match reopen_fifo(&i.target, i.flags) {
+                        Ok(fd) => fd,
+                        Err(e) => {
+                            dmtcp::warn(format_args!(
+                                "cannot reopen the named pipe {} as fd {}: {e}",
+                                i.target, i.fd
+                            ));
+                            continue;
+                        }
+                    };
                     // SAFETY: our new fd onto the program's number.
                     unsafe { move_fd(nfd, i.fd, i.cloexec) };
                     if let Some((_, data)) = s
@@ -834,8 +834,7 @@ impl FilePlugin {
                         .filter(|(_, d)| !d.is_empty())
                     {
                         // We have it open for reading: the pipe keeps what we put in.
-                        let w = reopen_fifo(&i.target, libc::O_WRONLY | libc::O_NONBLOCK);
-                        if w >= 0 {
+                        if let Ok(w) = reopen_fifo(&i.target, libc::O_WRONLY | libc::O_NONBLOCK) {
                             refill(w, data);
                             // SAFETY: closing our temporary write end.
                             unsafe { libc::close(w) };
