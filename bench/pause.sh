@@ -18,7 +18,7 @@ echo "| --- | --- | --- | --- | --- |"
 for mib in ${@:-1024}; do
   for mode in normal forked; do
     opts=(--no-gzip)
-    [ "$mode" = forked ] && opts+=(--forked-ckpt)
+    if [ "$mode" = forked ]; then opts+=(--forked-ckpt); else opts+=(--no-forked-ckpt); fi
     rm -rf "$work/ck"; mkdir -p "$work/ck"
     dmtcp_coordinator -q -q -p 0 --port-file "$work/port" --exit-on-last > "$work/coord.log" 2>&1 &
     while [ ! -s "$work/port" ]; do sleep 0.05; done

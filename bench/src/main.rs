@@ -1015,6 +1015,57 @@ mod tests {
         }
     }
 
+    /// Every option a subcommand's code reads (`opt`, `opt_given`, a flag
+    /// compared with `x == "--..."`) is one `bad_options` lets through for
+    /// that subcommand: a misspelt or forgotten name would otherwise be
+    /// refused on the command line, or silently never read.
+    #[test]
+    fn the_options_the_code_reads_are_the_ones_accepted() {
+        let files: &[(&str, &str, &[&str])] = &[
+            ("main.rs", include_str!("main.rs"), &["run", "overhead"]),
+            (
+                "incremental.rs",
+                include_str!("incremental.rs"),
+                &["incremental"],
+            ),
+            ("mpi.rs", include_str!("mpi.rs"), &["mpi"]),
+            ("parallel.rs", include_str!("parallel.rs"), &["parallel"]),
+            ("peers.rs", include_str!("peers.rs"), &["peers"]),
+            ("scale.rs", include_str!("scale.rs"), &["scale"]),
+            ("soak.rs", include_str!("soak.rs"), &["soak"]),
+            ("softib.rs", include_str!("softib.rs"), &["ibrate"]),
+        ];
+        let mut seen = 0;
+        for (file, text, cmds) in files {
+            // (Not this test's own text.)
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            let flat: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+            for pat in ["opt(a,\"", "opt_given(a,\"", "x==\""] {
+                for (i, _) in flat.match_indices(pat) {
+                    let rest = &flat[i + pat.len()..];
+                    let name = &rest[..rest.find('"').unwrap()];
+                    if !name.starts_with("--") || name == "--help" {
+                        continue;
+                    }
+                    seen += 1;
+                    let accepted = cmds.iter().any(|c| {
+                        OPTIONS
+                            .iter()
+                            .any(|(k, v, f)| k == c && (v.contains(&name) || f.contains(&name)))
+                    });
+                    assert!(
+                        accepted,
+                        "{file} reads {name}, which bench {cmds:?} refuses"
+                    );
+                }
+            }
+        }
+        assert!(
+            seen > 40,
+            "only {seen} option reads found: the scan is broken"
+        );
+    }
+
     /// The overhead program prints every metric (so the harness cannot rot silently).
     #[test]
     fn overhead_program_prints_every_metric() {

@@ -41,9 +41,14 @@ pub const DEFAULT_FULL_EVERY: u32 = 8;
 /// before it gives the round up (`dmtcp_coordinator --suspend-timeout`,
 /// default 120).
 pub const SUSPEND_TIMEOUT: &str = "DMTCP_SUSPEND_TIMEOUT";
-/// Forked checkpointing (`dmtcp_launch --forked-ckpt`, 1/0): a forked
-/// child writes the image while the program goes on.
+/// Forked checkpointing: a forked child writes the image while the
+/// program goes on. Unset or `auto` (the default): when the node has the
+/// memory for it; 1 (`dmtcp_launch --forked-ckpt`): always; 0
+/// (`--no-forked-ckpt`): never.
 pub const FORKED_CKPT: &str = "DMTCP_FORKED_CKPT";
+/// MiB that forked writers of the user may add on the node at most (a cap
+/// on the room measured from MemAvailable and the memory cgroup).
+pub const FORKED_CKPT_MEM: &str = "DMTCP_FORKED_CKPT_MEM";
 /// DMTCP's own name for [`FORKED_CKPT`] (read too).
 pub const FORKED_CKPT_DMTCP: &str = "DMTCP_FORKED_CHECKPOINT";
 /// Internal: number of writer threads per process.

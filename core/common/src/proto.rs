@@ -182,6 +182,11 @@ pub enum FromCoord {
     /// The round this process is in (or whose barrier it reached) was given
     /// up before every process suspended: no image is written; resume.
     RoundFailed { reason: String },
+    /// To the processes of a round whose images forked writers wrote, once
+    /// the last writer has reported (they were released at "committed"
+    /// before that): whether generation `generation` was committed. A
+    /// program waiting in `dmtcp_checkpoint()` returns then.
+    Settled { generation: u32, commit: bool },
     /// To a blocking checkpoint's client while the round runs: `written`
     /// of `total` processes have written their images, `bytes` in all.
     Progress {

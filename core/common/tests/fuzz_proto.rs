@@ -201,6 +201,8 @@ fn from_coord() -> impl Strategy<Value = FromCoord> {
         option::of(bytes()).prop_map(|val| FromCoord::KvValue { val }),
         vec((bytes(), bytes()), 0..4).prop_map(|entries| FromCoord::KvEntries { entries }),
         text().prop_map(|reason| FromCoord::RoundFailed { reason }),
+        (any::<u32>(), any::<bool>())
+            .prop_map(|(generation, commit)| FromCoord::Settled { generation, commit }),
         (any::<u32>(), any::<u32>(), any::<u64>()).prop_map(|(written, total, bytes)| {
             FromCoord::Progress {
                 written,

@@ -1343,7 +1343,9 @@ fn try_settle(g: &mut State) {
             settle(g, &mut round);
         }
         if round.committing.is_some() {
+            // (The committed generation's names published first.)
             let r = round_reply(g, &round);
+            tell_settled(g, &round);
             for w in round.waiters.iter() {
                 send_to(w, &FromCoord::Reply(r.clone()));
             }
@@ -1485,8 +1487,26 @@ fn finish_round(g: &mut State, members: BTreeSet<u64>) {
     let ok = round_verdict(&round);
     release_members(g, &round, members, ok);
     let r = round_reply(g, &round);
+    if !round.writers.is_empty() {
+        tell_settled(g, &round);
+    }
     for w in round.waiters.iter() {
         send_to(w, &FromCoord::Reply(r.clone()));
+    }
+}
+
+/// A round with forked writers is decided and its names published: tell
+/// its processes how it ended (their forked rounds went on at "committed"
+/// without knowing; a program waits in dmtcp_checkpoint() for this).
+fn tell_settled(g: &State, round: &Round) {
+    let settled = FromCoord::Settled {
+        generation: round.generation,
+        commit: round.committing == Some(true),
+    };
+    for id in &round.participants {
+        if let Some(p) = g.peers.get(id) {
+            send_to(&p.out, &settled);
+        }
     }
 }
 

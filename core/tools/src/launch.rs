@@ -67,11 +67,22 @@ pub fn command(name: &'static str) -> Command {
         cli::flag(
             "forked_ckpt",
             "forked-ckpt",
-            "Forked checkpointing: the program is suspended only while its state is \
-             captured and its address space duplicated; a forked child writes the image \
-             (env DMTCP_FORKED_CKPT; also --forked-checkpointing)",
+            "Forked checkpointing always: the program is suspended only while its state is \
+             captured and its address space duplicated; a forked child writes the image. \
+             Without this option it is done when the node has the memory for it (env \
+             DMTCP_FORKED_CKPT=1; also --forked-checkpointing)",
         )
-        .alias("forked-checkpointing"),
+        .alias("forked-checkpointing")
+        .overrides_with("no_forked_ckpt"),
+    )
+    .arg(
+        cli::flag(
+            "no_forked_ckpt",
+            "no-forked-ckpt",
+            "Never forked checkpointing: every image is written with the program suspended \
+             (env DMTCP_FORKED_CKPT=0)",
+        )
+        .overrides_with("forked_ckpt"),
     )
     .arg(
         cli::flag(
@@ -428,6 +439,8 @@ pub fn main(args: Vec<String>, alias: &'static str) -> i32 {
     }
     if m.get_flag("forked_ckpt") {
         cmd.env(E::FORKED_CKPT, "1");
+    } else if m.get_flag("no_forked_ckpt") {
+        cmd.env(E::FORKED_CKPT, "0");
     }
     // Said on the command line, it wins over an inherited DMTCP_INCREMENTAL.
     if m.get_flag("no_incremental") {

@@ -109,6 +109,30 @@ fn program_checkpoints_itself_and_learns_it_was_restarted() {
     );
 }
 
+/// With a forked writer (slowed down here: a pause per item it writes),
+/// the program runs on as soon as its state is captured, but
+/// `dmtcp_checkpoint()` still returns only once the generation is
+/// committed, as without forked writers: its image is there by then.
+#[test]
+fn with_a_forked_writer_the_call_returns_once_the_generation_is_committed() {
+    let prog = build_example();
+    let mut job = Job::new("api-forked").env("DMTCP_TEST_WRITE_DELAY_MS", "200");
+    job.launch(&[prog.to_str().unwrap()], &["--forked-ckpt"]);
+    job.wait_for("checkpoint returned after-checkpoint generation=1");
+    assert_eq!(
+        job.images().len(),
+        1,
+        "dmtcp_checkpoint() returned before the generation was committed{}",
+        job.diag()
+    );
+    job.wait_success();
+    let out = job.output();
+    assert!(
+        out.contains("status ok peers=1") && out.contains("RESULT 819"),
+        "{out}"
+    );
+}
+
 #[test]
 fn checkpoint_waits_for_a_disabled_section() {
     let prog = build_example();

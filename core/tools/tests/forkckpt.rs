@@ -321,3 +321,128 @@ fn memory_a_child_would_not_have_is_written_without_forking() {
     job.wait_success();
     assert_eq!(job.output(), bare, "restart differs");
 }
+
+/// Lines of the library's log files under `dir` that contain `pat`.
+fn log_lines(dir: &std::path::Path, pat: &str) -> usize {
+    let mut n = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let t = std::fs::read_to_string(&p).unwrap_or_default();
+                n += t.lines().filter(|l| l.contains(pat)).count();
+            }
+        }
+    }
+    n
+}
+
+/// Without any option, a process forks its image writer when the node has
+/// room for the worst case (the writer needing as much memory again as
+/// the process's anonymous memory, plus its own), counting the room other
+/// forked writers of the node have reserved and not yet given back.
+/// DMTCP_FORKED_CKPT_MEM caps that room at 200 MiB here: of two processes
+/// of 48 MiB (about 112 MiB each, with the writer's own) and their shell
+/// (about 64 MiB), the shell and one of the two fork, whichever comes
+/// first; the other is written with the program suspended, with a warning
+/// that says why. (Every process decides before it is suspended, and
+/// every writer lives until the generation is committed, so the
+/// reservations of one round always meet.) Both rounds go so, and the job
+/// restarts from the second generation with every byte of both processes'
+/// memory checked.
+#[test]
+fn forked_by_default_as_far_as_the_node_has_room() {
+    let prog = c_program("incrmem");
+    let p = prog.to_str().unwrap();
+    let job = Job::new("forkmem");
+    let (logs, node) = (job.dir.join("logs"), job.dir.join("node"));
+    let mut job = job
+        .env("DMTCP_LOG", "info")
+        .env("DMTCP_TMPDIR", logs.to_str().unwrap())
+        .env("DMTCP_NODE_STREAMS_DIR", node.to_str().unwrap())
+        .env("DMTCP_FORKED_CKPT_MEM", "200");
+    let (ca, cb) = (job.dir.join("ctl.a"), job.dir.join("ctl.b"));
+    std::fs::write(&ca, "0").unwrap();
+    std::fs::write(&cb, "0").unwrap();
+    let script = format!(
+        "{p} {} 48 10 > a.out & {p} {} 48 10 > b.out & wait",
+        ca.display(),
+        cb.display()
+    );
+    job.launch(&["sh", "-c", &script], &[]);
+    let dir = job.dir.clone();
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let wait_both = |pat: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(read("a.out").contains(pat) && read("b.out").contains(pat)) {
+            assert!(Instant::now() < deadline, "no {pat:?}{}", job.diag());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_both("phase 0 done");
+    job.wait_running(3);
+    const FORKED_LINE: &str = "image written by forked writer";
+    const REFUSED: &str = "forked checkpointing is not safe now";
+    for round in 1..=2 {
+        job.checkpoint();
+        assert_eq!(
+            (log_lines(&logs, FORKED_LINE), log_lines(&logs, REFUSED)),
+            (2 * round, round),
+            "round {round}: the shell and one process forked, one refused{}",
+            job.diag()
+        );
+        if round == 1 {
+            // The first round's writers gone (they give their room back
+            // as they exit, just after the commit).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while job
+                .peer_pids()
+                .iter()
+                .any(|&p| !writer_children(p).is_empty())
+            {
+                assert!(Instant::now() < deadline, "writers left{}", job.diag());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::fs::write(&ca, "1").unwrap();
+            std::fs::write(&cb, "1").unwrap();
+            wait_both("phase 1 done");
+        }
+    }
+    // Said on stderr once per process (its later refusals go to the log
+    // only), with the numbers it decided by.
+    let err = read("err.txt");
+    let warned: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains(REFUSED))
+        .filter_map(|l| l.split(']').next())
+        .collect();
+    let mut distinct = warned.clone();
+    distinct.dedup();
+    distinct.sort();
+    distinct.dedup();
+    assert!(
+        !warned.is_empty() && distinct.len() == warned.len(),
+        "{err}"
+    );
+    assert!(
+        err.contains("DMTCP_FORKED_CKPT_MEM leaves room for 200 MiB"),
+        "{err}"
+    );
+    job.kill();
+    job.restart();
+    job.wait_running(3);
+    std::fs::write(&ca, "end").unwrap();
+    std::fs::write(&cb, "end").unwrap();
+    job.wait_success();
+    for f in ["a.out", "b.out"] {
+        let out = read(f);
+        assert!(
+            out.contains("OK phase 1\n") && !out.contains("BAD"),
+            "{f}: {out}{}",
+            job.diag()
+        );
+    }
+}

@@ -115,11 +115,20 @@ fn wait_for_partial_image(ckpt: &Path, min: u64) -> PathBuf {
 /// Returns the job, the bare run's output, generation 1's directory and
 /// manifest, the image being written and the process's pid.
 fn second_checkpoint_under_way(name: &str) -> (Job, String, PathBuf, Manifest, PathBuf, i32) {
+    second_checkpoint_under_way_with(Job::new(name), &["--no-gzip"], "30")
+}
+
+/// As above, with launch options `opts` and `steps` of 100 ms.
+fn second_checkpoint_under_way_with(
+    mut job: Job,
+    opts: &[&str],
+    steps: &str,
+) -> (Job, String, PathBuf, Manifest, PathBuf, i32) {
     let prog = c_program("bigmem");
     let p = prog.to_str().unwrap();
-    let bare = run_bare(&[p, "400"]);
-    let mut job = Job::new(name);
-    job.launch(&[p, "400"], &["--no-gzip"]);
+    let args = [p, "400", "bigmem.data", steps];
+    let bare = run_bare(&args);
+    job.launch(&args, opts);
     job.wait_for("step 2\n");
     job.checkpoint();
     let gens = committed(&job.ckpt);
@@ -167,10 +176,15 @@ fn process_killed_while_writing_keeps_the_previous_generation() {
 /// seen under way until the coordinator is dead, so the write cannot
 /// finish first however slow the test is (incremental images, the
 /// default, write little when little changed: `bigmem` changes every
-/// 64 KiB chunk of its 300 MiB at every step).
+/// 64 KiB chunk of its 300 MiB at every step). Written with the program
+/// suspended (`--no-forked-ckpt`; a forked writer is the next test).
 #[test]
 fn coordinator_killed_while_writing_keeps_the_previous_generation() {
-    let (mut job, bare, first, before, _, pid) = second_checkpoint_under_way("gen-killcoord");
+    let (mut job, bare, first, before, _, pid) = second_checkpoint_under_way_with(
+        Job::new("gen-killcoord"),
+        &["--no-gzip", "--no-forked-ckpt"],
+        "30",
+    );
     // SAFETY: kill(2) on the job's own process.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     // The program is suspended while it writes: its output stops here.
@@ -207,15 +221,68 @@ fn coordinator_killed_while_writing_keeps_the_previous_generation() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    previous_generation_restarts(job, &first, &before, &bare);
+}
+
+/// After the coordinator died during the second checkpoint: the job
+/// killed, no image of that round is left, generation 1 is as it was and
+/// the top-level names its; under a new coordinator the directory restarts
+/// to the bare run's output.
+fn previous_generation_restarts(mut job: Job, first: &Path, before: &Manifest, bare: &str) {
     job.kill();
-    assert!(partials(&job.ckpt).is_empty(), "its image was left");
+    assert!(partials(&job.ckpt).is_empty(), "an image was left");
     assert_eq!(committed(&job.ckpt).len(), 1);
-    assert_eq!(check_generation(&first), before, "generation 1 changed");
-    top_level_is(&job.ckpt, &first);
+    assert_eq!(&check_generation(first), before, "generation 1 changed");
+    top_level_is(&job.ckpt, first);
     job.new_coordinator(&[]);
     job.restart_with(&["--restartdir".into(), job.ckpt.display().to_string()]);
     job.wait_success();
     assert_eq!(job.output(), bare);
+}
+
+/// The same with a forked writer (slowed down so that the coordinator dies
+/// while it writes): the program runs on while its image is written; the
+/// writer finishes, finds no coordinator to report to, removes its image
+/// and exits. The previous generation is as it was and restarts with the
+/// right result. (The program is stopped once it has been seen running
+/// during the write, so that it cannot reach its end, which removes a
+/// file its image needs, before the writer is done.)
+#[test]
+fn coordinator_killed_while_a_forked_writer_writes_keeps_the_previous_generation() {
+    // 30 ms per 4 MiB: about 2.3 s a write, the first one included,
+    // while the program runs on; 80 steps (8 s) leave it far from its end.
+    let job = Job::new("gen-killcoord-forked").env("DMTCP_TEST_WRITE_DELAY_MS", "30");
+    let (mut job, bare, first, before, _, pid) =
+        second_checkpoint_under_way_with(job, &["--no-gzip", "--forked-ckpt"], "80");
+    let lines = job.output().lines().count();
+    let deadline = Instant::now() + TIMEOUT;
+    while job.output().lines().count() <= lines {
+        assert!(
+            Instant::now() < deadline,
+            "the program did not run while its image was written: {}",
+            job.output()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on the job's own process (not its writer).
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    job.kill_coordinator();
+    assert!(
+        !partials(&job.ckpt).is_empty() && committed(&job.ckpt).len() == 1,
+        "the second checkpoint finished before the kill: the test did not test anything"
+    );
+    while !partials(&job.ckpt).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the writer's image was left: {:?}{}",
+            partials(&job.ckpt),
+            job.diag()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    previous_generation_restarts(job, &first, &before, &bare);
 }
 
 /// `--keep-generations 2`: after four checkpoints exactly the two newest

@@ -19,7 +19,7 @@ const TOOLS: [&str; 5] = [
 
 /// The environment variables the tools read, cleared so that the
 /// environment the tests run in does not change what they see.
-const ENV: [&str; 14] = [
+const ENV: [&str; 16] = [
     "DMTCP_COORD_HOST",
     "DMTCP_COORD_PORT",
     "DMTCP_CHECKPOINT_DIR",
@@ -34,6 +34,8 @@ const ENV: [&str; 14] = [
     "DMTCP_RESTART_PIDNS",
     "DMTCP_INCREMENTAL",
     "DMTCP_FULL_EVERY",
+    "DMTCP_FORKED_CKPT",
+    "DMTCP_FORKED_CHECKPOINT",
 ];
 
 fn clean(name: &str) -> Command {
@@ -840,4 +842,28 @@ fn coordinator_options_take_effect() {
             .success());
         assert!(wait_timeout(&mut child, TIMEOUT).is_some(), "--quit");
     }
+}
+
+/// Forked checkpointing is the library's default where the node has the
+/// memory for it, so `dmtcp_launch` says nothing unless told:
+/// `--forked-ckpt` (or DMTCP's `--forked-checkpointing`) sets
+/// DMTCP_FORKED_CKPT=1, `--no-forked-ckpt` sets 0 (over an inherited 1),
+/// and the last of the two counts.
+#[test]
+fn launch_forked_options() {
+    let job = Job::new("launchfork");
+    let e = launched_env(job.port, &[], &[]);
+    assert!(!e.contains_key("DMTCP_FORKED_CKPT"), "{e:?}");
+    let e = launched_env(job.port, &["--forked-ckpt"], &[]);
+    assert_eq!(e["DMTCP_FORKED_CKPT"], "1");
+    let e = launched_env(job.port, &["--forked-checkpointing"], &[]);
+    assert_eq!(e["DMTCP_FORKED_CKPT"], "1");
+    let e = launched_env(
+        job.port,
+        &["--no-forked-ckpt"],
+        &[("DMTCP_FORKED_CKPT", "1")],
+    );
+    assert_eq!(e["DMTCP_FORKED_CKPT"], "0");
+    let e = launched_env(job.port, &["--no-forked-ckpt", "--forked-ckpt"], &[]);
+    assert_eq!(e["DMTCP_FORKED_CKPT"], "1", "the last one counts");
 }

@@ -56,7 +56,9 @@ fn writers_wait_for_a_free_node_stream() {
     // SAFETY: flock on a file this test owns.
     assert_eq!(unsafe { libc::flock(slot.as_raw_fd(), libc::LOCK_EX) }, 0);
 
-    job.launch(&["bash", "-c", &script], &["--no-gzip"]);
+    // Written with the program suspended (a forked writer would wait for
+    // the slot while the program runs on).
+    job.launch(&["bash", "-c", &script], &["--no-gzip", "--no-forked-ckpt"]);
     job.wait_for("a done\n");
     job.wait_for("step 2\n");
     assert!(job.command(&["-c"]).status.success());

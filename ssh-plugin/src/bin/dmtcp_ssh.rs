@@ -187,8 +187,12 @@ fn image_options(get: impl Fn(&str) -> Option<String>) -> Vec<String> {
         w.push(if truthy(&v) { "--gzip" } else { "--no-gzip" }.into());
     }
     let forked = get("DMTCP_FORKED_CKPT").or_else(|| get("DMTCP_FORKED_CHECKPOINT"));
-    if forked.is_some_and(|v| truthy(&v)) {
-        w.push("--forked-ckpt".into());
+    // Unset or "auto": the remote side decides by its own memory too.
+    match forked {
+        Some(v) if v.trim().eq_ignore_ascii_case("auto") => {}
+        Some(v) if truthy(&v) => w.push("--forked-ckpt".into()),
+        Some(_) => w.push("--no-forked-ckpt".into()),
+        None => {}
     }
     match get("DMTCP_INCREMENTAL") {
         Some(v) if !truthy(&v) => w.push("--no-incremental".into()),
@@ -558,7 +562,8 @@ mod tests {
             opts(&[("DMTCP_FORKED_CHECKPOINT", "yes")]),
             ["--forked-ckpt"]
         );
-        assert!(opts(&[("DMTCP_FORKED_CKPT", "0")]).is_empty());
+        assert_eq!(opts(&[("DMTCP_FORKED_CKPT", "0")]), ["--no-forked-ckpt"]);
+        assert!(opts(&[("DMTCP_FORKED_CKPT", "auto")]).is_empty());
         assert_eq!(
             opts(&[("DMTCP_INCREMENTAL", "0"), ("DMTCP_FULL_EVERY", "3")]),
             ["--no-incremental"]

@@ -8,7 +8,9 @@
 //! no checkpoint can start).
 
 use core::cell::{Cell, UnsafeCell};
-use core::sync::atomic::{compiler_fence, AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering::*};
+use core::sync::atomic::{
+    compiler_fence, AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering::*,
+};
 use std::ffi::{c_char, c_int, CStr};
 
 /// Return values, as in the header.
@@ -269,6 +271,36 @@ pub fn begin_checkpoint() {
     }
 }
 
+/// The generation of this process's last round whose image a forked
+/// writer writes, until the coordinator says how that round ended (0:
+/// none waiting).
+static UNSETTLED: AtomicU32 = AtomicU32::new(0);
+/// The generation of this process's last forked round.
+static FORKED_GEN: AtomicU32 = AtomicU32::new(0);
+/// How the last forked round ended (1: committed).
+static SETTLED_OK: AtomicU32 = AtomicU32::new(1);
+
+/// Checkpoint thread, when the state is captured and a forked writer
+/// writes the image: `dmtcp_checkpoint()` waits for [`settled`] before it
+/// returns, so that, as without forked writers, the generation is
+/// committed (or has failed) when it does.
+pub fn forked_round(generation: u32) {
+    FORKED_GEN.store(generation, SeqCst);
+    UNSETTLED.store(generation, SeqCst);
+}
+
+/// The coordinator said how the forked round of `generation` ended (any
+/// waiting round when `generation` is 0: the coordinator is gone, and
+/// nothing will be committed by this process's account).
+pub fn settled(generation: u32, commit: bool) {
+    let u = UNSETTLED.load(SeqCst);
+    if u != 0 && (generation == 0 || generation == u) {
+        SETTLED_OK.store(commit as u32, SeqCst);
+        UNSETTLED.store(0, SeqCst);
+        dmtcp_sys::futex_wake(&UNSETTLED, i32::MAX as u32);
+    }
+}
+
 /// Checkpoint thread: the checkpoint (or the restart) is over.
 pub fn end_checkpoint(ok: bool, restarted: bool, generation: u32) {
     GENERATION.store(generation, SeqCst);
@@ -313,12 +345,31 @@ pub extern "C" fn dmtcp_checkpoint() -> c_int {
         dmtcp_sys::futex_wait(&EVENTS, e, 0);
     }
     if RESTARTS.load(SeqCst) != r0 {
-        AFTER_RESTART
-    } else if LAST_OK.load(SeqCst) == 1 {
-        AFTER_CHECKPOINT
-    } else {
-        -1
+        return AFTER_RESTART;
     }
+    if LAST_OK.load(SeqCst) != 1 {
+        return -1;
+    }
+    // A forked writer still writes this round's image: wait until the
+    // generation is committed (or not), as the image is on disk when this
+    // returns without forked writers.
+    let g = GENERATION.load(SeqCst);
+    if FORKED_GEN.load(SeqCst) == g {
+        loop {
+            let u = UNSETTLED.load(SeqCst);
+            if u != g {
+                break;
+            }
+            dmtcp_sys::futex_wait(&UNSETTLED, u, 0);
+        }
+        if RESTARTS.load(SeqCst) != r0 {
+            return AFTER_RESTART;
+        }
+        if SETTLED_OK.load(SeqCst) != 1 {
+            return -1;
+        }
+    }
+    AFTER_CHECKPOINT
 }
 
 #[no_mangle]
@@ -364,7 +415,6 @@ pub extern "C" fn dmtcp_disable_ckpt() -> c_int {
         }
     }
 }
-
 
 #[no_mangle]
 pub extern "C" fn dmtcp_enable_ckpt() -> c_int {

@@ -124,19 +124,39 @@ impl Ctl {
                     self.reap_writer();
                     // The forked writer's own connection, made before the
                     // program is suspended (not part of the pause).
-                    let link = if fork && self.cfg.forked {
+                    // Forked if the node has the memory for it (asked
+                    // before, not during, the pause).
+                    use super::forkmem::{self, Mode};
+                    let mode = self.cfg.forked;
+                    let may_fork = fork
+                        && mode != Mode::Off
+                        && match forkmem::reserve(generation, mode == Mode::Auto) {
+                            Ok(()) => true,
+                            Err(why) => {
+                                forkmem::refused(&why);
+                                false
+                            }
+                        };
+                    let link = if may_fork {
                         self.open_writer_link()
                     } else {
                         None
                     };
                     self.checkpoint(ckpt_dir.map(PathBuf::from), link);
+                    // The writer (if one was forked) holds its own copy.
+                    forkmem::release();
                 }
                 Ok(Some(FromCoord::Kill)) => dmtcp_sys::exit_group(0),
+                Ok(Some(FromCoord::Settled { generation, commit })) => {
+                    capi::settled(generation, commit)
+                }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
                     log::warn(format_args!(
                         "lost the connection to the coordinator; no more checkpoints"
                     ));
+                    // Nobody will say how a forked round ended.
+                    capi::settled(0, false);
                     return;
                 }
             }
@@ -174,21 +194,13 @@ impl Ctl {
     fn open_writer_link(&self) -> Option<i32> {
         let fd = writer::WRITER_FD;
         let opened = (|| -> Result<(), String> {
-            let stream = super::start::connect_coordinator(&self.cfg.host, self.cfg.port)
+            // At the library's own number before it is even connected:
+            // the program runs, and may still use the number a socket is
+            // first given as one of its own (a restarted program's fd
+            // that could not be put back); it must never read what the
+            // coordinator says to us.
+            super::start::connect_coordinator_at(&self.cfg.host, self.cfg.port, fd)
                 .map_err(|e| e.to_string())?;
-            let _ = stream.set_nodelay(true);
-            // To the library's own number at once, before the coordinator
-            // says anything: the program runs, and may still use the
-            // number the socket got as one of its own (a restarted
-            // program's fd that could not be put back), reading what is
-            // meant for us.
-            let raw = std::os::fd::IntoRawFd::into_raw_fd(stream);
-            let moved = super::fdguard::dup_own(raw, fd);
-            let dup_err = std::io::Error::last_os_error();
-            super::fdguard::close_own(raw);
-            if moved < 0 {
-                return Err(dup_err.to_string());
-            }
             let auth = super::secret::answer(fd, &self.cfg.host, self.cfg.port)?;
             let hello = ToCoord::Hello {
                 role: Role::Writer,
@@ -486,6 +498,9 @@ impl Ctl {
             Captured::Forked(pid) => {
                 // Captured; the generation commits when the writer is done.
                 ok = reached;
+                if ok {
+                    capi::forked_round(self.generation);
+                }
                 log::info(format_args!(
                     "checkpoint of generation {}: state captured, image written by forked writer {pid}",
                     self.generation

@@ -105,6 +105,11 @@ impl Coord {
                 Ok(Some(m)) => match want(m) {
                     Ok(t) => return Some(t),
                     Err(m @ FromCoord::DoCheckpoint { .. }) => self.held.push_back(m),
+                    // A forked round ended (it may come while this waits
+                    // at a barrier of the next steps of its own round).
+                    Err(FromCoord::Settled { generation, commit }) => {
+                        super::capi::settled(generation, commit)
+                    }
                     Err(_) => {}
                 },
                 _ => return None,
@@ -145,6 +150,7 @@ pub static LAST_COMMIT: core::sync::atomic::AtomicBool = core::sync::atomic::Ato
 
 /// Reach the named barrier and wait for every participant; Kill ends the
 /// process. False if the coordinator is gone.
+#[allow(clippy::result_large_err)] // `answer`'s closure hands back what it does not want
 pub fn barrier(name: &str) -> bool {
     if !send(&ToCoord::Barrier { name: name.into() }) {
         return false;
@@ -172,6 +178,7 @@ pub fn barrier(name: &str) -> bool {
 }
 
 /// Look a key up in the computation's name service.
+#[allow(clippy::result_large_err)] // `answer`'s closure, as in barrier
 pub fn kv_get(db: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
     if !send(&ToCoord::KvGet {
         db: db.into(),

@@ -14,6 +14,7 @@
 //! | `incr` | incremental images: the previous generation's chunks and content hashes |
 //! | `dirty` | dirty-page tracking (userfaultfd write-protect, `PAGEMAP_SCAN`): chunks provably unchanged are not hashed |
 //! | `streams` | the per-node limit on write streams (`DMTCP_NODE_STREAMS`) |
+//! | `forkmem` | whether a forked writer's worst-case memory fits on the node (the default forked checkpointing), node-wide reservations |
 //! | `unmap` | `munmap`, `mremap`, `mmap(MAP_FIXED)` wrappers: requested exclusions end with the memory they were asked for |
 //! | `lazymem` | the socket to the page server of a lazy restore; every page filled before a fork or a checkpoint |
 //! | `proctree` | the process's place in the job's tree, recorded in the image |
@@ -43,6 +44,7 @@ pub(crate) mod fdguard;
 pub mod fds;
 pub(crate) mod flock;
 pub(crate) mod fork;
+pub(crate) mod forkmem;
 pub mod iface;
 pub(crate) mod incr;
 pub(crate) mod lazymem;

@@ -54,8 +54,9 @@ pub(super) struct Config {
     /// Write streams per node (`DMTCP_NODE_STREAMS`; 0: no limit).
     pub(super) node_streams: usize,
     pub(super) disabled: Vec<String>,
-    /// Forked checkpointing (`--forked-ckpt`).
-    pub(super) forked: bool,
+    /// Forked checkpointing: off, when safe (the default), always
+    /// (`--forked-ckpt`).
+    pub(super) forked: super::forkmem::Mode,
     /// Every Nth image full (`--full-every`, [`E::FULL_EVERY`], default
     /// [`E::DEFAULT_FULL_EVERY`]); 1 (`--full-every 1`, `--no-incremental`):
     /// incremental images off.
@@ -90,9 +91,11 @@ impl Config {
             disabled: get(E::DISABLED_PLUGINS)
                 .map(|s| s.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
-            forked: get(E::FORKED_CKPT)
-                .or_else(|| get(E::FORKED_CKPT_DMTCP))
-                .is_some_and(|v| E::truthy(&v)),
+            forked: super::forkmem::Mode::parse(
+                get(E::FORKED_CKPT)
+                    .or_else(|| get(E::FORKED_CKPT_DMTCP))
+                    .as_deref(),
+            ),
             // On by default; DMTCP_INCREMENTAL=0 (`--no-incremental`) or
             // DMTCP_FULL_EVERY=1: off, every image full.
             full_every: match get(E::INCREMENTAL) {
@@ -314,6 +317,132 @@ pub(super) fn connect_coordinator(host: &str, port: u16) -> std::io::Result<std:
         }
     }
     Err(last)
+}
+
+/// As [`connect_coordinator`], but the socket is moved to the library's
+/// number `fd` before it is connected: the program runs meanwhile, and
+/// may still use the number the socket is first given as one of its own
+/// (a restarted program's fd that could not be put back). For the few
+/// instructions until the move it finds an unconnected socket there,
+/// never bytes meant for the library. A connect takes at most 30 s.
+pub(super) fn connect_coordinator_at(host: &str, port: u16, fd: i32) -> std::io::Result<()> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let known = COORD_ADDRS.with(|c| {
+        c.as_ref()
+            .filter(|(h, p, a)| h == host && *p == port && !a.is_empty())
+            .map(|(_, _, a)| a.clone())
+    });
+    let addrs = match known {
+        Some(a) => a,
+        None => (host, port).to_socket_addrs()?.collect(),
+    };
+    let mut last = std::io::Error::from(std::io::ErrorKind::NotFound);
+    for a in addrs {
+        let (sa, len): (libc::sockaddr_storage, libc::socklen_t) = sockaddr_of(&a);
+        let family = if matches!(a, SocketAddr::V4(_)) {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        // SAFETY: a new socket of ours.
+        let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            last = std::io::Error::last_os_error();
+            continue;
+        }
+        let moved = super::fdguard::dup_own(raw, fd);
+        let dup_err = std::io::Error::last_os_error();
+        if raw != fd {
+            super::fdguard::close_own(raw);
+        }
+        if moved < 0 {
+            return Err(dup_err);
+        }
+        let limit = libc::timeval {
+            tv_sec: 30,
+            tv_usec: 0,
+        };
+        let none = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        };
+        let tv_len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+        // SAFETY: setsockopt/connect on our socket with a timeval and an
+        // address of the sizes given (a connect gives up at the send
+        // timeout; the timeout is taken off again afterwards).
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                &limit as *const _ as *const libc::c_void,
+                tv_len,
+            );
+            let r = libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                &none as *const _ as *const libc::c_void,
+                tv_len,
+            );
+            r
+        };
+        if r == 0 {
+            let one: libc::c_int = 1;
+            // SAFETY: as above, an int option.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    &one as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            return Ok(());
+        }
+        last = std::io::Error::last_os_error();
+        super::fdguard::close_own(fd);
+    }
+    Err(last)
+}
+
+/// `a` as a C socket address and its length.
+fn sockaddr_of(a: &std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        std::net::SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and
+            // suitably aligned for it.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
 }
 
 pub(super) fn join_coordinator(

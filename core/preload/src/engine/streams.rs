@@ -42,16 +42,22 @@ pub fn configure(limit: usize) {
     if limit == 0 {
         return;
     }
-    let dir = match std::env::var(dmtcp_common::env::NODE_STREAMS_DIR) {
-        Ok(d) if !d.is_empty() => d,
-        _ if std::path::Path::new("/dev/shm").is_dir() => "/dev/shm".into(),
-        _ => "/tmp".into(),
-    };
+    let dir = node_dir();
     let uid = dmtcp_sys::geteuid();
     let paths = (0..limit)
         .filter_map(|i| CString::new(format!("{dir}/dmtcp-streams-{uid}.{i}")).ok())
         .collect();
     let _ = SLOTS.set(paths);
+}
+
+/// The node's directory for the slots (and for [`super::forkmem`]'s
+/// reservations): `DMTCP_NODE_STREAMS_DIR`, else /dev/shm, else /tmp.
+pub fn node_dir() -> String {
+    match std::env::var(dmtcp_common::env::NODE_STREAMS_DIR) {
+        Ok(d) if !d.is_empty() => d,
+        _ if std::path::Path::new("/dev/shm").is_dir() => "/dev/shm".into(),
+        _ => "/tmp".into(),
+    }
 }
 
 /// Take a slot, waiting while every one is taken (at most about 2

@@ -1007,6 +1007,8 @@ fn child_write(shared_w: i32) {
         JOB.fd_direct.load(SeqCst),
         link,
         shared_w,
+        // The node-wide memory reservation: held while this child lives.
+        super::forkmem::RESERVE_FD.load(SeqCst),
     ];
     keep.sort_unstable();
     close_all_but(&keep);
@@ -1379,6 +1381,7 @@ pub fn write_image(
         // (Set if a forked writer wrote this image.)
         IN_CHILD.store(false, SeqCst);
         FORK_LINK.store(-1, SeqCst);
+        super::forkmem::forget();
         threads::reapply(ckpt_slot);
         return Outcome::Restarted;
     }
@@ -1461,7 +1464,9 @@ pub fn write_image(
             }
         }
     }
-    if opts.incremental && !in_forked_child() {
+    // (A forked writer says it too: its log file and the stats file are
+    // opened by name for each line.)
+    if opts.incremental {
         stats(
             meta.generation,
             JOB.skipped.load(SeqCst),

@@ -1,7 +1,8 @@
 /* Many kinds of memory: a large anonymous array (partly untouched, partly
  * zero), a PROT_NONE reservation, a huge MAP_NORESERVE reservation, a
  * private writable file mapping, heap growth with brk after the
- * checkpoint, and a checksum over all of it at the end. */
+ * checkpoint, and a checksum over all of it at the end.
+ * bigmem [MIB [FILE [STEPS]]] (32, bigmem.data, 30 steps of 100 ms). */
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@ static uint64_t fnv(const void *p, size_t n, uint64_t h) {
 int main(int argc, char **argv) {
   size_t mb = argc > 1 ? strtoul(argv[1], 0, 10) : 32;
   const char *file = argc > 2 ? argv[2] : "bigmem.data";
+  int steps = argc > 3 ? atoi(argv[3]) : 30;
   size_t n = mb << 20;
   unsigned char *a = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   unsigned char *none = mmap(0, 16 << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -33,7 +35,7 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < n * 3 / 4; i++) a[i] = (unsigned char)(i * 2654435761u >> 13);
   memset(a + n / 4, 0, n / 16);
   for (size_t g = 0; g < 8; g++) huge[g << 30] = (unsigned char)(g + 1);
-  for (int step = 0; step < 30; step++) {
+  for (int step = 0; step < steps; step++) {
     for (size_t i = step * 4096; i < n * 3 / 4; i += 65536) a[i] ^= (unsigned char)step;
     fm[(step * 8192) % (1 << 20)] = (unsigned char)(step * 3);
     char *grow = sbrk(4096 * (step + 1));
