@@ -523,8 +523,22 @@ pub unsafe extern "C" fn dmtcp_internal_coordinator_secret(buf: *mut u8, len: us
     1
 }
 
+/// The coordinator's processes (`Cmd::List`), asked on a connection of
+/// its own.
+pub(super) fn query_peers(host: &str, port: u16) -> Option<Vec<dmtcp_common::proto::PeerInfo>> {
+    query(host, port, dmtcp_common::proto::Cmd::List).map(|r| r.peers)
+}
+
 fn query_status(host: &str, port: u16) -> Option<dmtcp_common::proto::Reply> {
-    use dmtcp_common::proto::{self, Cmd, FromCoord, Role, ToCoord};
+    query(host, port, dmtcp_common::proto::Cmd::Status)
+}
+
+fn query(
+    host: &str,
+    port: u16,
+    cmd: dmtcp_common::proto::Cmd,
+) -> Option<dmtcp_common::proto::Reply> {
+    use dmtcp_common::proto::{self, FromCoord, Role, ToCoord};
     let s = std::net::TcpStream::connect((host, port)).ok()?;
     let mut w = s.try_clone().ok()?;
     let auth = {
@@ -544,7 +558,7 @@ fn query_status(host: &str, port: u16) -> Option<dmtcp_common::proto::Reply> {
         auth: Some(auth),
     };
     proto::send(&mut w, &hello).ok()?;
-    proto::send(&mut w, &ToCoord::Command { cmd: Cmd::Status }).ok()?;
+    proto::send(&mut w, &ToCoord::Command { cmd }).ok()?;
     match proto::recv::<_, FromCoord>(&mut std::io::BufReader::new(s)).ok()? {
         Some(FromCoord::Reply(r)) => Some(r),
         _ => None,

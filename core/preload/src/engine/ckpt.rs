@@ -266,6 +266,9 @@ impl Ctl {
         FAILABLE.store(true, SeqCst);
         plugin::run(plugin::Event::PreSuspend);
         threads::suspend_all();
+        // A child's new program (vfork, posix_spawn, system, popen and
+        // exec) joins this round before this process says it is suspended.
+        fork::wait_newcomers(&self.cfg.host, self.cfg.port);
         // More threads than the library can record: this process cannot be
         // imaged, but it still goes through every barrier of the round (the
         // other processes wait for it there) and fails the checkpoint there.

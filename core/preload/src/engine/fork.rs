@@ -9,6 +9,77 @@ use core::sync::atomic::{AtomicI32, Ordering::SeqCst};
 /// The pid this library was set up for (differs from getpid() in a vfork child).
 pub(super) static MY_PID: AtomicI32 = AtomicI32::new(0);
 
+/// How long a checkpoint waits for a child's new program to join.
+const NEWCOMER_WAIT_MS: u128 = 10_000;
+
+/// Checkpoint thread, every thread of this process suspended, before it
+/// says so: a child that runs a program under checkpoint control (the
+/// library is mapped in it) but has not joined the coordinator yet is
+/// waited for, until it has joined (it then takes part in this round: no
+/// process is reported suspended yet, so the round still takes
+/// newcomers) or is gone, at most [`NEWCOMER_WAIT_MS`].
+///
+/// Such a child comes from vfork/posix_spawn/system/popen and an exec:
+/// its parent goes on as soon as the exec is done, and the new program
+/// joins a moment later as a process of its own. A round whose processes
+/// were all suspended before that would hold the parent but not the
+/// child, and a restart would lose the child and its exit status (the
+/// parent's `waitpid` would find no such child). Children of `fork` have
+/// joined before `fork` returned (see [`parent`]).
+pub(super) fn wait_newcomers(host: &str, port: u16) {
+    let lib = "libdmtcp.so";
+    let pending = |listed: &[dmtcp_common::proto::PeerInfo]| -> Vec<i32> {
+        let me = dmtcp_common::hostname();
+        proctree::children()
+            .into_iter()
+            .filter(|&c| {
+                // A real pid: "//" keeps the library's /proc wrappers off.
+                let stat = std::fs::read_to_string(format!("/proc//{c}/stat")).unwrap_or_default();
+                // Fields after ")" start at field 3 (state); exit_signal
+                // is field 38: 0 for this process's forked image writers,
+                // which are no processes of the job.
+                let f: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .map(|(_, r)| r.split_whitespace().collect())
+                    .unwrap_or_default();
+                let state = f.first().copied().unwrap_or("X");
+                if matches!(state, "Z" | "X" | "x") || f.get(38 - 3) == Some(&"0") {
+                    return false;
+                }
+                let maps = std::fs::read_to_string(format!("/proc//{c}/maps")).unwrap_or_default();
+                if !maps.contains(lib) {
+                    return false;
+                }
+                let v = super::vpid::to_virt(c);
+                !listed
+                    .iter()
+                    .any(|p| (p.pid == c || p.pid == v) && p.hostname == me)
+            })
+            .collect()
+    };
+    // Nothing to ask the coordinator about without such a child.
+    if pending(&[]).is_empty() {
+        return;
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let listed = capi::query_peers(host, port).unwrap_or_default();
+        let left = pending(&listed);
+        if left.is_empty() {
+            return;
+        }
+        if start.elapsed().as_millis() >= NEWCOMER_WAIT_MS {
+            log::warn(format_args!(
+                "children {left:?} run under checkpoint control but did not join the coordinator \
+                 within {} s; this checkpoint goes on without them",
+                NEWCOMER_WAIT_MS / 1000
+            ));
+            return;
+        }
+        dmtcp_sys::sleep_ms(5);
+    }
+}
+
 /// Is this a vfork child (sharing its parent's memory, not yet exec'd)?
 pub(crate) fn in_vfork_child() -> bool {
     let me = MY_PID.load(SeqCst);

@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicI32, Ordering::SeqCst};
 use dmtcp_common::image::Tree;
 
 /// Children of every thread of this process (from /proc/self/task/*/children).
-fn children() -> Vec<i32> {
+pub(super) fn children() -> Vec<i32> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir("/proc/self/task") else {
         return out;
