@@ -337,13 +337,7 @@ pub extern "C" fn dmtcp_checkpoint() -> c_int {
     {
         return -1;
     }
-    loop {
-        let e = EVENTS.load(SeqCst);
-        if e != e0 {
-            break;
-        }
-        dmtcp_sys::futex_wait(&EVENTS, e, 0);
-    }
+    wait_change(&EVENTS, e0);
     if RESTARTS.load(SeqCst) != r0 {
         return AFTER_RESTART;
     }
@@ -355,13 +349,7 @@ pub extern "C" fn dmtcp_checkpoint() -> c_int {
     // returns without forked writers.
     let g = GENERATION.load(SeqCst);
     if FORKED_GEN.load(SeqCst) == g {
-        loop {
-            let u = UNSETTLED.load(SeqCst);
-            if u != g {
-                break;
-            }
-            dmtcp_sys::futex_wait(&UNSETTLED, u, 0);
-        }
+        wait_change(&UNSETTLED, g);
         if RESTARTS.load(SeqCst) != r0 {
             return AFTER_RESTART;
         }
@@ -370,6 +358,13 @@ pub extern "C" fn dmtcp_checkpoint() -> c_int {
         }
     }
     AFTER_CHECKPOINT
+}
+
+/// Wait until `a` holds something other than `v`.
+fn wait_change(a: &AtomicU32, v: u32) {
+    while a.load(SeqCst) == v {
+        dmtcp_sys::futex_wait(a, v, 0);
+    }
 }
 
 #[no_mangle]
@@ -539,7 +534,10 @@ fn query(
     cmd: dmtcp_common::proto::Cmd,
 ) -> Option<dmtcp_common::proto::Reply> {
     use dmtcp_common::proto::{self, FromCoord, Role, ToCoord};
-    let s = std::net::TcpStream::connect((host, port)).ok()?;
+    // The addresses resolved at start-up: this also runs on the checkpoint
+    // thread with the program suspended (fork::wait_newcomers), where the
+    // resolver's locks and heap could be held by a suspended thread.
+    let s = super::start::connect_coordinator(host, port).ok()?;
     let mut w = s.try_clone().ok()?;
     let auth = {
         use std::os::fd::AsRawFd;

@@ -27,44 +27,40 @@ const NEWCOMER_WAIT_MS: u128 = 10_000;
 /// parent's `waitpid` would find no such child). Children of `fork` have
 /// joined before `fork` returned (see [`parent`]).
 pub(super) fn wait_newcomers(host: &str, port: u16) {
-    let lib = "libdmtcp.so";
-    let pending = |listed: &[dmtcp_common::proto::PeerInfo]| -> Vec<i32> {
-        let me = dmtcp_common::hostname();
-        proctree::children()
-            .into_iter()
-            .filter(|&c| {
-                // A real pid: "//" keeps the library's /proc wrappers off.
-                let stat = std::fs::read_to_string(format!("/proc//{c}/stat")).unwrap_or_default();
-                // Fields after ")" start at field 3 (state); exit_signal
-                // is field 38: 0 for this process's forked image writers,
-                // which are no processes of the job.
-                let f: Vec<&str> = stat
-                    .rsplit_once(')')
-                    .map(|(_, r)| r.split_whitespace().collect())
-                    .unwrap_or_default();
-                let state = f.first().copied().unwrap_or("X");
-                if matches!(state, "Z" | "X" | "x") || f.get(38 - 3) == Some(&"0") {
-                    return false;
-                }
-                let maps = std::fs::read_to_string(format!("/proc//{c}/maps")).unwrap_or_default();
-                if !maps.contains(lib) {
-                    return false;
-                }
-                let v = super::vpid::to_virt(c);
-                !listed
-                    .iter()
-                    .any(|p| (p.pid == c || p.pid == v) && p.hostname == me)
-            })
-            .collect()
+    // A real pid: "//" keeps the library's /proc wrappers off. Fields
+    // after ")" start at field 3 (state); exit_signal is field 38: 0 for
+    // this process's forked image writers, which are no processes of the
+    // job. None: gone, or exited (a zombie the capture records with its
+    // status), or a writer.
+    let running_child = |c: i32| {
+        let stat = std::fs::read_to_string(format!("/proc//{c}/stat")).ok()?;
+        let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let gone = matches!(f.first().copied(), None | Some("Z" | "X" | "x"));
+        (!gone && f.get(38 - 3) != Some(&"0")).then_some(())
     };
-    // Nothing to ask the coordinator about without such a child.
-    if pending(&[]).is_empty() {
+    // Children running a program that maps the library.
+    let mut left: Vec<i32> = proctree::children()
+        .into_iter()
+        .filter(|&c| {
+            running_child(c).is_some()
+                && std::fs::read_to_string(format!("/proc//{c}/maps"))
+                    .is_ok_and(|m| m.contains("libdmtcp.so"))
+        })
+        .collect();
+    if left.is_empty() {
         return;
     }
+    let me = dmtcp_common::hostname();
     let start = std::time::Instant::now();
     loop {
         let listed = capi::query_peers(host, port).unwrap_or_default();
-        let left = pending(&listed);
+        left.retain(|&c| {
+            let v = super::vpid::to_virt(c);
+            running_child(c).is_some()
+                && !listed
+                    .iter()
+                    .any(|p| (p.pid == c || p.pid == v) && p.hostname == me)
+        });
         if left.is_empty() {
             return;
         }

@@ -301,12 +301,7 @@ pub(super) fn resolve_coordinator(host: &str, port: u16) {
 /// Connect to the coordinator at its resolved addresses (resolving only if
 /// it was never resolved for this host and port).
 pub(super) fn connect_coordinator(host: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
-    let known = COORD_ADDRS.with(|c| {
-        c.as_ref()
-            .filter(|(h, p, a)| h == host && *p == port && !a.is_empty())
-            .map(|(_, _, a)| a.clone())
-    });
-    let Some(addrs) = known else {
+    let Some(addrs) = known_addrs(host, port) else {
         return std::net::TcpStream::connect((host, port));
     };
     let mut last = std::io::Error::from(std::io::ErrorKind::NotFound);
@@ -319,6 +314,15 @@ pub(super) fn connect_coordinator(host: &str, port: u16) -> std::io::Result<std:
     Err(last)
 }
 
+/// The coordinator's addresses resolved at start-up for `host`:`port`.
+fn known_addrs(host: &str, port: u16) -> Option<Vec<std::net::SocketAddr>> {
+    COORD_ADDRS.with(|c| {
+        c.as_ref()
+            .filter(|(h, p, a)| h == host && *p == port && !a.is_empty())
+            .map(|(_, _, a)| a.clone())
+    })
+}
+
 /// As [`connect_coordinator`], but the socket is moved to the library's
 /// number `fd` before it is connected: the program runs meanwhile, and
 /// may still use the number the socket is first given as one of its own
@@ -327,12 +331,7 @@ pub(super) fn connect_coordinator(host: &str, port: u16) -> std::io::Result<std:
 /// never bytes meant for the library. A connect takes at most 30 s.
 pub(super) fn connect_coordinator_at(host: &str, port: u16, fd: i32) -> std::io::Result<()> {
     use std::net::{SocketAddr, ToSocketAddrs};
-    let known = COORD_ADDRS.with(|c| {
-        c.as_ref()
-            .filter(|(h, p, a)| h == host && *p == port && !a.is_empty())
-            .map(|(_, _, a)| a.clone())
-    });
-    let addrs = match known {
+    let addrs = match known_addrs(host, port) {
         Some(a) => a,
         None => (host, port).to_socket_addrs()?.collect(),
     };
