@@ -7,6 +7,8 @@
 # Usage: bench/pause.sh [MIB...]   (default 1024)
 # PAUSE_WRITE_PCT=P: the program writes P pages of every 100 in its loop
 # (default 100: all its memory, the worst case for a forked write; 0: none).
+# PAUSE_MODES: which launches, in order (default "normal forked"): normal
+# (--no-forked-ckpt), forked (--forked-ckpt), default (neither option).
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$here/../target/release
@@ -16,9 +18,14 @@ cc -O2 -o "$work/pausegap" "$here/c/pausegap.c"
 echo "| memory | mode | pause (largest gap in the program's loop) | -bc until committed | image |"
 echo "| --- | --- | --- | --- | --- |"
 for mib in ${@:-1024}; do
-  for mode in normal forked; do
+  for mode in ${PAUSE_MODES:-normal forked}; do
     opts=(--no-gzip)
-    if [ "$mode" = forked ]; then opts+=(--forked-ckpt); else opts+=(--no-forked-ckpt); fi
+    case "$mode" in
+      forked) opts+=(--forked-ckpt) ;;
+      normal) opts+=(--no-forked-ckpt) ;;
+      default) ;;
+      *) echo "unknown mode $mode (normal, forked, default)" >&2; exit 2 ;;
+    esac
     rm -rf "$work/ck"; mkdir -p "$work/ck"
     dmtcp_coordinator -q -q -p 0 --port-file "$work/port" --exit-on-last > "$work/coord.log" 2>&1 &
     while [ ! -s "$work/port" ]; do sleep 0.05; done

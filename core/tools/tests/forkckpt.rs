@@ -79,11 +79,13 @@ fn app_pid(job: &Job) -> i32 {
     top[0]
 }
 
-/// Wait until `pid` has a forked image writer; its pid.
-fn wait_writer(pid: i32) -> i32 {
+/// Wait until `pid` has a forked image writer other than those of
+/// `earlier` (the last round's, which may still be on its way out for a
+/// few milliseconds after its generation committed); its pid.
+fn wait_writer(pid: i32, earlier: &[i32]) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(&w) = writer_children(pid).first() {
+        if let Some(&w) = writer_children(pid).iter().find(|w| !earlier.contains(w)) {
             return w;
         }
         assert!(
@@ -186,8 +188,11 @@ fn a_killed_writer_fails_the_round_and_the_previous_generation_restarts() {
     job.checkpoint();
     job.wait_for("step 80");
     let pid = app_pid(&job);
+    // (The first round's writer may not have exited yet: the program ran
+    // on during that round and may be past step 80 already.)
+    let first = writer_children(pid);
     let bc = background_bc(&job);
-    let w = wait_writer(pid);
+    let w = wait_writer(pid, &first);
     // SAFETY: killing the writer child of our own job.
     unsafe { libc::kill(w, libc::SIGKILL) };
     let o = bc.wait_with_output().unwrap();
@@ -236,7 +241,7 @@ fn a_checkpoint_asked_for_while_the_writer_writes_waits() {
     job.wait_for("step 40");
     let pid = app_pid(&job);
     let first = background_bc(&job);
-    let w = wait_writer(pid);
+    let w = wait_writer(pid, &[]);
     // The program runs again (its state is captured; a request before
     // that would join the round, the program's state being the same).
     job.wait_for(&format!("step {}", last_step(&job) + 5));

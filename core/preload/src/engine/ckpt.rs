@@ -379,12 +379,7 @@ impl Ctl {
         // Which pages were written since the last capture (and write-
         // protect them again): those not written need not be read.
         let clean = if incremental {
-            super::dirty::begin(
-                &plan,
-                self.generation,
-                prev.as_ref().map(|p| p.generation),
-                link.is_some(),
-            )
+            super::dirty::begin(&plan, self.generation, prev.as_ref().map(|p| p.generation))
         } else {
             None
         };

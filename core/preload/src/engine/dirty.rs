@@ -15,8 +15,8 @@
 //! Trusted only when all of this holds, else the chunk is hashed:
 //! - the pages were write-protected when the previous image (the one
 //!   `incr::Prev` refers to) was captured by this process, in this
-//!   address space: not in a forked writer's round, not across a restart
-//!   or a fork, not after a round whose image failed;
+//!   address space: not across a restart or a fork of the program, not
+//!   after a round whose image failed;
 //! - the area is registered with our userfaultfd (a new, moved or
 //!   re-mapped area is not: the scan fails with EPERM for it; an area
 //!   another userfaultfd holds cannot be registered, EBUSY);
@@ -29,6 +29,11 @@
 //!   stacks), and no page of it was written while the image was written:
 //!   a second scan after the writers checks that (the library's own
 //!   threads keep running), and such chunks are hashed again and rewritten.
+//!   A forked writer writes the memory as it was at the fork: the parent
+//!   scans right after the fork and hands the child the pages written
+//!   since the write-protect ([`handoff_send`]); the child hashes and
+//!   rewrites those. (The child's own threads change only the library's
+//!   memory, which is never tracked.)
 //!
 //! A page zapped by `MADV_DONTNEED` is not present and not in the image,
 //! which shortens the run of pages it was in, so the chunk there no longer
@@ -40,7 +45,7 @@
 
 use super::fds::PROTECTED_FD_BASE;
 use super::memory::Plan;
-use core::sync::atomic::{AtomicI32, AtomicU32, Ordering::SeqCst};
+use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering::SeqCst};
 use dmtcp_sys::uffd;
 
 /// The library's userfaultfd for write-protect tracking.
@@ -128,6 +133,15 @@ pub fn forked_child() {
 pub fn after_restart() {
     OWNER.store(0, SeqCst);
     ARMED_GEN.store(0, SeqCst);
+    handoff_forget();
+}
+
+/// In a process restarted from an image a forked writer wrote: the
+/// handoff's mapping and fds were the writer's, not this process's.
+pub fn handoff_forget() {
+    HANDOFF.map.store(core::ptr::null_mut(), SeqCst);
+    HANDOFF.r.store(-1, SeqCst);
+    HANDOFF.w.store(-1, SeqCst);
 }
 
 /// Can memory of this process change without a write fault? Pages
@@ -236,10 +250,10 @@ fn scan(
 /// registered yet are registered and write-protected). Returns the pages
 /// unchanged since the previous image if that image (generation
 /// `prev_gen`) was captured at the last write-protect and nothing else
-/// forbids trusting them; `forked`: this image is written by a forked
-/// writer (nothing is trusted now, and the next checkpoint cannot trust
-/// this one either: its memory is the fork's, its capture not checked).
-pub fn begin(plan: &Plan, generation: u32, prev_gen: Option<u32>, forked: bool) -> Option<Clean> {
+/// forbids trusting them. (A forked writer's image is the memory at the
+/// fork, taken after this: its pages written in between are handed to
+/// it, see [`handoff_send`].)
+pub fn begin(plan: &Plan, generation: u32, prev_gen: Option<u32>) -> Option<Clean> {
     if off() {
         return None;
     }
@@ -249,7 +263,7 @@ pub fn begin(plan: &Plan, generation: u32, prev_gen: Option<u32>, forked: bool) 
         return None;
     }
     let armed = ARMED_GEN.swap(0, SeqCst);
-    let trusted = !forked && armed != 0 && prev_gen == Some(armed) && !writes_without_faults();
+    let trusted = armed != 0 && prev_gen == Some(armed) && !writes_without_faults();
     let mut clean = Vec::new();
     let mut w = Vec::new();
     let mut refused = false;
@@ -292,9 +306,7 @@ pub fn begin(plan: &Plan, generation: u32, prev_gen: Option<u32>, forked: bool) 
         STATE.store(-1, SeqCst);
         return None;
     }
-    if !forked {
-        ARMED_GEN.store(generation, SeqCst);
-    }
+    ARMED_GEN.store(generation, SeqCst);
     trusted.then_some(Clean { ranges: clean })
 }
 
@@ -358,6 +370,184 @@ pub unsafe extern "C" fn ioctl(fd: libc::c_int, req: libc::c_ulong, arg: usize) 
     }
     // SAFETY: forwarded as the program passed it.
     unsafe { f(fd, req, arg) }
+}
+
+/// A forked writer's round: the parent's list of the pages of `clean`
+/// written between [`begin`] (the re-arm) and the fork (by the library's
+/// own threads, or from outside the process), which the child took from
+/// the previous image unread although its copy of memory has them as
+/// they were at the fork. The child's own page map cannot tell (its areas
+/// are not registered), so the parent, which scans right after the fork,
+/// hands the list over: in a shared mapping made for the round, followed
+/// by one byte on a socket. A parent gone before the byte (end of file) or
+/// a list too long for the mapping counts as every page written.
+///
+/// One handoff at a time: the checkpoint thread's, for the round under
+/// way ([`handoff_open`] before the fork, [`handoff_after_fork`] on both
+/// sides, then [`handoff_send`] or [`handoff_recv`], or [`handoff_close`]
+/// if no child was forked).
+struct Handoff {
+    map: AtomicPtr<u64>,
+    /// The child's end, the parent's end; -1: closed.
+    r: AtomicI32,
+    w: AtomicI32,
+}
+
+static HANDOFF: Handoff = Handoff {
+    map: AtomicPtr::new(core::ptr::null_mut()),
+    r: AtomicI32::new(-1),
+    w: AtomicI32::new(-1),
+};
+
+/// Size of the handoff mapping: a count, then `[start, end)` pairs.
+const HANDOFF_BYTES: usize = 1 << 20;
+/// The count that says: every page of `clean`.
+const HANDOFF_ALL: u64 = u64::MAX;
+
+/// Before the fork: false if the mapping or socket pair cannot be had (the
+/// child then must not trust the tracking).
+pub fn handoff_open() -> bool {
+    // SAFETY: a fresh shared anonymous mapping (made after the memory
+    // plan, so it is in no image).
+    let map = unsafe {
+        super::unmap::sys_mmap(
+            core::ptr::null_mut(),
+            HANDOFF_BYTES,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return false;
+    }
+    let mut p = [-1i32; 2];
+    // SAFETY: a fresh socket pair of ours (a socket, not a pipe: the
+    // parent's send to a child already gone must not raise SIGPIPE in
+    // the program).
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            p.as_mut_ptr(),
+        )
+    } != 0
+    {
+        // SAFETY: unmapping what was mapped above.
+        unsafe { super::unmap::sys_munmap(map, HANDOFF_BYTES) };
+        return false;
+    }
+    HANDOFF.map.store(map as *mut u64, SeqCst);
+    HANDOFF.r.store(p[0], SeqCst);
+    HANDOFF.w.store(p[1], SeqCst);
+    true
+}
+
+/// The fd the child keeps (-1: no handoff).
+pub fn handoff_child_fd() -> i32 {
+    HANDOFF.r.load(SeqCst)
+}
+
+fn close_end(end: &AtomicI32) {
+    let fd = end.swap(-1, SeqCst);
+    if fd >= 0 {
+        // SAFETY: our fd, closed once (swapped out above).
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Right after the fork, on each side: the other side's end goes (in the
+/// child, so that the parent's death is an end of file there).
+pub fn handoff_after_fork(in_child: bool) {
+    close_end(if in_child { &HANDOFF.w } else { &HANDOFF.r });
+}
+
+/// Let go of the mapping and of this process's socket ends.
+pub fn handoff_close() {
+    close_end(&HANDOFF.r);
+    close_end(&HANDOFF.w);
+    let map = HANDOFF.map.swap(core::ptr::null_mut(), SeqCst);
+    if !map.is_null() {
+        // SAFETY: our mapping, unmapped once (swapped out above).
+        unsafe { super::unmap::sys_munmap(map as *mut libc::c_void, HANDOFF_BYTES) };
+    }
+}
+
+/// In the parent, after the fork: hand over the pages written (sorted;
+/// None: all of them).
+pub fn handoff_send(written: Option<&[(u64, u64)]>) {
+    let map = HANDOFF.map.load(SeqCst);
+    if map.is_null() {
+        return;
+    }
+    let cap = (HANDOFF_BYTES / 8 - 1) / 2;
+    let n = match written {
+        Some(w) if w.len() <= cap => {
+            for (i, &(s, e)) in w.iter().enumerate() {
+                // SAFETY: 2 + 2 * i < HANDOFF_BYTES / 8: inside the mapping.
+                unsafe {
+                    map.add(1 + 2 * i).write(s);
+                    map.add(2 + 2 * i).write(e);
+                }
+            }
+            w.len() as u64
+        }
+        _ => HANDOFF_ALL,
+    };
+    // SAFETY: the first word of the mapping.
+    unsafe { map.write_volatile(n) };
+    let b = 1u8;
+    let w = HANDOFF.w.load(SeqCst);
+    if w >= 0 {
+        // SAFETY: one byte from our buffer (the socket's buffer is empty:
+        // this does not block; a child gone is EPIPE, without a signal).
+        unsafe {
+            libc::send(
+                w,
+                &b as *const u8 as *const libc::c_void,
+                1,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+    }
+    handoff_close();
+}
+
+/// In the child, once its writers are done: the pages of `clean` the
+/// parent found written (all of them if it could not say).
+pub fn handoff_recv(clean: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let map = HANDOFF.map.load(SeqCst);
+    let r = HANDOFF.r.load(SeqCst);
+    let mut n = HANDOFF_ALL;
+    if !map.is_null() && r >= 0 {
+        let mut b = 0u8;
+        let got = loop {
+            // SAFETY: reading one byte into our buffer.
+            let k = unsafe { libc::read(r, &mut b as *mut u8 as *mut libc::c_void, 1) };
+            if k >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break k == 1;
+            }
+        };
+        if got {
+            // SAFETY: the first word of the mapping (written before the byte).
+            n = unsafe { map.read_volatile() };
+        }
+    }
+    let out = if n == HANDOFF_ALL {
+        clean.to_vec()
+    } else {
+        (0..n as usize)
+            .map(|i| {
+                // SAFETY: the parent wrote n pairs (n within the capacity)
+                // before its byte.
+                unsafe { (map.add(1 + 2 * i).read(), map.add(2 + 2 * i).read()) }
+            })
+            .collect()
+    };
+    handoff_close();
+    out
 }
 
 /// Does `[a, b)` meet any of the sorted ranges `w`?

@@ -1,6 +1,7 @@
 //! Which memory to save: /proc/self/maps classified into image areas, and
 //! the work items the writer threads share.
 
+use core::sync::atomic::AtomicBool;
 use dmtcp_common::image::Area;
 use dmtcp_sys::restore::*;
 use std::io::Read;
@@ -417,13 +418,49 @@ fn file_matches(path: &str, inode: u64, size: &mut u64) -> bool {
     }
 }
 
+/// Has this process (or the one it was forked from) asked `madvise(2)`
+/// for `MADV_DONTFORK` or `MADV_WIPEONFORK`? Until it has, no mapping
+/// has either flag (exec clears them, and so this), and [`fork_unsafe`]
+/// need not read /proc/self/smaps, which walks every page table (about
+/// 20 ms a GiB, in the pause).
+static FORK_ADVICE: AtomicBool = AtomicBool::new(false);
+
+/// `madvise(2)`: the advice a forked writer must know of is noted (before
+/// the call: a checkpoint between the two then looks in vain, never
+/// misses it). A raw `syscall(SYS_madvise, ...)` is not seen: a
+/// `MADV_DONTFORK` area so marked kills the writer (the round fails, the
+/// previous generation stays); a `MADV_WIPEONFORK` one is imaged as
+/// zeroes, which is what its owner expects of a new process.
+///
+/// # Safety
+/// The `madvise(2)` contract.
+#[no_mangle]
+pub unsafe extern "C" fn madvise(
+    addr: *mut libc::c_void,
+    len: libc::size_t,
+    advice: libc::c_int,
+) -> libc::c_int {
+    if advice == libc::MADV_DONTFORK || advice == libc::MADV_WIPEONFORK {
+        FORK_ADVICE.store(true, core::sync::atomic::Ordering::SeqCst);
+    }
+    let f = super::iface::next_libc!(
+        c"madvise",
+        unsafe extern "C" fn(*mut libc::c_void, libc::size_t, libc::c_int) -> libc::c_int
+    );
+    // SAFETY: forwarded as the program passed it.
+    unsafe { f(addr, len, advice) }
+}
+
 /// Why a forked child could not write this process's memory, if it
 /// could not: a mapping of the plan the kernel does not copy into a
 /// child (`MADV_DONTFORK`, as verbs libraries may mark registered memory)
-/// or copies as zeroes (`MADV_WIPEONFORK`). Read from /proc/self/smaps.
-/// (Device memory left out of images, which drivers often mark so, does
-/// not matter.)
+/// or copies as zeroes (`MADV_WIPEONFORK`). Read from /proc/self/smaps,
+/// once the program has asked for either. (Device memory left out of
+/// images, which drivers often mark so, does not matter.)
 pub fn fork_unsafe(plan: &Plan) -> Option<String> {
+    if !FORK_ADVICE.load(core::sync::atomic::Ordering::SeqCst) {
+        return None;
+    }
     let text = std::fs::read_to_string("/proc/self/smaps").ok()?;
     let mut area = "";
     let mut planned = false;

@@ -217,8 +217,17 @@ static TEST_DELAY_MS: AtomicU32 = AtomicU32::new(0);
 /// there lies in memory the dirty tracking proved unchanged, it is set to
 /// 0x5a right after the writers are done, as a write from outside the
 /// program during the image's writing would (the check after the writers
-/// must then hash and rewrite its chunk).
+/// must then hash and rewrite its chunk); with a forked writer, right
+/// before the fork (the parent's check after the fork must find it).
 static TEST_POKE: AtomicU64 = AtomicU64::new(0);
+
+fn test_poke(clean: &[(u64, u64)]) {
+    let poke = TEST_POKE.load(SeqCst);
+    if poke != 0 && super::dirty::Clean::covers(clean, poke, poke + 1) {
+        // SAFETY: the byte lies in a tracked area: private, writable, mapped.
+        unsafe { core::ptr::write_volatile(poke as *mut u8, 0x5a) };
+    }
+}
 
 /// Start `n` writer threads (at library start-up).
 pub fn start(n: usize) {
@@ -428,6 +437,12 @@ fn prefetch(addr: u64) {
     let _ = addr;
 }
 
+/// A page of private or shared anonymous memory known not to be all
+/// zeroes: is it in memory or swap (by its page-map entry `e`)?
+fn want_unread(e: u64) -> bool {
+    e >> 63 & 1 != 0 || e >> 62 & 1 != 0
+}
+
 fn want(select: Select, e: u64, addr: u64) -> bool {
     let present = e >> 63 & 1 != 0;
     let swapped = e >> 62 & 1 != 0;
@@ -436,6 +451,79 @@ fn want(select: Select, e: u64, addr: u64) -> bool {
         Select::Anon | Select::SharedAnon => (present || swapped) && !is_zero(addr),
         Select::Cow => (present && !file) || swapped,
         Select::Shared => true,
+    }
+}
+
+/// The job's table of the previous image's chunks (empty: none).
+fn job_prev() -> &'static [incr::PrevChunk] {
+    let p = JOB.prev.load(Relaxed);
+    if p.is_null() {
+        return &[];
+    }
+    // SAFETY: the checkpoint thread keeps the table alive and unchanged
+    // for the job (see write_image).
+    unsafe { core::slice::from_raw_parts(p, JOB.prev_n.load(Relaxed)) }
+}
+
+/// The job's pages proven unchanged since the previous image (empty:
+/// none).
+fn job_clean() -> &'static [(u64, u64)] {
+    let p = JOB.clean.load(Relaxed);
+    if p.is_null() {
+        return &[];
+    }
+    // SAFETY: as for the previous image's table.
+    unsafe { core::slice::from_raw_parts(p, JOB.clean_n.load(Relaxed)) }
+}
+
+/// Pages of an item, asked in (mostly) rising order: is the page one the
+/// dirty tracking proved unchanged since the previous image, and if so,
+/// was it in that image? A page in it was present and not all zeroes
+/// then, and is so now; a page that was not in it was all zeroes or
+/// absent then (a page faulted in since counts as written), and is either
+/// now. So its zero test, a read of up to 512 bytes of it (most of the
+/// time of an incremental image of which most is unchanged), is not needed.
+struct CleanPages<'a> {
+    clean: &'a [(u64, u64)],
+    prev: &'a [incr::PrevChunk],
+    ci: usize,
+    pi: usize,
+    last: u64,
+}
+
+impl<'a> CleanPages<'a> {
+    fn new(clean: &'a [(u64, u64)], prev: &'a [incr::PrevChunk]) -> Self {
+        CleanPages {
+            clean: if prev.is_empty() { &[] } else { clean },
+            prev,
+            ci: 0,
+            pi: 0,
+            last: u64::MAX,
+        }
+    }
+
+    /// None: not proven unchanged (test it); Some(it was in the previous
+    /// image).
+    fn at(&mut self, a: u64) -> Option<bool> {
+        if self.clean.is_empty() {
+            return None;
+        }
+        if a < self.last || self.last == u64::MAX {
+            self.ci = self.clean.partition_point(|r| r.1 <= a);
+            self.pi = self.prev.partition_point(|c| c.addr + c.len <= a);
+        }
+        self.last = a;
+        while self.clean.get(self.ci).is_some_and(|r| r.1 <= a) {
+            self.ci += 1;
+        }
+        let r = self.clean.get(self.ci)?;
+        if a < r.0 {
+            return None;
+        }
+        while self.prev.get(self.pi).is_some_and(|c| c.addr + c.len <= a) {
+            self.pi += 1;
+        }
+        Some(self.prev.get(self.pi).is_some_and(|c| c.addr <= a))
     }
 }
 
@@ -499,10 +587,16 @@ fn process_with(st: &mut WState, it: &Item, pm: &mut [u64]) -> Result<(), i32> {
     }
     let addr = |i: usize| it.start + (i * PAGE) as u64;
     let tests_zero = matches!(it.select, Select::Anon | Select::SharedAnon);
+    let mut known = CleanPages::new(if it.volatile { &[] } else { job_clean() }, job_prev());
     // Page j is wanted in the image (pages are tested in order).
-    let wanted = |j: usize| {
-        if tests_zero && j + PREFETCH_PAGES < pages {
-            prefetch(addr(j + PREFETCH_PAGES));
+    let mut wanted = |j: usize| {
+        if tests_zero {
+            if let Some(was_in) = known.at(addr(j)) {
+                return was_in && want_unread(pm[j]);
+            }
+            if j + PREFETCH_PAGES < pages {
+                prefetch(addr(j + PREFETCH_PAGES));
+            }
         }
         want(it.select, pm[j], addr(j))
     };
@@ -637,21 +731,8 @@ fn write_blocks(
     len: usize,
     volatile: bool,
 ) -> Result<(), i32> {
-    let prev_p = JOB.prev.load(Relaxed);
-    let prev: &[incr::PrevChunk] = if prev_p.is_null() {
-        &[]
-    } else {
-        // SAFETY: the checkpoint thread keeps the table alive and unchanged
-        // for the job (see write_image).
-        unsafe { core::slice::from_raw_parts(prev_p, JOB.prev_n.load(Relaxed)) }
-    };
-    let clean_p = JOB.clean.load(Relaxed);
-    let clean: &[(u64, u64)] = if clean_p.is_null() || volatile {
-        &[]
-    } else {
-        // SAFETY: as for the previous image's table.
-        unsafe { core::slice::from_raw_parts(clean_p, JOB.clean_n.load(Relaxed)) }
-    };
+    let prev = job_prev();
+    let clean = if volatile { &[][..] } else { job_clean() };
     // Where the blocks are read (and the raw ones written) from: the
     // bounce buffer when this is a forked writer's O_DIRECT write (a
     // volatile run is there already).
@@ -925,7 +1006,14 @@ fn fork_writer() -> bool {
         );
         return false;
     }
+    let clean_p = JOB.clean.load(SeqCst);
+    if !clean_p.is_null() {
+        // SAFETY: the checkpoint thread's table, alive for the job.
+        let ranges = unsafe { core::slice::from_raw_parts(clean_p, JOB.clean_n.load(SeqCst)) };
+        test_poke(ranges);
+    }
     let pid = arch::raw_fork();
+    super::dirty::handoff_after_fork(pid == 0);
     if pid == 0 {
         child_write(p[1]);
         return true;
@@ -1009,6 +1097,8 @@ fn child_write(shared_w: i32) {
         shared_w,
         // The node-wide memory reservation: held while this child lives.
         super::forkmem::RESERVE_FD.load(SeqCst),
+        // Where the parent says what was written up to the fork.
+        super::dirty::handoff_child_fd(),
     ];
     keep.sort_unstable();
     close_all_but(&keep);
@@ -1344,6 +1434,9 @@ pub fn write_image(
     );
     JOB.prev_n.store(prev.map_or(0, |p| p.chunks.len()), SeqCst);
     let clean = opts.clean.filter(|_| prev.is_some());
+    // A forked writer trusts the tracking only with the parent's list of
+    // what was written up to the fork (see dirty.rs).
+    let clean = clean.filter(|_| fork_link.is_none() || super::dirty::handoff_open());
     JOB.clean.store(
         clean.map_or(core::ptr::null_mut(), |c| c.ranges.as_ptr() as *mut _),
         SeqCst,
@@ -1382,21 +1475,27 @@ pub fn write_image(
         IN_CHILD.store(false, SeqCst);
         FORK_LINK.store(-1, SeqCst);
         super::forkmem::forget();
+        super::dirty::handoff_forget();
         threads::reapply(ckpt_slot);
         return Outcome::Restarted;
     }
     FORK_LINK.store(-1, SeqCst);
     // Pages of skipped blocks written while the image was written (not by
     // the program, which is suspended): asked before anything else here
-    // changes memory, checked below.
+    // changes memory, checked below. A forked writer has them from its
+    // parent: those written up to the fork.
     if let Some(c) = clean {
-        let poke = TEST_POKE.load(SeqCst);
-        if poke != 0 && super::dirty::Clean::covers(&c.ranges, poke, poke + 1) {
-            // SAFETY: the byte lies in a tracked area: private, writable, mapped.
-            unsafe { core::ptr::write_volatile(poke as *mut u8, 0x5a) };
+        if !in_forked_child() && FORKED.load(SeqCst) == 0 {
+            test_poke(&c.ranges);
         }
     }
-    let written_meanwhile = clean.map(|c| super::dirty::written_since(&c.ranges));
+    let written_meanwhile = clean.map(|c| {
+        if in_forked_child() {
+            super::dirty::handoff_recv(&c.ranges)
+        } else {
+            super::dirty::written_since(&c.ranges)
+        }
+    });
     super::memory::close_down(plan);
     // SAFETY: closing fds we opened (a forked writer closed the page map
     // it inherited, and its own is no longer needed either).
@@ -1413,9 +1512,14 @@ pub fn write_image(
     }
     let child = FORKED.swap(0, SeqCst);
     if child > 0 {
+        super::dirty::handoff_send(written_meanwhile.as_deref());
         // SAFETY: the child has its own copy of the image's fd.
         unsafe { libc::close(fd_buf) };
         return Outcome::Forked { pid: child };
+    }
+    if !in_forked_child() {
+        // (No child was forked.)
+        super::dirty::handoff_close();
     }
     let fork_err = FORK_ERR.swap(0, SeqCst);
     if fork_link.is_some() && !in_forked_child() {
@@ -1737,5 +1841,47 @@ pub fn discard(path: &Path) {
         if let Some(d) = path.parent() {
             libc::rmdir(cpath(d).as_ptr());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(addr: u64, len: u64) -> incr::PrevChunk {
+        incr::PrevChunk {
+            addr,
+            len,
+            hash: 0,
+            file_off: 0,
+            stored_len: len,
+            crc: 0,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn clean_pages_know_what_the_previous_image_had() {
+        let p = PAGE as u64;
+        let clean = [(0x10 * p, 0x20 * p), (0x30 * p, 0x40 * p)];
+        let prev = [chunk(0x12 * p, 2 * p), chunk(0x1f * p, 0x12 * p)];
+        let mut k = CleanPages::new(&clean, &prev);
+        // Before, between and after the clean ranges: not known.
+        assert_eq!(k.at(0x0f * p), None);
+        assert_eq!(k.at(0x10 * p), Some(false));
+        assert_eq!(k.at(0x12 * p), Some(true));
+        assert_eq!(k.at(0x13 * p), Some(true));
+        assert_eq!(k.at(0x14 * p), Some(false));
+        assert_eq!(k.at(0x1f * p), Some(true));
+        assert_eq!(k.at(0x20 * p), None);
+        assert_eq!(k.at(0x30 * p), Some(true));
+        assert_eq!(k.at(0x31 * p), Some(false));
+        // Asked again further back (after a long last run): found anew.
+        assert_eq!(k.at(0x13 * p), Some(true));
+        assert_eq!(k.at(0x14 * p), Some(false));
+        assert_eq!(k.at(0x40 * p), None);
+        // Without a previous image nothing is known.
+        let mut none = CleanPages::new(&clean, &[]);
+        assert_eq!(none.at(0x12 * p), None);
     }
 }
