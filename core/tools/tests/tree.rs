@@ -561,3 +561,32 @@ fn thread_ids_and_proc_paths_survive_restarts_without_a_pid_namespace() {
         "ids after restarts without a pid namespace"
     );
 }
+
+/// A checkpointed shell runs `dmtcp_command -bc` and goes on. The tool
+/// loads the library (the shell's `LD_PRELOAD`) but never joins the
+/// computation: the round must not wait for it as for a new program that
+/// has yet to join (it waited 10 s and warned, with the tool waiting for
+/// the round). After a restart the shell goes on to its end.
+#[test]
+fn a_checkpoint_requested_by_the_program_through_dmtcp_command() {
+    let mut job = Job::new("tool-child");
+    let cmd = format!(
+        "{} -h 127.0.0.1 -p {} -bc; echo bc $?; i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo step $i; sleep 0.05; done",
+        bin_dir().join("dmtcp_command").display(),
+        job.port
+    );
+    job.launch(&["bash", "-c", &cmd], &[]);
+    job.wait_for("bc 0\n");
+    let err = std::fs::read_to_string(job.dir.join("err.txt")).unwrap_or_default();
+    assert!(
+        !err.contains("did not join"),
+        "the round waited for dmtcp_command: {err}"
+    );
+    job.wait_for("step 5\n");
+    job.checkpoint();
+    job.kill();
+    job.restart();
+    job.wait_success();
+    let out = job.output();
+    assert!(out.ends_with("step 40\n"), "{}", job.diag());
+}

@@ -30,13 +30,30 @@ pub(super) fn wait_newcomers(host: &str, port: u16) {
     // A real pid: "//" keeps the library's /proc wrappers off. Fields
     // after ")" start at field 3 (state); exit_signal is field 38: 0 for
     // this process's forked image writers, which are no processes of the
-    // job. None: gone, or exited (a zombie the capture records with its
-    // status), or a writer.
+    // job; starttime is field 22. None: gone, or exited (a zombie the
+    // capture records with its status), or a writer, or one of our tools
+    // (they load the library but never join), or a child given up on in
+    // an earlier round; else its start time.
+    let given_up = GIVEN_UP.lock().map(|g| g.clone()).unwrap_or_default();
     let running_child = |c: i32| {
         let stat = std::fs::read_to_string(format!("/proc//{c}/stat")).ok()?;
         let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         let gone = matches!(f.first().copied(), None | Some("Z" | "X" | "x"));
-        (!gone && f.get(38 - 3) != Some(&"0")).then_some(())
+        if gone || f.get(38 - 3) == Some(&"0") {
+            return None;
+        }
+        let started: u64 = f.get(22 - 3)?.parse().ok()?;
+        if given_up.contains(&(c, started)) {
+            return None;
+        }
+        let exe = std::fs::read_link(format!("/proc//{c}/exe")).ok()?;
+        if exe
+            .file_name()
+            .is_some_and(|n| super::start::never_joins(&n.to_string_lossy()))
+        {
+            return None;
+        }
+        Some(started)
     };
     // Children running a program that maps the library.
     let mut left: Vec<i32> = proctree::children()
@@ -67,13 +84,34 @@ pub(super) fn wait_newcomers(host: &str, port: u16) {
         if start.elapsed().as_millis() >= NEWCOMER_WAIT_MS {
             log::warn(format_args!(
                 "children {left:?} run under checkpoint control but did not join the coordinator \
-                 within {} s; this checkpoint goes on without them",
+                 within {} s; this checkpoint goes on without them, and later ones do not wait \
+                 for them",
                 NEWCOMER_WAIT_MS / 1000
             ));
+            if let Ok(mut g) = GIVEN_UP.lock() {
+                // (Those of them still running: a pid is only the same
+                // process with the same start time.)
+                g.retain(|&(p, t)| running_child_started(p) == Some(t));
+                g.extend(
+                    left.iter()
+                        .filter_map(|&c| running_child_started(c).map(|t| (c, t))),
+                );
+            }
             return;
         }
         dmtcp_sys::sleep_ms(5);
     }
+}
+
+/// Children a checkpoint waited for in vain (pid, start time): later
+/// rounds do not wait for them again. Only the checkpoint thread uses it.
+static GIVEN_UP: std::sync::Mutex<Vec<(i32, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// The start time of process `c` (field 22 of its stat), if it runs.
+fn running_child_started(c: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc//{c}/stat")).ok()?;
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    f.get(22 - 3)?.parse().ok()
 }
 
 /// Is this a vfork child (sharing its parent's memory, not yet exec'd)?

@@ -124,20 +124,25 @@ fn exe_name() -> String {
         .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
         .unwrap_or_default()
 }
+/// Is the program `exe` (a file name) one of our own tools, which load
+/// the library (inherited `LD_PRELOAD`) but never join the computation?
+/// The ssh plugin's relays (dmtcp_ssh, dmtcp_sshd) and the batch
+/// plugin's srun stand-in and task parent (dmtcp_srun --relay, --task)
+/// are processes of the computation.
+pub(super) fn never_joins(exe: &str) -> bool {
+    exe.starts_with("dmtcp_") && !matches!(exe, "dmtcp_ssh" | "dmtcp_sshd" | "dmtcp_srun")
+}
+
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn dmtcp_init() {
     // Our own tools are never checkpointed, even when a checkpointed program
-    // runs them; the ssh plugin's relays (dmtcp_ssh, dmtcp_sshd) and the
-    // batch plugin's srun stand-in and task parent (dmtcp_srun --relay,
-    // --task) are processes of the computation.
+    // runs them (never_joins).
     // First: the auxiliary vector is found after the environment's NULL
     // until something changes the environment (taking the secret does).
     super::vdso::find_auxv();
     let exe = exe_name();
     super::secret::take_from_env();
-    if exe.starts_with("dmtcp_")
-        && !matches!(exe.as_str(), "dmtcp_ssh" | "dmtcp_sshd" | "dmtcp_srun")
-    {
+    if never_joins(&exe) {
         if take_inherited_coord().is_some() {
             // The connection of the program this tool replaced: closing it
             // tells the coordinator that process is gone.
