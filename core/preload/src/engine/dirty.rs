@@ -521,19 +521,9 @@ pub fn handoff_recv(clean: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let map = HANDOFF.map.load(SeqCst);
     let r = HANDOFF.r.load(SeqCst);
     let mut n = HANDOFF_ALL;
-    if !map.is_null() && r >= 0 {
-        let mut b = 0u8;
-        let got = loop {
-            // SAFETY: reading one byte into our buffer.
-            let k = unsafe { libc::read(r, &mut b as *mut u8 as *mut libc::c_void, 1) };
-            if k >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                break k == 1;
-            }
-        };
-        if got {
-            // SAFETY: the first word of the mapping (written before the byte).
-            n = unsafe { map.read_volatile() };
-        }
+    if !map.is_null() && r >= 0 && super::fdguard::read_byte(r) {
+        // SAFETY: the first word of the mapping (written before the byte).
+        n = unsafe { map.read_volatile() };
     }
     let out = if n == HANDOFF_ALL {
         clean.to_vec()

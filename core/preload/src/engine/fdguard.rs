@@ -25,6 +25,20 @@ pub fn close_own(fd: c_int) {
     unsafe { libc::syscall(libc::SYS_close, fd) };
 }
 
+/// Wait for one byte on the library's own `fd` (a pipe or socket whose
+/// other end says "done" with a byte): true if it came, false at the end
+/// of the file (the other side is gone) or on an error.
+pub fn read_byte(fd: c_int) -> bool {
+    let mut b = 0u8;
+    loop {
+        // SAFETY: reading one byte into our buffer.
+        let r = unsafe { libc::read(fd, &mut b as *mut u8 as *mut libc::c_void, 1) };
+        if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return r == 1;
+        }
+    }
+}
+
 /// Put `old` at the library's number `new` with close-on-exec (bypassing
 /// the guard); -1 on failure.
 pub fn dup_own(old: c_int, new: c_int) -> c_int {
@@ -237,7 +251,9 @@ mod tests {
                 fill_placeholders();
                 let filled = (BASE..BASE + COUNT).filter(|&fd| is_open(fd)).count() as i32;
                 // Nothing of ours left open above the range either.
-                let stray = (BASE + COUNT..BASE + COUNT + 16).filter(|&fd| is_open(fd)).count() as i32;
+                let stray = (BASE + COUNT..BASE + COUNT + 16)
+                    .filter(|&fd| is_open(fd))
+                    .count() as i32;
                 if filled == COUNT && stray == 0 {
                     0
                 } else {

@@ -36,13 +36,13 @@ pub(super) fn wait_newcomers(host: &str, port: u16) {
     // an earlier round; else its start time.
     let given_up = GIVEN_UP.lock().map(|g| g.clone()).unwrap_or_default();
     let running_child = |c: i32| {
-        let stat = std::fs::read_to_string(format!("/proc//{c}/stat")).ok()?;
-        let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let gone = matches!(f.first().copied(), None | Some("Z" | "X" | "x"));
-        if gone || f.get(38 - 3) == Some(&"0") {
-            return None;
-        }
-        let started: u64 = f.get(22 - 3)?.parse().ok()?;
+        let started = proctree::with_stat(c, |st| {
+            let gone = matches!(st.field(3), None | Some("Z" | "X" | "x"));
+            if gone || st.field(38) == Some("0") {
+                return None;
+            }
+            st.field(22)?.parse::<u64>().ok()
+        })?;
         if given_up.contains(&(c, started)) {
             return None;
         }
@@ -107,11 +107,9 @@ pub(super) fn wait_newcomers(host: &str, port: u16) {
 /// rounds do not wait for them again. Only the checkpoint thread uses it.
 static GIVEN_UP: std::sync::Mutex<Vec<(i32, u64)>> = std::sync::Mutex::new(Vec::new());
 
-/// The start time of process `c` (field 22 of its stat), if it runs.
+/// The start time of process `c` (field 22 of its stat), if it is there.
 fn running_child_started(c: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc//{c}/stat")).ok()?;
-    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    f.get(22 - 3)?.parse().ok()
+    proctree::with_stat(c, |st| st.field(22)?.parse().ok())
 }
 
 /// Is this a vfork child (sharing its parent's memory, not yet exec'd)?

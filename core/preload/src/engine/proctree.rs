@@ -26,15 +26,28 @@ pub(super) fn children() -> Vec<i32> {
     out
 }
 
-/// The wait status a zombie child would report, without reaping it.
-fn zombie_status(pid: i32) -> Option<i32> {
+/// The fields of one /proc/PID/stat from the state on.
+pub(super) struct Stat<'a>(Vec<&'a str>);
+
+impl<'a> Stat<'a> {
+    /// Field `n` as `proc(5)` numbers them (3: the state; 1 and 2, the
+    /// pid and name, are not kept).
+    pub(super) fn field(&self, n: usize) -> Option<&'a str> {
+        n.checked_sub(3).and_then(|i| self.0.get(i).copied())
+    }
+}
+
+/// What `f` makes of the stat of process `pid`, if it is there.
+pub(super) fn with_stat<T>(pid: i32, f: impl FnOnce(Stat<'_>) -> Option<T>) -> Option<T> {
     // A real pid: the double slash keeps the library's own /proc path
     // wrappers (procpath) from reading it as one the program knows.
     let stat = std::fs::read_to_string(format!("/proc//{pid}/stat")).ok()?;
-    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
-    if state != "Z" {
-        return None;
-    }
+    f(Stat(stat.rsplit_once(')')?.1.split_whitespace().collect()))
+}
+
+/// The wait status a zombie child would report, without reaping it.
+fn zombie_status(pid: i32) -> Option<i32> {
+    with_stat(pid, |st| (st.field(3)? == "Z").then_some(()))?;
     // SAFETY: a zeroed siginfo_t for waitid to fill.
     let mut si: libc::siginfo_t = unsafe { core::mem::zeroed() };
     // The raw call, not the library's own waitid wrapper (which would

@@ -448,7 +448,7 @@ fn want(select: Select, e: u64, addr: u64) -> bool {
     let swapped = e >> 62 & 1 != 0;
     let file = e >> 61 & 1 != 0;
     match select {
-        Select::Anon | Select::SharedAnon => (present || swapped) && !is_zero(addr),
+        Select::Anon | Select::SharedAnon => want_unread(e) && !is_zero(addr),
         Select::Cow => (present && !file) || swapped,
         Select::Shared => true,
     }
@@ -498,6 +498,7 @@ impl<'a> CleanPages<'a> {
             prev,
             ci: 0,
             pi: 0,
+            // (Above any page: the first question finds its place anew.)
             last: u64::MAX,
         }
     }
@@ -508,7 +509,7 @@ impl<'a> CleanPages<'a> {
         if self.clean.is_empty() {
             return None;
         }
-        if a < self.last || self.last == u64::MAX {
+        if a < self.last {
             self.ci = self.clean.partition_point(|r| r.1 <= a);
             self.pi = self.prev.partition_point(|c| c.addr + c.len <= a);
         }
@@ -1006,12 +1007,7 @@ fn fork_writer() -> bool {
         );
         return false;
     }
-    let clean_p = JOB.clean.load(SeqCst);
-    if !clean_p.is_null() {
-        // SAFETY: the checkpoint thread's table, alive for the job.
-        let ranges = unsafe { core::slice::from_raw_parts(clean_p, JOB.clean_n.load(SeqCst)) };
-        test_poke(ranges);
-    }
+    test_poke(job_clean());
     let pid = arch::raw_fork();
     super::dirty::handoff_after_fork(pid == 0);
     if pid == 0 {
@@ -1029,14 +1025,7 @@ fn fork_writer() -> bool {
     if JOB.shared_n.load(SeqCst) > 0 {
         // The child's byte (shared memory written), or the end of the file
         // (it is gone).
-        let mut b = [0u8; 1];
-        loop {
-            // SAFETY: reading one byte into our buffer.
-            let r = unsafe { libc::read(p[0], b.as_mut_ptr() as *mut c_void, 1) };
-            if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                break;
-            }
-        }
+        super::fdguard::read_byte(p[0]);
     }
     // SAFETY: our end of the pipe.
     unsafe { libc::close(p[0]) };

@@ -75,6 +75,8 @@ fn deleted(target: &str) -> bool {
 
 /// A lock the process held at checkpoint time: (fd, flock?, write?, start, end (-1: to EOF)).
 type Lock = (i32, bool, bool, i64, i64);
+/// A lock without its fd: (flock?, write?, start, end).
+type LockKind = (bool, bool, i64, i64);
 
 /// The record locks (`fcntl`) this process holds and the `flock` locks it
 /// took, on the regular files it has open: from each one's
@@ -87,20 +89,19 @@ type Lock = (i32, bool, bool, i64, i64);
 fn held_locks(infos: &[FdInfo]) -> Vec<Lock> {
     let me = dmtcp_sys::getpid();
     let mut out: Vec<Lock> = Vec::new();
-    // (file, then the lock as in Lock without its fd)
-    let mut seen: Vec<((u64, u64), Lock)> = Vec::new();
+    let mut seen: Vec<((u64, u64), LockKind)> = Vec::new();
     for i in infos {
         let Some(id) = i.file_id else { continue };
         let Ok(text) = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", i.fd)) else {
             continue;
         };
         for l in text.lines().filter_map(|l| l.strip_prefix("lock:")) {
-            let Some((flock, write, start, end)) = parse_lock(l, me, id) else {
+            let Some(kind) = parse_lock(l, me, id) else {
                 continue;
             };
-            let key = (id, (0, flock, write, start, end));
-            if !seen.contains(&key) {
-                seen.push(key);
+            if !seen.contains(&(id, kind)) {
+                seen.push((id, kind));
+                let (flock, write, start, end) = kind;
                 out.push((i.fd, flock, write, start, end));
             }
         }
@@ -111,7 +112,7 @@ fn held_locks(infos: &[FdInfo]) -> Vec<Lock> {
 /// One line of /proc/locks (as in fdinfo): (flock?, write?, start, end)
 /// if it is a POSIX or FLOCK lock of process `me` on the file `id`
 /// (device, inode).
-fn parse_lock(l: &str, me: i32, id: (u64, u64)) -> Option<(bool, bool, i64, i64)> {
+fn parse_lock(l: &str, me: i32, id: (u64, u64)) -> Option<LockKind> {
     let f: Vec<&str> = l.split_whitespace().collect();
     if f.len() < 8 || l.contains("->") {
         return None;
