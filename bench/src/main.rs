@@ -167,7 +167,7 @@ const USAGE: &[&str] = &[
     "       bench soak [--cycles 500] [--restarts 50] [--every 50] [--dir DIR]",
     "       bench parallel [--procs 8] [--mib 512] [--runs 3] [--nodes K] [--dmtcp DIR] [--dir DIR]",
     "       bench mpi [--ranks 2,4,8] [--steps 100000] [--runs 3] [--btl self,vader] [--per-node K] [--dmtcp DIR] [--dir DIR]",
-    "       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--modes zstd,raw,raw+on-fill] [--host-memory touched|as-is] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]",
+    "       bench peers [--sizes 1,4] [--kinds random] [--cache cold,warm] [--modes zstd,raw,raw+before] [--host-memory touched|as-is] [--dmtcp DIR] [--criu] [--dir DIR] [--plots DIR]",
     "       bench ibrate [--runs 7] [--iters 300000]   (8-byte ib_write_bw message rate, bare vs --ib)",
     "       bench pause [MIB...]   (the program's pause with and without --forked-ckpt)",
     "       bench incremental [--mib 1024] [--percent 10] [--modes zstd,raw] [--runs 1] [--dir DIR]",
@@ -704,12 +704,15 @@ fn one(dir: &Path, gib: usize, kind: &str, mode: &str, cache: Cache) -> Row {
     let image = std::fs::metadata(&img).unwrap().len();
     cache.prepare(&img);
     touch_host_memory();
-    // "raw+on-fill", "zstd+on-fill": restarted with `--verify on-fill`.
-    let opts: &[&str] = if mode.ends_with("+on-fill") {
-        &["--verify", "on-fill"]
-    } else {
-        &[]
+    // "raw+before", "zstd+before": restarted with `--verify before` (every
+    // chunk checked before the program resumes); "+on-fill" spells the
+    // default out.
+    let opts: Vec<&str> = match mode.split_once('+') {
+        Some((_, when @ ("before" | "on-fill"))) => vec!["--verify", when],
+        Some((_, other)) => panic!("mode {mode}: +{other}? (+before or +on-fill)"),
+        None => Vec::new(),
     };
+    let opts = &opts[..];
     let (mut r, restart_s, all_in_s) = restart_timed_with(&coord, &img, opts);
     let _ = r.kill();
     let _ = r.wait();

@@ -17,8 +17,10 @@
 //! returned), then kill it; for this project also until its lazy
 //! restore's page server had filled all the memory ("memory all in"; the
 //! others restore everything before the program resumes). `--modes`
-//! (default `zstd,raw`) picks this project's runs; `raw+on-fill` and
-//! `zstd+on-fill` restart with `--verify on-fill`. Images go to `--dir` (default
+//! (default `zstd,raw`) picks this project's runs; `raw+before` and
+//! `zstd+before` restart with `--verify before` (every chunk checked before
+//! the program resumes; the default checks what the page server fills as
+//! it fills it), `+on-fill` spells the default out. Images go to `--dir` (default
 //! target/bench-peers). Plots: peers-checkpoint.svg, peers-restart.svg.
 //!
 //! `--host-memory touched` (the default) touches and frees twice the
@@ -274,7 +276,7 @@ pub fn run(a: &[String]) {
         .collect();
     let dmtcp_root = super::opt_given(a, "--dmtcp").map(PathBuf::from);
     let with_criu = a.iter().any(|x| x == "--criu");
-    // Ours: zstd, raw, and either with `--verify on-fill` (`raw+on-fill`).
+    // Ours: zstd, raw, and either with `--verify before` (`raw+before`).
     let modes: Vec<String> = opt(a, "--modes", "zstd,raw")
         .split(',')
         .map(String::from)

@@ -220,11 +220,23 @@ pub fn send_command_with(
     host: &str,
     port: u16,
     cmd: Cmd,
+    progress: impl FnMut(u32, u32, u64),
+) -> Result<Reply, String> {
+    send_command_as("dmtcp_command", host, port, cmd, progress)
+}
+
+/// [`send_command_with`] from the tool `program` (the name the coordinator
+/// logs).
+pub fn send_command_as(
+    program: &str,
+    host: &str,
+    port: u16,
+    cmd: Cmd,
     mut progress: impl FnMut(u32, u32, u64),
 ) -> Result<Reply, String> {
     let s = TcpStream::connect((host, port)).map_err(|e| e.to_string())?;
     let mut w = s.try_clone().map_err(|e| e.to_string())?;
-    let mut hello = tool_hello("dmtcp_command");
+    let mut hello = tool_hello(program);
     if let ToCoord::Hello { auth, .. } = &mut hello {
         *auth = Some(crate::client::authenticate(&s, host, port)?);
     }

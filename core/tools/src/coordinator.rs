@@ -991,6 +991,38 @@ fn reply(g: &State, ok: bool) -> Reply {
     }
 }
 
+/// A process of the restart in progress ended before the restart was
+/// complete (its restore failed, or its page server found its image
+/// damaged and stopped it): the restart can never complete, and its other
+/// processes would wait at its barriers for ever. Those that joined are
+/// killed, with the reason. (One that joins later begins a restart of its
+/// own, which waits for the rest; on the host of the damaged image the
+/// page server stops them all: `lazy::stop_computation`.)
+/// (Also when the computation is killed during its restart, `by` the
+/// tool that asked.)
+fn abandon_restart(g: &mut State, who: Option<&PeerInfo>, by: &str) {
+    let comp_id = g.comp_id.clone().unwrap_or_default();
+    let what = match who {
+        Some(p) => format!(
+            "process {} (pid {} on {}) ended",
+            p.program, p.pid, p.hostname
+        ),
+        None => format!("{by} killed the computation"),
+    };
+    let why = format!(
+        "{what} before the restart of computation {comp_id} (generation {}) was complete: \
+         the restart is abandoned and its processes are stopped",
+        g.generation
+    );
+    warn(format_args!("{why}"));
+    g.expected_restart = 0;
+    g.barriers.clear();
+    for p in g.peers.values_mut() {
+        p.restarting = false;
+    }
+    kill_all(g);
+}
+
 fn kill_all(g: &mut State) {
     for p in g.peers.values() {
         send_to(&p.out, &FromCoord::Kill);
@@ -1929,7 +1961,10 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr, secret: &auth::Secret) 
             Some(_) => {}
             None => {
                 out.close();
-                g.peers.remove(&id);
+                let gone = g.peers.remove(&id);
+                if let Some(p) = gone.filter(|p| p.restarting && g.expected_restart > 0) {
+                    abandon_restart(&mut g, Some(&p.info), "");
+                }
                 if g.peers.is_empty() {
                     clear_internal_kv(&mut g);
                 }
@@ -2197,7 +2232,16 @@ fn handle_command(sh: Shared, mut reader: BufReader<SockRead>, out: Arc<Outbox>)
             }
         }
         Cmd::Kill => {
-            kill_all(&mut g);
+            let who = lock(&out.q).who.clone();
+            if g.expected_restart > 0 {
+                abandon_restart(&mut g, None, &who);
+            } else {
+                say(
+                    &g,
+                    format_args!("killing the computation's processes (asked by {who})"),
+                );
+                kill_all(&mut g);
+            }
             let r = answer(&g, true, None);
             send_to(&out, &r);
         }

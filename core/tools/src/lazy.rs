@@ -3,9 +3,7 @@
 //! Where this process may use userfaultfd fully (root, or
 //! `vm.unprivileged_userfaultfd=1`, or `CAP_SYS_PTRACE`), compressed chunks
 //! of anonymous private memory are not decompressed before the program
-//! resumes: the streamer checks their CRC over the stored bytes like every
-//! other chunk (a damaged image is still refused before anything starts),
-//! and the restorer registers their ranges with a userfaultfd it hands to
+//! resumes: the restorer registers their ranges with a userfaultfd it hands to
 //! the streamer, which then becomes this server. It fills each page the
 //! program (or the kernel, in a system call) touches first, from the
 //! chunk read and decompressed on the spot, and fills the rest in the
@@ -17,13 +15,15 @@
 //! `munmap` and `madvise(MADV_DONTNEED)` of a range still to fill are
 //! followed through the userfaultfd's events.
 //!
-//! Raw chunks of anonymous private memory are served the same way. With
-//! `dmtcp_restart --verify on-fill` (`DMTCP_RESTART_VERIFY=on-fill`) the
-//! streamer does not read them before the program resumes: this server checks each chunk's CRC
-//! when it reads it, before any of its pages goes into the process. A
-//! cold restart then does not wait for the whole image to be read; a
-//! damaged chunk stops the restarted process (SIGKILL, with the reason on
-//! stderr) instead of refusing the restart before it starts.
+//! Raw chunks of anonymous private memory are served the same way. By
+//! default (`dmtcp_restart --verify on-fill`) the streamer does not read
+//! any of these chunks before the program resumes: this server checks each
+//! chunk's CRC when it reads it, before any of its pages goes into the
+//! process. A cold restart then does not wait for the whole image to be
+//! read; a damaged chunk stops the restarted process (SIGKILL, with the
+//! reason on stderr) and, through the coordinator, the rest of its
+//! computation, instead of refusing the restart before it starts (what
+//! `--verify before` does: the streamer checks every chunk first).
 //!
 //! Without full userfaultfd
 //! (or with `DMTCP_RESTART_NO_UFFD=1`) the chunks are decompressed before
@@ -781,7 +781,7 @@ impl Server<'_> {
 
 /// Serve the faults of process `pid` on the ranges of `chunks` (of `img`;
 /// each chunk's CRC is checked again as it is read) and fill them all; the exit status of the streamer.
-pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
+pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32, coord: (&str, u16)) -> i32 {
     use std::sync::atomic::Ordering::Relaxed;
     let fd = receive_fd(sock);
     if fd < 0 {
@@ -922,6 +922,7 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
     // SAFETY: closing our eventfd.
     unsafe { libc::close(ended) };
     if st.stop.load(Relaxed) == FAILED {
+        stop_computation(img, coord);
         return 1;
     }
     let done = st.lock().todo.0.is_empty();
@@ -946,6 +947,69 @@ pub fn serve(img: &Image, sock: i32, chunks: Vec<ChunkDesc>, pid: i32) -> i32 {
         );
     }
     0
+}
+
+/// The restarted process was stopped for memory it could not be given: the
+/// rest of its computation cannot go on without it (its peers would wait
+/// for it for ever, or go on with half a job), so the coordinator at
+/// `coord` is asked to end them all, as `dmtcp_command --kill` would; the
+/// message says which earlier generation to restart, where there is one.
+fn stop_computation(img: &Image, (host, port): (&str, u16)) {
+    // Bounded (a coordinator on a host that does not answer must not keep
+    // this host's processes from being stopped below).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = host.to_string();
+    std::thread::spawn(move || {
+        let _ = tx.send(crate::command::send_command_as(
+            "dmtcp_restart",
+            &h,
+            port,
+            dmtcp_common::proto::Cmd::Kill,
+            |_, _, _| {},
+        ));
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| Err("no answer within 10 s".into()));
+    let earlier = earlier_generation(img)
+        .map(|d| format!(": dmtcp_restart --restartdir {}", d.display()))
+        .unwrap_or_default();
+    match r {
+        Ok(_) => dmtcp_common::log_error!(
+            "lazy restore: the other processes of the computation (coordinator {host}:{port}) \
+             are stopped too, since it cannot go on without this one; restart an earlier \
+             checkpoint generation{earlier}"
+        ),
+        Err(e) => dmtcp_common::log_error!(
+            "lazy restore: could not ask the coordinator at {host}:{port} to stop the rest of \
+             the computation ({e}); stop it with dmtcp_command --kill and restart an earlier \
+             checkpoint generation{earlier}"
+        ),
+    }
+    // The processes of this restart on this host that have not joined the
+    // coordinator yet (it cannot stop them): the restart's init kills them
+    // all (this server too: last).
+    crate::tree::stop_job();
+}
+
+/// The newest committed generation of `img`'s computation older than
+/// `img`'s, in the checkpoint directory `img` lies in (in its generation's
+/// directory, or at the top level).
+fn earlier_generation(img: &Image) -> Option<std::path::PathBuf> {
+    use dmtcp_common::generation as gen;
+    let path = std::fs::canonicalize(&img.path).ok()?;
+    let dir = path.parent()?;
+    let in_gen = dir
+        .file_name()
+        .and_then(|n| gen::parse_name(&n.to_string_lossy()))
+        .is_some();
+    let ckpt_dir = if in_gen { dir.parent()? } else { dir };
+    let comp = gen::safe_comp(&img.meta.comp_id);
+    gen::list(ckpt_dir)
+        .into_iter()
+        .filter(|f| !f.partial && f.comp == comp && f.generation < img.meta.generation)
+        .map(|f| f.path)
+        .next_back()
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@
 //! image and writes it into a pipe), and replaces itself with the static
 //! restorer, which maps the stream back and jumps into the program. With
 //! userfaultfd, the streamer then stays as the page server of the
-//! compressed memory it left out of the stream (`crate::lazy`), and with
-//! `--verify on-fill` of the raw anonymous memory too, whose chunks it
-//! then checks only as it reads them.
+//! anonymous memory it left out of the stream (`crate::lazy`), whose
+//! chunks it checks as it reads them (`--verify on-fill`, the default;
+//! with `--verify before` the streamer checks them all first).
 
 use crate::cli;
 use crate::client;
@@ -69,12 +69,12 @@ pub fn command() -> Command {
             .value_parser(["before", "on-fill"])
             .hide_possible_values(true)
             .help(
-                "When the chunks of memory are checked against their checksums: `before` the \
-                 program resumes (default; a damaged image is refused with nothing started), \
-                 or `on-fill`: the chunks the page server fills (anonymous memory) are checked \
-                 as it reads them, before the program can use them, so the program resumes without \
-                 reading its whole image first; a damaged chunk then stops the restarted \
-                 process with the reason (env DMTCP_RESTART_VERIFY)",
+                "When the chunks of memory are checked against their checksums: `on-fill` \
+                 (default): the chunks the page server fills (anonymous memory) are checked as \
+                 it reads them, before the program can use them, so the program resumes without \
+                 reading its whole image first; a damaged chunk then stops the computation with \
+                 the reason. `before`: every chunk is checked before the program resumes, and a \
+                 damaged image is refused with nothing started (env DMTCP_RESTART_VERIFY)",
             ),
     )
     .arg(cli::tmpdir("Directory for temporary files"))
@@ -138,8 +138,10 @@ pub fn main(args: Vec<String>) -> i32 {
             .filter(|v| !v.is_empty())
     });
     match verify.as_deref() {
-        None | Some("before") => {}
-        Some("on-fill") => {
+        Some("before") => {
+            let _ = VERIFY_ON_FILL.set(false);
+        }
+        None | Some("on-fill") => {
             let _ = VERIFY_ON_FILL.set(true);
         }
         Some(v) => {
@@ -383,12 +385,13 @@ pub fn main(args: Vec<String>) -> i32 {
 /// checkpoint directories (see `main`).
 static GEN_FLOOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
-/// `--verify on-fill`: raw chunks the page server fills are checked as it
-/// reads them, not before the program resumes.
+/// `--verify on-fill` (the default): the chunks the page server fills are
+/// checked as it reads them, not before the program resumes; false for
+/// `--verify before`.
 static VERIFY_ON_FILL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 fn verify_on_fill() -> bool {
-    VERIFY_ON_FILL.get().copied().unwrap_or(false)
+    VERIFY_ON_FILL.get().copied().unwrap_or(true)
 }
 
 /// Threads of each image's streamer that read and check chunks
@@ -855,7 +858,7 @@ fn restore_into_self(
                     Some((_, ours)) if !lazy.is_empty() => {
                         // The stream is complete: the restorer may go on.
                         drop(w);
-                        crate::lazy::serve(img, ours, lazy, restored_pid)
+                        crate::lazy::serve(img, ours, lazy, restored_pid, (host, port))
                     }
                     _ => 0,
                 },

@@ -565,6 +565,20 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
         return outside(init);
     }
     // Init: pid 1 of the new namespace, or (NewPids) the job's reaper.
+    REAPER.store(
+        std::process::id() as i32,
+        core::sync::atomic::Ordering::SeqCst,
+    );
+    // SIGPWR from a page server that found an image damaged (`stop_job`):
+    // kill the job and end (a handler, so that it reaches pid 1 of a
+    // namespace from inside it).
+    // SAFETY: an async-signal-safe handler that sets a flag; without
+    // SA_RESTART, so that init's wait returns to look at it.
+    unsafe {
+        let mut sa: libc::sigaction = core::mem::zeroed();
+        sa.sa_sigaction = on_parent_death as *const () as libc::sighandler_t;
+        libc::sigaction(libc::SIGPWR, &sa, core::ptr::null_mut());
+    }
     if mode == Mode::SamePids {
         // SAFETY: die with dmtcp_restart (which takes the whole namespace along).
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -573,10 +587,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
         // dmtcp_restart dies, init kills every process of the job itself.
         // SAFETY: an async-signal-safe handler, then the death signal.
         unsafe {
-            // Without SA_RESTART: init's wait must return to look at the flag.
-            let mut sa: libc::sigaction = core::mem::zeroed();
-            sa.sa_sigaction = on_parent_death as *const () as libc::sighandler_t;
-            libc::sigaction(libc::SIGPWR, &sa, core::ptr::null_mut());
+            // (SIGPWR's handler is set above.)
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGPWR);
             // It may have died before the death signal was set.
             if libc::getppid() != outer {
@@ -1212,8 +1223,24 @@ fn forward_signals(h: extern "C" fn(i32)) {
     }
 }
 
-/// Set when dmtcp_restart died (NewPids: init must take the job along).
+/// Set when dmtcp_restart died (NewPids: init must take the job along), or
+/// when a page server asked init to stop the job ([`stop_job`]).
 static PARENT_DIED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// The job's init (its pid as the job's processes see it), in the
+/// processes of a restart it started; 0 elsewhere.
+static REAPER: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+
+/// From a process of the job (a page server): have init kill every process
+/// of the restart on this host, those that have not joined the coordinator
+/// yet and those it still starts included, and end with status 137.
+/// False if this process was not started by a restart's init.
+pub fn stop_job() -> bool {
+    let init = REAPER.load(core::sync::atomic::Ordering::SeqCst);
+    // SAFETY: signalling the job's init, alive as long as any process of
+    // the job (this one included: init is its subreaper).
+    init > 0 && unsafe { libc::kill(init, libc::SIGPWR) } == 0
+}
 
 extern "C" fn on_parent_death(_sig: i32) {
     PARENT_DIED.store(true, core::sync::atomic::Ordering::SeqCst);

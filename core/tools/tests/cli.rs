@@ -279,7 +279,15 @@ fn damaged_images_are_refused_cleanly() {
     for (name, bytes, expect) in cases {
         let path = job.dir.join(format!("ckpt_{name}.dmtcp"));
         std::fs::write(&path, &bytes).unwrap();
-        let (code, err) = restart_output(&job, &path);
+        // A damaged chunk of memory: refused up front with `--verify
+        // before` (by default it is found as the page server fills it:
+        // lazyz.rs).
+        let verify = if name == "chunk-bytes" {
+            "before"
+        } else {
+            "on-fill"
+        };
+        let (code, err) = restart_output(&job, &path, verify);
         assert_eq!(
             code,
             Some(1),
@@ -300,7 +308,7 @@ fn damaged_images_are_refused_cleanly() {
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: mkfifo with a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let (code, err) = restart_output(&job, &fifo);
+    let (code, err) = restart_output(&job, &fifo, "on-fill");
     assert_eq!(code, Some(1), "fifo: {err}");
     assert!(err.contains("not a regular file"), "{err}");
     let o = tool("dmtcp_restart")
@@ -315,14 +323,15 @@ fn damaged_images_are_refused_cleanly() {
     job.wait_success();
 }
 
-/// Run `dmtcp_restart -j` on `image` against the job's coordinator, within
-/// a minute: its exit code (None if killed by a signal or if it hung) and
-/// stderr.
-fn restart_output(job: &Job, image: &std::path::Path) -> (Option<i32>, String) {
+/// Run `dmtcp_restart -j --verify VERIFY` on `image` against the job's
+/// coordinator, within a minute: its exit code (None if killed by a signal
+/// or if it hung) and stderr.
+fn restart_output(job: &Job, image: &std::path::Path, verify: &str) -> (Option<i32>, String) {
     let err_path = image.with_extension("stderr");
     let err = std::fs::File::create(&err_path).unwrap();
     let mut child = tool("dmtcp_restart")
         .args(["-j", "-h", "127.0.0.1", "-p", &job.port.to_string()])
+        .args(["--verify", verify])
         .arg(image)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

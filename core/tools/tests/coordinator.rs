@@ -556,3 +556,59 @@ fn blocking_checkpoint_shows_progress_on_a_terminal() {
     assert_eq!(v["command_status"], "DMT_COORD_SUCCESS", "{out}");
     job.kill();
 }
+
+/// A process of a restart that ends before the restart is complete (its
+/// restore failed, or its page server stopped it for a damaged image):
+/// the restart can never complete, so the processes of it that joined are
+/// killed, with the reason in the coordinator's log, instead of waiting
+/// at its barrier for ever. Raw clients stand for two of three restarted
+/// processes.
+#[test]
+fn a_restart_that_loses_a_process_is_abandoned() {
+    let job = Job::new("abandoned");
+    let restarting = |uniq: &str, auth: &str| {
+        json!({"t": "Hello", "role": "Worker", "pid": 999_999, "hostname": "raw", "program": "rawclient",
+               "uniq_id": uniq, "restarting": true, "comp_id": "c0ffee-1-2", "generation": 3,
+               "num_peers": 3, "auth": auth})
+        .to_string()
+            + "\n"
+    };
+    let join = |uniq: &str| {
+        let (mut s, auth) = raw_connect(job.port);
+        s.set_read_timeout(Some(HANG)).unwrap();
+        s.write_all(restarting(uniq, &auth).as_bytes()).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("Welcome"), "{uniq}: {line}");
+        // At the restart's first barrier, which waits for all three.
+        s.write_all((json!({"t": "Barrier", "name": "restarting"}).to_string() + "\n").as_bytes())
+            .unwrap();
+        (s, r)
+    };
+    let (a, _) = join("raw-a");
+    let (_b, mut b_in) = join("raw-b");
+    let st = raw_status(job.port);
+    assert_eq!(st["num_peers"], 2, "{st}");
+    drop(a);
+    // b is told to die (a process of the library would exit at once).
+    let mut got = String::new();
+    let mut line = String::new();
+    while b_in.read_line(&mut line).unwrap_or(0) > 0 {
+        got += &line;
+        if line.contains("Kill") {
+            break;
+        }
+        line.clear();
+    }
+    let err = coord_err(&job);
+    assert!(
+        got.contains("Kill"),
+        "the process that joined the restart was not killed: {got:?}\n{err}"
+    );
+    assert!(
+        wait_log(&job, "ended before the restart of computation c0ffee-1-2"),
+        "{}",
+        coord_err(&job)
+    );
+}

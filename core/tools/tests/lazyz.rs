@@ -209,8 +209,9 @@ fn eager_restart_and_uffd_zero_stay_eager() {
     }
 }
 
-/// A damaged compressed chunk is still refused before the program runs,
-/// with the checksum message, though its pages would only be needed later.
+/// With `dmtcp_restart --verify before` a damaged compressed chunk is
+/// refused before the program runs, with the checksum message, though its
+/// pages would only be needed later.
 #[test]
 fn a_damaged_compressed_chunk_is_refused_before_the_program_runs() {
     let mut job = Job::new("lazyz-damaged");
@@ -229,7 +230,11 @@ fn a_damaged_compressed_chunk_is_refused_before_the_program_runs() {
     let mut bad = good.clone();
     bad[c.file_off as usize + 100] ^= 0x5a;
     std::fs::write(&path, &bad).unwrap();
-    job.restart();
+    job.restart_with(&[
+        "--verify".into(),
+        "before".into(),
+        path.display().to_string(),
+    ]);
     let mut pr = job.proc.take().unwrap();
     let st = wait_timeout(&mut pr, TIMEOUT).expect("dmtcp_restart did not end");
     let err = restart_err(&job);
@@ -520,18 +525,10 @@ fn raw_image_checked_on_fill_comes_on_demand() {
     assert!(on_fault > 0 && in_background == 0, "{second}");
 }
 
-/// A damaged raw chunk: refused before the program runs by default; with
-/// `dmtcp_restart --verify on-fill` the program resumes, and the page
-/// server finds the damage when it reads that chunk, before any of its
-/// pages reach the program, and stops the program with the reason.
-#[test]
-fn a_damaged_raw_chunk_checked_on_fill_stops_the_program_with_the_reason() {
-    use std::os::unix::process::ExitStatusExt;
-    let mut job = Job::new("lazyz-raw-damaged");
-    let path = checkpointed_with(&mut job, &["--no-gzip"]);
-    let img = Image::open(&path).unwrap();
-    // The last chunk of anonymous private memory that is not a stack: with
-    // the background fill, the one filled last.
+/// The last raw chunk of anonymous private memory that is not a stack
+/// in the image at `path` (with the background fill, the one filled last).
+fn last_raw_anon_chunk(path: &std::path::Path) -> dmtcp_common::image::ChunkDesc {
+    let img = Image::open(path).unwrap();
     let anon = |c: &dmtcp_common::image::ChunkDesc| {
         img.meta.areas.iter().any(|a| {
             a.kind == dmtcp_sys::restore::KIND_ANON_PRIVATE
@@ -540,20 +537,35 @@ fn a_damaged_raw_chunk_checked_on_fill_stops_the_program_with_the_reason() {
                 && c.addr + c.len <= a.start + a.len
         })
     };
-    let c = *img
-        .chunks
+    *img.chunks
         .iter()
         .rev()
-        .find(|c| c.flags & CHUNK_ZSTD == 0 && c.stored_len >= 65536 && anon(c))
-        .expect("a raw chunk of anonymous memory");
-    drop(img);
+        .find(|c| c.flags & CHUNK_ZSTD == 0 && c.stored_len >= 65536 && c.source() == 0 && anon(c))
+        .expect("a raw chunk of anonymous memory")
+}
+
+/// A damaged raw chunk: with `dmtcp_restart --verify before` refused
+/// before the program runs; by default (`--verify on-fill`) the program
+/// resumes, and the page server finds the damage when it reads that
+/// chunk, before any of its pages reach the program, and stops the
+/// program with the reason.
+#[test]
+fn a_damaged_raw_chunk_checked_on_fill_stops_the_program_with_the_reason() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut job = Job::new("lazyz-raw-damaged");
+    let path = checkpointed_with(&mut job, &["--no-gzip"]);
+    let c = last_raw_anon_chunk(&path);
     let good = std::fs::read(&path).unwrap();
     let mut bad = good.clone();
     bad[c.file_off as usize + 100] ^= 0x5a;
     std::fs::write(&path, &bad).unwrap();
     let at = format!("memory at {:#x}", c.addr);
-    // By default: refused, nothing started.
-    job.restart();
+    // Checked before: refused, nothing started.
+    job.restart_with(&[
+        "--verify".into(),
+        "before".into(),
+        path.display().to_string(),
+    ]);
     let st =
         wait_timeout(&mut job.proc.take().unwrap(), TIMEOUT).expect("dmtcp_restart did not end");
     let err = restart_err(&job);
@@ -566,34 +578,180 @@ fn a_damaged_raw_chunk_checked_on_fill_stops_the_program_with_the_reason() {
         job.peer_pids().is_empty(),
         "a process runs after a refused restart"
     );
-    // Checked on fill: started, then stopped with the reason.
-    let args = [
-        "--verify".to_string(),
-        "on-fill".into(),
-        path.display().to_string(),
-    ];
-    job.restart_with(&args);
-    let st =
-        wait_timeout(&mut job.proc.take().unwrap(), TIMEOUT).expect("the program was not stopped");
-    let err = restart_err(&job);
-    // (dmtcp_restart waits for the process it restarted and ends as it
-    // did: 128 + the signal.)
-    assert!(
-        st.signal() == Some(libc::SIGKILL) || st.code() == Some(128 + libc::SIGKILL),
-        "{st:?}: {err}{}",
-        job.diag()
-    );
-    assert!(
-        err.contains("checksum mismatch") && err.contains(&at),
-        "{err}"
-    );
-    assert!(
-        err.contains("stopped before it could use that memory"),
-        "{err}"
-    );
-    assert!(!job.output().contains("phase 1"), "{}", job.diag());
+    // By default (and with the option spelled out): started, then stopped
+    // with the reason.
+    for args in [
+        vec![path.display().to_string()],
+        vec![
+            "--verify".into(),
+            "on-fill".into(),
+            path.display().to_string(),
+        ],
+    ] {
+        job.restart_with(&args);
+        let st = wait_timeout(&mut job.proc.take().unwrap(), TIMEOUT)
+            .expect("the program was not stopped");
+        let err = restart_err(&job);
+        // (dmtcp_restart waits for the process it restarted and ends as it
+        // did: 128 + the signal.)
+        assert!(
+            st.signal() == Some(libc::SIGKILL) || st.code() == Some(128 + libc::SIGKILL),
+            "{args:?}: {st:?}: {err}{}",
+            job.diag()
+        );
+        assert!(
+            err.contains("checksum mismatch") && err.contains(&at),
+            "{err}"
+        );
+        assert!(
+            err.contains("stopped before it could use that memory"),
+            "{err}"
+        );
+        assert!(!job.output().contains("phase 1"), "{}", job.diag());
+    }
     // The image made whole again restarts, checked on fill.
-    restarts_when_whole(&mut job, &path, &good, &args[..2]);
+    restarts_when_whole(&mut job, &path, &good, &[]);
+}
+
+/// The raw chunk, in the image at `path`, of the last byte of region 1 of
+/// the lazyz that image is of, as that program printed its regions into
+/// `out` (LAZYZ_SHOW_REGIONS, regions of 8 MiB).
+fn region1_chunk(path: &std::path::Path, out: &str) -> dmtcp_common::image::ChunkDesc {
+    let img = Image::open(path).unwrap();
+    let line = format!("pid {} region 1 at 0x", img.meta.pid);
+    let at = out
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map(|a| u64::from_str_radix(a, 16).unwrap())
+        .unwrap_or_else(|| panic!("no '{line}' in: {out}"));
+    let last = at + (8 << 20) - 1;
+    let c = *img
+        .chunks
+        .iter()
+        .find(|c| c.addr <= last && last < c.addr + c.len)
+        .expect("the chunk of region 1's last byte");
+    assert!(c.flags & CHUNK_ZSTD == 0 && c.source() == 0, "{c:?}");
+    c
+}
+
+/// A damaged chunk found on fill in one process of a computation of three
+/// (a shell and two programs, each waiting for a file that is not there
+/// yet, so none would ever end by itself), by the background fill during
+/// the restart and by the program's own touch after it: its page server
+/// stops that process and has the coordinator and the restart's init
+/// stop the other two (joined or not yet), which would otherwise wait for
+/// ever, and says which earlier generation to restart. Made whole again,
+/// the images restart and both programs finish. (Verified to hang without
+/// both of those stops.)
+#[test]
+fn a_damaged_chunk_found_on_fill_stops_the_whole_computation() {
+    let prog = c_program("lazyz");
+    let p = prog.to_str().unwrap();
+    let mut job = Job::new("lazyz-damaged-job").env("LAZYZ_SHOW_REGIONS", "1");
+    let script = format!("{p} & {p} & wait");
+    // Full images: the chunk damaged is in the newest generation's file.
+    job.launch(&["sh", "-c", &script], &["--no-gzip", "--no-incremental"]);
+    job.wait_for("waiting for go1");
+    while job.output().matches("waiting for go1").count() < 2 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Two generations: the message names the first.
+    job.checkpoint();
+    job.checkpoint();
+    job.kill();
+    let gens = committed(&job.ckpt);
+    assert_eq!(gens.len(), 2, "{gens:?}");
+    let newest = &gens[1].1;
+    let imgs: Vec<_> = std::fs::read_dir(newest)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ckpt_lazyz_")
+        })
+        .collect();
+    assert_eq!(imgs.len(), 2, "{imgs:?}");
+    let path = imgs[0].clone();
+    // The chunk that holds the last byte of the program's region 1, which
+    // phase 1 reads first (not memory the restart itself touches, such as
+    // a thread's stack).
+    let c = region1_chunk(&path, &job.output());
+    let good = std::fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    bad[c.file_off as usize + 100] ^= 0x5a;
+    std::fs::write(&path, &bad).unwrap();
+    let dir = ["--restartdir".to_string(), job.ckpt.display().to_string()];
+    // Found by the background fill, while the restart is still under way
+    // (the coordinator gives the restart up, and the restart's init stops
+    // the processes that have not joined it yet); then, without the background fill, by the program's
+    // own touch once all three run (the page server has the coordinator
+    // kill the others, which wait for go2).
+    for background in [true, false] {
+        let _ = std::fs::remove_file(job.dir.join("go1"));
+        let fill = if background { "1" } else { "0" };
+        job = job.env("DMTCP_RESTART_LAZY_BACKGROUND", fill);
+        job.restart_with(&dir);
+        if !background {
+            let t = std::time::Instant::now();
+            while job.peer_pids().len() < 3 && t.elapsed() < TIMEOUT {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            create(&job, "go1");
+        }
+        if wait_timeout(&mut job.proc.take().unwrap(), TIMEOUT).is_none() {
+            panic!(
+                "background fill {background}: the computation was not stopped: {}{}",
+                restart_err(&job),
+                job.diag()
+            );
+        }
+        let err = restart_err(&job);
+        assert!(
+            err.contains("checksum mismatch") && err.contains(&format!("memory at {:#x}", c.addr)),
+            "{err}"
+        );
+        assert!(err.contains("are stopped too"), "{err}");
+        assert!(
+            err.contains(&format!("--restartdir {}", gens[0].1.display())),
+            "the message does not name generation {}: {err}",
+            gens[0].0
+        );
+        // Every process of the computation is gone.
+        let t = std::time::Instant::now();
+        while !job.peer_pids().is_empty() && t.elapsed() < TIMEOUT {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            job.peer_pids().is_empty(),
+            "background fill {background}: processes of the computation still run: {:?}{}",
+            job.peer_pids(),
+            job.diag()
+        );
+        // (Without the background fill the other program may have got
+        // through phase 1 before it was stopped: then it waited for go2.)
+        let out = job.output();
+        assert!(
+            !out.contains("phase 2") && !out.contains("BAD"),
+            "{}",
+            job.diag()
+        );
+        if background {
+            assert!(!out.contains("phase 1"), "{}", job.diag());
+        }
+    }
+    // Made whole again: both programs run to their end.
+    std::fs::write(&path, &good).unwrap();
+    let _ = std::fs::remove_file(job.dir.join("go1"));
+    job = job.env("DMTCP_RESTART_LAZY_BACKGROUND", "1");
+    job.restart_with(&dir);
+    create(&job, "go1");
+    create(&job, "go2");
+    job.wait_success();
+    let out = job.output();
+    assert_eq!(out.matches("phase 2 ok").count(), 2, "{}", job.diag());
+    assert!(!out.contains("BAD"), "{}", job.diag());
 }
 
 /// A wrong `--verify` (or DMTCP_RESTART_VERIFY) is a usage error.
@@ -811,4 +969,92 @@ fn a_killed_page_server_stops_the_program_with_the_reason() {
         job.diag()
     );
     assert!(!job.output().contains("phase 1"), "{}", job.diag());
+}
+
+/// Two programs of one computation, launched apart and restarted apart
+/// (one `dmtcp_restart` each, as on two hosts), without the background
+/// fill: once both run, the first reads the chunk damaged in its image;
+/// its page server stops it and has the coordinator stop the second,
+/// which the first one's `dmtcp_restart` knows nothing of and which would
+/// otherwise wait for go2 for ever.
+#[test]
+fn a_damaged_chunk_stops_the_program_restarted_apart() {
+    use std::process::Stdio;
+    let prog = c_program("lazyz");
+    let p = prog.to_str().unwrap();
+    let mut job = Job::new("lazyz-damaged-apart")
+        .env("LAZYZ_SHOW_REGIONS", "1")
+        .env("DMTCP_RESTART_LAZY_BACKGROUND", "0");
+    let opts = ["--no-gzip", "--no-incremental"];
+    job.launch(&[p], &opts);
+    job.wait_for("waiting for go1");
+    let out2 = job.dir.join("out2.txt");
+    let dir = job.dir.clone();
+    let file = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
+    let mut c = job.joined("dmtcp_launch");
+    c.args(opts)
+        .arg(p)
+        .env("LAZYZ_SHOW_REGIONS", "1")
+        .stdin(Stdio::null())
+        .stdout(file("out2.txt"))
+        .stderr(file("err2.txt"));
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
+    let mut second = c.spawn().unwrap();
+    let t = std::time::Instant::now();
+    while !std::fs::read_to_string(&out2)
+        .unwrap_or_default()
+        .contains("waiting for go1")
+    {
+        assert!(t.elapsed() < TIMEOUT, "the second program did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    job.checkpoint();
+    job.kill();
+    let _ = wait_timeout(&mut second, TIMEOUT);
+    // The first program's image (by the pid it printed) and the other.
+    let out = job.output();
+    let pid_of = |img: &std::path::PathBuf| Image::open(img).unwrap().meta.pid;
+    let (mine, theirs): (Vec<_>, Vec<_>) = job
+        .images()
+        .into_iter()
+        .partition(|i| out.contains(&format!("pid {} region 1 at 0x", pid_of(i))));
+    assert_eq!((mine.len(), theirs.len()), (1, 1), "{mine:?} {theirs:?}");
+    let path = mine[0].clone();
+    let c = region1_chunk(&path, &out);
+    let mut bad = std::fs::read(&path).unwrap();
+    bad[c.file_off as usize + 100] ^= 0x5a;
+    std::fs::write(&path, &bad).unwrap();
+    job.restart_with(&[path.display().to_string()]);
+    let mut r2 = job.joined("dmtcp_restart");
+    r2.arg(&theirs[0])
+        .env("DMTCP_RESTART_LAZY_BACKGROUND", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file("restart2.err"));
+    let mut r2 = r2.spawn().unwrap();
+    let t = std::time::Instant::now();
+    while !String::from_utf8_lossy(&job.command(&["-s"]).stdout).contains("RUNNING=yes") {
+        assert!(
+            t.elapsed() < TIMEOUT,
+            "the restart did not complete{}",
+            job.diag()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    create(&job, "go1");
+    let first = wait_timeout(&mut job.proc.take().unwrap(), TIMEOUT);
+    let other = wait_timeout(&mut r2, TIMEOUT);
+    let err = restart_err(&job);
+    let err2 = std::fs::read_to_string(job.dir.join("restart2.err")).unwrap_or_default();
+    assert!(
+        first.is_some() && other.is_some(),
+        "not stopped: first {first:?}, second {other:?}\n{err}\n{err2}{}",
+        job.diag()
+    );
+    assert!(
+        err.contains("checksum mismatch") && err.contains("are stopped too"),
+        "{err}"
+    );
+    assert!(job.peer_pids().is_empty(), "{:?}", job.peer_pids());
+    assert!(!job.output().contains("BAD"), "{}", job.diag());
 }

@@ -6,7 +6,8 @@
  * for the file "go1" (created after the first restart), phase 2 for "go2"
  * (after the restart from the checkpoint taken in between); both check
  * everything and print "phase N ok", or BAD and exit 1. Region size in
- * MiB: $REGION_MB (default 8). */
+ * MiB: $REGION_MB (default 8); with $LAZYZ_SHOW_REGIONS set, the regions'
+ * addresses are printed first. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -124,6 +125,9 @@ int main(void) {
     if (reg[r] == MAP_FAILED) { printf("BAD mmap\n"); return 1; }
     for (size_t i = 0; i < rlen; i++) reg[r][i] = pattern(r, i);
   }
+  /* For a test that damages one region's bytes in the image. */
+  if (getenv("LAZYZ_SHOW_REGIONS"))
+    for (int r = 0; r < NREG; r++) printf("pid %d region %d at %p\n", (int)getpid(), r, (void *)reg[r]);
   printf("waiting for go1\n");
   fflush(stdout);
   wait_file("go1");
