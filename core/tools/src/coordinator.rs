@@ -997,18 +997,10 @@ fn reply(g: &State, ok: bool) -> Reply {
 /// processes would wait at its barriers for ever. Those that joined are
 /// killed, with the reason. (One that joins later begins a restart of its
 /// own, which waits for the rest; on the host of the damaged image the
-/// page server stops them all: `lazy::stop_computation`.)
-/// (Also when the computation is killed during its restart, `by` the
-/// tool that asked.)
-fn abandon_restart(g: &mut State, who: Option<&PeerInfo>, by: &str) {
+/// page server stops them all: `lazy::stop_computation`.) Also when the
+/// computation is killed during its restart. `what` happened, for the log.
+fn abandon_restart(g: &mut State, what: &str) {
     let comp_id = g.comp_id.clone().unwrap_or_default();
-    let what = match who {
-        Some(p) => format!(
-            "process {} (pid {} on {}) ended",
-            p.program, p.pid, p.hostname
-        ),
-        None => format!("{by} killed the computation"),
-    };
     let why = format!(
         "{what} before the restart of computation {comp_id} (generation {}) was complete: \
          the restart is abandoned and its processes are stopped",
@@ -1963,7 +1955,11 @@ fn handle(sh: Shared, conn: TcpStream, addr: SocketAddr, secret: &auth::Secret) 
                 out.close();
                 let gone = g.peers.remove(&id);
                 if let Some(p) = gone.filter(|p| p.restarting && g.expected_restart > 0) {
-                    abandon_restart(&mut g, Some(&p.info), "");
+                    let what = format!(
+                        "process {} (pid {} on {}) ended",
+                        p.info.program, p.info.pid, p.info.hostname
+                    );
+                    abandon_restart(&mut g, &what);
                 }
                 if g.peers.is_empty() {
                     clear_internal_kv(&mut g);
@@ -2234,7 +2230,7 @@ fn handle_command(sh: Shared, mut reader: BufReader<SockRead>, out: Arc<Outbox>)
         Cmd::Kill => {
             let who = lock(&out.q).who.clone();
             if g.expected_restart > 0 {
-                abandon_restart(&mut g, None, &who);
+                abandon_restart(&mut g, &format!("{who} killed the computation"));
             } else {
                 say(
                     &g,

@@ -576,7 +576,7 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
     // SA_RESTART, so that init's wait returns to look at it.
     unsafe {
         let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = on_parent_death as *const () as libc::sighandler_t;
+        sa.sa_sigaction = on_stop as *const () as libc::sighandler_t;
         libc::sigaction(libc::SIGPWR, &sa, core::ptr::null_mut());
     }
     if mode == Mode::SamePids {
@@ -584,14 +584,14 @@ pub fn run(images: &mut [Image], restore: &dyn Fn(&Image) -> String, mode: Mode)
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     } else {
         // Without a namespace nothing takes the job along: when
-        // dmtcp_restart dies, init kills every process of the job itself.
-        // SAFETY: an async-signal-safe handler, then the death signal.
+        // dmtcp_restart dies, init kills every process of the job itself
+        // (SIGPWR, whose handler is set above).
+        // SAFETY: prctl and getppid on this process.
         unsafe {
-            // (SIGPWR's handler is set above.)
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGPWR);
             // It may have died before the death signal was set.
             if libc::getppid() != outer {
-                PARENT_DIED.store(true, core::sync::atomic::Ordering::SeqCst);
+                STOP_JOB.store(true, core::sync::atomic::Ordering::SeqCst);
             }
         }
     }
@@ -1225,7 +1225,7 @@ fn forward_signals(h: extern "C" fn(i32)) {
 
 /// Set when dmtcp_restart died (NewPids: init must take the job along), or
 /// when a page server asked init to stop the job ([`stop_job`]).
-static PARENT_DIED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+static STOP_JOB: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// The job's init (its pid as the job's processes see it), in the
 /// processes of a restart it started; 0 elsewhere.
@@ -1242,8 +1242,8 @@ pub fn stop_job() -> bool {
     init > 0 && unsafe { libc::kill(init, libc::SIGPWR) } == 0
 }
 
-extern "C" fn on_parent_death(_sig: i32) {
-    PARENT_DIED.store(true, core::sync::atomic::Ordering::SeqCst);
+extern "C" fn on_stop(_sig: i32) {
+    STOP_JOB.store(true, core::sync::atomic::Ordering::SeqCst);
 }
 
 /// SIGKILL every descendant of this process (init is their subreaper, so
@@ -1286,7 +1286,7 @@ fn reap(roots: &[i32]) -> ! {
     let mut code = 0;
     let roots: BTreeSet<i32> = roots.iter().copied().collect();
     loop {
-        if PARENT_DIED.load(core::sync::atomic::Ordering::SeqCst) {
+        if STOP_JOB.load(core::sync::atomic::Ordering::SeqCst) {
             kill_descendants();
             exit_now(137);
         }
